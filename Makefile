@@ -1,0 +1,245 @@
+# Nebula - cross-cloud pipeline-parallel training runtime.
+#
+# Plain GNU make. Everything is built under $(BUILD) (binaries in $(BUILD)/bin).
+# Sources are found by convention, so adding a file needs no Makefile edit:
+#   kernels/**/*.c            -> libnbkernels.a   (compute: backends, ops, model, codecs)
+#   kernels/cuda/*.cu         -> libnbkernels.a   (only when CUDA is found)
+#   proto/*.proto             -> libnbproto.a     (protoc-c output, generated, never committed)
+#   daemon/**/*.c             -> libnbdaemon.a    (all but daemon/bin/)
+#   daemon/bin/NAME.c         -> $(BUILD)/bin/NAME
+#   tests/**/test_*.c         -> $(BUILD)/tests/**/test_*   (cmocka unit tests)
+#   tests/**/*.test.sh        -> run by make test (integration tests)
+#   tests/bench/bench_*.c     -> $(BUILD)/bench/bench_*     (make bench)
+#   tests/fuzz/fuzz_*.c       -> $(BUILD)/fuzz/fuzz_*       (make fuzz, clang)
+#
+# Targets: all (default), test, asan, bench, demo, fuzz, install, clean.
+# Options: V=1 (show commands), CUDA=auto|0|1, SAN=0|1, PREFIX, DESTDIR, BUILD.
+
+.DEFAULT_GOAL := all
+SHELL := /bin/bash
+
+# ---- options ---------------------------------------------------------------
+V ?= 0
+SAN ?= 0
+CUDA ?= auto
+PREFIX ?= /usr/local
+DESTDIR ?=
+ifeq ($(SAN),1)
+BUILD ?= build/asan
+else
+BUILD ?= build
+endif
+
+ifneq ($(filter-out 0 1,$(V)),)
+$(error V must be 0 or 1, not '$(V)')
+endif
+ifneq ($(filter-out 0 1,$(SAN)),)
+$(error SAN must be 0 or 1, not '$(SAN)')
+endif
+ifneq ($(filter-out auto 0 1,$(CUDA)),)
+$(error CUDA must be auto, 0 or 1, not '$(CUDA)')
+endif
+
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
+# ---- dependencies -------------------------------------------------------------
+PKGS := libuv openssl libprotobuf-c yaml-0.1 cmocka jansson libsystemd openblas lapacke
+NEED_GOALS := $(filter-out clean help,$(or $(MAKECMDGOALS),all))
+ifneq ($(NEED_GOALS),)
+ifneq ($(shell pkg-config --exists $(PKGS) 2>/dev/null && command -v protoc-c >/dev/null && echo ok),ok)
+ifeq ($(shell id -u),0)
+$(info nebula: missing build dependencies; running scripts/install-deps.sh)
+DEPS_RC := $(shell bash scripts/install-deps.sh >&2; echo $$?)
+ifneq ($(DEPS_RC),0)
+$(error scripts/install-deps.sh failed (exit $(DEPS_RC)))
+endif
+else
+$(error missing build dependencies; run: sudo scripts/install-deps.sh)
+endif
+endif
+endif
+
+# ---- CUDA detection ------------------------------------------------------------
+CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,)
+NVCC := $(or $(shell command -v nvcc 2>/dev/null),$(if $(CUDA_HOME),$(wildcard $(CUDA_HOME)/bin/nvcc)))
+ifeq ($(CUDA),0)
+HAVE_CUDA := 0
+else ifneq ($(NVCC),)
+HAVE_CUDA := 1
+else ifeq ($(CUDA),1)
+$(error CUDA=1 but nvcc was found neither on PATH nor in CUDA_HOME)
+else
+HAVE_CUDA := 0
+endif
+ifeq ($(HAVE_CUDA),1)
+CUDA_ROOT := $(or $(CUDA_HOME),$(patsubst %/bin/nvcc,%,$(realpath $(NVCC))))
+endif
+
+# ---- flags ---------------------------------------------------------------------
+CC ?= cc
+CSTD := -std=gnu11
+OPT ?= -O2
+WARN := -Wall -Wextra -Werror -Wno-unused-parameter
+ARCHFLAGS ?= -march=native
+CPPFLAGS += -I. -I$(BUILD)/gen -D_GNU_SOURCE
+CFLAGS += $(CSTD) $(OPT) -g $(ARCHFLAGS) -fno-strict-aliasing -pthread $(WARN) -MMD -MP
+CFLAGS += $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
+ifeq ($(SAN),1)
+SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+CFLAGS += $(SANFLAGS)
+LDFLAGS += $(SANFLAGS)
+endif
+ifeq ($(HAVE_CUDA),1)
+CPPFLAGS += -DNB_HAVE_CUDA=1 -I$(CUDA_ROOT)/include
+NVCCFLAGS ?= -O2 -g -std=c++17 -Xcompiler -Wall,-Werror,-Wno-unused-parameter -arch=sm_90 -I. -I$(BUILD)/gen -DNB_HAVE_CUDA=1
+LDLIBS += -L$(CUDA_ROOT)/lib64 -Wl,-rpath,$(CUDA_ROOT)/lib64 -lcublas -lcudart -lstdc++
+endif
+
+# ---- sources ---------------------------------------------------------------------
+# rfind DIR,NAME-GLOB: files below DIR whose name matches the glob, sorted.
+rfind = $(sort $(shell find $(1) -type f -name '$(2)' 2>/dev/null))
+
+KERNEL_SRCS := $(call rfind,kernels,*.c)
+KERNEL_CU := $(if $(filter 1,$(HAVE_CUDA)),$(call rfind,kernels/cuda,*.cu))
+PROTO_FILES := $(wildcard proto/*.proto)
+PROTO_GEN_C := $(PROTO_FILES:%.proto=$(BUILD)/gen/%.pb-c.c)
+PROTO_GEN_H := $(PROTO_FILES:%.proto=$(BUILD)/gen/%.pb-c.h)
+DAEMON_SRCS := $(filter-out daemon/bin/%,$(call rfind,daemon,*.c))
+BIN_SRCS := $(wildcard daemon/bin/*.c)
+TEST_SRCS := $(call rfind,tests,test_*.c)
+TEST_SUPPORT_SRCS := $(wildcard tests/support/*.c)
+BENCH_SRCS := $(wildcard tests/bench/bench_*.c)
+FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
+
+KERNEL_OBJS := $(KERNEL_SRCS:%.c=$(BUILD)/obj/%.o) $(KERNEL_CU:%.cu=$(BUILD)/obj/%.cu.o)
+PROTO_OBJS := $(PROTO_GEN_C:$(BUILD)/gen/%.c=$(BUILD)/obj/gen/%.o)
+DAEMON_OBJS := $(DAEMON_SRCS:%.c=$(BUILD)/obj/%.o)
+SUPPORT_OBJS := $(TEST_SUPPORT_SRCS:%.c=$(BUILD)/obj/%.o)
+
+LIB_KERNELS := $(BUILD)/lib/libnbkernels.a
+LIB_PROTO := $(BUILD)/lib/libnbproto.a
+LIB_DAEMON := $(BUILD)/lib/libnbdaemon.a
+LIBS := $(LIB_DAEMON) $(LIB_PROTO) $(LIB_KERNELS)
+
+BINS := $(BIN_SRCS:daemon/bin/%.c=$(BUILD)/bin/%)
+TESTS := $(TEST_SRCS:%.c=$(BUILD)/%)
+BENCHES := $(BENCH_SRCS:tests/bench/%.c=$(BUILD)/bench/%)
+FUZZERS := $(FUZZ_SRCS:tests/fuzz/%.c=$(BUILD)/fuzz/%)
+
+# ---- report what was found, once per configuration change ---------------------------
+CONFIG_LINE := cc=$(shell $(CC) -dumpfullversion 2>/dev/null) cuda=$(if $(filter 1,$(HAVE_CUDA)),$(NVCC),no) san=$(SAN) blas=openblas-$(shell pkg-config --modversion openblas 2>/dev/null) build=$(BUILD)
+ifneq ($(NEED_GOALS),)
+ifneq ($(shell cat $(BUILD)/config.txt 2>/dev/null),$(CONFIG_LINE))
+$(info nebula: $(CONFIG_LINE))
+$(shell mkdir -p $(BUILD) && echo '$(CONFIG_LINE)' > $(BUILD)/config.txt)
+endif
+endif
+
+# ---- rules ----------------------------------------------------------------------
+.PHONY: all test asan bench demo fuzz install clean help
+# Keep objects that make would treat as intermediate.
+.SECONDARY:
+all: $(BINS) $(TESTS) $(BENCHES)
+
+$(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: %.proto
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  PROTOC  $<")
+	$(Q)protoc-c --c_out=$(BUILD)/gen $<
+
+# Every object may include the generated protobuf headers.
+$(KERNEL_OBJS) $(DAEMON_OBJS) $(SUPPORT_OBJS): | $(PROTO_GEN_H)
+
+$(BUILD)/obj/gen/%.o: $(BUILD)/gen/%.c
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(CPPFLAGS) $(filter-out -Werror -Wextra,$(CFLAGS)) -c -o $@ $<
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/obj/%.cu.o: %.cu
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  NVCC    $<")
+	$(Q)$(NVCC) $(NVCCFLAGS) -c -o $@ $<
+
+$(LIB_KERNELS): $(KERNEL_OBJS)
+$(LIB_PROTO): $(PROTO_OBJS)
+$(LIB_DAEMON): $(DAEMON_OBJS)
+$(LIBS):
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  AR      $@")
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/bin/%: $(BUILD)/obj/daemon/bin/%.o $(LIBS)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $< $(LIBS) $(LDLIBS)
+
+$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(SUPPORT_OBJS) $(LIBS)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $< $(SUPPORT_OBJS) $(LIBS) $(LDLIBS)
+
+$(BUILD)/bench/%: $(BUILD)/obj/tests/bench/%.o $(SUPPORT_OBJS) $(LIBS)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $< $(SUPPORT_OBJS) $(LIBS) $(LDLIBS)
+
+# Tests: every cmocka binary and every tests/**/*.test.sh, with one total at the end.
+test: all
+	$(Q)NB_BUILD=$(BUILD) scripts/run-tests.sh $(TESTS) $(call rfind,tests,*.test.sh)
+
+asan:
+	$(Q)$(MAKE) --no-print-directory SAN=1 CUDA=0 test
+
+bench: $(BENCHES) $(BINS)
+	$(Q)NB_BUILD=$(BUILD) scripts/run-bench.sh $(BENCHES) $(wildcard tests/bench/*.bench.sh)
+
+demo: $(BINS)
+	$(Q)NB_BUILD=$(BUILD) scripts/demo.sh
+
+# Fuzzers need clang's libFuzzer; they build in their own tree.
+FUZZ_CC ?= clang
+FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -fno-omit-frame-pointer
+FUZZ_SECONDS ?= 30
+fuzz:
+	$(Q)$(MAKE) --no-print-directory BUILD=build/fuzz CC=$(FUZZ_CC) CUDA=0 ARCHFLAGS= \
+		CFLAGS='-fsanitize=fuzzer-no-link,address,undefined' LDFLAGS='-fsanitize=address,undefined' fuzzers
+	$(Q)for f in $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/fuzz/%); do \
+		n=$$(basename $$f); corpus=tests/fuzz/corpus/$${n#fuzz_}; mkdir -p build/fuzz/work/$$n; \
+		echo "fuzz $$n for $(FUZZ_SECONDS)s"; \
+		$$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 build/fuzz/work/$$n $$corpus || exit 1; \
+	done
+
+.PHONY: fuzzers
+fuzzers: $(FUZZERS)
+$(BUILD)/fuzz/%: $(BUILD)/obj/tests/fuzz/%.o $(LIBS)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) -fsanitize=fuzzer,address,undefined -o $@ $< $(LIBS) $(LDLIBS)
+
+install: $(BINS)
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/nebula/config
+	install -m 0755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
+	cp -r config/. $(DESTDIR)$(PREFIX)/share/nebula/config/
+	@if [ -d scripts/systemd ]; then \
+		install -d $(DESTDIR)$(PREFIX)/lib/systemd/system; \
+		install -m 0644 scripts/systemd/*.service $(DESTDIR)$(PREFIX)/lib/systemd/system/; fi
+	@if [ -d docs/man ]; then \
+		for f in docs/man/*.[0-9]; do s=$${f##*.}; install -d $(DESTDIR)$(PREFIX)/share/man/man$$s; \
+		install -m 0644 $$f $(DESTDIR)$(PREFIX)/share/man/man$$s/; done; fi
+
+clean:
+	rm -rf build
+
+help:
+	@sed -n '1,20p' Makefile
+
+-include $(call rfind,$(BUILD)/obj,*.d)

@@ -1,0 +1,262 @@
+/*
+ * backend.h - the compute backend interface of Nebula.
+ *
+ * Model code, codecs and the optimizer never call BLAS, CUDA or any device API
+ * directly: they call the inline wrappers below, which dispatch through one
+ * table of function pointers (nb_backend_i). The CPU backend (kernels/cpu/,
+ * OpenBLAS + plain C) is the reference specification; the CUDA backend
+ * (kernels/cuda/, cuBLAS + kernels) must match it within stated tolerances.
+ *
+ * Design rules, chosen so a GPU backend fits without changes to callers:
+ *  - Tensors know their backend (device). Their data pointer is a *device*
+ *    pointer; only the CPU backend lets the host dereference it. Host code that
+ *    must read values copies them out with nb_be_to_host().
+ *  - Execution is stream ordered: every op is enqueued on the backend's single
+ *    stream and may return before it finishes. nb_be_sync() waits for all of
+ *    it. The CPU backend executes synchronously, which is a valid ordering.
+ *  - No hidden host copies: an op never moves data between host and device on
+ *    its own; only the explicit copy functions do.
+ *  - nb_be_supports(be, op) says whether an op is implemented; a NULL entry in
+ *    the table means "not supported" and its wrapper asserts.
+ *
+ * Shape letters used throughout kernels/: B batch, T sequence, C model width,
+ * NH heads, HS head size (C/NH), F feed-forward width, V vocabulary.
+ * All tensors are row major and contiguous.
+ *
+ * Thread: a backend handle is used by one thread at a time (the stage's compute
+ * thread). Errors: allocation returns NULL; ops on valid inputs cannot fail
+ * (shape mismatches are broken invariants and abort via NB_CHECK).
+ */
+#ifndef NB_BACKEND_H
+#define NB_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+#include "common.h"
+
+typedef enum {
+    NB_DEV_CPU = 0,
+    NB_DEV_CUDA = 1,
+} nb_device_kind_t;
+
+typedef enum {
+    NB_F32 = 0,
+    NB_F16 = 1,
+    NB_BF16 = 2,
+    NB_I32 = 3,
+    NB_U8 = 4,
+    NB_DTYPE_COUNT
+} nb_dtype_t;
+
+/* Size in bytes of one element of dtype. */
+size_t nb_dtype_size(nb_dtype_t dt);
+/* Stable lowercase name ("f32", "f16", ...); "?" for an unknown value. */
+const char *nb_dtype_name(nb_dtype_t dt);
+
+typedef struct nb_backend nb_backend_t;
+
+#define NB_MAX_DIMS 4
+
+/* A dense, contiguous, row-major tensor living on one backend.
+ * Ownership: a tensor made by nb_tensor_new() owns its data and is released
+ * with nb_tensor_free(); a view (nb_tensor_view) borrows and must not outlive
+ * what it views. */
+typedef struct nb_tensor {
+    nb_backend_t *be;
+    nb_dtype_t dtype;
+    int ndim;
+    int64_t shape[NB_MAX_DIMS];
+    void *data;     /* device pointer on be */
+    bool owns_data;
+} nb_tensor_t;
+
+/* Operations a backend may implement; used by nb_be_supports(). */
+typedef enum {
+    NB_OP_MATMUL,
+    NB_OP_ADD,
+    NB_OP_SCALE,
+    NB_OP_BIAS_ADD,
+    NB_OP_BIAS_GRAD,
+    NB_OP_EMBED_FWD,
+    NB_OP_EMBED_BWD,
+    NB_OP_LAYERNORM_FWD,
+    NB_OP_LAYERNORM_BWD,
+    NB_OP_GELU_FWD,
+    NB_OP_GELU_BWD,
+    NB_OP_ATTENTION_FWD,
+    NB_OP_ATTENTION_BWD,
+    NB_OP_XENT_FWD_BWD,
+    NB_OP_SUMSQ,
+    NB_OP_ADAMW,
+    NB_OP_COUNT
+} nb_op_t;
+
+/* The backend vtable. Every pointer may be NULL (= unsupported op) except the
+ * memory functions. Contracts are on the inline wrappers below. */
+typedef struct nb_backend_i {
+    const char *name;
+    nb_device_kind_t kind;
+    void (*free)(nb_backend_t *be);
+
+    /* memory */
+    void *(*alloc)(nb_backend_t *be, size_t bytes);
+    void (*dealloc)(nb_backend_t *be, void *ptr);
+    void (*memset0)(nb_backend_t *be, void *dst, size_t bytes);
+    void (*copy_h2d)(nb_backend_t *be, void *dst, const void *src, size_t bytes);
+    void (*copy_d2h)(nb_backend_t *be, void *dst, const void *src, size_t bytes);
+    void (*copy_d2d)(nb_backend_t *be, void *dst, const void *src, size_t bytes);
+    void (*sync)(nb_backend_t *be);
+
+    /* dense linear algebra (fp32) */
+    void (*matmul)(nb_backend_t *be, bool trans_a, bool trans_b,
+                   int m, int n, int k, float alpha,
+                   const float *a, int lda, int64_t stride_a,
+                   const float *b, int ldb, int64_t stride_b,
+                   float beta, float *c, int ldc, int64_t stride_c,
+                   int batch);
+    void (*add)(nb_backend_t *be, float *y, const float *x, float alpha, size_t n);
+    void (*scale)(nb_backend_t *be, float *y, float alpha, size_t n);
+    void (*bias_add)(nb_backend_t *be, float *y, const float *bias, int rows, int cols);
+    void (*bias_grad)(nb_backend_t *be, float *dbias, const float *dy, int rows, int cols);
+
+    /* transformer ops; see wrappers for shapes */
+    void (*embed_fwd)(nb_backend_t *be, float *out, const int32_t *tokens,
+                      const float *wte, const float *wpe, int B, int T, int C);
+    void (*embed_bwd)(nb_backend_t *be, float *dwte, float *dwpe, const float *dout,
+                      const int32_t *tokens, int B, int T, int C);
+    void (*layernorm_fwd)(nb_backend_t *be, float *out, float *mean, float *rstd,
+                          const float *x, const float *w, const float *b, int N, int C);
+    void (*layernorm_bwd)(nb_backend_t *be, float *dx, float *dw, float *db,
+                          const float *dout, const float *x, const float *w,
+                          const float *mean, const float *rstd, int N, int C);
+    void (*gelu_fwd)(nb_backend_t *be, float *out, const float *x, size_t n);
+    void (*gelu_bwd)(nb_backend_t *be, float *dx, const float *x, const float *dout, size_t n);
+    void (*attention_fwd)(nb_backend_t *be, float *out, float *att, const float *qkv,
+                          const uint8_t *key_mask, bool causal, int B, int T, int C, int NH);
+    void (*attention_bwd)(nb_backend_t *be, float *dqkv, const float *dout,
+                          const float *qkv, const float *att, const uint8_t *key_mask,
+                          bool causal, int B, int T, int C, int NH);
+    void (*xent_fwd_bwd)(nb_backend_t *be, float *losses, float *dlogits,
+                         const float *logits, const int32_t *targets,
+                         float dloss_scale, int N, int V);
+    void (*sumsq)(nb_backend_t *be, double *out_host, const float *x, size_t n);
+    void (*adamw)(nb_backend_t *be, float *param, const float *grad, float *m, float *v,
+                  size_t n, float lr, float beta1, float beta2, float eps,
+                  float weight_decay, float grad_scale, int step);
+} nb_backend_i;
+
+struct nb_backend {
+    const nb_backend_i *iface;
+    void *ctx;
+};
+
+/* Backends. Each returns NULL (and logs why via the message out-parameter when
+ * it is not NULL) if the device cannot be opened. Freed with nb_be_free(). */
+nb_backend_t *nb_cpu_backend_new(void);
+/* The CUDA backend; NULL when built without CUDA or when no device is usable. */
+nb_backend_t *nb_cuda_backend_new(int device, const char **why);
+void nb_be_free(nb_backend_t *be);
+
+/* True when be implements op. */
+bool nb_be_supports(const nb_backend_t *be, nb_op_t op);
+const char *nb_op_name(nb_op_t op);
+
+/* ---- tensors --------------------------------------------------------- */
+
+/* Allocates an uninitialised tensor of the given shape on be; NULL on
+ * allocation failure or on a shape whose byte size overflows. */
+nb_tensor_t *nb_tensor_new(nb_backend_t *be, nb_dtype_t dt, int ndim, const int64_t *shape);
+/* Like nb_tensor_new, zero filled. */
+nb_tensor_t *nb_tensor_zeros(nb_backend_t *be, nb_dtype_t dt, int ndim, const int64_t *shape);
+/* A non-owning view of data on be with the given shape. */
+nb_tensor_t nb_tensor_view(nb_backend_t *be, nb_dtype_t dt, void *data, int ndim, const int64_t *shape);
+void nb_tensor_free(nb_tensor_t *t);
+int64_t nb_tensor_numel(const nb_tensor_t *t);
+size_t nb_tensor_nbytes(const nb_tensor_t *t);
+
+/* ---- inline wrappers: the contract of each op --------------------------- */
+
+static inline void *nb_be_alloc(nb_backend_t *be, size_t bytes) { return be->iface->alloc(be, bytes); }
+static inline void nb_be_dealloc(nb_backend_t *be, void *p) { be->iface->dealloc(be, p); }
+static inline void nb_be_memset0(nb_backend_t *be, void *dst, size_t n) { be->iface->memset0(be, dst, n); }
+/* Host -> device copy; src must stay valid until nb_be_sync(). */
+static inline void nb_be_from_host(nb_backend_t *be, void *dst, const void *src, size_t n) { be->iface->copy_h2d(be, dst, src, n); }
+/* Device -> host copy; synchronous: dst holds the values on return. */
+static inline void nb_be_to_host(nb_backend_t *be, void *dst, const void *src, size_t n) { be->iface->copy_d2h(be, dst, src, n); }
+static inline void nb_be_copy(nb_backend_t *be, void *dst, const void *src, size_t n) { be->iface->copy_d2d(be, dst, src, n); }
+static inline void nb_be_sync(nb_backend_t *be) { be->iface->sync(be); }
+
+/* C[i] = alpha * op(A[i]) @ op(B[i]) + beta * C[i] for i < batch, row major.
+ * op(A) is m x k, op(B) is k x n, C is m x n. stride_* are element offsets
+ * between consecutive batch matrices (ignored when batch == 1). */
+static inline void nb_matmul(nb_backend_t *be, bool ta, bool tb, int m, int n, int k, float alpha,
+                             const float *a, int lda, int64_t sa, const float *b, int ldb, int64_t sb,
+                             float beta, float *c, int ldc, int64_t sc, int batch)
+{
+    NB_CHECK(be->iface->matmul);
+    be->iface->matmul(be, ta, tb, m, n, k, alpha, a, lda, sa, b, ldb, sb, beta, c, ldc, sc, batch);
+}
+/* y += alpha * x, n elements. */
+static inline void nb_add(nb_backend_t *be, float *y, const float *x, float alpha, size_t n)
+{ NB_CHECK(be->iface->add); be->iface->add(be, y, x, alpha, n); }
+/* y *= alpha. */
+static inline void nb_scale(nb_backend_t *be, float *y, float alpha, size_t n)
+{ NB_CHECK(be->iface->scale); be->iface->scale(be, y, alpha, n); }
+/* y (rows, cols) += bias (cols) on every row. */
+static inline void nb_bias_add(nb_backend_t *be, float *y, const float *bias, int rows, int cols)
+{ NB_CHECK(be->iface->bias_add); be->iface->bias_add(be, y, bias, rows, cols); }
+/* dbias (cols) += column sums of dy (rows, cols). */
+static inline void nb_bias_grad(nb_backend_t *be, float *dbias, const float *dy, int rows, int cols)
+{ NB_CHECK(be->iface->bias_grad); be->iface->bias_grad(be, dbias, dy, rows, cols); }
+/* out (B,T,C) = wte[tokens] + wpe[t]; wpe may be NULL (no position table). */
+static inline void nb_embed_fwd(nb_backend_t *be, float *out, const int32_t *tokens, const float *wte,
+                                const float *wpe, int B, int T, int C)
+{ NB_CHECK(be->iface->embed_fwd); be->iface->embed_fwd(be, out, tokens, wte, wpe, B, T, C); }
+/* dwte (V,C) and dwpe (maxT,C; may be NULL) += scatter of dout (B,T,C). Accumulates. */
+static inline void nb_embed_bwd(nb_backend_t *be, float *dwte, float *dwpe, const float *dout,
+                                const int32_t *tokens, int B, int T, int C)
+{ NB_CHECK(be->iface->embed_bwd); be->iface->embed_bwd(be, dwte, dwpe, dout, tokens, B, T, C); }
+/* out (N,C) = LayerNorm(x) * w + b, eps 1e-5; saves mean, rstd (N) for backward. */
+static inline void nb_layernorm_fwd(nb_backend_t *be, float *out, float *mean, float *rstd, const float *x,
+                                    const float *w, const float *b, int N, int C)
+{ NB_CHECK(be->iface->layernorm_fwd); be->iface->layernorm_fwd(be, out, mean, rstd, x, w, b, N, C); }
+/* dx (N,C) += input grad; dw, db (C) += param grads. Accumulates into all three. */
+static inline void nb_layernorm_bwd(nb_backend_t *be, float *dx, float *dw, float *db, const float *dout,
+                                    const float *x, const float *w, const float *mean, const float *rstd,
+                                    int N, int C)
+{ NB_CHECK(be->iface->layernorm_bwd); be->iface->layernorm_bwd(be, dx, dw, db, dout, x, w, mean, rstd, N, C); }
+/* out = GELU(x), tanh approximation (PyTorch approximate='tanh'). */
+static inline void nb_gelu_fwd(nb_backend_t *be, float *out, const float *x, size_t n)
+{ NB_CHECK(be->iface->gelu_fwd); be->iface->gelu_fwd(be, out, x, n); }
+/* dx += GELU'(x) * dout. Accumulates. */
+static inline void nb_gelu_bwd(nb_backend_t *be, float *dx, const float *x, const float *dout, size_t n)
+{ NB_CHECK(be->iface->gelu_bwd); be->iface->gelu_bwd(be, dx, x, dout, n); }
+/* qkv (B,T,3C) packed [q|k|v] -> out (B,T,C); att (B,NH,T,T) holds the softmax
+ * probabilities for backward. key_mask (B,T), may be NULL: 0 = padding key,
+ * never attended to. causal: position t attends to keys <= t. */
+static inline void nb_attention_fwd(nb_backend_t *be, float *out, float *att, const float *qkv,
+                                    const uint8_t *key_mask, bool causal, int B, int T, int C, int NH)
+{ NB_CHECK(be->iface->attention_fwd); be->iface->attention_fwd(be, out, att, qkv, key_mask, causal, B, T, C, NH); }
+/* dqkv (B,T,3C) += gradient of attention given dout (B,T,C). Accumulates. */
+static inline void nb_attention_bwd(nb_backend_t *be, float *dqkv, const float *dout, const float *qkv,
+                                    const float *att, const uint8_t *key_mask, bool causal,
+                                    int B, int T, int C, int NH)
+{ NB_CHECK(be->iface->attention_bwd); be->iface->attention_bwd(be, dqkv, dout, qkv, att, key_mask, causal, B, T, C, NH); }
+/* Softmax cross-entropy over logits (N,V). losses (N) gets -log p[target];
+ * targets < 0 are ignored (loss 0, zero gradient). dlogits (N,V), if not NULL,
+ * is *overwritten* with dloss_scale * (softmax - onehot) for each counted row. */
+static inline void nb_xent_fwd_bwd(nb_backend_t *be, float *losses, float *dlogits, const float *logits,
+                                   const int32_t *targets, float dloss_scale, int N, int V)
+{ NB_CHECK(be->iface->xent_fwd_bwd); be->iface->xent_fwd_bwd(be, losses, dlogits, logits, targets, dloss_scale, N, V); }
+/* *out_host = sum of x[i]^2 in double; synchronous. */
+static inline void nb_sumsq(nb_backend_t *be, double *out_host, const float *x, size_t n)
+{ NB_CHECK(be->iface->sumsq); be->iface->sumsq(be, out_host, x, n); }
+/* One AdamW step (PyTorch semantics, decoupled weight decay, bias correction
+ * with the 1-based step). grad is multiplied by grad_scale first (clipping). */
+static inline void nb_adamw(nb_backend_t *be, float *p, const float *g, float *m, float *v, size_t n,
+                            float lr, float b1, float b2, float eps, float wd, float gscale, int step)
+{ NB_CHECK(be->iface->adamw); be->iface->adamw(be, p, g, m, v, n, lr, b1, b2, eps, wd, gscale, step); }
+
+#endif /* NB_BACKEND_H */
