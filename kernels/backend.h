@@ -145,6 +145,11 @@ typedef struct nb_backend_i {
     void (*adamw)(nb_backend_t *be, float *param, const float *grad, float *m, float *v,
                   size_t n, float lr, float beta1, float beta2, float eps,
                   float weight_decay, float grad_scale, int step);
+
+    /* Compression codecs (kernels/codec/): the backend's implementation of
+     * the codec primitives, or NULL when the backend has none. The table's
+     * type and contracts are in kernels/codec/codec_ops.h. */
+    const struct nb_codec_ops *codec;
 } nb_backend_i;
 
 struct nb_backend {
