@@ -36,6 +36,10 @@
 
 #include "common.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum {
     NB_DEV_CPU = 0,
     NB_DEV_CUDA = 1,
@@ -263,5 +267,9 @@ static inline void nb_sumsq(nb_backend_t *be, double *out_host, const float *x, 
 static inline void nb_adamw(nb_backend_t *be, float *p, const float *g, float *m, float *v, size_t n,
                             float lr, float b1, float b2, float eps, float wd, float gscale, int step)
 { NB_CHECK(be->iface->adamw); be->iface->adamw(be, p, g, m, v, n, lr, b1, b2, eps, wd, gscale, step); }
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif /* NB_BACKEND_H */

@@ -30,9 +30,11 @@ for t in "$@"; do
     *)
       p=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
       f=$(sed -n 's/^\[  FAILED  \] \([0-9]*\) test.*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
+      k=$(sed -n 's/^\[  SKIPPED \] \([0-9]*\) test.*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
       if [ $rc -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
-      passed=$((passed+p)); failed=$((failed+f))
-      if [ "$f" -eq 0 ]; then st="ok ($p)"; else st="FAILED ($f of $((p+f)), exit $rc)"; failures+=("$name"); fi ;;
+      passed=$((passed+p)); failed=$((failed+f)); skipped=$((skipped+k))
+      if [ "$f" -eq 0 ] && [ "$k" -gt 0 ]; then st="ok ($p), skipped $k: $(grep -m1 -i 'unavailable\|skip' "$log" | head -c 100)"
+      elif [ "$f" -eq 0 ]; then st="ok ($p)"; else st="FAILED ($f of $((p+f)), exit $rc)"; failures+=("$name"); fi ;;
   esac
   printf '%-60s %s  [%ss]\n' "$name" "$st" "$secs"
 done

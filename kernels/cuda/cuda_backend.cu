@@ -1,0 +1,194 @@
+/*
+ * cuda_backend.cu - the CUDA backend: device memory, stream-ordered copies and
+ * dense linear algebra through cuBLAS on one stream per backend.
+ *
+ * This is the first slice of the CUDA backend: memory, matmul, add and scale.
+ * Every other op reports unsupported through nb_be_supports() until its kernel
+ * lands with a test against the CPU backend (the reference) at a stated
+ * tolerance. Built only when nvcc is found; nb_cuda_backend_new() returns NULL
+ * with a reason on a machine without a usable device.
+ */
+#include <cuda_runtime.h>
+#include <cublas_v2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include "kernels/backend.h"
+
+/* Record file, line and the library's own error string, then abort: a failed
+ * CUDA call after the backend opened is a broken invariant (device lost). */
+#define NB_CUDA_CHECK(call)                                                        \
+    do {                                                                           \
+        cudaError_t e_ = (call);                                                   \
+        if (e_ != cudaSuccess) {                                                   \
+            fprintf(stderr, "nebula: CUDA error at %s:%d: %s: %s\n", __FILE__,     \
+                    __LINE__, #call, cudaGetErrorString(e_));                      \
+            abort();                                                               \
+        }                                                                          \
+    } while (0)
+#define NB_CUBLAS_CHECK(call)                                                      \
+    do {                                                                           \
+        cublasStatus_t s_ = (call);                                                \
+        if (s_ != CUBLAS_STATUS_SUCCESS) {                                         \
+            fprintf(stderr, "nebula: cuBLAS error at %s:%d: %s: %s\n", __FILE__,   \
+                    __LINE__, #call, cublasGetStatusString(s_));                   \
+            abort();                                                               \
+        }                                                                          \
+    } while (0)
+
+struct cuda_ctx {
+    int device;
+    cudaStream_t stream;
+    cublasHandle_t blas;
+};
+
+static cuda_ctx *ctx_of(nb_backend_t *be) { return (cuda_ctx *)be->ctx; }
+
+static void *cu_alloc(nb_backend_t *be, size_t bytes)
+{
+    void *p = NULL;
+    if (cudaMallocAsync(&p, bytes ? bytes : 1, ctx_of(be)->stream) != cudaSuccess)
+        return NULL;
+    return p;
+}
+
+static void cu_dealloc(nb_backend_t *be, void *p)
+{
+    if (p)
+        NB_CUDA_CHECK(cudaFreeAsync(p, ctx_of(be)->stream));
+}
+
+static void cu_memset0(nb_backend_t *be, void *d, size_t n)
+{
+    NB_CUDA_CHECK(cudaMemsetAsync(d, 0, n, ctx_of(be)->stream));
+}
+
+static void cu_h2d(nb_backend_t *be, void *d, const void *s, size_t n)
+{
+    NB_CUDA_CHECK(cudaMemcpyAsync(d, s, n, cudaMemcpyHostToDevice, ctx_of(be)->stream));
+}
+
+static void cu_d2h(nb_backend_t *be, void *d, const void *s, size_t n)
+{
+    NB_CUDA_CHECK(cudaMemcpyAsync(d, s, n, cudaMemcpyDeviceToHost, ctx_of(be)->stream));
+    NB_CUDA_CHECK(cudaStreamSynchronize(ctx_of(be)->stream));
+}
+
+static void cu_d2d(nb_backend_t *be, void *d, const void *s, size_t n)
+{
+    NB_CUDA_CHECK(cudaMemcpyAsync(d, s, n, cudaMemcpyDeviceToDevice, ctx_of(be)->stream));
+}
+
+static void cu_sync(nb_backend_t *be) { NB_CUDA_CHECK(cudaStreamSynchronize(ctx_of(be)->stream)); }
+
+/* Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T, so the
+ * operands swap and cuBLAS sees n x m. */
+static void cu_matmul(nb_backend_t *be, bool ta, bool tb, int m, int n, int k, float alpha,
+                      const float *a, int lda, int64_t sa, const float *b, int ldb, int64_t sb,
+                      float beta, float *c, int ldc, int64_t sc, int batch)
+{
+    NB_CUBLAS_CHECK(cublasSgemmStridedBatched(ctx_of(be)->blas,
+                                              tb ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                              ta ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                              n, m, k, &alpha, b, ldb, sb, a, lda, sa,
+                                              &beta, c, ldc, sc, batch));
+}
+
+__global__ static void axpy_kernel(float *y, const float *x, float alpha, size_t n)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n)
+        y[i] += alpha * x[i];
+}
+
+__global__ static void scale_kernel(float *y, float alpha, size_t n)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n)
+        y[i] *= alpha;
+}
+
+static unsigned blocks_for(size_t n) { return (unsigned)((n + 255) / 256); }
+
+static void cu_add(nb_backend_t *be, float *y, const float *x, float alpha, size_t n)
+{
+    if (n == 0)
+        return;
+    axpy_kernel<<<blocks_for(n), 256, 0, ctx_of(be)->stream>>>(y, x, alpha, n);
+    NB_CUDA_CHECK(cudaGetLastError());
+}
+
+static void cu_scale(nb_backend_t *be, float *y, float alpha, size_t n)
+{
+    if (n == 0)
+        return;
+    scale_kernel<<<blocks_for(n), 256, 0, ctx_of(be)->stream>>>(y, alpha, n);
+    NB_CUDA_CHECK(cudaGetLastError());
+}
+
+static void cu_free(nb_backend_t *be)
+{
+    cuda_ctx *c = ctx_of(be);
+    cudaStreamSynchronize(c->stream);
+    cublasDestroy(c->blas);
+    cudaStreamDestroy(c->stream);
+    free(c);
+    free(be);
+}
+
+static nb_backend_i make_iface(void)
+{
+    nb_backend_i i = {};
+    i.name = "cuda";
+    i.kind = NB_DEV_CUDA;
+    i.free = cu_free;
+    i.alloc = cu_alloc;
+    i.dealloc = cu_dealloc;
+    i.memset0 = cu_memset0;
+    i.copy_h2d = cu_h2d;
+    i.copy_d2h = cu_d2h;
+    i.copy_d2d = cu_d2d;
+    i.sync = cu_sync;
+    i.matmul = cu_matmul;
+    i.add = cu_add;
+    i.scale = cu_scale;
+    return i;
+}
+
+static const nb_backend_i cuda_iface = make_iface();
+
+extern "C" nb_backend_t *nb_cuda_backend_new(int device, const char **why)
+{
+    static char msg[256];
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess || device < 0 || device >= count) {
+        snprintf(msg, sizeof msg, "no CUDA device %d (%s)", device,
+                 e != cudaSuccess ? cudaGetErrorString(e) : "index out of range");
+        if (why)
+            *why = msg;
+        return NULL;
+    }
+    cuda_ctx *c = (cuda_ctx *)calloc(1, sizeof *c);
+    nb_backend_t *be = (nb_backend_t *)calloc(1, sizeof *be);
+    if (!c || !be || cudaSetDevice(device) != cudaSuccess ||
+        cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking) != cudaSuccess) {
+        free(c);
+        free(be);
+        if (why)
+            *why = "cannot create a CUDA stream";
+        return NULL;
+    }
+    if (cublasCreate(&c->blas) != CUBLAS_STATUS_SUCCESS) {
+        cudaStreamDestroy(c->stream);
+        free(c);
+        free(be);
+        if (why)
+            *why = "cannot create a cuBLAS handle";
+        return NULL;
+    }
+    NB_CUBLAS_CHECK(cublasSetStream(c->blas, c->stream));
+    c->device = device;
+    be->iface = &cuda_iface;
+    be->ctx = c;
+    return be;
+}
