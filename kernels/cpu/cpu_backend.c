@@ -49,7 +49,11 @@ static void cpu_scale(nb_backend_t *be, float *y, float alpha, size_t n)
         y[i] *= alpha;
 }
 
-static void cpu_free(nb_backend_t *be) { free(be); }
+static void cpu_free(nb_backend_t *be)
+{
+    nb_cpu_scratch_free(be);
+    free(be);
+}
 
 static const nb_backend_i cpu_iface = {
     .name = "cpu",

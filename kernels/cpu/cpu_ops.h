@@ -1,14 +1,78 @@
 /*
  * cpu_ops.h - CPU implementations of the transformer ops of nb_backend_i.
- * Internal to the CPU backend; callers use the wrappers in kernels/backend.h.
+ * Internal to the CPU backend; callers use the wrappers in kernels/backend.h,
+ * whose comments are the contracts (shapes, accumulate vs overwrite).
  * NB_CPU_OPS_INIT lists the designated initialisers that cpu_backend.c puts in
  * its table, so adding an op touches this header and its .c file only.
+ *
+ * Every op here is deterministic: fixed loop and reduction order, no atomics,
+ * so the same inputs give bit-identical outputs run to run.
  */
 #ifndef NB_CPU_OPS_H
 #define NB_CPU_OPS_H
 
 #include "kernels/backend.h"
 
-#define NB_CPU_OPS_INIT /* filled as ops land */
+/* cpu_ops_bias.c */
+void nb_cpu_bias_add(nb_backend_t *be, float *y, const float *bias, int rows, int cols);
+void nb_cpu_bias_grad(nb_backend_t *be, float *dbias, const float *dy, int rows, int cols);
+
+/* cpu_ops_embed.c */
+void nb_cpu_embed_fwd(nb_backend_t *be, float *out, const int32_t *tokens,
+                      const float *wte, const float *wpe, int B, int T, int C);
+void nb_cpu_embed_bwd(nb_backend_t *be, float *dwte, float *dwpe, const float *dout,
+                      const int32_t *tokens, int B, int T, int C);
+
+/* cpu_ops_layernorm.c */
+void nb_cpu_layernorm_fwd(nb_backend_t *be, float *out, float *mean, float *rstd,
+                          const float *x, const float *w, const float *b, int N, int C);
+void nb_cpu_layernorm_bwd(nb_backend_t *be, float *dx, float *dw, float *db,
+                          const float *dout, const float *x, const float *w,
+                          const float *mean, const float *rstd, int N, int C);
+
+/* cpu_ops_gelu.c */
+void nb_cpu_gelu_fwd(nb_backend_t *be, float *out, const float *x, size_t n);
+void nb_cpu_gelu_bwd(nb_backend_t *be, float *dx, const float *x, const float *dout, size_t n);
+
+/* cpu_ops_attention.c */
+void nb_cpu_attention_fwd(nb_backend_t *be, float *out, float *att, const float *qkv,
+                          const uint8_t *key_mask, bool causal, int B, int T, int C, int NH);
+void nb_cpu_attention_bwd(nb_backend_t *be, float *dqkv, const float *dout,
+                          const float *qkv, const float *att, const uint8_t *key_mask,
+                          bool causal, int B, int T, int C, int NH);
+
+/* cpu_ops_xent.c */
+void nb_cpu_xent_fwd_bwd(nb_backend_t *be, float *losses, float *dlogits,
+                         const float *logits, const int32_t *targets,
+                         float dloss_scale, int N, int V);
+
+/* cpu_ops_optim.c */
+void nb_cpu_sumsq(nb_backend_t *be, double *out_host, const float *x, size_t n);
+void nb_cpu_adamw(nb_backend_t *be, float *param, const float *grad, float *m, float *v,
+                  size_t n, float lr, float beta1, float beta2, float eps,
+                  float weight_decay, float grad_scale, int step);
+
+/* cpu_scratch.c: a per-backend scratch buffer for ops that need temporary
+ * memory (attention backward). Returns at least `bytes` bytes, 64-byte
+ * aligned, valid until the next call on the same backend or nb_be_free().
+ * Aborts via NB_CHECK when the allocation fails (ops cannot fail by
+ * contract). Thread: the backend's thread. */
+float *nb_cpu_scratch(nb_backend_t *be, size_t bytes);
+void nb_cpu_scratch_free(nb_backend_t *be);
+
+#define NB_CPU_OPS_INIT                          \
+    .bias_add = nb_cpu_bias_add,                 \
+    .bias_grad = nb_cpu_bias_grad,               \
+    .embed_fwd = nb_cpu_embed_fwd,               \
+    .embed_bwd = nb_cpu_embed_bwd,               \
+    .layernorm_fwd = nb_cpu_layernorm_fwd,       \
+    .layernorm_bwd = nb_cpu_layernorm_bwd,       \
+    .gelu_fwd = nb_cpu_gelu_fwd,                 \
+    .gelu_bwd = nb_cpu_gelu_bwd,                 \
+    .attention_fwd = nb_cpu_attention_fwd,       \
+    .attention_bwd = nb_cpu_attention_bwd,       \
+    .xent_fwd_bwd = nb_cpu_xent_fwd_bwd,         \
+    .sumsq = nb_cpu_sumsq,                       \
+    .adamw = nb_cpu_adamw,
 
 #endif
