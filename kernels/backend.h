@@ -231,7 +231,8 @@ static inline void nb_embed_bwd(nb_backend_t *be, float *dwte, float *dwpe, cons
 static inline void nb_layernorm_fwd(nb_backend_t *be, float *out, float *mean, float *rstd, const float *x,
                                     const float *w, const float *b, int N, int C)
 { NB_CHECK(be->iface->layernorm_fwd); be->iface->layernorm_fwd(be, out, mean, rstd, x, w, b, N, C); }
-/* dx (N,C) += input grad; dw, db (C) += param grads. Accumulates into all three. */
+/* dx (N,C) += input grad; dw, db (C) += param grads. Accumulates into all three.
+ * dw and db may both be NULL (frozen parameters). */
 static inline void nb_layernorm_bwd(nb_backend_t *be, float *dx, float *dw, float *db, const float *dout,
                                     const float *x, const float *w, const float *mean, const float *rstd,
                                     int N, int C)
