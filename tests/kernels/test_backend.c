@@ -55,11 +55,28 @@ static void test_matmul_batched(void **state)
     nb_be_free(be);
 }
 
+/* The CPU backend is the reference: it implements every op, and the op
+ * names used in reports are stable. */
+static void test_cpu_supports_all_ops(void **state)
+{
+    (void)state;
+    nb_backend_t *be = nb_cpu_backend_new();
+    for (int op = 0; op < NB_OP_COUNT; op++) {
+        if (!nb_be_supports(be, (nb_op_t)op))
+            fail_msg("cpu backend lacks %s", nb_op_name((nb_op_t)op));
+        assert_string_not_equal(nb_op_name((nb_op_t)op), "?");
+    }
+    assert_false(nb_be_supports(be, NB_OP_COUNT));
+    assert_string_equal(nb_op_name(NB_OP_ATTENTION_BWD), "attention_bwd");
+    nb_be_free(be);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tensor_alloc),
         cmocka_unit_test(test_matmul_batched),
+        cmocka_unit_test(test_cpu_supports_all_ops),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
