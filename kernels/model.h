@@ -1,0 +1,169 @@
+/*
+ * model.h - the transformer family of Nebula, cut into parts.
+ *
+ * A model is a config (nb_model_config_t). It runs as one or more contiguous
+ * *parts*: [embedding] + blocks [first, last) + [head]. A part is a pipeline
+ * stage of the distributed runtime, so its input and output are plain device
+ * tensors:
+ *   input   tokens (B,T) int32       when the part holds the embedding,
+ *           activations (B,T,C) f32  otherwise;
+ *   output  activations (B,T,C) f32  when the part has no head,
+ *           the loss (a host float)  when it has the head (targets given).
+ * Backward takes the gradient of the part's output ((B,T,C), or nothing for a
+ * head part: the loss is the end) and produces the gradient of its input
+ * ((B,T,C); none for a part with the embedding).
+ *
+ * Memory: a part's parameters are carved out of ONE device allocation and its
+ * gradients out of another, in the order listed in docs/model.md, so the
+ * optimizer and the codecs see flat buffers. Gradients accumulate across
+ * backward calls until nb_part_zero_grad(). What one micro-batch needs for
+ * its backward lives in an nb_part_acts_t (one per in-flight micro-batch),
+ * also one allocation. Everything is allocated through the backend: the
+ * model runs unchanged on any backend; host code reads values with
+ * nb_be_to_host().
+ *
+ * Init is seeded per tensor from (seed, global block index, tensor id), so a
+ * part's weights equal the same layers of the full model for any partition.
+ *
+ * Thread: a part and its acts are used by one thread at a time (the thread
+ * that owns the backend). Errors: negative NB_E* codes; a short message in
+ * the caller's err buffer where one is taken.
+ */
+#ifndef NB_MODEL_H
+#define NB_MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/backend.h"
+
+typedef enum {
+    NB_NORM_PRE = 0,  /* GPT-2: x + f(LN(x)); final LayerNorm before the head */
+    NB_NORM_POST = 1, /* BERT: LN(x + f(x)); LayerNorm after the embedding */
+} nb_norm_t;
+
+typedef enum {
+    NB_HEAD_LM = 0,     /* logits over the vocabulary, cross-entropy per position */
+    NB_HEAD_MLM = 1,    /* same logits; only positions with target >= 0 count */
+    NB_HEAD_SEQCLS = 2, /* first token -> n_classes, one target per sequence */
+    NB_HEAD_TOKCLS = 3, /* every token -> n_classes (2 for replaced-token detection) */
+} nb_head_kind_t;
+
+typedef struct {
+    int n_layer;
+    int d_model;
+    int n_head;
+    int d_ff;
+    int vocab;
+    int max_seq;
+    bool causal;
+    nb_norm_t norm;
+    nb_head_kind_t head;
+    int n_classes;       /* seqcls/tokcls only; ignored otherwise */
+    bool tie_embeddings; /* lm/mlm: the head uses wte transposed */
+} nb_model_config_t;
+
+/* NULL when cfg can work, else a static message naming the field. */
+const char *nb_model_config_validate(const nb_model_config_t *cfg);
+/* Name of a head kind / norm placement ("lm", "mlm", "seqcls", "tokcls";
+ * "pre", "post") and their parsers (0, or NB_EINVAL for an unknown name). */
+const char *nb_head_kind_name(nb_head_kind_t h);
+int nb_head_kind_parse(const char *s, nb_head_kind_t *out);
+const char *nb_norm_name(nb_norm_t n);
+int nb_norm_parse(const char *s, nb_norm_t *out);
+
+/* Which slice of the model a part holds. */
+typedef struct {
+    bool embed; /* token + position embedding (and its LayerNorm when post-LN) */
+    int first;  /* first block, 0 <= first <= last <= n_layer */
+    int last;   /* one past the last block */
+    bool head;  /* final LayerNorm (pre-LN), head and loss */
+} nb_part_spec_t;
+
+/* The whole model as one part. */
+nb_part_spec_t nb_part_spec_full(const nb_model_config_t *cfg);
+
+typedef struct nb_part nb_part_t;
+typedef struct nb_part_acts nb_part_acts_t;
+
+/* One parameter tensor of a part. */
+typedef struct {
+    char name[32];     /* e.g. "wte", "h3.qkv.w" (global block index) */
+    int ndim;
+    int64_t shape[2];
+    size_t offset;     /* in floats, into the flat parameter/gradient buffers */
+    size_t numel;
+    bool decay;        /* weight decay applies (2-D tensors: GPT-2 convention) */
+} nb_param_info_t;
+
+/* Creates a part on be with seeded weights and zero gradients.
+ * tie_with: when cfg->tie_embeddings and the part has the head but not the
+ * embedding, the head needs wte: pass the part holding the embedding, in
+ * the same process and on the same backend; the head then reads that part's
+ * wte and accumulates into its gradient (tie_with must outlive this part).
+ * Otherwise pass NULL. Errors: NB_EINVAL (bad config or spec; message in
+ * err), NB_ENOMEM. On error *out is NULL. */
+int nb_part_new(nb_backend_t *be, const nb_model_config_t *cfg, const nb_part_spec_t *spec,
+                uint64_t seed, nb_part_t *tie_with, nb_part_t **out, char *err, size_t errlen);
+/* Frees the part, its parameters and gradients; NULL is a no-op. Free every
+ * acts of the part first. */
+void nb_part_free(nb_part_t *p);
+
+const nb_model_config_t *nb_part_config(const nb_part_t *p);
+const nb_part_spec_t *nb_part_spec(const nb_part_t *p);
+nb_backend_t *nb_part_backend(const nb_part_t *p);
+
+/* The parameter tensors, in buffer order. Borrowed, valid while p lives. */
+int nb_part_num_tensors(const nb_part_t *p);
+const nb_param_info_t *nb_part_tensor(const nb_part_t *p, int i);
+/* Index of the tensor called name, or -1. */
+int nb_part_find_tensor(const nb_part_t *p, const char *name);
+/* Flat device buffers of nb_part_num_params() floats. Borrowed. */
+size_t nb_part_num_params(const nb_part_t *p);
+float *nb_part_params(nb_part_t *p);
+float *nb_part_grads(nb_part_t *p);
+/* Sets every gradient to zero (not the tied wte of another part). */
+void nb_part_zero_grad(nb_part_t *p);
+/* Re-initialises every parameter from seed (what nb_part_new did). */
+void nb_part_init_params(nb_part_t *p, uint64_t seed);
+
+/* Activations of one in-flight micro-batch of shape (B,T), T <= max_seq.
+ * Errors: NB_EINVAL (sizes), NB_ENOMEM. Free with nb_part_acts_free. */
+int nb_part_acts_new(nb_part_t *p, int B, int T, nb_part_acts_t **out);
+void nb_part_acts_free(nb_part_acts_t *a);
+
+/* Inputs of one forward call; every pointer is device memory on the part's
+ * backend and is copied into the acts, so the caller may reuse it. */
+typedef struct {
+    const int32_t *tokens;   /* (B,T); parts with the embedding */
+    const float *x;          /* (B,T,C); parts without the embedding */
+    const uint8_t *key_mask; /* (B,T) 1 = real token, 0 = padding; NULL = none.
+                                Every part with blocks needs it when used. */
+    const int32_t *targets;  /* head parts: (B,T) for lm/mlm/tokcls, (B) for
+                                seqcls; < 0 = ignored. NULL = no loss, no backward. */
+    float loss_scale;        /* head parts: gradient of the loss that backward
+                                propagates (1/m for m accumulated micro-batches) */
+} nb_part_input_t;
+
+/* Runs the part forward for one micro-batch. Head parts with targets also
+ * compute the loss (mean over counted targets, not scaled) into *loss and
+ * the gradient of the logits for backward. Errors: NB_EINVAL (missing input
+ * or no counted target). */
+int nb_part_forward(nb_part_t *p, nb_part_acts_t *a, const nb_part_input_t *in, float *loss);
+/* Backward of the last forward on a: dout (B,T,C) device for parts without
+ * the head, NULL for head parts. Accumulates parameter gradients; leaves the
+ * input gradient in nb_part_acts_dinput(a) for parts without the embedding.
+ * Errors: NB_ESTATE (no forward with targets on a), NB_EINVAL. */
+int nb_part_backward(nb_part_t *p, nb_part_acts_t *a, const float *dout);
+
+/* Output activations (B,T,C) of the last forward (parts without head). */
+const float *nb_part_acts_output(const nb_part_acts_t *a);
+/* Gradient of the input (B,T,C) after backward (parts without embedding). */
+const float *nb_part_acts_dinput(const nb_part_acts_t *a);
+/* Logits of the last forward (head parts): rows x cols, device memory. */
+const float *nb_part_acts_logits(const nb_part_acts_t *a, int *rows, int *cols);
+/* Size of one acts object in bytes (for memory planning). */
+size_t nb_part_acts_bytes(const nb_part_acts_t *a);
+
+#endif /* NB_MODEL_H */

@@ -1,0 +1,82 @@
+/*
+ * model_config.c - validation and names of nb_model_config_t (model.h).
+ */
+#include <string.h>
+#include "kernels/model.h"
+
+/* Limits that keep every size computation far from int overflow. */
+#define NB_MODEL_MAX_DIM (1 << 20)
+
+const char *nb_model_config_validate(const nb_model_config_t *c)
+{
+    if (!c)
+        return "model config is missing";
+    if (c->n_layer < 0 || c->n_layer > 4096)
+        return "n_layer must be in 0..4096";
+    if (c->d_model <= 0 || c->d_model > NB_MODEL_MAX_DIM)
+        return "d_model must be in 1..1048576";
+    if (c->n_head <= 0 || c->n_head > c->d_model)
+        return "n_head must be in 1..d_model";
+    if (c->d_model % c->n_head != 0)
+        return "d_model must be divisible by n_head";
+    if (c->d_ff <= 0 || c->d_ff > NB_MODEL_MAX_DIM)
+        return "d_ff must be in 1..1048576";
+    if (c->vocab <= 0 || c->vocab > (1 << 24))
+        return "vocab must be in 1..16777216";
+    if (c->max_seq <= 0 || c->max_seq > (1 << 20))
+        return "max_seq must be in 1..1048576";
+    if (c->norm != NB_NORM_PRE && c->norm != NB_NORM_POST)
+        return "norm must be pre or post";
+    switch (c->head) {
+    case NB_HEAD_LM:
+    case NB_HEAD_MLM:
+        break;
+    case NB_HEAD_SEQCLS:
+    case NB_HEAD_TOKCLS:
+        if (c->n_classes < 2 || c->n_classes > 65536)
+            return "n_classes must be in 2..65536 for seqcls and tokcls heads";
+        break;
+    default:
+        return "head must be lm, mlm, seqcls or tokcls";
+    }
+    return NULL;
+}
+
+static const char *const head_names[] = { "lm", "mlm", "seqcls", "tokcls" };
+static const char *const norm_names[] = { "pre", "post" };
+
+const char *nb_head_kind_name(nb_head_kind_t h)
+{
+    return (unsigned)h < NB_ARRAY_LEN(head_names) ? head_names[h] : "?";
+}
+
+int nb_head_kind_parse(const char *s, nb_head_kind_t *out)
+{
+    for (size_t i = 0; s && i < NB_ARRAY_LEN(head_names); i++)
+        if (strcmp(s, head_names[i]) == 0) {
+            *out = (nb_head_kind_t)i;
+            return 0;
+        }
+    return NB_EINVAL;
+}
+
+const char *nb_norm_name(nb_norm_t n)
+{
+    return (unsigned)n < NB_ARRAY_LEN(norm_names) ? norm_names[n] : "?";
+}
+
+int nb_norm_parse(const char *s, nb_norm_t *out)
+{
+    for (size_t i = 0; s && i < NB_ARRAY_LEN(norm_names); i++)
+        if (strcmp(s, norm_names[i]) == 0) {
+            *out = (nb_norm_t)i;
+            return 0;
+        }
+    return NB_EINVAL;
+}
+
+nb_part_spec_t nb_part_spec_full(const nb_model_config_t *cfg)
+{
+    nb_part_spec_t s = { .embed = true, .first = 0, .last = cfg->n_layer, .head = true };
+    return s;
+}

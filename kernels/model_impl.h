@@ -1,0 +1,80 @@
+/*
+ * model_impl.h - internals of the transformer parts shared by model_part.c
+ * (layout, init, acts) and model_pass.c (forward, backward). Not for callers
+ * outside kernels/model*.c: they use model.h.
+ */
+#ifndef NB_MODEL_IMPL_H
+#define NB_MODEL_IMPL_H
+
+#include "kernels/model.h"
+
+/* Tensor ids of a block, in buffer order; also the init stream id. */
+enum {
+    NB_B_LN1W, NB_B_LN1B, NB_B_QKVW, NB_B_QKVB, NB_B_PROJW, NB_B_PROJB,
+    NB_B_LN2W, NB_B_LN2B, NB_B_FCW, NB_B_FCB, NB_B_FCPW, NB_B_FCPB,
+    NB_B_COUNT
+};
+/* Tensor ids of the embedding and of the head. */
+enum { NB_E_WTE, NB_E_WPE, NB_E_LNW, NB_E_LNB, NB_E_COUNT };
+enum { NB_H_LNFW, NB_H_LNFB, NB_H_LMW, NB_H_CLSW, NB_H_CLSB, NB_H_COUNT };
+
+/* Init stream "block index" of the embedding and the head (blocks use 0..). */
+#define NB_INIT_KEY_EMBED 0xFFFFFFF0u
+#define NB_INIT_KEY_HEAD 0xFFFFFFF1u
+
+typedef struct {
+    float *w[NB_B_COUNT];
+    float *g[NB_B_COUNT];
+} nb_block_ptrs_t;
+
+struct nb_part {
+    nb_backend_t *be;
+    nb_model_config_t cfg;
+    nb_part_spec_t spec;
+    int n_info;
+    nb_param_info_t *info;     /* host array, n_info entries */
+    uint32_t *init_key;        /* per tensor: block key and tensor id */
+    uint32_t *init_id;
+    size_t n_params;
+    float *params, *grads;     /* device, one allocation each */
+    /* embedding (NULL when absent) */
+    float *ew[NB_E_COUNT], *eg[NB_E_COUNT];
+    /* head: lm_w/dlm_w point at wte/dwte (possibly another part's) when tied */
+    float *hw[NB_H_COUNT], *hg[NB_H_COUNT];
+    nb_block_ptrs_t *blocks;   /* last - first entries */
+    /* backward scratch, device, sized for scratch_bt rows */
+    size_t scratch_bt;
+    void *scratch;
+    float *d_ping, *d_pong, *d_tmp, *d_tmp2, *d_qkv, *d_fch, *d_fchg;
+};
+
+typedef struct {
+    float *ln1, *ln1_mean, *ln1_rstd, *qkv, *att, *atty, *res1;
+    float *ln2, *ln2_mean, *ln2_rstd, *fch, *fchg, *res2;
+} nb_block_acts_t;
+
+struct nb_part_acts {
+    nb_part_t *p;
+    int B, T;
+    size_t bytes;
+    void *mem;                 /* device, one allocation */
+    int32_t *tokens;           /* (B,T) */
+    uint8_t *mask;             /* (B,T) */
+    bool has_mask;
+    int32_t *targets;          /* (B,T) or (B) */
+    float *input;              /* (B,T,C) copy of x (no embedding) */
+    float *emb_raw, *emb_mean, *emb_rstd, *emb_out;
+    nb_block_acts_t *blocks;   /* host array */
+    float *lnf, *lnf_mean, *lnf_rstd, *cls_in, *logits, *dlogits, *losses;
+    float *dinput;             /* (B,T,C) */
+    int out_rows, out_cols;    /* logits shape */
+    /* host scratch for validating inputs and summing the loss */
+    int32_t *host_ids;
+    float *host_losses;
+    bool fwd_done, can_bwd;
+};
+
+/* Output of block i (0-based within the part) of a forward pass. */
+const float *nb__block_out(const nb_part_acts_t *a, int i);
+
+#endif /* NB_MODEL_IMPL_H */

@@ -1,0 +1,438 @@
+/*
+ * model_part.c - a part of the transformer: its parameter layout (one flat
+ * buffer for parameters, one for gradients), seeded init, and the per
+ * micro-batch activation objects. The passes are in model_pass.c.
+ */
+#include <math.h>
+#include <stdarg.h>
+#include <string.h>
+#include "kernels/model_impl.h"
+#include "kernels/rng.h"
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || !errlen)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* Saturating size product: SIZE_MAX on overflow (then allocation fails). */
+static size_t mul_sat(size_t a, size_t b)
+{
+    size_t r;
+    return nb_mul_size(a, b, &r) ? SIZE_MAX : r;
+}
+
+static bool head_has_lnf(const nb_model_config_t *c) { return c->norm == NB_NORM_PRE; }
+static bool head_is_vocab(const nb_model_config_t *c) { return c->head == NB_HEAD_LM || c->head == NB_HEAD_MLM; }
+static bool head_tied(const nb_model_config_t *c) { return head_is_vocab(c) && c->tie_embeddings; }
+
+/* ---- parameter layout -------------------------------------------------- */
+
+static int add_tensor(nb_part_t *p, int cap, const char *name, int ndim, int64_t d0, int64_t d1,
+                      uint32_t key, uint32_t id)
+{
+    NB_CHECK(p->n_info < cap);
+    nb_param_info_t *t = &p->info[p->n_info];
+    memset(t, 0, sizeof *t);
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->ndim = ndim;
+    t->shape[0] = d0;
+    t->shape[1] = ndim == 2 ? d1 : 1;
+    t->numel = mul_sat((size_t)d0, (size_t)t->shape[1]);
+    t->offset = p->n_params;
+    t->decay = ndim == 2;
+    p->init_key[p->n_info] = key;
+    p->init_id[p->n_info] = id;
+    if (t->numel == SIZE_MAX || nb_add_size(p->n_params, t->numel, &p->n_params))
+        return NB_ENOMEM;
+    p->n_info++;
+    return 0;
+}
+
+/* Lists the part's tensors in buffer order (docs/model.md). */
+static int build_layout(nb_part_t *p, int cap)
+{
+    const nb_model_config_t *c = &p->cfg;
+    int64_t C = c->d_model, F = c->d_ff, V = c->vocab;
+    int rc = 0;
+    char name[32];
+    if (p->spec.embed) {
+        rc |= add_tensor(p, cap, "wte", 2, V, C, NB_INIT_KEY_EMBED, NB_E_WTE);
+        rc |= add_tensor(p, cap, "wpe", 2, c->max_seq, C, NB_INIT_KEY_EMBED, NB_E_WPE);
+        if (c->norm == NB_NORM_POST) {
+            rc |= add_tensor(p, cap, "emb_ln.w", 1, C, 0, NB_INIT_KEY_EMBED, NB_E_LNW);
+            rc |= add_tensor(p, cap, "emb_ln.b", 1, C, 0, NB_INIT_KEY_EMBED, NB_E_LNB);
+        }
+    }
+    static const char *const bn[NB_B_COUNT] = {
+        "ln1.w", "ln1.b", "qkv.w", "qkv.b", "proj.w", "proj.b",
+        "ln2.w", "ln2.b", "fc.w", "fc.b", "fcproj.w", "fcproj.b",
+    };
+    for (int l = p->spec.first; l < p->spec.last; l++) {
+        int64_t rows[NB_B_COUNT] = { C, C, 3 * C, 3 * C, C, C, C, C, F, F, C, C };
+        int64_t cols[NB_B_COUNT] = { 0, 0, C, 0, C, 0, 0, 0, C, 0, F, 0 };
+        for (int t = 0; t < NB_B_COUNT; t++) {
+            snprintf(name, sizeof name, "h%d.%s", l, bn[t]);
+            rc |= add_tensor(p, cap, name, cols[t] ? 2 : 1, rows[t], cols[t], (uint32_t)l, (uint32_t)t);
+        }
+    }
+    if (p->spec.head) {
+        if (head_has_lnf(c)) {
+            rc |= add_tensor(p, cap, "lnf.w", 1, C, 0, NB_INIT_KEY_HEAD, NB_H_LNFW);
+            rc |= add_tensor(p, cap, "lnf.b", 1, C, 0, NB_INIT_KEY_HEAD, NB_H_LNFB);
+        }
+        if (head_is_vocab(c) && !c->tie_embeddings)
+            rc |= add_tensor(p, cap, "lm.w", 2, V, C, NB_INIT_KEY_HEAD, NB_H_LMW);
+        if (!head_is_vocab(c)) {
+            rc |= add_tensor(p, cap, "cls.w", 2, c->n_classes, C, NB_INIT_KEY_HEAD, NB_H_CLSW);
+            rc |= add_tensor(p, cap, "cls.b", 1, c->n_classes, 0, NB_INIT_KEY_HEAD, NB_H_CLSB);
+        }
+    }
+    return rc ? NB_ENOMEM : 0;
+}
+
+/* Points the named slots at their place in the flat buffers. */
+static void resolve_pointers(nb_part_t *p)
+{
+    for (int i = 0; i < p->n_info; i++) {
+        uint32_t key = p->init_key[i], id = p->init_id[i];
+        float *w = p->params + p->info[i].offset, *g = p->grads + p->info[i].offset;
+        if (key == NB_INIT_KEY_EMBED) {
+            p->ew[id] = w;
+            p->eg[id] = g;
+        } else if (key == NB_INIT_KEY_HEAD) {
+            p->hw[id] = w;
+            p->hg[id] = g;
+        } else {
+            nb_block_ptrs_t *b = &p->blocks[key - (uint32_t)p->spec.first];
+            b->w[id] = w;
+            b->g[id] = g;
+        }
+    }
+}
+
+/* Standard deviation of the normal init of a 2-D tensor (GPT-2 scheme:
+ * residual projections scaled by 1/sqrt(2 n_layer)). */
+static double init_std(const nb_model_config_t *c, uint32_t key, uint32_t id)
+{
+    if (key < NB_INIT_KEY_EMBED && (id == NB_B_PROJW || id == NB_B_FCPW))
+        return 0.02 / sqrt(2.0 * (c->n_layer > 0 ? c->n_layer : 1));
+    return 0.02;
+}
+
+void nb_part_init_params(nb_part_t *p, uint64_t seed)
+{
+    size_t maxn = 0;
+    for (int i = 0; i < p->n_info; i++)
+        if (p->info[i].numel > maxn)
+            maxn = p->info[i].numel;
+    float *host = malloc((maxn ? maxn : 1) * sizeof(float));
+    NB_CHECK(host); /* maxn floats already exist on the device */
+    for (int i = 0; i < p->n_info; i++) {
+        const nb_param_info_t *t = &p->info[i];
+        uint32_t key = p->init_key[i], id = p->init_id[i];
+        bool ln_weight = (key == NB_INIT_KEY_EMBED && id == NB_E_LNW) ||
+                         (key == NB_INIT_KEY_HEAD && id == NB_H_LNFW) ||
+                         (key < NB_INIT_KEY_EMBED && (id == NB_B_LN1W || id == NB_B_LN2W));
+        if (t->ndim == 2) {
+            nb_rng_t r;
+            nb_rng_init(&r, seed, key, id);
+            double sd = init_std(&p->cfg, key, id);
+            for (size_t k = 0; k < t->numel; k++)
+                host[k] = (float)(nb_rng_normal(&r) * sd);
+        } else {
+            for (size_t k = 0; k < t->numel; k++)
+                host[k] = ln_weight ? 1.0f : 0.0f;
+        }
+        nb_be_from_host(p->be, p->params + t->offset, host, t->numel * sizeof(float));
+        nb_be_sync(p->be); /* host is reused for the next tensor */
+    }
+    free(host);
+}
+
+int nb_part_new(nb_backend_t *be, const nb_model_config_t *cfg, const nb_part_spec_t *spec,
+                uint64_t seed, nb_part_t *tie_with, nb_part_t **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    const char *why = nb_model_config_validate(cfg);
+    if (why) {
+        set_err(err, errlen, "model config: %s", why);
+        return NB_EINVAL;
+    }
+    if (!spec || spec->first < 0 || spec->first > spec->last || spec->last > cfg->n_layer) {
+        set_err(err, errlen, "part: blocks [%d, %d) are not a range of 0..%d",
+                spec ? spec->first : -1, spec ? spec->last : -1, cfg->n_layer);
+        return NB_EINVAL;
+    }
+    if (!spec->embed && !spec->head && spec->first == spec->last) {
+        set_err(err, errlen, "part: holds nothing (no embedding, no blocks, no head)");
+        return NB_EINVAL;
+    }
+    bool need_tie = spec->head && !spec->embed && head_tied(cfg);
+    if (need_tie) {
+        if (!tie_with || !tie_with->spec.embed || tie_with->be != be ||
+            memcmp(&tie_with->cfg, cfg, sizeof *cfg) != 0) {
+            set_err(err, errlen, "part: tie_embeddings needs the embedding part of the same model "
+                                 "on the same backend (tie_with), or tie_embeddings: false");
+            return NB_EINVAL;
+        }
+    } else if (tie_with) {
+        set_err(err, errlen, "part: tie_with is only for a head part without the embedding "
+                             "of a model with tied embeddings");
+        return NB_EINVAL;
+    }
+
+    nb_part_t *p = calloc(1, sizeof *p);
+    if (!p)
+        return NB_ENOMEM;
+    p->be = be;
+    p->cfg = *cfg;
+    p->spec = *spec;
+    int nblk = spec->last - spec->first;
+    int cap = NB_E_COUNT + NB_H_COUNT + nblk * NB_B_COUNT;
+    p->info = calloc((size_t)cap, sizeof *p->info);
+    p->init_key = calloc((size_t)cap, sizeof *p->init_key);
+    p->init_id = calloc((size_t)cap, sizeof *p->init_id);
+    p->blocks = calloc((size_t)(nblk ? nblk : 1), sizeof *p->blocks);
+    int rc = NB_ENOMEM;
+    if (!p->info || !p->init_key || !p->init_id || !p->blocks)
+        goto err;
+    if ((rc = build_layout(p, cap)) != 0) {
+        set_err(err, errlen, "part: parameter count overflows");
+        goto err;
+    }
+    size_t bytes = mul_sat(p->n_params ? p->n_params : 1, sizeof(float));
+    rc = NB_ENOMEM;
+    p->params = bytes == SIZE_MAX ? NULL : nb_be_alloc(be, bytes);
+    p->grads = bytes == SIZE_MAX ? NULL : nb_be_alloc(be, bytes);
+    if (!p->params || !p->grads) {
+        set_err(err, errlen, "part: cannot allocate %zu parameters", p->n_params);
+        goto err;
+    }
+    resolve_pointers(p);
+    if (p->spec.head && head_is_vocab(cfg)) {
+        nb_part_t *src = need_tie ? tie_with : p;
+        if (cfg->tie_embeddings) {
+            p->hw[NB_H_LMW] = src->ew[NB_E_WTE];
+            p->hg[NB_H_LMW] = src->eg[NB_E_WTE];
+        }
+    }
+    nb_part_init_params(p, seed);
+    nb_part_zero_grad(p);
+    *out = p;
+    return 0;
+err:
+    nb_part_free(p);
+    return rc;
+}
+
+void nb_part_free(nb_part_t *p)
+{
+    if (!p)
+        return;
+    if (p->params)
+        nb_be_dealloc(p->be, p->params);
+    if (p->grads)
+        nb_be_dealloc(p->be, p->grads);
+    if (p->scratch)
+        nb_be_dealloc(p->be, p->scratch);
+    free(p->info);
+    free(p->init_key);
+    free(p->init_id);
+    free(p->blocks);
+    free(p);
+}
+
+const nb_model_config_t *nb_part_config(const nb_part_t *p) { return &p->cfg; }
+const nb_part_spec_t *nb_part_spec(const nb_part_t *p) { return &p->spec; }
+nb_backend_t *nb_part_backend(const nb_part_t *p) { return p->be; }
+int nb_part_num_tensors(const nb_part_t *p) { return p->n_info; }
+size_t nb_part_num_params(const nb_part_t *p) { return p->n_params; }
+float *nb_part_params(nb_part_t *p) { return p->params; }
+float *nb_part_grads(nb_part_t *p) { return p->grads; }
+
+const nb_param_info_t *nb_part_tensor(const nb_part_t *p, int i)
+{
+    NB_CHECK(i >= 0 && i < p->n_info);
+    return &p->info[i];
+}
+
+int nb_part_find_tensor(const nb_part_t *p, const char *name)
+{
+    for (int i = 0; i < p->n_info; i++)
+        if (strcmp(p->info[i].name, name) == 0)
+            return i;
+    return -1;
+}
+
+void nb_part_zero_grad(nb_part_t *p)
+{
+    if (p->n_params)
+        nb_be_memset0(p->be, p->grads, p->n_params * sizeof(float));
+}
+
+/* ---- activations ------------------------------------------------------- */
+
+/* Carves consecutive 64-byte aligned regions; with base NULL only counts. */
+typedef struct {
+    char *base;
+    size_t total;
+    bool overflow;
+} carver_t;
+
+static void *carve(carver_t *cv, size_t bytes)
+{
+    size_t rounded;
+    if (bytes == SIZE_MAX || nb_add_size(bytes, 63, &rounded)) {
+        cv->overflow = true;
+        return NULL;
+    }
+    rounded &= ~(size_t)63;
+    size_t off = cv->total;
+    if (nb_add_size(cv->total, rounded, &cv->total))
+        cv->overflow = true;
+    return cv->base ? cv->base + off : NULL;
+}
+
+static void carve_acts(nb_part_acts_t *a, carver_t *cv)
+{
+    const nb_part_t *p = a->p;
+    const nb_model_config_t *c = &p->cfg;
+    size_t BT = mul_sat((size_t)a->B, (size_t)a->T);
+    size_t BTC = mul_sat(BT, (size_t)c->d_model);
+    size_t fl = sizeof(float);
+    a->tokens = carve(cv, mul_sat(BT, sizeof(int32_t)));
+    a->mask = carve(cv, BT);
+    a->targets = carve(cv, mul_sat(BT, sizeof(int32_t)));
+    if (!p->spec.embed) {
+        a->input = carve(cv, mul_sat(BTC, fl));
+        a->dinput = carve(cv, mul_sat(BTC, fl));
+    } else {
+        a->emb_out = carve(cv, mul_sat(BTC, fl));
+        if (c->norm == NB_NORM_POST) {
+            a->emb_raw = carve(cv, mul_sat(BTC, fl));
+            a->emb_mean = carve(cv, mul_sat(BT, fl));
+            a->emb_rstd = carve(cv, mul_sat(BT, fl));
+        }
+    }
+    for (int i = 0; i < p->spec.last - p->spec.first; i++) {
+        nb_block_acts_t *b = &a->blocks[i];
+        b->ln1 = carve(cv, mul_sat(BTC, fl));
+        b->ln1_mean = carve(cv, mul_sat(BT, fl));
+        b->ln1_rstd = carve(cv, mul_sat(BT, fl));
+        b->qkv = carve(cv, mul_sat(mul_sat(BTC, 3), fl));
+        b->att = carve(cv, mul_sat(mul_sat(mul_sat(BT, (size_t)a->T), (size_t)c->n_head), fl));
+        b->atty = carve(cv, mul_sat(BTC, fl));
+        b->res1 = carve(cv, mul_sat(BTC, fl));
+        b->ln2 = carve(cv, mul_sat(BTC, fl));
+        b->ln2_mean = carve(cv, mul_sat(BT, fl));
+        b->ln2_rstd = carve(cv, mul_sat(BT, fl));
+        b->fch = carve(cv, mul_sat(mul_sat(BT, (size_t)c->d_ff), fl));
+        b->fchg = carve(cv, mul_sat(mul_sat(BT, (size_t)c->d_ff), fl));
+        b->res2 = carve(cv, mul_sat(BTC, fl));
+    }
+    if (p->spec.head) {
+        if (head_has_lnf(c)) {
+            a->lnf = carve(cv, mul_sat(BTC, fl));
+            a->lnf_mean = carve(cv, mul_sat(BT, fl));
+            a->lnf_rstd = carve(cv, mul_sat(BT, fl));
+        }
+        size_t rows = c->head == NB_HEAD_SEQCLS ? (size_t)a->B : BT;
+        size_t cols = head_is_vocab(c) ? (size_t)c->vocab : (size_t)c->n_classes;
+        if (c->head == NB_HEAD_SEQCLS)
+            a->cls_in = carve(cv, mul_sat(mul_sat(rows, (size_t)c->d_model), fl));
+        a->logits = carve(cv, mul_sat(mul_sat(rows, cols), fl));
+        a->dlogits = carve(cv, mul_sat(mul_sat(rows, cols), fl));
+        a->losses = carve(cv, mul_sat(rows, fl));
+        a->out_rows = (int)rows;
+        a->out_cols = (int)cols;
+    }
+}
+
+/* Grows the part's backward scratch to hold bt rows. */
+static int ensure_scratch(nb_part_t *p, size_t bt)
+{
+    if (p->scratch && p->scratch_bt >= bt)
+        return 0;
+    size_t C = (size_t)p->cfg.d_model, F = (size_t)p->cfg.d_ff, fl = sizeof(float);
+    carver_t cv = { 0 };
+    for (int pass = 0; pass < 2; pass++) {
+        p->d_ping = carve(&cv, mul_sat(mul_sat(bt, C), fl));
+        p->d_pong = carve(&cv, mul_sat(mul_sat(bt, C), fl));
+        p->d_tmp = carve(&cv, mul_sat(mul_sat(bt, C), fl));
+        p->d_tmp2 = carve(&cv, mul_sat(mul_sat(bt, C), fl));
+        p->d_qkv = carve(&cv, mul_sat(mul_sat(bt, 3 * C), fl));
+        p->d_fch = carve(&cv, mul_sat(mul_sat(bt, F), fl));
+        p->d_fchg = carve(&cv, mul_sat(mul_sat(bt, F), fl));
+        if (pass == 0) {
+            if (cv.overflow)
+                return NB_ENOMEM;
+            void *mem = nb_be_alloc(p->be, cv.total);
+            if (!mem)
+                return NB_ENOMEM;
+            if (p->scratch)
+                nb_be_dealloc(p->be, p->scratch);
+            p->scratch = mem;
+            p->scratch_bt = bt;
+            cv.base = mem;
+            cv.total = 0;
+        }
+    }
+    return 0;
+}
+
+int nb_part_acts_new(nb_part_t *p, int B, int T, nb_part_acts_t **out)
+{
+    *out = NULL;
+    if (B <= 0 || T <= 0 || T > p->cfg.max_seq || B > (1 << 24))
+        return NB_EINVAL;
+    nb_part_acts_t *a = calloc(1, sizeof *a);
+    if (!a)
+        return NB_ENOMEM;
+    a->p = p;
+    a->B = B;
+    a->T = T;
+    int nblk = p->spec.last - p->spec.first;
+    a->blocks = calloc((size_t)(nblk ? nblk : 1), sizeof *a->blocks);
+    size_t BT = (size_t)B * (size_t)T;
+    a->host_ids = malloc(BT * sizeof(int32_t));
+    a->host_losses = malloc(BT * sizeof(float));
+    int rc = NB_ENOMEM;
+    if (!a->blocks || !a->host_ids || !a->host_losses)
+        goto err;
+    carver_t cv = { 0 };
+    carve_acts(a, &cv);
+    if (cv.overflow)
+        goto err;
+    a->mem = nb_be_alloc(p->be, cv.total);
+    if (!a->mem)
+        goto err;
+    a->bytes = cv.total;
+    cv = (carver_t){ .base = a->mem };
+    carve_acts(a, &cv);
+    if ((rc = ensure_scratch(p, BT)) != 0)
+        goto err;
+    *out = a;
+    return 0;
+err:
+    nb_part_acts_free(a);
+    return rc;
+}
+
+void nb_part_acts_free(nb_part_acts_t *a)
+{
+    if (!a)
+        return;
+    if (a->mem)
+        nb_be_dealloc(a->p->be, a->mem);
+    free(a->blocks);
+    free(a->host_ids);
+    free(a->host_losses);
+    free(a);
+}
+
+size_t nb_part_acts_bytes(const nb_part_acts_t *a) { return a->bytes; }
