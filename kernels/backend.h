@@ -256,7 +256,8 @@ static inline void nb_attention_bwd(nb_backend_t *be, float *dqkv, const float *
 { NB_CHECK(be->iface->attention_bwd); be->iface->attention_bwd(be, dqkv, dout, qkv, att, key_mask, causal, B, T, C, NH); }
 /* Softmax cross-entropy over logits (N,V). losses (N) gets -log p[target];
  * targets < 0 are ignored (loss 0, zero gradient). dlogits (N,V), if not NULL,
- * is *overwritten* with dloss_scale * (softmax - onehot) for each counted row. */
+ * is *overwritten* with dloss_scale * (softmax - onehot) for each counted row;
+ * it may be logits itself (in place, saves a (N,V) buffer). */
 static inline void nb_xent_fwd_bwd(nb_backend_t *be, float *losses, float *dlogits, const float *logits,
                                    const int32_t *targets, float dloss_scale, int N, int V)
 { NB_CHECK(be->iface->xent_fwd_bwd); be->iface->xent_fwd_bwd(be, losses, dlogits, logits, targets, dloss_scale, N, V); }

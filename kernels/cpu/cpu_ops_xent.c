@@ -5,6 +5,8 @@
  * Numerically stable: log-sum-exp around the row maximum. A target < 0 marks
  * an ignored row (loss 0, gradient row 0); a target >= V is a broken
  * invariant (the caller validates labels when a batch is loaded).
+ * dlogits may be logits itself (in place): each element is read before its
+ * gradient is written.
  */
 #include <math.h>
 #include "kernels/cpu/cpu_ops.h"
@@ -27,6 +29,7 @@ void nb_cpu_xent_fwd_bwd(nb_backend_t *be, float *losses, float *dlogits,
                     d[j] = 0.0f;
             continue;
         }
+        float xt = x[tgt]; /* read before d (which may be x) is written */
         nb_v16 vmax = nb_v_set1(-INFINITY);
         int j = 0;
         for (; j + NB_VL <= V; j += NB_VL)
@@ -51,7 +54,7 @@ void nb_cpu_xent_fwd_bwd(nb_backend_t *be, float *losses, float *dlogits,
             acc += e;
         }
         float sum = nb_v_hsum(acc);
-        losses[i] = (mx + logf(sum)) - x[tgt];
+        losses[i] = (mx + logf(sum)) - xt;
         if (d) {
             nb_v16 vs = nb_v_set1(dloss_scale / sum);
             j = 0;

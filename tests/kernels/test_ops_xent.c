@@ -63,6 +63,14 @@ static void test_xent(void **state)
     nb_xent_fwd_bwd(be, loss, d2, x, tg, scale, N, V);
     tu_assert_close_f("xent dlogits overwritten", d2, d, N * V, 0, 0);
 
+    /* in place: dlogits == logits gives the same losses and gradient */
+    float *xi = tu_alloc(N * V), li[N];
+    memcpy(xi, x, sizeof(float) * N * V);
+    nb_xent_fwd_bwd(be, li, xi, xi, tg, scale, N, V);
+    tu_assert_close_f("xent in place losses", li, loss, N, 0, 0);
+    tu_assert_close_f("xent in place dlogits", xi, d, N * V, 0, 0);
+    free(xi);
+
     /* finite differences on moderate logits */
     for (int j = 0; j < V; j++) x[3 * V + j] -= 1000.0f;
     nb_xent_fwd_bwd(be, loss, d, x, tg, scale, N, V);
