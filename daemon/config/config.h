@@ -1,0 +1,169 @@
+/*
+ * config.h - the YAML configuration of one Nebula process (nebulad as
+ * coordinator or stage, or the single-process trainer), as plain C structs.
+ *
+ * One file per daemon. Keys, types, bounds, defaults and validators live in
+ * one table (config_table.c); the loader (config_load.c) walks the YAML tree
+ * with libyaml and reports the first problem as
+ *     FILE:LINE:COL: key.path: what is wrong
+ * Every key is documented in docs/config.md.
+ *
+ * The structs hold no heap memory: copy them by value, never free them.
+ * Relative paths in the file (data, checkpoint_dir, tls.*, status_socket,
+ * output, ...) are resolved against the directory of the config file.
+ */
+#ifndef NB_CONFIG_H
+#define NB_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define NB_CFG_NAME_MAX 64
+#define NB_CFG_PATH_MAX 1024
+#define NB_CFG_ADDR_MAX 256
+#define NB_CFG_SPEC_MAX 128
+#define NB_CFG_MAX_CLUSTERS 16
+#define NB_CFG_MAX_DEVICES 16
+#define NB_CFG_MAX_CODECS 16
+
+/* Exit status of nebulad on any configuration error (sysexits EX_CONFIG). */
+#define NB_CFG_EXIT_CONFIG 78
+
+typedef enum { NB_ROLE_COORDINATOR = 0, NB_ROLE_STAGE = 1, NB_ROLE_TRAIN = 2 } nb_cfg_role_t;
+typedef enum { NB_NORM_PRE = 0, NB_NORM_POST = 1 } nb_cfg_norm_t;
+typedef enum { NB_HEAD_LM = 0, NB_HEAD_MLM = 1, NB_HEAD_SEQCLS = 2, NB_HEAD_TOKCLS = 3 } nb_cfg_head_t;
+typedef enum { NB_SCHED_AUTO = 0, NB_SCHED_GPIPE = 1, NB_SCHED_1F1B = 2 } nb_cfg_schedule_t;
+typedef enum { NB_TOPO_CHAIN = 0, NB_TOPO_USHAPE = 1 } nb_cfg_topology_t;
+
+/* "HOST:PORT" split; host has no brackets (IPv6 is written "[::1]:7000"). */
+typedef struct {
+    char text[NB_CFG_ADDR_MAX]; /* as written, "" when unset */
+    char host[NB_CFG_ADDR_MAX];
+    int port;
+} nb_cfg_addr_t;
+
+/* A local compute device: "cpu" (index -1) or "cuda:N". */
+typedef struct {
+    char text[16];
+    bool cuda;
+    int index;
+} nb_cfg_device_t;
+
+typedef struct {
+    char cert[NB_CFG_PATH_MAX];
+    char key[NB_CFG_PATH_MAX];
+    char ca[NB_CFG_PATH_MAX];
+} nb_cfg_tls_t;
+
+typedef struct {
+    nb_cfg_addr_t address;
+    char name[NB_CFG_NAME_MAX];
+} nb_cfg_coord_t;
+
+typedef struct {
+    int n_layer, d_model, n_head, d_ff, vocab, max_seq;
+    bool causal;
+    nb_cfg_norm_t norm;
+    nb_cfg_head_t head;
+    int n_classes; /* seqcls / tokcls heads only; 0 otherwise */
+    bool tie_embeddings;
+} nb_cfg_model_t;
+
+typedef struct {
+    double lr, min_lr;
+    int64_t warmup_steps;
+    double weight_decay, beta1, beta2, eps;
+    double grad_clip; /* 0: no clipping */
+} nb_cfg_optim_t;
+
+typedef struct {
+    char forward[NB_CFG_SPEC_MAX];  /* codec spec string, e.g. "fp16(svd(0.6))" */
+    char backward[NB_CFG_SPEC_MAX];
+} nb_cfg_codecs_t;
+
+typedef struct {
+    char name[NB_CFG_NAME_MAX];
+    nb_cfg_addr_t address;
+    bool layers_auto;
+    int layer_first, layer_last; /* inclusive block range; -1 when auto */
+} nb_cfg_cluster_t;
+
+typedef struct {
+    bool enabled;
+    double replan_threshold;  /* relative drift, e.g. 0.2 = 20 % */
+    int64_t replan_steps;     /* steps the drift must last */
+    int n_codecs;
+    char codecs[NB_CFG_MAX_CODECS][NB_CFG_SPEC_MAX]; /* allowed codec specs */
+    uint64_t stage_memory_bytes; /* memory limit per stage; 0: unlimited */
+} nb_cfg_planner_t;
+
+typedef struct {
+    bool present; /* the file has a job section */
+    nb_cfg_model_t model;
+    uint64_t seed;
+    char data[NB_CFG_PATH_MAX];
+    int64_t batch;          /* sequences per step (global batch) */
+    int64_t seq_len;
+    int64_t steps;
+    int64_t micro_batches;  /* 0: auto (planner) */
+    nb_cfg_schedule_t schedule;
+    nb_cfg_optim_t optimizer;
+    nb_cfg_codecs_t codecs;
+    nb_cfg_topology_t topology;
+    int n_clusters;
+    nb_cfg_cluster_t clusters[NB_CFG_MAX_CLUSTERS];
+    nb_cfg_planner_t planner;
+    int64_t log_every;
+    int64_t trace_steps;
+    char output[NB_CFG_PATH_MAX]; /* final weights file; "" = none */
+} nb_cfg_job_t;
+
+typedef struct {
+    char path[NB_CFG_PATH_MAX]; /* the file this was loaded from */
+    char name[NB_CFG_NAME_MAX];
+    nb_cfg_role_t role;
+    nb_cfg_addr_t listen;
+    nb_cfg_tls_t tls;
+    nb_cfg_coord_t coordinator;
+    int n_devices;
+    nb_cfg_device_t devices[NB_CFG_MAX_DEVICES];
+    char data[NB_CFG_PATH_MAX];          /* token file this daemon reads if it hosts the embedding */
+    char checkpoint_dir[NB_CFG_PATH_MAX];
+    char status_socket[NB_CFG_PATH_MAX]; /* default /run/nebula/NAME.sock */
+    char log_level[16];                  /* debug|info|warn|error */
+    double heartbeat_interval_s;
+    double heartbeat_timeout_s;
+    double connect_timeout_s; /* 0: wait forever */
+    nb_cfg_job_t job;
+} nb_config_t;
+
+/* Loads and validates the file at path into *out (fully overwritten, also on
+ * error). On error returns a negative NB_E* code (NB_EIO: unreadable file;
+ * NB_EFORMAT: not YAML; NB_EINVAL: a key or value is wrong) and writes one
+ * line "FILE:LINE:COL: key: what is wrong" (no newline) into err.
+ * err may be NULL. Thread: any; no global state. */
+int nb_cfg_load(const char *path, nb_config_t *out, char *err, size_t errlen);
+
+/* As nb_cfg_load, from a string in memory; name is used in messages and its
+ * directory for relative paths. */
+int nb_cfg_load_string(const char *name, const char *text, size_t len,
+                       nb_config_t *out, char *err, size_t errlen);
+
+const char *nb_cfg_role_name(nb_cfg_role_t r);
+const char *nb_cfg_schedule_name(nb_cfg_schedule_t s);
+const char *nb_cfg_topology_name(nb_cfg_topology_t t);
+const char *nb_cfg_norm_name(nb_cfg_norm_t n);
+const char *nb_cfg_head_name(nb_cfg_head_t h);
+
+/* Calls fn once for every key of the table, with its dotted path ("job.model.
+ * n_layer"; list items as "job.clusters[].name"), type name, default text (or
+ * NULL) and whether it is required. For documentation checks. */
+typedef void (*nb_cfg_key_cb)(const char *path, const char *type, const char *def,
+                              bool required, void *ud);
+void nb_cfg_each_key(nb_cfg_key_cb fn, void *ud);
+
+/* Levenshtein distance, capped at 255; exposed for tests. */
+int nb_cfg_edit_distance(const char *a, const char *b);
+
+#endif /* NB_CONFIG_H */

@@ -1,0 +1,201 @@
+/*
+ * config_table.c - every configuration key in one place: type, role rules,
+ * bounds, default, field and validator. Adding a key = adding a row here and
+ * a line in docs/config.md (a test checks that the two agree).
+ */
+#include <ctype.h>
+#include <string.h>
+#include "daemon/config/config_table.h"
+#include "daemon/log.h"
+
+#define C NB__ROLE(NB_ROLE_COORDINATOR)
+#define S NB__ROLE(NB_ROLE_STAGE)
+#define T NB__ROLE(NB_ROLE_TRAIN)
+
+#define FLD(type, f) .off = offsetof(type, f), .size = sizeof(((type *)0)->f)
+
+/* ---- validators: return NULL when fine, else a static message ---------- */
+
+static const char *v_name(const void *p)
+{
+    const char *s = p;
+    for (; *s; s++)
+        if (!isalnum((unsigned char)*s) && *s != '-' && *s != '_' && *s != '.')
+            return "may contain only letters, digits, '-', '_' and '.'";
+    return NULL;
+}
+
+static const char *v_log_level(const void *p)
+{
+    nb_log_level_t l;
+    return nb_log_level_parse(p, &l) == 0 ? NULL : "must be one of debug, info, warn, error";
+}
+
+static const char *v_codec(const void *p)
+{
+    /* Syntax is checked by the codec module at start-up; here only the
+     * characters a spec may contain and balanced parentheses. */
+    int depth = 0;
+    for (const char *s = p; *s; s++) {
+        if (*s == '(')
+            depth++;
+        else if (*s == ')') {
+            if (--depth < 0)
+                return "unbalanced parentheses in codec spec";
+        } else if (!isalnum((unsigned char)*s) && !strchr(".,_+ ", *s))
+            return "codec spec may contain only letters, digits, '.', ',', '_', '+', ' ' and parentheses";
+    }
+    return depth == 0 ? NULL : "unbalanced parentheses in codec spec";
+}
+
+/* ---- enums ---------------------------------------------------------------- */
+
+static const char *const role_names[] = { "coordinator", "stage", "train", NULL };
+static const char *const norm_names[] = { "pre", "post", NULL };
+static const char *const head_names[] = { "lm", "mlm", "seqcls", "tokcls", NULL };
+static const char *const sched_names[] = { "auto", "gpipe", "1f1b", NULL };
+static const char *const topo_names[] = { "chain", "ushape", NULL };
+
+const char *nb_cfg_role_name(nb_cfg_role_t r) { return (unsigned)r < 3 ? role_names[r] : "?"; }
+const char *nb_cfg_norm_name(nb_cfg_norm_t n) { return (unsigned)n < 2 ? norm_names[n] : "?"; }
+const char *nb_cfg_head_name(nb_cfg_head_t h) { return (unsigned)h < 4 ? head_names[h] : "?"; }
+const char *nb_cfg_schedule_name(nb_cfg_schedule_t s) { return (unsigned)s < 3 ? sched_names[s] : "?"; }
+const char *nb_cfg_topology_name(nb_cfg_topology_t t) { return (unsigned)t < 2 ? topo_names[t] : "?"; }
+
+/* ---- rows ----------------------------------------------------------------- */
+
+static const nb__cfg_key_t tls_keys[] = {
+    { .name = "cert", .type = NB__CFG_PATH, .required = C | S, FLD(nb_cfg_tls_t, cert), .doc = "PEM certificate of this daemon" },
+    { .name = "key", .type = NB__CFG_PATH, .required = C | S, FLD(nb_cfg_tls_t, key), .doc = "PEM private key of this daemon" },
+    { .name = "ca", .type = NB__CFG_PATH, .required = C | S, FLD(nb_cfg_tls_t, ca), .doc = "PEM CA bundle that signs every peer" },
+    { 0 },
+};
+
+static const nb__cfg_key_t coord_keys[] = {
+    { .name = "address", .type = NB__CFG_ADDR, .required = S, .min = 1, FLD(nb_cfg_coord_t, address), .doc = "HOST:PORT of the coordinator" },
+    { .name = "name", .type = NB__CFG_STR, .required = S, FLD(nb_cfg_coord_t, name), .validate = v_name, .doc = "name the coordinator's certificate must carry" },
+    { 0 },
+};
+
+static const nb__cfg_key_t device_elem = {
+    .name = "devices[]", .type = NB__CFG_DEVICE, .size = sizeof(nb_cfg_device_t), .doc = "cpu or cuda:N",
+};
+
+static const nb__cfg_key_t model_keys[] = {
+    { .name = "n_layer", .type = NB__CFG_INT, .required = C | T, .min = 1, .max = 1024, FLD(nb_cfg_model_t, n_layer), .doc = "transformer blocks" },
+    { .name = "d_model", .type = NB__CFG_INT, .required = C | T, .min = 1, .max = 65536, FLD(nb_cfg_model_t, d_model), .doc = "hidden size" },
+    { .name = "n_head", .type = NB__CFG_INT, .required = C | T, .min = 1, .max = 1024, FLD(nb_cfg_model_t, n_head), .doc = "attention heads; divides d_model" },
+    { .name = "d_ff", .type = NB__CFG_INT, .min = 0, .max = 262144, .def = "0", FLD(nb_cfg_model_t, d_ff), .doc = "feed-forward size; 0 = 4 * d_model" },
+    { .name = "vocab", .type = NB__CFG_INT, .required = C | T, .min = 2, .max = 16777216, FLD(nb_cfg_model_t, vocab), .doc = "vocabulary size" },
+    { .name = "max_seq", .type = NB__CFG_INT, .min = 1, .max = 1048576, .def = "1024", FLD(nb_cfg_model_t, max_seq), .doc = "positions in the position embedding" },
+    { .name = "causal", .type = NB__CFG_BOOL, .def = "true", FLD(nb_cfg_model_t, causal), .doc = "causal attention mask" },
+    { .name = "norm", .type = NB__CFG_ENUM, .def = "pre", .names = norm_names, FLD(nb_cfg_model_t, norm), .doc = "layer norm placement" },
+    { .name = "head", .type = NB__CFG_ENUM, .def = "lm", .names = head_names, FLD(nb_cfg_model_t, head), .doc = "output head" },
+    { .name = "n_classes", .type = NB__CFG_INT, .min = 0, .max = 65536, .def = "0", FLD(nb_cfg_model_t, n_classes), .doc = "classes of a seqcls/tokcls head" },
+    { .name = "tie_embeddings", .type = NB__CFG_BOOL, .def = "true", FLD(nb_cfg_model_t, tie_embeddings), .doc = "lm head shares the token embedding" },
+    { 0 },
+};
+
+static const nb__cfg_key_t optim_keys[] = {
+    { .name = "lr", .type = NB__CFG_DOUBLE, .min = 0, .max = 10, .def = "3e-4", FLD(nb_cfg_optim_t, lr), .doc = "peak learning rate" },
+    { .name = "min_lr", .type = NB__CFG_DOUBLE, .min = 0, .max = 10, .def = "0", FLD(nb_cfg_optim_t, min_lr), .doc = "learning rate at the end of the cosine decay" },
+    { .name = "warmup_steps", .type = NB__CFG_INT, .min = 0, .max = 1e12, .def = "0", FLD(nb_cfg_optim_t, warmup_steps), .doc = "linear warm-up steps" },
+    { .name = "weight_decay", .type = NB__CFG_DOUBLE, .min = 0, .max = 10, .def = "0", FLD(nb_cfg_optim_t, weight_decay), .doc = "AdamW decoupled weight decay" },
+    { .name = "beta1", .type = NB__CFG_DOUBLE, .min = 0, .max = 0.999999, .def = "0.9", FLD(nb_cfg_optim_t, beta1), .doc = "AdamW beta1" },
+    { .name = "beta2", .type = NB__CFG_DOUBLE, .min = 0, .max = 0.999999999, .def = "0.999", FLD(nb_cfg_optim_t, beta2), .doc = "AdamW beta2" },
+    { .name = "eps", .type = NB__CFG_DOUBLE, .min = 1e-30, .max = 1, .def = "1e-8", FLD(nb_cfg_optim_t, eps), .doc = "AdamW epsilon" },
+    { .name = "grad_clip", .type = NB__CFG_DOUBLE, .min = 0, .max = 1e6, .def = "1.0", FLD(nb_cfg_optim_t, grad_clip), .doc = "global gradient norm clip; 0 = off" },
+    { 0 },
+};
+
+static const nb__cfg_key_t codec_keys[] = {
+    { .name = "forward", .type = NB__CFG_STR, .def = "fp32", FLD(nb_cfg_codecs_t, forward), .validate = v_codec, .doc = "codec for activations" },
+    { .name = "backward", .type = NB__CFG_STR, .def = "fp32", FLD(nb_cfg_codecs_t, backward), .validate = v_codec, .doc = "codec for gradients" },
+    { 0 },
+};
+
+static const nb__cfg_key_t cluster_keys[] = {
+    { .name = "name", .type = NB__CFG_STR, .required = C | S | T, FLD(nb_cfg_cluster_t, name), .validate = v_name, .doc = "the stage daemon's name" },
+    { .name = "address", .type = NB__CFG_ADDR, .required = C | S | T, .min = 1, FLD(nb_cfg_cluster_t, address), .doc = "HOST:PORT the stage listens on" },
+    { .name = "layers", .type = NB__CFG_LAYERS, .def = "auto", .size = sizeof(nb_cfg_cluster_t), .doc = "\"A-B\" (blocks A..B inclusive) or auto" },
+    { 0 },
+};
+
+static const nb__cfg_key_t cluster_elem = {
+    .name = "clusters[]", .type = NB__CFG_SECTION, .size = sizeof(nb_cfg_cluster_t), .sub = cluster_keys,
+};
+
+static const nb__cfg_key_t codec_elem = {
+    .name = "codecs[]", .type = NB__CFG_STR, .size = NB_CFG_SPEC_MAX, .validate = v_codec,
+};
+
+static const nb__cfg_key_t planner_keys[] = {
+    { .name = "enabled", .type = NB__CFG_BOOL, .def = "true", FLD(nb_cfg_planner_t, enabled), .doc = "let the planner choose m, schedule, codecs and split" },
+    { .name = "replan_threshold", .type = NB__CFG_DOUBLE, .min = 0, .max = 10, .def = "0.2", FLD(nb_cfg_planner_t, replan_threshold), .doc = "relative drift of a measurement that triggers a re-plan" },
+    { .name = "replan_steps", .type = NB__CFG_INT, .min = 1, .max = 1e6, .def = "5", FLD(nb_cfg_planner_t, replan_steps), .doc = "steps the drift must last" },
+    { .name = "codecs", .type = NB__CFG_LIST, .sub = &codec_elem, .off = offsetof(nb_cfg_planner_t, codecs),
+      .count_off = offsetof(nb_cfg_planner_t, n_codecs), .max_items = NB_CFG_MAX_CODECS, .doc = "codec specs the planner may choose" },
+    { .name = "stage_memory", .type = NB__CFG_BYTES, .min = 0, .max = 1e18, .def = "0", FLD(nb_cfg_planner_t, stage_memory_bytes), .doc = "memory limit per stage; 0 = unlimited" },
+    { 0 },
+};
+
+static const nb__cfg_key_t job_keys[] = {
+    { .name = "model", .type = NB__CFG_SECTION, .required = C | T, .sub = model_keys, FLD(nb_cfg_job_t, model), .doc = "model shape" },
+    { .name = "seed", .type = NB__CFG_U64, .min = 0, .max = 1.8e19, .def = "1337", FLD(nb_cfg_job_t, seed), .doc = "seed of every RNG stream" },
+    { .name = "data", .type = NB__CFG_PATH, .required = T, FLD(nb_cfg_job_t, data), .doc = "token file" },
+    { .name = "batch", .type = NB__CFG_INT, .required = C | T, .min = 1, .max = 1048576, FLD(nb_cfg_job_t, batch), .doc = "sequences per step (global batch)" },
+    { .name = "seq_len", .type = NB__CFG_INT, .required = C | T, .min = 1, .max = 1048576, FLD(nb_cfg_job_t, seq_len), .doc = "tokens per sequence" },
+    { .name = "steps", .type = NB__CFG_INT, .required = C | T, .min = 1, .max = 1e12, FLD(nb_cfg_job_t, steps), .doc = "optimizer steps" },
+    { .name = "micro_batches", .type = NB__CFG_INT_AUTO, .min = 1, .max = 65536, .def = "auto", FLD(nb_cfg_job_t, micro_batches), .doc = "micro-batches per step, or auto" },
+    { .name = "schedule", .type = NB__CFG_ENUM, .def = "auto", .names = sched_names, FLD(nb_cfg_job_t, schedule), .doc = "pipeline schedule" },
+    { .name = "optimizer", .type = NB__CFG_SECTION, .sub = optim_keys, FLD(nb_cfg_job_t, optimizer), .doc = "AdamW settings" },
+    { .name = "codecs", .type = NB__CFG_SECTION, .sub = codec_keys, FLD(nb_cfg_job_t, codecs), .doc = "codec per direction" },
+    { .name = "topology", .type = NB__CFG_ENUM, .def = "chain", .names = topo_names, FLD(nb_cfg_job_t, topology), .doc = "chain or ushape" },
+    { .name = "clusters", .type = NB__CFG_LIST, .required = C, .sub = &cluster_elem, .off = offsetof(nb_cfg_job_t, clusters),
+      .count_off = offsetof(nb_cfg_job_t, n_clusters), .max_items = NB_CFG_MAX_CLUSTERS, .doc = "ordered pipeline stages" },
+    { .name = "planner", .type = NB__CFG_SECTION, .sub = planner_keys, FLD(nb_cfg_job_t, planner), .doc = "planner settings" },
+    { .name = "log_every", .type = NB__CFG_INT, .min = 1, .max = 1e9, .def = "1", FLD(nb_cfg_job_t, log_every), .doc = "progress line every N steps" },
+    { .name = "trace_steps", .type = NB__CFG_INT, .min = 0, .max = 1000, .def = "4", FLD(nb_cfg_job_t, trace_steps), .doc = "steps kept in the trace ring" },
+    { .name = "output", .type = NB__CFG_PATH, FLD(nb_cfg_job_t, output), .doc = "final weights file" },
+    { 0 },
+};
+
+const nb__cfg_key_t nb__cfg_root[] = {
+    { .name = "name", .type = NB__CFG_STR, .required = C | S | T, FLD(nb_config_t, name), .validate = v_name, .doc = "daemon (cluster) name" },
+    { .name = "role", .type = NB__CFG_ENUM, .required = C | S | T, .names = role_names, FLD(nb_config_t, role), .doc = "coordinator, stage or train" },
+    { .name = "listen", .type = NB__CFG_ADDR, .roles = C | S, .required = C | S, .min = 0, FLD(nb_config_t, listen), .doc = "HOST:PORT to listen on for peers" },
+    { .name = "tls", .type = NB__CFG_SECTION, .roles = C | S, .required = C | S, .sub = tls_keys, FLD(nb_config_t, tls), .doc = "TLS files" },
+    { .name = "coordinator", .type = NB__CFG_SECTION, .roles = S, .required = S, .sub = coord_keys, FLD(nb_config_t, coordinator), .doc = "where the coordinator is" },
+    { .name = "devices", .type = NB__CFG_LIST, .sub = &device_elem, .off = offsetof(nb_config_t, devices),
+      .count_off = offsetof(nb_config_t, n_devices), .max_items = NB_CFG_MAX_DEVICES, .doc = "local compute devices; default [cpu]" },
+    { .name = "data", .type = NB__CFG_PATH, .roles = S, FLD(nb_config_t, data), .doc = "token file read here when this stage hosts the embedding" },
+    { .name = "checkpoint_dir", .type = NB__CFG_PATH, FLD(nb_config_t, checkpoint_dir), .doc = "directory for checkpoints" },
+    { .name = "status_socket", .type = NB__CFG_PATH, FLD(nb_config_t, status_socket), .doc = "unix socket path; default /run/nebula/NAME.sock" },
+    { .name = "log_level", .type = NB__CFG_STR, .def = "info", FLD(nb_config_t, log_level), .validate = v_log_level, .doc = "debug, info, warn or error" },
+    { .name = "heartbeat_interval_s", .type = NB__CFG_DOUBLE, .min = 0.05, .max = 3600, .def = "1", FLD(nb_config_t, heartbeat_interval_s), .doc = "seconds between heartbeats" },
+    { .name = "heartbeat_timeout_s", .type = NB__CFG_DOUBLE, .min = 0.1, .max = 86400, .def = "10", FLD(nb_config_t, heartbeat_timeout_s), .doc = "silence after which a peer is dead" },
+    { .name = "connect_timeout_s", .type = NB__CFG_DOUBLE, .min = 0, .max = 86400, .def = "60", FLD(nb_config_t, connect_timeout_s), .doc = "give up connecting after this; 0 = wait forever" },
+    { .name = "job", .type = NB__CFG_SECTION, .roles = C | T, .required = C | T, .sub = job_keys, FLD(nb_config_t, job), .doc = "the training job" },
+    { 0 },
+};
+
+const char *nb__cfg_type_name(nb__cfg_type_t t)
+{
+    switch (t) {
+    case NB__CFG_STR: return "string";
+    case NB__CFG_PATH: return "path";
+    case NB__CFG_INT: return "integer";
+    case NB__CFG_U64: return "integer";
+    case NB__CFG_DOUBLE: return "number";
+    case NB__CFG_BOOL: return "boolean";
+    case NB__CFG_ENUM: return "enum";
+    case NB__CFG_ADDR: return "address";
+    case NB__CFG_DEVICE: return "device";
+    case NB__CFG_BYTES: return "bytes";
+    case NB__CFG_INT_AUTO: return "integer or auto";
+    case NB__CFG_LAYERS: return "layers";
+    case NB__CFG_SECTION: return "mapping";
+    case NB__CFG_LIST: return "list";
+    }
+    return "?";
+}

@@ -1,0 +1,348 @@
+/* test_config.c - the YAML loader: defaults, every error class with its exact
+ * "FILE:LINE:COL: key: message", layer coverage, role rules, relative paths,
+ * the example files under config/, and docs/config.md naming every key. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "daemon/config/config.h"
+#include "kernels/common.h"
+
+static nb_config_t cfg;
+static char err[1024];
+
+static const char *TRAIN_HEAD =
+    "name: t\n"
+    "role: train\n"
+    "job:\n"
+    "  model:\n"
+    "    n_layer: 4\n"
+    "    d_model: 64\n"
+    "    n_head: 4\n"
+    "    vocab: 256\n"
+    "  data: tok.bin\n"
+    "  batch: 8\n"
+    "  seq_len: 32\n"
+    "  steps: 10\n";
+
+static int load(const char *text)
+{
+    return nb_cfg_load_string("dir/t.yaml", text, strlen(text), &cfg, err, sizeof err);
+}
+
+/* Loads TRAIN_HEAD followed by extra lines. */
+static int load_train(const char *extra)
+{
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s%s", TRAIN_HEAD, extra);
+    return load(buf);
+}
+
+#define expect_err(rc_expr, msg)                      \
+    do {                                              \
+        int rc_ = (rc_expr);                          \
+        if (rc_ == 0 || strcmp(err, msg) != 0)        \
+            print_error("got rc %d '%s'\n", rc_, err); \
+        assert_int_not_equal(rc_, 0);                 \
+        assert_string_equal(err, msg);                \
+    } while (0)
+
+static void test_train_defaults(void **state)
+{
+    (void)state;
+    assert_int_equal(load_train(""), 0);
+    assert_int_equal(cfg.role, NB_ROLE_TRAIN);
+    assert_string_equal(cfg.name, "t");
+    assert_true(cfg.job.present);
+    assert_int_equal(cfg.job.model.d_ff, 256); /* 4 * d_model */
+    assert_int_equal(cfg.job.model.max_seq, 1024);
+    assert_true(cfg.job.model.causal);
+    assert_int_equal(cfg.job.model.norm, NB_NORM_PRE);
+    assert_int_equal(cfg.job.model.head, NB_HEAD_LM);
+    assert_int_equal(cfg.job.micro_batches, 0); /* auto */
+    assert_int_equal(cfg.job.schedule, NB_SCHED_AUTO);
+    assert_int_equal(cfg.job.seed, 1337);
+    assert_true(cfg.job.optimizer.lr > 2.9e-4 && cfg.job.optimizer.lr < 3.1e-4);
+    assert_string_equal(cfg.job.codecs.forward, "fp32");
+    assert_string_equal(cfg.job.data, "dir/tok.bin"); /* relative to the file */
+    assert_string_equal(cfg.status_socket, "/run/nebula/t.sock");
+    assert_int_equal(cfg.n_devices, 1);
+    assert_string_equal(cfg.devices[0].text, "cpu");
+    assert_string_equal(cfg.log_level, "info");
+    assert_int_equal(cfg.job.n_clusters, 0);
+}
+
+static void test_values_parsed(void **state)
+{
+    (void)state;
+    assert_int_equal(load_train("  micro_batches: 4\n"
+                                "  schedule: 1f1b\n"
+                                "  optimizer: {lr: 1e-3, beta2: 0.95}\n"
+                                "  codecs: {forward: fp16(svd(0.6)), backward: int8}\n"
+                                "  planner: {stage_memory: 2GiB, codecs: [fp16, int8]}\n"
+                                "  output: /abs/w.bin\n"
+                                "devices: [cpu, cuda:3]\n"
+                                "log_level: debug\n"),
+                     0);
+    assert_int_equal(cfg.job.micro_batches, 4);
+    assert_int_equal(cfg.job.schedule, NB_SCHED_1F1B);
+    assert_true(cfg.job.optimizer.beta2 == 0.95);
+    assert_true(cfg.job.optimizer.lr == 1e-3);
+    assert_string_equal(cfg.job.codecs.forward, "fp16(svd(0.6))");
+    assert_string_equal(cfg.job.codecs.backward, "int8");
+    assert_int_equal(cfg.job.planner.stage_memory_bytes, 2ull << 30);
+    assert_int_equal(cfg.job.planner.n_codecs, 2);
+    assert_string_equal(cfg.job.planner.codecs[1], "int8");
+    assert_string_equal(cfg.job.output, "/abs/w.bin");
+    assert_int_equal(cfg.n_devices, 2);
+    assert_true(cfg.devices[1].cuda);
+    assert_int_equal(cfg.devices[1].index, 3);
+}
+
+static void test_unknown_key(void **state)
+{
+    (void)state;
+    expect_err(load_train("  modle: {}\n"), "dir/t.yaml:13:3: job.modle: unknown key; did you mean 'model'?");
+    expect_err(load_train("  n_layer: 4\n"),
+               "dir/t.yaml:13:3: job.n_layer: unknown key here; 'n_layer' belongs in section 'job.model'");
+    expect_err(load_train("zzzzzzzz: 1\n"), "dir/t.yaml:13:1: zzzzzzzz: unknown key");
+    expect_err(load_train("log_levl: info\n"), "dir/t.yaml:13:1: log_levl: unknown key; did you mean 'log_level'?");
+}
+
+static void test_wrong_type(void **state)
+{
+    (void)state;
+    expect_err(load_train("  steps: many\n"), "dir/t.yaml:13:3: job.steps: duplicate key (first set on line 12)");
+    expect_err(load("name: t\nrole: train\njob:\n  steps: many\n"),
+               "dir/t.yaml:4:10: job.steps: wrong type: expected an integer, got 'many'");
+    expect_err(load("name: t\nrole: train\njob:\n  model: {n_layer: four, d_model: 64, n_head: 4, vocab: 256}\n"),
+               "dir/t.yaml:4:20: job.model.n_layer: wrong type: expected an integer, got 'four'");
+    expect_err(load("name: t\nrole: train\njob: [1, 2]\n"),
+               "dir/t.yaml:3:6: job: wrong type: expected a mapping, got a list");
+    expect_err(load_train("  schedule: pipedream\n"),
+               "dir/t.yaml:13:13: job.schedule: must be one of auto, gpipe, 1f1b; got 'pipedream'");
+    expect_err(load_train("devices: [gpu0]\n"),
+               "dir/t.yaml:13:11: devices[0]: must be cpu or cuda:N (N from 0 to 63); got 'gpu0'");
+    expect_err(load_train("  planner: {enabled: maybe}\n"),
+               "dir/t.yaml:13:22: job.planner.enabled: wrong type: expected true or false, got 'maybe'");
+    expect_err(load_train("  micro_batches: lots\n"),
+               "dir/t.yaml:13:18: job.micro_batches: wrong type: expected an integer or auto, got 'lots'");
+    expect_err(load_train("  optimizer: {lr: [1]}\n"),
+               "dir/t.yaml:13:19: job.optimizer.lr: wrong type: expected a number, got a list");
+    expect_err(load("- a\n- b\n"), "dir/t.yaml:1:1: (top): wrong type: expected a mapping of keys, got a list");
+    expect_err(load_train("name: other\n"), "dir/t.yaml:13:1: name: duplicate key (first set on line 1)");
+}
+
+static void test_bounds(void **state)
+{
+    (void)state;
+    expect_err(load_train("  optimizer: {beta1: 1.5}\n"),
+               "dir/t.yaml:13:22: job.optimizer.beta1: out of bounds: must be between 0 and 0.999999, got 1.5");
+    expect_err(load("name: t\nrole: train\njob:\n  model: {n_layer: 0, d_model: 64, n_head: 4, vocab: 256}\n"),
+               "dir/t.yaml:4:20: job.model.n_layer: out of bounds: must be between 1 and 1024, got 0");
+    expect_err(load_train("  micro_batches: 3\n"), "dir/t.yaml:13:18: job.micro_batches: must divide batch (8), got 3");
+    expect_err(load_train("  seq_len: 2000\n"), "dir/t.yaml:13:3: job.seq_len: duplicate key (first set on line 11)");
+    expect_err(load("name: t\nrole: train\njob:\n  model: {n_layer: 2, d_model: 64, n_head: 5, vocab: 256}\n"
+                    "  data: x\n  batch: 1\n  seq_len: 8\n  steps: 1\n"),
+               "dir/t.yaml:4:44: job.model.n_head: must divide d_model (64), got 5");
+    expect_err(load("name: t\nrole: train\njob:\n  model: {n_layer: 2, d_model: 64, n_head: 4, vocab: 256, max_seq: 16}\n"
+                    "  data: x\n  batch: 1\n  seq_len: 32\n  steps: 1\n"),
+               "dir/t.yaml:7:12: job.seq_len: out of bounds: must not exceed model.max_seq (16), got 32");
+    expect_err(load_train("  optimizer: {lr: 1e-4, min_lr: 1e-3}\n"),
+               "dir/t.yaml:13:33: job.optimizer.min_lr: must not exceed lr (0.0001), got 0.001");
+    expect_err(load_train("name2: x\n"), "dir/t.yaml:13:1: name2: unknown key; did you mean 'name'?");
+    expect_err(load_train("heartbeat_interval_s: 5\nheartbeat_timeout_s: 2\n"),
+               "dir/t.yaml:14:22: heartbeat_timeout_s: must exceed heartbeat_interval_s (5), got 2");
+    expect_err(load_train("  planner: {stage_memory: 12 parsecs}\n"),
+               "dir/t.yaml:13:27: job.planner.stage_memory: wrong type: expected a size in bytes like 4096 or 16GiB, "
+               "got '12 parsecs'");
+}
+
+static void test_missing(void **state)
+{
+    (void)state;
+    expect_err(load("name: t\nrole: train\n"), "dir/t.yaml:1:1: job: missing required key (role train)");
+    expect_err(load("name: t\n"), "dir/t.yaml:1:1: role: missing required key (coordinator, stage or train)");
+    expect_err(load(""), "dir/t.yaml:1:1: role: missing required key (the file is empty)");
+    expect_err(load("name: t\nrole: train\njob:\n  model: {n_layer: 2, d_model: 64, n_head: 4}\n"),
+               "dir/t.yaml:4:10: job.model.vocab: missing required key (role train)");
+    expect_err(load("name: s\nrole: stage\nlisten: 127.0.0.1:7001\ntls: {cert: a, key: b, ca: c}\n"),
+               "dir/t.yaml:1:1: coordinator: missing required key (role stage)");
+    expect_err(load("name: s\nrole: boss\n"), "dir/t.yaml:2:7: role: must be one of coordinator, stage, train; got 'boss'");
+    expect_err(load("name: t\nrole: train\njob:\n  steps:\n"), "dir/t.yaml:4:9: job.steps: missing value");
+}
+
+static void test_roles(void **state)
+{
+    (void)state;
+    /* A stage may not hold a job; a trainer needs no cluster keys. */
+    expect_err(load("name: s\nrole: stage\nlisten: 127.0.0.1:7001\ntls: {cert: a, key: b, ca: c}\n"
+                    "coordinator: {address: 'h:1', name: c}\njob: {}\n"),
+               "dir/t.yaml:6:1: job: not allowed for role stage (only for coordinator, train)");
+    expect_err(load_train("coordinator: {address: 'h:1', name: c}\n"),
+               "dir/t.yaml:13:1: coordinator: not allowed for role train (only for stage)");
+    assert_int_equal(load("name: s\nrole: stage\nlisten: 127.0.0.1:0\ntls: {cert: a, key: /b, ca: c}\n"
+                          "coordinator: {address: '[::1]:7000', name: c}\nstatus_socket: s.sock\n"),
+                     0);
+    assert_int_equal(cfg.role, NB_ROLE_STAGE);
+    assert_false(cfg.job.present);
+    assert_string_equal(cfg.coordinator.address.host, "::1");
+    assert_int_equal(cfg.coordinator.address.port, 7000);
+    assert_string_equal(cfg.listen.host, "127.0.0.1");
+    assert_int_equal(cfg.listen.port, 0);
+    assert_string_equal(cfg.tls.cert, "dir/a");
+    assert_string_equal(cfg.tls.key, "/b");
+    assert_string_equal(cfg.status_socket, "dir/s.sock");
+    expect_err(load("name: s\nrole: stage\nlisten: 127.0.0.1\n"),
+               "dir/t.yaml:3:9: listen: expected HOST:PORT, got '127.0.0.1'");
+    expect_err(load("name: s\nrole: stage\nlisten: 'h:70000'\n"),
+               "dir/t.yaml:3:9: listen: port must be between 0 and 65535, got 70000");
+    expect_err(load("name: 'a b'\nrole: stage\n"),
+               "dir/t.yaml:1:7: name: may contain only letters, digits, '-', '_' and '.'");
+}
+
+static const char *COORD_HEAD =
+    "name: c\n"
+    "role: coordinator\n"
+    "listen: 127.0.0.1:7000\n"
+    "tls: {cert: a, key: b, ca: c}\n"
+    "job:\n"
+    "  model: {n_layer: 6, d_model: 64, n_head: 4, vocab: 256}\n"
+    "  batch: 8\n"
+    "  seq_len: 32\n"
+    "  steps: 10\n"
+    "  clusters:\n";
+
+static int load_coord(const char *clusters)
+{
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s%s", COORD_HEAD, clusters);
+    return load(buf);
+}
+
+static void test_layers(void **state)
+{
+    (void)state;
+    assert_int_equal(load_coord("    - {name: a, address: 'h:1', layers: 0-2}\n"
+                                "    - {name: b, address: 'h:2', layers: 3-5}\n"),
+                     0);
+    assert_int_equal(cfg.job.n_clusters, 2);
+    assert_int_equal(cfg.job.clusters[1].layer_first, 3);
+    assert_int_equal(cfg.job.clusters[1].layer_last, 5);
+    assert_false(cfg.job.clusters[1].layers_auto);
+    assert_int_equal(load_coord("    - {name: a, address: 'h:1'}\n    - {name: b, address: 'h:2', layers: auto}\n"), 0);
+    assert_true(cfg.job.clusters[0].layers_auto);
+    /* gap */
+    expect_err(load_coord("    - {name: a, address: 'h:1', layers: 0-2}\n"
+                          "    - {name: b, address: 'h:2', layers: 4-5}\n"),
+               "dir/t.yaml:12:41: job.clusters[1].layers: layer ranges do not cover the model exactly: range 4-5 "
+               "should start at block 3 (the model has 6 layers, 0-5)");
+    /* overlap */
+    expect_err(load_coord("    - {name: a, address: 'h:1', layers: 0-3}\n"
+                          "    - {name: b, address: 'h:2', layers: 3-5}\n"),
+               "dir/t.yaml:12:41: job.clusters[1].layers: layer ranges do not cover the model exactly: range 3-5 "
+               "should start at block 4 (the model has 6 layers, 0-5)");
+    /* short */
+    expect_err(load_coord("    - {name: a, address: 'h:1', layers: 0-2}\n"
+                          "    - {name: b, address: 'h:2', layers: 3-4}\n"),
+               "dir/t.yaml:12:41: job.clusters[1].layers: layer ranges do not cover the model exactly: they end at "
+               "block 4 but the model has 6 layers (0-5)");
+    /* too long */
+    expect_err(load_coord("    - {name: a, address: 'h:1', layers: 0-2}\n"
+                          "    - {name: b, address: 'h:2', layers: 3-9}\n"),
+               "dir/t.yaml:12:41: job.clusters[1].layers: layer ranges do not cover the model exactly: range 3-9 "
+               "ends past the last block 5");
+    expect_err(load_coord("    - {name: a, address: 'h:1', layers: 0-2}\n    - {name: b, address: 'h:2'}\n"),
+               "dir/t.yaml:12:7: job.clusters[1].layers: mixing auto and explicit layer ranges; give every cluster "
+               "a range or none");
+    expect_err(load_coord("    - {name: a, address: 'h:1', layers: 2-1}\n"),
+               "dir/t.yaml:11:41: job.clusters[0].layers: expected \"A-B\" (first and last block, 0 <= A <= B) or "
+               "auto; got '2-1'");
+    expect_err(load_coord("    - {name: a, address: 'h:1'}\n    - {name: a, address: 'h:2'}\n"),
+               "dir/t.yaml:12:14: job.clusters[1].name: duplicate cluster name 'a' (also clusters[0])");
+    expect_err(load_coord("    - {name: a}\n"), "dir/t.yaml:11:7: job.clusters[0].address: missing required key (role coordinator)");
+    expect_err(load_coord("    []\n"), "dir/t.yaml:11:5: job.clusters: must have at least one item");
+    expect_err(load(COORD_HEAD), "dir/t.yaml:10:12: job.clusters: missing value");
+}
+
+static void test_files(void **state)
+{
+    (void)state;
+    int rc = nb_cfg_load("/nonexistent/nebula.yaml", &cfg, err, sizeof err);
+    assert_int_equal(rc, NB_EIO);
+    assert_string_equal(err, "/nonexistent/nebula.yaml: cannot read config file: No such file or directory");
+    rc = nb_cfg_load(".", &cfg, err, sizeof err);
+    assert_int_equal(rc, NB_EIO);
+    assert_string_equal(err, ".: cannot read config file: Is a directory");
+    rc = load("name: [unclosed\n");
+    assert_int_equal(rc, NB_EFORMAT);
+    assert_non_null(strstr(err, "dir/t.yaml:2:1: yaml: "));
+    assert_int_equal(nb_cfg_edit_distance("modle", "model"), 2);
+    assert_int_equal(nb_cfg_edit_distance("", "abc"), 3);
+}
+
+static const char *const examples[] = {
+    "config/demo/coordinator.yaml", "config/demo/stage-a.yaml", "config/demo/stage-b.yaml",
+    "config/2-cluster/coordinator.yaml", "config/2-cluster/east.yaml", "config/2-cluster/west.yaml",
+    "config/3-cluster/coordinator.yaml", "config/3-cluster/home.yaml", "config/3-cluster/mid.yaml",
+    "config/3-cluster/far.yaml", "config/train/tiny-gpt.yaml",
+};
+
+static void test_examples(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < NB_ARRAY_LEN(examples); i++) {
+        int rc = nb_cfg_load(examples[i], &cfg, err, sizeof err);
+        if (rc)
+            print_error("%s: %s\n", examples[i], err);
+        assert_int_equal(rc, 0);
+    }
+    assert_int_equal(nb_cfg_load("config/train/tiny-gpt.yaml", &cfg, err, sizeof err), 0);
+    assert_int_equal(cfg.role, NB_ROLE_TRAIN);
+    assert_int_equal(nb_cfg_load("config/3-cluster/coordinator.yaml", &cfg, err, sizeof err), 0);
+    assert_int_equal(cfg.job.topology, NB_TOPO_USHAPE);
+    assert_int_equal(cfg.job.n_clusters, 3);
+}
+
+static char *docs;
+static int undocumented;
+static void check_doc(const char *path, const char *type, const char *def, bool required, void *ud)
+{
+    char needle[200];
+    snprintf(needle, sizeof needle, "`%s`", path);
+    if (!strstr(docs, needle)) {
+        print_error("docs/config.md does not document %s\n", needle);
+        undocumented++;
+    }
+}
+
+static void test_docs_name_every_key(void **state)
+{
+    (void)state;
+    FILE *f = fopen("docs/config.md", "rb");
+    assert_non_null(f);
+    static char buf[1 << 17];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    docs = buf;
+    undocumented = 0;
+    nb_cfg_each_key(check_doc, NULL);
+    assert_int_equal(undocumented, 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_train_defaults), cmocka_unit_test(test_values_parsed),
+        cmocka_unit_test(test_unknown_key),    cmocka_unit_test(test_wrong_type),
+        cmocka_unit_test(test_bounds),         cmocka_unit_test(test_missing),
+        cmocka_unit_test(test_roles),          cmocka_unit_test(test_layers),
+        cmocka_unit_test(test_files),          cmocka_unit_test(test_examples),
+        cmocka_unit_test(test_docs_name_every_key),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
