@@ -1,0 +1,117 @@
+/*
+ * net_internal.h - structures shared by net.c, conn.c and probe.c only.
+ * Nothing outside daemon/net/ may include this file.
+ */
+#ifndef NB_NET_INTERNAL_H
+#define NB_NET_INTERNAL_H
+
+#include <sys/socket.h>
+#include "daemon/net/net.h"
+#include "daemon/net/probe.h"
+
+#define NB__NET_READBUF (64u << 10)
+#define NB__NET_CHUNK (256u << 10)     /* plaintext encrypted per step */
+#define NB__NET_INFLIGHT (1u << 20)    /* ciphertext handed to libuv, not yet written */
+#define NB__PROBE_CHUNK (256u << 10)
+
+typedef struct nb__peer nb__peer_t;
+
+typedef struct nb__tx {
+    struct nb__tx *next;
+    uint8_t *hdr;          /* prefix + protobuf header, malloc'd */
+    size_t hdr_len;
+    const uint8_t *payload;
+    size_t len;
+    size_t off;            /* progress over hdr then payload */
+    nb_free_cb free_cb;
+    void *free_ud;
+    uint64_t due_ms;       /* emulated send delay */
+    int internal;          /* not counted against the queue limit */
+} nb__tx_t;
+
+enum { NB__C_CONNECTING = 0, NB__C_HANDSHAKE, NB__C_HELLO, NB__C_READY };
+
+struct nb_conn {
+    uv_tcp_t tcp;
+    uv_timer_t tick;       /* handshake deadline, heartbeat, dead peer, drain */
+    uv_timer_t delay;      /* emulated send delay */
+    uv_connect_t creq;
+    uv_shutdown_t sreq;
+    nb_net_t *net;
+    nb__peer_t *peer;      /* outbound peer that owns this connection, or NULL */
+    struct nb_conn *next;  /* in net->conns */
+    int is_server;
+    int state;
+    int closing;           /* handles are closing; the object dies in their callbacks */
+    int draining;          /* orderly close requested: send the queue, then close */
+    int handles_open;
+    int close_err;
+    int reported_ready;
+    char name[NB_FRAME_MAX_NAME + 1]; /* expected (client) or verified name */
+    char addr[64];
+    nb_tls_t *tls;
+    nb_frame_rx_t rx;
+    nb__tx_t *txq, *txq_tail;
+    size_t queued;         /* application bytes queued */
+    size_t inflight;
+    int want_writable;
+    uint64_t t_open_ms, last_rx_ms, last_ping_ms;
+    uint64_t rx_frame_start_ns;
+    /* probes */
+    uint64_t ping_id, ping_t_ns;
+    int ping_user;         /* outstanding ping was asked by nb_probe_rtt */
+    nb_probe_rtt_cb rtt_cb;
+    void *rtt_ud;
+    nb_probe_bw_cb bw_cb;
+    void *bw_ud;
+    int bw_dir;            /* 0 none, 1 we send, 2 we receive */
+    uint64_t bw_id, bw_total;
+    uint64_t bwr_id, bwr_total, bwr_got, bwr_measured, bwr_t0_ns; /* receiver side */
+    nb_link_t link;
+    uint8_t readbuf[NB__NET_READBUF];
+};
+
+struct nb__peer {
+    nb__peer_t *next;
+    nb_net_t *net;
+    char name[NB_FRAME_MAX_NAME + 1];
+    struct sockaddr_storage addr;
+    nb_conn_t *conn;
+    uv_timer_t retry;
+    unsigned attempts;
+};
+
+struct nb_net {
+    uv_loop_t *loop;
+    nb_net_cfg_t cfg;      /* strings below are our copies */
+    char **allowed;
+    nb_net_cb_t cb;
+    void *ud;
+    uv_tcp_t listener;
+    uv_timer_t closer;     /* closed by nb_net_close so done runs from a close callback */
+    int listening;
+    nb_conn_t *conns;
+    nb__peer_t *peers;
+    uint64_t job_id;
+    nb_net_stats_t stats;
+    int closing;
+    int handles_open;      /* listener + peer timers */
+    void (*done)(void *);
+    void *done_ud;
+};
+
+uint64_t nb__now_ns(void);
+/* conn.c */
+int nb__conn_new(nb_net_t *n, int is_server, nb__peer_t *peer, nb_conn_t **out);
+void nb__conn_start_tls(nb_conn_t *c);
+void nb__conn_fail(nb_conn_t *c, int err);
+int nb__conn_send_internal(nb_conn_t *c, Nebula__Frame *f, const void *payload,
+                           size_t len, nb_free_cb free_cb, void *free_ud);
+/* net.c: a connection's handles are all closed; unlink and free it. */
+void nb__net_conn_gone(nb_conn_t *c);
+/* probe.c */
+void nb__probe_on_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_t len);
+void nb__probe_closed(nb_conn_t *c);
+int nb__probe_ping(nb_conn_t *c);
+
+#endif

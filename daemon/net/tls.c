@@ -1,0 +1,315 @@
+/* tls.c - OpenSSL session over memory BIOs; see tls.h. */
+#include <stdio.h>
+#include <string.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include "kernels/common.h"
+#include "daemon/net/tls.h"
+
+struct nb_tls {
+    SSL_CTX *ctx;
+    SSL *ssl;
+    BIO *rbio; /* network -> ssl */
+    BIO *wbio; /* ssl -> network */
+    int is_server;
+    int seen_first_byte;
+    int done;
+    nb_tls_refusal_t refusal;
+    char detail[256];
+};
+
+static const char *const refusal_names[NB_TLS_REFUSE_COUNT] = {
+    "ok", "not_tls", "version", "unknown_ca", "expired", "not_yet_valid",
+    "wrong_name", "no_cert", "bad_cert", "peer_alert", "handshake",
+};
+
+const char *nb_tls_refusal_name(nb_tls_refusal_t r)
+{
+    return (unsigned)r < NB_TLS_REFUSE_COUNT ? refusal_names[r] : "?";
+}
+
+static void ssl_errstr(char *buf, size_t len)
+{
+    unsigned long e = ERR_peek_last_error();
+    if (e)
+        ERR_error_string_n(e, buf, len);
+    else
+        snprintf(buf, len, "no OpenSSL error");
+}
+
+int nb_tls_new(const nb_tls_files_t *files, int is_server,
+               const char *const *names, size_t n_names, nb_tls_t **out,
+               char *err, size_t errlen)
+{
+    NB_CHECK(n_names >= 1 && names);
+    for (size_t i = 0; i < n_names; i++)
+        NB_CHECK(names[i] && names[i][0]); /* empty would disable the name check */
+    NB_CHECK(is_server || n_names == 1);
+    ERR_clear_error();
+    nb_tls_t *t = calloc(1, sizeof *t);
+    if (!t)
+        return NB_ENOMEM;
+    t->is_server = is_server;
+    int rc = NB_EAUTH;
+    t->ctx = SSL_CTX_new(is_server ? TLS_server_method() : TLS_client_method());
+    if (!t->ctx)
+        goto err;
+    SSL_CTX_set_min_proto_version(t->ctx, TLS1_3_VERSION);
+    SSL_CTX_set_max_proto_version(t->ctx, 0);
+    /* AES-128-GCM first: hardware accelerated and the cheapest per byte. */
+    SSL_CTX_set_ciphersuites(t->ctx, "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:"
+                                     "TLS_CHACHA20_POLY1305_SHA256");
+    /* No tickets: every connection verifies the peer certificate afresh. */
+    SSL_CTX_set_num_tickets(t->ctx, 0);
+    SSL_CTX_set_session_cache_mode(t->ctx, SSL_SESS_CACHE_OFF);
+    if (SSL_CTX_use_certificate_chain_file(t->ctx, files->cert_file) != 1) {
+        rc = NB_EIO;
+        snprintf(err, errlen, "cannot load certificate %s", files->cert_file);
+        goto err_msg;
+    }
+    if (SSL_CTX_use_PrivateKey_file(t->ctx, files->key_file, SSL_FILETYPE_PEM) != 1) {
+        rc = NB_EIO;
+        snprintf(err, errlen, "cannot load key %s", files->key_file);
+        goto err_msg;
+    }
+    if (SSL_CTX_check_private_key(t->ctx) != 1) {
+        snprintf(err, errlen, "key %s does not match certificate %s", files->key_file,
+                 files->cert_file);
+        goto err_msg;
+    }
+    if (SSL_CTX_load_verify_locations(t->ctx, files->ca_file, NULL) != 1) {
+        rc = NB_EIO;
+        snprintf(err, errlen, "cannot load CA file %s", files->ca_file);
+        goto err_msg;
+    }
+    SSL_CTX_set_verify(t->ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+    t->ssl = SSL_new(t->ctx);
+    if (!t->ssl)
+        goto err;
+    SSL_set_hostflags(t->ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+    if (SSL_set1_host(t->ssl, names[0]) != 1)
+        goto err;
+    for (size_t i = 1; i < n_names; i++)
+        if (SSL_add1_host(t->ssl, names[i]) != 1)
+            goto err;
+    if (!is_server)
+        SSL_set_tlsext_host_name(t->ssl, names[0]);
+    t->rbio = BIO_new(BIO_s_mem());
+    t->wbio = BIO_new(BIO_s_mem());
+    if (!t->rbio || !t->wbio) {
+        BIO_free(t->rbio);
+        BIO_free(t->wbio);
+        goto err;
+    }
+    BIO_set_mem_eof_return(t->rbio, -1);
+    SSL_set_bio(t->ssl, t->rbio, t->wbio);
+    if (is_server)
+        SSL_set_accept_state(t->ssl);
+    else
+        SSL_set_connect_state(t->ssl);
+    *out = t;
+    return 0;
+err:
+    ssl_errstr(err, errlen);
+err_msg:
+    ERR_clear_error();
+    nb_tls_free(t);
+    return rc;
+}
+
+void nb_tls_free(nb_tls_t *t)
+{
+    if (!t)
+        return;
+    if (t->ssl)
+        SSL_free(t->ssl); /* frees both BIOs */
+    if (t->ctx)
+        SSL_CTX_free(t->ctx);
+    free(t);
+}
+
+int nb_tls_feed(nb_tls_t *t, const void *buf, size_t len)
+{
+    if (!len)
+        return 0;
+    if (!t->seen_first_byte) {
+        t->seen_first_byte = 1;
+        /* A TLS stream starts with a handshake record (22); an alert (21) can
+         * only come from a server. Anything else is plain TCP or garbage. */
+        unsigned char b = *(const unsigned char *)buf;
+        if (b != 22 && !(b == 21 && !t->is_server)) {
+            t->refusal = NB_TLS_REFUSE_NOT_TLS;
+            snprintf(t->detail, sizeof t->detail,
+                     "first byte 0x%02x is not a TLS handshake record", b);
+            return NB_EAUTH;
+        }
+    }
+    if (len > INT32_MAX)
+        return NB_EINVAL;
+    if (BIO_write(t->rbio, buf, (int)len) != (int)len)
+        return NB_ENOMEM;
+    return 0;
+}
+
+static nb_tls_refusal_t classify_verify(long v)
+{
+    switch (v) {
+    case X509_V_ERR_CERT_HAS_EXPIRED:
+        return NB_TLS_REFUSE_EXPIRED;
+    case X509_V_ERR_CERT_NOT_YET_VALID:
+        return NB_TLS_REFUSE_NOT_YET_VALID;
+    case X509_V_ERR_HOSTNAME_MISMATCH:
+        return NB_TLS_REFUSE_WRONG_NAME;
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
+    case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
+    case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
+    case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
+    case X509_V_ERR_CERT_SIGNATURE_FAILURE:
+        return NB_TLS_REFUSE_UNKNOWN_CA;
+    default:
+        return NB_TLS_REFUSE_BAD_CERT;
+    }
+}
+
+static int fail_handshake(nb_tls_t *t)
+{
+    long v = SSL_get_verify_result(t->ssl);
+    unsigned long e = ERR_peek_last_error();
+    int reason = ERR_GET_REASON(e);
+    char es[160];
+    ssl_errstr(es, sizeof es);
+    if (v != X509_V_OK && reason == SSL_R_CERTIFICATE_VERIFY_FAILED) {
+        t->refusal = classify_verify(v);
+        snprintf(t->detail, sizeof t->detail, "certificate verify failed: %s",
+                 X509_verify_cert_error_string(v));
+    } else {
+        switch (reason) {
+        case SSL_R_UNSUPPORTED_PROTOCOL:
+        case SSL_R_NO_PROTOCOLS_AVAILABLE:
+        case SSL_R_TLSV1_ALERT_PROTOCOL_VERSION:
+        case SSL_R_WRONG_VERSION_NUMBER:
+        case SSL_R_UNSUPPORTED_SSL_VERSION:
+            t->refusal = NB_TLS_REFUSE_VERSION;
+            break;
+        case SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE:
+        case SSL_R_TLSV13_ALERT_CERTIFICATE_REQUIRED:
+            t->refusal = NB_TLS_REFUSE_NO_CERT;
+            break;
+        default:
+            /* Alerts received from the peer have reasons >= 1000. */
+            t->refusal = reason >= SSL_AD_REASON_OFFSET ? NB_TLS_REFUSE_PEER_ALERT
+                                                        : NB_TLS_REFUSE_OTHER;
+        }
+        snprintf(t->detail, sizeof t->detail, "%s", es);
+    }
+    ERR_clear_error();
+    return NB_EAUTH;
+}
+
+int nb_tls_handshake(nb_tls_t *t)
+{
+    if (t->done)
+        return 1;
+    ERR_clear_error();
+    int r = SSL_do_handshake(t->ssl);
+    if (r == 1) {
+        t->done = 1;
+        return 1;
+    }
+    int e = SSL_get_error(t->ssl, r);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+        return 0;
+    return fail_handshake(t);
+}
+
+long nb_tls_read(nb_tls_t *t, void *buf, size_t len)
+{
+    if (len > INT32_MAX)
+        len = INT32_MAX;
+    ERR_clear_error();
+    int r = SSL_read(t->ssl, buf, (int)len);
+    if (r > 0)
+        return r;
+    int e = SSL_get_error(t->ssl, r);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+        return 0;
+    if (e == SSL_ERROR_ZERO_RETURN)
+        return NB_ECLOSED;
+    if (e == SSL_ERROR_SSL) {
+        /* In TLS 1.3 a client learns that the server refused its
+         * certificate only here, as an alert after its own Finished. */
+        int reason = ERR_GET_REASON(ERR_peek_last_error());
+        if (reason >= SSL_AD_REASON_OFFSET) {
+            t->refusal = NB_TLS_REFUSE_PEER_ALERT;
+            ssl_errstr(t->detail, sizeof t->detail);
+            ERR_clear_error();
+            return NB_EAUTH;
+        }
+    }
+    ssl_errstr(t->detail, sizeof t->detail);
+    ERR_clear_error();
+    return NB_EIO;
+}
+
+int nb_tls_write(nb_tls_t *t, const void *buf, size_t len)
+{
+    const char *p = buf;
+    while (len) {
+        int n = len > (1u << 30) ? (1 << 30) : (int)len;
+        ERR_clear_error();
+        int r = SSL_write(t->ssl, p, n);
+        if (r <= 0) {
+            ssl_errstr(t->detail, sizeof t->detail);
+            ERR_clear_error();
+            return NB_EIO;
+        }
+        p += r;
+        len -= (size_t)r;
+    }
+    return 0;
+}
+
+size_t nb_tls_pending_out(const nb_tls_t *t)
+{
+    return BIO_ctrl_pending(t->wbio);
+}
+
+size_t nb_tls_take_out(nb_tls_t *t, void *buf, size_t len)
+{
+    if (len > INT32_MAX)
+        len = INT32_MAX;
+    int r = BIO_read(t->wbio, buf, (int)len);
+    return r > 0 ? (size_t)r : 0;
+}
+
+void nb_tls_shutdown(nb_tls_t *t)
+{
+    ERR_clear_error();
+    if (t->done)
+        SSL_shutdown(t->ssl);
+    ERR_clear_error();
+}
+
+const char *nb_tls_peer_name(const nb_tls_t *t)
+{
+    return t->done ? SSL_get0_peername(t->ssl) : NULL;
+}
+
+nb_tls_refusal_t nb_tls_refusal(const nb_tls_t *t, const char **detail)
+{
+    if (detail)
+        *detail = t->detail;
+    return t->refusal;
+}
+
+const char *nb_tls_version(const nb_tls_t *t)
+{
+    return SSL_get_version(t->ssl);
+}
+
+const char *nb_tls_cipher(const nb_tls_t *t)
+{
+    return SSL_get_cipher_name(t->ssl);
+}
