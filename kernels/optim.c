@@ -122,10 +122,8 @@ float nb_optim_clip_scale(const nb_optim_config_t *c, double global_sumsq)
 {
     if (!(c->grad_clip > 0.0f))
         return 1.0f;
-    /* torch computes the norm and the coefficient in float32 */
-    float norm = (float)sqrt(global_sumsq);
-    float coef = c->grad_clip / (norm + 1e-6f);
-    return coef < 1.0f ? coef : 1.0f;
+    double coef = (double)c->grad_clip / (sqrt(global_sumsq) + 1e-6);
+    return coef < 1.0 ? (float)coef : 1.0f;
 }
 
 void nb_optim_step(nb_optim_t *o, float *params, const float *grads, float lr, float grad_scale)

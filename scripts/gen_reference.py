@@ -1,0 +1,238 @@
+#!/usr/bin/env python3
+"""Writes the PyTorch reference files tests/data/ref_*.bin.
+
+The C tests (tests/kernels/test_reference.c) load these files and check that
+Nebula's transformer computes the same logits, loss, gradients and AdamW
+trajectory. The model here is written out op by op from the description in
+docs/model.md (same tensor names, shapes and order); it does not share code
+with the C side. Computation is in float64 so the files hold the exact
+answer and the C float32 result is judged against it.
+
+Usage: python3 scripts/gen_reference.py [OUTDIR]   (default tests/data)
+Needs torch (pip install torch). The tests never run this script.
+
+File format (little endian), version 1:
+  magic "NBRF", u32 version, u32 tensor count, then per tensor:
+  u16 name length, name bytes, u8 dtype (0 f32, 3 i32, 4 u8), u8 ndim,
+  ndim x u64 dims, the elements.
+"""
+import math
+import os
+import struct
+import sys
+
+import torch
+import torch.nn.functional as F
+
+MAGIC = b"NBRF"
+VERSION = 1
+DT_F32, DT_I32, DT_U8 = 0, 3, 4
+NORM_PRE, NORM_POST = 0, 1
+HEAD_LM, HEAD_MLM, HEAD_SEQCLS, HEAD_TOKCLS = 0, 1, 2, 3
+ADAM_STEPS = 10
+
+
+def write_file(path, tensors):
+    out = bytearray()
+    out += MAGIC + struct.pack("<II", VERSION, len(tensors))
+    for name, dtype, t in tensors:
+        t = t.detach().contiguous().cpu()
+        nb = name.encode()
+        out += struct.pack("<H", len(nb)) + nb
+        out += struct.pack("<BB", dtype, t.dim())
+        for d in t.shape:
+            out += struct.pack("<Q", d)
+        flat = t.reshape(-1).tolist()
+        fmt = {DT_F32: "f", DT_I32: "i", DT_U8: "B"}[dtype]
+        out += struct.pack("<%d%s" % (len(flat), fmt), *flat)
+    with open(path, "wb") as f:
+        f.write(out)
+    print("wrote %s (%d bytes, %d tensors)" % (path, len(out), len(tensors)))
+
+
+def param_list(cfg):
+    """(name, shape) in the buffer order of docs/model.md (one full part)."""
+    C, Fd, V = cfg["d_model"], cfg["d_ff"], cfg["vocab"]
+    ps = [("wte", (V, C)), ("wpe", (cfg["max_seq"], C))]
+    if cfg["norm"] == NORM_POST:
+        ps += [("emb_ln.w", (C,)), ("emb_ln.b", (C,))]
+    for l in range(cfg["n_layer"]):
+        h = "h%d." % l
+        ps += [(h + "ln1.w", (C,)), (h + "ln1.b", (C,)),
+               (h + "qkv.w", (3 * C, C)), (h + "qkv.b", (3 * C,)),
+               (h + "proj.w", (C, C)), (h + "proj.b", (C,)),
+               (h + "ln2.w", (C,)), (h + "ln2.b", (C,)),
+               (h + "fc.w", (Fd, C)), (h + "fc.b", (Fd,)),
+               (h + "fcproj.w", (C, Fd)), (h + "fcproj.b", (C,))]
+    if cfg["norm"] == NORM_PRE:
+        ps += [("lnf.w", (C,)), ("lnf.b", (C,))]
+    if cfg["head"] in (HEAD_LM, HEAD_MLM):
+        if not cfg["tie"]:
+            ps += [("lm.w", (V, C))]
+    else:
+        ps += [("cls.w", (cfg["n_classes"], C)), ("cls.b", (cfg["n_classes"],))]
+    return ps
+
+
+def init_params(cfg, gen):
+    params = {}
+    for name, shape in param_list(cfg):
+        if len(shape) == 2:
+            t = torch.randn(shape, generator=gen, dtype=torch.float64) * 0.05
+        elif name.endswith("ln1.w") or name.endswith("ln2.w") or name in ("lnf.w", "emb_ln.w"):
+            t = 1.0 + 0.1 * torch.randn(shape, generator=gen, dtype=torch.float64)
+        else:
+            t = 0.02 * torch.randn(shape, generator=gen, dtype=torch.float64)
+        params[name] = t.requires_grad_(True)
+    return params
+
+
+def attention(qkv, key_mask, causal, nh):
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    hs = C // nh
+    q, k, v = qkv.split(C, dim=2)
+    q = q.view(B, T, nh, hs).transpose(1, 2)
+    k = k.view(B, T, nh, hs).transpose(1, 2)
+    v = v.view(B, T, nh, hs).transpose(1, 2)
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(hs)
+    if causal:
+        tri = torch.tril(torch.ones(T, T, dtype=torch.bool))
+        att = att.masked_fill(~tri, float("-inf"))
+    if key_mask is not None:
+        att = att.masked_fill(key_mask[:, None, None, :] == 0, float("-inf"))
+    att = F.softmax(att, dim=-1)
+    return (att @ v).transpose(1, 2).contiguous().view(B, T, C)
+
+
+def forward(cfg, P, tokens, key_mask, targets):
+    C, nh = cfg["d_model"], cfg["n_head"]
+    B, T = tokens.shape
+    ln = lambda x, n: F.layer_norm(x, (C,), P[n + ".w"], P[n + ".b"], eps=1e-5)
+    lin = lambda x, n, bias=True: F.linear(x, P[n + ".w"], P[n + ".b"] if bias else None)
+    gelu = lambda x: F.gelu(x, approximate="tanh")
+    x = P["wte"][tokens] + P["wpe"][:T][None, :, :]
+    if cfg["norm"] == NORM_POST:
+        x = ln(x, "emb_ln")
+    for l in range(cfg["n_layer"]):
+        h = "h%d." % l
+        if cfg["norm"] == NORM_PRE:
+            x = x + lin(attention(lin(ln(x, h + "ln1"), h + "qkv"), key_mask, cfg["causal"], nh), h + "proj")
+            x = x + lin(gelu(lin(ln(x, h + "ln2"), h + "fc")), h + "fcproj")
+        else:
+            x = ln(x + lin(attention(lin(x, h + "qkv"), key_mask, cfg["causal"], nh), h + "proj"), h + "ln1")
+            x = ln(x + lin(gelu(lin(x, h + "fc")), h + "fcproj"), h + "ln2")
+    if cfg["norm"] == NORM_PRE:
+        x = ln(x, "lnf")
+    if cfg["head"] in (HEAD_LM, HEAD_MLM):
+        w = P["wte"] if cfg["tie"] else P["lm.w"]
+        logits = F.linear(x, w)
+    elif cfg["head"] == HEAD_TOKCLS:
+        logits = lin(x, "cls")
+    else:
+        logits = lin(x[:, 0, :], "cls")
+    flat = logits.reshape(-1, logits.shape[-1])
+    loss = F.cross_entropy(flat, targets.reshape(-1), ignore_index=-1)
+    return flat, loss
+
+
+def lr_at(o, step):
+    if step < o["warmup"]:
+        return o["lr"] * (step + 1) / o["warmup"]
+    decay = o["total"] - o["warmup"]
+    progress = min(1.0, (step - o["warmup"]) / decay) if decay > 0 else 1.0
+    return o["lr_min"] + 0.5 * (o["lr"] - o["lr_min"]) * (1.0 + math.cos(math.pi * progress))
+
+
+def make_case(path, cfg, B, T, seed):
+    gen = torch.Generator().manual_seed(seed)
+    P = init_params(cfg, gen)
+    V = cfg["vocab"]
+    tokens = torch.randint(0, V, (B, T + 1), generator=gen)
+    key_mask = None
+    if cfg["head"] == HEAD_LM:
+        targets = tokens[:, 1:].clone()
+        tokens = tokens[:, :T].clone()
+    else:
+        tokens = tokens[:, :T].clone()
+        key_mask = torch.ones(B, T, dtype=torch.uint8)
+        for b in range(1, B):  # sequence b ends with b padding positions
+            key_mask[b, T - b:] = 0
+            tokens[b, T - b:] = 0
+        if cfg["head"] == HEAD_MLM:
+            pick = torch.rand(B, T, generator=gen) < 0.3
+            pick[:, 0] = True  # every row has a counted position
+            pick &= key_mask.bool()
+            targets = torch.where(pick, tokens, torch.full_like(tokens, -1))
+            tokens = torch.where(pick, torch.full_like(tokens, V - 1), tokens)
+        elif cfg["head"] == HEAD_TOKCLS:
+            targets = torch.randint(0, 2, (B, T), generator=gen)
+            targets = torch.where(key_mask.bool(), targets, torch.full_like(targets, -1))
+        else:
+            targets = torch.randint(0, cfg["n_classes"], (B,), generator=gen)
+    tokens = tokens.to(torch.int64)
+    targets = targets.to(torch.int64)
+
+    o = dict(lr=1e-2, lr_min=1e-3, warmup=3, total=ADAM_STEPS, b1=0.9, b2=0.95, eps=1e-8, wd=0.1, clip=0.5)
+    out = []
+    conf = [cfg["n_layer"], cfg["d_model"], cfg["n_head"], cfg["d_ff"], V, cfg["max_seq"],
+            int(cfg["causal"]), cfg["norm"], cfg["head"], cfg.get("n_classes", 0), int(cfg["tie"]), B, T]
+    out.append(("config", DT_I32, torch.tensor(conf, dtype=torch.int32)))
+    out.append(("optim", DT_F32, torch.tensor([o["lr"], o["lr_min"], o["warmup"], o["total"], o["b1"],
+                                               o["b2"], o["eps"], o["wd"], o["clip"]], dtype=torch.float32)))
+    out.append(("tokens", DT_I32, tokens.to(torch.int32)))
+    out.append(("targets", DT_I32, targets.to(torch.int32)))
+    if key_mask is not None:
+        out.append(("key_mask", DT_U8, key_mask))
+    # Round the weights to float32 first: the C model starts from exactly these.
+    with torch.no_grad():
+        for t in P.values():
+            t.copy_(t.float().double())
+    for name, _ in param_list(cfg):
+        out.append(("w." + name, DT_F32, P[name].float()))
+    logits, loss = forward(cfg, P, tokens, key_mask, targets)
+    loss.backward()
+    out.append(("logits", DT_F32, logits.float()))
+    out.append(("loss", DT_F32, loss.detach().float().reshape(1)))
+    for name, _ in param_list(cfg):
+        out.append(("g." + name, DT_F32, P[name].grad.float()))
+
+    # AdamW trajectory on the same batch: loss before each update.
+    names = [n for n, _ in param_list(cfg)]
+    groups = [{"params": [P[n] for n in names if P[n].dim() == 2], "weight_decay": o["wd"]},
+              {"params": [P[n] for n in names if P[n].dim() != 2], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=o["lr"], betas=(o["b1"], o["b2"]), eps=o["eps"], foreach=False)
+    losses = []
+    for step in range(ADAM_STEPS):
+        opt.zero_grad(set_to_none=False)
+        _, loss = forward(cfg, P, tokens, key_mask, targets)
+        loss.backward()
+        losses.append(loss.item())
+        torch.nn.utils.clip_grad_norm_([P[n] for n in names], o["clip"])
+        for g in opt.param_groups:
+            g["lr"] = lr_at(o, step)
+        opt.step()
+    out.append(("losses", DT_F32, torch.tensor(losses, dtype=torch.float32)))
+    write_file(path, out)
+
+
+def main():
+    outdir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "tests", "data")
+    os.makedirs(outdir, exist_ok=True)
+    torch.manual_seed(0)
+    gpt = dict(n_layer=2, d_model=32, n_head=4, d_ff=64, vocab=64, max_seq=16, causal=True,
+               norm=NORM_PRE, head=HEAD_LM, tie=True)
+    bert = dict(n_layer=2, d_model=32, n_head=4, d_ff=64, vocab=64, max_seq=16, causal=False,
+                norm=NORM_POST, head=HEAD_MLM, tie=False)
+    seqcls = dict(n_layer=1, d_model=16, n_head=2, d_ff=32, vocab=32, max_seq=8, causal=False,
+                  norm=NORM_POST, head=HEAD_SEQCLS, n_classes=3, tie=False)
+    tokcls = dict(n_layer=1, d_model=16, n_head=2, d_ff=32, vocab=32, max_seq=8, causal=False,
+                  norm=NORM_PRE, head=HEAD_TOKCLS, n_classes=2, tie=False)
+    make_case(os.path.join(outdir, "ref_gpt.bin"), gpt, 4, 16, 1)
+    make_case(os.path.join(outdir, "ref_bert.bin"), bert, 4, 16, 2)
+    make_case(os.path.join(outdir, "ref_seqcls.bin"), seqcls, 4, 8, 3)
+    make_case(os.path.join(outdir, "ref_tokcls.bin"), tokcls, 4, 8, 4)
+
+
+if __name__ == "__main__":
+    main()
