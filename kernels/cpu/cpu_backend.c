@@ -8,6 +8,7 @@
 #include <cblas.h>
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/cpu_vec.h"
 
 static void *cpu_alloc(nb_backend_t *be, size_t bytes)
 {
@@ -38,14 +39,22 @@ static void cpu_matmul(nb_backend_t *be, bool ta, bool tb, int m, int n, int k, 
 static void cpu_add(nb_backend_t *be, float *y, const float *x, float alpha, size_t n)
 {
     (void)be;
-    for (size_t i = 0; i < n; i++)
+    nb_v16 va = nb_v_set1(alpha);
+    size_t i = 0;
+    for (; i + NB_VL <= n; i += NB_VL)
+        nb_v_store(y + i, nb_v_load(y + i) + va * nb_v_load(x + i));
+    for (; i < n; i++)
         y[i] += alpha * x[i];
 }
 
 static void cpu_scale(nb_backend_t *be, float *y, float alpha, size_t n)
 {
     (void)be;
-    for (size_t i = 0; i < n; i++)
+    nb_v16 va = nb_v_set1(alpha);
+    size_t i = 0;
+    for (; i + NB_VL <= n; i += NB_VL)
+        nb_v_store(y + i, nb_v_load(y + i) * va);
+    for (; i < n; i++)
         y[i] *= alpha;
 }
 

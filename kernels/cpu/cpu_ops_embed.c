@@ -6,6 +6,7 @@
  */
 #include <string.h>
 #include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/cpu_vec.h"
 
 void nb_cpu_embed_fwd(nb_backend_t *be, float *out, const int32_t *tokens,
                       const float *wte, const float *wpe, int B, int T, int C)
@@ -20,12 +21,24 @@ void nb_cpu_embed_fwd(nb_backend_t *be, float *out, const int32_t *tokens,
             const float *e = wte + (size_t)id * C;
             if (wpe) {
                 const float *p = wpe + (size_t)t * C;
-                for (int c = 0; c < C; c++)
+                int c = 0;
+                for (; c + NB_VL <= C; c += NB_VL)
+                    nb_v_store(o + c, nb_v_load(e + c) + nb_v_load(p + c));
+                for (; c < C; c++)
                     o[c] = e[c] + p[c];
             } else {
                 memcpy(o, e, (size_t)C * sizeof *o);
             }
         }
+}
+
+static void add_row(float *y, const float *x, int C)
+{
+    int c = 0;
+    for (; c + NB_VL <= C; c += NB_VL)
+        nb_v_store(y + c, nb_v_load(y + c) + nb_v_load(x + c));
+    for (; c < C; c++)
+        y[c] += x[c];
 }
 
 /* Scatter-add in (b, t) order: repeated tokens accumulate in a fixed order. */
@@ -40,12 +53,8 @@ void nb_cpu_embed_bwd(nb_backend_t *be, float *dwte, float *dwpe, const float *d
             NB_CHECK(id >= 0);
             const float *d = dout + bt * C;
             float *e = dwte + (size_t)id * C;
-            for (int c = 0; c < C; c++)
-                e[c] += d[c];
-            if (dwpe) {
-                float *p = dwpe + (size_t)t * C;
-                for (int c = 0; c < C; c++)
-                    p[c] += d[c];
-            }
+            add_row(e, d, C);
+            if (dwpe)
+                add_row(dwpe + (size_t)t * C, d, C);
         }
 }
