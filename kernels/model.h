@@ -39,15 +39,15 @@
 #include "kernels/backend.h"
 
 typedef enum {
-    NB_NORM_PRE = 0,  /* GPT-2: x + f(LN(x)); final LayerNorm before the head */
-    NB_NORM_POST = 1, /* BERT: LN(x + f(x)); LayerNorm after the embedding */
+    NB_MODEL_NORM_PRE = 0,  /* GPT-2: x + f(LN(x)); final LayerNorm before the head */
+    NB_MODEL_NORM_POST = 1, /* BERT: LN(x + f(x)); LayerNorm after the embedding */
 } nb_norm_t;
 
 typedef enum {
-    NB_HEAD_LM = 0,     /* logits over the vocabulary, cross-entropy per position */
-    NB_HEAD_MLM = 1,    /* same logits; only positions with target >= 0 count */
-    NB_HEAD_SEQCLS = 2, /* first token -> n_classes, one target per sequence */
-    NB_HEAD_TOKCLS = 3, /* every token -> n_classes (2 for replaced-token detection) */
+    NB_MODEL_HEAD_LM = 0,     /* logits over the vocabulary, cross-entropy per position */
+    NB_MODEL_HEAD_MLM = 1,    /* same logits; only positions with target >= 0 count */
+    NB_MODEL_HEAD_SEQCLS = 2, /* first token -> n_classes, one target per sequence */
+    NB_MODEL_HEAD_TOKCLS = 3, /* every token -> n_classes (2 for replaced-token detection) */
 } nb_head_kind_t;
 
 typedef struct {

@@ -25,14 +25,14 @@ const char *nb_model_config_validate(const nb_model_config_t *c)
         return "vocab must be in 1..16777216";
     if (c->max_seq <= 0 || c->max_seq > (1 << 20))
         return "max_seq must be in 1..1048576";
-    if (c->norm != NB_NORM_PRE && c->norm != NB_NORM_POST)
+    if (c->norm != NB_MODEL_NORM_PRE && c->norm != NB_MODEL_NORM_POST)
         return "norm must be pre or post";
     switch (c->head) {
-    case NB_HEAD_LM:
-    case NB_HEAD_MLM:
+    case NB_MODEL_HEAD_LM:
+    case NB_MODEL_HEAD_MLM:
         break;
-    case NB_HEAD_SEQCLS:
-    case NB_HEAD_TOKCLS:
+    case NB_MODEL_HEAD_SEQCLS:
+    case NB_MODEL_HEAD_TOKCLS:
         if (c->n_classes < 2 || c->n_classes > 65536)
             return "n_classes must be in 2..65536 for seqcls and tokcls heads";
         break;

@@ -26,8 +26,8 @@ static size_t mul_sat(size_t a, size_t b)
     return nb_mul_size(a, b, &r) ? SIZE_MAX : r;
 }
 
-static bool head_has_lnf(const nb_model_config_t *c) { return c->norm == NB_NORM_PRE; }
-static bool head_is_vocab(const nb_model_config_t *c) { return c->head == NB_HEAD_LM || c->head == NB_HEAD_MLM; }
+static bool head_has_lnf(const nb_model_config_t *c) { return c->norm == NB_MODEL_NORM_PRE; }
+static bool head_is_vocab(const nb_model_config_t *c) { return c->head == NB_MODEL_HEAD_LM || c->head == NB_MODEL_HEAD_MLM; }
 static bool head_tied(const nb_model_config_t *c) { return head_is_vocab(c) && c->tie_embeddings; }
 
 /* ---- parameter layout -------------------------------------------------- */
@@ -63,7 +63,7 @@ static int build_layout(nb_part_t *p, int cap)
     if (p->spec.embed) {
         rc |= add_tensor(p, cap, "wte", 2, V, C, NB_INIT_KEY_EMBED, NB_E_WTE);
         rc |= add_tensor(p, cap, "wpe", 2, c->max_seq, C, NB_INIT_KEY_EMBED, NB_E_WPE);
-        if (c->norm == NB_NORM_POST) {
+        if (c->norm == NB_MODEL_NORM_POST) {
             rc |= add_tensor(p, cap, "emb_ln.w", 1, C, 0, NB_INIT_KEY_EMBED, NB_E_LNW);
             rc |= add_tensor(p, cap, "emb_ln.b", 1, C, 0, NB_INIT_KEY_EMBED, NB_E_LNB);
         }
@@ -313,7 +313,7 @@ static void carve_acts(nb_part_acts_t *a, carver_t *cv)
         a->dinput = carve(cv, mul_sat(BTC, fl));
     } else {
         a->emb_out = carve(cv, mul_sat(BTC, fl));
-        if (c->norm == NB_NORM_POST) {
+        if (c->norm == NB_MODEL_NORM_POST) {
             a->emb_raw = carve(cv, mul_sat(BTC, fl));
             a->emb_mean = carve(cv, mul_sat(BT, fl));
             a->emb_rstd = carve(cv, mul_sat(BT, fl));
@@ -341,9 +341,9 @@ static void carve_acts(nb_part_acts_t *a, carver_t *cv)
             a->lnf_mean = carve(cv, mul_sat(BT, fl));
             a->lnf_rstd = carve(cv, mul_sat(BT, fl));
         }
-        size_t rows = c->head == NB_HEAD_SEQCLS ? (size_t)a->B : BT;
+        size_t rows = c->head == NB_MODEL_HEAD_SEQCLS ? (size_t)a->B : BT;
         size_t cols = head_is_vocab(c) ? (size_t)c->vocab : (size_t)c->n_classes;
-        if (c->head == NB_HEAD_SEQCLS)
+        if (c->head == NB_MODEL_HEAD_SEQCLS)
             a->cls_in = carve(cv, mul_sat(mul_sat(rows, (size_t)c->d_model), fl));
         a->logits = carve(cv, mul_sat(mul_sat(rows, cols), fl));
         a->dlogits = carve(cv, mul_sat(mul_sat(rows, cols), fl));

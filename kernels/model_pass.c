@@ -37,7 +37,7 @@ static void linear_bwd(nb_backend_t *be, float *dx, float dx_beta, float *dw, fl
         nb_bias_grad(be, db, dy, N, OC);
 }
 
-static bool is_post(const nb_part_t *p) { return p->cfg.norm == NB_NORM_POST; }
+static bool is_post(const nb_part_t *p) { return p->cfg.norm == NB_MODEL_NORM_POST; }
 
 const float *nb__block_out(const nb_part_acts_t *a, int i)
 {
@@ -166,20 +166,20 @@ static int head_fwd(nb_part_t *p, nb_part_acts_t *a, const nb_part_input_t *in, 
     const nb_model_config_t *c = &p->cfg;
     int B = a->B, T = a->T, C = c->d_model, N = B * T;
     const float *h = head_input(a);
-    if (c->norm == NB_NORM_PRE) {
+    if (c->norm == NB_MODEL_NORM_PRE) {
         nb_layernorm_fwd(be, a->lnf, a->lnf_mean, a->lnf_rstd, h, p->hw[NB_H_LNFW], p->hw[NB_H_LNFB], N, C);
         h = a->lnf;
     }
     int rows = a->out_rows, cols = a->out_cols;
     switch (c->head) {
-    case NB_HEAD_LM:
-    case NB_HEAD_MLM:
+    case NB_MODEL_HEAD_LM:
+    case NB_MODEL_HEAD_MLM:
         linear_fwd(be, a->logits, h, p->hw[NB_H_LMW], NULL, N, C, cols, 0.0f);
         break;
-    case NB_HEAD_TOKCLS:
+    case NB_MODEL_HEAD_TOKCLS:
         linear_fwd(be, a->logits, h, p->hw[NB_H_CLSW], p->hw[NB_H_CLSB], N, C, cols, 0.0f);
         break;
-    case NB_HEAD_SEQCLS:
+    case NB_MODEL_HEAD_SEQCLS:
         for (int b = 0; b < B; b++) /* first token of each sequence */
             nb_be_copy(be, a->cls_in + (size_t)b * C, h + (size_t)b * T * C, (size_t)C * sizeof(float));
         linear_fwd(be, a->logits, a->cls_in, p->hw[NB_H_CLSW], p->hw[NB_H_CLSB], B, C, cols, 0.0f);
@@ -223,9 +223,9 @@ int nb_part_forward(nb_part_t *p, nb_part_acts_t *a, const nb_part_input_t *in, 
         nb_be_copy(be, a->tokens, in->tokens, (size_t)N * sizeof(int32_t));
         if (check_ids(a, a->tokens, (size_t)N, c->vocab, false) < 0)
             return NB_EINVAL;
-        float *dst = c->norm == NB_NORM_POST ? a->emb_raw : a->emb_out;
+        float *dst = c->norm == NB_MODEL_NORM_POST ? a->emb_raw : a->emb_out;
         nb_embed_fwd(be, dst, a->tokens, p->ew[NB_E_WTE], p->ew[NB_E_WPE], B, T, C);
-        if (c->norm == NB_NORM_POST)
+        if (c->norm == NB_MODEL_NORM_POST)
             nb_layernorm_fwd(be, a->emb_out, a->emb_mean, a->emb_rstd, a->emb_raw,
                              p->ew[NB_E_LNW], p->ew[NB_E_LNB], N, C);
     } else {
@@ -250,17 +250,17 @@ static void head_bwd(nb_part_t *p, nb_part_acts_t *a, float *dh)
     int B = a->B, T = a->T, C = c->d_model, N = B * T, cols = a->out_cols;
     size_t nC = (size_t)N * (size_t)C * sizeof(float);
     const float *h = head_input(a);
-    const float *hf = c->norm == NB_NORM_PRE ? a->lnf : h;
-    float *dhf = c->norm == NB_NORM_PRE ? p->d_tmp : dh;
+    const float *hf = c->norm == NB_MODEL_NORM_PRE ? a->lnf : h;
+    float *dhf = c->norm == NB_MODEL_NORM_PRE ? p->d_tmp : dh;
     switch (c->head) {
-    case NB_HEAD_LM:
-    case NB_HEAD_MLM:
+    case NB_MODEL_HEAD_LM:
+    case NB_MODEL_HEAD_MLM:
         linear_bwd(be, dhf, 0.0f, p->hg[NB_H_LMW], NULL, a->dlogits, hf, p->hw[NB_H_LMW], N, C, cols);
         break;
-    case NB_HEAD_TOKCLS:
+    case NB_MODEL_HEAD_TOKCLS:
         linear_bwd(be, dhf, 0.0f, p->hg[NB_H_CLSW], p->hg[NB_H_CLSB], a->dlogits, hf, p->hw[NB_H_CLSW], N, C, cols);
         break;
-    case NB_HEAD_SEQCLS:
+    case NB_MODEL_HEAD_SEQCLS:
         linear_bwd(be, p->d_tmp2, 0.0f, p->hg[NB_H_CLSW], p->hg[NB_H_CLSB], a->dlogits, a->cls_in,
                    p->hw[NB_H_CLSW], B, C, cols);
         nb_be_memset0(be, dhf, nC);
@@ -268,7 +268,7 @@ static void head_bwd(nb_part_t *p, nb_part_acts_t *a, float *dh)
             nb_be_copy(be, dhf + (size_t)b * T * C, p->d_tmp2 + (size_t)b * C, (size_t)C * sizeof(float));
         break;
     }
-    if (c->norm == NB_NORM_PRE) {
+    if (c->norm == NB_MODEL_NORM_PRE) {
         nb_be_memset0(be, dh, nC);
         nb_layernorm_bwd(be, dh, p->hg[NB_H_LNFW], p->hg[NB_H_LNFB], dhf, h, p->hw[NB_H_LNFW],
                          a->lnf_mean, a->lnf_rstd, N, C);
@@ -280,7 +280,7 @@ static void embed_bwd(nb_part_t *p, nb_part_acts_t *a, const float *demb)
     nb_backend_t *be = p->be;
     const nb_model_config_t *c = &p->cfg;
     int B = a->B, T = a->T, C = c->d_model, N = B * T;
-    if (c->norm == NB_NORM_POST) {
+    if (c->norm == NB_MODEL_NORM_POST) {
         float *draw = p->d_tmp;
         nb_be_memset0(be, draw, (size_t)N * (size_t)C * sizeof(float));
         nb_layernorm_bwd(be, draw, p->eg[NB_E_LNW], p->eg[NB_E_LNB], demb, a->emb_raw, p->ew[NB_E_LNW],
