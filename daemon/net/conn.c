@@ -382,7 +382,7 @@ static void handle_hello(nb_conn_t *c, Nebula__Frame *f)
         c->net->cb.on_ready(c, c->net->ud);
 }
 
-/* Returns 1 when the frame was consumed here, 0 when it goes to the app. */
+/* Handles one complete frame; takes ownership of f and payload. */
 static void handle_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_t len)
 {
     nb_net_t *n = c->net;
@@ -407,8 +407,8 @@ static void handle_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_
         refuse_frame(c, NB_ESTATE, "second hello");
         break;
     case NEBULA__FRAME__BODY_PROBE:
-        nb__probe_on_frame(c, f, payload, len);
-        break;
+        nb__probe_on_frame(c, f, payload, len); /* takes f and payload */
+        return;
     case NEBULA__FRAME__BODY_HEARTBEAT:
         break;
     case NEBULA__FRAME__BODY_TENSOR:

@@ -1,0 +1,319 @@
+/*
+ * test_net_exchange.c - two endpoints on loopback over mutually
+ * authenticated TLS 1.3: 1,000 random tensors of random shapes and dtypes
+ * echoed back bit-exact under a small send queue (back-pressure), RTT and
+ * bandwidth probes, a restarting peer reconnected to, orderly close.
+ */
+#include "tests/net/net_harness.h"
+
+#define N_TENSORS 1000
+#define JOB 42
+
+typedef struct {
+    uv_loop_t *loop;
+    h_ep_t a, b;            /* a dials b; b echoes every tensor */
+    int next;               /* next tensor index a sends */
+    int echoed;             /* tensors back at a, all verified */
+    int bad;
+    int elimit;             /* NB_ELIMIT seen by the producer */
+    size_t bytes;
+} xchg_t;
+
+static const int dtypes[] = { NEBULA__DTYPE__DTYPE_F32, NEBULA__DTYPE__DTYPE_F16,
+                              NEBULA__DTYPE__DTYPE_BF16, NEBULA__DTYPE__DTYPE_I8,
+                              NEBULA__DTYPE__DTYPE_U8, NEBULA__DTYPE__DTYPE_I32,
+                              NEBULA__DTYPE__DTYPE_I64 };
+
+/* The i-th tensor: shape, dtype and bytes all derived from i. */
+static void tensor_desc(int i, int *dtype, size_t *ndim, uint64_t *shape, size_t *bytes)
+{
+    uint64_t s = (uint64_t)i * 7919 + 17;
+    h_rng(&s);
+    *dtype = dtypes[h_rng(&s) % NB_ARRAY_LEN(dtypes)];
+    *ndim = 1 + h_rng(&s) % 4;
+    uint64_t n = 1;
+    for (size_t d = 0; d < *ndim; d++) {
+        uint64_t cap = 32768 / n;
+        shape[d] = 1 + h_rng(&s) % (cap < 64 ? cap : 64);
+        n *= shape[d];
+    }
+    *bytes = (size_t)n * nb_frame_dtype_size(*dtype);
+}
+
+static void free_payload(void *p, void *ud)
+{
+    free(p);
+}
+
+static void pump_a(xchg_t *x);
+
+static void a_writable(nb_conn_t *c, void *ud)
+{
+    h_on_writable(c, ud);
+    pump_a(((h_ep_t *)ud)->user);
+}
+
+static void pump_a(xchg_t *x)
+{
+    nb_conn_t *c = nb_net_conn(x->a.net, "b");
+    if (!c)
+        return;
+    while (x->next < N_TENSORS) {
+        int i = x->next, dtype;
+        size_t ndim, bytes;
+        uint64_t shape[8];
+        tensor_desc(i, &dtype, &ndim, shape, &bytes);
+        uint8_t *p = malloc(bytes);
+        assert_non_null(p);
+        h_fill(p, bytes, (uint64_t)i);
+        Nebula__Frame f = NEBULA__FRAME__INIT;
+        Nebula__Tensor t = NEBULA__TENSOR__INIT;
+        t.job_id = JOB;
+        t.step = 3;
+        t.micro_batch = (uint32_t)i;
+        t.kind = NEBULA__TENSOR_KIND__KIND_ACTIVATION;
+        t.dtype = dtype;
+        t.n_shape = ndim;
+        t.shape = shape;
+        t.codec = "raw";
+        t.decoded_bytes = bytes;
+        f.body_case = NEBULA__FRAME__BODY_TENSOR;
+        f.tensor = &t;
+        int rc = nb_conn_send(c, &f, p, bytes, free_payload, NULL);
+        if (rc == NB_ELIMIT) {
+            free(p); /* still ours: retry from on_writable */
+            x->elimit++;
+            return;
+        }
+        assert_int_equal(rc, 0);
+        x->bytes += bytes;
+        x->next++;
+    }
+}
+
+static void a_ready(nb_conn_t *c, void *ud)
+{
+    h_on_ready(c, ud);
+    pump_a(((h_ep_t *)ud)->user);
+}
+
+static void a_frame(h_ep_t *e, nb_conn_t *c, Nebula__Frame *f, uint8_t *p, size_t len)
+{
+    xchg_t *x = e->user;
+    const Nebula__Tensor *t = f->tensor;
+    int i = (int)t->micro_batch, dtype;
+    size_t ndim, bytes;
+    uint64_t shape[8];
+    tensor_desc(i, &dtype, &ndim, shape, &bytes);
+    int ok = f->body_case == NEBULA__FRAME__BODY_TENSOR && i == x->echoed &&
+             (int)t->dtype == dtype && t->n_shape == ndim && len == bytes && t->step == 3 &&
+             strcmp(t->codec, "raw") == 0;
+    for (size_t d = 0; ok && d < ndim; d++)
+        ok = t->shape[d] == shape[d];
+    if (ok) {
+        uint8_t *want = malloc(bytes ? bytes : 1);
+        h_fill(want, bytes, (uint64_t)i);
+        ok = memcmp(want, p, bytes) == 0;
+        free(want);
+    }
+    if (!ok)
+        x->bad++;
+    x->echoed++;
+    nebula__frame__free_unpacked(f, NULL);
+    free(p);
+}
+
+/* b sends every tensor back unchanged; the payload buffer it received is
+ * handed to the transport and freed by it. */
+static void b_frame(h_ep_t *e, nb_conn_t *c, Nebula__Frame *f, uint8_t *p, size_t len)
+{
+    int rc = nb_conn_send(c, f, p, len, free_payload, NULL);
+    if (rc == NB_ELIMIT) {
+        /* b's queue is large: this would be a test failure */
+        free(p);
+        fail_msg("echo side hit its queue limit");
+    }
+    assert_int_equal(rc, 0);
+    nebula__frame__free_unpacked(f, NULL);
+}
+
+static void setup_pair(xchg_t *x, size_t a_queue)
+{
+    static const char *const allow_a[] = { "a" };
+    nb_net_cfg_t cfg;
+    x->loop = malloc(sizeof *x->loop);
+    uv_loop_init(x->loop);
+    h_cfg(&cfg, &x->b, "b", "b", allow_a, 1);
+    x->b.on_frame = b_frame;
+    x->b.user = x;
+    cfg.send_queue_bytes = 256u << 20;
+    h_ep_new(x->loop, &x->b, &cfg, 1);
+    nb_net_set_job(x->b.net, JOB);
+    h_cfg(&cfg, &x->a, "a", "a", NULL, 0);
+    cfg.send_queue_bytes = a_queue;
+    x->a.on_frame = a_frame;
+    x->a.user = x;
+    nb_net_cb_t cb = h_cb;
+    cb.on_ready = a_ready;
+    cb.on_writable = a_writable;
+    assert_int_equal(nb_net_new(x->loop, &cfg, &cb, &x->a, &x->a.net), 0);
+    nb_net_set_job(x->a.net, JOB);
+    assert_int_equal(nb_net_connect(x->a.net, "b", "127.0.0.1", x->b.port), 0);
+}
+
+static void teardown_pair(xchg_t *x)
+{
+    h_ep_close(x->loop, &x->a);
+    h_ep_close(x->loop, &x->b);
+    h_loop_end(x->loop);
+    free(x->loop);
+}
+
+static void test_thousand_tensors(void **state)
+{
+    xchg_t x = { 0 };
+    setup_pair(&x, 1u << 20);
+    assert_true(h_run_until(x.loop, &x.echoed, N_TENSORS, 60000));
+    assert_int_equal(x.bad, 0);
+    assert_int_equal(x.next, N_TENSORS);
+    /* The 1 MiB queue must have pushed back on the producer. */
+    assert_true(x.elimit > 0);
+    assert_true(x.a.writable > 0);
+    const nb_net_stats_t *sa = nb_net_stats(x.a.net), *sb = nb_net_stats(x.b.net);
+    assert_int_equal(sa->frame_faults, 0);
+    assert_int_equal(sb->frame_faults, 0);
+    assert_true(sb->payload_rx == x.bytes);
+    assert_true(sa->payload_rx == x.bytes);
+    assert_true(h_log_has("TLSv1.3"));
+    print_message("%d tensors, %zu bytes each way, %d back-pressure stops\n", N_TENSORS, x.bytes,
+                  x.elimit);
+    teardown_pair(&x);
+}
+
+/* ---- probes ---- */
+static double g_rtt, g_bw_tx, g_bw_rx;
+static int g_probes;
+
+static void on_rtt(nb_conn_t *c, int st, double ms, void *ud)
+{
+    assert_int_equal(st, 0);
+    g_rtt = ms;
+    g_probes++;
+}
+
+static void on_bw(nb_conn_t *c, int st, double bps, void *ud)
+{
+    assert_int_equal(st, 0);
+    *(double *)ud = bps;
+    g_probes++;
+}
+
+static void test_probes(void **state)
+{
+    xchg_t x = { 0 };
+    x.next = N_TENSORS; /* a sends no tensors */
+    setup_pair(&x, 64u << 20);
+    assert_true(h_run_until(x.loop, &x.a.ready, 1, 5000));
+    nb_conn_t *c = nb_net_conn(x.a.net, "b");
+    assert_non_null(c);
+    g_probes = 0;
+    assert_int_equal(nb_probe_rtt(c, on_rtt, NULL), 0);
+    assert_int_equal(nb_probe_rtt(c, on_rtt, NULL), NB_ESTATE); /* one at a time */
+    assert_true(h_run_until(x.loop, &g_probes, 1, 5000));
+    assert_true(g_rtt > 0 && g_rtt < 1000);
+    assert_int_equal(nb_probe_bw_send(c, 1000, on_bw, &g_bw_tx), NB_ERANGE);
+    assert_int_equal(nb_probe_bw_send(c, 8u << 20, on_bw, &g_bw_tx), 0);
+    assert_true(h_run_until(x.loop, &g_probes, 2, 20000));
+    assert_int_equal(nb_probe_bw_recv(c, 8u << 20, on_bw, &g_bw_rx), 0);
+    assert_true(h_run_until(x.loop, &g_probes, 3, 20000));
+    assert_true(g_bw_tx > 1e6 && g_bw_rx > 1e6);
+    nb_link_t l;
+    nb_probe_link(c, &l);
+    assert_true(l.rtt_ms > 0 && l.tx_bw_probe == g_bw_tx && l.rx_bw_probe == g_bw_rx);
+    print_message("rtt %.3f ms, bw a->b %.0f MB/s, b->a %.0f MB/s\n", g_rtt, g_bw_tx / 1e6,
+                  g_bw_rx / 1e6);
+    teardown_pair(&x);
+}
+
+/* ---- restart ---- */
+static void test_peer_restart(void **state)
+{
+    xchg_t x = { 0 };
+    x.next = N_TENSORS;
+    setup_pair(&x, 64u << 20);
+    assert_true(h_run_until(x.loop, &x.a.ready, 1, 5000));
+    int port = x.b.port;
+    /* b goes away: a sees the close and keeps redialling. */
+    h_ep_close(x.loop, &x.b);
+    assert_true(h_run_until(x.loop, &x.a.closed, 1, 5000));
+    h_run_ms(x.loop, 300);
+    const nb_net_stats_t *sa = nb_net_stats(x.a.net);
+    uint64_t attempts = sa->connect_attempts;
+    assert_true(attempts >= 2);
+    /* b comes back on the same port. */
+    static const char *const allow_a[] = { "a" };
+    nb_net_cfg_t cfg;
+    memset(&x.b, 0, sizeof x.b);
+    h_cfg(&cfg, &x.b, "b", "b", allow_a, 1);
+    x.b.on_frame = b_frame;
+    x.b.user = &x;
+    assert_int_equal(nb_net_new(x.loop, &cfg, &h_cb, &x.b, &x.b.net), 0);
+    assert_int_equal(nb_net_listen(x.b.net, "127.0.0.1", port, NULL), 0);
+    nb_net_set_job(x.b.net, JOB);
+    assert_true(h_run_until(x.loop, &x.a.ready, 2, 5000));
+    assert_non_null(nb_net_conn(x.a.net, "b"));
+    /* and it carries tensors again */
+    x.next = N_TENSORS - 5;
+    x.echoed = N_TENSORS - 5;
+    pump_a(&x);
+    assert_true(h_run_until(x.loop, &x.echoed, N_TENSORS, 5000));
+    assert_int_equal(x.bad, 0);
+    teardown_pair(&x);
+}
+
+/* ---- orderly close and the queue limit contract ---- */
+static void test_orderly_close(void **state)
+{
+    xchg_t x = { 0 };
+    x.next = N_TENSORS;
+    setup_pair(&x, 64u << 20);
+    assert_true(h_run_until(x.loop, &x.b.ready, 1, 5000));
+    nb_conn_t *c = nb_net_conn(x.b.net, "a");
+    assert_non_null(c);
+    assert_string_equal(nb_conn_peer_name(c), "a");
+    nb_conn_close(c);
+    Nebula__Frame f = NEBULA__FRAME__INIT;
+    f.body_case = NEBULA__FRAME__BODY_SHUTDOWN;
+    Nebula__Shutdown sd = NEBULA__SHUTDOWN__INIT;
+    f.shutdown = &sd;
+    assert_int_equal(nb_conn_send(c, &f, NULL, 0, NULL, NULL), NB_ESTATE);
+    assert_true(h_run_until(x.loop, &x.b.closed, 1, 5000));
+    assert_true(h_log_has("peer closed the connection"));
+    /* a reconnects by itself */
+    assert_true(h_run_until(x.loop, &x.a.ready, 2, 5000));
+    teardown_pair(&x);
+}
+
+static int setup(void **state)
+{
+    h_log_start();
+    h_certs("a b");
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    h_certs_free();
+    return 0;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_thousand_tensors),
+        cmocka_unit_test(test_probes),
+        cmocka_unit_test(test_peer_restart),
+        cmocka_unit_test(test_orderly_close),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
