@@ -1,0 +1,121 @@
+/*
+ * cost.c - fits and evaluations of the planner's cost model (see cost.h).
+ */
+#include "daemon/planner/cost.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "kernels/common.h"
+
+double nb_fit_eval(const nb_fit_t *f, double n)
+{
+    return f->a + f->b * n;
+}
+
+int nb_fit_least_squares(const double *n, const double *t, int count, nb_fit_t *out)
+{
+    if (!n || !t || !out || count < 1)
+        return NB_EINVAL;
+    double sn = 0, st = 0;
+    for (int i = 0; i < count; i++) {
+        if (!isfinite(n[i]) || !isfinite(t[i]) || n[i] < 0 || t[i] < 0)
+            return NB_EINVAL;
+        sn += n[i];
+        st += t[i];
+    }
+    double mn = sn / count, mt = st / count;
+    double sxx = 0, sxy = 0;
+    for (int i = 0; i < count; i++) {
+        sxx += (n[i] - mn) * (n[i] - mn);
+        sxy += (n[i] - mn) * (t[i] - mt);
+    }
+    nb_fit_t f;
+    if (sxx <= 0) {
+        /* One size only: all of the time is per sample. */
+        f.a = 0;
+        f.b = mn > 0 ? mt / mn : 0;
+    } else {
+        f.b = sxy / sxx;
+        f.a = mt - f.b * mn;
+    }
+    if (f.b < 0) {
+        /* Time falling with size is noise: a constant cost. */
+        f.b = 0;
+        f.a = mt;
+    } else if (f.a < 0) {
+        /* Best line through the origin. */
+        double sxx0 = 0, sxy0 = 0;
+        for (int i = 0; i < count; i++) {
+            sxx0 += n[i] * n[i];
+            sxy0 += n[i] * t[i];
+        }
+        f.a = 0;
+        f.b = sxx0 > 0 ? sxy0 / sxx0 : 0;
+    }
+    *out = f;
+    return 0;
+}
+
+int nb_fit_ema_update(nb_fit_t *f, double n, double measured, double alpha)
+{
+    if (!f || !(alpha > 0 && alpha <= 1) || !(measured > 0) || !isfinite(measured))
+        return NB_EINVAL;
+    double pred = nb_fit_eval(f, n);
+    if (!(pred > 0))
+        return NB_EINVAL;
+    double k = 1 + alpha * (measured / pred - 1);
+    f->a *= k;
+    f->b *= k;
+    return 0;
+}
+
+const nb_cost_codec_t *nb_cost_codec_find(const nb_cost_t *c, const char *spec)
+{
+    for (int i = 0; i < c->ncodecs; i++)
+        if (strcmp(c->codec[i].spec, spec) == 0)
+            return &c->codec[i];
+    return NULL;
+}
+
+double nb_cost_xfer_busy(const nb_cost_dir_t *d, const nb_cost_codec_t *codec, double raw_bytes)
+{
+    NB_CHECK(d->bandwidth > 0);
+    double ratio = codec ? codec->ratio : 1.0;
+    return d->overhead + ratio * raw_bytes / d->bandwidth;
+}
+
+double nb_cost_fwd(const nb_cost_t *c, int s, int layers, double n)
+{
+    NB_CHECK(s >= 0 && s < c->p);
+    const nb_cost_stage_t *st = &c->stage[s];
+    return nb_fit_eval(&st->fwd_fixed, n) + layers * nb_fit_eval(&st->fwd_layer, n);
+}
+
+double nb_cost_bwd(const nb_cost_t *c, int s, int layers, double n)
+{
+    NB_CHECK(s >= 0 && s < c->p);
+    const nb_cost_stage_t *st = &c->stage[s];
+    return nb_fit_eval(&st->bwd_fixed, n) + layers * nb_fit_eval(&st->bwd_layer, n);
+}
+
+double nb_cost_stage_mem(const nb_cost_model_t *mdl, int p, int s, int layers, int inflight,
+                         double n)
+{
+    double params = layers * mdl->params_per_layer;
+    if (s == 0)
+        params += mdl->embed_params;
+    if (s == p - 1)
+        params += mdl->head_params;
+    double state = params * mdl->state_bytes_per_param;
+    double stash = (double)inflight * n *
+                   (layers * mdl->act_bytes_per_sample_layer + mdl->boundary_bytes_per_sample);
+    return state + stash;
+}
+
+void nb_cost_set_bandwidth_mbit(nb_cost_t *c, double mbit)
+{
+    for (int s = 0; s + 1 < c->p; s++)
+        for (int d = 0; d < 2; d++)
+            c->link[s].dir[d].bandwidth = mbit * 1e6 / 8.0;
+}

@@ -1,0 +1,124 @@
+/*
+ * cost.h - the planner's cost model: what one micro-batch costs on each
+ * stage, on each link direction and in each codec, and what a stage holds in
+ * memory. Plain structs the coordinator fills from probes, profiles and step
+ * reports (or measure.h reads from a measurements file).
+ *
+ * Units everywhere: seconds, bytes, bytes per second. A micro-batch of size
+ * n holds n sequences (samples) of the job's sequence length.
+ *
+ * Thread: no shared state; callers own the structs.
+ */
+#ifndef NB_PLANNER_COST_H
+#define NB_PLANNER_COST_H
+
+#include <stddef.h>
+
+#define NB_COST_MAX_STAGES 64
+#define NB_COST_MAX_CODECS 16
+#define NB_COST_NAME_LEN 48
+
+/* t(n) = a + b * n seconds for a micro-batch of n samples: a is the fixed
+ * per-micro-batch cost (kernel launches, small-matrix inefficiency), b the
+ * cost per sample. */
+typedef struct {
+    double a, b;
+} nb_fit_t;
+
+double nb_fit_eval(const nb_fit_t *f, double n);
+/* Least-squares line through (n[i], t[i]), count >= 1. With one point, or all
+ * n equal, the line has a = 0 through the mean (pure per-sample cost).
+ * Returns 0, or NB_EINVAL (count < 1, a negative or non-finite value). A fit
+ * with a negative intercept or slope is clamped to 0 and refitted so that
+ * predictions never go negative. */
+int nb_fit_least_squares(const double *n, const double *t, int count, nb_fit_t *out);
+/* Refines f from one measured time at size n by an exponential moving
+ * average of the ratio measured / predicted: both coefficients are scaled by
+ * 1 + alpha * (ratio - 1). alpha in (0, 1]. Returns 0 or NB_EINVAL (bad alpha,
+ * non-positive measurement, or a fit predicting 0 at n). */
+int nb_fit_ema_update(nb_fit_t *f, double n, double measured, double alpha);
+
+/* Compute of one stage's hardware (one cluster): per transformer block, and
+ * fixed per stage (the embedding on the first stage, head and loss on the
+ * last, framework overhead), each a + b*n per micro-batch. */
+typedef struct {
+    char name[NB_COST_NAME_LEN];
+    nb_fit_t fwd_layer, bwd_layer;
+    nb_fit_t fwd_fixed, bwd_fixed;
+    double mem_limit; /* bytes the stage may use; 0 = unlimited */
+} nb_cost_stage_t;
+
+/* One direction of one link: latency (one way), bandwidth, and a fixed
+ * per-message cost on the wire (framing, TLS record, acknowledgement). */
+typedef struct {
+    double latency;   /* s */
+    double bandwidth; /* bytes/s */
+    double overhead;  /* s per message, occupies the link */
+} nb_cost_dir_t;
+
+enum { NB_DIR_FWD = 0, NB_DIR_BWD = 1 };
+
+/* The link between stage s and s+1: dir[NB_DIR_FWD] carries activations
+ * s -> s+1, dir[NB_DIR_BWD] gradients s+1 -> s. */
+typedef struct {
+    nb_cost_dir_t dir[2];
+} nb_cost_link_t;
+
+/* A codec setting as the codec module names it ("fp32", "int8",
+ * "fp16(svd(0.6))"): wire bytes = ratio * raw bytes; encode and decode run
+ * on the compute thread at the given cost per raw byte. lossiness orders
+ * codecs for tie-breaking: 0 = exact, larger = more error. */
+typedef struct {
+    char spec[NB_COST_NAME_LEN];
+    double ratio;
+    double enc_per_byte, dec_per_byte; /* s per raw byte */
+    int lossiness;
+} nb_cost_codec_t;
+
+/* The whole measured world: p stage slots (index = pipeline position, i.e.
+ * the cluster hosting that stage), p-1 links, known codecs. */
+typedef struct {
+    int p;
+    nb_cost_stage_t stage[NB_COST_MAX_STAGES];
+    nb_cost_link_t link[NB_COST_MAX_STAGES]; /* link[s]: s <-> s+1 */
+    int ncodecs;
+    nb_cost_codec_t codec[NB_COST_MAX_CODECS];
+} nb_cost_t;
+
+/* The model and job shape the memory and traffic depend on. */
+typedef struct {
+    int n_layers;                   /* transformer blocks to split */
+    double params_per_layer;        /* parameters in one block */
+    double embed_params;            /* on the first stage */
+    double head_params;             /* on the last stage (0 if tied) */
+    double state_bytes_per_param;   /* weights + grads + optimizer, e.g. 16 */
+    double act_bytes_per_sample_layer; /* stash one block keeps per sample */
+    double boundary_bytes_per_sample;  /* raw fp32 tensor crossing a cut */
+    int global_batch;               /* samples per step */
+} nb_cost_model_t;
+
+/* Finds a codec by spec; NULL when unknown. */
+const nb_cost_codec_t *nb_cost_codec_find(const nb_cost_t *c, const char *spec);
+
+/* Wire occupancy of one message of raw_bytes through codec on link dir:
+ * overhead + ratio * raw / bandwidth. Its arrival is this plus latency. */
+double nb_cost_xfer_busy(const nb_cost_dir_t *d, const nb_cost_codec_t *codec,
+                         double raw_bytes);
+
+/* Forward / backward time of one micro-batch of n samples on stage s holding
+ * `layers` blocks, compute only (codec time is added by the caller). */
+double nb_cost_fwd(const nb_cost_t *c, int s, int layers, double n);
+double nb_cost_bwd(const nb_cost_t *c, int s, int layers, double n);
+
+/* Bytes stage s of p needs holding `layers` blocks with `inflight` stashed
+ * micro-batches of n samples: state of its blocks (plus the embedding on
+ * stage 0, the head on stage p-1) + inflight * n * (layers * act stash +
+ * the boundary input it keeps). */
+double nb_cost_stage_mem(const nb_cost_model_t *mdl, int p, int s, int layers,
+                         int inflight, double n);
+
+/* Sets every link direction's bandwidth to mbit megabits per second (10^6
+ * bits): the "what if the link were 20 Mbit/s" question. */
+void nb_cost_set_bandwidth_mbit(nb_cost_t *c, double mbit);
+
+#endif
