@@ -8,6 +8,7 @@
 #include <cblas.h>
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_ops.h"
+#include "kernels/codec/codec_ops.h"
 #include "kernels/cpu/cpu_vec.h"
 
 static void *cpu_alloc(nb_backend_t *be, size_t bytes)
@@ -79,6 +80,7 @@ static const nb_backend_i cpu_iface = {
     .add = cpu_add,
     .scale = cpu_scale,
     NB_CPU_OPS_INIT
+    .codec = &nb_cpu_codec_ops,
 };
 
 nb_backend_t *nb_cpu_backend_new(void)
