@@ -312,3 +312,59 @@ static __attribute__((unused)) int h_tcp_connect(int port)
 }
 
 #endif
+
+/* Runs the loop until *counter >= want or ms pass; returns 1 if reached. */
+static __attribute__((unused)) int h_run_until_u64(uv_loop_t *loop, const uint64_t *counter,
+                                                   uint64_t want, int ms)
+{
+    uint64_t end = uv_now(loop) + (uint64_t)ms;
+    uv_timer_t t;
+    uv_timer_init(loop, &t);
+    uv_timer_start(&t, h_noop_timer, 10, 10);
+    while (*counter < want && uv_now(loop) < end)
+        uv_run(loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&t, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
+    return *counter >= want;
+}
+
+/* Bytes of a valid Hello frame from `name` (for raw clients). */
+static __attribute__((unused)) uint8_t *h_hello_bytes(const char *name, size_t *len)
+{
+    Nebula__Frame f = NEBULA__FRAME__INIT;
+    Nebula__Hello h = NEBULA__HELLO__INIT;
+    h.protocol_version = NB_PROTOCOL_VERSION;
+    h.daemon_name = (char *)name;
+    f.body_case = NEBULA__FRAME__BODY_HELLO;
+    f.hello = &h;
+    nb_frame_limits_t lim;
+    nb_frame_limits_default(&lim);
+    uint8_t *b;
+    assert_int_equal(nb_frame_encode(&f, NULL, 0, &lim, &b, len), 0);
+    return b;
+}
+
+/* A blocking TLS client on its own socket (hostile-input tests): returns
+ * the SSL or NULL when the handshake failed. max_version 0: any. */
+static __attribute__((unused)) SSL *h_raw_tls(int port, const char *cert, const char *key,
+                                              int max_version, int *fd_out)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (max_version)
+        SSL_CTX_set_max_proto_version(ctx, max_version);
+    SSL_CTX_use_certificate_chain_file(ctx, cert);
+    SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+    int fd = h_tcp_connect(port);
+    SSL *ssl = SSL_new(ctx);
+    SSL_CTX_free(ctx); /* the SSL keeps its reference */
+    SSL_set_fd(ssl, fd);
+    *fd_out = fd;
+    if (fd < 0 || SSL_connect(ssl) != 1) {
+        SSL_free(ssl);
+        if (fd >= 0)
+            close(fd);
+        return NULL;
+    }
+    return ssl;
+}
