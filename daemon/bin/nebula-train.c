@@ -1,0 +1,172 @@
+/*
+ * nebula-train - the deterministic single-process trainer.
+ *
+ * usage: nebula-train --config FILE [--steps N]
+ * Reads a YAML file with role: train (docs/config.md), trains the model of
+ * job.model on the token file job.data, prints a progress line every
+ * job.log_every steps (step, loss, learning rate, gradient norm, tokens/s)
+ * and writes the weights to job.output (when set) at the end.
+ * Exit status: 0 done, 1 runtime error, 2 bad usage, 78 bad configuration.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "daemon/config/config.h"
+#include "daemon/log.h"
+#include "daemon/train/trainer.h"
+#include "daemon/train/weights.h"
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: nebula-train --config FILE [--steps N]\n");
+}
+
+/* Maps the loaded job onto the trainer's plain structs. */
+static int to_train_config(const nb_config_t *cfg, nb_train_config_t *tc, char *err, size_t errlen)
+{
+    const nb_cfg_job_t *j = &cfg->job;
+    memset(tc, 0, sizeof *tc);
+    if (cfg->role != NB_ROLE_TRAIN || !j->present) {
+        snprintf(err, errlen, "%s: role must be train (with a job section) for nebula-train", cfg->path);
+        return -1;
+    }
+    const nb_cfg_model_t *m = &j->model;
+    tc->model = (nb_model_config_t){
+        .n_layer = m->n_layer, .d_model = m->d_model, .n_head = m->n_head, .d_ff = m->d_ff,
+        .vocab = m->vocab, .max_seq = m->max_seq, .causal = m->causal,
+        .norm = m->norm == NB_NORM_POST ? NB_MODEL_NORM_POST : NB_MODEL_NORM_PRE,
+        .head = (nb_head_kind_t)m->head, .n_classes = m->n_classes, .tie_embeddings = m->tie_embeddings,
+    };
+    const nb_cfg_optim_t *o = &j->optimizer;
+    tc->optim = (nb_optim_config_t){
+        .lr = (float)o->lr, .lr_min = (float)o->min_lr, .warmup_steps = (int)o->warmup_steps,
+        .total_steps = (int)j->steps, .beta1 = (float)o->beta1, .beta2 = (float)o->beta2,
+        .eps = (float)o->eps, .weight_decay = (float)o->weight_decay, .grad_clip = (float)o->grad_clip,
+    };
+    tc->seed = j->seed;
+    tc->batch = (int)j->batch;
+    tc->micro_batches = j->micro_batches > 0 ? (int)j->micro_batches : 1;
+    tc->seq_len = (int)j->seq_len;
+    tc->steps = (int)j->steps;
+    snprintf(tc->data, sizeof tc->data, "%s", j->data);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *config_path = NULL;
+    long steps_override = 0;
+    static const struct option opts[] = {
+        { "config", required_argument, NULL, 'c' },
+        { "steps", required_argument, NULL, 's' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    int ch;
+    while ((ch = getopt_long(argc, argv, "c:s:h", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'c': config_path = optarg; break;
+        case 's': {
+            char *end;
+            steps_override = strtol(optarg, &end, 10);
+            if (*end || steps_override <= 0 || steps_override > 100000000) {
+                fprintf(stderr, "nebula-train: --steps must be a positive integer\n");
+                return 2;
+            }
+            break;
+        }
+        case 'h': usage(); return 0;
+        default: usage(); return 2;
+        }
+    }
+    if (!config_path || optind != argc) {
+        usage();
+        return 2;
+    }
+    nb_log_init("nebula-train", NB_LOG_INFO);
+    static nb_config_t cfg;
+    char err[2048];
+    if (nb_cfg_load(config_path, &cfg, err, sizeof err) != 0) {
+        nb_log_error(NULL, "%s", err);
+        return NB_CFG_EXIT_CONFIG;
+    }
+    nb_log_level_t lvl;
+    if (nb_log_level_parse(cfg.log_level, &lvl) == 0)
+        nb_log_set_level(lvl);
+    nb_train_config_t tc;
+    if (to_train_config(&cfg, &tc, err, sizeof err) != 0) {
+        nb_log_error(NULL, "%s", err);
+        return NB_CFG_EXIT_CONFIG;
+    }
+    if (steps_override) {
+        tc.steps = (int)steps_override;
+        tc.optim.total_steps = tc.steps;
+    }
+    nb_backend_t *be = NULL;
+    if (cfg.n_devices > 0 && cfg.devices[0].cuda) {
+        const char *why = "unknown";
+        be = nb_cuda_backend_new(cfg.devices[0].index, &why);
+        if (!be) {
+            nb_log_error(NULL, "device %s: %s", cfg.devices[0].text, why ? why : "unavailable");
+            return 1;
+        }
+    } else {
+        be = nb_cpu_backend_new();
+    }
+    if (!be) {
+        nb_log_error(NULL, "cannot open the compute backend");
+        return 1;
+    }
+    nb_trainer_t *tr = NULL;
+    int rc = nb_trainer_new(be, &tc, &tr, err, sizeof err);
+    if (rc) {
+        nb_log_error(NULL, "%s: %s", config_path, err);
+        nb_be_free(be);
+        return rc == NB_EINVAL ? NB_CFG_EXIT_CONFIG : 1;
+    }
+    nb_part_t *part = nb_trainer_part(tr);
+    printf("nebula-train: %s-LN %s model, %d layers, d_model %d, %d heads, %zu parameters; "
+           "batch %d (%d micro-batches) x %d tokens, %d steps, backend %s\n",
+           nb_norm_name(tc.model.norm), nb_head_kind_name(tc.model.head), tc.model.n_layer, tc.model.d_model,
+           tc.model.n_head, nb_part_num_params(part), tc.batch, tc.micro_batches, tc.seq_len, tc.steps,
+           be->iface->name);
+    int every = cfg.job.log_every > 0 ? (int)cfg.job.log_every : 1;
+    double interval_s = 0, total_s = 0;
+    int interval_steps = 0;
+    float first_loss = 0, last_loss = 0;
+    for (int s = 0; s < tc.steps; s++) {
+        nb_train_step_t st;
+        if ((rc = nb_trainer_step(tr, &st, err, sizeof err)) != 0) {
+            nb_log_error(NULL, "%s", err);
+            break;
+        }
+        if (s == 0)
+            first_loss = st.loss;
+        last_loss = st.loss;
+        interval_s += st.seconds;
+        total_s += st.seconds;
+        interval_steps++;
+        if ((s + 1) % every == 0 || s + 1 == tc.steps || s == 0) {
+            double tps = (double)interval_steps * tc.batch * tc.seq_len / (interval_s > 0 ? interval_s : 1e-9);
+            printf("step %5d/%d  loss %.4f  lr %.2e  grad_norm %.3f  tokens/s %.0f\n", s + 1, tc.steps,
+                   st.loss, st.lr, st.grad_norm, tps);
+            fflush(stdout);
+            interval_s = 0;
+            interval_steps = 0;
+        }
+    }
+    if (rc == 0) {
+        printf("nebula-train: done: loss %.4f -> %.4f in %.1f s (%.0f tokens/s)\n", first_loss, last_loss, total_s,
+               (double)tc.steps * tc.batch * tc.seq_len / (total_s > 0 ? total_s : 1e-9));
+        if (cfg.job.output[0]) {
+            if ((rc = nb_weights_save(cfg.job.output, part, err, sizeof err)) != 0)
+                nb_log_error(NULL, "%s", err);
+            else
+                printf("nebula-train: weights written to %s\n", cfg.job.output);
+        }
+    }
+    nb_trainer_free(tr);
+    nb_be_free(be);
+    return rc ? 1 : 0;
+}

@@ -1,0 +1,185 @@
+/*
+ * trainer.c - the single-process trainer; the step is described in
+ * trainer.h.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <math.h>
+#include "daemon/data/tokens.h"
+#include "daemon/train/trainer.h"
+
+struct nb_trainer {
+    nb_backend_t *be;
+    nb_train_config_t cfg;
+    nb_tokens_t *tokens;
+    nb_part_t *part;
+    nb_part_acts_t *acts;
+    nb_optim_t *optim;
+    int B;                       /* micro-batch size */
+    int32_t *h_inputs, *h_targets;
+    int32_t *d_inputs, *d_targets;
+    int step;
+};
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static const char *check_config(const nb_train_config_t *c)
+{
+    if (c->model.head != NB_MODEL_HEAD_LM)
+        return "model.head must be lm for the trainer (next-token prediction on a token file)";
+    if (c->batch <= 0)
+        return "batch must be >= 1";
+    if (c->micro_batches <= 0 || c->batch % c->micro_batches != 0)
+        return "micro_batches must be >= 1 and divide batch";
+    if (c->seq_len <= 0 || c->seq_len > c->model.max_seq)
+        return "seq_len must be in 1..model.max_seq";
+    if (c->steps <= 0)
+        return "steps must be >= 1";
+    return NULL;
+}
+
+int nb_trainer_new(nb_backend_t *be, const nb_train_config_t *c, nb_trainer_t **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    const char *why = nb_model_config_validate(&c->model);
+    if (why) {
+        snprintf(err, errlen, "model: %s", why);
+        return NB_EINVAL;
+    }
+    if ((why = check_config(c)) || (why = nb_optim_config_validate(&c->optim))) {
+        snprintf(err, errlen, "%s", why);
+        return NB_EINVAL;
+    }
+    nb_trainer_t *t = calloc(1, sizeof *t);
+    if (!t)
+        return NB_ENOMEM;
+    t->be = be;
+    t->cfg = *c;
+    t->B = c->batch / c->micro_batches;
+    int rc = nb_tokens_open(c->data, &t->tokens, err, errlen);
+    if (rc)
+        goto fail;
+    if (nb_tokens_vocab(t->tokens) > (uint32_t)c->model.vocab) {
+        snprintf(err, errlen, "%s: vocabulary %u is larger than model.vocab %d", c->data,
+                 nb_tokens_vocab(t->tokens), c->model.vocab);
+        rc = NB_EINVAL;
+        goto fail;
+    }
+    if (nb_tokens_count(t->tokens) < (uint64_t)c->seq_len + 1) {
+        snprintf(err, errlen, "%s: %llu tokens, fewer than seq_len + 1 = %d", c->data,
+                 (unsigned long long)nb_tokens_count(t->tokens), c->seq_len + 1);
+        rc = NB_EINVAL;
+        goto fail;
+    }
+    nb_part_spec_t spec = nb_part_spec_full(&c->model);
+    if ((rc = nb_part_new(be, &c->model, &spec, c->seed, NULL, &t->part, err, errlen)))
+        goto fail;
+    if ((rc = nb_part_acts_new(t->part, t->B, c->seq_len, &t->acts))) {
+        snprintf(err, errlen, "cannot allocate activations for %d x %d tokens", t->B, c->seq_len);
+        goto fail;
+    }
+    int nt = nb_part_num_tensors(t->part);
+    nb_optim_segment_t *segs = calloc((size_t)nt, sizeof *segs);
+    if (!segs) {
+        rc = NB_ENOMEM;
+        goto fail;
+    }
+    for (int i = 0; i < nt; i++) {
+        const nb_param_info_t *pi = nb_part_tensor(t->part, i);
+        segs[i] = (nb_optim_segment_t){ pi->offset, pi->numel, pi->decay };
+    }
+    rc = nb_optim_new(be, &c->optim, nb_part_num_params(t->part), segs, nt, &t->optim);
+    free(segs);
+    if (rc) {
+        snprintf(err, errlen, "cannot create the optimizer (%s)", nb_strerror(rc));
+        goto fail;
+    }
+    size_t bt = (size_t)t->B * (size_t)c->seq_len;
+    t->h_inputs = malloc(bt * sizeof(int32_t));
+    t->h_targets = malloc(bt * sizeof(int32_t));
+    t->d_inputs = nb_be_alloc(be, bt * sizeof(int32_t));
+    t->d_targets = nb_be_alloc(be, bt * sizeof(int32_t));
+    if (!t->h_inputs || !t->h_targets || !t->d_inputs || !t->d_targets) {
+        snprintf(err, errlen, "out of memory for batches");
+        rc = NB_ENOMEM;
+        goto fail;
+    }
+    *out = t;
+    return 0;
+fail:
+    nb_trainer_free(t);
+    return rc;
+}
+
+void nb_trainer_free(nb_trainer_t *t)
+{
+    if (!t)
+        return;
+    nb_part_acts_free(t->acts);
+    nb_optim_free(t->optim);
+    nb_part_free(t->part);
+    nb_tokens_close(t->tokens);
+    if (t->d_inputs)
+        nb_be_dealloc(t->be, t->d_inputs);
+    if (t->d_targets)
+        nb_be_dealloc(t->be, t->d_targets);
+    free(t->h_inputs);
+    free(t->h_targets);
+    free(t);
+}
+
+int nb_trainer_step(nb_trainer_t *t, nb_train_step_t *out, char *err, size_t errlen)
+{
+    const nb_train_config_t *c = &t->cfg;
+    if (t->step >= c->steps) {
+        snprintf(err, errlen, "all %d steps are done", c->steps);
+        return NB_ESTATE;
+    }
+    double t0 = now_s();
+    int m = c->micro_batches, T = c->seq_len;
+    size_t bt = (size_t)t->B * (size_t)T;
+    nb_part_zero_grad(t->part);
+    float loss = 0.0f;
+    for (int i = 0; i < m; i++) {
+        int rc = nb_tokens_sample(t->tokens, c->seed, (uint64_t)t->step, (uint32_t)i, t->B, T,
+                                  t->h_inputs, t->h_targets);
+        if (rc) {
+            snprintf(err, errlen, "step %d micro-batch %d: cannot sample a batch", t->step, i);
+            return rc;
+        }
+        nb_be_from_host(t->be, t->d_inputs, t->h_inputs, bt * sizeof(int32_t));
+        nb_be_from_host(t->be, t->d_targets, t->h_targets, bt * sizeof(int32_t));
+        nb_part_input_t in = { .tokens = t->d_inputs, .targets = t->d_targets, .loss_scale = 1.0f / (float)m };
+        float li = 0.0f;
+        if ((rc = nb_part_forward(t->part, t->acts, &in, &li)) ||
+            (rc = nb_part_backward(t->part, t->acts, NULL))) {
+            snprintf(err, errlen, "step %d micro-batch %d: model error (%s)", t->step, i, nb_strerror(rc));
+            return rc;
+        }
+        loss += li / (float)m;
+    }
+    double ss = nb_optim_sumsq(t->be, nb_part_grads(t->part), nb_part_num_params(t->part));
+    float scale = nb_optim_clip_scale(&c->optim, ss);
+    float lr = (float)nb_optim_lr(&c->optim, t->step);
+    nb_optim_step(t->optim, nb_part_params(t->part), nb_part_grads(t->part), lr, scale);
+    nb_be_sync(t->be);
+    if (out) {
+        out->step = t->step;
+        out->loss = loss;
+        out->lr = lr;
+        out->grad_norm = sqrt(ss);
+        out->seconds = now_s() - t0;
+    }
+    t->step++;
+    return 0;
+}
+
+int nb_trainer_steps_done(const nb_trainer_t *t) { return t->step; }
+nb_part_t *nb_trainer_part(nb_trainer_t *t) { return t->part; }

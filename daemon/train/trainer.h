@@ -1,0 +1,62 @@
+/*
+ * trainer.h - the deterministic single-process trainer: the reference every
+ * distributed run is compared with.
+ *
+ * One training step (0-based index s):
+ *   zero the gradients;
+ *   for micro-batch i = 0 .. m-1, in order: draw the batch keyed by
+ *     (seed, s, i) from the token file (nb_tokens_sample), run the whole
+ *     model forward with loss scale 1/m and backward (gradients accumulate);
+ *     the step's loss is the sum over i of loss_i / m, added in that order;
+ *   global sum of squares of the gradients -> clip factor; learning rate of
+ *   step s (warmup + cosine); one AdamW step.
+ * A pipeline that keeps this order reproduces the same numbers.
+ *
+ * Thread: a trainer is used by one thread (the one owning the backend).
+ */
+#ifndef NB_TRAINER_H
+#define NB_TRAINER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "kernels/model.h"
+#include "kernels/optim.h"
+
+typedef struct {
+    nb_model_config_t model;   /* head must be lm (next-token prediction) */
+    nb_optim_config_t optim;   /* total_steps is usually steps */
+    uint64_t seed;             /* init and data streams */
+    int batch;                 /* sequences per step */
+    int micro_batches;         /* m >= 1, dividing batch */
+    int seq_len;               /* T <= model.max_seq */
+    int steps;
+    char data[1024];           /* token file */
+} nb_train_config_t;
+
+/* What one step produced. */
+typedef struct {
+    int step;                  /* 0-based index of the step just taken */
+    float loss;                /* mean loss of the step (before the update) */
+    float lr;
+    double grad_norm;          /* global norm before clipping */
+    double seconds;            /* wall time of the step */
+} nb_train_step_t;
+
+typedef struct nb_trainer nb_trainer_t;
+
+/* Validates c, opens the token file (its vocabulary must not exceed the
+ * model's), creates the model with weights seeded from c->seed and the
+ * optimizer. Errors: negative NB_E* code with a message naming the field or
+ * file in err. */
+int nb_trainer_new(nb_backend_t *be, const nb_train_config_t *c, nb_trainer_t **out, char *err, size_t errlen);
+void nb_trainer_free(nb_trainer_t *t);
+
+/* Takes the next step. Errors: NB_ESTATE after the configured steps,
+ * other codes from the model (message in err). */
+int nb_trainer_step(nb_trainer_t *t, nb_train_step_t *out, char *err, size_t errlen);
+/* Steps taken so far. */
+int nb_trainer_steps_done(const nb_trainer_t *t);
+/* The model (one part holding everything). Borrowed. */
+nb_part_t *nb_trainer_part(nb_trainer_t *t);
+
+#endif /* NB_TRAINER_H */
