@@ -1,0 +1,156 @@
+/* status_cmds.c - status, metrics, trace and stop handlers; see status_cmds.h. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include "daemon/log.h"
+#include "daemon/service/version.h"
+#include "daemon/status/status_cmds.h"
+#include "kernels/common.h"
+
+/* NaN and negative "unknown" values become JSON null. */
+static json_t *num_or_null(double v, bool negative_unknown)
+{
+    if (isnan(v) || isinf(v) || (negative_unknown && v < 0))
+        return json_null();
+    return json_real(v);
+}
+
+json_t *nb_status_to_json(const nb_state_snapshot_t *s)
+{
+    json_t *peers = json_array();
+    for (int i = 0; peers && i < s->n_peers; i++) {
+        const nb_peer_info_t *p = &s->peers[i];
+        json_array_append_new(peers, json_pack("{s:s, s:s, s:s, s:s, s:o, s:o, s:I, s:I}", "name", p->name, "role",
+                                               p->role, "address", p->address, "state", p->state, "rtt_ms",
+                                               num_or_null(p->rtt_ms, true), "bandwidth_mbps",
+                                               num_or_null(p->bandwidth_mbps, true), "bytes_sent",
+                                               (json_int_t)p->bytes_sent, "bytes_received",
+                                               (json_int_t)p->bytes_received));
+    }
+    json_t *job = json_null();
+    const nb_job_info_t *j = &s->job;
+    if (j->active) {
+        double ratio = j->bytes_wire ? (double)j->bytes_raw / (double)j->bytes_wire : NAN;
+        job = json_pack("{s:I, s:I, s:o, s:o, s:o, s:o, s:o, s:I, s:I, s:o, s:{s:s, s:s}, s:I, s:s, s:s}", "step",
+                        (json_int_t)j->step, "steps", (json_int_t)j->steps, "loss", num_or_null(j->loss, false),
+                        "tokens_per_s", num_or_null(j->tokens_per_s, true), "step_time_s",
+                        num_or_null(j->step_time_s, true), "bubble_measured", num_or_null(j->bubble_measured, true),
+                        "bubble_predicted", num_or_null(j->bubble_predicted, true), "bytes_raw",
+                        (json_int_t)j->bytes_raw, "bytes_wire", (json_int_t)j->bytes_wire, "compression_ratio",
+                        num_or_null(ratio, false), "codecs", "forward", j->codec_forward, "backward",
+                        j->codec_backward, "micro_batches", (json_int_t)j->micro_batches, "schedule", j->schedule,
+                        "layers", j->layers);
+    }
+    if (!peers || !job) {
+        json_decref(peers);
+        json_decref(job);
+        return NULL;
+    }
+    return json_pack("{s:s, s:s, s:s, s:i, s:f, s:f, s:s, s:s, s:s, s:s, s:o, s:o}", "name", s->name, "role",
+                     nb_cfg_role_name(s->role), "version", NB_VERSION, "pid", s->pid, "uptime_s", s->uptime_s,
+                     "started_at", s->started_at, "state", nb_svc_state_name(s->state), "detail", s->detail,
+                     "listen", s->listen, "status_socket", s->status_socket, "peers", peers, "job", job);
+}
+
+static json_t *cmd_status(void *ud, const json_t *req, const nb_status_caller_t *caller, char *err, size_t errlen)
+{
+    nb_status_ctx_t *ctx = ud;
+    nb_metrics_inc(nb_state_metrics(ctx->state), ctx->m_requests, 1);
+    nb_state_snapshot_t *snap = malloc(sizeof *snap);
+    if (!snap) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    nb_state_snapshot(ctx->state, snap);
+    json_t *r = nb_status_to_json(snap);
+    free(snap);
+    if (!r)
+        snprintf(err, errlen, "out of memory");
+    return r;
+}
+
+static json_t *cmd_metrics(void *ud, const json_t *req, const nb_status_caller_t *caller, char *err, size_t errlen)
+{
+    nb_status_ctx_t *ctx = ud;
+    nb_metrics_t *m = nb_state_metrics(ctx->state);
+    nb_metrics_inc(m, ctx->m_requests, 1);
+    nb_state_snapshot_t *snap = malloc(sizeof *snap);
+    if (snap) {
+        nb_state_snapshot(ctx->state, snap);
+        nb_metrics_set(m, ctx->m_uptime, snap->uptime_s);
+        free(snap);
+    }
+    size_t len;
+    char *text = nb_metrics_render(m, &len);
+    if (!text) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    json_t *r = json_pack("{s:s, s:s%}", "format", "prometheus-text-0.0.4", "text", text, len);
+    free(text);
+    return r;
+}
+
+static json_t *cmd_trace(void *ud, const json_t *req, const nb_status_caller_t *caller, char *err, size_t errlen)
+{
+    nb_status_ctx_t *ctx = ud;
+    nb_metrics_inc(nb_state_metrics(ctx->state), ctx->m_requests, 1);
+    int64_t steps = ctx->trace_steps;
+    json_t *js = json_object_get(req, "steps");
+    if (js) {
+        if (!json_is_integer(js) || json_integer_value(js) < 0) {
+            snprintf(err, errlen, "\"steps\" must be a non-negative integer");
+            return NULL;
+        }
+        steps = json_integer_value(js);
+    }
+    json_t *t = nb_trace_to_json(nb_state_trace(ctx->state), steps);
+    if (!t) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    return json_pack("{s:o}", "trace", t);
+}
+
+static json_t *cmd_stop(void *ud, const json_t *req, const nb_status_caller_t *caller, char *err, size_t errlen)
+{
+    nb_status_ctx_t *ctx = ud;
+    nb_metrics_inc(nb_state_metrics(ctx->state), ctx->m_requests, 1);
+    if (!ctx->stop) {
+        snprintf(err, errlen, "this daemon cannot be stopped through its socket");
+        return NULL;
+    }
+    char why[96];
+    snprintf(why, sizeof why, "stop requested on the status socket by uid %u pid %d", (unsigned)caller->uid,
+             (int)caller->pid);
+    ctx->stop(ctx->stop_ud, why);
+    return json_pack("{s:b}", "stopping", 1);
+}
+
+int nb_status_cmds_register(nb_status_server_t *srv, nb_status_ctx_t *ctx)
+{
+    nb_metrics_t *m = nb_state_metrics(ctx->state);
+    nb_state_snapshot_t *snap = malloc(sizeof *snap);
+    if (!snap)
+        return NB_ENOMEM;
+    nb_state_snapshot(ctx->state, snap);
+    char labels[160];
+    snprintf(labels, sizeof labels, "name=\"%s\",role=\"%s\",version=\"%s\"", snap->name,
+             nb_cfg_role_name(snap->role), NB_VERSION);
+    free(snap);
+    ctx->m_info = nb_metrics_add(m, "nebula_info", labels, NB_METRIC_GAUGE, "Daemon identity; always 1");
+    ctx->m_uptime = nb_metrics_add(m, "nebula_uptime_seconds", NULL, NB_METRIC_GAUGE, "Seconds since the daemon started");
+    ctx->m_requests = nb_metrics_add(m, "nebula_status_requests_total", NULL, NB_METRIC_COUNTER,
+                                     "Commands served on the status socket");
+    if (ctx->m_info < 0 || ctx->m_uptime < 0 || ctx->m_requests < 0)
+        return NB_EINVAL;
+    nb_metrics_set(m, ctx->m_info, 1);
+    int rc = nb_status_server_add(srv, "status", false, cmd_status, ctx);
+    if (!rc)
+        rc = nb_status_server_add(srv, "metrics", false, cmd_metrics, ctx);
+    if (!rc)
+        rc = nb_status_server_add(srv, "trace", false, cmd_trace, ctx);
+    if (!rc)
+        rc = nb_status_server_add(srv, "stop", true, cmd_stop, ctx);
+    return rc;
+}
