@@ -67,6 +67,14 @@ void nb__conn_fail(nb_conn_t *c, int err)
 {
     if (c->closing)
         return;
+    if (c->rx.state != 0 || c->rx.have != 0) {
+        if (c->rx.state <= 2) { /* prefix, header or payload part way */
+            c->net->stats.frame_faults++;
+            c->net->stats.truncated_frames++;
+            nb_log_warn(who(c), "connection from %s ended inside a frame (truncated frame dropped)",
+                        c->addr);
+        }
+    }
     c->closing = 1;
     c->close_err = err;
     close_handles(c);

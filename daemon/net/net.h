@@ -71,6 +71,7 @@ typedef struct {
     uint64_t hello_refused;       /* bad version, name mismatch, no hello first */
     uint64_t frame_faults;        /* all decode and validation faults */
     uint64_t frame_fault_by_code[16]; /* index -NB_E* (e.g. [-NB_ECRC]) */
+    uint64_t truncated_frames;    /* connection ended inside a frame */
     uint64_t unknown_job;         /* tensor for a job other than the current */
     uint64_t dead_peers;
     uint64_t frames_tx, frames_rx, payload_tx, payload_rx;

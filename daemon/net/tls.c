@@ -62,6 +62,8 @@ int nb_tls_new(const nb_tls_files_t *files, int is_server,
                                      "TLS_CHACHA20_POLY1305_SHA256");
     /* No tickets: every connection verifies the peer certificate afresh. */
     SSL_CTX_set_num_tickets(t->ctx, 0);
+    if (is_server)
+        SSL_CTX_set_options(t->ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
     SSL_CTX_set_session_cache_mode(t->ctx, SSL_SESS_CACHE_OFF);
     if (SSL_CTX_use_certificate_chain_file(t->ctx, files->cert_file) != 1) {
         rc = NB_EIO;
