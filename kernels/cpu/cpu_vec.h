@@ -1,6 +1,6 @@
 /*
  * cpu_vec.h - 16-lane float vectors (GCC/Clang vector extensions) and the
- * vectorised exp/tanh the CPU ops share. The compiler lowers NB_V16 to
+ * vectorised exp/tanh the CPU ops share. The compiler lowers nb_v16 to
  * whatever the target has (one AVX-512 register, two AVX registers, ...), so
  * this stays portable C while hot loops get SIMD without -ffast-math.
  *
@@ -98,11 +98,6 @@ static inline nb_v16 nb_v_tanh(nb_v16 x)
     nb_v16 t = 1.0f - 2.0f / (e + 1.0f);
     return nb_v_select(neg, -t, t);
 }
-
-/* Scalar forms for loop tails: the same arithmetic lane by lane, so a value
- * gets the same result whether it lands in a full vector or in the tail. */
-static inline float nb_s_exp(float x) { nb_v16 v = nb_v_set1(x); return nb_v_exp(v)[0]; }
-static inline float nb_s_tanh(float x) { nb_v16 v = nb_v_set1(x); return nb_v_tanh(v)[0]; }
 
 /* Loads up to NB_VL floats (n < NB_VL allowed), padding with fill. */
 static inline nb_v16 nb_v_load_part(const float *p, size_t n, float fill)
