@@ -1,0 +1,474 @@
+/*
+ * search.c - enumerate plans, split layers, simulate, rank (see search.h).
+ */
+#include "daemon/planner/search.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/common.h"
+
+#define GIB (1024.0 * 1024.0 * 1024.0)
+
+static void seterr(char *err, size_t len, const char *fmt, ...)
+{
+    if (!err || len == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, len, fmt, ap);
+    va_end(ap);
+}
+
+/* Compute per micro-batch of stage s with L layers, codec work included. */
+static double stage_time(const nb_cost_t *cost, const nb_cost_model_t *mdl, int p, int s, int L,
+                         double n, const nb_cost_codec_t *cf, const nb_cost_codec_t *cb,
+                         double *tf_out, double *tb_out)
+{
+    double raw = n * mdl->boundary_bytes_per_sample;
+    double tf = nb_cost_fwd(cost, s, L, n), tb = nb_cost_bwd(cost, s, L, n);
+    if (s > 0) {
+        tf += cf->dec_per_byte * raw; /* decode incoming activations */
+        tb += cb->enc_per_byte * raw; /* encode outgoing input gradient */
+    }
+    if (s < p - 1) {
+        tf += cf->enc_per_byte * raw;
+        tb += cb->dec_per_byte * raw;
+    }
+    if (tf_out)
+        *tf_out = tf;
+    if (tb_out)
+        *tb_out = tb;
+    return tf + tb;
+}
+
+int nb_plan_sim_input(const nb_cost_t *cost, const nb_cost_model_t *mdl, const nb_plan_cand_t *c,
+                      nb_sim_input_t *in)
+{
+    int p = cost->p;
+    if (c->fwd_codec < 0 || c->fwd_codec >= cost->ncodecs || c->bwd_codec < 0 ||
+        c->bwd_codec >= cost->ncodecs)
+        return NB_EINVAL;
+    const nb_cost_codec_t *cf = &cost->codec[c->fwd_codec], *cb = &cost->codec[c->bwd_codec];
+    memset(in, 0, sizeof *in);
+    in->p = p;
+    in->m = c->m;
+    in->sched = c->sched;
+    double raw = c->mb_size * mdl->boundary_bytes_per_sample;
+    for (int s = 0; s < p; s++) {
+        stage_time(cost, mdl, p, s, c->layers[s], c->mb_size, cf, cb, &in->tf[s], &in->tb[s]);
+        if (s < p - 1) {
+            const nb_cost_link_t *l = &cost->link[s];
+            in->xf[s] = nb_cost_xfer_busy(&l->dir[NB_DIR_FWD], cf, raw);
+            in->lf[s] = l->dir[NB_DIR_FWD].latency;
+            in->xb[s] = nb_cost_xfer_busy(&l->dir[NB_DIR_BWD], cb, raw);
+            in->lb[s] = l->dir[NB_DIR_BWD].latency;
+        }
+    }
+    return 0;
+}
+
+static int fits(const nb_cost_t *cost, int s, double need)
+{
+    double lim = cost->stage[s].mem_limit;
+    return lim <= 0 || need <= lim;
+}
+
+/* Min-max contiguous split by dynamic programming; 0, 1 when no split fits
+ * in memory, or NB_ENOMEM. best[s][k]: the slowest stage time when stages 0..s hold
+ * the first k layers. */
+static int split_layers(const nb_cost_t *cost, const nb_cost_model_t *mdl, int p,
+                        const int *inflight, double n, const nb_cost_codec_t *cf,
+                        const nb_cost_codec_t *cb, int *layers)
+{
+    int L = mdl->n_layers;
+    size_t cells = (size_t)p * (size_t)(L + 1);
+    double *best = malloc(cells * sizeof(double));
+    int *from = malloc(cells * sizeof(int));
+    if (!best || !from) {
+        free(best);
+        free(from);
+        return NB_ENOMEM;
+    }
+    for (size_t i = 0; i < cells; i++)
+        best[i] = INFINITY, from[i] = -1;
+#define AT(s, k) ((size_t)(s) * (size_t)(L + 1) + (size_t)(k))
+    for (int s = 0; s < p; s++) {
+        for (int k = s + 1; k <= L - (p - 1 - s); k++) {
+            for (int j = s; j < k; j++) { /* stages 0..s-1 hold j layers */
+                double prev = s == 0 ? (j == 0 ? 0 : INFINITY) : best[AT(s - 1, j)];
+                if (!isfinite(prev))
+                    continue;
+                int own = k - j;
+                if (!fits(cost, s, nb_cost_stage_mem(mdl, p, s, own, inflight[s], n)))
+                    continue;
+                double t = stage_time(cost, mdl, p, s, own, n, cf, cb, NULL, NULL);
+                double v = fmax(prev, t);
+                if (v < best[AT(s, k)]) {
+                    best[AT(s, k)] = v;
+                    from[AT(s, k)] = j;
+                }
+            }
+        }
+    }
+    int rc = 1;
+    if (isfinite(best[AT(p - 1, L)])) {
+        int k = L;
+        for (int s = p - 1; s >= 0; s--) {
+            int j = from[AT(s, k)];
+            NB_CHECK(j >= 0 && j < k);
+            layers[s] = k - j;
+            k = j;
+        }
+        NB_CHECK(k == 0);
+        rc = 0;
+    }
+#undef AT
+    free(best);
+    free(from);
+    return rc;
+}
+
+static void even_split(int L, int p, int *layers)
+{
+    for (int s = 0; s < p; s++)
+        layers[s] = L / p + (s < L % p ? 1 : 0);
+}
+
+/* K for 1f1b:auto: enough extra warm-up per boundary to cover the slowest
+ * round trip's transfers with the fastest stage's work (even split). */
+static int auto_depth(const nb_cost_t *cost, const nb_cost_model_t *mdl, nb_plan_cand_t *c)
+{
+    int p = cost->p;
+    if (p < 2)
+        return 1;
+    even_split(mdl->n_layers, p, c->layers);
+    nb_sim_input_t in;
+    c->sched.extra = 0;
+    NB_CHECK(nb_plan_sim_input(cost, mdl, c, &in) == 0);
+    double tt = 0, work = INFINITY;
+    for (int s = 0; s < p; s++) {
+        work = fmin(work, in.tf[s] + in.tb[s]);
+        if (s < p - 1)
+            tt = fmax(tt, fmax(in.xf[s] + in.lf[s], in.xb[s] + in.lb[s]));
+    }
+    double k = work > 0 ? ceil(2 * tt / work - 1e-9) : 64;
+    if (!(k >= 1))
+        k = 1;
+    return k > 64 ? 64 : (int)k;
+}
+
+static double peak_mem(const nb_plan_cand_t *c, int p)
+{
+    double m = 0;
+    for (int s = 0; s < p; s++)
+        m = fmax(m, c->mem[s]);
+    return m;
+}
+
+static int sched_order(const nb_sched_spec_t *s)
+{
+    return s->kind == NB_SCHED_GPIPE ? 0 : 1 + s->extra;
+}
+
+static int cmp_time(const void *pa, const void *pb)
+{
+    const nb_plan_cand_t *a = pa, *b = pb;
+    if (a->feasible != b->feasible)
+        return b->feasible - a->feasible;
+    if (!a->feasible) {
+        double oa = a->oom_need - a->oom_limit, ob = b->oom_need - b->oom_limit;
+        if (oa != ob)
+            return oa < ob ? -1 : 1;
+        return a->m - b->m;
+    }
+    if (a->step_time != b->step_time)
+        return a->step_time < b->step_time ? -1 : 1;
+    return a->m - b->m;
+}
+
+/* Tie-breakers among near-ties: <0 when a is preferred. */
+static int cmp_tie(const nb_cost_t *cost, const nb_plan_cand_t *a, const nb_plan_cand_t *b)
+{
+    if (a->m != b->m)
+        return a->m - b->m;
+    double ma = peak_mem(a, cost->p), mb = peak_mem(b, cost->p);
+    if (ma != mb)
+        return ma < mb ? -1 : 1;
+    int la = cost->codec[a->fwd_codec].lossiness + cost->codec[a->bwd_codec].lossiness;
+    int lb = cost->codec[b->fwd_codec].lossiness + cost->codec[b->bwd_codec].lossiness;
+    if (la != lb)
+        return la - lb;
+    int sa = sched_order(&a->sched), sb = sched_order(&b->sched);
+    if (sa != sb)
+        return sa - sb;
+    return a->step_time < b->step_time ? -1 : a->step_time > b->step_time;
+}
+
+static int codec_list(const nb_cost_t *cost, const char *const *names, int n, int *idx,
+                      const char *what, char *err, size_t errlen)
+{
+    if (n == 0) {
+        for (int i = 0; i < cost->ncodecs; i++)
+            idx[i] = i;
+        return cost->ncodecs;
+    }
+    for (int i = 0; i < n; i++) {
+        const nb_cost_codec_t *c = names[i] ? nb_cost_codec_find(cost, names[i]) : NULL;
+        if (!c) {
+            seterr(err, errlen, "%s codec '%s' has no measurements", what,
+                   names[i] ? names[i] : "(null)");
+            return NB_EINVAL;
+        }
+        idx[i] = (int)(c - cost->codec);
+    }
+    return n;
+}
+
+static const char *split_str(const nb_plan_cand_t *c, int p, char *buf, size_t len)
+{
+    size_t off = 0;
+    buf[0] = 0;
+    for (int s = 0; s < p && off < len; s++)
+        off += (size_t)snprintf(buf + off, len - off, "%s%d", s ? "," : "", c->layers[s]);
+    return buf;
+}
+
+int nb_plan_search(const nb_cost_t *cost, const nb_plan_req_t *req, nb_plan_result_t *out,
+                   char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    const nb_cost_model_t *mdl = &req->model;
+    int p = req->p;
+    if (p < 1 || p > NB_COST_MAX_STAGES || p != cost->p) {
+        seterr(err, errlen, "stages: the request has %d, the measurements %d", p, cost->p);
+        return NB_EINVAL;
+    }
+    if (mdl->n_layers < p) {
+        seterr(err, errlen, "n_layers: %d blocks cannot fill %d stages", mdl->n_layers, p);
+        return NB_EINVAL;
+    }
+    if (mdl->global_batch < 1) {
+        seterr(err, errlen, "global_batch: must be >= 1 (is %d)", mdl->global_batch);
+        return NB_EINVAL;
+    }
+    for (int s = 0; s + 1 < p; s++)
+        for (int d = 0; d < 2; d++)
+            if (!(cost->link[s].dir[d].bandwidth > 0)) {
+                seterr(err, errlen, "link %d-%d %s: bandwidth must be > 0", s, s + 1,
+                       d == NB_DIR_FWD ? "forward" : "backward");
+                return NB_EINVAL;
+            }
+    int fixed = 1, fixed_sum = 0;
+    for (int s = 0; s < p; s++) {
+        if (req->fixed_layers[s] <= 0)
+            fixed = 0;
+        fixed_sum += req->fixed_layers[s];
+    }
+    if (fixed && fixed_sum != mdl->n_layers) {
+        seterr(err, errlen, "layer split: sums to %d, the model has %d blocks", fixed_sum,
+               mdl->n_layers);
+        return NB_EINVAL;
+    }
+    int fidx[NB_COST_MAX_CODECS], bidx[NB_COST_MAX_CODECS];
+    int nf = codec_list(cost, req->fwd_codecs, req->nfwd, fidx, "forward", err, errlen);
+    if (nf < 0)
+        return nf;
+    int nbk = codec_list(cost, req->bwd_codecs, req->nbwd, bidx, "backward", err, errlen);
+    if (nbk < 0)
+        return nbk;
+    if (nf == 0 || nbk == 0) {
+        seterr(err, errlen, "codecs: none measured");
+        return NB_EINVAL;
+    }
+    nb_sched_spec_t defaults[] = {{NB_SCHED_GPIPE, 0}, {NB_SCHED_1F1B, 0},
+                                  {NB_SCHED_1F1B, 1},     {NB_SCHED_1F1B, 2},
+                                  {NB_SCHED_1F1B, 4},     {NB_SCHED_1F1B, NB_PLAN_EXTRA_AUTO}};
+    const nb_sched_spec_t *scheds = req->nscheds ? req->scheds : defaults;
+    int ns = req->nscheds ? req->nscheds : (int)NB_ARRAY_LEN(defaults);
+    int mlo = req->m_min > 0 ? req->m_min : 1;
+    int mhi = req->m_max > 0 ? req->m_max : mdl->global_batch;
+    if (mhi > NB_SCHED_MAX_MB)
+        mhi = NB_SCHED_MAX_MB;
+    int nm = 0;
+    for (int m = mlo; m <= mhi; m++)
+        if (mdl->global_batch % m == 0)
+            nm++;
+    if (nm == 0) {
+        seterr(err, errlen, "micro-batches: no divisor of the global batch %d in [%d, %d]",
+               mdl->global_batch, mlo, mhi);
+        return NB_EINVAL;
+    }
+    size_t total = (size_t)nm * (size_t)ns * (size_t)nf * (size_t)nbk;
+    out->cand = calloc(total, sizeof *out->cand);
+    if (!out->cand)
+        return NB_ENOMEM;
+    int k = 0;
+    for (int m = mlo; m <= mhi; m++) {
+        if (mdl->global_batch % m)
+            continue;
+        double n = (double)mdl->global_batch / m;
+        for (int si = 0; si < ns; si++)
+            for (int fi = 0; fi < nf; fi++)
+                for (int bi = 0; bi < nbk; bi++) {
+                    nb_plan_cand_t *c = &out->cand[k++];
+                    c->m = m;
+                    c->mb_size = n;
+                    c->sched = scheds[si];
+                    c->fwd_codec = fidx[fi];
+                    c->bwd_codec = bidx[bi];
+                    if (c->sched.kind == NB_SCHED_1F1B && c->sched.extra == NB_PLAN_EXTRA_AUTO) {
+                        c->sched.extra = auto_depth(cost, mdl, c);
+                        /* Already in the list explicitly: not twice. */
+                        int dup = 0;
+                        for (int j = 0; j < ns; j++)
+                            dup |= scheds[j].kind == NB_SCHED_1F1B &&
+                                   scheds[j].extra == c->sched.extra;
+                        if (dup) {
+                            memset(c, 0, sizeof *c);
+                            k--;
+                            continue;
+                        }
+                    }
+                    for (int s = 0; s < p; s++) {
+                        int w = nb_sched_peak_inflight(&c->sched, p, m, s);
+                        if (w < 0) {
+                            seterr(err, errlen, "schedule %d: invalid", si);
+                            nb_plan_result_free(out);
+                            return NB_EINVAL;
+                        }
+                        c->inflight[s] = w;
+                    }
+                    int rc = 0;
+                    if (fixed)
+                        memcpy(c->layers, req->fixed_layers, (size_t)p * sizeof(int));
+                    else
+                        rc = split_layers(cost, mdl, p, c->inflight, n,
+                                          &cost->codec[c->fwd_codec],
+                                          &cost->codec[c->bwd_codec], c->layers);
+                    if (rc < 0) {
+                        nb_plan_result_free(out);
+                        return rc;
+                    }
+                    if (rc > 0)
+                        even_split(mdl->n_layers, p, c->layers);
+                    c->feasible = 1;
+                    c->oom_stage = -1;
+                    double worst = 0;
+                    for (int s = 0; s < p; s++) {
+                        c->mem[s] =
+                            nb_cost_stage_mem(mdl, p, s, c->layers[s], c->inflight[s], n);
+                        double lim = cost->stage[s].mem_limit;
+                        if (lim > 0 && c->mem[s] > lim) {
+                            c->feasible = 0;
+                            if (c->oom_stage < 0 || c->mem[s] - lim > worst) {
+                                worst = c->mem[s] - lim;
+                                c->oom_stage = s;
+                                c->oom_need = c->mem[s];
+                                c->oom_limit = lim;
+                            }
+                        }
+                    }
+                    nb_sim_input_t in;
+                    nb_sim_result_t r;
+                    NB_CHECK(nb_plan_sim_input(cost, mdl, c, &in) == 0);
+                    rc = nb_sim_run(&in, &r, NULL, 0, NULL);
+                    if (rc < 0) {
+                        seterr(err, errlen, "simulation failed (%s): check stage times",
+                               nb_strerror(rc));
+                        nb_plan_result_free(out);
+                        return rc;
+                    }
+                    c->step_time = r.step_time;
+                    c->bubble = r.bubble;
+                    c->samples_per_s = r.step_time > 0 ? mdl->global_batch / r.step_time : 0;
+                    if (c->feasible)
+                        out->nfeasible++;
+                }
+    }
+    NB_CHECK((size_t)k <= total);
+    out->n = k;
+    qsort(out->cand, (size_t)k, sizeof *out->cand, cmp_time);
+    if (out->nfeasible == 0) {
+        const nb_plan_cand_t *c = &out->cand[0];
+        char sb[24], sp[256];
+        seterr(err, errlen,
+               "no plan fits in memory: closest is m=%d (micro-batch %g) with %s on split %s, "
+               "where stage %d needs %.2f GiB (limit %.2f GiB, %d micro-batches in flight)",
+               c->m, c->mb_size, nb_sched_format(&c->sched, sb, sizeof sb),
+               split_str(c, p, sp, sizeof sp), c->oom_stage, c->oom_need / GIB,
+               c->oom_limit / GIB, c->inflight[c->oom_stage]);
+        return NB_ELIMIT;
+    }
+    /* Near-ties of the fastest: the preferred one moves to the front. */
+    double tie = req->tie_rel > 0 ? req->tie_rel : 0.005;
+    double tmax = out->cand[0].step_time * (1 + tie);
+    int pick = 0;
+    for (int i = 1; i < out->nfeasible && out->cand[i].step_time <= tmax; i++)
+        if (cmp_tie(cost, &out->cand[i], &out->cand[pick]) < 0)
+            pick = i;
+    if (pick) {
+        nb_plan_cand_t chosen = out->cand[pick];
+        memmove(&out->cand[1], &out->cand[0], (size_t)pick * sizeof *out->cand);
+        out->cand[0] = chosen;
+    }
+    return 0;
+}
+
+void nb_plan_result_free(nb_plan_result_t *r)
+{
+    if (!r)
+        return;
+    free(r->cand);
+    memset(r, 0, sizeof *r);
+}
+
+const char *nb_plan_describe(const nb_cost_t *cost, const nb_plan_cand_t *c, char *buf,
+                             size_t len)
+{
+    char sb[24], sp[256];
+    snprintf(buf, len, "m=%d %s fwd=%s bwd=%s split=%s T=%.4fs bubble=%.1f%%", c->m,
+             nb_sched_format(&c->sched, sb, sizeof sb), cost->codec[c->fwd_codec].spec,
+             cost->codec[c->bwd_codec].spec, split_str(c, cost->p, sp, sizeof sp), c->step_time,
+             100 * c->bubble);
+    return buf;
+}
+
+int nb_plan_print(FILE *f, const nb_cost_t *cost, const nb_plan_result_t *r, int max_rows)
+{
+    int p = cost->p;
+    int rows = (max_rows > 0 && max_rows < r->n) ? max_rows : r->n;
+    fprintf(f, "%4s %5s %7s %-8s %-16s %-16s %-12s %10s %10s %7s  %s\n", "rank", "m", "mb",
+            "schedule", "fwd codec", "bwd codec", "split", "step (s)", "samples/s", "bubble",
+            "peak memory per stage (GiB)");
+    for (int i = 0; i < rows; i++) {
+        const nb_plan_cand_t *c = &r->cand[i];
+        char sb[24], sp[256], mem[512];
+        size_t off = 0;
+        mem[0] = 0;
+        for (int s = 0; s < p && off < sizeof mem; s++)
+            off += (size_t)snprintf(mem + off, sizeof mem - off, "%s%.2f", s ? " " : "",
+                                    c->mem[s] / GIB);
+        char rank[16];
+        if (c->feasible)
+            snprintf(rank, sizeof rank, "%d", i + 1);
+        else
+            snprintf(rank, sizeof rank, "-");
+        fprintf(f, "%4s %5d %7g %-8s %-16s %-16s %-12s %10.4f %10.1f %6.1f%%  %s", rank, c->m,
+                c->mb_size, nb_sched_format(&c->sched, sb, sizeof sb),
+                cost->codec[c->fwd_codec].spec, cost->codec[c->bwd_codec].spec,
+                split_str(c, p, sp, sizeof sp), c->step_time, c->samples_per_s,
+                100 * c->bubble, mem);
+        if (!c->feasible)
+            fprintf(f, "  OOM: stage %d needs %.2f GiB, limit %.2f", c->oom_stage,
+                    c->oom_need / GIB, c->oom_limit / GIB);
+        else if (i == 0)
+            fprintf(f, "  <- chosen");
+        fputc('\n', f);
+    }
+    if (rows < r->n)
+        fprintf(f, "(%d more candidates not shown)\n", r->n - rows);
+    return ferror(f) ? NB_EIO : 0;
+}

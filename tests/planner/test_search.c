@@ -1,0 +1,305 @@
+/* test_search.c - the planner's search: interior optimum of m across a slow
+ * link, layer split towards faster clusters, memory limits and their report,
+ * tie-breaking, request validation and the printed table. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon/planner/search.h"
+#include "kernels/common.h"
+
+#define GIB (1024.0 * 1024.0 * 1024.0)
+
+/* A GPT-small-like job: 12 blocks, hidden 768, sequence 512, batch 32. */
+static nb_cost_model_t model(void)
+{
+    nb_cost_model_t m = {
+        .n_layers = 12,
+        .params_per_layer = 7.1e6,
+        .embed_params = 39e6,
+        .head_params = 0,
+        .state_bytes_per_param = 16,
+        .act_bytes_per_sample_layer = 34.0 * 512 * 768,
+        .boundary_bytes_per_sample = 512.0 * 768 * 4,
+        .global_batch = 32,
+    };
+    return m;
+}
+
+/* p identical stages joined by mbit links of lat_ms latency. */
+static void world(nb_cost_t *c, int p, double mbit, double lat_ms)
+{
+    memset(c, 0, sizeof *c);
+    c->p = p;
+    for (int s = 0; s < p; s++) {
+        nb_cost_stage_t *st = &c->stage[s];
+        snprintf(st->name, sizeof st->name, "cluster%d", s);
+        st->fwd_layer = (nb_fit_t){0.002, 0.004};
+        st->bwd_layer = (nb_fit_t){0.004, 0.008};
+        st->fwd_fixed = (nb_fit_t){0.003, 0.001};
+        st->bwd_fixed = (nb_fit_t){0.006, 0.002};
+    }
+    for (int s = 0; s + 1 < p; s++)
+        for (int d = 0; d < 2; d++)
+            c->link[s].dir[d] = (nb_cost_dir_t){lat_ms / 1000, mbit * 1e6 / 8, 0.004};
+    c->ncodecs = 3;
+    c->codec[0] = (nb_cost_codec_t){"fp32", 1.0, 0, 0, 0};
+    c->codec[1] = (nb_cost_codec_t){"fp16", 0.5, 2e-11, 2e-11, 1};
+    c->codec[2] = (nb_cost_codec_t){"int8", 0.25, 5e-11, 5e-11, 2};
+}
+
+static nb_plan_req_t request(int p)
+{
+    nb_plan_req_t r;
+    memset(&r, 0, sizeof r);
+    r.model = model();
+    r.p = p;
+    return r;
+}
+
+/* Fastest feasible step time among candidates with this m (INFINITY: none). */
+static double best_at(const nb_plan_result_t *r, int m)
+{
+    double t = INFINITY;
+    for (int i = 0; i < r->n; i++)
+        if (r->cand[i].m == m && r->cand[i].feasible)
+            t = fmin(t, r->cand[i].step_time);
+    return t;
+}
+
+/* Across a 100 Mbit/s, 40 ms link, more micro-batches is not always better:
+ * per-message cost and per-micro-batch compute overhead grow with m, fill
+ * and drain shrink with it, so the best m is interior. */
+static void test_interior_optimum(void **state)
+{
+    (void)state;
+    nb_cost_t c;
+    world(&c, 3, 100, 40);
+    /* Each message holds the wire for one round trip before the next may
+     * start (a window-limited sender waiting for its acknowledgement). */
+    for (int s = 0; s < 2; s++)
+        c.link[s].dir[0].overhead = c.link[s].dir[1].overhead = 0.08;
+    nb_plan_req_t req = request(3);
+    req.nfwd = req.nbwd = 1;
+    req.fwd_codecs[0] = req.bwd_codecs[0] = "fp32";
+    nb_plan_result_t r;
+    char err[256] = "";
+    assert_int_equal(nb_plan_search(&c, &req, &r, err, sizeof err), 0);
+    int best_m = r.cand[0].m;
+    double t1 = best_at(&r, 1), t32 = best_at(&r, 32), tb = r.cand[0].step_time;
+    print_message("interior: m=1 %.4fs, m=%d %.4fs (chosen), m=32 %.4fs\n", t1, best_m, tb,
+                  t32);
+    assert_true(best_m > 1 && best_m < 32);
+    assert_true(tb < t1 * 0.99 && tb < t32 * 0.99);
+    /* Each divisor was tried. */
+    const int divs[] = {1, 2, 4, 8, 16, 32};
+    for (size_t i = 0; i < NB_ARRAY_LEN(divs); i++)
+        assert_true(isfinite(best_at(&r, divs[i])));
+    /* The chosen candidate's prediction is the simulator's on its input. */
+    nb_sim_input_t in;
+    nb_sim_result_t sr;
+    assert_int_equal(nb_plan_sim_input(&c, &req.model, &r.cand[0], &in), 0);
+    assert_int_equal(nb_sim_run(&in, &sr, NULL, 0, NULL), 0);
+    assert_true(fabs(sr.step_time - tb) < 1e-12);
+    nb_plan_result_free(&r);
+
+    /* With no link cost and no per-micro-batch overhead, the largest m wins. */
+    world(&c, 3, 1e9, 0);
+    for (int s = 0; s < 3; s++) {
+        c.stage[s].fwd_layer.a = c.stage[s].bwd_layer.a = 0;
+        c.stage[s].fwd_fixed.a = c.stage[s].bwd_fixed.a = 0;
+    }
+    for (int s = 0; s < 2; s++)
+        c.link[s].dir[0].overhead = c.link[s].dir[1].overhead = 0;
+    assert_int_equal(nb_plan_search(&c, &req, &r, err, sizeof err), 0);
+    assert_int_equal(r.cand[0].m, 32);
+    nb_plan_result_free(&r);
+}
+
+/* A cluster twice as fast per block gets about twice the blocks. */
+static void test_split_follows_speed(void **state)
+{
+    (void)state;
+    nb_cost_t c;
+    world(&c, 2, 10000, 1);
+    c.stage[1].fwd_layer.a /= 2, c.stage[1].fwd_layer.b /= 2;
+    c.stage[1].bwd_layer.a /= 2, c.stage[1].bwd_layer.b /= 2;
+    nb_plan_req_t req = request(2);
+    nb_plan_result_t r;
+    char err[256];
+    assert_int_equal(nb_plan_search(&c, &req, &r, err, sizeof err), 0);
+    assert_int_equal(r.cand[0].layers[0] + r.cand[0].layers[1], 12);
+    assert_int_equal(r.cand[0].layers[0], 4);
+    assert_int_equal(r.cand[0].layers[1], 8);
+    nb_plan_result_free(&r);
+    /* Equal clusters: an even split. */
+    world(&c, 2, 10000, 1);
+    assert_int_equal(nb_plan_search(&c, &req, &r, err, sizeof err), 0);
+    assert_int_equal(r.cand[0].layers[0], 6);
+    nb_plan_result_free(&r);
+    /* A pinned split is kept. */
+    req.fixed_layers[0] = 2, req.fixed_layers[1] = 10;
+    assert_int_equal(nb_plan_search(&c, &req, &r, err, sizeof err), 0);
+    for (int i = 0; i < r.n; i++)
+        assert_int_equal(r.cand[i].layers[0], 2);
+    nb_plan_result_free(&r);
+}
+
+/* A memory limit rules out deep stashes; the report names the stage. */
+static void test_memory_limits(void **state)
+{
+    (void)state;
+    nb_cost_t c;
+    world(&c, 2, 1000, 10);
+    nb_plan_req_t req = request(2);
+    nb_plan_result_t r;
+    char err[512] = "";
+    /* 6 blocks of state ~0.63 GiB + embedding; one sample of one block's
+     * stash is 13 MiB. Limit 2 GiB: GPipe at full batch does not fit. */
+    for (int s = 0; s < 2; s++)
+        c.stage[s].mem_limit = 2.0 * GIB;
+    assert_int_equal(nb_plan_search(&c, &req, &r, err, sizeof err), 0);
+    assert_true(r.nfeasible > 0 && r.nfeasible < r.n);
+    for (int i = 0; i < r.n; i++) {
+        const nb_plan_cand_t *cd = &r.cand[i];
+        double worst = 0;
+        for (int s = 0; s < 2; s++)
+            worst = fmax(worst, cd->mem[s] - c.stage[s].mem_limit);
+        if (cd->feasible)
+            assert_true(worst <= 0);
+        else
+            assert_true(worst > 0 && cd->oom_stage >= 0 && cd->oom_need > cd->oom_limit);
+        /* Feasible ones come first. */
+        if (i > 0 && cd->feasible)
+            assert_true(r.cand[i - 1].feasible);
+    }
+    assert_true(r.cand[0].feasible);
+    nb_plan_result_free(&r);
+
+    /* Nothing fits: the error says which stage needs how much at which m. */
+    c.stage[1].mem_limit = 0.05 * GIB; /* less than one block's state */
+    assert_int_equal(nb_plan_search(&c, &req, &r, err, sizeof err), NB_ELIMIT);
+    print_message("%s\n", err);
+    assert_non_null(strstr(err, "stage 1 needs"));
+    assert_non_null(strstr(err, "limit 0.05 GiB"));
+    assert_non_null(strstr(err, "m="));
+    assert_int_equal(r.nfeasible, 0);
+    assert_true(r.n > 0);
+    nb_plan_result_free(&r);
+}
+
+/* Near-ties go to fewer micro-batches, then less memory, then the less
+ * lossy codec. */
+static void test_ties(void **state)
+{
+    (void)state;
+    nb_cost_t c;
+    world(&c, 2, 1000, 1);
+    /* Two codecs identical in cost; "int8b" claims more loss. */
+    c.codec[0] = (nb_cost_codec_t){"int8b", 0.25, 0, 0, 3};
+    c.codec[1] = (nb_cost_codec_t){"int8a", 0.25, 0, 0, 2};
+    c.ncodecs = 2;
+    nb_plan_req_t req = request(2);
+    req.nscheds = 1;
+    req.scheds[0] = (nb_sched_spec_t){NB_SCHED_1F1B, 0};
+    nb_plan_result_t r;
+    char err[256];
+    assert_int_equal(nb_plan_search(&c, &req, &r, err, sizeof err), 0);
+    assert_string_equal(c.codec[r.cand[0].fwd_codec].spec, "int8a");
+    assert_string_equal(c.codec[r.cand[0].bwd_codec].spec, "int8a");
+    int m_exact = r.cand[0].m;
+    nb_plan_result_free(&r);
+    /* A wide window: the fewest micro-batches within 50% of the best. */
+    req.tie_rel = 0.5;
+    assert_int_equal(nb_plan_search(&c, &req, &r, err, sizeof err), 0);
+    assert_true(r.cand[0].m <= m_exact);
+    double fastest = INFINITY;
+    for (int i = 0; i < r.n; i++)
+        fastest = fmin(fastest, r.cand[i].step_time);
+    assert_true(r.cand[0].step_time <= fastest * 1.5);
+    for (int i = 1; i < r.n; i++)
+        if (r.cand[i].step_time <= fastest * 1.5)
+            assert_true(r.cand[i].m >= r.cand[0].m);
+    nb_plan_result_free(&r);
+}
+
+static void test_bad_requests(void **state)
+{
+    (void)state;
+    nb_cost_t c;
+    world(&c, 2, 100, 10);
+    nb_plan_req_t req = request(2);
+    nb_plan_result_t r;
+    char err[256];
+    req.nfwd = 1;
+    req.fwd_codecs[0] = "zstd";
+    assert_int_equal(nb_plan_search(&c, &req, &r, err, sizeof err), NB_EINVAL);
+    assert_non_null(strstr(err, "zstd"));
+    req = request(3);
+    assert_int_equal(nb_plan_search(&c, &req, &r, err, sizeof err), NB_EINVAL);
+    assert_non_null(strstr(err, "stages"));
+    req = request(2);
+    req.fixed_layers[0] = 5, req.fixed_layers[1] = 5;
+    assert_int_equal(nb_plan_search(&c, &req, &r, err, sizeof err), NB_EINVAL);
+    assert_non_null(strstr(err, "layer split"));
+    req = request(2);
+    req.m_min = 5, req.m_max = 7; /* no divisor of 32 */
+    assert_int_equal(nb_plan_search(&c, &req, &r, err, sizeof err), NB_EINVAL);
+    assert_non_null(strstr(err, "micro-batches"));
+    req = request(2);
+    c.link[0].dir[1].bandwidth = 0;
+    assert_int_equal(nb_plan_search(&c, &req, &r, err, sizeof err), NB_EINVAL);
+    assert_non_null(strstr(err, "bandwidth"));
+}
+
+static void test_table(void **state)
+{
+    (void)state;
+    nb_cost_t c;
+    world(&c, 2, 100, 20);
+    c.stage[0].mem_limit = c.stage[1].mem_limit = 2.0 * GIB;
+    nb_plan_req_t req = request(2);
+    nb_plan_result_t r;
+    char err[256];
+    assert_int_equal(nb_plan_search(&c, &req, &r, err, sizeof err), 0);
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    assert_int_equal(nb_plan_print(f, &c, &r, 0), 0);
+    fclose(f);
+    assert_non_null(strstr(buf, "rank"));
+    assert_non_null(strstr(buf, "<- chosen"));
+    assert_non_null(strstr(buf, "OOM: stage"));
+    int lines = 0;
+    for (char *q = buf; *q; q++)
+        lines += *q == '\n';
+    assert_int_equal(lines, r.n + 1);
+    free(buf);
+    f = open_memstream(&buf, &len);
+    assert_int_equal(nb_plan_print(f, &c, &r, 3), 0);
+    fclose(f);
+    assert_non_null(strstr(buf, "more candidates not shown"));
+    char line[256];
+    nb_plan_describe(&c, &r.cand[0], line, sizeof line);
+    assert_non_null(strstr(line, "split="));
+    free(buf);
+    nb_plan_result_free(&r);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_interior_optimum),
+        cmocka_unit_test(test_split_follows_speed),
+        cmocka_unit_test(test_memory_limits),
+        cmocka_unit_test(test_ties),
+        cmocka_unit_test(test_bad_requests),
+        cmocka_unit_test(test_table),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
