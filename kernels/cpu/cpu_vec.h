@@ -5,7 +5,7 @@
  * this stays portable C while hot loops get SIMD without -ffast-math.
  *
  * nb_v_exp is accurate to 2^-23 relative (tested), returns 0
- * below -87.3 and +inf above 88.7; it is deterministic (no lookup tables that
+ * below -87.3, +inf above 88.7 and NaN for NaN; it is deterministic (no lookup tables that
  * depend on the CPU). Internal to the CPU backend.
  */
 #ifndef NB_CPU_VEC_H
@@ -86,6 +86,9 @@ static inline nb_v16 nb_v_exp(nb_v16 x)
     nb_v16i under = x < lo, over = x > hi;
     y = nb_v_select(under, nb_v_set1(0.0f), y);
     y = nb_v_select(over, nb_v_set1(INFINITY), y);
+    /* NaN in, NaN out: the clamps above would turn it into a number, and a
+     * diverging run must show NaN in its loss, not hide it */
+    y = nb_v_select(x != x, x, y);
     return y;
 }
 
@@ -96,7 +99,8 @@ static inline nb_v16 nb_v_tanh(nb_v16 x)
     nb_v16 ax = nb_v_select(neg, -x, x);
     nb_v16 e = nb_v_exp(nb_v_min(2.0f * ax, nb_v_set1(40.0f)));
     nb_v16 t = 1.0f - 2.0f / (e + 1.0f);
-    return nb_v_select(neg, -t, t);
+    t = nb_v_select(neg, -t, t);
+    return nb_v_select(x != x, x, t); /* NaN propagates */
 }
 
 /* Loads up to NB_VL floats (n < NB_VL allowed), padding with fill. */

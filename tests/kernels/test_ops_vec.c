@@ -30,6 +30,11 @@ static void test_exp(void **state)
     assert_true(e[3] == 1.0f && e[8] == 1.0f && e[9] == 1.0f && e[10] == 1.0f);
     assert_true(fabs(e[4] - M_E) < 3e-7);
     assert_true(isinf(e[5]) && isinf(e[6]) && isinf(e[7]));
+    /* NaN propagates (a diverging run must see NaN, not a clamped number) */
+    sp[3] = NAN;
+    e = nb_v_exp(nb_v_load(sp));
+    assert_true(isnan(e[3]) && e[4] > 2.7f);
+    assert_true(isnan(nb_v_tanh(nb_v_load(sp))[3]));
 }
 
 static void test_tanh(void **state)

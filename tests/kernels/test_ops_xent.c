@@ -71,6 +71,14 @@ static void test_xent(void **state)
     tu_assert_close_f("xent in place dlogits", xi, d, N * V, 0, 0);
     free(xi);
 
+    /* a NaN logit makes that row's loss NaN: divergence stays visible */
+    float keep = x[2 * V + 5];
+    x[2 * V + 5] = NAN;
+    nb_xent_fwd_bwd(be, loss, d, x, tg, scale, N, V);
+    assert_true(isnan(loss[2]));
+    assert_false(isnan(loss[0]));
+    x[2 * V + 5] = keep;
+
     /* finite differences on moderate logits */
     for (int j = 0; j < V; j++) x[3 * V + j] -= 1000.0f;
     nb_xent_fwd_bwd(be, loss, d, x, tg, scale, N, V);
