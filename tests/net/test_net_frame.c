@@ -271,6 +271,158 @@ static void test_incremental_payload_in_place(void **state)
     free(pay);
 }
 
+/* ---- the fuzz seed corpus: real frames of every message type ----
+ * NB_WRITE_FRAME_CORPUS=DIR rewrites the seeds; the test always checks that
+ * every committed seed in tests/fuzz/corpus/frame decodes. */
+static void write_seed(const char *dir, const char *name, Nebula__Frame *f,
+                       const uint8_t *pay, size_t plen)
+{
+    uint8_t *hdr;
+    size_t hlen;
+    assert_int_equal(nb_frame_encode(f, pay, plen, &lim, &hdr, &hlen), 0);
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *fp = fopen(path, "wb");
+    assert_non_null(fp);
+    fwrite(hdr, 1, hlen, fp);
+    if (plen)
+        fwrite(pay, 1, plen, fp);
+    fclose(fp);
+    free(hdr);
+}
+
+static void write_corpus(const char *dir)
+{
+    uint8_t pay[256];
+    h_fill(pay, sizeof pay, 1);
+    Nebula__Frame f = NEBULA__FRAME__INIT;
+    Nebula__Hello h = NEBULA__HELLO__INIT;
+    char *caps[] = { "probe:bulk", "codec:raw" };
+    h.protocol_version = 1;
+    h.daemon_name = "stage-1";
+    h.role = NEBULA__ROLE__ROLE_STAGE;
+    h.capabilities = caps;
+    h.n_capabilities = 2;
+    f.body_case = NEBULA__FRAME__BODY_HELLO;
+    f.hello = &h;
+    write_seed(dir, "hello", &f, NULL, 0);
+    Nebula__Tensor t = NEBULA__TENSOR__INIT;
+    uint64_t shape[3] = { 2, 4, 8 };
+    t.job_id = 1;
+    t.step = 10;
+    t.micro_batch = 3;
+    t.kind = NEBULA__TENSOR_KIND__KIND_ACTIVATION;
+    t.dtype = NEBULA__DTYPE__DTYPE_F32;
+    t.shape = shape;
+    t.n_shape = 3;
+    t.codec = "raw";
+    t.decoded_bytes = 256;
+    f.body_case = NEBULA__FRAME__BODY_TENSOR;
+    f.tensor = &t;
+    write_seed(dir, "tensor-raw", &f, pay, 256);
+    uint8_t meta[16] = { 1, 2, 3, 4 };
+    t.kind = NEBULA__TENSOR_KIND__KIND_GRADIENT;
+    t.codec = "int8";
+    t.codec_meta.data = meta;
+    t.codec_meta.len = sizeof meta;
+    write_seed(dir, "tensor-int8", &f, pay, 64 + 16);
+    Nebula__Plan pl = NEBULA__PLAN__INIT;
+    Nebula__LayerRange lr0 = NEBULA__LAYER_RANGE__INIT, lr1 = NEBULA__LAYER_RANGE__INIT;
+    Nebula__LayerRange *lrs[2] = { &lr0, &lr1 };
+    lr0.end_layer = 6;
+    lr1.stage = 1;
+    lr1.first_layer = 6;
+    lr1.end_layer = 12;
+    pl.job_id = 1;
+    pl.step = 10;
+    pl.micro_batches = 8;
+    pl.schedule = "1f1b";
+    pl.forward_codec = "fp16(svd(0.6))";
+    pl.backward_codec = "int8";
+    pl.stages = lrs;
+    pl.n_stages = 2;
+    f.body_case = NEBULA__FRAME__BODY_PLAN;
+    f.plan = &pl;
+    write_seed(dir, "plan", &f, NULL, 0);
+    Nebula__Report rp = NEBULA__REPORT__INIT;
+    Nebula__MicroBatchTiming mt = NEBULA__MICRO_BATCH_TIMING__INIT;
+    Nebula__MicroBatchTiming *mts[1] = { &mt };
+    mt.forward_ns = 1000;
+    mt.backward_ns = 2000;
+    rp.job_id = 1;
+    rp.step = 10;
+    rp.timings = mts;
+    rp.n_timings = 1;
+    rp.loss = 2.5;
+    rp.grad_sumsq = 0.25;
+    f.body_case = NEBULA__FRAME__BODY_REPORT;
+    f.report = &rp;
+    write_seed(dir, "report", &f, NULL, 0);
+    Nebula__Probe pr = NEBULA__PROBE__INIT;
+    pr.kind = NEBULA__PROBE__KIND__PROBE_PING;
+    pr.id = 5;
+    pr.t_ns = 123456789;
+    f.body_case = NEBULA__FRAME__BODY_PROBE;
+    f.probe = &pr;
+    write_seed(dir, "probe-ping", &f, NULL, 0);
+    pr.kind = NEBULA__PROBE__KIND__PROBE_BULK;
+    pr.total_bytes = 512;
+    write_seed(dir, "probe-bulk", &f, pay, 256);
+    Nebula__Checkpoint ck = NEBULA__CHECKPOINT__INIT;
+    ck.action = NEBULA__CHECKPOINT__ACTION__CHECKPOINT_SAVE;
+    ck.step = 10;
+    ck.tag = "step-10";
+    f.body_case = NEBULA__FRAME__BODY_CHECKPOINT;
+    f.checkpoint = &ck;
+    write_seed(dir, "checkpoint", &f, NULL, 0);
+    Nebula__Error er = NEBULA__ERROR__INIT;
+    er.code = NB_ECRC;
+    er.message = "checksum mismatch";
+    f.body_case = NEBULA__FRAME__BODY_ERROR;
+    f.error = &er;
+    write_seed(dir, "error", &f, NULL, 0);
+    Nebula__Shutdown sd = NEBULA__SHUTDOWN__INIT;
+    sd.reason = "operator";
+    f.body_case = NEBULA__FRAME__BODY_SHUTDOWN;
+    f.shutdown = &sd;
+    write_seed(dir, "shutdown", &f, NULL, 0);
+    Nebula__Heartbeat hb = NEBULA__HEARTBEAT__INIT;
+    hb.t_ns = 1;
+    f.body_case = NEBULA__FRAME__BODY_HEARTBEAT;
+    f.heartbeat = &hb;
+    write_seed(dir, "heartbeat", &f, NULL, 0);
+}
+
+static void test_fuzz_corpus_decodes(void **state)
+{
+    const char *w = getenv("NB_WRITE_FRAME_CORPUS");
+    if (w)
+        write_corpus(w);
+    static const char *const seeds[] = { "hello", "tensor-raw", "tensor-int8", "plan", "report",
+                                         "probe-ping", "probe-bulk", "checkpoint", "error",
+                                         "shutdown", "heartbeat" };
+    const char *src = getenv("NB_SRCDIR") ? getenv("NB_SRCDIR") : ".";
+    for (size_t i = 0; i < NB_ARRAY_LEN(seeds); i++) {
+        char path[512];
+        snprintf(path, sizeof path, "%s/tests/fuzz/corpus/frame/%s", src, seeds[i]);
+        FILE *fp = fopen(path, "rb");
+        if (!fp)
+            fail_msg("missing seed %s", path);
+        static uint8_t buf[4096];
+        size_t n = fread(buf, 1, sizeof buf, fp);
+        fclose(fp);
+        Nebula__Frame *f;
+        uint8_t *p;
+        size_t plen;
+        const char *why;
+        long r = nb_frame_decode(buf, n, &lim, &f, &p, &plen, &why);
+        if (r != (long)n)
+            fail_msg("seed %s: %ld (%s)", seeds[i], r, why);
+        nebula__frame__free_unpacked(f, NULL);
+        free(p);
+    }
+}
+
 static int setup(void **state)
 {
     nb_frame_limits_default(&lim);
@@ -289,6 +441,7 @@ int main(void)
         cmocka_unit_test(test_bad_crc),
         cmocka_unit_test(test_unknown_type_and_codec_meta),
         cmocka_unit_test(test_incremental_payload_in_place),
+        cmocka_unit_test(test_fuzz_corpus_decodes),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
