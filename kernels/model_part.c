@@ -154,6 +154,15 @@ void nb_part_init_params(nb_part_t *p, uint64_t seed)
     free(host);
 }
 
+/* Field by field: padding bytes of the structs may differ. */
+static bool config_equal(const nb_model_config_t *a, const nb_model_config_t *b)
+{
+    return a->n_layer == b->n_layer && a->d_model == b->d_model && a->n_head == b->n_head &&
+           a->d_ff == b->d_ff && a->vocab == b->vocab && a->max_seq == b->max_seq && a->causal == b->causal &&
+           a->norm == b->norm && a->head == b->head && a->n_classes == b->n_classes &&
+           a->tie_embeddings == b->tie_embeddings;
+}
+
 int nb_part_new(nb_backend_t *be, const nb_model_config_t *cfg, const nb_part_spec_t *spec,
                 uint64_t seed, nb_part_t *tie_with, nb_part_t **out, char *err, size_t errlen)
 {
@@ -174,8 +183,7 @@ int nb_part_new(nb_backend_t *be, const nb_model_config_t *cfg, const nb_part_sp
     }
     bool need_tie = spec->head && !spec->embed && head_tied(cfg);
     if (need_tie) {
-        if (!tie_with || !tie_with->spec.embed || tie_with->be != be ||
-            memcmp(&tie_with->cfg, cfg, sizeof *cfg) != 0) {
+        if (!tie_with || !tie_with->spec.embed || tie_with->be != be || !config_equal(&tie_with->cfg, cfg)) {
             set_err(err, errlen, "part: tie_embeddings needs the embedding part of the same model "
                                  "on the same backend (tie_with), or tie_embeddings: false");
             return NB_EINVAL;
