@@ -102,8 +102,9 @@ typedef struct {
  * embedding, the head needs wte: pass the part holding the embedding, in
  * the same process and on the same backend; the head then reads that part's
  * wte and accumulates into its gradient (tie_with must outlive this part).
- * Otherwise pass NULL. Errors: NB_EINVAL (bad config or spec; message in
- * err), NB_ENOMEM. On error *out is NULL. */
+ * Otherwise pass NULL. Errors: NB_EINVAL (bad config or spec, or a backend
+ * lacking an op the passes need; message in err), NB_ENOMEM. On error *out
+ * is NULL. */
 int nb_part_new(nb_backend_t *be, const nb_model_config_t *cfg, const nb_part_spec_t *spec,
                 uint64_t seed, nb_part_t *tie_with, nb_part_t **out, char *err, size_t errlen);
 /* Frees the part, its parameters and gradients; NULL is a no-op. Free every

@@ -194,6 +194,19 @@ int nb_part_new(nb_backend_t *be, const nb_model_config_t *cfg, const nb_part_sp
         return NB_EINVAL;
     }
 
+    /* Refuse a backend that lacks an op here, not with an abort mid-step. */
+    static const nb_op_t needed[] = {
+        NB_OP_MATMUL, NB_OP_BIAS_ADD, NB_OP_BIAS_GRAD, NB_OP_EMBED_FWD, NB_OP_EMBED_BWD,
+        NB_OP_LAYERNORM_FWD, NB_OP_LAYERNORM_BWD, NB_OP_GELU_FWD, NB_OP_GELU_BWD,
+        NB_OP_ATTENTION_FWD, NB_OP_ATTENTION_BWD, NB_OP_XENT_FWD_BWD,
+    };
+    for (size_t i = 0; i < NB_ARRAY_LEN(needed); i++)
+        if (!nb_be_supports(be, needed[i])) {
+            set_err(err, errlen, "backend %s does not support %s, which the model needs",
+                    be->iface->name, nb_op_name(needed[i]));
+            return NB_EINVAL;
+        }
+
     nb_part_t *p = calloc(1, sizeof *p);
     if (!p)
         return NB_ENOMEM;

@@ -64,7 +64,8 @@ int nb_optim_new(nb_backend_t *be, const nb_optim_config_t *c, size_t n,
                  const nb_optim_segment_t *segs, int nsegs, nb_optim_t **out)
 {
     *out = NULL;
-    if (nb_optim_config_validate(c) || nsegs < 0 || (nsegs && !segs))
+    if (nb_optim_config_validate(c) || nsegs < 0 || (nsegs && !segs) ||
+        !nb_be_supports(be, NB_OP_ADAMW) || !nb_be_supports(be, NB_OP_SUMSQ))
         return NB_EINVAL;
     size_t end = 0;
     for (int i = 0; i < nsegs; i++) {

@@ -53,7 +53,8 @@ typedef struct nb_optim nb_optim_t;
 
 /* Creates an optimizer for n floats described by segments (copied; they
  * must be sorted, non-overlapping and inside n). State starts at zero.
- * Errors: NB_EINVAL (bad config or segments), NB_ENOMEM. */
+ * Errors: NB_EINVAL (bad config or segments, or a backend without the
+ * adamw and sumsq ops), NB_ENOMEM. */
 int nb_optim_new(nb_backend_t *be, const nb_optim_config_t *c, size_t n,
                  const nb_optim_segment_t *segs, int nsegs, nb_optim_t **out);
 void nb_optim_free(nb_optim_t *o);

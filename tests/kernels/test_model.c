@@ -9,6 +9,7 @@
 #include <math.h>
 #include <string.h>
 #include "kernels/model.h"
+#include "kernels/optim.h"
 #include "kernels/rng.h"
 
 static nb_model_config_t tiny(void)
@@ -341,6 +342,55 @@ static void test_accumulation_and_in_flight(void **state)
     nb_be_free(be);
 }
 
+/* A backend missing an op the model needs is refused up front, by name. */
+static void test_backend_without_ops(void **state)
+{
+    nb_backend_t *cpu = nb_cpu_backend_new();
+    nb_backend_i partial = *cpu->iface;
+    partial.attention_bwd = NULL;
+    partial.adamw = NULL;
+    nb_backend_t fake = { .iface = &partial, .ctx = cpu->ctx };
+    nb_model_config_t c = tiny();
+    nb_part_spec_t s = nb_part_spec_full(&c);
+    nb_part_t *p = NULL;
+    char err[200] = "";
+    assert_int_equal(nb_part_new(&fake, &c, &s, 1, NULL, &p, err, sizeof err), NB_EINVAL);
+    assert_null(p);
+    assert_non_null(strstr(err, nb_op_name(NB_OP_ATTENTION_BWD)));
+    nb_optim_config_t oc = nb_optim_config_default();
+    nb_optim_segment_t seg = { 0, 4, true };
+    nb_optim_t *o = NULL;
+    assert_int_equal(nb_optim_new(&fake, &oc, 4, &seg, 1, &o), NB_EINVAL);
+    assert_int_equal(nb_optim_new(cpu, &oc, 4, &seg, 1, &o), 0);
+    nb_optim_free(o);
+    nb_be_free(cpu);
+}
+
+/* The schedule: linear warmup, cosine to the floor, floor after the end. */
+static void test_lr_schedule(void **state)
+{
+    nb_optim_config_t c = nb_optim_config_default();
+    c.lr = 1.0f;
+    c.lr_min = 0.1f;
+    c.warmup_steps = 4;
+    c.total_steps = 14;
+    assert_true(fabs(nb_optim_lr(&c, 0) - 0.25) < 1e-12);
+    assert_true(fabs(nb_optim_lr(&c, 3) - 1.0) < 1e-12);
+    assert_true(fabs(nb_optim_lr(&c, 4) - 1.0) < 1e-12);
+    assert_true(fabs(nb_optim_lr(&c, 9) - 0.55) < 1e-7);
+    assert_true(fabs(nb_optim_lr(&c, 14) - 0.1) < 1e-7);
+    assert_true(fabs(nb_optim_lr(&c, 100) - 0.1) < 1e-7);
+    for (int s = 4; s < 14; s++)
+        assert_true(nb_optim_lr(&c, s + 1) <= nb_optim_lr(&c, s));
+    c.grad_clip = 1.0f;
+    assert_true(nb_optim_clip_scale(&c, 0.25) == 1.0f);
+    assert_true(fabsf(nb_optim_clip_scale(&c, 16.0) - 0.25f) < 1e-6f);
+    c.grad_clip = 0.0f;
+    assert_true(nb_optim_clip_scale(&c, 16.0) == 1.0f);
+    c.lr_min = 2.0f;
+    assert_non_null(nb_optim_config_validate(&c));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -350,6 +400,8 @@ int main(void)
         cmocka_unit_test(test_tie_rules),
         cmocka_unit_test(test_bad_inputs),
         cmocka_unit_test(test_accumulation_and_in_flight),
+        cmocka_unit_test(test_backend_without_ops),
+        cmocka_unit_test(test_lr_schedule),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
