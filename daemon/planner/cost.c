@@ -119,3 +119,46 @@ void nb_cost_set_bandwidth_mbit(nb_cost_t *c, double mbit)
         for (int d = 0; d < 2; d++)
             c->link[s].dir[d].bandwidth = mbit * 1e6 / 8.0;
 }
+
+/* Scales a+b fits so that fixed + layers * per-block predicts `measured`. */
+static int observe_pair(nb_fit_t *fixed, nb_fit_t *layer, int layers, double n, double measured,
+                        double alpha)
+{
+    if (!(measured > 0))
+        return 0;
+    double pred = nb_fit_eval(fixed, n) + layers * nb_fit_eval(layer, n);
+    if (!(pred > 0) || !isfinite(measured))
+        return NB_EINVAL;
+    double k = 1 + alpha * (measured / pred - 1);
+    fixed->a *= k, fixed->b *= k;
+    layer->a *= k, layer->b *= k;
+    return 0;
+}
+
+int nb_cost_observe_stage(nb_cost_t *c, int s, int layers, double n, double fwd_s, double bwd_s,
+                          double alpha)
+{
+    if (!c || s < 0 || s >= c->p || layers < 0 || !(n > 0) || !(alpha > 0 && alpha <= 1))
+        return NB_EINVAL;
+    nb_cost_stage_t *st = &c->stage[s];
+    int rc = observe_pair(&st->fwd_fixed, &st->fwd_layer, layers, n, fwd_s, alpha);
+    if (rc == 0)
+        rc = observe_pair(&st->bwd_fixed, &st->bwd_layer, layers, n, bwd_s, alpha);
+    return rc;
+}
+
+int nb_cost_observe_link(nb_cost_t *c, int boundary, int dir, double wire_bytes, double seconds,
+                         double alpha)
+{
+    if (!c || boundary < 0 || boundary >= c->p - 1 || (dir != NB_DIR_FWD && dir != NB_DIR_BWD) ||
+        !(wire_bytes > 0) || !(seconds > 0) || !isfinite(seconds) ||
+        !(alpha > 0 && alpha <= 1))
+        return NB_EINVAL;
+    nb_cost_dir_t *d = &c->link[boundary].dir[dir];
+    double payload = seconds - d->latency - d->overhead;
+    if (payload < 0.002)
+        return 0; /* dominated by latency: no bandwidth information */
+    double bw = wire_bytes / payload;
+    d->bandwidth = d->bandwidth > 0 ? d->bandwidth + alpha * (bw - d->bandwidth) : bw;
+    return 0;
+}

@@ -117,6 +117,23 @@ double nb_cost_bwd(const nb_cost_t *c, int s, int layers, double n);
 double nb_cost_stage_mem(const nb_cost_model_t *mdl, int p, int s, int layers,
                          int inflight, double n);
 
+/* Refines stage s from a step report: the measured mean forward and
+ * backward time per micro-batch of n samples with `layers` blocks (codec
+ * work excluded). Both the per-block and the fixed fit of each direction are
+ * scaled by the EMA of measured / predicted (nb_fit_ema_update), so the
+ * split between them, which a report cannot separate, keeps its profiled
+ * shape. A measurement <= 0 skips that direction. Returns 0 or NB_EINVAL. */
+int nb_cost_observe_stage(nb_cost_t *c, int s, int layers, double n, double fwd_s,
+                          double bwd_s, double alpha);
+
+/* Refines one link direction from an observed transfer of wire_bytes that
+ * took seconds from first byte sent to last byte received: the bandwidth
+ * implied by (seconds - latency - overhead) enters an EMA with weight alpha.
+ * Transfers too short to say anything (under 2 ms of payload time) are
+ * ignored (returns 0, no change). Returns 0 or NB_EINVAL. */
+int nb_cost_observe_link(nb_cost_t *c, int boundary, int dir, double wire_bytes,
+                         double seconds, double alpha);
+
 /* Sets every link direction's bandwidth to mbit megabits per second (10^6
  * bits): the "what if the link were 20 Mbit/s" question. */
 void nb_cost_set_bandwidth_mbit(nb_cost_t *c, double mbit);

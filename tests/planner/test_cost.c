@@ -102,12 +102,44 @@ static void test_link_and_memory(void **state)
     assert_close(nb_cost_stage_mem(&mdl, 1, 0, 4, 1, 8), 4800 * 16 + 8 * (400 + 10), 1e-9);
 }
 
+static void test_observe(void **state)
+{
+    (void)state;
+    nb_cost_t c;
+    memset(&c, 0, sizeof c);
+    c.p = 2;
+    c.stage[0].fwd_layer = (nb_fit_t){0.001, 0.002};
+    c.stage[0].fwd_fixed = (nb_fit_t){0.004, 0};
+    c.stage[0].bwd_layer = (nb_fit_t){0.002, 0.004};
+    c.stage[0].bwd_fixed = (nb_fit_t){0.008, 0};
+    /* 4 blocks, n=2: predicted fwd 0.004 + 4*0.005 = 0.024; measured 0.036. */
+    for (int i = 0; i < 80; i++)
+        assert_int_equal(nb_cost_observe_stage(&c, 0, 4, 2, 0.036, 0, 0.25), 0);
+    assert_close(nb_cost_fwd(&c, 0, 4, 2), 0.036, 1e-9);
+    assert_close(nb_cost_bwd(&c, 0, 4, 2), 0.048, 1e-12); /* not measured: unchanged */
+    assert_close(c.stage[0].fwd_fixed.a / c.stage[0].fwd_layer.a, 4, 1e-9);
+    assert_int_equal(nb_cost_observe_stage(&c, 2, 4, 2, 1, 1, 0.5), NB_EINVAL);
+
+    c.link[0].dir[NB_DIR_FWD] = (nb_cost_dir_t){0.03, 12.5e6, 0.001};
+    /* 2.5 MB took 0.031 + 1.0 s: 2.5 MB/s (20 Mbit/s). alpha 1: taken as is. */
+    assert_int_equal(nb_cost_observe_link(&c, 0, NB_DIR_FWD, 2.5e6, 1.031, 1.0), 0);
+    assert_close(c.link[0].dir[NB_DIR_FWD].bandwidth, 2.5e6, 1e-3);
+    assert_int_equal(nb_cost_observe_link(&c, 0, NB_DIR_FWD, 2.5e6, 1.031 + 1.0, 0.5), 0);
+    assert_close(c.link[0].dir[NB_DIR_FWD].bandwidth, 0.5 * 2.5e6 + 0.5 * 1.25e6, 1e-3);
+    /* A tiny message says nothing about bandwidth. */
+    double before = c.link[0].dir[NB_DIR_FWD].bandwidth;
+    assert_int_equal(nb_cost_observe_link(&c, 0, NB_DIR_FWD, 100, 0.0315, 0.5), 0);
+    assert_close(c.link[0].dir[NB_DIR_FWD].bandwidth, before, 0);
+    assert_int_equal(nb_cost_observe_link(&c, 1, NB_DIR_FWD, 100, 1, 0.5), NB_EINVAL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_least_squares),
         cmocka_unit_test(test_ema),
         cmocka_unit_test(test_link_and_memory),
+        cmocka_unit_test(test_observe),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
