@@ -206,3 +206,32 @@ int nb_tokens_sample(const nb_tokens_t *t, uint64_t seed, uint64_t step, uint32_
     }
     return 0;
 }
+
+int nb_tokens_sample_mlm(const nb_tokens_t *t, uint64_t seed, uint64_t step, uint32_t micro,
+                         int B, int T, float mask_prob, int32_t mask_token,
+                         int32_t *inputs, int32_t *targets)
+{
+    if (B <= 0 || T <= 0 || t->count < (uint64_t)T || !(mask_prob > 0.0f && mask_prob <= 1.0f))
+        return NB_EINVAL;
+    nb_rng_t r;
+    nb_rng_init(&r, seed ^ NB_DATA_STREAM, step, micro);
+    uint64_t starts = t->count - (uint64_t)T + 1; /* s in [0, count - T] */
+    for (int b = 0; b < B; b++) {
+        uint64_t s = nb_rng_below(&r, starts);
+        int32_t *in = inputs + (size_t)b * T, *tg = targets + (size_t)b * T;
+        int masked = 0;
+        for (int i = 0; i < T; i++) {
+            int32_t id = (int32_t)nb_tokens_get(t, s + i);
+            bool m = nb_rng_uniform(&r) < mask_prob;
+            in[i] = m ? mask_token : id;
+            tg[i] = m ? id : -1;
+            masked += m;
+        }
+        if (!masked) {
+            int i = (int)nb_rng_below(&r, (uint64_t)T);
+            tg[i] = in[i];
+            in[i] = mask_token;
+        }
+    }
+    return 0;
+}

@@ -49,4 +49,16 @@ int nb_tokens_write(const char *path, const uint32_t *ids, uint64_t n, uint32_t 
 int nb_tokens_sample(const nb_tokens_t *t, uint64_t seed, uint64_t step, uint32_t micro,
                      int B, int T, int32_t *inputs, int32_t *targets);
 
+/* Fills one masked-LM micro-batch: for each row b < B a start s drawn
+ * uniformly from [0, count - T] by the stream (seed, step, micro), then for
+ * each position t, in order, a uniform draw u: when u < mask_prob the input
+ * is mask_token and the target id[s + t]; otherwise the input is id[s + t]
+ * and the target -1 (ignored). A row with no masked position gets one at a
+ * position drawn from the same stream, so every row counts. Errors:
+ * NB_EINVAL when the file holds fewer than T tokens, B, T <= 0, or
+ * mask_prob is not in (0, 1]. */
+int nb_tokens_sample_mlm(const nb_tokens_t *t, uint64_t seed, uint64_t step, uint32_t micro,
+                         int B, int T, float mask_prob, int32_t mask_token,
+                         int32_t *inputs, int32_t *targets);
+
 #endif /* NB_TOKENS_H */

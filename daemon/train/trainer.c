@@ -2,6 +2,7 @@
  * trainer.c - the single-process trainer; the step is described in
  * trainer.h.
  */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,8 +33,10 @@ static double now_s(void)
 
 static const char *check_config(const nb_train_config_t *c)
 {
-    if (c->model.head != NB_MODEL_HEAD_LM)
-        return "model.head must be lm for the trainer (next-token prediction on a token file)";
+    if (c->model.head != NB_MODEL_HEAD_LM && c->model.head != NB_MODEL_HEAD_MLM)
+        return "model.head must be lm or mlm for the trainer (it trains on a token file)";
+    if (c->mask_prob < 0.0f || c->mask_prob > 1.0f)
+        return "mask_prob must be in 0..1";
     if (c->batch <= 0)
         return "batch must be >= 1";
     if (c->micro_batches <= 0 || c->batch % c->micro_batches != 0)
@@ -66,9 +69,10 @@ int nb_trainer_new(nb_backend_t *be, const nb_train_config_t *c, nb_trainer_t **
     int rc = nb_tokens_open(c->data, &t->tokens, err, errlen);
     if (rc)
         goto fail;
-    if (nb_tokens_vocab(t->tokens) > (uint32_t)c->model.vocab) {
-        snprintf(err, errlen, "%s: vocabulary %u is larger than model.vocab %d", c->data,
-                 nb_tokens_vocab(t->tokens), c->model.vocab);
+    bool mlm = c->model.head == NB_MODEL_HEAD_MLM;
+    if (nb_tokens_vocab(t->tokens) > (uint32_t)c->model.vocab - (mlm ? 1u : 0u)) {
+        snprintf(err, errlen, "%s: vocabulary %u is larger than model.vocab %d%s", c->data,
+                 nb_tokens_vocab(t->tokens), c->model.vocab, mlm ? " minus the mask token" : "");
         rc = NB_EINVAL;
         goto fail;
     }
@@ -148,7 +152,13 @@ int nb_trainer_step(nb_trainer_t *t, nb_train_step_t *out, char *err, size_t err
     nb_part_zero_grad(t->part);
     float loss = 0.0f;
     for (int i = 0; i < m; i++) {
-        int rc = nb_tokens_sample(t->tokens, c->seed, (uint64_t)t->step, (uint32_t)i, t->B, T,
+        int rc;
+        if (c->model.head == NB_MODEL_HEAD_MLM)
+            rc = nb_tokens_sample_mlm(t->tokens, c->seed, (uint64_t)t->step, (uint32_t)i, t->B, T,
+                                      c->mask_prob > 0.0f ? c->mask_prob : 0.15f, c->model.vocab - 1,
+                                      t->h_inputs, t->h_targets);
+        else
+            rc = nb_tokens_sample(t->tokens, c->seed, (uint64_t)t->step, (uint32_t)i, t->B, T,
                                   t->h_inputs, t->h_targets);
         if (rc) {
             snprintf(err, errlen, "step %d micro-batch %d: cannot sample a batch", t->step, i);

@@ -5,7 +5,8 @@
  * One training step (0-based index s):
  *   zero the gradients;
  *   for micro-batch i = 0 .. m-1, in order: draw the batch keyed by
- *     (seed, s, i) from the token file (nb_tokens_sample), run the whole
+ *     (seed, s, i) from the token file (nb_tokens_sample for the lm head,
+ *     nb_tokens_sample_mlm with mask token vocab-1 for mlm), run the whole
  *     model forward with loss scale 1/m and backward (gradients accumulate);
  *     the step's loss is the sum over i of loss_i / m, added in that order;
  *   global sum of squares of the gradients -> clip factor; learning rate of
@@ -23,7 +24,9 @@
 #include "kernels/optim.h"
 
 typedef struct {
-    nb_model_config_t model;   /* head must be lm (next-token prediction) */
+    nb_model_config_t model;   /* head lm (next token) or mlm (masked tokens;
+                                  the mask token is vocab-1, which the token
+                                  file's vocabulary must leave free) */
     nb_optim_config_t optim;   /* total_steps is usually steps */
     uint64_t seed;             /* init and data streams */
     int batch;                 /* sequences per step */
@@ -31,6 +34,7 @@ typedef struct {
     int seq_len;               /* T <= model.max_seq */
     int steps;
     char data[1024];           /* token file */
+    float mask_prob;           /* mlm: share of masked positions; 0 = 0.15 */
 } nb_train_config_t;
 
 /* What one step produced. */

@@ -147,12 +147,62 @@ static void test_sampler(void **state)
     nb_tokens_close(t);
 }
 
+static void test_sampler_mlm(void **state)
+{
+    char err[512];
+    enum { N = 300, B = 4, T = 16 };
+    uint32_t ids[N];
+    for (int i = 0; i < N; i++)
+        ids[i] = (uint32_t)i % 200;
+    assert_int_equal(nb_tokens_write(path, ids, N, 256, err, sizeof err), 0);
+    nb_tokens_t *t;
+    assert_int_equal(nb_tokens_open(path, &t, err, sizeof err), 0);
+    int32_t in1[B * T], tg1[B * T], in2[B * T], tg2[B * T];
+    assert_int_equal(nb_tokens_sample_mlm(t, 3, 7, 0, B, T, 0.25f, 256, in1, tg1), 0);
+    assert_int_equal(nb_tokens_sample_mlm(t, 3, 7, 0, B, T, 0.25f, 256, in2, tg2), 0);
+    assert_memory_equal(in1, in2, sizeof in1);
+    assert_memory_equal(tg1, tg2, sizeof tg1);
+    int masked = 0;
+    for (int b = 0; b < B; b++) {
+        int row = 0, first = -1;
+        for (int i = 0; i < T; i++) {
+            int32_t v = in1[b * T + i] == 256 ? tg1[b * T + i] : in1[b * T + i];
+            if (in1[b * T + i] == 256) {
+                row++;
+                assert_true(tg1[b * T + i] >= 0);
+            } else {
+                assert_int_equal(tg1[b * T + i], -1);
+            }
+            if (i == 0)
+                first = v;
+            else
+                assert_int_equal(v, (first + i) % 200); /* one window of the file */
+        }
+        assert_true(row >= 1);
+        masked += row;
+    }
+    /* about a quarter of 64 positions */
+    assert_true(masked >= 6 && masked <= 30);
+    assert_int_equal(nb_tokens_sample_mlm(t, 3, 7, 1, B, T, 0.25f, 256, in2, tg2), 0);
+    assert_memory_not_equal(in1, in2, sizeof in1);
+    assert_int_equal(nb_tokens_sample_mlm(t, 3, 7, 0, B, T, 0.0f, 256, in2, tg2), NB_EINVAL);
+    assert_int_equal(nb_tokens_sample_mlm(t, 3, 7, 0, B, N + 1, 0.5f, 256, in2, tg2), NB_EINVAL);
+    /* a tiny share still masks one position per row */
+    assert_int_equal(nb_tokens_sample_mlm(t, 3, 7, 0, 1, T, 1e-9f, 256, in2, tg2), 0);
+    int one = 0;
+    for (int i = 0; i < T; i++)
+        one += in2[i] == 256;
+    assert_int_equal(one, 1);
+    nb_tokens_close(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_round_trip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rejects, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sampler, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sampler_mlm, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -104,6 +104,29 @@ static void test_loss_falls_on_gpl3(void **state)
     free(w);
 }
 
+/* BERT-style masked-LM pre-training on the same text. */
+static void test_mlm_loss_falls(void **state)
+{
+    nb_train_config_t c = small_config();
+    c.model.vocab = 257; /* 256 bytes + the mask token */
+    c.model.causal = false;
+    c.model.norm = NB_MODEL_NORM_POST;
+    c.model.head = NB_MODEL_HEAD_MLM;
+    float losses[60];
+    float *w;
+    size_t n;
+    run(&c, losses, &w, &n);
+    double first = 0, last = 0;
+    for (int i = 0; i < 5; i++) {
+        first += losses[i] / 5;
+        last += losses[55 + i] / 5;
+    }
+    printf("  GPL-3 masked LM: mean loss of steps 1-5 %.3f, of steps 56-60 %.3f\n", first, last);
+    assert_true(first > 5.0);
+    assert_true(last < first - 1.5);
+    free(w);
+}
+
 static void test_deterministic(void **state)
 {
     nb_train_config_t c = small_config();
@@ -214,8 +237,12 @@ static void test_bad_config(void **state)
     c.model.vocab = 100;
     expect_refused(c, "vocabulary");
     c = small_config();
-    c.model.head = NB_MODEL_HEAD_MLM;
+    c.model.head = NB_MODEL_HEAD_SEQCLS;
+    c.model.n_classes = 2;
     expect_refused(c, "head");
+    c = small_config();
+    c.model.head = NB_MODEL_HEAD_MLM; /* vocab 256 leaves no mask token */
+    expect_refused(c, "mask token");
     c = small_config();
     c.optim.lr = -1;
     expect_refused(c, "lr");
@@ -305,6 +332,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_loss_falls_on_gpl3),
+        cmocka_unit_test(test_mlm_loss_falls),
         cmocka_unit_test(test_deterministic),
         cmocka_unit_test(test_step_recipe),
         cmocka_unit_test(test_bad_config),
