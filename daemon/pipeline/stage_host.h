@@ -1,0 +1,135 @@
+/*
+ * stage_host.h - the compute side of a stage daemon: the pipeline stages one
+ * daemon hosts, run through one training step at a time.
+ *
+ * A host owns, for each pipeline stage placed on its daemon, the model part
+ * (kernels/model.h), its optimizer, a pool of per-micro-batch activations and
+ * the codec streams of its cuts. nb_host_run_step() executes the daemon's
+ * merged schedule (daemon/planner/sched_exec.h) for one step: it draws the
+ * batches (stage 0), runs forwards and backwards, encodes what leaves the
+ * daemon and decodes what arrives, through an I/O interface (nb_pipe_io_i):
+ * the network runtime implements it over TLS links, tests implement it with
+ * in-process mailboxes. Transfers between two stages on the same daemon stay
+ * in memory and skip the codec (they cross no link).
+ *
+ * A step's gradients are applied only by nb_host_apply(), with the global
+ * sum of squares over every stage of the pipeline (gradient clipping needs the
+ * global norm), which the coordinator collects from the step reports.
+ *
+ * The numbers equal the single-process trainer's (daemon/train/trainer.h) for
+ * lossless codecs: same batches (sampler keyed by seed, step, micro-batch),
+ * same backward order 0..m-1 on every stage, same loss scaling 1/m.
+ *
+ * Thread: a host is used by one thread, the daemon's compute thread, which
+ * owns the backend. Errors: negative NB_E* codes with a message in err.
+ */
+#ifndef NB_STAGE_HOST_H
+#define NB_STAGE_HOST_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include "daemon/pipeline/pipe_msg.h"
+#include "daemon/planner/schedule.h"
+#include "kernels/backend.h"
+#include "kernels/model.h"
+#include "kernels/optim.h"
+
+/* How the whole pipeline is laid out and trained; identical on every daemon. */
+typedef struct {
+    uint64_t job_id;
+    nb_model_config_t model;
+    int p;                                    /* pipeline stages */
+    nb_part_spec_t parts[NB_SCHED_MAX_STAGES];/* what each stage holds */
+    int placement[NB_SCHED_MAX_STAGES];       /* daemon index of each stage */
+    int n_daemons;
+    uint64_t seed;
+    int micro_batch_size;                     /* B: sequences per micro-batch */
+    int seq_len;                              /* T */
+    nb_optim_config_t optim;
+} nb_pipe_layout_t;
+
+/* One step's plan, as the coordinator sends it. */
+typedef struct {
+    int64_t step;                             /* 0-based */
+    int m;                                    /* micro-batches */
+    nb_sched_spec_t sched;
+    char fwd_codec[NB_PMSG_SPEC_MAX];
+    char bwd_codec[NB_PMSG_SPEC_MAX];
+} nb_step_plan_t;
+
+/* Timings and bytes of one micro-batch on one hosted stage. */
+typedef struct {
+    int stage, mb;
+    uint64_t fwd_ns, bwd_ns, encode_ns, decode_ns, wait_ns;
+    uint64_t fwd_start_ns, bwd_start_ns;      /* CLOCK_MONOTONIC, for traces */
+    uint64_t bytes_raw, bytes_wire;           /* what this stage sent for the mb */
+} nb_mb_timing_t;
+
+/* What one step produced on this daemon. */
+typedef struct {
+    int64_t step;
+    double loss;              /* step loss when the head is hosted here, else NAN */
+    double grad_sumsq;        /* sum over the hosted parts' gradients */
+    uint64_t bytes_raw, bytes_wire;
+    uint64_t step_ns;
+    int n_timings;
+    nb_mb_timing_t *timings;  /* n_timings entries, owned by the host, valid
+                                 until the next run_step */
+} nb_step_result_t;
+
+/* Transfers that leave or enter this daemon. Both functions are called on
+ * the compute thread. */
+typedef struct {
+    /* Sends msg towards msg->to_stage; on success takes ownership of msg.
+     * May block while the link's queue is full (back-pressure). Returns 0 or
+     * a negative NB_E* code (the link is gone, the job is stopping). */
+    int (*send)(void *ud, nb_pmsg_t *msg);
+    /* The next message of kind for local stage `stage`, in arrival order,
+     * waiting at most timeout_ms (< 0: forever). Returns 0 and *out (owned
+     * by the caller), NB_ETIMEDOUT, or another negative code when the job is
+     * stopping. */
+    int (*recv)(void *ud, int stage, nb_pmsg_kind_t kind, nb_pmsg_t **out, int timeout_ms);
+    void *ud;
+} nb_pipe_io_i;
+
+typedef struct nb_host nb_host_t;
+
+/* Checks a layout: stages cover the model exactly in order (embedding on
+ * stage 0, head on stage p-1), placement in range, sizes valid. Returns NULL
+ * or a static message. */
+const char *nb_pipe_layout_validate(const nb_pipe_layout_t *l);
+
+/* Creates the host for daemon index `daemon` of layout l on be: the parts of
+ * the stages placed there (weights seeded from l->seed, so they equal the
+ * same layers of the single-process model) and their optimizers. data is the
+ * token file, required when stage 0 is hosted here (else may be NULL).
+ * Errors: NB_EINVAL (layout, data), NB_ENOMEM, token file errors. */
+int nb_host_new(nb_backend_t *be, const nb_pipe_layout_t *l, int daemon, const char *data,
+                nb_host_t **out, char *err, size_t errlen);
+void nb_host_free(nb_host_t *h);
+
+/* Runs one step of plan through io. timeout_ms bounds each wait for a
+ * neighbour (< 0: forever). Frames for another step or micro-batch than the
+ * schedule expects are refused (NB_ESTATE, named in err). On success fills
+ * *res; gradients are accumulated but not applied. */
+int nb_host_run_step(nb_host_t *h, const nb_step_plan_t *plan, const nb_pipe_io_i *io,
+                     int timeout_ms, nb_step_result_t *res, char *err, size_t errlen);
+
+/* Applies the step's gradients on every hosted part: clip factor from the
+ * global sum of squares, learning rate of the step, one AdamW step; then
+ * zeroes the gradients for the next step. */
+void nb_host_apply(nb_host_t *h, int64_t step, double global_sumsq);
+
+/* The hosted stages (ascending) and their parts; borrowed. */
+int nb_host_num_stages(const nb_host_t *h);
+int nb_host_stage(const nb_host_t *h, int i);
+nb_part_t *nb_host_part(nb_host_t *h, int i);
+
+/* Bytes of memory the host holds: parameters, gradients, optimizer state and
+ * the activation pool at its largest. */
+size_t nb_host_memory_bytes(const nb_host_t *h);
+
+/* Monotonic nanoseconds (shared clock of traces and timings). */
+uint64_t nb_host_now_ns(void);
+
+#endif
