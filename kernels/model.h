@@ -130,7 +130,8 @@ void nb_part_zero_grad(nb_part_t *p);
 void nb_part_init_params(nb_part_t *p, uint64_t seed);
 
 /* Activations of one in-flight micro-batch of shape (B,T), T <= max_seq.
- * Errors: NB_EINVAL (sizes), NB_ENOMEM. Free with nb_part_acts_free. */
+ * Errors: NB_EINVAL (sizes; also when one activation tensor would reach
+ * 2^31 elements), NB_ENOMEM. Free with nb_part_acts_free. */
 int nb_part_acts_new(nb_part_t *p, int B, int T, nb_part_acts_t **out);
 void nb_part_acts_free(nb_part_acts_t *a);
 

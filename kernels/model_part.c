@@ -411,6 +411,16 @@ int nb_part_acts_new(nb_part_t *p, int B, int T, nb_part_acts_t **out)
     *out = NULL;
     if (B <= 0 || T <= 0 || T > p->cfg.max_seq || B > (1 << 24))
         return NB_EINVAL;
+    /* The backend ops index with int: every activation tensor must have
+     * fewer than 2^31 elements. */
+    const nb_model_config_t *c = &p->cfg;
+    size_t widest = (size_t)c->d_model * 3;
+    size_t other[] = { (size_t)c->d_ff, (size_t)c->vocab, (size_t)c->n_head * (size_t)T };
+    for (size_t i = 0; i < NB_ARRAY_LEN(other); i++)
+        if (other[i] > widest)
+            widest = other[i];
+    if ((size_t)B * (size_t)T > (size_t)INT32_MAX / widest)
+        return NB_EINVAL;
     nb_part_acts_t *a = calloc(1, sizeof *a);
     if (!a)
         return NB_ENOMEM;

@@ -215,6 +215,7 @@ static void test_bad_inputs(void **state)
     assert_int_equal(nb_part_new(be, &c, &s, 1, NULL, &p, err, sizeof err), 0);
     assert_int_equal(nb_part_acts_new(p, 2, 9, &a), NB_EINVAL); /* T > max_seq */
     assert_int_equal(nb_part_acts_new(p, 0, 4, &a), NB_EINVAL);
+    assert_int_equal(nb_part_acts_new(p, 1 << 24, 8, &a), NB_EINVAL); /* int overflow of B*T*V */
     assert_int_equal(nb_part_acts_new(p, 2, 4, &a), 0);
     batch_t b;
     make_batch(&b, be, 2, 4, c.vocab, 1);
