@@ -70,6 +70,25 @@ int nb_fit_ema_update(nb_fit_t *f, double n, double measured, double alpha)
     return 0;
 }
 
+int nb_cost_model_gpt(int n_layers, int h, int heads, int seq, int vocab, int tied_head,
+                      int global_batch, nb_cost_model_t *out)
+{
+    if (!out || n_layers < 1 || h < 1 || heads < 1 || seq < 1 || vocab < 1 || global_batch < 1)
+        return NB_EINVAL;
+    double H = h, S = seq;
+    *out = (nb_cost_model_t){
+        .n_layers = n_layers,
+        .params_per_layer = 12.0 * H * H + 13.0 * H,
+        .embed_params = (double)vocab * H + S * H,
+        .head_params = tied_head ? 0 : (double)vocab * H,
+        .state_bytes_per_param = 16,
+        .act_bytes_per_sample_layer = 4.0 * S * H * (34.0 + 5.0 * heads * S / H),
+        .boundary_bytes_per_sample = 4.0 * S * H,
+        .global_batch = global_batch,
+    };
+    return 0;
+}
+
 const nb_cost_codec_t *nb_cost_codec_find(const nb_cost_t *c, const char *spec)
 {
     for (int i = 0; i < c->ncodecs; i++)

@@ -97,6 +97,19 @@ typedef struct {
     int global_batch;               /* samples per step */
 } nb_cost_model_t;
 
+/* Fills *out for a GPT-style decoder of n_layers blocks (hidden size h,
+ * `heads` attention heads, 4h MLP), sequence length seq, vocabulary vocab,
+ * trained in fp32 with AdamW (16 bytes of state per parameter):
+ *   params per block   12 h^2 + 13 h
+ *   embedding          vocab h + seq h (token + position)
+ *   head               0 when tied to the embedding, else vocab h
+ *   stash per sample   4 seq h (34 + 5 heads seq / h) bytes per block
+ *                      (the usual activation count, in fp32)
+ *   boundary           4 seq h bytes per sample
+ * Returns 0 or NB_EINVAL for a non-positive size. */
+int nb_cost_model_gpt(int n_layers, int h, int heads, int seq, int vocab, int tied_head,
+                      int global_batch, nb_cost_model_t *out);
+
 /* Finds a codec by spec; NULL when unknown. */
 const nb_cost_codec_t *nb_cost_codec_find(const nb_cost_t *c, const char *spec);
 

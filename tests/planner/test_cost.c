@@ -133,6 +133,23 @@ static void test_observe(void **state)
     assert_int_equal(nb_cost_observe_link(&c, 1, NB_DIR_FWD, 100, 1, 0.5), NB_EINVAL);
 }
 
+static void test_gpt_shape(void **state)
+{
+    (void)state;
+    nb_cost_model_t m;
+    assert_int_equal(nb_cost_model_gpt(12, 768, 12, 1024, 50257, 1, 64, &m), 0);
+    /* GPT-2 small: ~85 M in the blocks, ~39.4 M in the embeddings. */
+    assert_close(m.params_per_layer * 12, 85.05e6, 0.01e6);
+    assert_close(m.embed_params, 50257.0 * 768 + 1024.0 * 768, 0);
+    assert_close(m.head_params, 0, 0);
+    assert_close(m.boundary_bytes_per_sample, 4.0 * 1024 * 768, 0);
+    assert_close(m.act_bytes_per_sample_layer, 4.0 * 1024 * 768 * (34 + 5.0 * 12 * 1024 / 768),
+                 1e-6);
+    assert_int_equal(nb_cost_model_gpt(12, 768, 12, 1024, 50257, 0, 64, &m), 0);
+    assert_close(m.head_params, 50257.0 * 768, 0);
+    assert_int_equal(nb_cost_model_gpt(0, 768, 12, 1024, 50257, 0, 64, &m), NB_EINVAL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -140,6 +157,7 @@ int main(void)
         cmocka_unit_test(test_ema),
         cmocka_unit_test(test_link_and_memory),
         cmocka_unit_test(test_observe),
+        cmocka_unit_test(test_gpt_shape),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
