@@ -93,6 +93,9 @@ int nb_frame_validate(const Nebula__Frame *f, const nb_frame_limits_t *lim,
     case NEBULA__FRAME__BODY_ERROR:
     case NEBULA__FRAME__BODY_SHUTDOWN:
     case NEBULA__FRAME__BODY_HEARTBEAT:
+    case NEBULA__FRAME__BODY_JOB:
+    case NEBULA__FRAME__BODY_COMMIT:
+    case NEBULA__FRAME__BODY_JOB_STATUS:
         break;
     default:
         FAIL(NB_EFORMAT, "unknown message type");
