@@ -126,7 +126,7 @@ typedef struct {
     uv_write_t req;
     nb_conn_t *c;
     size_t len;
-    char data[];
+    uint8_t *data; /* ciphertext from nb_tls_take_out */
 } wbuf_t;
 
 static void pump(nb_conn_t *c);
@@ -136,6 +136,7 @@ static void on_write(uv_write_t *req, int status)
     wbuf_t *w = (wbuf_t *)req;
     nb_conn_t *c = w->c;
     c->inflight -= w->len;
+    free(w->data);
     free(w);
     if (c->closing)
         return;
@@ -151,18 +152,18 @@ static void flush_tls(nb_conn_t *c)
 {
     if (c->closing || !c->tls)
         return;
-    size_t n;
-    while ((n = nb_tls_pending_out(c->tls)) > 0) {
-        wbuf_t *w = malloc(sizeof *w + n);
+    while (nb_tls_pending_out(c->tls) > 0) {
+        wbuf_t *w = malloc(sizeof *w);
         if (!w) {
             nb__conn_fail(c, NB_ENOMEM);
             return;
         }
         w->c = c;
-        w->len = nb_tls_take_out(c->tls, w->data, n);
-        uv_buf_t b = uv_buf_init(w->data, (unsigned)w->len);
+        w->data = nb_tls_take_out(c->tls, &w->len);
+        uv_buf_t b = uv_buf_init((char *)w->data, (unsigned)w->len);
         int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
         if (rc < 0) {
+            free(w->data);
             free(w);
             nb__conn_fail(c, NB_EIO);
             return;
@@ -542,13 +543,23 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             nb__conn_fail(c, NB_EAUTH);
             return;
         }
-        if (r == 0 || c->closing)
+        if (c->closing)
             return;
+        if (r == 0) {
+            if (nb_tls_feed_done(c->tls) < 0)
+                nb__conn_fail(c, NB_ENOMEM);
+            return;
+        }
         on_handshake_done(c);
     }
     process_plain(c);
-    if (!c->closing)
-        flush_tls(c); /* e.g. TLS key updates */
+    if (c->closing)
+        return;
+    if (nb_tls_feed_done(c->tls) < 0) {
+        nb__conn_fail(c, NB_ENOMEM);
+        return;
+    }
+    flush_tls(c); /* e.g. TLS key updates */
 }
 
 /* ---- timers ------------------------------------------------------------------- */

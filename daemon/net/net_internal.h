@@ -10,8 +10,8 @@
 #include "daemon/net/probe.h"
 
 #define NB__NET_READBUF (64u << 10)
-#define NB__NET_CHUNK (256u << 10)     /* plaintext encrypted per step */
-#define NB__NET_INFLIGHT (1u << 20)    /* ciphertext handed to libuv, not yet written */
+#define NB__NET_CHUNK (512u << 10)     /* plaintext encrypted per step */
+#define NB__NET_INFLIGHT (4u << 20)    /* ciphertext handed to libuv, not yet written */
 #define NB__PROBE_CHUNK (256u << 10)
 
 typedef struct nb__peer nb__peer_t;

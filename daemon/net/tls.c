@@ -1,4 +1,5 @@
 /* tls.c - OpenSSL session over memory BIOs; see tls.h. */
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <openssl/err.h>
@@ -10,8 +11,17 @@
 struct nb_tls {
     SSL_CTX *ctx;
     SSL *ssl;
-    BIO *rbio; /* network -> ssl */
-    BIO *wbio; /* ssl -> network */
+    BIO *bio;  /* ours, both directions: see the BIO methods below */
+    /* network -> ssl: first the bytes kept from an earlier feed, then the
+     * caller's buffer, borrowed until nb_tls_feed_done */
+    uint8_t *keep;
+    size_t keep_len, keep_off, keep_cap;
+    const uint8_t *in;
+    size_t in_len;
+    /* ssl -> network: ciphertext appended here, handed out whole */
+    uint8_t *out;
+    size_t out_len, out_cap;
+    int oom;
     int is_server;
     int seen_first_byte;
     int done;
@@ -27,6 +37,87 @@ static const char *const refusal_names[NB_TLS_REFUSE_COUNT] = {
 const char *nb_tls_refusal_name(nb_tls_refusal_t r)
 {
     return (unsigned)r < NB_TLS_REFUSE_COUNT ? refusal_names[r] : "?";
+}
+
+/* A source/sink BIO instead of a pair of memory BIOs: OpenSSL reads
+ * ciphertext straight from the socket buffer and writes it straight into the
+ * buffer handed to uv_write, saving one copy in each direction. */
+static int out_reserve(nb_tls_t *t, size_t need)
+{
+    if (need <= t->out_cap)
+        return 0;
+    size_t cap = t->out_cap ? t->out_cap : 4096;
+    while (cap < need)
+        cap *= 2;
+    uint8_t *o = realloc(t->out, cap);
+    if (!o) {
+        t->oom = 1;
+        return -1;
+    }
+    t->out = o;
+    t->out_cap = cap;
+    return 0;
+}
+
+static int bio_write(BIO *b, const char *data, int len)
+{
+    nb_tls_t *t = BIO_get_data(b);
+    if (out_reserve(t, t->out_len + (size_t)len) < 0)
+        return -1;
+    memcpy(t->out + t->out_len, data, (size_t)len);
+    t->out_len += (size_t)len;
+    return len;
+}
+
+static int bio_read(BIO *b, char *data, int len)
+{
+    nb_tls_t *t = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    size_t n = 0, want = (size_t)len;
+    if (t->keep_off < t->keep_len) {
+        n = t->keep_len - t->keep_off < want ? t->keep_len - t->keep_off : want;
+        memcpy(data, t->keep + t->keep_off, n);
+        t->keep_off += n;
+    }
+    if (n < want && t->in_len) {
+        size_t k = t->in_len < want - n ? t->in_len : want - n;
+        memcpy(data + n, t->in, k);
+        t->in += k;
+        t->in_len -= k;
+        n += k;
+    }
+    if (n == 0) {
+        BIO_set_retry_read(b);
+        return -1;
+    }
+    return (int)n;
+}
+
+static long bio_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    nb_tls_t *t = BIO_get_data(b);
+    switch (cmd) {
+    case BIO_CTRL_FLUSH:
+        return 1;
+    case BIO_CTRL_PENDING:
+        return (long)(t->keep_len - t->keep_off + t->in_len);
+    case BIO_CTRL_WPENDING:
+        return (long)t->out_len;
+    default:
+        return 0;
+    }
+}
+
+static BIO_METHOD *bio_method;
+static pthread_once_t bio_once = PTHREAD_ONCE_INIT;
+
+static void bio_init_method(void)
+{
+    bio_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "nebula-net");
+    NB_CHECK(bio_method);
+    BIO_meth_set_write(bio_method, bio_write);
+    BIO_meth_set_read(bio_method, bio_read);
+    BIO_meth_set_ctrl(bio_method, bio_ctrl);
 }
 
 static void ssl_errstr(char *buf, size_t len)
@@ -97,15 +188,14 @@ int nb_tls_new(const nb_tls_files_t *files, int is_server,
             goto err;
     if (!is_server)
         SSL_set_tlsext_host_name(t->ssl, names[0]);
-    t->rbio = BIO_new(BIO_s_mem());
-    t->wbio = BIO_new(BIO_s_mem());
-    if (!t->rbio || !t->wbio) {
-        BIO_free(t->rbio);
-        BIO_free(t->wbio);
+    pthread_once(&bio_once, bio_init_method);
+    t->bio = BIO_new(bio_method);
+    if (!t->bio)
         goto err;
-    }
-    BIO_set_mem_eof_return(t->rbio, -1);
-    SSL_set_bio(t->ssl, t->rbio, t->wbio);
+    BIO_set_data(t->bio, t);
+    BIO_set_init(t->bio, 1);
+    BIO_up_ref(t->bio); /* SSL_set_bio takes one reference per direction */
+    SSL_set_bio(t->ssl, t->bio, t->bio);
     if (is_server)
         SSL_set_accept_state(t->ssl);
     else
@@ -125,7 +215,9 @@ void nb_tls_free(nb_tls_t *t)
     if (!t)
         return;
     if (t->ssl)
-        SSL_free(t->ssl); /* frees both BIOs */
+        SSL_free(t->ssl); /* drops both references to the BIO */
+    free(t->keep);
+    free(t->out);
     if (t->ctx)
         SSL_CTX_free(t->ctx);
     free(t);
@@ -147,10 +239,36 @@ int nb_tls_feed(nb_tls_t *t, const void *buf, size_t len)
             return NB_EAUTH;
         }
     }
-    if (len > INT32_MAX)
-        return NB_EINVAL;
-    if (BIO_write(t->rbio, buf, (int)len) != (int)len)
-        return NB_ENOMEM;
+    NB_CHECK(t->in_len == 0); /* nb_tls_feed_done was called */
+    t->in = buf;
+    t->in_len = len;
+    return 0;
+}
+
+int nb_tls_feed_done(nb_tls_t *t)
+{
+    if (t->keep_off == t->keep_len)
+        t->keep_off = t->keep_len = 0;
+    if (!t->in_len)
+        return 0;
+    /* Keep what OpenSSL did not read yet; the caller reuses its buffer. */
+    size_t live = t->keep_len - t->keep_off;
+    size_t need = live + t->in_len;
+    if (need > t->keep_cap) {
+        uint8_t *k = malloc(need);
+        if (!k)
+            return NB_ENOMEM;
+        memcpy(k, t->keep + t->keep_off, live);
+        free(t->keep);
+        t->keep = k;
+        t->keep_cap = need;
+    } else {
+        memmove(t->keep, t->keep + t->keep_off, live);
+    }
+    memcpy(t->keep + live, t->in, t->in_len);
+    t->keep_off = 0;
+    t->keep_len = need;
+    t->in_len = 0;
     return 0;
 }
 
@@ -258,6 +376,10 @@ long nb_tls_read(nb_tls_t *t, void *buf, size_t len)
 int nb_tls_write(nb_tls_t *t, const void *buf, size_t len)
 {
     const char *p = buf;
+    /* Room for the records at once: growing while OpenSSL writes would copy
+     * the ciphertext again on every doubling. */
+    if (out_reserve(t, t->out_len + len + (len / 16384 + 1) * 64) < 0)
+        return NB_ENOMEM;
     while (len) {
         int n = len > (1u << 30) ? (1 << 30) : (int)len;
         ERR_clear_error();
@@ -275,15 +397,16 @@ int nb_tls_write(nb_tls_t *t, const void *buf, size_t len)
 
 size_t nb_tls_pending_out(const nb_tls_t *t)
 {
-    return BIO_ctrl_pending(t->wbio);
+    return t->out_len;
 }
 
-size_t nb_tls_take_out(nb_tls_t *t, void *buf, size_t len)
+uint8_t *nb_tls_take_out(nb_tls_t *t, size_t *len)
 {
-    if (len > INT32_MAX)
-        len = INT32_MAX;
-    int r = BIO_read(t->wbio, buf, (int)len);
-    return r > 0 ? (size_t)r : 0;
+    uint8_t *o = t->out;
+    *len = t->out_len;
+    t->out = NULL;
+    t->out_len = t->out_cap = 0;
+    return o;
 }
 
 void nb_tls_shutdown(nb_tls_t *t)

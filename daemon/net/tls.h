@@ -2,8 +2,10 @@
  * tls.h - one TLS 1.3 session with mutual authentication, driven through
  * memory BIOs so the caller (conn.c, on the libuv loop) owns the socket.
  *
- * Ciphertext from the network goes in with nb_tls_feed; ciphertext to send
- * comes out with nb_tls_take_out. No call ever blocks or touches a socket.
+ * Ciphertext from the network goes in with nb_tls_feed (borrowed, no copy,
+ * until nb_tls_feed_done); ciphertext to send comes out whole with
+ * nb_tls_take_out (a malloc'd buffer, handed to uv_write as it is). No call
+ * ever blocks or touches a socket.
  *
  * Every session builds its own SSL_CTX from the files, so a rotated
  * certificate, key or CA file takes effect for the next connection without a
@@ -59,10 +61,16 @@ int nb_tls_new(const nb_tls_files_t *files, int is_server,
                char *err, size_t errlen);
 void nb_tls_free(nb_tls_t *t);
 
-/* Queues len ciphertext bytes received from the network. Returns 0 or a
- * negative NB_E* code. The first byte of a stream that is not a TLS
- * handshake record is refused here (NB_TLS_REFUSE_NOT_TLS, NB_EAUTH). */
+/* Lends len ciphertext bytes received from the network to the session;
+ * buf must stay valid until nb_tls_feed_done, which must be called before
+ * the next feed (after nb_tls_handshake / nb_tls_read consumed what they
+ * could). Returns 0 or a negative NB_E* code. The first byte of a stream
+ * that is not a TLS handshake record is refused here
+ * (NB_TLS_REFUSE_NOT_TLS, NB_EAUTH). */
 int nb_tls_feed(nb_tls_t *t, const void *buf, size_t len);
+/* Copies whatever of the lent bytes the session has not read yet into its
+ * own buffer. Returns 0 or NB_ENOMEM. */
+int nb_tls_feed_done(nb_tls_t *t);
 
 /* Advances the handshake. Returns 1 when complete (peer verified), 0 when it
  * needs more input (send what nb_tls_take_out gives first), or NB_EAUTH with
@@ -77,9 +85,10 @@ long nb_tls_read(nb_tls_t *t, void *buf, size_t len);
 /* Encrypts len plaintext bytes; all are consumed. Returns 0 or NB_EIO. */
 int nb_tls_write(nb_tls_t *t, const void *buf, size_t len);
 
-/* Ciphertext waiting to be sent, and taking it out (returns bytes copied). */
+/* Ciphertext waiting to be sent, and taking all of it out: the returned
+ * malloc'd buffer (NULL when *len is 0) belongs to the caller (free()). */
 size_t nb_tls_pending_out(const nb_tls_t *t);
-size_t nb_tls_take_out(nb_tls_t *t, void *buf, size_t len);
+uint8_t *nb_tls_take_out(nb_tls_t *t, size_t *len);
 
 /* Queues a close_notify alert (then send nb_tls_take_out's bytes). */
 void nb_tls_shutdown(nb_tls_t *t);

@@ -59,6 +59,16 @@ static void test_crc32c(void **state)
     h_fill(buf, sizeof buf, 5);
     uint32_t whole = nb_crc32c(0, buf, sizeof buf);
     assert_int_equal(nb_crc32c(nb_crc32c(0, buf, 333), buf + 333, 667), whole);
+    /* the three-stream path for large buffers against bytewise chaining */
+    size_t big = 100003;
+    uint8_t *b = malloc(big);
+    h_fill(b, big, 6);
+    uint32_t slow = 0;
+    for (size_t i = 0; i < big; i += 1000)
+        slow = nb_crc32c(slow, b + i, big - i < 1000 ? big - i : 1000);
+    assert_int_equal(nb_crc32c(0, b, big), slow);
+    assert_int_equal(nb_crc32c(nb_crc32c(0, b, 7), b + 7, big - 7), slow);
+    free(b);
 }
 
 static void test_round_trip(void **state)
