@@ -160,6 +160,42 @@ static int auto_depth(const nb_cost_t *cost, const nb_cost_model_t *mdl, nb_plan
     return k > 64 ? 64 : (int)k;
 }
 
+/* Memory check and simulation of a candidate whose m, schedule, codecs,
+ * in-flight counts and split are set. */
+static int finish(const nb_cost_t *cost, const nb_cost_model_t *mdl, nb_plan_cand_t *c,
+                  char *err, size_t errlen)
+{
+    int p = cost->p;
+    c->feasible = 1;
+    c->oom_stage = -1;
+    double worst = 0;
+    for (int s = 0; s < p; s++) {
+        c->mem[s] = nb_cost_stage_mem(mdl, p, s, c->layers[s], c->inflight[s], c->mb_size);
+        double lim = cost->stage[s].mem_limit;
+        if (lim > 0 && c->mem[s] > lim) {
+            c->feasible = 0;
+            if (c->oom_stage < 0 || c->mem[s] - lim > worst) {
+                worst = c->mem[s] - lim;
+                c->oom_stage = s;
+                c->oom_need = c->mem[s];
+                c->oom_limit = lim;
+            }
+        }
+    }
+    nb_sim_input_t in;
+    nb_sim_result_t r;
+    NB_CHECK(nb_plan_sim_input(cost, mdl, c, &in) == 0);
+    int rc = nb_sim_run(&in, &r, NULL, 0, NULL);
+    if (rc < 0) {
+        seterr(err, errlen, "simulation failed (%s): check stage times", nb_strerror(rc));
+        return rc;
+    }
+    c->step_time = r.step_time;
+    c->bubble = r.bubble;
+    c->samples_per_s = r.step_time > 0 ? mdl->global_batch / r.step_time : 0;
+    return 0;
+}
+
 static double peak_mem(const nb_plan_cand_t *c, int p)
 {
     double m = 0;
@@ -354,36 +390,11 @@ int nb_plan_search(const nb_cost_t *cost, const nb_plan_req_t *req, nb_plan_resu
                     }
                     if (rc > 0)
                         even_split(mdl->n_layers, p, c->layers);
-                    c->feasible = 1;
-                    c->oom_stage = -1;
-                    double worst = 0;
-                    for (int s = 0; s < p; s++) {
-                        c->mem[s] =
-                            nb_cost_stage_mem(mdl, p, s, c->layers[s], c->inflight[s], n);
-                        double lim = cost->stage[s].mem_limit;
-                        if (lim > 0 && c->mem[s] > lim) {
-                            c->feasible = 0;
-                            if (c->oom_stage < 0 || c->mem[s] - lim > worst) {
-                                worst = c->mem[s] - lim;
-                                c->oom_stage = s;
-                                c->oom_need = c->mem[s];
-                                c->oom_limit = lim;
-                            }
-                        }
-                    }
-                    nb_sim_input_t in;
-                    nb_sim_result_t r;
-                    NB_CHECK(nb_plan_sim_input(cost, mdl, c, &in) == 0);
-                    rc = nb_sim_run(&in, &r, NULL, 0, NULL);
+                    rc = finish(cost, mdl, c, err, errlen);
                     if (rc < 0) {
-                        seterr(err, errlen, "simulation failed (%s): check stage times",
-                               nb_strerror(rc));
                         nb_plan_result_free(out);
                         return rc;
                     }
-                    c->step_time = r.step_time;
-                    c->bubble = r.bubble;
-                    c->samples_per_s = r.step_time > 0 ? mdl->global_batch / r.step_time : 0;
                     if (c->feasible)
                         out->nfeasible++;
                 }
@@ -393,13 +404,10 @@ int nb_plan_search(const nb_cost_t *cost, const nb_plan_req_t *req, nb_plan_resu
     qsort(out->cand, (size_t)k, sizeof *out->cand, cmp_time);
     if (out->nfeasible == 0) {
         const nb_plan_cand_t *c = &out->cand[0];
-        char sb[24], sp[256];
-        seterr(err, errlen,
-               "no plan fits in memory: closest is m=%d (micro-batch %g) with %s on split %s, "
-               "where stage %d needs %.2f GiB (limit %.2f GiB, %d micro-batches in flight)",
-               c->m, c->mb_size, nb_sched_format(&c->sched, sb, sizeof sb),
-               split_str(c, p, sp, sizeof sp), c->oom_stage, c->oom_need / GIB,
-               c->oom_limit / GIB, c->inflight[c->oom_stage]);
+        char sb[24], sp[256], line[320];
+        seterr(err, errlen, "no plan fits in memory; closest: %s on split %s, where %s",
+               nb_sched_format(&c->sched, sb, sizeof sb), split_str(c, p, sp, sizeof sp),
+               nb_plan_oom_line(mdl, p, c, line, sizeof line));
         return NB_ELIMIT;
     }
     /* Near-ties of the fastest: the preferred one moves to the front. */
@@ -471,4 +479,78 @@ int nb_plan_print(FILE *f, const nb_cost_t *cost, const nb_plan_result_t *r, int
     if (rows < r->n)
         fprintf(f, "(%d more candidates not shown)\n", r->n - rows);
     return ferror(f) ? NB_EIO : 0;
+}
+
+const char *nb_plan_oom_line(const nb_cost_model_t *mdl, int p, const nb_plan_cand_t *c,
+                             char *buf, size_t len)
+{
+    int s = c->oom_stage;
+    if (c->feasible || s < 0) {
+        snprintf(buf, len, "fits in memory");
+        return buf;
+    }
+    double stash = nb_cost_stage_mem(mdl, p, s, c->layers[s], c->inflight[s], c->mb_size) -
+                   nb_cost_stage_mem(mdl, p, s, c->layers[s], 0, c->mb_size);
+    snprintf(buf, len,
+             "stage %d needs %.2f GiB at m=%d (micro-batch %g, %d in flight: state %.2f GiB + "
+             "stash %.2f GiB), limit %.2f GiB",
+             s, c->oom_need / GIB, c->m, c->mb_size, c->inflight[s],
+             (c->oom_need - stash) / GIB, stash / GIB, c->oom_limit / GIB);
+    return buf;
+}
+
+int nb_plan_evaluate(const nb_cost_t *cost, const nb_cost_model_t *mdl, int m,
+                     const nb_sched_spec_t *sched, const char *fwd_codec, const char *bwd_codec,
+                     const int *layers, nb_plan_cand_t *out, char *err, size_t errlen)
+{
+    int p = cost->p;
+    memset(out, 0, sizeof *out);
+    if (m < 1 || m > NB_SCHED_MAX_MB || mdl->global_batch % m != 0) {
+        seterr(err, errlen, "micro-batches: %d does not divide the global batch %d", m,
+               mdl->global_batch);
+        return NB_EINVAL;
+    }
+    const nb_cost_codec_t *cf = nb_cost_codec_find(cost, fwd_codec ? fwd_codec : "");
+    const nb_cost_codec_t *cb = nb_cost_codec_find(cost, bwd_codec ? bwd_codec : "");
+    if (!cf || !cb) {
+        seterr(err, errlen, "%s codec '%s' has no measurements", cf ? "backward" : "forward",
+               cf ? (bwd_codec ? bwd_codec : "(null)") : (fwd_codec ? fwd_codec : "(null)"));
+        return NB_EINVAL;
+    }
+    int sum = 0;
+    for (int s = 0; s < p; s++) {
+        if (layers[s] < 1) {
+            seterr(err, errlen, "layer split: stage %d has %d blocks", s, layers[s]);
+            return NB_EINVAL;
+        }
+        sum += layers[s];
+    }
+    if (sum != mdl->n_layers) {
+        seterr(err, errlen, "layer split: sums to %d, the model has %d blocks", sum,
+               mdl->n_layers);
+        return NB_EINVAL;
+    }
+    out->m = m;
+    out->mb_size = (double)mdl->global_batch / m;
+    out->sched = *sched;
+    out->fwd_codec = (int)(cf - cost->codec);
+    out->bwd_codec = (int)(cb - cost->codec);
+    memcpy(out->layers, layers, (size_t)p * sizeof(int));
+    for (int s = 0; s < p; s++) {
+        int w = nb_sched_peak_inflight(sched, p, m, s);
+        if (w < 0) {
+            seterr(err, errlen, "schedule: invalid");
+            return NB_EINVAL;
+        }
+        out->inflight[s] = w;
+    }
+    int rc = finish(cost, mdl, out, err, errlen);
+    if (rc < 0)
+        return rc;
+    if (!out->feasible) {
+        char line[320];
+        seterr(err, errlen, "%s", nb_plan_oom_line(mdl, p, out, line, sizeof line));
+        return NB_ELIMIT;
+    }
+    return 0;
 }

@@ -90,6 +90,23 @@ int nb_plan_sim_input(const nb_cost_t *cost, const nb_cost_model_t *mdl,
  * stage needs how much. Returns 0 or NB_EIO. */
 int nb_plan_print(FILE *f, const nb_cost_t *cost, const nb_plan_result_t *r, int max_rows);
 
+/* Predicts one fully specified plan (a plan pinned in the job config, or
+ * one point of a validation sweep): m must divide the global batch, codecs
+ * are specs known to cost, layers has cost->p entries summing to
+ * mdl->n_layers. Fills *out (step time, bubble, memory) and returns 0;
+ * NB_ELIMIT when a stage does not fit (out filled, err from
+ * nb_plan_oom_line: the numbers to refuse the plan with); NB_EINVAL with err
+ * naming the bad argument. */
+int nb_plan_evaluate(const nb_cost_t *cost, const nb_cost_model_t *mdl, int m,
+                     const nb_sched_spec_t *sched, const char *fwd_codec, const char *bwd_codec,
+                     const int *layers, nb_plan_cand_t *out, char *err, size_t errlen);
+
+/* For a candidate that does not fit: "stage 1 needs 12.30 GiB at m=8
+ * (micro-batch 4, 3 in flight: state 4.10 GiB + stash 8.20 GiB), limit
+ * 10.00 GiB". Returns buf. */
+const char *nb_plan_oom_line(const nb_cost_model_t *mdl, int p, const nb_plan_cand_t *c,
+                             char *buf, size_t len);
+
 /* One line describing a candidate ("m=8 1f1b fwd=int8 bwd=fp32 split=3,3
  * T=1.234s bubble=12.0%"), for logs of old and new plans. */
 const char *nb_plan_describe(const nb_cost_t *cost, const nb_plan_cand_t *c, char *buf,

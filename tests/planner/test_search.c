@@ -257,6 +257,55 @@ static void test_bad_requests(void **state)
     assert_non_null(strstr(err, "bandwidth"));
 }
 
+/* A pinned plan: predicted like the search predicts it, refused with the
+ * numbers when it does not fit. */
+static void test_evaluate(void **state)
+{
+    (void)state;
+    nb_cost_t c;
+    world(&c, 2, 100, 20);
+    nb_plan_req_t req = request(2);
+    nb_plan_result_t r;
+    char err[512];
+    assert_int_equal(nb_plan_search(&c, &req, &r, err, sizeof err), 0);
+    const nb_plan_cand_t *best = &r.cand[0];
+    nb_plan_cand_t e;
+    assert_int_equal(nb_plan_evaluate(&c, &req.model, best->m, &best->sched,
+                                      c.codec[best->fwd_codec].spec,
+                                      c.codec[best->bwd_codec].spec, best->layers, &e, err,
+                                      sizeof err),
+                     0);
+    assert_true(fabs(e.step_time - best->step_time) < 1e-12);
+    assert_true(fabs(e.mem[0] - best->mem[0]) < 1e-6);
+    nb_plan_result_free(&r);
+
+    int split[2] = {6, 6};
+    nb_sched_spec_t gp = {NB_SCHED_GPIPE, 0};
+    c.stage[1].mem_limit = 2.0 * GIB;
+    /* GPipe, m=2: 16 samples of 6 blocks in flight do not fit 2 GiB. */
+    assert_int_equal(nb_plan_evaluate(&c, &req.model, 2, &gp, "fp32", "int8", split, &e, err,
+                                      sizeof err),
+                     NB_ELIMIT);
+    print_message("%s\n", err);
+    assert_non_null(strstr(err, "stage 1 needs"));
+    assert_non_null(strstr(err, "at m=2 (micro-batch 16, 2 in flight"));
+    assert_non_null(strstr(err, "limit 2.00 GiB"));
+    assert_int_equal(e.feasible, 0);
+    assert_int_equal(nb_plan_evaluate(&c, &req.model, 3, &gp, "fp32", "fp32", split, &e, err,
+                                      sizeof err),
+                     NB_EINVAL);
+    assert_non_null(strstr(err, "does not divide"));
+    assert_int_equal(nb_plan_evaluate(&c, &req.model, 4, &gp, "fp32", "lz4", split, &e, err,
+                                      sizeof err),
+                     NB_EINVAL);
+    assert_non_null(strstr(err, "backward codec 'lz4'"));
+    split[1] = 5;
+    assert_int_equal(nb_plan_evaluate(&c, &req.model, 4, &gp, "fp32", "fp32", split, &e, err,
+                                      sizeof err),
+                     NB_EINVAL);
+    assert_non_null(strstr(err, "layer split"));
+}
+
 static void test_table(void **state)
 {
     (void)state;
@@ -299,6 +348,7 @@ int main(void)
         cmocka_unit_test(test_memory_limits),
         cmocka_unit_test(test_ties),
         cmocka_unit_test(test_bad_requests),
+        cmocka_unit_test(test_evaluate),
         cmocka_unit_test(test_table),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
