@@ -33,7 +33,7 @@
 typedef enum { NB_ROLE_COORDINATOR = 0, NB_ROLE_STAGE = 1, NB_ROLE_TRAIN = 2 } nb_cfg_role_t;
 typedef enum { NB_NORM_PRE = 0, NB_NORM_POST = 1 } nb_cfg_norm_t;
 typedef enum { NB_HEAD_LM = 0, NB_HEAD_MLM = 1, NB_HEAD_SEQCLS = 2, NB_HEAD_TOKCLS = 3 } nb_cfg_head_t;
-typedef enum { NB_SCHED_AUTO = 0, NB_SCHED_GPIPE = 1, NB_SCHED_1F1B = 2 } nb_cfg_schedule_t;
+typedef enum { NB_CFG_SCHED_AUTO = 0, NB_CFG_SCHED_GPIPE = 1, NB_CFG_SCHED_1F1B = 2 } nb_cfg_schedule_t;
 typedef enum { NB_TOPO_CHAIN = 0, NB_TOPO_USHAPE = 1 } nb_cfg_topology_t;
 
 /* "HOST:PORT" split; host has no brackets (IPv6 is written "[::1]:7000"). */

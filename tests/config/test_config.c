@@ -63,7 +63,7 @@ static void test_train_defaults(void **state)
     assert_int_equal(cfg.job.model.norm, NB_NORM_PRE);
     assert_int_equal(cfg.job.model.head, NB_HEAD_LM);
     assert_int_equal(cfg.job.micro_batches, 0); /* auto */
-    assert_int_equal(cfg.job.schedule, NB_SCHED_AUTO);
+    assert_int_equal(cfg.job.schedule, NB_CFG_SCHED_AUTO);
     assert_int_equal(cfg.job.seed, 1337);
     assert_true(cfg.job.optimizer.lr > 2.9e-4 && cfg.job.optimizer.lr < 3.1e-4);
     assert_string_equal(cfg.job.codecs.forward, "fp32");
@@ -88,7 +88,7 @@ static void test_values_parsed(void **state)
                                 "log_level: debug\n"),
                      0);
     assert_int_equal(cfg.job.micro_batches, 4);
-    assert_int_equal(cfg.job.schedule, NB_SCHED_1F1B);
+    assert_int_equal(cfg.job.schedule, NB_CFG_SCHED_1F1B);
     assert_true(cfg.job.optimizer.beta2 == 0.95);
     assert_true(cfg.job.optimizer.lr == 1e-3);
     assert_string_equal(cfg.job.codecs.forward, "fp16(svd(0.6))");
