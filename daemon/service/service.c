@@ -222,7 +222,7 @@ int nb_service_start(nb_service_t *svc, char *err, size_t errlen)
         errlen = sizeof dummy;
     }
     nb_log_info(NULL, "starting %s %s from %s", nb_cfg_role_name(svc->cfg.role), svc->cfg.name, svc->cfg.path);
-    if ((rc = bind_listener(svc, err, errlen)) != 0)
+    if (!(svc->rt && svc->rt->binds_listener) && (rc = bind_listener(svc, err, errlen)) != 0)
         goto fail;
     rc = nb_status_server_start(svc->loop, svc->cfg.status_socket, &svc->status_lim, &svc->status, err, errlen);
     if (rc)

@@ -36,6 +36,11 @@ typedef struct {
     void (*on_connection)(nb_service_t *svc, uv_stream_t *listener, void *ud);
     /* SIGHUP with a freshly loaded, valid configuration. */
     void (*reload)(nb_service_t *svc, const nb_config_t *cfg, void *ud);
+    /* True when the runtime binds the peer listener itself in start (the
+     * pipeline runtimes hand it to the TLS transport) and reports the bound
+     * address with nb_state_set_listen; the service then binds only the
+     * status socket. */
+    bool binds_listener;
 } nb_runtime_i;
 
 /* Creates a service for cfg (copied) on loop (not owned). Binds nothing.
