@@ -44,6 +44,24 @@ static void free_net(nb_net_t *n)
     free(n);
 }
 
+int nb_net_allow_peer(nb_net_t *n, const char *peer_name)
+{
+    if (!peer_name || !peer_name[0] || strlen(peer_name) > NB_FRAME_MAX_NAME)
+        return NB_EINVAL; /* an empty name would disable the name check */
+    for (size_t i = 0; i < n->cfg.n_allowed_peers; i++)
+        if (strcmp(n->allowed[i], peer_name) == 0)
+            return 0;
+    char **a = realloc(n->allowed, (n->cfg.n_allowed_peers + 2) * sizeof *a);
+    if (!a)
+        return NB_ENOMEM;
+    n->allowed = a;
+    if (!(a[n->cfg.n_allowed_peers] = strdup(peer_name)))
+        return NB_ENOMEM;
+    n->cfg.n_allowed_peers++;
+    a[n->cfg.n_allowed_peers] = NULL;
+    return 0;
+}
+
 int nb_net_new(uv_loop_t *loop, const nb_net_cfg_t *cfg, const nb_net_cb_t *cb,
                void *ud, nb_net_t **out)
 {

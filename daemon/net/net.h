@@ -95,6 +95,11 @@ int nb_net_listen(nb_net_t *n, const char *host, int port, int *bound_port);
  * connection fails or drops, until nb_net_close. Errors: NB_EINVAL. */
 int nb_net_connect(nb_net_t *n, const char *peer_name, const char *host, int port);
 
+/* Admits inbound connections from peer_name from now on (a stage learns its
+ * upstream neighbours from the job). Errors: NB_EINVAL (empty or too long
+ * name), NB_ENOMEM. */
+int nb_net_allow_peer(nb_net_t *n, const char *peer_name);
+
 /* The ready connection to/from peer_name, or NULL. */
 nb_conn_t *nb_net_conn(nb_net_t *n, const char *peer_name);
 
