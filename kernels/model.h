@@ -101,7 +101,8 @@ typedef struct {
  * tie_with: when cfg->tie_embeddings and the part has the head but not the
  * embedding, the head needs wte: pass the part holding the embedding, in
  * the same process and on the same backend; the head then reads that part's
- * wte and accumulates into its gradient (tie_with must outlive this part).
+ * wte and, through nb_part_finish_grads(), adds to its gradient (tie_with
+ * must outlive this part).
  * Otherwise pass NULL. Errors: NB_EINVAL (bad config or spec, or a backend
  * lacking an op the passes need; message in err), NB_ENOMEM. On error *out
  * is NULL. */
@@ -124,8 +125,18 @@ int nb_part_find_tensor(const nb_part_t *p, const char *name);
 size_t nb_part_num_params(const nb_part_t *p);
 float *nb_part_params(nb_part_t *p);
 float *nb_part_grads(nb_part_t *p);
-/* Sets every gradient to zero (not the tied wte of another part). */
+/* Sets every gradient of p to zero, including a tied head's pending wte
+ * gradient (not the wte gradient of a tie_with part). */
 void nb_part_zero_grad(nb_part_t *p);
+/* Call once after the last backward of a step, before the gradients are
+ * read (sum of squares, optimizer, codecs). With tied embeddings the head
+ * accumulates its share of wte's gradient in a buffer of its own; this adds
+ * that buffer into the wte gradient (of p, or of its tie_with part) and
+ * clears it. Keeping the two sums apart until here makes the result
+ * independent of how the head's and the embedding's backwards interleave
+ * (GPipe, 1F1B, one part or several): a single a + b at the end. A no-op
+ * for parts without a tied head. */
+void nb_part_finish_grads(nb_part_t *p);
 /* Re-initialises every parameter from seed (what nb_part_new did). */
 void nb_part_init_params(nb_part_t *p, uint64_t seed);
 

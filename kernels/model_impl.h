@@ -42,6 +42,11 @@ struct nb_part {
     /* head: lm_w/dlm_w point at wte/dwte (possibly another part's) when tied */
     float *hw[NB_H_COUNT], *hg[NB_H_COUNT];
     nb_block_ptrs_t *blocks;   /* last - first entries */
+    /* tied head: the head's part of wte's gradient, added into the owner's
+     * wte gradient by nb_part_finish_grads() */
+    float *tied_grad;
+    size_t tied_numel;
+    nb_part_t *tied_owner;     /* the part holding wte (this one or tie_with) */
     /* backward scratch, device, sized for scratch_bt rows */
     size_t scratch_bt;
     void *scratch;

@@ -235,12 +235,18 @@ int nb_part_new(nb_backend_t *be, const nb_model_config_t *cfg, const nb_part_sp
         goto err;
     }
     resolve_pointers(p);
-    if (p->spec.head && head_is_vocab(cfg)) {
-        nb_part_t *src = need_tie ? tie_with : p;
-        if (cfg->tie_embeddings) {
-            p->hw[NB_H_LMW] = src->ew[NB_E_WTE];
-            p->hg[NB_H_LMW] = src->eg[NB_E_WTE];
+    if (p->spec.head && head_tied(cfg)) {
+        /* The head reads wte but accumulates its gradient apart; see
+         * nb_part_finish_grads() for why. */
+        p->tied_owner = need_tie ? tie_with : p;
+        p->tied_numel = (size_t)cfg->vocab * (size_t)cfg->d_model;
+        p->tied_grad = nb_be_alloc(be, p->tied_numel * sizeof(float));
+        if (!p->tied_grad) {
+            set_err(err, errlen, "part: cannot allocate the tied embedding gradient");
+            goto err;
         }
+        p->hw[NB_H_LMW] = p->tied_owner->ew[NB_E_WTE];
+        p->hg[NB_H_LMW] = p->tied_grad;
     }
     nb_part_init_params(p, seed);
     nb_part_zero_grad(p);
@@ -261,6 +267,8 @@ void nb_part_free(nb_part_t *p)
         nb_be_dealloc(p->be, p->grads);
     if (p->scratch)
         nb_be_dealloc(p->be, p->scratch);
+    if (p->tied_grad)
+        nb_be_dealloc(p->be, p->tied_grad);
     free(p->info);
     free(p->init_key);
     free(p->init_id);
@@ -294,6 +302,18 @@ void nb_part_zero_grad(nb_part_t *p)
 {
     if (p->n_params)
         nb_be_memset0(p->be, p->grads, p->n_params * sizeof(float));
+    if (p->tied_grad)
+        nb_be_memset0(p->be, p->tied_grad, p->tied_numel * sizeof(float));
+}
+
+void nb_part_finish_grads(nb_part_t *p)
+{
+    if (!p->tied_grad)
+        return;
+    /* One addition of two complete sums: a + b == b + a, so the result is
+     * the same whatever order the micro-batches' backwards ran in. */
+    nb_add(p->be, p->tied_owner->eg[NB_E_WTE], p->tied_grad, 1.0f, p->tied_numel);
+    nb_be_memset0(p->be, p->tied_grad, p->tied_numel * sizeof(float));
 }
 
 /* ---- activations ------------------------------------------------------- */

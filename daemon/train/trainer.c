@@ -175,6 +175,7 @@ int nb_trainer_step(nb_trainer_t *t, nb_train_step_t *out, char *err, size_t err
         }
         loss += li / (float)m;
     }
+    nb_part_finish_grads(t->part);
     double ss = nb_optim_sumsq(t->be, nb_part_grads(t->part), nb_part_num_params(t->part));
     float scale = nb_optim_clip_scale(&c->optim, ss);
     float lr = (float)nb_optim_lr(&c->optim, t->step);

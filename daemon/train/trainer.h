@@ -9,6 +9,8 @@
  *     nb_tokens_sample_mlm with mask token vocab-1 for mlm), run the whole
  *     model forward with loss scale 1/m and backward (gradients accumulate);
  *     the step's loss is the sum over i of loss_i / m, added in that order;
+ *   nb_part_finish_grads() (tied embeddings: the head's share of wte's
+ *     gradient joins the embedding's, as one addition);
  *   global sum of squares of the gradients -> clip factor; learning rate of
  *   step s (warmup + cosine); one AdamW step.
  * A pipeline that keeps this order reproduces the same numbers.

@@ -261,6 +261,7 @@ static void test_bad_inputs(void **state)
 
 static float *grads_copy(nb_part_t *p)
 {
+    nb_part_finish_grads(p);
     size_t n = nb_part_num_params(p);
     float *g = malloc(n * 4);
     nb_be_to_host(nb_part_backend(p), g, nb_part_grads(p), n * 4);

@@ -178,6 +178,7 @@ static void run_reference(const char *path)
     nb_ref_floats(need(&rc, "loss"), &ref_loss);
     check_loss("loss", loss, ref_loss);
     assert_int_equal(nb_part_backward(p, a, NULL), 0);
+    nb_part_finish_grads(p);
     char name[80];
     for (int i = 0; i < nb_part_num_tensors(p); i++) {
         const nb_param_info_t *pi = nb_part_tensor(p, i);
@@ -203,6 +204,7 @@ static void run_reference(const char *path)
         nb_part_zero_grad(p);
         assert_int_equal(nb_part_forward(p, a, &in, &loss), 0);
         assert_int_equal(nb_part_backward(p, a, NULL), 0);
+        nb_part_finish_grads(p);
         double ss = nb_optim_sumsq(rc.be, nb_part_grads(p), nb_part_num_params(p));
         float scale = nb_optim_clip_scale(&rc.oc, ss);
         snprintf(name, sizeof name, "adamw loss %d", s);
@@ -257,6 +259,7 @@ static void run_split(ref_case_t *rc, const int *cuts, int nparts, float full_lo
         const float *dout = i == nparts - 1 ? NULL : nb_part_acts_dinput(acts[i + 1]);
         assert_int_equal(nb_part_backward(parts[i], acts[i], dout), 0);
     }
+    nb_part_finish_grads(parts[nparts - 1]);
     size_t total = 0;
     for (int i = 0; i < nparts; i++) {
         for (int k = 0; k < nb_part_num_tensors(parts[i]); k++) {
@@ -295,6 +298,7 @@ static void split_case(const char *path)
     float loss;
     assert_int_equal(nb_part_forward(p, a, &in, &loss), 0);
     assert_int_equal(nb_part_backward(p, a, NULL), 0);
+    nb_part_finish_grads(p);
     float *grads = malloc(nb_part_num_params(p) * sizeof(float));
     nb_be_to_host(rc.be, grads, nb_part_grads(p), nb_part_num_params(p) * sizeof(float));
     assert_int_equal(rc.cfg.n_layer, 2);

@@ -190,6 +190,7 @@ static void test_step_recipe(void **state)
             assert_int_equal(nb_part_backward(p, a, NULL), 0);
             loss += li / (float)c.micro_batches;
         }
+        nb_part_finish_grads(p);
         assert_true(loss == losses[s]);
         double ss = nb_optim_sumsq(be, nb_part_grads(p), nb_part_num_params(p));
         nb_optim_step(o, nb_part_params(p), nb_part_grads(p), (float)nb_optim_lr(&c.optim, s),
