@@ -266,23 +266,17 @@ static int enqueue(nb_conn_t *c, Nebula__Frame *f, const void *payload, size_t l
     t->internal = internal;
     if (c->net->cfg.emu_send_delay_ms)
         t->due_ms = now_ms(c) + c->net->cfg.emu_send_delay_ms;
-    if (front && c->txq && c->txq->off == 0) {
-        t->next = c->txq;
-        c->txq = t;
-    } else if (front && c->txq) {
-        /* The head is partly sent; go right behind it. */
-        t->next = c->txq->next;
-        c->txq->next = t;
-        if (c->txq_tail == c->txq)
-            c->txq_tail = t;
-    } else {
-        if (c->txq_tail)
-            c->txq_tail->next = t;
-        else
-            c->txq = t;
-        c->txq_tail = t;
-    }
-    if (!c->txq_tail)
+    /* Control frames go ahead of application frames but stay in order among
+     * themselves (the Hello first), and never split a frame already begun. */
+    nb__tx_t **pp = &c->txq;
+    if (front)
+        while (*pp && ((*pp)->internal || (*pp)->off > 0))
+            pp = &(*pp)->next;
+    else if (c->txq_tail)
+        pp = &c->txq_tail->next;
+    t->next = *pp;
+    *pp = t;
+    if (!t->next)
         c->txq_tail = t;
     if (!internal)
         c->queued += hlen + len;

@@ -194,8 +194,7 @@ int nb_tls_new(const nb_tls_files_t *files, int is_server,
         goto err;
     BIO_set_data(t->bio, t);
     BIO_set_init(t->bio, 1);
-    BIO_up_ref(t->bio); /* SSL_set_bio takes one reference per direction */
-    SSL_set_bio(t->ssl, t->bio, t->bio);
+    SSL_set_bio(t->ssl, t->bio, t->bio); /* same BIO both ways: takes one reference */
     if (is_server)
         SSL_set_accept_state(t->ssl);
     else
@@ -215,7 +214,7 @@ void nb_tls_free(nb_tls_t *t)
     if (!t)
         return;
     if (t->ssl)
-        SSL_free(t->ssl); /* drops both references to the BIO */
+        SSL_free(t->ssl); /* frees the BIO */
     free(t->keep);
     free(t->out);
     if (t->ctx)

@@ -137,6 +137,8 @@ static void b_frame(h_ep_t *e, nb_conn_t *c, Nebula__Frame *f, uint8_t *p, size_
     nebula__frame__free_unpacked(f, NULL);
 }
 
+static uint32_t g_emu_delay_ms;
+
 static void setup_pair(xchg_t *x, size_t a_queue)
 {
     static const char *const allow_a[] = { "a" };
@@ -151,6 +153,7 @@ static void setup_pair(xchg_t *x, size_t a_queue)
     nb_net_set_job(x->b.net, JOB);
     h_cfg(&cfg, &x->a, "a", "a", NULL, 0);
     cfg.send_queue_bytes = a_queue;
+    cfg.emu_send_delay_ms = g_emu_delay_ms;
     x->a.on_frame = a_frame;
     x->a.user = x;
     nb_net_cb_t cb = h_cb;
@@ -235,6 +238,27 @@ static void test_probes(void **state)
     teardown_pair(&x);
 }
 
+/* Latency emulation (tests only): a's frames are held 80 ms, so a ping
+ * from a takes at least that long and one from b too (its pong is a's). */
+static void test_emulated_latency(void **state)
+{
+    xchg_t x = { 0 };
+    x.next = N_TENSORS;
+    g_emu_delay_ms = 80;
+    setup_pair(&x, 64u << 20);
+    g_emu_delay_ms = 0;
+    assert_true(h_run_until(x.loop, &x.a.ready, 1, 5000));
+    assert_true(h_log_has("latency emulation"));
+    g_probes = 0;
+    assert_int_equal(nb_probe_rtt(nb_net_conn(x.a.net, "b"), on_rtt, NULL), 0);
+    assert_true(h_run_until(x.loop, &g_probes, 1, 5000));
+    assert_true(g_rtt >= 79.0 && g_rtt < 400.0);
+    assert_int_equal(nb_probe_rtt(nb_net_conn(x.b.net, "a"), on_rtt, NULL), 0);
+    assert_true(h_run_until(x.loop, &g_probes, 2, 5000));
+    assert_true(g_rtt >= 79.0 && g_rtt < 400.0);
+    teardown_pair(&x);
+}
+
 /* ---- restart ---- */
 static void test_peer_restart(void **state)
 {
@@ -312,6 +336,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_thousand_tensors),
         cmocka_unit_test(test_probes),
+        cmocka_unit_test(test_emulated_latency),
         cmocka_unit_test(test_peer_restart),
         cmocka_unit_test(test_orderly_close),
     };
