@@ -176,7 +176,12 @@ const float *nb_part_acts_output(const nb_part_acts_t *a);
 const float *nb_part_acts_dinput(const nb_part_acts_t *a);
 /* Logits of the last forward (head parts): rows x cols, device memory. */
 const float *nb_part_acts_logits(const nb_part_acts_t *a, int *rows, int *cols);
-/* Size of one acts object in bytes (for memory planning). */
+/* Device bytes of one acts object. */
 size_t nb_part_acts_bytes(const nb_part_acts_t *a);
+/* Device bytes an acts object of shape (B,T) would take, without allocating
+ * (for memory planning: m in-flight micro-batches need m of them); 0 for an
+ * invalid shape. The part also keeps one backward scratch of about
+ * B*T*(7C + 2F) floats, shared by all its acts. */
+size_t nb_part_acts_size(const nb_part_t *p, int B, int T);
 
 #endif /* NB_MODEL_H */

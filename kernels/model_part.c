@@ -346,9 +346,11 @@ static void carve_acts(nb_part_acts_t *a, carver_t *cv)
     size_t BT = mul_sat((size_t)a->B, (size_t)a->T);
     size_t BTC = mul_sat(BT, (size_t)c->d_model);
     size_t fl = sizeof(float);
-    a->tokens = carve(cv, mul_sat(BT, sizeof(int32_t)));
+    if (p->spec.embed)
+        a->tokens = carve(cv, mul_sat(BT, sizeof(int32_t)));
     a->mask = carve(cv, BT);
-    a->targets = carve(cv, mul_sat(BT, sizeof(int32_t)));
+    if (p->spec.head)
+        a->targets = carve(cv, mul_sat(BT, sizeof(int32_t)));
     if (!p->spec.embed) {
         a->input = carve(cv, mul_sat(BTC, fl));
         a->dinput = carve(cv, mul_sat(BTC, fl));
@@ -487,3 +489,18 @@ void nb_part_acts_free(nb_part_acts_t *a)
 }
 
 size_t nb_part_acts_bytes(const nb_part_acts_t *a) { return a->bytes; }
+
+size_t nb_part_acts_size(const nb_part_t *p, int B, int T)
+{
+    if (B <= 0 || T <= 0 || T > p->cfg.max_seq)
+        return 0;
+    nb_part_acts_t a = { .p = (nb_part_t *)p, .B = B, .T = T };
+    int nblk = p->spec.last - p->spec.first;
+    a.blocks = calloc((size_t)(nblk ? nblk : 1), sizeof *a.blocks);
+    if (!a.blocks)
+        return 0;
+    carver_t cv = { 0 };
+    carve_acts(&a, &cv);
+    free(a.blocks);
+    return cv.overflow ? 0 : cv.total;
+}

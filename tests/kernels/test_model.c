@@ -217,6 +217,9 @@ static void test_bad_inputs(void **state)
     assert_int_equal(nb_part_acts_new(p, 0, 4, &a), NB_EINVAL);
     assert_int_equal(nb_part_acts_new(p, 1 << 24, 8, &a), NB_EINVAL); /* int overflow of B*T*V */
     assert_int_equal(nb_part_acts_new(p, 2, 4, &a), 0);
+    assert_int_equal(nb_part_acts_size(p, 2, 4), nb_part_acts_bytes(a));
+    assert_true(nb_part_acts_size(p, 4, 4) > nb_part_acts_bytes(a));
+    assert_int_equal(nb_part_acts_size(p, 2, 9), 0);
     batch_t b;
     make_batch(&b, be, 2, 4, c.vocab, 1);
     float loss;
