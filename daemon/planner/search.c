@@ -11,6 +11,8 @@
 #include "kernels/common.h"
 
 #define GIB (1024.0 * 1024.0 * 1024.0)
+/* Candidates whose split is polished by simulation (refine_split). */
+#define NB_PLAN_REFINE_TOP 32
 
 static void seterr(char *err, size_t len, const char *fmt, ...)
 {
@@ -193,6 +195,37 @@ static int finish(const nb_cost_t *cost, const nb_cost_model_t *mdl, nb_plan_can
     c->step_time = r.step_time;
     c->bubble = r.bubble;
     c->samples_per_s = r.step_time > 0 ? mdl->global_batch / r.step_time : 0;
+    return 0;
+}
+
+/* Improves a feasible candidate's split by moving one block at a time
+ * across a boundary while the simulated step gets faster. The min-max split
+ * only balances the slowest stage; fill and drain also depend on the other
+ * stages (a slow stage that is not the bottleneck still lengthens them). */
+static int refine_split(const nb_cost_t *cost, const nb_cost_model_t *mdl, nb_plan_cand_t *c,
+                        char *err, size_t errlen)
+{
+    int p = cost->p;
+    for (int iter = 0; iter < mdl->n_layers * p; iter++) {
+        nb_plan_cand_t best = *c;
+        for (int b = 0; b + 1 < p; b++)
+            for (int dir = -1; dir <= 1; dir += 2) {
+                int from = dir > 0 ? b : b + 1, to = dir > 0 ? b + 1 : b;
+                if (c->layers[from] < 2)
+                    continue;
+                nb_plan_cand_t t = *c;
+                t.layers[from]--;
+                t.layers[to]++;
+                int rc = finish(cost, mdl, &t, err, errlen);
+                if (rc < 0)
+                    return rc;
+                if (t.feasible && t.step_time < best.step_time * (1 - 1e-12))
+                    best = t;
+            }
+        if (best.step_time >= c->step_time)
+            break;
+        *c = best;
+    }
     return 0;
 }
 
@@ -402,6 +435,19 @@ int nb_plan_search(const nb_cost_t *cost, const nb_plan_req_t *req, nb_plan_resu
     NB_CHECK((size_t)k <= total);
     out->n = k;
     qsort(out->cand, (size_t)k, sizeof *out->cand, cmp_time);
+    if (!fixed && p > 1) {
+        /* Polish the splits of the leading candidates by simulation, then
+         * rank again. */
+        int top = out->nfeasible < NB_PLAN_REFINE_TOP ? out->nfeasible : NB_PLAN_REFINE_TOP;
+        for (int i = 0; i < top; i++) {
+            int rc = refine_split(cost, mdl, &out->cand[i], err, errlen);
+            if (rc < 0) {
+                nb_plan_result_free(out);
+                return rc;
+            }
+        }
+        qsort(out->cand, (size_t)k, sizeof *out->cand, cmp_time);
+    }
     if (out->nfeasible == 0) {
         const nb_plan_cand_t *c = &out->cand[0];
         char sb[24], sp[256], line[320];

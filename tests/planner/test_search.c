@@ -150,6 +150,56 @@ static void test_split_follows_speed(void **state)
     nb_plan_result_free(&r);
 }
 
+/* On small cases the chosen split is as fast, in simulation, as the best of
+ * every contiguous split (exhaustive), for fixed m, schedule and codecs. */
+static void test_split_vs_exhaustive(void **state)
+{
+    (void)state;
+    /* Stage 0 slow per block, stage 1 fast, stage 2 slow with a large fixed
+     * cost (the head): the min-max split alone is indifferent among many
+     * splits of stages 0 and 1. */
+    const double speed[][3] = {{3, 1, 1}, {1, 1, 1}, {1, 2, 4}, {2, 1, 3}};
+    const double fixed2[] = {0.2, 0, 0.05, 0.1};
+    for (size_t v = 0; v < NB_ARRAY_LEN(speed); v++) {
+        nb_cost_t c;
+        world(&c, 3, 200, 20);
+        for (int s = 0; s < 3; s++) {
+            c.stage[s].fwd_layer.b *= speed[v][s], c.stage[s].bwd_layer.b *= speed[v][s];
+            c.stage[s].fwd_layer.a *= speed[v][s], c.stage[s].bwd_layer.a *= speed[v][s];
+        }
+        c.stage[2].fwd_fixed.a += fixed2[v];
+        c.stage[2].bwd_fixed.a += 2 * fixed2[v];
+        nb_plan_req_t req = request(3);
+        req.model.n_layers = 9;
+        req.m_min = req.m_max = 8;
+        req.nscheds = 1;
+        req.scheds[0] = (nb_sched_spec_t){NB_SCHED_1F1B, 1};
+        req.nfwd = req.nbwd = 1;
+        req.fwd_codecs[0] = req.bwd_codecs[0] = "int8";
+        nb_plan_result_t r;
+        char err[256];
+        assert_int_equal(nb_plan_search(&c, &req, &r, err, sizeof err), 0);
+        assert_int_equal(r.n, 1);
+        double best = INFINITY;
+        int bl[3] = {0, 0, 0};
+        for (int a = 1; a <= 7; a++)
+            for (int b = 1; a + b <= 8; b++) {
+                int split[3] = {a, b, 9 - a - b};
+                nb_plan_cand_t e;
+                assert_int_equal(nb_plan_evaluate(&c, &req.model, 8, &req.scheds[0], "int8",
+                                                  "int8", split, &e, err, sizeof err),
+                                 0);
+                if (e.step_time < best)
+                    best = e.step_time, memcpy(bl, split, sizeof bl);
+            }
+        if (r.cand[0].step_time > best * (1 + 1e-9))
+            fail_msg("variant %zu: chose %d,%d,%d at %.6f s, best %d,%d,%d at %.6f s", v,
+                     r.cand[0].layers[0], r.cand[0].layers[1], r.cand[0].layers[2],
+                     r.cand[0].step_time, bl[0], bl[1], bl[2], best);
+        nb_plan_result_free(&r);
+    }
+}
+
 /* A memory limit rules out deep stashes; the report names the stage. */
 static void test_memory_limits(void **state)
 {
@@ -345,6 +395,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_interior_optimum),
         cmocka_unit_test(test_split_follows_speed),
+        cmocka_unit_test(test_split_vs_exhaustive),
         cmocka_unit_test(test_memory_limits),
         cmocka_unit_test(test_ties),
         cmocka_unit_test(test_bad_requests),
