@@ -82,3 +82,20 @@ void nb_replan_accept(nb_replan_t *r, const nb_replan_sample_t *basis)
     r->cooldown_left = r->cfg.cooldown;
     r->replans++;
 }
+
+int nb_replan_basis_from_plan(const nb_cost_t *cost, const nb_cost_model_t *mdl,
+                              const nb_plan_cand_t *plan, nb_replan_sample_t *out)
+{
+    nb_sim_input_t in;
+    int rc = nb_plan_sim_input(cost, mdl, plan, &in);
+    if (rc < 0)
+        return rc;
+    memset(out, 0, sizeof *out);
+    for (int s = 0; s < cost->p; s++) {
+        out->compute[s] = plan->m * (in.tf[s] + in.tb[s]);
+        if (s + 1 < cost->p)
+            for (int d = 0; d < 2; d++)
+                out->bandwidth[s][d] = cost->link[s].dir[d].bandwidth;
+    }
+    return 0;
+}

@@ -19,6 +19,7 @@
 #include <stddef.h>
 
 #include "daemon/planner/cost.h"
+#include "daemon/planner/search.h"
 
 typedef struct {
     double threshold; /* relative drift, e.g. 0.2 = 20%; > 0 */
@@ -57,5 +58,11 @@ int nb_replan_observe(nb_replan_t *r, const nb_replan_sample_t *obs);
 /* The coordinator re-planned: new basis, streaks cleared, cooldown starts,
  * the re-plan counter (for metrics) grows by one. */
 void nb_replan_accept(nb_replan_t *r, const nb_replan_sample_t *basis);
+
+/* The basis a chosen plan implies: every link direction's bandwidth from
+ * cost, and each stage's compute per step, m (tf_s + tb_s) with codec work,
+ * as the step reports measure it. Returns 0 or NB_EINVAL. */
+int nb_replan_basis_from_plan(const nb_cost_t *cost, const nb_cost_model_t *mdl,
+                              const nb_plan_cand_t *plan, nb_replan_sample_t *out);
 
 #endif
