@@ -121,21 +121,24 @@ int nb_part_num_tensors(const nb_part_t *p);
 const nb_param_info_t *nb_part_tensor(const nb_part_t *p, int i);
 /* Index of the tensor called name, or -1. */
 int nb_part_find_tensor(const nb_part_t *p, const char *name);
-/* Flat device buffers of nb_part_num_params() floats. Borrowed. */
+/* Flat device buffers of nb_part_num_params() floats. Borrowed.
+ * nb_part_grads() first calls nb_part_finish_grads(p), so what it returns
+ * always includes a tied head's share of wte's gradient. */
 size_t nb_part_num_params(const nb_part_t *p);
 float *nb_part_params(nb_part_t *p);
 float *nb_part_grads(nb_part_t *p);
 /* Sets every gradient of p to zero, including a tied head's pending wte
  * gradient (not the wte gradient of a tie_with part). */
 void nb_part_zero_grad(nb_part_t *p);
-/* Call once after the last backward of a step, before the gradients are
- * read (sum of squares, optimizer, codecs). With tied embeddings the head
- * accumulates its share of wte's gradient in a buffer of its own; this adds
- * that buffer into the wte gradient (of p, or of its tie_with part) and
- * clears it. Keeping the two sums apart until here makes the result
- * independent of how the head's and the embedding's backwards interleave
- * (GPipe, 1F1B, one part or several): a single a + b at the end. A no-op
- * for parts without a tied head. */
+/* With tied embeddings the head accumulates its share of wte's gradient in
+ * a buffer of its own; this adds that buffer into the wte gradient (p may be
+ * the head part or the part holding wte) and clears it. Keeping the two
+ * sums apart until the end of the step makes the result independent of how
+ * the head's and the embedding's backwards interleave (GPipe, 1F1B, one
+ * part or several): a single a + b. nb_part_grads() calls it, so reading
+ * the gradients once after the step's last backward (sum of squares,
+ * optimizer, codecs) is all a caller does; reading them mid-step is still
+ * correct but adds in another order. A no-op without a tied head. */
 void nb_part_finish_grads(nb_part_t *p);
 /* Re-initialises every parameter from seed (what nb_part_new did). */
 void nb_part_init_params(nb_part_t *p, uint64_t seed);

@@ -47,6 +47,8 @@ struct nb_part {
     float *tied_grad;
     size_t tied_numel;
     nb_part_t *tied_owner;     /* the part holding wte (this one or tie_with) */
+    bool tied_pending;         /* tied_grad holds terms not yet added */
+    nb_part_t *tied_head;      /* on the wte owner: the head part tied to it */
     /* backward scratch, device, sized for scratch_bt rows */
     size_t scratch_bt;
     void *scratch;

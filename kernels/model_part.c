@@ -188,6 +188,10 @@ int nb_part_new(nb_backend_t *be, const nb_model_config_t *cfg, const nb_part_sp
                                  "on the same backend (tie_with), or tie_embeddings: false");
             return NB_EINVAL;
         }
+        if (tie_with->tied_head) {
+            set_err(err, errlen, "part: the embedding part is already tied to another head part");
+            return NB_EINVAL;
+        }
     } else if (tie_with) {
         set_err(err, errlen, "part: tie_with is only for a head part without the embedding "
                              "of a model with tied embeddings");
@@ -250,6 +254,8 @@ int nb_part_new(nb_backend_t *be, const nb_model_config_t *cfg, const nb_part_sp
     }
     nb_part_init_params(p, seed);
     nb_part_zero_grad(p);
+    if (p->tied_owner)
+        p->tied_owner->tied_head = p;
     *out = p;
     return 0;
 err:
@@ -261,6 +267,8 @@ void nb_part_free(nb_part_t *p)
 {
     if (!p)
         return;
+    if (p->tied_owner && p->tied_owner != p && p->tied_owner->tied_head == p)
+        p->tied_owner->tied_head = NULL;
     if (p->params)
         nb_be_dealloc(p->be, p->params);
     if (p->grads)
@@ -282,7 +290,11 @@ nb_backend_t *nb_part_backend(const nb_part_t *p) { return p->be; }
 int nb_part_num_tensors(const nb_part_t *p) { return p->n_info; }
 size_t nb_part_num_params(const nb_part_t *p) { return p->n_params; }
 float *nb_part_params(nb_part_t *p) { return p->params; }
-float *nb_part_grads(nb_part_t *p) { return p->grads; }
+float *nb_part_grads(nb_part_t *p)
+{
+    nb_part_finish_grads(p);
+    return p->grads;
+}
 
 const nb_param_info_t *nb_part_tensor(const nb_part_t *p, int i)
 {
@@ -302,18 +314,30 @@ void nb_part_zero_grad(nb_part_t *p)
 {
     if (p->n_params)
         nb_be_memset0(p->be, p->grads, p->n_params * sizeof(float));
-    if (p->tied_grad)
+    if (p->tied_grad) {
         nb_be_memset0(p->be, p->tied_grad, p->tied_numel * sizeof(float));
+        p->tied_pending = false;
+    }
+}
+
+/* Adds a tied head's pending share of wte's gradient into its owner's. */
+static void fold_tied(nb_part_t *head)
+{
+    if (!head->tied_pending)
+        return;
+    /* One addition of two complete sums: a + b == b + a, so the result is
+     * the same whatever order the micro-batches' backwards ran in. */
+    nb_add(head->be, head->tied_owner->eg[NB_E_WTE], head->tied_grad, 1.0f, head->tied_numel);
+    nb_be_memset0(head->be, head->tied_grad, head->tied_numel * sizeof(float));
+    head->tied_pending = false;
 }
 
 void nb_part_finish_grads(nb_part_t *p)
 {
-    if (!p->tied_grad)
-        return;
-    /* One addition of two complete sums: a + b == b + a, so the result is
-     * the same whatever order the micro-batches' backwards ran in. */
-    nb_add(p->be, p->tied_owner->eg[NB_E_WTE], p->tied_grad, 1.0f, p->tied_numel);
-    nb_be_memset0(p->be, p->tied_grad, p->tied_numel * sizeof(float));
+    if (p->tied_grad)
+        fold_tied(p);
+    if (p->tied_head)
+        fold_tied(p->tied_head);
 }
 
 /* ---- activations ------------------------------------------------------- */

@@ -256,6 +256,7 @@ static void head_bwd(nb_part_t *p, nb_part_acts_t *a, float *dh)
     case NB_MODEL_HEAD_LM:
     case NB_MODEL_HEAD_MLM:
         linear_bwd(be, dhf, 0.0f, p->hg[NB_H_LMW], NULL, a->dlogits, hf, p->hw[NB_H_LMW], N, C, cols);
+        p->tied_pending = p->tied_grad != NULL;
         break;
     case NB_MODEL_HEAD_TOKCLS:
         linear_bwd(be, dhf, 0.0f, p->hg[NB_H_CLSW], p->hg[NB_H_CLSB], a->dlogits, hf, p->hw[NB_H_CLSW], N, C, cols);

@@ -155,6 +155,12 @@ static void test_tie_rules(void **state)
     assert_non_null(strstr(err, "tie_embeddings"));
     assert_int_equal(nb_part_new(be, &c, &emb, 1, NULL, &pe, err, sizeof err), 0);
     assert_int_equal(nb_part_new(be, &c, &head, 1, pe, &ph, err, sizeof err), 0);
+    nb_part_t *second = NULL;
+    assert_int_equal(nb_part_new(be, &c, &head, 1, pe, &second, err, sizeof err), NB_EINVAL);
+    assert_non_null(strstr(err, "already tied"));
+    nb_part_free(ph); /* unregisters: the embedding part may take another head */
+    nb_part_finish_grads(pe);
+    assert_int_equal(nb_part_new(be, &c, &head, 1, pe, &ph, err, sizeof err), 0);
     nb_part_free(ph);
     /* tie_with on a part that needs none */
     assert_int_equal(nb_part_new(be, &c, &emb, 1, pe, &ph, err, sizeof err), NB_EINVAL);

@@ -121,7 +121,7 @@ static void run_split(const nb_train_config_t *c, const int *cuts, int np, float
                 const float *dout = i == np - 1 ? NULL : nb_part_acts_dinput(acts[i + 1][j]);
                 assert_int_equal(nb_part_backward(parts[i], acts[i][j], dout), 0);
             }
-        nb_part_finish_grads(parts[np - 1]);
+        /* no explicit nb_part_finish_grads(): nb_part_grads() below does it */
         losses[s] = loss;
         double ss = 0;
         for (int i = 0; i < np; i++)
