@@ -301,13 +301,22 @@ static void split_case(const char *path)
     nb_part_finish_grads(p);
     float *grads = malloc(nb_part_num_params(p) * sizeof(float));
     nb_be_to_host(rc.be, grads, nb_part_grads(p), nb_part_num_params(p) * sizeof(float));
-    assert_int_equal(rc.cfg.n_layer, 2);
-    static const int two[][3] = { { 0, 0, 2 }, { 0, 1, 2 }, { 0, 2, 2 } };
-    static const int three[][4] = { { 0, 0, 1, 2 }, { 0, 1, 2, 2 }, { 0, 0, 2, 2 } };
-    for (size_t i = 0; i < NB_ARRAY_LEN(two); i++)
-        run_split(&rc, two[i], 2, loss, grads, p);
-    for (size_t i = 0; i < NB_ARRAY_LEN(three); i++)
-        run_split(&rc, three[i], 3, loss, grads, p);
+    int L = rc.cfg.n_layer;
+    assert_true(L >= 1);
+    /* every 2-part cut, and 3-part cuts with an embedding-only first part
+     * or a head-only last part */
+    for (int k = 0; k <= L; k++) {
+        int two[3] = { 0, k, L };
+        run_split(&rc, two, 2, loss, grads, p);
+    }
+    for (int k = 1; k <= L; k++) {
+        int three[4] = { 0, 0, k, L }; /* embedding alone first */
+        run_split(&rc, three, 3, loss, grads, p);
+        if (k < L) {
+            int head_alone[4] = { 0, k, L, L };
+            run_split(&rc, head_alone, 3, loss, grads, p);
+        }
+    }
     free(grads);
     nb_part_acts_free(a);
     nb_part_free(p);
@@ -316,6 +325,8 @@ static void split_case(const char *path)
 
 static void test_split_gpt(void **state) { split_case("tests/data/ref_gpt.bin"); }
 static void test_split_bert(void **state) { split_case("tests/data/ref_bert.bin"); }
+static void test_split_seqcls(void **state) { split_case("tests/data/ref_seqcls.bin"); }
+static void test_split_tokcls(void **state) { split_case("tests/data/ref_tokcls.bin"); }
 
 /* Writes len bytes of buf to a temporary file and returns its path. */
 static const char *write_tmp(const void *buf, size_t len)
@@ -374,6 +385,8 @@ int main(void)
         cmocka_unit_test(test_tokcls),
         cmocka_unit_test(test_split_gpt),
         cmocka_unit_test(test_split_bert),
+        cmocka_unit_test(test_split_seqcls),
+        cmocka_unit_test(test_split_tokcls),
         cmocka_unit_test(test_reader_rejects),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
