@@ -140,8 +140,9 @@ void nb_part_zero_grad(nb_part_t *p);
  * optimizer, codecs) is all a caller does; reading them mid-step is still
  * correct but adds in another order. A no-op without a tied head. */
 void nb_part_finish_grads(nb_part_t *p);
-/* Re-initialises every parameter from seed (what nb_part_new did). */
-void nb_part_init_params(nb_part_t *p, uint64_t seed);
+/* Re-initialises every parameter from seed (what nb_part_new did).
+ * Errors: NB_ENOMEM (host staging buffer); p is then partly initialised. */
+int nb_part_init_params(nb_part_t *p, uint64_t seed);
 
 /* Activations of one in-flight micro-batch of shape (B,T), T <= max_seq.
  * Errors: NB_EINVAL (sizes; also when one activation tensor would reach

@@ -124,14 +124,15 @@ static double init_std(const nb_model_config_t *c, uint32_t key, uint32_t id)
     return 0.02;
 }
 
-void nb_part_init_params(nb_part_t *p, uint64_t seed)
+int nb_part_init_params(nb_part_t *p, uint64_t seed)
 {
     size_t maxn = 0;
     for (int i = 0; i < p->n_info; i++)
         if (p->info[i].numel > maxn)
             maxn = p->info[i].numel;
     float *host = malloc((maxn ? maxn : 1) * sizeof(float));
-    NB_CHECK(host); /* maxn floats already exist on the device */
+    if (!host)
+        return NB_ENOMEM;
     for (int i = 0; i < p->n_info; i++) {
         const nb_param_info_t *t = &p->info[i];
         uint32_t key = p->init_key[i], id = p->init_id[i];
@@ -152,6 +153,7 @@ void nb_part_init_params(nb_part_t *p, uint64_t seed)
         nb_be_sync(p->be); /* host is reused for the next tensor */
     }
     free(host);
+    return 0;
 }
 
 /* Field by field: padding bytes of the structs may differ. */
@@ -252,7 +254,10 @@ int nb_part_new(nb_backend_t *be, const nb_model_config_t *cfg, const nb_part_sp
         p->hw[NB_H_LMW] = p->tied_owner->ew[NB_E_WTE];
         p->hg[NB_H_LMW] = p->tied_grad;
     }
-    nb_part_init_params(p, seed);
+    if ((rc = nb_part_init_params(p, seed)) != 0) {
+        set_err(err, errlen, "part: out of host memory for the initial weights");
+        goto err;
+    }
     nb_part_zero_grad(p);
     if (p->tied_owner)
         p->tied_owner->tied_head = p;
