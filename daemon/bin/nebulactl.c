@@ -1,0 +1,402 @@
+/*
+ * nebulactl.c - talks to a running nebulad through its status socket, as an
+ * operator would: status, metrics, trace, stop. One request line, one reply
+ * line (daemon/status/status_server.h).
+ *
+ * Exit status: 0 ok; 1 the daemon replied with an error; 2 usage;
+ * 3 cannot connect to the socket; 4 no valid reply (timeout, closed, not
+ * JSON); 5 cannot write the output file.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <glob.h>
+#include <jansson.h>
+#include <math.h>
+#include <poll.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+#include "daemon/service/version.h"
+
+enum { EXIT_OK = 0, EXIT_REPLY = 1, EXIT_USAGE = 2, EXIT_CONNECT = 3, EXIT_PROTO = 4, EXIT_OUTPUT = 5 };
+
+#define REPLY_MAX ((size_t)512 << 20)
+
+typedef struct {
+    const char *socket;
+    bool json;
+    const char *out;
+    long steps; /* trace: -1 = daemon default */
+    int timeout_ms;
+} ctl_opts_t;
+
+/* One row per subcommand; a new one (e.g. "plan", printed by the planner's
+ * formatter) is one more row. */
+typedef struct {
+    const char *name;
+    const char *help;
+    int (*print)(const ctl_opts_t *o, json_t *reply);
+} ctl_cmd_t;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: nebulactl [--socket PATH | --name NAME] [--json] [--timeout S] COMMAND\n"
+            "commands:\n"
+            "  status               state, peers and job of the daemon\n"
+            "  metrics              Prometheus text exposition\n"
+            "  trace [-o FILE] [--steps N]\n"
+            "                       Chrome trace-event JSON of the last N steps\n"
+            "                       (open in ui.perfetto.dev or chrome://tracing)\n"
+            "  stop                 orderly stop (root or the daemon's user)\n"
+            "options:\n"
+            "  --socket PATH        the daemon's status socket\n"
+            "  --name NAME          same as --socket /run/nebula/NAME.sock\n"
+            "                       (default: $NEBULA_SOCKET, else the only socket in /run/nebula)\n"
+            "  --json               print the daemon's JSON reply as is\n"
+            "  --timeout S          seconds to wait for the reply (default 10)\n"
+            "  --help, --version\n"
+            "exit status: 0 ok, 1 error reply, 2 usage, 3 cannot connect, 4 no valid reply,\n"
+            "             5 cannot write the output file\n");
+}
+
+/* ---- transport ------------------------------------------------------------------- */
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int connect_socket(const char *path)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    if (strlen(path) >= sizeof sa.sun_path) {
+        fprintf(stderr, "nebulactl: socket path too long: %s\n", path);
+        return -1;
+    }
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        fprintf(stderr, "nebulactl: cannot connect to %s: %s\n", path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* Sends req and reads one reply line; returns the parsed object or NULL
+ * (message printed). */
+static json_t *roundtrip(int fd, json_t *req, int timeout_ms)
+{
+    char *line = json_dumps(req, JSON_COMPACT);
+    if (!line)
+        return NULL;
+    size_t len = strlen(line);
+    line[len] = '\n';
+    size_t off = 0;
+    while (off < len + 1) {
+        ssize_t n = send(fd, line + off, len + 1 - off, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            fprintf(stderr, "nebulactl: send: %s\n", strerror(errno));
+            free(line);
+            return NULL;
+        }
+        off += (size_t)n;
+    }
+    free(line);
+    size_t cap = 65536, have = 0;
+    char *buf = malloc(cap);
+    int64_t deadline = now_ms() + timeout_ms;
+    while (buf) {
+        char *nl = have ? memchr(buf, '\n', have) : NULL;
+        if (nl) {
+            json_error_t e;
+            json_t *r = json_loadb(buf, (size_t)(nl - buf), 0, &e);
+            if (!r || !json_is_object(r)) {
+                fprintf(stderr, "nebulactl: reply is not a JSON object: %s\n", r ? "" : e.text);
+                json_decref(r);
+                r = NULL;
+            }
+            free(buf);
+            return r;
+        }
+        int left = (int)(deadline - now_ms());
+        struct pollfd p = { .fd = fd, .events = POLLIN };
+        int pr = left > 0 ? poll(&p, 1, left) : 0;
+        if (pr < 0 && errno == EINTR)
+            continue;
+        if (pr <= 0) {
+            fprintf(stderr, "nebulactl: no reply within %d ms\n", timeout_ms);
+            break;
+        }
+        if (have == cap) {
+            if (cap >= REPLY_MAX) {
+                fprintf(stderr, "nebulactl: reply larger than %zu bytes\n", REPLY_MAX);
+                break;
+            }
+            char *nb = realloc(buf, cap * 2);
+            if (!nb)
+                break;
+            buf = nb;
+            cap *= 2;
+        }
+        ssize_t n = recv(fd, buf + have, cap - have, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            fprintf(stderr, "nebulactl: the daemon closed the connection without a reply\n");
+            break;
+        }
+        have += (size_t)n;
+    }
+    free(buf);
+    return NULL;
+}
+
+/* ---- human formatting ---------------------------------------------------------------- */
+
+static const char *str(json_t *o, const char *k)
+{
+    const char *s = json_string_value(json_object_get(o, k));
+    return s ? s : "-";
+}
+
+/* A number, or "-" when null/missing. */
+static const char *num(char *buf, size_t n, json_t *o, const char *k, const char *fmt, double scale)
+{
+    json_t *v = json_object_get(o, k);
+    if (!json_is_number(v))
+        return "-";
+    snprintf(buf, n, fmt, json_number_value(v) * scale);
+    return buf;
+}
+
+static const char *bytes(char *buf, size_t n, json_t *o, const char *k)
+{
+    json_t *v = json_object_get(o, k);
+    if (!json_is_number(v))
+        return "-";
+    double b = json_number_value(v);
+    const char *u[] = { "B", "KiB", "MiB", "GiB", "TiB" };
+    int i = 0;
+    while (b >= 1024 && i < 4) {
+        b /= 1024;
+        i++;
+    }
+    snprintf(buf, n, i ? "%.1f %s" : "%.0f %s", b, u[i]);
+    return buf;
+}
+
+static int print_status(const ctl_opts_t *o, json_t *r)
+{
+    char a[64], b[64], c[64], d[64];
+    printf("name      %s\n", str(r, "name"));
+    printf("role      %s\n", str(r, "role"));
+    printf("version   %s\n", str(r, "version"));
+    printf("state     %s (%s)\n", str(r, "state"), str(r, "detail"));
+    printf("uptime    %s s\n", num(a, sizeof a, r, "uptime_s", "%.1f", 1));
+    printf("pid       %s\n", num(a, sizeof a, r, "pid", "%.0f", 1));
+    printf("listen    %s\n", str(r, "listen"));
+    json_t *peers = json_object_get(r, "peers");
+    printf("\n%-16s %-12s %-24s %-11s %8s %10s %10s %10s\n", "PEER", "ROLE", "ADDRESS", "STATE", "RTT_MS",
+           "MBIT/S", "SENT", "RECEIVED");
+    size_t i;
+    json_t *p;
+    json_array_foreach(peers, i, p)
+    {
+        printf("%-16s %-12s %-24s %-11s %8s %10s %10s %10s\n", str(p, "name"), str(p, "role"), str(p, "address"),
+               str(p, "state"), num(a, sizeof a, p, "rtt_ms", "%.1f", 1),
+               num(b, sizeof b, p, "bandwidth_mbps", "%.1f", 1), bytes(c, sizeof c, p, "bytes_sent"),
+               bytes(d, sizeof d, p, "bytes_received"));
+    }
+    if (json_array_size(peers) == 0)
+        printf("(no peers)\n");
+    json_t *j = json_object_get(r, "job");
+    if (!json_is_object(j)) {
+        printf("\njob       none on this daemon\n");
+        return EXIT_OK;
+    }
+    char e[64];
+    printf("\njob       step %s/%s  loss %s  tokens/s %s  step %s s\n", num(a, sizeof a, j, "step", "%.0f", 1),
+           num(b, sizeof b, j, "steps", "%.0f", 1), num(c, sizeof c, j, "loss", "%.4f", 1),
+           num(d, sizeof d, j, "tokens_per_s", "%.0f", 1), num(e, sizeof e, j, "step_time_s", "%.3f", 1));
+    printf("bubble    measured %s%%  predicted %s%%\n", num(a, sizeof a, j, "bubble_measured", "%.1f", 100),
+           num(b, sizeof b, j, "bubble_predicted", "%.1f", 100));
+    printf("traffic   raw %s  wire %s  ratio %s\n", bytes(a, sizeof a, j, "bytes_raw"),
+           bytes(b, sizeof b, j, "bytes_wire"), num(c, sizeof c, j, "compression_ratio", "%.2f", 1));
+    json_t *codecs = json_object_get(j, "codecs");
+    printf("plan      micro-batches %s  schedule %s  codecs forward %s backward %s\n",
+           json_integer_value(json_object_get(j, "micro_batches")) ? num(a, sizeof a, j, "micro_batches", "%.0f", 1)
+                                                                   : "auto",
+           str(j, "schedule"), str(codecs, "forward"), str(codecs, "backward"));
+    return EXIT_OK;
+}
+
+static int print_metrics(const ctl_opts_t *o, json_t *r)
+{
+    fputs(str(r, "text"), stdout);
+    return EXIT_OK;
+}
+
+static int print_trace(const ctl_opts_t *o, json_t *r)
+{
+    json_t *t = json_object_get(r, "trace");
+    if (!json_is_object(t)) {
+        fprintf(stderr, "nebulactl: reply has no trace\n");
+        return EXIT_PROTO;
+    }
+    if (!o->out)
+        return json_dumpf(t, stdout, JSON_COMPACT) == 0 && putchar('\n') != EOF ? EXIT_OK : EXIT_OUTPUT;
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp", o->out);
+    /* Written to a temporary name and renamed: no half-written trace file. */
+    if (json_dump_file(t, tmp, JSON_COMPACT) != 0 || rename(tmp, o->out) != 0) {
+        fprintf(stderr, "nebulactl: cannot write %s: %s\n", o->out, strerror(errno));
+        unlink(tmp);
+        return EXIT_OUTPUT;
+    }
+    size_t n = 0, i;
+    json_t *ev;
+    json_array_foreach(json_object_get(t, "traceEvents"), i, ev)
+        n += strcmp(str(ev, "ph"), "X") == 0;
+    printf("wrote %zu events to %s\n", n, o->out);
+    return EXIT_OK;
+}
+
+static int print_stop(const ctl_opts_t *o, json_t *r)
+{
+    printf("stopping\n");
+    return EXIT_OK;
+}
+
+static const ctl_cmd_t commands[] = {
+    { "status", "state, peers and job", print_status },
+    { "metrics", "Prometheus text", print_metrics },
+    { "trace", "Chrome trace JSON", print_trace },
+    { "stop", "orderly stop", print_stop },
+};
+
+/* ---- main ------------------------------------------------------------------------ */
+
+static const char *default_socket(char *buf, size_t n)
+{
+    const char *env = getenv("NEBULA_SOCKET");
+    if (env && *env)
+        return env;
+    glob_t g;
+    const char *r = NULL;
+    if (glob("/run/nebula/*.sock", 0, NULL, &g) == 0) {
+        if (g.gl_pathc == 1) {
+            snprintf(buf, n, "%s", g.gl_pathv[0]);
+            r = buf;
+        }
+        globfree(&g);
+    }
+    return r;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "socket", required_argument, NULL, 's' }, { "name", required_argument, NULL, 'n' },
+        { "json", no_argument, NULL, 'j' },         { "timeout", required_argument, NULL, 't' },
+        { "output", required_argument, NULL, 'o' }, { "steps", required_argument, NULL, 'S' },
+        { "help", no_argument, NULL, 'h' },         { "version", no_argument, NULL, 'V' },
+        { 0 },
+    };
+    ctl_opts_t o = { .steps = -1, .timeout_ms = 10000 };
+    char namebuf[512], globbuf[512];
+    int c;
+    char *end;
+    while ((c = getopt_long(argc, argv, "s:n:jt:o:hV", opts, NULL)) != -1) {
+        switch (c) {
+        case 's': o.socket = optarg; break;
+        case 'n':
+            if (!*optarg || strchr(optarg, '/')) {
+                fprintf(stderr, "nebulactl: bad --name '%s'\n", optarg);
+                return EXIT_USAGE;
+            }
+            snprintf(namebuf, sizeof namebuf, "/run/nebula/%s.sock", optarg);
+            o.socket = namebuf;
+            break;
+        case 'j': o.json = true; break;
+        case 't': {
+            double t = strtod(optarg, &end);
+            if (*end || !(t > 0 && t <= 86400)) {
+                fprintf(stderr, "nebulactl: --timeout wants seconds in (0, 86400], got '%s'\n", optarg);
+                return EXIT_USAGE;
+            }
+            o.timeout_ms = (int)(t * 1000);
+            break;
+        }
+        case 'o': o.out = optarg; break;
+        case 'S':
+            o.steps = strtol(optarg, &end, 10);
+            if (*end || o.steps < 0) {
+                fprintf(stderr, "nebulactl: --steps wants a non-negative integer, got '%s'\n", optarg);
+                return EXIT_USAGE;
+            }
+            break;
+        case 'h': usage(stdout); return EXIT_OK;
+        case 'V': printf("nebulactl %s\n", NB_VERSION); return EXIT_OK;
+        default: usage(stderr); return EXIT_USAGE;
+        }
+    }
+    if (optind != argc - 1) {
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    const char *name = argv[optind];
+    const ctl_cmd_t *cmd = NULL;
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (strcmp(commands[i].name, name) == 0)
+            cmd = &commands[i];
+    if (!cmd) {
+        fprintf(stderr, "nebulactl: unknown command '%s'\n", name);
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    if ((o.out || o.steps >= 0) && strcmp(name, "trace") != 0) {
+        fprintf(stderr, "nebulactl: -o and --steps apply to trace only\n");
+        return EXIT_USAGE;
+    }
+    if (!o.socket && !(o.socket = default_socket(globbuf, sizeof globbuf))) {
+        fprintf(stderr, "nebulactl: which daemon? give --socket PATH or --name NAME\n");
+        return EXIT_USAGE;
+    }
+    int fd = connect_socket(o.socket);
+    if (fd < 0)
+        return EXIT_CONNECT;
+    json_t *req = json_pack("{s:s}", "cmd", name);
+    if (o.steps >= 0)
+        json_object_set_new(req, "steps", json_integer(o.steps));
+    json_t *reply = roundtrip(fd, req, o.timeout_ms);
+    json_decref(req);
+    close(fd);
+    if (!reply)
+        return EXIT_PROTO;
+    int rc;
+    if (!json_is_true(json_object_get(reply, "ok"))) {
+        const char *e = json_string_value(json_object_get(reply, "error"));
+        if (o.json)
+            json_dumpf(reply, stdout, JSON_COMPACT), putchar('\n');
+        fprintf(stderr, "nebulactl: %s: %s\n", o.socket, e ? e : "error reply");
+        rc = EXIT_REPLY;
+    } else if (o.json && !o.out) {
+        rc = json_dumpf(reply, stdout, JSON_COMPACT) == 0 && putchar('\n') != EOF ? EXIT_OK : EXIT_OUTPUT;
+    } else {
+        rc = cmd->print(&o, reply);
+    }
+    json_decref(reply);
+    return rc;
+}
