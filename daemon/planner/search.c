@@ -25,17 +25,17 @@ static void seterr(char *err, size_t len, const char *fmt, ...)
 }
 
 /* Compute per micro-batch of stage s with L layers, codec work included. */
-static double stage_time(const nb_cost_t *cost, const nb_cost_model_t *mdl, int p, int s, int L,
-                         double n, const nb_cost_codec_t *cf, const nb_cost_codec_t *cb,
-                         double *tf_out, double *tb_out)
+static double stage_time_w(const nb_cost_t *cost, const nb_cost_model_t *mdl, int s, int L,
+                           double n, const nb_cost_codec_t *cf, const nb_cost_codec_t *cb,
+                           int wire_in, int wire_out, double *tf_out, double *tb_out)
 {
     double raw = n * mdl->boundary_bytes_per_sample;
     double tf = nb_cost_fwd(cost, s, L, n), tb = nb_cost_bwd(cost, s, L, n);
-    if (s > 0) {
+    if (wire_in) {
         tf += cf->dec_per_byte * raw; /* decode incoming activations */
         tb += cb->enc_per_byte * raw; /* encode outgoing input gradient */
     }
-    if (s < p - 1) {
+    if (wire_out) {
         tf += cf->enc_per_byte * raw;
         tb += cb->dec_per_byte * raw;
     }
@@ -44,6 +44,15 @@ static double stage_time(const nb_cost_t *cost, const nb_cost_model_t *mdl, int 
     if (tb_out)
         *tb_out = tb;
     return tf + tb;
+}
+
+/* Compute per micro-batch of stage s with L layers, codec work included
+ * (every boundary a wire). */
+static double stage_time(const nb_cost_t *cost, const nb_cost_model_t *mdl, int p, int s, int L,
+                         double n, const nb_cost_codec_t *cf, const nb_cost_codec_t *cb,
+                         double *tf_out, double *tb_out)
+{
+    return stage_time_w(cost, mdl, s, L, n, cf, cb, s > 0, s < p - 1, tf_out, tb_out);
 }
 
 int nb_plan_sim_input(const nb_cost_t *cost, const nb_cost_model_t *mdl, const nb_plan_cand_t *c,
@@ -59,9 +68,20 @@ int nb_plan_sim_input(const nb_cost_t *cost, const nb_cost_model_t *mdl, const n
     in->m = c->m;
     in->sched = c->sched;
     double raw = c->mb_size * mdl->boundary_bytes_per_sample;
+    if (c->use_placement) {
+        in->use_placement = 1;
+        memcpy(in->placement, c->placement, (size_t)p * sizeof(int));
+    }
     for (int s = 0; s < p; s++) {
-        stage_time(cost, mdl, p, s, c->layers[s], c->mb_size, cf, cb, &in->tf[s], &in->tb[s]);
-        if (s < p - 1) {
+        int local_in = s > 0 && c->use_placement && c->placement[s - 1] == c->placement[s];
+        int local_out =
+            s < p - 1 && c->use_placement && c->placement[s] == c->placement[s + 1];
+        stage_time_w(cost, mdl, s, c->layers[s], c->mb_size, cf, cb, s > 0 && !local_in,
+                     s < p - 1 && !local_out, &in->tf[s], &in->tb[s]);
+        if (local_out) {
+            /* Same daemon: no wire, and no codec either way. */
+            in->xf[s] = in->lf[s] = in->xb[s] = in->lb[s] = 0;
+        } else if (s < p - 1) {
             const nb_cost_link_t *l = &cost->link[s];
             in->xf[s] = nb_cost_xfer_busy(&l->dir[NB_DIR_FWD], cf, raw);
             in->lf[s] = l->dir[NB_DIR_FWD].latency;
@@ -81,11 +101,14 @@ static int fits(const nb_cost_t *cost, int s, double need)
 /* Min-max contiguous split by dynamic programming; 0, 1 when no split fits
  * in memory, or NB_ENOMEM. best[s][k]: the slowest stage time when stages 0..s hold
  * the first k layers. */
-static int split_layers(const nb_cost_t *cost, const nb_cost_model_t *mdl, int p,
+static int split_layers(const nb_cost_t *cost, const nb_cost_model_t *mdl, int p, int pb,
                         const int *inflight, double n, const nb_cost_codec_t *cf,
                         const nb_cost_codec_t *cb, int *layers)
 {
     int L = mdl->n_layers;
+    /* Blocks go to stages 0..pb-1; a head-only last stage (pb = p-1) keeps 0. */
+    if (pb < p)
+        layers[p - 1] = 0;
     size_t cells = (size_t)p * (size_t)(L + 1);
     double *best = malloc(cells * sizeof(double));
     int *from = malloc(cells * sizeof(int));
@@ -97,8 +120,8 @@ static int split_layers(const nb_cost_t *cost, const nb_cost_model_t *mdl, int p
     for (size_t i = 0; i < cells; i++)
         best[i] = INFINITY, from[i] = -1;
 #define AT(s, k) ((size_t)(s) * (size_t)(L + 1) + (size_t)(k))
-    for (int s = 0; s < p; s++) {
-        for (int k = s + 1; k <= L - (p - 1 - s); k++) {
+    for (int s = 0; s < pb; s++) {
+        for (int k = s + 1; k <= L - (pb - 1 - s); k++) {
             for (int j = s; j < k; j++) { /* stages 0..s-1 hold j layers */
                 double prev = s == 0 ? (j == 0 ? 0 : INFINITY) : best[AT(s - 1, j)];
                 if (!isfinite(prev))
@@ -116,9 +139,9 @@ static int split_layers(const nb_cost_t *cost, const nb_cost_model_t *mdl, int p
         }
     }
     int rc = 1;
-    if (isfinite(best[AT(p - 1, L)])) {
+    if (isfinite(best[AT(pb - 1, L)])) {
         int k = L;
-        for (int s = p - 1; s >= 0; s--) {
+        for (int s = pb - 1; s >= 0; s--) {
             int j = from[AT(s, k)];
             NB_CHECK(j >= 0 && j < k);
             layers[s] = k - j;
@@ -133,20 +156,38 @@ static int split_layers(const nb_cost_t *cost, const nb_cost_model_t *mdl, int p
     return rc;
 }
 
-static void even_split(int L, int p, int *layers)
+static void even_split(int L, int p, int pb, int *layers)
 {
-    for (int s = 0; s < p; s++)
-        layers[s] = L / p + (s < L % p ? 1 : 0);
+    for (int s = 0; s < pb; s++)
+        layers[s] = L / pb + (s < L % pb ? 1 : 0);
+    for (int s = pb; s < p; s++)
+        layers[s] = 0;
 }
 
 /* K for 1f1b:auto: enough extra warm-up per boundary to cover the slowest
  * round trip's transfers with the fastest stage's work (even split). */
-static int auto_depth(const nb_cost_t *cost, const nb_cost_model_t *mdl, nb_plan_cand_t *c)
+/* How stages map onto blocks and daemons for one request. */
+typedef struct {
+    int pb;                                /* stages holding blocks: p, or p-1 */
+    int by_daemon;                         /* memory limits per daemon */
+    int placement[NB_COST_MAX_STAGES];     /* daemon of each stage */
+} shape_t;
+
+static void shape_identity(shape_t *sh, int p)
+{
+    memset(sh, 0, sizeof *sh);
+    sh->pb = p;
+    for (int s = 0; s < p; s++)
+        sh->placement[s] = s;
+}
+
+static int auto_depth(const nb_cost_t *cost, const nb_cost_model_t *mdl, const shape_t *sh,
+                      nb_plan_cand_t *c)
 {
     int p = cost->p;
     if (p < 2)
         return 1;
-    even_split(mdl->n_layers, p, c->layers);
+    even_split(mdl->n_layers, p, sh->pb, c->layers);
     nb_sim_input_t in;
     c->sched.extra = 0;
     NB_CHECK(nb_plan_sim_input(cost, mdl, c, &in) == 0);
@@ -164,22 +205,36 @@ static int auto_depth(const nb_cost_t *cost, const nb_cost_model_t *mdl, nb_plan
 
 /* Memory check and simulation of a candidate whose m, schedule, codecs,
  * in-flight counts and split are set. */
-static int finish(const nb_cost_t *cost, const nb_cost_model_t *mdl, nb_plan_cand_t *c,
-                  char *err, size_t errlen)
+static int finish(const nb_cost_t *cost, const nb_cost_model_t *mdl, const shape_t *sh,
+                  nb_plan_cand_t *c, char *err, size_t errlen)
 {
     int p = cost->p;
     c->feasible = 1;
     c->oom_stage = -1;
     double worst = 0;
-    for (int s = 0; s < p; s++) {
+    for (int s = 0; s < p; s++)
         c->mem[s] = nb_cost_stage_mem(mdl, p, s, c->layers[s], c->inflight[s], c->mb_size);
+    for (int s = 0; s < p; s++) {
+        /* With a placement, a daemon's first stage carries the limit and
+         * the sum of the stages it hosts. */
+        double need = c->mem[s];
+        if (sh->by_daemon) {
+            int first = 1;
+            for (int t = 0; t < s; t++)
+                first &= sh->placement[t] != sh->placement[s];
+            if (!first)
+                continue;
+            for (int t = s + 1; t < p; t++)
+                if (sh->placement[t] == sh->placement[s])
+                    need += c->mem[t];
+        }
         double lim = cost->stage[s].mem_limit;
-        if (lim > 0 && c->mem[s] > lim) {
+        if (lim > 0 && need > lim) {
             c->feasible = 0;
-            if (c->oom_stage < 0 || c->mem[s] - lim > worst) {
-                worst = c->mem[s] - lim;
+            if (c->oom_stage < 0 || need - lim > worst) {
+                worst = need - lim;
                 c->oom_stage = s;
-                c->oom_need = c->mem[s];
+                c->oom_need = need;
                 c->oom_limit = lim;
             }
         }
@@ -202,10 +257,10 @@ static int finish(const nb_cost_t *cost, const nb_cost_model_t *mdl, nb_plan_can
  * across a boundary while the simulated step gets faster. The min-max split
  * only balances the slowest stage; fill and drain also depend on the other
  * stages (a slow stage that is not the bottleneck still lengthens them). */
-static int refine_split(const nb_cost_t *cost, const nb_cost_model_t *mdl, nb_plan_cand_t *c,
-                        char *err, size_t errlen)
+static int refine_split(const nb_cost_t *cost, const nb_cost_model_t *mdl, const shape_t *sh,
+                        nb_plan_cand_t *c, char *err, size_t errlen)
 {
-    int p = cost->p;
+    int p = sh->pb; /* a head-only last stage keeps its 0 blocks */
     for (int iter = 0; iter < mdl->n_layers * p; iter++) {
         nb_plan_cand_t best = *c;
         for (int b = 0; b + 1 < p; b++)
@@ -216,7 +271,7 @@ static int refine_split(const nb_cost_t *cost, const nb_cost_model_t *mdl, nb_pl
                 nb_plan_cand_t t = *c;
                 t.layers[from]--;
                 t.layers[to]++;
-                int rc = finish(cost, mdl, &t, err, errlen);
+                int rc = finish(cost, mdl, sh, &t, err, errlen);
                 if (rc < 0)
                     return rc;
                 if (t.feasible && t.step_time < best.step_time * (1 - 1e-12))
@@ -315,10 +370,6 @@ int nb_plan_search(const nb_cost_t *cost, const nb_plan_req_t *req, nb_plan_resu
         seterr(err, errlen, "stages: the request has %d, the measurements %d", p, cost->p);
         return NB_EINVAL;
     }
-    if (mdl->n_layers < p) {
-        seterr(err, errlen, "n_layers: %d blocks cannot fill %d stages", mdl->n_layers, p);
-        return NB_EINVAL;
-    }
     if (mdl->global_batch < 1) {
         seterr(err, errlen, "global_batch: must be >= 1 (is %d)", mdl->global_batch);
         return NB_EINVAL;
@@ -330,11 +381,38 @@ int nb_plan_search(const nb_cost_t *cost, const nb_plan_req_t *req, nb_plan_resu
                        d == NB_DIR_FWD ? "forward" : "backward");
                 return NB_EINVAL;
             }
+    shape_t sh;
+    shape_identity(&sh, p);
+    if (req->head_only_last) {
+        if (p < 2) {
+            seterr(err, errlen, "head_only_last: needs at least 2 stages");
+            return NB_EINVAL;
+        }
+        sh.pb = p - 1;
+    }
+    if (req->use_placement) {
+        for (int s = 0; s < p; s++) {
+            if (req->placement[s] < 0) {
+                seterr(err, errlen, "placement: stage %d has daemon %d", s, req->placement[s]);
+                return NB_EINVAL;
+            }
+            sh.placement[s] = req->placement[s];
+        }
+        sh.by_daemon = 1;
+    }
+    if (mdl->n_layers < sh.pb) {
+        seterr(err, errlen, "n_layers: %d blocks cannot fill %d stages", mdl->n_layers, sh.pb);
+        return NB_EINVAL;
+    }
     int fixed = 1, fixed_sum = 0;
-    for (int s = 0; s < p; s++) {
+    for (int s = 0; s < sh.pb; s++) {
         if (req->fixed_layers[s] <= 0)
             fixed = 0;
         fixed_sum += req->fixed_layers[s];
+    }
+    if (fixed && sh.pb < p && req->fixed_layers[p - 1] != 0) {
+        seterr(err, errlen, "layer split: the head-only last stage must hold 0 blocks");
+        return NB_EINVAL;
     }
     if (fixed && fixed_sum != mdl->n_layers) {
         seterr(err, errlen, "layer split: sums to %d, the model has %d blocks", fixed_sum,
@@ -388,8 +466,10 @@ int nb_plan_search(const nb_cost_t *cost, const nb_plan_req_t *req, nb_plan_resu
                     c->sched = scheds[si];
                     c->fwd_codec = fidx[fi];
                     c->bwd_codec = bidx[bi];
+                    c->use_placement = sh.by_daemon;
+                    memcpy(c->placement, sh.placement, sizeof c->placement);
                     if (c->sched.kind == NB_SCHED_1F1B && c->sched.extra == NB_PLAN_EXTRA_AUTO) {
-                        c->sched.extra = auto_depth(cost, mdl, c);
+                        c->sched.extra = auto_depth(cost, mdl, &sh, c);
                         /* Already in the list explicitly: not twice. */
                         int dup = 0;
                         for (int j = 0; j < ns; j++)
@@ -414,7 +494,7 @@ int nb_plan_search(const nb_cost_t *cost, const nb_plan_req_t *req, nb_plan_resu
                     if (fixed)
                         memcpy(c->layers, req->fixed_layers, (size_t)p * sizeof(int));
                     else
-                        rc = split_layers(cost, mdl, p, c->inflight, n,
+                        rc = split_layers(cost, mdl, p, sh.pb, c->inflight, n,
                                           &cost->codec[c->fwd_codec],
                                           &cost->codec[c->bwd_codec], c->layers);
                     if (rc < 0) {
@@ -422,8 +502,8 @@ int nb_plan_search(const nb_cost_t *cost, const nb_plan_req_t *req, nb_plan_resu
                         return rc;
                     }
                     if (rc > 0)
-                        even_split(mdl->n_layers, p, c->layers);
-                    rc = finish(cost, mdl, c, err, errlen);
+                        even_split(mdl->n_layers, p, sh.pb, c->layers);
+                    rc = finish(cost, mdl, &sh, c, err, errlen);
                     if (rc < 0) {
                         nb_plan_result_free(out);
                         return rc;
@@ -440,7 +520,7 @@ int nb_plan_search(const nb_cost_t *cost, const nb_plan_req_t *req, nb_plan_resu
          * rank again. */
         int top = out->nfeasible < NB_PLAN_REFINE_TOP ? out->nfeasible : NB_PLAN_REFINE_TOP;
         for (int i = 0; i < top; i++) {
-            int rc = refine_split(cost, mdl, &out->cand[i], err, errlen);
+            int rc = refine_split(cost, mdl, &sh, &out->cand[i], err, errlen);
             if (rc < 0) {
                 nb_plan_result_free(out);
                 return rc;
@@ -535,6 +615,13 @@ const char *nb_plan_oom_line(const nb_cost_model_t *mdl, int p, const nb_plan_ca
         snprintf(buf, len, "fits in memory");
         return buf;
     }
+    if (fabs(c->oom_need - c->mem[s]) > 0.5) {
+        snprintf(buf, len,
+                 "the daemon hosting stage %d and the stages placed with it needs %.2f GiB at "
+                 "m=%d (micro-batch %g; stage %d alone %.2f GiB), limit %.2f GiB",
+                 s, c->oom_need / GIB, c->m, c->mb_size, s, c->mem[s] / GIB, c->oom_limit / GIB);
+        return buf;
+    }
     double stash = nb_cost_stage_mem(mdl, p, s, c->layers[s], c->inflight[s], c->mb_size) -
                    nb_cost_stage_mem(mdl, p, s, c->layers[s], 0, c->mb_size);
     snprintf(buf, len,
@@ -565,7 +652,7 @@ int nb_plan_evaluate(const nb_cost_t *cost, const nb_cost_model_t *mdl, int m,
     }
     int sum = 0;
     for (int s = 0; s < p; s++) {
-        if (layers[s] < 1) {
+        if (layers[s] < (s == p - 1 && p > 1 ? 0 : 1)) {
             seterr(err, errlen, "layer split: stage %d has %d blocks", s, layers[s]);
             return NB_EINVAL;
         }
@@ -590,7 +677,11 @@ int nb_plan_evaluate(const nb_cost_t *cost, const nb_cost_model_t *mdl, int m,
         }
         out->inflight[s] = w;
     }
-    int rc = finish(cost, mdl, out, err, errlen);
+    shape_t sh;
+    shape_identity(&sh, p);
+    if (layers[p - 1] == 0 && p > 1)
+        sh.pb = p - 1;
+    int rc = finish(cost, mdl, &sh, out, err, errlen);
     if (rc < 0)
         return rc;
     if (!out->feasible) {

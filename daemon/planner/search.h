@@ -42,6 +42,14 @@ typedef struct {
     const char *fwd_codecs[NB_PLAN_MAX_CHOICES];
     const char *bwd_codecs[NB_PLAN_MAX_CHOICES];
     int fixed_layers[NB_COST_MAX_STAGES]; /* all > 0: pinned split; else searched */
+    /* U-shape: the last stage holds the head (and loss) and no blocks; it
+     * lives on the first stage's daemon. Blocks go to stages 0..p-2. */
+    int head_only_last;
+    /* When set, placement[s] is the daemon hosting stage s, and memory
+     * limits apply per daemon: the limit of the daemon's first stage
+     * against the sum of its stages' memory. */
+    int use_placement;
+    int placement[NB_COST_MAX_STAGES];
     double tie_rel;         /* near-tie window; 0: 0.005 (0.5%) */
 } nb_plan_req_t;
 
@@ -51,6 +59,8 @@ typedef struct {
     nb_sched_spec_t sched;
     int fwd_codec, bwd_codec; /* indices into cost->codec */
     int layers[NB_COST_MAX_STAGES];
+    int use_placement; /* copied from the request */
+    int placement[NB_COST_MAX_STAGES];
     double step_time, bubble;
     double samples_per_s;
     double mem[NB_COST_MAX_STAGES];
@@ -80,7 +90,9 @@ int nb_plan_search(const nb_cost_t *cost, const nb_plan_req_t *req, nb_plan_resu
 void nb_plan_result_free(nb_plan_result_t *r);
 
 /* The simulator input for one candidate: op times including codec work on
- * the compute thread, wire busy and latency per boundary. */
+ * the compute thread, wire busy and latency per boundary. With a placement,
+ * stages on one daemon share its compute unit and a boundary between two of
+ * them costs nothing (tensors stay in memory). */
 int nb_plan_sim_input(const nb_cost_t *cost, const nb_cost_model_t *mdl,
                       const nb_plan_cand_t *c, nb_sim_input_t *in);
 
@@ -93,7 +105,8 @@ int nb_plan_print(FILE *f, const nb_cost_t *cost, const nb_plan_result_t *r, int
 /* Predicts one fully specified plan (a plan pinned in the job config, or
  * one point of a validation sweep): m must divide the global batch, codecs
  * are specs known to cost, layers has cost->p entries summing to
- * mdl->n_layers. Fills *out (step time, bubble, memory) and returns 0;
+ * mdl->n_layers (each >= 1, except 0 on a head-only last stage; limits are
+ * checked per stage, not per daemon). Fills *out (step time, bubble, memory) and returns 0;
  * NB_ELIMIT when a stage does not fit (out filled, err from
  * nb_plan_oom_line: the numbers to refuse the plan with); NB_EINVAL with err
  * naming the bad argument. */

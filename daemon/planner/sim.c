@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "daemon/planner/sched_exec.h"
 #include "kernels/common.h"
 
 static int finite_nonneg(double v) { return isfinite(v) && v >= 0; }
@@ -48,27 +49,62 @@ int nb_sim_run(const nb_sim_input_t *in, nb_sim_result_t *out, nb_sim_event_t *e
     const int p = in->p, m = in->m;
     int per_stage_max = nb_sched_count(p, m, p > 1 ? 1 : 0);
     size_t pm = (size_t)p * (size_t)m;
-    /* One allocation: op lists, then arrival times. */
-    nb_sched_op_t *ops = malloc((size_t)p * (size_t)per_stage_max * sizeof *ops);
+    nb_sched_op_t *ops = NULL; /* nu lists of stride ops each, allocated below */
     double *act_arr = malloc(pm * sizeof(double));  /* [s*m+mb], s >= 1 */
     double *grad_arr = malloc(pm * sizeof(double)); /* [s*m+mb], s <= p-2 */
     int nev_total = 2 * m * p + 2 * m * (p - 1);
     nb_sim_event_t *all = malloc((size_t)nev_total * sizeof *all);
     int rc = 0;
-    if (!ops || !act_arr || !grad_arr || !all) {
+    if (!act_arr || !grad_arr || !all) {
         rc = NB_ENOMEM;
         goto out;
     }
-    int len[NB_SIM_MAX_STAGES], pos[NB_SIM_MAX_STAGES];
-    for (int s = 0; s < p; s++) {
-        int n = nb_sched_build_spec(&in->sched, p, m, s, ops + (size_t)s * per_stage_max,
-                                    per_stage_max);
+    /* Compute units: one per stage, or one per daemon with a placement,
+     * whose ops run in the merged order the daemon runs them in. */
+    int nu = 0, len[NB_SIM_MAX_STAGES], pos[NB_SIM_MAX_STAGES];
+    if (in->use_placement) {
+        for (int s = 0; s < p; s++) {
+            if (in->placement[s] < 0 || in->placement[s] >= p) {
+                rc = NB_EINVAL;
+                goto out;
+            }
+            if (in->placement[s] + 1 > nu)
+                nu = in->placement[s] + 1;
+        }
+    } else {
+        nu = p;
+    }
+    /* A daemon's merged list holds all of its stages' ops. */
+    int stride = per_stage_max;
+    for (int u = 0; in->use_placement && u < nu; u++) {
+        int n = nb_sched_daemon_count(p, m, in->placement, u);
+        if (n > stride)
+            stride = n;
+    }
+    ops = malloc((size_t)nu * (size_t)stride * sizeof *ops);
+    if (!ops) {
+        rc = NB_ENOMEM;
+        goto out;
+    }
+    for (int u = 0; u < nu; u++) {
+        nb_sched_op_t *dst = ops + (size_t)u * stride;
+        int n;
+        if (in->use_placement) {
+            n = nb_sched_daemon_count(p, m, in->placement, u);
+            if (n == 0) {
+                len[u] = pos[u] = 0;
+                continue;
+            }
+            n = nb_sched_build_daemon(&in->sched, p, m, in->placement, u, 0, dst, stride);
+        } else {
+            n = nb_sched_build_spec(&in->sched, p, m, u, dst, per_stage_max);
+        }
         if (n < 0) {
             rc = n;
             goto out;
         }
-        len[s] = n;
-        pos[s] = 0;
+        len[u] = n;
+        pos[u] = 0;
     }
     for (size_t i = 0; i < pm; i++)
         act_arr[i] = grad_arr[i] = -1;
@@ -77,16 +113,16 @@ int nb_sim_run(const nb_sim_input_t *in, nb_sim_result_t *out, nb_sim_event_t *e
     double wire_f[NB_SIM_MAX_STAGES] = {0}, wire_b[NB_SIM_MAX_STAGES] = {0};
     int inflight[NB_SIM_MAX_STAGES] = {0};
     int k = 0, remaining = 0;
-    for (int s = 0; s < p; s++)
-        remaining += len[s];
+    for (int u = 0; u < nu; u++)
+        remaining += len[u];
     while (remaining > 0) {
         int progress = 0;
-        for (int s = 0; s < p; s++) {
-            const nb_sched_op_t *list = ops + (size_t)s * per_stage_max;
-            /* Run every op of this stage whose input is known. */
-            while (pos[s] < len[s]) {
-                const nb_sched_op_t *op = &list[pos[s]];
-                int mb = op->mb;
+        for (int u = 0; u < nu; u++) {
+            const nb_sched_op_t *list = ops + (size_t)u * stride;
+            /* Run every op of this unit whose input is known. */
+            while (pos[u] < len[u]) {
+                const nb_sched_op_t *op = &list[pos[u]];
+                int mb = op->mb, s = op->stage;
                 if (op->kind == NB_OP_FWD || op->kind == NB_OP_BWD) {
                     int fwd = op->kind == NB_OP_FWD;
                     double ready = 0;
@@ -96,10 +132,10 @@ int nb_sim_run(const nb_sim_input_t *in, nb_sim_result_t *out, nb_sim_event_t *e
                         ready = grad_arr[s * m + mb];
                     if (ready < 0)
                         break; /* not arrived yet */
-                    double start = fmax(free_at[s], ready);
+                    double start = fmax(free_at[u], ready);
                     double dur = fwd ? in->tf[s] : in->tb[s];
                     double end = start + dur;
-                    free_at[s] = end;
+                    free_at[u] = end;
                     out->busy[s] += dur;
                     all[k++] = (nb_sim_event_t){fwd ? NB_SIM_EV_FWD : NB_SIM_EV_BWD, s, mb,
                                                 start, end};
@@ -130,7 +166,7 @@ int nb_sim_run(const nb_sim_input_t *in, nb_sim_result_t *out, nb_sim_event_t *e
                     }
                 }
                 /* Transfer ops are modelled by the wires above. */
-                pos[s]++;
+                pos[u]++;
                 remaining--;
                 progress = 1;
             }

@@ -35,6 +35,11 @@ typedef struct {
     /* Boundary s (between stage s and s+1), s < p-1: */
     double xf[NB_SIM_MAX_STAGES], lf[NB_SIM_MAX_STAGES]; /* activations: busy, latency */
     double xb[NB_SIM_MAX_STAGES], lb[NB_SIM_MAX_STAGES]; /* gradients: busy, latency */
+    /* Optional: placement[s] = daemon (0..p-1) hosting stage s. Stages on one
+     * daemon share its compute unit and run in the merged order of
+     * nb_sched_build_daemon (U-shape). 0: one unit per stage. */
+    int use_placement;
+    int placement[NB_SIM_MAX_STAGES];
 } nb_sim_input_t;
 
 typedef enum {

@@ -278,6 +278,64 @@ static void test_ties(void **state)
     nb_plan_result_free(&r);
 }
 
+/* U-shape: stage 2 is the head on stage 0's daemon, with no blocks; the
+ * daemon's memory limit covers both of its stages. */
+static void test_u_shape(void **state)
+{
+    (void)state;
+    nb_cost_t c;
+    world(&c, 3, 100, 20);
+    nb_plan_req_t req = request(3);
+    req.head_only_last = 1;
+    req.use_placement = 1;
+    req.placement[0] = 0, req.placement[1] = 1, req.placement[2] = 0;
+    req.model.head_params = 39e6; /* untied head */
+    nb_plan_result_t r;
+    char err[512];
+    assert_int_equal(nb_plan_search(&c, &req, &r, err, sizeof err), 0);
+    assert_int_equal(r.nfeasible, r.n);
+    for (int i = 0; i < r.n; i++) {
+        assert_int_equal(r.cand[i].layers[2], 0);
+        assert_int_equal(r.cand[i].layers[0] + r.cand[i].layers[1], 12);
+        assert_true(r.cand[i].layers[0] >= 1 && r.cand[i].layers[1] >= 1);
+        assert_true(r.cand[i].mem[2] > 39e6 * 16 - 1);
+    }
+    /* Limit daemon 0 to what stage 0 alone would need: every candidate
+     * whose stage 0 and stage 2 together exceed it is out. */
+    double lim = r.cand[0].mem[0] + 0.5 * r.cand[0].mem[2];
+    nb_plan_result_free(&r);
+    c.stage[0].mem_limit = lim;
+    int rc = nb_plan_search(&c, &req, &r, err, sizeof err);
+    assert_true(rc == 0 || rc == NB_ELIMIT);
+    int seen_oom = 0;
+    for (int i = 0; i < r.n; i++) {
+        const nb_plan_cand_t *cd = &r.cand[i];
+        double need0 = cd->mem[0] + cd->mem[2];
+        assert_int_equal(cd->feasible, need0 <= lim && (c.stage[1].mem_limit == 0));
+        if (!cd->feasible) {
+            seen_oom = 1;
+            assert_int_equal(cd->oom_stage, 0);
+            assert_true(fabs(cd->oom_need - need0) < 1);
+        }
+    }
+    assert_true(seen_oom);
+    nb_plan_result_free(&r);
+    /* Without the placement, the same limit checks stage 0 alone. */
+    req.use_placement = 0;
+    assert_int_equal(nb_plan_search(&c, &req, &r, err, sizeof err), 0);
+    for (int i = 0; i < r.n; i++)
+        assert_int_equal(r.cand[i].feasible, r.cand[i].mem[0] <= lim);
+    nb_plan_result_free(&r);
+    /* A pinned U-shape split must give the head stage 0 blocks. */
+    req.fixed_layers[0] = 4, req.fixed_layers[1] = 7, req.fixed_layers[2] = 1;
+    assert_int_equal(nb_plan_search(&c, &req, &r, err, sizeof err), NB_EINVAL);
+    assert_non_null(strstr(err, "head-only"));
+    req.fixed_layers[1] = 8, req.fixed_layers[2] = 0;
+    assert_int_equal(nb_plan_search(&c, &req, &r, err, sizeof err), 0);
+    assert_int_equal(r.cand[0].layers[1], 8);
+    nb_plan_result_free(&r);
+}
+
 static void test_bad_requests(void **state)
 {
     (void)state;
@@ -398,6 +456,7 @@ int main(void)
         cmocka_unit_test(test_split_vs_exhaustive),
         cmocka_unit_test(test_memory_limits),
         cmocka_unit_test(test_ties),
+        cmocka_unit_test(test_u_shape),
         cmocka_unit_test(test_bad_requests),
         cmocka_unit_test(test_evaluate),
         cmocka_unit_test(test_table),

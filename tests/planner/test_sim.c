@@ -207,6 +207,47 @@ static void test_heterogeneous(void **state)
     assert_close(r.busy[1], 72, EPS);
 }
 
+/* Stages placed on one daemon share its compute unit. */
+static void test_shared_compute(void **state)
+{
+    (void)state;
+    /* Two stages on one daemon, no wire: the unit is never idle, so the step
+     * is all the work, m (tf0+tb0+tf1+tb1). */
+    const char *scheds[] = {"gpipe", "1f1b", "1f1b:2"};
+    for (size_t k = 0; k < NB_ARRAY_LEN(scheds); k++)
+        for (int m = 1; m <= 9; m++) {
+            nb_sim_input_t in = uniform(scheds[k], 2, m, 1, 2, 0, 0, 0, 0);
+            in.tf[1] = 0.5, in.tb[1] = 1.5;
+            in.use_placement = 1;
+            in.placement[0] = in.placement[1] = 0;
+            nb_sim_result_t r;
+            assert_close(run_T(&in, &r), m * 5.0, EPS);
+            assert_close(r.bubble, 0.5, EPS); /* two stages, one unit */
+        }
+    /* U-shape p=3, stages 0 and 2 on daemon 0: never faster than separate
+     * units, and the shared unit never runs two ops at once. */
+    for (int m = 1; m <= 12; m++) {
+        nb_sim_input_t in = uniform("1f1b", 3, m, 1, 2, 0.3, 0.5, 0.3, 0.5);
+        in.tf[2] = in.tb[2] = 0.25; /* the head */
+        nb_sim_result_t sep, sh;
+        double Ts = run_T(&in, &sep);
+        in.use_placement = 1;
+        in.placement[0] = 0, in.placement[1] = 1, in.placement[2] = 0;
+        nb_sim_event_t ev[512];
+        int nev = 0;
+        assert_int_equal(nb_sim_run(&in, &sh, ev, 512, &nev), 0);
+        assert_true(sh.step_time >= Ts - EPS);
+        double last_end = 0;
+        for (int i = 0; i < nev; i++) {
+            if (ev[i].kind > NB_SIM_EV_BWD || ev[i].where == 1)
+                continue;
+            assert_true(ev[i].start >= last_end - EPS); /* sorted by start */
+            last_end = ev[i].end;
+        }
+        assert_close(sh.busy[0] + sh.busy[2], m * 3.5, EPS);
+    }
+}
+
 static void test_bad_input(void **state)
 {
     (void)state;
@@ -233,6 +274,7 @@ int main(void)
         cmocka_unit_test(test_1f1b_with_comm),
         cmocka_unit_test(test_hand_worked_p2_m2),
         cmocka_unit_test(test_heterogeneous),
+        cmocka_unit_test(test_shared_compute),
         cmocka_unit_test(test_bad_input),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
