@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Starts real nebulad daemons (a stage and a coordinator, loopback only, all
+# files in a temporary directory) and drives them with nebulactl as an
+# operator would: status, metrics, trace, SIGHUP reload, stop through the
+# socket, SIGTERM, a stale socket after kill -9, a second daemon on a socket
+# in use.
+set -u
+B=${NB_BUILD:-build}/bin
+D=$(realpath "$B/nebulad")
+C=$(realpath "$B/nebulactl")
+tmp=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]+"${pids[@]}"}"; do kill -9 "$p" 2>/dev/null; done; rm -rf "$tmp"; }
+trap cleanup EXIT
+fail() { echo "FAIL: $*"; for l in "$tmp"/*.log; do [ -f "$l" ] && { echo "== $l"; tail -n 20 "$l"; }; done; exit 1; }
+
+wait_for_socket() { for _ in $(seq 100); do [ -S "$1" ] && return 0; sleep 0.05; done; fail "no socket $1"; }
+# wait_exit PID SECONDS -> sets $st to the exit status
+wait_exit() {
+  for _ in $(seq $(($2 * 20))); do kill -0 "$1" 2>/dev/null || break; sleep 0.05; done
+  kill -0 "$1" 2>/dev/null && fail "pid $1 still running after $2 s"
+  wait "$1"; st=$?
+}
+
+cat > "$tmp/stage.yaml" <<'Y'
+name: s1
+role: stage
+listen: 127.0.0.1:0
+tls: {cert: tls/s1.crt, key: tls/s1.key, ca: tls/ca.crt}
+coordinator: {address: "127.0.0.1:9", name: coord}
+status_socket: run/s1.sock
+log_level: info
+Y
+cat > "$tmp/coord.yaml" <<'Y'
+name: coord
+role: coordinator
+listen: 127.0.0.1:0
+tls: {cert: a, key: b, ca: c}
+status_socket: run/coord.sock
+job:
+  model: {n_layer: 4, d_model: 64, n_head: 4, vocab: 256}
+  batch: 8
+  seq_len: 16
+  steps: 25
+  micro_batches: 4
+  schedule: 1f1b
+  codecs: {forward: fp16, backward: int8}
+  clusters:
+    - {name: east, address: "127.0.0.1:7901", layers: 0-1}
+    - {name: west, address: "127.0.0.1:7902", layers: 2-3}
+Y
+S="$tmp/run/s1.sock"
+
+# ---- stage: start, inspect ----------------------------------------------------
+"$D" --config "$tmp/stage.yaml" >"$tmp/stage.log" 2>&1 & pid=$!; pids+=($pid)
+wait_for_socket "$S"
+[ "$(stat -c %a "$S")" = 660 ] || fail "socket mode $(stat -c %a "$S")"
+[ "$(stat -c %a "$tmp/run")" = 750 ] || fail "socket dir mode $(stat -c %a "$tmp/run")"
+out=$("$C" --socket "$S" status) || fail "status exit $?"
+echo "$out"
+grep -q '^role      stage' <<<"$out" || fail "status role"
+grep -Eq '^state     waiting \(listening on 127\.0\.0\.1:[0-9]+; waiting for coordinator coord' <<<"$out" || fail "status state"
+grep -Eq '^coord +coordinator +127\.0\.0\.1:9 +waiting' <<<"$out" || fail "peer row"
+grep -q '^job       none on this daemon' <<<"$out" || fail "stage has no job"
+js=$("$C" --socket "$S" --json status) || fail "json status"
+grep -q '"state":"waiting"' <<<"$js" && grep -q '"ok":true' <<<"$js" || fail "json: $js"
+m=$("$C" --socket "$S" metrics) || fail "metrics"
+grep -q '^nebula_info{name="s1",role="stage",version="' <<<"$m" || fail "metrics info: $m"
+grep -q '^# TYPE nebula_status_requests_total counter' <<<"$m" || fail "metrics type"
+grep -Eq '^nebula_status_requests_total [3-9]' <<<"$m" || fail "request counter"
+"$C" --socket "$S" trace -o "$tmp/trace.json" | grep -q "wrote 0 events" || fail "trace -o"
+grep -q '"traceEvents"' "$tmp/trace.json" || fail "trace file"
+
+# ---- SIGHUP: log level applied, listen change named, broken file kept out ----
+sed -i 's/^log_level: info/log_level: debug/; s/^listen: 127.0.0.1:0/listen: 127.0.0.1:1/' "$tmp/stage.yaml"
+kill -HUP $pid; sleep 0.3
+grep -q 'reload: log_level info -> debug' "$tmp/stage.log" || fail "reload log level"
+grep -q 'changed but not applied until restart: listen' "$tmp/stage.log" || fail "reload names listen"
+echo 'bogus_key: 1' >> "$tmp/stage.yaml"
+kill -HUP $pid; sleep 0.3
+grep -q 'reload failed, running configuration kept: .*stage.yaml:8:1: bogus_key: unknown key' "$tmp/stage.log" || fail "bad reload"
+"$C" --socket "$S" status >/dev/null || fail "daemon stopped serving after a bad reload"
+"$C" --socket "$S" metrics | grep -q '^nebula_reloads_total 1$' || fail "reload counter"
+
+# ---- stop through the socket ---------------------------------------------------
+"$C" --socket "$S" stop | grep -q stopping || fail "stop reply"
+wait_exit $pid 5; [ $st -eq 0 ] || fail "stop: exit $st"
+[ ! -e "$S" ] || fail "socket left after stop"
+grep -q 'stop requested on the status socket by uid' "$tmp/stage.log" || fail "stop not logged"
+
+# ---- coordinator: job held, stages named; SIGTERM -------------------------------
+CS="$tmp/run/coord.sock"
+"$D" --config "$tmp/coord.yaml" >"$tmp/coord.log" 2>&1 & pid=$!; pids+=($pid)
+wait_for_socket "$CS"
+out=$("$C" --socket "$CS" status) || fail "coord status"
+echo "$out"
+grep -q 'holding job (25 steps, 2 clusters); waiting for stages east, west' <<<"$out" || fail "coord state"
+grep -Eq '^east +stage +127\.0\.0\.1:7901 +waiting' <<<"$out" || fail "coord peers"
+grep -q '^job       step 0/25' <<<"$out" || fail "coord job line"
+grep -q 'schedule 1f1b  codecs forward fp16 backward int8' <<<"$out" || fail "coord plan line"
+# A second daemon on the same socket must refuse, not steal it.
+"$D" --config "$tmp/coord.yaml" >"$tmp/coord2.log" 2>&1; st=$?
+[ $st -eq 1 ] && grep -q 'is in use by a running daemon' "$tmp/coord2.log" || fail "second daemon: exit $st"
+"$C" --socket "$CS" status >/dev/null || fail "first daemon lost its socket"
+kill -TERM $pid; wait_exit $pid 5; [ $st -eq 0 ] || fail "SIGTERM: exit $st"
+[ ! -e "$CS" ] || fail "socket left after SIGTERM"
+grep -q 'state stopping: SIGTERM received' "$tmp/coord.log" || fail "SIGTERM not logged"
+
+# ---- stale socket after kill -9 is replaced; SIGINT stops ----------------------
+"$D" --config "$tmp/coord.yaml" >"$tmp/coord3.log" 2>&1 & pid=$!; pids+=($pid)
+wait_for_socket "$CS"; kill -9 $pid; wait $pid 2>/dev/null
+[ -S "$CS" ] || fail "expected a stale socket after kill -9"
+"$C" --socket "$CS" status >/dev/null 2>&1; [ $? -eq 3 ] || fail "stale socket should give exit 3"
+"$D" --config "$tmp/coord.yaml" >"$tmp/coord4.log" 2>&1 & pid=$!; pids+=($pid)
+for _ in $(seq 100); do "$C" --socket "$CS" status >/dev/null 2>&1 && break; sleep 0.05; done
+"$C" --socket "$CS" status >/dev/null || fail "restart over a stale socket"
+grep -q 'removed stale status socket' "$tmp/coord4.log" || fail "stale removal not logged"
+kill -INT $pid; wait_exit $pid 5; [ $st -eq 0 ] || fail "SIGINT: exit $st"
+echo "daemon lifecycle ok"
