@@ -130,6 +130,8 @@ typedef struct {
 } wbuf_t;
 
 static void pump(nb_conn_t *c);
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 
 static void on_write(uv_write_t *req, int status)
 {
@@ -310,6 +312,28 @@ int nb_conn_send(nb_conn_t *c, Nebula__Frame *hdr, const void *payload, size_t l
     return enqueue(c, hdr, payload, len, free_cb, free_ud, 0, 0);
 }
 
+void nb_conn_pause_read(nb_conn_t *c)
+{
+    if (c->closing || c->read_paused || c->state != NB__C_READY)
+        return;
+    c->read_paused = 1;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+}
+
+void nb_conn_resume_read(nb_conn_t *c)
+{
+    if (c->closing || !c->read_paused)
+        return;
+    c->read_paused = 0;
+    c->last_rx_ms = now_ms(c);
+    /* A pong that waited in the socket while we did not read would be a
+     * false RTT sample: forget the outstanding ping. */
+    if (!c->rtt_cb)
+        c->ping_t_ns = 0;
+    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0)
+        nb__conn_fail(c, NB_EIO);
+}
+
 size_t nb_conn_queued_bytes(const nb_conn_t *c)
 {
     return c->queued;
@@ -374,6 +398,10 @@ static void handle_hello(nb_conn_t *c, Nebula__Frame *f)
         return;
     }
     c->state = NB__C_READY;
+    if (c->counted_pending) {
+        c->counted_pending = 0;
+        c->net->pending--;
+    }
     c->rx.allow_payload = 1;
     c->reported_ready = 1;
     c->net->stats.ready++;
@@ -574,6 +602,8 @@ static void on_tick(uv_timer_t *t)
         }
         return;
     }
+    if (c->read_paused)
+        c->last_rx_ms = now; /* not reading: silence proves nothing */
     if (now - c->last_rx_ms >= cfg->dead_after_ms) {
         c->net->stats.dead_peers++;
         nb_log_warn(who(c), "peer silent for %llu ms: declared dead",
@@ -588,7 +618,18 @@ static void on_tick(uv_timer_t *t)
     }
     if (!c->draining && now - c->last_ping_ms >= cfg->heartbeat_ms) {
         c->last_ping_ms = now;
-        nb__probe_ping(c);
+        if (c->ping_t_ns) {
+            /* The last ping is unanswered (slow link, or we are not
+             * reading): still prove to the peer that we are alive. */
+            Nebula__Frame f = NEBULA__FRAME__INIT;
+            Nebula__Heartbeat hb = NEBULA__HEARTBEAT__INIT;
+            hb.t_ns = nb__now_ns();
+            f.body_case = NEBULA__FRAME__BODY_HEARTBEAT;
+            f.heartbeat = &hb;
+            nb__conn_send_internal(c, &f, NULL, 0, NULL, NULL);
+        } else {
+            nb__probe_ping(c);
+        }
     }
 }
 

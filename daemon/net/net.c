@@ -28,6 +28,8 @@ static void apply_defaults(nb_net_cfg_t *c)
         c->backoff_min_ms = 100;
     if (!c->backoff_max_ms)
         c->backoff_max_ms = 30000;
+    if (!c->max_pending)
+        c->max_pending = 256;
     if (c->backoff_max_ms < c->backoff_min_ms)
         c->backoff_max_ms = c->backoff_min_ms;
 }
@@ -136,6 +138,15 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     n->stats.accepted++;
+    if (n->pending >= n->cfg.max_pending) {
+        /* Unauthenticated connections cost memory and handshakes: cap them. */
+        n->stats.pending_refused++;
+        nb_log_warn(NULL, "refused connection: %u handshakes already under way", n->pending);
+        nb__conn_fail(c, NB_ELIMIT);
+        return;
+    }
+    n->pending++;
+    c->counted_pending = 1;
     nb__conn_start_tls(c);
 }
 
@@ -270,6 +281,8 @@ int nb_net_connect(nb_net_t *n, const char *peer_name, const char *host, int por
 void nb__net_conn_gone(nb_conn_t *c)
 {
     nb_net_t *n = c->net;
+    if (c->counted_pending)
+        n->pending--;
     for (nb_conn_t **pp = &n->conns; *pp; pp = &(*pp)->next)
         if (*pp == c) {
             *pp = c->next;

@@ -38,6 +38,8 @@ typedef struct {
     uint32_t dead_after_ms;        /* silence that declares a peer dead; default 5000 */
     uint32_t backoff_min_ms;       /* first reconnect delay; default 100 */
     uint32_t backoff_max_ms;       /* reconnect delay cap; default 30000 */
+    uint32_t max_pending;          /* inbound connections still in handshake;
+                                      more are closed at once; default 256 */
     /* Latency emulation for tests and benchmarks only (this kernel has no
      * netem): every outgoing frame is held this long before it is sent.
      * Never set by a production configuration; a warning is logged. */
@@ -68,6 +70,7 @@ typedef struct {
     uint64_t accepted, connect_attempts, ready, closed;
     uint64_t tls_refused[NB_TLS_REFUSE_COUNT]; /* by nb_tls_refusal_t */
     uint64_t handshake_timeouts;
+    uint64_t pending_refused;     /* inbound refused: max_pending handshakes under way */
     uint64_t hello_refused;       /* bad version, name mismatch, no hello first */
     uint64_t frame_faults;        /* all decode and validation faults */
     uint64_t frame_fault_by_code[16]; /* index -NB_E* (e.g. [-NB_ECRC]) */
@@ -133,6 +136,13 @@ typedef void (*nb_free_cb)(void *payload, void *free_ud);
  *   NB_EFORMAT/NB_ELIMIT from nb_frame_encode (header too large...). */
 int nb_conn_send(nb_conn_t *c, Nebula__Frame *hdr, const void *payload, size_t len,
                  nb_free_cb free_cb, void *free_ud);
+
+/* Receive-side back-pressure: stop reading from the socket (TCP flow
+ * control then slows the peer) until nb_conn_resume_read; use when the
+ * compute thread's inbound queue is full. Dead-peer detection is suspended
+ * while paused, since the peer's pings are not read. */
+void nb_conn_pause_read(nb_conn_t *c);
+void nb_conn_resume_read(nb_conn_t *c);
 
 /* Bytes queued and not yet handed to the socket. */
 size_t nb_conn_queued_bytes(const nb_conn_t *c);

@@ -41,12 +41,14 @@ struct nb_conn {
     nb__peer_t *peer;      /* outbound peer that owns this connection, or NULL */
     struct nb_conn *next;  /* in net->conns */
     int is_server;
+    int counted_pending;   /* counted in net->pending */
     int state;
     int closing;           /* handles are closing; the object dies in their callbacks */
     int draining;          /* orderly close requested: send the queue, then close */
     int handles_open;
     int close_err;
     int reported_ready;
+    int read_paused;
     char name[NB_FRAME_MAX_NAME + 1]; /* expected (client) or verified name */
     char addr[64];
     nb_tls_t *tls;
@@ -90,6 +92,7 @@ struct nb_net {
     uv_tcp_t listener;
     uv_timer_t closer;     /* closed by nb_net_close so done runs from a close callback */
     int listening;
+    uint32_t pending;      /* inbound connections not yet ready */
     nb_conn_t *conns;
     nb__peer_t *peers;
     uint64_t job_id;

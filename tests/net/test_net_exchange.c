@@ -17,7 +17,10 @@ typedef struct {
     int bad;
     int elimit;             /* NB_ELIMIT seen by the producer */
     size_t bytes;
+    int limit;              /* tensors to send; 0: N_TENSORS */
 } xchg_t;
+
+static int g_big; /* every tensor 1 MiB of f32 */
 
 static const int dtypes[] = { NEBULA__DTYPE__DTYPE_F32, NEBULA__DTYPE__DTYPE_F16,
                               NEBULA__DTYPE__DTYPE_BF16, NEBULA__DTYPE__DTYPE_I8,
@@ -27,6 +30,14 @@ static const int dtypes[] = { NEBULA__DTYPE__DTYPE_F32, NEBULA__DTYPE__DTYPE_F16
 /* The i-th tensor: shape, dtype and bytes all derived from i. */
 static void tensor_desc(int i, int *dtype, size_t *ndim, uint64_t *shape, size_t *bytes)
 {
+    if (g_big) {
+        *dtype = NEBULA__DTYPE__DTYPE_F32;
+        *ndim = 2;
+        shape[0] = 512;
+        shape[1] = 512;
+        *bytes = 1u << 20;
+        return;
+    }
     uint64_t s = (uint64_t)i * 7919 + 17;
     h_rng(&s);
     *dtype = dtypes[h_rng(&s) % NB_ARRAY_LEN(dtypes)];
@@ -58,7 +69,7 @@ static void pump_a(xchg_t *x)
     nb_conn_t *c = nb_net_conn(x->a.net, "b");
     if (!c)
         return;
-    while (x->next < N_TENSORS) {
+    while (x->next < (x->limit ? x->limit : N_TENSORS)) {
         int i = x->next, dtype;
         size_t ndim, bytes;
         uint64_t shape[8];
@@ -138,6 +149,14 @@ static void b_frame(h_ep_t *e, nb_conn_t *c, Nebula__Frame *f, uint8_t *p, size_
 }
 
 static uint32_t g_emu_delay_ms;
+static int g_pause_b;
+
+static void b_ready(nb_conn_t *c, void *ud)
+{
+    h_on_ready(c, ud);
+    if (g_pause_b)
+        nb_conn_pause_read(c);
+}
 
 static void setup_pair(xchg_t *x, size_t a_queue)
 {
@@ -149,7 +168,10 @@ static void setup_pair(xchg_t *x, size_t a_queue)
     x->b.on_frame = b_frame;
     x->b.user = x;
     cfg.send_queue_bytes = 256u << 20;
-    h_ep_new(x->loop, &x->b, &cfg, 1);
+    nb_net_cb_t bcb = h_cb;
+    bcb.on_ready = b_ready;
+    assert_int_equal(nb_net_new(x->loop, &cfg, &bcb, &x->b, &x->b.net), 0);
+    assert_int_equal(nb_net_listen(x->b.net, "127.0.0.1", 0, &x->b.port), 0);
     nb_net_set_job(x->b.net, JOB);
     h_cfg(&cfg, &x->a, "a", "a", NULL, 0);
     cfg.send_queue_bytes = a_queue;
@@ -259,6 +281,35 @@ static void test_emulated_latency(void **state)
     teardown_pair(&x);
 }
 
+/* Receive-side back-pressure: while b does not read, a's queue fills and
+ * a's producer is stopped; nobody is declared dead; after resuming, every
+ * tensor arrives intact. */
+static void test_pause_read(void **state)
+{
+    xchg_t x = { .limit = 120 }; /* 120 MiB: more than any socket buffers hold */
+    g_pause_b = 1;
+    g_big = 1;
+    setup_pair(&x, 1u << 20);
+    assert_true(h_run_until(x.loop, &x.b.ready, 1, 5000));
+    g_pause_b = 0;
+    h_run_ms(x.loop, 2000); /* longer than dead_after_ms */
+    const nb_net_stats_t *sb = nb_net_stats(x.b.net), *sa = nb_net_stats(x.a.net);
+    uint64_t got = sb->frames_rx;
+    print_message("while b was paused: a queued %d MiB, b got %d app frames, rx %llu frames\n", x.next, x.b.frames,
+                  (unsigned long long)sb->frames_rx);
+    assert_true(x.elimit > 0);          /* the producer was stopped */
+    assert_true(x.next < x.limit);      /* and is still stopped */
+    assert_true(x.echoed < x.limit);
+    assert_int_equal(sa->dead_peers + sb->dead_peers, 0);
+    h_run_ms(x.loop, 100);
+    assert_true(sb->frames_rx == got);  /* b really reads nothing */
+    nb_conn_resume_read(x.b.conn);
+    assert_true(h_run_until(x.loop, &x.echoed, x.limit, 60000));
+    assert_int_equal(x.bad, 0);
+    g_big = 0;
+    teardown_pair(&x);
+}
+
 /* ---- restart ---- */
 static void test_peer_restart(void **state)
 {
@@ -337,6 +388,7 @@ int main(void)
         cmocka_unit_test(test_thousand_tensors),
         cmocka_unit_test(test_probes),
         cmocka_unit_test(test_emulated_latency),
+        cmocka_unit_test(test_pause_read),
         cmocka_unit_test(test_peer_restart),
         cmocka_unit_test(test_orderly_close),
     };

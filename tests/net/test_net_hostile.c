@@ -16,6 +16,8 @@ size_t __sanitizer_get_current_allocated_bytes(void); /* from the ASan runtime *
 static uv_loop_t g_loop;
 static h_ep_t g_b;
 
+static uint32_t g_max_pending;
+
 static void start_server(uint32_t hs_timeout, uint32_t dead_after)
 {
     static const char *const allow_a[] = { "a" };
@@ -25,6 +27,7 @@ static void start_server(uint32_t hs_timeout, uint32_t dead_after)
     h_cfg(&cfg, &g_b, "b", "b", allow_a, 1);
     cfg.handshake_timeout_ms = hs_timeout;
     cfg.dead_after_ms = dead_after;
+    cfg.max_pending = g_max_pending;
     h_ep_new(&g_loop, &g_b, &cfg, 1);
     nb_net_set_job(g_b.net, 7);
 }
@@ -301,6 +304,26 @@ static void test_stalled_handshakes(void **state)
     stop_server();
 }
 
+/* At most max_pending inbound handshakes at a time; the rest are closed at
+ * once, logged and counted. */
+static void test_pending_cap(void **state)
+{
+    g_max_pending = 10;
+    start_server(1000, 5000);
+    g_max_pending = 0;
+    int fds[30];
+    for (int i = 0; i < 30; i++)
+        fds[i] = h_tcp_connect(g_b.port);
+    const nb_net_stats_t *s = nb_net_stats(g_b.net);
+    assert_true(h_run_until_u64(&g_loop, &s->pending_refused, 20, 3000));
+    assert_true(h_log_has("handshakes already under way"));
+    assert_true(h_run_until_u64(&g_loop, &s->handshake_timeouts, 10, 3000));
+    for (int i = 0; i < 30; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    stop_server();
+}
+
 static int setup(void **state)
 {
     h_log_start();
@@ -320,6 +343,7 @@ int main(void)
         cmocka_unit_test(test_hostile_frames),
         cmocka_unit_test(test_dead_peer),
         cmocka_unit_test(test_stalled_handshakes),
+        cmocka_unit_test(test_pending_cap),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
