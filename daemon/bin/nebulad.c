@@ -11,6 +11,8 @@
 #include <uv.h>
 #include "daemon/config/config.h"
 #include "daemon/log.h"
+#include "daemon/pipeline/coord_rt.h"
+#include "daemon/pipeline/stage_rt.h"
 #include "daemon/service/service.h"
 #include "daemon/service/version.h"
 #include "kernels/common.h"
@@ -84,9 +86,21 @@ int main(int argc, char **argv)
         nb_log_error(NULL, "cannot create the service: %s", nb_strerror(rc));
         return 1;
     }
+    /* The role's runtime: the coordinator drives the job, a stage runs its
+     * part of the model. */
+    nb_coord_rt_t *coord = NULL;
+    nb_stage_rt_t *stage = NULL;
+    rc = cfg.role == NB_ROLE_COORDINATOR ? nb_coord_rt_attach(svc, &coord) : nb_stage_rt_attach(svc, &stage);
+    if (rc) {
+        nb_log_error(NULL, "cannot create the %s runtime: %s", nb_cfg_role_name(cfg.role), nb_strerror(rc));
+        nb_service_free(svc);
+        return 1;
+    }
     if (nb_service_start(svc, err, sizeof err) != 0)
         nb_log_error(NULL, "start failed: %s", err);
     int status = nb_service_run(svc);
+    nb_stage_rt_free(stage);
+    nb_coord_rt_free(coord);
     nb_service_free(svc);
     if (uv_loop_close(&loop) != 0)
         nb_log_warn(NULL, "event loop closed with handles still open");

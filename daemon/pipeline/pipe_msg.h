@@ -28,7 +28,7 @@ typedef enum {
 } nb_pmsg_kind_t;
 
 /* The codec name a LABELS message carries: raw little-endian int32. */
-#define NB_PMSG_LABELS_CODEC "raw-i32"
+#define NB_PMSG_LABELS_CODEC "raw"
 #define NB_PMSG_SPEC_MAX 128
 #define NB_PMSG_META_MAX 64
 

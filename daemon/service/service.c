@@ -69,8 +69,11 @@ void nb_service_set_state(nb_service_t *svc, nb_svc_state_t st, const char *fmt,
     va_start(ap, fmt);
     vsnprintf(detail, sizeof detail, fmt, ap);
     va_end(ap);
+    bool changed = nb_state_get(svc->state) != st;
     nb_state_set(svc->state, st, "%s", detail);
-    nb_log_info(NULL, "state %s: %s", nb_svc_state_name(st), detail);
+    /* progress within a state (every training step) goes to systemd's STATUS=
+     * and the status socket, not to the log */
+    nb_log(changed ? NB_LOG_INFO : NB_LOG_DEBUG, NULL, "state %s: %s", nb_svc_state_name(st), detail);
     nb__service_notify("STATUS=%s: %s", nb_svc_state_name(st), detail);
 }
 

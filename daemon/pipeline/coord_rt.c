@@ -1,0 +1,547 @@
+/*
+ * coord_rt.c - the coordinator daemon's runtime; see coord_rt.h and
+ * docs/pipeline.md for the message sequence.
+ */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include "daemon/log.h"
+#include "daemon/pipeline/coord_rt.h"
+#include "daemon/pipeline/job.h"
+#include "daemon/pipeline/rt_common.h"
+#include "kernels/codec/codec.h"
+
+typedef struct {
+    bool connected, links_ready, done, reported;
+    nb_conn_t *conn;
+    double grad_sumsq, loss;
+    bool has_loss;
+    uint64_t bytes_raw, bytes_wire, step_ns;
+    double busy_s[NB_SCHED_MAX_STAGES]; /* compute seconds per hosted stage this step */
+} daemon_slot_t;
+
+struct nb_coord_rt {
+    nb_service_t *svc;
+    const nb_config_t *cfg;
+    nb_state_t *state;
+    uv_loop_t *loop;
+    nb_net_t *net;
+    bool net_open;
+    uv_timer_t connect_timer;
+    bool timer_open;
+    nb_job_desc_t job;
+    int m;
+    nb_sched_spec_t sched;
+    char fwd_codec[NB_PMSG_SPEC_MAX], bwd_codec[NB_PMSG_SPEC_MAX];
+    daemon_slot_t d[NB_SCHED_MAX_STAGES];
+    bool job_sent, running, finished, failed, stopping;
+    int64_t step;             /* the step in flight */
+    double t_job_start, t_step_start;
+    uint64_t total_raw, total_wire;
+    double loss_sum_first, last_loss;
+    int m_steps, m_loss, m_tps, m_bubble, m_raw, m_wire;
+};
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void send_all_shutdown(nb_coord_rt_t *rt, const char *why)
+{
+    for (int i = 0; i < rt->job.n_daemons; i++) {
+        if (!rt->d[i].conn)
+            continue;
+        Nebula__Frame f;
+        Nebula__Shutdown s;
+        nebula__frame__init(&f);
+        nebula__shutdown__init(&s);
+        s.reason = (char *)why;
+        f.body_case = NEBULA__FRAME__BODY_SHUTDOWN;
+        f.shutdown = &s;
+        nb_rt_send_ctl(rt->d[i].conn, &f);
+    }
+}
+
+static void job_fail(nb_coord_rt_t *rt, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void job_fail(nb_coord_rt_t *rt, const char *fmt, ...)
+{
+    if (rt->failed || rt->stopping || rt->finished)
+        return;
+    char why[768];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof why, fmt, ap);
+    va_end(ap);
+    rt->failed = true;
+    nb_log_error(NULL, "job failed: %s", why);
+    send_all_shutdown(rt, why);
+    nb_service_fail(rt->svc, why);
+}
+
+static int daemon_index(nb_coord_rt_t *rt, const char *name)
+{
+    for (int i = 0; i < rt->job.n_daemons; i++)
+        if (strcmp(rt->job.names[i], name) == 0)
+            return i;
+    return -1;
+}
+
+static void send_job(nb_coord_rt_t *rt)
+{
+    rt->job_sent = true;
+    nb_service_set_state(rt->svc, NB_SVC_CONNECTING, "all %d stage daemons connected; assigning stages",
+                         rt->job.n_daemons);
+    for (int i = 0; i < rt->job.n_daemons; i++) {
+        static nb_job_msg_store_t store; /* loop thread only; packed at once */
+        Nebula__Job j;
+        nb_job_to_msg(&rt->job, i, &store, &j);
+        Nebula__Frame f;
+        nebula__frame__init(&f);
+        f.body_case = NEBULA__FRAME__BODY_JOB;
+        f.job = &j;
+        int rc = nb_rt_send_ctl(rt->d[i].conn, &f);
+        if (rc) {
+            job_fail(rt, "cannot send the job to %s: %s", rt->job.names[i], nb_strerror(rc));
+            return;
+        }
+    }
+}
+
+static void send_plan(nb_coord_rt_t *rt)
+{
+    char sched[32];
+    nb_sched_format(&rt->sched, sched, sizeof sched);
+    Nebula__Plan p;
+    nebula__plan__init(&p);
+    p.job_id = rt->job.layout.job_id;
+    p.step = (uint64_t)rt->step;
+    p.micro_batches = (uint32_t)rt->m;
+    p.schedule = sched;
+    p.forward_codec = rt->fwd_codec;
+    p.backward_codec = rt->bwd_codec;
+    p.micro_batch_size = (uint32_t)rt->job.layout.micro_batch_size;
+    p.seed = rt->job.layout.seed;
+    Nebula__Frame f;
+    nebula__frame__init(&f);
+    f.body_case = NEBULA__FRAME__BODY_PLAN;
+    f.plan = &p;
+    for (int i = 0; i < rt->job.n_daemons; i++) {
+        rt->d[i].reported = false;
+        memset(rt->d[i].busy_s, 0, sizeof rt->d[i].busy_s);
+        int rc = nb_rt_send_ctl(rt->d[i].conn, &f);
+        if (rc) {
+            job_fail(rt, "cannot send the plan of step %lld to %s: %s", (long long)rt->step, rt->job.names[i],
+                     nb_strerror(rc));
+            return;
+        }
+    }
+    rt->t_step_start = now_s();
+}
+
+static void start_steps(nb_coord_rt_t *rt)
+{
+    rt->running = true;
+    rt->step = 0;
+    rt->t_job_start = now_s();
+    char sched[32];
+    nb_sched_format(&rt->sched, sched, sizeof sched);
+    nb_log_info(NULL, "job %llu: %lld steps, %d stages on %d daemons, m=%d (%d sequences each), %s, codecs %s / %s",
+                (unsigned long long)rt->job.layout.job_id, (long long)rt->job.steps, rt->job.layout.p,
+                rt->job.n_daemons, rt->m, rt->job.layout.micro_batch_size, sched, rt->fwd_codec, rt->bwd_codec);
+    nb_service_set_state(rt->svc, NB_SVC_RUNNING, "training: step 0 of %lld", (long long)rt->job.steps);
+    send_plan(rt);
+}
+
+static void update_job_info(nb_coord_rt_t *rt, double loss, double tps, double step_s, double bubble)
+{
+    nb_job_info_t j;
+    memset(&j, 0, sizeof j);
+    j.active = true;
+    j.step = rt->step + 1;
+    j.steps = rt->job.steps;
+    j.loss = loss;
+    j.tokens_per_s = tps;
+    j.step_time_s = step_s;
+    j.bubble_measured = bubble;
+    j.bubble_predicted = -1;
+    j.bytes_raw = rt->total_raw;
+    j.bytes_wire = rt->total_wire;
+    snprintf(j.codec_forward, sizeof j.codec_forward, "%s", rt->fwd_codec);
+    snprintf(j.codec_backward, sizeof j.codec_backward, "%s", rt->bwd_codec);
+    j.micro_batches = rt->m;
+    nb_sched_format(&rt->sched, j.schedule, sizeof j.schedule);
+    snprintf(j.layers, sizeof j.layers, "%d stages", rt->job.layout.p);
+    nb_state_job_update(rt->state, &j);
+}
+
+static void trace_report(nb_coord_rt_t *rt, const Nebula__Report *r)
+{
+    nb_trace_t *tr = nb_state_trace(rt->state);
+    for (size_t i = 0; i < r->n_timings; i++) {
+        const Nebula__MicroBatchTiming *t = r->timings[i];
+        char name[32];
+        snprintf(name, sizeof name, "stage %u", t->stage);
+        int track = nb_trace_track(tr, name, false);
+        if (track < 0)
+            return;
+        nb_trace_event_t ev = { .step = (int64_t)r->step, .micro = (int32_t)t->micro_batch, .track = (int16_t)track };
+        ev.kind = NB_TEV_FORWARD;
+        ev.ts_us = (double)t->forward_start_ns / 1e3;
+        ev.dur_us = (double)t->forward_ns / 1e3;
+        nb_trace_add(tr, &ev);
+        ev.kind = NB_TEV_BACKWARD;
+        ev.ts_us = (double)t->backward_start_ns / 1e3;
+        ev.dur_us = (double)t->backward_ns / 1e3;
+        nb_trace_add(tr, &ev);
+    }
+}
+
+/* All reports of the step are in: commit, log, plan the next step. */
+static void finish_step(nb_coord_rt_t *rt)
+{
+    double step_s = now_s() - rt->t_step_start;
+    double sumsq = 0.0, loss = NAN, busy = 0.0, max_step_s = 0.0;
+    uint64_t raw = 0, wire = 0;
+    for (int i = 0; i < rt->job.n_daemons; i++) {
+        daemon_slot_t *d = &rt->d[i];
+        sumsq += d->grad_sumsq;
+        if (d->has_loss)
+            loss = d->loss;
+        raw += d->bytes_raw;
+        wire += d->bytes_wire;
+        for (int s = 0; s < rt->job.layout.p; s++)
+            busy += d->busy_s[s];
+        max_step_s = fmax(max_step_s, (double)d->step_ns / 1e9);
+    }
+    rt->total_raw += raw;
+    rt->total_wire += wire;
+    rt->last_loss = loss;
+    double bubble = max_step_s > 0 ? 1.0 - busy / (rt->job.layout.p * max_step_s) : -1;
+    if (bubble < 0 && max_step_s > 0)
+        bubble = 0;
+    double tokens = (double)rt->m * rt->job.layout.micro_batch_size * rt->job.layout.seq_len;
+    double tps = tokens / step_s;
+    bool last = rt->step + 1 >= rt->job.steps;
+    Nebula__Commit c;
+    nebula__commit__init(&c);
+    c.job_id = rt->job.layout.job_id;
+    c.step = (uint64_t)rt->step;
+    c.global_grad_sumsq = sumsq;
+    c.last = last;
+    Nebula__Frame f;
+    nebula__frame__init(&f);
+    f.body_case = NEBULA__FRAME__BODY_COMMIT;
+    f.commit = &c;
+    for (int i = 0; i < rt->job.n_daemons; i++) {
+        int rc = nb_rt_send_ctl(rt->d[i].conn, &f);
+        if (rc) {
+            job_fail(rt, "cannot send the commit of step %lld to %s: %s", (long long)rt->step, rt->job.names[i],
+                     nb_strerror(rc));
+            return;
+        }
+    }
+    nb_metrics_t *mx = nb_state_metrics(rt->state);
+    nb_metrics_inc(mx, rt->m_steps, 1);
+    nb_metrics_set(mx, rt->m_loss, loss);
+    nb_metrics_set(mx, rt->m_tps, tps);
+    nb_metrics_set(mx, rt->m_bubble, bubble);
+    nb_metrics_inc(mx, rt->m_raw, (double)raw);
+    nb_metrics_inc(mx, rt->m_wire, (double)wire);
+    update_job_info(rt, loss, tps, step_s, bubble);
+    int64_t every = rt->cfg->job.log_every > 0 ? rt->cfg->job.log_every : 1;
+    if ((rt->step + 1) % every == 0 || last || rt->step == 0)
+        nb_log_info(NULL, "step %lld/%lld loss %.4f tokens/s %.0f bubble %.2f wire %.2f MB ratio %.2fx step %.3f s",
+                    (long long)rt->step + 1, (long long)rt->job.steps, loss, tps, bubble,
+                    (double)rt->total_wire / 1e6, rt->total_wire ? (double)rt->total_raw / (double)rt->total_wire : 1.0,
+                    step_s);
+    nb_service_set_state(rt->svc, NB_SVC_RUNNING, "training: step %lld of %lld, loss %.4f", (long long)rt->step + 1,
+                         (long long)rt->job.steps, loss);
+    if (last) {
+        rt->running = false;
+        return; /* the stages answer DONE after writing their weights */
+    }
+    rt->step++;
+    send_plan(rt);
+}
+
+static void handle_report(nb_coord_rt_t *rt, int di, const Nebula__Report *r)
+{
+    daemon_slot_t *d = &rt->d[di];
+    if (!rt->running || r->job_id != rt->job.layout.job_id || (int64_t)r->step != rt->step || d->reported) {
+        job_fail(rt, "%s sent a report for step %llu while step %lld is in flight", rt->job.names[di],
+                 (unsigned long long)r->step, (long long)rt->step);
+        return;
+    }
+    d->reported = true;
+    d->grad_sumsq = r->grad_sumsq;
+    d->has_loss = r->has_loss;
+    d->loss = r->loss;
+    d->bytes_raw = r->bytes_raw;
+    d->bytes_wire = r->bytes_wire;
+    d->step_ns = r->step_ns;
+    for (size_t i = 0; i < r->n_timings; i++) {
+        const Nebula__MicroBatchTiming *t = r->timings[i];
+        if (t->stage < (uint32_t)rt->job.layout.p)
+            d->busy_s[t->stage] += (double)(t->forward_ns + t->backward_ns) / 1e9;
+    }
+    int64_t keep = rt->cfg->job.trace_steps > 0 ? rt->cfg->job.trace_steps : 4;
+    if (rt->step >= rt->job.steps - keep)
+        trace_report(rt, r);
+    for (int i = 0; i < rt->job.n_daemons; i++)
+        if (!rt->d[i].reported)
+            return;
+    finish_step(rt);
+}
+
+static void handle_status(nb_coord_rt_t *rt, int di, const Nebula__JobStatus *s)
+{
+    const char *msg = s->message ? s->message : "";
+    switch (s->state) {
+    case NEBULA__JOB_STATUS__STATE__JOB_STATE_LINKS_READY:
+        rt->d[di].links_ready = true;
+        nb_log_info(rt->job.names[di], "%s", msg);
+        for (int i = 0; i < rt->job.n_daemons; i++)
+            if (!rt->d[i].links_ready)
+                return;
+        if (!rt->running && !rt->finished)
+            start_steps(rt);
+        return;
+    case NEBULA__JOB_STATUS__STATE__JOB_STATE_DONE:
+        rt->d[di].done = true;
+        for (int i = 0; i < rt->job.n_daemons; i++)
+            if (!rt->d[i].done)
+                return;
+        rt->finished = true;
+        {
+            double secs = now_s() - rt->t_job_start;
+            double tokens = (double)rt->job.steps * rt->m * rt->job.layout.micro_batch_size * rt->job.layout.seq_len;
+            nb_log_info(NULL, "job done: %lld steps in %.1f s, %.0f tokens/s, final loss %.4f, %.2f MB on the wire "
+                        "(%.2f MB raw, ratio %.2fx)", (long long)rt->job.steps, secs, tokens / secs, rt->last_loss,
+                        (double)rt->total_wire / 1e6, (double)rt->total_raw / 1e6,
+                        rt->total_wire ? (double)rt->total_raw / (double)rt->total_wire : 1.0);
+            nb_service_set_state(rt->svc, NB_SVC_DONE, "job done: %lld steps, final loss %.4f",
+                                 (long long)rt->job.steps, rt->last_loss);
+        }
+        return;
+    case NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED:
+        job_fail(rt, "stage daemon %s: %s", rt->job.names[di], msg);
+        return;
+    default:
+        return;
+    }
+}
+
+/* ---- transport callbacks ----------------------------------------------- */
+
+static void on_ready(nb_conn_t *c, void *ud)
+{
+    nb_coord_rt_t *rt = ud;
+    const char *peer = nb_conn_peer_name(c);
+    int di = daemon_index(rt, peer);
+    if (di < 0 || rt->d[di].connected) {
+        nb_log_warn(peer, "%s; closing", di < 0 ? "not a stage of this job" : "already connected");
+        nb_conn_close(c);
+        return;
+    }
+    if (rt->job_sent) {
+        nb_log_warn(peer, "connected after the job started; the job cannot take it back; closing");
+        nb_conn_close(c);
+        return;
+    }
+    rt->d[di].connected = true;
+    rt->d[di].conn = c;
+    nb_rt_peer_row(rt->state, peer, "stage", rt->job.addresses[di], "up", c);
+    nb_log_info(peer, "stage daemon connected from %s", nb_conn_addr(c));
+    for (int i = 0; i < rt->job.n_daemons; i++)
+        if (!rt->d[i].connected)
+            return;
+    if (rt->timer_open)
+        uv_timer_stop(&rt->connect_timer);
+    send_job(rt);
+}
+
+static void on_frame(nb_conn_t *c, Nebula__Frame *hdr, uint8_t *payload, size_t len, void *ud)
+{
+    (void)len;
+    nb_coord_rt_t *rt = ud;
+    int di = daemon_index(rt, nb_conn_peer_name(c));
+    if (di >= 0 && rt->d[di].conn == c) {
+        switch (hdr->body_case) {
+        case NEBULA__FRAME__BODY_REPORT: handle_report(rt, di, hdr->report); break;
+        case NEBULA__FRAME__BODY_JOB_STATUS: handle_status(rt, di, hdr->job_status); break;
+        default:
+            nb_log_warn(rt->job.names[di], "unexpected frame type %d from a stage", (int)hdr->body_case);
+            break;
+        }
+    }
+    nebula__frame__free_unpacked(hdr, NULL);
+    free(payload);
+}
+
+static void on_writable(nb_conn_t *c, void *ud)
+{
+    (void)c;
+    (void)ud;
+}
+
+static void on_closed(nb_conn_t *c, int err, void *ud)
+{
+    nb_coord_rt_t *rt = ud;
+    const char *peer = nb_conn_peer_name(c);
+    int di = daemon_index(rt, peer);
+    if (di < 0 || rt->d[di].conn != c)
+        return;
+    rt->d[di].conn = NULL;
+    rt->d[di].connected = false;
+    nb_rt_peer_row(rt->state, peer, "stage", rt->job.addresses[di], "down", NULL);
+    if (rt->finished)
+        return;
+    if (rt->job_sent)
+        job_fail(rt, "lost stage daemon %s (%s)", peer, err ? nb_strerror(err) : "closed");
+    else
+        nb_log_warn(peer, "stage daemon disconnected before the job started; waiting for it again");
+}
+
+static void connect_timeout_cb(uv_timer_t *t)
+{
+    nb_coord_rt_t *rt = t->data;
+    char missing[512] = "";
+    for (int i = 0; i < rt->job.n_daemons; i++)
+        if (!rt->d[i].connected)
+            snprintf(missing + strlen(missing), sizeof missing - strlen(missing), "%s%s (%s)", missing[0] ? ", " : "",
+                     rt->job.names[i], rt->job.addresses[i]);
+    job_fail(rt, "stage daemons did not connect within %.0f s: %s", rt->cfg->connect_timeout_s, missing);
+}
+
+/* ---- service hooks ------------------------------------------------------- */
+
+static int choose_m(const nb_cfg_job_t *j, int p)
+{
+    if (j->micro_batches > 0)
+        return (int)j->micro_batches;
+    /* auto without the planner: the largest divisor of the batch up to 2p,
+     * enough to keep every stage busy in steady 1F1B */
+    int best = 1;
+    for (int m = 1; m <= 2 * p && m <= j->batch; m++)
+        if (j->batch % m == 0)
+            best = m;
+    return best;
+}
+
+static int rt_start(nb_service_t *svc, void *ud)
+{
+    nb_coord_rt_t *rt = ud;
+    const nb_cfg_job_t *j = &rt->cfg->job;
+    char err[512];
+    nb_codec_spec_t spec;
+    if (nb_codec_spec_parse(j->codecs.forward, &spec, err, sizeof err) ||
+        nb_codec_spec_format(&spec, rt->fwd_codec, sizeof rt->fwd_codec) < 0 ||
+        nb_codec_spec_parse(j->codecs.backward, &spec, err, sizeof err) ||
+        nb_codec_spec_format(&spec, rt->bwd_codec, sizeof rt->bwd_codec) < 0) {
+        nb_log_error(NULL, "%s: job.codecs: %s", rt->cfg->path, err);
+        return NB_EINVAL;
+    }
+    int p = j->n_clusters + (j->topology == NB_TOPO_USHAPE ? 1 : 0);
+    rt->m = choose_m(j, p);
+    rt->sched = (nb_sched_spec_t){ .kind = j->schedule == NB_CFG_SCHED_GPIPE ? NB_SCHED_GPIPE : NB_SCHED_1F1B };
+    uint64_t job_id = ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid() ^ 1;
+    if (nb_job_from_cfg(j, rt->m, job_id, &rt->job, err, sizeof err)) {
+        nb_log_error(NULL, "%s: %s", rt->cfg->path, err);
+        return NB_EINVAL;
+    }
+    nb_net_cfg_t nc;
+    nb_rt_net_cfg(rt->cfg, NEBULA__ROLE__ROLE_COORDINATOR, &nc);
+    const char *names[NB_SCHED_MAX_STAGES];
+    for (int i = 0; i < rt->job.n_daemons; i++)
+        names[i] = rt->job.names[i];
+    nc.allowed_peers = names;
+    nc.n_allowed_peers = (size_t)rt->job.n_daemons;
+    const nb_net_cb_t cb = { on_ready, on_frame, on_writable, on_closed };
+    int rc = nb_net_new(rt->loop, &nc, &cb, rt, &rt->net);
+    if (rc) {
+        nb_log_error(NULL, "cannot create the transport: %s", nb_strerror(rc));
+        return rc;
+    }
+    rt->net_open = true;
+    int port = 0;
+    if ((rc = nb_net_listen(rt->net, rt->cfg->listen.host, rt->cfg->listen.port, &port))) {
+        nb_log_error(NULL, "cannot listen on %s: %s", rt->cfg->listen.text, nb_strerror(rc));
+        return rc;
+    }
+    char bound[NB_CFG_ADDR_MAX + 16];
+    snprintf(bound, sizeof bound, "%s:%d", rt->cfg->listen.host, port);
+    nb_state_set_listen(rt->state, bound, rt->cfg->status_socket);
+    for (int i = 0; i < rt->job.n_daemons; i++)
+        nb_rt_peer_row(rt->state, rt->job.names[i], "stage", rt->job.addresses[i], "waiting", NULL);
+    if (rt->cfg->connect_timeout_s > 0) {
+        uv_timer_init(rt->loop, &rt->connect_timer);
+        rt->connect_timer.data = rt;
+        rt->timer_open = true;
+        uv_timer_start(&rt->connect_timer, connect_timeout_cb, (uint64_t)(rt->cfg->connect_timeout_s * 1000), 0);
+    }
+    update_job_info(rt, NAN, -1, -1, -1);
+    rt->step = -1;
+    nb_service_set_state(svc, NB_SVC_WAITING, "listening on %s; waiting for %d stage daemons", bound,
+                         rt->job.n_daemons);
+    return 0;
+}
+
+static void rt_stop(nb_service_t *svc, void *ud)
+{
+    (void)svc;
+    nb_coord_rt_t *rt = ud;
+    if (rt->running && !rt->failed)
+        send_all_shutdown(rt, "the coordinator is stopping");
+    rt->stopping = true;
+    if (rt->timer_open) {
+        uv_close((uv_handle_t *)&rt->connect_timer, NULL);
+        rt->timer_open = false;
+    }
+    if (rt->net_open) {
+        nb_net_close(rt->net, NULL, NULL);
+        rt->net_open = false;
+    }
+}
+
+static const nb_runtime_i coord_runtime = {
+    .start = rt_start,
+    .stop = rt_stop,
+    .binds_listener = true,
+};
+
+int nb_coord_rt_attach(nb_service_t *svc, nb_coord_rt_t **out)
+{
+    nb_coord_rt_t *rt = calloc(1, sizeof *rt);
+    if (!rt)
+        return NB_ENOMEM;
+    rt->svc = svc;
+    rt->cfg = nb_service_config(svc);
+    rt->state = nb_service_state(svc);
+    rt->loop = nb_service_loop(svc);
+    nb_metrics_t *mx = nb_state_metrics(rt->state);
+    rt->m_steps = nb_metrics_add(mx, "nebula_job_steps_total", NULL, NB_METRIC_COUNTER, "Steps committed");
+    rt->m_loss = nb_metrics_add(mx, "nebula_job_loss", NULL, NB_METRIC_GAUGE, "Loss of the last step");
+    rt->m_tps = nb_metrics_add(mx, "nebula_job_tokens_per_second", NULL, NB_METRIC_GAUGE,
+                               "Tokens per second of the last step");
+    rt->m_bubble = nb_metrics_add(mx, "nebula_job_bubble_ratio", NULL, NB_METRIC_GAUGE,
+                                  "Measured bubble fraction of the last step");
+    rt->m_raw = nb_metrics_add(mx, "nebula_job_tensor_raw_bytes_total", NULL, NB_METRIC_COUNTER,
+                               "Tensor bytes crossing cuts before compression");
+    rt->m_wire = nb_metrics_add(mx, "nebula_job_tensor_wire_bytes_total", NULL, NB_METRIC_COUNTER,
+                                "Tensor bytes crossing cuts after compression");
+    nb_service_set_runtime(svc, &coord_runtime, rt);
+    *out = rt;
+    return 0;
+}
+
+void nb_coord_rt_free(nb_coord_rt_t *rt)
+{
+    free(rt);
+}

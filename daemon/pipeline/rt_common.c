@@ -1,0 +1,68 @@
+/* rt_common.c - helpers shared by the pipeline runtimes; see rt_common.h. */
+#include <stdio.h>
+#include <string.h>
+#include "daemon/pipeline/rt_common.h"
+
+void nb_rt_net_cfg(const nb_config_t *cfg, int role, nb_net_cfg_t *out)
+{
+    nb_net_cfg_default(out);
+    out->name = cfg->name;
+    out->role = role;
+    out->tls.cert_file = cfg->tls.cert;
+    out->tls.key_file = cfg->tls.key;
+    out->tls.ca_file = cfg->tls.ca;
+    if (cfg->heartbeat_interval_s > 0)
+        out->heartbeat_ms = (uint32_t)(cfg->heartbeat_interval_s * 1000.0);
+    if (cfg->heartbeat_timeout_s > 0)
+        out->dead_after_ms = (uint32_t)(cfg->heartbeat_timeout_s * 1000.0);
+}
+
+void nb_rt_peer_row(nb_state_t *st, const char *name, const char *role, const char *address,
+                    const char *state, const nb_conn_t *c)
+{
+    nb_peer_info_t p;
+    memset(&p, 0, sizeof p);
+    snprintf(p.name, sizeof p.name, "%s", name);
+    snprintf(p.role, sizeof p.role, "%s", role);
+    snprintf(p.address, sizeof p.address, "%s", address);
+    snprintf(p.state, sizeof p.state, "%s", state);
+    p.rtt_ms = -1;
+    p.bandwidth_mbps = -1;
+    if (c) {
+        nb_link_t l;
+        nb_probe_link(c, &l);
+        if (l.rtt_ewma_ms > 0)
+            p.rtt_ms = l.rtt_ewma_ms;
+        double bps = l.tx_bw_probe > 0 ? l.tx_bw_probe : l.rx_bps_ewma;
+        if (bps > 0)
+            p.bandwidth_mbps = bps * 8.0 / 1e6;
+        p.bytes_sent = l.bytes_tx;
+        p.bytes_received = l.bytes_rx;
+    }
+    nb_state_peer_update(st, &p);
+}
+
+int nb_rt_frame_kind(nb_pmsg_kind_t k)
+{
+    switch (k) {
+    case NB_PMSG_ACT: return NEBULA__TENSOR_KIND__KIND_ACTIVATION;
+    case NB_PMSG_GRAD: return NEBULA__TENSOR_KIND__KIND_GRADIENT;
+    case NB_PMSG_LABELS: return NEBULA__TENSOR_KIND__KIND_LABELS;
+    default: return -1;
+    }
+}
+
+int nb_rt_pmsg_kind(int frame_kind)
+{
+    switch (frame_kind) {
+    case NEBULA__TENSOR_KIND__KIND_ACTIVATION: return NB_PMSG_ACT;
+    case NEBULA__TENSOR_KIND__KIND_GRADIENT: return NB_PMSG_GRAD;
+    case NEBULA__TENSOR_KIND__KIND_LABELS: return NB_PMSG_LABELS;
+    default: return -1;
+    }
+}
+
+int nb_rt_send_ctl(nb_conn_t *c, Nebula__Frame *f)
+{
+    return nb_conn_send(c, f, NULL, 0, NULL, NULL);
+}

@@ -1,0 +1,31 @@
+/*
+ * rt_common.h - small pieces shared by the stage and coordinator runtimes:
+ * transport settings from the configuration, peer status rows, and the
+ * tensor-kind mapping between pipeline messages and frames.
+ */
+#ifndef NB_RT_COMMON_H
+#define NB_RT_COMMON_H
+
+#include "daemon/config/config.h"
+#include "daemon/net/net.h"
+#include "daemon/net/probe.h"
+#include "daemon/pipeline/pipe_msg.h"
+#include "daemon/service/state.h"
+
+/* Transport settings of a daemon from its configuration (strings point into
+ * cfg, which must outlive the call to nb_net_new). */
+void nb_rt_net_cfg(const nb_config_t *cfg, int role, nb_net_cfg_t *out);
+
+/* Publishes one peer's row (connection state, RTT, bandwidth, bytes) in the
+ * daemon's status. c may be NULL (peer not connected). */
+void nb_rt_peer_row(nb_state_t *st, const char *name, const char *role, const char *address,
+                    const char *state, const nb_conn_t *c);
+
+/* Frame tensor kind of a pipeline message kind, and back (-1: none). */
+int nb_rt_frame_kind(nb_pmsg_kind_t k);
+int nb_rt_pmsg_kind(int frame_kind);
+
+/* Sends a small control frame (no payload); returns nb_conn_send's code. */
+int nb_rt_send_ctl(nb_conn_t *c, Nebula__Frame *f);
+
+#endif
