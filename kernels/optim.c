@@ -142,6 +142,7 @@ void nb_optim_step(nb_optim_t *o, float *params, const float *grads, float lr, f
 }
 
 int nb_optim_steps(const nb_optim_t *o) { return o->steps; }
+size_t nb_optim_numel(const nb_optim_t *o) { return o->n; }
 float *nb_optim_m(nb_optim_t *o) { return o->m; }
 float *nb_optim_v(nb_optim_t *o) { return o->v; }
 void nb_optim_set_steps(nb_optim_t *o, int steps) { o->steps = steps; }

@@ -69,6 +69,8 @@ float nb_optim_clip_scale(const nb_optim_config_t *c, double global_sumsq);
 void nb_optim_step(nb_optim_t *o, float *params, const float *grads, float lr, float grad_scale);
 /* Steps taken so far. */
 int nb_optim_steps(const nb_optim_t *o);
+/* Floats covered (the n given to nb_optim_new). */
+size_t nb_optim_numel(const nb_optim_t *o);
 /* The flat state buffers (device, n floats each), for checkpoints. */
 float *nb_optim_m(nb_optim_t *o);
 float *nb_optim_v(nb_optim_t *o);

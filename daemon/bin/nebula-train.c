@@ -1,11 +1,19 @@
 /*
  * nebula-train - the deterministic single-process trainer.
  *
- * usage: nebula-train --config FILE [--steps N]
+ * usage: nebula-train --config FILE [--steps N] [--stop-after N]
+ *                     [--checkpoint FILE] [--resume FILE]
  * Reads a YAML file with role: train (docs/config.md), trains the model of
  * job.model on the token file job.data, prints a progress line every
  * job.log_every steps (step, loss, learning rate, gradient norm, tokens/s)
  * and writes the weights to job.output (when set) at the end.
+ *   --steps N         train N steps instead of job.steps (the LR schedule
+ *                     follows N)
+ *   --stop-after N    stop once N steps are done (schedule unchanged)
+ *   --checkpoint FILE write a checkpoint (weights, optimizer, step) when
+ *                     the run stops
+ *   --resume FILE     continue from a checkpoint of the same run; the
+ *                     result equals an uninterrupted run bit for bit
  * Exit status: 0 done, 1 runtime error, 2 bad usage, 78 bad configuration.
  */
 #include <getopt.h>
@@ -19,7 +27,16 @@
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: nebula-train --config FILE [--steps N]\n");
+    fprintf(stderr, "usage: nebula-train --config FILE [--steps N] [--stop-after N] "
+                    "[--checkpoint FILE] [--resume FILE]\n");
+}
+
+/* Parses a positive step count; -1 when it is not one. */
+static long parse_steps(const char *s)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+    return (*end || end == s || v <= 0 || v > 100000000) ? -1 : v;
 }
 
 /* Maps the loaded job onto the trainer's plain structs. */
@@ -55,11 +72,14 @@ static int to_train_config(const nb_config_t *cfg, nb_train_config_t *tc, char *
 
 int main(int argc, char **argv)
 {
-    const char *config_path = NULL;
-    long steps_override = 0;
+    const char *config_path = NULL, *ckpt_out = NULL, *resume = NULL;
+    long steps_override = 0, stop_after = 0;
     static const struct option opts[] = {
         { "config", required_argument, NULL, 'c' },
         { "steps", required_argument, NULL, 's' },
+        { "stop-after", required_argument, NULL, 'S' },
+        { "checkpoint", required_argument, NULL, 'k' },
+        { "resume", required_argument, NULL, 'r' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -67,15 +87,19 @@ int main(int argc, char **argv)
     while ((ch = getopt_long(argc, argv, "c:s:h", opts, NULL)) != -1) {
         switch (ch) {
         case 'c': config_path = optarg; break;
-        case 's': {
-            char *end;
-            steps_override = strtol(optarg, &end, 10);
-            if (*end || steps_override <= 0 || steps_override > 100000000) {
-                fprintf(stderr, "nebula-train: --steps must be a positive integer\n");
+        case 's':
+        case 'S': {
+            long v = parse_steps(optarg);
+            if (v < 0) {
+                fprintf(stderr, "nebula-train: --%s must be a positive integer\n",
+                        ch == 's' ? "steps" : "stop-after");
                 return 2;
             }
+            *(ch == 's' ? &steps_override : &stop_after) = v;
             break;
         }
+        case 'k': ckpt_out = optarg; break;
+        case 'r': resume = optarg; break;
         case 'h': usage(); return 0;
         default: usage(); return 2;
         }
@@ -125,6 +149,14 @@ int main(int argc, char **argv)
         nb_be_free(be);
         return rc == NB_EINVAL ? NB_CFG_EXIT_CONFIG : 1;
     }
+    if (resume && (rc = nb_trainer_resume(tr, resume, err, sizeof err)) != 0) {
+        nb_log_error(NULL, "%s", err);
+        nb_trainer_free(tr);
+        nb_be_free(be);
+        return rc == NB_EINVAL ? NB_CFG_EXIT_CONFIG : 1;
+    }
+    int first_step = nb_trainer_steps_done(tr);
+    int end_step = stop_after && stop_after < tc.steps ? (int)stop_after : tc.steps;
     nb_part_t *part = nb_trainer_part(tr);
     printf("nebula-train: %s-LN %s model, %d layers, d_model %d, %d heads, %zu parameters; "
            "batch %d (%d micro-batches) x %d tokens, %d steps, backend %s\n",
@@ -135,19 +167,21 @@ int main(int argc, char **argv)
     double interval_s = 0, total_s = 0;
     int interval_steps = 0;
     float first_loss = 0, last_loss = 0;
-    for (int s = 0; s < tc.steps; s++) {
+    if (first_step)
+        printf("nebula-train: resumed from %s after %d steps\n", resume, first_step);
+    for (int s = first_step; s < end_step; s++) {
         nb_train_step_t st;
         if ((rc = nb_trainer_step(tr, &st, err, sizeof err)) != 0) {
             nb_log_error(NULL, "%s", err);
             break;
         }
-        if (s == 0)
+        if (s == first_step)
             first_loss = st.loss;
         last_loss = st.loss;
         interval_s += st.seconds;
         total_s += st.seconds;
         interval_steps++;
-        if ((s + 1) % every == 0 || s + 1 == tc.steps || s == 0) {
+        if ((s + 1) % every == 0 || s + 1 == end_step || s == first_step) {
             double tps = (double)interval_steps * tc.batch * tc.seq_len / (interval_s > 0 ? interval_s : 1e-9);
             printf("step %5d/%d  loss %.4f  lr %.2e  grad_norm %.3f  tokens/s %.0f\n", s + 1, tc.steps,
                    st.loss, st.lr, st.grad_norm, tps);
@@ -157,9 +191,16 @@ int main(int argc, char **argv)
         }
     }
     if (rc == 0) {
-        printf("nebula-train: done: loss %.4f -> %.4f in %.1f s (%.0f tokens/s)\n", first_loss, last_loss, total_s,
-               (double)tc.steps * tc.batch * tc.seq_len / (total_s > 0 ? total_s : 1e-9));
-        if (cfg.job.output[0]) {
+        printf("nebula-train: %s: loss %.4f -> %.4f in %.1f s (%.0f tokens/s)\n",
+               end_step == tc.steps ? "done" : "stopped", first_loss, last_loss, total_s,
+               (double)(end_step - first_step) * tc.batch * tc.seq_len / (total_s > 0 ? total_s : 1e-9));
+        if (ckpt_out) {
+            if ((rc = nb_trainer_save(tr, ckpt_out, err, sizeof err)) != 0)
+                nb_log_error(NULL, "%s", err);
+            else
+                printf("nebula-train: checkpoint after %d steps written to %s\n", end_step, ckpt_out);
+        }
+        if (rc == 0 && end_step == tc.steps && cfg.job.output[0]) {
             if ((rc = nb_weights_save(cfg.job.output, part, err, sizeof err)) != 0)
                 nb_log_error(NULL, "%s", err);
             else

@@ -10,6 +10,7 @@
 #include <math.h>
 #include "daemon/data/tokens.h"
 #include "daemon/train/trainer.h"
+#include "daemon/train/weights.h"
 
 struct nb_trainer {
     nb_backend_t *be;
@@ -193,4 +194,32 @@ int nb_trainer_step(nb_trainer_t *t, nb_train_step_t *out, char *err, size_t err
 }
 
 int nb_trainer_steps_done(const nb_trainer_t *t) { return t->step; }
+
+static nb_ckpt_meta_t run_meta(const nb_trainer_t *t)
+{
+    nb_ckpt_meta_t m = { .seed = t->cfg.seed, .steps_done = t->step, .batch = t->cfg.batch,
+                         .micro_batches = t->cfg.micro_batches, .seq_len = t->cfg.seq_len };
+    return m;
+}
+
+int nb_trainer_save(nb_trainer_t *t, const char *path, char *err, size_t errlen)
+{
+    nb_ckpt_meta_t m = run_meta(t);
+    return nb_checkpoint_save(path, t->part, t->optim, &m, err, errlen);
+}
+
+int nb_trainer_resume(nb_trainer_t *t, const char *path, char *err, size_t errlen)
+{
+    nb_ckpt_meta_t want = run_meta(t), got;
+    int rc = nb_checkpoint_load(path, t->part, t->optim, &want, &got, err, errlen);
+    if (rc)
+        return rc;
+    if (got.steps_done > t->cfg.steps) {
+        snprintf(err, errlen, "%s: %d steps done, more than the %d configured", path, got.steps_done,
+                 t->cfg.steps);
+        return NB_EINVAL;
+    }
+    t->step = got.steps_done;
+    return 0;
+}
 nb_part_t *nb_trainer_part(nb_trainer_t *t) { return t->part; }

@@ -62,6 +62,15 @@ void nb_trainer_free(nb_trainer_t *t);
 int nb_trainer_step(nb_trainer_t *t, nb_train_step_t *out, char *err, size_t errlen);
 /* Steps taken so far. */
 int nb_trainer_steps_done(const nb_trainer_t *t);
+/* Writes a checkpoint (weights, AdamW state, steps done; daemon/train/
+ * weights.h) to path. Errors: NB_EIO, NB_ENOMEM; message in err. */
+int nb_trainer_save(nb_trainer_t *t, const char *path, char *err, size_t errlen);
+/* Restores a checkpoint written by a run with the same model, seed, batch,
+ * micro_batches and seq_len; the next step is the one after the saved
+ * ones, so a resumed run equals an uninterrupted one bit for bit. Errors:
+ * file errors, NB_EINVAL (another run, or more steps than configured).
+ * After an error the weights may be partly restored: start a new trainer. */
+int nb_trainer_resume(nb_trainer_t *t, const char *path, char *err, size_t errlen);
 /* The model (one part holding everything). Borrowed. */
 nb_part_t *nb_trainer_part(nb_trainer_t *t);
 

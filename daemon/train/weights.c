@@ -1,5 +1,7 @@
 /*
- * weights.c - save and load the parameters of a model part; see weights.h.
+ * weights.c - weights files and checkpoints of a model part; see weights.h.
+ * Both share one body (model header, tensor table, parameters); a
+ * checkpoint adds the run's position before it and the AdamW state after.
  */
 #include <errno.h>
 #include <stdbool.h>
@@ -11,6 +13,7 @@
 
 #define NAME_BYTES 32
 #define HDR_FIELDS 15 /* 11 config + 4 spec */
+#define META_INTS 6
 
 static const char *const field_names[HDR_FIELDS] = {
     "n_layer", "d_model", "n_head", "d_ff", "vocab", "max_seq", "causal", "norm", "head",
@@ -28,47 +31,97 @@ static void header_fields(const nb_part_t *p, int32_t f[HDR_FIELDS])
     memcpy(f, v, sizeof v);
 }
 
-int nb_weights_save(const char *path, nb_part_t *p, char *err, size_t errlen)
+/* ---- writing ------------------------------------------------------------ */
+
+typedef struct {
+    FILE *f;
+    bool ok;
+} writer_t;
+
+static void put(writer_t *w, const void *src, size_t n)
+{
+    if (w->ok && n && fwrite(src, 1, n, w->f) != n)
+        w->ok = false;
+}
+
+/* Copies n device floats to a new host buffer, or NULL. */
+static float *to_host(nb_backend_t *be, const float *dev, size_t n)
+{
+    float *h = malloc((n ? n : 1) * sizeof(float));
+    if (h && n)
+        nb_be_to_host(be, h, dev, n * sizeof(float));
+    return h;
+}
+
+static int write_file(const char *path, bool ckpt, nb_part_t *p, nb_optim_t *o, const nb_ckpt_meta_t *meta,
+                      char *err, size_t errlen)
 {
     char tmp[4096];
     if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
         snprintf(err, errlen, "%s: path too long", path);
         return NB_EIO;
     }
+    nb_backend_t *be = nb_part_backend(p);
     size_t n = nb_part_num_params(p);
-    float *host = malloc((n ? n : 1) * sizeof(float));
-    if (!host) {
+    if (ckpt && nb_optim_numel(o) != n) {
+        snprintf(err, errlen, "%s: the optimizer covers %zu floats, the part has %zu", path, nb_optim_numel(o), n);
+        return NB_EINVAL;
+    }
+    float *params = to_host(be, nb_part_params(p), n);
+    float *m = ckpt ? to_host(be, nb_optim_m(o), n) : NULL;
+    float *v = ckpt ? to_host(be, nb_optim_v(o), n) : NULL;
+    if (!params || (ckpt && (!m || !v))) {
         snprintf(err, errlen, "%s: out of memory for %zu parameters", path, n);
+        free(params);
+        free(m);
+        free(v);
         return NB_ENOMEM;
     }
-    nb_be_to_host(nb_part_backend(p), host, nb_part_params(p), n * sizeof(float));
-    FILE *f = fopen(tmp, "wb");
-    if (!f) {
+    writer_t w = { fopen(tmp, "wb"), true };
+    if (!w.f) {
         snprintf(err, errlen, "%s: cannot create: %s", tmp, strerror(errno));
-        free(host);
+        free(params);
+        free(m);
+        free(v);
         return NB_EIO;
     }
-    uint32_t version = NB_WEIGHTS_VERSION, nt = (uint32_t)nb_part_num_tensors(p);
-    uint64_t np = n;
+    uint32_t version = ckpt ? NB_CHECKPOINT_VERSION : NB_WEIGHTS_VERSION;
+    put(&w, ckpt ? "NBCK" : "NBWT", 4);
+    put(&w, &version, 4);
+    if (ckpt) {
+        int32_t mi[META_INTS] = { meta->steps_done, meta->batch, meta->micro_batches, meta->seq_len,
+                                  nb_optim_steps(o), 0 };
+        put(&w, &meta->seed, 8);
+        put(&w, mi, sizeof mi);
+    }
     int32_t hf[HDR_FIELDS];
     header_fields(p, hf);
-    bool ok = fwrite("NBWT", 1, 4, f) == 4 && fwrite(&version, 4, 1, f) == 1 &&
-              fwrite(hf, sizeof hf, 1, f) == 1 && fwrite(&nt, 4, 1, f) == 1 && fwrite(&np, 8, 1, f) == 1;
-    for (uint32_t i = 0; ok && i < nt; i++) {
+    uint32_t nt = (uint32_t)nb_part_num_tensors(p);
+    uint64_t np = n;
+    put(&w, hf, sizeof hf);
+    put(&w, &nt, 4);
+    put(&w, &np, 8);
+    for (uint32_t i = 0; i < nt; i++) {
         const nb_param_info_t *t = nb_part_tensor(p, (int)i);
         char name[NAME_BYTES] = { 0 };
         snprintf(name, sizeof name, "%s", t->name);
         uint32_t nd = (uint32_t)t->ndim;
         uint64_t shape[2] = { (uint64_t)t->shape[0], (uint64_t)t->shape[1] };
-        ok = fwrite(name, 1, NAME_BYTES, f) == NAME_BYTES && fwrite(&nd, 4, 1, f) == 1 &&
-             fwrite(shape, 8, 2, f) == 2;
+        put(&w, name, NAME_BYTES);
+        put(&w, &nd, 4);
+        put(&w, shape, 16);
     }
-    if (ok && n)
-        ok = fwrite(host, sizeof(float), n, f) == n;
-    free(host);
-    if (fclose(f) != 0)
-        ok = false;
-    if (!ok || rename(tmp, path) != 0) {
+    put(&w, params, n * sizeof(float));
+    if (ckpt) {
+        put(&w, m, n * sizeof(float));
+        put(&w, v, n * sizeof(float));
+    }
+    free(params);
+    free(m);
+    free(v);
+    if (fclose(w.f) != 0)
+        w.ok = false;
+    if (!w.ok || rename(tmp, path) != 0) {
         snprintf(err, errlen, "%s: write failed: %s", path, strerror(errno));
         unlink(tmp);
         return NB_EIO;
@@ -76,65 +129,136 @@ int nb_weights_save(const char *path, nb_part_t *p, char *err, size_t errlen)
     return 0;
 }
 
-int nb_weights_load(const char *path, nb_part_t *p, char *err, size_t errlen)
+int nb_weights_save(const char *path, nb_part_t *p, char *err, size_t errlen)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
+    return write_file(path, false, p, NULL, NULL, err, errlen);
+}
+
+int nb_checkpoint_save(const char *path, nb_part_t *p, nb_optim_t *o, const nb_ckpt_meta_t *meta,
+                       char *err, size_t errlen)
+{
+    return write_file(path, true, p, o, meta, err, errlen);
+}
+
+/* ---- reading ------------------------------------------------------------ */
+
+typedef struct {
+    FILE *f;
+    long off;
+} reader_t;
+
+static bool get(reader_t *r, void *dst, size_t n)
+{
+    size_t got = fread(dst, 1, n, r->f);
+    r->off += (long)got;
+    return got == n;
+}
+
+/* Reads n floats into a new host buffer; NULL with *rc set on error. */
+static float *get_floats(reader_t *r, size_t n, const char *what, const char *path, int *rc,
+                         char *err, size_t errlen)
+{
+    float *h = malloc((n ? n : 1) * sizeof(float));
+    if (!h) {
+        *rc = NB_ENOMEM;
+        snprintf(err, errlen, "%s: out of memory for %zu floats", path, n);
+        return NULL;
+    }
+    if (!get(r, h, n * sizeof(float))) {
+        *rc = NB_EFORMAT;
+        snprintf(err, errlen, "%s: offset %ld: truncated %s (%zu floats expected)", path, r->off, what, n);
+        free(h);
+        return NULL;
+    }
+    return h;
+}
+
+static int read_file(const char *path, bool ckpt, nb_part_t *p, nb_optim_t *o, const nb_ckpt_meta_t *want,
+                     nb_ckpt_meta_t *got_meta, char *err, size_t errlen)
+{
+    reader_t r = { fopen(path, "rb"), 0 };
+    if (!r.f) {
         snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
         return NB_EIO;
     }
+    const char *magic_want = ckpt ? "NBCK" : "NBWT";
+    uint32_t version_want = ckpt ? NB_CHECKPOINT_VERSION : NB_WEIGHTS_VERSION;
     int rc = NB_EFORMAT;
-    float *host = NULL;
-    long off = 0;
+    float *params = NULL, *m = NULL, *v = NULL;
     char magic[4];
     uint32_t version, nt;
-    uint64_t np;
-    int32_t hf[HDR_FIELDS], want[HDR_FIELDS];
-#define READ(dst, size) (fread((dst), 1, (size), f) == (size) ? (off += (long)(size), true) : false)
-    if (!READ(magic, 4) || memcmp(magic, "NBWT", 4) != 0) {
-        snprintf(err, errlen, "%s: offset 0: not a weights file (magic is not NBWT)", path);
+    uint64_t np, seed = 0;
+    int32_t mi[META_INTS] = { 0 }, hf[HDR_FIELDS], hw[HDR_FIELDS];
+    if (!get(&r, magic, 4) || memcmp(magic, magic_want, 4) != 0) {
+        snprintf(err, errlen, "%s: offset 0: not a %s file (magic is not %s)", path,
+                 ckpt ? "checkpoint" : "weights", magic_want);
         goto out;
     }
-    if (!READ(&version, 4)) {
-        snprintf(err, errlen, "%s: offset %ld: truncated header", path, off);
+    if (!get(&r, &version, 4)) {
+        snprintf(err, errlen, "%s: offset %ld: truncated header", path, r.off);
         goto out;
     }
-    if (version != NB_WEIGHTS_VERSION) {
-        snprintf(err, errlen, "%s: offset 4: version %u, this build reads version %u", path, version,
-                 NB_WEIGHTS_VERSION);
+    if (version != version_want) {
+        snprintf(err, errlen, "%s: offset 4: version %u, this build reads version %u", path, version, version_want);
         rc = NB_EVERSION;
         goto out;
     }
-    if (!READ(hf, sizeof hf)) {
-        snprintf(err, errlen, "%s: offset %ld: truncated header", path, off);
-        goto out;
-    }
-    header_fields(p, want);
-    for (int i = 0; i < HDR_FIELDS; i++)
-        if (hf[i] != want[i]) {
-            snprintf(err, errlen, "%s: offset %d: %s is %d in the file, %d in this model", path,
-                     8 + 4 * i, field_names[i], hf[i], want[i]);
+    if (ckpt) {
+        if (!get(&r, &seed, 8) || !get(&r, mi, sizeof mi)) {
+            snprintf(err, errlen, "%s: offset %ld: truncated header", path, r.off);
+            goto out;
+        }
+        static const char *const names[] = { "batch", "micro_batches", "seq_len" };
+        int32_t wants[] = { want->batch, want->micro_batches, want->seq_len };
+        if (seed != want->seed) {
+            snprintf(err, errlen, "%s: offset 8: seed is %llu in the file, %llu in this run", path,
+                     (unsigned long long)seed, (unsigned long long)want->seed);
             rc = NB_EINVAL;
             goto out;
         }
-    if (!READ(&nt, 4) || !READ(&np, 8)) {
-        snprintf(err, errlen, "%s: offset %ld: truncated header", path, off);
+        for (int i = 0; i < 3; i++)
+            if (mi[1 + i] != wants[i]) {
+                snprintf(err, errlen, "%s: offset %d: %s is %d in the file, %d in this run", path, 20 + 4 * i,
+                         names[i], mi[1 + i], wants[i]);
+                rc = NB_EINVAL;
+                goto out;
+            }
+        if (mi[0] < 0 || mi[4] < 0) {
+            snprintf(err, errlen, "%s: offset 16: negative step count", path);
+            goto out;
+        }
+    }
+    long hdr_at = r.off;
+    if (!get(&r, hf, sizeof hf)) {
+        snprintf(err, errlen, "%s: offset %ld: truncated header", path, r.off);
+        goto out;
+    }
+    header_fields(p, hw);
+    for (int i = 0; i < HDR_FIELDS; i++)
+        if (hf[i] != hw[i]) {
+            snprintf(err, errlen, "%s: offset %ld: %s is %d in the file, %d in this model", path,
+                     hdr_at + 4 * i, field_names[i], hf[i], hw[i]);
+            rc = NB_EINVAL;
+            goto out;
+        }
+    if (!get(&r, &nt, 4) || !get(&r, &np, 8)) {
+        snprintf(err, errlen, "%s: offset %ld: truncated header", path, r.off);
         goto out;
     }
     if (nt != (uint32_t)nb_part_num_tensors(p) || np != nb_part_num_params(p)) {
         snprintf(err, errlen, "%s: offset %ld: %u tensors / %llu parameters in the file, %d / %zu in this model",
-                 path, off - 12, nt, (unsigned long long)np, nb_part_num_tensors(p), nb_part_num_params(p));
+                 path, r.off - 12, nt, (unsigned long long)np, nb_part_num_tensors(p), nb_part_num_params(p));
         rc = NB_EINVAL;
         goto out;
     }
     for (uint32_t i = 0; i < nt; i++) {
         const nb_param_info_t *t = nb_part_tensor(p, (int)i);
-        long at = off;
+        long at = r.off;
         char name[NAME_BYTES];
         uint32_t nd;
         uint64_t shape[2];
-        if (!READ(name, NAME_BYTES) || !READ(&nd, 4) || !READ(shape, 16)) {
-            snprintf(err, errlen, "%s: offset %ld: truncated tensor table", path, off);
+        if (!get(&r, name, NAME_BYTES) || !get(&r, &nd, 4) || !get(&r, shape, 16)) {
+            snprintf(err, errlen, "%s: offset %ld: truncated tensor table", path, r.off);
             goto out;
         }
         name[NAME_BYTES - 1] = '\0';
@@ -147,29 +271,49 @@ int nb_weights_load(const char *path, nb_part_t *p, char *err, size_t errlen)
         }
     }
     size_t n = nb_part_num_params(p);
-    host = malloc((n ? n : 1) * sizeof(float));
-    if (!host) {
-        rc = NB_ENOMEM;
-        snprintf(err, errlen, "%s: out of memory for %zu parameters", path, n);
+    if (ckpt && nb_optim_numel(o) != n) {
+        snprintf(err, errlen, "%s: the optimizer covers %zu floats, the part has %zu", path, nb_optim_numel(o), n);
+        rc = NB_EINVAL;
         goto out;
     }
-    size_t got = fread(host, sizeof(float), n, f);
-    if (got != n) {
-        snprintf(err, errlen, "%s: offset %ld: truncated parameters (%zu of %zu floats)", path,
-                 off + (long)(got * sizeof(float)), got, n);
+    if (!(params = get_floats(&r, n, "parameters", path, &rc, err, errlen)))
+        goto out;
+    if (ckpt && (!(m = get_floats(&r, n, "optimizer state m", path, &rc, err, errlen)) ||
+                 !(v = get_floats(&r, n, "optimizer state v", path, &rc, err, errlen))))
+        goto out;
+    if (fgetc(r.f) != EOF) {
+        rc = NB_EFORMAT;
+        snprintf(err, errlen, "%s: offset %ld: trailing bytes after the %s", path, r.off,
+                 ckpt ? "optimizer state" : "parameters");
         goto out;
     }
-    off += (long)(n * sizeof(float));
-    if (fgetc(f) != EOF) {
-        snprintf(err, errlen, "%s: offset %ld: trailing bytes after the parameters", path, off);
-        goto out;
+    nb_backend_t *be = nb_part_backend(p);
+    nb_be_from_host(be, nb_part_params(p), params, n * sizeof(float));
+    if (ckpt) {
+        nb_be_from_host(be, nb_optim_m(o), m, n * sizeof(float));
+        nb_be_from_host(be, nb_optim_v(o), v, n * sizeof(float));
+        nb_optim_set_steps(o, mi[4]);
+        if (got_meta)
+            *got_meta = (nb_ckpt_meta_t){ .seed = seed, .steps_done = mi[0], .batch = mi[1],
+                                          .micro_batches = mi[2], .seq_len = mi[3] };
     }
-#undef READ
-    nb_be_from_host(nb_part_backend(p), nb_part_params(p), host, n * sizeof(float));
-    nb_be_sync(nb_part_backend(p));
+    nb_be_sync(be);
     rc = 0;
 out:
-    free(host);
-    fclose(f);
+    free(params);
+    free(m);
+    free(v);
+    fclose(r.f);
     return rc;
+}
+
+int nb_weights_load(const char *path, nb_part_t *p, char *err, size_t errlen)
+{
+    return read_file(path, false, p, NULL, NULL, NULL, err, errlen);
+}
+
+int nb_checkpoint_load(const char *path, nb_part_t *p, nb_optim_t *o, const nb_ckpt_meta_t *want,
+                       nb_ckpt_meta_t *got, char *err, size_t errlen)
+{
+    return read_file(path, true, p, o, want, got, err, errlen);
 }

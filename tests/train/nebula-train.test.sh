@@ -38,6 +38,23 @@ cp "$work/out.weights" "$work/first.weights"
 cmp "$work/out.weights" "$work/first.weights"          # deterministic
 diff <(sed 's/tokens\/s.*//' "$work/run1.txt" | grep '^step') <(sed 's/tokens\/s.*//' "$work/run2.txt" | grep '^step')
 
+# stop after 12 steps with a checkpoint, resume: the same final weights
+"$train" --config "$work/t.yaml" --stop-after 12 --checkpoint "$work/c.ckpt" > "$work/run3.txt"
+grep -q "stopped" "$work/run3.txt" && grep -q "checkpoint after 12 steps" "$work/run3.txt"
+rm -f "$work/out.weights"
+"$train" --config "$work/t.yaml" --resume "$work/c.ckpt" > "$work/run4.txt"
+cat "$work/run4.txt"
+grep -q "resumed from .* after 12 steps" "$work/run4.txt"
+cmp "$work/out.weights" "$work/first.weights"
+diff <(grep '^step    30/30' "$work/run1.txt" | sed 's/tokens\/s.*//') <(grep '^step    30/30' "$work/run4.txt" | sed 's/tokens\/s.*//')
+# a checkpoint of another run is refused
+sed 's/seed: 7/seed: 8/' "$work/t.yaml" > "$work/seed8.yaml"
+set +e
+"$train" --config "$work/seed8.yaml" --resume "$work/c.ckpt" > /dev/null 2> "$work/err.txt"; rc=$?
+set -e
+cat "$work/err.txt"
+[ $rc -eq 78 ] && grep -q "seed is 7 in the file" "$work/err.txt"
+
 # a config that cannot work: exit 78, the field named
 sed 's/n_head: 2/n_head: 3/' "$work/t.yaml" > "$work/bad.yaml"
 set +e

@@ -329,6 +329,79 @@ static void test_weights_file(void **state)
     nb_be_free(be);
 }
 
+/* Stop after 3 steps, checkpoint, resume in a new trainer: the same losses
+ * and weights as 6 steps without a break. */
+static void test_checkpoint_resume(void **state)
+{
+    nb_train_config_t c = small_config();
+    c.steps = c.optim.total_steps = 6;
+    float ref[6];
+    float *wref;
+    size_t n;
+    run(&c, ref, &wref, &n);
+
+    char ck[160], err[512];
+    snprintf(ck, sizeof ck, "%s.ckpt", w_path);
+    nb_backend_t *be = nb_cpu_backend_new();
+    nb_trainer_t *a, *b;
+    nb_train_step_t st;
+    assert_int_equal(nb_trainer_new(be, &c, &a, err, sizeof err), 0);
+    for (int s = 0; s < 3; s++) {
+        assert_int_equal(nb_trainer_step(a, &st, err, sizeof err), 0);
+        assert_true(st.loss == ref[s]);
+    }
+    assert_int_equal(nb_trainer_save(a, ck, err, sizeof err), 0);
+    nb_trainer_free(a);
+    assert_int_equal(nb_trainer_new(be, &c, &b, err, sizeof err), 0);
+    assert_int_equal(nb_trainer_resume(b, ck, err, sizeof err), 0);
+    assert_int_equal(nb_trainer_steps_done(b), 3);
+    for (int s = 3; s < 6; s++) {
+        assert_int_equal(nb_trainer_step(b, &st, err, sizeof err), 0);
+        assert_int_equal(st.step, s);
+        assert_true(st.loss == ref[s]);
+    }
+    float *w = malloc(n * 4);
+    nb_be_to_host(be, w, nb_part_params(nb_trainer_part(b)), n * 4);
+    assert_memory_equal(w, wref, n * 4);
+    nb_trainer_free(b);
+
+    /* another run's checkpoint is refused, naming what differs */
+    nb_train_config_t other = c;
+    other.seed++;
+    assert_int_equal(nb_trainer_new(be, &other, &b, err, sizeof err), 0);
+    assert_int_equal(nb_trainer_resume(b, ck, err, sizeof err), NB_EINVAL);
+    printf("  refused: %s\n", err);
+    assert_non_null(strstr(err, "seed"));
+    nb_trainer_free(b);
+    other = c;
+    other.micro_batches = 4;
+    assert_int_equal(nb_trainer_new(be, &other, &b, err, sizeof err), 0);
+    assert_int_equal(nb_trainer_resume(b, ck, err, sizeof err), NB_EINVAL);
+    printf("  refused: %s\n", err);
+    assert_non_null(strstr(err, "micro_batches"));
+    /* a weights file is not a checkpoint; a truncated checkpoint is refused */
+    assert_int_equal(nb_weights_save(w_path, nb_trainer_part(b), err, sizeof err), 0);
+    assert_int_equal(nb_trainer_resume(b, w_path, err, sizeof err), NB_EFORMAT);
+    printf("  refused: %s\n", err);
+    assert_non_null(strstr(err, "not a checkpoint"));
+    nb_trainer_free(b);
+    FILE *f = fopen(ck, "rb");
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fclose(f);
+    assert_int_equal(truncate(ck, len - 4), 0);
+    assert_int_equal(nb_trainer_new(be, &c, &b, err, sizeof err), 0);
+    assert_int_equal(nb_trainer_resume(b, ck, err, sizeof err), NB_EFORMAT);
+    printf("  refused: %s\n", err);
+    assert_non_null(strstr(err, "optimizer state v"));
+    assert_int_equal(nb_trainer_steps_done(b), 0);
+    nb_trainer_free(b);
+    unlink(ck);
+    free(w);
+    free(wref);
+    nb_be_free(be);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -338,6 +411,7 @@ int main(void)
         cmocka_unit_test(test_step_recipe),
         cmocka_unit_test(test_bad_config),
         cmocka_unit_test(test_weights_file),
+        cmocka_unit_test(test_checkpoint_resume),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
