@@ -82,7 +82,7 @@ int nb_cost_model_gpt(int n_layers, int h, int heads, int seq, int vocab, int ti
         .embed_params = (double)vocab * H + S * H,
         .head_params = tied_head ? 0 : (double)vocab * H,
         .state_bytes_per_param = 16,
-        .act_bytes_per_sample_layer = 4.0 * S * H * (34.0 + 5.0 * heads * S / H),
+        .act_bytes_per_sample_layer = 4.0 * (S * (10.0 * H + 8.0 * H) + 2.0 * heads * S * S),
         .boundary_bytes_per_sample = 4.0 * S * H,
         .global_batch = global_batch,
     };

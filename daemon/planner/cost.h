@@ -103,8 +103,11 @@ typedef struct {
  *   params per block   12 h^2 + 13 h
  *   embedding          vocab h + seq h (token + position)
  *   head               0 when tied to the embedding, else vocab h
- *   stash per sample   4 seq h (34 + 5 heads seq / h) bytes per block
- *                      (the usual activation count, in fp32)
+ *   stash per sample   4 (seq (10 h + 2 d_ff) + 2 heads seq^2) bytes per block,
+ *                      d_ff = 4h: what the backward pass of a block keeps
+ *                      in fp32 (LN outputs, qkv, attention output and
+ *                      projection, both residuals, the MLP's two d_ff-wide
+ *                      activations, the pre- and post-softmax scores)
  *   boundary           4 seq h bytes per sample
  * Returns 0 or NB_EINVAL for a non-positive size. */
 int nb_cost_model_gpt(int n_layers, int h, int heads, int seq, int vocab, int tied_head,

@@ -143,7 +143,8 @@ static void test_gpt_shape(void **state)
     assert_close(m.embed_params, 50257.0 * 768 + 1024.0 * 768, 0);
     assert_close(m.head_params, 0, 0);
     assert_close(m.boundary_bytes_per_sample, 4.0 * 1024 * 768, 0);
-    assert_close(m.act_bytes_per_sample_layer, 4.0 * 1024 * 768 * (34 + 5.0 * 12 * 1024 / 768),
+    /* 18 values of width h per token and two 12-head 1024x1024 score maps. */
+    assert_close(m.act_bytes_per_sample_layer, 4.0 * (1024.0 * 18 * 768 + 2.0 * 12 * 1024 * 1024),
                  1e-6);
     assert_int_equal(nb_cost_model_gpt(12, 768, 12, 1024, 50257, 0, 64, &m), 0);
     assert_close(m.head_params, 50257.0 * 768, 0);
