@@ -8,7 +8,9 @@
  * that minimises the slowest stage's compute per micro-batch among the
  * splits that fit every stage's memory (dynamic programming over stages and
  * layers, so faster clusters get more layers), unless the request pins the
- * split. Each candidate is then simulated (sim.h).
+ * split. Each candidate is then simulated (sim.h), and the splits of the 32
+ * fastest are polished by simulation (one block at a time across a
+ * boundary while the step gets faster) before the final ranking.
  *
  * Choice and ties: the fastest predicted step wins; candidates within
  * tie_rel of it are near-ties, decided by fewer micro-batches, then less
