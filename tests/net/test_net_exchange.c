@@ -210,6 +210,12 @@ static void test_thousand_tensors(void **state)
     assert_true(sb->payload_rx == x.bytes);
     assert_true(sa->payload_rx == x.bytes);
     assert_true(h_log_has("TLSv1.3"));
+    /* passive estimates from the real transfers */
+    nb_link_t l;
+    nb_probe_link(nb_net_conn(x.a.net, "b"), &l);
+    assert_true(l.rx_bps_ewma > 0);
+    assert_true(l.bytes_rx == x.bytes && l.bytes_tx == x.bytes);
+    assert_true(l.rtt_ewma_ms > 0); /* heartbeats are pings */
     print_message("%d tensors, %zu bytes each way, %d back-pressure stops\n", N_TENSORS, x.bytes,
                   x.elimit);
     teardown_pair(&x);
@@ -346,6 +352,35 @@ static void test_peer_restart(void **state)
     teardown_pair(&x);
 }
 
+/* Exponential backoff with jitter: with nothing listening, a peer is
+ * redialled at 10-20, 20-40, 40-80, 80-160 ms, then every 100-200 ms. */
+static void test_backoff(void **state)
+{
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    /* a port that was just free: bind, read it, close */
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = { .sin_family = AF_INET };
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    socklen_t sl = sizeof sa;
+    getsockname(fd, (struct sockaddr *)&sa, &sl);
+    close(fd);
+    h_ep_t a = { 0 };
+    nb_net_cfg_t cfg;
+    h_cfg(&cfg, &a, "a", "a", NULL, 0);
+    h_ep_new(&loop, &a, &cfg, 0);
+    assert_int_equal(nb_net_connect(a.net, "b", "127.0.0.1", ntohs(sa.sin_port)), 0);
+    assert_int_equal(nb_net_connect(a.net, "", "127.0.0.1", 1), NB_EINVAL);
+    assert_int_equal(nb_net_connect(a.net, "b", "not-an-ip", 1), NB_EINVAL);
+    h_run_ms(&loop, 1000);
+    uint64_t n = nb_net_stats(a.net)->connect_attempts;
+    print_message("%llu connect attempts in 1 s\n", (unsigned long long)n);
+    assert_true(n >= 5 && n <= 15);
+    h_ep_close(&loop, &a);
+    h_loop_end(&loop);
+}
+
 /* ---- orderly close and the queue limit contract ---- */
 static void test_orderly_close(void **state)
 {
@@ -391,6 +426,7 @@ int main(void)
         cmocka_unit_test(test_pause_read),
         cmocka_unit_test(test_peer_restart),
         cmocka_unit_test(test_orderly_close),
+        cmocka_unit_test(test_backoff),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -193,6 +193,38 @@ static void test_rotation(void **state)
     stop_server();
 }
 
+/* Settings that would weaken the checks are refused up front. */
+static void test_bad_settings(void **state)
+{
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    h_ep_t e = { 0 };
+    nb_net_cfg_t cfg;
+    nb_net_t *n = NULL;
+    static const char *const empty[] = { "" };
+    h_cfg(&cfg, &e, "b", "b", empty, 1);
+    assert_int_equal(nb_net_new(&loop, &cfg, NULL, NULL, &n), NB_EINVAL); /* empty peer name */
+    h_cfg(&cfg, &e, "", "b", NULL, 0);
+    assert_int_equal(nb_net_new(&loop, &cfg, NULL, NULL, &n), NB_EINVAL); /* no own name */
+    h_cfg(&cfg, &e, "b", "b", NULL, 0);
+    cfg.tls.ca_file = NULL;
+    assert_int_equal(nb_net_new(&loop, &cfg, NULL, NULL, &n), NB_EINVAL); /* no CA */
+    assert_null(n);
+    uv_loop_close(&loop);
+    /* a missing key file is a logged setup error per connection, not a crash */
+    start_server();
+    h_ep_t a = { 0 };
+    h_cfg(&cfg, &a, "a", "a", NULL, 0);
+    snprintf(a.key, sizeof a.key, "%s/missing.key", h_dir);
+    h_ep_new(&g_loop, &a, &cfg, 0);
+    assert_int_equal(nb_net_connect(a.net, "b", "127.0.0.1", g_b.port), 0);
+    h_run_ms(&g_loop, 200);
+    assert_true(h_log_has("cannot set up TLS: cannot load key"));
+    assert_int_equal(a.ready, 0);
+    h_ep_close(&g_loop, &a);
+    stop_server();
+}
+
 static int setup(void **state)
 {
     h_log_start();
@@ -218,6 +250,7 @@ int main(void)
         cmocka_unit_test(test_wrong_name_client_side),
         cmocka_unit_test(test_tls12),
         cmocka_unit_test(test_rotation),
+        cmocka_unit_test(test_bad_settings),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
