@@ -102,7 +102,7 @@ typedef struct {
  * embedding, the head needs wte: pass the part holding the embedding, in
  * the same process and on the same backend; the head then reads that part's
  * wte and, through nb_part_finish_grads(), adds to its gradient (tie_with
- * must outlive this part).
+ * must outlive this part; one head part per embedding part).
  * Otherwise pass NULL. Errors: NB_EINVAL (bad config or spec, or a backend
  * lacking an op the passes need; message in err), NB_ENOMEM. On error *out
  * is NULL. */
@@ -165,8 +165,10 @@ typedef struct {
 
 /* Runs the part forward for one micro-batch. Head parts with targets also
  * compute the loss (mean over counted targets, not scaled) into *loss and
- * the gradient of the logits for backward. Errors: NB_EINVAL (missing input
- * or no counted target). */
+ * the gradient of the logits for backward. Token IDs and targets are
+ * checked on the host first. Errors: NB_EINVAL (a missing input, a token
+ * outside the vocabulary, a target outside the classes, or no counted
+ * target). */
 int nb_part_forward(nb_part_t *p, nb_part_acts_t *a, const nb_part_input_t *in, float *loss);
 /* Backward of the last forward on a: dout (B,T,C) device for parts without
  * the head, NULL for head parts. Accumulates parameter gradients; leaves the
