@@ -75,4 +75,12 @@ set +e
 "$tok" only-one-arg > /dev/null 2>&1; rc2=$?
 set -e
 [ $rc -eq 2 ] && [ $rc2 -eq 2 ]
+# a missing text: the file named, exit 1; an empty text gives an empty token file
+set +e
+"$tok" "$work/no-such.txt" "$work/x.tok" 2> "$work/err.txt"; rc=$?
+set -e
+[ $rc -eq 1 ] && grep -q "no-such.txt" "$work/err.txt" && [ ! -e "$work/x.tok" ]
+: > "$work/empty.txt"
+"$tok" "$work/empty.txt" "$work/empty.tok" | grep -q ": 0 tokens"
+[ "$(stat -c %s "$work/empty.tok")" -eq 32 ]
 echo "nebula-train: ok"
