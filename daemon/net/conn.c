@@ -397,6 +397,14 @@ static void handle_hello(nb_conn_t *c, Nebula__Frame *f)
         nb__conn_fail(c, NB_EAUTH);
         return;
     }
+    /* One connection per peer name: a peer that restarted (or redialled)
+     * replaces its old connection, which may not look dead yet. */
+    for (nb_conn_t *o = c->net->conns; o; o = o->next)
+        if (o != c && o->state == NB__C_READY && !o->closing && strcmp(o->name, c->name) == 0) {
+            nb_log_warn(c->name, "new connection from %s replaces the one from %s", c->addr,
+                        o->addr);
+            nb__conn_fail(o, NB_ECLOSED);
+        }
     c->state = NB__C_READY;
     if (c->counted_pending) {
         c->counted_pending = 0;

@@ -324,6 +324,35 @@ static void test_pending_cap(void **state)
     stop_server();
 }
 
+/* A second connection under the same peer name replaces the first. */
+static void test_replaced_connection(void **state)
+{
+    start_server(2000, 5000);
+    raw_t r = { .mode = M_SILENT, .rounds = 1 };
+    h_path(r.cert, sizeof r.cert, "a", "pem");
+    h_path(r.key, sizeof r.key, "a", "key");
+    pthread_t th;
+    pthread_create(&th, NULL, raw_thread, &r);
+    const nb_net_stats_t *s = nb_net_stats(g_b.net);
+    assert_true(h_run_until_u64(&g_loop, &s->ready, 1, 3000));
+    h_ep_t a = { 0 };
+    nb_net_cfg_t cfg;
+    h_cfg(&cfg, &a, "a", "a", NULL, 0);
+    h_ep_new(&g_loop, &a, &cfg, 0);
+    assert_int_equal(nb_net_connect(a.net, "b", "127.0.0.1", g_b.port), 0);
+    assert_true(h_run_until(&g_loop, &a.ready, 1, 3000));
+    assert_true(h_run_until(&g_loop, &g_b.closed, 1, 1000)); /* the old one */
+    assert_true(h_log_has("replaces the one from"));
+    assert_int_equal(s->dead_peers, 0);
+    nb_conn_t *c = nb_net_conn(g_b.net, "a");
+    assert_non_null(c);
+    assert_true(h_run_until(&g_loop, &r.done, 1, 5000));
+    pthread_join(th, NULL);
+    assert_ptr_equal(nb_net_conn(g_b.net, "a"), c); /* the new one lives on */
+    h_ep_close(&g_loop, &a);
+    stop_server();
+}
+
 static int setup(void **state)
 {
     h_log_start();
@@ -344,6 +373,7 @@ int main(void)
         cmocka_unit_test(test_dead_peer),
         cmocka_unit_test(test_stalled_handshakes),
         cmocka_unit_test(test_pending_cap),
+        cmocka_unit_test(test_replaced_connection),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
