@@ -13,6 +13,7 @@
 #include "daemon/pipeline/coord_rt.h"
 #include "daemon/pipeline/job.h"
 #include "daemon/pipeline/rt_common.h"
+#include "daemon/planner/cost.h"
 #include "kernels/codec/codec.h"
 
 typedef struct {
@@ -435,6 +436,34 @@ static int choose_m(const nb_cfg_job_t *j, int p)
     return best;
 }
 
+/* Refuses a plan whose stashed activations would not fit a stage's memory
+ * limit (job.planner.stage_memory_bytes), with the numbers. */
+static int check_memory(nb_coord_rt_t *rt, char *err, size_t errlen)
+{
+    const nb_cfg_job_t *j = &rt->cfg->job;
+    double limit = (double)j->planner.stage_memory_bytes;
+    if (limit <= 0)
+        return 0;
+    const nb_pipe_layout_t *l = &rt->job.layout;
+    nb_cost_model_t mdl;
+    if (nb_cost_model_gpt(l->model.n_layer, l->model.d_model, l->model.n_head, l->seq_len, l->model.vocab,
+                          l->model.tie_embeddings, (int)j->batch, &mdl))
+        return 0;
+    for (int s = 0; s < l->p; s++) {
+        int layers = l->parts[s].last - l->parts[s].first;
+        int inflight = nb_sched_peak_inflight(&rt->sched, l->p, rt->m, s);
+        double need = nb_cost_stage_mem(&mdl, l->p, s, layers, inflight, l->micro_batch_size);
+        if (need > limit) {
+            snprintf(err, errlen, "stage %d (%s, %d blocks) needs %.1f MiB at m=%d (%d micro-batches of %d "
+                     "sequences in flight under %s), more than job.planner.stage_memory = %.1f MiB",
+                     s, rt->job.names[l->placement[s]], layers, need / 1048576.0, rt->m, inflight,
+                     l->micro_batch_size, rt->sched.kind == NB_SCHED_GPIPE ? "gpipe" : "1f1b", limit / 1048576.0);
+            return NB_ELIMIT;
+        }
+    }
+    return 0;
+}
+
 static int rt_start(nb_service_t *svc, void *ud)
 {
     nb_coord_rt_t *rt = ud;
@@ -455,6 +484,10 @@ static int rt_start(nb_service_t *svc, void *ud)
     if (nb_job_from_cfg(j, rt->m, job_id, &rt->job, err, sizeof err)) {
         nb_log_error(NULL, "%s: %s", rt->cfg->path, err);
         return NB_EINVAL;
+    }
+    if (check_memory(rt, err, sizeof err)) {
+        nb_log_error(NULL, "%s: %s", rt->cfg->path, err);
+        return NB_ELIMIT;
     }
     nb_net_cfg_t nc;
     nb_rt_net_cfg(rt->cfg, NEBULA__ROLE__ROLE_COORDINATOR, &nc);

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Bad situations of the pipeline job, with real daemons on loopback over TLS:
+#  1. a stage daemon that never connects: the coordinator names it after
+#     connect_timeout_s and gives up (exit 1);
+#  2. SIGTERM to a stage daemon mid-job: the others notice within the
+#     heartbeat timeout, stop in order (exit 1: the job failed), and no
+#     weights file, partial or not, is left;
+#  3. a memory limit the plan cannot meet: refused at start with the numbers;
+#  4. a codec spec that does not parse: refused at start, naming the spec.
+set -euo pipefail
+build=${NB_BUILD:-build}
+bin="$build/bin"
+work=$(mktemp -d /tmp/nb-pipe-faults.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]+"${pids[@]}"}"; do kill -9 "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*"; for f in "$work"/*.log; do echo "--- $f"; tail -n 15 "$f"; done; exit 1; }
+
+bash scripts/gen-certs.sh "$work/certs" coord a b >/dev/null
+"$bin/nebula-tokenize" /usr/share/common-licenses/GPL-3 "$work/data.tok" >/dev/null
+base=$(( 30000 + ($$ % 2000) * 10 ))
+cp=$base ap=$((base + 1)) bp=$((base + 2))
+
+write_configs() { # $1 steps, $2 extra planner/codec lines
+  cat > "$work/coord.yaml" <<YAML
+name: coord
+role: coordinator
+listen: 127.0.0.1:$cp
+tls: {cert: certs/coord.pem, key: certs/coord.key, ca: certs/ca.pem}
+status_socket: run/coord.sock
+heartbeat_interval_s: 0.2
+heartbeat_timeout_s: 1
+connect_timeout_s: 2
+job:
+  model: {n_layer: 2, d_model: 32, n_head: 4, d_ff: 64, vocab: 256, max_seq: 16, tie_embeddings: false}
+  data: data.tok
+  batch: 4
+  seq_len: 16
+  steps: $1
+  micro_batches: 2
+  codecs: {forward: ${3:-fp32}, backward: fp32}
+$2
+  clusters:
+    - {name: a, address: 127.0.0.1:$ap}
+    - {name: b, address: 127.0.0.1:$bp}
+YAML
+  for n in a b; do
+    p=$ap; [ $n = b ] && p=$bp
+    cat > "$work/$n.yaml" <<YAML
+name: $n
+role: stage
+listen: 127.0.0.1:$p
+tls: {cert: certs/$n.pem, key: certs/$n.key, ca: certs/ca.pem}
+coordinator: {address: 127.0.0.1:$cp, name: coord}
+data: data.tok
+checkpoint_dir: run/$n-weights
+status_socket: run/$n.sock
+heartbeat_interval_s: 0.2
+heartbeat_timeout_s: 1
+YAML
+  done
+  rm -rf "$work/run"; mkdir -p "$work/run"
+}
+
+wait_exit() { # $1 pid, $2 seconds; sets $st to the exit status or "timeout"
+  local i
+  st=timeout
+  for i in $(seq 1 $(( $2 * 10 ))); do
+    if ! kill -0 "$1" 2>/dev/null; then
+      if wait "$1"; then st=0; else st=$?; fi
+      return
+    fi
+    sleep 0.1
+  done
+}
+
+# 1. stage b never starts
+write_configs 5 ""
+"$bin/nebulad" --config "$work/coord.yaml" > "$work/c1.log" 2>&1 & c=$!; pids=($c)
+"$bin/nebulad" --config "$work/a.yaml" > "$work/a1.log" 2>&1 & a=$!; pids+=($a)
+wait_exit $c 10
+[ "$st" = 1 ] || fail "1: coordinator exit status $st, expected 1"
+grep -q "did not connect within 2 s: b (127.0.0.1:$bp)" "$work/c1.log" || fail "1: coordinator did not name stage b"
+kill $a; wait $a 2>/dev/null || true; pids=()
+echo "ok 1: missing stage named, coordinator gave up"
+
+# 2. SIGTERM to stage b during a long job
+write_configs 100000 ""
+"$bin/nebulad" --config "$work/coord.yaml" > "$work/c2.log" 2>&1 & c=$!; pids=($c)
+"$bin/nebulad" --config "$work/a.yaml" > "$work/a2.log" 2>&1 & a=$!; pids+=($a)
+"$bin/nebulad" --config "$work/b.yaml" > "$work/b2.log" 2>&1 & b=$!; pids+=($b)
+for _ in $(seq 1 100); do grep -q "step 1/" "$work/c2.log" && break; sleep 0.1; done
+grep -q "step 1/" "$work/c2.log" || fail "2: the job did not start"
+kill -TERM $b
+wait_exit $b 10; sb=$st; wait_exit $c 10; sc=$st; wait_exit $a 10; sa=$st
+[ "$sb" != timeout ] || fail "2: stage b did not stop on SIGTERM"
+[ "$sc" = 1 ] || fail "2: coordinator exit status $sc, expected 1"
+[ "$sa" = 1 ] || fail "2: stage a exit status $sa, expected 1"
+grep -q "lost stage daemon b" "$work/c2.log" || fail "2: coordinator did not name the lost stage"
+if ls "$work"/run/*-weights/* >/dev/null 2>&1; then fail "2: weights files left behind: $(ls "$work"/run/*-weights)"; fi
+pids=()
+echo "ok 2: SIGTERM to a stage stops the job everywhere, nothing left behind"
+
+# 3. a memory limit the plan cannot meet
+write_configs 5 "  planner: {enabled: false, stage_memory: 100KiB}"
+set +e; "$bin/nebulad" --config "$work/coord.yaml" > "$work/c3.log" 2>&1; st=$?; set -e
+[ $st -ne 0 ] || fail "3: coordinator started despite the memory limit"
+grep -q "needs .* MiB at m=2 .* more than job.planner.stage_memory" "$work/c3.log" || fail "3: no numbers in the refusal"
+echo "ok 3: plan refused for memory, with the numbers"
+
+# 4. a codec spec that does not parse
+write_configs 5 "" "int9"
+set +e; "$bin/nebulad" --config "$work/coord.yaml" > "$work/c4.log" 2>&1; st=$?; set -e
+[ $st -ne 0 ] || fail "4: coordinator started with codec int9"
+grep -q "job.codecs: .*int9" "$work/c4.log" || fail "4: the refusal does not name the spec"
+echo "ok 4: bad codec spec refused"
