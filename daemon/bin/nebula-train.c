@@ -14,9 +14,13 @@
  *                     the run stops
  *   --resume FILE     continue from a checkpoint of the same run; the
  *                     result equals an uninterrupted run bit for bit
- * Exit status: 0 done, 1 runtime error, 2 bad usage, 78 bad configuration.
+ * SIGINT/SIGTERM stop the run after the current step (writing the
+ * --checkpoint file if one is asked for) with exit status 128 + signal.
+ * Exit status: 0 done, 1 runtime error, 2 bad usage, 78 bad configuration,
+ * 130/143 stopped by SIGINT/SIGTERM.
  */
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +28,13 @@
 #include "daemon/log.h"
 #include "daemon/train/trainer.h"
 #include "daemon/train/weights.h"
+
+static volatile sig_atomic_t stop_signal;
+
+static void on_signal(int sig)
+{
+    stop_signal = sig;
+}
 
 static void usage(void)
 {
@@ -169,7 +180,11 @@ int main(int argc, char **argv)
     float first_loss = 0, last_loss = 0;
     if (first_step)
         printf("nebula-train: resumed from %s after %d steps\n", resume, first_step);
-    for (int s = first_step; s < end_step; s++) {
+    struct sigaction sa = { .sa_handler = on_signal };
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    for (int s = first_step; s < end_step && !stop_signal; s++) {
         nb_train_step_t st;
         if ((rc = nb_trainer_step(tr, &st, err, sizeof err)) != 0) {
             nb_log_error(NULL, "%s", err);
@@ -190,24 +205,30 @@ int main(int argc, char **argv)
             interval_steps = 0;
         }
     }
+    int done = nb_trainer_steps_done(tr);
     if (rc == 0) {
-        printf("nebula-train: %s: loss %.4f -> %.4f in %.1f s (%.0f tokens/s)\n",
-               end_step == tc.steps ? "done" : "stopped", first_loss, last_loss, total_s,
-               (double)(end_step - first_step) * tc.batch * tc.seq_len / (total_s > 0 ? total_s : 1e-9));
+        printf("nebula-train: %s after %d steps: loss %.4f -> %.4f in %.1f s (%.0f tokens/s)\n",
+               stop_signal ? "interrupted" : done == tc.steps ? "done" : "stopped", done, first_loss,
+               last_loss, total_s,
+               (double)(done > first_step ? done - first_step : 0) * tc.batch * tc.seq_len /
+                   (total_s > 0 ? total_s : 1e-9));
         if (ckpt_out) {
             if ((rc = nb_trainer_save(tr, ckpt_out, err, sizeof err)) != 0)
                 nb_log_error(NULL, "%s", err);
             else
-                printf("nebula-train: checkpoint after %d steps written to %s\n", end_step, ckpt_out);
+                printf("nebula-train: checkpoint after %d steps written to %s\n", done, ckpt_out);
         }
-        if (rc == 0 && end_step == tc.steps && cfg.job.output[0]) {
+        if (rc == 0 && done == tc.steps && cfg.job.output[0]) {
             if ((rc = nb_weights_save(cfg.job.output, part, err, sizeof err)) != 0)
                 nb_log_error(NULL, "%s", err);
             else
                 printf("nebula-train: weights written to %s\n", cfg.job.output);
         }
     }
+    fflush(stdout);
     nb_trainer_free(tr);
     nb_be_free(be);
-    return rc ? 1 : 0;
+    if (rc)
+        return 1;
+    return stop_signal ? 128 + stop_signal : 0;
 }

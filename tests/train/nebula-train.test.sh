@@ -40,7 +40,7 @@ diff <(sed 's/tokens\/s.*//' "$work/run1.txt" | grep '^step') <(sed 's/tokens\/s
 
 # stop after 12 steps with a checkpoint, resume: the same final weights
 "$train" --config "$work/t.yaml" --stop-after 12 --checkpoint "$work/c.ckpt" > "$work/run3.txt"
-grep -q "stopped" "$work/run3.txt" && grep -q "checkpoint after 12 steps" "$work/run3.txt"
+grep -q "stopped after 12 steps" "$work/run3.txt" && grep -q "checkpoint after 12 steps" "$work/run3.txt"
 rm -f "$work/out.weights"
 "$train" --config "$work/t.yaml" --resume "$work/c.ckpt" > "$work/run4.txt"
 cat "$work/run4.txt"
@@ -54,6 +54,22 @@ set +e
 set -e
 cat "$work/err.txt"
 [ $rc -eq 78 ] && grep -q "seed is 7 in the file" "$work/err.txt"
+
+# SIGTERM: stops after the current step, writes the checkpoint, exit 143
+sed 's/steps: 30/steps: 10000000/' "$work/t.yaml" > "$work/long.yaml"
+"$train" --config "$work/long.yaml" --checkpoint "$work/sig.ckpt" > "$work/sig.txt" 2>&1 &
+pid=$!
+for _ in $(seq 100); do grep -q '^step ' "$work/sig.txt" && break; sleep 0.1; done
+kill -TERM $pid
+set +e
+wait $pid; rc=$?
+set -e
+cat "$work/sig.txt" | tail -2
+[ $rc -eq 143 ] && grep -q "interrupted after" "$work/sig.txt"
+n=$(sed -n 's/.*checkpoint after \([0-9]*\) steps.*/\1/p' "$work/sig.txt")
+[ -n "$n" ] && [ "$n" -ge 1 ]
+"$train" --config "$work/long.yaml" --resume "$work/sig.ckpt" --stop-after 1 | grep -q "resumed from .* after $n steps"
+! ls "$work" | grep -q '\.tmp$'
 
 # a config that cannot work: exit 78, the field named
 sed 's/n_head: 2/n_head: 3/' "$work/t.yaml" > "$work/bad.yaml"
