@@ -83,19 +83,20 @@ uint16_t nb_cpu_codec_bf16_from_f32(float x)
 
 /* ---- conversions ------------------------------------------------------------ */
 
-static void cpu_f32_to_f16(nb_backend_t *be, uint16_t *dst, const float *src, size_t n)
+static void cpu_f32_to_f16(nb_backend_t *be, uint16_t *dst, const float *src, size_t n, float scale)
 {
     (void)be;
     size_t i = 0;
 #if NB_CODEC_AVX512
+    const __m512 s = _mm512_set1_ps(scale);
     for (; i + 16 <= n; i += 16) {
-        __m512 v = _mm512_loadu_ps(src + i);
+        __m512 v = _mm512_mul_ps(_mm512_loadu_ps(src + i), s);
         _mm256_storeu_si256((__m256i *)(dst + i),
                             _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
     }
     if (i < n) {
         __mmask16 m = (__mmask16)((1U << (n - i)) - 1);
-        __m512 v = _mm512_maskz_loadu_ps(m, src + i);
+        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, src + i), s);
         _mm256_mask_storeu_epi16(dst + i, m,
                                  _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
         i = n;
@@ -104,28 +105,29 @@ static void cpu_f32_to_f16(nb_backend_t *be, uint16_t *dst, const float *src, si
     for (; i < n; i++) {
         float x;
         memcpy(&x, src + i, 4);
-        uint16_t h = nb_cpu_codec_f16_from_f32(x);
+        uint16_t h = nb_cpu_codec_f16_from_f32(x * scale);
         memcpy(dst + i, &h, 2);
     }
 }
 
-static void cpu_f16_to_f32(nb_backend_t *be, float *dst, const uint16_t *src, size_t n)
+static void cpu_f16_to_f32(nb_backend_t *be, float *dst, const uint16_t *src, size_t n, float scale)
 {
     (void)be;
     size_t i = 0;
 #if NB_CODEC_AVX512
+    const __m512 s = _mm512_set1_ps(scale);
     for (; i + 16 <= n; i += 16)
-        _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + i))));
+        _mm512_storeu_ps(dst + i, _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + i))), s));
     if (i < n) {
         __mmask16 m = (__mmask16)((1U << (n - i)) - 1);
-        _mm512_mask_storeu_ps(dst + i, m, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, src + i)));
+        _mm512_mask_storeu_ps(dst + i, m, _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, src + i)), s));
         i = n;
     }
 #endif
     for (; i < n; i++) {
         uint16_t h;
         memcpy(&h, src + i, 2);
-        float x = nb_cpu_codec_f32_from_f16(h);
+        float x = nb_cpu_codec_f32_from_f16(h) * scale;
         memcpy(dst + i, &x, 4);
     }
 }
@@ -290,6 +292,12 @@ static void quant8_block(uint8_t *codes, const float *x, size_t n, float inv, bo
     }
 }
 
+static float cpu_absmax(nb_backend_t *be, const float *x, size_t n)
+{
+    (void)be;
+    return block_absmax(x, n);
+}
+
 static void cpu_quant(nb_backend_t *be, uint8_t *codes, float *scales, const float *x,
                       size_t n, size_t block, int bits, bool sr, uint64_t seed)
 {
@@ -370,6 +378,7 @@ const struct nb_codec_ops nb_cpu_codec_ops = {
     .f16_to_f32 = cpu_f16_to_f32,
     .f32_to_bf16 = cpu_f32_to_bf16,
     .bf16_to_f32 = cpu_bf16_to_f32,
+    .absmax = cpu_absmax,
     .quant = cpu_quant,
     .dequant = cpu_dequant,
     .topk = nb_cpu_codec_topk,
