@@ -294,6 +294,52 @@ size_t nb_host_memory_bytes(const nb_host_t *h)
     return total;
 }
 
+/* Re-sizes every per-micro-batch buffer for B sequences (between steps: no
+ * activation slot is in use). */
+static int resize_batch(nb_host_t *h, int B, char *err, size_t errlen)
+{
+    size_t elems;
+    if (B < 1 || B > 65536 ||
+        nb_mul_size((size_t)B * (size_t)h->l.seq_len, (size_t)h->l.model.d_model, &elems) ||
+        elems > ((size_t)1 << 34)) {
+        snprintf(err, errlen, "plan: micro-batch size %d out of range", B);
+        return NB_EINVAL;
+    }
+    h->l.micro_batch_size = B;
+    h->peak_acts_bytes = 0;
+    size_t ab = act_elems(h) * sizeof(float), tb = bt_elems(h) * sizeof(int32_t);
+    for (int i = 0; i < h->n; i++) {
+        hosted_t *s = &h->st[i];
+        for (int j = 0; j < s->pool_n; j++) {
+            NB_CHECK(!s->busy[j]);
+            nb_part_acts_free(s->pool[j]);
+        }
+        s->pool_n = 0;
+        float **bufs[2] = { &s->x_in, &s->dout };
+        for (int k = 0; k < 2; k++)
+            if (*bufs[k]) {
+                nb_be_dealloc(h->be, *bufs[k]);
+                if (!(*bufs[k] = nb_be_alloc(h->be, ab)))
+                    goto oom;
+            }
+        int32_t **ibufs[2] = { &s->d_tokens, &s->d_targets };
+        for (int k = 0; k < 2; k++)
+            if (*ibufs[k]) {
+                nb_be_dealloc(h->be, *ibufs[k]);
+                if (!(*ibufs[k] = nb_be_alloc(h->be, tb)))
+                    goto oom;
+            }
+    }
+    for (int i = 0; i < h->labels_cap; i++) {
+        free(h->labels[i]);
+        h->labels[i] = NULL;
+    }
+    return 0;
+oom:
+    snprintf(err, errlen, "out of memory for micro-batches of %d sequences", B);
+    return NB_ENOMEM;
+}
+
 /* ---- per-step helpers ---------------------------------------------------- */
 
 static int prepare_step(nb_host_t *h, int m)
@@ -748,6 +794,9 @@ int nb_host_run_step(nb_host_t *h, const nb_step_plan_t *plan, const nb_pipe_io_
         snprintf(err, errlen, "plan: the schedule cannot run on this placement (%s)", nb_strerror(n));
         return n;
     }
+    if (plan->micro_batch_size > 0 && plan->micro_batch_size != l->micro_batch_size &&
+        (rc = resize_batch(h, plan->micro_batch_size, err, errlen)))
+        return rc;
     if ((rc = prepare_step(h, plan->m)))
         return rc;
     for (int i = 0; i < n && rc == 0; i++) {

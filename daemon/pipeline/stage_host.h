@@ -52,6 +52,9 @@ typedef struct {
 typedef struct {
     int64_t step;                             /* 0-based */
     int m;                                    /* micro-batches */
+    int micro_batch_size;                     /* B for this step; 0 keeps the current B.
+                                                 A change re-sizes the buffers (the
+                                                 planner may trade m against B) */
     nb_sched_spec_t sched;
     char fwd_codec[NB_PMSG_SPEC_MAX];
     char bwd_codec[NB_PMSG_SPEC_MAX];

@@ -269,14 +269,15 @@ static int handle_plan(nb_stage_rt_t *rt, nb_host_t *host, const Nebula__Plan *p
     memset(&plan, 0, sizeof plan);
     plan.step = (int64_t)p->step;
     plan.m = (int)p->micro_batches;
+    plan.micro_batch_size = (int)p->micro_batch_size;
     if (!host || p->job_id != rt->job.layout.job_id) {
         post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED, "plan for job %llu, which this daemon does not run",
                     (unsigned long long)p->job_id);
         return NB_ESTATE;
     }
     if (!p->schedule || nb_sched_parse(p->schedule, &plan.sched) || !p->forward_codec || !p->backward_codec ||
-        p->micro_batches < 1 || p->micro_batches > NB_SCHED_MAX_MB ||
-        (int64_t)p->micro_batch_size != rt->job.layout.micro_batch_size) {
+        p->micro_batches < 1 || p->micro_batches > NB_SCHED_MAX_MB || p->micro_batch_size < 1 ||
+        p->micro_batch_size > 65536) {
         post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED, "malformed plan for step %llu",
                     (unsigned long long)p->step);
         return NB_EFORMAT;
@@ -305,7 +306,7 @@ static int handle_plan(nb_stage_rt_t *rt, nb_host_t *host, const Nebula__Plan *p
     j.steps = rt->job.steps;
     j.loss = res.loss;
     j.step_time_s = (double)res.step_ns / 1e9;
-    j.tokens_per_s = (double)plan.m * rt->job.layout.micro_batch_size * rt->job.layout.seq_len / j.step_time_s;
+    j.tokens_per_s = (double)plan.m * plan.micro_batch_size * rt->job.layout.seq_len / j.step_time_s;
     j.bubble_measured = j.bubble_predicted = -1;
     j.bytes_raw = (uint64_t)nb_metrics_get(mx, rt->m_bytes_raw);
     j.bytes_wire = (uint64_t)nb_metrics_get(mx, rt->m_bytes_wire);

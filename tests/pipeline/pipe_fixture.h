@@ -48,6 +48,7 @@ typedef struct {
     nb_optim_config_t optim;
     uint64_t seed;
     int B, T, m, steps;
+    int plan_B;            /* micro-batch size the plans carry; 0 keeps the layout's */
     char data[256];
 } pf_job_t;
 
@@ -192,6 +193,7 @@ static inline void *pf_worker_main(void *arg)
     nb_step_plan_t plan;
     memset(&plan, 0, sizeof plan);
     plan.m = j->m;
+    plan.micro_batch_size = j->plan_B;
     nb_sched_parse(w->sched, &plan.sched);
     snprintf(plan.fwd_codec, sizeof plan.fwd_codec, "%s", w->fwd_codec);
     snprintf(plan.bwd_codec, sizeof plan.bwd_codec, "%s", w->bwd_codec);

@@ -129,6 +129,29 @@ static void test_chain_tied_refused(void **state)
     assert_non_null(strstr(why, "tie_embeddings"));
 }
 
+/* A plan may trade m against B (the planner does): hosts built for B=2 run
+ * plans with m=2, B=3 and equal the trainer configured that way. */
+static void test_plan_changes_micro_batch_size(void **state)
+{
+    (void)state;
+    pf_job_t built = pf_job_default(data_path); /* B=2, m=3 */
+    nb_pipe_layout_t l;
+    pf_layout(&built, 3, topologies[1].placement, 3, &l);
+    pf_job_t j = built;
+    j.m = 2;
+    j.B = 3;
+    j.plan_B = 3;
+    pf_result_t ref, r;
+    assert_int_equal(pf_run_trainer(&j, &ref), 0);
+    assert_int_equal(pf_run_pipeline(&j, &l, "1f1b", "fp32", "fp32", &r), 0);
+    double dl = pf_loss_rel_diff(&r, &ref), dw = pf_weight_rel_diff(&ref, &r, NULL);
+    printf("plan B=3 m=2 on hosts built for B=2: loss rel diff %.3g, weights rel diff %.3g\n", dl, dw);
+    assert_true(dl <= 1e-5);
+    assert_true(dw <= 1e-5);
+    pf_result_free(&ref);
+    pf_result_free(&r);
+}
+
 static void test_lossy_codecs_close(void **state)
 {
     (void)state;
@@ -157,6 +180,7 @@ int main(void)
         cmocka_unit_test(test_equal_all),
         cmocka_unit_test(test_ushape_tied_equal),
         cmocka_unit_test(test_chain_tied_refused),
+        cmocka_unit_test(test_plan_changes_micro_batch_size),
         cmocka_unit_test(test_lossy_codecs_close),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
