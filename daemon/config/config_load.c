@@ -576,6 +576,10 @@ static int check_job(cfg_ctx_t *c, nb_config_t *cfg)
         return 0;
     if (j->topology == NB_TOPO_USHAPE && j->n_clusters < 2)
         return fail_path(c, "job.topology", "ushape needs at least 2 clusters, got %d", j->n_clusters);
+    if (m->tie_embeddings && j->topology == NB_TOPO_CHAIN && j->n_clusters > 1)
+        return fail_path(c, "job.model.tie_embeddings", "a chain of %d clusters puts the embedding and the head on "
+                         "different daemons, and tied embeddings need both on one: set tie_embeddings: false or "
+                         "topology: ushape", j->n_clusters);
     for (int i = 0; i < j->n_clusters; i++)
         for (int k = 0; k < i; k++)
             if (strcmp(j->clusters[i].name, j->clusters[k].name) == 0) {

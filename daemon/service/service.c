@@ -263,12 +263,6 @@ int nb_service_start(nb_service_t *svc, char *err, size_t errlen)
         nb_log_info(NULL, "systemd watchdog: %llu ms; pinging every %llu ms", (unsigned long long)(wd_usec / 1000),
                     (unsigned long long)every_ms);
     }
-    nb_state_snapshot_t *snap = malloc(sizeof *snap);
-    if (snap) {
-        nb_state_snapshot(svc->state, snap);
-        nb_log_info(NULL, "listening on %s; status socket %s", snap->listen, svc->cfg.status_socket);
-        free(snap);
-    }
     if (svc->rt && svc->rt->start) {
         if ((rc = svc->rt->start(svc, svc->rt_ud)) != 0) {
             snprintf(err, errlen, "runtime start failed: %s", nb_strerror(rc));
@@ -280,6 +274,9 @@ int nb_service_start(nb_service_t *svc, char *err, size_t errlen)
     nb_state_snapshot_t *s2 = malloc(sizeof *s2);
     if (s2) {
         nb_state_snapshot(svc->state, s2);
+        /* After the runtime's start: it may bind the listener itself. */
+        nb_log_info(NULL, "peers: %s; status socket %s", s2->listen[0] ? s2->listen : "(no listener)",
+                    svc->cfg.status_socket);
         nb__service_notify("READY=1\nSTATUS=%s: %s\nMAINPID=%d", nb_svc_state_name(s2->state), s2->detail, s2->pid);
         free(s2);
     }

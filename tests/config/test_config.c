@@ -210,7 +210,7 @@ static const char *COORD_HEAD =
     "listen: 127.0.0.1:7000\n"
     "tls: {cert: a, key: b, ca: c}\n"
     "job:\n"
-    "  model: {n_layer: 6, d_model: 64, n_head: 4, vocab: 256}\n"
+    "  model: {n_layer: 6, d_model: 64, n_head: 4, vocab: 256, tie_embeddings: false}\n"
     "  batch: 8\n"
     "  seq_len: 32\n"
     "  steps: 10\n"
@@ -263,6 +263,17 @@ static void test_layers(void **state)
                "auto; got '2-1'");
     expect_err(load_coord("    - {name: a, address: 'h:1'}\n    - {name: a, address: 'h:2'}\n"),
                "dir/t.yaml:12:14: job.clusters[1].name: duplicate cluster name 'a' (also clusters[0])");
+    /* tied embeddings need embedding and head on one daemon */
+    char buf[2048];
+    snprintf(buf, sizeof buf, "%s", COORD_HEAD);
+    char *tie = strstr(buf, ", tie_embeddings: false");
+    memmove(tie, tie + 23, strlen(tie + 23) + 1);
+    strcat(buf, "    - {name: a, address: 'h:1'}\n    - {name: b, address: 'h:2'}\n");
+    expect_err(load(buf), "dir/t.yaml:6:10: job.model.tie_embeddings: a chain of 2 clusters puts the embedding and "
+                          "the head on different daemons, and tied embeddings need both on one: set tie_embeddings: "
+                          "false or topology: ushape");
+    strcat(buf, "  topology: ushape\n");
+    assert_int_equal(load(buf), 0);
     expect_err(load_coord("    - {name: a}\n"), "dir/t.yaml:11:7: job.clusters[0].address: missing required key (role coordinator)");
     expect_err(load_coord("    []\n"), "dir/t.yaml:11:5: job.clusters: must have at least one item");
     expect_err(load(COORD_HEAD), "dir/t.yaml:10:12: job.clusters: missing value");
