@@ -231,7 +231,8 @@ install: $(BINS)
 	cp -r config/. $(DESTDIR)$(PREFIX)/share/nebula/config/
 	@if [ -d scripts/systemd ]; then \
 		install -d $(DESTDIR)$(PREFIX)/lib/systemd/system; \
-		install -m 0644 scripts/systemd/*.service $(DESTDIR)$(PREFIX)/lib/systemd/system/; fi
+		for u in scripts/systemd/*.service; do d=$(DESTDIR)$(PREFIX)/lib/systemd/system/$${u##*/}; \
+		sed 's|/usr/local/bin/|$(PREFIX)/bin/|g' $$u > $$d && chmod 0644 $$d || exit 1; done; fi
 	@if [ -d docs/man ]; then \
 		for f in docs/man/*.[0-9]; do s=$${f##*.}; install -d $(DESTDIR)$(PREFIX)/share/man/man$$s; \
 		install -m 0644 $$f $(DESTDIR)$(PREFIX)/share/man/man$$s/; done; fi
