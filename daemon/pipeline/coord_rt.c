@@ -256,6 +256,8 @@ static void finish_step(nb_coord_rt_t *rt)
     nb_metrics_inc(mx, rt->m_raw, (double)raw);
     nb_metrics_inc(mx, rt->m_wire, (double)wire);
     update_job_info(rt, loss, tps, step_s, bubble);
+    for (int i = 0; i < rt->job.n_daemons; i++)
+        nb_rt_peer_row(rt->state, rt->job.names[i], "stage", rt->job.addresses[i], "up", rt->d[i].conn);
     int64_t every = rt->cfg->job.log_every > 0 ? rt->cfg->job.log_every : 1;
     if ((rt->step + 1) % every == 0 || last || rt->step == 0)
         nb_log_info(NULL, "step %lld/%lld loss %.4f tokens/s %.0f bubble %.2f wire %.2f MB ratio %.2fx step %.3f s",

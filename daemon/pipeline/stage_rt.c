@@ -513,6 +513,12 @@ static int send_item(nb_stage_rt_t *rt, out_item_t *o)
         int rc = nb_rt_send_ctl(rt->coord, &f);
         free(tm);
         free(tp);
+        /* refresh the status rows once per step: RTT, bandwidth, bytes */
+        nb_rt_peer_row(rt->state, rt->cfg->coordinator.name, "coordinator", rt->cfg->coordinator.address.text,
+                       "up", rt->coord);
+        for (int d = 0; d < rt->job.n_daemons; d++)
+            if (rt->peer_conn[d])
+                nb_rt_peer_row(rt->state, rt->job.names[d], "stage", rt->job.addresses[d], "up", rt->peer_conn[d]);
         return rc;
     }
     case OUT_STATUS: {
