@@ -51,7 +51,7 @@ role: coordinator
 listen: 127.0.0.1:0
 tls: {cert: a, key: b, ca: c}
 job:
-  model: {n_layer: 4, d_model: 64, n_head: 4, vocab: 256}
+  model: {n_layer: 4, d_model: 64, n_head: 4, vocab: 256, tie_embeddings: false}
   batch: 8
   seq_len: 16
   steps: 1
