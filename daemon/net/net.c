@@ -2,6 +2,7 @@
  * net.c - the endpoint: settings, listener, outbound peers with reconnect
  * (exponential backoff with jitter) and orderly teardown. See net.h.
  */
+#include <netdb.h>
 #include <string.h>
 #include "kernels/common.h"
 #include "daemon/log.h"
@@ -238,7 +239,85 @@ static void on_connect(uv_connect_t *req, int status)
     nb__conn_start_tls(c);
 }
 
+static void peer_connect(nb__peer_t *p);
+
+/* Frees a peer once its timer is closed and no lookup is in flight. */
+static void peer_release(nb__peer_t *p)
+{
+    nb_net_t *n = p->net;
+    if (!p->timer_closed || p->resolving)
+        return;
+    for (nb__peer_t **pp = &n->peers; *pp; pp = &(*pp)->next)
+        if (*pp == p) {
+            *pp = p->next;
+            break;
+        }
+    if (p->conn)
+        p->conn->peer = NULL;
+    free(p);
+    maybe_done(n);
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    nb__peer_t *p = req->data;
+    nb_net_t *n = p->net;
+    p->resolving = 0;
+    n->handles_open--;
+    if (status == 0 && res) {
+        const struct addrinfo *pick = res;
+        for (const struct addrinfo *a = res; a; a = a->ai_next)
+            if (a->ai_family == AF_INET) { /* prefer IPv4, as listeners usually bind it */
+                pick = a;
+                break;
+            }
+        memset(&p->addr, 0, sizeof p->addr);
+        memcpy(&p->addr, pick->ai_addr, pick->ai_addrlen);
+    }
+    uv_freeaddrinfo(res);
+    if (p->timer_closed) {
+        peer_release(p);
+        return;
+    }
+    if (n->closing)
+        return;
+    if (status != 0 || !res) {
+        nb_log_warn(p->name, "cannot resolve %s: %s", p->host, uv_strerror(status));
+        peer_schedule(p);
+        return;
+    }
+    peer_connect(p);
+}
+
+/* Names are resolved again on every dial, so a changed DNS record is
+ * followed without a restart. */
 static void peer_dial(nb__peer_t *p)
+{
+    nb_net_t *n = p->net;
+    if (n->closing || p->conn || p->resolving)
+        return;
+    if (p->literal) {
+        peer_connect(p);
+        return;
+    }
+    char port[16];
+    snprintf(port, sizeof port, "%d", p->port);
+    struct addrinfo hints;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    p->gai.data = p;
+    int rc = uv_getaddrinfo(n->loop, &p->gai, on_resolved, p->host, port, &hints);
+    if (rc != 0) {
+        nb_log_warn(p->name, "cannot resolve %s: %s", p->host, uv_strerror(rc));
+        peer_schedule(p);
+        return;
+    }
+    p->resolving = 1;
+    n->handles_open++;
+}
+
+static void peer_connect(nb__peer_t *p)
 {
     nb_net_t *n = p->net;
     if (n->closing || p->conn)
@@ -257,15 +336,26 @@ static void peer_dial(nb__peer_t *p)
 
 int nb_net_connect(nb_net_t *n, const char *peer_name, const char *host, int port)
 {
-    if (!peer_name || !peer_name[0] || strlen(peer_name) > NB_FRAME_MAX_NAME || n->closing)
+    if (!peer_name || !peer_name[0] || strlen(peer_name) > NB_FRAME_MAX_NAME || n->closing ||
+        port <= 0 || port > 65535)
         return NB_EINVAL;
     nb__peer_t *p = calloc(1, sizeof *p);
     if (!p)
         return NB_ENOMEM;
     if (parse_addr(host, port, &p->addr) != 0) {
-        free(p);
-        return NB_EINVAL;
+        /* not an IP literal: a DNS name, resolved at each dial */
+        size_t hl = host ? strlen(host) : 0;
+        if (hl == 0 || hl >= sizeof p->host || port <= 0 || port > 65535 ||
+            strspn(host, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-") != hl) {
+            free(p);
+            return NB_EINVAL;
+        }
+        p->literal = 0;
+    } else {
+        p->literal = 1;
     }
+    snprintf(p->host, sizeof p->host, "%s", host);
+    p->port = port;
     p->net = n;
     snprintf(p->name, sizeof p->name, "%s", peer_name);
     uv_timer_init(n->loop, &p->retry);
@@ -319,17 +409,11 @@ const nb_net_stats_t *nb_net_stats(const nb_net_t *n)
 static void on_peer_timer_closed(uv_handle_t *h)
 {
     nb__peer_t *p = h->data;
-    nb_net_t *n = p->net;
-    for (nb__peer_t **pp = &n->peers; *pp; pp = &(*pp)->next)
-        if (*pp == p) {
-            *pp = p->next;
-            break;
-        }
-    if (p->conn)
-        p->conn->peer = NULL;
-    free(p);
-    n->handles_open--;
-    maybe_done(n);
+    p->net->handles_open--;
+    p->timer_closed = 1;
+    if (p->resolving)
+        uv_cancel((uv_req_t *)&p->gai); /* on_resolved then releases p */
+    peer_release(p);
 }
 
 void nb_net_close(nb_net_t *n, void (*done)(void *ud), void *ud)

@@ -95,7 +95,10 @@ int nb_net_listen(nb_net_t *n, const char *host, int port, int *bound_port);
 
 /* Adds an outbound peer: connects to host:port expecting the certificate name
  * peer_name, and reconnects with exponential backoff and jitter whenever the
- * connection fails or drops, until nb_net_close. Errors: NB_EINVAL. */
+ * connection fails or drops, until nb_net_close. host is an IPv4/IPv6
+ * literal or a DNS name, resolved again (asynchronously) before every dial,
+ * IPv4 preferred. Errors: NB_EINVAL (empty name, bad host, port not in
+ * 1..65535). */
 int nb_net_connect(nb_net_t *n, const char *peer_name, const char *host, int port);
 
 /* Admits inbound connections from peer_name from now on (a stage learns its

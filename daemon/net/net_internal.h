@@ -77,6 +77,12 @@ struct nb__peer {
     nb__peer_t *next;
     nb_net_t *net;
     char name[NB_FRAME_MAX_NAME + 1];
+    char host[256];        /* as configured: an IP literal or a DNS name */
+    int port;
+    int literal;           /* host is an IP literal: addr is fixed */
+    int resolving;         /* gai in flight (counted in net->handles_open) */
+    int timer_closed;      /* retry timer closed: free once not resolving */
+    uv_getaddrinfo_t gai;
     struct sockaddr_storage addr;
     nb_conn_t *conn;
     uv_timer_t retry;

@@ -372,12 +372,40 @@ static void test_backoff(void **state)
     h_ep_new(&loop, &a, &cfg, 0);
     assert_int_equal(nb_net_connect(a.net, "b", "127.0.0.1", ntohs(sa.sin_port)), 0);
     assert_int_equal(nb_net_connect(a.net, "", "127.0.0.1", 1), NB_EINVAL);
-    assert_int_equal(nb_net_connect(a.net, "b", "not-an-ip", 1), NB_EINVAL);
+    assert_int_equal(nb_net_connect(a.net, "b", "bad host!", 1), NB_EINVAL);
+    assert_int_equal(nb_net_connect(a.net, "b", "localhost", 0), NB_EINVAL);
     h_run_ms(&loop, 1000);
     uint64_t n = nb_net_stats(a.net)->connect_attempts;
     print_message("%llu connect attempts in 1 s\n", (unsigned long long)n);
     assert_true(n >= 5 && n <= 15);
     h_ep_close(&loop, &a);
+    h_loop_end(&loop);
+}
+
+/* A DNS name is resolved at each dial ("localhost" comes from the hosts
+ * file, so no query leaves the machine); closing while a lookup may be in
+ * flight is safe. */
+static void test_dns_name(void **state)
+{
+    static const char *const allow_a[] = { "a" };
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    h_ep_t a = { 0 }, b = { 0 };
+    nb_net_cfg_t cfg;
+    h_cfg(&cfg, &b, "b", "b", allow_a, 1);
+    h_ep_new(&loop, &b, &cfg, 1);
+    h_cfg(&cfg, &a, "a", "a", NULL, 0);
+    h_ep_new(&loop, &a, &cfg, 0);
+    assert_int_equal(nb_net_connect(a.net, "b", "localhost", b.port), 0);
+    assert_true(h_run_until(&loop, &a.ready, 1, 5000));
+    /* redial through the resolver after a drop, then close mid-lookup */
+    nb_conn_close(nb_net_conn(b.net, "a"));
+    assert_true(h_run_until(&loop, &a.closed, 1, 5000));
+    assert_true(h_run_until(&loop, &a.ready, 2, 5000));
+    nb_conn_close(nb_net_conn(a.net, "b"));
+    h_run_ms(&loop, 5);
+    h_ep_close(&loop, &a);
+    h_ep_close(&loop, &b);
     h_loop_end(&loop);
 }
 
@@ -427,6 +455,7 @@ int main(void)
         cmocka_unit_test(test_peer_restart),
         cmocka_unit_test(test_orderly_close),
         cmocka_unit_test(test_backoff),
+        cmocka_unit_test(test_dns_name),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
