@@ -277,14 +277,42 @@ int nb_service_start(nb_service_t *svc, char *err, size_t errlen)
         /* After the runtime's start: it may bind the listener itself. */
         nb_log_info(NULL, "peers: %s; status socket %s", s2->listen[0] ? s2->listen : "(no listener)",
                     svc->cfg.status_socket);
-        nb__service_notify("READY=1\nSTATUS=%s: %s\nMAINPID=%d", nb_svc_state_name(s2->state), s2->detail, s2->pid);
         free(s2);
     }
+    if (!(svc->rt && svc->rt->defers_ready))
+        nb_service_ready(svc);
     return 0;
 fail:
     svc->failed = true;
     nb_service_stop(svc, err);
     return rc;
+}
+
+void nb_service_ready(nb_service_t *svc)
+{
+    if (svc->ready_sent || svc->stopping)
+        return;
+    svc->ready_sent = true;
+    nb_state_snapshot_t *s = malloc(sizeof *s);
+    if (!s) {
+        nb__service_notify("READY=1");
+        return;
+    }
+    nb_state_snapshot(svc->state, s);
+    nb__service_notify("READY=1\nSTATUS=%s: %s\nMAINPID=%d", nb_svc_state_name(s->state), s->detail, s->pid);
+    free(s);
+}
+
+void nb_service_status_line(nb_service_t *svc, const char *fmt, ...)
+{
+    char detail[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(detail, sizeof detail, fmt, ap);
+    va_end(ap);
+    nb_svc_state_t st = nb_state_get(svc->state);
+    nb_state_set(svc->state, st, "%s", detail);
+    nb__service_notify("STATUS=%s: %s", nb_svc_state_name(st), detail);
 }
 
 static void close_all(nb_service_t *svc)

@@ -41,6 +41,10 @@ typedef struct {
      * address with nb_state_set_listen; the service then binds only the
      * status socket. */
     bool binds_listener;
+    /* True when the runtime sends READY=1 itself with nb_service_ready()
+     * (e.g. a stage once its peers are authenticated) instead of the
+     * service sending it right after start. Mind TimeoutStartSec. */
+    bool defers_ready;
 } nb_runtime_i;
 
 /* Creates a service for cfg (copied) on loop (not owned). Binds nothing.
@@ -76,6 +80,14 @@ void nb_service_fail(nb_service_t *svc, const char *why);
  * systemd as STATUS=. */
 void nb_service_set_state(nb_service_t *svc, nb_svc_state_t st, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* Sends READY=1 with the current STATUS= (once; later calls do nothing).
+ * For runtimes with defers_ready. */
+void nb_service_ready(nb_service_t *svc);
+
+/* Sets the state's detail and sends it as STATUS= without a log line: for
+ * per-step progress ("step 12/300 loss 3.21"). The state stays as it is. */
+void nb_service_status_line(nb_service_t *svc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Frees the service after nb_service_run returned (or after a failed start
  * followed by nb_service_run). */

@@ -24,6 +24,7 @@ struct nb_service {
     uv_timer_t stop_timer; /* defers closing handles out of the caller's callback */
     bool stop_timer_open;
     bool stopping, failed;
+    bool ready_sent;
     int m_reloads;
 };
 

@@ -173,6 +173,31 @@ static void test_runtime_hooks_and_failed_start(void **st)
     nb_service_free(svc);
     assert_int_equal(uv_loop_close(&loop), 0);
 
+    /* A runtime that sends READY itself (a stage once its peers are
+     * authenticated); per-step STATUS= lines change the detail only. */
+    static const nb_runtime_i late = { .start = rt_start, .stop = rt_stop, .defers_ready = true };
+    uv_loop_init(&loop);
+    assert_int_equal(nb_service_new(&cfg, &loop, &svc), 0);
+    nb_service_set_runtime(svc, &late, "peers");
+    assert_int_equal(nb_service_start(svc, err, sizeof err), 0);
+    drain(msgs, sizeof msgs);
+    assert_null(strstr(msgs, "READY=1"));
+    nb_service_set_state(svc, NB_SVC_RUNNING, "peers authenticated");
+    nb_service_ready(svc);
+    nb_service_ready(svc);
+    nb_service_status_line(svc, "step %d/%d loss %.2f", 3, 10, 2.5);
+    drain(msgs, sizeof msgs);
+    assert_int_equal(count(msgs, "READY=1"), 1);
+    assert_non_null(strstr(msgs, "READY=1\nSTATUS=running: peers authenticated"));
+    assert_non_null(strstr(msgs, "STATUS=running: step 3/10 loss 2.50"));
+    assert_int_equal(nb_state_get(nb_service_state(svc)), NB_SVC_RUNNING);
+    uv_timer_init(&loop, &t);
+    t.data = svc;
+    uv_timer_start(&t, stop_cb, 10, 0);
+    assert_int_equal(nb_service_run(svc), 0);
+    nb_service_free(svc);
+    assert_int_equal(uv_loop_close(&loop), 0);
+
     /* role train is not a daemon */
     static nb_config_t tcfg;
     const char *train = "name: t\nrole: train\njob:\n  model: {n_layer: 1, d_model: 8, n_head: 1, vocab: 4}\n"
