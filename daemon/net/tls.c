@@ -389,7 +389,7 @@ int nb_tls_write(nb_tls_t *t, const void *buf, size_t len)
         if (r <= 0) {
             ssl_errstr(t->detail, sizeof t->detail);
             ERR_clear_error();
-            return NB_EIO;
+            return t->oom ? NB_ENOMEM : NB_EIO;
         }
         p += r;
         len -= (size_t)r;

@@ -82,7 +82,8 @@ int nb_tls_handshake(nb_tls_t *t);
  * is needed, NB_ECLOSED when the peer closed the session, or NB_EIO. */
 long nb_tls_read(nb_tls_t *t, void *buf, size_t len);
 
-/* Encrypts len plaintext bytes; all are consumed. Returns 0 or NB_EIO. */
+/* Encrypts len plaintext bytes; all are consumed. Returns 0, NB_ENOMEM (no
+ * room for the ciphertext) or NB_EIO. */
 int nb_tls_write(nb_tls_t *t, const void *buf, size_t len);
 
 /* Ciphertext waiting to be sent, and taking all of it out: the returned
