@@ -392,7 +392,18 @@ static int parse_scalar(const nb__cfg_key_t *k, const char *text, void *field, c
             }
             snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "", k->names[i]);
         }
-        snprintf(msg, ml, "must be one of %s; got '%s'", list, text);
+        int best = -1, bd = 3; /* suggest only close misspellings */
+        for (int i = 0; k->names[i]; i++) {
+            int d = nb_cfg_edit_distance(text, k->names[i]);
+            if (d < bd) {
+                bd = d;
+                best = i;
+            }
+        }
+        if (best >= 0)
+            snprintf(msg, ml, "must be one of %s; got '%s'; did you mean '%s'?", list, text, k->names[best]);
+        else
+            snprintf(msg, ml, "must be one of %s; got '%s'", list, text);
         return -1;
     }
     case NB__CFG_ADDR:

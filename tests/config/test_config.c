@@ -124,6 +124,10 @@ static void test_wrong_type(void **state)
                "dir/t.yaml:3:6: job: wrong type: expected a mapping, got a list");
     expect_err(load_train("  schedule: pipedream\n"),
                "dir/t.yaml:13:13: job.schedule: must be one of auto, gpipe, 1f1b; got 'pipedream'");
+    expect_err(load_train("  schedule: 1f1c\n"),
+               "dir/t.yaml:13:13: job.schedule: must be one of auto, gpipe, 1f1b; got '1f1c'; did you mean '1f1b'?");
+    expect_err(load("name: s\nrole: stag\n"),
+               "dir/t.yaml:2:7: role: must be one of coordinator, stage, train; got 'stag'; did you mean 'stage'?");
     expect_err(load_train("devices: [gpu0]\n"),
                "dir/t.yaml:13:11: devices[0]: must be cpu or cuda:N (N from 0 to 63); got 'gpu0'");
     expect_err(load_train("  planner: {enabled: maybe}\n"),
