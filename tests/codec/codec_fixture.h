@@ -76,9 +76,9 @@ static void nb_fx_init(nb_fx_t *f, int n_layer, int C, int B, int T, int total_s
                                   .vocab = 256, .max_seq = T, .causal = true, .norm = NB_MODEL_NORM_PRE,
                                   .head = NB_MODEL_HEAD_LM, .tie_embeddings = true };
     f->oc = nb_optim_config_default();
-    f->oc.lr = 3e-3f;
-    f->oc.lr_min = 3e-4f;
-    f->oc.warmup_steps = 5;
+    f->oc.lr = 1e-3f;
+    f->oc.lr_min = 1e-4f;
+    f->oc.warmup_steps = 10;
     f->oc.total_steps = total_steps;
     f->oc.weight_decay = 0.0f;
     char err[200];

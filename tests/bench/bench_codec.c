@@ -1,0 +1,148 @@
+/* bench_codec.c - codec throughput on the CPU backend: encode + decode of one
+ * 8x128x768 fp32 tensor (a (1024, 768) activation matrix) per codec, in GB/s
+ * of fp32 input, beside memcpy of the same bytes measured in the same run;
+ * with the compression ratio (input bytes / spec + metadata + payload bytes)
+ * and the relative L2 error on trained-model-like data (rank-32 signal with
+ * decaying spectrum, noise, and 0.1% outliers of 10x).
+ * Prints "bench <name> <value> <unit>" lines (make bench). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include "kernels/backend.h"
+#include "kernels/codec/codec.h"
+#include "kernels/rng.h"
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+enum { B = 8, T = 128, C = 768, ROWS = B * T, R = 32 };
+
+static void make_input(nb_backend_t *be, float *x)
+{
+    nb_rng_t g;
+    nb_rng_init(&g, 2026, 11, 28);
+    float *u = malloc(sizeof(float) * ROWS * R), *v = malloc(sizeof(float) * R * C);
+    for (int i = 0; i < ROWS * R; i++)
+        u[i] = (float)nb_rng_normal(&g);
+    for (int i = 0; i < R * C; i++)
+        v[i] = (float)nb_rng_normal(&g) / (float)(1 + i / C) * 0.3f;
+    nb_matmul(be, false, false, ROWS, C, R, 1.0f, u, R, 0, v, C, 0, 0.0f, x, C, 0, 1);
+    for (size_t i = 0; i < (size_t)ROWS * C; i++) {
+        x[i] += 0.1f * (float)nb_rng_normal(&g);
+        if (nb_rng_below(&g, 1000) == 0)
+            x[i] *= 10.0f;
+    }
+    free(u);
+    free(v);
+}
+
+/* Median of reps timings of fn, each repeated inner times. */
+typedef struct {
+    const char *name, *spec;
+} codec_case_t;
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+int main(void)
+{
+    nb_backend_t *be = nb_cpu_backend_new();
+    int64_t shape[3] = { B, T, C };
+    nb_tensor_t *x = nb_tensor_new(be, NB_F32, 3, shape), *y = nb_tensor_new(be, NB_F32, 3, shape);
+    if (!be || !x || !y)
+        return 1;
+    make_input(be, x->data);
+    size_t bytes = nb_tensor_nbytes(x);
+    double gb = (double)bytes / 1e9;
+
+    /* memcpy baseline: median of 15 batches of 20 copies */
+    double t_mc[15];
+    for (int r = 0; r < 15; r++) {
+        double t0 = now();
+        for (int i = 0; i < 20; i++) {
+            memcpy(y->data, x->data, bytes);
+            __asm__ volatile("" ::"r"(y->data) : "memory");
+        }
+        t_mc[r] = (now() - t0) / 20;
+    }
+    qsort(t_mc, 15, sizeof(double), cmp_d);
+    double memcpy_gbps = gb / t_mc[7];
+    printf("bench codec_memcpy_gbps %.2f GB/s\n", memcpy_gbps);
+
+    static const codec_case_t cases[] = {
+        { "fp32", "fp32" },
+        { "fp16", "fp16" },
+        { "bf16", "bf16" },
+        { "int8", "int8" },
+        { "int8_sr", "int8(sr)" },
+        { "int8_row", "int8(block=row)" },
+        { "int4", "int4" },
+        { "topk_0.01", "topk(0.01)" },
+        { "int8_topk_0.1", "int8(topk(0.1))" },
+        { "svd_0.6", "svd(0.6)" },
+        { "fp16_svd_0.6", "fp16(svd(0.6))" },
+        { "fp16_svd_0.2", "fp16(svd(0.2))" },
+        { "int8_svd_0.2", "int8(svd(0.2))" },
+    };
+    nb_codec_msg_t m;
+    nb_codec_msg_init(&m);
+    char err[256];
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        nb_codec_spec_t s;
+        if (nb_codec_spec_parse(cases[c].spec, &s, err, sizeof err)) {
+            fprintf(stderr, "%s\n", err);
+            return 1;
+        }
+        /* warm up, and size the batches to ~40 ms */
+        double t0 = now();
+        int warm = 0;
+        do {
+            if (nb_codec_encode(be, &s, x, (uint64_t)warm, NULL, 0, &m, err, sizeof err) ||
+                nb_codec_decode_into(be, m.spec, m.meta, m.meta_len, m.payload, m.payload_len, 0, NULL, y, err,
+                                     sizeof err)) {
+                fprintf(stderr, "%s: %s\n", cases[c].spec, err);
+                return 1;
+            }
+            warm++;
+        } while (now() - t0 < 0.05 && warm < 200);
+        int inner = (int)(0.04 / ((now() - t0) / warm)) + 1;
+        int reps = inner > 1 ? 9 : 5;
+        double t[9];
+        for (int r = 0; r < reps; r++) {
+            double t1 = now();
+            for (int i = 0; i < inner; i++) {
+                nb_codec_encode(be, &s, x, (uint64_t)i, NULL, 0, &m, err, sizeof err);
+                nb_codec_decode_into(be, m.spec, m.meta, m.meta_len, m.payload, m.payload_len, 0, NULL, y, err,
+                                     sizeof err);
+            }
+            t[r] = (now() - t1) / inner;
+        }
+        qsort(t, (size_t)reps, sizeof(double), cmp_d);
+        double gbps = gb / t[reps / 2];
+        const float *a = x->data, *b = y->data;
+        double num = 0, den = 0;
+        for (size_t i = 0; i < bytes / 4; i++) {
+            num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+            den += (double)a[i] * a[i];
+        }
+        printf("bench codec_%s_gbps %.3f GB/s\n", cases[c].name, gbps);
+        printf("bench codec_%s_vs_memcpy %.3f ratio\n", cases[c].name, gbps / memcpy_gbps);
+        printf("bench codec_%s_ratio %.2f x\n", cases[c].name, (double)bytes / (double)nb_codec_msg_bytes(&m));
+        printf("bench codec_%s_rel_err %.5f rel\n", cases[c].name, sqrt(num / den));
+        fflush(stdout);
+    }
+    nb_codec_msg_free(&m);
+    nb_tensor_free(x);
+    nb_tensor_free(y);
+    nb_be_free(be);
+    return 0;
+}
