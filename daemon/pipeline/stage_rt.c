@@ -68,7 +68,7 @@ struct nb_stage_rt {
     pthread_t compute;
     bool compute_started;
 
-    int m_steps, m_bytes_raw, m_bytes_wire, m_refused;
+    int m_steps, m_bytes_raw, m_bytes_wire, m_refused, m_model_bytes, m_peak_rss;
 };
 
 static void free_out(void *p)
@@ -261,6 +261,21 @@ static int handle_job(nb_stage_rt_t *rt, nb_backend_t *be, nb_host_t **host, con
     return post(rt, o);
 }
 
+/* Peak resident set of this process (VmHWM), 0 when unknown. */
+static uint64_t peak_rss_bytes(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f)
+        return 0;
+    char line[256];
+    unsigned long long kb = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmHWM: %llu kB", &kb) == 1)
+            break;
+    fclose(f);
+    return (uint64_t)kb * 1024;
+}
+
 static int handle_plan(nb_stage_rt_t *rt, nb_host_t *host, const Nebula__Plan *p)
 {
     char err[512];
@@ -299,6 +314,8 @@ static int handle_plan(nb_stage_rt_t *rt, nb_host_t *host, const Nebula__Plan *p
     nb_metrics_inc(mx, rt->m_steps, 1);
     nb_metrics_inc(mx, rt->m_bytes_raw, (double)res.bytes_raw);
     nb_metrics_inc(mx, rt->m_bytes_wire, (double)res.bytes_wire);
+    nb_metrics_set(mx, rt->m_model_bytes, (double)nb_host_memory_bytes(host));
+    nb_metrics_set(mx, rt->m_peak_rss, (double)peak_rss_bytes());
     nb_job_info_t j;
     memset(&j, 0, sizeof j);
     j.active = true;
@@ -890,6 +907,10 @@ int nb_stage_rt_attach(nb_service_t *svc, nb_stage_rt_t **out)
                                       "Tensor bytes sent to neighbours after compression");
     rt->m_refused = nb_metrics_add(mx, "nebula_stage_refused_frames_total", NULL, NB_METRIC_COUNTER,
                                    "Frames refused: wrong sender, stage, step or kind");
+    rt->m_model_bytes = nb_metrics_add(mx, "nebula_stage_model_bytes", NULL, NB_METRIC_GAUGE,
+                                       "Weights, gradients, optimizer state and stashed activations held");
+    rt->m_peak_rss = nb_metrics_add(mx, "nebula_stage_peak_rss_bytes", NULL, NB_METRIC_GAUGE,
+                                    "Peak resident memory of the daemon process");
     nb_service_set_runtime(svc, &stage_runtime, rt);
     *out = rt;
     return 0;
