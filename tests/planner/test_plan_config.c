@@ -113,13 +113,13 @@ static void test_pins_and_errors(void **state)
     assert_int_equal(req.nscheds, 1);
     assert_int_equal(req.scheds[0].kind, NB_SCHED_1F1B);
     assert_int_equal(req.nfwd, 1); /* no planner.codecs: the pinned ones */
-    assert_string_equal(req.fwd_codecs[0], "fp32");
-    assert_string_equal(req.bwd_codecs[0], "fp32");
+    assert_string_equal(req.fwd_codecs[0], "fp16"); /* as config/demo pins them */
+    assert_string_equal(req.bwd_codecs[0], "int8");
     /* A tied head costs only its final LayerNorm. */
     nb_cfg_job_t job = cfg->job;
     job.model.tie_embeddings = true;
     assert_int_equal(nb_plan_req_from_config(&job, &req, err, sizeof err), 0);
-    assert_true(fabs(req.model.head_params - 2 * 64) < 1e-9);
+    assert_true(fabs(req.model.head_params - 2 * cfg->job.model.d_model) < 1e-9);
     job.clusters[1].layers_auto = true;
     assert_int_equal(nb_plan_req_from_config(&job, &req, err, sizeof err), NB_EINVAL);
     assert_non_null(strstr(err, "job.clusters[].layers"));
