@@ -1,0 +1,822 @@
+/*
+ * coord_plan.c - the coordinator's planning glue: measurements -> cost
+ * model -> plan per step, re-planning on drift (see coord_plan.h).
+ */
+#include "daemon/pipeline/coord_plan.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "daemon/log.h"
+#include "daemon/planner/plan_config.h"
+#include "daemon/planner/replan.h"
+#include "kernels/codec/codec.h"
+#include "kernels/common.h"
+
+#define MAX_SIZES 16     /* micro-batch sizes remembered per stage */
+#define MAX_HIST 64      /* distinct plans remembered with their measurements */
+#define FIT_ALPHA 0.3    /* EMA weight of a new step in a size's mean time */
+#define OVH_ALPHA 0.2    /* EMA weight of a new step in the per-step overhead */
+#define DEFAULT_BW 1.25e8 /* bytes/s assumed for a link nobody measured (1 Gbit/s) */
+
+typedef struct {
+    int n;           /* sequences per micro-batch */
+    double f, b;     /* EMA of the mean forward / backward seconds per micro-batch */
+} size_pt_t;
+
+typedef struct {
+    int m;
+    nb_sched_spec_t sched;
+    char fwd[NB_CFG_SPEC_MAX], bwd[NB_CFG_SPEC_MAX];
+    long steps;               /* steps measured (the first under each switch is skipped) */
+    double wall_sum, stage_sum;
+} hist_t;
+
+struct nb_cplan {
+    const nb_cfg_job_t *job;
+    nb_job_desc_t desc;
+    nb_plan_req_t req;
+    nb_cost_t cost;
+    int p, batch, seq, dmodel;
+    /* profiling */
+    int prof_m[2], nprof;
+    int64_t profile_end;      /* steps before this one are profiling steps */
+    /* the step in flight */
+    double acc_f[NB_COST_MAX_STAGES], acc_b[NB_COST_MAX_STAGES];
+    double acc_enc[NB_COST_MAX_STAGES], acc_dec[NB_COST_MAX_STAGES];
+    int acc_n[NB_COST_MAX_STAGES];
+    double rx_bps[NB_SCHED_MAX_STAGES][NB_SCHED_MAX_STAGES]; /* passive, [from][to] daemon */
+    size_pt_t pts[NB_COST_MAX_STAGES][MAX_SIZES];
+    int npts[NB_COST_MAX_STAGES];
+    bool link_measured[NB_COST_MAX_STAGES][2];
+    bool compute_measured;
+    /* the plan */
+    nb_cplan_step_t cur;
+    bool have_cur, planned;
+    int64_t cur_since;        /* first step of the current plan */
+    bool pinned, pin_pending;
+    nb_cplan_step_t pin;
+    /* re-planning */
+    nb_replan_cfg_t rcfg;
+    nb_replan_t rp;
+    bool basis_set, replan_due;
+    int64_t basis_at;         /* the step whose measurements become the basis */
+    nb_replan_sample_t last_obs;
+    char reason[160];
+    long replans;
+    double overhead;          /* EMA of wall - longest stage step: commit, optimizer, control latency */
+    bool have_overhead;
+    hist_t hist[MAX_HIST];
+    int nhist;
+};
+
+static int fail(char *err, size_t len, int rc, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static int fail(char *err, size_t len, int rc, const char *fmt, ...)
+{
+    if (err && len) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, len, fmt, ap);
+        va_end(ap);
+    }
+    return rc;
+}
+
+bool nb_cplan_wanted(const nb_cfg_job_t *job)
+{
+    return job->planner.enabled &&
+           (job->micro_batches <= 0 || job->schedule == NB_CFG_SCHED_AUTO || job->planner.n_codecs > 0);
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ---- codec calibration ----------------------------------------------------- */
+
+static int codec_lossiness(const nb_codec_spec_t *s)
+{
+    if (nb_codec_spec_lossless(s))
+        return 0;
+    int r = s->value == NB_CODEC_V_F16 || s->value == NB_CODEC_V_BF16 ? 1 : s->value == NB_CODEC_V_I8 ? 2 : 3;
+    return r + (s->kind != NB_CODEC_S_DENSE ? 2 : 0);
+}
+
+/* Encodes and decodes one boundary-sized tensor of n sequences (best of
+ * three) to get the codec's ratio and its cost per raw byte. */
+static int calibrate(const char *text, int rows, int cols, nb_cost_codec_t *out, char *err, size_t errlen)
+{
+    nb_codec_spec_t spec;
+    char cerr[256];
+    if (nb_codec_spec_parse(text, &spec, cerr, sizeof cerr))
+        return fail(err, errlen, NB_EINVAL, "job.planner.codecs: %s", cerr);
+    memset(out, 0, sizeof *out);
+    snprintf(out->spec, sizeof out->spec, "%s", text);
+    out->lossiness = codec_lossiness(&spec);
+    out->ratio = 1.0;
+    nb_backend_t *be = nb_cpu_backend_new();
+    if (!be)
+        return NB_ENOMEM;
+    int64_t shape[2] = { rows, cols };
+    nb_tensor_t *x = nb_tensor_new(be, NB_F32, 2, shape);
+    nb_tensor_t *y = nb_tensor_new(be, NB_F32, 2, shape);
+    nb_codec_stream_t *st = (spec.ef || spec.delta) ? nb_codec_stream_new(be, (size_t)64 << 20) : NULL;
+    nb_codec_msg_t msg;
+    nb_codec_msg_init(&msg);
+    int rc = (!x || !y || ((spec.ef || spec.delta) && !st)) ? NB_ENOMEM : 0;
+    if (rc == 0) {
+        /* activations look roughly Gaussian after a LayerNorm: sum of uniforms */
+        float *h = malloc((size_t)rows * (size_t)cols * sizeof *h);
+        if (!h)
+            rc = NB_ENOMEM;
+        uint64_t z = 0x9e3779b97f4a7c15ull;
+        for (size_t i = 0; h && i < (size_t)rows * (size_t)cols; i++) {
+            double v = 0;
+            for (int k = 0; k < 4; k++) {
+                z = z * 6364136223846793005ull + 1442695040888963407ull;
+                v += (double)(z >> 11) / 9007199254740992.0 - 0.5;
+            }
+            h[i] = (float)(v * 1.7);
+        }
+        if (h) {
+            nb_be_from_host(be, x->data, h, (size_t)rows * (size_t)cols * sizeof *h);
+            nb_be_sync(be);
+        }
+        free(h);
+    }
+    double raw = (double)rows * cols * 4.0, best_e = INFINITY, best_d = INFINITY;
+    for (int it = 0; rc == 0 && it < 3; it++) {
+        double t0 = now_s();
+        rc = nb_codec_encode(be, &spec, x, 7 + (uint64_t)it, st, 1, &msg, cerr, sizeof cerr);
+        nb_be_sync(be);
+        double t1 = now_s();
+        if (rc == 0)
+            rc = nb_codec_decode_into(be, msg.spec, msg.meta, msg.meta_len, msg.payload, msg.payload_len, 0,
+                                      st, y, cerr, sizeof cerr);
+        nb_be_sync(be);
+        double t2 = now_s();
+        best_e = fmin(best_e, t1 - t0);
+        best_d = fmin(best_d, t2 - t1);
+    }
+    if (rc == 0) {
+        out->ratio = (double)nb_codec_msg_bytes(&msg) / raw;
+        out->enc_per_byte = best_e / raw;
+        out->dec_per_byte = best_d / raw;
+        /* fp32 travels as is: the copy costs next to nothing, keep it 0 */
+        if (out->lossiness == 0 && spec.kind == NB_CODEC_S_DENSE)
+            out->enc_per_byte = out->dec_per_byte = 0;
+    } else {
+        rc = fail(err, errlen, rc, "job.planner.codecs: cannot calibrate '%s': %s", text, cerr);
+    }
+    nb_codec_msg_free(&msg);
+    nb_codec_stream_free(st);
+    nb_tensor_free(x);
+    nb_tensor_free(y);
+    nb_be_free(be);
+    return rc;
+}
+
+static int add_codec(nb_cplan_t *cp, const char *text, int rows, char *err, size_t errlen)
+{
+    if (nb_cost_codec_find(&cp->cost, text))
+        return 0;
+    if (cp->cost.ncodecs >= NB_COST_MAX_CODECS)
+        return fail(err, errlen, NB_EINVAL, "job.planner.codecs: more than %d codecs", NB_COST_MAX_CODECS);
+    int rc = calibrate(text, rows, cp->dmodel, &cp->cost.codec[cp->cost.ncodecs], err, errlen);
+    if (rc == 0)
+        cp->cost.ncodecs++;
+    return rc;
+}
+
+/* ---- construction ------------------------------------------------------------ */
+
+static int nearest_other_divisor(int batch, int m0)
+{
+    int best = 0;
+    for (int m = 1; m <= batch; m++)
+        if (batch % m == 0 && m != m0 && (!best || abs(m - 2 * m0) < abs(best - 2 * m0)))
+            best = m;
+    return best;
+}
+
+static const char *pick_codec(const char *const *list, int n, const char *want)
+{
+    for (int i = 0; i < n; i++)
+        if (strcmp(list[i], want) == 0)
+            return want;
+    return n > 0 ? list[0] : want;
+}
+
+int nb_cplan_new(const nb_cfg_job_t *job, const nb_job_desc_t *desc, int m0, nb_cplan_t **out, char *err,
+                 size_t errlen)
+{
+    *out = NULL;
+    nb_cplan_t *cp = calloc(1, sizeof *cp);
+    if (!cp)
+        return NB_ENOMEM;
+    cp->job = job;
+    cp->desc = *desc;
+    const nb_pipe_layout_t *l = &desc->layout;
+    int rc = nb_plan_req_from_config(job, &cp->req, err, errlen);
+    if (rc)
+        goto err;
+    cp->p = l->p;
+    cp->batch = (int)job->batch;
+    cp->seq = l->seq_len;
+    cp->dmodel = l->model.d_model;
+    if (cp->req.p != cp->p || m0 < 1 || cp->batch % m0) {
+        rc = fail(err, errlen, NB_EINVAL, "job: the planner sees %d stages, the layout %d (m0 %d, batch %d)",
+                  cp->req.p, cp->p, m0, cp->batch);
+        goto err;
+    }
+    /* the Job fixes the layer ranges: the split is pinned */
+    for (int s = 0; s < cp->p; s++)
+        cp->req.fixed_layers[s] = l->parts[s].last - l->parts[s].first;
+    cp->cost.p = cp->p;
+    for (int s = 0; s < cp->p; s++) {
+        snprintf(cp->cost.stage[s].name, sizeof cp->cost.stage[s].name, "%s",
+                 desc->names[l->placement[s]]);
+        if (s + 1 < cp->p)
+            for (int d = 0; d < 2; d++)
+                cp->cost.link[s].dir[d] = (nb_cost_dir_t){ .latency = 0, .bandwidth = DEFAULT_BW, .overhead = 0 };
+    }
+    nb_plan_config_memory(job, &cp->cost);
+    int rows = (cp->batch / m0) * cp->seq;
+    for (int i = 0; rc == 0 && i < cp->req.nfwd; i++)
+        rc = add_codec(cp, cp->req.fwd_codecs[i], rows, err, errlen);
+    for (int i = 0; rc == 0 && i < cp->req.nbwd; i++)
+        rc = add_codec(cp, cp->req.bwd_codecs[i], rows, err, errlen);
+    if (rc == 0 && cp->cost.ncodecs == 0)
+        rc = add_codec(cp, "fp32", rows, err, errlen);
+    if (rc)
+        goto err;
+    /* profiling: step 0 warms up, then one step at each of two sizes */
+    cp->prof_m[0] = m0;
+    cp->nprof = 1;
+    if (cp->req.m_min == 0 || cp->req.m_min != cp->req.m_max) {
+        int m1 = nearest_other_divisor(cp->batch, m0);
+        if (m1 > 0)
+            cp->prof_m[cp->nprof++] = m1;
+    }
+    cp->profile_end = 1 + cp->nprof;
+    nb_cplan_step_t *c = &cp->cur;
+    c->m = m0;
+    c->mb_size = cp->batch / m0;
+    c->sched = cp->req.nscheds == 1 ? cp->req.scheds[0] : (nb_sched_spec_t){ NB_SCHED_1F1B, 0 };
+    snprintf(c->fwd, sizeof c->fwd, "%s",
+             pick_codec(cp->req.fwd_codecs, cp->req.nfwd, job->codecs.forward[0] ? job->codecs.forward : "fp32"));
+    snprintf(c->bwd, sizeof c->bwd, "%s",
+             pick_codec(cp->req.bwd_codecs, cp->req.nbwd, job->codecs.backward[0] ? job->codecs.backward : "fp32"));
+    if (!nb_cost_codec_find(&cp->cost, c->fwd) || !nb_cost_codec_find(&cp->cost, c->bwd)) {
+        rc = fail(err, errlen, NB_EINVAL, "job.codecs: %s / %s are not among the planner's codecs", c->fwd, c->bwd);
+        goto err;
+    }
+    c->pred_step_s = c->pred_bubble = -1;
+    c->why = "profiling";
+    cp->rcfg.threshold = job->planner.replan_threshold > 0 ? job->planner.replan_threshold : 0.2;
+    cp->rcfg.k = job->planner.replan_steps > 0 ? (int)job->planner.replan_steps : 5;
+    cp->rcfg.cooldown = 2;
+    *out = cp;
+    return 0;
+err:
+    free(cp);
+    return rc;
+}
+
+void nb_cplan_free(nb_cplan_t *cp)
+{
+    free(cp);
+}
+
+long nb_cplan_replans(const nb_cplan_t *cp) { return cp->replans; }
+const nb_cost_t *nb_cplan_cost(const nb_cplan_t *cp) { return &cp->cost; }
+
+/* ---- measurements ------------------------------------------------------------ */
+
+void nb_cplan_link_probe(nb_cplan_t *cp, int from, int to, double rtt_ms, double bytes_per_s)
+{
+    const nb_pipe_layout_t *l = &cp->desc.layout;
+    if (from < 0 || to < 0 || from >= l->n_daemons || to >= l->n_daemons || from == to)
+        return;
+    for (int s = 0; s + 1 < cp->p; s++) {
+        int dir;
+        if (l->placement[s] == from && l->placement[s + 1] == to)
+            dir = NB_DIR_FWD;
+        else if (l->placement[s] == to && l->placement[s + 1] == from)
+            dir = NB_DIR_BWD;
+        else
+            continue;
+        nb_cost_dir_t *d = &cp->cost.link[s].dir[dir];
+        if (rtt_ms > 0)
+            d->latency = rtt_ms / 2e3;
+        if (bytes_per_s > 0) {
+            d->bandwidth = bytes_per_s;
+            cp->link_measured[s][dir] = true;
+        }
+    }
+}
+
+void nb_cplan_report(nb_cplan_t *cp, int daemon, const Nebula__Report *r)
+{
+    for (size_t i = 0; i < r->n_timings; i++) {
+        const Nebula__MicroBatchTiming *t = r->timings[i];
+        if (t->stage >= (uint32_t)cp->p)
+            continue;
+        int s = (int)t->stage;
+        cp->acc_f[s] += (double)t->forward_ns / 1e9;
+        cp->acc_b[s] += (double)t->backward_ns / 1e9;
+        cp->acc_enc[s] += (double)t->encode_ns / 1e9;
+        cp->acc_dec[s] += (double)t->decode_ns / 1e9;
+        cp->acc_n[s]++;
+    }
+    int nd = cp->desc.layout.n_daemons;
+    if (daemon < 0 || daemon >= nd)
+        return;
+    for (size_t i = 0; i < r->n_links; i++) {
+        const Nebula__LinkMeasurement *lm = r->links[i];
+        if (lm->peer < (uint32_t)nd && (int)lm->peer != daemon && lm->rx_bytes_per_s > 0 &&
+            isfinite(lm->rx_bytes_per_s))
+            cp->rx_bps[lm->peer][daemon] = lm->rx_bytes_per_s;
+    }
+}
+
+static void refit_stage(nb_cplan_t *cp, int s)
+{
+    double n[MAX_SIZES], f[MAX_SIZES], b[MAX_SIZES];
+    int k = cp->npts[s];
+    for (int i = 0; i < k; i++) {
+        n[i] = cp->pts[s][i].n;
+        f[i] = cp->pts[s][i].f;
+        b[i] = cp->pts[s][i].b;
+    }
+    nb_fit_t ff, fb;
+    if (k < 1 || nb_fit_least_squares(n, f, k, &ff) || nb_fit_least_squares(n, b, k, &fb))
+        return;
+    nb_cost_stage_t *st = &cp->cost.stage[s];
+    int layers = cp->req.fixed_layers[s];
+    /* the split is pinned, so only the stage total matters; spread it over
+     * the blocks so that offline what-ifs on another split stay sensible */
+    if (layers > 0) {
+        st->fwd_layer = (nb_fit_t){ ff.a / layers, ff.b / layers };
+        st->bwd_layer = (nb_fit_t){ fb.a / layers, fb.b / layers };
+        st->fwd_fixed = st->bwd_fixed = (nb_fit_t){ 0, 0 };
+    } else {
+        st->fwd_fixed = ff;
+        st->bwd_fixed = fb;
+        st->fwd_layer = st->bwd_layer = (nb_fit_t){ 0, 0 };
+    }
+}
+
+static void observe_size(nb_cplan_t *cp, int s, int n, double f, double b)
+{
+    for (int i = 0; i < cp->npts[s]; i++) {
+        size_pt_t *pt = &cp->pts[s][i];
+        if (pt->n == n) {
+            pt->f += FIT_ALPHA * (f - pt->f);
+            pt->b += FIT_ALPHA * (b - pt->b);
+            return;
+        }
+    }
+    if (cp->npts[s] < MAX_SIZES)
+        cp->pts[s][cp->npts[s]++] = (size_pt_t){ n, f, b };
+}
+
+static bool sends(const nb_cplan_t *cp, int s, int dir)
+{
+    const int *pl = cp->desc.layout.placement;
+    if (dir == NB_DIR_FWD)
+        return s + 1 < cp->p && pl[s] != pl[s + 1];
+    return s > 0 && pl[s - 1] != pl[s];
+}
+
+static void ema(double *v, double x)
+{
+    *v = *v > 0 ? *v + FIT_ALPHA * (x - *v) : x;
+}
+
+/* Codec work per raw byte, when the step says which codec did it: a stage
+ * that only sends activations encodes with the forward codec, and so on. */
+static void observe_codecs(nb_cplan_t *cp, int s, double raw_per_mb)
+{
+    int n = cp->acc_n[s];
+    nb_cost_codec_t *fc = (nb_cost_codec_t *)nb_cost_codec_find(&cp->cost, cp->cur.fwd);
+    nb_cost_codec_t *bc = (nb_cost_codec_t *)nb_cost_codec_find(&cp->cost, cp->cur.bwd);
+    if (n < 1 || !fc || !bc || raw_per_mb <= 0)
+        return;
+    bool sa = sends(cp, s, NB_DIR_FWD), sg = sends(cp, s, NB_DIR_BWD);
+    double enc = cp->acc_enc[s] / n / raw_per_mb, dec = cp->acc_dec[s] / n / raw_per_mb;
+    /* encoding: activations if sa, gradients if sg; decoding the opposite */
+    nb_cost_codec_t *e = sa && !sg ? fc : sg && !sa ? bc : (sa && fc == bc ? fc : NULL);
+    nb_cost_codec_t *d = sa && !sg ? bc : sg && !sa ? fc : (sa && fc == bc ? fc : NULL);
+    double share = sa && sg ? 0.5 : 1.0;
+    if (e && e->lossiness > 0)
+        ema(&e->enc_per_byte, enc * share);
+    if (d && d->lossiness > 0)
+        ema(&d->dec_per_byte, dec * share);
+}
+
+static hist_t *hist_find(nb_cplan_t *cp, const nb_cplan_step_t *c, bool add)
+{
+    for (int i = 0; i < cp->nhist; i++) {
+        hist_t *h = &cp->hist[i];
+        if (h->m == c->m && h->sched.kind == c->sched.kind && h->sched.extra == c->sched.extra &&
+            strcmp(h->fwd, c->fwd) == 0 && strcmp(h->bwd, c->bwd) == 0)
+            return h;
+    }
+    if (!add || cp->nhist >= MAX_HIST)
+        return NULL;
+    hist_t *h = &cp->hist[cp->nhist++];
+    memset(h, 0, sizeof *h);
+    h->m = c->m;
+    h->sched = c->sched;
+    snprintf(h->fwd, sizeof h->fwd, "%s", c->fwd);
+    snprintf(h->bwd, sizeof h->bwd, "%s", c->bwd);
+    return h;
+}
+
+void nb_cplan_step_done(nb_cplan_t *cp, int64_t step, double wall_s, double stage_s)
+{
+    const int *pl = cp->desc.layout.placement;
+    int n = cp->cur.mb_size;
+    double raw_per_mb = (double)n * cp->seq * cp->dmodel * 4.0;
+    nb_replan_sample_t obs;
+    memset(&obs, 0, sizeof obs);
+    for (int s = 0; s < cp->p; s++) {
+        int k = cp->acc_n[s];
+        if (k > 0) {
+            obs.compute[s] = cp->acc_f[s] + cp->acc_b[s] + cp->acc_enc[s] + cp->acc_dec[s];
+            if (step > 0) { /* step 0 warms caches and allocators up */
+                observe_size(cp, s, n, cp->acc_f[s] / k, cp->acc_b[s] / k);
+                refit_stage(cp, s);
+                observe_codecs(cp, s, raw_per_mb);
+                cp->compute_measured = true;
+            }
+        }
+        if (s + 1 < cp->p && pl[s] != pl[s + 1]) {
+            obs.bandwidth[s][NB_DIR_FWD] = cp->rx_bps[pl[s]][pl[s + 1]];
+            obs.bandwidth[s][NB_DIR_BWD] = cp->rx_bps[pl[s + 1]][pl[s]];
+        }
+    }
+    if (step > 0 && wall_s > 0 && stage_s > 0 && wall_s >= stage_s) {
+        double o = wall_s - stage_s;
+        cp->overhead = cp->have_overhead ? cp->overhead + OVH_ALPHA * (o - cp->overhead) : o;
+        cp->have_overhead = true;
+    }
+    if (step > cp->cur_since && wall_s > 0) {
+        hist_t *h = hist_find(cp, &cp->cur, true);
+        if (h) {
+            h->steps++;
+            h->wall_sum += wall_s;
+            h->stage_sum += stage_s;
+        }
+    }
+    memset(cp->acc_f, 0, sizeof cp->acc_f);
+    memset(cp->acc_b, 0, sizeof cp->acc_b);
+    memset(cp->acc_enc, 0, sizeof cp->acc_enc);
+    memset(cp->acc_dec, 0, sizeof cp->acc_dec);
+    memset(cp->acc_n, 0, sizeof cp->acc_n);
+    cp->last_obs = obs;
+    if (!cp->planned || cp->pinned || cp->replan_due)
+        return;
+    if (!cp->basis_set) {
+        if (step < cp->basis_at)
+            return;
+        /* the basis is what the plan measured once settled (its second
+         * step): the passive link estimates depend on the frame size, so
+         * comparing them with the probe would see drift that is not there */
+        if (nb_replan_init(&cp->rp, &cp->rcfg, cp->p, &obs) == 0)
+            cp->basis_set = true;
+        return;
+    }
+    if (nb_replan_observe(&cp->rp, &obs)) {
+        cp->replan_due = true;
+        snprintf(cp->reason, sizeof cp->reason, "%s", cp->rp.reason);
+        nb_log_info(NULL, "planner: re-plan at the next step boundary: %s", cp->reason);
+    }
+}
+
+/* ---- choosing ---------------------------------------------------------------- */
+
+static void cand_to_step(const nb_cplan_t *cp, const nb_plan_cand_t *c, const char *why, nb_cplan_step_t *out)
+{
+    out->m = c->m;
+    out->mb_size = cp->batch / c->m;
+    out->sched = c->sched;
+    snprintf(out->fwd, sizeof out->fwd, "%s", cp->cost.codec[c->fwd_codec].spec);
+    snprintf(out->bwd, sizeof out->bwd, "%s", cp->cost.codec[c->bwd_codec].spec);
+    out->pred_step_s = c->step_time;
+    out->pred_bubble = c->bubble;
+    out->why = why;
+}
+
+static const char *step_text(const nb_cplan_step_t *c, char *buf, size_t len)
+{
+    char sb[24];
+    nb_sched_format(&c->sched, sb, sizeof sb);
+    if (c->pred_step_s >= 0)
+        snprintf(buf, len, "m=%d %s fwd=%s bwd=%s T=%.4fs bubble=%.1f%%", c->m, sb, c->fwd, c->bwd, c->pred_step_s,
+                 100 * c->pred_bubble);
+    else
+        snprintf(buf, len, "m=%d %s fwd=%s bwd=%s", c->m, sb, c->fwd, c->bwd);
+    return buf;
+}
+
+/* The prediction for a fully given plan on the current model; < 0 if it
+ * cannot be evaluated. */
+static double predict(const nb_cplan_t *cp, const nb_cost_t *cost, int m, const nb_sched_spec_t *sched,
+                      const char *fwd, const char *bwd, double *bubble)
+{
+    nb_plan_cand_t c;
+    char err[256];
+    int rc = nb_plan_evaluate(cost, &cp->req.model, m, sched, fwd, bwd, cp->req.fixed_layers, &c, err, sizeof err);
+    if (rc < 0 && rc != NB_ELIMIT)
+        return -1;
+    if (bubble)
+        *bubble = c.bubble;
+    return c.step_time;
+}
+
+/* Scales what drifted into the cost model: link bandwidths by measured /
+ * basis, and each stage's remembered sizes by its compute ratio (the size
+ * in use is already current). */
+static void absorb_drift(nb_cplan_t *cp)
+{
+    const nb_replan_sample_t *b = &cp->rp.basis, *o = &cp->last_obs;
+    for (int s = 0; s + 1 < cp->p; s++)
+        for (int d = 0; d < 2; d++)
+            if (b->bandwidth[s][d] > 0 && o->bandwidth[s][d] > 0)
+                cp->cost.link[s].dir[d].bandwidth *= o->bandwidth[s][d] / b->bandwidth[s][d];
+    for (int s = 0; s < cp->p; s++) {
+        if (!(b->compute[s] > 0 && o->compute[s] > 0))
+            continue;
+        double r = o->compute[s] / b->compute[s];
+        if (fabs(r - 1) <= cp->rcfg.threshold)
+            continue;
+        for (int i = 0; i < cp->npts[s]; i++)
+            if (cp->pts[s][i].n != cp->cur.mb_size) {
+                cp->pts[s][i].f *= r;
+                cp->pts[s][i].b *= r;
+            }
+        refit_stage(cp, s);
+    }
+}
+
+static int run_search(nb_cplan_t *cp, nb_plan_cand_t *best)
+{
+    nb_plan_result_t res;
+    char err[512];
+    int rc = nb_plan_search(&cp->cost, &cp->req, &res, err, sizeof err);
+    if (rc < 0) {
+        nb_log_error(NULL, "planner: no plan: %s; keeping the current plan", err);
+        if (rc == NB_ELIMIT)
+            nb_plan_result_free(&res);
+        return rc;
+    }
+    *best = res.cand[0];
+    nb_plan_result_free(&res);
+    return 0;
+}
+
+static bool same_plan(const nb_cplan_step_t *a, const nb_cplan_step_t *b)
+{
+    return a->m == b->m && a->sched.kind == b->sched.kind && a->sched.extra == b->sched.extra &&
+           strcmp(a->fwd, b->fwd) == 0 && strcmp(a->bwd, b->bwd) == 0;
+}
+
+static void set_plan(nb_cplan_t *cp, int64_t step, const nb_cplan_step_t *next)
+{
+    if (!same_plan(&cp->cur, next) || !cp->have_cur)
+        cp->cur_since = step;
+    cp->cur = *next;
+    cp->have_cur = true;
+}
+
+int nb_cplan_plan(nb_cplan_t *cp, int64_t step, nb_cplan_step_t *out)
+{
+    char a[512], b[8];
+    nb_cplan_step_t next = cp->cur;
+    if (cp->pinned) {
+        if (cp->pin_pending) {
+            next = cp->pin;
+            next.pred_step_s = predict(cp, &cp->cost, next.m, &next.sched, next.fwd, next.bwd, &next.pred_bubble);
+            nb_log_info(NULL, "planner: step %lld: pinned plan %s", (long long)step + 1, step_text(&next, a, sizeof a));
+            cp->pin_pending = false;
+        }
+    } else if (step < cp->profile_end) {
+        int m = cp->prof_m[step < 2 ? 0 : cp->nprof - 1];
+        next.m = m;
+        next.mb_size = cp->batch / m;
+        next.why = "profiling";
+        if (!cp->have_cur || next.m != cp->cur.m)
+            nb_log_info(NULL, "planner: step %lld: profiling at m=%d (%d sequences per micro-batch)",
+                        (long long)step + 1, m, next.mb_size);
+    } else if (!cp->planned || cp->replan_due || cp->pin_pending) {
+        nb_plan_cand_t best;
+        bool replan = cp->planned && cp->replan_due;
+        nb_cplan_step_t old = cp->cur;
+        double old_now = -1;
+        if (replan) {
+            absorb_drift(cp);
+            old_now = predict(cp, &cp->cost, old.m, &old.sched, old.fwd, old.bwd, NULL);
+        }
+        if (run_search(cp, &best) == 0) {
+            cand_to_step(cp, &best, replan ? "re-planned" : "planned", &next);
+            char d[320];
+            nb_plan_describe(&cp->cost, &best, d, sizeof d);
+            if (replan) {
+                cp->replans++;
+                nb_log_info(NULL, "planner: re-plan %ld at step %lld (%s): old %s, now predicted %.4fs; new %s",
+                            cp->replans, (long long)step + 1, cp->reason, step_text(&old, a, sizeof a), old_now, d);
+            } else {
+                nb_log_info(NULL, "planner: chose %s (after %lld profiling steps; %s)", d, (long long)step,
+                            cp->pin_pending ? "pin cleared" : "from probed links and profiled compute");
+            }
+        }
+        cp->planned = true;
+        cp->replan_due = false;
+        cp->pin_pending = false;
+        cp->basis_set = false;
+        cp->basis_at = step + 1;
+        (void)b;
+    }
+    set_plan(cp, step, &next);
+    *out = cp->cur;
+    return 0;
+}
+
+int nb_cplan_pin(nb_cplan_t *cp, const nb_cplan_step_t *pin, char *err, size_t errlen)
+{
+    if (!pin) {
+        if (cp->pinned) {
+            cp->pinned = false;
+            cp->pin_pending = true; /* plan afresh at the next boundary */
+            nb_log_info(NULL, "planner: pin cleared; planning again from the next step");
+        }
+        return 0;
+    }
+    if (pin->m < 1 || cp->batch % pin->m)
+        return fail(err, errlen, NB_EINVAL, "m=%d does not divide the batch of %d", pin->m, cp->batch);
+    if (!nb_cost_codec_find(&cp->cost, pin->fwd) || !nb_cost_codec_find(&cp->cost, pin->bwd))
+        return fail(err, errlen, NB_EINVAL, "codecs %s / %s: not among the job's codecs", pin->fwd, pin->bwd);
+    nb_plan_cand_t c;
+    char why[256];
+    int rc = nb_plan_evaluate(&cp->cost, &cp->req.model, pin->m, &pin->sched, pin->fwd, pin->bwd,
+                              cp->req.fixed_layers, &c, why, sizeof why);
+    if (rc == NB_ELIMIT)
+        return fail(err, errlen, rc, "%s", why);
+    if (rc < 0)
+        return fail(err, errlen, NB_EINVAL, "%s", why);
+    cp->pin = *pin;
+    cp->pin.mb_size = cp->batch / pin->m;
+    cp->pin.why = "pinned";
+    cp->pinned = true;
+    cp->pin_pending = true;
+    return 0;
+}
+
+/* ---- the status socket's view -------------------------------------------------- */
+
+static json_t *step_json(const nb_cplan_step_t *c)
+{
+    char sb[24];
+    return json_pack("{s:i, s:i, s:s, s:s, s:s, s:f, s:f, s:s}", "m", c->m, "micro_batch_size", c->mb_size,
+                     "schedule", nb_sched_format(&c->sched, sb, sizeof sb), "forward", c->fwd, "backward", c->bwd,
+                     "predicted_step_s", c->pred_step_s, "predicted_bubble", c->pred_bubble, "why",
+                     c->why ? c->why : "");
+}
+
+static json_t *cand_json(const nb_cost_t *cost, const nb_plan_cand_t *c, int rank)
+{
+    char sb[24];
+    json_t *split = json_array(), *mem = json_array();
+    for (int s = 0; s < cost->p; s++) {
+        json_array_append_new(split, json_integer(c->layers[s]));
+        json_array_append_new(mem, json_real(c->mem[s] / (1024.0 * 1024.0 * 1024.0)));
+    }
+    return json_pack("{s:i, s:i, s:f, s:s, s:s, s:s, s:o, s:f, s:f, s:f, s:o, s:b}", "rank", rank, "m", c->m,
+                     "micro_batch_size", c->mb_size, "schedule", nb_sched_format(&c->sched, sb, sizeof sb),
+                     "forward", cost->codec[c->fwd_codec].spec, "backward", cost->codec[c->bwd_codec].spec, "split",
+                     split, "step_s", c->step_time, "bubble", c->bubble, "samples_per_s", c->samples_per_s,
+                     "memory_gib", mem, "feasible", c->feasible);
+}
+
+static json_t *measurements_json(const nb_cplan_t *cp, const nb_cost_t *cost)
+{
+    json_t *st = json_array(), *ln = json_array(), *cd = json_array();
+    for (int s = 0; s < cost->p; s++) {
+        const nb_cost_stage_t *x = &cost->stage[s];
+        int L = cp->req.fixed_layers[s];
+        double fa = x->fwd_fixed.a + L * x->fwd_layer.a, fb = x->fwd_fixed.b + L * x->fwd_layer.b;
+        double ba = x->bwd_fixed.a + L * x->bwd_layer.a, bb = x->bwd_fixed.b + L * x->bwd_layer.b;
+        json_t *sizes = json_array();
+        for (int i = 0; i < cp->npts[s]; i++)
+            json_array_append_new(sizes, json_pack("{s:i, s:f, s:f}", "n", cp->pts[s][i].n, "forward_s",
+                                                   cp->pts[s][i].f, "backward_s", cp->pts[s][i].b));
+        json_array_append_new(st, json_pack("{s:i, s:s, s:i, s:{s:f, s:f}, s:{s:f, s:f}, s:o, s:f}", "stage", s,
+                                            "daemon", x->name, "layers", L, "forward_s", "a", fa, "b", fb,
+                                            "backward_s", "a", ba, "b", bb, "sizes", sizes, "memory_limit_bytes",
+                                            x->mem_limit));
+    }
+    for (int s = 0; s + 1 < cost->p; s++) {
+        json_t *o = json_pack("{s:i}", "boundary", s);
+        for (int d = 0; d < 2; d++) {
+            const nb_cost_dir_t *x = &cost->link[s].dir[d];
+            json_object_set_new(o, d == NB_DIR_FWD ? "forward" : "backward",
+                                json_pack("{s:f, s:f, s:f, s:b}", "latency_ms", x->latency * 1e3, "bandwidth_mbit",
+                                          x->bandwidth * 8e-6, "overhead_ms", x->overhead * 1e3, "measured",
+                                          cp->link_measured[s][d]));
+        }
+        json_array_append_new(ln, o);
+    }
+    for (int i = 0; i < cost->ncodecs; i++) {
+        const nb_cost_codec_t *c = &cost->codec[i];
+        json_array_append_new(cd, json_pack("{s:s, s:f, s:f, s:f, s:i}", "spec", c->spec, "ratio", c->ratio,
+                                            "encode_ns_per_byte", c->enc_per_byte * 1e9, "decode_ns_per_byte",
+                                            c->dec_per_byte * 1e9, "lossiness", c->lossiness));
+    }
+    return json_pack("{s:o, s:o, s:o, s:b}", "stages", st, "links", ln, "codecs", cd, "compute_measured",
+                     cp->compute_measured);
+}
+
+json_t *nb_cplan_json(nb_cplan_t *cp, int max_rows, double bandwidth_mbit, char *err, size_t errlen)
+{
+    if (max_rows <= 0)
+        max_rows = 20;
+    if (!(bandwidth_mbit >= 0) || !isfinite(bandwidth_mbit)) {
+        fail(err, errlen, NB_EINVAL, "bandwidth_mbit: must be a positive number of Mbit/s");
+        return NULL;
+    }
+    nb_cost_t *cost = malloc(sizeof *cost);
+    if (!cost) {
+        fail(err, errlen, NB_ENOMEM, "out of memory");
+        return NULL;
+    }
+    *cost = cp->cost;
+    if (bandwidth_mbit > 0)
+        nb_cost_set_bandwidth_mbit(cost, bandwidth_mbit);
+    nb_plan_result_t res;
+    char serr[512] = "";
+    int rc = nb_plan_search(cost, &cp->req, &res, serr, sizeof serr);
+    if (rc < 0 && rc != NB_ELIMIT) {
+        free(cost);
+        fail(err, errlen, rc, "search: %s", serr);
+        return NULL;
+    }
+    const char *state = cp->pinned ? "pinned" : cp->planned ? "planned" : "profiling";
+    json_t *o = json_pack("{s:s, s:o, s:i, s:f, s:o}", "state", state, "current", step_json(&cp->cur), "replans",
+                          (json_int_t)cp->replans, "overhead_s", cp->have_overhead ? cp->overhead : -1.0,
+                          "measurements", measurements_json(cp, cost));
+    if (bandwidth_mbit > 0)
+        json_object_set_new(o, "bandwidth_mbit", json_real(bandwidth_mbit));
+    if (cp->reason[0])
+        json_object_set_new(o, "last_replan_reason", json_string(cp->reason));
+    if (rc == NB_ELIMIT)
+        json_object_set_new(o, "error", json_string(serr));
+    json_t *cands = json_array();
+    for (int i = 0; i < res.n && i < max_rows; i++)
+        json_array_append_new(cands, cand_json(cost, &res.cand[i], res.cand[i].feasible ? i + 1 : 0));
+    json_object_set_new(o, "candidates", cands);
+    char *text = NULL;
+    size_t tlen = 0;
+    FILE *f = open_memstream(&text, &tlen);
+    if (f) {
+        if (rc == 0) {
+            char d[320];
+            fprintf(f, "chosen: %s\n", nb_plan_describe(cost, &res.cand[0], d, sizeof d));
+        } else {
+            fprintf(f, "no plan: %s\n", serr);
+        }
+        nb_plan_print(f, cost, &res, max_rows);
+        fclose(f);
+        json_object_set_new(o, "table", json_string(text ? text : ""));
+    }
+    free(text);
+    json_t *hist = json_array();
+    for (int i = 0; i < cp->nhist; i++) {
+        const hist_t *h = &cp->hist[i];
+        if (h->steps < 1)
+            continue;
+        char sb[24];
+        double bub = -1, pred = predict(cp, cost, h->m, &h->sched, h->fwd, h->bwd, &bub);
+        double wall = h->wall_sum / h->steps, stage = h->stage_sum / h->steps;
+        double with = pred >= 0 && cp->have_overhead ? pred + cp->overhead : -1;
+        json_array_append_new(hist, json_pack("{s:i, s:s, s:s, s:s, s:i, s:f, s:f, s:f, s:f, s:f}", "m", h->m,
+                                              "schedule", nb_sched_format(&h->sched, sb, sizeof sb), "forward",
+                                              h->fwd, "backward", h->bwd, "steps", (json_int_t)h->steps,
+                                              "measured_step_s", wall, "measured_stage_step_s", stage,
+                                              "predicted_step_s", pred, "predicted_with_overhead_s", with,
+                                              "predicted_bubble", bub));
+    }
+    json_object_set_new(o, "history", hist);
+    if (rc == 0 || rc == NB_ELIMIT)
+        nb_plan_result_free(&res);
+    free(cost);
+    return o;
+}
