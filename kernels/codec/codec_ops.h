@@ -24,23 +24,26 @@
 
 #include "kernels/backend.h"
 
+/* Elements per power-of-two scale of the fp16 codec. */
+#define NB_CODEC_F16_BLOCK 4096
+
 struct nb_codec_ops {
-    /* dst[i] = fp16(src[i] * scale), IEEE round to nearest even; values
-     * beyond the fp16 range become +-inf; NaN stays NaN. scale is a power of
-     * two (exact in fp32), chosen by the codec layer to keep gradients out of
-     * the fp16 subnormals and activations below its overflow. */
-    void (*f32_to_f16)(nb_backend_t *be, uint16_t *dst, const float *src, size_t n, float scale);
-    /* dst[i] = (float)src[i] * scale. */
-    void (*f16_to_f32)(nb_backend_t *be, float *dst, const uint16_t *src, size_t n, float scale);
+    /* Scaled fp16 in blocks of NB_CODEC_F16_BLOCK elements (the last may be
+     * shorter): for block b with m = max|x| finite and > 0, s = 15 - e where
+     * m = f x 2^e, f in [0.5, 1) (frexp), clamped to [-100, 100]; else s = 0.
+     * scales[b] = 2^-s and dst[i] = fp16(src[i] * 2^s), IEEE round to nearest
+     * even (NaN stays NaN). The power-of-two scale keeps small gradients out
+     * of the fp16 subnormals and outliers below its overflow, and is exact,
+     * so fp16-representable inputs survive bit for bit. One pass: each block
+     * is scanned and converted while it is in cache. */
+    void (*f32_to_f16)(nb_backend_t *be, uint16_t *dst, float *scales, const float *src, size_t n);
+    /* dst[i] = (float)src[i] * scales[i / NB_CODEC_F16_BLOCK]. */
+    void (*f16_to_f32)(nb_backend_t *be, float *dst, const uint16_t *src, const float *scales, size_t n);
     /* dst[i] = bf16(src[i]), round to nearest even (denormals kept); NaN stays
      * a quiet NaN. */
     void (*f32_to_bf16)(nb_backend_t *be, uint16_t *dst, const float *src, size_t n);
     /* dst[i] = (float)src[i], exact. */
     void (*bf16_to_f32)(nb_backend_t *be, float *dst, const uint16_t *src, size_t n);
-
-    /* max |x[i]| over n >= 1 elements, returned to the host (synchronous);
-     * NaN when any element is NaN. */
-    float (*absmax)(nb_backend_t *be, const float *x, size_t n);
 
     /* Blockwise absmax quantisation of x (n elements) in blocks of `block`
      * consecutive elements (the last block may be shorter): scales[b] =
@@ -78,18 +81,16 @@ extern const struct nb_codec_ops nb_cpu_codec_ops;
 static inline bool nb_codec_ops_ok(const nb_backend_t *be)
 {
     const struct nb_codec_ops *o = be->iface->codec;
-    return o && o->f32_to_f16 && o->f16_to_f32 && o->f32_to_bf16 && o->bf16_to_f32 && o->absmax &&
+    return o && o->f32_to_f16 && o->f16_to_f32 && o->f32_to_bf16 && o->bf16_to_f32 &&
            o->quant && o->dequant && o->topk && o->scatter;
 }
 
 /* ---- wrappers: contracts are on the table fields above ---------------- */
 
-static inline void nb_codec_op_f32_to_f16(nb_backend_t *be, uint16_t *d, const float *s, size_t n, float scale)
-{ NB_CHECK(be->iface->codec); be->iface->codec->f32_to_f16(be, d, s, n, scale); }
-static inline void nb_codec_op_f16_to_f32(nb_backend_t *be, float *d, const uint16_t *s, size_t n, float scale)
-{ NB_CHECK(be->iface->codec); be->iface->codec->f16_to_f32(be, d, s, n, scale); }
-static inline float nb_codec_op_absmax(nb_backend_t *be, const float *x, size_t n)
-{ NB_CHECK(be->iface->codec); return be->iface->codec->absmax(be, x, n); }
+static inline void nb_codec_op_f32_to_f16(nb_backend_t *be, uint16_t *d, float *scales, const float *s, size_t n)
+{ NB_CHECK(be->iface->codec); be->iface->codec->f32_to_f16(be, d, scales, s, n); }
+static inline void nb_codec_op_f16_to_f32(nb_backend_t *be, float *d, const uint16_t *s, const float *scales, size_t n)
+{ NB_CHECK(be->iface->codec); be->iface->codec->f16_to_f32(be, d, s, scales, n); }
 static inline void nb_codec_op_f32_to_bf16(nb_backend_t *be, uint16_t *d, const float *s, size_t n)
 { NB_CHECK(be->iface->codec); be->iface->codec->f32_to_bf16(be, d, s, n); }
 static inline void nb_codec_op_bf16_to_f32(nb_backend_t *be, float *d, const uint16_t *s, size_t n)

@@ -4,8 +4,8 @@
  * codes with fp32 absmax scales), through the backend's codec primitives.
  * Used for dense tensors, top-k values and SVD factors alike.
  *
- * fp16 carries one scale 2^-s per array, s chosen so that max|x| * 2^s lies
- * in [2^14, 2^15): gradients (often below 1e-4, where fp16 goes subnormal)
+ * fp16 carries one scale 2^-s per NB_CODEC_F16_BLOCK elements, s chosen so
+ * that the block's max|x| * 2^s lies in [2^14, 2^15): gradients (often below 1e-4, where fp16 goes subnormal)
  * keep full precision and outliers above 65504 do not overflow. Power-of-two
  * scaling is exact, so fp16-representable inputs still cross bit-exact.
  */
@@ -27,7 +27,7 @@ int nb__codec_val_bytes(const nb_codec_spec_t *s, size_t n, size_t row_len,
     case NB_CODEC_V_F32:
         return nb_mul_size(n, 4, code_bytes) ? NB_ENOMEM : 0;
     case NB_CODEC_V_F16:
-        *scale_bytes = 4;
+        *scale_bytes = 4 * (n / NB_CODEC_F16_BLOCK + (n % NB_CODEC_F16_BLOCK != 0));
         return nb_mul_size(n, 2, code_bytes) ? NB_ENOMEM : 0;
     case NB_CODEC_V_BF16:
         return nb_mul_size(n, 2, code_bytes) ? NB_ENOMEM : 0;
@@ -60,19 +60,6 @@ int nb__codec_val_encode(nb_backend_t *be, const nb_codec_spec_t *s, const float
     if ((rc = nb__codec_dev_out(be, codes, cb, &dcodes, &tcodes)))
         return nb__codec_err(err, errlen, rc, "out of device memory");
     switch (s->value) {
-    case NB_CODEC_V_F16: {
-        float amax = n ? nb_codec_op_absmax(be, x_dev, n) : 0.0f;
-        int e = 0, s = 0;
-        if (amax > 0.0f && isfinite(amax)) {
-            frexpf(amax, &e); /* amax in [2^(e-1), 2^e) */
-            s = 15 - e;
-            s = s < -100 ? -100 : s > 100 ? 100 : s;
-        }
-        float inv = ldexpf(1.0f, -s);
-        memcpy(scales, &inv, 4);
-        nb_codec_op_f32_to_f16(be, dcodes, x_dev, n, ldexpf(1.0f, s));
-        break;
-    }
     case NB_CODEC_V_BF16:
         nb_codec_op_f32_to_bf16(be, dcodes, x_dev, n);
         break;
@@ -80,6 +67,11 @@ int nb__codec_val_encode(nb_backend_t *be, const nb_codec_spec_t *s, const float
         if ((rc = nb__codec_dev_out(be, scales, sb, &dscales, &tscales))) {
             nb__codec_dev_release(be, tcodes);
             return nb__codec_err(err, errlen, rc, "out of device memory");
+        }
+        if (s->value == NB_CODEC_V_F16) {
+            nb_codec_op_f32_to_f16(be, dcodes, dscales, x_dev, n);
+            nb__codec_dev_out_done(be, scales, sb, tscales);
+            break;
         }
         nb_codec_op_quant(be, dcodes, dscales, x_dev, n, eff_block(s, row_len),
                           s->value == NB_CODEC_V_I8 ? 8 : 4, s->sr, seed);
@@ -125,12 +117,6 @@ int nb__codec_val_decode(nb_backend_t *be, const nb_codec_spec_t *s, float *y_de
     if ((rc = nb__codec_dev_in(be, codes, cb, &dcodes, &tcodes)))
         return nb__codec_err(err, errlen, rc, "out of device memory");
     switch (s->value) {
-    case NB_CODEC_V_F16: {
-        float scale;
-        memcpy(&scale, scales, 4);
-        nb_codec_op_f16_to_f32(be, y_dev, dcodes, n, scale);
-        break;
-    }
     case NB_CODEC_V_BF16:
         nb_codec_op_bf16_to_f32(be, y_dev, dcodes, n);
         break;
@@ -138,6 +124,10 @@ int nb__codec_val_decode(nb_backend_t *be, const nb_codec_spec_t *s, float *y_de
         if ((rc = nb__codec_dev_in(be, scales, sb, &dscales, &tscales))) {
             nb__codec_dev_release(be, tcodes);
             return nb__codec_err(err, errlen, rc, "out of device memory");
+        }
+        if (s->value == NB_CODEC_V_F16) {
+            nb_codec_op_f16_to_f32(be, y_dev, dcodes, dscales, n);
+            break;
         }
         nb_codec_op_dequant(be, y_dev, dcodes, dscales, n, eff_block(s, row_len),
                             s->value == NB_CODEC_V_I8 ? 8 : 4);

@@ -83,9 +83,8 @@ uint16_t nb_cpu_codec_bf16_from_f32(float x)
 
 /* ---- conversions ------------------------------------------------------------ */
 
-static void cpu_f32_to_f16(nb_backend_t *be, uint16_t *dst, const float *src, size_t n, float scale)
+static void f16_block(uint16_t *dst, const float *src, size_t n, float scale)
 {
-    (void)be;
     size_t i = 0;
 #if NB_CODEC_AVX512
     const __m512 s = _mm512_set1_ps(scale);
@@ -110,9 +109,28 @@ static void cpu_f32_to_f16(nb_backend_t *be, uint16_t *dst, const float *src, si
     }
 }
 
-static void cpu_f16_to_f32(nb_backend_t *be, float *dst, const uint16_t *src, size_t n, float scale)
+static float block_absmax(const float *x, size_t n);
+
+static void cpu_f32_to_f16(nb_backend_t *be, uint16_t *dst, float *scales, const float *src, size_t n)
 {
     (void)be;
+    for (size_t b0 = 0, bi = 0; b0 < n; b0 += NB_CODEC_F16_BLOCK, bi++) {
+        size_t len = n - b0 < NB_CODEC_F16_BLOCK ? n - b0 : NB_CODEC_F16_BLOCK;
+        float amax = block_absmax(src + b0, len);
+        int e = 0, s = 0;
+        if (amax > 0.0f && isfinite(amax)) {
+            frexpf(amax, &e);
+            s = 15 - e;
+            s = s < -100 ? -100 : s > 100 ? 100 : s;
+        }
+        float inv = ldexpf(1.0f, -s);
+        memcpy(scales + bi, &inv, 4);
+        f16_block(dst + b0, src + b0, len, ldexpf(1.0f, s));
+    }
+}
+
+static void f32_block(float *dst, const uint16_t *src, size_t n, float scale)
+{
     size_t i = 0;
 #if NB_CODEC_AVX512
     const __m512 s = _mm512_set1_ps(scale);
@@ -129,6 +147,17 @@ static void cpu_f16_to_f32(nb_backend_t *be, float *dst, const uint16_t *src, si
         memcpy(&h, src + i, 2);
         float x = nb_cpu_codec_f32_from_f16(h) * scale;
         memcpy(dst + i, &x, 4);
+    }
+}
+
+static void cpu_f16_to_f32(nb_backend_t *be, float *dst, const uint16_t *src, const float *scales, size_t n)
+{
+    (void)be;
+    for (size_t b0 = 0, bi = 0; b0 < n; b0 += NB_CODEC_F16_BLOCK, bi++) {
+        size_t len = n - b0 < NB_CODEC_F16_BLOCK ? n - b0 : NB_CODEC_F16_BLOCK;
+        float scale;
+        memcpy(&scale, scales + bi, 4);
+        f32_block(dst + b0, src + b0, len, scale);
     }
 }
 
@@ -292,12 +321,6 @@ static void quant8_block(uint8_t *codes, const float *x, size_t n, float inv, bo
     }
 }
 
-static float cpu_absmax(nb_backend_t *be, const float *x, size_t n)
-{
-    (void)be;
-    return block_absmax(x, n);
-}
-
 static void cpu_quant(nb_backend_t *be, uint8_t *codes, float *scales, const float *x,
                       size_t n, size_t block, int bits, bool sr, uint64_t seed)
 {
@@ -378,7 +401,6 @@ const struct nb_codec_ops nb_cpu_codec_ops = {
     .f16_to_f32 = cpu_f16_to_f32,
     .f32_to_bf16 = cpu_f32_to_bf16,
     .bf16_to_f32 = cpu_bf16_to_f32,
-    .absmax = cpu_absmax,
     .quant = cpu_quant,
     .dequant = cpu_dequant,
     .topk = nb_cpu_codec_topk,

@@ -146,7 +146,7 @@ static void test_decoded_size(void **state)
     memcpy(meta, m.meta, m.meta_len);
     put32(meta + 8, 1u << 20);
     put64(meta + 40, (uint64_t)(1u << 20) * 40 * 4);
-    put64(meta + 48, 4 + (uint64_t)(1u << 20) * 40 * 2);
+    put64(meta + 48, 4 * ((1u << 20) * 40 / 4096) + (uint64_t)(1u << 20) * 40 * 2);
     expect(m.spec, meta, m.meta_len, m.payload, m.payload_len, 1 << 20, NB_ELIMIT, "exceeds the limit of 1048576");
     expect(m.spec, meta, m.meta_len, m.payload, m.payload_len, 0, NB_EFORMAT, "payload is 3844 bytes");
     /* rows x cols beyond 2^32 elements */

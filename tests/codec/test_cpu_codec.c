@@ -68,20 +68,22 @@ static void test_conversions_match_scalar(void **state)
     (void)state;
     nb_backend_t *be = nb_cpu_backend_new();
     enum { CAP = 120000 };
-    float *x = malloc(CAP * 4), *y = malloc(CAP * 4);
+    float *x = malloc(CAP * 4), *y = malloc(CAP * 4), *sc = malloc((CAP / NB_CODEC_F16_BLOCK + 1) * 4);
     uint16_t *h = malloc(CAP * 2);
     size_t n = patterns(x, CAP);
     /* odd lengths exercise the masked tails */
     size_t lens[] = { n, n - 1, 15, 17, 1 };
     for (size_t li = 0; li < NB_ARRAY_LEN(lens); li++) {
         size_t m = lens[li];
-        nb_codec_op_f32_to_f16(be, h, x, m, 1.0f);
-        for (size_t i = 0; i < m; i++)
-            if (h[i] != nb_cpu_codec_f16_from_f32(x[i]))
-                fail_msg("f16(%08x) = %04x, scalar %04x", ubits(x[i]), h[i], nb_cpu_codec_f16_from_f32(x[i]));
-        nb_codec_op_f16_to_f32(be, y, h, m, 1.0f);
+        nb_codec_op_f32_to_f16(be, h, sc, x, m);
         for (size_t i = 0; i < m; i++) {
-            float r = nb_cpu_codec_f32_from_f16(h[i]);
+            float s = 1.0f / sc[i / NB_CODEC_F16_BLOCK]; /* a power of two: exact */
+            if (h[i] != nb_cpu_codec_f16_from_f32(x[i] * s))
+                fail_msg("f16(%08x) = %04x, scalar %04x", ubits(x[i]), h[i], nb_cpu_codec_f16_from_f32(x[i] * s));
+        }
+        nb_codec_op_f16_to_f32(be, y, h, sc, m);
+        for (size_t i = 0; i < m; i++) {
+            float r = nb_cpu_codec_f32_from_f16(h[i]) * sc[i / NB_CODEC_F16_BLOCK];
             if (ubits(y[i]) != ubits(r) && !(r != r && y[i] != y[i]))
                 fail_msg("f32(%04x) = %08x, scalar %08x", h[i], ubits(y[i]), ubits(r));
         }
@@ -93,6 +95,42 @@ static void test_conversions_match_scalar(void **state)
         for (size_t i = 0; i < m; i++)
             assert_int_equal(ubits(y[i]), (uint32_t)h[i] << 16);
     }
+    free(x);
+    free(y);
+    free(h);
+    free(sc);
+    nb_be_free(be);
+}
+
+/* The fp16 scale rule: per block, max|x| * 2^s in [2^14, 2^15). */
+static void test_f16_scales(void **state)
+{
+    (void)state;
+    nb_backend_t *be = nb_cpu_backend_new();
+    enum { N = 3 * NB_CODEC_F16_BLOCK + 5 };
+    float *x = malloc(N * 4), *y = malloc(N * 4), sc[4];
+    uint16_t *h = malloc(N * 2);
+    const float mags[4] = { 3e-6f, 1e5f, 0.0f, 1.0f };
+    for (int i = 0; i < N; i++)
+        x[i] = mags[i / NB_CODEC_F16_BLOCK] * sinf(0.37f * (float)i);
+    nb_codec_op_f32_to_f16(be, h, sc, x, N);
+    nb_codec_op_f16_to_f32(be, y, h, sc, N);
+    for (int b = 0; b < 4; b++) {
+        float amax = 0;
+        for (int i = b * NB_CODEC_F16_BLOCK; i < N && i < (b + 1) * NB_CODEC_F16_BLOCK; i++)
+            amax = fmaxf(amax, fabsf(x[i]));
+        if (amax == 0) {
+            assert_true(sc[b] == 1.0f);
+            continue;
+        }
+        float scaled = amax / sc[b];
+        assert_true(scaled >= 16384.0f && scaled < 32768.0f);
+        int e;
+        assert_true(frexpf(sc[b], &e) == 0.5f); /* a power of two */
+    }
+    /* tiny gradients and values above 65504 both keep ~11 bits */
+    for (int i = 0; i < N; i++)
+        assert_true(fabsf(y[i] - x[i]) <= fabsf(x[i]) * 1e-3f + 1e-30f);
     free(x);
     free(y);
     free(h);
@@ -281,6 +319,7 @@ int main(void)
         cmocka_unit_test(test_backend_table),
         cmocka_unit_test(test_f16_known),
         cmocka_unit_test(test_conversions_match_scalar),
+        cmocka_unit_test(test_f16_scales),
         cmocka_unit_test(test_quant_reference),
         cmocka_unit_test(test_stochastic_rounding),
         cmocka_unit_test(test_topk_against_sort),
