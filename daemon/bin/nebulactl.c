@@ -234,6 +234,9 @@ static int print_status(const ctl_opts_t *o, json_t *r)
            num(b, sizeof b, j, "bubble_predicted", "%.1f%%", 100));
     printf("traffic   raw %s  wire %s  ratio %s\n", bytes(a, sizeof a, j, "bytes_raw"),
            bytes(b, sizeof b, j, "bytes_wire"), num(c, sizeof c, j, "compression_ratio", "%.2f", 1));
+    const char *layers = str(j, "layers");
+    if (strcmp(layers, "-") != 0 && layers[0])
+        printf("part      %s\n", layers);
     json_t *codecs = json_object_get(j, "codecs");
     printf("plan      micro-batches %s  schedule %s  codecs forward %s backward %s\n",
            json_integer_value(json_object_get(j, "micro_batches")) ? num(a, sizeof a, j, "micro_batches", "%.0f", 1)
