@@ -32,11 +32,13 @@ typedef struct status_client {
     char peer[32]; /* "uid=N pid=M" for log lines */
     char *in;
     size_t in_len;
+    uint64_t last_active; /* uv_now of the last request or write completion */
     bool closing;
 } status_client_t;
 
 struct nb_status_server {
     uv_pipe_t listener;
+    uv_timer_t sweep; /* closes idle clients */
     uv_loop_t *loop;
     char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
     nb_status_limits_t lim;
@@ -44,7 +46,7 @@ struct nb_status_server {
     status_cmd_t cmds[STATUS_CMDS_MAX];
     status_client_t *clients;
     int n_clients;
-    int open_handles; /* listener + clients; freed when it reaches 0 after close */
+    int open_handles; /* listener + sweep timer + clients; freed at 0 after close */
     bool closing;
     void (*done)(void *);
     void *done_ud;
@@ -97,6 +99,7 @@ static void write_cb(uv_write_t *req, int status)
     status_client_t *c = req->handle->data;
     free(w->buf);
     free(w);
+    c->last_active = uv_now(c->srv->loop);
     if (status < 0 && status != UV_ECANCELED) {
         /* The client went away mid-reply (EPIPE, ECONNRESET): close quietly. */
         nb_log_debug(c->peer, "status client gone while writing: %s", uv_strerror(status));
@@ -223,6 +226,7 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     c->in_len += (size_t)nread;
+    c->last_active = uv_now(c->srv->loop);
     size_t start = 0;
     for (size_t i = 0; i < c->in_len && !c->closing; i++) {
         if (c->in[i] != '\n')
@@ -267,6 +271,7 @@ static void connection_cb(uv_stream_t *server, int status)
     }
     c->srv = s;
     c->in = in;
+    c->last_active = uv_now(s->loop);
     c->pipe.data = c;
     c->next = s->clients;
     s->clients = c;
@@ -330,7 +335,22 @@ static int clear_stale(const char *path, char *err, size_t errlen)
     return 0;
 }
 
-static void listener_closed_cb(uv_handle_t *h);
+static void own_handle_closed_cb(uv_handle_t *h);
+
+static void sweep_cb(uv_timer_t *t)
+{
+    nb_status_server_t *s = t->data;
+    uint64_t now = uv_now(s->loop);
+    status_client_t *c = s->clients;
+    while (c) {
+        status_client_t *next = c->next; /* client_close unlinks c */
+        if (now - c->last_active >= s->lim.idle_ms) {
+            nb_log_info(c->peer, "status client idle for %llu ms; closed", (unsigned long long)(now - c->last_active));
+            client_close(c);
+        }
+        c = next;
+    }
+}
 
 int nb_status_server_start(uv_loop_t *loop, const char *path, const nb_status_limits_t *lim,
                            nb_status_server_t **out, char *err, size_t errlen)
@@ -356,6 +376,7 @@ int nb_status_server_start(uv_loop_t *loop, const char *path, const nb_status_li
     s->lim.max_line = lim && lim->max_line ? lim->max_line : 65536;
     s->lim.max_output = lim && lim->max_output ? lim->max_output : (64u << 20);
     s->lim.max_clients = lim && lim->max_clients ? lim->max_clients : 64;
+    s->lim.idle_ms = lim && lim->idle_ms ? lim->idle_ms : 60000;
 
     char dir[sizeof s->path];
     snprintf(dir, sizeof dir, "%s", path);
@@ -390,9 +411,15 @@ int nb_status_server_start(uv_loop_t *loop, const char *path, const nb_status_li
         unlink(path);
         /* s is freed in the listener's close callback. */
         s->closing = true;
-        uv_close((uv_handle_t *)&s->listener, listener_closed_cb);
+        uv_close((uv_handle_t *)&s->listener, own_handle_closed_cb);
         return NB_EIO;
     }
+    uv_timer_init(loop, &s->sweep);
+    s->sweep.data = s;
+    s->open_handles++;
+    uint64_t every = s->lim.idle_ms / 4 ? s->lim.idle_ms / 4 : 1;
+    uv_timer_start(&s->sweep, sweep_cb, every, every);
+    uv_unref((uv_handle_t *)&s->sweep); /* never keeps the loop alive alone */
     *out = s;
     return 0;
 }
@@ -419,7 +446,7 @@ int nb_status_server_clients(const nb_status_server_t *s)
     return s->n_clients;
 }
 
-static void listener_closed_cb(uv_handle_t *h)
+static void own_handle_closed_cb(uv_handle_t *h)
 {
     nb_status_server_t *s = h->data;
     s->open_handles--;
@@ -436,5 +463,6 @@ void nb_status_server_close(nb_status_server_t *s, void (*done)(void *ud), void 
         unlink(s->path);
     while (s->clients)
         client_close(s->clients);
-    uv_close((uv_handle_t *)&s->listener, listener_closed_cb);
+    uv_close((uv_handle_t *)&s->sweep, own_handle_closed_cb);
+    uv_close((uv_handle_t *)&s->listener, own_handle_closed_cb);
 }

@@ -23,6 +23,7 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 #include <uv.h>
 
@@ -44,6 +45,8 @@ typedef struct {
     size_t max_line;    /* bytes of one request line; default 65536 */
     size_t max_output;  /* unsent reply bytes per client; default 64 MiB */
     int max_clients;    /* default 64 */
+    uint64_t idle_ms;   /* a client silent this long (no request, no reply
+                         * progress) is closed; default 60000 */
 } nb_status_limits_t;
 
 /* Creates the socket at path (its directory is created with mode 0750 when

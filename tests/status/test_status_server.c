@@ -369,6 +369,25 @@ static void test_disconnect_mid_reply(void **st)
     finish(&f);
 }
 
+static void test_idle_client(void **st)
+{
+    fixture_t f;
+    nb_status_limits_t lim = { .idle_ms = 100 };
+    start(&f, &lim);
+    int idle = client(), busy = client();
+    for (int i = 0; i < 10; i++) { /* busy asks every 30 ms: kept */
+        json_t *r = ask(busy, "{\"cmd\":\"status\"}\n");
+        assert_non_null(r);
+        json_decref(r);
+        pump(30);
+    }
+    assert_int_equal(nb_status_server_clients(f.srv), 1);
+    assert_null(reply(idle)); /* closed by the server */
+    close(idle);
+    close(busy);
+    finish(&f);
+}
+
 static void test_stop_needs_uid(void **st)
 {
     if (geteuid() != 0) {
@@ -562,6 +581,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_huge_line, setup, teardown),
         cmocka_unit_test_setup_teardown(test_never_reading_client, setup, teardown),
         cmocka_unit_test_setup_teardown(test_disconnect_mid_reply, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idle_client, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stop_needs_uid, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stale_and_live_socket, setup, teardown),
         cmocka_unit_test(test_metrics_registry),
