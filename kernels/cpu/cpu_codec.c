@@ -339,7 +339,22 @@ static void cpu_quant(nb_backend_t *be, uint8_t *codes, float *scales, const flo
             quant8_block(codes + b0, x + b0, len, inv, sr, seed, b0);
             continue;
         }
-        for (size_t i = b0; i < b0 + len; i++) {
+        size_t i = b0;
+#if NB_CODEC_AVX512
+        if (!(b0 & 1)) { /* 32 codes -> 16 bytes while the block lasts */
+            const __m512 vinv = _mm512_set1_ps(inv), vq = _mm512_set1_ps(qmax);
+            const __m128i lo4 = _mm_set1_epi16(0x000f);
+            for (; i + 32 <= b0 + len; i += 32) {
+                __m128i c0 = _mm512_cvtepi32_epi8(quant16(_mm512_loadu_ps(x + i), vinv, vq, sr, seed, i));
+                __m128i c1 = _mm512_cvtepi32_epi8(quant16(_mm512_loadu_ps(x + i + 16), vinv, vq, sr, seed, i + 16));
+                /* each 16-bit lane holds codes 2j (low byte) and 2j+1 */
+                __m128i p0 = _mm_or_si128(_mm_and_si128(c0, lo4), _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(c0, 8), lo4), 4));
+                __m128i p1 = _mm_or_si128(_mm_and_si128(c1, lo4), _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(c1, 8), lo4), 4));
+                _mm_storeu_si128((__m128i *)(codes + i / 2), _mm_packus_epi16(p0, p1));
+            }
+        }
+#endif
+        for (; i < b0 + len; i++) {
             float v;
             memcpy(&v, x + i, 4);
             uint8_t q = (uint8_t)(quant_one(v, inv, qmax, sr, seed, i) & 0xf);
@@ -386,7 +401,22 @@ static void cpu_dequant(nb_backend_t *be, float *y, const uint8_t *codes, const 
             dequant8_block(y + b0, codes + b0, len, scale);
             continue;
         }
-        for (size_t i = b0; i < b0 + len; i++) {
+        size_t i = b0;
+#if NB_CODEC_AVX512
+        if (!(b0 & 1)) {
+            const __m512 s = _mm512_set1_ps(scale);
+            const __m512i even = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+            const __m512i odd = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+            for (; i + 32 <= b0 + len; i += 32) {
+                __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(codes + i / 2)));
+                __m512 lo = _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(v, 28), 28));
+                __m512 hi = _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(v, 24), 28));
+                _mm512_storeu_ps(y + i, _mm512_mul_ps(_mm512_permutex2var_ps(lo, even, hi), s));
+                _mm512_storeu_ps(y + i + 16, _mm512_mul_ps(_mm512_permutex2var_ps(lo, odd, hi), s));
+            }
+        }
+#endif
+        for (; i < b0 + len; i++) {
             uint8_t byte = codes[i / 2];
             int32_t q = (i & 1) ? (byte >> 4) : (byte & 0x0f);
             q = q >= 8 ? q - 16 : q;
