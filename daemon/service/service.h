@@ -76,8 +76,9 @@ void nb_service_stop(nb_service_t *svc, const char *why);
 /* Marks the service failed (exit status 1) and stops it. */
 void nb_service_fail(nb_service_t *svc, const char *why);
 
-/* Sets the lifecycle state with a one-line detail, logs it and sends it to
- * systemd as STATUS=. */
+/* Sets the lifecycle state with a one-line detail and sends it to systemd as
+ * STATUS=. A change of state is logged at info, a new detail in the same
+ * state at debug (so per-step calls do not flood the log). */
 void nb_service_set_state(nb_service_t *svc, nb_svc_state_t st, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
