@@ -21,6 +21,9 @@
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
+#include "daemon/config/config.h"
+#include "daemon/planner/offline.h"
+#include "daemon/planner/plan_config.h"
 #include "daemon/service/version.h"
 
 enum { EXIT_OK = 0, EXIT_REPLY = 1, EXIT_USAGE = 2, EXIT_CONNECT = 3, EXIT_PROTO = 4, EXIT_OUTPUT = 5 };
@@ -54,6 +57,13 @@ static void usage(FILE *f)
             "                       Chrome trace-event JSON of the last N steps\n"
             "                       (open in ui.perfetto.dev or chrome://tracing)\n"
             "  stop                 orderly stop (root or the daemon's user)\n"
+            "  plan [--rows N] [--bandwidth-mbit N]\n"
+            "                       the coordinator's ranked plans for its current\n"
+            "                       measurements (or as if every link ran at N Mbit/s)\n"
+            "  plan --job FILE --measurements FILE [--bandwidth-mbit N] [--rows N]\n"
+            "                       offline: plan a job config against a measurements file\n"
+            "  plan-pin --m N [--schedule S] [--forward C] [--backward C] | --clear\n"
+            "                       run this plan from the next step (privileged)\n"
             "options:\n"
             "  --socket PATH        the daemon's status socket\n"
             "  --name NAME          same as --socket /run/nebula/NAME.sock\n"
@@ -308,8 +318,170 @@ static const char *default_socket(char *buf, size_t n)
     return r;
 }
 
+/* ---- plan, plan-pin (docs/planner.md) ------------------------------------------- */
+
+static void print_plan_hist(json_t *r)
+{
+    json_t *h = json_object_get(r, "history");
+    if (!json_array_size(h))
+        return;
+    printf("\nmeasured so far (step time from the coordinator; predicted from the current model,\n"
+           "plus the per-step overhead of %.4f s: commit, optimizer, control round trip)\n",
+           json_number_value(json_object_get(r, "overhead_s")));
+    printf("%5s %-8s %-16s %-16s %6s %12s %12s %8s\n", "m", "schedule", "fwd codec", "bwd codec", "steps",
+           "measured (s)", "predicted (s)", "error");
+    size_t i;
+    json_t *x;
+    json_array_foreach(h, i, x) {
+        double meas = json_number_value(json_object_get(x, "measured_step_s"));
+        double pred = json_number_value(json_object_get(x, "predicted_with_overhead_s"));
+        printf("%5lld %-8s %-16s %-16s %6lld %12.4f %12.4f %+7.1f%%\n",
+               (long long)json_integer_value(json_object_get(x, "m")), str(x, "schedule"), str(x, "forward"),
+               str(x, "backward"), (long long)json_integer_value(json_object_get(x, "steps")), meas, pred,
+               meas > 0 && pred > 0 ? 100 * (pred / meas - 1) : 0.0);
+    }
+}
+
+static int print_plan(json_t *r)
+{
+    json_t *cur = json_object_get(r, "current");
+    printf("planner   %s, %lld re-plans%s%s\n", str(r, "state"),
+           (long long)json_integer_value(json_object_get(r, "replans")),
+           json_object_get(r, "last_replan_reason") ? "; last: " : "",
+           json_object_get(r, "last_replan_reason") ? str(r, "last_replan_reason") : "");
+    printf("running   m=%lld %s fwd=%s bwd=%s (%s)\n", (long long)json_integer_value(json_object_get(cur, "m")),
+           str(cur, "schedule"), str(cur, "forward"), str(cur, "backward"), str(cur, "why"));
+    if (json_object_get(r, "bandwidth_mbit"))
+        printf("what if   every link at %g Mbit/s\n", json_number_value(json_object_get(r, "bandwidth_mbit")));
+    fputs(str(r, "table"), stdout);
+    print_plan_hist(r);
+    return EXIT_OK;
+}
+
+/* Handles `plan` and `plan-pin` (their options differ from the other
+ * commands'). Returns an exit status, or -1 when argv is another command. */
+static int plan_main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "socket", required_argument, NULL, 's' }, { "name", required_argument, NULL, 'n' },
+        { "json", no_argument, NULL, 'j' },         { "timeout", required_argument, NULL, 't' },
+        { "job", required_argument, NULL, 'J' },    { "measurements", required_argument, NULL, 'M' },
+        { "bandwidth-mbit", required_argument, NULL, 'b' }, { "rows", required_argument, NULL, 'r' },
+        { "m", required_argument, NULL, 'm' },      { "schedule", required_argument, NULL, 'c' },
+        { "forward", required_argument, NULL, 'f' }, { "backward", required_argument, NULL, 'k' },
+        { "clear", no_argument, NULL, 'C' },        { "output", required_argument, NULL, 'o' },
+        { "steps", required_argument, NULL, 'S' },  { "help", no_argument, NULL, 'h' },
+        { "version", no_argument, NULL, 'V' },      { 0 },
+    };
+    const char *sock = NULL, *job = NULL, *meas = NULL, *sched = NULL, *fwd = NULL, *bwd = NULL;
+    char namebuf[512], globbuf[512], *end;
+    double mbit = 0, tmo = 10;
+    long rows = 20, m = 0;
+    bool json = false, clear = false, bad = false, have_bw = false;
+    int c;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "s:n:jt:o:hV", opts, NULL)) != -1) {
+        switch (c) {
+        case 's': sock = optarg; break;
+        case 'n':
+            snprintf(namebuf, sizeof namebuf, "/run/nebula/%s.sock", optarg);
+            sock = strchr(optarg, '/') || !*optarg ? NULL : namebuf;
+            bad |= !sock;
+            break;
+        case 'j': json = true; break;
+        case 't': tmo = strtod(optarg, &end); bad |= *end || !(tmo > 0 && tmo <= 86400); break;
+        case 'J': job = optarg; break;
+        case 'M': meas = optarg; break;
+        case 'b': mbit = strtod(optarg, &end); have_bw = true; bad |= *end != 0; break;
+        case 'r': rows = strtol(optarg, &end, 10); bad |= *end || rows < 1 || rows > 10000; break;
+        case 'm': m = strtol(optarg, &end, 10); bad |= *end || m < 1 || m > 1 << 20; break;
+        case 'c': sched = optarg; break;
+        case 'f': fwd = optarg; break;
+        case 'k': bwd = optarg; break;
+        case 'C': clear = true; break;
+        default: bad = true; break;
+        }
+    }
+    opterr = 1;
+    const char *name = optind == argc - 1 ? argv[optind] : "";
+    bool is_plan = strcmp(name, "plan") == 0, is_pin = strcmp(name, "plan-pin") == 0;
+    if (!is_plan && !is_pin) {
+        optind = 0; /* let main parse from scratch */
+        return -1;
+    }
+    if (bad || (have_bw && !(mbit > 0)) || (is_plan && (m || sched || fwd || bwd || clear)) ||
+        (is_pin && (job || meas || have_bw || (!clear && !m))) || (!job != !meas)) {
+        fprintf(stderr, "nebulactl: %s: bad or missing options (--bandwidth-mbit must be > 0; "
+                "--job and --measurements go together; plan-pin needs --m N or --clear)\n", name);
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    if (job) { /* offline: no daemon involved */
+        nb_config_t *cfg = calloc(1, sizeof *cfg);
+        nb_plan_req_t req;
+        char err[1024];
+        int rc = cfg ? nb_cfg_load(job, cfg, err, sizeof err) : -1;
+        if (rc == 0)
+            rc = nb_plan_req_from_config(&cfg->job, &req, err, sizeof err);
+        if (rc == 0)
+            rc = nb_plan_offline(stdout, &req, meas, mbit, (int)rows, NULL, err, sizeof err);
+        free(cfg);
+        if (rc) {
+            fprintf(stderr, "nebulactl: plan: %s\n", cfg ? err : "out of memory");
+            return EXIT_REPLY;
+        }
+        return EXIT_OK;
+    }
+    if (!sock && !(sock = default_socket(globbuf, sizeof globbuf))) {
+        fprintf(stderr, "nebulactl: which daemon? give --socket PATH or --name NAME\n");
+        return EXIT_USAGE;
+    }
+    int fd = connect_socket(sock);
+    if (fd < 0)
+        return EXIT_CONNECT;
+    json_t *req = json_pack("{s:s}", "cmd", name);
+    if (is_plan) {
+        json_object_set_new(req, "rows", json_integer(rows));
+        if (have_bw)
+            json_object_set_new(req, "bandwidth_mbit", json_real(mbit));
+    } else if (clear) {
+        json_object_set_new(req, "clear", json_true());
+    } else {
+        json_object_set_new(req, "m", json_integer(m));
+        if (sched)
+            json_object_set_new(req, "schedule", json_string(sched));
+        if (fwd)
+            json_object_set_new(req, "forward", json_string(fwd));
+        if (bwd)
+            json_object_set_new(req, "backward", json_string(bwd));
+    }
+    json_t *reply = roundtrip(fd, req, (int)(tmo * 1000));
+    json_decref(req);
+    close(fd);
+    if (!reply)
+        return EXIT_PROTO;
+    int rc = EXIT_OK;
+    if (!json_is_true(json_object_get(reply, "ok"))) {
+        const char *e = json_string_value(json_object_get(reply, "error"));
+        fprintf(stderr, "nebulactl: %s: %s\n", sock, e ? e : "error reply");
+        rc = EXIT_REPLY;
+    } else if (json) {
+        rc = json_dumpf(reply, stdout, JSON_COMPACT) == 0 && putchar('\n') != EOF ? EXIT_OK : EXIT_OUTPUT;
+    } else if (is_plan) {
+        rc = print_plan(reply);
+    } else {
+        printf("%s\n", clear ? "pin cleared: the planner chooses from the next step"
+                             : "pinned from the next step");
+    }
+    json_decref(reply);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
+    int prc = plan_main(argc, argv);
+    if (prc >= 0)
+        return prc;
     static const struct option opts[] = {
         { "socket", required_argument, NULL, 's' }, { "name", required_argument, NULL, 'n' },
         { "json", no_argument, NULL, 'j' },         { "timeout", required_argument, NULL, 't' },

@@ -21,6 +21,7 @@
 #define MAX_HIST 64      /* distinct plans remembered with their measurements */
 #define FIT_ALPHA 0.3    /* EMA weight of a new step in a size's mean time */
 #define OVH_ALPHA 0.2    /* EMA weight of a new step in the per-step overhead */
+#define BASIS_STEPS 3     /* steps averaged into a plan's re-plan basis */
 #define DEFAULT_BW 1.25e8 /* bytes/s assumed for a link nobody measured (1 Gbit/s) */
 
 typedef struct {
@@ -66,6 +67,8 @@ struct nb_cplan {
     bool basis_set, replan_due;
     int64_t basis_at;         /* the step whose measurements become the basis */
     nb_replan_sample_t last_obs;
+    nb_replan_sample_t basis_sum;   /* observations averaged into the basis */
+    int basis_n;
     char reason[160];
     long replans;
     double overhead;          /* EMA of wall - longest stage step: commit, optimizer, control latency */
@@ -488,11 +491,27 @@ void nb_cplan_step_done(nb_cplan_t *cp, int64_t step, double wall_s, double stag
     if (!cp->basis_set) {
         if (step < cp->basis_at)
             return;
-        /* the basis is what the plan measured once settled (its second
-         * step): the passive link estimates depend on the frame size, so
-         * comparing them with the probe would see drift that is not there */
-        if (nb_replan_init(&cp->rp, &cp->rcfg, cp->p, &obs) == 0)
+        /* the basis is what the plan measured once settled (the mean of its
+         * steps 2..4): the passive link estimates depend on the frame size,
+         * so comparing them with the probe would see drift that is not
+         * there, and one step alone is noisy */
+        if (cp->basis_n == 0)
+            memset(&cp->basis_sum, 0, sizeof cp->basis_sum);
+        for (int s = 0; s < cp->p; s++) {
+            cp->basis_sum.compute[s] += obs.compute[s];
+            for (int d = 0; d < 2; d++)
+                cp->basis_sum.bandwidth[s][d] += obs.bandwidth[s][d];
+        }
+        if (++cp->basis_n < BASIS_STEPS)
+            return;
+        for (int s = 0; s < cp->p; s++) {
+            cp->basis_sum.compute[s] /= BASIS_STEPS;
+            for (int d = 0; d < 2; d++)
+                cp->basis_sum.bandwidth[s][d] /= BASIS_STEPS;
+        }
+        if (nb_replan_init(&cp->rp, &cp->rcfg, cp->p, &cp->basis_sum) == 0)
             cp->basis_set = true;
+        cp->basis_n = 0;
         return;
     }
     if (nb_replan_observe(&cp->rp, &obs)) {
@@ -635,14 +654,18 @@ int nb_cplan_plan(nb_cplan_t *cp, int64_t step, nb_cplan_step_t *out)
                 nb_log_info(NULL, "planner: re-plan %ld at step %lld (%s): old %s, now predicted %.4fs; new %s",
                             cp->replans, (long long)step + 1, cp->reason, step_text(&old, a, sizeof a), old_now, d);
             } else {
-                nb_log_info(NULL, "planner: chose %s (after %lld profiling steps; %s)", d, (long long)step,
-                            cp->pin_pending ? "pin cleared" : "from probed links and profiled compute");
+                if (cp->pin_pending)
+                    nb_log_info(NULL, "planner: chose %s (pin cleared)", d);
+                else
+                    nb_log_info(NULL, "planner: chose %s (after %lld profiling steps, from probed links and "
+                                "profiled compute)", d, (long long)step);
             }
         }
         cp->planned = true;
         cp->replan_due = false;
         cp->pin_pending = false;
         cp->basis_set = false;
+        cp->basis_n = 0;
         cp->basis_at = step + 1;
         (void)b;
     }

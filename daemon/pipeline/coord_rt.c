@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "daemon/log.h"
+#include "daemon/pipeline/coord_plan.h"
 #include "daemon/pipeline/coord_rt.h"
 #include "daemon/pipeline/job.h"
 #include "daemon/pipeline/rt_common.h"
@@ -35,8 +36,10 @@ struct nb_coord_rt {
     uv_timer_t connect_timer;
     bool timer_open;
     nb_job_desc_t job;
-    int m;
+    int m, mb_size;           /* this step's micro-batches and their size */
     nb_sched_spec_t sched;
+    nb_cplan_t *plan;         /* the planner, when it has something to choose */
+    double pred_bubble;       /* the running plan's prediction; < 0 unknown */
     char fwd_codec[NB_PMSG_SPEC_MAX], bwd_codec[NB_PMSG_SPEC_MAX];
     daemon_slot_t d[NB_SCHED_MAX_STAGES];
     bool job_sent, running, finished, failed, stopping;
@@ -44,7 +47,8 @@ struct nb_coord_rt {
     double t_job_start, t_step_start;
     uint64_t total_raw, total_wire;
     double loss_sum_first, last_loss;
-    int m_steps, m_loss, m_tps, m_bubble, m_raw, m_wire;
+    int m_steps, m_loss, m_tps, m_bubble, m_raw, m_wire, m_replans, m_pred;
+    long replans_seen;
 };
 
 static double now_s(void)
@@ -103,6 +107,8 @@ static void send_job(nb_coord_rt_t *rt)
         static nb_job_msg_store_t store; /* loop thread only; packed at once */
         Nebula__Job j;
         nb_job_to_msg(&rt->job, i, &store, &j);
+        if (rt->plan)
+            j.probe_bytes = NB_CPLAN_PROBE_BYTES;
         Nebula__Frame f;
         nebula__frame__init(&f);
         f.body_case = NEBULA__FRAME__BODY_JOB;
@@ -115,8 +121,32 @@ static void send_job(nb_coord_rt_t *rt)
     }
 }
 
+/* Takes the planner's plan for the step in flight. */
+static int apply_cplan(nb_coord_rt_t *rt)
+{
+    nb_cplan_step_t ps;
+    nb_cplan_plan(rt->plan, rt->step, &ps);
+    nb_codec_spec_t spec;
+    char err[256];
+    if (nb_codec_spec_parse(ps.fwd, &spec, err, sizeof err) ||
+        nb_codec_spec_format(&spec, rt->fwd_codec, sizeof rt->fwd_codec) < 0 ||
+        nb_codec_spec_parse(ps.bwd, &spec, err, sizeof err) ||
+        nb_codec_spec_format(&spec, rt->bwd_codec, sizeof rt->bwd_codec) < 0)
+        return NB_EINVAL;
+    rt->m = ps.m;
+    rt->mb_size = ps.mb_size;
+    rt->sched = ps.sched;
+    rt->pred_bubble = ps.pred_bubble;
+    nb_metrics_set(nb_state_metrics(rt->state), rt->m_pred, ps.pred_step_s);
+    return 0;
+}
+
 static void send_plan(nb_coord_rt_t *rt)
 {
+    if (rt->plan && apply_cplan(rt)) {
+        job_fail(rt, "the planner chose codecs that do not parse for step %lld", (long long)rt->step);
+        return;
+    }
     char sched[32];
     nb_sched_format(&rt->sched, sched, sizeof sched);
     Nebula__Plan p;
@@ -127,7 +157,7 @@ static void send_plan(nb_coord_rt_t *rt)
     p.schedule = sched;
     p.forward_codec = rt->fwd_codec;
     p.backward_codec = rt->bwd_codec;
-    p.micro_batch_size = (uint32_t)rt->job.layout.micro_batch_size;
+    p.micro_batch_size = (uint32_t)rt->mb_size;
     p.seed = rt->job.layout.seed;
     Nebula__Frame f;
     nebula__frame__init(&f);
@@ -153,9 +183,10 @@ static void start_steps(nb_coord_rt_t *rt)
     rt->t_job_start = now_s();
     char sched[32];
     nb_sched_format(&rt->sched, sched, sizeof sched);
-    nb_log_info(NULL, "job %llu: %lld steps, %d stages on %d daemons, m=%d (%d sequences each), %s, codecs %s / %s",
+    nb_log_info(NULL, "job %llu: %lld steps, %d stages on %d daemons, m=%d (%d sequences each), %s, codecs %s / %s%s",
                 (unsigned long long)rt->job.layout.job_id, (long long)rt->job.steps, rt->job.layout.p,
-                rt->job.n_daemons, rt->m, rt->job.layout.micro_batch_size, sched, rt->fwd_codec, rt->bwd_codec);
+                rt->job.n_daemons, rt->m, rt->job.layout.micro_batch_size, sched, rt->fwd_codec, rt->bwd_codec,
+                rt->plan ? "; the planner chooses m, schedule and codecs per step" : "");
     nb_service_set_state(rt->svc, NB_SVC_RUNNING, "training: step 0 of %lld", (long long)rt->job.steps);
     send_plan(rt);
 }
@@ -171,7 +202,7 @@ static void update_job_info(nb_coord_rt_t *rt, double loss, double tps, double s
     j.tokens_per_s = tps;
     j.step_time_s = step_s;
     j.bubble_measured = bubble;
-    j.bubble_predicted = -1;
+    j.bubble_predicted = rt->plan ? rt->pred_bubble : -1;
     j.bytes_raw = rt->total_raw;
     j.bytes_wire = rt->total_wire;
     snprintf(j.codec_forward, sizeof j.codec_forward, "%s", rt->fwd_codec);
@@ -204,9 +235,23 @@ static void trace_report(nb_coord_rt_t *rt, const Nebula__Report *r)
     }
 }
 
+/* " (m=4 1f1b, predicted 0.123 s)" for the progress line. */
+static const char *plan_note(nb_coord_rt_t *rt, char *buf, size_t len)
+{
+    char sched[32];
+    nb_sched_format(&rt->sched, sched, sizeof sched);
+    double pred = nb_metrics_get(nb_state_metrics(rt->state), rt->m_pred);
+    if (pred > 0)
+        snprintf(buf, len, " (m=%d %s, predicted %.3f s + step overhead)", rt->m, sched, pred);
+    else
+        snprintf(buf, len, " (m=%d %s, profiling)", rt->m, sched);
+    return buf;
+}
+
 /* All reports of the step are in: commit, log, plan the next step. */
 static void finish_step(nb_coord_rt_t *rt)
 {
+    char pnote[96];
     double step_s = now_s() - rt->t_step_start;
     double sumsq = 0.0, loss = NAN, busy = 0.0, max_step_s = 0.0;
     uint64_t raw = 0, wire = 0;
@@ -227,8 +272,15 @@ static void finish_step(nb_coord_rt_t *rt)
     double bubble = max_step_s > 0 ? 1.0 - busy / (rt->job.layout.p * max_step_s) : -1;
     if (bubble < 0 && max_step_s > 0)
         bubble = 0;
-    double tokens = (double)rt->m * rt->job.layout.micro_batch_size * rt->job.layout.seq_len;
+    double tokens = (double)rt->m * rt->mb_size * rt->job.layout.seq_len;
     double tps = tokens / step_s;
+    if (rt->plan) {
+        nb_cplan_step_done(rt->plan, rt->step, step_s, max_step_s);
+        long n = nb_cplan_replans(rt->plan);
+        if (n > rt->replans_seen)
+            nb_metrics_inc(nb_state_metrics(rt->state), rt->m_replans, (double)(n - rt->replans_seen));
+        rt->replans_seen = n;
+    }
     bool last = rt->step + 1 >= rt->job.steps;
     Nebula__Commit c;
     nebula__commit__init(&c);
@@ -260,10 +312,10 @@ static void finish_step(nb_coord_rt_t *rt)
         nb_rt_peer_row(rt->state, rt->job.names[i], "stage", rt->job.addresses[i], "up", rt->d[i].conn);
     int64_t every = rt->cfg->job.log_every > 0 ? rt->cfg->job.log_every : 1;
     if ((rt->step + 1) % every == 0 || last || rt->step == 0)
-        nb_log_info(NULL, "step %lld/%lld loss %.4f tokens/s %.0f bubble %.2f wire %.2f MB ratio %.2fx step %.3f s",
+        nb_log_info(NULL, "step %lld/%lld loss %.4f tokens/s %.0f bubble %.2f wire %.2f MB ratio %.2fx step %.3f s%s",
                     (long long)rt->step + 1, (long long)rt->job.steps, loss, tps, bubble,
                     (double)rt->total_wire / 1e6, rt->total_wire ? (double)rt->total_raw / (double)rt->total_wire : 1.0,
-                    step_s);
+                    step_s, rt->plan ? plan_note(rt, pnote, sizeof pnote) : "");
     nb_service_set_state(rt->svc, NB_SVC_RUNNING, "training: step %lld of %lld, loss %.4f", (long long)rt->step + 1,
                          (long long)rt->job.steps, loss);
     if (last) {
@@ -289,6 +341,8 @@ static void handle_report(nb_coord_rt_t *rt, int di, const Nebula__Report *r)
     d->bytes_raw = r->bytes_raw;
     d->bytes_wire = r->bytes_wire;
     d->step_ns = r->step_ns;
+    if (rt->plan)
+        nb_cplan_report(rt->plan, di, r);
     for (size_t i = 0; i < r->n_timings; i++) {
         const Nebula__MicroBatchTiming *t = r->timings[i];
         if (t->stage < (uint32_t)rt->job.layout.p)
@@ -310,6 +364,13 @@ static void handle_status(nb_coord_rt_t *rt, int di, const Nebula__JobStatus *s)
     case NEBULA__JOB_STATUS__STATE__JOB_STATE_LINKS_READY:
         rt->d[di].links_ready = true;
         nb_log_info(rt->job.names[di], "%s", msg);
+        for (size_t i = 0; rt->plan && i < s->n_links; i++) {
+            const Nebula__LinkMeasurement *l = s->links[i];
+            if (l->peer < (uint32_t)rt->job.n_daemons)
+                nb_log_info(rt->job.names[di], "link to %s: rtt %.2f ms, %.1f Mbit/s out", rt->job.names[l->peer],
+                            l->rtt_ms, l->tx_bytes_per_s * 8e-6);
+            nb_cplan_link_probe(rt->plan, di, (int)l->peer, l->rtt_ms, l->tx_bytes_per_s);
+        }
         for (int i = 0; i < rt->job.n_daemons; i++)
             if (!rt->d[i].links_ready)
                 return;
@@ -324,7 +385,7 @@ static void handle_status(nb_coord_rt_t *rt, int di, const Nebula__JobStatus *s)
         rt->finished = true;
         {
             double secs = now_s() - rt->t_job_start;
-            double tokens = (double)rt->job.steps * rt->m * rt->job.layout.micro_batch_size * rt->job.layout.seq_len;
+            double tokens = (double)rt->job.steps * rt->job.layout.seq_len * (double)rt->cfg->job.batch;
             nb_log_info(NULL, "job done: %lld steps in %.1f s, %.0f tokens/s, final loss %.4f, %.2f MB on the wire "
                         "(%.2f MB raw, ratio %.2fx)", (long long)rt->job.steps, secs, tokens / secs, rt->last_loss,
                         (double)rt->total_wire / 1e6, (double)rt->total_raw / 1e6,
@@ -466,6 +527,80 @@ static int check_memory(nb_coord_rt_t *rt, char *err, size_t errlen)
     return 0;
 }
 
+/* ---- status socket: plan, plan-pin ------------------------------------------ */
+
+static const char *no_planner(nb_coord_rt_t *rt)
+{
+    if (!rt->cfg->job.planner.enabled)
+        return "the planner is off for this job (job.planner.enabled: false)";
+    return "the planner has nothing to choose: job.micro_batches, job.schedule and job.codecs are all pinned";
+}
+
+static json_t *cmd_plan(void *ud, const json_t *req, const nb_status_caller_t *caller, char *err, size_t errlen)
+{
+    (void)caller;
+    nb_coord_rt_t *rt = ud;
+    if (!rt->plan) {
+        snprintf(err, errlen, "%s", no_planner(rt));
+        return NULL;
+    }
+    const json_t *rows = json_object_get(req, "rows"), *bw = json_object_get(req, "bandwidth_mbit");
+    if ((rows && !json_is_integer(rows)) || (bw && !json_is_number(bw))) {
+        snprintf(err, errlen, "plan: \"rows\" must be an integer and \"bandwidth_mbit\" a number");
+        return NULL;
+    }
+    double mbit = bw ? json_number_value(bw) : 0;
+    if (bw && !(mbit > 0)) {
+        snprintf(err, errlen, "plan: bandwidth_mbit must be > 0 (is %g)", mbit);
+        return NULL;
+    }
+    json_int_t n = rows ? json_integer_value(rows) : 20;
+    if (n < 1 || n > 10000) {
+        snprintf(err, errlen, "plan: rows must be 1..10000");
+        return NULL;
+    }
+    return nb_cplan_json(rt->plan, (int)n, mbit, err, errlen);
+}
+
+static json_t *cmd_plan_pin(void *ud, const json_t *req, const nb_status_caller_t *caller, char *err,
+                            size_t errlen)
+{
+    (void)caller;
+    nb_coord_rt_t *rt = ud;
+    if (!rt->plan) {
+        snprintf(err, errlen, "%s", no_planner(rt));
+        return NULL;
+    }
+    if (json_is_true(json_object_get(req, "clear"))) {
+        nb_cplan_pin(rt->plan, NULL, err, errlen);
+        return json_pack("{s:b}", "pinned", 0);
+    }
+    const json_t *m = json_object_get(req, "m"), *sc = json_object_get(req, "schedule");
+    const json_t *fw = json_object_get(req, "forward"), *bw = json_object_get(req, "backward");
+    if (!json_is_integer(m) || (sc && !json_is_string(sc)) || (fw && !json_is_string(fw)) ||
+        (bw && !json_is_string(bw))) {
+        snprintf(err, errlen, "plan-pin: needs \"m\" (integer) and optionally \"schedule\", \"forward\", "
+                 "\"backward\" (strings), or \"clear\": true");
+        return NULL;
+    }
+    nb_cplan_step_t pin;
+    memset(&pin, 0, sizeof pin);
+    json_int_t mv = json_integer_value(m);
+    pin.m = mv >= 1 && mv <= NB_SCHED_MAX_MB ? (int)mv : 0;
+    pin.sched = rt->sched;
+    if (sc && nb_sched_parse(json_string_value(sc), &pin.sched)) {
+        snprintf(err, errlen, "plan-pin: schedule '%.64s' is not gpipe, 1f1b or 1f1b:K", json_string_value(sc));
+        return NULL;
+    }
+    snprintf(pin.fwd, sizeof pin.fwd, "%s", fw ? json_string_value(fw) : rt->cfg->job.codecs.forward);
+    snprintf(pin.bwd, sizeof pin.bwd, "%s", bw ? json_string_value(bw) : rt->cfg->job.codecs.backward);
+    if (nb_cplan_pin(rt->plan, &pin, err, errlen))
+        return NULL;
+    char sb[32];
+    return json_pack("{s:b, s:i, s:s, s:s, s:s}", "pinned", 1, "m", pin.m, "schedule",
+                     nb_sched_format(&pin.sched, sb, sizeof sb), "forward", pin.fwd, "backward", pin.bwd);
+}
+
 static int rt_start(nb_service_t *svc, void *ud)
 {
     nb_coord_rt_t *rt = ud;
@@ -491,6 +626,16 @@ static int rt_start(nb_service_t *svc, void *ud)
         nb_log_error(NULL, "%s: %s", rt->cfg->path, err);
         return NB_ELIMIT;
     }
+    rt->mb_size = rt->job.layout.micro_batch_size;
+    rt->pred_bubble = -1;
+    if (nb_cplan_wanted(j) && nb_cplan_new(j, &rt->job, rt->m, &rt->plan, err, sizeof err)) {
+        nb_log_error(NULL, "%s: planner: %s", rt->cfg->path, err);
+        return NB_EINVAL;
+    }
+    nb_status_server_t *srv = nb_service_status_server(svc);
+    if (srv && (nb_status_server_add(srv, "plan", false, cmd_plan, rt) ||
+                nb_status_server_add(srv, "plan-pin", true, cmd_plan_pin, rt)))
+        nb_log_warn(NULL, "cannot register the plan commands on the status socket");
     nb_net_cfg_t nc;
     nb_rt_net_cfg(rt->cfg, NEBULA__ROLE__ROLE_COORDINATOR, &nc);
     const char *names[NB_SCHED_MAX_STAGES];
@@ -571,6 +716,11 @@ int nb_coord_rt_attach(nb_service_t *svc, nb_coord_rt_t **out)
                                "Tensor bytes crossing cuts before compression");
     rt->m_wire = nb_metrics_add(mx, "nebula_job_tensor_wire_bytes_total", NULL, NB_METRIC_COUNTER,
                                 "Tensor bytes crossing cuts after compression");
+    rt->m_replans = nb_metrics_add(mx, "nebula_replans_total", NULL, NB_METRIC_COUNTER,
+                                   "Re-plans after a measured drift of a link or a stage");
+    rt->m_pred = nb_metrics_add(mx, "nebula_job_predicted_step_seconds", NULL, NB_METRIC_GAUGE,
+                                "The planner's predicted step time of the running plan (-1: none)");
+    nb_metrics_set(mx, rt->m_pred, -1);
     nb_service_set_runtime(svc, &coord_runtime, rt);
     *out = rt;
     return 0;
@@ -578,5 +728,7 @@ int nb_coord_rt_attach(nb_service_t *svc, nb_coord_rt_t **out)
 
 void nb_coord_rt_free(nb_coord_rt_t *rt)
 {
+    if (rt)
+        nb_cplan_free(rt->plan);
     free(rt);
 }

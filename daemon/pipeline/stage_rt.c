@@ -15,6 +15,7 @@
 #include "daemon/pipeline/mailbox.h"
 #include "daemon/pipeline/rt_common.h"
 #include "daemon/pipeline/stage_rt.h"
+#include "daemon/net/probe.h"
 #include "daemon/train/weights.h"
 
 #define OUTBOX_CAP 4     /* tensors waiting for the loop: back-pressure beyond */
@@ -31,6 +32,14 @@ typedef struct {
     char text[512];              /* OUT_STATUS message */
     uint64_t t_queued_ns;
 } out_item_t;
+
+/* One data link's probes before LINKS_READY (Job.probe_bytes > 0). */
+typedef struct {
+    nb_stage_rt_t *rt;
+    int peer;                    /* daemon index */
+    double rtt_ms, tx_bps;       /* 0: not measured */
+    bool started, done;
+} link_probe_t;
 
 /* A tensor the transport is sending: for the trace and to free the message. */
 typedef struct {
@@ -62,6 +71,8 @@ struct nb_stage_rt {
     nb_conn_t *peer_conn[NB_SCHED_MAX_STAGES];
     bool links_reported;
     int link_track[NB_SCHED_MAX_STAGES];
+    uint64_t probe_bytes;        /* from the Job; 0: no probes */
+    link_probe_t probe[NB_SCHED_MAX_STAGES];
 
     nb_mbox_t *outbox, *ctl;
     nb_mbox_t *inbox[NB_SCHED_MAX_STAGES][NB_PMSG_KINDS];
@@ -239,6 +250,7 @@ static int handle_job(nb_stage_rt_t *rt, nb_backend_t *be, nb_host_t **host, con
                     return NB_ENOMEM;
     rt->job = d;
     rt->me = me;
+    rt->probe_bytes = msg->probe_bytes;
     rt->first_stage = nb_host_stage(*host, 0);
     for (int s = 0; s + 1 < d.layout.p; s++) {
         int a = d.layout.placement[s], b = d.layout.placement[s + 1];
@@ -442,6 +454,33 @@ static void sent_cb(void *payload, void *ud)
     free(s);
 }
 
+/* What this daemon knows about each of its data links: the probes (with
+ * LINKS_READY) and the transport's passive estimates. Fills lm/lp (one per
+ * linked neighbour) and returns the count. */
+static size_t link_measurements(nb_stage_rt_t *rt, bool probes, Nebula__LinkMeasurement *lm,
+                                Nebula__LinkMeasurement **lp)
+{
+    size_t n = 0;
+    for (int d = 0; rt->have_job && d < rt->job.n_daemons; d++) {
+        if (!rt->need_peer[d] || !rt->peer_conn[d])
+            continue;
+        nb_link_t l;
+        nb_probe_link(rt->peer_conn[d], &l);
+        nebula__link_measurement__init(&lm[n]);
+        lm[n].peer = (uint32_t)d;
+        lm[n].rtt_ms = l.rtt_ewma_ms > 0 ? l.rtt_ewma_ms : l.rtt_ms;
+        lm[n].rx_bytes_per_s = l.rx_bps_ewma;
+        if (probes) {
+            if (rt->probe[d].rtt_ms > 0)
+                lm[n].rtt_ms = rt->probe[d].rtt_ms;
+            lm[n].tx_bytes_per_s = rt->probe[d].tx_bps;
+        }
+        lp[n] = &lm[n];
+        n++;
+    }
+    return n;
+}
+
 /* Sends one item; NB_ELIMIT means "keep it and retry on writable". */
 static int send_item(nb_stage_rt_t *rt, out_item_t *o)
 {
@@ -525,6 +564,9 @@ static int send_item(nb_stage_rt_t *rt, out_item_t *o)
         r.grad_sumsq = o->res.grad_sumsq;
         r.step_ns = o->res.step_ns;
         r.daemon = (uint32_t)rt->me;
+        Nebula__LinkMeasurement lm[NB_SCHED_MAX_STAGES], *lp[NB_SCHED_MAX_STAGES];
+        r.n_links = link_measurements(rt, false, lm, lp);
+        r.links = lp;
         f.body_case = NEBULA__FRAME__BODY_REPORT;
         f.report = &r;
         int rc = nb_rt_send_ctl(rt->coord, &f);
@@ -547,6 +589,10 @@ static int send_item(nb_stage_rt_t *rt, out_item_t *o)
         js.daemon = (uint32_t)rt->me;
         js.state = (Nebula__JobStatus__State)o->status;
         js.message = o->text;
+        Nebula__LinkMeasurement lm[NB_SCHED_MAX_STAGES], *lp[NB_SCHED_MAX_STAGES];
+        if (o->status == NEBULA__JOB_STATUS__STATE__JOB_STATE_LINKS_READY)
+            js.n_links = link_measurements(rt, true, lm, lp);
+        js.links = lp;
         f.body_case = NEBULA__FRAME__BODY_JOB_STATUS;
         f.job_status = &js;
         int rc = nb_rt_send_ctl(rt->coord, &f);
@@ -656,6 +702,63 @@ static int daemon_of(nb_stage_rt_t *rt, const char *name)
     return -1;
 }
 
+static void probe_bw_cb(nb_conn_t *c, int status, double bytes_per_s, void *ud)
+{
+    (void)c;
+    link_probe_t *lp = ud;
+    nb_stage_rt_t *rt = lp->rt;
+    if (status == 0)
+        lp->tx_bps = bytes_per_s;
+    else
+        nb_log_warn(rt->job.names[lp->peer], "bandwidth probe failed: %s", nb_strerror(status));
+    lp->done = true;
+    if (status == 0)
+        nb_log_info(rt->job.names[lp->peer], "link probe: rtt %.2f ms, %.1f Mbit/s towards it (%llu bytes)",
+                    lp->rtt_ms, bytes_per_s * 8e-6, (unsigned long long)rt->probe_bytes);
+    check_links_ready(rt);
+}
+
+static void probe_rtt_cb(nb_conn_t *c, int status, double rtt_ms, void *ud)
+{
+    link_probe_t *lp = ud;
+    nb_stage_rt_t *rt = lp->rt;
+    if (status == 0)
+        lp->rtt_ms = rtt_ms;
+    if (rt->stopping || rt->failed || status == NB_ECLOSED) {
+        lp->done = true;
+        return;
+    }
+    int rc = nb_probe_bw_send(c, rt->probe_bytes, probe_bw_cb, lp);
+    if (rc) {
+        nb_log_warn(rt->job.names[lp->peer], "cannot probe the link: %s", nb_strerror(rc));
+        lp->done = true;
+        check_links_ready(rt);
+    }
+}
+
+/* Probes every data link once (round trip, then probe_bytes towards the
+ * peer) before LINKS_READY, so the coordinator's planner starts from
+ * measured links. Returns true while probes are outstanding. */
+static bool probing(nb_stage_rt_t *rt)
+{
+    if (rt->probe_bytes == 0)
+        return false;
+    bool busy = false;
+    for (int d = 0; d < rt->job.n_daemons; d++) {
+        link_probe_t *lp = &rt->probe[d];
+        if (!rt->need_peer[d])
+            continue;
+        if (!lp->started) {
+            *lp = (link_probe_t){ .rt = rt, .peer = d, .started = true };
+            int rc = nb_probe_rtt(rt->peer_conn[d], probe_rtt_cb, lp);
+            if (rc) /* a heartbeat ping is outstanding: skip to the bandwidth */
+                probe_rtt_cb(rt->peer_conn[d], rc, 0, lp);
+        }
+        busy |= !lp->done;
+    }
+    return busy;
+}
+
 static void check_links_ready(nb_stage_rt_t *rt)
 {
     if (!rt->have_job || rt->links_reported)
@@ -663,6 +766,8 @@ static void check_links_ready(nb_stage_rt_t *rt)
     for (int d = 0; d < rt->job.n_daemons; d++)
         if (rt->need_peer[d] && !rt->peer_ready[d])
             return;
+    if (probing(rt) || rt->links_reported) /* a probe callback may have reported already */
+        return;
     rt->links_reported = true;
     out_item_t *o = calloc(1, sizeof *o);
     if (!o)
@@ -733,7 +838,8 @@ static const char *route_tensor(nb_stage_rt_t *rt, nb_conn_t *c, Nebula__Frame *
     m->rows = (int64_t)t->shape[0];
     m->cols = (int64_t)t->shape[1];
     snprintf(m->spec, sizeof m->spec, "%s", t->codec);
-    memcpy(m->meta, t->codec_meta.data, t->codec_meta.len);
+    if (t->codec_meta.len) /* data is NULL when empty */
+        memcpy(m->meta, t->codec_meta.data, t->codec_meta.len);
     m->meta_len = t->codec_meta.len;
     m->payload = payload;
     m->payload_len = len;
