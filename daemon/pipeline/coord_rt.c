@@ -348,9 +348,8 @@ static void handle_report(nb_coord_rt_t *rt, int di, const Nebula__Report *r)
         if (t->stage < (uint32_t)rt->job.layout.p)
             d->busy_s[t->stage] += (double)(t->forward_ns + t->backward_ns) / 1e9;
     }
-    int64_t keep = rt->cfg->job.trace_steps > 0 ? rt->cfg->job.trace_steps : 4;
-    if (rt->step >= rt->job.steps - keep)
-        trace_report(rt, r);
+    /* the ring keeps the newest events; `trace` returns the last trace_steps */
+    trace_report(rt, r);
     for (int i = 0; i < rt->job.n_daemons; i++)
         if (!rt->d[i].reported)
             return;
