@@ -458,6 +458,59 @@ static void test_odd_shapes(void **state)
     nb_codec_msg_free(&m);
 }
 
+/* The staging paths a device backend takes (payload bytes copied to and
+ * from device buffers, top-k indices and SVD sketches copied to the host):
+ * exercised by the CPU backend's table posing as a non-CPU device, and
+ * required to give the CPU backend's bytes exactly. */
+static void test_device_staging(void **state)
+{
+    (void)state;
+    nb_backend_t *be = W.fx.be;
+    nb_backend_i iface = *be->iface;
+    iface.kind = NB_DEV_CUDA;
+    iface.name = "staged";
+    nb_backend_t dev = { .iface = &iface, .ctx = NULL };
+    const char *specs[] = { "fp32", "fp16", "bf16", "int8(sr)", "int4(block=row)", "topk(0.01)", "topk(0.6)",
+                            "int8(topk(0.1))", "fp16(svd(0.3))", "int4(delta)", "int8(topk(0.05),ef)" };
+    char err[256];
+    for (size_t k = 0; k < NB_ARRAY_LEN(specs); k++) {
+        nb_codec_spec_t s;
+        assert_int_equal(nb_codec_spec_parse(specs[k], &s, NULL, 0), 0);
+        nb_tensor_t *xd = nb_tensor_new(&dev, NB_F32, W.act->ndim, W.act->shape);
+        nb_tensor_t *yc = nb_tensor_new(be, NB_F32, W.act->ndim, W.act->shape);
+        nb_tensor_t *yd = nb_tensor_new(&dev, NB_F32, W.act->ndim, W.act->shape);
+        nb_be_from_host(&dev, xd->data, W.act->data, nb_tensor_nbytes(W.act));
+        nb_codec_stream_t *sc = nb_codec_stream_new(be, 1 << 24), *sd = nb_codec_stream_new(&dev, 1 << 24);
+        nb_codec_stream_t *rc = nb_codec_stream_new(be, 1 << 24), *rd = nb_codec_stream_new(&dev, 1 << 24);
+        nb_codec_msg_t mc, md;
+        nb_codec_msg_init(&mc);
+        nb_codec_msg_init(&md);
+        for (int round = 0; round < 2; round++) { /* twice: stateful specs use their state */
+            if (nb_codec_encode(be, &s, W.act, 5, sc, 9, &mc, err, sizeof err) ||
+                nb_codec_encode(&dev, &s, xd, 5, sd, 9, &md, err, sizeof err))
+                fail_msg("%s: %s", specs[k], err);
+            assert_int_equal(mc.payload_len, md.payload_len);
+            assert_memory_equal(mc.payload, md.payload, mc.payload_len);
+            assert_memory_equal(mc.meta, md.meta, mc.meta_len);
+            assert_int_equal(nb_codec_decode_into(be, mc.spec, mc.meta, mc.meta_len, mc.payload, mc.payload_len, 0,
+                                                  rc, yc, err, sizeof err), 0);
+            if (nb_codec_decode_into(&dev, md.spec, md.meta, md.meta_len, md.payload, md.payload_len, 0, rd, yd, err,
+                                     sizeof err))
+                fail_msg("%s staged decode: %s", specs[k], err);
+            assert_memory_equal(yc->data, yd->data, nb_tensor_nbytes(yc));
+        }
+        nb_codec_msg_free(&mc);
+        nb_codec_msg_free(&md);
+        nb_codec_stream_free(sc);
+        nb_codec_stream_free(sd);
+        nb_codec_stream_free(rc);
+        nb_codec_stream_free(rd);
+        nb_tensor_free(xd);
+        nb_tensor_free(yc);
+        nb_tensor_free(yd);
+    }
+}
+
 /* Stochastic rounding depends on the seed, and only on it. */
 static void test_seeds(void **state)
 {
@@ -489,6 +542,7 @@ int main(void)
         cmocka_unit_test(test_delta_mode),
         cmocka_unit_test(test_seeds),
         cmocka_unit_test(test_odd_shapes),
+        cmocka_unit_test(test_device_staging),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
