@@ -1,0 +1,203 @@
+#!/usr/bin/env bash
+# planner_wan.bench.sh - the planner's predictions against measured steps.
+# A demo-sized job (4 blocks, d_model 128, seq 64, batch 16) on a coordinator
+# and two stage daemons in two network namespaces joined by a veth link
+# shaped with tc tbf (scripts/wan-emu.sh, namespace "plan") at 20, 100 and
+# 500 Mbit/s, and unshaped. For each rate one job runs: the stages probe the
+# link, the coordinator profiles and plans, then the bench pins every plan
+# of the sweep m in {1,2,4,8} x {gpipe,1f1b} (fp32 both ways) through the
+# status socket (`nebulactl plan-pin`) for NB_BENCH_PLAN_STEPS measured
+# steps each, then clears the pin and measures the planner's own choice.
+# Measured: the coordinator's mean step time per plan (first step after a
+# switch excluded). Predicted: the planner's simulated step for that plan
+# from the job's measurements, plus the measured per-step overhead (commit,
+# optimizer, control round trip), both from `nebulactl plan --json`.
+# Prints per rate:
+#   bench planner_<rate>_pred_err_max <max |pred/measured - 1| over the sweep> ratio
+#   bench planner_<rate>_choice_vs_best <measured(choice) / best measured> ratio
+# and one table row per plan. Skips (77) without root, netns or tc tbf.
+set -u
+build=${NB_BUILD:-build}
+bin="$build/bin"
+steps_per_plan=${NB_BENCH_PLAN_STEPS:-8}
+rates=${NB_BENCH_RATES:-"20 100 500 0"}   # 0: unshaped
+ns=plan
+[ -x "$bin/nebulad" ] || { echo "no $bin/nebulad (run make first)"; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "planner_wan: needs root for network namespaces"; exit 77; }
+command -v tc >/dev/null && command -v ip >/dev/null || { echo "planner_wan: no ip/tc"; exit 77; }
+command -v python3 >/dev/null || { echo "planner_wan: no python3"; exit 77; }
+work=$(mktemp -d /tmp/nb-planner-wan.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]+"${pids[@]}"}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null
+  scripts/wan-emu.sh down "$ns" >/dev/null 2>&1
+  rm -rf "$work"
+}
+trap cleanup EXIT
+bash scripts/gen-certs.sh "$work/certs" coord a b >/dev/null || exit 1
+"$bin/nebula-tokenize" /usr/share/common-licenses/GPL-3 "$work/data.tok" >/dev/null || exit 1
+
+write_configs() { # $1 port base
+  local cp=$1 ap=$(($1 + 1)) bp=$(($1 + 2))
+  mkdir -p "$work/run"
+  cat > "$work/coord.yaml" <<YAML
+name: coord
+role: coordinator
+listen: 10.77.0.1:$cp
+tls: {cert: certs/coord.pem, key: certs/coord.key, ca: certs/ca.pem}
+status_socket: run/coord.sock
+heartbeat_interval_s: 2
+heartbeat_timeout_s: 30
+connect_timeout_s: 60
+job:
+  model: {n_layer: 4, d_model: 128, n_head: 4, vocab: 256, max_seq: 64, tie_embeddings: false}
+  seed: 1337
+  data: data.tok
+  batch: 16
+  seq_len: 64
+  steps: 100000
+  micro_batches: auto
+  schedule: auto
+  optimizer: {lr: 1e-3, min_lr: 1e-4, warmup_steps: 10}
+  codecs: {forward: fp32, backward: fp32}
+  topology: chain
+  clusters:
+    - {name: a, address: 10.77.0.1:$ap, layers: 0-1}
+    - {name: b, address: 10.77.0.2:$bp, layers: 2-3}
+  planner: {enabled: true, replan_steps: 5}
+  log_every: 1
+YAML
+  for n in a b; do
+    local p=$ap host=10.77.0.1
+    [ $n = b ] && p=$bp host=10.77.0.2
+    cat > "$work/$n.yaml" <<YAML
+name: $n
+role: stage
+listen: $host:$p
+tls: {cert: certs/$n.pem, key: certs/$n.key, ca: certs/ca.pem}
+coordinator: {address: 10.77.0.1:$cp, name: coord}
+data: data.tok
+status_socket: run/$n.sock
+heartbeat_interval_s: 2
+heartbeat_timeout_s: 30
+YAML
+  done
+}
+
+# Drives one job: waits for the plan, sweeps, measures the choice; prints
+# the table rows and the two bench lines.
+sweep_py='
+import json, subprocess, sys, time
+ctl, sock, rate, per, log = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+def q(*a):
+    out = subprocess.run([ctl, "--socket", sock, "--timeout", "30"] + list(a), capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit("nebulactl %s: %s" % (" ".join(a), out.stderr.strip()))
+    return json.loads(out.stdout) if "--json" in a else out.stdout
+def plan():
+    return q("plan", "--json", "--rows", "1")
+def hist(j, m, s, f="fp32", b="fp32"):
+    for h in j["history"]:
+        if h["m"] == m and h["schedule"] == s and h["forward"] == f and h["backward"] == b:
+            return h
+    return None
+def wait_steps(m, s, f="fp32", b="fp32", timeout=120):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        h = hist(plan(), m, s, f, b)
+        if h and h["steps"] >= per:
+            return
+        if "job failed" in open(log).read():
+            raise SystemExit("job failed")
+        time.sleep(0.2)
+    raise SystemExit("plan m=%d %s: fewer than %d steps in %d s" % (m, s, per, timeout))
+t0 = time.time()
+while plan()["state"] == "profiling":
+    if time.time() - t0 > 120:
+        raise SystemExit("no plan within 120 s")
+    time.sleep(0.2)
+sweep = [(m, s) for s in ("gpipe", "1f1b") for m in (1, 2, 4, 8)]
+for m, s in sweep:
+    q("plan-pin", "--m", str(m), "--schedule", s, "--forward", "fp32", "--backward", "fp32")
+    wait_steps(m, s)
+q("plan-pin", "--clear")
+time.sleep(0.5)
+c = plan()["current"]
+while c["why"] == "pinned":
+    time.sleep(0.2)
+    c = plan()["current"]
+cm, cs, cf, cb = c["m"], c["schedule"], c["forward"], c["backward"]
+wait_steps(cm, cs, cf, cb)
+j = q("plan", "--json", "--rows", "40")
+label = "unshaped" if rate == "0" else rate + "mbit"
+errs, meas = [], {}
+print("# rate %s: overhead per step %.4f s (commit, optimizer, control round trip)" % (label, j["overhead_s"]))
+print("# %-8s %3s %-8s %-6s %-6s %6s %10s %10s %10s %8s" % ("rate", "m", "schedule", "fwd", "bwd", "steps",
+      "measured", "predicted", "pred+ovh", "error"))
+for h in j["history"]:
+    key = (h["m"], h["schedule"], h["forward"], h["backward"])
+    swept = (h["m"], h["schedule"]) in sweep and h["forward"] == h["backward"] == "fp32"
+    chosen = key == (cm, cs, cf, cb)
+    if not (swept or chosen):
+        continue
+    e = h["predicted_with_overhead_s"] / h["measured_step_s"] - 1
+    meas[key] = h["measured_step_s"]
+    if swept:
+        errs.append(abs(e))
+    print("row %-8s %3d %-8s %-6s %-6s %6d %10.4f %10.4f %10.4f %+7.1f%%%s" % (label, h["m"], h["schedule"],
+          h["forward"], h["backward"], h["steps"], h["measured_step_s"], h["predicted_step_s"],
+          h["predicted_with_overhead_s"], 100 * e, "  <- planner" if chosen else ""))
+best = min(meas.values())
+print("# planner chose m=%d %s %s/%s; link %s" % (cm, cs, cf, cb, json.dumps(j["measurements"]["links"][0])))
+for st in j["measurements"]["stages"]:
+    print("# stage %d compute per micro-batch (n: forward, backward s): %s" % (st["stage"], ", ".join(
+          "%d: %.4f %.4f" % (x["n"], x["forward_s"], x["backward_s"]) for x in sorted(st["sizes"], key=lambda x: x["n"]))))
+print("bench planner_%s_pred_err_max %.3f ratio" % (label, max(errs)))
+print("bench planner_%s_choice_vs_best %.3f ratio" % (label, meas[(cm, cs, cf, cb)] / best))
+'
+
+pin0= pin1=
+if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then pin0="taskset -c 0" pin1="taskset -c 1"; fi
+scripts/wan-emu.sh up "$ns" 1000 || exit $?
+port=$(( 41000 + ($$ % 500) * 4 ))
+status=0
+for rate in $rates; do
+  if [ "$rate" = 0 ]; then
+    ip netns exec "$ns-a" tc qdisc del dev "v$ns-a" root 2>/dev/null
+    ip netns exec "$ns-b" tc qdisc del dev "v$ns-b" root 2>/dev/null
+  else
+    # A token bucket lets a burst through at line rate after an idle gap;
+    # with the default 64 KiB GSO segments the burst must hold one, and a
+    # whole 64 KiB tensor would then cross for free. 8 KiB segments allow a
+    # 16 KiB bucket (or 1 ms of traffic at high rates): no free tensors.
+    burst=$(( rate / 8 > 16 ? rate / 8 : 16 ))kb
+    for s in a b; do
+      ip -n "$ns-$s" link set dev "v$ns-$s" gso_max_size 8192 2>/dev/null
+      ip netns exec "$ns-$s" tc qdisc replace dev "v$ns-$s" root tbf rate "${rate}mbit" burst "$burst" latency 50ms \
+        || { echo "planner_wan: tc tbf not available"; exit 77; }
+    done
+  fi
+  rm -rf "$work/run"
+  write_configs $port
+  port=$((port + 3))
+  pids=()
+  # one BLAS thread per stage daemon, each on its own core: two clusters'
+  # compute units, as the simulator models them, rather than four BLAS
+  # threads spinning on two shared cores
+  ip netns exec "$ns-a" "$bin/nebulad" --config "$work/coord.yaml" > "$work/coord-$rate.log" 2>&1 & pids+=($!)
+  OPENBLAS_NUM_THREADS=1 ip netns exec "$ns-a" $pin0 "$bin/nebulad" --config "$work/a.yaml" \
+    > "$work/a-$rate.log" 2>&1 & pids+=($!)
+  OPENBLAS_NUM_THREADS=1 ip netns exec "$ns-b" $pin1 "$bin/nebulad" --config "$work/b.yaml" \
+    > "$work/b-$rate.log" 2>&1 & pids+=($!)
+  for _ in $(seq 1 100); do [ -S "$work/run/coord.sock" ] && break; sleep 0.1; done
+  if ! python3 -c "$sweep_py" "$bin/nebulactl" "$work/run/coord.sock" "$rate" "$steps_per_plan" \
+       "$work/coord-$rate.log"; then
+    echo "planner_wan: rate $rate failed"; tail -n 20 "$work/coord-$rate.log"; status=1
+  fi
+  grep -E "planner: (chose|re-plan)" "$work/coord-$rate.log" | sed 's/^/# /'
+  "$bin/nebulactl" --socket "$work/run/coord.sock" stop >/dev/null 2>&1
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
+  pids=()
+done
+exit $status
