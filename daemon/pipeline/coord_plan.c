@@ -35,6 +35,8 @@ typedef struct {
     char fwd[NB_CFG_SPEC_MAX], bwd[NB_CFG_SPEC_MAX];
     long steps;               /* steps measured (the first under each switch is skipped) */
     double wall_sum, stage_sum;
+    /* per stage, summed over those steps: mean seconds per micro-batch */
+    double f[NB_COST_MAX_STAGES], b[NB_COST_MAX_STAGES], enc[NB_COST_MAX_STAGES], dec[NB_COST_MAX_STAGES];
 } hist_t;
 
 struct nb_cplan {
@@ -478,6 +480,13 @@ void nb_cplan_step_done(nb_cplan_t *cp, int64_t step, double wall_s, double stag
             h->steps++;
             h->wall_sum += wall_s;
             h->stage_sum += stage_s;
+            for (int s = 0; s < cp->p; s++) {
+                int k = cp->acc_n[s] > 0 ? cp->acc_n[s] : 1;
+                h->f[s] += cp->acc_f[s] / k;
+                h->b[s] += cp->acc_b[s] / k;
+                h->enc[s] += cp->acc_enc[s] / k;
+                h->dec[s] += cp->acc_dec[s] / k;
+            }
         }
     }
     memset(cp->acc_f, 0, sizeof cp->acc_f);
@@ -704,6 +713,34 @@ int nb_cplan_pin(nb_cplan_t *cp, const nb_cplan_step_t *pin, char *err, size_t e
     return 0;
 }
 
+/* The step a plan run would take with the compute its own steps measured
+ * (per stage, per micro-batch, codec work on the side it runs) and the
+ * current link model: the simulator judged on its own, apart from the
+ * compute fit. < 0 if it cannot be evaluated. */
+static double predict_own(const nb_cplan_t *cp, const nb_cost_t *cost, const hist_t *h)
+{
+    nb_plan_cand_t c;
+    char err[256];
+    int rc = nb_plan_evaluate(cost, &cp->req.model, h->m, &h->sched, h->fwd, h->bwd, cp->req.fixed_layers, &c, err,
+                              sizeof err);
+    nb_sim_input_t in;
+    if ((rc < 0 && rc != NB_ELIMIT) || h->steps < 1 || nb_plan_sim_input(cost, &cp->req.model, &c, &in) < 0)
+        return -1;
+    for (int s = 0; s < cp->p; s++) {
+        bool sa = sends(cp, s, NB_DIR_FWD), sg = sends(cp, s, NB_DIR_BWD);
+        double enc = h->enc[s] / h->steps, dec = h->dec[s] / h->steps;
+        /* encoding follows the op whose output leaves; decoding precedes
+         * the op whose input arrived (activations: F, gradients: B) */
+        double enc_f = sa && sg ? enc / 2 : sa ? enc : 0, dec_f = sa && sg ? dec / 2 : sg ? dec : 0;
+        in.tf[s] = h->f[s] / h->steps + enc_f + dec_f;
+        in.tb[s] = h->b[s] / h->steps + (enc - enc_f) + (dec - dec_f);
+    }
+    nb_sim_result_t r;
+    if (nb_sim_run(&in, &r, NULL, 0, NULL) < 0)
+        return -1;
+    return r.step_time;
+}
+
 /* ---- the status socket's view -------------------------------------------------- */
 
 static json_t *step_json(const nb_cplan_step_t *c)
@@ -830,12 +867,15 @@ json_t *nb_cplan_json(nb_cplan_t *cp, int max_rows, double bandwidth_mbit, char 
         double bub = -1, pred = predict(cp, cost, h->m, &h->sched, h->fwd, h->bwd, &bub);
         double wall = h->wall_sum / h->steps, stage = h->stage_sum / h->steps;
         double with = pred >= 0 && cp->have_overhead ? pred + cp->overhead : -1;
-        json_array_append_new(hist, json_pack("{s:i, s:s, s:s, s:s, s:i, s:f, s:f, s:f, s:f, s:f}", "m", h->m,
-                                              "schedule", nb_sched_format(&h->sched, sb, sizeof sb), "forward",
-                                              h->fwd, "backward", h->bwd, "steps", (json_int_t)h->steps,
+        double own = predict_own(cp, cost, h);
+        double own_with = own >= 0 && cp->have_overhead ? own + cp->overhead : -1;
+        json_array_append_new(hist, json_pack("{s:i, s:s, s:s, s:s, s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f}", "m",
+                                              h->m, "schedule", nb_sched_format(&h->sched, sb, sizeof sb),
+                                              "forward", h->fwd, "backward", h->bwd, "steps", (json_int_t)h->steps,
                                               "measured_step_s", wall, "measured_stage_step_s", stage,
                                               "predicted_step_s", pred, "predicted_with_overhead_s", with,
-                                              "predicted_bubble", bub));
+                                              "predicted_bubble", bub, "simulated_own_compute_s", own,
+                                              "simulated_own_compute_with_overhead_s", own_with));
     }
     json_object_set_new(o, "history", hist);
     if (rc == 0 || rc == NB_ELIMIT)

@@ -38,8 +38,12 @@ typedef struct {
     nb_stage_rt_t *rt;
     int peer;                    /* daemon index */
     double rtt_ms, tx_bps;       /* 0: not measured */
-    bool started, done;
+    bool started, warm, done;
 } link_probe_t;
+
+/* A short transfer before the measured one opens the TCP window, so the
+ * measurement does not include slow start (it would at 500 Mbit/s). */
+#define PROBE_WARMUP_BYTES (512u << 10)
 
 /* A tensor the transport is sending: for the trace and to free the message. */
 typedef struct {
@@ -61,6 +65,7 @@ struct nb_stage_rt {
     nb_conn_t *coord;
     out_item_t *pending;         /* blocked by a full send queue */
     bool stopping, failed;
+    bool ready_sent;
 
     /* set by the compute thread before OUT_LINKS, read-only afterwards */
     nb_job_desc_t job;
@@ -73,6 +78,9 @@ struct nb_stage_rt {
     int link_track[NB_SCHED_MAX_STAGES];
     uint64_t probe_bytes;        /* from the Job; 0: no probes */
     link_probe_t probe[NB_SCHED_MAX_STAGES];
+    uv_timer_t probe_timer;      /* waits for a neighbour's probe to finish */
+    bool probe_timer_open;
+    uint64_t probe_wait_ns;      /* when the wait began; 0: not waiting */
 
     nb_mbox_t *outbox, *ctl;
     nb_mbox_t *inbox[NB_SCHED_MAX_STAGES][NB_PMSG_KINDS];
@@ -704,9 +712,13 @@ static int daemon_of(nb_stage_rt_t *rt, const char *name)
 
 static void probe_bw_cb(nb_conn_t *c, int status, double bytes_per_s, void *ud)
 {
-    (void)c;
     link_probe_t *lp = ud;
     nb_stage_rt_t *rt = lp->rt;
+    if (!lp->warm && status == 0 && !rt->stopping && !rt->failed) {
+        lp->warm = true;
+        if (nb_probe_bw_send(c, rt->probe_bytes, probe_bw_cb, lp) == 0)
+            return;
+    }
     if (status == 0)
         lp->tx_bps = bytes_per_s;
     else
@@ -728,12 +740,42 @@ static void probe_rtt_cb(nb_conn_t *c, int status, double rtt_ms, void *ud)
         lp->done = true;
         return;
     }
-    int rc = nb_probe_bw_send(c, rt->probe_bytes, probe_bw_cb, lp);
+    int rc = nb_probe_bw_send(c, PROBE_WARMUP_BYTES, probe_bw_cb, lp);
     if (rc) {
         nb_log_warn(rt->job.names[lp->peer], "cannot probe the link: %s", nb_strerror(rc));
         lp->done = true;
         check_links_ready(rt);
     }
+}
+
+static void probe_timer_cb(uv_timer_t *t)
+{
+    check_links_ready(t->data);
+}
+
+/* The daemon with the higher index probes a link only once the lower one's
+ * probe payload has arrived: the two directions of a link then run one at a
+ * time, as a bulk transfer sees them (measured at once, each direction
+ * loses some of its rate to the other's acknowledgements). A neighbour that
+ * sends nothing is given 20 s. */
+static bool probe_may_start(nb_stage_rt_t *rt, int d)
+{
+    if (d > rt->me)
+        return true;
+    nb_link_t l;
+    nb_probe_link(rt->peer_conn[d], &l);
+    uint64_t now = nb_host_now_ns();
+    if (!rt->probe_wait_ns)
+        rt->probe_wait_ns = now;
+    if (l.bytes_rx >= rt->probe_bytes + PROBE_WARMUP_BYTES || now - rt->probe_wait_ns > 20000000000ull)
+        return true;
+    if (!rt->probe_timer_open) {
+        uv_timer_init(rt->loop, &rt->probe_timer);
+        rt->probe_timer.data = rt;
+        rt->probe_timer_open = true;
+        uv_timer_start(&rt->probe_timer, probe_timer_cb, 10, 10);
+    }
+    return false;
 }
 
 /* Probes every data link once (round trip, then probe_bytes towards the
@@ -748,6 +790,10 @@ static bool probing(nb_stage_rt_t *rt)
         link_probe_t *lp = &rt->probe[d];
         if (!rt->need_peer[d])
             continue;
+        if (!lp->started && !probe_may_start(rt, d)) {
+            busy = true;
+            continue;
+        }
         if (!lp->started) {
             *lp = (link_probe_t){ .rt = rt, .peer = d, .started = true };
             int rc = nb_probe_rtt(rt->peer_conn[d], probe_rtt_cb, lp);
@@ -769,6 +815,10 @@ static void check_links_ready(nb_stage_rt_t *rt)
     if (probing(rt) || rt->links_reported) /* a probe callback may have reported already */
         return;
     rt->links_reported = true;
+    if (rt->probe_timer_open) {
+        uv_close((uv_handle_t *)&rt->probe_timer, NULL);
+        rt->probe_timer_open = false;
+    }
     out_item_t *o = calloc(1, sizeof *o);
     if (!o)
         return;
@@ -791,6 +841,11 @@ static void on_ready(nb_conn_t *c, void *ud)
     if (strcmp(peer, rt->cfg->coordinator.name) == 0) {
         rt->coord = c;
         nb_rt_peer_row(rt->state, peer, "coordinator", rt->cfg->coordinator.address.text, "up", c);
+        /* READY=1 once the coordinator is authenticated (defers_ready) */
+        if (!rt->ready_sent) {
+            rt->ready_sent = true;
+            nb_service_ready(rt->svc);
+        }
         nb_service_set_state(rt->svc, NB_SVC_WAITING, "joined coordinator %s; waiting for a job", peer);
         return;
     }
@@ -982,12 +1037,17 @@ static void rt_stop(nb_service_t *svc, void *ud)
         uv_close((uv_handle_t *)&rt->wake, NULL);
         rt->wake_open = false;
     }
+    if (rt->probe_timer_open) {
+        uv_close((uv_handle_t *)&rt->probe_timer, NULL);
+        rt->probe_timer_open = false;
+    }
 }
 
 static const nb_runtime_i stage_runtime = {
     .start = rt_start,
     .stop = rt_stop,
     .binds_listener = true,
+    .defers_ready = true,
 };
 
 int nb_stage_rt_attach(nb_service_t *svc, nb_stage_rt_t **out)

@@ -10,10 +10,15 @@
 # steps each, then clears the pin and measures the planner's own choice.
 # Measured: the coordinator's mean step time per plan (first step after a
 # switch excluded). Predicted: the planner's simulated step for that plan
-# from the job's measurements, plus the measured per-step overhead (commit,
-# optimizer, control round trip), both from `nebulactl plan --json`.
-# Prints per rate:
+# from the job's cost model at the end (probed links, fitted compute), plus
+# the measured per-step overhead (commit, optimizer, control round trip).
+# Simulated: the same simulator fed with the compute that plan's own steps
+# measured (separates the simulator and link model from the compute fit,
+# which suffers most from other processes on the machine). All from
+# `nebulactl plan --json`. Prints per rate:
 #   bench planner_<rate>_pred_err_max <max |pred/measured - 1| over the sweep> ratio
+#   bench planner_<rate>_pred_err_mean <mean of the same> ratio
+#   bench planner_<rate>_sim_err_max <max |sim/measured - 1|> ratio
 #   bench planner_<rate>_choice_vs_best <measured(choice) / best measured> ratio
 # and one table row per plan. Skips (77) without root, netns or tc tbf.
 set -u
@@ -131,10 +136,10 @@ cm, cs, cf, cb = c["m"], c["schedule"], c["forward"], c["backward"]
 wait_steps(cm, cs, cf, cb)
 j = q("plan", "--json", "--rows", "40")
 label = "unshaped" if rate == "0" else rate + "mbit"
-errs, meas = [], {}
+errs, sims, meas = [], [], {}
 print("# rate %s: overhead per step %.4f s (commit, optimizer, control round trip)" % (label, j["overhead_s"]))
-print("# %-8s %3s %-8s %-6s %-6s %6s %10s %10s %10s %8s" % ("rate", "m", "schedule", "fwd", "bwd", "steps",
-      "measured", "predicted", "pred+ovh", "error"))
+print("# %-8s %3s %-8s %-6s %-6s %6s %9s %9s %8s %9s %8s" % ("rate", "m", "schedule", "fwd", "bwd", "steps",
+      "measured", "pred+ovh", "error", "sim+ovh", "error"))
 for h in j["history"]:
     key = (h["m"], h["schedule"], h["forward"], h["backward"])
     swept = (h["m"], h["schedule"]) in sweep and h["forward"] == h["backward"] == "fp32"
@@ -142,18 +147,22 @@ for h in j["history"]:
     if not (swept or chosen):
         continue
     e = h["predicted_with_overhead_s"] / h["measured_step_s"] - 1
+    es = h["simulated_own_compute_with_overhead_s"] / h["measured_step_s"] - 1
     meas[key] = h["measured_step_s"]
     if swept:
         errs.append(abs(e))
-    print("row %-8s %3d %-8s %-6s %-6s %6d %10.4f %10.4f %10.4f %+7.1f%%%s" % (label, h["m"], h["schedule"],
-          h["forward"], h["backward"], h["steps"], h["measured_step_s"], h["predicted_step_s"],
-          h["predicted_with_overhead_s"], 100 * e, "  <- planner" if chosen else ""))
+        sims.append(abs(es))
+    print("row %-8s %3d %-8s %-6s %-6s %6d %9.4f %9.4f %+7.1f%% %9.4f %+7.1f%%%s" % (label, h["m"], h["schedule"],
+          h["forward"], h["backward"], h["steps"], h["measured_step_s"], h["predicted_with_overhead_s"], 100 * e,
+          h["simulated_own_compute_with_overhead_s"], 100 * es, "  <- planner" if chosen else ""))
 best = min(meas.values())
 print("# planner chose m=%d %s %s/%s; link %s" % (cm, cs, cf, cb, json.dumps(j["measurements"]["links"][0])))
 for st in j["measurements"]["stages"]:
     print("# stage %d compute per micro-batch (n: forward, backward s): %s" % (st["stage"], ", ".join(
           "%d: %.4f %.4f" % (x["n"], x["forward_s"], x["backward_s"]) for x in sorted(st["sizes"], key=lambda x: x["n"]))))
 print("bench planner_%s_pred_err_max %.3f ratio" % (label, max(errs)))
+print("bench planner_%s_pred_err_mean %.3f ratio" % (label, sum(errs) / len(errs)))
+print("bench planner_%s_sim_err_max %.3f ratio" % (label, max(sims)))
 print("bench planner_%s_choice_vs_best %.3f ratio" % (label, meas[(cm, cs, cf, cb)] / best))
 '
 
