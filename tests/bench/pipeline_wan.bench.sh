@@ -19,7 +19,11 @@ set -u
 build=${NB_BUILD:-build}
 bin="$build/bin"
 rates=${NB_WAN_RATES:-100 10}
-steps=${NB_PIPE_STEPS:-16}
+steps=${NB_PIPE_STEPS:-12}
+rounds=${NB_PIPE_ROUNDS:-3}
+# One BLAS thread per daemon: on a small machine the stage daemons would
+# otherwise fight over the same cores; each stage gets one, as one cluster.
+export OPENBLAS_NUM_THREADS=1
 [ -x "$bin/nebulad" ] || { echo "no $bin/nebulad (run make first)"; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "pipeline_wan: needs root for network namespaces"; exit 77; }
 command -v tc >/dev/null || { echo "pipeline_wan: no tc"; exit 77; }
@@ -108,27 +112,40 @@ final_loss() { sed -n 's/.*final loss \([0-9.]*\),.*/\1/p' "$work/coord.log" | t
 metric() { awk -v k="$2" '$1 == k { print $2 }' "$work/metrics-$1.txt"; }
 
 small='{n_layer: 4, d_model: 256, n_head: 8, vocab: 256, max_seq: 64, tie_embeddings: false}'
+median() { sort -n | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)]; else print 0 }'; }
+
+# Each figure is the median over $rounds rounds, and within a round the
+# unshaped and shaped runs of a codec follow each other, so a busy spell on a
+# shared machine hits both sides of a ratio.
 declare -A fp32_tps
 fp32_loss=0
 for c in "fp32 fp32" "fp16 fp16" "int8 int8" "fp16(svd(0.6)) int8" "fp16(svd(0.2)) int8"; do
   set -- $c
   fwd=$1 bwd=$2
   name=$(echo "${fwd}_$bwd" | tr -c 'a-z0-9_\n' '_' | sed 's/__*/_/g; s/_$//')
-  run_job lo "$fwd" "$bwd" "$small" "$steps" || continue
-  lo=$(steady_tps); loss=$(final_loss)
+  declare -A got=()
+  for r in $(seq 1 "$rounds"); do
+    run_job lo "$fwd" "$bwd" "$small" "$steps" || continue
+    got[lo]+="$(steady_tps) "; loss=$(final_loss)
+    for rate in $rates; do
+      scripts/wan-emu.sh up "$ns" "$rate" || exit $?
+      run_job wan "$fwd" "$bwd" "$small" "$steps" || continue
+      got[$rate]+="$(steady_tps) "
+      [ "$r" = 1 ] && grep -m1 "job done" "$work/coord.log" | sed "s/^.*job done/# $rate Mbit\/s $fwd\/$bwd: job done/"
+    done
+  done
+  lo=$(echo ${got[lo]} | tr ' ' '\n' | median)
   [ "$fwd" = fp32 ] && fp32_loss=$loss
   echo "bench pipe_${name}_tps_lo $lo tokens/s"
   awk -v a="$loss" -v b="$fp32_loss" -v n="$name" 'BEGIN { printf "bench pipe_%s_loss_gap %.4f rel\n", n, (a - b) / b }'
   for rate in $rates; do
-    scripts/wan-emu.sh up "$ns" "$rate" || exit $?
-    run_job wan "$fwd" "$bwd" "$small" "$steps" || continue
-    wan=$(steady_tps)
-    grep -m1 "job done" "$work/coord.log" | sed "s/^.*job done/# $rate Mbit\/s $fwd\/$bwd: job done/"
+    wan=$(echo ${got[$rate]} | tr ' ' '\n' | median)
     [ "$fwd" = fp32 ] && fp32_tps[$rate]=$wan
     echo "bench pipe_${name}_tps_wan_${rate}mbit $wan tokens/s"
     awk -v a="$wan" -v b="$lo" -v n="$name" -v r="$rate" 'BEGIN { printf "bench pipe_%s_wan_%smbit_vs_lo %.3f ratio\n", n, r, a / b }'
     awk -v a="$wan" -v b="${fp32_tps[$rate]}" -v n="$name" -v r="$rate" 'BEGIN { printf "bench pipe_%s_step_vs_fp32_%smbit %.3f ratio\n", n, r, b / a }'
   done
+  unset got
 done
 scripts/wan-emu.sh down "$ns" >/dev/null 2>&1
 
