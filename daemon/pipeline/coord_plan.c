@@ -56,6 +56,7 @@ struct nb_cplan {
     size_pt_t pts[NB_COST_MAX_STAGES][MAX_SIZES];
     int npts[NB_COST_MAX_STAGES];
     bool link_measured[NB_COST_MAX_STAGES][2];
+    double probe_bw[NB_COST_MAX_STAGES][2];  /* what the probes said, bytes/s; 0: none */
     bool compute_measured;
     /* the plan */
     nb_cplan_step_t cur;
@@ -67,6 +68,7 @@ struct nb_cplan {
     nb_replan_cfg_t rcfg;
     nb_replan_t rp;
     bool basis_set, replan_due;
+    bool settle_links;        /* a re-plan scaled the links: take the settled rate at the next basis */
     int64_t basis_at;         /* the step whose measurements become the basis */
     nb_replan_sample_t last_obs;
     nb_replan_sample_t basis_sum;   /* observations averaged into the basis */
@@ -323,6 +325,7 @@ void nb_cplan_link_probe(nb_cplan_t *cp, int from, int to, double rtt_ms, double
             d->latency = rtt_ms / 2e3;
         if (bytes_per_s > 0) {
             d->bandwidth = bytes_per_s;
+            cp->probe_bw[s][dir] = bytes_per_s;
             cp->link_measured[s][dir] = true;
         }
     }
@@ -446,6 +449,33 @@ static hist_t *hist_find(nb_cplan_t *cp, const nb_cplan_step_t *c, bool add)
     return h;
 }
 
+/* After a re-plan for a link: the transport's passive estimate lags (an
+ * EWMA over frames), so the rate it showed when the policy fired may not be
+ * the new rate yet. Once the next basis is measured, a direction clearly
+ * below its probe (the link is the bottleneck, so the estimate is the rate)
+ * enters the model as is, and a change beyond the threshold re-plans once
+ * more. */
+static void settle_links(nb_cplan_t *cp, const nb_replan_sample_t *b)
+{
+    cp->settle_links = false;
+    for (int s = 0; s + 1 < cp->p; s++)
+        for (int d = 0; d < 2; d++) {
+            double seen = b->bandwidth[s][d], probe = cp->probe_bw[s][d];
+            nb_cost_dir_t *x = &cp->cost.link[s].dir[d];
+            if (!(seen > 0 && probe > 0 && seen < 0.95 * probe))
+                continue;
+            double was = x->bandwidth;
+            x->bandwidth = seen;
+            if (fabs(seen / was - 1) > cp->rcfg.threshold && !cp->replan_due) {
+                cp->replan_due = true;
+                snprintf(cp->reason, sizeof cp->reason,
+                         "link %d-%d %s bandwidth settled at %.3g Mbit/s (the model had %.3g)", s, s + 1,
+                         d == NB_DIR_FWD ? "forward" : "backward", seen * 8e-6, was * 8e-6);
+                nb_log_info(NULL, "planner: re-plan at the next step boundary: %s", cp->reason);
+            }
+        }
+}
+
 void nb_cplan_step_done(nb_cplan_t *cp, int64_t step, double wall_s, double stage_s)
 {
     const int *pl = cp->desc.layout.placement;
@@ -467,6 +497,15 @@ void nb_cplan_step_done(nb_cplan_t *cp, int64_t step, double wall_s, double stag
         if (s + 1 < cp->p && pl[s] != pl[s + 1]) {
             obs.bandwidth[s][NB_DIR_FWD] = cp->rx_bps[pl[s]][pl[s + 1]];
             obs.bandwidth[s][NB_DIR_BWD] = cp->rx_bps[pl[s + 1]][pl[s]];
+            /* The passive estimate times each tensor frame from its first
+             * byte to its last: right while the link is the bottleneck,
+             * far too high when a whole frame sits in the socket buffer
+             * before it is read (one such frame lingers in the transport's
+             * EWMA). Capped by the probe, it sees a link get slower, and
+             * recover up to the probed rate, never beyond. */
+            for (int d = 0; d < 2; d++)
+                if (cp->probe_bw[s][d] > 0 && obs.bandwidth[s][d] > cp->probe_bw[s][d])
+                    obs.bandwidth[s][d] = cp->probe_bw[s][d];
         }
     }
     if (step > 0 && wall_s > 0 && stage_s > 0 && wall_s >= stage_s) {
@@ -521,6 +560,8 @@ void nb_cplan_step_done(nb_cplan_t *cp, int64_t step, double wall_s, double stag
         if (nb_replan_init(&cp->rp, &cp->rcfg, cp->p, &cp->basis_sum) == 0)
             cp->basis_set = true;
         cp->basis_n = 0;
+        if (cp->settle_links)
+            settle_links(cp, &cp->basis_sum);
         return;
     }
     if (nb_replan_observe(&cp->rp, &obs)) {
@@ -579,8 +620,11 @@ static void absorb_drift(nb_cplan_t *cp)
     const nb_replan_sample_t *b = &cp->rp.basis, *o = &cp->last_obs;
     for (int s = 0; s + 1 < cp->p; s++)
         for (int d = 0; d < 2; d++)
-            if (b->bandwidth[s][d] > 0 && o->bandwidth[s][d] > 0)
+            if (b->bandwidth[s][d] > 0 && o->bandwidth[s][d] > 0 &&
+                fabs(o->bandwidth[s][d] / b->bandwidth[s][d] - 1) > cp->rcfg.threshold) {
                 cp->cost.link[s].dir[d].bandwidth *= o->bandwidth[s][d] / b->bandwidth[s][d];
+                cp->settle_links = true;
+            }
     for (int s = 0; s < cp->p; s++) {
         if (!(b->compute[s] > 0 && o->compute[s] > 0))
             continue;

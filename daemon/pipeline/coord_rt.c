@@ -126,6 +126,10 @@ static int apply_cplan(nb_coord_rt_t *rt)
 {
     nb_cplan_step_t ps;
     nb_cplan_plan(rt->plan, rt->step, &ps);
+    long n = nb_cplan_replans(rt->plan);
+    if (n > rt->replans_seen)
+        nb_metrics_inc(nb_state_metrics(rt->state), rt->m_replans, (double)(n - rt->replans_seen));
+    rt->replans_seen = n;
     nb_codec_spec_t spec;
     char err[256];
     if (nb_codec_spec_parse(ps.fwd, &spec, err, sizeof err) ||
@@ -274,13 +278,8 @@ static void finish_step(nb_coord_rt_t *rt)
         bubble = 0;
     double tokens = (double)rt->m * rt->mb_size * rt->job.layout.seq_len;
     double tps = tokens / step_s;
-    if (rt->plan) {
+    if (rt->plan)
         nb_cplan_step_done(rt->plan, rt->step, step_s, max_step_s);
-        long n = nb_cplan_replans(rt->plan);
-        if (n > rt->replans_seen)
-            nb_metrics_inc(nb_state_metrics(rt->state), rt->m_replans, (double)(n - rt->replans_seen));
-        rt->replans_seen = n;
-    }
     bool last = rt->step + 1 >= rt->job.steps;
     Nebula__Commit c;
     nebula__commit__init(&c);
