@@ -133,6 +133,21 @@ static void job_fail(nb_stage_rt_t *rt, const char *fmt, ...)
     rt->failed = true;
     close_mailboxes(rt);
     nb_log_error(NULL, "job failed: %s", why);
+    /* Tell the coordinator why before the orderly close (queued frames go
+     * out first), so its log names the cause, not just this daemon leaving. */
+    if (rt->coord && rt->have_job) {
+        Nebula__Frame f;
+        Nebula__JobStatus js;
+        nebula__frame__init(&f);
+        nebula__job_status__init(&js);
+        js.job_id = rt->job.layout.job_id;
+        js.daemon = (uint32_t)rt->me;
+        js.state = NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED;
+        js.message = why;
+        f.body_case = NEBULA__FRAME__BODY_JOB_STATUS;
+        f.job_status = &js;
+        nb_rt_send_ctl(rt->coord, &f);
+    }
     nb_service_fail(rt->svc, why);
 }
 
