@@ -45,7 +45,8 @@ typedef struct {
     nb_config_t cfg;
     nb_job_desc_t desc;
     nb_cplan_t *cp;
-    double rx_bps; /* what the stages' passive estimates say this step */
+    double rx_bps; /* the link's rate this step (the passive estimates say so too) */
+    nb_plan_req_t req;
 } world_t;
 
 static double w_fwd(int n) { return 0.002 + 0.004 * n; }
@@ -62,6 +63,8 @@ static int setup(void **state)
     if (nb_cplan_new(&w->cfg.job, &w->desc, 4, &w->cp, err, sizeof err))
         fail_msg("planner: %s", err);
     w->rx_bps = LINK_BPS;
+    if (nb_plan_req_from_config(&w->cfg.job, &w->req, err, sizeof err))
+        fail_msg("request: %s", err);
     *state = w;
     return 0;
 }
@@ -102,9 +105,24 @@ static void run_step(world_t *w, int64_t step, const nb_cplan_step_t *ps)
         free(tm);
         free(tp);
     }
-    /* a step takes what the model predicts, plus 5 ms of commit and optimizer */
-    double t = ps->pred_step_s > 0 ? ps->pred_step_s : m * (w_fwd(n) + w_bwd(n)) * 1.5;
-    nb_cplan_step_done(w->cp, step, t + 0.005, t);
+    /* the step takes what the world's exact model says, plus 5 ms of commit
+     * and optimizer: the planner's codecs, the world's compute and link */
+    nb_cost_t *truth = malloc(sizeof *truth);
+    *truth = *nb_cplan_cost(w->cp);
+    for (int st = 0; st < 2; st++) {
+        truth->stage[st].fwd_layer = (nb_fit_t){ 0.001, 0.002 };
+        truth->stage[st].bwd_layer = (nb_fit_t){ 0.002, 0.004 };
+        truth->stage[st].fwd_fixed = truth->stage[st].bwd_fixed = (nb_fit_t){ 0, 0 };
+    }
+    for (int d = 0; d < 2; d++)
+        truth->link[0].dir[d] = (nb_cost_dir_t){ .latency = 0.001, .bandwidth = w->rx_bps, .overhead = 0 };
+    int layers[2] = { 2, 2 };
+    nb_plan_cand_t c;
+    char err[256];
+    assert_int_equal(nb_plan_evaluate(truth, &w->req.model, m, &ps->sched, ps->fwd, ps->bwd, layers, &c, err,
+                                      sizeof err), 0);
+    free(truth);
+    nb_cplan_step_done(w->cp, step, c.step_time + 0.005, c.step_time);
 }
 
 static void test_profile_fit_plan(void **state)
@@ -196,6 +214,8 @@ static void test_replan_on_link_drop(void **state)
         run_step(w, s, &ps);
     }
     assert_int_equal(nb_cplan_replans(w->cp), 1);
+    /* the world has no per-message cost: the calibration finds none */
+    assert_true(nb_cplan_cost(w->cp)->link[0].dir[NB_DIR_FWD].overhead < 1e-9);
 }
 
 static void test_pin_and_json(void **state)
