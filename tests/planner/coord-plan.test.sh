@@ -6,7 +6,8 @@
 # and logs it with its prediction, publishes the predicted bubble next to the
 # measured one, answers `nebulactl plan` (ranked candidates, a what-if
 # bandwidth), refuses malformed plan requests with a message, accepts a pinned
-# plan and counts re-plans in its metrics.
+# plan and counts re-plans in its metrics. Both layouts: a chain, and the
+# U-shape (the head back on the first daemon, three stages on two daemons).
 set -euo pipefail
 build=${NB_BUILD:-build}
 bin="$build/bin"
@@ -22,9 +23,9 @@ fail() { echo "FAIL: $*"; for f in "$work"/*.log; do echo "--- $f"; tail -n 30 "
 
 bash scripts/gen-certs.sh "$work/certs" coord a b >/dev/null
 "$bin/nebula-tokenize" /usr/share/common-licenses/GPL-3 "$work/data.tok" >/dev/null
-base=$(( 23000 + ($$ % 2000) * 3 ))
-cp=$base ap=$((base + 1)) bp=$((base + 2))
-mkdir -p "$work/run"
+run_topo() { # $1 chain | ushape, $2 port base
+local topo=$1 cp=$2 ap=$(($2 + 1)) bp=$(($2 + 2))
+rm -rf "$work/run"; mkdir -p "$work/run"
 cat > "$work/coord.yaml" <<YAML
 name: coord
 role: coordinator
@@ -45,7 +46,7 @@ job:
   schedule: auto
   optimizer: {lr: 1e-3}
   codecs: {forward: fp32, backward: fp32}
-  topology: chain
+  topology: $topo
   clusters:
     - {name: a, address: 127.0.0.1:$ap}
     - {name: b, address: 127.0.0.1:$bp}
@@ -142,4 +143,9 @@ ctl stop > /dev/null || fail "stop"
 for p in "${pids[@]}"; do wait "$p" || true; done
 pids=()
 grep -q "job failed" "$work/coord.log" && ! grep -q "stopping" "$work/coord.log" && fail "job failed"
-echo "ok coord-plan"
+echo "ok coord-plan $topo"
+}
+
+base=$(( 23000 + ($$ % 2000) * 6 ))
+run_topo chain $base
+run_topo ushape $((base + 3))
