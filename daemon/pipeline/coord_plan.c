@@ -314,6 +314,10 @@ void nb_cplan_link_probe(nb_cplan_t *cp, int from, int to, double rtt_ms, double
     const nb_pipe_layout_t *l = &cp->desc.layout;
     if (from < 0 || to < 0 || from >= l->n_daemons || to >= l->n_daemons || from == to)
         return;
+    if (!isfinite(rtt_ms) || rtt_ms > 60e3)
+        rtt_ms = 0; /* a peer's number, not trusted blindly */
+    if (!isfinite(bytes_per_s) || bytes_per_s > 1e13)
+        bytes_per_s = 0;
     for (int s = 0; s + 1 < cp->p; s++) {
         int dir;
         if (l->placement[s] == from && l->placement[s + 1] == to)

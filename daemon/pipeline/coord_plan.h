@@ -19,7 +19,8 @@
  *   pinned     an operator (or a validation sweep) forced a plan through
  *              the status socket ("plan-pin"); the planner keeps measuring.
  * Every closed step also refines the model: per stage and micro-batch size an
- * EMA of the measured times, fitted by least squares.
+ * EMA of the measured times, fitted by least squares; before every search
+ * the links' per-message cost is calibrated against the plans run so far.
  *
  * Thread: the coordinator's loop thread only; not thread-safe. Ownership:
  * the caller owns the nb_cplan_t (nb_cplan_free); borrowed inputs are noted.
@@ -73,7 +74,8 @@ void nb_cplan_free(nb_cplan_t *cp);
 /* A link probe result from stage daemon `from` about its link to `to`
  * (daemon indices): round trip in ms, and goodput from -> to in bytes/s
  * (<= 0: not measured). Sets the latency and bandwidth of every boundary
- * whose stages sit on these daemons. Out-of-range indices are ignored. */
+ * whose stages sit on these daemons. Out-of-range indices are ignored, and
+ * so are non-finite or absurd values (the numbers come from a peer). */
 void nb_cplan_link_probe(nb_cplan_t *cp, int from, int to, double rtt_ms, double bytes_per_s);
 
 /* Takes one daemon's report for the step in flight (the step the last

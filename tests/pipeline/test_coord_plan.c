@@ -131,6 +131,8 @@ static void test_profile_fit_plan(void **state)
     nb_cplan_link_probe(w->cp, 0, 1, 2.0, LINK_BPS);
     nb_cplan_link_probe(w->cp, 1, 0, 2.0, LINK_BPS);
     nb_cplan_link_probe(w->cp, 5, 0, 2.0, 1); /* out of range: ignored */
+    nb_cplan_link_probe(w->cp, 0, 1, NAN, INFINITY); /* a peer's nonsense: ignored */
+    nb_cplan_link_probe(w->cp, 1, 0, -1, -5);
     nb_cplan_step_t ps;
     int seen_m[3];
     for (int64_t s = 0; s < 3; s++) {
