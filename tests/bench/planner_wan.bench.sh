@@ -181,11 +181,12 @@ for rate in $rates; do
   else
     # A token bucket lets a burst through at line rate after an idle gap;
     # with the default 64 KiB GSO segments the burst must hold one, and a
-    # whole 64 KiB tensor would then cross for free. 8 KiB segments allow a
-    # 16 KiB bucket (or 1 ms of traffic at high rates): no free tensors.
-    burst=$(( rate / 8 > 16 ? rate / 8 : 16 ))kb
+    # whole 64 KiB tensor would then cross for free. 4 KiB segments allow a
+    # 6 KiB bucket (0.2 ms of traffic at high rates): a tensor that follows
+    # an idle gap gains at most that.
+    burst=$(( rate / 40 > 6 ? rate / 40 : 6 ))kb
     for s in a b; do
-      ip -n "$ns-$s" link set dev "v$ns-$s" gso_max_size 8192 2>/dev/null
+      ip -n "$ns-$s" link set dev "v$ns-$s" gso_max_size 4096 2>/dev/null
       ip netns exec "$ns-$s" tc qdisc replace dev "v$ns-$s" root tbf rate "${rate}mbit" burst "$burst" latency 50ms \
         || { echo "planner_wan: tc tbf not available"; exit 77; }
     done
