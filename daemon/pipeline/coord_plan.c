@@ -262,6 +262,12 @@ int nb_cplan_new(const nb_cfg_job_t *job, const nb_job_desc_t *desc, int m0, nb_
         rc = add_codec(cp, cp->req.fwd_codecs[i], rows, err, errlen);
     for (int i = 0; rc == 0 && i < cp->req.nbwd; i++)
         rc = add_codec(cp, cp->req.bwd_codecs[i], rows, err, errlen);
+    /* the job's own codecs too: an operator may pin them (plan-pin) even
+     * when the planner chooses from another list */
+    if (rc == 0 && job->codecs.forward[0])
+        rc = add_codec(cp, job->codecs.forward, rows, err, errlen);
+    if (rc == 0 && job->codecs.backward[0])
+        rc = add_codec(cp, job->codecs.backward, rows, err, errlen);
     if (rc == 0 && cp->cost.ncodecs == 0)
         rc = add_codec(cp, "fp32", rows, err, errlen);
     if (rc)
