@@ -642,20 +642,11 @@ static int rt_start(nb_service_t *svc, void *ud)
     nc.allowed_peers = names;
     nc.n_allowed_peers = (size_t)rt->job.n_daemons;
     const nb_net_cb_t cb = { on_ready, on_frame, on_writable, on_closed };
-    int rc = nb_net_new(rt->loop, &nc, &cb, rt, &rt->net);
-    if (rc) {
-        nb_log_error(NULL, "cannot create the transport: %s", nb_strerror(rc));
-        return rc;
-    }
-    rt->net_open = true;
-    int port = 0;
-    if ((rc = nb_net_listen(rt->net, rt->cfg->listen.host, rt->cfg->listen.port, &port))) {
-        nb_log_error(NULL, "cannot listen on %s: %s", rt->cfg->listen.text, nb_strerror(rc));
-        return rc;
-    }
     char bound[NB_CFG_ADDR_MAX + 16];
-    snprintf(bound, sizeof bound, "%s:%d", rt->cfg->listen.host, port);
-    nb_state_set_listen(rt->state, bound, rt->cfg->status_socket);
+    int rc = nb_rt_open_net(rt->loop, rt->cfg, &nc, &cb, rt, rt->state, &rt->net, bound, sizeof bound);
+    rt->net_open = rt->net != NULL;
+    if (rc)
+        return rc;
     for (int i = 0; i < rt->job.n_daemons; i++)
         nb_rt_peer_row(rt->state, rt->job.names[i], "stage", rt->job.addresses[i], "waiting", NULL);
     if (rt->cfg->connect_timeout_s > 0) {

@@ -1,7 +1,9 @@
 /* rt_common.c - helpers shared by the pipeline runtimes; see rt_common.h. */
 #include <stdio.h>
 #include <string.h>
+#include "daemon/log.h"
 #include "daemon/pipeline/rt_common.h"
+#include "kernels/common.h"
 
 void nb_rt_net_cfg(const nb_config_t *cfg, int role, nb_net_cfg_t *out)
 {
@@ -15,6 +17,26 @@ void nb_rt_net_cfg(const nb_config_t *cfg, int role, nb_net_cfg_t *out)
         out->heartbeat_ms = (uint32_t)(cfg->heartbeat_interval_s * 1000.0);
     if (cfg->heartbeat_timeout_s > 0)
         out->dead_after_ms = (uint32_t)(cfg->heartbeat_timeout_s * 1000.0);
+}
+
+int nb_rt_open_net(uv_loop_t *loop, const nb_config_t *cfg, const nb_net_cfg_t *nc, const nb_net_cb_t *cb,
+                   void *ud, nb_state_t *st, nb_net_t **out, char *bound, size_t boundlen)
+{
+    *out = NULL;
+    int rc = nb_net_new(loop, nc, cb, ud, out);
+    if (rc) {
+        nb_log_error(NULL, "cannot create the transport: %s", nb_strerror(rc));
+        *out = NULL;
+        return rc;
+    }
+    int port = 0;
+    if ((rc = nb_net_listen(*out, cfg->listen.host, cfg->listen.port, &port))) {
+        nb_log_error(NULL, "cannot listen on %s: %s", cfg->listen.text, nb_strerror(rc));
+        return rc;
+    }
+    snprintf(bound, boundlen, "%s:%d", cfg->listen.host, port);
+    nb_state_set_listen(st, bound, cfg->status_socket);
+    return 0;
 }
 
 void nb_rt_peer_row(nb_state_t *st, const char *name, const char *role, const char *address,

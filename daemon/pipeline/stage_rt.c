@@ -1006,20 +1006,11 @@ static int rt_start(nb_service_t *svc, void *ud)
     nb_net_cfg_t nc;
     nb_rt_net_cfg(rt->cfg, NEBULA__ROLE__ROLE_STAGE, &nc);
     const nb_net_cb_t cb = { on_ready, on_frame, on_writable, on_closed };
-    int rc = nb_net_new(rt->loop, &nc, &cb, rt, &rt->net);
-    if (rc) {
-        nb_log_error(NULL, "cannot create the transport: %s", nb_strerror(rc));
-        return rc;
-    }
-    rt->net_open = true;
-    int port = 0;
-    if ((rc = nb_net_listen(rt->net, rt->cfg->listen.host, rt->cfg->listen.port, &port))) {
-        nb_log_error(NULL, "cannot listen on %s: %s", rt->cfg->listen.text, nb_strerror(rc));
-        return rc;
-    }
     char bound[NB_CFG_ADDR_MAX + 16];
-    snprintf(bound, sizeof bound, "%s:%d", rt->cfg->listen.host, port);
-    nb_state_set_listen(rt->state, bound, rt->cfg->status_socket);
+    int rc = nb_rt_open_net(rt->loop, rt->cfg, &nc, &cb, rt, rt->state, &rt->net, bound, sizeof bound);
+    rt->net_open = rt->net != NULL;
+    if (rc)
+        return rc;
     if ((rc = nb_net_connect(rt->net, rt->cfg->coordinator.name, rt->cfg->coordinator.address.host,
                              rt->cfg->coordinator.address.port))) {
         nb_log_error(NULL, "cannot dial coordinator %s: %s", rt->cfg->coordinator.address.text, nb_strerror(rc));
