@@ -1,96 +1,21 @@
 /*
- * stage_rt.c - the stage daemon's runtime; see stage_rt.h for the threads
- * and docs/pipeline.md for the protocol.
+ * stage_rt.c - the stage daemon's runtime, loop-thread half: the transport
+ * (coordinator and pipeline neighbours), routing of received tensors to the
+ * compute thread's inboxes, the outbox drain with back-pressure, link probes
+ * and the service hooks. The compute half is stage_compute.c; see
+ * stage_rt.h for the threads and docs/pipeline.md for the protocol.
  */
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include "daemon/log.h"
-#include "daemon/pipeline/job.h"
-#include "daemon/pipeline/mailbox.h"
 #include "daemon/pipeline/rt_common.h"
-#include "daemon/pipeline/stage_rt.h"
-#include "daemon/net/probe.h"
-#include "daemon/train/weights.h"
+#include "daemon/pipeline/stage_rt_internal.h"
 
-#define OUTBOX_CAP 4     /* tensors waiting for the loop: back-pressure beyond */
-#define CTL_CAP 64       /* control frames from the coordinator */
-#define INBOX_CAP 4096   /* per stage and kind: >= micro-batches of one step */
-
-typedef enum { OUT_TENSOR, OUT_REPORT, OUT_STATUS, OUT_LINKS } out_kind_t;
-
-typedef struct {
-    out_kind_t kind;
-    nb_pmsg_t *msg;              /* OUT_TENSOR */
-    nb_step_result_t res;        /* OUT_REPORT (timings copied) */
-    int status;                  /* OUT_STATUS: Nebula__JobStatus__State */
-    char text[512];              /* OUT_STATUS message */
-    uint64_t t_queued_ns;
-} out_item_t;
-
-/* One data link's probes before LINKS_READY (Job.probe_bytes > 0). */
-typedef struct {
-    nb_stage_rt_t *rt;
-    int peer;                    /* daemon index */
-    double rtt_ms, tx_bps;       /* 0: not measured */
-    bool started, warm, done;
-} link_probe_t;
-
-/* A short transfer before the measured one opens the TCP window, so the
- * measurement does not include slow start (it would at 500 Mbit/s). */
-#define PROBE_WARMUP_BYTES (512u << 10)
-
-/* A tensor the transport is sending: for the trace and to free the message. */
-typedef struct {
-    nb_stage_rt_t *rt;
-    nb_pmsg_t *msg;
-    int track;
-    uint64_t t0_ns;
-} sending_t;
-
-struct nb_stage_rt {
-    nb_service_t *svc;
-    const nb_config_t *cfg;
-    nb_state_t *state;
-    uv_loop_t *loop;
-    nb_net_t *net;
-    bool net_open;
-    uv_async_t wake;
-    bool wake_open;
-    nb_conn_t *coord;
-    out_item_t *pending;         /* blocked by a full send queue */
-    bool stopping, failed;
-    bool ready_sent;
-
-    /* set by the compute thread before OUT_LINKS, read-only afterwards */
-    nb_job_desc_t job;
-    int me, first_stage;
-    bool have_job;
-    bool need_peer[NB_SCHED_MAX_STAGES];
-    bool peer_ready[NB_SCHED_MAX_STAGES];
-    nb_conn_t *peer_conn[NB_SCHED_MAX_STAGES];
-    bool links_reported;
-    int link_track[NB_SCHED_MAX_STAGES];
-    uint64_t probe_bytes;        /* from the Job; 0: no probes */
-    link_probe_t probe[NB_SCHED_MAX_STAGES];
-    uv_timer_t probe_timer;      /* waits for a neighbour's probe to finish */
-    bool probe_timer_open;
-    uint64_t probe_wait_ns;      /* when the wait began; 0: not waiting */
-
-    nb_mbox_t *outbox, *ctl;
-    nb_mbox_t *inbox[NB_SCHED_MAX_STAGES][NB_PMSG_KINDS];
-    pthread_t compute;
-    bool compute_started;
-
-    int m_steps, m_bytes_raw, m_bytes_wire, m_refused, m_model_bytes, m_peak_rss;
-};
-
-static void free_out(void *p)
+void nb__stage_free_out(void *p)
 {
     out_item_t *o = p;
     if (!o)
@@ -105,8 +30,6 @@ static void free_frame(void *p)
     if (p)
         nebula__frame__free_unpacked(p, NULL);
 }
-
-static void free_pmsg(void *p) { nb_pmsg_free(p); }
 
 /* ---- job failure (loop thread) ------------------------------------------ */
 
@@ -149,315 +72,6 @@ static void job_fail(nb_stage_rt_t *rt, const char *fmt, ...)
         nb_rt_send_ctl(rt->coord, &f);
     }
     nb_service_fail(rt->svc, why);
-}
-
-/* ---- compute thread ------------------------------------------------------ */
-
-static int io_send(void *ud, nb_pmsg_t *msg)
-{
-    nb_stage_rt_t *rt = ud;
-    out_item_t *o = calloc(1, sizeof *o);
-    if (!o)
-        return NB_ENOMEM;
-    o->kind = OUT_TENSOR;
-    o->msg = msg;
-    o->t_queued_ns = nb_host_now_ns();
-    int rc = nb_mbox_push(rt->outbox, o);
-    if (rc) {
-        o->msg = NULL; /* the caller keeps msg on error */
-        free(o);
-        return rc;
-    }
-    uv_async_send(&rt->wake);
-    return 0;
-}
-
-static int io_recv(void *ud, int stage, nb_pmsg_kind_t kind, nb_pmsg_t **out, int timeout_ms)
-{
-    nb_stage_rt_t *rt = ud;
-    void *m;
-    int rc = nb_mbox_pop(rt->inbox[stage][kind], &m, timeout_ms);
-    if (rc == 0)
-        *out = m;
-    return rc;
-}
-
-static int post(nb_stage_rt_t *rt, out_item_t *o)
-{
-    int rc = nb_mbox_push(rt->outbox, o);
-    if (rc) {
-        free_out(o);
-        return rc;
-    }
-    uv_async_send(&rt->wake);
-    return 0;
-}
-
-static void post_status(nb_stage_rt_t *rt, int state, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void post_status(nb_stage_rt_t *rt, int state, const char *fmt, ...)
-{
-    out_item_t *o = calloc(1, sizeof *o);
-    if (!o)
-        return;
-    o->kind = OUT_STATUS;
-    o->status = state;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(o->text, sizeof o->text, fmt, ap);
-    va_end(ap);
-    post(rt, o);
-}
-
-static void layers_text(const nb_pipe_layout_t *l, int daemon, char *buf, size_t len)
-{
-    buf[0] = 0;
-    for (int s = 0; s < l->p; s++) {
-        if (l->placement[s] != daemon)
-            continue;
-        const nb_part_spec_t *ps = &l->parts[s];
-        size_t n = strlen(buf);
-        snprintf(buf + n, len - n, "%s%s%d-%d%s", n ? "," : "", ps->embed ? "embed+" : "", ps->first,
-                 ps->last - 1, ps->head ? "+head" : "");
-    }
-}
-
-static void trace_step(nb_stage_rt_t *rt, const nb_step_result_t *res)
-{
-    nb_trace_t *tr = nb_state_trace(rt->state);
-    for (int i = 0; i < res->n_timings; i++) {
-        const nb_mb_timing_t *t = &res->timings[i];
-        char name[32];
-        snprintf(name, sizeof name, "stage %d", t->stage);
-        int track = nb_trace_track(tr, name, false);
-        if (track < 0)
-            continue;
-        nb_trace_event_t ev = { .step = res->step, .micro = t->mb, .track = (int16_t)track };
-        ev.kind = NB_TEV_FORWARD;
-        ev.ts_us = (double)t->fwd_start_ns / 1e3;
-        ev.dur_us = (double)t->fwd_ns / 1e3;
-        nb_trace_add(tr, &ev);
-        ev.kind = NB_TEV_BACKWARD;
-        ev.ts_us = (double)t->bwd_start_ns / 1e3;
-        ev.dur_us = (double)t->bwd_ns / 1e3;
-        nb_trace_add(tr, &ev);
-    }
-}
-
-/* Builds the host for a received Job and asks the loop to open the links. */
-static int handle_job(nb_stage_rt_t *rt, nb_backend_t *be, nb_host_t **host, const Nebula__Job *msg)
-{
-    char err[512];
-    nb_job_desc_t d;
-    int me;
-    if (*host) {
-        post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED, "a job is already running");
-        return NB_ESTATE;
-    }
-    int rc = nb_job_from_msg(msg, &d, &me, err, sizeof err);
-    if (rc == 0 && strcmp(d.names[me], rt->cfg->name) != 0) {
-        snprintf(err, sizeof err, "the coordinator assigned daemon %d (%s) to this daemon (%s)", me, d.names[me],
-                 rt->cfg->name);
-        rc = NB_EINVAL;
-    }
-    if (rc == 0)
-        rc = nb_host_new(be, &d.layout, me, rt->cfg->data, host, err, sizeof err);
-    if (rc) {
-        nb_log_error(rt->cfg->coordinator.name, "refusing job %llu: %s", (unsigned long long)msg->job_id, err);
-        post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED, "%s: %s", rt->cfg->name, err);
-        return rc;
-    }
-    for (int s = 0; s < d.layout.p; s++)
-        if (d.layout.placement[s] == me)
-            for (int k = 0; k < NB_PMSG_KINDS; k++)
-                if (!(rt->inbox[s][k] = nb_mbox_new(INBOX_CAP, free_pmsg)))
-                    return NB_ENOMEM;
-    rt->job = d;
-    rt->me = me;
-    rt->probe_bytes = msg->probe_bytes;
-    rt->first_stage = nb_host_stage(*host, 0);
-    for (int s = 0; s + 1 < d.layout.p; s++) {
-        int a = d.layout.placement[s], b = d.layout.placement[s + 1];
-        if (a == b)
-            continue;
-        if (a == me)
-            rt->need_peer[b] = true;
-        if (b == me)
-            rt->need_peer[a] = true;
-    }
-    char layers[128];
-    layers_text(&d.layout, me, layers, sizeof layers);
-    nb_log_info(rt->cfg->coordinator.name, "job %llu: daemon %d of %d, stages %s, %d x %d tokens per micro-batch",
-                (unsigned long long)d.layout.job_id, me, d.n_daemons, layers, d.layout.micro_batch_size,
-                d.layout.seq_len);
-    out_item_t *o = calloc(1, sizeof *o);
-    if (!o)
-        return NB_ENOMEM;
-    o->kind = OUT_LINKS;
-    return post(rt, o);
-}
-
-/* Peak resident set of this process (VmHWM), 0 when unknown. */
-static uint64_t peak_rss_bytes(void)
-{
-    FILE *f = fopen("/proc/self/status", "r");
-    if (!f)
-        return 0;
-    char line[256];
-    unsigned long long kb = 0;
-    while (fgets(line, sizeof line, f))
-        if (sscanf(line, "VmHWM: %llu kB", &kb) == 1)
-            break;
-    fclose(f);
-    return (uint64_t)kb * 1024;
-}
-
-static int handle_plan(nb_stage_rt_t *rt, nb_host_t *host, const Nebula__Plan *p)
-{
-    char err[512];
-    nb_pipe_io_i io = { io_send, io_recv, rt };
-    nb_step_plan_t plan;
-    memset(&plan, 0, sizeof plan);
-    plan.step = (int64_t)p->step;
-    plan.m = (int)p->micro_batches;
-    plan.micro_batch_size = (int)p->micro_batch_size;
-    if (!host || p->job_id != rt->job.layout.job_id) {
-        post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED, "plan for job %llu, which this daemon does not run",
-                    (unsigned long long)p->job_id);
-        return NB_ESTATE;
-    }
-    if (!p->schedule || nb_sched_parse(p->schedule, &plan.sched) || !p->forward_codec || !p->backward_codec ||
-        p->micro_batches < 1 || p->micro_batches > NB_SCHED_MAX_MB || p->micro_batch_size < 1 ||
-        p->micro_batch_size > 65536) {
-        post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED, "malformed plan for step %llu",
-                    (unsigned long long)p->step);
-        return NB_EFORMAT;
-    }
-    snprintf(plan.fwd_codec, sizeof plan.fwd_codec, "%s", p->forward_codec);
-    snprintf(plan.bwd_codec, sizeof plan.bwd_codec, "%s", p->backward_codec);
-    int timeout_ms = (int)(rt->cfg->heartbeat_timeout_s > 0 ? rt->cfg->heartbeat_timeout_s * 4000 : 60000);
-    nb_step_result_t res;
-    int rc = nb_host_run_step(host, &plan, &io, timeout_ms, &res, err, sizeof err);
-    if (rc) {
-        if (rc != NB_ECLOSED)
-            post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED, "%s: step %lld: %s", rt->cfg->name,
-                        (long long)plan.step, err);
-        nb_log_error(NULL, "step %lld: %s", (long long)plan.step, err);
-        return rc;
-    }
-    trace_step(rt, &res);
-    nb_metrics_t *mx = nb_state_metrics(rt->state);
-    nb_metrics_inc(mx, rt->m_steps, 1);
-    nb_metrics_inc(mx, rt->m_bytes_raw, (double)res.bytes_raw);
-    nb_metrics_inc(mx, rt->m_bytes_wire, (double)res.bytes_wire);
-    nb_metrics_set(mx, rt->m_model_bytes, (double)nb_host_memory_bytes(host));
-    nb_metrics_set(mx, rt->m_peak_rss, (double)peak_rss_bytes());
-    nb_job_info_t j;
-    memset(&j, 0, sizeof j);
-    j.active = true;
-    j.step = plan.step + 1;
-    j.steps = rt->job.steps;
-    j.loss = res.loss;
-    j.step_time_s = (double)res.step_ns / 1e9;
-    j.tokens_per_s = (double)plan.m * plan.micro_batch_size * rt->job.layout.seq_len / j.step_time_s;
-    j.bubble_measured = j.bubble_predicted = -1;
-    j.bytes_raw = (uint64_t)nb_metrics_get(mx, rt->m_bytes_raw);
-    j.bytes_wire = (uint64_t)nb_metrics_get(mx, rt->m_bytes_wire);
-    snprintf(j.codec_forward, sizeof j.codec_forward, "%s", plan.fwd_codec);
-    snprintf(j.codec_backward, sizeof j.codec_backward, "%s", plan.bwd_codec);
-    j.micro_batches = plan.m;
-    nb_sched_format(&plan.sched, j.schedule, sizeof j.schedule);
-    layers_text(&rt->job.layout, rt->me, j.layers, sizeof j.layers);
-    nb_state_job_update(rt->state, &j);
-    out_item_t *o = calloc(1, sizeof *o);
-    if (!o)
-        return NB_ENOMEM;
-    o->kind = OUT_REPORT;
-    o->res = res;
-    o->res.timings = malloc((size_t)res.n_timings * sizeof *res.timings);
-    if (!o->res.timings) {
-        free(o);
-        return NB_ENOMEM;
-    }
-    memcpy(o->res.timings, res.timings, (size_t)res.n_timings * sizeof *res.timings);
-    return post(rt, o);
-}
-
-static int save_weights(nb_stage_rt_t *rt, nb_host_t *host)
-{
-    if (!rt->cfg->checkpoint_dir[0])
-        return 0;
-    if (mkdir(rt->cfg->checkpoint_dir, 0750) != 0 && errno != EEXIST) {
-        nb_log_error(NULL, "%s: cannot create: %s", rt->cfg->checkpoint_dir, strerror(errno));
-        return NB_EIO;
-    }
-    for (int i = 0; i < nb_host_num_stages(host); i++) {
-        char path[NB_CFG_PATH_MAX + 64], err[512];
-        snprintf(path, sizeof path, "%s/final-stage%d.weights", rt->cfg->checkpoint_dir, nb_host_stage(host, i));
-        int rc = nb_weights_save(path, nb_host_part(host, i), err, sizeof err);
-        if (rc) {
-            nb_log_error(NULL, "%s", err);
-            return rc;
-        }
-        nb_log_info(NULL, "wrote %s", path);
-    }
-    return 0;
-}
-
-static void *compute_main(void *arg)
-{
-    nb_stage_rt_t *rt = arg;
-    nb_backend_t *be = nb_cpu_backend_new();
-    nb_host_t *host = NULL;
-    for (;;) {
-        void *item;
-        if (nb_mbox_pop(rt->ctl, &item, -1) != 0)
-            break;
-        Nebula__Frame *f = item;
-        int rc = 0;
-        switch (f->body_case) {
-        case NEBULA__FRAME__BODY_JOB:
-            rc = handle_job(rt, be, &host, f->job);
-            break;
-        case NEBULA__FRAME__BODY_PLAN:
-            rc = handle_plan(rt, host, f->plan);
-            break;
-        case NEBULA__FRAME__BODY_COMMIT:
-            if (!host || f->commit->job_id != rt->job.layout.job_id) {
-                rc = NB_ESTATE;
-                break;
-            }
-            {
-                uint64_t t0 = nb_host_now_ns();
-                nb_host_apply(host, (int64_t)f->commit->step, f->commit->global_grad_sumsq);
-                nb_trace_t *tr = nb_state_trace(rt->state);
-                int track = nb_trace_track(tr, "optimizer", false);
-                nb_trace_event_t ev = { .step = (int64_t)f->commit->step, .micro = -1, .track = (int16_t)track,
-                                        .kind = NB_TEV_OPTIMIZER, .ts_us = (double)t0 / 1e3,
-                                        .dur_us = (double)(nb_host_now_ns() - t0) / 1e3 };
-                if (track >= 0)
-                    nb_trace_add(tr, &ev);
-            }
-            if (f->commit->last) {
-                rc = save_weights(rt, host);
-                if (rc == 0)
-                    post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_DONE, "%s: %lld steps done", rt->cfg->name,
-                                (long long)f->commit->step + 1);
-                else
-                    post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED, "%s: cannot write the weights",
-                                rt->cfg->name);
-            }
-            break;
-        default:
-            break;
-        }
-        bool fatal = rc && f->body_case != NEBULA__FRAME__BODY_JOB; /* a refused job leaves us waiting */
-        nebula__frame__free_unpacked(f, NULL);
-        if (fatal)
-            break;
-    }
-    nb_host_free(host);
-    nb_be_free(be);
-    return NULL;
 }
 
 /* ---- loop thread: sending ------------------------------------------------- */
@@ -692,7 +306,7 @@ static void drain_outbox(nb_stage_rt_t *rt)
         }
         rt->pending = NULL;
         if (o->kind == OUT_LINKS) {
-            free_out(o);
+            nb__stage_free_out(o);
             open_links(rt);
             continue;
         }
@@ -702,11 +316,11 @@ static void drain_outbox(nb_stage_rt_t *rt)
             return;
         }
         if (rc) {
-            free_out(o);
+            nb__stage_free_out(o);
             job_fail(rt, "cannot send to a peer: %s", nb_strerror(rc));
             return;
         }
-        free_out(o);
+        nb__stage_free_out(o);
     }
 }
 
@@ -841,7 +455,7 @@ static void check_links_ready(nb_stage_rt_t *rt)
     o->status = NEBULA__JOB_STATUS__STATE__JOB_STATE_LINKS_READY;
     snprintf(o->text, sizeof o->text, "%s: links ready", rt->cfg->name);
     int rc = send_item(rt, o);
-    free_out(o);
+    nb__stage_free_out(o);
     if (rc)
         job_fail(rt, "cannot report to the coordinator: %s", nb_strerror(rc));
     else
@@ -1019,7 +633,7 @@ static int rt_start(nb_service_t *svc, void *ud)
     uv_async_init(rt->loop, &rt->wake, wake_cb);
     rt->wake.data = rt;
     rt->wake_open = true;
-    if (pthread_create(&rt->compute, NULL, compute_main, rt) != 0)
+    if (pthread_create(&rt->compute, NULL, nb__stage_compute_main, rt) != 0)
         return NB_ENOMEM;
     rt->compute_started = true;
     nb_rt_peer_row(rt->state, rt->cfg->coordinator.name, "coordinator", rt->cfg->coordinator.address.text,
@@ -1065,7 +679,7 @@ int nb_stage_rt_attach(nb_service_t *svc, nb_stage_rt_t **out)
     rt->cfg = nb_service_config(svc);
     rt->state = nb_service_state(svc);
     rt->loop = nb_service_loop(svc);
-    rt->outbox = nb_mbox_new(OUTBOX_CAP, free_out);
+    rt->outbox = nb_mbox_new(OUTBOX_CAP, nb__stage_free_out);
     rt->ctl = nb_mbox_new(CTL_CAP, free_frame);
     if (!rt->outbox || !rt->ctl) {
         nb_stage_rt_free(rt);
@@ -1096,7 +710,7 @@ void nb_stage_rt_free(nb_stage_rt_t *rt)
         close_mailboxes(rt);
     if (rt->compute_started)
         pthread_join(rt->compute, NULL);
-    free_out(rt->pending);
+    nb__stage_free_out(rt->pending);
     nb_mbox_free(rt->outbox);
     nb_mbox_free(rt->ctl);
     for (int s = 0; s < NB_SCHED_MAX_STAGES; s++)
