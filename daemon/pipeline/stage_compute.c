@@ -109,6 +109,24 @@ static void trace_step(nb_stage_rt_t *rt, const nb_step_result_t *res)
     }
 }
 
+/* The backend of the daemon's first configured device ("cpu" or "cuda:N").
+ * NULL with the reason in why when it cannot be opened. */
+static nb_backend_t *open_backend(const nb_config_t *cfg, char *why, size_t whylen)
+{
+    const nb_cfg_device_t *dev = cfg->n_devices > 0 ? &cfg->devices[0] : NULL;
+    if (!dev || !dev->cuda) {
+        nb_backend_t *be = nb_cpu_backend_new();
+        if (!be)
+            snprintf(why, whylen, "cannot create the CPU backend");
+        return be;
+    }
+    const char *reason = NULL;
+    nb_backend_t *be = nb_cuda_backend_new(dev->index, &reason);
+    if (!be)
+        snprintf(why, whylen, "device %s: %s", dev->text, reason ? reason : "cannot be opened");
+    return be;
+}
+
 /* Builds the host for a received Job and asks the loop to open the links. */
 static int handle_job(nb_stage_rt_t *rt, nb_backend_t *be, nb_host_t **host, const Nebula__Job *msg)
 {
@@ -120,7 +138,10 @@ static int handle_job(nb_stage_rt_t *rt, nb_backend_t *be, nb_host_t **host, con
         return NB_ESTATE;
     }
     int rc = nb_job_from_msg(msg, &d, &me, err, sizeof err);
-    if (rc == 0 && strcmp(d.names[me], rt->cfg->name) != 0) {
+    if (rc == 0 && !be) {
+        open_backend(rt->cfg, err, sizeof err); /* the reason, again */
+        rc = NB_EINVAL;
+    } else if (rc == 0 && strcmp(d.names[me], rt->cfg->name) != 0) {
         snprintf(err, sizeof err, "the coordinator assigned daemon %d (%s) to this daemon (%s)", me, d.names[me],
                  rt->cfg->name);
         rc = NB_EINVAL;
@@ -272,7 +293,10 @@ static int save_weights(nb_stage_rt_t *rt, nb_host_t *host)
 void *nb__stage_compute_main(void *arg)
 {
     nb_stage_rt_t *rt = arg;
-    nb_backend_t *be = nb_cpu_backend_new();
+    char why[256];
+    nb_backend_t *be = open_backend(rt->cfg, why, sizeof why);
+    if (!be)
+        nb_log_error(NULL, "%s; every job will be refused", why);
     nb_host_t *host = NULL;
     for (;;) {
         void *item;

@@ -6,7 +6,10 @@
 #     heartbeat timeout, stop in order (exit 1: the job failed), and no
 #     weights file, partial or not, is left;
 #  3. a memory limit the plan cannot meet: refused at start with the numbers;
-#  4. a codec spec that does not parse: refused at start, naming the spec.
+#  4. a codec spec that does not parse: refused at start, naming the spec;
+#  5. a stage whose device cannot host its part (cuda:0 where there is no
+#     GPU, or a CUDA backend without the transformer ops): the stage refuses
+#     the job with the reason and the coordinator ends it, naming the stage.
 set -euo pipefail
 build=${NB_BUILD:-build}
 bin="$build/bin"
@@ -120,3 +123,15 @@ set +e; "$bin/nebulad" --config "$work/coord.yaml" > "$work/c4.log" 2>&1; st=$?;
 [ $st -ne 0 ] || fail "4: coordinator started with codec int9"
 grep -q "job.codecs: .*int9" "$work/c4.log" || fail "4: the refusal does not name the spec"
 echo "ok 4: bad codec spec refused"
+
+# 5. a stage on a device that cannot host its part
+write_configs 5 ""
+echo "devices: [cuda:0]" >> "$work/b.yaml"
+"$bin/nebulad" --config "$work/coord.yaml" > "$work/c5.log" 2>&1 & c=$!; pids=($c)
+"$bin/nebulad" --config "$work/a.yaml" > "$work/a5.log" 2>&1 & a=$!; pids+=($a)
+"$bin/nebulad" --config "$work/b.yaml" > "$work/b5.log" 2>&1 & b=$!; pids+=($b)
+wait_exit $c 15
+[ "$st" = 1 ] || fail "5: coordinator exit status $st, expected 1"
+grep -q "job failed: stage daemon b: .*\(cuda:0\|op\)" "$work/c5.log" || fail "5: the refusal does not name stage b and its device"
+kill $a $b 2>/dev/null; wait $a $b 2>/dev/null; pids=()
+echo "ok 5: a stage that cannot host its part refuses the job: $(grep -o "job failed: .*" "$work/c5.log" | head -n 1)"
