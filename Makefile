@@ -213,9 +213,9 @@ fuzz:
 	$(Q)$(MAKE) --no-print-directory BUILD=build/fuzz CC=$(FUZZ_CC) CUDA=0 ARCHFLAGS= \
 		CFLAGS='-fsanitize=fuzzer-no-link,address,undefined' LDFLAGS='-fsanitize=address,undefined' fuzzers
 	$(Q)for f in $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/fuzz/%); do \
-		n=$$(basename $$f); corpus=tests/fuzz/corpus/$${n#fuzz_}; mkdir -p build/fuzz/work/$$n; \
+		n=$$(basename $$f); corpus=tests/fuzz/corpus/$${n#fuzz_}; mkdir -p build/fuzz/found/$$n; \
 		echo "fuzz $$n for $(FUZZ_SECONDS)s"; \
-		$$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 build/fuzz/work/$$n $$corpus || exit 1; \
+		$$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 build/fuzz/found/$$n $$corpus || exit 1; \
 	done
 
 .PHONY: fuzzers
