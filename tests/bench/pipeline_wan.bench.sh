@@ -37,8 +37,8 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-scripts/gen-certs.sh "$work/certs" coord a b >/dev/null
-"$bin/nebula-tokenize" /usr/share/common-licenses/GPL-3 "$work/data.tok" >/dev/null
+. tests/support/pipeline.sh
+nb_pipe_prepare "$work" "$bin" || exit 1
 
 # run_job MODE(lo|wan) FWD BWD MODEL_YAML STEPS -> writes $work/coord.log
 run_job() {
@@ -73,17 +73,7 @@ job:
 YAML
   for s in a b; do
     local h=$ha p=7501; [ $s = b ] && h=$hb p=7502
-    cat > "$work/$s.yaml" <<YAML
-name: $s
-role: stage
-listen: $h:$p
-tls: {cert: certs/$s.pem, key: certs/$s.key, ca: certs/ca.pem}
-coordinator: {address: "$ha:7500", name: coord}
-data: data.tok
-status_socket: run/$s.sock
-heartbeat_interval_s: 1
-heartbeat_timeout_s: 30
-YAML
+    nb_stage_yaml "$work/$s.yaml" $s "$h:$p" "$ha:7500" 1 30
   done
   pids=()
   $ea "$bin/nebulad" --config "$work/coord.yaml" > "$work/coord.log" 2>&1 & pids+=($!)

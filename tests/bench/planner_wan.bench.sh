@@ -41,8 +41,8 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-bash scripts/gen-certs.sh "$work/certs" coord a b >/dev/null || exit 1
-"$bin/nebula-tokenize" /usr/share/common-licenses/GPL-3 "$work/data.tok" >/dev/null || exit 1
+. tests/support/pipeline.sh
+nb_pipe_prepare "$work" "$bin" || exit 1
 
 write_configs() { # $1 port base
   local cp=$1 ap=$(($1 + 1)) bp=$(($1 + 2))
@@ -77,17 +77,7 @@ YAML
   for n in a b; do
     local p=$ap host=10.77.0.1
     [ $n = b ] && p=$bp host=10.77.0.2
-    cat > "$work/$n.yaml" <<YAML
-name: $n
-role: stage
-listen: $host:$p
-tls: {cert: certs/$n.pem, key: certs/$n.key, ca: certs/ca.pem}
-coordinator: {address: 10.77.0.1:$cp, name: coord}
-data: data.tok
-status_socket: run/$n.sock
-heartbeat_interval_s: 2
-heartbeat_timeout_s: 30
-YAML
+    nb_stage_yaml "$work/$n.yaml" $n "$host:$p" "10.77.0.1:$cp" 2 30
   done
 }
 

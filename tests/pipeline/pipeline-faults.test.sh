@@ -23,8 +23,8 @@ cleanup() {
 trap cleanup EXIT
 fail() { echo "FAIL: $*"; for f in "$work"/*.log; do echo "--- $f"; tail -n 15 "$f"; done; exit 1; }
 
-bash scripts/gen-certs.sh "$work/certs" coord a b >/dev/null
-"$bin/nebula-tokenize" /usr/share/common-licenses/GPL-3 "$work/data.tok" >/dev/null
+. tests/support/pipeline.sh
+nb_pipe_prepare "$work" "$bin" || exit 1
 base=$(( 30000 + ($$ % 2000) * 10 ))
 cp=$base ap=$((base + 1)) bp=$((base + 2))
 
@@ -53,18 +53,7 @@ $2
 YAML
   for n in a b; do
     p=$ap; [ $n = b ] && p=$bp
-    cat > "$work/$n.yaml" <<YAML
-name: $n
-role: stage
-listen: 127.0.0.1:$p
-tls: {cert: certs/$n.pem, key: certs/$n.key, ca: certs/ca.pem}
-coordinator: {address: 127.0.0.1:$cp, name: coord}
-data: data.tok
-checkpoint_dir: run/$n-weights
-status_socket: run/$n.sock
-heartbeat_interval_s: 0.2
-heartbeat_timeout_s: 1
-YAML
+    nb_stage_yaml "$work/$n.yaml" $n "127.0.0.1:$p" "127.0.0.1:$cp" 0.2 1 "checkpoint_dir: run/$n-weights"
   done
   rm -rf "$work/run"; mkdir -p "$work/run"
 }

@@ -20,8 +20,8 @@ cleanup() {
 trap cleanup EXIT
 fail() { echo "FAIL: $*"; for f in "$work"/*.log; do echo "--- $f"; tail -n 20 "$f"; done; exit 1; }
 
-bash scripts/gen-certs.sh "$work/certs" coord a b >/dev/null
-"$bin/nebula-tokenize" /usr/share/common-licenses/GPL-3 "$work/data.tok" >/dev/null
+. tests/support/pipeline.sh
+nb_pipe_prepare "$work" "$bin" || exit 1
 base=$(( 20000 + ($$ % 2000) * 10 ))
 
 job_section() { # $1 schedule, $2 micro_batches
@@ -60,18 +60,7 @@ run_layout() { # $1 name, $2 topology, $3 schedule, $4 m
   } > "$work/coord.yaml"
   for n in a b; do
     local p=$ap; [ $n = b ] && p=$bp
-    cat > "$work/$n.yaml" <<YAML
-name: $n
-role: stage
-listen: 127.0.0.1:$p
-tls: {cert: certs/$n.pem, key: certs/$n.key, ca: certs/ca.pem}
-coordinator: {address: 127.0.0.1:$cp, name: coord}
-data: data.tok
-checkpoint_dir: run/$n-weights
-status_socket: run/$n.sock
-heartbeat_interval_s: 1
-heartbeat_timeout_s: 5
-YAML
+    nb_stage_yaml "$work/$n.yaml" $n "127.0.0.1:$p" "127.0.0.1:$cp" 1 5 "checkpoint_dir: run/$n-weights"
   done
   { echo "name: ref"; echo "role: train"; job_section "$sched" "$m"; echo "  output: run/ref.weights"; } > "$work/ref.yaml"
   "$bin/nebula-train" --config "$work/ref.yaml" > "$work/ref-$name.log" 2>&1 || fail "$name: nebula-train"

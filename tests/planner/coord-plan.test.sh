@@ -21,8 +21,8 @@ cleanup() {
 trap cleanup EXIT
 fail() { echo "FAIL: $*"; for f in "$work"/*.log; do echo "--- $f"; tail -n 30 "$f"; done; exit 1; }
 
-bash scripts/gen-certs.sh "$work/certs" coord a b >/dev/null
-"$bin/nebula-tokenize" /usr/share/common-licenses/GPL-3 "$work/data.tok" >/dev/null
+. tests/support/pipeline.sh
+nb_pipe_prepare "$work" "$bin" || exit 1
 run_topo() { # $1 chain | ushape, $2 port base
 local topo=$1 cp=$2 ap=$(($2 + 1)) bp=$(($2 + 2))
 rm -rf "$work/run"; mkdir -p "$work/run"
@@ -58,17 +58,7 @@ job:
 YAML
 for n in a b; do
   p=$ap; [ $n = b ] && p=$bp
-  cat > "$work/$n.yaml" <<YAML
-name: $n
-role: stage
-listen: 127.0.0.1:$p
-tls: {cert: certs/$n.pem, key: certs/$n.key, ca: certs/ca.pem}
-coordinator: {address: 127.0.0.1:$cp, name: coord}
-data: data.tok
-status_socket: run/$n.sock
-heartbeat_interval_s: 1
-heartbeat_timeout_s: 10
-YAML
+  nb_stage_yaml "$work/$n.yaml" $n "127.0.0.1:$p" "127.0.0.1:$cp" 1 10
 done
 "$bin/nebulad" --config "$work/coord.yaml" > "$work/coord.log" 2>&1 & pids+=($!)
 "$bin/nebulad" --config "$work/a.yaml" > "$work/a.log" 2>&1 & pids+=($!)
