@@ -235,3 +235,41 @@ int nb_tokens_sample_mlm(const nb_tokens_t *t, uint64_t seed, uint64_t step, uin
     }
     return 0;
 }
+
+int nb_tokens_from_text(const char *text_path, const char *out_path, uint64_t max_bytes,
+                        uint64_t *count, char *err, size_t errlen)
+{
+    FILE *f = fopen(text_path, "rb");
+    if (!f) {
+        snprintf(err, errlen, "%s: cannot open: %s", text_path, strerror(errno));
+        return NB_EIO;
+    }
+    size_t cap = 1 << 16, n = 0;
+    uint32_t *ids = malloc(cap * sizeof *ids);
+    int ch;
+    while (ids && (max_bytes == 0 || n < max_bytes) && (ch = fgetc(f)) != EOF) {
+        if (n == cap) {
+            uint32_t *grown = cap <= SIZE_MAX / 2 / sizeof *ids ? realloc(ids, 2 * cap * sizeof *ids) : NULL;
+            if (!grown) {
+                free(ids);
+                ids = NULL;
+                break;
+            }
+            ids = grown;
+            cap *= 2;
+        }
+        ids[n++] = (uint32_t)ch;
+    }
+    bool read_error = ferror(f);
+    fclose(f);
+    if (!ids || read_error) {
+        snprintf(err, errlen, "%s: %s", text_path, ids ? "read error" : "out of memory");
+        free(ids);
+        return ids ? NB_EIO : NB_ENOMEM;
+    }
+    int rc = nb_tokens_write(out_path, ids, n, 256, err, errlen);
+    free(ids);
+    if (rc == 0 && count)
+        *count = n;
+    return rc;
+}

@@ -41,6 +41,14 @@ uint32_t nb_tokens_get(const nb_tokens_t *t, uint64_t i);
 int nb_tokens_write(const char *path, const uint32_t *ids, uint64_t n, uint32_t vocab,
                     char *err, size_t errlen);
 
+/* Byte-level tokenizer: writes the first max_bytes bytes of the text file at
+ * text_path (0: all of it) as a token file at out_path, one token per byte
+ * (vocabulary 256). *count (may be NULL) gets the number of tokens. Errors:
+ * NB_EIO (cannot read or write; err names the file), NB_ENOMEM, and those
+ * of nb_tokens_write. */
+int nb_tokens_from_text(const char *text_path, const char *out_path, uint64_t max_bytes,
+                        uint64_t *count, char *err, size_t errlen);
+
 /* Fills one language-model micro-batch: for each row b < B a start s drawn
  * uniformly from [0, count - T - 1] by the stream (seed, step, micro);
  * inputs[b*T + t] = id[s + t], targets[b*T + t] = id[s + t + 1] (host

@@ -196,6 +196,32 @@ static void test_sampler_mlm(void **state)
     nb_tokens_close(t);
 }
 
+/* The byte-level tokenizer: one token per byte, max_bytes honoured, and a
+ * missing text named in the error. */
+static void test_from_text(void **state)
+{
+    char text[160], err[256];
+    snprintf(text, sizeof text, "%s.txt", path);
+    FILE *f = fopen(text, "wb");
+    assert_non_null(f);
+    fputs("Hello, \xc3\xa9t\xc3\xa9!", f); /* UTF-8 bytes stay bytes */
+    fclose(f);
+    uint64_t n = 0;
+    assert_int_equal(nb_tokens_from_text(text, path, 0, &n, err, sizeof err), 0);
+    assert_int_equal(n, 13);
+    nb_tokens_t *t;
+    assert_int_equal(nb_tokens_open(path, &t, err, sizeof err), 0);
+    assert_int_equal(nb_tokens_count(t), 13);
+    assert_int_equal(nb_tokens_get(t, 0), 'H');
+    assert_int_equal(nb_tokens_get(t, 7), 0xc3);
+    nb_tokens_close(t);
+    assert_int_equal(nb_tokens_from_text(text, path, 5, &n, err, sizeof err), 0);
+    assert_int_equal(n, 5);
+    unlink(text);
+    assert_int_equal(nb_tokens_from_text(text, path, 0, &n, err, sizeof err), NB_EIO);
+    assert_non_null(strstr(err, text));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -203,6 +229,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_rejects, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sampler, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sampler_mlm, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_from_text, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -26,17 +26,8 @@ static int setup(void **state)
 {
     snprintf(tok_path, sizeof tok_path, "/tmp/nb_trainer_test_%d.tok", (int)getpid());
     snprintf(w_path, sizeof w_path, "/tmp/nb_trainer_test_%d.weights", (int)getpid());
-    FILE *f = fopen(GPL3, "rb");
-    if (!f)
-        return -1;
-    static uint32_t ids[1 << 16];
-    size_t n = 0;
-    int ch;
-    while (n < NB_ARRAY_LEN(ids) && (ch = fgetc(f)) != EOF)
-        ids[n++] = (uint32_t)ch;
-    fclose(f);
     char err[256];
-    return nb_tokens_write(tok_path, ids, n, 256, err, sizeof err);
+    return nb_tokens_from_text(GPL3, tok_path, 1 << 16, NULL, err, sizeof err);
 }
 
 static int teardown(void **state)
