@@ -222,20 +222,8 @@ static void trace_report(nb_coord_rt_t *rt, const Nebula__Report *r)
     nb_trace_t *tr = nb_state_trace(rt->state);
     for (size_t i = 0; i < r->n_timings; i++) {
         const Nebula__MicroBatchTiming *t = r->timings[i];
-        char name[32];
-        snprintf(name, sizeof name, "stage %u", t->stage);
-        int track = nb_trace_track(tr, name, false);
-        if (track < 0)
-            return;
-        nb_trace_event_t ev = { .step = (int64_t)r->step, .micro = (int32_t)t->micro_batch, .track = (int16_t)track };
-        ev.kind = NB_TEV_FORWARD;
-        ev.ts_us = (double)t->forward_start_ns / 1e3;
-        ev.dur_us = (double)t->forward_ns / 1e3;
-        nb_trace_add(tr, &ev);
-        ev.kind = NB_TEV_BACKWARD;
-        ev.ts_us = (double)t->backward_start_ns / 1e3;
-        ev.dur_us = (double)t->backward_ns / 1e3;
-        nb_trace_add(tr, &ev);
+        nb_rt_trace_mb(tr, (int64_t)r->step, (int)t->stage, (int)t->micro_batch, t->forward_start_ns,
+                       t->forward_ns, t->backward_start_ns, t->backward_ns);
     }
 }
 

@@ -64,6 +64,23 @@ void nb_rt_peer_row(nb_state_t *st, const char *name, const char *role, const ch
     nb_state_peer_update(st, &p);
 }
 
+void nb_rt_trace_mb(nb_trace_t *tr, int64_t step, int stage, int mb, uint64_t fwd_start_ns,
+                    uint64_t fwd_ns, uint64_t bwd_start_ns, uint64_t bwd_ns)
+{
+    char name[32];
+    snprintf(name, sizeof name, "stage %d", stage);
+    int track = nb_trace_track(tr, name, false);
+    if (track < 0)
+        return;
+    nb_trace_event_t ev = { .step = step, .micro = mb, .track = (int16_t)track, .kind = NB_TEV_FORWARD,
+                            .ts_us = (double)fwd_start_ns / 1e3, .dur_us = (double)fwd_ns / 1e3 };
+    nb_trace_add(tr, &ev);
+    ev.kind = NB_TEV_BACKWARD;
+    ev.ts_us = (double)bwd_start_ns / 1e3;
+    ev.dur_us = (double)bwd_ns / 1e3;
+    nb_trace_add(tr, &ev);
+}
+
 int nb_rt_frame_kind(nb_pmsg_kind_t k)
 {
     switch (k) {

@@ -29,6 +29,12 @@ int nb_rt_open_net(uv_loop_t *loop, const nb_config_t *cfg, const nb_net_cfg_t *
 void nb_rt_peer_row(nb_state_t *st, const char *name, const char *role, const char *address,
                     const char *state, const nb_conn_t *c);
 
+/* Adds one micro-batch's forward and backward of `stage` to the trace ring
+ * (track "stage N"; times in monotonic nanoseconds of the daemon that ran
+ * them). Silently skips when the ring has no room for another track. */
+void nb_rt_trace_mb(nb_trace_t *tr, int64_t step, int stage, int mb, uint64_t fwd_start_ns,
+                    uint64_t fwd_ns, uint64_t bwd_start_ns, uint64_t bwd_ns);
+
 /* Frame tensor kind of a pipeline message kind, and back (-1: none). */
 int nb_rt_frame_kind(nb_pmsg_kind_t k);
 int nb_rt_pmsg_kind(int frame_kind);

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include "daemon/log.h"
+#include "daemon/pipeline/rt_common.h"
 #include "daemon/pipeline/stage_rt_internal.h"
 #include "daemon/train/weights.h"
 
@@ -92,20 +93,7 @@ static void trace_step(nb_stage_rt_t *rt, const nb_step_result_t *res)
     nb_trace_t *tr = nb_state_trace(rt->state);
     for (int i = 0; i < res->n_timings; i++) {
         const nb_mb_timing_t *t = &res->timings[i];
-        char name[32];
-        snprintf(name, sizeof name, "stage %d", t->stage);
-        int track = nb_trace_track(tr, name, false);
-        if (track < 0)
-            continue;
-        nb_trace_event_t ev = { .step = res->step, .micro = t->mb, .track = (int16_t)track };
-        ev.kind = NB_TEV_FORWARD;
-        ev.ts_us = (double)t->fwd_start_ns / 1e3;
-        ev.dur_us = (double)t->fwd_ns / 1e3;
-        nb_trace_add(tr, &ev);
-        ev.kind = NB_TEV_BACKWARD;
-        ev.ts_us = (double)t->bwd_start_ns / 1e3;
-        ev.dur_us = (double)t->bwd_ns / 1e3;
-        nb_trace_add(tr, &ev);
+        nb_rt_trace_mb(tr, res->step, t->stage, t->mb, t->fwd_start_ns, t->fwd_ns, t->bwd_start_ns, t->bwd_ns);
     }
 }
 

@@ -80,7 +80,13 @@ run_layout() { # $1 name, $2 topology, $3 schedule, $4 m
   "$bin/nebulactl" --socket "$work/run/a.sock" metrics > "$work/metrics.txt" || fail "$name: nebulactl metrics"
   grep -q '^nebula_stage_steps_total 20' "$work/metrics.txt" || fail "$name: stage a did not count 20 steps"
   "$bin/nebulactl" --socket "$work/run/coord.sock" trace -o "$work/trace.json" >/dev/null || fail "$name: trace"
-  grep -q '"traceEvents"' "$work/trace.json" || fail "$name: trace has no events"
+  python3 - "$work/trace.json" <<'PY' || fail "$name: the coordinator's trace lacks forward and backward events of both stages"
+import json, sys
+ev = json.load(open(sys.argv[1]))["traceEvents"]
+names = {(e.get("name"), e.get("tid")) for e in ev if e.get("ph") == "X"}
+assert len({n for n, _ in names} & {"forward", "backward"}) == 2, names
+assert len({t for _, t in names}) >= 2, names
+PY
   for s in "$work/run/coord.sock" "$work/run/a.sock" "$work/run/b.sock"; do
     "$bin/nebulactl" --socket "$s" stop >/dev/null || fail "$name: stop $s"
   done
