@@ -3,6 +3,8 @@
 # Plain GNU make. Everything is built under $(BUILD) (binaries in $(BUILD)/bin).
 # Sources are found by convention, so adding a file needs no Makefile edit:
 #   kernels/**/*.c            -> libnbkernels.a   (compute: backends, ops, model, codecs)
+#   kernels/cpu/*.c           -> libnbkernels.a   once per CPU level (generic, avx2, avx512
+#                                                 on x86-64), chosen at run time
 #   kernels/cuda/*.cu         -> libnbkernels.a   (only when CUDA is found)
 #   proto/*.proto             -> libnbproto.a     (protoc-c output, generated, never committed)
 #   daemon/**/*.c             -> libnbdaemon.a    (all but daemon/bin/)
@@ -13,7 +15,10 @@
 #   tests/fuzz/fuzz_*.c       -> $(BUILD)/fuzz/fuzz_*       (make fuzz, clang)
 #
 # Targets: all (default), test, asan, bench, demo, fuzz, install, clean.
-# Options: V=1 (show commands), CUDA=auto|0|1, SAN=0|1, PREFIX, DESTDIR, BUILD.
+# Options: V=1 (show commands), CUDA=auto|0|1, SAN=0|1, PREFIX, DESTDIR, BUILD,
+#   ARCHFLAGS (the baseline every object targets: -march=x86-64-v2 on x86-64,
+#   the compiler's generic target elsewhere; ARCHFLAGS=-march=native builds for
+#   this machine only), CUDA_ARCHS (default 80 90).
 
 .DEFAULT_GOAL := all
 SHELL := /bin/bash
@@ -83,10 +88,31 @@ endif
 CC ?= cc
 CSTD := -std=gnu11
 OPT ?= -O2
-WARN := -Wall -Wextra -Werror -Wno-unused-parameter
-ARCHFLAGS ?= -march=native
+# -Wno-psabi: the CPU kernels pass 64-byte vectors between static inline
+# functions of one file; GCC's note that the ABI of such a call would differ
+# without AVX-512 concerns no interface of ours.
+WARN := -Wall -Wextra -Werror -Wno-unused-parameter -Wno-psabi
+
+# The baseline every object targets, and the CPU kernel levels built beside it.
+# Each level's copy of kernels/cpu/*.c is compiled with ISAFLAGS_<level> on top
+# of ARCHFLAGS; kernels/cpu_level.c picks one at start-up. -ffp-contract=off:
+# the compiler never fuses a*b+c on one level and not on another, so every
+# level (and every ARCHFLAGS) gives the same bits.
+TARGET_ARCH_NAME := $(firstword $(subst -, ,$(shell $(CC) -dumpmachine 2>/dev/null)))
+ifeq ($(TARGET_ARCH_NAME),x86_64)
+ARCHFLAGS ?= -march=x86-64-v2
+CPU_LEVELS := generic avx2 avx512
+else
+ARCHFLAGS ?=
+CPU_LEVELS := generic
+endif
+ISAFLAGS_generic :=
+ISAFLAGS_avx2 := -mavx2 -mfma -mf16c
+ISAFLAGS_avx512 := $(ISAFLAGS_avx2) -mavx512f -mavx512bw -mavx512vl -mavx512dq
+FPFLAGS := -ffp-contract=off
+
 CPPFLAGS += -I. -I$(BUILD)/gen -D_GNU_SOURCE
-CFLAGS += $(CSTD) $(OPT) -g $(ARCHFLAGS) -fno-strict-aliasing -pthread $(WARN) -MMD -MP
+CFLAGS += $(CSTD) $(OPT) -g $(ARCHFLAGS) $(FPFLAGS) -fno-strict-aliasing -pthread $(WARN) -MMD -MP
 CFLAGS += $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LDLIBS += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
 ifeq ($(SAN),1)
@@ -96,7 +122,10 @@ LDFLAGS += $(SANFLAGS)
 endif
 ifeq ($(HAVE_CUDA),1)
 CPPFLAGS += -DNB_HAVE_CUDA=1 -I$(CUDA_ROOT)/include
-NVCCFLAGS ?= -O2 -g -std=c++17 -Xcompiler -Wall,-Werror,-Wno-unused-parameter -arch=sm_90 -I. -I$(BUILD)/gen -DNB_HAVE_CUDA=1
+# Device code for every architecture in CUDA_ARCHS (A100 = 80, H100/H200 = 90).
+CUDA_ARCHS ?= 80 90
+NVCC_GENCODE := $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a))
+NVCCFLAGS ?= -O2 -g -std=c++17 -Xcompiler -Wall,-Werror,-Wno-unused-parameter $(NVCC_GENCODE) -I. -I$(BUILD)/gen -DNB_HAVE_CUDA=1
 LDLIBS += -L$(CUDA_ROOT)/lib64 -Wl,-rpath,$(CUDA_ROOT)/lib64 -lcublas -lcudart -lstdc++
 endif
 
@@ -104,7 +133,8 @@ endif
 # rfind DIR,NAME-GLOB: files below DIR whose name matches the glob, sorted.
 rfind = $(sort $(shell find $(1) -type f -name '$(2)' 2>/dev/null))
 
-KERNEL_SRCS := $(call rfind,kernels,*.c)
+CPU_ISA_SRCS := $(call rfind,kernels/cpu,*.c)
+KERNEL_SRCS := $(filter-out $(CPU_ISA_SRCS),$(call rfind,kernels,*.c))
 KERNEL_CU := $(if $(filter 1,$(HAVE_CUDA)),$(call rfind,kernels/cuda,*.cu))
 PROTO_FILES := $(wildcard proto/*.proto)
 PROTO_GEN_C := $(PROTO_FILES:%.proto=$(BUILD)/gen/%.pb-c.c)
@@ -116,7 +146,8 @@ TEST_SUPPORT_SRCS := $(wildcard tests/support/*.c)
 BENCH_SRCS := $(wildcard tests/bench/bench_*.c)
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 
-KERNEL_OBJS := $(KERNEL_SRCS:%.c=$(BUILD)/obj/%.o) $(KERNEL_CU:%.cu=$(BUILD)/obj/%.cu.o)
+CPU_ISA_OBJS := $(foreach l,$(CPU_LEVELS),$(CPU_ISA_SRCS:%.c=$(BUILD)/obj/cpu-$(l)/%.o))
+KERNEL_OBJS := $(KERNEL_SRCS:%.c=$(BUILD)/obj/%.o) $(CPU_ISA_OBJS) $(KERNEL_CU:%.cu=$(BUILD)/obj/%.cu.o)
 PROTO_OBJS := $(PROTO_GEN_C:$(BUILD)/gen/%.c=$(BUILD)/obj/gen/%.o)
 DAEMON_OBJS := $(DAEMON_SRCS:%.c=$(BUILD)/obj/%.o)
 SUPPORT_OBJS := $(TEST_SUPPORT_SRCS:%.c=$(BUILD)/obj/%.o)
@@ -132,13 +163,19 @@ BENCHES := $(BENCH_SRCS:tests/bench/%.c=$(BUILD)/bench/%)
 FUZZERS := $(FUZZ_SRCS:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 
 # ---- report what was found, once per configuration change ---------------------------
-CONFIG_LINE := cc=$(shell $(CC) -dumpfullversion 2>/dev/null) cuda=$(if $(filter 1,$(HAVE_CUDA)),$(NVCC),no) san=$(SAN) blas=openblas-$(shell pkg-config --modversion openblas 2>/dev/null) build=$(BUILD)
+space := $() $()
+plus_join = $(subst $(space),+,$(strip $(1)))
+CONFIG_LINE := cc=$(shell $(CC) -dumpfullversion 2>/dev/null) arch=$(or $(call plus_join,$(ARCHFLAGS)),default) cpu_levels=$(call plus_join,$(CPU_LEVELS)) cuda=$(if $(filter 1,$(HAVE_CUDA)),$(NVCC):$(call plus_join,$(addprefix sm_,$(CUDA_ARCHS))),no) san=$(SAN) blas=openblas-$(shell pkg-config --modversion openblas 2>/dev/null) build=$(BUILD)
 ifneq ($(NEED_GOALS),)
 ifneq ($(shell cat $(BUILD)/config.txt 2>/dev/null),$(CONFIG_LINE))
 $(info nebula: $(CONFIG_LINE))
 $(shell mkdir -p $(BUILD) && echo '$(CONFIG_LINE)' > $(BUILD)/config.txt)
 endif
 endif
+# A changed configuration (ARCHFLAGS, compiler, ...) rebuilds every object.
+$(BUILD)/config.txt:
+	@mkdir -p $(dir $@)
+	@echo '$(CONFIG_LINE)' > $@
 
 # ---- rules ----------------------------------------------------------------------
 .PHONY: all test asan bench demo fuzz install clean help
@@ -154,17 +191,26 @@ $(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: %.proto
 # Every object may include the generated protobuf headers.
 $(KERNEL_OBJS) $(DAEMON_OBJS) $(SUPPORT_OBJS): | $(PROTO_GEN_H)
 
-$(BUILD)/obj/gen/%.o: $(BUILD)/gen/%.c
+$(BUILD)/obj/gen/%.o: $(BUILD)/gen/%.c $(BUILD)/config.txt
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CC      $<")
 	$(Q)$(CC) $(CPPFLAGS) $(filter-out -Werror -Wextra,$(CFLAGS)) -c -o $@ $<
 
-$(BUILD)/obj/%.o: %.c
+$(BUILD)/obj/%.o: %.c $(BUILD)/config.txt
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CC      $<")
 	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
 
-$(BUILD)/obj/%.cu.o: %.cu
+# One copy of the CPU kernels per level (the shorter stem wins over the rule above).
+define cpu_level_rule
+$(BUILD)/obj/cpu-$(1)/%.o: %.c $(BUILD)/config.txt
+	@mkdir -p $$(dir $$@)
+	@$$(if $$(Q),echo "  CC      $$< [$(1)]")
+	$$(Q)$$(CC) $$(CPPFLAGS) $$(CFLAGS) $$(ISAFLAGS_$(1)) -DNB_CPU_ISA=$(1) -c -o $$@ $$<
+endef
+$(foreach l,$(CPU_LEVELS),$(eval $(call cpu_level_rule,$(l))))
+
+$(BUILD)/obj/%.cu.o: %.cu $(BUILD)/config.txt
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  NVCC    $<")
 	$(Q)$(NVCC) $(NVCCFLAGS) -c -o $@ $<

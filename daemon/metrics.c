@@ -10,7 +10,7 @@
 
 #define METRICS_MAX 256
 #define METRIC_NAME_MAX 96
-#define METRIC_LABELS_MAX 160
+#define METRIC_LABELS_MAX 224
 #define METRIC_HELP_MAX 200
 
 typedef struct {

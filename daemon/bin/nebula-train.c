@@ -14,6 +14,8 @@
  *                     the run stops
  *   --resume FILE     continue from a checkpoint of the same run; the
  *                     result equals an uninterrupted run bit for bit
+ *   --version         the version and the kernels in use
+ * NEBULA_CPU_LEVEL=generic|avx2|avx512 forces a lower CPU kernel level.
  * SIGINT/SIGTERM stop the run after the current step (writing the
  * --checkpoint file if one is asked for) with exit status 128 + signal.
  * Exit status: 0 done, 1 runtime error, 2 bad usage, 78 bad configuration,
@@ -28,6 +30,8 @@
 #include "daemon/log.h"
 #include "daemon/train/trainer.h"
 #include "daemon/train/weights.h"
+#include "daemon/service/version.h"
+#include "kernels/cpu_level.h"
 
 static volatile sig_atomic_t stop_signal;
 
@@ -39,7 +43,10 @@ static void on_signal(int sig)
 static void usage(void)
 {
     fprintf(stderr, "usage: nebula-train --config FILE [--steps N] [--stop-after N] "
-                    "[--checkpoint FILE] [--resume FILE]\n");
+                    "[--checkpoint FILE] [--resume FILE]\n"
+                    "       nebula-train --help | --version\n"
+                    "Environment: " NB_CPU_LEVEL_ENV "=generic|avx2|avx512 runs the CPU kernels at a lower level\n"
+                    "(the same bits, slower; docs/kernels.md).\n");
 }
 
 /* Parses a positive step count; -1 when it is not one. */
@@ -92,6 +99,7 @@ int main(int argc, char **argv)
         { "checkpoint", required_argument, NULL, 'k' },
         { "resume", required_argument, NULL, 'r' },
         { "help", no_argument, NULL, 'h' },
+        { "version", no_argument, NULL, 'V' },
         { NULL, 0, NULL, 0 },
     };
     int ch;
@@ -112,6 +120,12 @@ int main(int argc, char **argv)
         case 'k': ckpt_out = optarg; break;
         case 'r': resume = optarg; break;
         case 'h': usage(); return 0;
+        case 'V': {
+            char k[96];
+            nb_cpu_describe(k, sizeof k);
+            printf("nebula-train %s (kernels %s)\n", NB_VERSION, k);
+            return 0;
+        }
         default: usage(); return 2;
         }
     }
@@ -120,6 +134,12 @@ int main(int argc, char **argv)
         return 2;
     }
     nb_log_init("nebula-train", NB_LOG_INFO);
+    nb_cpu_level_t level;
+    const char *why_level = NULL;
+    if (nb_cpu_level_select(&level, &why_level) != 0) {
+        nb_log_error(NULL, "%s", why_level);
+        return NB_CFG_EXIT_CONFIG;
+    }
     static nb_config_t cfg;
     char err[2048];
     if (nb_cfg_load(config_path, &cfg, err, sizeof err) != 0) {
@@ -166,14 +186,24 @@ int main(int argc, char **argv)
         nb_be_free(be);
         return rc == NB_EINVAL ? NB_CFG_EXIT_CONFIG : 1;
     }
+    char kernels[NB_CKPT_KERNELS_BYTES];
+    nb_trainer_kernels(tr, kernels, sizeof kernels);
+    if (resume) {
+        const char *was = nb_trainer_resumed_kernels(tr);
+        if (!*was)
+            nb_log_info(NULL, "%s records no kernels (an older checkpoint); resuming with %s", resume, kernels);
+        else if (strcmp(was, kernels) != 0)
+            nb_log_warn(NULL, "%s was written with kernels %s, resuming with %s: the kernel level keeps the "
+                        "same bits, a different BLAS core type may not (docs/kernels.md)", resume, was, kernels);
+    }
     int first_step = nb_trainer_steps_done(tr);
     int end_step = stop_after && stop_after < tc.steps ? (int)stop_after : tc.steps;
     nb_part_t *part = nb_trainer_part(tr);
     printf("nebula-train: %s-LN %s model, %d layers, d_model %d, %d heads, %zu parameters; "
-           "batch %d (%d micro-batches) x %d tokens, %d steps, backend %s\n",
+           "batch %d (%d micro-batches) x %d tokens, %d steps, backend %s (kernels %s)\n",
            nb_norm_name(tc.model.norm), nb_head_kind_name(tc.model.head), tc.model.n_layer, tc.model.d_model,
            tc.model.n_head, nb_part_num_params(part), tc.batch, tc.micro_batches, tc.seq_len, tc.steps,
-           be->iface->name);
+           be->iface->name, kernels);
     int every = cfg.job.log_every > 0 ? (int)cfg.job.log_every : 1;
     double interval_s = 0, total_s = 0;
     int interval_steps = 0;

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "kernels/cpu_level.h"
 #include "daemon/train/weights.h"
 #include "kernels/backend.h"
 #include "kernels/model.h"
@@ -175,6 +176,12 @@ int main(int argc, char **argv)
         printf("usage: nebula-weights show FILE\n"
                "       nebula-weights compare [--tol X] REF FILE...\n");
         return 0;
+    }
+    nb_cpu_level_t level;
+    const char *why_level = NULL;
+    if (nb_cpu_level_select(&level, &why_level) != 0) {
+        fprintf(stderr, "nebula-weights: %s\n", why_level);
+        return 2;
     }
     if (argc == 3 && !strcmp(argv[1], "show"))
         return show(argv[2]);

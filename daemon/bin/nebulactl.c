@@ -213,6 +213,8 @@ static int print_status(const ctl_opts_t *o, json_t *r)
     printf("name      %s\n", str(r, "name"));
     printf("role      %s\n", str(r, "role"));
     printf("version   %s\n", str(r, "version"));
+    json_t *k = json_object_get(r, "kernels");
+    printf("kernels   %s (blas %s)\n", str(k, "cpu_level"), str(k, "blas_core"));
     printf("state     %s (%s)\n", str(r, "state"), str(r, "detail"));
     printf("uptime    %s s\n", num(a, sizeof a, r, "uptime_s", "%.1f", 1));
     printf("pid       %s\n", num(a, sizeof a, r, "pid", "%.0f", 1));

@@ -16,6 +16,7 @@
 #include "daemon/service/service.h"
 #include "daemon/service/version.h"
 #include "kernels/common.h"
+#include "kernels/cpu_level.h"
 
 static void usage(FILE *f)
 {
@@ -27,6 +28,8 @@ static void usage(FILE *f)
             "Signals: SIGTERM/SIGINT stop in order; SIGHUP reloads (log level; other\n"
             "changes are named in the log and need a restart).\n"
             "Exit status: 0 stopped, 1 failed while running, 2 usage, 78 bad configuration.\n"
+            "Environment: " NB_CPU_LEVEL_ENV "=generic|avx2|avx512 runs the CPU kernels at a lower\n"
+            "level (the same bits, slower; docs/kernels.md).\n"
             "Configuration keys: docs/config.md, nebula.yaml(5). Operations: nebulad(8).\n");
 }
 
@@ -47,7 +50,12 @@ int main(int argc, char **argv)
         case 'c': path = optarg; break;
         case 'k': path = optarg; check = true; break;
         case 'h': usage(stdout); return 0;
-        case 'V': printf("nebulad %s\n", NB_VERSION); return 0;
+        case 'V': {
+            char k[96];
+            nb_cpu_describe(k, sizeof k);
+            printf("nebulad %s (kernels %s)\n", NB_VERSION, k);
+            return 0;
+        }
         default: usage(stderr); return 2;
         }
     }
@@ -61,6 +69,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s\n", err);
         return NB_CFG_EXIT_CONFIG;
     }
+    nb_cpu_level_t level;
+    const char *why_level = NULL;
+    if (nb_cpu_level_select(&level, &why_level) != 0) {
+        fprintf(stderr, "nebulad: %s\n", why_level);
+        return NB_CFG_EXIT_CONFIG;
+    }
     if (cfg.role == NB_ROLE_TRAIN) {
         fprintf(stderr, "%s: role train is run by nebula-train; nebulad runs role coordinator or stage\n", path);
         return NB_CFG_EXIT_CONFIG;
@@ -72,6 +86,9 @@ int main(int argc, char **argv)
     nb_log_level_t lvl = NB_LOG_INFO;
     nb_log_level_parse(cfg.log_level, &lvl);
     nb_log_init(cfg.name, lvl);
+    char kernels[96];
+    nb_cpu_describe(kernels, sizeof kernels);
+    nb_log_info(NULL, "nebulad %s, kernels %s", NB_VERSION, kernels);
     /* A status client that hangs up mid-reply must not kill the daemon. */
     signal(SIGPIPE, SIG_IGN);
 

@@ -4,6 +4,7 @@
 #include <string.h>
 #include "daemon/log.h"
 #include "daemon/service/version.h"
+#include "kernels/cpu_level.h"
 #include "daemon/status/status_cmds.h"
 #include "kernels/common.h"
 
@@ -46,10 +47,13 @@ json_t *nb_status_to_json(const nb_state_snapshot_t *s)
         json_decref(job);
         return NULL;
     }
-    return json_pack("{s:s, s:s, s:s, s:i, s:f, s:f, s:s, s:s, s:s, s:s, s:o, s:o}", "name", s->name, "role",
-                     nb_cfg_role_name(s->role), "version", NB_VERSION, "pid", s->pid, "uptime_s", s->uptime_s,
-                     "started_at", s->started_at, "state", nb_svc_state_name(s->state), "detail", s->detail,
-                     "listen", s->listen, "status_socket", s->status_socket, "peers", peers, "job", job);
+    nb_cpu_level_t level;
+    const char *level_name = nb_cpu_level_select(&level, NULL) == 0 ? nb_cpu_level_name(level) : "invalid";
+    return json_pack("{s:s, s:s, s:s, s:{s:s, s:s}, s:i, s:f, s:f, s:s, s:s, s:s, s:s, s:o, s:o}", "name", s->name,
+                     "role", nb_cfg_role_name(s->role), "version", NB_VERSION, "kernels", "cpu_level", level_name,
+                     "blas_core", nb_cpu_blas_core(), "pid", s->pid, "uptime_s", s->uptime_s, "started_at",
+                     s->started_at, "state", nb_svc_state_name(s->state), "detail", s->detail, "listen", s->listen,
+                     "status_socket", s->status_socket, "peers", peers, "job", job);
 }
 
 static json_t *cmd_status(void *ud, const json_t *req, const nb_status_caller_t *caller, char *err, size_t errlen)
@@ -134,9 +138,11 @@ int nb_status_cmds_register(nb_status_server_t *srv, nb_status_ctx_t *ctx)
     if (!snap)
         return NB_ENOMEM;
     nb_state_snapshot(ctx->state, snap);
-    char labels[160];
-    snprintf(labels, sizeof labels, "name=\"%s\",role=\"%s\",version=\"%s\"", snap->name,
-             nb_cfg_role_name(snap->role), NB_VERSION);
+    char labels[224];
+    nb_cpu_level_t level;
+    snprintf(labels, sizeof labels, "name=\"%s\",role=\"%s\",version=\"%s\",cpu_level=\"%s\"", snap->name,
+             nb_cfg_role_name(snap->role), NB_VERSION,
+             nb_cpu_level_select(&level, NULL) == 0 ? nb_cpu_level_name(level) : "invalid");
     free(snap);
     ctx->m_info = nb_metrics_add(m, "nebula_info", labels, NB_METRIC_GAUGE, "Daemon identity; always 1");
     ctx->m_uptime = nb_metrics_add(m, "nebula_uptime_seconds", NULL, NB_METRIC_GAUGE, "Seconds since the daemon started");

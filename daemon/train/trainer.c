@@ -11,6 +11,7 @@
 #include "daemon/data/tokens.h"
 #include "daemon/train/trainer.h"
 #include "daemon/train/weights.h"
+#include "kernels/cpu_level.h"
 
 struct nb_trainer {
     nb_backend_t *be;
@@ -23,6 +24,7 @@ struct nb_trainer {
     int32_t *h_inputs, *h_targets;
     int32_t *d_inputs, *d_targets;
     int step;
+    char resumed_kernels[NB_CKPT_KERNELS_BYTES]; /* the checkpoint's, after a resume */
 };
 
 static double now_s(void)
@@ -199,8 +201,19 @@ static nb_ckpt_meta_t run_meta(const nb_trainer_t *t)
 {
     nb_ckpt_meta_t m = { .seed = t->cfg.seed, .steps_done = t->step, .batch = t->cfg.batch,
                          .micro_batches = t->cfg.micro_batches, .seq_len = t->cfg.seq_len };
+    nb_trainer_kernels(t, m.kernels, sizeof m.kernels);
     return m;
 }
+
+void nb_trainer_kernels(const nb_trainer_t *t, char *buf, size_t cap)
+{
+    if (t->be->iface->kind == NB_DEV_CPU)
+        nb_cpu_describe(buf, cap);
+    else
+        snprintf(buf, cap, "%s", t->be->iface->name);
+}
+
+const char *nb_trainer_resumed_kernels(const nb_trainer_t *t) { return t->resumed_kernels; }
 
 int nb_trainer_save(nb_trainer_t *t, const char *path, char *err, size_t errlen)
 {
@@ -220,6 +233,7 @@ int nb_trainer_resume(nb_trainer_t *t, const char *path, char *err, size_t errle
         return NB_EINVAL;
     }
     t->step = got.steps_done;
+    memcpy(t->resumed_kernels, got.kernels, sizeof got.kernels);
     return 0;
 }
 nb_part_t *nb_trainer_part(nb_trainer_t *t) { return t->part; }

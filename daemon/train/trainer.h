@@ -71,6 +71,12 @@ int nb_trainer_save(nb_trainer_t *t, const char *path, char *err, size_t errlen)
  * file errors, NB_EINVAL (another run, or more steps than configured).
  * After an error the weights may be partly restored: start a new trainer. */
 int nb_trainer_resume(nb_trainer_t *t, const char *path, char *err, size_t errlen);
+/* The kernels this trainer computes with, as checkpoints record them
+ * ("avx512 blas=SkylakeX"; docs/kernels.md): at most cap bytes, terminated. */
+void nb_trainer_kernels(const nb_trainer_t *t, char *buf, size_t cap);
+/* After nb_trainer_resume: the kernels line the checkpoint recorded ("" for
+ * a version 1 checkpoint, or when there was no resume). Borrowed. */
+const char *nb_trainer_resumed_kernels(const nb_trainer_t *t);
 /* The model (one part holding everything). Borrowed. */
 nb_part_t *nb_trainer_part(nb_trainer_t *t);
 

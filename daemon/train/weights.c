@@ -91,8 +91,11 @@ static int write_file(const char *path, bool ckpt, nb_part_t *p, nb_optim_t *o, 
     if (ckpt) {
         int32_t mi[META_INTS] = { meta->steps_done, meta->batch, meta->micro_batches, meta->seq_len,
                                   nb_optim_steps(o), 0 };
+        char kernels[NB_CKPT_KERNELS_BYTES] = { 0 };
+        snprintf(kernels, sizeof kernels, "%s", meta->kernels);
         put(&w, &meta->seed, 8);
         put(&w, mi, sizeof mi);
+        put(&w, kernels, sizeof kernels);
     }
     int32_t hf[HDR_FIELDS];
     header_fields(p, hf);
@@ -189,6 +192,7 @@ static int read_file(const char *path, bool ckpt, nb_part_t *p, nb_optim_t *o, c
     uint32_t version, nt;
     uint64_t np, seed = 0;
     int32_t mi[META_INTS] = { 0 }, hf[HDR_FIELDS], hw[HDR_FIELDS];
+    char kernels[NB_CKPT_KERNELS_BYTES] = { 0 };
     if (!get(&r, magic, 4) || memcmp(magic, magic_want, 4) != 0) {
         snprintf(err, errlen, "%s: offset 0: not a %s file (magic is not %s)", path,
                  ckpt ? "checkpoint" : "weights", magic_want);
@@ -198,7 +202,7 @@ static int read_file(const char *path, bool ckpt, nb_part_t *p, nb_optim_t *o, c
         snprintf(err, errlen, "%s: offset %ld: truncated header", path, r.off);
         goto out;
     }
-    if (version != version_want) {
+    if (version != version_want && !(ckpt && version == 1)) {
         snprintf(err, errlen, "%s: offset 4: version %u, this build reads version %u", path, version, version_want);
         rc = NB_EVERSION;
         goto out;
@@ -227,6 +231,11 @@ static int read_file(const char *path, bool ckpt, nb_part_t *p, nb_optim_t *o, c
             snprintf(err, errlen, "%s: offset 16: negative step count", path);
             goto out;
         }
+        if (version >= 2 && !get(&r, kernels, sizeof kernels)) {
+            snprintf(err, errlen, "%s: offset %ld: truncated header", path, r.off);
+            goto out;
+        }
+        kernels[sizeof kernels - 1] = '\0';
     }
     long hdr_at = r.off;
     if (!get(&r, hf, sizeof hf)) {
@@ -293,9 +302,11 @@ static int read_file(const char *path, bool ckpt, nb_part_t *p, nb_optim_t *o, c
         nb_be_from_host(be, nb_optim_m(o), m, n * sizeof(float));
         nb_be_from_host(be, nb_optim_v(o), v, n * sizeof(float));
         nb_optim_set_steps(o, mi[4]);
-        if (got_meta)
+        if (got_meta) {
             *got_meta = (nb_ckpt_meta_t){ .seed = seed, .steps_done = mi[0], .batch = mi[1],
                                           .micro_batches = mi[2], .seq_len = mi[3] };
+            memcpy(got_meta->kernels, kernels, sizeof kernels);
+        }
     }
     nb_be_sync(be);
     rc = 0;

@@ -9,10 +9,12 @@
  *   embed, first, last, head), u32 tensor count, u64 parameter count; per
  *   tensor: 32-byte NUL-padded name, u32 ndim, 2 x u64 shape; then all
  *   parameters as f32 in buffer order.
- * Checkpoint, version 1: "NBCK", u32 version, u64 seed, 6 x i32 (steps
- *   done, batch, micro_batches, seq_len, optimizer steps, reserved 0), then
- *   the weights file's body from the 15-field header on, then the AdamW
- *   state m and v (parameter count f32 each).
+ * Checkpoint, version 2: "NBCK", u32 version, u64 seed, 6 x i32 (steps
+ *   done, batch, micro_batches, seq_len, optimizer steps, reserved 0), the
+ *   48-byte NUL-padded kernels line of the writer (nb_cpu_describe(), e.g.
+ *   "avx512 blas=SkylakeX"), then the weights file's body from the 15-field
+ *   header on, then the AdamW state m and v (parameter count f32 each).
+ *   Version 1 (no kernels line) is still read.
  *
  * Writers use a temporary file renamed into place: no partial file is left.
  * Readers check everything and change nothing on error; messages name the
@@ -28,7 +30,8 @@
 #include "kernels/optim.h"
 
 #define NB_WEIGHTS_VERSION 1u
-#define NB_CHECKPOINT_VERSION 1u
+#define NB_CHECKPOINT_VERSION 2u
+#define NB_CKPT_KERNELS_BYTES 48
 
 /* Writes the parameters of p to path. Errors: NB_EIO, NB_ENOMEM. */
 int nb_weights_save(const char *path, nb_part_t *p, char *err, size_t errlen);
@@ -44,6 +47,9 @@ typedef struct {
     uint64_t seed;
     int steps_done;
     int batch, micro_batches, seq_len;
+    /* The kernels that computed the run (nb_cpu_describe(), or the device
+     * backend's name); "" when a version 1 file did not record them. */
+    char kernels[NB_CKPT_KERNELS_BYTES];
 } nb_ckpt_meta_t;
 
 /* Writes p's parameters, o's state (o covers p's flat buffers) and meta. */
@@ -53,7 +59,8 @@ int nb_checkpoint_save(const char *path, nb_part_t *p, nb_optim_t *o, const nb_c
 /* Loads a checkpoint into p and o. The file's seed, batch, micro_batches
  * and seq_len must equal want's (else NB_EINVAL naming the field: the data
  * stream would differ); *got receives the file's meta (steps_done is where
- * to resume). Errors as nb_weights_load. */
+ * to resume; kernels may differ from want's, which the caller reports).
+ * Errors as nb_weights_load. */
 int nb_checkpoint_load(const char *path, nb_part_t *p, nb_optim_t *o, const nb_ckpt_meta_t *want,
                        nb_ckpt_meta_t *got, char *err, size_t errlen);
 

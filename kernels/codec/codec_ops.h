@@ -74,9 +74,6 @@ struct nb_codec_ops {
                     size_t n, size_t k);
 };
 
-/* The CPU backend's table (kernels/cpu/cpu_codec*.c). */
-extern const struct nb_codec_ops nb_cpu_codec_ops;
-
 /* True when be provides every codec primitive. */
 static inline bool nb_codec_ops_ok(const nb_backend_t *be)
 {

@@ -1,14 +1,18 @@
 /*
- * cpu_backend.c - the CPU backend: memory, dense linear algebra through
- * OpenBLAS. This is the reference implementation of nb_backend_i; execution
- * is synchronous (a trivially valid stream order). Transformer ops live in
- * kernels/cpu/cpu_ops_*.c and are wired into the table here.
+ * cpu_backend.c - the CPU backend's table: memory, dense linear algebra
+ * through OpenBLAS, and the transformer ops of kernels/cpu/cpu_ops_*.c. This
+ * is the reference implementation of nb_backend_i; execution is synchronous
+ * (a trivially valid stream order).
+ *
+ * Compiled once per ISA level like the rest of kernels/cpu/: the table is
+ * nb_cpu_iface_<level>, and kernels/cpu_level.c opens the backend with the
+ * level chosen at start-up.
  */
 #include <string.h>
 #include <cblas.h>
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_ops.h"
-#include "kernels/codec/codec_ops.h"
+#include "kernels/cpu/cpu_codec.h"
 #include "kernels/cpu/cpu_vec.h"
 
 static void *cpu_alloc(nb_backend_t *be, size_t bytes)
@@ -65,7 +69,8 @@ static void cpu_free(nb_backend_t *be)
     free(be);
 }
 
-static const nb_backend_i cpu_iface = {
+extern const nb_backend_i nb_cpu_iface;
+const nb_backend_i nb_cpu_iface = {
     .name = "cpu",
     .kind = NB_DEV_CPU,
     .free = cpu_free,
@@ -82,12 +87,3 @@ static const nb_backend_i cpu_iface = {
     NB_CPU_OPS_INIT
     .codec = &nb_cpu_codec_ops,
 };
-
-nb_backend_t *nb_cpu_backend_new(void)
-{
-    nb_backend_t *be = calloc(1, sizeof *be);
-    if (!be)
-        return NULL;
-    be->iface = &cpu_iface;
-    return be;
-}

@@ -6,12 +6,16 @@
  * its table, so adding an op touches this header and its .c file only.
  *
  * Every op here is deterministic: fixed loop and reduction order, no atomics,
- * so the same inputs give bit-identical outputs run to run.
+ * so the same inputs give bit-identical outputs run to run. The files are
+ * compiled once per ISA level (cpu_isa_names.h); with no contraction into
+ * fused multiply-adds (-ffp-contract=off) and the same order of operations in
+ * every vector width, every level gives the same bits as well.
  */
 #ifndef NB_CPU_OPS_H
 #define NB_CPU_OPS_H
 
 #include "kernels/backend.h"
+#include "kernels/cpu/cpu_isa_names.h"
 
 /* cpu_ops_bias.c */
 void nb_cpu_bias_add(nb_backend_t *be, float *y, const float *bias, int rows, int cols);

@@ -22,14 +22,26 @@ void nb_cpu_sumsq(nb_backend_t *be, double *out_host, const float *x, size_t n)
     *out_host = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
 }
 
+/* x^n by squaring: only multiplications, each rounded as IEEE says, so the
+ * same bits on every processor (libm's pow may pick an FMA variant at run
+ * time). Within a few ulp of pow in double, far below float resolution. */
+static double pow_int(double x, int n)
+{
+    double r = 1.0;
+    for (; n > 0; n >>= 1, x *= x)
+        if (n & 1)
+            r *= x;
+    return r;
+}
+
 void nb_cpu_adamw(nb_backend_t *be, float *param, const float *grad, float *m, float *v,
                   size_t n, float lr, float beta1, float beta2, float eps,
                   float weight_decay, float grad_scale, int step)
 {
     NB_CHECK(step >= 1);
     /* scalars in double, as torch computes them in Python */
-    double bc1 = 1.0 - pow((double)beta1, step);
-    double bc2 = 1.0 - pow((double)beta2, step);
+    double bc1 = 1.0 - pow_int((double)beta1, step);
+    double bc2 = 1.0 - pow_int((double)beta2, step);
     float step_size = (float)((double)lr / bc1);
     float bc2_sqrt = (float)sqrt(bc2);
     float decay = (float)(1.0 - (double)lr * (double)weight_decay);

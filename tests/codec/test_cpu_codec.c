@@ -10,7 +10,8 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include "kernels/cpu/cpu_codec.h"
+#include "kernels/codec/codec_ops.h"
+#include "kernels/cpu/cpu_codec_scalar.h"
 #include "kernels/rng.h"
 
 static float fbits(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
@@ -218,7 +219,8 @@ static void test_stochastic_rounding(void **state)
         float amax = 0;
         for (int j = i < 64 ? 0 : 64; j < (i < 64 ? 64 : N); j++)
             amax = fmaxf(amax, fabsf(x[j]));
-        float v = floorf(fmaf(x[i], 127.0f / amax, nb_cpu_codec_sr_u(42, (uint32_t)i)));
+        float p = x[i] * (127.0f / amax); /* rounded before the offset is added */
+        float v = floorf(p + nb_cpu_codec_sr_u(42, (uint32_t)i));
         assert_int_equal((int8_t)c1[i], (int)fminf(fmaxf(v, -127.0f), 127.0f));
     }
     /* unbiased: the mean over seeds approaches x far closer than one step */
@@ -309,7 +311,7 @@ static void test_backend_table(void **state)
     (void)state;
     nb_backend_t *be = nb_cpu_backend_new();
     assert_true(nb_codec_ops_ok(be));
-    assert_ptr_equal(be->iface->codec, &nb_cpu_codec_ops);
+    assert_string_equal(be->iface->name, "cpu");
     nb_be_free(be);
 }
 
