@@ -95,9 +95,10 @@ WARN := -Wall -Wextra -Werror -Wno-unused-parameter -Wno-psabi
 
 # The baseline every object targets, and the CPU kernel levels built beside it.
 # Each level's copy of kernels/cpu/*.c is compiled with ISAFLAGS_<level> on top
-# of ARCHFLAGS; kernels/cpu_level.c picks one at start-up. -ffp-contract=off:
-# the compiler never fuses a*b+c on one level and not on another, so every
-# level (and every ARCHFLAGS) gives the same bits.
+# of ARCHFLAGS; kernels/cpu_level.c picks one at start-up. -ffp-contract=off
+# (FPFLAGS, applied even when CFLAGS is given on the command line): the
+# compiler never fuses a*b+c on one level and not on another, so every level
+# (and every ARCHFLAGS) gives the same bits.
 TARGET_ARCH_NAME := $(firstword $(subst -, ,$(shell $(CC) -dumpmachine 2>/dev/null)))
 ifeq ($(TARGET_ARCH_NAME),x86_64)
 ARCHFLAGS ?= -march=x86-64-v2
@@ -112,7 +113,7 @@ ISAFLAGS_avx512 := $(ISAFLAGS_avx2) -mavx512f -mavx512bw -mavx512vl -mavx512dq
 FPFLAGS := -ffp-contract=off
 
 CPPFLAGS += -I. -I$(BUILD)/gen -D_GNU_SOURCE
-CFLAGS += $(CSTD) $(OPT) -g $(ARCHFLAGS) $(FPFLAGS) -fno-strict-aliasing -pthread $(WARN) -MMD -MP
+CFLAGS += $(CSTD) $(OPT) -g $(ARCHFLAGS) -fno-strict-aliasing -pthread $(WARN) -MMD -MP
 CFLAGS += $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LDLIBS += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
 ifeq ($(SAN),1)
@@ -199,14 +200,14 @@ $(BUILD)/obj/gen/%.o: $(BUILD)/gen/%.c $(BUILD)/config.txt
 $(BUILD)/obj/%.o: %.c $(BUILD)/config.txt
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CC      $<")
-	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) $(FPFLAGS) -c -o $@ $<
 
 # One copy of the CPU kernels per level (the shorter stem wins over the rule above).
 define cpu_level_rule
 $(BUILD)/obj/cpu-$(1)/%.o: %.c $(BUILD)/config.txt
 	@mkdir -p $$(dir $$@)
 	@$$(if $$(Q),echo "  CC      $$< [$(1)]")
-	$$(Q)$$(CC) $$(CPPFLAGS) $$(CFLAGS) $$(ISAFLAGS_$(1)) -DNB_CPU_ISA=$(1) -c -o $$@ $$<
+	$$(Q)$$(CC) $$(CPPFLAGS) $$(CFLAGS) $$(FPFLAGS) $$(ISAFLAGS_$(1)) -DNB_CPU_ISA=$(1) -c -o $$@ $$<
 endef
 $(foreach l,$(CPU_LEVELS),$(eval $(call cpu_level_rule,$(l))))
 
@@ -257,7 +258,7 @@ FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -fno-omit-frame-pointer
 FUZZ_SECONDS ?= 30
 fuzz:
 	$(Q)$(MAKE) --no-print-directory BUILD=build/fuzz CC=$(FUZZ_CC) CUDA=0 ARCHFLAGS= \
-		CFLAGS='-fsanitize=fuzzer-no-link,address,undefined' LDFLAGS='-fsanitize=address,undefined' fuzzers
+		CFLAGS='-fsanitize=fuzzer-no-link,address,undefined -Wno-psabi' LDFLAGS='-fsanitize=address,undefined' fuzzers
 	$(Q)for f in $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/fuzz/%); do \
 		n=$$(basename $$f); corpus=tests/fuzz/corpus/$${n#fuzz_}; mkdir -p build/fuzz/found/$$n; \
 		echo "fuzz $$n for $(FUZZ_SECONDS)s"; \

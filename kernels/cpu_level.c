@@ -10,6 +10,9 @@
 #include <stdio.h>
 #include <string.h>
 #include <cblas.h>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 #include "kernels/cpu_level.h"
 
 extern const nb_backend_i nb_cpu_iface_generic;
@@ -47,6 +50,17 @@ static const nb_backend_i *level_iface(nb_cpu_level_t level)
     }
 }
 
+#if defined(__x86_64__)
+/* F16C from CPUID leaf 1 (ECX bit 29): clang's __builtin_cpu_supports does
+ * not know the name. Its registers are the AVX ones, whose OS support the
+ * avx2 check below already requires. */
+static bool cpu_has_f16c(void)
+{
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
+#endif
+
 /* The processor's features, as the kernels' compiler flags need them
  * (Makefile ISAFLAGS_avx2, ISAFLAGS_avx512). __builtin_cpu_supports also
  * checks that the OS saves the wide registers (XGETBV). */
@@ -54,8 +68,7 @@ static bool cpu_has_level(nb_cpu_level_t level)
 {
 #if defined(__x86_64__)
     __builtin_cpu_init();
-    bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                __builtin_cpu_supports("f16c");
+    bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
     bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                   __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
     switch (level) {
@@ -111,7 +124,9 @@ static const char *baseline_missing(void)
     NB_NEED(1, "fma")
 #endif
 #if defined(__F16C__)
-    NB_NEED(1, "f16c")
+    if (!cpu_has_f16c())
+        return "this binary was built for processors with f16c (ARCHFLAGS, e.g. -march=native) and this "
+               "one lacks it; rebuild with the default ARCHFLAGS";
 #endif
 #if defined(__BMI2__)
     NB_NEED(1, "bmi2")

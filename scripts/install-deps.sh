@@ -13,6 +13,11 @@ PKGS=(
   clang libclang-rt-14-dev
   iproute2 python3
 )
+# x86-64: qemu's user-mode emulator runs the tests on emulated processors
+# without AVX-512 and without AVX2 (tests/kernels/cpu-emulated.test.sh).
+if [ "$(dpkg --print-architecture 2>/dev/null)" = amd64 ]; then
+  PKGS+=(qemu-user)
+fi
 
 missing=()
 for p in "${PKGS[@]}"; do

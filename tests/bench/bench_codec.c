@@ -10,6 +10,9 @@
  * trains 150 steps with each forward / backward codec pair at the cut; the
  * held-out loss, its gap to the uncompressed run and the bytes crossing the
  * cut per step are printed.
+ * Then the same throughput per CPU kernel level this processor runs
+ * (generic, avx2, avx512), each level's codecs against memcpy timed in the
+ * same round: bench codec_<codec>_vs_memcpy_<level>.
  * Prints "bench <name> <value> <unit>" lines (make bench). */
 #include <math.h>
 #include <stdio.h>
@@ -18,6 +21,7 @@
 #include <time.h>
 #include "kernels/backend.h"
 #include "kernels/codec/codec.h"
+#include "kernels/cpu_level.h"
 #include "kernels/rng.h"
 #include "tests/codec/codec_fixture.h"
 
@@ -49,7 +53,6 @@ static void make_input(nb_backend_t *be, float *x)
     free(v);
 }
 
-/* Median of reps timings of fn, each repeated inner times. */
 typedef struct {
     const char *name, *spec;
 } codec_case_t;
@@ -58,6 +61,101 @@ static int cmp_d(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
+}
+
+/* Seconds per memcpy of bytes: median of 15 batches of 20 copies. */
+static double time_memcpy(void *dst, const void *src, size_t bytes)
+{
+    double t[15];
+    for (int r = 0; r < 15; r++) {
+        double t0 = now();
+        for (int i = 0; i < 20; i++) {
+            memcpy(dst, src, bytes);
+            __asm__ volatile("" ::"r"(dst) : "memory");
+        }
+        t[r] = (now() - t0) / 20;
+    }
+    qsort(t, 15, sizeof(double), cmp_d);
+    return t[7];
+}
+
+/* Seconds per encode + decode of x into y with spec s: warm up, size the
+ * batches to ~40 ms, median of 9 (5 for slow codecs). Leaves the last
+ * message in m; -1 on a codec error (printed). */
+static double time_codec(nb_backend_t *be, const nb_codec_spec_t *s, const char *name, nb_tensor_t *x,
+                         nb_tensor_t *y, nb_codec_msg_t *m)
+{
+    char err[256];
+    double t0 = now();
+    int warm = 0;
+    do {
+        if (nb_codec_encode(be, s, x, (uint64_t)warm, NULL, 0, m, err, sizeof err) ||
+            nb_codec_decode_into(be, m->spec, m->meta, m->meta_len, m->payload, m->payload_len, 0, NULL, y, err,
+                                 sizeof err)) {
+            fprintf(stderr, "%s: %s\n", name, err);
+            return -1;
+        }
+        warm++;
+    } while (now() - t0 < 0.05 && warm < 200);
+    int inner = (int)(0.04 / ((now() - t0) / warm)) + 1;
+    int reps = inner > 1 ? 9 : 5;
+    double t[9];
+    for (int r = 0; r < reps; r++) {
+        double t1 = now();
+        for (int i = 0; i < inner; i++) {
+            nb_codec_encode(be, s, x, (uint64_t)i, NULL, 0, m, err, sizeof err);
+            nb_codec_decode_into(be, m->spec, m->meta, m->meta_len, m->payload, m->payload_len, 0, NULL, y, err,
+                                 sizeof err);
+        }
+        t[r] = (now() - t1) / inner;
+    }
+    qsort(t, (size_t)reps, sizeof(double), cmp_d);
+    return t[reps / 2];
+}
+
+/* The element codecs at every level this processor runs: the level's codec
+ * primitives against memcpy timed in the same round, three alternating
+ * rounds, the median ratio of each. */
+static int level_sweep(nb_tensor_t *x, nb_tensor_t *y, size_t bytes)
+{
+    static const char *const specs[] = { "fp16", "bf16", "int8", "int4" };
+    enum { NS = 4, ROUNDS = 3 };
+    nb_codec_msg_t m;
+    nb_codec_msg_init(&m);
+    for (int l = 0; l < NB_CPU_LEVEL_COUNT; l++) {
+        nb_backend_t *be = nb_cpu_backend_new_at((nb_cpu_level_t)l);
+        if (!be) {
+            printf("# level %s: not on this processor\n", nb_cpu_level_name((nb_cpu_level_t)l));
+            continue;
+        }
+        /* views of the same host memory on this level's backend */
+        nb_tensor_t lx = nb_tensor_view(be, NB_F32, x->data, x->ndim, x->shape);
+        nb_tensor_t ly = nb_tensor_view(be, NB_F32, y->data, y->ndim, y->shape);
+        double ratio[NS][ROUNDS], mc = 0;
+        for (int r = 0; r < ROUNDS; r++) {
+            double t_mc = time_memcpy(y->data, x->data, bytes);
+            mc += t_mc;
+            for (int c = 0; c < NS; c++) {
+                nb_codec_spec_t s;
+                if (nb_codec_spec_parse(specs[c], &s, NULL, 0))
+                    abort();
+                double t = time_codec(be, &s, specs[c], &lx, &ly, &m);
+                if (t < 0)
+                    return 1;
+                ratio[c][r] = t_mc / t;
+            }
+        }
+        const char *ln = nb_cpu_level_name((nb_cpu_level_t)l);
+        printf("bench codec_memcpy_gbps_%s %.2f GB/s\n", ln, (double)bytes / 1e9 / (mc / ROUNDS));
+        for (int c = 0; c < NS; c++) {
+            qsort(ratio[c], ROUNDS, sizeof(double), cmp_d);
+            printf("bench codec_%s_vs_memcpy_%s %.3f ratio\n", specs[c], ln, ratio[c][ROUNDS / 2]);
+        }
+        fflush(stdout);
+        nb_be_free(be);
+    }
+    nb_codec_msg_free(&m);
+    return 0;
 }
 
 /* Held-out loss after training with fwd / bwd at the cut (NULL: none). */
@@ -123,18 +221,10 @@ int main(void)
     size_t bytes = nb_tensor_nbytes(x);
     double gb = (double)bytes / 1e9;
 
-    /* memcpy baseline: median of 15 batches of 20 copies */
-    double t_mc[15];
-    for (int r = 0; r < 15; r++) {
-        double t0 = now();
-        for (int i = 0; i < 20; i++) {
-            memcpy(y->data, x->data, bytes);
-            __asm__ volatile("" ::"r"(y->data) : "memory");
-        }
-        t_mc[r] = (now() - t0) / 20;
-    }
-    qsort(t_mc, 15, sizeof(double), cmp_d);
-    double memcpy_gbps = gb / t_mc[7];
+    double memcpy_gbps = gb / time_memcpy(y->data, x->data, bytes);
+    char kernels[96];
+    nb_cpu_describe(kernels, sizeof kernels);
+    printf("# kernels %s\n", kernels);
     printf("bench codec_memcpy_gbps %.2f GB/s\n", memcpy_gbps);
 
     static const codec_case_t cases[] = {
@@ -161,32 +251,10 @@ int main(void)
             fprintf(stderr, "%s\n", err);
             return 1;
         }
-        /* warm up, and size the batches to ~40 ms */
-        double t0 = now();
-        int warm = 0;
-        do {
-            if (nb_codec_encode(be, &s, x, (uint64_t)warm, NULL, 0, &m, err, sizeof err) ||
-                nb_codec_decode_into(be, m.spec, m.meta, m.meta_len, m.payload, m.payload_len, 0, NULL, y, err,
-                                     sizeof err)) {
-                fprintf(stderr, "%s: %s\n", cases[c].spec, err);
-                return 1;
-            }
-            warm++;
-        } while (now() - t0 < 0.05 && warm < 200);
-        int inner = (int)(0.04 / ((now() - t0) / warm)) + 1;
-        int reps = inner > 1 ? 9 : 5;
-        double t[9];
-        for (int r = 0; r < reps; r++) {
-            double t1 = now();
-            for (int i = 0; i < inner; i++) {
-                nb_codec_encode(be, &s, x, (uint64_t)i, NULL, 0, &m, err, sizeof err);
-                nb_codec_decode_into(be, m.spec, m.meta, m.meta_len, m.payload, m.payload_len, 0, NULL, y, err,
-                                     sizeof err);
-            }
-            t[r] = (now() - t1) / inner;
-        }
-        qsort(t, (size_t)reps, sizeof(double), cmp_d);
-        double gbps = gb / t[reps / 2];
+        double secs = time_codec(be, &s, cases[c].spec, x, y, &m);
+        if (secs < 0)
+            return 1;
+        double gbps = gb / secs;
         const float *a = x->data, *b = y->data;
         double num = 0, den = 0;
         for (size_t i = 0; i < bytes / 4; i++) {
@@ -200,6 +268,8 @@ int main(void)
         fflush(stdout);
     }
     nb_codec_msg_free(&m);
+    if (level_sweep(x, y, bytes))
+        return 1;
     nb_tensor_free(x);
     nb_tensor_free(y);
     nb_be_free(be);
