@@ -19,6 +19,8 @@
 #   ARCHFLAGS (the baseline every object targets: -march=x86-64-v2 on x86-64,
 #   the compiler's generic target elsewhere; ARCHFLAGS=-march=native builds for
 #   this machine only), CUDA_ARCHS (default 80 90).
+# At run time NEBULA_CPU_LEVEL=generic|avx2|avx512 forces a lower CPU kernel
+# level (docs/kernels.md, "ISA levels").
 
 .DEFAULT_GOAL := all
 SHELL := /bin/bash
@@ -288,6 +290,6 @@ clean:
 	rm -rf build
 
 help:
-	@sed -n '1,20p' Makefile
+	@sed -n '1,/^$$/p' Makefile | sed 's/^# \{0,1\}//'
 
 -include $(call rfind,$(BUILD)/obj,*.d)

@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <cblas.h>
 #if defined(__x86_64__)
 #include <cpuid.h>
@@ -213,6 +214,28 @@ const char *nb_cpu_blas_core(void)
 {
     const char *core = openblas_get_corename();
     return core && *core ? core : "unknown";
+}
+
+bool nb_cpu_blas_advice(char *buf, size_t cap)
+{
+    const char *set = getenv("OPENBLAS_CORETYPE");
+    if (set && *set)
+        return false;
+    /* OpenBLAS's x86-64 core types without AVX kernels */
+    static const char *const pre_avx[] = { "Prescott", "Core2", "Penryn", "Dunnington", "Nehalem",
+                                           "Atom", "Athlon", "Opteron", "Opteron_SSE3", "Barcelona",
+                                           "Bobcat", "Nano", "Katmai", "Coppermine", "Northwood", "Banias" };
+    const char *core = nb_cpu_blas_core();
+    bool old = false;
+    for (size_t i = 0; i < sizeof pre_avx / sizeof pre_avx[0]; i++)
+        old = old || strcasecmp(core, pre_avx[i]) == 0;
+    const char *want = cpu_has_level(NB_CPU_AVX512) ? "SkylakeX" : cpu_has_level(NB_CPU_AVX2) ? "Haswell" : NULL;
+    if (!old || !want)
+        return false;
+    snprintf(buf, cap, "OpenBLAS runs its %s kernels on this processor, which has %s; set "
+             "OPENBLAS_CORETYPE=%s for much faster matrix products (docs/kernels.md)",
+             core, want[0] == 'S' ? "AVX-512" : "AVX2", want);
+    return true;
 }
 
 void nb_cpu_describe(char *buf, size_t cap)

@@ -54,6 +54,15 @@ nb_backend_t *nb_cpu_backend_new_at(nb_cpu_level_t level);
  * OPENBLAS_CORETYPE pins it). Different core types round sgemm differently. */
 const char *nb_cpu_blas_core(void);
 
+/* Advice for the operator when OpenBLAS runs kernels far below what the
+ * processor has: OpenBLAS picks its core type from a table of processor
+ * models, and a model newer than the library (for example a 2023 Xeon under
+ * Debian 12's OpenBLAS 0.3.21) falls back to its SSE3 "Prescott" kernels.
+ * Writes one line naming the core type to set with OPENBLAS_CORETYPE and
+ * returns true; false (buf untouched) when OPENBLAS_CORETYPE is set or the
+ * choice fits the processor. */
+bool nb_cpu_blas_advice(char *buf, size_t cap);
+
 /* One line naming the kernels in use, for --version, logs, status and
  * checkpoints: "<level> blas=<core>", e.g. "avx512 blas=SkylakeX". Writes at
  * most cap bytes, always terminated; an invalid NEBULA_CPU_LEVEL shows as

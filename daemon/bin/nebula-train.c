@@ -186,8 +186,10 @@ int main(int argc, char **argv)
         nb_be_free(be);
         return rc == NB_EINVAL ? NB_CFG_EXIT_CONFIG : 1;
     }
-    char kernels[NB_CKPT_KERNELS_BYTES];
+    char kernels[NB_CKPT_KERNELS_BYTES], advice[256];
     nb_trainer_kernels(tr, kernels, sizeof kernels);
+    if (be->iface->kind == NB_DEV_CPU && nb_cpu_blas_advice(advice, sizeof advice))
+        nb_log_warn(NULL, "%s", advice);
     if (resume) {
         const char *was = nb_trainer_resumed_kernels(tr);
         if (!*was)

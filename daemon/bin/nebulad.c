@@ -89,6 +89,9 @@ int main(int argc, char **argv)
     char kernels[96];
     nb_cpu_describe(kernels, sizeof kernels);
     nb_log_info(NULL, "nebulad %s, kernels %s", NB_VERSION, kernels);
+    char advice[256];
+    if (nb_cpu_blas_advice(advice, sizeof advice))
+        nb_log_warn(NULL, "%s", advice);
     /* A status client that hangs up mid-reply must not kill the daemon. */
     signal(SIGPIPE, SIG_IGN);
 
