@@ -30,7 +30,7 @@ if [ ! -f "$out/ca.pem" ] || [ ! -f "$out/ca.key" ]; then
 fi
 for name in "$@"; do
   case "$name" in
-    ''|*[!A-Za-z0-9.-]*) echo "$0: bad daemon name '$name' (letters, digits, '.', '-')" >&2; exit 2 ;;
+    ''|*[!A-Za-z0-9._-]*) echo "$0: bad daemon name '$name' (letters, digits, '.', '-', '_': the names a config accepts)" >&2; exit 2 ;;
   esac
   openssl ecparam -name prime256v1 -genkey -noout -out "$out/$name.key" 2>/dev/null
   openssl req -new -key "$out/$name.key" -subj "/CN=$name" -out "$out/$name.csr" 2>/dev/null

@@ -7,7 +7,8 @@
  *   nebula-netprobe --connect HOST:PORT --name A --peer B --cert A.pem --key A.key --ca ca.pem
  *                   [--bytes N] [--rounds R] [--delay-ms D]
  *
- * The listening side serves until killed (or --once: until its peer leaves).
+ * The listening side prints "listening on HOST:PORT" (the bound port, also
+ * for port 0) and serves until killed (or --once: until its peer leaves).
  * The connecting side prints lines "rtt_ms X", "tx_mbit X", "rx_mbit X"
  * (bandwidth in 10^6 bit/s, the median of R rounds) and exits 0, or exits 1
  * with a message. --delay-ms is the transport's latency emulation (tests and
@@ -21,6 +22,7 @@
 #include "daemon/log.h"
 #include "daemon/net/net.h"
 #include "daemon/net/probe.h"
+#include "daemon/service/version.h"
 
 typedef struct {
     uv_loop_t *loop;
@@ -133,8 +135,26 @@ static int split_addr(char *s, char **host, int *port)
         return -1;
     *c = 0;
     *host = s;
-    *port = atoi(c + 1);
-    return *port > 0 && *port < 65536 ? 0 : -1;
+    char *end;
+    long v = strtol(c + 1, &end, 10);
+    *port = (int)v;
+    return c[1] && !*end && v >= 0 && v < 65536 ? 0 : -1;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: nebula-netprobe --listen HOST:PORT --name N --peer P --cert F --key F --ca F [--once]\n"
+            "       nebula-netprobe --connect HOST:PORT --name N --peer P --cert F --key F --ca F\n"
+            "                       [--bytes N] [--rounds 1..32] [--delay-ms D] [--timeout S]\n"
+            "       nebula-netprobe --help | --version\n"
+            "Measures one link as the coordinator does: a mutually authenticated TLS connection\n"
+            "between daemon names N (this side, CN of --cert) and P (the peer), then the round-trip\n"
+            "time and bulk bandwidth both ways. The listener serves until killed (--once: until its\n"
+            "peer leaves); the connecting side prints 'rtt_ms X', 'tx_mbit X', 'rx_mbit X' (median\n"
+            "of --rounds rounds of --bytes bytes, default 3 x 16 MiB) and exits.\n"
+            "--delay-ms adds emulated latency (tests only); --timeout gives up after S seconds.\n"
+            "Exit status: 0 measured, 1 failed (refused, timed out), 2 usage.\n");
 }
 
 int main(int argc, char **argv)
@@ -144,6 +164,7 @@ int main(int argc, char **argv)
         { "peer", 1, 0, 'p' },   { "cert", 1, 0, 'C' },    { "key", 1, 0, 'K' },
         { "ca", 1, 0, 'A' },     { "bytes", 1, 0, 'b' },   { "rounds", 1, 0, 'r' },
         { "delay-ms", 1, 0, 'd' }, { "once", 0, 0, 'o' },  { "timeout", 1, 0, 't' },
+        { "help", 0, 0, 'h' },   { "version", 0, 0, 'V' },
         { 0, 0, 0, 0 }
     };
     char *listen = NULL, *connect = NULL, *name = NULL, *peer = NULL;
@@ -166,13 +187,14 @@ int main(int argc, char **argv)
         case 'd': cfg.emu_send_delay_ms = (uint32_t)atoi(optarg); break;
         case 'o': app.once = 1; break;
         case 't': timeout_s = atoi(optarg); break;
-        default: return 2;
+        case 'h': usage(stdout); return 0;
+        case 'V': printf("nebula-netprobe %s\n", NB_VERSION); return 0;
+        default: usage(stderr); return 2;
         }
     }
     if ((!listen == !connect) || !name || !peer || !cfg.tls.cert_file || !cfg.tls.key_file ||
         !cfg.tls.ca_file || app.rounds < 1 || app.rounds > 32) {
-        fprintf(stderr, "usage: nebula-netprobe (--listen|--connect) HOST:PORT --name N --peer P "
-                        "--cert F --key F --ca F [--bytes N] [--rounds 1..32] [--delay-ms D] [--once]\n");
+        usage(stderr);
         return 2;
     }
     nb_log_init("nebula-netprobe", NB_LOG_WARN);
@@ -188,11 +210,20 @@ int main(int argc, char **argv)
     int rc = nb_net_new(app.loop, &cfg, &cb, NULL, &app.net);
     char *host;
     int port;
-    if (rc == 0 && split_addr(listen ? listen : connect, &host, &port) != 0)
-        rc = NB_EINVAL;
+    if (rc == 0 && (split_addr(listen ? listen : connect, &host, &port) != 0 || (connect && port == 0))) {
+        fprintf(stderr, "nebula-netprobe: '%s' is not HOST:PORT (port 1..65535; 0 lets --listen pick one)\n",
+                listen ? listen : connect);
+        return 2;
+    }
+    int bound = 0;
     if (rc == 0)
-        rc = listen ? nb_net_listen(app.net, host, port, NULL)
+        rc = listen ? nb_net_listen(app.net, host, port, &bound)
                     : nb_net_connect(app.net, peer, host, port);
+    if (rc == 0 && listen) {
+        /* port 0 binds any free port: say which */
+        printf("listening on %s:%d\n", host, bound);
+        fflush(stdout);
+    }
     if (rc) {
         fprintf(stderr, "nebula-netprobe: %s\n", nb_strerror(rc));
         return 1;
