@@ -58,8 +58,11 @@ size_t nb_trace_count(nb_trace_t *t);
 
 /* Builds {"traceEvents":[...],"displayTimeUnit":"ms"} with the events of the
  * last `steps` steps present (0: all), as complete ("X") events with args
- * {step, micro, bytes}, plus name metadata for every track. Returns a new
- * reference (caller json_decref's) or NULL when out of memory. */
+ * {step, micro} (and bytes for encode, decode, send and receive), plus name
+ * and sort-order metadata for every track (tracks listed in natural name
+ * order: "stage 0" before "stage 1" before "stage 10"); the "links" process
+ * only when a link track exists. Returns a new reference (caller
+ * json_decref's) or NULL when out of memory. */
 json_t *nb_trace_to_json(nb_trace_t *t, int64_t steps);
 
 const char *nb_trace_kind_name(nb_trace_kind_t k);
