@@ -86,6 +86,8 @@ const char *nb_pipe_layout_validate(const nb_pipe_layout_t *l)
     const char *e = nb_model_config_validate(&l->model);
     if (e)
         return e;
+    if (l->model.head != NB_MODEL_HEAD_LM && l->model.head != NB_MODEL_HEAD_MLM)
+        return "layout: a pipeline trains the lm and mlm heads only (batches come from a token file)";
     if (l->p < 1 || l->p > NB_SCHED_MAX_STAGES)
         return "layout: number of stages out of range";
     if (l->n_daemons < 1 || l->n_daemons > l->p)
@@ -265,9 +267,10 @@ int nb_host_new(nb_backend_t *be, const nb_pipe_layout_t *l, int daemon, const c
         }
         if ((rc = nb_tokens_open(data, &h->tokens, err, errlen)))
             goto fail;
-        if (nb_tokens_vocab(h->tokens) > (uint32_t)l->model.vocab) {
-            snprintf(err, errlen, "%s: vocabulary %u is larger than model.vocab %d", data,
-                     nb_tokens_vocab(h->tokens), l->model.vocab);
+        bool mlm = l->model.head == NB_MODEL_HEAD_MLM;
+        if (nb_tokens_vocab(h->tokens) > (uint32_t)l->model.vocab - (mlm ? 1u : 0u)) {
+            snprintf(err, errlen, "%s: vocabulary %u is larger than model.vocab %d%s", data,
+                     nb_tokens_vocab(h->tokens), l->model.vocab, mlm ? " minus the mask token" : "");
             rc = NB_EINVAL;
             goto fail;
         }
@@ -686,8 +689,13 @@ static int op_forward(step_ctx_t *c, const nb_sched_op_t *op)
             free(targets);
             return NB_ENOMEM;
         }
-        int rc = nb_tokens_sample(h->tokens, h->l.seed, (uint64_t)c->plan->step, (uint32_t)mb,
-                                  h->l.micro_batch_size, h->l.seq_len, inputs, targets);
+        /* the trainer's samplers (trainer.h): masked tokens for mlm */
+        int rc = h->l.model.head == NB_MODEL_HEAD_MLM
+                     ? nb_tokens_sample_mlm(h->tokens, h->l.seed, (uint64_t)c->plan->step, (uint32_t)mb,
+                                            h->l.micro_batch_size, h->l.seq_len, NB_TOKENS_MLM_MASK_PROB,
+                                            h->l.model.vocab - 1, inputs, targets)
+                     : nb_tokens_sample(h->tokens, h->l.seed, (uint64_t)c->plan->step, (uint32_t)mb,
+                                        h->l.micro_batch_size, h->l.seq_len, inputs, targets);
         if (rc) {
             free(inputs);
             free(targets);

@@ -17,7 +17,9 @@
  * global norm), which the coordinator collects from the step reports.
  *
  * The numbers equal the single-process trainer's (daemon/train/trainer.h) for
- * lossless codecs: same batches (sampler keyed by seed, step, micro-batch),
+ * lossless codecs: same batches (sampler keyed by seed, step, micro-batch;
+ * for the mlm head the masked sampler with NB_TOKENS_MLM_MASK_PROB and
+ * mask token vocab-1, as nebula-train),
  * same backward order 0..m-1 on every stage, same loss scaling 1/m.
  *
  * Thread: a host is used by one thread, the daemon's compute thread, which
@@ -97,9 +99,9 @@ typedef struct {
 
 typedef struct nb_host nb_host_t;
 
-/* Checks a layout: stages cover the model exactly in order (embedding on
- * stage 0, head on stage p-1), placement in range, sizes valid. Returns NULL
- * or a static message. */
+/* Checks a layout: head lm or mlm (nb_job_head_unsupported), stages cover
+ * the model exactly in order (embedding on stage 0, head on stage p-1),
+ * placement in range, sizes valid. Returns NULL or a static message. */
 const char *nb_pipe_layout_validate(const nb_pipe_layout_t *l);
 
 /* Creates the host for daemon index `daemon` of layout l on be: the parts of
