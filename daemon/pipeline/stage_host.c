@@ -10,6 +10,7 @@
 #include <time.h>
 #include "daemon/data/tokens.h"
 #include "daemon/pipeline/stage_host.h"
+#include "daemon/train/grad_fault.h"
 #include "daemon/planner/sched_exec.h"
 #include "kernels/codec/codec.h"
 
@@ -62,6 +63,7 @@ struct nb_host {
     int timings_cap;
     size_t peak_acts_bytes;
     nb_codec_msg_t enc;
+    nb_grad_fault_t fault;     /* test-only NaN injection (grad_fault.h) */
 };
 
 uint64_t nb_host_now_ns(void)
@@ -228,7 +230,9 @@ int nb_host_new(nb_backend_t *be, const nb_pipe_layout_t *l, int daemon, const c
     h->daemon = daemon;
     h->labels_travel = l->placement[0] != l->placement[l->p - 1];
     nb_codec_msg_init(&h->enc);
-    int rc = 0;
+    int rc = nb_grad_fault_from_env(&h->fault, err, errlen);
+    if (rc)
+        goto fail;
     for (int s = 0; s < l->p; s++)
         h->local_of[s] = -1;
     for (int s = 0; s < l->p; s++) {
@@ -825,12 +829,21 @@ int nb_host_run_step(nb_host_t *h, const nb_step_plan_t *plan, const nb_pipe_io_
     if (rc)
         return rc;
     double ss = 0.0;
-    for (int i = 0; i < h->n; i++)
-        ss += nb_optim_sumsq(h->be, nb_part_grads(h->st[i].part), nb_part_num_params(h->st[i].part));
+    uint64_t nonfinite = 0;
+    for (int i = 0; i < h->n; i++) {
+        hosted_t *hs = &h->st[i];
+        if (nb_grad_fault_hits(&h->fault, plan->step, hs->stage))
+            nb_grad_fault_poison(h->be, nb_part_grads(hs->part));
+        double si = nb_optim_sumsq(h->be, nb_part_grads(hs->part), nb_part_num_params(hs->part));
+        if (!isfinite(si))
+            nonfinite |= 1ull << hs->stage;
+        ss += si;
+    }
     bool has_head = h->local_of[l->p - 1] >= 0;
     res->step = plan->step;
     res->loss = has_head ? c.loss : NAN;
     res->grad_sumsq = ss;
+    res->nonfinite_stages = nonfinite;
     res->bytes_raw = c.bytes_raw;
     res->bytes_wire = c.bytes_wire;
     res->n_timings = h->n * plan->m;
@@ -839,13 +852,19 @@ int nb_host_run_step(nb_host_t *h, const nb_step_plan_t *plan, const nb_pipe_io_
     return 0;
 }
 
-void nb_host_apply(nb_host_t *h, int64_t step, double global_sumsq)
+bool nb_host_apply(nb_host_t *h, int64_t step, double global_sumsq)
 {
-    float scale = nb_optim_clip_scale(&h->l.optim, global_sumsq);
-    float lr = (float)nb_optim_lr(&h->l.optim, (int)step);
-    for (int i = 0; i < h->n; i++)
-        nb_optim_step(h->st[i].optim, nb_part_params(h->st[i].part), nb_part_grads(h->st[i].part), lr, scale);
+    /* nb_optim_clip_scale(NaN) is 1: a non-finite norm must never reach the
+     * update, or every weight it touches becomes NaN */
+    bool apply = isfinite(global_sumsq);
+    if (apply) {
+        float scale = nb_optim_clip_scale(&h->l.optim, global_sumsq);
+        float lr = (float)nb_optim_lr(&h->l.optim, (int)step);
+        for (int i = 0; i < h->n; i++)
+            nb_optim_step(h->st[i].optim, nb_part_params(h->st[i].part), nb_part_grads(h->st[i].part), lr, scale);
+    }
     for (int i = 0; i < h->n; i++)
         nb_part_zero_grad(h->st[i].part);
     nb_be_sync(h->be);
+    return apply;
 }

@@ -140,6 +140,38 @@ static void test_mlm_equal(void **state)
     pf_result_free(&ref);
 }
 
+/* A NaN in one stage's gradient (test-only hook, daemon/train/grad_fault.h)
+ * makes the global norm non-finite: every stage skips the step, as the
+ * trainer does, so the weights stay finite and equal the trainer's. */
+static void test_nonfinite_gradient_skipped_everywhere(void **state)
+{
+    (void)state;
+    pf_job_t j = pf_job_default(data_path);
+    setenv("NEBULA_TEST_NONFINITE_GRAD", "5-6@1", 1);
+    pf_result_t ref, r;
+    assert_int_equal(pf_run_trainer(&j, &ref), 0);
+    for (size_t t = 0; t < sizeof topologies / sizeof topologies[0]; t++) {
+        nb_pipe_layout_t l;
+        pf_layout(&j, topologies[t].p, topologies[t].placement, topologies[t].n_daemons, &l);
+        assert_int_equal(pf_run_pipeline(&j, &l, "1f1b", "fp32", "fp32", &r), 0);
+        char worst[32] = "";
+        double dw = pf_weight_rel_diff(&ref, &r, worst);
+        printf("NaN gradient at steps 6-7 of stage 1, %s: weights rel diff %.3g (%s)\n", topologies[t].name, dw,
+               worst);
+        assert_true(dw <= 1e-5);
+        for (int i = 0; i < r.ntensors; i++)
+            for (size_t e = 0; e < r.numel[i]; e++)
+                assert_true(isfinite(r.values[i][e]));
+        pf_result_free(&r);
+    }
+    unsetenv("NEBULA_TEST_NONFINITE_GRAD");
+    /* the skips happened: the run differs from one without them */
+    double dw = pf_weight_rel_diff(&ref, &ref_by_m[j.m], NULL);
+    printf("skipped run vs clean run: weights rel diff %.3g\n", dw);
+    assert_true(dw > 1e-3);
+    pf_result_free(&ref);
+}
+
 /* seqcls and tokcls have no labels in a token file and no nebula-train
  * reference: a layout with either head is refused, naming the reason. */
 static void test_classifier_heads_refused(void **state)
@@ -230,6 +262,7 @@ int main(void)
         cmocka_unit_test(test_chain_tied_refused),
         cmocka_unit_test(test_mlm_equal),
         cmocka_unit_test(test_classifier_heads_refused),
+        cmocka_unit_test(test_nonfinite_gradient_skipped_everywhere),
         cmocka_unit_test(test_plan_changes_micro_batch_size),
         cmocka_unit_test(test_lossy_codecs_close),
     };

@@ -10,9 +10,11 @@
 #include <cmocka.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include "daemon/data/tokens.h"
+#include "daemon/train/grad_fault.h"
 #include "daemon/train/trainer.h"
 #include "daemon/train/weights.h"
 
@@ -393,6 +395,84 @@ static void test_checkpoint_resume(void **state)
     nb_be_free(be);
 }
 
+static float *params_copy(nb_trainer_t *t, size_t *n)
+{
+    nb_part_t *p = nb_trainer_part(t);
+    *n = nb_part_num_params(p);
+    float *v = malloc(*n * sizeof *v);
+    nb_be_to_host(nb_part_backend(p), v, nb_part_params(p), *n * sizeof *v);
+    return v;
+}
+
+static bool all_finite(const float *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(v[i]))
+            return false;
+    return true;
+}
+
+/* A NaN in the gradient (injected through the test-only environment hook)
+ * skips the step: the weights stay as they were and finite, the skip is
+ * counted, training resumes on the next step; max_skipped_steps consecutive
+ * skips stop the run with NB_ELIMIT and the reason. */
+static void test_nonfinite_gradient_skips(void **state)
+{
+    (void)state;
+    nb_train_config_t c = small_config();
+    c.steps = 8;
+    c.optim.total_steps = c.steps;
+    char err[512];
+    nb_grad_fault_t f;
+    assert_int_equal(nb_grad_fault_parse("3-4x", &f, err, sizeof err), NB_EINVAL);
+    assert_non_null(strstr(err, NB_GRAD_FAULT_ENV));
+    assert_int_equal(nb_grad_fault_parse("4-3", &f, err, sizeof err), NB_EINVAL);
+    setenv(NB_GRAD_FAULT_ENV, "3-4", 1);
+    nb_backend_t *be = nb_cpu_backend_new();
+    nb_trainer_t *t;
+    assert_int_equal(nb_trainer_new(be, &c, &t, err, sizeof err), 0);
+    size_t n;
+    float *before = NULL;
+    for (int s = 0; s < c.steps; s++) {
+        if (s == 3)
+            before = params_copy(t, &n);
+        nb_train_step_t st;
+        assert_int_equal(nb_trainer_step(t, &st, err, sizeof err), 0);
+        assert_int_equal(st.skipped, s == 3 || s == 4);
+        assert_int_equal(st.skipped_total, s < 3 ? 0 : s == 3 ? 1 : 2);
+        assert_int_equal(st.skipped_run, s == 3 ? 1 : s == 4 ? 2 : 0);
+        if (s == 4) {
+            float *now = params_copy(t, &n);
+            assert_memory_equal(before, now, n * sizeof *now); /* two skipped steps: no change */
+            free(now);
+        }
+    }
+    float *end = params_copy(t, &n);
+    assert_true(all_finite(end, n));
+    assert_true(memcmp(before, end, n * sizeof *end) != 0); /* training went on */
+    free(before);
+    free(end);
+    nb_trainer_free(t);
+    /* three in a row with a limit of 3: the third stops the run */
+    setenv(NB_GRAD_FAULT_ENV, "2-7", 1);
+    c.max_skipped_steps = 3;
+    assert_int_equal(nb_trainer_new(be, &c, &t, err, sizeof err), 0);
+    int rc = 0, s;
+    nb_train_step_t st;
+    for (s = 0; s < c.steps && rc == 0; s++)
+        rc = nb_trainer_step(t, &st, err, sizeof err);
+    assert_int_equal(rc, NB_ELIMIT);
+    assert_int_equal(s, 5);
+    assert_true(st.skipped && st.skipped_run == 3);
+    assert_non_null(strstr(err, "3 consecutive steps skipped for a non-finite gradient norm"));
+    end = params_copy(t, &n);
+    assert_true(all_finite(end, n));
+    free(end);
+    nb_trainer_free(t);
+    unsetenv(NB_GRAD_FAULT_ENV);
+    nb_be_free(be);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -403,6 +483,7 @@ int main(void)
         cmocka_unit_test(test_bad_config),
         cmocka_unit_test(test_weights_file),
         cmocka_unit_test(test_checkpoint_resume),
+        cmocka_unit_test(test_nonfinite_gradient_skips),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
