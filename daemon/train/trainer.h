@@ -85,7 +85,8 @@ int nb_trainer_steps_done(const nb_trainer_t *t);
 int nb_trainer_save(nb_trainer_t *t, const char *path, char *err, size_t errlen);
 /* Restores a checkpoint written by a run with the same model, seed, batch,
  * micro_batches and seq_len; the next step is the one after the saved
- * ones, so a resumed run equals an uninterrupted one bit for bit. Errors:
+ * ones, so a resumed run equals an uninterrupted one bit for bit (the
+ * count of consecutive skipped steps is not saved: it starts again at 0). Errors:
  * file errors, NB_EINVAL (another run, or more steps than configured).
  * After an error the weights may be partly restored: start a new trainer. */
 int nb_trainer_resume(nb_trainer_t *t, const char *path, char *err, size_t errlen);
