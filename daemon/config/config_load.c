@@ -574,6 +574,12 @@ static int check_job(cfg_ctx_t *c, nb_config_t *cfg)
     if ((m->head == NB_HEAD_SEQCLS || m->head == NB_HEAD_TOKCLS) && m->n_classes < 2)
         return fail_path(c, "job.model.n_classes", "head %s needs n_classes >= 2, got %d",
                          nb_cfg_head_name(m->head), m->n_classes);
+    /* a pipeline must equal nebula-train, which trains on a token file: no
+     * class labels to draw (daemon/pipeline/job.c refuses these too) */
+    if (c->role == NB_ROLE_COORDINATOR && (m->head == NB_HEAD_SEQCLS || m->head == NB_HEAD_TOKCLS))
+        return fail_path(c, "job.model.head", "head %s is not supported in a pipeline (the token file holds no "
+                         "class labels, and nebula-train trains lm and mlm only); use lm or mlm",
+                         nb_cfg_head_name(m->head));
     if (j->seq_len > m->max_seq)
         return fail_path(c, "job.seq_len", "out of bounds: must not exceed model.max_seq (%d), got %lld", m->max_seq,
                          (long long)j->seq_len);

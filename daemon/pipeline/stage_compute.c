@@ -219,6 +219,10 @@ static int handle_plan(nb_stage_rt_t *rt, nb_host_t *host, const Nebula__Plan *p
         nb_log_error(NULL, "step %lld: %s", (long long)plan.step, err);
         return rc;
     }
+    for (int s = 0; s < rt->job.layout.p; s++)
+        if (res.nonfinite_stages >> s & 1)
+            nb_log_warn(NULL, "step %lld: stage %d's gradient is not finite (NaN or Inf); the coordinator "
+                        "will skip the step", (long long)plan.step + 1, s);
     trace_step(rt, &res);
     nb_metrics_t *mx = nb_state_metrics(rt->state);
     nb_metrics_inc(mx, rt->m_steps, 1);
@@ -306,7 +310,10 @@ void *nb__stage_compute_main(void *arg)
             }
             {
                 uint64_t t0 = nb_host_now_ns();
-                nb_host_apply(host, (int64_t)f->commit->step, f->commit->global_grad_sumsq);
+                if (!nb_host_apply(host, (int64_t)f->commit->step,
+                                   f->commit->skip ? NAN : f->commit->global_grad_sumsq))
+                    nb_log_warn(NULL, "step %llu: update skipped: the global gradient norm is not finite",
+                                (unsigned long long)f->commit->step + 1);
                 nb_trace_t *tr = nb_state_trace(rt->state);
                 int track = nb_trace_track(tr, "optimizer", false);
                 nb_trace_event_t ev = { .step = (int64_t)f->commit->step, .micro = -1, .track = (int16_t)track,

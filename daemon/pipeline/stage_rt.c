@@ -199,6 +199,7 @@ static int send_item(nb_stage_rt_t *rt, out_item_t *o)
         r.bytes_raw = o->res.bytes_raw;
         r.bytes_wire = o->res.bytes_wire;
         r.grad_sumsq = o->res.grad_sumsq;
+        r.nonfinite_stages = o->res.nonfinite_stages;
         r.step_ns = o->res.step_ns;
         r.daemon = (uint32_t)rt->me;
         Nebula__LinkMeasurement lm[NB_SCHED_MAX_STAGES], *lp[NB_SCHED_MAX_STAGES];

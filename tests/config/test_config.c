@@ -227,6 +227,33 @@ static int load_coord(const char *clusters)
     return load(buf);
 }
 
+/* A pipeline trains lm and mlm only (docs/pipeline.md): a coordinator with a
+ * classifier head is refused at load time, naming the head. */
+static void test_pipeline_heads(void **state)
+{
+    (void)state;
+    const char *heads[] = { "seqcls", "tokcls" };
+    for (int i = 0; i < 2; i++) {
+        char buf[1024], want[512];
+        snprintf(buf, sizeof buf,
+                 "name: c\nrole: coordinator\nlisten: 127.0.0.1:7000\ntls: {cert: a, key: b, ca: c}\n"
+                 "job:\n  model: {n_layer: 2, d_model: 64, n_head: 4, vocab: 256, tie_embeddings: false,\n"
+                 "          head: %s, n_classes: 3}\n  batch: 8\n  seq_len: 32\n  steps: 10\n"
+                 "  clusters:\n    - {name: a, address: 'h:1'}\n", heads[i]);
+        snprintf(want, sizeof want, "dir/t.yaml:7:17: job.model.head: head %s is not supported in a pipeline "
+                 "(the token file holds no class labels, and nebula-train trains lm and mlm only); use lm or mlm",
+                 heads[i]);
+        expect_err(load(buf), want);
+    }
+    assert_int_equal(load_coord("    - {name: a, address: 'h:1'}\n"), 0);
+    char buf[1024];
+    snprintf(buf, sizeof buf,
+             "name: c\nrole: coordinator\nlisten: 127.0.0.1:7000\ntls: {cert: a, key: b, ca: c}\n"
+             "job:\n  model: {n_layer: 2, d_model: 64, n_head: 4, vocab: 257, tie_embeddings: false, head: mlm}\n"
+             "  batch: 8\n  seq_len: 32\n  steps: 10\n  clusters:\n    - {name: a, address: 'h:1'}\n");
+    assert_int_equal(load(buf), 0);
+}
+
 static void test_layers(void **state)
 {
     (void)state;
@@ -356,6 +383,7 @@ int main(void)
         cmocka_unit_test(test_unknown_key),    cmocka_unit_test(test_wrong_type),
         cmocka_unit_test(test_bounds),         cmocka_unit_test(test_missing),
         cmocka_unit_test(test_roles),          cmocka_unit_test(test_layers),
+        cmocka_unit_test(test_pipeline_heads),
         cmocka_unit_test(test_files),          cmocka_unit_test(test_examples),
         cmocka_unit_test(test_docs_name_every_key),
     };
