@@ -795,7 +795,8 @@ int nb_cfg_load(const char *path, nb_config_t *out, char *err, size_t errlen)
         if (f)
             fclose(f);
         if (err && errlen)
-            snprintf(err, errlen, "%s: cannot read config file: %s", path, strerror(e));
+            snprintf(err, errlen, "%s: cannot read config file: %s", path,
+                     e == EINVAL ? "not a regular file" : strerror(e));
         return NB_EIO;
     }
     if ((size_t)st.st_size > CFG_FILE_MAX) {
