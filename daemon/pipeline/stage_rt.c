@@ -37,10 +37,13 @@ static void close_mailboxes(nb_stage_rt_t *rt)
 {
     nb_mbox_close(rt->ctl);
     nb_mbox_close(rt->outbox);
+    pthread_mutex_lock(&rt->inbox_mu);
+    rt->inbox_closed = true;
     for (int s = 0; s < NB_SCHED_MAX_STAGES; s++)
         for (int k = 0; k < NB_PMSG_KINDS; k++)
             if (rt->inbox[s][k])
                 nb_mbox_close(rt->inbox[s][k]);
+    pthread_mutex_unlock(&rt->inbox_mu);
 }
 
 static void job_fail(nb_stage_rt_t *rt, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -675,6 +678,7 @@ int nb_stage_rt_attach(nb_service_t *svc, nb_stage_rt_t **out)
     nb_stage_rt_t *rt = calloc(1, sizeof *rt);
     if (!rt)
         return NB_ENOMEM;
+    pthread_mutex_init(&rt->inbox_mu, NULL);
     rt->svc = svc;
     rt->cfg = nb_service_config(svc);
     rt->state = nb_service_state(svc);
@@ -716,5 +720,6 @@ void nb_stage_rt_free(nb_stage_rt_t *rt)
     for (int s = 0; s < NB_SCHED_MAX_STAGES; s++)
         for (int k = 0; k < NB_PMSG_KINDS; k++)
             nb_mbox_free(rt->inbox[s][k]);
+    pthread_mutex_destroy(&rt->inbox_mu);
     free(rt);
 }

@@ -81,6 +81,12 @@ struct nb_stage_rt {
     uint64_t probe_wait_ns;      /* when the wait began; 0: not waiting */
 
     nb_mbox_t *outbox, *ctl;
+    /* inbox[][] is created by the compute thread (handle_job) while the loop
+     * thread may close it (job_fail, stop) before it has seen OUT_LINKS:
+     * both hold inbox_mu for that. Once OUT_LINKS is posted the array is
+     * read-only until nb_stage_rt_free. */
+    pthread_mutex_t inbox_mu;
+    bool inbox_closed;           /* under inbox_mu: closed, create no more */
     nb_mbox_t *inbox[NB_SCHED_MAX_STAGES][NB_PMSG_KINDS];
     pthread_t compute;
     bool compute_started;
