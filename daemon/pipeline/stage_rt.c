@@ -240,6 +240,8 @@ static int send_item(nb_stage_rt_t *rt, out_item_t *o)
             nb_service_set_state(rt->svc, NB_SVC_DONE, "%s", o->text);
         if (rc == 0 && o->status == NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED)
             nb_service_set_state(rt->svc, NB_SVC_FAILED, "%s", o->text);
+        if (o->status == NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED && !rt->have_job)
+            rt->job_pending = false; /* the compute thread refused the job */
         return rc;
     }
     case OUT_LINKS:
@@ -254,6 +256,7 @@ static void check_links_ready(nb_stage_rt_t *rt);
 static void open_links(nb_stage_rt_t *rt)
 {
     rt->have_job = true;
+    rt->job_pending = false;
     nb_net_set_job(rt->net, rt->job.layout.job_id);
     nb_trace_t *tr = nb_state_trace(rt->state);
     for (int d = 0; d < rt->job.n_daemons; d++) {
@@ -556,10 +559,13 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *hdr, uint8_t *payload, size_t 
         if (hdr->body_case == NEBULA__FRAME__BODY_JOB)
             nb_service_set_state(rt->svc, NB_SVC_CONNECTING, "job %llu received from %s",
                                  (unsigned long long)hdr->job->job_id, peer);
+        bool is_job = hdr->body_case == NEBULA__FRAME__BODY_JOB; /* hdr is not ours once pushed */
         if (nb_mbox_try_push(rt->ctl, hdr) != 0) {
             job_fail(rt, "coordinator %s sent more control frames than this daemon can queue", peer);
             break;
         }
+        if (is_job && !rt->have_job)
+            rt->job_pending = true;
         free(payload);
         return; /* hdr now belongs to the compute thread */
     case NEBULA__FRAME__BODY_TENSOR: {
@@ -575,7 +581,8 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *hdr, uint8_t *payload, size_t 
     }
     case NEBULA__FRAME__BODY_SHUTDOWN:
         nb_log_info(peer, "shutdown: %s", hdr->shutdown->reason ? hdr->shutdown->reason : "");
-        if (from_coord && !rt->have_job)
+        /* A job still being built is ended too (its links must not open). */
+        if (from_coord && !rt->have_job && !rt->job_pending)
             break;
         if (from_coord)
             job_fail(rt, "the coordinator ended the job: %s", hdr->shutdown->reason ? hdr->shutdown->reason : "");
@@ -601,7 +608,7 @@ static void on_closed(nb_conn_t *c, int err, void *ud)
     if (c == rt->coord) {
         rt->coord = NULL;
         nb_rt_peer_row(rt->state, peer, "coordinator", rt->cfg->coordinator.address.text, "down", NULL);
-        if (rt->have_job && nb_state_get(rt->state) != NB_SVC_DONE)
+        if ((rt->have_job || rt->job_pending) && nb_state_get(rt->state) != NB_SVC_DONE)
             job_fail(rt, "lost the coordinator %s (%s)", peer, err ? nb_strerror(err) : "closed");
         return;
     }

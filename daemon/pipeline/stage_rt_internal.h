@@ -64,6 +64,8 @@ struct nb_stage_rt {
     out_item_t *pending;         /* blocked by a full send queue */
     bool stopping, failed;
     bool ready_sent;
+    bool job_pending;            /* a Job went to the compute thread, which has
+                                  * neither published (OUT_LINKS) nor refused it */
 
     /* set by the compute thread before OUT_LINKS, read-only afterwards */
     nb_job_desc_t job;
