@@ -25,8 +25,6 @@ fail() { echo "FAIL: $*"; for f in "$work"/*.log; do echo "--- $f"; tail -n 40 "
 
 . tests/support/pipeline.sh
 nb_pipe_prepare "$work" "$bin" || exit 1
-base=$(( 36000 + ($$ % 2000) * 3 ))
-cp=$base ap=$((base + 1)) bp=$((base + 2))
 
 wait_exit() { # $1 pid, $2 seconds; sets $st to the exit status or "timeout"
   local i
@@ -42,6 +40,7 @@ wait_exit() { # $1 pid, $2 seconds; sets $st to the exit status or "timeout"
 
 # Stage a hosts about 7 M parameters: building them takes far longer than
 # b's refusal and the coordinator's Shutdown take to reach a.
+write_configs() { # $1 b's extra line
 cat > "$work/coord.yaml" <<YAML
 name: coord
 role: coordinator
@@ -64,13 +63,33 @@ job:
     - {name: b, address: 127.0.0.1:$bp}
 YAML
 nb_stage_yaml "$work/a.yaml" a "127.0.0.1:$ap" "127.0.0.1:$cp" 0.5 30
+nb_stage_yaml "$work/b.yaml" b "127.0.0.1:$bp" "127.0.0.1:$cp" 0.5 30 ${1:+"$1"}
+}
 
-start_job() { # $1 tag, $2 b's extra line
-  nb_stage_yaml "$work/b.yaml" b "127.0.0.1:$bp" "127.0.0.1:$cp" 0.5 30 ${2:+"$2"}
-  rm -rf "$work/run"; mkdir -p "$work/run"
-  "$bin/nebulad" --config "$work/coord.yaml" > "$work/coord$1.log" 2>&1 & c=$!; pids=($c)
-  "$bin/nebulad" --config "$work/a.yaml" > "$work/a$1.log" 2>&1 & a=$!; pids+=($a)
-  "$bin/nebulad" --config "$work/b.yaml" > "$work/b$1.log" 2>&1 & b=$!; pids+=($b)
+# start_job TAG [B_LINE]: the three daemons on free ports (another test may
+# hold a port: a daemon that exits before listening is retried on others).
+start_job() {
+  local try
+  for try in 1 2 3 4 5; do
+    base=$(( 20000 + (RANDOM % 3000) * 10 ))
+    cp=$base ap=$((base + 1)) bp=$((base + 2))
+    write_configs "${2:-}"
+    rm -rf "$work/run"; mkdir -p "$work/run"
+    "$bin/nebulad" --config "$work/coord.yaml" > "$work/coord$1.log" 2>&1 & c=$!; pids=($c)
+    "$bin/nebulad" --config "$work/a.yaml" > "$work/a$1.log" 2>&1 & a=$!; pids+=($a)
+    "$bin/nebulad" --config "$work/b.yaml" > "$work/b$1.log" 2>&1 & b=$!; pids+=($b)
+    local n
+    for n in $(seq 1 600); do
+      [ "$(cat "$work"/{coord,a,b}$1.log 2>/dev/null | grep -c "listening on 127")" -ge 3 ] && return 0
+      kill -0 $c 2>/dev/null && kill -0 $a 2>/dev/null && kill -0 $b 2>/dev/null || break
+      sleep 0.1
+    done
+    [ $n -lt 600 ] || fail "$1: the daemons did not start listening within 60 s"
+    echo "a daemon did not start (a port in use?): trying other ports"
+    grep -h "ERROR" "$work"/{coord,a,b}$1.log | head -n 3
+    stop_all
+  done
+  fail "$1: no free ports in 5 tries"
 }
 wait_log() { # $1 file, $2 pattern, $3 seconds
   local i
