@@ -115,8 +115,28 @@ static nb_backend_t *open_backend(const nb_config_t *cfg, char *why, size_t whyl
     return be;
 }
 
-/* Builds the host for a received Job and asks the loop to open the links. */
-static int handle_job(nb_stage_rt_t *rt, nb_backend_t *be, nb_host_t **host, const Nebula__Job *msg)
+/* Creates the inboxes of the stages this daemon hosts, unless the loop
+ * thread has closed the mailboxes meanwhile (the job failed or the daemon
+ * stops while the host was being built): then NB_ECLOSED. */
+static int open_inboxes(nb_stage_rt_t *rt, const nb_pipe_layout_t *l, int me)
+{
+    int rc = 0;
+    pthread_mutex_lock(&rt->inbox_mu);
+    if (rt->inbox_closed)
+        rc = NB_ECLOSED;
+    for (int s = 0; rc == 0 && s < l->p; s++)
+        if (l->placement[s] == me)
+            for (int k = 0; rc == 0 && k < NB_PMSG_KINDS; k++)
+                if (!(rt->inbox[s][k] = nb_mbox_new(INBOX_CAP, free_pmsg)))
+                    rc = NB_ENOMEM;
+    pthread_mutex_unlock(&rt->inbox_mu);
+    return rc;
+}
+
+/* Builds the host for a received Job and asks the loop to open the links.
+ * be may be NULL (the device did not open); be_why then says why. */
+static int handle_job(nb_stage_rt_t *rt, nb_backend_t *be, const char *be_why, nb_host_t **host,
+                      const Nebula__Job *msg)
 {
     char err[512];
     nb_job_desc_t d;
@@ -127,7 +147,7 @@ static int handle_job(nb_stage_rt_t *rt, nb_backend_t *be, nb_host_t **host, con
     }
     int rc = nb_job_from_msg(msg, &d, &me, err, sizeof err);
     if (rc == 0 && !be) {
-        open_backend(rt->cfg, err, sizeof err); /* the reason, again */
+        snprintf(err, sizeof err, "%s", be_why);
         rc = NB_EINVAL;
     } else if (rc == 0 && strcmp(d.names[me], rt->cfg->name) != 0) {
         snprintf(err, sizeof err, "the coordinator assigned daemon %d (%s) to this daemon (%s)", me, d.names[me],
@@ -141,11 +161,12 @@ static int handle_job(nb_stage_rt_t *rt, nb_backend_t *be, nb_host_t **host, con
         post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED, "%s: %s", rt->cfg->name, err);
         return rc;
     }
-    for (int s = 0; s < d.layout.p; s++)
-        if (d.layout.placement[s] == me)
-            for (int k = 0; k < NB_PMSG_KINDS; k++)
-                if (!(rt->inbox[s][k] = nb_mbox_new(INBOX_CAP, free_pmsg)))
-                    return NB_ENOMEM;
+    if ((rc = open_inboxes(rt, &d.layout, me))) {
+        if (rc == NB_ECLOSED)
+            nb_log_info(rt->cfg->coordinator.name, "job %llu ended while its stages were being built",
+                        (unsigned long long)msg->job_id);
+        return rc;
+    }
     rt->job = d;
     rt->me = me;
     rt->probe_bytes = msg->probe_bytes;
@@ -285,7 +306,7 @@ static int save_weights(nb_stage_rt_t *rt, nb_host_t *host)
 void *nb__stage_compute_main(void *arg)
 {
     nb_stage_rt_t *rt = arg;
-    char why[256];
+    char why[256] = "";
     nb_backend_t *be = open_backend(rt->cfg, why, sizeof why);
     if (!be)
         nb_log_error(NULL, "%s; every job will be refused", why);
@@ -298,7 +319,7 @@ void *nb__stage_compute_main(void *arg)
         int rc = 0;
         switch (f->body_case) {
         case NEBULA__FRAME__BODY_JOB:
-            rc = handle_job(rt, be, &host, f->job);
+            rc = handle_job(rt, be, why, &host, f->job);
             break;
         case NEBULA__FRAME__BODY_PLAN:
             rc = handle_plan(rt, host, f->plan);

@@ -622,7 +622,13 @@ static int op_send(step_ctx_t *c, const nb_sched_op_t *op)
     hosted_t *hs = &h->st[h->local_of[s]];
     bool act = op->kind == NB_OP_SEND_ACT;
     int to = act ? s + 1 : s - 1;
-    nb_part_acts_t *a = hs->pool[hs->slot_of_mb[mb]];
+    int slot = mb >= 0 && mb < m ? hs->slot_of_mb[mb] : -1;
+    if (slot < 0) {
+        snprintf(c->err, c->errlen, "stage %d: no %s of micro-batch %d to send (schedule out of order)", s,
+                 act ? "activations" : "gradients", mb);
+        return NB_ESTATE;
+    }
+    nb_part_acts_t *a = hs->pool[slot];
     const float *src = act ? nb_part_acts_output(a) : nb_part_acts_dinput(a);
     nb_mb_timing_t *tm = timing(h, s, mb, m);
     if (h->local_of[to] >= 0) {

@@ -64,6 +64,8 @@ struct nb_stage_rt {
     out_item_t *pending;         /* blocked by a full send queue */
     bool stopping, failed;
     bool ready_sent;
+    bool job_pending;            /* a Job went to the compute thread, which has
+                                  * neither published (OUT_LINKS) nor refused it */
 
     /* set by the compute thread before OUT_LINKS, read-only afterwards */
     nb_job_desc_t job;
@@ -81,6 +83,12 @@ struct nb_stage_rt {
     uint64_t probe_wait_ns;      /* when the wait began; 0: not waiting */
 
     nb_mbox_t *outbox, *ctl;
+    /* inbox[][] is created by the compute thread (handle_job) while the loop
+     * thread may close it (job_fail, stop) before it has seen OUT_LINKS:
+     * both hold inbox_mu for that. Once OUT_LINKS is posted the array is
+     * read-only until nb_stage_rt_free. */
+    pthread_mutex_t inbox_mu;
+    bool inbox_closed;           /* under inbox_mu: closed, create no more */
     nb_mbox_t *inbox[NB_SCHED_MAX_STAGES][NB_PMSG_KINDS];
     pthread_t compute;
     bool compute_started;

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include "daemon/config/config.h"
 #include "kernels/common.h"
 
@@ -326,6 +327,49 @@ static void test_files(void **state)
     assert_int_equal(nb_cfg_edit_distance("", "abc"), 3);
 }
 
+/* Nesting is refused at level 65 with the position of the offending
+ * collection, before libyaml builds a document (its time grows with the
+ * square of the depth: 25,000 levels took 2.2 s, 100,000 levels 37 s). */
+static void test_deep_nesting(void **state)
+{
+    (void)state;
+    const int levels = 100000;
+    size_t n = 32 + 2 * (size_t)levels;
+    char *text = malloc(n);
+    assert_non_null(text);
+    int k = snprintf(text, n, "name: t\nrole: train\njob: ");
+    memset(text + k, '[', (size_t)levels);
+    memset(text + k + levels, ']', (size_t)levels);
+    text[k + 2 * levels] = 0;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int rc = load(text);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    print_message("%d levels refused in %.3f ms\n", levels,
+                  (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6);
+    assert_int_equal(rc, NB_ELIMIT);
+    /* the root mapping is level 1, so the 64th '[' (column 69) is level 65 */
+    assert_string_equal(err, "dir/t.yaml:3:69: yaml: nesting deeper than 64 levels of mappings and lists");
+    free(text);
+
+    /* block style too */
+    char block[16384];
+    k = snprintf(block, sizeof block, "name: t\nrole: train\n");
+    for (int i = 0; i < 70; i++)
+        k += snprintf(block + k, sizeof block - (size_t)k, "%*sk%d:\n", i, "", i);
+    k += snprintf(block + k, sizeof block - (size_t)k, "%*sv: 1\n", 70, "");
+    expect_err(load(block), "dir/t.yaml:67:65: yaml: nesting deeper than 64 levels of mappings and lists");
+
+    /* 64 levels are not refused for their depth */
+    k = snprintf(text = malloc(256), 256, "name: t\nrole: train\njob: ");
+    memset(text + k, '[', 63);
+    memset(text + k + 63, ']', 63);
+    text[k + 126] = 0;
+    assert_int_not_equal(load(text), 0);
+    assert_null(strstr(err, "nesting"));
+    free(text);
+}
+
 static const char *const examples[] = {
     "config/demo/coordinator.yaml", "config/demo/stage-a.yaml", "config/demo/stage-b.yaml",
     "config/2-cluster/coordinator.yaml", "config/2-cluster/east.yaml", "config/2-cluster/west.yaml",
@@ -384,7 +428,9 @@ int main(void)
         cmocka_unit_test(test_bounds),         cmocka_unit_test(test_missing),
         cmocka_unit_test(test_roles),          cmocka_unit_test(test_layers),
         cmocka_unit_test(test_pipeline_heads),
-        cmocka_unit_test(test_files),          cmocka_unit_test(test_examples),
+        cmocka_unit_test(test_files),
+        cmocka_unit_test(test_deep_nesting),
+        cmocka_unit_test(test_examples),
         cmocka_unit_test(test_docs_name_every_key),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -244,7 +244,7 @@ static __attribute__((unused)) int h_run_until(uv_loop_t *loop, const int *flag,
     uv_timer_t t; /* keeps the loop alive and wakes it */
     uv_timer_init(loop, &t);
     uv_timer_start(&t, h_noop_timer, 10, 10);
-    while (*flag < want && uv_now(loop) < end)
+    while (__atomic_load_n(flag, __ATOMIC_ACQUIRE) < want && uv_now(loop) < end)
         uv_run(loop, UV_RUN_ONCE);
     uv_close((uv_handle_t *)&t, NULL);
     uv_run(loop, UV_RUN_NOWAIT);

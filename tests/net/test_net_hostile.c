@@ -157,7 +157,7 @@ static void *raw_thread(void *arg)
     raw_t *r = arg;
     for (int i = 0; i < r->rounds; i++)
         raw_round(r, g_b.port);
-    r->done = 1;
+    __atomic_store_n(&r->done, 1, __ATOMIC_RELEASE); /* read by the loop thread */
     return NULL;
 }
 
