@@ -188,14 +188,34 @@ static void maybe_writable(nb_conn_t *c)
 
 static void process_plain(nb_conn_t *c);
 
+/* Reading from the socket is on while the application has not paused it
+ * and this loop turn's frame budget is not spent. */
+static void update_reading(nb_conn_t *c)
+{
+    int want = !c->closing && !c->read_paused && !c->read_yielded;
+    if (want == c->reading)
+        return;
+    if (want && uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0) {
+        nb__conn_fail(c, NB_EIO);
+        return;
+    }
+    if (!want)
+        uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = want;
+}
+
 static void on_delay(uv_timer_t *t)
 {
     nb_conn_t *c = t->data;
     if (c->resume_pending && !c->read_paused && !c->closing && c->tls) {
         c->resume_pending = 0;
-        process_plain(c);
+        c->read_yielded = 0;
+        process_plain(c); /* may spend the budget again and yield */
         if (!c->closing && nb_tls_feed_done(c->tls) < 0)
             nb__conn_fail(c, NB_ENOMEM);
+        if (c->closing)
+            return;
+        update_reading(c);
         if (c->closing)
             return;
     }
@@ -338,7 +358,7 @@ void nb_conn_pause_read(nb_conn_t *c)
     if (c->closing || c->read_paused || c->state != NB__C_READY)
         return;
     c->read_paused = 1;
-    uv_read_stop((uv_stream_t *)&c->tcp);
+    update_reading(c);
 }
 
 void nb_conn_resume_read(nb_conn_t *c)
@@ -351,10 +371,9 @@ void nb_conn_resume_read(nb_conn_t *c)
      * false RTT sample: forget the outstanding ping. */
     if (!c->probe.rtt_cb)
         c->probe.ping_t_ns = 0;
-    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0) {
-        nb__conn_fail(c, NB_EIO);
+    update_reading(c);
+    if (c->closing)
         return;
-    }
     /* Frames already decrypted or buffered were left when the read paused:
      * decode them on the next tick (never from inside this call). */
     c->resume_pending = 1;
@@ -543,9 +562,25 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
     *buf = uv_buf_init((char *)c->readbuf, sizeof c->readbuf);
 }
 
+/* Nothing a peer sends holds the loop for long: after
+ * NB__NET_FRAMES_PER_TURN frames the connection stops reading for this loop
+ * turn and decodes the rest (already buffered) on the next. */
+static void yield_read(nb_conn_t *c)
+{
+    c->read_yielded = 1;
+    update_reading(c);
+    c->resume_pending = 1;
+    uv_timer_start(&c->delay, on_delay, 0, 0);
+}
+
 static void process_plain(nb_conn_t *c)
 {
-    while (!c->closing && !c->read_paused) {
+    int frames = 0;
+    while (!c->closing && !c->read_paused && !c->read_yielded) {
+        if (frames == NB__NET_FRAMES_PER_TURN) {
+            yield_read(c);
+            return;
+        }
         uint8_t *dst;
         size_t want;
         nb_frame_rx_want(&c->rx, &dst, &want);
@@ -582,6 +617,7 @@ static void process_plain(nb_conn_t *c)
             uint8_t *p;
             size_t len;
             nb_frame_rx_take(&c->rx, &f, &p, &len);
+            frames++;
             handle_frame(c, f, p, len);
         }
     }
@@ -639,6 +675,12 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 
 /* ---- timers ------------------------------------------------------------------- */
 
+static void hb_sent(void *payload, void *ud)
+{
+    (void)payload;
+    *(int *)ud = 0;
+}
+
 static void on_tick(uv_timer_t *t)
 {
     nb_conn_t *c = t->data;
@@ -683,7 +725,10 @@ static void on_tick(uv_timer_t *t)
             hb.t_ns = nb__now_ns();
             f.body_case = NEBULA__FRAME__BODY_HEARTBEAT;
             f.heartbeat = &hb;
-            nb__conn_send_internal(c, &f, NULL, 0, NULL, NULL);
+            /* one at a time: a peer that does not read cannot grow the queue */
+            if (!c->probe.hb_queued &&
+                nb__conn_send_internal(c, &f, NULL, 0, hb_sent, &c->probe.hb_queued) == 0)
+                c->probe.hb_queued = 1;
         } else {
             nb__probe_ping(c);
         }
@@ -764,10 +809,9 @@ void nb__conn_start_tls(nb_conn_t *c)
         return;
     }
     c->state = NB__C_HANDSHAKE;
-    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0) {
-        nb__conn_fail(c, NB_EIO);
+    update_reading(c);
+    if (c->closing)
         return;
-    }
     if (!c->is_server) {
         if (nb_tls_handshake(c->tls) < 0) {
             count_refusal(c);

@@ -13,6 +13,7 @@
 #define NB__NET_CHUNK (512u << 10)     /* plaintext encrypted per step */
 #define NB__NET_INFLIGHT (4u << 20)    /* ciphertext handed to libuv, not yet written */
 #define NB__PROBE_CHUNK (256u << 10)
+#define NB__NET_FRAMES_PER_TURN 128    /* frames decoded per connection per loop turn */
 #define NB__PROBE_QUEUED 4             /* bulk chunks in the send queue at a time */
 #define NB__REFUSAL_BURST 10           /* refusal lines logged per window */
 #define NB__MAX_RESERVED 64            /* reserved source addresses */
@@ -29,7 +30,9 @@ typedef struct {
     uint64_t ping_id, ping_t_ns;
     nb_probe_rtt_cb rtt_cb;
     void *rtt_ud;
-    int pong_queued;       /* replies in the send queue: at most one */
+    int pong_queued;       /* PONG in the send queue: at most one */
+    int result_queued;     /* BULK_RESULT in the send queue: at most one */
+    int hb_queued;         /* one-way Heartbeat in the send queue: at most one */
     /* our own measurement */
     nb_probe_bw_cb bw_cb;
     void *bw_ud;
@@ -92,7 +95,9 @@ struct nb_conn {
     int want_writable;
     uint64_t t_open_ms, last_rx_ms, last_ping_ms;
     uint64_t rx_frame_start_ns;
-    int resume_pending;    /* read resumed: decode buffered bytes on the next tick */
+    int resume_pending;    /* decode buffered bytes on the next tick */
+    int read_yielded;      /* reading stopped for this loop turn (frame budget spent) */
+    int reading;           /* uv_read_start is in effect */
     nb__probe_t probe;
     uint8_t readbuf[NB__NET_READBUF];
 };

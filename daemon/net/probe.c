@@ -19,26 +19,25 @@ static int send_probe(nb_conn_t *c, Nebula__Probe *pr, const void *payload, size
     return nb__conn_send_internal(c, &f, payload, len, NULL, NULL);
 }
 
-static void pong_sent(void *payload, void *ud)
+static void reply_sent(void *payload, void *ud)
 {
     (void)payload;
-    nb_conn_t *c = ud;
-    if (c->probe.pong_queued > 0)
-        c->probe.pong_queued--;
+    *(int *)ud = 0;
 }
 
-/* A reply the peer asked for (pong, bulk result): at most one waits in the
- * send queue, so a peer that floods pings and never reads cannot grow it. */
-static int send_reply(nb_conn_t *c, Nebula__Probe *pr)
+/* A reply the peer asked for (pong, bulk result): at most one of each kind
+ * waits in the send queue, so a peer that floods requests and never reads
+ * cannot grow it. */
+static int send_reply(nb_conn_t *c, Nebula__Probe *pr, int *queued)
 {
-    if (c->probe.pong_queued)
+    if (*queued)
         return NB_ELIMIT;
     Nebula__Frame f = NEBULA__FRAME__INIT;
     f.body_case = NEBULA__FRAME__BODY_PROBE;
     f.probe = pr;
-    int rc = nb__conn_send_internal(c, &f, NULL, 0, pong_sent, c);
+    int rc = nb__conn_send_internal(c, &f, NULL, 0, reply_sent, queued);
     if (rc == 0)
-        c->probe.pong_queued++;
+        *queued = 1;
     return rc;
 }
 
@@ -225,7 +224,7 @@ static void on_bulk(nb_conn_t *c, const Nebula__Probe *pr, size_t len)
     r.total_bytes = p->bwr_got;
     r.measured_bytes = p->bwr_measured;
     r.duration_ns = dt;
-    send_reply(c, &r);
+    send_reply(c, &r, &p->result_queued);
 }
 
 /* A peer asks us to send: one transfer at a time, of at most
@@ -259,7 +258,7 @@ void nb__probe_on_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_t
         r.kind = NEBULA__PROBE__KIND__PROBE_PONG;
         r.id = pr->id;
         r.t_ns = pr->t_ns;
-        send_reply(c, &r); /* a pong already queued answers for this one */
+        send_reply(c, &r, &p->pong_queued); /* a pong already queued answers for this one */
         break;
     }
     case NEBULA__PROBE__KIND__PROBE_PONG:

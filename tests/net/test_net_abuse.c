@@ -210,6 +210,7 @@ static void test_probe_storm(void **state)
     const nb_net_stats_t *s = nb_net_stats(g_b.net);
     long peak = 0;
     while (!__atomic_load_n(&r.done, __ATOMIC_SEQ_CST)) {
+        g.last = 0; /* gaps inside the loop only, not the test's own work */
         h_run_ms(&g_loop, 20);
         long h = heap_kib() - heap0;
         if (h > peak)
@@ -233,6 +234,63 @@ static void test_probe_storm(void **state)
     assert_non_null(nb_net_conn(g_b.net, "a"));
     free(buf);
     h_ep_close(&g_loop, &a);
+    stop_server();
+}
+
+#define N_PING 100000
+
+/* 100,000 pings in one stream from a peer that never reads: at most one
+ * pong waits in the queue, so the heap does not grow with the pings and the
+ * loop stays responsive. */
+static void test_ping_flood(void **state)
+{
+    start_server();
+    nb_frame_limits_t lim;
+    nb_frame_limits_default(&lim);
+    size_t cap = 48 * (size_t)N_PING, len = 0;
+    uint8_t *buf = malloc(cap);
+    for (int i = 0; i < N_PING; i++) {
+        Nebula__Frame f = NEBULA__FRAME__INIT;
+        Nebula__Probe pr = NEBULA__PROBE__INIT;
+        pr.kind = NEBULA__PROBE__KIND__PROBE_PING;
+        pr.id = (uint64_t)i + 1;
+        pr.t_ns = 1;
+        f.body_case = NEBULA__FRAME__BODY_PROBE;
+        f.probe = &pr;
+        uint8_t *b;
+        size_t bl;
+        assert_int_equal(nb_frame_encode(&f, NULL, 0, &lim, &b, &bl), 0);
+        assert_true(len + bl <= cap);
+        memcpy(buf + len, b, bl);
+        len += bl;
+        free(b);
+    }
+    long heap0 = heap_kib();
+    gap_t g = { 0 };
+    uv_timer_t gt;
+    uv_timer_init(&g_loop, &gt);
+    gt.data = &g;
+    uv_timer_start(&gt, on_gap_timer, 5, 5);
+    raw_t r = { .name = "c", .extra = buf, .extra_len = len, .hold_ms = 1500 };
+    pthread_t th;
+    pthread_create(&th, NULL, raw_thread, &r);
+    const nb_net_stats_t *s = nb_net_stats(g_b.net);
+    long peak = 0;
+    while (!__atomic_load_n(&r.done, __ATOMIC_SEQ_CST)) {
+        g.last = 0; /* gaps inside the loop only, not the test's own work */
+        h_run_ms(&g_loop, 20);
+        long h = heap_kib() - heap0;
+        if (h > peak)
+            peak = h;
+    }
+    pthread_join(th, NULL);
+    uv_close((uv_handle_t *)&gt, NULL);
+    print_message("ping flood: %llu frames in, heap growth peak %ld KiB, longest loop gap %llu ms\n",
+                  (unsigned long long)s->frames_rx, peak, (unsigned long long)g.max_gap);
+    assert_true(s->frames_rx >= N_PING);
+    assert_true(peak < 2 * 1024);
+    assert_true(g.max_gap < 1000);
+    free(buf);
     stop_server();
 }
 
@@ -329,6 +387,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rogue_hello),
         cmocka_unit_test(test_probe_storm),
+        cmocka_unit_test(test_ping_flood),
         cmocka_unit_test(test_probe_size_limit),
         cmocka_unit_test(test_pause_read),
     };
