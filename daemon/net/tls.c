@@ -260,7 +260,8 @@ int nb_tls_feed_done(nb_tls_t *t)
         uint8_t *k = malloc(need);
         if (!k)
             return NB_ENOMEM;
-        memcpy(k, t->keep + t->keep_off, live);
+        if (live) /* keep is NULL before the first use */
+            memcpy(k, t->keep + t->keep_off, live);
         free(t->keep);
         t->keep = k;
         t->keep_cap = need;
