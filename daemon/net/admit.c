@@ -141,30 +141,36 @@ static void trim_memory(nb_net_t *n)
 static void on_rl_tick(uv_timer_t *t)
 {
     nb_net_t *n = t->data;
-    if (n->rl_suppressed)
-        nb_log_warn(NULL, "%llu more refused in the last %g s (not logged one by one)",
-                    (unsigned long long)n->rl_suppressed, n->cfg.refusal_log_ms / 1000.0);
-    if (n->rl_events == 0) {
+    static const char *const what[NB__RL_KINDS] = { "refused", "refused from peers" };
+    uint64_t events = 0;
+    for (int k = 0; k < NB__RL_KINDS; k++) {
+        if (n->rl[k].suppressed)
+            nb_log_warn(NULL, "%llu more %s in the last %g s (not logged one by one)",
+                        (unsigned long long)n->rl[k].suppressed, what[k],
+                        n->cfg.refusal_log_ms / 1000.0);
+        events += n->rl[k].events;
+        n->rl[k].events = n->rl[k].logged = n->rl[k].suppressed = 0;
+    }
+    if (events == 0) {
         uv_timer_stop(t); /* a quiet window: the flood, if any, is over */
         if (n->rl_flood)
             trim_memory(n);
         n->rl_flood = 0;
-    } else if (n->rl_events > NB__REFUSAL_BURST) {
+    } else if (events > NB__REFUSAL_BURST) {
         n->rl_flood = 1;
     }
-    n->rl_events = n->rl_logged = n->rl_suppressed = 0;
 }
 
-int nb__refusal_log_ok(nb_net_t *n)
+int nb__refusal_log_ok(nb_net_t *n, int kind)
 {
-    n->rl_events++;
+    n->rl[kind].events++;
     if (!n->closing && !uv_is_active((uv_handle_t *)&n->rl_timer))
         uv_timer_start(&n->rl_timer, on_rl_tick, n->cfg.refusal_log_ms, n->cfg.refusal_log_ms);
-    if (n->rl_logged < NB__REFUSAL_BURST) {
-        n->rl_logged++;
+    if (n->rl[kind].logged < NB__REFUSAL_BURST) {
+        n->rl[kind].logged++;
         return 1;
     }
-    n->rl_suppressed++;
+    n->rl[kind].suppressed++;
     n->stats.log_suppressed++;
     return 0;
 }

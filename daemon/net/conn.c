@@ -455,7 +455,7 @@ static void handle_hello(nb_conn_t *c, Nebula__Frame *f)
         uint64_t quiet = now - o->last_rx_ms;
         if (o->read_paused || quiet < 2ull * c->net->cfg.heartbeat_ms) {
             c->net->stats.dup_refused++;
-            NB__LOG_REFUSAL(c->net, c->name,
+            NB__LOG_PEER_REFUSAL(c->net, c->name,
                             "refused a second connection as '%s' from %s: the connection from %s "
                             "is alive (heard from %llu ms ago)",
                             c->name, c->addr, o->addr, (unsigned long long)quiet);

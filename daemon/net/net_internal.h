@@ -50,6 +50,10 @@ typedef struct {
 
 typedef struct nb__peer nb__peer_t;
 
+/* Refusal log budgets: strangers (before the certificate is checked) and
+ * authenticated peers that misbehave (second Hello, probe requests). */
+enum { NB__RL_STRANGER = 0, NB__RL_PEER, NB__RL_KINDS };
+
 typedef struct nb__tx {
     struct nb__tx *next;
     uint8_t *hdr;          /* prefix + protobuf header, malloc'd */
@@ -131,9 +135,11 @@ struct nb_net {
     uint32_t pending_other;/* of those, from addresses not reserved */
     nb__src_t reserved[NB__MAX_RESERVED];
     unsigned n_reserved;
-    /* refusal log limit (admit.c) */
+    /* refusal log limit (admit.c), one budget per kind of refusal */
     uv_timer_t rl_timer;
-    uint64_t rl_events, rl_logged, rl_suppressed;
+    struct {
+        uint64_t events, logged, suppressed;
+    } rl[NB__RL_KINDS];
     int rl_flood;          /* the last window was busy: trim memory when it calms */
     nb_conn_t *conns;
     nb__peer_t *peers;
@@ -172,10 +178,15 @@ void nb__admit_release(nb_conn_t *c);
 /* Counts one refusal of an unauthenticated connection (or other input a
  * stranger controls); 1 when its log line may be written now, 0 when it is
  * summed up in the "N more refused" line at the end of the window. */
-int nb__refusal_log_ok(nb_net_t *n);
+int nb__refusal_log_ok(nb_net_t *n, int kind);
 #define NB__LOG_REFUSAL(n, ...)                                                               \
     do {                                                                                      \
-        if (nb__refusal_log_ok(n))                                                            \
+        if (nb__refusal_log_ok(n, NB__RL_STRANGER))                                           \
+            nb_log_warn(__VA_ARGS__);                                                         \
+    } while (0)
+#define NB__LOG_PEER_REFUSAL(n, ...)                                                          \
+    do {                                                                                      \
+        if (nb__refusal_log_ok(n, NB__RL_PEER))                                               \
             nb_log_warn(__VA_ARGS__);                                                         \
     } while (0)
 /* probe.c */

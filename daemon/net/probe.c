@@ -243,7 +243,7 @@ static void on_bulk_request(nb_conn_t *c, const Nebula__Probe *pr)
     if (!why)
         return;
     n->stats.probe_refused++;
-    NB__LOG_REFUSAL(n, c->name, "refused bulk probe request of %llu bytes (at most %llu): %s",
+    NB__LOG_PEER_REFUSAL(n, c->name, "refused bulk probe request of %llu bytes (at most %llu): %s",
                     (unsigned long long)pr->total_bytes,
                     (unsigned long long)n->cfg.probe_max_bytes, why);
 }
