@@ -456,9 +456,9 @@ static void handle_hello(nb_conn_t *c, Nebula__Frame *f)
         if (o->read_paused || quiet < 2ull * c->net->cfg.heartbeat_ms) {
             c->net->stats.dup_refused++;
             NB__LOG_PEER_REFUSAL(c->net, c->name,
-                            "refused a second connection as '%s' from %s: the connection from %s "
-                            "is alive (heard from %llu ms ago)",
-                            c->name, c->addr, o->addr, (unsigned long long)quiet);
+                                 "refused a second connection as '%s' from %s: the connection "
+                                 "from %s is alive (heard from %llu ms ago)",
+                                 c->name, c->addr, o->addr, (unsigned long long)quiet);
             nb__conn_fail(c, NB_EAUTH);
             return;
         }

@@ -243,9 +243,10 @@ static void on_bulk_request(nb_conn_t *c, const Nebula__Probe *pr)
     if (!why)
         return;
     n->stats.probe_refused++;
-    NB__LOG_PEER_REFUSAL(n, c->name, "refused bulk probe request of %llu bytes (at most %llu): %s",
-                    (unsigned long long)pr->total_bytes,
-                    (unsigned long long)n->cfg.probe_max_bytes, why);
+    NB__LOG_PEER_REFUSAL(n, c->name,
+                         "refused bulk probe request of %llu bytes (at most %llu): %s",
+                         (unsigned long long)pr->total_bytes,
+                         (unsigned long long)n->cfg.probe_max_bytes, why);
 }
 
 void nb__probe_on_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_t len)
