@@ -242,6 +242,12 @@ static void on_bulk_request(nb_conn_t *c, const Nebula__Probe *pr)
         why = "cannot start";
     if (!why)
         return;
+    /* An empty result tells the asking side at once (its callback gets
+     * NB_ELIMIT) instead of leaving it waiting. */
+    Nebula__Probe r = NEBULA__PROBE__INIT;
+    r.kind = NEBULA__PROBE__KIND__PROBE_BULK_RESULT;
+    r.id = pr->id;
+    send_reply(c, &r, &c->probe.result_queued);
     n->stats.probe_refused++;
     NB__LOG_PEER_REFUSAL(n, c->name,
                          "refused bulk probe request of %llu bytes (at most %llu): %s",
@@ -280,7 +286,9 @@ void nb__probe_on_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_t
         on_bulk(c, pr, len);
         break;
     case NEBULA__PROBE__KIND__PROBE_BULK_RESULT:
-        if (p->bw_dir == 1 && pr->id == p->bw_id) {
+        if (p->bw_dir == 2 && pr->id == p->bw_id && pr->measured_bytes == 0) {
+            bw_finish(c, NB_ELIMIT, 0); /* the peer refused our request */
+        } else if (p->bw_dir == 1 && pr->id == p->bw_id) {
             int ok = pr->duration_ns > 0 && pr->measured_bytes > 0;
             bw_finish(c, ok ? 0 : NB_ERANGE,
                       ok ? (double)pr->measured_bytes * 1e9 / (double)pr->duration_ns : 0);

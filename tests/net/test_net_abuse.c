@@ -327,6 +327,32 @@ static void test_probe_size_limit(void **state)
     stop_server();
 }
 
+static void bw_cb(nb_conn_t *c, int status, double bps, void *ud)
+{
+    *(int *)ud = status == NB_ELIMIT ? 1 : -1;
+}
+
+/* Asking a peer for more than its limit: refused, and the asking side's
+ * callback learns it at once (NB_ELIMIT) instead of waiting forever. */
+static void test_probe_request_refused(void **state)
+{
+    start_server();
+    h_ep_t a;
+    nb_net_cfg_t cfg;
+    memset(&a, 0, sizeof a);
+    h_cfg(&cfg, &a, "a", "a", NULL, 0);
+    cfg.probe_max_bytes = 128u << 20; /* more than the server serves */
+    h_ep_new(&g_loop, &a, &cfg, 0);
+    assert_int_equal(nb_net_connect(a.net, "b", "127.0.0.1", g_b.port), 0);
+    assert_true(h_run_until(&g_loop, &a.ready, 1, 20000));
+    int got = 0;
+    assert_int_equal(nb_probe_bw_recv(a.conn, 100u << 20, bw_cb, &got), 0);
+    assert_true(h_run_until(&g_loop, &got, 1, 20000));
+    assert_int_equal(nb_net_stats(g_b.net)->probe_refused, 1);
+    h_ep_close(&g_loop, &a);
+    stop_server();
+}
+
 /* ---- pausing the reader ---- */
 typedef struct {
     int pause_at;
@@ -389,6 +415,7 @@ int main(void)
         cmocka_unit_test(test_probe_storm),
         cmocka_unit_test(test_ping_flood),
         cmocka_unit_test(test_probe_size_limit),
+        cmocka_unit_test(test_probe_request_refused),
         cmocka_unit_test(test_pause_read),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
