@@ -689,8 +689,10 @@ static int rt_start(nb_service_t *svc, void *ud)
     rt->net_open = rt->net != NULL;
     if (rc)
         return rc;
-    for (int i = 0; i < rt->job.n_daemons; i++)
+    for (int i = 0; i < rt->job.n_daemons; i++) {
+        nb_rt_reserve_peer_addr(rt->net, rt->job.addresses[i]);
         nb_rt_peer_row(rt->state, rt->job.names[i], "stage", rt->job.addresses[i], "waiting", NULL);
+    }
     if (rt->cfg->connect_timeout_s > 0) {
         uv_timer_init(rt->loop, &rt->connect_timer);
         rt->connect_timer.data = rt;

@@ -46,6 +46,8 @@ static int io_recv(void *ud, int stage, nb_pmsg_kind_t kind, nb_pmsg_t **out, in
     int rc = nb_mbox_pop(rt->inbox[stage][kind], &m, timeout_ms);
     if (rc == 0)
         *out = m;
+    if (rc == 0 && __atomic_load_n(&rt->reads_paused, __ATOMIC_ACQUIRE))
+        uv_async_send(&rt->wake); /* room again: the loop resumes reading */
     return rc;
 }
 
@@ -167,6 +169,7 @@ static int handle_job(nb_stage_rt_t *rt, nb_backend_t *be, const char *be_why, n
                         (unsigned long long)msg->job_id);
         return rc;
     }
+    __atomic_store_n(&rt->inbox_limit, 2 + INBOX_MARGIN, __ATOMIC_RELEASE); /* until the first plan */
     rt->job = d;
     rt->me = me;
     rt->probe_bytes = msg->probe_bytes;
@@ -228,6 +231,10 @@ static int handle_plan(nb_stage_rt_t *rt, nb_host_t *host, const Nebula__Plan *p
                     (unsigned long long)p->step);
         return NB_EFORMAT;
     }
+    /* What the schedule allows in flight per inbox: this plan's micro-batches */
+    int lim = plan.m + INBOX_MARGIN < INBOX_CAP ? plan.m + INBOX_MARGIN : INBOX_CAP;
+    if (__atomic_exchange_n(&rt->inbox_limit, lim, __ATOMIC_ACQ_REL) != lim)
+        uv_async_send(&rt->wake);
     snprintf(plan.fwd_codec, sizeof plan.fwd_codec, "%s", p->forward_codec);
     snprintf(plan.bwd_codec, sizeof plan.bwd_codec, "%s", p->backward_codec);
     int timeout_ms = (int)(rt->cfg->heartbeat_timeout_s > 0 ? rt->cfg->heartbeat_timeout_s * 4000 : 60000);

@@ -294,6 +294,8 @@ static void open_links(nb_stage_rt_t *rt)
         } else if (nb_net_allow_peer(rt->net, rt->job.names[d]) != 0) {
             job_fail(rt, "cannot admit %s", rt->job.names[d]);
             return;
+        } else {
+            nb_rt_reserve_peer_addr(rt->net, rt->job.addresses[d]);
         }
     }
     nb_service_set_state(rt->svc, NB_SVC_CONNECTING, "job %llu: connecting to pipeline neighbours",
@@ -331,9 +333,12 @@ static void drain_outbox(nb_stage_rt_t *rt)
     }
 }
 
+static void resume_reads(nb_stage_rt_t *rt);
+
 static void wake_cb(uv_async_t *a)
 {
     drain_outbox(a->data);
+    resume_reads(a->data);
 }
 
 /* ---- loop thread: transport callbacks ---------------------------------- */
@@ -540,7 +545,37 @@ static const char *route_tensor(nb_stage_rt_t *rt, nb_conn_t *c, Nebula__Frame *
         nb_pmsg_free(m);
         return "more tensors than the schedule allows";
     }
+    /* Full up to what the schedule allows in flight: stop reading this
+     * peer (TCP then stops it) until the compute thread takes from the box. */
+    if ((int)nb_mbox_len(rt->inbox[to][kind]) >= __atomic_load_n(&rt->inbox_limit, __ATOMIC_ACQUIRE) &&
+        !rt->read_paused[from_d]) {
+        rt->read_paused[from_d] = true;
+        __atomic_store_n(&rt->reads_paused, 1, __ATOMIC_RELEASE);
+        nb_conn_pause_read(c);
+        nb_log_debug(nb_conn_peer_name(c), "inbox of stage %d full (%zu tensors): reading paused", to,
+                     nb_mbox_len(rt->inbox[to][kind]));
+    }
     return NULL;
+}
+
+/* Resumes the paused connections once every inbox is below the limit
+ * (called on each wake from the compute thread). */
+static void resume_reads(nb_stage_rt_t *rt)
+{
+    if (!__atomic_load_n(&rt->reads_paused, __ATOMIC_ACQUIRE) || rt->stopping || rt->failed)
+        return;
+    int lim = __atomic_load_n(&rt->inbox_limit, __ATOMIC_ACQUIRE);
+    for (int s = 0; s < NB_SCHED_MAX_STAGES; s++)
+        for (int k = 0; k < NB_PMSG_KINDS; k++)
+            if (rt->inbox[s][k] && (int)nb_mbox_len(rt->inbox[s][k]) >= lim)
+                return;
+    __atomic_store_n(&rt->reads_paused, 0, __ATOMIC_RELEASE);
+    for (int d = 0; d < NB_SCHED_MAX_STAGES; d++)
+        if (rt->read_paused[d]) {
+            rt->read_paused[d] = false;
+            if (rt->peer_conn[d])
+                nb_conn_resume_read(rt->peer_conn[d]);
+        }
 }
 
 static void on_frame(nb_conn_t *c, Nebula__Frame *hdr, uint8_t *payload, size_t len, void *ud)

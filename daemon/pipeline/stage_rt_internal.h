@@ -19,6 +19,7 @@
 #define OUTBOX_CAP 4     /* tensors waiting for the loop: back-pressure beyond */
 #define CTL_CAP 64       /* control frames from the coordinator */
 #define INBOX_CAP 4096   /* per stage and kind: >= micro-batches of one step */
+#define INBOX_MARGIN 2   /* messages per inbox beyond the plan's micro-batches */
 
 typedef enum { OUT_TENSOR, OUT_REPORT, OUT_STATUS, OUT_LINKS } out_kind_t;
 
@@ -90,6 +91,13 @@ struct nb_stage_rt {
     pthread_mutex_t inbox_mu;
     bool inbox_closed;           /* under inbox_mu: closed, create no more */
     nb_mbox_t *inbox[NB_SCHED_MAX_STAGES][NB_PMSG_KINDS];
+    /* Receive back-pressure: an inbox holds at most inbox_limit messages
+     * (the current plan's micro-batches + INBOX_MARGIN, set by the compute
+     * thread per plan); the connection that filled one stops being read
+     * until the compute thread has taken from it (it then wakes the loop). */
+    int inbox_limit;             /* atomic */
+    int reads_paused;            /* atomic: some connection is paused */
+    bool read_paused[NB_SCHED_MAX_STAGES]; /* loop thread */
     pthread_t compute;
     bool compute_started;
 
