@@ -170,11 +170,15 @@ static void on_listener_closed(uv_handle_t *h)
     maybe_done(n);
 }
 
-int nb_net_listen(nb_net_t *n, const char *host, int port, int *bound_port)
+int nb_net_listen_err(nb_net_t *n, const char *host, int port, int *bound_port, char *err, size_t errlen)
 {
     struct sockaddr_storage ss;
-    if (n->listening || parse_addr(host, port, &ss) != 0)
+    if (n->listening || parse_addr(host, port, &ss) != 0) {
+        if (err && errlen)
+            snprintf(err, errlen, "listen %s:%d: %s", host ? host : "?", port,
+                     n->listening ? "already listening" : "not an IP address and port");
         return NB_EINVAL;
+    }
     uv_tcp_init(n->loop, &n->listener);
     n->listener.data = n;
     n->listening = 1;
@@ -183,7 +187,12 @@ int nb_net_listen(nb_net_t *n, const char *host, int port, int *bound_port)
     if (rc == 0)
         rc = uv_listen((uv_stream_t *)&n->listener, 256, on_connection);
     if (rc != 0) {
-        nb_log_error(NULL, "cannot listen on %s:%d: %s", host, port, uv_strerror(rc));
+        /* libuv reports a bind error (EADDRINUSE) only at listen time */
+        if (!err || !errlen)
+            nb_log_error(NULL, "cannot listen on %s:%d: %s", host, port, uv_strerror(rc));
+        else
+            snprintf(err, errlen, "listen %s%s%s:%d: %s", strchr(host, ':') ? "[" : "", host,
+                     strchr(host, ':') ? "]" : "", port, uv_strerror(rc));
         uv_close((uv_handle_t *)&n->listener, on_listener_closed);
         n->listening = 0;
         return NB_EIO;
@@ -197,6 +206,11 @@ int nb_net_listen(nb_net_t *n, const char *host, int port, int *bound_port)
     }
     nb_log_info(NULL, "listening on %s:%d", host, port);
     return 0;
+}
+
+int nb_net_listen(nb_net_t *n, const char *host, int port, int *bound_port)
+{
+    return nb_net_listen_err(n, host, port, bound_port, NULL, 0);
 }
 
 /* ---- outbound --------------------------------------------------------------- */

@@ -631,10 +631,14 @@ static int rt_start(nb_service_t *svc, void *ud)
     nc.n_allowed_peers = (size_t)rt->job.n_daemons;
     const nb_net_cb_t cb = { on_ready, on_frame, on_writable, on_closed };
     char bound[NB_CFG_ADDR_MAX + 16];
-    int rc = nb_rt_open_net(rt->loop, rt->cfg, &nc, &cb, rt, rt->state, &rt->net, bound, sizeof bound);
+    char why[NB_CFG_ADDR_MAX + 128];
+    int rc = nb_rt_open_net(rt->loop, rt->cfg, &nc, &cb, rt, rt->state, &rt->net, bound, sizeof bound, why,
+                            sizeof why);
     rt->net_open = rt->net != NULL;
-    if (rc)
+    if (rc) {
+        nb_service_start_error(svc, "%s", why);
         return rc;
+    }
     for (int i = 0; i < rt->job.n_daemons; i++)
         nb_rt_peer_row(rt->state, rt->job.names[i], "stage", rt->job.addresses[i], "waiting", NULL);
     if (rt->cfg->connect_timeout_s > 0) {

@@ -621,10 +621,14 @@ static int rt_start(nb_service_t *svc, void *ud)
     nb_rt_net_cfg(rt->cfg, NEBULA__ROLE__ROLE_STAGE, &nc);
     const nb_net_cb_t cb = { on_ready, on_frame, on_writable, on_closed };
     char bound[NB_CFG_ADDR_MAX + 16];
-    int rc = nb_rt_open_net(rt->loop, rt->cfg, &nc, &cb, rt, rt->state, &rt->net, bound, sizeof bound);
+    char why[NB_CFG_ADDR_MAX + 128];
+    int rc = nb_rt_open_net(rt->loop, rt->cfg, &nc, &cb, rt, rt->state, &rt->net, bound, sizeof bound, why,
+                            sizeof why);
     rt->net_open = rt->net != NULL;
-    if (rc)
+    if (rc) {
+        nb_service_start_error(svc, "%s", why);
         return rc;
+    }
     if ((rc = nb_net_connect(rt->net, rt->cfg->coordinator.name, rt->cfg->coordinator.address.host,
                              rt->cfg->coordinator.address.port))) {
         nb_log_error(NULL, "cannot dial coordinator %s: %s", rt->cfg->coordinator.address.text, nb_strerror(rc));

@@ -26,6 +26,7 @@ struct nb_service {
     bool stopping, failed;
     bool ready_sent;
     int m_reloads;
+    char start_err[512]; /* the runtime's reason for a failed start; "" none */
 };
 
 /* SIGHUP: re-reads the config file and applies what can change at run time. */

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# The daemons' lifecycle as docs/pipeline.md and docs/operations.md promise
+# it, with real daemons on loopback over TLS:
+#  1. a peer port in use: the daemon exits 1 naming the address and
+#     "address already in use".
+set -euo pipefail
+build=${NB_BUILD:-build}
+bin="$build/bin"
+work=$(mktemp -d /tmp/nb-pipe-life.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]+"${pids[@]}"}"; do kill -9 "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*"; for f in "$work"/*.log; do echo "--- $f"; tail -n 15 "$f"; done; exit 1; }
+
+. tests/support/pipeline.sh
+nb_pipe_prepare "$work" "$bin" || exit 1
+base=$(( 40000 + ($$ % 2000) * 10 ))
+cp=$base ap=$((base + 1)) bp=$((base + 2))
+
+# coord.yaml with connect_timeout_s $1 (default 30) and the clusters' addresses
+# $2 and $3 (defaults: a and b's own); a.yaml and b.yaml with the same
+# connect_timeout_s.
+write_configs() {
+  local ct=${1:-30} aa=${2:-127.0.0.1:$ap} ba=${3:-127.0.0.1:$bp}
+  cat > "$work/coord.yaml" <<YAML
+name: coord
+role: coordinator
+listen: 127.0.0.1:$cp
+tls: {cert: certs/coord.pem, key: certs/coord.key, ca: certs/ca.pem}
+status_socket: run/coord.sock
+heartbeat_interval_s: 0.2
+heartbeat_timeout_s: 5
+connect_timeout_s: $ct
+job:
+  model: {n_layer: 2, d_model: 32, n_head: 4, d_ff: 64, vocab: 256, max_seq: 16, tie_embeddings: false}
+  data: data.tok
+  batch: 4
+  seq_len: 16
+  steps: 3
+  micro_batches: 2
+  clusters:
+    - {name: a, address: "$aa"}
+    - {name: b, address: "$ba"}
+YAML
+  for n in a b; do
+    p=$ap; [ $n = b ] && p=$bp
+    nb_stage_yaml "$work/$n.yaml" $n "127.0.0.1:$p" "127.0.0.1:$cp" 0.2 5 "checkpoint_dir: run/$n-weights" \
+      "connect_timeout_s: $ct"
+  done
+  rm -rf "$work/run"; mkdir -p "$work/run"
+}
+
+wait_exit() { # $1 pid, $2 seconds; sets $st to the exit status or "timeout"
+  local i
+  st=timeout
+  for i in $(seq 1 $(( $2 * 10 ))); do
+    if ! kill -0 "$1" 2>/dev/null; then
+      if wait "$1"; then st=0; else st=$?; fi
+      return
+    fi
+    sleep 0.1
+  done
+}
+
+wait_log() { # $1 file, $2 pattern, $3 seconds
+  local i
+  for i in $(seq 1 $(( $3 * 10 ))); do
+    grep -q "$2" "$1" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+# 1. the stage's peer port is held by the coordinator
+write_configs
+sed -i "s/^listen: .*/listen: \"127.0.0.1:$cp\"/" "$work/a.yaml"
+"$bin/nebulad" --config "$work/coord.yaml" > "$work/c1.log" 2>&1 & c=$!; pids=($c)
+wait_log "$work/c1.log" "waiting for 2 stage daemons" 60 || fail "1: the coordinator did not start listening"
+"$bin/nebulad" --config "$work/a.yaml" > "$work/a1.log" 2>&1 & a=$!; pids+=($a)
+wait_exit $a 60
+[ "$st" = 1 ] || fail "1: stage exit status $st with its port in use, expected 1"
+grep -q "start failed: listen 127.0.0.1:$cp: address already in use" "$work/a1.log" ||
+  fail "1: the failure does not name the address and 'address already in use'"
+kill $c; wait $c 2>/dev/null || true; pids=()
+echo "ok 1: port in use: $(grep -o 'start failed: .*' "$work/a1.log")"
