@@ -240,6 +240,27 @@ static void peer_schedule(nb__peer_t *p)
     uv_timer_start(&p->retry, on_retry, delay, 0);
 }
 
+/* Logs a failed connect so an operator sees a peer that is down, without
+ * flooding the log while the back-off retries: the first failure, then one
+ * line per NB__NET_CONNECT_LOG_MS with the count of failures in between. */
+static void peer_connect_failed(nb__peer_t *p, int status)
+{
+    uint64_t now = uv_now(p->net->loop);
+    p->failed++;
+    p->unreported++;
+    if (p->failed > 1 && now - p->reported_ms < NB__NET_CONNECT_LOG_MS)
+        return;
+    if (p->failed == 1)
+        nb_log_warn(p->name, "cannot connect to %s:%d: %s; retrying with back-off (at most every %u s)", p->host,
+                    p->port, uv_strerror(status), p->net->cfg.backoff_max_ms / 1000);
+    else
+        nb_log_warn(p->name, "cannot connect to %s:%d: %s (%u failed attempts in the last %.0f s, %u in all); "
+                    "still retrying", p->host, p->port, uv_strerror(status), p->unreported,
+                    (double)(now - p->reported_ms) / 1000.0, p->failed);
+    p->reported_ms = now;
+    p->unreported = 0;
+}
+
 static void on_connect(uv_connect_t *req, int status)
 {
     nb_conn_t *c = req->data;
@@ -247,8 +268,15 @@ static void on_connect(uv_connect_t *req, int status)
         return;
     if (status < 0) {
         nb_log_debug(c->name, "connect failed: %s", uv_strerror(status));
+        if (c->peer)
+            peer_connect_failed(c->peer, status);
         nb__conn_fail(c, NB_EIO);
         return;
+    }
+    if (c->peer && c->peer->failed) {
+        nb_log_info(c->peer->name, "reached %s:%d after %u failed attempts", c->peer->host, c->peer->port,
+                    c->peer->failed);
+        c->peer->failed = c->peer->unreported = 0;
     }
     nb__conn_start_tls(c);
 }
