@@ -74,6 +74,19 @@ static void job_fail(nb_stage_rt_t *rt, const char *fmt, ...)
     nb_service_fail(rt->svc, why);
 }
 
+/* The compute thread refused the job or failed a step and has told the
+ * coordinator why (the frame is queued): the daemon stops and exits 1, as
+ * after any failed job (docs/pipeline.md, "Failure handling"). */
+static void stop_failed(nb_stage_rt_t *rt, const char *why)
+{
+    if (rt->failed || rt->stopping)
+        return;
+    rt->failed = true;
+    close_mailboxes(rt);
+    nb_log_error(NULL, "job failed: %s", why);
+    nb_service_fail(rt->svc, why);
+}
+
 /* ---- loop thread: sending ------------------------------------------------- */
 
 static void sent_cb(void *payload, void *ud)
@@ -236,7 +249,7 @@ static int send_item(nb_stage_rt_t *rt, out_item_t *o)
         if (rc == 0 && o->status == NEBULA__JOB_STATUS__STATE__JOB_STATE_DONE)
             nb_service_set_state(rt->svc, NB_SVC_DONE, "%s", o->text);
         if (rc == 0 && o->status == NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED)
-            nb_service_set_state(rt->svc, NB_SVC_FAILED, "%s", o->text);
+            stop_failed(rt, o->text);
         return rc;
     }
     case OUT_LINKS:

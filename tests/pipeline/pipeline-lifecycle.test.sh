@@ -2,7 +2,9 @@
 # The daemons' lifecycle as docs/pipeline.md and docs/operations.md promise
 # it, with real daemons on loopback over TLS:
 #  1. a peer port in use: the daemon exits 1 naming the address and
-#     "address already in use".
+#     "address already in use";
+#  2. a stage that refuses the job (stage 0 without its token file) tells
+#     the coordinator why and exits 1; so does the coordinator.
 set -euo pipefail
 build=${NB_BUILD:-build}
 bin="$build/bin"
@@ -87,3 +89,18 @@ grep -q "start failed: listen 127.0.0.1:$cp: address already in use" "$work/a1.l
   fail "1: the failure does not name the address and 'address already in use'"
 kill $c; wait $c 2>/dev/null || true; pids=()
 echo "ok 1: port in use: $(grep -o 'start failed: .*' "$work/a1.log")"
+
+# 2. stage a refuses the job: its token file is missing
+write_configs
+sed -i "s/^data: .*/data: missing.tok/" "$work/a.yaml"
+"$bin/nebulad" --config "$work/coord.yaml" > "$work/c2.log" 2>&1 & c=$!; pids=($c)
+"$bin/nebulad" --config "$work/a.yaml" > "$work/a2.log" 2>&1 & a=$!; pids+=($a)
+"$bin/nebulad" --config "$work/b.yaml" > "$work/b2.log" 2>&1 & b=$!; pids+=($b)
+wait_exit $a 60; sa=$st
+wait_exit $c 60; sc=$st
+[ "$sa" = 1 ] || fail "2: the stage that refused the job: exit status $sa, expected 1"
+[ "$sc" = 1 ] || fail "2: coordinator exit status $sc, expected 1"
+grep -q "refusing job .*missing.tok" "$work/a2.log" || fail "2: stage a does not say why it refuses the job"
+grep -q "job failed: stage daemon a: a: .*missing.tok" "$work/c2.log" || fail "2: the coordinator does not name a and why"
+kill $b 2>/dev/null || true; wait $b 2>/dev/null || true; pids=()
+echo "ok 2: a stage that refuses the job exits 1: $(grep -o 'job failed: .*' "$work/c2.log" | head -n 1)"
