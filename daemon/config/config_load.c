@@ -598,6 +598,19 @@ static int check_job(cfg_ctx_t *c, nb_config_t *cfg)
                 snprintf(p, sizeof p, "job.clusters[%d].name", i);
                 return fail_path(c, p, "duplicate cluster name '%s' (also clusters[%d])", j->clusters[i].name, k);
             }
+    /* Each cluster's daemon listens on its own address: two clusters on one
+     * address would make a stage dial itself, and the job would never get
+     * its links up. */
+    for (int i = 0; i < j->n_clusters; i++)
+        for (int k = 0; k < i; k++)
+            if (j->clusters[i].address.host[0] &&
+                strcasecmp(j->clusters[i].address.host, j->clusters[k].address.host) == 0 &&
+                j->clusters[i].address.port == j->clusters[k].address.port) {
+                char p[CFG_KEY_PATH_MAX];
+                snprintf(p, sizeof p, "job.clusters[%d].address", i);
+                return fail_path(c, p, "duplicate address '%s': clusters[%d] (%s) has it too; every cluster's "
+                                 "daemon needs its own", j->clusters[i].address.text, k, j->clusters[k].name);
+            }
     int n_auto = 0;
     for (int i = 0; i < j->n_clusters; i++)
         n_auto += j->clusters[i].layers_auto;

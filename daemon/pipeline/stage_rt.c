@@ -87,6 +87,45 @@ static void stop_failed(nb_stage_rt_t *rt, const char *why)
     nb_service_fail(rt->svc, why);
 }
 
+/* ---- deadlines (loop thread) ------------------------------------------------ */
+
+/* connect_timeout_s bounds the stage's waits for others: for its
+ * coordinator (at start and whenever it is lost before a job) and for its
+ * pipeline links once a job arrived. The wait for a job on a connected
+ * coordinator is the coordinator's to bound. */
+static void wait_timeout_cb(uv_timer_t *t)
+{
+    nb_stage_rt_t *rt = t->data;
+    double secs = rt->cfg->connect_timeout_s;
+    if (!rt->have_job) {
+        if (!rt->coord)
+            job_fail(rt, "coordinator %s at %s not connected within %.0f s (connect_timeout_s)",
+                     rt->cfg->coordinator.name, rt->cfg->coordinator.address.text, secs);
+        return;
+    }
+    if (rt->links_reported)
+        return;
+    char missing[512] = "";
+    for (int d = 0; d < rt->job.n_daemons; d++)
+        if (rt->need_peer[d])
+            snprintf(missing + strlen(missing), sizeof missing - strlen(missing), "%s%s (%s, %s)",
+                     missing[0] ? ", " : "", rt->job.names[d], rt->job.addresses[d],
+                     !rt->peer_ready[d] ? (d > rt->me ? "dialled, not connected" : "not connected to us")
+                                        : "probing");
+    job_fail(rt, "pipeline links not up within %.0f s (connect_timeout_s) of the job: %s", secs, missing);
+}
+
+/* Starts (or restarts) the deadline; stop with arm_wait(rt, false). */
+static void arm_wait(nb_stage_rt_t *rt, bool on)
+{
+    if (!rt->wait_timer_open)
+        return;
+    if (on)
+        uv_timer_start(&rt->wait_timer, wait_timeout_cb, (uint64_t)(rt->cfg->connect_timeout_s * 1000), 0);
+    else
+        uv_timer_stop(&rt->wait_timer);
+}
+
 /* ---- loop thread: sending ------------------------------------------------- */
 
 static void sent_cb(void *payload, void *ud)
@@ -304,6 +343,7 @@ static void open_links(nb_stage_rt_t *rt)
     }
     nb_service_set_state(rt->svc, NB_SVC_CONNECTING, "job %llu: connecting to pipeline neighbours",
                          (unsigned long long)rt->job.layout.job_id);
+    arm_wait(rt, true);
     check_links_ready(rt);
 }
 
@@ -457,6 +497,7 @@ static void check_links_ready(nb_stage_rt_t *rt)
     if (probing(rt) || rt->links_reported) /* a probe callback may have reported already */
         return;
     rt->links_reported = true;
+    arm_wait(rt, false);
     if (rt->probe_timer_open) {
         uv_close((uv_handle_t *)&rt->probe_timer, NULL);
         rt->probe_timer_open = false;
@@ -483,6 +524,8 @@ static void on_ready(nb_conn_t *c, void *ud)
     if (strcmp(peer, rt->cfg->coordinator.name) == 0) {
         rt->coord = c;
         nb_rt_peer_row(rt->state, peer, "coordinator", rt->cfg->coordinator.address.text, "up", c);
+        if (!rt->have_job)
+            arm_wait(rt, false);
         /* READY=1 once the coordinator is authenticated (defers_ready) */
         if (!rt->ready_sent) {
             rt->ready_sent = true;
@@ -613,6 +656,8 @@ static void on_closed(nb_conn_t *c, int err, void *ud)
         nb_rt_peer_row(rt->state, peer, "coordinator", rt->cfg->coordinator.address.text, "down", NULL);
         if (rt->have_job && nb_state_get(rt->state) != NB_SVC_DONE)
             job_fail(rt, "lost the coordinator %s (%s)", peer, err ? nb_strerror(err) : "closed");
+        else if (!rt->have_job)
+            arm_wait(rt, true); /* waiting for it again */
         return;
     }
     int d = daemon_of(rt, peer);
@@ -647,6 +692,12 @@ static int rt_start(nb_service_t *svc, void *ud)
         nb_log_error(NULL, "cannot dial coordinator %s: %s", rt->cfg->coordinator.address.text, nb_strerror(rc));
         return rc;
     }
+    if (rt->cfg->connect_timeout_s > 0) {
+        uv_timer_init(rt->loop, &rt->wait_timer);
+        rt->wait_timer.data = rt;
+        rt->wait_timer_open = true;
+        arm_wait(rt, true);
+    }
     uv_async_init(rt->loop, &rt->wake, wake_cb);
     rt->wake.data = rt;
     rt->wake_open = true;
@@ -677,6 +728,10 @@ static void rt_stop(nb_service_t *svc, void *ud)
     if (rt->probe_timer_open) {
         uv_close((uv_handle_t *)&rt->probe_timer, NULL);
         rt->probe_timer_open = false;
+    }
+    if (rt->wait_timer_open) {
+        uv_close((uv_handle_t *)&rt->wait_timer, NULL);
+        rt->wait_timer_open = false;
     }
 }
 

@@ -4,7 +4,14 @@
 #  1. a peer port in use: the daemon exits 1 naming the address and
 #     "address already in use";
 #  2. a stage that refuses the job (stage 0 without its token file) tells
-#     the coordinator why and exits 1; so does the coordinator.
+#     the coordinator why and exits 1; so does the coordinator;
+#  3. two clusters on one address: --check-config refuses the file;
+#  4. the coordinator bounds its wait for the stages' links by
+#     connect_timeout_s (a cluster address nothing listens on), naming the
+#     stages, and every daemon exits 1;
+#  5. a stage bounds its wait for the coordinator by connect_timeout_s;
+#  6. a stage bounds its wait for its pipeline links by connect_timeout_s,
+#     naming the neighbour.
 set -euo pipefail
 build=${NB_BUILD:-build}
 bin="$build/bin"
@@ -21,13 +28,14 @@ fail() { echo "FAIL: $*"; for f in "$work"/*.log; do echo "--- $f"; tail -n 15 "
 . tests/support/pipeline.sh
 nb_pipe_prepare "$work" "$bin" || exit 1
 base=$(( 40000 + ($$ % 2000) * 10 ))
-cp=$base ap=$((base + 1)) bp=$((base + 2))
+cp=$base ap=$((base + 1)) bp=$((base + 2)) down=$((base + 5))
 
-# coord.yaml with connect_timeout_s $1 (default 30) and the clusters' addresses
-# $2 and $3 (defaults: a and b's own); a.yaml and b.yaml with the same
-# connect_timeout_s.
+# write_configs [COORD_TIMEOUT [STAGE_TIMEOUT [A_ADDR [B_ADDR]]]]: coord.yaml
+# with connect_timeout_s COORD_TIMEOUT (default 60) and the clusters'
+# addresses (defaults: a's and b's own), a.yaml and b.yaml with
+# connect_timeout_s STAGE_TIMEOUT (default 60).
 write_configs() {
-  local ct=${1:-30} aa=${2:-127.0.0.1:$ap} ba=${3:-127.0.0.1:$bp}
+  local ct=${1:-60} st=${2:-60} aa=${3:-127.0.0.1:$ap} ba=${4:-127.0.0.1:$bp}
   cat > "$work/coord.yaml" <<YAML
 name: coord
 role: coordinator
@@ -51,7 +59,7 @@ YAML
   for n in a b; do
     p=$ap; [ $n = b ] && p=$bp
     nb_stage_yaml "$work/$n.yaml" $n "127.0.0.1:$p" "127.0.0.1:$cp" 0.2 5 "checkpoint_dir: run/$n-weights" \
-      "connect_timeout_s: $ct"
+      "connect_timeout_s: $st"
   done
   rm -rf "$work/run"; mkdir -p "$work/run"
 }
@@ -104,3 +112,50 @@ grep -q "refusing job .*missing.tok" "$work/a2.log" || fail "2: stage a does not
 grep -q "job failed: stage daemon a: a: .*missing.tok" "$work/c2.log" || fail "2: the coordinator does not name a and why"
 kill $b 2>/dev/null || true; wait $b 2>/dev/null || true; pids=()
 echo "ok 2: a stage that refuses the job exits 1: $(grep -o 'job failed: .*' "$work/c2.log" | head -n 1)"
+
+# 3. two clusters on one address
+write_configs 60 60 127.0.0.1:$ap 127.0.0.1:$ap
+set +e; out=$("$bin/nebulad" --check-config "$work/coord.yaml" 2>&1); rc=$?; set -e
+[ $rc -eq 78 ] || fail "3: --check-config exit $rc for two clusters on one address, expected 78 ($out)"
+[[ $out == "$work/coord.yaml:"*": job.clusters[1].address: duplicate address '127.0.0.1:$ap': clusters[0] (a) has it too"* ]] ||
+  fail "3: unexpected message: $out"
+echo "ok 3: ${out#"$work/"}"
+
+# 4. cluster b's address in the job is wrong: the links never come up
+write_configs 3 600 127.0.0.1:$ap 127.0.0.1:$down
+"$bin/nebulad" --config "$work/coord.yaml" > "$work/c4.log" 2>&1 & c=$!; pids=($c)
+"$bin/nebulad" --config "$work/a.yaml" > "$work/a4.log" 2>&1 & a=$!; pids+=($a)
+"$bin/nebulad" --config "$work/b.yaml" > "$work/b4.log" 2>&1 & b=$!; pids+=($b)
+wait_exit $c 120; sc=$st
+[ "$sc" = 1 ] || fail "4: coordinator exit status $sc, expected 1 (it must not wait forever for the links)"
+grep -q "job failed: stage daemons did not report their pipeline links up within 3 s (connect_timeout_s) after the job was sent: a (127.0.0.1:$ap), b (127.0.0.1:$down)" "$work/c4.log" ||
+  fail "4: the coordinator does not name the stages whose links are not up"
+wait_exit $a 60; sa=$st; wait_exit $b 60; sb=$st
+[ "$sa" = 1 ] && [ "$sb" = 1 ] || fail "4: stage exit statuses $sa $sb, expected 1 1"
+pids=()
+echo "ok 4: $(grep -o 'job failed: .*' "$work/c4.log" | head -n 1 | cut -c1-150)..."
+
+# 5. a stage whose coordinator never comes
+write_configs 60 2
+"$bin/nebulad" --config "$work/a.yaml" > "$work/a5.log" 2>&1 & a=$!; pids=($a)
+wait_exit $a 120
+[ "$st" = 1 ] || fail "5: stage exit status $st without its coordinator, expected 1"
+grep -q "job failed: coordinator coord at 127.0.0.1:$cp not connected within 2 s (connect_timeout_s)" "$work/a5.log" ||
+  fail "5: the stage does not say what it waited for"
+pids=()
+echo "ok 5: $(grep -o 'job failed: .*' "$work/a5.log" | head -n 1)"
+
+# 6. the stages' own deadline for their links (the coordinator's is longer)
+write_configs 600 3 127.0.0.1:$ap 127.0.0.1:$down
+"$bin/nebulad" --config "$work/coord.yaml" > "$work/c6.log" 2>&1 & c=$!; pids=($c)
+"$bin/nebulad" --config "$work/a.yaml" > "$work/a6.log" 2>&1 & a=$!; pids+=($a)
+"$bin/nebulad" --config "$work/b.yaml" > "$work/b6.log" 2>&1 & b=$!; pids+=($b)
+wait_exit $c 120; sc=$st
+[ "$sc" = 1 ] || fail "6: coordinator exit status $sc, expected 1"
+# whichever stage's deadline fires first names its neighbour
+grep -q "job failed: stage daemon \(a: pipeline links not up within 3 s (connect_timeout_s) of the job: b (127.0.0.1:$down, dialled, not connected)\|b: pipeline links not up within 3 s (connect_timeout_s) of the job: a (127.0.0.1:$ap, not connected to us)\)" "$work/c6.log" ||
+  fail "6: no stage named the neighbour it waited for"
+wait_exit $a 60; sa=$st; wait_exit $b 60; sb=$st
+[ "$sa" = 1 ] && [ "$sb" = 1 ] || fail "6: stage exit statuses $sa $sb, expected 1 1"
+pids=()
+echo "ok 6: $(grep -o 'job failed: .*' "$work/c6.log" | head -n 1)"
