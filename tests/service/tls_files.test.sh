@@ -24,7 +24,9 @@ fail() { echo "FAIL: $*"; for f in "$work"/*.log; do [ -f "$f" ] && { echo "--- 
 
 . tests/support/pipeline.sh
 nb_pipe_prepare "$work" "$bin" || exit 1
-base=$(( 42000 + ($$ % 2000) * 10 ))
+# below the ephemeral range (32768-60999), where outgoing connections of
+# other tests could hold one of our ports
+base=$(( 15000 + ($$ % 400) * 10 ))
 cp=$base ap=$((base + 1)) down=$((base + 5))
 
 wait_log() { # $1 file, $2 pattern, $3 seconds
