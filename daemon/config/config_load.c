@@ -583,6 +583,12 @@ static int check_job(cfg_ctx_t *c, nb_config_t *cfg)
     if (j->optimizer.min_lr > j->optimizer.lr)
         return fail_path(c, "job.optimizer.min_lr", "must not exceed lr (%g), got %g", j->optimizer.lr,
                          j->optimizer.min_lr);
+    /* Nothing in a pipeline job writes job.output yet: refuse it rather
+     * than leave an operator looking for a file that never comes. */
+    if (c->role == NB_ROLE_COORDINATOR && j->output[0])
+        return fail_path(c, "job.output", "not written by a pipeline job: each stage daemon writes its part of the "
+                         "model to its own checkpoint_dir as final-stageS.weights; remove job.output (only role "
+                         "train, nebula-train, writes it)");
     if (j->n_clusters == 0)
         return 0;
     if (j->topology == NB_TOPO_USHAPE && j->n_clusters < 2)
