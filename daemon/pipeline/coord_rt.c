@@ -36,6 +36,7 @@ struct nb_coord_rt {
     uv_timer_t connect_timer; /* the deadline of the wait in `waiting` */
     bool timer_open;
     enum { WAIT_CONNECT, WAIT_LINKS, WAIT_STEPS, WAIT_DONE } waiting;
+    double wait_s;            /* its deadline, in seconds */
     nb_job_desc_t job;
     int m, mb_size;           /* this step's micro-batches and their size */
     nb_sched_spec_t sched;
@@ -69,10 +70,21 @@ static void wait_for(nb_coord_rt_t *rt, int what)
     rt->waiting = what;
     if (!rt->timer_open)
         return;
-    if (what == WAIT_STEPS)
+    if (what == WAIT_STEPS) {
         uv_timer_stop(&rt->connect_timer);
-    else
-        uv_timer_start(&rt->connect_timer, connect_timeout_cb, (uint64_t)(rt->cfg->connect_timeout_s * 1000), 0);
+        return;
+    }
+    rt->wait_s = rt->cfg->connect_timeout_s;
+    if (what == WAIT_DONE) {
+        /* the stages apply the last step and write their weights first:
+         * allow 1 s per 50 MB of the whole model's fp32 weights on top */
+        const nb_pipe_layout_t *l = &rt->job.layout;
+        nb_cost_model_t mdl;
+        if (nb_cost_model_gpt(l->model.n_layer, l->model.d_model, l->model.n_head, l->seq_len, l->model.vocab,
+                              l->model.tie_embeddings, (int)rt->cfg->job.batch, &mdl) == 0)
+            rt->wait_s += 4.0 * (mdl.params_per_layer * l->model.n_layer + mdl.embed_params + mdl.head_params) / 50e6;
+    }
+    uv_timer_start(&rt->connect_timer, connect_timeout_cb, (uint64_t)(rt->wait_s * 1000), 0);
 }
 
 static void send_all_shutdown(nb_coord_rt_t *rt, const char *why)
@@ -491,7 +503,7 @@ static void connect_timeout_cb(uv_timer_t *t)
             snprintf(missing + strlen(missing), sizeof missing - strlen(missing), "%s%s (%s)",
                      missing[0] ? ", " : "", rt->job.names[i], rt->job.addresses[i]);
     }
-    double secs = rt->cfg->connect_timeout_s;
+    double secs = rt->waiting == WAIT_CONNECT ? rt->cfg->connect_timeout_s : rt->wait_s;
     switch (rt->waiting) {
     case WAIT_CONNECT:
         job_fail(rt, "stage daemons did not connect within %.0f s: %s", secs, missing);
@@ -503,7 +515,7 @@ static void connect_timeout_cb(uv_timer_t *t)
         break;
     case WAIT_DONE:
         job_fail(rt, "stage daemons did not report the job done (final weights written) within %.0f s "
-                 "(connect_timeout_s) after the last step: %s", secs, missing);
+                 "(connect_timeout_s plus 1 s per 50 MB of weights) after the last step: %s", secs, missing);
         break;
     default:
         break;
