@@ -104,6 +104,14 @@ int main(int argc, char **argv)
     char kernels[96];
     nb_cpu_describe(kernels, sizeof kernels);
     nb_log_info(NULL, "nebulad %s, kernels %s", NB_VERSION, kernels);
+    {
+        /* Not fatal here: the transport re-reads the files for every
+         * connection, so files put in place later are picked up. */
+        const nb_tls_files_t tf = { cfg.tls.cert, cfg.tls.key, cfg.tls.ca };
+        char terr[1024];
+        if (nb_tls_check_files(&tf, terr, sizeof terr) != 0)
+            nb_log_warn(NULL, "TLS files: %s; every connection fails until this is fixed", terr);
+    }
     /* A status client that hangs up mid-reply must not kill the daemon. */
     signal(SIGPIPE, SIG_IGN);
 

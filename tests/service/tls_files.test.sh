@@ -7,7 +7,7 @@
 #  2. a stage whose coordinator is down says so in its log (at once, then
 #     at most every 10 s), with the address and the reason;
 #  3. a stage whose certificate is missing names the file and the reason
-#     ("No such file or directory") when it connects.
+#     ("No such file or directory") at start and when it connects.
 set -euo pipefail
 build=${NB_BUILD:-build}
 bin="$build/bin"
@@ -103,7 +103,9 @@ YAML
 "$D" --config "$work/coord.yaml" > "$work/c3.log" 2>&1 & c=$!; pids=($c)
 stage "$work/a.yaml" $cp certs/gone.pem certs/a.key certs/ca.pem
 "$D" --config "$work/a.yaml" > "$work/a3.log" 2>&1 & a=$!; pids+=($a)
-wait_log "$work/a3.log" "cannot load certificate .*certs/gone.pem: No such file or directory" 30 ||
-  fail "3: the stage does not name its missing certificate and the reason"
+wait_log "$work/a3.log" "WARN  a -: TLS files: cannot load certificate .*certs/gone.pem: No such file or directory; every connection fails until this is fixed" 30 ||
+  fail "3: the stage does not warn about its missing certificate at start"
+wait_log "$work/a3.log" "cannot set up TLS: cannot load certificate .*certs/gone.pem: No such file or directory" 30 ||
+  fail "3: the stage does not name its missing certificate and the reason when it connects"
 kill $a $c; wait $a $c 2>/dev/null || true; pids=()
 echo "ok 3: $(grep -o 'cannot set up TLS: .*' "$work/a3.log" | head -n 1)"
