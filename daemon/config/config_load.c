@@ -593,6 +593,12 @@ static int check_job(cfg_ctx_t *c, nb_config_t *cfg)
     if (j->optimizer.min_lr > j->optimizer.lr)
         return fail_path(c, "job.optimizer.min_lr", "must not exceed lr (%g), got %g", j->optimizer.lr,
                          j->optimizer.min_lr);
+    /* Nothing in a pipeline job writes job.output yet: refuse it rather
+     * than leave an operator looking for a file that never comes. */
+    if (c->role == NB_ROLE_COORDINATOR && j->output[0])
+        return fail_path(c, "job.output", "not written by a pipeline job: each stage daemon writes its part of the "
+                         "model to its own checkpoint_dir as final-stageS.weights; remove job.output (only role "
+                         "train, nebula-train, writes it)");
     if (j->n_clusters == 0)
         return 0;
     if (j->topology == NB_TOPO_USHAPE && j->n_clusters < 2)
@@ -607,6 +613,19 @@ static int check_job(cfg_ctx_t *c, nb_config_t *cfg)
                 char p[CFG_KEY_PATH_MAX];
                 snprintf(p, sizeof p, "job.clusters[%d].name", i);
                 return fail_path(c, p, "duplicate cluster name '%s' (also clusters[%d])", j->clusters[i].name, k);
+            }
+    /* Each cluster's daemon listens on its own address: two clusters on one
+     * address would make a stage dial itself, and the job would never get
+     * its links up. */
+    for (int i = 0; i < j->n_clusters; i++)
+        for (int k = 0; k < i; k++)
+            if (j->clusters[i].address.host[0] &&
+                strcasecmp(j->clusters[i].address.host, j->clusters[k].address.host) == 0 &&
+                j->clusters[i].address.port == j->clusters[k].address.port) {
+                char p[CFG_KEY_PATH_MAX];
+                snprintf(p, sizeof p, "job.clusters[%d].address", i);
+                return fail_path(c, p, "duplicate address '%s': clusters[%d] (%s) has it too; every cluster's "
+                                 "daemon needs its own", j->clusters[i].address.text, k, j->clusters[k].name);
             }
     int n_auto = 0;
     for (int i = 0; i < j->n_clusters; i++)

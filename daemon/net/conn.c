@@ -116,6 +116,11 @@ void nb_conn_close(nb_conn_t *c)
         return;
     }
     c->draining = 1;
+    /* No pings while draining: last_ping_ms now marks the start of the
+     * drain, which on_tick bounds by dead_after_ms. Left as it was, a
+     * connection closed before its first heartbeat (last_ping_ms 0) was cut
+     * at the next tick, its queued frames lost. */
+    c->last_ping_ms = now_ms(c);
     if (!c->txq)
         finish_drain(c);
 }

@@ -180,11 +180,15 @@ static void on_listener_closed(uv_handle_t *h)
     nb__net_maybe_done(n);
 }
 
-int nb_net_listen(nb_net_t *n, const char *host, int port, int *bound_port)
+int nb_net_listen_err(nb_net_t *n, const char *host, int port, int *bound_port, char *err, size_t errlen)
 {
     struct sockaddr_storage ss;
-    if (n->listening || parse_addr(host, port, &ss) != 0)
+    if (n->listening || parse_addr(host, port, &ss) != 0) {
+        if (err && errlen)
+            snprintf(err, errlen, "listen %s:%d: %s", host ? host : "?", port,
+                     n->listening ? "already listening" : "not an IP address and port");
         return NB_EINVAL;
+    }
     uv_tcp_init(n->loop, &n->listener);
     n->listener.data = n;
     n->listening = 1;
@@ -193,7 +197,12 @@ int nb_net_listen(nb_net_t *n, const char *host, int port, int *bound_port)
     if (rc == 0)
         rc = uv_listen((uv_stream_t *)&n->listener, 256, on_connection);
     if (rc != 0) {
-        nb_log_error(NULL, "cannot listen on %s:%d: %s", host, port, uv_strerror(rc));
+        /* libuv reports a bind error (EADDRINUSE) only at listen time */
+        if (!err || !errlen)
+            nb_log_error(NULL, "cannot listen on %s:%d: %s", host, port, uv_strerror(rc));
+        else
+            snprintf(err, errlen, "listen %s%s%s:%d: %s", strchr(host, ':') ? "[" : "", host,
+                     strchr(host, ':') ? "]" : "", port, uv_strerror(rc));
         uv_close((uv_handle_t *)&n->listener, on_listener_closed);
         n->listening = 0;
         return NB_EIO;
@@ -207,6 +216,11 @@ int nb_net_listen(nb_net_t *n, const char *host, int port, int *bound_port)
     }
     nb_log_info(NULL, "listening on %s:%d", host, port);
     return 0;
+}
+
+int nb_net_listen(nb_net_t *n, const char *host, int port, int *bound_port)
+{
+    return nb_net_listen_err(n, host, port, bound_port, NULL, 0);
 }
 
 /* ---- outbound --------------------------------------------------------------- */
@@ -236,6 +250,27 @@ static void peer_schedule(nb__peer_t *p)
     uv_timer_start(&p->retry, on_retry, delay, 0);
 }
 
+/* Logs a failed connect so an operator sees a peer that is down, without
+ * flooding the log while the back-off retries: the first failure, then one
+ * line per NB__NET_CONNECT_LOG_MS with the count of failures in between. */
+static void peer_connect_failed(nb__peer_t *p, int status)
+{
+    uint64_t now = uv_now(p->net->loop);
+    p->failed++;
+    p->unreported++;
+    if (p->failed > 1 && now - p->reported_ms < NB__NET_CONNECT_LOG_MS)
+        return;
+    if (p->failed == 1)
+        nb_log_warn(p->name, "cannot connect to %s:%d: %s; retrying with back-off (at most every %u s)", p->host,
+                    p->port, uv_strerror(status), p->net->cfg.backoff_max_ms / 1000);
+    else
+        nb_log_warn(p->name, "cannot connect to %s:%d: %s (%u failed attempts in the last %.0f s, %u in all); "
+                    "still retrying", p->host, p->port, uv_strerror(status), p->unreported,
+                    (double)(now - p->reported_ms) / 1000.0, p->failed);
+    p->reported_ms = now;
+    p->unreported = 0;
+}
+
 static void on_connect(uv_connect_t *req, int status)
 {
     nb_conn_t *c = req->data;
@@ -243,8 +278,15 @@ static void on_connect(uv_connect_t *req, int status)
         return;
     if (status < 0) {
         nb_log_debug(c->name, "connect failed: %s", uv_strerror(status));
+        if (c->peer)
+            peer_connect_failed(c->peer, status);
         nb__conn_fail(c, NB_EIO);
         return;
+    }
+    if (c->peer && c->peer->failed) {
+        nb_log_info(c->peer->name, "reached %s:%d after %u failed attempts", c->peer->host, c->peer->port,
+                    c->peer->failed);
+        c->peer->failed = c->peer->unreported = 0;
     }
     nb__conn_start_tls(c);
 }

@@ -105,6 +105,9 @@ int nb_net_new(uv_loop_t *loop, const nb_net_cfg_t *cfg, const nb_net_cb_t *cb,
 /* Listens on host:port (port 0: any; the bound port goes to *bound_port when
  * not NULL). Errors: NB_EINVAL (bad address), NB_EIO (bind/listen failed). */
 int nb_net_listen(nb_net_t *n, const char *host, int port, int *bound_port);
+/* As nb_net_listen; on failure also writes "listen HOST:PORT: reason" (e.g.
+ * "address already in use") into err when err is not NULL. */
+int nb_net_listen_err(nb_net_t *n, const char *host, int port, int *bound_port, char *err, size_t errlen);
 
 /* Adds an outbound peer: connects to host:port expecting the certificate name
  * peer_name, and reconnects with exponential backoff and jitter whenever the

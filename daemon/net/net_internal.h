@@ -120,7 +120,14 @@ struct nb__peer {
     nb_conn_t *conn;
     uv_timer_t retry;
     unsigned attempts;
+    unsigned failed;       /* connects refused or timed out since the last success */
+    unsigned unreported;   /* of those, not yet in a log line */
+    uint64_t reported_ms;  /* loop time of the last "cannot connect" line */
 };
+
+/* A peer that cannot be reached is named in the log at its first failed
+ * connect and then at most once per this many ms, with the count. */
+#define NB__NET_CONNECT_LOG_MS 10000
 
 struct nb_net {
     uv_loop_t *loop;

@@ -1,4 +1,5 @@
 /* tls.c - OpenSSL session over memory BIOs; see tls.h. */
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -130,6 +131,72 @@ static void ssl_errstr(char *buf, size_t len)
         snprintf(buf, len, "no OpenSSL error");
 }
 
+/* "what path: reason": the system's reason when the file cannot be opened
+ * (errno), else OpenSSL's (not PEM, wrong type, ...). */
+static void file_error(char *err, size_t errlen, const char *what, const char *path)
+{
+    char why[256];
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        snprintf(why, sizeof why, "%s", strerror(errno));
+    } else {
+        fclose(f);
+        /* the first error is the cause ("no start line"); later ones
+         * only say which call gave up ("PEM lib") */
+        unsigned long e = ERR_peek_error();
+        const char *r = e ? ERR_reason_error_string(e) : NULL;
+        if (r)
+            snprintf(why, sizeof why, "OpenSSL: %s", r);
+        else if (e)
+            ERR_error_string_n(e, why, sizeof why);
+        else
+            snprintf(why, sizeof why, "not a PEM file OpenSSL can read");
+    }
+    snprintf(err, errlen, "cannot load %s %s: %s", what, path, why);
+}
+
+/* Loads certificate chain, key and CA into ctx and checks that the key
+ * matches the certificate. Returns 0, or NB_EIO / NB_EAUTH with the file
+ * and the reason in err. */
+static int load_files(SSL_CTX *ctx, const nb_tls_files_t *files, char *err, size_t errlen)
+{
+    if (SSL_CTX_use_certificate_chain_file(ctx, files->cert_file) != 1) {
+        file_error(err, errlen, "certificate", files->cert_file);
+        return NB_EIO;
+    }
+    if (SSL_CTX_use_PrivateKey_file(ctx, files->key_file, SSL_FILETYPE_PEM) != 1) {
+        if (ERR_GET_REASON(ERR_peek_error()) == X509_R_KEY_VALUES_MISMATCH) {
+            snprintf(err, errlen, "key %s does not match certificate %s", files->key_file, files->cert_file);
+            return NB_EAUTH;
+        }
+        file_error(err, errlen, "key", files->key_file);
+        return NB_EIO;
+    }
+    if (SSL_CTX_check_private_key(ctx) != 1) {
+        snprintf(err, errlen, "key %s does not match certificate %s", files->key_file, files->cert_file);
+        return NB_EAUTH;
+    }
+    if (SSL_CTX_load_verify_locations(ctx, files->ca_file, NULL) != 1) {
+        file_error(err, errlen, "CA file", files->ca_file);
+        return NB_EIO;
+    }
+    return 0;
+}
+
+int nb_tls_check_files(const nb_tls_files_t *files, char *err, size_t errlen)
+{
+    ERR_clear_error();
+    SSL_CTX *ctx = SSL_CTX_new(TLS_method());
+    if (!ctx) {
+        ssl_errstr(err, errlen);
+        return NB_ENOMEM;
+    }
+    int rc = load_files(ctx, files, err, errlen);
+    SSL_CTX_free(ctx);
+    ERR_clear_error();
+    return rc;
+}
+
 /* ---- contexts: built from the three files, shared while they are unchanged ---- */
 
 /* A context with the certificate, key and CA loaded; NULL with *rc and a
@@ -154,26 +221,8 @@ static SSL_CTX *ctx_build(const nb_tls_files_t *files, int is_server, char *err,
     if (is_server)
         SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
-    if (SSL_CTX_use_certificate_chain_file(ctx, files->cert_file) != 1) {
-        rc = NB_EIO;
-        snprintf(err, errlen, "cannot load certificate %s", files->cert_file);
+    if ((rc = load_files(ctx, files, err, errlen)) != 0)
         goto fail_msg;
-    }
-    if (SSL_CTX_use_PrivateKey_file(ctx, files->key_file, SSL_FILETYPE_PEM) != 1) {
-        rc = NB_EIO;
-        snprintf(err, errlen, "cannot load key %s", files->key_file);
-        goto fail_msg;
-    }
-    if (SSL_CTX_check_private_key(ctx) != 1) {
-        snprintf(err, errlen, "key %s does not match certificate %s", files->key_file,
-                 files->cert_file);
-        goto fail_msg;
-    }
-    if (SSL_CTX_load_verify_locations(ctx, files->ca_file, NULL) != 1) {
-        rc = NB_EIO;
-        snprintf(err, errlen, "cannot load CA file %s", files->ca_file);
-        goto fail_msg;
-    }
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
     return ctx;
 fail:

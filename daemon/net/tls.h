@@ -63,6 +63,13 @@ int nb_tls_new(const nb_tls_files_t *files, int is_server,
                char *err, size_t errlen);
 void nb_tls_free(nb_tls_t *t);
 
+/* Loads the three files as nb_tls_new would (certificate chain, key, the
+ * key matching the certificate, CA) and throws them away: for
+ * `nebulad --check-config` and start-up. Returns 0, or NB_EIO / NB_EAUTH /
+ * NB_ENOMEM with "cannot load certificate PATH: No such file or directory"
+ * (the system's reason, or OpenSSL's) in err. Any thread. */
+int nb_tls_check_files(const nb_tls_files_t *files, char *err, size_t errlen);
+
 /* Lends len ciphertext bytes received from the network to the session;
  * buf must stay valid until nb_tls_feed_done, which must be called before
  * the next feed (after nb_tls_handshake / nb_tls_read consumed what they

@@ -34,8 +34,10 @@ struct nb_coord_rt {
     uv_loop_t *loop;
     nb_net_t *net;
     bool net_open;
-    uv_timer_t connect_timer;
+    uv_timer_t connect_timer; /* the deadline of the wait in `waiting` */
     bool timer_open;
+    enum { WAIT_CONNECT, WAIT_LINKS, WAIT_STEPS, WAIT_DONE } waiting;
+    double wait_s;            /* its deadline, in seconds */
     nb_job_desc_t job;
     int m, mb_size;           /* this step's micro-batches and their size */
     nb_sched_spec_t sched;
@@ -59,6 +61,33 @@ static double now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void connect_timeout_cb(uv_timer_t *t);
+
+/* Every wait of the lifecycle but a step's reports (dead stages are found by
+ * the heartbeat there) ends within connect_timeout_s: the stages
+ * connecting, their links coming up, their final weights written. */
+static void wait_for(nb_coord_rt_t *rt, int what)
+{
+    rt->waiting = what;
+    if (!rt->timer_open)
+        return;
+    if (what == WAIT_STEPS) {
+        uv_timer_stop(&rt->connect_timer);
+        return;
+    }
+    rt->wait_s = rt->cfg->connect_timeout_s;
+    if (what == WAIT_DONE) {
+        /* the stages apply the last step and write their weights first:
+         * allow 1 s per 50 MB of the whole model's fp32 weights on top */
+        const nb_pipe_layout_t *l = &rt->job.layout;
+        nb_cost_model_t mdl;
+        if (nb_cost_model_gpt(l->model.n_layer, l->model.d_model, l->model.n_head, l->seq_len, l->model.vocab,
+                              l->model.tie_embeddings, (int)rt->cfg->job.batch, &mdl) == 0)
+            rt->wait_s += 4.0 * (mdl.params_per_layer * l->model.n_layer + mdl.embed_params + mdl.head_params) / 50e6;
+    }
+    uv_timer_start(&rt->connect_timer, connect_timeout_cb, (uint64_t)(rt->wait_s * 1000), 0);
 }
 
 static void send_all_shutdown(nb_coord_rt_t *rt, const char *why)
@@ -104,6 +133,7 @@ static int daemon_index(nb_coord_rt_t *rt, const char *name)
 static void send_job(nb_coord_rt_t *rt)
 {
     rt->job_sent = true;
+    wait_for(rt, WAIT_LINKS);
     nb_service_set_state(rt->svc, NB_SVC_CONNECTING, "all %d stage daemons connected; assigning stages",
                          rt->job.n_daemons);
     for (int i = 0; i < rt->job.n_daemons; i++) {
@@ -186,6 +216,7 @@ static void send_plan(nb_coord_rt_t *rt)
 static void start_steps(nb_coord_rt_t *rt)
 {
     rt->running = true;
+    wait_for(rt, WAIT_STEPS);
     rt->step = 0;
     rt->t_job_start = now_s();
     char sched[32];
@@ -360,6 +391,7 @@ static void finish_step(nb_coord_rt_t *rt)
                          (long long)rt->job.steps, loss);
     if (last) {
         rt->running = false;
+        wait_for(rt, WAIT_DONE);
         return; /* the stages answer DONE after writing their weights */
     }
     rt->step++;
@@ -423,6 +455,8 @@ static void handle_status(nb_coord_rt_t *rt, int di, const Nebula__JobStatus *s)
             if (!rt->d[i].done)
                 return;
         rt->finished = true;
+        if (rt->timer_open)
+            uv_timer_stop(&rt->connect_timer);
         {
             double secs = now_s() - rt->t_job_start;
             double tokens = (double)rt->job.steps * rt->job.layout.seq_len * (double)rt->cfg->job.batch;
@@ -466,8 +500,6 @@ static void on_ready(nb_conn_t *c, void *ud)
     for (int i = 0; i < rt->job.n_daemons; i++)
         if (!rt->d[i].connected)
             return;
-    if (rt->timer_open)
-        uv_timer_stop(&rt->connect_timer);
     send_job(rt);
 }
 
@@ -517,11 +549,31 @@ static void connect_timeout_cb(uv_timer_t *t)
 {
     nb_coord_rt_t *rt = t->data;
     char missing[512] = "";
-    for (int i = 0; i < rt->job.n_daemons; i++)
-        if (!rt->d[i].connected)
-            snprintf(missing + strlen(missing), sizeof missing - strlen(missing), "%s%s (%s)", missing[0] ? ", " : "",
-                     rt->job.names[i], rt->job.addresses[i]);
-    job_fail(rt, "stage daemons did not connect within %.0f s: %s", rt->cfg->connect_timeout_s, missing);
+    for (int i = 0; i < rt->job.n_daemons; i++) {
+        const daemon_slot_t *d = &rt->d[i];
+        bool late = rt->waiting == WAIT_CONNECT ? !d->connected : rt->waiting == WAIT_LINKS ? !d->links_ready
+                                                                                          : !d->done;
+        if (late)
+            snprintf(missing + strlen(missing), sizeof missing - strlen(missing), "%s%s (%s)",
+                     missing[0] ? ", " : "", rt->job.names[i], rt->job.addresses[i]);
+    }
+    double secs = rt->waiting == WAIT_CONNECT ? rt->cfg->connect_timeout_s : rt->wait_s;
+    switch (rt->waiting) {
+    case WAIT_CONNECT:
+        job_fail(rt, "stage daemons did not connect within %.0f s: %s", secs, missing);
+        break;
+    case WAIT_LINKS:
+        job_fail(rt, "stage daemons did not report their pipeline links up within %.0f s (connect_timeout_s) "
+                 "after the job was sent: %s; check that each cluster's address in job.clusters is the address "
+                 "its daemon listens on", secs, missing);
+        break;
+    case WAIT_DONE:
+        job_fail(rt, "stage daemons did not report the job done (final weights written) within %.0f s "
+                 "(connect_timeout_s plus 1 s per 50 MB of weights) after the last step: %s", secs, missing);
+        break;
+    default:
+        break;
+    }
 }
 
 /* ---- service hooks ------------------------------------------------------- */
@@ -685,10 +737,14 @@ static int rt_start(nb_service_t *svc, void *ud)
     nc.n_allowed_peers = (size_t)rt->job.n_daemons;
     const nb_net_cb_t cb = { on_ready, on_frame, on_writable, on_closed };
     char bound[NB_CFG_ADDR_MAX + 16];
-    int rc = nb_rt_open_net(rt->loop, rt->cfg, &nc, &cb, rt, rt->state, &rt->net, bound, sizeof bound);
+    char why[NB_CFG_ADDR_MAX + 128];
+    int rc = nb_rt_open_net(rt->loop, rt->cfg, &nc, &cb, rt, rt->state, &rt->net, bound, sizeof bound, why,
+                            sizeof why);
     rt->net_open = rt->net != NULL;
-    if (rc)
+    if (rc) {
+        nb_service_start_error(svc, "%s", why);
         return rc;
+    }
     for (int i = 0; i < rt->job.n_daemons; i++) {
         nb_rt_reserve_peer_addr(rt->net, rt->job.addresses[i]);
         nb_rt_peer_row(rt->state, rt->job.names[i], "stage", rt->job.addresses[i], "waiting", NULL);

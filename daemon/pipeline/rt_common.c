@@ -20,20 +20,19 @@ void nb_rt_net_cfg(const nb_config_t *cfg, int role, nb_net_cfg_t *out)
 }
 
 int nb_rt_open_net(uv_loop_t *loop, const nb_config_t *cfg, const nb_net_cfg_t *nc, const nb_net_cb_t *cb,
-                   void *ud, nb_state_t *st, nb_net_t **out, char *bound, size_t boundlen)
+                   void *ud, nb_state_t *st, nb_net_t **out, char *bound, size_t boundlen, char *why,
+                   size_t whylen)
 {
     *out = NULL;
     int rc = nb_net_new(loop, nc, cb, ud, out);
     if (rc) {
-        nb_log_error(NULL, "cannot create the transport: %s", nb_strerror(rc));
+        snprintf(why, whylen, "cannot create the transport: %s", nb_strerror(rc));
         *out = NULL;
         return rc;
     }
     int port = 0;
-    if ((rc = nb_net_listen(*out, cfg->listen.host, cfg->listen.port, &port))) {
-        nb_log_error(NULL, "cannot listen on %s: %s", cfg->listen.text, nb_strerror(rc));
+    if ((rc = nb_net_listen_err(*out, cfg->listen.host, cfg->listen.port, &port, why, whylen)))
         return rc;
-    }
     snprintf(bound, boundlen, "%s:%d", cfg->listen.host, port);
     nb_state_set_listen(st, bound, cfg->status_socket);
     return 0;

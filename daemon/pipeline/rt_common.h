@@ -18,11 +18,13 @@ void nb_rt_net_cfg(const nb_config_t *cfg, int role, nb_net_cfg_t *out);
 
 /* Creates the transport endpoint of a pipeline daemon on loop with nc and
  * cb, and binds its peer listener on cfg->listen; the bound address
- * ("host:port") is published in st and written to bound. On error logs why
- * and returns a negative NB_E* code; *out is set as soon as the endpoint
- * exists (so the caller closes it), NULL before. */
+ * ("host:port") is published in st and written to bound. On error writes
+ * the reason into why ("listen 0.0.0.0:7001: address already in use") and
+ * returns a negative NB_E* code; *out is set as soon as the endpoint exists
+ * (so the caller closes it), NULL before. */
 int nb_rt_open_net(uv_loop_t *loop, const nb_config_t *cfg, const nb_net_cfg_t *nc, const nb_net_cb_t *cb,
-                   void *ud, nb_state_t *st, nb_net_t **out, char *bound, size_t boundlen);
+                   void *ud, nb_state_t *st, nb_net_t **out, char *bound, size_t boundlen, char *why,
+                   size_t whylen);
 
 /* Keeps handshake room on n for connections from the host of "host:port"
  * or "[v6]:port" (a configured peer's address), so a connection flood from

@@ -291,8 +291,10 @@ static int handle_plan(nb_stage_rt_t *rt, nb_host_t *host, const Nebula__Plan *p
 
 static int save_weights(nb_stage_rt_t *rt, nb_host_t *host)
 {
-    if (!rt->cfg->checkpoint_dir[0])
+    if (!rt->cfg->checkpoint_dir[0]) {
+        nb_log_warn(NULL, "checkpoint_dir is not set: the final weights of this daemon's stages are not written");
         return 0;
+    }
     if (mkdir(rt->cfg->checkpoint_dir, 0750) != 0 && errno != EEXIST) {
         nb_log_error(NULL, "%s: cannot create: %s", rt->cfg->checkpoint_dir, strerror(errno));
         return NB_EIO;

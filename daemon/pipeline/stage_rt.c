@@ -77,6 +77,58 @@ static void job_fail(nb_stage_rt_t *rt, const char *fmt, ...)
     nb_service_fail(rt->svc, why);
 }
 
+/* The compute thread refused the job or failed a step and has told the
+ * coordinator why (the frame is queued): the daemon stops and exits 1, as
+ * after any failed job (docs/pipeline.md, "Failure handling"). */
+static void stop_failed(nb_stage_rt_t *rt, const char *why)
+{
+    if (rt->failed || rt->stopping)
+        return;
+    rt->failed = true;
+    close_mailboxes(rt);
+    nb_log_error(NULL, "job failed: %s", why);
+    nb_service_fail(rt->svc, why);
+}
+
+/* ---- deadlines (loop thread) ------------------------------------------------ */
+
+/* connect_timeout_s bounds the stage's waits for others: for its
+ * coordinator (at start and whenever it is lost before a job) and for its
+ * pipeline links once a job arrived. The wait for a job on a connected
+ * coordinator is the coordinator's to bound. */
+static void wait_timeout_cb(uv_timer_t *t)
+{
+    nb_stage_rt_t *rt = t->data;
+    double secs = rt->cfg->connect_timeout_s;
+    if (!rt->have_job) {
+        if (!rt->coord)
+            job_fail(rt, "coordinator %s at %s not connected within %.0f s (connect_timeout_s)",
+                     rt->cfg->coordinator.name, rt->cfg->coordinator.address.text, secs);
+        return;
+    }
+    if (rt->links_reported)
+        return;
+    char missing[512] = "";
+    for (int d = 0; d < rt->job.n_daemons; d++)
+        if (rt->need_peer[d])
+            snprintf(missing + strlen(missing), sizeof missing - strlen(missing), "%s%s (%s, %s)",
+                     missing[0] ? ", " : "", rt->job.names[d], rt->job.addresses[d],
+                     !rt->peer_ready[d] ? (d > rt->me ? "dialled, not connected" : "not connected to us")
+                                        : "probing");
+    job_fail(rt, "pipeline links not up within %.0f s (connect_timeout_s) of the job: %s", secs, missing);
+}
+
+/* Starts (or restarts) the deadline; stop with arm_wait(rt, false). */
+static void arm_wait(nb_stage_rt_t *rt, bool on)
+{
+    if (!rt->wait_timer_open)
+        return;
+    if (on)
+        uv_timer_start(&rt->wait_timer, wait_timeout_cb, (uint64_t)(rt->cfg->connect_timeout_s * 1000), 0);
+    else
+        uv_timer_stop(&rt->wait_timer);
+}
+
 /* ---- loop thread: sending ------------------------------------------------- */
 
 static void sent_cb(void *payload, void *ud)
@@ -239,10 +291,10 @@ static int send_item(nb_stage_rt_t *rt, out_item_t *o)
         int rc = nb_rt_send_ctl(rt->coord, &f);
         if (rc == 0 && o->status == NEBULA__JOB_STATUS__STATE__JOB_STATE_DONE)
             nb_service_set_state(rt->svc, NB_SVC_DONE, "%s", o->text);
-        if (rc == 0 && o->status == NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED)
-            nb_service_set_state(rt->svc, NB_SVC_FAILED, "%s", o->text);
         if (o->status == NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED && !rt->have_job)
             rt->job_pending = false; /* the compute thread refused the job */
+        if (rc == 0 && o->status == NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED)
+            stop_failed(rt, o->text);
         return rc;
     }
     case OUT_LINKS:
@@ -300,6 +352,7 @@ static void open_links(nb_stage_rt_t *rt)
     }
     nb_service_set_state(rt->svc, NB_SVC_CONNECTING, "job %llu: connecting to pipeline neighbours",
                          (unsigned long long)rt->job.layout.job_id);
+    arm_wait(rt, true);
     check_links_ready(rt);
 }
 
@@ -456,6 +509,7 @@ static void check_links_ready(nb_stage_rt_t *rt)
     if (probing(rt) || rt->links_reported) /* a probe callback may have reported already */
         return;
     rt->links_reported = true;
+    arm_wait(rt, false);
     if (rt->probe_timer_open) {
         uv_close((uv_handle_t *)&rt->probe_timer, NULL);
         rt->probe_timer_open = false;
@@ -482,6 +536,8 @@ static void on_ready(nb_conn_t *c, void *ud)
     if (strcmp(peer, rt->cfg->coordinator.name) == 0) {
         rt->coord = c;
         nb_rt_peer_row(rt->state, peer, "coordinator", rt->cfg->coordinator.address.text, "up", c);
+        if (!rt->have_job)
+            arm_wait(rt, false);
         /* READY=1 once the coordinator is authenticated (defers_ready) */
         if (!rt->ready_sent) {
             rt->ready_sent = true;
@@ -646,6 +702,8 @@ static void on_closed(nb_conn_t *c, int err, void *ud)
         nb_rt_peer_row(rt->state, peer, "coordinator", rt->cfg->coordinator.address.text, "down", NULL);
         if ((rt->have_job || rt->job_pending) && nb_state_get(rt->state) != NB_SVC_DONE)
             job_fail(rt, "lost the coordinator %s (%s)", peer, err ? nb_strerror(err) : "closed");
+        else if (!rt->have_job)
+            arm_wait(rt, true); /* waiting for it again */
         return;
     }
     int d = daemon_of(rt, peer);
@@ -667,14 +725,24 @@ static int rt_start(nb_service_t *svc, void *ud)
     nb_rt_net_cfg(rt->cfg, NEBULA__ROLE__ROLE_STAGE, &nc);
     const nb_net_cb_t cb = { on_ready, on_frame, on_writable, on_closed };
     char bound[NB_CFG_ADDR_MAX + 16];
-    int rc = nb_rt_open_net(rt->loop, rt->cfg, &nc, &cb, rt, rt->state, &rt->net, bound, sizeof bound);
+    char why[NB_CFG_ADDR_MAX + 128];
+    int rc = nb_rt_open_net(rt->loop, rt->cfg, &nc, &cb, rt, rt->state, &rt->net, bound, sizeof bound, why,
+                            sizeof why);
     rt->net_open = rt->net != NULL;
-    if (rc)
+    if (rc) {
+        nb_service_start_error(svc, "%s", why);
         return rc;
+    }
     if ((rc = nb_net_connect(rt->net, rt->cfg->coordinator.name, rt->cfg->coordinator.address.host,
                              rt->cfg->coordinator.address.port))) {
         nb_log_error(NULL, "cannot dial coordinator %s: %s", rt->cfg->coordinator.address.text, nb_strerror(rc));
         return rc;
+    }
+    if (rt->cfg->connect_timeout_s > 0) {
+        uv_timer_init(rt->loop, &rt->wait_timer);
+        rt->wait_timer.data = rt;
+        rt->wait_timer_open = true;
+        arm_wait(rt, true);
     }
     uv_async_init(rt->loop, &rt->wake, wake_cb);
     rt->wake.data = rt;
@@ -706,6 +774,10 @@ static void rt_stop(nb_service_t *svc, void *ud)
     if (rt->probe_timer_open) {
         uv_close((uv_handle_t *)&rt->probe_timer, NULL);
         rt->probe_timer_open = false;
+    }
+    if (rt->wait_timer_open) {
+        uv_close((uv_handle_t *)&rt->wait_timer, NULL);
+        rt->wait_timer_open = false;
     }
 }
 

@@ -82,6 +82,8 @@ struct nb_stage_rt {
     uv_timer_t probe_timer;      /* waits for a neighbour's probe to finish */
     bool probe_timer_open;
     uint64_t probe_wait_ns;      /* when the wait began; 0: not waiting */
+    uv_timer_t wait_timer;       /* connect_timeout_s: for the coordinator, then for the links */
+    bool wait_timer_open;
 
     nb_mbox_t *outbox, *ctl;
     /* inbox[][] is created by the compute thread (handle_job) while the loop

@@ -265,7 +265,10 @@ int nb_service_start(nb_service_t *svc, char *err, size_t errlen)
     }
     if (svc->rt && svc->rt->start) {
         if ((rc = svc->rt->start(svc, svc->rt_ud)) != 0) {
-            snprintf(err, errlen, "runtime start failed: %s", nb_strerror(rc));
+            if (svc->start_err[0])
+                snprintf(err, errlen, "%s", svc->start_err);
+            else
+                snprintf(err, errlen, "runtime start failed: %s", nb_strerror(rc));
             goto fail;
         }
     } else {
@@ -286,6 +289,14 @@ fail:
     svc->failed = true;
     nb_service_stop(svc, err);
     return rc;
+}
+
+void nb_service_start_error(nb_service_t *svc, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(svc->start_err, sizeof svc->start_err, fmt, ap);
+    va_end(ap);
 }
 
 void nb_service_ready(nb_service_t *svc)

@@ -82,6 +82,11 @@ void nb_service_fail(nb_service_t *svc, const char *why);
 void nb_service_set_state(nb_service_t *svc, nb_svc_state_t st, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* For a runtime's start hook that is about to fail: the reason, used in
+ * "start failed: REASON" in place of the error code's name (e.g.
+ * "listen 127.0.0.1:7001: address already in use"). Loop thread. */
+void nb_service_start_error(nb_service_t *svc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 /* Sends READY=1 with the current STATUS= (once; later calls do nothing).
  * For runtimes with defers_ready. */
 void nb_service_ready(nb_service_t *svc);

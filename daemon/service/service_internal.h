@@ -28,6 +28,7 @@ struct nb_service {
     bool reloading;    /* a reload's file is being read on a worker thread */
     bool reload_again; /* SIGHUP during that read: read once more after it */
     int m_reloads;
+    char start_err[512]; /* the runtime's reason for a failed start; "" none */
 };
 
 /* SIGHUP: re-reads the config file on a worker thread, then applies what can

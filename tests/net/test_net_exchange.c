@@ -432,6 +432,47 @@ static void test_orderly_close(void **state)
     teardown_pair(&x);
 }
 
+/* A connection closed at once, before its first heartbeat, still drains:
+ * its frame (held 300 ms by the latency emulation) reaches the peer before
+ * the orderly close. The drain deadline used to count from the last ping,
+ * which a connection that young has not sent, and the next tick cut it. */
+static void send_then_close(nb_conn_t *c, void *ud)
+{
+    h_on_ready(c, ud);
+    Nebula__Frame f = NEBULA__FRAME__INIT;
+    Nebula__Shutdown sd = NEBULA__SHUTDOWN__INIT;
+    sd.reason = "refused";
+    f.body_case = NEBULA__FRAME__BODY_SHUTDOWN;
+    f.shutdown = &sd;
+    assert_int_equal(nb_conn_send(c, &f, NULL, 0, NULL, NULL), 0);
+    nb_conn_close(c);
+}
+
+static void test_close_before_first_heartbeat(void **state)
+{
+    (void)state;
+    static const char *const allow_a[] = { "a" };
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    h_ep_t a = { 0 }, b = { 0 };
+    nb_net_cfg_t cfg;
+    h_cfg(&cfg, &b, "b", "b", allow_a, 1);
+    cfg.emu_send_delay_ms = 300; /* several ticks (heartbeat_ms / 4 = 50 ms) */
+    nb_net_cb_t bcb = h_cb;
+    bcb.on_ready = send_then_close;
+    assert_int_equal(nb_net_new(&loop, &cfg, &bcb, &b, &b.net), 0);
+    assert_int_equal(nb_net_listen(b.net, "127.0.0.1", 0, &b.port), 0);
+    h_cfg(&cfg, &a, "a", "a", NULL, 0);
+    h_ep_new(&loop, &a, &cfg, 0);
+    assert_int_equal(nb_net_connect(a.net, "b", "127.0.0.1", b.port), 0);
+    assert_true(h_run_until(&loop, &b.ready, 1, 5000));
+    assert_true(h_run_until(&loop, &a.frames, 1, 5000));
+    assert_true(h_log_has("peer closed the connection"));
+    h_ep_close(&loop, &a);
+    h_ep_close(&loop, &b);
+    h_loop_end(&loop);
+}
+
 static int setup(void **state)
 {
     h_log_start();
@@ -454,6 +495,7 @@ int main(void)
         cmocka_unit_test(test_pause_read),
         cmocka_unit_test(test_peer_restart),
         cmocka_unit_test(test_orderly_close),
+        cmocka_unit_test(test_close_before_first_heartbeat),
         cmocka_unit_test(test_backoff),
         cmocka_unit_test(test_dns_name),
     };

@@ -9,7 +9,8 @@
 #  4. a codec spec that does not parse: refused at start, naming the spec;
 #  5. a stage whose device cannot host its part (cuda:0 where there is no
 #     GPU, or a CUDA backend without the transformer ops): the stage refuses
-#     the job with the reason and the coordinator ends it, naming the stage.
+#     the job with the reason and exits 1, and the coordinator ends the job,
+#     naming the stage.
 set -euo pipefail
 build=${NB_BUILD:-build}
 bin="$build/bin"
@@ -122,5 +123,7 @@ echo "devices: [cuda:0]" >> "$work/b.yaml"
 wait_exit $c 15
 [ "$st" = 1 ] || fail "5: coordinator exit status $st, expected 1"
 grep -q "job failed: stage daemon b: .*\(cuda:0\|op\)" "$work/c5.log" || fail "5: the refusal does not name stage b and its device"
-kill $a $b 2>/dev/null; wait $a $b 2>/dev/null; pids=()
+wait_exit $b 15
+[ "$st" = 1 ] || fail "5: the stage that refused the job: exit status $st, expected 1"
+kill $a 2>/dev/null || true; wait $a 2>/dev/null || true; pids=()
 echo "ok 5: a stage that cannot host its part refuses the job: $(grep -o "job failed: .*" "$work/c5.log" | head -n 1)"
