@@ -14,7 +14,7 @@
 #   tests/bench/bench_*.c     -> $(BUILD)/bench/bench_*     (make bench)
 #   tests/fuzz/fuzz_*.c       -> $(BUILD)/fuzz/fuzz_*       (make fuzz, clang)
 #
-# Targets: all (default), test, asan, bench, demo, fuzz, install, clean.
+# Targets: all (default), test, asan, tsan, bench, demo, fuzz, install, clean.
 # Options: V=1 (show commands), CUDA=auto|0|1, SAN=0|1, PREFIX, DESTDIR, BUILD,
 #   ARCHFLAGS (the baseline every object targets: -march=x86-64-v2 on x86-64,
 #   the compiler's generic target elsewhere; ARCHFLAGS=-march=native builds for
@@ -181,7 +181,7 @@ $(BUILD)/config.txt:
 	@echo '$(CONFIG_LINE)' > $@
 
 # ---- rules ----------------------------------------------------------------------
-.PHONY: all test asan bench demo fuzz install clean help
+.PHONY: all test asan tsan bench demo fuzz install clean help
 # Keep objects that make would treat as intermediate.
 .SECONDARY:
 all: $(BINS) $(TESTS) $(BENCHES)
@@ -253,6 +253,24 @@ bench: $(BENCHES) $(BINS)
 
 demo: $(BINS)
 	$(Q)NB_BUILD=$(BUILD) scripts/demo.sh
+
+# ThreadSanitizer over the tests of the threaded layers (the transport, the
+# pipeline runtimes and the service): its own tree, CPU only. A report fails
+# the run, and every report is printed at the end (daemons started by the
+# shell tests write theirs under build/tsan/reports too). The flags go in
+# through the environment so the Makefile's own CFLAGS still apply.
+TSAN_DIRS := tests/net tests/pipeline tests/service
+TSAN_TESTS := $(patsubst %.c,build/tsan/%,$(filter $(addsuffix /%,$(TSAN_DIRS)),$(TEST_SRCS)))
+TSAN_SCRIPTS := $(foreach d,$(TSAN_DIRS),$(call rfind,$(d),*.test.sh))
+tsan:
+	$(Q)CFLAGS='-fsanitize=thread -fno-omit-frame-pointer' LDFLAGS='-fsanitize=thread' \
+		$(MAKE) --no-print-directory BUILD=build/tsan SAN=0 CUDA=0 \
+		$(TSAN_TESTS) $(BIN_SRCS:daemon/bin/%.c=build/tsan/bin/%)
+	$(Q)rm -rf build/tsan/reports && mkdir -p build/tsan/reports
+	$(Q)TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 log_path=$(CURDIR)/build/tsan/reports/tsan" \
+		NB_BUILD=build/tsan scripts/run-tests.sh $(TSAN_TESTS) $(TSAN_SCRIPTS); rc=$$?; \
+	if ls build/tsan/reports/tsan.* >/dev/null 2>&1; then \
+		cat build/tsan/reports/tsan.*; echo "ThreadSanitizer: reports above"; rc=1; fi; exit $$rc
 
 # Fuzzers need clang's libFuzzer; they build in their own tree.
 FUZZ_CC ?= clang
