@@ -278,7 +278,7 @@ FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -fno-omit-frame-pointer
 FUZZ_SECONDS ?= 30
 fuzz:
 	$(Q)$(MAKE) --no-print-directory BUILD=build/fuzz CC=$(FUZZ_CC) CUDA=0 ARCHFLAGS= \
-		CFLAGS='-fsanitize=fuzzer-no-link,address,undefined -Wno-psabi' LDFLAGS='-fsanitize=address,undefined' fuzzers
+		CFLAGS='-fsanitize=fuzzer-no-link,address,undefined -Wno-psabi -MMD -MP' LDFLAGS='-fsanitize=address,undefined' fuzzers
 	$(Q)for f in $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/fuzz/%); do \
 		n=$$(basename $$f); corpus=tests/fuzz/corpus/$${n#fuzz_}; mkdir -p build/fuzz/found/$$n; \
 		echo "fuzz $$n for $(FUZZ_SECONDS)s"; \
