@@ -3,19 +3,32 @@
  *
  *   nebula-weights show FILE
  *   nebula-weights compare [--tol X] REF FILE...
+ *   nebula-weights export [--names gpt2|bert|nebula] IN.weights OUT.safetensors
+ *   nebula-weights import DIR_OR_FILE OUT.weights
  *
  * compare matches every tensor of the FILEs (e.g. the final weights of each
  * pipeline stage) by name against REF (e.g. the single-process trainer's
  * output), prints the largest difference of each tensor relative to its
  * largest magnitude, and fails unless every tensor of REF is covered and
  * every difference is <= tol (default 1e-5).
- * Exit status: 0 equal within tol, 1 different, 2 usage or unreadable file.
+ * export writes a weights file as safetensors (F32) with Hugging Face
+ * GPT-2 or BERT names (the default for pre-LN / post-LN models), or
+ * Nebula's own. import reads DIR/config.json + DIR/model.safetensors, or a
+ * safetensors FILE (its Nebula __metadata__, else the config.json beside
+ * it), and writes a weights file; notes (skipped tensors) go to stderr.
+ * docs/import-export.md.
+ * Exit status: 0 equal within tol / converted, 1 different, 2 usage,
+ * unreadable or refused file.
  */
+#include <libgen.h>
 #include <math.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 #include "kernels/cpu_level.h"
+#include "daemon/train/hf_model.h"
+#include "daemon/train/safetensors.h"
 #include "daemon/train/weights.h"
 #include "kernels/backend.h"
 #include "kernels/model.h"
@@ -170,11 +183,108 @@ static int compare(double tol, const char *ref_path, int n, char **paths)
     return status;
 }
 
+static int export_file(const char *names_arg, const char *in, const char *out)
+{
+    nb_backend_t *be = nb_cpu_backend_new();
+    nb_part_t *tie, *p = load(be, in, &tie);
+    int status = 2;
+    char err[512];
+    if (!p)
+        goto done;
+    nb_hf_names_t names = nb_part_config(p)->norm == NB_MODEL_NORM_PRE ? NB_HF_NAMES_GPT2 : NB_HF_NAMES_BERT;
+    if (names_arg && nb_hf_names_parse(names_arg, &names)) {
+        fprintf(stderr, "nebula-weights: --names %s: expected gpt2, bert or nebula\n", names_arg);
+        goto done;
+    }
+    if (nb_hf_save(out, p, names, err, sizeof err)) {
+        fprintf(stderr, "nebula-weights: %s\n", err);
+        goto done;
+    }
+    printf("%s: %d tensors, %zu parameters, %s names\n", out, nb_part_num_tensors(p), nb_part_num_params(p),
+           nb_hf_names_name(names));
+    status = 0;
+done:
+    nb_part_free(p);
+    nb_part_free(tie);
+    nb_be_free(be);
+    return status;
+}
+
+static void print_note(void *ud, const char *note)
+{
+    fprintf(stderr, "nebula-weights: note: %s\n", note);
+}
+
+static int import_file(const char *in, const char *out)
+{
+    char st_path[4096], cfg_path[4096], err[1024];
+    struct stat sb;
+    bool dir = stat(in, &sb) == 0 && S_ISDIR(sb.st_mode);
+    if (dir) {
+        snprintf(st_path, sizeof st_path, "%s/model.safetensors", in);
+        snprintf(cfg_path, sizeof cfg_path, "%s/config.json", in);
+    } else {
+        char copy[4096];
+        snprintf(st_path, sizeof st_path, "%s", in);
+        snprintf(copy, sizeof copy, "%s", in);
+        snprintf(cfg_path, sizeof cfg_path, "%s/config.json", dirname(copy));
+    }
+    nb_st_file_t *f = NULL;
+    nb_backend_t *be = nb_cpu_backend_new();
+    nb_part_t *p = NULL, *tie = NULL;
+    nb_model_config_t cfg;
+    nb_part_spec_t spec;
+    nb_hf_names_t names;
+    int status = 2, rc;
+    if (nb_st_open(st_path, &f, err, sizeof err)) {
+        fprintf(stderr, "nebula-weights: %s\n", err);
+        goto done;
+    }
+    rc = dir ? 0 : nb_hf_config_from_metadata(f, &cfg, &spec, &names, err, sizeof err);
+    if (rc < 0) {
+        fprintf(stderr, "nebula-weights: %s\n", err);
+        goto done;
+    }
+    if (rc == 0) {
+        if (nb_hf_config_read(cfg_path, &cfg, &names, err, sizeof err)) {
+            fprintf(stderr, "nebula-weights: %s\n", err);
+            goto done;
+        }
+        spec = nb_part_spec_full(&cfg);
+    }
+    if (spec.head && !spec.embed && cfg.tie_embeddings) {
+        nb_part_spec_t es = { .embed = true, .first = 0, .last = 0, .head = false };
+        if (nb_part_new(be, &cfg, &es, 0, NULL, &tie, err, sizeof err)) {
+            fprintf(stderr, "nebula-weights: %s: %s\n", st_path, err);
+            goto done;
+        }
+    }
+    if (nb_part_new(be, &cfg, &spec, 0, tie, &p, err, sizeof err)) {
+        fprintf(stderr, "nebula-weights: %s: %s\n", st_path, err);
+        goto done;
+    }
+    if (nb_hf_load(f, names, p, print_note, NULL, err, sizeof err) || nb_weights_save(out, p, err, sizeof err)) {
+        fprintf(stderr, "nebula-weights: %s\n", err);
+        goto done;
+    }
+    printf("%s: %d tensors, %zu parameters from %s (%s names, %s-LN, %d layers)\n", out, nb_part_num_tensors(p),
+           nb_part_num_params(p), st_path, nb_hf_names_name(names), nb_norm_name(cfg.norm), cfg.n_layer);
+    status = 0;
+done:
+    nb_part_free(p);
+    nb_part_free(tie);
+    nb_be_free(be);
+    nb_st_close(f);
+    return status;
+}
+
 int main(int argc, char **argv)
 {
     if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
         printf("usage: nebula-weights show FILE\n"
-               "       nebula-weights compare [--tol X] REF FILE...\n");
+               "       nebula-weights compare [--tol X] REF FILE...\n"
+               "       nebula-weights export [--names gpt2|bert|nebula] IN.weights OUT.safetensors\n"
+               "       nebula-weights import DIR_OR_FILE OUT.weights\n");
         return 0;
     }
     nb_cpu_level_t level;
@@ -194,6 +304,13 @@ int main(int argc, char **argv)
         }
         return compare(tol, argv[i], argc - i - 1, argv + i + 1);
     }
-    fprintf(stderr, "usage: nebula-weights show FILE | compare [--tol X] REF FILE...\n");
+    if (argc == 4 && !strcmp(argv[1], "export"))
+        return export_file(NULL, argv[2], argv[3]);
+    if (argc == 6 && !strcmp(argv[1], "export") && !strcmp(argv[2], "--names"))
+        return export_file(argv[3], argv[4], argv[5]);
+    if (argc == 4 && !strcmp(argv[1], "import"))
+        return import_file(argv[2], argv[3]);
+    fprintf(stderr, "usage: nebula-weights show FILE | compare [--tol X] REF FILE... | "
+                    "export [--names gpt2|bert|nebula] IN OUT.safetensors | import DIR_OR_FILE OUT.weights\n");
     return 2;
 }
