@@ -542,8 +542,9 @@ int nb_hf_load(nb_st_file_t *f, nb_hf_names_t names, nb_part_t *p, nb_hf_note_cb
                 for (int c = 0; c < cfg->d_model; c++)
                     host[pe->offset + (size_t)r * cfg->d_model + c] += vals[0][c];
             used[j] = true;
-            notef(note, ud, "%s: token type 0 of '%s' added to every position embedding (inputs of token type 0 "
-                            "only; %lld other types not supported)", path, ft->name, (long long)ft->shape[0] - 1);
+            notef(note, ud, "%s: row 0 of '%s' added to every position embedding: exact for inputs of token type "
+                            "0; the other %lld token type(s) are not supported", path, ft->name,
+                     (long long)ft->shape[0] - 1);
         }
     } else if (names == NB_HF_NAMES_BERT) {
         int j = find_src(f, names, "embeddings.token_type_embeddings.weight", false);
