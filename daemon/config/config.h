@@ -117,6 +117,7 @@ typedef struct {
     int64_t log_every;
     int64_t trace_steps;
     char output[NB_CFG_PATH_MAX]; /* final weights file; "" = none */
+    char init[NB_CFG_PATH_MAX];   /* pretrained weights to start from; "" = seeded (role train) */
 } nb_cfg_job_t;
 
 typedef struct {

@@ -4,6 +4,7 @@
  * three for BERT's q, k, v) and layout; loading and saving both use it, so
  * the two directions cannot drift apart.
  */
+#include <errno.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdarg.h>
@@ -12,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "daemon/train/hf_model.h"
+#include "daemon/train/weights.h"
 #include "kernels/common.h"
 
 const char *nb_hf_names_name(nb_hf_names_t n)
@@ -652,5 +654,57 @@ done:
     free(zeros);
     free(out);
     free(nm);
+    return rc;
+}
+
+int nb_hf_init_part(const char *path, nb_part_t *p, nb_hf_note_cb note, void *ud, char *err, size_t errlen)
+{
+    char magic[4] = { 0 };
+    FILE *fp = fopen(path, "rb");
+    if (!fp) {
+        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        return NB_EIO;
+    }
+    size_t got = fread(magic, 1, 4, fp);
+    fclose(fp);
+    if (got == 4 && !memcmp(magic, "NBWT", 4))
+        return nb_weights_load(path, p, err, errlen);
+    nb_st_file_t *f;
+    int rc = nb_st_open(path, &f, err, errlen);
+    if (rc)
+        return rc;
+    nb_model_config_t fc;
+    nb_part_spec_t fs;
+    nb_hf_names_t names;
+    rc = nb_hf_config_from_metadata(f, &fc, &fs, &names, err, errlen);
+    if (rc == 0) {
+        char cfg_path[4096];
+        const char *slash = strrchr(path, '/');
+        int dl = slash ? (int)(slash - path) : 1;
+        snprintf(cfg_path, sizeof cfg_path, "%.*s/config.json", dl, slash ? path : ".");
+        rc = nb_hf_config_read(cfg_path, &fc, &names, err, errlen);
+    }
+    if (rc < 0)
+        goto out;
+    const nb_model_config_t *c = nb_part_config(p);
+    const struct {
+        const char *name;
+        int file, want;
+    } f8[] = {
+        { "n_layer", fc.n_layer, c->n_layer }, { "d_model", fc.d_model, c->d_model },
+        { "n_head", fc.n_head, c->n_head },    { "d_ff", fc.d_ff, c->d_ff },
+        { "vocab", fc.vocab, c->vocab },       { "max_seq", fc.max_seq, c->max_seq },
+        { "causal", fc.causal, c->causal },    { "norm", (int)fc.norm, (int)c->norm },
+    };
+    for (size_t i = 0; i < sizeof f8 / sizeof f8[0]; i++)
+        if (f8[i].file != f8[i].want) {
+            snprintf(err, errlen, "%s: %s is %d in the pretrained model, %d in this job's model", path, f8[i].name,
+                     f8[i].file, f8[i].want);
+            rc = NB_EINVAL;
+            goto out;
+        }
+    rc = nb_hf_load(f, names, p, note, ud, err, errlen);
+out:
+    nb_st_close(f);
     return rc;
 }

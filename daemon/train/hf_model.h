@@ -68,4 +68,15 @@ int nb_hf_load(nb_st_file_t *f, nb_hf_names_t names, nb_part_t *p, nb_hf_note_cb
  * express), NB_EIO, NB_ENOMEM. */
 int nb_hf_save(const char *path, nb_part_t *p, nb_hf_names_t names, char *err, size_t errlen);
 
+/* Fills p's parameters from a pretrained model file (job.init): a Nebula
+ * weights file of exactly p's model and part (nb_weights_load), or a
+ * safetensors file whose model and names come from its Nebula __metadata__,
+ * else from the config.json in its directory. Only p's slice is read, so
+ * each pipeline part can load its own tensors from one whole-model file.
+ * The file's model must equal p's in n_layer, d_model, n_head, d_ff,
+ * vocab, max_seq, causal and norm (the first differing field is named);
+ * the head's tensors follow the name map. Errors as nb_hf_load, plus
+ * NB_EINVAL for another model. */
+int nb_hf_init_part(const char *path, nb_part_t *p, nb_hf_note_cb note, void *ud, char *err, size_t errlen);
+
 #endif /* NB_HF_MODEL_H */

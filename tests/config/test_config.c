@@ -179,6 +179,8 @@ static void test_missing(void **state)
     expect_err(load("name: t\nrole: train\njob:\n  steps:\n"), "dir/t.yaml:4:9: job.steps: missing value");
 }
 
+static int load_coord(const char *clusters);
+
 static void test_roles(void **state)
 {
     (void)state;
@@ -188,6 +190,11 @@ static void test_roles(void **state)
                "dir/t.yaml:6:1: job: not allowed for role stage (only for coordinator, train)");
     expect_err(load_train("coordinator: {address: 'h:1', name: c}\n"),
                "dir/t.yaml:13:1: coordinator: not allowed for role train (only for stage)");
+    /* job.init: the single-process trainer reads it; pipeline jobs do not yet */
+    assert_int_equal(load_train("  init: gpt2/model.safetensors\n"), 0);
+    assert_string_equal(cfg.job.init, "dir/gpt2/model.safetensors");
+    expect_err(load_coord("    - {name: a, address: 'h:1'}\n  init: w.safetensors\n"),
+               "dir/t.yaml:12:3: job.init: not allowed for role coordinator (only for train)");
     assert_int_equal(load("name: s\nrole: stage\nlisten: 127.0.0.1:0\ntls: {cert: a, key: /b, ca: c}\n"
                           "coordinator: {address: '[::1]:7000', name: c}\nstatus_socket: s.sock\n"),
                      0);

@@ -75,7 +75,16 @@ done
 grep -q "row 0 of 'embeddings.token_type_embeddings.weight' added to every position embedding" "$work/notes.txt" ||
   fail "no note on the token types"
 mkdir "$work/hf"
-cp "$work/gpt.safetensors" "$work/hf/model.safetensors"
+# the Hugging Face way: no Nebula metadata, the model comes from config.json
+python3 - "$work/gpt.safetensors" "$work/hf/model.safetensors" <<'PY'
+import json, struct, sys
+b = open(sys.argv[1], "rb").read()
+(n,) = struct.unpack_from("<Q", b, 0)
+h = json.loads(b[8:8 + n])
+del h["__metadata__"]
+t = json.dumps(h).encode()
+open(sys.argv[2], "wb").write(struct.pack("<Q", len(t)) + t + b[8 + n:])
+PY
 cat > "$work/hf/config.json" <<'JSON'
 { "model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "n_inner": 64, "n_positions": 16,
   "vocab_size": 256, "layer_norm_epsilon": 1e-05, "activation_function": "gelu_new" }
@@ -84,6 +93,33 @@ JSON
 cmp "$work/back.weights" "$work/gpt.weights" || fail "directory import differs"
 "$nw" compare --tol 0 "$work/gpt.weights" "$work/back.weights" | tail -1
 "$nw" show "$work/back.weights" | grep -q "h1.qkv.w" || fail "show"
+
+# job.init: a run starting from the exported file equals one starting from
+# the weights file (and from the Hugging Face directory), and its first loss
+# is the trained model's, not a seeded one's
+sed 's/output: gpt.weights/output: scratch.weights/; s/log_every: 8/log_every: 1/' "$work/gpt.yaml" > "$work/scratch.yaml"
+"$train" --config "$work/scratch.yaml" > "$work/scratch.txt"
+for src in gpt.weights gpt.safetensors gpt-nb.safetensors hf/model.safetensors; do
+  out=init-$(echo "$src" | tr / -).weights
+  sed "s/output: scratch.weights/output: $out\n  init: ${src//\//\\/}/" "$work/scratch.yaml" > "$work/init.yaml"
+  "$train" --config "$work/init.yaml" > "$work/init.txt" 2> "$work/init-err.txt"
+  grep -q "weights from .*$src" "$work/init.txt" || fail "job.init $src not announced"
+done
+cat "$work/init.yaml"
+for src in gpt.safetensors gpt-nb.safetensors hf-model.safetensors; do
+  cmp "$work/init-gpt.weights.weights" "$work/init-$src.weights" || fail "job.init from $src differs from the weights file"
+done
+cmp -s "$work/init-gpt.weights.weights" "$work/scratch.weights" && fail "job.init changed nothing"
+l0=$(sed -n 's/^step  *1\/8  loss \([0-9.]*\).*/\1/p' "$work/scratch.txt")
+l1=$(sed -n 's/^step  *1\/8  loss \([0-9.]*\).*/\1/p' "$work/init.txt")
+echo "first loss: seeded $l0, from job.init $l1"
+awk -v a="$l0" -v b="$l1" 'BEGIN { exit !(b < a - 0.1) }' || fail "job.init: first loss $l1 not below the seeded $l0"
+# another model: refused (exit 78) with the field named
+sed 's/d_ff: 64/d_ff: 128/' "$work/init.yaml" > "$work/init-bad.yaml"
+set +e; "$train" --config "$work/init-bad.yaml" > /dev/null 2> "$work/err.txt"; rc=$?; set -e
+cat "$work/err.txt"
+[ $rc -eq 78 ] || fail "job.init of another model: exit $rc, expected 78"
+grep -q "d_ff is 64 in the pretrained model, 128 in this job's model" "$work/err.txt" || fail "d_ff not named"
 
 # refusals: settings the family lacks, a shape that does not fit, broken files
 sed -i 's/"gelu_new"/"gelu"/; s/1e-05/1e-12/' "$work/hf/config.json"
