@@ -1,7 +1,7 @@
 /*
  * nebula-weights.c - inspects and compares weights files (docs/model.md):
  *
- *   nebula-weights show FILE
+ *   nebula-weights show FILE          (a weights file, or a safetensors file)
  *   nebula-weights compare [--tol X] REF FILE...
  *   nebula-weights export [--names gpt2|bert|nebula] IN.weights OUT.safetensors
  *   nebula-weights import DIR_OR_FILE OUT.weights
@@ -98,8 +98,48 @@ static float *host_tensor(nb_part_t *p, int i)
     return v;
 }
 
+/* Lists a safetensors file's tensors (dtype, shape, byte range) and
+ * metadata, after the reader's checks. */
+static int show_safetensors(const char *path)
+{
+    nb_st_file_t *f;
+    char err[512];
+    if (nb_st_open(path, &f, err, sizeof err)) {
+        fprintf(stderr, "nebula-weights: %s\n", err);
+        return 2;
+    }
+    uint64_t elems = 0;
+    for (int i = 0; i < nb_st_count(f); i++)
+        elems += nb_st_tensor(f, i)->numel;
+    printf("%s: safetensors, %d tensors, %llu elements\n", path, nb_st_count(f), (unsigned long long)elems);
+    static const char *const keys[] = { "format", "nebula.model", "nebula.part", "nebula.names" };
+    for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++)
+        if (nb_st_metadata(f, keys[k]))
+            printf("  metadata %s: %s\n", keys[k], nb_st_metadata(f, keys[k]));
+    for (int i = 0; i < nb_st_count(f); i++) {
+        const nb_st_tensor_t *t = nb_st_tensor(f, i);
+        char shape[128] = "[";
+        for (int d = 0; d < t->ndim; d++)
+            snprintf(shape + strlen(shape), sizeof shape - strlen(shape), "%s%lld", d ? ", " : "",
+                     (long long)t->shape[d]);
+        snprintf(shape + strlen(shape), sizeof shape - strlen(shape), "]");
+        printf("  %-48s %-5s %-16s bytes %llu..%llu\n", t->name, nb_st_dtype_name(t->dtype), shape,
+               (unsigned long long)t->begin, (unsigned long long)t->end);
+    }
+    nb_st_close(f);
+    return 0;
+}
+
 static int show(const char *path)
 {
+    char magic[4] = { 0 };
+    FILE *mf = fopen(path, "rb");
+    if (mf) {
+        size_t got = fread(magic, 1, 4, mf);
+        fclose(mf);
+        if (got == 4 && memcmp(magic, "NBWT", 4) != 0)
+            return show_safetensors(path);
+    }
     nb_backend_t *be = nb_cpu_backend_new();
     nb_part_t *tie, *p = load(be, path, &tie);
     if (!p)

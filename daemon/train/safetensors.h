@@ -27,7 +27,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define NB_ST_MAX_HEADER (100u << 20) /* bytes of JSON, as the reference reader */
+#define NB_ST_MAX_HEADER (100u << 20) /* bytes of JSON (100 MiB) */
 #define NB_ST_MAX_DIMS 8
 
 typedef enum {

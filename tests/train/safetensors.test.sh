@@ -50,6 +50,10 @@ python3 "$here/st_reader.py" check "$work/gpt.weights" "$work/gpt.safetensors" g
   { cat "$work/check.txt"; fail "GPT-2 export differs"; }
 tail -1 "$work/check.txt"
 grep -q '^h.1.attn.c_attn.weight  *\[32, 96\] ' "$work/check.txt" || fail "c_attn.weight not [in, out]"
+"$nw" show "$work/gpt.safetensors" > "$work/show.txt"
+grep -q 'safetensors, 28 tensors, 25856 elements' "$work/show.txt" || fail "show: no summary"
+grep -q 'metadata nebula.names: gpt2' "$work/show.txt" || fail "show: no metadata"
+grep -q 'h.0.attn.c_attn.weight  *F32  *\[32, 96\]' "$work/show.txt" || fail "show: no tensor line"
 "$nw" export --names nebula "$work/gpt.weights" "$work/gpt-nb.safetensors" > /dev/null
 python3 "$here/st_reader.py" check "$work/gpt.weights" "$work/gpt-nb.safetensors" nebula | tail -1
 # BERT names (post-LN default): q, k, v split, zero token types
