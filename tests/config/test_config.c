@@ -190,11 +190,16 @@ static void test_roles(void **state)
                "dir/t.yaml:6:1: job: not allowed for role stage (only for coordinator, train)");
     expect_err(load_train("coordinator: {address: 'h:1', name: c}\n"),
                "dir/t.yaml:13:1: coordinator: not allowed for role train (only for stage)");
-    /* job.init: the single-process trainer reads it; pipeline jobs do not yet */
+    /* job.init (trainer, coordinator) and a stage's own init file */
     assert_int_equal(load_train("  init: gpt2/model.safetensors\n"), 0);
     assert_string_equal(cfg.job.init, "dir/gpt2/model.safetensors");
-    expect_err(load_coord("    - {name: a, address: 'h:1'}\n  init: w.safetensors\n"),
-               "dir/t.yaml:12:3: job.init: not allowed for role coordinator (only for train)");
+    assert_int_equal(load_coord("    - {name: a, address: 'h:1'}\n  init: w.safetensors\n"), 0);
+    assert_string_equal(cfg.job.init, "dir/w.safetensors");
+    assert_int_equal(load("name: s\nrole: stage\nlisten: 127.0.0.1:0\ntls: {cert: a, key: b, ca: c}\n"
+                          "coordinator: {address: 'h:1', name: c}\ninit: /m/model.safetensors\n"),
+                     0);
+    assert_string_equal(cfg.init, "/m/model.safetensors");
+    expect_err(load_train("init: w.safetensors\n"), "dir/t.yaml:13:1: init: not allowed for role train (only for stage)");
     assert_int_equal(load("name: s\nrole: stage\nlisten: 127.0.0.1:0\ntls: {cert: a, key: /b, ca: c}\n"
                           "coordinator: {address: '[::1]:7000', name: c}\nstatus_socket: s.sock\n"),
                      0);
