@@ -19,6 +19,10 @@
  *                     result equals an uninterrupted run bit for bit
  *   --version         the version and the kernels in use
  * NEBULA_CPU_LEVEL=generic|avx2|avx512 forces a lower CPU kernel level.
+ * A step whose gradient norm is not finite is skipped (no update, a warning);
+ * job.max_skipped_steps consecutive skips stop the run with status 1.
+ * NEBULA_TEST_NONFINITE_GRAD (daemon/train/grad_fault.h) injects such
+ * gradients, for tests only.
  * SIGINT/SIGTERM stop the run after the current step (writing the
  * --checkpoint file if one is asked for) with exit status 128 + signal.
  * Exit status: 0 done, 1 runtime error, 2 bad usage, 78 bad configuration,
@@ -88,6 +92,7 @@ static int to_train_config(const nb_config_t *cfg, nb_train_config_t *tc, char *
     tc->micro_batches = j->micro_batches > 0 ? (int)j->micro_batches : 1;
     tc->seq_len = (int)j->seq_len;
     tc->steps = (int)j->steps;
+    tc->max_skipped_steps = (int)j->max_skipped_steps;
     snprintf(tc->data, sizeof tc->data, "%s", j->data);
     return 0;
 }
@@ -228,6 +233,7 @@ int main(int argc, char **argv)
     double interval_s = 0, total_s = 0;
     int interval_steps = 0;
     float first_loss = 0, last_loss = 0;
+    int skipped = 0;
     if (first_step)
         printf("nebula-train: resumed from %s after %d steps\n", resume, first_step);
     struct sigaction sa = { .sa_handler = on_signal };
@@ -236,7 +242,15 @@ int main(int argc, char **argv)
     sigaction(SIGTERM, &sa, NULL);
     for (int s = first_step; s < end_step && !stop_signal; s++) {
         nb_train_step_t st;
-        if ((rc = nb_trainer_step(tr, &st, err, sizeof err)) != 0) {
+        rc = nb_trainer_step(tr, &st, err, sizeof err);
+        if (rc == 0 || rc == NB_ELIMIT) {
+            if (st.skipped)
+                nb_log_warn(NULL, "step %d: non-finite gradient norm (%g): update skipped (%d consecutive, "
+                            "limit job.max_skipped_steps = %d)", s + 1, st.grad_norm, st.skipped_run,
+                            tc.max_skipped_steps ? tc.max_skipped_steps : NB_TRAIN_MAX_SKIPPED_DEFAULT);
+            skipped = st.skipped_total;
+        }
+        if (rc) {
             nb_log_error(NULL, "%s", err);
             break;
         }
@@ -262,6 +276,8 @@ int main(int argc, char **argv)
                last_loss, total_s,
                (double)(done > first_step ? done - first_step : 0) * tc.batch * tc.seq_len /
                    (total_s > 0 ? total_s : 1e-9));
+        if (skipped)
+            printf("nebula-train: %d steps skipped for a non-finite gradient norm\n", skipped);
         if (ckpt_out) {
             if ((rc = nb_trainer_save(tr, ckpt_out, err, sizeof err)) != 0)
                 nb_log_error(NULL, "%s", err);

@@ -11,92 +11,74 @@
  * output), prints the largest difference of each tensor relative to its
  * largest magnitude, and fails unless every tensor of REF is covered and
  * every difference is <= tol (default 1e-5).
+ * Files are read without building a model: the header's sizes are checked
+ * against the file's length first (nb_weights_peek), then tensors are read
+ * in chunks, so a short file claiming a large model costs nothing.
  * export writes a weights file as safetensors (F32) with Hugging Face
  * GPT-2 or BERT names (the default for pre-LN / post-LN models), or
  * Nebula's own. import reads DIR/config.json + DIR/model.safetensors, or a
  * safetensors FILE (its Nebula __metadata__, else the config.json beside
  * it), and writes a weights file; notes (skipped tensors) go to stderr.
- * docs/import-export.md.
+ * Both build the model on the CPU backend. docs/import-export.md.
  * Exit status: 0 equal within tol / converted, 1 different, 2 usage,
  * unreadable or refused file.
  */
 #include <libgen.h>
 #include <math.h>
 #include <stdio.h>
-#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include "kernels/cpu_level.h"
 #include "daemon/train/hf_model.h"
 #include "daemon/train/safetensors.h"
 #include "daemon/train/weights.h"
-#include "kernels/backend.h"
-#include "kernels/model.h"
 
-/* Reads the model config and part spec from a weights file's header. */
-static int read_header(const char *path, nb_model_config_t *cfg, nb_part_spec_t *spec)
+/* One opened weights file: its checked header and table, and the stream. */
+typedef struct {
+    const char *path;
+    nb_weights_info_t info;
+    FILE *f;
+} wfile_t;
+
+/* Opens and checks path (nb_weights_peek: the header's sizes against the
+ * file's length before anything else), printing why not. */
+static int wfile_open(wfile_t *w, const char *path)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
+    char err[512];
+    memset(w, 0, sizeof *w);
+    w->path = path;
+    if (nb_weights_peek(path, &w->info, err, sizeof err)) {
+        fprintf(stderr, "nebula-weights: %s\n", err);
+        return -1;
+    }
+    if (!(w->f = fopen(path, "rb"))) {
         fprintf(stderr, "nebula-weights: %s: cannot open\n", path);
-        return -1;
-    }
-    char magic[4];
-    uint32_t version;
-    int32_t h[15];
-    int ok = fread(magic, 1, 4, f) == 4 && fread(&version, 4, 1, f) == 1 && fread(h, 4, 15, f) == 15;
-    fclose(f);
-    if (!ok || memcmp(magic, "NBWT", 4) != 0 || version != NB_WEIGHTS_VERSION) {
-        fprintf(stderr, "nebula-weights: %s: not a version %u weights file\n", path, NB_WEIGHTS_VERSION);
-        return -1;
-    }
-    *cfg = (nb_model_config_t){ .n_layer = h[0], .d_model = h[1], .n_head = h[2], .d_ff = h[3], .vocab = h[4],
-                                .max_seq = h[5], .causal = h[6] != 0, .norm = (nb_norm_t)h[7],
-                                .head = (nb_head_kind_t)h[8], .n_classes = h[9], .tie_embeddings = h[10] != 0 };
-    *spec = (nb_part_spec_t){ .embed = h[11] != 0, .first = h[12], .last = h[13], .head = h[14] != 0 };
-    if (nb_model_config_validate(cfg)) {
-        fprintf(stderr, "nebula-weights: %s: bad model config: %s\n", path, nb_model_config_validate(cfg));
+        nb_weights_info_free(&w->info);
         return -1;
     }
     return 0;
 }
 
-/* Loads a weights file into a new part; a head without the embedding but
- * with tied weights gets an embedding part to borrow wte from. */
-static nb_part_t *load(nb_backend_t *be, const char *path, nb_part_t **tie_owner)
+static void wfile_close(wfile_t *w)
 {
-    nb_model_config_t cfg;
-    nb_part_spec_t spec;
-    char err[512];
-    *tie_owner = NULL;
-    if (read_header(path, &cfg, &spec))
-        return NULL;
-    nb_part_t *tie = NULL, *p = NULL;
-    if (spec.head && !spec.embed && cfg.tie_embeddings) {
-        nb_part_spec_t es = { .embed = true, .first = 0, .last = 0, .head = false };
-        if (nb_part_new(be, &cfg, &es, 0, NULL, &tie, err, sizeof err)) {
-            fprintf(stderr, "nebula-weights: %s: %s\n", path, err);
-            return NULL;
-        }
-    }
-    if (nb_part_new(be, &cfg, &spec, 0, tie, &p, err, sizeof err) || nb_weights_load(path, p, err, sizeof err)) {
-        fprintf(stderr, "nebula-weights: %s: %s\n", path, err);
-        nb_part_free(p);
-        nb_part_free(tie);
-        return NULL;
-    }
-    *tie_owner = tie;
-    return p;
+    if (w->f)
+        fclose(w->f);
+    nb_weights_info_free(&w->info);
 }
 
-static float *host_tensor(nb_part_t *p, int i)
+/* Reads `count` floats of tensor t from element `at` on into buf. */
+static int read_floats(wfile_t *w, const nb_weights_tensor_t *t, uint64_t at, float *buf, size_t count)
 {
-    const nb_param_info_t *pi = nb_part_tensor(p, i);
-    float *v = malloc(pi->numel * sizeof *v);
-    if (v)
-        nb_be_to_host(nb_part_backend(p), v, nb_part_params(p) + pi->offset, pi->numel * sizeof *v);
-    return v;
+    if (fseeko(w->f, (off_t)(t->file_offset + at * 4), SEEK_SET) != 0 || fread(buf, 4, count, w->f) != count) {
+        fprintf(stderr, "nebula-weights: %s: cannot read tensor %s\n", w->path, t->name);
+        return -1;
+    }
+    return 0;
 }
+
+/* Tensors are read in chunks: memory stays small whatever the file holds. */
+#define CHUNK 65536
 
 /* Lists a safetensors file's tensors (dtype, shape, byte range) and
  * metadata, after the reader's checks. */
@@ -140,87 +122,137 @@ static int show(const char *path)
         if (got == 4 && memcmp(magic, "NBWT", 4) != 0)
             return show_safetensors(path);
     }
-    nb_backend_t *be = nb_cpu_backend_new();
-    nb_part_t *tie, *p = load(be, path, &tie);
-    if (!p)
+    wfile_t w;
+    if (wfile_open(&w, path))
         return 2;
-    const nb_part_spec_t *s = nb_part_spec(p);
-    printf("%s: %s blocks %d-%d%s, %zu parameters\n", path, s->embed ? "embedding +" : "", s->first, s->last - 1,
-           s->head ? " + head" : "", nb_part_num_params(p));
-    for (int i = 0; i < nb_part_num_tensors(p); i++) {
-        const nb_param_info_t *pi = nb_part_tensor(p, i);
-        float *v = host_tensor(p, i);
+    const nb_part_spec_t *s = &w.info.spec;
+    printf("%s: %s blocks %d-%d%s, %llu parameters\n", path, s->embed ? "embedding +" : "", s->first, s->last - 1,
+           s->head ? " + head" : "", (unsigned long long)w.info.n_params);
+    static float buf[CHUNK];
+    int status = 0;
+    for (int i = 0; i < w.info.n_tensors && !status; i++) {
+        const nb_weights_tensor_t *t = &w.info.tensors[i];
         double ss = 0;
-        for (size_t e = 0; v && e < pi->numel; e++)
-            ss += (double)v[e] * v[e];
-        printf("  %-16s %6lld x %-6lld rms %.6g\n", pi->name, (long long)pi->shape[0],
-               (long long)(pi->ndim > 1 ? pi->shape[1] : 1), sqrt(ss / (double)pi->numel));
-        free(v);
+        for (uint64_t at = 0; at < t->numel && !status; at += CHUNK) {
+            size_t k = t->numel - at < CHUNK ? (size_t)(t->numel - at) : CHUNK;
+            if (read_floats(&w, t, at, buf, k)) {
+                status = 2;
+                break;
+            }
+            for (size_t e = 0; e < k; e++)
+                ss += (double)buf[e] * buf[e];
+        }
+        printf("  %-16s %6llu x %-6llu rms %.6g\n", t->name, (unsigned long long)t->shape[0],
+               (unsigned long long)t->shape[1], sqrt(ss / (double)(t->numel ? t->numel : 1)));
     }
-    nb_part_free(p);
-    nb_part_free(tie);
-    nb_be_free(be);
-    return 0;
+    wfile_close(&w);
+    return status;
+}
+
+static const nb_weights_tensor_t *find_tensor(const wfile_t *w, const char *name)
+{
+    for (int i = 0; i < w->info.n_tensors; i++)
+        if (strcmp(w->info.tensors[i].name, name) == 0)
+            return &w->info.tensors[i];
+    return NULL;
 }
 
 static int compare(double tol, const char *ref_path, int n, char **paths)
 {
-    nb_backend_t *be = nb_cpu_backend_new();
-    nb_part_t *rtie, *ref = load(be, ref_path, &rtie);
-    if (!ref)
-        return 2;
-    nb_part_t *parts[64] = { 0 }, *ties[64] = { 0 };
+    wfile_t ref, files[64];
     if (n > 64)
         n = 64;
+    if (wfile_open(&ref, ref_path))
+        return 2;
     for (int i = 0; i < n; i++)
-        if (!(parts[i] = load(be, paths[i], &ties[i])))
+        if (wfile_open(&files[i], paths[i])) {
+            while (i-- > 0)
+                wfile_close(&files[i]);
+            wfile_close(&ref);
             return 2;
+        }
+    static float a[CHUNK], b[CHUNK];
     int status = 0;
     double worst = 0;
-    for (int t = 0; t < nb_part_num_tensors(ref); t++) {
-        const nb_param_info_t *ri = nb_part_tensor(ref, t);
-        int found = -1, idx = -1;
+    for (int t = 0; t < ref.info.n_tensors && status != 2; t++) {
+        const nb_weights_tensor_t *ri = &ref.info.tensors[t], *pi = NULL;
+        int found = -1;
         for (int i = 0; i < n && found < 0; i++)
-            if ((idx = nb_part_find_tensor(parts[i], ri->name)) >= 0)
+            if ((pi = find_tensor(&files[i], ri->name)))
                 found = i;
         if (found < 0) {
             printf("  %-16s missing from every file\n", ri->name);
             status = 1;
             continue;
         }
-        const nb_param_info_t *pi = nb_part_tensor(parts[found], idx);
         if (pi->numel != ri->numel) {
             printf("  %-16s shape differs\n", ri->name);
             status = 1;
             continue;
         }
-        float *a = host_tensor(ref, t), *b = host_tensor(parts[found], idx);
         double maxabs = 1e-12, maxd = 0;
-        for (size_t e = 0; a && b && e < ri->numel; e++) {
-            maxabs = fmax(maxabs, fabs(a[e]));
-            double d = fabs((double)a[e] - b[e]);
-            if (!(d <= maxd))
-                maxd = d;
+        for (uint64_t at = 0; at < ri->numel; at += CHUNK) {
+            size_t k = ri->numel - at < CHUNK ? (size_t)(ri->numel - at) : CHUNK;
+            if (read_floats(&ref, ri, at, a, k) || read_floats(&files[found], pi, at, b, k)) {
+                status = 2;
+                break;
+            }
+            for (size_t e = 0; e < k; e++) {
+                maxabs = fmax(maxabs, fabs(a[e]));
+                double d = fabs((double)a[e] - b[e]);
+                if (!(d <= maxd))
+                    maxd = d;
+            }
         }
+        if (status == 2)
+            break;
         double rel = maxd / maxabs;
         printf("  %-16s max abs diff %.3g, relative %.3g%s\n", ri->name, maxd, rel, rel <= tol ? "" : "  > tol");
         if (!(rel <= tol))
             status = 1;
         if (!(rel <= worst))
             worst = rel;
-        free(a);
-        free(b);
     }
-    printf("%s: largest relative difference %.3g (tolerance %.3g): %s\n", ref_path, worst, tol,
-           status ? "DIFFERENT" : "equal");
-    for (int i = 0; i < n; i++) {
-        nb_part_free(parts[i]);
-        nb_part_free(ties[i]);
-    }
-    nb_part_free(ref);
-    nb_part_free(rtie);
-    nb_be_free(be);
+    if (status != 2)
+        printf("%s: largest relative difference %.3g (tolerance %.3g): %s\n", ref_path, worst, tol,
+               status ? "DIFFERENT" : "equal");
+    for (int i = 0; i < n; i++)
+        wfile_close(&files[i]);
+    wfile_close(&ref);
     return status;
+}
+
+/* Loads a weights file into a new part on be (for export); a head without
+ * the embedding but with tied weights gets an embedding part to borrow wte
+ * from (*tie_owner, freed by the caller). */
+static nb_part_t *load(nb_backend_t *be, const char *path, nb_part_t **tie_owner)
+{
+    nb_weights_info_t info;
+    char err[512];
+    *tie_owner = NULL;
+    if (nb_weights_peek(path, &info, err, sizeof err)) {
+        fprintf(stderr, "nebula-weights: %s\n", err);
+        return NULL;
+    }
+    nb_model_config_t cfg = info.model;
+    nb_part_spec_t spec = info.spec;
+    nb_weights_info_free(&info);
+    nb_part_t *tie = NULL, *p = NULL;
+    if (spec.head && !spec.embed && cfg.tie_embeddings) {
+        nb_part_spec_t es = { .embed = true, .first = 0, .last = 0, .head = false };
+        if (nb_part_new(be, &cfg, &es, 0, NULL, &tie, err, sizeof err)) {
+            fprintf(stderr, "nebula-weights: %s: %s\n", path, err);
+            return NULL;
+        }
+    }
+    if (nb_part_new(be, &cfg, &spec, 0, tie, &p, err, sizeof err) || nb_weights_load(path, p, err, sizeof err)) {
+        fprintf(stderr, "nebula-weights: %s: %s\n", path, err);
+        nb_part_free(p);
+        nb_part_free(tie);
+        return NULL;
+    }
+    *tie_owner = tie;
+    return p;
 }
 
 static int export_file(const char *names_arg, const char *in, const char *out)

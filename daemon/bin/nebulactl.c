@@ -112,10 +112,17 @@ static json_t *roundtrip(int fd, json_t *req, int timeout_ms)
     size_t len = strlen(line);
     line[len] = '\n';
     size_t off = 0;
+    int send_err = 0;
     while (off < len + 1) {
         ssize_t n = send(fd, line + off, len + 1 - off, MSG_NOSIGNAL);
         if (n < 0 && errno == EINTR)
             continue;
+        if (n < 0 && (errno == EPIPE || errno == ECONNRESET)) {
+            /* A daemon that refuses a client says why, then closes: the
+             * reason may be waiting to be read. */
+            send_err = errno;
+            break;
+        }
         if (n < 0) {
             fprintf(stderr, "nebulactl: send: %s\n", strerror(errno));
             free(line);
@@ -164,7 +171,10 @@ static json_t *roundtrip(int fd, json_t *req, int timeout_ms)
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0) {
-            fprintf(stderr, "nebulactl: the daemon closed the connection without a reply\n");
+            if (send_err)
+                fprintf(stderr, "nebulactl: send: %s\n", strerror(send_err));
+            else
+                fprintf(stderr, "nebulactl: the daemon closed the connection without a reply\n");
             break;
         }
         have += (size_t)n;

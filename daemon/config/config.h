@@ -116,6 +116,7 @@ typedef struct {
     nb_cfg_planner_t planner;
     int64_t log_every;
     int64_t trace_steps;
+    int64_t max_skipped_steps; /* consecutive non-finite-gradient skips that stop the job */
     char output[NB_CFG_PATH_MAX]; /* final weights file; "" = none */
     char init[NB_CFG_PATH_MAX];   /* pretrained weights to start from; "" = seeded */
 } nb_cfg_job_t;

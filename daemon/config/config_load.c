@@ -22,6 +22,10 @@
 #define CFG_FILE_MAX (1u << 20) /* a config file larger than 1 MiB is a mistake */
 #define CFG_MARKS_MAX 512
 #define CFG_KEY_PATH_MAX 160
+/* Deeper than any key of the table (4 levels) with room for flow style.
+ * libyaml's time grows with the square of the depth (100,000 levels: 37 s),
+ * so the depth is checked on the event stream before a document is built. */
+#define CFG_DEPTH_MAX 64
 
 typedef struct {
     char path[CFG_KEY_PATH_MAX];
@@ -574,6 +578,12 @@ static int check_job(cfg_ctx_t *c, nb_config_t *cfg)
     if ((m->head == NB_HEAD_SEQCLS || m->head == NB_HEAD_TOKCLS) && m->n_classes < 2)
         return fail_path(c, "job.model.n_classes", "head %s needs n_classes >= 2, got %d",
                          nb_cfg_head_name(m->head), m->n_classes);
+    /* a pipeline must equal nebula-train, which trains on a token file: no
+     * class labels to draw (daemon/pipeline/job.c refuses these too) */
+    if (c->role == NB_ROLE_COORDINATOR && (m->head == NB_HEAD_SEQCLS || m->head == NB_HEAD_TOKCLS))
+        return fail_path(c, "job.model.head", "head %s is not supported in a pipeline (the token file holds no "
+                         "class labels, and nebula-train trains lm and mlm only); use lm or mlm",
+                         nb_cfg_head_name(m->head));
     if (j->seq_len > m->max_seq)
         return fail_path(c, "job.seq_len", "out of bounds: must not exceed model.max_seq (%d), got %lld", m->max_seq,
                          (long long)j->seq_len);
@@ -654,11 +664,48 @@ static int check_all(cfg_ctx_t *c, nb_config_t *cfg)
 
 /* ---- entry points ---------------------------------------------------------------- */
 
+/* Walks the event stream and stops at the first collection nested deeper
+ * than CFG_DEPTH_MAX, which it reports at its position. Syntax errors are
+ * left to the load that follows (it reports them the same way). Stops after
+ * reading at most CFG_DEPTH_MAX + 1 levels, so a deep file costs no more
+ * than a shallow one. */
+static int check_depth(cfg_ctx_t *c, const char *text, size_t len)
+{
+    yaml_parser_t parser;
+    if (!yaml_parser_initialize(&parser))
+        return NB_ENOMEM;
+    yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
+    int depth = 0, rc = 0;
+    for (;;) {
+        yaml_event_t ev;
+        if (!yaml_parser_parse(&parser, &ev))
+            break;
+        yaml_event_type_t t = ev.type;
+        if (t == YAML_MAPPING_START_EVENT || t == YAML_SEQUENCE_START_EVENT) {
+            if (++depth > CFG_DEPTH_MAX) {
+                fail_at(c, (int)ev.start_mark.line + 1, (int)ev.start_mark.column + 1, "yaml",
+                        "nesting deeper than %d levels of mappings and lists", CFG_DEPTH_MAX);
+                rc = NB_ELIMIT;
+            }
+        } else if (t == YAML_MAPPING_END_EVENT || t == YAML_SEQUENCE_END_EVENT) {
+            depth--;
+        }
+        yaml_event_delete(&ev);
+        if (rc || t == YAML_STREAM_END_EVENT)
+            break;
+    }
+    yaml_parser_delete(&parser);
+    return rc;
+}
+
 static int load_doc(cfg_ctx_t *c, const char *text, size_t len, nb_config_t *out)
 {
     yaml_parser_t parser;
     yaml_document_t doc;
-    int rc = NB_EINVAL;
+    int rc = check_depth(c, text, len);
+    if (rc)
+        return rc;
+    rc = NB_EINVAL;
     if (!yaml_parser_initialize(&parser))
         return NB_ENOMEM;
     yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
@@ -754,7 +801,8 @@ int nb_cfg_load(const char *path, nb_config_t *out, char *err, size_t errlen)
         if (f)
             fclose(f);
         if (err && errlen)
-            snprintf(err, errlen, "%s: cannot read config file: %s", path, strerror(e));
+            snprintf(err, errlen, "%s: cannot read config file: %s", path,
+                     e == EINVAL ? "not a regular file" : strerror(e));
         return NB_EIO;
     }
     if ((size_t)st.st_size > CFG_FILE_MAX) {

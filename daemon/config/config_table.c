@@ -156,6 +156,7 @@ static const nb__cfg_key_t job_keys[] = {
     { .name = "planner", .type = NB__CFG_SECTION, .sub = planner_keys, FLD(nb_cfg_job_t, planner), .doc = "planner settings" },
     { .name = "log_every", .type = NB__CFG_INT, .min = 1, .max = 1e9, .def = "1", FLD(nb_cfg_job_t, log_every), .doc = "progress line every N steps" },
     { .name = "trace_steps", .type = NB__CFG_INT, .min = 0, .max = 1000, .def = "4", FLD(nb_cfg_job_t, trace_steps), .doc = "steps kept in the trace ring" },
+    { .name = "max_skipped_steps", .type = NB__CFG_INT, .min = 1, .max = 1e6, .def = "10", FLD(nb_cfg_job_t, max_skipped_steps), .doc = "consecutive steps skipped for a non-finite gradient norm that stop the job" },
     { .name = "output", .type = NB__CFG_PATH, FLD(nb_cfg_job_t, output), .doc = "final weights file" },
     { .name = "init", .type = NB__CFG_PATH, .roles = C | T, FLD(nb_cfg_job_t, init), .doc = "pretrained weights to start from (weights file or safetensors)" },
     { 0 },

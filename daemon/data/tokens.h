@@ -57,6 +57,10 @@ int nb_tokens_from_text(const char *text_path, const char *out_path, uint64_t ma
 int nb_tokens_sample(const nb_tokens_t *t, uint64_t seed, uint64_t step, uint32_t micro,
                      int B, int T, int32_t *inputs, int32_t *targets);
 
+/* Share of masked positions nebula-train and the pipeline use for the mlm
+ * head (docs/data-format.md). */
+#define NB_TOKENS_MLM_MASK_PROB 0.15f
+
 /* Fills one masked-LM micro-batch: for each row b < B a start s drawn
  * uniformly from [0, count - T] by the stream (seed, step, micro), then for
  * each position t, in order, a uniform draw u: when u < mask_prob the input

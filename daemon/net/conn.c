@@ -177,6 +177,8 @@ static void flush_tls(nb_conn_t *c)
 static void maybe_writable(nb_conn_t *c)
 {
     size_t lim = c->net->cfg.send_queue_bytes;
+    if (c->probe.tx_blocked && c->queued < lim / 2 && !c->closing && !c->draining)
+        nb__probe_writable(c);
     if (c->want_writable && c->queued < lim / 2 && !c->closing && !c->draining) {
         c->want_writable = 0;
         if (c->net->cb.on_writable)
@@ -184,9 +186,40 @@ static void maybe_writable(nb_conn_t *c)
     }
 }
 
+static void process_plain(nb_conn_t *c);
+
+/* Reading from the socket is on while the application has not paused it
+ * and this loop turn's frame budget is not spent. */
+static void update_reading(nb_conn_t *c)
+{
+    int want = !c->closing && !c->read_paused && !c->read_yielded;
+    if (want == c->reading)
+        return;
+    if (want && uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0) {
+        nb__conn_fail(c, NB_EIO);
+        return;
+    }
+    if (!want)
+        uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = want;
+}
+
 static void on_delay(uv_timer_t *t)
 {
-    pump(t->data);
+    nb_conn_t *c = t->data;
+    if (c->resume_pending && !c->read_paused && !c->closing && c->tls) {
+        c->resume_pending = 0;
+        c->read_yielded = 0;
+        process_plain(c); /* may spend the budget again and yield */
+        if (!c->closing && nb_tls_feed_done(c->tls) < 0)
+            nb__conn_fail(c, NB_ENOMEM);
+        if (c->closing)
+            return;
+        update_reading(c);
+        if (c->closing)
+            return;
+    }
+    pump(c);
 }
 
 /* Encrypts queued frames in chunks while less than NB__NET_INFLIGHT bytes of
@@ -231,7 +264,7 @@ static void pump(nb_conn_t *c)
                 c->queued -= t->hdr_len + t->len;
             c->net->stats.frames_tx++;
             c->net->stats.payload_tx += t->len;
-            c->link.bytes_tx += t->len;
+            c->probe.link.bytes_tx += t->len;
             if (t->free_cb)
                 t->free_cb((void *)t->payload, t->free_ud);
             free(t->hdr);
@@ -295,9 +328,17 @@ int nb__conn_send_internal(nb_conn_t *c, Nebula__Frame *f, const void *payload,
 {
     if (c->closing)
         return NB_ESTATE;
-    int front = f->body_case != NEBULA__FRAME__BODY_PROBE ||
-                f->probe->kind != NEBULA__PROBE__KIND__PROBE_BULK;
-    return enqueue(c, f, payload, len, free_cb, free_ud, 1, front);
+    return enqueue(c, f, payload, len, free_cb, free_ud, 1, 1);
+}
+
+int nb__conn_send_counted(nb_conn_t *c, Nebula__Frame *f, const void *payload, size_t len,
+                          nb_free_cb free_cb, void *free_ud)
+{
+    if (c->closing || c->draining || c->state != NB__C_READY)
+        return NB_ESTATE;
+    if (c->queued >= c->net->cfg.send_queue_bytes)
+        return NB_ELIMIT;
+    return enqueue(c, f, payload, len, free_cb, free_ud, 0, 0);
 }
 
 int nb_conn_send(nb_conn_t *c, Nebula__Frame *hdr, const void *payload, size_t len,
@@ -317,7 +358,7 @@ void nb_conn_pause_read(nb_conn_t *c)
     if (c->closing || c->read_paused || c->state != NB__C_READY)
         return;
     c->read_paused = 1;
-    uv_read_stop((uv_stream_t *)&c->tcp);
+    update_reading(c);
 }
 
 void nb_conn_resume_read(nb_conn_t *c)
@@ -328,10 +369,15 @@ void nb_conn_resume_read(nb_conn_t *c)
     c->last_rx_ms = now_ms(c);
     /* A pong that waited in the socket while we did not read would be a
      * false RTT sample: forget the outstanding ping. */
-    if (!c->rtt_cb)
-        c->ping_t_ns = 0;
-    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0)
-        nb__conn_fail(c, NB_EIO);
+    if (!c->probe.rtt_cb)
+        c->probe.ping_t_ns = 0;
+    update_reading(c);
+    if (c->closing)
+        return;
+    /* Frames already decrypted or buffered were left when the read paused:
+     * decode them on the next tick (never from inside this call). */
+    c->resume_pending = 1;
+    uv_timer_start(&c->delay, on_delay, 0, 0);
 }
 
 size_t nb_conn_queued_bytes(const nb_conn_t *c)
@@ -397,19 +443,31 @@ static void handle_hello(nb_conn_t *c, Nebula__Frame *f)
         nb__conn_fail(c, NB_EAUTH);
         return;
     }
-    /* One connection per peer name: a peer that restarted (or redialled)
-     * replaces its old connection, which may not look dead yet. */
-    for (nb_conn_t *o = c->net->conns; o; o = o->next)
-        if (o != c && o->state == NB__C_READY && !o->closing && strcmp(o->name, c->name) == 0) {
-            nb_log_warn(c->name, "new connection from %s replaces the one from %s", c->addr,
-                        o->addr);
-            nb__conn_fail(o, NB_ECLOSED);
+    /* One connection per peer name. While the old one is alive (heard
+     * from within two heartbeats, or paused by us) a newcomer under the
+     * same name is refused: it may be a copy of a stage key, and evicting a
+     * healthy link would fail the job. A peer that restarted left an old
+     * connection that is closed or silent: that one is replaced. */
+    uint64_t now = now_ms(c);
+    for (nb_conn_t *o = c->net->conns; o; o = o->next) {
+        if (o == c || o->state != NB__C_READY || o->closing || strcmp(o->name, c->name) != 0)
+            continue;
+        uint64_t quiet = now - o->last_rx_ms;
+        if (o->read_paused || quiet < 2ull * c->net->cfg.heartbeat_ms) {
+            c->net->stats.dup_refused++;
+            NB__LOG_PEER_REFUSAL(c->net, c->name,
+                                 "refused a second connection as '%s' from %s: the connection "
+                                 "from %s is alive (heard from %llu ms ago)",
+                                 c->name, c->addr, o->addr, (unsigned long long)quiet);
+            nb__conn_fail(c, NB_EAUTH);
+            return;
         }
-    c->state = NB__C_READY;
-    if (c->counted_pending) {
-        c->counted_pending = 0;
-        c->net->pending--;
+        nb_log_warn(c->name, "new connection from %s replaces the one from %s (silent for %llu ms)",
+                    c->addr, o->addr, (unsigned long long)quiet);
+        nb__conn_fail(o, NB_ECLOSED);
     }
+    c->state = NB__C_READY;
+    nb__admit_release(c);
     c->rx.allow_payload = 1;
     c->reported_ready = 1;
     c->net->stats.ready++;
@@ -427,7 +485,7 @@ static void handle_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_
     nb_net_t *n = c->net;
     n->stats.frames_rx++;
     n->stats.payload_rx += len;
-    c->link.bytes_rx += len;
+    c->probe.link.bytes_rx += len;
     if (c->state != NB__C_READY) {
         if (f->body_case == NEBULA__FRAME__BODY_HELLO)
             handle_hello(c, f);
@@ -460,9 +518,9 @@ static void handle_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_
             uint64_t dt = nb__now_ns() - c->rx_frame_start_ns;
             if (dt > 0) {
                 double bps = (double)len * 1e9 / (double)dt;
-                c->link.rx_bps_ewma = c->link.rx_bps_ewma == 0
+                c->probe.link.rx_bps_ewma = c->probe.link.rx_bps_ewma == 0
                                           ? bps
-                                          : c->link.rx_bps_ewma * 0.875 + bps * 0.125;
+                                          : c->probe.link.rx_bps_ewma * 0.875 + bps * 0.125;
             }
         }
         /* fall through */
@@ -481,8 +539,11 @@ static void count_refusal(nb_conn_t *c)
     const char *detail;
     nb_tls_refusal_t r = nb_tls_refusal(c->tls, &detail);
     c->net->stats.tls_refused[r]++;
-    nb_log_warn(who(c), "refused TLS %s %s: %s: %s", c->is_server ? "from" : "to", c->addr,
-                nb_tls_refusal_name(r), detail);
+    if (c->is_server) /* a stranger can cause this as often as it likes */
+        NB__LOG_REFUSAL(c->net, who(c), "refused TLS from %s: %s: %s", c->addr,
+                        nb_tls_refusal_name(r), detail);
+    else
+        nb_log_warn(who(c), "refused TLS to %s: %s: %s", c->addr, nb_tls_refusal_name(r), detail);
 }
 
 static void on_handshake_done(nb_conn_t *c)
@@ -501,9 +562,25 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
     *buf = uv_buf_init((char *)c->readbuf, sizeof c->readbuf);
 }
 
+/* Nothing a peer sends holds the loop for long: after
+ * NB__NET_FRAMES_PER_TURN frames the connection stops reading for this loop
+ * turn and decodes the rest (already buffered) on the next. */
+static void yield_read(nb_conn_t *c)
+{
+    c->read_yielded = 1;
+    update_reading(c);
+    c->resume_pending = 1;
+    uv_timer_start(&c->delay, on_delay, 0, 0);
+}
+
 static void process_plain(nb_conn_t *c)
 {
-    while (!c->closing) {
+    int frames = 0;
+    while (!c->closing && !c->read_paused && !c->read_yielded) {
+        if (frames == NB__NET_FRAMES_PER_TURN) {
+            yield_read(c);
+            return;
+        }
         uint8_t *dst;
         size_t want;
         nb_frame_rx_want(&c->rx, &dst, &want);
@@ -540,6 +617,7 @@ static void process_plain(nb_conn_t *c)
             uint8_t *p;
             size_t len;
             nb_frame_rx_take(&c->rx, &f, &p, &len);
+            frames++;
             handle_frame(c, f, p, len);
         }
     }
@@ -553,9 +631,12 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (nread < 0) {
         if (c->state == NB__C_READY || c->state == NB__C_HELLO)
             nb_log_info(who(c), "connection closed by peer (%s)", uv_err_name((int)nread));
+        else if (c->is_server)
+            NB__LOG_REFUSAL(c->net, who(c), "connection from %s lost during TLS handshake (%s)",
+                            c->addr, uv_err_name((int)nread));
         else
-            nb_log_warn(who(c), "connection from %s lost during TLS handshake (%s)",
-                        c->addr, uv_err_name((int)nread));
+            nb_log_warn(who(c), "connection to %s lost during TLS handshake (%s)", c->addr,
+                        uv_err_name((int)nread));
         nb__conn_fail(c, nread == UV_EOF ? NB_ECLOSED : NB_EIO);
         return;
     }
@@ -594,6 +675,12 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 
 /* ---- timers ------------------------------------------------------------------- */
 
+static void hb_sent(void *payload, void *ud)
+{
+    (void)payload;
+    *(int *)ud = 0;
+}
+
 static void on_tick(uv_timer_t *t)
 {
     nb_conn_t *c = t->data;
@@ -604,8 +691,12 @@ static void on_tick(uv_timer_t *t)
     if (c->state != NB__C_READY) {
         if (now - c->t_open_ms >= cfg->handshake_timeout_ms) {
             c->net->stats.handshake_timeouts++;
-            nb_log_warn(who(c), "handshake with %s timed out after %u ms", c->addr,
-                        cfg->handshake_timeout_ms);
+            if (c->is_server)
+                NB__LOG_REFUSAL(c->net, who(c), "handshake with %s timed out after %u ms",
+                                c->addr, cfg->handshake_timeout_ms);
+            else
+                nb_log_warn(who(c), "handshake with %s timed out after %u ms", c->addr,
+                            cfg->handshake_timeout_ms);
             nb__conn_fail(c, NB_ETIMEDOUT);
         }
         return;
@@ -626,7 +717,7 @@ static void on_tick(uv_timer_t *t)
     }
     if (!c->draining && now - c->last_ping_ms >= cfg->heartbeat_ms) {
         c->last_ping_ms = now;
-        if (c->ping_t_ns) {
+        if (c->probe.ping_t_ns) {
             /* The last ping is unanswered (slow link, or we are not
              * reading): still prove to the peer that we are alive. */
             Nebula__Frame f = NEBULA__FRAME__INIT;
@@ -634,7 +725,10 @@ static void on_tick(uv_timer_t *t)
             hb.t_ns = nb__now_ns();
             f.body_case = NEBULA__FRAME__BODY_HEARTBEAT;
             f.heartbeat = &hb;
-            nb__conn_send_internal(c, &f, NULL, 0, NULL, NULL);
+            /* one at a time: a peer that does not read cannot grow the queue */
+            if (!c->probe.hb_queued &&
+                nb__conn_send_internal(c, &f, NULL, 0, hb_sent, &c->probe.hb_queued) == 0)
+                c->probe.hb_queued = 1;
         } else {
             nb__probe_ping(c);
         }
@@ -700,7 +794,7 @@ void nb__conn_start_tls(nb_conn_t *c)
     if (c->is_server) {
         if (n->cfg.n_allowed_peers == 0) {
             n->stats.tls_refused[NB_TLS_REFUSE_OTHER]++;
-            nb_log_warn(c->addr, "refused connection from %s: no inbound peers configured", c->addr);
+            NB__LOG_REFUSAL(n, c->addr, "refused connection from %s: no inbound peers configured", c->addr);
             nb__conn_fail(c, NB_EAUTH);
             return;
         }
@@ -715,10 +809,9 @@ void nb__conn_start_tls(nb_conn_t *c)
         return;
     }
     c->state = NB__C_HANDSHAKE;
-    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0) {
-        nb__conn_fail(c, NB_EIO);
+    update_reading(c);
+    if (c->closing)
         return;
-    }
     if (!c->is_server) {
         if (nb_tls_handshake(c->tls) < 0) {
             count_refusal(c);

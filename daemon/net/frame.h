@@ -73,6 +73,7 @@ typedef struct {
     Nebula__Frame *hdr;
     uint8_t *payload;
     uint64_t plen;
+    uint32_t crc;            /* CRC32C of the payload bytes received so far */
     const char *fault;       /* static description of the last fault */
 } nb_frame_rx_t;
 

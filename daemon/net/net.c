@@ -31,6 +31,18 @@ static void apply_defaults(nb_net_cfg_t *c)
         c->backoff_max_ms = 30000;
     if (!c->max_pending)
         c->max_pending = 256;
+    if (!c->max_pending_per_addr)
+        c->max_pending_per_addr = 8;
+    if (c->max_pending_per_addr > c->max_pending)
+        c->max_pending_per_addr = c->max_pending;
+    if (!c->refusal_log_ms)
+        c->refusal_log_ms = 10000;
+    if (!c->probe_max_bytes)
+        c->probe_max_bytes = 64u << 20;
+    if (c->probe_max_bytes > (1ull << 30))
+        c->probe_max_bytes = 1ull << 30;
+    if (c->probe_max_bytes < 2 * NB__PROBE_CHUNK)
+        c->probe_max_bytes = 2 * NB__PROBE_CHUNK;
     if (c->backoff_max_ms < c->backoff_min_ms)
         c->backoff_max_ms = c->backoff_min_ms;
 }
@@ -104,6 +116,7 @@ int nb_net_new(uv_loop_t *loop, const nb_net_cfg_t *cfg, const nb_net_cb_t *cb,
     uv_timer_init(loop, &n->closer);
     n->closer.data = n;
     n->handles_open = 1;
+    nb__admit_init(n);
     if (cb)
         n->cb = *cb;
     n->ud = ud;
@@ -111,7 +124,7 @@ int nb_net_new(uv_loop_t *loop, const nb_net_cfg_t *cfg, const nb_net_cb_t *cb,
     return 0;
 }
 
-static void maybe_done(nb_net_t *n)
+void nb__net_maybe_done(nb_net_t *n)
 {
     if (!n->closing || n->handles_open || n->conns || n->peers)
         return;
@@ -139,15 +152,12 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     n->stats.accepted++;
-    if (n->pending >= n->cfg.max_pending) {
-        /* Unauthenticated connections cost memory and handshakes: cap them. */
-        n->stats.pending_refused++;
-        nb_log_warn(NULL, "refused connection: %u handshakes already under way", n->pending);
+    /* Unauthenticated connections cost memory and handshakes: cap them, in
+     * all and per source address, keeping room for configured peers. */
+    if (nb__admit_inbound(n, c) != NULL) {
         nb__conn_fail(c, NB_ELIMIT);
         return;
     }
-    n->pending++;
-    c->counted_pending = 1;
     nb__conn_start_tls(c);
 }
 
@@ -167,7 +177,7 @@ static void on_listener_closed(uv_handle_t *h)
 {
     nb_net_t *n = h->data;
     n->handles_open--;
-    maybe_done(n);
+    nb__net_maybe_done(n);
 }
 
 int nb_net_listen(nb_net_t *n, const char *host, int port, int *bound_port)
@@ -255,7 +265,7 @@ static void peer_release(nb__peer_t *p)
     if (p->conn)
         p->conn->peer = NULL;
     free(p);
-    maybe_done(n);
+    nb__net_maybe_done(n);
 }
 
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
@@ -371,8 +381,7 @@ int nb_net_connect(nb_net_t *n, const char *peer_name, const char *host, int por
 void nb__net_conn_gone(nb_conn_t *c)
 {
     nb_net_t *n = c->net;
-    if (c->counted_pending)
-        n->pending--;
+    nb__admit_release(c);
     for (nb_conn_t **pp = &n->conns; *pp; pp = &(*pp)->next)
         if (*pp == c) {
             *pp = c->next;
@@ -384,7 +393,7 @@ void nb__net_conn_gone(nb_conn_t *c)
         p->conn = NULL;
         peer_schedule(p);
     }
-    maybe_done(n);
+    nb__net_maybe_done(n);
 }
 
 nb_conn_t *nb_net_conn(nb_net_t *n, const char *peer_name)
@@ -430,6 +439,7 @@ void nb_net_close(nb_net_t *n, void (*done)(void *ud), void *ud)
         uv_close((uv_handle_t *)&p->retry, on_peer_timer_closed);
     for (nb_conn_t *c = n->conns; c; c = c->next)
         nb_conn_close(c);
+    nb__admit_close(n);
     /* done always runs from a close callback, never inside this call. */
     uv_close((uv_handle_t *)&n->closer, on_listener_closed);
 }

@@ -40,6 +40,14 @@ typedef struct {
     uint32_t backoff_max_ms;       /* reconnect delay cap; default 30000 */
     uint32_t max_pending;          /* inbound connections still in handshake;
                                       more are closed at once; default 256 */
+    uint32_t max_pending_per_addr; /* of those, from one source address;
+                                      default 8 */
+    uint32_t refusal_log_ms;       /* window of the refusal log limit: the
+                                      first 10 refusals of unauthenticated
+                                      connections in a window are logged, the
+                                      rest summed up at its end; default 10000 */
+    uint64_t probe_max_bytes;      /* largest bulk probe sent or served;
+                                      default 64 MiB, at most 1 GiB */
     /* Latency emulation for tests and benchmarks only (this kernel has no
      * netem): every outgoing frame is held this long before it is sent.
      * Never set by a production configuration; a warning is logged. */
@@ -71,6 +79,11 @@ typedef struct {
     uint64_t tls_refused[NB_TLS_REFUSE_COUNT]; /* by nb_tls_refusal_t */
     uint64_t handshake_timeouts;
     uint64_t pending_refused;     /* inbound refused: max_pending handshakes under way */
+    uint64_t pending_refused_addr;/* inbound refused: max_pending_per_addr from that address */
+    uint64_t dup_refused;         /* second connection under the name of a live one */
+    uint64_t probe_refused;       /* bulk probe requests refused (size, one at a time) */
+    uint64_t log_suppressed;      /* refusal log lines summed up instead of written */
+    uint64_t mem_trims;           /* free heap handed back to the system after a flood */
     uint64_t hello_refused;       /* bad version, name mismatch, no hello first */
     uint64_t frame_faults;        /* all decode and validation faults */
     uint64_t frame_fault_by_code[16]; /* index -NB_E* (e.g. [-NB_ECRC]) */
@@ -105,6 +118,13 @@ int nb_net_connect(nb_net_t *n, const char *peer_name, const char *host, int por
  * upstream neighbours from the job). Errors: NB_EINVAL (empty or too long
  * name), NB_ENOMEM. */
 int nb_net_allow_peer(nb_net_t *n, const char *peer_name);
+
+/* Keeps room for inbound handshakes from host (an IPv4 or IPv6 literal; a
+ * configured peer's address): connections from other addresses may hold at
+ * most max_pending minus the reserved room (max_pending_per_addr per
+ * reserved address, at most half of max_pending). Errors: NB_EINVAL (not an
+ * IP literal), NB_ELIMIT (64 addresses already reserved). */
+int nb_net_reserve_addr(nb_net_t *n, const char *host);
 
 /* The ready connection to/from peer_name, or NULL. */
 nb_conn_t *nb_net_conn(nb_net_t *n, const char *peer_name);

@@ -19,75 +19,149 @@ static int send_probe(nb_conn_t *c, Nebula__Probe *pr, const void *payload, size
     return nb__conn_send_internal(c, &f, payload, len, NULL, NULL);
 }
 
+static void reply_sent(void *payload, void *ud)
+{
+    (void)payload;
+    *(int *)ud = 0;
+}
+
+/* A reply the peer asked for (pong, bulk result): at most one of each kind
+ * waits in the send queue, so a peer that floods requests and never reads
+ * cannot grow it. */
+static int send_reply(nb_conn_t *c, Nebula__Probe *pr, int *queued)
+{
+    if (*queued)
+        return NB_ELIMIT;
+    Nebula__Frame f = NEBULA__FRAME__INIT;
+    f.body_case = NEBULA__FRAME__BODY_PROBE;
+    f.probe = pr;
+    int rc = nb__conn_send_internal(c, &f, NULL, 0, reply_sent, queued);
+    if (rc == 0)
+        *queued = 1;
+    return rc;
+}
+
 int nb__probe_ping(nb_conn_t *c)
 {
-    if (c->ping_t_ns)
+    nb__probe_t *p = &c->probe;
+    if (p->ping_t_ns)
         return NB_ESTATE; /* one outstanding at a time */
     Nebula__Probe pr = NEBULA__PROBE__INIT;
     pr.kind = NEBULA__PROBE__KIND__PROBE_PING;
-    pr.id = ++c->ping_id;
+    pr.id = ++p->ping_id;
     pr.t_ns = nb__now_ns();
     int rc = send_probe(c, &pr, NULL, 0);
     if (rc == 0)
-        c->ping_t_ns = pr.t_ns;
+        p->ping_t_ns = pr.t_ns;
     return rc;
 }
 
 int nb_probe_rtt(nb_conn_t *c, nb_probe_rtt_cb cb, void *ud)
 {
-    if (c->state != NB__C_READY || c->closing || c->rtt_cb)
+    nb__probe_t *p = &c->probe;
+    if (c->state != NB__C_READY || c->closing || p->rtt_cb)
         return NB_ESTATE;
-    c->rtt_cb = cb;
-    c->rtt_ud = ud;
-    if (c->ping_t_ns)
+    p->rtt_cb = cb;
+    p->rtt_ud = ud;
+    if (p->ping_t_ns)
         return 0; /* a heartbeat ping is out; its pong answers this too */
     int rc = nb__probe_ping(c);
     if (rc)
-        c->rtt_cb = NULL;
+        p->rtt_cb = NULL;
     return rc;
 }
 
-static int bulk_send(nb_conn_t *c, uint64_t id, uint64_t bytes)
+/* ---- bulk sender ---------------------------------------------------------------- */
+
+static void bulk_fill(nb_conn_t *c);
+
+static void chunk_sent(void *payload, void *ud)
 {
-    uint64_t off = 0, seq = 0;
-    while (off < bytes) {
-        uint64_t n = bytes - off < NB__PROBE_CHUNK ? bytes - off : NB__PROBE_CHUNK;
+    (void)payload;
+    nb_conn_t *c = ud;
+    c->probe.tx_queued--;
+    if (!c->closing)
+        bulk_fill(c);
+}
+
+/* Feeds the transfer to the send queue NB__PROBE_QUEUED chunks at a time,
+ * counted against send_queue_bytes like any frame: the queue never holds
+ * more than a megabyte of probe, and the loop does a few chunks' work per
+ * call however large the transfer. */
+static void bulk_fill(nb_conn_t *c)
+{
+    nb__probe_t *p = &c->probe;
+    p->tx_blocked = 0;
+    while (p->tx_active && p->tx_off < p->tx_total && p->tx_queued < NB__PROBE_QUEUED) {
+        uint64_t n = p->tx_total - p->tx_off < NB__PROBE_CHUNK ? p->tx_total - p->tx_off
+                                                               : NB__PROBE_CHUNK;
         Nebula__Probe pr = NEBULA__PROBE__INIT;
         pr.kind = NEBULA__PROBE__KIND__PROBE_BULK;
-        pr.id = id;
-        pr.seq = seq++;
-        pr.total_bytes = bytes;
-        int rc = send_probe(c, &pr, probe_zeros, (size_t)n);
-        if (rc)
-            return rc;
-        off += n;
+        pr.id = p->tx_id;
+        pr.seq = p->tx_seq;
+        pr.total_bytes = p->tx_total;
+        Nebula__Frame f = NEBULA__FRAME__INIT;
+        f.body_case = NEBULA__FRAME__BODY_PROBE;
+        f.probe = &pr;
+        int rc = nb__conn_send_counted(c, &f, probe_zeros, (size_t)n, chunk_sent, c);
+        if (rc == NB_ELIMIT) {
+            p->tx_blocked = 1; /* nb__probe_writable resumes */
+            return;
+        }
+        if (rc) {
+            p->tx_active = 0; /* closing: the transfer ends here */
+            return;
+        }
+        p->tx_queued++;
+        p->tx_seq++;
+        p->tx_off += n;
     }
+    if (p->tx_active && p->tx_off >= p->tx_total)
+        p->tx_active = 0; /* all queued; the last chunks are still on their way */
+}
+
+void nb__probe_writable(nb_conn_t *c)
+{
+    bulk_fill(c);
+}
+
+static int bulk_start(nb_conn_t *c, uint64_t id, uint64_t bytes)
+{
+    nb__probe_t *p = &c->probe;
+    if (p->tx_active)
+        return NB_ESTATE;
+    p->tx_active = 1;
+    p->tx_id = id;
+    p->tx_total = bytes;
+    p->tx_off = p->tx_seq = 0;
+    bulk_fill(c);
     return 0;
 }
 
 static int bw_start(nb_conn_t *c, uint64_t bytes, nb_probe_bw_cb cb, void *ud, int dir)
 {
-    if (bytes < 2 * NB__PROBE_CHUNK || bytes > (1ull << 30))
+    nb__probe_t *p = &c->probe;
+    if (bytes < 2 * NB__PROBE_CHUNK || bytes > c->net->cfg.probe_max_bytes)
         return NB_ERANGE;
-    if (c->state != NB__C_READY || c->closing || c->bw_cb)
+    if (c->state != NB__C_READY || c->closing || p->bw_cb || (dir == 1 && p->tx_active))
         return NB_ESTATE;
-    c->bw_id++;
-    c->bw_total = bytes;
+    p->bw_id++;
+    p->bw_total = bytes;
     int rc;
     if (dir == 1) {
-        rc = bulk_send(c, c->bw_id, bytes);
+        rc = bulk_start(c, p->bw_id, bytes);
     } else {
         Nebula__Probe pr = NEBULA__PROBE__INIT;
         pr.kind = NEBULA__PROBE__KIND__PROBE_BULK_REQUEST;
-        pr.id = c->bw_id;
+        pr.id = p->bw_id;
         pr.total_bytes = bytes;
         rc = send_probe(c, &pr, NULL, 0);
     }
     if (rc)
         return rc;
-    c->bw_cb = cb;
-    c->bw_ud = ud;
-    c->bw_dir = dir;
+    p->bw_cb = cb;
+    p->bw_ud = ud;
+    p->bw_dir = dir;
     return 0;
 }
 
@@ -103,16 +177,17 @@ int nb_probe_bw_recv(nb_conn_t *c, uint64_t bytes, nb_probe_bw_cb cb, void *ud)
 
 static void bw_finish(nb_conn_t *c, int status, double bps)
 {
-    nb_probe_bw_cb cb = c->bw_cb;
-    void *ud = c->bw_ud;
+    nb__probe_t *p = &c->probe;
+    nb_probe_bw_cb cb = p->bw_cb;
+    void *ud = p->bw_ud;
     if (status == 0) {
-        if (c->bw_dir == 1)
-            c->link.tx_bw_probe = bps;
+        if (p->bw_dir == 1)
+            p->link.tx_bw_probe = bps;
         else
-            c->link.rx_bw_probe = bps;
+            p->link.rx_bw_probe = bps;
     }
-    c->bw_cb = NULL;
-    c->bw_dir = 0;
+    p->bw_cb = NULL;
+    p->bw_dir = 0;
     if (cb)
         cb(c, status, bps, ud);
 }
@@ -122,36 +197,67 @@ static void bw_finish(nb_conn_t *c, int status, double bps)
  * path does not bias the rate. */
 static void on_bulk(nb_conn_t *c, const Nebula__Probe *pr, size_t len)
 {
+    nb__probe_t *p = &c->probe;
     uint64_t now = nb__now_ns();
-    if (pr->seq == 0 || pr->id != c->bwr_id) {
-        c->bwr_id = pr->id;
-        c->bwr_total = pr->total_bytes;
-        c->bwr_got = len;
-        c->bwr_measured = 0;
-        c->bwr_t0_ns = now;
+    if (pr->seq == 0 || pr->id != p->bwr_id) {
+        p->bwr_id = pr->id;
+        p->bwr_total = pr->total_bytes;
+        p->bwr_got = len;
+        p->bwr_measured = 0;
+        p->bwr_t0_ns = now;
     } else {
-        c->bwr_got += len;
-        c->bwr_measured += len;
+        p->bwr_got += len;
+        p->bwr_measured += len;
     }
-    if (c->bwr_got < c->bwr_total)
+    if (p->bwr_got < p->bwr_total)
         return;
-    uint64_t dt = now - c->bwr_t0_ns;
-    if (c->bw_dir == 2 && pr->id == c->bw_id) {
+    uint64_t dt = now - p->bwr_t0_ns;
+    p->bwr_total = UINT64_MAX; /* answered: chunks past the total do not answer again */
+    if (p->bw_dir == 2 && pr->id == p->bw_id) {
         /* We asked for this transfer: we are the measuring end. */
-        bw_finish(c, dt ? 0 : NB_ERANGE, dt ? (double)c->bwr_measured * 1e9 / (double)dt : 0);
+        bw_finish(c, dt ? 0 : NB_ERANGE, dt ? (double)p->bwr_measured * 1e9 / (double)dt : 0);
         return;
     }
     Nebula__Probe r = NEBULA__PROBE__INIT;
     r.kind = NEBULA__PROBE__KIND__PROBE_BULK_RESULT;
     r.id = pr->id;
-    r.total_bytes = c->bwr_total;
-    r.measured_bytes = c->bwr_measured;
+    r.total_bytes = p->bwr_got;
+    r.measured_bytes = p->bwr_measured;
     r.duration_ns = dt;
-    send_probe(c, &r, NULL, 0);
+    send_reply(c, &r, &p->result_queued);
+}
+
+/* A peer asks us to send: one transfer at a time, of at most
+ * probe_max_bytes; anything else is refused (counted, logged within the
+ * refusal log limit) and the connection stays up. */
+static void on_bulk_request(nb_conn_t *c, const Nebula__Probe *pr)
+{
+    nb_net_t *n = c->net;
+    const char *why = NULL;
+    if (pr->total_bytes < 2 * NB__PROBE_CHUNK || pr->total_bytes > n->cfg.probe_max_bytes)
+        why = "size out of range";
+    else if (c->probe.tx_active)
+        why = "a transfer to this peer is under way";
+    else if (bulk_start(c, pr->id, pr->total_bytes) != 0)
+        why = "cannot start";
+    if (!why)
+        return;
+    /* An empty result tells the asking side at once (its callback gets
+     * NB_ELIMIT) instead of leaving it waiting. */
+    Nebula__Probe r = NEBULA__PROBE__INIT;
+    r.kind = NEBULA__PROBE__KIND__PROBE_BULK_RESULT;
+    r.id = pr->id;
+    send_reply(c, &r, &c->probe.result_queued);
+    n->stats.probe_refused++;
+    NB__LOG_PEER_REFUSAL(n, c->name,
+                         "refused bulk probe request of %llu bytes (at most %llu): %s",
+                         (unsigned long long)pr->total_bytes,
+                         (unsigned long long)n->cfg.probe_max_bytes, why);
 }
 
 void nb__probe_on_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_t len)
 {
+    nb__probe_t *p = &c->probe;
     const Nebula__Probe *pr = f->probe;
     switch (pr->kind) {
     case NEBULA__PROBE__KIND__PROBE_PING: {
@@ -159,20 +265,20 @@ void nb__probe_on_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_t
         r.kind = NEBULA__PROBE__KIND__PROBE_PONG;
         r.id = pr->id;
         r.t_ns = pr->t_ns;
-        send_probe(c, &r, NULL, 0);
+        send_reply(c, &r, &p->pong_queued); /* a pong already queued answers for this one */
         break;
     }
     case NEBULA__PROBE__KIND__PROBE_PONG:
-        if (c->ping_t_ns && pr->id == c->ping_id && pr->t_ns == c->ping_t_ns) {
-            double ms = (double)(nb__now_ns() - c->ping_t_ns) / 1e6;
-            c->ping_t_ns = 0;
-            c->link.rtt_ms = ms;
-            c->link.rtt_ewma_ms = c->link.rtt_ewma_ms == 0 ? ms
-                                                           : c->link.rtt_ewma_ms * 0.875 + ms * 0.125;
-            if (c->rtt_cb) {
-                nb_probe_rtt_cb cb = c->rtt_cb;
-                c->rtt_cb = NULL;
-                cb(c, 0, ms, c->rtt_ud);
+        if (p->ping_t_ns && pr->id == p->ping_id && pr->t_ns == p->ping_t_ns) {
+            double ms = (double)(nb__now_ns() - p->ping_t_ns) / 1e6;
+            p->ping_t_ns = 0;
+            p->link.rtt_ms = ms;
+            p->link.rtt_ewma_ms = p->link.rtt_ewma_ms == 0 ? ms
+                                                           : p->link.rtt_ewma_ms * 0.875 + ms * 0.125;
+            if (p->rtt_cb) {
+                nb_probe_rtt_cb cb = p->rtt_cb;
+                p->rtt_cb = NULL;
+                cb(c, 0, ms, p->rtt_ud);
             }
         }
         break;
@@ -180,18 +286,16 @@ void nb__probe_on_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_t
         on_bulk(c, pr, len);
         break;
     case NEBULA__PROBE__KIND__PROBE_BULK_RESULT:
-        if (c->bw_dir == 1 && pr->id == c->bw_id) {
+        if (p->bw_dir == 2 && pr->id == p->bw_id && pr->measured_bytes == 0) {
+            bw_finish(c, NB_ELIMIT, 0); /* the peer refused our request */
+        } else if (p->bw_dir == 1 && pr->id == p->bw_id) {
             int ok = pr->duration_ns > 0 && pr->measured_bytes > 0;
             bw_finish(c, ok ? 0 : NB_ERANGE,
                       ok ? (double)pr->measured_bytes * 1e9 / (double)pr->duration_ns : 0);
         }
         break;
     case NEBULA__PROBE__KIND__PROBE_BULK_REQUEST:
-        if (pr->total_bytes >= 2 * NB__PROBE_CHUNK && pr->total_bytes <= (1ull << 30))
-            bulk_send(c, pr->id, pr->total_bytes);
-        else
-            nb_log_warn(c->name, "ignored bulk probe request of %llu bytes",
-                        (unsigned long long)pr->total_bytes);
+        on_bulk_request(c, pr);
         break;
     default:
         break;
@@ -202,16 +306,18 @@ void nb__probe_on_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_t
 
 void nb__probe_closed(nb_conn_t *c)
 {
-    if (c->rtt_cb) {
-        nb_probe_rtt_cb cb = c->rtt_cb;
-        c->rtt_cb = NULL;
-        cb(c, NB_ECLOSED, 0, c->rtt_ud);
+    nb__probe_t *p = &c->probe;
+    p->tx_active = 0;
+    if (p->rtt_cb) {
+        nb_probe_rtt_cb cb = p->rtt_cb;
+        p->rtt_cb = NULL;
+        cb(c, NB_ECLOSED, 0, p->rtt_ud);
     }
-    if (c->bw_cb)
+    if (p->bw_cb)
         bw_finish(c, NB_ECLOSED, 0);
 }
 
 void nb_probe_link(const nb_conn_t *c, nb_link_t *out)
 {
-    *out = c->link;
+    *out = c->probe.link;
 }

@@ -24,12 +24,15 @@ typedef void (*nb_probe_bw_cb)(nb_conn_t *c, int status, double bytes_per_s, voi
 int nb_probe_rtt(nb_conn_t *c, nb_probe_rtt_cb cb, void *ud);
 
 /* Measures this side -> peer: sends `bytes` (>= 2 chunks of 256 KiB, at most
- * 1 GiB) of probe payload; the peer reports what it measured. Errors:
+ * the endpoint's probe_max_bytes, default 64 MiB) of probe payload; the peer
+ * reports what it measured. Errors:
  * NB_ERANGE (size), NB_ESTATE (not ready or a transfer is outstanding). */
 int nb_probe_bw_send(nb_conn_t *c, uint64_t bytes, nb_probe_bw_cb cb, void *ud);
 
 /* Measures peer -> this side: asks the peer to send `bytes` and times the
- * arrival here. Same errors as nb_probe_bw_send. */
+ * arrival here. Same errors as nb_probe_bw_send; a peer that refuses the
+ * request (above its own limit, or already sending to us) answers at once
+ * and the callback gets NB_ELIMIT. */
 int nb_probe_bw_recv(nb_conn_t *c, uint64_t bytes, nb_probe_bw_cb cb, void *ud);
 
 /* Passive estimates, updated from heartbeats and real transfers. */

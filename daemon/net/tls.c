@@ -2,6 +2,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
@@ -129,6 +130,132 @@ static void ssl_errstr(char *buf, size_t len)
         snprintf(buf, len, "no OpenSSL error");
 }
 
+/* ---- contexts: built from the three files, shared while they are unchanged ---- */
+
+/* A context with the certificate, key and CA loaded; NULL with *rc and a
+ * message in err on failure. */
+static SSL_CTX *ctx_build(const nb_tls_files_t *files, int is_server, char *err, size_t errlen,
+                          int *rc_out)
+{
+    int rc = NB_EAUTH;
+    SSL_CTX *ctx = SSL_CTX_new(is_server ? TLS_server_method() : TLS_client_method());
+    if (!ctx)
+        goto fail;
+    SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
+    SSL_CTX_set_max_proto_version(ctx, 0);
+    /* AES-128-GCM first: hardware accelerated and the cheapest per byte. */
+    SSL_CTX_set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:"
+                                     "TLS_CHACHA20_POLY1305_SHA256");
+    /* No tickets: every connection verifies the peer certificate afresh. */
+    SSL_CTX_set_num_tickets(ctx, 0);
+    /* Read whole bursts of records from our BIO at once. */
+    SSL_CTX_set_read_ahead(ctx, 1);
+    SSL_CTX_set_default_read_buffer_len(ctx, 64u << 10);
+    if (is_server)
+        SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    if (SSL_CTX_use_certificate_chain_file(ctx, files->cert_file) != 1) {
+        rc = NB_EIO;
+        snprintf(err, errlen, "cannot load certificate %s", files->cert_file);
+        goto fail_msg;
+    }
+    if (SSL_CTX_use_PrivateKey_file(ctx, files->key_file, SSL_FILETYPE_PEM) != 1) {
+        rc = NB_EIO;
+        snprintf(err, errlen, "cannot load key %s", files->key_file);
+        goto fail_msg;
+    }
+    if (SSL_CTX_check_private_key(ctx) != 1) {
+        snprintf(err, errlen, "key %s does not match certificate %s", files->key_file,
+                 files->cert_file);
+        goto fail_msg;
+    }
+    if (SSL_CTX_load_verify_locations(ctx, files->ca_file, NULL) != 1) {
+        rc = NB_EIO;
+        snprintf(err, errlen, "cannot load CA file %s", files->ca_file);
+        goto fail_msg;
+    }
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+    return ctx;
+fail:
+    ssl_errstr(err, errlen);
+fail_msg:
+    ERR_clear_error();
+    SSL_CTX_free(ctx);
+    *rc_out = rc;
+    return NULL;
+}
+
+/* The files are re-read for every connection only when they changed
+ * (certificate rotation needs no restart), not for each of a flood of
+ * connections: loading and checking a key costs the loop milliseconds. */
+#define CTX_CACHE 8
+typedef struct {
+    char cert[512], key[512], ca[512];
+    int is_server;
+    struct stat st[3];
+    SSL_CTX *ctx;
+} ctx_entry_t;
+static ctx_entry_t ctx_cache[CTX_CACHE];
+static unsigned ctx_next;
+static pthread_mutex_t ctx_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int same_stat(const struct stat *a, const struct stat *b)
+{
+    return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
+           a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec &&
+           a->st_ctim.tv_sec == b->st_ctim.tv_sec && a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
+}
+
+static SSL_CTX *ctx_get(const nb_tls_files_t *files, int is_server, char *err, size_t errlen,
+                        int *rc)
+{
+    const char *path[3] = { files->cert_file, files->key_file, files->ca_file };
+    struct stat st[3];
+    int cacheable = 1;
+    for (int i = 0; i < 3; i++)
+        if (strlen(path[i]) >= sizeof ctx_cache[0].cert || stat(path[i], &st[i]) != 0)
+            cacheable = 0;
+    if (cacheable) {
+        pthread_mutex_lock(&ctx_lock);
+        for (int e = 0; e < CTX_CACHE; e++) {
+            ctx_entry_t *c = &ctx_cache[e];
+            if (c->ctx && c->is_server == is_server && strcmp(c->cert, path[0]) == 0 &&
+                strcmp(c->key, path[1]) == 0 && strcmp(c->ca, path[2]) == 0 &&
+                same_stat(&c->st[0], &st[0]) && same_stat(&c->st[1], &st[1]) &&
+                same_stat(&c->st[2], &st[2])) {
+                SSL_CTX *ctx = c->ctx;
+                SSL_CTX_up_ref(ctx);
+                pthread_mutex_unlock(&ctx_lock);
+                return ctx;
+            }
+        }
+        pthread_mutex_unlock(&ctx_lock);
+    }
+    SSL_CTX *ctx = ctx_build(files, is_server, err, errlen, rc);
+    if (!ctx || !cacheable)
+        return ctx;
+    pthread_mutex_lock(&ctx_lock);
+    ctx_entry_t *c = NULL;
+    for (int e = 0; e < CTX_CACHE && !c; e++) /* the same files, older: replace */
+        if (ctx_cache[e].ctx && ctx_cache[e].is_server == is_server &&
+            strcmp(ctx_cache[e].cert, path[0]) == 0 && strcmp(ctx_cache[e].key, path[1]) == 0 &&
+            strcmp(ctx_cache[e].ca, path[2]) == 0)
+            c = &ctx_cache[e];
+    if (!c)
+        c = &ctx_cache[ctx_next++ % CTX_CACHE];
+    if (c->ctx)
+        SSL_CTX_free(c->ctx);
+    snprintf(c->cert, sizeof c->cert, "%s", path[0]);
+    snprintf(c->key, sizeof c->key, "%s", path[1]);
+    snprintf(c->ca, sizeof c->ca, "%s", path[2]);
+    c->is_server = is_server;
+    memcpy(c->st, st, sizeof st);
+    SSL_CTX_up_ref(ctx);
+    c->ctx = ctx;
+    pthread_mutex_unlock(&ctx_lock);
+    return ctx;
+}
+
 int nb_tls_new(const nb_tls_files_t *files, int is_server,
                const char *const *names, size_t n_names, nb_tls_t **out,
                char *err, size_t errlen)
@@ -143,43 +270,11 @@ int nb_tls_new(const nb_tls_files_t *files, int is_server,
         return NB_ENOMEM;
     t->is_server = is_server;
     int rc = NB_EAUTH;
-    t->ctx = SSL_CTX_new(is_server ? TLS_server_method() : TLS_client_method());
-    if (!t->ctx)
-        goto err;
-    SSL_CTX_set_min_proto_version(t->ctx, TLS1_3_VERSION);
-    SSL_CTX_set_max_proto_version(t->ctx, 0);
-    /* AES-128-GCM first: hardware accelerated and the cheapest per byte. */
-    SSL_CTX_set_ciphersuites(t->ctx, "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:"
-                                     "TLS_CHACHA20_POLY1305_SHA256");
-    /* No tickets: every connection verifies the peer certificate afresh. */
-    SSL_CTX_set_num_tickets(t->ctx, 0);
-    /* Read whole bursts of records from our BIO at once. */
-    SSL_CTX_set_read_ahead(t->ctx, 1);
-    SSL_CTX_set_default_read_buffer_len(t->ctx, 64u << 10);
-    if (is_server)
-        SSL_CTX_set_options(t->ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
-    SSL_CTX_set_session_cache_mode(t->ctx, SSL_SESS_CACHE_OFF);
-    if (SSL_CTX_use_certificate_chain_file(t->ctx, files->cert_file) != 1) {
-        rc = NB_EIO;
-        snprintf(err, errlen, "cannot load certificate %s", files->cert_file);
-        goto err_msg;
+    t->ctx = ctx_get(files, is_server, err, errlen, &rc);
+    if (!t->ctx) {
+        nb_tls_free(t);
+        return rc;
     }
-    if (SSL_CTX_use_PrivateKey_file(t->ctx, files->key_file, SSL_FILETYPE_PEM) != 1) {
-        rc = NB_EIO;
-        snprintf(err, errlen, "cannot load key %s", files->key_file);
-        goto err_msg;
-    }
-    if (SSL_CTX_check_private_key(t->ctx) != 1) {
-        snprintf(err, errlen, "key %s does not match certificate %s", files->key_file,
-                 files->cert_file);
-        goto err_msg;
-    }
-    if (SSL_CTX_load_verify_locations(t->ctx, files->ca_file, NULL) != 1) {
-        rc = NB_EIO;
-        snprintf(err, errlen, "cannot load CA file %s", files->ca_file);
-        goto err_msg;
-    }
-    SSL_CTX_set_verify(t->ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
     t->ssl = SSL_new(t->ctx);
     if (!t->ssl)
         goto err;
@@ -206,7 +301,6 @@ int nb_tls_new(const nb_tls_files_t *files, int is_server,
     return 0;
 err:
     ssl_errstr(err, errlen);
-err_msg:
     ERR_clear_error();
     nb_tls_free(t);
     return rc;
@@ -260,7 +354,8 @@ int nb_tls_feed_done(nb_tls_t *t)
         uint8_t *k = malloc(need);
         if (!k)
             return NB_ENOMEM;
-        memcpy(k, t->keep + t->keep_off, live);
+        if (live) /* keep is NULL before the first use */
+            memcpy(k, t->keep + t->keep_off, live);
         free(t->keep);
         t->keep = k;
         t->keep_cap = need;

@@ -50,7 +50,9 @@ const char *nb_tls_refusal_name(nb_tls_refusal_t r);
 
 typedef struct nb_tls nb_tls_t;
 
-/* Creates a session, re-reading the three files. is_server selects the role.
+/* Creates a session from the three files: they are read again whenever one
+ * of them changed (device, inode, size, mtime or ctime), else the context
+ * built from them last is shared. is_server selects the role.
  * names: the peer names accepted (client: exactly the one server name it
  * dials; server: every client name it admits); n_names >= 1 and each name
  * non-empty (NB_CHECK). On success *out is owned by the caller

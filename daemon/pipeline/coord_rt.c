@@ -21,6 +21,7 @@ typedef struct {
     bool connected, links_ready, done, reported;
     nb_conn_t *conn;
     double grad_sumsq, loss;
+    uint64_t nonfinite_stages;  /* the report's: stages with a NaN/Inf gradient */
     bool has_loss;
     uint64_t bytes_raw, bytes_wire, step_ns;
     double busy_s[NB_SCHED_MAX_STAGES]; /* compute seconds per hosted stage this step */
@@ -48,6 +49,8 @@ struct nb_coord_rt {
     uint64_t total_raw, total_wire;
     double loss_sum_first, last_loss;
     int m_steps, m_loss, m_tps, m_bubble, m_raw, m_wire, m_replans, m_pred;
+    int m_skipped;
+    int64_t skipped_run;      /* consecutive steps skipped for a non-finite norm */
     long replans_seen;
 };
 
@@ -241,6 +244,48 @@ static const char *plan_note(nb_coord_rt_t *rt, char *buf, size_t len)
     return buf;
 }
 
+/* "stage 1 (on b), stage 2 (on c)": the stages whose gradient sum of
+ * squares was not finite; a daemon that named none is listed by name. */
+static const char *nonfinite_text(nb_coord_rt_t *rt, char *buf, size_t len)
+{
+    size_t n = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < rt->job.n_daemons && n < len; i++) {
+        const daemon_slot_t *d = &rt->d[i];
+        if (isfinite(d->grad_sumsq))
+            continue;
+        bool named = false;
+        for (int st = 0; st < rt->job.layout.p && n < len; st++)
+            if ((d->nonfinite_stages >> st & 1) && rt->job.layout.placement[st] == i) {
+                n += (size_t)snprintf(buf + n, len - n, "%sstage %d (on %s)", n ? ", " : "", st, rt->job.names[i]);
+                named = true;
+            }
+        if (!named && n < len)
+            n += (size_t)snprintf(buf + n, len - n, "%sdaemon %s", n ? ", " : "", rt->job.names[i]);
+    }
+    return buf;
+}
+
+/* A non-finite global norm: count the skip, log it with the stages that
+ * produced it, and fail the job after job.max_skipped_steps in a row.
+ * Returns false when the job failed. */
+static bool note_skip(nb_coord_rt_t *rt, double sumsq)
+{
+    char from[256];
+    int64_t limit = rt->cfg->job.max_skipped_steps > 0 ? rt->cfg->job.max_skipped_steps : 10;
+    rt->skipped_run++;
+    nb_metrics_inc(nb_state_metrics(rt->state), rt->m_skipped, 1);
+    nonfinite_text(rt, from, sizeof from);
+    nb_log_warn(NULL, "step %lld: global gradient norm is %g, from %s: every stage skips this step's update "
+                "(%lld consecutive, limit job.max_skipped_steps = %lld)", (long long)rt->step + 1, sqrt(sumsq),
+                from, (long long)rt->skipped_run, (long long)limit);
+    if (rt->skipped_run < limit)
+        return true;
+    job_fail(rt, "%lld consecutive steps skipped for a non-finite gradient norm (job.max_skipped_steps = %lld); "
+             "step %lld's came from %s", (long long)rt->skipped_run, (long long)limit, (long long)rt->step + 1, from);
+    return false;
+}
+
 /* All reports of the step are in: commit, log, plan the next step. */
 static void finish_step(nb_coord_rt_t *rt)
 {
@@ -270,12 +315,20 @@ static void finish_step(nb_coord_rt_t *rt)
     if (rt->plan)
         nb_cplan_step_done(rt->plan, rt->step, step_s, max_step_s);
     bool last = rt->step + 1 >= rt->job.steps;
+    /* NaN or Inf anywhere: no stage may apply it (nb_optim_clip_scale(NaN)
+     * is 1, and the update would poison every weight) */
+    bool skip = !isfinite(sumsq);
+    if (skip && !note_skip(rt, sumsq))
+        return;
+    if (!skip)
+        rt->skipped_run = 0;
     Nebula__Commit c;
     nebula__commit__init(&c);
     c.job_id = rt->job.layout.job_id;
     c.step = (uint64_t)rt->step;
     c.global_grad_sumsq = sumsq;
     c.last = last;
+    c.skip = skip;
     Nebula__Frame f;
     nebula__frame__init(&f);
     f.body_case = NEBULA__FRAME__BODY_COMMIT;
@@ -324,6 +377,7 @@ static void handle_report(nb_coord_rt_t *rt, int di, const Nebula__Report *r)
     }
     d->reported = true;
     d->grad_sumsq = r->grad_sumsq;
+    d->nonfinite_stages = r->nonfinite_stages;
     d->has_loss = r->has_loss;
     d->loss = r->loss;
     d->bytes_raw = r->bytes_raw;
@@ -636,8 +690,10 @@ static int rt_start(nb_service_t *svc, void *ud)
     rt->net_open = rt->net != NULL;
     if (rc)
         return rc;
-    for (int i = 0; i < rt->job.n_daemons; i++)
+    for (int i = 0; i < rt->job.n_daemons; i++) {
+        nb_rt_reserve_peer_addr(rt->net, rt->job.addresses[i]);
         nb_rt_peer_row(rt->state, rt->job.names[i], "stage", rt->job.addresses[i], "waiting", NULL);
+    }
     if (rt->cfg->connect_timeout_s > 0) {
         uv_timer_init(rt->loop, &rt->connect_timer);
         rt->connect_timer.data = rt;
@@ -699,6 +755,8 @@ int nb_coord_rt_attach(nb_service_t *svc, nb_coord_rt_t **out)
     rt->m_pred = nb_metrics_add(mx, "nebula_job_predicted_step_seconds", NULL, NB_METRIC_GAUGE,
                                 "The planner's predicted step time of the running plan (-1: none)");
     nb_metrics_set(mx, rt->m_pred, -1);
+    rt->m_skipped = nb_metrics_add(mx, "nebula_job_steps_skipped_total", NULL, NB_METRIC_COUNTER,
+                                   "Steps whose update every stage skipped: non-finite gradient norm");
     nb_service_set_runtime(svc, &coord_runtime, rt);
     *out = rt;
     return 0;

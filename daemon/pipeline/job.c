@@ -69,6 +69,23 @@ static void split_even(int blocks, int n, int *first, int *last)
     }
 }
 
+const char *nb_job_head_unsupported(nb_head_kind_t head)
+{
+    switch (head) {
+    case NB_MODEL_HEAD_LM:
+    case NB_MODEL_HEAD_MLM: return NULL;
+    case NB_MODEL_HEAD_SEQCLS:
+        return "head seqcls is not supported in a pipeline: stage 0 draws its batches from a token file, "
+               "which holds no class labels, and nebula-train (the reference the pipeline must equal) "
+               "trains lm and mlm only; use head lm or mlm";
+    case NB_MODEL_HEAD_TOKCLS:
+        return "head tokcls is not supported in a pipeline: stage 0 draws its batches from a token file, "
+               "which holds no class labels, and nebula-train (the reference the pipeline must equal) "
+               "trains lm and mlm only; use head lm or mlm";
+    }
+    return "unknown head";
+}
+
 int nb_job_from_cfg(const nb_cfg_job_t *job, int m, uint64_t job_id, nb_job_desc_t *out,
                     char *err, size_t errlen)
 {
@@ -81,6 +98,11 @@ int nb_job_from_cfg(const nb_cfg_job_t *job, int m, uint64_t job_id, nb_job_desc
     }
     if (nb_job_model_from_cfg(&job->model, &l->model)) {
         snprintf(err, errlen, "job.model: %s", nb_model_config_validate(&l->model) ?: "unknown head");
+        return NB_EINVAL;
+    }
+    const char *head_why = nb_job_head_unsupported(l->model.head);
+    if (head_why) {
+        snprintf(err, errlen, "job.model.head: %s", head_why);
         return NB_EINVAL;
     }
     if (m < 1 || job->batch % m != 0) {
@@ -214,6 +236,8 @@ int nb_job_from_msg(const Nebula__Job *msg, nb_job_desc_t *out, int *your_daemon
                                     .tie_embeddings = m->tie_embeddings };
     const char *why = nb_model_config_validate(&l->model);
     if (why)
+        BAD(NB_EINVAL, "job: %s", why);
+    if ((why = nb_job_head_unsupported(l->model.head)))
         BAD(NB_EINVAL, "job: %s", why);
     nb_job_model_digest(&l->model, out->digest);
     if (!msg->model_digest || strcmp(msg->model_digest, out->digest) != 0)

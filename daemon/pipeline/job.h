@@ -37,6 +37,12 @@ int nb_job_model_from_cfg(const nb_cfg_model_t *in, nb_model_config_t *out);
 /* Converts the optimizer section for a job of `steps` steps. */
 nb_optim_config_t nb_job_optim_from_cfg(const nb_cfg_optim_t *in, int64_t steps);
 
+/* NULL when a pipeline can train head `head` (lm, mlm: the heads whose
+ * batches come from a token file, as in nebula-train), else a static reason
+ * naming the head. Both nb_job_from_cfg and nb_job_from_msg refuse the
+ * others. */
+const char *nb_job_head_unsupported(nb_head_kind_t head);
+
 /* Builds the job a coordinator runs from its configuration; m is the number of
  * micro-batches (must divide job.batch). job_id is given by the caller.
  * Errors: NB_EINVAL with a message (no clusters, bad model...). */

@@ -24,6 +24,12 @@ void nb_rt_net_cfg(const nb_config_t *cfg, int role, nb_net_cfg_t *out);
 int nb_rt_open_net(uv_loop_t *loop, const nb_config_t *cfg, const nb_net_cfg_t *nc, const nb_net_cb_t *cb,
                    void *ud, nb_state_t *st, nb_net_t **out, char *bound, size_t boundlen);
 
+/* Keeps handshake room on n for connections from the host of "host:port"
+ * or "[v6]:port" (a configured peer's address), so a connection flood from
+ * elsewhere cannot lock that peer out. Host names are skipped (only IP
+ * literals are reserved); never fails. */
+void nb_rt_reserve_peer_addr(nb_net_t *n, const char *hostport);
+
 /* Publishes one peer's row (connection state, RTT, bandwidth, bytes) in the
  * daemon's status. c may be NULL (peer not connected). */
 void nb_rt_peer_row(nb_state_t *st, const char *name, const char *role, const char *address,

@@ -47,6 +47,8 @@ static int io_recv(void *ud, int stage, nb_pmsg_kind_t kind, nb_pmsg_t **out, in
     int rc = nb_mbox_pop(rt->inbox[stage][kind], &m, timeout_ms);
     if (rc == 0)
         *out = m;
+    if (rc == 0 && __atomic_load_n(&rt->reads_paused, __ATOMIC_ACQUIRE))
+        uv_async_send(&rt->wake); /* room again: the loop resumes reading */
     return rc;
 }
 
@@ -135,8 +137,28 @@ static int init_parts(nb_stage_rt_t *rt, nb_host_t *host, char *err, size_t errl
     return 0;
 }
 
-/* Builds the host for a received Job and asks the loop to open the links. */
-static int handle_job(nb_stage_rt_t *rt, nb_backend_t *be, nb_host_t **host, const Nebula__Job *msg)
+/* Creates the inboxes of the stages this daemon hosts, unless the loop
+ * thread has closed the mailboxes meanwhile (the job failed or the daemon
+ * stops while the host was being built): then NB_ECLOSED. */
+static int open_inboxes(nb_stage_rt_t *rt, const nb_pipe_layout_t *l, int me)
+{
+    int rc = 0;
+    pthread_mutex_lock(&rt->inbox_mu);
+    if (rt->inbox_closed)
+        rc = NB_ECLOSED;
+    for (int s = 0; rc == 0 && s < l->p; s++)
+        if (l->placement[s] == me)
+            for (int k = 0; rc == 0 && k < NB_PMSG_KINDS; k++)
+                if (!(rt->inbox[s][k] = nb_mbox_new(INBOX_CAP, free_pmsg)))
+                    rc = NB_ENOMEM;
+    pthread_mutex_unlock(&rt->inbox_mu);
+    return rc;
+}
+
+/* Builds the host for a received Job and asks the loop to open the links.
+ * be may be NULL (the device did not open); be_why then says why. */
+static int handle_job(nb_stage_rt_t *rt, nb_backend_t *be, const char *be_why, nb_host_t **host,
+                      const Nebula__Job *msg)
 {
     char err[512];
     nb_job_desc_t d;
@@ -147,7 +169,7 @@ static int handle_job(nb_stage_rt_t *rt, nb_backend_t *be, nb_host_t **host, con
     }
     int rc = nb_job_from_msg(msg, &d, &me, err, sizeof err);
     if (rc == 0 && !be) {
-        open_backend(rt->cfg, err, sizeof err); /* the reason, again */
+        snprintf(err, sizeof err, "%s", be_why);
         rc = NB_EINVAL;
     } else if (rc == 0 && strcmp(d.names[me], rt->cfg->name) != 0) {
         snprintf(err, sizeof err, "the coordinator assigned daemon %d (%s) to this daemon (%s)", me, d.names[me],
@@ -172,11 +194,13 @@ static int handle_job(nb_stage_rt_t *rt, nb_backend_t *be, nb_host_t **host, con
         post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED, "%s: %s", rt->cfg->name, err);
         return rc;
     }
-    for (int s = 0; s < d.layout.p; s++)
-        if (d.layout.placement[s] == me)
-            for (int k = 0; k < NB_PMSG_KINDS; k++)
-                if (!(rt->inbox[s][k] = nb_mbox_new(INBOX_CAP, free_pmsg)))
-                    return NB_ENOMEM;
+    if ((rc = open_inboxes(rt, &d.layout, me))) {
+        if (rc == NB_ECLOSED)
+            nb_log_info(rt->cfg->coordinator.name, "job %llu ended while its stages were being built",
+                        (unsigned long long)msg->job_id);
+        return rc;
+    }
+    __atomic_store_n(&rt->inbox_limit, 2 + INBOX_MARGIN, __ATOMIC_RELEASE); /* until the first plan */
     rt->job = d;
     rt->me = me;
     rt->probe_bytes = msg->probe_bytes;
@@ -238,6 +262,10 @@ static int handle_plan(nb_stage_rt_t *rt, nb_host_t *host, const Nebula__Plan *p
                     (unsigned long long)p->step);
         return NB_EFORMAT;
     }
+    /* What the schedule allows in flight per inbox: this plan's micro-batches */
+    int lim = plan.m + INBOX_MARGIN < INBOX_CAP ? plan.m + INBOX_MARGIN : INBOX_CAP;
+    if (__atomic_exchange_n(&rt->inbox_limit, lim, __ATOMIC_ACQ_REL) != lim)
+        uv_async_send(&rt->wake);
     snprintf(plan.fwd_codec, sizeof plan.fwd_codec, "%s", p->forward_codec);
     snprintf(plan.bwd_codec, sizeof plan.bwd_codec, "%s", p->backward_codec);
     int timeout_ms = (int)(rt->cfg->heartbeat_timeout_s > 0 ? rt->cfg->heartbeat_timeout_s * 4000 : 60000);
@@ -250,6 +278,10 @@ static int handle_plan(nb_stage_rt_t *rt, nb_host_t *host, const Nebula__Plan *p
         nb_log_error(NULL, "step %lld: %s", (long long)plan.step, err);
         return rc;
     }
+    for (int s = 0; s < rt->job.layout.p; s++)
+        if (res.nonfinite_stages >> s & 1)
+            nb_log_warn(NULL, "step %lld: stage %d's gradient is not finite (NaN or Inf); the coordinator "
+                        "will skip the step", (long long)plan.step + 1, s);
     trace_step(rt, &res);
     nb_metrics_t *mx = nb_state_metrics(rt->state);
     nb_metrics_inc(mx, rt->m_steps, 1);
@@ -312,7 +344,7 @@ static int save_weights(nb_stage_rt_t *rt, nb_host_t *host)
 void *nb__stage_compute_main(void *arg)
 {
     nb_stage_rt_t *rt = arg;
-    char why[256];
+    char why[256] = "";
     nb_backend_t *be = open_backend(rt->cfg, why, sizeof why);
     if (!be)
         nb_log_error(NULL, "%s; every job will be refused", why);
@@ -325,7 +357,7 @@ void *nb__stage_compute_main(void *arg)
         int rc = 0;
         switch (f->body_case) {
         case NEBULA__FRAME__BODY_JOB:
-            rc = handle_job(rt, be, &host, f->job);
+            rc = handle_job(rt, be, why, &host, f->job);
             break;
         case NEBULA__FRAME__BODY_PLAN:
             rc = handle_plan(rt, host, f->plan);
@@ -337,7 +369,10 @@ void *nb__stage_compute_main(void *arg)
             }
             {
                 uint64_t t0 = nb_host_now_ns();
-                nb_host_apply(host, (int64_t)f->commit->step, f->commit->global_grad_sumsq);
+                if (!nb_host_apply(host, (int64_t)f->commit->step,
+                                   f->commit->skip ? NAN : f->commit->global_grad_sumsq))
+                    nb_log_warn(NULL, "step %llu: update skipped: the global gradient norm is not finite",
+                                (unsigned long long)f->commit->step + 1);
                 nb_trace_t *tr = nb_state_trace(rt->state);
                 int track = nb_trace_track(tr, "optimizer", false);
                 nb_trace_event_t ev = { .step = (int64_t)f->commit->step, .micro = -1, .track = (int16_t)track,

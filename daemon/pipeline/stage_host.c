@@ -10,6 +10,7 @@
 #include <time.h>
 #include "daemon/data/tokens.h"
 #include "daemon/pipeline/stage_host.h"
+#include "daemon/train/grad_fault.h"
 #include "daemon/planner/sched_exec.h"
 #include "kernels/codec/codec.h"
 
@@ -62,6 +63,7 @@ struct nb_host {
     int timings_cap;
     size_t peak_acts_bytes;
     nb_codec_msg_t enc;
+    nb_grad_fault_t fault;     /* test-only NaN injection (grad_fault.h) */
 };
 
 uint64_t nb_host_now_ns(void)
@@ -86,6 +88,8 @@ const char *nb_pipe_layout_validate(const nb_pipe_layout_t *l)
     const char *e = nb_model_config_validate(&l->model);
     if (e)
         return e;
+    if (l->model.head != NB_MODEL_HEAD_LM && l->model.head != NB_MODEL_HEAD_MLM)
+        return "layout: a pipeline trains the lm and mlm heads only (batches come from a token file)";
     if (l->p < 1 || l->p > NB_SCHED_MAX_STAGES)
         return "layout: number of stages out of range";
     if (l->n_daemons < 1 || l->n_daemons > l->p)
@@ -226,7 +230,9 @@ int nb_host_new(nb_backend_t *be, const nb_pipe_layout_t *l, int daemon, const c
     h->daemon = daemon;
     h->labels_travel = l->placement[0] != l->placement[l->p - 1];
     nb_codec_msg_init(&h->enc);
-    int rc = 0;
+    int rc = nb_grad_fault_from_env(&h->fault, err, errlen);
+    if (rc)
+        goto fail;
     for (int s = 0; s < l->p; s++)
         h->local_of[s] = -1;
     for (int s = 0; s < l->p; s++) {
@@ -265,9 +271,10 @@ int nb_host_new(nb_backend_t *be, const nb_pipe_layout_t *l, int daemon, const c
         }
         if ((rc = nb_tokens_open(data, &h->tokens, err, errlen)))
             goto fail;
-        if (nb_tokens_vocab(h->tokens) > (uint32_t)l->model.vocab) {
-            snprintf(err, errlen, "%s: vocabulary %u is larger than model.vocab %d", data,
-                     nb_tokens_vocab(h->tokens), l->model.vocab);
+        bool mlm = l->model.head == NB_MODEL_HEAD_MLM;
+        if (nb_tokens_vocab(h->tokens) > (uint32_t)l->model.vocab - (mlm ? 1u : 0u)) {
+            snprintf(err, errlen, "%s: vocabulary %u is larger than model.vocab %d%s", data,
+                     nb_tokens_vocab(h->tokens), l->model.vocab, mlm ? " minus the mask token" : "");
             rc = NB_EINVAL;
             goto fail;
         }
@@ -615,7 +622,13 @@ static int op_send(step_ctx_t *c, const nb_sched_op_t *op)
     hosted_t *hs = &h->st[h->local_of[s]];
     bool act = op->kind == NB_OP_SEND_ACT;
     int to = act ? s + 1 : s - 1;
-    nb_part_acts_t *a = hs->pool[hs->slot_of_mb[mb]];
+    int slot = mb >= 0 && mb < m ? hs->slot_of_mb[mb] : -1;
+    if (slot < 0) {
+        snprintf(c->err, c->errlen, "stage %d: no %s of micro-batch %d to send (schedule out of order)", s,
+                 act ? "activations" : "gradients", mb);
+        return NB_ESTATE;
+    }
+    nb_part_acts_t *a = hs->pool[slot];
     const float *src = act ? nb_part_acts_output(a) : nb_part_acts_dinput(a);
     nb_mb_timing_t *tm = timing(h, s, mb, m);
     if (h->local_of[to] >= 0) {
@@ -686,8 +699,13 @@ static int op_forward(step_ctx_t *c, const nb_sched_op_t *op)
             free(targets);
             return NB_ENOMEM;
         }
-        int rc = nb_tokens_sample(h->tokens, h->l.seed, (uint64_t)c->plan->step, (uint32_t)mb,
-                                  h->l.micro_batch_size, h->l.seq_len, inputs, targets);
+        /* the trainer's samplers (trainer.h): masked tokens for mlm */
+        int rc = h->l.model.head == NB_MODEL_HEAD_MLM
+                     ? nb_tokens_sample_mlm(h->tokens, h->l.seed, (uint64_t)c->plan->step, (uint32_t)mb,
+                                            h->l.micro_batch_size, h->l.seq_len, NB_TOKENS_MLM_MASK_PROB,
+                                            h->l.model.vocab - 1, inputs, targets)
+                     : nb_tokens_sample(h->tokens, h->l.seed, (uint64_t)c->plan->step, (uint32_t)mb,
+                                        h->l.micro_batch_size, h->l.seq_len, inputs, targets);
         if (rc) {
             free(inputs);
             free(targets);
@@ -817,12 +835,21 @@ int nb_host_run_step(nb_host_t *h, const nb_step_plan_t *plan, const nb_pipe_io_
     if (rc)
         return rc;
     double ss = 0.0;
-    for (int i = 0; i < h->n; i++)
-        ss += nb_optim_sumsq(h->be, nb_part_grads(h->st[i].part), nb_part_num_params(h->st[i].part));
+    uint64_t nonfinite = 0;
+    for (int i = 0; i < h->n; i++) {
+        hosted_t *hs = &h->st[i];
+        if (nb_grad_fault_hits(&h->fault, plan->step, hs->stage))
+            nb_grad_fault_poison(h->be, nb_part_grads(hs->part));
+        double si = nb_optim_sumsq(h->be, nb_part_grads(hs->part), nb_part_num_params(hs->part));
+        if (!isfinite(si))
+            nonfinite |= 1ull << hs->stage;
+        ss += si;
+    }
     bool has_head = h->local_of[l->p - 1] >= 0;
     res->step = plan->step;
     res->loss = has_head ? c.loss : NAN;
     res->grad_sumsq = ss;
+    res->nonfinite_stages = nonfinite;
     res->bytes_raw = c.bytes_raw;
     res->bytes_wire = c.bytes_wire;
     res->n_timings = h->n * plan->m;
@@ -831,13 +858,19 @@ int nb_host_run_step(nb_host_t *h, const nb_step_plan_t *plan, const nb_pipe_io_
     return 0;
 }
 
-void nb_host_apply(nb_host_t *h, int64_t step, double global_sumsq)
+bool nb_host_apply(nb_host_t *h, int64_t step, double global_sumsq)
 {
-    float scale = nb_optim_clip_scale(&h->l.optim, global_sumsq);
-    float lr = (float)nb_optim_lr(&h->l.optim, (int)step);
-    for (int i = 0; i < h->n; i++)
-        nb_optim_step(h->st[i].optim, nb_part_params(h->st[i].part), nb_part_grads(h->st[i].part), lr, scale);
+    /* nb_optim_clip_scale(NaN) is 1: a non-finite norm must never reach the
+     * update, or every weight it touches becomes NaN */
+    bool apply = isfinite(global_sumsq);
+    if (apply) {
+        float scale = nb_optim_clip_scale(&h->l.optim, global_sumsq);
+        float lr = (float)nb_optim_lr(&h->l.optim, (int)step);
+        for (int i = 0; i < h->n; i++)
+            nb_optim_step(h->st[i].optim, nb_part_params(h->st[i].part), nb_part_grads(h->st[i].part), lr, scale);
+    }
     for (int i = 0; i < h->n; i++)
         nb_part_zero_grad(h->st[i].part);
     nb_be_sync(h->be);
+    return apply;
 }

@@ -14,10 +14,15 @@
  *
  * A step's gradients are applied only by nb_host_apply(), with the global
  * sum of squares over every stage of the pipeline (gradient clipping needs the
- * global norm), which the coordinator collects from the step reports.
+ * global norm), which the coordinator collects from the step reports; a
+ * non-finite one skips the step on every stage.
+ * NEBULA_TEST_NONFINITE_GRAD (daemon/train/grad_fault.h, tests only) poisons
+ * chosen steps' gradients.
  *
  * The numbers equal the single-process trainer's (daemon/train/trainer.h) for
- * lossless codecs: same batches (sampler keyed by seed, step, micro-batch),
+ * lossless codecs: same batches (sampler keyed by seed, step, micro-batch;
+ * for the mlm head the masked sampler with NB_TOKENS_MLM_MASK_PROB and
+ * mask token vocab-1, as nebula-train),
  * same backward order 0..m-1 on every stage, same loss scaling 1/m.
  *
  * Thread: a host is used by one thread, the daemon's compute thread, which
@@ -73,6 +78,7 @@ typedef struct {
     int64_t step;
     double loss;              /* step loss when the head is hosted here, else NAN */
     double grad_sumsq;        /* sum over the hosted parts' gradients */
+    uint64_t nonfinite_stages;/* bit s: hosted stage s's sum of squares is NaN or Inf */
     uint64_t bytes_raw, bytes_wire;
     uint64_t step_ns;
     int n_timings;
@@ -97,9 +103,9 @@ typedef struct {
 
 typedef struct nb_host nb_host_t;
 
-/* Checks a layout: stages cover the model exactly in order (embedding on
- * stage 0, head on stage p-1), placement in range, sizes valid. Returns NULL
- * or a static message. */
+/* Checks a layout: head lm or mlm (nb_job_head_unsupported), stages cover
+ * the model exactly in order (embedding on stage 0, head on stage p-1),
+ * placement in range, sizes valid. Returns NULL or a static message. */
 const char *nb_pipe_layout_validate(const nb_pipe_layout_t *l);
 
 /* Creates the host for daemon index `daemon` of layout l on be: the parts of
@@ -120,8 +126,11 @@ int nb_host_run_step(nb_host_t *h, const nb_step_plan_t *plan, const nb_pipe_io_
 
 /* Applies the step's gradients on every hosted part: clip factor from the
  * global sum of squares, learning rate of the step, one AdamW step; then
- * zeroes the gradients for the next step. */
-void nb_host_apply(nb_host_t *h, int64_t step, double global_sumsq);
+ * zeroes the gradients for the next step. A non-finite global_sumsq (the
+ * coordinator's skip: pass NAN) skips the update instead, as the trainer
+ * does: weights and optimizer state stay as they were. Returns whether the
+ * update was applied. */
+bool nb_host_apply(nb_host_t *h, int64_t step, double global_sumsq);
 
 /* The hosted stages (ascending) and their parts; borrowed. */
 int nb_host_num_stages(const nb_host_t *h);

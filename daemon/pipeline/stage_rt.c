@@ -37,10 +37,13 @@ static void close_mailboxes(nb_stage_rt_t *rt)
 {
     nb_mbox_close(rt->ctl);
     nb_mbox_close(rt->outbox);
+    pthread_mutex_lock(&rt->inbox_mu);
+    rt->inbox_closed = true;
     for (int s = 0; s < NB_SCHED_MAX_STAGES; s++)
         for (int k = 0; k < NB_PMSG_KINDS; k++)
             if (rt->inbox[s][k])
                 nb_mbox_close(rt->inbox[s][k]);
+    pthread_mutex_unlock(&rt->inbox_mu);
 }
 
 static void job_fail(nb_stage_rt_t *rt, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -199,6 +202,7 @@ static int send_item(nb_stage_rt_t *rt, out_item_t *o)
         r.bytes_raw = o->res.bytes_raw;
         r.bytes_wire = o->res.bytes_wire;
         r.grad_sumsq = o->res.grad_sumsq;
+        r.nonfinite_stages = o->res.nonfinite_stages;
         r.step_ns = o->res.step_ns;
         r.daemon = (uint32_t)rt->me;
         Nebula__LinkMeasurement lm[NB_SCHED_MAX_STAGES], *lp[NB_SCHED_MAX_STAGES];
@@ -237,6 +241,8 @@ static int send_item(nb_stage_rt_t *rt, out_item_t *o)
             nb_service_set_state(rt->svc, NB_SVC_DONE, "%s", o->text);
         if (rc == 0 && o->status == NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED)
             nb_service_set_state(rt->svc, NB_SVC_FAILED, "%s", o->text);
+        if (o->status == NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED && !rt->have_job)
+            rt->job_pending = false; /* the compute thread refused the job */
         return rc;
     }
     case OUT_LINKS:
@@ -251,6 +257,7 @@ static void check_links_ready(nb_stage_rt_t *rt);
 static void open_links(nb_stage_rt_t *rt)
 {
     rt->have_job = true;
+    rt->job_pending = false;
     nb_net_set_job(rt->net, rt->job.layout.job_id);
     nb_trace_t *tr = nb_state_trace(rt->state);
     for (int d = 0; d < rt->job.n_daemons; d++) {
@@ -287,6 +294,8 @@ static void open_links(nb_stage_rt_t *rt)
         } else if (nb_net_allow_peer(rt->net, rt->job.names[d]) != 0) {
             job_fail(rt, "cannot admit %s", rt->job.names[d]);
             return;
+        } else {
+            nb_rt_reserve_peer_addr(rt->net, rt->job.addresses[d]);
         }
     }
     nb_service_set_state(rt->svc, NB_SVC_CONNECTING, "job %llu: connecting to pipeline neighbours",
@@ -324,9 +333,12 @@ static void drain_outbox(nb_stage_rt_t *rt)
     }
 }
 
+static void resume_reads(nb_stage_rt_t *rt);
+
 static void wake_cb(uv_async_t *a)
 {
     drain_outbox(a->data);
+    resume_reads(a->data);
 }
 
 /* ---- loop thread: transport callbacks ---------------------------------- */
@@ -533,7 +545,37 @@ static const char *route_tensor(nb_stage_rt_t *rt, nb_conn_t *c, Nebula__Frame *
         nb_pmsg_free(m);
         return "more tensors than the schedule allows";
     }
+    /* Full up to what the schedule allows in flight: stop reading this
+     * peer (TCP then stops it) until the compute thread takes from the box. */
+    if ((int)nb_mbox_len(rt->inbox[to][kind]) >= __atomic_load_n(&rt->inbox_limit, __ATOMIC_ACQUIRE) &&
+        !rt->read_paused[from_d]) {
+        rt->read_paused[from_d] = true;
+        __atomic_store_n(&rt->reads_paused, 1, __ATOMIC_RELEASE);
+        nb_conn_pause_read(c);
+        nb_log_debug(nb_conn_peer_name(c), "inbox of stage %d full (%zu tensors): reading paused", to,
+                     nb_mbox_len(rt->inbox[to][kind]));
+    }
     return NULL;
+}
+
+/* Resumes the paused connections once every inbox is below the limit
+ * (called on each wake from the compute thread). */
+static void resume_reads(nb_stage_rt_t *rt)
+{
+    if (!__atomic_load_n(&rt->reads_paused, __ATOMIC_ACQUIRE) || rt->stopping || rt->failed)
+        return;
+    int lim = __atomic_load_n(&rt->inbox_limit, __ATOMIC_ACQUIRE);
+    for (int s = 0; s < NB_SCHED_MAX_STAGES; s++)
+        for (int k = 0; k < NB_PMSG_KINDS; k++)
+            if (rt->inbox[s][k] && (int)nb_mbox_len(rt->inbox[s][k]) >= lim)
+                return;
+    __atomic_store_n(&rt->reads_paused, 0, __ATOMIC_RELEASE);
+    for (int d = 0; d < NB_SCHED_MAX_STAGES; d++)
+        if (rt->read_paused[d]) {
+            rt->read_paused[d] = false;
+            if (rt->peer_conn[d])
+                nb_conn_resume_read(rt->peer_conn[d]);
+        }
 }
 
 static void on_frame(nb_conn_t *c, Nebula__Frame *hdr, uint8_t *payload, size_t len, void *ud)
@@ -553,10 +595,13 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *hdr, uint8_t *payload, size_t 
         if (hdr->body_case == NEBULA__FRAME__BODY_JOB)
             nb_service_set_state(rt->svc, NB_SVC_CONNECTING, "job %llu received from %s",
                                  (unsigned long long)hdr->job->job_id, peer);
+        bool is_job = hdr->body_case == NEBULA__FRAME__BODY_JOB; /* hdr is not ours once pushed */
         if (nb_mbox_try_push(rt->ctl, hdr) != 0) {
             job_fail(rt, "coordinator %s sent more control frames than this daemon can queue", peer);
             break;
         }
+        if (is_job && !rt->have_job)
+            rt->job_pending = true;
         free(payload);
         return; /* hdr now belongs to the compute thread */
     case NEBULA__FRAME__BODY_TENSOR: {
@@ -572,7 +617,8 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *hdr, uint8_t *payload, size_t 
     }
     case NEBULA__FRAME__BODY_SHUTDOWN:
         nb_log_info(peer, "shutdown: %s", hdr->shutdown->reason ? hdr->shutdown->reason : "");
-        if (from_coord && !rt->have_job)
+        /* A job still being built is ended too (its links must not open). */
+        if (from_coord && !rt->have_job && !rt->job_pending)
             break;
         if (from_coord)
             job_fail(rt, "the coordinator ended the job: %s", hdr->shutdown->reason ? hdr->shutdown->reason : "");
@@ -598,7 +644,7 @@ static void on_closed(nb_conn_t *c, int err, void *ud)
     if (c == rt->coord) {
         rt->coord = NULL;
         nb_rt_peer_row(rt->state, peer, "coordinator", rt->cfg->coordinator.address.text, "down", NULL);
-        if (rt->have_job && nb_state_get(rt->state) != NB_SVC_DONE)
+        if ((rt->have_job || rt->job_pending) && nb_state_get(rt->state) != NB_SVC_DONE)
             job_fail(rt, "lost the coordinator %s (%s)", peer, err ? nb_strerror(err) : "closed");
         return;
     }
@@ -675,6 +721,7 @@ int nb_stage_rt_attach(nb_service_t *svc, nb_stage_rt_t **out)
     nb_stage_rt_t *rt = calloc(1, sizeof *rt);
     if (!rt)
         return NB_ENOMEM;
+    pthread_mutex_init(&rt->inbox_mu, NULL);
     rt->svc = svc;
     rt->cfg = nb_service_config(svc);
     rt->state = nb_service_state(svc);
@@ -716,5 +763,6 @@ void nb_stage_rt_free(nb_stage_rt_t *rt)
     for (int s = 0; s < NB_SCHED_MAX_STAGES; s++)
         for (int k = 0; k < NB_PMSG_KINDS; k++)
             nb_mbox_free(rt->inbox[s][k]);
+    pthread_mutex_destroy(&rt->inbox_mu);
     free(rt);
 }

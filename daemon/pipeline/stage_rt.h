@@ -10,9 +10,9 @@
  *                     stage and tensor kind;
  *   compute -> loop   an outbox of tensors and reports; a full outbox blocks
  *                     the compute thread, which is how a slow link slows the
- *                     producer. The loop never blocks: a peer that sends more
- *                     than the schedule allows overflows its inbox and the job
- *                     fails with that reason.
+ *                     producer. The loop never blocks: an inbox that holds
+ *                     what the plan allows in flight pauses reading from the
+ *                     peer that filled it until the compute thread takes.
  * Protocol and ordering: docs/pipeline.md.
  */
 #ifndef NB_STAGE_RT_H

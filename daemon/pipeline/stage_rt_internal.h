@@ -19,6 +19,7 @@
 #define OUTBOX_CAP 4     /* tensors waiting for the loop: back-pressure beyond */
 #define CTL_CAP 64       /* control frames from the coordinator */
 #define INBOX_CAP 4096   /* per stage and kind: >= micro-batches of one step */
+#define INBOX_MARGIN 2   /* messages per inbox beyond the plan's micro-batches */
 
 typedef enum { OUT_TENSOR, OUT_REPORT, OUT_STATUS, OUT_LINKS } out_kind_t;
 
@@ -64,6 +65,8 @@ struct nb_stage_rt {
     out_item_t *pending;         /* blocked by a full send queue */
     bool stopping, failed;
     bool ready_sent;
+    bool job_pending;            /* a Job went to the compute thread, which has
+                                  * neither published (OUT_LINKS) nor refused it */
 
     /* set by the compute thread before OUT_LINKS, read-only afterwards */
     nb_job_desc_t job;
@@ -81,7 +84,20 @@ struct nb_stage_rt {
     uint64_t probe_wait_ns;      /* when the wait began; 0: not waiting */
 
     nb_mbox_t *outbox, *ctl;
+    /* inbox[][] is created by the compute thread (handle_job) while the loop
+     * thread may close it (job_fail, stop) before it has seen OUT_LINKS:
+     * both hold inbox_mu for that. Once OUT_LINKS is posted the array is
+     * read-only until nb_stage_rt_free. */
+    pthread_mutex_t inbox_mu;
+    bool inbox_closed;           /* under inbox_mu: closed, create no more */
     nb_mbox_t *inbox[NB_SCHED_MAX_STAGES][NB_PMSG_KINDS];
+    /* Receive back-pressure: an inbox holds at most inbox_limit messages
+     * (the current plan's micro-batches + INBOX_MARGIN, set by the compute
+     * thread per plan); the connection that filled one stops being read
+     * until the compute thread has taken from it (it then wakes the loop). */
+    int inbox_limit;             /* atomic */
+    int reads_paused;            /* atomic: some connection is paused */
+    bool read_paused[NB_SCHED_MAX_STAGES]; /* loop thread */
     pthread_t compute;
     bool compute_started;
 

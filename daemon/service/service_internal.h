@@ -25,10 +25,13 @@ struct nb_service {
     bool stop_timer_open;
     bool stopping, failed;
     bool ready_sent;
+    bool reloading;    /* a reload's file is being read on a worker thread */
+    bool reload_again; /* SIGHUP during that read: read once more after it */
     int m_reloads;
 };
 
-/* SIGHUP: re-reads the config file and applies what can change at run time. */
+/* SIGHUP: re-reads the config file on a worker thread, then applies what can
+ * change at run time on the loop thread. Returns at once. */
 void nb__service_reload(nb_service_t *svc);
 
 /* Sends one sd_notify line when running under systemd (NOTIFY_SOCKET). */

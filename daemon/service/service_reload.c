@@ -3,6 +3,12 @@
  * while running (log level now; the runtime's reload hook gets the new file,
  * e.g. for certificates) and name every changed key that needs a restart.
  * A file that no longer loads changes nothing and is reported.
+ *
+ * The file is read and parsed on a libuv worker thread (uv_queue_work), never
+ * on the loop thread: whatever the file holds, the loop keeps serving peers,
+ * timers and the status socket meanwhile. The result is applied on the loop
+ * thread in the work's completion callback. One reload runs at a time; a
+ * SIGHUP during a reload re-reads the file once that one ends.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -10,20 +16,24 @@
 #include "daemon/service/service_internal.h"
 #include "kernels/common.h"
 
-void nb__service_reload(nb_service_t *svc)
-{
-    nb__service_notify("RELOADING=1");
-    nb_config_t *n = malloc(sizeof *n);
+typedef struct {
+    uv_work_t req;           /* req.data: the service */
+    char path[NB_CFG_PATH_MAX];
+    nb_config_t cfg;         /* written by the worker, read after it */
+    int rc;
     char err[1024];
-    if (!n) {
-        nb_log_error(NULL, "reload: out of memory; configuration unchanged");
-        goto out;
-    }
-    int rc = nb_cfg_load(svc->cfg.path, n, err, sizeof err);
-    if (rc) {
-        nb_log_error(NULL, "reload failed, running configuration kept: %s", err);
-        goto out;
-    }
+} reload_work_t;
+
+/* Worker thread: touches nothing but the work item. */
+static void reload_work_cb(uv_work_t *req)
+{
+    reload_work_t *w = (reload_work_t *)req;
+    w->rc = nb_cfg_load(w->path, &w->cfg, w->err, sizeof w->err);
+}
+
+/* Loop thread: applies a loaded file n to the running service. */
+static void reload_apply(nb_service_t *svc, const nb_config_t *n)
+{
     nb_config_t *o = &svc->cfg;
     char restart[512] = "";
 #define CHANGED(field, label)                                                                    \
@@ -63,7 +73,52 @@ void nb__service_reload(nb_service_t *svc)
         nb_log_warn(NULL, "reload: changed but not applied until restart: %s", restart);
     nb_metrics_inc(nb_state_metrics(svc->state), svc->m_reloads, 1);
     nb_log_info(NULL, "reload done");
-out:
-    free(n);
-    nb__service_notify("READY=1");
+}
+
+/* Loop thread, after the worker (or after a cancel at close). */
+static void reload_after_cb(uv_work_t *req, int status)
+{
+    reload_work_t *w = (reload_work_t *)req;
+    nb_service_t *svc = req->data;
+    svc->reloading = false;
+    if (status == 0 && !svc->stopping) {
+        if (w->rc)
+            nb_log_error(NULL, "reload failed, running configuration kept: %s", w->err);
+        else
+            reload_apply(svc, &w->cfg);
+        nb__service_notify("READY=1");
+    }
+    free(w);
+    if (svc->reload_again && !svc->stopping) {
+        svc->reload_again = false;
+        nb__service_reload(svc);
+    }
+}
+
+void nb__service_reload(nb_service_t *svc)
+{
+    if (svc->stopping)
+        return;
+    if (svc->reloading) {
+        svc->reload_again = true;
+        nb_log_info(NULL, "reload: already reading the file; it is read again when that ends");
+        return;
+    }
+    nb__service_notify("RELOADING=1");
+    reload_work_t *w = calloc(1, sizeof *w);
+    if (!w) {
+        nb_log_error(NULL, "reload: out of memory; configuration unchanged");
+        nb__service_notify("READY=1");
+        return;
+    }
+    snprintf(w->path, sizeof w->path, "%s", svc->cfg.path);
+    w->req.data = svc;
+    int rc = uv_queue_work(svc->loop, &w->req, reload_work_cb, reload_after_cb);
+    if (rc) {
+        nb_log_error(NULL, "reload: cannot start reading the file (%s); configuration unchanged", uv_strerror(rc));
+        free(w);
+        nb__service_notify("READY=1");
+        return;
+    }
+    svc->reloading = true;
 }

@@ -32,13 +32,15 @@ typedef struct status_client {
     char peer[32]; /* "uid=N pid=M" for log lines */
     char *in;
     size_t in_len;
-    uint64_t last_active; /* uv_now of the last request or write completion */
+    uint64_t last_active; /* uv_now of the last complete request line or write
+                           * completion; bytes of an unfinished line do not
+                           * count, so a trickle cannot hold a slot forever */
     bool closing;
 } status_client_t;
 
 struct nb_status_server {
     uv_pipe_t listener;
-    uv_timer_t sweep; /* closes idle clients */
+    uv_timer_t sweep; /* one-shot, armed for the earliest idle deadline */
     uv_loop_t *loop;
     char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
     nb_status_limits_t lim;
@@ -47,6 +49,9 @@ struct nb_status_server {
     status_client_t *clients;
     int n_clients;
     int open_handles; /* listener + sweep timer + clients; freed at 0 after close */
+    bool refusal_logged;     /* a refusal was logged at refusal_window */
+    uint64_t refusal_window; /* uv_now of the last logged refusal */
+    int refusals_quiet;      /* refusals since then, not logged */
     bool closing;
     void (*done)(void *);
     void *done_ud;
@@ -226,7 +231,6 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     c->in_len += (size_t)nread;
-    c->last_active = uv_now(c->srv->loop);
     size_t start = 0;
     for (size_t i = 0; i < c->in_len && !c->closing; i++) {
         if (c->in[i] != '\n')
@@ -236,6 +240,7 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
             len--;
         if (len > 0)
             handle_line(c, c->in + start, len);
+        c->last_active = uv_now(c->srv->loop);
         start = i + 1;
     }
     if (c->closing)
@@ -251,6 +256,68 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         client_close(c);
     }
 }
+
+#define REFUSAL_LOG_MS 10000
+
+/* One log line per 10 s for refused clients, so that a client reconnecting
+ * in a loop cannot fill the journal; the next line counts the quiet ones. */
+static void log_refusal(nb_status_server_t *s, const status_client_t *c, const char *why)
+{
+    uint64_t now = uv_now(s->loop);
+    if (s->refusal_logged && now - s->refusal_window < REFUSAL_LOG_MS) {
+        s->refusals_quiet++;
+        return;
+    }
+    if (s->refusals_quiet)
+        nb_log_warn(NULL, "status socket: %d more clients refused in the last %llu s", s->refusals_quiet,
+                    (unsigned long long)((now - s->refusal_window + 999) / 1000));
+    s->refusal_logged = true;
+    s->refusal_window = now;
+    s->refusals_quiet = 0;
+    nb_log_warn(c->peer, "%s; refused", why);
+}
+
+static bool uid_owns_daemon(uid_t uid)
+{
+    return uid == 0 || uid == geteuid();
+}
+
+/* Whether the client just accepted (already counted in s->clients) may
+ * stay; if not, writes why into why. uid 0 and the daemon's own uid are
+ * bounded only by max_clients. Every other uid gets at most max_per_uid
+ * connections, and all of them together at most max_clients - reserved, so
+ * that no member of the socket's group (nor several together) can lock root
+ * out of status and stop. */
+static bool client_admit(const nb_status_server_t *s, const status_client_t *c, char *why, size_t len)
+{
+    uid_t uid = c->caller.uid;
+    int same = 0, others = 0;
+    for (const status_client_t *o = s->clients; o; o = o->next) {
+        same += o->caller.uid == uid;
+        others += !uid_owns_daemon(o->caller.uid);
+    }
+    if (s->n_clients > s->lim.max_clients) {
+        snprintf(why, len, "status socket busy: it serves at most %d clients at once", s->lim.max_clients);
+        return false;
+    }
+    if (uid_owns_daemon(uid))
+        return true;
+    if (same > s->lim.max_per_uid) {
+        snprintf(why, len, "status socket busy: uid %u already has %d connections (at most %d per user)",
+                 (unsigned)uid, same - 1, s->lim.max_per_uid);
+        return false;
+    }
+    if (others > s->lim.max_clients - s->lim.reserved) {
+        snprintf(why, len,
+                 "status socket busy: %d connections from other users (the last %d of %d are kept for uid 0 "
+                 "and uid %u)",
+                 others - 1, s->lim.reserved, s->lim.max_clients, (unsigned)geteuid());
+        return false;
+    }
+    return true;
+}
+
+static void sweep_arm(nb_status_server_t *s);
 
 static void connection_cb(uv_stream_t *server, int status)
 {
@@ -294,13 +361,21 @@ static void connection_cb(uv_stream_t *server, int status)
     c->caller.gid = cred.gid;
     c->caller.pid = cred.pid;
     snprintf(c->peer, sizeof c->peer, "uid=%u pid=%d", (unsigned)cred.uid, (int)cred.pid);
-    if (s->n_clients > s->lim.max_clients) {
-        nb_log_warn(c->peer, "status socket: more than %d clients; refused", s->lim.max_clients);
+    char why[192];
+    if (!client_admit(s, c, why, sizeof why)) {
+        log_refusal(s, c, why);
+        /* Say why before closing (a small write goes out at once), so the
+         * caller prints the reason rather than a broken pipe. */
+        client_send(c, error_reply(why));
         client_close(c);
         return;
     }
-    if (uv_read_start((uv_stream_t *)&c->pipe, alloc_cb, read_cb) != 0)
+    if (uv_read_start((uv_stream_t *)&c->pipe, alloc_cb, read_cb) != 0) {
         client_close(c);
+        return;
+    }
+    if (!uv_is_active((uv_handle_t *)&s->sweep))
+        sweep_arm(s); /* else armed for an earlier deadline than this client's */
 }
 
 /* Removes a socket file left by a daemon that died; refuses to touch a live
@@ -337,6 +412,26 @@ static int clear_stale(const char *path, char *err, size_t errlen)
 
 static void own_handle_closed_cb(uv_handle_t *h);
 
+static void sweep_cb(uv_timer_t *t);
+
+/* Arms the sweep timer for the earliest idle deadline of any client (or
+ * stops it when there is none), so that an idle client is closed when its
+ * idle_ms are up, not up to a sweep period later. Activity only moves
+ * deadlines later: a timer that fires early finds nothing and re-arms. */
+static void sweep_arm(nb_status_server_t *s)
+{
+    if (s->closing)
+        return;
+    uint64_t now = uv_now(s->loop), next = UINT64_MAX;
+    for (const status_client_t *c = s->clients; c; c = c->next)
+        if (c->last_active + s->lim.idle_ms < next)
+            next = c->last_active + s->lim.idle_ms;
+    if (next == UINT64_MAX)
+        uv_timer_stop(&s->sweep);
+    else
+        uv_timer_start(&s->sweep, sweep_cb, next > now ? next - now : 0, 0);
+}
+
 static void sweep_cb(uv_timer_t *t)
 {
     nb_status_server_t *s = t->data;
@@ -350,6 +445,7 @@ static void sweep_cb(uv_timer_t *t)
         }
         c = next;
     }
+    sweep_arm(s);
 }
 
 int nb_status_server_start(uv_loop_t *loop, const char *path, const nb_status_limits_t *lim,
@@ -377,6 +473,10 @@ int nb_status_server_start(uv_loop_t *loop, const char *path, const nb_status_li
     s->lim.max_output = lim && lim->max_output ? lim->max_output : (64u << 20);
     s->lim.max_clients = lim && lim->max_clients ? lim->max_clients : 64;
     s->lim.idle_ms = lim && lim->idle_ms ? lim->idle_ms : 60000;
+    s->lim.max_per_uid = lim && lim->max_per_uid > 0 ? lim->max_per_uid : 8;
+    s->lim.reserved = lim && lim->reserved > 0 ? lim->reserved : 8;
+    if (s->lim.reserved >= s->lim.max_clients)
+        s->lim.reserved = s->lim.max_clients - 1; /* other users keep at least one */
 
     char dir[sizeof s->path];
     snprintf(dir, sizeof dir, "%s", path);
@@ -417,8 +517,6 @@ int nb_status_server_start(uv_loop_t *loop, const char *path, const nb_status_li
     uv_timer_init(loop, &s->sweep);
     s->sweep.data = s;
     s->open_handles++;
-    uint64_t every = s->lim.idle_ms / 4 ? s->lim.idle_ms / 4 : 1;
-    uv_timer_start(&s->sweep, sweep_cb, every, every);
     uv_unref((uv_handle_t *)&s->sweep); /* never keeps the loop alive alone */
     *out = s;
     return 0;

@@ -11,6 +11,12 @@
  * (it does not read) is dropped; a client that disconnects mid-reply is
  * closed quietly. None of these affects other clients.
  *
+ * Admission: uid 0 and the daemon's own uid are limited only by max_clients;
+ * any other uid gets at most max_per_uid connections, and all other uids
+ * together at most max_clients - reserved, so root can always run status and
+ * stop. A refused client gets one error line, then the connection is closed;
+ * refusals are logged at most once per 10 s (with a count of the rest).
+ *
  * Privileged commands (stop) are refused unless the caller's SO_PEERCRED uid
  * is 0 or the daemon's effective uid.
  *
@@ -45,8 +51,12 @@ typedef struct {
     size_t max_line;    /* bytes of one request line; default 65536 */
     size_t max_output;  /* unsent reply bytes per client; default 64 MiB */
     int max_clients;    /* default 64 */
-    uint64_t idle_ms;   /* a client silent this long (no request, no reply
-                         * progress) is closed; default 60000 */
+    int max_per_uid;    /* per uid other than 0 and the daemon's; default 8 */
+    int reserved;       /* of max_clients, kept for uid 0 and the daemon's
+                         * uid; default 8 (at most max_clients - 1) */
+    uint64_t idle_ms;   /* a client with no complete request and no reply
+                         * progress for this long is closed (bytes of an
+                         * unfinished line do not count); default 60000 */
 } nb_status_limits_t;
 
 /* Creates the socket at path (its directory is created with mode 0750 when

@@ -9,6 +9,7 @@
 #include <time.h>
 #include <math.h>
 #include "daemon/data/tokens.h"
+#include "daemon/train/grad_fault.h"
 #include "daemon/train/trainer.h"
 #include "daemon/train/weights.h"
 #include "kernels/cpu_level.h"
@@ -24,6 +25,8 @@ struct nb_trainer {
     int32_t *h_inputs, *h_targets;
     int32_t *d_inputs, *d_targets;
     int step;
+    int skipped_run, skipped_total; /* steps skipped for a non-finite norm */
+    nb_grad_fault_t fault;       /* test-only NaN injection (grad_fault.h) */
     char resumed_kernels[NB_CKPT_KERNELS_BYTES]; /* the checkpoint's, after a resume */
 };
 
@@ -48,6 +51,8 @@ static const char *check_config(const nb_train_config_t *c)
         return "seq_len must be in 1..model.max_seq";
     if (c->steps <= 0)
         return "steps must be >= 1";
+    if (c->max_skipped_steps < 0)
+        return "max_skipped_steps must be >= 0 (0 = the default)";
     return NULL;
 }
 
@@ -69,8 +74,10 @@ int nb_trainer_new(nb_backend_t *be, const nb_train_config_t *c, nb_trainer_t **
     t->be = be;
     t->cfg = *c;
     t->B = c->batch / c->micro_batches;
-    int rc = nb_tokens_open(c->data, &t->tokens, err, errlen);
-    if (rc)
+    if (t->cfg.max_skipped_steps == 0)
+        t->cfg.max_skipped_steps = NB_TRAIN_MAX_SKIPPED_DEFAULT;
+    int rc = nb_grad_fault_from_env(&t->fault, err, errlen);
+    if (rc || (rc = nb_tokens_open(c->data, &t->tokens, err, errlen)))
         goto fail;
     bool mlm = c->model.head == NB_MODEL_HEAD_MLM;
     if (nb_tokens_vocab(t->tokens) > (uint32_t)c->model.vocab - (mlm ? 1u : 0u)) {
@@ -158,7 +165,7 @@ int nb_trainer_step(nb_trainer_t *t, nb_train_step_t *out, char *err, size_t err
         int rc;
         if (c->model.head == NB_MODEL_HEAD_MLM)
             rc = nb_tokens_sample_mlm(t->tokens, c->seed, (uint64_t)t->step, (uint32_t)i, t->B, T,
-                                      c->mask_prob > 0.0f ? c->mask_prob : 0.15f, c->model.vocab - 1,
+                                      c->mask_prob > 0.0f ? c->mask_prob : NB_TOKENS_MLM_MASK_PROB, c->model.vocab - 1,
                                       t->h_inputs, t->h_targets);
         else
             rc = nb_tokens_sample(t->tokens, c->seed, (uint64_t)t->step, (uint32_t)i, t->B, T,
@@ -179,10 +186,21 @@ int nb_trainer_step(nb_trainer_t *t, nb_train_step_t *out, char *err, size_t err
         loss += li / (float)m;
     }
     nb_part_finish_grads(t->part);
+    if (nb_grad_fault_hits(&t->fault, t->step, -1))
+        nb_grad_fault_poison(t->be, nb_part_grads(t->part));
     double ss = nb_optim_sumsq(t->be, nb_part_grads(t->part), nb_part_num_params(t->part));
-    float scale = nb_optim_clip_scale(&c->optim, ss);
     float lr = (float)nb_optim_lr(&c->optim, t->step);
-    nb_optim_step(t->optim, nb_part_params(t->part), nb_part_grads(t->part), lr, scale);
+    /* nb_optim_clip_scale(NaN) is 1: a non-finite norm must never reach the
+     * update, or every weight it touches becomes NaN */
+    bool skip = !isfinite(ss);
+    if (skip) {
+        t->skipped_run++;
+        t->skipped_total++;
+    } else {
+        t->skipped_run = 0;
+        nb_optim_step(t->optim, nb_part_params(t->part), nb_part_grads(t->part), lr,
+                      nb_optim_clip_scale(&c->optim, ss));
+    }
     nb_be_sync(t->be);
     if (out) {
         out->step = t->step;
@@ -190,8 +208,16 @@ int nb_trainer_step(nb_trainer_t *t, nb_train_step_t *out, char *err, size_t err
         out->lr = lr;
         out->grad_norm = sqrt(ss);
         out->seconds = now_s() - t0;
+        out->skipped = skip;
+        out->skipped_run = t->skipped_run;
+        out->skipped_total = t->skipped_total;
     }
     t->step++;
+    if (skip && t->skipped_run >= t->cfg.max_skipped_steps) {
+        snprintf(err, errlen, "step %d: %d consecutive steps skipped for a non-finite gradient norm "
+                 "(job.max_skipped_steps = %d): stopping", t->step, t->skipped_run, t->cfg.max_skipped_steps);
+        return NB_ELIMIT;
+    }
     return 0;
 }
 

@@ -13,6 +13,11 @@
  *     gradient joins the embedding's, as one addition);
  *   global sum of squares of the gradients -> clip factor; learning rate of
  *   step s (warmup + cosine); one AdamW step.
+ *   When the sum of squares is not finite (a NaN or Inf anywhere in the
+ *   gradients) the step is skipped instead: weights and optimizer state
+ *   (moments, bias-correction count) stay as they were, the step index
+ *   still advances, and the skip is counted. After max_skipped_steps
+ *   consecutive skips the step returns NB_ELIMIT: the run must stop.
  * A pipeline that keeps this order reproduces the same numbers.
  *
  * Thread: a trainer is used by one thread (the one owning the backend).
@@ -20,6 +25,7 @@
 #ifndef NB_TRAINER_H
 #define NB_TRAINER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include "kernels/model.h"
@@ -37,15 +43,25 @@ typedef struct {
     int steps;
     char data[1024];           /* token file */
     float mask_prob;           /* mlm: share of masked positions; 0 = 0.15 */
+    int max_skipped_steps;     /* consecutive steps skipped for a non-finite
+                                  gradient norm that stop the run (job.
+                                  max_skipped_steps); 0 = the default */
 } nb_train_config_t;
+
+/* Default of job.max_skipped_steps (docs/config.md). */
+#define NB_TRAIN_MAX_SKIPPED_DEFAULT 10
 
 /* What one step produced. */
 typedef struct {
     int step;                  /* 0-based index of the step just taken */
     float loss;                /* mean loss of the step (before the update) */
     float lr;
-    double grad_norm;          /* global norm before clipping */
+    double grad_norm;          /* global norm before clipping (NaN or Inf
+                                  when the step was skipped) */
     double seconds;            /* wall time of the step */
+    bool skipped;              /* non-finite gradient norm: no update */
+    int skipped_run;           /* consecutive skipped steps, this one included */
+    int skipped_total;         /* skipped steps since the trainer was made */
 } nb_train_step_t;
 
 typedef struct nb_trainer nb_trainer_t;
@@ -58,7 +74,9 @@ int nb_trainer_new(nb_backend_t *be, const nb_train_config_t *c, nb_trainer_t **
 void nb_trainer_free(nb_trainer_t *t);
 
 /* Takes the next step. Errors: NB_ESTATE after the configured steps,
- * other codes from the model (message in err). */
+ * NB_ELIMIT when this step made max_skipped_steps consecutive skips (*out
+ * is filled, the step is counted; message in err), other codes from the
+ * model (message in err). */
 int nb_trainer_step(nb_trainer_t *t, nb_train_step_t *out, char *err, size_t errlen);
 /* Steps taken so far. */
 int nb_trainer_steps_done(const nb_trainer_t *t);
@@ -67,7 +85,8 @@ int nb_trainer_steps_done(const nb_trainer_t *t);
 int nb_trainer_save(nb_trainer_t *t, const char *path, char *err, size_t errlen);
 /* Restores a checkpoint written by a run with the same model, seed, batch,
  * micro_batches and seq_len; the next step is the one after the saved
- * ones, so a resumed run equals an uninterrupted one bit for bit. Errors:
+ * ones, so a resumed run equals an uninterrupted one bit for bit (the
+ * count of consecutive skipped steps is not saved: it starts again at 0). Errors:
  * file errors, NB_EINVAL (another run, or more steps than configured).
  * After an error the weights may be partly restored: start a new trainer. */
 int nb_trainer_resume(nb_trainer_t *t, const char *path, char *err, size_t errlen);

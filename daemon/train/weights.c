@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include "daemon/train/weights.h"
 
@@ -258,6 +259,16 @@ static int read_file(const char *path, bool ckpt, nb_part_t *p, nb_optim_t *o, c
         snprintf(err, errlen, "%s: offset %ld: %u tensors / %llu parameters in the file, %d / %zu in this model",
                  path, r.off - 12, nt, (unsigned long long)np, nb_part_num_tensors(p), nb_part_num_params(p));
         rc = NB_EINVAL;
+        goto out;
+    }
+    /* the length before any buffer: a truncated or padded file is refused
+     * without allocating the parameters (and optimizer state) it claims */
+    uint64_t want_bytes = (uint64_t)r.off + (uint64_t)nt * (NAME_BYTES + 4 + 16) + np * 4u * (ckpt ? 3u : 1u);
+    struct stat st;
+    if (fstat(fileno(r.f), &st) != 0 || (uint64_t)st.st_size != want_bytes) {
+        snprintf(err, errlen, "%s: the file is %lld bytes, but its header describes %llu bytes (%u tensors, %llu "
+                 "parameters%s): truncated or padded", path, (long long)st.st_size, (unsigned long long)want_bytes,
+                 nt, (unsigned long long)np, ckpt ? " and their optimizer state" : "");
         goto out;
     }
     for (uint32_t i = 0; i < nt; i++) {

@@ -37,8 +37,9 @@
 int nb_weights_save(const char *path, nb_part_t *p, char *err, size_t errlen);
 
 /* Loads path into p after checking magic, version, that the config and the
- * part spec equal p's (naming the first field that differs), every tensor's
- * name and shape, and the exact file length. Errors: NB_EIO, NB_EFORMAT,
+ * part spec equal p's (naming the first field that differs), the exact file
+ * length (before any buffer is allocated), and every tensor's name and
+ * shape. Errors: NB_EIO, NB_EFORMAT,
  * NB_EVERSION, NB_EINVAL (a different model or part), NB_ENOMEM. */
 int nb_weights_load(const char *path, nb_part_t *p, char *err, size_t errlen);
 
@@ -63,5 +64,43 @@ int nb_checkpoint_save(const char *path, nb_part_t *p, nb_optim_t *o, const nb_c
  * Errors as nb_weights_load. */
 int nb_checkpoint_load(const char *path, nb_part_t *p, nb_optim_t *o, const nb_ckpt_meta_t *want,
                        nb_ckpt_meta_t *got, char *err, size_t errlen);
+
+/* One tensor of a weights file, as the model layout gives it. */
+typedef struct {
+    char name[32];
+    uint32_t ndim;
+    uint64_t shape[2];         /* shape[1] = 1 for a vector */
+    uint64_t numel;
+    uint64_t file_offset;      /* of its first float (nb_weights_peek) */
+} nb_weights_tensor_t;
+
+/* The tensors, in buffer order, of a part `s` of model c (kernels/
+ * model_part.c's layout, computed without building the part): writes up to
+ * cap of them to out (may be NULL) and the parameter count to *n_params
+ * (may be NULL). Returns the tensor count, or NB_ERANGE when a size
+ * overflows 64 bits. c and s must be valid. */
+int nb_weights_layout(const nb_model_config_t *c, const nb_part_spec_t *s, nb_weights_tensor_t *out, int cap,
+                      uint64_t *n_params);
+
+/* What a weights file holds, checked against itself. */
+typedef struct {
+    nb_model_config_t model;
+    nb_part_spec_t spec;
+    int n_tensors;
+    uint64_t n_params;
+    uint64_t file_bytes;
+    nb_weights_tensor_t *tensors; /* n_tensors, owned: nb_weights_info_free */
+} nb_weights_info_t;
+
+/* Reads a weights file's header and tensor table, for tools that inspect a
+ * file without a model of their own (nebula-weights). Checks magic,
+ * version, the model config and part spec, that the tensor and parameter
+ * counts equal the ones that config and spec imply, and that the file's
+ * length equals what the header describes, all before allocating anything
+ * in proportion to the header; then every table entry against the layout.
+ * The parameters are not read. Errors: NB_EIO, NB_EFORMAT, NB_EVERSION,
+ * NB_ENOMEM; the message names the file, the offset or both lengths. */
+int nb_weights_peek(const char *path, nb_weights_info_t *info, char *err, size_t errlen);
+void nb_weights_info_free(nb_weights_info_t *info);
 
 #endif /* NB_WEIGHTS_H */

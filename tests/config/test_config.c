@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include "daemon/config/config.h"
 #include "kernels/common.h"
 
@@ -239,6 +240,33 @@ static int load_coord(const char *clusters)
     return load(buf);
 }
 
+/* A pipeline trains lm and mlm only (docs/pipeline.md): a coordinator with a
+ * classifier head is refused at load time, naming the head. */
+static void test_pipeline_heads(void **state)
+{
+    (void)state;
+    const char *heads[] = { "seqcls", "tokcls" };
+    for (int i = 0; i < 2; i++) {
+        char buf[1024], want[512];
+        snprintf(buf, sizeof buf,
+                 "name: c\nrole: coordinator\nlisten: 127.0.0.1:7000\ntls: {cert: a, key: b, ca: c}\n"
+                 "job:\n  model: {n_layer: 2, d_model: 64, n_head: 4, vocab: 256, tie_embeddings: false,\n"
+                 "          head: %s, n_classes: 3}\n  batch: 8\n  seq_len: 32\n  steps: 10\n"
+                 "  clusters:\n    - {name: a, address: 'h:1'}\n", heads[i]);
+        snprintf(want, sizeof want, "dir/t.yaml:7:17: job.model.head: head %s is not supported in a pipeline "
+                 "(the token file holds no class labels, and nebula-train trains lm and mlm only); use lm or mlm",
+                 heads[i]);
+        expect_err(load(buf), want);
+    }
+    assert_int_equal(load_coord("    - {name: a, address: 'h:1'}\n"), 0);
+    char buf[1024];
+    snprintf(buf, sizeof buf,
+             "name: c\nrole: coordinator\nlisten: 127.0.0.1:7000\ntls: {cert: a, key: b, ca: c}\n"
+             "job:\n  model: {n_layer: 2, d_model: 64, n_head: 4, vocab: 257, tie_embeddings: false, head: mlm}\n"
+             "  batch: 8\n  seq_len: 32\n  steps: 10\n  clusters:\n    - {name: a, address: 'h:1'}\n");
+    assert_int_equal(load(buf), 0);
+}
+
 static void test_layers(void **state)
 {
     (void)state;
@@ -311,6 +339,49 @@ static void test_files(void **state)
     assert_int_equal(nb_cfg_edit_distance("", "abc"), 3);
 }
 
+/* Nesting is refused at level 65 with the position of the offending
+ * collection, before libyaml builds a document (its time grows with the
+ * square of the depth: 25,000 levels took 2.2 s, 100,000 levels 37 s). */
+static void test_deep_nesting(void **state)
+{
+    (void)state;
+    const int levels = 100000;
+    size_t n = 32 + 2 * (size_t)levels;
+    char *text = malloc(n);
+    assert_non_null(text);
+    int k = snprintf(text, n, "name: t\nrole: train\njob: ");
+    memset(text + k, '[', (size_t)levels);
+    memset(text + k + levels, ']', (size_t)levels);
+    text[k + 2 * levels] = 0;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int rc = load(text);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    print_message("%d levels refused in %.3f ms\n", levels,
+                  (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6);
+    assert_int_equal(rc, NB_ELIMIT);
+    /* the root mapping is level 1, so the 64th '[' (column 69) is level 65 */
+    assert_string_equal(err, "dir/t.yaml:3:69: yaml: nesting deeper than 64 levels of mappings and lists");
+    free(text);
+
+    /* block style too */
+    char block[16384];
+    k = snprintf(block, sizeof block, "name: t\nrole: train\n");
+    for (int i = 0; i < 70; i++)
+        k += snprintf(block + k, sizeof block - (size_t)k, "%*sk%d:\n", i, "", i);
+    k += snprintf(block + k, sizeof block - (size_t)k, "%*sv: 1\n", 70, "");
+    expect_err(load(block), "dir/t.yaml:67:65: yaml: nesting deeper than 64 levels of mappings and lists");
+
+    /* 64 levels are not refused for their depth */
+    k = snprintf(text = malloc(256), 256, "name: t\nrole: train\njob: ");
+    memset(text + k, '[', 63);
+    memset(text + k + 63, ']', 63);
+    text[k + 126] = 0;
+    assert_int_not_equal(load(text), 0);
+    assert_null(strstr(err, "nesting"));
+    free(text);
+}
+
 static const char *const examples[] = {
     "config/demo/coordinator.yaml", "config/demo/stage-a.yaml", "config/demo/stage-b.yaml",
     "config/2-cluster/coordinator.yaml", "config/2-cluster/east.yaml", "config/2-cluster/west.yaml",
@@ -368,7 +439,10 @@ int main(void)
         cmocka_unit_test(test_unknown_key),    cmocka_unit_test(test_wrong_type),
         cmocka_unit_test(test_bounds),         cmocka_unit_test(test_missing),
         cmocka_unit_test(test_roles),          cmocka_unit_test(test_layers),
-        cmocka_unit_test(test_files),          cmocka_unit_test(test_examples),
+        cmocka_unit_test(test_pipeline_heads),
+        cmocka_unit_test(test_files),
+        cmocka_unit_test(test_deep_nesting),
+        cmocka_unit_test(test_examples),
         cmocka_unit_test(test_docs_name_every_key),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

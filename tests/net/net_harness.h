@@ -244,7 +244,7 @@ static __attribute__((unused)) int h_run_until(uv_loop_t *loop, const int *flag,
     uv_timer_t t; /* keeps the loop alive and wakes it */
     uv_timer_init(loop, &t);
     uv_timer_start(&t, h_noop_timer, 10, 10);
-    while (*flag < want && uv_now(loop) < end)
+    while (__atomic_load_n(flag, __ATOMIC_ACQUIRE) < want && uv_now(loop) < end)
         uv_run(loop, UV_RUN_ONCE);
     uv_close((uv_handle_t *)&t, NULL);
     uv_run(loop, UV_RUN_NOWAIT);
@@ -305,6 +305,23 @@ static __attribute__((unused)) int h_tcp_connect(int port)
     struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* Like h_tcp_connect, from the loopback address src (e.g. "127.0.0.7"):
+ * each address of 127/8 is a different source for the per-address limit. */
+static __attribute__((unused)) int h_tcp_connect_from(int port, const char *src)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in b = { .sin_family = AF_INET };
+    inet_pton(AF_INET, src, &b.sin_addr);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(fd, (struct sockaddr *)&b, sizeof b) != 0 ||
+        connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
         close(fd);
         return -1;
     }

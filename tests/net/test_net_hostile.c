@@ -157,7 +157,7 @@ static void *raw_thread(void *arg)
     raw_t *r = arg;
     for (int i = 0; i < r->rounds; i++)
         raw_round(r, g_b.port);
-    r->done = 1;
+    __atomic_store_n(&r->done, 1, __ATOMIC_RELEASE); /* read by the loop thread */
     return NULL;
 }
 
@@ -234,7 +234,10 @@ static void *stall_thread(void *arg)
 {
     stall_t *st = arg;
     for (int i = 0; i < N_STALL; i++) {
-        st->fds[i] = h_tcp_connect(g_b.port);
+        /* from 50 addresses, 4 each: under the per-address limit */
+        char src[32];
+        snprintf(src, sizeof src, "127.0.0.%d", 2 + i % 50);
+        st->fds[i] = h_tcp_connect_from(g_b.port, src);
         if (st->fds[i] >= 0 && (i & 1)) {
             uint8_t part[3] = { 22, 3, 1 }; /* a record header, then nothing */
             if (write(st->fds[i], part, 3) != 3)
@@ -312,8 +315,11 @@ static void test_pending_cap(void **state)
     start_server(1000, 5000);
     g_max_pending = 0;
     int fds[30];
-    for (int i = 0; i < 30; i++)
-        fds[i] = h_tcp_connect(g_b.port);
+    for (int i = 0; i < 30; i++) {
+        char src[32]; /* each from its own address: the global cap refuses */
+        snprintf(src, sizeof src, "127.0.0.%d", 2 + i);
+        fds[i] = h_tcp_connect_from(g_b.port, src);
+    }
     const nb_net_stats_t *s = nb_net_stats(g_b.net);
     assert_true(h_run_until_u64(&g_loop, &s->pending_refused, 20, 3000));
     assert_true(h_log_has("handshakes already under way"));

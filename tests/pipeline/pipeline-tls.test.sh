@@ -3,8 +3,9 @@
 # daemons (nebulad) on loopback, over mutually authenticated TLS, train a small
 # GPT for 20 steps; then the final weights of every stage are compared with
 # the single-process trainer's (nebula-train) on the same job: equal within
-# 1e-5 of each tensor's largest magnitude. Two layouts: a 2-stage chain with
-# 1F1B, and the U-shape (embedding and head on the first daemon) with GPipe.
+# 1e-5 of each tensor's largest magnitude. Three runs: a 2-stage chain with
+# 1F1B, the U-shape (embedding and head on the first daemon) with GPipe, and
+# the chain again with the mlm head.
 # Each run is also inspected as an operator would: status, metrics and trace
 # through the status sockets, and an orderly stop of every daemon.
 set -euo pipefail
@@ -24,10 +25,11 @@ fail() { echo "FAIL: $*"; for f in "$work"/*.log; do echo "--- $f"; tail -n 20 "
 nb_pipe_prepare "$work" "$bin" || exit 1
 base=$(( 20000 + ($$ % 2000) * 10 ))
 
-job_section() { # $1 schedule, $2 micro_batches
+model="{n_layer: 4, d_model: 32, n_head: 4, d_ff: 128, vocab: 256, max_seq: 32, tie_embeddings: false}"
+job_section() { # $1 schedule, $2 micro_batches; the model is $model
   cat <<YAML
 job:
-  model: {n_layer: 4, d_model: 32, n_head: 4, d_ff: 128, vocab: 256, max_seq: 32, tie_embeddings: false}
+  model: $model
   seed: 11
   data: data.tok
   batch: 6
@@ -100,3 +102,7 @@ PY
 
 run_layout chain-1f1b chain 1f1b 3
 run_layout ushape-gpipe ushape gpipe 2
+# the masked-LM head: stage 0 draws masked batches as nebula-train does, and
+# the labels (-1 where unmasked) cross the TLS link to the head
+model="{n_layer: 4, d_model: 32, n_head: 4, d_ff: 128, vocab: 257, max_seq: 32, causal: false, head: mlm, tie_embeddings: false}"
+run_layout chain-mlm-1f1b chain 1f1b 3

@@ -107,6 +107,14 @@ static void test_pins_and_errors(void **state)
     nb_config_t *cfg = load("config/demo/coordinator.yaml");
     nb_plan_req_t req;
     char err[512] = "";
+    /* the demo leaves m and the schedule to the planner */
+    assert_int_equal(nb_plan_req_from_config(&cfg->job, &req, err, sizeof err), 0);
+    assert_int_equal(req.m_min, 0); /* 0: every divisor of the batch */
+    assert_int_equal(req.m_max, 0);
+    assert_int_equal(req.nscheds, 0); /* 0: every schedule */
+    /* pinned, they are all the planner may use */
+    cfg->job.micro_batches = 4;
+    cfg->job.schedule = NB_CFG_SCHED_1F1B;
     assert_int_equal(nb_plan_req_from_config(&cfg->job, &req, err, sizeof err), 0);
     assert_int_equal(req.m_min, 4);
     assert_int_equal(req.m_max, 4);

@@ -14,6 +14,8 @@ cleanup() { for p in "${pids[@]+"${pids[@]}"}"; do kill -9 "$p" 2>/dev/null; don
 trap cleanup EXIT
 fail() { echo "FAIL: $*"; for l in "$tmp"/*.log; do [ -f "$l" ] && { echo "== $l"; tail -n 20 "$l"; }; done; exit 1; }
 
+# The reload reads its file on a worker thread: wait for its log line.
+wait_log() { for _ in $(seq 200); do grep -q -- "$1" "$tmp/stage.log" && return 0; sleep 0.05; done; return 1; }
 wait_for_socket() { for _ in $(seq 100); do [ -S "$1" ] && return 0; sleep 0.05; done; fail "no socket $1"; }
 # wait_exit PID SECONDS -> sets $st to the exit status
 wait_exit() {
@@ -74,12 +76,19 @@ grep -q '"traceEvents"' "$tmp/trace.json" || fail "trace file"
 
 # ---- SIGHUP: log level applied, listen change named, broken file kept out ----
 sed -i 's/^log_level: info/log_level: debug/; s/^listen: 127.0.0.1:0/listen: 127.0.0.1:1/' "$tmp/stage.yaml"
-kill -HUP $pid; sleep 0.3
+kill -HUP $pid
+wait_log 'reload done' || fail "reload not done within 10 s"
 grep -q 'reload: log_level info -> debug' "$tmp/stage.log" || fail "reload log level"
 grep -q 'changed but not applied until restart: listen' "$tmp/stage.log" || fail "reload names listen"
+cp "$tmp/stage.yaml" "$tmp/stage.good"
 echo 'bogus_key: 1' >> "$tmp/stage.yaml"
-kill -HUP $pid; sleep 0.3
-grep -q 'reload failed, running configuration kept: .*stage.yaml:8:1: bogus_key: unknown key' "$tmp/stage.log" || fail "bad reload"
+kill -HUP $pid
+wait_log 'reload failed, running configuration kept: .*stage.yaml:8:1: bogus_key: unknown key' || fail "bad reload"
+# a deeply nested file: refused at once, with its position
+{ cat "$tmp/stage.good"; printf 'extra: '; head -c 100000 /dev/zero | tr '\0' '['; head -c 100000 /dev/zero | tr '\0' ']'; echo; } > "$tmp/stage.yaml"
+kill -HUP $pid
+wait_log 'reload failed, running configuration kept: .*stage.yaml:8:71: yaml: nesting deeper than 64 levels' || fail "deep reload"
+cp "$tmp/stage.good" "$tmp/stage.yaml"
 "$C" --socket "$S" status >/dev/null || fail "daemon stopped serving after a bad reload"
 "$C" --socket "$S" metrics | grep -q '^nebula_reloads_total 1$' || fail "reload counter"
 

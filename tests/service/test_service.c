@@ -10,7 +10,11 @@
 #include <cmocka.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
 #include <signal.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -206,6 +210,105 @@ static void test_runtime_hooks_and_failed_start(void **st)
     assert_int_equal(nb_service_new(&tcfg, &loop, &svc), NB_EINVAL);
 }
 
+static int64_t ms_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Waits up to ms for a notify datagram containing what. */
+static bool await_notify(const char *what, int ms)
+{
+    int64_t end = ms_now() + ms;
+    char buf[1024];
+    while (ms_now() < end) {
+        struct pollfd pf = { .fd = notify_fd, .events = POLLIN };
+        if (poll(&pf, 1, 50) != 1)
+            continue;
+        ssize_t r = recv(notify_fd, buf, sizeof buf - 1, 0);
+        if (r <= 0)
+            continue;
+        buf[r] = 0;
+        if (strstr(buf, what))
+            return true;
+    }
+    return false;
+}
+
+static char fifo_path[80], sock_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+static bool saw_reloading, status_answered, fifo_released, saw_ready;
+
+/* The operator's side: SIGHUP, then the status socket while the reload's
+ * read is blocked (the file is a FIFO nobody writes yet), then release it. */
+static void *reload_client(void *arg)
+{
+    (void)arg;
+    kill(getpid(), SIGHUP);
+    saw_reloading = await_notify("RELOADING=1", 10000);
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    memcpy(sa.sun_path, sock_path, sizeof sa.sun_path);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+        write(fd, "{\"cmd\":\"status\"}\n", 17) == 17) {
+        struct pollfd pf = { .fd = fd, .events = POLLIN };
+        char buf[4096];
+        ssize_t r = poll(&pf, 1, 5000) == 1 ? read(fd, buf, sizeof buf - 1) : -1;
+        if (r > 0) {
+            buf[r] = 0;
+            status_answered = strstr(buf, "\"ok\":true") != NULL;
+        }
+    }
+    close(fd);
+    for (int64_t end = ms_now() + 10000; !fifo_released && ms_now() < end;) {
+        int w = open(fifo_path, O_WRONLY | O_NONBLOCK);
+        if (w >= 0) {
+            close(w);
+            fifo_released = true;
+        } else {
+            usleep(1000);
+        }
+    }
+    saw_ready = await_notify("READY=1", 10000);
+    kill(getpid(), SIGTERM);
+    return NULL;
+}
+
+/* SIGHUP reads and parses the file off the loop thread: while the read is
+ * blocked the status socket still answers; then the unreadable file is
+ * reported and the running configuration kept. */
+static void test_reload_off_loop(void **st)
+{
+    open_notify();
+    unsetenv("WATCHDOG_USEC");
+    static nb_config_t cfg;
+    load_stage(&cfg, "127.0.0.1:0");
+    snprintf(fifo_path, sizeof fifo_path, "%s/stage.yaml", dir);
+    assert_int_equal(mkfifo(fifo_path, 0600), 0);
+    snprintf(cfg.path, sizeof cfg.path, "%s", fifo_path);
+    snprintf(sock_path, sizeof sock_path, "%.100s", cfg.status_socket);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    nb_service_t *svc;
+    assert_int_equal(nb_service_new(&cfg, &loop, &svc), 0);
+    char err[256];
+    assert_int_equal(nb_service_start(svc, err, sizeof err), 0);
+    char msgs[4096];
+    drain(msgs, sizeof msgs);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, reload_client, NULL), 0);
+    assert_int_equal(nb_service_run(svc), 0);
+    pthread_join(th, NULL);
+    assert_true(saw_reloading);
+    assert_true(fifo_released);
+    if (!status_answered)
+        fail_msg("the status socket did not answer within 5 s while a reload was reading its file");
+    assert_true(saw_ready);
+    nb_service_free(svc);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    unlink(fifo_path);
+}
+
 static int teardown(void **st)
 {
     char p[200];
@@ -224,6 +327,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_notify_and_watchdog, teardown),
         cmocka_unit_test_teardown(test_runtime_hooks_and_failed_start, teardown),
+        cmocka_unit_test_teardown(test_reload_off_loop, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <math.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -388,6 +389,204 @@ static void test_idle_client(void **st)
     finish(&f);
 }
 
+/* A client that sends an unfinished line and then one more byte every
+ * 250 ms is closed idle_ms after its last complete request, not a sweep
+ * period later and not never. */
+static void test_idle_deadline(void **st)
+{
+    fixture_t f;
+    nb_status_limits_t lim = { .idle_ms = 3000 };
+    start(&f, &lim);
+    int64_t t0 = ms_now();
+    int fd = client();
+    fcntl(fd, F_SETFL, O_NONBLOCK);
+    send_all(fd, "{\"cmd\"", 6);
+    int64_t closed_at = 0, next_byte = t0 + 250;
+    while (!closed_at && ms_now() < t0 + 20000) {
+        pump(5);
+        char b;
+        ssize_t n = recv(fd, &b, 1, 0);
+        if (n == 0 || (n < 0 && errno != EAGAIN))
+            closed_at = ms_now();
+        else if (ms_now() >= next_byte) {
+            if (send(fd, " ", 1, MSG_NOSIGNAL) != 1)
+                closed_at = ms_now();
+            next_byte += 250;
+        }
+    }
+    if (!closed_at)
+        fail_msg("a client trickling an unfinished line was not closed within 20 s (idle_ms 3000)");
+    int64_t took = closed_at - t0;
+    print_message("idle client closed after %lld ms (idle_ms 3000)\n", (long long)took);
+    assert_true(took >= 2900);
+    assert_true(took <= 3600); /* the old quarter-period sweep closed it at 3750 or later */
+    assert_int_equal(nb_status_server_clients(f.srv), 0);
+    close(fd);
+    finish(&f);
+}
+
+/* Runs in a child as uid: opens n connections, asks status on each, and
+ * writes "OK BUSY last-error" to res; then holds them until hold closes. */
+static void squat(uid_t uid, int n, int res, int hold)
+{
+    /* Drop what was inherited (other squatters' hold pipes, the server's
+     * sockets): only the exit of its parent's end may end a squatter. */
+    for (int fd = 3; fd < 1024; fd++)
+        if (fd != res && fd != hold)
+            close(fd);
+    if (setgid(uid) != 0 || setuid(uid) != 0)
+        _exit(10);
+    int ok = 0, busy = 0;
+    char last[256] = "-";
+    for (int i = 0; i < n; i++) {
+        int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sock_path);
+        if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0)
+            _exit(11);
+        (void)!write(fd, "{\"cmd\":\"status\"}\n", 17);
+        char buf[8192];
+        size_t have = 0;
+        struct pollfd pf = { .fd = fd, .events = POLLIN };
+        while (have < sizeof buf - 1 && !memchr(buf, '\n', have) && poll(&pf, 1, 10000) == 1) {
+            ssize_t r = read(fd, buf + have, sizeof buf - 1 - have);
+            if (r <= 0)
+                break;
+            have += (size_t)r;
+        }
+        buf[have] = 0;
+        if (strstr(buf, "\"ok\":true"))
+            ok++;
+        else if (strstr(buf, "status socket busy")) {
+            busy++;
+            char *nl = strchr(buf, '\n');
+            if (nl)
+                *nl = 0;
+            snprintf(last, sizeof last, "%.200s", buf);
+        }
+    }
+    dprintf(res, "%d %d %s\n", ok, busy, last);
+    char b;
+    (void)!read(hold, &b, 1);
+    _exit(0);
+}
+
+typedef struct {
+    pid_t pid;
+    int hold;
+    int ok, busy;
+    char last[256];
+} squatter_t;
+
+static void squatter_start(squatter_t *q, uid_t uid, int n)
+{
+    int res[2], hold[2];
+    assert_int_equal(pipe(res), 0);
+    assert_int_equal(pipe(hold), 0);
+    q->pid = fork();
+    assert_true(q->pid >= 0);
+    if (q->pid == 0) {
+        close(res[0]);
+        close(hold[1]);
+        squat(uid, n, res[1], hold[0]);
+    }
+    close(res[1]);
+    close(hold[0]);
+    q->hold = hold[1];
+    char line[400] = "";
+    size_t have = 0;
+    fcntl(res[0], F_SETFL, O_NONBLOCK);
+    int64_t end = ms_now() + 60000;
+    while (!memchr(line, '\n', have) && ms_now() < end) {
+        pump(2);
+        ssize_t r = read(res[0], line + have, sizeof line - 1 - have);
+        if (r == 0)
+            break;
+        if (r > 0)
+            have += (size_t)r;
+    }
+    line[have] = 0;
+    close(res[0]);
+    q->last[0] = 0;
+    if (sscanf(line, "%d %d %255[^\n]", &q->ok, &q->busy, q->last) < 2)
+        fail_msg("squatter uid %u reported nothing ('%s')", (unsigned)uid, line);
+}
+
+static void squatter_end(squatter_t *q)
+{
+    close(q->hold);
+    int status = 0;
+    int64_t end = ms_now() + 30000;
+    while (waitpid(q->pid, &status, WNOHANG) != q->pid)
+        if (ms_now() > end)
+            fail_msg("squatter %d did not exit", (int)q->pid);
+        else
+            pump(1);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+
+/* Members of the socket's group fill every slot they may: one uid gets 8
+ * connections, eight uids together 56 of 64; root is still served, and can
+ * stop the daemon. */
+static void test_uid_limits(void **st)
+{
+    if (geteuid() != 0) {
+        print_message("not root: other uids are needed to squat the socket\n");
+        skip();
+    }
+    fixture_t f;
+    start(&f, NULL);
+    char rundir[400];
+    snprintf(rundir, sizeof rundir, "%s/run", dir);
+    chmod(dir, 0755);
+    chmod(rundir, 0755);
+    chmod(sock_path, 0666);
+    squatter_t q[8];
+    /* one uid asks for 10: 8 served, 2 told why */
+    squatter_start(&q[0], 60001, 10);
+    assert_int_equal(q[0].ok, 8);
+    assert_int_equal(q[0].busy, 2);
+    if (!strstr(q[0].last, "uid 60001 already has 8 connections (at most 8 per user)"))
+        fail_msg("per-user refusal: %s", q[0].last);
+    /* six more uids take 8 each: 56 held by other users */
+    for (int i = 1; i < 7; i++) {
+        squatter_start(&q[i], (uid_t)(60001 + i), 8);
+        assert_int_equal(q[i].ok, 8);
+    }
+    assert_int_equal(nb_status_server_clients(f.srv), 56);
+    /* the next user finds the last 8 kept for root and the daemon's user */
+    squatter_start(&q[7], 60008, 8);
+    assert_int_equal(q[7].ok, 0);
+    assert_int_equal(q[7].busy, 8);
+    if (!strstr(q[7].last, "the last 8 of 64 are kept for uid 0"))
+        fail_msg("reserve refusal: %s", q[7].last);
+    /* root gets all 8 kept slots */
+    int fds[8];
+    for (int i = 0; i < 8; i++) {
+        fds[i] = client();
+        json_t *r = ask(fds[i], "{\"cmd\":\"status\"}\n");
+        assert_non_null(r);
+        assert_true(json_is_true(json_object_get(r, "ok")));
+        json_decref(r);
+    }
+    json_t *r = ask(fds[7], "{\"cmd\":\"stop\"}\n");
+    assert_true(json_is_true(json_object_get(r, "stopping")));
+    json_decref(r);
+    assert_int_equal(stops, 1);
+    /* beyond 64 even root is refused, with a reason */
+    int extra = client();
+    expect_error(reply(extra), "it serves at most 64 clients at once");
+    close(extra);
+    for (int i = 0; i < 8; i++) {
+        close(fds[i]);
+        squatter_end(&q[i]);
+    }
+    pump(20);
+    assert_int_equal(nb_status_server_clients(f.srv), 0);
+    finish(&f);
+}
+
 static void test_stop_needs_uid(void **st)
 {
     if (geteuid() != 0) {
@@ -582,6 +781,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_never_reading_client, setup, teardown),
         cmocka_unit_test_setup_teardown(test_disconnect_mid_reply, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idle_client, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idle_deadline, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_uid_limits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stop_needs_uid, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stale_and_live_socket, setup, teardown),
         cmocka_unit_test(test_metrics_registry),

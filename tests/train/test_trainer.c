@@ -10,9 +10,11 @@
 #include <cmocka.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include "daemon/data/tokens.h"
+#include "daemon/train/grad_fault.h"
 #include "daemon/train/trainer.h"
 #include "daemon/train/weights.h"
 
@@ -285,11 +287,11 @@ static void test_weights_file(void **state)
     assert_int_equal(fread(buf, 1, (size_t)len, f), (size_t)len);
     fclose(f);
     struct { long len; int byte; unsigned char val; int code; const char *needle; } cases[] = {
-        { len - 8, -1, 0, NB_EFORMAT, "truncated parameters" },
+        { len - 8, -1, 0, NB_EFORMAT, "header describes" },
         { 30, -1, 0, NB_EFORMAT, "truncated header" },
         { len, 0, 'X', NB_EFORMAT, "offset 0" },
         { len, 4, 7, NB_EVERSION, "version 7" },
-        { len + 4, -1, 0, NB_EFORMAT, "trailing" },
+        { len + 4, -1, 0, NB_EFORMAT, "truncated or padded" },
         { len, 80, 'Z', NB_EFORMAT, "tensor 0" },
     };
     nb_be_to_host(be, b, nb_part_params(q), n * 4);
@@ -384,12 +386,181 @@ static void test_checkpoint_resume(void **state)
     assert_int_equal(nb_trainer_new(be, &c, &b, err, sizeof err), 0);
     assert_int_equal(nb_trainer_resume(b, ck, err, sizeof err), NB_EFORMAT);
     printf("  refused: %s\n", err);
-    assert_non_null(strstr(err, "optimizer state v"));
+    assert_non_null(strstr(err, "bytes, but its header describes"));
+    assert_non_null(strstr(err, "optimizer state"));
     assert_int_equal(nb_trainer_steps_done(b), 0);
     nb_trainer_free(b);
     unlink(ck);
     free(w);
     free(wref);
+    nb_be_free(be);
+}
+
+static float *params_copy(nb_trainer_t *t, size_t *n)
+{
+    nb_part_t *p = nb_trainer_part(t);
+    *n = nb_part_num_params(p);
+    float *v = malloc(*n * sizeof *v);
+    nb_be_to_host(nb_part_backend(p), v, nb_part_params(p), *n * sizeof *v);
+    return v;
+}
+
+static bool all_finite(const float *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(v[i]))
+            return false;
+    return true;
+}
+
+/* nb_weights_layout equals the layout of a real part, for every head,
+ * norm, tying and cut; nb_weights_peek reads a real file's table. */
+static void test_weights_layout(void **state)
+{
+    (void)state;
+    nb_backend_t *be = nb_cpu_backend_new();
+    char err[512];
+    nb_head_kind_t heads[] = { NB_MODEL_HEAD_LM, NB_MODEL_HEAD_MLM, NB_MODEL_HEAD_SEQCLS, NB_MODEL_HEAD_TOKCLS };
+    nb_part_spec_t specs[] = { { true, 0, 3, true }, { true, 0, 1, false }, { false, 1, 3, false },
+                               { false, 3, 3, true }, { false, 2, 3, true } };
+    for (int hk = 0; hk < 4; hk++)
+        for (int norm = 0; norm < 2; norm++)
+            for (int tie = 0; tie < 2; tie++)
+                for (size_t sp = 0; sp < NB_ARRAY_LEN(specs); sp++) {
+                    nb_model_config_t m = { .n_layer = 3, .d_model = 16, .n_head = 2, .d_ff = 24, .vocab = 40,
+                                            .max_seq = 8, .causal = true, .norm = norm ? NB_MODEL_NORM_POST
+                                                                                       : NB_MODEL_NORM_PRE,
+                                            .head = heads[hk], .n_classes = 3, .tie_embeddings = tie };
+                    if (hk < 2)
+                        m.n_classes = 0;
+                    nb_part_t *tie_part = NULL, *p = NULL;
+                    nb_part_spec_t es = { true, 0, 0, false };
+                    if (specs[sp].head && !specs[sp].embed && tie && hk < 2)
+                        assert_int_equal(nb_part_new(be, &m, &es, 1, NULL, &tie_part, err, sizeof err), 0);
+                    assert_int_equal(nb_part_new(be, &m, &specs[sp], 1, tie_part, &p, err, sizeof err), 0);
+                    nb_weights_tensor_t t[64];
+                    uint64_t np;
+                    int n = nb_weights_layout(&m, &specs[sp], t, 64, &np);
+                    assert_int_equal(n, nb_part_num_tensors(p));
+                    assert_int_equal(np, nb_part_num_params(p));
+                    for (int i = 0; i < n; i++) {
+                        const nb_param_info_t *pi = nb_part_tensor(p, i);
+                        assert_string_equal(t[i].name, pi->name);
+                        assert_int_equal(t[i].ndim, pi->ndim);
+                        assert_int_equal(t[i].shape[0], pi->shape[0]);
+                        assert_int_equal(t[i].shape[1], pi->shape[1]);
+                    }
+                    assert_int_equal(nb_weights_save(w_path, p, err, sizeof err), 0);
+                    nb_weights_info_t info;
+                    assert_int_equal(nb_weights_peek(w_path, &info, err, sizeof err), 0);
+                    assert_int_equal(info.n_tensors, n);
+                    assert_int_equal(info.n_params, np);
+                    if (n > 0) /* a post-LN tied head alone holds no tensor */
+                        assert_int_equal(info.tensors[n - 1].file_offset + info.tensors[n - 1].numel * 4,
+                                         info.file_bytes);
+                    nb_weights_info_free(&info);
+                    nb_part_free(p);
+                    nb_part_free(tie_part);
+                }
+    nb_be_free(be);
+}
+
+/* A 200-byte file whose header describes a 355M-parameter model (1.4 GB of
+ * floats) is refused from its length alone, before anything is allocated. */
+static void test_weights_peek_checks_length(void **state)
+{
+    (void)state;
+    char err[512];
+    struct __attribute__((packed)) {
+        char magic[4];
+        uint32_t version;
+        int32_t h[15];
+        uint32_t nt;
+        uint64_t np;
+        char pad[200 - 80];
+    } f = { .magic = "NBWT", .version = NB_WEIGHTS_VERSION,
+            .h = { 24, 1024, 16, 4096, 50257, 1024, 1, 0, 0, 0, 1, 1, 0, 24, 1 } };
+    nb_model_config_t m = { .n_layer = 24, .d_model = 1024, .n_head = 16, .d_ff = 4096, .vocab = 50257,
+                            .max_seq = 1024, .causal = true, .tie_embeddings = true };
+    nb_part_spec_t spec = nb_part_spec_full(&m);
+    uint64_t np;
+    f.nt = (uint32_t)nb_weights_layout(&m, &spec, NULL, 0, &np);
+    f.np = np;
+    FILE *fp = fopen(w_path, "wb");
+    assert_int_equal(fwrite(&f, 1, sizeof f, fp), 200);
+    fclose(fp);
+    nb_weights_info_t info;
+    assert_int_equal(nb_weights_peek(w_path, &info, err, sizeof err), NB_EFORMAT);
+    printf("  refused: %s\n", err);
+    assert_non_null(strstr(err, "the file is 200 bytes, but its header describes 1419307936 bytes"));
+    assert_null(info.tensors);
+    /* counts that disagree with the config are refused too */
+    f.np = 7;
+    fp = fopen(w_path, "wb");
+    assert_int_equal(fwrite(&f, 1, sizeof f, fp), 200);
+    fclose(fp);
+    assert_int_equal(nb_weights_peek(w_path, &info, err, sizeof err), NB_EFORMAT);
+    assert_non_null(strstr(err, "the model it describes has"));
+}
+
+/* A NaN in the gradient (injected through the test-only environment hook)
+ * skips the step: the weights stay as they were and finite, the skip is
+ * counted, training resumes on the next step; max_skipped_steps consecutive
+ * skips stop the run with NB_ELIMIT and the reason. */
+static void test_nonfinite_gradient_skips(void **state)
+{
+    (void)state;
+    nb_train_config_t c = small_config();
+    c.steps = 8;
+    c.optim.total_steps = c.steps;
+    char err[512];
+    nb_grad_fault_t f;
+    assert_int_equal(nb_grad_fault_parse("3-4x", &f, err, sizeof err), NB_EINVAL);
+    assert_non_null(strstr(err, NB_GRAD_FAULT_ENV));
+    assert_int_equal(nb_grad_fault_parse("4-3", &f, err, sizeof err), NB_EINVAL);
+    setenv(NB_GRAD_FAULT_ENV, "3-4", 1);
+    nb_backend_t *be = nb_cpu_backend_new();
+    nb_trainer_t *t;
+    assert_int_equal(nb_trainer_new(be, &c, &t, err, sizeof err), 0);
+    size_t n;
+    float *before = NULL;
+    for (int s = 0; s < c.steps; s++) {
+        if (s == 3)
+            before = params_copy(t, &n);
+        nb_train_step_t st;
+        assert_int_equal(nb_trainer_step(t, &st, err, sizeof err), 0);
+        assert_int_equal(st.skipped, s == 3 || s == 4);
+        assert_int_equal(st.skipped_total, s < 3 ? 0 : s == 3 ? 1 : 2);
+        assert_int_equal(st.skipped_run, s == 3 ? 1 : s == 4 ? 2 : 0);
+        if (s == 4) {
+            float *now = params_copy(t, &n);
+            assert_memory_equal(before, now, n * sizeof *now); /* two skipped steps: no change */
+            free(now);
+        }
+    }
+    float *end = params_copy(t, &n);
+    assert_true(all_finite(end, n));
+    assert_true(memcmp(before, end, n * sizeof *end) != 0); /* training went on */
+    free(before);
+    free(end);
+    nb_trainer_free(t);
+    /* three in a row with a limit of 3: the third stops the run */
+    setenv(NB_GRAD_FAULT_ENV, "2-7", 1);
+    c.max_skipped_steps = 3;
+    assert_int_equal(nb_trainer_new(be, &c, &t, err, sizeof err), 0);
+    int rc = 0, s;
+    nb_train_step_t st;
+    for (s = 0; s < c.steps && rc == 0; s++)
+        rc = nb_trainer_step(t, &st, err, sizeof err);
+    assert_int_equal(rc, NB_ELIMIT);
+    assert_int_equal(s, 5);
+    assert_true(st.skipped && st.skipped_run == 3);
+    assert_non_null(strstr(err, "3 consecutive steps skipped for a non-finite gradient norm"));
+    end = params_copy(t, &n);
+    assert_true(all_finite(end, n));
+    free(end);
+    nb_trainer_free(t);
+    unsetenv(NB_GRAD_FAULT_ENV);
     nb_be_free(be);
 }
 
@@ -403,6 +574,9 @@ int main(void)
         cmocka_unit_test(test_bad_config),
         cmocka_unit_test(test_weights_file),
         cmocka_unit_test(test_checkpoint_resume),
+        cmocka_unit_test(test_nonfinite_gradient_skips),
+        cmocka_unit_test(test_weights_layout),
+        cmocka_unit_test(test_weights_peek_checks_length),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

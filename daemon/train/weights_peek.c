@@ -1,0 +1,196 @@
+/*
+ * weights_peek.c - what a weights file claims, checked before anything is
+ * allocated in proportion to it: the model header against the tensor layout
+ * it implies, and both against the file's length. See weights.h.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include "daemon/train/weights.h"
+
+#define NAME_BYTES 32
+#define HDR_FIELDS 15
+#define TABLE_ENTRY_BYTES (NAME_BYTES + 4 + 16)
+#define WEIGHTS_HEADER_BYTES (4 + 4 + 4 * HDR_FIELDS + 4 + 8)
+
+static bool add_u64(uint64_t a, uint64_t b, uint64_t *out) { return !__builtin_add_overflow(a, b, out); }
+static bool mul_u64(uint64_t a, uint64_t b, uint64_t *out) { return !__builtin_mul_overflow(a, b, out); }
+
+/* Appends one tensor (when out has room) and counts it. */
+static void put(nb_weights_tensor_t *out, int cap, int *n, uint64_t *params, bool *ok, const char *name,
+                uint32_t ndim, uint64_t d0, uint64_t d1)
+{
+    uint64_t numel;
+    if (!mul_u64(d0, ndim == 2 ? d1 : 1, &numel) || !add_u64(*params, numel, params))
+        *ok = false;
+    if (out && *n < cap) {
+        nb_weights_tensor_t *t = &out[*n];
+        memset(t, 0, sizeof *t);
+        snprintf(t->name, sizeof t->name, "%s", name);
+        t->ndim = ndim;
+        t->shape[0] = d0;
+        t->shape[1] = ndim == 2 ? d1 : 1;
+        t->numel = numel;
+    }
+    (*n)++;
+}
+
+int nb_weights_layout(const nb_model_config_t *c, const nb_part_spec_t *s, nb_weights_tensor_t *out, int cap,
+                      uint64_t *n_params)
+{
+    int n = 0;
+    uint64_t params = 0, C = (uint64_t)c->d_model, F = (uint64_t)c->d_ff, V = (uint64_t)c->vocab;
+    bool ok = true;
+    if (s->embed) {
+        put(out, cap, &n, &params, &ok, "wte", 2, V, C);
+        put(out, cap, &n, &params, &ok, "wpe", 2, (uint64_t)c->max_seq, C);
+        if (c->norm == NB_MODEL_NORM_POST) {
+            put(out, cap, &n, &params, &ok, "emb_ln.w", 1, C, 0);
+            put(out, cap, &n, &params, &ok, "emb_ln.b", 1, C, 0);
+        }
+    }
+    static const char *const bn[12] = { "ln1.w", "ln1.b", "qkv.w", "qkv.b", "proj.w", "proj.b",
+                                        "ln2.w", "ln2.b", "fc.w", "fc.b", "fcproj.w", "fcproj.b" };
+    const uint64_t rows[12] = { C, C, 3 * C, 3 * C, C, C, C, C, F, F, C, C };
+    const uint64_t cols[12] = { 0, 0, C, 0, C, 0, 0, 0, C, 0, F, 0 };
+    for (int l = s->first; l < s->last; l++)
+        for (int t = 0; t < 12; t++) {
+            char name[NAME_BYTES];
+            snprintf(name, sizeof name, "h%d.%s", l, bn[t]);
+            put(out, cap, &n, &params, &ok, name, cols[t] ? 2 : 1, rows[t], cols[t]);
+        }
+    if (s->head) {
+        bool vocab_head = c->head == NB_MODEL_HEAD_LM || c->head == NB_MODEL_HEAD_MLM;
+        if (c->norm == NB_MODEL_NORM_PRE) {
+            put(out, cap, &n, &params, &ok, "lnf.w", 1, C, 0);
+            put(out, cap, &n, &params, &ok, "lnf.b", 1, C, 0);
+        }
+        if (vocab_head && !c->tie_embeddings)
+            put(out, cap, &n, &params, &ok, "lm.w", 2, V, C);
+        if (!vocab_head) {
+            put(out, cap, &n, &params, &ok, "cls.w", 2, (uint64_t)c->n_classes, C);
+            put(out, cap, &n, &params, &ok, "cls.b", 1, (uint64_t)c->n_classes, 0);
+        }
+    }
+    if (!ok)
+        return NB_ERANGE;
+    if (n_params)
+        *n_params = params;
+    return n;
+}
+
+void nb_weights_info_free(nb_weights_info_t *info)
+{
+    free(info->tensors);
+    info->tensors = NULL;
+}
+
+int nb_weights_peek(const char *path, nb_weights_info_t *info, char *err, size_t errlen)
+{
+    memset(info, 0, sizeof *info);
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        return NB_EIO;
+    }
+    int rc = NB_EFORMAT;
+    struct stat st;
+    char magic[4];
+    uint32_t version, nt;
+    uint64_t np, want_np, want_bytes;
+    int32_t h[HDR_FIELDS];
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+        snprintf(err, errlen, "%s: not a regular file", path);
+        rc = NB_EIO;
+        goto out;
+    }
+    info->file_bytes = (uint64_t)st.st_size;
+    if (fread(magic, 1, 4, f) != 4 || memcmp(magic, "NBWT", 4) != 0) {
+        snprintf(err, errlen, "%s: offset 0: not a weights file (magic is not NBWT)", path);
+        goto out;
+    }
+    if (fread(&version, 4, 1, f) != 1 || fread(h, 4, HDR_FIELDS, f) != HDR_FIELDS || fread(&nt, 4, 1, f) != 1 ||
+        fread(&np, 8, 1, f) != 1) {
+        snprintf(err, errlen, "%s: truncated header (%llu bytes, the header alone is %d)", path,
+                 (unsigned long long)info->file_bytes, WEIGHTS_HEADER_BYTES);
+        goto out;
+    }
+    if (version != NB_WEIGHTS_VERSION) {
+        snprintf(err, errlen, "%s: offset 4: version %u, this build reads version %u", path, version,
+                 NB_WEIGHTS_VERSION);
+        rc = NB_EVERSION;
+        goto out;
+    }
+    nb_model_config_t *c = &info->model;
+    *c = (nb_model_config_t){ .n_layer = h[0], .d_model = h[1], .n_head = h[2], .d_ff = h[3], .vocab = h[4],
+                              .max_seq = h[5], .causal = h[6] != 0, .norm = (nb_norm_t)h[7],
+                              .head = (nb_head_kind_t)h[8], .n_classes = h[9], .tie_embeddings = h[10] != 0 };
+    info->spec = (nb_part_spec_t){ .embed = h[11] != 0, .first = h[12], .last = h[13], .head = h[14] != 0 };
+    const char *why = nb_model_config_validate(c);
+    if (why) {
+        snprintf(err, errlen, "%s: offset 8: bad model config: %s", path, why);
+        goto out;
+    }
+    if (info->spec.first < 0 || info->spec.first > info->spec.last || info->spec.last > c->n_layer) {
+        snprintf(err, errlen, "%s: offset 56: part blocks %d..%d are not within the model's %d", path,
+                 info->spec.first, info->spec.last, c->n_layer);
+        goto out;
+    }
+    int n = nb_weights_layout(c, &info->spec, NULL, 0, &want_np);
+    if (n < 0 || !mul_u64(want_np, 4, &want_bytes) ||
+        !add_u64(want_bytes, WEIGHTS_HEADER_BYTES + (uint64_t)n * TABLE_ENTRY_BYTES, &want_bytes)) {
+        snprintf(err, errlen, "%s: offset 8: the model config's parameter count overflows", path);
+        goto out;
+    }
+    if (nt != (uint32_t)n || np != want_np) {
+        snprintf(err, errlen, "%s: offset %d: %u tensors / %llu parameters in the header, the model it describes "
+                 "has %d / %llu", path, WEIGHTS_HEADER_BYTES - 12, nt, (unsigned long long)np, n,
+                 (unsigned long long)want_np);
+        goto out;
+    }
+    /* the sizes before any allocation: a short file cannot make us build a
+     * large model */
+    if (info->file_bytes != want_bytes) {
+        snprintf(err, errlen, "%s: the file is %llu bytes, but its header describes %llu bytes (%u tensors, "
+                 "%llu parameters): truncated, padded or not this model", path,
+                 (unsigned long long)info->file_bytes, (unsigned long long)want_bytes, nt, (unsigned long long)np);
+        goto out;
+    }
+    if (!(info->tensors = calloc((size_t)(n ? n : 1), sizeof *info->tensors))) {
+        snprintf(err, errlen, "%s: out of memory for %d tensor entries", path, n);
+        rc = NB_ENOMEM;
+        goto out;
+    }
+    nb_weights_layout(c, &info->spec, info->tensors, n, NULL);
+    uint64_t off = WEIGHTS_HEADER_BYTES + (uint64_t)n * TABLE_ENTRY_BYTES;
+    for (int i = 0; i < n; i++) {
+        nb_weights_tensor_t *t = &info->tensors[i];
+        long at = ftell(f);
+        char name[NAME_BYTES];
+        uint32_t nd;
+        uint64_t shape[2];
+        if (fread(name, 1, NAME_BYTES, f) != NAME_BYTES || fread(&nd, 4, 1, f) != 1 || fread(shape, 8, 2, f) != 2) {
+            snprintf(err, errlen, "%s: offset %ld: truncated tensor table", path, at);
+            goto out;
+        }
+        name[NAME_BYTES - 1] = '\0';
+        if (strcmp(name, t->name) != 0 || nd != t->ndim || shape[0] != t->shape[0] || shape[1] != t->shape[1]) {
+            snprintf(err, errlen, "%s: offset %ld: tensor %d is '%s' %llux%llu, the model expects '%s' %llux%llu",
+                     path, at, i, name, (unsigned long long)shape[0], (unsigned long long)shape[1], t->name,
+                     (unsigned long long)t->shape[0], (unsigned long long)t->shape[1]);
+            goto out;
+        }
+        t->file_offset = off;
+        off += t->numel * 4;
+    }
+    info->n_tensors = n;
+    info->n_params = np;
+    rc = 0;
+out:
+    if (rc)
+        nb_weights_info_free(info);
+    fclose(f);
+    return rc;
+}
