@@ -6,7 +6,10 @@
  * Reads a YAML file with role: train (docs/config.md), trains the model of
  * job.model on the token file job.data, prints a progress line every
  * job.log_every steps (step, loss, learning rate, gradient norm, tokens/s)
- * and writes the weights to job.output (when set) at the end.
+ * and writes the weights to job.output (when set) at the end. With
+ * job.init the run starts from pretrained weights (a weights file or
+ * safetensors, docs/import-export.md) instead of seeded ones; a --resume
+ * checkpoint takes precedence.
  *   --steps N         train N steps instead of job.steps (the LR schedule
  *                     follows N)
  *   --stop-after N    stop once N steps are done (schedule unchanged)
@@ -32,6 +35,7 @@
 #include <string.h>
 #include "daemon/config/config.h"
 #include "daemon/log.h"
+#include "daemon/train/hf_model.h"
 #include "daemon/train/trainer.h"
 #include "daemon/train/weights.h"
 #include "daemon/service/version.h"
@@ -91,6 +95,11 @@ static int to_train_config(const nb_config_t *cfg, nb_train_config_t *tc, char *
     tc->max_skipped_steps = (int)j->max_skipped_steps;
     snprintf(tc->data, sizeof tc->data, "%s", j->data);
     return 0;
+}
+
+static void log_note(void *ud, const char *note)
+{
+    nb_log_info(NULL, "job.init: %s", note);
 }
 
 int main(int argc, char **argv)
@@ -184,6 +193,15 @@ int main(int argc, char **argv)
         nb_log_error(NULL, "%s: %s", config_path, err);
         nb_be_free(be);
         return rc == NB_EINVAL ? NB_CFG_EXIT_CONFIG : 1;
+    }
+    if (cfg.job.init[0] && !resume) {
+        if ((rc = nb_hf_init_part(cfg.job.init, nb_trainer_part(tr), log_note, NULL, err, sizeof err)) != 0) {
+            nb_log_error(NULL, "%s: job.init: %s", config_path, err);
+            nb_trainer_free(tr);
+            nb_be_free(be);
+            return rc == NB_ENOMEM || rc == NB_EIO ? 1 : NB_CFG_EXIT_CONFIG;
+        }
+        printf("nebula-train: weights from %s\n", cfg.job.init);
     }
     if (resume && (rc = nb_trainer_resume(tr, resume, err, sizeof err)) != 0) {
         nb_log_error(NULL, "%s", err);

@@ -1,8 +1,10 @@
 /*
  * nebula-weights.c - inspects and compares weights files (docs/model.md):
  *
- *   nebula-weights show FILE
+ *   nebula-weights show FILE          (a weights file, or a safetensors file)
  *   nebula-weights compare [--tol X] REF FILE...
+ *   nebula-weights export [--names gpt2|bert|nebula] IN.weights OUT.safetensors
+ *   nebula-weights import DIR_OR_FILE OUT.weights
  *
  * compare matches every tensor of the FILEs (e.g. the final weights of each
  * pipeline stage) by name against REF (e.g. the single-process trainer's
@@ -12,13 +14,24 @@
  * Files are read without building a model: the header's sizes are checked
  * against the file's length first (nb_weights_peek), then tensors are read
  * in chunks, so a short file claiming a large model costs nothing.
- * Exit status: 0 equal within tol, 1 different, 2 usage or unreadable file.
+ * export writes a weights file as safetensors (F32) with Hugging Face
+ * GPT-2 or BERT names (the default for pre-LN / post-LN models), or
+ * Nebula's own. import reads DIR/config.json + DIR/model.safetensors, or a
+ * safetensors FILE (its Nebula __metadata__, else the config.json beside
+ * it), and writes a weights file; notes (skipped tensors) go to stderr.
+ * Both build the model on the CPU backend. docs/import-export.md.
+ * Exit status: 0 equal within tol / converted, 1 different, 2 usage,
+ * unreadable or refused file.
  */
+#include <libgen.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include "kernels/cpu_level.h"
+#include "daemon/train/hf_model.h"
+#include "daemon/train/safetensors.h"
 #include "daemon/train/weights.h"
 
 /* One opened weights file: its checked header and table, and the stream. */
@@ -67,8 +80,48 @@ static int read_floats(wfile_t *w, const nb_weights_tensor_t *t, uint64_t at, fl
 /* Tensors are read in chunks: memory stays small whatever the file holds. */
 #define CHUNK 65536
 
+/* Lists a safetensors file's tensors (dtype, shape, byte range) and
+ * metadata, after the reader's checks. */
+static int show_safetensors(const char *path)
+{
+    nb_st_file_t *f;
+    char err[512];
+    if (nb_st_open(path, &f, err, sizeof err)) {
+        fprintf(stderr, "nebula-weights: %s\n", err);
+        return 2;
+    }
+    uint64_t elems = 0;
+    for (int i = 0; i < nb_st_count(f); i++)
+        elems += nb_st_tensor(f, i)->numel;
+    printf("%s: safetensors, %d tensors, %llu elements\n", path, nb_st_count(f), (unsigned long long)elems);
+    static const char *const keys[] = { "format", "nebula.model", "nebula.part", "nebula.names" };
+    for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++)
+        if (nb_st_metadata(f, keys[k]))
+            printf("  metadata %s: %s\n", keys[k], nb_st_metadata(f, keys[k]));
+    for (int i = 0; i < nb_st_count(f); i++) {
+        const nb_st_tensor_t *t = nb_st_tensor(f, i);
+        char shape[128] = "[";
+        for (int d = 0; d < t->ndim; d++)
+            snprintf(shape + strlen(shape), sizeof shape - strlen(shape), "%s%lld", d ? ", " : "",
+                     (long long)t->shape[d]);
+        snprintf(shape + strlen(shape), sizeof shape - strlen(shape), "]");
+        printf("  %-48s %-5s %-16s bytes %llu..%llu\n", t->name, nb_st_dtype_name(t->dtype), shape,
+               (unsigned long long)t->begin, (unsigned long long)t->end);
+    }
+    nb_st_close(f);
+    return 0;
+}
+
 static int show(const char *path)
 {
+    char magic[4] = { 0 };
+    FILE *mf = fopen(path, "rb");
+    if (mf) {
+        size_t got = fread(magic, 1, 4, mf);
+        fclose(mf);
+        if (got == 4 && memcmp(magic, "NBWT", 4) != 0)
+            return show_safetensors(path);
+    }
     wfile_t w;
     if (wfile_open(&w, path))
         return 2;
@@ -169,11 +222,141 @@ static int compare(double tol, const char *ref_path, int n, char **paths)
     return status;
 }
 
+/* Loads a weights file into a new part on be (for export); a head without
+ * the embedding but with tied weights gets an embedding part to borrow wte
+ * from (*tie_owner, freed by the caller). */
+static nb_part_t *load(nb_backend_t *be, const char *path, nb_part_t **tie_owner)
+{
+    nb_weights_info_t info;
+    char err[512];
+    *tie_owner = NULL;
+    if (nb_weights_peek(path, &info, err, sizeof err)) {
+        fprintf(stderr, "nebula-weights: %s\n", err);
+        return NULL;
+    }
+    nb_model_config_t cfg = info.model;
+    nb_part_spec_t spec = info.spec;
+    nb_weights_info_free(&info);
+    nb_part_t *tie = NULL, *p = NULL;
+    if (spec.head && !spec.embed && cfg.tie_embeddings) {
+        nb_part_spec_t es = { .embed = true, .first = 0, .last = 0, .head = false };
+        if (nb_part_new(be, &cfg, &es, 0, NULL, &tie, err, sizeof err)) {
+            fprintf(stderr, "nebula-weights: %s: %s\n", path, err);
+            return NULL;
+        }
+    }
+    if (nb_part_new(be, &cfg, &spec, 0, tie, &p, err, sizeof err) || nb_weights_load(path, p, err, sizeof err)) {
+        fprintf(stderr, "nebula-weights: %s: %s\n", path, err);
+        nb_part_free(p);
+        nb_part_free(tie);
+        return NULL;
+    }
+    *tie_owner = tie;
+    return p;
+}
+
+static int export_file(const char *names_arg, const char *in, const char *out)
+{
+    nb_backend_t *be = nb_cpu_backend_new();
+    nb_part_t *tie, *p = load(be, in, &tie);
+    int status = 2;
+    char err[512];
+    if (!p)
+        goto done;
+    nb_hf_names_t names = nb_part_config(p)->norm == NB_MODEL_NORM_PRE ? NB_HF_NAMES_GPT2 : NB_HF_NAMES_BERT;
+    if (names_arg && nb_hf_names_parse(names_arg, &names)) {
+        fprintf(stderr, "nebula-weights: --names %s: expected gpt2, bert or nebula\n", names_arg);
+        goto done;
+    }
+    if (nb_hf_save(out, p, names, err, sizeof err)) {
+        fprintf(stderr, "nebula-weights: %s\n", err);
+        goto done;
+    }
+    printf("%s: %d tensors, %zu parameters, %s names\n", out, nb_part_num_tensors(p), nb_part_num_params(p),
+           nb_hf_names_name(names));
+    status = 0;
+done:
+    nb_part_free(p);
+    nb_part_free(tie);
+    nb_be_free(be);
+    return status;
+}
+
+static void print_note(void *ud, const char *note)
+{
+    fprintf(stderr, "nebula-weights: note: %s\n", note);
+}
+
+static int import_file(const char *in, const char *out)
+{
+    char st_path[4096], cfg_path[4096], err[1024];
+    struct stat sb;
+    bool dir = stat(in, &sb) == 0 && S_ISDIR(sb.st_mode);
+    if (dir) {
+        snprintf(st_path, sizeof st_path, "%s/model.safetensors", in);
+        snprintf(cfg_path, sizeof cfg_path, "%s/config.json", in);
+    } else {
+        char copy[4096];
+        snprintf(st_path, sizeof st_path, "%s", in);
+        snprintf(copy, sizeof copy, "%s", in);
+        snprintf(cfg_path, sizeof cfg_path, "%s/config.json", dirname(copy));
+    }
+    nb_st_file_t *f = NULL;
+    nb_backend_t *be = nb_cpu_backend_new();
+    nb_part_t *p = NULL, *tie = NULL;
+    nb_model_config_t cfg;
+    nb_part_spec_t spec;
+    nb_hf_names_t names;
+    int status = 2, rc;
+    if (nb_st_open(st_path, &f, err, sizeof err)) {
+        fprintf(stderr, "nebula-weights: %s\n", err);
+        goto done;
+    }
+    rc = dir ? 0 : nb_hf_config_from_metadata(f, &cfg, &spec, &names, err, sizeof err);
+    if (rc < 0) {
+        fprintf(stderr, "nebula-weights: %s\n", err);
+        goto done;
+    }
+    if (rc == 0) {
+        if (nb_hf_config_read(cfg_path, &cfg, &names, err, sizeof err)) {
+            fprintf(stderr, "nebula-weights: %s\n", err);
+            goto done;
+        }
+        spec = nb_part_spec_full(&cfg);
+    }
+    if (spec.head && !spec.embed && cfg.tie_embeddings) {
+        nb_part_spec_t es = { .embed = true, .first = 0, .last = 0, .head = false };
+        if (nb_part_new(be, &cfg, &es, 0, NULL, &tie, err, sizeof err)) {
+            fprintf(stderr, "nebula-weights: %s: %s\n", st_path, err);
+            goto done;
+        }
+    }
+    if (nb_part_new(be, &cfg, &spec, 0, tie, &p, err, sizeof err)) {
+        fprintf(stderr, "nebula-weights: %s: %s\n", st_path, err);
+        goto done;
+    }
+    if (nb_hf_load(f, names, p, print_note, NULL, err, sizeof err) || nb_weights_save(out, p, err, sizeof err)) {
+        fprintf(stderr, "nebula-weights: %s\n", err);
+        goto done;
+    }
+    printf("%s: %d tensors, %zu parameters from %s (%s names, %s-LN, %d layers)\n", out, nb_part_num_tensors(p),
+           nb_part_num_params(p), st_path, nb_hf_names_name(names), nb_norm_name(cfg.norm), cfg.n_layer);
+    status = 0;
+done:
+    nb_part_free(p);
+    nb_part_free(tie);
+    nb_be_free(be);
+    nb_st_close(f);
+    return status;
+}
+
 int main(int argc, char **argv)
 {
     if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
         printf("usage: nebula-weights show FILE\n"
-               "       nebula-weights compare [--tol X] REF FILE...\n");
+               "       nebula-weights compare [--tol X] REF FILE...\n"
+               "       nebula-weights export [--names gpt2|bert|nebula] IN.weights OUT.safetensors\n"
+               "       nebula-weights import DIR_OR_FILE OUT.weights\n");
         return 0;
     }
     nb_cpu_level_t level;
@@ -193,6 +376,13 @@ int main(int argc, char **argv)
         }
         return compare(tol, argv[i], argc - i - 1, argv + i + 1);
     }
-    fprintf(stderr, "usage: nebula-weights show FILE | compare [--tol X] REF FILE...\n");
+    if (argc == 4 && !strcmp(argv[1], "export"))
+        return export_file(NULL, argv[2], argv[3]);
+    if (argc == 6 && !strcmp(argv[1], "export") && !strcmp(argv[2], "--names"))
+        return export_file(argv[3], argv[4], argv[5]);
+    if (argc == 4 && !strcmp(argv[1], "import"))
+        return import_file(argv[2], argv[3]);
+    fprintf(stderr, "usage: nebula-weights show FILE | compare [--tol X] REF FILE... | "
+                    "export [--names gpt2|bert|nebula] IN OUT.safetensors | import DIR_OR_FILE OUT.weights\n");
     return 2;
 }

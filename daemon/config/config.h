@@ -118,6 +118,7 @@ typedef struct {
     int64_t trace_steps;
     int64_t max_skipped_steps; /* consecutive non-finite-gradient skips that stop the job */
     char output[NB_CFG_PATH_MAX]; /* final weights file; "" = none */
+    char init[NB_CFG_PATH_MAX];   /* pretrained weights to start from; "" = seeded */
 } nb_cfg_job_t;
 
 typedef struct {
@@ -130,6 +131,7 @@ typedef struct {
     int n_devices;
     nb_cfg_device_t devices[NB_CFG_MAX_DEVICES];
     char data[NB_CFG_PATH_MAX];          /* token file this daemon reads if it hosts the embedding */
+    char init[NB_CFG_PATH_MAX];          /* stage: pretrained weights its parts load when the job has job.init */
     char checkpoint_dir[NB_CFG_PATH_MAX];
     char status_socket[NB_CFG_PATH_MAX]; /* default /run/nebula/NAME.sock */
     char log_level[16];                  /* debug|info|warn|error */

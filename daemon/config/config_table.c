@@ -158,6 +158,7 @@ static const nb__cfg_key_t job_keys[] = {
     { .name = "trace_steps", .type = NB__CFG_INT, .min = 0, .max = 1000, .def = "4", FLD(nb_cfg_job_t, trace_steps), .doc = "steps kept in the trace ring" },
     { .name = "max_skipped_steps", .type = NB__CFG_INT, .min = 1, .max = 1e6, .def = "10", FLD(nb_cfg_job_t, max_skipped_steps), .doc = "consecutive steps skipped for a non-finite gradient norm that stop the job" },
     { .name = "output", .type = NB__CFG_PATH, FLD(nb_cfg_job_t, output), .doc = "final weights file" },
+    { .name = "init", .type = NB__CFG_PATH, .roles = C | T, FLD(nb_cfg_job_t, init), .doc = "pretrained weights to start from (weights file or safetensors)" },
     { 0 },
 };
 
@@ -170,6 +171,7 @@ const nb__cfg_key_t nb__cfg_root[] = {
     { .name = "devices", .type = NB__CFG_LIST, .sub = &device_elem, .off = offsetof(nb_config_t, devices),
       .count_off = offsetof(nb_config_t, n_devices), .max_items = NB_CFG_MAX_DEVICES, .doc = "local compute devices; default [cpu]" },
     { .name = "data", .type = NB__CFG_PATH, .roles = S, FLD(nb_config_t, data), .doc = "token file read here when this stage hosts the embedding" },
+    { .name = "init", .type = NB__CFG_PATH, .roles = S, FLD(nb_config_t, init), .doc = "pretrained weights this stage's parts load when the job sets job.init" },
     { .name = "checkpoint_dir", .type = NB__CFG_PATH, FLD(nb_config_t, checkpoint_dir), .doc = "directory for checkpoints" },
     { .name = "status_socket", .type = NB__CFG_PATH, FLD(nb_config_t, status_socket), .doc = "unix socket path; default /run/nebula/NAME.sock" },
     { .name = "log_level", .type = NB__CFG_STR, .def = "info", FLD(nb_config_t, log_level), .validate = v_log_level, .doc = "debug, info, warn or error" },

@@ -142,6 +142,7 @@ static void send_job(nb_coord_rt_t *rt)
         nb_job_to_msg(&rt->job, i, &store, &j);
         if (rt->plan)
             j.probe_bytes = NB_CPLAN_PROBE_BYTES;
+        j.pretrained = rt->cfg->job.init[0] != '\0';
         Nebula__Frame f;
         nebula__frame__init(&f);
         f.body_case = NEBULA__FRAME__BODY_JOB;

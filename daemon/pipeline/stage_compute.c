@@ -14,6 +14,7 @@
 #include "daemon/log.h"
 #include "daemon/pipeline/rt_common.h"
 #include "daemon/pipeline/stage_rt_internal.h"
+#include "daemon/train/hf_model.h"
 #include "daemon/train/weights.h"
 
 static void free_pmsg(void *p) { nb_pmsg_free(p); }
@@ -117,6 +118,25 @@ static nb_backend_t *open_backend(const nb_config_t *cfg, char *why, size_t whyl
     return be;
 }
 
+static void log_init_note(void *ud, const char *note)
+{
+    nb_stage_rt_t *rt = ud;
+    nb_log_info(rt->cfg->coordinator.name, "init: %s", note);
+}
+
+/* job.init: every part hosted here loads its own tensors from this
+ * daemon's init file (docs/import-export.md). */
+static int init_parts(nb_stage_rt_t *rt, nb_host_t *host, char *err, size_t errlen)
+{
+    for (int i = 0; i < nb_host_num_stages(host); i++) {
+        int rc = nb_hf_init_part(rt->cfg->init, nb_host_part(host, i), log_init_note, rt, err, errlen);
+        if (rc)
+            return rc;
+        nb_log_info(rt->cfg->coordinator.name, "stage %d: weights from %s", nb_host_stage(host, i), rt->cfg->init);
+    }
+    return 0;
+}
+
 /* Creates the inboxes of the stages this daemon hosts, unless the loop
  * thread has closed the mailboxes meanwhile (the job failed or the daemon
  * stops while the host was being built): then NB_ECLOSED. */
@@ -156,8 +176,19 @@ static int handle_job(nb_stage_rt_t *rt, nb_backend_t *be, const char *be_why, n
                  rt->cfg->name);
         rc = NB_EINVAL;
     }
+    if (rc == 0 && msg->pretrained && !rt->cfg->init[0]) {
+        snprintf(err, sizeof err, "the job starts from pretrained weights (job.init) but this daemon's "
+                                  "configuration has no init file");
+        rc = NB_EINVAL;
+    }
     if (rc == 0)
         rc = nb_host_new(be, &d.layout, me, rt->cfg->data, host, err, sizeof err);
+    if (rc == 0 && msg->pretrained)
+        rc = init_parts(rt, *host, err, sizeof err);
+    if (rc && *host) {
+        nb_host_free(*host);
+        *host = NULL;
+    }
     if (rc) {
         nb_log_error(rt->cfg->coordinator.name, "refusing job %llu: %s", (unsigned long long)msg->job_id, err);
         post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED, "%s: %s", rt->cfg->name, err);

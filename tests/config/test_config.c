@@ -180,6 +180,8 @@ static void test_missing(void **state)
     expect_err(load("name: t\nrole: train\njob:\n  steps:\n"), "dir/t.yaml:4:9: job.steps: missing value");
 }
 
+static int load_coord(const char *clusters);
+
 static void test_roles(void **state)
 {
     (void)state;
@@ -189,6 +191,16 @@ static void test_roles(void **state)
                "dir/t.yaml:6:1: job: not allowed for role stage (only for coordinator, train)");
     expect_err(load_train("coordinator: {address: 'h:1', name: c}\n"),
                "dir/t.yaml:13:1: coordinator: not allowed for role train (only for stage)");
+    /* job.init (trainer, coordinator) and a stage's own init file */
+    assert_int_equal(load_train("  init: gpt2/model.safetensors\n"), 0);
+    assert_string_equal(cfg.job.init, "dir/gpt2/model.safetensors");
+    assert_int_equal(load_coord("    - {name: a, address: 'h:1'}\n  init: w.safetensors\n"), 0);
+    assert_string_equal(cfg.job.init, "dir/w.safetensors");
+    assert_int_equal(load("name: s\nrole: stage\nlisten: 127.0.0.1:0\ntls: {cert: a, key: b, ca: c}\n"
+                          "coordinator: {address: 'h:1', name: c}\ninit: /m/model.safetensors\n"),
+                     0);
+    assert_string_equal(cfg.init, "/m/model.safetensors");
+    expect_err(load_train("init: w.safetensors\n"), "dir/t.yaml:13:1: init: not allowed for role train (only for stage)");
     assert_int_equal(load("name: s\nrole: stage\nlisten: 127.0.0.1:0\ntls: {cert: a, key: /b, ca: c}\n"
                           "coordinator: {address: '[::1]:7000', name: c}\nstatus_socket: s.sock\n"),
                      0);
