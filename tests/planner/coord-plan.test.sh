@@ -83,10 +83,13 @@ assert j["state"] == "planned", j["state"]
 c = j["candidates"]
 assert len(c) >= 4 and c[0]["rank"] == 1, c[:2]
 assert all(x["step_s"] > 0 for x in c)
-assert [x["rank"] for x in c] == list(range(1, len(c) + 1)), [x["rank"] for x in c]
-# ranked by predicted step time; the first is the fastest or a near-tie of it
-t = [x["step_s"] for x in c if x["feasible"]]
-assert t and t[1:] == sorted(t[1:]) and t[0] <= min(t) * 1.005, t
+# feasible plans first, ranked 1..k by predicted step time (the first is the
+# fastest or a near-tie of it), then any that do not fit, rank 0
+f = [x for x in c if x["feasible"]]
+assert f and c[:len(f)] == f and all(x["rank"] == 0 for x in c[len(f):]), [x["rank"] for x in c]
+assert [x["rank"] for x in f] == list(range(1, len(f) + 1)), [x["rank"] for x in f]
+t = [x["step_s"] for x in f]
+assert t[1:] == sorted(t[1:]) and t[0] <= min(t) * 1.005, t
 ms = {x["m"] for x in c}
 assert len(ms) >= 2 and all(8 % m == 0 for m in ms), ms
 assert {x["forward"] for x in c} <= {"fp32", "fp16"}
