@@ -65,8 +65,10 @@ nb_wait_for() {
 }
 
 # nb_work_init NAME: makes $work, a fresh temporary directory, and $pids, an
-# empty list; on exit every process in $pids is killed and waited for, and
-# $work is removed (kept when NB_KEEP is set, for a post-mortem).
+# empty list; on exit every process in $pids that is still one of this
+# script's running jobs is killed (never a pid already waited for, which
+# may have been reused) and waited for, and $work is removed (kept when
+# NB_KEEP is set, for a post-mortem).
 nb_work_init() {
   work=$(mktemp -d -t "nb-$1.XXXXXX") || { echo "FAIL: mktemp"; exit 1; }
   pids=()
@@ -74,8 +76,11 @@ nb_work_init() {
 }
 
 nb_work_cleanup() {
-  local p
-  for p in "${pids[@]+"${pids[@]}"}"; do kill -9 "$p" 2>/dev/null || true; done
+  local p running
+  running=" $(jobs -p | tr '\n' ' ') "
+  for p in "${pids[@]+"${pids[@]}"}"; do
+    case $running in *" $p "*) kill -9 "$p" 2>/dev/null || true ;; esac
+  done
   wait 2>/dev/null || true
   if [ -n "${NB_KEEP:-}" ]; then echo "kept $work"; else rm -rf "$work"; fi
 }
