@@ -741,8 +741,8 @@ static int op_forward(step_ctx_t *c, const nb_sched_op_t *op)
         snprintf(c->err, c->errlen, "stage %d micro-batch %d: forward failed (%s)", s, mb, nb_strerror(rc));
         return rc;
     }
-    if (ps->head)
-        c->loss += (double)(loss / (float)m);
+    if (ps->head) /* in float, in micro-batch order, as nb_trainer_step: the trainer's loss to the bit */
+        c->loss = (double)((float)c->loss + loss / (float)m);
     return 0;
 }
 

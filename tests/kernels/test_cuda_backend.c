@@ -22,18 +22,25 @@ static void test_cuda_matches_cpu(void **state)
     }
     nb_backend_t *cpu = nb_cpu_backend_new();
     enum { M = 33, N = 47, K = 65, NB = 3 };
-    static float a[NB * K * M], b[NB * N * K], c_cpu[NB * M * N], c_gpu[NB * M * N];
+    static float a[NB * K * M], b[NB * N * K], e[NB * M * N], c_cpu[NB * M * N], c_gpu[NB * M * N];
     for (int i = 0; i < NB * K * M; i++) a[i] = sinf((float)i * 0.37f);
     for (int i = 0; i < NB * N * K; i++) b[i] = cosf((float)i * 0.11f);
-    /* C = A^T (M x K from K x M) times B^T (K x N from N x K) */
+    for (int i = 0; i < NB * M * N; i++) e[i] = 1.0f + 0.5f * sinf((float)i * 0.23f); /* in [0.5, 1.5] */
+    /* C = 3 (A^T B^T + 2 E), A^T M x K from K x M, B^T K x N from N x K. The
+     * add and the scale do not undo each other: a backend whose add or scale
+     * did nothing would be off by at least 1 (add) or 2 |C| / 3 (scale). */
     nb_matmul(cpu, true, true, M, N, K, 0.5f, a, M, K * M, b, K, N * K, 0.0f, c_cpu, N, M * N, NB);
+    nb_add(cpu, c_cpu, e, 2.0f, NB * M * N);
+    nb_scale(cpu, c_cpu, 3.0f, NB * M * N);
     float *da = nb_be_alloc(gpu, sizeof a), *db = nb_be_alloc(gpu, sizeof b), *dc = nb_be_alloc(gpu, sizeof c_gpu);
-    assert_non_null(da); assert_non_null(db); assert_non_null(dc);
+    float *de = nb_be_alloc(gpu, sizeof e);
+    assert_non_null(da); assert_non_null(db); assert_non_null(dc); assert_non_null(de);
     nb_be_from_host(gpu, da, a, sizeof a);
     nb_be_from_host(gpu, db, b, sizeof b);
+    nb_be_from_host(gpu, de, e, sizeof e);
     nb_matmul(gpu, true, true, M, N, K, 0.5f, da, M, K * M, db, K, N * K, 0.0f, dc, N, M * N, NB);
-    nb_add(gpu, dc, dc, 1.0f, NB * M * N);  /* doubles it */
-    nb_scale(gpu, dc, 0.5f, NB * M * N);     /* and back */
+    nb_add(gpu, dc, de, 2.0f, NB * M * N);
+    nb_scale(gpu, dc, 3.0f, NB * M * N);
     nb_be_to_host(gpu, c_gpu, dc, sizeof c_gpu);
     double maxerr = 0;
     for (int i = 0; i < NB * M * N; i++) {
@@ -41,7 +48,8 @@ static void test_cuda_matches_cpu(void **state)
         if (e > maxerr) maxerr = e;
         assert_true(e <= 1e-4 + 1e-4 * fabs(c_cpu[i]));
     }
-    printf("cuda matmul max abs error %.3g\n", maxerr);
+    printf("cuda matmul, add, scale: max abs error %.3g\n", maxerr);
+    nb_be_dealloc(gpu, de);
     nb_be_dealloc(gpu, da); nb_be_dealloc(gpu, db); nb_be_dealloc(gpu, dc);
     assert_false(nb_be_supports(gpu, NB_OP_ATTENTION_FWD) && !nb_be_supports(gpu, NB_OP_ATTENTION_BWD));
     nb_be_free(gpu);

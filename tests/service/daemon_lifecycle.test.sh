@@ -8,19 +8,19 @@ set -u
 B=${NB_BUILD:-build}/bin
 D=$(realpath "$B/nebulad")
 C=$(realpath "$B/nebulactl")
-tmp=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]+"${pids[@]}"}"; do kill -9 "$p" 2>/dev/null; done; rm -rf "$tmp"; }
-trap cleanup EXIT
-fail() { echo "FAIL: $*"; for l in "$tmp"/*.log; do [ -f "$l" ] && { echo "== $l"; tail -n 20 "$l"; }; done; exit 1; }
+. tests/support/assert.sh
+nb_work_init lifecycle
+tmp=$work
+nb_on_fail() { nb_tail_logs 20; }
 
-# The reload reads its file on a worker thread: wait for its log line.
-wait_log() { for _ in $(seq 200); do grep -q -- "$1" "$tmp/stage.log" && return 0; sleep 0.05; done; return 1; }
-wait_for_socket() { for _ in $(seq 100); do [ -S "$1" ] && return 0; sleep 0.05; done; fail "no socket $1"; }
+# Waits are for events, with deadlines generous enough for a sanitizer
+# build on a busy machine. The reload reads its file on a worker thread:
+# wait for its log line.
+wait_log() { nb_wait_for 60 grep -q -- "$1" "$tmp/stage.log"; }
+wait_for_socket() { nb_wait_for 60 test -S "$1" || fail "no socket $1 within 60 s"; }
 # wait_exit PID SECONDS -> sets $st to the exit status
 wait_exit() {
-  for _ in $(seq $(($2 * 20))); do kill -0 "$1" 2>/dev/null || break; sleep 0.05; done
-  kill -0 "$1" 2>/dev/null && fail "pid $1 still running after $2 s"
+  nb_wait_for "$2" eval "! kill -0 $1 2>/dev/null" || fail "pid $1 still running after $2 s"
   wait "$1"; st=$?
 }
 
@@ -77,7 +77,7 @@ grep -q '"traceEvents"' "$tmp/trace.json" || fail "trace file"
 # ---- SIGHUP: log level applied, listen change named, broken file kept out ----
 sed -i 's/^log_level: info/log_level: debug/; s/^listen: 127.0.0.1:0/listen: 127.0.0.1:1/' "$tmp/stage.yaml"
 kill -HUP $pid
-wait_log 'reload done' || fail "reload not done within 10 s"
+wait_log 'reload done' || fail "reload not done within 60 s"
 grep -q 'reload: log_level info -> debug' "$tmp/stage.log" || fail "reload log level"
 grep -q 'changed but not applied until restart: listen' "$tmp/stage.log" || fail "reload names listen"
 cp "$tmp/stage.yaml" "$tmp/stage.good"
@@ -94,7 +94,7 @@ cp "$tmp/stage.good" "$tmp/stage.yaml"
 
 # ---- stop through the socket ---------------------------------------------------
 "$C" --socket "$S" stop | grep -q stopping || fail "stop reply"
-wait_exit $pid 5; [ $st -eq 0 ] || fail "stop: exit $st"
+wait_exit $pid 60; [ $st -eq 0 ] || fail "stop: exit $st"
 [ ! -e "$S" ] || fail "socket left after stop"
 grep -q 'stop requested on the status socket by uid' "$tmp/stage.log" || fail "stop not logged"
 
@@ -114,7 +114,7 @@ grep -q 'schedule 1f1b  codecs forward fp16 backward int8' <<<"$out" || fail "co
 "$D" --config "$tmp/coord.yaml" >"$tmp/coord2.log" 2>&1; st=$?
 [ $st -eq 1 ] && grep -q 'is in use by a running daemon' "$tmp/coord2.log" || fail "second daemon: exit $st"
 "$C" --socket "$CS" status >/dev/null || fail "first daemon lost its socket"
-kill -TERM $pid; wait_exit $pid 5; [ $st -eq 0 ] || fail "SIGTERM: exit $st"
+kill -TERM $pid; wait_exit $pid 60; [ $st -eq 0 ] || fail "SIGTERM: exit $st"
 [ ! -e "$CS" ] || fail "socket left after SIGTERM"
 grep -q 'state stopping: SIGTERM received' "$tmp/coord.log" || fail "SIGTERM not logged"
 
@@ -124,8 +124,7 @@ wait_for_socket "$CS"; kill -9 $pid; wait $pid 2>/dev/null
 [ -S "$CS" ] || fail "expected a stale socket after kill -9"
 "$C" --socket "$CS" status >/dev/null 2>&1; [ $? -eq 3 ] || fail "stale socket should give exit 3"
 "$D" --config "$tmp/coord.yaml" >"$tmp/coord4.log" 2>&1 & pid=$!; pids+=($pid)
-for _ in $(seq 100); do "$C" --socket "$CS" status >/dev/null 2>&1 && break; sleep 0.05; done
-"$C" --socket "$CS" status >/dev/null || fail "restart over a stale socket"
+nb_wait_for 60 eval '"$C" --socket "$CS" status >/dev/null 2>&1' || fail "restart over a stale socket"
 grep -q 'removed stale status socket' "$tmp/coord4.log" || fail "stale removal not logged"
-kill -INT $pid; wait_exit $pid 5; [ $st -eq 0 ] || fail "SIGINT: exit $st"
+kill -INT $pid; wait_exit $pid 60; [ $st -eq 0 ] || fail "SIGINT: exit $st"
 echo "daemon lifecycle ok"

@@ -5,9 +5,10 @@
 set -u
 B=${NB_BUILD:-build}/bin
 D=$(realpath "$B/nebulad"); C=$(realpath "$B/nebulactl")
-tmp=$(mktemp -d); pid=
-trap '[ -n "$pid" ] && kill -9 $pid 2>/dev/null; rm -rf "$tmp"' EXIT
-fail() { echo "FAIL: $*"; cat "$tmp"/*.log; exit 1; }
+. tests/support/assert.sh
+nb_work_init journal-log
+tmp=$work
+nb_on_fail() { cat "$tmp"/*.log; }
 cat > "$tmp/s.yaml" <<'Y'
 name: jstage
 role: stage
@@ -19,13 +20,13 @@ Y
 run() { # $1: journal or plain
   : > "$tmp/$1.log"
   if [ "$1" = journal ]; then
-    JOURNAL_STREAM=$(stat -c '%d:%i' "$tmp/$1.log") "$D" --config "$tmp/s.yaml" 2>>"$tmp/$1.log" & pid=$!
+    JOURNAL_STREAM=$(stat -c '%d:%i' "$tmp/$1.log") "$D" --config "$tmp/s.yaml" 2>>"$tmp/$1.log" & pid=$!; pids+=($pid)
   else
-    env -u JOURNAL_STREAM "$D" --config "$tmp/s.yaml" 2>>"$tmp/$1.log" & pid=$!
+    env -u JOURNAL_STREAM "$D" --config "$tmp/s.yaml" 2>>"$tmp/$1.log" & pid=$!; pids+=($pid)
   fi
-  for _ in $(seq 100); do "$C" --socket "$tmp/run/j.sock" status >/dev/null 2>&1 && break; sleep 0.05; done
+  nb_wait_for 60 eval '"$C" --socket "$tmp/run/j.sock" status >/dev/null 2>&1' || fail "no status socket within 60 s ($1)"
   "$C" --socket "$tmp/run/j.sock" stop >/dev/null || fail "stop ($1)"
-  wait $pid; st=$?; pid=
+  wait $pid; st=$?
   [ $st -eq 0 ] || fail "exit $st ($1)"
 }
 run journal
@@ -34,5 +35,5 @@ bad=$(grep -cv '^<[0-7]>' "$tmp/journal.log")
 [ "$bad" -eq 0 ] || fail "$bad journal lines without a priority prefix"
 run plain
 grep -Eq '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+Z INFO  jstage -: starting stage jstage' "$tmp/plain.log" || fail "plain line format"
-grep -q '^<' "$tmp/plain.log" && fail "plain log has priority prefixes"
+expect_no_grep '^<' "$tmp/plain.log" "plain log has priority prefixes"
 echo "journal and plain log formats ok"

@@ -10,11 +10,9 @@ D=$(realpath "$B/nebulad"); C=$(realpath "$B/nebulactl")
 [ -x "$B/nebula-tokenize" ] || { echo "nebula-tokenize not built"; exit 77; }
 text=/usr/share/common-licenses/GPL-3
 [ -r "$text" ] || { echo "$text missing; no training text"; exit 77; }
-work=$(mktemp -d /tmp/nb-status-live.XXXXXX)
-pids=()
-cleanup() { for p in "${pids[@]+"${pids[@]}"}"; do kill -9 "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
-fail() { echo "FAIL: $*"; for f in "$work"/*.log; do echo "--- $f"; tail -n 15 "$f"; done; exit 1; }
+. tests/support/assert.sh
+nb_work_init status-live
+nb_on_fail() { nb_tail_logs 15; }
 
 bash scripts/gen-certs.sh "$work/certs" coord a b >/dev/null || fail "gen-certs"
 "$B/nebula-tokenize" "$text" "$work/data.tok" >/dev/null || fail "tokenize"
@@ -28,7 +26,7 @@ tls: {cert: certs/coord.pem, key: certs/coord.key, ca: certs/ca.pem}
 status_socket: run/coord.sock
 heartbeat_interval_s: 0.2
 heartbeat_timeout_s: 2
-connect_timeout_s: 20
+connect_timeout_s: 120
 job:
   model: {n_layer: 2, d_model: 32, n_head: 4, d_ff: 64, vocab: 256, max_seq: 16, tie_embeddings: false}
   data: data.tok
@@ -58,25 +56,24 @@ done
 for n in coord a b; do "$D" --config "$work/$n.yaml" > "$work/$n.log" 2>&1 & pids+=($!); done
 CS="$work/run/coord.sock"
 
+# the coordinator's step, or 0 while it does not answer
+coord_step() {
+  local js
+  js=$("$C" --socket "$CS" --json status 2>/dev/null) || { echo 0; return; }
+  js=$(grep -o '"step":[0-9]*' <<<"$js" | head -1 | cut -d: -f2)
+  echo "${js:-0}"
+}
+past_step() { [ "$(coord_step)" -gt "$1" ]; }
 # Wait until the coordinator reports a few steps.
-step=0
-for _ in $(seq 300); do
-  js=$("$C" --socket "$CS" --json status 2>/dev/null) &&
-    step=$(grep -o '"step":[0-9]*' <<<"$js" | head -1 | cut -d: -f2)
-  [ "${step:-0}" -ge 3 ] && break
-  sleep 0.1
-done
-[ "${step:-0}" -ge 3 ] || fail "coordinator never reported step 3 (last: $js)"
+nb_wait_for 120 past_step 2 || fail "coordinator never reported step 3 within 120 s (last: $(coord_step))"
 out=$("$C" --socket "$CS" status) || fail "status"
 echo "$out"
 grep -q '^state     running ' <<<"$out" || fail "coordinator not running"
 grep -Eq '^a +stage +127\.0\.0\.1:[0-9]+ +up ' <<<"$out" || fail "peer a not up"
 grep -Eq '^b +stage +127\.0\.0\.1:[0-9]+ +up ' <<<"$out" || fail "peer b not up"
 grep -Eq '^job       step [0-9]+/100000  loss [0-9]+\.[0-9]{4} ' <<<"$out" || fail "no loss on the job line"
-s2=$("$C" --socket "$CS" --json status | grep -o '"step":[0-9]*' | head -1 | cut -d: -f2)
-sleep 0.5
-s3=$("$C" --socket "$CS" --json status | grep -o '"step":[0-9]*' | head -1 | cut -d: -f2)
-[ "$s3" -gt "$s2" ] || fail "step does not advance ($s2 -> $s3)"
+s2=$(coord_step)
+nb_wait_for 60 past_step "$s2" || fail "step does not advance past $s2 within 60 s"
 sa=$("$C" --socket "$work/run/a.sock" status) || fail "stage a status"
 grep -q '^state     running ' <<<"$sa" || fail "stage a not running: $sa"
 grep -Eq '^coord +coordinator +.* up ' <<<"$sa" || fail "stage a does not see the coordinator up: $sa"
@@ -90,8 +87,7 @@ grep -q '"cat":"stage","ph":"X"' "$work/trace.json" || fail "no stage events in 
 # Stop the job through the coordinator's socket: every daemon exits.
 "$C" --socket "$CS" stop >/dev/null || fail "stop"
 for i in 0 1 2; do
-  for _ in $(seq 100); do kill -0 "${pids[$i]}" 2>/dev/null || break; sleep 0.1; done
-  kill -0 "${pids[$i]}" 2>/dev/null && fail "daemon $i still running 10 s after the stop"
+  nb_wait_for 60 eval "! kill -0 ${pids[$i]} 2>/dev/null" || fail "daemon $i still running 60 s after the stop"
 done
 wait "${pids[0]}"; st=$?
 [ $st -eq 0 ] || fail "coordinator exit $st after stop"
