@@ -85,8 +85,11 @@ static int vocab_put(nb_tokenizer_t *t, const char *path, const char *where, con
     int rc = nb_vocab_add(&t->vocab, s, n, id, &dup);
     if (rc == NB_EFORMAT) {
         if (dup == id && t->vocab.str[id] && (t->vocab.len[id] != n || memcmp(t->vocab.str[id], s, n)))
-            snprintf(err, errlen, "%s: %s: ID %u is given twice ('%s' and another token)", path, where, id,
-                     show(s, n, b));
+        {
+            char b2[200];
+            snprintf(err, errlen, "%s: %s: ID %u is given twice ('%s' and '%s')", path, where, id, show(s, n, b),
+                     show(t->vocab.str[id], t->vocab.len[id], b2));
+        }
         else
             snprintf(err, errlen, "%s: %s: token '%s' is given twice (ID %u and ID %u)", path, where,
                      show(s, n, b), dup, id);
@@ -243,7 +246,7 @@ int nb_tok_load_vocab_json(nb_tokenizer_t *t, const char *path, char *err, size_
         snprintf(err, errlen, "%s: line %d, column %d: %s", path, je.line, je.column, je.text);
         return NB_EFORMAT;
     }
-    int rc = vocab_from_json(t, path, "the top-level object", j, err, errlen);
+    int rc = vocab_from_json(t, path, "entry", j, err, errlen);
     json_decref(j);
     return rc;
 }
