@@ -179,6 +179,61 @@ static void test_bpe_cases(void **state)
     nb_tokenizer_free(t);
 }
 
+/* Random text (ASCII, odd spaces, accents, marks, CJK, emoji, specials,
+ * long runs): byte-level BPE gives it back byte for byte; WordPiece gives
+ * IDs inside its vocabulary. Run under ASan by make asan. */
+static void test_random_text(void **state)
+{
+    static const uint32_t pool[] = {'a', 'Z', '0', ' ', ' ', ' ', '\n', '\t', '\r', '\'', 's', '.', '#', 0xA0,
+                                    0x2003, 0x3000, 0xE9, 0x301, 0x3A3, 0x130, 0x4E2D, 0xD55C, 0x1F600,
+                                    0x200D, 0xFFFD, 0x7, 0x85, 0x0378, 0xE000, 0x10FFFF, '[', ']', '<', '|'};
+    static const char *const bits[] = {"[SEP]", "<|endoftext|>", "[UNK]", "'ll", "  ", "\xc2\xb0"};
+    char err[512];
+    nb_tokenizer_t *bpe, *wp;
+    assert_int_equal(nb_tokenizer_load(DATA "/bpe", &bpe, err, sizeof err), 0);
+    assert_int_equal(nb_tokenizer_load(DATA "/minilm", &wp, err, sizeof err), 0);
+    uint64_t x = 88172645463325252ULL;
+    char *buf = malloc(70000);
+    assert_non_null(buf);
+    for (int iter = 0; iter < 300; iter++) {
+        size_t n = 0;
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        size_t target = iter == 299 ? 60000 : x % 400;
+        while (n < target) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            if (x % 10 == 0) {
+                const char *b = bits[(x >> 8) % NB_ARRAY_LEN(bits)];
+                memcpy(buf + n, b, strlen(b));
+                n += strlen(b);
+            } else if (x % 37 == 1) { /* a long run of one character */
+                uint32_t c = pool[(x >> 8) % NB_ARRAY_LEN(pool)];
+                for (int r = 0; r < 300; r++)
+                    n += (size_t)nb_utf8_encode(c, (unsigned char *)buf + n);
+            } else {
+                n += (size_t)nb_utf8_encode(pool[(x >> 8) % NB_ARRAY_LEN(pool)], (unsigned char *)buf + n);
+            }
+        }
+        nb_idvec_t v = {0};
+        assert_int_equal(nb_tokenizer_encode(bpe, buf, n, &v, err, sizeof err), 0);
+        char *text;
+        size_t len;
+        assert_int_equal(nb_tokenizer_decode(bpe, v.ids, v.n, &text, &len, err, sizeof err), 0);
+        assert_int_equal(len, n);
+        assert_memory_equal(text, buf, n);
+        free(text);
+        v.n = 0;
+        assert_int_equal(nb_tokenizer_encode(wp, buf, n, &v, err, sizeof err), 0);
+        for (size_t i = 0; i < v.n; i++)
+            assert_true(v.ids[i] < nb_tokenizer_vocab(wp));
+        assert_int_equal(nb_tokenizer_decode(wp, v.ids, v.n, &text, &len, err, sizeof err), 0);
+        free(text);
+        free(v.ids);
+    }
+    free(buf);
+    nb_tokenizer_free(bpe);
+    nb_tokenizer_free(wp);
+}
+
 static void test_utf8(void **state)
 {
     uint32_t cp;
@@ -374,6 +429,7 @@ int main(void)
         cmocka_unit_test(test_bpe_golden),
         cmocka_unit_test(test_wordpiece_traps),
         cmocka_unit_test(test_bpe_cases),
+        cmocka_unit_test(test_random_text),
         cmocka_unit_test(test_utf8),
         cmocka_unit_test(test_text_not_utf8),
         cmocka_unit_test_setup_teardown(test_bad_vocab_txt, setup_dir, teardown_dir),
