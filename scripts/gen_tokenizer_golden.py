@@ -135,6 +135,26 @@ def audit():
         d["strip_accents"] += strip.normalize_str(ch) != "".join(
             x for x in unicodedata.normalize("NFD", ch) if unicodedata.category(x) != "Mn")
         d["lowercase"] += lower.normalize_str(ch) != ch.lower()
+    # byte-level BPE: the class (\s, \p{L}, \p{N}, other) the GPT-2 regex sees
+    bl = P.ByteLevel(add_prefix_space=False, use_regex=True)
+    ws = set(list(range(9, 14)) + [0x20, 0x85, 0xA0, 0x1680] + list(range(0x2000, 0x200B)) +
+             [0x2028, 0x2029, 0x202F, 0x205F, 0x3000])
+    d["bpe_classes"] = 0
+    for c in range(0x110000):
+        if 0xD800 <= c < 0xE000:
+            continue
+        ch = chr(c)
+        if len(bl.pre_tokenize_str("a" + ch + "a")) == 1:
+            got = "L"
+        elif len(bl.pre_tokenize_str("1" + ch + "1")) == 1:
+            got = "N"
+        elif len(bl.pre_tokenize_str("!" + ch + "!")) == 1:
+            got = "O"
+        else:
+            got = "S"
+        cat = unicodedata.category(ch)
+        exp = "S" if c in ws else cat[0] if cat[0] in "LN" else "O"
+        d["bpe_classes"] += got != exp
     print("code points where the reference differs from unicodedata %s:" % unicodedata.unidata_version, d)
 
 
