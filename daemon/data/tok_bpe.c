@@ -124,9 +124,26 @@ static int push_pair(const nb_tokenizer_t *t, bpe_scratch_t *w, int32_t pos)
     return heap_push(&w->q, (cand_t){r, (uint32_t)pos, merged});
 }
 
+static int bpe_merge(const nb_tokenizer_t *t, bpe_scratch_t *w, const unsigned char *s, size_t n,
+                     nb_idvec_t *out);
+
+/* BPE over the bytes of one pre-token, through the cache for short words. */
+static int bpe_word(const nb_tokenizer_t *t, bpe_scratch_t *w, nb_wcache_t *c, const unsigned char *s,
+                    size_t n, nb_idvec_t *out)
+{
+    int hit = nb_wcache_get(c, s, n, out);
+    if (hit)
+        return hit < 0 ? hit : 0;
+    size_t mark = out->n;
+    int rc = bpe_merge(t, w, s, n, out);
+    if (rc == 0)
+        nb_wcache_put(c, s, n, out->ids + mark, out->n - mark);
+    return rc;
+}
+
 /* BPE over the bytes of one pre-token. */
-static int bpe_word(const nb_tokenizer_t *t, bpe_scratch_t *w, const unsigned char *s, size_t n,
-                    nb_idvec_t *out)
+static int bpe_merge(const nb_tokenizer_t *t, bpe_scratch_t *w, const unsigned char *s, size_t n,
+                     nb_idvec_t *out)
 {
     if (n > w->cap) {
         sym_t *p = realloc(w->sym, n * sizeof *p);
@@ -216,7 +233,7 @@ static size_t match_at(const unsigned char *s, size_t n, size_t i)
     return j - i;
 }
 
-int nb_bpe_encode(const nb_tokenizer_t *t, const char *text, size_t n, nb_idvec_t *out)
+int nb_bpe_encode(const nb_tokenizer_t *t, const char *text, size_t n, nb_idvec_t *out, nb_wcache_t *cache)
 {
     bpe_scratch_t w = {0};
     int rc = 0;
@@ -232,7 +249,7 @@ int nb_bpe_encode(const nb_tokenizer_t *t, const char *text, size_t n, nb_idvec_
     }
     for (size_t i = 0; i < n && !rc;) {
         size_t m = match_at(s, n, i);
-        rc = bpe_word(t, &w, s + i, m, out);
+        rc = bpe_word(t, &w, cache, s + i, m, out);
         i += m;
     }
     free(w.sym), free(w.q.h), free(tmp);

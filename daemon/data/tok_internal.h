@@ -74,9 +74,20 @@ struct nb_tokenizer {
     int16_t cp_byte[324];    /* its inverse (code points < 324), -1 = none */
 };
 
+/* A per-call cache of short words' IDs (direct-mapped by a hash of their
+ * bytes), so that words seen before skip the merging or the piece search.
+ * One caller owns it; NULL disables it. */
+typedef struct nb_wcache nb_wcache_t;
+nb_wcache_t *nb_wcache_new(void); /* NULL when out of memory; free() it */
+/* Appends the cached IDs of s[0..n) to out: 1 on a hit, 0 on a miss,
+ * NB_ENOMEM. */
+int nb_wcache_get(nb_wcache_t *c, const unsigned char *s, size_t n, nb_idvec_t *out);
+void nb_wcache_put(nb_wcache_t *c, const unsigned char *s, size_t n, const uint32_t *ids, size_t nids);
+
 /* Encoders of one stretch of text between specials (valid UTF-8). */
-int nb_wp_encode(const nb_tokenizer_t *t, const char *s, size_t n, nb_idvec_t *out);
-int nb_bpe_encode(const nb_tokenizer_t *t, const char *s, size_t n, nb_idvec_t *out);
+int nb_wp_encode(const nb_tokenizer_t *t, const char *s, size_t n, nb_idvec_t *out, nb_wcache_t *cache);
+/* cache: see nb_wcache_t. */
+int nb_bpe_encode(const nb_tokenizer_t *t, const char *s, size_t n, nb_idvec_t *out, nb_wcache_t *cache);
 /* Decoders: append the text of ids (all valid) to a growable buffer. */
 typedef struct {
     char *p;

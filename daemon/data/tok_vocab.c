@@ -1,6 +1,7 @@
 /*
  * tok_vocab.c - the tokenizer's hash tables: token string -> ID (with the
- * strings by ID) and BPE merge pair -> (rank, merged ID); see tok_internal.h.
+ * strings by ID), BPE merge pair -> (rank, merged ID), and the per-call word
+ * cache; see tok_internal.h.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -180,4 +181,50 @@ void nb_merges_free(nb_merges_t *m)
 {
     free(m->key), free(m->rank), free(m->merged);
     memset(m, 0, sizeof *m);
+}
+
+#define WCACHE_SLOTS 4096u
+#define WCACHE_BYTES 23u
+#define WCACHE_IDS 8u
+
+struct nb_wcache {
+    struct {
+        uint8_t len, nids; /* len 0: empty */
+        unsigned char b[WCACHE_BYTES];
+        uint32_t ids[WCACHE_IDS];
+    } e[WCACHE_SLOTS];
+};
+
+nb_wcache_t *nb_wcache_new(void) { return calloc(1, sizeof(nb_wcache_t)); }
+
+static uint32_t wcache_slot(const unsigned char *s, size_t n)
+{
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ s[i]) * 16777619u;
+    return (h ^ h >> 15) & (WCACHE_SLOTS - 1);
+}
+
+int nb_wcache_get(nb_wcache_t *c, const unsigned char *s, size_t n, nb_idvec_t *out)
+{
+    if (!c || n == 0 || n > WCACHE_BYTES)
+        return 0;
+    uint32_t k = wcache_slot(s, n);
+    if (c->e[k].len != n || memcmp(c->e[k].b, s, n) != 0)
+        return 0;
+    for (uint32_t i = 0; i < c->e[k].nids; i++)
+        if (nb_idvec_push(out, c->e[k].ids[i]))
+            return NB_ENOMEM;
+    return 1;
+}
+
+void nb_wcache_put(nb_wcache_t *c, const unsigned char *s, size_t n, const uint32_t *ids, size_t nids)
+{
+    if (!c || n == 0 || n > WCACHE_BYTES || nids > WCACHE_IDS)
+        return;
+    uint32_t k = wcache_slot(s, n);
+    c->e[k].len = (uint8_t)n;
+    c->e[k].nids = (uint8_t)nids;
+    memcpy(c->e[k].b, s, n);
+    memcpy(c->e[k].ids, ids, nids * sizeof *ids);
 }

@@ -48,6 +48,7 @@ static int is_punct(uint32_t c)
 typedef struct {
     const nb_tokenizer_t *t;
     nb_idvec_t *out;
+    nb_wcache_t *cache;
     char *buf;      /* prefix_len bytes of room, then the word */
     size_t *off;    /* [max_chars + 1] */
     size_t nchars, nbytes;
@@ -66,6 +67,11 @@ static void word_flush(wp_word_t *w)
         return;
     }
     char *word = w->buf + t->prefix_len;
+    int hit = nb_wcache_get(w->cache, (const unsigned char *)word, w->off[C], w->out);
+    if (hit) {
+        w->rc = hit < 0 ? hit : 0;
+        return;
+    }
     size_t mark = w->out->n, start = 0;
     while (start < C) {
         uint32_t id = NB_TOK_NONE;
@@ -95,6 +101,7 @@ static void word_flush(wp_word_t *w)
             return;
         start = end;
     }
+    nb_wcache_put(w->cache, (const unsigned char *)word, w->off[C], w->out->ids + mark, w->out->n - mark);
 }
 
 static void word_add(wp_word_t *w, uint32_t c)
@@ -121,9 +128,9 @@ static void split_char(wp_word_t *w, uint32_t c)
     }
 }
 
-int nb_wp_encode(const nb_tokenizer_t *t, const char *s, size_t n, nb_idvec_t *out)
+int nb_wp_encode(const nb_tokenizer_t *t, const char *s, size_t n, nb_idvec_t *out, nb_wcache_t *cache)
 {
-    wp_word_t w = {.t = t, .out = out};
+    wp_word_t w = {.t = t, .out = out, .cache = cache};
     w.buf = malloc(t->prefix_len + 4 * (t->max_chars + 2));
     w.off = malloc((t->max_chars + 3) * sizeof *w.off);
     if (!w.buf || !w.off) {

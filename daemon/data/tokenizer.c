@@ -167,6 +167,12 @@ int nb_tokenizer_encode(const nb_tokenizer_t *t, const char *text, size_t len, n
     }
     /* Specials split the text; the pieces between them are encoded alone. */
     size_t start = 0;
+    int rc = 0;
+    nb_wcache_t *cache = NULL;
+    if (len > 4096 && !(cache = nb_wcache_new())) {
+        snprintf(err, errlen, "out of memory");
+        return NB_ENOMEM;
+    }
     for (size_t i = 0; i <= len; i++) {
         const nb_special_t *sp = NULL;
         if (i < len && t->special_first[(unsigned char)text[i]])
@@ -174,23 +180,22 @@ int nb_tokenizer_encode(const nb_tokenizer_t *t, const char *text, size_t len, n
         if (!sp && i < len)
             continue;
         if (i > start) {
-            int rc = t->kind == NB_TOK_WORDPIECE ? nb_wp_encode(t, text + start, i - start, out)
-                                                 : nb_bpe_encode(t, text + start, i - start, out);
-            if (rc) {
-                snprintf(err, errlen, "out of memory");
-                return rc;
-            }
+            rc = t->kind == NB_TOK_WORDPIECE ? nb_wp_encode(t, text + start, i - start, out, cache)
+                                             : nb_bpe_encode(t, text + start, i - start, out, cache);
+            if (rc)
+                break;
         }
         if (sp) {
-            if (nb_idvec_push(out, sp->id)) {
-                snprintf(err, errlen, "out of memory");
-                return NB_ENOMEM;
-            }
+            if ((rc = nb_idvec_push(out, sp->id)))
+                break;
             i += sp->len - 1;
             start = i + 1;
         }
     }
-    return 0;
+    free(cache);
+    if (rc)
+        snprintf(err, errlen, "out of memory");
+    return rc;
 }
 
 int nb_tokenizer_decode(const nb_tokenizer_t *t, const uint32_t *ids, size_t n, char **text,

@@ -78,10 +78,16 @@ int nb_utf8_encode(uint32_t cp, unsigned char *out)
     return 4;
 }
 
+/* The run found last, per thread: text keeps to one script for a while. */
+static __thread uint32_t run_lo = 1, run_hi = 0;
+static __thread enum nb_ucat run_cat;
+
 enum nb_ucat nb_ucat(uint32_t cp)
 {
     if (cp > 0x10FFFF)
         return NB_UCAT_Cn;
+    if (cp >= run_lo && cp < run_hi)
+        return run_cat;
     /* last run whose start is <= cp */
     uint32_t lo = 0, hi = nb_ucat_runs_n;
     while (hi - lo > 1) {
@@ -91,7 +97,10 @@ enum nb_ucat nb_ucat(uint32_t cp)
         else
             hi = mid;
     }
-    return (enum nb_ucat)(nb_ucat_runs[lo] & 31);
+    run_lo = nb_ucat_runs[lo] >> 5;
+    run_hi = lo + 1 < nb_ucat_runs_n ? nb_ucat_runs[lo + 1] >> 5 : 0x110000;
+    run_cat = (enum nb_ucat)(nb_ucat_runs[lo] & 31);
+    return run_cat;
 }
 
 int nb_uni_is_space(uint32_t cp)

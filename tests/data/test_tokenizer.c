@@ -259,6 +259,16 @@ static void test_utf8(void **state)
     assert_int_equal(nb_ucat(0xB0), NB_UCAT_So);
     assert_int_equal(nb_ucat(0x20AC), NB_UCAT_Sc);
     assert_int_equal(nb_ucat(0x10FFFF), NB_UCAT_Cn);
+    /* the per-thread cache of the last run changes no answer: every code
+     * point, forward, then in a scattered order */
+    unsigned char *cat = malloc(0x110000);
+    assert_non_null(cat);
+    for (uint32_t c = 0; c < 0x110000; c++)
+        cat[c] = (unsigned char)nb_ucat(c);
+    for (uint32_t i = 0, c = 0; i < 0x110000; i++, c = (c + 0x9E3B) % 0x110000)
+        if (nb_ucat(c) != cat[c])
+            fail_msg("U+%04X: category %d, then %d", c, cat[c], nb_ucat(c));
+    free(cat);
 }
 
 /* Not-UTF-8 text is refused with its offset and line; nothing is replaced. */
