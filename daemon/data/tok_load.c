@@ -63,6 +63,24 @@ static int read_all(const char *path, char **buf, size_t *len, char *err, size_t
     return 0;
 }
 
+/* Parses the JSON file at path (at most TOK_MAX_FILE bytes). NULL with err
+ * set (file, line, column, reason) on failure; *rc gets the code. */
+static json_t *load_json(const char *path, size_t flags, int *rc, char *err, size_t errlen)
+{
+    char *buf;
+    size_t len;
+    if ((*rc = read_all(path, &buf, &len, err, errlen)))
+        return NULL;
+    json_error_t je;
+    json_t *j = json_loadb(buf, len, flags, &je);
+    free(buf);
+    if (!j) {
+        snprintf(err, errlen, "%s: line %d, column %d: %s", path, je.line, je.column, je.text);
+        *rc = NB_EFORMAT;
+    }
+    return j;
+}
+
 /* Shows a token in a message: at most 40 bytes, control bytes escaped. */
 static const char *show(const char *s, size_t n, char out[200])
 {
@@ -113,10 +131,12 @@ static int read_bert_config(nb_tokenizer_t *t, const char *vocab_path, const cha
     if (!f)
         return 0;
     fclose(f);
-    json_error_t je;
-    json_t *j = json_load_file(path, 0, &je);
-    if (!j || !json_is_object(j)) {
-        snprintf(err, errlen, "%s: line %d: %s", path, je.line, j ? "not a JSON object" : je.text);
+    int rc;
+    json_t *j = load_json(path, 0, &rc, err, errlen);
+    if (!j)
+        return rc;
+    if (!json_is_object(j)) {
+        snprintf(err, errlen, "%s: not a JSON object", path);
         json_decref(j);
         return NB_EFORMAT;
     }
@@ -240,13 +260,11 @@ static int vocab_from_json(nb_tokenizer_t *t, const char *path, const char *what
 
 int nb_tok_load_vocab_json(nb_tokenizer_t *t, const char *path, char *err, size_t errlen)
 {
-    json_error_t je;
-    json_t *j = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
-    if (!j) {
-        snprintf(err, errlen, "%s: line %d, column %d: %s", path, je.line, je.column, je.text);
-        return NB_EFORMAT;
-    }
-    int rc = vocab_from_json(t, path, "entry", j, err, errlen);
+    int rc;
+    json_t *j = load_json(path, JSON_REJECT_DUPLICATES, &rc, err, errlen);
+    if (!j)
+        return rc;
+    rc = vocab_from_json(t, path, "entry", j, err, errlen);
     json_decref(j);
     return rc;
 }
@@ -438,13 +456,10 @@ static int load_json_bpe(nb_tokenizer_t *t, const char *path, json_t *root, json
 
 int nb_tok_load_json(nb_tokenizer_t *t, const char *path, char *err, size_t errlen)
 {
-    json_error_t je;
-    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
-    if (!root) {
-        snprintf(err, errlen, "%s: line %d, column %d: %s", path, je.line, je.column, je.text);
-        return NB_EFORMAT;
-    }
     int rc;
+    json_t *root = load_json(path, JSON_REJECT_DUPLICATES, &rc, err, errlen);
+    if (!root)
+        return rc;
     json_t *model = json_object_get(root, "model");
     const char *type = json_string_value(json_object_get(model, "type"));
     if (type && !strcmp(type, "WordPiece")) {
