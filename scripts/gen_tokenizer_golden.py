@@ -16,6 +16,7 @@
                           (/usr/share/common-licenses/GPL-3): vocab.json and
                           merges.txt; the same tokenizer as one file in
                           bpe.tokenizer.json.
+  wordpiece_cased.ids     the same vocabulary with do_lower_case false.
   *.ids                   golden token IDs, one per line, from the reference
                           `tokenizers` package: tokenizer.encode(text,
                           add_special_tokens=False), no truncation, no padding.
@@ -174,6 +175,12 @@ def main():
     write_ids(os.path.join(OUT, "wordpiece.ids"), ids)
     with open(os.path.join(OUT, "wordpiece.decoded.txt"), "w", encoding="utf-8", newline="") as f:
         f.write(wp.decode(ids, skip_special_tokens=False))
+
+    # the cased variant: no lower case and so no accent stripping, the same
+    # vocabulary (tokenizer_config.json {"do_lower_case": false} beside it)
+    from tokenizers.implementations import BertWordPieceTokenizer
+    cased = BertWordPieceTokenizer(os.path.join(minilm, "vocab.txt"), lowercase=False)
+    write_ids(os.path.join(OUT, "wordpiece_cased.ids"), cased.encode(text, add_special_tokens=False).ids)
 
     bpe = train_bpe(os.path.join(OUT, "bpe"))
     bids = bpe.encode(text, add_special_tokens=False).ids

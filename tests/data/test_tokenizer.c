@@ -334,6 +334,18 @@ static void refused(const char *path, int rc, const char *s1, const char *s2)
     assert_null(t);
 }
 
+/* The cased variant (do_lower_case false: no lower case, no accent
+ * stripping) of the same vocabulary. */
+static void test_wordpiece_cased_golden(void **state)
+{
+    char vocab[4096], link[128];
+    assert_non_null(realpath(DATA "/minilm/vocab.txt", vocab));
+    snprintf(link, sizeof link, "%s/vocab.txt", dir);
+    assert_int_equal(symlink(vocab, link), 0);
+    PUT("tokenizer_config.json", "{\"do_lower_case\": false, \"unk_token\": \"[UNK]\"}");
+    assert_int_equal(golden_mismatches(dir, DATA "/wordpiece_cased.ids", "wordpiece cased"), 0);
+}
+
 static void test_bad_vocab_txt(void **state)
 {
     PUT("vocab.txt", "[PAD]\n[UNK]\n\nhello\n");
@@ -442,6 +454,7 @@ int main(void)
         cmocka_unit_test(test_random_text),
         cmocka_unit_test(test_utf8),
         cmocka_unit_test(test_text_not_utf8),
+        cmocka_unit_test_setup_teardown(test_wordpiece_cased_golden, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_bad_vocab_txt, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_bad_bpe, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_bad_tokenizer_json, setup_dir, teardown_dir),
