@@ -11,7 +11,7 @@ PKGS=(
   libopenblas-dev liblapacke-dev
   libyaml-dev libcmocka-dev libjansson-dev libsystemd-dev
   clang libclang-rt-14-dev
-  iproute2 python3
+  iproute2 python3 time
 )
 # x86-64: qemu's user-mode emulator runs the tests on emulated processors
 # without AVX-512 and without AVX2 (tests/kernels/cpu-emulated.test.sh).
