@@ -61,21 +61,22 @@ for _ in range(n):
     elif b"status socket busy" in line:
         busy += 1
 print(ok, busy, flush=True)
-time.sleep(3600)
+time.sleep(600)  # the test's cleanup kills it long before
 P
-# squat UID N -> prints "OK BUSY" once all N tried; keeps the served ones open
+# squat UID N -> sets r to "OK BUSY" once all N tried; keeps the served ones
+# open. Runs in this shell (not in $(...)), so cleanup knows every squatter.
 squat() {
   setpriv --reuid "$1" --regid "$1" --clear-groups $PY "$tmp/squat.py" "$S" "$2" > "$tmp/squat-$1.out" 2>&1 &
   pids+=($!)
   for _ in $(seq 600); do [ -s "$tmp/squat-$1.out" ] && break; sleep 0.1; done
-  cat "$tmp/squat-$1.out"
+  r=$(cat "$tmp/squat-$1.out")
 }
 
-r=$(squat 60001 10); [ "$r" = "8 2" ] || fail "uid 60001 asked for 10 connections: served/refused '$r', expected '8 2'"
+squat 60001 10; [ "$r" = "8 2" ] || fail "uid 60001 asked for 10 connections: served/refused '$r', expected '8 2'"
 for u in 60002 60003 60004 60005 60006 60007; do
-  r=$(squat $u 8); [ "$r" = "8 0" ] || fail "uid $u: served/refused '$r', expected '8 0'"
+  squat $u 8; [ "$r" = "8 0" ] || fail "uid $u: served/refused '$r', expected '8 0'"
 done
-r=$(squat 60008 8); [ "$r" = "0 8" ] || fail "uid 60008 (56 held by other users): '$r', expected '0 8'"
+squat 60008 8; [ "$r" = "0 8" ] || fail "uid 60008 (56 held by other users): '$r', expected '0 8'"
 # a refused user is told why
 out=$(setpriv --reuid 60001 --regid 60001 --clear-groups "$C" --socket "$S" status 2>&1); rc=$?
 [ $rc -eq 1 ] || fail "refused nebulactl: exit $rc, expected 1 (error reply): $out"
