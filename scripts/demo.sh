@@ -4,9 +4,11 @@
 # certificates made here, and train a small GPT (4 blocks, d_model 128) on
 # the GPL-3 licence text every Debian machine has, for 300 steps: stage
 # demo-a holds the embedding and blocks 0-1, demo-b blocks 2-3 and the head;
-# activations cross the link as fp16, gradients as int8. One progress line
-# per step, a summary, a Chrome trace of the last steps (open it in Perfetto
-# or chrome://tracing), then every daemon is stopped in order.
+# activations cross the link as fp16, gradients as int8; the coordinator's
+# planner chooses micro-batches and schedule from measurements. One progress
+# line per step (with the predicted step time), a summary, a Chrome trace of
+# the last steps (open it in Perfetto or chrome://tracing), then every daemon
+# is stopped in order.
 #   NB_BUILD   build directory holding bin/ (default: build)
 set -euo pipefail
 build=${NB_BUILD:-build}
