@@ -105,7 +105,7 @@ for _ in $(seq 1 300); do [ "$(steps)" -ge $((at + 10)) ] && break; sleep 0.1; d
 grep "planner: re-plan" "$work/coord.log" | grep -v "^$(echo "$line" | cut -c1-24)" | sed 's/^.*planner: /then: /'
 # Each direction's estimate settles on its own (gradients lag activations by a
 # few steps): poll the model for up to 30 s until both are near the new rate.
-# "Near" is within 2.5x of the 20 Mbit/s, far below the 200 it replaced: the
+# "Near" is within 3x of the 20 Mbit/s, far below the 200 it replaced: the
 # passive estimate reads a tbf link high (its 32 KiB bucket lets each
 # tensor's first bytes through at line rate, and a busy 2-core machine
 # delivers frames in bursts), 23-50 Mbit/s in repeated runs here. How close
@@ -118,7 +118,7 @@ j = json.load(open(sys.argv[1]))
 l = j["measurements"]["links"][0]
 fw, bw = l["forward"]["bandwidth_mbit"], l["backward"]["bandwidth_mbit"]
 print("link model after the re-plan: %.1f Mbit/s forward, %.1f backward (tbf: 20)" % (fw, bw))
-sys.exit(0 if 8 < fw < 50 and 8 < bw < 50 else 1)
+sys.exit(0 if 8 < fw < 60 and 8 < bw < 60 else 1)
 PY
 }
 ok=1
