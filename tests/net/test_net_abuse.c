@@ -165,6 +165,86 @@ static void on_gap_timer(uv_timer_t *t)
     g->last = now;
 }
 
+/* n probe frames of one kind (ids 1..n; pings carry t_ns 1, bulk requests
+ * total_bytes) in one buffer, as a hostile peer writes them in one go. */
+static uint8_t *probe_frames(Nebula__Probe__Kind kind, int n, uint64_t total_bytes, size_t *len_out)
+{
+    nb_frame_limits_t lim;
+    nb_frame_limits_default(&lim);
+    size_t cap = 64 * (size_t)n, len = 0;
+    uint8_t *buf = malloc(cap);
+    assert_non_null(buf);
+    for (int i = 0; i < n; i++) {
+        Nebula__Frame f = NEBULA__FRAME__INIT;
+        Nebula__Probe pr = NEBULA__PROBE__INIT;
+        pr.kind = kind;
+        pr.id = (uint64_t)i + 1;
+        pr.t_ns = kind == NEBULA__PROBE__KIND__PROBE_PING ? 1 : 0;
+        pr.total_bytes = total_bytes;
+        f.body_case = NEBULA__FRAME__BODY_PROBE;
+        f.probe = &pr;
+        uint8_t *b;
+        size_t bl;
+        assert_int_equal(nb_frame_encode(&f, NULL, 0, &lim, &b, &bl), 0);
+        assert_true(len + bl <= cap);
+        memcpy(buf + len, b, bl);
+        len += bl;
+        free(b);
+    }
+    *len_out = len;
+    return buf;
+}
+
+static void on_storm_timer_closed(uv_handle_t *h) { *(int *)h->data = 1; }
+
+typedef struct {
+    long heap_peak;   /* KiB above the heap before the storm */
+    uint64_t max_gap; /* ms, the longest the loop's 5 ms timer waited */
+} storm_t;
+
+/* A raw peer "c" writes buf and holds the connection hold_ms while the loop
+ * turns; each_turn (may be NULL) runs between turns. Measures heap growth and
+ * the longest loop gap. */
+static storm_t run_storm(uint8_t *buf, size_t len, int hold_ms, void (*each_turn)(void *), void *ud)
+{
+    long heap0 = heap_kib();
+    gap_t g = { 0 };
+    uv_timer_t gt;
+    uv_timer_init(&g_loop, &gt);
+    gt.data = &g;
+    uv_timer_start(&gt, on_gap_timer, 5, 5);
+    raw_t r = { .name = "c", .extra = buf, .extra_len = len, .hold_ms = hold_ms };
+    pthread_t th;
+    pthread_create(&th, NULL, raw_thread, &r);
+    storm_t st = { 0, 0 };
+    while (!__atomic_load_n(&r.done, __ATOMIC_SEQ_CST)) {
+        g.last = 0; /* gaps inside the loop only, not the test's own work */
+        h_run_ms(&g_loop, 20);
+        long h = heap_kib() - heap0;
+        if (h > st.heap_peak)
+            st.heap_peak = h;
+        if (each_turn)
+            each_turn(ud);
+    }
+    pthread_join(th, NULL);
+    st.max_gap = g.max_gap;
+    /* gt lives on this stack: finish its close before returning */
+    int closed = 0;
+    gt.data = &closed;
+    uv_close((uv_handle_t *)&gt, on_storm_timer_closed);
+    while (!closed)
+        uv_run(&g_loop, UV_RUN_ONCE);
+    return st;
+}
+
+/* The real peer keeps exchanging during a storm. */
+static void keep_sending(void *ud)
+{
+    h_ep_t *a = ud;
+    if (a->conn && nb_conn_queued_bytes(a->conn) == 0)
+        assert_int_equal(send_tensor(a->conn, 1000), 0);
+}
+
 #define N_REQ 512
 
 /* 512 requests of 64 MiB (the most a daemon serves) from a peer that never
@@ -178,55 +258,16 @@ static void test_probe_storm(void **state)
     h_ep_t a;
     connect_a(&a);
     /* the storm: N_REQ bulk requests in one write */
-    nb_frame_limits_t lim;
-    nb_frame_limits_default(&lim);
-    size_t cap = 64 * N_REQ, len = 0;
-    uint8_t *buf = malloc(cap);
-    for (int i = 0; i < N_REQ; i++) {
-        Nebula__Frame f = NEBULA__FRAME__INIT;
-        Nebula__Probe pr = NEBULA__PROBE__INIT;
-        pr.kind = NEBULA__PROBE__KIND__PROBE_BULK_REQUEST;
-        pr.id = (uint64_t)i + 1;
-        pr.total_bytes = 64u << 20;
-        f.body_case = NEBULA__FRAME__BODY_PROBE;
-        f.probe = &pr;
-        uint8_t *b;
-        size_t bl;
-        assert_int_equal(nb_frame_encode(&f, NULL, 0, &lim, &b, &bl), 0);
-        assert_true(len + bl <= cap);
-        memcpy(buf + len, b, bl);
-        len += bl;
-        free(b);
-    }
-    long heap0 = heap_kib();
-    gap_t g = { 0 };
-    uv_timer_t gt;
-    uv_timer_init(&g_loop, &gt);
-    gt.data = &g;
-    uv_timer_start(&gt, on_gap_timer, 5, 5);
-    raw_t r = { .name = "c", .extra = buf, .extra_len = len, .hold_ms = 2000 };
-    pthread_t th;
-    pthread_create(&th, NULL, raw_thread, &r);
+    size_t len;
+    uint8_t *buf = probe_frames(NEBULA__PROBE__KIND__PROBE_BULK_REQUEST, N_REQ, 64u << 20, &len);
+    storm_t st = run_storm(buf, len, 2000, keep_sending, &a);
     const nb_net_stats_t *s = nb_net_stats(g_b.net);
-    long peak = 0;
-    while (!__atomic_load_n(&r.done, __ATOMIC_SEQ_CST)) {
-        g.last = 0; /* gaps inside the loop only, not the test's own work */
-        h_run_ms(&g_loop, 20);
-        long h = heap_kib() - heap0;
-        if (h > peak)
-            peak = h;
-        /* the real peer keeps exchanging meanwhile */
-        if (a.conn && nb_conn_queued_bytes(a.conn) == 0)
-            assert_int_equal(send_tensor(a.conn, 1000), 0);
-    }
-    pthread_join(th, NULL);
-    uv_close((uv_handle_t *)&gt, NULL);
     print_message("probe storm: %llu refused, heap growth peak %ld KiB, longest loop gap %llu ms, "
                   "%d frames from the real peer\n",
-                  (unsigned long long)s->probe_refused, peak, (unsigned long long)g.max_gap,
+                  (unsigned long long)s->probe_refused, st.heap_peak, (unsigned long long)st.max_gap,
                   g_b.frames);
-    assert_true(peak < 12 * 1024); /* 4 MiB of ciphertext in flight, TLS buffers */
-    assert_true(g.max_gap < 1000); /* generous for ASan on a busy machine */
+    assert_true(st.heap_peak < 12 * 1024); /* 4 MiB of ciphertext in flight, TLS buffers */
+    assert_true(st.max_gap < 1000); /* generous for ASan on a busy machine */
     assert_int_equal(s->probe_refused, N_REQ - 1);
     assert_true(h_log_has("refused bulk probe request"));
     assert_true(g_b.frames > 0);
@@ -245,51 +286,15 @@ static void test_probe_storm(void **state)
 static void test_ping_flood(void **state)
 {
     start_server();
-    nb_frame_limits_t lim;
-    nb_frame_limits_default(&lim);
-    size_t cap = 48 * (size_t)N_PING, len = 0;
-    uint8_t *buf = malloc(cap);
-    for (int i = 0; i < N_PING; i++) {
-        Nebula__Frame f = NEBULA__FRAME__INIT;
-        Nebula__Probe pr = NEBULA__PROBE__INIT;
-        pr.kind = NEBULA__PROBE__KIND__PROBE_PING;
-        pr.id = (uint64_t)i + 1;
-        pr.t_ns = 1;
-        f.body_case = NEBULA__FRAME__BODY_PROBE;
-        f.probe = &pr;
-        uint8_t *b;
-        size_t bl;
-        assert_int_equal(nb_frame_encode(&f, NULL, 0, &lim, &b, &bl), 0);
-        assert_true(len + bl <= cap);
-        memcpy(buf + len, b, bl);
-        len += bl;
-        free(b);
-    }
-    long heap0 = heap_kib();
-    gap_t g = { 0 };
-    uv_timer_t gt;
-    uv_timer_init(&g_loop, &gt);
-    gt.data = &g;
-    uv_timer_start(&gt, on_gap_timer, 5, 5);
-    raw_t r = { .name = "c", .extra = buf, .extra_len = len, .hold_ms = 1500 };
-    pthread_t th;
-    pthread_create(&th, NULL, raw_thread, &r);
+    size_t len;
+    uint8_t *buf = probe_frames(NEBULA__PROBE__KIND__PROBE_PING, N_PING, 0, &len);
+    storm_t st = run_storm(buf, len, 1500, NULL, NULL);
     const nb_net_stats_t *s = nb_net_stats(g_b.net);
-    long peak = 0;
-    while (!__atomic_load_n(&r.done, __ATOMIC_SEQ_CST)) {
-        g.last = 0; /* gaps inside the loop only, not the test's own work */
-        h_run_ms(&g_loop, 20);
-        long h = heap_kib() - heap0;
-        if (h > peak)
-            peak = h;
-    }
-    pthread_join(th, NULL);
-    uv_close((uv_handle_t *)&gt, NULL);
     print_message("ping flood: %llu frames in, heap growth peak %ld KiB, longest loop gap %llu ms\n",
-                  (unsigned long long)s->frames_rx, peak, (unsigned long long)g.max_gap);
+                  (unsigned long long)s->frames_rx, st.heap_peak, (unsigned long long)st.max_gap);
     assert_true(s->frames_rx >= N_PING);
-    assert_true(peak < 2 * 1024);
-    assert_true(g.max_gap < 1000);
+    assert_true(st.heap_peak < 2 * 1024);
+    assert_true(st.max_gap < 1000);
     free(buf);
     stop_server();
 }
