@@ -122,6 +122,20 @@ static void job_fail(nb_coord_rt_t *rt, const char *fmt, ...)
     nb_service_fail(rt->svc, why);
 }
 
+/* A control frame could not go to stage daemon i. NB_ESTATE means its
+ * connection is already closing: the daemon is going away, which is said
+ * the way on_closed says it, whichever of the two the coordinator sees
+ * first. */
+static void send_failed(nb_coord_rt_t *rt, int i, const char *what, int rc)
+{
+    if (rc == NB_ESTATE)
+        job_fail(rt, "lost stage daemon %s (its connection closed while %s of step %lld was sent)",
+                 rt->job.names[i], what, (long long)rt->step);
+    else
+        job_fail(rt, "cannot send %s of step %lld to %s: %s", what, (long long)rt->step, rt->job.names[i],
+                 nb_strerror(rc));
+}
+
 static int daemon_index(nb_coord_rt_t *rt, const char *name)
 {
     for (int i = 0; i < rt->job.n_daemons; i++)
@@ -149,7 +163,7 @@ static void send_job(nb_coord_rt_t *rt)
         f.job = &j;
         int rc = nb_rt_send_ctl(rt->d[i].conn, &f);
         if (rc) {
-            job_fail(rt, "cannot send the job to %s: %s", rt->job.names[i], nb_strerror(rc));
+            send_failed(rt, i, "the job", rc);
             return;
         }
     }
@@ -206,8 +220,7 @@ static void send_plan(nb_coord_rt_t *rt)
         memset(rt->d[i].busy_s, 0, sizeof rt->d[i].busy_s);
         int rc = nb_rt_send_ctl(rt->d[i].conn, &f);
         if (rc) {
-            job_fail(rt, "cannot send the plan of step %lld to %s: %s", (long long)rt->step, rt->job.names[i],
-                     nb_strerror(rc));
+            send_failed(rt, i, "a plan", rc);
             return;
         }
     }
@@ -367,8 +380,7 @@ static void finish_step(nb_coord_rt_t *rt)
     for (int i = 0; i < rt->job.n_daemons; i++) {
         int rc = nb_rt_send_ctl(rt->d[i].conn, &f);
         if (rc) {
-            job_fail(rt, "cannot send the commit of step %lld to %s: %s", (long long)rt->step, rt->job.names[i],
-                     nb_strerror(rc));
+            send_failed(rt, i, "a commit", rc);
             return;
         }
     }
