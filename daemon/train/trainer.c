@@ -223,9 +223,9 @@ int nb_trainer_step(nb_trainer_t *t, nb_train_step_t *out, char *err, size_t err
 
 int nb_trainer_steps_done(const nb_trainer_t *t) { return t->step; }
 
-static nb_ckpt_meta_t run_meta(const nb_trainer_t *t)
+static nb_wckpt_meta_t run_meta(const nb_trainer_t *t)
 {
-    nb_ckpt_meta_t m = { .seed = t->cfg.seed, .steps_done = t->step, .batch = t->cfg.batch,
+    nb_wckpt_meta_t m = { .seed = t->cfg.seed, .steps_done = t->step, .batch = t->cfg.batch,
                          .micro_batches = t->cfg.micro_batches, .seq_len = t->cfg.seq_len };
     nb_trainer_kernels(t, m.kernels, sizeof m.kernels);
     return m;
@@ -243,13 +243,13 @@ const char *nb_trainer_resumed_kernels(const nb_trainer_t *t) { return t->resume
 
 int nb_trainer_save(nb_trainer_t *t, const char *path, char *err, size_t errlen)
 {
-    nb_ckpt_meta_t m = run_meta(t);
+    nb_wckpt_meta_t m = run_meta(t);
     return nb_checkpoint_save(path, t->part, t->optim, &m, err, errlen);
 }
 
 int nb_trainer_resume(nb_trainer_t *t, const char *path, char *err, size_t errlen)
 {
-    nb_ckpt_meta_t want = run_meta(t), got;
+    nb_wckpt_meta_t want = run_meta(t), got;
     int rc = nb_checkpoint_load(path, t->part, t->optim, &want, &got, err, errlen);
     if (rc)
         return rc;

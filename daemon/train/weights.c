@@ -54,7 +54,7 @@ static float *to_host(nb_backend_t *be, const float *dev, size_t n)
     return h;
 }
 
-static int write_file(const char *path, bool ckpt, nb_part_t *p, nb_optim_t *o, const nb_ckpt_meta_t *meta,
+static int write_file(const char *path, bool ckpt, nb_part_t *p, nb_optim_t *o, const nb_wckpt_meta_t *meta,
                       char *err, size_t errlen)
 {
     char tmp[4096];
@@ -138,7 +138,7 @@ int nb_weights_save(const char *path, nb_part_t *p, char *err, size_t errlen)
     return write_file(path, false, p, NULL, NULL, err, errlen);
 }
 
-int nb_checkpoint_save(const char *path, nb_part_t *p, nb_optim_t *o, const nb_ckpt_meta_t *meta,
+int nb_checkpoint_save(const char *path, nb_part_t *p, nb_optim_t *o, const nb_wckpt_meta_t *meta,
                        char *err, size_t errlen)
 {
     return write_file(path, true, p, o, meta, err, errlen);
@@ -177,8 +177,8 @@ static float *get_floats(reader_t *r, size_t n, const char *what, const char *pa
     return h;
 }
 
-static int read_file(const char *path, bool ckpt, nb_part_t *p, nb_optim_t *o, const nb_ckpt_meta_t *want,
-                     nb_ckpt_meta_t *got_meta, char *err, size_t errlen)
+static int read_file(const char *path, bool ckpt, nb_part_t *p, nb_optim_t *o, const nb_wckpt_meta_t *want,
+                     nb_wckpt_meta_t *got_meta, char *err, size_t errlen)
 {
     reader_t r = { fopen(path, "rb"), 0 };
     if (!r.f) {
@@ -314,7 +314,7 @@ static int read_file(const char *path, bool ckpt, nb_part_t *p, nb_optim_t *o, c
         nb_be_from_host(be, nb_optim_v(o), v, n * sizeof(float));
         nb_optim_set_steps(o, mi[4]);
         if (got_meta) {
-            *got_meta = (nb_ckpt_meta_t){ .seed = seed, .steps_done = mi[0], .batch = mi[1],
+            *got_meta = (nb_wckpt_meta_t){ .seed = seed, .steps_done = mi[0], .batch = mi[1],
                                           .micro_batches = mi[2], .seq_len = mi[3] };
             memcpy(got_meta->kernels, kernels, sizeof kernels);
         }
@@ -334,8 +334,8 @@ int nb_weights_load(const char *path, nb_part_t *p, char *err, size_t errlen)
     return read_file(path, false, p, NULL, NULL, NULL, err, errlen);
 }
 
-int nb_checkpoint_load(const char *path, nb_part_t *p, nb_optim_t *o, const nb_ckpt_meta_t *want,
-                       nb_ckpt_meta_t *got, char *err, size_t errlen)
+int nb_checkpoint_load(const char *path, nb_part_t *p, nb_optim_t *o, const nb_wckpt_meta_t *want,
+                       nb_wckpt_meta_t *got, char *err, size_t errlen)
 {
     return read_file(path, true, p, o, want, got, err, errlen);
 }

@@ -51,10 +51,10 @@ typedef struct {
     /* The kernels that computed the run (nb_cpu_describe(), or the device
      * backend's name); "" when a version 1 file did not record them. */
     char kernels[NB_CKPT_KERNELS_BYTES];
-} nb_ckpt_meta_t;
+} nb_wckpt_meta_t;
 
 /* Writes p's parameters, o's state (o covers p's flat buffers) and meta. */
-int nb_checkpoint_save(const char *path, nb_part_t *p, nb_optim_t *o, const nb_ckpt_meta_t *meta,
+int nb_checkpoint_save(const char *path, nb_part_t *p, nb_optim_t *o, const nb_wckpt_meta_t *meta,
                        char *err, size_t errlen);
 
 /* Loads a checkpoint into p and o. The file's seed, batch, micro_batches
@@ -62,8 +62,8 @@ int nb_checkpoint_save(const char *path, nb_part_t *p, nb_optim_t *o, const nb_c
  * stream would differ); *got receives the file's meta (steps_done is where
  * to resume; kernels may differ from want's, which the caller reports).
  * Errors as nb_weights_load. */
-int nb_checkpoint_load(const char *path, nb_part_t *p, nb_optim_t *o, const nb_ckpt_meta_t *want,
-                       nb_ckpt_meta_t *got, char *err, size_t errlen);
+int nb_checkpoint_load(const char *path, nb_part_t *p, nb_optim_t *o, const nb_wckpt_meta_t *want,
+                       nb_wckpt_meta_t *got, char *err, size_t errlen);
 
 /* One tensor of a weights file, as the model layout gives it. */
 typedef struct {
