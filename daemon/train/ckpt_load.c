@@ -5,16 +5,19 @@
  * in host memory and checked, and only then copied into the part's
  * buffers. See checkpoint.h.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include "daemon/train/ckpt_internal.h"
 #include "kernels/common.h"
 
 typedef struct {
     int n;
-    nb_st_file_t *f[NB_CKPT_MAX_FILES];
+    nb_st_file_t *f[NB_CKPT_MAX_FILES]; /* NULL: the file is not in dir */
     bool used[NB_CKPT_MAX_FILES];
+    char missing[256];                  /* names of the files not in dir */
 } files_t;
 
 static void files_close(files_t *fs)
@@ -24,17 +27,28 @@ static void files_close(files_t *fs)
     fs->n = 0;
 }
 
-/* Opens the header of every file of m (cheap: the data is not read). */
+/* Opens the header of every file of m that is in dir (cheap: the data is
+ * not read). A file that is not there is skipped: a part needs only the
+ * files holding its tensors (a daemon keeps the files it wrote; another
+ * layer split may need another daemon's, copied in). */
 static int files_open(const char *dir, const nb_ckpt_manifest_t *m, files_t *fs, char *err, size_t errlen)
 {
     memset(fs, 0, sizeof *fs);
     for (int i = 0; i < m->n_files; i++) {
+        char path[4096];
+        struct stat st;
+        snprintf(path, sizeof path, "%s/%s", dir, m->files[i].name);
+        fs->n = i + 1;
+        if (stat(path, &st) != 0 && errno == ENOENT) {
+            size_t l = strlen(fs->missing);
+            snprintf(fs->missing + l, sizeof fs->missing - l, "%s%s", l ? ", " : "", m->files[i].name);
+            continue;
+        }
         int rc = nb__ckpt_open_file(dir, m, i, false, &fs->f[i], err, errlen);
         if (rc) {
             files_close(fs);
             return rc;
         }
-        fs->n++;
     }
     return 0;
 }
@@ -45,6 +59,8 @@ static int locate(const char *dir, files_t *fs, const char *name, int *fi, int *
 {
     *fi = -1;
     for (int i = 0; i < fs->n; i++) {
+        if (!fs->f[i])
+            continue;
         int k = nb_st_find(fs->f[i], name);
         if (k < 0)
             continue;
@@ -57,7 +73,11 @@ static int locate(const char *dir, files_t *fs, const char *name, int *fi, int *
         *ti = k;
     }
     if (*fi < 0) {
-        snprintf(err, errlen, "%s: tensor '%s' is in no file of the checkpoint", dir, name);
+        if (fs->missing[0])
+            snprintf(err, errlen, "%s: tensor '%s' is in none of the checkpoint's files here; not here: %s "
+                     "(copy them in from the daemon that wrote them: docs/checkpoints.md)", dir, name, fs->missing);
+        else
+            snprintf(err, errlen, "%s: tensor '%s' is in no file of the checkpoint", dir, name);
         return NB_ENOENT;
     }
     return 0;

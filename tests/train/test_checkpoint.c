@@ -484,7 +484,7 @@ static void test_refuse_damage(void **state)
     expect_refused(dir, NB_EFORMAT, "stage1.safetensors", "past the end");
     /* missing */
     unlink(path);
-    expect_refused(dir, NB_ENOENT, "stage1.safetensors", "the manifest lists it");
+    expect_refused(dir, NB_ENOENT, "stage1.safetensors", "not here: stage1.safetensors");
     free(good);
 
     /* the manifest's digest of a file does not match it */
