@@ -226,8 +226,11 @@ static void wait_timeout_cb(uv_timer_t *t)
                      missing[0] ? ", " : "", rt->job.names[d], rt->job.addresses[d],
                      !rt->peer_ready[d] ? (d > rt->me ? "dialled, not connected" : "not connected to us")
                                         : "probing");
-    attempt_abort(rt, true, rt->attempt, "pipeline links not up within %.0f s (connect_timeout_s) of attempt %u: %s",
-                  secs, rt->attempt, missing);
+    if (rt->attempt == 0 && !rt->any_aborted) /* at the job's start: most likely a wrong address */
+        job_fail(rt, "pipeline links not up within %.0f s (connect_timeout_s) of the job: %s", secs, missing);
+    else
+        attempt_abort(rt, true, rt->attempt, "pipeline links not up within %.0f s (connect_timeout_s) of attempt "
+                      "%u: %s", secs, rt->attempt, missing);
 }
 
 /* Starts (or restarts) the deadline; stop with arm_wait(rt, false). */
