@@ -508,6 +508,11 @@ static void open_links(nb_stage_rt_t *rt, uint32_t attempt)
     if (rt->links_opened) {
         nb_service_set_state(rt->svc, NB_SVC_CONNECTING, "job %llu attempt %u: connecting to pipeline neighbours",
                              (unsigned long long)rt->job.layout.job_id, attempt);
+        /* every daemon is back (the coordinator saw them all): a neighbour
+         * still unreachable is dialled now, not after its back-off */
+        for (int d = rt->me + 1; d < rt->job.n_daemons; d++)
+            if (rt->need_peer[d] && !rt->peer_conn[d])
+                nb_net_redial(rt->net, rt->job.names[d]);
         arm_wait(rt, true);
         check_links_ready(rt);
         return;
