@@ -154,6 +154,10 @@ void nb__coord_ckpt_maybe(nb_coord_rt_t *rt, bool last)
                (last && rt->ckpt_enabled);
     if (!due || rt->recovering || n == rt->last_ckpt)
         return;
+    if (rt->ckpt_inflight >= 0 && last) {
+        rt->ckpt_final_pending = true; /* taken once the one in flight is complete */
+        return;
+    }
     if (rt->ckpt_inflight >= 0) {
         nb_log_debug(NULL, "checkpoint due at step %lld: the one of step %lld is still being written",
                      (long long)n, (long long)rt->ckpt_inflight);
@@ -173,6 +177,7 @@ void nb__coord_ckpt_maybe(nb_coord_rt_t *rt, bool last)
 
 void nb__coord_ckpt_abandon(nb_coord_rt_t *rt)
 {
+    rt->ckpt_final_pending = false;
     if (rt->ckpt_inflight >= 0)
         nb_log_info(NULL, "checkpoint at step %lld abandoned", (long long)rt->ckpt_inflight);
     rt->ckpt_inflight = -1;
@@ -241,6 +246,14 @@ static void commit_round(nb_coord_rt_t *rt)
     send_ckpt(rt, NEBULA__CHECKPOINT__ACTION__CHECKPOINT_COMMITTED, (uint64_t)step, json);
     if (nb_ckpt_prune(root, (int)rt->cfg->job.checkpoint.keep, err, sizeof err) < 0)
         nb_log_warn(NULL, "checkpoints: cannot prune %s: %s", root, err);
+    if (rt->ckpt_final_pending) {
+        /* the stages hold the final state until they stop: checkpoint it */
+        rt->ckpt_final_pending = false;
+        int64_t keep_step = rt->step;
+        rt->step = rt->job.steps - 1;
+        nb__coord_ckpt_maybe(rt, true);
+        rt->step = keep_step;
+    }
     nb__coord_maybe_finish(rt);
 }
 

@@ -94,6 +94,7 @@ struct nb_coord_rt {
     /* ---- checkpoints (coord_ckpt.c) ---- */
     bool ckpt_enabled;        /* job.checkpoint asks for some */
     bool ckpt_requested;      /* nebulactl checkpoint: at the next step boundary */
+    bool ckpt_final_pending;  /* the last step's checkpoint waits for the one in flight */
     int64_t ckpt_inflight;    /* the step of the round in flight; -1 none */
     double t_ckpt_start, t_last_ckpt;
     int64_t last_ckpt;        /* newest complete checkpoint (steps); -1 none */
