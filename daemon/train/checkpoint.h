@@ -99,6 +99,14 @@ size_t nb_ckpt_snap_bytes(const nb_ckpt_snap_t *s);
 int nb_ckpt_snap_add(nb_ckpt_snap_t *s, const char *name, int ndim, const int64_t *shape, const float *data);
 void nb_ckpt_snap_free(nb_ckpt_snap_t *s);
 
+/* Prepares dir to receive a checkpoint: creates it and its parents when
+ * missing, and removes a manifest already in it (fsyncing the directory),
+ * so that files replaced in a directory that held a complete checkpoint
+ * (a rerun of the same step) never sit beside a manifest that does not
+ * describe them. Call once per checkpoint, before any nb_ckpt_write_file,
+ * by the writer of the manifest. Errors: NB_EIO (named). */
+int nb_ckpt_begin(const char *dir, char *err, size_t errlen);
+
 /* Writes the snapshots (the parts one file holds, e.g. the stages of one
  * daemon) as dir/name crash-safely, with meta in its __metadata__; creates
  * dir (one level) when missing. Fills *out (name, bytes, sha256; stages is

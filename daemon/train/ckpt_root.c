@@ -269,3 +269,37 @@ int nb_ckpt_find(const char *path, char *dir, size_t len, char *err, size_t errl
     nb_ckpt_step_dir(path, step, dir, len);
     return 0;
 }
+
+int nb_ckpt_begin(const char *dir, char *err, size_t errlen)
+{
+    char path[4096];
+    if (snprintf(path, sizeof path, "%s", dir) >= (int)sizeof path) {
+        snprintf(err, errlen, "%s: path too long", dir);
+        return NB_EIO;
+    }
+    /* mkdir -p */
+    for (char *p = path + 1; ; p++) {
+        if (*p == '/' || *p == '\0') {
+            char c = *p;
+            *p = '\0';
+            if (mkdir(path, 0755) != 0 && errno != EEXIST) {
+                snprintf(err, errlen, "%s: cannot create the directory: %s", path, strerror(errno));
+                return NB_EIO;
+            }
+            *p = c;
+            if (!c)
+                break;
+        }
+    }
+    snprintf(path, sizeof path, "%s/%s", dir, NB_CKPT_MANIFEST);
+    if (unlink(path) == 0) {
+        if (nb__ckpt_fsync_dir(dir) != 0) {
+            snprintf(err, errlen, "%s: fsync failed: %s", dir, strerror(errno));
+            return NB_EIO;
+        }
+    } else if (errno != ENOENT) {
+        snprintf(err, errlen, "%s: cannot remove: %s", path, strerror(errno));
+        return NB_EIO;
+    }
+    return 0;
+}
