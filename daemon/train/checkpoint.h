@@ -192,6 +192,29 @@ int nb_ckpt_list(const char *root, int64_t *steps, int cap);
  * a directory, or a root with no complete checkpoint: in err), NB_EIO. */
 int nb_ckpt_find(const char *path, char *dir, size_t len, char *err, size_t errlen);
 
+/* One step directory under a root, as nb_ckpt_scan sees it. */
+typedef struct {
+    int64_t step;
+    bool complete;      /* a manifest that parses, for this step */
+    int n_files;        /* regular files in the directory (manifest and temporary files included) */
+    uint64_t bytes;     /* their total size */
+    int64_t mtime;      /* newest modification time of them (or of the directory), Unix seconds */
+} nb_ckpt_entry_t;
+
+/* Every step directory under root, complete or not, newest first, at most
+ * cap (for tools: nebula-weights checkpoints). Returns the count (0 when
+ * root does not exist), NB_EIO or NB_ENOMEM. */
+int nb_ckpt_scan(const char *root, nb_ckpt_entry_t *out, int cap);
+
+/* Copies every tensor of the checkpoint in dir (after nb_ckpt_verify and
+ * every value checked) into one file, outdir/model.safetensors, with a
+ * manifest of the same meta whose one file holds the union of the
+ * stages: a checkpoint any layer split restores from, and the simplest to
+ * open elsewhere. outdir is created (nb_ckpt_begin); it must not be dir.
+ * Memory: the whole checkpoint. Errors: as nb_ckpt_verify_values, NB_EINVAL
+ * (outdir is dir), NB_EIO, NB_ENOMEM. */
+int nb_ckpt_merge(const char *dir, const char *outdir, char *err, size_t errlen);
+
 /* Keeps the newest `keep` complete checkpoints under root and removes
  * older ones, and every incomplete step directory older than the newest
  * complete one; removes stale temporary files everywhere under root

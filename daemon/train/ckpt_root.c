@@ -303,3 +303,44 @@ int nb_ckpt_begin(const char *dir, char *err, size_t errlen)
     }
     return 0;
 }
+
+/* Files, bytes and the newest mtime of the regular files in dir. */
+static void dir_stats(const char *dir, nb_ckpt_entry_t *e)
+{
+    struct stat st;
+    if (stat(dir, &st) == 0)
+        e->mtime = (int64_t)st.st_mtime;
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        char path[4096 + 256 + 2];
+        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+        if (lstat(path, &st) != 0 || !S_ISREG(st.st_mode))
+            continue;
+        e->n_files++;
+        e->bytes += (uint64_t)st.st_size;
+        if ((int64_t)st.st_mtime > e->mtime)
+            e->mtime = (int64_t)st.st_mtime;
+    }
+    closedir(d);
+}
+
+int nb_ckpt_scan(const char *root, nb_ckpt_entry_t *out, int cap)
+{
+    entry_t *e;
+    char err[64], dir[4096];
+    int n = scan(root, &e, err, sizeof err), k = 0;
+    if (n < 0)
+        return n;
+    for (int i = 0; i < n && k < cap; i++, k++) {
+        memset(&out[k], 0, sizeof out[k]);
+        out[k].step = e[i].step;
+        out[k].complete = e[i].complete;
+        nb_ckpt_step_dir(root, e[i].step, dir, sizeof dir);
+        dir_stats(dir, &out[k]);
+    }
+    free(e);
+    return k;
+}

@@ -276,6 +276,38 @@ static void test_resplit(void **state)
     }
 }
 
+/* A checkpoint of three stages merged into one file restores into other
+ * splits bit for bit, extras included; the merged manifest holds the
+ * union of the stages. */
+static void test_merge(void **state)
+{
+    int cuts3[] = { 0, 1, 2, 3 }, cuts2[] = { 0, 2, 3 };
+    split_t a, b;
+    split_new(&a, &model, cuts3, 3, 1);
+    fill(&a, 31);
+    char dir[256], out[256], err[512];
+    snprintf(dir, sizeof dir, "%s/m3", work);
+    snprintf(out, sizeof out, "%s/m1", work);
+    write_ckpt(&a, dir, 9);
+    assert_int_equal(nb_ckpt_merge(dir, dir, err, sizeof err), NB_EINVAL);
+    assert_int_equal(nb_ckpt_merge(dir, out, err, sizeof err), 0);
+    nb_ckpt_manifest_t m;
+    assert_int_equal(nb_ckpt_manifest_read(out, &m, err, sizeof err), 0);
+    assert_int_equal(m.n_files, 1);
+    assert_string_equal(m.files[0].name, "model.safetensors");
+    assert_true(m.files[0].stages == 7);
+    assert_int_equal(m.meta.step, 9);
+    split_new(&b, &model, cuts2, 2, 2);
+    if (load(&b, out, err, sizeof err))
+        fail_msg("%s", err);
+    assert_same(&a, &b);
+    float extra[6];
+    assert_int_equal(nb_ckpt_read_extra(out, &m, "codec.fwd.cut0.residual", extra, 6, err, sizeof err), 0);
+    assert_true(extra[2] == 3.5f);
+    split_free(&a);
+    split_free(&b);
+}
+
 /* ---- refusals ----------------------------------------------------------------- */
 
 static unsigned char *slurp(const char *path, size_t *len)
@@ -778,6 +810,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_resplit),
+        cmocka_unit_test(test_merge),
         cmocka_unit_test(test_refuse_damage),
         cmocka_unit_test(test_refuse_values),
         cmocka_unit_test(test_refuse_other_model),
