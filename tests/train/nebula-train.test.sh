@@ -101,10 +101,15 @@ expect_rc 2 "$train" --config "$work/t.yaml" --checkpoint-every 5 > /dev/null 2>
 
 # SIGTERM: stops after the current step, writes the checkpoint, exit 143
 sed 's/steps: 30/steps: 10000000/' "$work/t.yaml" > "$work/long.yaml"
+# (a killed write's temporary file there is removed at start-up, before
+# any checkpoint is written)
+mkdir -p "$work/sig.ckpt/step-00000003"
+echo partial > "$work/sig.ckpt/step-00000003/model.safetensors.tmp"
 "$train" --config "$work/long.yaml" --checkpoint "$work/sig.ckpt" > "$work/sig.txt" 2>&1 &
 pid=$!
 pids+=($pid)
 nb_wait_for 60 grep -q '^step ' "$work/sig.txt" || fail "no progress line within 60 s"
+[ ! -e "$work/sig.ckpt/step-00000003/model.safetensors.tmp" ] || fail "a stale temporary file survived the start-up"
 kill -TERM $pid
 expect_rc 143 wait $pid
 tail -n 2 "$work/sig.txt"
