@@ -146,8 +146,8 @@ int nb_ckpt_manifest_read(const char *dir, nb_ckpt_manifest_t *m, char *err, siz
 int nb_ckpt_verify(const char *dir, const nb_ckpt_manifest_t *m, char *err, size_t errlen);
 
 /* Checks every value of every tensor of every file (after nb_ckpt_verify's
- * checks of each file): F32, finite, |x| <= NB_CKPT_MAX_ABS. *n_values
- * (may be NULL) receives how many were checked. Memory: the largest
+ * checks of each file): F32, finite, |x| <= NB_CKPT_MAX_ABS, no negative
+ * second moment. *n_values (may be NULL) receives how many were checked. Memory: the largest
  * tensor. Errors as nb_ckpt_verify, and NB_EFORMAT naming the file, the
  * tensor and the element. */
 int nb_ckpt_verify_values(const char *dir, const nb_ckpt_manifest_t *m, uint64_t *n_values, char *err,
@@ -158,7 +158,8 @@ int nb_ckpt_verify_values(const char *dir, const nb_ckpt_manifest_t *m, uint64_t
  * it (only those files are opened, and each is verified against m before
  * use), so any layer split restores from any other. Checks that m's model
  * equals p's config (naming the first differing field), every shape, and
- * that every value is finite and |x| <= NB_CKPT_MAX_ABS. Sets o's step
+ * that every value is finite and |x| <= NB_CKPT_MAX_ABS (and no second
+ * moment, adamw.v.*, is negative). Sets o's step
  * count to m->meta.optim_steps. Nothing in p or o changes unless all of it
  * loads. o may be NULL: the parameters alone. The headers of every file are
  * read to find the tensors (a file missing from dir is refused even when

@@ -99,7 +99,8 @@ static int scan(const char *root, entry_t **out, char *err, size_t errlen)
     }
     free(m);
     closedir(d);
-    qsort(e, (size_t)n, sizeof *e, cmp_desc);
+    if (n)
+        qsort(e, (size_t)n, sizeof *e, cmp_desc);
     *out = e;
     return n;
 }

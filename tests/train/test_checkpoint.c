@@ -90,7 +90,9 @@ static void fill(split_t *s, uint32_t seed)
         for (int c = 0; c < 3; c++) {
             for (size_t k = 0; k < n; k++) {
                 seed = seed * 1664525u + 1013904223u;
-                h[k] = (float)(int32_t)seed * (c == 2 ? 1e-12f : 1e-9f) + (c == 2 ? 1e-3f : 0.0f);
+                h[k] = (float)(int32_t)seed * 1e-9f;
+                if (c == 2) /* second moments are not negative */
+                    h[k] = fabsf(h[k]) * 1e-3f;
             }
             nb_be_from_host(be, dst[c], h, n * sizeof *h);
         }
@@ -541,6 +543,7 @@ static void test_refuse_values(void **state)
         { 1, 0, "lnf.w", 1e38f, "beyond" },
         { 1, 2, "h2.fc.b", -INFINITY, "not finite" },
         { 0, 1, "wte", -1e38f, "beyond" },
+        { 0, 2, "h1.proj.w", -1e-3f, "never negative" },
     };
     for (size_t k = 0; k < NB_ARRAY_LEN(cases); k++) {
         char cmd[300];
