@@ -37,6 +37,8 @@
  * 130/143 stopped by SIGINT/SIGTERM.
  */
 #include <getopt.h>
+#include <limits.h>
+#include <stdbool.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -335,7 +337,17 @@ int main(int argc, char **argv)
                    (total_s > 0 ? total_s : 1e-9));
         if (skipped)
             printf("nebula-train: %d steps skipped for a non-finite gradient norm\n", skipped);
-        if (ckpt_out && saved_at != done && checkpoint(tr, ckpt_out, (int)keep) != 0)
+        /* a run resumed from ROOT/step-N that took no step would rewrite
+         * the very checkpoint it resumed from, which is incomplete while
+         * it is rewritten: keep it as it is */
+        char here[4096], a[PATH_MAX], b[PATH_MAX];
+        if (ckpt_out)
+            nb_ckpt_step_dir(ckpt_out, done, here, sizeof here);
+        bool same = ckpt_out && resume && done == first_step && realpath(resume, a) && realpath(here, b) &&
+                    !strcmp(a, b);
+        if (same)
+            printf("nebula-train: no step taken; the checkpoint resumed from stays %s\n", resume);
+        else if (ckpt_out && saved_at != done && checkpoint(tr, ckpt_out, (int)keep) != 0)
             rc = NB_EIO;
         if (rc == 0 && done == tc.steps && cfg.job.output[0]) {
             if ((rc = nb_weights_save(cfg.job.output, part, err, sizeof err)) != 0)

@@ -75,6 +75,12 @@ head -c 100000 /dev/zero > "$work/r/step-00000024/model.safetensors.tmp"
 head -c 1000 /dev/zero > "$work/r/step-00000020/manifest.json.tmp"
 "$train" --config "$work/t.yaml" --resume "$work/r" --stop-after 22 --checkpoint "$work/r" --keep 2 > "$work/leg4.txt"
 expect_grep "resumed from .*step-00000020 after 20 steps" "$work/leg4.txt"
+# resumed and stopped before any step: the checkpoint resumed from is kept
+# as it was, not rewritten
+before=$(stat -c %Y.%i "$work/r/step-00000022/manifest.json")
+"$train" --config "$work/t.yaml" --resume "$work/r" --stop-after 22 --checkpoint "$work/r" > "$work/leg5.txt"
+expect_grep "no step taken; the checkpoint resumed from stays .*step-00000022" "$work/leg5.txt"
+[ "$(stat -c %Y.%i "$work/r/step-00000022/manifest.json")" = "$before" ] || fail "the checkpoint resumed from was rewritten"
 left=$(find "$work/r" -name '*.tmp')
 [ -z "$left" ] || fail "stale temporary files left: $left"
 [ -d "$work/r/step-00000024" ] || fail "a directory newer than the newest complete checkpoint was removed"
