@@ -432,6 +432,58 @@ static void test_checkpoint_resume(void **state)
     nb_be_free(be);
 }
 
+/* 100 steps in legs of 50 + 50 and 33 + 33 + 34, each leg a new trainer
+ * resuming the previous leg's checkpoint: the final weights equal 100
+ * steps without a break, bit for bit. */
+static void test_resume_legs(void **state)
+{
+    nb_train_config_t c = small_config();
+    c.model.n_layer = 1;
+    c.batch = 4;
+    c.seq_len = 16;
+    c.steps = c.optim.total_steps = 100;
+    float ref[100];
+    float *wref;
+    size_t n;
+    run(&c, ref, &wref, &n);
+    static const int legs[][4] = { { 50, 100 }, { 33, 66, 100 } };
+    nb_backend_t *be = nb_cpu_backend_new();
+    for (int k = 0; k < 2; k++) {
+        char prev[160] = "", dir[160], err[512], cmd[400];
+        for (int l = 0; l < 4 && legs[k][l]; l++) {
+            nb_trainer_t *t;
+            nb_train_step_t st;
+            assert_int_equal(nb_trainer_new(be, &c, &t, err, sizeof err), 0);
+            if (prev[0] && nb_trainer_resume(t, prev, err, sizeof err))
+                fail_msg("%s", err);
+            while (nb_trainer_steps_done(t) < legs[k][l]) {
+                int s = nb_trainer_steps_done(t);
+                assert_int_equal(nb_trainer_step(t, &st, err, sizeof err), 0);
+                assert_true(st.loss == ref[s]);
+            }
+            snprintf(dir, sizeof dir, "%s.leg%d", w_path, l);
+            assert_int_equal(nb_trainer_save(t, dir, err, sizeof err), 0);
+            if (legs[k][l] == 100) {
+                float *w = malloc(n * 4);
+                nb_be_to_host(be, w, nb_part_params(nb_trainer_part(t)), n * 4);
+                assert_memory_equal(w, wref, n * 4);
+                free(w);
+            }
+            nb_trainer_free(t);
+            if (prev[0]) {
+                snprintf(cmd, sizeof cmd, "rm -rf %s", prev);
+                assert_int_equal(system(cmd), 0);
+            }
+            snprintf(prev, sizeof prev, "%s", dir);
+        }
+        snprintf(cmd, sizeof cmd, "rm -rf %s", prev);
+        assert_int_equal(system(cmd), 0);
+        printf("  %s: 100 steps bit-identical\n", k ? "33 + 33 + 34" : "50 + 50");
+    }
+    free(wref);
+    nb_be_free(be);
+}
+
 /* A checkpoint whose files were written by the stages of a pipeline (two
  * parts, one file each, tied embeddings across them) resumes the trainer
  * exactly: the same losses and weights as an uninterrupted run. */
@@ -718,6 +770,7 @@ int main(void)
         cmocka_unit_test(test_bad_config),
         cmocka_unit_test(test_weights_file),
         cmocka_unit_test(test_checkpoint_resume),
+        cmocka_unit_test(test_resume_legs),
         cmocka_unit_test(test_resume_from_stages),
         cmocka_unit_test(test_resume_after_skipped),
         cmocka_unit_test(test_nonfinite_gradient_skips),
