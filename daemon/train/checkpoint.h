@@ -161,10 +161,12 @@ int nb_ckpt_verify_values(const char *dir, const nb_ckpt_manifest_t *m, uint64_t
  * that every value is finite and |x| <= NB_CKPT_MAX_ABS (and no second
  * moment, adamw.v.*, is negative). Sets o's step
  * count to m->meta.optim_steps. Nothing in p or o changes unless all of it
- * loads. o may be NULL: the parameters alone. The headers of every file are
- * read to find the tensors (a file missing from dir is refused even when
- * p needs none of its tensors); the files p does need are verified in
- * full (nb_ckpt_verify) before their values are read. Host memory: 3 x
+ * loads. o may be NULL: the parameters alone. The headers of the files
+ * present are read to find the tensors; a file of m missing from dir is
+ * fine as long as p needs none of its tensors (a stage's directory may
+ * hold only its own files), else NB_ENOENT names the tensor and the
+ * missing file. The files p does need are verified in full (as
+ * nb_ckpt_verify) before their values are read. Host memory: 3 x
  * p's parameters (1 x with o NULL), for staging. Errors: NB_EINVAL (another model), NB_ENOENT (a tensor no file
  * holds, or a file missing from dir: named), NB_EFORMAT, NB_EIO,
  * NB_ENOMEM. */

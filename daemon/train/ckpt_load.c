@@ -13,8 +13,10 @@
 
 typedef struct {
     int n;
-    nb_st_file_t *f[NB_CKPT_MAX_FILES];
+    nb_st_file_t *f[NB_CKPT_MAX_FILES]; /* NULL: missing from the directory */
     bool used[NB_CKPT_MAX_FILES];
+    const char *missing;                /* the first file missing, or NULL */
+    int n_missing;
 } files_t;
 
 static void files_close(files_t *fs)
@@ -24,28 +26,35 @@ static void files_close(files_t *fs)
     fs->n = 0;
 }
 
-/* Opens the header of every file of m (cheap: the data is not read). */
+/* Opens the header of every file of m present in dir (cheap: the data is
+ * not read). A missing file is noted, not an error: a stage's directory
+ * may hold only the files of its own part; it is an error only when a
+ * tensor the part needs is in no file present (locate). */
 static int files_open(const char *dir, const nb_ckpt_manifest_t *m, files_t *fs, char *err, size_t errlen)
 {
     memset(fs, 0, sizeof *fs);
     for (int i = 0; i < m->n_files; i++) {
         int rc = nb__ckpt_open_file(dir, m, i, false, &fs->f[i], err, errlen);
-        if (rc) {
+        fs->n++;
+        if (rc == NB_ENOENT) {
+            if (!fs->missing)
+                fs->missing = m->files[i].name;
+            fs->n_missing++;
+        } else if (rc) {
             files_close(fs);
             return rc;
         }
-        fs->n++;
     }
     return 0;
 }
 
 /* Finds tensor name in the files: 0 with *fi, *ti set; NB_ENOENT when no
- * file holds it, NB_EFORMAT when two do. */
+ * file holds it (naming a missing file that may), NB_EFORMAT when two do. */
 static int locate(const char *dir, files_t *fs, const char *name, int *fi, int *ti, char *err, size_t errlen)
 {
     *fi = -1;
     for (int i = 0; i < fs->n; i++) {
-        int k = nb_st_find(fs->f[i], name);
+        int k = fs->f[i] ? nb_st_find(fs->f[i], name) : -1;
         if (k < 0)
             continue;
         if (*fi >= 0) {
@@ -57,7 +66,11 @@ static int locate(const char *dir, files_t *fs, const char *name, int *fi, int *
         *ti = k;
     }
     if (*fi < 0) {
-        snprintf(err, errlen, "%s: tensor '%s' is in no file of the checkpoint", dir, name);
+        if (fs->missing)
+            snprintf(err, errlen, "%s: tensor '%s' is in no file present, and %s/%s%s, which the manifest lists, "
+                     "is missing", dir, name, dir, fs->missing, fs->n_missing > 1 ? " (and others)" : "");
+        else
+            snprintf(err, errlen, "%s: tensor '%s' is in no file of the checkpoint", dir, name);
         return NB_ENOENT;
     }
     return 0;

@@ -516,9 +516,22 @@ static void test_refuse_damage(void **state)
     expect_refused(dir, NB_EFORMAT, "stage1.safetensors", "truncated");
     reseal(dir, 1);
     expect_refused(dir, NB_EFORMAT, "stage1.safetensors", "past the end");
-    /* missing */
+    /* missing: a part that needs a tensor of it is refused, naming the
+     * tensor and the file; a part that needs none of it loads (a stage's
+     * directory may hold only its own files), and verify refuses */
     unlink(path);
-    expect_refused(dir, NB_ENOENT, "stage1.safetensors", "the manifest lists it");
+    expect_refused(dir, NB_ENOENT, "stage1.safetensors, which the manifest lists, is missing", "tensor 'h2.");
+    {
+        int cuts[] = { 0, 2, 3 };
+        split_t own;
+        split_new(&own, &model, cuts, 2, 1);
+        nb_ckpt_manifest_t mm;
+        assert_int_equal(nb_ckpt_manifest_read(dir, &mm, err, sizeof err), 0);
+        assert_int_equal(nb_ckpt_load_part(dir, &mm, own.p[0], own.o[0], err, sizeof err), 0);
+        assert_int_equal(nb_ckpt_verify(dir, &mm, err, sizeof err), NB_ENOENT);
+        assert_non_null(strstr(err, "stage1.safetensors"));
+        split_free(&own);
+    }
     free(good);
 
     /* the manifest's digest of a file does not match it */
