@@ -87,6 +87,13 @@ typedef struct nb_ckpt_snap nb_ckpt_snap_t;
  * (a weights-only snapshot, which nb_ckpt_load_part with o NULL restores).
  * Errors: NB_ENOMEM, NB_EINVAL (o does not match p). */
 int nb_ckpt_snapshot(nb_part_t *p, nb_optim_t *o, nb_ckpt_snap_t **out, char *err, size_t errlen);
+/* Copies p's parameters and o's moments again into s, a snapshot
+ * nb_ckpt_snapshot made of the same part (and with an optimizer iff o is
+ * given), reusing its memory: periodic checkpoints then copy into pages
+ * already mapped, without an allocation. Extras of s are dropped (add the
+ * new step's). The caller must own s (no writer may be using it).
+ * Errors: NB_EINVAL (another part or layout), s unchanged. */
+int nb_ckpt_snapshot_refresh(nb_ckpt_snap_t *s, nb_part_t *p, nb_optim_t *o, char *err, size_t errlen);
 /* An empty snapshot, for extra tensors only (e.g. nebula-weights merge,
  * which copies tensors by name). NULL on NB_ENOMEM. */
 nb_ckpt_snap_t *nb_ckpt_snap_new(void);

@@ -278,6 +278,42 @@ static void test_resplit(void **state)
     }
 }
 
+/* A snapshot refreshed from a part that has changed writes the new state,
+ * bit for bit, without the old extras; another part is refused. */
+static void test_snapshot_refresh(void **state)
+{
+    int cuts[] = { 0, 3 }, cuts2[] = { 0, 2, 3 };
+    split_t a, b, c;
+    split_new(&a, &model, cuts, 1, 1);
+    split_new(&b, &model, cuts, 1, 2);
+    split_new(&c, &model, cuts2, 2, 3);
+    fill(&a, 1);
+    char err[512], dir[256];
+    nb_ckpt_snap_t *s;
+    assert_int_equal(nb_ckpt_snapshot(a.p[0], a.o[0], &s, err, sizeof err), 0);
+    int64_t shape[1] = { 2 };
+    float x[2] = { 1, 2 };
+    assert_int_equal(nb_ckpt_snap_add(s, "extra", 1, shape, x), 0);
+    fill(&a, 2); /* the part moves on */
+    assert_int_equal(nb_ckpt_snapshot_refresh(s, c.p[0], c.o[0], err, sizeof err), NB_EINVAL);
+    assert_int_equal(nb_ckpt_snapshot_refresh(s, a.p[0], NULL, err, sizeof err), NB_EINVAL);
+    assert_int_equal(nb_ckpt_snapshot_refresh(s, a.p[0], a.o[0], err, sizeof err), 0);
+    assert_int_equal(nb_ckpt_snap_add(s, "extra", 1, shape, x), 0); /* the old one is gone */
+    nb_ckpt_manifest_t m = { .meta = meta_of(&model, 9), .n_files = 1 };
+    snprintf(dir, sizeof dir, "%s/refresh", work);
+    assert_int_equal(nb_ckpt_begin(dir, err, sizeof err), 0);
+    assert_int_equal(nb_ckpt_write_file(dir, "s.safetensors", &s, 1, &m.meta, &m.files[0], err, sizeof err), 0);
+    m.files[0].stages = 1;
+    assert_int_equal(nb_ckpt_manifest_write(dir, &m, err, sizeof err), 0);
+    nb_ckpt_snap_free(s);
+    if (load(&b, dir, err, sizeof err))
+        fail_msg("%s", err);
+    assert_same(&a, &b);
+    split_free(&a);
+    split_free(&b);
+    split_free(&c);
+}
+
 /* A checkpoint of three stages merged into one file restores into other
  * splits bit for bit, extras included; the merged manifest holds the
  * union of the stages. */
@@ -827,6 +863,7 @@ int main(void)
         cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_resplit),
         cmocka_unit_test(test_merge),
+        cmocka_unit_test(test_snapshot_refresh),
         cmocka_unit_test(test_refuse_damage),
         cmocka_unit_test(test_refuse_values),
         cmocka_unit_test(test_refuse_other_model),
