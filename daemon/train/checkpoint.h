@@ -13,8 +13,9 @@
  *                        "adamw.m.<name>" and "adamw.v.<name>", and any
  *                        extra state a writer adds (codec streams); all
  *                        F32. __metadata__: format "nebula-checkpoint",
- *                        version, step, optim_steps, seed, the model config
- *                        and its digest, the kernels line, and data_sha256
+ *                        version, job_id, step, optim_steps, seed, batch,
+ *                        micro_batches, seq_len, the model config and its
+ *                        digest, the kernels line, and data_sha256
  *                        (SHA-256 of the data section, checked on load).
  *   manifest.json        the commit point: format, version, job id, step,
  *                        optim_steps, seed, batch, micro_batches, seq_len,
@@ -22,8 +23,8 @@
  *                        name, bytes, SHA-256 and the stages it holds.
  * A directory without a valid manifest is not a checkpoint.
  *
- * Writes are crash-safe: a temporary file in the same directory, fsync,
- * rename, fsync of the directory. Loads verify before they change anything:
+ * Writes are crash-safe: a temporary file in the same directory (held
+ * under flock while written), fsync, rename, fsync of the directory. Loads verify before they change anything:
  * the file digests against the manifest, every tensor's shape against the
  * part, every value finite and below NB_CKPT_MAX_ABS; on any error the part
  * and optimizer are left exactly as they were. Messages name the file, the
@@ -154,29 +155,27 @@ int nb_ckpt_verify(const char *dir, const nb_ckpt_manifest_t *m, char *err, size
 
 /* Checks every value of every tensor of every file (after nb_ckpt_verify's
  * checks of each file): F32, finite, |x| <= NB_CKPT_MAX_ABS, no negative
- * second moment. *n_values (may be NULL) receives how many were checked. Memory: the largest
- * tensor. Errors as nb_ckpt_verify, and NB_EFORMAT naming the file, the
- * tensor and the element. */
+ * second moment. *n_values (may be NULL) receives how many were checked.
+ * Memory: the largest tensor. Errors as nb_ckpt_verify, and NB_EFORMAT
+ * naming the file, the tensor and the element. */
 int nb_ckpt_verify_values(const char *dir, const nb_ckpt_manifest_t *m, uint64_t *n_values, char *err,
                           size_t errlen);
 
 /* Loads part p and its optimizer o from the checkpoint in dir described by
  * m, taking each tensor by its global name from whichever file of m holds
- * it (only those files are opened, and each is verified against m before
- * use), so any layer split restores from any other. Checks that m's model
- * equals p's config (naming the first differing field), every shape, and
- * that every value is finite and |x| <= NB_CKPT_MAX_ABS (and no second
- * moment, adamw.v.*, is negative). Sets o's step
- * count to m->meta.optim_steps. Nothing in p or o changes unless all of it
- * loads. o may be NULL: the parameters alone. The headers of the files
- * present are read to find the tensors; a file of m missing from dir is
- * fine as long as p needs none of its tensors (a stage's directory may
- * hold only its own files), else NB_ENOENT names the tensor and the
- * missing file. The files p does need are verified in full (as
- * nb_ckpt_verify) before their values are read. Host memory: 3 x
- * p's parameters (1 x with o NULL), for staging. Errors: NB_EINVAL (another model), NB_ENOENT (a tensor no file
- * holds, or a file missing from dir: named), NB_EFORMAT, NB_EIO,
- * NB_ENOMEM. */
+ * it, so any layer split restores from any other. The headers of the
+ * files present are read to find the tensors; only the files holding
+ * tensors p needs are verified (in full, as nb_ckpt_verify) and read. A
+ * file of m missing from dir is fine as long as p needs none of its
+ * tensors (a stage's directory may hold only its own files). Checks that
+ * m's model equals p's config (naming the first differing field), every
+ * shape, and that every value is finite and |x| <= NB_CKPT_MAX_ABS (and no
+ * second moment, adamw.v.*, is negative). Sets o's step count to
+ * m->meta.optim_steps. o may be NULL: the parameters alone. Values are
+ * staged in host memory (3 x p's parameters; 1 x with o NULL): nothing in
+ * p or o changes unless all of it loads. Errors: NB_EINVAL (another
+ * model), NB_ENOENT (a tensor no file present holds, naming the tensor and
+ * a missing file that may), NB_EFORMAT, NB_EIO, NB_ENOMEM. */
 int nb_ckpt_load_part(const char *dir, const nb_ckpt_manifest_t *m, nb_part_t *p, nb_optim_t *o, char *err,
                       size_t errlen);
 
@@ -206,9 +205,9 @@ int nb_ckpt_find(const char *path, char *dir, size_t len, char *err, size_t errl
 typedef struct {
     int64_t step;
     bool complete;      /* a manifest that parses, for this step */
-    int n_files;        /* regular files in the directory (manifest and temporary files included) */
+    int n_files;        /* regular files in it (manifest, temporary files included) */
     uint64_t bytes;     /* their total size */
-    int64_t mtime;      /* newest modification time of them (or of the directory), Unix seconds */
+    int64_t mtime;      /* newest modification time of them or the directory (Unix s) */
 } nb_ckpt_entry_t;
 
 /* Every step directory under root, complete or not, newest first, at most
