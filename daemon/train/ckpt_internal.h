@@ -68,6 +68,8 @@ struct nb_ckpt_snap {
     nb__ckpt_tensor_t *t;
     float *state;      /* parameters, m, v: 3 x n_params floats, one allocation */
     size_t n_params;
+    int copies;        /* 1 (parameters) or 3 (with m and v); 0: no part */
+    int n_part;        /* the part's tensors: s->t[0 .. copies x n_part) */
 };
 
 /* ---- reading -------------------------------------------------------------------- */

@@ -5,19 +5,18 @@
  * in host memory and checked, and only then copied into the part's
  * buffers. See checkpoint.h.
  */
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include "daemon/train/ckpt_internal.h"
 #include "kernels/common.h"
 
 typedef struct {
     int n;
-    nb_st_file_t *f[NB_CKPT_MAX_FILES]; /* NULL: the file is not in dir */
+    nb_st_file_t *f[NB_CKPT_MAX_FILES]; /* NULL: missing from the directory */
     bool used[NB_CKPT_MAX_FILES];
-    char missing[256];                  /* names of the files not in dir */
+    const char *missing;                /* the first file missing, or NULL */
+    int n_missing;
 } files_t;
 
 static void files_close(files_t *fs)
@@ -27,25 +26,21 @@ static void files_close(files_t *fs)
     fs->n = 0;
 }
 
-/* Opens the header of every file of m that is in dir (cheap: the data is
- * not read). A file that is not there is skipped: a part needs only the
- * files holding its tensors (a daemon keeps the files it wrote; another
- * layer split may need another daemon's, copied in). */
+/* Opens the header of every file of m present in dir (cheap: the data is
+ * not read). A missing file is noted, not an error: a stage's directory
+ * may hold only the files of its own part; it is an error only when a
+ * tensor the part needs is in no file present (locate). */
 static int files_open(const char *dir, const nb_ckpt_manifest_t *m, files_t *fs, char *err, size_t errlen)
 {
     memset(fs, 0, sizeof *fs);
     for (int i = 0; i < m->n_files; i++) {
-        char path[4096];
-        struct stat st;
-        snprintf(path, sizeof path, "%s/%s", dir, m->files[i].name);
-        fs->n = i + 1;
-        if (stat(path, &st) != 0 && errno == ENOENT) {
-            size_t l = strlen(fs->missing);
-            snprintf(fs->missing + l, sizeof fs->missing - l, "%s%s", l ? ", " : "", m->files[i].name);
-            continue;
-        }
         int rc = nb__ckpt_open_file(dir, m, i, false, &fs->f[i], err, errlen);
-        if (rc) {
+        fs->n++;
+        if (rc == NB_ENOENT) {
+            if (!fs->missing)
+                fs->missing = m->files[i].name;
+            fs->n_missing++;
+        } else if (rc) {
             files_close(fs);
             return rc;
         }
@@ -54,14 +49,12 @@ static int files_open(const char *dir, const nb_ckpt_manifest_t *m, files_t *fs,
 }
 
 /* Finds tensor name in the files: 0 with *fi, *ti set; NB_ENOENT when no
- * file holds it, NB_EFORMAT when two do. */
+ * file holds it (naming a missing file that may), NB_EFORMAT when two do. */
 static int locate(const char *dir, files_t *fs, const char *name, int *fi, int *ti, char *err, size_t errlen)
 {
     *fi = -1;
     for (int i = 0; i < fs->n; i++) {
-        if (!fs->f[i])
-            continue;
-        int k = nb_st_find(fs->f[i], name);
+        int k = fs->f[i] ? nb_st_find(fs->f[i], name) : -1;
         if (k < 0)
             continue;
         if (*fi >= 0) {
@@ -73,9 +66,9 @@ static int locate(const char *dir, files_t *fs, const char *name, int *fi, int *
         *ti = k;
     }
     if (*fi < 0) {
-        if (fs->missing[0])
-            snprintf(err, errlen, "%s: tensor '%s' is in none of the checkpoint's files here; not here: %s "
-                     "(copy them in from the daemon that wrote them: docs/checkpoints.md)", dir, name, fs->missing);
+        if (fs->missing)
+            snprintf(err, errlen, "%s: tensor '%s' is in no file present, and %s/%s%s, which the manifest lists, "
+                     "is missing", dir, name, dir, fs->missing, fs->n_missing > 1 ? " (and others)" : "");
         else
             snprintf(err, errlen, "%s: tensor '%s' is in no file of the checkpoint", dir, name);
         return NB_ENOENT;

@@ -99,7 +99,8 @@ static int scan(const char *root, entry_t **out, char *err, size_t errlen)
     }
     free(m);
     closedir(d);
-    qsort(e, (size_t)n, sizeof *e, cmp_desc);
+    if (n)
+        qsort(e, (size_t)n, sizeof *e, cmp_desc);
     *out = e;
     return n;
 }
@@ -268,4 +269,79 @@ int nb_ckpt_find(const char *path, char *dir, size_t len, char *err, size_t errl
     }
     nb_ckpt_step_dir(path, step, dir, len);
     return 0;
+}
+
+int nb_ckpt_begin(const char *dir, char *err, size_t errlen)
+{
+    char path[4096];
+    if (snprintf(path, sizeof path, "%s", dir) >= (int)sizeof path) {
+        snprintf(err, errlen, "%s: path too long", dir);
+        return NB_EIO;
+    }
+    /* mkdir -p */
+    for (char *p = path + 1; ; p++) {
+        if (*p == '/' || *p == '\0') {
+            char c = *p;
+            *p = '\0';
+            if (mkdir(path, 0755) != 0 && errno != EEXIST) {
+                snprintf(err, errlen, "%s: cannot create the directory: %s", path, strerror(errno));
+                return NB_EIO;
+            }
+            *p = c;
+            if (!c)
+                break;
+        }
+    }
+    snprintf(path, sizeof path, "%s/%s", dir, NB_CKPT_MANIFEST);
+    if (unlink(path) == 0) {
+        if (nb__ckpt_fsync_dir(dir) != 0) {
+            snprintf(err, errlen, "%s: fsync failed: %s", dir, strerror(errno));
+            return NB_EIO;
+        }
+    } else if (errno != ENOENT) {
+        snprintf(err, errlen, "%s: cannot remove: %s", path, strerror(errno));
+        return NB_EIO;
+    }
+    return 0;
+}
+
+/* Files, bytes and the newest mtime of the regular files in dir. */
+static void dir_stats(const char *dir, nb_ckpt_entry_t *e)
+{
+    struct stat st;
+    if (stat(dir, &st) == 0)
+        e->mtime = (int64_t)st.st_mtime;
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        char path[4096 + 256 + 2];
+        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+        if (lstat(path, &st) != 0 || !S_ISREG(st.st_mode))
+            continue;
+        e->n_files++;
+        e->bytes += (uint64_t)st.st_size;
+        if ((int64_t)st.st_mtime > e->mtime)
+            e->mtime = (int64_t)st.st_mtime;
+    }
+    closedir(d);
+}
+
+int nb_ckpt_scan(const char *root, nb_ckpt_entry_t *out, int cap)
+{
+    entry_t *e;
+    char err[64], dir[4096];
+    int n = scan(root, &e, err, sizeof err), k = 0;
+    if (n < 0)
+        return n;
+    for (int i = 0; i < n && k < cap; i++, k++) {
+        memset(&out[k], 0, sizeof out[k]);
+        out[k].step = e[i].step;
+        out[k].complete = e[i].complete;
+        nb_ckpt_step_dir(root, e[i].step, dir, sizeof dir);
+        dir_stats(dir, &out[k]);
+    }
+    free(e);
+    return k;
 }

@@ -56,6 +56,8 @@ int nb_ckpt_snapshot(nb_part_t *p, nb_optim_t *o, nb_ckpt_snap_t **out, char *er
         return NB_ENOMEM;
     }
     s->n_params = n;
+    s->copies = copies;
+    s->n_part = nt;
     nb_backend_t *be = nb_part_backend(p);
     /* host backends copy with memcpy; device backends with their own copy */
     nb_be_to_host(be, s->state, nb_part_params(p), n * sizeof(float));
@@ -120,4 +122,33 @@ size_t nb_ckpt_snap_bytes(const nb_ckpt_snap_t *s)
     for (int i = 0; i < s->n; i++)
         b += s->t[i].numel * sizeof(float);
     return b;
+}
+
+int nb_ckpt_snapshot_refresh(nb_ckpt_snap_t *s, nb_part_t *p, nb_optim_t *o, char *err, size_t errlen)
+{
+    size_t n = nb_part_num_params(p);
+    int nt = nb_part_num_tensors(p);
+    if (!s->copies || s->n_params != n || s->n_part != nt || s->copies != (o ? 3 : 1) ||
+        (o && nb_optim_numel(o) != n)) {
+        snprintf(err, errlen, "the snapshot was not made from this part%s", o ? " and optimizer" : "");
+        return NB_EINVAL;
+    }
+    for (int i = 0; i < nt; i++)
+        if (strcmp(s->t[i].name, nb_part_tensor(p, i)->name) != 0) {
+            snprintf(err, errlen, "the snapshot's tensor %d is '%s', the part's '%s'", i, s->t[i].name,
+                     nb_part_tensor(p, i)->name);
+            return NB_EINVAL;
+        }
+    /* the extras belong to the step the snapshot was taken at */
+    for (int i = s->copies * nt; i < s->n; i++)
+        free(s->t[i].own);
+    s->n = s->copies * nt;
+    nb_backend_t *be = nb_part_backend(p);
+    nb_be_to_host(be, s->state, nb_part_params(p), n * sizeof(float));
+    if (o) {
+        nb_be_to_host(be, s->state + n, nb_optim_m(o), n * sizeof(float));
+        nb_be_to_host(be, s->state + 2 * n, nb_optim_v(o), n * sizeof(float));
+    }
+    nb_be_sync(be);
+    return 0;
 }

@@ -207,13 +207,22 @@ int nb__ckpt_read_tensor(nb_st_file_t *f, int k, float *dst, char *err, size_t e
     int rc = nb_st_read_f32(f, k, dst, err, errlen);
     if (rc)
         return rc;
-    for (uint64_t e = 0; e < t->numel; e++)
+    /* AdamW divides by sqrt(v): a negative second moment is corruption
+     * that would turn every update of its tensor into NaN */
+    bool second = !strncmp(t->name, "adamw.v.", 8);
+    for (uint64_t e = 0; e < t->numel; e++) {
+        if (second && dst[e] < 0.0f) {
+            snprintf(err, errlen, "%s: tensor '%s': element %llu is %g, a second moment is never negative: the "
+                     "file is corrupt", nb_st_path(f), t->name, (unsigned long long)e, dst[e]);
+            return NB_EFORMAT;
+        }
         if (!(fabsf(dst[e]) <= NB_CKPT_MAX_ABS)) {
             snprintf(err, errlen, "%s: tensor '%s': element %llu is %g, beyond the %g no trained value reaches: "
                      "the file is corrupt", nb_st_path(f), t->name, (unsigned long long)e, dst[e],
                      (double)NB_CKPT_MAX_ABS);
             return NB_EFORMAT;
         }
+    }
     return 0;
 }
 

@@ -90,7 +90,9 @@ static void fill(split_t *s, uint32_t seed)
         for (int c = 0; c < 3; c++) {
             for (size_t k = 0; k < n; k++) {
                 seed = seed * 1664525u + 1013904223u;
-                h[k] = (float)(int32_t)seed * (c == 2 ? 1e-12f : 1e-9f) + (c == 2 ? 1e-3f : 0.0f);
+                h[k] = (float)(int32_t)seed * 1e-9f;
+                if (c == 2) /* second moments are not negative */
+                    h[k] = fabsf(h[k]) * 1e-3f;
             }
             nb_be_from_host(be, dst[c], h, n * sizeof *h);
         }
@@ -274,6 +276,74 @@ static void test_resplit(void **state)
         }
         split_free(&a);
     }
+}
+
+/* A snapshot refreshed from a part that has changed writes the new state,
+ * bit for bit, without the old extras; another part is refused. */
+static void test_snapshot_refresh(void **state)
+{
+    int cuts[] = { 0, 3 }, cuts2[] = { 0, 2, 3 };
+    split_t a, b, c;
+    split_new(&a, &model, cuts, 1, 1);
+    split_new(&b, &model, cuts, 1, 2);
+    split_new(&c, &model, cuts2, 2, 3);
+    fill(&a, 1);
+    char err[512], dir[256];
+    nb_ckpt_snap_t *s;
+    assert_int_equal(nb_ckpt_snapshot(a.p[0], a.o[0], &s, err, sizeof err), 0);
+    int64_t shape[1] = { 2 };
+    float x[2] = { 1, 2 };
+    assert_int_equal(nb_ckpt_snap_add(s, "extra", 1, shape, x), 0);
+    fill(&a, 2); /* the part moves on */
+    assert_int_equal(nb_ckpt_snapshot_refresh(s, c.p[0], c.o[0], err, sizeof err), NB_EINVAL);
+    assert_int_equal(nb_ckpt_snapshot_refresh(s, a.p[0], NULL, err, sizeof err), NB_EINVAL);
+    assert_int_equal(nb_ckpt_snapshot_refresh(s, a.p[0], a.o[0], err, sizeof err), 0);
+    assert_int_equal(nb_ckpt_snap_add(s, "extra", 1, shape, x), 0); /* the old one is gone */
+    nb_ckpt_manifest_t m = { .meta = meta_of(&model, 9), .n_files = 1 };
+    snprintf(dir, sizeof dir, "%s/refresh", work);
+    assert_int_equal(nb_ckpt_begin(dir, err, sizeof err), 0);
+    assert_int_equal(nb_ckpt_write_file(dir, "s.safetensors", &s, 1, &m.meta, &m.files[0], err, sizeof err), 0);
+    m.files[0].stages = 1;
+    assert_int_equal(nb_ckpt_manifest_write(dir, &m, err, sizeof err), 0);
+    nb_ckpt_snap_free(s);
+    if (load(&b, dir, err, sizeof err))
+        fail_msg("%s", err);
+    assert_same(&a, &b);
+    split_free(&a);
+    split_free(&b);
+    split_free(&c);
+}
+
+/* A checkpoint of three stages merged into one file restores into other
+ * splits bit for bit, extras included; the merged manifest holds the
+ * union of the stages. */
+static void test_merge(void **state)
+{
+    int cuts3[] = { 0, 1, 2, 3 }, cuts2[] = { 0, 2, 3 };
+    split_t a, b;
+    split_new(&a, &model, cuts3, 3, 1);
+    fill(&a, 31);
+    char dir[256], out[256], err[512];
+    snprintf(dir, sizeof dir, "%s/m3", work);
+    snprintf(out, sizeof out, "%s/m1", work);
+    write_ckpt(&a, dir, 9);
+    assert_int_equal(nb_ckpt_merge(dir, dir, err, sizeof err), NB_EINVAL);
+    assert_int_equal(nb_ckpt_merge(dir, out, err, sizeof err), 0);
+    nb_ckpt_manifest_t m;
+    assert_int_equal(nb_ckpt_manifest_read(out, &m, err, sizeof err), 0);
+    assert_int_equal(m.n_files, 1);
+    assert_string_equal(m.files[0].name, "model.safetensors");
+    assert_true(m.files[0].stages == 7);
+    assert_int_equal(m.meta.step, 9);
+    split_new(&b, &model, cuts2, 2, 2);
+    if (load(&b, out, err, sizeof err))
+        fail_msg("%s", err);
+    assert_same(&a, &b);
+    float extra[6];
+    assert_int_equal(nb_ckpt_read_extra(out, &m, "codec.fwd.cut0.residual", extra, 6, err, sizeof err), 0);
+    assert_true(extra[2] == 3.5f);
+    split_free(&a);
+    split_free(&b);
 }
 
 /* ---- refusals ----------------------------------------------------------------- */
@@ -482,9 +552,22 @@ static void test_refuse_damage(void **state)
     expect_refused(dir, NB_EFORMAT, "stage1.safetensors", "truncated");
     reseal(dir, 1);
     expect_refused(dir, NB_EFORMAT, "stage1.safetensors", "past the end");
-    /* missing */
+    /* missing: a part that needs a tensor of it is refused, naming the
+     * tensor and the file; a part that needs none of it loads (a stage's
+     * directory may hold only its own files), and verify refuses */
     unlink(path);
-    expect_refused(dir, NB_ENOENT, "stage1.safetensors", "not here: stage1.safetensors");
+    expect_refused(dir, NB_ENOENT, "stage1.safetensors, which the manifest lists, is missing", "tensor 'h2.");
+    {
+        int cuts[] = { 0, 2, 3 };
+        split_t own;
+        split_new(&own, &model, cuts, 2, 1);
+        nb_ckpt_manifest_t mm;
+        assert_int_equal(nb_ckpt_manifest_read(dir, &mm, err, sizeof err), 0);
+        assert_int_equal(nb_ckpt_load_part(dir, &mm, own.p[0], own.o[0], err, sizeof err), 0);
+        assert_int_equal(nb_ckpt_verify(dir, &mm, err, sizeof err), NB_ENOENT);
+        assert_non_null(strstr(err, "stage1.safetensors"));
+        split_free(&own);
+    }
     free(good);
 
     /* the manifest's digest of a file does not match it */
@@ -509,6 +592,7 @@ static void test_refuse_values(void **state)
         { 1, 0, "lnf.w", 1e38f, "beyond" },
         { 1, 2, "h2.fc.b", -INFINITY, "not finite" },
         { 0, 1, "wte", -1e38f, "beyond" },
+        { 0, 2, "h1.proj.w", -1e-3f, "never negative" },
     };
     for (size_t k = 0; k < NB_ARRAY_LEN(cases); k++) {
         char cmd[300];
@@ -778,6 +862,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_resplit),
+        cmocka_unit_test(test_merge),
+        cmocka_unit_test(test_snapshot_refresh),
         cmocka_unit_test(test_refuse_damage),
         cmocka_unit_test(test_refuse_values),
         cmocka_unit_test(test_refuse_other_model),
