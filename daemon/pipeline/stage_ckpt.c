@@ -54,7 +54,9 @@ static void *writer_main(void *arg)
     char err[512] = "";
     uint64_t t0 = nb_host_now_ns();
     uint64_t bytes = 0;
-    int rc = 0;
+    /* a directory of an earlier round of this step (a recovery ran it
+     * again) loses its manifest copy first: the coordinator's is the one */
+    int rc = nb_ckpt_begin(w->dir, err, sizeof err);
     for (int i = 0; i < w->n && rc == 0; i++) {
         char name[NB_CKPT_FILE_NAME_MAX];
         snprintf(name, sizeof name, "stage-%d.safetensors", w->stage[i]);

@@ -104,6 +104,22 @@ pids=()
 tail -n 1 "$work/compare.log"
 echo "ok 1: a checkpoint of 2 clusters (blocks 0-3, 4-5) resumed on 3 (2+2+2); final weights equal"
 
+# the final checkpoint's files gathered in one place: nebula-weights
+# verifies and merges them into one file, from which nebula-train resumes
+# (no step left: it writes the model), equal to the uninterrupted run
+final_dir=$(printf 'step-%08d' $steps)
+mkdir -p "$work/gather/$final_dir"
+cp "$work/run/coord-ckpt/$final_dir/manifest.json" "$work/gather/$final_dir/"
+for n in a b c; do cp "$work/run/$n-ckpt/$final_dir"/stage-*.safetensors "$work/gather/$final_dir/"; done
+"$bin/nebula-weights" verify "$work/gather/$final_dir" > "$work/verify.log" 2>&1 || fail "verify: $(cat "$work/verify.log")"
+"$bin/nebula-weights" merge "$work/gather/$final_dir" "$work/merged" > "$work/merge.log" 2>&1 || fail "merge: $(cat "$work/merge.log")"
+sed -i "s#^  output: ref.weights#  output: merged.weights#" "$work/ref.yaml"
+"$bin/nebula-train" --config "$work/ref.yaml" --resume "$work/merged" > "$work/resume.log" 2>&1 ||
+  fail "nebula-train --resume of the merged pipeline checkpoint: $(tail -n 3 "$work/resume.log")"
+"$bin/nebula-weights" compare --tol 0 "$work/ref.weights" "$work/merged.weights" > "$work/compare.log" 2>&1 ||
+  { cat "$work/compare.log"; fail "the merged pipeline checkpoint differs from the uninterrupted run"; }
+echo "ok 1b: the pipeline's final checkpoint merged into one file equals nebula-train's model"
+
 # 3. the run's final checkpoint with one bit flipped in stage 0's file:
 # a restarted job resumes from it (nothing to train: every stage only
 # writes its final weights), and stage a refuses the file, naming it
