@@ -25,7 +25,7 @@ typedef struct {
     uint32_t attempt;
     int n;
     int stage[NB_SCHED_MAX_STAGES];
-    nb_ckpt_snap_t *snap[NB_SCHED_MAX_STAGES];
+    nb_ckpt_snap_t *snap[NB_SCHED_MAX_STAGES]; /* the compute thread's, borrowed */
 } write_job_t;
 
 static void post_done(nb_stage_rt_t *rt, const write_job_t *w, const ckpt_done_t *d, const char *msg)
@@ -76,8 +76,6 @@ static void *writer_main(void *arg)
                     (double)bytes / 1e6, (double)(nb_host_now_ns() - t0) / 1e9, w->dir);
     }
     post_done(rt, w, &d, rc ? err : NULL);
-    for (int i = 0; i < w->n; i++)
-        nb_ckpt_snap_free(w->snap[i]);
     free(w);
     return NULL;
 }
@@ -87,6 +85,15 @@ void nb__stage_ckpt_join(compute_t *c)
     if (c->writer_started) {
         pthread_join(c->writer, NULL);
         c->writer_started = false;
+    }
+}
+
+void nb__stage_ckpt_release(compute_t *c)
+{
+    nb__stage_ckpt_join(c);
+    for (int i = 0; i < NB_SCHED_MAX_STAGES; i++) {
+        nb_ckpt_snap_free(c->snap[i]);
+        c->snap[i] = NULL;
     }
 }
 
@@ -126,12 +133,23 @@ void nb__stage_ckpt_save(nb_stage_rt_t *rt, compute_t *c, const Nebula__Checkpoi
         free(w);
         return;
     }
+    /* the copy the step waits for: into the last checkpoint's snapshot
+     * when there is one (its pages are mapped already), else a new one */
     int rc = 0;
     for (int i = 0; i < nb_host_num_stages(c->host) && rc == 0; i++) {
+        nb_part_t *part = nb_host_part(c->host, i);
+        nb_optim_t *opt = nb_host_optim(c->host, i);
         w->stage[i] = nb_host_stage(c->host, i);
-        rc = nb_ckpt_snapshot(nb_host_part(c->host, i), nb_host_optim(c->host, i), &w->snap[i], err, sizeof err);
-        if (rc == 0)
+        if (c->snap[i] && nb_ckpt_snapshot_refresh(c->snap[i], part, opt, err, sizeof err) != 0) {
+            nb_ckpt_snap_free(c->snap[i]);
+            c->snap[i] = NULL;
+        }
+        if (!c->snap[i])
+            rc = nb_ckpt_snapshot(part, opt, &c->snap[i], err, sizeof err);
+        if (rc == 0) {
+            w->snap[i] = c->snap[i];
             w->n = i + 1;
+        }
     }
     if (rc == 0)
         w->meta.optim_steps = nb_optim_steps(nb_host_optim(c->host, 0));
@@ -140,8 +158,6 @@ void nb__stage_ckpt_save(nb_stage_rt_t *rt, compute_t *c, const Nebula__Checkpoi
             snprintf(err, sizeof err, "cannot start the checkpoint writer thread");
         nb_log_error(NULL, "checkpoint at step %llu: %s", (unsigned long long)ck->step, err);
         post_done(rt, w, &d, err);
-        for (int i = 0; i < w->n; i++)
-            nb_ckpt_snap_free(w->snap[i]);
         free(w);
         return;
     }

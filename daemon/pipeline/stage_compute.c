@@ -260,7 +260,7 @@ static int handle_job(nb_stage_rt_t *rt, compute_t *c, const char *be_why, const
             nb_host_abort_step(c->host);
         c->prepared = false;
     } else if (rc == 0) {
-        nb__stage_ckpt_join(c);
+        nb__stage_ckpt_release(c);
         if (had) {
             nb_host_free(c->host);
             c->host = NULL;
@@ -568,7 +568,7 @@ void *nb__stage_compute_main(void *arg)
         if (fatal)
             break;
     }
-    nb__stage_ckpt_join(&c);
+    nb__stage_ckpt_release(&c);
     nb_host_free(c.host);
     nb_be_free(c.be);
     return NULL;

@@ -162,9 +162,11 @@ typedef struct {
     double lc_sumsq;
     bool lc_skip;
     int last_m;                  /* micro-batches of the last plan */
-    /* the checkpoint writer thread (stage_ckpt.c) */
+    /* the checkpoint writer thread (stage_ckpt.c) and the snapshots it
+     * writes, one per hosted stage, reused by the next checkpoint */
     pthread_t writer;
     bool writer_started;
+    nb_ckpt_snap_t *snap[NB_SCHED_MAX_STAGES];
 } compute_t;
 
 /* Checkpoint SAVE at a step boundary: snapshots the hosted parts (a memory
@@ -181,6 +183,9 @@ int nb__stage_ckpt_restore(nb_stage_rt_t *rt, nb_host_t *host, const char *manif
                            char *err, size_t errlen);
 /* Waits for a checkpoint write in progress. */
 void nb__stage_ckpt_join(compute_t *c);
+/* Waits for a write in progress and frees the snapshots (the parts they
+ * copy are about to go). */
+void nb__stage_ckpt_release(compute_t *c);
 
 /* Pushes a local ABORT marker (an Abort frame) into the control box so the
  * compute thread drops the step in flight and answers with OUT_JOINED.

@@ -10,7 +10,7 @@
 # its final weights equal, to the bit, those of nebula-train on the same job
 # without any fault; the faults, the recoveries and the steps redone are
 # printed.
-# Environment: CHAOS_STEPS (default 120), CHAOS_FAULTS (default 5), CHAOS_SEED
+# Environment: CHAOS_STEPS (default 100), CHAOS_FAULTS (default 4), CHAOS_SEED
 # (default: random, printed), CHAOS_EVERY (checkpoint every N steps, default 7).
 # The long version (docs/operations.md) is scripts/chaos.sh, which runs this
 # with a few hundred steps and ten or more faults.
@@ -19,8 +19,8 @@ set -euo pipefail
 . tests/support/pipeline.sh
 build=${NB_BUILD:-build}
 bin="$build/bin"
-steps=${CHAOS_STEPS:-120}
-nfaults=${CHAOS_FAULTS:-5}
+steps=${CHAOS_STEPS:-100}
+nfaults=${CHAOS_FAULTS:-4}
 every=${CHAOS_EVERY:-7}
 seed=${CHAOS_SEED:-$(( (RANDOM << 15) | RANDOM ))}
 RANDOM=$seed
