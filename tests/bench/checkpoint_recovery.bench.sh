@@ -8,6 +8,12 @@
 #                                         the two jobs run alternately, rounds
 #                                         times each (steps 6..end of each);
 #                                         the median of the rounds' ratios
+#   bench checkpoint_overhead_fraction_in_job
+#                                         the same from within each job with
+#                                         checkpoints: (mean time of the steps
+#                                         that took the snapshot - the others')
+#                                         / every_steps / the others' (less
+#                                         exposed to a noisy machine)
 #   bench checkpoint_seconds             the coordinator's time from asking
 #                                         for a checkpoint to its manifest
 #   bench recovery_seconds               kill -9 of stage b, restarted 1 s
@@ -100,16 +106,25 @@ run_job() { # $1 every_steps; prints the mean step time
   mean_step "$work/coord.log"
   if [ "$1" -gt 0 ]; then
     sed -n 's/.*checkpoint at step [0-9]* complete: .*(\([0-9.]*\) s)$/\1/p' "$work/coord.log" >> "$work/ckpt_s.txt"
+    # within this job: the steps that took the snapshot (the one after each
+    # request) against the others, spread over every_steps
+    sed -n 's/.* step \([0-9]*\)\/[0-9]* loss .* step \([0-9.]*\) s.*/\1 \2/p' "$work/coord.log" |
+      awk -v e="$1" '$1 > 5 { if ($1 % e == 1) { a += $2; na++ } else { b += $2; nb++ } }
+        END { if (na && nb) print (a / na - b / nb) / e / (b / nb) }' >> "$work/injob.txt"
   fi
 }
 
 : > "$work/ckpt_s.txt"
 : > "$work/ratios.txt"
+: > "$work/injob.txt"
 for r in $(seq 1 "$rounds"); do
   off=$(run_job 0); on=$(run_job "$every")
   echo "round $r: mean step ${off} s without checkpoints, ${on} s with one every $every steps"
   awk -v a="$off" -v b="$on" 'BEGIN { print (b - a) / a }' >> "$work/ratios.txt"
 done
+sort -g "$work/injob.txt" | awk -v e="$every" '{ v[NR] = $1 } END { if (!NR) exit
+  m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+  printf "bench checkpoint_overhead_fraction_in_job %.4f ratio (every %d steps: the snapshot steps against the others of the same job; median of %d)\n", m, e, NR }'
 sort -g "$work/ratios.txt" | awk -v e="$every" '{ v[NR] = $1 } END {
   m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
   printf "bench checkpoint_overhead_fraction %.4f ratio (every %d steps; median of %d rounds, from %.4f to %.4f)\n", m, e, NR, v[1], v[NR] }'
