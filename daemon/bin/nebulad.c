@@ -14,6 +14,7 @@
 #include "daemon/net/tls.h"
 #include "daemon/pipeline/coord_rt.h"
 #include "daemon/pipeline/stage_rt.h"
+#include "daemon/service/memory.h"
 #include "daemon/service/service.h"
 #include "daemon/service/version.h"
 #include "kernels/common.h"
@@ -104,6 +105,10 @@ int main(int argc, char **argv)
     char kernels[96];
     nb_cpu_describe(kernels, sizeof kernels);
     nb_log_info(NULL, "nebulad %s, kernels %s", NB_VERSION, kernels);
+    char memmsg[128];
+    nb_mem_bound_process(memmsg, sizeof memmsg);
+    if (memmsg[0])
+        nb_log_info(NULL, "%s", memmsg);
     char advice[256];
     if (nb_cpu_blas_advice(advice, sizeof advice))
         nb_log_warn(NULL, "%s", advice);
