@@ -395,6 +395,18 @@ const char *nb_conn_peer_name(const nb_conn_t *c)
     return c->name;
 }
 
+const char *nb_conn_tls_layer(const nb_conn_t *c)
+{
+    (void)c;
+    return "user";
+}
+
+const char *nb_conn_tls_cipher(const nb_conn_t *c)
+{
+    const char *s = c->tls ? nb_tls_cipher(c->tls) : NULL;
+    return s ? s : "";
+}
+
 const char *nb_conn_addr(const nb_conn_t *c)
 {
     return c->addr;

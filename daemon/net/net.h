@@ -186,5 +186,11 @@ void nb_conn_close(nb_conn_t *c);
 const char *nb_conn_peer_name(const nb_conn_t *c);
 /* Remote address "ip:port" for logs. */
 const char *nb_conn_addr(const nb_conn_t *c);
+/* Where this connection's TLS records are encrypted and decrypted: "user"
+ * (OpenSSL in this process; the only layer this build runs, see
+ * daemon/net/ktls.h), and the negotiated cipher suite ("" before the
+ * handshake). */
+const char *nb_conn_tls_layer(const nb_conn_t *c);
+const char *nb_conn_tls_cipher(const nb_conn_t *c);
 
 #endif

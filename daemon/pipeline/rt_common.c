@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 #include "daemon/log.h"
+#include "daemon/net/ktls.h"
 #include "daemon/pipeline/rt_common.h"
 #include "kernels/common.h"
 
@@ -35,6 +36,8 @@ int nb_rt_open_net(uv_loop_t *loop, const nb_config_t *cfg, const nb_net_cfg_t *
         return rc;
     snprintf(bound, boundlen, "%s:%d", cfg->listen.host, port);
     nb_state_set_listen(st, bound, cfg->status_socket);
+    nb_log_info(NULL, "%s", nb_ktls_state());
+    nb_state_set_kernel_tls(st, nb_ktls_state());
     return 0;
 }
 
@@ -59,6 +62,7 @@ void nb_rt_peer_row(nb_state_t *st, const char *name, const char *role, const ch
             p.bandwidth_mbps = bps * 8.0 / 1e6;
         p.bytes_sent = l.bytes_tx;
         p.bytes_received = l.bytes_rx;
+        snprintf(p.tls, sizeof p.tls, "%s", nb_conn_tls_layer(c));
     }
     nb_state_peer_update(st, &p);
 }
