@@ -61,6 +61,15 @@ typedef struct {
     char name[NB_CFG_NAME_MAX];
 } nb_cfg_coord_t;
 
+/* Limits of the peer transport an operator may tune (docs/operations.md,
+ * "Limits"); applied by nb_rt_net_cfg. */
+typedef struct {
+    uint64_t max_frame_payload;  /* payload bytes of one frame, sent or received */
+    uint64_t send_queue_bytes;   /* bytes queued for one connection before back-pressure */
+    int max_pending_handshakes;  /* inbound connections in handshake, in all */
+    int max_pending_per_address; /* of those, from one source address */
+} nb_cfg_transport_t;
+
 typedef struct {
     int n_layer, d_model, n_head, d_ff, vocab, max_seq;
     bool causal;
@@ -148,6 +157,7 @@ typedef struct {
     double heartbeat_interval_s;
     double heartbeat_timeout_s;
     double connect_timeout_s; /* 0: wait forever */
+    nb_cfg_transport_t transport;
     nb_cfg_job_t job;
 } nb_config_t;
 

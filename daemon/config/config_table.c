@@ -71,6 +71,15 @@ static const nb__cfg_key_t tls_keys[] = {
     { 0 },
 };
 
+/* Defaults equal the transport's own (nb_net_cfg_default, nb_frame_limits_default). */
+static const nb__cfg_key_t transport_keys[] = {
+    { .name = "max_frame_payload", .type = NB__CFG_BYTES, .min = 1048576, .max = 1073741824, .def = "256MiB", FLD(nb_cfg_transport_t, max_frame_payload), .doc = "largest frame payload sent or accepted; a larger frame closes the connection" },
+    { .name = "send_queue_bytes", .type = NB__CFG_BYTES, .min = 1048576, .max = 17179869184.0, .def = "64MiB", FLD(nb_cfg_transport_t, send_queue_bytes), .doc = "bytes queued for one connection before the sender waits" },
+    { .name = "max_pending_handshakes", .type = NB__CFG_INT, .min = 1, .max = 65536, .def = "256", FLD(nb_cfg_transport_t, max_pending_handshakes), .doc = "inbound connections still in handshake; more are closed at once" },
+    { .name = "max_pending_per_address", .type = NB__CFG_INT, .min = 1, .max = 65536, .def = "8", FLD(nb_cfg_transport_t, max_pending_per_address), .doc = "of those, from one source address" },
+    { 0 },
+};
+
 static const nb__cfg_key_t coord_keys[] = {
     { .name = "address", .type = NB__CFG_ADDR, .required = S, .min = 1, FLD(nb_cfg_coord_t, address), .doc = "HOST:PORT of the coordinator" },
     { .name = "name", .type = NB__CFG_STR, .required = S, FLD(nb_cfg_coord_t, name), .validate = v_name, .doc = "name the coordinator's certificate must carry" },
@@ -189,6 +198,7 @@ const nb__cfg_key_t nb__cfg_root[] = {
     { .name = "heartbeat_interval_s", .type = NB__CFG_DOUBLE, .min = 0.05, .max = 3600, .def = "1", FLD(nb_config_t, heartbeat_interval_s), .doc = "seconds between heartbeats" },
     { .name = "heartbeat_timeout_s", .type = NB__CFG_DOUBLE, .min = 0.1, .max = 86400, .def = "10", FLD(nb_config_t, heartbeat_timeout_s), .doc = "silence after which a peer is dead" },
     { .name = "connect_timeout_s", .type = NB__CFG_DOUBLE, .min = 0, .max = 86400, .def = "60", FLD(nb_config_t, connect_timeout_s), .doc = "give up connecting after this; 0 = wait forever" },
+    { .name = "transport", .type = NB__CFG_SECTION, .roles = C | S, .sub = transport_keys, FLD(nb_config_t, transport), .doc = "limits of the peer transport" },
     { .name = "job", .type = NB__CFG_SECTION, .roles = C | T, .required = C | T, .sub = job_keys, FLD(nb_config_t, job), .doc = "the training job" },
     { 0 },
 };

@@ -18,6 +18,16 @@ void nb_rt_net_cfg(const nb_config_t *cfg, int role, nb_net_cfg_t *out)
         out->heartbeat_ms = (uint32_t)(cfg->heartbeat_interval_s * 1000.0);
     if (cfg->heartbeat_timeout_s > 0)
         out->dead_after_ms = (uint32_t)(cfg->heartbeat_timeout_s * 1000.0);
+    /* zero (a config struct not from the loader): keep the transport's default */
+    nb_frame_limits_default(&out->limits);
+    if (cfg->transport.max_frame_payload)
+        out->limits.max_payload = cfg->transport.max_frame_payload;
+    if (cfg->transport.send_queue_bytes)
+        out->send_queue_bytes = (size_t)cfg->transport.send_queue_bytes;
+    if (cfg->transport.max_pending_handshakes > 0)
+        out->max_pending = (uint32_t)cfg->transport.max_pending_handshakes;
+    if (cfg->transport.max_pending_per_address > 0)
+        out->max_pending_per_addr = (uint32_t)cfg->transport.max_pending_per_address;
 }
 
 int nb_rt_open_net(uv_loop_t *loop, const nb_config_t *cfg, const nb_net_cfg_t *nc, const nb_net_cb_t *cb,
