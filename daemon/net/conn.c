@@ -355,7 +355,15 @@ int nb_conn_send(nb_conn_t *c, Nebula__Frame *hdr, const void *payload, size_t l
         c->want_writable = 1;
         return NB_ELIMIT;
     }
-    return enqueue(c, hdr, payload, len, free_cb, free_ud, 0, 0);
+    /* A frame over the limits can never be sent: not NB_ELIMIT, which the
+     * caller takes for back-pressure and would retry forever. */
+    if (len > c->net->cfg.limits.max_payload) {
+        nb_log_error(who(c), "frame of %zu payload bytes is over transport.max_frame_payload (%llu); not sent", len,
+                     (unsigned long long)c->net->cfg.limits.max_payload);
+        return NB_ERANGE;
+    }
+    int rc = enqueue(c, hdr, payload, len, free_cb, free_ud, 0, 0);
+    return rc == NB_ELIMIT ? NB_ERANGE : rc;
 }
 
 void nb_conn_pause_read(nb_conn_t *c)

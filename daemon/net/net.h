@@ -164,7 +164,10 @@ typedef void (*nb_free_cb)(void *payload, void *free_ud);
  *   NB_ELIMIT  the queue holds send_queue_bytes or more: retry after
  *              on_writable (back-pressure to the producer);
  *   NB_ESTATE  the connection is not ready or is closing;
- *   NB_EFORMAT/NB_ELIMIT from nb_frame_encode (header too large...). */
+ *   NB_ERANGE  the frame can never be sent: payload over limits.max_payload
+ *              (transport.max_frame_payload) or header over max_header
+ *              (logged once per frame);
+ *   NB_EFORMAT/NB_ENOMEM from nb_frame_encode. */
 int nb_conn_send(nb_conn_t *c, Nebula__Frame *hdr, const void *payload, size_t len,
                  nb_free_cb free_cb, void *free_ud);
 
