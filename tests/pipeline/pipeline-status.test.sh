@@ -101,6 +101,11 @@ assert m["threads"] >= 2, m
 for p in st["peers"]:
     assert p["tls"] in ("ktls", "ktls-tx", "ktls-rx", "user"), p
 PY
+  # a daemon that runs on the CPU never maps cuBLAS (the CUDA backend is a
+  # module loaded on demand): it would cost about 140 MiB resident
+  pid=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$work/$s.json")
+  ! grep -q 'libcublas\|libcudart\|libnebula-cuda' "/proc/$pid/maps" ||
+    fail "stage $s (CPU only) maps the CUDA libraries: $(grep -o '/[^ ]*cu[a-z]*\.so[.0-9]*' "/proc/$pid/maps" | sort -u | tr '\n' ' ')"
   ctl $s status > "$work/$s.txt" || fail "nebulactl status (text) on $s"
   grep -Eq '^memory +rss [0-9.]+ MiB +peak [0-9.]+ MiB' "$work/$s.txt" || fail "stage $s: no memory line: $(cat "$work/$s.txt")"
   grep -Eq '^model +[0-9.]+ (KiB|MiB) = weights ' "$work/$s.txt" || fail "stage $s: no model line: $(cat "$work/$s.txt")"
