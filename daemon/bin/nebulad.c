@@ -11,6 +11,7 @@
 #include <uv.h>
 #include "daemon/config/config.h"
 #include "daemon/log.h"
+#include "daemon/net/ktls.h"
 #include "daemon/net/tls.h"
 #include "daemon/pipeline/coord_rt.h"
 #include "daemon/pipeline/stage_rt.h"
@@ -94,6 +95,11 @@ int main(int argc, char **argv)
             fprintf(stderr, "%s: tls: %s\n", path, err);
             return NB_CFG_EXIT_CONFIG;
         }
+    }
+    const char *kwhy;
+    if (files && cfg.tls.ktls == NB_KTLS_ON && !nb_ktls_available(&kwhy)) {
+        fprintf(stderr, "%s: tls.ktls: on, but %s\n", path, kwhy);
+        return NB_CFG_EXIT_CONFIG;
     }
     if (check) {
         printf("ok\n");

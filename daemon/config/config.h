@@ -54,6 +54,7 @@ typedef struct {
     char cert[NB_CFG_PATH_MAX];
     char key[NB_CFG_PATH_MAX];
     char ca[NB_CFG_PATH_MAX];
+    int ktls; /* 0 off, 1 auto, 2 on (nb_ktls_mode_t) */
 } nb_cfg_tls_t;
 
 typedef struct {

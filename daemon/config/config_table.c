@@ -55,6 +55,7 @@ static const char *const norm_names[] = { "pre", "post", NULL };
 static const char *const head_names[] = { "lm", "mlm", "seqcls", "tokcls", NULL };
 static const char *const sched_names[] = { "auto", "gpipe", "1f1b", NULL };
 static const char *const topo_names[] = { "chain", "ushape", NULL };
+static const char *const ktls_names[] = { "off", "auto", "on", NULL };
 
 const char *nb_cfg_role_name(nb_cfg_role_t r) { return (unsigned)r < 3 ? role_names[r] : "?"; }
 const char *nb_cfg_norm_name(nb_cfg_norm_t n) { return (unsigned)n < 2 ? norm_names[n] : "?"; }
@@ -68,6 +69,7 @@ static const nb__cfg_key_t tls_keys[] = {
     { .name = "cert", .type = NB__CFG_PATH, .required = C | S, FLD(nb_cfg_tls_t, cert), .doc = "PEM certificate of this daemon" },
     { .name = "key", .type = NB__CFG_PATH, .required = C | S, FLD(nb_cfg_tls_t, key), .doc = "PEM private key of this daemon" },
     { .name = "ca", .type = NB__CFG_PATH, .required = C | S, FLD(nb_cfg_tls_t, ca), .doc = "PEM CA bundle that signs every peer" },
+    { .name = "ktls", .type = NB__CFG_ENUM, .def = "off", .names = ktls_names, FLD(nb_cfg_tls_t, ktls), .doc = "kernel TLS for what this daemon sends: off, auto (where the kernel offers it) or on (required)" },
     { 0 },
 };
 

@@ -48,6 +48,9 @@ typedef struct {
                                       rest summed up at its end; default 10000 */
     uint64_t probe_max_bytes;      /* largest bulk probe sent or served;
                                       default 64 MiB, at most 1 GiB */
+    int ktls;                      /* nb_ktls_mode_t (daemon/net/ktls.h):
+                                      hand the sending direction of each
+                                      connection to kernel TLS; default off */
     /* Latency emulation for tests and benchmarks only (this kernel has no
      * netem): every outgoing frame is held this long before it is sent.
      * Never set by a production configuration; a warning is logged. */
@@ -90,6 +93,8 @@ typedef struct {
     uint64_t truncated_frames;    /* connection ended inside a frame */
     uint64_t unknown_job;         /* tensor for a job other than the current */
     uint64_t dead_peers;
+    uint64_t ktls_tx;             /* connections whose sending side the kernel encrypts */
+    uint64_t ktls_fallbacks;      /* tls.ktls auto: the kernel refused, OpenSSL encrypts */
     uint64_t frames_tx, frames_rx, payload_tx, payload_rx;
 } nb_net_stats_t;
 
@@ -189,10 +194,10 @@ void nb_conn_close(nb_conn_t *c);
 const char *nb_conn_peer_name(const nb_conn_t *c);
 /* Remote address "ip:port" for logs. */
 const char *nb_conn_addr(const nb_conn_t *c);
-/* Where this connection's TLS records are encrypted and decrypted: "user"
- * (OpenSSL in this process; the only layer this build runs, see
- * daemon/net/ktls.h), and the negotiated cipher suite ("" before the
- * handshake). */
+/* Where this connection's TLS records are encrypted: "ktls-tx" (the kernel
+ * encrypts what this side sends; OpenSSL decrypts what it receives) or
+ * "user" (OpenSSL both ways); and the negotiated cipher suite ("" before
+ * the handshake). */
 const char *nb_conn_tls_layer(const nb_conn_t *c);
 const char *nb_conn_tls_cipher(const nb_conn_t *c);
 

@@ -14,6 +14,7 @@ void nb_rt_net_cfg(const nb_config_t *cfg, int role, nb_net_cfg_t *out)
     out->tls.cert_file = cfg->tls.cert;
     out->tls.key_file = cfg->tls.key;
     out->tls.ca_file = cfg->tls.ca;
+    out->ktls = cfg->tls.ktls;
     if (cfg->heartbeat_interval_s > 0)
         out->heartbeat_ms = (uint32_t)(cfg->heartbeat_interval_s * 1000.0);
     if (cfg->heartbeat_timeout_s > 0)
@@ -46,8 +47,20 @@ int nb_rt_open_net(uv_loop_t *loop, const nb_config_t *cfg, const nb_net_cfg_t *
         return rc;
     snprintf(bound, boundlen, "%s:%d", cfg->listen.host, port);
     nb_state_set_listen(st, bound, cfg->status_socket);
-    nb_log_info(NULL, "%s", nb_ktls_state());
-    nb_state_set_kernel_tls(st, nb_ktls_state());
+    /* tls.ktls on needs the kernel's tls protocol: refuse to start without */
+    const char *kwhy;
+    bool kavail = nb_ktls_available(&kwhy);
+    if (cfg->tls.ktls == NB_KTLS_ON && !kavail) {
+        snprintf(why, whylen, "tls.ktls is on, but %s", kwhy);
+        return NB_EINVAL;
+    }
+    char line[400];
+    snprintf(line, sizeof line, "tls.ktls %s: %s%s", nb_ktls_mode_name((nb_ktls_mode_t)cfg->tls.ktls),
+             nb_ktls_state(),
+             cfg->tls.ktls == NB_KTLS_OFF || !kavail ? "; records are encrypted in user space"
+                                                    : "; the kernel encrypts what this daemon sends");
+    nb_log_info(NULL, "%s", line);
+    nb_state_set_kernel_tls(st, line);
     return 0;
 }
 

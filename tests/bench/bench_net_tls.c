@@ -14,7 +14,8 @@
  * net_tls_vs_tcp (ratio; target >= 0.5), tls_crypto_limit_<suite> (MB/s,
  * e.g. _aes_128_gcm_sha256)
  * and tls_goodput_vs_crypto_limit (ratio), plus where the kernel TLS probe
- * stands (daemon/net/ktls.h).
+ * stands (daemon/net/ktls.h). NB_BENCH_KTLS=auto runs both endpoints with
+ * tls.ktls auto (the sender's records sealed by the kernel where it can).
  */
 #include "tests/net/net_harness.h"
 #include <ctype.h>
@@ -32,6 +33,13 @@ static double now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* tls.ktls of both endpoints: NB_BENCH_KTLS=auto|on (default off). */
+static int bench_ktls(void)
+{
+    const char *e = getenv("NB_BENCH_KTLS");
+    return !e ? NB_KTLS_OFF : strcmp(e, "on") == 0 ? NB_KTLS_ON : strcmp(e, "auto") == 0 ? NB_KTLS_AUTO : NB_KTLS_OFF;
 }
 
 /* ---- TLS ---- */
@@ -71,6 +79,7 @@ static void *rx_thread(void *arg)
     nb_net_cfg_t cfg;
     uv_loop_init(&rxs.loop);
     h_cfg(&cfg, &rxs.ep, "b", "b", allow, 1);
+    cfg.ktls = bench_ktls();
     cfg.dead_after_ms = 30000;
     rxs.ep.on_frame = rx_frame;
     h_ep_new(&rxs.loop, &rxs.ep, &cfg, 1);
@@ -261,6 +270,7 @@ int main(void)
     nb_net_cfg_t cfg;
     uv_loop_init(&txs.loop);
     h_cfg(&cfg, &txs.ep, "a", "a", NULL, 0);
+    cfg.ktls = bench_ktls();
     cfg.send_queue_bytes = 16u << 20;
     cfg.dead_after_ms = 30000;
     nb_net_cb_t cb = h_cb;
@@ -291,7 +301,8 @@ int main(void)
     for (const char *p = strncmp(suite, "TLS_", 4) == 0 ? suite + 4 : suite; *p && k + 1 < sizeof sname; p++)
         sname[k++] = (char)tolower((unsigned char)*p);
     sname[k] = 0;
-    printf("# %s\n", nb_ktls_state());
+    printf("# %s; tls.ktls %s (NB_BENCH_KTLS); the sender's records: %s\n", nb_ktls_state(),
+           nb_ktls_mode_name((nb_ktls_mode_t)bench_ktls()), nb_conn_tls_layer(txs.ep.conn));
     printf("bench net_tcp_goodput_4mib %.0f MB/s\n", best_tcp);
     printf("bench net_tls_goodput_4mib %.0f MB/s\n", best_tls);
     printf("bench net_tls_vs_tcp %.3f ratio\n", best_tls / best_tcp);

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The transport limits of the `transport:` section act in the daemons:
+# The transport limits of the `transport:` section, and tls.ktls, act in the
+# daemons:
 #   - `--check-config` refuses an out-of-range value (exit 78), naming the key;
 #   - a job whose micro-batch tensors fit the stages' max_frame_payload trains;
 #   - a job whose tensors do not fit fails with the reason (the stage names
-#     transport.max_frame_payload), instead of waiting forever.
+#     transport.max_frame_payload), instead of waiting forever;
+#   - tls.ktls: a bad value is refused; `on` is refused (check and start)
+#     where the kernel offers no kernel TLS.
 set -euo pipefail
 . tests/support/assert.sh
 . tests/support/pipeline.sh
@@ -23,6 +26,26 @@ nb_stage_yaml "$work/bad2.yaml" a "127.0.0.1:$base" "127.0.0.1:$((base + 1))" 1 
   "transport: {max_pending_handshakes: 0}"
 expect_rc 78 "$bin/nebulad" --check-config "$work/bad2.yaml" > "$work/bad2.out" 2>&1
 expect_grep 'transport.max_pending_handshakes: out of bounds' "$work/bad2.out"
+
+# ---- tls.ktls: a bad value is refused; "on" only where the kernel offers kernel TLS ----
+nb_stage_yaml "$work/k1.yaml" a "127.0.0.1:$base" "127.0.0.1:$((base + 1))" 1 10
+sed -i 's|ca: certs/ca.pem}|ca: certs/ca.pem, ktls: maybe}|' "$work/k1.yaml"
+expect_rc 78 "$bin/nebulad" --check-config "$work/k1.yaml" > "$work/k1.out" 2>&1
+expect_grep "tls.ktls: must be one of off, auto, on; got 'maybe'" "$work/k1.out"
+sed -i 's|ktls: maybe}|ktls: on}|' "$work/k1.yaml"
+# the kernel's answer to TCP_ULP "tls" on an unconnected socket: ENOENT = no kernel TLS
+ulp=$(python3 -c 'import socket
+try: socket.socket().setsockopt(socket.IPPROTO_TCP, 31, b"tls")
+except OSError as e: print(e.errno)' || true)
+if [ "$ulp" = 2 ]; then
+  expect_rc 78 "$bin/nebulad" --check-config "$work/k1.yaml" > "$work/k1.out" 2>&1
+  expect_grep 'tls.ktls: on, but the kernel has no tls module' "$work/k1.out"
+  # and the daemon itself does not start (a configuration error: exit 78)
+  expect_rc 78 "$bin/nebulad" --config "$work/k1.yaml" > "$work/k1.log" 2>&1
+  expect_grep 'tls.ktls: on, but the kernel has no tls module' "$work/k1.log"
+else
+  expect_rc 0 "$bin/nebulad" --check-config "$work/k1.yaml" > "$work/k1.out" 2>&1
+fi
 
 # run_job NAME D_MODEL: coordinator plus stages a, b whose frames may carry
 # at most 1 MiB; one micro-batch of activations is 8 x 32 x D_MODEL x 4 bytes
