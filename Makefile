@@ -5,7 +5,8 @@
 #   kernels/**/*.c            -> libnbkernels.a   (compute: backends, ops, model, codecs)
 #   kernels/cpu/*.c           -> libnbkernels.a   once per CPU level (generic, avx2, avx512
 #                                                 on x86-64), chosen at run time
-#   kernels/cuda/*.cu         -> libnbkernels.a   (only when CUDA is found)
+#   kernels/cuda/*.cu         -> libnebula-cuda.so (only when CUDA is found; loaded
+#                                                 on demand by kernels/cuda_loader.c)
 #   proto/*.proto             -> libnbproto.a     (protoc-c output, generated, never committed)
 #   daemon/**/*.c             -> libnbdaemon.a    (all but daemon/bin/)
 #   daemon/bin/NAME.c         -> $(BUILD)/bin/NAME
@@ -129,7 +130,11 @@ CPPFLAGS += -DNB_HAVE_CUDA=1 -I$(CUDA_ROOT)/include
 CUDA_ARCHS ?= 80 90
 NVCC_GENCODE := $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a))
 NVCCFLAGS ?= -O2 -g -std=c++17 -Xcompiler -Wall,-Werror,-Wno-unused-parameter $(NVCC_GENCODE) -I. -I$(BUILD)/gen -DNB_HAVE_CUDA=1
-LDLIBS += -L$(CUDA_ROOT)/lib64 -Wl,-rpath,$(CUDA_ROOT)/lib64 -lcublas -lcudart -lstdc++
+# The backend is a module loaded on demand (kernels/cuda_loader.c): only a
+# process that uses a GPU maps cuBLAS.
+NVCCFLAGS += -Xcompiler -fPIC
+CUDA_LDLIBS := -L$(CUDA_ROOT)/lib64 -Xlinker -rpath,$(CUDA_ROOT)/lib64 -lcublas -lcudart
+LDLIBS += -ldl
 endif
 
 # ---- sources ---------------------------------------------------------------------
@@ -150,7 +155,8 @@ BENCH_SRCS := $(wildcard tests/bench/bench_*.c)
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 
 CPU_ISA_OBJS := $(foreach l,$(CPU_LEVELS),$(CPU_ISA_SRCS:%.c=$(BUILD)/obj/cpu-$(l)/%.o))
-KERNEL_OBJS := $(KERNEL_SRCS:%.c=$(BUILD)/obj/%.o) $(CPU_ISA_OBJS) $(KERNEL_CU:%.cu=$(BUILD)/obj/%.cu.o)
+KERNEL_OBJS := $(KERNEL_SRCS:%.c=$(BUILD)/obj/%.o) $(CPU_ISA_OBJS)
+CUDA_MODULE := $(if $(KERNEL_CU),$(BUILD)/lib/libnebula-cuda.so)
 PROTO_OBJS := $(PROTO_GEN_C:$(BUILD)/gen/%.c=$(BUILD)/obj/gen/%.o)
 DAEMON_OBJS := $(DAEMON_SRCS:%.c=$(BUILD)/obj/%.o)
 SUPPORT_OBJS := $(TEST_SUPPORT_SRCS:%.c=$(BUILD)/obj/%.o)
@@ -184,7 +190,7 @@ $(BUILD)/config.txt:
 .PHONY: all test asan tsan bench demo fuzz install clean help
 # Keep objects that make would treat as intermediate.
 .SECONDARY:
-all: $(BINS) $(TESTS) $(BENCHES)
+all: $(BINS) $(TESTS) $(BENCHES) $(CUDA_MODULE)
 
 $(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: %.proto
 	@mkdir -p $(dir $@)
@@ -213,10 +219,16 @@ $(BUILD)/obj/cpu-$(1)/%.o: %.c $(BUILD)/config.txt
 endef
 $(foreach l,$(CPU_LEVELS),$(eval $(call cpu_level_rule,$(l))))
 
-$(BUILD)/obj/%.cu.o: %.cu $(BUILD)/config.txt
+# position-independent: the objects go into the module
+$(BUILD)/obj/%.cu.pic.o: %.cu $(BUILD)/config.txt
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  NVCC    $<")
 	$(Q)$(NVCC) $(NVCCFLAGS) -c -o $@ $<
+
+$(CUDA_MODULE): $(KERNEL_CU:%.cu=$(BUILD)/obj/%.cu.pic.o)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(NVCC) -shared -o $@ $^ $(CUDA_LDLIBS)
 
 $(LIB_KERNELS): $(KERNEL_OBJS)
 $(LIB_PROTO): $(PROTO_OBJS)
@@ -292,9 +304,10 @@ $(BUILD)/fuzz/%: $(BUILD)/obj/tests/fuzz/%.o $(LIBS)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) -fsanitize=fuzzer,address,undefined -o $@ $< $(LIBS) $(LDLIBS)
 
-install: $(BINS)
+install: $(BINS) $(CUDA_MODULE)
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/nebula/config
 	install -m 0755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
+	$(if $(CUDA_MODULE),install -d $(DESTDIR)$(PREFIX)/lib/nebula && install -m 0644 $(CUDA_MODULE) $(DESTDIR)$(PREFIX)/lib/nebula/)
 	cp -r config/. $(DESTDIR)$(PREFIX)/share/nebula/config/
 	@if [ -d scripts/systemd ]; then \
 		install -d $(DESTDIR)$(PREFIX)/lib/systemd/system; \

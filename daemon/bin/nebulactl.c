@@ -231,20 +231,45 @@ static int print_status(const ctl_opts_t *o, json_t *r)
     printf("uptime    %s s\n", num(a, sizeof a, r, "uptime_s", "%.1f", 1));
     printf("pid       %s\n", num(a, sizeof a, r, "pid", "%.0f", 1));
     printf("listen    %s\n", str(r, "listen"));
+    if (str(r, "kernel_tls")[0] && strcmp(str(r, "kernel_tls"), "-") != 0)
+        printf("tls       %s\n", str(r, "kernel_tls"));
     json_t *peers = json_object_get(r, "peers");
-    printf("\n%-16s %-12s %-24s %-11s %8s %10s %10s %10s\n", "PEER", "ROLE", "ADDRESS", "STATE", "RTT_MS",
-           "MBIT/S", "SENT", "RECEIVED");
+    printf("\n%-16s %-12s %-24s %-11s %8s %10s %10s %10s %-7s\n", "PEER", "ROLE", "ADDRESS", "STATE", "RTT_MS",
+           "MBIT/S", "SENT", "RECEIVED", "TLS");
     size_t i;
     json_t *p;
     json_array_foreach(peers, i, p)
     {
-        printf("%-16s %-12s %-24s %-11s %8s %10s %10s %10s\n", str(p, "name"), str(p, "role"), str(p, "address"),
-               str(p, "state"), num(a, sizeof a, p, "rtt_ms", "%.1f", 1),
+        printf("%-16s %-12s %-24s %-11s %8s %10s %10s %10s %-7s\n", str(p, "name"), str(p, "role"),
+               str(p, "address"), str(p, "state"), num(a, sizeof a, p, "rtt_ms", "%.1f", 1),
                num(b, sizeof b, p, "bandwidth_mbps", "%.1f", 1), bytes(c, sizeof c, p, "bytes_sent"),
-               bytes(d, sizeof d, p, "bytes_received"));
+               bytes(d, sizeof d, p, "bytes_received"), str(p, "tls")[0] ? str(p, "tls") : "-");
     }
     if (json_array_size(peers) == 0)
         printf("(no peers)\n");
+    json_t *links = json_object_get(r, "links");
+    if (json_array_size(links) > 0) {
+        printf("\n%-16s %-16s %8s %10s %10s\n", "LINK FROM", "TO", "RTT_MS", "MBIT/S", "BYTES");
+        json_array_foreach(links, i, p)
+        {
+            printf("%-16s %-16s %8s %10s %10s\n", str(p, "from"), str(p, "to"),
+                   num(a, sizeof a, p, "rtt_ms", "%.1f", 1), num(b, sizeof b, p, "mbps", "%.1f", 1),
+                   bytes(c, sizeof c, p, "bytes"));
+        }
+    }
+    json_t *mem = json_object_get(r, "memory");
+    if (json_is_object(mem)) {
+        json_t *mm = json_object_get(mem, "model"), *hp = json_object_get(mem, "heap");
+        char e[64], f[64];
+        printf("\nmemory    rss %s  peak %s  (anonymous %s, files %s)  threads %s\n", bytes(a, sizeof a, mem, "rss"),
+               bytes(b, sizeof b, mem, "peak_rss"), bytes(c, sizeof c, mem, "rss_anon"),
+               bytes(d, sizeof d, mem, "rss_file"), num(e, sizeof e, mem, "threads", "%.0f", 1));
+        printf("model     %s = weights %s + gradients %s + optimizer %s + activations %s\n",
+               bytes(a, sizeof a, mm, "total"), bytes(b, sizeof b, mm, "weights"), bytes(c, sizeof c, mm, "gradients"),
+               bytes(d, sizeof d, mm, "optimizer"), bytes(e, sizeof e, mm, "activations"));
+        printf("heap      in use %s (mapped %s)  free %s  other than model %s\n", bytes(a, sizeof a, hp, "in_use"),
+               bytes(b, sizeof b, hp, "mmapped"), bytes(c, sizeof c, hp, "free"), bytes(f, sizeof f, mem, "other"));
+    }
     json_t *j = json_object_get(r, "job");
     if (!json_is_object(j)) {
         printf("\njob       none on this daemon\n");

@@ -11,9 +11,11 @@
 #include <uv.h>
 #include "daemon/config/config.h"
 #include "daemon/log.h"
+#include "daemon/net/ktls.h"
 #include "daemon/net/tls.h"
 #include "daemon/pipeline/coord_rt.h"
 #include "daemon/pipeline/stage_rt.h"
+#include "daemon/service/memory.h"
 #include "daemon/service/service.h"
 #include "daemon/service/version.h"
 #include "kernels/common.h"
@@ -94,6 +96,11 @@ int main(int argc, char **argv)
             return NB_CFG_EXIT_CONFIG;
         }
     }
+    const char *kwhy;
+    if (files && cfg.tls.ktls == NB_KTLS_ON && !nb_ktls_available(&kwhy)) {
+        fprintf(stderr, "%s: tls.ktls: on, but %s\n", path, kwhy);
+        return NB_CFG_EXIT_CONFIG;
+    }
     if (check) {
         printf("ok\n");
         return 0;
@@ -104,6 +111,10 @@ int main(int argc, char **argv)
     char kernels[96];
     nb_cpu_describe(kernels, sizeof kernels);
     nb_log_info(NULL, "nebulad %s, kernels %s", NB_VERSION, kernels);
+    char memmsg[128];
+    nb_mem_bound_process(memmsg, sizeof memmsg);
+    if (memmsg[0])
+        nb_log_info(NULL, "%s", memmsg);
     char advice[256];
     if (nb_cpu_blas_advice(advice, sizeof advice))
         nb_log_warn(NULL, "%s", advice);

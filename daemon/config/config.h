@@ -54,12 +54,22 @@ typedef struct {
     char cert[NB_CFG_PATH_MAX];
     char key[NB_CFG_PATH_MAX];
     char ca[NB_CFG_PATH_MAX];
+    int ktls; /* 0 off, 1 auto, 2 on (nb_ktls_mode_t) */
 } nb_cfg_tls_t;
 
 typedef struct {
     nb_cfg_addr_t address;
     char name[NB_CFG_NAME_MAX];
 } nb_cfg_coord_t;
+
+/* Limits of the peer transport an operator may tune (docs/operations.md,
+ * "Limits"); applied by nb_rt_net_cfg. */
+typedef struct {
+    uint64_t max_frame_payload;  /* payload bytes of one frame, sent or received */
+    uint64_t send_queue_bytes;   /* bytes queued for one connection before back-pressure */
+    int max_pending_handshakes;  /* inbound connections in handshake, in all */
+    int max_pending_per_address; /* of those, from one source address */
+} nb_cfg_transport_t;
 
 typedef struct {
     int n_layer, d_model, n_head, d_ff, vocab, max_seq;
@@ -148,6 +158,7 @@ typedef struct {
     double heartbeat_interval_s;
     double heartbeat_timeout_s;
     double connect_timeout_s; /* 0: wait forever */
+    nb_cfg_transport_t transport;
     nb_cfg_job_t job;
 } nb_config_t;
 

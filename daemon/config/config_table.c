@@ -55,6 +55,7 @@ static const char *const norm_names[] = { "pre", "post", NULL };
 static const char *const head_names[] = { "lm", "mlm", "seqcls", "tokcls", NULL };
 static const char *const sched_names[] = { "auto", "gpipe", "1f1b", NULL };
 static const char *const topo_names[] = { "chain", "ushape", NULL };
+static const char *const ktls_names[] = { "off", "auto", "on", NULL };
 
 const char *nb_cfg_role_name(nb_cfg_role_t r) { return (unsigned)r < 3 ? role_names[r] : "?"; }
 const char *nb_cfg_norm_name(nb_cfg_norm_t n) { return (unsigned)n < 2 ? norm_names[n] : "?"; }
@@ -68,6 +69,16 @@ static const nb__cfg_key_t tls_keys[] = {
     { .name = "cert", .type = NB__CFG_PATH, .required = C | S, FLD(nb_cfg_tls_t, cert), .doc = "PEM certificate of this daemon" },
     { .name = "key", .type = NB__CFG_PATH, .required = C | S, FLD(nb_cfg_tls_t, key), .doc = "PEM private key of this daemon" },
     { .name = "ca", .type = NB__CFG_PATH, .required = C | S, FLD(nb_cfg_tls_t, ca), .doc = "PEM CA bundle that signs every peer" },
+    { .name = "ktls", .type = NB__CFG_ENUM, .def = "off", .names = ktls_names, FLD(nb_cfg_tls_t, ktls), .doc = "kernel TLS for what this daemon sends: off, auto (where the kernel offers it) or on (required)" },
+    { 0 },
+};
+
+/* Defaults equal the transport's own (nb_net_cfg_default, nb_frame_limits_default). */
+static const nb__cfg_key_t transport_keys[] = {
+    { .name = "max_frame_payload", .type = NB__CFG_BYTES, .min = 1048576, .max = 1073741824, .def = "256MiB", FLD(nb_cfg_transport_t, max_frame_payload), .doc = "largest frame payload sent or accepted; a larger frame closes the connection" },
+    { .name = "send_queue_bytes", .type = NB__CFG_BYTES, .min = 1048576, .max = 17179869184.0, .def = "64MiB", FLD(nb_cfg_transport_t, send_queue_bytes), .doc = "bytes queued for one connection before the sender waits" },
+    { .name = "max_pending_handshakes", .type = NB__CFG_INT, .min = 1, .max = 65536, .def = "256", FLD(nb_cfg_transport_t, max_pending_handshakes), .doc = "inbound connections still in handshake; more are closed at once" },
+    { .name = "max_pending_per_address", .type = NB__CFG_INT, .min = 1, .max = 65536, .def = "8", FLD(nb_cfg_transport_t, max_pending_per_address), .doc = "of those, from one source address" },
     { 0 },
 };
 
@@ -189,6 +200,7 @@ const nb__cfg_key_t nb__cfg_root[] = {
     { .name = "heartbeat_interval_s", .type = NB__CFG_DOUBLE, .min = 0.05, .max = 3600, .def = "1", FLD(nb_config_t, heartbeat_interval_s), .doc = "seconds between heartbeats" },
     { .name = "heartbeat_timeout_s", .type = NB__CFG_DOUBLE, .min = 0.1, .max = 86400, .def = "10", FLD(nb_config_t, heartbeat_timeout_s), .doc = "silence after which a peer is dead" },
     { .name = "connect_timeout_s", .type = NB__CFG_DOUBLE, .min = 0, .max = 86400, .def = "60", FLD(nb_config_t, connect_timeout_s), .doc = "give up connecting after this; 0 = wait forever" },
+    { .name = "transport", .type = NB__CFG_SECTION, .roles = C | S, .sub = transport_keys, FLD(nb_config_t, transport), .doc = "limits of the peer transport" },
     { .name = "job", .type = NB__CFG_SECTION, .roles = C | T, .required = C | T, .sub = job_keys, FLD(nb_config_t, job), .doc = "the training job" },
     { 0 },
 };

@@ -5,8 +5,10 @@
  */
 #include <string.h>
 #include <time.h>
+#include <openssl/crypto.h>
 #include "kernels/common.h"
 #include "daemon/log.h"
+#include "daemon/net/ktls.h"
 #include "daemon/net/net_internal.h"
 
 uint64_t nb__now_ns(void)
@@ -45,6 +47,8 @@ static void on_handle_closed(uv_handle_t *h)
     nb__probe_closed(c);
     nb_tls_free(c->tls);
     c->tls = NULL;
+    free(c->plain);
+    c->plain = NULL;
     nb_net_t *n = c->net;
     n->stats.closed++;
     if (c->reported_ready && n->cb.on_closed)
@@ -96,7 +100,10 @@ static void finish_drain(nb_conn_t *c)
 {
     if (c->closing || c->inflight)
         return;
-    if (c->tls)
+    uv_os_fd_t fd;
+    if (c->ktls_tx && uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0)
+        nb_ktls_send_alert(fd, 1, 0); /* close_notify, sealed by the kernel */
+    else if (c->tls)
         nb_tls_shutdown(c->tls);
     flush_tls(c);
     c->sreq.data = c;
@@ -135,6 +142,7 @@ typedef struct {
 } wbuf_t;
 
 static void pump(nb_conn_t *c);
+static void try_ktls(nb_conn_t *c);
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 
@@ -152,31 +160,112 @@ static void on_write(uv_write_t *req, int status)
         nb__conn_fail(c, NB_EIO);
         return;
     }
-    pump(c);
+    if (c->ktls_pending)
+        try_ktls(c); /* pumps */
+    else
+        pump(c);
+}
+
+/* Hands data (malloc'd, len bytes; ours from now on) to libuv. */
+static int write_buf(nb_conn_t *c, uint8_t *data, size_t len)
+{
+    wbuf_t *w = malloc(sizeof *w);
+    if (!w) {
+        free(data);
+        nb__conn_fail(c, NB_ENOMEM);
+        return NB_ENOMEM;
+    }
+    w->c = c;
+    w->data = data;
+    w->len = len;
+    uv_buf_t b = uv_buf_init((char *)w->data, (unsigned)w->len);
+    int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
+    if (rc < 0) {
+        free(w->data);
+        free(w);
+        nb__conn_fail(c, NB_EIO);
+        return NB_EIO;
+    }
+    c->inflight += w->len;
+    return 0;
 }
 
 static void flush_tls(nb_conn_t *c)
 {
     if (c->closing || !c->tls)
         return;
-    while (nb_tls_pending_out(c->tls) > 0) {
-        wbuf_t *w = malloc(sizeof *w);
-        if (!w) {
-            nb__conn_fail(c, NB_ENOMEM);
-            return;
+    if (c->ktls_tx) {
+        /* OpenSSL's own records (a key update, an alert) were sealed with
+         * keys the kernel now owns the sequence of: they cannot go out */
+        if (nb_tls_pending_out(c->tls) > 0) {
+            size_t n;
+            free(nb_tls_take_out(c->tls, &n));
         }
-        w->c = c;
-        w->data = nb_tls_take_out(c->tls, &w->len);
-        uv_buf_t b = uv_buf_init((char *)w->data, (unsigned)w->len);
-        int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
-        if (rc < 0) {
-            free(w->data);
-            free(w);
-            nb__conn_fail(c, NB_EIO);
-            return;
+        if (c->plain_len) {
+            uint8_t *d = c->plain;
+            size_t n = c->plain_len;
+            c->plain = NULL;
+            c->plain_len = c->plain_cap = 0;
+            write_buf(c, d, n);
         }
-        c->inflight += w->len;
+        return;
     }
+    while (nb_tls_pending_out(c->tls) > 0) {
+        size_t len;
+        uint8_t *d = nb_tls_take_out(c->tls, &len);
+        if (write_buf(c, d, len) != 0)
+            return;
+    }
+}
+
+/* ktls_tx: frame bytes gathered for the next write (the kernel seals them). */
+static int plain_append(nb_conn_t *c, const uint8_t *p, size_t k)
+{
+    if (c->plain_len + k > c->plain_cap) {
+        size_t cap = c->plain_len + k > NB__NET_CHUNK ? c->plain_len + k : NB__NET_CHUNK;
+        uint8_t *n = realloc(c->plain, cap);
+        if (!n)
+            return NB_ENOMEM;
+        c->plain = n;
+        c->plain_cap = cap;
+    }
+    memcpy(c->plain + c->plain_len, p, k);
+    c->plain_len += k;
+    return 0;
+}
+
+/* After the handshake, once its last flight has left (nothing in flight, no
+ * ciphertext waiting): hands the sending direction to the kernel, or falls
+ * back to OpenSSL (tls.ktls auto), or fails the connection (tls.ktls on, or
+ * a socket the kernel took but would not key). Then resumes sending. */
+static void try_ktls(nb_conn_t *c)
+{
+    if (!c->ktls_pending || c->closing || c->inflight || nb_tls_pending_out(c->tls) > 0)
+        return;
+    c->ktls_pending = 0;
+    nb_tls_tx_keys_t k;
+    char why[160] = "";
+    int rc = nb_tls_tx_keys(c->tls, &k);
+    if (rc == 0) {
+        uv_os_fd_t fd;
+        rc = uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0 ? nb_ktls_enable_tx(fd, &k, why, sizeof why) : NB_EIO;
+        OPENSSL_cleanse(&k, sizeof k);
+    } else {
+        snprintf(why, sizeof why, "no sending keys (%s)", nb_strerror(rc));
+    }
+    if (rc == 0) {
+        c->ktls_tx = 1;
+        c->net->stats.ktls_tx++;
+        nb_log_debug(who(c), "kernel TLS encrypts what this side sends");
+    } else if (rc == NB_ECLOSED || c->net->cfg.ktls == NB_KTLS_ON) {
+        nb_log_error(who(c), "kernel TLS refused (%s); closing the connection", why);
+        nb__conn_fail(c, NB_EIO);
+        return;
+    } else {
+        c->net->stats.ktls_fallbacks++;
+        nb_log_debug(who(c), "kernel TLS refused (%s); OpenSSL encrypts", why);
+    }
+    pump(c);
 }
 
 static void maybe_writable(nb_conn_t *c)
@@ -232,7 +321,8 @@ static void on_delay(uv_timer_t *t)
  * (bounded by send_queue_bytes) holds the rest. */
 static void pump(nb_conn_t *c)
 {
-    while (!c->closing && c->state >= NB__C_HELLO && c->inflight < NB__NET_INFLIGHT && c->txq) {
+    while (!c->closing && !c->ktls_pending && c->state >= NB__C_HELLO && c->inflight < NB__NET_INFLIGHT &&
+           c->txq) {
         nb__tx_t *t = c->txq;
         if (t->due_ms) {
             uint64_t now = now_ms(c);
@@ -253,7 +343,7 @@ static void pump(nb_conn_t *c)
                 avail = t->len - (t->off - t->hdr_len);
             }
             size_t k = avail < budget ? avail : budget;
-            if (nb_tls_write(c->tls, p, k) < 0) {
+            if (c->ktls_tx ? plain_append(c, p, k) < 0 : nb_tls_write(c->tls, p, k) < 0) {
                 nb_log_warn(who(c), "TLS write failed");
                 nb__conn_fail(c, NB_EIO);
                 return;
@@ -355,7 +445,15 @@ int nb_conn_send(nb_conn_t *c, Nebula__Frame *hdr, const void *payload, size_t l
         c->want_writable = 1;
         return NB_ELIMIT;
     }
-    return enqueue(c, hdr, payload, len, free_cb, free_ud, 0, 0);
+    /* A frame over the limits can never be sent: not NB_ELIMIT, which the
+     * caller takes for back-pressure and would retry forever. */
+    if (len > c->net->cfg.limits.max_payload) {
+        nb_log_error(who(c), "frame of %zu payload bytes is over transport.max_frame_payload (%llu); not sent", len,
+                     (unsigned long long)c->net->cfg.limits.max_payload);
+        return NB_ERANGE;
+    }
+    int rc = enqueue(c, hdr, payload, len, free_cb, free_ud, 0, 0);
+    return rc == NB_ELIMIT ? NB_ERANGE : rc;
 }
 
 void nb_conn_pause_read(nb_conn_t *c)
@@ -393,6 +491,17 @@ size_t nb_conn_queued_bytes(const nb_conn_t *c)
 const char *nb_conn_peer_name(const nb_conn_t *c)
 {
     return c->name;
+}
+
+const char *nb_conn_tls_layer(const nb_conn_t *c)
+{
+    return c->ktls_tx ? "ktls-tx" : "user";
+}
+
+const char *nb_conn_tls_cipher(const nb_conn_t *c)
+{
+    const char *s = c->tls ? nb_tls_cipher(c->tls) : NULL;
+    return s ? s : "";
 }
 
 const char *nb_conn_addr(const nb_conn_t *c)
@@ -558,7 +667,9 @@ static void on_handshake_done(nb_conn_t *c)
     snprintf(c->name, sizeof c->name, "%s", pn);
     c->state = NB__C_HELLO;
     c->rx.allow_payload = 0; /* nothing but Hello until the peer said hello */
+    c->ktls_pending = c->ktls_want; /* the Hello waits for the switch */
     send_hello(c);
+    try_ktls(c);
 }
 
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
@@ -812,6 +923,10 @@ void nb__conn_start_tls(nb_conn_t *c)
         nb_log_error(who(c), "cannot set up TLS: %s", err);
         nb__conn_fail(c, rc);
         return;
+    }
+    if (n->cfg.ktls != NB_KTLS_OFF && nb_ktls_available(NULL)) {
+        c->ktls_want = 1;
+        nb_tls_keep_tx_secret(c->tls);
     }
     c->state = NB__C_HANDSHAKE;
     update_reading(c);

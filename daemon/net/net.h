@@ -48,6 +48,9 @@ typedef struct {
                                       rest summed up at its end; default 10000 */
     uint64_t probe_max_bytes;      /* largest bulk probe sent or served;
                                       default 64 MiB, at most 1 GiB */
+    int ktls;                      /* nb_ktls_mode_t (daemon/net/ktls.h):
+                                      hand the sending direction of each
+                                      connection to kernel TLS; default off */
     /* Latency emulation for tests and benchmarks only (this kernel has no
      * netem): every outgoing frame is held this long before it is sent.
      * Never set by a production configuration; a warning is logged. */
@@ -90,6 +93,8 @@ typedef struct {
     uint64_t truncated_frames;    /* connection ended inside a frame */
     uint64_t unknown_job;         /* tensor for a job other than the current */
     uint64_t dead_peers;
+    uint64_t ktls_tx;             /* connections whose sending side the kernel encrypts */
+    uint64_t ktls_fallbacks;      /* tls.ktls auto: the kernel refused, OpenSSL encrypts */
     uint64_t frames_tx, frames_rx, payload_tx, payload_rx;
 } nb_net_stats_t;
 
@@ -164,7 +169,10 @@ typedef void (*nb_free_cb)(void *payload, void *free_ud);
  *   NB_ELIMIT  the queue holds send_queue_bytes or more: retry after
  *              on_writable (back-pressure to the producer);
  *   NB_ESTATE  the connection is not ready or is closing;
- *   NB_EFORMAT/NB_ELIMIT from nb_frame_encode (header too large...). */
+ *   NB_ERANGE  the frame can never be sent: payload over limits.max_payload
+ *              (transport.max_frame_payload) or header over max_header
+ *              (logged once per frame);
+ *   NB_EFORMAT/NB_ENOMEM from nb_frame_encode. */
 int nb_conn_send(nb_conn_t *c, Nebula__Frame *hdr, const void *payload, size_t len,
                  nb_free_cb free_cb, void *free_ud);
 
@@ -186,5 +194,11 @@ void nb_conn_close(nb_conn_t *c);
 const char *nb_conn_peer_name(const nb_conn_t *c);
 /* Remote address "ip:port" for logs. */
 const char *nb_conn_addr(const nb_conn_t *c);
+/* Where this connection's TLS records are encrypted: "ktls-tx" (the kernel
+ * encrypts what this side sends; OpenSSL decrypts what it receives) or
+ * "user" (OpenSSL both ways); and the negotiated cipher suite ("" before
+ * the handshake). */
+const char *nb_conn_tls_layer(const nb_conn_t *c);
+const char *nb_conn_tls_cipher(const nb_conn_t *c);
 
 #endif

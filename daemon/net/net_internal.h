@@ -97,6 +97,11 @@ struct nb_conn {
     size_t queued;         /* application bytes queued */
     size_t inflight;
     int want_writable;
+    int ktls_want;         /* tls.ktls auto/on and the kernel offers it: switch after the handshake */
+    int ktls_pending;      /* handshake done, waiting for its last flight to leave before the switch */
+    int ktls_tx;           /* the kernel encrypts what we send: frames go to the socket in the clear */
+    uint8_t *plain;        /* ktls_tx: frame bytes gathered for the next write */
+    size_t plain_len, plain_cap;
     uint64_t t_open_ms, last_rx_ms, last_ping_ms;
     uint64_t rx_frame_start_ns;
     int resume_pending;    /* decode buffered bytes on the next tick */

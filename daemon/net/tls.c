@@ -5,6 +5,8 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/kdf.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include "kernels/common.h"
@@ -29,6 +31,11 @@ struct nb_tls {
     int done;
     nb_tls_refusal_t refusal;
     char detail[256];
+    /* our sending traffic secret, kept from the key log for kernel TLS
+     * (nb_tls_keep_tx_secret); wiped in nb_tls_tx_keys and nb_tls_free */
+    int keep_secret, app_written;
+    uint8_t tx_secret[EVP_MAX_MD_SIZE];
+    size_t tx_secret_len;
 };
 
 static const char *const refusal_names[NB_TLS_REFUSE_COUNT] = {
@@ -199,6 +206,41 @@ int nb_tls_check_files(const nb_tls_files_t *files, char *err, size_t errlen)
 
 /* ---- contexts: built from the three files, shared while they are unchanged ---- */
 
+static int hexval(int ch)
+{
+    return ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
+}
+
+/* OpenSSL hands every secret of a TLS 1.3 handshake to the key log as
+ * "LABEL CLIENT_RANDOM SECRET" (hex). A session that may hand its sending
+ * direction to the kernel keeps its first application traffic secret; no
+ * secret is ever written anywhere. */
+static void keylog_cb(const SSL *ssl, const char *line)
+{
+    nb_tls_t *t = SSL_get_app_data(ssl);
+    if (!t || !t->keep_secret)
+        return;
+    const char *want = t->is_server ? "SERVER_TRAFFIC_SECRET_0 " : "CLIENT_TRAFFIC_SECRET_0 ";
+    if (strncmp(line, want, strlen(want)) != 0)
+        return;
+    const char *hex = strchr(line + strlen(want), ' ');
+    if (!hex)
+        return;
+    hex++;
+    size_t n = strlen(hex) / 2;
+    if (n == 0 || n > sizeof t->tx_secret)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
+        if (hi < 0 || lo < 0) {
+            OPENSSL_cleanse(t->tx_secret, sizeof t->tx_secret);
+            return;
+        }
+        t->tx_secret[i] = (uint8_t)(hi << 4 | lo);
+    }
+    t->tx_secret_len = n;
+}
+
 /* A context with the certificate, key and CA loaded; NULL with *rc and a
  * message in err on failure. */
 static SSL_CTX *ctx_build(const nb_tls_files_t *files, int is_server, char *err, size_t errlen,
@@ -224,6 +266,7 @@ static SSL_CTX *ctx_build(const nb_tls_files_t *files, int is_server, char *err,
     if ((rc = load_files(ctx, files, err, errlen)) != 0)
         goto fail_msg;
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+    SSL_CTX_set_keylog_callback(ctx, keylog_cb);
     return ctx;
 fail:
     ssl_errstr(err, errlen);
@@ -327,6 +370,7 @@ int nb_tls_new(const nb_tls_files_t *files, int is_server,
     t->ssl = SSL_new(t->ctx);
     if (!t->ssl)
         goto err;
+    SSL_set_app_data(t->ssl, t);
     SSL_set_hostflags(t->ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
     if (SSL_set1_host(t->ssl, names[0]) != 1)
         goto err;
@@ -365,6 +409,7 @@ void nb_tls_free(nb_tls_t *t)
     free(t->out);
     if (t->ctx)
         SSL_CTX_free(t->ctx);
+    OPENSSL_cleanse(t->tx_secret, sizeof t->tx_secret);
     free(t);
 }
 
@@ -521,6 +566,7 @@ long nb_tls_read(nb_tls_t *t, void *buf, size_t len)
 
 int nb_tls_write(nb_tls_t *t, const void *buf, size_t len)
 {
+    t->app_written = 1;
     const char *p = buf;
     /* Room for the records at once: growing while OpenSSL writes would copy
      * the ciphertext again on every doubling. */
@@ -583,4 +629,65 @@ const char *nb_tls_version(const nb_tls_t *t)
 const char *nb_tls_cipher(const nb_tls_t *t)
 {
     return SSL_get_cipher_name(t->ssl);
+}
+
+/* ---- kernel TLS: the sending direction's keys ---- */
+
+void nb_tls_keep_tx_secret(nb_tls_t *t)
+{
+    t->keep_secret = 1;
+}
+
+/* HKDF-Expand-Label(secret, label, "", len) of RFC 8446 7.1. */
+static int expand_label(const EVP_MD *md, const uint8_t *secret, size_t slen, const char *label, uint8_t *out,
+                        size_t len)
+{
+    uint8_t info[2 + 1 + 6 + 16 + 1];
+    size_t ll = strlen(label), n = 0;
+    if (ll > 16)
+        return NB_EINVAL;
+    info[n++] = (uint8_t)(len >> 8);
+    info[n++] = (uint8_t)len;
+    info[n++] = (uint8_t)(6 + ll);
+    memcpy(info + n, "tls13 ", 6);
+    n += 6;
+    memcpy(info + n, label, ll);
+    n += ll;
+    info[n++] = 0; /* empty context */
+    EVP_PKEY_CTX *k = EVP_PKEY_CTX_new_id(EVP_PKEY_HKDF, NULL);
+    size_t got = len;
+    int ok = k && EVP_PKEY_derive_init(k) > 0 && EVP_PKEY_CTX_set_hkdf_mode(k, EVP_PKEY_HKDEF_MODE_EXPAND_ONLY) > 0 &&
+             EVP_PKEY_CTX_set_hkdf_md(k, md) > 0 && EVP_PKEY_CTX_set1_hkdf_key(k, secret, (int)slen) > 0 &&
+             EVP_PKEY_CTX_add1_hkdf_info(k, info, (int)n) > 0 && EVP_PKEY_derive(k, out, &got) > 0 && got == len;
+    EVP_PKEY_CTX_free(k);
+    ERR_clear_error();
+    return ok ? 0 : NB_EIO;
+}
+
+int nb_tls_tx_keys(nb_tls_t *t, nb_tls_tx_keys_t *k)
+{
+    memset(k, 0, sizeof *k);
+    int rc = NB_ESTATE;
+    if (!t->done || !t->keep_secret || t->app_written || !t->tx_secret_len)
+        goto out;
+    const SSL_CIPHER *c = SSL_get_current_cipher(t->ssl);
+    uint32_t id = c ? SSL_CIPHER_get_id(c) & 0xffff : 0;
+    const EVP_MD *md = EVP_sha256();
+    switch (id) {
+    case 0x1301: k->cipher = NB_TLS_AES_128_GCM; k->key_len = 16; break;
+    case 0x1302: k->cipher = NB_TLS_AES_256_GCM; k->key_len = 32; md = EVP_sha384(); break;
+    case 0x1303: k->cipher = NB_TLS_CHACHA20_POLY1305; k->key_len = 32; break;
+    default: rc = NB_EINVAL; goto out;
+    }
+    if ((rc = expand_label(md, t->tx_secret, t->tx_secret_len, "key", k->key, k->key_len)) != 0 ||
+        (rc = expand_label(md, t->tx_secret, t->tx_secret_len, "iv", k->iv, sizeof k->iv)) != 0)
+        goto out;
+    k->seq = 0; /* nothing was sent under these keys yet (app_written, no tickets) */
+out:
+    OPENSSL_cleanse(t->tx_secret, sizeof t->tx_secret);
+    t->tx_secret_len = 0;
+    t->keep_secret = 0;
+    if (rc)
+        OPENSSL_cleanse(k, sizeof *k);
+    return rc;
 }

@@ -112,4 +112,32 @@ nb_tls_refusal_t nb_tls_refusal(const nb_tls_t *t, const char **detail);
 const char *nb_tls_version(const nb_tls_t *t);
 const char *nb_tls_cipher(const nb_tls_t *t);
 
+/* ---- kernel TLS (daemon/net/ktls.h) ---- */
+
+typedef enum { NB_TLS_AES_128_GCM = 1, NB_TLS_AES_256_GCM, NB_TLS_CHACHA20_POLY1305 } nb_tls_aead_t;
+
+/* The keys of this side's sending direction, as the kernel takes them. */
+typedef struct {
+    nb_tls_aead_t cipher;
+    uint8_t key[32];
+    size_t key_len;   /* 16 or 32 */
+    uint8_t iv[12];   /* the per-record nonce is iv XOR the sequence number */
+    uint64_t seq;     /* sequence number of the next record */
+} nb_tls_tx_keys_t;
+
+/* Asks the session to keep its first application traffic secret of the
+ * sending direction when the handshake makes it (call before the
+ * handshake). */
+void nb_tls_keep_tx_secret(nb_tls_t *t);
+
+/* After the handshake, before any nb_tls_write: the sending direction's
+ * key, IV and next sequence number, derived from the kept secret (RFC 8446
+ * 7.3). From then on the caller encrypts (the kernel does) and must not call
+ * nb_tls_write or send nb_tls_take_out's bytes. The secret is wiped either
+ * way. Errors: NB_ESTATE (no kept secret, handshake not done, or data
+ * already written), NB_EINVAL (a suite the kernel path does not know),
+ * NB_EIO. *k is zeroed on error; the caller wipes it (OPENSSL_cleanse) after
+ * use. */
+int nb_tls_tx_keys(nb_tls_t *t, nb_tls_tx_keys_t *k);
+
 #endif

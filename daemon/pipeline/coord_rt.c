@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "daemon/log.h"
+#include "daemon/pipeline/coord_links.h"
 #include "daemon/pipeline/coord_plan.h"
 #include "daemon/pipeline/coord_rt.h"
 #include "daemon/pipeline/coord_rt_internal.h"
@@ -446,6 +447,7 @@ static void handle_report(nb_coord_rt_t *rt, int di, const Nebula__Report *r)
     d->step_ns = r->step_ns;
     if (rt->plan)
         nb_cplan_report(rt->plan, di, r);
+    nb_coord_links_update(rt->state, rt->job.names, rt->job.n_daemons, di, r->links, r->n_links, false);
     for (size_t i = 0; i < r->n_timings; i++) {
         const Nebula__MicroBatchTiming *t = r->timings[i];
         if (t->stage < (uint32_t)rt->job.layout.p)
@@ -475,6 +477,7 @@ static void handle_status(nb_coord_rt_t *rt, int di, const Nebula__JobStatus *s)
             return; /* of an attempt a fault ended */
         rt->d[di].links_ready = true;
         nb_log_info(rt->job.names[di], "%s", msg);
+        nb_coord_links_update(rt->state, rt->job.names, rt->job.n_daemons, di, s->links, s->n_links, true);
         for (size_t i = 0; rt->plan && i < s->n_links; i++) {
             const Nebula__LinkMeasurement *l = s->links[i];
             if (l->peer < (uint32_t)rt->job.n_daemons)

@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 #include "daemon/log.h"
+#include "daemon/net/ktls.h"
 #include "daemon/pipeline/rt_common.h"
 #include "kernels/common.h"
 
@@ -13,10 +14,21 @@ void nb_rt_net_cfg(const nb_config_t *cfg, int role, nb_net_cfg_t *out)
     out->tls.cert_file = cfg->tls.cert;
     out->tls.key_file = cfg->tls.key;
     out->tls.ca_file = cfg->tls.ca;
+    out->ktls = cfg->tls.ktls;
     if (cfg->heartbeat_interval_s > 0)
         out->heartbeat_ms = (uint32_t)(cfg->heartbeat_interval_s * 1000.0);
     if (cfg->heartbeat_timeout_s > 0)
         out->dead_after_ms = (uint32_t)(cfg->heartbeat_timeout_s * 1000.0);
+    /* zero (a config struct not from the loader): keep the transport's default */
+    nb_frame_limits_default(&out->limits);
+    if (cfg->transport.max_frame_payload)
+        out->limits.max_payload = cfg->transport.max_frame_payload;
+    if (cfg->transport.send_queue_bytes)
+        out->send_queue_bytes = (size_t)cfg->transport.send_queue_bytes;
+    if (cfg->transport.max_pending_handshakes > 0)
+        out->max_pending = (uint32_t)cfg->transport.max_pending_handshakes;
+    if (cfg->transport.max_pending_per_address > 0)
+        out->max_pending_per_addr = (uint32_t)cfg->transport.max_pending_per_address;
 }
 
 int nb_rt_open_net(uv_loop_t *loop, const nb_config_t *cfg, const nb_net_cfg_t *nc, const nb_net_cb_t *cb,
@@ -35,6 +47,20 @@ int nb_rt_open_net(uv_loop_t *loop, const nb_config_t *cfg, const nb_net_cfg_t *
         return rc;
     snprintf(bound, boundlen, "%s:%d", cfg->listen.host, port);
     nb_state_set_listen(st, bound, cfg->status_socket);
+    /* tls.ktls on needs the kernel's tls protocol: refuse to start without */
+    const char *kwhy;
+    bool kavail = nb_ktls_available(&kwhy);
+    if (cfg->tls.ktls == NB_KTLS_ON && !kavail) {
+        snprintf(why, whylen, "tls.ktls is on, but %s", kwhy);
+        return NB_EINVAL;
+    }
+    char line[400];
+    snprintf(line, sizeof line, "tls.ktls %s: %s%s", nb_ktls_mode_name((nb_ktls_mode_t)cfg->tls.ktls),
+             nb_ktls_state(),
+             cfg->tls.ktls == NB_KTLS_OFF || !kavail ? "; records are encrypted in user space"
+                                                    : "; the kernel encrypts what this daemon sends");
+    nb_log_info(NULL, "%s", line);
+    nb_state_set_kernel_tls(st, line);
     return 0;
 }
 
@@ -59,6 +85,7 @@ void nb_rt_peer_row(nb_state_t *st, const char *name, const char *role, const ch
             p.bandwidth_mbps = bps * 8.0 / 1e6;
         p.bytes_sent = l.bytes_tx;
         p.bytes_received = l.bytes_rx;
+        snprintf(p.tls, sizeof p.tls, "%s", nb_conn_tls_layer(c));
     }
     nb_state_peer_update(st, &p);
 }

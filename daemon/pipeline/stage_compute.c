@@ -421,6 +421,9 @@ static int handle_plan(nb_stage_rt_t *rt, compute_t *c, const Nebula__Plan *p)
     nb_metrics_inc(mx, rt->m_bytes_raw, (double)res.bytes_raw);
     nb_metrics_inc(mx, rt->m_bytes_wire, (double)res.bytes_wire);
     nb_metrics_set(mx, rt->m_model_bytes, (double)nb_host_memory_bytes(host));
+    nb_mem_model_t mm;
+    nb_host_memory_parts(host, &mm);
+    nb_state_set_model_memory(rt->state, &mm);
     nb_metrics_set(mx, rt->m_peak_rss, (double)peak_rss_bytes());
     nb_job_info_t j;
     memset(&j, 0, sizeof j);

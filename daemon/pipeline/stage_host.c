@@ -301,6 +301,17 @@ size_t nb_host_memory_bytes(const nb_host_t *h)
     return total;
 }
 
+void nb_host_memory_parts(const nb_host_t *h, nb_mem_model_t *out)
+{
+    uint64_t params = 0;
+    for (int i = 0; i < h->n; i++)
+        params += nb_part_num_params(h->st[i].part);
+    out->weights = params * sizeof(float);
+    out->gradients = params * sizeof(float);
+    out->optimizer = params * sizeof(float) * 2; /* AdamW m and v */
+    out->activations = h->peak_acts_bytes;
+}
+
 /* Re-sizes every per-micro-batch buffer for B sequences (between steps: no
  * activation slot is in use). */
 static int resize_batch(nb_host_t *h, int B, char *err, size_t errlen)

@@ -34,6 +34,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include "daemon/pipeline/pipe_msg.h"
+#include "daemon/service/memory.h"
 #include "daemon/planner/schedule.h"
 #include "kernels/backend.h"
 #include "kernels/model.h"
@@ -149,6 +150,8 @@ nb_optim_t *nb_host_optim(nb_host_t *h, int i);
 /* Bytes of memory the host holds: parameters, gradients, optimizer state and
  * the activation pool at its largest. */
 size_t nb_host_memory_bytes(const nb_host_t *h);
+/* The same, by part (the four add up to nb_host_memory_bytes). */
+void nb_host_memory_parts(const nb_host_t *h, nb_mem_model_t *out);
 
 /* Monotonic nanoseconds (shared clock of traces and timings). */
 uint64_t nb_host_now_ns(void);

@@ -277,6 +277,8 @@ static size_t link_measurements(nb_stage_rt_t *rt, bool probes, Nebula__LinkMeas
         lm[n].peer = (uint32_t)d;
         lm[n].rtt_ms = l.rtt_ewma_ms > 0 ? l.rtt_ewma_ms : l.rtt_ms;
         lm[n].rx_bytes_per_s = l.rx_bps_ewma;
+        lm[n].tx_bytes = l.bytes_tx;
+        lm[n].rx_bytes = l.bytes_rx;
         if (probes) {
             if (rt->probe[d].rtt_ms > 0)
                 lm[n].rtt_ms = rt->probe[d].rtt_ms;

@@ -51,6 +51,7 @@ static void reload_apply(nb_service_t *svc, const nb_config_t *n)
     CHANGED(heartbeat_interval_s, "heartbeat_interval_s");
     CHANGED(heartbeat_timeout_s, "heartbeat_timeout_s");
     CHANGED(connect_timeout_s, "connect_timeout_s");
+    CHANGED(transport, "transport");
     CHANGED(job, "job");
 #undef CHANGED
     nb_log_level_t lvl;

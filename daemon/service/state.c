@@ -16,6 +16,7 @@ struct nb_state {
     double started_mono;
     nb_metrics_t *metrics;
     nb_trace_t *trace;
+    nb_mem_model_t model_mem;
 };
 
 static double now_s(clockid_t c)
@@ -141,6 +142,57 @@ void nb_state_snapshot(nb_state_t *s, nb_state_snapshot_t *out)
     pthread_mutex_lock(&s->lock);
     *out = s->s;
     out->uptime_s = now_s(CLOCK_MONOTONIC) - s->started_mono;
+    nb_mem_model_t mm = s->model_mem;
+    pthread_mutex_unlock(&s->lock);
+    nb_mem_sample(&mm, &out->memory);
+}
+
+static int link_index(nb_state_t *s, const char *from, const char *to)
+{
+    for (int i = 0; i < s->s.n_links; i++)
+        if (strcmp(s->s.links[i].from, from) == 0 && strcmp(s->s.links[i].to, to) == 0)
+            return i;
+    return -1;
+}
+
+int nb_state_link_update(nb_state_t *s, const nb_link_info_t *l)
+{
+    int rc = 0;
+    pthread_mutex_lock(&s->lock);
+    int i = link_index(s, l->from, l->to);
+    if (i < 0) {
+        if (s->s.n_links >= NB_STATE_LINKS_MAX)
+            rc = NB_ELIMIT;
+        else
+            i = s->s.n_links++;
+    }
+    if (rc == 0)
+        s->s.links[i] = *l;
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+int nb_state_link_get(nb_state_t *s, const char *from, const char *to, nb_link_info_t *out)
+{
+    pthread_mutex_lock(&s->lock);
+    int i = link_index(s, from, to);
+    if (i >= 0)
+        *out = s->s.links[i];
+    pthread_mutex_unlock(&s->lock);
+    return i >= 0 ? 0 : NB_EINVAL;
+}
+
+void nb_state_set_kernel_tls(nb_state_t *s, const char *line)
+{
+    pthread_mutex_lock(&s->lock);
+    snprintf(s->s.kernel_tls, sizeof s->s.kernel_tls, "%s", line ? line : "");
+    pthread_mutex_unlock(&s->lock);
+}
+
+void nb_state_set_model_memory(nb_state_t *s, const nb_mem_model_t *m)
+{
+    pthread_mutex_lock(&s->lock);
+    s->model_mem = *m;
     pthread_mutex_unlock(&s->lock);
 }
 

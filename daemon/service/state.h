@@ -16,9 +16,11 @@
 #include <stdint.h>
 #include "daemon/config/config.h"
 #include "daemon/metrics.h"
+#include "daemon/service/memory.h"
 #include "daemon/trace.h"
 
 #define NB_STATE_PEERS_MAX 32
+#define NB_STATE_LINKS_MAX 64
 
 /* Daemon lifecycle, in order. */
 typedef enum {
@@ -39,7 +41,18 @@ typedef struct {
     double rtt_ms;    /* < 0: not measured */
     double bandwidth_mbps;
     uint64_t bytes_sent, bytes_received;
+    char tls[16];     /* record layer: "ktls", "ktls-tx", "user"; "" unknown */
 } nb_peer_info_t;
+
+/* A stage-to-stage data link as the coordinator learns it from the stages'
+ * LINKS_READY and Reports (docs/operations.md, "Links"). */
+typedef struct {
+    char from[NB_CFG_NAME_MAX], to[NB_CFG_NAME_MAX];
+    double rtt_ms;        /* from's round-trip estimate; < 0: unknown */
+    double probe_mbps;    /* from -> to, from's bulk probe goodput; < 0: not probed */
+    double passive_mbps;  /* from -> to, to's estimate from tensor frames; < 0: none yet */
+    uint64_t bytes;       /* payload bytes from -> to, as from counts them */
+} nb_link_info_t;
 
 typedef struct {
     bool active;
@@ -68,6 +81,10 @@ typedef struct {
     int n_peers;
     nb_peer_info_t peers[NB_STATE_PEERS_MAX];
     nb_job_info_t job;
+    int n_links;
+    nb_link_info_t links[NB_STATE_LINKS_MAX]; /* coordinator only */
+    nb_mem_report_t memory;  /* sampled by nb_state_snapshot */
+    char kernel_tls[320];    /* nb_ktls_state() of a daemon with a transport; "" otherwise */
 } nb_state_snapshot_t;
 
 typedef struct nb_state nb_state_t;
@@ -90,7 +107,19 @@ int nb_state_peer_remove(nb_state_t *s, const char *name);
 /* Replaces the job info. */
 void nb_state_job_update(nb_state_t *s, const nb_job_info_t *j);
 
-/* Copies everything into *out (uptime computed now). */
+/* Inserts or replaces the link with the same (from, to); NB_ELIMIT when
+ * full. nb_state_link_get copies it into *out, or returns NB_EINVAL when
+ * there is none. */
+int nb_state_link_update(nb_state_t *s, const nb_link_info_t *l);
+int nb_state_link_get(nb_state_t *s, const char *from, const char *to, nb_link_info_t *out);
+
+/* The kernel TLS line of the daemon's transport (copied). */
+void nb_state_set_kernel_tls(nb_state_t *s, const char *line);
+
+/* The model state the runtime holds now (replaces the previous figures). */
+void nb_state_set_model_memory(nb_state_t *s, const nb_mem_model_t *m);
+
+/* Copies everything into *out (uptime computed and memory sampled now). */
 void nb_state_snapshot(nb_state_t *s, nb_state_snapshot_t *out);
 
 nb_metrics_t *nb_state_metrics(nb_state_t *s);

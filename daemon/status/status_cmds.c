@@ -16,17 +16,46 @@ static json_t *num_or_null(double v, bool negative_unknown)
     return json_real(v);
 }
 
+/* The "memory" object: model state, heap and resident set, in bytes. */
+static json_t *memory_json(const nb_mem_report_t *m)
+{
+    uint64_t other = m->rss > m->model_total ? m->rss - m->model_total : 0;
+    return json_pack("{s:{s:I, s:I, s:I, s:I, s:I}, s:{s:I, s:I, s:I}, s:I, s:I, s:I, s:I, s:I, s:i}", "model",
+                     "weights", (json_int_t)m->model.weights, "gradients", (json_int_t)m->model.gradients,
+                     "optimizer", (json_int_t)m->model.optimizer, "activations", (json_int_t)m->model.activations,
+                     "total", (json_int_t)m->model_total, "heap", "in_use", (json_int_t)m->heap_in_use, "free",
+                     (json_int_t)m->heap_free, "mmapped", (json_int_t)m->heap_mmapped, "rss", (json_int_t)m->rss,
+                     "peak_rss", (json_int_t)m->peak_rss, "rss_anon", (json_int_t)m->rss_anon, "rss_file",
+                     (json_int_t)m->rss_file, "other", (json_int_t)other, "threads", (int)m->threads);
+}
+
+static json_t *links_json(const nb_state_snapshot_t *s)
+{
+    json_t *links = json_array();
+    for (int i = 0; links && i < s->n_links; i++) {
+        const nb_link_info_t *l = &s->links[i];
+        double mbps = l->probe_mbps > 0 ? l->probe_mbps : l->passive_mbps;
+        json_array_append_new(links, json_pack("{s:s, s:s, s:o, s:o, s:o, s:o, s:I}", "from", l->from, "to", l->to,
+                                               "rtt_ms", num_or_null(l->rtt_ms, true), "mbps",
+                                               num_or_null(mbps, true), "probe_mbps",
+                                               num_or_null(l->probe_mbps, true), "passive_mbps",
+                                               num_or_null(l->passive_mbps, true), "bytes",
+                                               (json_int_t)l->bytes));
+    }
+    return links;
+}
+
 json_t *nb_status_to_json(const nb_state_snapshot_t *s)
 {
     json_t *peers = json_array();
     for (int i = 0; peers && i < s->n_peers; i++) {
         const nb_peer_info_t *p = &s->peers[i];
-        json_array_append_new(peers, json_pack("{s:s, s:s, s:s, s:s, s:o, s:o, s:I, s:I}", "name", p->name, "role",
-                                               p->role, "address", p->address, "state", p->state, "rtt_ms",
-                                               num_or_null(p->rtt_ms, true), "bandwidth_mbps",
+        json_array_append_new(peers, json_pack("{s:s, s:s, s:s, s:s, s:o, s:o, s:I, s:I, s:s}", "name", p->name,
+                                               "role", p->role, "address", p->address, "state", p->state,
+                                               "rtt_ms", num_or_null(p->rtt_ms, true), "bandwidth_mbps",
                                                num_or_null(p->bandwidth_mbps, true), "bytes_sent",
                                                (json_int_t)p->bytes_sent, "bytes_received",
-                                               (json_int_t)p->bytes_received));
+                                               (json_int_t)p->bytes_received, "tls", p->tls));
     }
     json_t *job = json_null();
     const nb_job_info_t *j = &s->job;
@@ -42,18 +71,49 @@ json_t *nb_status_to_json(const nb_state_snapshot_t *s)
                         j->codec_backward, "micro_batches", (json_int_t)j->micro_batches, "schedule", j->schedule,
                         "layers", j->layers);
     }
-    if (!peers || !job) {
+    json_t *links = links_json(s), *memory = memory_json(&s->memory);
+    if (!peers || !job || !links || !memory) {
         json_decref(peers);
         json_decref(job);
+        json_decref(links);
+        json_decref(memory);
         return NULL;
     }
     nb_cpu_level_t level;
     const char *level_name = nb_cpu_level_select(&level, NULL) == 0 ? nb_cpu_level_name(level) : "invalid";
-    return json_pack("{s:s, s:s, s:s, s:{s:s, s:s}, s:i, s:f, s:f, s:s, s:s, s:s, s:s, s:o, s:o}", "name", s->name,
+    return json_pack("{s:s, s:s, s:s, s:{s:s, s:s}, s:i, s:f, s:f, s:s, s:s, s:s, s:s, s:o, s:o, s:o, s:o, s:s}", "name", s->name,
                      "role", nb_cfg_role_name(s->role), "version", NB_VERSION, "kernels", "cpu_level", level_name,
                      "blas_core", nb_cpu_blas_core(), "pid", s->pid, "uptime_s", s->uptime_s, "started_at",
                      s->started_at, "state", nb_svc_state_name(s->state), "detail", s->detail, "listen", s->listen,
-                     "status_socket", s->status_socket, "peers", peers, "job", job);
+                     "status_socket", s->status_socket, "peers", peers, "job", job, "links", links,
+                     "memory", memory, "kernel_tls", s->kernel_tls);
+}
+
+/* The nebula_memory_* gauges: name, labels, help; set from one sample. */
+static const struct {
+    const char *name, *labels, *help;
+} mem_series[10] = {
+    { "nebula_memory_rss_bytes", NULL, "Resident memory of the daemon (VmRSS)" },
+    { "nebula_memory_peak_rss_bytes", NULL, "Peak resident memory of the daemon (VmHWM)" },
+    { "nebula_memory_rss_file_bytes", NULL, "Resident memory backed by files (shared libraries)" },
+    { "nebula_memory_heap_in_use_bytes", NULL, "malloc blocks in use, all arenas (mallinfo2)" },
+    { "nebula_memory_heap_free_bytes", NULL, "free blocks malloc keeps (mallinfo2 fordblks)" },
+    { "nebula_memory_model_bytes", "part=\"weights\"", "Model state held by this daemon, by part" },
+    { "nebula_memory_model_bytes", "part=\"gradients\"", "Model state held by this daemon, by part" },
+    { "nebula_memory_model_bytes", "part=\"optimizer\"", "Model state held by this daemon, by part" },
+    { "nebula_memory_model_bytes", "part=\"activations\"", "Model state held by this daemon, by part" },
+    { "nebula_memory_threads", NULL, "Threads of the daemon process" },
+};
+
+static void set_memory_metrics(nb_status_ctx_t *ctx, nb_metrics_t *m, const nb_mem_report_t *r)
+{
+    const double v[10] = { (double)r->rss,          (double)r->peak_rss,          (double)r->rss_file,
+                           (double)r->heap_in_use,  (double)r->heap_free,         (double)r->model.weights,
+                           (double)r->model.gradients, (double)r->model.optimizer, (double)r->model.activations,
+                           (double)r->threads };
+    for (int i = 0; i < 10; i++)
+        if (ctx->m_mem[i] >= 0)
+            nb_metrics_set(m, ctx->m_mem[i], v[i]);
 }
 
 static json_t *cmd_status(void *ud, const json_t *req, const nb_status_caller_t *caller, char *err, size_t errlen)
@@ -82,6 +142,7 @@ static json_t *cmd_metrics(void *ud, const json_t *req, const nb_status_caller_t
     if (snap) {
         nb_state_snapshot(ctx->state, snap);
         nb_metrics_set(m, ctx->m_uptime, snap->uptime_s);
+        set_memory_metrics(ctx, m, &snap->memory);
         free(snap);
     }
     size_t len;
@@ -150,6 +211,10 @@ int nb_status_cmds_register(nb_status_server_t *srv, nb_status_ctx_t *ctx)
                                      "Commands served on the status socket");
     if (ctx->m_info < 0 || ctx->m_uptime < 0 || ctx->m_requests < 0)
         return NB_EINVAL;
+    for (int i = 0; i < 10; i++)
+        if ((ctx->m_mem[i] = nb_metrics_add(m, mem_series[i].name, mem_series[i].labels, NB_METRIC_GAUGE,
+                                            mem_series[i].help)) < 0)
+            return NB_EINVAL;
     nb_metrics_set(m, ctx->m_info, 1);
     int rc = nb_status_server_add(srv, "status", false, cmd_status, ctx);
     if (!rc)

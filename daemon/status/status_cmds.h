@@ -2,7 +2,9 @@
  * status_cmds.h - the status socket's commands, built from the daemon's
  * state (daemon/service/state.h):
  *   status  -> {"name","role","version","pid","uptime_s","state","detail",
- *               "listen","status_socket","peers":[...],"job":{...}|null}
+ *               "listen","status_socket","peers":[...],"job":{...}|null,
+ *               "links":[...] (stage-to-stage links; coordinator),
+ *               "memory":{...} (docs/operations.md, "Memory")}
  *   metrics -> {"format":"prometheus-text-0.0.4","text":"..."}
  *   trace   -> {"trace":{Chrome trace-event JSON}}   (request may give "steps")
  *   stop    -> {"stopping":true}, then the stop callback (privileged)
@@ -26,11 +28,12 @@ typedef struct {
     void *stop_ud;
     /* filled by nb_status_cmds_register */
     int m_uptime, m_requests, m_info;
+    int m_mem[10]; /* nebula_memory_* gauges, in the order of mem_series */
 } nb_status_ctx_t;
 
 /* Registers status, metrics, trace and stop on srv, and the daemon's own
  * metrics (nebula_info, nebula_uptime_seconds,
- * nebula_status_requests_total) in the state's registry. ctx must outlive
+ * nebula_status_requests_total, nebula_memory_*) in the state's registry. ctx must outlive
  * srv. Returns 0 or a negative NB_E* code. */
 int nb_status_cmds_register(nb_status_server_t *srv, nb_status_ctx_t *ctx);
 

@@ -1,0 +1,88 @@
+/*
+ * cuda_loader.c - nb_cuda_backend_new of a CUDA build: the CUDA backend
+ * (the .cu files of kernels/cuda, linked with cuBLAS and the CUDA runtime) is a module of
+ * its own, libnebula-cuda.so, loaded on the first request for a CUDA device.
+ *
+ * Why a module: cuBLAS (libcublasLt) zero-initialises about 80 MiB of static
+ * state when it is loaded and maps about 60 MiB of code, so every process
+ * linked with it - a coordinator, a CPU-only stage, nebulactl - held about
+ * 140 MiB resident for nothing (docs/operations.md, "Memory"). Loaded on
+ * demand, only a daemon that runs on a GPU pays it.
+ *
+ * Where the module is looked for, in order: $NEBULA_CUDA_MODULE; then
+ * relative to the executable: ../lib/nebula/ (installed: PREFIX/bin and
+ * PREFIX/lib/nebula), ../lib/ (build/bin, build/bench), ../../lib/
+ * (build/tests/DIR).
+ *
+ * Thread: any (loaded once, under a pthread_once).
+ */
+#ifdef NB_HAVE_CUDA
+#include <dlfcn.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "kernels/backend.h"
+
+#define MODULE "libnebula-cuda.so"
+
+typedef nb_backend_t *(*new_fn)(int device, const char **why);
+
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+static new_fn module_new;
+static char load_err[512];
+
+static void *try_open(const char *path, char *tried, size_t cap)
+{
+    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+        size_t n = strlen(tried);
+        snprintf(tried + n, cap - n, "%s%s", n ? "; " : "", dlerror());
+    }
+    return h;
+}
+
+static void load(void)
+{
+    char tried[384] = "";
+    void *h = NULL;
+    const char *env = getenv("NEBULA_CUDA_MODULE");
+    if (env && env[0])
+        h = try_open(env, tried, sizeof tried);
+    char exe[PATH_MAX];
+    ssize_t n = h ? -1 : readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = 0;
+        char *slash = strrchr(exe, '/');
+        if (slash)
+            *slash = 0;
+        static const char *const rel[] = { "/../lib/nebula/" MODULE, "/../lib/" MODULE, "/../../lib/" MODULE };
+        for (size_t i = 0; !h && i < sizeof rel / sizeof rel[0]; i++) {
+            char path[PATH_MAX + 64];
+            snprintf(path, sizeof path, "%s%s", exe, rel[i]);
+            if (access(path, F_OK) == 0)
+                h = try_open(path, tried, sizeof tried);
+        }
+    }
+    if (!h) {
+        snprintf(load_err, sizeof load_err, "cannot load the CUDA module %s%s%s", MODULE, tried[0] ? ": " : " (not found next to the executable; set NEBULA_CUDA_MODULE)", tried);
+        return;
+    }
+    *(void **)&module_new = dlsym(h, "nb_cuda_backend_new");
+    if (!module_new)
+        snprintf(load_err, sizeof load_err, "%s has no nb_cuda_backend_new", MODULE);
+}
+
+nb_backend_t *nb_cuda_backend_new(int device, const char **why)
+{
+    pthread_once(&once, load);
+    if (!module_new) {
+        if (why)
+            *why = load_err;
+        return NULL;
+    }
+    return module_new(device, why);
+}
+#endif
