@@ -32,6 +32,7 @@
 
 typedef enum { NB_ROLE_COORDINATOR = 0, NB_ROLE_STAGE = 1, NB_ROLE_TRAIN = 2 } nb_cfg_role_t;
 typedef enum { NB_NORM_PRE = 0, NB_NORM_POST = 1 } nb_cfg_norm_t;
+typedef enum { NB_GELU_TANH = 0, NB_GELU_ERF = 1 } nb_cfg_gelu_t;
 typedef enum { NB_HEAD_LM = 0, NB_HEAD_MLM = 1, NB_HEAD_SEQCLS = 2, NB_HEAD_TOKCLS = 3 } nb_cfg_head_t;
 typedef enum { NB_CFG_SCHED_AUTO = 0, NB_CFG_SCHED_GPIPE = 1, NB_CFG_SCHED_1F1B = 2 } nb_cfg_schedule_t;
 typedef enum { NB_TOPO_CHAIN = 0, NB_TOPO_USHAPE = 1 } nb_cfg_topology_t;
@@ -68,6 +69,8 @@ typedef struct {
     nb_cfg_head_t head;
     int n_classes; /* seqcls / tokcls heads only; 0 otherwise */
     bool tie_embeddings;
+    double ln_eps;      /* LayerNorm eps */
+    nb_cfg_gelu_t gelu; /* GELU form */
 } nb_cfg_model_t;
 
 typedef struct {

@@ -52,6 +52,7 @@ static const char *v_codec(const void *p)
 
 static const char *const role_names[] = { "coordinator", "stage", "train", NULL };
 static const char *const norm_names[] = { "pre", "post", NULL };
+static const char *const gelu_names[] = { "tanh", "erf", NULL };
 static const char *const head_names[] = { "lm", "mlm", "seqcls", "tokcls", NULL };
 static const char *const sched_names[] = { "auto", "gpipe", "1f1b", NULL };
 static const char *const topo_names[] = { "chain", "ushape", NULL };
@@ -93,6 +94,8 @@ static const nb__cfg_key_t model_keys[] = {
     { .name = "head", .type = NB__CFG_ENUM, .def = "lm", .names = head_names, FLD(nb_cfg_model_t, head), .doc = "output head" },
     { .name = "n_classes", .type = NB__CFG_INT, .min = 0, .max = 65536, .def = "0", FLD(nb_cfg_model_t, n_classes), .doc = "classes of a seqcls/tokcls head" },
     { .name = "tie_embeddings", .type = NB__CFG_BOOL, .def = "true", FLD(nb_cfg_model_t, tie_embeddings), .doc = "lm head shares the token embedding" },
+    { .name = "ln_eps", .type = NB__CFG_DOUBLE, .min = 1e-30, .max = 1, .def = "1e-5", FLD(nb_cfg_model_t, ln_eps), .doc = "LayerNorm eps (BERT: 1e-12)" },
+    { .name = "gelu", .type = NB__CFG_ENUM, .def = "tanh", .names = gelu_names, FLD(nb_cfg_model_t, gelu), .doc = "GELU form: tanh (GPT-2) or erf (BERT)" },
     { 0 },
 };
 

@@ -3,18 +3,22 @@
  * nebula-train writes at the end) and the checkpoint (weights plus
  * optimizer state and the trainer's position, to resume a run exactly).
  *
- * Weights file (little endian), version 1 (docs/model.md):
- *   "NBWT", u32 version, 15 x i32 header (n_layer, d_model, n_head, d_ff,
+ * Weights file (little endian), version 2 (docs/model.md):
+ *   "NBWT", u32 version, 17 x i32 header (n_layer, d_model, n_head, d_ff,
  *   vocab, max_seq, causal, norm, head, n_classes, tie_embeddings, part
- *   embed, first, last, head), u32 tensor count, u64 parameter count; per
+ *   embed, first, last, head, ln_eps as f32 bits, gelu 0 tanh / 1 erf),
+ *   u32 tensor count, u64 parameter count; per
  *   tensor: 32-byte NUL-padded name, u32 ndim, 2 x u64 shape; then all
  *   parameters as f32 in buffer order.
- * Checkpoint, version 2: "NBCK", u32 version, u64 seed, 6 x i32 (steps
+ * Version 1 has the first 15 header fields only (eps 1e-5, tanh GELU); a
+ * model with those settings is still written as version 1.
+ * Checkpoint, version 3: "NBCK", u32 version, u64 seed, 6 x i32 (steps
  *   done, batch, micro_batches, seq_len, optimizer steps, reserved 0), the
  *   48-byte NUL-padded kernels line of the writer (nb_cpu_describe(), e.g.
  *   "avx512 blas=SkylakeX"), then the weights file's body from the 15-field
  *   header on, then the AdamW state m and v (parameter count f32 each).
- *   Version 1 (no kernels line) is still read.
+ *   Version 2 has the 15-field header (written for default settings);
+ *   version 1 (no kernels line, 15 fields) is still read.
  *
  * Writers use a temporary file renamed into place: no partial file is left.
  * Readers check everything and change nothing on error; messages name the
@@ -29,8 +33,11 @@
 #include "kernels/model.h"
 #include "kernels/optim.h"
 
-#define NB_WEIGHTS_VERSION 1u
-#define NB_CHECKPOINT_VERSION 2u
+/* The newest versions; a model with the default settings (eps 1e-5, tanh
+ * GELU) is written as weights version 1 / checkpoint version 2, which every
+ * earlier build reads. Every older version is read. */
+#define NB_WEIGHTS_VERSION 2u
+#define NB_CHECKPOINT_VERSION 3u
 #define NB_CKPT_KERNELS_BYTES 48
 
 /* Writes the parameters of p to path. Errors: NB_EIO, NB_ENOMEM. */

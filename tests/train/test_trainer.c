@@ -322,6 +322,78 @@ static void test_weights_file(void **state)
     nb_be_free(be);
 }
 
+static uint32_t file_version(const char *path)
+{
+    uint32_t v = 0;
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    assert_int_equal(fseek(f, 4, SEEK_SET), 0);
+    assert_int_equal(fread(&v, 4, 1, f), 1);
+    fclose(f);
+    return v;
+}
+
+/* The model settings (LayerNorm eps, GELU form) travel in the weights file:
+ * a default model is written as version 1 (what earlier builds read), any
+ * other as version 2 with the settings; a file is refused by a model whose
+ * settings differ, naming the setting; peek reads them back. */
+static void test_weights_model_settings(void **state)
+{
+    nb_backend_t *be = nb_cpu_backend_new();
+    nb_train_config_t c = small_config();
+    nb_part_spec_t spec = nb_part_spec_full(&c.model);
+    nb_model_config_t bert = c.model, erf_only = c.model, eps_only = c.model;
+    bert.ln_eps = 1e-12f;
+    bert.gelu = NB_MODEL_GELU_ERF;
+    erf_only.gelu = NB_MODEL_GELU_ERF;
+    eps_only.ln_eps = 1e-12f;
+    nb_part_t *def, *p, *q, *e, *g;
+    char err[512];
+    assert_int_equal(nb_part_new(be, &c.model, &spec, 1, NULL, &def, err, sizeof err), 0);
+    assert_int_equal(nb_part_new(be, &bert, &spec, 1, NULL, &p, err, sizeof err), 0);
+    assert_int_equal(nb_part_new(be, &bert, &spec, 2, NULL, &q, err, sizeof err), 0);
+    assert_int_equal(nb_part_new(be, &eps_only, &spec, 2, NULL, &e, err, sizeof err), 0);
+    assert_int_equal(nb_part_new(be, &erf_only, &spec, 2, NULL, &g, err, sizeof err), 0);
+
+    assert_int_equal(nb_weights_save(w_path, def, err, sizeof err), 0);
+    assert_int_equal(file_version(w_path), 1);
+    assert_int_equal(nb_weights_load(w_path, q, err, sizeof err), NB_EINVAL);
+    printf("  refused: %s\n", err);
+    assert_non_null(strstr(err, "ln_eps is 1e-05 in the file (by its version), 1e-12 in this model"));
+
+    assert_int_equal(nb_weights_save(w_path, p, err, sizeof err), 0);
+    assert_int_equal(file_version(w_path), 2);
+    assert_int_equal(nb_weights_load(w_path, q, err, sizeof err), 0);
+    size_t n = nb_part_num_params(p);
+    float *a = malloc(n * 4), *b = malloc(n * 4);
+    nb_be_to_host(be, a, nb_part_params(p), n * 4);
+    nb_be_to_host(be, b, nb_part_params(q), n * 4);
+    assert_memory_equal(a, b, n * 4);
+    assert_int_equal(nb_weights_load(w_path, def, err, sizeof err), NB_EINVAL);
+    printf("  refused: %s\n", err);
+    assert_non_null(strstr(err, "ln_eps is 1e-12 in the file, 1e-05 in this model"));
+    assert_int_equal(nb_weights_load(w_path, e, err, sizeof err), NB_EINVAL);
+    printf("  refused: %s\n", err);
+    assert_non_null(strstr(err, "gelu is erf in the file, tanh in this model"));
+    assert_int_equal(nb_weights_load(w_path, g, err, sizeof err), NB_EINVAL);
+    assert_non_null(strstr(err, "ln_eps"));
+
+    nb_weights_info_t info;
+    assert_int_equal(nb_weights_peek(w_path, &info, err, sizeof err), 0);
+    assert_true(info.model.ln_eps == 1e-12f);
+    assert_int_equal(info.model.gelu, NB_MODEL_GELU_ERF);
+    assert_int_equal(info.n_params, n);
+    nb_weights_info_free(&info);
+    free(a);
+    free(b);
+    nb_part_free(def);
+    nb_part_free(p);
+    nb_part_free(q);
+    nb_part_free(e);
+    nb_part_free(g);
+    nb_be_free(be);
+}
+
 /* Stop after 3 steps, checkpoint, resume in a new trainer: the same losses
  * and weights as 6 steps without a break. */
 static void test_checkpoint_resume(void **state)
@@ -478,7 +550,7 @@ static void test_weights_peek_checks_length(void **state)
         uint32_t nt;
         uint64_t np;
         char pad[200 - 80];
-    } f = { .magic = "NBWT", .version = NB_WEIGHTS_VERSION,
+    } f = { .magic = "NBWT", .version = 1,
             .h = { 24, 1024, 16, 4096, 50257, 1024, 1, 0, 0, 0, 1, 1, 0, 24, 1 } };
     nb_model_config_t m = { .n_layer = 24, .d_model = 1024, .n_head = 16, .d_ff = 4096, .vocab = 50257,
                             .max_seq = 1024, .causal = true, .tie_embeddings = true };
@@ -573,6 +645,7 @@ int main(void)
         cmocka_unit_test(test_step_recipe),
         cmocka_unit_test(test_bad_config),
         cmocka_unit_test(test_weights_file),
+        cmocka_unit_test(test_weights_model_settings),
         cmocka_unit_test(test_checkpoint_resume),
         cmocka_unit_test(test_nonfinite_gradient_skips),
         cmocka_unit_test(test_weights_layout),
