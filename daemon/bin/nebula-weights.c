@@ -128,6 +128,9 @@ static int show(const char *path)
     const nb_part_spec_t *s = &w.info.spec;
     printf("%s: %s blocks %d-%d%s, %llu parameters\n", path, s->embed ? "embedding +" : "", s->first, s->last - 1,
            s->head ? " + head" : "", (unsigned long long)w.info.n_params);
+    printf("  model %s-LN, %s head, ln_eps %g, gelu %s\n", nb_norm_name(w.info.model.norm),
+           nb_head_kind_name(w.info.model.head), (double)nb_model_ln_eps(&w.info.model),
+           nb_gelu_name(w.info.model.gelu));
     static float buf[CHUNK];
     int status = 0;
     for (int i = 0; i < w.info.n_tensors && !status; i++) {
@@ -339,8 +342,9 @@ static int import_file(const char *in, const char *out)
         fprintf(stderr, "nebula-weights: %s\n", err);
         goto done;
     }
-    printf("%s: %d tensors, %zu parameters from %s (%s names, %s-LN, %d layers)\n", out, nb_part_num_tensors(p),
-           nb_part_num_params(p), st_path, nb_hf_names_name(names), nb_norm_name(cfg.norm), cfg.n_layer);
+    printf("%s: %d tensors, %zu parameters from %s (%s names, %s-LN, %d layers, ln_eps %g, gelu %s)\n", out,
+           nb_part_num_tensors(p), nb_part_num_params(p), st_path, nb_hf_names_name(names), nb_norm_name(cfg.norm),
+           cfg.n_layer, (double)nb_model_ln_eps(&cfg), nb_gelu_name(cfg.gelu));
     status = 0;
 done:
     nb_part_free(p);
