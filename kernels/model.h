@@ -72,6 +72,8 @@ typedef struct {
     bool tie_embeddings; /* lm/mlm: the head uses wte transposed */
     float ln_eps;        /* LayerNorm eps of every LayerNorm; 0 = 1e-5 (BERT: 1e-12) */
     nb_gelu_t gelu;      /* GELU form of the MLP */
+    int mask_token;      /* mlm training: input ID of masked positions; 0 = vocab - 1
+                            (BERT's [MASK] is 103; ID 0 is [PAD], never a mask) */
 } nb_model_config_t;
 
 /* NULL when cfg can work, else a static message naming the field. */
@@ -79,6 +81,8 @@ const char *nb_model_config_validate(const nb_model_config_t *cfg);
 /* The LayerNorm eps cfg means: ln_eps, or NB_MODEL_LN_EPS_DEFAULT when 0.
  * Compare configs through this, so 0 and 1e-5 are the same model. */
 float nb_model_ln_eps(const nb_model_config_t *cfg);
+/* The mask token cfg means: mask_token, or vocab - 1 when 0. */
+int nb_model_mask_token(const nb_model_config_t *cfg);
 /* "tanh" / "erf" and the parser (0, or NB_EINVAL for an unknown name). */
 const char *nb_gelu_name(nb_gelu_t g);
 int nb_gelu_parse(const char *s, nb_gelu_t *out);

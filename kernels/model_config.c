@@ -32,6 +32,8 @@ const char *nb_model_config_validate(const nb_model_config_t *c)
         return "ln_eps must be in 0..1 (0: the default 1e-5)";
     if (c->gelu != NB_MODEL_GELU_TANH && c->gelu != NB_MODEL_GELU_ERF)
         return "gelu must be tanh or erf";
+    if (c->mask_token < 0 || c->mask_token >= c->vocab)
+        return "mask_token must be in 0..vocab-1 (0: vocab - 1)";
     switch (c->head) {
     case NB_MODEL_HEAD_LM:
     case NB_MODEL_HEAD_MLM:
@@ -54,6 +56,11 @@ static const char *const gelu_names[] = { "tanh", "erf" };
 float nb_model_ln_eps(const nb_model_config_t *c)
 {
     return c->ln_eps > 0.0f ? c->ln_eps : NB_MODEL_LN_EPS_DEFAULT;
+}
+
+int nb_model_mask_token(const nb_model_config_t *c)
+{
+    return c->mask_token > 0 ? c->mask_token : c->vocab - 1;
 }
 
 const char *nb_gelu_name(nb_gelu_t g)

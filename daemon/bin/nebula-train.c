@@ -81,6 +81,7 @@ static int to_train_config(const nb_config_t *cfg, nb_train_config_t *tc, char *
         .norm = m->norm == NB_NORM_POST ? NB_MODEL_NORM_POST : NB_MODEL_NORM_PRE,
         .head = (nb_head_kind_t)m->head, .n_classes = m->n_classes, .tie_embeddings = m->tie_embeddings,
         .ln_eps = (float)m->ln_eps, .gelu = m->gelu == NB_GELU_ERF ? NB_MODEL_GELU_ERF : NB_MODEL_GELU_TANH,
+        .mask_token = m->mask_token,
     };
     const nb_cfg_optim_t *o = &j->optimizer;
     tc->optim = (nb_optim_config_t){

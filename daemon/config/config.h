@@ -71,6 +71,7 @@ typedef struct {
     bool tie_embeddings;
     double ln_eps;      /* LayerNorm eps */
     nb_cfg_gelu_t gelu; /* GELU form */
+    int mask_token;     /* mlm input ID of masked positions; 0 = vocab - 1 */
 } nb_cfg_model_t;
 
 typedef struct {

@@ -96,6 +96,7 @@ static const nb__cfg_key_t model_keys[] = {
     { .name = "tie_embeddings", .type = NB__CFG_BOOL, .def = "true", FLD(nb_cfg_model_t, tie_embeddings), .doc = "lm head shares the token embedding" },
     { .name = "ln_eps", .type = NB__CFG_DOUBLE, .min = 1e-30, .max = 1, .def = "1e-5", FLD(nb_cfg_model_t, ln_eps), .doc = "LayerNorm eps (BERT: 1e-12)" },
     { .name = "gelu", .type = NB__CFG_ENUM, .def = "tanh", .names = gelu_names, FLD(nb_cfg_model_t, gelu), .doc = "GELU form: tanh (GPT-2) or erf (BERT)" },
+    { .name = "mask_token", .type = NB__CFG_INT, .min = 0, .max = 16777215, .def = "0", FLD(nb_cfg_model_t, mask_token), .doc = "mlm: input ID of masked positions; 0 = vocab - 1 (BERT: 103, [MASK])" },
     { 0 },
 };
 

@@ -703,7 +703,7 @@ static int op_forward(step_ctx_t *c, const nb_sched_op_t *op)
         int rc = h->l.model.head == NB_MODEL_HEAD_MLM
                      ? nb_tokens_sample_mlm(h->tokens, h->l.seed, (uint64_t)c->plan->step, (uint32_t)mb,
                                             h->l.micro_batch_size, h->l.seq_len, NB_TOKENS_MLM_MASK_PROB,
-                                            h->l.model.vocab - 1, inputs, targets)
+                                            nb_model_mask_token(&h->l.model), inputs, targets)
                      : nb_tokens_sample(h->tokens, h->l.seed, (uint64_t)c->plan->step, (uint32_t)mb,
                                         h->l.micro_batch_size, h->l.seq_len, inputs, targets);
         if (rc) {

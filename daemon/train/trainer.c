@@ -165,7 +165,8 @@ int nb_trainer_step(nb_trainer_t *t, nb_train_step_t *out, char *err, size_t err
         int rc;
         if (c->model.head == NB_MODEL_HEAD_MLM)
             rc = nb_tokens_sample_mlm(t->tokens, c->seed, (uint64_t)t->step, (uint32_t)i, t->B, T,
-                                      c->mask_prob > 0.0f ? c->mask_prob : NB_TOKENS_MLM_MASK_PROB, c->model.vocab - 1,
+                                      c->mask_prob > 0.0f ? c->mask_prob : NB_TOKENS_MLM_MASK_PROB,
+                                      nb_model_mask_token(&c->model),
                                       t->h_inputs, t->h_targets);
         else
             rc = nb_tokens_sample(t->tokens, c->seed, (uint64_t)t->step, (uint32_t)i, t->B, T,

@@ -62,6 +62,8 @@ static void test_settings_travel(void **state)
     (void)state;
     char err[512];
     nb_job_desc_t d = make_desc(1e-12f, NB_MODEL_GELU_ERF), got;
+    d.layout.model.mask_token = 103;
+    nb_job_model_digest(&d.layout.model, d.digest);
     nb_job_msg_store_t st;
     Nebula__Job msg;
     nb_job_to_msg(&d, 1, &st, &msg);
@@ -70,6 +72,7 @@ static void test_settings_travel(void **state)
         fail_msg("%s", err);
     assert_true(got.layout.model.ln_eps == 1e-12f);
     assert_int_equal(got.layout.model.gelu, NB_MODEL_GELU_ERF);
+    assert_int_equal(got.layout.model.mask_token, 103);
     assert_string_equal(got.digest, d.digest);
 
     /* a stage that reads the message differently (eps or GELU) disagrees
@@ -103,6 +106,13 @@ static void test_digest(void **state)
     assert_string_not_equal(a.digest, c.digest);
     assert_string_not_equal(a.digest, e.digest);
     assert_string_not_equal(c.digest, e.digest);
+    nb_job_desc_t m = make_desc(1e-5f, NB_MODEL_GELU_TANH), m0 = m;
+    m.layout.model.mask_token = 103;
+    nb_job_model_digest(&m.layout.model, m.digest);
+    assert_string_not_equal(a.digest, m.digest);
+    m0.layout.model.mask_token = 256; /* vocab - 1 named explicitly: the same model */
+    nb_job_model_digest(&m0.layout.model, m0.digest);
+    assert_string_equal(a.digest, m0.digest);
     /* a default model's digest is the one of the text earlier builds hashed */
     const char *text = "n_layer=2;d_model=32;n_head=4;d_ff=64;vocab=257;max_seq=16;causal=0;norm=1;head=1;"
                        "n_classes=0;tie=0";
