@@ -272,7 +272,7 @@ int nb_host_new(nb_backend_t *be, const nb_pipe_layout_t *l, int daemon, const c
         if ((rc = nb_tokens_open(data, &h->tokens, err, errlen)))
             goto fail;
         bool mlm = l->model.head == NB_MODEL_HEAD_MLM;
-        if (nb_tokens_vocab(h->tokens) > (uint32_t)l->model.vocab - (mlm ? 1u : 0u)) {
+        if (nb_tokens_vocab(h->tokens) > (uint32_t)l->model.vocab - (mlm && !l->model.mask_token ? 1u : 0u)) {
             snprintf(err, errlen, "%s: vocabulary %u is larger than model.vocab %d%s", data,
                      nb_tokens_vocab(h->tokens), l->model.vocab, mlm ? " minus the mask token" : "");
             rc = NB_EINVAL;

@@ -80,7 +80,7 @@ int nb_trainer_new(nb_backend_t *be, const nb_train_config_t *c, nb_trainer_t **
     if (rc || (rc = nb_tokens_open(c->data, &t->tokens, err, errlen)))
         goto fail;
     bool mlm = c->model.head == NB_MODEL_HEAD_MLM;
-    if (nb_tokens_vocab(t->tokens) > (uint32_t)c->model.vocab - (mlm ? 1u : 0u)) {
+    if (nb_tokens_vocab(t->tokens) > (uint32_t)c->model.vocab - (mlm && !c->model.mask_token ? 1u : 0u)) {
         snprintf(err, errlen, "%s: vocabulary %u is larger than model.vocab %d%s", c->data,
                  nb_tokens_vocab(t->tokens), c->model.vocab, mlm ? " minus the mask token" : "");
         rc = NB_EINVAL;
