@@ -102,6 +102,14 @@ typedef struct {
     uint64_t stage_memory_bytes; /* memory limit per stage; 0: unlimited */
 } nb_cfg_planner_t;
 
+/* Held-out evaluation of nebula-train (role train only). */
+typedef struct {
+    double fraction;             /* share of job.data's tail held out; 0 = none */
+    char data[NB_CFG_PATH_MAX];  /* held-out token file instead; "" = none */
+    int64_t every_steps;         /* 0: only at the end */
+    int64_t batches;             /* micro-batches per evaluation */
+} nb_cfg_eval_t;
+
 typedef struct {
     bool present; /* the file has a job section */
     nb_cfg_model_t model;
@@ -123,6 +131,7 @@ typedef struct {
     int64_t max_skipped_steps; /* consecutive non-finite-gradient skips that stop the job */
     char output[NB_CFG_PATH_MAX]; /* final weights file; "" = none */
     char init[NB_CFG_PATH_MAX];   /* pretrained weights to start from; "" = seeded */
+    nb_cfg_eval_t eval;
 } nb_cfg_job_t;
 
 typedef struct {

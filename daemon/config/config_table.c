@@ -143,6 +143,14 @@ static const nb__cfg_key_t planner_keys[] = {
     { 0 },
 };
 
+static const nb__cfg_key_t eval_keys[] = {
+    { .name = "fraction", .type = NB__CFG_DOUBLE, .min = 0, .max = 0.5, .def = "0", FLD(nb_cfg_eval_t, fraction), .doc = "share of job.data's tail held out for validation; 0 = none" },
+    { .name = "data", .type = NB__CFG_PATH, FLD(nb_cfg_eval_t, data), .doc = "held-out token file (instead of fraction)" },
+    { .name = "every_steps", .type = NB__CFG_INT, .min = 0, .max = 1e9, .def = "0", FLD(nb_cfg_eval_t, every_steps), .doc = "validation loss every N steps; 0 = at the end only" },
+    { .name = "batches", .type = NB__CFG_INT, .min = 1, .max = 1e6, .def = "8", FLD(nb_cfg_eval_t, batches), .doc = "micro-batches per evaluation" },
+    { 0 },
+};
+
 static const nb__cfg_key_t job_keys[] = {
     { .name = "model", .type = NB__CFG_SECTION, .required = C | T, .sub = model_keys, FLD(nb_cfg_job_t, model), .doc = "model shape" },
     { .name = "seed", .type = NB__CFG_U64, .min = 0, .max = 1.8e19, .def = "1337", FLD(nb_cfg_job_t, seed), .doc = "seed of every RNG stream" },
@@ -163,6 +171,7 @@ static const nb__cfg_key_t job_keys[] = {
     { .name = "max_skipped_steps", .type = NB__CFG_INT, .min = 1, .max = 1e6, .def = "10", FLD(nb_cfg_job_t, max_skipped_steps), .doc = "consecutive steps skipped for a non-finite gradient norm that stop the job" },
     { .name = "output", .type = NB__CFG_PATH, FLD(nb_cfg_job_t, output), .doc = "final weights file" },
     { .name = "init", .type = NB__CFG_PATH, .roles = C | T, FLD(nb_cfg_job_t, init), .doc = "pretrained weights to start from (weights file or safetensors)" },
+    { .name = "eval", .type = NB__CFG_SECTION, .roles = T, .sub = eval_keys, FLD(nb_cfg_job_t, eval), .doc = "held-out evaluation (nebula-train)" },
     { 0 },
 };
 
