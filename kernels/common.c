@@ -17,6 +17,7 @@ const char *nb_strerror(int err)
     case NB_ETIMEDOUT: return "timed out";
     case NB_ECLOSED: return "connection closed";
     case NB_EAUTH: return "authentication failed";
+    case NB_ENOENT: return "not found";
     default: return "unknown error";
     }
 }

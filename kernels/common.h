@@ -38,6 +38,7 @@ enum {
     NB_ETIMEDOUT = -10,
     NB_ECLOSED = -11,
     NB_EAUTH = -12,   /* authentication / certificate failure */
+    NB_ENOENT = -13,  /* a named file or entry does not exist */
 };
 
 /* Human-readable name of an NB_E* code. */

@@ -2,7 +2,8 @@
  * nebula-train - the deterministic single-process trainer.
  *
  * usage: nebula-train --config FILE [--steps N] [--stop-after N]
- *                     [--checkpoint FILE] [--resume FILE]
+ *                     [--checkpoint ROOT [--checkpoint-every N] [--keep K]]
+ *                     [--resume PATH]
  * Reads a YAML file with role: train (docs/config.md), trains the model of
  * job.model on the token file job.data, prints a progress line every
  * job.log_every steps (step, loss, learning rate, gradient norm, tokens/s)
@@ -13,23 +14,32 @@
  *   --steps N         train N steps instead of job.steps (the LR schedule
  *                     follows N)
  *   --stop-after N    stop once N steps are done (schedule unchanged)
- *   --checkpoint FILE write a checkpoint (weights, optimizer, step) when
- *                     the run stops
- *   --resume FILE     continue from a checkpoint of the same run; the
- *                     result equals an uninterrupted run bit for bit
+ *   --checkpoint ROOT write a checkpoint (weights, AdamW state, step;
+ *                     docs/checkpoints.md) to ROOT/step-<8-digit steps>/
+ *                     when the run stops, and every N steps with
+ *                     --checkpoint-every N; keep the newest K complete ones
+ *                     (--keep, default 3). Temporary files of writes that
+ *                     were killed are removed at start-up.
+ *   --resume PATH     continue from a checkpoint of the same run: a step
+ *                     directory, or a root (its newest complete
+ *                     checkpoint), written by nebula-train or by the
+ *                     stages of a pipeline; the result equals an
+ *                     uninterrupted run bit for bit
  *   --version         the version and the kernels in use
  * NEBULA_CPU_LEVEL=generic|avx2|avx512 forces a lower CPU kernel level.
  * A step whose gradient norm is not finite is skipped (no update, a warning);
  * job.max_skipped_steps consecutive skips stop the run with status 1.
  * NEBULA_TEST_NONFINITE_GRAD (daemon/train/grad_fault.h) injects such
  * gradients, for tests only.
- * SIGINT/SIGTERM stop the run after the current step (writing the
- * --checkpoint file if one is asked for) with exit status 128 + signal.
+ * SIGINT/SIGTERM stop the run after the current step (writing a
+ * checkpoint if --checkpoint is given) with exit status 128 + signal.
  * Exit status: 0 done, 1 runtime error, 2 bad usage, 78 bad configuration,
  * 130/143 stopped by SIGINT/SIGTERM.
  */
 #include <getopt.h>
 #include <math.h>
+#include <limits.h>
+#include <stdbool.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +48,7 @@
 #include "daemon/log.h"
 #include "daemon/train/hf_model.h"
 #include "daemon/train/trainer.h"
+#include "daemon/train/checkpoint.h"
 #include "daemon/train/weights.h"
 #include "daemon/service/version.h"
 #include "kernels/cpu_level.h"
@@ -51,8 +62,8 @@ static void on_signal(int sig)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: nebula-train --config FILE [--steps N] [--stop-after N] "
-                    "[--checkpoint FILE] [--resume FILE]\n"
+    fprintf(stderr, "usage: nebula-train --config FILE [--steps N] [--stop-after N]\n"
+                    "                    [--checkpoint ROOT [--checkpoint-every N] [--keep K]] [--resume PATH]\n"
                     "       nebula-train --help | --version\n"
                     "Environment: " NB_CPU_LEVEL_ENV "=generic|avx2|avx512 runs the CPU kernels at a lower level\n"
                     "(the same bits, slower; docs/kernels.md).\n");
@@ -103,6 +114,27 @@ static int to_train_config(const nb_config_t *cfg, nb_train_config_t *tc, char *
     return 0;
 }
 
+/* Writes the checkpoint of the run as it stands under root and keeps the
+ * newest `keep`. 0, or -1 after logging why. */
+static int checkpoint(nb_trainer_t *tr, const char *root, int keep)
+{
+    char dir[4096], err[2048];
+    int done = nb_trainer_steps_done(tr);
+    nb_ckpt_step_dir(root, done, dir, sizeof dir);
+    if (nb_trainer_save(tr, dir, err, sizeof err) != 0) {
+        nb_log_error(NULL, "%s", err);
+        return -1;
+    }
+    printf("nebula-train: checkpoint after %d steps written to %s\n", done, dir);
+    fflush(stdout);
+    int n = nb_ckpt_prune(root, keep, err, sizeof err);
+    if (n < 0) {
+        nb_log_error(NULL, "%s", err);
+        return -1;
+    }
+    return 0;
+}
+
 static void log_note(void *ud, const char *note)
 {
     nb_log_info(NULL, "job.init: %s", note);
@@ -111,13 +143,15 @@ static void log_note(void *ud, const char *note)
 int main(int argc, char **argv)
 {
     const char *config_path = NULL, *ckpt_out = NULL, *resume = NULL;
-    long steps_override = 0, stop_after = 0;
+    long steps_override = 0, stop_after = 0, ckpt_every = 0, keep = 3;
     static const struct option opts[] = {
         { "config", required_argument, NULL, 'c' },
         { "steps", required_argument, NULL, 's' },
         { "stop-after", required_argument, NULL, 'S' },
         { "checkpoint", required_argument, NULL, 'k' },
         { "resume", required_argument, NULL, 'r' },
+        { "checkpoint-every", required_argument, NULL, 'e' },
+        { "keep", required_argument, NULL, 'K' },
         { "help", no_argument, NULL, 'h' },
         { "version", no_argument, NULL, 'V' },
         { NULL, 0, NULL, 0 },
@@ -127,14 +161,16 @@ int main(int argc, char **argv)
         switch (ch) {
         case 'c': config_path = optarg; break;
         case 's':
-        case 'S': {
+        case 'S':
+        case 'e':
+        case 'K': {
             long v = parse_steps(optarg);
+            const char *name = ch == 's' ? "steps" : ch == 'S' ? "stop-after" : ch == 'e' ? "checkpoint-every" : "keep";
             if (v < 0) {
-                fprintf(stderr, "nebula-train: --%s must be a positive integer\n",
-                        ch == 's' ? "steps" : "stop-after");
+                fprintf(stderr, "nebula-train: --%s must be a positive integer\n", name);
                 return 2;
             }
-            *(ch == 's' ? &steps_override : &stop_after) = v;
+            *(ch == 's' ? &steps_override : ch == 'S' ? &stop_after : ch == 'e' ? &ckpt_every : &keep) = v;
             break;
         }
         case 'k': ckpt_out = optarg; break;
@@ -151,6 +187,10 @@ int main(int argc, char **argv)
     }
     if (!config_path || optind != argc) {
         usage();
+        return 2;
+    }
+    if (ckpt_every && !ckpt_out) {
+        fprintf(stderr, "nebula-train: --checkpoint-every needs --checkpoint ROOT\n");
         return 2;
     }
     nb_log_init("nebula-train", NB_LOG_INFO);
@@ -209,20 +249,32 @@ int main(int argc, char **argv)
         }
         printf("nebula-train: weights from %s\n", cfg.job.init);
     }
-    if (resume && (rc = nb_trainer_resume(tr, resume, err, sizeof err)) != 0) {
+    static char resume_dir[4096];
+    if (resume && ((rc = nb_ckpt_find(resume, resume_dir, sizeof resume_dir, err, sizeof err)) != 0 ||
+                   (rc = nb_trainer_resume(tr, resume_dir, err, sizeof err)) != 0)) {
         nb_log_error(NULL, "%s", err);
         nb_trainer_free(tr);
         nb_be_free(be);
         return rc == NB_EINVAL ? NB_CFG_EXIT_CONFIG : 1;
     }
-    char kernels[NB_CKPT_KERNELS_BYTES], advice[256];
+    if (resume)
+        resume = resume_dir;
+    /* what killed writes left behind, and checkpoints beyond --keep (after
+     * the resume: the one resumed from may be among the older ones) */
+    if (ckpt_out && nb_ckpt_prune(ckpt_out, (int)keep, err, sizeof err) < 0) {
+        nb_log_error(NULL, "%s", err);
+        nb_trainer_free(tr);
+        nb_be_free(be);
+        return 1;
+    }
+    char kernels[NB_CKPT_KERNELS_MAX], advice[256];
     nb_trainer_kernels(tr, kernels, sizeof kernels);
     if (be->iface->kind == NB_DEV_CPU && nb_cpu_blas_advice(advice, sizeof advice))
         nb_log_warn(NULL, "%s", advice);
     if (resume) {
         const char *was = nb_trainer_resumed_kernels(tr);
         if (!*was)
-            nb_log_info(NULL, "%s records no kernels (an older checkpoint); resuming with %s", resume, kernels);
+            nb_log_info(NULL, "%s records no kernels; resuming with %s", resume, kernels);
         else if (strcmp(was, kernels) != 0)
             nb_log_warn(NULL, "%s was written with kernels %s, resuming with %s: the kernel level keeps the "
                         "same bits, a different BLAS core type may not (docs/kernels.md)", resume, was, kernels);
@@ -250,7 +302,7 @@ int main(int argc, char **argv)
     double interval_s = 0, total_s = 0;
     int interval_steps = 0;
     float first_loss = 0, last_loss = 0;
-    int skipped = 0;
+    int skipped = 0, saved_at = -1;
     if (first_step)
         printf("nebula-train: resumed from %s after %d steps\n", resume, first_step);
     struct sigaction sa = { .sa_handler = on_signal };
@@ -301,6 +353,13 @@ int main(int argc, char **argv)
             interval_s = 0;
             interval_steps = 0;
         }
+        if (ckpt_every && (s + 1) % ckpt_every == 0 && s + 1 < end_step && !stop_signal) {
+            if (checkpoint(tr, ckpt_out, (int)keep) != 0) {
+                rc = NB_EIO;
+                break;
+            }
+            saved_at = s + 1;
+        }
     }
     int done = nb_trainer_steps_done(tr);
     if (rc == 0) {
@@ -314,12 +373,18 @@ int main(int argc, char **argv)
         if (last_val_step > 0)
             printf("nebula-train: validation loss %.4f (step %d) -> %.4f (step %d)\n", first_val, first_val_step,
                    last_val, last_val_step);
-        if (ckpt_out) {
-            if ((rc = nb_trainer_save(tr, ckpt_out, err, sizeof err)) != 0)
-                nb_log_error(NULL, "%s", err);
-            else
-                printf("nebula-train: checkpoint after %d steps written to %s\n", done, ckpt_out);
-        }
+        /* a run resumed from ROOT/step-N that took no step would rewrite
+         * the very checkpoint it resumed from, which is incomplete while
+         * it is rewritten: keep it as it is */
+        char here[4096], a[PATH_MAX], b[PATH_MAX];
+        if (ckpt_out)
+            nb_ckpt_step_dir(ckpt_out, done, here, sizeof here);
+        bool same = ckpt_out && resume && done == first_step && realpath(resume, a) && realpath(here, b) &&
+                    !strcmp(a, b);
+        if (same)
+            printf("nebula-train: no step taken; the checkpoint resumed from stays %s\n", resume);
+        else if (ckpt_out && saved_at != done && checkpoint(tr, ckpt_out, (int)keep) != 0)
+            rc = NB_EIO;
         if (rc == 0 && done == tc.steps && cfg.job.output[0]) {
             if ((rc = nb_weights_save(cfg.job.output, part, err, sizeof err)) != 0)
                 nb_log_error(NULL, "%s", err);

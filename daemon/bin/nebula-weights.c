@@ -3,8 +3,12 @@
  *
  *   nebula-weights show FILE          (a weights file, or a safetensors file)
  *   nebula-weights compare [--tol X] REF FILE...
- *   nebula-weights export [--names gpt2|bert|nebula] IN.weights OUT.safetensors
+ *   nebula-weights export [--names gpt2|bert|nebula] IN OUT.safetensors
  *   nebula-weights import DIR_OR_FILE OUT.weights
+ *   nebula-weights checkpoints ROOT   (list step directories)
+ *   nebula-weights verify CKPT        (digests and every value)
+ *   nebula-weights merge CKPT OUTDIR  (one file, any split restores it)
+ *   nebula-weights dump CKPT TENSOR   (a checkpoint tensor's values)
  *
  * compare matches every tensor of the FILEs (e.g. the final weights of each
  * pipeline stage) by name against REF (e.g. the single-process trainer's
@@ -14,14 +18,23 @@
  * Files are read without building a model: the header's sizes are checked
  * against the file's length first (nb_weights_peek), then tensors are read
  * in chunks, so a short file claiming a large model costs nothing.
- * export writes a weights file as safetensors (F32) with Hugging Face
+ * CKPT is a checkpoint directory (docs/checkpoints.md) or a root holding
+ * step directories (its newest complete checkpoint). checkpoints lists the
+ * step directories of a root: step, complete or not, files, bytes, age.
+ * verify checks the manifest, each file's length and SHA-256, its header,
+ * data_sha256 and metadata, and every value (finite, |x| <= 1e30): exit 0
+ * and a summary, or 1 and the reason (file, tensor). merge writes every
+ * tensor into OUTDIR/model.safetensors with its manifest. dump prints one
+ * tensor's values, one per line (%.9g: the exact float).
+ * export writes a weights file, or a checkpoint's weights, as safetensors
+ * (F32) with Hugging Face
  * GPT-2 or BERT names (the default for pre-LN / post-LN models), or
  * Nebula's own. import reads DIR/config.json + DIR/model.safetensors, or a
  * safetensors FILE (its Nebula __metadata__, else the config.json beside
  * it), and writes a weights file; notes (skipped tensors) go to stderr.
  * Both build the model on the CPU backend. docs/import-export.md.
- * Exit status: 0 equal within tol / converted, 1 different, 2 usage,
- * unreadable or refused file.
+ * Exit status: 0 equal within tol / converted / verified, 1 different or
+ * (verify) refused, 2 usage, unreadable or refused file.
  */
 #include <libgen.h>
 #include <math.h>
@@ -29,8 +42,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include "kernels/cpu_level.h"
 #include "daemon/data/tokenizer.h"
+#include "daemon/train/checkpoint.h"
 #include "daemon/train/hf_model.h"
 #include "daemon/train/safetensors.h"
 #include "daemon/train/weights.h"
@@ -226,6 +241,141 @@ static int compare(double tol, const char *ref_path, int n, char **paths)
     return status;
 }
 
+/* Resolves path (a step directory or a root) and reads its manifest,
+ * printing why not. */
+static int ckpt_open(const char *path, char *dir, size_t len, nb_ckpt_manifest_t *m)
+{
+    char err[1024];
+    if (nb_ckpt_find(path, dir, len, err, sizeof err) || nb_ckpt_manifest_read(dir, m, err, sizeof err)) {
+        fprintf(stderr, "nebula-weights: %s\n", err);
+        return -1;
+    }
+    return 0;
+}
+
+/* The whole model of a checkpoint (weights only), on be. */
+static nb_part_t *load_ckpt(nb_backend_t *be, const char *path)
+{
+    static nb_ckpt_manifest_t m;
+    char dir[4096], err[1024];
+    if (ckpt_open(path, dir, sizeof dir, &m))
+        return NULL;
+    nb_part_spec_t spec = nb_part_spec_full(&m.meta.model);
+    nb_part_t *p = NULL;
+    if (nb_part_new(be, &m.meta.model, &spec, 0, NULL, &p, err, sizeof err) ||
+        nb_ckpt_load_part(dir, &m, p, NULL, err, sizeof err)) {
+        fprintf(stderr, "nebula-weights: %s\n", err);
+        nb_part_free(p);
+        return NULL;
+    }
+    return p;
+}
+
+static int checkpoints(const char *root)
+{
+    nb_ckpt_entry_t e[256];
+    int n = nb_ckpt_scan(root, e, 256);
+    if (n < 0) {
+        fprintf(stderr, "nebula-weights: %s: cannot list: %s\n", root, nb_strerror(n));
+        return 2;
+    }
+    struct stat st;
+    if (n == 0 && stat(root, &st) != 0) {
+        fprintf(stderr, "nebula-weights: %s: no such directory\n", root);
+        return 2;
+    }
+    time_t now = time(NULL);
+    printf("%s: %d step director%s (newest first)\n", root, n, n == 1 ? "y" : "ies");
+    for (int i = 0; i < n; i++) {
+        char dir[4096];
+        nb_ckpt_step_dir(root, e[i].step, dir, sizeof dir);
+        long long age = (long long)(now - e[i].mtime);
+        printf("  step %8lld  %-10s  files %2d  bytes %12llu  age %lld s  %s\n", (long long)e[i].step,
+               e[i].complete ? "complete" : "incomplete", e[i].n_files, (unsigned long long)e[i].bytes,
+               age < 0 ? 0 : age, dir);
+    }
+    return 0;
+}
+
+static int verify(const char *path)
+{
+    static nb_ckpt_manifest_t m;
+    char dir[4096], err[1024];
+    if (ckpt_open(path, dir, sizeof dir, &m)) {
+        printf("%s: BAD\n", path);
+        return 1;
+    }
+    uint64_t values = 0, bytes = 0;
+    if (nb_ckpt_verify_values(dir, &m, &values, err, sizeof err)) {
+        fprintf(stderr, "nebula-weights: %s\n", err);
+        printf("%s: BAD\n", dir);
+        return 1;
+    }
+    for (int i = 0; i < m.n_files; i++)
+        bytes += m.files[i].bytes;
+    printf("%s: ok: step %lld (%lld AdamW updates), %d file%s, %llu bytes, %llu values checked, model %d layers "
+           "d_model %d, kernels %s\n", dir, (long long)m.meta.step, (long long)m.meta.optim_steps, m.n_files,
+           m.n_files == 1 ? "" : "s", (unsigned long long)bytes, (unsigned long long)values, m.meta.model.n_layer,
+           m.meta.model.d_model, m.meta.kernels[0] ? m.meta.kernels : "(not recorded)");
+    return 0;
+}
+
+static int merge(const char *path, const char *outdir)
+{
+    static nb_ckpt_manifest_t m;
+    char dir[4096], err[1024];
+    if (ckpt_open(path, dir, sizeof dir, &m))
+        return 2;
+    if (nb_ckpt_merge(dir, outdir, err, sizeof err)) {
+        fprintf(stderr, "nebula-weights: %s\n", err);
+        return 2;
+    }
+    printf("%s: %d file%s of %s merged into %s/model.safetensors\n", outdir, m.n_files, m.n_files == 1 ? "" : "s",
+           dir, outdir);
+    return 0;
+}
+
+static int dump(const char *path, const char *name)
+{
+    static nb_ckpt_manifest_t m;
+    char dir[4096], err[1024];
+    if (ckpt_open(path, dir, sizeof dir, &m))
+        return 2;
+    int status = 2;
+    for (int i = 0; i < m.n_files && status == 2; i++) {
+        nb_st_file_t *f;
+        char fp[4200];
+        snprintf(fp, sizeof fp, "%s/%s", dir, m.files[i].name);
+        if (nb_st_open(fp, &f, err, sizeof err)) {
+            fprintf(stderr, "nebula-weights: %s\n", err);
+            return 2;
+        }
+        int k = nb_st_find(f, name);
+        if (k >= 0) {
+            const nb_st_tensor_t *t = nb_st_tensor(f, k);
+            float *v = malloc((t->numel ? t->numel : 1) * sizeof *v);
+            if (!v || nb_ckpt_read_extra(dir, &m, name, v, t->numel, err, sizeof err)) {
+                fprintf(stderr, "nebula-weights: %s\n", v ? err : "out of memory");
+            } else {
+                printf("# %s %s [", name, m.files[i].name);
+                for (int d = 0; d < t->ndim; d++)
+                    printf("%s%lld", d ? ", " : "", (long long)t->shape[d]);
+                printf("]\n");
+                for (uint64_t e = 0; e < t->numel; e++)
+                    printf("%.9g\n", v[e]);
+                status = 0;
+            }
+            free(v);
+            if (status)
+                status = 1;
+        }
+        nb_st_close(f);
+    }
+    if (status == 2)
+        fprintf(stderr, "nebula-weights: %s: no tensor '%s'\n", dir, name);
+    return status;
+}
+
 /* Loads a weights file into a new part on be (for export); a head without
  * the embedding but with tied weights gets an embedding part to borrow wte
  * from (*tie_owner, freed by the caller). */
@@ -234,6 +384,9 @@ static nb_part_t *load(nb_backend_t *be, const char *path, nb_part_t **tie_owner
     nb_weights_info_t info;
     char err[512];
     *tie_owner = NULL;
+    struct stat sb;
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
+        return load_ckpt(be, path);
     if (nb_weights_peek(path, &info, err, sizeof err)) {
         fprintf(stderr, "nebula-weights: %s\n", err);
         return NULL;
@@ -381,7 +534,12 @@ int main(int argc, char **argv)
         printf("usage: nebula-weights show FILE\n"
                "       nebula-weights compare [--tol X] REF FILE...\n"
                "       nebula-weights export [--names gpt2|bert|nebula] IN.weights OUT.safetensors\n"
-               "       nebula-weights import DIR_OR_FILE OUT.weights\n");
+               "       nebula-weights import DIR_OR_FILE OUT.weights\n"
+               "       nebula-weights checkpoints ROOT\n"
+               "       nebula-weights verify CKPT\n"
+               "       nebula-weights merge CKPT OUTDIR\n"
+               "       nebula-weights dump CKPT TENSOR\n"
+               "IN of export: a weights file, or a checkpoint (a step directory or a root).\n");
         return 0;
     }
     nb_cpu_level_t level;
@@ -407,7 +565,16 @@ int main(int argc, char **argv)
         return export_file(argv[3], argv[4], argv[5]);
     if (argc == 4 && !strcmp(argv[1], "import"))
         return import_file(argv[2], argv[3]);
+    if (argc == 3 && !strcmp(argv[1], "checkpoints"))
+        return checkpoints(argv[2]);
+    if (argc == 3 && !strcmp(argv[1], "verify"))
+        return verify(argv[2]);
+    if (argc == 4 && !strcmp(argv[1], "merge"))
+        return merge(argv[2], argv[3]);
+    if (argc == 4 && !strcmp(argv[1], "dump"))
+        return dump(argv[2], argv[3]);
     fprintf(stderr, "usage: nebula-weights show FILE | compare [--tol X] REF FILE... | "
-                    "export [--names gpt2|bert|nebula] IN OUT.safetensors | import DIR_OR_FILE OUT.weights\n");
+                    "export [--names gpt2|bert|nebula] IN OUT.safetensors | import DIR_OR_FILE OUT.weights | "
+                    "checkpoints ROOT | verify CKPT | merge CKPT OUTDIR | dump CKPT TENSOR\n");
     return 2;
 }

@@ -57,6 +57,8 @@ static void usage(FILE *f)
             "                       Chrome trace-event JSON of the last N steps\n"
             "                       (open in ui.perfetto.dev or chrome://tracing)\n"
             "  stop                 orderly stop (root or the daemon's user)\n"
+            "  checkpoint           coordinator: every stage writes a checkpoint at the next\n"
+            "                       step boundary (privileged; docs/pipeline.md)\n"
             "  plan [--rows N] [--bandwidth-mbit N]\n"
             "                       the coordinator's ranked plans for its current\n"
             "                       measurements (or as if every link ran at N Mbit/s)\n"
@@ -304,11 +306,22 @@ static int print_stop(const ctl_opts_t *o, json_t *r)
     return EXIT_OK;
 }
 
+static int print_checkpoint(const ctl_opts_t *o, json_t *r)
+{
+    (void)o;
+    json_int_t after = json_integer_value(json_object_get(r, "after_step"));
+    json_int_t last = json_integer_value(json_object_get(r, "last_complete_step"));
+    printf("checkpoint requested: taken after step %lld (the newest complete one: %s%lld)\n", (long long)after,
+           last < 0 ? "none" : "step ", last < 0 ? 0LL : (long long)last);
+    return EXIT_OK;
+}
+
 static const ctl_cmd_t commands[] = {
     { "status", "state, peers and job", print_status },
     { "metrics", "Prometheus text", print_metrics },
     { "trace", "Chrome trace JSON", print_trace },
     { "stop", "orderly stop", print_stop },
+    { "checkpoint", "coordinated checkpoint at the next step boundary", print_checkpoint },
 };
 
 /* ---- main ------------------------------------------------------------------------ */

@@ -111,6 +111,13 @@ typedef struct {
 } nb_cfg_eval_t;
 
 typedef struct {
+    int64_t every_steps;     /* 0: not by steps */
+    double every_seconds;    /* 0: not by time */
+    int64_t keep;            /* complete checkpoints kept */
+    bool resume;             /* resume a matching checkpoint found at start */
+} nb_cfg_checkpoint_t;
+
+typedef struct {
     bool present; /* the file has a job section */
     nb_cfg_model_t model;
     uint64_t seed;
@@ -132,6 +139,9 @@ typedef struct {
     char output[NB_CFG_PATH_MAX]; /* final weights file; "" = none */
     char init[NB_CFG_PATH_MAX];   /* pretrained weights to start from; "" = seeded */
     nb_cfg_eval_t eval;
+    nb_cfg_checkpoint_t checkpoint;
+    double recovery_timeout_s;    /* how long a fault may last before the job fails */
+    int64_t max_restarts;         /* recoveries before the job fails */
 } nb_cfg_job_t;
 
 typedef struct {

@@ -151,6 +151,14 @@ static const nb__cfg_key_t eval_keys[] = {
     { 0 },
 };
 
+static const nb__cfg_key_t checkpoint_keys[] = {
+    { .name = "every_steps", .type = NB__CFG_INT, .min = 0, .max = 1e12, .def = "0", FLD(nb_cfg_checkpoint_t, every_steps), .doc = "take a checkpoint every N steps; 0 = not by steps" },
+    { .name = "every_seconds", .type = NB__CFG_DOUBLE, .min = 0, .max = 1e9, .def = "0", FLD(nb_cfg_checkpoint_t, every_seconds), .doc = "take a checkpoint when this long has passed since the last; 0 = not by time" },
+    { .name = "keep", .type = NB__CFG_INT, .min = 1, .max = 1e6, .def = "3", FLD(nb_cfg_checkpoint_t, keep), .doc = "complete checkpoints kept (older ones are removed)" },
+    { .name = "resume", .type = NB__CFG_BOOL, .def = "true", FLD(nb_cfg_checkpoint_t, resume), .doc = "at start, resume from the newest checkpoint of this run in checkpoint_dir" },
+    { 0 },
+};
+
 static const nb__cfg_key_t job_keys[] = {
     { .name = "model", .type = NB__CFG_SECTION, .required = C | T, .sub = model_keys, FLD(nb_cfg_job_t, model), .doc = "model shape" },
     { .name = "seed", .type = NB__CFG_U64, .min = 0, .max = 1.8e19, .def = "1337", FLD(nb_cfg_job_t, seed), .doc = "seed of every RNG stream" },
@@ -172,6 +180,9 @@ static const nb__cfg_key_t job_keys[] = {
     { .name = "output", .type = NB__CFG_PATH, FLD(nb_cfg_job_t, output), .doc = "final weights file" },
     { .name = "init", .type = NB__CFG_PATH, .roles = C | T, FLD(nb_cfg_job_t, init), .doc = "pretrained weights to start from (weights file or safetensors)" },
     { .name = "eval", .type = NB__CFG_SECTION, .roles = T, .sub = eval_keys, FLD(nb_cfg_job_t, eval), .doc = "held-out evaluation (nebula-train)" },
+    { .name = "checkpoint", .type = NB__CFG_SECTION, .roles = C, .sub = checkpoint_keys, FLD(nb_cfg_job_t, checkpoint), .doc = "coordinated checkpoints" },
+    { .name = "recovery_timeout_s", .type = NB__CFG_DOUBLE, .roles = C, .min = 1, .max = 1e7, .def = "600", FLD(nb_cfg_job_t, recovery_timeout_s), .doc = "how long the daemons may take to come back after a fault before the job fails" },
+    { .name = "max_restarts", .type = NB__CFG_INT, .roles = C, .min = 0, .max = 1e9, .def = "1000", FLD(nb_cfg_job_t, max_restarts), .doc = "recoveries after which the job fails" },
     { 0 },
 };
 

@@ -420,6 +420,20 @@ int nb_net_connect(nb_net_t *n, const char *peer_name, const char *host, int por
     return 0;
 }
 
+int nb_net_redial(nb_net_t *n, const char *peer_name)
+{
+    for (nb__peer_t *p = n->peers; p; p = p->next) {
+        if (strcmp(p->name, peer_name) != 0)
+            continue;
+        if (n->closing || p->conn || p->resolving || p->timer_closed)
+            return 0;
+        p->attempts = 0;
+        uv_timer_start(&p->retry, on_retry, 0, 0);
+        return 0;
+    }
+    return NB_EINVAL;
+}
+
 void nb__net_conn_gone(nb_conn_t *c)
 {
     nb_net_t *n = c->net;

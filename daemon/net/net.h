@@ -117,6 +117,11 @@ int nb_net_listen_err(nb_net_t *n, const char *host, int port, int *bound_port, 
  * 1..65535). */
 int nb_net_connect(nb_net_t *n, const char *peer_name, const char *host, int port);
 
+/* Dials peer_name (added with nb_net_connect) now and starts its back-off
+ * over, unless it is connected or a dial is in flight: for a caller that
+ * knows the peer is back (a recovering job). NB_EINVAL: no such peer. */
+int nb_net_redial(nb_net_t *n, const char *peer_name);
+
 /* Admits inbound connections from peer_name from now on (a stage learns its
  * upstream neighbours from the job). Errors: NB_EINVAL (empty or too long
  * name), NB_ENOMEM. */

@@ -12,51 +12,13 @@
 #include "daemon/log.h"
 #include "daemon/pipeline/coord_plan.h"
 #include "daemon/pipeline/coord_rt.h"
+#include "daemon/pipeline/coord_rt_internal.h"
 #include "daemon/pipeline/job.h"
 #include "daemon/pipeline/rt_common.h"
 #include "daemon/planner/cost.h"
 #include "kernels/codec/codec.h"
 
-typedef struct {
-    bool connected, links_ready, done, reported;
-    nb_conn_t *conn;
-    double grad_sumsq, loss;
-    uint64_t nonfinite_stages;  /* the report's: stages with a NaN/Inf gradient */
-    bool has_loss;
-    uint64_t bytes_raw, bytes_wire, step_ns;
-    double busy_s[NB_SCHED_MAX_STAGES]; /* compute seconds per hosted stage this step */
-} daemon_slot_t;
-
-struct nb_coord_rt {
-    nb_service_t *svc;
-    const nb_config_t *cfg;
-    nb_state_t *state;
-    uv_loop_t *loop;
-    nb_net_t *net;
-    bool net_open;
-    uv_timer_t connect_timer; /* the deadline of the wait in `waiting` */
-    bool timer_open;
-    enum { WAIT_CONNECT, WAIT_LINKS, WAIT_STEPS, WAIT_DONE } waiting;
-    double wait_s;            /* its deadline, in seconds */
-    nb_job_desc_t job;
-    int m, mb_size;           /* this step's micro-batches and their size */
-    nb_sched_spec_t sched;
-    nb_cplan_t *plan;         /* the planner, when it has something to choose */
-    double pred_bubble;       /* the running plan's prediction; < 0 unknown */
-    char fwd_codec[NB_PMSG_SPEC_MAX], bwd_codec[NB_PMSG_SPEC_MAX];
-    daemon_slot_t d[NB_SCHED_MAX_STAGES];
-    bool job_sent, running, finished, failed, stopping;
-    int64_t step;             /* the step in flight */
-    double t_job_start, t_step_start;
-    uint64_t total_raw, total_wire;
-    double loss_sum_first, last_loss;
-    int m_steps, m_loss, m_tps, m_bubble, m_raw, m_wire, m_replans, m_pred;
-    int m_skipped;
-    int64_t skipped_run;      /* consecutive steps skipped for a non-finite norm */
-    long replans_seen;
-};
-
-static double now_s(void)
+double nb__coord_now_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -73,8 +35,8 @@ static void wait_for(nb_coord_rt_t *rt, int what)
     rt->waiting = what;
     if (!rt->timer_open)
         return;
-    if (what == WAIT_STEPS) {
-        uv_timer_stop(&rt->connect_timer);
+    if (what == WAIT_STEPS || what == WAIT_RECOVER) {
+        uv_timer_stop(&rt->connect_timer); /* the heartbeat, or the recovery timer, bounds these */
         return;
     }
     rt->wait_s = rt->cfg->connect_timeout_s;
@@ -106,8 +68,7 @@ static void send_all_shutdown(nb_coord_rt_t *rt, const char *why)
     }
 }
 
-static void job_fail(nb_coord_rt_t *rt, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void job_fail(nb_coord_rt_t *rt, const char *fmt, ...)
+void nb__coord_job_fail(nb_coord_rt_t *rt, const char *fmt, ...)
 {
     if (rt->failed || rt->stopping || rt->finished)
         return;
@@ -122,18 +83,24 @@ static void job_fail(nb_coord_rt_t *rt, const char *fmt, ...)
     nb_service_fail(rt->svc, why);
 }
 
-/* A control frame could not go to stage daemon i. NB_ESTATE means its
- * connection is already closing: the daemon is going away, which is said
- * the way on_closed says it, whichever of the two the coordinator sees
- * first. */
-static void send_failed(nb_coord_rt_t *rt, int i, const char *what, int rc)
+/* A control frame could not go to stage daemon i: its connection is
+ * closing (NB_ESTATE) or its queue is full; either way the attempt cannot
+ * go on with it (on_closed says the same when it sees the close first). */
+int nb__coord_send(nb_coord_rt_t *rt, int i, Nebula__Frame *f, const char *what)
 {
+    if (!rt->d[i].conn) {
+        nb__coord_fault(rt, "stage daemon %s is not connected (%s of step %lld)", rt->job.names[i], what,
+                        (long long)rt->step + 1);
+        return NB_ECLOSED;
+    }
+    int rc = nb_rt_send_ctl(rt->d[i].conn, f);
     if (rc == NB_ESTATE)
-        job_fail(rt, "lost stage daemon %s (its connection closed while %s of step %lld was sent)",
-                 rt->job.names[i], what, (long long)rt->step);
-    else
-        job_fail(rt, "cannot send %s of step %lld to %s: %s", what, (long long)rt->step, rt->job.names[i],
-                 nb_strerror(rc));
+        nb__coord_fault(rt, "lost stage daemon %s (its connection closed while %s of step %lld was sent)",
+                        rt->job.names[i], what, (long long)rt->step + 1);
+    else if (rc)
+        nb__coord_fault(rt, "cannot send %s of step %lld to %s: %s", what, (long long)rt->step + 1,
+                        rt->job.names[i], nb_strerror(rc));
+    return rc;
 }
 
 static int daemon_index(nb_coord_rt_t *rt, const char *name)
@@ -144,12 +111,16 @@ static int daemon_index(nb_coord_rt_t *rt, const char *name)
     return -1;
 }
 
-static void send_job(nb_coord_rt_t *rt)
+void nb__coord_send_job(nb_coord_rt_t *rt, int resume, uint64_t resume_step, const char *manifest)
 {
     rt->job_sent = true;
+    rt->step = (int64_t)resume_step;
+    for (int i = 0; i < rt->job.n_daemons; i++)
+        rt->d[i].links_ready = false;
     wait_for(rt, WAIT_LINKS);
-    nb_service_set_state(rt->svc, NB_SVC_CONNECTING, "all %d stage daemons connected; assigning stages",
-                         rt->job.n_daemons);
+    if (rt->attempt == 0)
+        nb_service_set_state(rt->svc, NB_SVC_CONNECTING, "all %d stage daemons connected; assigning stages",
+                             rt->job.n_daemons);
     for (int i = 0; i < rt->job.n_daemons; i++) {
         static nb_job_msg_store_t store; /* loop thread only; packed at once */
         Nebula__Job j;
@@ -157,16 +128,36 @@ static void send_job(nb_coord_rt_t *rt)
         if (rt->plan)
             j.probe_bytes = NB_CPLAN_PROBE_BYTES;
         j.pretrained = rt->cfg->job.init[0] != '\0';
+        j.attempt = rt->attempt;
+        j.resume = (Nebula__Job__Resume)resume;
+        j.resume_step = resume_step;
+        j.manifest = (char *)(manifest ? manifest : "");
+        j.checkpoints = rt->ckpt_enabled;
+        j.recovery_timeout_s = (uint32_t)rt->cfg->job.recovery_timeout_s;
         Nebula__Frame f;
         nebula__frame__init(&f);
         f.body_case = NEBULA__FRAME__BODY_JOB;
         f.job = &j;
-        int rc = nb_rt_send_ctl(rt->d[i].conn, &f);
-        if (rc) {
-            send_failed(rt, i, "the job", rc);
+        if (nb__coord_send(rt, i, &f, "the job"))
             return;
-        }
     }
+}
+
+int nb__coord_send_commit(nb_coord_rt_t *rt, int i, uint64_t step, double sumsq, bool skip, bool last)
+{
+    Nebula__Commit c;
+    nebula__commit__init(&c);
+    c.job_id = rt->job.layout.job_id;
+    c.step = step;
+    c.global_grad_sumsq = sumsq;
+    c.last = last;
+    c.skip = skip;
+    c.attempt = rt->attempt;
+    Nebula__Frame f;
+    nebula__frame__init(&f);
+    f.body_case = NEBULA__FRAME__BODY_COMMIT;
+    f.commit = &c;
+    return nb__coord_send(rt, i, &f, "a commit");
 }
 
 /* Takes the planner's plan for the step in flight. */
@@ -196,7 +187,7 @@ static int apply_cplan(nb_coord_rt_t *rt)
 static void send_plan(nb_coord_rt_t *rt)
 {
     if (rt->plan && apply_cplan(rt)) {
-        job_fail(rt, "the planner chose codecs that do not parse for step %lld", (long long)rt->step);
+        nb__coord_job_fail(rt, "the planner chose codecs that do not parse for step %lld", (long long)rt->step);
         return;
     }
     char sched[32];
@@ -211,28 +202,40 @@ static void send_plan(nb_coord_rt_t *rt)
     p.backward_codec = rt->bwd_codec;
     p.micro_batch_size = (uint32_t)rt->mb_size;
     p.seed = rt->job.layout.seed;
+    p.attempt = rt->attempt;
     Nebula__Frame f;
     nebula__frame__init(&f);
     f.body_case = NEBULA__FRAME__BODY_PLAN;
     f.plan = &p;
+    rt->step_in_flight = true;
+    rt->t_step_start = nb__coord_now_s();
     for (int i = 0; i < rt->job.n_daemons; i++) {
         rt->d[i].reported = false;
         memset(rt->d[i].busy_s, 0, sizeof rt->d[i].busy_s);
-        int rc = nb_rt_send_ctl(rt->d[i].conn, &f);
-        if (rc) {
-            send_failed(rt, i, "a plan", rc);
-            return;
-        }
     }
-    rt->t_step_start = now_s();
+    for (int i = 0; i < rt->job.n_daemons; i++)
+        if (nb__coord_send(rt, i, &f, "a plan"))
+            return;
 }
 
+static void finish_job_now(nb_coord_rt_t *rt);
+
+/* Every daemon reported LINKS_READY for the attempt: run the steps from
+ * rt->step (0, or where a recovery resumed). */
 static void start_steps(nb_coord_rt_t *rt)
 {
     rt->running = true;
     wait_for(rt, WAIT_STEPS);
-    rt->step = 0;
-    rt->t_job_start = now_s();
+    if (rt->attempt > 0 || rt->step > 0) {
+        nb__coord_recovered(rt);
+        if (rt->step >= rt->job.steps) {
+            finish_job_now(rt);
+            return;
+        }
+        send_plan(rt);
+        return;
+    }
+    rt->t_job_start = nb__coord_now_s();
     char sched[32];
     nb_sched_format(&rt->sched, sched, sizeof sched);
     nb_log_info(NULL, "job %llu: %lld steps, %d stages on %d daemons, m=%d (%d sequences each), %s, codecs %s / %s%s",
@@ -241,6 +244,18 @@ static void start_steps(nb_coord_rt_t *rt)
                 rt->plan ? "; the planner chooses m, schedule and codecs per step" : "");
     nb_service_set_state(rt->svc, NB_SVC_RUNNING, "training: step 0 of %lld", (long long)rt->job.steps);
     send_plan(rt);
+}
+
+/* A resumed job that had committed every step: the stages hold the final
+ * state; the last Commit again (a no-op for them) makes them write their
+ * final weights and answer DONE. */
+static void finish_job_now(nb_coord_rt_t *rt)
+{
+    rt->running = false;
+    wait_for(rt, WAIT_DONE);
+    for (int i = 0; i < rt->job.n_daemons; i++)
+        if (nb__coord_send_commit(rt, i, (uint64_t)rt->job.steps - 1, rt->dec_sumsq, rt->dec_skip, true))
+            return;
 }
 
 static void update_job_info(nb_coord_rt_t *rt, double loss, double tps, double step_s, double bubble)
@@ -325,7 +340,7 @@ static bool note_skip(nb_coord_rt_t *rt, double sumsq)
                 from, (long long)rt->skipped_run, (long long)limit);
     if (rt->skipped_run < limit)
         return true;
-    job_fail(rt, "%lld consecutive steps skipped for a non-finite gradient norm (job.max_skipped_steps = %lld); "
+    nb__coord_job_fail(rt, "%lld consecutive steps skipped for a non-finite gradient norm (job.max_skipped_steps = %lld); "
              "step %lld's came from %s", (long long)rt->skipped_run, (long long)limit, (long long)rt->step + 1, from);
     return false;
 }
@@ -334,7 +349,7 @@ static bool note_skip(nb_coord_rt_t *rt, double sumsq)
 static void finish_step(nb_coord_rt_t *rt)
 {
     char pnote[96];
-    double step_s = now_s() - rt->t_step_start;
+    double step_s = nb__coord_now_s() - rt->t_step_start;
     double sumsq = 0.0, loss = NAN, busy = 0.0, max_step_s = 0.0;
     uint64_t raw = 0, wire = 0;
     for (int i = 0; i < rt->job.n_daemons; i++) {
@@ -366,24 +381,23 @@ static void finish_step(nb_coord_rt_t *rt)
         return;
     if (!skip)
         rt->skipped_run = 0;
-    Nebula__Commit c;
-    nebula__commit__init(&c);
-    c.job_id = rt->job.layout.job_id;
-    c.step = (uint64_t)rt->step;
-    c.global_grad_sumsq = sumsq;
-    c.last = last;
-    c.skip = skip;
-    Nebula__Frame f;
-    nebula__frame__init(&f);
-    f.body_case = NEBULA__FRAME__BODY_COMMIT;
-    f.commit = &c;
-    for (int i = 0; i < rt->job.n_daemons; i++) {
-        int rc = nb_rt_send_ctl(rt->d[i].conn, &f);
-        if (rc) {
-            send_failed(rt, i, "a commit", rc);
+    else
+        rt->skipped_total++;
+    /* the decision: from here on step rt->step is committed, whichever
+     * daemons the Commit reaches now (a recovery re-sends it) */
+    rt->has_decided = true;
+    rt->dec_step = (uint64_t)rt->step;
+    rt->dec_sumsq = sumsq;
+    rt->dec_skip = skip;
+    rt->step_in_flight = false;
+    if (rt->step + 1 > rt->high_water)
+        rt->high_water = rt->step + 1;
+    for (int i = 0; i < rt->job.n_daemons; i++)
+        if (nb__coord_send_commit(rt, i, (uint64_t)rt->step, sumsq, skip, last))
             return;
-        }
-    }
+    nb__coord_ckpt_maybe(rt, last);
+    if (rt->recovering)
+        return;
     nb_metrics_t *mx = nb_state_metrics(rt->state);
     nb_metrics_inc(mx, rt->m_steps, 1);
     nb_metrics_set(mx, rt->m_loss, loss);
@@ -404,6 +418,7 @@ static void finish_step(nb_coord_rt_t *rt)
                          (long long)rt->job.steps, loss);
     if (last) {
         rt->running = false;
+        rt->step++;
         wait_for(rt, WAIT_DONE);
         return; /* the stages answer DONE after writing their weights */
     }
@@ -414,8 +429,10 @@ static void finish_step(nb_coord_rt_t *rt)
 static void handle_report(nb_coord_rt_t *rt, int di, const Nebula__Report *r)
 {
     daemon_slot_t *d = &rt->d[di];
+    if (rt->recovering || r->attempt != rt->attempt)
+        return; /* of an attempt a fault ended */
     if (!rt->running || r->job_id != rt->job.layout.job_id || (int64_t)r->step != rt->step || d->reported) {
-        job_fail(rt, "%s sent a report for step %llu while step %lld is in flight", rt->job.names[di],
+        nb__coord_job_fail(rt, "%s sent a report for step %llu while step %lld is in flight", rt->job.names[di],
                  (unsigned long long)r->step, (long long)rt->step);
         return;
     }
@@ -446,7 +463,16 @@ static void handle_status(nb_coord_rt_t *rt, int di, const Nebula__JobStatus *s)
 {
     const char *msg = s->message ? s->message : "";
     switch (s->state) {
+    case NEBULA__JOB_STATUS__STATE__JOB_STATE_JOINED:
+        nb__coord_joined(rt, di, s);
+        return;
+    case NEBULA__JOB_STATUS__STATE__JOB_STATE_FAULT:
+        if (s->attempt == rt->attempt && !rt->finished)
+            nb__coord_fault(rt, "stage daemon %s: %s", rt->job.names[di], msg);
+        return;
     case NEBULA__JOB_STATUS__STATE__JOB_STATE_LINKS_READY:
+        if (s->attempt != rt->attempt || rt->waiting != WAIT_LINKS)
+            return; /* of an attempt a fault ended */
         rt->d[di].links_ready = true;
         nb_log_info(rt->job.names[di], "%s", msg);
         for (size_t i = 0; rt->plan && i < s->n_links; i++) {
@@ -463,15 +489,34 @@ static void handle_status(nb_coord_rt_t *rt, int di, const Nebula__JobStatus *s)
             start_steps(rt);
         return;
     case NEBULA__JOB_STATUS__STATE__JOB_STATE_DONE:
+        if (rt->recovering || rt->waiting != WAIT_DONE)
+            return;
         rt->d[di].done = true;
-        for (int i = 0; i < rt->job.n_daemons; i++)
-            if (!rt->d[i].done)
-                return;
+        nb__coord_maybe_finish(rt);
+        return;
+    case NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED:
+        nb__coord_job_fail(rt, "stage daemon %s: %s", rt->job.names[di], msg);
+        return;
+    default:
+        return;
+    }
+}
+
+/* Every stage wrote its final weights (and the last checkpoint, when one
+ * was taken, is complete): the job is done. */
+void nb__coord_maybe_finish(nb_coord_rt_t *rt)
+{
+    if (rt->finished || rt->recovering || rt->waiting != WAIT_DONE || rt->ckpt_inflight >= 0)
+        return;
+    for (int i = 0; i < rt->job.n_daemons; i++)
+        if (!rt->d[i].done)
+            return;
+    {
         rt->finished = true;
         if (rt->timer_open)
             uv_timer_stop(&rt->connect_timer);
         {
-            double secs = now_s() - rt->t_job_start;
+            double secs = nb__coord_now_s() - rt->t_job_start;
             double tokens = (double)rt->job.steps * rt->job.layout.seq_len * (double)rt->cfg->job.batch;
             nb_log_info(NULL, "job done: %lld steps in %.1f s, %.0f tokens/s, final loss %.4f, %.2f MB on the wire "
                         "(%.2f MB raw, ratio %.2fx)", (long long)rt->job.steps, secs, tokens / secs, rt->last_loss,
@@ -480,12 +525,8 @@ static void handle_status(nb_coord_rt_t *rt, int di, const Nebula__JobStatus *s)
             nb_service_set_state(rt->svc, NB_SVC_DONE, "job done: %lld steps, final loss %.4f",
                                  (long long)rt->job.steps, rt->last_loss);
         }
-        return;
-    case NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED:
-        job_fail(rt, "stage daemon %s: %s", rt->job.names[di], msg);
-        return;
-    default:
-        return;
+        if (rt->recovery_timer_open)
+            uv_timer_stop(&rt->recovery_timer);
     }
 }
 
@@ -501,19 +542,20 @@ static void on_ready(nb_conn_t *c, void *ud)
         nb_conn_close(c);
         return;
     }
-    if (rt->job_sent) {
-        nb_log_warn(peer, "connected after the job started; the job cannot take it back; closing");
+    if (rt->finished || rt->failed) {
+        nb_log_info(peer, "connected after the job ended; closing");
         nb_conn_close(c);
         return;
     }
     rt->d[di].connected = true;
     rt->d[di].conn = c;
+    rt->d[di].joined = false;
     nb_rt_peer_row(rt->state, peer, "stage", rt->job.addresses[di], "up", c);
     nb_log_info(peer, "stage daemon connected from %s", nb_conn_addr(c));
-    for (int i = 0; i < rt->job.n_daemons; i++)
-        if (!rt->d[i].connected)
-            return;
-    send_job(rt);
+    /* it says what it holds (JOINED) next; a daemon that comes back while
+     * the job runs was lost without the coordinator noticing */
+    if (rt->job_sent && !rt->recovering)
+        nb__coord_fault(rt, "stage daemon %s connected again", peer);
 }
 
 static void on_frame(nb_conn_t *c, Nebula__Frame *hdr, uint8_t *payload, size_t len, void *ud)
@@ -525,6 +567,7 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *hdr, uint8_t *payload, size_t 
         switch (hdr->body_case) {
         case NEBULA__FRAME__BODY_REPORT: handle_report(rt, di, hdr->report); break;
         case NEBULA__FRAME__BODY_JOB_STATUS: handle_status(rt, di, hdr->job_status); break;
+        case NEBULA__FRAME__BODY_CHECKPOINT: nb__coord_ckpt_done(rt, di, hdr->checkpoint); break;
         default:
             nb_log_warn(rt->job.names[di], "unexpected frame type %d from a stage", (int)hdr->body_case);
             break;
@@ -550,10 +593,11 @@ static void on_closed(nb_conn_t *c, int err, void *ud)
     rt->d[di].conn = NULL;
     rt->d[di].connected = false;
     nb_rt_peer_row(rt->state, peer, "stage", rt->job.addresses[di], "down", NULL);
-    if (rt->finished)
+    rt->d[di].joined = false;
+    if (rt->finished || rt->failed)
         return;
     if (rt->job_sent)
-        job_fail(rt, "lost stage daemon %s (%s)", peer, err ? nb_strerror(err) : "closed");
+        nb__coord_fault(rt, "lost stage daemon %s (%s)", peer, err ? nb_strerror(err) : "closed");
     else
         nb_log_warn(peer, "stage daemon disconnected before the job started; waiting for it again");
 }
@@ -564,7 +608,7 @@ static void connect_timeout_cb(uv_timer_t *t)
     char missing[512] = "";
     for (int i = 0; i < rt->job.n_daemons; i++) {
         const daemon_slot_t *d = &rt->d[i];
-        bool late = rt->waiting == WAIT_CONNECT ? !d->connected : rt->waiting == WAIT_LINKS ? !d->links_ready
+        bool late = rt->waiting == WAIT_CONNECT ? !d->connected || !d->joined : rt->waiting == WAIT_LINKS ? !d->links_ready
                                                                                           : !d->done;
         if (late)
             snprintf(missing + strlen(missing), sizeof missing - strlen(missing), "%s%s (%s)",
@@ -573,15 +617,20 @@ static void connect_timeout_cb(uv_timer_t *t)
     double secs = rt->waiting == WAIT_CONNECT ? rt->cfg->connect_timeout_s : rt->wait_s;
     switch (rt->waiting) {
     case WAIT_CONNECT:
-        job_fail(rt, "stage daemons did not connect within %.0f s: %s", secs, missing);
+        nb__coord_job_fail(rt, "stage daemons did not connect within %.0f s: %s", secs, missing);
         break;
     case WAIT_LINKS:
-        job_fail(rt, "stage daemons did not report their pipeline links up within %.0f s (connect_timeout_s) "
+        if (rt->attempt > 0) {
+            nb__coord_fault(rt, "stage daemons did not report their pipeline links up within %.0f s "
+                            "(connect_timeout_s) of attempt %u: %s", secs, rt->attempt, missing);
+            break;
+        }
+        nb__coord_job_fail(rt, "stage daemons did not report their pipeline links up within %.0f s (connect_timeout_s) "
                  "after the job was sent: %s; check that each cluster's address in job.clusters is the address "
                  "its daemon listens on", secs, missing);
         break;
     case WAIT_DONE:
-        job_fail(rt, "stage daemons did not report the job done (final weights written) within %.0f s "
+        nb__coord_job_fail(rt, "stage daemons did not report the job done (final weights written) within %.0f s "
                  "(connect_timeout_s plus 1 s per 50 MB of weights) after the last step: %s", secs, missing);
         break;
     default:
@@ -727,6 +776,12 @@ static int rt_start(nb_service_t *svc, void *ud)
         nb_log_error(NULL, "%s: %s", rt->cfg->path, err);
         return NB_EINVAL;
     }
+    rt->ckpt_inflight = -1;
+    rt->last_ckpt = -1;
+    if (nb__coord_ckpt_start(rt, &rt->job.layout.job_id, err, sizeof err)) {
+        nb_log_error(NULL, "%s: %s", rt->cfg->path, err);
+        return NB_EINVAL;
+    }
     if (check_memory(rt, err, sizeof err)) {
         nb_log_error(NULL, "%s: %s", rt->cfg->path, err);
         return NB_ELIMIT;
@@ -737,6 +792,8 @@ static int rt_start(nb_service_t *svc, void *ud)
         nb_log_error(NULL, "%s: planner: %s", rt->cfg->path, err);
         return NB_EINVAL;
     }
+    nb__coord_recover_init(rt);
+    nb__coord_ckpt_init(rt);
     nb_status_server_t *srv = nb_service_status_server(svc);
     if (srv && (nb_status_server_add(srv, "plan", false, cmd_plan, rt) ||
                 nb_status_server_add(srv, "plan-pin", true, cmd_plan_pin, rt)))
@@ -786,6 +843,7 @@ static void rt_stop(nb_service_t *svc, void *ud)
         uv_close((uv_handle_t *)&rt->connect_timer, NULL);
         rt->timer_open = false;
     }
+    nb__coord_recover_close(rt);
     if (rt->net_open) {
         nb_net_close(rt->net, NULL, NULL);
         rt->net_open = false;
@@ -832,7 +890,9 @@ int nb_coord_rt_attach(nb_service_t *svc, nb_coord_rt_t **out)
 
 void nb_coord_rt_free(nb_coord_rt_t *rt)
 {
-    if (rt)
+    if (rt) {
         nb_cplan_free(rt->plan);
+        free(rt->last_manifest);
+    }
     free(rt);
 }

@@ -153,6 +153,21 @@ void nb_mbox_close(nb_mbox_t *b)
     pthread_mutex_unlock(&b->lock);
 }
 
+void nb_mbox_reopen(nb_mbox_t *b)
+{
+    pthread_mutex_lock(&b->lock);
+    while (b->len) {
+        void *m = b->ring[b->head];
+        b->head = (b->head + 1) % b->cap;
+        b->len--;
+        if (b->free_cb)
+            b->free_cb(m);
+    }
+    b->closed = false;
+    pthread_cond_broadcast(&b->not_full);
+    pthread_mutex_unlock(&b->lock);
+}
+
 size_t nb_mbox_len(nb_mbox_t *b)
 {
     pthread_mutex_lock(&b->lock);

@@ -39,6 +39,10 @@ int nb_mbox_pop(nb_mbox_t *b, void **out, int timeout_ms);
 int nb_mbox_try_pop(nb_mbox_t *b, void **out);
 /* Wakes every waiter; later pushes fail; pops drain what is left. */
 void nb_mbox_close(nb_mbox_t *b);
+/* Frees every message left (free callback) and opens the box again: what a
+ * recovered job does with the inboxes of an ended attempt. No thread may be
+ * blocked on the box. */
+void nb_mbox_reopen(nb_mbox_t *b);
 size_t nb_mbox_len(nb_mbox_t *b);
 
 #endif

@@ -155,20 +155,59 @@ static int open_inboxes(nb_stage_rt_t *rt, const nb_pipe_layout_t *l, int me)
     return rc;
 }
 
-/* Builds the host for a received Job and asks the loop to open the links.
- * be may be NULL (the device did not open); be_why then says why. */
-static int handle_job(nb_stage_rt_t *rt, nb_backend_t *be, const char *be_why, nb_host_t **host,
-                      const Nebula__Job *msg)
+/* Reopens the inboxes of an ended attempt (dropping what they hold), unless
+ * the loop thread has closed the mailboxes for good (NB_ECLOSED). */
+static int reopen_inboxes(nb_stage_rt_t *rt)
+{
+    int rc = 0;
+    pthread_mutex_lock(&rt->inbox_mu);
+    if (rt->inbox_closed)
+        rc = NB_ECLOSED;
+    for (int s = 0; rc == 0 && s < NB_SCHED_MAX_STAGES; s++)
+        for (int k = 0; k < NB_PMSG_KINDS; k++)
+            if (rt->inbox[s][k])
+                nb_mbox_reopen(rt->inbox[s][k]);
+    pthread_mutex_unlock(&rt->inbox_mu);
+    return rc;
+}
+
+static void post_joined(nb_stage_rt_t *rt, const compute_t *c)
+{
+    out_item_t *o = calloc(1, sizeof *o);
+    if (!o)
+        return;
+    o->kind = OUT_JOINED;
+    o->attempt = c->attempt;
+    o->joined = (joined_state_t){ .has_job = c->host != NULL, .steps_committed = c->committed,
+                                  .prepared = c->prepared, .has_last_commit = c->has_last_commit,
+                                  .last_commit_step = c->lc_step, .last_commit_sumsq = c->lc_sumsq,
+                                  .last_commit_skip = c->lc_skip };
+    post(rt, o);
+}
+
+/* An abort (the coordinator's or a local fault's): drop the step in flight
+ * but keep a completed step's gradients (a Commit for it may still come),
+ * and say what this daemon holds. */
+static void handle_abort(nb_stage_rt_t *rt, compute_t *c)
+{
+    if (c->host && !c->prepared)
+        nb_host_abort_step(c->host);
+    c->aborted = true;
+    post_joined(rt, c);
+}
+
+/* Builds (or, for a resumed job, restores) the parts for a received Job and
+ * asks the loop to open the links. c->be may be NULL (the device did not
+ * open); be_why then says why. Job.resume says where the parts come from:
+ * the seed or job.init (FRESH), this daemon's memory (MEMORY: they must be
+ * at resume_step), or checkpoint resume_step (CHECKPOINT). */
+static int handle_job(nb_stage_rt_t *rt, compute_t *c, const char *be_why, const Nebula__Job *msg)
 {
     char err[512];
     nb_job_desc_t d;
     int me;
-    if (*host) {
-        post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED, "a job is already running");
-        return NB_ESTATE;
-    }
     int rc = nb_job_from_msg(msg, &d, &me, err, sizeof err);
-    if (rc == 0 && !be) {
+    if (rc == 0 && !c->be) {
         snprintf(err, sizeof err, "%s", be_why);
         rc = NB_EINVAL;
     } else if (rc == 0 && strcmp(d.names[me], rt->cfg->name) != 0) {
@@ -176,53 +215,118 @@ static int handle_job(nb_stage_rt_t *rt, nb_backend_t *be, const char *be_why, n
                  rt->cfg->name);
         rc = NB_EINVAL;
     }
+    bool had = c->host != NULL;
+    if (rc == 0 && had && memcmp(&d, &rt->job, sizeof d) != 0) {
+        /* another job or another layout: what this daemon holds is of no
+         * use, and its links are set up for the old one. Tell the
+         * coordinator (a fault: it waits for this daemon to come back) and
+         * exit, so that the service restarts clean and joins the new job. */
+        out_item_t *o = calloc(1, sizeof *o);
+        if (!o)
+            return NB_ENOMEM;
+        o->kind = OUT_STATUS;
+        o->status = NEBULA__JOB_STATUS__STATE__JOB_STATE_FAULT;
+        o->attempt = msg->attempt;
+        o->exit_after = true;
+        snprintf(o->text, sizeof o->text, "%s: the coordinator sent job %llu with another job or layout than the "
+                 "one this daemon holds (job %llu); exiting so that the service restarts clean and joins it",
+                 rt->cfg->name, (unsigned long long)msg->job_id, (unsigned long long)rt->job.layout.job_id);
+        nb_log_warn(rt->cfg->coordinator.name, "%s", o->text);
+        post(rt, o);
+        return NB_ESTATE;
+    }
     if (rc == 0 && msg->pretrained && !rt->cfg->init[0]) {
         snprintf(err, sizeof err, "the job starts from pretrained weights (job.init) but this daemon's "
                                   "configuration has no init file");
         rc = NB_EINVAL;
     }
-    if (rc == 0)
-        rc = nb_host_new(be, &d.layout, me, rt->cfg->data, host, err, sizeof err);
-    if (rc == 0 && msg->pretrained)
-        rc = init_parts(rt, *host, err, sizeof err);
-    if (rc && *host) {
-        nb_host_free(*host);
-        *host = NULL;
+    if (rc == 0 && msg->checkpoints && !rt->cfg->checkpoint_dir[0]) {
+        snprintf(err, sizeof err, "the job takes checkpoints (job.checkpoint) but this daemon's configuration "
+                                  "has no checkpoint_dir");
+        rc = NB_EINVAL;
+    }
+    if (rc == 0 && msg->resume == NEBULA__JOB__RESUME__RESUME_MEMORY) {
+        if (!had || c->committed != msg->resume_step) {
+            snprintf(err, sizeof err, "asked to resume in memory at step %llu, but this daemon holds %s%llu",
+                     (unsigned long long)msg->resume_step, had ? "step " : "no job (steps ",
+                     (unsigned long long)(had ? c->committed : 0));
+            rc = NB_ESTATE;
+            nb_log_warn(rt->cfg->coordinator.name, "%s", err);
+            c->attempt = msg->attempt;
+            post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_FAULT, "%s: %s", rt->cfg->name, err);
+            return 0; /* the coordinator falls back to a checkpoint */
+        }
+        if (c->prepared) /* that step runs again */
+            nb_host_abort_step(c->host);
+        c->prepared = false;
+    } else if (rc == 0) {
+        nb__stage_ckpt_join(c);
+        if (had) {
+            nb_host_free(c->host);
+            c->host = NULL;
+        }
+        c->prepared = false;
+        c->has_last_commit = false;
+        rc = nb_host_new(c->be, &d.layout, me, rt->cfg->data, &c->host, err, sizeof err);
+        if (rc == 0 && msg->resume == NEBULA__JOB__RESUME__RESUME_CHECKPOINT)
+            rc = nb__stage_ckpt_restore(rt, c->host, msg->manifest, msg->resume_step, err, sizeof err);
+        else if (rc == 0 && msg->resume_step != 0) {
+            snprintf(err, sizeof err, "a fresh start at step %llu", (unsigned long long)msg->resume_step);
+            rc = NB_EFORMAT;
+        } else if (rc == 0 && msg->pretrained)
+            rc = init_parts(rt, c->host, err, sizeof err);
+        c->committed = msg->resume_step;
+        if (rc && c->host) {
+            nb_host_free(c->host);
+            c->host = NULL;
+        }
     }
     if (rc) {
         nb_log_error(rt->cfg->coordinator.name, "refusing job %llu: %s", (unsigned long long)msg->job_id, err);
         post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED, "%s: %s", rt->cfg->name, err);
-        return rc;
+        return had ? rc : (rc == NB_ESTATE ? rc : NB_EINVAL);
     }
-    if ((rc = open_inboxes(rt, &d.layout, me))) {
+    c->attempt = msg->attempt;
+    c->aborted = false;
+    if ((rc = had ? reopen_inboxes(rt) : open_inboxes(rt, &d.layout, me))) {
         if (rc == NB_ECLOSED)
             nb_log_info(rt->cfg->coordinator.name, "job %llu ended while its stages were being built",
                         (unsigned long long)msg->job_id);
         return rc;
     }
     __atomic_store_n(&rt->inbox_limit, 2 + INBOX_MARGIN, __ATOMIC_RELEASE); /* until the first plan */
-    rt->job = d;
-    rt->me = me;
-    rt->probe_bytes = msg->probe_bytes;
-    rt->first_stage = nb_host_stage(*host, 0);
-    for (int s = 0; s + 1 < d.layout.p; s++) {
-        int a = d.layout.placement[s], b = d.layout.placement[s + 1];
-        if (a == b)
-            continue;
-        if (a == me)
-            rt->need_peer[b] = true;
-        if (b == me)
-            rt->need_peer[a] = true;
+    static const char *const how[] = { "fresh", "from memory", "from checkpoint" };
+    if (!had) {
+        rt->job = d;
+        rt->me = me;
+        rt->probe_bytes = msg->probe_bytes;
+        rt->first_stage = nb_host_stage(c->host, 0);
+        for (int s = 0; s + 1 < d.layout.p; s++) {
+            int a = d.layout.placement[s], b = d.layout.placement[s + 1];
+            if (a == b)
+                continue;
+            if (a == me)
+                rt->need_peer[b] = true;
+            if (b == me)
+                rt->need_peer[a] = true;
+        }
+        char layers[128];
+        layers_text(&d.layout, me, layers, sizeof layers);
+        nb_log_info(rt->cfg->coordinator.name, "job %llu: daemon %d of %d, stages %s, %d x %d tokens per "
+                    "micro-batch%s%s at step %llu", (unsigned long long)d.layout.job_id, me, d.n_daemons, layers,
+                    d.layout.micro_batch_size, d.layout.seq_len, msg->attempt ? ", resumed " : "",
+                    msg->attempt ? how[msg->resume <= 2 ? msg->resume : 0] : "",
+                    (unsigned long long)msg->resume_step);
+    } else {
+        nb_log_info(rt->cfg->coordinator.name, "job %llu attempt %u: resuming %s at step %llu",
+                    (unsigned long long)d.layout.job_id, msg->attempt, how[msg->resume <= 2 ? msg->resume : 0],
+                    (unsigned long long)msg->resume_step);
     }
-    char layers[128];
-    layers_text(&d.layout, me, layers, sizeof layers);
-    nb_log_info(rt->cfg->coordinator.name, "job %llu: daemon %d of %d, stages %s, %d x %d tokens per micro-batch",
-                (unsigned long long)d.layout.job_id, me, d.n_daemons, layers, d.layout.micro_batch_size,
-                d.layout.seq_len);
     out_item_t *o = calloc(1, sizeof *o);
     if (!o)
         return NB_ENOMEM;
     o->kind = OUT_LINKS;
+    o->attempt = msg->attempt;
     return post(rt, o);
 }
 
@@ -241,9 +345,22 @@ static uint64_t peak_rss_bytes(void)
     return (uint64_t)kb * 1024;
 }
 
-static int handle_plan(nb_stage_rt_t *rt, nb_host_t *host, const Nebula__Plan *p)
+static int handle_plan(nb_stage_rt_t *rt, compute_t *c, const Nebula__Plan *p)
 {
     char err[512];
+    nb_host_t *host = c->host;
+    if (host && p->job_id == rt->job.layout.job_id &&
+        (c->aborted || p->attempt != c->attempt || __atomic_load_n(&rt->abort_flag, __ATOMIC_ACQUIRE))) {
+        nb_log_debug(NULL, "plan for step %llu of attempt %u dropped: attempt %u ended",
+                     (unsigned long long)p->step, p->attempt, c->attempt);
+        return 0;
+    }
+    if (host && p->job_id == rt->job.layout.job_id && (p->step != c->committed || c->prepared)) {
+        post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED, "%s: plan for step %llu, but this daemon "
+                    "has applied %llu steps%s", rt->cfg->name, (unsigned long long)p->step,
+                    (unsigned long long)c->committed, c->prepared ? " and holds the gradients of the next" : "");
+        return NB_ESTATE;
+    }
     nb_pipe_io_i io = { io_send, io_recv, rt };
     nb_step_plan_t plan;
     memset(&plan, 0, sizeof plan);
@@ -271,13 +388,29 @@ static int handle_plan(nb_stage_rt_t *rt, nb_host_t *host, const Nebula__Plan *p
     int timeout_ms = (int)(rt->cfg->heartbeat_timeout_s > 0 ? rt->cfg->heartbeat_timeout_s * 4000 : 60000);
     nb_step_result_t res;
     int rc = nb_host_run_step(host, &plan, &io, timeout_ms, &res, err, sizeof err);
+    if (rc && __atomic_load_n(&rt->abort_flag, __ATOMIC_ACQUIRE)) {
+        /* a fault ended the attempt under the step: the abort that follows
+         * in the control box cleans up */
+        nb_log_info(NULL, "step %lld abandoned: its attempt ended", (long long)plan.step + 1);
+        return 0;
+    }
+    if (rc == NB_ETIMEDOUT || rc == NB_ECLOSED) {
+        /* a neighbour stopped sending without its link dropping (yet):
+         * a fault the coordinator recovers from */
+        nb_host_abort_step(host);
+        c->aborted = true;
+        post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_FAULT, "%s: step %lld: %s", rt->cfg->name,
+                    (long long)plan.step + 1, err);
+        return 0;
+    }
     if (rc) {
-        if (rc != NB_ECLOSED)
-            post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED, "%s: step %lld: %s", rt->cfg->name,
-                        (long long)plan.step, err);
+        post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED, "%s: step %lld: %s", rt->cfg->name,
+                    (long long)plan.step, err);
         nb_log_error(NULL, "step %lld: %s", (long long)plan.step, err);
         return rc;
     }
+    c->prepared = true;
+    c->last_m = plan.m;
     for (int s = 0; s < rt->job.layout.p; s++)
         if (res.nonfinite_stages >> s & 1)
             nb_log_warn(NULL, "step %lld: stage %d's gradient is not finite (NaN or Inf); the coordinator "
@@ -310,6 +443,7 @@ static int handle_plan(nb_stage_rt_t *rt, nb_host_t *host, const Nebula__Plan *p
     if (!o)
         return NB_ENOMEM;
     o->kind = OUT_REPORT;
+    o->attempt = c->attempt;
     o->res = res;
     o->res.timings = malloc((size_t)res.n_timings * sizeof *res.timings);
     if (!o->res.timings) {
@@ -343,14 +477,62 @@ static int save_weights(nb_stage_rt_t *rt, nb_host_t *host)
     return 0;
 }
 
+/* Commit: apply step s's update once. A Commit for a step already applied
+ * is a no-op (a recovery re-sends the last one; docs/pipeline.md, "Faults
+ * and recovery"); the last one then writes the final weights. */
+static int handle_commit(nb_stage_rt_t *rt, compute_t *c, const Nebula__Commit *cm)
+{
+    if (!c->host || cm->job_id != rt->job.layout.job_id)
+        return NB_ESTATE;
+    uint64_t s = cm->step;
+    if (s + 1 <= c->committed) {
+        nb_log_debug(NULL, "commit of step %llu: applied already", (unsigned long long)s + 1);
+    } else if (s == c->committed && c->prepared) {
+        uint64_t t0 = nb_host_now_ns();
+        if (!nb_host_apply(c->host, (int64_t)s, cm->skip ? NAN : cm->global_grad_sumsq))
+            nb_log_warn(NULL, "step %llu: update skipped: the global gradient norm is not finite",
+                        (unsigned long long)s + 1);
+        c->committed = s + 1;
+        c->prepared = false;
+        c->has_last_commit = true;
+        c->lc_step = s;
+        c->lc_sumsq = cm->global_grad_sumsq;
+        c->lc_skip = cm->skip;
+        nb_trace_t *tr = nb_state_trace(rt->state);
+        int track = nb_trace_track(tr, "optimizer", false);
+        nb_trace_event_t ev = { .step = (int64_t)s, .micro = -1, .track = (int16_t)track,
+                                .kind = NB_TEV_OPTIMIZER, .ts_us = (double)t0 / 1e3,
+                                .dur_us = (double)(nb_host_now_ns() - t0) / 1e3 };
+        if (track >= 0)
+            nb_trace_add(tr, &ev);
+    } else {
+        post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED, "%s: commit of step %llu, but this daemon "
+                    "has applied %llu steps and %s the gradients of the next", rt->cfg->name,
+                    (unsigned long long)s + 1, (unsigned long long)c->committed,
+                    c->prepared ? "holds" : "does not hold");
+        return NB_ESTATE;
+    }
+    if (cm->last && c->committed == s + 1) {
+        int rc = save_weights(rt, c->host);
+        if (rc == 0)
+            post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_DONE, "%s: %lld steps done", rt->cfg->name,
+                        (long long)s + 1);
+        else
+            post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED, "%s: cannot write the weights",
+                        rt->cfg->name);
+    }
+    return 0;
+}
+
 void *nb__stage_compute_main(void *arg)
 {
     nb_stage_rt_t *rt = arg;
     char why[256] = "";
-    nb_backend_t *be = open_backend(rt->cfg, why, sizeof why);
-    if (!be)
+    compute_t c;
+    memset(&c, 0, sizeof c);
+    c.be = open_backend(rt->cfg, why, sizeof why);
+    if (!c.be)
         nb_log_error(NULL, "%s; every job will be refused", why);
-    nb_host_t *host = NULL;
     for (;;) {
         void *item;
         if (nb_mbox_pop(rt->ctl, &item, -1) != 0)
@@ -359,39 +541,24 @@ void *nb__stage_compute_main(void *arg)
         int rc = 0;
         switch (f->body_case) {
         case NEBULA__FRAME__BODY_JOB:
-            rc = handle_job(rt, be, why, &host, f->job);
+            rc = handle_job(rt, &c, why, f->job);
             break;
         case NEBULA__FRAME__BODY_PLAN:
-            rc = handle_plan(rt, host, f->plan);
+            rc = handle_plan(rt, &c, f->plan);
             break;
         case NEBULA__FRAME__BODY_COMMIT:
-            if (!host || f->commit->job_id != rt->job.layout.job_id) {
-                rc = NB_ESTATE;
+            rc = handle_commit(rt, &c, f->commit);
+            break;
+        case NEBULA__FRAME__BODY_ABORT:
+            handle_abort(rt, &c);
+            break;
+        case NEBULA__FRAME__BODY_CHECKPOINT:
+            if (!c.host || f->checkpoint->job_id != rt->job.layout.job_id)
                 break;
-            }
-            {
-                uint64_t t0 = nb_host_now_ns();
-                if (!nb_host_apply(host, (int64_t)f->commit->step,
-                                   f->commit->skip ? NAN : f->commit->global_grad_sumsq))
-                    nb_log_warn(NULL, "step %llu: update skipped: the global gradient norm is not finite",
-                                (unsigned long long)f->commit->step + 1);
-                nb_trace_t *tr = nb_state_trace(rt->state);
-                int track = nb_trace_track(tr, "optimizer", false);
-                nb_trace_event_t ev = { .step = (int64_t)f->commit->step, .micro = -1, .track = (int16_t)track,
-                                        .kind = NB_TEV_OPTIMIZER, .ts_us = (double)t0 / 1e3,
-                                        .dur_us = (double)(nb_host_now_ns() - t0) / 1e3 };
-                if (track >= 0)
-                    nb_trace_add(tr, &ev);
-            }
-            if (f->commit->last) {
-                rc = save_weights(rt, host);
-                if (rc == 0)
-                    post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_DONE, "%s: %lld steps done", rt->cfg->name,
-                                (long long)f->commit->step + 1);
-                else
-                    post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED, "%s: cannot write the weights",
-                                rt->cfg->name);
-            }
+            if (f->checkpoint->action == NEBULA__CHECKPOINT__ACTION__CHECKPOINT_SAVE)
+                nb__stage_ckpt_save(rt, &c, f->checkpoint);
+            else if (f->checkpoint->action == NEBULA__CHECKPOINT__ACTION__CHECKPOINT_COMMITTED)
+                nb__stage_ckpt_committed(rt, &c, f->checkpoint);
             break;
         default:
             break;
@@ -401,8 +568,8 @@ void *nb__stage_compute_main(void *arg)
         if (fatal)
             break;
     }
-    nb_host_free(host);
-    nb_be_free(be);
+    nb__stage_ckpt_join(&c);
+    nb_host_free(c.host);
+    nb_be_free(c.be);
     return NULL;
 }
-

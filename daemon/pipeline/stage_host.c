@@ -858,6 +858,27 @@ int nb_host_run_step(nb_host_t *h, const nb_step_plan_t *plan, const nb_pipe_io_
     return 0;
 }
 
+void nb_host_abort_step(nb_host_t *h)
+{
+    for (int i = 0; i < h->n; i++) {
+        hosted_t *s = &h->st[i];
+        for (int j = 0; j < s->pool_n; j++)
+            s->busy[j] = false;
+        for (int k = 0; k < 2; k++) {
+            local_xfer_t x;
+            while (fifo_pop(&s->local_in[k], &x) == 0)
+                nb_be_dealloc(h->be, x.dev);
+        }
+        for (int k = 0; k < 4; k++)
+            if (s->streams[k])
+                nb_codec_stream_reset(s->streams[k]);
+        nb_part_zero_grad(s->part);
+    }
+    nb_be_sync(h->be);
+}
+
+nb_optim_t *nb_host_optim(nb_host_t *h, int i) { return h->st[i].optim; }
+
 bool nb_host_apply(nb_host_t *h, int64_t step, double global_sumsq)
 {
     /* nb_optim_clip_scale(NaN) is 1: a non-finite norm must never reach the

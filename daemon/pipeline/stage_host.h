@@ -132,10 +132,19 @@ int nb_host_run_step(nb_host_t *h, const nb_step_plan_t *plan, const nb_pipe_io_
  * update was applied. */
 bool nb_host_apply(nb_host_t *h, int64_t step, double global_sumsq);
 
+/* Drops whatever a step left behind when it did not complete (a fault
+ * ended it): activation slots, transfers between local stages, partial
+ * gradients (zeroed) and codec stream state (reset: error-feedback
+ * residuals and delta bases start again, as after a checkpoint restore).
+ * Weights and optimizer state are untouched. Also used to discard a
+ * complete step's gradients that will be recomputed. */
+void nb_host_abort_step(nb_host_t *h);
+
 /* The hosted stages (ascending) and their parts; borrowed. */
 int nb_host_num_stages(const nb_host_t *h);
 int nb_host_stage(const nb_host_t *h, int i);
 nb_part_t *nb_host_part(nb_host_t *h, int i);
+nb_optim_t *nb_host_optim(nb_host_t *h, int i);
 
 /* Bytes of memory the host holds: parameters, gradients, optimizer state and
  * the activation pool at its largest. */

@@ -90,6 +90,117 @@ static void stop_failed(nb_stage_rt_t *rt, const char *why)
     nb_service_fail(rt->svc, why);
 }
 
+/* ---- faults and recovery (loop thread) -------------------------------------- */
+
+static void send_joined(nb_stage_rt_t *rt);
+
+static void recovery_timeout_cb(uv_timer_t *t)
+{
+    nb_stage_rt_t *rt = t->data;
+    if (rt->coord || rt->job_done)
+        return;
+    job_fail(rt, "the coordinator %s did not come back within %.0f s (job.recovery_timeout_s) after it was lost",
+             rt->cfg->coordinator.name, rt->recovery_timeout_s);
+}
+
+/* The attempt in flight cannot go on: drop it here and let the coordinator
+ * recover the job (docs/pipeline.md, "Faults and recovery"). Tensors of the
+ * attempt are dropped from now on, the compute thread abandons the step
+ * (its inboxes close) and answers with its state (OUT_JOINED), which goes
+ * to the coordinator as JobStatus JOINED. tell: send JobStatus FAULT first
+ * (the fault was found here). attempt: the attempt that ended. */
+static void attempt_abort(nb_stage_rt_t *rt, bool tell, uint32_t attempt, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void attempt_abort(nb_stage_rt_t *rt, bool tell, uint32_t attempt, const char *fmt, ...)
+{
+    if (rt->failed || rt->stopping || rt->job_done)
+        return;
+    char why[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof why, fmt, ap);
+    va_end(ap);
+    bool first = !rt->aborting;
+    rt->aborting = true;
+    rt->joined_valid = false;
+    if (!rt->any_aborted || attempt > rt->aborted_attempt)
+        rt->aborted_attempt = attempt;
+    rt->any_aborted = true;
+    __atomic_store_n(&rt->abort_flag, 1, __ATOMIC_RELEASE);
+    if (first) {
+        nb_metrics_inc(nb_state_metrics(rt->state), rt->m_aborts, 1);
+        nb_log_warn(NULL, "attempt %u of job %llu ended: %s; the step in flight is dropped and the coordinator "
+                    "recovers the job", attempt, (unsigned long long)rt->job.layout.job_id, why);
+        nb_service_set_state(rt->svc, NB_SVC_CONNECTING, "recovering: %s", why);
+    }
+    if (tell && rt->coord) {
+        Nebula__Frame f;
+        Nebula__JobStatus js;
+        nebula__frame__init(&f);
+        nebula__job_status__init(&js);
+        js.job_id = rt->job.layout.job_id;
+        js.daemon = (uint32_t)rt->me;
+        js.state = NEBULA__JOB_STATUS__STATE__JOB_STATE_FAULT;
+        js.message = why;
+        js.attempt = attempt;
+        f.body_case = NEBULA__FRAME__BODY_JOB_STATUS;
+        f.job_status = &js;
+        nb_rt_send_ctl(rt->coord, &f);
+    }
+    /* wake a compute thread waiting for a neighbour; the inboxes open again
+     * with the next attempt (the compute thread reopens them) */
+    pthread_mutex_lock(&rt->inbox_mu);
+    for (int st = 0; st < NB_SCHED_MAX_STAGES; st++)
+        for (int k = 0; k < NB_PMSG_KINDS; k++)
+            if (rt->inbox[st][k])
+                nb_mbox_close(rt->inbox[st][k]);
+    pthread_mutex_unlock(&rt->inbox_mu);
+    if (rt->pending && rt->pending->kind == OUT_TENSOR) {
+        nb__stage_free_out(rt->pending);
+        rt->pending = NULL;
+    }
+    /* what a paused neighbour still sends belongs to the ended attempt */
+    __atomic_store_n(&rt->reads_paused, 0, __ATOMIC_RELEASE);
+    for (int d = 0; d < NB_SCHED_MAX_STAGES; d++)
+        if (rt->read_paused[d]) {
+            rt->read_paused[d] = false;
+            if (rt->peer_conn[d])
+                nb_conn_resume_read(rt->peer_conn[d]);
+        }
+    if (rt->wait_timer_open)
+        uv_timer_stop(&rt->wait_timer);
+    if (nb__stage_push_abort(rt, attempt, why) != 0)
+        job_fail(rt, "cannot hand the abort to the compute thread");
+}
+
+int nb__stage_push_abort(nb_stage_rt_t *rt, uint32_t attempt, const char *why)
+{
+    /* pack and unpack, so the compute thread frees it like any frame */
+    Nebula__Frame f;
+    Nebula__Abort a;
+    nebula__frame__init(&f);
+    nebula__abort__init(&a);
+    a.job_id = rt->job.layout.job_id;
+    a.attempt = attempt;
+    a.reason = (char *)why;
+    f.body_case = NEBULA__FRAME__BODY_ABORT;
+    f.abort = &a;
+    size_t n = nebula__frame__get_packed_size(&f);
+    uint8_t *buf = malloc(n ? n : 1);
+    if (!buf)
+        return NB_ENOMEM;
+    nebula__frame__pack(&f, buf);
+    Nebula__Frame *u = nebula__frame__unpack(NULL, n, buf);
+    free(buf);
+    if (!u)
+        return NB_ENOMEM;
+    if (nb_mbox_try_push(rt->ctl, u) != 0) {
+        nebula__frame__free_unpacked(u, NULL);
+        return NB_ECLOSED;
+    }
+    return 0;
+}
+
 /* ---- deadlines (loop thread) ------------------------------------------------ */
 
 /* connect_timeout_s bounds the stage's waits for others: for its
@@ -106,7 +217,7 @@ static void wait_timeout_cb(uv_timer_t *t)
                      rt->cfg->coordinator.name, rt->cfg->coordinator.address.text, secs);
         return;
     }
-    if (rt->links_reported)
+    if (rt->links_reported || rt->aborting)
         return;
     char missing[512] = "";
     for (int d = 0; d < rt->job.n_daemons; d++)
@@ -115,7 +226,11 @@ static void wait_timeout_cb(uv_timer_t *t)
                      missing[0] ? ", " : "", rt->job.names[d], rt->job.addresses[d],
                      !rt->peer_ready[d] ? (d > rt->me ? "dialled, not connected" : "not connected to us")
                                         : "probing");
-    job_fail(rt, "pipeline links not up within %.0f s (connect_timeout_s) of the job: %s", secs, missing);
+    if (rt->attempt == 0 && !rt->any_aborted) /* at the job's start: most likely a wrong address */
+        job_fail(rt, "pipeline links not up within %.0f s (connect_timeout_s) of the job: %s", secs, missing);
+    else
+        attempt_abort(rt, true, rt->attempt, "pipeline links not up within %.0f s (connect_timeout_s) of attempt "
+                      "%u: %s", secs, rt->attempt, missing);
 }
 
 /* Starts (or restarts) the deadline; stop with arm_wait(rt, false). */
@@ -201,6 +316,7 @@ static int send_item(nb_stage_rt_t *rt, out_item_t *o)
         t.decoded_bytes = m->raw_bytes;
         t.from_stage = (uint32_t)m->from_stage;
         t.to_stage = (uint32_t)m->to_stage;
+        t.attempt = rt->attempt;
         f.body_case = NEBULA__FRAME__BODY_TENSOR;
         f.tensor = &t;
         sending_t *s = malloc(sizeof *s);
@@ -257,6 +373,7 @@ static int send_item(nb_stage_rt_t *rt, out_item_t *o)
         r.nonfinite_stages = o->res.nonfinite_stages;
         r.step_ns = o->res.step_ns;
         r.daemon = (uint32_t)rt->me;
+        r.attempt = o->attempt;
         Nebula__LinkMeasurement lm[NB_SCHED_MAX_STAGES], *lp[NB_SCHED_MAX_STAGES];
         r.n_links = link_measurements(rt, false, lm, lp);
         r.links = lp;
@@ -282,6 +399,7 @@ static int send_item(nb_stage_rt_t *rt, out_item_t *o)
         js.daemon = (uint32_t)rt->me;
         js.state = (Nebula__JobStatus__State)o->status;
         js.message = o->text;
+        js.attempt = o->attempt;
         Nebula__LinkMeasurement lm[NB_SCHED_MAX_STAGES], *lp[NB_SCHED_MAX_STAGES];
         if (o->status == NEBULA__JOB_STATUS__STATE__JOB_STATE_LINKS_READY)
             js.n_links = link_measurements(rt, true, lm, lp);
@@ -289,27 +407,117 @@ static int send_item(nb_stage_rt_t *rt, out_item_t *o)
         f.body_case = NEBULA__FRAME__BODY_JOB_STATUS;
         f.job_status = &js;
         int rc = nb_rt_send_ctl(rt->coord, &f);
-        if (rc == 0 && o->status == NEBULA__JOB_STATUS__STATE__JOB_STATE_DONE)
+        if (rc == 0 && o->status == NEBULA__JOB_STATUS__STATE__JOB_STATE_DONE) {
+            rt->job_done = true;
             nb_service_set_state(rt->svc, NB_SVC_DONE, "%s", o->text);
+        }
         if (o->status == NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED && !rt->have_job)
             rt->job_pending = false; /* the compute thread refused the job */
-        if (rc == 0 && o->status == NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED)
+        if (rc == 0 && (o->status == NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED || o->exit_after))
             stop_failed(rt, o->text);
+        if (rc == 0 && o->status == NEBULA__JOB_STATUS__STATE__JOB_STATE_FAULT && !o->exit_after)
+            attempt_abort(rt, false, o->attempt, "%s", o->text);
         return rc;
     }
+    case OUT_CKPT: {
+        if (!rt->coord)
+            return 0; /* the coordinator that asked is gone: so is its round */
+        Nebula__Checkpoint ck;
+        nebula__checkpoint__init(&ck);
+        Nebula__CheckpointFile cf[CKPT_MAX_FILES], *cp[CKPT_MAX_FILES];
+        ck.action = NEBULA__CHECKPOINT__ACTION__CHECKPOINT_DONE;
+        ck.job_id = rt->job.layout.job_id;
+        ck.step = o->ckpt.step;
+        ck.attempt = o->ckpt.attempt;
+        ck.daemon = (uint32_t)rt->me;
+        ck.ok = o->ckpt.ok;
+        ck.message = o->text;
+        for (int i = 0; i < o->ckpt.n_files; i++) {
+            nebula__checkpoint_file__init(&cf[i]);
+            cf[i].name = o->ckpt.files[i].name;
+            cf[i].bytes = o->ckpt.files[i].bytes;
+            cf[i].sha256 = o->ckpt.files[i].sha256;
+            cf[i].stages = o->ckpt.files[i].stages;
+            cp[i] = &cf[i];
+        }
+        ck.n_files = (size_t)o->ckpt.n_files;
+        ck.files = cp;
+        f.body_case = NEBULA__FRAME__BODY_CHECKPOINT;
+        f.checkpoint = &ck;
+        return nb_rt_send_ctl(rt->coord, &f);
+    }
     case OUT_LINKS:
+    case OUT_JOINED:
         break;
     }
     return 0;
 }
 
+/* Tells the coordinator what this daemon holds (JobStatus JOINED): after it
+ * connects, and after each abort once the compute thread has answered. */
+static void send_joined(nb_stage_rt_t *rt)
+{
+    if (!rt->coord)
+        return;
+    if ((rt->have_job || rt->job_pending) && !rt->joined_valid)
+        return; /* the compute thread's answer comes with OUT_JOINED */
+    Nebula__Frame f;
+    Nebula__JobStatus js;
+    nebula__frame__init(&f);
+    nebula__job_status__init(&js);
+    js.state = NEBULA__JOB_STATUS__STATE__JOB_STATE_JOINED;
+    js.message = "";
+    if (rt->have_job && rt->joined.has_job) {
+        const joined_state_t *j = &rt->joined;
+        js.job_id = rt->job.layout.job_id;
+        js.daemon = (uint32_t)rt->me;
+        js.attempt = rt->aborted_attempt;
+        js.has_job = true;
+        js.steps_committed = j->steps_committed;
+        js.prepared = j->prepared;
+        js.has_last_commit = j->has_last_commit;
+        js.last_commit_step = j->last_commit_step;
+        js.last_commit_sumsq = j->last_commit_sumsq;
+        js.last_commit_skip = j->last_commit_skip;
+    }
+    f.body_case = NEBULA__FRAME__BODY_JOB_STATUS;
+    f.job_status = &js;
+    int rc = nb_rt_send_ctl(rt->coord, &f);
+    if (rc)
+        nb_log_warn(rt->cfg->coordinator.name, "cannot report this daemon's state: %s", nb_strerror(rc));
+}
+
 static void check_links_ready(nb_stage_rt_t *rt);
 
-/* The compute thread published the job: admit and dial the neighbours. */
-static void open_links(nb_stage_rt_t *rt)
+/* The compute thread published the job (or the next attempt of it): admit
+ * and dial the neighbours (once: the transport keeps re-dialling a lost
+ * one), then report LINKS_READY once all are up. */
+static void open_links(nb_stage_rt_t *rt, uint32_t attempt)
 {
-    rt->have_job = true;
     rt->job_pending = false;
+    rt->have_job = true;
+    if (rt->any_aborted && attempt <= rt->aborted_attempt) {
+        /* an Abort of this attempt came meanwhile: the compute thread
+         * answers it (OUT_JOINED); wait for the next Job */
+        return;
+    }
+    rt->attempt = attempt;
+    rt->aborting = false;
+    rt->links_reported = false;
+    __atomic_store_n(&rt->abort_flag, 0, __ATOMIC_RELEASE);
+    if (rt->links_opened) {
+        nb_service_set_state(rt->svc, NB_SVC_CONNECTING, "job %llu attempt %u: connecting to pipeline neighbours",
+                             (unsigned long long)rt->job.layout.job_id, attempt);
+        /* every daemon is back (the coordinator saw them all): a neighbour
+         * still unreachable is dialled now, not after its back-off */
+        for (int d = rt->me + 1; d < rt->job.n_daemons; d++)
+            if (rt->need_peer[d] && !rt->peer_conn[d])
+                nb_net_redial(rt->net, rt->job.names[d]);
+        arm_wait(rt, true);
+        check_links_ready(rt);
+        return;
+    }
+    rt->links_opened = true;
     nb_net_set_job(rt->net, rt->job.layout.job_id);
     nb_trace_t *tr = nb_state_trace(rt->state);
     for (int d = 0; d < rt->job.n_daemons; d++) {
@@ -368,8 +576,26 @@ static void drain_outbox(nb_stage_rt_t *rt)
         }
         rt->pending = NULL;
         if (o->kind == OUT_LINKS) {
+            uint32_t attempt = o->attempt;
             nb__stage_free_out(o);
-            open_links(rt);
+            open_links(rt, attempt);
+            continue;
+        }
+        if (o->kind == OUT_JOINED) {
+            rt->joined = o->joined;
+            rt->joined_valid = true;
+            nb__stage_free_out(o);
+            send_joined(rt);
+            continue;
+        }
+        if ((o->kind == OUT_TENSOR || o->kind == OUT_REPORT) && rt->aborting) {
+            nb__stage_free_out(o); /* of the attempt that ended */
+            continue;
+        }
+        if (o->kind == OUT_TENSOR && !rt->peer_conn[rt->job.layout.placement[o->msg->to_stage]]) {
+            int d = rt->job.layout.placement[o->msg->to_stage];
+            nb__stage_free_out(o);
+            attempt_abort(rt, true, rt->attempt, "no link to pipeline neighbour %s", rt->job.names[d]);
             continue;
         }
         int rc = send_item(rt, o);
@@ -501,7 +727,7 @@ static bool probing(nb_stage_rt_t *rt)
 
 static void check_links_ready(nb_stage_rt_t *rt)
 {
-    if (!rt->have_job || rt->links_reported)
+    if (!rt->have_job || rt->links_reported || rt->aborting)
         return;
     for (int d = 0; d < rt->job.n_daemons; d++)
         if (rt->need_peer[d] && !rt->peer_ready[d])
@@ -519,6 +745,7 @@ static void check_links_ready(nb_stage_rt_t *rt)
         return;
     o->kind = OUT_STATUS;
     o->status = NEBULA__JOB_STATUS__STATE__JOB_STATE_LINKS_READY;
+    o->attempt = rt->attempt;
     snprintf(o->text, sizeof o->text, "%s: links ready", rt->cfg->name);
     int rc = send_item(rt, o);
     nb__stage_free_out(o);
@@ -527,6 +754,8 @@ static void check_links_ready(nb_stage_rt_t *rt)
     else
         nb_service_set_state(rt->svc, NB_SVC_RUNNING, "job %llu: links up, waiting for plans",
                              (unsigned long long)rt->job.layout.job_id);
+    if (rc == 0 && rt->attempt > 0)
+        nb_log_info(NULL, "attempt %u: pipeline links up; the job goes on", rt->attempt);
 }
 
 static void on_ready(nb_conn_t *c, void *ud)
@@ -538,12 +767,18 @@ static void on_ready(nb_conn_t *c, void *ud)
         nb_rt_peer_row(rt->state, peer, "coordinator", rt->cfg->coordinator.address.text, "up", c);
         if (!rt->have_job)
             arm_wait(rt, false);
+        if (rt->recovery_timer_open)
+            uv_timer_stop(&rt->recovery_timer);
         /* READY=1 once the coordinator is authenticated (defers_ready) */
         if (!rt->ready_sent) {
             rt->ready_sent = true;
             nb_service_ready(rt->svc);
         }
-        nb_service_set_state(rt->svc, NB_SVC_WAITING, "joined coordinator %s; waiting for a job", peer);
+        if (!rt->have_job)
+            nb_service_set_state(rt->svc, NB_SVC_WAITING, "joined coordinator %s; waiting for a job", peer);
+        else
+            nb_log_info(peer, "coordinator back; reporting this daemon's state");
+        send_joined(rt);
         return;
     }
     int d = daemon_of(rt, peer);
@@ -640,9 +875,32 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *hdr, uint8_t *payload, size_t 
     const char *peer = nb_conn_peer_name(c);
     bool from_coord = c == rt->coord;
     switch (hdr->body_case) {
+    case NEBULA__FRAME__BODY_ABORT:
+        if (!from_coord) {
+            nb_log_warn(peer, "control frame from a peer that is not the coordinator; closing");
+            nb_metrics_inc(nb_state_metrics(rt->state), rt->m_refused, 1);
+            break;
+        }
+        if (rt->have_job || rt->job_pending) {
+            if (!rt->aborting)
+                attempt_abort(rt, false, hdr->abort->attempt, "the coordinator aborted it: %s",
+                              hdr->abort->reason ? hdr->abort->reason : "");
+            else {
+                /* answer this Abort too, with the compute thread's state now */
+                rt->joined_valid = false;
+                if (!rt->any_aborted || hdr->abort->attempt > rt->aborted_attempt)
+                    rt->aborted_attempt = hdr->abort->attempt;
+                if (nb__stage_push_abort(rt, hdr->abort->attempt, "abort") != 0)
+                    job_fail(rt, "cannot hand the abort to the compute thread");
+            }
+        } else {
+            send_joined(rt);
+        }
+        break;
     case NEBULA__FRAME__BODY_JOB:
     case NEBULA__FRAME__BODY_PLAN:
     case NEBULA__FRAME__BODY_COMMIT:
+    case NEBULA__FRAME__BODY_CHECKPOINT:
         if (!from_coord) {
             nb_log_warn(peer, "control frame from a peer that is not the coordinator; closing");
             nb_metrics_inc(nb_state_metrics(rt->state), rt->m_refused, 1);
@@ -652,15 +910,27 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *hdr, uint8_t *payload, size_t 
             nb_service_set_state(rt->svc, NB_SVC_CONNECTING, "job %llu received from %s",
                                  (unsigned long long)hdr->job->job_id, peer);
         bool is_job = hdr->body_case == NEBULA__FRAME__BODY_JOB; /* hdr is not ours once pushed */
+        uint32_t job_attempt = is_job ? hdr->job->attempt : 0;
+        if (is_job)
+            rt->recovery_timeout_s = (double)hdr->job->recovery_timeout_s;
         if (nb_mbox_try_push(rt->ctl, hdr) != 0) {
             job_fail(rt, "coordinator %s sent more control frames than this daemon can queue", peer);
             break;
         }
         if (is_job && !rt->have_job)
             rt->job_pending = true;
+        if (is_job)
+            rt->pending_attempt = job_attempt;
         free(payload);
         return; /* hdr now belongs to the compute thread */
     case NEBULA__FRAME__BODY_TENSOR: {
+        if (rt->have_job && (rt->aborting || hdr->tensor->attempt != rt->attempt)) {
+            /* of an attempt that ended (or, never, of one not begun here) */
+            nb_metrics_inc(nb_state_metrics(rt->state), rt->m_stale, 1);
+            free(payload);
+            nebula__frame__free_unpacked(hdr, NULL);
+            return;
+        }
         const char *why = rt->have_job ? route_tensor(rt, c, hdr, payload, len) : "tensor before the job";
         if (why) {
             nb_metrics_inc(nb_state_metrics(rt->state), rt->m_refused, 1);
@@ -700,10 +970,18 @@ static void on_closed(nb_conn_t *c, int err, void *ud)
     if (c == rt->coord) {
         rt->coord = NULL;
         nb_rt_peer_row(rt->state, peer, "coordinator", rt->cfg->coordinator.address.text, "down", NULL);
-        if ((rt->have_job || rt->job_pending) && nb_state_get(rt->state) != NB_SVC_DONE)
-            job_fail(rt, "lost the coordinator %s (%s)", peer, err ? nb_strerror(err) : "closed");
-        else if (!rt->have_job)
+        if ((rt->have_job || rt->job_pending) && !rt->job_done && nb_state_get(rt->state) != NB_SVC_DONE) {
+            /* keep the job in memory and wait for the coordinator (the
+             * transport re-dials it), at most job.recovery_timeout_s */
+            attempt_abort(rt, false, rt->job_pending && rt->pending_attempt > rt->attempt ? rt->pending_attempt
+                                                                                          : rt->attempt,
+                          "lost the coordinator %s (%s)", peer, err ? nb_strerror(err) : "closed");
+            if (rt->recovery_timer_open && !rt->failed)
+                uv_timer_start(&rt->recovery_timer, recovery_timeout_cb,
+                               (uint64_t)(rt->recovery_timeout_s > 0 ? rt->recovery_timeout_s * 1000 : 600000), 0);
+        } else if (!rt->have_job) {
             arm_wait(rt, true); /* waiting for it again */
+        }
         return;
     }
     int d = daemon_of(rt, peer);
@@ -711,8 +989,9 @@ static void on_closed(nb_conn_t *c, int err, void *ud)
         rt->peer_conn[d] = NULL;
         rt->peer_ready[d] = false;
         nb_rt_peer_row(rt->state, peer, "stage", rt->job.addresses[d], "down", NULL);
-        if (nb_state_get(rt->state) != NB_SVC_DONE)
-            job_fail(rt, "lost pipeline neighbour %s (%s)", peer, err ? nb_strerror(err) : "closed");
+        if (nb_state_get(rt->state) != NB_SVC_DONE && !rt->aborting)
+            attempt_abort(rt, true, rt->attempt, "lost pipeline neighbour %s (%s)", peer,
+                          err ? nb_strerror(err) : "closed");
     }
 }
 
@@ -744,6 +1023,9 @@ static int rt_start(nb_service_t *svc, void *ud)
         rt->wait_timer_open = true;
         arm_wait(rt, true);
     }
+    uv_timer_init(rt->loop, &rt->recovery_timer);
+    rt->recovery_timer.data = rt;
+    rt->recovery_timer_open = true;
     uv_async_init(rt->loop, &rt->wake, wake_cb);
     rt->wake.data = rt;
     rt->wake_open = true;
@@ -778,6 +1060,10 @@ static void rt_stop(nb_service_t *svc, void *ud)
     if (rt->wait_timer_open) {
         uv_close((uv_handle_t *)&rt->wait_timer, NULL);
         rt->wait_timer_open = false;
+    }
+    if (rt->recovery_timer_open) {
+        uv_close((uv_handle_t *)&rt->recovery_timer, NULL);
+        rt->recovery_timer_open = false;
     }
 }
 
@@ -816,6 +1102,12 @@ int nb_stage_rt_attach(nb_service_t *svc, nb_stage_rt_t **out)
                                        "Weights, gradients, optimizer state and stashed activations held");
     rt->m_peak_rss = nb_metrics_add(mx, "nebula_stage_peak_rss_bytes", NULL, NB_METRIC_GAUGE,
                                     "Peak resident memory of the daemon process");
+    rt->m_stale = nb_metrics_add(mx, "nebula_stage_stale_frames_total", NULL, NB_METRIC_COUNTER,
+                                 "Tensors of an attempt that a fault ended, dropped");
+    rt->m_aborts = nb_metrics_add(mx, "nebula_stage_attempts_aborted_total", NULL, NB_METRIC_COUNTER,
+                                  "Attempts of the job this daemon saw end in a fault");
+    rt->m_ckpts = nb_metrics_add(mx, "nebula_stage_checkpoints_written_total", NULL, NB_METRIC_COUNTER,
+                                 "Checkpoint files this daemon wrote");
     nb_service_set_runtime(svc, &stage_runtime, rt);
     *out = rt;
     return 0;

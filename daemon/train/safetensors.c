@@ -94,6 +94,7 @@ void nb_st_close(nb_st_file_t *f)
 const char *nb_st_path(const nb_st_file_t *f) { return f->path; }
 int nb_st_count(const nb_st_file_t *f) { return f->n; }
 const nb_st_tensor_t *nb_st_tensor(const nb_st_file_t *f, int i) { return &f->t[i]; }
+uint64_t nb_st_data_offset(const nb_st_file_t *f) { return f->data_off; }
 
 int nb_st_find(const nb_st_file_t *f, const char *name)
 {

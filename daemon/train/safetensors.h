@@ -62,6 +62,9 @@ const char *nb_st_path(const nb_st_file_t *f);
 /* Tensors in header order; borrowed while f lives. */
 int nb_st_count(const nb_st_file_t *f);
 const nb_st_tensor_t *nb_st_tensor(const nb_st_file_t *f, int i);
+/* Byte offset of the data buffer in the file (8 + header length): a
+ * tensor's bytes are at nb_st_data_offset(f) + begin. */
+uint64_t nb_st_data_offset(const nb_st_file_t *f);
 /* Index of the tensor called name, or -1. */
 int nb_st_find(const nb_st_file_t *f, const char *name);
 /* The __metadata__ value for key, or NULL. Borrowed while f lives. */

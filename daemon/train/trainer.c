@@ -11,7 +11,7 @@
 #include "daemon/data/tokens.h"
 #include "daemon/train/grad_fault.h"
 #include "daemon/train/trainer.h"
-#include "daemon/train/weights.h"
+#include "daemon/train/checkpoint.h"
 #include "kernels/cpu_level.h"
 
 struct nb_trainer {
@@ -30,7 +30,7 @@ struct nb_trainer {
     int step;
     int skipped_run, skipped_total; /* steps skipped for a non-finite norm */
     nb_grad_fault_t fault;       /* test-only NaN injection (grad_fault.h) */
-    char resumed_kernels[NB_CKPT_KERNELS_BYTES]; /* the checkpoint's, after a resume */
+    char resumed_kernels[NB_CKPT_KERNELS_MAX]; /* the checkpoint's, after a resume */
 };
 
 static double now_s(void)
@@ -315,12 +315,17 @@ int nb_trainer_eval(nb_trainer_t *t, double *loss, char *err, size_t errlen)
     return 0;
 }
 
-static nb_wckpt_meta_t run_meta(const nb_trainer_t *t)
+void nb_trainer_ckpt_meta(const nb_trainer_t *t, nb_ckpt_meta_t *out)
 {
-    nb_wckpt_meta_t m = { .seed = t->cfg.seed, .steps_done = t->step, .batch = t->cfg.batch,
-                         .micro_batches = t->cfg.micro_batches, .seq_len = t->cfg.seq_len };
-    nb_trainer_kernels(t, m.kernels, sizeof m.kernels);
-    return m;
+    memset(out, 0, sizeof *out);
+    out->step = t->step;
+    out->optim_steps = nb_optim_steps(t->optim);
+    out->seed = t->cfg.seed;
+    out->batch = t->cfg.batch;
+    out->micro_batches = t->cfg.micro_batches;
+    out->seq_len = t->cfg.seq_len;
+    out->model = t->cfg.model;
+    nb_trainer_kernels(t, out->kernels, sizeof out->kernels);
 }
 
 void nb_trainer_kernels(const nb_trainer_t *t, char *buf, size_t cap)
@@ -333,25 +338,70 @@ void nb_trainer_kernels(const nb_trainer_t *t, char *buf, size_t cap)
 
 const char *nb_trainer_resumed_kernels(const nb_trainer_t *t) { return t->resumed_kernels; }
 
-int nb_trainer_save(nb_trainer_t *t, const char *path, char *err, size_t errlen)
+int nb_trainer_save(nb_trainer_t *t, const char *dir, char *err, size_t errlen)
 {
-    nb_wckpt_meta_t m = run_meta(t);
-    return nb_checkpoint_save(path, t->part, t->optim, &m, err, errlen);
+    nb_ckpt_manifest_t *m = calloc(1, sizeof *m);
+    nb_ckpt_snap_t *snap = NULL;
+    if (!m) {
+        snprintf(err, errlen, "%s: out of memory", dir);
+        return NB_ENOMEM;
+    }
+    nb_trainer_ckpt_meta(t, &m->meta);
+    int rc = nb_ckpt_begin(dir, err, errlen);
+    if (!rc)
+        rc = nb_ckpt_snapshot(t->part, t->optim, &snap, err, errlen);
+    if (!rc)
+        rc = nb_ckpt_write_file(dir, "model.safetensors", &snap, 1, &m->meta, &m->files[0], err, errlen);
+    if (!rc) {
+        m->files[0].stages = 1;
+        m->n_files = 1;
+        rc = nb_ckpt_manifest_write(dir, m, err, errlen);
+    }
+    nb_ckpt_snap_free(snap);
+    free(m);
+    return rc;
 }
 
-int nb_trainer_resume(nb_trainer_t *t, const char *path, char *err, size_t errlen)
+int nb_trainer_resume(nb_trainer_t *t, const char *dir, char *err, size_t errlen)
 {
-    nb_wckpt_meta_t want = run_meta(t), got;
-    int rc = nb_checkpoint_load(path, t->part, t->optim, &want, &got, err, errlen);
-    if (rc)
-        return rc;
-    if (got.steps_done > t->cfg.steps) {
-        snprintf(err, errlen, "%s: %d steps done, more than the %d configured", path, got.steps_done,
-                 t->cfg.steps);
-        return NB_EINVAL;
+    nb_ckpt_manifest_t *m = malloc(sizeof *m);
+    if (!m) {
+        snprintf(err, errlen, "%s: out of memory", dir);
+        return NB_ENOMEM;
     }
-    t->step = got.steps_done;
-    memcpy(t->resumed_kernels, got.kernels, sizeof got.kernels);
-    return 0;
+    int rc = nb_ckpt_manifest_read(dir, m, err, errlen);
+    if (rc)
+        goto out;
+    const nb_ckpt_meta_t *g = &m->meta;
+    /* the data stream is keyed by (seed, step, micro-batch) and shaped by
+     * batch and seq_len: another value resumes another run */
+    rc = NB_EINVAL;
+    if (g->seed != t->cfg.seed) {
+        snprintf(err, errlen, "%s: seed is %llu in the checkpoint, %llu in this run", dir,
+                 (unsigned long long)g->seed, (unsigned long long)t->cfg.seed);
+        goto out;
+    }
+    static const char *const names[] = { "batch", "micro_batches", "seq_len" };
+    const int have[] = { g->batch, g->micro_batches, g->seq_len };
+    const int want[] = { t->cfg.batch, t->cfg.micro_batches, t->cfg.seq_len };
+    for (int i = 0; i < 3; i++)
+        if (have[i] != want[i]) {
+            snprintf(err, errlen, "%s: %s is %d in the checkpoint, %d in this run", dir, names[i], have[i], want[i]);
+            goto out;
+        }
+    if (g->step > t->cfg.steps) {
+        snprintf(err, errlen, "%s: %lld steps done, more than the %d configured", dir, (long long)g->step,
+                 t->cfg.steps);
+        goto out;
+    }
+    if ((rc = nb_ckpt_load_part(dir, m, t->part, t->optim, err, errlen)))
+        goto out;
+    t->step = (int)g->step;
+    snprintf(t->resumed_kernels, sizeof t->resumed_kernels, "%s", g->kernels);
+out:
+    free(m);
+    return rc;
 }
+
 nb_part_t *nb_trainer_part(nb_trainer_t *t) { return t->part; }
+nb_optim_t *nb_trainer_optim(nb_trainer_t *t) { return t->optim; }

@@ -40,6 +40,7 @@
 #include <stdint.h>
 #include "kernels/model.h"
 #include "kernels/optim.h"
+#include "daemon/train/checkpoint.h"
 
 typedef struct {
     nb_model_config_t model;   /* head lm (next token) or mlm (masked tokens;
@@ -102,22 +103,38 @@ int nb_trainer_eval(nb_trainer_t *t, double *loss, char *err, size_t errlen);
 void nb_trainer_split(const nb_trainer_t *t, uint64_t *train_tokens, uint64_t *eval_tokens);
 /* Steps taken so far. */
 int nb_trainer_steps_done(const nb_trainer_t *t);
-/* Writes a checkpoint (weights, AdamW state, steps done; daemon/train/
- * weights.h) to path. Errors: NB_EIO, NB_ENOMEM; message in err. */
-int nb_trainer_save(nb_trainer_t *t, const char *path, char *err, size_t errlen);
-/* Restores a checkpoint written by a run with the same model, seed, batch,
- * micro_batches and seq_len; the next step is the one after the saved
- * ones, so a resumed run equals an uninterrupted one bit for bit (the
- * count of consecutive skipped steps is not saved: it starts again at 0). Errors:
- * file errors, NB_EINVAL (another run, or more steps than configured).
- * After an error the weights may be partly restored: start a new trainer. */
-int nb_trainer_resume(nb_trainer_t *t, const char *path, char *err, size_t errlen);
+/* Writes a checkpoint of the run as it stands to the directory dir
+ * (usually nb_ckpt_step_dir(root, steps done)): one file,
+ * model.safetensors, holding the whole model's parameters and AdamW
+ * moments by their global names, then manifest.json with the seed, batch,
+ * micro_batches, seq_len, steps done and AdamW updates applied
+ * (checkpoint.h; crash-safe; a manifest already in dir is removed first).
+ * Errors: NB_EIO, NB_ENOMEM; message in err. */
+int nb_trainer_save(nb_trainer_t *t, const char *dir, char *err, size_t errlen);
+/* Restores the checkpoint in the directory dir, written by a run with the
+ * same model, seed, batch, micro_batches and seq_len, by nb_trainer_save or
+ * by any layer split (a pipeline's stages: each tensor is taken by name);
+ * the next step is the one after the saved ones, and the optimizer's step
+ * count is the checkpoint's (steps skipped before it stay skipped), so a
+ * resumed run equals an uninterrupted one bit for bit (the count of
+ * consecutive skipped steps is not saved: it starts again at 0). Errors:
+ * NB_ENOENT (no manifest), NB_EINVAL (another run or model, naming the
+ * field, or more steps than configured), NB_EFORMAT (a damaged checkpoint:
+ * file, tensor and reason named), NB_EIO. On error the trainer is exactly
+ * as it was. */
+int nb_trainer_resume(nb_trainer_t *t, const char *dir, char *err, size_t errlen);
+/* What a checkpoint of the run as it stands records (checkpoint.h): job_id
+ * 0, steps done, AdamW updates applied, seed, batch, micro_batches,
+ * seq_len, model and kernels. */
+void nb_trainer_ckpt_meta(const nb_trainer_t *t, nb_ckpt_meta_t *out);
 /* The kernels this trainer computes with, as checkpoints record them
  * ("avx512 blas=SkylakeX"; docs/kernels.md): at most cap bytes, terminated. */
 void nb_trainer_kernels(const nb_trainer_t *t, char *buf, size_t cap);
-/* After nb_trainer_resume: the kernels line the checkpoint recorded ("" for
- * a version 1 checkpoint, or when there was no resume). Borrowed. */
+/* After nb_trainer_resume: the kernels line the checkpoint recorded (""
+ * when it recorded none, or when there was no resume). Borrowed. */
 const char *nb_trainer_resumed_kernels(const nb_trainer_t *t);
+/* The optimizer (over nb_trainer_part's flat buffers). Borrowed. */
+nb_optim_t *nb_trainer_optim(nb_trainer_t *t);
 /* The model (one part holding everything). Borrowed. */
 nb_part_t *nb_trainer_part(nb_trainer_t *t);
 

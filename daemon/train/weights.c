@@ -1,7 +1,6 @@
 /*
- * weights.c - weights files and checkpoints of a model part; see weights.h.
- * Both share one body (model header, tensor table, parameters); a
- * checkpoint adds the run's position before it and the AdamW state after.
+ * weights.c - weights files of a model part; see weights.h. (Checkpoints,
+ * with the optimizer state and the run's position, are checkpoint.h's.)
  */
 #include <errno.h>
 #include <stdbool.h>
@@ -14,14 +13,13 @@
 
 #define NAME_BYTES 32
 #define HDR_FIELDS 17    /* 11 config + 4 spec + ln_eps (f32 bits) + gelu */
-#define HDR_FIELDS_V1 15 /* weights version 1, checkpoint versions 1 and 2 */
-#define META_INTS 6
+#define HDR_FIELDS_V1 15 /* weights version 1 */
+#define FIELD_LN_EPS 15
 
 static const char *const field_names[HDR_FIELDS] = {
     "n_layer", "d_model", "n_head", "d_ff", "vocab", "max_seq", "causal", "norm", "head",
     "n_classes", "tie_embeddings", "part.embed", "part.first", "part.last", "part.head", "ln_eps", "gelu",
 };
-#define FIELD_LN_EPS 15
 
 static int32_t f32_bits(float x)
 {
@@ -77,8 +75,7 @@ static float *to_host(nb_backend_t *be, const float *dev, size_t n)
     return h;
 }
 
-static int write_file(const char *path, bool ckpt, nb_part_t *p, nb_optim_t *o, const nb_wckpt_meta_t *meta,
-                      char *err, size_t errlen)
+int nb_weights_save(const char *path, nb_part_t *p, char *err, size_t errlen)
 {
     char tmp[4096];
     if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
@@ -87,43 +84,22 @@ static int write_file(const char *path, bool ckpt, nb_part_t *p, nb_optim_t *o, 
     }
     nb_backend_t *be = nb_part_backend(p);
     size_t n = nb_part_num_params(p);
-    if (ckpt && nb_optim_numel(o) != n) {
-        snprintf(err, errlen, "%s: the optimizer covers %zu floats, the part has %zu", path, nb_optim_numel(o), n);
-        return NB_EINVAL;
-    }
     float *params = to_host(be, nb_part_params(p), n);
-    float *m = ckpt ? to_host(be, nb_optim_m(o), n) : NULL;
-    float *v = ckpt ? to_host(be, nb_optim_v(o), n) : NULL;
-    if (!params || (ckpt && (!m || !v))) {
+    if (!params) {
         snprintf(err, errlen, "%s: out of memory for %zu parameters", path, n);
-        free(params);
-        free(m);
-        free(v);
         return NB_ENOMEM;
     }
     writer_t w = { fopen(tmp, "wb"), true };
     if (!w.f) {
         snprintf(err, errlen, "%s: cannot create: %s", tmp, strerror(errno));
         free(params);
-        free(m);
-        free(v);
         return NB_EIO;
     }
     int32_t hf[HDR_FIELDS];
     int nf = header_fields(p, hf);
-    uint32_t version = ckpt ? (nf == HDR_FIELDS ? NB_CHECKPOINT_VERSION : NB_CHECKPOINT_VERSION - 1)
-                            : (nf == HDR_FIELDS ? NB_WEIGHTS_VERSION : 1);
-    put(&w, ckpt ? "NBCK" : "NBWT", 4);
+    uint32_t version = nf == HDR_FIELDS ? NB_WEIGHTS_VERSION : 1;
+    put(&w, "NBWT", 4);
     put(&w, &version, 4);
-    if (ckpt) {
-        int32_t mi[META_INTS] = { meta->steps_done, meta->batch, meta->micro_batches, meta->seq_len,
-                                  nb_optim_steps(o), 0 };
-        char kernels[NB_CKPT_KERNELS_BYTES] = { 0 };
-        snprintf(kernels, sizeof kernels, "%s", meta->kernels);
-        put(&w, &meta->seed, 8);
-        put(&w, mi, sizeof mi);
-        put(&w, kernels, sizeof kernels);
-    }
     uint32_t nt = (uint32_t)nb_part_num_tensors(p);
     uint64_t np = n;
     put(&w, hf, (size_t)nf * 4);
@@ -140,13 +116,7 @@ static int write_file(const char *path, bool ckpt, nb_part_t *p, nb_optim_t *o, 
         put(&w, shape, 16);
     }
     put(&w, params, n * sizeof(float));
-    if (ckpt) {
-        put(&w, m, n * sizeof(float));
-        put(&w, v, n * sizeof(float));
-    }
     free(params);
-    free(m);
-    free(v);
     if (fclose(w.f) != 0)
         w.ok = false;
     if (!w.ok || rename(tmp, path) != 0) {
@@ -155,17 +125,6 @@ static int write_file(const char *path, bool ckpt, nb_part_t *p, nb_optim_t *o, 
         return NB_EIO;
     }
     return 0;
-}
-
-int nb_weights_save(const char *path, nb_part_t *p, char *err, size_t errlen)
-{
-    return write_file(path, false, p, NULL, NULL, err, errlen);
-}
-
-int nb_checkpoint_save(const char *path, nb_part_t *p, nb_optim_t *o, const nb_wckpt_meta_t *meta,
-                       char *err, size_t errlen)
-{
-    return write_file(path, true, p, o, meta, err, errlen);
 }
 
 /* ---- reading ------------------------------------------------------------ */
@@ -201,72 +160,37 @@ static float *get_floats(reader_t *r, size_t n, const char *what, const char *pa
     return h;
 }
 
-static int read_file(const char *path, bool ckpt, nb_part_t *p, nb_optim_t *o, const nb_wckpt_meta_t *want,
-                     nb_wckpt_meta_t *got_meta, char *err, size_t errlen)
+int nb_weights_load(const char *path, nb_part_t *p, char *err, size_t errlen)
 {
     reader_t r = { fopen(path, "rb"), 0 };
     if (!r.f) {
         snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
         return NB_EIO;
     }
-    const char *magic_want = ckpt ? "NBCK" : "NBWT";
-    uint32_t version_want = ckpt ? NB_CHECKPOINT_VERSION : NB_WEIGHTS_VERSION;
     int rc = NB_EFORMAT;
-    float *params = NULL, *m = NULL, *v = NULL;
+    float *params = NULL;
     char magic[4];
     uint32_t version, nt;
-    uint64_t np, seed = 0;
-    int32_t mi[META_INTS] = { 0 }, hf[HDR_FIELDS], hw[HDR_FIELDS];
-    char kernels[NB_CKPT_KERNELS_BYTES] = { 0 };
-    if (!get(&r, magic, 4) || memcmp(magic, magic_want, 4) != 0) {
-        snprintf(err, errlen, "%s: offset 0: not a %s file (magic is not %s)", path,
-                 ckpt ? "checkpoint" : "weights", magic_want);
+    uint64_t np;
+    int32_t hf[HDR_FIELDS], hw[HDR_FIELDS];
+    if (!get(&r, magic, 4) || memcmp(magic, "NBWT", 4) != 0) {
+        snprintf(err, errlen, "%s: offset 0: not a weights file (magic is not NBWT)", path);
         goto out;
     }
     if (!get(&r, &version, 4)) {
         snprintf(err, errlen, "%s: offset %ld: truncated header", path, r.off);
         goto out;
     }
-    if (version < 1 || version > version_want) {
-        snprintf(err, errlen, "%s: offset 4: version %u, this build reads version %u", path, version, version_want);
+    if (version < 1 || version > NB_WEIGHTS_VERSION) {
+        snprintf(err, errlen, "%s: offset 4: version %u, this build reads version %u", path, version,
+                 NB_WEIGHTS_VERSION);
         rc = NB_EVERSION;
         goto out;
     }
-    if (ckpt) {
-        /* versions 1 and 2 end their header with the 15 fields */
-        if (!get(&r, &seed, 8) || !get(&r, mi, sizeof mi)) {
-            snprintf(err, errlen, "%s: offset %ld: truncated header", path, r.off);
-            goto out;
-        }
-        static const char *const names[] = { "batch", "micro_batches", "seq_len" };
-        int32_t wants[] = { want->batch, want->micro_batches, want->seq_len };
-        if (seed != want->seed) {
-            snprintf(err, errlen, "%s: offset 8: seed is %llu in the file, %llu in this run", path,
-                     (unsigned long long)seed, (unsigned long long)want->seed);
-            rc = NB_EINVAL;
-            goto out;
-        }
-        for (int i = 0; i < 3; i++)
-            if (mi[1 + i] != wants[i]) {
-                snprintf(err, errlen, "%s: offset %d: %s is %d in the file, %d in this run", path, 20 + 4 * i,
-                         names[i], mi[1 + i], wants[i]);
-                rc = NB_EINVAL;
-                goto out;
-            }
-        if (mi[0] < 0 || mi[4] < 0) {
-            snprintf(err, errlen, "%s: offset 16: negative step count", path);
-            goto out;
-        }
-        if (version >= 2 && !get(&r, kernels, sizeof kernels)) {
-            snprintf(err, errlen, "%s: offset %ld: truncated header", path, r.off);
-            goto out;
-        }
-        kernels[sizeof kernels - 1] = '\0';
-    }
     long hdr_at = r.off;
-    /* the model settings follow the 15 fields from weights version 2 and
-     * checkpoint version 3 on; older files mean eps 1e-5 and the tanh GELU */
-    int nf = version == version_want ? HDR_FIELDS : HDR_FIELDS_V1;
+    /* the model settings follow the 15 fields from version 2 on; version 1
+     * files mean eps 1e-5 and the tanh GELU */
+    int nf = version == NB_WEIGHTS_VERSION ? HDR_FIELDS : HDR_FIELDS_V1;
     hf[FIELD_LN_EPS] = f32_bits(NB_MODEL_LN_EPS_DEFAULT);
     hf[FIELD_LN_EPS + 1] = NB_MODEL_GELU_TANH;
     if (!get(&r, hf, (size_t)nf * 4)) {
@@ -301,13 +225,13 @@ static int read_file(const char *path, bool ckpt, nb_part_t *p, nb_optim_t *o, c
         goto out;
     }
     /* the length before any buffer: a truncated or padded file is refused
-     * without allocating the parameters (and optimizer state) it claims */
-    uint64_t want_bytes = (uint64_t)r.off + (uint64_t)nt * (NAME_BYTES + 4 + 16) + np * 4u * (ckpt ? 3u : 1u);
+     * without allocating the parameters it claims */
+    uint64_t want_bytes = (uint64_t)r.off + (uint64_t)nt * (NAME_BYTES + 4 + 16) + np * 4u;
     struct stat st;
     if (fstat(fileno(r.f), &st) != 0 || (uint64_t)st.st_size != want_bytes) {
         snprintf(err, errlen, "%s: the file is %lld bytes, but its header describes %llu bytes (%u tensors, %llu "
-                 "parameters%s): truncated or padded", path, (long long)st.st_size, (unsigned long long)want_bytes,
-                 nt, (unsigned long long)np, ckpt ? " and their optimizer state" : "");
+                 "parameters): truncated or padded", path, (long long)st.st_size, (unsigned long long)want_bytes,
+                 nt, (unsigned long long)np);
         goto out;
     }
     for (uint32_t i = 0; i < nt; i++) {
@@ -330,51 +254,19 @@ static int read_file(const char *path, bool ckpt, nb_part_t *p, nb_optim_t *o, c
         }
     }
     size_t n = nb_part_num_params(p);
-    if (ckpt && nb_optim_numel(o) != n) {
-        snprintf(err, errlen, "%s: the optimizer covers %zu floats, the part has %zu", path, nb_optim_numel(o), n);
-        rc = NB_EINVAL;
-        goto out;
-    }
     if (!(params = get_floats(&r, n, "parameters", path, &rc, err, errlen)))
-        goto out;
-    if (ckpt && (!(m = get_floats(&r, n, "optimizer state m", path, &rc, err, errlen)) ||
-                 !(v = get_floats(&r, n, "optimizer state v", path, &rc, err, errlen))))
         goto out;
     if (fgetc(r.f) != EOF) {
         rc = NB_EFORMAT;
-        snprintf(err, errlen, "%s: offset %ld: trailing bytes after the %s", path, r.off,
-                 ckpt ? "optimizer state" : "parameters");
+        snprintf(err, errlen, "%s: offset %ld: trailing bytes after the parameters", path, r.off);
         goto out;
     }
     nb_backend_t *be = nb_part_backend(p);
     nb_be_from_host(be, nb_part_params(p), params, n * sizeof(float));
-    if (ckpt) {
-        nb_be_from_host(be, nb_optim_m(o), m, n * sizeof(float));
-        nb_be_from_host(be, nb_optim_v(o), v, n * sizeof(float));
-        nb_optim_set_steps(o, mi[4]);
-        if (got_meta) {
-            *got_meta = (nb_wckpt_meta_t){ .seed = seed, .steps_done = mi[0], .batch = mi[1],
-                                          .micro_batches = mi[2], .seq_len = mi[3] };
-            memcpy(got_meta->kernels, kernels, sizeof kernels);
-        }
-    }
     nb_be_sync(be);
     rc = 0;
 out:
     free(params);
-    free(m);
-    free(v);
     fclose(r.f);
     return rc;
-}
-
-int nb_weights_load(const char *path, nb_part_t *p, char *err, size_t errlen)
-{
-    return read_file(path, false, p, NULL, NULL, NULL, err, errlen);
-}
-
-int nb_checkpoint_load(const char *path, nb_part_t *p, nb_optim_t *o, const nb_wckpt_meta_t *want,
-                       nb_wckpt_meta_t *got, char *err, size_t errlen)
-{
-    return read_file(path, true, p, o, want, got, err, errlen);
 }

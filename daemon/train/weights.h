@@ -1,7 +1,8 @@
 /*
- * weights.h - files holding a model part: the weights file (what
- * nebula-train writes at the end) and the checkpoint (weights plus
- * optimizer state and the trainer's position, to resume a run exactly).
+ * weights.h - the weights file: a model part's parameters, as nebula-train
+ * and the stage daemons write them at the end of a run. (Checkpoints, which
+ * add the AdamW state and the run's position to resume exactly, are
+ * layout-free safetensors directories: checkpoint.h.)
  *
  * Weights file (little endian), version 2 (docs/model.md):
  *   "NBWT", u32 version, 17 x i32 header (n_layer, d_model, n_head, d_ff,
@@ -12,13 +13,6 @@
  *   parameters as f32 in buffer order.
  * Version 1 has the first 15 header fields only (eps 1e-5, tanh GELU); a
  * model with those settings is still written as version 1.
- * Checkpoint, version 3: "NBCK", u32 version, u64 seed, 6 x i32 (steps
- *   done, batch, micro_batches, seq_len, optimizer steps, reserved 0), the
- *   48-byte NUL-padded kernels line of the writer (nb_cpu_describe(), e.g.
- *   "avx512 blas=SkylakeX"), then the weights file's body from the 15-field
- *   header on, then the AdamW state m and v (parameter count f32 each).
- *   Version 2 has the 15-field header (written for default settings);
- *   version 1 (no kernels line, 15 fields) is still read.
  *
  * Writers use a temporary file renamed into place: no partial file is left.
  * Readers check everything and change nothing on error; messages name the
@@ -31,14 +25,11 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "kernels/model.h"
-#include "kernels/optim.h"
 
-/* The newest versions; a model with the default settings (eps 1e-5, tanh
- * GELU) is written as weights version 1 / checkpoint version 2, which every
- * earlier build reads. Every older version is read. */
+/* The newest version; a model with the default settings (eps 1e-5, tanh
+ * GELU) is written as version 1, which every earlier build reads. Both
+ * are read. */
 #define NB_WEIGHTS_VERSION 2u
-#define NB_CHECKPOINT_VERSION 3u
-#define NB_CKPT_KERNELS_BYTES 48
 
 /* Writes the parameters of p to path. Errors: NB_EIO, NB_ENOMEM. */
 int nb_weights_save(const char *path, nb_part_t *p, char *err, size_t errlen);
@@ -49,28 +40,6 @@ int nb_weights_save(const char *path, nb_part_t *p, char *err, size_t errlen);
  * shape. Errors: NB_EIO, NB_EFORMAT,
  * NB_EVERSION, NB_EINVAL (a different model or part), NB_ENOMEM. */
 int nb_weights_load(const char *path, nb_part_t *p, char *err, size_t errlen);
-
-/* Where a training run stands; identifies the data stream to resume. */
-typedef struct {
-    uint64_t seed;
-    int steps_done;
-    int batch, micro_batches, seq_len;
-    /* The kernels that computed the run (nb_cpu_describe(), or the device
-     * backend's name); "" when a version 1 file did not record them. */
-    char kernels[NB_CKPT_KERNELS_BYTES];
-} nb_wckpt_meta_t;
-
-/* Writes p's parameters, o's state (o covers p's flat buffers) and meta. */
-int nb_checkpoint_save(const char *path, nb_part_t *p, nb_optim_t *o, const nb_wckpt_meta_t *meta,
-                       char *err, size_t errlen);
-
-/* Loads a checkpoint into p and o. The file's seed, batch, micro_batches
- * and seq_len must equal want's (else NB_EINVAL naming the field: the data
- * stream would differ); *got receives the file's meta (steps_done is where
- * to resume; kernels may differ from want's, which the caller reports).
- * Errors as nb_weights_load. */
-int nb_checkpoint_load(const char *path, nb_part_t *p, nb_optim_t *o, const nb_wckpt_meta_t *want,
-                       nb_wckpt_meta_t *got, char *err, size_t errlen);
 
 /* One tensor of a weights file, as the model layout gives it. */
 typedef struct {

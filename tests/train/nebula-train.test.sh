@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # nebula-train and nebula-tokenize as an operator runs them: progress lines,
-# the weights file, identical output for identical runs, and clear errors
-# with the right exit status for a bad config or a missing token file.
+# the weights file, identical output for identical runs, checkpoints (stop
+# and resume in two and three legs, periodic checkpoints kept to --keep,
+# SIGTERM, a killed write's leftovers cleaned up) that resume bit for bit,
+# and clear errors with the right exit status for a bad config or a missing
+# token file.
 set -euo pipefail
 . tests/support/assert.sh
 build=${NB_BUILD:-build}
@@ -44,26 +47,75 @@ diff <(sed 's/tokens\/s.*//' "$work/run1.txt" | grep '^step') <(sed 's/tokens\/s
 # stop after 12 steps with a checkpoint, resume: the same final weights
 "$train" --config "$work/t.yaml" --stop-after 12 --checkpoint "$work/c.ckpt" > "$work/run3.txt"
 expect_grep "stopped after 12 steps" "$work/run3.txt"
-expect_grep "checkpoint after 12 steps" "$work/run3.txt"
+expect_grep "checkpoint after 12 steps written to .*/c.ckpt/step-00000012" "$work/run3.txt"
+[ -s "$work/c.ckpt/step-00000012/manifest.json" ] && [ -s "$work/c.ckpt/step-00000012/model.safetensors" ] ||
+  fail "no step-00000012/{manifest.json,model.safetensors}"
 rm -f "$work/out.weights"
-"$train" --config "$work/t.yaml" --resume "$work/c.ckpt" > "$work/run4.txt"
+"$train" --config "$work/t.yaml" --resume "$work/c.ckpt/step-00000012" > "$work/run4.txt"
 cat "$work/run4.txt"
-expect_grep "resumed from .* after 12 steps" "$work/run4.txt"
+expect_grep "resumed from .*step-00000012 after 12 steps" "$work/run4.txt"
 cmp "$work/out.weights" "$work/first.weights" || fail "stop and resume changed the final weights"
 diff <(grep '^step    30/30' "$work/run1.txt" | sed 's/tokens\/s.*//') <(grep '^step    30/30' "$work/run4.txt" | sed 's/tokens\/s.*//') ||
   fail "the resumed run ends with another loss"
+# three legs (10 + 10 + 10) through one root, resumed from the root (its
+# newest complete checkpoint), with a checkpoint every 4 steps, 2 kept
+rm -rf "$work/r" "$work/out.weights"
+"$train" --config "$work/t.yaml" --stop-after 10 --checkpoint "$work/r" --checkpoint-every 4 --keep 2 > "$work/leg1.txt"
+[ "$(grep -c 'checkpoint after' "$work/leg1.txt")" -eq 3 ] || fail "leg 1: want checkpoints after 4, 8 and 10 steps"
+[ "$(ls "$work/r")" = "$(printf 'step-00000008\nstep-00000010')" ] || fail "--keep 2 kept: $(ls "$work/r")"
+"$train" --config "$work/t.yaml" --stop-after 20 --resume "$work/r" --checkpoint "$work/r" --keep 2 > "$work/leg2.txt"
+expect_grep "resumed from .*step-00000010 after 10 steps" "$work/leg2.txt"
+"$train" --config "$work/t.yaml" --resume "$work/r" > "$work/leg3.txt"
+expect_grep "resumed from .*step-00000020 after 20 steps" "$work/leg3.txt"
+cmp "$work/out.weights" "$work/first.weights" || fail "10 + 10 + 10 steps changed the final weights"
+# a killed write leaves an incomplete directory with a temporary file: the
+# next run resumes from the newest complete checkpoint and removes it
+mkdir -p "$work/r/step-00000024"
+head -c 100000 /dev/zero > "$work/r/step-00000024/model.safetensors.tmp"
+head -c 1000 /dev/zero > "$work/r/step-00000020/manifest.json.tmp"
+"$train" --config "$work/t.yaml" --resume "$work/r" --stop-after 22 --checkpoint "$work/r" --keep 2 > "$work/leg4.txt"
+expect_grep "resumed from .*step-00000020 after 20 steps" "$work/leg4.txt"
+# resumed and stopped before any step: the checkpoint resumed from is kept
+# as it was, not rewritten
+before=$(stat -c %Y.%i "$work/r/step-00000022/manifest.json")
+"$train" --config "$work/t.yaml" --resume "$work/r" --stop-after 22 --checkpoint "$work/r" > "$work/leg5.txt"
+expect_grep "no step taken; the checkpoint resumed from stays .*step-00000022" "$work/leg5.txt"
+[ "$(stat -c %Y.%i "$work/r/step-00000022/manifest.json")" = "$before" ] || fail "the checkpoint resumed from was rewritten"
+left=$(find "$work/r" -name '*.tmp')
+[ -z "$left" ] || fail "stale temporary files left: $left"
+[ -d "$work/r/step-00000024" ] || fail "a directory newer than the newest complete checkpoint was removed"
 # a checkpoint of another run is refused
 sed 's/seed: 7/seed: 8/' "$work/t.yaml" > "$work/seed8.yaml"
 expect_rc 78 "$train" --config "$work/seed8.yaml" --resume "$work/c.ckpt" > /dev/null 2> "$work/err.txt"
 cat "$work/err.txt"
-expect_grep "seed is 7 in the file" "$work/err.txt"
+expect_grep "seed is 7 in the checkpoint, 8 in this run" "$work/err.txt"
+# a damaged one too, naming the file (a one-bit flip in the data)
+cp -r "$work/c.ckpt/step-00000012" "$work/flip"
+python3 - "$work/flip/model.safetensors" <<'PY'
+import sys
+b = bytearray(open(sys.argv[1], 'rb').read())
+b[len(b) // 2] ^= 0x10
+open(sys.argv[1], 'wb').write(bytes(b))
+PY
+expect_rc 1 "$train" --config "$work/t.yaml" --resume "$work/flip" > /dev/null 2> "$work/err.txt"
+cat "$work/err.txt"
+expect_grep "flip/model.safetensors: SHA-256 .* the file is corrupt" "$work/err.txt"
+# nothing to resume from: the path named
+expect_rc 1 "$train" --config "$work/t.yaml" --resume "$work/nothing" > /dev/null 2> "$work/err.txt"
+expect_grep "nothing" "$work/err.txt"
+expect_rc 2 "$train" --config "$work/t.yaml" --checkpoint-every 5 > /dev/null 2>&1
 
 # SIGTERM: stops after the current step, writes the checkpoint, exit 143
 sed 's/steps: 30/steps: 10000000/' "$work/t.yaml" > "$work/long.yaml"
+# (a killed write's temporary file there is removed at start-up, before
+# any checkpoint is written)
+mkdir -p "$work/sig.ckpt/step-00000003"
+echo partial > "$work/sig.ckpt/step-00000003/model.safetensors.tmp"
 "$train" --config "$work/long.yaml" --checkpoint "$work/sig.ckpt" > "$work/sig.txt" 2>&1 &
 pid=$!
 pids+=($pid)
 nb_wait_for 60 grep -q '^step ' "$work/sig.txt" || fail "no progress line within 60 s"
+[ ! -e "$work/sig.ckpt/step-00000003/model.safetensors.tmp" ] || fail "a stale temporary file survived the start-up"
 kill -TERM $pid
 expect_rc 143 wait $pid
 tail -n 2 "$work/sig.txt"

@@ -3,7 +3,8 @@
  * (losses and weights) and another seed differs; a step equals the
  * documented recipe done by hand; bad configs are refused with the field
  * named; weights files round-trip and broken ones are refused with the file
- * and offset named. */
+ * and offset named; checkpoints resume exactly, from the trainer's own or
+ * from one written by two stages, and after skipped steps. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -16,6 +17,7 @@
 #include "daemon/data/tokens.h"
 #include "daemon/train/grad_fault.h"
 #include "daemon/train/trainer.h"
+#include "daemon/train/checkpoint.h"
 #include "daemon/train/weights.h"
 
 #define GPL3 "/usr/share/common-licenses/GPL-3"
@@ -529,8 +531,27 @@ static void test_eval_split(void **state)
     unlink(epath);
 }
 
+static float *params_copy(nb_trainer_t *t, size_t *n)
+{
+    nb_part_t *p = nb_trainer_part(t);
+    *n = nb_part_num_params(p);
+    float *v = malloc(*n * sizeof *v);
+    nb_be_to_host(nb_part_backend(p), v, nb_part_params(p), *n * sizeof *v);
+    return v;
+}
+
+static bool all_finite(const float *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(v[i]))
+            return false;
+    return true;
+}
+
 /* Stop after 3 steps, checkpoint, resume in a new trainer: the same losses
- * and weights as 6 steps without a break. */
+ * and weights as 6 steps without a break. Another run's checkpoint, a
+ * weights file and a damaged checkpoint are refused, the trainer left as
+ * it was. */
 static void test_checkpoint_resume(void **state)
 {
     nb_train_config_t c = small_config();
@@ -540,7 +561,7 @@ static void test_checkpoint_resume(void **state)
     size_t n;
     run(&c, ref, &wref, &n);
 
-    char ck[160], err[512];
+    char ck[160], err[512], cmd[200];
     snprintf(ck, sizeof ck, "%s.ckpt", w_path);
     nb_backend_t *be = nb_cpu_backend_new();
     nb_trainer_t *a, *b;
@@ -579,45 +600,249 @@ static void test_checkpoint_resume(void **state)
     assert_int_equal(nb_trainer_resume(b, ck, err, sizeof err), NB_EINVAL);
     printf("  refused: %s\n", err);
     assert_non_null(strstr(err, "micro_batches"));
+    /* the model settings: a checkpoint of the default model refuses a run
+     * with the erf GELU or another eps, and the other way round */
+    other = c;
+    other.model.gelu = NB_MODEL_GELU_ERF;
+    nb_trainer_free(b);
+    assert_int_equal(nb_trainer_new(be, &other, &b, err, sizeof err), 0);
+    assert_int_equal(nb_trainer_resume(b, ck, err, sizeof err), NB_EINVAL);
+    printf("  refused: %s\n", err);
+    assert_non_null(strstr(err, "model.gelu is"));
+    char ck2[170];
+    snprintf(ck2, sizeof ck2, "%s.erf", ck);
+    assert_int_equal(nb_trainer_save(b, ck2, err, sizeof err), 0);
+    nb_trainer_free(b);
+    assert_int_equal(nb_trainer_new(be, &c, &b, err, sizeof err), 0);
+    assert_int_equal(nb_trainer_resume(b, ck2, err, sizeof err), NB_EINVAL);
+    printf("  refused: %s\n", err);
+    assert_non_null(strstr(err, "model.gelu is"));
+    nb_trainer_free(b);
+    other.model.ln_eps = 1e-12f;
+    assert_int_equal(nb_trainer_new(be, &other, &b, err, sizeof err), 0);
+    assert_int_equal(nb_trainer_resume(b, ck2, err, sizeof err), NB_EINVAL);
+    printf("  refused: %s\n", err);
+    assert_non_null(strstr(err, "model.ln_eps is"));
+    nb_trainer_free(b);
+    other.model.ln_eps = 0;
+    assert_int_equal(nb_trainer_new(be, &other, &b, err, sizeof err), 0);
+    assert_int_equal(nb_trainer_resume(b, ck2, err, sizeof err), 0);
+    snprintf(cmd, sizeof cmd, "rm -rf '%.170s'", ck2);
+    assert_int_equal(system(cmd), 0);
+    other = c;
+    other.steps = other.optim.total_steps = 2;
+    nb_trainer_free(b);
+    assert_int_equal(nb_trainer_new(be, &other, &b, err, sizeof err), 0);
+    assert_int_equal(nb_trainer_resume(b, ck, err, sizeof err), NB_EINVAL);
+    assert_non_null(strstr(err, "more than the 2 configured"));
     /* a weights file is not a checkpoint; a truncated checkpoint is refused */
     assert_int_equal(nb_weights_save(w_path, nb_trainer_part(b), err, sizeof err), 0);
-    assert_int_equal(nb_trainer_resume(b, w_path, err, sizeof err), NB_EFORMAT);
+    assert_int_equal(nb_trainer_resume(b, w_path, err, sizeof err), NB_ENOENT);
     printf("  refused: %s\n", err);
-    assert_non_null(strstr(err, "not a checkpoint"));
+    assert_non_null(strstr(err, "manifest.json"));
     nb_trainer_free(b);
-    FILE *f = fopen(ck, "rb");
+    char file[200];
+    snprintf(file, sizeof file, "%s/model.safetensors", ck);
+    FILE *f = fopen(file, "rb");
     fseek(f, 0, SEEK_END);
     long len = ftell(f);
     fclose(f);
-    assert_int_equal(truncate(ck, len - 4), 0);
+    assert_int_equal(truncate(file, len - 4), 0);
     assert_int_equal(nb_trainer_new(be, &c, &b, err, sizeof err), 0);
+    size_t n0;
+    float *before = params_copy(b, &n0);
     assert_int_equal(nb_trainer_resume(b, ck, err, sizeof err), NB_EFORMAT);
     printf("  refused: %s\n", err);
-    assert_non_null(strstr(err, "bytes, but its header describes"));
-    assert_non_null(strstr(err, "optimizer state"));
+    assert_non_null(strstr(err, "model.safetensors"));
+    assert_non_null(strstr(err, "truncated"));
     assert_int_equal(nb_trainer_steps_done(b), 0);
+    float *after = params_copy(b, &n0);
+    assert_memory_equal(before, after, n0 * 4);
+    free(before);
+    free(after);
     nb_trainer_free(b);
-    unlink(ck);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", ck);
+    assert_int_equal(system(cmd), 0);
     free(w);
     free(wref);
     nb_be_free(be);
 }
 
-static float *params_copy(nb_trainer_t *t, size_t *n)
+/* 100 steps in legs of 50 + 50 and 33 + 33 + 34, each leg a new trainer
+ * resuming the previous leg's checkpoint: the final weights equal 100
+ * steps without a break, bit for bit. */
+static void test_resume_legs(void **state)
 {
-    nb_part_t *p = nb_trainer_part(t);
-    *n = nb_part_num_params(p);
-    float *v = malloc(*n * sizeof *v);
-    nb_be_to_host(nb_part_backend(p), v, nb_part_params(p), *n * sizeof *v);
-    return v;
+    nb_train_config_t c = small_config();
+    c.model.n_layer = 1;
+    c.batch = 4;
+    c.seq_len = 16;
+    c.steps = c.optim.total_steps = 100;
+    float ref[100];
+    float *wref;
+    size_t n;
+    run(&c, ref, &wref, &n);
+    static const int legs[][4] = { { 50, 100 }, { 33, 66, 100 } };
+    nb_backend_t *be = nb_cpu_backend_new();
+    for (int k = 0; k < 2; k++) {
+        char prev[160] = "", dir[160], err[512], cmd[400];
+        for (int l = 0; l < 4 && legs[k][l]; l++) {
+            nb_trainer_t *t;
+            nb_train_step_t st;
+            assert_int_equal(nb_trainer_new(be, &c, &t, err, sizeof err), 0);
+            if (prev[0] && nb_trainer_resume(t, prev, err, sizeof err))
+                fail_msg("%s", err);
+            while (nb_trainer_steps_done(t) < legs[k][l]) {
+                int s = nb_trainer_steps_done(t);
+                assert_int_equal(nb_trainer_step(t, &st, err, sizeof err), 0);
+                assert_true(st.loss == ref[s]);
+            }
+            snprintf(dir, sizeof dir, "%s.leg%d", w_path, l);
+            assert_int_equal(nb_trainer_save(t, dir, err, sizeof err), 0);
+            if (legs[k][l] == 100) {
+                float *w = malloc(n * 4);
+                nb_be_to_host(be, w, nb_part_params(nb_trainer_part(t)), n * 4);
+                assert_memory_equal(w, wref, n * 4);
+                free(w);
+            }
+            nb_trainer_free(t);
+            if (prev[0]) {
+                snprintf(cmd, sizeof cmd, "rm -rf %s", prev);
+                assert_int_equal(system(cmd), 0);
+            }
+            snprintf(prev, sizeof prev, "%s", dir);
+        }
+        snprintf(cmd, sizeof cmd, "rm -rf %s", prev);
+        assert_int_equal(system(cmd), 0);
+        printf("  %s: 100 steps bit-identical\n", k ? "33 + 33 + 34" : "50 + 50");
+    }
+    free(wref);
+    nb_be_free(be);
 }
 
-static bool all_finite(const float *v, size_t n)
+/* A checkpoint whose files were written by the stages of a pipeline (two
+ * parts, one file each, tied embeddings across them) resumes the trainer
+ * exactly: the same losses and weights as an uninterrupted run. */
+static void test_resume_from_stages(void **state)
 {
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(v[i]))
-            return false;
-    return true;
+    nb_train_config_t c = small_config();
+    c.steps = c.optim.total_steps = 6;
+    float ref[6];
+    float *wref;
+    size_t n;
+    run(&c, ref, &wref, &n);
+    char one[160], two[160], err[512], cmd[400];
+    snprintf(one, sizeof one, "%s.one", w_path);
+    snprintf(two, sizeof two, "%s.two", w_path);
+    nb_backend_t *be = nb_cpu_backend_new();
+    nb_trainer_t *a;
+    nb_train_step_t st;
+    assert_int_equal(nb_trainer_new(be, &c, &a, err, sizeof err), 0);
+    for (int s = 0; s < 3; s++)
+        assert_int_equal(nb_trainer_step(a, &st, err, sizeof err), 0);
+    assert_int_equal(nb_trainer_save(a, one, err, sizeof err), 0);
+    /* two stages: embedding + block 0, block 1 + head (tied to stage 0's wte) */
+    nb_ckpt_manifest_t *m = calloc(1, sizeof *m), *m1 = calloc(1, sizeof *m1);
+    assert_int_equal(nb_ckpt_manifest_read(one, m1, err, sizeof err), 0);
+    nb_trainer_ckpt_meta(a, &m->meta);
+    nb_part_t *parts[2];
+    nb_optim_t *opts[2];
+    for (int i = 0; i < 2; i++) {
+        nb_part_spec_t sp = { .embed = i == 0, .first = i, .last = i ? 2 : 1, .head = i == 1 };
+        assert_int_equal(nb_part_new(be, &c.model, &sp, 5, i ? parts[0] : NULL, &parts[i], err, sizeof err), 0);
+        nb_optim_segment_t segs[64];
+        int nt = nb_part_num_tensors(parts[i]);
+        for (int k = 0; k < nt; k++) {
+            const nb_param_info_t *t = nb_part_tensor(parts[i], k);
+            segs[k] = (nb_optim_segment_t){ t->offset, t->numel, t->decay };
+        }
+        assert_int_equal(nb_optim_new(be, &c.optim, nb_part_num_params(parts[i]), segs, nt, &opts[i]), 0);
+        assert_int_equal(nb_ckpt_load_part(one, m1, parts[i], opts[i], err, sizeof err), 0);
+    }
+    assert_int_equal(nb_ckpt_begin(two, err, sizeof err), 0);
+    for (int i = 0; i < 2; i++) {
+        nb_ckpt_snap_t *snap;
+        char name[32];
+        snprintf(name, sizeof name, "stage%d.safetensors", i);
+        assert_int_equal(nb_ckpt_snapshot(parts[i], opts[i], &snap, err, sizeof err), 0);
+        assert_int_equal(nb_ckpt_write_file(two, name, &snap, 1, &m->meta, &m->files[i], err, sizeof err), 0);
+        m->files[i].stages = 1ull << i;
+        nb_ckpt_snap_free(snap);
+    }
+    m->n_files = 2;
+    assert_int_equal(nb_ckpt_manifest_write(two, m, err, sizeof err), 0);
+    for (int i = 1; i >= 0; i--) {
+        nb_optim_free(opts[i]);
+        nb_part_free(parts[i]);
+    }
+    nb_trainer_free(a);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", one);
+    assert_int_equal(system(cmd), 0);
+    nb_trainer_t *b;
+    assert_int_equal(nb_trainer_new(be, &c, &b, err, sizeof err), 0);
+    if (nb_trainer_resume(b, two, err, sizeof err))
+        fail_msg("%s", err);
+    for (int s = 3; s < 6; s++) {
+        assert_int_equal(nb_trainer_step(b, &st, err, sizeof err), 0);
+        assert_true(st.loss == ref[s]);
+    }
+    float *w = malloc(n * 4);
+    nb_be_to_host(be, w, nb_part_params(nb_trainer_part(b)), n * 4);
+    assert_memory_equal(w, wref, n * 4);
+    printf("  2-stage checkpoint after 3 steps -> trainer: 6 steps bit-identical\n");
+    nb_trainer_free(b);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", two);
+    assert_int_equal(system(cmd), 0);
+    free(w);
+    free(wref);
+    free(m);
+    free(m1);
+    nb_be_free(be);
+}
+
+/* Steps skipped for a non-finite gradient before the checkpoint: the
+ * optimizer's step count (bias correction) is what the checkpoint records,
+ * so the resumed run still equals the uninterrupted one. */
+static void test_resume_after_skipped(void **state)
+{
+    nb_train_config_t c = small_config();
+    c.steps = c.optim.total_steps = 6;
+    setenv(NB_GRAD_FAULT_ENV, "1-2", 1);
+    float ref[6];
+    float *wref;
+    size_t n;
+    run(&c, ref, &wref, &n);
+    char ck[160], err[512], cmd[200];
+    snprintf(ck, sizeof ck, "%s.skip", w_path);
+    nb_backend_t *be = nb_cpu_backend_new();
+    nb_trainer_t *a, *b;
+    nb_train_step_t st;
+    assert_int_equal(nb_trainer_new(be, &c, &a, err, sizeof err), 0);
+    for (int s = 0; s < 4; s++)
+        assert_int_equal(nb_trainer_step(a, &st, err, sizeof err), 0);
+    assert_int_equal(nb_trainer_save(a, ck, err, sizeof err), 0);
+    nb_trainer_free(a);
+    nb_ckpt_manifest_t m;
+    assert_int_equal(nb_ckpt_manifest_read(ck, &m, err, sizeof err), 0);
+    assert_int_equal(m.meta.step, 4);
+    assert_int_equal(m.meta.optim_steps, 2); /* steps 1 and 2 were skipped */
+    assert_int_equal(nb_trainer_new(be, &c, &b, err, sizeof err), 0);
+    assert_int_equal(nb_trainer_resume(b, ck, err, sizeof err), 0);
+    assert_int_equal(nb_optim_steps(nb_trainer_optim(b)), 2);
+    for (int s = 4; s < 6; s++) {
+        assert_int_equal(nb_trainer_step(b, &st, err, sizeof err), 0);
+        assert_true(st.loss == ref[s]);
+    }
+    float *w = malloc(n * 4);
+    nb_be_to_host(be, w, nb_part_params(nb_trainer_part(b)), n * 4);
+    assert_memory_equal(w, wref, n * 4);
+    nb_trainer_free(b);
+    unsetenv(NB_GRAD_FAULT_ENV);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", ck);
+    assert_int_equal(system(cmd), 0);
+    free(w);
+    free(wref);
+    nb_be_free(be);
 }
 
 /* nb_weights_layout equals the layout of a real part, for every head,
@@ -783,6 +1008,9 @@ int main(void)
         cmocka_unit_test(test_weights_model_settings),
         cmocka_unit_test(test_eval_split),
         cmocka_unit_test(test_checkpoint_resume),
+        cmocka_unit_test(test_resume_legs),
+        cmocka_unit_test(test_resume_from_stages),
+        cmocka_unit_test(test_resume_after_skipped),
         cmocka_unit_test(test_nonfinite_gradient_skips),
         cmocka_unit_test(test_weights_layout),
         cmocka_unit_test(test_weights_peek_checks_length),

@@ -1,0 +1,148 @@
+/*
+ * coord_rt_internal.h - what the parts of the coordinator's runtime share:
+ * coord_rt.c (the steps, the transport, the service hooks), coord_recover.c
+ * (faults, the recovery decision, resuming) and coord_ckpt.c (coordinated
+ * checkpoints and their manifests). Private to daemon/pipeline/. Every
+ * function here runs on the loop thread.
+ */
+#ifndef NB_COORD_RT_INTERNAL_H
+#define NB_COORD_RT_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include "daemon/net/net.h"
+#include "daemon/pipeline/coord_plan.h"
+#include "daemon/pipeline/coord_rt.h"
+#include "daemon/pipeline/job.h"
+#include "daemon/train/checkpoint.h"
+
+/* What a stage daemon said it holds (JobStatus JOINED). */
+typedef struct {
+    bool has_job;
+    uint64_t job_id;
+    uint32_t attempt;
+    uint64_t committed;
+    bool prepared;
+    bool has_lc;
+    uint64_t lc_step;
+    double lc_sumsq;
+    bool lc_skip;
+} joined_t;
+
+typedef struct {
+    bool connected, links_ready, done, reported;
+    bool joined;                /* JOINED received since the last abort */
+    joined_t js;
+    bool ckpt_done;             /* the checkpoint round in flight: its files are written */
+    int n_files;
+    nb_ckpt_file_t files[NB_SCHED_MAX_STAGES];
+    nb_conn_t *conn;
+    double grad_sumsq, loss;
+    uint64_t nonfinite_stages;  /* the report's: stages with a NaN/Inf gradient */
+    bool has_loss;
+    uint64_t bytes_raw, bytes_wire, step_ns;
+    double busy_s[NB_SCHED_MAX_STAGES]; /* compute seconds per hosted stage this step */
+} daemon_slot_t;
+
+struct nb_coord_rt {
+    nb_service_t *svc;
+    const nb_config_t *cfg;
+    nb_state_t *state;
+    uv_loop_t *loop;
+    nb_net_t *net;
+    bool net_open;
+    uv_timer_t connect_timer; /* the deadline of the wait in `waiting` */
+    bool timer_open;
+    enum { WAIT_CONNECT, WAIT_LINKS, WAIT_STEPS, WAIT_DONE, WAIT_RECOVER } waiting;
+    double wait_s;            /* its deadline, in seconds */
+    nb_job_desc_t job;
+    int m, mb_size;           /* this step's micro-batches and their size */
+    nb_sched_spec_t sched;
+    nb_cplan_t *plan;         /* the planner, when it has something to choose */
+    double pred_bubble;       /* the running plan's prediction; < 0 unknown */
+    char fwd_codec[NB_PMSG_SPEC_MAX], bwd_codec[NB_PMSG_SPEC_MAX];
+    daemon_slot_t d[NB_SCHED_MAX_STAGES];
+    bool job_sent, running, finished, failed, stopping;
+    int64_t step;             /* the step in flight (or next): steps committed so far */
+    double t_job_start, t_step_start;
+    uint64_t total_raw, total_wire;
+    double loss_sum_first, last_loss;
+    int m_steps, m_loss, m_tps, m_bubble, m_raw, m_wire, m_replans, m_pred;
+    int m_skipped;
+    int64_t skipped_run;      /* consecutive steps skipped for a non-finite norm */
+    int64_t skipped_total;    /* steps skipped in the whole job (AdamW count = steps - this) */
+    long replans_seen;
+
+    /* ---- recovery (coord_recover.c) ---- */
+    uint32_t attempt;         /* the attempt running or being set up */
+    bool recovering;          /* between a fault and every daemon's JOINED */
+    bool resuming;            /* the next attempt's Jobs went out; LINKS_READY pending */
+    bool step_in_flight;      /* a Plan went out and its Commit did not */
+    bool force_checkpoint;    /* a resume in memory was refused: use the checkpoint */
+    double t_fault;           /* when the recovery began */
+    int64_t high_water;       /* most steps ever committed */
+    int64_t restarts;
+    char fault_why[512];
+    bool has_decided;         /* the last Commit sent, for a recovery to re-send */
+    uint64_t dec_step;
+    double dec_sumsq;
+    bool dec_skip;
+    uv_timer_t recovery_timer;
+    bool recovery_timer_open;
+    int m_restarts, m_recovery_s, m_redone;
+
+    /* ---- checkpoints (coord_ckpt.c) ---- */
+    bool ckpt_enabled;        /* job.checkpoint asks for some */
+    bool ckpt_requested;      /* nebulactl checkpoint: at the next step boundary */
+    bool ckpt_final_pending;  /* the last step's checkpoint waits for the one in flight */
+    int64_t ckpt_inflight;    /* the step of the round in flight; -1 none */
+    double t_ckpt_start, t_last_ckpt;
+    int64_t last_ckpt;        /* newest complete checkpoint (steps); -1 none */
+    char *last_manifest;      /* its manifest JSON (malloc'd) */
+    int m_ckpts, m_ckpt_s, m_ckpt_step, m_ckpt_failed;
+};
+
+/* coord_rt.c */
+double nb__coord_now_s(void);
+void nb__coord_job_fail(nb_coord_rt_t *rt, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Sends a control frame to daemon i; a failure is reported as a fault. */
+int nb__coord_send(nb_coord_rt_t *rt, int i, Nebula__Frame *f, const char *what);
+/* Sends the Job of attempt rt->attempt (resume says how the stages get
+ * their parts) to every daemon and waits for LINKS_READY. */
+void nb__coord_send_job(nb_coord_rt_t *rt, int resume, uint64_t resume_step, const char *manifest);
+/* Declares the job done once every stage wrote its final weights and no
+ * checkpoint round is in flight. */
+void nb__coord_maybe_finish(nb_coord_rt_t *rt);
+/* The Commit of the step committed last (rt->dec_*) to daemon i. */
+int nb__coord_send_commit(nb_coord_rt_t *rt, int i, uint64_t step, double sumsq, bool skip, bool last);
+
+/* coord_recover.c */
+/* A fault ended the attempt in flight: abort it everywhere and wait for the
+ * daemons to come back (bounded by job.recovery_timeout_s). */
+void nb__coord_fault(nb_coord_rt_t *rt, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* JobStatus JOINED from daemon i: once every daemon has said what it holds,
+ * decide where the job (re)starts and send the Jobs. */
+void nb__coord_joined(nb_coord_rt_t *rt, int i, const Nebula__JobStatus *s);
+/* Every daemon reported LINKS_READY for the attempt: log the recovery. */
+void nb__coord_recovered(nb_coord_rt_t *rt);
+void nb__coord_recover_init(nb_coord_rt_t *rt);
+void nb__coord_recover_close(nb_coord_rt_t *rt);
+
+/* coord_ckpt.c */
+/* At start: checks job.checkpoint against the configuration and finds the
+ * newest checkpoint of this run in checkpoint_dir (rt->last_ckpt,
+ * rt->last_manifest, and its job id in *job_id). Errors: NB_EINVAL with the
+ * reason in err (a checkpoint of another run; checkpoints without a
+ * checkpoint_dir). */
+int nb__coord_ckpt_start(nb_coord_rt_t *rt, uint64_t *job_id, char *err, size_t errlen);
+/* After the Commit of a step: starts a checkpoint round when one is due
+ * (every_steps, every_seconds, nebulactl checkpoint, the last step). */
+void nb__coord_ckpt_maybe(nb_coord_rt_t *rt, bool last);
+/* Checkpoint DONE from daemon i. */
+void nb__coord_ckpt_done(nb_coord_rt_t *rt, int i, const Nebula__Checkpoint *ck);
+/* A fault ended the round in flight (its files stay incomplete, pruned later). */
+void nb__coord_ckpt_abandon(nb_coord_rt_t *rt);
+/* Registers `checkpoint` on the status socket and the checkpoint metrics. */
+void nb__coord_ckpt_init(nb_coord_rt_t *rt);
+
+#endif
