@@ -20,7 +20,7 @@ const char *nb_dtype_name(nb_dtype_t dt)
 static const char *const op_names[NB_OP_COUNT] = {
     "matmul", "add", "scale", "bias_add", "bias_grad", "embed_fwd", "embed_bwd",
     "layernorm_fwd", "layernorm_bwd", "gelu_fwd", "gelu_bwd", "attention_fwd",
-    "attention_bwd", "xent_fwd_bwd", "sumsq", "adamw",
+    "attention_bwd", "xent_fwd_bwd", "sumsq", "adamw", "gelu_erf_fwd", "gelu_erf_bwd",
 };
 
 const char *nb_op_name(nb_op_t op)
@@ -48,6 +48,8 @@ bool nb_be_supports(const nb_backend_t *be, nb_op_t op)
     case NB_OP_XENT_FWD_BWD: return i->xent_fwd_bwd != NULL;
     case NB_OP_SUMSQ: return i->sumsq != NULL;
     case NB_OP_ADAMW: return i->adamw != NULL;
+    case NB_OP_GELU_ERF_FWD: return i->gelu_erf_fwd != NULL;
+    case NB_OP_GELU_ERF_BWD: return i->gelu_erf_bwd != NULL;
     default: return false;
     }
 }

@@ -94,6 +94,8 @@ typedef enum {
     NB_OP_XENT_FWD_BWD,
     NB_OP_SUMSQ,
     NB_OP_ADAMW,
+    NB_OP_GELU_ERF_FWD,
+    NB_OP_GELU_ERF_BWD,
     NB_OP_COUNT
 } nb_op_t;
 
@@ -131,12 +133,14 @@ typedef struct nb_backend_i {
     void (*embed_bwd)(nb_backend_t *be, float *dwte, float *dwpe, const float *dout,
                       const int32_t *tokens, int B, int T, int C);
     void (*layernorm_fwd)(nb_backend_t *be, float *out, float *mean, float *rstd,
-                          const float *x, const float *w, const float *b, int N, int C);
+                          const float *x, const float *w, const float *b, float eps, int N, int C);
     void (*layernorm_bwd)(nb_backend_t *be, float *dx, float *dw, float *db,
                           const float *dout, const float *x, const float *w,
                           const float *mean, const float *rstd, int N, int C);
     void (*gelu_fwd)(nb_backend_t *be, float *out, const float *x, size_t n);
     void (*gelu_bwd)(nb_backend_t *be, float *dx, const float *x, const float *dout, size_t n);
+    void (*gelu_erf_fwd)(nb_backend_t *be, float *out, const float *x, size_t n);
+    void (*gelu_erf_bwd)(nb_backend_t *be, float *dx, const float *x, const float *dout, size_t n);
     void (*attention_fwd)(nb_backend_t *be, float *out, float *att, const float *qkv,
                           const uint8_t *key_mask, bool causal, int B, int T, int C, int NH);
     void (*attention_bwd)(nb_backend_t *be, float *dqkv, const float *dout,
@@ -227,10 +231,12 @@ static inline void nb_embed_fwd(nb_backend_t *be, float *out, const int32_t *tok
 static inline void nb_embed_bwd(nb_backend_t *be, float *dwte, float *dwpe, const float *dout,
                                 const int32_t *tokens, int B, int T, int C)
 { NB_CHECK(be->iface->embed_bwd); be->iface->embed_bwd(be, dwte, dwpe, dout, tokens, B, T, C); }
-/* out (N,C) = LayerNorm(x) * w + b, eps 1e-5; saves mean, rstd (N) for backward. */
+/* out (N,C) = (x - mean) / sqrt(var + eps) * w + b per row (biased
+ * variance; GPT-2 uses eps 1e-5, BERT 1e-12); saves mean, rstd (N) for
+ * backward, which therefore needs no eps. */
 static inline void nb_layernorm_fwd(nb_backend_t *be, float *out, float *mean, float *rstd, const float *x,
-                                    const float *w, const float *b, int N, int C)
-{ NB_CHECK(be->iface->layernorm_fwd); be->iface->layernorm_fwd(be, out, mean, rstd, x, w, b, N, C); }
+                                    const float *w, const float *b, float eps, int N, int C)
+{ NB_CHECK(be->iface->layernorm_fwd); be->iface->layernorm_fwd(be, out, mean, rstd, x, w, b, eps, N, C); }
 /* dx (N,C) += input grad; dw, db (C) += param grads. Accumulates into all three.
  * dw and db may both be NULL (frozen parameters). */
 static inline void nb_layernorm_bwd(nb_backend_t *be, float *dx, float *dw, float *db, const float *dout,
@@ -243,6 +249,13 @@ static inline void nb_gelu_fwd(nb_backend_t *be, float *out, const float *x, siz
 /* dx += GELU'(x) * dout. Accumulates. */
 static inline void nb_gelu_bwd(nb_backend_t *be, float *dx, const float *x, const float *dout, size_t n)
 { NB_CHECK(be->iface->gelu_bwd); be->iface->gelu_bwd(be, dx, x, dout, n); }
+/* out = GELU(x), exact erf form x * 0.5 (1 + erf(x / sqrt 2)) (PyTorch's
+ * default, BERT's hidden_act "gelu"). */
+static inline void nb_gelu_erf_fwd(nb_backend_t *be, float *out, const float *x, size_t n)
+{ NB_CHECK(be->iface->gelu_erf_fwd); be->iface->gelu_erf_fwd(be, out, x, n); }
+/* dx += GELU_erf'(x) * dout, GELU_erf'(x) = Phi(x) + x phi(x). Accumulates. */
+static inline void nb_gelu_erf_bwd(nb_backend_t *be, float *dx, const float *x, const float *dout, size_t n)
+{ NB_CHECK(be->iface->gelu_erf_bwd); be->iface->gelu_erf_bwd(be, dx, x, dout, n); }
 /* qkv (B,T,3C) packed [q|k|v] -> out (B,T,C); att (B,NH,T,T) holds the softmax
  * probabilities for backward. key_mask (B,T), may be NULL: 0 = padding key,
  * never attended to. causal: position t attends to keys <= t. */

@@ -50,6 +50,14 @@ typedef enum {
     NB_MODEL_HEAD_TOKCLS = 3, /* every token -> n_classes (2 for replaced-token detection) */
 } nb_head_kind_t;
 
+typedef enum {
+    NB_MODEL_GELU_TANH = 0, /* tanh approximation (GPT-2's gelu_new); the default */
+    NB_MODEL_GELU_ERF = 1,  /* exact erf form (BERT's hidden_act "gelu") */
+} nb_gelu_t;
+
+/* LayerNorm eps of a config whose ln_eps is 0 (GPT-2's and PyTorch's). */
+#define NB_MODEL_LN_EPS_DEFAULT 1e-5f
+
 typedef struct {
     int n_layer;
     int d_model;
@@ -62,10 +70,22 @@ typedef struct {
     nb_head_kind_t head;
     int n_classes;       /* seqcls/tokcls only; ignored otherwise */
     bool tie_embeddings; /* lm/mlm: the head uses wte transposed */
+    float ln_eps;        /* LayerNorm eps of every LayerNorm; 0 = 1e-5 (BERT: 1e-12) */
+    nb_gelu_t gelu;      /* GELU form of the MLP */
+    int mask_token;      /* mlm training: input ID of masked positions; 0 = vocab - 1
+                            (BERT's [MASK] is 103; ID 0 is [PAD], never a mask) */
 } nb_model_config_t;
 
 /* NULL when cfg can work, else a static message naming the field. */
 const char *nb_model_config_validate(const nb_model_config_t *cfg);
+/* The LayerNorm eps cfg means: ln_eps, or NB_MODEL_LN_EPS_DEFAULT when 0.
+ * Compare configs through this, so 0 and 1e-5 are the same model. */
+float nb_model_ln_eps(const nb_model_config_t *cfg);
+/* The mask token cfg means: mask_token, or vocab - 1 when 0. */
+int nb_model_mask_token(const nb_model_config_t *cfg);
+/* "tanh" / "erf" and the parser (0, or NB_EINVAL for an unknown name). */
+const char *nb_gelu_name(nb_gelu_t g);
+int nb_gelu_parse(const char *s, nb_gelu_t *out);
 /* Name of a head kind / norm placement ("lm", "mlm", "seqcls", "tokcls";
  * "pre", "post") and their parsers (0, or NB_EINVAL for an unknown name). */
 const char *nb_head_kind_name(nb_head_kind_t h);

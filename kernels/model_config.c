@@ -1,6 +1,7 @@
 /*
  * model_config.c - validation and names of nb_model_config_t (model.h).
  */
+#include <math.h>
 #include <string.h>
 #include "kernels/model.h"
 
@@ -27,6 +28,12 @@ const char *nb_model_config_validate(const nb_model_config_t *c)
         return "max_seq must be in 1..1048576";
     if (c->norm != NB_MODEL_NORM_PRE && c->norm != NB_MODEL_NORM_POST)
         return "norm must be pre or post";
+    if (!(c->ln_eps >= 0.0f && c->ln_eps <= 1.0f))
+        return "ln_eps must be in 0..1 (0: the default 1e-5)";
+    if (c->gelu != NB_MODEL_GELU_TANH && c->gelu != NB_MODEL_GELU_ERF)
+        return "gelu must be tanh or erf";
+    if (c->mask_token < 0 || c->mask_token >= c->vocab)
+        return "mask_token must be in 0..vocab-1 (0: vocab - 1)";
     switch (c->head) {
     case NB_MODEL_HEAD_LM:
     case NB_MODEL_HEAD_MLM:
@@ -44,6 +51,32 @@ const char *nb_model_config_validate(const nb_model_config_t *c)
 
 static const char *const head_names[] = { "lm", "mlm", "seqcls", "tokcls" };
 static const char *const norm_names[] = { "pre", "post" };
+static const char *const gelu_names[] = { "tanh", "erf" };
+
+float nb_model_ln_eps(const nb_model_config_t *c)
+{
+    return c->ln_eps > 0.0f ? c->ln_eps : NB_MODEL_LN_EPS_DEFAULT;
+}
+
+int nb_model_mask_token(const nb_model_config_t *c)
+{
+    return c->mask_token > 0 ? c->mask_token : c->vocab - 1;
+}
+
+const char *nb_gelu_name(nb_gelu_t g)
+{
+    return (unsigned)g < NB_ARRAY_LEN(gelu_names) ? gelu_names[g] : "?";
+}
+
+int nb_gelu_parse(const char *s, nb_gelu_t *out)
+{
+    for (size_t i = 0; s && i < NB_ARRAY_LEN(gelu_names); i++)
+        if (strcmp(s, gelu_names[i]) == 0) {
+            *out = (nb_gelu_t)i;
+            return 0;
+        }
+    return NB_EINVAL;
+}
 
 const char *nb_head_kind_name(nb_head_kind_t h)
 {

@@ -162,7 +162,8 @@ static bool config_equal(const nb_model_config_t *a, const nb_model_config_t *b)
     return a->n_layer == b->n_layer && a->d_model == b->d_model && a->n_head == b->n_head &&
            a->d_ff == b->d_ff && a->vocab == b->vocab && a->max_seq == b->max_seq && a->causal == b->causal &&
            a->norm == b->norm && a->head == b->head && a->n_classes == b->n_classes &&
-           a->tie_embeddings == b->tie_embeddings;
+           a->tie_embeddings == b->tie_embeddings && nb_model_ln_eps(a) == nb_model_ln_eps(b) &&
+           a->gelu == b->gelu;
 }
 
 int nb_part_new(nb_backend_t *be, const nb_model_config_t *cfg, const nb_part_spec_t *spec,
@@ -212,12 +213,20 @@ int nb_part_new(nb_backend_t *be, const nb_model_config_t *cfg, const nb_part_sp
                     be->iface->name, nb_op_name(needed[i]));
             return NB_EINVAL;
         }
+    if (cfg->gelu == NB_MODEL_GELU_ERF)
+        for (nb_op_t op = NB_OP_GELU_ERF_FWD; op <= NB_OP_GELU_ERF_BWD; op++)
+            if (!nb_be_supports(be, op)) {
+                set_err(err, errlen, "backend %s does not support %s, which the model needs (gelu: erf)",
+                        be->iface->name, nb_op_name(op));
+                return NB_EINVAL;
+            }
 
     nb_part_t *p = calloc(1, sizeof *p);
     if (!p)
         return NB_ENOMEM;
     p->be = be;
     p->cfg = *cfg;
+    p->cfg.ln_eps = nb_model_ln_eps(cfg); /* 0 means the default: store what it means */
     p->spec = *spec;
     int nblk = spec->last - spec->first;
     int cap = NB_E_COUNT + NB_H_COUNT + nblk * NB_B_COUNT;

@@ -39,6 +39,24 @@ static void linear_bwd(nb_backend_t *be, float *dx, float dx_beta, float *dw, fl
 
 static bool is_post(const nb_part_t *p) { return p->cfg.norm == NB_MODEL_NORM_POST; }
 
+/* The MLP's GELU in the form the config names (nb_part_new checked that the
+ * backend has it). */
+static void gelu_fwd(nb_part_t *p, float *out, const float *x, size_t n)
+{
+    if (p->cfg.gelu == NB_MODEL_GELU_ERF)
+        nb_gelu_erf_fwd(p->be, out, x, n);
+    else
+        nb_gelu_fwd(p->be, out, x, n);
+}
+
+static void gelu_bwd(nb_part_t *p, float *dx, const float *x, const float *dout, size_t n)
+{
+    if (p->cfg.gelu == NB_MODEL_GELU_ERF)
+        nb_gelu_erf_bwd(p->be, dx, x, dout, n);
+    else
+        nb_gelu_bwd(p->be, dx, x, dout, n);
+}
+
 const float *nb__block_out(const nb_part_acts_t *a, int i)
 {
     return is_post(a->p) ? a->blocks[i].ln2 : a->blocks[i].res2;
@@ -66,7 +84,7 @@ static void block_fwd(nb_part_t *p, nb_part_acts_t *a, int i, const float *x)
     const uint8_t *mask = a->has_mask ? a->mask : NULL;
     const float *attn_in = x;
     if (!is_post(p)) {
-        nb_layernorm_fwd(be, s->ln1, s->ln1_mean, s->ln1_rstd, x, w->w[NB_B_LN1W], w->w[NB_B_LN1B], N, C);
+        nb_layernorm_fwd(be, s->ln1, s->ln1_mean, s->ln1_rstd, x, w->w[NB_B_LN1W], w->w[NB_B_LN1B], p->cfg.ln_eps, N, C);
         attn_in = s->ln1;
     }
     linear_fwd(be, s->qkv, attn_in, w->w[NB_B_QKVW], w->w[NB_B_QKVB], N, C, 3 * C, 0.0f);
@@ -75,19 +93,19 @@ static void block_fwd(nb_part_t *p, nb_part_acts_t *a, int i, const float *x)
     linear_fwd(be, s->res1, s->atty, w->w[NB_B_PROJW], w->w[NB_B_PROJB], N, C, C, 1.0f);
     const float *mlp_in;
     if (is_post(p)) {
-        nb_layernorm_fwd(be, s->ln1, s->ln1_mean, s->ln1_rstd, s->res1, w->w[NB_B_LN1W], w->w[NB_B_LN1B], N, C);
+        nb_layernorm_fwd(be, s->ln1, s->ln1_mean, s->ln1_rstd, s->res1, w->w[NB_B_LN1W], w->w[NB_B_LN1B], p->cfg.ln_eps, N, C);
         mlp_in = s->ln1;
     } else {
-        nb_layernorm_fwd(be, s->ln2, s->ln2_mean, s->ln2_rstd, s->res1, w->w[NB_B_LN2W], w->w[NB_B_LN2B], N, C);
+        nb_layernorm_fwd(be, s->ln2, s->ln2_mean, s->ln2_rstd, s->res1, w->w[NB_B_LN2W], w->w[NB_B_LN2B], p->cfg.ln_eps, N, C);
         mlp_in = s->ln2;
     }
     linear_fwd(be, s->fch, mlp_in, w->w[NB_B_FCW], w->w[NB_B_FCB], N, C, F, 0.0f);
-    nb_gelu_fwd(be, s->fchg, s->fch, (size_t)N * (size_t)F);
+    gelu_fwd(p, s->fchg, s->fch, (size_t)N * (size_t)F);
     /* residual: res2 = mlp_in-or-res1 + fcproj(...) */
     nb_be_copy(be, s->res2, is_post(p) ? s->ln1 : s->res1, nC);
     linear_fwd(be, s->res2, s->fchg, w->w[NB_B_FCPW], w->w[NB_B_FCPB], N, F, C, 1.0f);
     if (is_post(p))
-        nb_layernorm_fwd(be, s->ln2, s->ln2_mean, s->ln2_rstd, s->res2, w->w[NB_B_LN2W], w->w[NB_B_LN2B], N, C);
+        nb_layernorm_fwd(be, s->ln2, s->ln2_mean, s->ln2_rstd, s->res2, w->w[NB_B_LN2W], w->w[NB_B_LN2B], p->cfg.ln_eps, N, C);
 }
 
 /* dx (N,C) = gradient of block i's input given dout (its output gradient).
@@ -110,7 +128,7 @@ static void block_bwd(nb_part_t *p, nb_part_acts_t *a, int i, const float *x, co
         /* MLP: dout is the gradient of res2 */
         linear_bwd(be, p->d_fchg, 0.0f, g[NB_B_FCPW], g[NB_B_FCPB], dout, s->fchg, w->w[NB_B_FCPW], N, F, C);
         nb_be_memset0(be, p->d_fch, nF * sizeof(float));
-        nb_gelu_bwd(be, p->d_fch, s->fch, p->d_fchg, nF);
+        gelu_bwd(p, p->d_fch, s->fch, p->d_fchg, nF);
         linear_bwd(be, tmp, 0.0f, g[NB_B_FCW], g[NB_B_FCB], p->d_fch, s->ln2, w->w[NB_B_FCW], N, C, F);
         nb_be_copy(be, tmp2, dout, nC); /* dres1 = residual + through LN2 */
         nb_layernorm_bwd(be, tmp2, g[NB_B_LN2W], g[NB_B_LN2B], tmp, s->res1, w->w[NB_B_LN2W],
@@ -130,7 +148,7 @@ static void block_bwd(nb_part_t *p, nb_part_acts_t *a, int i, const float *x, co
                          s->ln2_mean, s->ln2_rstd, N, C);
         linear_bwd(be, p->d_fchg, 0.0f, g[NB_B_FCPW], g[NB_B_FCPB], tmp2, s->fchg, w->w[NB_B_FCPW], N, F, C);
         nb_be_memset0(be, p->d_fch, nF * sizeof(float));
-        nb_gelu_bwd(be, p->d_fch, s->fch, p->d_fchg, nF);
+        gelu_bwd(p, p->d_fch, s->fch, p->d_fchg, nF);
         nb_be_copy(be, tmp, tmp2, nC); /* dln1 = residual + through fc */
         linear_bwd(be, tmp, 1.0f, g[NB_B_FCW], g[NB_B_FCB], p->d_fch, s->ln1, w->w[NB_B_FCW], N, C, F);
         nb_be_memset0(be, tmp2, nC);
@@ -167,7 +185,7 @@ static int head_fwd(nb_part_t *p, nb_part_acts_t *a, const nb_part_input_t *in, 
     int B = a->B, T = a->T, C = c->d_model, N = B * T;
     const float *h = head_input(a);
     if (c->norm == NB_MODEL_NORM_PRE) {
-        nb_layernorm_fwd(be, a->lnf, a->lnf_mean, a->lnf_rstd, h, p->hw[NB_H_LNFW], p->hw[NB_H_LNFB], N, C);
+        nb_layernorm_fwd(be, a->lnf, a->lnf_mean, a->lnf_rstd, h, p->hw[NB_H_LNFW], p->hw[NB_H_LNFB], p->cfg.ln_eps, N, C);
         h = a->lnf;
     }
     int rows = a->out_rows, cols = a->out_cols;
@@ -227,7 +245,7 @@ int nb_part_forward(nb_part_t *p, nb_part_acts_t *a, const nb_part_input_t *in, 
         nb_embed_fwd(be, dst, a->tokens, p->ew[NB_E_WTE], p->ew[NB_E_WPE], B, T, C);
         if (c->norm == NB_MODEL_NORM_POST)
             nb_layernorm_fwd(be, a->emb_out, a->emb_mean, a->emb_rstd, a->emb_raw,
-                             p->ew[NB_E_LNW], p->ew[NB_E_LNB], N, C);
+                             p->ew[NB_E_LNW], p->ew[NB_E_LNB], p->cfg.ln_eps, N, C);
     } else {
         nb_be_copy(be, a->input, in->x, nC);
     }

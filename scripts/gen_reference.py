@@ -9,6 +9,9 @@ with the C side. Computation is in float64 so the files hold the exact
 answer and the C float32 result is judged against it.
 
 Usage: python3 scripts/gen_reference.py [OUTDIR]   (default tests/data)
+
+Files with model settings beyond the defaults (LayerNorm eps 1e-5, tanh
+GELU) hold a "variant" tensor: f32 [ln_eps, gelu] with gelu 0 tanh, 1 erf.
 Needs torch (pip install torch). The tests never run this script.
 
 File format (little endian), version 1:
@@ -108,9 +111,10 @@ def attention(qkv, key_mask, causal, nh):
 def forward(cfg, P, tokens, key_mask, targets):
     C, nh = cfg["d_model"], cfg["n_head"]
     B, T = tokens.shape
-    ln = lambda x, n: F.layer_norm(x, (C,), P[n + ".w"], P[n + ".b"], eps=1e-5)
+    eps = cfg.get("ln_eps", 1e-5)
+    ln = lambda x, n: F.layer_norm(x, (C,), P[n + ".w"], P[n + ".b"], eps=eps)
     lin = lambda x, n, bias=True: F.linear(x, P[n + ".w"], P[n + ".b"] if bias else None)
-    gelu = lambda x: F.gelu(x, approximate="tanh")
+    gelu = lambda x: F.gelu(x, approximate="none" if cfg.get("gelu") == "erf" else "tanh")
     x = P["wte"][tokens] + P["wpe"][:T][None, :, :]
     if cfg["norm"] == NORM_POST:
         x = ln(x, "emb_ln")
@@ -178,6 +182,11 @@ def make_case(path, cfg, B, T, seed):
     conf = [cfg["n_layer"], cfg["d_model"], cfg["n_head"], cfg["d_ff"], V, cfg["max_seq"],
             int(cfg["causal"]), cfg["norm"], cfg["head"], cfg.get("n_classes", 0), int(cfg["tie"]), B, T]
     out.append(("config", DT_I32, torch.tensor(conf, dtype=torch.int32)))
+    if "ln_eps" in cfg or "gelu" in cfg:
+        # model settings beyond the 13 ints: LayerNorm eps, GELU form (0 tanh, 1 erf)
+        out.append(("variant", DT_F32, torch.tensor([cfg.get("ln_eps", 1e-5),
+                                                     1.0 if cfg.get("gelu") == "erf" else 0.0],
+                                                    dtype=torch.float32)))
     out.append(("optim", DT_F32, torch.tensor([o["lr"], o["lr_min"], o["warmup"], o["total"], o["b1"],
                                                o["b2"], o["eps"], o["wd"], o["clip"]], dtype=torch.float32)))
     out.append(("tokens", DT_I32, tokens.to(torch.int32)))
@@ -232,6 +241,14 @@ def main():
     make_case(os.path.join(outdir, "ref_bert.bin"), bert, 4, 16, 2)
     make_case(os.path.join(outdir, "ref_seqcls.bin"), seqcls, 4, 8, 3)
     make_case(os.path.join(outdir, "ref_tokcls.bin"), tokcls, 4, 8, 4)
+    # Per-model settings: BERT's own (erf GELU, eps 1e-12), and a GPT with the
+    # erf GELU and an eps large enough (0.05) that a LayerNorm ignoring it
+    # misses the tolerance (1e-12 against 1e-5 is below it on random weights;
+    # the MiniLM golden shows that difference).
+    bert_hf = dict(bert, ln_eps=1e-12, gelu="erf")
+    gpt_erf = dict(gpt, ln_eps=0.05, gelu="erf")
+    make_case(os.path.join(outdir, "ref_bert_erf.bin"), bert_hf, 4, 16, 5)
+    make_case(os.path.join(outdir, "ref_gpt_erf.bin"), gpt_erf, 4, 16, 6)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@
  * 130/143 stopped by SIGINT/SIGTERM.
  */
 #include <getopt.h>
+#include <math.h>
 #include <limits.h>
 #include <stdbool.h>
 #include <signal.h>
@@ -91,6 +92,8 @@ static int to_train_config(const nb_config_t *cfg, nb_train_config_t *tc, char *
         .vocab = m->vocab, .max_seq = m->max_seq, .causal = m->causal,
         .norm = m->norm == NB_NORM_POST ? NB_MODEL_NORM_POST : NB_MODEL_NORM_PRE,
         .head = (nb_head_kind_t)m->head, .n_classes = m->n_classes, .tie_embeddings = m->tie_embeddings,
+        .ln_eps = (float)m->ln_eps, .gelu = m->gelu == NB_GELU_ERF ? NB_MODEL_GELU_ERF : NB_MODEL_GELU_TANH,
+        .mask_token = m->mask_token,
     };
     const nb_cfg_optim_t *o = &j->optimizer;
     tc->optim = (nb_optim_config_t){
@@ -105,6 +108,9 @@ static int to_train_config(const nb_config_t *cfg, nb_train_config_t *tc, char *
     tc->steps = (int)j->steps;
     tc->max_skipped_steps = (int)j->max_skipped_steps;
     snprintf(tc->data, sizeof tc->data, "%s", j->data);
+    tc->eval_fraction = j->eval.fraction;
+    snprintf(tc->eval_data, sizeof tc->eval_data, "%s", j->eval.data);
+    tc->eval_batches = (int)j->eval.batches;
     return 0;
 }
 
@@ -282,6 +288,17 @@ int main(int argc, char **argv)
            tc.model.n_head, nb_part_num_params(part), tc.batch, tc.micro_batches, tc.seq_len, tc.steps,
            be->iface->name, kernels);
     int every = cfg.job.log_every > 0 ? (int)cfg.job.log_every : 1;
+    uint64_t n_train, n_eval;
+    nb_trainer_split(tr, &n_train, &n_eval);
+    int eval_every = (int)cfg.job.eval.every_steps;
+    double first_val = NAN, last_val = NAN;
+    int last_val_step = -1, first_val_step = -1;
+    if (n_eval)
+        printf("nebula-train: validation on %llu held-out tokens (%s), %d batches of %d x %d, %s; training on %llu "
+               "tokens\n", (unsigned long long)n_eval, cfg.job.eval.data[0] ? cfg.job.eval.data : "the tail of job.data",
+               tc.eval_batches ? tc.eval_batches : NB_TRAIN_EVAL_BATCHES_DEFAULT, tc.batch / tc.micro_batches,
+               tc.seq_len, eval_every ? "every job.eval.every_steps steps and at the end" : "at the end",
+               (unsigned long long)n_train);
     double interval_s = 0, total_s = 0;
     int interval_steps = 0;
     float first_loss = 0, last_loss = 0;
@@ -312,10 +329,26 @@ int main(int argc, char **argv)
         interval_s += st.seconds;
         total_s += st.seconds;
         interval_steps++;
-        if ((s + 1) % every == 0 || s + 1 == end_step || s == first_step) {
+        bool eval_now = n_eval && ((eval_every && (s + 1) % eval_every == 0) || s + 1 == end_step);
+        char val[48] = "";
+        if (eval_now) {
+            double vl;
+            if ((rc = nb_trainer_eval(tr, &vl, err, sizeof err)) != 0) {
+                nb_log_error(NULL, "%s", err);
+                break;
+            }
+            if (isnan(first_val)) {
+                first_val = vl;
+                first_val_step = s + 1;
+            }
+            last_val = vl;
+            last_val_step = s + 1;
+            snprintf(val, sizeof val, "  val_loss %.4f", vl);
+        }
+        if ((s + 1) % every == 0 || s + 1 == end_step || s == first_step || eval_now) {
             double tps = (double)interval_steps * tc.batch * tc.seq_len / (interval_s > 0 ? interval_s : 1e-9);
-            printf("step %5d/%d  loss %.4f  lr %.2e  grad_norm %.3f  tokens/s %.0f\n", s + 1, tc.steps,
-                   st.loss, st.lr, st.grad_norm, tps);
+            printf("step %5d/%d  loss %.4f  lr %.2e  grad_norm %.3f  tokens/s %.0f%s\n", s + 1, tc.steps,
+                   st.loss, st.lr, st.grad_norm, tps, val);
             fflush(stdout);
             interval_s = 0;
             interval_steps = 0;
@@ -337,6 +370,9 @@ int main(int argc, char **argv)
                    (total_s > 0 ? total_s : 1e-9));
         if (skipped)
             printf("nebula-train: %d steps skipped for a non-finite gradient norm\n", skipped);
+        if (last_val_step > 0)
+            printf("nebula-train: validation loss %.4f (step %d) -> %.4f (step %d)\n", first_val, first_val_step,
+                   last_val, last_val_step);
         /* a run resumed from ROOT/step-N that took no step would rewrite
          * the very checkpoint it resumed from, which is incomplete while
          * it is rewritten: keep it as it is */

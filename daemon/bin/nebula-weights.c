@@ -44,6 +44,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include "kernels/cpu_level.h"
+#include "daemon/data/tokenizer.h"
 #include "daemon/train/checkpoint.h"
 #include "daemon/train/hf_model.h"
 #include "daemon/train/safetensors.h"
@@ -143,6 +144,9 @@ static int show(const char *path)
     const nb_part_spec_t *s = &w.info.spec;
     printf("%s: %s blocks %d-%d%s, %llu parameters\n", path, s->embed ? "embedding +" : "", s->first, s->last - 1,
            s->head ? " + head" : "", (unsigned long long)w.info.n_params);
+    printf("  model %s-LN, %s head, ln_eps %g, gelu %s\n", nb_norm_name(w.info.model.norm),
+           nb_head_kind_name(w.info.model.head), (double)nb_model_ln_eps(&w.info.model),
+           nb_gelu_name(w.info.model.gelu));
     static float buf[CHUNK];
     int status = 0;
     for (int i = 0; i < w.info.n_tensors && !status; i++) {
@@ -440,6 +444,24 @@ static void print_note(void *ud, const char *note)
     fprintf(stderr, "nebula-weights: note: %s\n", note);
 }
 
+/* A BERT checkpoint's mask token is its tokenizer's [MASK] (103 in BERT's
+ * vocabulary), not vocab - 1, the default of job.model.mask_token: say so
+ * when the directory holds a WordPiece tokenizer. */
+static void note_mask_token(const char *dir, const nb_model_config_t *cfg)
+{
+    nb_tokenizer_t *t;
+    char err[512];
+    if (cfg->head != NB_MODEL_HEAD_MLM || nb_tokenizer_load(dir, &t, err, sizeof err))
+        return;
+    nb_idvec_t v = { 0 };
+    if (nb_tokenizer_kind(t) == NB_TOK_WORDPIECE && !nb_tokenizer_encode(t, "[MASK]", 6, &v, err, sizeof err) &&
+        v.n == 1 && (int)v.ids[0] != nb_model_mask_token(cfg))
+        fprintf(stderr, "nebula-weights: note: the tokenizer's [MASK] is %u: for mlm training set "
+                "job.model.mask_token: %u (the default is vocab - 1 = %d)\n", v.ids[0], v.ids[0], cfg->vocab - 1);
+    free(v.ids);
+    nb_tokenizer_free(t);
+}
+
 static int import_file(const char *in, const char *out)
 {
     char st_path[4096], cfg_path[4096], err[1024];
@@ -492,8 +514,11 @@ static int import_file(const char *in, const char *out)
         fprintf(stderr, "nebula-weights: %s\n", err);
         goto done;
     }
-    printf("%s: %d tensors, %zu parameters from %s (%s names, %s-LN, %d layers)\n", out, nb_part_num_tensors(p),
-           nb_part_num_params(p), st_path, nb_hf_names_name(names), nb_norm_name(cfg.norm), cfg.n_layer);
+    printf("%s: %d tensors, %zu parameters from %s (%s names, %s-LN, %d layers, ln_eps %g, gelu %s)\n", out,
+           nb_part_num_tensors(p), nb_part_num_params(p), st_path, nb_hf_names_name(names), nb_norm_name(cfg.norm),
+           cfg.n_layer, (double)nb_model_ln_eps(&cfg), nb_gelu_name(cfg.gelu));
+    if (dir)
+        note_mask_token(in, &cfg);
     status = 0;
 done:
     nb_part_free(p);

@@ -32,6 +32,7 @@
 
 typedef enum { NB_ROLE_COORDINATOR = 0, NB_ROLE_STAGE = 1, NB_ROLE_TRAIN = 2 } nb_cfg_role_t;
 typedef enum { NB_NORM_PRE = 0, NB_NORM_POST = 1 } nb_cfg_norm_t;
+typedef enum { NB_GELU_TANH = 0, NB_GELU_ERF = 1 } nb_cfg_gelu_t;
 typedef enum { NB_HEAD_LM = 0, NB_HEAD_MLM = 1, NB_HEAD_SEQCLS = 2, NB_HEAD_TOKCLS = 3 } nb_cfg_head_t;
 typedef enum { NB_CFG_SCHED_AUTO = 0, NB_CFG_SCHED_GPIPE = 1, NB_CFG_SCHED_1F1B = 2 } nb_cfg_schedule_t;
 typedef enum { NB_TOPO_CHAIN = 0, NB_TOPO_USHAPE = 1 } nb_cfg_topology_t;
@@ -78,6 +79,9 @@ typedef struct {
     nb_cfg_head_t head;
     int n_classes; /* seqcls / tokcls heads only; 0 otherwise */
     bool tie_embeddings;
+    double ln_eps;      /* LayerNorm eps */
+    nb_cfg_gelu_t gelu; /* GELU form */
+    int mask_token;     /* mlm input ID of masked positions; 0 = vocab - 1 */
 } nb_cfg_model_t;
 
 typedef struct {
@@ -108,6 +112,14 @@ typedef struct {
     uint64_t stage_memory_bytes; /* memory limit per stage; 0: unlimited */
 } nb_cfg_planner_t;
 
+/* Held-out evaluation of nebula-train (role train only). */
+typedef struct {
+    double fraction;             /* share of job.data's tail held out; 0 = none */
+    char data[NB_CFG_PATH_MAX];  /* held-out token file instead; "" = none */
+    int64_t every_steps;         /* 0: only at the end */
+    int64_t batches;             /* micro-batches per evaluation */
+} nb_cfg_eval_t;
+
 typedef struct {
     int64_t every_steps;     /* 0: not by steps */
     double every_seconds;    /* 0: not by time */
@@ -136,6 +148,7 @@ typedef struct {
     int64_t max_skipped_steps; /* consecutive non-finite-gradient skips that stop the job */
     char output[NB_CFG_PATH_MAX]; /* final weights file; "" = none */
     char init[NB_CFG_PATH_MAX];   /* pretrained weights to start from; "" = seeded */
+    nb_cfg_eval_t eval;
     nb_cfg_checkpoint_t checkpoint;
     double recovery_timeout_s;    /* how long a fault may last before the job fails */
     int64_t max_restarts;         /* recoveries before the job fails */

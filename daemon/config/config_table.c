@@ -52,6 +52,7 @@ static const char *v_codec(const void *p)
 
 static const char *const role_names[] = { "coordinator", "stage", "train", NULL };
 static const char *const norm_names[] = { "pre", "post", NULL };
+static const char *const gelu_names[] = { "tanh", "erf", NULL };
 static const char *const head_names[] = { "lm", "mlm", "seqcls", "tokcls", NULL };
 static const char *const sched_names[] = { "auto", "gpipe", "1f1b", NULL };
 static const char *const topo_names[] = { "chain", "ushape", NULL };
@@ -104,6 +105,9 @@ static const nb__cfg_key_t model_keys[] = {
     { .name = "head", .type = NB__CFG_ENUM, .def = "lm", .names = head_names, FLD(nb_cfg_model_t, head), .doc = "output head" },
     { .name = "n_classes", .type = NB__CFG_INT, .min = 0, .max = 65536, .def = "0", FLD(nb_cfg_model_t, n_classes), .doc = "classes of a seqcls/tokcls head" },
     { .name = "tie_embeddings", .type = NB__CFG_BOOL, .def = "true", FLD(nb_cfg_model_t, tie_embeddings), .doc = "lm head shares the token embedding" },
+    { .name = "ln_eps", .type = NB__CFG_DOUBLE, .min = 1e-30, .max = 1, .def = "1e-5", FLD(nb_cfg_model_t, ln_eps), .doc = "LayerNorm eps (BERT: 1e-12)" },
+    { .name = "gelu", .type = NB__CFG_ENUM, .def = "tanh", .names = gelu_names, FLD(nb_cfg_model_t, gelu), .doc = "GELU form: tanh (GPT-2) or erf (BERT)" },
+    { .name = "mask_token", .type = NB__CFG_INT, .min = 0, .max = 16777215, .def = "0", FLD(nb_cfg_model_t, mask_token), .doc = "mlm: input ID of masked positions; 0 = vocab - 1 (BERT: 103, [MASK])" },
     { 0 },
 };
 
@@ -150,6 +154,14 @@ static const nb__cfg_key_t planner_keys[] = {
     { 0 },
 };
 
+static const nb__cfg_key_t eval_keys[] = {
+    { .name = "fraction", .type = NB__CFG_DOUBLE, .min = 0, .max = 0.5, .def = "0", FLD(nb_cfg_eval_t, fraction), .doc = "share of job.data's tail held out for validation; 0 = none" },
+    { .name = "data", .type = NB__CFG_PATH, FLD(nb_cfg_eval_t, data), .doc = "held-out token file (instead of fraction)" },
+    { .name = "every_steps", .type = NB__CFG_INT, .min = 0, .max = 1e9, .def = "0", FLD(nb_cfg_eval_t, every_steps), .doc = "validation loss every N steps; 0 = at the end only" },
+    { .name = "batches", .type = NB__CFG_INT, .min = 1, .max = 1e6, .def = "8", FLD(nb_cfg_eval_t, batches), .doc = "micro-batches per evaluation" },
+    { 0 },
+};
+
 static const nb__cfg_key_t checkpoint_keys[] = {
     { .name = "every_steps", .type = NB__CFG_INT, .min = 0, .max = 1e12, .def = "0", FLD(nb_cfg_checkpoint_t, every_steps), .doc = "take a checkpoint every N steps; 0 = not by steps" },
     { .name = "every_seconds", .type = NB__CFG_DOUBLE, .min = 0, .max = 1e9, .def = "0", FLD(nb_cfg_checkpoint_t, every_seconds), .doc = "take a checkpoint when this long has passed since the last; 0 = not by time" },
@@ -178,6 +190,7 @@ static const nb__cfg_key_t job_keys[] = {
     { .name = "max_skipped_steps", .type = NB__CFG_INT, .min = 1, .max = 1e6, .def = "10", FLD(nb_cfg_job_t, max_skipped_steps), .doc = "consecutive steps skipped for a non-finite gradient norm that stop the job" },
     { .name = "output", .type = NB__CFG_PATH, FLD(nb_cfg_job_t, output), .doc = "final weights file" },
     { .name = "init", .type = NB__CFG_PATH, .roles = C | T, FLD(nb_cfg_job_t, init), .doc = "pretrained weights to start from (weights file or safetensors)" },
+    { .name = "eval", .type = NB__CFG_SECTION, .roles = T, .sub = eval_keys, FLD(nb_cfg_job_t, eval), .doc = "held-out evaluation (nebula-train)" },
     { .name = "checkpoint", .type = NB__CFG_SECTION, .roles = C, .sub = checkpoint_keys, FLD(nb_cfg_job_t, checkpoint), .doc = "coordinated checkpoints" },
     { .name = "recovery_timeout_s", .type = NB__CFG_DOUBLE, .roles = C, .min = 1, .max = 1e7, .def = "600", FLD(nb_cfg_job_t, recovery_timeout_s), .doc = "how long the daemons may take to come back after a fault before the job fails" },
     { .name = "max_restarts", .type = NB__CFG_INT, .roles = C, .min = 0, .max = 1e9, .def = "1000", FLD(nb_cfg_job_t, max_restarts), .doc = "recoveries after which the job fails" },

@@ -122,11 +122,29 @@ fail:
     return rc;
 }
 
+int nb_tokens_slice(const nb_tokens_t *src, uint64_t first, uint64_t n, nb_tokens_t **out)
+{
+    *out = NULL;
+    if (n == 0 || first > src->count || n > src->count - first)
+        return NB_EINVAL;
+    nb_tokens_t *t = calloc(1, sizeof *t);
+    if (!t)
+        return NB_ENOMEM;
+    *t = *src;
+    t->map = NULL; /* borrowed: close does not unmap */
+    t->map_len = 0;
+    t->ids = src->ids + first * src->width;
+    t->count = n;
+    *out = t;
+    return 0;
+}
+
 void nb_tokens_close(nb_tokens_t *t)
 {
     if (!t)
         return;
-    munmap(t->map, t->map_len);
+    if (t->map)
+        munmap(t->map, t->map_len);
     free(t);
 }
 

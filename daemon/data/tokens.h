@@ -30,6 +30,12 @@ typedef struct nb_tokens nb_tokens_t;
 int nb_tokens_open(const char *path, nb_tokens_t **out, char *err, size_t errlen);
 void nb_tokens_close(nb_tokens_t *t);
 
+/* A view of tokens [first, first + n) of src (n >= 1, within src): the
+ * same IDs, sampled as if they were the whole file (held-out splits). It
+ * borrows src's mapping: close it (nb_tokens_close) before src. Errors:
+ * NB_EINVAL (out of range), NB_ENOMEM. */
+int nb_tokens_slice(const nb_tokens_t *src, uint64_t first, uint64_t n, nb_tokens_t **out);
+
 uint64_t nb_tokens_count(const nb_tokens_t *t);
 uint32_t nb_tokens_vocab(const nb_tokens_t *t);
 /* Token i (< count). */

@@ -24,6 +24,9 @@ int nb_job_model_from_cfg(const nb_cfg_model_t *in, nb_model_config_t *out)
     }
     out->n_classes = in->n_classes;
     out->tie_embeddings = in->tie_embeddings;
+    out->ln_eps = (float)in->ln_eps;
+    out->gelu = in->gelu == NB_GELU_ERF ? NB_MODEL_GELU_ERF : NB_MODEL_GELU_TANH;
+    out->mask_token = in->mask_token;
     return nb_model_config_validate(out) ? NB_EINVAL : 0;
 }
 
@@ -44,11 +47,18 @@ nb_optim_config_t nb_job_optim_from_cfg(const nb_cfg_optim_t *in, int64_t steps)
 
 void nb_job_model_digest(const nb_model_config_t *m, char out[17])
 {
-    char text[256];
+    char text[320];
     int n = snprintf(text, sizeof text, "n_layer=%d;d_model=%d;n_head=%d;d_ff=%d;vocab=%d;max_seq=%d;"
                      "causal=%d;norm=%d;head=%d;n_classes=%d;tie=%d", m->n_layer, m->d_model, m->n_head,
                      m->d_ff, m->vocab, m->max_seq, (int)m->causal, (int)m->norm, (int)m->head,
                      m->n_classes, (int)m->tie_embeddings);
+    /* settings beyond the defaults enter the digest (the defaults keep the
+     * digest of a model that does not name them) */
+    float eps = nb_model_ln_eps(m);
+    if (eps != NB_MODEL_LN_EPS_DEFAULT || m->gelu != NB_MODEL_GELU_TANH)
+        n += snprintf(text + n, sizeof text - (size_t)n, ";ln_eps=%a;gelu=%d", (double)eps, (int)m->gelu);
+    if (nb_model_mask_token(m) != m->vocab - 1)
+        n += snprintf(text + n, sizeof text - (size_t)n, ";mask=%d", nb_model_mask_token(m));
     uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a 64 */
     for (int i = 0; i < n; i++) {
         h ^= (uint8_t)text[i];
@@ -169,6 +179,9 @@ void nb_job_to_msg(const nb_job_desc_t *d, int daemon, nb_job_msg_store_t *st, N
     st->model.head = (uint32_t)l->model.head;
     st->model.n_classes = (uint32_t)l->model.n_classes;
     st->model.tie_embeddings = l->model.tie_embeddings;
+    st->model.ln_eps = nb_model_ln_eps(&l->model);
+    st->model.gelu = (uint32_t)l->model.gelu;
+    st->model.mask_token = (uint32_t)l->model.mask_token;
     nebula__optim_config__init(&st->optim);
     st->optim.lr = l->optim.lr;
     st->optim.lr_min = l->optim.lr_min;
@@ -226,14 +239,16 @@ int nb_job_from_msg(const Nebula__Job *msg, nb_job_desc_t *out, int *your_daemon
     const Nebula__ModelConfig *m = msg->model;
     /* bounds before any arithmetic: every value fits an int comfortably */
     if (m->n_layer > 4096 || m->d_model > 65536 || m->n_head > 4096 || m->d_ff > 262144 ||
-        m->vocab > (1u << 24) || m->max_seq > 65536 || m->norm > 1 || m->head > 3 || m->n_classes > 65536)
+        m->vocab > (1u << 24) || m->max_seq > 65536 || m->norm > 1 || m->head > 3 || m->n_classes > 65536 ||
+        m->gelu > 1 || m->mask_token > (1u << 24))
         BAD(NB_EFORMAT, "job: model config out of range");
     l->model = (nb_model_config_t){ .n_layer = (int)m->n_layer, .d_model = (int)m->d_model,
                                     .n_head = (int)m->n_head, .d_ff = (int)m->d_ff,
                                     .vocab = (int)m->vocab, .max_seq = (int)m->max_seq,
                                     .causal = m->causal, .norm = (nb_norm_t)m->norm,
                                     .head = (nb_head_kind_t)m->head, .n_classes = (int)m->n_classes,
-                                    .tie_embeddings = m->tie_embeddings };
+                                    .tie_embeddings = m->tie_embeddings, .ln_eps = m->ln_eps,
+                                    .gelu = (nb_gelu_t)m->gelu, .mask_token = (int)m->mask_token };
     const char *why = nb_model_config_validate(&l->model);
     if (why)
         BAD(NB_EINVAL, "job: %s", why);

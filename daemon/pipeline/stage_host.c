@@ -272,7 +272,7 @@ int nb_host_new(nb_backend_t *be, const nb_pipe_layout_t *l, int daemon, const c
         if ((rc = nb_tokens_open(data, &h->tokens, err, errlen)))
             goto fail;
         bool mlm = l->model.head == NB_MODEL_HEAD_MLM;
-        if (nb_tokens_vocab(h->tokens) > (uint32_t)l->model.vocab - (mlm ? 1u : 0u)) {
+        if (nb_tokens_vocab(h->tokens) > (uint32_t)l->model.vocab - (mlm && !l->model.mask_token ? 1u : 0u)) {
             snprintf(err, errlen, "%s: vocabulary %u is larger than model.vocab %d%s", data,
                      nb_tokens_vocab(h->tokens), l->model.vocab, mlm ? " minus the mask token" : "");
             rc = NB_EINVAL;
@@ -714,7 +714,7 @@ static int op_forward(step_ctx_t *c, const nb_sched_op_t *op)
         int rc = h->l.model.head == NB_MODEL_HEAD_MLM
                      ? nb_tokens_sample_mlm(h->tokens, h->l.seed, (uint64_t)c->plan->step, (uint32_t)mb,
                                             h->l.micro_batch_size, h->l.seq_len, NB_TOKENS_MLM_MASK_PROB,
-                                            h->l.model.vocab - 1, inputs, targets)
+                                            nb_model_mask_token(&h->l.model), inputs, targets)
                      : nb_tokens_sample(h->tokens, h->l.seed, (uint64_t)c->plan->step, (uint32_t)mb,
                                         h->l.micro_batch_size, h->l.seq_len, inputs, targets);
         if (rc) {

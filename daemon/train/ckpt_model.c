@@ -17,6 +17,8 @@ static bool is_cls(nb_head_kind_t h)
 nb_model_config_t nb__ckpt_model_norm(const nb_model_config_t *c)
 {
     nb_model_config_t n = *c;
+    n.ln_eps = nb_model_ln_eps(c);
+    n.mask_token = 0; /* a training setting, not the model's weights */
     if (!is_cls(n.head))
         n.n_classes = 0;
     else
@@ -42,6 +44,12 @@ json_t *nb__ckpt_model_json(const nb_model_config_t *c0)
     bad |= json_object_set_new(o, "head", json_string(nb_head_kind_name(c.head)));
     bad |= json_object_set_new(o, "n_classes", json_integer(c.n_classes));
     bad |= json_object_set_new(o, "tie_embeddings", json_boolean(c.tie_embeddings));
+    /* the model settings only when not the defaults: a default model keeps
+     * the JSON (and digest) earlier builds wrote */
+    if (c.ln_eps != NB_MODEL_LN_EPS_DEFAULT || c.gelu != NB_MODEL_GELU_TANH) {
+        bad |= json_object_set_new(o, "ln_eps", json_real((double)c.ln_eps));
+        bad |= json_object_set_new(o, "gelu", json_string(nb_gelu_name(c.gelu)));
+    }
     if (bad) {
         json_decref(o);
         return NULL;
@@ -93,7 +101,15 @@ const char *nb__ckpt_model_parse(json_t *v, nb_model_config_t *c, char *why, siz
         return "model.norm is not \"pre\" or \"post\"";
     if (!json_is_string(head) || nb_head_kind_parse(json_string_value(head), &c->head))
         return "model.head is not \"lm\", \"mlm\", \"seqcls\" or \"tokcls\"";
-    if (json_object_size(v) != NB_ARRAY_LEN(int_keys) + 4)
+    json_t *eps = json_object_get(v, "ln_eps"), *gelu = json_object_get(v, "gelu");
+    size_t extra = 0;
+    if (eps || gelu) {
+        if (!json_is_number(eps) || !json_is_string(gelu) || nb_gelu_parse(json_string_value(gelu), &c->gelu))
+            return "model.ln_eps is not a number or model.gelu is not \"tanh\" or \"erf\"";
+        c->ln_eps = (float)json_number_value(eps);
+        extra = 2;
+    }
+    if (json_object_size(v) != NB_ARRAY_LEN(int_keys) + 4 + extra)
         return "model has keys this build does not know";
     const char *bad = nb_model_config_validate(c);
     if (bad) {
@@ -127,6 +143,16 @@ const char *nb__ckpt_model_diff(const nb_model_config_t *a0, const char *a_what,
     if (a.head != b.head) {
         snprintf(buf, len, "model.head is %s in %s, %s in %s", nb_head_kind_name(a.head), a_what,
                  nb_head_kind_name(b.head), b_what);
+        return buf;
+    }
+    if (a.ln_eps != b.ln_eps) {
+        snprintf(buf, len, "model.ln_eps is %g in %s, %g in %s", (double)a.ln_eps, a_what, (double)b.ln_eps,
+                 b_what);
+        return buf;
+    }
+    if (a.gelu != b.gelu) {
+        snprintf(buf, len, "model.gelu is %s in %s, %s in %s", nb_gelu_name(a.gelu), a_what, nb_gelu_name(b.gelu),
+                 b_what);
         return buf;
     }
     if (a.tie_embeddings != b.tie_embeddings) {

@@ -34,13 +34,6 @@ int nb_hf_names_parse(const char *s, nb_hf_names_t *out)
 
 /* ---- config.json -------------------------------------------------------- */
 
-#define NEBULA_EPS 1e-5
-
-static bool tanh_gelu(const char *act)
-{
-    return !strcmp(act, "gelu_new") || !strcmp(act, "gelu_pytorch_tanh");
-}
-
 /* Integer field; NULL or why not. */
 static const char *get_int(json_t *root, const char *key, int def, bool required, int *out)
 {
@@ -88,6 +81,28 @@ static void lack(char *buf, size_t len, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(buf + at, len - at, fmt, ap);
     va_end(ap);
+}
+
+/* The GELU form of a Hugging Face activation name; false for an activation
+ * Nebula lacks (relu, silu, gelu_fast, quick_gelu, ...). */
+static bool gelu_of(const char *act, nb_gelu_t *out)
+{
+    if (!strcmp(act, "gelu_new") || !strcmp(act, "gelu_pytorch_tanh"))
+        *out = NB_MODEL_GELU_TANH;
+    else if (!strcmp(act, "gelu"))
+        *out = NB_MODEL_GELU_ERF;
+    else
+        return false;
+    return true;
+}
+
+/* Takes a LayerNorm eps into c->ln_eps, or says why not. */
+static void take_eps(nb_model_config_t *c, const char *key, double eps, char *lacks, size_t len)
+{
+    if (!(eps > 0 && eps <= 1) || (float)eps <= 0.0f)
+        lack(lacks, len, "%s %g (Nebula takes an eps in 1e-30..1)", key, eps);
+    else
+        c->ln_eps = (float)eps;
 }
 
 int nb_hf_config_read(const char *path, nb_model_config_t *cfg, nb_hf_names_t *names, char *err, size_t errlen)
@@ -149,11 +164,10 @@ int nb_hf_config_read(const char *path, nb_model_config_t *cfg, nb_hf_names_t *n
         c.head = NB_MODEL_HEAD_LM;
         c.tie_embeddings = get_bool(root, "tie_word_embeddings", true);
         const char *act = get_str(root, "activation_function", "gelu_new");
-        double eps = get_num(root, "layer_norm_epsilon", 1e-5);
-        if (!tanh_gelu(act))
-            lack(lacks, sizeof lacks, "activation_function '%s' (Nebula's GELU is the tanh form, gelu_new)", act);
-        if (fabs(eps - NEBULA_EPS) > 1e-6 * NEBULA_EPS)
-            lack(lacks, sizeof lacks, "layer_norm_epsilon %g (Nebula's LayerNorm eps is 1e-5)", eps);
+        if (!gelu_of(act, &c.gelu))
+            lack(lacks, sizeof lacks, "activation_function '%s' (Nebula has gelu_new, gelu_pytorch_tanh and gelu)",
+                 act);
+        take_eps(&c, "layer_norm_epsilon", get_num(root, "layer_norm_epsilon", 1e-5), lacks, sizeof lacks);
         if (!get_bool(root, "scale_attn_weights", true))
             lack(lacks, sizeof lacks, "scale_attn_weights false (Nebula scales by 1/sqrt(head size))");
         if (get_bool(root, "scale_attn_by_inverse_layer_idx", false))
@@ -168,13 +182,10 @@ int nb_hf_config_read(const char *path, nb_model_config_t *cfg, nb_hf_names_t *n
         c.head = NB_MODEL_HEAD_MLM;
         c.tie_embeddings = true;
         const char *act = get_str(root, "hidden_act", "gelu");
-        double eps = get_num(root, "layer_norm_eps", 1e-12);
         const char *pos = get_str(root, "position_embedding_type", "absolute");
-        if (!tanh_gelu(act))
-            lack(lacks, sizeof lacks, "hidden_act '%s'%s (Nebula's GELU is the tanh form, gelu_new)", act,
-                 !strcmp(act, "gelu") ? ", the erf GELU," : "");
-        if (fabs(eps - NEBULA_EPS) > 1e-6 * NEBULA_EPS)
-            lack(lacks, sizeof lacks, "layer_norm_eps %g (Nebula's LayerNorm eps is 1e-5)", eps);
+        if (!gelu_of(act, &c.gelu))
+            lack(lacks, sizeof lacks, "hidden_act '%s' (Nebula has gelu, gelu_new and gelu_pytorch_tanh)", act);
+        take_eps(&c, "layer_norm_eps", get_num(root, "layer_norm_eps", 1e-12), lacks, sizeof lacks);
         if (strcmp(pos, "absolute"))
             lack(lacks, sizeof lacks, "position_embedding_type '%s' (Nebula has absolute positions)", pos);
         if (get_bool(root, "is_decoder", false))
@@ -208,13 +219,15 @@ int nb_hf_config_from_metadata(const nb_st_file_t *f, nb_model_config_t *cfg, nb
         return 0;
     nb_model_config_t c = { 0 };
     nb_part_spec_t s = { 0 };
-    char norm[16], head[16];
-    int causal, tie, embed, hd, used = 0;
+    char norm[16], head[16], gelu[16];
+    int causal, tie, embed, hd, used = 0, used2 = 0;
     if (!m || !p || !n ||
         sscanf(m, "n_layer=%d d_model=%d n_head=%d d_ff=%d vocab=%d max_seq=%d causal=%d norm=%15s head=%15s "
                   "n_classes=%d tie_embeddings=%d%n",
                &c.n_layer, &c.d_model, &c.n_head, &c.d_ff, &c.vocab, &c.max_seq, &causal, norm, head, &c.n_classes,
-               &tie, &used) != 11 || m[used] ||
+               &tie, &used) != 11 ||
+        (m[used] && (sscanf(m + used, " ln_eps=%f gelu=%15s%n", &c.ln_eps, gelu, &used2) != 2 ||
+                     m[used + used2] || nb_gelu_parse(gelu, &c.gelu))) ||
         nb_norm_parse(norm, &c.norm) || nb_head_kind_parse(head, &c.head) ||
         sscanf(p, "embed=%d first=%d last=%d head=%d%n", &embed, &s.first, &s.last, &hd, &used) != 4 || p[used] ||
         nb_hf_names_parse(n, names)) {
@@ -644,6 +657,10 @@ int nb_hf_save(const char *path, nb_part_t *p, nb_hf_names_t names, char *err, s
              "tie_embeddings=%d",
              c->n_layer, c->d_model, c->n_head, c->d_ff, c->vocab, c->max_seq, c->causal, nb_norm_name(c->norm),
              nb_head_kind_name(c->head), c->n_classes, c->tie_embeddings);
+    float eps = nb_model_ln_eps(c);
+    if (eps != NB_MODEL_LN_EPS_DEFAULT || c->gelu != NB_MODEL_GELU_TANH) /* else as earlier builds wrote */
+        snprintf(model + strlen(model), sizeof model - strlen(model), " ln_eps=%.9g gelu=%s", (double)eps,
+                 nb_gelu_name(c->gelu));
     snprintf(part, sizeof part, "embed=%d first=%d last=%d head=%d", sp->embed, sp->first, sp->last, sp->head);
     const char *meta[] = { "format", "pt", "nebula.model", model, "nebula.part", part,
                            "nebula.names", nb_hf_names_name(names) };
@@ -703,6 +720,13 @@ int nb_hf_init_part(const char *path, nb_part_t *p, nb_hf_note_cb note, void *ud
             rc = NB_EINVAL;
             goto out;
         }
+    if (nb_model_ln_eps(&fc) != nb_model_ln_eps(c) || fc.gelu != c->gelu) {
+        snprintf(err, errlen, "%s: the pretrained model has ln_eps %g and gelu %s, this job's model ln_eps %g and "
+                 "gelu %s (set job.model.ln_eps and job.model.gelu)", path, (double)nb_model_ln_eps(&fc),
+                 nb_gelu_name(fc.gelu), (double)nb_model_ln_eps(c), nb_gelu_name(c->gelu));
+        rc = NB_EINVAL;
+        goto out;
+    }
     rc = nb_hf_load(f, names, p, note, ud, err, errlen);
 out:
     nb_st_close(f);

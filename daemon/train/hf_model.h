@@ -12,8 +12,9 @@
  * inputs whose token types are all 0, the only kind the family takes); the
  * pooler and the MLM transform are skipped with a note; a "bert." prefix is
  * accepted.
- * Settings the family cannot represent (LayerNorm eps other than 1e-5, the
- * erf GELU, relative positions, ...) are refused, all of them named at once.
+ * LayerNorm eps and the GELU form (erf for "gelu", tanh for "gelu_new") are
+ * model settings; what the family cannot represent (other activations,
+ * relative positions, decoders, ...) is refused, all of it named at once.
  * Thread: any thread that may use the part's backend.
  */
 #ifndef NB_HF_MODEL_H
@@ -74,7 +75,8 @@ int nb_hf_save(const char *path, nb_part_t *p, nb_hf_names_t names, char *err, s
  * else from the config.json in its directory. Only p's slice is read, so
  * each pipeline part can load its own tensors from one whole-model file.
  * The file's model must equal p's in n_layer, d_model, n_head, d_ff,
- * vocab, max_seq, causal and norm (the first differing field is named);
+ * vocab, max_seq, causal and norm (the first differing field is named),
+ * and in ln_eps and gelu;
  * the head's tensors follow the name map. Errors as nb_hf_load, plus
  * NB_EINVAL for another model. */
 int nb_hf_init_part(const char *path, nb_part_t *p, nb_hf_note_cb note, void *ud, char *err, size_t errlen);

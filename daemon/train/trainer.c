@@ -17,7 +17,10 @@
 struct nb_trainer {
     nb_backend_t *be;
     nb_train_config_t cfg;
-    nb_tokens_t *tokens;
+    nb_tokens_t *tokens;         /* what training samples from: the file, or its head */
+    nb_tokens_t *file;           /* the file when tokens is a slice of it */
+    nb_tokens_t *eval;           /* held-out tokens: a slice of file, or eval_file */
+    nb_tokens_t *eval_file;      /* job.eval.data */
     nb_part_t *part;
     nb_part_acts_t *acts;
     nb_optim_t *optim;
@@ -53,6 +56,12 @@ static const char *check_config(const nb_train_config_t *c)
         return "steps must be >= 1";
     if (c->max_skipped_steps < 0)
         return "max_skipped_steps must be >= 0 (0 = the default)";
+    if (!(c->eval_fraction >= 0.0 && c->eval_fraction <= 0.5))
+        return "eval.fraction must be in 0..0.5";
+    if (c->eval_fraction > 0.0 && c->eval_data[0])
+        return "eval.fraction and eval.data exclude each other: hold out a share of data or another file";
+    if (c->eval_batches < 0)
+        return "eval.batches must be >= 0 (0 = the default)";
     return NULL;
 }
 
@@ -80,11 +89,47 @@ int nb_trainer_new(nb_backend_t *be, const nb_train_config_t *c, nb_trainer_t **
     if (rc || (rc = nb_tokens_open(c->data, &t->tokens, err, errlen)))
         goto fail;
     bool mlm = c->model.head == NB_MODEL_HEAD_MLM;
-    if (nb_tokens_vocab(t->tokens) > (uint32_t)c->model.vocab - (mlm ? 1u : 0u)) {
+    if (nb_tokens_vocab(t->tokens) > (uint32_t)c->model.vocab - (mlm && !c->model.mask_token ? 1u : 0u)) {
         snprintf(err, errlen, "%s: vocabulary %u is larger than model.vocab %d%s", c->data,
                  nb_tokens_vocab(t->tokens), c->model.vocab, mlm ? " minus the mask token" : "");
         rc = NB_EINVAL;
         goto fail;
+    }
+    if (t->cfg.eval_batches == 0)
+        t->cfg.eval_batches = NB_TRAIN_EVAL_BATCHES_DEFAULT;
+    uint64_t need = (uint64_t)c->seq_len + 1;
+    if (c->eval_fraction > 0.0) {
+        uint64_t count = nb_tokens_count(t->tokens);
+        uint64_t held = (uint64_t)ceil(c->eval_fraction * (double)count);
+        if (held < need || count - held < need) {
+            snprintf(err, errlen, "%s: %llu tokens: eval.fraction %g leaves %llu for training and %llu held out; "
+                     "each needs seq_len + 1 = %llu", c->data, (unsigned long long)count, c->eval_fraction,
+                     (unsigned long long)(count - (held < count ? held : count)), (unsigned long long)held,
+                     (unsigned long long)need);
+            rc = NB_EINVAL;
+            goto fail;
+        }
+        t->file = t->tokens;
+        t->tokens = NULL;
+        if ((rc = nb_tokens_slice(t->file, 0, count - held, &t->tokens)) ||
+            (rc = nb_tokens_slice(t->file, count - held, held, &t->eval)))
+            goto fail;
+    } else if (c->eval_data[0]) {
+        if ((rc = nb_tokens_open(c->eval_data, &t->eval_file, err, errlen)))
+            goto fail;
+        if (nb_tokens_vocab(t->eval_file) > (uint32_t)c->model.vocab - (mlm && !c->model.mask_token ? 1u : 0u)) {
+            snprintf(err, errlen, "%s: vocabulary %u is larger than model.vocab %d%s", c->eval_data,
+                     nb_tokens_vocab(t->eval_file), c->model.vocab, mlm ? " minus the mask token" : "");
+            rc = NB_EINVAL;
+            goto fail;
+        }
+        if (nb_tokens_count(t->eval_file) < need) {
+            snprintf(err, errlen, "%s: %llu tokens, fewer than seq_len + 1 = %d", c->eval_data,
+                     (unsigned long long)nb_tokens_count(t->eval_file), c->seq_len + 1);
+            rc = NB_EINVAL;
+            goto fail;
+        }
+        t->eval = t->eval_file;
     }
     if (nb_tokens_count(t->tokens) < (uint64_t)c->seq_len + 1) {
         snprintf(err, errlen, "%s: %llu tokens, fewer than seq_len + 1 = %d", c->data,
@@ -139,7 +184,11 @@ void nb_trainer_free(nb_trainer_t *t)
     nb_part_acts_free(t->acts);
     nb_optim_free(t->optim);
     nb_part_free(t->part);
+    if (t->eval != t->eval_file)
+        nb_tokens_close(t->eval); /* a slice: before the file it borrows */
+    nb_tokens_close(t->eval_file);
     nb_tokens_close(t->tokens);
+    nb_tokens_close(t->file);
     if (t->d_inputs)
         nb_be_dealloc(t->be, t->d_inputs);
     if (t->d_targets)
@@ -165,7 +214,8 @@ int nb_trainer_step(nb_trainer_t *t, nb_train_step_t *out, char *err, size_t err
         int rc;
         if (c->model.head == NB_MODEL_HEAD_MLM)
             rc = nb_tokens_sample_mlm(t->tokens, c->seed, (uint64_t)t->step, (uint32_t)i, t->B, T,
-                                      c->mask_prob > 0.0f ? c->mask_prob : NB_TOKENS_MLM_MASK_PROB, c->model.vocab - 1,
+                                      c->mask_prob > 0.0f ? c->mask_prob : NB_TOKENS_MLM_MASK_PROB,
+                                      nb_model_mask_token(&c->model),
                                       t->h_inputs, t->h_targets);
         else
             rc = nb_tokens_sample(t->tokens, c->seed, (uint64_t)t->step, (uint32_t)i, t->B, T,
@@ -222,6 +272,48 @@ int nb_trainer_step(nb_trainer_t *t, nb_train_step_t *out, char *err, size_t err
 }
 
 int nb_trainer_steps_done(const nb_trainer_t *t) { return t->step; }
+
+void nb_trainer_split(const nb_trainer_t *t, uint64_t *train_tokens, uint64_t *eval_tokens)
+{
+    *train_tokens = nb_tokens_count(t->tokens);
+    *eval_tokens = t->eval ? nb_tokens_count(t->eval) : 0;
+}
+
+int nb_trainer_eval(nb_trainer_t *t, double *loss, char *err, size_t errlen)
+{
+    const nb_train_config_t *c = &t->cfg;
+    if (!t->eval) {
+        snprintf(err, errlen, "no held-out data (job.eval.fraction or job.eval.data)");
+        return NB_ESTATE;
+    }
+    size_t bt = (size_t)t->B * (size_t)c->seq_len;
+    double sum = 0.0;
+    for (int j = 0; j < c->eval_batches; j++) {
+        int rc;
+        if (c->model.head == NB_MODEL_HEAD_MLM)
+            rc = nb_tokens_sample_mlm(t->eval, c->seed, NB_TRAIN_EVAL_STEP_KEY, (uint32_t)j, t->B, c->seq_len,
+                                      c->mask_prob > 0.0f ? c->mask_prob : NB_TOKENS_MLM_MASK_PROB,
+                                      nb_model_mask_token(&c->model), t->h_inputs, t->h_targets);
+        else
+            rc = nb_tokens_sample(t->eval, c->seed, NB_TRAIN_EVAL_STEP_KEY, (uint32_t)j, t->B, c->seq_len,
+                                  t->h_inputs, t->h_targets);
+        if (rc) {
+            snprintf(err, errlen, "eval batch %d: cannot sample a batch", j);
+            return rc;
+        }
+        nb_be_from_host(t->be, t->d_inputs, t->h_inputs, bt * sizeof(int32_t));
+        nb_be_from_host(t->be, t->d_targets, t->h_targets, bt * sizeof(int32_t));
+        nb_part_input_t in = { .tokens = t->d_inputs, .targets = t->d_targets, .loss_scale = 1.0f };
+        float li = 0.0f;
+        if ((rc = nb_part_forward(t->part, t->acts, &in, &li))) {
+            snprintf(err, errlen, "eval batch %d: model error (%s)", j, nb_strerror(rc));
+            return rc;
+        }
+        sum += li;
+    }
+    *loss = sum / c->eval_batches;
+    return 0;
+}
 
 void nb_trainer_ckpt_meta(const nb_trainer_t *t, nb_ckpt_meta_t *out)
 {

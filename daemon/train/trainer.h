@@ -20,6 +20,16 @@
  *   consecutive skips the step returns NB_ELIMIT: the run must stop.
  * A pipeline that keeps this order reproduces the same numbers.
  *
+ * Held-out evaluation (nb_trainer_eval): with eval_fraction f the last
+ * ceil(f * count) tokens of the file are held out and training samples only
+ * from the tokens before them (windows never cross the split); with
+ * eval_data a second token file is held out and training uses the whole
+ * first one. Eval batch j (j < eval_batches) is the batch the training
+ * sampler draws from the held-out tokens with the key (seed, 2^64 - 1, j):
+ * the same batches at every evaluation, so losses are comparable. The loss
+ * is the mean of the batches' mean losses, with the current weights,
+ * forward only (no gradient, no update).
+ *
  * Thread: a trainer is used by one thread (the one owning the backend).
  */
 #ifndef NB_TRAINER_H
@@ -47,7 +57,14 @@ typedef struct {
     int max_skipped_steps;     /* consecutive steps skipped for a non-finite
                                   gradient norm that stop the run (job.
                                   max_skipped_steps); 0 = the default */
+    double eval_fraction;      /* held-out share of data's tail; 0 = none */
+    char eval_data[1024];      /* held-out token file; "" = none (not with eval_fraction) */
+    int eval_batches;          /* micro-batches per evaluation; 0 = 8 */
 } nb_train_config_t;
+
+/* Default of job.eval.batches, and the sampler's step key of eval batches. */
+#define NB_TRAIN_EVAL_BATCHES_DEFAULT 8
+#define NB_TRAIN_EVAL_STEP_KEY UINT64_MAX
 
 /* Default of job.max_skipped_steps (docs/config.md). */
 #define NB_TRAIN_MAX_SKIPPED_DEFAULT 10
@@ -79,6 +96,11 @@ void nb_trainer_free(nb_trainer_t *t);
  * is filled, the step is counted; message in err), other codes from the
  * model (message in err). */
 int nb_trainer_step(nb_trainer_t *t, nb_train_step_t *out, char *err, size_t errlen);
+/* Held-out loss with the current weights (see above). Errors: NB_ESTATE
+ * when no held-out data is configured, model errors (message in err). */
+int nb_trainer_eval(nb_trainer_t *t, double *loss, char *err, size_t errlen);
+/* Tokens training samples from and tokens held out (0 without eval). */
+void nb_trainer_split(const nb_trainer_t *t, uint64_t *train_tokens, uint64_t *eval_tokens);
 /* Steps taken so far. */
 int nb_trainer_steps_done(const nb_trainer_t *t);
 /* Writes a checkpoint of the run as it stands to the directory dir

@@ -12,22 +12,45 @@
 #include "daemon/train/weights.h"
 
 #define NAME_BYTES 32
-#define HDR_FIELDS 15 /* 11 config + 4 spec */
+#define HDR_FIELDS 17    /* 11 config + 4 spec + ln_eps (f32 bits) + gelu */
+#define HDR_FIELDS_V1 15 /* weights version 1 */
+#define FIELD_LN_EPS 15
 
 static const char *const field_names[HDR_FIELDS] = {
     "n_layer", "d_model", "n_head", "d_ff", "vocab", "max_seq", "causal", "norm", "head",
-    "n_classes", "tie_embeddings", "part.embed", "part.first", "part.last", "part.head",
+    "n_classes", "tie_embeddings", "part.embed", "part.first", "part.last", "part.head", "ln_eps", "gelu",
 };
 
-static void header_fields(const nb_part_t *p, int32_t f[HDR_FIELDS])
+static int32_t f32_bits(float x)
+{
+    int32_t b;
+    memcpy(&b, &x, 4);
+    return b;
+}
+
+static float bits_f32(int32_t b)
+{
+    float x;
+    memcpy(&x, &b, 4);
+    return x;
+}
+
+/* The header fields of p; returns how many the file carries: 15 when the
+ * model has the default settings (eps 1e-5, tanh GELU), so such files keep
+ * the version every earlier build reads, else 17. f[15..16] are set either
+ * way. */
+static int header_fields(const nb_part_t *p, int32_t f[HDR_FIELDS])
 {
     const nb_model_config_t *c = nb_part_config(p);
     const nb_part_spec_t *s = nb_part_spec(p);
     bool cls = c->head == NB_MODEL_HEAD_SEQCLS || c->head == NB_MODEL_HEAD_TOKCLS;
+    float eps = nb_model_ln_eps(c);
     int32_t v[HDR_FIELDS] = { c->n_layer, c->d_model, c->n_head, c->d_ff, c->vocab, c->max_seq, c->causal,
                               (int32_t)c->norm, (int32_t)c->head, cls ? c->n_classes : 0,
-                              !cls && c->tie_embeddings, s->embed, s->first, s->last, s->head };
+                              !cls && c->tie_embeddings, s->embed, s->first, s->last, s->head,
+                              f32_bits(eps), (int32_t)c->gelu };
     memcpy(f, v, sizeof v);
+    return eps == NB_MODEL_LN_EPS_DEFAULT && c->gelu == NB_MODEL_GELU_TANH ? HDR_FIELDS_V1 : HDR_FIELDS;
 }
 
 /* ---- writing ------------------------------------------------------------ */
@@ -72,14 +95,14 @@ int nb_weights_save(const char *path, nb_part_t *p, char *err, size_t errlen)
         free(params);
         return NB_EIO;
     }
-    uint32_t version = NB_WEIGHTS_VERSION;
+    int32_t hf[HDR_FIELDS];
+    int nf = header_fields(p, hf);
+    uint32_t version = nf == HDR_FIELDS ? NB_WEIGHTS_VERSION : 1;
     put(&w, "NBWT", 4);
     put(&w, &version, 4);
-    int32_t hf[HDR_FIELDS];
-    header_fields(p, hf);
     uint32_t nt = (uint32_t)nb_part_num_tensors(p);
     uint64_t np = n;
-    put(&w, hf, sizeof hf);
+    put(&w, hf, (size_t)nf * 4);
     put(&w, &nt, 4);
     put(&w, &np, 8);
     for (uint32_t i = 0; i < nt; i++) {
@@ -158,22 +181,36 @@ int nb_weights_load(const char *path, nb_part_t *p, char *err, size_t errlen)
         snprintf(err, errlen, "%s: offset %ld: truncated header", path, r.off);
         goto out;
     }
-    if (version != NB_WEIGHTS_VERSION) {
+    if (version < 1 || version > NB_WEIGHTS_VERSION) {
         snprintf(err, errlen, "%s: offset 4: version %u, this build reads version %u", path, version,
                  NB_WEIGHTS_VERSION);
         rc = NB_EVERSION;
         goto out;
     }
     long hdr_at = r.off;
-    if (!get(&r, hf, sizeof hf)) {
+    /* the model settings follow the 15 fields from version 2 on; version 1
+     * files mean eps 1e-5 and the tanh GELU */
+    int nf = version == NB_WEIGHTS_VERSION ? HDR_FIELDS : HDR_FIELDS_V1;
+    hf[FIELD_LN_EPS] = f32_bits(NB_MODEL_LN_EPS_DEFAULT);
+    hf[FIELD_LN_EPS + 1] = NB_MODEL_GELU_TANH;
+    if (!get(&r, hf, (size_t)nf * 4)) {
         snprintf(err, errlen, "%s: offset %ld: truncated header", path, r.off);
         goto out;
     }
     header_fields(p, hw);
     for (int i = 0; i < HDR_FIELDS; i++)
         if (hf[i] != hw[i]) {
-            snprintf(err, errlen, "%s: offset %ld: %s is %d in the file, %d in this model", path,
-                     hdr_at + 4 * i, field_names[i], hf[i], hw[i]);
+            if (i == FIELD_LN_EPS)
+                snprintf(err, errlen, "%s: offset %ld: ln_eps is %g in the file%s, %g in this model", path,
+                         hdr_at + 4 * i, (double)bits_f32(hf[i]), nf == HDR_FIELDS ? "" : " (by its version)",
+                         (double)bits_f32(hw[i]));
+            else if (i > FIELD_LN_EPS)
+                snprintf(err, errlen, "%s: offset %ld: gelu is %s in the file%s, %s in this model", path,
+                         hdr_at + 4 * i, nb_gelu_name((nb_gelu_t)hf[i]), nf == HDR_FIELDS ? "" : " (by its version)",
+                         nb_gelu_name((nb_gelu_t)hw[i]));
+            else
+                snprintf(err, errlen, "%s: offset %ld: %s is %d in the file, %d in this model", path,
+                         hdr_at + 4 * i, field_names[i], hf[i], hw[i]);
             rc = NB_EINVAL;
             goto out;
         }

@@ -4,12 +4,15 @@
  * add the AdamW state and the run's position to resume exactly, are
  * layout-free safetensors directories: checkpoint.h.)
  *
- * Weights file (little endian), version 1 (docs/model.md):
- *   "NBWT", u32 version, 15 x i32 header (n_layer, d_model, n_head, d_ff,
+ * Weights file (little endian), version 2 (docs/model.md):
+ *   "NBWT", u32 version, 17 x i32 header (n_layer, d_model, n_head, d_ff,
  *   vocab, max_seq, causal, norm, head, n_classes, tie_embeddings, part
- *   embed, first, last, head), u32 tensor count, u64 parameter count; per
+ *   embed, first, last, head, ln_eps as f32 bits, gelu 0 tanh / 1 erf),
+ *   u32 tensor count, u64 parameter count; per
  *   tensor: 32-byte NUL-padded name, u32 ndim, 2 x u64 shape; then all
  *   parameters as f32 in buffer order.
+ * Version 1 has the first 15 header fields only (eps 1e-5, tanh GELU); a
+ * model with those settings is still written as version 1.
  *
  * Writers use a temporary file renamed into place: no partial file is left.
  * Readers check everything and change nothing on error; messages name the
@@ -23,7 +26,10 @@
 #include <stdint.h>
 #include "kernels/model.h"
 
-#define NB_WEIGHTS_VERSION 1u
+/* The newest version; a model with the default settings (eps 1e-5, tanh
+ * GELU) is written as version 1, which every earlier build reads. Both
+ * are read. */
+#define NB_WEIGHTS_VERSION 2u
 
 /* Writes the parameters of p to path. Errors: NB_EIO, NB_ENOMEM. */
 int nb_weights_save(const char *path, nb_part_t *p, char *err, size_t errlen);

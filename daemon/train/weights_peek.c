@@ -11,9 +11,10 @@
 #include "daemon/train/weights.h"
 
 #define NAME_BYTES 32
-#define HDR_FIELDS 15
+#define HDR_FIELDS 17    /* version 2; version 1 has the first 15 */
+#define HDR_FIELDS_V1 15
 #define TABLE_ENTRY_BYTES (NAME_BYTES + 4 + 16)
-#define WEIGHTS_HEADER_BYTES (4 + 4 + 4 * HDR_FIELDS + 4 + 8)
+#define HEADER_BYTES(nf) (4 + 4 + 4 * (nf) + 4 + 8)
 
 static bool add_u64(uint64_t a, uint64_t b, uint64_t *out) { return !__builtin_add_overflow(a, b, out); }
 static bool mul_u64(uint64_t a, uint64_t b, uint64_t *out) { return !__builtin_mul_overflow(a, b, out); }
@@ -101,6 +102,9 @@ int nb_weights_peek(const char *path, nb_weights_info_t *info, char *err, size_t
     uint32_t version, nt;
     uint64_t np, want_np, want_bytes;
     int32_t h[HDR_FIELDS];
+    int nf = HDR_FIELDS_V1;
+    float eps = NB_MODEL_LN_EPS_DEFAULT;
+    h[HDR_FIELDS - 1] = NB_MODEL_GELU_TANH;
     if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
         snprintf(err, errlen, "%s: not a regular file", path);
         rc = NB_EIO;
@@ -111,22 +115,30 @@ int nb_weights_peek(const char *path, nb_weights_info_t *info, char *err, size_t
         snprintf(err, errlen, "%s: offset 0: not a weights file (magic is not NBWT)", path);
         goto out;
     }
-    if (fread(&version, 4, 1, f) != 1 || fread(h, 4, HDR_FIELDS, f) != HDR_FIELDS || fread(&nt, 4, 1, f) != 1 ||
-        fread(&np, 8, 1, f) != 1) {
-        snprintf(err, errlen, "%s: truncated header (%llu bytes, the header alone is %d)", path,
-                 (unsigned long long)info->file_bytes, WEIGHTS_HEADER_BYTES);
+    if (fread(&version, 4, 1, f) != 1) {
+        snprintf(err, errlen, "%s: truncated header (%llu bytes)", path, (unsigned long long)info->file_bytes);
         goto out;
     }
-    if (version != NB_WEIGHTS_VERSION) {
+    if (version < 1 || version > NB_WEIGHTS_VERSION) {
         snprintf(err, errlen, "%s: offset 4: version %u, this build reads version %u", path, version,
                  NB_WEIGHTS_VERSION);
         rc = NB_EVERSION;
         goto out;
     }
+    if (version == NB_WEIGHTS_VERSION)
+        nf = HDR_FIELDS; /* the model settings follow the 15 fields */
+    if (fread(h, 4, (size_t)nf, f) != (size_t)nf || fread(&nt, 4, 1, f) != 1 || fread(&np, 8, 1, f) != 1) {
+        snprintf(err, errlen, "%s: truncated header (%llu bytes, the header alone is %d)", path,
+                 (unsigned long long)info->file_bytes, HEADER_BYTES(nf));
+        goto out;
+    }
+    if (nf == HDR_FIELDS)
+        memcpy(&eps, &h[HDR_FIELDS_V1], 4);
     nb_model_config_t *c = &info->model;
     *c = (nb_model_config_t){ .n_layer = h[0], .d_model = h[1], .n_head = h[2], .d_ff = h[3], .vocab = h[4],
                               .max_seq = h[5], .causal = h[6] != 0, .norm = (nb_norm_t)h[7],
-                              .head = (nb_head_kind_t)h[8], .n_classes = h[9], .tie_embeddings = h[10] != 0 };
+                              .head = (nb_head_kind_t)h[8], .n_classes = h[9], .tie_embeddings = h[10] != 0,
+                              .ln_eps = eps, .gelu = (nb_gelu_t)h[HDR_FIELDS - 1] };
     info->spec = (nb_part_spec_t){ .embed = h[11] != 0, .first = h[12], .last = h[13], .head = h[14] != 0 };
     const char *why = nb_model_config_validate(c);
     if (why) {
@@ -140,13 +152,13 @@ int nb_weights_peek(const char *path, nb_weights_info_t *info, char *err, size_t
     }
     int n = nb_weights_layout(c, &info->spec, NULL, 0, &want_np);
     if (n < 0 || !mul_u64(want_np, 4, &want_bytes) ||
-        !add_u64(want_bytes, WEIGHTS_HEADER_BYTES + (uint64_t)n * TABLE_ENTRY_BYTES, &want_bytes)) {
+        !add_u64(want_bytes, HEADER_BYTES(nf) + (uint64_t)n * TABLE_ENTRY_BYTES, &want_bytes)) {
         snprintf(err, errlen, "%s: offset 8: the model config's parameter count overflows", path);
         goto out;
     }
     if (nt != (uint32_t)n || np != want_np) {
         snprintf(err, errlen, "%s: offset %d: %u tensors / %llu parameters in the header, the model it describes "
-                 "has %d / %llu", path, WEIGHTS_HEADER_BYTES - 12, nt, (unsigned long long)np, n,
+                 "has %d / %llu", path, HEADER_BYTES(nf) - 12, nt, (unsigned long long)np, n,
                  (unsigned long long)want_np);
         goto out;
     }
@@ -164,7 +176,7 @@ int nb_weights_peek(const char *path, nb_weights_info_t *info, char *err, size_t
         goto out;
     }
     nb_weights_layout(c, &info->spec, info->tensors, n, NULL);
-    uint64_t off = WEIGHTS_HEADER_BYTES + (uint64_t)n * TABLE_ENTRY_BYTES;
+    uint64_t off = HEADER_BYTES(nf) + (uint64_t)n * TABLE_ENTRY_BYTES;
     for (int i = 0; i < n; i++) {
         nb_weights_tensor_t *t = &info->tensors[i];
         long at = ftell(f);

@@ -38,6 +38,8 @@
 #define nb_cpu_layernorm_bwd NB_CPU_ISA_SYM(nb_cpu_layernorm_bwd)
 #define nb_cpu_gelu_fwd NB_CPU_ISA_SYM(nb_cpu_gelu_fwd)
 #define nb_cpu_gelu_bwd NB_CPU_ISA_SYM(nb_cpu_gelu_bwd)
+#define nb_cpu_gelu_erf_fwd NB_CPU_ISA_SYM(nb_cpu_gelu_erf_fwd)
+#define nb_cpu_gelu_erf_bwd NB_CPU_ISA_SYM(nb_cpu_gelu_erf_bwd)
 #define nb_cpu_attention_fwd NB_CPU_ISA_SYM(nb_cpu_attention_fwd)
 #define nb_cpu_attention_bwd NB_CPU_ISA_SYM(nb_cpu_attention_bwd)
 #define nb_cpu_xent_fwd_bwd NB_CPU_ISA_SYM(nb_cpu_xent_fwd_bwd)

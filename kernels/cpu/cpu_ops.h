@@ -29,7 +29,7 @@ void nb_cpu_embed_bwd(nb_backend_t *be, float *dwte, float *dwpe, const float *d
 
 /* cpu_ops_layernorm.c */
 void nb_cpu_layernorm_fwd(nb_backend_t *be, float *out, float *mean, float *rstd,
-                          const float *x, const float *w, const float *b, int N, int C);
+                          const float *x, const float *w, const float *b, float eps, int N, int C);
 void nb_cpu_layernorm_bwd(nb_backend_t *be, float *dx, float *dw, float *db,
                           const float *dout, const float *x, const float *w,
                           const float *mean, const float *rstd, int N, int C);
@@ -37,6 +37,8 @@ void nb_cpu_layernorm_bwd(nb_backend_t *be, float *dx, float *dw, float *db,
 /* cpu_ops_gelu.c */
 void nb_cpu_gelu_fwd(nb_backend_t *be, float *out, const float *x, size_t n);
 void nb_cpu_gelu_bwd(nb_backend_t *be, float *dx, const float *x, const float *dout, size_t n);
+void nb_cpu_gelu_erf_fwd(nb_backend_t *be, float *out, const float *x, size_t n);
+void nb_cpu_gelu_erf_bwd(nb_backend_t *be, float *dx, const float *x, const float *dout, size_t n);
 
 /* cpu_ops_attention.c */
 void nb_cpu_attention_fwd(nb_backend_t *be, float *out, float *att, const float *qkv,
@@ -73,6 +75,8 @@ void nb_cpu_scratch_free(nb_backend_t *be);
     .layernorm_bwd = nb_cpu_layernorm_bwd,       \
     .gelu_fwd = nb_cpu_gelu_fwd,                 \
     .gelu_bwd = nb_cpu_gelu_bwd,                 \
+    .gelu_erf_fwd = nb_cpu_gelu_erf_fwd,         \
+    .gelu_erf_bwd = nb_cpu_gelu_erf_bwd,         \
     .attention_fwd = nb_cpu_attention_fwd,       \
     .attention_bwd = nb_cpu_attention_bwd,       \
     .xent_fwd_bwd = nb_cpu_xent_fwd_bwd,         \

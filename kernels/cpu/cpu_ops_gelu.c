@@ -6,7 +6,16 @@
  * cancellation for large negative x). Vectorised through
  * cpu_vec.h; the tail is computed as a padded vector, so every element gets
  * the same arithmetic wherever it sits.
+ *
+ * The exact form (PyTorch's default, BERT's hidden_act "gelu"),
+ *   gelu(x) = 0.5 x (1 + erf(x / sqrt 2)),
+ * is a plain loop over libm's erff and expf: one scalar function whatever
+ * the ISA level, so every level gives the same bits, and as accurate as
+ * libm (about 1 ulp) where a polynomial of our own would need its own
+ * proof. It is slower than the tanh form; it runs on (B,T,F) once forward
+ * and once backward per block.
  */
+#include <math.h>
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/cpu_vec.h"
 
@@ -52,5 +61,28 @@ void nb_cpu_gelu_bwd(nb_backend_t *be, float *dx, const float *x, const float *d
         size_t r = n - i;
         nb_v16 g = gelu_grad_v(nb_v_load_part(x + i, r, 0.0f)) * nb_v_load_part(dout + i, r, 0.0f);
         nb_v_store_part(dx + i, nb_v_load_part(dx + i, r, 0.0f) + g, r);
+    }
+}
+
+#define GELU_SQRT1_2 0.70710678118654752440f    /* 1/sqrt(2) */
+#define GELU_INV_SQRT_2PI 0.39894228040143267794f /* 1/sqrt(2 pi) */
+
+void nb_cpu_gelu_erf_fwd(nb_backend_t *be, float *out, const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        float v = x[i];
+        out[i] = v * 0.5f * (1.0f + erff(v * GELU_SQRT1_2));
+    }
+}
+
+/* d/dx = Phi(x) + x phi(x), Phi(x) = 0.5 (1 + erf(x/sqrt2)),
+ * phi(x) = exp(-x^2/2) / sqrt(2 pi) (PyTorch's GeluBackward, none). */
+void nb_cpu_gelu_erf_bwd(nb_backend_t *be, float *dx, const float *x, const float *dout, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        float v = x[i];
+        float cdf = 0.5f * (1.0f + erff(v * GELU_SQRT1_2));
+        float pdf = expf(-0.5f * v * v) * GELU_INV_SQRT_2PI;
+        dx[i] += (cdf + v * pdf) * dout[i];
     }
 }

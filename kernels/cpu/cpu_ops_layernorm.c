@@ -1,6 +1,7 @@
 /*
  * cpu_ops_layernorm.c - LayerNorm over the last dimension on the CPU backend,
- * PyTorch semantics: biased variance, eps 1e-5 inside the square root.
+ * PyTorch semantics: biased variance, the caller's eps inside the square
+ * root (1e-5 for GPT-2, 1e-12 for BERT).
  * Shapes: x, out, dx, dout (N,C); w, b, dw, db (C); mean, rstd (N).
  * One row at a time: the row stays in L1 across its passes.
  */
@@ -8,12 +9,10 @@
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/cpu_vec.h"
 
-#define NB_LN_EPS 1e-5f
-
 void nb_cpu_layernorm_fwd(nb_backend_t *be, float *out, float *mean, float *rstd,
-                          const float *x, const float *w, const float *b, int N, int C)
+                          const float *x, const float *w, const float *b, float eps, int N, int C)
 {
-    NB_CHECK(N >= 0 && C > 0);
+    NB_CHECK(N >= 0 && C > 0 && eps > 0.0f);
     for (int i = 0; i < N; i++) {
         const float *xr = x + (size_t)i * C;
         float *o = out + (size_t)i * C;
@@ -39,7 +38,7 @@ void nb_cpu_layernorm_fwd(nb_backend_t *be, float *out, float *mean, float *rstd
             float d = xr[c] - m;
             v += d * d;
         }
-        float rs = 1.0f / sqrtf(v / (float)C + NB_LN_EPS);
+        float rs = 1.0f / sqrtf(v / (float)C + eps);
         nb_v16 vrs = nb_v_set1(rs);
         c = 0;
         for (; c + NB_VL <= C; c += NB_VL)

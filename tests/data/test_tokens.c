@@ -147,6 +147,47 @@ static void test_sampler(void **state)
     nb_tokens_close(t);
 }
 
+/* A slice is sampled as a file of its own: every window inside it, its
+ * last window reachable, never past its end; out-of-range slices refused. */
+static void test_slice(void **state)
+{
+    char err[512];
+    enum { N = 500 };
+    uint32_t ids[N];
+    for (int i = 0; i < N; i++)
+        ids[i] = (uint32_t)i % 250;
+    assert_int_equal(nb_tokens_write(path, ids, N, 256, err, sizeof err), 0);
+    nb_tokens_t *t, *head, *tail, *bad;
+    assert_int_equal(nb_tokens_open(path, &t, err, sizeof err), 0);
+    assert_int_equal(nb_tokens_slice(t, 0, 400, &head), 0);
+    assert_int_equal(nb_tokens_slice(t, 400, 100, &tail), 0);
+    assert_int_equal(nb_tokens_count(tail), 100);
+    assert_int_equal(nb_tokens_vocab(tail), 256);
+    assert_int_equal(nb_tokens_get(tail, 0), 150); /* token 400 */
+    int32_t in[4 * 16], tg[4 * 16];
+    for (uint32_t m = 0; m < 200; m++) {
+        assert_int_equal(nb_tokens_sample(tail, 3, 0, m, 4, 16, in, tg), 0);
+        for (int i = 0; i < 4 * 16; i++)
+            assert_true(in[i] >= 150 && in[i] < 250 && tg[i] >= 150 && tg[i] < 250);
+    }
+    int32_t big_in[99], big_tg[99];
+    assert_int_equal(nb_tokens_sample(tail, 1, 0, 0, 1, 99, big_in, big_tg), 0);
+    assert_int_equal(big_tg[98], 249); /* token 499, the file's last */
+    assert_int_equal(nb_tokens_sample(tail, 1, 0, 0, 1, 100, big_in, big_tg), NB_EINVAL);
+    /* the head ends before token 400: one window of 399 + 1 is all it has */
+    int32_t h_in[399], h_tg[399];
+    assert_int_equal(nb_tokens_sample(head, 1, 0, 0, 1, 399, h_in, h_tg), 0);
+    assert_int_equal(h_tg[398], 149); /* token 399 */
+    assert_int_equal(nb_tokens_sample(head, 1, 0, 0, 1, 400, h_in, h_tg), NB_EINVAL);
+    assert_int_equal(nb_tokens_slice(t, 400, 101, &bad), NB_EINVAL);
+    assert_int_equal(nb_tokens_slice(t, 501, 1, &bad), NB_EINVAL);
+    assert_int_equal(nb_tokens_slice(t, 0, 0, &bad), NB_EINVAL);
+    assert_null(bad);
+    nb_tokens_close(head);
+    nb_tokens_close(tail);
+    nb_tokens_close(t);
+}
+
 static void test_sampler_mlm(void **state)
 {
     char err[512];
@@ -229,6 +270,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_rejects, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sampler, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sampler_mlm, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_slice, setup, teardown),
         cmocka_unit_test_setup_teardown(test_from_text, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -81,7 +81,9 @@ static void run_level(nb_backend_t *be, const inputs_t *in, out_t *o)
     out_add(o, b, (size_t)(V + T) * C * 4);
     /* layernorm */
     float mean[B * T], rstd[B * T];
-    nb_layernorm_fwd(be, a, mean, rstd, in->x, in->w, in->y, B * T, C);
+    nb_layernorm_fwd(be, a, mean, rstd, in->x, in->w, in->y, 1e-5f, B * T, C);
+    out_add(o, a, B * T * C * 4);
+    nb_layernorm_fwd(be, a, mean, rstd, in->x, in->w, in->y, 1e-12f, B * T, C);
     out_add(o, a, B * T * C * 4);
     out_add(o, mean, sizeof mean);
     out_add(o, rstd, sizeof rstd);
@@ -93,6 +95,11 @@ static void run_level(nb_backend_t *be, const inputs_t *in, out_t *o)
     out_add(o, a, N * 4);
     memcpy(b, in->y, sizeof in->y);
     nb_gelu_bwd(be, b, in->x, in->dy, N);
+    out_add(o, b, N * 4);
+    nb_gelu_erf_fwd(be, a, in->x, N);
+    out_add(o, a, N * 4);
+    memcpy(b, in->y, sizeof in->y);
+    nb_gelu_erf_bwd(be, b, in->x, in->dy, N);
     out_add(o, b, N * 4);
     /* attention, causal and masked */
     for (int causal = 0; causal < 2; causal++) {

@@ -13,13 +13,15 @@ typedef struct {
 static double ln_loss(void *p)
 {
     ln_t *s = p;
-    nb_layernorm_fwd(s->be, s->out, s->mean, s->rstd, s->x, s->w, s->b, N, C);
+    nb_layernorm_fwd(s->be, s->out, s->mean, s->rstd, s->x, s->w, s->b, 1e-5f, N, C);
     return tu_dot(s->out, s->r, N * C);
 }
 
-static void test_layernorm_forward(void **state)
+/* Forward with the given eps against the double reference. Row 1 has a
+ * large offset (variance must not cancel); row 2, when tiny, has a spread of
+ * 1e-3, so its variance (~1e-7) is where eps 1e-5 and 1e-12 differ by 5x. */
+static void check_forward(float eps, bool tiny)
 {
-    (void)state;
     nb_backend_t *be = nb_cpu_backend_new();
     tu_rng_t rng = { 3 };
     float *x = tu_alloc(N * C), *w = tu_alloc(C), *b = tu_alloc(C), *out = tu_alloc(N * C);
@@ -27,9 +29,12 @@ static void test_layernorm_forward(void **state)
     tu_fill(&rng, x, N * C, 2.0f);
     for (int i = 0; i < C; i++)
         x[C + i] += 100.0f; /* a row with a large offset: variance must not cancel */
+    if (tiny)
+        for (int i = 0; i < C; i++)
+            x[2 * C + i] *= 1e-3f;
     tu_fill(&rng, w, C, 1.0f);
     tu_fill(&rng, b, C, 1.0f);
-    nb_layernorm_fwd(be, out, mean, rstd, x, w, b, N, C);
+    nb_layernorm_fwd(be, out, mean, rstd, x, w, b, eps, N, C);
     double ref[N * C], rm[N], rr[N];
     for (int i = 0; i < N; i++) {
         double m = 0, v = 0;
@@ -38,7 +43,7 @@ static void test_layernorm_forward(void **state)
         for (int c = 0; c < C; c++) v += (x[i * C + c] - m) * (x[i * C + c] - m);
         v /= C;
         rm[i] = m;
-        rr[i] = 1.0 / sqrt(v + 1e-5);
+        rr[i] = 1.0 / sqrt(v + (double)eps);
         for (int c = 0; c < C; c++)
             ref[i * C + c] = (x[i * C + c] - m) * rr[i] * w[c] + b[c];
     }
@@ -47,6 +52,23 @@ static void test_layernorm_forward(void **state)
     tu_assert_close("layernorm_fwd rstd", rstd, rr, N, 1e-5, 1e-4);
     free(x); free(w); free(b); free(out);
     nb_be_free(be);
+}
+
+static void test_layernorm_forward(void **state)
+{
+    (void)state;
+    check_forward(1e-5f, false);
+}
+
+/* The eps is the caller's: BERT's 1e-12 on a row whose variance is near
+ * eps 1e-5 (an op that kept 1e-5 gives rstd off by ~2x there), and a large
+ * eps. */
+static void test_layernorm_eps(void **state)
+{
+    (void)state;
+    check_forward(1e-12f, true);
+    check_forward(1e-5f, true);
+    check_forward(0.5f, false);
 }
 
 static void test_layernorm_backward(void **state)
@@ -93,6 +115,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_layernorm_forward),
+        cmocka_unit_test(test_layernorm_eps),
         cmocka_unit_test(test_layernorm_backward),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

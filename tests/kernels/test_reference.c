@@ -58,6 +58,15 @@ static void load_case(ref_case_t *rc, const char *path)
     };
     rc->B = c[11];
     rc->T = c[12];
+    /* per-model settings: files without "variant" use the defaults */
+    const nb_ref_tensor_t *vt = nb_ref_get(&rc->f, "variant");
+    if (vt) {
+        float v[2];
+        assert_int_equal(vt->numel, 2);
+        nb_ref_floats(vt, v);
+        rc->cfg.ln_eps = v[0];
+        rc->cfg.gelu = v[1] != 0.0f ? NB_MODEL_GELU_ERF : NB_MODEL_GELU_TANH;
+    }
     assert_null(nb_model_config_validate(&rc->cfg));
     float o[9];
     const nb_ref_tensor_t *ot = need(rc, "optim");
@@ -221,6 +230,9 @@ static void test_gpt(void **state) { run_reference("tests/data/ref_gpt.bin"); }
 static void test_bert(void **state) { run_reference("tests/data/ref_bert.bin"); }
 static void test_seqcls(void **state) { run_reference("tests/data/ref_seqcls.bin"); }
 static void test_tokcls(void **state) { run_reference("tests/data/ref_tokcls.bin"); }
+/* erf GELU with BERT's eps 1e-12; erf GELU with eps 0.05 (pre-LN, lm) */
+static void test_bert_erf(void **state) { run_reference("tests/data/ref_bert_erf.bin"); }
+static void test_gpt_erf(void **state) { run_reference("tests/data/ref_gpt_erf.bin"); }
 
 /* Runs the model cut at cuts[0..n] (part i holds blocks [cuts[i], cuts[i+1]),
  * the embedding in part 0 and the head in part n-1) and checks the loss and
@@ -327,6 +339,7 @@ static void test_split_gpt(void **state) { split_case("tests/data/ref_gpt.bin");
 static void test_split_bert(void **state) { split_case("tests/data/ref_bert.bin"); }
 static void test_split_seqcls(void **state) { split_case("tests/data/ref_seqcls.bin"); }
 static void test_split_tokcls(void **state) { split_case("tests/data/ref_tokcls.bin"); }
+static void test_split_bert_erf(void **state) { split_case("tests/data/ref_bert_erf.bin"); }
 
 /* Writes len bytes of buf to a temporary file and returns its path. */
 static const char *write_tmp(const void *buf, size_t len)
@@ -383,10 +396,13 @@ int main(void)
         cmocka_unit_test(test_bert),
         cmocka_unit_test(test_seqcls),
         cmocka_unit_test(test_tokcls),
+        cmocka_unit_test(test_bert_erf),
+        cmocka_unit_test(test_gpt_erf),
         cmocka_unit_test(test_split_gpt),
         cmocka_unit_test(test_split_bert),
         cmocka_unit_test(test_split_seqcls),
         cmocka_unit_test(test_split_tokcls),
+        cmocka_unit_test(test_split_bert_erf),
         cmocka_unit_test(test_reader_rejects),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

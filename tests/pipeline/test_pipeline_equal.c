@@ -147,6 +147,46 @@ static void test_mlm_equal(void **state)
     pf_result_free(&ref);
 }
 
+/* BERT's model settings (erf GELU, LayerNorm eps 1e-12) and a mask token of
+ * its own (as BERT's [MASK] is not vocab - 1) reach every stage: the
+ * pipeline equals the trainer bit for bit, and each setting changes the
+ * run. */
+static void test_bert_settings_equal(void **state)
+{
+    (void)state;
+    pf_job_t j = pf_job_default(data_path);
+    j.model.head = NB_MODEL_HEAD_MLM;
+    j.model.causal = false;
+    j.model.norm = NB_MODEL_NORM_POST;
+    j.model.vocab = 257;
+    pf_result_t plain, ref;
+    assert_int_equal(pf_run_trainer(&j, &plain), 0);
+    j.model.gelu = NB_MODEL_GELU_ERF;
+    j.model.ln_eps = 1e-12f;
+    assert_int_equal(pf_run_trainer(&j, &ref), 0);
+    assert_true(ref.loss[j.steps - 1] != plain.loss[j.steps - 1]);
+    pf_result_free(&plain);
+    assert_int_equal(pf_run_trainer(&j, &plain), 0); /* plain: BERT's settings, mask vocab - 1 */
+    j.model.mask_token = 100;
+    pf_result_free(&ref);
+    assert_int_equal(pf_run_trainer(&j, &ref), 0);
+    assert_true(ref.loss[0] != plain.loss[0]);
+    for (size_t t = 0; t < sizeof topologies / sizeof topologies[0]; t++) {
+        nb_pipe_layout_t l;
+        pf_layout(&j, topologies[t].p, topologies[t].placement, topologies[t].n_daemons, &l);
+        pf_result_t r;
+        assert_int_equal(pf_run_pipeline(&j, &l, "1f1b", "fp32", "fp32", &r), 0);
+        char worst[32] = "";
+        double dl = pf_loss_rel_diff(&r, &ref), dw = pf_weight_rel_diff(&ref, &r, worst);
+        printf("bert erf/1e-12 mask 100 %-9s 1f1b: loss rel diff %.3g, weights rel diff %.3g (%s), final loss %.5f "
+               "(mask vocab-1: %.5f)\n", topologies[t].name, dl, dw, worst, r.loss[j.steps - 1], plain.loss[j.steps - 1]);
+        assert_bit_equal(dl, dw, worst);
+        pf_result_free(&r);
+    }
+    pf_result_free(&plain);
+    pf_result_free(&ref);
+}
+
 /* A NaN in one stage's gradient (test-only hook, daemon/train/grad_fault.h)
  * makes the global norm non-finite: every stage skips the step, as the
  * trainer does, so the weights stay finite and equal the trainer's. */
@@ -268,6 +308,7 @@ int main(void)
         cmocka_unit_test(test_ushape_tied_equal),
         cmocka_unit_test(test_chain_tied_refused),
         cmocka_unit_test(test_mlm_equal),
+        cmocka_unit_test(test_bert_settings_equal),
         cmocka_unit_test(test_classifier_heads_refused),
         cmocka_unit_test(test_nonfinite_gradient_skipped_everywhere),
         cmocka_unit_test(test_plan_changes_micro_batch_size),

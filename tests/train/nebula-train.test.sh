@@ -128,6 +128,37 @@ expect_grep "resumed from .* after $n steps" "$work/sig-resume.txt"
 left=$(find "$work" -name '*.tmp')
 [ -z "$left" ] || fail "temporary files left behind: $left"
 
+# held-out evaluation: the last 10% of the token file, every 10 steps and at
+# the end, on the progress line and in the summary; the training losses are
+# those of a run on the first 90% alone (the split is a cut of the file)
+sed 's/  output: out.weights/  output: eval.weights\n  eval: { fraction: 0.1, every_steps: 10, batches: 2 }/' \
+  "$work/t.yaml" > "$work/eval.yaml"
+"$train" --config "$work/eval.yaml" > "$work/eval.txt"
+cat "$work/eval.txt"
+expect_grep "validation on [0-9]* held-out tokens (the tail of job.data), 2 batches of 2 x 16" "$work/eval.txt"
+[ "$(grep -c 'val_loss [0-9.]*$' "$work/eval.txt")" -eq 3 ] || fail "want val_loss at steps 10, 20 and 30"
+expect_grep '^step    20/30  loss [0-9.]*  lr .*  val_loss [0-9.]*$' "$work/eval.txt"
+expect_no_grep '^step     1/30.*val_loss' "$work/eval.txt"
+expect_grep "^nebula-train: validation loss [0-9.]* (step 10) -> [0-9.]* (step 30)$" "$work/eval.txt"
+if grep 'val_loss' "$work/eval.txt" | sed 's/.*val_loss //' | grep -qv '^[0-9][0-9.]*$'; then
+  fail "a val_loss is not a finite number"
+fi
+n_all=$(sed -n 's/.*: \([0-9]*\) tokens (vocabulary 256).*/\1/p' "$work/tok.txt")
+n_train=$(sed -n 's/.*training on \([0-9]*\) tokens$/\1/p' "$work/eval.txt")
+head -c "$n_train" "$text" > "$work/head.txt"
+"$tok" "$work/head.txt" "$work/head.tok" > /dev/null
+sed 's/data: gpl3.tok/data: head.tok/; s/output: out.weights/output: head.weights/' "$work/t.yaml" > "$work/head.yaml"
+"$train" --config "$work/head.yaml" > "$work/head.txt.log"
+cmp "$work/eval.weights" "$work/head.weights" ||
+  fail "training with 10% held out differs from training on the first $n_train of $n_all tokens"
+# a held-out file instead; both at once are refused
+sed 's/fraction: 0.1/data: head.tok/' "$work/eval.yaml" > "$work/eval2.yaml"
+"$train" --config "$work/eval2.yaml" > "$work/eval2.txt"
+expect_grep "validation on $n_train held-out tokens (.*head.tok)" "$work/eval2.txt"
+sed 's/fraction: 0.1/fraction: 0.1, data: head.tok/' "$work/eval.yaml" > "$work/eval3.yaml"
+expect_rc 78 "$train" --config "$work/eval3.yaml" > /dev/null 2> "$work/err.txt"
+expect_grep "eval.fraction and eval.data exclude each other" "$work/err.txt"
+
 # a config that cannot work: exit 78, the field named
 sed 's/n_head: 2/n_head: 3/' "$work/t.yaml" > "$work/bad.yaml"
 expect_rc 78 "$train" --config "$work/bad.yaml" > /dev/null 2> "$work/err.txt"

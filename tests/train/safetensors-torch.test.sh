@@ -3,8 +3,9 @@
 # PyTorch with the safetensors package (safetensors.torch.load_file), every
 # value equal to the weights file's; where transformers is importable too,
 # GPT2LMHeadModel takes the file with no missing or unexpected weights, and
-# checkpoints written by transformers' save_pretrained (a GPT-2 and a BERT
-# with the settings the family has) go through import and export and give
+# checkpoints written by transformers' save_pretrained (a GPT-2, a BERT with
+# the tanh GELU and eps 1e-5, and one with BERT's erf GELU and eps 1e-12) go
+# through import and export and give
 # PyTorch the same outputs as the originals.
 # Skipped (exit 77) where torch or safetensors is not importable.
 set -euo pipefail
@@ -37,8 +38,8 @@ YAML
 "$train" --config "$work/t.yaml" > /dev/null
 "$nw" export "$work/t.weights" "$work/model.safetensors" > /dev/null
 python3 "$here/st_reader.py" torch "$work/t.weights" "$work/model.safetensors" gpt2 | tail -2
-python3 - "$work/model.safetensors" <<'PY'
-import sys
+python3 - "$work/model.safetensors" "$build/bin/nebula-generate" <<'PY'
+import subprocess, sys
 try:
     import transformers
 except ImportError:
@@ -54,6 +55,18 @@ missing, unexpected = m.load_state_dict(sd, strict=False)
 missing = [k for k in missing if not k.endswith((".attn.bias", ".attn.masked_bias")) and k != "lm_head.weight"]
 assert not missing and not unexpected, (missing, unexpected)
 print("GPT2LMHeadModel (transformers %s) took every tensor" % transformers.__version__)
+# greedy generation: transformers' generate (float64) and nebula-generate on the same file
+m.tie_weights()
+m = m.double().eval()
+prompt = [84, 104, 105, 115]  # "This"
+with torch.no_grad():
+    want = m.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False, pad_token_id=0,
+                      attention_mask=torch.ones(1, len(prompt), dtype=torch.long))[0].tolist()
+out = subprocess.run([sys.argv[2], "--prompt-ids", " ".join(map(str, prompt)), "--max-new", "12",
+                      "--temperature", "0", sys.argv[1]], capture_output=True, text=True, check=True).stdout
+got = [int(x) for x in out.replace("|", " ").split()]
+assert got == want, ("nebula-generate", got, "transformers", want)
+print("greedy generation: nebula-generate equals transformers' generate: %s" % got[len(prompt):])
 PY
 python3 - "$work" "$nw" <<'PY'
 import os, subprocess, sys
@@ -73,6 +86,9 @@ models = {
     "bert": (transformers.BertModel, transformers.BertConfig(
         num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64, vocab_size=96,
         max_position_embeddings=16, hidden_act="gelu_new", layer_norm_eps=1e-5)),
+    "bert-erf": (transformers.BertModel, transformers.BertConfig(  # BERT's own settings
+        num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64, vocab_size=96,
+        max_position_embeddings=16, hidden_act="gelu", layer_norm_eps=1e-12)),
 }
 worst = 0.0
 for name, (cls, cfg) in models.items():
@@ -93,7 +109,7 @@ for name, (cls, cfg) in models.items():
     missing = [k for k in missing if not k.endswith((".attn.bias", ".attn.masked_bias"))
                and k != "lm_head.weight" and not k.startswith("pooler.")]
     assert not missing and not unexpected, (name, missing, unexpected)
-    if name == "bert":  # the pooler is not exported: take it over to compare pooled outputs too
+    if name.startswith("bert"):  # the pooler is not exported: take it over to compare pooled outputs too
         back.pooler.load_state_dict(ref.pooler.state_dict())
     ids = torch.randint(0, 96, (3, 16))
     with torch.no_grad():

@@ -125,12 +125,24 @@ cat "$work/err.txt"
 [ $rc -eq 78 ] || fail "job.init of another model: exit $rc, expected 78"
 grep -q "d_ff is 64 in the pretrained model, 128 in this job's model" "$work/err.txt" || fail "d_ff not named"
 
-# refusals: settings the family lacks, a shape that does not fit, broken files
+# the erf GELU and another eps are model settings: imported, recorded in
+# the weights file, and a job of the default model refuses that file
 sed -i 's/"gelu_new"/"gelu"/; s/1e-05/1e-12/' "$work/hf/config.json"
+"$nw" import "$work/hf" "$work/erf.weights" > "$work/out.txt" || fail "import of an erf-GELU config failed"
+grep -q "ln_eps 1e-12, gelu erf" "$work/out.txt" || fail "import does not name the settings: $(cat "$work/out.txt")"
+"$nw" show "$work/erf.weights" > "$work/out.txt" || fail "show of an erf-GELU weights file failed"
+grep -q "ln_eps 1e-12, gelu erf" "$work/out.txt" || fail "show does not name the settings: $(cat "$work/out.txt")"
+sed "s|init: .*|init: $work/erf.weights|" "$work/init.yaml" > "$work/init-erf.yaml"
+set +e; "$train" --config "$work/init-erf.yaml" > /dev/null 2> "$work/err.txt"; rc=$?; set -e
+[ $rc -eq 78 ] || fail "job.init of an erf-GELU file into a tanh model: exit $rc, expected 78"
+grep -q "ln_eps is 1e-12 in the file, 1e-05 in this model" "$work/err.txt" || fail "ln_eps not named: $(cat "$work/err.txt")"
+
+# refusals: settings the family lacks, a shape that does not fit, broken files
+sed -i 's/"gelu"/"gelu_fast"/; s/1e-12/0/' "$work/hf/config.json"
 set +e; "$nw" import "$work/hf" "$work/x.weights" 2> "$work/err.txt"; rc=$?; set -e
 expect_refused $rc "$work/err.txt" "config.json: not supported by Nebula's model family yet" \
-  "activation_function 'gelu'" "layer_norm_epsilon 1e-12"
-sed -i 's/"gelu"/"gelu_new"/; s/1e-12/1e-05/; s/"n_inner": 64/"n_inner": 128/' "$work/hf/config.json"
+  "activation_function 'gelu_fast'" "layer_norm_epsilon 0"
+sed -i 's/"gelu_fast"/"gelu_new"/; s/"layer_norm_epsilon": 0/"layer_norm_epsilon": 1e-05/; s/"n_inner": 64/"n_inner": 128/' "$work/hf/config.json"
 set +e; "$nw" import "$work/hf" "$work/x.weights" 2> "$work/err.txt"; rc=$?; set -e
 expect_refused $rc "$work/err.txt" "tensor 'h.0.mlp.c_fc.weight' has shape [32, 64], the model expects [32, 128]"
 sz=$(stat -c %s "$work/gpt.safetensors")

@@ -561,15 +561,34 @@ static void test_config_json(void **state)
     assert_int_equal(names, NB_HF_NAMES_GPT2);
     assert_true(c.n_layer == 12 && c.d_model == 768 && c.d_ff == 3072 && c.vocab == 50257 && c.max_seq == 1024 &&
                 c.causal && c.norm == NB_MODEL_NORM_PRE && c.head == NB_MODEL_HEAD_LM && c.tie_embeddings);
-    /* a real BERT (all-MiniLM-L6-v2): eps 1e-12 and the erf GELU, both named */
+    assert_true(nb_model_ln_eps(&c) == 1e-5f && c.gelu == NB_MODEL_GELU_TANH);
+    /* a real BERT (all-MiniLM-L6-v2): eps 1e-12 and the erf GELU become
+     * model settings */
     write_text(path, "{\"model_type\":\"bert\",\"num_hidden_layers\":6,\"hidden_size\":384,"
                      "\"num_attention_heads\":12,\"intermediate_size\":1536,\"vocab_size\":30522,"
                      "\"max_position_embeddings\":512,\"layer_norm_eps\":1e-12,\"hidden_act\":\"gelu\","
                      "\"type_vocab_size\":2,\"position_embedding_type\":\"absolute\"}");
+    assert_int_equal(nb_hf_config_read(path, &c, &names, err, sizeof err), 0);
+    assert_true(c.ln_eps == 1e-12f && c.gelu == NB_MODEL_GELU_ERF && c.n_layer == 6 && c.d_model == 384);
+    /* what the family still lacks is refused, every reason named */
+    write_text(path, "{\"model_type\":\"bert\",\"num_hidden_layers\":6,\"hidden_size\":384,"
+                     "\"num_attention_heads\":12,\"intermediate_size\":1536,\"vocab_size\":30522,"
+                     "\"max_position_embeddings\":512,\"layer_norm_eps\":0,\"hidden_act\":\"relu\","
+                     "\"position_embedding_type\":\"relative_key\",\"is_decoder\":true}");
     assert_int_equal(nb_hf_config_read(path, &c, &names, err, sizeof err), NB_EINVAL);
     print_message("  refused: %s\n", err);
-    assert_non_null(strstr(err, "hidden_act 'gelu', the erf GELU,"));
-    assert_non_null(strstr(err, "layer_norm_eps 1e-12"));
+    assert_non_null(strstr(err, "hidden_act 'relu'"));
+    assert_non_null(strstr(err, "layer_norm_eps 0"));
+    assert_non_null(strstr(err, "position_embedding_type 'relative_key'"));
+    assert_non_null(strstr(err, "is_decoder true"));
+    write_text(path, "{\"model_type\":\"gpt2\",\"n_layer\":2,\"n_embd\":8,\"n_head\":2,\"n_positions\":8,"
+                     "\"vocab_size\":8,\"activation_function\":\"gelu\",\"layer_norm_epsilon\":1e-6}");
+    assert_int_equal(nb_hf_config_read(path, &c, &names, err, sizeof err), 0);
+    assert_true(c.ln_eps == 1e-6f && c.gelu == NB_MODEL_GELU_ERF);
+    write_text(path, "{\"model_type\":\"gpt2\",\"n_layer\":2,\"n_embd\":8,\"n_head\":2,\"n_positions\":8,"
+                     "\"vocab_size\":8,\"activation_function\":\"gelu_fast\"}");
+    assert_int_equal(nb_hf_config_read(path, &c, &names, err, sizeof err), NB_EINVAL);
+    assert_non_null(strstr(err, "activation_function 'gelu_fast'"));
     write_text(path, "{\"model_type\":\"bert\",\"num_hidden_layers\":6,\"hidden_size\":384,"
                      "\"num_attention_heads\":12,\"intermediate_size\":1536,\"vocab_size\":30522,"
                      "\"max_position_embeddings\":512,\"layer_norm_eps\":1e-5,\"hidden_act\":\"gelu_new\"}");

@@ -324,6 +324,213 @@ static void test_weights_file(void **state)
     nb_be_free(be);
 }
 
+static uint32_t file_version(const char *path)
+{
+    uint32_t v = 0;
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    assert_int_equal(fseek(f, 4, SEEK_SET), 0);
+    assert_int_equal(fread(&v, 4, 1, f), 1);
+    fclose(f);
+    return v;
+}
+
+/* The model settings (LayerNorm eps, GELU form) travel in the weights file:
+ * a default model is written as version 1 (what earlier builds read), any
+ * other as version 2 with the settings; a file is refused by a model whose
+ * settings differ, naming the setting; peek reads them back. */
+static void test_weights_model_settings(void **state)
+{
+    nb_backend_t *be = nb_cpu_backend_new();
+    nb_train_config_t c = small_config();
+    nb_part_spec_t spec = nb_part_spec_full(&c.model);
+    nb_model_config_t bert = c.model, erf_only = c.model, eps_only = c.model;
+    bert.ln_eps = 1e-12f;
+    bert.gelu = NB_MODEL_GELU_ERF;
+    erf_only.gelu = NB_MODEL_GELU_ERF;
+    eps_only.ln_eps = 1e-12f;
+    nb_part_t *def, *p, *q, *e, *g;
+    char err[512];
+    assert_int_equal(nb_part_new(be, &c.model, &spec, 1, NULL, &def, err, sizeof err), 0);
+    assert_int_equal(nb_part_new(be, &bert, &spec, 1, NULL, &p, err, sizeof err), 0);
+    assert_int_equal(nb_part_new(be, &bert, &spec, 2, NULL, &q, err, sizeof err), 0);
+    assert_int_equal(nb_part_new(be, &eps_only, &spec, 2, NULL, &e, err, sizeof err), 0);
+    assert_int_equal(nb_part_new(be, &erf_only, &spec, 2, NULL, &g, err, sizeof err), 0);
+
+    assert_int_equal(nb_weights_save(w_path, def, err, sizeof err), 0);
+    assert_int_equal(file_version(w_path), 1);
+    assert_int_equal(nb_weights_load(w_path, q, err, sizeof err), NB_EINVAL);
+    printf("  refused: %s\n", err);
+    assert_non_null(strstr(err, "ln_eps is 1e-05 in the file (by its version), 1e-12 in this model"));
+
+    assert_int_equal(nb_weights_save(w_path, p, err, sizeof err), 0);
+    assert_int_equal(file_version(w_path), 2);
+    assert_int_equal(nb_weights_load(w_path, q, err, sizeof err), 0);
+    size_t n = nb_part_num_params(p);
+    float *a = malloc(n * 4), *b = malloc(n * 4);
+    nb_be_to_host(be, a, nb_part_params(p), n * 4);
+    nb_be_to_host(be, b, nb_part_params(q), n * 4);
+    assert_memory_equal(a, b, n * 4);
+    assert_int_equal(nb_weights_load(w_path, def, err, sizeof err), NB_EINVAL);
+    printf("  refused: %s\n", err);
+    assert_non_null(strstr(err, "ln_eps is 1e-12 in the file, 1e-05 in this model"));
+    assert_int_equal(nb_weights_load(w_path, e, err, sizeof err), NB_EINVAL);
+    printf("  refused: %s\n", err);
+    assert_non_null(strstr(err, "gelu is erf in the file, tanh in this model"));
+    assert_int_equal(nb_weights_load(w_path, g, err, sizeof err), NB_EINVAL);
+    assert_non_null(strstr(err, "ln_eps"));
+
+    nb_weights_info_t info;
+    assert_int_equal(nb_weights_peek(w_path, &info, err, sizeof err), 0);
+    assert_true(info.model.ln_eps == 1e-12f);
+    assert_int_equal(info.model.gelu, NB_MODEL_GELU_ERF);
+    assert_int_equal(info.n_params, n);
+    nb_weights_info_free(&info);
+    free(a);
+    free(b);
+    nb_part_free(def);
+    nb_part_free(p);
+    nb_part_free(q);
+    nb_part_free(e);
+    nb_part_free(g);
+    nb_be_free(be);
+}
+
+/* Held-out evaluation: with eval_fraction 0.1 the file's last 10% is held
+ * out. Its tokens (IDs 200..255, which the first 90% lacks) never reach a
+ * training batch: their rows of the untied input embedding keep their
+ * initial values exactly (no gradient, no weight decay), while with
+ * fraction 0 they move. The reported loss is finite and equals a
+ * recomputation from the documented batches (the sampler's key (seed,
+ * 2^64 - 1, j) on the held-out tokens). A second token file works the same;
+ * bad settings are refused. */
+static void test_eval_split(void **state)
+{
+    char tpath[160], epath[160], err[512];
+    snprintf(tpath, sizeof tpath, "%s.split.tok", tok_path);
+    snprintf(epath, sizeof epath, "%s.eval.tok", tok_path);
+    enum { N = 4000, HELD = 400 };
+    uint32_t *ids = malloc(N * sizeof *ids);
+    uint64_t x = 88172645463325252ull;
+    for (int i = 0; i < N; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        ids[i] = i < N - HELD ? (uint32_t)(x % 200) : 200 + (uint32_t)(x % 56);
+    }
+    assert_int_equal(nb_tokens_write(tpath, ids, N, 256, err, sizeof err), 0);
+    assert_int_equal(nb_tokens_write(epath, ids + N - HELD, HELD, 256, err, sizeof err), 0);
+    free(ids);
+
+    nb_train_config_t c = small_config();
+    snprintf(c.data, sizeof c.data, "%s", tpath);
+    c.model.tie_embeddings = false;
+    c.optim.weight_decay = 0.0f;
+    c.steps = c.optim.total_steps = 10;
+    c.eval_fraction = 0.1;
+    c.eval_batches = 3;
+    size_t V = 256, C = (size_t)c.model.d_model;
+    for (int pass = 0; pass < 2; pass++) {
+        nb_backend_t *be = nb_cpu_backend_new();
+        nb_trainer_t *t;
+        if (nb_trainer_new(be, &c, &t, err, sizeof err))
+            fail_msg("%s", err);
+        uint64_t ntr, nev;
+        nb_trainer_split(t, &ntr, &nev);
+        assert_int_equal(ntr, pass == 0 ? N - HELD : N);
+        assert_int_equal(nev, pass == 0 ? HELD : 0);
+        nb_part_t *p = nb_trainer_part(t);
+        int wi = nb_part_find_tensor(p, "wte");
+        size_t off = nb_part_tensor(p, wi)->offset;
+        float *w0 = malloc(V * C * 4), *w1 = malloc(V * C * 4);
+        nb_be_to_host(be, w0, nb_part_params(p) + off, V * C * 4);
+        for (int s = 0; s < c.steps; s++)
+            if (nb_trainer_step(t, NULL, err, sizeof err))
+                fail_msg("%s", err);
+        nb_be_to_host(be, w1, nb_part_params(p) + off, V * C * 4);
+        int moved_held = 0, moved_train = 0;
+        for (size_t v = 0; v < V; v++) {
+            bool moved = memcmp(w0 + v * C, w1 + v * C, C * 4) != 0;
+            moved_held += moved && v >= 200;
+            moved_train += moved && v < 200;
+        }
+        print_message("  fraction %g: embedding rows moved: %d of 200 training IDs, %d of 56 held-out IDs\n",
+                      pass == 0 ? 0.1 : 0.0, moved_train, moved_held);
+        assert_true(moved_train > 150);
+        if (pass == 0) {
+            assert_int_equal(moved_held, 0);
+            double vl;
+            if (nb_trainer_eval(t, &vl, err, sizeof err))
+                fail_msg("%s", err);
+            assert_true(isfinite(vl) && vl > 0);
+            /* recompute: the held-out slice, the documented batches, a copy of the model */
+            nb_tokens_t *f, *held;
+            assert_int_equal(nb_tokens_open(tpath, &f, err, sizeof err), 0);
+            assert_int_equal(nb_tokens_slice(f, N - HELD, HELD, &held), 0);
+            nb_part_spec_t spec = nb_part_spec_full(&c.model);
+            nb_part_t *q;
+            nb_part_acts_t *a;
+            int B = c.batch / c.micro_batches, T = c.seq_len;
+            assert_int_equal(nb_part_new(be, &c.model, &spec, 99, NULL, &q, err, sizeof err), 0);
+            nb_be_copy(be, nb_part_params(q), nb_part_params(p), nb_part_num_params(p) * 4);
+            assert_int_equal(nb_part_acts_new(q, B, T, &a), 0);
+            int32_t *in = malloc((size_t)B * T * 4), *tg = malloc((size_t)B * T * 4);
+            double sum = 0;
+            for (int j = 0; j < c.eval_batches; j++) {
+                assert_int_equal(nb_tokens_sample(held, c.seed, UINT64_MAX, (uint32_t)j, B, T, in, tg), 0);
+                for (int i = 0; i < B * T; i++)
+                    assert_true(in[i] >= 200 && tg[i] >= 200); /* held-out tokens only */
+                nb_part_input_t pin = { .tokens = in, .targets = tg, .loss_scale = 1.0f };
+                float li;
+                assert_int_equal(nb_part_forward(q, a, &pin, &li), 0);
+                sum += li;
+            }
+            print_message("  held-out loss %.6f, recomputed %.6f\n", vl, sum / c.eval_batches);
+            assert_true(vl == sum / c.eval_batches);
+            free(in);
+            free(tg);
+            nb_part_acts_free(a);
+            nb_part_free(q);
+            nb_tokens_close(held);
+            nb_tokens_close(f);
+        } else {
+            assert_true(moved_held > 0); /* the check above can fail */
+            double vl;
+            assert_int_equal(nb_trainer_eval(t, &vl, err, sizeof err), NB_ESTATE);
+        }
+        free(w0);
+        free(w1);
+        nb_trainer_free(t);
+        nb_be_free(be);
+        c.eval_fraction = 0.0;
+    }
+
+    /* a second file: training keeps the whole first one */
+    snprintf(c.eval_data, sizeof c.eval_data, "%s", epath);
+    nb_backend_t *be = nb_cpu_backend_new();
+    nb_trainer_t *t;
+    if (nb_trainer_new(be, &c, &t, err, sizeof err))
+        fail_msg("%s", err);
+    uint64_t ntr, nev;
+    nb_trainer_split(t, &ntr, &nev);
+    assert_int_equal(ntr, N);
+    assert_int_equal(nev, HELD);
+    double vl;
+    assert_int_equal(nb_trainer_eval(t, &vl, err, sizeof err), 0);
+    assert_true(isfinite(vl));
+    nb_trainer_free(t);
+    /* refusals */
+    c.eval_fraction = 0.1;
+    assert_int_equal(nb_trainer_new(be, &c, &t, err, sizeof err), NB_EINVAL);
+    assert_non_null(strstr(err, "exclude each other"));
+    c.eval_data[0] = '\0';
+    c.eval_fraction = 0.005; /* 20 tokens held out: fewer than seq_len + 1 */
+    assert_int_equal(nb_trainer_new(be, &c, &t, err, sizeof err), NB_EINVAL);
+    print_message("  refused: %s\n", err);
+    assert_non_null(strstr(err, "each needs seq_len + 1"));
+    nb_be_free(be);
+    unlink(tpath);
+    unlink(epath);
+}
+
 static float *params_copy(nb_trainer_t *t, size_t *n)
 {
     nb_part_t *p = nb_trainer_part(t);
@@ -393,6 +600,35 @@ static void test_checkpoint_resume(void **state)
     assert_int_equal(nb_trainer_resume(b, ck, err, sizeof err), NB_EINVAL);
     printf("  refused: %s\n", err);
     assert_non_null(strstr(err, "micro_batches"));
+    /* the model settings: a checkpoint of the default model refuses a run
+     * with the erf GELU or another eps, and the other way round */
+    other = c;
+    other.model.gelu = NB_MODEL_GELU_ERF;
+    nb_trainer_free(b);
+    assert_int_equal(nb_trainer_new(be, &other, &b, err, sizeof err), 0);
+    assert_int_equal(nb_trainer_resume(b, ck, err, sizeof err), NB_EINVAL);
+    printf("  refused: %s\n", err);
+    assert_non_null(strstr(err, "model.gelu is"));
+    char ck2[170];
+    snprintf(ck2, sizeof ck2, "%s.erf", ck);
+    assert_int_equal(nb_trainer_save(b, ck2, err, sizeof err), 0);
+    nb_trainer_free(b);
+    assert_int_equal(nb_trainer_new(be, &c, &b, err, sizeof err), 0);
+    assert_int_equal(nb_trainer_resume(b, ck2, err, sizeof err), NB_EINVAL);
+    printf("  refused: %s\n", err);
+    assert_non_null(strstr(err, "model.gelu is"));
+    nb_trainer_free(b);
+    other.model.ln_eps = 1e-12f;
+    assert_int_equal(nb_trainer_new(be, &other, &b, err, sizeof err), 0);
+    assert_int_equal(nb_trainer_resume(b, ck2, err, sizeof err), NB_EINVAL);
+    printf("  refused: %s\n", err);
+    assert_non_null(strstr(err, "model.ln_eps is"));
+    nb_trainer_free(b);
+    other.model.ln_eps = 0;
+    assert_int_equal(nb_trainer_new(be, &other, &b, err, sizeof err), 0);
+    assert_int_equal(nb_trainer_resume(b, ck2, err, sizeof err), 0);
+    snprintf(cmd, sizeof cmd, "rm -rf '%.170s'", ck2);
+    assert_int_equal(system(cmd), 0);
     other = c;
     other.steps = other.optim.total_steps = 2;
     nb_trainer_free(b);
@@ -674,7 +910,7 @@ static void test_weights_peek_checks_length(void **state)
         uint32_t nt;
         uint64_t np;
         char pad[200 - 80];
-    } f = { .magic = "NBWT", .version = NB_WEIGHTS_VERSION,
+    } f = { .magic = "NBWT", .version = 1,
             .h = { 24, 1024, 16, 4096, 50257, 1024, 1, 0, 0, 0, 1, 1, 0, 24, 1 } };
     nb_model_config_t m = { .n_layer = 24, .d_model = 1024, .n_head = 16, .d_ff = 4096, .vocab = 50257,
                             .max_seq = 1024, .causal = true, .tie_embeddings = true };
@@ -769,6 +1005,8 @@ int main(void)
         cmocka_unit_test(test_step_recipe),
         cmocka_unit_test(test_bad_config),
         cmocka_unit_test(test_weights_file),
+        cmocka_unit_test(test_weights_model_settings),
+        cmocka_unit_test(test_eval_split),
         cmocka_unit_test(test_checkpoint_resume),
         cmocka_unit_test(test_resume_legs),
         cmocka_unit_test(test_resume_from_stages),

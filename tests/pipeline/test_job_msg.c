@@ -1,0 +1,136 @@
+/* test_job_msg.c - the model settings (LayerNorm eps, GELU form) in the Job
+ * message: they survive the wire (pack, unpack, nb_job_from_msg), enter the
+ * model digest only when they are not the defaults (a default model keeps
+ * the digest of earlier builds' text), and a stage whose message disagrees
+ * with the digest, or carries an unknown GELU, refuses the job. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "daemon/pipeline/job.h"
+
+static nb_job_desc_t make_desc(float eps, nb_gelu_t gelu)
+{
+    nb_job_desc_t d;
+    memset(&d, 0, sizeof d);
+    nb_pipe_layout_t *l = &d.layout;
+    l->job_id = 9;
+    l->model = (nb_model_config_t){ .n_layer = 2, .d_model = 32, .n_head = 4, .d_ff = 64, .vocab = 257,
+                                    .max_seq = 16, .causal = false, .norm = NB_MODEL_NORM_POST,
+                                    .head = NB_MODEL_HEAD_MLM, .tie_embeddings = false, .ln_eps = eps,
+                                    .gelu = gelu };
+    l->p = 2;
+    l->n_daemons = 2;
+    l->seed = 3;
+    l->micro_batch_size = 2;
+    l->seq_len = 16;
+    l->optim = nb_optim_config_default();
+    l->parts[0] = (nb_part_spec_t){ .embed = true, .first = 0, .last = 1 };
+    l->parts[1] = (nb_part_spec_t){ .first = 1, .last = 2, .head = true };
+    l->placement[1] = 1;
+    d.n_daemons = 2;
+    d.steps = 5;
+    for (int i = 0; i < 2; i++) {
+        snprintf(d.names[i], sizeof d.names[i], "s%d", i);
+        snprintf(d.addresses[i], sizeof d.addresses[i], "127.0.0.1:%d", 7000 + i);
+    }
+    nb_job_model_digest(&l->model, d.digest);
+    return d;
+}
+
+/* Packs msg, unpacks it and converts: what a stage daemon does. */
+static int over_the_wire(const Nebula__Job *msg, nb_job_desc_t *out, char *err, size_t errlen)
+{
+    size_t n = nebula__job__get_packed_size(msg);
+    uint8_t *buf = malloc(n);
+    assert_non_null(buf);
+    nebula__job__pack(msg, buf);
+    Nebula__Job *back = nebula__job__unpack(NULL, n, buf);
+    assert_non_null(back);
+    int daemon = -1;
+    int rc = nb_job_from_msg(back, out, &daemon, err, errlen);
+    nebula__job__free_unpacked(back, NULL);
+    free(buf);
+    return rc;
+}
+
+static void test_settings_travel(void **state)
+{
+    (void)state;
+    char err[512];
+    nb_job_desc_t d = make_desc(1e-12f, NB_MODEL_GELU_ERF), got;
+    d.layout.model.mask_token = 103;
+    nb_job_model_digest(&d.layout.model, d.digest);
+    nb_job_msg_store_t st;
+    Nebula__Job msg;
+    nb_job_to_msg(&d, 1, &st, &msg);
+    msg.model_digest = d.digest;
+    if (over_the_wire(&msg, &got, err, sizeof err))
+        fail_msg("%s", err);
+    assert_true(got.layout.model.ln_eps == 1e-12f);
+    assert_int_equal(got.layout.model.gelu, NB_MODEL_GELU_ERF);
+    assert_int_equal(got.layout.model.mask_token, 103);
+    assert_string_equal(got.digest, d.digest);
+
+    /* a stage that reads the message differently (eps or GELU) disagrees
+     * with the digest: refused */
+    st.model.gelu = 0;
+    assert_int_equal(over_the_wire(&msg, &got, err, sizeof err), NB_EINVAL);
+    print_message("  refused: %s\n", err);
+    assert_non_null(strstr(err, "model digest"));
+    st.model.gelu = 1;
+    st.model.ln_eps = 1e-5f;
+    assert_int_equal(over_the_wire(&msg, &got, err, sizeof err), NB_EINVAL);
+    assert_non_null(strstr(err, "model digest"));
+    st.model.ln_eps = 1e-12f;
+    st.model.gelu = 7;
+    assert_int_equal(over_the_wire(&msg, &got, err, sizeof err), NB_EFORMAT);
+    assert_non_null(strstr(err, "out of range"));
+    st.model.gelu = 1;
+    st.model.ln_eps = -1.0f;
+    assert_int_equal(over_the_wire(&msg, &got, err, sizeof err), NB_EINVAL);
+    print_message("  refused: %s\n", err);
+    assert_non_null(strstr(err, "ln_eps"));
+}
+
+static void test_digest(void **state)
+{
+    (void)state;
+    nb_job_desc_t a = make_desc(0.0f, NB_MODEL_GELU_TANH), b = make_desc(1e-5f, NB_MODEL_GELU_TANH),
+                  c = make_desc(1e-12f, NB_MODEL_GELU_TANH), e = make_desc(1e-5f, NB_MODEL_GELU_ERF);
+    /* 0 means 1e-5: the same model */
+    assert_string_equal(a.digest, b.digest);
+    assert_string_not_equal(a.digest, c.digest);
+    assert_string_not_equal(a.digest, e.digest);
+    assert_string_not_equal(c.digest, e.digest);
+    nb_job_desc_t m = make_desc(1e-5f, NB_MODEL_GELU_TANH), m0 = m;
+    m.layout.model.mask_token = 103;
+    nb_job_model_digest(&m.layout.model, m.digest);
+    assert_string_not_equal(a.digest, m.digest);
+    m0.layout.model.mask_token = 256; /* vocab - 1 named explicitly: the same model */
+    nb_job_model_digest(&m0.layout.model, m0.digest);
+    assert_string_equal(a.digest, m0.digest);
+    /* a default model's digest is the one of the text earlier builds hashed */
+    const char *text = "n_layer=2;d_model=32;n_head=4;d_ff=64;vocab=257;max_seq=16;causal=0;norm=1;head=1;"
+                       "n_classes=0;tie=0";
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (const char *p = text; *p; p++) {
+        h ^= (uint8_t)*p;
+        h *= 0x100000001b3ull;
+    }
+    char want[17];
+    snprintf(want, sizeof want, "%016llx", (unsigned long long)h);
+    assert_string_equal(a.digest, want);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_settings_travel),
+        cmocka_unit_test(test_digest),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
