@@ -478,9 +478,9 @@ int nb_status_server_start(uv_loop_t *loop, const char *path, const nb_status_li
     if (s->lim.reserved >= s->lim.max_clients)
         s->lim.reserved = s->lim.max_clients - 1; /* other users keep at least one */
 
-    char dir[sizeof s->path];
-    snprintf(dir, sizeof dir, "%s", path);
-    dirname(dir);
+    char buf[sizeof s->path];
+    snprintf(buf, sizeof buf, "%s", path);
+    const char *dir = dirname(buf); /* may return a static "." rather than edit buf */
     if (mkdir(dir, 0750) != 0 && errno != EEXIST) {
         snprintf(err, errlen, "cannot create directory %s: %s", dir, strerror(errno));
         free(s);

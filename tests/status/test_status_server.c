@@ -683,6 +683,32 @@ static void test_stale_and_live_socket(void **st)
     assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* A socket path without a directory part ("d.sock", relative to the
+ * working directory): the socket is made there, not a directory of that
+ * name (dirname() returns "." without editing its argument). */
+static void test_bare_socket_name(void **st)
+{
+    (void)st;
+    char cwd[512];
+    assert_non_null(getcwd(cwd, sizeof cwd));
+    assert_int_equal(chdir(dir), 0);
+    nb_status_server_t *srv;
+    char err[256];
+    assert_int_equal(uv_loop_init(&loop), 0);
+    int rc = nb_status_server_start(&loop, "bare.sock", NULL, &srv, err, sizeof err);
+    struct stat sb;
+    int is_sock = stat("bare.sock", &sb) == 0 && S_ISSOCK(sb.st_mode);
+    if (rc == 0)
+        nb_status_server_close(srv, NULL, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    unlink("bare.sock");
+    rmdir("bare.sock");
+    assert_int_equal(chdir(cwd), 0);
+    assert_int_equal(rc, 0);
+    assert_true(is_sock);
+}
+
 static void test_metrics_registry(void **st)
 {
     nb_metrics_t *m = nb_metrics_new();
@@ -778,6 +804,7 @@ int main(void)
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_roundtrip, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bare_socket_name, setup, teardown),
         cmocka_unit_test_setup_teardown(test_huge_line, setup, teardown),
         cmocka_unit_test_setup_teardown(test_never_reading_client, setup, teardown),
         cmocka_unit_test_setup_teardown(test_disconnect_mid_reply, setup, teardown),
