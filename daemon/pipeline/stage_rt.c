@@ -92,6 +92,13 @@ static void stop_failed(nb_stage_rt_t *rt, const char *why)
 
 /* ---- faults and recovery (loop thread) -------------------------------------- */
 
+/* The job's id as the loop thread may read it: rt->job is the compute
+ * thread's until it has published the job (OUT_LINKS). */
+static uint64_t loop_job_id(const nb_stage_rt_t *rt)
+{
+    return rt->have_job ? rt->job.layout.job_id : rt->pending_job_id;
+}
+
 static void send_joined(nb_stage_rt_t *rt);
 
 static void recovery_timeout_cb(uv_timer_t *t)
@@ -130,7 +137,7 @@ static void attempt_abort(nb_stage_rt_t *rt, bool tell, uint32_t attempt, const 
     if (first) {
         nb_metrics_inc(nb_state_metrics(rt->state), rt->m_aborts, 1);
         nb_log_warn(NULL, "attempt %u of job %llu ended: %s; the step in flight is dropped and the coordinator "
-                    "recovers the job", attempt, (unsigned long long)rt->job.layout.job_id, why);
+                    "recovers the job", attempt, (unsigned long long)loop_job_id(rt), why);
         nb_service_set_state(rt->svc, NB_SVC_CONNECTING, "recovering: %s", why);
     }
     if (tell && rt->coord) {
@@ -138,8 +145,8 @@ static void attempt_abort(nb_stage_rt_t *rt, bool tell, uint32_t attempt, const 
         Nebula__JobStatus js;
         nebula__frame__init(&f);
         nebula__job_status__init(&js);
-        js.job_id = rt->job.layout.job_id;
-        js.daemon = (uint32_t)rt->me;
+        js.job_id = loop_job_id(rt);
+        js.daemon = (uint32_t)(rt->have_job ? rt->me : 0);
         js.state = NEBULA__JOB_STATUS__STATE__JOB_STATE_FAULT;
         js.message = why;
         js.attempt = attempt;
@@ -180,7 +187,7 @@ int nb__stage_push_abort(nb_stage_rt_t *rt, uint32_t attempt, const char *why)
     Nebula__Abort a;
     nebula__frame__init(&f);
     nebula__abort__init(&a);
-    a.job_id = rt->job.layout.job_id;
+    a.job_id = loop_job_id(rt);
     a.attempt = attempt;
     a.reason = (char *)why;
     f.body_case = NEBULA__FRAME__BODY_ABORT;
@@ -913,6 +920,7 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *hdr, uint8_t *payload, size_t 
                                  (unsigned long long)hdr->job->job_id, peer);
         bool is_job = hdr->body_case == NEBULA__FRAME__BODY_JOB; /* hdr is not ours once pushed */
         uint32_t job_attempt = is_job ? hdr->job->attempt : 0;
+        uint64_t job_id = is_job ? hdr->job->job_id : 0;
         if (is_job)
             rt->recovery_timeout_s = (double)hdr->job->recovery_timeout_s;
         if (nb_mbox_try_push(rt->ctl, hdr) != 0) {
@@ -921,8 +929,10 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *hdr, uint8_t *payload, size_t 
         }
         if (is_job && !rt->have_job)
             rt->job_pending = true;
-        if (is_job)
+        if (is_job) {
             rt->pending_attempt = job_attempt;
+            rt->pending_job_id = job_id;
+        }
         free(payload);
         return; /* hdr now belongs to the compute thread */
     case NEBULA__FRAME__BODY_TENSOR: {

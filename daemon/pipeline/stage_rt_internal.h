@@ -116,6 +116,7 @@ struct nb_stage_rt {
     bool joined_valid;           /* it answered the latest abort */
     double recovery_timeout_s;   /* from the Job */
     uint32_t pending_attempt;    /* attempt of the last Job handed to the compute thread */
+    uint64_t pending_job_id;     /* and its job id */
     uv_timer_t recovery_timer;   /* bounds the wait for a lost coordinator */
     bool recovery_timer_open;
     int abort_flag;              /* atomic: the compute thread drops the step in flight */
