@@ -108,6 +108,7 @@ abort_all:
     f.abort = &a;
     for (int i = 0; i < rt->job.n_daemons; i++) {
         rt->d[i].joined = false;
+        rt->d[i].done = false; /* a fault after the last step: they write their weights again */
         rt->d[i].links_ready = false;
         rt->d[i].reported = false;
         if (rt->d[i].conn)

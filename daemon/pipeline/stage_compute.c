@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include "daemon/log.h"
 #include "daemon/pipeline/rt_common.h"
 #include "daemon/pipeline/stage_rt_internal.h"
@@ -457,8 +458,24 @@ static int handle_plan(nb_stage_rt_t *rt, compute_t *c, const Nebula__Plan *p)
     return post(rt, o);
 }
 
+/* Test-only: NEBULA_TEST_FINAL_DELAY_S=SECONDS holds the final weights'
+ * write back that long, so that a test can hit a daemon after the last
+ * step (tests/pipeline/pipeline-chaos.test.sh). Never set it outside a
+ * test. */
+static void test_final_delay(void)
+{
+    const char *v = getenv("NEBULA_TEST_FINAL_DELAY_S");
+    double s = v ? atof(v) : 0;
+    if (s > 0 && s < 600) {
+        nb_log_warn(NULL, "NEBULA_TEST_FINAL_DELAY_S: waiting %.1f s before writing the final weights", s);
+        struct timespec ts = { (time_t)s, (long)((s - (double)(time_t)s) * 1e9) };
+        nanosleep(&ts, NULL);
+    }
+}
+
 static int save_weights(nb_stage_rt_t *rt, nb_host_t *host)
 {
+    test_final_delay();
     if (!rt->cfg->checkpoint_dir[0]) {
         nb_log_warn(NULL, "checkpoint_dir is not set: the final weights of this daemon's stages are not written");
         return 0;

@@ -891,6 +891,10 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *hdr, uint8_t *payload, size_t 
             break;
         }
         if (rt->have_job || rt->job_pending) {
+            /* after the last step too: the job is not done until every
+             * stage is (a recovery then makes this one write its weights
+             * again) */
+            rt->job_done = false;
             if (!rt->aborting)
                 attempt_abort(rt, false, hdr->abort->attempt, "the coordinator aborted it: %s",
                               hdr->abort->reason ? hdr->abort->reason : "");

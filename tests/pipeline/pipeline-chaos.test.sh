@@ -87,7 +87,9 @@ done
 supervise() {
   local n=$1
   while :; do
-    "$bin/nebulad" --config "$work/$n.yaml" >> "$work/$n.log" 2>&1 &
+    delay=0
+    [ "$n" = c ] && [ ! -e "$work/run/c.nodelay" ] && delay=3
+    NEBULA_TEST_FINAL_DELAY_S=$delay "$bin/nebulad" --config "$work/$n.yaml" >> "$work/$n.log" 2>&1 &
     echo $! > "$work/run/$n.pid"
     if wait $!; then break; fi
     [ -e "$work/run/stop" ] && break
@@ -99,7 +101,7 @@ pids=()
 for n in coord a b c; do supervise $n & pids+=($!); done
 pid_of() { cat "$work/run/$1.pid"; }
 
-nb_wait_for 120 grep -q "step 1/" "$work/coord.log" || fail "the job did not start within 120 s"
+nb_wait_for 120 grep -qs "step 1/" "$work/coord.log" || fail "the job did not start within 120 s"
 done_yet() { grep -q "job done" "$work/coord.log"; }
 # the step the job has reached, as the coordinator logs it
 at_step() { grep -o "step [0-9]*/$steps" "$work/coord.log" | tail -n 1 | grep -o "[0-9]*" | head -n 1; }
@@ -130,6 +132,18 @@ for t in $targets; do
   echo "# fault $i at step $(at_step): $f"
   sleep 1.2 # the supervisor restarts what died after 1 s
 done
+
+# one more at the very end: stage c writes its final weights 3 s late
+# (NEBULA_TEST_FINAL_DELAY_S); once the last step is logged it is killed,
+# while a and b are done: the job recovers (they answer, and write their
+# weights again) and finishes again
+nb_wait_for 300 reached "$steps" || fail "the job did not reach its last step within 300 s"
+if ! done_yet; then
+  touch "$work/run/c.nodelay"
+  kill -9 "$(pid_of c)" 2>/dev/null || true
+  faults+=("kill -9 stage c after the last step")
+  echo "# fault $((i + 1)) at step $(at_step): kill -9 stage c after the last step, before its final weights"
+fi
 
 nb_wait_for 600 reached 999999999 || fail "no 'job done' within 600 s"
 touch "$work/run/stop"
