@@ -146,6 +146,8 @@ void nb__stage_ckpt_save(nb_stage_rt_t *rt, compute_t *c, const Nebula__Checkpoi
         }
         if (!c->snap[i])
             rc = nb_ckpt_snapshot(part, opt, &c->snap[i], err, sizeof err);
+        if (rc == 0 && (rc = nb__stage_streams_snapshot(c->host, i, nb_part_backend(part), c->snap[i])))
+            snprintf(err, sizeof err, "stage %d: codec stream state: %s", w->stage[i], nb_strerror(rc));
         if (rc == 0) {
             w->snap[i] = c->snap[i];
             w->n = i + 1;
@@ -210,10 +212,16 @@ int nb__stage_ckpt_restore(nb_stage_rt_t *rt, nb_host_t *host, const char *manif
     nb_ckpt_step_dir(rt->cfg->checkpoint_dir, m.meta.step, dir, sizeof dir);
     for (int i = 0; i < nb_host_num_stages(host); i++) {
         rc = nb_ckpt_load_part(dir, &m, nb_host_part(host, i), nb_host_optim(host, i), why, sizeof why);
+        if (rc == 0)
+            rc = nb__stage_streams_restore(host, i, nb_part_backend(nb_host_part(host, i)), dir, &m, why, sizeof why);
         if (rc) {
             snprintf(err, errlen, "stage %d from checkpoint %s: %s", nb_host_stage(host, i), dir, why);
             return rc;
         }
+    }
+    if ((rc = nb_host_save_streams(host))) {
+        snprintf(err, errlen, "checkpoint %s: codec streams: %s", dir, nb_strerror(rc));
+        return rc;
     }
     /* the files held what the manifest says: keep it with them */
     nb_ckpt_manifest_t have;

@@ -43,6 +43,7 @@ typedef struct {
     /* codec streams: [0] forward send, [1] forward receive, [2] backward
      * send, [3] backward receive */
     nb_codec_stream_t *streams[4];
+    nb_codec_stream_t *saved[4]; /* the streams as they were at the last commit */
     local_fifo_t local_in[2]; /* [ACT] from stage-1, [GRAD] from stage+1 */
 } hosted_t;
 
@@ -177,8 +178,10 @@ void nb_host_free(nb_host_t *h)
         if (s->dout) nb_be_dealloc(h->be, s->dout);
         if (s->d_tokens) nb_be_dealloc(h->be, s->d_tokens);
         if (s->d_targets) nb_be_dealloc(h->be, s->d_targets);
-        for (int k = 0; k < 4; k++)
+        for (int k = 0; k < 4; k++) {
             nb_codec_stream_free(s->streams[k]);
+            nb_codec_stream_free(s->saved[k]);
+        }
         fifo_free(h->be, &s->local_in[0]);
         fifo_free(h->be, &s->local_in[1]);
         nb_optim_free(s->optim);
@@ -260,7 +263,8 @@ int nb_host_new(nb_backend_t *be, const nb_pipe_layout_t *l, int daemon, const c
         if (l->parts[s].head && !(hs->d_targets = nb_be_alloc(be, tb)))
             goto oom;
         for (int k = 0; k < 4; k++)
-            if (!(hs->streams[k] = nb_codec_stream_new(be, HOST_STREAM_STATE_BYTES)))
+            if (!(hs->streams[k] = nb_codec_stream_new(be, HOST_STREAM_STATE_BYTES)) ||
+                !(hs->saved[k] = nb_codec_stream_new(be, HOST_STREAM_STATE_BYTES)))
                 goto oom;
     }
     if (h->local_of[0] >= 0) {
@@ -880,12 +884,34 @@ void nb_host_abort_step(nb_host_t *h)
             while (fifo_pop(&s->local_in[k], &x) == 0)
                 nb_be_dealloc(h->be, x.dev);
         }
+        /* the streams go back to where the last commit left them, as
+         * their peers' do: the step runs again from the same state */
         for (int k = 0; k < 4; k++)
-            if (s->streams[k])
+            if (s->streams[k] && nb_codec_stream_copy(s->streams[k], s->saved[k]) != 0)
                 nb_codec_stream_reset(s->streams[k]);
         nb_part_zero_grad(s->part);
     }
     nb_be_sync(h->be);
+}
+
+int nb_host_save_streams(nb_host_t *h)
+{
+    int rc = 0;
+    for (int i = 0; i < h->n; i++)
+        for (int k = 0; k < 4; k++) {
+            hosted_t *s = &h->st[i];
+            if (nb_codec_stream_empty(s->streams[k]) && nb_codec_stream_empty(s->saved[k]))
+                continue;
+            int r = nb_codec_stream_copy(s->saved[k], s->streams[k]);
+            if (r && !rc)
+                rc = r;
+        }
+    return rc;
+}
+
+nb_codec_stream_t *nb_host_stream(nb_host_t *h, int i, int k)
+{
+    return h->st[i].streams[k];
 }
 
 nb_optim_t *nb_host_optim(nb_host_t *h, int i) { return h->st[i].optim; }
@@ -904,5 +930,8 @@ bool nb_host_apply(nb_host_t *h, int64_t step, double global_sumsq)
     for (int i = 0; i < h->n; i++)
         nb_part_zero_grad(h->st[i].part);
     nb_be_sync(h->be);
+    /* the streams' state at this step boundary is what an aborted next
+     * step returns to; out of memory here is found by the next copy */
+    (void)nb_host_save_streams(h);
     return apply;
 }

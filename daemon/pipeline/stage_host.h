@@ -37,6 +37,7 @@
 #include "daemon/service/memory.h"
 #include "daemon/planner/schedule.h"
 #include "kernels/backend.h"
+#include "kernels/codec/codec.h"
 #include "kernels/model.h"
 #include "kernels/optim.h"
 
@@ -135,11 +136,19 @@ bool nb_host_apply(nb_host_t *h, int64_t step, double global_sumsq);
 
 /* Drops whatever a step left behind when it did not complete (a fault
  * ended it): activation slots, transfers between local stages, partial
- * gradients (zeroed) and codec stream state (reset: error-feedback
- * residuals and delta bases start again, as after a checkpoint restore).
+ * gradients (zeroed), and puts the codec streams back as they were at the
+ * last commit (error-feedback residuals, delta bases), as the peers do.
  * Weights and optimizer state are untouched. Also used to discard a
  * complete step's gradients that will be recomputed. */
 void nb_host_abort_step(nb_host_t *h);
+
+/* Codec streams of hosted stage i: k = 0 forward send, 1 forward receive,
+ * 2 backward send, 3 backward receive. Borrowed. */
+nb_codec_stream_t *nb_host_stream(nb_host_t *h, int i, int k);
+/* Records the streams' state as the one an aborted step returns to
+ * (nb_host_apply does it at every commit; a restore from a checkpoint
+ * calls it once it has set the streams). Errors: NB_ENOMEM. */
+int nb_host_save_streams(nb_host_t *h);
 
 /* The hosted stages (ascending) and their parts; borrowed. */
 int nb_host_num_stages(const nb_host_t *h);

@@ -174,4 +174,25 @@ size_t nb_codec_stream_bytes(const nb_codec_stream_t *st);
 /* Squared L2 norm of the error-feedback residual (0 when none). */
 double nb_codec_stream_residual_sumsq(nb_codec_stream_t *st);
 
+/* State copy, export and import: what a training runtime needs to put a
+ * stream back where it was at a step boundary (after an aborted step, or
+ * from a checkpoint). Device pointers of the stream's backend. */
+/* True when st holds neither a residual nor a base (NULL: true). */
+bool nb_codec_stream_empty(const nb_codec_stream_t *st);
+/* Makes dst hold exactly what src holds: residual, bases with their keys,
+ * visit counts and age order. Same backend. NB_ENOMEM leaves dst empty. */
+int nb_codec_stream_copy(nb_codec_stream_t *dst, const nb_codec_stream_t *src);
+/* The residual (*n floats; NULL and 0 when none). Borrowed. */
+const float *nb_codec_stream_residual_state(const nb_codec_stream_t *st, size_t *n);
+/* The delta bases, oldest first: base i with its key, visit count and
+ * length (NULL past the end). Borrowed. */
+size_t nb_codec_stream_num_bases(const nb_codec_stream_t *st);
+const float *nb_codec_stream_base_state(const nb_codec_stream_t *st, size_t i, uint64_t *key, uint32_t *visit,
+                                        size_t *n);
+/* Sets the residual to n floats copied from src (device memory). */
+int nb_codec_stream_set_residual(nb_codec_stream_t *st, const float *src, size_t n);
+/* Adds (as the newest) or replaces key's base: n floats from src, with its
+ * visit count. NB_ELIMIT: larger than the stream's state bound. */
+int nb_codec_stream_add_base(nb_codec_stream_t *st, uint64_t key, uint32_t visit, const float *src, size_t n);
+
 #endif /* NB_CODEC_H */

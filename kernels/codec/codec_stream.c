@@ -173,3 +173,68 @@ int nb__codec_stream_set_base(nb_codec_stream_t *st, uint64_t key, const float *
     st->base_bytes += bytes;
     return 0;
 }
+
+/* ---- state copy, export and import ---------------------------------------- */
+
+bool nb_codec_stream_empty(const nb_codec_stream_t *st)
+{
+    return !st || (!st->resid && st->nents == 0);
+}
+
+int nb_codec_stream_set_residual(nb_codec_stream_t *st, const float *src, size_t n)
+{
+    float *r = nb__codec_stream_residual(st, n);
+    if (!r)
+        return NB_ENOMEM;
+    nb_be_copy(st->be, r, src, n * sizeof(float));
+    return 0;
+}
+
+int nb_codec_stream_add_base(nb_codec_stream_t *st, uint64_t key, uint32_t visit, const float *src, size_t n)
+{
+    int rc = nb__codec_stream_set_base(st, key, src, n, true);
+    if (rc)
+        return rc;
+    entry_t *e = find(st, key);
+    if (e)
+        e->visit = visit;
+    return 0;
+}
+
+int nb_codec_stream_copy(nb_codec_stream_t *dst, const nb_codec_stream_t *src)
+{
+    if (dst == src)
+        return 0;
+    nb_codec_stream_reset(dst);
+    int rc = 0;
+    if (src->resid)
+        rc = nb_codec_stream_set_residual(dst, src->resid, src->resid_n);
+    for (size_t i = 0; rc == 0 && i < src->nents; i++)
+        rc = nb_codec_stream_add_base(dst, src->ents[i].key, src->ents[i].visit, src->ents[i].base,
+                                      src->ents[i].n);
+    if (rc)
+        nb_codec_stream_reset(dst);
+    return rc;
+}
+
+const float *nb_codec_stream_residual_state(const nb_codec_stream_t *st, size_t *n)
+{
+    *n = st->resid ? st->resid_n : 0;
+    return st->resid;
+}
+
+size_t nb_codec_stream_num_bases(const nb_codec_stream_t *st)
+{
+    return st->nents;
+}
+
+const float *nb_codec_stream_base_state(const nb_codec_stream_t *st, size_t i, uint64_t *key, uint32_t *visit,
+                                        size_t *n)
+{
+    if (i >= st->nents)
+        return NULL;
+    *key = st->ents[i].key;
+    *visit = st->ents[i].visit;
+    *n = st->ents[i].n;
+    return st->ents[i].base;
+}
