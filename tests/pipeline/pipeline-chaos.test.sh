@@ -10,8 +10,13 @@
 # its final weights equal, to the bit, those of nebula-train on the same job
 # without any fault; the faults, the recoveries and the steps redone are
 # printed.
+# With CHAOS_NETNS=1 (root and network namespaces needed, else the test is
+# skipped) stage c runs in a network namespace of its own, joined to the
+# others' by a veth pair (scripts/wan-emu.sh), and one more kind of fault
+# takes that link down for 5 s (longer than the heartbeat timeout) and up.
 # Environment: CHAOS_STEPS (default 100), CHAOS_FAULTS (default 4), CHAOS_SEED
-# (default: random, printed), CHAOS_EVERY (checkpoint every N steps, default 7).
+# (default: random, printed), CHAOS_EVERY (checkpoint every N steps, default 7),
+# CHAOS_NETNS (default 0).
 # The long version (docs/operations.md) is scripts/chaos.sh, which runs this
 # with a few hundred steps and ten or more faults.
 set -euo pipefail
@@ -38,6 +43,25 @@ chaos_kill() {
 }
 trap 'chaos_kill; nb_work_cleanup' EXIT
 nb_on_fail() { nb_tail_logs 25; echo "# seed $seed"; }
+netns=${CHAOS_NETNS:-0}
+ns=nbchaos
+host_ab=127.0.0.1 host_c=127.0.0.1
+if [ "$netns" = 1 ]; then
+  [ "$(id -u)" = 0 ] || nb_skip "CHAOS_NETNS=1 needs root"
+  rc=0; scripts/wan-emu.sh up "$ns" 1000 >/dev/null 2>&1 || rc=$?
+  [ $rc -eq 0 ] || nb_skip "network namespaces unavailable ($rc)"
+  trap 'chaos_kill; nb_work_cleanup; scripts/wan-emu.sh down "$ns" >/dev/null 2>&1 || true' EXIT
+  host_ab=10.77.0.1 host_c=10.77.0.2
+fi
+# ns_prefix NAME: sets $nsx to the command prefix that runs daemon NAME in
+# its namespace (ip netns exec replaces itself with the daemon: $! stays
+# the daemon's pid); empty without namespaces
+ns_prefix() {
+  nsx=()
+  if [ "$netns" = 1 ]; then
+    if [ "$1" = c ]; then nsx=(ip netns exec "$ns-b"); else nsx=(ip netns exec "$ns-a"); fi
+  fi
+}
 nb_pipe_prepare "$work" "$bin" || exit 1
 bash scripts/gen-certs.sh "$work/certs" c >/dev/null
 base=$(( 40000 + ($$ % 2000) * 10 ))
@@ -63,7 +87,7 @@ YAML
 }
 mkdir -p "$work/run"
 {
-  echo "name: coord"; echo "role: coordinator"; echo "listen: 127.0.0.1:$cp"
+  echo "name: coord"; echo "role: coordinator"; echo "listen: $host_ab:$cp"
   echo "tls: {cert: certs/coord.pem, key: certs/coord.key, ca: certs/ca.pem}"
   echo "status_socket: run/coord.sock"; echo "heartbeat_interval_s: 0.2"; echo "heartbeat_timeout_s: 2"
   echo "connect_timeout_s: 20"; echo "checkpoint_dir: run/coord-ckpt"
@@ -71,13 +95,14 @@ mkdir -p "$work/run"
   echo "  checkpoint: {every_steps: $every, keep: 2}"
   echo "  recovery_timeout_s: 120"
   echo "  clusters:"
-  echo "    - {name: a, address: 127.0.0.1:$ap}"
-  echo "    - {name: b, address: 127.0.0.1:$bp}"
-  echo "    - {name: c, address: 127.0.0.1:$ccp}"
+  echo "    - {name: a, address: $host_ab:$ap}"
+  echo "    - {name: b, address: $host_ab:$bp}"
+  echo "    - {name: c, address: $host_c:$ccp}"
 } > "$work/coord.yaml"
 for n in a b c; do
   case $n in a) p=$ap ;; b) p=$bp ;; c) p=$ccp ;; esac
-  nb_stage_yaml "$work/$n.yaml" $n "127.0.0.1:$p" "127.0.0.1:$cp" 0.2 2 "checkpoint_dir: run/$n-ckpt"
+  h=$host_ab; [ $n = c ] && h=$host_c
+  nb_stage_yaml "$work/$n.yaml" $n "$h:$p" "$host_ab:$cp" 0.2 2 "checkpoint_dir: run/$n-ckpt"
 done
 { echo "name: ref"; echo "role: train"; job_section; echo "  output: run/ref.weights"; } > "$work/ref.yaml"
 "$bin/nebula-train" --config "$work/ref.yaml" > "$work/ref.log" 2>&1 || fail "nebula-train"
@@ -89,7 +114,8 @@ supervise() {
   while :; do
     delay=0
     [ "$n" = c ] && [ ! -e "$work/run/c.nodelay" ] && delay=3
-    NEBULA_TEST_FINAL_DELAY_S=$delay "$bin/nebulad" --config "$work/$n.yaml" >> "$work/$n.log" 2>&1 &
+    ns_prefix $n
+    NEBULA_TEST_FINAL_DELAY_S=$delay "${nsx[@]}" "$bin/nebulad" --config "$work/$n.yaml" >> "$work/$n.log" 2>&1 &
     echo $! > "$work/run/$n.pid"
     if wait $!; then break; fi
     [ -e "$work/run/stop" ] && break
@@ -117,13 +143,15 @@ for t in $targets; do
   i=$((i + 1))
   nb_wait_for 300 reached "$t" || fail "the job did not reach step $t within 300 s"
   done_yet && break
-  kind=$(( RANDOM % 4 ))
+  kind=$(( RANDOM % (netns == 1 ? 5 : 4) ))
   victim=$(printf 'a\nb\nc\n' | sed -n "$(( RANDOM % 3 + 1 ))p")
   case $kind in
     0) kill -9 "$(pid_of $victim)" 2>/dev/null || true; f="kill -9 stage $victim" ;;
     1) kill -9 "$(pid_of coord)" 2>/dev/null || true; f="kill -9 coordinator" ;;
     2) kill -STOP "$(pid_of $victim)" 2>/dev/null || true; sleep 3.5
        kill -CONT "$(pid_of $victim)" 2>/dev/null || true; f="kill -STOP stage $victim for 3.5 s" ;;
+    4) ip -n "$ns-a" link set dev "v$ns-a" down; sleep 5; ip -n "$ns-a" link set dev "v$ns-a" up
+       f="the link to stage c down for 5 s" ;;
     3) n0=$(grep -c "checkpoint at step .*: asking" "$work/coord.log" || true)
        nb_wait_for 60 bash -c "[ \$(grep -c 'checkpoint at step .*: asking' '$work/coord.log') -gt $n0 ]" || true
        kill -9 "$(pid_of $victim)" 2>/dev/null || true; f="kill -9 stage $victim during a checkpoint" ;;
@@ -151,7 +179,8 @@ for n in coord a b c; do "$bin/nebulactl" --socket "$work/run/$n.sock" stop >/de
 for p in "${pids[@]}"; do wait "$p" || true; done
 pids=()
 recoveries=$(grep -c "recovered in" "$work/coord.log" || true)
-redone=$({ grep -o "([0-9]* steps\? to run again)" "$work/coord.log" || true; } | grep -o "[0-9]*" | awk '{s += $1} END {print s + 0}')
+redone=$({ grep -o "([0-9]* steps\? to run again)" "$work/coord.log" || true; } | { grep -o "[0-9]*" || true; } |
+  awk '{s += $1} END {print s + 0}')
 echo "# faults: ${#faults[@]}, recoveries logged: $recoveries, steps run again: ${redone:-0}"
 { grep -h "recovered in\|resuming .* at step\|resuming job" "$work/coord.log" || true; } | sed 's/^/#   /' | head -n 40
 "$bin/nebula-weights" compare --tol 0 "$work/run/ref.weights" "$work"/run/*-ckpt/final-stage*.weights \
