@@ -11,7 +11,8 @@ probe="$build/bin/nebula-netprobe"
 nb_work_init netprobe
 nb_on_fail() { nb_tail_logs 20; }
 scripts/gen-certs.sh "$work" a b >/dev/null || fail "gen-certs"
-port=$((20000 + RANDOM % 20000))
+. tests/support/pipeline.sh
+port=$(nb_port_base 10)
 "$probe" --listen 127.0.0.1:$port --name b --peer a --cert "$work/b.pem" --key "$work/b.key" \
   --ca "$work/ca.pem" >"$work/srv.log" 2>&1 &
 srv=$!

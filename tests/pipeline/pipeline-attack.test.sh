@@ -22,7 +22,7 @@ fail() { echo "FAIL: $*"; for f in "$work"/*.log; do echo "--- $f"; tail -n 15 "
 
 . tests/support/pipeline.sh
 nb_pipe_prepare "$work" "$bin" || exit 1
-base=$(( 32000 + ($$ % 2000) * 10 ))
+base=$(nb_port_base 40)
 cp=$base ap=$((base + 1)) bp=$((base + 2))
 cat > "$work/coord.yaml" <<YAML
 name: coord

@@ -64,7 +64,7 @@ ns_prefix() {
 }
 nb_pipe_prepare "$work" "$bin" || exit 1
 bash scripts/gen-certs.sh "$work/certs" c >/dev/null
-base=$(( 40000 + ($$ % 2000) * 10 ))
+base=$(nb_port_base 40)
 cp=$base ap=$((base + 1)) bp=$((base + 2)) ccp=$((base + 3))
 
 model="{n_layer: 6, d_model: 64, n_head: 4, d_ff: 256, vocab: 256, max_seq: 32, tie_embeddings: false}"

@@ -31,7 +31,7 @@ stop_all() {
 trap 'stop_all; nb_work_cleanup' EXIT
 nb_on_fail() { nb_tail_logs 20; }
 nb_pipe_prepare "$work" "$bin" || exit 1
-base=$(( 47000 + ($$ % 500) * 3 ))
+base=$(nb_port_base 40)
 cp=$base ap=$((base + 1)) bp=$((base + 2))
 {
   echo "name: coord"; echo "role: coordinator"; echo "listen: 127.0.0.1:$cp"

@@ -23,7 +23,7 @@ bin="$build/bin"
 nb_work_init pipe-faults
 nb_on_fail() { nb_tail_logs 15; }
 nb_pipe_prepare "$work" "$bin" || exit 1
-base=$(( 30000 + ($$ % 2000) * 10 ))
+base=$(nb_port_base 40)
 cp=$base ap=$((base + 1)) bp=$((base + 2))
 
 write_configs() { # $1 steps, $2 extra planner/codec lines, $3 forward codec, $4 connect timeout

@@ -22,7 +22,7 @@ fail() { echo "FAIL: $*"; for f in "$work"/*.log; do echo "--- $f"; tail -n 20 "
 
 . tests/support/pipeline.sh
 nb_pipe_prepare "$work" "$bin" || exit 1
-base=$(( 24000 + ($$ % 2000) * 10 ))
+base=$(nb_port_base 40)
 
 job_section() { # $1 steps
   cat <<YAML

@@ -71,7 +71,7 @@ nb_stage_yaml "$work/b.yaml" b "127.0.0.1:$bp" "127.0.0.1:$cp" 0.5 30 ${1:+"$1"}
 start_job() {
   local try
   for try in 1 2 3 4 5; do
-    base=$(( 20000 + (RANDOM % 3000) * 10 ))
+    base=$(nb_port_base 10)
     cp=$base ap=$((base + 1)) bp=$((base + 2))
     write_configs "${2:-}"
     rm -rf "$work/run"; mkdir -p "$work/run"

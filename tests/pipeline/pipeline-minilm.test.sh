@@ -33,7 +33,7 @@ done
 nb_work_init pipe-minilm
 nb_on_fail() { nb_tail_logs 20; }
 nb_pipe_prepare "$work" "$bin" || fail "certificates or token file"
-base=$(( 26000 + ($$ % 2000) * 10 ))
+base=$(nb_port_base 40)
 
 # the pretrained model, and real text with MiniLM's own vocabulary
 "$bin/nebula-weights" import "$mdir" "$work/minilm.weights" > "$work/import.log" 2>&1 || fail "import: $(cat "$work/import.log")"

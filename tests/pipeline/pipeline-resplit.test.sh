@@ -22,7 +22,7 @@ nb_work_init pipe-resplit
 nb_on_fail() { nb_tail_logs 20; }
 nb_pipe_prepare "$work" "$bin" || exit 1
 bash scripts/gen-certs.sh "$work/certs" c >/dev/null
-base=$(( 46000 + ($$ % 500) * 5 ))
+base=$(nb_port_base 40)
 cp=$base ap=$((base + 1)) bp=$((base + 2)) ccp=$((base + 3))
 steps=400
 model="{n_layer: 6, d_model: 32, n_head: 4, d_ff: 64, vocab: 256, max_seq: 16, tie_embeddings: false}"

@@ -16,7 +16,7 @@ bin="$build/bin"
 nb_work_init pipe-status
 nb_on_fail() { nb_tail_logs 20; }
 nb_pipe_prepare "$work" "$bin" || exit 1
-base=$(( 23000 + ($$ % 2000) * 3 ))
+base=$(nb_port_base 40)
 cp=$base ap=$((base + 1)) bp=$((base + 2))
 mkdir -p "$work/run"
 cat > "$work/coord.yaml" <<YAML

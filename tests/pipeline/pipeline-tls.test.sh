@@ -16,7 +16,7 @@ bin="$build/bin"
 nb_work_init pipe-tls
 nb_on_fail() { nb_tail_logs 20; }
 nb_pipe_prepare "$work" "$bin" || exit 1
-base=$(( 20000 + ($$ % 2000) * 10 ))
+base=$(nb_port_base 40)
 
 model="{n_layer: 4, d_model: 32, n_head: 4, d_ff: 128, vocab: 256, max_seq: 32, tie_embeddings: false}"
 job_section() { # $1 schedule, $2 micro_batches; the model is $model

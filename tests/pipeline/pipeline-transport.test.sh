@@ -15,7 +15,7 @@ bin="$build/bin"
 nb_work_init pipe-transport
 nb_on_fail() { nb_tail_logs 20; }
 nb_pipe_prepare "$work" "$bin" || exit 1
-base=$(( 26000 + ($$ % 2000) * 3 ))
+base=$(nb_port_base 40)
 
 # ---- a bad value is refused, naming the key ----
 nb_stage_yaml "$work/bad.yaml" a "127.0.0.1:$base" "127.0.0.1:$((base + 1))" 1 10 \

@@ -135,6 +135,6 @@ if grep -q "job failed" "$work/coord.log" && ! grep -q "stopping" "$work/coord.l
 echo "ok coord-plan $topo"
 }
 
-base=$(( 23000 + ($$ % 2000) * 6 ))
+base=$(nb_port_base 40)
 run_topo chain $base
 run_topo ushape $((base + 3))

@@ -16,7 +16,8 @@ nb_on_fail() { nb_tail_logs 15; }
 
 bash scripts/gen-certs.sh "$work/certs" coord a b >/dev/null || fail "gen-certs"
 "$B/nebula-tokenize" "$text" "$work/data.tok" >/dev/null || fail "tokenize"
-base=$(( 40000 + ($$ % 2000) * 10 ))
+. tests/support/pipeline.sh
+base=$(nb_port_base 40)
 cp=$base ap=$((base + 1)) bp=$((base + 2))
 cat > "$work/coord.yaml" <<Y
 name: coord

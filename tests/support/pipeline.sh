@@ -34,3 +34,22 @@ YAML
     for line in "$@"; do echo "$line"; done
   } > "$file"
 }
+
+# nb_port_base SPAN: prints a port P such that P .. P+SPAN-1 are free on
+# this host now (no socket bound to them), chosen at random in 10000 .. 32000:
+# below the kernel's ephemeral range (32768-60999 by default), where the
+# outgoing connections of any process, the test's own daemons included, could
+# take a port between two runs of a daemon. Daemons of one test that listen
+# on consecutive ports take them from here.
+nb_port_base() {
+  local span=$1 p try
+  for try in $(seq 1 100); do
+    p=$(( 10000 + (RANDOM % ((32000 - 10000 - span) / 10)) * 10 ))
+    if ! command -v ss >/dev/null ||
+       [ "$(ss -Htan "( sport >= :$p and sport < :$((p + span)) )" 2>/dev/null | wc -l)" = 0 ]; then
+      echo "$p"
+      return 0
+    fi
+  done
+  echo "$p"
+}
