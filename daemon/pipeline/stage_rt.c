@@ -612,6 +612,30 @@ static void drain_outbox(nb_stage_rt_t *rt)
             rt->pending = o; /* back-pressure: wait for on_writable */
             return;
         }
+        if ((rc == NB_ESTATE || rc == NB_ECLOSED) && o->kind == OUT_TENSOR) {
+            /* the neighbour's connection is closing: a fault, as when its
+             * close is seen first (on_closed) */
+            int d = rt->job.layout.placement[o->msg->to_stage];
+            nb__stage_free_out(o);
+            attempt_abort(rt, true, rt->attempt, "lost pipeline neighbour %s (its connection closed while a "
+                          "tensor was sent)", rt->job.names[d]);
+            continue;
+        }
+        if ((rc == NB_ESTATE || rc == NB_ECLOSED) && (rt->have_job || rt->job_pending)) {
+            /* the coordinator's connection is closing: on_closed handles
+             * its loss; what it was told comes again as JOINED. A refusal
+             * still ends this daemon. */
+            bool stop = o->kind == OUT_STATUS &&
+                        (o->status == NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED || o->exit_after);
+            char why[sizeof o->text];
+            snprintf(why, sizeof why, "%s", o->text);
+            nb__stage_free_out(o);
+            if (stop) {
+                stop_failed(rt, why);
+                return;
+            }
+            continue;
+        }
         if (rc) {
             nb__stage_free_out(o);
             job_fail(rt, "cannot send to a peer: %s", nb_strerror(rc));
