@@ -113,12 +113,12 @@ supervise() {
   local n=$1
   while :; do
     delay=0
-    [ "$n" = c ] && [ ! -e "$work/run/c.nodelay" ] && delay=3
+    if [ "$n" = c ] && [ ! -e "$work/run/c.nodelay" ]; then delay=3; fi
     ns_prefix $n
     NEBULA_TEST_FINAL_DELAY_S=$delay "${nsx[@]}" "$bin/nebulad" --config "$work/$n.yaml" >> "$work/$n.log" 2>&1 &
     echo $! > "$work/run/$n.pid"
     if wait $!; then break; fi
-    [ -e "$work/run/stop" ] && break
+    if [ -e "$work/run/stop" ]; then break; fi
     echo "restart $(date +%s.%N)" >> "$work/run/$n.restarts"
     sleep 1
   done
@@ -142,7 +142,7 @@ i=0
 for t in $targets; do
   i=$((i + 1))
   nb_wait_for 300 reached "$t" || fail "the job did not reach step $t within 300 s"
-  done_yet && break
+  if done_yet; then break; fi
   kind=$(( RANDOM % (netns == 1 ? 5 : 4) ))
   victim=$(printf 'a\nb\nc\n' | sed -n "$(( RANDOM % 3 + 1 ))p")
   case $kind in

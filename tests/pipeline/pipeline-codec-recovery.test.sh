@@ -70,7 +70,7 @@ supervise() { # restarts nebulad NAME 1 s after any end but exit 0
     echo $! > "$work/run/$n.pid"
     local st=0
     wait $! || st=$?
-    [ $st -eq 0 ] || [ $st -eq 78 ] || [ -e "$work/run/stop" ] && break # 78: RestartPreventExitStatus
+    if [ $st -eq 0 ] || [ $st -eq 78 ] || [ -e "$work/run/stop" ]; then break; fi # 78: RestartPreventExitStatus
     sleep 1
   done
 }
