@@ -181,10 +181,16 @@ typedef struct {
                                 seqcls; < 0 = ignored. NULL = no loss, no backward. */
     float loss_scale;        /* head parts: gradient of the loss that backward
                                 propagates (1/m for m accumulated micro-batches) */
+    long loss_count;         /* head parts: 0 = normalise by this call's counted
+                                targets; > 0 = this call is one shard of a larger
+                                micro-batch with loss_count counted targets in
+                                all: loss and gradient are normalised by it, and
+                                a shard without a counted target is allowed */
 } nb_part_input_t;
 
 /* Runs the part forward for one micro-batch. Head parts with targets also
- * compute the loss (mean over counted targets, not scaled) into *loss and
+ * compute the loss (mean over counted targets, not scaled; with loss_count
+ * the shard's share: its sum over loss_count) into *loss and
  * the gradient of the logits for backward. Token IDs and targets are
  * checked on the host first. Errors: NB_EINVAL (a missing input, a token
  * outside the vocabulary, a target outside the classes, or no counted

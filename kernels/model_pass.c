@@ -207,8 +207,10 @@ static int head_fwd(nb_part_t *p, nb_part_acts_t *a, const nb_part_input_t *in, 
         return 0;
     nb_be_copy(be, a->targets, in->targets, (size_t)rows * sizeof(int32_t));
     long count = check_ids(a, a->targets, (size_t)rows, cols, true);
-    if (count <= 0)
+    if (count < 0 || (count == 0 && in->loss_count <= 0) || (in->loss_count > 0 && count > in->loss_count))
         return NB_EINVAL; /* a target out of range, or none counted */
+    if (in->loss_count > 0) /* a shard: normalised by the whole micro-batch */
+        count = in->loss_count;
     nb_xent_fwd_bwd(be, a->losses, a->dlogits, a->logits, a->targets,
                     in->loss_scale / (float)count, rows, cols);
     nb_be_to_host(be, a->host_losses, a->losses, (size_t)rows * sizeof(float));

@@ -117,6 +117,23 @@ const char *nb_pipe_layout_validate(const nb_pipe_layout_t *l);
  * Errors: NB_EINVAL (layout, data), NB_ENOMEM, token file errors. */
 int nb_host_new(nb_backend_t *be, const nb_pipe_layout_t *l, int daemon, const char *data,
                 nb_host_t **out, char *err, size_t errlen);
+/* The same with every hosted stage run as n_replicas replicas, replica r on
+ * bes[r] (borrowed; docs/pipeline.md, "Replicas"): each micro-batch is
+ * split along its batch dimension, the replicas' gradients are summed after
+ * the step's last backward, and every replica takes the same optimizer
+ * step. bes[0] plays the role of nb_host_new's be. n_replicas 1 is
+ * nb_host_new. Errors: those of nb_host_new; NB_EINVAL for replicas the
+ * reduction engine cannot join (CUDA: no NCCL engine yet). */
+int nb_host_new_replicas(nb_backend_t *const *bes, int n_replicas, const nb_pipe_layout_t *l, int daemon,
+                         const char *data, nb_host_t **out, char *err, size_t errlen);
+/* Replicas of each hosted stage (1 without data parallelism). */
+int nb_host_replicas(const nb_host_t *h);
+/* Hosted stage i's part on replica r (r = 0 is nb_host_part). Borrowed. */
+nb_part_t *nb_host_replica_part(nb_host_t *h, int i, int r);
+/* Copies replica 0's weights and optimizer state to the other replicas:
+ * call it after filling replica 0 (nb_host_part, nb_host_optim) from a
+ * checkpoint or an imported model. Errors: NB_ENOMEM. */
+int nb_host_sync_replicas(nb_host_t *h);
 void nb_host_free(nb_host_t *h);
 
 /* Runs one step of plan through io. timeout_ms bounds each wait for a
