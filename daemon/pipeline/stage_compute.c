@@ -422,6 +422,8 @@ static int handle_plan(nb_stage_rt_t *rt, compute_t *c, const Nebula__Plan *p)
     }
     c->prepared = true;
     c->last_m = plan.m;
+    if (!isnan(res.loss)) /* the coordinator logs four decimals; tests compare runs closer */
+        nb_log_debug(NULL, "step %lld loss %.9g", (long long)plan.step + 1, res.loss);
     for (int s = 0; s < rt->job.layout.p; s++)
         if (res.nonfinite_stages >> s & 1)
             nb_log_warn(NULL, "step %lld: stage %d's gradient is not finite (NaN or Inf); the coordinator "
@@ -452,6 +454,7 @@ static int handle_plan(nb_stage_rt_t *rt, compute_t *c, const Nebula__Plan *p)
     j.micro_batches = plan.m;
     nb_sched_format(&plan.sched, j.schedule, sizeof j.schedule);
     layers_text(&rt->job.layout, rt->me, j.layers, sizeof j.layers);
+    j.replicas = nb_host_replicas(host);
     nb_state_job_update(rt->state, &j);
     out_item_t *o = calloc(1, sizeof *o);
     if (!o)
