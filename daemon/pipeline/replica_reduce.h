@@ -10,8 +10,12 @@
  * result does not depend on thread timing and every replica ends with the
  * same bits. The NCCL engine is designed in docs/pipeline.md, not built.
  *
- * Thread: an engine is driven by one thread at a time (the stage's compute
- * thread); the buffers must not be touched by anyone else during a call.
+ * Thread: the CPU engine holds no state between calls: calls on disjoint
+ * ranges may run at once from the replicas' threads (the buckets of the
+ * overlapped reduction, stage_replicas.c); the range of a call must not be
+ * touched by anyone else during it. An engine built on a device library's
+ * collectives (NCCL) must issue its calls in one order on every rank: it
+ * would take the buckets in a queue of its own (docs/pipeline.md).
  * Errors: negative NB_E* codes with a message in err.
  */
 #ifndef NB_REPLICA_REDUCE_H

@@ -314,6 +314,14 @@ nb_part_t *nb_host_part(nb_host_t *h, int i) { return h->st[i].part; }
 int nb_host_replicas(const nb_host_t *h) { return h->n ? nb_reps_count(h->st[0].reps) : 1; }
 nb_part_t *nb_host_replica_part(nb_host_t *h, int i, int r) { return nb_reps_part(h->st[i].reps, r); }
 
+size_t nb_host_overlapped(const nb_host_t *h)
+{
+    size_t n = 0;
+    for (int i = 0; i < h->n; i++)
+        n += nb_reps_overlapped(h->st[i].reps);
+    return n;
+}
+
 int nb_host_sync_replicas(nb_host_t *h)
 {
     for (int i = 0; i < h->n; i++) {
@@ -599,6 +607,7 @@ typedef struct {
     int timeout_ms;
     double loss;
     uint64_t bytes_raw, bytes_wire;
+    int last_bwd[NB_SCHED_MAX_STAGES]; /* per stage: the micro-batch of its step's last backward */
     char *err;
     size_t errlen;
 } step_ctx_t;
@@ -802,7 +811,8 @@ static int op_backward(step_ctx_t *c, const nb_sched_op_t *op)
     nb_mb_timing_t *tm = timing(h, s, mb, c->plan->m);
     tm->bwd_start_ns = nb_host_now_ns();
     char why[160];
-    int rc = nb_reps_backward(hs->reps, hs->pool[slot], h->l.parts[s].head ? NULL : hs->dout, why, sizeof why);
+    int rc = nb_reps_backward(hs->reps, hs->pool[slot], h->l.parts[s].head ? NULL : hs->dout,
+                              mb == c->last_bwd[s], why, sizeof why);
     nb_be_sync(h->be);
     tm->bwd_ns = nb_host_now_ns() - tm->bwd_start_ns;
     if (rc) {
@@ -871,6 +881,9 @@ int nb_host_run_step(nb_host_t *h, const nb_step_plan_t *plan, const nb_pipe_io_
     }
     if ((rc = prepare_step(h, plan->m)))
         return rc;
+    for (int i = 0; i < n; i++)
+        if (h->ops[i].kind == NB_OP_BWD)
+            c.last_bwd[h->ops[i].stage] = h->ops[i].mb;
     for (int i = 0; i < n && rc == 0; i++) {
         const nb_sched_op_t *op = &h->ops[i];
         switch (op->kind) {

@@ -130,6 +130,9 @@ int nb_host_new_replicas(nb_backend_t *const *bes, int n_replicas, const nb_pipe
 int nb_host_replicas(const nb_host_t *h);
 /* Hosted stage i's part on replica r (r = 0 is nb_host_part). Borrowed. */
 nb_part_t *nb_host_replica_part(nb_host_t *h, int i, int r);
+/* Gradient floats of the hosted stages that the last step reduced across
+ * the replicas while its last backward ran (0 with one replica). */
+size_t nb_host_overlapped(const nb_host_t *h);
 /* Copies replica 0's weights and optimizer state to the other replicas:
  * call it after filling replica 0 (nb_host_part, nb_host_optim) from a
  * checkpoint or an imported model. Errors: NB_ENOMEM. */

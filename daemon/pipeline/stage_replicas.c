@@ -11,6 +11,11 @@
 #include "daemon/pipeline/stage_replicas.h"
 #include "kernels/cpu_level.h"
 
+typedef struct {
+    nb_reps_t *s;
+    int r;
+} rep_hook_t;
+
 struct nb_reps {
     int R;
     nb_part_t **parts;      /* R; [0] borrowed */
@@ -19,6 +24,21 @@ struct nb_reps {
     nb_reduce_t *engine;    /* R > 1 */
     int C;
     bool embed, head;
+    /* The all-reduce overlapped with the step's last backward: each
+     * replica reports how far its gradients are complete (a suffix of the
+     * buffer, as backward runs from the head down); the range every
+     * replica has completed is reduced by the replica whose report
+     * completed it, while the others go on. */
+    float *gbuf[NB_REPS_MAX];  /* each replica's flat gradients */
+    size_t n;                  /* floats in them */
+    size_t floor;              /* never reduced early: [0, floor) (a tied head adds to wte later) */
+    pthread_mutex_t mu;
+    bool mu_init;
+    size_t reported[NB_REPS_MAX]; /* per replica: [reported, n) complete; under mu */
+    size_t reduced_from;       /* [reduced_from, n) reduced this step; under mu */
+    size_t overlapped;         /* floats reduced during the last backward of the last step */
+    int reduce_rc;             /* the first error of an early reduction; under mu */
+    rep_hook_t hooks[NB_REPS_MAX];
 };
 
 struct nb_reps_acts {
@@ -160,6 +180,9 @@ int nb_reps_new(nb_part_t *part0, nb_optim_t *optim0, nb_backend_t *const *bes, 
         goto oom;
     s->parts[0] = part0;
     s->optims[0] = optim0;
+    if (pthread_mutex_init(&s->mu, NULL) != 0)
+        goto oom;
+    s->mu_init = true;
     for (int r = 0; r < R; r++)
         s->bes[r] = bes[r];
     if (R > 1) {
@@ -181,6 +204,13 @@ int nb_reps_new(nb_part_t *part0, nb_optim_t *optim0, nb_backend_t *const *bes, 
     }
     if ((rc = nb_reps_sync(s)))
         goto oom;
+    s->n = nb_part_num_params(part0);
+    s->reduced_from = s->n;
+    for (int r = 0; r < R; r++) {
+        s->gbuf[r] = nb_part_grads(s->parts[r]); /* nothing pending yet: no fold */
+        s->hooks[r] = (rep_hook_t){ s, r };
+    }
+
     if (R > 1)
         nb_cpu_blas_share(R);
     *out = s;
@@ -206,6 +236,8 @@ void nb_reps_free(nb_reps_t *s)
             nb_part_free(s->parts[r]);
     }
     nb_reduce_free(s->engine);
+    if (s->mu_init)
+        pthread_mutex_destroy(&s->mu);
     free(s->parts);
     free(s->optims);
     free(s->bes);
@@ -369,9 +401,44 @@ int nb_reps_forward(nb_reps_t *s, nb_reps_acts_t *a, const nb_part_input_t *in, 
     return 0;
 }
 
-int nb_reps_backward(nb_reps_t *s, nb_reps_acts_t *a, const float *dout, char *err, size_t errlen)
+/* nb_part_grad_ready_cb of replica k->r during the step's last backward. */
+static void on_grad_ready(void *ud, size_t offset)
+{
+    rep_hook_t *k = ud;
+    nb_reps_t *s = k->s;
+    nb_be_sync(s->bes[k->r]);
+    if (offset < s->floor)
+        offset = s->floor;
+    pthread_mutex_lock(&s->mu);
+    s->reported[k->r] = offset;
+    size_t lo = 0, hi = s->reduced_from;
+    for (int r = 0; r < s->R; r++)
+        if (s->reported[r] > lo)
+            lo = s->reported[r];
+    if (lo < hi) /* every replica has completed [lo, hi): this thread reduces it */
+        s->reduced_from = lo;
+    pthread_mutex_unlock(&s->mu);
+    if (lo >= hi)
+        return;
+    float *bufs[NB_REPS_MAX];
+    for (int r = 0; r < s->R; r++)
+        bufs[r] = s->gbuf[r] + lo;
+    char err[16];
+    int rc = nb_reduce_allreduce(s->engine, bufs, hi - lo, err, sizeof err);
+    pthread_mutex_lock(&s->mu);
+    s->overlapped += hi - lo;
+    if (rc && !s->reduce_rc)
+        s->reduce_rc = rc;
+    pthread_mutex_unlock(&s->mu);
+}
+
+int nb_reps_backward(nb_reps_t *s, nb_reps_acts_t *a, const float *dout, bool last, char *err, size_t errlen)
 {
     NB_CHECK(a->s == s);
+    if (s->reduced_from != s->n) {
+        snprintf(err, errlen, "backward after the step's last one (its gradients are being reduced)");
+        return NB_ESTATE;
+    }
     if (s->R == 1) {
         int rc = nb_part_backward(s->parts[0], a->a[0], dout);
         if (rc)
@@ -380,11 +447,34 @@ int nb_reps_backward(nb_reps_t *s, nb_reps_acts_t *a, const float *dout, char *e
     }
     pass_arg_t x = { .a = a, .dout = dout };
     int rcs[NB_REPS_MAX];
+    if (last) { /* the gradients become final as this backward runs: reduce them on the way */
+        s->overlapped = 0;
+        s->reduce_rc = 0;
+        /* a head tied to this part's wte (built after this set, so asked
+         * here) adds its share at the end: wte waits for nb_reps_reduce */
+        int wte = nb_part_find_tensor(s->parts[0], "wte");
+        s->floor = nb_part_has_tied_head(s->parts[0]) && wte >= 0
+                       ? nb_part_tensor(s->parts[0], wte)->offset + nb_part_tensor(s->parts[0], wte)->numel
+                       : 0;
+        for (int r = 0; r < s->R; r++) {
+            s->reported[r] = s->n;
+            nb_part_set_grad_ready(s->parts[r], on_grad_ready, &s->hooks[r]);
+        }
+    }
     int rc = run_all(s, bwd_one, &x, rcs);
+    if (last)
+        for (int r = 0; r < s->R; r++)
+            nb_part_set_grad_ready(s->parts[r], NULL, NULL);
     if (rc)
         name_failure(s, rcs, "backward", err, errlen);
+    else if (s->reduce_rc) {
+        snprintf(err, errlen, "the all-reduce of the gradients failed (%s)", nb_strerror(s->reduce_rc));
+        rc = s->reduce_rc;
+    }
     return rc;
 }
+
+size_t nb_reps_overlapped(const nb_reps_t *s) { return s->overlapped; }
 
 /* ---- gradients and the optimizer ------------------------------------------------------ */
 
@@ -392,12 +482,17 @@ int nb_reps_reduce(nb_reps_t *s, char *err, size_t errlen)
 {
     if (s->R == 1)
         return 0;
+    /* what the last backward did not reduce on the way: all of it when no
+     * backward was marked last, the embedding's wte under a tied head */
+    size_t hi = s->reduced_from;
+    s->reduced_from = s->n;
     float *bufs[NB_REPS_MAX];
     for (int r = 0; r < s->R; r++) {
         bufs[r] = nb_part_grads(s->parts[r]); /* finishes a tied head's share first */
+        NB_CHECK(bufs[r] == s->gbuf[r]);
         nb_be_sync(s->bes[r]);
     }
-    int rc = nb_reduce_allreduce(s->engine, bufs, nb_part_num_params(s->parts[0]), err, errlen);
+    int rc = hi ? nb_reduce_allreduce(s->engine, bufs, hi, err, errlen) : 0;
     for (int r = 0; r < s->R; r++)
         nb_be_sync(s->bes[r]);
     return rc;
@@ -427,6 +522,7 @@ void nb_reps_step(nb_reps_t *s, float lr, float grad_scale)
 
 void nb_reps_zero_grad(nb_reps_t *s)
 {
+    s->reduced_from = s->n; /* an aborted step's early reductions are void */
     for (int r = 0; r < s->R; r++) {
         nb_part_zero_grad(s->parts[r]);
         nb_be_sync(s->bes[r]);

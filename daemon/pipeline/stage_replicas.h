@@ -29,6 +29,7 @@
 #ifndef NB_STAGE_REPLICAS_H
 #define NB_STAGE_REPLICAS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include "kernels/backend.h"
 #include "kernels/model.h"
@@ -78,16 +79,26 @@ size_t nb_reps_acts_bytes(const nb_reps_acts_t *a);
 int nb_reps_forward(nb_reps_t *s, nb_reps_acts_t *a, const nb_part_input_t *in, float *loss,
                     char *err, size_t errlen);
 /* Backward of the last forward on a: dout (B,T,C) in replica 0's memory,
- * NULL for head parts. Accumulates each replica's gradients. */
-int nb_reps_backward(nb_reps_t *s, nb_reps_acts_t *a, const float *dout, char *err, size_t errlen);
+ * NULL for head parts. Accumulates each replica's gradients. last: this is
+ * the step's last backward of the stage; its gradients are then all-reduced
+ * bucket by bucket (the head, each block from the last, the embedding) as
+ * soon as every replica has finished that bucket, while the replicas go on
+ * with the blocks below (nb_part_set_grad_ready). A backward after the
+ * last one of a step is refused (NB_ESTATE) until nb_reps_reduce() or
+ * nb_reps_zero_grad(). */
+int nb_reps_backward(nb_reps_t *s, nb_reps_acts_t *a, const float *dout, bool last, char *err, size_t errlen);
+/* Floats of the gradient buffer reduced during the last backward of the
+ * last step (the rest waited for nb_reps_reduce()); for tests and traces. */
+size_t nb_reps_overlapped(const nb_reps_t *s);
 /* The gathered output activations / input gradient (B,T,C), in replica 0's
  * memory. */
 const float *nb_reps_acts_output(const nb_reps_acts_t *a);
 const float *nb_reps_acts_dinput(const nb_reps_acts_t *a);
 
 /* Sums the step's gradients over the replicas (fixed order, every replica
- * gets the sum). Call once after the step's last backward, before reading
- * replica 0's gradients. A no-op for R = 1. */
+ * gets the sum): what the last backward has not reduced on the way. Call
+ * once after the step's last backward, before reading replica 0's
+ * gradients. A no-op for R = 1. */
 int nb_reps_reduce(nb_reps_t *s, char *err, size_t errlen);
 /* One optimizer step on every replica with the same gradients. */
 void nb_reps_step(nb_reps_t *s, float lr, float grad_scale);

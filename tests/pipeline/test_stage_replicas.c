@@ -4,7 +4,8 @@
  * weights within 1e-6 relative, for the lm and mlm heads, even and uneven
  * batch splits, tied embeddings and a pipeline of two daemons; the replicas
  * stay bit-identical after every step; the batch split and the fixed-order
- * reduction are what docs/pipeline.md says; a micro-batch smaller than the
+ * reduction are what docs/pipeline.md says, and the reduction overlapped
+ * with the last backward gives the bits of one after it; a micro-batch smaller than the
  * replica count and a replica's failure are refused with a message naming
  * them.
  *
@@ -134,6 +135,8 @@ static int run_dp(const pf_job_t *j, const nb_pipe_layout_t *l, const char *sche
             r->loss[s] = w[l->placement[l->p - 1]].loss[s];
         for (int d = 0; d < l->n_daemons; d++) {
             assert_int_equal(nb_host_replicas(w[d].host), reps[d]);
+            /* the all-reduce ran during the last backward, not all after it */
+            assert_true(reps[d] > 1 ? nb_host_overlapped(w[d].host) > 0 : nb_host_overlapped(w[d].host) == 0);
             for (int i = 0; i < nb_host_num_stages(w[d].host); i++) {
                 nb_part_t *p0 = nb_host_part(w[d].host, i);
                 assert_ptr_equal(nb_host_replica_part(w[d].host, i, 0), p0);
@@ -314,6 +317,65 @@ static void test_refusals(void **state)
         nb_be_free(bes[r]);
 }
 
+/* The last backward reduces its gradients bucket by bucket as they become
+ * final, with the same bits as a reduction after it; a backward after the
+ * last one is refused until the reduction. */
+static void test_overlapped_reduce(void **state)
+{
+    (void)state;
+    pf_job_t j = pf_job_default(data_path);
+    nb_backend_t *bes[2] = { nb_cpu_backend_new(), nb_cpu_backend_new() };
+    nb_part_spec_t spec = { .embed = false, .first = 0, .last = 3, .head = false };
+    char err[256];
+    nb_part_t *p0;
+    assert_int_equal(nb_part_new(bes[0], &j.model, &spec, 3, NULL, &p0, err, sizeof err), 0);
+    size_t n = nb_part_num_params(p0);
+    nb_optim_segment_t seg = { 0, n, false };
+    nb_optim_t *o0;
+    assert_int_equal(nb_optim_new(bes[0], &j.optim, n, &seg, 1, &o0), 0);
+    nb_reps_t *s;
+    assert_int_equal(nb_reps_new(p0, o0, bes, 2, &j.optim, 3, NULL, &s, err, sizeof err), 0);
+    nb_reps_acts_t *a;
+    int B = 3, T = 8, C = j.model.d_model;
+    assert_int_equal(nb_reps_acts_new(s, B, T, &a), 0);
+    size_t nx = (size_t)B * T * C;
+    float *x = malloc(nx * sizeof *x), *dout = malloc(nx * sizeof *dout);
+    for (size_t i = 0; i < nx; i++) {
+        x[i] = (float)sin(0.37 * (double)i);
+        dout[i] = (float)cos(0.11 * (double)i) * 1e-2f;
+    }
+    nb_part_input_t in = { .x = x };
+    float *after = malloc(n * sizeof *after);
+    for (int pass = 0; pass < 2; pass++) {
+        bool last = pass == 1;
+        nb_reps_zero_grad(s);
+        assert_int_equal(nb_reps_forward(s, a, &in, NULL, err, sizeof err), 0);
+        assert_int_equal(nb_reps_backward(s, a, dout, last, err, sizeof err), 0);
+        assert_int_equal(nb_reps_overlapped(s), last ? n : 0);
+        if (last) { /* its buckets are reduced: another backward would add to them */
+            assert_int_equal(nb_reps_forward(s, a, &in, NULL, err, sizeof err), 0);
+            assert_int_equal(nb_reps_backward(s, a, dout, false, err, sizeof err), NB_ESTATE);
+            assert_non_null(strstr(err, "after the step's last"));
+        }
+        assert_int_equal(nb_reps_reduce(s, err, sizeof err), 0);
+        const float *g0 = nb_part_grads(nb_reps_part(s, 0)), *g1 = nb_part_grads(nb_reps_part(s, 1));
+        assert_memory_equal(g0, g1, n * sizeof(float));
+        if (!last)
+            memcpy(after, g0, n * sizeof(float));
+        else
+            assert_memory_equal(after, g0, n * sizeof(float)); /* same bits as after the backward */
+    }
+    free(after);
+    free(x);
+    free(dout);
+    nb_reps_acts_free(a);
+    nb_reps_free(s);
+    nb_optim_free(o0);
+    nb_part_free(p0);
+    nb_be_free(bes[0]);
+    nb_be_free(bes[1]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -321,6 +383,7 @@ int main(void)
         cmocka_unit_test(test_reduce_fixed_order),
         cmocka_unit_test(test_lm_two_daemons),
         cmocka_unit_test(test_mlm_tied_one_daemon),
+        cmocka_unit_test(test_overlapped_reduce),
         cmocka_unit_test(test_refusals),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
