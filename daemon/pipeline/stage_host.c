@@ -899,9 +899,12 @@ int nb_host_run_step(nb_host_t *h, const nb_step_plan_t *plan, const nb_pipe_io_
             break;
         }
     }
-    for (int i = 0; i < h->n && rc == 0; i++) /* after the last backward: sum over the replicas */
-        if ((rc = nb_reps_reduce(h->st[i].reps, err, errlen)))
-            snprintf(err, errlen, "stage %d: the all-reduce of the replicas' gradients failed", h->st[i].stage);
+    for (int i = 0; i < h->n && rc == 0; i++) { /* after the last backward: sum over the replicas */
+        char why[160];
+        if ((rc = nb_reps_reduce(h->st[i].reps, why, sizeof why)))
+            snprintf(err, errlen, "stage %d: the all-reduce of the replicas' gradients failed: %s", h->st[i].stage,
+                     why);
+    }
     if (rc)
         return rc;
     double ss = 0.0;

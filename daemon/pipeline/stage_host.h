@@ -12,6 +12,10 @@
  * in-process mailboxes. Transfers between two stages on the same daemon stay
  * in memory and skip the codec (they cross no link).
  *
+ * With several devices (nb_host_new_replicas) every hosted stage runs as one
+ * replica per device (stage_replicas.h; docs/pipeline.md, "Replicas"):
+ * what crosses the links, the results and the reports are unchanged.
+ *
  * A step's gradients are applied only by nb_host_apply(), with the global
  * sum of squares over every stage of the pipeline (gradient clipping needs the
  * global norm), which the coordinator collects from the step reports; a
