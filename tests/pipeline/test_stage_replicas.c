@@ -5,7 +5,8 @@
  * batch splits, tied embeddings and a pipeline of two daemons; the replicas
  * stay bit-identical after every step; the batch split and the fixed-order
  * reduction are what docs/pipeline.md says, and the reduction overlapped
- * with the last backward gives the bits of one after it; a micro-batch smaller than the
+ * with the last backward gives the bits of one after it; an aborted step
+ * run again and a restore into replica 0 leave the replicas identical; a micro-batch smaller than the
  * replica count and a replica's failure are refused with a message naming
  * them.
  *
@@ -356,6 +357,11 @@ static void test_overlapped_reduce(void **state)
             assert_int_equal(nb_reps_forward(s, a, &in, NULL, err, sizeof err), 0);
             assert_int_equal(nb_reps_backward(s, a, dout, false, err, sizeof err), NB_ESTATE);
             assert_non_null(strstr(err, "after the step's last"));
+            /* a fault before the reduction: the abort zeroes the gradients
+             * and the step's backward runs again */
+            nb_reps_zero_grad(s);
+            assert_int_equal(nb_reps_forward(s, a, &in, NULL, err, sizeof err), 0);
+            assert_int_equal(nb_reps_backward(s, a, dout, true, err, sizeof err), 0);
         }
         assert_int_equal(nb_reps_reduce(s, err, sizeof err), 0);
         const float *g0 = nb_part_grads(nb_reps_part(s, 0)), *g1 = nb_part_grads(nb_reps_part(s, 1));
@@ -376,6 +382,70 @@ static void test_overlapped_reduce(void **state)
     nb_be_free(bes[1]);
 }
 
+/* A step aborted half-way (a fault) and run again gives the bits of a step
+ * run once, on every replica; filling replica 0 (a checkpoint restore, an
+ * import) and syncing makes the replicas identical again. */
+static void test_abort_and_sync(void **state)
+{
+    (void)state;
+    pf_job_t j = pf_job_default(data_path);
+    j.B = 3;
+    int place[2] = { 0, 0 };
+    nb_pipe_layout_t l;
+    pf_layout(&j, 2, place, 1, &l);
+    nb_step_plan_t plan;
+    memset(&plan, 0, sizeof plan);
+    plan.m = 2;
+    nb_sched_parse("1f1b", &plan.sched);
+    snprintf(plan.fwd_codec, sizeof plan.fwd_codec, "fp32");
+    snprintf(plan.bwd_codec, sizeof plan.bwd_codec, "fp32");
+    nb_pipe_io_i io = { pf_send, pf_recv, NULL }; /* both stages local */
+    nb_backend_t *bes[2][2];
+    nb_host_t *h[2];
+    char err[256];
+    for (int k = 0; k < 2; k++) {
+        bes[k][0] = nb_cpu_backend_new();
+        bes[k][1] = nb_cpu_backend_new();
+        assert_int_equal(nb_host_new_replicas(bes[k], 2, &l, 0, data_path, &h[k], err, sizeof err), 0);
+    }
+    for (int s = 0; s < 3; s++) {
+        plan.step = s;
+        for (int k = 0; k < 2; k++) {
+            nb_step_result_t res;
+            assert_int_equal(nb_host_run_step(h[k], &plan, &io, 1000, &res, err, sizeof err), 0);
+            if (k == 1 && s == 1) { /* a fault after the step's gradients were reduced: run it again */
+                nb_host_abort_step(h[k]);
+                assert_int_equal(nb_host_run_step(h[k], &plan, &io, 1000, &res, err, sizeof err), 0);
+            }
+            nb_host_apply(h[k], s, res.grad_sumsq);
+        }
+    }
+    for (int i = 0; i < nb_host_num_stages(h[0]); i++) {
+        size_t bytes = nb_part_num_params(nb_host_part(h[0], i)) * sizeof(float);
+        for (int r = 0; r < 2; r++)
+            assert_memory_equal(nb_part_params(nb_host_replica_part(h[0], i, r)),
+                                nb_part_params(nb_host_replica_part(h[1], i, r)), bytes);
+    }
+    /* replica 0 filled from elsewhere, then synced */
+    nb_part_t *p0 = nb_host_part(h[0], 1), *p1 = nb_host_replica_part(h[0], 1, 1);
+    nb_part_params(p0)[0] += 1.0f;
+    nb_optim_m(nb_host_optim(h[0], 1))[0] += 1.0f;
+    assert_true(memcmp(nb_part_params(p0), nb_part_params(p1), sizeof(float)) != 0);
+    assert_int_equal(nb_host_sync_replicas(h[0]), 0);
+    assert_memory_equal(nb_part_params(p0), nb_part_params(p1), nb_part_num_params(p0) * sizeof(float));
+    /* and they step alike from there: the optimizer state came along */
+    plan.step = 3;
+    nb_step_result_t res;
+    assert_int_equal(nb_host_run_step(h[0], &plan, &io, 1000, &res, err, sizeof err), 0);
+    nb_host_apply(h[0], 3, res.grad_sumsq);
+    assert_memory_equal(nb_part_params(p0), nb_part_params(p1), nb_part_num_params(p0) * sizeof(float));
+    for (int k = 0; k < 2; k++) {
+        nb_host_free(h[k]);
+        nb_be_free(bes[k][0]);
+        nb_be_free(bes[k][1]);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -384,6 +454,7 @@ int main(void)
         cmocka_unit_test(test_lm_two_daemons),
         cmocka_unit_test(test_mlm_tied_one_daemon),
         cmocka_unit_test(test_overlapped_reduce),
+        cmocka_unit_test(test_abort_and_sync),
         cmocka_unit_test(test_refusals),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
