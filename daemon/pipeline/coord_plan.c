@@ -39,6 +39,13 @@ typedef struct {
     double wall[HIST_STEPS], stage[HIST_STEPS]; /* the first HIST_STEPS of them, for medians */
     /* per stage, summed over those steps: mean seconds per micro-batch */
     double f[NB_COST_MAX_STAGES], b[NB_COST_MAX_STAGES], enc[NB_COST_MAX_STAGES], dec[NB_COST_MAX_STAGES];
+    /* The prediction made when the plan was first chosen or pinned, before
+     * any of its steps ran (out of sample: nothing this plan measured had
+     * entered the model); pre_s < 0 when the plan ran before it had one
+     * (the profiling plans). pre_ovh_s adds the per-step overhead known
+     * then. pre_step: the step it was made for. */
+    double pre_s, pre_ovh_s;
+    int64_t pre_step;
 } hist_t;
 
 struct nb_cplan {
@@ -454,6 +461,8 @@ static hist_t *hist_find(nb_cplan_t *cp, const nb_cplan_step_t *c, bool add)
         return NULL;
     hist_t *h = &cp->hist[cp->nhist++];
     memset(h, 0, sizeof *h);
+    h->pre_s = h->pre_ovh_s = -1;
+    h->pre_step = -1;
     h->m = c->m;
     h->sched = c->sched;
     snprintf(h->fwd, sizeof h->fwd, "%s", c->fwd);
@@ -680,8 +689,20 @@ static bool same_plan(const nb_cplan_step_t *a, const nb_cplan_step_t *b)
 
 static void set_plan(nb_cplan_t *cp, int64_t step, const nb_cplan_step_t *next)
 {
-    if (!same_plan(&cp->cur, next) || !cp->have_cur)
+    if (!same_plan(&cp->cur, next) || !cp->have_cur) {
         cp->cur_since = step;
+        /* A plan new to this job: keep the prediction it starts with, made
+         * before any of its steps ran, to score it against what it then
+         * measures (docs/planner.md, "Out-of-sample predictions"). */
+        if (next->pred_step_s >= 0 && !hist_find(cp, next, false)) {
+            hist_t *h = hist_find(cp, next, true);
+            if (h) {
+                h->pre_s = next->pred_step_s;
+                h->pre_ovh_s = next->pred_step_s + (cp->have_overhead ? cp->overhead : 0);
+                h->pre_step = step;
+            }
+        }
+    }
     cp->cur = *next;
     cp->have_cur = true;
 }
@@ -996,7 +1017,7 @@ json_t *nb_cplan_json(nb_cplan_t *cp, int max_rows, double bandwidth_mbit, char 
         double with = pred >= 0 && cp->have_overhead ? pred + cp->overhead : -1;
         double own = predict_own(cp, cost, h);
         double own_with = own >= 0 && cp->have_overhead ? own + cp->overhead : -1;
-        json_array_append_new(hist, json_pack("{s:i, s:s, s:s, s:s, s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f}",
+        json_t *row = json_pack("{s:i, s:s, s:s, s:s, s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f}",
                                               "m", h->m, "schedule", nb_sched_format(&h->sched, sb, sizeof sb),
                                               "forward", h->fwd, "backward", h->bwd, "steps", (json_int_t)h->steps,
                                               "measured_step_s", wall, "measured_stage_step_s", stage,
@@ -1004,7 +1025,15 @@ json_t *nb_cplan_json(nb_cplan_t *cp, int max_rows, double bandwidth_mbit, char 
                                               "measured_stage_step_median_s", hist_median(h, false),
                                               "predicted_step_s", pred, "predicted_with_overhead_s", with,
                                               "predicted_bubble", bub, "simulated_own_compute_s", own,
-                                              "simulated_own_compute_with_overhead_s", own_with));
+                                              "simulated_own_compute_with_overhead_s", own_with);
+        /* out of sample: the prediction the plan started with (absent for
+         * plans that ran before they had one, i.e. the profiling plans) */
+        if (row && h->pre_s >= 0) {
+            json_object_set_new(row, "predicted_before_run_s", json_real(h->pre_s));
+            json_object_set_new(row, "predicted_before_run_with_overhead_s", json_real(h->pre_ovh_s));
+            json_object_set_new(row, "predicted_at_step", json_integer((json_int_t)h->pre_step + 1));
+        }
+        json_array_append_new(hist, row);
     }
     json_object_set_new(o, "history", hist);
     if (rc == 0 || rc == NB_ELIMIT)

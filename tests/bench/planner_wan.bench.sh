@@ -127,10 +127,12 @@ cm, cs, cf, cb = c["m"], c["schedule"], c["forward"], c["backward"]
 wait_steps(cm, cs, cf, cb)
 j = q("plan", "--json", "--rows", "40")
 label = "unshaped" if rate == "0" else rate + "mbit"
-errs, sims, meas = [], [], {}
+errs, sims, meas, oos = [], [], {}, []
 print("# rate %s: overhead per step %.4f s (commit, optimizer, control round trip)" % (label, j["overhead_s"]))
-print("# %-8s %3s %-8s %-6s %-6s %6s %9s %9s %9s %8s %9s %8s" % ("rate", "m", "schedule", "fwd", "bwd", "steps",
-      "mean", "median", "pred+ovh", "error", "sim+ovh", "error"))
+print("# before run: the prediction the plan started with, before any of its steps ran (out of sample);")
+print("# in-sample: from the model at the end, fitted on every step of the job, that plan included")
+print("# %-8s %3s %-8s %-6s %-6s %6s %9s %9s %10s %8s %10s %8s %9s %8s" % ("rate", "m", "schedule", "fwd", "bwd",
+      "steps", "mean", "median", "before run", "error", "in-sample", "error", "sim+ovh", "error"))
 for h in j["history"]:
     key = (h["m"], h["schedule"], h["forward"], h["backward"])
     swept = (h["m"], h["schedule"]) in sweep and h["forward"] == h["backward"] == "fp32"
@@ -140,12 +142,17 @@ for h in j["history"]:
     med = h["measured_step_median_s"]
     e = h["predicted_with_overhead_s"] / med - 1
     es = h["simulated_own_compute_with_overhead_s"] / med - 1
+    pre = h.get("predicted_before_run_with_overhead_s", -1)
+    eo = pre / med - 1 if pre > 0 else None
     meas[key] = med
     if swept:
         errs.append(abs(e))
         sims.append(abs(es))
-    print("row %-8s %3d %-8s %-6s %-6s %6d %9.4f %9.4f %9.4f %+7.1f%% %9.4f %+7.1f%%%s" % (label, h["m"],
+    if eo is not None:
+        oos.append(abs(eo))
+    print("row %-8s %3d %-8s %-6s %-6s %6d %9.4f %9.4f %10s %8s %10.4f %+7.1f%% %9.4f %+7.1f%%%s" % (label, h["m"],
           h["schedule"], h["forward"], h["backward"], h["steps"], h["measured_step_s"], med,
+          "%.4f" % pre if eo is not None else "-", "%+.1f%%" % (100 * eo) if eo is not None else "(profiled)",
           h["predicted_with_overhead_s"], 100 * e,
           h["simulated_own_compute_with_overhead_s"], 100 * es, "  <- planner" if chosen else ""))
 best = min(meas.values())
@@ -153,10 +160,16 @@ print("# planner chose m=%d %s %s/%s; link %s" % (cm, cs, cf, cb, json.dumps(j["
 for st in j["measurements"]["stages"]:
     print("# stage %d compute per micro-batch (n: forward, backward s): %s" % (st["stage"], ", ".join(
           "%d: %.4f %.4f" % (x["n"], x["forward_s"], x["backward_s"]) for x in sorted(st["sizes"], key=lambda x: x["n"]))))
-print("bench planner_%s_pred_err_max %.3f ratio" % (label, max(errs)))
-print("bench planner_%s_pred_err_mean %.3f ratio" % (label, sum(errs) / len(errs)))
+cvb = meas[(cm, cs, cf, cb)] / best
+print("bench planner_%s_oos_err_mean %.3f ratio" % (label, sum(oos) / len(oos)))
+print("bench planner_%s_oos_err_max %.3f ratio" % (label, max(oos)))
+print("bench planner_%s_insample_err_mean %.3f ratio" % (label, sum(errs) / len(errs)))
+print("bench planner_%s_insample_err_max %.3f ratio" % (label, max(errs)))
 print("bench planner_%s_sim_err_max %.3f ratio" % (label, max(sims)))
-print("bench planner_%s_choice_vs_best %.3f ratio" % (label, meas[(cm, cs, cf, cb)] / best))
+print("bench planner_%s_choice_vs_best %.3f ratio" % (label, cvb))
+with open(sys.argv[6], "a") as f:
+    f.write("oos %s\n" % " ".join("%.6f" % x for x in oos))
+    f.write("choice %.6f\n" % cvb)
 '
 
 pin0= pin1=
@@ -195,7 +208,7 @@ for rate in $rates; do
     > "$work/b-$rate.log" 2>&1 & pids+=($!)
   for _ in $(seq 1 100); do [ -S "$work/run/coord.sock" ] && break; sleep 0.1; done
   if ! python3 -c "$sweep_py" "$bin/nebulactl" "$work/run/coord.sock" "$rate" "$steps_per_plan" \
-       "$work/coord-$rate.log"; then
+       "$work/coord-$rate.log" "$work/summary.txt"; then
     echo "planner_wan: rate $rate failed"; tail -n 20 "$work/coord-$rate.log"; status=1
   fi
   grep -E "planner: (chose|re-plan)" "$work/coord-$rate.log" | sed 's/^/# /'
@@ -203,4 +216,19 @@ for rate in $rates; do
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
   pids=()
 done
+# Over every rate: the mean out-of-sample error of every plan scored, and
+# the worst ratio of the planner's choice to the best measured plan.
+if [ -s "$work/summary.txt" ]; then
+  python3 - "$work/summary.txt" <<'PY'
+import sys
+oos, ch = [], []
+for line in open(sys.argv[1]):
+    k, *v = line.split()
+    (oos if k == "oos" else ch).extend(float(x) for x in v)
+print("# %d plans scored out of sample over %d rates" % (len(oos), len(ch)))
+print("bench planner_oos_err_mean %.3f ratio" % (sum(oos) / len(oos)))
+print("bench planner_oos_err_max %.3f ratio" % max(oos))
+print("bench planner_choice_vs_best %.3f ratio" % max(ch))
+PY
+fi
 exit $status
