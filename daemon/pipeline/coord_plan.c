@@ -350,6 +350,30 @@ void nb_cplan_link_probe(nb_cplan_t *cp, int from, int to, double rtt_ms, double
     }
 }
 
+void nb_cplan_replicas(nb_cplan_t *cp, int daemon, int replicas, double reduce_bw)
+{
+    if (daemon < 0 || daemon >= cp->desc.layout.n_daemons || replicas < 1)
+        return;
+    for (int s = 0; s < cp->p; s++) {
+        if (cp->desc.layout.placement[s] != daemon)
+            continue;
+        nb_cost_stage_t *st = &cp->cost.stage[s];
+        int was = st->replicas > 1 ? st->replicas : 1;
+        if (was != replicas)
+            cp->npts[s] = 0; /* the sizes seen were shards of another split */
+        st->replicas = replicas;
+        st->reduce_bw = reduce_bw > 0 ? reduce_bw : 0;
+    }
+}
+
+/* Samples the slowest replica of stage s runs of a micro-batch of n: the
+ * per-device size the compute fits are kept at. */
+static int shard_n(const nb_cplan_t *cp, int s, int n)
+{
+    int r = nb_cost_replicas(&cp->cost, s);
+    return (n + r - 1) / r;
+}
+
 void nb_cplan_report(nb_cplan_t *cp, int daemon, const Nebula__Report *r)
 {
     for (size_t i = 0; i < r->n_timings; i++) {
@@ -509,7 +533,7 @@ void nb_cplan_step_done(nb_cplan_t *cp, int64_t step, double wall_s, double stag
         if (k > 0) {
             obs.compute[s] = cp->acc_f[s] + cp->acc_b[s] + cp->acc_enc[s] + cp->acc_dec[s];
             if (step > 0) { /* step 0 warms caches and allocators up */
-                observe_size(cp, s, n, cp->acc_f[s] / k, cp->acc_b[s] / k);
+                observe_size(cp, s, shard_n(cp, s, n), cp->acc_f[s] / k, cp->acc_b[s] / k);
                 refit_stage(cp, s);
                 observe_codecs(cp, s, raw_per_mb);
                 cp->compute_measured = true;
@@ -657,7 +681,7 @@ static void absorb_drift(nb_cplan_t *cp)
         if (fabs(r - 1) <= cp->rcfg.threshold)
             continue;
         for (int i = 0; i < cp->npts[s]; i++)
-            if (cp->pts[s][i].n != cp->cur.mb_size) {
+            if (cp->pts[s][i].n != shard_n(cp, s, cp->cur.mb_size)) {
                 cp->pts[s][i].f *= r;
                 cp->pts[s][i].b *= r;
             }
@@ -907,11 +931,12 @@ static json_t *cand_json(const nb_cost_t *cost, const nb_plan_cand_t *c, int ran
         json_array_append_new(split, json_integer(c->layers[s]));
         json_array_append_new(mem, json_real(c->mem[s] / (1024.0 * 1024.0 * 1024.0)));
     }
-    return json_pack("{s:i, s:i, s:f, s:s, s:s, s:s, s:o, s:f, s:f, s:f, s:o, s:b}", "rank", rank, "m", c->m,
+    return json_pack("{s:i, s:i, s:f, s:s, s:s, s:s, s:o, s:f, s:f, s:f, s:o, s:b, s:f, s:f}", "rank", rank, "m", c->m,
                      "micro_batch_size", c->mb_size, "schedule", nb_sched_format(&c->sched, sb, sizeof sb),
                      "forward", cost->codec[c->fwd_codec].spec, "backward", cost->codec[c->bwd_codec].spec, "split",
                      split, "step_s", c->step_time, "bubble", c->bubble, "samples_per_s", c->samples_per_s,
-                     "memory_gib", mem, "feasible", c->feasible);
+                     "memory_gib", mem, "feasible", c->feasible, "allreduce_s", c->allreduce_s, "allreduce_share",
+                     c->allreduce_share);
 }
 
 static json_t *measurements_json(const nb_cplan_t *cp, const nb_cost_t *cost)
@@ -926,10 +951,16 @@ static json_t *measurements_json(const nb_cplan_t *cp, const nb_cost_t *cost)
         for (int i = 0; i < cp->npts[s]; i++)
             json_array_append_new(sizes, json_pack("{s:i, s:f, s:f}", "n", cp->pts[s][i].n, "forward_s",
                                                    cp->pts[s][i].f, "backward_s", cp->pts[s][i].b));
-        json_array_append_new(st, json_pack("{s:i, s:s, s:i, s:{s:f, s:f}, s:{s:f, s:f}, s:o, s:f}", "stage", s,
-                                            "daemon", x->name, "layers", L, "forward_s", "a", fa, "b", fb,
-                                            "backward_s", "a", ba, "b", bb, "sizes", sizes, "memory_limit_bytes",
-                                            x->mem_limit));
+        json_t *so = json_pack("{s:i, s:s, s:i, s:{s:f, s:f}, s:{s:f, s:f}, s:o, s:f}", "stage", s, "daemon", x->name,
+                               "layers", L, "forward_s", "a", fa, "b", fb, "backward_s", "a", ba, "b", bb, "sizes",
+                               sizes, "memory_limit_bytes", x->mem_limit);
+        /* replicas: the fits and sizes are per device (n = the shard) */
+        json_object_set_new(so, "replicas", json_integer(nb_cost_replicas(cost, s)));
+        json_object_set_new(so, "reduce_bytes_per_s",
+                            json_real(x->reduce_bw > 0 ? x->reduce_bw : NB_COST_REDUCE_BW_CPU));
+        json_object_set_new(so, "allreduce_s",
+                            json_real(nb_cost_allreduce(cost, s, nb_cost_grad_bytes(&cp->req.model, cost->p, s, L))));
+        json_array_append_new(st, so);
     }
     for (int s = 0; s + 1 < cost->p; s++) {
         json_t *o = json_pack("{s:i}", "boundary", s);

@@ -542,6 +542,36 @@ static void test_pin_and_json(void **state)
     assert_string_equal(ps.why, "planned");
 }
 
+/* A stage daemon's JOINED says it runs 2 replicas: the model divides its
+ * compute, adds the all-reduce, and the reply shows both. */
+static void test_replicas(void **state)
+{
+    world_t *w = *state;
+    probe(w);
+    nb_cplan_replicas(w->cp, 0, 2, 1e8);
+    nb_cplan_replicas(w->cp, 9, 2, 1e8); /* no such daemon: ignored */
+    nb_cplan_step_t ps;
+    for (int64_t s = 0; s < 4; s++) {
+        nb_cplan_plan(w->cp, s, &ps);
+        run_step(w, s, &ps);
+    }
+    const nb_cost_t *c = nb_cplan_cost(w->cp);
+    assert_int_equal(nb_cost_replicas(c, 0), 2);
+    assert_int_equal(nb_cost_replicas(c, 1), 1);
+    char err[256] = "";
+    json_t *j = nb_cplan_json(w->cp, 3, 0, err, sizeof err);
+    assert_non_null(j);
+    json_t *st = json_object_get(json_object_get(j, "measurements"), "stages");
+    assert_int_equal(json_integer_value(json_object_get(json_array_get(st, 0), "replicas")), 2);
+    assert_int_equal(json_integer_value(json_object_get(json_array_get(st, 1), "replicas")), 1);
+    assert_true(json_number_value(json_object_get(json_array_get(st, 0), "allreduce_s")) > 0);
+    json_t *c0 = json_array_get(json_object_get(j, "candidates"), 0);
+    double share = json_number_value(json_object_get(c0, "allreduce_share"));
+    assert_true(share >= 0 && share < 1);
+    assert_non_null(strstr(json_string_value(json_object_get(j, "table")), "allreduce"));
+    json_decref(j);
+}
+
 static void test_wanted(void **state)
 {
     world_t *w = *state;
@@ -572,6 +602,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_out_of_sample, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replan_on_link_drop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pin_and_json, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_replicas, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wanted, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

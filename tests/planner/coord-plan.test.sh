@@ -96,6 +96,8 @@ assert {x["forward"] for x in c} <= {"fp32", "fp16"}
 m = j["measurements"]
 assert m["compute_measured"] and m["links"][0]["forward"]["measured"], m["links"]
 assert len(m["stages"][0]["sizes"]) >= 2, m["stages"][0]
+# one device per stage daemon: one replica each (JobStatus JOINED.replicas)
+assert all(st["replicas"] == 1 for st in m["stages"]), m["stages"]
 assert any(h["steps"] >= 1 and h["measured_step_s"] > 0 and h["predicted_step_s"] > 0 for h in j["history"])
 PY
 ctl plan > "$work/plan.txt" || fail "plan"
