@@ -20,14 +20,18 @@
 #define MAX_SIZES 16     /* micro-batch sizes remembered per stage */
 #define MAX_HIST 64      /* distinct plans remembered with their measurements */
 #define HIST_STEPS 64    /* step times kept per plan for its median */
-#define FIT_ALPHA 0.3    /* EMA weight of a new step in a size's mean time */
+#define FIT_ALPHA 0.3    /* EMA weight of a new step in a codec's measured cost */
 #define OVH_ALPHA 0.2    /* EMA weight of a new step in the per-step overhead */
 #define BASIS_STEPS 3     /* steps averaged into a plan's re-plan basis */
 #define DEFAULT_BW 1.25e8 /* bytes/s assumed for a link nobody measured (1 Gbit/s) */
 
+#define SIZE_OBS 5  /* recent steps per micro-batch size whose median is the size's time */
+
 typedef struct {
-    int n;           /* sequences per micro-batch */
-    double f, b;     /* EMA of the mean forward / backward seconds per micro-batch */
+    int n;           /* sequences per micro-batch (per replica: the shard) */
+    double f, b;     /* median of the recent steps' mean forward / backward seconds per micro-batch */
+    double fv[SIZE_OBS], bv[SIZE_OBS]; /* those steps, a ring */
+    int nv, next;
 } size_pt_t;
 
 typedef struct {
@@ -425,18 +429,43 @@ static void refit_stage(nb_cplan_t *cp, int s)
     }
 }
 
+static double median_of(const double *v, int n)
+{
+    double x[SIZE_OBS];
+    memcpy(x, v, (size_t)n * sizeof *x);
+    for (int i = 1; i < n; i++) /* insertion sort: n <= SIZE_OBS */
+        for (int j = i; j > 0 && x[j - 1] > x[j]; j--) {
+            double t = x[j];
+            x[j] = x[j - 1];
+            x[j - 1] = t;
+        }
+    return n % 2 ? x[n / 2] : (x[n / 2 - 1] + x[n / 2]) / 2;
+}
+
+/* A size's time is the median of its last SIZE_OBS steps: on a shared
+ * machine another process's burst lands in a step now and then, and an
+ * average would carry it into every prediction at that size (an EMA did:
+ * docs/benchmarks.md, "Planner validation"). */
 static void observe_size(nb_cplan_t *cp, int s, int n, double f, double b)
 {
-    for (int i = 0; i < cp->npts[s]; i++) {
-        size_pt_t *pt = &cp->pts[s][i];
-        if (pt->n == n) {
-            pt->f += FIT_ALPHA * (f - pt->f);
-            pt->b += FIT_ALPHA * (b - pt->b);
+    size_pt_t *pt = NULL;
+    for (int i = 0; i < cp->npts[s] && !pt; i++)
+        if (cp->pts[s][i].n == n)
+            pt = &cp->pts[s][i];
+    if (!pt) {
+        if (cp->npts[s] >= MAX_SIZES)
             return;
-        }
+        pt = &cp->pts[s][cp->npts[s]++];
+        memset(pt, 0, sizeof *pt);
+        pt->n = n;
     }
-    if (cp->npts[s] < MAX_SIZES)
-        cp->pts[s][cp->npts[s]++] = (size_pt_t){ n, f, b };
+    pt->fv[pt->next] = f;
+    pt->bv[pt->next] = b;
+    pt->next = (pt->next + 1) % SIZE_OBS;
+    if (pt->nv < SIZE_OBS)
+        pt->nv++;
+    pt->f = median_of(pt->fv, pt->nv);
+    pt->b = median_of(pt->bv, pt->nv);
 }
 
 static bool sends(const nb_cplan_t *cp, int s, int dir)
@@ -682,8 +711,11 @@ static void absorb_drift(nb_cplan_t *cp)
             continue;
         for (int i = 0; i < cp->npts[s]; i++)
             if (cp->pts[s][i].n != shard_n(cp, s, cp->cur.mb_size)) {
-                cp->pts[s][i].f *= r;
-                cp->pts[s][i].b *= r;
+                size_pt_t *pt = &cp->pts[s][i];
+                pt->f *= r;
+                pt->b *= r;
+                for (int k = 0; k < pt->nv; k++)
+                    pt->fv[k] *= r, pt->bv[k] *= r;
             }
         refit_stage(cp, s);
     }
