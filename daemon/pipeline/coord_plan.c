@@ -1081,14 +1081,14 @@ json_t *nb_cplan_json(nb_cplan_t *cp, int max_rows, double bandwidth_mbit, char 
         double own = predict_own(cp, cost, h);
         double own_with = own >= 0 && cp->have_overhead ? own + cp->overhead : -1;
         json_t *row = json_pack("{s:i, s:s, s:s, s:s, s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f}",
-                                              "m", h->m, "schedule", nb_sched_format(&h->sched, sb, sizeof sb),
-                                              "forward", h->fwd, "backward", h->bwd, "steps", (json_int_t)h->steps,
-                                              "measured_step_s", wall, "measured_stage_step_s", stage,
-                                              "measured_step_median_s", hist_median(h, true),
-                                              "measured_stage_step_median_s", hist_median(h, false),
-                                              "predicted_step_s", pred, "predicted_with_overhead_s", with,
-                                              "predicted_bubble", bub, "simulated_own_compute_s", own,
-                                              "simulated_own_compute_with_overhead_s", own_with);
+                                "m", h->m, "schedule", nb_sched_format(&h->sched, sb, sizeof sb),
+                                "forward", h->fwd, "backward", h->bwd, "steps", (json_int_t)h->steps,
+                                "measured_step_s", wall, "measured_stage_step_s", stage,
+                                "measured_step_median_s", hist_median(h, true),
+                                "measured_stage_step_median_s", hist_median(h, false),
+                                "predicted_step_s", pred, "predicted_with_overhead_s", with,
+                                "predicted_bubble", bub, "simulated_own_compute_s", own,
+                                "simulated_own_compute_with_overhead_s", own_with);
         /* out of sample: the prediction the plan started with (absent for
          * plans that ran before they had one, i.e. the profiling plans) */
         if (row && h->pre_s >= 0) {

@@ -10,18 +10,30 @@
 # steps each, then clears the pin and measures the planner's own choice.
 # Measured: the coordinator's step time per plan (first step after a switch
 # excluded), median over the plan's steps (the machine is shared: another
-# process's burst lands in a step now and then; the mean is printed too). Predicted: the planner's simulated step for that plan
-# from the job's cost model at the end (probed links, fitted compute), plus
-# the measured per-step overhead (commit, optimizer, control round trip).
+# process's burst lands in a step now and then; the mean is printed too).
+# Predicted before run (OUT OF SAMPLE): the prediction the coordinator made
+# for the plan when it was pinned or chosen, before any of its steps ran
+# (`predicted_before_run_with_overhead_s`), plus the per-step overhead known
+# then. In-sample: the planner's simulated step for that plan from the job's
+# cost model at the end (fitted on every step, that plan's own included),
+# plus the per-step overhead (commit, optimizer, control round trip).
 # Simulated: the same simulator fed with the compute that plan's own steps
 # measured (separates the simulator and link model from the compute fit,
 # which suffers most from other processes on the machine). All from
 # `nebulactl plan --json`. Prints per rate:
-#   bench planner_<rate>_pred_err_max <max |pred/measured - 1| over the sweep> ratio
-#   bench planner_<rate>_pred_err_mean <mean of the same> ratio
+#   bench planner_<rate>_oos_err_mean <mean |before-run/measured - 1| over the plans scored> ratio
+#   bench planner_<rate>_oos_err_max <max of the same> ratio
+#   bench planner_<rate>_insample_err_mean, _insample_err_max <the same, in sample, over the sweep> ratio
 #   bench planner_<rate>_sim_err_max <max |sim/measured - 1|> ratio
 #   bench planner_<rate>_choice_vs_best <measured(choice) / best measured> ratio
-# and one table row per plan. Skips (77) without root, netns or tc tbf.
+# and over all rates:
+#   bench planner_oos_err_mean <mean over every plan scored out of sample> ratio
+#   bench planner_oos_err_max <max of the same> ratio
+#   bench planner_choice_vs_best <the worst rate's choice / best measured> ratio
+# The two profiling plans of each job (m0 and about 2 m0, 1f1b) ran before
+# the planner had a model: they have no out-of-sample prediction and are
+# not scored out of sample. One table row per plan. Skips (77) without
+# root, netns or tc tbf.
 set -u
 build=${NB_BUILD:-build}
 bin="$build/bin"
