@@ -909,9 +909,25 @@ static double predict_own(const nb_cplan_t *cp, const nb_cost_t *cost, const his
  * longest stage step every plan run so far measured and the simulation
  * with that plan's own compute (absolute relative error, median step
  * times: robust to the odd slow step), then applied to every link
- * direction. */
+ * direction. Needs measured plans of at least two micro-batch counts;
+ * until then the cost stays where it was (0 at first). */
 static void calibrate_overhead(nb_cplan_t *cp)
 {
+    /* A cost per message is told apart from a compute error only by plans
+     * that send different numbers of messages: with measured steps of one
+     * m alone, the grid would turn any error in that plan's prediction
+     * (another process's burst, the compute fit) into a per-message cost
+     * and carry it into every other plan's prediction. */
+    int ms[MAX_HIST], nm = 0;
+    for (int i = 0; i < cp->nhist; i++) {
+        bool seen = false;
+        for (int k = 0; k < nm; k++)
+            seen |= ms[k] == cp->hist[i].m;
+        if (cp->hist[i].steps > 0 && !seen)
+            ms[nm++] = cp->hist[i].m;
+    }
+    if (nm < 2)
+        return;
     nb_cost_t *trial = malloc(sizeof *trial);
     if (!trial)
         return;
