@@ -65,6 +65,7 @@ typedef struct {
     double rx_bps; /* the link's rate this step (the passive estimates say so too) */
     nb_plan_req_t req;
     uint64_t rng;
+    double slow; /* compute slowdown this step (another process's burst); 0: none */
 } world_t;
 
 /* The world's compute per micro-batch of n sequences (2 blocks a stage). */
@@ -77,7 +78,10 @@ static double w_rand(world_t *w)
     return (double)(w->rng >> 11) / 9007199254740992.0;
 }
 
-static double jit(world_t *w, bool on) { return on ? 1 + W_JITTER * (2 * w_rand(w) - 1) : 1; }
+static double jit(world_t *w, bool on)
+{
+    return (on ? 1 + W_JITTER * (2 * w_rand(w) - 1) : 1) * (w->slow > 0 ? w->slow : 1);
+}
 
 /* The world's codecs: wire bytes, encode and decode seconds of raw bytes. */
 static void w_codec(const char *spec, double raw, double *wire, double *enc, double *dec)
@@ -342,6 +346,32 @@ static void test_profile_fit_plan(void **state)
     assert_non_null(j);
     json_decref(j);
     assert_true(c->link[0].dir[NB_DIR_FWD].overhead > 0);
+}
+
+/* A burst of another process makes one step's compute 3x slower: the
+ * size's time (the median of its recent steps) does not take it into later
+ * predictions, as an average would. */
+static void test_burst_ignored(void **state)
+{
+    world_t *w = *state;
+    probe(w);
+    nb_cplan_step_t ps;
+    int64_t s = 0;
+    for (; s < 8; s++) {
+        nb_cplan_plan(w->cp, s, &ps);
+        run_step(w, s, &ps);
+    }
+    w->slow = 3;
+    nb_cplan_plan(w->cp, s, &ps);
+    run_step(w, s++, &ps);
+    w->slow = 0;
+    nb_cplan_plan(w->cp, s, &ps);
+    run_step(w, s++, &ps);
+    const nb_cost_t *c = nb_cplan_cost(w->cp);
+    for (int st = 0; st < 2; st++) {
+        assert_true(fabs(nb_cost_fwd(c, st, 2, ps.mb_size) / w_fwd(st, ps.mb_size) - 1) < 0.05);
+        assert_true(fabs(nb_cost_bwd(c, st, 2, ps.mb_size) / w_bwd(st, ps.mb_size) - 1) < 0.05);
+    }
 }
 
 /* The world's best plan: every m, schedule and codec pair the job allows. */
@@ -615,6 +645,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_profile_fit_plan, setup, teardown),
         cmocka_unit_test_setup_teardown(test_out_of_sample, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_burst_ignored, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replan_on_link_drop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pin_and_json, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replicas, setup, teardown),
