@@ -709,14 +709,30 @@ static void absorb_drift(nb_cplan_t *cp)
         double r = o->compute[s] / b->compute[s];
         if (fabs(r - 1) <= cp->rcfg.threshold)
             continue;
-        for (int i = 0; i < cp->npts[s]; i++)
-            if (cp->pts[s][i].n != shard_n(cp, s, cp->cur.mb_size)) {
-                size_pt_t *pt = &cp->pts[s][i];
+        for (int i = 0; i < cp->npts[s]; i++) {
+            size_pt_t *pt = &cp->pts[s][i];
+            if (pt->n != shard_n(cp, s, cp->cur.mb_size)) {
                 pt->f *= r;
                 pt->b *= r;
                 for (int k = 0; k < pt->nv; k++)
                     pt->fv[k] *= r, pt->bv[k] *= r;
+            } else {
+                /* the size in use: only the steps since the drift (the
+                 * policy's k), which a median of all kept steps may not
+                 * follow yet */
+                int k = cp->rcfg.k < pt->nv ? cp->rcfg.k : pt->nv;
+                double fv[SIZE_OBS], bv[SIZE_OBS];
+                for (int j = 0; j < k; j++) {
+                    int at = (pt->next - 1 - j + 2 * SIZE_OBS) % SIZE_OBS;
+                    fv[j] = pt->fv[at];
+                    bv[j] = pt->bv[at];
+                }
+                if (k > 0) {
+                    pt->f = median_of(fv, k);
+                    pt->b = median_of(bv, k);
+                }
             }
+        }
         refit_stage(cp, s);
     }
 }

@@ -374,6 +374,39 @@ static void test_burst_ignored(void **state)
     }
 }
 
+/* The machine gets 2x slower for good, with replan_steps 2: the re-plan
+ * takes the size in use at its new speed (the steps since the drift), not
+ * the median of steps from before it. */
+static void test_compute_drift(void **state)
+{
+    world_t *w = *state;
+    char err[256] = "";
+    nb_cplan_free(w->cp);
+    w->cfg.job.planner.replan_steps = 2;
+    if (nb_cplan_new(&w->cfg.job, &w->desc, 4, &w->cp, err, sizeof err))
+        fail_msg("planner: %s", err);
+    probe(w);
+    nb_cplan_step_t ps;
+    int64_t s = 0;
+    for (; s < 12; s++) {
+        nb_cplan_plan(w->cp, s, &ps);
+        run_step(w, s, &ps);
+    }
+    w->slow = 2;
+    int n = -1;
+    for (int k = 0; k < 6 && n < 0; k++, s++) {
+        int cur = ps.mb_size;
+        nb_cplan_plan(w->cp, s, &ps);
+        if (strcmp(ps.why, "re-planned") == 0)
+            n = cur;
+        run_step(w, s, &ps);
+    }
+    assert_true(n > 0);
+    const nb_cost_t *c = nb_cplan_cost(w->cp);
+    for (int st = 0; st < 2; st++)
+        assert_true(fabs(nb_cost_fwd(c, st, 2, n) / (2 * w_fwd(st, n)) - 1) < 0.1);
+}
+
 /* The world's best plan: every m, schedule and codec pair the job allows. */
 static double world_best(world_t *w, nb_cplan_step_t *best)
 {
@@ -646,6 +679,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_profile_fit_plan, setup, teardown),
         cmocka_unit_test_setup_teardown(test_out_of_sample, setup, teardown),
         cmocka_unit_test_setup_teardown(test_burst_ignored, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_compute_drift, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replan_on_link_drop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pin_and_json, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replicas, setup, teardown),
