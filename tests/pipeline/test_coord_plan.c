@@ -15,8 +15,11 @@
  * is close to the world's line; every plan's prediction made BEFORE it ran
  * (the planner's out-of-sample figure, as `nebulactl plan` shows it) is
  * within 10% of what the world then measured, 5% on average; the planner's
- * choice is within 5% of the world's best plan; a link that drops to a
- * fifth re-plans once; pins are checked and obeyed; the JSON reply.
+ * choice is within 5% of the world's best plan; the per-message cost is
+ * not fitted from one plan alone; a one-step compute burst does not enter
+ * the model, a lasting slowdown does at the re-plan; a link that drops to a
+ * fifth re-plans once; pins are checked and obeyed; the JSON reply; a
+ * daemon's replicas enter the model and the reply.
  * Run from the repository root. */
 #include <stdarg.h>
 #include <stddef.h>

@@ -13,8 +13,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "daemon/planner/measure.h"
+#include "daemon/planner/offline.h"
 #include "daemon/planner/replica.h"
 #include "daemon/planner/search.h"
 #include "daemon/planner/sim.h"
@@ -244,12 +246,42 @@ static void test_measurements_file(void **state)
     assert_non_null(strstr(err, "reduce_gbyte_s"));
 }
 
+/* nebulactl plan --job ... --measurements: the header names the replicas,
+ * the table has the all-reduce column. */
+static void test_offline_table(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/nb-test-replica-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    char buf[2048];
+    snprintf(buf, sizeof buf, meas_fmt, ", \"replicas\": 4, \"reduce_gbyte_s\": 8");
+    FILE *f = fdopen(fd, "w");
+    fputs(buf, f);
+    fclose(f);
+    nb_cost_t c;
+    nb_plan_req_t req;
+    two_stages(&c, &req, 1);
+    char *text = NULL, err[256] = "";
+    size_t len = 0;
+    FILE *out = open_memstream(&text, &len);
+    int rc = nb_plan_offline(out, &req, path, 0, 3, NULL, err, sizeof err);
+    fclose(out);
+    unlink(path);
+    if (rc)
+        fail_msg("%s", err);
+    assert_non_null(strstr(text, "4 replicas (all-reduce at 8.0 GB/s)"));
+    assert_non_null(strstr(text, "allreduce"));
+    free(text);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_compute_split),   cmocka_unit_test(test_allreduce_cost),
         cmocka_unit_test(test_sim_tail),        cmocka_unit_test(test_search_share),
         cmocka_unit_test(test_peer_values),     cmocka_unit_test(test_measurements_file),
+        cmocka_unit_test(test_offline_table),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
