@@ -13,8 +13,8 @@
 #include <string.h>
 #include "daemon/log.h"
 #include "daemon/pipeline/rt_common.h"
-#include "daemon/planner/replica.h"
 #include "daemon/pipeline/stage_rt_internal.h"
+#include "daemon/planner/replica.h"
 
 void nb__stage_free_out(void *p)
 {
