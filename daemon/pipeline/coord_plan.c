@@ -21,11 +21,6 @@
 #define MAX_HIST 64      /* distinct plans remembered with their measurements */
 #define HIST_STEPS 64    /* step times kept per plan for its median */
 #define FIT_ALPHA 0.3    /* EMA weight of a new step in a codec's measured cost */
-/* The per-message cost's grid reaches 10 ms: on a loaded 2-core machine a
- * grid ending at 3 ms sat at that bound at the end of every rate of the
- * benchmark (docs/benchmarks.md, "Planner validation"), i.e. the fit wanted
- * more. */
-#define OVH_GRID_MAX_MS 10.0
 #define OVH_ALPHA 0.2    /* EMA weight of a new step in the per-step overhead */
 #define BASIS_STEPS 3     /* steps averaged into a plan's re-plan basis */
 #define DEFAULT_BW 1.25e8 /* bytes/s assumed for a link nobody measured (1 Gbit/s) */
@@ -926,7 +921,7 @@ static double predict_own(const nb_cplan_t *cp, const nb_cost_t *cost, const his
  * records, the hand-offs between the compute thread, the loop thread and
  * the kernel) is not probed; it shows as the part of a plan's measured step
  * that grows with the number of messages. Fitted by a grid search (0 to
- * OVH_GRID_MAX_MS in 0.05 ms) minimising the squared relative error between the
+ * 3 ms in 0.05 ms) minimising the squared relative error between the
  * longest stage step every plan run so far measured and the simulation
  * with that plan's own compute (absolute relative error, median step
  * times: robust to the odd slow step), then applied to every link
@@ -954,7 +949,7 @@ static void calibrate_overhead(nb_cplan_t *cp)
         return;
     *trial = cp->cost;
     double best = INFINITY, best_o = -1;
-    for (int k = 0; k <= (int)(OVH_GRID_MAX_MS / 0.05 + 0.5); k++) {
+    for (int k = 0; k <= 60; k++) {
         double o = k * 0.05e-3, sse = 0;
         int n = 0;
         for (int s = 0; s + 1 < trial->p; s++)
