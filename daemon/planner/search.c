@@ -645,8 +645,8 @@ const char *nb_plan_oom_line(const nb_cost_model_t *mdl, int p, const nb_plan_ca
                  s, c->oom_need / GIB, c->m, c->mb_size, s, c->mem[s] / GIB, c->oom_limit / GIB);
         return buf;
     }
-    double stash = nb_cost_stage_mem(mdl, p, s, c->layers[s], c->inflight[s], c->mb_size) -
-                   nb_cost_stage_mem(mdl, p, s, c->layers[s], 0, c->mb_size);
+    /* c->mem is per device (a replica stashes only its shard) */
+    double stash = c->mem[s] - nb_cost_stage_mem(mdl, p, s, c->layers[s], 0, c->mb_size);
     snprintf(buf, len,
              "stage %d needs %.2f GiB at m=%d (micro-batch %g, %d in flight: state %.2f GiB + "
              "stash %.2f GiB), limit %.2f GiB",
