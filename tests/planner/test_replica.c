@@ -183,6 +183,37 @@ static void test_search_share(void **state)
     nb_plan_result_free(&r);
 }
 
+/* A replicated stage over its memory limit: the refusal's state and stash
+ * add up to the per-device need it states (a shard's stash). */
+static void test_oom_line(void **state)
+{
+    (void)state;
+    nb_cost_t c;
+    nb_plan_req_t req;
+    two_stages(&c, &req, 4);
+    c.stage[0].mem_limit = 0.3 * 1024 * 1024 * 1024;
+    nb_plan_cand_t out;
+    char err[320] = "";
+    nb_sched_spec_t gp = { NB_SCHED_GPIPE, 0 };
+    assert_int_equal(nb_plan_evaluate(&c, &req.model, 1, &gp, "fp32", "fp32", req.fixed_layers, &out, err,
+                                      sizeof err), NB_ELIMIT);
+    double need, state_gib, stash;
+    const char *at = strstr(err, "needs ");
+    assert_non_null(at);
+    assert_int_equal(sscanf(at, "needs %lf GiB", &need), 1);
+    at = strstr(err, "state ");
+    assert_non_null(at);
+    assert_int_equal(sscanf(at, "state %lf GiB + stash %lf GiB", &state_gib, &stash), 2);
+    /* the state is the whole stage's (every replica holds it), the stash a
+     * shard's: 1 of 4 samples' worth of the micro-batch of 32 */
+    double gib = 1024.0 * 1024.0 * 1024.0;
+    double st = nb_cost_stage_mem(&req.model, 2, 0, 4, 0, 32) / gib;
+    double sh = (nb_cost_stage_mem(&req.model, 2, 0, 4, 1, 8) - nb_cost_stage_mem(&req.model, 2, 0, 4, 0, 8)) / gib;
+    assert_true(fabs(state_gib - st) < 0.006);
+    assert_true(fabs(stash - sh) < 0.006);
+    assert_true(fabs(state_gib + stash - need) < 0.011);
+}
+
 static void test_peer_values(void **state)
 {
     (void)state;
@@ -281,7 +312,7 @@ int main(void)
         cmocka_unit_test(test_compute_split),   cmocka_unit_test(test_allreduce_cost),
         cmocka_unit_test(test_sim_tail),        cmocka_unit_test(test_search_share),
         cmocka_unit_test(test_peer_values),     cmocka_unit_test(test_measurements_file),
-        cmocka_unit_test(test_offline_table),
+        cmocka_unit_test(test_offline_table),   cmocka_unit_test(test_oom_line),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
