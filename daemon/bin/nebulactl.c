@@ -378,20 +378,29 @@ static void print_plan_hist(json_t *r)
     json_t *h = json_object_get(r, "history");
     if (!json_array_size(h))
         return;
-    printf("\nmeasured so far (step time from the coordinator; predicted from the current model,\n"
-           "plus the per-step overhead of %.4f s: commit, optimizer, control round trip)\n",
+    printf("\nmeasured so far (median step time from the coordinator). \"before run\": the prediction the\n"
+           "plan started with, made before any of its steps ran (out of sample; - for the profiling\n"
+           "plans). \"now\": from the current model, fitted on every step so far (in sample). Both\n"
+           "include the per-step overhead (commit, optimizer, control round trip; now %.4f s)\n",
            json_number_value(json_object_get(r, "overhead_s")));
-    printf("%5s %-8s %-16s %-16s %6s %12s %12s %8s\n", "m", "schedule", "fwd codec", "bwd codec", "steps",
-           "measured (s)", "predicted (s)", "error");
+    printf("%5s %-8s %-16s %-16s %6s %12s %11s %8s %11s %8s\n", "m", "schedule", "fwd codec", "bwd codec", "steps",
+           "measured (s)", "before run", "error", "now", "error");
     size_t i;
     json_t *x;
     json_array_foreach(h, i, x) {
-        double meas = json_number_value(json_object_get(x, "measured_step_s"));
+        double meas = json_number_value(json_object_get(x, "measured_step_median_s"));
         double pred = json_number_value(json_object_get(x, "predicted_with_overhead_s"));
-        printf("%5lld %-8s %-16s %-16s %6lld %12.4f %12.4f %+7.1f%%\n",
+        json_t *pb = json_object_get(x, "predicted_before_run_with_overhead_s");
+        double pre = pb ? json_number_value(pb) : -1;
+        char pre_s[16] = "-", pre_e[16] = "-";
+        if (pre > 0 && meas > 0) {
+            snprintf(pre_s, sizeof pre_s, "%.4f", pre);
+            snprintf(pre_e, sizeof pre_e, "%+.1f%%", 100 * (pre / meas - 1));
+        }
+        printf("%5lld %-8s %-16s %-16s %6lld %12.4f %11s %8s %11.4f %+7.1f%%\n",
                (long long)json_integer_value(json_object_get(x, "m")), str(x, "schedule"), str(x, "forward"),
-               str(x, "backward"), (long long)json_integer_value(json_object_get(x, "steps")), meas, pred,
-               meas > 0 && pred > 0 ? 100 * (pred / meas - 1) : 0.0);
+               str(x, "backward"), (long long)json_integer_value(json_object_get(x, "steps")), meas, pre_s, pre_e,
+               pred, meas > 0 && pred > 0 ? 100 * (pred / meas - 1) : 0.0);
     }
 }
 

@@ -20,14 +20,18 @@
 #define MAX_SIZES 16     /* micro-batch sizes remembered per stage */
 #define MAX_HIST 64      /* distinct plans remembered with their measurements */
 #define HIST_STEPS 64    /* step times kept per plan for its median */
-#define FIT_ALPHA 0.3    /* EMA weight of a new step in a size's mean time */
+#define FIT_ALPHA 0.3    /* EMA weight of a new step in a codec's measured cost */
 #define OVH_ALPHA 0.2    /* EMA weight of a new step in the per-step overhead */
 #define BASIS_STEPS 3     /* steps averaged into a plan's re-plan basis */
 #define DEFAULT_BW 1.25e8 /* bytes/s assumed for a link nobody measured (1 Gbit/s) */
 
+#define SIZE_OBS 5  /* recent steps per micro-batch size whose median is the size's time */
+
 typedef struct {
-    int n;           /* sequences per micro-batch */
-    double f, b;     /* EMA of the mean forward / backward seconds per micro-batch */
+    int n;           /* sequences per micro-batch (per replica: the shard) */
+    double f, b;     /* median of the recent steps' mean forward / backward seconds per micro-batch */
+    double fv[SIZE_OBS], bv[SIZE_OBS]; /* those steps, a ring */
+    int nv, next;
 } size_pt_t;
 
 typedef struct {
@@ -39,6 +43,13 @@ typedef struct {
     double wall[HIST_STEPS], stage[HIST_STEPS]; /* the first HIST_STEPS of them, for medians */
     /* per stage, summed over those steps: mean seconds per micro-batch */
     double f[NB_COST_MAX_STAGES], b[NB_COST_MAX_STAGES], enc[NB_COST_MAX_STAGES], dec[NB_COST_MAX_STAGES];
+    /* The prediction made when the plan was first chosen or pinned, before
+     * any of its steps ran (out of sample: nothing this plan measured had
+     * entered the model); pre_s < 0 when the plan ran before it had one
+     * (the profiling plans). pre_ovh_s adds the per-step overhead known
+     * then. pre_step: the step it was made for. */
+    double pre_s, pre_ovh_s;
+    int64_t pre_step;
 } hist_t;
 
 struct nb_cplan {
@@ -343,6 +354,30 @@ void nb_cplan_link_probe(nb_cplan_t *cp, int from, int to, double rtt_ms, double
     }
 }
 
+void nb_cplan_replicas(nb_cplan_t *cp, int daemon, int replicas, double reduce_bw)
+{
+    if (daemon < 0 || daemon >= cp->desc.layout.n_daemons || replicas < 1)
+        return;
+    for (int s = 0; s < cp->p; s++) {
+        if (cp->desc.layout.placement[s] != daemon)
+            continue;
+        nb_cost_stage_t *st = &cp->cost.stage[s];
+        int was = st->replicas > 1 ? st->replicas : 1;
+        if (was != replicas)
+            cp->npts[s] = 0; /* the sizes seen were shards of another split */
+        st->replicas = replicas;
+        st->reduce_bw = reduce_bw > 0 ? reduce_bw : 0;
+    }
+}
+
+/* Samples the slowest replica of stage s runs of a micro-batch of n: the
+ * per-device size the compute fits are kept at. */
+static int shard_n(const nb_cplan_t *cp, int s, int n)
+{
+    int r = nb_cost_replicas(&cp->cost, s);
+    return (n + r - 1) / r;
+}
+
 void nb_cplan_report(nb_cplan_t *cp, int daemon, const Nebula__Report *r)
 {
     for (size_t i = 0; i < r->n_timings; i++) {
@@ -394,18 +429,43 @@ static void refit_stage(nb_cplan_t *cp, int s)
     }
 }
 
+static double median_of(const double *v, int n)
+{
+    double x[SIZE_OBS];
+    memcpy(x, v, (size_t)n * sizeof *x);
+    for (int i = 1; i < n; i++) /* insertion sort: n <= SIZE_OBS */
+        for (int j = i; j > 0 && x[j - 1] > x[j]; j--) {
+            double t = x[j];
+            x[j] = x[j - 1];
+            x[j - 1] = t;
+        }
+    return n % 2 ? x[n / 2] : (x[n / 2 - 1] + x[n / 2]) / 2;
+}
+
+/* A size's time is the median of its last SIZE_OBS steps: on a shared
+ * machine another process's burst lands in a step now and then, and an
+ * average would carry it into every prediction at that size (an EMA did:
+ * docs/benchmarks.md, "Planner validation"). */
 static void observe_size(nb_cplan_t *cp, int s, int n, double f, double b)
 {
-    for (int i = 0; i < cp->npts[s]; i++) {
-        size_pt_t *pt = &cp->pts[s][i];
-        if (pt->n == n) {
-            pt->f += FIT_ALPHA * (f - pt->f);
-            pt->b += FIT_ALPHA * (b - pt->b);
+    size_pt_t *pt = NULL;
+    for (int i = 0; i < cp->npts[s] && !pt; i++)
+        if (cp->pts[s][i].n == n)
+            pt = &cp->pts[s][i];
+    if (!pt) {
+        if (cp->npts[s] >= MAX_SIZES)
             return;
-        }
+        pt = &cp->pts[s][cp->npts[s]++];
+        memset(pt, 0, sizeof *pt);
+        pt->n = n;
     }
-    if (cp->npts[s] < MAX_SIZES)
-        cp->pts[s][cp->npts[s]++] = (size_pt_t){ n, f, b };
+    pt->fv[pt->next] = f;
+    pt->bv[pt->next] = b;
+    pt->next = (pt->next + 1) % SIZE_OBS;
+    if (pt->nv < SIZE_OBS)
+        pt->nv++;
+    pt->f = median_of(pt->fv, pt->nv);
+    pt->b = median_of(pt->bv, pt->nv);
 }
 
 static bool sends(const nb_cplan_t *cp, int s, int dir)
@@ -454,6 +514,8 @@ static hist_t *hist_find(nb_cplan_t *cp, const nb_cplan_step_t *c, bool add)
         return NULL;
     hist_t *h = &cp->hist[cp->nhist++];
     memset(h, 0, sizeof *h);
+    h->pre_s = h->pre_ovh_s = -1;
+    h->pre_step = -1;
     h->m = c->m;
     h->sched = c->sched;
     snprintf(h->fwd, sizeof h->fwd, "%s", c->fwd);
@@ -500,7 +562,7 @@ void nb_cplan_step_done(nb_cplan_t *cp, int64_t step, double wall_s, double stag
         if (k > 0) {
             obs.compute[s] = cp->acc_f[s] + cp->acc_b[s] + cp->acc_enc[s] + cp->acc_dec[s];
             if (step > 0) { /* step 0 warms caches and allocators up */
-                observe_size(cp, s, n, cp->acc_f[s] / k, cp->acc_b[s] / k);
+                observe_size(cp, s, shard_n(cp, s, n), cp->acc_f[s] / k, cp->acc_b[s] / k);
                 refit_stage(cp, s);
                 observe_codecs(cp, s, raw_per_mb);
                 cp->compute_measured = true;
@@ -647,11 +709,30 @@ static void absorb_drift(nb_cplan_t *cp)
         double r = o->compute[s] / b->compute[s];
         if (fabs(r - 1) <= cp->rcfg.threshold)
             continue;
-        for (int i = 0; i < cp->npts[s]; i++)
-            if (cp->pts[s][i].n != cp->cur.mb_size) {
-                cp->pts[s][i].f *= r;
-                cp->pts[s][i].b *= r;
+        for (int i = 0; i < cp->npts[s]; i++) {
+            size_pt_t *pt = &cp->pts[s][i];
+            if (pt->n != shard_n(cp, s, cp->cur.mb_size)) {
+                pt->f *= r;
+                pt->b *= r;
+                for (int k = 0; k < pt->nv; k++)
+                    pt->fv[k] *= r, pt->bv[k] *= r;
+            } else {
+                /* the size in use: only the steps since the drift (the
+                 * policy's k), which a median of all kept steps may not
+                 * follow yet */
+                int k = cp->rcfg.k < pt->nv ? cp->rcfg.k : pt->nv;
+                double fv[SIZE_OBS], bv[SIZE_OBS];
+                for (int j = 0; j < k; j++) {
+                    int at = (pt->next - 1 - j + 2 * SIZE_OBS) % SIZE_OBS;
+                    fv[j] = pt->fv[at];
+                    bv[j] = pt->bv[at];
+                }
+                if (k > 0) {
+                    pt->f = median_of(fv, k);
+                    pt->b = median_of(bv, k);
+                }
             }
+        }
         refit_stage(cp, s);
     }
 }
@@ -680,8 +761,20 @@ static bool same_plan(const nb_cplan_step_t *a, const nb_cplan_step_t *b)
 
 static void set_plan(nb_cplan_t *cp, int64_t step, const nb_cplan_step_t *next)
 {
-    if (!same_plan(&cp->cur, next) || !cp->have_cur)
+    if (!same_plan(&cp->cur, next) || !cp->have_cur) {
         cp->cur_since = step;
+        /* A plan new to this job: keep the prediction it starts with, made
+         * before any of its steps ran, to score it against what it then
+         * measures (docs/planner.md, "Out-of-sample predictions"). */
+        if (next->pred_step_s >= 0 && !hist_find(cp, next, false)) {
+            hist_t *h = hist_find(cp, next, true);
+            if (h) {
+                h->pre_s = next->pred_step_s;
+                h->pre_ovh_s = next->pred_step_s + (cp->have_overhead ? cp->overhead : 0);
+                h->pre_step = step;
+            }
+        }
+    }
     cp->cur = *next;
     cp->have_cur = true;
 }
@@ -832,9 +925,25 @@ static double predict_own(const nb_cplan_t *cp, const nb_cost_t *cost, const his
  * longest stage step every plan run so far measured and the simulation
  * with that plan's own compute (absolute relative error, median step
  * times: robust to the odd slow step), then applied to every link
- * direction. */
+ * direction. Needs measured plans of at least two micro-batch counts;
+ * until then the cost stays where it was (0 at first). */
 static void calibrate_overhead(nb_cplan_t *cp)
 {
+    /* A cost per message is told apart from a compute error only by plans
+     * that send different numbers of messages: with measured steps of one
+     * m alone, the grid would turn any error in that plan's prediction
+     * (another process's burst, the compute fit) into a per-message cost
+     * and carry it into every other plan's prediction. */
+    int ms[MAX_HIST], nm = 0;
+    for (int i = 0; i < cp->nhist; i++) {
+        bool seen = false;
+        for (int k = 0; k < nm; k++)
+            seen |= ms[k] == cp->hist[i].m;
+        if (cp->hist[i].steps > 0 && !seen)
+            ms[nm++] = cp->hist[i].m;
+    }
+    if (nm < 2)
+        return;
     nb_cost_t *trial = malloc(sizeof *trial);
     if (!trial)
         return;
@@ -886,11 +995,12 @@ static json_t *cand_json(const nb_cost_t *cost, const nb_plan_cand_t *c, int ran
         json_array_append_new(split, json_integer(c->layers[s]));
         json_array_append_new(mem, json_real(c->mem[s] / (1024.0 * 1024.0 * 1024.0)));
     }
-    return json_pack("{s:i, s:i, s:f, s:s, s:s, s:s, s:o, s:f, s:f, s:f, s:o, s:b}", "rank", rank, "m", c->m,
+    return json_pack("{s:i, s:i, s:f, s:s, s:s, s:s, s:o, s:f, s:f, s:f, s:o, s:b, s:f, s:f}", "rank", rank, "m", c->m,
                      "micro_batch_size", c->mb_size, "schedule", nb_sched_format(&c->sched, sb, sizeof sb),
                      "forward", cost->codec[c->fwd_codec].spec, "backward", cost->codec[c->bwd_codec].spec, "split",
                      split, "step_s", c->step_time, "bubble", c->bubble, "samples_per_s", c->samples_per_s,
-                     "memory_gib", mem, "feasible", c->feasible);
+                     "memory_gib", mem, "feasible", c->feasible, "allreduce_s", c->allreduce_s, "allreduce_share",
+                     c->allreduce_share);
 }
 
 static json_t *measurements_json(const nb_cplan_t *cp, const nb_cost_t *cost)
@@ -905,10 +1015,16 @@ static json_t *measurements_json(const nb_cplan_t *cp, const nb_cost_t *cost)
         for (int i = 0; i < cp->npts[s]; i++)
             json_array_append_new(sizes, json_pack("{s:i, s:f, s:f}", "n", cp->pts[s][i].n, "forward_s",
                                                    cp->pts[s][i].f, "backward_s", cp->pts[s][i].b));
-        json_array_append_new(st, json_pack("{s:i, s:s, s:i, s:{s:f, s:f}, s:{s:f, s:f}, s:o, s:f}", "stage", s,
-                                            "daemon", x->name, "layers", L, "forward_s", "a", fa, "b", fb,
-                                            "backward_s", "a", ba, "b", bb, "sizes", sizes, "memory_limit_bytes",
-                                            x->mem_limit));
+        json_t *so = json_pack("{s:i, s:s, s:i, s:{s:f, s:f}, s:{s:f, s:f}, s:o, s:f}", "stage", s, "daemon", x->name,
+                               "layers", L, "forward_s", "a", fa, "b", fb, "backward_s", "a", ba, "b", bb, "sizes",
+                               sizes, "memory_limit_bytes", x->mem_limit);
+        /* replicas: the fits and sizes are per device (n = the shard) */
+        json_object_set_new(so, "replicas", json_integer(nb_cost_replicas(cost, s)));
+        json_object_set_new(so, "reduce_bytes_per_s",
+                            json_real(x->reduce_bw > 0 ? x->reduce_bw : NB_COST_REDUCE_BW_CPU));
+        json_object_set_new(so, "allreduce_s",
+                            json_real(nb_cost_allreduce(cost, s, nb_cost_grad_bytes(&cp->req.model, cost->p, s, L))));
+        json_array_append_new(st, so);
     }
     for (int s = 0; s + 1 < cost->p; s++) {
         json_t *o = json_pack("{s:i}", "boundary", s);
@@ -996,15 +1112,23 @@ json_t *nb_cplan_json(nb_cplan_t *cp, int max_rows, double bandwidth_mbit, char 
         double with = pred >= 0 && cp->have_overhead ? pred + cp->overhead : -1;
         double own = predict_own(cp, cost, h);
         double own_with = own >= 0 && cp->have_overhead ? own + cp->overhead : -1;
-        json_array_append_new(hist, json_pack("{s:i, s:s, s:s, s:s, s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f}",
-                                              "m", h->m, "schedule", nb_sched_format(&h->sched, sb, sizeof sb),
-                                              "forward", h->fwd, "backward", h->bwd, "steps", (json_int_t)h->steps,
-                                              "measured_step_s", wall, "measured_stage_step_s", stage,
-                                              "measured_step_median_s", hist_median(h, true),
-                                              "measured_stage_step_median_s", hist_median(h, false),
-                                              "predicted_step_s", pred, "predicted_with_overhead_s", with,
-                                              "predicted_bubble", bub, "simulated_own_compute_s", own,
-                                              "simulated_own_compute_with_overhead_s", own_with));
+        json_t *row = json_pack("{s:i, s:s, s:s, s:s, s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f}",
+                                "m", h->m, "schedule", nb_sched_format(&h->sched, sb, sizeof sb),
+                                "forward", h->fwd, "backward", h->bwd, "steps", (json_int_t)h->steps,
+                                "measured_step_s", wall, "measured_stage_step_s", stage,
+                                "measured_step_median_s", hist_median(h, true),
+                                "measured_stage_step_median_s", hist_median(h, false),
+                                "predicted_step_s", pred, "predicted_with_overhead_s", with,
+                                "predicted_bubble", bub, "simulated_own_compute_s", own,
+                                "simulated_own_compute_with_overhead_s", own_with);
+        /* out of sample: the prediction the plan started with (absent for
+         * plans that ran before they had one, i.e. the profiling plans) */
+        if (row && h->pre_s >= 0) {
+            json_object_set_new(row, "predicted_before_run_s", json_real(h->pre_s));
+            json_object_set_new(row, "predicted_before_run_with_overhead_s", json_real(h->pre_ovh_s));
+            json_object_set_new(row, "predicted_at_step", json_integer((json_int_t)h->pre_step + 1));
+        }
+        json_array_append_new(hist, row);
     }
     json_object_set_new(o, "history", hist);
     if (rc == 0 || rc == NB_ELIMIT)

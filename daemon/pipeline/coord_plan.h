@@ -78,6 +78,14 @@ void nb_cplan_free(nb_cplan_t *cp);
  * so are non-finite or absurd values (the numbers come from a peer). */
 void nb_cplan_link_probe(nb_cplan_t *cp, int from, int to, double rtt_ms, double bytes_per_s);
 
+/* Stage daemon `daemon` runs its stages on `replicas` devices each (>= 1,
+ * checked by the caller, nb_replica_check) and reduces gradients between
+ * them at reduce_bw bytes/s (0: unknown, NB_COST_REDUCE_BW_CPU is assumed).
+ * Sets the replica model of every stage it hosts (docs/planner.md,
+ * "Replicas"); forgets the compute measured so far for those stages when the
+ * count changes (a daemon restarted with other devices). */
+void nb_cplan_replicas(nb_cplan_t *cp, int daemon, int replicas, double reduce_bw);
+
 /* Takes one daemon's report for the step in flight (the step the last
  * nb_cplan_plan call returned): micro-batch timings per stage and the
  * passive link estimates (Report.links). The report is only read. Entries

@@ -17,6 +17,7 @@
 #include "daemon/pipeline/job.h"
 #include "daemon/pipeline/rt_common.h"
 #include "daemon/planner/cost.h"
+#include "daemon/planner/replica.h"
 #include "kernels/codec/codec.h"
 
 double nb__coord_now_s(void)
@@ -465,9 +466,19 @@ static void handle_status(nb_coord_rt_t *rt, int di, const Nebula__JobStatus *s)
 {
     const char *msg = s->message ? s->message : "";
     switch (s->state) {
-    case NEBULA__JOB_STATUS__STATE__JOB_STATE_JOINED:
+    case NEBULA__JOB_STATUS__STATE__JOB_STATE_JOINED: {
+        /* its replicas (data parallel inside its cluster) for the planner */
+        char why[128];
+        int r = nb_replica_check(s->replicas, s->reduce_bytes_per_s, NB_CFG_MAX_DEVICES, why, sizeof why);
+        if (r < 0) {
+            nb__coord_job_fail(rt, "stage daemon %s: JobStatus JOINED: %s", rt->job.names[di], why);
+            return;
+        }
+        if (rt->plan)
+            nb_cplan_replicas(rt->plan, di, r, s->reduce_bytes_per_s);
         nb__coord_joined(rt, di, s);
         return;
+    }
     case NEBULA__JOB_STATUS__STATE__JOB_STATE_FAULT:
         if (s->attempt == rt->attempt && !rt->finished)
             nb__coord_fault(rt, "stage daemon %s: %s", rt->job.names[di], msg);

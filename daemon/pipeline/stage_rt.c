@@ -14,6 +14,7 @@
 #include "daemon/log.h"
 #include "daemon/pipeline/rt_common.h"
 #include "daemon/pipeline/stage_rt_internal.h"
+#include "daemon/planner/replica.h"
 
 void nb__stage_free_out(void *p)
 {
@@ -476,6 +477,10 @@ static void send_joined(nb_stage_rt_t *rt)
     nebula__job_status__init(&js);
     js.state = NEBULA__JOB_STATUS__STATE__JOB_STATE_JOINED;
     js.message = "";
+    /* the planner's replica model: one replica per listed device */
+    int ndev = rt->cfg->n_devices > 0 ? rt->cfg->n_devices : 1;
+    js.replicas = (uint32_t)ndev;
+    js.reduce_bytes_per_s = nb_replica_local_bw(ndev, rt->cfg->n_devices > 0 && rt->cfg->devices[0].cuda);
     if (rt->have_job && rt->joined.has_job) {
         const joined_state_t *j = &rt->joined;
         js.job_id = rt->job.layout.job_id;

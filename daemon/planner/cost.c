@@ -104,18 +104,51 @@ double nb_cost_xfer_busy(const nb_cost_dir_t *d, const nb_cost_codec_t *codec, d
     return d->overhead + ratio * raw_bytes / d->bandwidth;
 }
 
-double nb_cost_fwd(const nb_cost_t *c, int s, int layers, double n)
+int nb_cost_replicas(const nb_cost_t *c, int s)
 {
     NB_CHECK(s >= 0 && s < c->p);
+    return c->stage[s].replicas > 1 ? c->stage[s].replicas : 1;
+}
+
+/* The shard the slowest replica runs, and what splitting costs. */
+static double shard(const nb_cost_t *c, int s, double n, double *extra)
+{
+    int r = nb_cost_replicas(c, s);
+    *extra = r > 1 ? c->stage[s].replica_overhead : 0;
+    return r > 1 ? ceil(n / r - 1e-9) : n;
+}
+
+double nb_cost_fwd(const nb_cost_t *c, int s, int layers, double n)
+{
     const nb_cost_stage_t *st = &c->stage[s];
-    return nb_fit_eval(&st->fwd_fixed, n) + layers * nb_fit_eval(&st->fwd_layer, n);
+    double extra, k = shard(c, s, n, &extra);
+    return nb_fit_eval(&st->fwd_fixed, k) + layers * nb_fit_eval(&st->fwd_layer, k) + extra;
 }
 
 double nb_cost_bwd(const nb_cost_t *c, int s, int layers, double n)
 {
-    NB_CHECK(s >= 0 && s < c->p);
     const nb_cost_stage_t *st = &c->stage[s];
-    return nb_fit_eval(&st->bwd_fixed, n) + layers * nb_fit_eval(&st->bwd_layer, n);
+    double extra, k = shard(c, s, n, &extra);
+    return nb_fit_eval(&st->bwd_fixed, k) + layers * nb_fit_eval(&st->bwd_layer, k) + extra;
+}
+
+double nb_cost_grad_bytes(const nb_cost_model_t *mdl, int p, int s, int layers)
+{
+    double params = layers * mdl->params_per_layer;
+    if (s == 0)
+        params += mdl->embed_params;
+    if (s == p - 1)
+        params += mdl->head_params;
+    return 4.0 * params;
+}
+
+double nb_cost_allreduce(const nb_cost_t *c, int s, double grad_bytes)
+{
+    int r = nb_cost_replicas(c, s);
+    if (r < 2 || !(grad_bytes > 0))
+        return 0;
+    double bw = c->stage[s].reduce_bw > 0 ? c->stage[s].reduce_bw : NB_COST_REDUCE_BW_CPU;
+    return 2.0 * (r - 1) / r * grad_bytes / bw;
 }
 
 double nb_cost_stage_mem(const nb_cost_model_t *mdl, int p, int s, int layers, int inflight,
@@ -160,9 +193,15 @@ int nb_cost_observe_stage(nb_cost_t *c, int s, int layers, double n, double fwd_
     if (!c || s < 0 || s >= c->p || layers < 0 || !(n > 0) || !(alpha > 0 && alpha <= 1))
         return NB_EINVAL;
     nb_cost_stage_t *st = &c->stage[s];
-    int rc = observe_pair(&st->fwd_fixed, &st->fwd_layer, layers, n, fwd_s, alpha);
+    /* the fits are per device: a replicated stage measured its largest shard */
+    double extra, k = shard(c, s, n, &extra);
+    if (fwd_s > 0)
+        fwd_s = fmax(fwd_s - extra, 1e-12);
+    if (bwd_s > 0)
+        bwd_s = fmax(bwd_s - extra, 1e-12);
+    int rc = observe_pair(&st->fwd_fixed, &st->fwd_layer, layers, k, fwd_s, alpha);
     if (rc == 0)
-        rc = observe_pair(&st->bwd_fixed, &st->bwd_layer, layers, n, bwd_s, alpha);
+        rc = observe_pair(&st->bwd_fixed, &st->bwd_layer, layers, k, bwd_s, alpha);
     return rc;
 }
 

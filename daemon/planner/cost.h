@@ -46,7 +46,26 @@ typedef struct {
     nb_fit_t fwd_layer, bwd_layer;
     nb_fit_t fwd_fixed, bwd_fixed;
     double mem_limit; /* bytes the stage may use; 0 = unlimited */
+    /* Data parallel inside the cluster (docs/planner.md, "Replicas"): the
+     * fits above are for ONE device; the stage runs `replicas` copies (0 or
+     * 1: one), each micro-batch of n split along the batch, so an op takes
+     * fit(ceil(n/R)) + replica_overhead. After its last backward the stage
+     * all-reduces its gradients across the replicas at reduce_bw bytes/s
+     * (0: NB_COST_REDUCE_BW_CPU). */
+    int replicas;
+    double reduce_bw;        /* bytes/s, see nb_cost_allreduce */
+    double replica_overhead; /* s per op when replicas > 1 (split, hand-off, gather) */
 } nb_cost_stage_t;
+
+/* Local reduction bandwidth assumed when a stage sent none (an older peer,
+ * or no measurement): 2 GB/s, a conservative figure for summing fp32
+ * buffers on one CPU socket. For NCCL on GPUs of one host the stage daemon
+ * reports NB_COST_REDUCE_BW_NCCL instead of measuring. */
+#define NB_COST_REDUCE_BW_CPU 2e9
+/* NCCL all-reduce bus bandwidth assumed inside one host (NVLink-class
+ * GPUs; nccl-tests report 100-200 GB/s bus bandwidth on A100/H100 NVLink
+ * boxes): 100 GB/s, the low end. */
+#define NB_COST_REDUCE_BW_NCCL 1e11
 
 /* One direction of one link: latency (one way), bandwidth, and a fixed
  * per-message cost on the wire (framing, TLS record, acknowledgement). */
@@ -122,9 +141,29 @@ double nb_cost_xfer_busy(const nb_cost_dir_t *d, const nb_cost_codec_t *codec,
                          double raw_bytes);
 
 /* Forward / backward time of one micro-batch of n samples on stage s holding
- * `layers` blocks, compute only (codec time is added by the caller). */
+ * `layers` blocks, compute only (codec time is added by the caller). With R
+ * = stage[s].replicas > 1 the micro-batch is split along the batch and the
+ * largest shard, ceil(n/R) samples, sets the time: fit(ceil(n/R)) +
+ * replica_overhead. */
 double nb_cost_fwd(const nb_cost_t *c, int s, int layers, double n);
 double nb_cost_bwd(const nb_cost_t *c, int s, int layers, double n);
+
+/* Replicas of stage s (>= 1). */
+int nb_cost_replicas(const nb_cost_t *c, int s);
+
+/* Gradient bytes of stage s of p holding `layers` blocks (fp32: 4 bytes per
+ * parameter of its blocks, plus the embedding on stage 0 and the head on
+ * stage p-1). */
+double nb_cost_grad_bytes(const nb_cost_model_t *mdl, int p, int s, int layers);
+
+/* Seconds to all-reduce grad_bytes across stage s's R replicas, once per
+ * step after its last backward: a ring (reduce-scatter + all-gather, as
+ * NCCL does, and as a chunked in-memory reduction with one thread per
+ * replica does) moves 2 (R-1)/R of the bytes through each replica:
+ *   t = 2 (R - 1) / R * grad_bytes / reduce_bw
+ * 0 with one replica. reduce_bw is the stage's measured local bandwidth
+ * (nb_replica_reduce_bw), or NB_COST_REDUCE_BW_CPU when unknown. */
+double nb_cost_allreduce(const nb_cost_t *c, int s, double grad_bytes);
 
 /* Bytes stage s of p needs holding `layers` blocks with `inflight` stashed
  * micro-batches of n samples: state of its blocks (plus the embedding on
@@ -138,7 +177,10 @@ double nb_cost_stage_mem(const nb_cost_model_t *mdl, int p, int s, int layers,
  * work excluded). Both the per-block and the fixed fit of each direction are
  * scaled by the EMA of measured / predicted (nb_fit_ema_update), so the
  * split between them, which a report cannot separate, keeps its profiled
- * shape. A measurement <= 0 skips that direction. Returns 0 or NB_EINVAL. */
+ * shape. A measurement <= 0 skips that direction. On a replicated stage the
+ * measurement is the wall time of the op across its replicas: it refines
+ * the per-device fits at the shard ceil(n/R), less replica_overhead.
+ * Returns 0 or NB_EINVAL. */
 int nb_cost_observe_stage(nb_cost_t *c, int s, int layers, double n, double fwd_s,
                           double bwd_s, double alpha);
 

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "daemon/planner/replica.h"
 #include "kernels/common.h"
 
 typedef struct {
@@ -168,7 +169,8 @@ static int parse_root(ctx_t *c, json_t *root, nb_cost_t *cost)
                                             NULL};
     static const char *const stage_keys[] = {"name", "memory_limit_gib", "forward_layer_s",
                                              "backward_layer_s", "forward_fixed_s",
-                                             "backward_fixed_s", NULL};
+                                             "backward_fixed_s", "replicas", "reduce_gbyte_s",
+                                             "replica_overhead_ms", NULL};
     static const char *const link_keys[] = {"between", "forward", "backward", NULL};
     static const char *const codec_keys[] = {"spec", "ratio", "encode_ns_per_byte",
                                              "decode_ns_per_byte", "lossiness", NULL};
@@ -209,8 +211,21 @@ static int parse_root(ctx_t *c, json_t *root, nb_cost_t *cost)
             rc = fit(c, st, path, "backward_fixed_s", 0, &o->bwd_fixed);
         if (rc == 0)
             rc = num(c, st, path, "memory_limit_gib", 0, 0.0, &gib);
+        double reps = 1, rbw = 0, rovh = 0;
+        if (rc == 0)
+            rc = num(c, st, path, "replicas", 1, 1, &reps);
+        if (rc == 0 && (reps > NB_REPLICA_MAX || reps != floor(reps)))
+            rc = fail(c, NB_EFORMAT, "%s.replicas: %g is out of range (a whole number 1..%d)", path,
+                      reps, NB_REPLICA_MAX);
+        if (rc == 0)
+            rc = num(c, st, path, "reduce_gbyte_s", 1e-6, 0, &rbw);
+        if (rc == 0)
+            rc = num(c, st, path, "replica_overhead_ms", 0, 0, &rovh);
         if (rc)
             return rc;
+        o->replicas = (int)reps;
+        o->reduce_bw = rbw * 1e9;
+        o->replica_overhead = rovh * 1e-3;
         if (!o->name[0])
             snprintf(o->name, sizeof o->name, "stage%d", s);
         o->mem_limit = gib * 1024.0 * 1024.0 * 1024.0;

@@ -43,9 +43,13 @@ int nb_plan_offline(FILE *out, const nb_plan_req_t *req, const char *measurement
     for (int s = 0; s < cost->p; s++) {
         fprintf(out, "  stage %d %-16s memory limit ", s, cost->stage[s].name);
         if (cost->stage[s].mem_limit > 0)
-            fprintf(out, "%.2f GiB\n", cost->stage[s].mem_limit / (1024.0 * 1024.0 * 1024.0));
+            fprintf(out, "%.2f GiB", cost->stage[s].mem_limit / (1024.0 * 1024.0 * 1024.0));
         else
-            fprintf(out, "none\n");
+            fprintf(out, "none");
+        if (nb_cost_replicas(cost, s) > 1)
+            fprintf(out, ", %d replicas (all-reduce at %.1f GB/s)", nb_cost_replicas(cost, s),
+                    (cost->stage[s].reduce_bw > 0 ? cost->stage[s].reduce_bw : NB_COST_REDUCE_BW_CPU) / 1e9);
+        fputc('\n', out);
     }
     for (int s = 0; s + 1 < cost->p; s++) {
         const nb_cost_link_t *l = &cost->link[s];

@@ -78,6 +78,8 @@ int nb_plan_sim_input(const nb_cost_t *cost, const nb_cost_model_t *mdl, const n
             s < p - 1 && c->use_placement && c->placement[s] == c->placement[s + 1];
         stage_time_w(cost, mdl, s, c->layers[s], c->mb_size, cf, cb, s > 0 && !local_in,
                      s < p - 1 && !local_out, &in->tf[s], &in->tb[s]);
+        /* once per step: the all-reduce across the stage's replicas */
+        in->tail[s] = nb_cost_allreduce(cost, s, nb_cost_grad_bytes(mdl, p, s, c->layers[s]));
         if (local_out) {
             /* Same daemon: no wire, and no codec either way. */
             in->xf[s] = in->lf[s] = in->xb[s] = in->lb[s] = 0;
@@ -90,6 +92,14 @@ int nb_plan_sim_input(const nb_cost_t *cost, const nb_cost_model_t *mdl, const n
         }
     }
     return 0;
+}
+
+/* Samples one device of stage s holds of a micro-batch of n: the largest
+ * shard when the stage has replicas (each holds the whole stage's state). */
+static double dev_n(const nb_cost_t *cost, int s, double n)
+{
+    int r = nb_cost_replicas(cost, s);
+    return r > 1 ? ceil(n / r - 1e-9) : n;
 }
 
 static int fits(const nb_cost_t *cost, int s, double need)
@@ -127,7 +137,7 @@ static int split_layers(const nb_cost_t *cost, const nb_cost_model_t *mdl, int p
                 if (!isfinite(prev))
                     continue;
                 int own = k - j;
-                if (!fits(cost, s, nb_cost_stage_mem(mdl, p, s, own, inflight[s], n)))
+                if (!fits(cost, s, nb_cost_stage_mem(mdl, p, s, own, inflight[s], dev_n(cost, s, n))))
                     continue;
                 double t = stage_time(cost, mdl, p, s, own, n, cf, cb, NULL, NULL);
                 double v = fmax(prev, t);
@@ -213,7 +223,7 @@ static int finish(const nb_cost_t *cost, const nb_cost_model_t *mdl, const shape
     c->oom_stage = -1;
     double worst = 0;
     for (int s = 0; s < p; s++)
-        c->mem[s] = nb_cost_stage_mem(mdl, p, s, c->layers[s], c->inflight[s], c->mb_size);
+        c->mem[s] = nb_cost_stage_mem(mdl, p, s, c->layers[s], c->inflight[s], dev_n(cost, s, c->mb_size));
     for (int s = 0; s < p; s++) {
         /* With a placement, a daemon's first stage carries the limit and
          * the sum of the stages it hosts. */
@@ -248,6 +258,8 @@ static int finish(const nb_cost_t *cost, const nb_cost_model_t *mdl, const shape
         return rc;
     }
     c->step_time = r.step_time;
+    c->allreduce_s = r.tail_exposed;
+    c->allreduce_share = r.step_time > 0 ? r.tail_exposed / r.step_time : 0;
     c->bubble = r.bubble;
     c->samples_per_s = r.step_time > 0 ? mdl->global_batch / r.step_time : 0;
     return 0;
@@ -563,10 +575,12 @@ const char *nb_plan_describe(const nb_cost_t *cost, const nb_plan_cand_t *c, cha
                              size_t len)
 {
     char sb[24], sp[256];
-    snprintf(buf, len, "m=%d %s fwd=%s bwd=%s split=%s T=%.4fs bubble=%.1f%%", c->m,
-             nb_sched_format(&c->sched, sb, sizeof sb), cost->codec[c->fwd_codec].spec,
-             cost->codec[c->bwd_codec].spec, split_str(c, cost->p, sp, sizeof sp), c->step_time,
-             100 * c->bubble);
+    int n = snprintf(buf, len, "m=%d %s fwd=%s bwd=%s split=%s T=%.4fs bubble=%.1f%%", c->m,
+                     nb_sched_format(&c->sched, sb, sizeof sb), cost->codec[c->fwd_codec].spec,
+                     cost->codec[c->bwd_codec].spec, split_str(c, cost->p, sp, sizeof sp),
+                     c->step_time, 100 * c->bubble);
+    if (c->allreduce_s > 0 && n >= 0 && (size_t)n < len)
+        snprintf(buf + n, len - (size_t)n, " allreduce=%.1f%%", 100 * c->allreduce_share);
     return buf;
 }
 
@@ -574,9 +588,15 @@ int nb_plan_print(FILE *f, const nb_cost_t *cost, const nb_plan_result_t *r, int
 {
     int p = cost->p;
     int rows = (max_rows > 0 && max_rows < r->n) ? max_rows : r->n;
-    fprintf(f, "%4s %5s %7s %-8s %-16s %-16s %-12s %10s %10s %7s  %s\n", "rank", "m", "mb",
-            "schedule", "fwd codec", "bwd codec", "split", "step (s)", "samples/s", "bubble",
-            "peak memory per stage (GiB)");
+    /* The all-reduce column appears when some stage has replicas. */
+    int dp = 0;
+    for (int s = 0; s < p; s++)
+        dp |= nb_cost_replicas(cost, s) > 1;
+    fprintf(f, "%4s %5s %7s %-8s %-16s %-16s %-12s %10s %10s %7s", "rank", "m", "mb", "schedule",
+            "fwd codec", "bwd codec", "split", "step (s)", "samples/s", "bubble");
+    if (dp)
+        fprintf(f, " %9s", "allreduce");
+    fprintf(f, "  %s\n", "peak memory per stage (GiB)");
     for (int i = 0; i < rows; i++) {
         const nb_plan_cand_t *c = &r->cand[i];
         char sb[24], sp[256], mem[512];
@@ -590,11 +610,14 @@ int nb_plan_print(FILE *f, const nb_cost_t *cost, const nb_plan_result_t *r, int
             snprintf(rank, sizeof rank, "%d", i + 1);
         else
             snprintf(rank, sizeof rank, "-");
-        fprintf(f, "%4s %5d %7g %-8s %-16s %-16s %-12s %10.4f %10.1f %6.1f%%  %s", rank, c->m,
+        fprintf(f, "%4s %5d %7g %-8s %-16s %-16s %-12s %10.4f %10.1f %6.1f%%", rank, c->m,
                 c->mb_size, nb_sched_format(&c->sched, sb, sizeof sb),
                 cost->codec[c->fwd_codec].spec, cost->codec[c->bwd_codec].spec,
                 split_str(c, p, sp, sizeof sp), c->step_time, c->samples_per_s,
-                100 * c->bubble, mem);
+                100 * c->bubble);
+        if (dp)
+            fprintf(f, " %8.1f%%", 100 * c->allreduce_share);
+        fprintf(f, "  %s", mem);
         if (!c->feasible)
             fprintf(f, "  OOM: stage %d needs %.2f GiB, limit %.2f", c->oom_stage,
                     c->oom_need / GIB, c->oom_limit / GIB);
@@ -622,8 +645,8 @@ const char *nb_plan_oom_line(const nb_cost_model_t *mdl, int p, const nb_plan_ca
                  s, c->oom_need / GIB, c->m, c->mb_size, s, c->mem[s] / GIB, c->oom_limit / GIB);
         return buf;
     }
-    double stash = nb_cost_stage_mem(mdl, p, s, c->layers[s], c->inflight[s], c->mb_size) -
-                   nb_cost_stage_mem(mdl, p, s, c->layers[s], 0, c->mb_size);
+    /* c->mem is per device (a replica stashes only its shard) */
+    double stash = c->mem[s] - nb_cost_stage_mem(mdl, p, s, c->layers[s], 0, c->mb_size);
     snprintf(buf, len,
              "stage %d needs %.2f GiB at m=%d (micro-batch %g, %d in flight: state %.2f GiB + "
              "stash %.2f GiB), limit %.2f GiB",

@@ -64,6 +64,9 @@ typedef struct {
     int use_placement; /* copied from the request */
     int placement[NB_COST_MAX_STAGES];
     double step_time, bubble;
+    /* The part of step_time the replicas' gradient all-reduces add (after
+     * the last backward; 0 without replicas), and its share of the step. */
+    double allreduce_s, allreduce_share;
     double samples_per_s;
     double mem[NB_COST_MAX_STAGES];
     int inflight[NB_COST_MAX_STAGES];

@@ -19,6 +19,8 @@ static int input_ok(const nb_sim_input_t *in)
     for (int s = 0; s < in->p; s++) {
         if (!finite_nonneg(in->tf[s]) || !finite_nonneg(in->tb[s]))
             return 0;
+        if (!finite_nonneg(in->tail[s]))
+            return 0;
         if (s < in->p - 1 && (!finite_nonneg(in->xf[s]) || !finite_nonneg(in->lf[s]) ||
                               !finite_nonneg(in->xb[s]) || !finite_nonneg(in->lb[s])))
             return 0;
@@ -176,6 +178,17 @@ int nb_sim_run(const nb_sim_input_t *in, nb_sim_result_t *out, nb_sim_event_t *e
         NB_CHECK(progress);
     }
     NB_CHECK(k == nev_total);
+    /* The tails: after a unit's last op, its stages' all-reduces in turn. */
+    double t0 = out->step_time;
+    for (int u = 0; u < nu; u++) {
+        double end = free_at[u];
+        for (int s = 0; s < p; s++)
+            if ((in->use_placement ? in->placement[s] : s) == u)
+                end += in->tail[s];
+        if (end > out->step_time)
+            out->step_time = end;
+    }
+    out->tail_exposed = out->step_time - t0;
     double total_busy = 0;
     for (int s = 0; s < p; s++)
         total_busy += out->busy[s];

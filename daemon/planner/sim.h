@@ -40,6 +40,11 @@ typedef struct {
      * nb_sched_build_daemon (U-shape). 0: one unit per stage. */
     int use_placement;
     int placement[NB_SIM_MAX_STAGES];
+    /* Work a stage does once after its last op: the all-reduce of its
+     * gradients across its replicas (s; 0: none). It occupies the stage's
+     * compute unit (stages sharing a unit reduce one after the other) and
+     * counts in T, not in busy. */
+    double tail[NB_SIM_MAX_STAGES];
 } nb_sim_input_t;
 
 typedef enum {
@@ -59,6 +64,7 @@ typedef struct {
 
 typedef struct {
     double step_time;
+    double tail_exposed; /* step_time minus the step without the tails */
     double bubble;
     double busy[NB_SIM_MAX_STAGES];
     int peak_inflight[NB_SIM_MAX_STAGES];

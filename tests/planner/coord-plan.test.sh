@@ -96,6 +96,8 @@ assert {x["forward"] for x in c} <= {"fp32", "fp16"}
 m = j["measurements"]
 assert m["compute_measured"] and m["links"][0]["forward"]["measured"], m["links"]
 assert len(m["stages"][0]["sizes"]) >= 2, m["stages"][0]
+# one device per stage daemon: one replica each (JobStatus JOINED.replicas)
+assert all(st["replicas"] == 1 for st in m["stages"]), m["stages"]
 assert any(h["steps"] >= 1 and h["measured_step_s"] > 0 and h["predicted_step_s"] > 0 for h in j["history"])
 PY
 ctl plan > "$work/plan.txt" || fail "plan"
@@ -123,6 +125,22 @@ assert "\"ok\": true" in lines[2] or "\"ok\":true" in lines[2], lines[2][:200]
 ' "$work/run/coord.sock" || fail "malformed plan requests"
 ctl plan-pin --m 2 --schedule gpipe --forward fp16 --backward fp32 > /dev/null || fail "plan-pin"
 nb_wait_for 120 grep -q "pinned plan m=2 gpipe fwd=fp16 bwd=fp32" "$work/coord.log" || fail "pinned plan not run within 120 s"
+# the pinned plan's history row carries the prediction it started with,
+# made before any of its steps ran (out of sample), once a step is measured
+pin_scored() {
+  ctl plan --json > "$work/plan2.json" || return 1
+  python3 - "$work/plan2.json" 2>/dev/null <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))
+r = [h for h in j["history"] if h["m"] == 2 and h["schedule"] == "gpipe" and h["forward"] == "fp16"]
+assert r and r[0]["steps"] >= 1, r
+assert r[0]["predicted_before_run_s"] > 0 and r[0]["predicted_at_step"] >= 4, r
+assert r[0]["predicted_before_run_with_overhead_s"] >= r[0]["predicted_before_run_s"], r
+PY
+}
+nb_wait_for 120 pin_scored || fail "no out-of-sample prediction for the pinned plan: $(head -c 3000 "$work/plan2.json")"
+ctl plan > "$work/plan-hist.txt" || fail "plan"
+grep -q "before run" "$work/plan-hist.txt" || fail "plan text has no out-of-sample column: $(cat "$work/plan-hist.txt")"
 ctl plan-pin --clear > /dev/null || fail "plan-pin --clear"
 ctl metrics > "$work/metrics.txt" || fail "metrics"
 grep -q '^nebula_replans_total ' "$work/metrics.txt" || fail "no nebula_replans_total"
