@@ -549,5 +549,10 @@ int nb_electra_step(nb_electra_t *e, nb_electra_step_t *out, char *err, size_t e
 }
 
 int nb_electra_steps_done(const nb_electra_t *e) { return e->step; }
+
+const nb_electra_batch_t *nb_electra_received(const nb_electra_t *e, int i)
+{
+    return e->step > 0 && i >= 0 && i < e->cfg.n_gen ? &e->rx[i] : NULL;
+}
 nb_electra_gen_t *nb_electra_gen(nb_electra_t *e, int i) { return i >= 0 && i < e->cfg.n_gen ? e->gen[i] : NULL; }
 nb_electra_disc_t *nb_electra_disc(nb_electra_t *e) { return e->disc; }

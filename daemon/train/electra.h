@@ -160,6 +160,10 @@ void nb_electra_free(nb_electra_t *e);
  * steps, model and batch errors (message in err). */
 int nb_electra_step(nb_electra_t *e, nb_electra_step_t *out, char *err, size_t errlen);
 int nb_electra_steps_done(const nb_electra_t *e);
+/* The batch of generator i the discriminator consumed in the last step, as
+ * decoded from its wire encoding (NULL before the first step or for a bad
+ * i). Borrowed; valid until the next step. */
+const nb_electra_batch_t *nb_electra_received(const nb_electra_t *e, int i);
 nb_electra_gen_t *nb_electra_gen(nb_electra_t *e, int i);
 nb_electra_disc_t *nb_electra_disc(nb_electra_t *e);
 
