@@ -132,7 +132,7 @@ static void test_golden(void **state)
     char paths[2][128];
     for (int g = 0; g < G; g++) {
         nb_electra_gen_config_t *gc = &c.gen[g];
-        char name[16];
+        char name[32];
         snprintf(gc->name, sizeof gc->name, "g%d", g);
         snprintf(name, sizeof name, "gmodel%d", g);
         gc->model = model_of(name, vdata + 1, T, NB_MODEL_HEAD_MLM);
@@ -158,7 +158,7 @@ static void test_golden(void **state)
     if (rc)
         fail_msg("%s", err);
     for (int g = 0; g < G; g++) {
-        char pre[8];
+        char pre[32];
         snprintf(pre, sizeof pre, "w%d", g);
         each_tensor(be, nb_electra_gen_part(nb_electra_gen(e, g)), pre, 0);
     }
@@ -201,7 +201,7 @@ static void test_golden(void **state)
     }
     each_tensor(be, nb_electra_disc_part(nb_electra_disc(e)), "fd", 1e-4);
     for (int g = 0; g < G; g++) {
-        char pre[8];
+        char pre[32];
         snprintf(pre, sizeof pre, "f%d", g);
         each_tensor(be, nb_electra_gen_part(nb_electra_gen(e, g)), pre, 1e-4);
         unlink(paths[g]);
