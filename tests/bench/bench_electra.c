@@ -18,8 +18,11 @@
  * head, K classes), fine-tuned FT steps on POOL labelled snippets per class
  * from the training text (few labels: what pre-training is for);
  * the same model from its seeded init is fine-tuned the same steps on the
- * same batches ("scratch"). Accuracy on held-out snippets from the last
- * regions, evenly spaced.
+ * same batches ("scratch"). Accuracy on held-out snippets from the
+ * held-out chunks. A second downstream head, "vote": the body fine-tuned with a
+ * token-classification head whose every token carries the snippet's
+ * class, the snippet classified by the sum of its tokens'
+ * log-probabilities (the seqcls head reads the first token alone).
  *
  * Embeddings: the same pre-training with generators as wide as the
  * discriminator (a shared embedding needs one width), tied and untied: the
@@ -27,7 +30,8 @@
  * accuracy of each.
  *
  * Prints bench lines: electra_downstream_acc_pretrained,
- * electra_downstream_acc_scratch, electra_wire_bytes_per_token,
+ * electra_downstream_acc_scratch, electra_downstream_vote_acc_pretrained,
+ * electra_downstream_vote_acc_scratch, electra_wire_bytes_per_token,
  * electra_disc_loss_tied, electra_disc_loss_untied,
  * electra_downstream_acc_tied, electra_downstream_acc_untied_wide.
  * NB_ELECTRA_BENCH_QUICK=1 runs a tenth of the steps (a smoke run);
@@ -218,9 +222,9 @@ static void snippets(int step, int B, bool eval, int32_t *ids, int32_t *labels)
 
 /* Fine-tunes a seqcls model started from the body of w (NULL: its seeded
  * init) and returns its held-out accuracy. */
-static double finetune(nb_backend_t *be, const float *w)
+static double finetune(nb_backend_t *be, const float *w, bool vote)
 {
-    nb_model_config_t mc = disc_model(NB_MODEL_HEAD_SEQCLS, K);
+    nb_model_config_t mc = disc_model(vote ? NB_MODEL_HEAD_TOKCLS : NB_MODEL_HEAD_SEQCLS, K);
     nb_part_spec_t spec = nb_part_spec_full(&mc);
     nb_part_t *p = NULL;
     char err[256];
@@ -256,12 +260,18 @@ static double finetune(nb_backend_t *be, const float *w)
     }
     nb_optim_t *o = NULL;
     NB_CHECK(nb_optim_new(be, &oc, nb_part_num_params(p), segs, nt, &o) == 0);
-    int32_t *ids = malloc((size_t)EB * T * 4), *lab = malloc((size_t)EB * 4);
-    int32_t *d_ids = nb_be_alloc(be, (size_t)EB * T * 4), *d_lab = nb_be_alloc(be, (size_t)EB * 4);
+    int32_t *ids = malloc((size_t)EB * T * 4), *lab = malloc((size_t)EB * 4), *tl = malloc((size_t)EB * T * 4);
+    int32_t *d_ids = nb_be_alloc(be, (size_t)EB * T * 4), *d_lab = nb_be_alloc(be, (size_t)EB * T * 4);
     for (int s = 0; s < FT; s++) {
         snippets(s, FT_BATCH, false, ids, lab);
         nb_be_from_host(be, d_ids, ids, (size_t)FT_BATCH * T * 4);
-        nb_be_from_host(be, d_lab, lab, (size_t)FT_BATCH * 4);
+        if (vote) { /* every token carries its snippet's class */
+            for (int k = 0; k < FT_BATCH * T; k++)
+                tl[k] = lab[k / T];
+            nb_be_from_host(be, d_lab, tl, (size_t)FT_BATCH * T * 4);
+        } else {
+            nb_be_from_host(be, d_lab, lab, (size_t)FT_BATCH * 4);
+        }
         nb_part_zero_grad(p);
         nb_part_input_t in = { .tokens = d_ids, .targets = d_lab, .loss_scale = 1.0f };
         float l;
@@ -269,7 +279,7 @@ static double finetune(nb_backend_t *be, const float *w)
         double ss = nb_optim_sumsq(be, nb_part_grads(p), nb_part_num_params(p));
         nb_optim_step(o, nb_part_params(p), nb_part_grads(p), (float)nb_optim_lr(&oc, s), nb_optim_clip_scale(&oc, ss));
         if (s % 50 == 0 || s == FT - 1)
-            printf("finetune %s step %d: loss %.4f\n", w ? "pretrained" : "scratch", s + 1, l);
+            printf("finetune %s%s step %d: loss %.4f\n", w ? "pretrained" : "scratch", vote ? " (vote)" : "", s + 1, l);
     }
     snippets(0, EB, true, ids, lab);
     nb_be_from_host(be, d_ids, ids, (size_t)EB * T * 4);
@@ -280,13 +290,27 @@ static double finetune(nb_backend_t *be, const float *w)
     float *h = malloc((size_t)rows * cols * sizeof(float));
     nb_be_to_host(be, h, lg, (size_t)rows * cols * sizeof(float));
     int right = 0;
-    for (int b = 0; b < rows; b++) {
+    int per = vote ? T : 1; /* vote: a snippet's class maximises the sum of its tokens' log-probabilities */
+    for (int b = 0; b < rows / per; b++) {
+        double score[K] = { 0 };
+        for (int t = 0; t < per; t++) {
+            const float *r = h + ((size_t)b * per + t) * cols;
+            double mx = r[0], z = 0;
+            for (int k = 1; k < cols; k++)
+                mx = fmax(mx, r[k]);
+            for (int k = 0; k < cols; k++)
+                z += exp(r[k] - mx);
+            for (int k = 0; k < cols; k++)
+                score[k] += r[k] - mx - log(z);
+        }
         int best = 0;
         for (int k = 1; k < cols; k++)
-            if (h[b * cols + k] > h[b * cols + best])
+            if (score[k] > score[best])
                 best = k;
         right += best == lab[b];
     }
+    rows /= per;
+    free(tl);
     free(h);
     free(ids);
     free(lab);
@@ -357,9 +381,12 @@ int main(void)
             fclose(cf);
         }
     }
-    double acc_pre = finetune(be, w), acc_scratch = finetune(be, NULL);
+    double acc_pre = finetune(be, w, false), acc_scratch = finetune(be, NULL, false);
+    double vote_pre = finetune(be, w, true), vote_scratch = finetune(be, NULL, true);
     printf("bench electra_downstream_acc_pretrained %.3f fraction\n", acc_pre);
     printf("bench electra_downstream_acc_scratch %.3f fraction\n", acc_scratch);
+    printf("bench electra_downstream_vote_acc_pretrained %.3f fraction\n", vote_pre);
+    printf("bench electra_downstream_vote_acc_scratch %.3f fraction\n", vote_scratch);
     printf("bench electra_wire_bytes_per_token %.3f bytes\n", wire);
     fflush(stdout);
     const char *tied = getenv("NB_ELECTRA_TIED");
@@ -369,8 +396,8 @@ int main(void)
         return rc;
     printf("bench electra_disc_loss_tied %.4f nats\n", lt);
     printf("bench electra_disc_loss_untied %.4f nats\n", lu);
-    printf("bench electra_downstream_acc_tied %.3f fraction\n", finetune(be, wt));
-    printf("bench electra_downstream_acc_untied_wide %.3f fraction\n", finetune(be, wu));
+    printf("bench electra_downstream_acc_tied %.3f fraction\n", finetune(be, wt, false));
+    printf("bench electra_downstream_acc_untied_wide %.3f fraction\n", finetune(be, wu, false));
 out:
     for (int i = 0; i < K; i++) {
         unlink(pre_path[i]);
