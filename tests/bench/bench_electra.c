@@ -36,7 +36,8 @@
  * electra_downstream_acc_tied, electra_downstream_acc_untied_wide.
  * NB_ELECTRA_BENCH_QUICK=1 runs a tenth of the steps (a smoke run);
  * NB_ELECTRA_PRE, NB_ELECTRA_FT (steps), NB_ELECTRA_FT_POOL and
- * NB_ELECTRA_FT_LR override the
+ * NB_ELECTRA_FT_LR (fine-tuning), NB_ELECTRA_PRE_LR (the discriminator's
+ * pre-training) override the
  * defaults; NB_ELECTRA_TIED=0 leaves out the tied/untied comparison;
  * NB_ELECTRA_CACHE=FILE keeps the pre-trained weights between runs.
  */
@@ -55,7 +56,7 @@
 #define T 256
 static const char *const texts[K] = { "GPL-2", "GPL-3", "LGPL-2.1", "Apache-2.0" };
 static int PRE = 300, FT = 120;
-static float FT_LR = 1e-3f;
+static float FT_LR = 1e-3f, PRE_LR = 1e-3f;
 static int POOL = 8; /* labelled snippets per class */
 enum { FT_BATCH = 16, EVAL_PER_CLASS = 48 };
 
@@ -134,7 +135,7 @@ static int pretrain(nb_backend_t *be, int gen_width, bool tied, float **w, doubl
     static nb_electra_config_t c;
     memset(&c, 0, sizeof c);
     c.model = disc_model(NB_MODEL_HEAD_TOKCLS, 2);
-    c.optim = optim(1e-3f, PRE);
+    c.optim = optim(PRE_LR, PRE);
     c.seed = 11;
     c.seq_len = T;
     c.steps = PRE;
@@ -335,6 +336,8 @@ int main(void)
         printf("NB_ELECTRA_FT_POOL >= 1 needed\n");
         return 2;
     }
+    if (getenv("NB_ELECTRA_PRE_LR"))
+        PRE_LR = (float)atof(getenv("NB_ELECTRA_PRE_LR"));
     if (getenv("NB_ELECTRA_FT_LR"))
         FT_LR = (float)atof(getenv("NB_ELECTRA_FT_LR"));
     if (PRE < 20 || FT < 10 || !(FT_LR > 0)) {
