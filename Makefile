@@ -15,7 +15,7 @@
 #   tests/bench/bench_*.c     -> $(BUILD)/bench/bench_*     (make bench)
 #   tests/fuzz/fuzz_*.c       -> $(BUILD)/fuzz/fuzz_*       (make fuzz, clang)
 #
-# Targets: all (default), test, asan, tsan, bench, demo, fuzz, install, clean.
+# Targets: all (default), test, asan, tsan, bench, demo, demo-electra, fuzz, install, clean.
 # Options: V=1 (show commands), CUDA=auto|0|1, SAN=0|1, PREFIX, DESTDIR, BUILD,
 #   ARCHFLAGS (the baseline every object targets: -march=x86-64-v2 on x86-64,
 #   the compiler's generic target elsewhere; ARCHFLAGS=-march=native builds for
@@ -187,7 +187,7 @@ $(BUILD)/config.txt:
 	@echo '$(CONFIG_LINE)' > $@
 
 # ---- rules ----------------------------------------------------------------------
-.PHONY: all test asan tsan bench demo fuzz install clean help
+.PHONY: all test asan tsan bench demo demo-electra fuzz install clean help
 # Keep objects that make would treat as intermediate.
 .SECONDARY:
 all: $(BINS) $(TESTS) $(BENCHES) $(CUDA_MODULE)
@@ -265,6 +265,9 @@ bench: $(BENCHES) $(BINS)
 
 demo: $(BINS)
 	$(Q)NB_BUILD=$(BUILD) scripts/demo.sh
+
+demo-electra: $(BINS)
+	$(Q)NB_BUILD=$(BUILD) scripts/demo-electra.sh
 
 # ThreadSanitizer over the tests of the threaded layers (the transport, the
 # pipeline runtimes and the service): its own tree, CPU only. A report fails

@@ -26,6 +26,7 @@
 #define NB_CFG_MAX_CLUSTERS 16
 #define NB_CFG_MAX_DEVICES 16
 #define NB_CFG_MAX_CODECS 16
+#define NB_CFG_MAX_GENERATORS 8
 
 /* Exit status of nebulad on any configuration error (sysexits EX_CONFIG). */
 #define NB_CFG_EXIT_CONFIG 78
@@ -127,6 +128,26 @@ typedef struct {
     bool resume;             /* resume a matching checkpoint found at start */
 } nb_cfg_checkpoint_t;
 
+/* One ELECTRA generator (job.electra.generators[], role train). */
+typedef struct {
+    char name[NB_CFG_NAME_MAX];
+    char data[NB_CFG_PATH_MAX]; /* its token file */
+    int64_t sequences;          /* sequences it feeds each discriminator step */
+    uint64_t seed;              /* 0: job.seed + 1 + its index */
+    nb_cfg_model_t model;       /* head mlm */
+    nb_cfg_optim_t optimizer;
+} nb_cfg_generator_t;
+
+/* Multi-generator ELECTRA (nebula-electra, docs/electra.md); job.model is
+ * the discriminator. */
+typedef struct {
+    int n_generators; /* 0: no electra section */
+    nb_cfg_generator_t generators[NB_CFG_MAX_GENERATORS];
+    double disc_weight;
+    double mask_prob;
+    bool tie_embeddings; /* one token embedding for every model (one process only) */
+} nb_cfg_electra_t;
+
 typedef struct {
     bool present; /* the file has a job section */
     nb_cfg_model_t model;
@@ -152,6 +173,7 @@ typedef struct {
     nb_cfg_checkpoint_t checkpoint;
     double recovery_timeout_s;    /* how long a fault may last before the job fails */
     int64_t max_restarts;         /* recoveries before the job fails */
+    nb_cfg_electra_t electra;     /* role train: an ELECTRA job (nebula-electra) */
 } nb_cfg_job_t;
 
 typedef struct {

@@ -567,10 +567,72 @@ static int parse_section(cfg_ctx_t *c, yaml_node_t *n, const nb__cfg_key_t *keys
 
 /* ---- rules across keys ----------------------------------------------------------- */
 
+/* job.electra (role train): job.model is the discriminator, each generator
+ * brings its own model, data and optimizer. */
+static int check_electra(cfg_ctx_t *c, nb_config_t *cfg)
+{
+    nb_cfg_job_t *j = &cfg->job;
+    nb_cfg_electra_t *e = &j->electra;
+    if (e->n_generators == 0) {
+        if (c->role == NB_ROLE_TRAIN && !j->data[0])
+            return fail_path(c, "job.data", "missing required key (role train)");
+        return 0;
+    }
+    if (j->data[0])
+        return fail_path(c, "job.data", "not used by an electra job: each generator reads its own "
+                         "job.electra.generators[].data");
+    if (j->model.head != NB_HEAD_TOKCLS || j->model.n_classes != 2)
+        return fail_path(c, "job.model.head", "the discriminator of an electra job needs head tokcls with "
+                         "n_classes 2 (replaced-token detection)");
+    if (j->micro_batches != 0)
+        return fail_path(c, "job.micro_batches", "an electra job takes one micro-batch per generator; leave it auto");
+    if (j->eval.fraction > 0 || j->eval.data[0])
+        return fail_path(c, "job.eval", "not supported by an electra job");
+    int64_t total = 0;
+    char p[CFG_KEY_PATH_MAX];
+    for (int i = 0; i < e->n_generators; i++) {
+        nb_cfg_generator_t *g = &e->generators[i];
+        nb_cfg_model_t *m = &g->model;
+        total += g->sequences;
+        if (g->seed == 0)
+            g->seed = j->seed + 1 + (uint64_t)i;
+        if (m->d_ff == 0)
+            m->d_ff = 4 * m->d_model;
+        snprintf(p, sizeof p, "job.electra.generators[%d].model.n_head", i);
+        if (m->d_model % m->n_head)
+            return fail_path(c, p, "must divide d_model (%d), got %d", m->d_model, m->n_head);
+        snprintf(p, sizeof p, "job.electra.generators[%d].model.head", i);
+        if (m->head != NB_HEAD_MLM)
+            return fail_path(c, p, "a generator is a masked language model: head must be mlm, got %s",
+                             nb_cfg_head_name(m->head));
+        snprintf(p, sizeof p, "job.electra.generators[%d].model.max_seq", i);
+        if (m->max_seq < j->seq_len)
+            return fail_path(c, p, "must be at least job.seq_len (%lld), got %d", (long long)j->seq_len, m->max_seq);
+        snprintf(p, sizeof p, "job.electra.generators[%d].optimizer.min_lr", i);
+        if (g->optimizer.min_lr > g->optimizer.lr)
+            return fail_path(c, p, "must not exceed lr (%g), got %g", g->optimizer.lr, g->optimizer.min_lr);
+        snprintf(p, sizeof p, "job.electra.generators[%d].model", i);
+        if (e->tie_embeddings && (m->d_model != j->model.d_model || m->vocab != j->model.vocab))
+            return fail_path(c, p, "job.electra.tie_embeddings needs every generator's d_model and vocab equal to "
+                             "the discriminator's (%d, %d), got %d, %d", j->model.d_model, j->model.vocab,
+                             m->d_model, m->vocab);
+        snprintf(p, sizeof p, "job.electra.generators[%d].name", i);
+        for (int k = 0; k < i; k++)
+            if (strcmp(g->name, e->generators[k].name) == 0)
+                return fail_path(c, p, "duplicate generator name '%s' (also generators[%d])", g->name, k);
+    }
+    if (j->batch != total)
+        return fail_path(c, "job.batch", "must equal the sum of job.electra.generators[].sequences (%lld), got %lld",
+                         (long long)total, (long long)j->batch);
+    return 0;
+}
+
 static int check_job(cfg_ctx_t *c, nb_config_t *cfg)
 {
     nb_cfg_job_t *j = &cfg->job;
     nb_cfg_model_t *m = &j->model;
+    if (check_electra(c, cfg))
+        return -1;
     if (m->d_model % m->n_head)
         return fail_path(c, "job.model.n_head", "must divide d_model (%d), got %d", m->d_model, m->n_head);
     if (m->d_ff == 0)

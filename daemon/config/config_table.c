@@ -170,10 +170,33 @@ static const nb__cfg_key_t checkpoint_keys[] = {
     { 0 },
 };
 
+static const nb__cfg_key_t generator_keys[] = {
+    { .name = "name", .type = NB__CFG_STR, .required = T, FLD(nb_cfg_generator_t, name), .validate = v_name, .doc = "the generator's name (in logs and errors)" },
+    { .name = "data", .type = NB__CFG_PATH, .required = T, FLD(nb_cfg_generator_t, data), .doc = "its token file" },
+    { .name = "sequences", .type = NB__CFG_INT, .required = T, .min = 1, .max = 65536, FLD(nb_cfg_generator_t, sequences), .doc = "sequences it feeds each discriminator step" },
+    { .name = "seed", .type = NB__CFG_U64, .min = 0, .max = 1.8e19, .def = "0", FLD(nb_cfg_generator_t, seed), .doc = "seed of its init, data, mask and replacement streams; 0 = job.seed + 1 + index" },
+    { .name = "model", .type = NB__CFG_SECTION, .required = T, .sub = model_keys, FLD(nb_cfg_generator_t, model), .doc = "its model shape (head mlm)" },
+    { .name = "optimizer", .type = NB__CFG_SECTION, .sub = optim_keys, FLD(nb_cfg_generator_t, optimizer), .doc = "its AdamW settings" },
+    { 0 },
+};
+
+static const nb__cfg_key_t generator_elem = {
+    .name = "generators[]", .type = NB__CFG_SECTION, .size = sizeof(nb_cfg_generator_t), .sub = generator_keys,
+};
+
+static const nb__cfg_key_t electra_keys[] = {
+    { .name = "generators", .type = NB__CFG_LIST, .required = T, .sub = &generator_elem, .off = offsetof(nb_cfg_electra_t, generators),
+      .count_off = offsetof(nb_cfg_electra_t, n_generators), .max_items = NB_CFG_MAX_GENERATORS, .doc = "the generators, in the order their batches join a discriminator step" },
+    { .name = "disc_weight", .type = NB__CFG_DOUBLE, .min = 1e-6, .max = 1e6, .def = "50", FLD(nb_cfg_electra_t, disc_weight), .doc = "weight of the discriminator's loss" },
+    { .name = "mask_prob", .type = NB__CFG_DOUBLE, .min = 1e-6, .max = 1, .def = "0.15", FLD(nb_cfg_electra_t, mask_prob), .doc = "share of masked positions" },
+    { .name = "tie_embeddings", .type = NB__CFG_BOOL, .def = "false", FLD(nb_cfg_electra_t, tie_embeddings), .doc = "one token embedding for all models (one process only; equal d_model and vocab)" },
+    { 0 },
+};
+
 static const nb__cfg_key_t job_keys[] = {
     { .name = "model", .type = NB__CFG_SECTION, .required = C | T, .sub = model_keys, FLD(nb_cfg_job_t, model), .doc = "model shape" },
     { .name = "seed", .type = NB__CFG_U64, .min = 0, .max = 1.8e19, .def = "1337", FLD(nb_cfg_job_t, seed), .doc = "seed of every RNG stream" },
-    { .name = "data", .type = NB__CFG_PATH, .required = T, FLD(nb_cfg_job_t, data), .doc = "token file" },
+    { .name = "data", .type = NB__CFG_PATH, FLD(nb_cfg_job_t, data), .doc = "token file (role train: required unless job.electra)" },
     { .name = "batch", .type = NB__CFG_INT, .required = C | T, .min = 1, .max = 1048576, FLD(nb_cfg_job_t, batch), .doc = "sequences per step (global batch)" },
     { .name = "seq_len", .type = NB__CFG_INT, .required = C | T, .min = 1, .max = 1048576, FLD(nb_cfg_job_t, seq_len), .doc = "tokens per sequence" },
     { .name = "steps", .type = NB__CFG_INT, .required = C | T, .min = 1, .max = 1e12, FLD(nb_cfg_job_t, steps), .doc = "optimizer steps" },
@@ -194,6 +217,7 @@ static const nb__cfg_key_t job_keys[] = {
     { .name = "checkpoint", .type = NB__CFG_SECTION, .roles = C, .sub = checkpoint_keys, FLD(nb_cfg_job_t, checkpoint), .doc = "coordinated checkpoints" },
     { .name = "recovery_timeout_s", .type = NB__CFG_DOUBLE, .roles = C, .min = 1, .max = 1e7, .def = "600", FLD(nb_cfg_job_t, recovery_timeout_s), .doc = "how long the daemons may take to come back after a fault before the job fails" },
     { .name = "max_restarts", .type = NB__CFG_INT, .roles = C, .min = 0, .max = 1e9, .def = "1000", FLD(nb_cfg_job_t, max_restarts), .doc = "recoveries after which the job fails" },
+    { .name = "electra", .type = NB__CFG_SECTION, .roles = T, .sub = electra_keys, FLD(nb_cfg_job_t, electra), .doc = "multi-generator ELECTRA (nebula-electra); job.model is the discriminator" },
     { 0 },
 };
 

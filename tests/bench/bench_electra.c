@@ -1,0 +1,415 @@
+/* bench_electra.c - is multi-generator ELECTRA pre-training worth having,
+ * and what does untying the token embeddings cost?
+ *
+ * Data: K licence texts of every Debian machine, byte tokens. Each text is
+ * cut in 1 KiB chunks; every fourth chunk is held out (held-out snippets
+ * only; no model ever sees them in training), the others, joined, are the
+ * text for pre-training and fine-tuning. Interleaved: the held-out text is
+ * spread over each licence (the GPL family's appendices are nearly the
+ * same text, so held-out tails would test those alone).
+ *
+ * Pre-training (daemon/train/electra.h): one generator per text (1 layer,
+ * a quarter of the discriminator's width, its own text, seed and AdamW),
+ * one discriminator (2 layers, d_model 64) on replaced-token detection,
+ * PRE steps of 256-token sequences.
+ *
+ * Downstream: which licence is a 256-byte snippet from. The discriminator's
+ * body (every tensor but the head) starts a sequence classifier (seqcls
+ * head, K classes), fine-tuned FT steps on POOL labelled snippets per class
+ * from the training text (few labels: what pre-training is for);
+ * the same model from its seeded init is fine-tuned the same steps on the
+ * same batches ("scratch"). Accuracy on held-out snippets from the
+ * held-out chunks. A second downstream head, "vote": the body fine-tuned with a
+ * token-classification head whose every token carries the snippet's
+ * class, the snippet classified by the sum of its tokens'
+ * log-probabilities (the seqcls head reads the first token alone).
+ *
+ * Embeddings: the same pre-training with generators as wide as the
+ * discriminator (a shared embedding needs one width), tied and untied: the
+ * discriminator's mean loss over the last 20 steps and the downstream
+ * accuracy of each.
+ *
+ * Prints bench lines: electra_downstream_acc_pretrained,
+ * electra_downstream_acc_scratch, electra_downstream_vote_acc_pretrained,
+ * electra_downstream_vote_acc_scratch, electra_wire_bytes_per_token,
+ * electra_disc_loss_tied, electra_disc_loss_untied,
+ * electra_downstream_acc_tied, electra_downstream_acc_untied_wide.
+ * NB_ELECTRA_BENCH_QUICK=1 runs a tenth of the steps (a smoke run);
+ * NB_ELECTRA_PRE, NB_ELECTRA_FT (steps), NB_ELECTRA_FT_POOL and
+ * NB_ELECTRA_FT_LR (fine-tuning), NB_ELECTRA_PRE_LR (the discriminator's
+ * pre-training) override the
+ * defaults; NB_ELECTRA_TIED=0 leaves out the tied/untied comparison;
+ * NB_ELECTRA_CACHE=FILE keeps the pre-trained weights between runs.
+ */
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "kernels/common.h"
+#include "kernels/rng.h"
+#include "daemon/data/tokens.h"
+#include "daemon/train/electra.h"
+
+#define K 4
+#define T 256
+static const char *const texts[K] = { "GPL-2", "GPL-3", "LGPL-2.1", "Apache-2.0" };
+static int PRE = 300, FT = 120;
+static float FT_LR = 1e-3f, PRE_LR = 1e-3f;
+static int POOL = 8; /* labelled snippets per class */
+enum { FT_BATCH = 16, EVAL_PER_CLASS = 48 };
+
+/* Each text is cut in chunks of CHUNK bytes; every HOLD-th chunk (index
+ * % HOLD == HOLD - 1) is held out, the others, joined, are the training
+ * text. Interleaved, so the held-out text is spread over the whole licence
+ * (its terms and its appendix alike). */
+enum { CHUNK = 1024, HOLD = 4 };
+static nb_tokens_t *full[K];
+static uint32_t *train_ids[K];
+static uint64_t n_train[K];
+static uint64_t held_first[K][64];
+static int n_held[K];
+static char pre_path[K][128];
+
+static int prepare(void)
+{
+    char err[512], path[128];
+    for (int i = 0; i < K; i++) {
+        char src[128];
+        snprintf(src, sizeof src, "/usr/share/common-licenses/%s", texts[i]);
+        snprintf(path, sizeof path, "/tmp/nb_bench_electra_%d_%d.tok", (int)getpid(), i);
+        if (access(src, R_OK) != 0) {
+            printf("%s missing\n", src);
+            return 77;
+        }
+        if (nb_tokens_from_text(src, path, 0, NULL, err, sizeof err) || nb_tokens_open(path, &full[i], err, sizeof err)) {
+            printf("%s\n", err);
+            return 1;
+        }
+        unlink(path);
+        uint64_t n = nb_tokens_count(full[i]);
+        uint32_t *ids = train_ids[i] = malloc(n * sizeof *ids);
+        n_train[i] = 0;
+        n_held[i] = 0;
+        for (uint64_t c0 = 0; c0 < n; c0 += CHUNK) {
+            uint64_t end = c0 + CHUNK < n ? c0 + CHUNK : n;
+            if ((c0 / CHUNK) % HOLD == HOLD - 1 && end - c0 == CHUNK && n_held[i] < 64)
+                held_first[i][n_held[i]++] = c0;
+            else
+                for (uint64_t k = c0; k < end; k++)
+                    ids[n_train[i]++] = nb_tokens_get(full[i], k);
+        }
+        snprintf(pre_path[i], sizeof pre_path[i], "/tmp/nb_bench_electra_%d_pre%d.tok", (int)getpid(), i);
+        int rc = nb_tokens_write(pre_path[i], ids, n_train[i], 256, err, sizeof err);
+        if (rc) {
+            printf("%s\n", err);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static nb_model_config_t disc_model(nb_head_kind_t head, int n_classes)
+{
+    return (nb_model_config_t){ .n_layer = 2, .d_model = 64, .n_head = 4, .d_ff = 256, .vocab = 257, .max_seq = T,
+                                .causal = false, .norm = NB_MODEL_NORM_PRE, .head = head, .n_classes = n_classes };
+}
+
+static nb_optim_config_t optim(float lr, int steps)
+{
+    nb_optim_config_t o = nb_optim_config_default();
+    o.lr = lr;
+    o.lr_min = lr / 10;
+    o.warmup_steps = steps / 10;
+    o.total_steps = steps;
+    o.weight_decay = 0.01f;
+    o.beta2 = 0.999f;
+    return o;
+}
+
+/* Pre-trains; the discriminator's parameters (host copy) into *w, its mean
+ * loss over the last 20 steps into *loss, wire bytes per token into *wire. */
+static int pretrain(nb_backend_t *be, int gen_width, bool tied, float **w, double *loss, double *wire)
+{
+    static nb_electra_config_t c;
+    memset(&c, 0, sizeof c);
+    c.model = disc_model(NB_MODEL_HEAD_TOKCLS, 2);
+    c.optim = optim(PRE_LR, PRE);
+    c.seed = 11;
+    c.seq_len = T;
+    c.steps = PRE;
+    c.mask_prob = 0.15f;
+    c.disc_weight = 50.0f;
+    c.tie_embeddings = tied;
+    c.n_gen = K;
+    for (int i = 0; i < K; i++) {
+        nb_electra_gen_config_t *g = &c.gen[i];
+        snprintf(g->name, sizeof g->name, "%s", texts[i]);
+        snprintf(g->data, sizeof g->data, "%s", pre_path[i]);
+        g->model = (nb_model_config_t){ .n_layer = 1, .d_model = gen_width, .n_head = 2, .d_ff = 4 * gen_width,
+                                        .vocab = 257, .max_seq = T, .causal = false, .norm = NB_MODEL_NORM_PRE,
+                                        .head = NB_MODEL_HEAD_MLM, .tie_embeddings = true };
+        g->optim = optim(2e-3f, PRE);
+        g->seed = 100 + (uint64_t)i;
+        g->sequences = 2;
+    }
+    nb_electra_t *e = NULL;
+    char err[512];
+    if (nb_electra_new(be, &c, &e, err, sizeof err)) {
+        printf("%s\n", err);
+        return 1;
+    }
+    double sum = 0, bytes = 0, toks = 0;
+    int n = 0;
+    for (int s = 0; s < PRE; s++) {
+        nb_electra_step_t st;
+        if (nb_electra_step(e, &st, err, sizeof err)) {
+            printf("%s\n", err);
+            nb_electra_free(e);
+            return 1;
+        }
+        if (s % 50 == 0 || s == PRE - 1)
+            printf("pretrain width %d %s step %d: gen loss %.3f, disc loss %.4f acc %.3f\n", gen_width,
+                   tied ? "tied" : "untied", s + 1, st.gen_loss[0], st.disc_loss, st.disc_acc);
+        if (s >= PRE - 20) {
+            sum += st.disc_loss;
+            n++;
+        }
+        bytes += (double)st.wire_bytes;
+        toks += (double)st.tokens;
+    }
+    *loss = sum / n;
+    *wire = bytes / toks;
+    nb_part_t *p = nb_electra_disc_part(nb_electra_disc(e));
+    size_t np = nb_part_num_params(p);
+    *w = malloc(np * sizeof(float));
+    nb_be_to_host(be, *w, nb_part_params(p), np * sizeof(float));
+    nb_electra_free(e);
+    return 0;
+}
+
+/* Fills B snippets and their classes. Training (eval = false): batch b of
+ * step `step` takes labelled snippet j of class b % K, j keyed by (step, b)
+ * among POOL per class, whose starts are keyed by (class, j) in the
+ * class's training text: few labels, much unlabelled text, the setting
+ * pre-training is for. eval = true: snippet b / K of class b % K, spread
+ * evenly over the class's held-out chunks. */
+static void snippets(int step, int B, bool eval, int32_t *ids, int32_t *labels)
+{
+    for (int b = 0; b < B; b++) {
+        int cls = b % K;
+        uint64_t start;
+        if (eval) { /* snippet j = b / K: chunk j % n_held, offset j / n_held of the per-chunk share */
+            int j = b / K, per = (B / K + n_held[cls] - 1) / n_held[cls];
+            uint64_t room = CHUNK - T;
+            start = held_first[cls][j % n_held[cls]] + room * (uint64_t)(j / n_held[cls]) / (uint64_t)(per > 1 ? per - 1 : 1);
+            for (int t = 0; t < T; t++)
+                ids[(size_t)b * T + t] = (int32_t)nb_tokens_get(full[cls], start + (uint64_t)t);
+            labels[b] = cls;
+            continue;
+        } else {
+            nb_rng_t r;
+            nb_rng_init(&r, 77, (uint64_t)step, (uint64_t)b);
+            uint64_t j = nb_rng_below(&r, (uint64_t)POOL);
+            nb_rng_init(&r, 78, (uint64_t)cls, j);
+            start = nb_rng_below(&r, n_train[cls] - T + 1);
+        }
+        for (int t = 0; t < T; t++)
+            ids[(size_t)b * T + t] = (int32_t)train_ids[cls][start + (uint64_t)t];
+        labels[b] = cls;
+    }
+}
+
+/* Fine-tunes a seqcls model started from the body of w (NULL: its seeded
+ * init) and returns its held-out accuracy. */
+static double finetune(nb_backend_t *be, const float *w, bool vote)
+{
+    nb_model_config_t mc = disc_model(vote ? NB_MODEL_HEAD_TOKCLS : NB_MODEL_HEAD_SEQCLS, K);
+    nb_part_spec_t spec = nb_part_spec_full(&mc);
+    nb_part_t *p = NULL;
+    char err[256];
+    NB_CHECK(nb_part_new(be, &mc, &spec, 11, NULL, &p, err, sizeof err) == 0);
+    if (w) { /* the discriminator's tensors precede its head in the same layout */
+        nb_model_config_t dc = disc_model(NB_MODEL_HEAD_TOKCLS, 2);
+        nb_part_spec_t ds = nb_part_spec_full(&dc);
+        nb_part_t *d = NULL;
+        NB_CHECK(nb_part_new(be, &dc, &ds, 11, NULL, &d, err, sizeof err) == 0);
+        for (int i = 0; i < nb_part_num_tensors(p); i++) {
+            const nb_param_info_t *pi = nb_part_tensor(p, i);
+            int j = nb_part_find_tensor(d, pi->name);
+            if (j < 0 || strncmp(pi->name, "cls.", 4) == 0)
+                continue;
+            const nb_param_info_t *di = nb_part_tensor(d, j);
+            NB_CHECK(di->numel == pi->numel);
+            nb_be_from_host(be, nb_part_params(p) + pi->offset, w + di->offset, pi->numel * sizeof(float));
+        }
+        nb_part_free(d);
+    }
+    nb_part_acts_t *a = NULL;
+    int EB = K * EVAL_PER_CLASS;
+    NB_CHECK(nb_part_acts_new(p, EB, T, &a) == 0);
+    nb_part_acts_t *ta = NULL;
+    NB_CHECK(nb_part_acts_new(p, FT_BATCH, T, &ta) == 0);
+    nb_optim_config_t oc = optim(FT_LR, FT);
+    int nt = nb_part_num_tensors(p);
+    nb_optim_segment_t segs[64];
+    NB_CHECK(nt <= 64);
+    for (int i = 0; i < nt; i++) {
+        const nb_param_info_t *pi = nb_part_tensor(p, i);
+        segs[i] = (nb_optim_segment_t){ pi->offset, pi->numel, pi->decay };
+    }
+    nb_optim_t *o = NULL;
+    NB_CHECK(nb_optim_new(be, &oc, nb_part_num_params(p), segs, nt, &o) == 0);
+    int32_t *ids = malloc((size_t)EB * T * 4), *lab = malloc((size_t)EB * 4), *tl = malloc((size_t)EB * T * 4);
+    int32_t *d_ids = nb_be_alloc(be, (size_t)EB * T * 4), *d_lab = nb_be_alloc(be, (size_t)EB * T * 4);
+    for (int s = 0; s < FT; s++) {
+        snippets(s, FT_BATCH, false, ids, lab);
+        nb_be_from_host(be, d_ids, ids, (size_t)FT_BATCH * T * 4);
+        if (vote) { /* every token carries its snippet's class */
+            for (int k = 0; k < FT_BATCH * T; k++)
+                tl[k] = lab[k / T];
+            nb_be_from_host(be, d_lab, tl, (size_t)FT_BATCH * T * 4);
+        } else {
+            nb_be_from_host(be, d_lab, lab, (size_t)FT_BATCH * 4);
+        }
+        nb_part_zero_grad(p);
+        nb_part_input_t in = { .tokens = d_ids, .targets = d_lab, .loss_scale = 1.0f };
+        float l;
+        NB_CHECK(nb_part_forward(p, ta, &in, &l) == 0 && nb_part_backward(p, ta, NULL) == 0);
+        double ss = nb_optim_sumsq(be, nb_part_grads(p), nb_part_num_params(p));
+        nb_optim_step(o, nb_part_params(p), nb_part_grads(p), (float)nb_optim_lr(&oc, s), nb_optim_clip_scale(&oc, ss));
+        if (s % 50 == 0 || s == FT - 1)
+            printf("finetune %s%s step %d: loss %.4f\n", w ? "pretrained" : "scratch", vote ? " (vote)" : "", s + 1, l);
+    }
+    snippets(0, EB, true, ids, lab);
+    nb_be_from_host(be, d_ids, ids, (size_t)EB * T * 4);
+    nb_part_input_t in = { .tokens = d_ids };
+    NB_CHECK(nb_part_forward(p, a, &in, NULL) == 0);
+    int rows, cols;
+    const float *lg = nb_part_acts_logits(a, &rows, &cols);
+    float *h = malloc((size_t)rows * cols * sizeof(float));
+    nb_be_to_host(be, h, lg, (size_t)rows * cols * sizeof(float));
+    int right = 0;
+    int per = vote ? T : 1; /* vote: a snippet's class maximises the sum of its tokens' log-probabilities */
+    for (int b = 0; b < rows / per; b++) {
+        double score[K] = { 0 };
+        for (int t = 0; t < per; t++) {
+            const float *r = h + ((size_t)b * per + t) * cols;
+            double mx = r[0], z = 0;
+            for (int k = 1; k < cols; k++)
+                mx = fmax(mx, r[k]);
+            for (int k = 0; k < cols; k++)
+                z += exp(r[k] - mx);
+            for (int k = 0; k < cols; k++)
+                score[k] += r[k] - mx - log(z);
+        }
+        int best = 0;
+        for (int k = 1; k < cols; k++)
+            if (score[k] > score[best])
+                best = k;
+        right += best == lab[b];
+    }
+    rows /= per;
+    free(tl);
+    free(h);
+    free(ids);
+    free(lab);
+    nb_be_dealloc(be, d_ids);
+    nb_be_dealloc(be, d_lab);
+    nb_optim_free(o);
+    nb_part_acts_free(a);
+    nb_part_acts_free(ta);
+    nb_part_free(p);
+    return (double)right / rows;
+}
+
+int main(void)
+{
+    if (getenv("NB_ELECTRA_PRE"))
+        PRE = atoi(getenv("NB_ELECTRA_PRE"));
+    if (getenv("NB_ELECTRA_FT"))
+        FT = atoi(getenv("NB_ELECTRA_FT"));
+    if (getenv("NB_ELECTRA_FT_POOL"))
+        POOL = atoi(getenv("NB_ELECTRA_FT_POOL"));
+    if (POOL < 1) {
+        printf("NB_ELECTRA_FT_POOL >= 1 needed\n");
+        return 2;
+    }
+    if (getenv("NB_ELECTRA_PRE_LR"))
+        PRE_LR = (float)atof(getenv("NB_ELECTRA_PRE_LR"));
+    if (getenv("NB_ELECTRA_FT_LR"))
+        FT_LR = (float)atof(getenv("NB_ELECTRA_FT_LR"));
+    if (PRE < 20 || FT < 10 || !(FT_LR > 0)) {
+        printf("NB_ELECTRA_PRE >= 20, NB_ELECTRA_FT >= 10 and NB_ELECTRA_FT_LR > 0 needed\n");
+        return 2;
+    }
+    if (getenv("NB_ELECTRA_BENCH_QUICK")) {
+        PRE /= 10;
+        FT /= 10;
+    }
+    int rc = prepare();
+    if (rc)
+        return rc;
+    nb_backend_t *be = nb_cpu_backend_new();
+    float *w = NULL, *wt = NULL, *wu = NULL;
+    double loss, wire, lt, lu, wire2;
+    /* NB_ELECTRA_CACHE=FILE: the pre-trained weights from FILE when it
+     * exists (a raw float dump of an earlier run with the same settings),
+     * else written there: fine-tuning variants without pre-training again */
+    const char *cache = getenv("NB_ELECTRA_CACHE");
+    FILE *cf = cache ? fopen(cache, "rb") : NULL;
+    if (cf) {
+        size_t np = 0;
+        if (fread(&np, sizeof np, 1, cf) != 1 || np == 0 || np > (1u << 28) || !(w = malloc(np * sizeof(float))) ||
+            fread(w, sizeof(float), np, cf) != np || fread(&wire, sizeof wire, 1, cf) != 1) {
+            printf("%s: not a weights cache of this benchmark\n", cache);
+            return 1;
+        }
+        fclose(cf);
+    } else {
+        if ((rc = pretrain(be, 16, false, &w, &loss, &wire)))
+            return rc;
+        if (cache && (cf = fopen(cache, "wb"))) {
+            nb_model_config_t dc = disc_model(NB_MODEL_HEAD_TOKCLS, 2);
+            nb_part_spec_t ds = nb_part_spec_full(&dc);
+            nb_part_t *d = NULL;
+            char e2[256];
+            NB_CHECK(nb_part_new(be, &dc, &ds, 11, NULL, &d, e2, sizeof e2) == 0);
+            size_t np = nb_part_num_params(d);
+            nb_part_free(d);
+            fwrite(&np, sizeof np, 1, cf);
+            fwrite(w, sizeof(float), np, cf);
+            fwrite(&wire, sizeof wire, 1, cf);
+            fclose(cf);
+        }
+    }
+    double acc_pre = finetune(be, w, false), acc_scratch = finetune(be, NULL, false);
+    double vote_pre = finetune(be, w, true), vote_scratch = finetune(be, NULL, true);
+    printf("bench electra_downstream_acc_pretrained %.3f fraction\n", acc_pre);
+    printf("bench electra_downstream_acc_scratch %.3f fraction\n", acc_scratch);
+    printf("bench electra_downstream_vote_acc_pretrained %.3f fraction\n", vote_pre);
+    printf("bench electra_downstream_vote_acc_scratch %.3f fraction\n", vote_scratch);
+    printf("bench electra_wire_bytes_per_token %.3f bytes\n", wire);
+    fflush(stdout);
+    const char *tied = getenv("NB_ELECTRA_TIED");
+    if (tied && !strcmp(tied, "0"))
+        goto out;
+    if ((rc = pretrain(be, 64, true, &wt, &lt, &wire2)) || (rc = pretrain(be, 64, false, &wu, &lu, &wire2)))
+        return rc;
+    printf("bench electra_disc_loss_tied %.4f nats\n", lt);
+    printf("bench electra_disc_loss_untied %.4f nats\n", lu);
+    printf("bench electra_downstream_acc_tied %.3f fraction\n", finetune(be, wt, false));
+    printf("bench electra_downstream_acc_untied_wide %.3f fraction\n", finetune(be, wu, false));
+out:
+    for (int i = 0; i < K; i++) {
+        unlink(pre_path[i]);
+        nb_tokens_close(full[i]);
+        free(train_ids[i]);
+    }
+    free(w);
+    free(wt);
+    free(wu);
+    nb_be_free(be);
+    return 0;
+}
