@@ -19,13 +19,16 @@
 #include "tests/pipeline/pipe_fixture.h"
 
 static char data_path[256];
+static char eval_path[256]; /* a held-out file of its own (job.eval.data) */
+static int write_eval_tokens(const char *path);
 static pf_result_t ref_by_m[9];
 
 static int setup(void **state)
 {
     (void)state;
     snprintf(data_path, sizeof data_path, "/tmp/nb-pipe-eq-%d.tok", (int)getpid());
-    if (pf_write_tokens(data_path))
+    snprintf(eval_path, sizeof eval_path, "/tmp/nb-pipe-eq-eval-%d.tok", (int)getpid());
+    if (pf_write_tokens(data_path) || write_eval_tokens(eval_path))
         return -1;
     int ms[] = { 1, 3, 8 };
     for (size_t i = 0; i < 3; i++) {
@@ -43,6 +46,7 @@ static int teardown(void **state)
     for (int i = 0; i < 9; i++)
         pf_result_free(&ref_by_m[i]);
     unlink(data_path);
+    unlink(eval_path);
     return 0;
 }
 
@@ -337,9 +341,6 @@ static void assert_evals_bit_equal(const char *what, const pf_job_t *j, const pf
 static void test_eval_equal(void **state)
 {
     (void)state;
-    char eval_path[256];
-    snprintf(eval_path, sizeof eval_path, "/tmp/nb-pipe-eq-eval-%d.tok", (int)getpid());
-    assert_int_equal(write_eval_tokens(eval_path), 0);
     for (int variant = 0; variant < 3; variant++) {
         pf_job_t j = pf_job_default(data_path);
         j.eval_batches = 3;
@@ -386,7 +387,6 @@ static void test_eval_equal(void **state)
         }
         pf_result_free(&ref);
     }
-    unlink(eval_path);
 }
 
 /* An evaluation touches no training state: with stateful lossy codecs
