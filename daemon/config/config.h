@@ -166,7 +166,8 @@ typedef struct {
     nb_cfg_device_t devices[NB_CFG_MAX_DEVICES];
     char data[NB_CFG_PATH_MAX];          /* token file this daemon reads if it hosts the embedding */
     char init[NB_CFG_PATH_MAX];          /* stage: pretrained weights its parts load when the job has job.init */
-    char eval_data[NB_CFG_PATH_MAX];     /* stage: held-out token file when it hosts stage 0 and the job has job.eval.data */
+    char eval_data[NB_CFG_PATH_MAX];     /* stage: held-out token file when it hosts stage 0 and the
+                                            job has job.eval.data */
     char checkpoint_dir[NB_CFG_PATH_MAX];
     char status_socket[NB_CFG_PATH_MAX]; /* default /run/nebula/NAME.sock */
     char log_level[16];                  /* debug|info|warn|error */

@@ -22,7 +22,8 @@ void nb__coord_eval_init(nb_coord_rt_t *rt)
     rt->eval_first_step = rt->eval_last_step = -1;
     nb_metrics_t *mx = nb_state_metrics(rt->state);
     rt->m_eval_loss = nb_metrics_add(mx, "nebula_job_eval_loss", NULL, NB_METRIC_GAUGE,
-                                     "Held-out loss of the latest evaluation (0 while nebula_job_eval_step is 0: none yet)");
+                                     "Held-out loss of the latest evaluation "
+                                     "(0 while nebula_job_eval_step is 0: none yet)");
     rt->m_eval_step = nb_metrics_add(mx, "nebula_job_eval_step", NULL, NB_METRIC_GAUGE,
                                      "Steps done when the latest held-out loss was taken (0: none yet)");
     rt->m_eval_s = nb_metrics_add(mx, "nebula_job_eval_seconds", NULL, NB_METRIC_GAUGE,

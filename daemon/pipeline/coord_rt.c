@@ -417,7 +417,8 @@ static void finish_step(nb_coord_rt_t *rt)
     int64_t every = rt->cfg->job.log_every > 0 ? rt->cfg->job.log_every : 1;
     bool log = (rt->step + 1) % every == 0 || last || rt->step == 0;
     char line[512];
-    snprintf(line, sizeof line, "step %lld/%lld loss %.4f tokens/s %.0f bubble %.2f wire %.2f MB ratio %.2fx step %.3f s%s",
+    snprintf(line, sizeof line,
+             "step %lld/%lld loss %.4f tokens/s %.0f bubble %.2f wire %.2f MB ratio %.2fx step %.3f s%s",
              (long long)rt->step + 1, (long long)rt->job.steps, loss, tps, bubble, (double)rt->total_wire / 1e6,
              rt->total_wire ? (double)rt->total_raw / (double)rt->total_wire : 1.0, step_s,
              rt->plan ? plan_note(rt, pnote, sizeof pnote) : "");

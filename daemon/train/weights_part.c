@@ -28,7 +28,6 @@ static bool model_differs(const char *path, const nb_model_config_t *f, const nb
         { "head", (int)f->head, (int)c->head },
         { "n_classes", fc ? f->n_classes : 0, cc ? c->n_classes : 0 },
         { "tie_embeddings", !fc && f->tie_embeddings, !cc && c->tie_embeddings },
-        { "gelu", (int)f->gelu, (int)c->gelu },
     };
     for (size_t i = 0; i < sizeof v / sizeof v[0]; i++)
         if (v[i].file != v[i].want) {
@@ -38,6 +37,11 @@ static bool model_differs(const char *path, const nb_model_config_t *f, const nb
     if (nb_model_ln_eps(f) != nb_model_ln_eps(c)) {
         snprintf(err, errlen, "%s: ln_eps is %g in the file, %g in this model", path, (double)nb_model_ln_eps(f),
                  (double)nb_model_ln_eps(c));
+        return true;
+    }
+    if (f->gelu != c->gelu) {
+        snprintf(err, errlen, "%s: gelu is %s in the file, %s in this model", path, nb_gelu_name(f->gelu),
+                 nb_gelu_name(c->gelu));
         return true;
     }
     return false;

@@ -207,8 +207,8 @@ static void test_roles(void **state)
     assert_int_equal(load_coord("    - {name: a, address: 'h:1'}\n  eval: {fraction: 0.1, batches: 2}\n"), 0);
     assert_true(cfg.job.eval.fraction == 0.1 && cfg.job.eval.batches == 2);
     expect_err(load_coord("    - {name: a, address: 'h:1'}\n  eval: {fraction: 0.1, data: held.tok}\n"),
-               "dir/t.yaml:12:31: job.eval.data: excludes job.eval.fraction (0.1): hold out a share of the token file or "
-               "another file, not both");
+               "dir/t.yaml:12:31: job.eval.data: eval.fraction and eval.data exclude each other (fraction 0.1): hold out a "
+               "share of the token file or another file, not both");
     assert_int_equal(load("name: s\nrole: stage\nlisten: 127.0.0.1:0\ntls: {cert: a, key: b, ca: c}\n"
                           "coordinator: {address: 'h:1', name: c}\neval_data: held.tok\n"),
                      0);

@@ -325,7 +325,8 @@ static void assert_evals_bit_equal(const char *what, const pf_job_t *j, const pf
     for (int s = 0; s < j->steps; s++) {
         if (!pf_eval_due(j, s))
             continue;
-        printf("  %s: eval after step %d: %.9g vs nebula-train %.9g\n", what, s + 1, r->eval_loss[s], ref->eval_loss[s]);
+        printf("  %s: eval after step %d: %.9g vs nebula-train %.9g\n", what, s + 1, r->eval_loss[s],
+               ref->eval_loss[s]);
         if (!(r->eval_loss[s] == ref->eval_loss[s] && isfinite(r->eval_loss[s])))
             fail_msg("%s: held-out loss after step %d is %.17g, nebula-train's %.17g", what, s + 1, r->eval_loss[s],
                      ref->eval_loss[s]);
