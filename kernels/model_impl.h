@@ -49,6 +49,9 @@ struct nb_part {
     nb_part_t *tied_owner;     /* the part holding wte (this one or tie_with) */
     bool tied_pending;         /* tied_grad holds terms not yet added */
     nb_part_t *tied_head;      /* on the wte owner: the head part tied to it */
+    size_t head_offset;        /* first float of the head's tensors (n_params without) */
+    nb_part_grad_ready_cb grad_ready; /* nb_part_set_grad_ready */
+    void *grad_ready_ud;
     /* backward scratch, device, sized for scratch_bt rows */
     size_t scratch_bt;
     void *scratch;

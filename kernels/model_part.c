@@ -80,6 +80,7 @@ static int build_layout(nb_part_t *p, int cap)
             rc |= add_tensor(p, cap, name, cols[t] ? 2 : 1, rows[t], cols[t], (uint32_t)l, (uint32_t)t);
         }
     }
+    p->head_offset = p->n_params;
     if (p->spec.head) {
         if (head_has_lnf(c)) {
             rc |= add_tensor(p, cap, "lnf.w", 1, C, 0, NB_INIT_KEY_HEAD, NB_H_LNFW);

@@ -154,7 +154,9 @@ struct nb_stage_rt {
 
 /* The compute thread's view of the job (stage_compute.c, stage_ckpt.c). */
 typedef struct {
-    nb_backend_t *be;
+    nb_backend_t *be;            /* bes[0] */
+    nb_backend_t *bes[NB_CFG_MAX_DEVICES]; /* one per configured device: the replicas */
+    int n_bes;
     nb_host_t *host;
     nb_eval_t *eval;             /* the job evaluates: held-out evaluation (stage_eval.h);
                                     borrows host, freed before it */

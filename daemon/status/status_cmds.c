@@ -70,6 +70,8 @@ json_t *nb_status_to_json(const nb_state_snapshot_t *s)
                         num_or_null(ratio, false), "codecs", "forward", j->codec_forward, "backward",
                         j->codec_backward, "micro_batches", (json_int_t)j->micro_batches, "schedule", j->schedule,
                         "layers", j->layers);
+        if (job && j->replicas > 0)
+            json_object_set_new(job, "replicas", json_integer(j->replicas));
         /* the held-out loss and its step: null until the first evaluation */
         if (job && json_object_set_new(job, "eval_loss", num_or_null(j->eval_step > 0 ? j->eval_loss : NAN, false)))
             job = (json_decref(job), NULL);
