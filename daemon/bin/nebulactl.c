@@ -279,6 +279,9 @@ static int print_status(const ctl_opts_t *o, json_t *r)
     printf("\njob       step %s/%s  loss %s  tokens/s %s  step %s s\n", num(a, sizeof a, j, "step", "%.0f", 1),
            num(b, sizeof b, j, "steps", "%.0f", 1), num(c, sizeof c, j, "loss", "%.4f", 1),
            num(d, sizeof d, j, "tokens_per_s", "%.0f", 1), num(e, sizeof e, j, "step_time_s", "%.3f", 1));
+    if (json_is_number(json_object_get(j, "eval_loss")))
+        printf("held-out  loss %s  after step %s\n", num(a, sizeof a, j, "eval_loss", "%.4f", 1),
+               num(b, sizeof b, j, "eval_step", "%.0f", 1));
     printf("bubble    measured %s  predicted %s\n", num(a, sizeof a, j, "bubble_measured", "%.1f%%", 100),
            num(b, sizeof b, j, "bubble_predicted", "%.1f%%", 100));
     printf("traffic   raw %s  wire %s  ratio %s\n", bytes(a, sizeof a, j, "bytes_raw"),

@@ -113,10 +113,11 @@ typedef struct {
     uint64_t stage_memory_bytes; /* memory limit per stage; 0: unlimited */
 } nb_cfg_planner_t;
 
-/* Held-out evaluation of nebula-train (role train only). */
+/* Held-out evaluation (roles train and coordinator; docs/config.md). */
 typedef struct {
     double fraction;             /* share of job.data's tail held out; 0 = none */
-    char data[NB_CFG_PATH_MAX];  /* held-out token file instead; "" = none */
+    char data[NB_CFG_PATH_MAX];  /* held-out token file instead; "" = none (a
+                                    coordinator's: stage 0 reads its own eval_data) */
     int64_t every_steps;         /* 0: only at the end */
     int64_t batches;             /* micro-batches per evaluation */
 } nb_cfg_eval_t;
@@ -187,6 +188,8 @@ typedef struct {
     nb_cfg_device_t devices[NB_CFG_MAX_DEVICES];
     char data[NB_CFG_PATH_MAX];          /* token file this daemon reads if it hosts the embedding */
     char init[NB_CFG_PATH_MAX];          /* stage: pretrained weights its parts load when the job has job.init */
+    char eval_data[NB_CFG_PATH_MAX];     /* stage: held-out token file when it hosts stage 0 and the
+                                            job has job.eval.data */
     char checkpoint_dir[NB_CFG_PATH_MAX];
     char status_socket[NB_CFG_PATH_MAX]; /* default /run/nebula/NAME.sock */
     char log_level[16];                  /* debug|info|warn|error */

@@ -655,6 +655,9 @@ static int check_job(cfg_ctx_t *c, nb_config_t *cfg)
     if (j->optimizer.min_lr > j->optimizer.lr)
         return fail_path(c, "job.optimizer.min_lr", "must not exceed lr (%g), got %g", j->optimizer.lr,
                          j->optimizer.min_lr);
+    if (j->eval.fraction > 0 && j->eval.data[0])
+        return fail_path(c, "job.eval.data", "eval.fraction and eval.data exclude each other (fraction %g): "
+                         "hold out a share of the token file or another file, not both", j->eval.fraction);
     /* Nothing in a pipeline job writes job.output yet: refuse it rather
      * than leave an operator looking for a file that never comes. */
     if (c->role == NB_ROLE_COORDINATOR && j->output[0])

@@ -155,8 +155,8 @@ static const nb__cfg_key_t planner_keys[] = {
 };
 
 static const nb__cfg_key_t eval_keys[] = {
-    { .name = "fraction", .type = NB__CFG_DOUBLE, .min = 0, .max = 0.5, .def = "0", FLD(nb_cfg_eval_t, fraction), .doc = "share of job.data's tail held out for validation; 0 = none" },
-    { .name = "data", .type = NB__CFG_PATH, FLD(nb_cfg_eval_t, data), .doc = "held-out token file (instead of fraction)" },
+    { .name = "fraction", .type = NB__CFG_DOUBLE, .min = 0, .max = 0.5, .def = "0", FLD(nb_cfg_eval_t, fraction), .doc = "share of the token file's tail held out for validation; 0 = none" },
+    { .name = "data", .type = NB__CFG_PATH, FLD(nb_cfg_eval_t, data), .doc = "held-out token file (instead of fraction); a pipeline's stage 0 reads its own eval_data" },
     { .name = "every_steps", .type = NB__CFG_INT, .min = 0, .max = 1e9, .def = "0", FLD(nb_cfg_eval_t, every_steps), .doc = "validation loss every N steps; 0 = at the end only" },
     { .name = "batches", .type = NB__CFG_INT, .min = 1, .max = 1e6, .def = "8", FLD(nb_cfg_eval_t, batches), .doc = "micro-batches per evaluation" },
     { 0 },
@@ -213,7 +213,7 @@ static const nb__cfg_key_t job_keys[] = {
     { .name = "max_skipped_steps", .type = NB__CFG_INT, .min = 1, .max = 1e6, .def = "10", FLD(nb_cfg_job_t, max_skipped_steps), .doc = "consecutive steps skipped for a non-finite gradient norm that stop the job" },
     { .name = "output", .type = NB__CFG_PATH, FLD(nb_cfg_job_t, output), .doc = "final weights file" },
     { .name = "init", .type = NB__CFG_PATH, .roles = C | T, FLD(nb_cfg_job_t, init), .doc = "pretrained weights to start from (weights file or safetensors)" },
-    { .name = "eval", .type = NB__CFG_SECTION, .roles = T, .sub = eval_keys, FLD(nb_cfg_job_t, eval), .doc = "held-out evaluation (nebula-train)" },
+    { .name = "eval", .type = NB__CFG_SECTION, .roles = C | T, .sub = eval_keys, FLD(nb_cfg_job_t, eval), .doc = "held-out evaluation" },
     { .name = "checkpoint", .type = NB__CFG_SECTION, .roles = C, .sub = checkpoint_keys, FLD(nb_cfg_job_t, checkpoint), .doc = "coordinated checkpoints" },
     { .name = "recovery_timeout_s", .type = NB__CFG_DOUBLE, .roles = C, .min = 1, .max = 1e7, .def = "600", FLD(nb_cfg_job_t, recovery_timeout_s), .doc = "how long the daemons may take to come back after a fault before the job fails" },
     { .name = "max_restarts", .type = NB__CFG_INT, .roles = C, .min = 0, .max = 1e9, .def = "1000", FLD(nb_cfg_job_t, max_restarts), .doc = "recoveries after which the job fails" },
@@ -231,6 +231,7 @@ const nb__cfg_key_t nb__cfg_root[] = {
       .count_off = offsetof(nb_config_t, n_devices), .max_items = NB_CFG_MAX_DEVICES, .doc = "local compute devices; default [cpu]" },
     { .name = "data", .type = NB__CFG_PATH, .roles = S, FLD(nb_config_t, data), .doc = "token file read here when this stage hosts the embedding" },
     { .name = "init", .type = NB__CFG_PATH, .roles = S, FLD(nb_config_t, init), .doc = "pretrained weights this stage's parts load when the job sets job.init" },
+    { .name = "eval_data", .type = NB__CFG_PATH, .roles = S, FLD(nb_config_t, eval_data), .doc = "held-out token file read here when this stage hosts the embedding and the job sets job.eval.data" },
     { .name = "checkpoint_dir", .type = NB__CFG_PATH, FLD(nb_config_t, checkpoint_dir), .doc = "directory for checkpoints" },
     { .name = "status_socket", .type = NB__CFG_PATH, FLD(nb_config_t, status_socket), .doc = "unix socket path; default /run/nebula/NAME.sock" },
     { .name = "log_level", .type = NB__CFG_STR, .def = "info", FLD(nb_config_t, log_level), .validate = v_log_level, .doc = "debug, info, warn or error" },

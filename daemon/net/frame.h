@@ -25,7 +25,7 @@
 #define NB_FRAME_PREFIX_LEN 8
 #define NB_FRAME_WIRE_VERSION 1
 /* Hello.protocol_version this build speaks; peers must send the same. */
-#define NB_PROTOCOL_VERSION 1
+#define NB_PROTOCOL_VERSION 2 /* 2: held-out evaluation (Plan.eval, Job.eval_*) */
 #define NB_FRAME_MAX_DIMS 8
 #define NB_FRAME_MAX_NAME 255
 #define NB_FRAME_MAX_CODEC 128

@@ -72,6 +72,7 @@ void nb__coord_fault(nb_coord_rt_t *rt, const char *fmt, ...)
     rt->recovering = true;
     rt->resuming = false;
     rt->running = false;
+    nb__coord_eval_abandon(rt); /* dropped: the job recovers without it */
     if (continuing) {
         nb_log_warn(NULL, "attempt %u did not start: %s; trying again", rt->attempt, why);
         goto abort_all;

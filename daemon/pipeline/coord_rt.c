@@ -220,7 +220,6 @@ static void send_plan(nb_coord_rt_t *rt)
             return;
 }
 
-static void finish_job_now(nb_coord_rt_t *rt);
 
 /* Every daemon reported LINKS_READY for the attempt: run the steps from
  * rt->step (0, or where a recovery resumed). */
@@ -231,7 +230,7 @@ static void start_steps(nb_coord_rt_t *rt)
     if (rt->attempt > 0 || rt->step > 0) {
         nb__coord_recovered(rt);
         if (rt->step >= rt->job.steps) {
-            finish_job_now(rt);
+            nb__coord_finish_now(rt);
             return;
         }
         send_plan(rt);
@@ -248,10 +247,11 @@ static void start_steps(nb_coord_rt_t *rt)
     send_plan(rt);
 }
 
-/* A resumed job that had committed every step: the stages hold the final
- * state; the last Commit again (a no-op for them) makes them write their
- * final weights and answer DONE. */
-static void finish_job_now(nb_coord_rt_t *rt)
+/* Every step is committed and the stages hold the final state (a resumed
+ * job, or the evaluation after the last step is done): the last Commit
+ * again, with `last` set (a no-op for them but for that), makes them write
+ * their final weights and answer DONE. */
+void nb__coord_finish_now(nb_coord_rt_t *rt)
 {
     rt->running = false;
     wait_for(rt, WAIT_DONE);
@@ -279,6 +279,8 @@ static void update_job_info(nb_coord_rt_t *rt, double loss, double tps, double s
     j.micro_batches = rt->m;
     nb_sched_format(&rt->sched, j.schedule, sizeof j.schedule);
     snprintf(j.layers, sizeof j.layers, "%d stages", rt->job.layout.p);
+    j.eval_loss = rt->eval_last_loss;
+    j.eval_step = rt->eval_last_step > 0 ? rt->eval_last_step : 0;
     nb_state_job_update(rt->state, &j);
 }
 
@@ -376,6 +378,9 @@ static void finish_step(nb_coord_rt_t *rt)
     if (rt->plan)
         nb_cplan_step_done(rt->plan, rt->step, step_s, max_step_s);
     bool last = rt->step + 1 >= rt->job.steps;
+    /* an evaluation after the last step comes before the stages' final
+     * write: that Commit goes out again, with last set, after it */
+    bool eval = nb__coord_eval_due(rt, rt->step + 1);
     /* NaN or Inf anywhere: no stage may apply it (nb_optim_clip_scale(NaN)
      * is 1, and the update would poison every weight) */
     bool skip = !isfinite(sumsq);
@@ -395,7 +400,7 @@ static void finish_step(nb_coord_rt_t *rt)
     if (rt->step + 1 > rt->high_water)
         rt->high_water = rt->step + 1;
     for (int i = 0; i < rt->job.n_daemons; i++)
-        if (nb__coord_send_commit(rt, i, (uint64_t)rt->step, sumsq, skip, last))
+        if (nb__coord_send_commit(rt, i, (uint64_t)rt->step, sumsq, skip, last && !eval))
             return;
     nb__coord_ckpt_maybe(rt, last);
     if (rt->recovering)
@@ -411,13 +416,26 @@ static void finish_step(nb_coord_rt_t *rt)
     for (int i = 0; i < rt->job.n_daemons; i++)
         nb_rt_peer_row(rt->state, rt->job.names[i], "stage", rt->job.addresses[i], "up", rt->d[i].conn);
     int64_t every = rt->cfg->job.log_every > 0 ? rt->cfg->job.log_every : 1;
-    if ((rt->step + 1) % every == 0 || last || rt->step == 0)
-        nb_log_info(NULL, "step %lld/%lld loss %.4f tokens/s %.0f bubble %.2f wire %.2f MB ratio %.2fx step %.3f s%s",
-                    (long long)rt->step + 1, (long long)rt->job.steps, loss, tps, bubble,
-                    (double)rt->total_wire / 1e6, rt->total_wire ? (double)rt->total_raw / (double)rt->total_wire : 1.0,
-                    step_s, rt->plan ? plan_note(rt, pnote, sizeof pnote) : "");
+    bool log = (rt->step + 1) % every == 0 || last || rt->step == 0;
+    char line[512];
+    snprintf(line, sizeof line,
+             "step %lld/%lld loss %.4f tokens/s %.0f bubble %.2f wire %.2f MB ratio %.2fx step %.3f s%s",
+             (long long)rt->step + 1, (long long)rt->job.steps, loss, tps, bubble, (double)rt->total_wire / 1e6,
+             rt->total_wire ? (double)rt->total_raw / (double)rt->total_wire : 1.0, step_s,
+             rt->plan ? plan_note(rt, pnote, sizeof pnote) : "");
     nb_service_set_state(rt->svc, NB_SVC_RUNNING, "training: step %lld of %lld, loss %.4f", (long long)rt->step + 1,
                          (long long)rt->job.steps, loss);
+    if (eval) {
+        nb__coord_eval_start(rt, line, last); /* the line waits for the held-out loss */
+        return;
+    }
+    if (log)
+        nb_log_info(NULL, "%s", line);
+    nb__coord_next_step(rt, last);
+}
+
+void nb__coord_next_step(nb_coord_rt_t *rt, bool last)
+{
     if (last) {
         rt->running = false;
         rt->step++;
@@ -431,6 +449,10 @@ static void finish_step(nb_coord_rt_t *rt)
 static void handle_report(nb_coord_rt_t *rt, int di, const Nebula__Report *r)
 {
     daemon_slot_t *d = &rt->d[di];
+    if (r->eval) {
+        nb__coord_eval_report(rt, di, r);
+        return;
+    }
     if (rt->recovering || r->attempt != rt->attempt)
         return; /* of an attempt a fault ended */
     if (!rt->running || r->job_id != rt->job.layout.job_id || (int64_t)r->step != rt->step || d->reported) {
@@ -532,10 +554,12 @@ void nb__coord_maybe_finish(nb_coord_rt_t *rt)
         {
             double secs = nb__coord_now_s() - rt->t_job_start;
             double tokens = (double)rt->job.steps * rt->job.layout.seq_len * (double)rt->cfg->job.batch;
+            char val[128];
             nb_log_info(NULL, "job done: %lld steps in %.1f s, %.0f tokens/s, final loss %.4f, %.2f MB on the wire "
-                        "(%.2f MB raw, ratio %.2fx)", (long long)rt->job.steps, secs, tokens / secs, rt->last_loss,
+                        "(%.2f MB raw, ratio %.2fx)%s", (long long)rt->job.steps, secs, tokens / secs, rt->last_loss,
                         (double)rt->total_wire / 1e6, (double)rt->total_raw / 1e6,
-                        rt->total_wire ? (double)rt->total_raw / (double)rt->total_wire : 1.0);
+                        rt->total_wire ? (double)rt->total_raw / (double)rt->total_wire : 1.0,
+                        nb__coord_eval_summary(rt, val, sizeof val));
             nb_service_set_state(rt->svc, NB_SVC_DONE, "job done: %lld steps, final loss %.4f",
                                  (long long)rt->job.steps, rt->last_loss);
         }
@@ -808,6 +832,7 @@ static int rt_start(nb_service_t *svc, void *ud)
     }
     nb__coord_recover_init(rt);
     nb__coord_ckpt_init(rt);
+    nb__coord_eval_init(rt);
     nb_status_server_t *srv = nb_service_status_server(svc);
     if (srv && (nb_status_server_add(srv, "plan", false, cmd_plan, rt) ||
                 nb_status_server_add(srv, "plan-pin", true, cmd_plan_pin, rt)))

@@ -1,8 +1,8 @@
 /*
  * coord_rt_internal.h - what the parts of the coordinator's runtime share:
  * coord_rt.c (the steps, the transport, the service hooks), coord_recover.c
- * (faults, the recovery decision, resuming) and coord_ckpt.c (coordinated
- * checkpoints and their manifests). Private to daemon/pipeline/. Every
+ * (faults, the recovery decision, resuming), coord_ckpt.c (coordinated
+ * checkpoints and their manifests) and coord_eval.c (held-out evaluation). Private to daemon/pipeline/. Every
  * function here runs on the loop thread.
  */
 #ifndef NB_COORD_RT_INTERNAL_H
@@ -42,6 +42,9 @@ typedef struct {
     bool has_loss;
     uint64_t bytes_raw, bytes_wire, step_ns;
     double busy_s[NB_SCHED_MAX_STAGES]; /* compute seconds per hosted stage this step */
+    bool eval_reported;         /* the evaluation in flight: this daemon's part is done */
+    bool eval_has_loss;         /* its report carries the held-out loss (it hosts the head) */
+    double eval_loss;
 } daemon_slot_t;
 
 struct nb_coord_rt {
@@ -100,6 +103,17 @@ struct nb_coord_rt {
     int64_t last_ckpt;        /* newest complete checkpoint (steps); -1 none */
     char *last_manifest;      /* its manifest JSON (malloc'd) */
     int m_ckpts, m_ckpt_s, m_ckpt_step, m_ckpt_failed;
+
+    /* ---- held-out evaluation (coord_eval.c) ---- */
+    bool eval_on;             /* job.eval: evaluate every job.eval.every_steps and at the end */
+    bool eval_in_flight;      /* an eval Plan went out; not every report is in */
+    int64_t eval_at;          /* the steps done it evaluates */
+    bool eval_last;           /* it follows the last step: the job finishes after it */
+    double t_eval_start;
+    char eval_line[512];      /* the progress line that waits for the held-out loss */
+    double eval_first, eval_last_loss;   /* first and latest held-out loss */
+    int64_t eval_first_step, eval_last_step; /* their steps; -1 none */
+    int m_eval_loss, m_eval_step, m_eval_s, m_eval_dropped;
 };
 
 /* coord_rt.c */
@@ -127,6 +141,34 @@ void nb__coord_joined(nb_coord_rt_t *rt, int i, const Nebula__JobStatus *s);
 void nb__coord_recovered(nb_coord_rt_t *rt);
 void nb__coord_recover_init(nb_coord_rt_t *rt);
 void nb__coord_recover_close(nb_coord_rt_t *rt);
+
+/* After step rt->step's Commit (and its evaluation, when one was due): the
+ * next step's Plan, or, after the last, the final Commit and the wait for
+ * DONE. */
+void nb__coord_next_step(nb_coord_rt_t *rt, bool last);
+
+/* Every step committed: the last Commit again with `last` set; wait for DONE. */
+void nb__coord_finish_now(nb_coord_rt_t *rt);
+
+/* coord_eval.c */
+/* Registers the evaluation metrics; reads job.eval. */
+void nb__coord_eval_init(nb_coord_rt_t *rt);
+/* Is an evaluation due once `done` steps are committed? job.eval.every_steps
+ * and the last step, as nebula-train. */
+bool nb__coord_eval_due(const nb_coord_rt_t *rt, int64_t done);
+/* Sends the eval Plan for the weights after rt->step + 1 steps (rt->step's
+ * Commit is out); line is the step's progress line, printed with the
+ * held-out loss once every report is in (always, as nebula-train prints an
+ * evaluated step); then the next step, or after the last (last) the final
+ * Commit. */
+void nb__coord_eval_start(nb_coord_rt_t *rt, const char *line, bool last);
+/* An eval Report from daemon i. */
+void nb__coord_eval_report(nb_coord_rt_t *rt, int i, const Nebula__Report *r);
+/* A fault ended the evaluation in flight: it is dropped (the job recovers
+ * as usual; the next one comes at the next due step). */
+void nb__coord_eval_abandon(nb_coord_rt_t *rt);
+/* " validation loss A (step a) -> B (step b)" for the job's last line, or "". */
+const char *nb__coord_eval_summary(const nb_coord_rt_t *rt, char *buf, size_t len);
 
 /* coord_ckpt.c */
 /* At start: checks job.checkpoint against the configuration and finds the

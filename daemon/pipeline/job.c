@@ -140,6 +140,8 @@ int nb_job_from_cfg(const nb_cfg_job_t *job, int m, uint64_t job_id, nb_job_desc
     l->micro_batch_size = (int)(job->batch / m);
     l->seq_len = (int)job->seq_len;
     l->optim = nb_job_optim_from_cfg(&job->optimizer, job->steps);
+    l->eval_fraction = job->eval.fraction;
+    out->eval_file = job->eval.data[0] != '\0';
     for (int i = 0; i < n; i++) {
         l->parts[i] = (nb_part_spec_t){ .embed = i == 0, .first = first[i], .last = last[i],
                                         .head = !ushape && i == n - 1 };
@@ -221,6 +223,8 @@ void nb_job_to_msg(const nb_job_desc_t *d, int daemon, nb_job_msg_store_t *st, N
     msg->daemons = st->daemon_ptrs;
     msg->your_daemon = (uint32_t)daemon;
     msg->model_digest = (char *)d->digest;
+    msg->eval_fraction = l->eval_fraction;
+    msg->eval_file = d->eval_file;
 }
 
 #define BAD(code, ...)                                                                             \
@@ -285,6 +289,11 @@ int nb_job_from_msg(const Nebula__Job *msg, nb_job_desc_t *out, int *your_daemon
     l->seed = msg->seed;
     l->micro_batch_size = (int)msg->micro_batch_size;
     l->seq_len = (int)msg->seq_len;
+    if (!(msg->eval_fraction >= 0.0 && msg->eval_fraction <= 0.5) || (msg->eval_fraction > 0.0 && msg->eval_file))
+        BAD(NB_EFORMAT, "job: held-out fraction %g%s", msg->eval_fraction,
+            msg->eval_file ? " together with a held-out file" : " out of range 0..0.5");
+    l->eval_fraction = msg->eval_fraction;
+    out->eval_file = msg->eval_file;
     for (size_t s = 0; s < msg->n_stages; s++) {
         const Nebula__StagePart *sp = msg->stages[s];
         if (sp->stage != s || sp->end_layer < sp->first_layer || sp->end_layer > m->n_layer ||

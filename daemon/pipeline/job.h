@@ -30,7 +30,16 @@ typedef struct {
     char names[NB_SCHED_MAX_STAGES][NB_CFG_NAME_MAX];     /* certificate names */
     char addresses[NB_SCHED_MAX_STAGES][NB_CFG_ADDR_MAX]; /* data-plane host:port */
     char digest[17];                                      /* model config digest, hex */
+    bool eval_file;                                       /* job.eval.data: stage 0 holds out its own
+                                                             eval_data file (layout.eval_fraction: a
+                                                             share of its token file) */
 } nb_job_desc_t;
+
+/* Does the job evaluate on held-out tokens (job.eval.fraction or .data)? */
+static inline bool nb_job_evaluates(const nb_job_desc_t *d)
+{
+    return d->layout.eval_fraction > 0.0 || d->eval_file;
+}
 
 /* Converts the configuration's model section. Errors: NB_EINVAL. */
 int nb_job_model_from_cfg(const nb_cfg_model_t *in, nb_model_config_t *out);

@@ -17,6 +17,7 @@
 #ifndef NB_PIPE_MSG_H
 #define NB_PIPE_MSG_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -44,6 +45,8 @@ typedef struct nb_pmsg {
     uint8_t *payload;
     size_t payload_len;
     uint64_t raw_bytes;            /* size before the codec */
+    bool eval;                     /* of a held-out evaluation (step = steps done),
+                                      not of a training step */
 } nb_pmsg_t;
 
 /* A zeroed message; NULL when out of memory. */

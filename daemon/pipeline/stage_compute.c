@@ -205,6 +205,25 @@ static void handle_abort(nb_stage_rt_t *rt, compute_t *c)
     post_joined(rt, c);
 }
 
+/* The held-out evaluation of a job that has one (job.eval): the stage
+ * hosting stage 0 holds out a share of its token file (nb_host_new did
+ * the split) or its own eval_data file. */
+static int open_eval(nb_stage_rt_t *rt, compute_t *c, const nb_job_desc_t *d, int me, char *err, size_t errlen)
+{
+    bool first = d->layout.placement[0] == me;
+    if (first && d->eval_file && !rt->cfg->eval_data[0]) {
+        snprintf(err, errlen, "the job evaluates on a held-out file (job.eval.data) and stage 0 is hosted here, but "
+                              "this daemon's configuration has no eval_data file");
+        return NB_EINVAL;
+    }
+    int rc = nb_eval_new(c->host, first && d->eval_file ? rt->cfg->eval_data : NULL, &c->eval, err, errlen);
+    if (rc == 0 && first)
+        nb_log_info(rt->cfg->coordinator.name, "held-out evaluation on %llu tokens (%s)",
+                    (unsigned long long)nb_tokens_count(nb_eval_tokens(c->eval)),
+                    d->eval_file ? rt->cfg->eval_data : "the tail of data");
+    return rc;
+}
+
 /* Builds (or, for a resumed job, restores) the parts for a received Job and
  * asks the loop to open the links. c->be may be NULL (the device did not
  * open); be_why then says why. Job.resume says where the parts come from:
@@ -270,6 +289,8 @@ static int handle_job(nb_stage_rt_t *rt, compute_t *c, const char *be_why, const
         c->prepared = false;
     } else if (rc == 0) {
         nb__stage_ckpt_release(c);
+        nb_eval_free(c->eval); /* borrows the host */
+        c->eval = NULL;
         if (had) {
             nb_host_free(c->host);
             c->host = NULL;
@@ -286,6 +307,8 @@ static int handle_job(nb_stage_rt_t *rt, compute_t *c, const char *be_why, const
             rc = init_parts(rt, c->host, err, sizeof err);
         if (rc == 0 && (rc = nb_host_sync_replicas(c->host))) /* replica 0 was filled */
             snprintf(err, sizeof err, "out of memory copying the weights to the replicas");
+        if (rc == 0 && nb_job_evaluates(&d))
+            rc = open_eval(rt, c, &d, me, err, sizeof err);
         c->committed = msg->resume_step;
         if (rc && c->host) {
             nb_host_free(c->host);
@@ -471,6 +494,77 @@ static int handle_plan(nb_stage_rt_t *rt, compute_t *c, const Nebula__Plan *p)
     return post(rt, o);
 }
 
+/* An eval Plan (docs/pipeline.md, "Held-out evaluation"): the held-out
+ * loss with the weights after p->step steps, forward only. It changes
+ * nothing a training step uses, so a fault under it needs no clean-up
+ * beyond the abort's: the evaluation is dropped and the job recovers. */
+static int handle_eval(nb_stage_rt_t *rt, compute_t *c, const Nebula__Plan *p)
+{
+    char err[512];
+    if (c->host && p->job_id == rt->job.layout.job_id &&
+        (c->aborted || p->attempt != c->attempt || __atomic_load_n(&rt->abort_flag, __ATOMIC_ACQUIRE))) {
+        nb_log_debug(NULL, "evaluation after step %llu of attempt %u dropped: attempt %u ended",
+                     (unsigned long long)p->step, p->attempt, c->attempt);
+        return 0;
+    }
+    if (!c->host || p->job_id != rt->job.layout.job_id || !c->eval || p->step != c->committed || c->prepared) {
+        post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED, "%s: evaluation plan after step %llu of job "
+                    "%llu, but this daemon %s", rt->cfg->name, (unsigned long long)p->step,
+                    (unsigned long long)p->job_id,
+                    !c->host || p->job_id != rt->job.layout.job_id ? "does not run that job"
+                    : !c->eval                                     ? "has no held-out evaluation in its job"
+                                                                   : "is at another step");
+        return NB_ESTATE;
+    }
+    if (!p->forward_codec || strlen(p->forward_codec) >= NB_PMSG_SPEC_MAX || p->micro_batches < 1 ||
+        p->micro_batches > NB_EVAL_MAX_BATCHES || p->micro_batch_size < 1 || p->micro_batch_size > 65536) {
+        post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED, "malformed evaluation plan after step %llu",
+                    (unsigned long long)p->step);
+        return NB_EFORMAT;
+    }
+    nb_eval_plan_t ep = { .step = (int64_t)p->step, .batches = (int)p->micro_batches,
+                          .micro_batch_size = (int)p->micro_batch_size };
+    snprintf(ep.fwd_codec, sizeof ep.fwd_codec, "%s", p->forward_codec);
+    /* at most a window of batches is in flight per inbox */
+    int lim = NB_EVAL_WINDOW + INBOX_MARGIN;
+    if (__atomic_exchange_n(&rt->inbox_limit, lim, __ATOMIC_ACQ_REL) != lim)
+        uv_async_send(&rt->wake);
+    nb_pipe_io_i io = { io_send, io_recv, rt };
+    int timeout_ms = (int)(rt->cfg->heartbeat_timeout_s > 0 ? rt->cfg->heartbeat_timeout_s * 4000 : 60000);
+    nb_eval_result_t res;
+    int rc = nb_eval_run(c->eval, &ep, &io, timeout_ms, &res, err, sizeof err);
+    if (rc && __atomic_load_n(&rt->abort_flag, __ATOMIC_ACQUIRE)) {
+        nb_log_info(NULL, "evaluation after step %lld abandoned: its attempt ended", (long long)ep.step);
+        return 0;
+    }
+    if (rc == NB_ETIMEDOUT || rc == NB_ECLOSED) {
+        c->aborted = true;
+        post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_FAULT, "%s: evaluation after step %lld: %s",
+                    rt->cfg->name, (long long)ep.step, err);
+        return 0;
+    }
+    if (rc) {
+        post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED, "%s: evaluation after step %lld: %s",
+                    rt->cfg->name, (long long)ep.step, err);
+        nb_log_error(NULL, "evaluation after step %lld: %s", (long long)ep.step, err);
+        return rc;
+    }
+    if (!isnan(res.loss))
+        nb_log_info(NULL, "step %lld: held-out loss %.4f (%d batches)", (long long)ep.step, res.loss, ep.batches);
+    nb_metrics_t *mx = nb_state_metrics(rt->state);
+    nb_metrics_inc(mx, rt->m_bytes_raw, (double)res.bytes_raw);
+    nb_metrics_inc(mx, rt->m_bytes_wire, (double)res.bytes_wire);
+    out_item_t *o = calloc(1, sizeof *o);
+    if (!o)
+        return NB_ENOMEM;
+    o->kind = OUT_REPORT;
+    o->eval = true;
+    o->attempt = c->attempt;
+    o->res = (nb_step_result_t){ .step = ep.step, .loss = res.loss, .bytes_raw = res.bytes_raw,
+                                 .bytes_wire = res.bytes_wire, .step_ns = res.ns };
+    return post(rt, o);
+}
+
 /* Test-only: NEBULA_TEST_FINAL_DELAY_S=SECONDS holds the final weights'
  * write back that long, so that a test can hit a daemon after the last
  * step (tests/pipeline/pipeline-chaos.test.sh). Never set it outside a
@@ -580,7 +674,7 @@ void *nb__stage_compute_main(void *arg)
             rc = handle_job(rt, &c, why, f->job);
             break;
         case NEBULA__FRAME__BODY_PLAN:
-            rc = handle_plan(rt, &c, f->plan);
+            rc = f->plan->eval ? handle_eval(rt, &c, f->plan) : handle_plan(rt, &c, f->plan);
             break;
         case NEBULA__FRAME__BODY_COMMIT:
             rc = handle_commit(rt, &c, f->commit);
@@ -605,6 +699,7 @@ void *nb__stage_compute_main(void *arg)
             break;
     }
     nb__stage_ckpt_release(&c);
+    nb_eval_free(c.eval);
     nb_host_free(c.host);
     for (int r = 0; r < c.n_bes; r++)
         nb_be_free(c.bes[r]);

@@ -12,6 +12,7 @@
 #include "daemon/pipeline/stage_host.h"
 #include "daemon/pipeline/stage_replicas.h"
 #include "daemon/train/grad_fault.h"
+#include "daemon/train/holdout.h"
 #include "daemon/planner/sched_exec.h"
 #include "kernels/codec/codec.h"
 
@@ -53,7 +54,9 @@ struct nb_host {
     nb_backend_t *be;
     nb_pipe_layout_t l;
     int daemon;
-    nb_tokens_t *tokens;
+    nb_tokens_t *tokens;       /* what training samples from: the file, or its head */
+    nb_tokens_t *file;         /* the file when tokens is a slice of it */
+    nb_tokens_t *heldout;      /* its held-out tail (layout eval_fraction) */
     hosted_t st[NB_SCHED_MAX_STAGES];
     int n;                     /* hosted stages */
     int local_of[NB_SCHED_MAX_STAGES]; /* stage -> index in st, -1 */
@@ -99,6 +102,8 @@ const char *nb_pipe_layout_validate(const nb_pipe_layout_t *l)
         return "layout: number of daemons out of range";
     if (l->micro_batch_size < 1 || l->seq_len < 1 || l->seq_len > l->model.max_seq)
         return "layout: micro-batch size or sequence length out of range";
+    if (!(l->eval_fraction >= 0.0 && l->eval_fraction <= 0.5))
+        return "layout: held-out fraction out of range 0..0.5";
     int next = 0;
     for (int s = 0; s < l->p; s++) {
         const nb_part_spec_t *ps = &l->parts[s];
@@ -196,7 +201,9 @@ void nb_host_free(nb_host_t *h)
     free(h->ops);
     free(h->timings);
     nb_codec_msg_free(&h->enc);
+    nb_tokens_close(h->heldout); /* slices: before the file they borrow */
     nb_tokens_close(h->tokens);
+    nb_tokens_close(h->file);
     free(h);
 }
 
@@ -296,6 +303,14 @@ int nb_host_new_replicas(nb_backend_t *const *bes, int n_replicas, const nb_pipe
             rc = NB_EINVAL;
             goto fail;
         }
+        if (l->eval_fraction > 0.0) {
+            /* nebula-train's rule: the tail is held out, training never sees it */
+            h->file = h->tokens;
+            h->tokens = NULL;
+            if ((rc = nb_holdout_split(h->file, data, l->eval_fraction, l->seq_len, &h->tokens, &h->heldout, err,
+                                       errlen)))
+                goto fail;
+        }
     }
     *out = h;
     return 0;
@@ -308,6 +323,10 @@ fail:
 }
 
 int nb_host_num_stages(const nb_host_t *h) { return h->n; }
+const nb_pipe_layout_t *nb_host_layout(const nb_host_t *h) { return &h->l; }
+int nb_host_daemon(const nb_host_t *h) { return h->daemon; }
+nb_backend_t *nb_host_backend(const nb_host_t *h) { return h->be; }
+const nb_tokens_t *nb_host_heldout(const nb_host_t *h) { return h->heldout; }
 int nb_host_stage(const nb_host_t *h, int i) { return h->st[i].stage; }
 nb_part_t *nb_host_part(nb_host_t *h, int i) { return h->st[i].part; }
 
@@ -511,10 +530,11 @@ static int encode_msg(nb_host_t *h, const nb_codec_spec_t *spec, const float *de
 static int check_msg(const nb_pmsg_t *m, nb_pmsg_kind_t kind, int64_t step, int mb, int from,
                      char *err, size_t errlen)
 {
-    if (m->kind != kind || m->step != step || m->mb != mb || m->from_stage != from) {
-        snprintf(err, errlen, "expected %s of step %lld micro-batch %d from stage %d, got %s of "
+    if (m->kind != kind || m->step != step || m->mb != mb || m->from_stage != from || m->eval) {
+        snprintf(err, errlen, "expected %s of step %lld micro-batch %d from stage %d, got %s%s of "
                  "step %lld micro-batch %d from stage %d", nb_pmsg_kind_name(kind), (long long)step,
-                 mb, from, nb_pmsg_kind_name(m->kind), (long long)m->step, m->mb, m->from_stage);
+                 mb, from, m->eval ? "evaluation " : "", nb_pmsg_kind_name(m->kind), (long long)m->step, m->mb,
+                 m->from_stage);
         return NB_ESTATE;
     }
     return 0;

@@ -37,6 +37,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include "daemon/data/tokens.h"
 #include "daemon/pipeline/pipe_msg.h"
 #include "daemon/service/memory.h"
 #include "daemon/planner/schedule.h"
@@ -57,6 +58,8 @@ typedef struct {
     int micro_batch_size;                     /* B: sequences per micro-batch */
     int seq_len;                              /* T */
     nb_optim_config_t optim;
+    double eval_fraction;                     /* job.eval.fraction: stage 0 trains on the head of
+                                                 its token file only (holdout.h); 0 = all of it */
 } nb_pipe_layout_t;
 
 /* One step's plan, as the coordinator sends it. */
@@ -185,6 +188,16 @@ nb_optim_t *nb_host_optim(nb_host_t *h, int i);
 size_t nb_host_memory_bytes(const nb_host_t *h);
 /* The same, by part (the four add up to nb_host_memory_bytes). */
 void nb_host_memory_parts(const nb_host_t *h, nb_mem_model_t *out);
+
+/* The layout, the daemon index and the backend the host was made with;
+ * borrowed. */
+const nb_pipe_layout_t *nb_host_layout(const nb_host_t *h);
+int nb_host_daemon(const nb_host_t *h);
+nb_backend_t *nb_host_backend(const nb_host_t *h);
+/* Stage 0's held-out tokens when the layout holds out a share of the token
+ * file (eval_fraction > 0): the file's tail, which training never samples
+ * from. NULL otherwise (or when stage 0 is not hosted here). Borrowed. */
+const nb_tokens_t *nb_host_heldout(const nb_host_t *h);
 
 /* Monotonic nanoseconds (shared clock of traces and timings). */
 uint64_t nb_host_now_ns(void);

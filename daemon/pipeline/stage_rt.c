@@ -327,6 +327,7 @@ static int send_item(nb_stage_rt_t *rt, out_item_t *o)
         t.from_stage = (uint32_t)m->from_stage;
         t.to_stage = (uint32_t)m->to_stage;
         t.attempt = rt->attempt;
+        t.eval = m->eval;
         f.body_case = NEBULA__FRAME__BODY_TENSOR;
         f.tensor = &t;
         sending_t *s = malloc(sizeof *s);
@@ -384,6 +385,7 @@ static int send_item(nb_stage_rt_t *rt, out_item_t *o)
         r.step_ns = o->res.step_ns;
         r.daemon = (uint32_t)rt->me;
         r.attempt = o->attempt;
+        r.eval = o->eval;
         Nebula__LinkMeasurement lm[NB_SCHED_MAX_STAGES], *lp[NB_SCHED_MAX_STAGES];
         r.n_links = link_measurements(rt, false, lm, lp);
         r.links = lp;
@@ -869,6 +871,7 @@ static const char *route_tensor(nb_stage_rt_t *rt, nb_conn_t *c, Nebula__Frame *
     m->payload = payload;
     m->payload_len = len;
     m->raw_bytes = t->decoded_bytes;
+    m->eval = t->eval;
     if (nb_mbox_try_push(rt->inbox[to][kind], m) != 0) {
         m->payload = NULL; /* the caller frees it */
         nb_pmsg_free(m);

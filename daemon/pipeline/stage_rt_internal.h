@@ -14,6 +14,7 @@
 #include "daemon/net/probe.h"
 #include "daemon/pipeline/job.h"
 #include "daemon/pipeline/mailbox.h"
+#include "daemon/pipeline/stage_eval.h"
 #include "daemon/pipeline/stage_rt.h"
 #include "daemon/train/checkpoint.h"
 
@@ -54,6 +55,7 @@ typedef struct {
     char text[512];              /* OUT_STATUS, OUT_CKPT (failed) message */
     uint64_t t_queued_ns;
     uint32_t attempt;            /* OUT_REPORT, OUT_STATUS, OUT_LINKS, OUT_JOINED */
+    bool eval;                   /* OUT_REPORT: of a held-out evaluation (res.loss, no gradient) */
     bool exit_after;             /* OUT_STATUS: the daemon stops (exit 1) once it is sent */
     joined_state_t joined;       /* OUT_JOINED */
     ckpt_done_t ckpt;            /* OUT_CKPT */
@@ -156,6 +158,8 @@ typedef struct {
     nb_backend_t *bes[NB_CFG_MAX_DEVICES]; /* one per configured device: the replicas */
     int n_bes;
     nb_host_t *host;
+    nb_eval_t *eval;             /* the job evaluates: held-out evaluation (stage_eval.h);
+                                    borrows host, freed before it */
     uint32_t attempt;            /* of the last Job */
     bool aborted;                /* an abort was handled: plans wait for the next Job */
     uint64_t committed;          /* updates applied: steps done */

@@ -137,6 +137,14 @@ void nb_state_job_update(nb_state_t *s, const nb_job_info_t *j)
     pthread_mutex_unlock(&s->lock);
 }
 
+void nb_state_job_eval(nb_state_t *s, double loss, int64_t step)
+{
+    pthread_mutex_lock(&s->lock);
+    s->s.job.eval_loss = loss;
+    s->s.job.eval_step = step;
+    pthread_mutex_unlock(&s->lock);
+}
+
 void nb_state_snapshot(nb_state_t *s, nb_state_snapshot_t *out)
 {
     pthread_mutex_lock(&s->lock);

@@ -68,6 +68,8 @@ typedef struct {
     char layers[32];        /* this stage's part, e.g. "0-5" or "embed+0-5+head" */
     int replicas;           /* a stage daemon's replicas of its stages (one per
                                device); 0 = not a stage daemon (not shown) */
+    double eval_loss;       /* held-out loss of the latest evaluation (coordinator) */
+    int64_t eval_step;      /* the steps done it evaluated; 0: none yet */
 } nb_job_info_t;
 
 typedef struct {
@@ -108,6 +110,8 @@ int nb_state_peer_remove(nb_state_t *s, const char *name);
 
 /* Replaces the job info. */
 void nb_state_job_update(nb_state_t *s, const nb_job_info_t *j);
+/* Sets only the job's latest held-out loss and the step it belongs to. */
+void nb_state_job_eval(nb_state_t *s, double loss, int64_t step);
 
 /* Inserts or replaces the link with the same (from, to); NB_ELIMIT when
  * full. nb_state_link_get copies it into *out, or returns NB_EINVAL when

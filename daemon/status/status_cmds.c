@@ -72,6 +72,11 @@ json_t *nb_status_to_json(const nb_state_snapshot_t *s)
                         "layers", j->layers);
         if (job && j->replicas > 0)
             json_object_set_new(job, "replicas", json_integer(j->replicas));
+        /* the held-out loss and its step: null until the first evaluation */
+        if (job && json_object_set_new(job, "eval_loss", num_or_null(j->eval_step > 0 ? j->eval_loss : NAN, false)))
+            job = (json_decref(job), NULL);
+        if (job && json_object_set_new(job, "eval_step", j->eval_step > 0 ? json_integer(j->eval_step) : json_null()))
+            job = (json_decref(job), NULL);
     }
     json_t *links = links_json(s), *memory = memory_json(&s->memory);
     if (!peers || !job || !links || !memory) {

@@ -685,7 +685,7 @@ int nb_hf_init_part(const char *path, nb_part_t *p, nb_hf_note_cb note, void *ud
     size_t got = fread(magic, 1, 4, fp);
     fclose(fp);
     if (got == 4 && !memcmp(magic, "NBWT", 4))
-        return nb_weights_load(path, p, err, errlen);
+        return nb_weights_load_part(path, p, err, errlen); /* its slice of a whole-model file */
     nb_st_file_t *f;
     int rc = nb_st_open(path, &f, err, errlen);
     if (rc)

@@ -70,7 +70,8 @@ int nb_hf_load(nb_st_file_t *f, nb_hf_names_t names, nb_part_t *p, nb_hf_note_cb
 int nb_hf_save(const char *path, nb_part_t *p, nb_hf_names_t names, char *err, size_t errlen);
 
 /* Fills p's parameters from a pretrained model file (job.init): a Nebula
- * weights file of exactly p's model and part (nb_weights_load), or a
+ * weights file of p's model holding p's tensors (nb_weights_load_part: a
+ * whole-model file, or p's own part), or a
  * safetensors file whose model and names come from its Nebula __metadata__,
  * else from the config.json in its directory. Only p's slice is read, so
  * each pipeline part can load its own tensors from one whole-model file.

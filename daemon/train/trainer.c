@@ -10,6 +10,7 @@
 #include <math.h>
 #include "daemon/data/tokens.h"
 #include "daemon/train/grad_fault.h"
+#include "daemon/train/holdout.h"
 #include "daemon/train/trainer.h"
 #include "daemon/train/checkpoint.h"
 #include "kernels/cpu_level.h"
@@ -99,20 +100,11 @@ int nb_trainer_new(nb_backend_t *be, const nb_train_config_t *c, nb_trainer_t **
         t->cfg.eval_batches = NB_TRAIN_EVAL_BATCHES_DEFAULT;
     uint64_t need = (uint64_t)c->seq_len + 1;
     if (c->eval_fraction > 0.0) {
-        uint64_t count = nb_tokens_count(t->tokens);
-        uint64_t held = (uint64_t)ceil(c->eval_fraction * (double)count);
-        if (held < need || count - held < need) {
-            snprintf(err, errlen, "%s: %llu tokens: eval.fraction %g leaves %llu for training and %llu held out; "
-                     "each needs seq_len + 1 = %llu", c->data, (unsigned long long)count, c->eval_fraction,
-                     (unsigned long long)(count - (held < count ? held : count)), (unsigned long long)held,
-                     (unsigned long long)need);
-            rc = NB_EINVAL;
-            goto fail;
-        }
+        /* the rule stage 0 of a pipeline applies too (holdout.h) */
         t->file = t->tokens;
         t->tokens = NULL;
-        if ((rc = nb_tokens_slice(t->file, 0, count - held, &t->tokens)) ||
-            (rc = nb_tokens_slice(t->file, count - held, held, &t->eval)))
+        if ((rc = nb_holdout_split(t->file, c->data, c->eval_fraction, c->seq_len, &t->tokens, &t->eval, err,
+                                   errlen)))
             goto fail;
     } else if (c->eval_data[0]) {
         if ((rc = nb_tokens_open(c->eval_data, &t->eval_file, err, errlen)))

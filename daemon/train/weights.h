@@ -41,6 +41,17 @@ int nb_weights_save(const char *path, nb_part_t *p, char *err, size_t errlen);
  * NB_EVERSION, NB_EINVAL (a different model or part), NB_ENOMEM. */
 int nb_weights_load(const char *path, nb_part_t *p, char *err, size_t errlen);
 
+/* Loads p's share of path (job.init; weights_part.c): every tensor of p,
+ * by name, from a weights file of the same model that holds it: a
+ * whole-model file (each pipeline part takes its own slice), or p's own
+ * part. Checks everything nb_weights_peek checks (sizes before any
+ * allocation), the model against p's (naming the first field that
+ * differs), and that each of p's tensors is in the file with its shape;
+ * reads only p's tensors. p changes only on success. Errors: NB_EIO,
+ * NB_EFORMAT, NB_EVERSION, NB_EINVAL (another model, or a tensor the file
+ * does not hold: named), NB_ENOMEM. */
+int nb_weights_load_part(const char *path, nb_part_t *p, char *err, size_t errlen);
+
 /* One tensor of a weights file, as the model layout gives it. */
 typedef struct {
     char name[32];

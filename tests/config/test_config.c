@@ -207,11 +207,19 @@ static void test_roles(void **state)
                      0);
     assert_string_equal(cfg.init, "/m/model.safetensors");
     expect_err(load_train("init: w.safetensors\n"), "dir/t.yaml:13:1: init: not allowed for role train (only for stage)");
-    /* held-out evaluation is nebula-train's; the coordinator's is for later */
+    /* held-out evaluation: nebula-train's and a pipeline's; a stage's own held-out file */
     assert_int_equal(load_train("  eval: {fraction: 0.1, every_steps: 50}\n"), 0);
     assert_true(cfg.job.eval.fraction == 0.1 && cfg.job.eval.every_steps == 50 && cfg.job.eval.batches == 8);
-    expect_err(load_coord("    - {name: a, address: 'h:1'}\n  eval: {fraction: 0.1}\n"),
-               "dir/t.yaml:12:3: job.eval: not allowed for role coordinator (only for train)");
+    assert_int_equal(load_coord("    - {name: a, address: 'h:1'}\n  eval: {fraction: 0.1, batches: 2}\n"), 0);
+    assert_true(cfg.job.eval.fraction == 0.1 && cfg.job.eval.batches == 2);
+    expect_err(load_coord("    - {name: a, address: 'h:1'}\n  eval: {fraction: 0.1, data: held.tok}\n"),
+               "dir/t.yaml:12:31: job.eval.data: eval.fraction and eval.data exclude each other (fraction 0.1): hold out a "
+               "share of the token file or another file, not both");
+    assert_int_equal(load("name: s\nrole: stage\nlisten: 127.0.0.1:0\ntls: {cert: a, key: b, ca: c}\n"
+                          "coordinator: {address: 'h:1', name: c}\neval_data: held.tok\n"),
+                     0);
+    assert_string_equal(cfg.eval_data, "dir/held.tok");
+    expect_err(load_train("eval_data: h.tok\n"), "dir/t.yaml:13:1: eval_data: not allowed for role train (only for stage)");
     assert_int_equal(load("name: s\nrole: stage\nlisten: 127.0.0.1:0\ntls: {cert: a, key: /b, ca: c}\n"
                           "coordinator: {address: '[::1]:7000', name: c}\nstatus_socket: s.sock\n"),
                      0);

@@ -8,6 +8,7 @@
 #define NB_TEST_PIPE_FIXTURE_H
 
 #include <math.h>
+#include <stdbool.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +16,7 @@
 #include <unistd.h>
 #include "daemon/data/tokens.h"
 #include "daemon/pipeline/mailbox.h"
+#include "daemon/pipeline/stage_eval.h"
 #include "daemon/pipeline/stage_host.h"
 #include "daemon/train/trainer.h"
 
@@ -50,7 +52,18 @@ typedef struct {
     int B, T, m, steps;
     int plan_B;            /* micro-batch size the plans carry; 0 keeps the layout's */
     char data[256];
+    /* held-out evaluation (0 batches: none): every eval_every steps (0: at
+     * the end only) and after the last step, as nebula-train */
+    double eval_fraction;
+    char eval_data[256];
+    int eval_batches, eval_every;
 } pf_job_t;
+
+/* Does the run evaluate after step s (0-based)? nebula-train's rule. */
+static inline bool pf_eval_due(const pf_job_t *j, int s)
+{
+    return j->eval_batches > 0 && ((j->eval_every && (s + 1) % j->eval_every == 0) || s + 1 == j->steps);
+}
 
 static inline pf_job_t pf_job_default(const char *data)
 {
@@ -79,6 +92,8 @@ static inline pf_job_t pf_job_default(const char *data)
 typedef struct {
     int steps;
     double loss[PF_MAX_STEPS];
+    double eval_loss[PF_MAX_STEPS];   /* after step s, where pf_eval_due; else 0 */
+    int n_evals;
     int ntensors;
     char names[256][32];
     float *values[256];
@@ -120,6 +135,9 @@ static inline int pf_run_trainer(const pf_job_t *j, pf_result_t *r)
     c.seq_len = j->T;
     c.steps = j->steps;
     snprintf(c.data, sizeof c.data, "%s", j->data);
+    c.eval_fraction = j->eval_fraction;
+    snprintf(c.eval_data, sizeof c.eval_data, "%s", j->eval_data);
+    c.eval_batches = j->eval_batches;
     nb_backend_t *be = nb_cpu_backend_new();
     nb_trainer_t *t;
     char err[512];
@@ -136,6 +154,13 @@ static inline int pf_run_trainer(const pf_job_t *j, pf_result_t *r)
             break;
         }
         r->loss[s] = st.loss;
+        if (pf_eval_due(j, s)) {
+            if ((rc = nb_trainer_eval(t, &r->eval_loss[s], err, sizeof err))) {
+                fprintf(stderr, "trainer eval after step %d: %s\n", s + 1, err);
+                break;
+            }
+            r->n_evals++;
+        }
     }
     r->steps = j->steps;
     pf_collect_part(r, nb_trainer_part(t));
@@ -178,10 +203,13 @@ typedef struct {
     double *sumsq;          /* [n_daemons] */
     int daemon;
     nb_host_t *host;
+    nb_eval_t *eval;       /* when the job evaluates */
     nb_backend_t *be;
     int rc;
     char err[512];
     double loss[PF_MAX_STEPS];
+    double eval_loss[PF_MAX_STEPS];
+    int n_evals;
     uint64_t bytes_raw, bytes_wire;
 } pf_worker_t;
 
@@ -221,6 +249,23 @@ static inline void *pf_worker_main(void *arg)
         pthread_barrier_wait(w->barrier);
         if (!w->rc)
             nb_host_apply(w->host, s, total);
+        if (!w->rc && w->eval && pf_eval_due(j, s)) {
+            /* forward only, with the weights after step s; no barrier: the
+             * next step's tensors queue behind the evaluation's */
+            nb_eval_plan_t ep = { .step = s + 1, .batches = j->eval_batches, .micro_batch_size = j->B };
+            snprintf(ep.fwd_codec, sizeof ep.fwd_codec, "%s", w->fwd_codec);
+            nb_eval_result_t er;
+            int rc = nb_eval_run(w->eval, &ep, &io, 10000, &er, w->err, sizeof w->err);
+            if (rc) {
+                w->rc = rc;
+                for (int a = 0; a < w->layout->p; a++)
+                    for (int k = 0; k < NB_PMSG_KINDS; k++)
+                        nb_mbox_close(w->links->box[a][k]);
+            } else {
+                w->eval_loss[s] = er.loss;
+                w->n_evals++;
+            }
+        }
     }
     return NULL;
 }
@@ -239,6 +284,7 @@ static inline void pf_layout(const pf_job_t *j, int p, const int *placement, int
     l->micro_batch_size = j->B;
     l->seq_len = j->T;
     l->optim = j->optim;
+    l->eval_fraction = j->eval_fraction;
     int first = 0;
     for (int s = 0; s < p; s++) {
         int n = j->model.n_layer / p + (s < j->model.n_layer % p ? 1 : 0);
@@ -273,6 +319,9 @@ static inline int pf_run_pipeline(const pf_job_t *j, const nb_pipe_layout_t *l, 
                               .sumsq = sumsq, .daemon = d };
         w[d].be = nb_cpu_backend_new();
         int hrc = nb_host_new(w[d].be, l, d, j->data, &w[d].host, w[d].err, sizeof w[d].err);
+        if (hrc == 0 && j->eval_batches > 0)
+            hrc = nb_eval_new(w[d].host, j->eval_data[0] ? j->eval_data : NULL, &w[d].eval, w[d].err,
+                              sizeof w[d].err);
         if (hrc) {
             fprintf(stderr, "host %d: %s\n", d, w[d].err);
             rc = hrc;
@@ -292,8 +341,11 @@ static inline int pf_run_pipeline(const pf_job_t *j, const nb_pipe_layout_t *l, 
             }
         int head_daemon = l->placement[l->p - 1];
         r->steps = j->steps;
-        for (int s = 0; s < j->steps; s++)
+        for (int s = 0; s < j->steps; s++) {
             r->loss[s] = w[head_daemon].loss[s];
+            r->eval_loss[s] = w[head_daemon].eval_loss[s];
+        }
+        r->n_evals = w[head_daemon].n_evals;
         for (int d = 0; d < l->n_daemons; d++) {
             for (int i = 0; i < nb_host_num_stages(w[d].host); i++)
                 pf_collect_part(r, nb_host_part(w[d].host, i));
@@ -302,6 +354,7 @@ static inline int pf_run_pipeline(const pf_job_t *j, const nb_pipe_layout_t *l, 
         }
     }
     for (int d = 0; d < l->n_daemons; d++) {
+        nb_eval_free(w[d].eval); /* borrows the host */
         nb_host_free(w[d].host);
         nb_be_free(w[d].be);
     }

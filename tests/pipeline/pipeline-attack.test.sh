@@ -73,8 +73,8 @@ for port in (cport, bport):
             pass
         s.close()
 
-# 2. a rogue Hello as "a" (protobuf Frame{hello{protocol_version: 1, daemon_name: "a"}})
-hello = b"\x08\x01\x12\x01a"
+# 2. a rogue Hello as "a" (protobuf Frame{hello{protocol_version: 2, daemon_name: "a"}})
+hello = b"\x08\x02\x12\x01a"
 hdr = b"\x52" + bytes([len(hello)]) + hello
 frame = b"NB\x01\x00" + struct.pack(">I", len(hdr)) + hdr
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

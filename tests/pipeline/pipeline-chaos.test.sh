@@ -6,10 +6,13 @@
 #   kill -STOP of a stage for longer than the heartbeat timeout, then -CONT;
 #   kill -9 of a stage right after a checkpoint was asked for (during its write).
 # Each daemon runs under a supervisor loop that restarts it 1 s after it dies,
-# as systemd's Restart=on-failure would. Pass condition: the job completes and
-# its final weights equal, to the bit, those of nebula-train on the same job
-# without any fault; the faults, the recoveries and the steps redone are
-# printed.
+# as systemd's Restart=on-failure would. Every step is followed by a held-out
+# evaluation (job.eval), so faults land in evaluations too (one a fault ends
+# is dropped, and the job recovers as usual). Pass condition: the job
+# completes, its final weights equal, to the bit, those of nebula-train on
+# the same job without any fault, and every held-out loss the coordinator
+# logged equals nebula-train's after the same step; the faults, the
+# recoveries, the steps redone and the evaluations dropped are printed.
 # With CHAOS_NETNS=1 (root and network namespaces needed, else the test is
 # skipped) stage c runs in a network namespace of its own, joined to the
 # others' by a veth pair (scripts/wan-emu.sh), and one more kind of fault
@@ -83,6 +86,7 @@ job:
   codecs: {forward: fp32, backward: fp32}
   planner: {enabled: false}
   log_every: 1
+  eval: {fraction: 0.05, every_steps: 1, batches: 1}
 YAML
 }
 mkdir -p "$work/run"
@@ -181,9 +185,22 @@ pids=()
 recoveries=$(grep -c "recovered in" "$work/coord.log" || true)
 redone=$({ grep -o "([0-9]* steps\? to run again)" "$work/coord.log" || true; } | { grep -o "[0-9]*" || true; } |
   awk '{s += $1} END {print s + 0}')
-echo "# faults: ${#faults[@]}, recoveries logged: $recoveries, steps run again: ${redone:-0}"
+dropped=$(grep -c "evaluation after step .* dropped" "$work/coord.log" || true)
+echo "# faults: ${#faults[@]}, recoveries logged: $recoveries, steps run again: ${redone:-0}, evaluations dropped: $dropped"
 { grep -h "recovered in\|resuming .* at step\|resuming job" "$work/coord.log" || true; } | sed 's/^/#   /' | head -n 40
 "$bin/nebula-weights" compare --tol 0 "$work/run/ref.weights" "$work"/run/*-ckpt/final-stage*.weights \
   > "$work/compare.log" 2>&1 || { cat "$work/compare.log"; fail "final weights differ from the uninterrupted run"; }
 tail -n 1 "$work/compare.log"
+# every held-out loss logged equals nebula-train's after that step (a step
+# run again after a recovery logs it again: the same number)
+sed -n "s/^step *\([0-9]*\)\/$steps .*val_loss \([0-9.]*\)\$/\1 \2/p" "$work/ref.log" > "$work/ref-val.txt"
+sed -n "s/.* step \([0-9]*\)\/$steps .* val_loss \([0-9.]*\)\$/\1 \2/p" "$work/coord.log" | sort -u > "$work/coord-val.txt"
+sort "$work/ref-val.txt" -o "$work/ref-val.txt" # join wants both sorted as text
+[ "$(wc -l < "$work/ref-val.txt")" -eq "$steps" ] || fail "nebula-train did not log $steps held-out losses"
+[ -s "$work/coord-val.txt" ] || fail "the coordinator logged no held-out loss"
+join "$work/coord-val.txt" "$work/ref-val.txt" | awk '$2 != $3 { print; bad = 1 } END { exit bad }' ||
+  fail "held-out losses differ from nebula-train's (step, pipeline, nebula-train) above"
+[ "$(cut -d' ' -f1 "$work/coord-val.txt" | uniq -d | wc -l)" -eq 0 ] ||
+  fail "a step logged two different held-out losses: $(cut -d' ' -f1 "$work/coord-val.txt" | uniq -d | tr '\n' ' ')"
+echo "# held-out losses logged for $(wc -l < "$work/coord-val.txt") of $steps steps, all equal to nebula-train's"
 echo "ok chaos: ${#faults[@]} faults, final weights equal to the uninterrupted run"

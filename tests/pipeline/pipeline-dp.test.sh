@@ -7,7 +7,8 @@
 # head's daemon logs it at full precision, matches within 1e-6 relative;
 # both daemons say they run 2 replicas; the status socket shows them; and
 # the replicated run still writes one set of final weights per stage, close
-# to the single-replica one. A stage with two CUDA devices says at start why
+# to the single-replica one; the held-out losses (job.eval, on each stage's
+# first replica) match within 1e-3. A stage with two CUDA devices says at start why
 # it will refuse every job.
 set -euo pipefail
 . tests/support/assert.sh
@@ -47,6 +48,7 @@ job:
   optimizer: {lr: 3e-3, min_lr: 3e-4, warmup_steps: 2, grad_clip: 1.0}
   codecs: {forward: fp32, backward: fp32}
   log_every: 4
+  eval: {fraction: 0.1, every_steps: 4, batches: 2}
   topology: chain
   clusters:
     - {name: a, address: 127.0.0.1:$ap}
@@ -77,6 +79,8 @@ YAML
   sed -n 's/.* step \([0-9]*\) loss \([-0-9.e+a-z]*\)$/\1 \2/p' "$work/b-$name.log" > "$work/loss-$name.txt"
   [ "$(wc -l < "$work/loss-$name.txt")" -eq $steps ] ||
     fail "$name: the head's daemon logged $(wc -l < "$work/loss-$name.txt") step losses, not $steps"
+  sed -n 's/.* step \([0-9]*\)\/[0-9]* .* val_loss \([0-9.]*\)$/\1 \2/p' "$work/coord-$name.log" > "$work/val-$name.txt"
+  [ "$(wc -l < "$work/val-$name.txt")" -eq 2 ] || fail "$name: the coordinator logged no held-out loss after steps 4 and 8"
   mkdir -p "$work/weights-$name"
   cp "$work"/run/*-weights/final-stage*.weights "$work/weights-$name/"
 }
@@ -100,6 +104,14 @@ worst = max(abs(a - b) / abs(a) for a, b in zip(one, two))
 print("losses 1 replica: %s" % " ".join("%.6f" % x for x in one))
 print("max relative loss difference, 2 replicas vs 1: %.3g" % worst)
 assert len(one) == len(two) and worst <= 1e-6, (one, two)
+PY
+python3 - "$work/val-one.txt" "$work/val-two.txt" <<'PY' || fail "the held-out losses differ"
+import sys
+one = [l.split() for l in open(sys.argv[1])]
+two = [l.split() for l in open(sys.argv[2])]
+print("held-out losses 1 replica: %s, 2 replicas: %s" % (one, two))
+assert [s for s, _ in one] == [s for s, _ in two] == ["4", "8"], (one, two)
+assert all(abs(float(a) - float(b)) <= 1e-3 * float(a) for (_, a), (_, b) in zip(one, two)), (one, two)
 PY
 # one set of weights per stage; the replicated run's are close to the other's
 # (not bit-equal: the split changes the order of the gradient sums)

@@ -12,7 +12,9 @@
 #  5. a stage whose device cannot host its part (cuda:0 where there is no
 #     GPU, or a CUDA backend without the transformer ops): the stage refuses
 #     the job with the reason and exits 1, and the coordinator ends the job,
-#     naming the stage.
+#     naming the stage;
+#  6. a job with a held-out file (job.eval.data) whose stage 0 daemon has no
+#     eval_data: refused with that reason.
 # Every wait is for an event, with a deadline generous enough for a sanitizer
 # build on a busy machine; the stages' connect timeout is 120 s except in 1.
 set -euo pipefail
@@ -135,3 +137,16 @@ wait_exit $b 120
 [ "$st" = 1 ] || fail "5: the stage that refused the job: exit status $st, expected 1"
 kill $a 2>/dev/null || true; wait $a 2>/dev/null || true; pids=()
 echo "ok 5: a stage that cannot host its part refuses the job: $(grep -o "job failed: .*" "$work/c5.log" | head -n 1)"
+
+# 6. a held-out file (job.eval.data) the stage hosting stage 0 has not got:
+# it refuses the job naming its missing eval_data, and the job fails
+write_configs 5 "  eval: {data: held.tok}"
+"$bin/nebulad" --config "$work/coord.yaml" > "$work/c6.log" 2>&1 & c=$!; pids=($c)
+"$bin/nebulad" --config "$work/a.yaml" > "$work/a6.log" 2>&1 & a=$!; pids+=($a)
+"$bin/nebulad" --config "$work/b.yaml" > "$work/b6.log" 2>&1 & b=$!; pids+=($b)
+wait_exit $c 120
+[ "$st" = 1 ] || fail "6: coordinator exit status $st, expected 1"
+expect_grep "job failed: stage daemon a: a: .*job.eval.data.* no eval_data file" "$work/c6.log" \
+  "6: the refusal does not name stage a and its missing eval_data"
+for p in $a $b; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; pids=()
+echo "ok 6: a stage 0 without the held-out file refuses the job: $(grep -o "job failed: .*" "$work/c6.log" | head -n 1)"

@@ -5,8 +5,9 @@
 # job.init, each stage loading only its own blocks from its `init` file. The
 # final weights of both stages equal those of nebula-train running the same
 # job section from the same file (within 1e-5 of each tensor's largest
-# magnitude). A stage without `init` refuses such a job with the reason,
-# and the coordinator reports the job failed.
+# magnitude). The same from a whole-model Nebula weights file (nebula-train's
+# output): each stage takes its slice of it. A stage without `init` refuses
+# such a job with the reason, and the coordinator reports the job failed.
 set -euo pipefail
 build=${NB_BUILD:-build}
 bin="$build/bin"
@@ -51,8 +52,8 @@ mkdir -p "$work/run"
 "$bin/nebula-train" --config "$work/ref.yaml" > "$work/ref.log" 2>&1 || fail "nebula-train with job.init"
 grep -q "weights from .*pre.safetensors" "$work/ref.log" || fail "nebula-train did not load job.init"
 
-run() { # $1 name, $2 init line of stage b ("" for none), $3 expected "done" or "failed"
-  local name=$1 binit=$2 want=$3
+run() { # $1 name, $2 init line of stage b ("" for none), $3 expected "done" or "failed", [$4 stage a's init file]
+  local name=$1 binit=$2 want=$3 ainit=${4:-pre.safetensors}
   local cp=$base ap=$((base + 1)) bp=$((base + 2))
   base=$((base + 3))
   rm -rf "$work/run/a-weights" "$work/run/b-weights"
@@ -68,7 +69,7 @@ run() { # $1 name, $2 init line of stage b ("" for none), $3 expected "done" or 
     echo "    - {name: b, address: 127.0.0.1:$bp}"
   } > "$work/coord.yaml"
   nb_stage_yaml "$work/a.yaml" a "127.0.0.1:$ap" "127.0.0.1:$cp" 1 5 "checkpoint_dir: run/a-weights" \
-    "init: pre.safetensors"
+    "init: $ainit"
   nb_stage_yaml "$work/b.yaml" b "127.0.0.1:$bp" "127.0.0.1:$cp" 1 5 "checkpoint_dir: run/b-weights" "$binit"
   pids=()
   "$bin/nebulad" --config "$work/coord.yaml" > "$work/coord-$name.log" 2>&1 & pids+=($!)
@@ -101,6 +102,14 @@ grep -q "stage 1: weights from .*pre.safetensors" "$work/b-with-init.log" || fai
 # the pipeline's result is not the pretrained model itself
 "$bin/nebula-weights" compare --tol 1e-5 "$work/pre.weights" "$work"/run/*-weights/final-stage*.weights \
   > /dev/null 2>&1 && fail "the job changed nothing"
+
+# a whole-model weights file (not a stage's part): each stage takes its slice
+run with-weights-init "init: pre.weights" done pre.weights
+"$bin/nebula-weights" compare --tol 1e-5 "$work/run/ref.weights" "$work"/run/*-weights/final-stage*.weights \
+  > "$work/compare-w.log" 2>&1 || { cat "$work/compare-w.log"; fail "pipeline from pre.weights differs from nebula-train's"; }
+tail -n 1 "$work/compare-w.log"
+grep -q "stage 0: weights from .*pre.weights" "$work/a-with-weights-init.log" || fail "stage a did not load pre.weights"
+grep -q "stage 1: weights from .*pre.weights" "$work/b-with-weights-init.log" || fail "stage b did not load pre.weights"
 
 run no-init "" failed
 grep -q "this daemon's configuration has no init file" "$work/coord-no-init.log" ||

@@ -39,8 +39,9 @@ base=$(nb_port_base 40)
 "$bin/nebula-weights" import "$mdir" "$work/minilm.weights" > "$work/import.log" 2>&1 || fail "import: $(cat "$work/import.log")"
 expect_grep "ln_eps 1e-12, gelu erf" "$work/import.log" "import did not read MiniLM's settings"
 expect_grep "mask_token: 103" "$work/import.log" "import did not name the [MASK] token"
-# a stage loads its part from safetensors (a Nebula weights file holds one
-# whole part): the imported model exported again, with Nebula's metadata
+# the stages load their parts from safetensors (the whole-model weights file
+# would do as well: pipeline-init.test.sh): the imported model exported
+# again, with Nebula's metadata
 "$bin/nebula-weights" export "$work/minilm.weights" "$work/minilm.safetensors" > "$work/export.log" 2>&1 ||
   fail "export: $(cat "$work/export.log")"
 head -c 6000 /usr/share/common-licenses/GPL-3 > "$work/text.txt"

@@ -126,10 +126,45 @@ static void test_digest(void **state)
     assert_string_equal(a.digest, want);
 }
 
+/* Held-out evaluation travels in the Job (docs/pipeline.md, "Held-out
+ * evaluation"): the fraction into the layout (stage 0 trains on the head
+ * only), the eval.data flag; a fraction out of range, or both, is refused. */
+static void test_eval_travels(void **state)
+{
+    (void)state;
+    char err[512];
+    nb_job_desc_t d = make_desc(0.0f, NB_MODEL_GELU_TANH), got;
+    d.layout.eval_fraction = 0.125;
+    nb_job_msg_store_t st;
+    Nebula__Job msg;
+    nb_job_to_msg(&d, 0, &st, &msg);
+    if (over_the_wire(&msg, &got, err, sizeof err))
+        fail_msg("%s", err);
+    assert_true(got.layout.eval_fraction == 0.125 && !got.eval_file && nb_job_evaluates(&got));
+    d.layout.eval_fraction = 0;
+    d.eval_file = true;
+    nb_job_to_msg(&d, 0, &st, &msg);
+    if (over_the_wire(&msg, &got, err, sizeof err))
+        fail_msg("%s", err);
+    assert_true(got.eval_file && got.layout.eval_fraction == 0 && nb_job_evaluates(&got));
+    msg.eval_fraction = 0.1;
+    assert_int_equal(over_the_wire(&msg, &got, err, sizeof err), NB_EFORMAT);
+    print_message("  refused: %s\n", err);
+    assert_non_null(strstr(err, "held-out"));
+    msg.eval_file = false;
+    msg.eval_fraction = 0.75;
+    assert_int_equal(over_the_wire(&msg, &got, err, sizeof err), NB_EFORMAT);
+    msg.eval_fraction = 0;
+    if (over_the_wire(&msg, &got, err, sizeof err))
+        fail_msg("%s", err);
+    assert_false(nb_job_evaluates(&got));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_settings_travel),
+        cmocka_unit_test(test_eval_travels),
         cmocka_unit_test(test_digest),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

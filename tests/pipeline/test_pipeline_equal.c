@@ -19,13 +19,16 @@
 #include "tests/pipeline/pipe_fixture.h"
 
 static char data_path[256];
+static char eval_path[256]; /* a held-out file of its own (job.eval.data) */
+static int write_eval_tokens(const char *path);
 static pf_result_t ref_by_m[9];
 
 static int setup(void **state)
 {
     (void)state;
     snprintf(data_path, sizeof data_path, "/tmp/nb-pipe-eq-%d.tok", (int)getpid());
-    if (pf_write_tokens(data_path))
+    snprintf(eval_path, sizeof eval_path, "/tmp/nb-pipe-eq-eval-%d.tok", (int)getpid());
+    if (pf_write_tokens(data_path) || write_eval_tokens(eval_path))
         return -1;
     int ms[] = { 1, 3, 8 };
     for (size_t i = 0; i < 3; i++) {
@@ -43,6 +46,7 @@ static int teardown(void **state)
     for (int i = 0; i < 9; i++)
         pf_result_free(&ref_by_m[i]);
     unlink(data_path);
+    unlink(eval_path);
     return 0;
 }
 
@@ -301,6 +305,126 @@ static void test_lossy_codecs_close(void **state)
     }
 }
 
+/* A held-out token file of its own (job.eval.data): other text than data_path. */
+static int write_eval_tokens(const char *path)
+{
+    enum { N = 3000 };
+    uint32_t ids[N];
+    uint64_t x = 99;
+    for (int i = 0; i < N; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        ids[i] = "etaoin shrdlu"[(x >> 33) % 13];
+    }
+    char err[256];
+    return nb_tokens_write(path, ids, N, 256, err, sizeof err);
+}
+
+static void assert_evals_bit_equal(const char *what, const pf_job_t *j, const pf_result_t *r, const pf_result_t *ref)
+{
+    assert_int_equal(r->n_evals, ref->n_evals);
+    for (int s = 0; s < j->steps; s++) {
+        if (!pf_eval_due(j, s))
+            continue;
+        printf("  %s: eval after step %d: %.9g vs nebula-train %.9g\n", what, s + 1, r->eval_loss[s],
+               ref->eval_loss[s]);
+        if (!(r->eval_loss[s] == ref->eval_loss[s] && isfinite(r->eval_loss[s])))
+            fail_msg("%s: held-out loss after step %d is %.17g, nebula-train's %.17g", what, s + 1, r->eval_loss[s],
+                     ref->eval_loss[s]);
+    }
+}
+
+/* Held-out evaluation across the pipeline (stage_eval.h) computes
+ * nb_trainer_eval's loss to the bit, after the same steps, for every
+ * topology (chains pass the labels along, the U-shape, tied here, keeps
+ * them), for lm and mlm, for a held-out tail (job.eval.fraction: training
+ * then samples only the head, on both sides) and for a held-out file
+ * (job.eval.data); and the training around it still equals the trainer's. */
+static void test_eval_equal(void **state)
+{
+    (void)state;
+    for (int variant = 0; variant < 3; variant++) {
+        pf_job_t j = pf_job_default(data_path);
+        j.eval_batches = 3;
+        j.eval_every = 7; /* after steps 7, 14 and the last, 20 */
+        const char *what = "lm fraction 0.1";
+        j.eval_fraction = 0.1;
+        if (variant == 1) {
+            what = "mlm fraction 0.1";
+            j.model.head = NB_MODEL_HEAD_MLM;
+            j.model.causal = false;
+            j.model.vocab = 257;
+        } else if (variant == 2) {
+            what = "lm eval.data";
+            j.eval_fraction = 0;
+            snprintf(j.eval_data, sizeof j.eval_data, "%s", eval_path);
+        }
+        pf_result_t ref;
+        assert_int_equal(pf_run_trainer(&j, &ref), 0);
+        assert_int_equal(ref.n_evals, 3);
+        assert_true(ref.eval_loss[6] != ref.eval_loss[19]); /* training moved the weights */
+        for (size_t t = 0; t < sizeof topologies / sizeof topologies[0]; t++) {
+            pf_job_t jt = j;
+            jt.model.tie_embeddings = topologies[t].placement[0] == topologies[t].placement[topologies[t].p - 1];
+            pf_result_t rt, r;
+            if (jt.model.tie_embeddings)
+                assert_int_equal(pf_run_trainer(&jt, &rt), 0);
+            nb_pipe_layout_t l;
+            pf_layout(&jt, topologies[t].p, topologies[t].placement, topologies[t].n_daemons, &l);
+            assert_int_equal(pf_run_pipeline(&jt, &l, t == 1 ? "gpipe" : "1f1b", "fp32", "fp32", &r), 0);
+            const pf_result_t *want = jt.model.tie_embeddings ? &rt : &ref;
+            char label[64], worst[32] = "";
+            snprintf(label, sizeof label, "%s %s%s", what, topologies[t].name, jt.model.tie_embeddings ? " tied" : "");
+            assert_evals_bit_equal(label, &jt, &r, want);
+            double dl = pf_loss_rel_diff(&r, want), dw = pf_weight_rel_diff(want, &r, worst);
+            printf("  %s: training loss rel diff %.3g, weights rel diff %.3g\n", label, dl, dw);
+            assert_bit_equal(dl, dw, worst);
+            pf_result_free(&r);
+            if (jt.model.tie_embeddings)
+                pf_result_free(&rt);
+        }
+        if (variant == 0) {
+            /* the held-out tail is not trained on: the run differs from one on the whole file */
+            assert_true(ref.loss[j.steps - 1] != ref_by_m[3].loss[j.steps - 1]);
+        }
+        pf_result_free(&ref);
+    }
+}
+
+/* An evaluation touches no training state: with stateful lossy codecs
+ * (delta bases on the activations, error feedback on the gradients, whose
+ * streams an evaluation must not advance) a run that evaluates every 3
+ * steps trains exactly as one that never evaluates, and the lossy held-out
+ * loss stays close to the lossless one. */
+static void test_eval_leaves_training_alone(void **state)
+{
+    (void)state;
+    pf_job_t j = pf_job_default(data_path);
+    j.eval_fraction = 0.1;
+    nb_pipe_layout_t l;
+    pf_layout(&j, 3, topologies[1].placement, 3, &l);
+    const char *fwd = "int8(delta)", *bwd = "fp16(topk(0.25),ef)";
+    pf_result_t plain, with, ref;
+    assert_int_equal(pf_run_pipeline(&j, &l, "1f1b", fwd, bwd, &plain), 0);
+    assert_int_equal(plain.n_evals, 0);
+    j.eval_batches = 2;
+    j.eval_every = 3;
+    assert_int_equal(pf_run_pipeline(&j, &l, "1f1b", fwd, bwd, &with), 0);
+    assert_int_equal(with.n_evals, 7);
+    char worst[32] = "";
+    double dl = pf_loss_rel_diff(&with, &plain), dw = pf_weight_rel_diff(&plain, &with, worst);
+    printf("codecs %s / %s, evaluating every 3 steps vs never: training loss rel diff %.3g, weights rel diff %.3g\n",
+           fwd, bwd, dl, dw);
+    assert_bit_equal(dl, dw, worst);
+    assert_int_equal(pf_run_pipeline(&j, &l, "1f1b", "fp32", "fp32", &ref), 0);
+    double gap = fabs(with.eval_loss[j.steps - 1] - ref.eval_loss[j.steps - 1]) / ref.eval_loss[j.steps - 1];
+    printf("final held-out loss with %s: %.5f, lossless %.5f (gap %.3f%%)\n", fwd, with.eval_loss[j.steps - 1],
+           ref.eval_loss[j.steps - 1], gap * 100);
+    assert_true(gap <= 0.02);
+    pf_result_free(&plain);
+    pf_result_free(&with);
+    pf_result_free(&ref);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -313,6 +437,8 @@ int main(void)
         cmocka_unit_test(test_nonfinite_gradient_skipped_everywhere),
         cmocka_unit_test(test_plan_changes_micro_batch_size),
         cmocka_unit_test(test_lossy_codecs_close),
+        cmocka_unit_test(test_eval_equal),
+        cmocka_unit_test(test_eval_leaves_training_alone),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
