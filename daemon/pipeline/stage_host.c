@@ -197,21 +197,6 @@ void nb_host_free(nb_host_t *h)
     free(h);
 }
 
-static int make_optim(nb_host_t *h, hosted_t *s)
-{
-    int nt = nb_part_num_tensors(s->part);
-    nb_optim_segment_t *segs = calloc((size_t)nt, sizeof *segs);
-    if (!segs)
-        return NB_ENOMEM;
-    for (int i = 0; i < nt; i++) {
-        const nb_param_info_t *pi = nb_part_tensor(s->part, i);
-        segs[i] = (nb_optim_segment_t){ pi->offset, pi->numel, pi->decay };
-    }
-    int rc = nb_optim_new(h->be, &h->l.optim, nb_part_num_params(s->part), segs, nt, &s->optim);
-    free(segs);
-    return rc;
-}
-
 int nb_host_new(nb_backend_t *be, const nb_pipe_layout_t *l, int daemon, const char *data,
                 nb_host_t **out, char *err, size_t errlen)
 {
@@ -249,8 +234,11 @@ int nb_host_new(nb_backend_t *be, const nb_pipe_layout_t *l, int daemon, const c
             tie = h->st[h->local_of[0]].part; /* validated: stage 0 is here */
         if ((rc = nb_part_new(be, &l->model, &l->parts[s], l->seed, tie, &hs->part, err, errlen)))
             goto fail;
-        if ((rc = make_optim(h, hs))) {
-            snprintf(err, errlen, "stage %d: cannot create the optimizer (%s)", s, nb_strerror(rc));
+        /* each stage freezes the tensors of the job's patterns it holds */
+        if ((rc = nb_part_freeze(hs->part, &l->freeze)) ||
+            (rc = nb_part_optim_new(hs->part, &l->optim, &hs->optim))) {
+            snprintf(err, errlen, "stage %d: cannot create the gradients or the optimizer (%s)", s,
+                     nb_strerror(rc));
             goto fail;
         }
         size_t ab = act_elems(h) * sizeof(float), tb = bt_elems(h) * sizeof(int32_t);
@@ -299,20 +287,20 @@ nb_part_t *nb_host_part(nb_host_t *h, int i) { return h->st[i].part; }
 
 size_t nb_host_memory_bytes(const nb_host_t *h)
 {
-    size_t total = h->peak_acts_bytes;
-    for (int i = 0; i < h->n; i++)
-        total += nb_part_num_params(h->st[i].part) * sizeof(float) * 4; /* p, g, m, v */
-    return total;
+    nb_mem_model_t m;
+    nb_host_memory_parts(h, &m);
+    return (size_t)(m.weights + m.gradients + m.optimizer + m.activations);
 }
 
 void nb_host_memory_parts(const nb_host_t *h, nb_mem_model_t *out)
 {
-    uint64_t params = 0;
-    for (int i = 0; i < h->n; i++)
-        params += nb_part_num_params(h->st[i].part);
-    out->weights = params * sizeof(float);
-    out->gradients = params * sizeof(float);
-    out->optimizer = params * sizeof(float) * 2; /* AdamW m and v */
+    memset(out, 0, sizeof *out);
+    for (int i = 0; i < h->n; i++) {
+        /* frozen tensors have weights but no gradient and no AdamW state */
+        out->weights += nb_part_num_params(h->st[i].part) * sizeof(float);
+        out->gradients += nb_part_grad_bytes(h->st[i].part);
+        out->optimizer += nb_optim_numel(h->st[i].optim) * sizeof(float) * 2; /* AdamW m and v */
+    }
     out->activations = h->peak_acts_bytes;
 }
 
@@ -855,7 +843,7 @@ int nb_host_run_step(nb_host_t *h, const nb_step_plan_t *plan, const nb_pipe_io_
         hosted_t *hs = &h->st[i];
         if (nb_grad_fault_hits(&h->fault, plan->step, hs->stage))
             nb_grad_fault_poison(h->be, nb_part_grads(hs->part));
-        double si = nb_optim_sumsq(h->be, nb_part_grads(hs->part), nb_part_num_params(hs->part));
+        double si = nb_optim_sumsq(h->be, nb_part_grads(hs->part), nb_part_num_grads(hs->part));
         if (!isfinite(si))
             nonfinite |= 1ull << hs->stage;
         ss += si;

@@ -196,15 +196,8 @@ static void run_reference(const char *path)
     }
 
     /* 10 AdamW steps on the same batch */
-    nb_optim_segment_t segs[256];
-    int ns = nb_part_num_tensors(p);
-    assert_true(ns <= 256);
-    for (int i = 0; i < ns; i++) {
-        const nb_param_info_t *pi = nb_part_tensor(p, i);
-        segs[i] = (nb_optim_segment_t){ pi->offset, pi->numel, pi->decay };
-    }
     nb_optim_t *o = NULL;
-    assert_int_equal(nb_optim_new(rc.be, &rc.oc, nb_part_num_params(p), segs, ns, &o), 0);
+    assert_int_equal(nb_part_optim_new(p, &rc.oc, &o), 0);
     const nb_ref_tensor_t *lt = need(&rc, "losses");
     float ref_losses[64];
     assert_true(lt->numel <= 64);
@@ -214,7 +207,7 @@ static void run_reference(const char *path)
         assert_int_equal(nb_part_forward(p, a, &in, &loss), 0);
         assert_int_equal(nb_part_backward(p, a, NULL), 0);
         nb_part_finish_grads(p);
-        double ss = nb_optim_sumsq(rc.be, nb_part_grads(p), nb_part_num_params(p));
+        double ss = nb_optim_sumsq(rc.be, nb_part_grads(p), nb_part_num_grads(p));
         float scale = nb_optim_clip_scale(&rc.oc, ss);
         snprintf(name, sizeof name, "adamw loss %d", s);
         check_loss(name, loss, ref_losses[s]);

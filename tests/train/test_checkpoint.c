@@ -62,13 +62,7 @@ static void split_new(split_t *s, const nb_model_config_t *c, const int *cuts, i
         nb_part_t *tie = sp.head && !sp.embed && c->tie_embeddings ? s->p[0] : NULL;
         if (nb_part_new(be, c, &sp, seed + (uint64_t)i, tie, &s->p[i], err, sizeof err))
             fail_msg("%s", err);
-        nb_optim_segment_t segs[64];
-        int nt = nb_part_num_tensors(s->p[i]);
-        for (int k = 0; k < nt; k++) {
-            const nb_param_info_t *t = nb_part_tensor(s->p[i], k);
-            segs[k] = (nb_optim_segment_t){ t->offset, t->numel, t->decay };
-        }
-        assert_int_equal(nb_optim_new(be, &oc, nb_part_num_params(s->p[i]), segs, nt, &s->o[i]), 0);
+        assert_int_equal(nb_part_optim_new(s->p[i], &oc, &s->o[i]), 0);
     }
 }
 

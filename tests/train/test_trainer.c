@@ -163,13 +163,8 @@ static void test_step_recipe(void **state)
     assert_int_equal(nb_part_acts_new(p, B, T, &a), 0);
     nb_tokens_t *tk;
     assert_int_equal(nb_tokens_open(tok_path, &tk, err, sizeof err), 0);
-    int nt = nb_part_num_tensors(p);
-    nb_optim_segment_t segs[64];
-    for (int i = 0; i < nt; i++)
-        segs[i] = (nb_optim_segment_t){ nb_part_tensor(p, i)->offset, nb_part_tensor(p, i)->numel,
-                                        nb_part_tensor(p, i)->decay };
     nb_optim_t *o;
-    assert_int_equal(nb_optim_new(be, &c.optim, nb_part_num_params(p), segs, nt, &o), 0);
+    assert_int_equal(nb_part_optim_new(p, &c.optim, &o), 0);
     int32_t hin[64], htg[64];
     int32_t *din = nb_be_alloc(be, sizeof hin), *dtg = nb_be_alloc(be, sizeof htg);
     for (int s = 0; s < c.steps; s++) {
@@ -187,7 +182,7 @@ static void test_step_recipe(void **state)
         }
         nb_part_finish_grads(p);
         assert_true(loss == losses[s]);
-        double ss = nb_optim_sumsq(be, nb_part_grads(p), nb_part_num_params(p));
+        double ss = nb_optim_sumsq(be, nb_part_grads(p), nb_part_num_grads(p));
         nb_optim_step(o, nb_part_params(p), nb_part_grads(p), (float)nb_optim_lr(&c.optim, s),
                       nb_optim_clip_scale(&c.optim, ss));
     }
@@ -750,13 +745,7 @@ static void test_resume_from_stages(void **state)
     for (int i = 0; i < 2; i++) {
         nb_part_spec_t sp = { .embed = i == 0, .first = i, .last = i ? 2 : 1, .head = i == 1 };
         assert_int_equal(nb_part_new(be, &c.model, &sp, 5, i ? parts[0] : NULL, &parts[i], err, sizeof err), 0);
-        nb_optim_segment_t segs[64];
-        int nt = nb_part_num_tensors(parts[i]);
-        for (int k = 0; k < nt; k++) {
-            const nb_param_info_t *t = nb_part_tensor(parts[i], k);
-            segs[k] = (nb_optim_segment_t){ t->offset, t->numel, t->decay };
-        }
-        assert_int_equal(nb_optim_new(be, &c.optim, nb_part_num_params(parts[i]), segs, nt, &opts[i]), 0);
+        assert_int_equal(nb_part_optim_new(parts[i], &c.optim, &opts[i]), 0);
         assert_int_equal(nb_ckpt_load_part(one, m1, parts[i], opts[i], err, sizeof err), 0);
     }
     assert_int_equal(nb_ckpt_begin(two, err, sizeof err), 0);
