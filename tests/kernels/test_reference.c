@@ -3,10 +3,17 @@
  * models in tests/data/ref_*.bin (written by scripts/gen_reference.py);
  * the same model cut into 2 and 3 parts gives bit-identical loss and
  * gradients; the reference reader rejects broken files.
+ * Files with a "frozen" tensor (ref_*_frozen.bin) freeze those tensors
+ * (requires_grad False in PyTorch): the gradient buffer holds the
+ * trainable ones only and each equals the reference, the 10 AdamW steps
+ * give the reference losses and trainable weights, and every frozen
+ * weight ends bit-identical to where it started.
  *
  * Tolerances: logits and gradients: max |c - ref| <= 1e-4 * max |ref| per
- * tensor; losses: |c - ref| <= 1e-5 * |ref|. The max abs error of every
- * tensor is printed. Run from the repository root (make test does). */
+ * tensor; losses: |c - ref| <= 1e-5 * |ref|; weights after the AdamW steps
+ * (frozen files): max |c - ref| <= 1e-5 * max |ref| (qkv biases: the q
+ * and v thirds; see compare_qv_bias). The max abs error of
+ * every tensor is printed. Run from the repository root (make test does). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -126,6 +133,43 @@ static void load_weights(ref_case_t *rc, nb_part_t *p)
     }
 }
 
+/* Applies the file's "frozen" mask (one byte per tensor in buffer order;
+ * ref_*_frozen.bin) to p, matching tensors by name. Returns whether the
+ * file freezes any tensor. */
+static bool apply_frozen(ref_case_t *rc, nb_part_t *p)
+{
+    const nb_ref_tensor_t *ft = nb_ref_get(&rc->f, "frozen");
+    if (!ft)
+        return false;
+    assert_int_equal(ft->dtype, 4);
+    nb_part_spec_t full = nb_part_spec_full(&rc->cfg);
+    int nfull = 0;
+    nb_param_info_t *all = nb_part_layout(&rc->cfg, &full, &nfull);
+    assert_non_null(all);
+    assert_int_equal(ft->numel, (size_t)nfull);
+    const uint8_t *mask = ft->data;
+    int nt = nb_part_num_tensors(p);
+    bool *frozen = calloc((size_t)nt, sizeof *frozen);
+    for (int i = 0; i < nt; i++)
+        for (int k = 0; k < nfull; k++)
+            if (!strcmp(all[k].name, nb_part_tensor(p, i)->name))
+                frozen[i] = mask[k] != 0;
+    assert_int_equal(nb_part_set_frozen(p, frozen), 0);
+    size_t want = 0;
+    for (int i = 0; i < nt; i++) {
+        const nb_param_info_t *pi = nb_part_tensor(p, i);
+        assert_true(pi->trainable == !frozen[i]);
+        if (pi->trainable) {
+            assert_int_equal(pi->grad_offset, want); /* packed in buffer order */
+            want += pi->numel;
+        }
+    }
+    assert_int_equal(nb_part_num_grads(p), want);
+    free(frozen);
+    free(all);
+    return true;
+}
+
 /* Max abs error of n device floats against the reference tensor; fails
  * when it exceeds tol * max |ref|. */
 static double compare(const char *what, nb_backend_t *be, const float *dev, const nb_ref_tensor_t *ref, double tol)
@@ -149,6 +193,36 @@ static double compare(const char *what, nb_backend_t *be, const float *dev, cons
     if (!(rel <= tol))
         fail_msg("%s: relative error %.3e exceeds %.1e", what, rel, tol);
     return rel;
+}
+
+/* The q and v thirds of a trained qkv bias against the reference. The k
+ * third is left out: its gradient is zero in exact arithmetic (softmax
+ * ignores a constant added to all of a query's scores), so each side's
+ * is rounding noise of 1e-9, which AdamW's m / sqrt(v) turns into steps
+ * of the full learning rate in arbitrary directions. */
+static void compare_qv_bias(const char *what, nb_backend_t *be, const float *dev, const nb_ref_tensor_t *ref)
+{
+    size_t C = ref->numel / 3;
+    assert_int_equal(ref->numel, 3 * C);
+    float *c = malloc(ref->numel * sizeof(float)), *r = malloc(ref->numel * sizeof(float));
+    nb_be_to_host(be, c, dev, ref->numel * sizeof(float));
+    nb_ref_floats(ref, r);
+    double maxerr = 0, maxref = 0;
+    for (size_t i = 0; i < ref->numel; i++) {
+        if (i >= C && i < 2 * C)
+            continue;
+        double e = fabs((double)c[i] - r[i]);
+        if (!(e <= maxerr))
+            maxerr = isnan(e) ? INFINITY : e;
+        if (fabs(r[i]) > maxref)
+            maxref = fabs(r[i]);
+    }
+    free(c);
+    free(r);
+    double rel = maxerr / (maxref > 1e-30 ? maxref : 1e-30);
+    printf("  %-14s max abs err %.3e  max |ref| %.3e  rel %.2e (q and v thirds)\n", what, maxerr, maxref, rel);
+    if (!(rel <= 1e-5))
+        fail_msg("%s: relative error %.3e exceeds 1e-5", what, rel);
 }
 
 static void check_loss(const char *what, float c, float ref)
@@ -177,6 +251,7 @@ static void run_reference(const char *path)
     nb_part_t *p = NULL;
     assert_int_equal(nb_part_new(rc.be, &rc.cfg, &spec, 7, NULL, &p, err, sizeof err), 0);
     load_weights(&rc, p);
+    bool has_frozen = apply_frozen(&rc, p);
     nb_part_acts_t *a = NULL;
     assert_int_equal(nb_part_acts_new(p, rc.B, rc.T, &a), 0);
     nb_part_input_t in = make_input(&rc);
@@ -192,7 +267,12 @@ static void run_reference(const char *path)
     for (int i = 0; i < nb_part_num_tensors(p); i++) {
         const nb_param_info_t *pi = nb_part_tensor(p, i);
         snprintf(name, sizeof name, "g.%s", pi->name);
-        compare(name, rc.be, nb_part_grads(p) + pi->offset, need(&rc, name), 1e-4);
+        if (!pi->trainable) { /* PyTorch has no gradient for it either */
+            if (nb_ref_get(&rc.f, name))
+                fail_msg("%s is frozen here but has a gradient in the reference", pi->name);
+            continue;
+        }
+        compare(name, rc.be, nb_part_grads(p) + pi->grad_offset, need(&rc, name), 1e-4);
     }
 
     /* 10 AdamW steps on the same batch */
@@ -213,6 +293,30 @@ static void run_reference(const char *path)
         check_loss(name, loss, ref_losses[s]);
         nb_optim_step(o, nb_part_params(p), nb_part_grads(p), (float)nb_optim_lr(&rc.oc, s), scale);
     }
+    if (has_frozen)
+        for (int i = 0; i < nb_part_num_tensors(p); i++) {
+            const nb_param_info_t *pi = nb_part_tensor(p, i);
+            if (pi->trainable) {
+                snprintf(name, sizeof name, "w_end.%s", pi->name);
+                size_t len = strlen(pi->name);
+                if (len > 6 && !strcmp(pi->name + len - 6, ".qkv.b"))
+                    compare_qv_bias(name, rc.be, nb_part_params(p) + pi->offset, need(&rc, name));
+                else
+                    compare(name, rc.be, nb_part_params(p) + pi->offset, need(&rc, name), 1e-5);
+                continue;
+            }
+            /* frozen: the very bits it started with */
+            snprintf(name, sizeof name, "w.%s", pi->name);
+            const nb_ref_tensor_t *w0 = need(&rc, name);
+            float *a0 = malloc(pi->numel * sizeof(float)), *a1 = malloc(pi->numel * sizeof(float));
+            nb_ref_floats(w0, a0);
+            nb_be_to_host(rc.be, a1, nb_part_params(p) + pi->offset, pi->numel * sizeof(float));
+            if (memcmp(a0, a1, pi->numel * sizeof(float)) != 0)
+                fail_msg("frozen tensor %s changed in training", pi->name);
+            printf("  %-14s frozen: bit-identical after %d steps\n", pi->name, (int)lt->numel);
+            free(a0);
+            free(a1);
+        }
     nb_optim_free(o);
     nb_part_acts_free(a);
     nb_part_free(p);
@@ -226,6 +330,12 @@ static void test_tokcls(void **state) { run_reference("tests/data/ref_tokcls.bin
 /* erf GELU with BERT's eps 1e-12; erf GELU with eps 0.05 (pre-LN, lm) */
 static void test_bert_erf(void **state) { run_reference("tests/data/ref_bert_erf.bin"); }
 static void test_gpt_erf(void **state) { run_reference("tests/data/ref_gpt_erf.bin"); }
+/* frozen tensors (job.freeze): tied wte + block 0 (wpe trains); scattered
+ * weights, LayerNorm halves, the embedding LayerNorm and lm.w of a BERT;
+ * everything but the classifier */
+static void test_gpt_frozen(void **state) { run_reference("tests/data/ref_gpt_frozen.bin"); }
+static void test_bert_frozen(void **state) { run_reference("tests/data/ref_bert_frozen.bin"); }
+static void test_seqcls_frozen(void **state) { run_reference("tests/data/ref_seqcls_frozen.bin"); }
 
 /* Runs the model cut at cuts[0..n] (part i holds blocks [cuts[i], cuts[i+1]),
  * the embedding in part 0 and the head in part n-1) and checks the loss and
@@ -243,6 +353,7 @@ static void run_split(ref_case_t *rc, const int *cuts, int nparts, float full_lo
         if (r)
             fail_msg("part %d: %s", i, err);
         load_weights(rc, parts[i]);
+        apply_frozen(rc, parts[i]);
         assert_int_equal(nb_part_acts_new(parts[i], rc->B, rc->T, &acts[i]), 0);
     }
     nb_part_input_t in = make_input(rc);
@@ -273,15 +384,18 @@ static void run_split(ref_case_t *rc, const int *cuts, int nparts, float full_lo
             assert_true(fk >= 0);
             const nb_param_info_t *fi = nb_part_tensor(full, fk);
             assert_int_equal(fi->numel, pi->numel);
+            assert_true(fi->trainable == pi->trainable);
+            if (!pi->trainable)
+                continue;
             float *h = malloc(pi->numel * sizeof(float));
-            nb_be_to_host(rc->be, h, nb_part_grads(parts[i]) + pi->offset, pi->numel * sizeof(float));
-            if (memcmp(h, full_grads + fi->offset, pi->numel * sizeof(float)) != 0)
+            nb_be_to_host(rc->be, h, nb_part_grads(parts[i]) + pi->grad_offset, pi->numel * sizeof(float));
+            if (memcmp(h, full_grads + fi->grad_offset, pi->numel * sizeof(float)) != 0)
                 fail_msg("gradient of %s differs between the split and the full model", pi->name);
             free(h);
             total += pi->numel;
         }
     }
-    assert_int_equal(total, nb_part_num_params(full));
+    assert_int_equal(total, nb_part_num_grads(full));
     for (int i = nparts - 1; i >= 0; i--) {
         nb_part_acts_free(acts[i]);
         nb_part_free(parts[i]);
@@ -297,6 +411,7 @@ static void split_case(const char *path)
     nb_part_t *p = NULL;
     assert_int_equal(nb_part_new(rc.be, &rc.cfg, &spec, 7, NULL, &p, err, sizeof err), 0);
     load_weights(&rc, p);
+    apply_frozen(&rc, p);
     nb_part_acts_t *a = NULL;
     assert_int_equal(nb_part_acts_new(p, rc.B, rc.T, &a), 0);
     nb_part_input_t in = make_input(&rc);
@@ -304,8 +419,8 @@ static void split_case(const char *path)
     assert_int_equal(nb_part_forward(p, a, &in, &loss), 0);
     assert_int_equal(nb_part_backward(p, a, NULL), 0);
     nb_part_finish_grads(p);
-    float *grads = malloc(nb_part_num_params(p) * sizeof(float));
-    nb_be_to_host(rc.be, grads, nb_part_grads(p), nb_part_num_params(p) * sizeof(float));
+    float *grads = malloc(nb_part_num_grads(p) * sizeof(float));
+    nb_be_to_host(rc.be, grads, nb_part_grads(p), nb_part_num_grads(p) * sizeof(float));
     int L = rc.cfg.n_layer;
     assert_true(L >= 1);
     /* every 2-part cut, and 3-part cuts with an embedding-only first part
@@ -333,6 +448,11 @@ static void test_split_bert(void **state) { split_case("tests/data/ref_bert.bin"
 static void test_split_seqcls(void **state) { split_case("tests/data/ref_seqcls.bin"); }
 static void test_split_tokcls(void **state) { split_case("tests/data/ref_tokcls.bin"); }
 static void test_split_bert_erf(void **state) { split_case("tests/data/ref_bert_erf.bin"); }
+/* frozen tensors in every split: each part freezes what it holds (a tied
+ * head in its own part follows the embedding part's frozen wte) */
+static void test_split_gpt_frozen(void **state) { split_case("tests/data/ref_gpt_frozen.bin"); }
+static void test_split_bert_frozen(void **state) { split_case("tests/data/ref_bert_frozen.bin"); }
+static void test_split_seqcls_frozen(void **state) { split_case("tests/data/ref_seqcls_frozen.bin"); }
 
 /* Writes len bytes of buf to a temporary file and returns its path. */
 static const char *write_tmp(const void *buf, size_t len)
@@ -391,11 +511,17 @@ int main(void)
         cmocka_unit_test(test_tokcls),
         cmocka_unit_test(test_bert_erf),
         cmocka_unit_test(test_gpt_erf),
+        cmocka_unit_test(test_gpt_frozen),
+        cmocka_unit_test(test_bert_frozen),
+        cmocka_unit_test(test_seqcls_frozen),
         cmocka_unit_test(test_split_gpt),
         cmocka_unit_test(test_split_bert),
         cmocka_unit_test(test_split_seqcls),
         cmocka_unit_test(test_split_tokcls),
         cmocka_unit_test(test_split_bert_erf),
+        cmocka_unit_test(test_split_gpt_frozen),
+        cmocka_unit_test(test_split_bert_frozen),
+        cmocka_unit_test(test_split_seqcls_frozen),
         cmocka_unit_test(test_reader_rejects),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
