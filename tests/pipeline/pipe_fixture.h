@@ -50,6 +50,7 @@ typedef struct {
     int B, T, m, steps;
     int plan_B;            /* micro-batch size the plans carry; 0 keeps the layout's */
     char data[256];
+    nb_freeze_spec_t freeze; /* frozen tensors (job.freeze); zero: none */
 } pf_job_t;
 
 static inline pf_job_t pf_job_default(const char *data)
@@ -119,6 +120,7 @@ static inline int pf_run_trainer(const pf_job_t *j, pf_result_t *r)
     c.micro_batches = j->m;
     c.seq_len = j->T;
     c.steps = j->steps;
+    c.freeze = j->freeze;
     snprintf(c.data, sizeof c.data, "%s", j->data);
     nb_backend_t *be = nb_cpu_backend_new();
     nb_trainer_t *t;
@@ -239,6 +241,7 @@ static inline void pf_layout(const pf_job_t *j, int p, const int *placement, int
     l->micro_batch_size = j->B;
     l->seq_len = j->T;
     l->optim = j->optim;
+    l->freeze = j->freeze;
     int first = 0;
     for (int s = 0; s < p; s++) {
         int n = j->model.n_layer / p + (s < j->model.n_layer % p ? 1 : 0);
