@@ -345,11 +345,9 @@ int nb_job_from_msg(const Nebula__Job *msg, nb_job_desc_t *out, int *your_daemon
     }
     l->freeze.n_freeze = (int)msg->n_freeze;
     l->freeze.n_trainable = (int)msg->n_trainable;
-    {
-        char why2[384];
-        if (nb_freeze_check(&l->model, &l->freeze, why2, sizeof why2))
-            BAD(NB_EINVAL, "job: %s", why2);
-    }
+    char fwhy[384];
+    if (nb_freeze_check(&l->model, &l->freeze, fwhy, sizeof fwhy))
+        BAD(NB_EINVAL, "job: %s", fwhy);
     if ((why = nb_pipe_layout_validate(l)))
         BAD(NB_EINVAL, "job: %s", why);
     out->n_daemons = l->n_daemons;
