@@ -240,6 +240,15 @@ static void test_bad_config(void **state)
     c = small_config();
     snprintf(c.data, sizeof c.data, "/nonexistent/data.tok");
     expect_refused(c, "/nonexistent/data.tok");
+    /* job.freeze: a pattern naming no tensor (2 blocks: h0, h1), and
+     * everything frozen */
+    c = small_config();
+    c.freeze.n_freeze = 2;
+    snprintf(c.freeze.freeze[0], sizeof c.freeze.freeze[0], "wte");
+    snprintf(c.freeze.freeze[1], sizeof c.freeze.freeze[1], "h2.*");
+    expect_refused(c, "job.freeze[1] \"h2.*\" matches no tensor of the model");
+    snprintf(c.freeze.freeze[1], sizeof c.freeze.freeze[1], "*");
+    expect_refused(c, "nothing would train");
 }
 
 static void test_weights_file(void **state)
@@ -663,6 +672,84 @@ static void test_checkpoint_resume(void **state)
     nb_be_free(be);
 }
 
+/* Frozen tensors (job.freeze) through a checkpoint: 3 steps, save,
+ * resume in a new trainer with the same freeze, 3 more: the losses and
+ * weights of 6 steps without a break, bit for bit, and the frozen tensors
+ * still hold their seeded weights. A trainer that would train them (no
+ * freeze) refuses the checkpoint, naming the tensor, and stays as it was. */
+static void test_frozen_resume(void **state)
+{
+    nb_train_config_t c = small_config();
+    c.steps = c.optim.total_steps = 6;
+    c.optim.weight_decay = 0.1f;
+    c.freeze.n_freeze = 2;
+    snprintf(c.freeze.freeze[0], sizeof c.freeze.freeze[0], "wte");
+    snprintf(c.freeze.freeze[1], sizeof c.freeze.freeze[1], "h0.*");
+    float ref[6], unfrozen[6];
+    float *wref, *wun;
+    size_t n;
+    run(&c, ref, &wref, &n);
+    nb_train_config_t u = c;
+    memset(&u.freeze, 0, sizeof u.freeze);
+    run(&u, unfrozen, &wun, &n);
+    assert_true(ref[5] != unfrozen[5]); /* freezing changed the run */
+
+    char ck[160], err[1024], cmd[200];
+    snprintf(ck, sizeof ck, "%s.frozen", w_path);
+    nb_backend_t *be = nb_cpu_backend_new();
+    nb_trainer_t *a, *b;
+    nb_train_step_t st;
+    assert_int_equal(nb_trainer_new(be, &c, &a, err, sizeof err), 0);
+    size_t n0;
+    float *seeded = params_copy(a, &n0);
+    for (int s = 0; s < 3; s++) {
+        assert_int_equal(nb_trainer_step(a, &st, err, sizeof err), 0);
+        assert_true(st.loss == ref[s]);
+    }
+    assert_int_equal(nb_trainer_save(a, ck, err, sizeof err), 0);
+    nb_trainer_free(a);
+    assert_int_equal(nb_trainer_new(be, &c, &b, err, sizeof err), 0);
+    if (nb_trainer_resume(b, ck, err, sizeof err))
+        fail_msg("%s", err);
+    for (int s = 3; s < 6; s++) {
+        assert_int_equal(nb_trainer_step(b, &st, err, sizeof err), 0);
+        assert_true(st.loss == ref[s]);
+    }
+    float *w = params_copy(b, &n0);
+    assert_memory_equal(w, wref, n * 4);
+    nb_part_t *p = nb_trainer_part(b);
+    int frozen = 0;
+    for (int i = 0; i < nb_part_num_tensors(p); i++) {
+        const nb_param_info_t *t = nb_part_tensor(p, i);
+        bool same = memcmp(w + t->offset, seeded + t->offset, t->numel * 4) == 0;
+        if (same != !t->trainable)
+            fail_msg("%s (%s) %s", t->name, t->trainable ? "trainable" : "frozen", same ? "did not change" : "changed");
+        frozen += !t->trainable;
+    }
+    assert_int_equal(frozen, 13); /* wte and h0's 12 */
+    printf("  3 + 3 steps with wte and h0.* frozen: bit-identical to 6; %d frozen tensors as seeded\n", frozen);
+    nb_trainer_free(b);
+    /* the same checkpoint, resumed by a run that trains everything */
+    assert_int_equal(nb_trainer_new(be, &u, &b, err, sizeof err), 0);
+    float *before = params_copy(b, &n0);
+    assert_int_equal(nb_trainer_resume(b, ck, err, sizeof err), NB_EINVAL);
+    printf("  refused: %s\n", err);
+    assert_non_null(strstr(err, "tensor 'wte' trains in this run but has no AdamW state"));
+    assert_int_equal(nb_trainer_steps_done(b), 0);
+    float *after = params_copy(b, &n0);
+    assert_memory_equal(before, after, n0 * 4);
+    nb_trainer_free(b);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", ck);
+    assert_int_equal(system(cmd), 0);
+    free(before);
+    free(after);
+    free(w);
+    free(seeded);
+    free(wref);
+    free(wun);
+    nb_be_free(be);
+}
+
 /* 100 steps in legs of 50 + 50 and 33 + 33 + 34, each leg a new trainer
  * resuming the previous leg's checkpoint: the final weights equal 100
  * steps without a break, bit for bit. */
@@ -998,6 +1085,7 @@ int main(void)
         cmocka_unit_test(test_eval_split),
         cmocka_unit_test(test_checkpoint_resume),
         cmocka_unit_test(test_resume_legs),
+        cmocka_unit_test(test_frozen_resume),
         cmocka_unit_test(test_resume_from_stages),
         cmocka_unit_test(test_resume_after_skipped),
         cmocka_unit_test(test_nonfinite_gradient_skips),
