@@ -266,9 +266,10 @@ def main():
     bert_hf = dict(bert, ln_eps=1e-12, gelu="erf")
     gpt_erf = dict(gpt, ln_eps=0.05, gelu="erf")
     # Frozen tensors (job.freeze): a tied wte (the lm head frozen with it)
-    # beside a trainable wpe, below a frozen block; frozen weights beside
-    # trainable biases, LayerNorm halves and the embedding LayerNorm, and an
-    # untied lm head; a classifier fine-tuned on a frozen encoder.
+    # beside a trainable wpe, below a frozen block; the bottom of a model
+    # (embedding and block 0: backward stops above them); frozen weights
+    # beside trainable biases, LayerNorm halves and the embedding LayerNorm,
+    # and an untied lm head; a classifier fine-tuned on a frozen encoder.
     h1 = ["h1.ln1.w", "h1.ln2.b"]
     cases = [
         ("ref_gpt.bin", gpt, 4, 16, 1, ()),
@@ -278,6 +279,8 @@ def main():
         ("ref_bert_erf.bin", bert_hf, 4, 16, 5, ()),
         ("ref_gpt_erf.bin", gpt_erf, 4, 16, 6, ()),
         ("ref_gpt_frozen.bin", gpt, 4, 16, 7, ["wte"] + [n for n, _ in param_list(gpt) if n.startswith("h0.")]),
+        ("ref_gpt_bottom_frozen.bin", gpt, 4, 16, 10,
+         ["wte", "wpe"] + [n for n, _ in param_list(gpt) if n.startswith("h0.")]),
         ("ref_bert_frozen.bin", bert, 4, 16, 8, ["emb_ln.w", "emb_ln.b", "h0.qkv.w", "h0.fc.w", "lm.w"] + h1),
         ("ref_seqcls_frozen.bin", seqcls, 4, 8, 9, [n for n, _ in param_list(seqcls) if not n.startswith("cls.")]),
     ]
