@@ -181,8 +181,9 @@ int nb_ckpt_verify_values(const char *dir, const nb_ckpt_manifest_t *m, uint64_t
  * be NULL: the parameters alone, frozen or not. Values are staged in host
  * memory (p's parameters plus 2 x its trainable ones; 1 x with o NULL):
  * nothing in p or o changes unless all of it loads. Errors: NB_EINVAL
- * (another model, another frozen set), NB_ENOENT (a tensor no file present holds, naming the tensor and
- * a missing file that may), NB_EFORMAT, NB_EIO, NB_ENOMEM. */
+ * (another model, another frozen set), NB_ENOENT (a tensor no file
+ * present holds, naming the tensor and a missing file that may),
+ * NB_EFORMAT, NB_EIO, NB_ENOMEM. */
 int nb_ckpt_load_part(const char *dir, const nb_ckpt_manifest_t *m, nb_part_t *p, nb_optim_t *o, char *err,
                       size_t errlen);
 
