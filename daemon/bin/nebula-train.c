@@ -10,7 +10,10 @@
  * and writes the weights to job.output (when set) at the end. With
  * job.init the run starts from pretrained weights (a weights file or
  * safetensors, docs/import-export.md) instead of seeded ones; a --resume
- * checkpoint takes precedence.
+ * checkpoint takes precedence. With job.freeze (and job.trainable) the
+ * matching tensors stay as they are, with no gradient or optimizer state
+ * (docs/config.md); the run prints what is frozen and the memory of the
+ * weights, gradients and optimizer state.
  *   --steps N         train N steps instead of job.steps (the LR schedule
  *                     follows N)
  *   --stop-after N    stop once N steps are done (schedule unchanged)
