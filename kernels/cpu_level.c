@@ -238,6 +238,33 @@ bool nb_cpu_blas_advice(char *buf, size_t cap)
     return true;
 }
 
+static struct {
+    pthread_once_t once;
+    int total;
+} blas_threads = { PTHREAD_ONCE_INIT, 1 };
+
+static void blas_threads_once(void)
+{
+    int n = openblas_get_num_threads();
+    blas_threads.total = n > 0 ? n : 1;
+}
+
+int nb_cpu_blas_threads_total(void)
+{
+    pthread_once(&blas_threads.once, blas_threads_once);
+    return blas_threads.total;
+}
+
+int nb_cpu_blas_share(int callers)
+{
+    int total = nb_cpu_blas_threads_total();
+    int each = callers > 1 ? total / callers : total;
+    if (each < 1)
+        each = 1;
+    openblas_set_num_threads(each);
+    return each;
+}
+
 void nb_cpu_describe(char *buf, size_t cap)
 {
     nb_cpu_level_t level;

@@ -63,6 +63,16 @@ const char *nb_cpu_blas_core(void);
  * choice fits the processor. */
 bool nb_cpu_blas_advice(char *buf, size_t cap);
 
+/* OpenBLAS's thread count when the process first asked (OPENBLAS_NUM_THREADS,
+ * or one per core): the budget that callers running matrix products at the
+ * same time share. */
+int nb_cpu_blas_threads_total(void);
+/* Shares that budget among `callers` threads that call BLAS at the same
+ * time (the CPU replicas of a stage): sets OpenBLAS's process-wide thread
+ * count to max(1, total / callers) and returns it; callers <= 1 gives the
+ * whole budget back. The thread count changes sgemm's rounding. */
+int nb_cpu_blas_share(int callers);
+
 /* One line naming the kernels in use, for --version, logs, status and
  * checkpoints: "<level> blas=<core>", e.g. "avx512 blas=SkylakeX". Writes at
  * most cap bytes, always terminated; an invalid NEBULA_CPU_LEVEL shows as

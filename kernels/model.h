@@ -256,15 +256,38 @@ typedef struct {
                                 seqcls; < 0 = ignored. NULL = no loss, no backward. */
     float loss_scale;        /* head parts: gradient of the loss that backward
                                 propagates (1/m for m accumulated micro-batches) */
+    long loss_count;         /* head parts: 0 = normalise by this call's counted
+                                targets; > 0 = this call is one shard of a larger
+                                micro-batch with loss_count counted targets in
+                                all: loss and gradient are normalised by it, and
+                                a shard without a counted target is allowed */
 } nb_part_input_t;
 
 /* Runs the part forward for one micro-batch. Head parts with targets also
- * compute the loss (mean over counted targets, not scaled) into *loss and
+ * compute the loss (mean over counted targets, not scaled; with loss_count
+ * the shard's share: its sum over loss_count) into *loss and
  * the gradient of the logits for backward. Token IDs and targets are
  * checked on the host first. Errors: NB_EINVAL (a missing input, a token
  * outside the vocabulary, a target outside the classes, or no counted
  * target). */
 int nb_part_forward(nb_part_t *p, nb_part_acts_t *a, const nb_part_input_t *in, float *loss);
+/* Called by nb_part_backward on its thread each time the gradients from
+ * float `offset` to the end of the flat gradient buffer (the trainable
+ * tensors' offsets, nb_param_info_t.grad_offset) are complete for
+ * that call: after the head, after each block (last to first), after the
+ * embedding (offset 0), as the buffer is laid out in the reverse order.
+ * The ops are enqueued, not necessarily done: on an asynchronous backend
+ * the callee orders after them. A caller reducing gradients across data-
+ * parallel replicas starts on them while the rest of the backward runs.
+ * A tied head's share of wte is not in the embedding's range until
+ * nb_part_finish_grads(). */
+typedef void (*nb_part_grad_ready_cb)(void *ud, size_t offset);
+/* Sets (cb not NULL) or removes the callback of p's backward. */
+void nb_part_set_grad_ready(nb_part_t *p, nb_part_grad_ready_cb cb, void *ud);
+/* True when a head part is tied to p's wte (p holds the embedding and the
+ * head's share of its gradient arrives through nb_part_finish_grads). */
+bool nb_part_has_tied_head(const nb_part_t *p);
+
 /* Backward of the last forward on a: dout (B,T,C) device for parts without
  * the head, NULL for head parts. Accumulates parameter gradients; leaves the
  * input gradient in nb_part_acts_dinput(a) for parts without the embedding.

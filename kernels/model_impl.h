@@ -25,6 +25,8 @@ enum { NB_H_LNFW, NB_H_LNFB, NB_H_LMW, NB_H_CLSW, NB_H_CLSB, NB_H_COUNT };
 typedef struct {
     float *w[NB_B_COUNT];
     float *g[NB_B_COUNT];
+    size_t goff;               /* the block's first float in the gradient buffer
+                                  (where its trainable tensors start) */
 } nb_block_ptrs_t;
 
 struct nb_part {
@@ -55,6 +57,10 @@ struct nb_part {
     nb_part_t *tied_owner;     /* the part holding wte (this one or tie_with) */
     bool tied_pending;         /* tied_grad holds terms not yet added */
     nb_part_t *tied_head;      /* on the wte owner: the head part tied to it */
+    size_t head_offset;        /* first float of the head's tensors (n_params without) */
+    size_t head_goff;          /* the same in the gradient buffer (n_grads without) */
+    nb_part_grad_ready_cb grad_ready; /* nb_part_set_grad_ready */
+    void *grad_ready_ud;
     /* backward scratch, device, sized for scratch_bt rows */
     size_t scratch_bt;
     void *scratch;

@@ -87,6 +87,7 @@ int nb__part_build_layout(nb_part_t *p, int cap)
             rc |= add_tensor(p, cap, name, cols[t] ? 2 : 1, rows[t], cols[t], (uint32_t)l, (uint32_t)t);
         }
     }
+    p->head_offset = p->n_params;
     if (p->spec.head) {
         if (head_has_lnf(c)) {
             rc |= add_tensor(p, cap, "lnf.w", 1, C, 0, NB_INIT_KEY_HEAD, NB_H_LNFW);
@@ -104,10 +105,20 @@ int nb__part_build_layout(nb_part_t *p, int cap)
 
 void nb__part_resolve(nb_part_t *p)
 {
+    size_t go = 0; /* gradient floats of the tensors before i */
+    bool head_seen = false;
     for (int i = 0; i < p->n_info; i++) {
         uint32_t key = p->init_key[i], id = p->init_id[i];
         float *w = p->params + p->info[i].offset;
         float *g = p->info[i].trainable ? p->grads + p->info[i].grad_offset : NULL;
+        if (key == NB_INIT_KEY_HEAD && !head_seen) {
+            p->head_goff = go;
+            head_seen = true;
+        } else if (key < NB_INIT_KEY_EMBED && id == 0) {
+            p->blocks[key - (uint32_t)p->spec.first].goff = go;
+        }
+        if (p->info[i].trainable)
+            go += p->info[i].numel;
         if (key == NB_INIT_KEY_EMBED) {
             p->ew[id] = w;
             p->eg[id] = g;
@@ -120,6 +131,8 @@ void nb__part_resolve(nb_part_t *p)
             b->g[id] = g;
         }
     }
+    if (!head_seen)
+        p->head_goff = go;
 }
 
 /* Standard deviation of the normal init of a 2-D tensor (GPT-2 scheme:

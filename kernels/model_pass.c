@@ -209,8 +209,10 @@ static int head_fwd(nb_part_t *p, nb_part_acts_t *a, const nb_part_input_t *in, 
         return 0;
     nb_be_copy(be, a->targets, in->targets, (size_t)rows * sizeof(int32_t));
     long count = check_ids(a, a->targets, (size_t)rows, cols, true);
-    if (count <= 0)
+    if (count < 0 || (count == 0 && in->loss_count <= 0) || (in->loss_count > 0 && count > in->loss_count))
         return NB_EINVAL; /* a target out of range, or none counted */
+    if (in->loss_count > 0) /* a shard: normalised by the whole micro-batch */
+        count = in->loss_count;
     nb_xent_fwd_bwd(be, a->losses, a->dlogits, a->logits, a->targets,
                     in->loss_scale / (float)count, rows, cols);
     nb_be_to_host(be, a->host_losses, a->losses, (size_t)rows * sizeof(float));
@@ -330,6 +332,8 @@ int nb_part_backward(nb_part_t *p, nb_part_acts_t *a, const float *dout)
     if (p->spec.head) {
         head_bwd(p, a, p->d_ping);
         cur = p->d_ping;
+        if (p->grad_ready)
+            p->grad_ready(p->grad_ready_ud, p->head_goff);
     }
     /* blocks below bwd_stop and the embedding are frozen and nothing below
      * them needs a gradient (a part with the embedding only) */
@@ -338,15 +342,29 @@ int nb_part_backward(nb_part_t *p, nb_part_acts_t *a, const float *dout)
         float *next = cur == p->d_ping ? p->d_pong : p->d_ping;
         block_bwd(p, a, i, x, cur, next);
         cur = next;
+        if (p->grad_ready) /* the block's first float in the gradient buffer */
+            p->grad_ready(p->grad_ready_ud, p->blocks[i].goff);
     }
-    if (!p->spec.embed)
+    if (p->spec.embed) {
+        if (p->bwd_stop == 0)
+            embed_bwd(p, a, cur);
+        if (p->grad_ready) /* frozen blocks below bwd_stop hold no gradient */
+            p->grad_ready(p->grad_ready_ud, 0);
+    } else {
         nb_be_copy(be, a->dinput, cur, nC);
-    else if (p->bwd_stop == 0)
-        embed_bwd(p, a, cur);
+    }
     a->can_bwd = false;
     a->fwd_done = false;
     return 0;
 }
+
+void nb_part_set_grad_ready(nb_part_t *p, nb_part_grad_ready_cb cb, void *ud)
+{
+    p->grad_ready = cb;
+    p->grad_ready_ud = ud;
+}
+
+bool nb_part_has_tied_head(const nb_part_t *p) { return p->tied_head != NULL; }
 
 const float *nb_part_acts_output(const nb_part_acts_t *a) { return head_input(a); }
 const float *nb_part_acts_dinput(const nb_part_acts_t *a) { return a->dinput; }

@@ -284,8 +284,11 @@ static int print_status(const ctl_opts_t *o, json_t *r)
     printf("traffic   raw %s  wire %s  ratio %s\n", bytes(a, sizeof a, j, "bytes_raw"),
            bytes(b, sizeof b, j, "bytes_wire"), num(c, sizeof c, j, "compression_ratio", "%.2f", 1));
     const char *layers = str(j, "layers");
+    json_int_t replicas = json_integer_value(json_object_get(j, "replicas"));
     if (strcmp(layers, "-") != 0 && layers[0])
         printf("part      %s\n", layers);
+    if (replicas > 1)
+        printf("replicas  %lld, one per device; a micro-batch is split across them\n", (long long)replicas);
     json_t *codecs = json_object_get(j, "codecs");
     printf("plan      micro-batches %s  schedule %s  codecs forward %s backward %s\n",
            json_integer_value(json_object_get(j, "micro_batches")) ? num(a, sizeof a, j, "micro_batches", "%.0f", 1)

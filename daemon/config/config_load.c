@@ -670,6 +670,20 @@ static int check_all(cfg_ctx_t *c, nb_config_t *cfg)
         snprintf(cfg->devices[0].text, sizeof cfg->devices[0].text, "cpu");
         cfg->devices[0].index = -1;
     }
+    /* Each device runs one replica of the daemon's stages (docs/pipeline.md,
+     * "Replicas"): CPU replicas share the host's cores and may repeat; a GPU
+     * holds one replica, and one stage runs on one kind of device. */
+    for (int i = 0; i < cfg->n_devices; i++) {
+        char p[32];
+        snprintf(p, sizeof p, "devices[%d]", i);
+        if (cfg->devices[i].cuda != cfg->devices[0].cuda)
+            return fail_path(c, p, "'%s' after '%s': the replicas of a stage run on one kind of device; list only "
+                             "cpu or only cuda:N devices", cfg->devices[i].text, cfg->devices[0].text);
+        for (int j = 0; j < i; j++)
+            if (cfg->devices[i].cuda && cfg->devices[j].index == cfg->devices[i].index)
+                return fail_path(c, p, "%s is listed twice (devices[%d] and devices[%d]); each replica needs a "
+                                 "device of its own", cfg->devices[i].text, j, i);
+    }
     if (cfg->status_socket[0] == 0)
         snprintf(cfg->status_socket, sizeof cfg->status_socket, "/run/nebula/%s.sock", cfg->name);
     if (cfg->heartbeat_timeout_s <= cfg->heartbeat_interval_s)

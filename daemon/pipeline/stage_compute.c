@@ -101,22 +101,30 @@ static void trace_step(nb_stage_rt_t *rt, const nb_step_result_t *res)
     }
 }
 
-/* The backend of the daemon's first configured device ("cpu" or "cuda:N").
- * NULL with the reason in why when it cannot be opened. */
-static nb_backend_t *open_backend(const nb_config_t *cfg, char *why, size_t whylen)
+/* One backend per configured device ("cpu" or "cuda:N"): the stage's
+ * replicas (docs/pipeline.md, "Replicas"). Returns the count, or 0 with the
+ * reason in why when one cannot be opened (none is kept then). */
+static int open_backends(const nb_config_t *cfg, nb_backend_t **bes, char *why, size_t whylen)
 {
-    const nb_cfg_device_t *dev = cfg->n_devices > 0 ? &cfg->devices[0] : NULL;
-    if (!dev || !dev->cuda) {
-        nb_backend_t *be = nb_cpu_backend_new();
-        if (!be)
-            snprintf(why, whylen, "cannot create the CPU backend");
-        return be;
+    int n = cfg->n_devices > 0 ? cfg->n_devices : 1;
+    if (n > 1 && cfg->devices[0].cuda) {
+        snprintf(why, whylen, "devices: %d CUDA devices: replicas on CUDA devices need the NCCL all-reduce engine, "
+                 "which this version does not have (docs/pipeline.md, \"Replicas\"); list one CUDA device", n);
+        return 0;
     }
-    const char *reason = NULL;
-    nb_backend_t *be = nb_cuda_backend_new(dev->index, &reason);
-    if (!be)
-        snprintf(why, whylen, "device %s: %s", dev->text, reason ? reason : "cannot be opened");
-    return be;
+    for (int r = 0; r < n; r++) {
+        const nb_cfg_device_t *dev = cfg->n_devices > 0 ? &cfg->devices[r] : NULL;
+        const char *reason = NULL;
+        bes[r] = !dev || !dev->cuda ? nb_cpu_backend_new() : nb_cuda_backend_new(dev->index, &reason);
+        if (!bes[r]) {
+            snprintf(why, whylen, "device %s: %s", dev ? dev->text : "cpu",
+                     reason ? reason : "cannot be opened");
+            while (r-- > 0)
+                nb_be_free(bes[r]);
+            return 0;
+        }
+    }
+    return n;
 }
 
 static void log_init_note(void *ud, const char *note)
@@ -268,7 +276,7 @@ static int handle_job(nb_stage_rt_t *rt, compute_t *c, const char *be_why, const
         }
         c->prepared = false;
         c->has_last_commit = false;
-        rc = nb_host_new(c->be, &d.layout, me, rt->cfg->data, &c->host, err, sizeof err);
+        rc = nb_host_new_replicas(c->bes, c->n_bes, &d.layout, me, rt->cfg->data, &c->host, err, sizeof err);
         if (rc == 0 && msg->resume == NEBULA__JOB__RESUME__RESUME_CHECKPOINT)
             rc = nb__stage_ckpt_restore(rt, c->host, msg->manifest, msg->resume_step, err, sizeof err);
         else if (rc == 0 && msg->resume_step != 0) {
@@ -276,6 +284,8 @@ static int handle_job(nb_stage_rt_t *rt, compute_t *c, const char *be_why, const
             rc = NB_EFORMAT;
         } else if (rc == 0 && msg->pretrained)
             rc = init_parts(rt, c->host, err, sizeof err);
+        if (rc == 0 && (rc = nb_host_sync_replicas(c->host))) /* replica 0 was filled */
+            snprintf(err, sizeof err, "out of memory copying the weights to the replicas");
         c->committed = msg->resume_step;
         if (rc && c->host) {
             nb_host_free(c->host);
@@ -412,6 +422,8 @@ static int handle_plan(nb_stage_rt_t *rt, compute_t *c, const Nebula__Plan *p)
     }
     c->prepared = true;
     c->last_m = plan.m;
+    if (!isnan(res.loss)) /* the coordinator logs four decimals; tests compare runs closer */
+        nb_log_debug(NULL, "step %lld loss %.9g", (long long)plan.step + 1, res.loss);
     for (int s = 0; s < rt->job.layout.p; s++)
         if (res.nonfinite_stages >> s & 1)
             nb_log_warn(NULL, "step %lld: stage %d's gradient is not finite (NaN or Inf); the coordinator "
@@ -442,6 +454,7 @@ static int handle_plan(nb_stage_rt_t *rt, compute_t *c, const Nebula__Plan *p)
     j.micro_batches = plan.m;
     nb_sched_format(&plan.sched, j.schedule, sizeof j.schedule);
     layers_text(&rt->job.layout, rt->me, j.layers, sizeof j.layers);
+    j.replicas = nb_host_replicas(host);
     nb_state_job_update(rt->state, &j);
     out_item_t *o = calloc(1, sizeof *o);
     if (!o)
@@ -550,9 +563,12 @@ void *nb__stage_compute_main(void *arg)
     char why[256] = "";
     compute_t c;
     memset(&c, 0, sizeof c);
-    c.be = open_backend(rt->cfg, why, sizeof why);
+    c.n_bes = open_backends(rt->cfg, c.bes, why, sizeof why);
+    c.be = c.n_bes ? c.bes[0] : NULL;
     if (!c.be)
         nb_log_error(NULL, "%s; every job will be refused", why);
+    else if (c.n_bes > 1)
+        nb_log_info(NULL, "%d replicas of each stage, one per device (docs/pipeline.md, \"Replicas\")", c.n_bes);
     for (;;) {
         void *item;
         if (nb_mbox_pop(rt->ctl, &item, -1) != 0)
@@ -590,6 +606,7 @@ void *nb__stage_compute_main(void *arg)
     }
     nb__stage_ckpt_release(&c);
     nb_host_free(c.host);
-    nb_be_free(c.be);
+    for (int r = 0; r < c.n_bes; r++)
+        nb_be_free(c.bes[r]);
     return NULL;
 }

@@ -10,6 +10,7 @@
 #include <time.h>
 #include "daemon/data/tokens.h"
 #include "daemon/pipeline/stage_host.h"
+#include "daemon/pipeline/stage_replicas.h"
 #include "daemon/train/grad_fault.h"
 #include "daemon/planner/sched_exec.h"
 #include "kernels/codec/codec.h"
@@ -31,9 +32,10 @@ typedef struct {
 
 typedef struct {
     int stage;
-    nb_part_t *part;
-    nb_optim_t *optim;
-    nb_part_acts_t **pool;  /* activation slots, grown to the peak in flight */
+    nb_part_t *part;        /* replica 0's */
+    nb_optim_t *optim;      /* replica 0's */
+    nb_reps_t *reps;        /* the stage's replicas, one per device (stage_replicas.h) */
+    nb_reps_acts_t **pool;  /* activation slots, grown to the peak in flight */
     bool *busy;
     int pool_n;
     int *slot_of_mb;        /* current step: mb -> pool index, -1 */
@@ -170,7 +172,7 @@ void nb_host_free(nb_host_t *h)
     for (int i = h->n - 1; i >= 0; i--) {
         hosted_t *s = &h->st[i];
         for (int j = 0; j < s->pool_n; j++)
-            nb_part_acts_free(s->pool[j]);
+            nb_reps_acts_free(s->pool[j]);
         free(s->pool);
         free(s->busy);
         free(s->slot_of_mb);
@@ -184,6 +186,7 @@ void nb_host_free(nb_host_t *h)
         }
         fifo_free(h->be, &s->local_in[0]);
         fifo_free(h->be, &s->local_in[1]);
+        nb_reps_free(s->reps);
         nb_optim_free(s->optim);
         nb_part_free(s->part);
     }
@@ -200,7 +203,14 @@ void nb_host_free(nb_host_t *h)
 int nb_host_new(nb_backend_t *be, const nb_pipe_layout_t *l, int daemon, const char *data,
                 nb_host_t **out, char *err, size_t errlen)
 {
+    return nb_host_new_replicas(&be, 1, l, daemon, data, out, err, errlen);
+}
+
+int nb_host_new_replicas(nb_backend_t *const *bes, int n_replicas, const nb_pipe_layout_t *l, int daemon,
+                         const char *data, nb_host_t **out, char *err, size_t errlen)
+{
     *out = NULL;
+    nb_backend_t *be = bes[0];
     const char *why = nb_pipe_layout_validate(l);
     if (why) {
         snprintf(err, errlen, "%s", why);
@@ -241,6 +251,10 @@ int nb_host_new(nb_backend_t *be, const nb_pipe_layout_t *l, int daemon, const c
                      nb_strerror(rc));
             goto fail;
         }
+        nb_reps_t *tie_reps = tie ? h->st[h->local_of[0]].reps : NULL;
+        if ((rc = nb_reps_new(hs->part, hs->optim, bes, n_replicas, &l->optim, l->seed, tie_reps, &hs->reps,
+                              err, errlen)))
+            goto fail;
         size_t ab = act_elems(h) * sizeof(float), tb = bt_elems(h) * sizeof(int32_t);
         if (!l->parts[s].embed && !(hs->x_in = nb_be_alloc(be, ab)))
             goto oom;
@@ -285,6 +299,27 @@ int nb_host_num_stages(const nb_host_t *h) { return h->n; }
 int nb_host_stage(const nb_host_t *h, int i) { return h->st[i].stage; }
 nb_part_t *nb_host_part(nb_host_t *h, int i) { return h->st[i].part; }
 
+int nb_host_replicas(const nb_host_t *h) { return h->n ? nb_reps_count(h->st[0].reps) : 1; }
+nb_part_t *nb_host_replica_part(nb_host_t *h, int i, int r) { return nb_reps_part(h->st[i].reps, r); }
+
+size_t nb_host_overlapped(const nb_host_t *h)
+{
+    size_t n = 0;
+    for (int i = 0; i < h->n; i++)
+        n += nb_reps_overlapped(h->st[i].reps);
+    return n;
+}
+
+int nb_host_sync_replicas(nb_host_t *h)
+{
+    for (int i = 0; i < h->n; i++) {
+        int rc = nb_reps_sync(h->st[i].reps);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
 size_t nb_host_memory_bytes(const nb_host_t *h)
 {
     nb_mem_model_t m;
@@ -295,11 +330,13 @@ size_t nb_host_memory_bytes(const nb_host_t *h)
 void nb_host_memory_parts(const nb_host_t *h, nb_mem_model_t *out)
 {
     memset(out, 0, sizeof *out);
+    uint64_t R = (uint64_t)nb_host_replicas(h);
     for (int i = 0; i < h->n; i++) {
-        /* frozen tensors have weights but no gradient and no AdamW state */
-        out->weights += nb_part_num_params(h->st[i].part) * sizeof(float);
-        out->gradients += nb_part_grad_bytes(h->st[i].part);
-        out->optimizer += nb_optim_numel(h->st[i].optim) * sizeof(float) * 2; /* AdamW m and v */
+        /* on every replica; frozen tensors have weights but no gradient
+         * and no AdamW state */
+        out->weights += nb_part_num_params(h->st[i].part) * sizeof(float) * R;
+        out->gradients += nb_part_grad_bytes(h->st[i].part) * R;
+        out->optimizer += nb_optim_numel(h->st[i].optim) * sizeof(float) * 2 * R; /* AdamW m and v */
     }
     out->activations = h->peak_acts_bytes;
 }
@@ -322,7 +359,7 @@ static int resize_batch(nb_host_t *h, int B, char *err, size_t errlen)
         hosted_t *s = &h->st[i];
         for (int j = 0; j < s->pool_n; j++) {
             NB_CHECK(!s->busy[j]);
-            nb_part_acts_free(s->pool[j]);
+            nb_reps_acts_free(s->pool[j]);
         }
         s->pool_n = 0;
         float **bufs[2] = { &s->x_in, &s->dout };
@@ -394,7 +431,7 @@ static nb_mb_timing_t *timing(nb_host_t *h, int stage, int mb, int m)
     return &h->timings[h->local_of[stage] * m + mb];
 }
 
-static int acquire_slot(nb_host_t *h, hosted_t *s, int mb, nb_part_acts_t **out)
+static int acquire_slot(nb_host_t *h, hosted_t *s, int mb, nb_reps_acts_t **out)
 {
     int slot = -1;
     for (int i = 0; i < s->pool_n; i++)
@@ -403,7 +440,7 @@ static int acquire_slot(nb_host_t *h, hosted_t *s, int mb, nb_part_acts_t **out)
             break;
         }
     if (slot < 0) {
-        nb_part_acts_t **np = realloc(s->pool, (size_t)(s->pool_n + 1) * sizeof *np);
+        nb_reps_acts_t **np = realloc(s->pool, (size_t)(s->pool_n + 1) * sizeof *np);
         if (!np)
             return NB_ENOMEM;
         s->pool = np;
@@ -411,10 +448,10 @@ static int acquire_slot(nb_host_t *h, hosted_t *s, int mb, nb_part_acts_t **out)
         if (!nb)
             return NB_ENOMEM;
         s->busy = nb;
-        int rc = nb_part_acts_new(s->part, h->l.micro_batch_size, h->l.seq_len, &s->pool[s->pool_n]);
+        int rc = nb_reps_acts_new(s->reps, h->l.micro_batch_size, h->l.seq_len, &s->pool[s->pool_n]);
         if (rc)
             return rc;
-        h->peak_acts_bytes += nb_part_acts_bytes(s->pool[s->pool_n]);
+        h->peak_acts_bytes += nb_reps_acts_bytes(s->pool[s->pool_n]);
         s->busy[s->pool_n] = false;
         slot = s->pool_n++;
     }
@@ -560,6 +597,7 @@ typedef struct {
     int timeout_ms;
     double loss;
     uint64_t bytes_raw, bytes_wire;
+    int last_bwd[NB_SCHED_MAX_STAGES]; /* per stage: the micro-batch of its step's last backward */
     char *err;
     size_t errlen;
 } step_ctx_t;
@@ -631,8 +669,8 @@ static int op_send(step_ctx_t *c, const nb_sched_op_t *op)
                  act ? "activations" : "gradients", mb);
         return NB_ESTATE;
     }
-    nb_part_acts_t *a = hs->pool[slot];
-    const float *src = act ? nb_part_acts_output(a) : nb_part_acts_dinput(a);
+    nb_reps_acts_t *a = hs->pool[slot];
+    const float *src = act ? nb_reps_acts_output(a) : nb_reps_acts_dinput(a);
     nb_mb_timing_t *tm = timing(h, s, mb, m);
     if (h->local_of[to] >= 0) {
         float *dev = nb_be_alloc(h->be, act_elems(h) * sizeof(float));
@@ -728,8 +766,11 @@ static int op_forward(step_ctx_t *c, const nb_sched_op_t *op)
         NB_CHECK(h->labels[mb]);
         nb_be_from_host(h->be, hs->d_targets, h->labels[mb], bt * sizeof(int32_t));
         in.targets = hs->d_targets;
+        if (nb_reps_count(hs->reps) > 1) /* shards normalise by the whole micro-batch */
+            for (size_t i = 0; i < bt; i++)
+                in.loss_count += h->labels[mb][i] >= 0;
     }
-    nb_part_acts_t *a;
+    nb_reps_acts_t *a;
     int rc = acquire_slot(h, hs, mb, &a);
     if (rc) {
         snprintf(c->err, c->errlen, "stage %d: out of memory for the activations of micro-batch %d", s, mb);
@@ -737,11 +778,12 @@ static int op_forward(step_ctx_t *c, const nb_sched_op_t *op)
     }
     float loss = 0.0f;
     tm->fwd_start_ns = nb_host_now_ns();
-    rc = nb_part_forward(hs->part, a, &in, &loss);
+    char why[160];
+    rc = nb_reps_forward(hs->reps, a, &in, &loss, why, sizeof why);
     nb_be_sync(h->be);
     tm->fwd_ns = nb_host_now_ns() - tm->fwd_start_ns;
     if (rc) {
-        snprintf(c->err, c->errlen, "stage %d micro-batch %d: forward failed (%s)", s, mb, nb_strerror(rc));
+        snprintf(c->err, c->errlen, "stage %d micro-batch %d: %s", s, mb, why);
         return rc;
     }
     if (ps->head) /* in float, in micro-batch order, as nb_trainer_step: the trainer's loss to the bit */
@@ -758,11 +800,13 @@ static int op_backward(step_ctx_t *c, const nb_sched_op_t *op)
     NB_CHECK(slot >= 0);
     nb_mb_timing_t *tm = timing(h, s, mb, c->plan->m);
     tm->bwd_start_ns = nb_host_now_ns();
-    int rc = nb_part_backward(hs->part, hs->pool[slot], h->l.parts[s].head ? NULL : hs->dout);
+    char why[160];
+    int rc = nb_reps_backward(hs->reps, hs->pool[slot], h->l.parts[s].head ? NULL : hs->dout,
+                              mb == c->last_bwd[s], why, sizeof why);
     nb_be_sync(h->be);
     tm->bwd_ns = nb_host_now_ns() - tm->bwd_start_ns;
     if (rc) {
-        snprintf(c->err, c->errlen, "stage %d micro-batch %d: backward failed (%s)", s, mb, nb_strerror(rc));
+        snprintf(c->err, c->errlen, "stage %d micro-batch %d: %s", s, mb, why);
         return rc;
     }
     /* the slot stays busy until its input gradient has been sent */
@@ -818,8 +862,18 @@ int nb_host_run_step(nb_host_t *h, const nb_step_plan_t *plan, const nb_pipe_io_
     if (plan->micro_batch_size > 0 && plan->micro_batch_size != l->micro_batch_size &&
         (rc = resize_batch(h, plan->micro_batch_size, err, errlen)))
         return rc;
+    int R = nb_host_replicas(h);
+    if (l->micro_batch_size < R) {
+        snprintf(err, errlen, "plan: a micro-batch of %d sequences cannot be split across this daemon's %d "
+                 "replicas (each needs one sequence at least; docs/pipeline.md, \"Replicas\")",
+                 l->micro_batch_size, R);
+        return NB_EINVAL;
+    }
     if ((rc = prepare_step(h, plan->m)))
         return rc;
+    for (int i = 0; i < n; i++)
+        if (h->ops[i].kind == NB_OP_BWD)
+            c.last_bwd[h->ops[i].stage] = h->ops[i].mb;
     for (int i = 0; i < n && rc == 0; i++) {
         const nb_sched_op_t *op = &h->ops[i];
         switch (op->kind) {
@@ -834,6 +888,12 @@ int nb_host_run_step(nb_host_t *h, const nb_step_plan_t *plan, const nb_pipe_io_
                 release_after_send(h, op);
             break;
         }
+    }
+    for (int i = 0; i < h->n && rc == 0; i++) { /* after the last backward: sum over the replicas */
+        char why[160];
+        if ((rc = nb_reps_reduce(h->st[i].reps, why, sizeof why)))
+            snprintf(err, errlen, "stage %d: the all-reduce of the replicas' gradients failed: %s", h->st[i].stage,
+                     why);
     }
     if (rc)
         return rc;
@@ -877,7 +937,7 @@ void nb_host_abort_step(nb_host_t *h)
         for (int k = 0; k < 4; k++)
             if (s->streams[k] && nb_codec_stream_copy(s->streams[k], s->saved[k]) != 0)
                 nb_codec_stream_reset(s->streams[k]);
-        nb_part_zero_grad(s->part);
+        nb_reps_zero_grad(s->reps);
     }
     nb_be_sync(h->be);
 }
@@ -912,11 +972,11 @@ bool nb_host_apply(nb_host_t *h, int64_t step, double global_sumsq)
     if (apply) {
         float scale = nb_optim_clip_scale(&h->l.optim, global_sumsq);
         float lr = (float)nb_optim_lr(&h->l.optim, (int)step);
-        for (int i = 0; i < h->n; i++)
-            nb_optim_step(h->st[i].optim, nb_part_params(h->st[i].part), nb_part_grads(h->st[i].part), lr, scale);
+        for (int i = 0; i < h->n; i++) /* every replica steps with the same gradients */
+            nb_reps_step(h->st[i].reps, lr, scale);
     }
     for (int i = 0; i < h->n; i++)
-        nb_part_zero_grad(h->st[i].part);
+        nb_reps_zero_grad(h->st[i].reps);
     nb_be_sync(h->be);
     /* the streams' state at this step boundary is what an aborted next
      * step returns to; out of memory here is found by the next copy */

@@ -12,6 +12,10 @@
  * in-process mailboxes. Transfers between two stages on the same daemon stay
  * in memory and skip the codec (they cross no link).
  *
+ * With several devices (nb_host_new_replicas) every hosted stage runs as one
+ * replica per device (stage_replicas.h; docs/pipeline.md, "Replicas"):
+ * what crosses the links, the results and the reports are unchanged.
+ *
  * A step's gradients are applied only by nb_host_apply(), with the global
  * sum of squares over every stage of the pipeline (gradient clipping needs the
  * global norm), which the coordinator collects from the step reports; a
@@ -121,6 +125,26 @@ const char *nb_pipe_layout_validate(const nb_pipe_layout_t *l);
  * Errors: NB_EINVAL (layout, data), NB_ENOMEM, token file errors. */
 int nb_host_new(nb_backend_t *be, const nb_pipe_layout_t *l, int daemon, const char *data,
                 nb_host_t **out, char *err, size_t errlen);
+/* The same with every hosted stage run as n_replicas replicas, replica r on
+ * bes[r] (borrowed; docs/pipeline.md, "Replicas"): each micro-batch is
+ * split along its batch dimension, the replicas' gradients are summed after
+ * the step's last backward, and every replica takes the same optimizer
+ * step. bes[0] plays the role of nb_host_new's be. n_replicas 1 is
+ * nb_host_new. Errors: those of nb_host_new; NB_EINVAL for replicas the
+ * reduction engine cannot join (CUDA: no NCCL engine yet). */
+int nb_host_new_replicas(nb_backend_t *const *bes, int n_replicas, const nb_pipe_layout_t *l, int daemon,
+                         const char *data, nb_host_t **out, char *err, size_t errlen);
+/* Replicas of each hosted stage (1 without data parallelism). */
+int nb_host_replicas(const nb_host_t *h);
+/* Hosted stage i's part on replica r (r = 0 is nb_host_part). Borrowed. */
+nb_part_t *nb_host_replica_part(nb_host_t *h, int i, int r);
+/* Gradient floats of the hosted stages that the last step reduced across
+ * the replicas while its last backward ran (0 with one replica). */
+size_t nb_host_overlapped(const nb_host_t *h);
+/* Copies replica 0's weights and optimizer state to the other replicas:
+ * call it after filling replica 0 (nb_host_part, nb_host_optim) from a
+ * checkpoint or an imported model. Errors: NB_ENOMEM. */
+int nb_host_sync_replicas(nb_host_t *h);
 void nb_host_free(nb_host_t *h);
 
 /* Runs one step of plan through io. timeout_ms bounds each wait for a

@@ -152,7 +152,9 @@ struct nb_stage_rt {
 
 /* The compute thread's view of the job (stage_compute.c, stage_ckpt.c). */
 typedef struct {
-    nb_backend_t *be;
+    nb_backend_t *be;            /* bes[0] */
+    nb_backend_t *bes[NB_CFG_MAX_DEVICES]; /* one per configured device: the replicas */
+    int n_bes;
     nb_host_t *host;
     uint32_t attempt;            /* of the last Job */
     bool aborted;                /* an abort was handled: plans wait for the next Job */

@@ -103,6 +103,23 @@ static bool whole16(float v)
     return v >= 0 && v < 65536 && v == (float)(uint32_t)v;
 }
 
+/* Checks that extra `full` holds exactly want values before the caller
+ * allocates for it: the sizes in a stream's header and key table come from
+ * the file and must agree with the tensors the file really holds. */
+static int expect_numel(const char *dir, const nb_ckpt_manifest_t *m, const char *full, size_t want, char *err,
+                        size_t errlen)
+{
+    size_t have = 0;
+    int rc = nb_ckpt_extra_numel(dir, m, full, &have, err, errlen);
+    if (rc)
+        return rc;
+    if (have != want) {
+        snprintf(err, errlen, "%s: %s holds %zu values, its stream header says %zu", dir, full, have, want);
+        return NB_EFORMAT;
+    }
+    return 0;
+}
+
 int nb__stage_streams_restore(nb_host_t *h, int i, nb_backend_t *be, const char *dir, const nb_ckpt_manifest_t *m,
                               char *err, size_t errlen)
 {
@@ -127,11 +144,13 @@ int nb__stage_streams_restore(nb_host_t *h, int i, nb_backend_t *be, const char 
         size_t rn = (size_t)head[1] | (size_t)head[2] << 16, nb = (size_t)head[3] | (size_t)head[4] << 16;
         float *buf = NULL, *keys = NULL, *dev = NULL;
         if (head[0] != 0) {
+            snprintf(full, sizeof full, "%s.resid", name);
+            if ((rc = expect_numel(dir, m, full, rn, err, errlen)))
+                goto out;
             if (!(buf = malloc((rn ? rn : 1) * sizeof(float))) || !(dev = nb_be_alloc(be, (rn ? rn : 1) * sizeof(float)))) {
                 rc = NB_ENOMEM;
                 goto out;
             }
-            snprintf(full, sizeof full, "%s.resid", name);
             if ((rc = nb_ckpt_read_extra(dir, m, full, buf, rn, err, errlen)))
                 goto out;
             nb_be_from_host(be, dev, buf, rn * sizeof(float));
@@ -143,11 +162,13 @@ int nb__stage_streams_restore(nb_host_t *h, int i, nb_backend_t *be, const char 
             dev = NULL;
         }
         if (nb) {
+            snprintf(full, sizeof full, "%s.keys", name);
+            if ((rc = expect_numel(dir, m, full, nb * 8, err, errlen)))
+                goto out;
             if (!(keys = malloc(nb * 8 * sizeof(float)))) {
                 rc = NB_ENOMEM;
                 goto out;
             }
-            snprintf(full, sizeof full, "%s.keys", name);
             if ((rc = nb_ckpt_read_extra(dir, m, full, keys, nb * 8, err, errlen)))
                 goto out;
         }
@@ -164,11 +185,13 @@ int nb__stage_streams_restore(nb_host_t *h, int i, nb_backend_t *be, const char 
                 key |= (uint64_t)r[q] << (16 * q);
             uint32_t visit = (uint32_t)r[4] | (uint32_t)r[5] << 16;
             size_t n = (size_t)r[6] | (size_t)r[7] << 16;
+            snprintf(full, sizeof full, "%s.base%zu", name, b);
+            if ((rc = expect_numel(dir, m, full, n, err, errlen)))
+                goto out;
             if (!(buf = malloc((n ? n : 1) * sizeof(float))) || !(dev = nb_be_alloc(be, (n ? n : 1) * sizeof(float)))) {
                 rc = NB_ENOMEM;
                 goto out;
             }
-            snprintf(full, sizeof full, "%s.base%zu", name, b);
             if ((rc = nb_ckpt_read_extra(dir, m, full, buf, n, err, errlen)))
                 goto out;
             nb_be_from_host(be, dev, buf, n * sizeof(float));

@@ -66,6 +66,8 @@ typedef struct {
     int64_t micro_batches;
     char schedule[16];
     char layers[32];        /* this stage's part, e.g. "0-5" or "embed+0-5+head" */
+    int replicas;           /* a stage daemon's replicas of its stages (one per
+                               device); 0 = not a stage daemon (not shown) */
 } nb_job_info_t;
 
 typedef struct {

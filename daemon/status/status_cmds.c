@@ -70,6 +70,8 @@ json_t *nb_status_to_json(const nb_state_snapshot_t *s)
                         num_or_null(ratio, false), "codecs", "forward", j->codec_forward, "backward",
                         j->codec_backward, "micro_batches", (json_int_t)j->micro_batches, "schedule", j->schedule,
                         "layers", j->layers);
+        if (job && j->replicas > 0)
+            json_object_set_new(job, "replicas", json_integer(j->replicas));
     }
     json_t *links = links_json(s), *memory = memory_json(&s->memory);
     if (!peers || !job || !links || !memory) {

@@ -187,6 +187,14 @@ int nb_ckpt_verify_values(const char *dir, const nb_ckpt_manifest_t *m, uint64_t
 int nb_ckpt_load_part(const char *dir, const nb_ckpt_manifest_t *m, nb_part_t *p, nb_optim_t *o, char *err,
                       size_t errlen);
 
+/* The number of values of extra tensor `name` as m's files hold it (the
+ * files' headers are validated against their sizes when opened, so the
+ * figure is bounded by what is on disk): what a caller checks a size it read
+ * elsewhere against before allocating. NB_ENOENT when no file of m holds
+ * it. */
+int nb_ckpt_extra_numel(const char *dir, const nb_ckpt_manifest_t *m, const char *name, size_t *numel, char *err,
+                        size_t errlen);
+
 /* Reads extra tensor `name` (written with nb_ckpt_snap_add) into dst of
  * numel floats. NB_ENOENT when no file of m holds it; NB_EINVAL on another
  * size. */

@@ -197,6 +197,19 @@ out:
     return rc;
 }
 
+int nb_ckpt_extra_numel(const char *dir, const nb_ckpt_manifest_t *m, const char *name, size_t *numel, char *err,
+                        size_t errlen)
+{
+    files_t fs;
+    int rc = files_open(dir, m, &fs, err, errlen), fi, ti;
+    if (rc)
+        return rc;
+    if ((rc = locate(dir, &fs, name, &fi, &ti, err, errlen)) == 0)
+        *numel = (size_t)nb_st_tensor(fs.f[fi], ti)->numel;
+    files_close(&fs);
+    return rc;
+}
+
 int nb_ckpt_read_extra(const char *dir, const nb_ckpt_manifest_t *m, const char *name, float *dst, size_t numel,
                        char *err, size_t errlen)
 {

@@ -85,7 +85,7 @@ static void test_values_parsed(void **state)
                                 "  codecs: {forward: fp16(svd(0.6)), backward: int8}\n"
                                 "  planner: {stage_memory: 2GiB, codecs: [fp16, int8]}\n"
                                 "  output: /abs/w.bin\n"
-                                "devices: [cpu, cuda:3]\n"
+                                "devices: [cuda:1, cuda:3]\n"
                                 "log_level: debug\n"),
                      0);
     assert_int_equal(cfg.job.micro_batches, 4);
@@ -131,6 +131,12 @@ static void test_wrong_type(void **state)
                "dir/t.yaml:2:7: role: must be one of coordinator, stage, train; got 'stag'; did you mean 'stage'?");
     expect_err(load_train("devices: [gpu0]\n"),
                "dir/t.yaml:13:11: devices[0]: must be cpu or cuda:N (N from 0 to 63); got 'gpu0'");
+    expect_err(load_train("devices: [cuda:0, cuda:2, cuda:0]\n"),
+               "dir/t.yaml:13:27: devices[2]: cuda:0 is listed twice (devices[0] and devices[2]); each replica "
+               "needs a device of its own");
+    expect_err(load_train("devices: [cpu, cuda:1]\n"),
+               "dir/t.yaml:13:16: devices[1]: 'cuda:1' after 'cpu': the replicas of a stage run on one kind of "
+               "device; list only cpu or only cuda:N devices");
     expect_err(load_train("  planner: {enabled: maybe}\n"),
                "dir/t.yaml:13:22: job.planner.enabled: wrong type: expected true or false, got 'maybe'");
     expect_err(load_train("  micro_batches: lots\n"),

@@ -11,6 +11,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "kernels/model.h"
@@ -348,6 +349,82 @@ static void test_optimizer_skips_frozen(void **state)
     nb_be_free(be);
 }
 
+typedef struct {
+    int n;
+    size_t at[16];
+} ready_t;
+
+static void on_ready(void *ud, size_t offset)
+{
+    ready_t *r = ud;
+    if (r->n < 16)
+        r->at[r->n++] = offset;
+}
+
+/* The gradient-ready callback (data-parallel replicas reduce behind it)
+ * reports offsets into the gradient buffer of the trainable tensors: the
+ * head's first, each block's first (last block first), 0 after the
+ * embedding; blocks below where backward stops are not reported. */
+static void test_grad_ready_offsets(void **state)
+{
+    (void)state;
+    nb_backend_t *be = nb_cpu_backend_new();
+    nb_model_config_t c = tiny();
+    c.tie_embeddings = false;
+    batch_t b;
+    make_batch(&b, be, 16, 20);
+    const char *sets[][3] = { { "h1.*", "lnf.w", NULL }, { "wte", "wpe", "h0.*" } };
+    for (int k = 0; k < 2; k++) {
+        nb_part_spec_t s = nb_part_spec_full(&c);
+        nb_part_t *p;
+        char err[200];
+        assert_int_equal(nb_part_new(be, &c, &s, 5, NULL, &p, err, sizeof err), 0);
+        nb_freeze_spec_t f = spec_of(sets[k], sets[k][2] ? 3 : 2, NULL, 0);
+        assert_int_equal(nb_part_freeze(p, &f), 0);
+        /* expected: where the head and each block start in the gradient buffer */
+        size_t start[8] = { 0 }, go = 0, head = 0;
+        bool head_seen = false;
+        for (int i = 0; i < nb_part_num_tensors(p); i++) {
+            const nb_param_info_t *t = nb_part_tensor(p, i);
+            int blk = -1;
+            size_t len = strlen(t->name);
+            if (len > 6 && !strcmp(t->name + len - 6, ".ln1.w") && sscanf(t->name, "h%d", &blk) == 1)
+                start[blk] = go; /* a block's first tensor */
+            if (!head_seen && (!strncmp(t->name, "lnf", 3) || !strncmp(t->name, "lm", 2))) {
+                head = go;
+                head_seen = true;
+            }
+            if (t->trainable)
+                go += t->numel;
+        }
+        ready_t r = { 0 };
+        nb_part_set_grad_ready(p, on_ready, &r);
+        nb_part_acts_t *a;
+        assert_int_equal(nb_part_acts_new(p, 2, 8, &a), 0);
+        nb_part_input_t in = { .tokens = b.tok, .targets = b.tgt, .loss_scale = 1 };
+        float loss;
+        assert_int_equal(nb_part_forward(p, a, &in, &loss), 0);
+        assert_int_equal(nb_part_backward(p, a, NULL), 0);
+        int stop = k == 1 ? 1 : 0; /* wte, wpe, h0 frozen: backward stops above block 0 */
+        assert_int_equal(r.n, 1 + (c.n_layer - stop) + 1);
+        assert_int_equal(r.at[0], head);
+        for (int l = c.n_layer - 1, j = 1; l >= stop; l--, j++)
+            assert_int_equal(r.at[j], start[l]);
+        assert_int_equal(r.at[r.n - 1], 0);
+        for (int j = 1; j < r.n; j++)
+            assert_true(r.at[j] <= r.at[j - 1] && r.at[j - 1] <= nb_part_num_grads(p));
+        printf("  frozen %s...: ready at", sets[k][0]);
+        for (int j = 0; j < r.n; j++)
+            printf(" %zu", r.at[j]);
+        printf(" of %zu gradient floats\n", nb_part_num_grads(p));
+        nb_part_acts_free(a);
+        nb_part_free(p);
+    }
+    nb_be_dealloc(be, b.tok);
+    nb_be_dealloc(be, b.tgt);
+    nb_be_free(be);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -356,6 +433,7 @@ int main(void)
         cmocka_unit_test(test_gradients_and_memory),
         cmocka_unit_test(test_tied_head_follows),
         cmocka_unit_test(test_optimizer_skips_frozen),
+        cmocka_unit_test(test_grad_ready_offsets),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
