@@ -227,7 +227,8 @@ static inline void nb_bias_grad(nb_backend_t *be, float *dbias, const float *dy,
 static inline void nb_embed_fwd(nb_backend_t *be, float *out, const int32_t *tokens, const float *wte,
                                 const float *wpe, int B, int T, int C)
 { NB_CHECK(be->iface->embed_fwd); be->iface->embed_fwd(be, out, tokens, wte, wpe, B, T, C); }
-/* dwte (V,C) and dwpe (maxT,C; may be NULL) += scatter of dout (B,T,C). Accumulates. */
+/* dwte (V,C) and dwpe (maxT,C) += scatter of dout (B,T,C). Accumulates.
+ * Either may be NULL (no position table, or a frozen tensor). */
 static inline void nb_embed_bwd(nb_backend_t *be, float *dwte, float *dwpe, const float *dout,
                                 const int32_t *tokens, int B, int T, int C)
 { NB_CHECK(be->iface->embed_bwd); be->iface->embed_bwd(be, dwte, dwpe, dout, tokens, B, T, C); }

@@ -37,6 +37,7 @@
 #include <stdint.h>
 
 #include "kernels/backend.h"
+#include "kernels/optim.h"
 
 typedef enum {
     NB_MODEL_NORM_PRE = 0,  /* GPT-2: x + f(LN(x)); final LayerNorm before the head */
@@ -112,9 +113,14 @@ typedef struct {
     char name[32];     /* e.g. "wte", "h3.qkv.w" (global block index) */
     int ndim;
     int64_t shape[2];
-    size_t offset;     /* in floats, into the flat parameter/gradient buffers */
+    size_t offset;     /* in floats, into the flat parameter buffer */
     size_t numel;
     bool decay;        /* weight decay applies (2-D tensors: GPT-2 convention) */
+    bool trainable;    /* false: frozen (nb_part_set_frozen): no gradient, no
+                          optimizer state, never updated */
+    size_t grad_offset;/* trainable tensors: in floats, into the flat gradient
+                          buffer (which holds the trainable tensors only, in
+                          buffer order); 0 and meaningless when frozen */
 } nb_param_info_t;
 
 /* Creates a part on be with seeded weights and zero gradients.
@@ -141,12 +147,22 @@ int nb_part_num_tensors(const nb_part_t *p);
 const nb_param_info_t *nb_part_tensor(const nb_part_t *p, int i);
 /* Index of the tensor called name, or -1. */
 int nb_part_find_tensor(const nb_part_t *p, const char *name);
-/* Flat device buffers of nb_part_num_params() floats. Borrowed.
+/* The flat parameter buffer holds nb_part_num_params() floats (every
+ * tensor, at nb_param_info_t.offset); the flat gradient buffer holds
+ * nb_part_num_grads() floats (the trainable tensors only, at
+ * nb_param_info_t.grad_offset; equal to nb_part_num_params() when nothing
+ * is frozen). Both are device memory, borrowed; nb_part_grads() is never
+ * NULL, also when every tensor of p is frozen.
  * nb_part_grads() first calls nb_part_finish_grads(p), so what it returns
  * always includes a tied head's share of wte's gradient. */
 size_t nb_part_num_params(const nb_part_t *p);
+size_t nb_part_num_grads(const nb_part_t *p);
 float *nb_part_params(nb_part_t *p);
 float *nb_part_grads(nb_part_t *p);
+/* Device bytes of gradient memory p holds: the flat gradient buffer plus,
+ * for a tied head, its own buffer of wte's gradient (none when wte is
+ * frozen). For memory accounting. */
+size_t nb_part_grad_bytes(const nb_part_t *p);
 /* Sets every gradient of p to zero, including a tied head's pending wte
  * gradient (not the wte gradient of a tie_with part). */
 void nb_part_zero_grad(nb_part_t *p);
@@ -163,6 +179,65 @@ void nb_part_finish_grads(nb_part_t *p);
 /* Re-initialises every parameter from seed (what nb_part_new did).
  * Errors: NB_ENOMEM (host staging buffer); p is then partly initialised. */
 int nb_part_init_params(nb_part_t *p, uint64_t seed);
+
+/* ---- frozen tensors ------------------------------------------------------
+ *
+ * A frozen tensor takes part in forward and backward (the gradient of the
+ * part's input still flows through it) but has no gradient buffer and no
+ * optimizer state, and backward skips its weight-gradient computation.
+ * With tied embeddings a frozen wte is frozen for the head too (it is one
+ * tensor). Where the part holds the embedding and it and the part's first
+ * k blocks are all frozen, backward stops above them: nothing below needs
+ * a gradient. */
+
+/* Freezes the tensors i with frozen[i] (nb_part_num_tensors entries; NULL
+ * = none) and makes every other one trainable: rebuilds the gradient
+ * layout (grad_offset), reallocates the gradient buffer for the trainable
+ * tensors only and zeroes it. Call between steps, before creating the
+ * optimizer (nb_part_optim_new), with no backward pending. A tied head
+ * part follows its embedding part's wte. Errors: NB_ENOMEM (p unchanged). */
+int nb_part_set_frozen(nb_part_t *p, const bool *frozen);
+/* Trainable tensors of p (those with a gradient). */
+int nb_part_num_trainable(const nb_part_t *p);
+
+/* Patterns that choose the frozen tensors of a model by global name
+ * (job.freeze and job.trainable, docs/config.md): a tensor is frozen when
+ * it matches a freeze pattern and no trainable pattern. A pattern is a
+ * glob over the names of docs/model.md: '*' matches any run of characters
+ * (dots included), '?' one character; the rest of [A-Za-z0-9._-] matches
+ * itself. */
+#define NB_FREEZE_MAX 32         /* patterns per list */
+#define NB_FREEZE_PATTERN_MAX 64 /* bytes of a pattern, NUL included */
+typedef struct {
+    int n_freeze, n_trainable;
+    char freeze[NB_FREEZE_MAX][NB_FREEZE_PATTERN_MAX];
+    char trainable[NB_FREEZE_MAX][NB_FREEZE_PATTERN_MAX];
+} nb_freeze_spec_t;
+
+/* Whether name matches glob pattern pat. */
+bool nb_freeze_glob(const char *pat, const char *name);
+/* Whether f freezes the tensor called name. */
+bool nb_freeze_matches(const nb_freeze_spec_t *f, const char *name);
+/* Checks f against the whole model of cfg: counts in range, every pattern
+ * well-formed and matching at least one tensor of the model, trainable
+ * patterns only beside freeze patterns, and at least one tensor left to
+ * train. 0, or NB_EINVAL with the reason in why (naming the key
+ * "job.freeze[i]" / "job.trainable[i]" and the pattern). */
+int nb_freeze_check(const nb_model_config_t *cfg, const nb_freeze_spec_t *f, char *why, size_t whylen);
+/* Freezes the tensors of p that f matches (nb_part_set_frozen). 0 or
+ * NB_ENOMEM. */
+int nb_part_freeze(nb_part_t *p, const nb_freeze_spec_t *f);
+
+/* The tensors a part of cfg holding spec would have, in buffer order,
+ * without allocating the part: a malloc'd array of *n entries (free it),
+ * all trainable. NULL on NB_EINVAL (bad config or spec) or NB_ENOMEM. */
+nb_param_info_t *nb_part_layout(const nb_model_config_t *cfg, const nb_part_spec_t *spec, int *n);
+
+/* An AdamW optimizer (kernels/optim.h) for p's trainable tensors: one
+ * segment per trainable tensor, its state laid out as p's gradient buffer
+ * (nb_part_num_grads floats each for m and v), decay as the tensor says.
+ * Create it after nb_part_set_frozen. Errors: as nb_optim_new. */
+int nb_part_optim_new(const nb_part_t *p, const nb_optim_config_t *c, nb_optim_t **out);
 
 /* Activations of one in-flight micro-batch of shape (B,T), T <= max_seq.
  * Errors: NB_EINVAL (sizes; also when one activation tensor would reach
@@ -197,7 +272,8 @@ typedef struct {
  * target). */
 int nb_part_forward(nb_part_t *p, nb_part_acts_t *a, const nb_part_input_t *in, float *loss);
 /* Called by nb_part_backward on its thread each time the gradients from
- * float `offset` to the end of the flat gradient buffer are complete for
+ * float `offset` to the end of the flat gradient buffer (the trainable
+ * tensors' offsets, nb_param_info_t.grad_offset) are complete for
  * that call: after the head, after each block (last to first), after the
  * embedding (offset 0), as the buffer is laid out in the reverse order.
  * The ops are enqueued, not necessarily done: on an asynchronous backend

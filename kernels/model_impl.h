@@ -25,6 +25,8 @@ enum { NB_H_LNFW, NB_H_LNFB, NB_H_LMW, NB_H_CLSW, NB_H_CLSB, NB_H_COUNT };
 typedef struct {
     float *w[NB_B_COUNT];
     float *g[NB_B_COUNT];
+    size_t goff;               /* the block's first float in the gradient buffer
+                                  (where its trainable tensors start) */
 } nb_block_ptrs_t;
 
 struct nb_part {
@@ -36,7 +38,13 @@ struct nb_part {
     uint32_t *init_key;        /* per tensor: block key and tensor id */
     uint32_t *init_id;
     size_t n_params;
-    float *params, *grads;     /* device, one allocation each */
+    size_t n_grads;            /* floats of grads: the trainable tensors' */
+    int n_trainable;
+    float *params, *grads;     /* device, one allocation each (grads at least
+                                  one float, so never NULL) */
+    int bwd_stop;              /* backward runs blocks [bwd_stop, nblk): the
+                                  ones below, and the embedding, are frozen
+                                  and need no gradient (model_freeze.c) */
     /* embedding (NULL when absent) */
     float *ew[NB_E_COUNT], *eg[NB_E_COUNT];
     /* head: lm_w/dlm_w point at wte/dwte (possibly another part's) when tied */
@@ -50,6 +58,7 @@ struct nb_part {
     bool tied_pending;         /* tied_grad holds terms not yet added */
     nb_part_t *tied_head;      /* on the wte owner: the head part tied to it */
     size_t head_offset;        /* first float of the head's tensors (n_params without) */
+    size_t head_goff;          /* the same in the gradient buffer (n_grads without) */
     nb_part_grad_ready_cb grad_ready; /* nb_part_set_grad_ready */
     void *grad_ready_ud;
     /* backward scratch, device, sized for scratch_bt rows */
@@ -83,6 +92,20 @@ struct nb_part_acts {
     float *host_losses;
     bool fwd_done, can_bwd;
 };
+
+/* Lists the part's tensors (p->cfg, p->spec set; p->info, init_key and
+ * init_id hold cap entries) in buffer order, all trainable, gradient
+ * offsets equal to parameter offsets. 0 or NB_ENOMEM (count overflow). */
+int nb__part_build_layout(nb_part_t *p, int cap);
+/* Tensors a part of spec has at most (the cap build_layout needs). */
+int nb__part_layout_cap(const nb_part_spec_t *spec);
+/* Points the named weight and gradient slots at their place in the flat
+ * buffers; a frozen tensor's gradient slot is NULL. */
+void nb__part_resolve(nb_part_t *p);
+/* Makes a tied head's own wte-gradient buffer agree with its owner's wte:
+ * allocated while wte trains, freed while it is frozen. owner is the part
+ * holding wte. 0 or NB_ENOMEM. */
+int nb__part_tied_sync(nb_part_t *owner);
 
 /* Output of block i (0-based within the part) of a forward pass. */
 const float *nb__block_out(const nb_part_acts_t *a, int i);

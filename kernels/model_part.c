@@ -44,7 +44,9 @@ static int add_tensor(nb_part_t *p, int cap, const char *name, int ndim, int64_t
     t->shape[1] = ndim == 2 ? d1 : 1;
     t->numel = mul_sat((size_t)d0, (size_t)t->shape[1]);
     t->offset = p->n_params;
+    t->grad_offset = p->n_params;
     t->decay = ndim == 2;
+    t->trainable = true;
     p->init_key[p->n_info] = key;
     p->init_id[p->n_info] = id;
     if (t->numel == SIZE_MAX || nb_add_size(p->n_params, t->numel, &p->n_params))
@@ -53,8 +55,13 @@ static int add_tensor(nb_part_t *p, int cap, const char *name, int ndim, int64_t
     return 0;
 }
 
+int nb__part_layout_cap(const nb_part_spec_t *spec)
+{
+    return NB_E_COUNT + NB_H_COUNT + (spec->last - spec->first) * NB_B_COUNT;
+}
+
 /* Lists the part's tensors in buffer order (docs/model.md). */
-static int build_layout(nb_part_t *p, int cap)
+int nb__part_build_layout(nb_part_t *p, int cap)
 {
     const nb_model_config_t *c = &p->cfg;
     int64_t C = c->d_model, F = c->d_ff, V = c->vocab;
@@ -96,12 +103,22 @@ static int build_layout(nb_part_t *p, int cap)
     return rc ? NB_ENOMEM : 0;
 }
 
-/* Points the named slots at their place in the flat buffers. */
-static void resolve_pointers(nb_part_t *p)
+void nb__part_resolve(nb_part_t *p)
 {
+    size_t go = 0; /* gradient floats of the tensors before i */
+    bool head_seen = false;
     for (int i = 0; i < p->n_info; i++) {
         uint32_t key = p->init_key[i], id = p->init_id[i];
-        float *w = p->params + p->info[i].offset, *g = p->grads + p->info[i].offset;
+        float *w = p->params + p->info[i].offset;
+        float *g = p->info[i].trainable ? p->grads + p->info[i].grad_offset : NULL;
+        if (key == NB_INIT_KEY_HEAD && !head_seen) {
+            p->head_goff = go;
+            head_seen = true;
+        } else if (key < NB_INIT_KEY_EMBED && id == 0) {
+            p->blocks[key - (uint32_t)p->spec.first].goff = go;
+        }
+        if (p->info[i].trainable)
+            go += p->info[i].numel;
         if (key == NB_INIT_KEY_EMBED) {
             p->ew[id] = w;
             p->eg[id] = g;
@@ -114,6 +131,8 @@ static void resolve_pointers(nb_part_t *p)
             b->g[id] = g;
         }
     }
+    if (!head_seen)
+        p->head_goff = go;
 }
 
 /* Standard deviation of the normal init of a 2-D tensor (GPT-2 scheme:
@@ -230,7 +249,7 @@ int nb_part_new(nb_backend_t *be, const nb_model_config_t *cfg, const nb_part_sp
     p->cfg.ln_eps = nb_model_ln_eps(cfg); /* 0 means the default: store what it means */
     p->spec = *spec;
     int nblk = spec->last - spec->first;
-    int cap = NB_E_COUNT + NB_H_COUNT + nblk * NB_B_COUNT;
+    int cap = nb__part_layout_cap(spec);
     p->info = calloc((size_t)cap, sizeof *p->info);
     p->init_key = calloc((size_t)cap, sizeof *p->init_key);
     p->init_id = calloc((size_t)cap, sizeof *p->init_id);
@@ -238,7 +257,7 @@ int nb_part_new(nb_backend_t *be, const nb_model_config_t *cfg, const nb_part_sp
     int rc = NB_ENOMEM;
     if (!p->info || !p->init_key || !p->init_id || !p->blocks)
         goto err;
-    if ((rc = build_layout(p, cap)) != 0) {
+    if ((rc = nb__part_build_layout(p, cap)) != 0) {
         set_err(err, errlen, "part: parameter count overflows");
         goto err;
     }
@@ -250,14 +269,16 @@ int nb_part_new(nb_backend_t *be, const nb_model_config_t *cfg, const nb_part_sp
         set_err(err, errlen, "part: cannot allocate %zu parameters", p->n_params);
         goto err;
     }
-    resolve_pointers(p);
+    p->n_grads = p->n_params;
+    p->n_trainable = p->n_info;
+    nb__part_resolve(p);
     if (p->spec.head && head_tied(cfg)) {
         /* The head reads wte but accumulates its gradient apart; see
-         * nb_part_finish_grads() for why. */
+         * nb_part_finish_grads() for why. A frozen wte (tie_with's) needs
+         * no such buffer. */
         p->tied_owner = need_tie ? tie_with : p;
         p->tied_numel = (size_t)cfg->vocab * (size_t)cfg->d_model;
-        p->tied_grad = nb_be_alloc(be, p->tied_numel * sizeof(float));
-        if (!p->tied_grad) {
+        if (p->tied_owner->eg[NB_E_WTE] && !(p->tied_grad = nb_be_alloc(be, p->tied_numel * sizeof(float)))) {
             set_err(err, errlen, "part: cannot allocate the tied embedding gradient");
             goto err;
         }
@@ -304,6 +325,13 @@ const nb_part_spec_t *nb_part_spec(const nb_part_t *p) { return &p->spec; }
 nb_backend_t *nb_part_backend(const nb_part_t *p) { return p->be; }
 int nb_part_num_tensors(const nb_part_t *p) { return p->n_info; }
 size_t nb_part_num_params(const nb_part_t *p) { return p->n_params; }
+size_t nb_part_num_grads(const nb_part_t *p) { return p->n_grads; }
+int nb_part_num_trainable(const nb_part_t *p) { return p->n_trainable; }
+
+size_t nb_part_grad_bytes(const nb_part_t *p)
+{
+    return (p->n_grads + (p->tied_grad ? p->tied_numel : 0)) * sizeof(float);
+}
 float *nb_part_params(nb_part_t *p) { return p->params; }
 float *nb_part_grads(nb_part_t *p)
 {
@@ -327,8 +355,8 @@ int nb_part_find_tensor(const nb_part_t *p, const char *name)
 
 void nb_part_zero_grad(nb_part_t *p)
 {
-    if (p->n_params)
-        nb_be_memset0(p->be, p->grads, p->n_params * sizeof(float));
+    if (p->n_grads)
+        nb_be_memset0(p->be, p->grads, p->n_grads * sizeof(float));
     if (p->tied_grad) {
         nb_be_memset0(p->be, p->tied_grad, p->tied_numel * sizeof(float));
         p->tied_pending = false;
@@ -338,7 +366,7 @@ void nb_part_zero_grad(nb_part_t *p)
 /* Adds a tied head's pending share of wte's gradient into its owner's. */
 static void fold_tied(nb_part_t *head)
 {
-    if (!head->tied_pending)
+    if (!head->tied_pending || !head->tied_grad)
         return;
     /* One addition of two complete sums: a + b == b + a, so the result is
      * the same whatever order the micro-batches' backwards ran in. */

@@ -26,13 +26,15 @@ static void linear_fwd(nb_backend_t *be, float *y, const float *x, const float *
 }
 
 /* dx (N,IC) = dy (N,OC) @ w + dx_beta * dx (skipped when dx is NULL);
- * dw (OC,IC) += dy^T @ x; db (OC) += column sums of dy (when not NULL). */
+ * dw (OC,IC) += dy^T @ x; db (OC) += column sums of dy. A NULL dw or db
+ * (a frozen tensor) skips its product: frozen weights cost no compute. */
 static void linear_bwd(nb_backend_t *be, float *dx, float dx_beta, float *dw, float *db,
                        const float *dy, const float *x, const float *w, int N, int IC, int OC)
 {
     if (dx)
         nb_matmul(be, false, false, N, IC, OC, 1.0f, dy, OC, 0, w, IC, 0, dx_beta, dx, IC, 0, 1);
-    nb_matmul(be, true, false, OC, IC, N, 1.0f, dy, OC, 0, x, IC, 0, 1.0f, dw, IC, 0, 1);
+    if (dw)
+        nb_matmul(be, true, false, OC, IC, N, 1.0f, dy, OC, 0, x, IC, 0, 1.0f, dw, IC, 0, 1);
     if (db)
         nb_bias_grad(be, db, dy, N, OC);
 }
@@ -301,14 +303,18 @@ static void embed_bwd(nb_part_t *p, nb_part_acts_t *a, const float *demb)
     nb_backend_t *be = p->be;
     const nb_model_config_t *c = &p->cfg;
     int B = a->B, T = a->T, C = c->d_model, N = B * T;
-    if (c->norm == NB_MODEL_NORM_POST) {
+    bool post = c->norm == NB_MODEL_NORM_POST;
+    if (!p->eg[NB_E_WTE] && !p->eg[NB_E_WPE] && (!post || (!p->eg[NB_E_LNW] && !p->eg[NB_E_LNB])))
+        return; /* the embedding is frozen */
+    if (post) {
         float *draw = p->d_tmp;
         nb_be_memset0(be, draw, (size_t)N * (size_t)C * sizeof(float));
         nb_layernorm_bwd(be, draw, p->eg[NB_E_LNW], p->eg[NB_E_LNB], demb, a->emb_raw, p->ew[NB_E_LNW],
                          a->emb_mean, a->emb_rstd, N, C);
         demb = draw;
     }
-    nb_embed_bwd(be, p->eg[NB_E_WTE], p->eg[NB_E_WPE], demb, a->tokens, B, T, C);
+    if (p->eg[NB_E_WTE] || p->eg[NB_E_WPE])
+        nb_embed_bwd(be, p->eg[NB_E_WTE], p->eg[NB_E_WPE], demb, a->tokens, B, T, C);
 }
 
 int nb_part_backward(nb_part_t *p, nb_part_acts_t *a, const float *dout)
@@ -327,22 +333,26 @@ int nb_part_backward(nb_part_t *p, nb_part_acts_t *a, const float *dout)
         head_bwd(p, a, p->d_ping);
         cur = p->d_ping;
         if (p->grad_ready)
-            p->grad_ready(p->grad_ready_ud, p->head_offset);
+            p->grad_ready(p->grad_ready_ud, p->head_goff);
     }
-    for (int i = p->spec.last - p->spec.first - 1; i >= 0; i--) {
+    /* blocks below bwd_stop and the embedding are frozen and nothing below
+     * them needs a gradient (a part with the embedding only) */
+    for (int i = p->spec.last - p->spec.first - 1; i >= p->bwd_stop; i--) {
         const float *x = i ? nb__block_out(a, i - 1) : part_body_input(a);
         float *next = cur == p->d_ping ? p->d_pong : p->d_ping;
         block_bwd(p, a, i, x, cur, next);
         cur = next;
-        if (p->grad_ready) /* a block's first tensor is ln1.w */
-            p->grad_ready(p->grad_ready_ud, (size_t)(p->blocks[i].g[NB_B_LN1W] - p->grads));
+        if (p->grad_ready) /* the block's first float in the gradient buffer */
+            p->grad_ready(p->grad_ready_ud, p->blocks[i].goff);
     }
     if (p->spec.embed) {
-        embed_bwd(p, a, cur);
-        if (p->grad_ready)
+        if (p->bwd_stop == 0)
+            embed_bwd(p, a, cur);
+        if (p->grad_ready) /* frozen blocks below bwd_stop hold no gradient */
             p->grad_ready(p->grad_ready_ud, 0);
-    } else
+    } else {
         nb_be_copy(be, a->dinput, cur, nC);
+    }
     a->can_bwd = false;
     a->fwd_done = false;
     return 0;

@@ -70,7 +70,7 @@ int nb_optim_new(nb_backend_t *be, const nb_optim_config_t *c, size_t n,
     size_t end = 0;
     for (int i = 0; i < nsegs; i++) {
         size_t e;
-        if (segs[i].offset < end || nb_add_size(segs[i].offset, segs[i].numel, &e) || e > n)
+        if (segs[i].grad_offset < end || nb_add_size(segs[i].grad_offset, segs[i].numel, &e) || e > n)
             return NB_EINVAL;
         end = e;
     }
@@ -135,7 +135,7 @@ void nb_optim_step(nb_optim_t *o, float *params, const float *grads, float lr, f
         const nb_optim_segment_t *s = &o->segs[i];
         if (!s->numel)
             continue;
-        nb_adamw(o->be, params + s->offset, grads + s->offset, o->m + s->offset, o->v + s->offset,
+        nb_adamw(o->be, params + s->offset, grads + s->grad_offset, o->m + s->grad_offset, o->v + s->grad_offset,
                  s->numel, lr, c->beta1, c->beta2, c->eps, s->decay ? c->weight_decay : 0.0f,
                  grad_scale, o->steps);
     }

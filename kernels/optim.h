@@ -8,7 +8,10 @@
  * 2-D tensors only (GPT-2 convention), as marked in the segments.
  *
  * The optimizer state (m, v) is carved from one device allocation with the
- * same layout as the gradient buffer it serves. The global norm may combine
+ * same layout as the gradient buffer it serves; a segment names a tensor's
+ * place in the parameter buffer and in the gradient buffer, which differ
+ * when some tensors are frozen (they have parameters but no gradient and
+ * no state: kernels/model.h). The global norm may combine
  * several buffers (the stages of a pipeline): each computes its local sum of
  * squares with nb_optim_sumsq() and the caller passes the total to
  * nb_optim_clip_scale().
@@ -43,16 +46,21 @@ const char *nb_optim_config_validate(const nb_optim_config_t *c);
  * then lr_min + (lr - lr_min) * (1 + cos(pi * progress)) / 2. */
 double nb_optim_lr(const nb_optim_config_t *c, int step);
 
-/* One contiguous range of the flat buffers. */
+/* One contiguous range of the flat buffers: params[offset ..] is updated
+ * from grads[grad_offset ..], with state m and v at grad_offset too. */
 typedef struct {
-    size_t offset, numel;
+    size_t offset, numel;  /* into the parameter buffer */
     bool decay;
+    size_t grad_offset;    /* into the gradient buffer and the state */
 } nb_optim_segment_t;
 
 typedef struct nb_optim nb_optim_t;
 
-/* Creates an optimizer for n floats described by segments (copied; they
- * must be sorted, non-overlapping and inside n). State starts at zero.
+/* Creates an optimizer whose state covers n floats (the gradient buffer's
+ * length), updating the ranges segments describe (copied; their gradient
+ * ranges must be sorted, non-overlapping and inside n; the parameter
+ * ranges are the caller's to get right). State starts at zero. For a
+ * model part use nb_part_optim_new (kernels/model.h).
  * Errors: NB_EINVAL (bad config or segments, or a backend without the
  * adamw and sumsq ops), NB_ENOMEM. */
 int nb_optim_new(nb_backend_t *be, const nb_optim_config_t *c, size_t n,
@@ -69,7 +77,7 @@ float nb_optim_clip_scale(const nb_optim_config_t *c, double global_sumsq);
 void nb_optim_step(nb_optim_t *o, float *params, const float *grads, float lr, float grad_scale);
 /* Steps taken so far. */
 int nb_optim_steps(const nb_optim_t *o);
-/* Floats covered (the n given to nb_optim_new). */
+/* Floats of state per moment (the n given to nb_optim_new). */
 size_t nb_optim_numel(const nb_optim_t *o);
 /* The flat state buffers (device, n floats each), for checkpoints. */
 float *nb_optim_m(nb_optim_t *o);

@@ -12,7 +12,15 @@ Usage: python3 scripts/gen_reference.py [OUTDIR]   (default tests/data)
 
 Files with model settings beyond the defaults (LayerNorm eps 1e-5, tanh
 GELU) hold a "variant" tensor: f32 [ln_eps, gelu] with gelu 0 tanh, 1 erf.
+Files with frozen tensors (ref_*_frozen.bin; job.freeze) hold "frozen": u8,
+one per parameter in buffer order, 1 = frozen (requires_grad False: no
+gradient, not clipped, not decayed, not updated); "g.<name>" only for the
+trainable ones, and "w_end.<name>" for every parameter after the AdamW
+steps.
 Needs torch (pip install torch). The tests never run this script.
+
+Usage: python3 scripts/gen_reference.py [OUTDIR [FILE...]] writes every
+file, or only the named ones (e.g. ref_gpt_frozen.bin).
 
 File format (little endian), version 1:
   magic "NBRF", u32 version, u32 tensor count, then per tensor:
@@ -148,9 +156,14 @@ def lr_at(o, step):
     return o["lr_min"] + 0.5 * (o["lr"] - o["lr_min"]) * (1.0 + math.cos(math.pi * progress))
 
 
-def make_case(path, cfg, B, T, seed):
+def make_case(path, cfg, B, T, seed, frozen=()):
     gen = torch.Generator().manual_seed(seed)
     P = init_params(cfg, gen)
+    all_names = [n for n, _ in param_list(cfg)]
+    for n in frozen:
+        assert n in P, n
+    for n in frozen:
+        P[n].requires_grad_(False)
     V = cfg["vocab"]
     tokens = torch.randint(0, V, (B, T + 1), generator=gen)
     key_mask = None
@@ -193,6 +206,9 @@ def make_case(path, cfg, B, T, seed):
     out.append(("targets", DT_I32, targets.to(torch.int32)))
     if key_mask is not None:
         out.append(("key_mask", DT_U8, key_mask))
+    if frozen:
+        out.append(("frozen", DT_U8, torch.tensor([1 if n in frozen else 0 for n in all_names],
+                                                  dtype=torch.uint8)))
     # Round the weights to float32 first: the C model starts from exactly these.
     with torch.no_grad():
         for t in P.values():
@@ -204,10 +220,12 @@ def make_case(path, cfg, B, T, seed):
     out.append(("logits", DT_F32, logits.float()))
     out.append(("loss", DT_F32, loss.detach().float().reshape(1)))
     for name, _ in param_list(cfg):
-        out.append(("g." + name, DT_F32, P[name].grad.float()))
+        if name not in frozen:
+            out.append(("g." + name, DT_F32, P[name].grad.float()))
 
-    # AdamW trajectory on the same batch: loss before each update.
-    names = [n for n, _ in param_list(cfg)]
+    # AdamW trajectory on the same batch: loss before each update. Frozen
+    # tensors are in no group: no state, no decay, not in the clip norm.
+    names = [n for n in all_names if n not in frozen]
     groups = [{"params": [P[n] for n in names if P[n].dim() == 2], "weight_decay": o["wd"]},
               {"params": [P[n] for n in names if P[n].dim() != 2], "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=o["lr"], betas=(o["b1"], o["b2"]), eps=o["eps"], foreach=False)
@@ -222,11 +240,15 @@ def make_case(path, cfg, B, T, seed):
             g["lr"] = lr_at(o, step)
         opt.step()
     out.append(("losses", DT_F32, torch.tensor(losses, dtype=torch.float32)))
+    if frozen:
+        for name in all_names:
+            out.append(("w_end." + name, DT_F32, P[name].detach().float()))
     write_file(path, out)
 
 
 def main():
     outdir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "tests", "data")
+    only = set(sys.argv[2:])
     os.makedirs(outdir, exist_ok=True)
     torch.manual_seed(0)
     gpt = dict(n_layer=2, d_model=32, n_head=4, d_ff=64, vocab=64, max_seq=16, causal=True,
@@ -237,18 +259,34 @@ def main():
                   norm=NORM_POST, head=HEAD_SEQCLS, n_classes=3, tie=False)
     tokcls = dict(n_layer=1, d_model=16, n_head=2, d_ff=32, vocab=32, max_seq=8, causal=False,
                   norm=NORM_PRE, head=HEAD_TOKCLS, n_classes=2, tie=False)
-    make_case(os.path.join(outdir, "ref_gpt.bin"), gpt, 4, 16, 1)
-    make_case(os.path.join(outdir, "ref_bert.bin"), bert, 4, 16, 2)
-    make_case(os.path.join(outdir, "ref_seqcls.bin"), seqcls, 4, 8, 3)
-    make_case(os.path.join(outdir, "ref_tokcls.bin"), tokcls, 4, 8, 4)
     # Per-model settings: BERT's own (erf GELU, eps 1e-12), and a GPT with the
     # erf GELU and an eps large enough (0.05) that a LayerNorm ignoring it
     # misses the tolerance (1e-12 against 1e-5 is below it on random weights;
     # the MiniLM golden shows that difference).
     bert_hf = dict(bert, ln_eps=1e-12, gelu="erf")
     gpt_erf = dict(gpt, ln_eps=0.05, gelu="erf")
-    make_case(os.path.join(outdir, "ref_bert_erf.bin"), bert_hf, 4, 16, 5)
-    make_case(os.path.join(outdir, "ref_gpt_erf.bin"), gpt_erf, 4, 16, 6)
+    # Frozen tensors (job.freeze): a tied wte (the lm head frozen with it)
+    # beside a trainable wpe, below a frozen block; the bottom of a model
+    # (embedding and block 0: backward stops above them); frozen weights
+    # beside trainable biases, LayerNorm halves and the embedding LayerNorm,
+    # and an untied lm head; a classifier fine-tuned on a frozen encoder.
+    h1 = ["h1.ln1.w", "h1.ln2.b"]
+    cases = [
+        ("ref_gpt.bin", gpt, 4, 16, 1, ()),
+        ("ref_bert.bin", bert, 4, 16, 2, ()),
+        ("ref_seqcls.bin", seqcls, 4, 8, 3, ()),
+        ("ref_tokcls.bin", tokcls, 4, 8, 4, ()),
+        ("ref_bert_erf.bin", bert_hf, 4, 16, 5, ()),
+        ("ref_gpt_erf.bin", gpt_erf, 4, 16, 6, ()),
+        ("ref_gpt_frozen.bin", gpt, 4, 16, 7, ["wte"] + [n for n, _ in param_list(gpt) if n.startswith("h0.")]),
+        ("ref_gpt_bottom_frozen.bin", gpt, 4, 16, 10,
+         ["wte", "wpe"] + [n for n, _ in param_list(gpt) if n.startswith("h0.")]),
+        ("ref_bert_frozen.bin", bert, 4, 16, 8, ["emb_ln.w", "emb_ln.b", "h0.qkv.w", "h0.fc.w", "lm.w"] + h1),
+        ("ref_seqcls_frozen.bin", seqcls, 4, 8, 9, [n for n, _ in param_list(seqcls) if not n.startswith("cls.")]),
+    ]
+    for name, cfg, B, T, seed, frozen in cases:
+        if not only or name in only:
+            make_case(os.path.join(outdir, name), cfg, B, T, seed, frozen)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,10 @@
  * and writes the weights to job.output (when set) at the end. With
  * job.init the run starts from pretrained weights (a weights file or
  * safetensors, docs/import-export.md) instead of seeded ones; a --resume
- * checkpoint takes precedence.
+ * checkpoint takes precedence. With job.freeze (and job.trainable) the
+ * matching tensors stay as they are, with no gradient or optimizer state
+ * (docs/config.md); the run prints what is frozen and the memory of the
+ * weights, gradients and optimizer state.
  *   --steps N         train N steps instead of job.steps (the LR schedule
  *                     follows N)
  *   --stop-after N    stop once N steps are done (schedule unchanged)
@@ -111,7 +114,31 @@ static int to_train_config(const nb_config_t *cfg, nb_train_config_t *tc, char *
     tc->eval_fraction = j->eval.fraction;
     snprintf(tc->eval_data, sizeof tc->eval_data, "%s", j->eval.data);
     tc->eval_batches = (int)j->eval.batches;
+    _Static_assert(NB_CFG_MAX_FREEZE == NB_FREEZE_MAX && NB_CFG_PATTERN_MAX == NB_FREEZE_PATTERN_MAX,
+                   "job.freeze in the config and in the model agree");
+    tc->freeze.n_freeze = j->n_freeze;
+    tc->freeze.n_trainable = j->n_trainable;
+    for (int i = 0; i < j->n_freeze; i++)
+        snprintf(tc->freeze.freeze[i], sizeof tc->freeze.freeze[i], "%s", j->freeze[i]);
+    for (int i = 0; i < j->n_trainable; i++)
+        snprintf(tc->freeze.trainable[i], sizeof tc->freeze.trainable[i], "%s", j->trainable[i]);
     return 0;
+}
+
+/* The frozen tensors and where the model's memory goes: the line a
+ * fine-tuning user reads to see what freezing saved. */
+static void print_memory(nb_trainer_t *tr)
+{
+    nb_part_t *p = nb_trainer_part(tr);
+    int nt = nb_part_num_tensors(p), ntr = nb_part_num_trainable(p);
+    size_t np = nb_part_num_params(p), ng = nb_part_num_grads(p);
+    double mib = 1024.0 * 1024.0;
+    if (ntr < nt)
+        printf("nebula-train: frozen: %d of %d tensors, %zu of %zu parameters; training %zu\n", nt - ntr, nt,
+               np - ng, np, ng);
+    printf("nebula-train: memory: weights %.2f MiB, gradients %.2f MiB, optimizer %.2f MiB\n",
+           (double)np * sizeof(float) / mib, (double)nb_part_grad_bytes(p) / mib,
+           (double)nb_optim_numel(nb_trainer_optim(tr)) * 2 * sizeof(float) / mib);
 }
 
 /* Writes the checkpoint of the run as it stands under root and keeps the
@@ -287,6 +314,7 @@ int main(int argc, char **argv)
            nb_norm_name(tc.model.norm), nb_head_kind_name(tc.model.head), tc.model.n_layer, tc.model.d_model,
            tc.model.n_head, nb_part_num_params(part), tc.batch, tc.micro_batches, tc.seq_len, tc.steps,
            be->iface->name, kernels);
+    print_memory(tr);
     int every = cfg.job.log_every > 0 ? (int)cfg.job.log_every : 1;
     uint64_t n_train, n_eval;
     nb_trainer_split(tr, &n_train, &n_eval);

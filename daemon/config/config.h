@@ -27,6 +27,8 @@
 #define NB_CFG_MAX_DEVICES 16
 #define NB_CFG_MAX_CODECS 16
 #define NB_CFG_MAX_GENERATORS 8
+#define NB_CFG_MAX_FREEZE 32   /* patterns in job.freeze / job.trainable (NB_FREEZE_MAX) */
+#define NB_CFG_PATTERN_MAX 64  /* bytes of one, NUL included (NB_FREEZE_PATTERN_MAX) */
 
 /* Exit status of nebulad on any configuration error (sysexits EX_CONFIG). */
 #define NB_CFG_EXIT_CONFIG 78
@@ -170,6 +172,10 @@ typedef struct {
     int64_t max_skipped_steps; /* consecutive non-finite-gradient skips that stop the job */
     char output[NB_CFG_PATH_MAX]; /* final weights file; "" = none */
     char init[NB_CFG_PATH_MAX];   /* pretrained weights to start from; "" = seeded */
+    int n_freeze;                 /* job.freeze: globs over tensor names */
+    char freeze[NB_CFG_MAX_FREEZE][NB_CFG_PATTERN_MAX];
+    int n_trainable;              /* job.trainable: exceptions to job.freeze */
+    char trainable[NB_CFG_MAX_FREEZE][NB_CFG_PATTERN_MAX];
     nb_cfg_eval_t eval;
     nb_cfg_checkpoint_t checkpoint;
     double recovery_timeout_s;    /* how long a fault may last before the job fails */

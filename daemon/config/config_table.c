@@ -48,6 +48,16 @@ static const char *v_codec(const void *p)
     return depth == 0 ? NULL : "unbalanced parentheses in codec spec";
 }
 
+static const char *v_pattern(const void *p)
+{
+    /* the pattern's match against the model is checked by the job
+     * (nb_freeze_check); here only its characters */
+    for (const char *s = p; *s; s++)
+        if (!isalnum((unsigned char)*s) && !strchr("._-*?", *s))
+            return "a tensor-name pattern may contain only letters, digits, '.', '_', '-', '*' and '?'";
+    return NULL;
+}
+
 /* ---- enums ---------------------------------------------------------------- */
 
 static const char *const role_names[] = { "coordinator", "stage", "train", NULL };
@@ -144,6 +154,14 @@ static const nb__cfg_key_t codec_elem = {
     .name = "codecs[]", .type = NB__CFG_STR, .size = NB_CFG_SPEC_MAX, .validate = v_codec,
 };
 
+static const nb__cfg_key_t freeze_elem = {
+    .name = "freeze[]", .type = NB__CFG_STR, .size = NB_CFG_PATTERN_MAX, .validate = v_pattern,
+};
+
+static const nb__cfg_key_t trainable_elem = {
+    .name = "trainable[]", .type = NB__CFG_STR, .size = NB_CFG_PATTERN_MAX, .validate = v_pattern,
+};
+
 static const nb__cfg_key_t planner_keys[] = {
     { .name = "enabled", .type = NB__CFG_BOOL, .def = "true", FLD(nb_cfg_planner_t, enabled), .doc = "let the planner choose m, schedule, codecs and split" },
     { .name = "replan_threshold", .type = NB__CFG_DOUBLE, .min = 0, .max = 10, .def = "0.2", FLD(nb_cfg_planner_t, replan_threshold), .doc = "relative drift of a measurement that triggers a re-plan" },
@@ -213,6 +231,10 @@ static const nb__cfg_key_t job_keys[] = {
     { .name = "max_skipped_steps", .type = NB__CFG_INT, .min = 1, .max = 1e6, .def = "10", FLD(nb_cfg_job_t, max_skipped_steps), .doc = "consecutive steps skipped for a non-finite gradient norm that stop the job" },
     { .name = "output", .type = NB__CFG_PATH, FLD(nb_cfg_job_t, output), .doc = "final weights file" },
     { .name = "init", .type = NB__CFG_PATH, .roles = C | T, FLD(nb_cfg_job_t, init), .doc = "pretrained weights to start from (weights file or safetensors)" },
+    { .name = "freeze", .type = NB__CFG_LIST, .sub = &freeze_elem, .off = offsetof(nb_cfg_job_t, freeze),
+      .count_off = offsetof(nb_cfg_job_t, n_freeze), .max_items = NB_CFG_MAX_FREEZE, .doc = "tensors that do not train: globs over the model's tensor names (wte, h0.*)" },
+    { .name = "trainable", .type = NB__CFG_LIST, .sub = &trainable_elem, .off = offsetof(nb_cfg_job_t, trainable),
+      .count_off = offsetof(nb_cfg_job_t, n_trainable), .max_items = NB_CFG_MAX_FREEZE, .doc = "exceptions to job.freeze: tensors that train although a freeze pattern matches them" },
     { .name = "eval", .type = NB__CFG_SECTION, .roles = C | T, .sub = eval_keys, FLD(nb_cfg_job_t, eval), .doc = "held-out evaluation" },
     { .name = "checkpoint", .type = NB__CFG_SECTION, .roles = C, .sub = checkpoint_keys, FLD(nb_cfg_job_t, checkpoint), .doc = "coordinated checkpoints" },
     { .name = "recovery_timeout_s", .type = NB__CFG_DOUBLE, .roles = C, .min = 1, .max = 1e7, .def = "600", FLD(nb_cfg_job_t, recovery_timeout_s), .doc = "how long the daemons may take to come back after a fault before the job fails" },

@@ -4,6 +4,21 @@
 #include <string.h>
 #include "daemon/pipeline/job.h"
 
+_Static_assert(NB_CFG_MAX_FREEZE == NB_FREEZE_MAX && NB_CFG_PATTERN_MAX == NB_FREEZE_PATTERN_MAX,
+               "job.freeze in the config and in the model agree");
+
+/* Copies the configuration's freeze lists. */
+static void freeze_from_cfg(const nb_cfg_job_t *job, nb_freeze_spec_t *f)
+{
+    memset(f, 0, sizeof *f);
+    f->n_freeze = job->n_freeze;
+    f->n_trainable = job->n_trainable;
+    for (int i = 0; i < job->n_freeze; i++)
+        snprintf(f->freeze[i], sizeof f->freeze[i], "%s", job->freeze[i]);
+    for (int i = 0; i < job->n_trainable; i++)
+        snprintf(f->trainable[i], sizeof f->trainable[i], "%s", job->trainable[i]);
+}
+
 int nb_job_model_from_cfg(const nb_cfg_model_t *in, nb_model_config_t *out)
 {
     memset(out, 0, sizeof *out);
@@ -142,6 +157,9 @@ int nb_job_from_cfg(const nb_cfg_job_t *job, int m, uint64_t job_id, nb_job_desc
     l->optim = nb_job_optim_from_cfg(&job->optimizer, job->steps);
     l->eval_fraction = job->eval.fraction;
     out->eval_file = job->eval.data[0] != '\0';
+    freeze_from_cfg(job, &l->freeze);
+    if (nb_freeze_check(&l->model, &l->freeze, err, errlen))
+        return NB_EINVAL;
     for (int i = 0; i < n; i++) {
         l->parts[i] = (nb_part_spec_t){ .embed = i == 0, .first = first[i], .last = last[i],
                                         .head = !ushape && i == n - 1 };
@@ -225,6 +243,14 @@ void nb_job_to_msg(const nb_job_desc_t *d, int daemon, nb_job_msg_store_t *st, N
     msg->model_digest = (char *)d->digest;
     msg->eval_fraction = l->eval_fraction;
     msg->eval_file = d->eval_file;
+    for (int i = 0; i < l->freeze.n_freeze; i++)
+        st->freeze_ptrs[i] = (char *)l->freeze.freeze[i];
+    for (int i = 0; i < l->freeze.n_trainable; i++)
+        st->trainable_ptrs[i] = (char *)l->freeze.trainable[i];
+    msg->n_freeze = (size_t)l->freeze.n_freeze;
+    msg->freeze = st->freeze_ptrs;
+    msg->n_trainable = (size_t)l->freeze.n_trainable;
+    msg->trainable = st->trainable_ptrs;
 }
 
 #define BAD(code, ...)                                                                             \
@@ -313,6 +339,24 @@ int nb_job_from_msg(const Nebula__Job *msg, nb_job_desc_t *out, int *your_daemon
     }
     if (msg->your_daemon >= msg->n_daemons)
         BAD(NB_EFORMAT, "job: your_daemon %u out of range", msg->your_daemon);
+    if (msg->n_freeze > NB_FREEZE_MAX || msg->n_trainable > NB_FREEZE_MAX)
+        BAD(NB_EFORMAT, "job: %zu freeze and %zu trainable patterns; at most %d each", msg->n_freeze,
+            msg->n_trainable, NB_FREEZE_MAX);
+    for (int k = 0; k < 2; k++) {
+        size_t n = k ? msg->n_trainable : msg->n_freeze;
+        char **src = k ? msg->trainable : msg->freeze;
+        for (size_t i = 0; i < n; i++) {
+            if (!src[i] || strlen(src[i]) >= NB_FREEZE_PATTERN_MAX)
+                BAD(NB_EFORMAT, "job: %s pattern %zu is missing or longer than %d bytes", k ? "trainable" : "freeze",
+                    i, NB_FREEZE_PATTERN_MAX - 1);
+            snprintf(k ? l->freeze.trainable[i] : l->freeze.freeze[i], NB_FREEZE_PATTERN_MAX, "%s", src[i]);
+        }
+    }
+    l->freeze.n_freeze = (int)msg->n_freeze;
+    l->freeze.n_trainable = (int)msg->n_trainable;
+    char fwhy[384];
+    if (nb_freeze_check(&l->model, &l->freeze, fwhy, sizeof fwhy))
+        BAD(NB_EINVAL, "job: %s", fwhy);
     if ((why = nb_pipe_layout_validate(l)))
         BAD(NB_EINVAL, "job: %s", why);
     out->n_daemons = l->n_daemons;

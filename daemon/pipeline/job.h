@@ -54,7 +54,8 @@ const char *nb_job_head_unsupported(nb_head_kind_t head);
 
 /* Builds the job a coordinator runs from its configuration; m is the number of
  * micro-batches (must divide job.batch). job_id is given by the caller.
- * Errors: NB_EINVAL with a message (no clusters, bad model...). */
+ * Errors: NB_EINVAL with a message (no clusters, bad model, a job.freeze
+ * pattern matching no tensor of the model or freezing all of them...). */
 int nb_job_from_cfg(const nb_cfg_job_t *job, int m, uint64_t job_id, nb_job_desc_t *out,
                     char *err, size_t errlen);
 
@@ -70,11 +71,14 @@ typedef struct {
     Nebula__StagePart *part_ptrs[NB_SCHED_MAX_STAGES];
     Nebula__DaemonInfo daemons[NB_SCHED_MAX_STAGES];
     Nebula__DaemonInfo *daemon_ptrs[NB_SCHED_MAX_STAGES];
+    char *freeze_ptrs[NB_FREEZE_MAX];
+    char *trainable_ptrs[NB_FREEZE_MAX];
 } nb_job_msg_store_t;
 void nb_job_to_msg(const nb_job_desc_t *d, int daemon, nb_job_msg_store_t *store, Nebula__Job *msg);
 
 /* Validates a received Job message (it comes from the network: every count,
- * range and string is checked) and converts it. *your_daemon gets the index
+ * range and string is checked, the freeze patterns as nb_freeze_check
+ * does) and converts it. *your_daemon gets the index
  * the coordinator assigned. Errors: NB_EFORMAT / NB_EINVAL with a message. */
 int nb_job_from_msg(const Nebula__Job *msg, nb_job_desc_t *out, int *your_daemon, char *err,
                     size_t errlen);

@@ -207,21 +207,6 @@ void nb_host_free(nb_host_t *h)
     free(h);
 }
 
-static int make_optim(nb_host_t *h, hosted_t *s)
-{
-    int nt = nb_part_num_tensors(s->part);
-    nb_optim_segment_t *segs = calloc((size_t)nt, sizeof *segs);
-    if (!segs)
-        return NB_ENOMEM;
-    for (int i = 0; i < nt; i++) {
-        const nb_param_info_t *pi = nb_part_tensor(s->part, i);
-        segs[i] = (nb_optim_segment_t){ pi->offset, pi->numel, pi->decay };
-    }
-    int rc = nb_optim_new(h->be, &h->l.optim, nb_part_num_params(s->part), segs, nt, &s->optim);
-    free(segs);
-    return rc;
-}
-
 int nb_host_new(nb_backend_t *be, const nb_pipe_layout_t *l, int daemon, const char *data,
                 nb_host_t **out, char *err, size_t errlen)
 {
@@ -266,8 +251,11 @@ int nb_host_new_replicas(nb_backend_t *const *bes, int n_replicas, const nb_pipe
             tie = h->st[h->local_of[0]].part; /* validated: stage 0 is here */
         if ((rc = nb_part_new(be, &l->model, &l->parts[s], l->seed, tie, &hs->part, err, errlen)))
             goto fail;
-        if ((rc = make_optim(h, hs))) {
-            snprintf(err, errlen, "stage %d: cannot create the optimizer (%s)", s, nb_strerror(rc));
+        /* each stage freezes the tensors of the job's patterns it holds */
+        if ((rc = nb_part_freeze(hs->part, &l->freeze)) ||
+            (rc = nb_part_optim_new(hs->part, &l->optim, &hs->optim))) {
+            snprintf(err, errlen, "stage %d: cannot create the gradients or the optimizer (%s)", s,
+                     nb_strerror(rc));
             goto fail;
         }
         nb_reps_t *tie_reps = tie ? h->st[h->local_of[0]].reps : NULL;
@@ -353,20 +341,22 @@ int nb_host_sync_replicas(nb_host_t *h)
 
 size_t nb_host_memory_bytes(const nb_host_t *h)
 {
-    size_t total = h->peak_acts_bytes;
-    for (int i = 0; i < h->n; i++) /* p, g, m, v on every replica */
-        total += nb_part_num_params(h->st[i].part) * sizeof(float) * 4 * (size_t)nb_host_replicas(h);
-    return total;
+    nb_mem_model_t m;
+    nb_host_memory_parts(h, &m);
+    return (size_t)(m.weights + m.gradients + m.optimizer + m.activations);
 }
 
 void nb_host_memory_parts(const nb_host_t *h, nb_mem_model_t *out)
 {
-    uint64_t params = 0;
-    for (int i = 0; i < h->n; i++)
-        params += nb_part_num_params(h->st[i].part) * (uint64_t)nb_host_replicas(h);
-    out->weights = params * sizeof(float);
-    out->gradients = params * sizeof(float);
-    out->optimizer = params * sizeof(float) * 2; /* AdamW m and v */
+    memset(out, 0, sizeof *out);
+    uint64_t R = (uint64_t)nb_host_replicas(h);
+    for (int i = 0; i < h->n; i++) {
+        /* on every replica; frozen tensors have weights but no gradient
+         * and no AdamW state */
+        out->weights += nb_part_num_params(h->st[i].part) * sizeof(float) * R;
+        out->gradients += nb_part_grad_bytes(h->st[i].part) * R;
+        out->optimizer += nb_optim_numel(h->st[i].optim) * sizeof(float) * 2 * R; /* AdamW m and v */
+    }
     out->activations = h->peak_acts_bytes;
 }
 
@@ -933,7 +923,7 @@ int nb_host_run_step(nb_host_t *h, const nb_step_plan_t *plan, const nb_pipe_io_
         hosted_t *hs = &h->st[i];
         if (nb_grad_fault_hits(&h->fault, plan->step, hs->stage))
             nb_grad_fault_poison(h->be, nb_part_grads(hs->part));
-        double si = nb_optim_sumsq(h->be, nb_part_grads(hs->part), nb_part_num_params(hs->part));
+        double si = nb_optim_sumsq(h->be, nb_part_grads(hs->part), nb_part_num_grads(hs->part));
         if (!isfinite(si))
             nonfinite |= 1ull << hs->stage;
         ss += si;

@@ -60,6 +60,8 @@ typedef struct {
     nb_optim_config_t optim;
     double eval_fraction;                     /* job.eval.fraction: stage 0 trains on the head of
                                                  its token file only (holdout.h); 0 = all of it */
+    nb_freeze_spec_t freeze;                  /* frozen tensors (job.freeze): each
+                                                 stage freezes those it holds */
 } nb_pipe_layout_t;
 
 /* One step's plan, as the coordinator sends it. */
@@ -119,7 +121,9 @@ const char *nb_pipe_layout_validate(const nb_pipe_layout_t *l);
 
 /* Creates the host for daemon index `daemon` of layout l on be: the parts of
  * the stages placed there (weights seeded from l->seed, so they equal the
- * same layers of the single-process model) and their optimizers. data is the
+ * same layers of the single-process model), with the tensors l->freeze
+ * matches frozen (checked by the job: nb_freeze_check), and their
+ * optimizers over the trainable tensors. data is the
  * token file, required when stage 0 is hosted here (else may be NULL).
  * Errors: NB_EINVAL (layout, data), NB_ENOMEM, token file errors. */
 int nb_host_new(nb_backend_t *be, const nb_pipe_layout_t *l, int daemon, const char *data,
@@ -184,7 +188,7 @@ nb_part_t *nb_host_part(nb_host_t *h, int i);
 nb_optim_t *nb_host_optim(nb_host_t *h, int i);
 
 /* Bytes of memory the host holds: parameters, gradients, optimizer state and
- * the activation pool at its largest. */
+ * the activation pool at its largest (frozen tensors: parameters only). */
 size_t nb_host_memory_bytes(const nb_host_t *h);
 /* The same, by part (the four add up to nb_host_memory_bytes). */
 void nb_host_memory_parts(const nb_host_t *h, nb_mem_model_t *out);

@@ -107,19 +107,19 @@ static int run_all(nb_reps_t *s, rep_fn fn, void *arg, int *rcs)
 
 /* ---- the set ----------------------------------------------------------------- */
 
-static int make_optim(nb_backend_t *be, nb_part_t *p, const nb_optim_config_t *oc, nb_optim_t **out)
+/* Freezes what part0 freezes in replica p, then makes its optimizer over
+ * the trainable tensors (kernels/model.h, "frozen tensors"). */
+static int make_optim(nb_part_t *part0, nb_part_t *p, const nb_optim_config_t *oc, nb_optim_t **out)
 {
     int nt = nb_part_num_tensors(p);
-    nb_optim_segment_t *segs = calloc((size_t)nt, sizeof *segs);
-    if (!segs)
+    bool *frozen = calloc((size_t)(nt ? nt : 1), sizeof *frozen);
+    if (!frozen)
         return NB_ENOMEM;
-    for (int i = 0; i < nt; i++) {
-        const nb_param_info_t *pi = nb_part_tensor(p, i);
-        segs[i] = (nb_optim_segment_t){ pi->offset, pi->numel, pi->decay };
-    }
-    int rc = nb_optim_new(be, oc, nb_part_num_params(p), segs, nt, out);
-    free(segs);
-    return rc;
+    for (int i = 0; i < nt; i++)
+        frozen[i] = !nb_part_tensor(part0, i)->trainable;
+    int rc = nb_part_set_frozen(p, frozen);
+    free(frozen);
+    return rc ? rc : nb_part_optim_new(p, oc, out);
 }
 
 /* Copies bytes from src on sbe to dst on dbe: directly between CPU
@@ -144,12 +144,13 @@ int nb_reps_sync(nb_reps_t *s)
 {
     nb_part_t *p0 = s->parts[0];
     size_t bytes = nb_part_num_params(p0) * sizeof(float);
+    size_t sbytes = nb_optim_numel(s->optims[0]) * sizeof(float); /* the trainable tensors' state */
     nb_be_sync(s->bes[0]);
     for (int r = 1; r < s->R; r++) {
         int rc;
         if ((rc = copy_between(s->bes[r], nb_part_params(s->parts[r]), s->bes[0], nb_part_params(p0), bytes)) ||
-            (rc = copy_between(s->bes[r], nb_optim_m(s->optims[r]), s->bes[0], nb_optim_m(s->optims[0]), bytes)) ||
-            (rc = copy_between(s->bes[r], nb_optim_v(s->optims[r]), s->bes[0], nb_optim_v(s->optims[0]), bytes)))
+            (rc = copy_between(s->bes[r], nb_optim_m(s->optims[r]), s->bes[0], nb_optim_m(s->optims[0]), sbytes)) ||
+            (rc = copy_between(s->bes[r], nb_optim_v(s->optims[r]), s->bes[0], nb_optim_v(s->optims[0]), sbytes)))
             return rc;
         nb_optim_set_steps(s->optims[r], nb_optim_steps(s->optims[0]));
         nb_part_zero_grad(s->parts[r]);
@@ -197,14 +198,14 @@ int nb_reps_new(nb_part_t *part0, nb_optim_t *optim0, nb_backend_t *const *bes, 
         if ((rc = nb_part_new(bes[r], nb_part_config(part0), nb_part_spec(part0), seed, tie ? tie->parts[r] : NULL,
                               &s->parts[r], err, errlen)))
             goto fail;
-        if ((rc = make_optim(bes[r], s->parts[r], oc, &s->optims[r]))) {
+        if ((rc = make_optim(part0, s->parts[r], oc, &s->optims[r]))) {
             snprintf(err, errlen, "replica %d: cannot create the optimizer (%s)", r, nb_strerror(rc));
             goto fail;
         }
     }
     if ((rc = nb_reps_sync(s)))
         goto oom;
-    s->n = nb_part_num_params(part0);
+    s->n = nb_part_num_grads(part0); /* the gradient buffer: trainable tensors only */
     s->reduced_from = s->n;
     for (int r = 0; r < R; r++) {
         s->gbuf[r] = nb_part_grads(s->parts[r]); /* nothing pending yet: no fold */
@@ -453,9 +454,8 @@ int nb_reps_backward(nb_reps_t *s, nb_reps_acts_t *a, const float *dout, bool la
         /* a head tied to this part's wte (built after this set, so asked
          * here) adds its share at the end: wte waits for nb_reps_reduce */
         int wte = nb_part_find_tensor(s->parts[0], "wte");
-        s->floor = nb_part_has_tied_head(s->parts[0]) && wte >= 0
-                       ? nb_part_tensor(s->parts[0], wte)->offset + nb_part_tensor(s->parts[0], wte)->numel
-                       : 0;
+        const nb_param_info_t *wt = wte >= 0 ? nb_part_tensor(s->parts[0], wte) : NULL;
+        s->floor = nb_part_has_tied_head(s->parts[0]) && wt && wt->trainable ? wt->grad_offset + wt->numel : 0;
         for (int r = 0; r < s->R; r++) {
             s->reported[r] = s->n;
             nb_part_set_grad_ready(s->parts[r], on_grad_ready, &s->hooks[r]);

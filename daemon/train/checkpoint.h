@@ -9,8 +9,10 @@
  *
  * A checkpoint directory (<root>/step-<8-digit steps done>/):
  *   <file>.safetensors   tensors: every parameter under its global name
- *                        ("wte", "h3.qkv.w"), its AdamW moments as
- *                        "adamw.m.<name>" and "adamw.v.<name>", and any
+ *                        ("wte", "h3.qkv.w"), the AdamW moments of
+ *                        each trainable one (none for a frozen tensor,
+ *                        kernels/model.h) as "adamw.m.<name>" and
+ *                        "adamw.v.<name>", and any
  *                        extra state a writer adds (codec streams); all
  *                        F32. __metadata__: format "nebula-checkpoint",
  *                        version, job_id, step, optim_steps, seed, batch,
@@ -82,15 +84,16 @@ typedef struct {
  * goes on. */
 typedef struct nb_ckpt_snap nb_ckpt_snap_t;
 
-/* Copies p's parameters and o's moments (o covers p's flat buffers) into a
- * new snapshot, with the backend's device-to-host copy (one host
- * allocation of 3 x the parameters). o may be NULL: the parameters alone
+/* Copies p's parameters and o's moments (o covers p's gradient buffer:
+ * nb_part_optim_new) into a new snapshot, with the backend's device-to-host
+ * copy (one host allocation of the parameters plus 2 x the trainable
+ * ones; a frozen tensor has no moments). o may be NULL: the parameters alone
  * (a weights-only snapshot, which nb_ckpt_load_part with o NULL restores).
  * Errors: NB_ENOMEM, NB_EINVAL (o does not match p). */
 int nb_ckpt_snapshot(nb_part_t *p, nb_optim_t *o, nb_ckpt_snap_t **out, char *err, size_t errlen);
 /* Copies p's parameters and o's moments again into s, a snapshot
- * nb_ckpt_snapshot made of the same part (and with an optimizer iff o is
- * given), reusing its memory: periodic checkpoints then copy into pages
+ * nb_ckpt_snapshot made of the same part with the same frozen tensors
+ * (and with an optimizer iff o is given), reusing its memory: periodic checkpoints then copy into pages
  * already mapped, without an allocation. Extras of s are dropped (add the
  * new step's). The caller must own s (no writer may be using it).
  * Errors: NB_EINVAL (another part or layout), s unchanged. */
@@ -170,12 +173,17 @@ int nb_ckpt_verify_values(const char *dir, const nb_ckpt_manifest_t *m, uint64_t
  * tensors (a stage's directory may hold only its own files). Checks that
  * m's model equals p's config (naming the first differing field), every
  * shape, and that every value is finite and |x| <= NB_CKPT_MAX_ABS (and no
- * second moment, adamw.v.*, is negative). Sets o's step count to
- * m->meta.optim_steps. o may be NULL: the parameters alone. Values are
- * staged in host memory (3 x p's parameters; 1 x with o NULL): nothing in
- * p or o changes unless all of it loads. Errors: NB_EINVAL (another
- * model), NB_ENOENT (a tensor no file present holds, naming the tensor and
- * a missing file that may), NB_EFORMAT, NB_EIO, NB_ENOMEM. */
+ * second moment, adamw.v.*, is negative). With o, the moments of p's
+ * trainable tensors are taken and a frozen tensor must have none: a
+ * tensor that trains in p but has no moments in the checkpoint, or is
+ * frozen in p but has them, is NB_EINVAL naming it (which tensors train
+ * belongs to the run). Sets o's step count to m->meta.optim_steps. o may
+ * be NULL: the parameters alone, frozen or not. Values are staged in host
+ * memory (p's parameters plus 2 x its trainable ones; 1 x with o NULL):
+ * nothing in p or o changes unless all of it loads. Errors: NB_EINVAL
+ * (another model, another frozen set), NB_ENOENT (a tensor no file
+ * present holds, naming the tensor and a missing file that may),
+ * NB_EFORMAT, NB_EIO, NB_ENOMEM. */
 int nb_ckpt_load_part(const char *dir, const nb_ckpt_manifest_t *m, nb_part_t *p, nb_optim_t *o, char *err,
                       size_t errlen);
 

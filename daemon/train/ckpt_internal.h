@@ -66,10 +66,13 @@ typedef struct {
 struct nb_ckpt_snap {
     int n, cap;
     nb__ckpt_tensor_t *t;
-    float *state;      /* parameters, m, v: 3 x n_params floats, one allocation */
-    size_t n_params;
+    float *state;      /* parameters, then m and v of the trainable tensors
+                          (n_params + 2 x n_grads floats), one allocation */
+    size_t n_params, n_grads;
     int copies;        /* 1 (parameters) or 3 (with m and v); 0: no part */
-    int n_part;        /* the part's tensors: s->t[0 .. copies x n_part) */
+    int n_part;        /* the part's entries: s->t[0 .. n_part): every
+                          parameter, then with m and v the adamw.m.* and
+                          adamw.v.* of the trainable ones */
 };
 
 /* ---- reading -------------------------------------------------------------------- */

@@ -95,9 +95,10 @@ int nb_ckpt_load_part(const char *dir, const nb_ckpt_manifest_t *m, nb_part_t *p
         snprintf(err, errlen, "%s: another model: %s", dir, why);
         return NB_EINVAL;
     }
-    size_t n = nb_part_num_params(p);
-    if (o && nb_optim_numel(o) != n) {
-        snprintf(err, errlen, "%s: the optimizer covers %zu floats, the part has %zu", dir, nb_optim_numel(o), n);
+    size_t n = nb_part_num_params(p), g = nb_part_num_grads(p);
+    if (o && nb_optim_numel(o) != g) {
+        snprintf(err, errlen, "%s: the optimizer covers %zu floats, the part's trainable tensors %zu", dir,
+                 nb_optim_numel(o), g);
         return NB_EINVAL;
     }
     if (o && m->meta.optim_steps > INT32_MAX) {
@@ -110,22 +111,46 @@ int nb_ckpt_load_part(const char *dir, const nb_ckpt_manifest_t *m, nb_part_t *p
         return rc;
     int nt = nb_part_num_tensors(p), copies = o ? 3 : 1;
     static const char *const prefix[3] = { "", "adamw.m.", "adamw.v." };
+    size_t floats = n + (o ? 2 * g : 0);
     int *where = malloc((size_t)nt * (size_t)copies * 2 * sizeof(int));
-    float *stage = malloc((n ? n : 1) * sizeof(float) * (size_t)copies);
+    float *stage = malloc((floats ? floats : 1) * sizeof(float));
     if (!where || !stage) {
         snprintf(err, errlen, "%s: out of memory for %zu parameters%s", dir, n, o ? " and their AdamW state" : "");
         rc = NB_ENOMEM;
         goto out;
     }
-    /* where every tensor is and that it fits, before reading anything */
+    /* where every tensor is and that it fits, before reading anything; a
+     * frozen tensor has no moments, and which tensors train must be what
+     * it was in the run that wrote the checkpoint */
     for (int c = 0; c < copies; c++)
         for (int i = 0; i < nt; i++) {
             const nb_param_info_t *pi = nb_part_tensor(p, i);
             char name[NB__CKPT_NAME_MAX];
             snprintf(name, sizeof name, "%s%s", prefix[c], pi->name);
             int *w = &where[2 * (c * nt + i)];
-            if ((rc = locate(dir, &fs, name, &w[0], &w[1], err, errlen)))
+            if (c && !pi->trainable) {
+                int pf = where[2 * i]; /* a part's moments are in its parameters' file */
+                if (nb_st_find(fs.f[pf], name) >= 0) {
+                    snprintf(err, errlen, "%s: tensor '%s' is frozen in this run (job.freeze) but trained in the "
+                             "run that wrote the checkpoint (it holds '%s'): resume with that run's job.freeze "
+                             "and job.trainable, or start a new run from its weights (job.init)",
+                             nb_st_path(fs.f[pf]), pi->name, name);
+                    rc = NB_EINVAL;
+                    goto out;
+                }
+                w[0] = -1;
+                continue;
+            }
+            if ((rc = locate(dir, &fs, name, &w[0], &w[1], err, errlen))) {
+                if (c && rc == NB_ENOENT && !fs.missing) {
+                    snprintf(err, errlen, "%s: tensor '%s' trains in this run but has no AdamW state in the "
+                             "checkpoint (no '%s'): it was frozen in the run that wrote it; resume with that "
+                             "run's job.freeze and job.trainable, or start a new run from its weights (job.init)",
+                             dir, pi->name, name);
+                    rc = NB_EINVAL;
+                }
                 goto out;
+            }
             const nb_st_tensor_t *t = nb_st_tensor(fs.f[w[0]], w[1]);
             if (!same_shape(t, pi)) {
                 char got[96] = "", need[96] = "";
@@ -150,14 +175,17 @@ int nb_ckpt_load_part(const char *dir, const nb_ckpt_manifest_t *m, nb_part_t *p
         for (int i = 0; i < nt; i++) {
             const nb_param_info_t *pi = nb_part_tensor(p, i);
             int *w = &where[2 * (c * nt + i)];
-            if ((rc = nb__ckpt_read_tensor(fs.f[w[0]], w[1], stage + (size_t)c * n + pi->offset, err, errlen)))
+            if (w[0] < 0)
+                continue;
+            float *dst = c == 0 ? stage + pi->offset : stage + n + (size_t)(c - 1) * g + pi->grad_offset;
+            if ((rc = nb__ckpt_read_tensor(fs.f[w[0]], w[1], dst, err, errlen)))
                 goto out;
         }
     nb_backend_t *be = nb_part_backend(p);
     nb_be_from_host(be, nb_part_params(p), stage, n * sizeof(float));
     if (o) {
-        nb_be_from_host(be, nb_optim_m(o), stage + n, n * sizeof(float));
-        nb_be_from_host(be, nb_optim_v(o), stage + 2 * n, n * sizeof(float));
+        nb_be_from_host(be, nb_optim_m(o), stage + n, g * sizeof(float));
+        nb_be_from_host(be, nb_optim_v(o), stage + n + g, g * sizeof(float));
         nb_optim_set_steps(o, (int)m->meta.optim_steps);
     }
     nb_be_sync(be);

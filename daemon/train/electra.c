@@ -60,28 +60,12 @@ static double now_s(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* AdamW over every tensor of p with the decay flags of the model. */
-static int optim_for(nb_backend_t *be, nb_part_t *p, const nb_optim_config_t *oc, nb_optim_t **out)
-{
-    int nt = nb_part_num_tensors(p);
-    nb_optim_segment_t *segs = calloc((size_t)nt, sizeof *segs);
-    if (!segs)
-        return NB_ENOMEM;
-    for (int i = 0; i < nt; i++) {
-        const nb_param_info_t *pi = nb_part_tensor(p, i);
-        segs[i] = (nb_optim_segment_t){ pi->offset, pi->numel, pi->decay };
-    }
-    int rc = nb_optim_new(be, oc, nb_part_num_params(p), segs, nt, out);
-    free(segs);
-    return rc;
-}
-
 /* Clip + AdamW of one model; 1 when skipped for a non-finite norm. */
 static int update(nb_backend_t *be, nb_part_t *p, nb_optim_t *o, const nb_optim_config_t *oc, uint64_t step,
                   double *grad_norm)
 {
     float *g = nb_part_grads(p);
-    double ss = nb_optim_sumsq(be, g, nb_part_num_params(p));
+    double ss = nb_optim_sumsq(be, g, nb_part_num_grads(p));
     if (grad_norm)
         *grad_norm = sqrt(ss);
     if (!isfinite(ss))
@@ -146,7 +130,7 @@ int nb_electra_gen_new(nb_backend_t *be, const nb_electra_gen_config_t *gc, int 
         goto fail;
     }
     if ((rc = nb_part_acts_new(g->part, gc->sequences, seq_len, &g->acts)) ||
-        (rc = optim_for(be, g->part, &gc->optim, &g->optim))) {
+        (rc = nb_part_optim_new(g->part, &gc->optim, &g->optim))) {
         snprintf(err, errlen, "generator '%s': cannot allocate activations or optimizer", gc->name);
         goto fail;
     }
@@ -302,7 +286,7 @@ int nb_electra_disc_new(nb_backend_t *be, const nb_model_config_t *model, const 
             snprintf(err, errlen, "discriminator: cannot allocate activations");
             goto fail;
         }
-    if ((rc = optim_for(be, d->part, optim, &d->optim))) {
+    if ((rc = nb_part_optim_new(d->part, optim, &d->optim))) {
         snprintf(err, errlen, "discriminator: cannot create the optimizer (%s)", nb_strerror(rc));
         goto fail;
     }

@@ -78,6 +78,8 @@ int nb_trainer_new(nb_backend_t *be, const nb_train_config_t *c, nb_trainer_t **
         snprintf(err, errlen, "%s", why);
         return NB_EINVAL;
     }
+    if (nb_freeze_check(&c->model, &c->freeze, err, errlen))
+        return NB_EINVAL;
     nb_trainer_t *t = calloc(1, sizeof *t);
     if (!t)
         return NB_ENOMEM;
@@ -136,19 +138,11 @@ int nb_trainer_new(nb_backend_t *be, const nb_train_config_t *c, nb_trainer_t **
         snprintf(err, errlen, "cannot allocate activations for %d x %d tokens", t->B, c->seq_len);
         goto fail;
     }
-    int nt = nb_part_num_tensors(t->part);
-    nb_optim_segment_t *segs = calloc((size_t)nt, sizeof *segs);
-    if (!segs) {
-        rc = NB_ENOMEM;
+    if ((rc = nb_part_freeze(t->part, &c->freeze))) {
+        snprintf(err, errlen, "out of memory for the gradients");
         goto fail;
     }
-    for (int i = 0; i < nt; i++) {
-        const nb_param_info_t *pi = nb_part_tensor(t->part, i);
-        segs[i] = (nb_optim_segment_t){ pi->offset, pi->numel, pi->decay };
-    }
-    rc = nb_optim_new(be, &c->optim, nb_part_num_params(t->part), segs, nt, &t->optim);
-    free(segs);
-    if (rc) {
+    if ((rc = nb_part_optim_new(t->part, &c->optim, &t->optim))) {
         snprintf(err, errlen, "cannot create the optimizer (%s)", nb_strerror(rc));
         goto fail;
     }
@@ -230,7 +224,8 @@ int nb_trainer_step(nb_trainer_t *t, nb_train_step_t *out, char *err, size_t err
     nb_part_finish_grads(t->part);
     if (nb_grad_fault_hits(&t->fault, t->step, -1))
         nb_grad_fault_poison(t->be, nb_part_grads(t->part));
-    double ss = nb_optim_sumsq(t->be, nb_part_grads(t->part), nb_part_num_params(t->part));
+    /* the global norm of the trainable tensors: frozen ones have no gradient */
+    double ss = nb_optim_sumsq(t->be, nb_part_grads(t->part), nb_part_num_grads(t->part));
     float lr = (float)nb_optim_lr(&c->optim, t->step);
     /* nb_optim_clip_scale(NaN) is 1: a non-finite norm must never reach the
      * update, or every weight it touches becomes NaN */

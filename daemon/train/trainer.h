@@ -60,6 +60,8 @@ typedef struct {
     double eval_fraction;      /* held-out share of data's tail; 0 = none */
     char eval_data[1024];      /* held-out token file; "" = none (not with eval_fraction) */
     int eval_batches;          /* micro-batches per evaluation; 0 = 8 */
+    nb_freeze_spec_t freeze;   /* frozen tensors (job.freeze, job.trainable);
+                                  zero = every tensor trains */
 } nb_train_config_t;
 
 /* Default of job.eval.batches, and the sampler's step key of eval batches. */
@@ -85,8 +87,10 @@ typedef struct {
 typedef struct nb_trainer nb_trainer_t;
 
 /* Validates c, opens the token file (its vocabulary must not exceed the
- * model's), creates the model with weights seeded from c->seed and the
- * optimizer. Errors: negative NB_E* code with a message naming the field or
+ * model's), creates the model with weights seeded from c->seed, freezes
+ * the tensors c->freeze names (nb_freeze_check: a pattern matching no
+ * tensor, or one freezing everything, is NB_EINVAL) and creates the
+ * optimizer over the trainable ones. Errors: negative NB_E* code with a message naming the field or
  * file in err. */
 int nb_trainer_new(nb_backend_t *be, const nb_train_config_t *c, nb_trainer_t **out, char *err, size_t errlen);
 void nb_trainer_free(nb_trainer_t *t);

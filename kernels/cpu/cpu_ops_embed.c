@@ -52,8 +52,8 @@ void nb_cpu_embed_bwd(nb_backend_t *be, float *dwte, float *dwpe, const float *d
             int32_t id = tokens[bt];
             NB_CHECK(id >= 0);
             const float *d = dout + bt * C;
-            float *e = dwte + (size_t)id * C;
-            add_row(e, d, C);
+            if (dwte)
+                add_row(dwte + (size_t)id * C, d, C);
             if (dwpe)
                 add_row(dwpe + (size_t)t * C, d, C);
         }

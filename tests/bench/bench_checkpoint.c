@@ -52,15 +52,9 @@ int main(void)
         fprintf(stderr, "bench_checkpoint: %s\n", err);
         return 1;
     }
-    int nt = nb_part_num_tensors(p);
-    nb_optim_segment_t *segs = calloc((size_t)nt, sizeof *segs);
-    for (int i = 0; i < nt; i++) {
-        const nb_param_info_t *t = nb_part_tensor(p, i);
-        segs[i] = (nb_optim_segment_t){ t->offset, t->numel, t->decay };
-    }
     nb_optim_config_t oc = nb_optim_config_default();
     size_t n = nb_part_num_params(p);
-    if (nb_optim_new(be, &oc, n, segs, nt, &o)) {
+    if (nb_part_optim_new(p, &oc, &o)) {
         fprintf(stderr, "bench_checkpoint: cannot create the optimizer\n");
         return 1;
     }
@@ -150,7 +144,6 @@ int main(void)
     if (system(cmd) != 0)
         fprintf(stderr, "bench_checkpoint: cannot remove %s\n", root);
     free(warm);
-    free(segs);
     nb_optim_free(o);
     nb_part_free(p);
     nb_be_free(be);

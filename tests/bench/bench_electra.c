@@ -252,15 +252,8 @@ static double finetune(nb_backend_t *be, const float *w, bool vote)
     nb_part_acts_t *ta = NULL;
     NB_CHECK(nb_part_acts_new(p, FT_BATCH, T, &ta) == 0);
     nb_optim_config_t oc = optim(FT_LR, FT);
-    int nt = nb_part_num_tensors(p);
-    nb_optim_segment_t segs[64];
-    NB_CHECK(nt <= 64);
-    for (int i = 0; i < nt; i++) {
-        const nb_param_info_t *pi = nb_part_tensor(p, i);
-        segs[i] = (nb_optim_segment_t){ pi->offset, pi->numel, pi->decay };
-    }
     nb_optim_t *o = NULL;
-    NB_CHECK(nb_optim_new(be, &oc, nb_part_num_params(p), segs, nt, &o) == 0);
+    NB_CHECK(nb_part_optim_new(p, &oc, &o) == 0);
     int32_t *ids = malloc((size_t)EB * T * 4), *lab = malloc((size_t)EB * 4), *tl = malloc((size_t)EB * T * 4);
     int32_t *d_ids = nb_be_alloc(be, (size_t)EB * T * 4), *d_lab = nb_be_alloc(be, (size_t)EB * T * 4);
     for (int s = 0; s < FT; s++) {
@@ -277,7 +270,7 @@ static double finetune(nb_backend_t *be, const float *w, bool vote)
         nb_part_input_t in = { .tokens = d_ids, .targets = d_lab, .loss_scale = 1.0f };
         float l;
         NB_CHECK(nb_part_forward(p, ta, &in, &l) == 0 && nb_part_backward(p, ta, NULL) == 0);
-        double ss = nb_optim_sumsq(be, nb_part_grads(p), nb_part_num_params(p));
+        double ss = nb_optim_sumsq(be, nb_part_grads(p), nb_part_num_grads(p));
         nb_optim_step(o, nb_part_params(p), nb_part_grads(p), (float)nb_optim_lr(&oc, s), nb_optim_clip_scale(&oc, ss));
         if (s % 50 == 0 || s == FT - 1)
             printf("finetune %s%s step %d: loss %.4f\n", w ? "pretrained" : "scratch", vote ? " (vote)" : "", s + 1, l);

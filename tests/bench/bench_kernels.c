@@ -103,7 +103,7 @@ static int run_level(nb_backend_t *be, const float *sa, const float *sb, float *
     /* a fast wrong answer is no figure: the gradients must be finite and not zero */
     double ss_dx, ss_dw;
     nb_sumsq(be, &ss_dx, nb_part_acts_dinput(a), (size_t)BT * C);
-    nb_sumsq(be, &ss_dw, nb_part_grads(p), nb_part_num_params(p));
+    nb_sumsq(be, &ss_dw, nb_part_grads(p), nb_part_num_grads(p));
     if (!(ss_dx > 0 && ss_dx < 1e30 && ss_dw > 0 && ss_dw < 1e30)) {
         fprintf(stderr, "bench_kernels: block gradients not finite (%g, %g)\n", ss_dx, ss_dw);
         return 1;

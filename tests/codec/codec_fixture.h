@@ -90,15 +90,7 @@ static void nb_fx_init(nb_fx_t *f, int n_layer, int C, int B, int T, int total_s
             abort();
         }
         NB_CHECK(nb_part_acts_new(f->p[i], B, T, &f->a[i]) == 0);
-        int ns = nb_part_num_tensors(f->p[i]);
-        nb_optim_segment_t *segs = calloc((size_t)ns, sizeof *segs);
-        NB_CHECK(segs);
-        for (int j = 0; j < ns; j++) {
-            const nb_param_info_t *pi = nb_part_tensor(f->p[i], j);
-            segs[j] = (nb_optim_segment_t){ pi->offset, pi->numel, pi->decay };
-        }
-        NB_CHECK(nb_optim_new(f->be, &f->oc, nb_part_num_params(f->p[i]), segs, ns, &f->o[i]) == 0);
-        free(segs);
+        NB_CHECK(nb_part_optim_new(f->p[i], &f->oc, &f->o[i]) == 0);
     }
     nb_fx_load_text(f);
     size_t n = (size_t)B * T;
@@ -195,7 +187,7 @@ static float nb_fx_step(nb_fx_t *f, int step, uint64_t seed, const nb_codec_spec
     NB_CHECK(nb_part_backward(f->p[0], f->a[0], f->cut_g->data) == 0);
     double ss = 0;
     for (int i = 0; i < 2; i++)
-        ss += nb_optim_sumsq(f->be, nb_part_grads(f->p[i]), nb_part_num_params(f->p[i]));
+        ss += nb_optim_sumsq(f->be, nb_part_grads(f->p[i]), nb_part_num_grads(f->p[i]));
     float scale = nb_optim_clip_scale(&f->oc, ss);
     float lr = (float)nb_optim_lr(&f->oc, step);
     for (int i = 0; i < 2; i++) {

@@ -369,7 +369,7 @@ static void test_backend_without_ops(void **state)
     assert_null(p);
     assert_non_null(strstr(err, nb_op_name(NB_OP_ATTENTION_BWD)));
     nb_optim_config_t oc = nb_optim_config_default();
-    nb_optim_segment_t seg = { 0, 4, true };
+    nb_optim_segment_t seg = { .offset = 0, .numel = 4, .decay = true, .grad_offset = 0 };
     nb_optim_t *o = NULL;
     assert_int_equal(nb_optim_new(&fake, &oc, 4, &seg, 1, &o), NB_EINVAL);
     assert_int_equal(nb_optim_new(cpu, &oc, 4, &seg, 1, &o), 0);

@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# A pipeline job that starts from pretrained weights (job.init): nebula-train
-# trains a small GPT, nebula-weights exports it as safetensors (GPT-2 names),
-# then a coordinator and two stage daemons on loopback (TLS) run a job with
-# job.init, each stage loading only its own blocks from its `init` file. The
-# final weights of both stages equal those of nebula-train running the same
-# job section from the same file (within 1e-5 of each tensor's largest
-# magnitude). The same from a whole-model Nebula weights file (nebula-train's
-# output): each stage takes its slice of it. A stage without `init` refuses
-# such a job with the reason, and the coordinator reports the job failed.
+# A pipeline fine-tuning job: it starts from pretrained weights (job.init)
+# with the embedding, block 0 and one weight of block 3 frozen (job.freeze).
+# nebula-train trains a small GPT, nebula-weights exports it as safetensors
+# (GPT-2 names), then a coordinator and two stage daemons on loopback (TLS)
+# run a job with job.init and job.freeze, each stage loading only its own
+# blocks from its `init` file and freezing the tensors it holds. The final
+# weights of both stages equal those of nebula-train running the same job
+# section from the same file (within 1e-5 of each tensor's largest
+# magnitude); every frozen tensor equals the pretrained one bit for bit
+# and every other one moved; stage a's memory breakdown (nebulactl status)
+# holds no gradient or optimizer state for its frozen tensors. The same
+# from a whole-model Nebula weights file (nebula-train's output): each stage
+# takes its slice of it. A stage without `init` refuses such a job with the
+# reason, and the coordinator reports the job failed; a job.freeze pattern
+# that names no tensor keeps the coordinator from starting, with the reason.
 set -euo pipefail
 build=${NB_BUILD:-build}
 bin="$build/bin"
@@ -46,11 +52,15 @@ YAML
 { echo "name: pre"; echo "role: train"; job_section 15; echo "  output: pre.weights"; } > "$work/pre.yaml"
 "$bin/nebula-train" --config "$work/pre.yaml" > "$work/pre.log" 2>&1 || fail "pretraining"
 "$bin/nebula-weights" export "$work/pre.weights" "$work/pre.safetensors" > /dev/null || fail "export"
+# the fine-tuning: the embedding, block 0 and block 3's fc.w stay as pretrained
+freeze='  freeze: ["wte", "wpe", "h0.*", "h3.fc.w"]'
 # the reference: nebula-train from the same file
-{ echo "name: ref"; echo "role: train"; job_section 10; echo "  init: pre.safetensors"; echo "  output: run/ref.weights"; } > "$work/ref.yaml"
+{ echo "name: ref"; echo "role: train"; job_section 10; echo "  init: pre.safetensors"; echo "$freeze"
+  echo "  output: run/ref.weights"; } > "$work/ref.yaml"
 mkdir -p "$work/run"
 "$bin/nebula-train" --config "$work/ref.yaml" > "$work/ref.log" 2>&1 || fail "nebula-train with job.init"
 grep -q "weights from .*pre.safetensors" "$work/ref.log" || fail "nebula-train did not load job.init"
+grep -q "frozen: 15 of 53 tensors" "$work/ref.log" || fail "nebula-train does not report the frozen tensors"
 
 run() { # $1 name, $2 init line of stage b ("" for none), $3 expected "done" or "failed", [$4 stage a's init file]
   local name=$1 binit=$2 want=$3 ainit=${4:-pre.safetensors}
@@ -64,6 +74,7 @@ run() { # $1 name, $2 init line of stage b ("" for none), $3 expected "done" or 
     echo "connect_timeout_s: 30"
     job_section 10
     echo "  init: pre.safetensors"
+    echo "$freeze"
     echo "  clusters:"
     echo "    - {name: a, address: 127.0.0.1:$ap}"
     echo "    - {name: b, address: 127.0.0.1:$bp}"
@@ -83,6 +94,7 @@ run() { # $1 name, $2 init line of stage b ("" for none), $3 expected "done" or 
   done
   [ "$got" = "$want" ] || fail "$name: job ${got:-still running after 60 s}, expected $want"
   if [ "$want" = done ]; then # an orderly stop; every daemon exits 0 (sanitizer builds: no report)
+    "$bin/nebulactl" --socket "$work/run/a.sock" status --json > "$work/a-$name.json" || fail "$name: status of a"
     for s in "$work/run/coord.sock" "$work/run/a.sock" "$work/run/b.sock"; do
       "$bin/nebulactl" --socket "$s" stop >/dev/null || fail "$name: stop $s"
     done
@@ -102,6 +114,38 @@ grep -q "stage 1: weights from .*pre.safetensors" "$work/b-with-init.log" || fai
 # the pipeline's result is not the pretrained model itself
 "$bin/nebula-weights" compare --tol 1e-5 "$work/pre.weights" "$work"/run/*-weights/final-stage*.weights \
   > /dev/null 2>&1 && fail "the job changed nothing"
+
+# frozen tensors kept their pretrained values bit for bit; the others trained
+"$bin/nebula-weights" compare --tol 0 "$work/pre.weights" "$work"/run/*-weights/final-stage*.weights \
+  > "$work/frozen.log" 2>&1 || true
+for t in wte wpe h0.ln1.w h0.qkv.w h0.fcproj.b h3.fc.w; do
+  grep -Eq "^  $t +max abs diff 0," "$work/frozen.log" || fail "frozen $t changed: $(grep " $t " "$work/frozen.log")"
+done
+for t in h1.qkv.w h2.ln1.b h3.fc.b h3.fcproj.w lm.w lnf.w; do
+  if grep -Eq "^  $t +max abs diff 0," "$work/frozen.log"; then fail "trainable $t did not change"; fi
+done
+# stage a (embedding + blocks 0-1) holds 34624 parameters, 21920 of them
+# frozen: gradients and both AdamW moments of the other 12704 only
+python3 - "$work/a-with-init.json" <<'PY' || fail "stage a's memory: $(cat "$work/a-with-init.json")"
+import json, sys
+mod = json.load(open(sys.argv[1]))["memory"]["model"]
+assert mod["weights"] == 34624 * 4, mod
+assert mod["gradients"] == 12704 * 4, mod
+assert mod["optimizer"] == 2 * 12704 * 4, mod
+print("stage a memory: weights %d, gradients %d, optimizer %d bytes" % (mod["weights"], mod["gradients"], mod["optimizer"]))
+PY
+
+# a freeze pattern that names no tensor: the coordinator refuses the job
+{ echo "name: coord"; echo "role: coordinator"; echo "listen: 127.0.0.1:$base"
+  echo "tls: {cert: certs/coord.pem, key: certs/coord.key, ca: certs/ca.pem}"
+  echo "status_socket: run/coord.sock"; job_section 10; echo '  freeze: ["wte", "h4.*"]'
+  echo "  clusters:"; echo "    - {name: a, address: 127.0.0.1:$((base + 1))}"
+  echo "    - {name: b, address: 127.0.0.1:$((base + 2))}"; } > "$work/bad.yaml"
+rc=0
+timeout 60 "$bin/nebulad" --config "$work/bad.yaml" > "$work/bad.log" 2>&1 || rc=$?
+echo "coordinator exit $rc"; [ $rc -ne 0 ] && [ $rc -ne 124 ] || fail "the coordinator started a job freezing h4.* of a 4-block model (exit $rc)"
+grep -q 'job.freeze\[1\] "h4.\*" matches no tensor of the model' "$work/bad.log" || fail "no reason given for h4.*"
+grep -m1 "matches no tensor" "$work/bad.log"
 
 # a whole-model weights file (not a stage's part): each stage takes its slice
 run with-weights-init "init: pre.weights" done pre.weights

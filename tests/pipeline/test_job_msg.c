@@ -160,11 +160,79 @@ static void test_eval_travels(void **state)
     assert_false(nb_job_evaluates(&got));
 }
 
+static void test_freeze_travels(void **state)
+{
+    (void)state;
+    char err[512];
+    nb_job_desc_t d = make_desc(1e-5f, NB_MODEL_GELU_TANH), got;
+    nb_freeze_spec_t *f = &d.layout.freeze;
+    f->n_freeze = 2;
+    snprintf(f->freeze[0], sizeof f->freeze[0], "*");
+    snprintf(f->freeze[1], sizeof f->freeze[1], "h0.*");
+    f->n_trainable = 1;
+    snprintf(f->trainable[0], sizeof f->trainable[0], "h1.*");
+    nb_job_msg_store_t st;
+    Nebula__Job msg;
+    nb_job_to_msg(&d, 0, &st, &msg);
+    if (over_the_wire(&msg, &got, err, sizeof err))
+        fail_msg("%s", err);
+    assert_memory_equal(&got.layout.freeze, f, sizeof *f);
+    assert_true(nb_freeze_matches(&got.layout.freeze, "wte"));
+    assert_false(nb_freeze_matches(&got.layout.freeze, "h1.qkv.w"));
+    /* as the stage compares it with the job it holds: equal */
+    assert_memory_equal(&got.layout, &d.layout, sizeof d.layout);
+
+    /* what a peer may send wrong */
+    char *many[NB_FREEZE_MAX + 1];
+    for (int i = 0; i <= NB_FREEZE_MAX; i++)
+        many[i] = "wte";
+    msg.n_freeze = NB_FREEZE_MAX + 1;
+    msg.freeze = many;
+    assert_int_equal(over_the_wire(&msg, &got, err, sizeof err), NB_EFORMAT);
+    print_message("  refused: %s\n", err);
+    assert_non_null(strstr(err, "at most 32"));
+    char longp[NB_FREEZE_PATTERN_MAX + 8];
+    memset(longp, 'a', sizeof longp - 1);
+    longp[sizeof longp - 1] = 0;
+    char *one[1] = { longp };
+    msg.n_freeze = 1;
+    msg.freeze = one;
+    assert_int_equal(over_the_wire(&msg, &got, err, sizeof err), NB_EFORMAT);
+    print_message("  refused: %s\n", err);
+    assert_non_null(strstr(err, "longer than 63 bytes"));
+    struct { char *pat; int rc; const char *why; } bad[] = {
+        { "h7.*", NB_EINVAL, "\"h7.*\" matches no tensor of the model" },
+        { "h0.(qkv)", NB_EINVAL, "may contain only" },
+    };
+    for (int i = 0; i < 2; i++) {
+        one[0] = bad[i].pat;
+        msg.n_trainable = 0;
+        assert_int_equal(over_the_wire(&msg, &got, err, sizeof err), bad[i].rc);
+        print_message("  refused: %s\n", err);
+        assert_non_null(strstr(err, bad[i].why));
+    }
+    one[0] = "*"; /* everything frozen, no exception: nothing would train */
+    msg.n_trainable = 0;
+    assert_int_equal(over_the_wire(&msg, &got, err, sizeof err), NB_EINVAL);
+    print_message("  refused: %s\n", err);
+    assert_non_null(strstr(err, "nothing would train"));
+    char *tr[1] = { "h1.*" };
+    msg.n_trainable = 1;
+    msg.trainable = tr;
+    assert_int_equal(over_the_wire(&msg, &got, err, sizeof err), 0);
+    char *null_pat[1] = { NULL };
+    msg.trainable = null_pat; /* protobuf-c never yields NULL; the check must not trust it */
+    int daemon;
+    assert_int_equal(nb_job_from_msg(&msg, &got, &daemon, err, sizeof err), NB_EFORMAT);
+    assert_non_null(strstr(err, "missing"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_settings_travel),
         cmocka_unit_test(test_eval_travels),
+        cmocka_unit_test(test_freeze_travels),
         cmocka_unit_test(test_digest),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

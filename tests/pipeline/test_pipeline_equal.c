@@ -8,6 +8,10 @@
  * another order, the global gradient norm's per-stage sums of squares, is in
  * double; its rounding is far below what changes the float clip scale.)
  * Lossy codecs (fp16, int8) end within 1% of the fp32 loss.
+ * With frozen tensors (job.freeze) each stage freezes what it holds: the
+ * pipeline still equals the trainer bit for bit, every frozen weight ends
+ * as it was seeded, and the stages' memory shows no gradient or optimizer
+ * state for them.
  *
  * Runs in one process (threads and bounded mailboxes); the daemon test runs
  * the same job over TLS.
@@ -425,6 +429,146 @@ static void test_eval_leaves_training_alone(void **state)
     pf_result_free(&ref);
 }
 
+static nb_freeze_spec_t freeze_of(const char *const *pats, int n)
+{
+    nb_freeze_spec_t f;
+    memset(&f, 0, sizeof f);
+    f.n_freeze = n;
+    for (int i = 0; i < n; i++)
+        snprintf(f.freeze[i], sizeof f.freeze[i], "%s", pats[i]);
+    return f;
+}
+
+/* Every frozen tensor of r holds its seeded weights bit for bit; every
+ * other one moved. */
+static void assert_frozen_kept(const pf_job_t *j, const pf_result_t *r)
+{
+    nb_backend_t *be = nb_cpu_backend_new();
+    nb_part_spec_t s = nb_part_spec_full(&j->model);
+    nb_part_t *p;
+    char err[256];
+    assert_int_equal(nb_part_new(be, &j->model, &s, j->seed, NULL, &p, err, sizeof err), 0);
+    pf_result_t seeded;
+    memset(&seeded, 0, sizeof seeded);
+    pf_collect_part(&seeded, p);
+    int frozen = 0;
+    for (int i = 0; i < r->ntensors; i++) {
+        int k = -1;
+        for (int q = 0; q < seeded.ntensors; q++)
+            if (!strcmp(seeded.names[q], r->names[i]))
+                k = q;
+        assert_true(k >= 0);
+        bool same = memcmp(seeded.values[k], r->values[i], r->numel[i] * sizeof(float)) == 0;
+        bool is_frozen = nb_freeze_matches(&j->freeze, r->names[i]);
+        if (is_frozen != same)
+            fail_msg("%s is %s but %s in training", r->names[i], is_frozen ? "frozen" : "trainable",
+                     same ? "did not change" : "changed");
+        frozen += is_frozen;
+    }
+    printf("  %d frozen tensors bit-identical to their seeded weights, %d trained\n", frozen, r->ntensors - frozen);
+    assert_true(frozen > 0);
+    pf_result_free(&seeded);
+    nb_part_free(p);
+    nb_be_free(be);
+}
+
+/* Frozen tensors: the bottom of the model (the embedding, block 0) and a
+ * weight higher up, in a 3-stage chain (stage 0 holds only frozen tensors
+ * of block 0 and the embedding below its trainable block 1), and a tied
+ * wte in the U-shape (the head on daemon 0 follows the embedding's frozen
+ * wte). Each equals the trainer with the same job.freeze bit for bit, and
+ * the frozen weights end as they were seeded. */
+static void test_frozen_equal(void **state)
+{
+    (void)state;
+    const char *bottom[] = { "wte", "wpe", "h0.*", "h2.fc.w" };
+    pf_job_t j = pf_job_default(data_path);
+    j.freeze = freeze_of(bottom, 4);
+    pf_result_t ref;
+    assert_int_equal(pf_run_trainer(&j, &ref), 0);
+    assert_frozen_kept(&j, &ref);
+    const char *scheds[] = { "gpipe", "1f1b" };
+    for (size_t t = 0; t < 2; t++)
+        for (int k = 0; k < 2; k++) {
+            nb_pipe_layout_t l;
+            pf_layout(&j, topologies[t].p, topologies[t].placement, topologies[t].n_daemons, &l);
+            pf_result_t r;
+            assert_int_equal(pf_run_pipeline(&j, &l, scheds[k], "fp32", "fp32", &r), 0);
+            char worst[32] = "";
+            double dl = pf_loss_rel_diff(&r, &ref), dw = pf_weight_rel_diff(&ref, &r, worst);
+            printf("frozen %-9s %-5s m=%d: loss rel diff %.3g, weights rel diff %.3g (%s), final loss %.5f vs %.5f\n",
+                   topologies[t].name, scheds[k], j.m, dl, dw, worst, r.loss[j.steps - 1], ref.loss[j.steps - 1]);
+            assert_bit_equal(dl, dw, worst);
+            assert_frozen_kept(&j, &r);
+            pf_result_free(&r);
+        }
+    /* the loss still falls: the unfrozen tensors train */
+    assert_true(ref.loss[j.steps - 1] < ref.loss[0]);
+    pf_result_free(&ref);
+
+    const char *wte[] = { "wte", "h1.attn*", "h1.qkv.*" };
+    j = pf_job_default(data_path);
+    j.model.tie_embeddings = true;
+    j.freeze = freeze_of(wte, 3);
+    nb_model_config_t mc = j.model;
+    char why[512];
+    /* "h1.attn*" names no tensor: refused, as the job would be */
+    assert_int_equal(nb_freeze_check(&mc, &j.freeze, why, sizeof why), NB_EINVAL);
+    printf("  refused: %s\n", why);
+    assert_non_null(strstr(why, "job.freeze[1] \"h1.attn*\" matches no tensor"));
+    pf_result_t bad;
+    assert_int_equal(pf_run_trainer(&j, &bad), NB_EINVAL);
+    j.freeze = freeze_of((const char *[]){ "wte", "h1.qkv.*" }, 2);
+    assert_int_equal(pf_run_trainer(&j, &ref), 0);
+    nb_pipe_layout_t l;
+    pf_layout(&j, 3, topologies[2].placement, 2, &l);
+    pf_result_t r;
+    assert_int_equal(pf_run_pipeline(&j, &l, "1f1b", "fp32", "fp32", &r), 0);
+    char worst[32] = "";
+    double dl = pf_loss_rel_diff(&r, &ref), dw = pf_weight_rel_diff(&ref, &r, worst);
+    printf("frozen ushape tied 1f1b m=3: loss rel diff %.3g, weights rel diff %.3g (%s)\n", dl, dw, worst);
+    assert_bit_equal(dl, dw, worst);
+    assert_frozen_kept(&j, &r);
+    pf_result_free(&ref);
+    pf_result_free(&r);
+}
+
+/* A stage's memory breakdown counts gradients and AdamW state of its
+ * trainable tensors only. */
+static void test_frozen_memory(void **state)
+{
+    (void)state;
+    pf_job_t j = pf_job_default(data_path);
+    nb_pipe_layout_t l;
+    pf_layout(&j, 2, topologies[0].placement, 2, &l);
+    nb_backend_t *be = nb_cpu_backend_new();
+    nb_host_t *h;
+    char err[512];
+    assert_int_equal(nb_host_new(be, &l, 0, data_path, &h, err, sizeof err), 0);
+    nb_mem_model_t full;
+    nb_host_memory_parts(h, &full);
+    nb_host_free(h);
+    l.freeze = freeze_of((const char *[]){ "wte", "h0.*" }, 2);
+    assert_int_equal(nb_host_new(be, &l, 0, data_path, &h, err, sizeof err), 0);
+    nb_mem_model_t m;
+    nb_host_memory_parts(h, &m);
+    nb_part_t *p = nb_host_part(h, 0);
+    uint64_t frozen = 0;
+    for (int i = 0; i < nb_part_num_tensors(p); i++)
+        if (!nb_part_tensor(p, i)->trainable)
+            frozen += nb_part_tensor(p, i)->numel * sizeof(float);
+    printf("stage 0: weights %llu, gradients %llu -> %llu, optimizer %llu -> %llu bytes (frozen %llu)\n",
+           (unsigned long long)m.weights, (unsigned long long)full.gradients, (unsigned long long)m.gradients,
+           (unsigned long long)full.optimizer, (unsigned long long)m.optimizer, (unsigned long long)frozen);
+    assert_true(frozen > 0);
+    assert_int_equal(m.weights, full.weights);
+    assert_int_equal(m.gradients, full.gradients - frozen);
+    assert_int_equal(m.optimizer, full.optimizer - 2 * frozen);
+    assert_int_equal(nb_host_memory_bytes(h), m.weights + m.gradients + m.optimizer + m.activations);
+    nb_host_free(h);
+    nb_be_free(be);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -439,6 +583,8 @@ int main(void)
         cmocka_unit_test(test_lossy_codecs_close),
         cmocka_unit_test(test_eval_equal),
         cmocka_unit_test(test_eval_leaves_training_alone),
+        cmocka_unit_test(test_frozen_equal),
+        cmocka_unit_test(test_frozen_memory),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -268,6 +268,38 @@ static void test_mlm_tied_one_daemon(void **state)
     expect_equal(compare(&j, 2, place, 1, "1f1b", reps));
 }
 
+static nb_freeze_spec_t freeze_of(const char *const *pats, int n)
+{
+    nb_freeze_spec_t f;
+    memset(&f, 0, sizeof f);
+    f.n_freeze = n;
+    for (int i = 0; i < n; i++)
+        snprintf(f.freeze[i], sizeof f.freeze[i], "%s", pats[i]);
+    return f;
+}
+
+/* Frozen tensors (job.freeze) on every replica: the reduction covers the
+ * trainable tensors' gradient buffer (its buckets at their gradient
+ * offsets), and the run equals one replica as without freezing; a frozen
+ * tied wte needs no wait for the head's share. */
+static void test_frozen_replicas(void **state)
+{
+    (void)state;
+    pf_job_t j = pf_job_default(data_path);
+    j.steps = 6;
+    j.B = 4;
+    j.freeze = freeze_of((const char *[]){ "wte", "wpe", "h0.*", "h2.fc.w" }, 4);
+    int place[2] = { 0, 1 }, reps[2] = { 2, 2 };
+    expect_equal(compare(&j, 2, place, 2, "1f1b", reps));
+    j = pf_job_default(data_path);
+    j.steps = 6;
+    j.B = 5;
+    j.model.tie_embeddings = true;
+    j.freeze = freeze_of((const char *[]){ "wte", "h1.qkv.*" }, 2);
+    int place1[2] = { 0, 0 }, reps1[1] = { 3 };
+    expect_equal(compare(&j, 2, place1, 1, "1f1b", reps1));
+}
+
 static void test_refusals(void **state)
 {
     (void)state;
@@ -298,7 +330,7 @@ static void test_refusals(void **state)
     nb_part_spec_t spec = { .embed = true, .first = 0, .last = 1, .head = false };
     nb_part_t *p0;
     assert_int_equal(nb_part_new(bes[0], &j.model, &spec, 1, NULL, &p0, err, sizeof err), 0);
-    nb_optim_segment_t seg = { 0, nb_part_num_params(p0), false };
+    nb_optim_segment_t seg = { .offset = 0, .numel = nb_part_num_params(p0), .decay = false, .grad_offset = 0 };
     nb_optim_t *o0;
     assert_int_equal(nb_optim_new(bes[0], &j.optim, nb_part_num_params(p0), &seg, 1, &o0), 0);
     nb_reps_t *s;
@@ -321,19 +353,19 @@ static void test_refusals(void **state)
 /* The last backward reduces its gradients bucket by bucket as they become
  * final, with the same bits as a reduction after it; a backward after the
  * last one is refused until the reduction. */
-static void test_overlapped_reduce(void **state)
+static void overlapped_reduce(const nb_freeze_spec_t *fz)
 {
-    (void)state;
     pf_job_t j = pf_job_default(data_path);
     nb_backend_t *bes[2] = { nb_cpu_backend_new(), nb_cpu_backend_new() };
     nb_part_spec_t spec = { .embed = false, .first = 0, .last = 3, .head = false };
     char err[256];
     nb_part_t *p0;
     assert_int_equal(nb_part_new(bes[0], &j.model, &spec, 3, NULL, &p0, err, sizeof err), 0);
-    size_t n = nb_part_num_params(p0);
-    nb_optim_segment_t seg = { 0, n, false };
+    if (fz) /* frozen tensors: the buckets are ranges of the trainable tensors' gradients */
+        assert_int_equal(nb_part_freeze(p0, fz), 0);
+    size_t n = nb_part_num_grads(p0);
     nb_optim_t *o0;
-    assert_int_equal(nb_optim_new(bes[0], &j.optim, n, &seg, 1, &o0), 0);
+    assert_int_equal(nb_part_optim_new(p0, &j.optim, &o0), 0);
     nb_reps_t *s;
     assert_int_equal(nb_reps_new(p0, o0, bes, 2, &j.optim, 3, NULL, &s, err, sizeof err), 0);
     nb_reps_acts_t *a;
@@ -380,6 +412,14 @@ static void test_overlapped_reduce(void **state)
     nb_part_free(p0);
     nb_be_free(bes[0]);
     nb_be_free(bes[1]);
+}
+
+static void test_overlapped_reduce(void **state)
+{
+    (void)state;
+    overlapped_reduce(NULL);
+    nb_freeze_spec_t fz = freeze_of((const char *[]){ "h0.qkv.w", "h1.*", "h2.ln2.b" }, 3);
+    overlapped_reduce(&fz);
 }
 
 /* A step aborted half-way (a fault) and run again gives the bits of a step
@@ -456,6 +496,7 @@ int main(void)
         cmocka_unit_test(test_overlapped_reduce),
         cmocka_unit_test(test_abort_and_sync),
         cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_frozen_replicas),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

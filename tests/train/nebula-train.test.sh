@@ -4,7 +4,7 @@
 # and resume in two and three legs, periodic checkpoints kept to --keep,
 # SIGTERM, a killed write's leftovers cleaned up) that resume bit for bit,
 # and clear errors with the right exit status for a bad config or a missing
-# token file.
+# token file; frozen tensors (job.freeze): reported, kept, resumed, refused.
 set -euo pipefail
 . tests/support/assert.sh
 build=${NB_BUILD:-build}
@@ -158,6 +158,39 @@ expect_grep "validation on $n_train held-out tokens (.*head.tok)" "$work/eval2.t
 sed 's/fraction: 0.1/fraction: 0.1, data: head.tok/' "$work/eval.yaml" > "$work/eval3.yaml"
 expect_rc 78 "$train" --config "$work/eval3.yaml" > /dev/null 2> "$work/err.txt"
 expect_grep "eval.fraction and eval.data exclude each other" "$work/err.txt"
+
+# frozen tensors (job.freeze): the run reports what is frozen and the
+# smaller gradients and optimizer state; the frozen tensors keep their
+# seeded weights; stop and resume give the uninterrupted run's weights; a
+# checkpoint of the frozen run is refused by a run that trains everything,
+# and a pattern that names no tensor is refused, both with exit 78
+sed 's/  output: out.weights/  output: fz.weights\n  freeze: ["wte", "h0.ln?.*", "h0.qkv.*"]/' "$work/t.yaml" > "$work/fz.yaml"
+# the same frozen run at another learning rate: the frozen tensors end
+# equal (both as seeded), the others apart
+sed 's/lr: 3e-3/lr: 1e-2/; s/output: fz.weights/output: fz2.weights/' "$work/fz.yaml" > "$work/fz2.yaml"
+"$train" --config "$work/fz.yaml" > "$work/fz.txt"
+"$train" --config "$work/t.yaml" --steps 1 > "$work/nofz.txt"
+cat "$work/fz.txt"
+expect_grep "^nebula-train: frozen: 7 of 16 tensors, 11488 of 17312 parameters; training 5824$" "$work/fz.txt"
+expect_grep "^nebula-train: memory: weights 0.07 MiB, gradients 0.02 MiB, optimizer 0.04 MiB$" "$work/fz.txt"
+expect_grep "^nebula-train: memory: weights 0.07 MiB, gradients 0.10 MiB, optimizer 0.13 MiB$" "$work/nofz.txt"
+"$train" --config "$work/fz2.yaml" > /dev/null
+"$build/bin/nebula-weights" compare --tol 0 "$work/fz2.weights" "$work/fz.weights" > "$work/fzcmp.txt" || true
+for t in wte h0.ln1.w h0.ln1.b h0.ln2.w h0.ln2.b h0.qkv.w h0.qkv.b; do
+  grep -Eq "^  $t +max abs diff 0," "$work/fzcmp.txt" || fail "frozen $t changed: $(grep " $t " "$work/fzcmp.txt")"
+done
+if grep -Eq "^  (wpe|h0.fc.w|lnf.b) +max abs diff 0," "$work/fzcmp.txt"; then fail "a trainable tensor did not train"; fi
+mv "$work/fz.weights" "$work/fz-first.weights"
+"$train" --config "$work/fz.yaml" --stop-after 12 --checkpoint "$work/fz.ckpt" > /dev/null
+"$train" --config "$work/fz.yaml" --resume "$work/fz.ckpt" > /dev/null
+cmp "$work/fz.weights" "$work/fz-first.weights" || fail "stop and resume with frozen tensors changed the final weights"
+expect_rc 78 "$train" --config "$work/t.yaml" --resume "$work/fz.ckpt" > /dev/null 2> "$work/err.txt"
+cat "$work/err.txt"
+expect_grep "tensor 'wte' trains in this run but has no AdamW state in the checkpoint" "$work/err.txt"
+sed 's/"h0.qkv.\*"/"h1.qkv.*"/' "$work/fz.yaml" > "$work/fzbad.yaml"
+expect_rc 78 "$train" --config "$work/fzbad.yaml" > /dev/null 2> "$work/err.txt"
+cat "$work/err.txt"
+expect_grep 'job.freeze\[2\] "h1.qkv.\*" matches no tensor of the model' "$work/err.txt"
 
 # a config that cannot work: exit 78, the field named
 sed 's/n_head: 2/n_head: 3/' "$work/t.yaml" > "$work/bad.yaml"

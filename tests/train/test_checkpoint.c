@@ -4,7 +4,10 @@
  * (1 part into 2 and 3 and back, different cuts), bit for bit; damaged or
  * foreign checkpoints are refused with the file, the tensor and the reason
  * named and the part left exactly as it was; the manifest parser checks
- * every field; list and prune keep what they must. */
+ * every field; list and prune keep what they must. Frozen tensors
+ * (job.freeze) have no AdamW state in a checkpoint; it restores bit for
+ * bit into any split that freezes the same tensors, and a restore that
+ * would change which tensors train is refused with the reason. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -52,7 +55,9 @@ typedef struct {
     nb_optim_t *o[MAXP];
 } split_t;
 
-static void split_new(split_t *s, const nb_model_config_t *c, const int *cuts, int np, uint64_t seed)
+/* fz: the tensors each part freezes (NULL: none). */
+static void split_new_fz(split_t *s, const nb_model_config_t *c, const int *cuts, int np, uint64_t seed,
+                         const nb_freeze_spec_t *fz)
 {
     char err[256];
     s->np = np;
@@ -62,14 +67,15 @@ static void split_new(split_t *s, const nb_model_config_t *c, const int *cuts, i
         nb_part_t *tie = sp.head && !sp.embed && c->tie_embeddings ? s->p[0] : NULL;
         if (nb_part_new(be, c, &sp, seed + (uint64_t)i, tie, &s->p[i], err, sizeof err))
             fail_msg("%s", err);
-        nb_optim_segment_t segs[64];
-        int nt = nb_part_num_tensors(s->p[i]);
-        for (int k = 0; k < nt; k++) {
-            const nb_param_info_t *t = nb_part_tensor(s->p[i], k);
-            segs[k] = (nb_optim_segment_t){ t->offset, t->numel, t->decay };
-        }
-        assert_int_equal(nb_optim_new(be, &oc, nb_part_num_params(s->p[i]), segs, nt, &s->o[i]), 0);
+        if (fz)
+            assert_int_equal(nb_part_freeze(s->p[i], fz), 0);
+        assert_int_equal(nb_part_optim_new(s->p[i], &oc, &s->o[i]), 0);
     }
+}
+
+static void split_new(split_t *s, const nb_model_config_t *c, const int *cuts, int np, uint64_t seed)
+{
+    split_new_fz(s, c, cuts, np, seed, NULL);
 }
 
 static void split_free(split_t *s)
@@ -84,10 +90,11 @@ static void split_free(split_t *s)
 static void fill(split_t *s, uint32_t seed)
 {
     for (int i = 0; i < s->np; i++) {
-        size_t n = nb_part_num_params(s->p[i]);
-        float *h = malloc(n * sizeof *h);
+        size_t np = nb_part_num_params(s->p[i]), ng = nb_part_num_grads(s->p[i]);
+        float *h = malloc(np * sizeof *h);
         float *dst[3] = { nb_part_params(s->p[i]), nb_optim_m(s->o[i]), nb_optim_v(s->o[i]) };
         for (int c = 0; c < 3; c++) {
+            size_t n = c ? ng : np;
             for (size_t k = 0; k < n; k++) {
                 seed = seed * 1664525u + 1013904223u;
                 h[k] = (float)(int32_t)seed * 1e-9f;
@@ -101,7 +108,8 @@ static void fill(split_t *s, uint32_t seed)
     }
 }
 
-/* Tensor `name` of kind c (0 parameters, 1 m, 2 v) from whichever part holds it. */
+/* Tensor `name` of kind c (0 parameters, 1 m, 2 v) from whichever part
+ * holds it; false also for the moments of a frozen tensor (it has none). */
 static bool get_tensor(split_t *s, const char *name, int c, float *out, size_t *numel)
 {
     for (int i = 0; i < s->np; i++) {
@@ -109,8 +117,10 @@ static bool get_tensor(split_t *s, const char *name, int c, float *out, size_t *
         if (k < 0)
             continue;
         const nb_param_info_t *t = nb_part_tensor(s->p[i], k);
+        if (c && !t->trainable)
+            return false;
         const float *src[3] = { nb_part_params(s->p[i]), nb_optim_m(s->o[i]), nb_optim_v(s->o[i]) };
-        nb_be_to_host(be, out, src[c] + t->offset, t->numel * sizeof(float));
+        nb_be_to_host(be, out, src[c] + (c ? t->grad_offset : t->offset), t->numel * sizeof(float));
         *numel = t->numel;
         return true;
     }
@@ -125,7 +135,8 @@ static void assert_same(split_t *a, split_t *b)
     for (int i = 0; i < b->np; i++)
         for (int k = 0; k < nb_part_num_tensors(b->p[i]); k++) {
             const char *name = nb_part_tensor(b->p[i], k)->name;
-            for (int c = 0; c < 3; c++) {
+            bool frozen = !nb_part_tensor(b->p[i], k)->trainable;
+            for (int c = 0; c < (frozen ? 1 : 3); c++) {
                 size_t na, nb;
                 assert_true(get_tensor(a, name, c, x, &na));
                 assert_true(get_tensor(b, name, c, y, &nb));
@@ -398,10 +409,10 @@ typedef struct {
 static void save_state(split_t *s, saved_t *sv)
 {
     for (int i = 0; i < s->np; i++) {
-        size_t n = nb_part_num_params(s->p[i]);
         const float *src[3] = { nb_part_params(s->p[i]), nb_optim_m(s->o[i]), nb_optim_v(s->o[i]) };
         for (int c = 0; c < 3; c++) {
-            sv->v[i][c] = malloc(n * 4);
+            size_t n = c ? nb_part_num_grads(s->p[i]) : nb_part_num_params(s->p[i]);
+            sv->v[i][c] = malloc(n * 4 + 4);
             nb_be_to_host(be, sv->v[i][c], src[c], n * 4);
         }
         sv->steps[i] = nb_optim_steps(s->o[i]);
@@ -411,10 +422,11 @@ static void save_state(split_t *s, saved_t *sv)
 /* Part i of s against what save_state copied. */
 static void assert_part_unchanged(split_t *s, saved_t *sv, int i)
 {
-    size_t n = nb_part_num_params(s->p[i]);
+    size_t np = nb_part_num_params(s->p[i]);
     const float *src[3] = { nb_part_params(s->p[i]), nb_optim_m(s->o[i]), nb_optim_v(s->o[i]) };
-    float *now = malloc(n * 4);
+    float *now = malloc(np * 4);
     for (int c = 0; c < 3; c++) {
+        size_t n = c ? nb_part_num_grads(s->p[i]) : np;
         nb_be_to_host(be, now, src[c], n * 4);
         if (memcmp(now, sv->v[i][c], n * 4) != 0)
             fail_msg("part %d buffer %d changed by a refused load", i, c);
@@ -843,6 +855,104 @@ static void test_list_prune(void **state)
 
 /* A writer that finds another's temporary file waits for its lock, and a
  * write over an existing checkpoint file replaces it whole. */
+/* Frozen tensors: no AdamW state in the files; a round trip into every
+ * split freezing the same tensors is bit-exact (a snapshot refreshed
+ * too); weights alone load anywhere; a restore that would change which
+ * tensors train is refused, naming the tensor, with the part unchanged. */
+static void test_frozen(void **state)
+{
+    nb_freeze_spec_t fz;
+    memset(&fz, 0, sizeof fz);
+    fz.n_freeze = 2;
+    snprintf(fz.freeze[0], sizeof fz.freeze[0], "wte");
+    snprintf(fz.freeze[1], sizeof fz.freeze[1], "h1.*");
+    static const int splits[][MAXP + 1] = { { 0, 3 }, { 0, 1, 3 }, { 0, 2, 3 }, { 0, 1, 2, 3 } };
+    static const int nps[] = { 1, 2, 2, 3 };
+    split_t a;
+    split_new_fz(&a, &model, splits[1], 2, 10, &fz);
+    fill(&a, 55);
+    char dir[256], err[1024], path[320];
+    snprintf(dir, sizeof dir, "%s/frozen", work);
+    write_ckpt(&a, dir, 9);
+    nb_ckpt_manifest_t m;
+    assert_int_equal(nb_ckpt_manifest_read(dir, &m, err, sizeof err), 0);
+    uint64_t nv = 0, want = 6;
+    for (int i = 0; i < a.np; i++)
+        want += nb_part_num_params(a.p[i]) + 2 * nb_part_num_grads(a.p[i]);
+    assert_int_equal(nb_ckpt_verify_values(dir, &m, &nv, err, sizeof err), 0);
+    assert_int_equal(nv, want);
+    snprintf(path, sizeof path, "%s/stage0.safetensors", dir);
+    nb_st_file_t *f;
+    assert_int_equal(nb_st_open(path, &f, err, sizeof err), 0);
+    assert_true(nb_st_find(f, "wte") >= 0);
+    assert_true(nb_st_find(f, "adamw.m.wte") < 0);
+    assert_true(nb_st_find(f, "adamw.v.wte") < 0);
+    assert_true(nb_st_find(f, "adamw.m.wpe") >= 0);
+    nb_st_close(f);
+    snprintf(path, sizeof path, "%s/stage1.safetensors", dir);
+    assert_int_equal(nb_st_open(path, &f, err, sizeof err), 0);
+    assert_true(nb_st_find(f, "h1.qkv.w") >= 0);
+    assert_true(nb_st_find(f, "adamw.v.h1.qkv.w") < 0);
+    assert_true(nb_st_find(f, "adamw.v.h2.qkv.w") >= 0);
+    nb_st_close(f);
+    for (int to = 0; to < 4; to++) {
+        split_t b;
+        split_new_fz(&b, &model, splits[to], nps[to], 20, &fz);
+        if (load(&b, dir, err, sizeof err))
+            fail_msg("frozen -> %d parts: %s", nps[to], err);
+        assert_same(&a, &b);
+        printf("  frozen wte, h1.*: 2 parts -> %d part(s) (cut %d): bit-exact\n", nps[to], splits[to][1]);
+        split_free(&b);
+    }
+    /* a snapshot refreshed from the frozen part, and one of another
+     * trainable set refused */
+    nb_ckpt_snap_t *s;
+    assert_int_equal(nb_ckpt_snapshot(a.p[0], a.o[0], &s, err, sizeof err), 0);
+    fill(&a, 56);
+    assert_int_equal(nb_ckpt_snapshot_refresh(s, a.p[0], a.o[0], err, sizeof err), 0);
+    assert_int_equal(nb_ckpt_snap_bytes(s),
+                     (nb_part_num_params(a.p[0]) + 2 * nb_part_num_grads(a.p[0])) * sizeof(float));
+    split_t u;
+    split_new(&u, &model, splits[1], 2, 30);
+    assert_int_equal(nb_ckpt_snapshot_refresh(s, u.p[0], u.o[0], err, sizeof err), NB_EINVAL);
+    printf("  refresh refused: %s\n", err);
+    nb_ckpt_snap_free(s);
+    /* weights alone restore into a part that trains everything */
+    assert_int_equal(nb_ckpt_load_part(dir, &m, u.p[0], NULL, err, sizeof err), 0);
+    split_free(&u);
+    /* resuming with wte training: its moments are not there */
+    split_t b;
+    split_new(&b, &model, splits[1], 2, 40);
+    fill(&b, 7);
+    saved_t sv;
+    save_state(&b, &sv);
+    assert_int_equal(nb_ckpt_load_part(dir, &m, b.p[0], b.o[0], err, sizeof err), NB_EINVAL);
+    printf("  refused: %s\n", err);
+    assert_non_null(strstr(err, "tensor 'wte' trains in this run but has no AdamW state in the checkpoint"));
+    assert_non_null(strstr(err, "job.freeze"));
+    assert_unchanged(&b, &sv);
+    free_state(&b, &sv);
+    split_free(&b);
+    /* resuming a checkpoint that trained everything with wte frozen */
+    snprintf(dir, sizeof dir, "%s/unfrozen", work);
+    split_t full;
+    split_new(&full, &model, splits[1], 2, 50);
+    fill(&full, 9);
+    write_ckpt(&full, dir, 9);
+    assert_int_equal(nb_ckpt_manifest_read(dir, &m, err, sizeof err), 0);
+    split_new_fz(&b, &model, splits[1], 2, 60, &fz);
+    fill(&b, 8);
+    save_state(&b, &sv);
+    assert_int_equal(nb_ckpt_load_part(dir, &m, b.p[0], b.o[0], err, sizeof err), NB_EINVAL);
+    printf("  refused: %s\n", err);
+    assert_non_null(strstr(err, "tensor 'wte' is frozen in this run (job.freeze) but trained in the run that wrote"));
+    assert_unchanged(&b, &sv);
+    free_state(&b, &sv);
+    split_free(&b);
+    split_free(&full);
+    split_free(&a);
+}
+
 static void test_write_replaces(void **state)
 {
     char dir[256], err[512], path[320];
@@ -870,6 +980,7 @@ int main(void)
         cmocka_unit_test(test_manifest_parse),
         cmocka_unit_test(test_list_prune),
         cmocka_unit_test(test_write_replaces),
+        cmocka_unit_test(test_frozen),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -66,13 +66,7 @@ static void run_split(const nb_train_config_t *c, const int *cuts, int np, float
         nb_part_t *tie = s.head && !s.embed && c->model.tie_embeddings ? parts[0] : NULL;
         if (nb_part_new(be, &c->model, &s, c->seed, tie, &parts[i], err, sizeof err))
             fail_msg("%s", err);
-        nb_optim_segment_t segs[64];
-        int nt = nb_part_num_tensors(parts[i]);
-        for (int k = 0; k < nt; k++) {
-            const nb_param_info_t *t = nb_part_tensor(parts[i], k);
-            segs[k] = (nb_optim_segment_t){ t->offset, t->numel, t->decay };
-        }
-        assert_int_equal(nb_optim_new(be, &c->optim, nb_part_num_params(parts[i]), segs, nt, &opt[i]), 0);
+        assert_int_equal(nb_part_optim_new(parts[i], &c->optim, &opt[i]), 0);
         for (int j = 0; j < M; j++)
             assert_int_equal(nb_part_acts_new(parts[i], c->batch / M, c->seq_len, &acts[i][j]), 0);
     }
@@ -116,7 +110,7 @@ static void run_split(const nb_train_config_t *c, const int *cuts, int np, float
         losses[s] = loss;
         double ss = 0;
         for (int i = 0; i < np; i++)
-            ss += nb_optim_sumsq(be, nb_part_grads(parts[i]), nb_part_num_params(parts[i]));
+            ss += nb_optim_sumsq(be, nb_part_grads(parts[i]), nb_part_num_grads(parts[i]));
         float scale = nb_optim_clip_scale(&c->optim, ss);
         float lr = (float)nb_optim_lr(&c->optim, s);
         for (int i = 0; i < np; i++)

@@ -163,13 +163,8 @@ static void test_step_recipe(void **state)
     assert_int_equal(nb_part_acts_new(p, B, T, &a), 0);
     nb_tokens_t *tk;
     assert_int_equal(nb_tokens_open(tok_path, &tk, err, sizeof err), 0);
-    int nt = nb_part_num_tensors(p);
-    nb_optim_segment_t segs[64];
-    for (int i = 0; i < nt; i++)
-        segs[i] = (nb_optim_segment_t){ nb_part_tensor(p, i)->offset, nb_part_tensor(p, i)->numel,
-                                        nb_part_tensor(p, i)->decay };
     nb_optim_t *o;
-    assert_int_equal(nb_optim_new(be, &c.optim, nb_part_num_params(p), segs, nt, &o), 0);
+    assert_int_equal(nb_part_optim_new(p, &c.optim, &o), 0);
     int32_t hin[64], htg[64];
     int32_t *din = nb_be_alloc(be, sizeof hin), *dtg = nb_be_alloc(be, sizeof htg);
     for (int s = 0; s < c.steps; s++) {
@@ -187,7 +182,7 @@ static void test_step_recipe(void **state)
         }
         nb_part_finish_grads(p);
         assert_true(loss == losses[s]);
-        double ss = nb_optim_sumsq(be, nb_part_grads(p), nb_part_num_params(p));
+        double ss = nb_optim_sumsq(be, nb_part_grads(p), nb_part_num_grads(p));
         nb_optim_step(o, nb_part_params(p), nb_part_grads(p), (float)nb_optim_lr(&c.optim, s),
                       nb_optim_clip_scale(&c.optim, ss));
     }
@@ -245,6 +240,15 @@ static void test_bad_config(void **state)
     c = small_config();
     snprintf(c.data, sizeof c.data, "/nonexistent/data.tok");
     expect_refused(c, "/nonexistent/data.tok");
+    /* job.freeze: a pattern naming no tensor (2 blocks: h0, h1), and
+     * everything frozen */
+    c = small_config();
+    c.freeze.n_freeze = 2;
+    snprintf(c.freeze.freeze[0], sizeof c.freeze.freeze[0], "wte");
+    snprintf(c.freeze.freeze[1], sizeof c.freeze.freeze[1], "h2.*");
+    expect_refused(c, "job.freeze[1] \"h2.*\" matches no tensor of the model");
+    snprintf(c.freeze.freeze[1], sizeof c.freeze.freeze[1], "*");
+    expect_refused(c, "nothing would train");
 }
 
 static void test_weights_file(void **state)
@@ -668,6 +672,84 @@ static void test_checkpoint_resume(void **state)
     nb_be_free(be);
 }
 
+/* Frozen tensors (job.freeze) through a checkpoint: 3 steps, save,
+ * resume in a new trainer with the same freeze, 3 more: the losses and
+ * weights of 6 steps without a break, bit for bit, and the frozen tensors
+ * still hold their seeded weights. A trainer that would train them (no
+ * freeze) refuses the checkpoint, naming the tensor, and stays as it was. */
+static void test_frozen_resume(void **state)
+{
+    nb_train_config_t c = small_config();
+    c.steps = c.optim.total_steps = 6;
+    c.optim.weight_decay = 0.1f;
+    c.freeze.n_freeze = 2;
+    snprintf(c.freeze.freeze[0], sizeof c.freeze.freeze[0], "wte");
+    snprintf(c.freeze.freeze[1], sizeof c.freeze.freeze[1], "h0.*");
+    float ref[6], unfrozen[6];
+    float *wref, *wun;
+    size_t n;
+    run(&c, ref, &wref, &n);
+    nb_train_config_t u = c;
+    memset(&u.freeze, 0, sizeof u.freeze);
+    run(&u, unfrozen, &wun, &n);
+    assert_true(ref[5] != unfrozen[5]); /* freezing changed the run */
+
+    char ck[160], err[1024], cmd[200];
+    snprintf(ck, sizeof ck, "%s.frozen", w_path);
+    nb_backend_t *be = nb_cpu_backend_new();
+    nb_trainer_t *a, *b;
+    nb_train_step_t st;
+    assert_int_equal(nb_trainer_new(be, &c, &a, err, sizeof err), 0);
+    size_t n0;
+    float *seeded = params_copy(a, &n0);
+    for (int s = 0; s < 3; s++) {
+        assert_int_equal(nb_trainer_step(a, &st, err, sizeof err), 0);
+        assert_true(st.loss == ref[s]);
+    }
+    assert_int_equal(nb_trainer_save(a, ck, err, sizeof err), 0);
+    nb_trainer_free(a);
+    assert_int_equal(nb_trainer_new(be, &c, &b, err, sizeof err), 0);
+    if (nb_trainer_resume(b, ck, err, sizeof err))
+        fail_msg("%s", err);
+    for (int s = 3; s < 6; s++) {
+        assert_int_equal(nb_trainer_step(b, &st, err, sizeof err), 0);
+        assert_true(st.loss == ref[s]);
+    }
+    float *w = params_copy(b, &n0);
+    assert_memory_equal(w, wref, n * 4);
+    nb_part_t *p = nb_trainer_part(b);
+    int frozen = 0;
+    for (int i = 0; i < nb_part_num_tensors(p); i++) {
+        const nb_param_info_t *t = nb_part_tensor(p, i);
+        bool same = memcmp(w + t->offset, seeded + t->offset, t->numel * 4) == 0;
+        if (same != !t->trainable)
+            fail_msg("%s (%s) %s", t->name, t->trainable ? "trainable" : "frozen", same ? "did not change" : "changed");
+        frozen += !t->trainable;
+    }
+    assert_int_equal(frozen, 13); /* wte and h0's 12 */
+    printf("  3 + 3 steps with wte and h0.* frozen: bit-identical to 6; %d frozen tensors as seeded\n", frozen);
+    nb_trainer_free(b);
+    /* the same checkpoint, resumed by a run that trains everything */
+    assert_int_equal(nb_trainer_new(be, &u, &b, err, sizeof err), 0);
+    float *before = params_copy(b, &n0);
+    assert_int_equal(nb_trainer_resume(b, ck, err, sizeof err), NB_EINVAL);
+    printf("  refused: %s\n", err);
+    assert_non_null(strstr(err, "tensor 'wte' trains in this run but has no AdamW state"));
+    assert_int_equal(nb_trainer_steps_done(b), 0);
+    float *after = params_copy(b, &n0);
+    assert_memory_equal(before, after, n0 * 4);
+    nb_trainer_free(b);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", ck);
+    assert_int_equal(system(cmd), 0);
+    free(before);
+    free(after);
+    free(w);
+    free(seeded);
+    free(wref);
+    free(wun);
+    nb_be_free(be);
+}
+
 /* 100 steps in legs of 50 + 50 and 33 + 33 + 34, each leg a new trainer
  * resuming the previous leg's checkpoint: the final weights equal 100
  * steps without a break, bit for bit. */
@@ -750,13 +832,7 @@ static void test_resume_from_stages(void **state)
     for (int i = 0; i < 2; i++) {
         nb_part_spec_t sp = { .embed = i == 0, .first = i, .last = i ? 2 : 1, .head = i == 1 };
         assert_int_equal(nb_part_new(be, &c.model, &sp, 5, i ? parts[0] : NULL, &parts[i], err, sizeof err), 0);
-        nb_optim_segment_t segs[64];
-        int nt = nb_part_num_tensors(parts[i]);
-        for (int k = 0; k < nt; k++) {
-            const nb_param_info_t *t = nb_part_tensor(parts[i], k);
-            segs[k] = (nb_optim_segment_t){ t->offset, t->numel, t->decay };
-        }
-        assert_int_equal(nb_optim_new(be, &c.optim, nb_part_num_params(parts[i]), segs, nt, &opts[i]), 0);
+        assert_int_equal(nb_part_optim_new(parts[i], &c.optim, &opts[i]), 0);
         assert_int_equal(nb_ckpt_load_part(one, m1, parts[i], opts[i], err, sizeof err), 0);
     }
     assert_int_equal(nb_ckpt_begin(two, err, sizeof err), 0);
@@ -1009,6 +1085,7 @@ int main(void)
         cmocka_unit_test(test_eval_split),
         cmocka_unit_test(test_checkpoint_resume),
         cmocka_unit_test(test_resume_legs),
+        cmocka_unit_test(test_frozen_resume),
         cmocka_unit_test(test_resume_from_stages),
         cmocka_unit_test(test_resume_after_skipped),
         cmocka_unit_test(test_nonfinite_gradient_skips),
