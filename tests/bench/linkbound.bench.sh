@@ -1,0 +1,272 @@
+#!/usr/bin/env bash
+# linkbound.bench.sh - the pipeline job when the link, not compute, sets the
+# pace: a stand-in for GPU clusters, whose compute is 100-1000x faster than
+# this CPU's, joined by a WAN link.
+#
+# A coordinator and two stage daemons (TLS) train a small GPT (NB_LB_MODEL,
+# default 4 blocks, d_model 256; batch 16 x 64 tokens, m = 4, 1F1B) on the
+# first 90% of the GPL-3 text:
+#   1. once unshaped on loopback (fp32: "single cloud"), which also measures
+#      the compute per micro-batch (the planner's fitted forward + backward
+#      times of the slower stage, from `nebulactl plan --json`);
+#   2. the tbf rate is then chosen so that one micro-batch's fp32
+#      activations take NB_LB_RATIO (default 7) times that compute on the
+#      wire (rounded to whole Mbit/s, as tbf takes it), unless NB_LB_RATE
+#      pins it;
+#   3. fp32 and every codec family through that link (both stages in
+#      network namespaces joined by the shaped veth pair, scripts/wan-emu.sh),
+#      and the planner's own codec choice (job.planner.codecs = the same list,
+#      m and schedule pinned), each NB_LB_STEPS steps (default 300);
+#   4. a second unshaped fp32 run at the end (the unshaped figure is the
+#      mean of both, so a busy spell of a shared machine at one end does not
+#      decide the ratio).
+# Throughput is the median tokens/s of steps 4..N (robust to noise). Quality
+# is the held-out loss of the final weights (the last 10% of the text, never
+# trained on; 16 micro-batches): each run checkpoints its last step, the
+# parts are merged (nebula-weights merge) and nebula-train evaluates them
+# (job.init, one step at lr 1e-20: no weight moves; job.eval.data). Printed, all from this run:
+#   bench linkbound_compute_per_mb_ms <v> ms      slower stage, fwd + bwd
+#   bench linkbound_fp32_act_wire_ms <v> ms       one micro-batch's fp32
+#                                                 activations at the rate
+#   bench linkbound_link_vs_compute <v> ratio     the two above
+#   bench linkbound_rate_mbit <v> Mbit/s
+#   bench linkbound_unshaped_tps <v> tokens/s
+#   bench linkbound_<codec>_vs_unshaped <v> ratio (tokens/s / unshaped fp32)
+#   bench linkbound_<codec>_loss_gap <v> rel      held-out loss vs fp32 shaped
+#   bench linkbound_fp32_vs_unshaped, linkbound_planner_vs_unshaped,
+#   bench linkbound_best_vs_unshaped (+ "# best: <codec>"),
+#   bench linkbound_best_loss_gap: the fastest codec whose loss gap is
+#         <= NB_LB_MAX_GAP (default 0.01)
+# Knobs: NB_LB_STEPS, NB_LB_RATIO, NB_LB_RATE, NB_LB_CODECS (a list of
+# "FWD BWD" pairs separated by ';'), NB_LB_MODEL. Needs root (namespaces);
+# exit 77 otherwise. With defaults it takes about 12 minutes on 2 cores.
+set -u
+build=${NB_BUILD:-build}
+bin="$build/bin"
+steps=${NB_LB_STEPS:-300}
+target_ratio=${NB_LB_RATIO:-7}
+max_gap=${NB_LB_MAX_GAP:-0.01}
+model=${NB_LB_MODEL:-'{n_layer: 2, d_model: 128, n_head: 4, vocab: 256, max_seq: 64, tie_embeddings: false}'}
+codecs=${NB_LB_CODECS:-"fp32 fp32;fp16 fp16;bf16 bf16;int8 int8;int4 int4;int4(block=16) int4(block=16,sr);\
+int4(delta) int4(delta);int4 int4(ef);fp16(topk(0.1)) fp16(topk(0.1),ef);fp16(svd(0.2)) fp16(svd(0.2));\
+int8(svd(0.2)) int8(svd(0.2),ef)"}
+batch=${NB_LB_BATCH:-8} seq=64 mbs=4
+d_model=$(echo "$model" | sed -n 's/.*d_model: *\([0-9]*\).*/\1/p')
+n_layer=$(echo "$model" | sed -n 's/.*n_layer: *\([0-9]*\).*/\1/p')
+# One BLAS thread per daemon: each stage gets one core, as one cluster.
+export OPENBLAS_NUM_THREADS=1
+[ -x "$bin/nebulad" ] || { echo "no $bin/nebulad (run make first)"; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "linkbound: needs root for network namespaces"; exit 77; }
+command -v tc >/dev/null || { echo "linkbound: no tc"; exit 77; }
+command -v python3 >/dev/null || { echo "linkbound: no python3"; exit 77; }
+ns=lbnd
+work=$(mktemp -d /tmp/nb-linkbound.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]+"${pids[@]}"}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null
+  scripts/wan-emu.sh down "$ns" >/dev/null 2>&1
+  if [ -n "${NB_LB_KEEP:-}" ]; then echo "# kept $work"; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+. tests/support/pipeline.sh
+bash scripts/gen-certs.sh "$work/certs" coord a b >/dev/null || exit 1
+# train on the first 90% of the text, hold out the rest
+text=/usr/share/common-licenses/GPL-3
+len=$(wc -c < "$text")
+head -c $((len * 9 / 10)) "$text" > "$work/train.txt"
+tail -c +$((len * 9 / 10 + 1)) "$text" > "$work/heldout.txt"
+"$bin/nebula-tokenize" "$work/train.txt" "$work/data.tok" >/dev/null || exit 1
+"$bin/nebula-tokenize" "$work/heldout.txt" "$work/heldout.tok" >/dev/null || exit 1
+
+# run_job MODE(lo|wan) FWD BWD STEPS [PLANNER_CODECS_YAML] -> $work/coord.log,
+# $work/plan.json, $work/val_loss; 0 when the job finished
+run_job() {
+  local mode=$1 fwd=$2 bwd=$3 n=$4 pc=${5:-}
+  local ha=127.0.0.1 hb=127.0.0.1 ea="" eb="" base
+  base=$(nb_port_base 3)
+  if [ "$mode" = wan ]; then
+    ha=10.77.0.1 hb=10.77.0.2 ea="ip netns exec $ns-a" eb="ip netns exec $ns-b"
+  fi
+  rm -rf "$work/run" "$work/merged"; mkdir -p "$work/run/ck-coord" "$work/run/ck-a" "$work/run/ck-b"
+  local planner="planner: {enabled: false}"
+  [ -n "$pc" ] && planner="planner: {codecs: $pc}"
+  cat > "$work/coord.yaml" <<YAML
+name: coord
+role: coordinator
+listen: $ha:$base
+tls: {cert: certs/coord.pem, key: certs/coord.key, ca: certs/ca.pem}
+status_socket: run/coord.sock
+checkpoint_dir: run/ck-coord
+heartbeat_interval_s: 1
+heartbeat_timeout_s: 30
+connect_timeout_s: 30
+job:
+  model: $model
+  data: data.tok
+  batch: $batch
+  seq_len: $seq
+  steps: $n
+  micro_batches: $mbs
+  schedule: 1f1b
+  log_every: 1
+  optimizer: {lr: 1e-3, min_lr: 1e-4, warmup_steps: 10}
+  codecs: {forward: "$fwd", backward: "$bwd"}
+  $planner
+  checkpoint: {every_steps: $n, keep: 1}
+  clusters:
+    - {name: a, address: "$ha:$((base + 1))", layers: "0-$((n_layer / 2 - 1))"}
+    - {name: b, address: "$hb:$((base + 2))", layers: "$((n_layer / 2))-$((n_layer - 1))"}
+YAML
+  nb_stage_yaml "$work/a.yaml" a "$ha:$((base + 1))" "$ha:$base" 1 30 "checkpoint_dir: run/ck-a"
+  nb_stage_yaml "$work/b.yaml" b "$hb:$((base + 2))" "$ha:$base" 1 30 "checkpoint_dir: run/ck-b"
+  pids=()
+  $ea "$bin/nebulad" --config "$work/coord.yaml" > "$work/coord.log" 2>&1 & pids+=($!)
+  $ea "$bin/nebulad" --config "$work/a.yaml" > "$work/a.log" 2>&1 & pids+=($!)
+  $eb "$bin/nebulad" --config "$work/b.yaml" > "$work/b.log" 2>&1 & pids+=($!)
+  local ok=1
+  for _ in $(seq 1 6000); do
+    if grep -q "job done" "$work/coord.log"; then ok=0; break; fi
+    if grep -q "job failed" "$work/coord.log"; then break; fi
+    sleep 0.2
+  done
+  if [ $ok -ne 0 ]; then echo "# $mode $fwd/$bwd: job did not finish"; tail -n 5 "$work"/*.log; fi
+  "$bin/nebulactl" --socket "$work/run/coord.sock" plan --json > "$work/plan.json" 2>/dev/null
+  for s in coord a b; do "$bin/nebulactl" --socket "$work/run/$s.sock" stop >/dev/null 2>&1; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
+  pids=()
+  [ $ok -eq 0 ] || return 1
+  eval_heldout "$n"
+}
+
+# eval_heldout STEPS: held-out loss of the run's final weights -> $work/val_loss
+eval_heldout() {
+  echo nan > "$work/val_loss"
+  local d
+  d=$(cd "$work/run/ck-coord" && ls -d step-* 2>/dev/null | tail -n 1)
+  [ -n "$d" ] || { echo "# no final checkpoint"; return 1; }
+  cp "$work/run/ck-a/$d"/stage-*.safetensors "$work/run/ck-b/$d"/stage-*.safetensors "$work/run/ck-coord/$d/" 2>/dev/null
+  "$bin/nebula-weights" merge "$work/run/ck-coord/$d" "$work/merged" > "$work/merge.log" 2>&1 ||
+    { echo "# merge failed: $(tail -n 2 "$work/merge.log")"; return 1; }
+  # the merged checkpoint has no step left: nebula-train --resume writes it
+  # out as a weights file, which the evaluation starts from
+  local y
+  for y in final eval; do
+    cat > "$work/$y.yaml" <<YAML
+name: $y
+role: train
+job:
+  model: $model
+  data: data.tok
+  batch: $batch
+  seq_len: $seq
+  micro_batches: $mbs
+YAML
+  done
+  cat >> "$work/final.yaml" <<YAML
+  steps: $1
+  optimizer: {lr: 1e-3, min_lr: 1e-4, warmup_steps: 10}
+  output: final.weights
+YAML
+  cat >> "$work/eval.yaml" <<YAML
+  steps: 1
+  optimizer: {lr: 1e-20, min_lr: 0, warmup_steps: 0}
+  init: final.weights
+  eval: {data: heldout.tok, batches: 16}
+YAML
+  rm -f "$work/final.weights"
+  "$bin/nebula-train" --config "$work/final.yaml" --resume "$work/merged" > "$work/final.log" 2>&1 ||
+    { echo "# writing the final weights failed: $(tail -n 2 "$work/final.log")"; return 1; }
+  "$bin/nebula-train" --config "$work/eval.yaml" > "$work/eval.log" 2>&1 ||
+    { echo "# eval failed: $(tail -n 2 "$work/eval.log")"; return 1; }
+  sed -n 's/.*val_loss \([0-9.]*\).*/\1/p' "$work/eval.log" | tail -n 1 > "$work/val_loss"
+}
+
+steady_tps() { # median tokens/s of steps 4..N
+  sed -n 's/.* step \([0-9]*\)\/[0-9]* loss [0-9.]* tokens\/s \([0-9]*\) .*/\1 \2/p' "$work/coord.log" |
+    awk '$1 > 3 { print $2 }' | sort -n | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)]; else print 0 }'
+}
+name_of() { echo "$1_$2" | tr -c 'a-z0-9_\n' '_' | sed 's/__*/_/g; s/_$//'; }
+
+# --- 1. unshaped fp32 and the compute per micro-batch ----------------------
+run_job lo fp32 fp32 "$steps" '["fp32"]' || { echo "linkbound: unshaped run failed"; exit 1; }
+lo1=$(steady_tps); val_lo=$(cat "$work/val_loss")
+# compute per micro-batch: the planner's fits (a + b x n per block) at the
+# micro-batch size, forward + backward, the slower stage
+compute_ms=$(python3 - "$work/plan.json" $((batch / mbs)) <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1])); n = int(sys.argv[2])
+worst = 0.0
+for s in j["measurements"]["stages"]:
+    for z in s["sizes"]:
+        if z["n"] == n:
+            worst = max(worst, z["forward_s"] + z["backward_s"])
+print("%.3f" % (worst * 1e3))
+PY
+)
+act_bytes=$((batch / mbs * seq * d_model * 4))
+rate=${NB_LB_RATE:-$(awk -v b="$act_bytes" -v c="$compute_ms" -v r="$target_ratio" \
+  'BEGIN { x = b * 8 / (c / 1e3 * r) / 1e6; x = int(x + 0.5); if (x < 1) x = 1; print x }')}
+wire_ms=$(awk -v b="$act_bytes" -v r="$rate" 'BEGIN { printf "%.3f", b * 8 / (r * 1e6) * 1e3 }')
+echo "# model $model, batch $batch x $seq, m $mbs, 1f1b, $steps steps; fp32 activations $act_bytes bytes per micro-batch"
+echo "bench linkbound_compute_per_mb_ms $compute_ms ms"
+echo "bench linkbound_rate_mbit $rate Mbit/s"
+echo "bench linkbound_fp32_act_wire_ms $wire_ms ms"
+awk -v w="$wire_ms" -v c="$compute_ms" 'BEGIN { printf "bench linkbound_link_vs_compute %.2f ratio\n", w / c }'
+
+# --- 2. every codec through the shaped link --------------------------------
+scripts/wan-emu.sh up "$ns" "$rate" || exit $?
+declare -A tps val
+order=()
+plist=""
+IFS=';' read -ra pairs <<< "$codecs"
+for pr in "${pairs[@]}"; do
+  set -- $pr
+  fwd=$1 bwd=$2; nm=$(name_of "$fwd" "$bwd")
+  if run_job wan "$fwd" "$bwd" "$steps"; then
+    tps[$nm]=$(steady_tps); val[$nm]=$(cat "$work/val_loss")
+    echo "# $fwd / $bwd: $(grep -m1 'job done' "$work/coord.log" | sed 's/^.*job done: //'), held-out loss ${val[$nm]}"
+  else
+    tps[$nm]=0; val[$nm]=nan
+  fi
+  order+=("$nm")
+  for c in "$fwd" "$bwd"; do
+    case " $plist " in *" \"$c\", "*) ;; *) plist="$plist\"$c\", " ;; esac
+  done
+done
+# the planner's own choice among the same codecs (m and schedule pinned)
+if run_job wan fp32 fp32 "$steps" "[${plist%, }]"; then
+  tps[planner]=$(steady_tps); val[planner]=$(cat "$work/val_loss")
+  chosen=$(python3 -c 'import json,sys; c=json.load(open(sys.argv[1]))["current"]; print(c["forward"], "/", c["backward"])' \
+    "$work/plan.json" 2>/dev/null || echo unknown)
+  echo "# planner chose $chosen: $(grep -m1 'job done' "$work/coord.log" | sed 's/^.*job done: //'), held-out loss ${val[planner]}"
+else
+  tps[planner]=0; val[planner]=nan
+fi
+order+=(planner)
+scripts/wan-emu.sh down "$ns" >/dev/null 2>&1
+
+# --- 3. unshaped again ------------------------------------------------------
+run_job lo fp32 fp32 "$steps" '["fp32"]' || { echo "linkbound: second unshaped run failed"; exit 1; }
+lo2=$(steady_tps)
+lo=$(awk -v a="$lo1" -v b="$lo2" 'BEGIN { printf "%.0f", (a + b) / 2 }')
+echo "# unshaped fp32: $lo1 and $lo2 tokens/s; held-out loss $val_lo and $(cat "$work/val_loss")"
+echo "bench linkbound_unshaped_tps $lo tokens/s"
+
+fp32v=${val[fp32_fp32]:-nan}
+best="" best_r=0 best_gap=0
+for nm in "${order[@]}"; do
+  r=$(awk -v a="${tps[$nm]}" -v b="$lo" 'BEGIN { printf "%.3f", a / b }')
+  gap=$(awk -v a="${val[$nm]}" -v b="$fp32v" 'BEGIN { if (a == "nan" || b == "nan") print "nan"; else printf "%.4f", (a - b) / b }')
+  echo "bench linkbound_${nm}_tps ${tps[$nm]} tokens/s"
+  echo "bench linkbound_${nm}_vs_unshaped $r ratio"
+  echo "bench linkbound_${nm}_loss_gap $gap rel"
+  if [ "$gap" != nan ] && awk -v g="$gap" -v m="$max_gap" -v r="$r" -v b="$best_r" 'BEGIN { exit !(g <= m && r > b) }'; then
+    best=$nm best_r=$r best_gap=$gap
+  fi
+done
+echo "bench linkbound_fp32_vs_unshaped $(awk -v a="${tps[fp32_fp32]}" -v b="$lo" 'BEGIN { printf "%.3f", a / b }') ratio"
+echo "bench linkbound_planner_vs_unshaped $(awk -v a="${tps[planner]}" -v b="$lo" 'BEGIN { printf "%.3f", a / b }') ratio"
+echo "bench linkbound_best_vs_unshaped $best_r ratio"
+echo "# best (fastest with held-out loss gap <= $max_gap): $best"
+echo "bench linkbound_best_loss_gap $best_gap rel"
