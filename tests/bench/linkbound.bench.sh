@@ -37,8 +37,10 @@
 #   bench linkbound_best_vs_unshaped (+ "# best: <codec>"),
 #   bench linkbound_best_loss_gap: the fastest codec whose loss gap is
 #         <= NB_LB_MAX_GAP (default 0.01)
-# Knobs: NB_LB_STEPS, NB_LB_RATIO, NB_LB_RATE, NB_LB_CODECS (a list of
-# "FWD BWD" pairs separated by ';'), NB_LB_MODEL. Needs root (namespaces);
+# Knobs: NB_LB_STEPS, NB_LB_RATIO, NB_LB_RATE, NB_LB_BURST (tbf bucket,
+# default 8kb), NB_LB_CODECS (a list of "FWD BWD" pairs separated by ';'),
+# NB_LB_MODEL, NB_LB_BATCH, NB_LB_JOB_TIMEOUT (s per job), NB_LB_KEEP (keep
+# the work directory). Needs root (namespaces);
 # exit 77 otherwise. With defaults it takes about 12 minutes on 2 cores.
 set -u
 build=${NB_BUILD:-build}
@@ -46,10 +48,11 @@ bin="$build/bin"
 steps=${NB_LB_STEPS:-300}
 target_ratio=${NB_LB_RATIO:-7}
 max_gap=${NB_LB_MAX_GAP:-0.01}
+burst=${NB_LB_BURST:-8kb}
+job_timeout=${NB_LB_JOB_TIMEOUT:-600}
 model=${NB_LB_MODEL:-'{n_layer: 2, d_model: 128, n_head: 4, vocab: 256, max_seq: 64, tie_embeddings: false}'}
-codecs=${NB_LB_CODECS:-"fp32 fp32;fp16 fp16;bf16 bf16;int8 int8;int4 int4;int4(block=16) int4(block=16,sr);\
-int4(delta) int4(delta);int4 int4(ef);fp16(topk(0.1)) fp16(topk(0.1),ef);fp16(svd(0.2)) fp16(svd(0.2));\
-int8(svd(0.2)) int8(svd(0.2),ef)"}
+codecs=${NB_LB_CODECS:-"fp32 fp32;fp16 fp16;bf16 bf16;int8 int8;int4 int4;int4 int4(ef);int4(delta) int4(delta);\
+int4(sr) int4(sr);fp16(topk(0.1)) fp16(topk(0.1),ef);fp16(svd(0.2)) fp16(svd(0.2));int4(svd(0.5)) int4(svd(0.5),ef)"}
 batch=${NB_LB_BATCH:-8} seq=64 mbs=4
 d_model=$(echo "$model" | sed -n 's/.*d_model: *\([0-9]*\).*/\1/p')
 n_layer=$(echo "$model" | sed -n 's/.*n_layer: *\([0-9]*\).*/\1/p')
@@ -125,9 +128,11 @@ YAML
   $ea "$bin/nebulad" --config "$work/a.yaml" > "$work/a.log" 2>&1 & pids+=($!)
   $eb "$bin/nebulad" --config "$work/b.yaml" > "$work/b.log" 2>&1 & pids+=($!)
   local ok=1
-  for _ in $(seq 1 6000); do
+  local t0=$SECONDS
+  while [ $((SECONDS - t0)) -lt "$job_timeout" ]; do
     if grep -q "job done" "$work/coord.log"; then ok=0; break; fi
-    if grep -q "job failed" "$work/coord.log"; then break; fi
+    if grep -q "job failed" "$work/coord.log" "$work/a.log" "$work/b.log"; then break; fi
+    kill -0 "${pids[0]}" 2>/dev/null || break   # the coordinator refused its config
     sleep 0.2
   done
   if [ $ok -ne 0 ]; then echo "# $mode $fwd/$bwd: job did not finish"; tail -n 5 "$work"/*.log; fi
@@ -216,6 +221,13 @@ awk -v w="$wire_ms" -v c="$compute_ms" 'BEGIN { printf "bench linkbound_link_vs_
 
 # --- 2. every codec through the shaped link --------------------------------
 scripts/wan-emu.sh up "$ns" "$rate" || exit $?
+# A real WAN path has no free burst: wan-emu.sh's 256 KiB bucket would let a
+# codec whose mean rate stays under the link's send each message at veth
+# speed. A small bucket makes every message take its bytes / rate.
+for s in a b; do
+  ip netns exec "$ns-$s" tc qdisc change dev "v$ns-$s" root tbf rate "${rate}mbit" burst "$burst" latency 50ms ||
+    { echo "linkbound: cannot set the tbf burst to $burst"; exit 1; }
+done
 declare -A tps val
 order=()
 plist=""
@@ -226,6 +238,13 @@ for pr in "${pairs[@]}"; do
   if run_job wan "$fwd" "$bwd" "$steps"; then
     tps[$nm]=$(steady_tps); val[$nm]=$(cat "$work/val_loss")
     echo "# $fwd / $bwd: $(grep -m1 'job done' "$work/coord.log" | sed 's/^.*job done: //'), held-out loss ${val[$nm]}"
+    if [ "$nm" = fp32_fp32 ]; then
+      # Does one TCP connection fill the link? bytes per direction per step
+      # over what the rate carries in a step (the median step).
+      mb=$(sed -n 's/.*job done: .* \([0-9.]*\) MB on the wire.*/\1/p' "$work/coord.log" | head -n 1)
+      awk -v mb="$mb" -v n="$steps" -v r="$rate" -v t="${tps[$nm]}" -v tok=$((batch * seq)) 'BEGIN {
+        printf "bench linkbound_fp32_link_utilisation %.3f ratio\n", (mb * 1e6 / n / 2 * 8) / (r * 1e6 * tok / t) }'
+    fi
   else
     tps[$nm]=0; val[$nm]=nan
   fi
