@@ -76,7 +76,7 @@ export OPENBLAS_NUM_THREADS=1
 command -v tc >/dev/null || { echo "linkbound: no tc"; exit 77; }
 command -v python3 >/dev/null || { echo "linkbound: no python3"; exit 77; }
 ns=lbnd
-work=$(mktemp -d /tmp/nb-linkbound.XXXXXX)
+work=$(mktemp -d -t nb-linkbound.XXXXXX)
 pids=()
 cleanup() {
   for p in "${pids[@]+"${pids[@]}"}"; do kill "$p" 2>/dev/null || true; done
