@@ -42,8 +42,9 @@ static const char *v_codec(const void *p)
         else if (*s == ')') {
             if (--depth < 0)
                 return "unbalanced parentheses in codec spec";
-        } else if (!isalnum((unsigned char)*s) && !strchr(".,_+ ", *s))
-            return "codec spec may contain only letters, digits, '.', ',', '_', '+', ' ' and parentheses";
+        } else if (!isalnum((unsigned char)*s) && !strchr(".,_+= ", *s))
+            /* '=' for parameters such as int8(block=32) or svd(rank=8) */
+            return "codec spec may contain only letters, digits, '.', ',', '_', '+', '=', ' ' and parentheses";
     }
     return depth == 0 ? NULL : "unbalanced parentheses in codec spec";
 }

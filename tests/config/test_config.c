@@ -101,6 +101,16 @@ static void test_values_parsed(void **state)
     assert_int_equal(cfg.n_devices, 2);
     assert_true(cfg.devices[1].cuda);
     assert_int_equal(cfg.devices[1].index, 3);
+    /* codec parameters (docs/codecs.md) in a job: key=value inside the spec */
+    assert_int_equal(load_train("  codecs: {forward: \"int4(block=row)\", backward: \"int8(block=32,sr)\"}\n"
+                                "  planner: {codecs: [\"svd(rank=8)\", fp16]}\n"),
+                     0);
+    assert_string_equal(cfg.job.codecs.forward, "int4(block=row)");
+    assert_string_equal(cfg.job.codecs.backward, "int8(block=32,sr)");
+    assert_string_equal(cfg.job.planner.codecs[0], "svd(rank=8)");
+    expect_err(load_train("  codecs: {forward: \"int8;fp16\"}\n"),
+               "dir/t.yaml:13:21: job.codecs.forward: codec spec may contain only letters, digits, '.', ',', '_', '+', "
+               "'=', ' ' and parentheses");
 }
 
 static void test_unknown_key(void **state)
