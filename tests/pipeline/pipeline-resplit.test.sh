@@ -71,8 +71,10 @@ nb_wait_for 120 grep -q "checkpoint at step 100 complete" "$work/coord.log" || f
 kill -9 "${pids[@]}" 2>/dev/null || true
 for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
 pids=()
-newest=$("$bin/nebula-weights" checkpoints "$work/run/coord-ckpt" 2>/dev/null | awk '$2 == "complete" {print $1; exit}' || true)
-[ -n "$newest" ] || newest=$(ls "$work/run/coord-ckpt" | sort | tail -n 1 | sed 's/step-0*//')
+# the newest complete checkpoint (a later one may have been cut short by the kill)
+newest=$("$bin/nebula-weights" checkpoints "$work/run/coord-ckpt" 2>/dev/null |
+  awk '$1 == "step" && $3 == "complete" {print $2; exit}' || true)
+[ -n "$newest" ] || fail "1: no complete checkpoint listed: $("$bin/nebula-weights" checkpoints "$work/run/coord-ckpt" 2>&1)"
 step_dir=$(printf 'step-%08d' "$newest")
 echo "# two clusters stopped; newest complete checkpoint: step $newest"
 [ -e "$work/run/coord-ckpt/$step_dir/manifest.json" ] || fail "1: no manifest for step $newest"
