@@ -147,10 +147,13 @@ static int calibrate(const char *text, int rows, int cols, nb_cost_codec_t *out,
     int64_t shape[2] = { rows, cols };
     nb_tensor_t *x = nb_tensor_new(be, NB_F32, 2, shape);
     nb_tensor_t *y = nb_tensor_new(be, NB_F32, 2, shape);
+    /* a stateful codec has a stream per side, as on a link: the sender's
+     * (residual, delta bases) and the receiver's (delta bases) */
     nb_codec_stream_t *st = (spec.ef || spec.delta) ? nb_codec_stream_new(be, (size_t)64 << 20) : NULL;
+    nb_codec_stream_t *rst = spec.delta ? nb_codec_stream_new(be, (size_t)64 << 20) : NULL;
     nb_codec_msg_t msg;
     nb_codec_msg_init(&msg);
-    int rc = (!x || !y || ((spec.ef || spec.delta) && !st)) ? NB_ENOMEM : 0;
+    int rc = (!x || !y || ((spec.ef || spec.delta) && !st) || (spec.delta && !rst)) ? NB_ENOMEM : 0;
     if (rc == 0) {
         /* activations look roughly Gaussian after a LayerNorm: sum of uniforms */
         float *h = malloc((size_t)rows * (size_t)cols * sizeof *h);
@@ -179,7 +182,7 @@ static int calibrate(const char *text, int rows, int cols, nb_cost_codec_t *out,
         double t1 = now_s();
         if (rc == 0)
             rc = nb_codec_decode_into(be, msg.spec, msg.meta, msg.meta_len, msg.payload, msg.payload_len, 0,
-                                      st, y, cerr, sizeof cerr);
+                                      rst, y, cerr, sizeof cerr);
         nb_be_sync(be);
         double t2 = now_s();
         best_e = fmin(best_e, t1 - t0);
@@ -197,6 +200,7 @@ static int calibrate(const char *text, int rows, int cols, nb_cost_codec_t *out,
     }
     nb_codec_msg_free(&msg);
     nb_codec_stream_free(st);
+    nb_codec_stream_free(rst);
     nb_tensor_free(x);
     nb_tensor_free(y);
     nb_be_free(be);

@@ -676,6 +676,25 @@ static void test_wanted(void **state)
     assert_non_null(strstr(err, "job.planner.codecs"));
 }
 
+/* A delta codec keeps a base per key on both sides: calibration must decode
+ * with a stream of its own, as a receiver does (it once shared the
+ * encoder's stream and failed on the second visit of the key). */
+static void test_calibrate_delta(void **state)
+{
+    world_t *w = *state;
+    nb_cfg_job_t j = w->cfg.job;
+    char err[256] = "";
+    nb_cplan_t *cp = NULL;
+    snprintf(j.planner.codecs[1], sizeof j.planner.codecs[1], "int4(delta)");
+    int rc = nb_cplan_new(&j, &w->desc, 4, &cp, err, sizeof err);
+    if (rc)
+        fail_msg("int4(delta): %s", err);
+    const nb_cost_codec_t *c = nb_cost_codec_find(nb_cplan_cost(cp), "int4(delta)");
+    assert_non_null(c);
+    assert_true(c->ratio > 0 && c->ratio < 0.2);
+    nb_cplan_free(cp);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -687,6 +706,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_pin_and_json, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replicas, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wanted, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_calibrate_delta, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
