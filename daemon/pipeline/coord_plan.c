@@ -1129,6 +1129,7 @@ json_t *nb_cplan_json(nb_cplan_t *cp, int max_rows, double bandwidth_mbit, char 
                           "measurements", measurements_json(cp, cost));
     if (bandwidth_mbit > 0)
         json_object_set_new(o, "bandwidth_mbit", json_real(bandwidth_mbit));
+    json_object_set_new(o, "max_codec_error", json_real(cp->req.max_err > 0 ? cp->req.max_err : 0));
     if (cp->reason[0])
         json_object_set_new(o, "last_replan_reason", json_string(cp->reason));
     if (rc == NB_ELIMIT)

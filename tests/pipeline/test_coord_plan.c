@@ -763,6 +763,7 @@ static void test_codec_error(void **state)
     assert_non_null(json_object_get(c0, "forward_error"));
     assert_non_null(json_object_get(c0, "backward_error"));
     assert_non_null(strstr(json_string_value(json_object_get(r, "table")), "fwd err"));
+    assert_true(json_number_value(json_object_get(r, "max_codec_error")) == 0); /* off in this job */
     json_decref(r);
     nb_tensor_free(tx);
     nb_tensor_free(ty);
@@ -799,6 +800,7 @@ static void test_budget_in_coordinator(void **state)
     }
     json_t *r = nb_cplan_json(cp, 200, 0, err, sizeof err);
     assert_non_null(r);
+    assert_true(json_number_value(json_object_get(r, "max_codec_error")) == 0.25);
     json_t *cands = json_object_get(r, "candidates"), *c;
     size_t i;
     assert_true(json_array_size(cands) > 0);
