@@ -65,6 +65,8 @@ struct nb_cplan {
     double acc_f[NB_COST_MAX_STAGES], acc_b[NB_COST_MAX_STAGES];
     double acc_enc[NB_COST_MAX_STAGES], acc_dec[NB_COST_MAX_STAGES];
     int acc_n[NB_COST_MAX_STAGES];
+    double acc_err[2];        /* largest live round-trip error sampled this step, [fwd, bwd]; 0: none */
+    bool err_live[NB_COST_MAX_CODECS]; /* codec_err[i] comes from live tensors, not the calibration */
     double rx_bps[NB_SCHED_MAX_STAGES][NB_SCHED_MAX_STAGES]; /* passive, [from][to] daemon */
     size_pt_t pts[NB_COST_MAX_STAGES][MAX_SIZES];
     int npts[NB_COST_MAX_STAGES];
@@ -440,6 +442,11 @@ void nb_cplan_report(nb_cplan_t *cp, int daemon, const Nebula__Report *r)
         cp->acc_enc[s] += (double)t->encode_ns / 1e9;
         cp->acc_dec[s] += (double)t->decode_ns / 1e9;
         cp->acc_n[s]++;
+        /* a peer's figure: only finite values in [0, 10] count */
+        if (isfinite(t->act_error) && t->act_error > 0 && t->act_error <= 10)
+            cp->acc_err[0] = fmax(cp->acc_err[0], t->act_error);
+        if (isfinite(t->grad_error) && t->grad_error > 0 && t->grad_error <= 10)
+            cp->acc_err[1] = fmax(cp->acc_err[1], t->grad_error);
     }
     int nd = cp->desc.layout.n_daemons;
     if (daemon < 0 || daemon >= nd)
@@ -600,6 +607,8 @@ static void settle_links(nb_cplan_t *cp, const nb_replan_sample_t *b)
         }
 }
 
+static void live_errors(nb_cplan_t *cp);
+
 void nb_cplan_step_done(nb_cplan_t *cp, int64_t step, double wall_s, double stage_s)
 {
     const int *pl = cp->desc.layout.placement;
@@ -662,6 +671,7 @@ void nb_cplan_step_done(nb_cplan_t *cp, int64_t step, double wall_s, double stag
     memset(cp->acc_dec, 0, sizeof cp->acc_dec);
     memset(cp->acc_n, 0, sizeof cp->acc_n);
     cp->last_obs = obs;
+    live_errors(cp);
     if (!cp->planned || cp->pinned || cp->replan_due)
         return;
     if (!cp->basis_set) {
@@ -696,6 +706,31 @@ void nb_cplan_step_done(nb_cplan_t *cp, int64_t step, double wall_s, double stag
         cp->replan_due = true;
         snprintf(cp->reason, sizeof cp->reason, "%s", cp->rp.reason);
         nb_log_info(NULL, "planner: re-plan at the next step boundary: %s", cp->reason);
+    }
+}
+
+/* The live round-trip errors the step's reports sampled replace the current
+ * codecs' calibrated errors (the largest over the boundaries); a chosen codec
+ * whose live error is over the budget re-plans at the next step boundary, so
+ * the search (which skips it now) moves to one within the budget. */
+static void live_errors(nb_cplan_t *cp)
+{
+    const char *spec[2] = { cp->cur.fwd, cp->cur.bwd };
+    for (int d = 0; d < 2; d++) {
+        double e = cp->acc_err[d];
+        cp->acc_err[d] = 0;
+        nb_cost_codec_t *c = e > 0 ? (nb_cost_codec_t *)nb_cost_codec_find(&cp->cost, spec[d]) : NULL;
+        if (!c)
+            continue;
+        int i = (int)(c - cp->cost.codec);
+        cp->cost.codec_err[i] = e;
+        cp->err_live[i] = true;
+        if (cp->req.max_err > 0 && e > cp->req.max_err && cp->planned && !cp->pinned && !cp->replan_due) {
+            cp->replan_due = true;
+            snprintf(cp->reason, sizeof cp->reason, "%s codec %s: live round-trip error %.3g over the budget %g",
+                     d ? "backward" : "forward", spec[d], e, cp->req.max_err);
+            nb_log_info(NULL, "planner: re-plan at the next step boundary: %s", cp->reason);
+        }
     }
 }
 
@@ -1090,9 +1125,11 @@ static json_t *measurements_json(const nb_cplan_t *cp, const nb_cost_t *cost)
     }
     for (int i = 0; i < cost->ncodecs; i++) {
         const nb_cost_codec_t *c = &cost->codec[i];
-        json_array_append_new(cd, json_pack("{s:s, s:f, s:f, s:f, s:i, s:f}", "spec", c->spec, "ratio", c->ratio,
-                                            "encode_ns_per_byte", c->enc_per_byte * 1e9, "decode_ns_per_byte",
-                                            c->dec_per_byte * 1e9, "lossiness", c->lossiness, "error", cost->codec_err[i]));
+        json_array_append_new(cd, json_pack("{s:s, s:f, s:f, s:f, s:i, s:f, s:s}", "spec", c->spec, "ratio",
+                                            c->ratio, "encode_ns_per_byte", c->enc_per_byte * 1e9,
+                                            "decode_ns_per_byte", c->dec_per_byte * 1e9, "lossiness", c->lossiness,
+                                            "error", cost->codec_err[i], "error_source",
+                                            cp->err_live[i] ? "live" : "calibration"));
     }
     return json_pack("{s:o, s:o, s:o, s:b}", "stages", st, "links", ln, "codecs", cd, "compute_measured",
                      cp->compute_measured);

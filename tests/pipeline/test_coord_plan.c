@@ -70,6 +70,7 @@ typedef struct {
     nb_plan_req_t req;
     uint64_t rng;
     double slow; /* compute slowdown this step (another process's burst); 0: none */
+    double live_err; /* round-trip error the stages sample of a lossy codec's tensors; 0: none */
 } world_t;
 
 /* The world's compute per micro-batch of n sequences (2 blocks a stage). */
@@ -255,6 +256,10 @@ static double run_step(world_t *w, int64_t step, const nb_cplan_step_t *ps)
             tm[i].backward_ns = (uint64_t)(tr.b[d][i] * 1e9);
             tm[i].encode_ns = (uint64_t)(tr.enc[d][i] * 1e9);
             tm[i].decode_ns = (uint64_t)(tr.dec[d][i] * 1e9);
+            if (i == 0 && d == 0 && strcmp(ps->fwd, "fp32"))
+                tm[i].act_error = w->live_err;
+            if (i == 0 && d == 1 && strcmp(ps->bwd, "fp32"))
+                tm[i].grad_error = w->live_err;
             tp[i] = &tm[i];
         }
         Nebula__LinkMeasurement lm = NEBULA__LINK_MEASUREMENT__INIT, *lp = &lm;
@@ -818,6 +823,58 @@ static void test_budget_in_coordinator(void **state)
     assert_non_null(strstr(err, "job.planner.max_codec_error"));
 }
 
+/* Live quality signal: the stages' sampled round-trip error of the tensors
+ * they send replaces the calibrated one; when the chosen codec's crosses the
+ * budget the planner re-plans (once) to codecs within it. */
+static void test_live_error_replans(void **state)
+{
+    world_t *w = *state;
+    probe(w);
+    nb_cplan_step_t ps;
+    int64_t s = 0;
+    w->live_err = 0.01;
+    for (; s < 6; s++) {
+        nb_cplan_plan(w->cp, s, &ps);
+        run_step(w, s, &ps);
+    }
+    assert_string_equal(ps.why, "planned");
+    /* at 20 Mbit/s half the bytes pay: fp16 in both directions */
+    assert_string_equal(ps.fwd, "fp16");
+    assert_string_equal(ps.bwd, "fp16");
+    const nb_cost_t *c = nb_cplan_cost(w->cp);
+    assert_true(c->codec_err[nb_cost_codec_find(c, "fp16") - c->codec] == 0.01);
+    assert_int_equal(nb_cplan_replans(w->cp), 0);
+    /* the signal drifts over the budget (0.25) */
+    w->live_err = 0.4;
+    nb_cplan_plan(w->cp, s, &ps);
+    run_step(w, s++, &ps);
+    nb_cplan_plan(w->cp, s, &ps);
+    assert_string_equal(ps.why, "re-planned");
+    assert_string_equal(ps.fwd, "fp32");
+    assert_string_equal(ps.bwd, "fp32");
+    assert_int_equal(nb_cplan_replans(w->cp), 1);
+    char err[256];
+    json_t *r = nb_cplan_json(w->cp, 5, 0, err, sizeof err);
+    assert_non_null(r);
+    assert_non_null(strstr(json_string_value(json_object_get(r, "last_replan_reason")), "live round-trip error"));
+    json_t *cd = json_object_get(json_object_get(r, "measurements"), "codecs"), *o;
+    size_t i;
+    json_array_foreach (cd, i, o)
+        if (strcmp(json_string_value(json_object_get(o, "spec")), "fp16") == 0) {
+            assert_string_equal(json_string_value(json_object_get(o, "error_source")), "live");
+            assert_true(json_number_value(json_object_get(o, "error")) == 0.4);
+        }
+    json_decref(r);
+    /* fp32 sends no samples; fp16 stays out, no more re-plans */
+    run_step(w, s++, &ps);
+    for (int k = 0; k < 8; k++, s++) {
+        nb_cplan_plan(w->cp, s, &ps);
+        assert_string_equal(ps.fwd, "fp32");
+        run_step(w, s, &ps);
+    }
+    assert_int_equal(nb_cplan_replans(w->cp), 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -832,6 +889,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_calibrate_delta, setup, teardown),
         cmocka_unit_test_setup_teardown(test_codec_error, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget_in_coordinator, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_live_error_replans, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -96,6 +96,11 @@ assert {x["forward"] for x in c} <= {"fp32", "fp16"}
 # the quality budget (default) and each candidate's measured codec error
 assert j["max_codec_error"] == 0.25, j.get("max_codec_error")
 assert all(x["forward_error"] < 1e-3 and x["backward_error"] < 1e-3 for x in c), c[0]
+# each codec's error says where it comes from; a live one (the stages sample
+# the tensors they send every 10th step) is fp16's, small and positive
+for x in j["measurements"]["codecs"]:
+    assert x["error_source"] in ("live", "calibration"), x
+    assert x["error_source"] == "calibration" or (x["spec"] == "fp16" and 0 < x["error"] < 1e-3), x
 m = j["measurements"]
 assert m["compute_measured"] and m["links"][0]["forward"]["measured"], m["links"]
 assert len(m["stages"][0]["sizes"]) >= 2, m["stages"][0]
