@@ -164,7 +164,7 @@ static int calibrate(const char *text, int rows, int cols, nb_cost_codec_t *out,
                      size_t errlen)
 {
     nb_codec_spec_t spec;
-    char cerr[256];
+    char cerr[256] = "out of memory";
     if (nb_codec_spec_parse(text, &spec, cerr, sizeof cerr))
         return fail(err, errlen, NB_EINVAL, "job.planner.codecs: %s", cerr);
     memset(out, 0, sizeof *out);
