@@ -418,6 +418,9 @@ static int print_plan(json_t *r)
            str(cur, "schedule"), str(cur, "forward"), str(cur, "backward"), str(cur, "why"));
     if (json_object_get(r, "bandwidth_mbit"))
         printf("what if   every link at %g Mbit/s\n", json_number_value(json_object_get(r, "bandwidth_mbit")));
+    if (json_number_value(json_object_get(r, "max_codec_error")) > 0)
+        printf("budget    codecs with a round-trip error over %g are not candidates\n",
+               json_number_value(json_object_get(r, "max_codec_error")));
     fputs(str(r, "table"), stdout);
     print_plan_hist(r);
     return EXIT_OK;

@@ -110,6 +110,7 @@ typedef struct {
     bool enabled;
     double replan_threshold;  /* relative drift, e.g. 0.2 = 20 % */
     int64_t replan_steps;     /* steps the drift must last */
+    double max_codec_error;   /* quality budget: round-trip relative error; 0 = none */
     int n_codecs;
     char codecs[NB_CFG_MAX_CODECS][NB_CFG_SPEC_MAX]; /* allowed codec specs */
     uint64_t stage_memory_bytes; /* memory limit per stage; 0: unlimited */

@@ -166,6 +166,7 @@ static const nb__cfg_key_t trainable_elem = {
 static const nb__cfg_key_t planner_keys[] = {
     { .name = "enabled", .type = NB__CFG_BOOL, .def = "true", FLD(nb_cfg_planner_t, enabled), .doc = "let the planner choose m, schedule, codecs and split" },
     { .name = "replan_threshold", .type = NB__CFG_DOUBLE, .min = 0, .max = 10, .def = "0.2", FLD(nb_cfg_planner_t, replan_threshold), .doc = "relative drift of a measurement that triggers a re-plan" },
+    { .name = "max_codec_error", .type = NB__CFG_DOUBLE, .min = 0, .max = 10, .def = "0.25", FLD(nb_cfg_planner_t, max_codec_error), .doc = "largest round-trip relative error of a codec the planner may choose; 0 = no budget" },
     { .name = "replan_steps", .type = NB__CFG_INT, .min = 1, .max = 1e6, .def = "5", FLD(nb_cfg_planner_t, replan_steps), .doc = "steps the drift must last" },
     { .name = "codecs", .type = NB__CFG_LIST, .sub = &codec_elem, .off = offsetof(nb_cfg_planner_t, codecs),
       .count_off = offsetof(nb_cfg_planner_t, n_codecs), .max_items = NB_CFG_MAX_CODECS, .doc = "codec specs the planner may choose" },

@@ -65,6 +65,8 @@ struct nb_cplan {
     double acc_f[NB_COST_MAX_STAGES], acc_b[NB_COST_MAX_STAGES];
     double acc_enc[NB_COST_MAX_STAGES], acc_dec[NB_COST_MAX_STAGES];
     int acc_n[NB_COST_MAX_STAGES];
+    double acc_err[2];        /* largest live round-trip error sampled this step, [fwd, bwd]; 0: none */
+    bool err_live[NB_COST_MAX_CODECS]; /* codec_err[i] comes from live tensors, not the calibration */
     double rx_bps[NB_SCHED_MAX_STAGES][NB_SCHED_MAX_STAGES]; /* passive, [from][to] daemon */
     size_pt_t pts[NB_COST_MAX_STAGES][MAX_SIZES];
     int npts[NB_COST_MAX_STAGES];
@@ -129,15 +131,44 @@ static int codec_lossiness(const nb_codec_spec_t *s)
     return r + (s->kind != NB_CODEC_S_DENSE ? 2 : 0);
 }
 
+void nb_cplan_calib_data(float *h, size_t n)
+{
+    /* activations look roughly Gaussian after a LayerNorm: sum of uniforms */
+    uint64_t z = 0x9e3779b97f4a7c15ull;
+    for (size_t i = 0; i < n; i++) {
+        double v = 0;
+        for (int k = 0; k < 4; k++) {
+            z = z * 6364136223846793005ull + 1442695040888963407ull;
+            v += (double)(z >> 11) / 9007199254740992.0 - 0.5;
+        }
+        h[i] = (float)(v * 1.7);
+    }
+}
+
+/* ||x - y|| / ||x|| over n host floats (0 when x is all zeros). */
+static double rel_error(const float *x, const float *y, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)x[i] - (double)y[i];
+        num += d * d;
+        den += (double)x[i] * (double)x[i];
+    }
+    return den > 0 ? sqrt(num / den) : 0;
+}
+
 /* Encodes and decodes one boundary-sized tensor of n sequences (best of
- * three) to get the codec's ratio and its cost per raw byte. */
-static int calibrate(const char *text, int rows, int cols, nb_cost_codec_t *out, char *err, size_t errlen)
+ * three) to get the codec's ratio and its cost per raw byte; the first
+ * round trip, on fresh streams as a key's first visit, gives its error. */
+static int calibrate(const char *text, int rows, int cols, nb_cost_codec_t *out, double *rel_err, char *err,
+                     size_t errlen)
 {
     nb_codec_spec_t spec;
-    char cerr[256];
+    char cerr[256] = "out of memory";
     if (nb_codec_spec_parse(text, &spec, cerr, sizeof cerr))
         return fail(err, errlen, NB_EINVAL, "job.planner.codecs: %s", cerr);
     memset(out, 0, sizeof *out);
+    *rel_err = 0;
     snprintf(out->spec, sizeof out->spec, "%s", text);
     out->lossiness = codec_lossiness(&spec);
     out->ratio = 1.0;
@@ -147,29 +178,21 @@ static int calibrate(const char *text, int rows, int cols, nb_cost_codec_t *out,
     int64_t shape[2] = { rows, cols };
     nb_tensor_t *x = nb_tensor_new(be, NB_F32, 2, shape);
     nb_tensor_t *y = nb_tensor_new(be, NB_F32, 2, shape);
+    /* a stateful codec has a stream per side, as on a link: the sender's
+     * (residual, delta bases) and the receiver's (delta bases) */
     nb_codec_stream_t *st = (spec.ef || spec.delta) ? nb_codec_stream_new(be, (size_t)64 << 20) : NULL;
+    nb_codec_stream_t *rst = spec.delta ? nb_codec_stream_new(be, (size_t)64 << 20) : NULL;
     nb_codec_msg_t msg;
     nb_codec_msg_init(&msg);
-    int rc = (!x || !y || ((spec.ef || spec.delta) && !st)) ? NB_ENOMEM : 0;
+    int rc = (!x || !y || ((spec.ef || spec.delta) && !st) || (spec.delta && !rst)) ? NB_ENOMEM : 0;
+    size_t n = (size_t)rows * (size_t)cols;
+    float *h = rc == 0 ? malloc(2 * n * sizeof *h) : NULL;
+    if (rc == 0 && !h)
+        rc = NB_ENOMEM;
     if (rc == 0) {
-        /* activations look roughly Gaussian after a LayerNorm: sum of uniforms */
-        float *h = malloc((size_t)rows * (size_t)cols * sizeof *h);
-        if (!h)
-            rc = NB_ENOMEM;
-        uint64_t z = 0x9e3779b97f4a7c15ull;
-        for (size_t i = 0; h && i < (size_t)rows * (size_t)cols; i++) {
-            double v = 0;
-            for (int k = 0; k < 4; k++) {
-                z = z * 6364136223846793005ull + 1442695040888963407ull;
-                v += (double)(z >> 11) / 9007199254740992.0 - 0.5;
-            }
-            h[i] = (float)(v * 1.7);
-        }
-        if (h) {
-            nb_be_from_host(be, x->data, h, (size_t)rows * (size_t)cols * sizeof *h);
-            nb_be_sync(be);
-        }
-        free(h);
+        nb_cplan_calib_data(h, n);
+        nb_be_from_host(be, x->data, h, n * sizeof *h);
+        nb_be_sync(be);
     }
     double raw = (double)rows * cols * 4.0, best_e = INFINITY, best_d = INFINITY;
     for (int it = 0; rc == 0 && it < 3; it++) {
@@ -179,9 +202,14 @@ static int calibrate(const char *text, int rows, int cols, nb_cost_codec_t *out,
         double t1 = now_s();
         if (rc == 0)
             rc = nb_codec_decode_into(be, msg.spec, msg.meta, msg.meta_len, msg.payload, msg.payload_len, 0,
-                                      st, y, cerr, sizeof cerr);
+                                      rst, y, cerr, sizeof cerr);
         nb_be_sync(be);
         double t2 = now_s();
+        if (rc == 0 && it == 0) {
+            nb_be_to_host(be, h + n, y->data, n * sizeof *h);
+            nb_be_sync(be);
+            *rel_err = rel_error(h, h + n, n);
+        }
         best_e = fmin(best_e, t1 - t0);
         best_d = fmin(best_d, t2 - t1);
     }
@@ -197,6 +225,8 @@ static int calibrate(const char *text, int rows, int cols, nb_cost_codec_t *out,
     }
     nb_codec_msg_free(&msg);
     nb_codec_stream_free(st);
+    nb_codec_stream_free(rst);
+    free(h);
     nb_tensor_free(x);
     nb_tensor_free(y);
     nb_be_free(be);
@@ -209,7 +239,8 @@ static int add_codec(nb_cplan_t *cp, const char *text, int rows, char *err, size
         return 0;
     if (cp->cost.ncodecs >= NB_COST_MAX_CODECS)
         return fail(err, errlen, NB_EINVAL, "job.planner.codecs: more than %d codecs", NB_COST_MAX_CODECS);
-    int rc = calibrate(text, rows, cp->dmodel, &cp->cost.codec[cp->cost.ncodecs], err, errlen);
+    int rc = calibrate(text, rows, cp->dmodel, &cp->cost.codec[cp->cost.ncodecs],
+                       &cp->cost.codec_err[cp->cost.ncodecs], err, errlen);
     if (rc == 0)
         cp->cost.ncodecs++;
     return rc;
@@ -226,12 +257,24 @@ static int nearest_other_divisor(int batch, int m0)
     return best;
 }
 
-static const char *pick_codec(const char *const *list, int n, const char *want)
+/* True when codec `spec` (calibrated) is within the request's budget. */
+static bool within_budget(const nb_cplan_t *cp, const char *spec)
+{
+    const nb_cost_codec_t *c = nb_cost_codec_find(&cp->cost, spec);
+    return !c || cp->req.max_err <= 0 || cp->cost.codec_err[c - cp->cost.codec] <= cp->req.max_err;
+}
+
+/* The profiling steps' codec: want when listed and within the budget, else
+ * the first listed codec within it (NULL: none is; want when no list). */
+static const char *pick_codec(const nb_cplan_t *cp, const char *const *list, int n, const char *want)
 {
     for (int i = 0; i < n; i++)
-        if (strcmp(list[i], want) == 0)
+        if (strcmp(list[i], want) == 0 && within_budget(cp, want))
             return want;
-    return n > 0 ? list[0] : want;
+    for (int i = 0; i < n; i++)
+        if (within_budget(cp, list[i]))
+            return list[i];
+    return n > 0 ? NULL : want;
 }
 
 int nb_cplan_new(const nb_cfg_job_t *job, const nb_job_desc_t *desc, int m0, nb_cplan_t **out, char *err,
@@ -296,10 +339,19 @@ int nb_cplan_new(const nb_cfg_job_t *job, const nb_job_desc_t *desc, int m0, nb_
     c->m = m0;
     c->mb_size = cp->batch / m0;
     c->sched = cp->req.nscheds == 1 ? cp->req.scheds[0] : (nb_sched_spec_t){ NB_SCHED_1F1B, 0 };
-    snprintf(c->fwd, sizeof c->fwd, "%s",
-             pick_codec(cp->req.fwd_codecs, cp->req.nfwd, job->codecs.forward[0] ? job->codecs.forward : "fp32"));
-    snprintf(c->bwd, sizeof c->bwd, "%s",
-             pick_codec(cp->req.bwd_codecs, cp->req.nbwd, job->codecs.backward[0] ? job->codecs.backward : "fp32"));
+    const char *pf = pick_codec(cp, cp->req.fwd_codecs, cp->req.nfwd,
+                                job->codecs.forward[0] ? job->codecs.forward : "fp32");
+    const char *pb = pick_codec(cp, cp->req.bwd_codecs, cp->req.nbwd,
+                                job->codecs.backward[0] ? job->codecs.backward : "fp32");
+    if (!pf || !pb) {
+        rc = fail(err, errlen, NB_EINVAL,
+                  "job.planner.max_codec_error: every %s codec in job.planner.codecs has a round-trip error "
+                  "over %g (docs/planner.md, \"Codec quality\")",
+                  pf ? "backward" : "forward", cp->req.max_err);
+        goto err;
+    }
+    snprintf(c->fwd, sizeof c->fwd, "%s", pf);
+    snprintf(c->bwd, sizeof c->bwd, "%s", pb);
     if (!nb_cost_codec_find(&cp->cost, c->fwd) || !nb_cost_codec_find(&cp->cost, c->bwd)) {
         rc = fail(err, errlen, NB_EINVAL, "job.codecs: %s / %s are not among the planner's codecs", c->fwd, c->bwd);
         goto err;
@@ -390,6 +442,11 @@ void nb_cplan_report(nb_cplan_t *cp, int daemon, const Nebula__Report *r)
         cp->acc_enc[s] += (double)t->encode_ns / 1e9;
         cp->acc_dec[s] += (double)t->decode_ns / 1e9;
         cp->acc_n[s]++;
+        /* a peer's figure: only finite values in [0, 10] count */
+        if (isfinite(t->act_error) && t->act_error > 0 && t->act_error <= 10)
+            cp->acc_err[0] = fmax(cp->acc_err[0], t->act_error);
+        if (isfinite(t->grad_error) && t->grad_error > 0 && t->grad_error <= 10)
+            cp->acc_err[1] = fmax(cp->acc_err[1], t->grad_error);
     }
     int nd = cp->desc.layout.n_daemons;
     if (daemon < 0 || daemon >= nd)
@@ -550,6 +607,8 @@ static void settle_links(nb_cplan_t *cp, const nb_replan_sample_t *b)
         }
 }
 
+static void live_errors(nb_cplan_t *cp);
+
 void nb_cplan_step_done(nb_cplan_t *cp, int64_t step, double wall_s, double stage_s)
 {
     const int *pl = cp->desc.layout.placement;
@@ -612,6 +671,7 @@ void nb_cplan_step_done(nb_cplan_t *cp, int64_t step, double wall_s, double stag
     memset(cp->acc_dec, 0, sizeof cp->acc_dec);
     memset(cp->acc_n, 0, sizeof cp->acc_n);
     cp->last_obs = obs;
+    live_errors(cp);
     if (!cp->planned || cp->pinned || cp->replan_due)
         return;
     if (!cp->basis_set) {
@@ -646,6 +706,31 @@ void nb_cplan_step_done(nb_cplan_t *cp, int64_t step, double wall_s, double stag
         cp->replan_due = true;
         snprintf(cp->reason, sizeof cp->reason, "%s", cp->rp.reason);
         nb_log_info(NULL, "planner: re-plan at the next step boundary: %s", cp->reason);
+    }
+}
+
+/* The live round-trip errors the step's reports sampled replace the current
+ * codecs' calibrated errors (the largest over the boundaries); a chosen codec
+ * whose live error is over the budget re-plans at the next step boundary, so
+ * the search (which skips it now) moves to one within the budget. */
+static void live_errors(nb_cplan_t *cp)
+{
+    const char *spec[2] = { cp->cur.fwd, cp->cur.bwd };
+    for (int d = 0; d < 2; d++) {
+        double e = cp->acc_err[d];
+        cp->acc_err[d] = 0;
+        nb_cost_codec_t *c = e > 0 ? (nb_cost_codec_t *)nb_cost_codec_find(&cp->cost, spec[d]) : NULL;
+        if (!c)
+            continue;
+        int i = (int)(c - cp->cost.codec);
+        cp->cost.codec_err[i] = e;
+        cp->err_live[i] = true;
+        if (cp->req.max_err > 0 && e > cp->req.max_err && cp->planned && !cp->pinned && !cp->replan_due) {
+            cp->replan_due = true;
+            snprintf(cp->reason, sizeof cp->reason, "%s codec %s: live round-trip error %.3g over the budget %g",
+                     d ? "backward" : "forward", spec[d], e, cp->req.max_err);
+            nb_log_info(NULL, "planner: re-plan at the next step boundary: %s", cp->reason);
+        }
     }
 }
 
@@ -995,12 +1080,13 @@ static json_t *cand_json(const nb_cost_t *cost, const nb_plan_cand_t *c, int ran
         json_array_append_new(split, json_integer(c->layers[s]));
         json_array_append_new(mem, json_real(c->mem[s] / (1024.0 * 1024.0 * 1024.0)));
     }
-    return json_pack("{s:i, s:i, s:f, s:s, s:s, s:s, s:o, s:f, s:f, s:f, s:o, s:b, s:f, s:f}", "rank", rank, "m", c->m,
+    return json_pack("{s:i, s:i, s:f, s:s, s:s, s:s, s:o, s:f, s:f, s:f, s:o, s:b, s:f, s:f, s:f, s:f}", "rank", rank, "m", c->m,
                      "micro_batch_size", c->mb_size, "schedule", nb_sched_format(&c->sched, sb, sizeof sb),
                      "forward", cost->codec[c->fwd_codec].spec, "backward", cost->codec[c->bwd_codec].spec, "split",
                      split, "step_s", c->step_time, "bubble", c->bubble, "samples_per_s", c->samples_per_s,
                      "memory_gib", mem, "feasible", c->feasible, "allreduce_s", c->allreduce_s, "allreduce_share",
-                     c->allreduce_share);
+                     c->allreduce_share, "forward_error", cost->codec_err[c->fwd_codec], "backward_error",
+                     cost->codec_err[c->bwd_codec]);
 }
 
 static json_t *measurements_json(const nb_cplan_t *cp, const nb_cost_t *cost)
@@ -1039,9 +1125,11 @@ static json_t *measurements_json(const nb_cplan_t *cp, const nb_cost_t *cost)
     }
     for (int i = 0; i < cost->ncodecs; i++) {
         const nb_cost_codec_t *c = &cost->codec[i];
-        json_array_append_new(cd, json_pack("{s:s, s:f, s:f, s:f, s:i}", "spec", c->spec, "ratio", c->ratio,
-                                            "encode_ns_per_byte", c->enc_per_byte * 1e9, "decode_ns_per_byte",
-                                            c->dec_per_byte * 1e9, "lossiness", c->lossiness));
+        json_array_append_new(cd, json_pack("{s:s, s:f, s:f, s:f, s:i, s:f, s:s}", "spec", c->spec, "ratio",
+                                            c->ratio, "encode_ns_per_byte", c->enc_per_byte * 1e9,
+                                            "decode_ns_per_byte", c->dec_per_byte * 1e9, "lossiness", c->lossiness,
+                                            "error", cost->codec_err[i], "error_source",
+                                            cp->err_live[i] ? "live" : "calibration"));
     }
     return json_pack("{s:o, s:o, s:o, s:b}", "stages", st, "links", ln, "codecs", cd, "compute_measured",
                      cp->compute_measured);
@@ -1078,6 +1166,7 @@ json_t *nb_cplan_json(nb_cplan_t *cp, int max_rows, double bandwidth_mbit, char 
                           "measurements", measurements_json(cp, cost));
     if (bandwidth_mbit > 0)
         json_object_set_new(o, "bandwidth_mbit", json_real(bandwidth_mbit));
+    json_object_set_new(o, "max_codec_error", json_real(cp->req.max_err > 0 ? cp->req.max_err : 0));
     if (cp->reason[0])
         json_object_set_new(o, "last_replan_reason", json_string(cp->reason));
     if (rc == NB_ELIMIT)

@@ -30,6 +30,7 @@
 
 #include <jansson.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "daemon/config/config.h"
@@ -65,11 +66,18 @@ bool nb_cplan_wanted(const nb_cfg_job_t *job);
  * as desc (copied). m0 is the micro-batch count the Job was sent with; it
  * is the first profiling size. Codecs the job allows are calibrated here
  * once (encode and decode of a boundary-sized tensor on the CPU backend:
- * ratio and speed), to be refined from reports. Errors: NB_EINVAL with err
+ * ratio, speed and round-trip error), speed to be refined from reports.
+ * The search skips codecs over job.planner.max_codec_error. Errors: NB_EINVAL with err
  * naming the config key (e.g. an unknown codec), NB_ENOMEM. */
 int nb_cplan_new(const nb_cfg_job_t *job, const nb_job_desc_t *desc, int m0, nb_cplan_t **out,
                  char *err, size_t errlen);
 void nb_cplan_free(nb_cplan_t *cp);
+
+/* Fills h[0..n) with the synthetic tensor codecs are calibrated on (ratio,
+ * speed and round-trip relative error, nb_cost_codec_t.err): deterministic,
+ * roughly Gaussian values with standard deviation about 1, as activations
+ * after a LayerNorm. Not live tensors: docs/planner.md, "Codec quality". */
+void nb_cplan_calib_data(float *h, size_t n);
 
 /* A link probe result from stage daemon `from` about its link to `to`
  * (daemon indices): round trip in ms, and goodput from -> to in bytes/s

@@ -517,6 +517,37 @@ static int encode_msg(nb_host_t *h, const nb_codec_spec_t *spec, const float *de
     return 0;
 }
 
+/* Round-trip relative error ||x - decode(m)|| / ||x|| of the n floats at
+ * dev that m encodes (stateless codecs only: decoded without a stream);
+ * -1 when it cannot be measured (no memory, a decode error). */
+static double roundtrip_error(nb_host_t *h, const nb_pmsg_t *m, const float *dev, size_t n)
+{
+    float *y = nb_be_alloc(h->be, n * sizeof *y);
+    float *hx = malloc(2 * n * sizeof *hx);
+    double e = -1;
+    if (y && hx) {
+        int64_t shape[1] = { (int64_t)n };
+        nb_tensor_t dst = nb_tensor_view(h->be, NB_F32, y, 1, shape);
+        if (nb_codec_decode_into(h->be, m->spec, m->meta, m->meta_len, m->payload, m->payload_len, 0, NULL,
+                                 &dst, NULL, 0) == 0) {
+            nb_be_to_host(h->be, hx, dev, n * sizeof *hx);
+            nb_be_to_host(h->be, hx + n, y, n * sizeof *hx);
+            nb_be_sync(h->be);
+            double num = 0, den = 0;
+            for (size_t i = 0; i < n; i++) {
+                double d = (double)hx[i] - (double)hx[n + i];
+                num += d * d;
+                den += (double)hx[i] * (double)hx[i];
+            }
+            e = den > 0 && isfinite(num) ? sqrt(num / den) : -1;
+        }
+    }
+    if (y)
+        nb_be_dealloc(h->be, y);
+    free(hx);
+    return e;
+}
+
 static int check_msg(const nb_pmsg_t *m, nb_pmsg_kind_t kind, int64_t step, int mb, int from,
                      char *err, size_t errlen)
 {
@@ -711,6 +742,16 @@ static int op_send(step_ctx_t *c, const nb_sched_op_t *op)
     tm->encode_ns += nb_host_now_ns() - t0;
     if (rc)
         return rc;
+    /* the quality signal the planner budgets (docs/planner.md, "Codec
+     * quality"): a sample of the live tensor's round-trip error */
+    const nb_codec_spec_t *sp = act ? &c->fwd : &c->bwd;
+    if (mb == 0 && c->plan->step % NB_HOST_ERR_EVERY == 0 && !sp->ef && !sp->delta && !nb_codec_spec_lossless(sp)) {
+        double e = roundtrip_error(h, msg, src, act_elems(h));
+        if (e > 0 && act)
+            tm->act_err = e;
+        else if (e > 0)
+            tm->grad_err = e;
+    }
     msg->kind = act ? NB_PMSG_ACT : NB_PMSG_GRAD;
     msg->from_stage = s;
     msg->to_stage = to;

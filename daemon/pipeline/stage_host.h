@@ -82,7 +82,11 @@ typedef struct {
     uint64_t fwd_ns, bwd_ns, encode_ns, decode_ns, wait_ns;
     uint64_t fwd_start_ns, bwd_start_ns;      /* CLOCK_MONOTONIC, for traces */
     uint64_t bytes_raw, bytes_wire;           /* what this stage sent for the mb */
+    double act_err, grad_err;                 /* sampled round-trip error of what it sent; 0: none */
 } nb_mb_timing_t;
+
+/* Steps between samples of the round-trip error of a sent tensor. */
+#define NB_HOST_ERR_EVERY 10
 
 /* What one step produced on this daemon. */
 typedef struct {

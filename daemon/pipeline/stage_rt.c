@@ -369,6 +369,8 @@ static int send_item(nb_stage_rt_t *rt, out_item_t *o)
             tm[i].bytes_wire = t->bytes_wire;
             tm[i].forward_start_ns = t->fwd_start_ns;
             tm[i].backward_start_ns = t->bwd_start_ns;
+            tm[i].act_error = t->act_err;
+            tm[i].grad_error = t->grad_err;
             tp[i] = &tm[i];
         }
         r.job_id = rt->job.layout.job_id;

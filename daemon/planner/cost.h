@@ -86,7 +86,8 @@ typedef struct {
 /* A codec setting as the codec module names it ("fp32", "int8",
  * "fp16(svd(0.6))"): wire bytes = ratio * raw bytes; encode and decode run
  * on the compute thread at the given cost per raw byte. lossiness orders
- * codecs for tie-breaking: 0 = exact, larger = more error. */
+ * codecs for tie-breaking: 0 = exact, larger = more error (the measured
+ * error is nb_cost_t.codec_err). */
 typedef struct {
     char spec[NB_COST_NAME_LEN];
     double ratio;
@@ -102,6 +103,11 @@ typedef struct {
     nb_cost_link_t link[NB_COST_MAX_STAGES]; /* link[s]: s <-> s+1 */
     int ncodecs;
     nb_cost_codec_t codec[NB_COST_MAX_CODECS];
+    /* codec_err[i]: codec i's round-trip relative error
+     * ||x - decode(encode(x))|| / ||x|| on a calibration tensor (0: exact or
+     * not measured). The search skips a codec over the request's budget
+     * (nb_plan_req_t.max_err). */
+    double codec_err[NB_COST_MAX_CODECS];
 } nb_cost_t;
 
 /* The model and job shape the memory and traffic depend on. */

@@ -173,7 +173,7 @@ static int parse_root(ctx_t *c, json_t *root, nb_cost_t *cost)
                                              "replica_overhead_ms", NULL};
     static const char *const link_keys[] = {"between", "forward", "backward", NULL};
     static const char *const codec_keys[] = {"spec", "ratio", "encode_ns_per_byte",
-                                             "decode_ns_per_byte", "lossiness", NULL};
+                                             "decode_ns_per_byte", "lossiness", "error", NULL};
     json_t *ver = json_object_get(root, "nebula_measurements");
     if (!json_is_integer(ver))
         return fail(c, NB_EFORMAT, "nebula_measurements: missing or not an integer version");
@@ -287,6 +287,8 @@ static int parse_root(ctx_t *c, json_t *root, nb_cost_t *cost)
             rc = num(c, cd, path, "decode_ns_per_byte", 0, 0.0, &dec);
         if (rc == 0)
             rc = num(c, cd, path, "lossiness", 0, 0.0, &loss);
+        if (rc == 0) /* round-trip relative error; absent: 0 (no budget applies) */
+            rc = num(c, cd, path, "error", 0, 0.0, &cost->codec_err[i]);
         if (rc)
             return rc;
         if (o->ratio > 1)

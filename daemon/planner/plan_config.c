@@ -71,6 +71,9 @@ int nb_plan_req_from_config(const nb_cfg_job_t *job, nb_plan_req_t *out, char *e
         for (int i = 0; i < job->planner.n_codecs; i++)
             out->fwd_codecs[i] = out->bwd_codecs[i] = job->planner.codecs[i];
         out->nfwd = out->nbwd = job->planner.n_codecs;
+        /* the budget bounds the planner's choice; codecs the job fixes
+         * itself are the operator's and run as given */
+        out->max_err = job->planner.max_codec_error;
     } else {
         if (job->codecs.forward[0]) {
             out->fwd_codecs[0] = job->codecs.forward;

@@ -343,24 +343,37 @@ static int cmp_tie(const nb_cost_t *cost, const nb_plan_cand_t *a, const nb_plan
     return a->step_time < b->step_time ? -1 : a->step_time > b->step_time;
 }
 
-static int codec_list(const nb_cost_t *cost, const char *const *names, int n, int *idx,
-                      const char *what, char *err, size_t errlen)
+/* The codec indices the search may use in one direction: the request's list
+ * (every known codec when empty) less those over the quality budget.
+ * Returns their count, or NB_EINVAL when a name is unknown or the budget
+ * leaves none (the message names the least lossy one over it). */
+static int codec_list(const nb_cost_t *cost, const char *const *names, int n, double max_err,
+                      int *idx, const char *what, char *err, size_t errlen)
 {
-    if (n == 0) {
-        for (int i = 0; i < cost->ncodecs; i++)
-            idx[i] = i;
-        return cost->ncodecs;
-    }
-    for (int i = 0; i < n; i++) {
-        const nb_cost_codec_t *c = names[i] ? nb_cost_codec_find(cost, names[i]) : NULL;
+    int k = 0;
+    const nb_cost_codec_t *least = NULL;
+    for (int i = 0; i < (n ? n : cost->ncodecs); i++) {
+        const nb_cost_codec_t *c = n == 0 ? &cost->codec[i]
+                                   : names[i] ? nb_cost_codec_find(cost, names[i]) : NULL;
         if (!c) {
             seterr(err, errlen, "%s codec '%s' has no measurements", what,
                    names[i] ? names[i] : "(null)");
             return NB_EINVAL;
         }
-        idx[i] = (int)(c - cost->codec);
+        if (max_err > 0 && cost->codec_err[c - cost->codec] > max_err) {
+            if (!least || cost->codec_err[c - cost->codec] < cost->codec_err[least - cost->codec])
+                least = c;
+            continue;
+        }
+        idx[k++] = (int)(c - cost->codec);
     }
-    return n;
+    if (k == 0 && least) {
+        seterr(err, errlen,
+               "%s codecs: every one is over the error budget %g (the least, '%s', has %.4g)",
+               what, max_err, least->spec, cost->codec_err[least - cost->codec]);
+        return NB_EINVAL;
+    }
+    return k;
 }
 
 static const char *split_str(const nb_plan_cand_t *c, int p, char *buf, size_t len)
@@ -432,10 +445,10 @@ int nb_plan_search(const nb_cost_t *cost, const nb_plan_req_t *req, nb_plan_resu
         return NB_EINVAL;
     }
     int fidx[NB_COST_MAX_CODECS], bidx[NB_COST_MAX_CODECS];
-    int nf = codec_list(cost, req->fwd_codecs, req->nfwd, fidx, "forward", err, errlen);
+    int nf = codec_list(cost, req->fwd_codecs, req->nfwd, req->max_err, fidx, "forward", err, errlen);
     if (nf < 0)
         return nf;
-    int nbk = codec_list(cost, req->bwd_codecs, req->nbwd, bidx, "backward", err, errlen);
+    int nbk = codec_list(cost, req->bwd_codecs, req->nbwd, req->max_err, bidx, "backward", err, errlen);
     if (nbk < 0)
         return nbk;
     if (nf == 0 || nbk == 0) {
@@ -592,8 +605,9 @@ int nb_plan_print(FILE *f, const nb_cost_t *cost, const nb_plan_result_t *r, int
     int dp = 0;
     for (int s = 0; s < p; s++)
         dp |= nb_cost_replicas(cost, s) > 1;
-    fprintf(f, "%4s %5s %7s %-8s %-16s %-16s %-12s %10s %10s %7s", "rank", "m", "mb", "schedule",
-            "fwd codec", "bwd codec", "split", "step (s)", "samples/s", "bubble");
+    fprintf(f, "%4s %5s %7s %-8s %-16s %7s %-16s %7s %-12s %10s %10s %7s", "rank", "m", "mb",
+            "schedule", "fwd codec", "fwd err", "bwd codec", "bwd err", "split", "step (s)",
+            "samples/s", "bubble");
     if (dp)
         fprintf(f, " %9s", "allreduce");
     fprintf(f, "  %s\n", "peak memory per stage (GiB)");
@@ -610,9 +624,10 @@ int nb_plan_print(FILE *f, const nb_cost_t *cost, const nb_plan_result_t *r, int
             snprintf(rank, sizeof rank, "%d", i + 1);
         else
             snprintf(rank, sizeof rank, "-");
-        fprintf(f, "%4s %5d %7g %-8s %-16s %-16s %-12s %10.4f %10.1f %6.1f%%", rank, c->m,
-                c->mb_size, nb_sched_format(&c->sched, sb, sizeof sb),
-                cost->codec[c->fwd_codec].spec, cost->codec[c->bwd_codec].spec,
+        fprintf(f, "%4s %5d %7g %-8s %-16s %6.2f%% %-16s %6.2f%% %-12s %10.4f %10.1f %6.1f%%",
+                rank, c->m, c->mb_size, nb_sched_format(&c->sched, sb, sizeof sb),
+                cost->codec[c->fwd_codec].spec, 100 * cost->codec_err[c->fwd_codec],
+                cost->codec[c->bwd_codec].spec, 100 * cost->codec_err[c->bwd_codec],
                 split_str(c, p, sp, sizeof sp), c->step_time, c->samples_per_s,
                 100 * c->bubble);
         if (dp)

@@ -53,6 +53,9 @@ typedef struct {
     int use_placement;
     int placement[NB_COST_MAX_STAGES];
     double tie_rel;         /* near-tie window; 0: 0.005 (0.5%) */
+    /* Quality budget: codecs whose measured err (nb_cost_codec_t) exceeds
+     * it are never candidates, however fast; <= 0: no budget. */
+    double max_err;
 } nb_plan_req_t;
 
 typedef struct {

@@ -97,6 +97,7 @@ static void test_values_parsed(void **state)
     assert_int_equal(cfg.job.planner.stage_memory_bytes, 2ull << 30);
     assert_int_equal(cfg.job.planner.n_codecs, 2);
     assert_string_equal(cfg.job.planner.codecs[1], "int8");
+    assert_true(cfg.job.planner.max_codec_error == 0.25); /* the default budget */
     assert_string_equal(cfg.job.output, "/abs/w.bin");
     assert_int_equal(cfg.n_devices, 2);
     assert_true(cfg.devices[1].cuda);
@@ -108,6 +109,8 @@ static void test_values_parsed(void **state)
     assert_string_equal(cfg.job.codecs.forward, "int4(block=row)");
     assert_string_equal(cfg.job.codecs.backward, "int8(block=32,sr)");
     assert_string_equal(cfg.job.planner.codecs[0], "svd(rank=8)");
+    assert_int_equal(load_train("  planner: {codecs: [fp16, int4], max_codec_error: 0.05}\n"), 0);
+    assert_true(cfg.job.planner.max_codec_error == 0.05);
     expect_err(load_train("  codecs: {forward: \"int8;fp16\"}\n"),
                "dir/t.yaml:13:21: job.codecs.forward: codec spec may contain only letters, digits, '.', ',', '_', '+', "
                "'=', ' ' and parentheses");

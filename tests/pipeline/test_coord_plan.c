@@ -32,6 +32,7 @@
 
 #include "daemon/pipeline/coord_plan.h"
 #include "daemon/planner/plan_config.h"
+#include "kernels/codec/codec.h"
 #include "kernels/common.h"
 
 static const char *cfg_text =
@@ -69,6 +70,7 @@ typedef struct {
     nb_plan_req_t req;
     uint64_t rng;
     double slow; /* compute slowdown this step (another process's burst); 0: none */
+    double live_err; /* round-trip error the stages sample of a lossy codec's tensors; 0: none */
 } world_t;
 
 /* The world's compute per micro-batch of n sequences (2 blocks a stage). */
@@ -254,6 +256,10 @@ static double run_step(world_t *w, int64_t step, const nb_cplan_step_t *ps)
             tm[i].backward_ns = (uint64_t)(tr.b[d][i] * 1e9);
             tm[i].encode_ns = (uint64_t)(tr.enc[d][i] * 1e9);
             tm[i].decode_ns = (uint64_t)(tr.dec[d][i] * 1e9);
+            if (i == 0 && d == 0 && strcmp(ps->fwd, "fp32"))
+                tm[i].act_error = w->live_err;
+            if (i == 0 && d == 1 && strcmp(ps->bwd, "fp32"))
+                tm[i].grad_error = w->live_err;
             tp[i] = &tm[i];
         }
         Nebula__LinkMeasurement lm = NEBULA__LINK_MEASUREMENT__INIT, *lp = &lm;
@@ -676,6 +682,199 @@ static void test_wanted(void **state)
     assert_non_null(strstr(err, "job.planner.codecs"));
 }
 
+/* A delta codec keeps a base per key on both sides: calibration must decode
+ * with a stream of its own, as a receiver does (it once shared the
+ * encoder's stream and failed on the second visit of the key). */
+static void test_calibrate_delta(void **state)
+{
+    world_t *w = *state;
+    nb_cfg_job_t j = w->cfg.job;
+    char err[256] = "";
+    nb_cplan_t *cp = NULL;
+    snprintf(j.planner.codecs[1], sizeof j.planner.codecs[1], "int4(delta)");
+    int rc = nb_cplan_new(&j, &w->desc, 4, &cp, err, sizeof err);
+    if (rc)
+        fail_msg("int4(delta): %s", err);
+    const nb_cost_codec_t *c = nb_cost_codec_find(nb_cplan_cost(cp), "int4(delta)");
+    assert_non_null(c);
+    assert_true(c->ratio > 0 && c->ratio < 0.2);
+    nb_cplan_free(cp);
+}
+
+/* Every calibrated codec's error is ||x - decode(encode(x))|| / ||x||,
+ * computed here directly with the codec module on the calibration tensor
+ * (fresh streams, seed 7, as the coordinator's first round trip); exact
+ * codecs have 0; the JSON reply carries it per codec and per candidate. */
+static void test_codec_error(void **state)
+{
+    world_t *w = *state;
+    nb_cfg_job_t j = w->cfg.job;
+    static const char *const specs[] = { "fp32", "fp16", "int8", "int4", "topk(0.1)", "int4(delta)" };
+    j.planner.n_codecs = (int)NB_ARRAY_LEN(specs);
+    for (int i = 0; i < j.planner.n_codecs; i++)
+        snprintf(j.planner.codecs[i], sizeof j.planner.codecs[i], "%s", specs[i]);
+    j.planner.max_codec_error = 0; /* no budget: all of them calibrated and kept */
+    char err[256] = "";
+    nb_cplan_t *cp = NULL;
+    if (nb_cplan_new(&j, &w->desc, 4, &cp, err, sizeof err))
+        fail_msg("planner: %s", err);
+    const nb_cost_t *cost = nb_cplan_cost(cp);
+    int rows = (w->cfg.job.batch / 4) * w->desc.layout.seq_len, cols = w->desc.layout.model.d_model;
+    size_t n = (size_t)rows * (size_t)cols;
+    float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y);
+    assert_non_null(x);
+    assert_non_null(y);
+    nb_cplan_calib_data(x, n);
+    nb_backend_t *be = nb_cpu_backend_new();
+    int64_t shape[2] = { rows, cols };
+    nb_tensor_t *tx = nb_tensor_new(be, NB_F32, 2, shape), *ty = nb_tensor_new(be, NB_F32, 2, shape);
+    nb_be_from_host(be, tx->data, x, n * sizeof *x);
+    for (size_t i = 0; i < NB_ARRAY_LEN(specs); i++) {
+        nb_codec_spec_t sp;
+        assert_int_equal(nb_codec_spec_parse(specs[i], &sp, err, sizeof err), 0);
+        nb_codec_stream_t *se = nb_codec_stream_new(be, 64u << 20), *sd = nb_codec_stream_new(be, 64u << 20);
+        nb_codec_msg_t m;
+        nb_codec_msg_init(&m);
+        assert_int_equal(nb_codec_encode(be, &sp, tx, 7, se, 1, &m, err, sizeof err), 0);
+        assert_int_equal(nb_codec_decode_into(be, m.spec, m.meta, m.meta_len, m.payload, m.payload_len, 0, sd, ty,
+                                              err, sizeof err), 0);
+        nb_be_to_host(be, y, ty->data, n * sizeof *y);
+        nb_be_sync(be);
+        double num = 0, den = 0;
+        for (size_t k = 0; k < n; k++) {
+            num += ((double)x[k] - y[k]) * ((double)x[k] - y[k]);
+            den += (double)x[k] * x[k];
+        }
+        double want = sqrt(num / den);
+        const nb_cost_codec_t *c = nb_cost_codec_find(cost, specs[i]);
+        assert_non_null(c);
+        double got = cost->codec_err[c - cost->codec];
+        print_message("codec %-12s error %.5f (direct %.5f)\n", specs[i], got, want);
+        assert_true(fabs(got - want) <= 1e-9 + 1e-6 * want);
+        nb_codec_msg_free(&m);
+        nb_codec_stream_free(se);
+        nb_codec_stream_free(sd);
+    }
+    /* exact is 0, and the ranks of the lossy ones are as expected */
+    assert_true(cost->codec_err[nb_cost_codec_find(cost, "fp32") - cost->codec] == 0);
+    assert_true(cost->codec_err[nb_cost_codec_find(cost, "fp16") - cost->codec] < 1e-3);
+    assert_true(cost->codec_err[nb_cost_codec_find(cost, "topk(0.1)") - cost->codec] > 0.5);
+    json_t *r = nb_cplan_json(cp, 50, 0, err, sizeof err);
+    assert_non_null(r);
+    json_t *cd = json_object_get(json_object_get(r, "measurements"), "codecs");
+    assert_int_equal(json_array_size(cd), NB_ARRAY_LEN(specs));
+    assert_non_null(json_object_get(json_array_get(cd, 0), "error"));
+    json_t *c0 = json_array_get(json_object_get(r, "candidates"), 0);
+    assert_non_null(json_object_get(c0, "forward_error"));
+    assert_non_null(json_object_get(c0, "backward_error"));
+    assert_non_null(strstr(json_string_value(json_object_get(r, "table")), "fwd err"));
+    assert_true(json_number_value(json_object_get(r, "max_codec_error")) == 0); /* off in this job */
+    json_decref(r);
+    nb_tensor_free(tx);
+    nb_tensor_free(ty);
+    nb_be_free(be);
+    free(x);
+    free(y);
+    nb_cplan_free(cp);
+}
+
+/* The budget in the coordinator: with the default (0.25) topk(0.1), the
+ * fastest codec on this 20 Mbit/s link, is neither profiled nor planned nor
+ * a candidate in the reply; a list with nothing within it is refused. */
+static void test_budget_in_coordinator(void **state)
+{
+    world_t *w = *state;
+    nb_cfg_job_t j = w->cfg.job;
+    assert_true(j.planner.max_codec_error == 0.25);
+    snprintf(j.planner.codecs[0], sizeof j.planner.codecs[0], "topk(0.1)");
+    snprintf(j.planner.codecs[1], sizeof j.planner.codecs[1], "fp16");
+    snprintf(j.codecs.forward, sizeof j.codecs.forward, "topk(0.1)");
+    char err[256] = "";
+    nb_cplan_t *cp = NULL;
+    if (nb_cplan_new(&j, &w->desc, 4, &cp, err, sizeof err))
+        fail_msg("planner: %s", err);
+    nb_cplan_t *keep = w->cp;
+    w->cp = cp;
+    nb_cplan_step_t ps;
+    probe(w);
+    for (int64_t s = 0; s < 6; s++) {
+        assert_int_equal(nb_cplan_plan(cp, s, &ps), 0);
+        assert_string_equal(ps.fwd, "fp16");
+        assert_string_equal(ps.bwd, "fp16");
+        run_step(w, s, &ps);
+    }
+    json_t *r = nb_cplan_json(cp, 200, 0, err, sizeof err);
+    assert_non_null(r);
+    assert_true(json_number_value(json_object_get(r, "max_codec_error")) == 0.25);
+    json_t *cands = json_object_get(r, "candidates"), *c;
+    size_t i;
+    assert_true(json_array_size(cands) > 0);
+    json_array_foreach (cands, i, c) {
+        assert_string_equal(json_string_value(json_object_get(c, "forward")), "fp16");
+        assert_true(json_number_value(json_object_get(c, "forward_error")) < 1e-3);
+    }
+    json_decref(r);
+    w->cp = keep;
+    nb_cplan_free(cp);
+    /* nothing within the budget: refused, naming the key */
+    j.planner.n_codecs = 1;
+    assert_int_equal(nb_cplan_new(&j, &w->desc, 4, &cp, err, sizeof err), NB_EINVAL);
+    assert_null(cp);
+    assert_non_null(strstr(err, "job.planner.max_codec_error"));
+}
+
+/* Live quality signal: the stages' sampled round-trip error of the tensors
+ * they send replaces the calibrated one; when the chosen codec's crosses the
+ * budget the planner re-plans (once) to codecs within it. */
+static void test_live_error_replans(void **state)
+{
+    world_t *w = *state;
+    probe(w);
+    nb_cplan_step_t ps;
+    int64_t s = 0;
+    w->live_err = 0.01;
+    for (; s < 6; s++) {
+        nb_cplan_plan(w->cp, s, &ps);
+        run_step(w, s, &ps);
+    }
+    assert_string_equal(ps.why, "planned");
+    /* at 20 Mbit/s half the bytes pay: fp16 in both directions */
+    assert_string_equal(ps.fwd, "fp16");
+    assert_string_equal(ps.bwd, "fp16");
+    const nb_cost_t *c = nb_cplan_cost(w->cp);
+    assert_true(c->codec_err[nb_cost_codec_find(c, "fp16") - c->codec] == 0.01);
+    assert_int_equal(nb_cplan_replans(w->cp), 0);
+    /* the signal drifts over the budget (0.25) */
+    w->live_err = 0.4;
+    nb_cplan_plan(w->cp, s, &ps);
+    run_step(w, s++, &ps);
+    nb_cplan_plan(w->cp, s, &ps);
+    assert_string_equal(ps.why, "re-planned");
+    assert_string_equal(ps.fwd, "fp32");
+    assert_string_equal(ps.bwd, "fp32");
+    assert_int_equal(nb_cplan_replans(w->cp), 1);
+    char err[256];
+    json_t *r = nb_cplan_json(w->cp, 5, 0, err, sizeof err);
+    assert_non_null(r);
+    assert_non_null(strstr(json_string_value(json_object_get(r, "last_replan_reason")), "live round-trip error"));
+    json_t *cd = json_object_get(json_object_get(r, "measurements"), "codecs"), *o;
+    size_t i;
+    json_array_foreach (cd, i, o)
+        if (strcmp(json_string_value(json_object_get(o, "spec")), "fp16") == 0) {
+            assert_string_equal(json_string_value(json_object_get(o, "error_source")), "live");
+            assert_true(json_number_value(json_object_get(o, "error")) == 0.4);
+        }
+    json_decref(r);
+    /* fp32 sends no samples; fp16 stays out, no more re-plans */
+    run_step(w, s++, &ps);
+    for (int k = 0; k < 8; k++, s++) {
+        nb_cplan_plan(w->cp, s, &ps);
+        assert_string_equal(ps.fwd, "fp32");
+        run_step(w, s, &ps);
+    }
+    assert_int_equal(nb_cplan_replans(w->cp), 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -687,6 +886,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_pin_and_json, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replicas, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wanted, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_calibrate_delta, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_codec_error, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_budget_in_coordinator, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_live_error_replans, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -93,6 +93,14 @@ assert t[1:] == sorted(t[1:]) and t[0] <= min(t) * 1.005, t
 ms = {x["m"] for x in c}
 assert all(8 % m == 0 for m in ms), ms
 assert {x["forward"] for x in c} <= {"fp32", "fp16"}
+# the quality budget (default) and each candidate's measured codec error
+assert j["max_codec_error"] == 0.25, j.get("max_codec_error")
+assert all(x["forward_error"] < 1e-3 and x["backward_error"] < 1e-3 for x in c), c[0]
+# each codec's error says where it comes from; a live one (the stages sample
+# the tensors they send every 10th step) is fp16's, small and positive
+for x in j["measurements"]["codecs"]:
+    assert x["error_source"] in ("live", "calibration"), x
+    assert x["error_source"] == "calibration" or (x["spec"] == "fp16" and 0 < x["error"] < 1e-3), x
 m = j["measurements"]
 assert m["compute_measured"] and m["links"][0]["forward"]["measured"], m["links"]
 assert len(m["stages"][0]["sizes"]) >= 2, m["stages"][0]
@@ -102,6 +110,8 @@ assert any(h["steps"] >= 1 and h["measured_step_s"] > 0 and h["predicted_step_s"
 PY
 ctl plan > "$work/plan.txt" || fail "plan"
 grep -q "<- chosen" "$work/plan.txt" || fail "plan table has no chosen row: $(cat "$work/plan.txt")"
+grep -q "fwd err" "$work/plan.txt" || fail "plan table has no codec error: $(cat "$work/plan.txt")"
+grep -q "^budget .* 0.25" "$work/plan.txt" || fail "plan shows no error budget: $(cat "$work/plan.txt")"
 ctl plan --bandwidth-mbit 1 > "$work/plan-1mbit.txt" || fail "plan --bandwidth-mbit"
 grep -q "<- chosen" "$work/plan-1mbit.txt" || fail "what-if table"
 # malformed requests get a clear error, the daemon keeps running

@@ -70,6 +70,11 @@ static void test_malformed(void **state)
     char err[256];
     assert_int_equal(nb_measure_parse(GOOD, "good.json", &c, err, sizeof err), 0);
     assert_int_equal(c.p, 2);
+    assert_true(c.codec_err[0] == 0); /* absent: 0 */
+    char *with_err = variant("\"ratio\": 1", "\"ratio\": 1, \"error\": 0.125");
+    assert_int_equal(nb_measure_parse(with_err, "good.json", &c, err, sizeof err), 0);
+    assert_true(c.codec_err[0] == 0.125);
+    free(with_err);
     struct {
         const char *from, *to;
         int rc;
@@ -89,6 +94,7 @@ static void test_malformed(void **state)
         {"{\"a\": 0, \"b\": 1}", "{\"sizes\": [1, 2], \"times\": [1]}", NB_EFORMAT,
          "stages[0].forward_layer_s: sizes and times"},
         {"\"ratio\": 1", "\"ratio\": 1.5", NB_EFORMAT, "codecs[0].ratio"},
+        {"\"ratio\": 1", "\"ratio\": 1, \"error\": -0.1", NB_EFORMAT, "codecs[0].error: -0.1 is out of range"},
         {"\"spec\": \"fp32\", ", "", NB_EFORMAT, "codecs[0].spec: missing"},
         {"\"links\": [{", "\"linkz\": [{", NB_EFORMAT, "linkz: unknown field"},
         {"\"codecs\": [{\"spec\": \"fp32\", \"ratio\": 1}]", "\"codecs\": []", NB_EFORMAT,

@@ -278,6 +278,54 @@ static void test_ties(void **state)
     nb_plan_result_free(&r);
 }
 
+/* Quality budget: on a slow link topk(0.1) is by far the fastest codec, but
+ * its measured error (0.76) is over a budget of 0.05, so no candidate uses
+ * it in either direction; int4 (0.10) is over it too; without a budget
+ * topk wins. A budget nothing meets is an error naming the least lossy. */
+static void test_error_budget(void **state)
+{
+    (void)state;
+    nb_cost_t c;
+    world(&c, 2, 10, 20);
+    c.codec[3] = (nb_cost_codec_t){"int4", 0.13, 5e-11, 5e-11, 3};
+    c.codec[4] = (nb_cost_codec_t){"topk(0.1)", 0.1, 1e-11, 1e-11, 5};
+    c.ncodecs = 5;
+    c.codec_err[1] = 2e-4;
+    c.codec_err[2] = 0.0055;
+    c.codec_err[3] = 0.10;
+    c.codec_err[4] = 0.76;
+    nb_plan_req_t req = request(2);
+    req.nscheds = 1;
+    req.scheds[0] = (nb_sched_spec_t){NB_SCHED_1F1B, 0};
+    nb_plan_result_t r;
+    char err[256];
+    assert_int_equal(nb_plan_search(&c, &req, &r, err, sizeof err), 0);
+    assert_string_equal(c.codec[r.cand[0].fwd_codec].spec, "topk(0.1)");
+    nb_plan_result_free(&r);
+    req.max_err = 0.05;
+    assert_int_equal(nb_plan_search(&c, &req, &r, err, sizeof err), 0);
+    assert_true(r.n > 0);
+    for (int i = 0; i < r.n; i++) {
+        assert_true(c.codec_err[r.cand[i].fwd_codec] <= 0.05);
+        assert_true(c.codec_err[r.cand[i].bwd_codec] <= 0.05);
+    }
+    assert_string_equal(c.codec[r.cand[0].fwd_codec].spec, "int8");
+    nb_plan_result_free(&r);
+    /* an explicit list is filtered the same way */
+    req.nfwd = req.nbwd = 2;
+    req.fwd_codecs[0] = req.bwd_codecs[0] = "topk(0.1)";
+    req.fwd_codecs[1] = req.bwd_codecs[1] = "fp16";
+    assert_int_equal(nb_plan_search(&c, &req, &r, err, sizeof err), 0);
+    for (int i = 0; i < r.n; i++)
+        assert_string_equal(c.codec[r.cand[i].fwd_codec].spec, "fp16");
+    nb_plan_result_free(&r);
+    req.nfwd = req.nbwd = 1;
+    req.fwd_codecs[0] = req.bwd_codecs[0] = "topk(0.1)";
+    assert_int_equal(nb_plan_search(&c, &req, &r, err, sizeof err), NB_EINVAL);
+    assert_non_null(strstr(err, "error budget 0.05"));
+    assert_non_null(strstr(err, "topk(0.1)"));
+}
+
 /* U-shape: stage 2 is the head on stage 0's daemon, with no blocks; the
  * daemon's memory limit covers both of its stages. */
 static void test_u_shape(void **state)
@@ -460,6 +508,7 @@ int main(void)
         cmocka_unit_test(test_bad_requests),
         cmocka_unit_test(test_evaluate),
         cmocka_unit_test(test_table),
+        cmocka_unit_test(test_error_budget),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
