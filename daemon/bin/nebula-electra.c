@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "daemon/service/device.h"
 #include "daemon/config/config.h"
 #include "daemon/log.h"
 #include "daemon/train/electra.h"
@@ -143,19 +144,10 @@ int main(int argc, char **argv)
         nb_log_error(NULL, "%s", err);
         return NB_CFG_EXIT_CONFIG;
     }
-    nb_backend_t *be = NULL;
-    if (cfg.n_devices > 0 && cfg.devices[0].cuda) {
-        const char *why = "unknown";
-        be = nb_cuda_backend_new(cfg.devices[0].index, &why);
-        if (!be) {
-            nb_log_error(NULL, "device %s: %s", cfg.devices[0].text, why ? why : "unavailable");
-            return 1;
-        }
-    } else {
-        be = nb_cpu_backend_new();
-    }
+    char why[256];
+    nb_backend_t *be = nb_device_open(cfg.n_devices > 0 ? &cfg.devices[0] : NULL, why, sizeof why);
     if (!be) {
-        nb_log_error(NULL, "cannot open the compute backend");
+        nb_log_error(NULL, "%s", why);
         return 1;
     }
     nb_electra_t *e = NULL;

@@ -15,6 +15,7 @@
 #include "daemon/log.h"
 #include "daemon/pipeline/rt_common.h"
 #include "daemon/pipeline/stage_rt_internal.h"
+#include "daemon/service/device.h"
 #include "daemon/train/hf_model.h"
 #include "daemon/train/weights.h"
 
@@ -114,11 +115,7 @@ static int open_backends(const nb_config_t *cfg, nb_backend_t **bes, char *why, 
     }
     for (int r = 0; r < n; r++) {
         const nb_cfg_device_t *dev = cfg->n_devices > 0 ? &cfg->devices[r] : NULL;
-        const char *reason = NULL;
-        bes[r] = !dev || !dev->cuda ? nb_cpu_backend_new() : nb_cuda_backend_new(dev->index, &reason);
-        if (!bes[r]) {
-            snprintf(why, whylen, "device %s: %s", dev ? dev->text : "cpu",
-                     reason ? reason : "cannot be opened");
+        if (!(bes[r] = nb_device_open(dev, why, whylen))) {
             while (r-- > 0)
                 nb_be_free(bes[r]);
             return 0;
