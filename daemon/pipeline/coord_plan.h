@@ -73,12 +73,6 @@ int nb_cplan_new(const nb_cfg_job_t *job, const nb_job_desc_t *desc, int m0, nb_
                  char *err, size_t errlen);
 void nb_cplan_free(nb_cplan_t *cp);
 
-/* Fills h[0..n) with the synthetic tensor codecs are calibrated on (ratio,
- * speed and round-trip relative error, nb_cost_codec_t.err): deterministic,
- * roughly Gaussian values with standard deviation about 1, as activations
- * after a LayerNorm. Not live tensors: docs/planner.md, "Codec quality". */
-void nb_cplan_calib_data(float *h, size_t n);
-
 /* A link probe result from stage daemon `from` about its link to `to`
  * (daemon indices): round trip in ms, and goodput from -> to in bytes/s
  * (<= 0: not measured). Sets the latency and bandwidth of every boundary

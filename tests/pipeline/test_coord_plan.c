@@ -31,6 +31,7 @@
 #include <string.h>
 
 #include "daemon/pipeline/coord_plan.h"
+#include "daemon/pipeline/coord_calib.h"
 #include "daemon/planner/plan_config.h"
 #include "kernels/codec/codec.h"
 #include "kernels/common.h"
