@@ -18,6 +18,7 @@
 #include "daemon/pipeline/mailbox.h"
 #include "daemon/pipeline/stage_eval.h"
 #include "daemon/pipeline/stage_host.h"
+#include "daemon/pipeline/stage_replicas.h"
 #include "daemon/train/trainer.h"
 
 #define PF_MAX_STEPS 64
@@ -297,10 +298,17 @@ static inline void pf_layout(const pf_job_t *j, int p, const int *placement, int
     }
 }
 
-/* Runs the job as a pipeline; returns 0 and fills r, or an error code with
- * the first worker's message printed. */
-static inline int pf_run_pipeline(const pf_job_t *j, const nb_pipe_layout_t *l, const char *sched,
-                                  const char *fwd_codec, const char *bwd_codec, pf_result_t *r)
+/* Called after a run, while the workers' hosts still exist (to look at
+ * replicas, say); w holds one worker per daemon. */
+typedef void (*pf_inspect_fn)(void *ud, pf_worker_t *w, int n_daemons);
+
+/* Runs the job as a pipeline, daemon d with reps[d] CPU replicas (reps
+ * NULL: one each); returns 0 and fills r, or an error code with the first
+ * worker's message printed. inspect (may be NULL) sees the workers after a
+ * run that started. */
+static inline int pf_run_pipeline_with(const pf_job_t *j, const nb_pipe_layout_t *l, const char *sched,
+                                       const char *fwd_codec, const char *bwd_codec, const int *reps,
+                                       pf_inspect_fn inspect, void *ud, pf_result_t *r)
 {
     memset(r, 0, sizeof *r);
     pf_links_t links;
@@ -314,14 +322,20 @@ static inline int pf_run_pipeline(const pf_job_t *j, const nb_pipe_layout_t *l, 
     pthread_barrier_init(&bar, NULL, (unsigned)l->n_daemons);
     double sumsq[NB_SCHED_MAX_STAGES] = { 0 };
     pf_worker_t w[NB_SCHED_MAX_STAGES];
+    nb_backend_t *bes[NB_SCHED_MAX_STAGES][NB_REPS_MAX];
+    int nrep[NB_SCHED_MAX_STAGES];
     memset(w, 0, sizeof w);
+    memset(bes, 0, sizeof bes);
     int rc = 0;
     for (int d = 0; d < l->n_daemons; d++) {
         w[d] = (pf_worker_t){ .job = j, .layout = l, .sched = sched, .fwd_codec = fwd_codec,
                               .bwd_codec = bwd_codec, .links = &links, .barrier = &bar,
                               .sumsq = sumsq, .daemon = d };
-        w[d].be = nb_cpu_backend_new();
-        int hrc = nb_host_new(w[d].be, l, d, j->data, &w[d].host, w[d].err, sizeof w[d].err);
+        nrep[d] = reps ? reps[d] : 1;
+        for (int q = 0; q < nrep[d]; q++)
+            bes[d][q] = nb_cpu_backend_new();
+        w[d].be = bes[d][0];
+        int hrc = nb_host_new_replicas(bes[d], nrep[d], l, d, j->data, &w[d].host, w[d].err, sizeof w[d].err);
         if (hrc == 0 && j->eval_batches > 0)
             hrc = nb_eval_new(w[d].host, j->eval_data[0] ? j->eval_data : NULL, &w[d].eval, w[d].err,
                               sizeof w[d].err);
@@ -355,17 +369,27 @@ static inline int pf_run_pipeline(const pf_job_t *j, const nb_pipe_layout_t *l, 
             r->bytes_raw += w[d].bytes_raw;
             r->bytes_wire += w[d].bytes_wire;
         }
+        if (inspect)
+            inspect(ud, w, l->n_daemons);
     }
     for (int d = 0; d < l->n_daemons; d++) {
         nb_eval_free(w[d].eval); /* borrows the host */
         nb_host_free(w[d].host);
-        nb_be_free(w[d].be);
+        for (int q = 0; q < nrep[d]; q++)
+            nb_be_free(bes[d][q]);
     }
     for (int s = 0; s < l->p; s++)
         for (int k = 0; k < NB_PMSG_KINDS; k++)
             nb_mbox_free(links.box[s][k]);
     pthread_barrier_destroy(&bar);
     return rc;
+}
+
+/* Runs the job as a pipeline, one replica per daemon. */
+static inline int pf_run_pipeline(const pf_job_t *j, const nb_pipe_layout_t *l, const char *sched,
+                                  const char *fwd_codec, const char *bwd_codec, pf_result_t *r)
+{
+    return pf_run_pipeline_with(j, l, sched, fwd_codec, bwd_codec, NULL, NULL, NULL, r);
 }
 
 /* Largest relative difference of the per-step losses. */
@@ -381,8 +405,11 @@ static inline double pf_loss_rel_diff(const pf_result_t *a, const pf_result_t *b
 }
 
 /* Largest difference of any parameter, relative to the largest magnitude of
- * its tensor; a tensor missing from b counts as infinitely different. */
-static inline double pf_weight_rel_diff(const pf_result_t *a, const pf_result_t *b, char *worst_name)
+ * its tensor; a tensor missing from b counts as infinitely different. With
+ * skip_key_bias_C > 0 (d_model) the key third of every qkv bias is left
+ * out (test_stage_replicas.c says why). */
+static inline double pf_weight_rel_diff_skip(const pf_result_t *a, const pf_result_t *b, int skip_key_bias_C,
+                                             char *worst_name)
 {
     double worst = 0.0;
     for (int i = 0; i < a->ntensors; i++) {
@@ -395,8 +422,13 @@ static inline double pf_weight_rel_diff(const pf_result_t *a, const pf_result_t 
                 snprintf(worst_name, 32, "%s (missing)", a->names[i]);
             return INFINITY;
         }
+        size_t n = strlen(a->names[i]);
+        bool qkv_b = skip_key_bias_C > 0 && n > 6 && strcmp(a->names[i] + n - 6, ".qkv.b") == 0;
+        size_t C = (size_t)skip_key_bias_C;
         double maxabs = 1e-12, maxd = 0.0;
         for (size_t e = 0; e < a->numel[i]; e++) {
+            if (qkv_b && e >= C && e < 2 * C)
+                continue;
             maxabs = fmax(maxabs, fabs(a->values[i][e]));
             double d = fabs((double)a->values[i][e] - b->values[k][e]);
             if (!(d <= maxd))
@@ -410,6 +442,11 @@ static inline double pf_weight_rel_diff(const pf_result_t *a, const pf_result_t 
         }
     }
     return worst;
+}
+
+static inline double pf_weight_rel_diff(const pf_result_t *a, const pf_result_t *b, char *worst_name)
+{
+    return pf_weight_rel_diff_skip(a, b, 0, worst_name);
 }
 
 #endif

@@ -86,116 +86,51 @@ typedef struct {
     bool identical;
 } dp_cmp_t;
 
-/* Runs j as pf_run_pipeline does, daemon d with reps[d] CPU replicas; fills
- * r and *identical (every replica of every stage holds the same bits as
- * replica 0 at the end). */
+typedef struct {
+    const int *reps;
+    bool identical;
+} dp_check_t;
+
+/* After a run: each daemon has its replica count, reduced during the last
+ * backward (not all after it), and every replica of every stage holds
+ * replica 0's bits. */
+static void check_replicas(void *ud, pf_worker_t *w, int n_daemons)
+{
+    dp_check_t *c = ud;
+    for (int d = 0; d < n_daemons; d++) {
+        int reps = c->reps[d];
+        assert_int_equal(nb_host_replicas(w[d].host), reps);
+        assert_true(reps > 1 ? nb_host_overlapped(w[d].host) > 0 : nb_host_overlapped(w[d].host) == 0);
+        for (int i = 0; i < nb_host_num_stages(w[d].host); i++) {
+            nb_part_t *p0 = nb_host_part(w[d].host, i);
+            assert_ptr_equal(nb_host_replica_part(w[d].host, i, 0), p0);
+            size_t bytes = nb_part_num_params(p0) * sizeof(float);
+            for (int q = 1; q < reps; q++)
+                if (memcmp(nb_part_params(nb_host_replica_part(w[d].host, i, q)), nb_part_params(p0), bytes))
+                    c->identical = false;
+        }
+    }
+}
+
+/* Runs j with fp32 codecs, daemon d with reps[d] CPU replicas; fills r and
+ * *identical (every replica of every stage holds the same bits as replica
+ * 0 at the end). */
 static int run_dp(const pf_job_t *j, const nb_pipe_layout_t *l, const char *sched, const int *reps,
                   pf_result_t *r, bool *identical)
 {
-    memset(r, 0, sizeof *r);
-    *identical = true;
-    pf_links_t links;
-    memset(&links, 0, sizeof links);
-    for (int s = 0; s < l->p; s++)
-        for (int k = 0; k < NB_PMSG_KINDS; k++)
-            links.box[s][k] = nb_mbox_new(2, pf_free_msg);
-    pthread_barrier_t bar;
-    pthread_barrier_init(&bar, NULL, (unsigned)l->n_daemons);
-    double sumsq[NB_SCHED_MAX_STAGES] = { 0 };
-    pf_worker_t w[NB_SCHED_MAX_STAGES];
-    nb_backend_t *bes[NB_SCHED_MAX_STAGES][NB_REPS_MAX];
-    memset(w, 0, sizeof w);
-    memset(bes, 0, sizeof bes);
-    int rc = 0;
-    for (int d = 0; d < l->n_daemons; d++) {
-        w[d] = (pf_worker_t){ .job = j, .layout = l, .sched = sched, .fwd_codec = "fp32", .bwd_codec = "fp32",
-                              .links = &links, .barrier = &bar, .sumsq = sumsq, .daemon = d };
-        for (int q = 0; q < reps[d]; q++)
-            bes[d][q] = nb_cpu_backend_new();
-        w[d].be = bes[d][0];
-        int hrc = nb_host_new_replicas(bes[d], reps[d], l, d, j->data, &w[d].host, w[d].err, sizeof w[d].err);
-        if (hrc) {
-            fprintf(stderr, "host %d: %s\n", d, w[d].err);
-            rc = hrc;
-        }
-    }
-    if (rc == 0) {
-        pthread_t th[NB_SCHED_MAX_STAGES];
-        for (int d = 0; d < l->n_daemons; d++)
-            pthread_create(&th[d], NULL, pf_worker_main, &w[d]);
-        for (int d = 0; d < l->n_daemons; d++)
-            pthread_join(th[d], NULL);
-        for (int d = 0; d < l->n_daemons; d++)
-            if (w[d].rc) {
-                fprintf(stderr, "daemon %d: %s (%s)\n", d, w[d].err, nb_strerror(w[d].rc));
-                if (!rc)
-                    rc = w[d].rc;
-            }
-        r->steps = j->steps;
-        for (int s = 0; s < j->steps; s++)
-            r->loss[s] = w[l->placement[l->p - 1]].loss[s];
-        for (int d = 0; d < l->n_daemons; d++) {
-            assert_int_equal(nb_host_replicas(w[d].host), reps[d]);
-            /* the all-reduce ran during the last backward, not all after it */
-            assert_true(reps[d] > 1 ? nb_host_overlapped(w[d].host) > 0 : nb_host_overlapped(w[d].host) == 0);
-            for (int i = 0; i < nb_host_num_stages(w[d].host); i++) {
-                nb_part_t *p0 = nb_host_part(w[d].host, i);
-                assert_ptr_equal(nb_host_replica_part(w[d].host, i, 0), p0);
-                pf_collect_part(r, p0);
-                size_t bytes = nb_part_num_params(p0) * sizeof(float);
-                for (int q = 1; q < reps[d]; q++)
-                    if (memcmp(nb_part_params(nb_host_replica_part(w[d].host, i, q)), nb_part_params(p0), bytes))
-                        *identical = false;
-            }
-        }
-    }
-    for (int d = 0; d < l->n_daemons; d++) {
-        nb_host_free(w[d].host);
-        for (int q = 0; q < reps[d]; q++)
-            nb_be_free(bes[d][q]);
-    }
-    for (int s = 0; s < l->p; s++)
-        for (int k = 0; k < NB_PMSG_KINDS; k++)
-            nb_mbox_free(links.box[s][k]);
-    pthread_barrier_destroy(&bar);
+    dp_check_t c = { reps, true };
+    int rc = pf_run_pipeline_with(j, l, sched, "fp32", "fp32", reps, check_replicas, &c, r);
+    *identical = c.identical;
     return rc;
 }
 
-/* pf_weight_rel_diff without the key third of every qkv bias: a key bias
- * has a zero gradient in exact arithmetic (softmax does not change when
- * every score of a row moves by the same amount), so what float computes
- * for it is rounding noise, which AdamW's g / sqrt(v) turns into steps of
- * the learning rate's size whatever its magnitude. Two summation orders
- * give two noises, hence two different key biases: no tolerance on them
- * says anything about the replicas. */
-static double weight_rel_diff(const pf_result_t *a, const pf_result_t *b, int C, char *worst_name)
-{
-    double worst = 0.0;
-    for (int i = 0; i < a->ntensors; i++) {
-        int k = -1;
-        for (int q = 0; q < b->ntensors; q++)
-            if (strcmp(a->names[i], b->names[q]) == 0)
-                k = q;
-        if (k < 0 || b->numel[k] != a->numel[i])
-            return INFINITY;
-        size_t n = strlen(a->names[i]);
-        bool qkv_b = n > 6 && strcmp(a->names[i] + n - 6, ".qkv.b") == 0;
-        double maxabs = 1e-12, maxd = 0.0;
-        for (size_t e = 0; e < a->numel[i]; e++) {
-            if (qkv_b && e >= (size_t)C && e < 2 * (size_t)C)
-                continue;
-            maxabs = fmax(maxabs, fabs(a->values[i][e]));
-            double d = fabs((double)a->values[i][e] - b->values[k][e]);
-            if (!(d <= maxd))
-                maxd = d;
-        }
-        if (!(maxd / maxabs <= worst)) {
-            worst = maxd / maxabs;
-            snprintf(worst_name, 32, "%s", a->names[i]);
-        }
-    }
-    return worst;
-}
+/* Weights are compared without the key third of every qkv bias
+ * (pf_weight_rel_diff_skip): a key bias has a zero gradient in exact
+ * arithmetic (softmax does not change when every score of a row moves by
+ * the same amount), so what float computes for it is rounding noise, which
+ * AdamW's g / sqrt(v) turns into steps of the learning rate's size whatever
+ * its magnitude. Two summation orders give two noises, hence two different
+ * key biases: no tolerance on them says anything about the replicas. */
 
 /* The job with reps replicas on each daemon against one replica on each. */
 static dp_cmp_t compare(const pf_job_t *j, int p, const int *placement, int n_daemons, const char *sched,
@@ -212,7 +147,7 @@ static dp_cmp_t compare(const pf_job_t *j, int p, const int *placement, int n_da
     assert_int_equal(run_dp(j, &l, sched, reps, &many, &same), 0);
     char worst[32] = "";
     char worst_all[32] = "";
-    dp_cmp_t c = { pf_loss_rel_diff(&one, &many), weight_rel_diff(&one, &many, j->model.d_model, worst),
+    dp_cmp_t c = { pf_loss_rel_diff(&one, &many), pf_weight_rel_diff_skip(&one, &many, j->model.d_model, worst),
                    pf_weight_rel_diff(&one, &many, worst_all), same };
     printf("  %d stage(s) on %d daemon(s), %s, B %d: loss rel diff %.3g, weight rel diff %.3g (%s; %.3g with the "
            "key biases, %s), replicas %s\n", p, n_daemons, sched, j->B, c.loss_rel, c.weight_rel, worst,
