@@ -82,6 +82,12 @@ void nb__coord_eval_report(nb_coord_rt_t *rt, int di, const Nebula__Report *r)
                            (unsigned long long)r->step, rt->eval_in_flight ? "another is in flight" : "none is");
         return;
     }
+    int head = rt->job.layout.placement[rt->job.layout.p - 1];
+    if (r->has_loss && di != head) {
+        nb__coord_job_fail(rt, "%s sent a held-out loss for step %llu but does not host the head (%s does)",
+                           rt->job.names[di], (unsigned long long)r->step, rt->job.names[head]);
+        return;
+    }
     d->eval_reported = true;
     d->eval_has_loss = r->has_loss;
     d->eval_loss = r->loss;
@@ -93,12 +99,10 @@ void nb__coord_eval_report(nb_coord_rt_t *rt, int di, const Nebula__Report *r)
     for (int i = 0; i < rt->job.n_daemons; i++)
         if (!rt->d[i].eval_reported)
             return;
-    double loss = NAN;
-    for (int i = 0; i < rt->job.n_daemons; i++)
-        if (rt->d[i].eval_has_loss)
-            loss = rt->d[i].eval_loss;
+    /* only the head's daemon may carry a loss (checked above); none: NaN */
+    double loss = rt->d[head].eval_has_loss ? rt->d[head].eval_loss : NAN;
     rt->eval_in_flight = false;
-    if (isnan(rt->eval_first)) {
+    if (rt->eval_first_step < 0) {
         rt->eval_first = loss;
         rt->eval_first_step = rt->eval_at;
     }

@@ -34,6 +34,7 @@ struct nb_reps {
     size_t floor;              /* never reduced early: [0, floor) (a tied head adds to wte later) */
     pthread_mutex_t mu;
     bool mu_init;
+    bool blas_shared;          /* nb_cpu_blas_share(R) ran: undo it when freed */
     size_t reported[NB_REPS_MAX]; /* per replica: [reported, n) complete; under mu */
     size_t reduced_from;       /* [reduced_from, n) reduced this step; under mu */
     size_t overlapped;         /* floats reduced during the last backward of the last step */
@@ -212,8 +213,10 @@ int nb_reps_new(nb_part_t *part0, nb_optim_t *optim0, nb_backend_t *const *bes, 
         s->hooks[r] = (rep_hook_t){ s, r };
     }
 
-    if (R > 1)
+    if (R > 1) {
         nb_cpu_blas_share(R);
+        s->blas_shared = true;
+    }
     *out = s;
     return 0;
 oom:
@@ -228,7 +231,7 @@ void nb_reps_free(nb_reps_t *s)
 {
     if (!s)
         return;
-    if (s->parts && s->R > 1)
+    if (s->blas_shared)
         nb_cpu_blas_share(1);
     for (int r = s->R - 1; r >= 1; r--) {
         if (s->optims)

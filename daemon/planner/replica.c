@@ -79,9 +79,12 @@ int nb_replica_check(unsigned replicas, double bytes_per_s, int max_replicas, ch
             snprintf(err, errlen, "replicas %u out of range 1..%d", replicas, max_replicas);
         return NB_EINVAL;
     }
-    if (!isfinite(bytes_per_s) || bytes_per_s < 0 || bytes_per_s > 1e15) {
+    /* 0: not measured; else an in-memory or NCCL reduction runs at MB/s at
+     * the very least (a smaller figure would price every plan at infinity) */
+    if (!isfinite(bytes_per_s) || bytes_per_s < 0 || (bytes_per_s > 0 && bytes_per_s < 1e6) ||
+        bytes_per_s > 1e15) {
         if (err && errlen)
-            snprintf(err, errlen, "reduce bandwidth %g bytes/s is not a finite value in 0..1e15",
+            snprintf(err, errlen, "reduce bandwidth %g bytes/s is not 0 (unknown) or a finite value in 1e6..1e15",
                      bytes_per_s);
         return NB_EINVAL;
     }

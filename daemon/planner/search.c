@@ -464,13 +464,22 @@ int nb_plan_search(const nb_cost_t *cost, const nb_plan_req_t *req, nb_plan_resu
     int mhi = req->m_max > 0 ? req->m_max : mdl->global_batch;
     if (mhi > NB_SCHED_MAX_MB)
         mhi = NB_SCHED_MAX_MB;
+    /* a micro-batch is split across a stage's replicas: it needs at least
+     * one sequence per replica (the stage refuses fewer) */
+    int rmax = 1;
+    for (int s = 0; s < cost->p; s++)
+        if (nb_cost_replicas(cost, s) > rmax)
+            rmax = nb_cost_replicas(cost, s);
+    if (mhi > mdl->global_batch / rmax)
+        mhi = mdl->global_batch / rmax;
     int nm = 0;
     for (int m = mlo; m <= mhi; m++)
         if (mdl->global_batch % m == 0)
             nm++;
     if (nm == 0) {
-        seterr(err, errlen, "micro-batches: no divisor of the global batch %d in [%d, %d]",
-               mdl->global_batch, mlo, mhi);
+        seterr(err, errlen, "micro-batches: no divisor of the global batch %d in [%d, %d]%s",
+               mdl->global_batch, mlo, mhi,
+               rmax > 1 ? " (a micro-batch needs at least one sequence per replica of each stage)" : "");
         return NB_EINVAL;
     }
     size_t total = (size_t)nm * (size_t)ns * (size_t)nf * (size_t)nbk;

@@ -100,8 +100,12 @@ int nb_electra_wire_decode(const uint8_t *buf, size_t len, const char *name, int
                  NB_ELECTRA_WIRE_VERSION);
         return NB_EFORMAT;
     }
-    if ((w != 1 && w != 2 && w != 4) || buf[7]) {
+    if (w != 1 && w != 2 && w != 4) {
         snprintf(err, errlen, "generator '%s': ID width %u (must be 1, 2 or 4)", name, w);
+        return NB_EFORMAT;
+    }
+    if (buf[7]) {
+        snprintf(err, errlen, "generator '%s': reserved header byte 7 is %u, must be 0", name, buf[7]);
         return NB_EFORMAT;
     }
     uint64_t bn = get(buf + 20, 4), bt = get(buf + 24, 4);
@@ -128,16 +132,34 @@ int nb_electra_wire_decode(const uint8_t *buf, size_t len, const char *name, int
         snprintf(err, errlen, "generator '%s': unused bits of the replaced flags are set", name);
         return NB_EFORMAT;
     }
-    b->gen = (int)get(buf + 8, 4);
-    b->step = get(buf + 12, 8);
+    /* everything is checked before b changes: a refused batch leaves it as it was */
+    uint64_t bgen = get(buf + 8, 4), bstep = get(buf + 12, 8);
+    if (bgen != (uint64_t)gen) {
+        snprintf(err, errlen, "generator '%s': batch names generator %llu, expected %d", name,
+                 (unsigned long long)bgen, gen);
+        return NB_EINVAL;
+    }
+    if (bstep != step) {
+        snprintf(err, errlen, "generator '%s': batch is for step %llu, expected step %llu", name,
+                 (unsigned long long)bstep, (unsigned long long)step);
+        return NB_EINVAL;
+    }
+    for (size_t k = 0; k < tok; k++) {
+        uint64_t id = get(ids + k * w, (int)w);
+        if (vocab <= 0 || id >= (uint64_t)vocab) {
+            snprintf(err, errlen, "generator '%s': sequence %zu position %zu: token ID %llu outside the "
+                     "discriminator's vocabulary (0..%d)", name, k / (size_t)T, k % (size_t)T,
+                     (unsigned long long)id, vocab - 1);
+            return NB_EINVAL;
+        }
+    }
+    b->gen = gen;
+    b->step = step;
     b->n = n;
     b->T = T;
     for (size_t k = 0; k < tok; k++) {
-        uint64_t id = get(ids + k * w, (int)w);
-        b->ids[k] = id > (uint64_t)INT32_MAX ? -1 : (int32_t)id;
+        b->ids[k] = (int32_t)get(ids + k * w, (int)w);
         b->replaced[k] = (bits[k / 8] >> (k % 8)) & 1;
     }
-    if (nb_electra_batch_check(b, name, gen, step, n, T, vocab, err, errlen))
-        return NB_EINVAL;
     return 0;
 }

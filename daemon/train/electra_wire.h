@@ -68,7 +68,8 @@ long nb_electra_wire_encode(const nb_electra_batch_t *b, uint32_t vocab, uint8_t
  * checks them as nb_electra_batch_check does against what the discriminator
  * expects (gen, step, n, T, vocab). Errors: NB_EFORMAT (bad magic,
  * version, width, length), NB_EINVAL (another shape, step or generator, an
- * ID out of range); err names the source and what is wrong. */
+ * ID out of range); err names the source and what is wrong. Everything is
+ * checked before b is written: a refused batch leaves b unchanged. */
 int nb_electra_wire_decode(const uint8_t *buf, size_t len, const char *name, int gen, uint64_t step, int n,
                            int T, int vocab, nb_electra_batch_t *b, size_t cap_tokens, char *err,
                            size_t errlen);

@@ -183,6 +183,32 @@ static void test_search_share(void **state)
     nb_plan_result_free(&r);
 }
 
+/* A micro-batch is split across a stage's replicas, so the search never
+ * offers one with fewer sequences than a stage has replicas (the stage
+ * would refuse it); with more replicas than the global batch nothing is
+ * left, and the error says why. */
+static void test_search_min_shard(void **state)
+{
+    (void)state;
+    nb_cost_t c;
+    nb_plan_req_t req;
+    nb_plan_result_t r;
+    char err[256] = "";
+    two_stages(&c, &req, 4);
+    assert_int_equal(nb_plan_search(&c, &req, &r, err, sizeof err), 0);
+    bool small_m = false;
+    for (int i = 0; i < r.n; i++) {
+        assert_true(r.cand[i].mb_size >= 4);
+        small_m |= r.cand[i].m == 8;
+    }
+    assert_true(small_m); /* global batch 32: m = 8 (4 sequences) is still offered */
+    nb_plan_result_free(&r);
+    two_stages(&c, &req, 16);
+    req.model.global_batch = 8;
+    assert_int_equal(nb_plan_search(&c, &req, &r, err, sizeof err), NB_EINVAL);
+    assert_non_null(strstr(err, "at least one sequence per replica"));
+}
+
 /* A replicated stage over its memory limit: the refusal's state and stash
  * add up to the per-device need it states (a shard's stash). */
 static void test_oom_line(void **state)
@@ -227,6 +253,10 @@ static void test_peer_values(void **state)
     assert_int_equal(nb_replica_check(2, NAN, NB_REPLICA_MAX, err, sizeof err), NB_EINVAL);
     assert_non_null(strstr(err, "reduce bandwidth"));
     assert_int_equal(nb_replica_check(2, -1, NB_REPLICA_MAX, err, sizeof err), NB_EINVAL);
+    /* a positive rate below 1 MB/s would price every plan at infinity */
+    assert_int_equal(nb_replica_check(2, 1e-300, NB_REPLICA_MAX, err, sizeof err), NB_EINVAL);
+    assert_non_null(strstr(err, "not 0 (unknown) or a finite value in 1e6..1e15"));
+    assert_int_equal(nb_replica_check(2, 1e6, NB_REPLICA_MAX, err, sizeof err), 2);
     /* the machine's figure: some positive rate (not a speed test) */
     double bw = nb_replica_reduce_bw(1 << 20, 2);
     assert_true(bw > 0 && isfinite(bw));
@@ -311,6 +341,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_compute_split),   cmocka_unit_test(test_allreduce_cost),
         cmocka_unit_test(test_sim_tail),        cmocka_unit_test(test_search_share),
+        cmocka_unit_test(test_search_min_shard),
         cmocka_unit_test(test_peer_values),     cmocka_unit_test(test_measurements_file),
         cmocka_unit_test(test_offline_table),   cmocka_unit_test(test_oom_line),
     };

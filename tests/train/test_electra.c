@@ -293,11 +293,27 @@ static void test_wire(void **state)
     assert_int_equal(nb_electra_wire_decode(buf, (size_t)len, "apache", 1, 5, n, T, 257, &r, n * T, err, sizeof err),
                      NB_EFORMAT);
     buf[len - 1] &= 0x7f;
-    /* an ID beyond the receiving vocabulary */
+    /* an ID beyond the receiving vocabulary: refused, named, and the
+     * receiver's batch is left as it was */
+    memset(ids2, 0x07, sizeof ids2);
+    memset(rep2, 0x07, sizeof rep2);
+    r.gen = -1;
     assert_int_equal(nb_electra_wire_decode(buf, (size_t)len, "apache", 1, 5, n, T, 200, &r, n * T, err, sizeof err),
                      NB_EINVAL);
     assert_non_null(strstr(err, "generator 'apache'"));
     assert_non_null(strstr(err, "outside the discriminator's vocabulary (0..199)"));
+    assert_non_null(strstr(err, "sequence "));
+    assert_int_equal(r.gen, -1);
+    for (size_t k = 0; k < sizeof ids2 / sizeof ids2[0]; k++)
+        assert_int_equal(ids2[k], 0x07070707);
+    for (size_t k = 0; k < sizeof rep2; k++)
+        assert_int_equal(rep2[k], 0x07);
+    /* a reserved header byte set */
+    buf[7] = 1;
+    assert_int_equal(nb_electra_wire_decode(buf, (size_t)len, "apache", 1, 5, n, T, 257, &r, n * T, err, sizeof err),
+                     NB_EFORMAT);
+    assert_non_null(strstr(err, "reserved header byte 7 is 1"));
+    buf[7] = 0;
 }
 
 /* Bad batches reach the discriminator: refused before any compute, with the
