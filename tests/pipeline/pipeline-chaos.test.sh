@@ -47,7 +47,7 @@ chaos_kill() {
 trap 'chaos_kill; nb_work_cleanup' EXIT
 nb_on_fail() { nb_tail_logs 25; echo "# seed $seed"; }
 netns=${CHAOS_NETNS:-0}
-ns=nbchaos
+ns=nbch$(( $$ % 10000 ))  # unique per run: concurrent runs must not share namespaces
 host_ab=127.0.0.1 host_c=127.0.0.1
 if [ "$netns" = 1 ]; then
   [ "$(id -u)" = 0 ] || nb_skip "CHAOS_NETNS=1 needs root"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A link that goes down for 6 s and comes back costs one step retry and
-# nothing else: a coordinator and stage a in namespace "nbrl-a", stage b in
-# "nbrl-b", joined by a veth pair (scripts/wan-emu.sh). Mid-job the link is
+# nothing else: a coordinator and stage a in namespace "nbrlN-a", stage b in
+# "nbrlN-b" (N from the shell's PID), joined by a veth pair (scripts/wan-emu.sh). Mid-job the link is
 # set down for 6 s (twice the 3 s heartbeat timeout, so every daemon
 # sees its connections across it die), then up again. Pass: the job
 # recovers once (nebula_job_restarts_total 1), from the daemons' memory
@@ -13,7 +13,7 @@ set -euo pipefail
 . tests/support/pipeline.sh
 build=${NB_BUILD:-build}
 bin="$build/bin"
-ns=nbrl
+ns=nbrl$(( $$ % 10000 ))  # unique per run: concurrent runs must not share namespaces
 [ "$(id -u)" = 0 ] || nb_skip "needs root for network namespaces"
 command -v ip >/dev/null && command -v tc >/dev/null || nb_skip "no ip/tc"
 nb_work_init recovery-link
