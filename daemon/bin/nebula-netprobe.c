@@ -22,7 +22,7 @@
 #include "daemon/log.h"
 #include "daemon/net/net.h"
 #include "daemon/net/probe.h"
-#include "daemon/service/version.h"
+#include "daemon/core/version.h"
 
 typedef struct {
     uv_loop_t *loop;

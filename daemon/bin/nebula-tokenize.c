@@ -21,7 +21,7 @@
 #include <unistd.h>
 #include "daemon/data/tokenizer.h"
 #include "daemon/data/tokens.h"
-#include "daemon/service/version.h"
+#include "daemon/core/version.h"
 
 static void usage(FILE *f)
 {

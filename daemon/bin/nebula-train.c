@@ -54,7 +54,7 @@
 #include "daemon/train/trainer.h"
 #include "daemon/train/checkpoint.h"
 #include "daemon/train/weights.h"
-#include "daemon/service/version.h"
+#include "daemon/core/version.h"
 #include "kernels/cpu_level.h"
 
 static volatile sig_atomic_t stop_signal;

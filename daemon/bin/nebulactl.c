@@ -24,7 +24,7 @@
 #include "daemon/config/config.h"
 #include "daemon/planner/offline.h"
 #include "daemon/planner/plan_config.h"
-#include "daemon/service/version.h"
+#include "daemon/core/version.h"
 
 enum { EXIT_OK = 0, EXIT_REPLY = 1, EXIT_USAGE = 2, EXIT_CONNECT = 3, EXIT_PROTO = 4, EXIT_OUTPUT = 5 };
 

@@ -39,7 +39,7 @@
 #include <stdint.h>
 #include "daemon/data/tokens.h"
 #include "daemon/pipeline/pipe_msg.h"
-#include "daemon/service/memory.h"
+#include "daemon/core/memory.h"
 #include "daemon/planner/schedule.h"
 #include "kernels/backend.h"
 #include "kernels/codec/codec.h"
