@@ -21,6 +21,7 @@
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
+#include "daemon/clock.h"
 #include "daemon/config/config.h"
 #include "daemon/planner/offline.h"
 #include "daemon/planner/plan_config.h"
@@ -79,13 +80,6 @@ static void usage(FILE *f)
 
 /* ---- transport ------------------------------------------------------------------- */
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static int connect_socket(const char *path)
 {
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -135,7 +129,7 @@ static json_t *roundtrip(int fd, json_t *req, int timeout_ms)
     free(line);
     size_t cap = 65536, have = 0;
     char *buf = malloc(cap);
-    int64_t deadline = now_ms() + timeout_ms;
+    int64_t deadline = nb_mono_ms() + timeout_ms;
     while (buf) {
         char *nl = have ? memchr(buf, '\n', have) : NULL;
         if (nl) {
@@ -149,7 +143,7 @@ static json_t *roundtrip(int fd, json_t *req, int timeout_ms)
             free(buf);
             return r;
         }
-        int left = (int)(deadline - now_ms());
+        int left = (int)(deadline - nb_mono_ms());
         struct pollfd p = { .fd = fd, .events = POLLIN };
         int pr = left > 0 ? poll(&p, 1, left) : 0;
         if (pr < 0 && errno == EINTR)

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include "daemon/clock.h"
 #include "daemon/log.h"
 #include "daemon/pipeline/coord_rt_internal.h"
 #include "daemon/pipeline/rt_common.h"
@@ -77,7 +78,7 @@ int nb__coord_ckpt_start(nb_coord_rt_t *rt, uint64_t *job_id, char *err, size_t 
     const nb_cfg_checkpoint_t *c = &rt->cfg->job.checkpoint;
     const char *root = rt->cfg->checkpoint_dir;
     rt->ckpt_enabled = c->every_steps > 0 || c->every_seconds > 0;
-    rt->t_last_ckpt = nb__coord_now_s();
+    rt->t_last_ckpt = nb_mono_s();
     if (rt->ckpt_enabled && !root[0]) {
         snprintf(err, errlen, "job.checkpoint asks for checkpoints but the coordinator has no checkpoint_dir "
                               "(where it writes their manifests)");
@@ -150,7 +151,7 @@ void nb__coord_ckpt_maybe(nb_coord_rt_t *rt, bool last)
     const nb_cfg_checkpoint_t *c = &rt->cfg->job.checkpoint;
     int64_t n = rt->step + 1; /* steps done once this Commit is applied */
     bool due = rt->ckpt_requested || (c->every_steps > 0 && n % c->every_steps == 0) ||
-               (c->every_seconds > 0 && nb__coord_now_s() - rt->t_last_ckpt >= c->every_seconds) ||
+               (c->every_seconds > 0 && nb_mono_s() - rt->t_last_ckpt >= c->every_seconds) ||
                (last && rt->ckpt_enabled);
     if (!due || rt->recovering || n == rt->last_ckpt)
         return;
@@ -165,7 +166,7 @@ void nb__coord_ckpt_maybe(nb_coord_rt_t *rt, bool last)
     }
     rt->ckpt_requested = false;
     rt->ckpt_inflight = n;
-    rt->t_ckpt_start = nb__coord_now_s();
+    rt->t_ckpt_start = nb_mono_s();
     rt->t_last_ckpt = rt->t_ckpt_start;
     for (int i = 0; i < rt->job.n_daemons; i++) {
         rt->d[i].ckpt_done = false;
@@ -236,7 +237,7 @@ static void commit_round(nb_coord_rt_t *rt)
     free(rt->last_manifest);
     rt->last_manifest = json;
     rt->last_ckpt = step;
-    double secs = nb__coord_now_s() - rt->t_ckpt_start;
+    double secs = nb_mono_s() - rt->t_ckpt_start;
     nb_metrics_t *mx = nb_state_metrics(rt->state);
     nb_metrics_inc(mx, rt->m_ckpts, 1);
     nb_metrics_set(mx, rt->m_ckpt_s, secs);

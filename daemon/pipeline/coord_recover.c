@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "daemon/clock.h"
 #include "daemon/log.h"
 #include "daemon/pipeline/coord_rt_internal.h"
 #include "daemon/pipeline/rt_common.h"
@@ -78,7 +79,7 @@ void nb__coord_fault(nb_coord_rt_t *rt, const char *fmt, ...)
         goto abort_all;
     }
     rt->restarts++;
-    rt->t_fault = nb__coord_now_s();
+    rt->t_fault = nb_mono_s();
     snprintf(rt->fault_why, sizeof rt->fault_why, "%s", why);
     nb_metrics_inc(nb_state_metrics(rt->state), rt->m_restarts, 1);
     int64_t limit = rt->cfg->job.max_restarts;
@@ -274,7 +275,7 @@ void nb__coord_joined(nb_coord_rt_t *rt, int i, const Nebula__JobStatus *s)
 void nb__coord_recovered(nb_coord_rt_t *rt)
 {
     if (rt->t_job_start == 0)
-        rt->t_job_start = nb__coord_now_s();
+        rt->t_job_start = nb_mono_s();
     if (rt->recovery_timer_open)
         uv_timer_stop(&rt->recovery_timer);
     bool was_fault = rt->restarts > 0 && rt->t_fault > 0;
@@ -286,7 +287,7 @@ void nb__coord_recovered(nb_coord_rt_t *rt)
                              (long long)rt->job.steps);
         return;
     }
-    double secs = nb__coord_now_s() - rt->t_fault;
+    double secs = nb_mono_s() - rt->t_fault;
     rt->t_fault = 0;
     nb_metrics_set(nb_state_metrics(rt->state), rt->m_recovery_s, secs);
     nb_log_info(NULL, "recovered in %.1f s (attempt %u): the job goes on at step %lld of %lld", secs, rt->attempt,

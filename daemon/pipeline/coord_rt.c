@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include "daemon/clock.h"
 #include "daemon/log.h"
 #include "daemon/pipeline/coord_links.h"
 #include "daemon/pipeline/coord_plan.h"
@@ -19,13 +20,6 @@
 #include "daemon/planner/cost.h"
 #include "daemon/planner/replica.h"
 #include "kernels/codec/codec.h"
-
-double nb__coord_now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static void connect_timeout_cb(uv_timer_t *t);
 
@@ -210,7 +204,7 @@ static void send_plan(nb_coord_rt_t *rt)
     f.body_case = NEBULA__FRAME__BODY_PLAN;
     f.plan = &p;
     rt->step_in_flight = true;
-    rt->t_step_start = nb__coord_now_s();
+    rt->t_step_start = nb_mono_s();
     for (int i = 0; i < rt->job.n_daemons; i++) {
         rt->d[i].reported = false;
         memset(rt->d[i].busy_s, 0, sizeof rt->d[i].busy_s);
@@ -236,7 +230,7 @@ static void start_steps(nb_coord_rt_t *rt)
         send_plan(rt);
         return;
     }
-    rt->t_job_start = nb__coord_now_s();
+    rt->t_job_start = nb_mono_s();
     char sched[32];
     nb_sched_format(&rt->sched, sched, sizeof sched);
     nb_log_info(NULL, "job %llu: %lld steps, %d stages on %d daemons, m=%d (%d sequences each), %s, codecs %s / %s%s",
@@ -353,7 +347,7 @@ static bool note_skip(nb_coord_rt_t *rt, double sumsq)
 static void finish_step(nb_coord_rt_t *rt)
 {
     char pnote[96];
-    double step_s = nb__coord_now_s() - rt->t_step_start;
+    double step_s = nb_mono_s() - rt->t_step_start;
     double sumsq = 0.0, loss = NAN, busy = 0.0, max_step_s = 0.0;
     uint64_t raw = 0, wire = 0;
     for (int i = 0; i < rt->job.n_daemons; i++) {
@@ -552,7 +546,7 @@ void nb__coord_maybe_finish(nb_coord_rt_t *rt)
         if (rt->timer_open)
             uv_timer_stop(&rt->connect_timer);
         {
-            double secs = nb__coord_now_s() - rt->t_job_start;
+            double secs = nb_mono_s() - rt->t_job_start;
             double tokens = (double)rt->job.steps * rt->job.layout.seq_len * (double)rt->cfg->job.batch;
             char val[128];
             nb_log_info(NULL, "job done: %lld steps in %.1f s, %.0f tokens/s, final loss %.4f, %.2f MB on the wire "

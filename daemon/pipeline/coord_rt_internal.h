@@ -10,6 +10,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include "daemon/clock.h"
 #include "daemon/net/net.h"
 #include "daemon/pipeline/coord_plan.h"
 #include "daemon/pipeline/coord_rt.h"
@@ -116,8 +117,6 @@ struct nb_coord_rt {
     int m_eval_loss, m_eval_step, m_eval_s, m_eval_dropped;
 };
 
-/* coord_rt.c */
-double nb__coord_now_s(void);
 void nb__coord_job_fail(nb_coord_rt_t *rt, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Sends a control frame to daemon i; a failure is reported as a fault. */
 int nb__coord_send(nb_coord_rt_t *rt, int i, Nebula__Frame *f, const char *what);

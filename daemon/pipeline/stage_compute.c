@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include "daemon/clock.h"
 #include "daemon/log.h"
 #include "daemon/pipeline/rt_common.h"
 #include "daemon/pipeline/stage_rt_internal.h"
@@ -31,7 +32,7 @@ static int io_send(void *ud, nb_pmsg_t *msg)
         return NB_ENOMEM;
     o->kind = OUT_TENSOR;
     o->msg = msg;
-    o->t_queued_ns = nb_host_now_ns();
+    o->t_queued_ns = nb_mono_ns();
     int rc = nb_mbox_push(rt->outbox, o);
     if (rc) {
         o->msg = NULL; /* the caller keeps msg on error */
@@ -612,7 +613,7 @@ static int handle_commit(nb_stage_rt_t *rt, compute_t *c, const Nebula__Commit *
     if (s + 1 <= c->committed) {
         nb_log_debug(NULL, "commit of step %llu: applied already", (unsigned long long)s + 1);
     } else if (s == c->committed && c->prepared) {
-        uint64_t t0 = nb_host_now_ns();
+        uint64_t t0 = nb_mono_ns();
         if (!nb_host_apply(c->host, (int64_t)s, cm->skip ? NAN : cm->global_grad_sumsq))
             nb_log_warn(NULL, "step %llu: update skipped: the global gradient norm is not finite",
                         (unsigned long long)s + 1);
@@ -626,7 +627,7 @@ static int handle_commit(nb_stage_rt_t *rt, compute_t *c, const Nebula__Commit *
         int track = nb_trace_track(tr, "optimizer", false);
         nb_trace_event_t ev = { .step = (int64_t)s, .micro = -1, .track = (int16_t)track,
                                 .kind = NB_TEV_OPTIMIZER, .ts_us = (double)t0 / 1e3,
-                                .dur_us = (double)(nb_host_now_ns() - t0) / 1e3 };
+                                .dur_us = (double)(nb_mono_ns() - t0) / 1e3 };
         if (track >= 0)
             nb_trace_add(tr, &ev);
     } else {

@@ -37,6 +37,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include "daemon/clock.h"
 #include "daemon/data/tokens.h"
 #include "daemon/pipeline/pipe_msg.h"
 #include "daemon/core/memory.h"
@@ -207,7 +208,5 @@ nb_backend_t *nb_host_backend(const nb_host_t *h);
  * from. NULL otherwise (or when stage 0 is not hosted here). Borrowed. */
 const nb_tokens_t *nb_host_heldout(const nb_host_t *h);
 
-/* Monotonic nanoseconds (shared clock of traces and timings). */
-uint64_t nb_host_now_ns(void);
 
 #endif

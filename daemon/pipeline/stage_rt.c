@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "daemon/clock.h"
 #include "daemon/log.h"
 #include "daemon/pipeline/rt_common.h"
 #include "daemon/pipeline/stage_rt_internal.h"
@@ -259,7 +260,7 @@ static void sent_cb(void *payload, void *ud)
     (void)payload;
     sending_t *s = ud;
     if (s->track >= 0) {
-        uint64_t now = nb_host_now_ns();
+        uint64_t now = nb_mono_ns();
         nb_trace_event_t ev = { .step = s->msg->step, .micro = s->msg->mb, .track = (int16_t)s->track,
                                 .kind = NB_TEV_SEND, .ts_us = (double)s->t0_ns / 1e3,
                                 .dur_us = (double)(now - s->t0_ns) / 1e3, .bytes = s->msg->payload_len };
@@ -333,7 +334,7 @@ static int send_item(nb_stage_rt_t *rt, out_item_t *o)
         sending_t *s = malloc(sizeof *s);
         if (!s)
             return NB_ENOMEM;
-        *s = (sending_t){ rt, m, rt->link_track[d], nb_host_now_ns() };
+        *s = (sending_t){ rt, m, rt->link_track[d], nb_mono_ns() };
         int rc = nb_conn_send(c, &f, m->payload, m->payload_len, sent_cb, s);
         if (rc) {
             free(s);
@@ -726,7 +727,7 @@ static bool probe_may_start(nb_stage_rt_t *rt, int d)
         return true;
     nb_link_t l;
     nb_probe_link(rt->peer_conn[d], &l);
-    uint64_t now = nb_host_now_ns();
+    uint64_t now = nb_mono_ns();
     if (!rt->probe_wait_ns)
         rt->probe_wait_ns = now;
     if (l.bytes_rx >= rt->probe_bytes + PROBE_WARMUP_BYTES || now - rt->probe_wait_ns > 20000000000ull)
