@@ -219,6 +219,11 @@ int nb_cfg_load(const char *path, nb_config_t *out, char *err, size_t errlen);
 int nb_cfg_load_string(const char *name, const char *text, size_t len,
                        nb_config_t *out, char *err, size_t errlen);
 
+/* Parses "HOST:PORT" or "[IPV6]:PORT" (the one address syntax of configs,
+ * jobs from a coordinator and command lines) into *a, port at least
+ * min_port. Returns 0, or -1 with what is wrong in msg (no newline). */
+int nb_cfg_parse_addr(const char *s, nb_cfg_addr_t *a, int min_port, char *msg, size_t ml);
+
 const char *nb_cfg_role_name(nb_cfg_role_t r);
 const char *nb_cfg_schedule_name(nb_cfg_schedule_t s);
 const char *nb_cfg_topology_name(nb_cfg_topology_t t);

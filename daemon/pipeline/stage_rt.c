@@ -549,24 +549,14 @@ static void open_links(nb_stage_rt_t *rt, uint32_t attempt)
         nb_rt_peer_row(rt->state, rt->job.names[d], "stage", rt->job.addresses[d], "connecting", NULL);
         if (d > rt->me) {
             /* the lower index dials; one connection per pair carries both directions */
-            char host[NB_CFG_ADDR_MAX];
-            int port = 0;
             const char *a = rt->job.addresses[d];
-            const char *colon = strrchr(a, ':');
-            if (!colon || colon == a) {
-                job_fail(rt, "daemon %s has no usable address '%s'", rt->job.names[d], a);
+            nb_cfg_addr_t addr;
+            char why[160];
+            if (nb_cfg_parse_addr(a, &addr, 1, why, sizeof why) != 0) {
+                job_fail(rt, "daemon %s has no usable address: %s", rt->job.names[d], why);
                 return;
             }
-            size_t hl = (size_t)(colon - a);
-            if (a[0] == '[' && hl >= 2 && a[hl - 1] == ']') {
-                memcpy(host, a + 1, hl - 2);
-                host[hl - 2] = 0;
-            } else {
-                memcpy(host, a, hl);
-                host[hl] = 0;
-            }
-            port = atoi(colon + 1);
-            if (nb_net_connect(rt->net, rt->job.names[d], host, port) != 0) {
+            if (nb_net_connect(rt->net, rt->job.names[d], addr.host, addr.port) != 0) {
                 job_fail(rt, "cannot dial %s at %s", rt->job.names[d], a);
                 return;
             }
