@@ -114,6 +114,8 @@ typedef struct {
     int n_codecs;
     char codecs[NB_CFG_MAX_CODECS][NB_CFG_SPEC_MAX]; /* allowed codec specs */
     uint64_t stage_memory_bytes; /* memory limit per stage; 0: unlimited */
+    bool repartition;            /* move layers between stages while the job runs */
+    double repartition_min_gain; /* predicted step-time gain a new split needs */
 } nb_cfg_planner_t;
 
 /* Held-out evaluation (roles train and coordinator; docs/config.md). */

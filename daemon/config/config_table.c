@@ -171,6 +171,8 @@ static const nb__cfg_key_t planner_keys[] = {
     { .name = "codecs", .type = NB__CFG_LIST, .sub = &codec_elem, .off = offsetof(nb_cfg_planner_t, codecs),
       .count_off = offsetof(nb_cfg_planner_t, n_codecs), .max_items = NB_CFG_MAX_CODECS, .doc = "codec specs the planner may choose" },
     { .name = "stage_memory", .type = NB__CFG_BYTES, .min = 0, .max = 1e18, .def = "0", FLD(nb_cfg_planner_t, stage_memory_bytes), .doc = "memory limit per stage; 0 = unlimited" },
+    { .name = "repartition", .type = NB__CFG_BOOL, .def = "false", FLD(nb_cfg_planner_t, repartition), .doc = "move layers between stages while the job runs when measured speeds call for another split (needs job.checkpoint and one checkpoint_dir shared by every stage)" },
+    { .name = "repartition_min_gain", .type = NB__CFG_DOUBLE, .min = 0.01, .max = 0.9, .def = "0.1", FLD(nb_cfg_planner_t, repartition_min_gain), .doc = "predicted step-time gain a new layer split needs before the layers move" },
     { 0 },
 };
 

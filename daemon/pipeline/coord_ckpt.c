@@ -232,6 +232,7 @@ static void commit_round(nb_coord_rt_t *rt)
         nb_log_error(NULL, "checkpoint at step %lld: cannot write its manifest: %s", (long long)step,
                      rc ? err : "out of memory");
         free(json);
+        nb__coord_repart_ckpt_done(rt, step, false);
         return;
     }
     free(rt->last_manifest);
@@ -256,6 +257,7 @@ static void commit_round(nb_coord_rt_t *rt)
         rt->step = keep_step;
     }
     nb__coord_maybe_finish(rt);
+    nb__coord_repart_ckpt_done(rt, step, true); /* a move waiting for this checkpoint */
 }
 
 void nb__coord_ckpt_done(nb_coord_rt_t *rt, int i, const Nebula__Checkpoint *ck)
@@ -268,14 +270,18 @@ void nb__coord_ckpt_done(nb_coord_rt_t *rt, int i, const Nebula__Checkpoint *ck)
         nb_metrics_inc(nb_state_metrics(rt->state), rt->m_ckpt_failed, 1);
         nb_log_error(rt->job.names[i], "checkpoint at step %lld failed: %s; the job goes on without it",
                      (long long)rt->ckpt_inflight, ck->message ? ck->message : "");
+        int64_t failed = rt->ckpt_inflight;
         rt->ckpt_inflight = -1;
         nb__coord_maybe_finish(rt);
+        nb__coord_repart_ckpt_done(rt, failed, false);
         return;
     }
     if (ck->n_files > NB_SCHED_MAX_STAGES) {
         nb_log_error(rt->job.names[i], "checkpoint at step %lld: %zu files, more than a daemon may write",
                      (long long)rt->ckpt_inflight, ck->n_files);
+        int64_t failed = rt->ckpt_inflight;
         rt->ckpt_inflight = -1;
+        nb__coord_repart_ckpt_done(rt, failed, false);
         return;
     }
     d->n_files = 0;
@@ -284,7 +290,9 @@ void nb__coord_ckpt_done(nb_coord_rt_t *rt, int i, const Nebula__Checkpoint *ck)
         if (!file_ok(f)) {
             nb_log_error(rt->job.names[i], "checkpoint at step %lld: a malformed file entry; round abandoned",
                          (long long)rt->ckpt_inflight);
+            int64_t failed = rt->ckpt_inflight;
             rt->ckpt_inflight = -1;
+            nb__coord_repart_ckpt_done(rt, failed, false);
             return;
         }
         nb_ckpt_file_t *o = &d->files[d->n_files++];

@@ -93,9 +93,22 @@ void nb__coord_fault(nb_coord_rt_t *rt, const char *fmt, ...)
                 rt->attempt, (long long)rt->step + 1, why, (long long)rt->restarts, rt->cfg->job.recovery_timeout_s);
     nb_service_set_state(rt->svc, NB_SVC_CONNECTING, "recovering from: %s", why);
     nb__coord_ckpt_abandon(rt);
+    nb__coord_repart_abandon(rt);
     if (rt->recovery_timer_open)
         uv_timer_start(&rt->recovery_timer, recovery_timeout_cb, (uint64_t)(rt->cfg->job.recovery_timeout_s * 1000), 0);
 abort_all:
+    nb__coord_abort_attempt(rt, why);
+}
+
+void nb__coord_recover_arm(nb_coord_rt_t *rt, const char *why)
+{
+    snprintf(rt->fault_why, sizeof rt->fault_why, "%s", why);
+    if (rt->recovery_timer_open)
+        uv_timer_start(&rt->recovery_timer, recovery_timeout_cb, (uint64_t)(rt->cfg->job.recovery_timeout_s * 1000), 0);
+}
+
+void nb__coord_abort_attempt(nb_coord_rt_t *rt, const char *why)
+{
     rt->waiting = WAIT_RECOVER;
     if (rt->timer_open)
         uv_timer_stop(&rt->connect_timer);
@@ -105,7 +118,7 @@ abort_all:
     nebula__abort__init(&a);
     a.job_id = rt->job.layout.job_id;
     a.attempt = rt->attempt;
-    a.reason = why;
+    a.reason = (char *)why;
     f.body_case = NEBULA__FRAME__BODY_ABORT;
     f.abort = &a;
     for (int i = 0; i < rt->job.n_daemons; i++) {
@@ -280,6 +293,8 @@ void nb__coord_recovered(nb_coord_rt_t *rt)
         uv_timer_stop(&rt->recovery_timer);
     bool was_fault = rt->restarts > 0 && rt->t_fault > 0;
     rt->resuming = false;
+    if (!was_fault && nb__coord_repart_done(rt))
+        return;
     if (!was_fault) {
         nb_log_info(NULL, "job %llu: attempt %u runs from step %lld of %lld", (unsigned long long)rt->job.layout.job_id,
                     rt->attempt, (long long)rt->step + 1, (long long)rt->job.steps);

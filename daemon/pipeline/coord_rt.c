@@ -272,7 +272,7 @@ static void update_job_info(nb_coord_rt_t *rt, double loss, double tps, double s
     snprintf(j.codec_backward, sizeof j.codec_backward, "%s", rt->bwd_codec);
     j.micro_batches = rt->m;
     nb_sched_format(&rt->sched, j.schedule, sizeof j.schedule);
-    snprintf(j.layers, sizeof j.layers, "%d stages", rt->job.layout.p);
+    nb__coord_split_text(rt, j.layers, sizeof j.layers);
     j.eval_loss = rt->eval_last_loss;
     j.eval_step = rt->eval_last_step > 0 ? rt->eval_last_step : 0;
     nb_state_job_update(rt->state, &j);
@@ -396,6 +396,8 @@ static void finish_step(nb_coord_rt_t *rt)
     for (int i = 0; i < rt->job.n_daemons; i++)
         if (nb__coord_send_commit(rt, i, (uint64_t)rt->step, sumsq, skip, last && !eval))
             return;
+    /* a layer re-partition waits for a checkpoint at this boundary */
+    bool repart = !last && !eval && nb__coord_repart_maybe(rt);
     nb__coord_ckpt_maybe(rt, last);
     if (rt->recovering)
         return;
@@ -425,6 +427,14 @@ static void finish_step(nb_coord_rt_t *rt)
     }
     if (log)
         nb_log_info(NULL, "%s", line);
+    if (repart && rt->repart_pending) {
+        if (rt->ckpt_inflight == rt->repart_step)
+            return; /* the next Plan waits for the move */
+        rt->ckpt_requested = false;
+        /* this step's checkpoint exists already (the step ran again after a recovery) */
+        nb__coord_repart_ckpt_done(rt, rt->repart_step, rt->last_ckpt == rt->repart_step);
+        return;
+    }
     nb__coord_next_step(rt, last);
 }
 
@@ -822,6 +832,10 @@ static int rt_start(nb_service_t *svc, void *ud)
     rt->pred_bubble = -1;
     if (nb_cplan_wanted(j) && nb_cplan_new(j, &rt->job, rt->m, &rt->plan, err, sizeof err)) {
         nb_log_error(NULL, "%s: planner: %s", rt->cfg->path, err);
+        return NB_EINVAL;
+    }
+    if (nb__coord_repart_init(rt, err, sizeof err)) {
+        nb_log_error(NULL, "%s: %s", rt->cfg->path, err);
         return NB_EINVAL;
     }
     nb__coord_recover_init(rt);

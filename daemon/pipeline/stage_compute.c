@@ -222,6 +222,19 @@ static int open_eval(nb_stage_rt_t *rt, compute_t *c, const nb_job_desc_t *d, in
     return rc;
 }
 
+/* True when job a and b differ at most in their stages' layer ranges: a
+ * re-partition (docs/pipeline.md, "Re-partitioning"), which a daemon
+ * follows by rebuilding its parts from the checkpoint the Job names. */
+static bool only_split_differs(const nb_job_desc_t *a, const nb_job_desc_t *b)
+{
+    nb_job_desc_t x = *a;
+    for (int s = 0; s < NB_SCHED_MAX_STAGES; s++) {
+        x.layout.parts[s].first = b->layout.parts[s].first;
+        x.layout.parts[s].last = b->layout.parts[s].last;
+    }
+    return memcmp(&x, b, sizeof x) == 0;
+}
+
 /* Builds (or, for a resumed job, restores) the parts for a received Job and
  * asks the loop to open the links. c->be may be NULL (the device did not
  * open); be_why then says why. Job.resume says where the parts come from:
@@ -242,7 +255,9 @@ static int handle_job(nb_stage_rt_t *rt, compute_t *c, const char *be_why, const
         rc = NB_EINVAL;
     }
     bool had = c->host != NULL;
-    if (rc == 0 && had && memcmp(&d, &rt->job, sizeof d) != 0) {
+    bool moved = rc == 0 && had && memcmp(&d, &rt->job, sizeof d) != 0 &&
+                 msg->resume == NEBULA__JOB__RESUME__RESUME_CHECKPOINT && only_split_differs(&d, &rt->job);
+    if (rc == 0 && had && !moved && memcmp(&d, &rt->job, sizeof d) != 0) {
         /* another job or another layout: what this daemon holds is of no
          * use, and its links are set up for the old one. Tell the
          * coordinator (a fault: it waits for this daemon to come back) and
@@ -348,6 +363,16 @@ static int handle_job(nb_stage_rt_t *rt, compute_t *c, const char *be_why, const
                     "micro-batch%s%s at step %llu", (unsigned long long)d.layout.job_id, me, d.n_daemons, layers,
                     d.layout.micro_batch_size, d.layout.seq_len, msg->attempt ? ", resumed " : "",
                     msg->attempt ? how[msg->resume <= 2 ? msg->resume : 0] : "",
+                    (unsigned long long)msg->resume_step);
+    } else if (moved) {
+        /* only the compute thread reads the layer ranges; the loop thread
+         * reads the placement, which did not change */
+        for (int s = 0; s < d.layout.p; s++)
+            rt->job.layout.parts[s] = d.layout.parts[s];
+        char layers[128];
+        layers_text(&d.layout, me, layers, sizeof layers);
+        nb_log_info(rt->cfg->coordinator.name, "job %llu attempt %u: re-partitioned: stages %s, restored from the "
+                    "checkpoint at step %llu", (unsigned long long)d.layout.job_id, msg->attempt, layers,
                     (unsigned long long)msg->resume_step);
     } else {
         nb_log_info(rt->cfg->coordinator.name, "job %llu attempt %u: resuming %s at step %llu",
