@@ -401,6 +401,31 @@ static void print_plan_hist(json_t *r)
     }
 }
 
+/* "split     7,1 (re-partitions 1; best now 4,4, predicted 31% faster)" */
+static void print_plan_split(json_t *r)
+{
+    json_t *sp = json_object_get(r, "split"), *rp = json_object_get(r, "repartition");
+    if (!json_is_array(sp))
+        return;
+    printf("split     ");
+    for (size_t i = 0; i < json_array_size(sp); i++)
+        printf("%s%lld", i ? "," : "", (long long)json_integer_value(json_array_get(sp, i)));
+    if (json_is_object(rp)) {
+        json_t *best = json_object_get(rp, "best_split");
+        printf(" (re-partitions %lld, each needs %.0f%% predicted gain",
+               (long long)json_integer_value(json_object_get(rp, "moves")),
+               100 * json_number_value(json_object_get(rp, "min_gain")));
+        if (json_is_array(best)) {
+            printf("; best now ");
+            for (size_t i = 0; i < json_array_size(best); i++)
+                printf("%s%lld", i ? "," : "", (long long)json_integer_value(json_array_get(best, i)));
+            printf(", %.0f%% faster", 100 * json_number_value(json_object_get(rp, "gain")));
+        }
+        printf(")");
+    }
+    printf("\n");
+}
+
 static int print_plan(json_t *r)
 {
     json_t *cur = json_object_get(r, "current");
@@ -410,6 +435,7 @@ static int print_plan(json_t *r)
            json_object_get(r, "last_replan_reason") ? str(r, "last_replan_reason") : "");
     printf("running   m=%lld %s fwd=%s bwd=%s (%s)\n", (long long)json_integer_value(json_object_get(cur, "m")),
            str(cur, "schedule"), str(cur, "forward"), str(cur, "backward"), str(cur, "why"));
+    print_plan_split(r);
     if (json_object_get(r, "bandwidth_mbit"))
         printf("what if   every link at %g Mbit/s\n", json_number_value(json_object_get(r, "bandwidth_mbit")));
     if (json_number_value(json_object_get(r, "max_codec_error")) > 0)

@@ -94,8 +94,10 @@ int nb_repart_observe(nb_repart_t *r, int64_t step, const nb_repart_choice_t *c)
         r->streak = 0;
         return 0;
     }
-    if (r->streak > 0 && memcmp(r->layers, c->layers, (size_t)r->p * sizeof *c->layers) != 0)
-        r->streak = 0; /* another split wins now: start counting again */
+    /* the best split may change from step to step (measurements are
+     * noisy, and near the optimum several splits are close); what must
+     * last is that some split beats the current one by min_gain. The move
+     * goes to the newest best. */
     memcpy(r->layers, c->layers, (size_t)r->p * sizeof *c->layers);
     r->streak++;
     if (r->streak < r->cfg.k || (r->last_move >= 0 && step - r->last_move < r->cfg.cooldown))

@@ -15,9 +15,11 @@
  * codecs; only the split moves) under every stage's memory limit, and
  * compares its predicted step with the current split's.
  *
- * Hysteresis (nb_repart_observe): a new split is taken only when it is
- * predicted at least min_gain faster, the same split wins k closed steps in
- * a row, and cooldown steps have passed since the last move. A move costs a
+ * Hysteresis (nb_repart_observe): a new split is taken only when one is
+ * predicted at least min_gain faster in k closed steps in a row (the best
+ * split itself may differ between them: near the optimum several are
+ * close, and measurements are noisy; the move goes to the newest), and
+ * cooldown steps have passed since the last move. A move costs a
  * checkpoint and a restart of the attempt, so small gains are not worth it,
  * and the model of the new split is refitted from its own measurements
  * before the next decision.
@@ -41,8 +43,8 @@ typedef struct {
 typedef struct {
     nb_repart_cfg_t cfg;
     int p;
-    int streak;                      /* steps in a row the same better split won */
-    int layers[NB_COST_MAX_STAGES];  /* that split */
+    int streak;                      /* steps in a row a split won by min_gain */
+    int layers[NB_COST_MAX_STAGES];  /* the newest such split */
     int64_t last_move;               /* step of the last move; -1 none */
     long moves;
 } nb_repart_t;
@@ -81,8 +83,7 @@ int nb_repart_init(nb_repart_t *r, const nb_repart_cfg_t *cfg, int p);
 
 /* One closed step's choice: 1 when the split should move now to
  * c->layers (the streak restarts and the cooldown begins at step), else 0.
- * A choice below min_gain, or with another split than the streak's,
- * restarts the streak. */
+ * A choice below min_gain restarts the streak. */
 int nb_repart_observe(nb_repart_t *r, int64_t step, const nb_repart_choice_t *c);
 
 #endif

@@ -181,8 +181,9 @@ static void test_memory_check(void **state)
     assert_int_equal(ch.layers[1], 5);
 }
 
-/* Hysteresis: k steps of the same better split move once; a step whose
- * best split differs restarts the count; after a move the cooldown holds. */
+/* Hysteresis: k steps in a row with a split min_gain better move once, to
+ * the newest best; a step under the threshold restarts the count; after a
+ * move the cooldown holds. */
 static void test_hysteresis(void **state)
 {
     (void)state;
@@ -195,15 +196,19 @@ static void test_hysteresis(void **state)
     b.layers[1] = 6;
     nb_repart_choice_t small = a;
     small.gain = 0.05;
+    nb_repart_choice_t none = a;
+    none.changed = 0;
+    none.gain = 0;
     assert_int_equal(nb_repart_observe(&pol, 1, &a), 0);
     assert_int_equal(nb_repart_observe(&pol, 2, &a), 0);
-    assert_int_equal(nb_repart_observe(&pol, 3, &b), 0); /* another split: count restarts */
-    assert_int_equal(nb_repart_observe(&pol, 4, &b), 0);
-    assert_int_equal(nb_repart_observe(&pol, 5, &small), 0); /* under the threshold: restarts */
+    assert_int_equal(nb_repart_observe(&pol, 3, &small), 0); /* under the threshold: restarts */
+    assert_int_equal(nb_repart_observe(&pol, 4, &a), 0);
+    assert_int_equal(nb_repart_observe(&pol, 5, &none), 0); /* already best: restarts */
     assert_int_equal(nb_repart_observe(&pol, 6, &a), 0);
-    assert_int_equal(nb_repart_observe(&pol, 7, &a), 0);
-    assert_int_equal(nb_repart_observe(&pol, 8, &a), 1);
+    assert_int_equal(nb_repart_observe(&pol, 7, &b), 0); /* another better split: the count goes on */
+    assert_int_equal(nb_repart_observe(&pol, 8, &a), 1); /* and the move takes the newest */
     assert_int_equal(pol.moves, 1);
+    assert_int_equal(pol.layers[0], 3);
     /* cooldown: 10 steps from step 8 */
     for (int s = 9; s < 18; s++)
         assert_int_equal(nb_repart_observe(&pol, s, &b), 0);
