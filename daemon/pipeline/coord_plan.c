@@ -255,7 +255,7 @@ int nb_cplan_new(const nb_cfg_job_t *job, const nb_job_desc_t *desc, int m0, nb_
         /* k steps of the same better split; then the new split's own
          * measurements (a median over SIZE_OBS steps) settle first */
         nb_repart_cfg_t rc2 = { .min_gain = job->planner.repartition_min_gain, .k = cp->rcfg.k,
-                                .cooldown = cp->rcfg.k + SIZE_OBS + 1 };
+                                .cooldown = 2 * (cp->rcfg.k + SIZE_OBS) };
         if (nb_repart_init(&cp->repart, &rc2, cp->p) == 0)
             cp->repart_on = true;
     }
