@@ -86,6 +86,7 @@ static int apply_split(nb_coord_rt_t *rt)
         nb_log_error(NULL, "re-partition dropped: the planner's split does not make a layout: %s", why);
         return NB_EINVAL;
     }
+    rt->repart_old = rt->job.layout;
     rt->job.layout = l;
     return 0;
 }
@@ -105,7 +106,6 @@ void nb__coord_repart_ckpt_done(nb_coord_rt_t *rt, int64_t step, bool ok)
     }
     char split[96];
     nb_cplan_set_split(rt->plan, &rt->job);
-    nb_metrics_inc(nb_state_metrics(rt->state), rt->m_repart, 1);
     nb_log_info(NULL, "re-partition after step %lld: the checkpoint is complete; restarting the attempt on %s",
                 (long long)step, nb__coord_split_text(rt, split, sizeof split));
     nb_service_set_state(rt->svc, NB_SVC_CONNECTING, "re-partitioning: %s", split);
@@ -130,6 +130,21 @@ void nb__coord_repart_abandon(nb_coord_rt_t *rt)
     rt->repart_pending = false;
 }
 
+void nb__coord_repart_revert(nb_coord_rt_t *rt)
+{
+    if (!rt->repart_restart)
+        return;
+    rt->repart_restart = false;
+    rt->repart_on = false;
+    rt->job.layout = rt->repart_old;
+    nb_cplan_set_split(rt->plan, &rt->job);
+    rt->force_checkpoint = true; /* the same checkpoint, on the old split: every stage has its own files */
+    char split[96];
+    nb_log_warn(NULL, "re-partition undone: its attempt did not start; the job goes back to %s from the same "
+                "checkpoint and re-partitions no more (every stage's checkpoint_dir must be one shared directory; "
+                "docs/pipeline.md, \"Re-partitioning\")", nb__coord_split_text(rt, split, sizeof split));
+}
+
 bool nb__coord_repart_done(nb_coord_rt_t *rt)
 {
     if (!rt->repart_restart)
@@ -137,6 +152,7 @@ bool nb__coord_repart_done(nb_coord_rt_t *rt)
     rt->repart_restart = false;
     char split[96];
     double secs = nb_mono_s() - rt->t_repart;
+    nb_metrics_inc(nb_state_metrics(rt->state), rt->m_repart, 1);
     nb_metrics_set(nb_state_metrics(rt->state), rt->m_repart_s, secs);
     nb_log_info(NULL, "re-partitioned in %.1f s (attempt %u): %s; the job goes on at step %lld of %lld", secs,
                 rt->attempt, nb__coord_split_text(rt, split, sizeof split), (long long)rt->step + 1,

@@ -122,6 +122,7 @@ struct nb_coord_rt {
     bool repart_restart;      /* the move's attempt is being set up */
     int64_t repart_step;      /* the steps done at the move */
     int repart_layers[NB_SCHED_MAX_STAGES];
+    nb_pipe_layout_t repart_old; /* the layout before the move, for a revert */
     char repart_why[320];
     double t_repart;          /* when the move's checkpoint was asked for */
     int m_repart, m_repart_s;
@@ -200,6 +201,10 @@ bool nb__coord_repart_maybe(nb_coord_rt_t *rt);
 void nb__coord_repart_ckpt_done(nb_coord_rt_t *rt, int64_t step, bool ok);
 /* A fault ended the attempt: a move not yet under way is dropped. */
 void nb__coord_repart_abandon(nb_coord_rt_t *rt);
+/* The move's attempt did not start (a stage could not read its new
+ * tensors, or any other fault while its links came up): the job goes back
+ * to the old split, from the same checkpoint, and re-partitions no more. */
+void nb__coord_repart_revert(nb_coord_rt_t *rt);
 /* The move's attempt has its links up: log and count it. True when the
  * attempt was a move (the caller logs nothing else). */
 bool nb__coord_repart_done(nb_coord_rt_t *rt);

@@ -301,6 +301,29 @@ static int handle_job(nb_stage_rt_t *rt, compute_t *c, const char *be_why, const
             nb_host_abort_step(c->host);
         c->prepared = false;
     } else if (rc == 0) {
+        nb_host_t *moved_host = NULL;
+        if (moved) {
+            /* the new parts first, beside the old ones: when this daemon
+             * cannot read a tensor it now needs (its checkpoint_dir is not
+             * shared with the stage that wrote it), it keeps what it holds,
+             * says so (FAULT), and the coordinator goes back to the old split */
+            rc = nb_host_new_replicas(c->bes, c->n_bes, &d.layout, me, rt->cfg->data, &moved_host, err, sizeof err);
+            if (rc == 0)
+                rc = nb__stage_ckpt_restore(rt, moved_host, msg->manifest, msg->resume_step, err, sizeof err);
+            if (rc) {
+                nb_host_free(moved_host);
+                nb_log_warn(rt->cfg->coordinator.name, "re-partition refused: %s", err);
+                c->attempt = msg->attempt;
+                out_item_t *o = calloc(1, sizeof *o);
+                if (!o)
+                    return NB_ENOMEM;
+                o->kind = OUT_STATUS;
+                o->status = NEBULA__JOB_STATUS__STATE__JOB_STATE_FAULT;
+                o->attempt = msg->attempt; /* the coordinator takes a FAULT of the attempt it set up */
+                snprintf(o->text, sizeof o->text, "%s: re-partition refused: %.400s", rt->cfg->name, err);
+                return post(rt, o);
+            }
+        }
         nb__stage_ckpt_release(c);
         nb_eval_free(c->eval); /* borrows the host */
         c->eval = NULL;
@@ -310,8 +333,11 @@ static int handle_job(nb_stage_rt_t *rt, compute_t *c, const char *be_why, const
         }
         c->prepared = false;
         c->has_last_commit = false;
-        rc = nb_host_new_replicas(c->bes, c->n_bes, &d.layout, me, rt->cfg->data, &c->host, err, sizeof err);
-        if (rc == 0 && msg->resume == NEBULA__JOB__RESUME__RESUME_CHECKPOINT)
+        if (moved)
+            c->host = moved_host; /* built and restored above */
+        else if ((rc = nb_host_new_replicas(c->bes, c->n_bes, &d.layout, me, rt->cfg->data, &c->host, err,
+                                            sizeof err)) == 0 &&
+                 msg->resume == NEBULA__JOB__RESUME__RESUME_CHECKPOINT)
             rc = nb__stage_ckpt_restore(rt, c->host, msg->manifest, msg->resume_step, err, sizeof err);
         else if (rc == 0 && msg->resume_step != 0) {
             snprintf(err, sizeof err, "a fresh start at step %llu", (unsigned long long)msg->resume_step);

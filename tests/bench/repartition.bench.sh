@@ -95,6 +95,7 @@ run_job() {
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
   pids=()
   cp "$work/coord.log" "$work/coord-$name.log"
+  grep -o "re-partition after step [0-9]*: split .*faster" "$work/coord.log" | sed "s/^/# $name: /" >&2
   if grep -q "job failed" "$work/coord.log"; then
     echo "# $name: $(grep -m 1 -o 'job failed.*' "$work/coord.log")" >&2
     echo "0 0 0 -"
@@ -126,8 +127,8 @@ done
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 ratios=() jratios=()
 for i in "${!even_steady[@]}"; do
-  ratios+=("$(awk -v a="${even_steady[$i]}" -v b="${rep_steady[$i]}" 'BEGIN {printf "%.3f", b > 0 ? a / b : 0}')")
-  jratios+=("$(awk -v a="${even_all[$i]}" -v b="${rep_all[$i]}" 'BEGIN {printf "%.3f", b > 0 ? a / b : 0}')")
+  ratios+=("$(awk -v a="${even_steady[$i]}" -v b="${rep_steady[$i]}" 'BEGIN {printf "%.3f", (b > 0) ? a / b : 0}')")
+  jratios+=("$(awk -v a="${even_all[$i]}" -v b="${rep_all[$i]}" 'BEGIN {printf "%.3f", (b > 0) ? a / b : 0}')")
 done
 echo "# load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "bench repartition_vs_even_split $(median "${ratios[@]}") x"

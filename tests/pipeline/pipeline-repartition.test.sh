@@ -51,9 +51,17 @@ coord_yaml() { # $1: repartition_min_gain
     echo "    - {name: b, address: 127.0.0.1:$bp, layers: 11-11}"
   } > "$work/coord.yaml"
 }
+stage_yamls() { # $1: shared (one checkpoint_dir for both stages) or own
+  local n
+  for n in a b; do
+    local dir=run/shared-ckpt port=$ap
+    [ "$1" = shared ] || dir=run/$n-ckpt
+    [ $n = a ] || port=$bp
+    nb_stage_yaml "$work/$n.yaml" $n "127.0.0.1:$port" "127.0.0.1:$cp" 0.2 5 "checkpoint_dir: $dir"
+  done
+}
 # one checkpoint_dir for both stages: each reads the other's file after a move
-nb_stage_yaml "$work/a.yaml" a "127.0.0.1:$ap" "127.0.0.1:$cp" 0.2 5 "checkpoint_dir: run/shared-ckpt"
-nb_stage_yaml "$work/b.yaml" b "127.0.0.1:$bp" "127.0.0.1:$cp" 0.2 5 "checkpoint_dir: run/shared-ckpt"
+stage_yamls shared
 { echo "name: ref"; echo "role: train"; job_section 0.1; echo "  output: ref.weights"; } > "$work/ref.yaml"
 "$bin/nebula-train" --config "$work/ref.yaml" > "$work/ref.log" 2>&1 || fail "nebula-train: $(tail -n 3 "$work/ref.log")"
 mkdir -p "$work/run"
@@ -65,6 +73,7 @@ done_yet() {
 }
 run_job() { # $1: repartition_min_gain
   rm -rf "$work/run"/*-ckpt
+  mkdir -p "$work/run/a-ckpt" "$work/run/b-ckpt" "$work/run/shared-ckpt"
   for n in coord a b; do : > "$work/$n.log"; done
   coord_yaml "$1"
   start coord; start a; start b
@@ -76,7 +85,7 @@ run_job() { # $1: repartition_min_gain
   for p in "${pids[@]}"; do wait "$p" || true; done
   pids=()
   for n in coord a b; do cp "$work/$n.log" "$work/$n-$1.log"; done
-  "$bin/nebula-weights" compare --tol 0 "$work/ref.weights" "$work"/run/shared-ckpt/final-stage*.weights \
+  "$bin/nebula-weights" compare --tol 0 "$work/ref.weights" "$work"/run/*-ckpt/final-stage*.weights \
     > "$work/compare.log" 2>&1 || { cat "$work/compare.log"; fail "min_gain $1: final weights differ from nebula-train's"; }
 }
 
@@ -105,3 +114,17 @@ expect_no_grep "re-partition" "$work/coord.log" "2: a re-partition under a 90% t
 grep -q "^nebula_job_repartitions_total 0\$" "$work/metrics.txt" || fail "2: nebula_job_repartitions_total not 0"
 grep -q "^split     11,1 (re-partitions 0" "$work/plan.txt" || fail "2: nebulactl plan: $(head -n 4 "$work/plan.txt")"
 echo "ok 2: with repartition_min_gain 0.9 the split stays 11,1: $(grep -m 1 '^split' "$work/plan.txt")"
+
+# 3. without a shared checkpoint_dir the stage that now needs the other's
+# tensors cannot read them: it refuses the move (FAULT), keeps its parts,
+# and the job goes back to 11,1 from the same checkpoint and trains on
+stage_yamls own
+run_job 0.1
+expect_grep "re-partition after step [0-9]*: split" "$work/coord.log" "3: no re-partition decided"
+grep -q "re-partition refused: .*tensor '.*' is in no file present" "$work/a.log" "$work/b.log" ||
+  fail "3: no stage refused the move naming the missing tensor"
+expect_grep "re-partition undone: its attempt did not start; the job goes back to 2 stages, split 11,1" "$work/coord.log"
+expect_no_grep "re-partitioned in" "$work/coord.log" "3: a move took effect without a shared checkpoint_dir"
+grep -q "^nebula_job_repartitions_total 0\$" "$work/metrics.txt" || fail "3: nebula_job_repartitions_total not 0"
+grep -q "split 11,1" "$work/status.txt" || fail "3: nebulactl status: $(cat "$work/status.txt")"
+echo "ok 3: separate checkpoint_dirs: $(grep -h -m 1 -o "tensor '[^']*' is in no file present" "$work/a.log" "$work/b.log" | head -n 1); back to 11,1; final weights equal"
