@@ -34,7 +34,7 @@ export OPENBLAS_NUM_THREADS=1
 command -v taskset >/dev/null || { echo "skipped: no taskset"; exit 77; }
 [ "$(nproc)" -ge 2 ] || { echo "skipped: needs 2 CPUs (one shared with a busy loop, one not)"; exit 77; }
 . tests/support/pipeline.sh
-work=$(mktemp -d /tmp/nb-repart-bench.XXXXXX)
+work=$(mktemp -d -t nb-repart-bench.XXXXXX)
 pids=()
 hog=
 cleanup() {
