@@ -94,6 +94,15 @@ typedef struct {
 enum { NB_ADAPTER_ATTN = 1, NB_ADAPTER_XATTN = 2, NB_ADAPTER_FFN = 4 };
 /* Whether block l of cfg has an adapter after sub-layer bit `which`. */
 bool nb_model_has_adapter(const nb_model_config_t *cfg, int l, unsigned which);
+/* Sets cfg's adapters from the job's words (job.adapters, docs/config.md):
+ * size, the sub-layers they follow ("attn", "xattn", "ffn") and blocks
+ * ("all", "I" or "I-J", inclusive; NULL or "" = all). size 0 with no
+ * sub-layer = no adapters. 0, or NB_EINVAL with the reason in why (a size
+ * of 0 or wider than d_model, an unknown sub-layer, xattn in a model
+ * without cross-attention, a block the model lacks); cfg's adapter fields
+ * are then cleared. */
+int nb_model_set_adapters(nb_model_config_t *cfg, int size, const char *const *after, int n_after,
+                          const char *blocks, char *why, size_t whylen);
 
 /* NULL when cfg can work, else a static message naming the field. */
 const char *nb_model_config_validate(const nb_model_config_t *cfg);

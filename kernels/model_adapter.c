@@ -14,6 +14,8 @@
  * Shapes: N = B*T rows, C d_model, A adapter size.
  */
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include "kernels/model_impl.h"
 
 static const char *const ad_names[NB_AD_COUNT] = { "attn", "xattn", "ffn" };
@@ -84,4 +86,69 @@ const float *nb__adapter_bwd(nb_part_t *p, nb_part_acts_t *a, int i, int k, cons
     nb_be_copy(be, p->d_adz, dr, (size_t)N * (size_t)C * sizeof(float));
     nb__linear_bwd(be, p->d_adz, 1.0f, ag[NB_AD_DW], ag[NB_AD_DB], p->d_adb, s->adz[k], aw[NB_AD_DW], N, C, A);
     return p->d_adz;
+}
+
+int nb_model_set_adapters(nb_model_config_t *c, int size, const char *const *after, int n_after,
+                          const char *blocks, char *why, size_t whylen)
+{
+    c->adapter_size = 0;
+    c->adapter_after = 0;
+    c->adapter_first = c->adapter_last = 0;
+    if (size == 0 && n_after == 0)
+        return 0; /* no adapters */
+    if (size <= 0 || size > c->d_model) {
+        snprintf(why, whylen, "job.adapters.size %d: an adapter's bottleneck must be 1..d_model (%d) wide", size,
+                 c->d_model);
+        return NB_EINVAL;
+    }
+    if (n_after <= 0) {
+        snprintf(why, whylen, "job.adapters.after is empty: name the sub-layers the adapters follow (attn, xattn, ffn)");
+        return NB_EINVAL;
+    }
+    unsigned bits = 0;
+    for (int i = 0; i < n_after; i++) {
+        int k = 0;
+        while (k < NB_AD_COUNT && strcmp(after[i], ad_names[k]) != 0)
+            k++;
+        if (k == NB_AD_COUNT) {
+            snprintf(why, whylen, "job.adapters.after[%d] \"%.32s\": no such sub-layer (a block has attn, xattn in "
+                     "a decoder, and ffn)", i, after[i]);
+            return NB_EINVAL;
+        }
+        if (ad_bits[k] == NB_ADAPTER_XATTN && !c->cross_attn) {
+            snprintf(why, whylen, "job.adapters.after[%d] \"xattn\": the model's blocks have no cross-attention "
+                     "sub-layer (only a decoder's do)", i);
+            return NB_EINVAL;
+        }
+        bits |= ad_bits[k];
+    }
+    int first = 0, last = c->n_layer;
+    if (blocks && *blocks && strcmp(blocks, "all") != 0) {
+        char *end;
+        long a = strtol(blocks, &end, 10), b = a;
+        if (end != blocks && *end == '-')
+            b = strtol(end + 1, &end, 10);
+        if (end == blocks || *end || a < 0 || b < a) {
+            snprintf(why, whylen, "job.adapters.blocks \"%.32s\": write all, a block index I or a range I-J", blocks);
+            return NB_EINVAL;
+        }
+        if (b >= c->n_layer) {
+            snprintf(why, whylen, "job.adapters.blocks \"%.32s\": no block %ld (the model has blocks 0..%d)", blocks,
+                     b, c->n_layer - 1);
+            return NB_EINVAL;
+        }
+        first = (int)a;
+        last = (int)b + 1;
+    }
+    c->adapter_size = size;
+    c->adapter_after = bits;
+    c->adapter_first = first;
+    c->adapter_last = last;
+    const char *bad = nb_model_config_validate(c);
+    if (bad) {
+        c->adapter_size = 0;
+        snprintf(why, whylen, "job.adapters: %s", bad);
+        return NB_EINVAL;
+    }
+    return 0;
 }

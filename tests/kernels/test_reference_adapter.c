@@ -189,6 +189,49 @@ static void test_config_refusals(void **state)
     assert_null(nb_model_config_validate(&ok));
 }
 
+/* The job's words (job.adapters) refused with the reason. */
+static void test_job_refusals(void **state)
+{
+    (void)state;
+    struct {
+        int size;
+        const char *after[3];
+        int n;
+        const char *blocks;
+        bool cross;
+        const char *needle;
+    } bad[] = {
+        { 0, { "attn" }, 1, "all", false, "size 0" },
+        { 17, { "attn" }, 1, "all", false, "1..d_model (16)" },
+        { 4, { NULL }, 0, "all", false, "after is empty" },
+        { 4, { "attn", "mlp" }, 2, "all", false, "after[1] \"mlp\": no such sub-layer" },
+        { 4, { "xattn" }, 1, "all", false, "no cross-attention" },
+        { 4, { "ffn" }, 1, "3", false, "no block 3 (the model has blocks 0..2)" },
+        { 4, { "ffn" }, 1, "1-7", false, "no block 7" },
+        { 4, { "ffn" }, 1, "2-1", false, "I-J" },
+        { 4, { "ffn" }, 1, "top", false, "I-J" },
+    };
+    char why[300];
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        nb_model_config_t c = small(NB_MODEL_NORM_PRE);
+        c.cross_attn = bad[i].cross;
+        assert_int_equal(nb_model_set_adapters(&c, bad[i].size, bad[i].after, bad[i].n, bad[i].blocks, why,
+                                               sizeof why), NB_EINVAL);
+        printf("  refused: %s\n", why);
+        if (!strstr(why, bad[i].needle))
+            fail_msg("'%s' does not say '%s'", why, bad[i].needle);
+        assert_int_equal(c.adapter_size, 0);
+    }
+    nb_model_config_t c = small(NB_MODEL_NORM_PRE);
+    c.cross_attn = true;
+    const char *ok[] = { "xattn", "ffn" };
+    assert_int_equal(nb_model_set_adapters(&c, 16, ok, 2, "1-2", why, sizeof why), 0);
+    assert_true(c.adapter_size == 16 && c.adapter_after == (NB_ADAPTER_XATTN | NB_ADAPTER_FFN) &&
+                c.adapter_first == 1 && c.adapter_last == 3);
+    assert_int_equal(nb_model_set_adapters(&c, 0, NULL, 0, "all", why, sizeof why), 0);
+    assert_int_equal(c.adapter_size, 0);
+}
+
 /* Adapter-only fine-tuning: freeze: ["*"], trainable: ["*.ad_*"] keeps
  * gradients and optimizer state for the adapters only; the frozen saving
  * shows in nb_part_grad_bytes and the optimizer's size. */
@@ -245,6 +288,7 @@ int main(void)
         cmocka_unit_test(test_fresh_adapters_identity),
         cmocka_unit_test(test_xattn_op),
         cmocka_unit_test(test_config_refusals),
+        cmocka_unit_test(test_job_refusals),
         cmocka_unit_test(test_adapter_only_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
