@@ -208,6 +208,16 @@ for t in wte h0.qkv.w h0.fcproj.b lnf.w; do
 done
 if grep -Eq "^  h0.ad_ffn.up.w +max abs diff 0," "$work/adcmp.txt"; then fail "the adapter did not train"; fi
 grep -Eq "^  h0.ad_ffn.up.w +max abs diff" "$work/adcmp.txt" || fail "the weights files lack the adapters"
+# stop and resume give the uninterrupted run's weights; a checkpoint with
+# adapters is refused by a run with others, naming them
+mv "$work/ad.weights" "$work/ad-first.weights"
+"$train" --config "$work/ad.yaml" --steps 5 --stop-after 2 --checkpoint "$work/ad.ckpt" > /dev/null
+"$train" --config "$work/ad.yaml" --steps 5 --resume "$work/ad.ckpt" > /dev/null
+cmp "$work/ad.weights" "$work/ad-first.weights" || fail "stop and resume with adapters changed the final weights"
+sed 's/size: 4/size: 8/' "$work/ad.yaml" > "$work/ad8.yaml"
+expect_rc 78 "$train" --config "$work/ad8.yaml" --steps 5 --resume "$work/ad.ckpt" > /dev/null 2> "$work/err.txt"
+cat "$work/err.txt"
+expect_grep "model.adapters" "$work/err.txt"
 sed 's/size: 4/size: 0/' "$work/ad.yaml" > "$work/adbad.yaml"
 expect_rc 78 "$train" --config "$work/adbad.yaml" > /dev/null 2> "$work/err.txt"
 cat "$work/err.txt"
