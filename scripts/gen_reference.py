@@ -22,7 +22,9 @@ Files with bottleneck adapters (ref_*adapter*.bin) hold "adapter": i32
 [first, last)). Decoder files (ref_dec*.bin: cross-attention blocks) hold
 "cross": i32 [S], the encoder output "enc" (B,S,C) f32 that every block's
 cross-attention reads, "enc_mask" (B,S) u8 and "g.enc", the gradient of the
-loss with respect to enc.
+loss with respect to enc. ref_encdec.bin holds an encoder (a part without
+head) feeding a decoder, tensors prefixed "enc." and "dec."
+(make_encdec_case).
 Needs torch (pip install torch). The tests never run this script.
 
 Usage: python3 scripts/gen_reference.py [OUTDIR [FILE...]] writes every
@@ -97,6 +99,8 @@ def param_list(cfg):
                 A = cfg["adapter"]["size"]
                 a = h + "ad_%s." % k
                 ps += [(a + "down.w", (A, C)), (a + "down.b", (A,)), (a + "up.w", (C, A)), (a + "up.b", (C,))]
+    if cfg.get("body_only"):  # an encoder part: embedding and blocks
+        return ps
     if cfg["norm"] == NORM_PRE:
         ps += [("lnf.w", (C,)), ("lnf.b", (C,))]
     if cfg["head"] in (HEAD_LM, HEAD_MLM):
@@ -186,6 +190,8 @@ def forward(cfg, P, tokens, key_mask, targets, enc=None, enc_mask=None):
             if cfg.get("cross"):
                 x = ln(x + ad(xatt(x), "xattn"), h + "xln")
             x = ln(x + ad(lin(gelu(lin(x, h + "fc")), h + "fcproj"), "ffn"), h + "ln2")
+    if cfg.get("body_only"):
+        return x
     if cfg["norm"] == NORM_PRE:
         x = ln(x, "lnf")
     if cfg["head"] in (HEAD_LM, HEAD_MLM):
@@ -316,6 +322,82 @@ def make_case(path, cfg, B, T, seed, frozen=()):
     write_file(path, out)
 
 
+def make_encdec_case(path, ecfg, dcfg, B, S, T, seed):
+    """An encoder (a part without head) whose output feeds a decoder's
+    cross-attention, both frozen but for their adapters: one loss, the
+    gradient of every trainable tensor of both, 10 AdamW steps over both
+    (one clip norm). Tensors of each model carry the prefix "enc." or
+    "dec." ("enc.config", "dec.w.h0.qkv.w", "enc.g.h1.ad_ffn.up.w", ...);
+    "enc.config"'s T is the encoder's S."""
+    gen = torch.Generator().manual_seed(seed)
+    PE, PD = init_params(ecfg, gen), init_params(dcfg, gen)
+    Ve, Vd = ecfg["vocab"], dcfg["vocab"]
+    etok = torch.randint(0, Ve, (B, S), generator=gen)
+    emask = torch.ones(B, S, dtype=torch.uint8)
+    for b in range(1, B):
+        emask[b, S - b:] = 0
+        etok[b, S - b:] = 0
+    dtok = torch.randint(0, Vd, (B, T + 1), generator=gen)
+    targets = dtok[:, 1:].clone()
+    dtok = dtok[:, :T].clone()
+    with torch.no_grad():
+        for t in list(PE.values()) + list(PD.values()):
+            t.copy_(t.float().double())
+    for P in (PE, PD):
+        for n, t in P.items():
+            if ".ad_" not in n:
+                t.requires_grad_(False)
+
+    def run():
+        enc = forward(ecfg, PE, etok, emask, None)
+        return forward(dcfg, PD, dtok, None, targets, enc, emask)
+
+    o = dict(lr=1e-2, lr_min=1e-3, warmup=3, total=ADAM_STEPS, b1=0.9, b2=0.95, eps=1e-8, wd=0.1, clip=0.5)
+    out = []
+    for tag, cfg, Bc, Tc in (("enc", ecfg, B, S), ("dec", dcfg, B, T)):
+        conf = [cfg["n_layer"], cfg["d_model"], cfg["n_head"], cfg["d_ff"], cfg["vocab"], cfg["max_seq"],
+                int(cfg["causal"]), cfg["norm"], cfg["head"], cfg.get("n_classes", 0), int(cfg["tie"]), Bc, Tc]
+        out.append((tag + ".config", DT_I32, torch.tensor(conf, dtype=torch.int32)))
+        ad = cfg["adapter"]
+        bits = sum(b for k, b in AD_BITS if k in ad["after"])
+        out.append((tag + ".adapter", DT_I32, torch.tensor([ad["size"], bits, ad["first"], ad["last"]],
+                                                           dtype=torch.int32)))
+    out.append(("optim", DT_F32, torch.tensor([o["lr"], o["lr_min"], o["warmup"], o["total"], o["b1"],
+                                               o["b2"], o["eps"], o["wd"], o["clip"]], dtype=torch.float32)))
+    out.append(("enc.tokens", DT_I32, etok.to(torch.int32)))
+    out.append(("enc.key_mask", DT_U8, emask))
+    out.append(("dec.tokens", DT_I32, dtok.to(torch.int32)))
+    out.append(("dec.targets", DT_I32, targets.to(torch.int32)))
+    for tag, cfg, P in (("enc", ecfg, PE), ("dec", dcfg, PD)):
+        for name, _ in param_list(cfg):
+            out.append((tag + ".w." + name, DT_F32, P[name].float()))
+    logits, loss = run()
+    loss.backward()
+    out.append(("logits", DT_F32, logits.float()))
+    out.append(("loss", DT_F32, loss.detach().float().reshape(1)))
+    train = []
+    for tag, cfg, P in (("enc", ecfg, PE), ("dec", dcfg, PD)):
+        for name, _ in param_list(cfg):
+            if P[name].requires_grad:
+                out.append((tag + ".g." + name, DT_F32, P[name].grad.float()))
+                train.append(P[name])
+    groups = [{"params": [p for p in train if p.dim() == 2], "weight_decay": o["wd"]},
+              {"params": [p for p in train if p.dim() != 2], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=o["lr"], betas=(o["b1"], o["b2"]), eps=o["eps"], foreach=False)
+    losses = []
+    for step in range(ADAM_STEPS):
+        opt.zero_grad(set_to_none=False)
+        _, loss = run()
+        loss.backward()
+        losses.append(loss.item())
+        torch.nn.utils.clip_grad_norm_(train, o["clip"])
+        for g in opt.param_groups:
+            g["lr"] = lr_at(o, step)
+        opt.step()
+    out.append(("losses", DT_F32, torch.tensor(losses, dtype=torch.float32)))
+    write_file(path, out)
+
+
 def main():
     outdir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "tests", "data")
     only = set(sys.argv[2:])
@@ -376,6 +458,15 @@ def main():
     for name, cfg, B, T, seed, frozen in cases:
         if not only or name in only:
             make_case(os.path.join(outdir, name), cfg, B, T, seed, frozen)
+    # Encoder-decoder: a BERT-style encoder part (S = 6 positions, padded)
+    # with adapters after both sub-layers, and a pre-LN decoder with
+    # adapters after its cross-attention and MLP, everything else frozen:
+    # the decoder's gradient reaches the encoder's adapters through the
+    # encoder output.
+    enc = dict(bert, body_only=True, adapter=dict(size=4, after=("attn", "ffn"), first=0, last=2))
+    dec2 = dict(gpt, vocab=48, cross=6, adapter=dict(size=4, after=("xattn", "ffn"), first=0, last=2))
+    if not only or "ref_encdec.bin" in only:
+        make_encdec_case(os.path.join(outdir, "ref_encdec.bin"), enc, dec2, 3, 6, 8, 15)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@
 #include "kernels/model.h"
 #include "kernels/optim.h"
 #include "tests/support/ref_case.h"
+#include "tests/support/ref_file.h"
 
 static void test_gpt_adapter(void **state) { nb_ref_run_case("tests/data/ref_gpt_adapter.bin"); }
 static void test_bert_adapter_frozen(void **state) { nb_ref_run_case("tests/data/ref_bert_adapter_frozen.bin"); }
@@ -274,6 +275,168 @@ static void test_adapter_only_memory(void **state)
     nb_be_free(be);
 }
 
+/* ---- encoder-decoder (tests/data/ref_encdec.bin) ------------------------ */
+
+typedef struct {
+    nb_model_config_t cfg;
+    int B, T;
+    nb_part_t *p;
+    nb_part_acts_t *a;
+    nb_optim_t *o;
+} ed_model_t;
+
+static const nb_ref_tensor_t *ed_need(const nb_ref_file_t *f, const char *tag, const char *what)
+{
+    char name[160];
+    snprintf(name, sizeof name, "%s.%s", tag, what);
+    const nb_ref_tensor_t *t = nb_ref_get(f, name);
+    if (!t)
+        fail_msg("reference file lacks tensor '%s'", name);
+    return t;
+}
+
+static double ed_compare(const char *what, const float *c, const nb_ref_tensor_t *ref, double tol)
+{
+    float *r = malloc(ref->numel * sizeof(float));
+    nb_ref_floats(ref, r);
+    double maxerr = 0, maxref = 0;
+    for (size_t i = 0; i < ref->numel; i++) {
+        double e = fabs((double)c[i] - r[i]);
+        maxerr = e > maxerr || isnan(e) ? (isnan(e) ? INFINITY : e) : maxerr;
+        maxref = fmax(maxref, fabs((double)r[i]));
+    }
+    free(r);
+    double rel = maxerr / fmax(maxref, 1e-30);
+    printf("  %-24s max abs err %.3e  max |ref| %.3e  rel %.2e\n", what, maxerr, maxref, rel);
+    if (!(rel <= tol))
+        fail_msg("%s: relative error %.3e exceeds %.1e", what, rel, tol);
+    return rel;
+}
+
+/* One model of the file: its config, part, weights and frozen tensors. */
+static void ed_model(nb_backend_t *be, const nb_ref_file_t *f, const char *tag, int S, bool head, ed_model_t *m)
+{
+    int32_t c[13], ad[4];
+    nb_ref_ints(ed_need(f, tag, "config"), c);
+    nb_ref_ints(ed_need(f, tag, "adapter"), ad);
+    m->cfg = (nb_model_config_t){ .n_layer = c[0], .d_model = c[1], .n_head = c[2], .d_ff = c[3], .vocab = c[4],
+                                  .max_seq = c[5], .causal = c[6] != 0, .norm = (nb_norm_t)c[7],
+                                  .head = (nb_head_kind_t)c[8], .n_classes = c[9], .tie_embeddings = c[10] != 0,
+                                  .adapter_size = ad[0], .adapter_after = (unsigned)ad[1], .adapter_first = ad[2],
+                                  .adapter_last = ad[3], .cross_attn = S > 0 };
+    m->B = c[11];
+    m->T = c[12];
+    assert_null(nb_model_config_validate(&m->cfg));
+    nb_part_spec_t spec = nb_part_spec_full(&m->cfg);
+    spec.head = head;
+    char err[200], name[96];
+    if (nb_part_new(be, &m->cfg, &spec, 1, NULL, &m->p, err, sizeof err))
+        fail_msg("%s: %s", tag, err);
+    for (int i = 0; i < nb_part_num_tensors(m->p); i++) {
+        const nb_param_info_t *pi = nb_part_tensor(m->p, i);
+        snprintf(name, sizeof name, "w.%s", pi->name);
+        const nb_ref_tensor_t *t = ed_need(f, tag, name);
+        assert_int_equal(t->numel, pi->numel);
+        nb_ref_floats(t, nb_part_params(m->p) + pi->offset); /* CPU backend: host memory */
+    }
+    nb_freeze_spec_t fz;
+    memset(&fz, 0, sizeof fz);
+    fz.n_freeze = fz.n_trainable = 1;
+    snprintf(fz.freeze[0], sizeof fz.freeze[0], "*");
+    snprintf(fz.trainable[0], sizeof fz.trainable[0], "*.ad_*");
+    assert_int_equal(nb_part_freeze(m->p, &fz), 0);
+    assert_int_equal(S > 0 ? nb_part_acts_new_cross(m->p, m->B, m->T, S, &m->a) : nb_part_acts_new(m->p, m->B, m->T, &m->a), 0);
+}
+
+/* Encoder forward, decoder forward on its output, decoder backward, encoder
+ * backward from the decoder's gradient of the encoder output. */
+static float ed_step(ed_model_t *e, ed_model_t *d, const int32_t *etok, const uint8_t *emask, const int32_t *dtok,
+                     const int32_t *tgt)
+{
+    nb_part_zero_grad(e->p);
+    nb_part_zero_grad(d->p);
+    nb_part_input_t ein = { .tokens = etok, .key_mask = emask };
+    assert_int_equal(nb_part_forward(e->p, e->a, &ein, NULL), 0);
+    nb_part_input_t din = { .tokens = dtok, .targets = tgt, .loss_scale = 1.0f,
+                            .enc = nb_part_acts_output(e->a), .enc_mask = emask };
+    float loss;
+    assert_int_equal(nb_part_forward(d->p, d->a, &din, &loss), 0);
+    assert_int_equal(nb_part_backward(d->p, d->a, NULL), 0);
+    assert_int_equal(nb_part_backward(e->p, e->a, nb_part_acts_denc(d->a)), 0);
+    return loss;
+}
+
+/* The encoder's output feeds the decoder's cross-attention and the
+ * decoder's gradient of it drives the encoder's backward: against one
+ * PyTorch graph of both, with only the adapters of both training. */
+static void test_encdec(void **state)
+{
+    (void)state;
+    nb_ref_file_t f;
+    char err[256];
+    if (nb_ref_load("tests/data/ref_encdec.bin", &f, err, sizeof err))
+        fail_msg("%s", err);
+    nb_backend_t *be = nb_cpu_backend_new();
+    ed_model_t e, d;
+    ed_model(be, &f, "enc", 0, false, &e);
+    ed_model(be, &f, "dec", e.T, true, &d);
+    printf("tests/data/ref_encdec.bin: encoder %s-LN L=%d S=%d, decoder %s-LN L=%d T=%d, B=%d; %d + %d tensors train\n",
+           nb_norm_name(e.cfg.norm), e.cfg.n_layer, e.T, nb_norm_name(d.cfg.norm), d.cfg.n_layer, d.T, e.B,
+           nb_part_num_trainable(e.p), nb_part_num_trainable(d.p));
+    int32_t etok[64], dtok[64], tgt[64];
+    uint8_t emask[64];
+    assert_true(e.B * e.T <= 64 && d.B * d.T <= 64);
+    nb_ref_ints(ed_need(&f, "enc", "tokens"), etok);
+    nb_ref_ints(ed_need(&f, "dec", "tokens"), dtok);
+    nb_ref_ints(ed_need(&f, "dec", "targets"), tgt);
+    memcpy(emask, ed_need(&f, "enc", "key_mask")->data, (size_t)(e.B * e.T));
+    float loss = ed_step(&e, &d, etok, emask, dtok, tgt), ref_loss;
+    nb_ref_floats(nb_ref_get(&f, "loss"), &ref_loss);
+    printf("  loss %.7f vs %.7f\n", loss, ref_loss);
+    assert_true(fabs((double)loss - ref_loss) <= 1e-5 * fabs((double)ref_loss));
+    ed_compare("logits", nb_part_acts_logits(d.a, NULL, NULL), nb_ref_get(&f, "logits"), 1e-4);
+    char name[96];
+    ed_model_t *ms[2] = { &e, &d };
+    const char *tags[2] = { "enc", "dec" };
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < nb_part_num_tensors(ms[k]->p); i++) {
+            const nb_param_info_t *pi = nb_part_tensor(ms[k]->p, i);
+            if (!pi->trainable)
+                continue;
+            snprintf(name, sizeof name, "g.%s", pi->name);
+            char what[160];
+            snprintf(what, sizeof what, "%s.%s", tags[k], name);
+            ed_compare(what, nb_part_grads(ms[k]->p) + pi->grad_offset, ed_need(&f, tags[k], name), 1e-4);
+        }
+    /* 10 AdamW steps over both models, one clip norm */
+    float o[9], ref_losses[16];
+    nb_ref_floats(nb_ref_get(&f, "optim"), o);
+    nb_optim_config_t oc = { .lr = o[0], .lr_min = o[1], .warmup_steps = (int)o[2], .total_steps = (int)o[3],
+                             .beta1 = o[4], .beta2 = o[5], .eps = o[6], .weight_decay = o[7], .grad_clip = o[8] };
+    const nb_ref_tensor_t *lt = nb_ref_get(&f, "losses");
+    nb_ref_floats(lt, ref_losses);
+    assert_int_equal(nb_part_optim_new(e.p, &oc, &e.o), 0);
+    assert_int_equal(nb_part_optim_new(d.p, &oc, &d.o), 0);
+    for (int s = 0; s < (int)lt->numel; s++) {
+        loss = ed_step(&e, &d, etok, emask, dtok, tgt);
+        double ss = nb_optim_sumsq(be, nb_part_grads(e.p), nb_part_num_grads(e.p)) +
+                    nb_optim_sumsq(be, nb_part_grads(d.p), nb_part_num_grads(d.p));
+        float scale = nb_optim_clip_scale(&oc, ss);
+        printf("  adamw loss %d  %.7f vs %.7f\n", s, loss, ref_losses[s]);
+        if (!(fabs((double)loss - ref_losses[s]) <= 1e-5 * fabs((double)ref_losses[s])))
+            fail_msg("step %d: loss %.7f vs reference %.7f", s, loss, ref_losses[s]);
+        nb_optim_step(e.o, nb_part_params(e.p), nb_part_grads(e.p), (float)nb_optim_lr(&oc, s), scale);
+        nb_optim_step(d.o, nb_part_params(d.p), nb_part_grads(d.p), (float)nb_optim_lr(&oc, s), scale);
+    }
+    for (int k = 0; k < 2; k++) {
+        nb_optim_free(ms[k]->o);
+        nb_part_acts_free(ms[k]->a);
+        nb_part_free(ms[k]->p);
+    }
+    nb_be_free(be);
+    nb_ref_free(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -285,6 +448,7 @@ int main(void)
         cmocka_unit_test(test_split_bert_adapter_frozen),
         cmocka_unit_test(test_split_dec),
         cmocka_unit_test(test_split_dec_post_frozen),
+        cmocka_unit_test(test_encdec),
         cmocka_unit_test(test_fresh_adapters_identity),
         cmocka_unit_test(test_xattn_op),
         cmocka_unit_test(test_config_refusals),
