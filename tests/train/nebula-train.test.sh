@@ -218,6 +218,15 @@ sed 's/size: 4/size: 8/' "$work/ad.yaml" > "$work/ad8.yaml"
 expect_rc 78 "$train" --config "$work/ad8.yaml" --steps 5 --resume "$work/ad.ckpt" > /dev/null 2> "$work/err.txt"
 cat "$work/err.txt"
 expect_grep "model.adapters" "$work/err.txt"
+# fresh adapters on pretrained weights (a weights file of the model without
+# them): the first loss is the pretrained model's
+sed 's|  seed: 7|  seed: 7\n  init: out.weights|' "$work/ad.yaml" > "$work/adinit.yaml"
+sed 's|  seed: 7|  seed: 7\n  init: out.weights|; s/output: out.weights/output: plain.weights/' "$work/t.yaml" > "$work/plaininit.yaml"
+"$train" --config "$work/adinit.yaml" --steps 1 > "$work/adinit.txt"
+"$train" --config "$work/plaininit.yaml" --steps 1 > "$work/plaininit.txt"
+a1=$(grep -E '^step +1/1 ' "$work/adinit.txt" | awk '{print $4}')
+p1=$(grep -E '^step +1/1 ' "$work/plaininit.txt" | awk '{print $4}')
+[ -n "$a1" ] && [ "$a1" = "$p1" ] || fail "fresh adapters changed the pretrained model's loss: $a1 vs $p1"
 sed 's/size: 4/size: 0/' "$work/ad.yaml" > "$work/adbad.yaml"
 expect_rc 78 "$train" --config "$work/adbad.yaml" > /dev/null 2> "$work/err.txt"
 cat "$work/err.txt"
