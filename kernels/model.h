@@ -341,8 +341,10 @@ const float *nb_part_acts_logits(const nb_part_acts_t *a, int *rows, int *cols);
 size_t nb_part_acts_bytes(const nb_part_acts_t *a);
 /* Device bytes an acts object of shape (B,T) would take, without allocating
  * (for memory planning: m in-flight micro-batches need m of them); 0 for an
- * invalid shape. The part also keeps one backward scratch of about
- * B*T*(7C + 2F) floats, shared by all its acts. */
+ * invalid shape (a decoder part's with S = T encoder positions). The part
+ * also keeps one backward scratch of about B*T*(7C + 2F) floats (adapters
+ * add B*T*(C + 2A), cross-attention B*T*C + 2*B*S*C), shared by all its
+ * acts. */
 size_t nb_part_acts_size(const nb_part_t *p, int B, int T);
 
 #endif /* NB_MODEL_H */
