@@ -99,6 +99,16 @@ static int to_train_config(const nb_config_t *cfg, nb_train_config_t *tc, char *
         .ln_eps = (float)m->ln_eps, .gelu = m->gelu == NB_GELU_ERF ? NB_MODEL_GELU_ERF : NB_MODEL_GELU_TANH,
         .mask_token = m->mask_token,
     };
+    /* job.adapters: refused here with the reason when they do not fit the model */
+    const nb_cfg_adapters_t *ad = &j->adapters;
+    const char *after[3];
+    for (int i = 0; i < ad->n_after && i < 3; i++)
+        after[i] = ad->after[i];
+    char why[256];
+    if (nb_model_set_adapters(&tc->model, (int)ad->size, after, ad->n_after, ad->blocks, why, sizeof why)) {
+        snprintf(err, errlen, "%s: %s", cfg->path, why);
+        return -1;
+    }
     const nb_cfg_optim_t *o = &j->optimizer;
     tc->optim = (nb_optim_config_t){
         .lr = (float)o->lr, .lr_min = (float)o->min_lr, .warmup_steps = (int)o->warmup_steps,

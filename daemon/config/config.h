@@ -118,6 +118,16 @@ typedef struct {
     double repartition_min_gain; /* predicted step-time gain a new split needs */
 } nb_cfg_planner_t;
 
+/* Bottleneck adapters (job.adapters; docs/finetune.md). size 0 and no
+ * sub-layer: none. Checked against the model by nb_model_set_adapters. */
+#define NB_CFG_ADAPTER_NAME_MAX 8
+typedef struct {
+    int64_t size;                /* bottleneck width, 1..d_model */
+    int n_after;                 /* sub-layers they follow: attn, xattn, ffn */
+    char after[3][NB_CFG_ADAPTER_NAME_MAX];
+    char blocks[24];             /* "all", "I" or "I-J" */
+} nb_cfg_adapters_t;
+
 /* Held-out evaluation (roles train and coordinator; docs/config.md). */
 typedef struct {
     double fraction;             /* share of job.data's tail held out; 0 = none */
@@ -179,6 +189,7 @@ typedef struct {
     char freeze[NB_CFG_MAX_FREEZE][NB_CFG_PATTERN_MAX];
     int n_trainable;              /* job.trainable: exceptions to job.freeze */
     char trainable[NB_CFG_MAX_FREEZE][NB_CFG_PATTERN_MAX];
+    nb_cfg_adapters_t adapters;   /* job.adapters */
     nb_cfg_eval_t eval;
     nb_cfg_checkpoint_t checkpoint;
     double recovery_timeout_s;    /* how long a fault may last before the job fails */

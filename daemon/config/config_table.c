@@ -163,6 +163,20 @@ static const nb__cfg_key_t trainable_elem = {
     .name = "trainable[]", .type = NB__CFG_STR, .size = NB_CFG_PATTERN_MAX, .validate = v_pattern,
 };
 
+static const nb__cfg_key_t adapter_after_elem = {
+    .name = "after[]", .type = NB__CFG_STR, .size = NB_CFG_ADAPTER_NAME_MAX, .validate = v_name,
+};
+
+/* job.adapters: the sub-layer names and blocks are checked against the
+ * model by the job (nb_model_set_adapters) */
+static const nb__cfg_key_t adapter_keys[] = {
+    { .name = "size", .type = NB__CFG_INT, .min = 0, .max = 1048576, .def = "0", FLD(nb_cfg_adapters_t, size), .doc = "bottleneck width of each adapter, 1..d_model; 0 = no adapters" },
+    { .name = "after", .type = NB__CFG_LIST, .sub = &adapter_after_elem, .off = offsetof(nb_cfg_adapters_t, after),
+      .count_off = offsetof(nb_cfg_adapters_t, n_after), .max_items = 3, .doc = "sub-layers an adapter follows: attn, xattn (decoder blocks), ffn" },
+    { .name = "blocks", .type = NB__CFG_STR, .def = "all", FLD(nb_cfg_adapters_t, blocks), .doc = "blocks with adapters: all, I or I-J" },
+    { 0 },
+};
+
 static const nb__cfg_key_t planner_keys[] = {
     { .name = "enabled", .type = NB__CFG_BOOL, .def = "true", FLD(nb_cfg_planner_t, enabled), .doc = "let the planner choose m, schedule, codecs and split" },
     { .name = "replan_threshold", .type = NB__CFG_DOUBLE, .min = 0, .max = 10, .def = "0.2", FLD(nb_cfg_planner_t, replan_threshold), .doc = "relative drift of a measurement that triggers a re-plan" },
@@ -239,6 +253,7 @@ static const nb__cfg_key_t job_keys[] = {
       .count_off = offsetof(nb_cfg_job_t, n_freeze), .max_items = NB_CFG_MAX_FREEZE, .doc = "tensors that do not train: globs over the model's tensor names (wte, h0.*)" },
     { .name = "trainable", .type = NB__CFG_LIST, .sub = &trainable_elem, .off = offsetof(nb_cfg_job_t, trainable),
       .count_off = offsetof(nb_cfg_job_t, n_trainable), .max_items = NB_CFG_MAX_FREEZE, .doc = "exceptions to job.freeze: tensors that train although a freeze pattern matches them" },
+    { .name = "adapters", .type = NB__CFG_SECTION, .sub = adapter_keys, FLD(nb_cfg_job_t, adapters), .doc = "bottleneck adapters inside the blocks (fine-tuning)" },
     { .name = "eval", .type = NB__CFG_SECTION, .roles = C | T, .sub = eval_keys, FLD(nb_cfg_job_t, eval), .doc = "held-out evaluation" },
     { .name = "checkpoint", .type = NB__CFG_SECTION, .roles = C, .sub = checkpoint_keys, FLD(nb_cfg_job_t, checkpoint), .doc = "coordinated checkpoints" },
     { .name = "recovery_timeout_s", .type = NB__CFG_DOUBLE, .roles = C, .min = 1, .max = 1e7, .def = "600", FLD(nb_cfg_job_t, recovery_timeout_s), .doc = "how long the daemons may take to come back after a fault before the job fails" },
