@@ -670,6 +670,8 @@ static int check_job(cfg_ctx_t *c, nb_config_t *cfg)
         return fail_path(c, "job.output", "not written by a pipeline job: each stage daemon writes its part of the "
                          "model to its own checkpoint_dir as final-stageS.weights; remove job.output (only role "
                          "train, nebula-train, writes it)");
+    if (c->role == NB_ROLE_COORDINATOR && !electra && j->n_clusters == 0)
+        return fail_path(c, "job.clusters", "missing required key (role coordinator)");
     if (j->n_clusters == 0)
         return 0;
     if (j->topology == NB_TOPO_USHAPE && j->n_clusters < 2)

@@ -225,7 +225,7 @@ static const nb__cfg_key_t job_keys[] = {
     { .name = "optimizer", .type = NB__CFG_SECTION, .sub = optim_keys, FLD(nb_cfg_job_t, optimizer), .doc = "AdamW settings" },
     { .name = "codecs", .type = NB__CFG_SECTION, .sub = codec_keys, FLD(nb_cfg_job_t, codecs), .doc = "codec per direction" },
     { .name = "topology", .type = NB__CFG_ENUM, .def = "chain", .names = topo_names, FLD(nb_cfg_job_t, topology), .doc = "chain or ushape" },
-    { .name = "clusters", .type = NB__CFG_LIST, .required = C, .sub = &cluster_elem, .off = offsetof(nb_cfg_job_t, clusters),
+    { .name = "clusters", .type = NB__CFG_LIST, .sub = &cluster_elem, .off = offsetof(nb_cfg_job_t, clusters),
       .count_off = offsetof(nb_cfg_job_t, n_clusters), .max_items = NB_CFG_MAX_CLUSTERS, .doc = "ordered pipeline stages" },
     { .name = "planner", .type = NB__CFG_SECTION, .sub = planner_keys, FLD(nb_cfg_job_t, planner), .doc = "planner settings" },
     { .name = "log_every", .type = NB__CFG_INT, .min = 1, .max = 1e9, .def = "1", FLD(nb_cfg_job_t, log_every), .doc = "progress line every N steps" },

@@ -67,7 +67,7 @@ struct nb_electra_disc_rt {
     int w_rc, w_skipped, w_save_rc;
     double w_seconds;
     char w_err[1024];
-    int m_steps, m_loss, m_refused;
+    int m_steps, m_loss, m_refused, m_received;
 };
 
 static double now_s(void)
@@ -321,6 +321,7 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_t le
             rt->g[g].loss[slot] = (float)f->tensor->gen_loss;
             rt->g[g].wire[slot] = len;
             rt->rx.next[g] = s + 1;
+            nb_metrics_inc(nb_state_metrics(rt->state), rt->m_received, 1);
             try_step(rt);
         }
     } else if (f->body_case == NEBULA__FRAME__BODY_JOB_STATUS &&
@@ -498,6 +499,8 @@ int nb_electra_disc_rt_attach(nb_service_t *svc, nb_electra_disc_rt_t **out)
     rt->m_loss = nb_metrics_add(mx, "nebula_job_loss", NULL, NB_METRIC_GAUGE, "Discriminator loss of the last step");
     rt->m_refused = nb_metrics_add(mx, "nebula_electra_batches_refused_total", NULL, NB_METRIC_COUNTER,
                                    "Generator batches refused (the job then fails)");
+    rt->m_received = nb_metrics_add(mx, "nebula_electra_batches_received_total", NULL, NB_METRIC_COUNTER,
+                                    "Generator batches received and accepted");
     nb_service_set_runtime(svc, &disc_runtime, rt);
     *out = rt;
     return 0;
