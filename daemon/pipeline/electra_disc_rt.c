@@ -59,6 +59,7 @@ struct nb_electra_disc_rt {
     uint64_t done;                 /* discriminator steps done */
     double t_start;
     double wire_total, tokens_total;
+    uint64_t raw_total;
     uint64_t refused;
     float first_loss, last_loss;
     /* the step in flight (work thread writes, loop reads after it) */
@@ -217,6 +218,24 @@ static void step_done(uv_work_t *req, int status)
                      (double)wire / (double)tokens, (double)tokens / (rt->w_seconds > 0 ? rt->w_seconds : 1e-9));
         nb_log_info(NULL, "%s", line);
     }
+    nb_job_info_t ji;
+    memset(&ji, 0, sizeof ji);
+    ji.active = true;
+    ji.step = (int64_t)s + 1;
+    ji.steps = ec->steps;
+    ji.loss = rt->w_loss;
+    ji.step_time_s = rt->w_seconds;
+    ji.tokens_per_s = (double)tokens / (rt->w_seconds > 0 ? rt->w_seconds : 1e-9);
+    ji.bubble_measured = ji.bubble_predicted = -1;
+    rt->raw_total += (uint64_t)tokens * 5; /* an int32 ID and a byte flag, before the wire encoding */
+    ji.bytes_raw = rt->raw_total;
+    ji.bytes_wire = (uint64_t)rt->wire_total;
+    snprintf(ji.codec_forward, sizeof ji.codec_forward, "%s", NB_ELECTRA_CODEC);
+    snprintf(ji.codec_backward, sizeof ji.codec_backward, "none");
+    ji.micro_batches = ec->n_gen;
+    snprintf(ji.schedule, sizeof ji.schedule, "electra");
+    snprintf(ji.layers, sizeof ji.layers, "discriminator");
+    nb_state_job_update(rt->state, &ji);
     nb_metrics_t *mx = nb_state_metrics(rt->state);
     nb_metrics_inc(mx, rt->m_steps, 1);
     nb_metrics_set(mx, rt->m_loss, rt->w_loss);
@@ -362,14 +381,16 @@ static void on_closed(nb_conn_t *c, int err, void *ud)
 static void on_timer(uv_timer_t *t)
 {
     nb_electra_disc_rt_t *rt = t->data;
-    if (rt->finished || rt->failed || rt->stopping)
+    if (rt->failed || rt->stopping)
         return;
     double now = now_s();
     for (int i = 0; i < rt->ec.n_gen; i++) {
-        if (rt->g[i].conn)
+        if (rt->g[i].conn) {
+            peer_row(rt, i, "connected"); /* bytes and round trip, for the status */
             continue;
+        }
         double limit = rt->g[i].ever ? rt->cfg->job.recovery_timeout_s : rt->cfg->connect_timeout_s;
-        if (limit > 0 && now - rt->g[i].gone_at > limit) {
+        if (!rt->finished && limit > 0 && now - rt->g[i].gone_at > limit) {
             job_fail(rt, rt->g[i].ever ? "generator '%s' did not come back within %.0f s (job.recovery_timeout_s)"
                                        : "generator '%s' did not connect within %.0f s (connect_timeout_s)",
                      rt->ec.gen[i].name, limit);
