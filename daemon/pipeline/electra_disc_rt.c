@@ -127,6 +127,7 @@ static void send_job(nb_electra_disc_rt_t *rt, int i)
     j.seq_len = (uint32_t)rt->ec.seq_len;
     j.steps = (uint64_t)rt->ec.steps;
     j.your_daemon = (uint32_t)i;
+    j.recovery_timeout_s = (uint32_t)rt->cfg->job.recovery_timeout_s;
     j.electra = &st.job;
     Nebula__Frame f;
     nebula__frame__init(&f);

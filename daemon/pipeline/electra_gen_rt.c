@@ -15,6 +15,7 @@
  */
 #include <stdarg.h>
 #include <stdio.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include "daemon/log.h"
@@ -43,6 +44,10 @@ struct nb_electra_gen_rt {
     uv_loop_t *loop;
     nb_net_t *net;
     nb_conn_t *coord;
+    uv_timer_t timer;
+    double since;                  /* monotonic seconds: start, or when the coordinator went away */
+    uint32_t recovery_timeout_s;   /* from the Job: how long the coordinator may be away */
+    bool timer_open;
     bool net_open, busy, failed, done, have_job, pending_job;
     uv_work_t work;
     work_kind_t kind;
@@ -91,6 +96,13 @@ static void fail(nb_electra_gen_rt_t *rt, const char *fmt, ...)
         nb_rt_send_ctl(rt->coord, &f);
     }
     nb_service_fail(rt->svc, why);
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 static void free_payload(void *p, void *ud)
@@ -325,8 +337,10 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_t le
             fail(rt, "%s sent a pipeline job; this daemon is an ELECTRA generator (electra_generator: true)", peer);
         else if (nb_electra_job_from_msg(f->job->electra, rt->cfg->name, rt->cfg->data, &gc, &info, err, sizeof err))
             fail(rt, "%s", err);
-        else
+        else {
+            rt->recovery_timeout_s = f->job->recovery_timeout_s;
             apply_job(rt, &gc, &info);
+        }
     } else if (f->body_case == NEBULA__FRAME__BODY_ELECTRA_CREDIT) {
         if (f->electra_credit->job_id == rt->info.job_id && f->electra_credit->credit > rt->credit) {
             rt->credit = f->electra_credit->credit;
@@ -362,11 +376,26 @@ static void on_closed(nb_conn_t *c, int err, void *ud)
     if (c != rt->coord)
         return;
     rt->coord = NULL;
+    rt->since = now_s();
     nb_rt_peer_row(rt->state, rt->cfg->coordinator.name, "coordinator", rt->cfg->coordinator.address.text, "gone",
                    NULL);
     if (!rt->done && !rt->failed)
         nb_log_warn(NULL, "lost the discriminator's daemon %s (%s); redialling, the job goes on when it is back",
                     rt->cfg->coordinator.name, err ? nb_strerror(err) : "closed");
+}
+
+/* Once a second: no job within connect_timeout_s, or the coordinator away
+ * for longer than the job's recovery timeout, ends this daemon's part. */
+static void on_timer(uv_timer_t *t)
+{
+    nb_electra_gen_rt_t *rt = t->data;
+    if (rt->failed || rt->done || rt->coord)
+        return;
+    double away = now_s() - rt->since, limit = rt->have_job ? rt->recovery_timeout_s : rt->cfg->connect_timeout_s;
+    if (limit > 0 && away > limit)
+        fail(rt, rt->have_job ? "the discriminator's daemon %s did not come back within %.0f s (job.recovery_timeout_s)"
+                              : "no job from the discriminator's daemon %s within %.0f s (connect_timeout_s)",
+             rt->cfg->coordinator.name, limit);
 }
 
 /* ---- service hooks -------------------------------------------------------- */
@@ -398,6 +427,11 @@ static int rt_start(nb_service_t *svc, void *ud)
         return rc;
     }
     nb_rt_peer_row(rt->state, co->name, "coordinator", co->address.text, "dialling", NULL);
+    rt->since = now_s();
+    uv_timer_init(rt->loop, &rt->timer);
+    rt->timer.data = rt;
+    rt->timer_open = true;
+    uv_timer_start(&rt->timer, on_timer, 1000, 1000);
     nb_service_set_state(svc, NB_SVC_WAITING, "ELECTRA generator on %s; dialling the discriminator's daemon %s at %s",
                          rt->cfg->data, co->name, co->address.text);
     return 0;
@@ -407,6 +441,10 @@ static void rt_stop(nb_service_t *svc, void *ud)
 {
     (void)svc;
     nb_electra_gen_rt_t *rt = ud;
+    if (rt->timer_open) {
+        uv_close((uv_handle_t *)&rt->timer, NULL);
+        rt->timer_open = false;
+    }
     if (rt->net_open) {
         nb_net_close(rt->net, NULL, NULL);
         rt->net_open = false;

@@ -11,6 +11,11 @@
 # two steps without sending them and goes on; the job ends with the same
 # weights. Then a generator whose token file holds IDs the discriminator
 # lacks: the job fails with that generator named, and no daemon crashes.
+# Last, hostile peers (tests/pipeline/electra_rogue.py) against a running
+# job: one with a valid certificate that is no generator of the job is not
+# admitted; one under generator gpl's name sending a batch that claims
+# apache's index, one whose batch holds a token ID beyond the vocabulary:
+# each ends the job with the sender named, and the daemon exits in order.
 set -euo pipefail
 . tests/support/assert.sh
 . tests/support/pipeline.sh
@@ -18,7 +23,7 @@ build=${NB_BUILD:-build}
 bin="$build/bin"
 nb_work_init electra-dist
 nb_on_fail() { nb_tail_logs 15; }
-bash scripts/gen-certs.sh "$work/certs" disc gpl apache >/dev/null || fail "certificates"
+bash scripts/gen-certs.sh "$work/certs" disc gpl apache mallory >/dev/null || fail "certificates"
 "$bin/nebula-tokenize" /usr/share/common-licenses/GPL-3 "$work/gpl.tok" >/dev/null || fail "tokenize GPL-3"
 "$bin/nebula-tokenize" /usr/share/common-licenses/Apache-2.0 "$work/apache.tok" >/dev/null || fail "tokenize Apache-2.0"
 base=$(nb_port_base 20)
@@ -150,6 +155,43 @@ nb_wait_for 60 grep -q "job failed" "$work/disc-vocab.log" || fail "vocab: the j
 expect_grep "generator '\(gpl\|apache\)'.*vocab" "$work/disc-vocab.log"
 rc=0; wait "$pid_disc" || rc=$?
 [ "$rc" -eq 1 ] || fail "vocab: the discriminator's daemon exited with status $rc, want 1 (a failed job)"
+# a generator that failed exits 1; one that never got its job waits
+# (connect_timeout_s) and is stopped here
+for s in gpl apache; do "$bin/nebulactl" --socket "$work/run/$s.sock" stop >/dev/null 2>&1 || true; done
 for s in $pid_gpl $pid_apache; do rc=0; wait "$s" || rc=$?; [ "$rc" -le 1 ] || fail "vocab: a generator died with status $rc"; done
 pids=()
 echo "ok vocab: refused with the generator named: $(grep -o "generator '[a-z]*'[^;]*vocab [0-9]*" "$work/disc-vocab.log" | head -1)"
+
+# run 4: hostile peers
+write_configs 257
+command -v python3 >/dev/null || nb_skip "python3 not found (runs 1-3 passed)"
+rogue() { python3 tests/pipeline/electra_rogue.py "$work/certs" "$@"; }
+disc_port=$(sed -n 's/^listen: 127.0.0.1:\([0-9]*\)$/\1/p' "$work/disc.yaml")
+hostile() { # $1 name, $2 rogue's name, $3 its index, $4 the bad ID (< 200: fine), $5 what the refusal says
+  start disc "disc-$1"; start apache "apache-$1"
+  nb_wait_for 30 grep -q "state waiting" "$work/disc-$1.log" || fail "$1: the discriminator did not start"
+  rc=0; rogue "$2" "$disc_port" "$3" 3 32 "$4" > "$work/rogue-$1.log" 2>&1 || rc=$?
+  [ "$rc" -eq 0 ] || fail "$1: the rogue did not get its job (status $rc): $(cat "$work/rogue-$1.log")"
+  nb_wait_for 30 grep -q "job failed" "$work/disc-$1.log" || fail "$1: the job did not fail"
+  expect_grep "job failed: generator 'gpl'.*$5" "$work/disc-$1.log"
+  rc=0; wait "$pid_disc" || rc=$?
+  [ "$rc" -eq 1 ] || fail "$1: the discriminator's daemon exited with status $rc, want 1 (a failed job, in order)"
+  rc=0; wait "$pid_apache" || rc=$?
+  [ "$rc" -eq 1 ] || fail "$1: generator apache exited with status $rc, want 1"
+  expect_grep "the discriminator's daemon ended the job: generator 'gpl'" "$work/apache-$1.log"
+  pids=()
+  echo "ok $1: $(grep -o "job failed: .*" "$work/disc-$1.log" | head -1)"
+}
+# not a generator of the job: its TLS connection is refused, the job waits on
+start disc disc-stranger
+nb_wait_for 30 grep -q "state waiting" "$work/disc-stranger.log" || fail "stranger: the discriminator did not start"
+rc=0; rogue mallory "$disc_port" 0 3 32 1 > "$work/rogue-stranger.log" 2>&1 || rc=$?
+[ "$rc" -eq 3 ] || fail "stranger: mallory got a job (status $rc): $(cat "$work/rogue-stranger.log")"
+expect_grep "refused TLS from .*wrong_name" "$work/disc-stranger.log"
+expect_no_grep "job failed" "$work/disc-stranger.log"
+"$bin/nebulactl" --socket "$work/run/disc.sock" stop >/dev/null || fail "stranger: stop"
+wait "$pid_disc" || fail "stranger: the discriminator's daemon exited with status $?"
+pids=()
+echo "ok stranger: $(grep -m 1 -o "refused TLS from .*" "$work/disc-stranger.log")"
+hostile borrowed gpl 1 7 "claims to come from generator 1"
+hostile bad-id gpl 0 300 "sequence 0 position 5: token ID 300 outside the discriminator's vocabulary (0..256)"
