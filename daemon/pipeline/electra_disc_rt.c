@@ -57,7 +57,7 @@ struct nb_electra_disc_rt {
     nb_electra_rx_t rx;            /* what is accepted now (next steps, credit) */
     gen_peer_t g[NB_ELECTRA_MAX_GEN];
     uint64_t done;                 /* discriminator steps done */
-    double t_start;
+    double t_start, t_first;       /* start; end of step 1 */
     double wire_total, tokens_total;
     uint64_t raw_total;
     uint64_t refused;
@@ -202,8 +202,10 @@ static void step_done(uv_work_t *req, int status)
                     (unsigned long long)s + 1);
     rt->wire_total += (double)wire;
     rt->tokens_total += (double)tokens;
-    if (s == 0)
+    if (s == 0) {
         rt->first_loss = rt->w_loss;
+        rt->t_first = now_s();
+    }
     rt->last_loss = rt->w_loss;
     int every = rt->cfg->job.log_every > 0 ? (int)rt->cfg->job.log_every : 1;
     if ((s + 1) % (uint64_t)every == 0 || s == 0 || s + 1 == (uint64_t)ec->steps) {
@@ -250,10 +252,12 @@ static void step_done(uv_work_t *req, int status)
             return;
         }
         rt->finished = true;
-        double secs = now_s() - rt->t_start;
-        nb_log_info(NULL, "job done: %d steps in %.1f s: disc loss %.4f -> %.4f, %.0f discriminator tokens/s; %.3f "
-                    "wire bytes per discriminator token%s%s", ec->steps, secs, rt->first_loss, rt->last_loss,
-                    rt->tokens_total / (secs > 0 ? secs : 1e-9), rt->wire_total / rt->tokens_total,
+        double now = now_s(), secs = now - rt->t_start, after = now - rt->t_first;
+        /* steady: the steps after the first, which waits for the generators to connect and build */
+        double steady = ec->steps > 1 && after > 0 ? rt->tokens_total * (ec->steps - 1) / ec->steps / after : 0;
+        nb_log_info(NULL, "job done: %d steps in %.1f s: disc loss %.4f -> %.4f, %.0f discriminator tokens/s after "
+                    "step 1; %.3f wire bytes per discriminator token%s%s", ec->steps, secs, rt->first_loss,
+                    rt->last_loss, steady, rt->wire_total / rt->tokens_total,
                     rt->cfg->job.output[0] ? "; discriminator weights written to " : "", rt->cfg->job.output);
         nb_service_set_state(rt->svc, NB_SVC_DONE, "job done: %d steps, disc loss %.4f", ec->steps, rt->last_loss);
         send_shutdown(rt, "job done");
