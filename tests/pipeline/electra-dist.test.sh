@@ -9,7 +9,8 @@
 # Run 2 restarts a generator: it is killed (SIGKILL) after it sent two
 # batches, started again, rebuilds its generator from its seed, replays the
 # two steps without sending them and goes on; the job ends with the same
-# weights. Then a generator whose token file holds IDs the discriminator
+# weights; then the discriminator's daemon is killed and restarted: the job
+# starts over and ends equal too. Then a generator whose token file holds IDs the discriminator
 # lacks: the job fails with that generator named, and no daemon crashes.
 # Last, hostile peers (tests/pipeline/electra_rogue.py) against a running
 # job: one with a valid certificate that is no generator of the job is not
@@ -147,6 +148,21 @@ expect_grep "rebuilding it\|replaying" "$work/apache-2.log"
 stop_all restart
 compare restart
 echo "ok restart: a killed generator rejoined and replayed; losses and weights equal"
+
+# run 2b: the discriminator's daemon is killed after gpl sent two batches
+# and started again: the job starts over (a new job id) and gpl, which keeps
+# its last two batches, re-sends them; the result is the same
+rm -f "$work/run/disc.weights"
+start disc disc-dkill; start gpl gpl-drestart
+nb_wait_for 60 received || fail "disc restart: gpl's first two batches did not arrive"
+kill -9 "$pid_disc"
+wait "$pid_disc" 2>/dev/null || true
+nb_wait_for 30 grep -q "lost the discriminator's daemon" "$work/gpl-drestart.log" || fail "disc restart: gpl did not see it go"
+start disc disc-drestart; start apache apache-drestart
+nb_wait_for 120 done_or_failed disc-drestart || fail "disc restart: no 'job done' within 120 s"
+stop_all drestart
+compare drestart
+echo "ok disc restart: the job started over and ended equal to nebula-electra's"
 
 # run 3: the discriminator's vocabulary (200) lacks byte IDs the generators send
 write_configs 200
