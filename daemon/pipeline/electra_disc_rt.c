@@ -23,6 +23,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include "daemon/clock.h"
 #include "daemon/log.h"
 #include "daemon/pipeline/electra_msg.h"
 #include "daemon/pipeline/electra_rt.h"
@@ -70,13 +71,6 @@ struct nb_electra_disc_rt {
     char w_err[1024];
     int m_steps, m_loss, m_refused, m_received;
 };
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void send_shutdown(nb_electra_disc_rt_t *rt, const char *why)
 {
@@ -161,7 +155,7 @@ static void step_work(uv_work_t *req)
 {
     nb_electra_disc_rt_t *rt = req->data;
     uint64_t s = rt->done;
-    double t0 = now_s();
+    double t0 = nb_mono_s();
     rt->w_rc = nb_electra_disc_compute(rt->disc, s, rt->in, &rt->w_loss, &rt->w_acc, rt->w_err, sizeof rt->w_err);
     if (rt->w_rc == 0) {
         rt->w_skipped = nb_electra_disc_update(rt->disc, s, NULL);
@@ -171,7 +165,7 @@ static void step_work(uv_work_t *req)
     if (rt->w_rc == 0 && s + 1 == (uint64_t)rt->ec.steps && rt->cfg->job.output[0])
         rt->w_save_rc = nb_weights_save(rt->cfg->job.output, nb_electra_disc_part(rt->disc), rt->w_err,
                                         sizeof rt->w_err);
-    rt->w_seconds = now_s() - t0;
+    rt->w_seconds = nb_mono_s() - t0;
 }
 
 static void try_step(nb_electra_disc_rt_t *rt);
@@ -204,7 +198,7 @@ static void step_done(uv_work_t *req, int status)
     rt->tokens_total += (double)tokens;
     if (s == 0) {
         rt->first_loss = rt->w_loss;
-        rt->t_first = now_s();
+        rt->t_first = nb_mono_s();
     }
     rt->last_loss = rt->w_loss;
     int every = rt->cfg->job.log_every > 0 ? (int)rt->cfg->job.log_every : 1;
@@ -252,7 +246,7 @@ static void step_done(uv_work_t *req, int status)
             return;
         }
         rt->finished = true;
-        double now = now_s(), secs = now - rt->t_start, after = now - rt->t_first;
+        double now = nb_mono_s(), secs = now - rt->t_start, after = now - rt->t_first;
         /* steady: the steps after the first, which waits for the generators to connect and build */
         double steady = ec->steps > 1 && after > 0 ? rt->tokens_total * (ec->steps - 1) / ec->steps / after : 0;
         nb_log_info(NULL, "job done: %d steps in %.1f s: disc loss %.4f -> %.4f, %.0f discriminator tokens/s after "
@@ -374,7 +368,7 @@ static void on_closed(nb_conn_t *c, int err, void *ud)
     if (i < 0 || rt->g[i].conn != c)
         return;
     rt->g[i].conn = NULL;
-    rt->g[i].gone_at = now_s();
+    rt->g[i].gone_at = nb_mono_s();
     peer_row(rt, i, "gone");
     if (!rt->finished && !rt->failed && !rt->stopping)
         nb_log_warn(peer, "generator gone (%s) at discriminator step %llu; waiting up to %.0f s "
@@ -388,7 +382,7 @@ static void on_timer(uv_timer_t *t)
     nb_electra_disc_rt_t *rt = t->data;
     if (rt->failed || rt->stopping)
         return;
-    double now = now_s();
+    double now = nb_mono_s();
     for (int i = 0; i < rt->ec.n_gen; i++) {
         if (rt->g[i].conn) {
             peer_row(rt, i, "connected"); /* bytes and round trip, for the status */
@@ -471,7 +465,7 @@ static int rt_start(nb_service_t *svc, void *ud)
         return rc;
     }
     nb_net_set_job(rt->net, rt->rx.job_id);
-    rt->t_start = now_s();
+    rt->t_start = nb_mono_s();
     for (int i = 0; i < ec->n_gen; i++) {
         rt->g[i].gone_at = rt->t_start;
         peer_row(rt, i, "waiting");

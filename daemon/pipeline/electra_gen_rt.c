@@ -18,6 +18,7 @@
 #include <time.h>
 #include <stdlib.h>
 #include <string.h>
+#include "daemon/clock.h"
 #include "daemon/log.h"
 #include "daemon/pipeline/electra_msg.h"
 #include "daemon/pipeline/electra_rt.h"
@@ -96,13 +97,6 @@ static void fail(nb_electra_gen_rt_t *rt, const char *fmt, ...)
         nb_rt_send_ctl(rt->coord, &f);
     }
     nb_service_fail(rt->svc, why);
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 static void free_payload(void *p, void *ud)
@@ -376,7 +370,7 @@ static void on_closed(nb_conn_t *c, int err, void *ud)
     if (c != rt->coord)
         return;
     rt->coord = NULL;
-    rt->since = now_s();
+    rt->since = nb_mono_s();
     nb_rt_peer_row(rt->state, rt->cfg->coordinator.name, "coordinator", rt->cfg->coordinator.address.text, "gone",
                    NULL);
     if (!rt->done && !rt->failed)
@@ -391,7 +385,7 @@ static void on_timer(uv_timer_t *t)
     nb_electra_gen_rt_t *rt = t->data;
     if (rt->failed || rt->done || rt->coord)
         return;
-    double away = now_s() - rt->since, limit = rt->have_job ? rt->recovery_timeout_s : rt->cfg->connect_timeout_s;
+    double away = nb_mono_s() - rt->since, limit = rt->have_job ? rt->recovery_timeout_s : rt->cfg->connect_timeout_s;
     if (limit > 0 && away > limit)
         fail(rt, rt->have_job ? "the discriminator's daemon %s did not come back within %.0f s (job.recovery_timeout_s)"
                               : "no job from the discriminator's daemon %s within %.0f s (connect_timeout_s)",
@@ -427,7 +421,7 @@ static int rt_start(nb_service_t *svc, void *ud)
         return rc;
     }
     nb_rt_peer_row(rt->state, co->name, "coordinator", co->address.text, "dialling", NULL);
-    rt->since = now_s();
+    rt->since = nb_mono_s();
     uv_timer_init(rt->loop, &rt->timer);
     rt->timer.data = rt;
     rt->timer_open = true;
