@@ -82,7 +82,9 @@ static void side(nb_em_compute_t *c, int devices, int seqs, double flops, double
     c->seqs = seqs;
     c->flops_per_seq = flops;
     c->device_flops = s->device_flops;
-    c->overhead = 3 * LAYERS * 1e-4; /* 0.1 ms per block and pass: launches, small kernels */
+    /* 0.1 ms per block forward, 0.2 ms backward (launches, small kernels), as
+     * bench_planner.c's block_fit */
+    c->overhead = 3 * LAYERS * 1e-4;
     c->grad_bytes = s->overlap_allreduce ? 0 : grads;
     c->reduce_bw = reduce_bw(devices);
 }
