@@ -7,6 +7,8 @@
  * clusters in a pipeline and data parallel inside each (the source's 8 -> 64
  * case, which measured 4.34x); the assumptions are in dp_scaling() and
  * docs/planner.md, "Replicas". `bench_planner --dp` prints only that part.
+ * The ELECTRA topology itself (one-way token IDs, credit window) has its own
+ * model and prediction: bench_electra_plan.c.
  * Prints "bench <name> <value> <unit>". */
 #include <math.h>
 #include <stdio.h>
