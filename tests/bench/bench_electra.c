@@ -14,32 +14,40 @@
  * PRE steps of 256-token sequences.
  *
  * Downstream: which licence is a 256-byte snippet from. The discriminator's
- * body (every tensor but the head) starts a sequence classifier (seqcls
- * head, K classes), fine-tuned FT steps on POOL labelled snippets per class
- * from the training text (few labels: what pre-training is for);
- * the same model from its seeded init is fine-tuned the same steps on the
- * same batches ("scratch"). Accuracy on held-out snippets from the
- * held-out chunks. A second downstream head, "vote": the body fine-tuned with a
- * token-classification head whose every token carries the snippet's
- * class, the snippet classified by the sum of its tokens'
+ * body (every tensor but the head: embeddings, positions, every block, the
+ * final LayerNorm; asserted) starts a sequence classifier (seqcls head, K
+ * classes), fine-tuned FT steps on POOL labelled snippets per class from
+ * the training text (few labels: what pre-training is for); the same model
+ * from its seeded init is fine-tuned the same steps on the same batches
+ * ("scratch"). Accuracy on held-out snippets from the held-out chunks.
+ * SEEDS seeds (each keys the classifier's init and which snippets are
+ * labelled and batched): mean, spread and the paired gain. A second
+ * downstream head, "vote" (NB_ELECTRA_HEADS=vote or both): the body
+ * fine-tuned with a token-classification head whose every token carries
+ * the snippet's class, the snippet classified by the sum of its tokens'
  * log-probabilities (the seqcls head reads the first token alone).
+ * NB_ELECTRA_FREEZE=1 trains the head alone (a probe of the features).
  *
- * Embeddings: the same pre-training with generators as wide as the
- * discriminator (a shared embedding needs one width), tied and untied: the
- * discriminator's mean loss over the last 20 steps and the downstream
- * accuracy of each.
+ * Embeddings (NB_ELECTRA_TIED=1; two more pre-trainings): the same
+ * pre-training with generators as wide as the discriminator (a shared
+ * embedding needs one width), tied and untied: the discriminator's mean
+ * loss over the last 20 steps and the downstream accuracy of each.
  *
  * Prints bench lines: electra_downstream_acc_pretrained,
- * electra_downstream_acc_scratch, electra_downstream_vote_acc_pretrained,
- * electra_downstream_vote_acc_scratch, electra_wire_bytes_per_token,
+ * electra_downstream_acc_scratch (means over the seeds), their _sd,
+ * electra_downstream_acc_gain(_sd), electra_downstream_seeds_won,
+ * electra_pretrain_disc_loss, electra_pretrain_disc_prior (the entropy of
+ * the replaced share: a discriminator that learned nothing),
+ * electra_wire_bytes_per_token; the vote head's as
+ * electra_downstream_vote_*; NB_ELECTRA_TIED=1 adds
  * electra_disc_loss_tied, electra_disc_loss_untied,
  * electra_downstream_acc_tied, electra_downstream_acc_untied_wide.
  * NB_ELECTRA_BENCH_QUICK=1 runs a tenth of the steps (a smoke run);
- * NB_ELECTRA_PRE, NB_ELECTRA_FT (steps), NB_ELECTRA_FT_POOL and
- * NB_ELECTRA_FT_LR (fine-tuning), NB_ELECTRA_PRE_LR (the discriminator's
- * pre-training) override the
- * defaults; NB_ELECTRA_TIED=0 leaves out the tied/untied comparison;
- * NB_ELECTRA_CACHE=FILE keeps the pre-trained weights between runs.
+ * NB_ELECTRA_PRE, NB_ELECTRA_PRE_SEQS (sequences per generator and step),
+ * NB_ELECTRA_PRE_LR, NB_ELECTRA_GEN_LR (pre-training), NB_ELECTRA_FT,
+ * NB_ELECTRA_FT_BATCH, NB_ELECTRA_FT_POOL, NB_ELECTRA_FT_LR (fine-tuning)
+ * and NB_ELECTRA_SEEDS override the defaults; NB_ELECTRA_CACHE=FILE keeps
+ * the pre-trained weights between runs.
  */
 #include <math.h>
 #include <stdbool.h>
@@ -255,15 +263,23 @@ static double finetune(nb_backend_t *be, const float *w, bool vote, uint64_t see
         nb_part_spec_t ds = nb_part_spec_full(&dc);
         nb_part_t *d = NULL;
         NB_CHECK(nb_part_new(be, &dc, &ds, 11, NULL, &d, err, sizeof err) == 0);
+        int carried = 0, heads = 0;
         for (int i = 0; i < nb_part_num_tensors(p); i++) {
             const nb_param_info_t *pi = nb_part_tensor(p, i);
             int j = nb_part_find_tensor(d, pi->name);
-            if (j < 0 || strncmp(pi->name, "cls.", 4) == 0)
+            if (strncmp(pi->name, "cls.", 4) == 0) {
+                heads++;
                 continue;
+            }
+            NB_CHECK(j >= 0);
             const nb_param_info_t *di = nb_part_tensor(d, j);
             NB_CHECK(di->numel == pi->numel);
             nb_be_from_host(be, nb_part_params(p) + pi->offset, w + di->offset, pi->numel * sizeof(float));
+            carried++;
         }
+        /* every tensor but the head's two (re-initialised from the seed):
+         * embeddings, positions, every block, the final LayerNorm */
+        NB_CHECK(heads == 2 && carried == nb_part_num_tensors(p) - 2);
         nb_part_free(d);
     }
     if (FREEZE) { /* a probe: only the head trains */
@@ -450,7 +466,7 @@ int main(void)
         printf("bench electra_downstream%s_acc_scratch_sd %.3f fraction\n", v, sds);
         printf("bench electra_downstream%s_acc_gain %.3f fraction\n", v, md);
         printf("bench electra_downstream%s_acc_gain_sd %.3f fraction\n", v, sdd);
-        printf("bench electra_downstream%s_seeds_won %d of %d\n", v, wins, SEEDS);
+        printf("bench electra_downstream%s_seeds_won %d seeds\n", v, wins);
     }
     if (!isnan(loss)) {
         printf("bench electra_pretrain_disc_loss %.4f nats\n", loss);
