@@ -456,16 +456,18 @@ int main(void)
         }
         double n = SEEDS, mp = sp / n, ms = ss / n, md = dd / n;
         /* sample standard deviations over the seeds */
-        double sdp = SEEDS > 1 ? sqrt(fmax(0, (sp2 - n * mp * mp) / (n - 1))) : NAN;
-        double sds = SEEDS > 1 ? sqrt(fmax(0, (ss2 - n * ms * ms) / (n - 1))) : NAN;
-        double sdd = SEEDS > 1 ? sqrt(fmax(0, (dd2 - n * md * md) / (n - 1))) : NAN;
+        double sdp = SEEDS > 1 ? sqrt(fmax(0, (sp2 - n * mp * mp) / (n - 1))) : 0;
+        double sds = SEEDS > 1 ? sqrt(fmax(0, (ss2 - n * ms * ms) / (n - 1))) : 0;
+        double sdd = SEEDS > 1 ? sqrt(fmax(0, (dd2 - n * md * md) / (n - 1))) : 0;
         const char *v = vote ? "_vote" : "";
         printf("bench electra_downstream%s_acc_pretrained %.3f fraction\n", v, mp);
         printf("bench electra_downstream%s_acc_scratch %.3f fraction\n", v, ms);
-        printf("bench electra_downstream%s_acc_pretrained_sd %.3f fraction\n", v, sdp);
-        printf("bench electra_downstream%s_acc_scratch_sd %.3f fraction\n", v, sds);
         printf("bench electra_downstream%s_acc_gain %.3f fraction\n", v, md);
-        printf("bench electra_downstream%s_acc_gain_sd %.3f fraction\n", v, sdd);
+        if (SEEDS > 1) {
+            printf("bench electra_downstream%s_acc_pretrained_sd %.3f fraction\n", v, sdp);
+            printf("bench electra_downstream%s_acc_scratch_sd %.3f fraction\n", v, sds);
+            printf("bench electra_downstream%s_acc_gain_sd %.3f fraction\n", v, sdd);
+        }
         printf("bench electra_downstream%s_seeds_won %d seeds\n", v, wins);
     }
     if (!isnan(loss)) {
