@@ -392,9 +392,10 @@ int main(void)
         GEN_LR = (float)atof(getenv("NB_ELECTRA_GEN_LR"));
     if (getenv("NB_ELECTRA_FT_LR"))
         FT_LR = (float)atof(getenv("NB_ELECTRA_FT_LR"));
-    if (PRE < 20 || FT < 10 || !(FT_LR > 0) || !(GEN_LR > 0) || !(PRE_LR > 0) || PRE_SEQS < 1 || FT_BATCH < K || FT_BATCH > K * EVAL_PER_CLASS) {
-        printf("NB_ELECTRA_PRE >= 20, NB_ELECTRA_FT >= 10, NB_ELECTRA_FT_LR > 0, NB_ELECTRA_PRE_SEQS >= 1 and "
-               "NB_ELECTRA_FT_BATCH in %d..%d needed\n", K, K * EVAL_PER_CLASS);
+    if (PRE < 20 || FT < 10 || !(FT_LR > 0) || !(GEN_LR > 0) || !(PRE_LR > 0) || PRE_SEQS < 1 || FT_BATCH < K ||
+        FT_BATCH > K * EVAL_PER_CLASS) {
+        printf("NB_ELECTRA_PRE >= 20, NB_ELECTRA_FT >= 10, NB_ELECTRA_FT_LR, _PRE_LR and _GEN_LR > 0, "
+               "NB_ELECTRA_PRE_SEQS >= 1 and NB_ELECTRA_FT_BATCH in %d..%d needed\n", K, K * EVAL_PER_CLASS);
         return 2;
     }
     if (getenv("NB_ELECTRA_BENCH_QUICK")) {
