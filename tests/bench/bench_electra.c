@@ -14,38 +14,47 @@
  * PRE steps of 256-token sequences.
  *
  * Downstream: which licence is a 256-byte snippet from. The discriminator's
- * body (every tensor but the head) starts a sequence classifier (seqcls
- * head, K classes), fine-tuned FT steps on POOL labelled snippets per class
- * from the training text (few labels: what pre-training is for);
- * the same model from its seeded init is fine-tuned the same steps on the
- * same batches ("scratch"). Accuracy on held-out snippets from the
- * held-out chunks. A second downstream head, "vote": the body fine-tuned with a
- * token-classification head whose every token carries the snippet's
- * class, the snippet classified by the sum of its tokens'
+ * body (every tensor but the head: embeddings, positions, every block, the
+ * final LayerNorm; asserted) starts a sequence classifier (seqcls head, K
+ * classes), fine-tuned FT steps on POOL labelled snippets per class from
+ * the training text (few labels: what pre-training is for); the same model
+ * from its seeded init is fine-tuned the same steps on the same batches
+ * ("scratch"). Accuracy on held-out snippets from the held-out chunks.
+ * SEEDS seeds (each keys the classifier's init and which snippets are
+ * labelled and batched): mean, spread and the paired gain. A second
+ * downstream head, "vote" (NB_ELECTRA_HEADS=vote or both): the body
+ * fine-tuned with a token-classification head whose every token carries
+ * the snippet's class, the snippet classified by the sum of its tokens'
  * log-probabilities (the seqcls head reads the first token alone).
+ * NB_ELECTRA_FREEZE=1 trains the head alone (a probe of the features).
  *
- * Embeddings: the same pre-training with generators as wide as the
- * discriminator (a shared embedding needs one width), tied and untied: the
- * discriminator's mean loss over the last 20 steps and the downstream
- * accuracy of each.
+ * Embeddings (NB_ELECTRA_TIED=1; two more pre-trainings): the same
+ * pre-training with generators as wide as the discriminator (a shared
+ * embedding needs one width), tied and untied: the discriminator's mean
+ * loss over the last 20 steps and the downstream accuracy of each.
  *
  * Prints bench lines: electra_downstream_acc_pretrained,
- * electra_downstream_acc_scratch, electra_downstream_vote_acc_pretrained,
- * electra_downstream_vote_acc_scratch, electra_wire_bytes_per_token,
+ * electra_downstream_acc_scratch (means over the seeds), their _sd,
+ * electra_downstream_acc_gain(_sd), electra_downstream_seeds_won,
+ * electra_pretrain_disc_loss, electra_pretrain_disc_prior (the entropy of
+ * the replaced share: a discriminator that learned nothing),
+ * electra_wire_bytes_per_token; the vote head's as
+ * electra_downstream_vote_*; NB_ELECTRA_TIED=1 adds
  * electra_disc_loss_tied, electra_disc_loss_untied,
  * electra_downstream_acc_tied, electra_downstream_acc_untied_wide.
  * NB_ELECTRA_BENCH_QUICK=1 runs a tenth of the steps (a smoke run);
- * NB_ELECTRA_PRE, NB_ELECTRA_FT (steps), NB_ELECTRA_FT_POOL and
- * NB_ELECTRA_FT_LR (fine-tuning), NB_ELECTRA_PRE_LR (the discriminator's
- * pre-training) override the
- * defaults; NB_ELECTRA_TIED=0 leaves out the tied/untied comparison;
- * NB_ELECTRA_CACHE=FILE keeps the pre-trained weights between runs.
+ * NB_ELECTRA_PRE, NB_ELECTRA_PRE_SEQS (sequences per generator and step),
+ * NB_ELECTRA_PRE_LR, NB_ELECTRA_GEN_LR (pre-training), NB_ELECTRA_FT,
+ * NB_ELECTRA_FT_BATCH, NB_ELECTRA_FT_POOL, NB_ELECTRA_FT_LR (fine-tuning)
+ * and NB_ELECTRA_SEEDS override the defaults; NB_ELECTRA_CACHE=FILE keeps
+ * the pre-trained weights between runs.
  */
 #include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include "kernels/common.h"
 #include "kernels/rng.h"
@@ -56,9 +65,10 @@
 #define T 256
 static const char *const texts[K] = { "GPL-2", "GPL-3", "LGPL-2.1", "Apache-2.0" };
 static int PRE = 300, FT = 120;
-static float FT_LR = 1e-3f, PRE_LR = 1e-3f;
-static int POOL = 8; /* labelled snippets per class */
-enum { FT_BATCH = 16, EVAL_PER_CLASS = 48 };
+static float FT_LR = 1e-3f, PRE_LR = 1e-3f, GEN_LR = 2e-3f;
+static int POOL = 8, FREEZE = 0, PRE_SEQS = 2, FT_BATCH = 16, SEEDS = 3;
+static const char *HEADS = "seqcls"; /* labelled snippets per class */
+enum { EVAL_PER_CLASS = 48 };
 
 /* Each text is cut in chunks of CHUNK bytes; every HOLD-th chunk (index
  * % HOLD == HOLD - 1) is held out, the others, joined, are the training
@@ -71,6 +81,13 @@ static uint64_t n_train[K];
 static uint64_t held_first[K][64];
 static int n_held[K];
 static char pre_path[K][128];
+
+static double nb_now_s_bench(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 static int prepare(void)
 {
@@ -129,8 +146,10 @@ static nb_optim_config_t optim(float lr, int steps)
 }
 
 /* Pre-trains; the discriminator's parameters (host copy) into *w, its mean
- * loss over the last 20 steps into *loss, wire bytes per token into *wire. */
-static int pretrain(nb_backend_t *be, int gen_width, bool tied, float **w, double *loss, double *wire)
+ * loss over the last 20 steps into *loss, the loss of a discriminator that
+ * knows only the replaced share of those steps (its binary entropy: the
+ * prior) into *prior, wire bytes per token into *wire. */
+static int pretrain(nb_backend_t *be, int gen_width, bool tied, float **w, double *loss, double *prior, double *wire)
 {
     static nb_electra_config_t c;
     memset(&c, 0, sizeof c);
@@ -150,9 +169,9 @@ static int pretrain(nb_backend_t *be, int gen_width, bool tied, float **w, doubl
         g->model = (nb_model_config_t){ .n_layer = 1, .d_model = gen_width, .n_head = 2, .d_ff = 4 * gen_width,
                                         .vocab = 257, .max_seq = T, .causal = false, .norm = NB_MODEL_NORM_PRE,
                                         .head = NB_MODEL_HEAD_MLM, .tie_embeddings = true };
-        g->optim = optim(2e-3f, PRE);
+        g->optim = optim(GEN_LR, PRE);
         g->seed = 100 + (uint64_t)i;
-        g->sequences = 2;
+        g->sequences = PRE_SEQS;
     }
     nb_electra_t *e = NULL;
     char err[512];
@@ -160,8 +179,8 @@ static int pretrain(nb_backend_t *be, int gen_width, bool tied, float **w, doubl
         printf("%s\n", err);
         return 1;
     }
-    double sum = 0, bytes = 0, toks = 0;
-    int n = 0;
+    double sum = 0, bytes = 0, toks = 0, win = 0, wacc = 0, rep = 0, rtok = 0;
+    int n = 0, nwin = 0;
     for (int s = 0; s < PRE; s++) {
         nb_electra_step_t st;
         if (nb_electra_step(e, &st, err, sizeof err)) {
@@ -169,17 +188,26 @@ static int pretrain(nb_backend_t *be, int gen_width, bool tied, float **w, doubl
             nb_electra_free(e);
             return 1;
         }
-        if (s % 50 == 0 || s == PRE - 1)
-            printf("pretrain width %d %s step %d: gen loss %.3f, disc loss %.4f acc %.3f\n", gen_width,
-                   tied ? "tied" : "untied", s + 1, st.gen_loss[0], st.disc_loss, st.disc_acc);
+        win += st.disc_loss, wacc += st.disc_acc, nwin++;
+        if ((s + 1) % 50 == 0 || s == PRE - 1) {
+            printf("[%.0f s] pretrain width %d %s step %d: gen loss %.3f, disc loss %.4f acc %.3f (mean of %d)\n",
+                   nb_now_s_bench(), gen_width, tied ? "tied" : "untied", s + 1, st.gen_loss[0], win / nwin,
+                   wacc / nwin, nwin);
+            fflush(stdout);
+            win = wacc = 0, nwin = 0;
+        }
         if (s >= PRE - 20) {
             sum += st.disc_loss;
+            rep += (double)st.replaced;
+            rtok += (double)st.tokens;
             n++;
         }
         bytes += (double)st.wire_bytes;
         toks += (double)st.tokens;
     }
     *loss = sum / n;
+    double q = rep / rtok;
+    *prior = -(q * log(q) + (1 - q) * log(1 - q));
     *wire = bytes / toks;
     nb_part_t *p = nb_electra_disc_part(nb_electra_disc(e));
     size_t np = nb_part_num_params(p);
@@ -195,7 +223,7 @@ static int pretrain(nb_backend_t *be, int gen_width, bool tied, float **w, doubl
  * class's training text: few labels, much unlabelled text, the setting
  * pre-training is for. eval = true: snippet b / K of class b % K, spread
  * evenly over the class's held-out chunks. */
-static void snippets(int step, int B, bool eval, int32_t *ids, int32_t *labels)
+static void snippets(uint64_t seed, int step, int B, bool eval, int32_t *ids, int32_t *labels)
 {
     for (int b = 0; b < B; b++) {
         int cls = b % K;
@@ -210,9 +238,9 @@ static void snippets(int step, int B, bool eval, int32_t *ids, int32_t *labels)
             continue;
         } else {
             nb_rng_t r;
-            nb_rng_init(&r, 77, (uint64_t)step, (uint64_t)b);
+            nb_rng_init(&r, 77 + 1000 * seed, (uint64_t)step, (uint64_t)b);
             uint64_t j = nb_rng_below(&r, (uint64_t)POOL);
-            nb_rng_init(&r, 78, (uint64_t)cls, j);
+            nb_rng_init(&r, 78 + 1000 * seed, (uint64_t)cls, j);
             start = nb_rng_below(&r, n_train[cls] - T + 1);
         }
         for (int t = 0; t < T; t++)
@@ -223,28 +251,43 @@ static void snippets(int step, int B, bool eval, int32_t *ids, int32_t *labels)
 
 /* Fine-tunes a seqcls model started from the body of w (NULL: its seeded
  * init) and returns its held-out accuracy. */
-static double finetune(nb_backend_t *be, const float *w, bool vote)
+static double finetune(nb_backend_t *be, const float *w, bool vote, uint64_t seed)
 {
     nb_model_config_t mc = disc_model(vote ? NB_MODEL_HEAD_TOKCLS : NB_MODEL_HEAD_SEQCLS, K);
     nb_part_spec_t spec = nb_part_spec_full(&mc);
     nb_part_t *p = NULL;
     char err[256];
-    NB_CHECK(nb_part_new(be, &mc, &spec, 11, NULL, &p, err, sizeof err) == 0);
+    NB_CHECK(nb_part_new(be, &mc, &spec, 11 + 1000 * seed, NULL, &p, err, sizeof err) == 0);
     if (w) { /* the discriminator's tensors precede its head in the same layout */
         nb_model_config_t dc = disc_model(NB_MODEL_HEAD_TOKCLS, 2);
         nb_part_spec_t ds = nb_part_spec_full(&dc);
         nb_part_t *d = NULL;
         NB_CHECK(nb_part_new(be, &dc, &ds, 11, NULL, &d, err, sizeof err) == 0);
+        int carried = 0, heads = 0;
         for (int i = 0; i < nb_part_num_tensors(p); i++) {
             const nb_param_info_t *pi = nb_part_tensor(p, i);
             int j = nb_part_find_tensor(d, pi->name);
-            if (j < 0 || strncmp(pi->name, "cls.", 4) == 0)
+            if (strncmp(pi->name, "cls.", 4) == 0) {
+                heads++;
                 continue;
+            }
+            NB_CHECK(j >= 0);
             const nb_param_info_t *di = nb_part_tensor(d, j);
             NB_CHECK(di->numel == pi->numel);
             nb_be_from_host(be, nb_part_params(p) + pi->offset, w + di->offset, pi->numel * sizeof(float));
+            carried++;
         }
+        /* every tensor but the head's two (re-initialised from the seed):
+         * embeddings, positions, every block, the final LayerNorm */
+        NB_CHECK(heads == 2 && carried == nb_part_num_tensors(p) - 2);
         nb_part_free(d);
+    }
+    if (FREEZE) { /* a probe: only the head trains */
+        bool fr[256];
+        NB_CHECK(nb_part_num_tensors(p) <= 256);
+        for (int i = 0; i < nb_part_num_tensors(p); i++)
+            fr[i] = strncmp(nb_part_tensor(p, i)->name, "cls.", 4) != 0;
+        NB_CHECK(nb_part_set_frozen(p, fr) == 0);
     }
     nb_part_acts_t *a = NULL;
     int EB = K * EVAL_PER_CLASS;
@@ -257,7 +300,7 @@ static double finetune(nb_backend_t *be, const float *w, bool vote)
     int32_t *ids = malloc((size_t)EB * T * 4), *lab = malloc((size_t)EB * 4), *tl = malloc((size_t)EB * T * 4);
     int32_t *d_ids = nb_be_alloc(be, (size_t)EB * T * 4), *d_lab = nb_be_alloc(be, (size_t)EB * T * 4);
     for (int s = 0; s < FT; s++) {
-        snippets(s, FT_BATCH, false, ids, lab);
+        snippets(seed, s, FT_BATCH, false, ids, lab);
         nb_be_from_host(be, d_ids, ids, (size_t)FT_BATCH * T * 4);
         if (vote) { /* every token carries its snippet's class */
             for (int k = 0; k < FT_BATCH * T; k++)
@@ -275,7 +318,7 @@ static double finetune(nb_backend_t *be, const float *w, bool vote)
         if (s % 50 == 0 || s == FT - 1)
             printf("finetune %s%s step %d: loss %.4f\n", w ? "pretrained" : "scratch", vote ? " (vote)" : "", s + 1, l);
     }
-    snippets(0, EB, true, ids, lab);
+    snippets(seed, 0, EB, true, ids, lab);
     nb_be_from_host(be, d_ids, ids, (size_t)EB * T * 4);
     nb_part_input_t in = { .tokens = d_ids };
     NB_CHECK(nb_part_forward(p, a, &in, NULL) == 0);
@@ -329,12 +372,30 @@ int main(void)
         printf("NB_ELECTRA_FT_POOL >= 1 needed\n");
         return 2;
     }
+    if (getenv("NB_ELECTRA_SEEDS"))
+        SEEDS = atoi(getenv("NB_ELECTRA_SEEDS"));
+    if (getenv("NB_ELECTRA_HEADS"))
+        HEADS = getenv("NB_ELECTRA_HEADS");
+    if (getenv("NB_ELECTRA_FREEZE"))
+        FREEZE = atoi(getenv("NB_ELECTRA_FREEZE"));
+    if (SEEDS < 1 || (strcmp(HEADS, "seqcls") && strcmp(HEADS, "vote") && strcmp(HEADS, "both"))) {
+        printf("NB_ELECTRA_SEEDS >= 1 and NB_ELECTRA_HEADS seqcls, vote or both needed\n");
+        return 2;
+    }
+    if (getenv("NB_ELECTRA_PRE_SEQS"))
+        PRE_SEQS = atoi(getenv("NB_ELECTRA_PRE_SEQS"));
+    if (getenv("NB_ELECTRA_FT_BATCH"))
+        FT_BATCH = atoi(getenv("NB_ELECTRA_FT_BATCH"));
     if (getenv("NB_ELECTRA_PRE_LR"))
         PRE_LR = (float)atof(getenv("NB_ELECTRA_PRE_LR"));
+    if (getenv("NB_ELECTRA_GEN_LR"))
+        GEN_LR = (float)atof(getenv("NB_ELECTRA_GEN_LR"));
     if (getenv("NB_ELECTRA_FT_LR"))
         FT_LR = (float)atof(getenv("NB_ELECTRA_FT_LR"));
-    if (PRE < 20 || FT < 10 || !(FT_LR > 0)) {
-        printf("NB_ELECTRA_PRE >= 20, NB_ELECTRA_FT >= 10 and NB_ELECTRA_FT_LR > 0 needed\n");
+    if (PRE < 20 || FT < 10 || !(FT_LR > 0) || !(GEN_LR > 0) || !(PRE_LR > 0) || PRE_SEQS < 1 || FT_BATCH < K ||
+        FT_BATCH > K * EVAL_PER_CLASS) {
+        printf("NB_ELECTRA_PRE >= 20, NB_ELECTRA_FT >= 10, NB_ELECTRA_FT_LR, _PRE_LR and _GEN_LR > 0, "
+               "NB_ELECTRA_PRE_SEQS >= 1 and NB_ELECTRA_FT_BATCH in %d..%d needed\n", K, K * EVAL_PER_CLASS);
         return 2;
     }
     if (getenv("NB_ELECTRA_BENCH_QUICK")) {
@@ -346,7 +407,7 @@ int main(void)
         return rc;
     nb_backend_t *be = nb_cpu_backend_new();
     float *w = NULL, *wt = NULL, *wu = NULL;
-    double loss, wire, lt, lu, wire2;
+    double loss = NAN, prior = NAN, wire, lt, lu, pt, pu, wire2;
     /* NB_ELECTRA_CACHE=FILE: the pre-trained weights from FILE when it
      * exists (a raw float dump of an earlier run with the same settings),
      * else written there: fine-tuning variants without pre-training again */
@@ -361,7 +422,7 @@ int main(void)
         }
         fclose(cf);
     } else {
-        if ((rc = pretrain(be, 16, false, &w, &loss, &wire)))
+        if ((rc = pretrain(be, 16, false, &w, &loss, &prior, &wire)))
             return rc;
         if (cache && (cf = fopen(cache, "wb"))) {
             nb_model_config_t dc = disc_model(NB_MODEL_HEAD_TOKCLS, 2);
@@ -377,23 +438,54 @@ int main(void)
             fclose(cf);
         }
     }
-    double acc_pre = finetune(be, w, false), acc_scratch = finetune(be, NULL, false);
-    double vote_pre = finetune(be, w, true), vote_scratch = finetune(be, NULL, true);
-    printf("bench electra_downstream_acc_pretrained %.3f fraction\n", acc_pre);
-    printf("bench electra_downstream_acc_scratch %.3f fraction\n", acc_scratch);
-    printf("bench electra_downstream_vote_acc_pretrained %.3f fraction\n", vote_pre);
-    printf("bench electra_downstream_vote_acc_scratch %.3f fraction\n", vote_scratch);
+    /* seeds: each keys the classifier's init (scratch: the whole model;
+     * pre-trained: its head) and which labelled snippets and batches it
+     * gets; both arms of a seed see the same batches */
+    for (int vote = 0; vote < 2; vote++) {
+        if ((vote && !strcmp(HEADS, "seqcls")) || (!vote && !strcmp(HEADS, "vote")))
+            continue;
+        double sp = 0, ss = 0, sp2 = 0, ss2 = 0, dd = 0, dd2 = 0;
+        int wins = 0;
+        for (int sd = 0; sd < SEEDS; sd++) {
+            double t0 = nb_now_s_bench();
+            double a1 = finetune(be, w, vote, (uint64_t)sd), a2 = finetune(be, NULL, vote, (uint64_t)sd);
+            printf("seed %d %s%s: pretrained %.3f scratch %.3f (%.0f s)\n", sd, vote ? "vote" : "seqcls",
+                   FREEZE ? " (body frozen)" : "", a1, a2, nb_now_s_bench() - t0);
+            fflush(stdout);
+            sp += a1, sp2 += a1 * a1, ss += a2, ss2 += a2 * a2, dd += a1 - a2, dd2 += (a1 - a2) * (a1 - a2);
+            wins += a1 > a2;
+        }
+        double n = SEEDS, mp = sp / n, ms = ss / n, md = dd / n;
+        /* sample standard deviations over the seeds */
+        double sdp = SEEDS > 1 ? sqrt(fmax(0, (sp2 - n * mp * mp) / (n - 1))) : 0;
+        double sds = SEEDS > 1 ? sqrt(fmax(0, (ss2 - n * ms * ms) / (n - 1))) : 0;
+        double sdd = SEEDS > 1 ? sqrt(fmax(0, (dd2 - n * md * md) / (n - 1))) : 0;
+        const char *v = vote ? "_vote" : "";
+        printf("bench electra_downstream%s_acc_pretrained %.3f fraction\n", v, mp);
+        printf("bench electra_downstream%s_acc_scratch %.3f fraction\n", v, ms);
+        printf("bench electra_downstream%s_acc_gain %.3f fraction\n", v, md);
+        if (SEEDS > 1) {
+            printf("bench electra_downstream%s_acc_pretrained_sd %.3f fraction\n", v, sdp);
+            printf("bench electra_downstream%s_acc_scratch_sd %.3f fraction\n", v, sds);
+            printf("bench electra_downstream%s_acc_gain_sd %.3f fraction\n", v, sdd);
+        }
+        printf("bench electra_downstream%s_seeds_won %d seeds\n", v, wins);
+    }
+    if (!isnan(loss)) {
+        printf("bench electra_pretrain_disc_loss %.4f nats\n", loss);
+        printf("bench electra_pretrain_disc_prior %.4f nats\n", prior);
+    }
     printf("bench electra_wire_bytes_per_token %.3f bytes\n", wire);
     fflush(stdout);
     const char *tied = getenv("NB_ELECTRA_TIED");
-    if (tied && !strcmp(tied, "0"))
+    if (!tied || strcmp(tied, "1"))
         goto out;
-    if ((rc = pretrain(be, 64, true, &wt, &lt, &wire2)) || (rc = pretrain(be, 64, false, &wu, &lu, &wire2)))
+    if ((rc = pretrain(be, 64, true, &wt, &lt, &pt, &wire2)) || (rc = pretrain(be, 64, false, &wu, &lu, &pu, &wire2)))
         return rc;
     printf("bench electra_disc_loss_tied %.4f nats\n", lt);
     printf("bench electra_disc_loss_untied %.4f nats\n", lu);
-    printf("bench electra_downstream_acc_tied %.3f fraction\n", finetune(be, wt, false));
-    printf("bench electra_downstream_acc_untied_wide %.3f fraction\n", finetune(be, wu, false));
+    printf("bench electra_downstream_acc_tied %.3f fraction\n", finetune(be, wt, false, 0));
+    printf("bench electra_downstream_acc_untied_wide %.3f fraction\n", finetune(be, wu, false, 0));
 out:
     for (int i = 0; i < K; i++) {
         unlink(pre_path[i]);
