@@ -38,7 +38,7 @@
  * electra_downstream_acc_gain(_sd), electra_downstream_seeds_won,
  * electra_pretrain_disc_loss, electra_pretrain_disc_prior (the entropy of
  * the replaced share: a discriminator that learned nothing),
- * electra_wire_bytes_per_token; the vote head's as
+ * electra_encoded_bytes_per_token; the vote head's as
  * electra_downstream_vote_*; NB_ELECTRA_TIED=1 adds
  * electra_disc_loss_tied, electra_disc_loss_untied,
  * electra_downstream_acc_tied, electra_downstream_acc_untied_wide.
@@ -475,7 +475,7 @@ int main(void)
         printf("bench electra_pretrain_disc_loss %.4f nats\n", loss);
         printf("bench electra_pretrain_disc_prior %.4f nats\n", prior);
     }
-    printf("bench electra_wire_bytes_per_token %.3f bytes\n", wire);
+    printf("bench electra_encoded_bytes_per_token %.3f bytes\n", wire);
     fflush(stdout);
     const char *tied = getenv("NB_ELECTRA_TIED");
     if (!tied || strcmp(tied, "1"))
