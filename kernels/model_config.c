@@ -34,6 +34,12 @@ const char *nb_model_config_validate(const nb_model_config_t *c)
         return "gelu must be tanh or erf";
     if (c->mask_token < 0 || c->mask_token >= c->vocab)
         return "mask_token must be in 0..vocab-1 (0: vocab - 1)";
+    if (c->lowrank_rank < 0)
+        return "lowrank_rank must be >= 0 (0: no low-rank split)";
+    if (c->lowrank_rank > 0 && (c->lowrank_block < 0 || c->lowrank_block >= c->n_layer))
+        return "lowrank_block must be a block of the model (0..n_layer-1)";
+    if (c->lowrank_rank > c->d_model || c->lowrank_rank > c->d_ff)
+        return "lowrank_rank must be at most min(d_model, d_ff), the rank of the split layer";
     switch (c->head) {
     case NB_MODEL_HEAD_LM:
     case NB_MODEL_HEAD_MLM:

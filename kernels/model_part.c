@@ -57,7 +57,7 @@ static int add_tensor(nb_part_t *p, int cap, const char *name, int ndim, int64_t
 
 int nb__part_layout_cap(const nb_part_spec_t *spec)
 {
-    return NB_E_COUNT + NB_H_COUNT + (spec->last - spec->first) * NB_B_COUNT;
+    return NB_E_COUNT + NB_H_COUNT + (spec->last - spec->first) * NB_B_COUNT + NB_LR_COUNT;
 }
 
 /* Lists the part's tensors in buffer order (docs/model.md). */
@@ -79,13 +79,19 @@ int nb__part_build_layout(nb_part_t *p, int cap)
         "ln1.w", "ln1.b", "qkv.w", "qkv.b", "proj.w", "proj.b",
         "ln2.w", "ln2.b", "fc.w", "fc.b", "fcproj.w", "fcproj.b",
     };
+    if (p->lr_mode == NB_LR_UPPER) /* the rest of the split block below */
+        rc |= nb__lowrank_layout(p, cap, c->lowrank_block, add_tensor);
     for (int l = p->spec.first; l < p->spec.last; l++) {
         int64_t rows[NB_B_COUNT] = { C, C, 3 * C, 3 * C, C, C, C, C, F, F, C, C };
         int64_t cols[NB_B_COUNT] = { 0, 0, C, 0, C, 0, 0, 0, C, 0, F, 0 };
         for (int t = 0; t < NB_B_COUNT; t++) {
+            if (nb__lowrank_skips(p, l, t))
+                continue;
             snprintf(name, sizeof name, "h%d.%s", l, bn[t]);
             rc |= add_tensor(p, cap, name, cols[t] ? 2 : 1, rows[t], cols[t], (uint32_t)l, (uint32_t)t);
         }
+        if (c->lowrank_rank > 0 && l == c->lowrank_block)
+            rc |= nb__lowrank_layout(p, cap, l, add_tensor);
     }
     p->head_offset = p->n_params;
     if (p->spec.head) {
@@ -114,6 +120,8 @@ void nb__part_resolve(nb_part_t *p)
         if (key == NB_INIT_KEY_HEAD && !head_seen) {
             p->head_goff = go;
             head_seen = true;
+        } else if (key == NB_INIT_KEY_LOWRANK && id == NB_LR_S && p->lr_mode == NB_LR_UPPER) {
+            p->lr_goff = go; /* the first tensor of a part beginning at the factor */
         } else if (key < NB_INIT_KEY_EMBED && id == 0) {
             p->blocks[key - (uint32_t)p->spec.first].goff = go;
         }
@@ -125,6 +133,9 @@ void nb__part_resolve(nb_part_t *p)
         } else if (key == NB_INIT_KEY_HEAD) {
             p->hw[id] = w;
             p->hg[id] = g;
+        } else if (key == NB_INIT_KEY_LOWRANK) {
+            p->lrw[id] = w;
+            p->lrg[id] = g;
         } else {
             nb_block_ptrs_t *b = &p->blocks[key - (uint32_t)p->spec.first];
             b->w[id] = w;
@@ -158,6 +169,7 @@ int nb_part_init_params(nb_part_t *p, uint64_t seed)
         uint32_t key = p->init_key[i], id = p->init_id[i];
         bool ln_weight = (key == NB_INIT_KEY_EMBED && id == NB_E_LNW) ||
                          (key == NB_INIT_KEY_HEAD && id == NB_H_LNFW) ||
+                         (key == NB_INIT_KEY_LOWRANK && id == NB_LR_LN2W) ||
                          (key < NB_INIT_KEY_EMBED && (id == NB_B_LN1W || id == NB_B_LN2W));
         if (t->ndim == 2) {
             nb_rng_t r;
@@ -183,7 +195,8 @@ static bool config_equal(const nb_model_config_t *a, const nb_model_config_t *b)
            a->d_ff == b->d_ff && a->vocab == b->vocab && a->max_seq == b->max_seq && a->causal == b->causal &&
            a->norm == b->norm && a->head == b->head && a->n_classes == b->n_classes &&
            a->tie_embeddings == b->tie_embeddings && nb_model_ln_eps(a) == nb_model_ln_eps(b) &&
-           a->gelu == b->gelu;
+           a->gelu == b->gelu && a->lowrank_rank == b->lowrank_rank &&
+           (a->lowrank_rank == 0 || a->lowrank_block == b->lowrank_block);
 }
 
 int nb_part_new(nb_backend_t *be, const nb_model_config_t *cfg, const nb_part_spec_t *spec,
@@ -248,6 +261,7 @@ int nb_part_new(nb_backend_t *be, const nb_model_config_t *cfg, const nb_part_sp
     p->cfg = *cfg;
     p->cfg.ln_eps = nb_model_ln_eps(cfg); /* 0 means the default: store what it means */
     p->spec = *spec;
+    p->lr_mode = nb__lowrank_mode(cfg, spec);
     int nblk = spec->last - spec->first;
     int cap = nb__part_layout_cap(spec);
     p->info = calloc((size_t)cap, sizeof *p->info);
@@ -444,6 +458,17 @@ static void carve_acts(nb_part_acts_t *a, carver_t *cv)
         b->fch = carve(cv, mul_sat(mul_sat(BT, (size_t)c->d_ff), fl));
         b->fchg = carve(cv, mul_sat(mul_sat(BT, (size_t)c->d_ff), fl));
         b->res2 = carve(cv, mul_sat(BTC, fl));
+    }
+    if (p->lr_mode != NB_LR_NONE) { /* low-rank split: model_lowrank.c */
+        size_t BTR = mul_sat(BT, (size_t)c->lowrank_rank);
+        a->lr_z = carve(cv, mul_sat(BTR, fl));
+        a->lr_s = carve(cv, mul_sat(BTR, fl));
+        if (p->lr_mode == NB_LR_UPPER) {
+            a->lr_y = carve(cv, mul_sat(BTC, fl));
+            a->lr_ln = carve(cv, mul_sat(BTC, fl));
+            a->lr_mean = carve(cv, mul_sat(BT, fl));
+            a->lr_rstd = carve(cv, mul_sat(BT, fl));
+        }
     }
     if (p->spec.head) {
         if (head_has_lnf(c)) {
