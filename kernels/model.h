@@ -348,10 +348,11 @@ int nb_lowrank_check(const nb_model_config_t *cfg, char *why, size_t whylen);
 int nb_lowrank_svd(const float *w, int m, int n, int r, float *u, float *s, float *v);
 /* Initialises the part dst of a low-rank model from dense, a part of the
  * same model without the split (lowrank_rank 0) that holds every block
- * of dst (both on host-readable backends): each tensor of dst takes the
- * tensor of the same name of dense, and hk.fcproj.u/.s/.v the truncated
- * SVD of dense's hk.fcproj.w. Errors: NB_EINVAL (dense lacks a tensor
- * or differs in shape: named in err), NB_ENOMEM, NB_EIO. */
+ * of dst: each tensor of dst takes the tensor of the same name of dense
+ * (one dense lacks, e.g. a new classifier head, keeps its seeded init),
+ * and hk.fcproj.u/.s/.v the truncated SVD of dense's hk.fcproj.w. With
+ * lowrank_rank 0 it only copies. Errors: NB_EINVAL (a tensor of another
+ * shape, or dense lacks hk.fcproj.w: named in err), NB_ENOMEM, NB_EIO. */
 int nb_part_lowrank_init(nb_part_t *dst, nb_part_t *dense, char *err, size_t errlen);
 
 #endif /* NB_MODEL_H */

@@ -296,13 +296,14 @@ out:
     return rc;
 }
 
-/* Copies n floats of tensor name from src (device) to dst (device) via host. */
+/* Copies tensor di of dst from the tensor of src with its name, via the host. */
 static int copy_tensor(nb_part_t *dst, const nb_param_info_t *di, nb_part_t *src, char *err, size_t errlen)
 {
     int si = nb_part_find_tensor(src, di->name);
-    if (si < 0 || nb_part_tensor(src, si)->numel != di->numel) {
-        snprintf(err, errlen, "low-rank init: the dense model %s tensor %s", si < 0 ? "lacks" : "has another shape for",
-                 di->name);
+    if (si < 0)
+        return 0; /* a tensor the dense model lacks (a new head) keeps its init */
+    if (nb_part_tensor(src, si)->numel != di->numel) {
+        snprintf(err, errlen, "low-rank init: the dense model has another shape for tensor %s", di->name);
         return NB_EINVAL;
     }
     float *h = malloc(di->numel * sizeof(float));
