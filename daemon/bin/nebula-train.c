@@ -50,6 +50,7 @@
 #include "daemon/service/device.h"
 #include "daemon/config/config.h"
 #include "daemon/log.h"
+#include "daemon/pipeline/job.h"
 #include "daemon/train/hf_model.h"
 #include "daemon/train/trainer.h"
 #include "daemon/train/checkpoint.h"
@@ -99,6 +100,8 @@ static int to_train_config(const nb_config_t *cfg, nb_train_config_t *tc, char *
         .ln_eps = (float)m->ln_eps, .gelu = m->gelu == NB_GELU_ERF ? NB_MODEL_GELU_ERF : NB_MODEL_GELU_TANH,
         .mask_token = m->mask_token,
     };
+    if (nb_job_lowrank_from_cfg(j, &tc->model, err, errlen))
+        return -1;
     const nb_cfg_optim_t *o = &j->optimizer;
     tc->optim = (nb_optim_config_t){
         .lr = (float)o->lr, .lr_min = (float)o->min_lr, .warmup_steps = (int)o->warmup_steps,

@@ -74,6 +74,8 @@ void nb_job_model_digest(const nb_model_config_t *m, char out[17])
         n += snprintf(text + n, sizeof text - (size_t)n, ";ln_eps=%a;gelu=%d", (double)eps, (int)m->gelu);
     if (nb_model_mask_token(m) != m->vocab - 1)
         n += snprintf(text + n, sizeof text - (size_t)n, ";mask=%d", nb_model_mask_token(m));
+    if (m->lowrank_rank > 0) /* job.lowrank: another model */
+        n += snprintf(text + n, sizeof text - (size_t)n, ";lowrank=%d,%d", m->lowrank_block, m->lowrank_rank);
     uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a 64 */
     for (int i = 0; i < n; i++) {
         h ^= (uint8_t)text[i];
@@ -111,6 +113,13 @@ const char *nb_job_head_unsupported(nb_head_kind_t head)
     return "unknown head";
 }
 
+int nb_job_lowrank_from_cfg(const nb_cfg_job_t *job, nb_model_config_t *model, char *err, size_t errlen)
+{
+    model->lowrank_block = job->lowrank.rank > 0 ? job->lowrank.block : 0;
+    model->lowrank_rank = job->lowrank.rank;
+    return nb_lowrank_check(model, err, errlen);
+}
+
 int nb_job_from_cfg(const nb_cfg_job_t *job, int m, uint64_t job_id, nb_job_desc_t *out,
                     char *err, size_t errlen)
 {
@@ -125,6 +134,8 @@ int nb_job_from_cfg(const nb_cfg_job_t *job, int m, uint64_t job_id, nb_job_desc
         snprintf(err, errlen, "job.model: %s", nb_model_config_validate(&l->model) ?: "unknown head");
         return NB_EINVAL;
     }
+    if (nb_job_lowrank_from_cfg(job, &l->model, err, errlen))
+        return NB_EINVAL;
     const char *head_why = nb_job_head_unsupported(l->model.head);
     if (head_why) {
         snprintf(err, errlen, "job.model.head: %s", head_why);
@@ -202,6 +213,8 @@ void nb_job_to_msg(const nb_job_desc_t *d, int daemon, nb_job_msg_store_t *st, N
     st->model.ln_eps = nb_model_ln_eps(&l->model);
     st->model.gelu = (uint32_t)l->model.gelu;
     st->model.mask_token = (uint32_t)l->model.mask_token;
+    st->model.lowrank_block = (uint32_t)l->model.lowrank_block;
+    st->model.lowrank_rank = (uint32_t)l->model.lowrank_rank;
     nebula__optim_config__init(&st->optim);
     st->optim.lr = l->optim.lr;
     st->optim.lr_min = l->optim.lr_min;
@@ -270,7 +283,7 @@ int nb_job_from_msg(const Nebula__Job *msg, nb_job_desc_t *out, int *your_daemon
     /* bounds before any arithmetic: every value fits an int comfortably */
     if (m->n_layer > 4096 || m->d_model > 65536 || m->n_head > 4096 || m->d_ff > 262144 ||
         m->vocab > (1u << 24) || m->max_seq > 65536 || m->norm > 1 || m->head > 3 || m->n_classes > 65536 ||
-        m->gelu > 1 || m->mask_token > (1u << 24))
+        m->gelu > 1 || m->mask_token > (1u << 24) || m->lowrank_block > 4096 || m->lowrank_rank > 65536)
         BAD(NB_EFORMAT, "job: model config out of range");
     l->model = (nb_model_config_t){ .n_layer = (int)m->n_layer, .d_model = (int)m->d_model,
                                     .n_head = (int)m->n_head, .d_ff = (int)m->d_ff,
@@ -278,7 +291,11 @@ int nb_job_from_msg(const Nebula__Job *msg, nb_job_desc_t *out, int *your_daemon
                                     .causal = m->causal, .norm = (nb_norm_t)m->norm,
                                     .head = (nb_head_kind_t)m->head, .n_classes = (int)m->n_classes,
                                     .tie_embeddings = m->tie_embeddings, .ln_eps = m->ln_eps,
-                                    .gelu = (nb_gelu_t)m->gelu, .mask_token = (int)m->mask_token };
+                                    .gelu = (nb_gelu_t)m->gelu, .mask_token = (int)m->mask_token,
+                                    .lowrank_block = (int)m->lowrank_block, .lowrank_rank = (int)m->lowrank_rank };
+    char lwhy[200]; /* the split first: its reason names job.lowrank */
+    if (nb_lowrank_check(&l->model, lwhy, sizeof lwhy))
+        BAD(NB_EINVAL, "job: %s", lwhy);
     const char *why = nb_model_config_validate(&l->model);
     if (why)
         BAD(NB_EINVAL, "job: %s", why);
