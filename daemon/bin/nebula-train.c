@@ -52,6 +52,7 @@
 #include "daemon/log.h"
 #include "daemon/pipeline/job.h"
 #include "daemon/train/hf_model.h"
+#include "daemon/train/lowrank_init.h"
 #include "daemon/train/trainer.h"
 #include "daemon/train/checkpoint.h"
 #include "daemon/train/weights.h"
@@ -263,7 +264,7 @@ int main(int argc, char **argv)
         return rc == NB_EINVAL ? NB_CFG_EXIT_CONFIG : 1;
     }
     if (cfg.job.init[0] && !resume) {
-        if ((rc = nb_hf_init_part(cfg.job.init, nb_trainer_part(tr), log_note, NULL, err, sizeof err)) != 0) {
+        if ((rc = nb_lowrank_init_part(cfg.job.init, nb_trainer_part(tr), log_note, NULL, err, sizeof err)) != 0) {
             nb_log_error(NULL, "%s: job.init: %s", config_path, err);
             nb_trainer_free(tr);
             nb_be_free(be);
