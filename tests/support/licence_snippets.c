@@ -2,6 +2,7 @@
  * licence_snippets.c - the licence classification task; see
  * licence_snippets.h.
  */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,18 +46,19 @@ static int read_file(const char *path, char **out, size_t *n)
     char *buf = malloc(cap);
     while (buf && (got = fread(buf + len, 1, cap - len, f)) > 0) {
         len += got;
-        if (len == cap) {
-            char *nb = realloc(buf, cap *= 2);
-            if (!nb) {
-                free(buf);
-                buf = NULL;
-            }
-            buf = nb;
-        }
+        if (len < cap)
+            continue;
+        char *grown = realloc(buf, cap *= 2);
+        if (!grown)
+            free(buf);
+        buf = grown;
     }
+    bool bad = ferror(f);
     fclose(f);
-    if (!buf)
+    if (!buf || bad) {
+        free(buf);
         return -1;
+    }
     *out = buf;
     *n = len;
     return 0;
