@@ -96,6 +96,8 @@ typedef enum {
     NB_OP_ADAMW,
     NB_OP_GELU_ERF_FWD,
     NB_OP_GELU_ERF_BWD,
+    NB_OP_XATTN_FWD,
+    NB_OP_XATTN_BWD,
     NB_OP_COUNT
 } nb_op_t;
 
@@ -146,6 +148,10 @@ typedef struct nb_backend_i {
     void (*attention_bwd)(nb_backend_t *be, float *dqkv, const float *dout,
                           const float *qkv, const float *att, const uint8_t *key_mask,
                           bool causal, int B, int T, int C, int NH);
+    void (*xattn_fwd)(nb_backend_t *be, float *out, float *att, const float *q, const float *kv,
+                      const uint8_t *key_mask, int B, int T, int S, int C, int NH);
+    void (*xattn_bwd)(nb_backend_t *be, float *dq, float *dkv, const float *dout, const float *q,
+                      const float *kv, const float *att, int B, int T, int S, int C, int NH);
     void (*xent_fwd_bwd)(nb_backend_t *be, float *losses, float *dlogits,
                          const float *logits, const int32_t *targets,
                          float dloss_scale, int N, int V);
@@ -268,6 +274,19 @@ static inline void nb_attention_bwd(nb_backend_t *be, float *dqkv, const float *
                                     const float *att, const uint8_t *key_mask, bool causal,
                                     int B, int T, int C, int NH)
 { NB_CHECK(be->iface->attention_bwd); be->iface->attention_bwd(be, dqkv, dout, qkv, att, key_mask, causal, B, T, C, NH); }
+/* Cross-attention (decoder to encoder): q (B,T,C) of the decoder, kv (B,S,2C)
+ * packed [k|v] from the encoder's states -> out (B,T,C); att (B,NH,T,S) holds
+ * the softmax probabilities for backward. key_mask (B,S), may be NULL: 0 =
+ * padding position of the encoder, never attended to. No causal mask: every
+ * decoder position sees the whole encoder output. */
+static inline void nb_xattn_fwd(nb_backend_t *be, float *out, float *att, const float *q, const float *kv,
+                                const uint8_t *key_mask, int B, int T, int S, int C, int NH)
+{ NB_CHECK(be->iface->xattn_fwd); be->iface->xattn_fwd(be, out, att, q, kv, key_mask, B, T, S, C, NH); }
+/* dq (B,T,C) and dkv (B,S,2C) += gradients of cross-attention given dout
+ * (B,T,C). Accumulates. */
+static inline void nb_xattn_bwd(nb_backend_t *be, float *dq, float *dkv, const float *dout, const float *q,
+                                const float *kv, const float *att, int B, int T, int S, int C, int NH)
+{ NB_CHECK(be->iface->xattn_bwd); be->iface->xattn_bwd(be, dq, dkv, dout, q, kv, att, B, T, S, C, NH); }
 /* Softmax cross-entropy over logits (N,V). losses (N) gets -log p[target];
  * targets < 0 are ignored (loss 0, zero gradient). dlogits (N,V), if not NULL,
  * is *overwritten* with dloss_scale * (softmax - onehot) for each counted row;

@@ -75,12 +75,39 @@ typedef struct {
     nb_gelu_t gelu;      /* GELU form of the MLP */
     int mask_token;      /* mlm training: input ID of masked positions; 0 = vocab - 1
                             (BERT's [MASK] is 103; ID 0 is [PAD], never a mask) */
+    /* Bottleneck adapters (kernels/model_adapter.c): after each sub-layer
+     * named in adapter_after of blocks [adapter_first, adapter_last), the
+     * sub-layer's output z becomes z + up(gelu(down(z))) before the
+     * residual add; down (A,C), up (C,A), A = adapter_size. up starts at
+     * zero, so a pretrained model starts unchanged. adapter_size 0 = none
+     * (then the other three are ignored). */
+    int adapter_size;
+    unsigned adapter_after;         /* NB_ADAPTER_* bits */
+    int adapter_first, adapter_last;
+    /* Decoder blocks: every block has cross-attention to an encoder output
+     * (nb_part_input_t.enc) between its self-attention and its MLP
+     * (kernels/model_xattn.c). */
+    bool cross_attn;
     /* low-rank split (job.lowrank; kernels/model_lowrank.c): block
      * lowrank_block's MLP output projection is U S V of rank lowrank_rank
      * and the block drops its MLP residual. lowrank_rank 0 = none. */
     int lowrank_block;
     int lowrank_rank;
 } nb_model_config_t;
+
+/* Sub-layers an adapter can follow (nb_model_config_t.adapter_after). */
+enum { NB_ADAPTER_ATTN = 1, NB_ADAPTER_XATTN = 2, NB_ADAPTER_FFN = 4 };
+/* Whether block l of cfg has an adapter after sub-layer bit `which`. */
+bool nb_model_has_adapter(const nb_model_config_t *cfg, int l, unsigned which);
+/* Sets cfg's adapters from the job's words (job.adapters, docs/config.md):
+ * size, the sub-layers they follow ("attn", "xattn", "ffn") and blocks
+ * ("all", "I" or "I-J", inclusive; NULL or "" = all). size 0 with no
+ * sub-layer = no adapters. 0, or NB_EINVAL with the reason in why (a size
+ * of 0 or wider than d_model, an unknown sub-layer, xattn in a model
+ * without cross-attention, a block the model lacks); cfg's adapter fields
+ * are then cleared. */
+int nb_model_set_adapters(nb_model_config_t *cfg, int size, const char *const *after, int n_after,
+                          const char *blocks, char *why, size_t whylen);
 
 /* NULL when cfg can work, else a static message naming the field. */
 const char *nb_model_config_validate(const nb_model_config_t *cfg);
@@ -249,6 +276,12 @@ int nb_part_optim_new(const nb_part_t *p, const nb_optim_config_t *c, nb_optim_t
  * 2^31 elements), NB_ENOMEM. Free with nb_part_acts_free. */
 int nb_part_acts_new(nb_part_t *p, int B, int T, nb_part_acts_t **out);
 void nb_part_acts_free(nb_part_acts_t *a);
+/* The same for a part with cross_attn blocks whose encoder output has S
+ * positions (nb_part_acts_new uses S = T). */
+int nb_part_acts_new_cross(nb_part_t *p, int B, int T, int S, nb_part_acts_t **out);
+/* Gradient of the encoder output (B,S,C) after backward, summed over the
+ * part's cross-attention blocks; NULL for a part without them. */
+const float *nb_part_acts_denc(const nb_part_acts_t *a);
 
 /* Inputs of one forward call; every pointer is device memory on the part's
  * backend and is copied into the acts, so the caller may reuse it. */
@@ -261,6 +294,10 @@ typedef struct {
                                 seqcls; < 0 = ignored. NULL = no loss, no backward. */
     float loss_scale;        /* head parts: gradient of the loss that backward
                                 propagates (1/m for m accumulated micro-batches) */
+    const float *enc;        /* cross_attn parts: the encoder's output (B,S,C),
+                                S as given to nb_part_acts_new_cross */
+    const uint8_t *enc_mask; /* cross_attn parts: (B,S) 1 = real encoder
+                                position, 0 = padding; NULL = none */
     long loss_count;         /* head parts: 0 = normalise by this call's counted
                                 targets; > 0 = this call is one shard of a larger
                                 micro-batch with loss_count counted targets in
@@ -309,8 +346,10 @@ const float *nb_part_acts_logits(const nb_part_acts_t *a, int *rows, int *cols);
 size_t nb_part_acts_bytes(const nb_part_acts_t *a);
 /* Device bytes an acts object of shape (B,T) would take, without allocating
  * (for memory planning: m in-flight micro-batches need m of them); 0 for an
- * invalid shape. The part also keeps one backward scratch of about
- * B*T*(7C + 2F) floats, shared by all its acts. */
+ * invalid shape (a decoder part's with S = T encoder positions). The part
+ * also keeps one backward scratch of about B*T*(7C + 2F) floats (adapters
+ * add B*T*(C + 2A), cross-attention B*T*C + 2*B*S*C), shared by all its
+ * acts. */
 size_t nb_part_acts_size(const nb_part_t *p, int B, int T);
 
 /* ---- low-rank split (kernels/model_lowrank.c; docs/lowrank.md) ----------

@@ -34,12 +34,27 @@ const char *nb_model_config_validate(const nb_model_config_t *c)
         return "gelu must be tanh or erf";
     if (c->mask_token < 0 || c->mask_token >= c->vocab)
         return "mask_token must be in 0..vocab-1 (0: vocab - 1)";
+    if (c->adapter_size < 0 || c->adapter_size > c->d_model)
+        return "adapter size must be in 1..d_model (0: no adapters)";
+    if (c->adapter_size > 0) {
+        if (!c->adapter_after || (c->adapter_after & ~(unsigned)(NB_ADAPTER_ATTN | NB_ADAPTER_XATTN | NB_ADAPTER_FFN)))
+            return "adapters must follow attn, xattn or ffn";
+        if ((c->adapter_after & NB_ADAPTER_XATTN) && !c->cross_attn)
+            return "an adapter after xattn needs cross-attention blocks (cross_attn)";
+        if (c->adapter_first < 0 || c->adapter_first >= c->adapter_last || c->adapter_last > c->n_layer)
+            return "adapter blocks must be a non-empty range of the model's blocks";
+    }
     if (c->lowrank_rank < 0)
         return "lowrank_rank must be >= 0 (0: no low-rank split)";
     if (c->lowrank_rank > 0 && (c->lowrank_block < 0 || c->lowrank_block >= c->n_layer))
         return "lowrank_block must be a block of the model (0..n_layer-1)";
     if (c->lowrank_rank > c->d_model || c->lowrank_rank > c->d_ff)
         return "lowrank_rank must be at most min(d_model, d_ff), the rank of the split layer";
+    if (c->lowrank_rank > 0 && c->cross_attn)
+        return "a low-rank split needs an encoder (no cross_attn)";
+    if (c->lowrank_rank > 0 && c->adapter_size > 0 && c->lowrank_block >= c->adapter_first &&
+        c->lowrank_block < c->adapter_last)
+        return "the low-rank split block cannot have adapters";
     switch (c->head) {
     case NB_MODEL_HEAD_LM:
     case NB_MODEL_HEAD_MLM:
@@ -58,6 +73,11 @@ const char *nb_model_config_validate(const nb_model_config_t *c)
 static const char *const head_names[] = { "lm", "mlm", "seqcls", "tokcls" };
 static const char *const norm_names[] = { "pre", "post" };
 static const char *const gelu_names[] = { "tanh", "erf" };
+
+bool nb_model_has_adapter(const nb_model_config_t *c, int l, unsigned which)
+{
+    return c->adapter_size > 0 && (c->adapter_after & which) && l >= c->adapter_first && l < c->adapter_last;
+}
 
 float nb_model_ln_eps(const nb_model_config_t *c)
 {

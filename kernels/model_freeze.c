@@ -36,8 +36,8 @@ int nb__part_tied_sync(nb_part_t *owner)
  * skipped: the embedding and every block below them are frozen. */
 static int count_bwd_stop(const nb_part_t *p)
 {
-    if (!p->spec.embed)
-        return 0; /* the previous stage needs the gradient of the input */
+    if (!p->spec.embed || p->cfg.cross_attn)
+        return 0; /* the previous stage (or the encoder) needs the gradient of the input */
     int nblk = p->spec.last - p->spec.first;
     int k = 0;
     for (int i = 0; i < p->n_info; i++) {

@@ -12,8 +12,16 @@
 enum {
     NB_B_LN1W, NB_B_LN1B, NB_B_QKVW, NB_B_QKVB, NB_B_PROJW, NB_B_PROJB,
     NB_B_LN2W, NB_B_LN2B, NB_B_FCW, NB_B_FCB, NB_B_FCPW, NB_B_FCPB,
-    NB_B_COUNT
+    /* cross-attention (cross_attn blocks; model_xattn.c) */
+    NB_B_XLNW, NB_B_XLNB, NB_B_XQW, NB_B_XQB, NB_B_XKVW, NB_B_XKVB, NB_B_XPROJW, NB_B_XPROJB,
+    /* adapters (model_adapter.c): NB_B_AD + 4 * sub-layer (NB_AD_*) +
+     * down.w, down.b, up.w, up.b */
+    NB_B_AD,
+    NB_B_COUNT = NB_B_AD + 12
 };
+/* Sub-layers an adapter follows, as indices (NB_ADAPTER_* are the bits). */
+enum { NB_AD_ATTN, NB_AD_XATTN, NB_AD_FFN, NB_AD_COUNT };
+enum { NB_AD_DW, NB_AD_DB, NB_AD_UW, NB_AD_UB };
 /* Tensor ids of the embedding and of the head. */
 enum { NB_E_WTE, NB_E_WPE, NB_E_LNW, NB_E_LNB, NB_E_COUNT };
 enum { NB_H_LNFW, NB_H_LNFB, NB_H_LMW, NB_H_CLSW, NB_H_CLSB, NB_H_COUNT };
@@ -81,16 +89,27 @@ struct nb_part {
     size_t scratch_bt;
     void *scratch;
     float *d_ping, *d_pong, *d_tmp, *d_tmp2, *d_qkv, *d_fch, *d_fchg;
+    float *d_ada, *d_adb, *d_adz;  /* adapters: (N,A), (N,A), (N,C) */
+    float *d_xq, *d_xkv;           /* cross-attention: (N,C), (B*S,2C) */
+    size_t scratch_bs;             /* B*S rows d_xkv holds */
 };
 
 typedef struct {
     float *ln1, *ln1_mean, *ln1_rstd, *qkv, *att, *atty, *res1;
     float *ln2, *ln2_mean, *ln2_rstd, *fch, *fchg, *res2;
+    /* cross-attention: xln (N,C) LayerNorm (pre-LN: of its input; post-LN:
+     * of resx), xq (N,C), xkv (B,S,2C), xatt (B,NH,T,S), xatty (N,C),
+     * resx (N,C) its residual sum */
+    float *xln, *xln_mean, *xln_rstd, *xq, *xkv, *xatt, *xatty, *resx;
+    /* adapters per sub-layer: z (N,C) the sub-layer's output, h (N,A)
+     * down(z), g (N,A) gelu(h) */
+    float *adz[NB_AD_COUNT], *adh[NB_AD_COUNT], *adg[NB_AD_COUNT];
 } nb_block_acts_t;
 
 struct nb_part_acts {
     nb_part_t *p;
     int B, T;
+    int S;                     /* encoder positions (cross_attn parts) */
     size_t bytes;
     void *mem;                 /* device, one allocation */
     int32_t *tokens;           /* (B,T) */
@@ -101,6 +120,10 @@ struct nb_part_acts {
     float *emb_raw, *emb_mean, *emb_rstd, *emb_out;
     nb_block_acts_t *blocks;   /* host array */
     float *lnf, *lnf_mean, *lnf_rstd, *cls_in, *logits, *dlogits, *losses;
+    float *enc, *denc;         /* (B,S,C) cross_attn parts: copy of the
+                                  encoder output and its gradient */
+    uint8_t *enc_mask;         /* (B,S) */
+    bool has_enc_mask;
     float *dinput;             /* (B,T,C); (B,T,r) beginning at the factor */
     /* low-rank split: z (B,T,r) = V h, s = S z (B,T,r); a part beginning
      * at the factor also keeps y (B,T,C) and LN2(y) with its statistics */
@@ -125,6 +148,44 @@ void nb__part_resolve(nb_part_t *p);
  * allocated while wte trains, freed while it is frozen. owner is the part
  * holding wte. 0 or NB_ENOMEM. */
 int nb__part_tied_sync(nb_part_t *owner);
+
+/* Linear layer and GELU of model_pass.c, for model_adapter.c and
+ * model_xattn.c. y (N,OC) = x (N,IC) @ w^T + beta * y (+ b); backward:
+ * dx = dy @ w + dx_beta * dx (dx NULL: skipped), dw += dy^T x, db += sums
+ * (NULL: frozen, skipped). */
+void nb__linear_fwd(nb_backend_t *be, float *y, const float *x, const float *w, const float *b,
+                    int N, int IC, int OC, float beta);
+void nb__linear_bwd(nb_backend_t *be, float *dx, float dx_beta, float *dw, float *db,
+                    const float *dy, const float *x, const float *w, int N, int IC, int OC);
+void nb__gelu_fwd(nb_part_t *p, float *out, const float *x, size_t n);
+void nb__gelu_bwd(nb_part_t *p, float *dx, const float *x, const float *dout, size_t n);
+
+/* model_adapter.c. Adapter tensors of a block in the layout (model_part.c
+ * calls it after the block's own). 0 or NB_ENOMEM. */
+typedef int (*nb__add_tensor_fn)(nb_part_t *p, int cap, const char *name, int ndim, int64_t d0, int64_t d1,
+                                 uint32_t key, uint32_t id);
+int nb__adapter_layout(nb_part_t *p, int cap, int l, nb__add_tensor_fn add);
+/* dst (N,C) = resid + S(x @ w^T + b), S the adapter of block i's sub-layer
+ * k (NB_AD_*) or the identity where it has none. resid may be dst. */
+void nb__sublayer_fwd(nb_part_t *p, nb_part_acts_t *a, int i, int k, float *dst, const float *resid,
+                      const float *x, const float *w, const float *b, int IC);
+/* Given dr, the gradient of the sub-layer's residual sum, returns the
+ * gradient of its output z before the adapter (dr itself where block i
+ * has no adapter after sub-layer k; else p->d_adz) and accumulates the
+ * adapter's weight gradients. */
+const float *nb__adapter_bwd(nb_part_t *p, nb_part_acts_t *a, int i, int k, const float *dr);
+
+/* model_xattn.c. Cross-attention tensors of a block in the layout. */
+int nb__xattn_layout(nb_part_t *p, int cap, int l, nb__add_tensor_fn add);
+/* Forward of block i's cross-attention sub-layer on the residual stream
+ * `h` (pre-LN: res1; post-LN: ln1); returns the stream the MLP reads
+ * (pre-LN: resx; post-LN: xln). */
+const float *nb__xattn_fwd(nb_part_t *p, nb_part_acts_t *a, int i, const float *h);
+/* Backward: d (N,C) holds the gradient of what nb__xattn_fwd returned
+ * and is overwritten with the gradient of h; adds to a->denc and the
+ * weight gradients. t is a free (N,C) buffer (clobbered); neither may be
+ * p->d_adz. */
+void nb__xattn_bwd(nb_part_t *p, nb_part_acts_t *a, int i, const float *h, float *d, float *t);
 
 /* Output of block i (0-based within the part) of a forward pass. */
 const float *nb__block_out(const nb_part_acts_t *a, int i);

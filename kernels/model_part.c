@@ -75,21 +75,26 @@ int nb__part_build_layout(nb_part_t *p, int cap)
             rc |= add_tensor(p, cap, "emb_ln.b", 1, C, 0, NB_INIT_KEY_EMBED, NB_E_LNB);
         }
     }
-    static const char *const bn[NB_B_COUNT] = {
+    static const char *const bn[NB_B_XLNW] = {
         "ln1.w", "ln1.b", "qkv.w", "qkv.b", "proj.w", "proj.b",
         "ln2.w", "ln2.b", "fc.w", "fc.b", "fcproj.w", "fcproj.b",
     };
     if (p->lr_mode == NB_LR_UPPER) /* the rest of the split block below */
         rc |= nb__lowrank_layout(p, cap, c->lowrank_block, add_tensor);
     for (int l = p->spec.first; l < p->spec.last; l++) {
-        int64_t rows[NB_B_COUNT] = { C, C, 3 * C, 3 * C, C, C, C, C, F, F, C, C };
-        int64_t cols[NB_B_COUNT] = { 0, 0, C, 0, C, 0, 0, 0, C, 0, F, 0 };
-        for (int t = 0; t < NB_B_COUNT; t++) {
+        int64_t rows[NB_B_XLNW] = { C, C, 3 * C, 3 * C, C, C, C, C, F, F, C, C };
+        int64_t cols[NB_B_XLNW] = { 0, 0, C, 0, C, 0, 0, 0, C, 0, F, 0 };
+        for (int t = 0; t < NB_B_XLNW; t++) {
             if (nb__lowrank_skips(p, l, t))
                 continue;
             snprintf(name, sizeof name, "h%d.%s", l, bn[t]);
             rc |= add_tensor(p, cap, name, cols[t] ? 2 : 1, rows[t], cols[t], (uint32_t)l, (uint32_t)t);
         }
+        /* a decoder's cross-attention, then adapters (model_xattn.c,
+         * model_adapter.c); the split block's low-rank tensors
+         * (model_lowrank.c: the model has neither beside a split) */
+        rc |= nb__xattn_layout(p, cap, l, add_tensor);
+        rc |= nb__adapter_layout(p, cap, l, add_tensor);
         if (c->lowrank_rank > 0 && l == c->lowrank_block)
             rc |= nb__lowrank_layout(p, cap, l, add_tensor);
     }
@@ -150,7 +155,7 @@ void nb__part_resolve(nb_part_t *p)
  * residual projections scaled by 1/sqrt(2 n_layer)). */
 static double init_std(const nb_model_config_t *c, uint32_t key, uint32_t id)
 {
-    if (key < NB_INIT_KEY_EMBED && (id == NB_B_PROJW || id == NB_B_FCPW))
+    if (key < NB_INIT_KEY_EMBED && (id == NB_B_PROJW || id == NB_B_FCPW || id == NB_B_XPROJW))
         return 0.02 / sqrt(2.0 * (c->n_layer > 0 ? c->n_layer : 1));
     return 0.02;
 }
@@ -170,8 +175,11 @@ int nb_part_init_params(nb_part_t *p, uint64_t seed)
         bool ln_weight = (key == NB_INIT_KEY_EMBED && id == NB_E_LNW) ||
                          (key == NB_INIT_KEY_HEAD && id == NB_H_LNFW) ||
                          (key == NB_INIT_KEY_LOWRANK && id == NB_LR_LN2W) ||
-                         (key < NB_INIT_KEY_EMBED && (id == NB_B_LN1W || id == NB_B_LN2W));
-        if (t->ndim == 2) {
+                         (key < NB_INIT_KEY_EMBED && (id == NB_B_LN1W || id == NB_B_LN2W || id == NB_B_XLNW));
+        /* an adapter's up-projection starts at zero: a fresh adapter is
+         * the identity, so a pretrained model starts unchanged */
+        bool adapter_up = key < NB_INIT_KEY_EMBED && id >= NB_B_AD && (id - NB_B_AD) % 4 == NB_AD_UW;
+        if (t->ndim == 2 && !adapter_up) {
             nb_rng_t r;
             nb_rng_init(&r, seed, key, id);
             double sd = init_std(&p->cfg, key, id);
@@ -195,7 +203,10 @@ static bool config_equal(const nb_model_config_t *a, const nb_model_config_t *b)
            a->d_ff == b->d_ff && a->vocab == b->vocab && a->max_seq == b->max_seq && a->causal == b->causal &&
            a->norm == b->norm && a->head == b->head && a->n_classes == b->n_classes &&
            a->tie_embeddings == b->tie_embeddings && nb_model_ln_eps(a) == nb_model_ln_eps(b) &&
-           a->gelu == b->gelu && a->lowrank_rank == b->lowrank_rank &&
+           a->gelu == b->gelu && a->adapter_size == b->adapter_size &&
+           (a->adapter_size == 0 || (a->adapter_after == b->adapter_after && a->adapter_first == b->adapter_first &&
+                                     a->adapter_last == b->adapter_last)) &&
+           a->cross_attn == b->cross_attn && a->lowrank_rank == b->lowrank_rank &&
            (a->lowrank_rank == 0 || a->lowrank_block == b->lowrank_block);
 }
 
@@ -246,6 +257,13 @@ int nb_part_new(nb_backend_t *be, const nb_model_config_t *cfg, const nb_part_sp
                     be->iface->name, nb_op_name(needed[i]));
             return NB_EINVAL;
         }
+    if (cfg->cross_attn)
+        for (nb_op_t op = NB_OP_XATTN_FWD; op <= NB_OP_XATTN_BWD; op++)
+            if (!nb_be_supports(be, op)) {
+                set_err(err, errlen, "backend %s does not support %s, which the model needs (cross_attn)",
+                        be->iface->name, nb_op_name(op));
+                return NB_EINVAL;
+            }
     if (cfg->gelu == NB_MODEL_GELU_ERF)
         for (nb_op_t op = NB_OP_GELU_ERF_FWD; op <= NB_OP_GELU_ERF_BWD; op++)
             if (!nb_be_supports(be, op)) {
@@ -432,6 +450,12 @@ static void carve_acts(nb_part_acts_t *a, carver_t *cv)
     a->mask = carve(cv, BT);
     if (p->spec.head)
         a->targets = carve(cv, mul_sat(BT, sizeof(int32_t)));
+    size_t BSC = mul_sat(mul_sat((size_t)a->B, (size_t)a->S), (size_t)c->d_model);
+    if (c->cross_attn && p->spec.last > p->spec.first) { /* blocks read the encoder */
+        a->enc = carve(cv, mul_sat(BSC, fl));
+        a->denc = carve(cv, mul_sat(BSC, fl));
+        a->enc_mask = carve(cv, mul_sat((size_t)a->B, (size_t)a->S));
+    }
     if (!p->spec.embed) {
         a->input = carve(cv, mul_sat(BTC, fl));
         a->dinput = carve(cv, mul_sat(BTC, fl));
@@ -458,6 +482,22 @@ static void carve_acts(nb_part_acts_t *a, carver_t *cv)
         b->fch = carve(cv, mul_sat(mul_sat(BT, (size_t)c->d_ff), fl));
         b->fchg = carve(cv, mul_sat(mul_sat(BT, (size_t)c->d_ff), fl));
         b->res2 = carve(cv, mul_sat(BTC, fl));
+        if (c->cross_attn) {
+            b->xln = carve(cv, mul_sat(BTC, fl));
+            b->xln_mean = carve(cv, mul_sat(BT, fl));
+            b->xln_rstd = carve(cv, mul_sat(BT, fl));
+            b->xq = carve(cv, mul_sat(BTC, fl));
+            b->xkv = carve(cv, mul_sat(mul_sat(BSC, 2), fl));
+            b->xatt = carve(cv, mul_sat(mul_sat(mul_sat(BT, (size_t)a->S), (size_t)c->n_head), fl));
+            b->xatty = carve(cv, mul_sat(BTC, fl));
+            b->resx = carve(cv, mul_sat(BTC, fl));
+        }
+        for (int k = 0; k < NB_AD_COUNT; k++)
+            if (nb_model_has_adapter(c, p->spec.first + i, 1u << k)) {
+                b->adz[k] = carve(cv, mul_sat(BTC, fl));
+                b->adh[k] = carve(cv, mul_sat(mul_sat(BT, (size_t)c->adapter_size), fl));
+                b->adg[k] = carve(cv, mul_sat(mul_sat(BT, (size_t)c->adapter_size), fl));
+            }
     }
     if (p->lr_mode != NB_LR_NONE) { /* low-rank split: model_lowrank.c */
         size_t BTR = mul_sat(BT, (size_t)c->lowrank_rank);
@@ -488,12 +528,17 @@ static void carve_acts(nb_part_acts_t *a, carver_t *cv)
     }
 }
 
-/* Grows the part's backward scratch to hold bt rows. */
-static int ensure_scratch(nb_part_t *p, size_t bt)
+/* Grows the part's backward scratch to hold bt rows (and bs encoder rows). */
+static int ensure_scratch(nb_part_t *p, size_t bt, size_t bs)
 {
-    if (p->scratch && p->scratch_bt >= bt)
+    if (p->scratch && p->scratch_bt >= bt && p->scratch_bs >= bs)
         return 0;
+    if (p->scratch_bt > bt)
+        bt = p->scratch_bt;
+    if (p->scratch_bs > bs)
+        bs = p->scratch_bs;
     size_t C = (size_t)p->cfg.d_model, F = (size_t)p->cfg.d_ff, fl = sizeof(float);
+    size_t A = (size_t)p->cfg.adapter_size;
     carver_t cv = { 0 };
     for (int pass = 0; pass < 2; pass++) {
         p->d_ping = carve(&cv, mul_sat(mul_sat(bt, C), fl));
@@ -503,6 +548,15 @@ static int ensure_scratch(nb_part_t *p, size_t bt)
         p->d_qkv = carve(&cv, mul_sat(mul_sat(bt, 3 * C), fl));
         p->d_fch = carve(&cv, mul_sat(mul_sat(bt, F), fl));
         p->d_fchg = carve(&cv, mul_sat(mul_sat(bt, F), fl));
+        if (A) {
+            p->d_ada = carve(&cv, mul_sat(mul_sat(bt, A), fl));
+            p->d_adb = carve(&cv, mul_sat(mul_sat(bt, A), fl));
+            p->d_adz = carve(&cv, mul_sat(mul_sat(bt, C), fl));
+        }
+        if (p->cfg.cross_attn) {
+            p->d_xq = carve(&cv, mul_sat(mul_sat(bt, C), fl));
+            p->d_xkv = carve(&cv, mul_sat(mul_sat(bs, 2 * C), fl));
+        }
         if (pass == 0) {
             if (cv.overflow)
                 return NB_ENOMEM;
@@ -513,6 +567,7 @@ static int ensure_scratch(nb_part_t *p, size_t bt)
                 nb_be_dealloc(p->be, p->scratch);
             p->scratch = mem;
             p->scratch_bt = bt;
+            p->scratch_bs = bs;
             cv.base = mem;
             cv.total = 0;
         }
@@ -522,18 +577,29 @@ static int ensure_scratch(nb_part_t *p, size_t bt)
 
 int nb_part_acts_new(nb_part_t *p, int B, int T, nb_part_acts_t **out)
 {
+    return nb_part_acts_new_cross(p, B, T, T, out);
+}
+
+int nb_part_acts_new_cross(nb_part_t *p, int B, int T, int S, nb_part_acts_t **out)
+{
     *out = NULL;
-    if (B <= 0 || T <= 0 || T > p->cfg.max_seq || B > (1 << 24))
+    if (B <= 0 || T <= 0 || T > p->cfg.max_seq || B > (1 << 24) || S <= 0 || S > (1 << 20))
         return NB_EINVAL;
     /* The backend ops index with int: every activation tensor must have
      * fewer than 2^31 elements. */
     const nb_model_config_t *c = &p->cfg;
     size_t widest = (size_t)c->d_model * 3;
-    size_t other[] = { (size_t)c->d_ff, (size_t)c->vocab, (size_t)c->n_head * (size_t)T };
+    size_t other[] = { (size_t)c->d_ff, (size_t)c->vocab, (size_t)c->n_head * (size_t)T,
+                       (size_t)c->n_head * (size_t)S };
     for (size_t i = 0; i < NB_ARRAY_LEN(other); i++)
         if (other[i] > widest)
             widest = other[i];
     if ((size_t)B * (size_t)T > (size_t)INT32_MAX / widest)
+        return NB_EINVAL;
+    /* encoder rows: xkv (B,S,2C) and xatt (B,NH,T,S) */
+    size_t enc_w = (size_t)c->d_model * 2 > (size_t)c->n_head * (size_t)T ? (size_t)c->d_model * 2
+                                                                           : (size_t)c->n_head * (size_t)T;
+    if (c->cross_attn && (size_t)B * (size_t)S > (size_t)INT32_MAX / enc_w)
         return NB_EINVAL;
     nb_part_acts_t *a = calloc(1, sizeof *a);
     if (!a)
@@ -541,6 +607,7 @@ int nb_part_acts_new(nb_part_t *p, int B, int T, nb_part_acts_t **out)
     a->p = p;
     a->B = B;
     a->T = T;
+    a->S = S;
     int nblk = p->spec.last - p->spec.first;
     a->blocks = calloc((size_t)(nblk ? nblk : 1), sizeof *a->blocks);
     size_t BT = (size_t)B * (size_t)T;
@@ -559,7 +626,7 @@ int nb_part_acts_new(nb_part_t *p, int B, int T, nb_part_acts_t **out)
     a->bytes = cv.total;
     cv = (carver_t){ .base = a->mem };
     carve_acts(a, &cv);
-    if ((rc = ensure_scratch(p, BT)) != 0)
+    if ((rc = ensure_scratch(p, BT, p->cfg.cross_attn ? (size_t)B * (size_t)S : 0)) != 0)
         goto err;
     *out = a;
     return 0;
@@ -586,7 +653,7 @@ size_t nb_part_acts_size(const nb_part_t *p, int B, int T)
 {
     if (B <= 0 || T <= 0 || T > p->cfg.max_seq)
         return 0;
-    nb_part_acts_t a = { .p = (nb_part_t *)p, .B = B, .T = T };
+    nb_part_acts_t a = { .p = (nb_part_t *)p, .B = B, .T = T, .S = T };
     int nblk = p->spec.last - p->spec.first;
     a.blocks = calloc((size_t)(nblk ? nblk : 1), sizeof *a.blocks);
     if (!a.blocks)

@@ -59,6 +59,20 @@ static void gelu_bwd(nb_part_t *p, float *dx, const float *x, const float *dout,
         nb_gelu_bwd(p->be, dx, x, dout, n);
 }
 
+/* For model_adapter.c and model_xattn.c (model_impl.h). */
+void nb__linear_fwd(nb_backend_t *be, float *y, const float *x, const float *w, const float *b,
+                    int N, int IC, int OC, float beta)
+{
+    linear_fwd(be, y, x, w, b, N, IC, OC, beta);
+}
+void nb__linear_bwd(nb_backend_t *be, float *dx, float dx_beta, float *dw, float *db,
+                    const float *dy, const float *x, const float *w, int N, int IC, int OC)
+{
+    linear_bwd(be, dx, dx_beta, dw, db, dy, x, w, N, IC, OC);
+}
+void nb__gelu_fwd(nb_part_t *p, float *out, const float *x, size_t n) { gelu_fwd(p, out, x, n); }
+void nb__gelu_bwd(nb_part_t *p, float *dx, const float *x, const float *dout, size_t n) { gelu_bwd(p, dx, x, dout, n); }
+
 const float *nb__block_out(const nb_part_acts_t *a, int i)
 {
     if (a->p->lr_mode == NB_LR_LOWER && i == a->p->spec.last - a->p->spec.first - 1)
@@ -86,7 +100,6 @@ static void block_fwd(nb_part_t *p, nb_part_acts_t *a, int i, const float *x)
     const nb_block_ptrs_t *w = &p->blocks[i];
     nb_block_acts_t *s = &a->blocks[i];
     int B = a->B, T = a->T, C = p->cfg.d_model, F = p->cfg.d_ff, N = B * T;
-    size_t nC = (size_t)N * (size_t)C * sizeof(float);
     const uint8_t *mask = a->has_mask ? a->mask : NULL;
     const float *attn_in = x;
     if (!is_post(p)) {
@@ -95,21 +108,25 @@ static void block_fwd(nb_part_t *p, nb_part_acts_t *a, int i, const float *x)
     }
     linear_fwd(be, s->qkv, attn_in, w->w[NB_B_QKVW], w->w[NB_B_QKVB], N, C, 3 * C, 0.0f);
     nb_attention_fwd(be, s->atty, s->att, s->qkv, mask, p->cfg.causal, B, T, C, p->cfg.n_head);
-    nb_be_copy(be, s->res1, x, nC);
-    linear_fwd(be, s->res1, s->atty, w->w[NB_B_PROJW], w->w[NB_B_PROJB], N, C, C, 1.0f);
+    /* res1 = x + proj(atty), through an adapter where configured */
+    nb__sublayer_fwd(p, a, i, NB_AD_ATTN, s->res1, x, s->atty, w->w[NB_B_PROJW], w->w[NB_B_PROJB], C);
     const float *mlp_in;
+    /* mid: the residual stream the MLP adds to (res1 pre-LN, ln1 post-LN;
+     * after a decoder's cross-attention, what that returns) */
+    const float *mid;
     if (is_post(p)) {
         nb_layernorm_fwd(be, s->ln1, s->ln1_mean, s->ln1_rstd, s->res1, w->w[NB_B_LN1W], w->w[NB_B_LN1B], p->cfg.ln_eps, N, C);
-        mlp_in = s->ln1;
+        mid = p->cfg.cross_attn ? nb__xattn_fwd(p, a, i, s->ln1) : s->ln1;
+        mlp_in = mid;
     } else {
-        nb_layernorm_fwd(be, s->ln2, s->ln2_mean, s->ln2_rstd, s->res1, w->w[NB_B_LN2W], w->w[NB_B_LN2B], p->cfg.ln_eps, N, C);
+        mid = p->cfg.cross_attn ? nb__xattn_fwd(p, a, i, s->res1) : s->res1;
+        nb_layernorm_fwd(be, s->ln2, s->ln2_mean, s->ln2_rstd, mid, w->w[NB_B_LN2W], w->w[NB_B_LN2B], p->cfg.ln_eps, N, C);
         mlp_in = s->ln2;
     }
     linear_fwd(be, s->fch, mlp_in, w->w[NB_B_FCW], w->w[NB_B_FCB], N, C, F, 0.0f);
     gelu_fwd(p, s->fchg, s->fch, (size_t)N * (size_t)F);
-    /* residual: res2 = mlp_in-or-res1 + fcproj(...) */
-    nb_be_copy(be, s->res2, is_post(p) ? s->ln1 : s->res1, nC);
-    linear_fwd(be, s->res2, s->fchg, w->w[NB_B_FCPW], w->w[NB_B_FCPB], N, F, C, 1.0f);
+    /* residual: res2 = mid + fcproj(...) */
+    nb__sublayer_fwd(p, a, i, NB_AD_FFN, s->res2, mid, s->fchg, w->w[NB_B_FCPW], w->w[NB_B_FCPB], F);
     if (is_post(p))
         nb_layernorm_fwd(be, s->ln2, s->ln2_mean, s->ln2_rstd, s->res2, w->w[NB_B_LN2W], w->w[NB_B_LN2B], p->cfg.ln_eps, N, C);
 }
@@ -132,15 +149,19 @@ static void block_bwd(nb_part_t *p, nb_part_acts_t *a, int i, const float *x, co
 
     if (!is_post(p)) {
         /* MLP: dout is the gradient of res2 */
-        linear_bwd(be, p->d_fchg, 0.0f, g[NB_B_FCPW], g[NB_B_FCPB], dout, s->fchg, w->w[NB_B_FCPW], N, F, C);
+        linear_bwd(be, p->d_fchg, 0.0f, g[NB_B_FCPW], g[NB_B_FCPB], nb__adapter_bwd(p, a, i, NB_AD_FFN, dout),
+                   s->fchg, w->w[NB_B_FCPW], N, F, C);
         nb_be_memset0(be, p->d_fch, nF * sizeof(float));
         gelu_bwd(p, p->d_fch, s->fch, p->d_fchg, nF);
         linear_bwd(be, tmp, 0.0f, g[NB_B_FCW], g[NB_B_FCB], p->d_fch, s->ln2, w->w[NB_B_FCW], N, C, F);
         nb_be_copy(be, tmp2, dout, nC); /* dres1 = residual + through LN2 */
-        nb_layernorm_bwd(be, tmp2, g[NB_B_LN2W], g[NB_B_LN2B], tmp, s->res1, w->w[NB_B_LN2W],
-                         s->ln2_mean, s->ln2_rstd, N, C);
+        nb_layernorm_bwd(be, tmp2, g[NB_B_LN2W], g[NB_B_LN2B], tmp, p->cfg.cross_attn ? s->resx : s->res1,
+                         w->w[NB_B_LN2W], s->ln2_mean, s->ln2_rstd, N, C);
+        if (p->cfg.cross_attn) /* tmp2: gradient of resx, then of res1 */
+            nb__xattn_bwd(p, a, i, s->res1, tmp2, tmp);
         /* attention: tmp2 is the gradient of res1 */
-        linear_bwd(be, tmp, 0.0f, g[NB_B_PROJW], g[NB_B_PROJB], tmp2, s->atty, w->w[NB_B_PROJW], N, C, C);
+        linear_bwd(be, tmp, 0.0f, g[NB_B_PROJW], g[NB_B_PROJB], nb__adapter_bwd(p, a, i, NB_AD_ATTN, tmp2),
+                   s->atty, w->w[NB_B_PROJW], N, C, C);
         nb_be_memset0(be, p->d_qkv, 3 * nC);
         nb_attention_bwd(be, p->d_qkv, tmp, s->qkv, s->att, mask, causal, B, T, C, NH);
         linear_bwd(be, tmp, 0.0f, g[NB_B_QKVW], g[NB_B_QKVB], p->d_qkv, s->ln1, w->w[NB_B_QKVW], N, C, 3 * C);
@@ -152,16 +173,21 @@ static void block_bwd(nb_part_t *p, nb_part_acts_t *a, int i, const float *x, co
         nb_be_memset0(be, tmp2, nC);
         nb_layernorm_bwd(be, tmp2, g[NB_B_LN2W], g[NB_B_LN2B], dout, s->res2, w->w[NB_B_LN2W],
                          s->ln2_mean, s->ln2_rstd, N, C);
-        linear_bwd(be, p->d_fchg, 0.0f, g[NB_B_FCPW], g[NB_B_FCPB], tmp2, s->fchg, w->w[NB_B_FCPW], N, F, C);
+        linear_bwd(be, p->d_fchg, 0.0f, g[NB_B_FCPW], g[NB_B_FCPB], nb__adapter_bwd(p, a, i, NB_AD_FFN, tmp2),
+                   s->fchg, w->w[NB_B_FCPW], N, F, C);
         nb_be_memset0(be, p->d_fch, nF * sizeof(float));
         gelu_bwd(p, p->d_fch, s->fch, p->d_fchg, nF);
         nb_be_copy(be, tmp, tmp2, nC); /* dln1 = residual + through fc */
-        linear_bwd(be, tmp, 1.0f, g[NB_B_FCW], g[NB_B_FCB], p->d_fch, s->ln1, w->w[NB_B_FCW], N, C, F);
+        linear_bwd(be, tmp, 1.0f, g[NB_B_FCW], g[NB_B_FCB], p->d_fch, p->cfg.cross_attn ? s->xln : s->ln1,
+                   w->w[NB_B_FCW], N, C, F);
+        if (p->cfg.cross_attn) /* tmp: gradient of xln, then of ln1 */
+            nb__xattn_bwd(p, a, i, s->ln1, tmp, tmp2);
         nb_be_memset0(be, tmp2, nC);
         nb_layernorm_bwd(be, tmp2, g[NB_B_LN1W], g[NB_B_LN1B], tmp, s->res1, w->w[NB_B_LN1W],
                          s->ln1_mean, s->ln1_rstd, N, C);
         /* tmp2 is the gradient of res1 */
-        linear_bwd(be, tmp, 0.0f, g[NB_B_PROJW], g[NB_B_PROJB], tmp2, s->atty, w->w[NB_B_PROJW], N, C, C);
+        linear_bwd(be, tmp, 0.0f, g[NB_B_PROJW], g[NB_B_PROJB], nb__adapter_bwd(p, a, i, NB_AD_ATTN, tmp2),
+                   s->atty, w->w[NB_B_PROJW], N, C, C);
         nb_be_memset0(be, p->d_qkv, 3 * nC);
         nb_attention_bwd(be, p->d_qkv, tmp, s->qkv, s->att, mask, causal, B, T, C, NH);
         nb_be_copy(be, dx, tmp2, nC);
@@ -235,13 +261,22 @@ int nb_part_forward(nb_part_t *p, nb_part_acts_t *a, const nb_part_input_t *in, 
     NB_CHECK(a->p == p);
     nb_backend_t *be = p->be;
     const nb_model_config_t *c = &p->cfg;
-    int B = a->B, T = a->T, N = B * T;
-    size_t nC = (size_t)N * (size_t)nb_part_in_width(p) * sizeof(float);
+    int B = a->B, T = a->T, C = c->d_model, N = B * T;
+    size_t nC = (size_t)N * (size_t)nb_part_in_width(p) * sizeof(float); /* the input: C, or r past a cut */
     a->fwd_done = a->can_bwd = false;
     if (!in)
         return NB_EINVAL;
     if (p->spec.embed ? !in->tokens : !in->x)
         return NB_EINVAL;
+    if (a->enc) { /* a part with decoder blocks */
+        if (!in->enc)
+            return NB_EINVAL; /* a decoder part needs the encoder's output */
+        size_t BS = (size_t)B * (size_t)a->S;
+        nb_be_copy(be, a->enc, in->enc, BS * (size_t)C * sizeof(float));
+        a->has_enc_mask = in->enc_mask != NULL;
+        if (a->has_enc_mask)
+            nb_be_copy(be, a->enc_mask, in->enc_mask, BS);
+    }
     a->has_mask = in->key_mask != NULL;
     if (a->has_mask)
         nb_be_copy(be, a->mask, in->key_mask, (size_t)N);
@@ -250,7 +285,6 @@ int nb_part_forward(nb_part_t *p, nb_part_acts_t *a, const nb_part_input_t *in, 
         if (check_ids(a, a->tokens, (size_t)N, c->vocab, false) < 0)
             return NB_EINVAL;
         float *dst = c->norm == NB_MODEL_NORM_POST ? a->emb_raw : a->emb_out;
-        int C = c->d_model;
         nb_embed_fwd(be, dst, a->tokens, p->ew[NB_E_WTE], p->ew[NB_E_WPE], B, T, C);
         if (c->norm == NB_MODEL_NORM_POST)
             nb_layernorm_fwd(be, a->emb_out, a->emb_mean, a->emb_rstd, a->emb_raw,
@@ -339,6 +373,8 @@ int nb_part_backward(nb_part_t *p, nb_part_acts_t *a, const float *dout)
     /* cur holds the gradient of the current output; blocks write the
      * gradient of their input into the other ping-pong buffer. */
     const float *cur = dout;
+    if (a->denc) /* the decoder blocks add their share */
+        nb_be_memset0(be, a->denc, (size_t)a->B * (size_t)a->S * (size_t)p->cfg.d_model * sizeof(float));
     if (p->spec.head) {
         head_bwd(p, a, p->d_ping);
         cur = p->d_ping;
@@ -388,6 +424,7 @@ bool nb_part_has_tied_head(const nb_part_t *p) { return p->tied_head != NULL; }
 
 const float *nb_part_acts_output(const nb_part_acts_t *a) { return head_input(a); }
 const float *nb_part_acts_dinput(const nb_part_acts_t *a) { return a->dinput; }
+const float *nb_part_acts_denc(const nb_part_acts_t *a) { return a->denc; }
 
 const float *nb_part_acts_logits(const nb_part_acts_t *a, int *rows, int *cols)
 {

@@ -17,6 +17,14 @@ one per parameter in buffer order, 1 = frozen (requires_grad False: no
 gradient, not clipped, not decayed, not updated); "g.<name>" only for the
 trainable ones, and "w_end.<name>" for every parameter after the AdamW
 steps.
+Files with bottleneck adapters (ref_*adapter*.bin) hold "adapter": i32
+[size, after, first, last] (after: bits 1 attn, 2 xattn, 4 ffn; blocks
+[first, last)). Decoder files (ref_dec*.bin: cross-attention blocks) hold
+"cross": i32 [S], the encoder output "enc" (B,S,C) f32 that every block's
+cross-attention reads, "enc_mask" (B,S) u8 and "g.enc", the gradient of the
+loss with respect to enc. ref_encdec.bin holds an encoder (a part without
+head) feeding a decoder, tensors prefixed "enc." and "dec."
+(make_encdec_case).
 Files of a low-rank split model (ref_*_lowrank.bin; job.lowrank) hold
 "lowrank": i32 [block, rank]: that block's fcproj.w is fcproj.u (C,r)
 fcproj.s (r,r) fcproj.v (r,F), y = U (S (V h)) + b, and the block has no MLP
@@ -44,6 +52,7 @@ VERSION = 1
 DT_F32, DT_I32, DT_U8 = 0, 3, 4
 NORM_PRE, NORM_POST = 0, 1
 HEAD_LM, HEAD_MLM, HEAD_SEQCLS, HEAD_TOKCLS = 0, 1, 2, 3
+AD_BITS = (("attn", 1), ("xattn", 2), ("ffn", 4))
 ADAM_STEPS = 10
 
 
@@ -63,6 +72,11 @@ def write_file(path, tensors):
     with open(path, "wb") as f:
         f.write(out)
     print("wrote %s (%d bytes, %d tensors)" % (path, len(out), len(tensors)))
+
+
+def has_adapter(cfg, l, k):
+    ad = cfg.get("adapter")
+    return bool(ad) and k in ad["after"] and ad["first"] <= l < ad["last"]
 
 
 def param_list(cfg):
@@ -92,6 +106,18 @@ def param_list(cfg):
                (h + "ln2.w", (C,)), (h + "ln2.b", (C,)),
                (h + "fc.w", (Fd, C)), (h + "fc.b", (Fd,)),
                (h + "fcproj.w", (C, Fd)), (h + "fcproj.b", (C,))]
+        if cfg.get("cross"):
+            ps += [(h + "xln.w", (C,)), (h + "xln.b", (C,)),
+                   (h + "xq.w", (C, C)), (h + "xq.b", (C,)),
+                   (h + "xkv.w", (2 * C, C)), (h + "xkv.b", (2 * C,)),
+                   (h + "xproj.w", (C, C)), (h + "xproj.b", (C,))]
+        for k, _ in AD_BITS:
+            if has_adapter(cfg, l, k):
+                A = cfg["adapter"]["size"]
+                a = h + "ad_%s." % k
+                ps += [(a + "down.w", (A, C)), (a + "down.b", (A,)), (a + "up.w", (C, A)), (a + "up.b", (C,))]
+    if cfg.get("body_only"):  # an encoder part: embedding and blocks
+        return ps
     if cfg["norm"] == NORM_PRE:
         ps += [("lnf.w", (C,)), ("lnf.b", (C,))]
     if cfg["head"] in (HEAD_LM, HEAD_MLM):
@@ -107,7 +133,7 @@ def init_params(cfg, gen):
     for name, shape in param_list(cfg):
         if len(shape) == 2:
             t = torch.randn(shape, generator=gen, dtype=torch.float64) * 0.05
-        elif name.endswith("ln1.w") or name.endswith("ln2.w") or name in ("lnf.w", "emb_ln.w"):
+        elif name.endswith(("ln1.w", "ln2.w", "xln.w")) or name in ("lnf.w", "emb_ln.w"):
             t = 1.0 + 0.1 * torch.randn(shape, generator=gen, dtype=torch.float64)
         else:
             t = 0.02 * torch.randn(shape, generator=gen, dtype=torch.float64)
@@ -133,7 +159,22 @@ def attention(qkv, key_mask, causal, nh):
     return (att @ v).transpose(1, 2).contiguous().view(B, T, C)
 
 
-def forward(cfg, P, tokens, key_mask, targets):
+def cross_attention(q, kv, enc_mask, nh):
+    B, T, C = q.shape
+    S = kv.shape[1]
+    hs = C // nh
+    k, v = kv.split(C, dim=2)
+    q = q.view(B, T, nh, hs).transpose(1, 2)
+    k = k.view(B, S, nh, hs).transpose(1, 2)
+    v = v.view(B, S, nh, hs).transpose(1, 2)
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(hs)
+    if enc_mask is not None:
+        att = att.masked_fill(enc_mask[:, None, None, :] == 0, float("-inf"))
+    att = F.softmax(att, dim=-1)
+    return (att @ v).transpose(1, 2).contiguous().view(B, T, C)
+
+
+def forward(cfg, P, tokens, key_mask, targets, enc=None, enc_mask=None):
     C, nh = cfg["d_model"], cfg["n_head"]
     B, T = tokens.shape
     eps = cfg.get("ln_eps", 1e-5)
@@ -146,6 +187,15 @@ def forward(cfg, P, tokens, key_mask, targets):
     lr_block = cfg.get("lowrank", (-1, 0))[0]
     for l in range(cfg["n_layer"]):
         h = "h%d." % l
+
+        def ad(z, k):  # bottleneck adapter after sub-layer k, where configured
+            if not has_adapter(cfg, l, k):
+                return z
+            return z + lin(gelu(lin(z, h + "ad_%s.down" % k)), h + "ad_%s.up" % k)
+
+        def xatt(xin):  # cross-attention to the encoder output
+            return lin(cross_attention(lin(xin, h + "xq"), lin(enc, h + "xkv"), enc_mask, nh), h + "xproj")
+
         if l == lr_block:  # low-rank split: y = U (S (V h)) + b, no MLP residual
             def mlp(x):
                 z = F.linear(gelu(lin(x, h + "fc")), P[h + "fcproj.v"])
@@ -158,11 +208,19 @@ def forward(cfg, P, tokens, key_mask, targets):
                 x = ln(mlp(x), h + "ln2")
             continue
         if cfg["norm"] == NORM_PRE:
-            x = x + lin(attention(lin(ln(x, h + "ln1"), h + "qkv"), key_mask, cfg["causal"], nh), h + "proj")
-            x = x + lin(gelu(lin(ln(x, h + "ln2"), h + "fc")), h + "fcproj")
+            x = x + ad(lin(attention(lin(ln(x, h + "ln1"), h + "qkv"), key_mask, cfg["causal"], nh), h + "proj"),
+                       "attn")
+            if cfg.get("cross"):
+                x = x + ad(xatt(ln(x, h + "xln")), "xattn")
+            x = x + ad(lin(gelu(lin(ln(x, h + "ln2"), h + "fc")), h + "fcproj"), "ffn")
         else:
-            x = ln(x + lin(attention(lin(x, h + "qkv"), key_mask, cfg["causal"], nh), h + "proj"), h + "ln1")
-            x = ln(x + lin(gelu(lin(x, h + "fc")), h + "fcproj"), h + "ln2")
+            x = ln(x + ad(lin(attention(lin(x, h + "qkv"), key_mask, cfg["causal"], nh), h + "proj"), "attn"),
+                   h + "ln1")
+            if cfg.get("cross"):
+                x = ln(x + ad(xatt(x), "xattn"), h + "xln")
+            x = ln(x + ad(lin(gelu(lin(x, h + "fc")), h + "fcproj"), "ffn"), h + "ln2")
+    if cfg.get("body_only"):
+        return x
     if cfg["norm"] == NORM_PRE:
         x = ln(x, "lnf")
     if cfg["head"] in (HEAD_LM, HEAD_MLM):
@@ -218,12 +276,28 @@ def make_case(path, cfg, B, T, seed, frozen=()):
             targets = torch.randint(0, cfg["n_classes"], (B,), generator=gen)
     tokens = tokens.to(torch.int64)
     targets = targets.to(torch.int64)
+    enc = enc_mask = None
+    if cfg.get("cross"):
+        S = cfg["cross"]
+        enc = torch.randn(B, S, cfg["d_model"], generator=gen, dtype=torch.float64)
+        enc = enc.float().double().requires_grad_(True)
+        enc_mask = torch.ones(B, S, dtype=torch.uint8)
+        for b in range(1, B):  # encoder sequence b ends with b padding positions
+            enc_mask[b, S - min(b, S - 1):] = 0
 
     o = dict(lr=1e-2, lr_min=1e-3, warmup=3, total=ADAM_STEPS, b1=0.9, b2=0.95, eps=1e-8, wd=0.1, clip=0.5)
     out = []
     conf = [cfg["n_layer"], cfg["d_model"], cfg["n_head"], cfg["d_ff"], V, cfg["max_seq"],
             int(cfg["causal"]), cfg["norm"], cfg["head"], cfg.get("n_classes", 0), int(cfg["tie"]), B, T]
     out.append(("config", DT_I32, torch.tensor(conf, dtype=torch.int32)))
+    if cfg.get("adapter"):
+        ad = cfg["adapter"]
+        bits = sum(b for k, b in AD_BITS if k in ad["after"])
+        out.append(("adapter", DT_I32, torch.tensor([ad["size"], bits, ad["first"], ad["last"]], dtype=torch.int32)))
+    if cfg.get("cross"):
+        out.append(("cross", DT_I32, torch.tensor([cfg["cross"]], dtype=torch.int32)))
+        out.append(("enc", DT_F32, enc.detach().float()))
+        out.append(("enc_mask", DT_U8, enc_mask))
     if "ln_eps" in cfg or "gelu" in cfg:
         # model settings beyond the 13 ints: LayerNorm eps, GELU form (0 tanh, 1 erf)
         out.append(("variant", DT_F32, torch.tensor([cfg.get("ln_eps", 1e-5),
@@ -246,13 +320,15 @@ def make_case(path, cfg, B, T, seed, frozen=()):
             t.copy_(t.float().double())
     for name, _ in param_list(cfg):
         out.append(("w." + name, DT_F32, P[name].float()))
-    logits, loss = forward(cfg, P, tokens, key_mask, targets)
+    logits, loss = forward(cfg, P, tokens, key_mask, targets, enc, enc_mask)
     loss.backward()
     out.append(("logits", DT_F32, logits.float()))
     out.append(("loss", DT_F32, loss.detach().float().reshape(1)))
     for name, _ in param_list(cfg):
         if name not in frozen:
             out.append(("g." + name, DT_F32, P[name].grad.float()))
+    if enc is not None:
+        out.append(("g.enc", DT_F32, enc.grad.float()))
 
     # AdamW trajectory on the same batch: loss before each update. Frozen
     # tensors are in no group: no state, no decay, not in the clip norm.
@@ -263,7 +339,7 @@ def make_case(path, cfg, B, T, seed, frozen=()):
     losses = []
     for step in range(ADAM_STEPS):
         opt.zero_grad(set_to_none=False)
-        _, loss = forward(cfg, P, tokens, key_mask, targets)
+        _, loss = forward(cfg, P, tokens, key_mask, targets, enc, enc_mask)
         loss.backward()
         losses.append(loss.item())
         torch.nn.utils.clip_grad_norm_([P[n] for n in names], o["clip"])
@@ -274,6 +350,82 @@ def make_case(path, cfg, B, T, seed, frozen=()):
     if frozen:
         for name in all_names:
             out.append(("w_end." + name, DT_F32, P[name].detach().float()))
+    write_file(path, out)
+
+
+def make_encdec_case(path, ecfg, dcfg, B, S, T, seed):
+    """An encoder (a part without head) whose output feeds a decoder's
+    cross-attention, both frozen but for their adapters: one loss, the
+    gradient of every trainable tensor of both, 10 AdamW steps over both
+    (one clip norm). Tensors of each model carry the prefix "enc." or
+    "dec." ("enc.config", "dec.w.h0.qkv.w", "enc.g.h1.ad_ffn.up.w", ...);
+    "enc.config"'s T is the encoder's S."""
+    gen = torch.Generator().manual_seed(seed)
+    PE, PD = init_params(ecfg, gen), init_params(dcfg, gen)
+    Ve, Vd = ecfg["vocab"], dcfg["vocab"]
+    etok = torch.randint(0, Ve, (B, S), generator=gen)
+    emask = torch.ones(B, S, dtype=torch.uint8)
+    for b in range(1, B):
+        emask[b, S - b:] = 0
+        etok[b, S - b:] = 0
+    dtok = torch.randint(0, Vd, (B, T + 1), generator=gen)
+    targets = dtok[:, 1:].clone()
+    dtok = dtok[:, :T].clone()
+    with torch.no_grad():
+        for t in list(PE.values()) + list(PD.values()):
+            t.copy_(t.float().double())
+    for P in (PE, PD):
+        for n, t in P.items():
+            if ".ad_" not in n:
+                t.requires_grad_(False)
+
+    def run():
+        enc = forward(ecfg, PE, etok, emask, None)
+        return forward(dcfg, PD, dtok, None, targets, enc, emask)
+
+    o = dict(lr=1e-2, lr_min=1e-3, warmup=3, total=ADAM_STEPS, b1=0.9, b2=0.95, eps=1e-8, wd=0.1, clip=0.5)
+    out = []
+    for tag, cfg, Bc, Tc in (("enc", ecfg, B, S), ("dec", dcfg, B, T)):
+        conf = [cfg["n_layer"], cfg["d_model"], cfg["n_head"], cfg["d_ff"], cfg["vocab"], cfg["max_seq"],
+                int(cfg["causal"]), cfg["norm"], cfg["head"], cfg.get("n_classes", 0), int(cfg["tie"]), Bc, Tc]
+        out.append((tag + ".config", DT_I32, torch.tensor(conf, dtype=torch.int32)))
+        ad = cfg["adapter"]
+        bits = sum(b for k, b in AD_BITS if k in ad["after"])
+        out.append((tag + ".adapter", DT_I32, torch.tensor([ad["size"], bits, ad["first"], ad["last"]],
+                                                           dtype=torch.int32)))
+    out.append(("optim", DT_F32, torch.tensor([o["lr"], o["lr_min"], o["warmup"], o["total"], o["b1"],
+                                               o["b2"], o["eps"], o["wd"], o["clip"]], dtype=torch.float32)))
+    out.append(("enc.tokens", DT_I32, etok.to(torch.int32)))
+    out.append(("enc.key_mask", DT_U8, emask))
+    out.append(("dec.tokens", DT_I32, dtok.to(torch.int32)))
+    out.append(("dec.targets", DT_I32, targets.to(torch.int32)))
+    for tag, cfg, P in (("enc", ecfg, PE), ("dec", dcfg, PD)):
+        for name, _ in param_list(cfg):
+            out.append((tag + ".w." + name, DT_F32, P[name].float()))
+    logits, loss = run()
+    loss.backward()
+    out.append(("logits", DT_F32, logits.float()))
+    out.append(("loss", DT_F32, loss.detach().float().reshape(1)))
+    train = []
+    for tag, cfg, P in (("enc", ecfg, PE), ("dec", dcfg, PD)):
+        for name, _ in param_list(cfg):
+            if P[name].requires_grad:
+                out.append((tag + ".g." + name, DT_F32, P[name].grad.float()))
+                train.append(P[name])
+    groups = [{"params": [p for p in train if p.dim() == 2], "weight_decay": o["wd"]},
+              {"params": [p for p in train if p.dim() != 2], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=o["lr"], betas=(o["b1"], o["b2"]), eps=o["eps"], foreach=False)
+    losses = []
+    for step in range(ADAM_STEPS):
+        opt.zero_grad(set_to_none=False)
+        _, loss = run()
+        loss.backward()
+        losses.append(loss.item())
+        torch.nn.utils.clip_grad_norm_(train, o["clip"])
+        for g in opt.param_groups:
+            g["lr"] = lr_at(o, step)
+        opt.step()
+    out.append(("losses", DT_F32, torch.tensor(losses, dtype=torch.float32)))
     write_file(path, out)
 
 
@@ -322,9 +474,37 @@ def main():
         ("ref_seqcls_lowrank.bin", seqcls_lr, 4, 8, 11, ()),
         ("ref_gpt_lowrank.bin", gpt_lr, 4, 16, 12, ["h0.fcproj.s", "h1.qkv.w"]),
     ]
+    # Bottleneck adapters: after every sub-layer of every block of a GPT,
+    # all trainable; after the MLP of block 1 of a BERT whose other tensors
+    # are all frozen (backward stops above block 0). Decoders (cross-
+    # attention to an encoder output of S != T positions, with padding):
+    # pre-LN causal with adapters after all three sub-layers; post-LN with
+    # adapters after the cross-attention of block 1 only training, so the
+    # encoder's gradient must still flow through every frozen block.
+    ad_all = dict(size=8, after=("attn", "ffn"), first=0, last=2)
+    gpt_ad = dict(gpt, adapter=ad_all)
+    bert_ad = dict(bert, adapter=dict(size=4, after=("ffn",), first=1, last=2))
+    dec = dict(gpt, cross=6, adapter=dict(size=8, after=("attn", "xattn", "ffn"), first=0, last=2))
+    dec_post = dict(bert, causal=True, head=HEAD_LM, cross=5, adapter=dict(size=4, after=("xattn",), first=1, last=2))
+    cases += [
+        ("ref_gpt_adapter.bin", gpt_ad, 4, 16, 11, ()),
+        ("ref_bert_adapter_frozen.bin", bert_ad, 4, 16, 12,
+         [n for n, _ in param_list(bert_ad) if ".ad_" not in n]),
+        ("ref_dec.bin", dec, 4, 8, 13, ()),
+        ("ref_dec_post_frozen.bin", dec_post, 3, 8, 14, [n for n, _ in param_list(dec_post) if ".ad_" not in n]),
+    ]
     for name, cfg, B, T, seed, frozen in cases:
         if not only or name in only:
             make_case(os.path.join(outdir, name), cfg, B, T, seed, frozen)
+    # Encoder-decoder: a BERT-style encoder part (S = 6 positions, padded)
+    # with adapters after both sub-layers, and a pre-LN decoder with
+    # adapters after its cross-attention and MLP, everything else frozen:
+    # the decoder's gradient reaches the encoder's adapters through the
+    # encoder output.
+    enc = dict(bert, body_only=True, adapter=dict(size=4, after=("attn", "ffn"), first=0, last=2))
+    dec2 = dict(gpt, vocab=48, cross=6, adapter=dict(size=4, after=("xattn", "ffn"), first=0, last=2))
+    if not only or "ref_encdec.bin" in only:
+        make_encdec_case(os.path.join(outdir, "ref_encdec.bin"), enc, dec2, 3, 6, 8, 15)
 
 
 if __name__ == "__main__":

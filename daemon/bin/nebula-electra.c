@@ -26,7 +26,7 @@
 #include "daemon/log.h"
 #include "daemon/train/electra.h"
 #include "daemon/train/weights.h"
-#include "daemon/service/version.h"
+#include "daemon/core/version.h"
 #include "kernels/cpu_level.h"
 
 static volatile sig_atomic_t stop_signal;

@@ -23,7 +23,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include "daemon/data/tokenizer.h"
-#include "daemon/service/version.h"
+#include "daemon/core/version.h"
 #include "daemon/train/generate.h"
 #include "daemon/train/hf_model.h"
 #include "daemon/train/safetensors.h"

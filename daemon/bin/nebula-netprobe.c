@@ -19,10 +19,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include "kernels/common.h"
+#include "daemon/config/config.h"
 #include "daemon/log.h"
 #include "daemon/net/net.h"
 #include "daemon/net/probe.h"
-#include "daemon/service/version.h"
+#include "daemon/core/version.h"
 
 typedef struct {
     uv_loop_t *loop;
@@ -128,19 +129,6 @@ static void on_give_up(uv_timer_t *t)
     finish(1);
 }
 
-static int split_addr(char *s, char **host, int *port)
-{
-    char *c = strrchr(s, ':');
-    if (!c)
-        return -1;
-    *c = 0;
-    *host = s;
-    char *end;
-    long v = strtol(c + 1, &end, 10);
-    *port = (int)v;
-    return c[1] && !*end && v >= 0 && v < 65536 ? 0 : -1;
-}
-
 static void usage(FILE *f)
 {
     fprintf(f,
@@ -208,20 +196,19 @@ int main(int argc, char **argv)
     app.loop = uv_default_loop();
     nb_net_cb_t cb = { on_ready, NULL, NULL, on_closed };
     int rc = nb_net_new(app.loop, &cfg, &cb, NULL, &app.net);
-    char *host;
-    int port;
-    if (rc == 0 && (split_addr(listen ? listen : connect, &host, &port) != 0 || (connect && port == 0))) {
-        fprintf(stderr, "nebula-netprobe: '%s' is not HOST:PORT (port 1..65535; 0 lets --listen pick one)\n",
-                listen ? listen : connect);
+    nb_cfg_addr_t addr;
+    char why[160];
+    if (rc == 0 && nb_cfg_parse_addr(listen ? listen : connect, &addr, listen ? 0 : 1, why, sizeof why) != 0) {
+        fprintf(stderr, "nebula-netprobe: %s: %s (0 lets --listen pick a port)\n", listen ? "--listen" : "--connect", why);
         return 2;
     }
     int bound = 0;
     if (rc == 0)
-        rc = listen ? nb_net_listen(app.net, host, port, &bound)
-                    : nb_net_connect(app.net, peer, host, port);
+        rc = listen ? nb_net_listen(app.net, addr.host, addr.port, &bound)
+                    : nb_net_connect(app.net, peer, addr.host, addr.port);
     if (rc == 0 && listen) {
         /* port 0 binds any free port: say which */
-        printf("listening on %s:%d\n", host, bound);
+        printf("listening on %s:%d\n", addr.host, bound);
         fflush(stdout);
     }
     if (rc) {

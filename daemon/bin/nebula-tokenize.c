@@ -19,9 +19,10 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include "daemon/clock.h"
 #include "daemon/data/tokenizer.h"
 #include "daemon/data/tokens.h"
-#include "daemon/service/version.h"
+#include "daemon/core/version.h"
 
 static void usage(FILE *f)
 {
@@ -71,13 +72,6 @@ static int map_file(const char *path, const char **p, size_t *len, char *err, si
     return 0;
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static int encode(const char *dir, const char *in, const char *out)
 {
     char err[1024];
@@ -94,12 +88,12 @@ static int encode(const char *dir, const char *in, const char *out)
         fprintf(stderr, "nebula-tokenize: %s\n", err);
         goto out;
     }
-    double t0 = now_s();
+    double t0 = nb_mono_s();
     if (nb_tokenizer_encode(t, text, len, &ids, err, sizeof err) != 0) {
         fprintf(stderr, "nebula-tokenize: %s: %s\n", in, err);
         goto unmap;
     }
-    double secs = now_s() - t0;
+    double secs = nb_mono_s() - t0;
     if (nb_tokens_write(out, ids.ids, ids.n, nb_tokenizer_vocab(t), err, sizeof err) != 0) {
         fprintf(stderr, "nebula-tokenize: %s\n", err);
         goto unmap;

@@ -56,7 +56,7 @@
 #include "daemon/train/trainer.h"
 #include "daemon/train/checkpoint.h"
 #include "daemon/train/weights.h"
-#include "daemon/service/version.h"
+#include "daemon/core/version.h"
 #include "kernels/cpu_level.h"
 
 static volatile sig_atomic_t stop_signal;
@@ -101,6 +101,16 @@ static int to_train_config(const nb_config_t *cfg, nb_train_config_t *tc, char *
         .ln_eps = (float)m->ln_eps, .gelu = m->gelu == NB_GELU_ERF ? NB_MODEL_GELU_ERF : NB_MODEL_GELU_TANH,
         .mask_token = m->mask_token,
     };
+    /* job.adapters: refused here with the reason when they do not fit the model */
+    const nb_cfg_adapters_t *ad = &j->adapters;
+    const char *after[3];
+    for (int i = 0; i < ad->n_after && i < 3; i++)
+        after[i] = ad->after[i];
+    char why[256];
+    if (nb_model_set_adapters(&tc->model, (int)ad->size, after, ad->n_after, ad->blocks, why, sizeof why)) {
+        snprintf(err, errlen, "%s: %s", cfg->path, why);
+        return -1;
+    }
     if (nb_job_lowrank_from_cfg(j, &tc->model, err, errlen))
         return -1;
     const nb_cfg_optim_t *o = &j->optimizer;

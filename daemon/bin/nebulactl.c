@@ -21,10 +21,11 @@
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
+#include "daemon/clock.h"
 #include "daemon/config/config.h"
 #include "daemon/planner/offline.h"
 #include "daemon/planner/plan_config.h"
-#include "daemon/service/version.h"
+#include "daemon/core/version.h"
 
 enum { EXIT_OK = 0, EXIT_REPLY = 1, EXIT_USAGE = 2, EXIT_CONNECT = 3, EXIT_PROTO = 4, EXIT_OUTPUT = 5 };
 
@@ -79,13 +80,6 @@ static void usage(FILE *f)
 
 /* ---- transport ------------------------------------------------------------------- */
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static int connect_socket(const char *path)
 {
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -135,7 +129,7 @@ static json_t *roundtrip(int fd, json_t *req, int timeout_ms)
     free(line);
     size_t cap = 65536, have = 0;
     char *buf = malloc(cap);
-    int64_t deadline = now_ms() + timeout_ms;
+    int64_t deadline = nb_mono_ms() + timeout_ms;
     while (buf) {
         char *nl = have ? memchr(buf, '\n', have) : NULL;
         if (nl) {
@@ -149,7 +143,7 @@ static json_t *roundtrip(int fd, json_t *req, int timeout_ms)
             free(buf);
             return r;
         }
-        int left = (int)(deadline - now_ms());
+        int left = (int)(deadline - nb_mono_ms());
         struct pollfd p = { .fd = fd, .events = POLLIN };
         int pr = left > 0 ? poll(&p, 1, left) : 0;
         if (pr < 0 && errno == EINTR)
@@ -407,6 +401,31 @@ static void print_plan_hist(json_t *r)
     }
 }
 
+/* "split     7,1 (re-partitions 1; best now 4,4, predicted 31% faster)" */
+static void print_plan_split(json_t *r)
+{
+    json_t *sp = json_object_get(r, "split"), *rp = json_object_get(r, "repartition");
+    if (!json_is_array(sp))
+        return;
+    printf("split     ");
+    for (size_t i = 0; i < json_array_size(sp); i++)
+        printf("%s%lld", i ? "," : "", (long long)json_integer_value(json_array_get(sp, i)));
+    if (json_is_object(rp)) {
+        json_t *best = json_object_get(rp, "best_split");
+        printf(" (re-partitions %lld, each needs %.0f%% predicted gain",
+               (long long)json_integer_value(json_object_get(rp, "moves")),
+               100 * json_number_value(json_object_get(rp, "min_gain")));
+        if (json_is_array(best)) {
+            printf("; best now ");
+            for (size_t i = 0; i < json_array_size(best); i++)
+                printf("%s%lld", i ? "," : "", (long long)json_integer_value(json_array_get(best, i)));
+            printf(", %.0f%% faster", 100 * json_number_value(json_object_get(rp, "gain")));
+        }
+        printf(")");
+    }
+    printf("\n");
+}
+
 static int print_plan(json_t *r)
 {
     json_t *cur = json_object_get(r, "current");
@@ -416,6 +435,7 @@ static int print_plan(json_t *r)
            json_object_get(r, "last_replan_reason") ? str(r, "last_replan_reason") : "");
     printf("running   m=%lld %s fwd=%s bwd=%s (%s)\n", (long long)json_integer_value(json_object_get(cur, "m")),
            str(cur, "schedule"), str(cur, "forward"), str(cur, "backward"), str(cur, "why"));
+    print_plan_split(r);
     if (json_object_get(r, "bandwidth_mbit"))
         printf("what if   every link at %g Mbit/s\n", json_number_value(json_object_get(r, "bandwidth_mbit")));
     if (json_number_value(json_object_get(r, "max_codec_error")) > 0)

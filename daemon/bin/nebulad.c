@@ -15,9 +15,9 @@
 #include "daemon/net/tls.h"
 #include "daemon/pipeline/coord_rt.h"
 #include "daemon/pipeline/stage_rt.h"
-#include "daemon/service/memory.h"
+#include "daemon/core/memory.h"
 #include "daemon/service/service.h"
-#include "daemon/service/version.h"
+#include "daemon/core/version.h"
 #include "kernels/common.h"
 #include "kernels/cpu_level.h"
 

@@ -114,7 +114,19 @@ typedef struct {
     int n_codecs;
     char codecs[NB_CFG_MAX_CODECS][NB_CFG_SPEC_MAX]; /* allowed codec specs */
     uint64_t stage_memory_bytes; /* memory limit per stage; 0: unlimited */
+    bool repartition;            /* move layers between stages while the job runs */
+    double repartition_min_gain; /* predicted step-time gain a new split needs */
 } nb_cfg_planner_t;
+
+/* Bottleneck adapters (job.adapters; docs/finetune.md). size 0 and no
+ * sub-layer: none. Checked against the model by nb_model_set_adapters. */
+#define NB_CFG_ADAPTER_NAME_MAX 8
+typedef struct {
+    int64_t size;                /* bottleneck width, 1..d_model */
+    int n_after;                 /* sub-layers they follow: attn, xattn, ffn */
+    char after[3][NB_CFG_ADAPTER_NAME_MAX];
+    char blocks[24];             /* "all", "I" or "I-J" */
+} nb_cfg_adapters_t;
 
 /* Held-out evaluation (roles train and coordinator; docs/config.md). */
 typedef struct {
@@ -184,6 +196,7 @@ typedef struct {
     char freeze[NB_CFG_MAX_FREEZE][NB_CFG_PATTERN_MAX];
     int n_trainable;              /* job.trainable: exceptions to job.freeze */
     char trainable[NB_CFG_MAX_FREEZE][NB_CFG_PATTERN_MAX];
+    nb_cfg_adapters_t adapters;   /* job.adapters */
     nb_cfg_eval_t eval;
     nb_cfg_checkpoint_t checkpoint;
     double recovery_timeout_s;    /* how long a fault may last before the job fails */
@@ -226,6 +239,11 @@ int nb_cfg_load(const char *path, nb_config_t *out, char *err, size_t errlen);
  * directory for relative paths. */
 int nb_cfg_load_string(const char *name, const char *text, size_t len,
                        nb_config_t *out, char *err, size_t errlen);
+
+/* Parses "HOST:PORT" or "[IPV6]:PORT" (the one address syntax of configs,
+ * jobs from a coordinator and command lines) into *a, port at least
+ * min_port. Returns 0, or -1 with what is wrong in msg (no newline). */
+int nb_cfg_parse_addr(const char *s, nb_cfg_addr_t *a, int min_port, char *msg, size_t ml);
 
 const char *nb_cfg_role_name(nb_cfg_role_t r);
 const char *nb_cfg_schedule_name(nb_cfg_schedule_t s);

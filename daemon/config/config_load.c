@@ -239,7 +239,7 @@ static int parse_bytes(const char *s, double *out)
     return -1;
 }
 
-static int parse_addr(const char *s, nb_cfg_addr_t *a, int min_port, char *msg, size_t ml)
+int nb_cfg_parse_addr(const char *s, nb_cfg_addr_t *a, int min_port, char *msg, size_t ml)
 {
     memset(a, 0, sizeof *a);
     if (strlen(s) >= sizeof a->text) {
@@ -411,7 +411,7 @@ static int parse_scalar(const nb__cfg_key_t *k, const char *text, void *field, c
         return -1;
     }
     case NB__CFG_ADDR:
-        return parse_addr(text, field, (int)k->min, msg, ml);
+        return nb_cfg_parse_addr(text, field, (int)k->min, msg, ml);
     case NB__CFG_DEVICE: {
         nb_cfg_device_t *d = field;
         memset(d, 0, sizeof *d);

@@ -163,6 +163,20 @@ static const nb__cfg_key_t trainable_elem = {
     .name = "trainable[]", .type = NB__CFG_STR, .size = NB_CFG_PATTERN_MAX, .validate = v_pattern,
 };
 
+static const nb__cfg_key_t adapter_after_elem = {
+    .name = "after[]", .type = NB__CFG_STR, .size = NB_CFG_ADAPTER_NAME_MAX, .validate = v_name,
+};
+
+/* job.adapters: the sub-layer names and blocks are checked against the
+ * model by the job (nb_model_set_adapters) */
+static const nb__cfg_key_t adapter_keys[] = {
+    { .name = "size", .type = NB__CFG_INT, .min = 0, .max = 1048576, .def = "0", FLD(nb_cfg_adapters_t, size), .doc = "bottleneck width of each adapter, 1..d_model; 0 = no adapters" },
+    { .name = "after", .type = NB__CFG_LIST, .sub = &adapter_after_elem, .off = offsetof(nb_cfg_adapters_t, after),
+      .count_off = offsetof(nb_cfg_adapters_t, n_after), .max_items = 3, .doc = "sub-layers an adapter follows: attn, xattn (decoder blocks), ffn" },
+    { .name = "blocks", .type = NB__CFG_STR, .def = "all", FLD(nb_cfg_adapters_t, blocks), .doc = "blocks with adapters: all, I or I-J" },
+    { 0 },
+};
+
 static const nb__cfg_key_t planner_keys[] = {
     { .name = "enabled", .type = NB__CFG_BOOL, .def = "true", FLD(nb_cfg_planner_t, enabled), .doc = "let the planner choose m, schedule, codecs and split" },
     { .name = "replan_threshold", .type = NB__CFG_DOUBLE, .min = 0, .max = 10, .def = "0.2", FLD(nb_cfg_planner_t, replan_threshold), .doc = "relative drift of a measurement that triggers a re-plan" },
@@ -171,6 +185,8 @@ static const nb__cfg_key_t planner_keys[] = {
     { .name = "codecs", .type = NB__CFG_LIST, .sub = &codec_elem, .off = offsetof(nb_cfg_planner_t, codecs),
       .count_off = offsetof(nb_cfg_planner_t, n_codecs), .max_items = NB_CFG_MAX_CODECS, .doc = "codec specs the planner may choose" },
     { .name = "stage_memory", .type = NB__CFG_BYTES, .min = 0, .max = 1e18, .def = "0", FLD(nb_cfg_planner_t, stage_memory_bytes), .doc = "memory limit per stage; 0 = unlimited" },
+    { .name = "repartition", .type = NB__CFG_BOOL, .def = "false", FLD(nb_cfg_planner_t, repartition), .doc = "move layers between stages while the job runs when measured speeds call for another split (needs job.checkpoint and one checkpoint_dir shared by every stage)" },
+    { .name = "repartition_min_gain", .type = NB__CFG_DOUBLE, .min = 0.01, .max = 0.9, .def = "0.1", FLD(nb_cfg_planner_t, repartition_min_gain), .doc = "predicted step-time gain a new layer split needs before the layers move" },
     { 0 },
 };
 
@@ -243,6 +259,7 @@ static const nb__cfg_key_t job_keys[] = {
       .count_off = offsetof(nb_cfg_job_t, n_freeze), .max_items = NB_CFG_MAX_FREEZE, .doc = "tensors that do not train: globs over the model's tensor names (wte, h0.*)" },
     { .name = "trainable", .type = NB__CFG_LIST, .sub = &trainable_elem, .off = offsetof(nb_cfg_job_t, trainable),
       .count_off = offsetof(nb_cfg_job_t, n_trainable), .max_items = NB_CFG_MAX_FREEZE, .doc = "exceptions to job.freeze: tensors that train although a freeze pattern matches them" },
+    { .name = "adapters", .type = NB__CFG_SECTION, .sub = adapter_keys, FLD(nb_cfg_job_t, adapters), .doc = "bottleneck adapters inside the blocks (fine-tuning)" },
     { .name = "lowrank", .type = NB__CFG_SECTION, .sub = lowrank_keys, FLD(nb_cfg_job_t, lowrank), .doc = "low-rank split of one block (docs/lowrank.md)" },
     { .name = "eval", .type = NB__CFG_SECTION, .roles = C | T, .sub = eval_keys, FLD(nb_cfg_job_t, eval), .doc = "held-out evaluation" },
     { .name = "checkpoint", .type = NB__CFG_SECTION, .roles = C, .sub = checkpoint_keys, FLD(nb_cfg_job_t, checkpoint), .doc = "coordinated checkpoints" },

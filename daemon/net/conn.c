@@ -6,17 +6,11 @@
 #include <string.h>
 #include <time.h>
 #include <openssl/crypto.h>
+#include "daemon/clock.h"
 #include "kernels/common.h"
 #include "daemon/log.h"
 #include "daemon/net/ktls.h"
 #include "daemon/net/net_internal.h"
-
-uint64_t nb__now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static uint64_t now_ms(const nb_conn_t *c)
 {
@@ -629,7 +623,7 @@ static void handle_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_
             break;
         }
         if (len >= (64u << 10) && c->rx_frame_start_ns) {
-            uint64_t dt = nb__now_ns() - c->rx_frame_start_ns;
+            uint64_t dt = nb_mono_ns() - c->rx_frame_start_ns;
             if (dt > 0) {
                 double bps = (double)len * 1e9 / (double)dt;
                 c->probe.link.rx_bps_ewma = c->probe.link.rx_bps_ewma == 0
@@ -722,7 +716,7 @@ static void process_plain(nb_conn_t *c)
             return;
         }
         if (was_prefix)
-            c->rx_frame_start_ns = nb__now_ns();
+            c->rx_frame_start_ns = nb_mono_ns();
         int rc = nb_frame_rx_advance(&c->rx, (size_t)n);
         if (rc < 0) {
             refuse_frame(c, rc, c->rx.fault);
@@ -838,7 +832,7 @@ static void on_tick(uv_timer_t *t)
              * reading): still prove to the peer that we are alive. */
             Nebula__Frame f = NEBULA__FRAME__INIT;
             Nebula__Heartbeat hb = NEBULA__HEARTBEAT__INIT;
-            hb.t_ns = nb__now_ns();
+            hb.t_ns = nb_mono_ns();
             f.body_case = NEBULA__FRAME__BODY_HEARTBEAT;
             f.heartbeat = &hb;
             /* one at a time: a peer that does not read cannot grow the queue */

@@ -6,6 +6,7 @@
 #define NB_NET_INTERNAL_H
 
 #include <sys/socket.h>
+#include "daemon/clock.h"
 #include "daemon/net/net.h"
 #include "daemon/net/probe.h"
 
@@ -163,7 +164,6 @@ struct nb_net {
     void *done_ud;
 };
 
-uint64_t nb__now_ns(void);
 /* conn.c */
 int nb__conn_new(nb_net_t *n, int is_server, nb__peer_t *peer, nb_conn_t **out);
 void nb__conn_start_tls(nb_conn_t *c);

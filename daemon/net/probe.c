@@ -3,6 +3,7 @@
  * link estimates. See probe.h for the API, docs/protocol.md for the frames.
  */
 #include <string.h>
+#include "daemon/clock.h"
 #include "kernels/common.h"
 #include "daemon/log.h"
 #include "daemon/net/net_internal.h"
@@ -49,7 +50,7 @@ int nb__probe_ping(nb_conn_t *c)
     Nebula__Probe pr = NEBULA__PROBE__INIT;
     pr.kind = NEBULA__PROBE__KIND__PROBE_PING;
     pr.id = ++p->ping_id;
-    pr.t_ns = nb__now_ns();
+    pr.t_ns = nb_mono_ns();
     int rc = send_probe(c, &pr, NULL, 0);
     if (rc == 0)
         p->ping_t_ns = pr.t_ns;
@@ -198,7 +199,7 @@ static void bw_finish(nb_conn_t *c, int status, double bps)
 static void on_bulk(nb_conn_t *c, const Nebula__Probe *pr, size_t len)
 {
     nb__probe_t *p = &c->probe;
-    uint64_t now = nb__now_ns();
+    uint64_t now = nb_mono_ns();
     if (pr->seq == 0 || pr->id != p->bwr_id) {
         p->bwr_id = pr->id;
         p->bwr_total = pr->total_bytes;
@@ -270,7 +271,7 @@ void nb__probe_on_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_t
     }
     case NEBULA__PROBE__KIND__PROBE_PONG:
         if (p->ping_t_ns && pr->id == p->ping_id && pr->t_ns == p->ping_t_ns) {
-            double ms = (double)(nb__now_ns() - p->ping_t_ns) / 1e6;
+            double ms = (double)(nb_mono_ns() - p->ping_t_ns) / 1e6;
             p->ping_t_ns = 0;
             p->link.rtt_ms = ms;
             p->link.rtt_ewma_ms = p->link.rtt_ewma_ms == 0 ? ms

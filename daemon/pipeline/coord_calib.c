@@ -3,6 +3,7 @@
  * (coord_calib.h): each candidate codec's ratio, encode and decode cost per
  * raw byte, and round-trip error, on a synthetic boundary tensor.
  */
+#include "daemon/clock.h"
 #include "daemon/pipeline/coord_calib.h"
 
 #include <math.h>
@@ -14,14 +15,6 @@
 
 #include "kernels/codec/codec.h"
 #include "kernels/common.h"
-
-/* Monotonic seconds. */
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 /* 0 lossless, 1 half-precision, 2 int8, 3 int4; +2 with a structure codec. */
 static int codec_lossiness(const nb_codec_spec_t *s)
@@ -96,15 +89,15 @@ int nb_cplan_calibrate(const char *text, int rows, int cols, nb_cost_codec_t *ou
     }
     double raw = (double)rows * cols * 4.0, best_e = INFINITY, best_d = INFINITY;
     for (int it = 0; rc == 0 && it < 3; it++) {
-        double t0 = now_s();
+        double t0 = nb_mono_s();
         rc = nb_codec_encode(be, &spec, x, 7 + (uint64_t)it, st, 1, &msg, cerr, sizeof cerr);
         nb_be_sync(be);
-        double t1 = now_s();
+        double t1 = nb_mono_s();
         if (rc == 0)
             rc = nb_codec_decode_into(be, msg.spec, msg.meta, msg.meta_len, msg.payload, msg.payload_len, 0,
                                       rst, y, cerr, sizeof cerr);
         nb_be_sync(be);
-        double t2 = now_s();
+        double t2 = nb_mono_s();
         if (rc == 0 && it == 0) {
             nb_be_to_host(be, h + n, y->data, n * sizeof *h);
             nb_be_sync(be);

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include "daemon/clock.h"
 #include "daemon/log.h"
 #include "daemon/pipeline/coord_rt_internal.h"
 #include "daemon/pipeline/rt_common.h"
@@ -77,7 +78,7 @@ int nb__coord_ckpt_start(nb_coord_rt_t *rt, uint64_t *job_id, char *err, size_t 
     const nb_cfg_checkpoint_t *c = &rt->cfg->job.checkpoint;
     const char *root = rt->cfg->checkpoint_dir;
     rt->ckpt_enabled = c->every_steps > 0 || c->every_seconds > 0;
-    rt->t_last_ckpt = nb__coord_now_s();
+    rt->t_last_ckpt = nb_mono_s();
     if (rt->ckpt_enabled && !root[0]) {
         snprintf(err, errlen, "job.checkpoint asks for checkpoints but the coordinator has no checkpoint_dir "
                               "(where it writes their manifests)");
@@ -150,7 +151,7 @@ void nb__coord_ckpt_maybe(nb_coord_rt_t *rt, bool last)
     const nb_cfg_checkpoint_t *c = &rt->cfg->job.checkpoint;
     int64_t n = rt->step + 1; /* steps done once this Commit is applied */
     bool due = rt->ckpt_requested || (c->every_steps > 0 && n % c->every_steps == 0) ||
-               (c->every_seconds > 0 && nb__coord_now_s() - rt->t_last_ckpt >= c->every_seconds) ||
+               (c->every_seconds > 0 && nb_mono_s() - rt->t_last_ckpt >= c->every_seconds) ||
                (last && rt->ckpt_enabled);
     if (!due || rt->recovering || n == rt->last_ckpt)
         return;
@@ -165,7 +166,7 @@ void nb__coord_ckpt_maybe(nb_coord_rt_t *rt, bool last)
     }
     rt->ckpt_requested = false;
     rt->ckpt_inflight = n;
-    rt->t_ckpt_start = nb__coord_now_s();
+    rt->t_ckpt_start = nb_mono_s();
     rt->t_last_ckpt = rt->t_ckpt_start;
     for (int i = 0; i < rt->job.n_daemons; i++) {
         rt->d[i].ckpt_done = false;
@@ -231,12 +232,13 @@ static void commit_round(nb_coord_rt_t *rt)
         nb_log_error(NULL, "checkpoint at step %lld: cannot write its manifest: %s", (long long)step,
                      rc ? err : "out of memory");
         free(json);
+        nb__coord_repart_ckpt_done(rt, step, false);
         return;
     }
     free(rt->last_manifest);
     rt->last_manifest = json;
     rt->last_ckpt = step;
-    double secs = nb__coord_now_s() - rt->t_ckpt_start;
+    double secs = nb_mono_s() - rt->t_ckpt_start;
     nb_metrics_t *mx = nb_state_metrics(rt->state);
     nb_metrics_inc(mx, rt->m_ckpts, 1);
     nb_metrics_set(mx, rt->m_ckpt_s, secs);
@@ -255,6 +257,7 @@ static void commit_round(nb_coord_rt_t *rt)
         rt->step = keep_step;
     }
     nb__coord_maybe_finish(rt);
+    nb__coord_repart_ckpt_done(rt, step, true); /* a move waiting for this checkpoint */
 }
 
 void nb__coord_ckpt_done(nb_coord_rt_t *rt, int i, const Nebula__Checkpoint *ck)
@@ -267,14 +270,18 @@ void nb__coord_ckpt_done(nb_coord_rt_t *rt, int i, const Nebula__Checkpoint *ck)
         nb_metrics_inc(nb_state_metrics(rt->state), rt->m_ckpt_failed, 1);
         nb_log_error(rt->job.names[i], "checkpoint at step %lld failed: %s; the job goes on without it",
                      (long long)rt->ckpt_inflight, ck->message ? ck->message : "");
+        int64_t failed = rt->ckpt_inflight;
         rt->ckpt_inflight = -1;
         nb__coord_maybe_finish(rt);
+        nb__coord_repart_ckpt_done(rt, failed, false);
         return;
     }
     if (ck->n_files > NB_SCHED_MAX_STAGES) {
         nb_log_error(rt->job.names[i], "checkpoint at step %lld: %zu files, more than a daemon may write",
                      (long long)rt->ckpt_inflight, ck->n_files);
+        int64_t failed = rt->ckpt_inflight;
         rt->ckpt_inflight = -1;
+        nb__coord_repart_ckpt_done(rt, failed, false);
         return;
     }
     d->n_files = 0;
@@ -283,7 +290,9 @@ void nb__coord_ckpt_done(nb_coord_rt_t *rt, int i, const Nebula__Checkpoint *ck)
         if (!file_ok(f)) {
             nb_log_error(rt->job.names[i], "checkpoint at step %lld: a malformed file entry; round abandoned",
                          (long long)rt->ckpt_inflight);
+            int64_t failed = rt->ckpt_inflight;
             rt->ckpt_inflight = -1;
+            nb__coord_repart_ckpt_done(rt, failed, false);
             return;
         }
         nb_ckpt_file_t *o = &d->files[d->n_files++];

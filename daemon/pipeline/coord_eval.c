@@ -10,6 +10,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include "daemon/clock.h"
 #include "daemon/log.h"
 #include "daemon/pipeline/coord_rt_internal.h"
 #include "daemon/pipeline/rt_common.h"
@@ -46,7 +47,7 @@ void nb__coord_eval_start(nb_coord_rt_t *rt, const char *line, bool last)
     rt->eval_at = rt->step + 1;
     rt->eval_last = last;
     snprintf(rt->eval_line, sizeof rt->eval_line, "%s", line);
-    rt->t_eval_start = nb__coord_now_s();
+    rt->t_eval_start = nb_mono_s();
     for (int i = 0; i < rt->job.n_daemons; i++)
         rt->d[i].eval_reported = false;
     Nebula__Plan p;
@@ -111,7 +112,7 @@ void nb__coord_eval_report(nb_coord_rt_t *rt, int di, const Nebula__Report *r)
     if (isfinite(loss))
         nb_metrics_set(mx, rt->m_eval_loss, loss);
     nb_metrics_set(mx, rt->m_eval_step, (double)rt->eval_at);
-    nb_metrics_set(mx, rt->m_eval_s, nb__coord_now_s() - rt->t_eval_start);
+    nb_metrics_set(mx, rt->m_eval_s, nb_mono_s() - rt->t_eval_start);
     nb_state_job_eval(rt->state, loss, rt->eval_at);
     nb_log_info(NULL, "%s val_loss %.4f", rt->eval_line, loss);
     if (rt->eval_last) {

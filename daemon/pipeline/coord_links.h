@@ -15,7 +15,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include "daemon/config/config.h"
-#include "daemon/service/state.h"
+#include "daemon/core/state.h"
 #include "proto/nebula.pb-c.h"
 
 /* Folds the link measurements daemon `from` sent (probes: from LINKS_READY,

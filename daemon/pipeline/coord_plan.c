@@ -15,6 +15,7 @@
 #include "daemon/log.h"
 #include "daemon/planner/plan_config.h"
 #include "daemon/planner/replan.h"
+#include "daemon/planner/repart.h"
 #include "kernels/codec/codec.h"
 #include "kernels/common.h"
 
@@ -95,6 +96,12 @@ struct nb_cplan {
     bool have_overhead;
     hist_t hist[MAX_HIST];
     int nhist;
+    /* re-partitioning (job.planner.repartition; docs/planner.md) */
+    double head_blocks;       /* the head's work in block equivalents */
+    bool repart_on;
+    nb_repart_t repart;
+    nb_repart_choice_t repart_last; /* the last step's choice */
+    bool repart_have;
 };
 
 static int fail(char *err, size_t len, int rc, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
@@ -111,8 +118,8 @@ static int fail(char *err, size_t len, int rc, const char *fmt, ...)
 
 bool nb_cplan_wanted(const nb_cfg_job_t *job)
 {
-    return job->planner.enabled &&
-           (job->micro_batches <= 0 || job->schedule == NB_CFG_SCHED_AUTO || job->planner.n_codecs > 0);
+    return job->planner.enabled && (job->micro_batches <= 0 || job->schedule == NB_CFG_SCHED_AUTO ||
+                                    job->planner.n_codecs > 0 || job->planner.repartition);
 }
 
 static int add_codec(nb_cplan_t *cp, const char *text, int rows, char *err, size_t errlen)
@@ -243,6 +250,15 @@ int nb_cplan_new(const nb_cfg_job_t *job, const nb_job_desc_t *desc, int m0, nb_
     cp->rcfg.threshold = job->planner.replan_threshold > 0 ? job->planner.replan_threshold : 0.2;
     cp->rcfg.k = job->planner.replan_steps > 0 ? (int)job->planner.replan_steps : 5;
     cp->rcfg.cooldown = 2;
+    cp->head_blocks = nb_repart_head_blocks(l->model.d_model, l->model.d_ff, l->model.vocab, l->seq_len);
+    if (job->planner.repartition) {
+        /* k steps of the same better split; then the new split's own
+         * measurements (a median over SIZE_OBS steps) settle first */
+        nb_repart_cfg_t rc2 = { .min_gain = job->planner.repartition_min_gain, .k = cp->rcfg.k,
+                                .cooldown = 2 * (cp->rcfg.k + SIZE_OBS) };
+        if (nb_repart_init(&cp->repart, &rc2, cp->p) == 0)
+            cp->repart_on = true;
+    }
     *out = cp;
     return 0;
 err:
@@ -355,12 +371,14 @@ static void refit_stage(nb_cplan_t *cp, int s)
         return;
     nb_cost_stage_t *st = &cp->cost.stage[s];
     int layers = cp->req.fixed_layers[s];
-    /* the split is pinned, so only the stage total matters; spread it over
-     * the blocks so that offline what-ifs on another split stay sensible */
+    /* a report gives the stage total; spread it over the blocks and the
+     * head (in block equivalents, nb_repart_head_blocks), so that another
+     * split (a re-partition, an offline what-if) gets this cluster's
+     * per-block speed; the current split's total is unchanged */
+    double fixed_blocks = cp->desc.layout.parts[s].head ? cp->head_blocks : 0;
     if (layers > 0) {
-        st->fwd_layer = (nb_fit_t){ ff.a / layers, ff.b / layers };
-        st->bwd_layer = (nb_fit_t){ fb.a / layers, fb.b / layers };
-        st->fwd_fixed = st->bwd_fixed = (nb_fit_t){ 0, 0 };
+        nb_repart_fit_stage(&ff, layers, fixed_blocks, &st->fwd_layer, &st->fwd_fixed);
+        nb_repart_fit_stage(&fb, layers, fixed_blocks, &st->bwd_layer, &st->bwd_fixed);
     } else {
         st->fwd_fixed = ff;
         st->bwd_fixed = fb;
@@ -943,6 +961,71 @@ static void calibrate_overhead(nb_cplan_t *cp)
             cp->cost.link[s].dir[d].overhead = best_o;
 }
 
+/* ---- re-partitioning ------------------------------------------------------------ */
+
+static const char *split_text(const int *layers, int p, char *buf, size_t len)
+{
+    buf[0] = 0;
+    for (int s = 0; s < p; s++) {
+        size_t n = strlen(buf);
+        snprintf(buf + n, len - n, "%s%d", s ? "," : "", layers[s]);
+    }
+    return buf;
+}
+
+int nb_cplan_repart_check(nb_cplan_t *cp, int64_t step, int *layers, char *why, size_t whylen)
+{
+    if (!cp->repart_on || !cp->planned || cp->pinned || cp->replan_due || step < cp->profile_end ||
+        !cp->compute_measured)
+        return 0;
+    for (int s = 0; s < cp->p; s++)
+        if (cp->npts[s] == 0) /* a stage the current split has not measured yet */
+            return 0;
+    nb_repart_choice_t c;
+    char err[256];
+    if (nb_repart_choose(&cp->cost, &cp->req, cp->cur.m, &cp->cur.sched, cp->cur.fwd, cp->cur.bwd,
+                         cp->req.fixed_layers, &c, err, sizeof err) != 0) {
+        nb_log_debug(NULL, "planner: no re-partition check at step %lld: %s", (long long)step + 1, err);
+        return 0;
+    }
+    cp->repart_last = c;
+    cp->repart_have = true;
+    if (!nb_repart_observe(&cp->repart, step, &c))
+        return 0;
+    char a[96], b[96];
+    memcpy(layers, c.layers, (size_t)cp->p * sizeof *layers);
+    snprintf(why, whylen, "split %s predicted %.4f s per step against %.4f s on %s (%.0f%% faster; "
+             "job.planner.repartition_min_gain %.0f%%)", split_text(c.layers, cp->p, a, sizeof a), c.best_s,
+             c.cur_s, split_text(cp->req.fixed_layers, cp->p, b, sizeof b), 100 * c.gain,
+             100 * cp->repart.cfg.min_gain);
+    return 1;
+}
+
+void nb_cplan_set_split(nb_cplan_t *cp, const nb_job_desc_t *desc)
+{
+    char a[96];
+    cp->desc = *desc;
+    for (int s = 0; s < cp->p; s++) {
+        cp->req.fixed_layers[s] = desc->layout.parts[s].last - desc->layout.parts[s].first;
+        /* the sizes measured were of the old split; the per-block fits stay
+         * until the new split's own steps refit them */
+        cp->npts[s] = 0;
+    }
+    /* the plans measured so far ran on another split */
+    cp->nhist = 0;
+    cp->repart_have = false;
+    if (cp->planned && !cp->pinned) {
+        cp->replan_due = true;
+        snprintf(cp->reason, sizeof cp->reason, "the layer split moved to %s",
+                 split_text(cp->req.fixed_layers, cp->p, a, sizeof a));
+    }
+}
+
+long nb_cplan_repartitions(const nb_cplan_t *cp)
+{
+    return cp->repart_on ? cp->repart.moves : 0;
+}
+
 /* ---- the status socket's view -------------------------------------------------- */
 
 static json_t *step_json(const nb_cplan_step_t *c)
@@ -1049,6 +1132,24 @@ json_t *nb_cplan_json(nb_cplan_t *cp, int max_rows, double bandwidth_mbit, char 
     if (bandwidth_mbit > 0)
         json_object_set_new(o, "bandwidth_mbit", json_real(bandwidth_mbit));
     json_object_set_new(o, "max_codec_error", json_real(cp->req.max_err > 0 ? cp->req.max_err : 0));
+    json_t *split = json_array();
+    for (int s = 0; s < cp->p; s++)
+        json_array_append_new(split, json_integer(cp->req.fixed_layers[s]));
+    json_object_set_new(o, "split", split);
+    if (cp->repart_on) {
+        json_t *rp = json_pack("{s:I, s:f}", "moves", (json_int_t)cp->repart.moves, "min_gain",
+                               cp->repart.cfg.min_gain);
+        if (cp->repart_have) {
+            json_t *best = json_array();
+            for (int s = 0; s < cp->p; s++)
+                json_array_append_new(best, json_integer(cp->repart_last.layers[s]));
+            json_object_set_new(rp, "best_split", best);
+            json_object_set_new(rp, "current_step_s", json_real(cp->repart_last.cur_s));
+            json_object_set_new(rp, "best_step_s", json_real(cp->repart_last.best_s));
+            json_object_set_new(rp, "gain", json_real(cp->repart_last.gain));
+        }
+        json_object_set_new(o, "repartition", rp);
+    }
     if (cp->reason[0])
         json_object_set_new(o, "last_replan_reason", json_string(cp->reason));
     if (rc == NB_ELIMIT)

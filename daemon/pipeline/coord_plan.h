@@ -126,6 +126,25 @@ long nb_cplan_replans(const nb_cplan_t *cp);
  * or non-finite bandwidth). */
 json_t *nb_cplan_json(nb_cplan_t *cp, int max_rows, double bandwidth_mbit, char *err, size_t errlen);
 
+/* Re-partitioning (job.planner.repartition; docs/planner.md,
+ * "Re-partitioning"), after nb_cplan_step_done of `step`: 1 when the
+ * measured stage speeds call for another layer split now (predicted at
+ * least job.planner.repartition_min_gain faster for the running plan,
+ * under every stage's memory limit, the same split for
+ * job.planner.replan_steps steps in a row, and not within the cooldown of
+ * the last move); layers (p entries) gets it, why a line for the log.
+ * Else 0. */
+int nb_cplan_repart_check(nb_cplan_t *cp, int64_t step, int *layers, char *why, size_t whylen);
+
+/* The job now runs with desc's layer split (a re-partition took effect):
+ * the planner pins it, forgets the per-size measurements of the old split
+ * (the per-block fits stay until the new split's steps refit them) and
+ * re-plans at the next step. */
+void nb_cplan_set_split(nb_cplan_t *cp, const nb_job_desc_t *desc);
+
+/* Re-partitions decided so far. */
+long nb_cplan_repartitions(const nb_cplan_t *cp);
+
 /* The cost model as it stands (borrowed; valid until the next call). */
 const nb_cost_t *nb_cplan_cost(const nb_cplan_t *cp);
 

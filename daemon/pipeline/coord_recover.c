@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "daemon/clock.h"
 #include "daemon/log.h"
 #include "daemon/pipeline/coord_rt_internal.h"
 #include "daemon/pipeline/rt_common.h"
@@ -75,10 +76,11 @@ void nb__coord_fault(nb_coord_rt_t *rt, const char *fmt, ...)
     nb__coord_eval_abandon(rt); /* dropped: the job recovers without it */
     if (continuing) {
         nb_log_warn(NULL, "attempt %u did not start: %s; trying again", rt->attempt, why);
+        nb__coord_repart_revert(rt); /* a move that did not start: back to the old split */
         goto abort_all;
     }
     rt->restarts++;
-    rt->t_fault = nb__coord_now_s();
+    rt->t_fault = nb_mono_s();
     snprintf(rt->fault_why, sizeof rt->fault_why, "%s", why);
     nb_metrics_inc(nb_state_metrics(rt->state), rt->m_restarts, 1);
     int64_t limit = rt->cfg->job.max_restarts;
@@ -92,9 +94,22 @@ void nb__coord_fault(nb_coord_rt_t *rt, const char *fmt, ...)
                 rt->attempt, (long long)rt->step + 1, why, (long long)rt->restarts, rt->cfg->job.recovery_timeout_s);
     nb_service_set_state(rt->svc, NB_SVC_CONNECTING, "recovering from: %s", why);
     nb__coord_ckpt_abandon(rt);
+    nb__coord_repart_abandon(rt);
     if (rt->recovery_timer_open)
         uv_timer_start(&rt->recovery_timer, recovery_timeout_cb, (uint64_t)(rt->cfg->job.recovery_timeout_s * 1000), 0);
 abort_all:
+    nb__coord_abort_attempt(rt, why);
+}
+
+void nb__coord_recover_arm(nb_coord_rt_t *rt, const char *why)
+{
+    snprintf(rt->fault_why, sizeof rt->fault_why, "%s", why);
+    if (rt->recovery_timer_open)
+        uv_timer_start(&rt->recovery_timer, recovery_timeout_cb, (uint64_t)(rt->cfg->job.recovery_timeout_s * 1000), 0);
+}
+
+void nb__coord_abort_attempt(nb_coord_rt_t *rt, const char *why)
+{
     rt->waiting = WAIT_RECOVER;
     if (rt->timer_open)
         uv_timer_stop(&rt->connect_timer);
@@ -104,7 +119,7 @@ abort_all:
     nebula__abort__init(&a);
     a.job_id = rt->job.layout.job_id;
     a.attempt = rt->attempt;
-    a.reason = why;
+    a.reason = (char *)why;
     f.body_case = NEBULA__FRAME__BODY_ABORT;
     f.abort = &a;
     for (int i = 0; i < rt->job.n_daemons; i++) {
@@ -274,11 +289,13 @@ void nb__coord_joined(nb_coord_rt_t *rt, int i, const Nebula__JobStatus *s)
 void nb__coord_recovered(nb_coord_rt_t *rt)
 {
     if (rt->t_job_start == 0)
-        rt->t_job_start = nb__coord_now_s();
+        rt->t_job_start = nb_mono_s();
     if (rt->recovery_timer_open)
         uv_timer_stop(&rt->recovery_timer);
     bool was_fault = rt->restarts > 0 && rt->t_fault > 0;
     rt->resuming = false;
+    if (!was_fault && nb__coord_repart_done(rt))
+        return;
     if (!was_fault) {
         nb_log_info(NULL, "job %llu: attempt %u runs from step %lld of %lld", (unsigned long long)rt->job.layout.job_id,
                     rt->attempt, (long long)rt->step + 1, (long long)rt->job.steps);
@@ -286,7 +303,7 @@ void nb__coord_recovered(nb_coord_rt_t *rt)
                              (long long)rt->job.steps);
         return;
     }
-    double secs = nb__coord_now_s() - rt->t_fault;
+    double secs = nb_mono_s() - rt->t_fault;
     rt->t_fault = 0;
     nb_metrics_set(nb_state_metrics(rt->state), rt->m_recovery_s, secs);
     nb_log_info(NULL, "recovered in %.1f s (attempt %u): the job goes on at step %lld of %lld", secs, rt->attempt,

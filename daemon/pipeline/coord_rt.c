@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include "daemon/clock.h"
 #include "daemon/log.h"
 #include "daemon/pipeline/coord_links.h"
 #include "daemon/pipeline/coord_plan.h"
@@ -19,13 +20,6 @@
 #include "daemon/planner/cost.h"
 #include "daemon/planner/replica.h"
 #include "kernels/codec/codec.h"
-
-double nb__coord_now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static void connect_timeout_cb(uv_timer_t *t);
 
@@ -210,7 +204,7 @@ static void send_plan(nb_coord_rt_t *rt)
     f.body_case = NEBULA__FRAME__BODY_PLAN;
     f.plan = &p;
     rt->step_in_flight = true;
-    rt->t_step_start = nb__coord_now_s();
+    rt->t_step_start = nb_mono_s();
     for (int i = 0; i < rt->job.n_daemons; i++) {
         rt->d[i].reported = false;
         memset(rt->d[i].busy_s, 0, sizeof rt->d[i].busy_s);
@@ -236,7 +230,7 @@ static void start_steps(nb_coord_rt_t *rt)
         send_plan(rt);
         return;
     }
-    rt->t_job_start = nb__coord_now_s();
+    rt->t_job_start = nb_mono_s();
     char sched[32];
     nb_sched_format(&rt->sched, sched, sizeof sched);
     nb_log_info(NULL, "job %llu: %lld steps, %d stages on %d daemons, m=%d (%d sequences each), %s, codecs %s / %s%s",
@@ -278,7 +272,7 @@ static void update_job_info(nb_coord_rt_t *rt, double loss, double tps, double s
     snprintf(j.codec_backward, sizeof j.codec_backward, "%s", rt->bwd_codec);
     j.micro_batches = rt->m;
     nb_sched_format(&rt->sched, j.schedule, sizeof j.schedule);
-    snprintf(j.layers, sizeof j.layers, "%d stages", rt->job.layout.p);
+    nb__coord_split_text(rt, j.layers, sizeof j.layers);
     j.eval_loss = rt->eval_last_loss;
     j.eval_step = rt->eval_last_step > 0 ? rt->eval_last_step : 0;
     nb_state_job_update(rt->state, &j);
@@ -353,7 +347,7 @@ static bool note_skip(nb_coord_rt_t *rt, double sumsq)
 static void finish_step(nb_coord_rt_t *rt)
 {
     char pnote[96];
-    double step_s = nb__coord_now_s() - rt->t_step_start;
+    double step_s = nb_mono_s() - rt->t_step_start;
     double sumsq = 0.0, loss = NAN, busy = 0.0, max_step_s = 0.0;
     uint64_t raw = 0, wire = 0;
     for (int i = 0; i < rt->job.n_daemons; i++) {
@@ -402,6 +396,8 @@ static void finish_step(nb_coord_rt_t *rt)
     for (int i = 0; i < rt->job.n_daemons; i++)
         if (nb__coord_send_commit(rt, i, (uint64_t)rt->step, sumsq, skip, last && !eval))
             return;
+    /* a layer re-partition waits for a checkpoint at this boundary */
+    bool repart = !last && !eval && nb__coord_repart_maybe(rt);
     nb__coord_ckpt_maybe(rt, last);
     if (rt->recovering)
         return;
@@ -431,6 +427,14 @@ static void finish_step(nb_coord_rt_t *rt)
     }
     if (log)
         nb_log_info(NULL, "%s", line);
+    if (repart && rt->repart_pending) {
+        if (rt->ckpt_inflight == rt->repart_step)
+            return; /* the next Plan waits for the move */
+        rt->ckpt_requested = false;
+        /* this step's checkpoint exists already (the step ran again after a recovery) */
+        nb__coord_repart_ckpt_done(rt, rt->repart_step, rt->last_ckpt == rt->repart_step);
+        return;
+    }
     nb__coord_next_step(rt, last);
 }
 
@@ -552,7 +556,7 @@ void nb__coord_maybe_finish(nb_coord_rt_t *rt)
         if (rt->timer_open)
             uv_timer_stop(&rt->connect_timer);
         {
-            double secs = nb__coord_now_s() - rt->t_job_start;
+            double secs = nb_mono_s() - rt->t_job_start;
             double tokens = (double)rt->job.steps * rt->job.layout.seq_len * (double)rt->cfg->job.batch;
             char val[128];
             nb_log_info(NULL, "job done: %lld steps in %.1f s, %.0f tokens/s, final loss %.4f, %.2f MB on the wire "
@@ -828,6 +832,10 @@ static int rt_start(nb_service_t *svc, void *ud)
     rt->pred_bubble = -1;
     if (nb_cplan_wanted(j) && nb_cplan_new(j, &rt->job, rt->m, &rt->plan, err, sizeof err)) {
         nb_log_error(NULL, "%s: planner: %s", rt->cfg->path, err);
+        return NB_EINVAL;
+    }
+    if (nb__coord_repart_init(rt, err, sizeof err)) {
+        nb_log_error(NULL, "%s: %s", rt->cfg->path, err);
         return NB_EINVAL;
     }
     nb__coord_recover_init(rt);

@@ -10,6 +10,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include "daemon/clock.h"
 #include "daemon/net/net.h"
 #include "daemon/pipeline/coord_plan.h"
 #include "daemon/pipeline/coord_rt.h"
@@ -114,10 +115,19 @@ struct nb_coord_rt {
     double eval_first, eval_last_loss;   /* first and latest held-out loss */
     int64_t eval_first_step, eval_last_step; /* their steps; -1 none */
     int m_eval_loss, m_eval_step, m_eval_s, m_eval_dropped;
+
+    /* ---- re-partitioning (coord_repart.c) ---- */
+    bool repart_on;           /* job.planner.repartition, with checkpoints and a planner */
+    bool repart_pending;      /* a move decided: its checkpoint round is in flight */
+    bool repart_restart;      /* the move's attempt is being set up */
+    int64_t repart_step;      /* the steps done at the move */
+    int repart_layers[NB_SCHED_MAX_STAGES];
+    nb_pipe_layout_t repart_old; /* the layout before the move, for a revert */
+    char repart_why[320];
+    double t_repart;          /* when the move's checkpoint was asked for */
+    int m_repart, m_repart_s;
 };
 
-/* coord_rt.c */
-double nb__coord_now_s(void);
 void nb__coord_job_fail(nb_coord_rt_t *rt, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Sends a control frame to daemon i; a failure is reported as a fault. */
 int nb__coord_send(nb_coord_rt_t *rt, int i, Nebula__Frame *f, const char *what);
@@ -140,6 +150,12 @@ void nb__coord_joined(nb_coord_rt_t *rt, int i, const Nebula__JobStatus *s);
 /* Every daemon reported LINKS_READY for the attempt: log the recovery. */
 void nb__coord_recovered(nb_coord_rt_t *rt);
 void nb__coord_recover_init(nb_coord_rt_t *rt);
+/* Ends the attempt in flight everywhere (Abort with why) and waits for
+ * every daemon's JOINED; the caller has set rt->recovering. */
+void nb__coord_abort_attempt(nb_coord_rt_t *rt, const char *why);
+/* Starts the recovery deadline (job.recovery_timeout_s) for a restart that
+ * is not a fault (a re-partition); why names it if the deadline passes. */
+void nb__coord_recover_arm(nb_coord_rt_t *rt, const char *why);
 void nb__coord_recover_close(nb_coord_rt_t *rt);
 
 /* After step rt->step's Commit (and its evaluation, when one was due): the
@@ -169,6 +185,31 @@ void nb__coord_eval_report(nb_coord_rt_t *rt, int i, const Nebula__Report *r);
 void nb__coord_eval_abandon(nb_coord_rt_t *rt);
 /* " validation loss A (step a) -> B (step b)" for the job's last line, or "". */
 const char *nb__coord_eval_summary(const nb_coord_rt_t *rt, char *buf, size_t len);
+
+/* coord_repart.c */
+/* Reads job.planner.repartition: NB_EINVAL with err when the job cannot
+ * re-partition (no checkpoints, no planner); registers the metrics. */
+int nb__coord_repart_init(nb_coord_rt_t *rt, char *err, size_t errlen);
+/* After step rt->step's Commit (not the last step, no evaluation due): asks
+ * the planner whether the split should move; if so, asks for a checkpoint
+ * at this step boundary (rt->ckpt_requested) and returns true: the next
+ * Plan waits for the move. */
+bool nb__coord_repart_maybe(nb_coord_rt_t *rt);
+/* The checkpoint round of step `step` ended (ok: complete). For the move's
+ * round: ok ends the attempt and restarts it from that checkpoint on the
+ * new split; not ok drops the move and sends the next Plan. */
+void nb__coord_repart_ckpt_done(nb_coord_rt_t *rt, int64_t step, bool ok);
+/* A fault ended the attempt: a move not yet under way is dropped. */
+void nb__coord_repart_abandon(nb_coord_rt_t *rt);
+/* The move's attempt did not start (a stage could not read its new
+ * tensors, or any other fault while its links came up): the job goes back
+ * to the old split, from the same checkpoint, and re-partitions no more. */
+void nb__coord_repart_revert(nb_coord_rt_t *rt);
+/* The move's attempt has its links up: log and count it. True when the
+ * attempt was a move (the caller logs nothing else). */
+bool nb__coord_repart_done(nb_coord_rt_t *rt);
+/* "2 stages, split 5,1" for the job's status line. */
+const char *nb__coord_split_text(const nb_coord_rt_t *rt, char *buf, size_t len);
 
 /* coord_ckpt.c */
 /* At start: checks job.checkpoint against the configuration and finds the

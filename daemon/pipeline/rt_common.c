@@ -134,18 +134,10 @@ int nb_rt_send_ctl(nb_conn_t *c, Nebula__Frame *f)
 
 void nb_rt_reserve_peer_addr(nb_net_t *n, const char *hostport)
 {
-    char host[256];
-    const char *colon = hostport ? strrchr(hostport, ':') : NULL;
-    if (!colon || colon == hostport || (size_t)(colon - hostport) >= sizeof host)
+    nb_cfg_addr_t a;
+    char msg[128];
+    if (!hostport || nb_cfg_parse_addr(hostport, &a, 1, msg, sizeof msg) != 0)
         return;
-    size_t hl = (size_t)(colon - hostport);
-    if (hostport[0] == '[' && hl >= 2 && hostport[hl - 1] == ']') {
-        memcpy(host, hostport + 1, hl - 2);
-        host[hl - 2] = 0;
-    } else {
-        memcpy(host, hostport, hl);
-        host[hl] = 0;
-    }
-    if (nb_net_reserve_addr(n, host) != 0)
+    if (nb_net_reserve_addr(n, a.host) != 0)
         nb_log_debug(NULL, "no handshake room reserved for %s (not an IP literal)", hostport);
 }

@@ -10,7 +10,7 @@
 #include "daemon/net/net.h"
 #include "daemon/net/probe.h"
 #include "daemon/pipeline/pipe_msg.h"
-#include "daemon/service/state.h"
+#include "daemon/core/state.h"
 
 /* Transport settings of a daemon from its configuration (strings point into
  * cfg, which must outlive the call to nb_net_new). */

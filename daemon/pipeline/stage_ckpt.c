@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include "daemon/clock.h"
 #include "daemon/log.h"
 #include "daemon/pipeline/stage_rt_internal.h"
 #include "kernels/cpu_level.h"
@@ -52,7 +53,7 @@ static void *writer_main(void *arg)
     ckpt_done_t d;
     memset(&d, 0, sizeof d);
     char err[512] = "";
-    uint64_t t0 = nb_host_now_ns();
+    uint64_t t0 = nb_mono_ns();
     uint64_t bytes = 0;
     /* a directory of an earlier round of this step (a recovery ran it
      * again) loses its manifest copy first: the coordinator's is the one */
@@ -73,7 +74,7 @@ static void *writer_main(void *arg)
     } else {
         nb_metrics_inc(nb_state_metrics(rt->state), rt->m_ckpts, (double)d.n_files);
         nb_log_info(NULL, "checkpoint at step %lld: wrote %.1f MB in %.2f s to %s", (long long)w->meta.step,
-                    (double)bytes / 1e6, (double)(nb_host_now_ns() - t0) / 1e9, w->dir);
+                    (double)bytes / 1e6, (double)(nb_mono_ns() - t0) / 1e9, w->dir);
     }
     post_done(rt, w, &d, rc ? err : NULL);
     free(w);

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include "daemon/clock.h"
 #include "daemon/log.h"
 #include "daemon/pipeline/rt_common.h"
 #include "daemon/pipeline/stage_rt_internal.h"
@@ -32,7 +33,7 @@ static int io_send(void *ud, nb_pmsg_t *msg)
         return NB_ENOMEM;
     o->kind = OUT_TENSOR;
     o->msg = msg;
-    o->t_queued_ns = nb_host_now_ns();
+    o->t_queued_ns = nb_mono_ns();
     int rc = nb_mbox_push(rt->outbox, o);
     if (rc) {
         o->msg = NULL; /* the caller keeps msg on error */
@@ -222,6 +223,19 @@ static int open_eval(nb_stage_rt_t *rt, compute_t *c, const nb_job_desc_t *d, in
     return rc;
 }
 
+/* True when job a and b differ at most in their stages' layer ranges: a
+ * re-partition (docs/pipeline.md, "Re-partitioning"), which a daemon
+ * follows by rebuilding its parts from the checkpoint the Job names. */
+static bool only_split_differs(const nb_job_desc_t *a, const nb_job_desc_t *b)
+{
+    nb_job_desc_t x = *a;
+    for (int s = 0; s < NB_SCHED_MAX_STAGES; s++) {
+        x.layout.parts[s].first = b->layout.parts[s].first;
+        x.layout.parts[s].last = b->layout.parts[s].last;
+    }
+    return memcmp(&x, b, sizeof x) == 0;
+}
+
 /* Builds (or, for a resumed job, restores) the parts for a received Job and
  * asks the loop to open the links. c->be may be NULL (the device did not
  * open); be_why then says why. Job.resume says where the parts come from:
@@ -242,7 +256,9 @@ static int handle_job(nb_stage_rt_t *rt, compute_t *c, const char *be_why, const
         rc = NB_EINVAL;
     }
     bool had = c->host != NULL;
-    if (rc == 0 && had && memcmp(&d, &rt->job, sizeof d) != 0) {
+    bool moved = rc == 0 && had && memcmp(&d, &rt->job, sizeof d) != 0 &&
+                 msg->resume == NEBULA__JOB__RESUME__RESUME_CHECKPOINT && only_split_differs(&d, &rt->job);
+    if (rc == 0 && had && !moved && memcmp(&d, &rt->job, sizeof d) != 0) {
         /* another job or another layout: what this daemon holds is of no
          * use, and its links are set up for the old one. Tell the
          * coordinator (a fault: it waits for this daemon to come back) and
@@ -286,6 +302,29 @@ static int handle_job(nb_stage_rt_t *rt, compute_t *c, const char *be_why, const
             nb_host_abort_step(c->host);
         c->prepared = false;
     } else if (rc == 0) {
+        nb_host_t *moved_host = NULL;
+        if (moved) {
+            /* the new parts first, beside the old ones: when this daemon
+             * cannot read a tensor it now needs (its checkpoint_dir is not
+             * shared with the stage that wrote it), it keeps what it holds,
+             * says so (FAULT), and the coordinator goes back to the old split */
+            rc = nb_host_new_replicas(c->bes, c->n_bes, &d.layout, me, rt->cfg->data, &moved_host, err, sizeof err);
+            if (rc == 0)
+                rc = nb__stage_ckpt_restore(rt, moved_host, msg->manifest, msg->resume_step, err, sizeof err);
+            if (rc) {
+                nb_host_free(moved_host);
+                nb_log_warn(rt->cfg->coordinator.name, "re-partition refused: %s", err);
+                c->attempt = msg->attempt;
+                out_item_t *o = calloc(1, sizeof *o);
+                if (!o)
+                    return NB_ENOMEM;
+                o->kind = OUT_STATUS;
+                o->status = NEBULA__JOB_STATUS__STATE__JOB_STATE_FAULT;
+                o->attempt = msg->attempt; /* the coordinator takes a FAULT of the attempt it set up */
+                snprintf(o->text, sizeof o->text, "%s: re-partition refused: %.400s", rt->cfg->name, err);
+                return post(rt, o);
+            }
+        }
         nb__stage_ckpt_release(c);
         nb_eval_free(c->eval); /* borrows the host */
         c->eval = NULL;
@@ -295,8 +334,11 @@ static int handle_job(nb_stage_rt_t *rt, compute_t *c, const char *be_why, const
         }
         c->prepared = false;
         c->has_last_commit = false;
-        rc = nb_host_new_replicas(c->bes, c->n_bes, &d.layout, me, rt->cfg->data, &c->host, err, sizeof err);
-        if (rc == 0 && msg->resume == NEBULA__JOB__RESUME__RESUME_CHECKPOINT)
+        if (moved)
+            c->host = moved_host; /* built and restored above */
+        else if ((rc = nb_host_new_replicas(c->bes, c->n_bes, &d.layout, me, rt->cfg->data, &c->host, err,
+                                            sizeof err)) == 0 &&
+                 msg->resume == NEBULA__JOB__RESUME__RESUME_CHECKPOINT)
             rc = nb__stage_ckpt_restore(rt, c->host, msg->manifest, msg->resume_step, err, sizeof err);
         else if (rc == 0 && msg->resume_step != 0) {
             snprintf(err, sizeof err, "a fresh start at step %llu", (unsigned long long)msg->resume_step);
@@ -348,6 +390,16 @@ static int handle_job(nb_stage_rt_t *rt, compute_t *c, const char *be_why, const
                     "micro-batch%s%s at step %llu", (unsigned long long)d.layout.job_id, me, d.n_daemons, layers,
                     d.layout.micro_batch_size, d.layout.seq_len, msg->attempt ? ", resumed " : "",
                     msg->attempt ? how[msg->resume <= 2 ? msg->resume : 0] : "",
+                    (unsigned long long)msg->resume_step);
+    } else if (moved) {
+        /* only the compute thread reads the layer ranges; the loop thread
+         * reads the placement, which did not change */
+        for (int s = 0; s < d.layout.p; s++)
+            rt->job.layout.parts[s] = d.layout.parts[s];
+        char layers[128];
+        layers_text(&d.layout, me, layers, sizeof layers);
+        nb_log_info(rt->cfg->coordinator.name, "job %llu attempt %u: re-partitioned: stages %s, restored from the "
+                    "checkpoint at step %llu", (unsigned long long)d.layout.job_id, msg->attempt, layers,
                     (unsigned long long)msg->resume_step);
     } else {
         nb_log_info(rt->cfg->coordinator.name, "job %llu attempt %u: resuming %s at step %llu",
@@ -613,7 +665,7 @@ static int handle_commit(nb_stage_rt_t *rt, compute_t *c, const Nebula__Commit *
     if (s + 1 <= c->committed) {
         nb_log_debug(NULL, "commit of step %llu: applied already", (unsigned long long)s + 1);
     } else if (s == c->committed && c->prepared) {
-        uint64_t t0 = nb_host_now_ns();
+        uint64_t t0 = nb_mono_ns();
         if (!nb_host_apply(c->host, (int64_t)s, cm->skip ? NAN : cm->global_grad_sumsq))
             nb_log_warn(NULL, "step %llu: update skipped: the global gradient norm is not finite",
                         (unsigned long long)s + 1);
@@ -627,7 +679,7 @@ static int handle_commit(nb_stage_rt_t *rt, compute_t *c, const Nebula__Commit *
         int track = nb_trace_track(tr, "optimizer", false);
         nb_trace_event_t ev = { .step = (int64_t)s, .micro = -1, .track = (int16_t)track,
                                 .kind = NB_TEV_OPTIMIZER, .ts_us = (double)t0 / 1e3,
-                                .dur_us = (double)(nb_host_now_ns() - t0) / 1e3 };
+                                .dur_us = (double)(nb_mono_ns() - t0) / 1e3 };
         if (track >= 0)
             nb_trace_add(tr, &ev);
     } else {

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "daemon/clock.h"
 #include "daemon/pipeline/stage_eval.h"
 #include "daemon/train/trainer.h"
 #include "kernels/codec/codec.h"
@@ -380,7 +381,7 @@ static int run_batch(ev_ctx_t *c, int a, int b, int j)
 int nb_eval_run(nb_eval_t *ev, const nb_eval_plan_t *plan, const nb_pipe_io_i *io, int timeout_ms,
                 nb_eval_result_t *res, char *err, size_t errlen)
 {
-    uint64_t t0 = nb_host_now_ns();
+    uint64_t t0 = nb_mono_ns();
     const nb_pipe_layout_t *l = ev->l;
     size_t elems;
     if (plan->batches < 1 || plan->batches > NB_EVAL_MAX_BATCHES) {
@@ -418,6 +419,6 @@ int nb_eval_run(nb_eval_t *ev, const nb_eval_plan_t *plan, const nb_pipe_io_i *i
     res->loss = has_head ? c.sum / plan->batches : NAN;
     res->bytes_raw = c.bytes_raw;
     res->bytes_wire = c.bytes_wire;
-    res->ns = nb_host_now_ns() - t0;
+    res->ns = nb_mono_ns() - t0;
     return 0;
 }

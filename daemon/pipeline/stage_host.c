@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include "daemon/clock.h"
 #include "daemon/data/tokens.h"
 #include "daemon/pipeline/stage_host.h"
 #include "daemon/pipeline/stage_replicas.h"
@@ -71,13 +72,6 @@ struct nb_host {
     nb_codec_msg_t enc;
     nb_grad_fault_t fault;     /* test-only NaN injection (grad_fault.h) */
 };
-
-uint64_t nb_host_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static size_t act_elems(const nb_host_t *h)
 {
@@ -573,10 +567,10 @@ static int recv_remote(nb_host_t *h, const nb_pipe_io_i *io, int stage, nb_pmsg_
                        int64_t step, int mb, int from, int timeout_ms, nb_mb_timing_t *tm,
                        nb_pmsg_t **out, char *err, size_t errlen)
 {
-    uint64_t t0 = nb_host_now_ns();
+    uint64_t t0 = nb_mono_ns();
     nb_pmsg_t *m = NULL;
     int rc = io->recv(io->ud, stage, kind, &m, timeout_ms);
-    tm->wait_ns += nb_host_now_ns() - t0;
+    tm->wait_ns += nb_mono_ns() - t0;
     if (rc) {
         snprintf(err, errlen, "stage %d: no %s for step %lld micro-batch %d from stage %d (%s)",
                  stage, nb_pmsg_kind_name(kind), (long long)step, mb, from, nb_strerror(rc));
@@ -697,13 +691,13 @@ static int op_recv(step_ctx_t *c, const nb_sched_op_t *op)
         nb_pmsg_free(msg);
         return NB_EFORMAT;
     }
-    uint64_t t0 = nb_host_now_ns();
+    uint64_t t0 = nb_mono_ns();
     int64_t shape[2] = { msg->rows, msg->cols };
     nb_tensor_t view = nb_tensor_view(h->be, NB_F32, dst, 2, shape);
     rc = nb_codec_decode_into(h->be, msg->spec, msg->meta, msg->meta_len, msg->payload, msg->payload_len,
                               link_elems * sizeof(float), hs->streams[act ? 1 : 3], &view,
                               c->err, c->errlen);
-    tm->decode_ns += nb_host_now_ns() - t0;
+    tm->decode_ns += nb_mono_ns() - t0;
     nb_pmsg_free(msg);
     if (rc)
         return rc;
@@ -746,12 +740,12 @@ static int op_send(step_ctx_t *c, const nb_sched_op_t *op)
             nb_be_dealloc(h->be, dev);
         return rc;
     }
-    uint64_t t0 = nb_host_now_ns();
+    uint64_t t0 = nb_mono_ns();
     nb_pmsg_t *msg = NULL;
     int rc = encode_msg(h, act ? &c->fwd : &c->bwd, src, (int64_t)bt_elems(h), width,
                         codec_seed(h, c->plan->step, mb, s, act ? 0 : 1), hs->streams[act ? 0 : 2],
                         (uint64_t)mb, &msg, c->err, c->errlen);
-    tm->encode_ns += nb_host_now_ns() - t0;
+    tm->encode_ns += nb_mono_ns() - t0;
     if (rc)
         return rc;
     /* the quality signal the planner budgets (docs/planner.md, "Codec
@@ -770,14 +764,14 @@ static int op_send(step_ctx_t *c, const nb_sched_op_t *op)
     msg->step = c->plan->step;
     msg->mb = mb;
     uint64_t raw = msg->raw_bytes, wire = nb_pmsg_wire_bytes(msg);
-    t0 = nb_host_now_ns();
+    t0 = nb_mono_ns();
     if ((rc = c->io->send(c->io->ud, msg))) {
         nb_pmsg_free(msg);
         snprintf(c->err, c->errlen, "stage %d: cannot send %s of micro-batch %d to stage %d (%s)", s,
                  act ? "activations" : "gradients", mb, to, nb_strerror(rc));
         return rc;
     }
-    tm->wait_ns += nb_host_now_ns() - t0;
+    tm->wait_ns += nb_mono_ns() - t0;
     tm->bytes_raw += raw;
     tm->bytes_wire += wire;
     c->bytes_raw += raw;
@@ -850,11 +844,11 @@ static int op_forward(step_ctx_t *c, const nb_sched_op_t *op)
         return rc;
     }
     float loss = 0.0f;
-    tm->fwd_start_ns = nb_host_now_ns();
+    tm->fwd_start_ns = nb_mono_ns();
     char why[160];
     rc = nb_reps_forward(hs->reps, a, &in, &loss, why, sizeof why);
     nb_be_sync(h->be);
-    tm->fwd_ns = nb_host_now_ns() - tm->fwd_start_ns;
+    tm->fwd_ns = nb_mono_ns() - tm->fwd_start_ns;
     if (rc) {
         snprintf(c->err, c->errlen, "stage %d micro-batch %d: %s", s, mb, why);
         return rc;
@@ -872,12 +866,12 @@ static int op_backward(step_ctx_t *c, const nb_sched_op_t *op)
     int slot = hs->slot_of_mb[mb];
     NB_CHECK(slot >= 0);
     nb_mb_timing_t *tm = timing(h, s, mb, c->plan->m);
-    tm->bwd_start_ns = nb_host_now_ns();
+    tm->bwd_start_ns = nb_mono_ns();
     char why[160];
     int rc = nb_reps_backward(hs->reps, hs->pool[slot], h->l.parts[s].head ? NULL : hs->dout,
                               mb == c->last_bwd[s], why, sizeof why);
     nb_be_sync(h->be);
-    tm->bwd_ns = nb_host_now_ns() - tm->bwd_start_ns;
+    tm->bwd_ns = nb_mono_ns() - tm->bwd_start_ns;
     if (rc) {
         snprintf(c->err, c->errlen, "stage %d micro-batch %d: %s", s, mb, why);
         return rc;
@@ -903,7 +897,7 @@ static void release_after_send(nb_host_t *h, const nb_sched_op_t *op)
 int nb_host_run_step(nb_host_t *h, const nb_step_plan_t *plan, const nb_pipe_io_i *io,
                      int timeout_ms, nb_step_result_t *res, char *err, size_t errlen)
 {
-    uint64_t t_start = nb_host_now_ns();
+    uint64_t t_start = nb_mono_ns();
     const nb_pipe_layout_t *l = &h->l;
     if (plan->m < 1 || plan->m > NB_SCHED_MAX_MB) {
         snprintf(err, errlen, "plan: %d micro-batches out of range 1..%d", plan->m, NB_SCHED_MAX_MB);
@@ -990,7 +984,7 @@ int nb_host_run_step(nb_host_t *h, const nb_step_plan_t *plan, const nb_pipe_io_
     res->bytes_wire = c.bytes_wire;
     res->n_timings = h->n * plan->m;
     res->timings = h->timings;
-    res->step_ns = nb_host_now_ns() - t_start;
+    res->step_ns = nb_mono_ns() - t_start;
     return 0;
 }
 

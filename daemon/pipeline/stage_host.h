@@ -37,9 +37,10 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include "daemon/clock.h"
 #include "daemon/data/tokens.h"
 #include "daemon/pipeline/pipe_msg.h"
-#include "daemon/service/memory.h"
+#include "daemon/core/memory.h"
 #include "daemon/planner/schedule.h"
 #include "kernels/backend.h"
 #include "kernels/codec/codec.h"
@@ -207,7 +208,5 @@ nb_backend_t *nb_host_backend(const nb_host_t *h);
  * from. NULL otherwise (or when stage 0 is not hosted here). Borrowed. */
 const nb_tokens_t *nb_host_heldout(const nb_host_t *h);
 
-/* Monotonic nanoseconds (shared clock of traces and timings). */
-uint64_t nb_host_now_ns(void);
 
 #endif

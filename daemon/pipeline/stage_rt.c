@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "daemon/clock.h"
 #include "daemon/log.h"
 #include "daemon/pipeline/rt_common.h"
 #include "daemon/pipeline/stage_rt_internal.h"
@@ -259,7 +260,7 @@ static void sent_cb(void *payload, void *ud)
     (void)payload;
     sending_t *s = ud;
     if (s->track >= 0) {
-        uint64_t now = nb_host_now_ns();
+        uint64_t now = nb_mono_ns();
         nb_trace_event_t ev = { .step = s->msg->step, .micro = s->msg->mb, .track = (int16_t)s->track,
                                 .kind = NB_TEV_SEND, .ts_us = (double)s->t0_ns / 1e3,
                                 .dur_us = (double)(now - s->t0_ns) / 1e3, .bytes = s->msg->payload_len };
@@ -333,7 +334,7 @@ static int send_item(nb_stage_rt_t *rt, out_item_t *o)
         sending_t *s = malloc(sizeof *s);
         if (!s)
             return NB_ENOMEM;
-        *s = (sending_t){ rt, m, rt->link_track[d], nb_host_now_ns() };
+        *s = (sending_t){ rt, m, rt->link_track[d], nb_mono_ns() };
         int rc = nb_conn_send(c, &f, m->payload, m->payload_len, sent_cb, s);
         if (rc) {
             free(s);
@@ -548,24 +549,14 @@ static void open_links(nb_stage_rt_t *rt, uint32_t attempt)
         nb_rt_peer_row(rt->state, rt->job.names[d], "stage", rt->job.addresses[d], "connecting", NULL);
         if (d > rt->me) {
             /* the lower index dials; one connection per pair carries both directions */
-            char host[NB_CFG_ADDR_MAX];
-            int port = 0;
             const char *a = rt->job.addresses[d];
-            const char *colon = strrchr(a, ':');
-            if (!colon || colon == a) {
-                job_fail(rt, "daemon %s has no usable address '%s'", rt->job.names[d], a);
+            nb_cfg_addr_t addr;
+            char why[160];
+            if (nb_cfg_parse_addr(a, &addr, 1, why, sizeof why) != 0) {
+                job_fail(rt, "daemon %s has no usable address: %s", rt->job.names[d], why);
                 return;
             }
-            size_t hl = (size_t)(colon - a);
-            if (a[0] == '[' && hl >= 2 && a[hl - 1] == ']') {
-                memcpy(host, a + 1, hl - 2);
-                host[hl - 2] = 0;
-            } else {
-                memcpy(host, a, hl);
-                host[hl] = 0;
-            }
-            port = atoi(colon + 1);
-            if (nb_net_connect(rt->net, rt->job.names[d], host, port) != 0) {
+            if (nb_net_connect(rt->net, rt->job.names[d], addr.host, addr.port) != 0) {
                 job_fail(rt, "cannot dial %s at %s", rt->job.names[d], a);
                 return;
             }
@@ -726,7 +717,7 @@ static bool probe_may_start(nb_stage_rt_t *rt, int d)
         return true;
     nb_link_t l;
     nb_probe_link(rt->peer_conn[d], &l);
-    uint64_t now = nb_host_now_ns();
+    uint64_t now = nb_mono_ns();
     if (!rt->probe_wait_ns)
         rt->probe_wait_ns = now;
     if (l.bytes_rx >= rt->probe_bytes + PROBE_WARMUP_BYTES || now - rt->probe_wait_ns > 20000000000ull)

@@ -2,6 +2,7 @@
  * replica.c - a stage's replica count and local reduction bandwidth for the
  * planner (see replica.h).
  */
+#include "daemon/clock.h"
 #include "daemon/planner/replica.h"
 
 #include <math.h>
@@ -16,13 +17,6 @@
 
 _Static_assert(NB_REPLICA_MAX == NB_CFG_MAX_DEVICES, "one replica per configurable device");
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 double nb_replica_reduce_bw(size_t bytes, int rounds)
 {
     size_t n = bytes / sizeof(float);
@@ -34,10 +28,10 @@ double nb_replica_reduce_bw(size_t bytes, int rounds)
         for (size_t i = 0; i < n; i++)
             a[i] = 1.0f, b[i] = 1e-7f * (float)(i & 1023);
         for (int r = 0; r <= rounds; r++) { /* round 0 warms up (page faults) */
-            double t0 = now_s();
+            double t0 = nb_mono_s();
             for (size_t i = 0; i < n; i++)
                 a[i] += b[i];
-            double dt = now_s() - t0;
+            double dt = nb_mono_s() - t0;
             /* keep the sums alive */
             __asm__ volatile("" : : "r"(a) : "memory");
             if (r > 0 && dt < best)

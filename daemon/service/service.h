@@ -4,7 +4,7 @@
  * SIGHUP: reload what can be reloaded), sd_notify (READY=1 once the listener
  * and the status socket are bound, STATUS= on every state change,
  * WATCHDOG=1 from a loop timer at half the watchdog interval, RELOADING=1,
- * STOPPING=1) and the reportable state (daemon/service/state.h).
+ * STOPPING=1) and the reportable state (daemon/core/state.h).
  *
  * The role's work (coordinator or stage runtime) plugs in through
  * nb_runtime_i. Without a runtime the daemon binds its sockets, reports
@@ -18,7 +18,7 @@
 
 #include <uv.h>
 #include "daemon/config/config.h"
-#include "daemon/service/state.h"
+#include "daemon/core/state.h"
 #include "daemon/status/status_server.h"
 
 typedef struct nb_service nb_service_t;

@@ -3,7 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 #include "daemon/log.h"
-#include "daemon/service/version.h"
+#include "daemon/core/version.h"
 #include "kernels/cpu_level.h"
 #include "daemon/status/status_cmds.h"
 #include "kernels/common.h"

@@ -1,6 +1,6 @@
 /*
  * status_cmds.h - the status socket's commands, built from the daemon's
- * state (daemon/service/state.h):
+ * state (daemon/core/state.h):
  *   status  -> {"name","role","version","pid","uptime_s","state","detail",
  *               "listen","status_socket","peers":[...],"job":{...}|null,
  *               "links":[...] (stage-to-stage links; coordinator),
@@ -17,7 +17,7 @@
 #define NB_STATUS_CMDS_H
 
 #include <jansson.h>
-#include "daemon/service/state.h"
+#include "daemon/core/state.h"
 #include "daemon/status/status_server.h"
 
 typedef struct {

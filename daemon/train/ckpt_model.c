@@ -19,6 +19,11 @@ nb_model_config_t nb__ckpt_model_norm(const nb_model_config_t *c)
     nb_model_config_t n = *c;
     n.ln_eps = nb_model_ln_eps(c);
     n.mask_token = 0; /* a training setting, not the model's weights */
+    if (n.adapter_size <= 0) { /* no adapters: the other three mean nothing */
+        n.adapter_size = 0;
+        n.adapter_after = 0;
+        n.adapter_first = n.adapter_last = 0;
+    }
     if (!is_cls(n.head))
         n.n_classes = 0;
     else
@@ -49,6 +54,16 @@ json_t *nb__ckpt_model_json(const nb_model_config_t *c0)
     if (c.ln_eps != NB_MODEL_LN_EPS_DEFAULT || c.gelu != NB_MODEL_GELU_TANH) {
         bad |= json_object_set_new(o, "ln_eps", json_real((double)c.ln_eps));
         bad |= json_object_set_new(o, "gelu", json_string(nb_gelu_name(c.gelu)));
+    }
+    /* adapters (job.adapters) only when there are some: [size, after bits,
+     * first, last) */
+    if (c.adapter_size > 0) {
+        json_t *a = json_array();
+        bad |= !a || json_array_append_new(a, json_integer(c.adapter_size)) ||
+               json_array_append_new(a, json_integer((json_int_t)c.adapter_after)) ||
+               json_array_append_new(a, json_integer(c.adapter_first)) ||
+               json_array_append_new(a, json_integer(c.adapter_last));
+        bad |= json_object_set_new(o, "adapters", a);
     }
     if (bad) {
         json_decref(o);
@@ -109,6 +124,22 @@ const char *nb__ckpt_model_parse(json_t *v, nb_model_config_t *c, char *why, siz
         c->ln_eps = (float)json_number_value(eps);
         extra = 2;
     }
+    json_t *ad = json_object_get(v, "adapters");
+    if (ad) {
+        int av[4];
+        for (size_t i = 0; i < 4; i++) {
+            json_t *x = json_array_get(ad, i);
+            if (!json_is_array(ad) || json_array_size(ad) != 4 || !json_is_integer(x) ||
+                json_integer_value(x) < 0 || json_integer_value(x) > (1 << 20))
+                return "model.adapters is not [size, after, first, last]";
+            av[i] = (int)json_integer_value(x);
+        }
+        c->adapter_size = av[0];
+        c->adapter_after = (unsigned)av[1];
+        c->adapter_first = av[2];
+        c->adapter_last = av[3];
+        extra++;
+    }
     if (json_object_size(v) != NB_ARRAY_LEN(int_keys) + 4 + extra)
         return "model has keys this build does not know";
     const char *bad = nb_model_config_validate(c);
@@ -158,6 +189,13 @@ const char *nb__ckpt_model_diff(const nb_model_config_t *a0, const char *a_what,
     if (a.tie_embeddings != b.tie_embeddings) {
         snprintf(buf, len, "model.tie_embeddings is %s in %s, %s in %s", a.tie_embeddings ? "true" : "false",
                  a_what, b.tie_embeddings ? "true" : "false", b_what);
+        return buf;
+    }
+    if (a.adapter_size != b.adapter_size || a.adapter_after != b.adapter_after ||
+        a.adapter_first != b.adapter_first || a.adapter_last != b.adapter_last) {
+        snprintf(buf, len, "model.adapters (job.adapters: size, after bits, blocks [first, last)) are [%d, %u, %d, "
+                 "%d] in %s, [%d, %u, %d, %d] in %s", a.adapter_size, a.adapter_after, a.adapter_first,
+                 a.adapter_last, a_what, b.adapter_size, b.adapter_after, b.adapter_first, b.adapter_last, b_what);
         return buf;
     }
     return NULL;

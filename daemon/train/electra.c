@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include "daemon/clock.h"
 #include "kernels/common.h"
 #include "daemon/data/tokens.h"
 #include "daemon/train/electra.h"
@@ -52,13 +53,6 @@ struct nb_electra {
     size_t wire_cap;
     int step;
 };
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* Clip + AdamW of one model; 1 when skipped for a non-finite norm. */
 static int update(nb_backend_t *be, nb_part_t *p, nb_optim_t *o, const nb_optim_config_t *oc, uint64_t step,
@@ -483,7 +477,7 @@ int nb_electra_step(nb_electra_t *e, nb_electra_step_t *out, char *err, size_t e
         snprintf(err, errlen, "all %d steps are done", c->steps);
         return NB_ESTATE;
     }
-    double t0 = now_s();
+    double t0 = nb_mono_s();
     nb_electra_step_t st = { .step = e->step };
     uint64_t s = (uint64_t)e->step;
     int rc;
@@ -525,7 +519,7 @@ int nb_electra_step(nb_electra_t *e, nb_electra_step_t *out, char *err, size_t e
                        dw->numel * sizeof(float));
         }
     nb_be_sync(e->be);
-    st.seconds = now_s() - t0;
+    st.seconds = nb_mono_s() - t0;
     if (out)
         *out = st;
     e->step++;

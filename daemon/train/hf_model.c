@@ -493,9 +493,15 @@ int nb_hf_load(nb_st_file_t *f, nb_hf_names_t names, nb_part_t *p, nb_hf_note_cb
         rc = NB_EINVAL;
         goto out;
     }
+    /* tensors the pretrained file has no counterpart of keep their fresh
+     * init: bottleneck adapters (".ad_": up = 0, so the model starts as
+     * the pretrained one) */
+    nb_be_to_host(nb_part_backend(p), host, nb_part_params(p), np * sizeof(float));
     for (int i = 0; i < nb_part_num_tensors(p); i++) {
         const nb_param_info_t *t = nb_part_tensor(p, i);
         src_t s;
+        if (strstr(t->name, ".ad_"))
+            continue;
         if (!map_name(names, t->name, &s)) {
             snprintf(err, errlen, "%s: Nebula's tensor '%s' has no %s counterpart (the %s head is not importable)",
                      path, t->name, nb_hf_names_name(names), nb_head_kind_name(cfg->head));

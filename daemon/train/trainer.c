@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 #include <math.h>
+#include "daemon/clock.h"
 #include "daemon/data/tokens.h"
 #include "daemon/train/grad_fault.h"
 #include "daemon/train/holdout.h"
@@ -33,13 +34,6 @@ struct nb_trainer {
     nb_grad_fault_t fault;       /* test-only NaN injection (grad_fault.h) */
     char resumed_kernels[NB_CKPT_KERNELS_MAX]; /* the checkpoint's, after a resume */
 };
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static const char *check_config(const nb_train_config_t *c)
 {
@@ -191,7 +185,7 @@ int nb_trainer_step(nb_trainer_t *t, nb_train_step_t *out, char *err, size_t err
         snprintf(err, errlen, "all %d steps are done", c->steps);
         return NB_ESTATE;
     }
-    double t0 = now_s();
+    double t0 = nb_mono_s();
     int m = c->micro_batches, T = c->seq_len;
     size_t bt = (size_t)t->B * (size_t)T;
     nb_part_zero_grad(t->part);
@@ -244,7 +238,7 @@ int nb_trainer_step(nb_trainer_t *t, nb_train_step_t *out, char *err, size_t err
         out->loss = loss;
         out->lr = lr;
         out->grad_norm = sqrt(ss);
-        out->seconds = now_s() - t0;
+        out->seconds = nb_mono_s() - t0;
         out->skipped = skip;
         out->skipped_run = t->skipped_run;
         out->skipped_total = t->skipped_total;

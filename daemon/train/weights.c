@@ -12,14 +12,23 @@
 #include "daemon/train/weights.h"
 
 #define NAME_BYTES 32
-#define HDR_FIELDS 17    /* 11 config + 4 spec + ln_eps (f32 bits) + gelu */
+#define HDR_FIELDS 21    /* 11 config + 4 spec + ln_eps (f32 bits) + gelu + 4 adapter */
+#define HDR_FIELDS_V2 17 /* weights version 2 */
 #define HDR_FIELDS_V1 15 /* weights version 1 */
 #define FIELD_LN_EPS 15
+#define FIELD_GELU 16
 
 static const char *const field_names[HDR_FIELDS] = {
     "n_layer", "d_model", "n_head", "d_ff", "vocab", "max_seq", "causal", "norm", "head",
     "n_classes", "tie_embeddings", "part.embed", "part.first", "part.last", "part.head", "ln_eps", "gelu",
+    "adapter_size", "adapter_after", "adapter_first", "adapter_last",
 };
+
+/* Header fields of a file of a version. */
+static int fields_of(uint32_t version)
+{
+    return version >= 3 ? HDR_FIELDS : version == 2 ? HDR_FIELDS_V2 : HDR_FIELDS_V1;
+}
 
 static int32_t f32_bits(float x)
 {
@@ -36,9 +45,10 @@ static float bits_f32(int32_t b)
 }
 
 /* The header fields of p; returns how many the file carries: 15 when the
- * model has the default settings (eps 1e-5, tanh GELU), so such files keep
- * the version every earlier build reads, else 17. f[15..16] are set either
- * way. */
+ * model has the default settings (eps 1e-5, tanh GELU) and no adapters, so
+ * such files keep the version every earlier build reads, 17 with other
+ * settings, 21 with adapters. Every field is set either way (no adapters:
+ * four zeros). */
 static int header_fields(const nb_part_t *p, int32_t f[HDR_FIELDS])
 {
     const nb_model_config_t *c = nb_part_config(p);
@@ -50,7 +60,14 @@ static int header_fields(const nb_part_t *p, int32_t f[HDR_FIELDS])
                               !cls && c->tie_embeddings, s->embed, s->first, s->last, s->head,
                               f32_bits(eps), (int32_t)c->gelu };
     memcpy(f, v, sizeof v);
-    return eps == NB_MODEL_LN_EPS_DEFAULT && c->gelu == NB_MODEL_GELU_TANH ? HDR_FIELDS_V1 : HDR_FIELDS;
+    bool ad = c->adapter_size > 0;
+    f[17] = ad ? c->adapter_size : 0;
+    f[18] = ad ? (int32_t)c->adapter_after : 0;
+    f[19] = ad ? c->adapter_first : 0;
+    f[20] = ad ? c->adapter_last : 0;
+    if (ad)
+        return HDR_FIELDS;
+    return eps == NB_MODEL_LN_EPS_DEFAULT && c->gelu == NB_MODEL_GELU_TANH ? HDR_FIELDS_V1 : HDR_FIELDS_V2;
 }
 
 /* ---- writing ------------------------------------------------------------ */
@@ -97,7 +114,7 @@ int nb_weights_save(const char *path, nb_part_t *p, char *err, size_t errlen)
     }
     int32_t hf[HDR_FIELDS];
     int nf = header_fields(p, hf);
-    uint32_t version = nf == HDR_FIELDS ? NB_WEIGHTS_VERSION : 1;
+    uint32_t version = nf == HDR_FIELDS ? 3 : nf == HDR_FIELDS_V2 ? 2 : 1;
     put(&w, "NBWT", 4);
     put(&w, &version, 4);
     uint32_t nt = (uint32_t)nb_part_num_tensors(p);
@@ -190,9 +207,11 @@ int nb_weights_load(const char *path, nb_part_t *p, char *err, size_t errlen)
     long hdr_at = r.off;
     /* the model settings follow the 15 fields from version 2 on; version 1
      * files mean eps 1e-5 and the tanh GELU */
-    int nf = version == NB_WEIGHTS_VERSION ? HDR_FIELDS : HDR_FIELDS_V1;
+    int nf = fields_of(version);
     hf[FIELD_LN_EPS] = f32_bits(NB_MODEL_LN_EPS_DEFAULT);
-    hf[FIELD_LN_EPS + 1] = NB_MODEL_GELU_TANH;
+    hf[FIELD_GELU] = NB_MODEL_GELU_TANH;
+    for (int i = HDR_FIELDS_V2; i < HDR_FIELDS; i++)
+        hf[i] = 0; /* before version 3: no adapters */
     if (!get(&r, hf, (size_t)nf * 4)) {
         snprintf(err, errlen, "%s: offset %ld: truncated header", path, r.off);
         goto out;
@@ -202,12 +221,15 @@ int nb_weights_load(const char *path, nb_part_t *p, char *err, size_t errlen)
         if (hf[i] != hw[i]) {
             if (i == FIELD_LN_EPS)
                 snprintf(err, errlen, "%s: offset %ld: ln_eps is %g in the file%s, %g in this model", path,
-                         hdr_at + 4 * i, (double)bits_f32(hf[i]), nf == HDR_FIELDS ? "" : " (by its version)",
+                         hdr_at + 4 * i, (double)bits_f32(hf[i]), nf > i ? "" : " (by its version)",
                          (double)bits_f32(hw[i]));
-            else if (i > FIELD_LN_EPS)
+            else if (i == FIELD_GELU)
                 snprintf(err, errlen, "%s: offset %ld: gelu is %s in the file%s, %s in this model", path,
-                         hdr_at + 4 * i, nb_gelu_name((nb_gelu_t)hf[i]), nf == HDR_FIELDS ? "" : " (by its version)",
+                         hdr_at + 4 * i, nb_gelu_name((nb_gelu_t)hf[i]), nf > i ? "" : " (by its version)",
                          nb_gelu_name((nb_gelu_t)hw[i]));
+            else if (i > FIELD_GELU)
+                snprintf(err, errlen, "%s: offset %ld: %s is %d in the file%s, %d in this model (job.adapters)",
+                         path, hdr_at + 4 * i, field_names[i], hf[i], nf > i ? "" : " (by its version)", hw[i]);
             else
                 snprintf(err, errlen, "%s: offset %ld: %s is %d in the file, %d in this model", path,
                          hdr_at + 4 * i, field_names[i], hf[i], hw[i]);

@@ -27,9 +27,10 @@
 #include "kernels/model.h"
 
 /* The newest version; a model with the default settings (eps 1e-5, tanh
- * GELU) is written as version 1, which every earlier build reads. Both
- * are read. */
-#define NB_WEIGHTS_VERSION 2u
+ * GELU) and no adapters is written as version 1, which every earlier build
+ * reads, one with other settings and no adapters as version 2, one with
+ * adapters (job.adapters) as version 3. All are read. */
+#define NB_WEIGHTS_VERSION 3u
 
 /* Writes the parameters of p to path. Errors: NB_EIO, NB_ENOMEM. */
 int nb_weights_save(const char *path, nb_part_t *p, char *err, size_t errlen);

@@ -67,6 +67,8 @@ int nb_weights_load_part(const char *path, nb_part_t *p, char *err, size_t errle
         for (int k = 0; k < info.n_tensors && !w; k++)
             if (strcmp(info.tensors[k].name, t->name) == 0)
                 w = &info.tensors[k];
+        if (!w && info.model.adapter_size == 0 && strstr(t->name, ".ad_"))
+            continue; /* a model without adapters: this adapter keeps its fresh init (the identity) */
         if (!w) {
             snprintf(err, errlen, "%s: holds no tensor '%s' (the file is the part embed=%d blocks %d..%d head=%d of "
                      "the model; this part needs blocks %d..%d%s%s)", path, t->name, info.spec.embed,
@@ -88,6 +90,7 @@ int nb_weights_load_part(const char *path, nb_part_t *p, char *err, size_t errle
         rc = NB_ENOMEM;
         goto out;
     }
+    nb_be_to_host(nb_part_backend(p), host, nb_part_params(p), n * sizeof(float)); /* what is not in the file */
     if (!(f = fopen(path, "rb"))) {
         snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
         rc = NB_EIO;
@@ -99,6 +102,8 @@ int nb_weights_load_part(const char *path, nb_part_t *p, char *err, size_t errle
         for (int k = 0; k < info.n_tensors && !w; k++)
             if (strcmp(info.tensors[k].name, t->name) == 0)
                 w = &info.tensors[k];
+        if (!w)
+            continue; /* a fresh adapter (checked above) */
         if (fseeko(f, (off_t)w->file_offset, SEEK_SET) != 0 ||
             fread(host + t->offset, sizeof(float), t->numel, f) != t->numel) {
             snprintf(err, errlen, "%s: offset %llu: cannot read tensor '%s' (%zu floats)", path,

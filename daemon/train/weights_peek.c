@@ -11,7 +11,8 @@
 #include "daemon/train/weights.h"
 
 #define NAME_BYTES 32
-#define HDR_FIELDS 17    /* version 2; version 1 has the first 15 */
+#define HDR_FIELDS 21    /* version 3 (adapters); version 2 has the first 17, version 1 15 */
+#define HDR_FIELDS_V2 17
 #define HDR_FIELDS_V1 15
 #define TABLE_ENTRY_BYTES (NAME_BYTES + 4 + 16)
 #define HEADER_BYTES(nf) (4 + 4 + 4 * (nf) + 4 + 8)
@@ -56,12 +57,36 @@ int nb_weights_layout(const nb_model_config_t *c, const nb_part_spec_t *s, nb_we
                                         "ln2.w", "ln2.b", "fc.w", "fc.b", "fcproj.w", "fcproj.b" };
     const uint64_t rows[12] = { C, C, 3 * C, 3 * C, C, C, C, C, F, F, C, C };
     const uint64_t cols[12] = { 0, 0, C, 0, C, 0, 0, 0, C, 0, F, 0 };
-    for (int l = s->first; l < s->last; l++)
+    /* a decoder's cross-attention, then adapters: docs/model.md, in the
+     * order of kernels/model_xattn.c and model_adapter.c */
+    static const char *const xn[8] = { "xln.w", "xln.b", "xq.w", "xq.b", "xkv.w", "xkv.b", "xproj.w", "xproj.b" };
+    const uint64_t xrows[8] = { C, C, C, C, 2 * C, 2 * C, C, C };
+    const uint64_t xcols[8] = { 0, 0, C, 0, C, 0, C, 0 };
+    static const char *const adn[3] = { "attn", "xattn", "ffn" };
+    uint64_t A = c->adapter_size > 0 ? (uint64_t)c->adapter_size : 0;
+    for (int l = s->first; l < s->last; l++) {
+        char name[NAME_BYTES];
         for (int t = 0; t < 12; t++) {
-            char name[NAME_BYTES];
             snprintf(name, sizeof name, "h%d.%s", l, bn[t]);
             put(out, cap, &n, &params, &ok, name, cols[t] ? 2 : 1, rows[t], cols[t]);
         }
+        for (int t = 0; c->cross_attn && t < 8; t++) {
+            snprintf(name, sizeof name, "h%d.%s", l, xn[t]);
+            put(out, cap, &n, &params, &ok, name, xcols[t] ? 2 : 1, xrows[t], xcols[t]);
+        }
+        for (int k = 0; k < 3; k++) {
+            if (!nb_model_has_adapter(c, l, 1u << k))
+                continue;
+            snprintf(name, sizeof name, "h%d.ad_%s.down.w", l, adn[k]);
+            put(out, cap, &n, &params, &ok, name, 2, A, C);
+            snprintf(name, sizeof name, "h%d.ad_%s.down.b", l, adn[k]);
+            put(out, cap, &n, &params, &ok, name, 1, A, 0);
+            snprintf(name, sizeof name, "h%d.ad_%s.up.w", l, adn[k]);
+            put(out, cap, &n, &params, &ok, name, 2, C, A);
+            snprintf(name, sizeof name, "h%d.ad_%s.up.b", l, adn[k]);
+            put(out, cap, &n, &params, &ok, name, 1, C, 0);
+        }
+    }
     if (s->head) {
         bool vocab_head = c->head == NB_MODEL_HEAD_LM || c->head == NB_MODEL_HEAD_MLM;
         if (c->norm == NB_MODEL_NORM_PRE) {
@@ -104,7 +129,9 @@ int nb_weights_peek(const char *path, nb_weights_info_t *info, char *err, size_t
     int32_t h[HDR_FIELDS];
     int nf = HDR_FIELDS_V1;
     float eps = NB_MODEL_LN_EPS_DEFAULT;
-    h[HDR_FIELDS - 1] = NB_MODEL_GELU_TANH;
+    h[HDR_FIELDS_V2 - 1] = NB_MODEL_GELU_TANH;
+    for (int i = HDR_FIELDS_V2; i < HDR_FIELDS; i++)
+        h[i] = 0; /* before version 3: no adapters */
     if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
         snprintf(err, errlen, "%s: not a regular file", path);
         rc = NB_EIO;
@@ -125,20 +152,22 @@ int nb_weights_peek(const char *path, nb_weights_info_t *info, char *err, size_t
         rc = NB_EVERSION;
         goto out;
     }
-    if (version == NB_WEIGHTS_VERSION)
-        nf = HDR_FIELDS; /* the model settings follow the 15 fields */
+    if (version >= 2)
+        nf = version >= 3 ? HDR_FIELDS : HDR_FIELDS_V2; /* the model settings (and adapters) follow the 15 fields */
     if (fread(h, 4, (size_t)nf, f) != (size_t)nf || fread(&nt, 4, 1, f) != 1 || fread(&np, 8, 1, f) != 1) {
         snprintf(err, errlen, "%s: truncated header (%llu bytes, the header alone is %d)", path,
                  (unsigned long long)info->file_bytes, HEADER_BYTES(nf));
         goto out;
     }
-    if (nf == HDR_FIELDS)
+    if (nf >= HDR_FIELDS_V2)
         memcpy(&eps, &h[HDR_FIELDS_V1], 4);
     nb_model_config_t *c = &info->model;
     *c = (nb_model_config_t){ .n_layer = h[0], .d_model = h[1], .n_head = h[2], .d_ff = h[3], .vocab = h[4],
                               .max_seq = h[5], .causal = h[6] != 0, .norm = (nb_norm_t)h[7],
                               .head = (nb_head_kind_t)h[8], .n_classes = h[9], .tie_embeddings = h[10] != 0,
-                              .ln_eps = eps, .gelu = (nb_gelu_t)h[HDR_FIELDS - 1] };
+                              .ln_eps = eps, .gelu = (nb_gelu_t)h[HDR_FIELDS_V2 - 1],
+                              .adapter_size = h[17], .adapter_after = (unsigned)h[18], .adapter_first = h[19],
+                              .adapter_last = h[20] };
     info->spec = (nb_part_spec_t){ .embed = h[11] != 0, .first = h[12], .last = h[13], .head = h[14] != 0 };
     const char *why = nb_model_config_validate(c);
     if (why) {

@@ -47,6 +47,12 @@ void nb_cpu_attention_bwd(nb_backend_t *be, float *dqkv, const float *dout,
                           const float *qkv, const float *att, const uint8_t *key_mask,
                           bool causal, int B, int T, int C, int NH);
 
+/* cpu_ops_xattn.c */
+void nb_cpu_xattn_fwd(nb_backend_t *be, float *out, float *att, const float *q, const float *kv,
+                      const uint8_t *key_mask, int B, int T, int S, int C, int NH);
+void nb_cpu_xattn_bwd(nb_backend_t *be, float *dq, float *dkv, const float *dout, const float *q,
+                      const float *kv, const float *att, int B, int T, int S, int C, int NH);
+
 /* cpu_ops_xent.c */
 void nb_cpu_xent_fwd_bwd(nb_backend_t *be, float *losses, float *dlogits,
                          const float *logits, const int32_t *targets,
@@ -79,6 +85,8 @@ void nb_cpu_scratch_free(nb_backend_t *be);
     .gelu_erf_bwd = nb_cpu_gelu_erf_bwd,         \
     .attention_fwd = nb_cpu_attention_fwd,       \
     .attention_bwd = nb_cpu_attention_bwd,       \
+    .xattn_fwd = nb_cpu_xattn_fwd,               \
+    .xattn_bwd = nb_cpu_xattn_bwd,               \
     .xent_fwd_bwd = nb_cpu_xent_fwd_bwd,         \
     .sumsq = nb_cpu_sumsq,                       \
     .adamw = nb_cpu_adamw,

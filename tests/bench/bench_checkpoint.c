@@ -13,16 +13,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include "daemon/clock.h"
 #include "daemon/train/checkpoint.h"
 
 #define RUNS 5
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static int cmp_d(const void *a, const void *b)
 {
@@ -69,42 +63,42 @@ int main(void)
     memset(warm, 0, bytes);
     for (int r = 0; r < RUNS; r++) {
         /* the baseline: the same bytes into a fresh buffer */
-        double t0 = now();
+        double t0 = nb_mono_s();
         float *copy = malloc(bytes);
         memcpy(copy, nb_part_params(p), n * sizeof(float));
         memcpy(copy + n, nb_optim_m(o), n * sizeof(float));
         memcpy(copy + 2 * n, nb_optim_v(o), n * sizeof(float));
-        t_mc[r] = now() - t0;
+        t_mc[r] = nb_mono_s() - t0;
         volatile float sink = copy[n / 2];
         (void)sink;
         free(copy);
 
         nb_ckpt_snap_t *s;
-        t0 = now();
+        t0 = nb_mono_s();
         if (nb_ckpt_snapshot(p, o, &s, err, sizeof err)) {
             fprintf(stderr, "bench_checkpoint: %s\n", err);
             return 1;
         }
-        t_snap[r] = now() - t0;
+        t_snap[r] = nb_mono_s() - t0;
         /* periodic checkpoints: the same snapshot refreshed, against a
          * memcpy into a buffer already mapped */
-        t0 = now();
+        t0 = nb_mono_s();
         memcpy(warm, nb_part_params(p), n * sizeof(float));
         memcpy(warm + n, nb_optim_m(o), n * sizeof(float));
         memcpy(warm + 2 * n, nb_optim_v(o), n * sizeof(float));
-        t_mcw[r] = now() - t0;
-        t0 = now();
+        t_mcw[r] = nb_mono_s() - t0;
+        t0 = nb_mono_s();
         if (nb_ckpt_snapshot_refresh(s, p, o, err, sizeof err)) {
             fprintf(stderr, "bench_checkpoint: %s\n", err);
             return 1;
         }
-        t_ref[r] = now() - t0;
+        t_ref[r] = nb_mono_s() - t0;
 
         nb_ckpt_manifest_t *m = calloc(1, sizeof *m);
         m->meta = (nb_ckpt_meta_t){ .step = r, .optim_steps = 0, .seed = 1, .batch = 1, .micro_batches = 1,
                                     .seq_len = 1, .model = c };
         nb_ckpt_step_dir(root, r, dir, sizeof dir);
-        t0 = now();
+        t0 = nb_mono_s();
         if (nb_ckpt_begin(dir, err, sizeof err) ||
             nb_ckpt_write_file(dir, "stage0.safetensors", &s, 1, &m->meta, &m->files[0], err, sizeof err)) {
             fprintf(stderr, "bench_checkpoint: %s\n", err);
@@ -116,15 +110,15 @@ int main(void)
             fprintf(stderr, "bench_checkpoint: %s\n", err);
             return 1;
         }
-        t_write[r] = now() - t0;
+        t_write[r] = nb_mono_s() - t0;
         nb_ckpt_snap_free(s);
 
-        t0 = now();
+        t0 = nb_mono_s();
         if (nb_ckpt_manifest_read(dir, m, err, sizeof err) || nb_ckpt_load_part(dir, m, p, o, err, sizeof err)) {
             fprintf(stderr, "bench_checkpoint: %s\n", err);
             return 1;
         }
-        t_load[r] = now() - t0;
+        t_load[r] = nb_mono_s() - t0;
         free(m);
         nb_ckpt_prune(root, 1, err, sizeof err);
     }

@@ -19,18 +19,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include "daemon/clock.h"
 #include "kernels/backend.h"
 #include "kernels/codec/codec.h"
 #include "kernels/cpu_level.h"
 #include "kernels/rng.h"
 #include "tests/codec/codec_fixture.h"
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 enum { B = 8, T = 128, C = 768, ROWS = B * T, R = 32 };
 
@@ -68,12 +62,12 @@ static double time_memcpy(void *dst, const void *src, size_t bytes)
 {
     double t[15];
     for (int r = 0; r < 15; r++) {
-        double t0 = now();
+        double t0 = nb_mono_s();
         for (int i = 0; i < 20; i++) {
             memcpy(dst, src, bytes);
             __asm__ volatile("" ::"r"(dst) : "memory");
         }
-        t[r] = (now() - t0) / 20;
+        t[r] = (nb_mono_s() - t0) / 20;
     }
     qsort(t, 15, sizeof(double), cmp_d);
     return t[7];
@@ -86,7 +80,7 @@ static double time_codec(nb_backend_t *be, const nb_codec_spec_t *s, const char 
                          nb_tensor_t *y, nb_codec_msg_t *m)
 {
     char err[256];
-    double t0 = now();
+    double t0 = nb_mono_s();
     int warm = 0;
     do {
         if (nb_codec_encode(be, s, x, (uint64_t)warm, NULL, 0, m, err, sizeof err) ||
@@ -96,18 +90,18 @@ static double time_codec(nb_backend_t *be, const nb_codec_spec_t *s, const char 
             return -1;
         }
         warm++;
-    } while (now() - t0 < 0.05 && warm < 200);
-    int inner = (int)(0.04 / ((now() - t0) / warm)) + 1;
+    } while (nb_mono_s() - t0 < 0.05 && warm < 200);
+    int inner = (int)(0.04 / ((nb_mono_s() - t0) / warm)) + 1;
     int reps = inner > 1 ? 9 : 5;
     double t[9];
     for (int r = 0; r < reps; r++) {
-        double t1 = now();
+        double t1 = nb_mono_s();
         for (int i = 0; i < inner; i++) {
             nb_codec_encode(be, s, x, (uint64_t)i, NULL, 0, m, err, sizeof err);
             nb_codec_decode_into(be, m->spec, m->meta, m->meta_len, m->payload, m->payload_len, 0, NULL, y, err,
                                  sizeof err);
         }
-        t[r] = (now() - t1) / inner;
+        t[r] = (nb_mono_s() - t1) / inner;
     }
     qsort(t, (size_t)reps, sizeof(double), cmp_d);
     return t[reps / 2];

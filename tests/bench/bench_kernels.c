@@ -18,16 +18,10 @@
 #include <string.h>
 #include <time.h>
 #include <cblas.h>
+#include "daemon/clock.h"
 #include "kernels/backend.h"
 #include "kernels/cpu_level.h"
 #include "kernels/model.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void fill(float *p, size_t n, unsigned seed, float scale)
 {
@@ -41,9 +35,9 @@ static void fill(float *p, size_t n, unsigned seed, float scale)
 /* One timed cblas_sgemm of n^3; seconds. */
 static double time_sgemm(const float *a, const float *b, float *c, int n)
 {
-    double t0 = now_s();
+    double t0 = nb_mono_s();
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
-    return now_s() - t0;
+    return nb_mono_s() - t0;
 }
 
 enum { N = 2048, B = 8, T = 128, C = 768, NH = 12, F = 4 * C, BT = B * T };
@@ -82,14 +76,14 @@ static int run_level(nb_backend_t *be, const float *sa, const float *sb, float *
     double best = 1e30, tf_best = 1e30, sg_best = 1e30;
     for (int r = 0; r < ROUNDS + 1; r++) {
         double ts = time_sgemm(sa, sb, sc, N);
-        double t0 = now_s();
+        double t0 = nb_mono_s();
         nb_part_zero_grad(p);
         int rc = nb_part_forward(p, a, &in, NULL);
         nb_be_sync(be);
-        double t1 = now_s();
+        double t1 = nb_mono_s();
         rc = rc ? rc : nb_part_backward(p, a, dy);
         nb_be_sync(be);
-        double t2 = now_s();
+        double t2 = nb_mono_s();
         if (rc) {
             fprintf(stderr, "bench_kernels: block pass failed: %s\n", nb_strerror(rc));
             return 1;

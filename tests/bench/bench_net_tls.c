@@ -17,6 +17,7 @@
  * stands (daemon/net/ktls.h). NB_BENCH_KTLS=auto runs both endpoints with
  * tls.ktls auto (the sender's records sealed by the kernel where it can).
  */
+#include "daemon/clock.h"
 #include "tests/net/net_harness.h"
 #include <ctype.h>
 #include <netinet/tcp.h>
@@ -27,13 +28,6 @@
 #define TENSOR (4u << 20)
 #define COUNT 48
 #define JOB 1
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 /* tls.ktls of both endpoints: NB_BENCH_KTLS=auto|on (default off). */
 static int bench_ktls(void)
@@ -61,7 +55,7 @@ static void rx_frame(h_ep_t *e, nb_conn_t *c, Nebula__Frame *f, uint8_t *p, size
     nebula__frame__free_unpacked(f, NULL);
     free(p);
     if (__atomic_add_fetch(&rxs.got, 1, __ATOMIC_SEQ_CST) % COUNT == 0)
-        rxs.t_end = now_s();
+        rxs.t_end = nb_mono_s();
 }
 
 static void stop_check(uv_timer_t *t)
@@ -138,7 +132,7 @@ static double run_tls(void)
 {
     int base = __atomic_load_n(&rxs.got, __ATOMIC_SEQ_CST);
     txs.target += COUNT;
-    double t0 = now_s();
+    double t0 = nb_mono_s();
     tx_pump();
     while (__atomic_load_n(&rxs.got, __ATOMIC_SEQ_CST) < base + COUNT)
         uv_run(&txs.loop, UV_RUN_ONCE);
@@ -168,7 +162,7 @@ static double run_crypto(const EVP_CIPHER *aead, uint8_t *out)
     uint8_t key[32], iv[12] = { 0 }, tag[16], aad[5] = { 23, 3, 3, 0x40, 0x11 };
     h_fill(key, sizeof key, 9);
     NB_CHECK(x && EVP_EncryptInit_ex(x, aead, NULL, key, NULL) == 1);
-    double t0 = now_s();
+    double t0 = nb_mono_s();
     uint64_t seq = 0;
     for (int i = 0; i < COUNT; i++)
         for (size_t off = 0; off < TENSOR; off += RECORD, seq++) {
@@ -180,7 +174,7 @@ static double run_crypto(const EVP_CIPHER *aead, uint8_t *out)
             NB_CHECK(EVP_EncryptFinal_ex(x, out + n, &n) == 1);
             NB_CHECK(EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_AEAD_GET_TAG, 16, tag) == 1);
         }
-    double dt = now_s() - t0;
+    double dt = nb_mono_s() - t0;
     EVP_CIPHER_CTX_free(x);
     return (double)COUNT * TENSOR / dt / 1e6;
 }
@@ -224,7 +218,7 @@ static void *tcp_rx(void *arg)
         NB_CHECK(p && read_full(fd, p, TENSOR) == 0);
         free(p);
     }
-    *(double *)arg = now_s();
+    *(double *)arg = nb_mono_s();
     close(fd);
     return NULL;
 }
@@ -238,7 +232,7 @@ static double run_tcp(void)
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     uint8_t hdr[64] = { 'N', 'B', 1 };
-    double t0 = now_s();
+    double t0 = nb_mono_s();
     for (int i = 0; i < COUNT; i++) {
         NB_CHECK(write_full(fd, hdr, sizeof hdr) == 0);
         NB_CHECK(write_full(fd, g_payload, TENSOR) == 0);

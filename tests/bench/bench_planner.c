@@ -13,16 +13,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "daemon/clock.h"
 #include "daemon/planner/search.h"
 #include "daemon/planner/sim.h"
 #include "kernels/common.h"
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* One device's time per block for a micro-batch of n sequences of a
  * transformer block of width h at seq 512: forward 2 P seq + 4 seq^2 h
@@ -149,9 +143,9 @@ int main(int argc, char **argv)
     for (int round = 0; round < 3; round++) {
         nb_plan_result_t r;
         char err[256];
-        double t0 = now();
+        double t0 = nb_mono_s();
         int rc = nb_plan_search(&c, &req, &r, err, sizeof err);
-        double dt = now() - t0;
+        double dt = nb_mono_s() - t0;
         if (rc != 0) {
             fprintf(stderr, "search failed: %s\n", err);
             return 1;
@@ -180,10 +174,10 @@ int main(int argc, char **argv)
     best = INFINITY;
     for (int round = 0; round < 20; round++) {
         nb_sim_result_t r;
-        double t0 = now();
+        double t0 = nb_mono_s();
         if (nb_sim_run(&in, &r, NULL, 0, NULL) != 0)
             return 1;
-        best = fmin(best, now() - t0);
+        best = fmin(best, nb_mono_s() - t0);
     }
     printf("bench planner_sim_p8_m64_us %.1f us\n", best * 1e6);
     double x = dp_scaling();

@@ -9,17 +9,11 @@
 #include <string.h>
 #include <time.h>
 
+#include "daemon/clock.h"
 #include "daemon/data/tokenizer.h"
 
 #define DATA "tests/data/tokenizers"
 #define RUNS 5
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static char *slurp(const char *path, size_t *len)
 {
@@ -83,13 +77,13 @@ static long run(const char *name, const char *tok_path, const char *ids_path, co
     size_t ntok = 0;
     for (int r = 0; r < RUNS; r++) {
         v.n = 0;
-        double t0 = now();
+        double t0 = nb_mono_s();
         if (nb_tokenizer_encode(t, big, big_len, &v, err, sizeof err) != 0) {
             fprintf(stderr, "%s: %s\n", name, err);
             mism = -1;
             break;
         }
-        secs[r] = now() - t0;
+        secs[r] = nb_mono_s() - t0;
         ntok = v.n;
     }
     if (mism >= 0) {

@@ -75,7 +75,7 @@ export OPENBLAS_NUM_THREADS=1
 [ "$(id -u)" = 0 ] || { echo "linkbound: needs root for network namespaces"; exit 77; }
 command -v tc >/dev/null || { echo "linkbound: no tc"; exit 77; }
 command -v python3 >/dev/null || { echo "linkbound: no python3"; exit 77; }
-ns=lbnd
+ns=lbnd$(( $$ % 10000 ))  # unique per run: concurrent runs must not share namespaces
 work=$(mktemp -d -t nb-linkbound.XXXXXX)
 pids=()
 cleanup() {

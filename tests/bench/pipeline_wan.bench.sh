@@ -27,7 +27,7 @@ export OPENBLAS_NUM_THREADS=1
 [ -x "$bin/nebulad" ] || { echo "no $bin/nebulad (run make first)"; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "pipeline_wan: needs root for network namespaces"; exit 77; }
 command -v tc >/dev/null || { echo "pipeline_wan: no tc"; exit 77; }
-ns=pipe
+ns=pipe$(( $$ % 10000 ))  # unique per run: concurrent runs must not share namespaces
 work=$(mktemp -d /tmp/nb-pipe-bench.XXXXXX)
 pids=()
 cleanup() {

@@ -39,7 +39,7 @@ build=${NB_BUILD:-build}
 bin="$build/bin"
 steps_per_plan=${NB_BENCH_PLAN_STEPS:-8}
 rates=${NB_BENCH_RATES:-"20 100 500 0"}   # 0: unshaped
-ns=plan
+ns=plan$(( $$ % 10000 ))  # unique per run: concurrent runs must not share namespaces
 [ -x "$bin/nebulad" ] || { echo "no $bin/nebulad (run make first)"; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "planner_wan: needs root for network namespaces"; exit 77; }
 command -v tc >/dev/null && command -v ip >/dev/null || { echo "planner_wan: no ip/tc"; exit 77; }

@@ -482,6 +482,32 @@ static void test_docs_name_every_key(void **state)
     assert_int_equal(undocumented, 0);
 }
 
+/* The one address parser: configs, jobs from a coordinator, command lines. */
+static void test_parse_addr(void **state)
+{
+    nb_cfg_addr_t a;
+    char msg[160];
+    assert_int_equal(nb_cfg_parse_addr("[::1]:7000", &a, 1, msg, sizeof msg), 0);
+    assert_string_equal(a.host, "::1");
+    assert_int_equal(a.port, 7000);
+    assert_int_equal(nb_cfg_parse_addr("10.0.0.2:65535", &a, 1, msg, sizeof msg), 0);
+    assert_string_equal(a.host, "10.0.0.2");
+    assert_int_equal(a.port, 65535);
+    assert_int_equal(nb_cfg_parse_addr("host:0", &a, 0, msg, sizeof msg), 0);
+    static const char *bad[] = { "host:0", "host:65536", "host:", ":7000", "host", "::1:7000",
+                                 "[::1]7000", "[::1:7000", "host:7x", "" };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        msg[0] = 0;
+        assert_int_equal(nb_cfg_parse_addr(bad[i], &a, 1, msg, sizeof msg), -1);
+        assert_true(msg[0] != 0);
+    }
+    char lng[NB_CFG_ADDR_MAX + 8];
+    memset(lng, 'h', sizeof lng - 1);
+    lng[sizeof lng - 1] = 0;
+    assert_int_equal(nb_cfg_parse_addr(lng, &a, 1, msg, sizeof msg), -1);
+    assert_non_null(strstr(msg, "longer than"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -495,6 +521,7 @@ int main(void)
         cmocka_unit_test(test_deep_nesting),
         cmocka_unit_test(test_examples),
         cmocka_unit_test(test_docs_name_every_key),
+        cmocka_unit_test(test_parse_addr),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -2,7 +2,10 @@
  * parameter gradient and 10 AdamW steps (clipping, LR schedule) of the
  * models in tests/data/ref_*.bin (written by scripts/gen_reference.py);
  * the same model cut into 2 and 3 parts gives bit-identical loss and
- * gradients; the reference reader rejects broken files. The runner is
+ * gradients; the reference reader rejects broken files. NB_REF_SKIP, a
+ * cmocka name pattern, skips cases (tests/kernels/cpu-emulated.test.sh
+ * leaves the split cases out under an emulator: they repeat the same
+ * kernels). The runner is
  * tests/support/ref_case.c (tolerances there); the frozen-tensor files are
  * test_reference_frozen.c's.
  *
@@ -11,6 +14,7 @@
  * tensor is printed. Run from the repository root (make test does). */
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <setjmp.h>
 #include <cmocka.h>
 #include <stdio.h>
@@ -98,5 +102,8 @@ int main(void)
         cmocka_unit_test(test_split_bert_erf),
         cmocka_unit_test(test_reader_rejects),
     };
+    const char *skip = getenv("NB_REF_SKIP");
+    if (skip && *skip)
+        cmocka_set_skip_filter(skip);
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -78,6 +78,18 @@ static void test_widths(void **state)
     assert_int_equal(nb_part_spec_in_width(&c, &upper), 3);
     assert_int_equal(nb_part_spec_out_width(&c, &below), 16);
     assert_int_equal(nb_part_spec_in_width(&c, &above), 16);
+    /* the split block runs neither adapters nor cross-attention: refused */
+    nb_model_config_t bad = c;
+    bad.adapter_size = 4;
+    bad.adapter_after = NB_ADAPTER_FFN;
+    bad.adapter_first = 2;
+    bad.adapter_last = 4;
+    assert_string_equal(nb_model_config_validate(&bad), "the low-rank split block cannot have adapters");
+    bad.adapter_first = 3; /* adapters beside the split block are fine */
+    assert_null(nb_model_config_validate(&bad));
+    bad = c;
+    bad.cross_attn = true;
+    assert_string_equal(nb_model_config_validate(&bad), "a low-rank split needs an encoder (no cross_attn)");
     c.lowrank_rank = 0;
     assert_int_equal(nb_part_spec_out_width(&c, &lower), 16);
 }

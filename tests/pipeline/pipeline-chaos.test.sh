@@ -17,7 +17,7 @@
 # skipped) stage c runs in a network namespace of its own, joined to the
 # others' by a veth pair (scripts/wan-emu.sh), and one more kind of fault
 # takes that link down for 5 s (longer than the heartbeat timeout) and up.
-# Environment: CHAOS_STEPS (default 100), CHAOS_FAULTS (default 4), CHAOS_SEED
+# Environment: CHAOS_STEPS (default 60), CHAOS_FAULTS (default 4), CHAOS_SEED
 # (default: random, printed), CHAOS_EVERY (checkpoint every N steps, default 7),
 # CHAOS_NETNS (default 0).
 # The long version (docs/operations.md) is scripts/chaos.sh, which runs this
@@ -27,7 +27,7 @@ set -euo pipefail
 . tests/support/pipeline.sh
 build=${NB_BUILD:-build}
 bin="$build/bin"
-steps=${CHAOS_STEPS:-100}
+steps=${CHAOS_STEPS:-60}
 nfaults=${CHAOS_FAULTS:-4}
 every=${CHAOS_EVERY:-7}
 seed=${CHAOS_SEED:-$(( (RANDOM << 15) | RANDOM ))}
@@ -47,7 +47,7 @@ chaos_kill() {
 trap 'chaos_kill; nb_work_cleanup' EXIT
 nb_on_fail() { nb_tail_logs 25; echo "# seed $seed"; }
 netns=${CHAOS_NETNS:-0}
-ns=nbchaos
+ns=nbch$(( $$ % 10000 ))  # unique per run: concurrent runs must not share namespaces
 host_ab=127.0.0.1 host_c=127.0.0.1
 if [ "$netns" = 1 ]; then
   [ "$(id -u)" = 0 ] || nb_skip "CHAOS_NETNS=1 needs root"

@@ -14,7 +14,7 @@
 #     naming the neighbour;
 #  7. job.output in a coordinator's file is refused (nothing in a pipeline
 #     job writes it), naming where the weights go instead;
-#  8. a job runs to its end within its deadlines (connect_timeout_s 10 s):
+#  8. a job runs to its end within its deadlines (connect_timeout_s 6 s):
 #     stage a writes its weights, stage b, without checkpoint_dir, says
 #     that it writes none, and every daemon stays up in state done.
 set -euo pipefail
@@ -129,14 +129,14 @@ set +e; out=$("$bin/nebulad" --check-config "$work/coord.yaml" 2>&1); rc=$?; set
 echo "ok 3: ${out#"$work/"}"
 
 # 4. cluster b's address in the job is wrong: the links never come up
-write_configs 8 600 127.0.0.1:$ap 127.0.0.1:$down
+write_configs 3 600 127.0.0.1:$ap 127.0.0.1:$down
 "$bin/nebulad" --config "$work/coord.yaml" > "$work/c4.log" 2>&1 & c=$!; pids=($c)
 wait_log "$work/c4.log" "waiting for 2 stage daemons" 60 || fail "4: the coordinator did not start listening"
 "$bin/nebulad" --config "$work/a.yaml" > "$work/a4.log" 2>&1 & a=$!; pids+=($a)
 "$bin/nebulad" --config "$work/b.yaml" > "$work/b4.log" 2>&1 & b=$!; pids+=($b)
 wait_exit $c 120; sc=$st
 [ "$sc" = 1 ] || fail "4: coordinator exit status $sc, expected 1 (it must not wait forever for the links)"
-grep -q "job failed: stage daemons did not report their pipeline links up within 8 s (connect_timeout_s) after the job was sent: a (127.0.0.1:$ap), b (127.0.0.1:$down)" "$work/c4.log" ||
+grep -q "job failed: stage daemons did not report their pipeline links up within 3 s (connect_timeout_s) after the job was sent: a (127.0.0.1:$ap), b (127.0.0.1:$down)" "$work/c4.log" ||
   fail "4: the coordinator does not name the stages whose links are not up"
 wait_exit $a 60; sa=$st; wait_exit $b 60; sb=$st
 [ "$sa" = 1 ] && [ "$sb" = 1 ] || fail "4: stage exit statuses $sa $sb, expected 1 1"
@@ -154,7 +154,7 @@ pids=()
 echo "ok 5: $(grep -o 'job failed: .*' "$work/a5.log" | head -n 1)"
 
 # 6. the stages' own deadline for their links (the coordinator's is longer)
-write_configs 600 8 127.0.0.1:$ap 127.0.0.1:$down
+write_configs 600 3 127.0.0.1:$ap 127.0.0.1:$down
 "$bin/nebulad" --config "$work/coord.yaml" > "$work/c6.log" 2>&1 & c=$!; pids=($c)
 wait_log "$work/c6.log" "waiting for 2 stage daemons" 60 || fail "6: the coordinator did not start listening"
 "$bin/nebulad" --config "$work/a.yaml" > "$work/a6.log" 2>&1 & a=$!; pids+=($a)
@@ -162,7 +162,7 @@ wait_log "$work/c6.log" "waiting for 2 stage daemons" 60 || fail "6: the coordin
 wait_exit $c 120; sc=$st
 [ "$sc" = 1 ] || fail "6: coordinator exit status $sc, expected 1"
 # whichever stage's deadline fires first names its neighbour
-grep -q "job failed: stage daemon \(a: pipeline links not up within 8 s (connect_timeout_s) of the job: b (127.0.0.1:$down, dialled, not connected)\|b: pipeline links not up within 8 s (connect_timeout_s) of the job: a (127.0.0.1:$ap, not connected to us)\)" "$work/c6.log" ||
+grep -q "job failed: stage daemon \(a: pipeline links not up within 3 s (connect_timeout_s) of the job: b (127.0.0.1:$down, dialled, not connected)\|b: pipeline links not up within 3 s (connect_timeout_s) of the job: a (127.0.0.1:$ap, not connected to us)\)" "$work/c6.log" ||
   fail "6: no stage named the neighbour it waited for"
 wait_exit $a 60; sa=$st; wait_exit $b 60; sb=$st
 [ "$sa" = 1 ] && [ "$sb" = 1 ] || fail "6: stage exit statuses $sa $sb, expected 1 1"
@@ -182,7 +182,7 @@ done
 echo "ok 7: ${out#"$work/"}"
 
 # 8. a whole job with short deadlines; b has no checkpoint_dir
-write_configs 10 10
+write_configs 6 6
 sed -i "/^checkpoint_dir:/d" "$work/b.yaml"
 "$bin/nebulad" --config "$work/coord.yaml" > "$work/c8.log" 2>&1 & c=$!; pids=($c)
 wait_log "$work/c8.log" "waiting for 2 stage daemons" 60 || fail "8: the coordinator did not start listening"
@@ -192,7 +192,7 @@ wait_log "$work/c8.log" "job done: 3 steps" 120 || fail "8: the job did not fini
 wait_log "$work/b8.log" "checkpoint_dir is not set: the final weights of this daemon's stages are not written" 30 ||
   fail "8: stage b does not say that it writes no weights"
 [ -s "$work/run/a-weights/final-stage0.weights" ] || fail "8: stage a wrote no weights"
-sleep 11 # past every deadline: nothing may fail a finished job
+sleep 7 # past every deadline: nothing may fail a finished job
 for p in $c $a $b; do kill -0 $p 2>/dev/null || fail "8: a daemon exited after the job was done"; done
 if grep -q "job failed" "$work/c8.log" "$work/a8.log" "$work/b8.log"; then fail "8: a job failed after it was done"; fi
 kill $c $a $b; wait_exit $c 30; sc=$st; wait_exit $a 30; sa=$st; wait_exit $b 30; sb=$st

@@ -279,12 +279,42 @@ static void test_freeze_travels(void **state)
     assert_non_null(strstr(err, "missing"));
 }
 
+/* job.adapters travel in the model config and enter the digest; a peer's
+ * adapter that does not fit the model is refused with the reason. */
+static void test_adapters_travel(void **state)
+{
+    (void)state;
+    char err[512];
+    nb_job_desc_t d = make_desc(1e-5f, NB_MODEL_GELU_TANH), got;
+    char plain[17];
+    memcpy(plain, d.digest, sizeof plain);
+    const char *after[] = { "attn", "ffn" };
+    assert_int_equal(nb_model_set_adapters(&d.layout.model, 8, after, 2, "1", err, sizeof err), 0);
+    nb_job_model_digest(&d.layout.model, d.digest);
+    assert_string_not_equal(plain, d.digest);
+    nb_job_msg_store_t st;
+    Nebula__Job msg;
+    nb_job_to_msg(&d, 0, &st, &msg);
+    if (over_the_wire(&msg, &got, err, sizeof err))
+        fail_msg("%s", err);
+    assert_int_equal(got.layout.model.adapter_size, 8);
+    assert_int_equal(got.layout.model.adapter_after, NB_ADAPTER_ATTN | NB_ADAPTER_FFN);
+    assert_int_equal(got.layout.model.adapter_first, 1);
+    assert_int_equal(got.layout.model.adapter_last, 2);
+    assert_memory_equal(&got.layout.model, &d.layout.model, sizeof d.layout.model);
+    st.model.adapter_size = 33; /* wider than d_model 32 */
+    assert_int_equal(over_the_wire(&msg, &got, err, sizeof err), NB_EINVAL);
+    print_message("  refused: %s\n", err);
+    assert_non_null(strstr(err, "adapter size"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_settings_travel),
         cmocka_unit_test(test_eval_travels),
         cmocka_unit_test(test_freeze_travels),
+        cmocka_unit_test(test_adapters_travel),
         cmocka_unit_test(test_lowrank_travels),
         cmocka_unit_test(test_digest),
     };

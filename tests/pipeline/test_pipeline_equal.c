@@ -11,7 +11,7 @@
  * With frozen tensors (job.freeze) each stage freezes what it holds: the
  * pipeline still equals the trainer bit for bit, every frozen weight ends
  * as it was seeded, and the stages' memory shows no gradient or optimizer
- * state for them.
+ * state for them; so do adapters trained alone (job.adapters).
  *
  * Runs in one process (threads and bounded mailboxes); the daemon test runs
  * the same job over TLS.
@@ -599,6 +599,37 @@ static void test_frozen_equal(void **state)
     pf_result_free(&r);
 }
 
+/* Bottleneck adapters (job.adapters) trained alone on a frozen model: a
+ * 3-stage chain (adapters in every stage's blocks) equals the trainer bit
+ * for bit, and every tensor but the adapters ends as it was seeded. */
+static void test_adapters_equal(void **state)
+{
+    (void)state;
+    pf_job_t j = pf_job_default(data_path);
+    const char *after[] = { "attn", "ffn" };
+    char why[256];
+    assert_int_equal(nb_model_set_adapters(&j.model, 4, after, 2, "all", why, sizeof why), 0);
+    j.freeze = freeze_of((const char *[]){ "*" }, 1);
+    j.freeze.n_trainable = 1;
+    snprintf(j.freeze.trainable[0], sizeof j.freeze.trainable[0], "*.ad_*");
+    pf_result_t ref;
+    assert_int_equal(pf_run_trainer(&j, &ref), 0);
+    assert_frozen_kept(&j, &ref);
+    nb_pipe_layout_t l;
+    pf_layout(&j, topologies[1].p, topologies[1].placement, topologies[1].n_daemons, &l);
+    pf_result_t r;
+    assert_int_equal(pf_run_pipeline(&j, &l, "1f1b", "fp32", "fp32", &r), 0);
+    char worst[32] = "";
+    double dl = pf_loss_rel_diff(&r, &ref), dw = pf_weight_rel_diff(&ref, &r, worst);
+    printf("adapters chain-3 1f1b m=%d: loss rel diff %.3g, weights rel diff %.3g (%s), final loss %.5f vs %.5f\n",
+           j.m, dl, dw, worst, r.loss[j.steps - 1], ref.loss[j.steps - 1]);
+    assert_bit_equal(dl, dw, worst);
+    assert_frozen_kept(&j, &r);
+    assert_true(ref.loss[j.steps - 1] < ref.loss[0]);
+    pf_result_free(&ref);
+    pf_result_free(&r);
+}
+
 /* A stage's memory breakdown counts gradients and AdamW state of its
  * trainable tensors only. */
 static void test_frozen_memory(void **state)
@@ -643,6 +674,7 @@ int main(void)
         cmocka_unit_test(test_lowrank_equal),
         cmocka_unit_test(test_chain_tied_refused),
         cmocka_unit_test(test_mlm_equal),
+        cmocka_unit_test(test_adapters_equal),
         cmocka_unit_test(test_bert_settings_equal),
         cmocka_unit_test(test_classifier_heads_refused),
         cmocka_unit_test(test_nonfinite_gradient_skipped_everywhere),

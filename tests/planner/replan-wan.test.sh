@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Re-planning end to end: a coordinator and two stage daemons in two network
 # namespaces joined by a tbf-shaped veth link (scripts/wan-emu.sh, namespace
-# "planr"). The job starts at 200 Mbit/s and the planner chooses its plan;
+# "plrN", N from the shell's PID). The job starts at 200 Mbit/s and the planner chooses its plan;
 # then the link drops to 20 Mbit/s mid-job (tc qdisc replace). The stages'
 # passive link estimates (in every report) show the drop, the coordinator
 # re-plans at a step boundary, logs old and new plan with predictions, and
@@ -11,7 +11,7 @@
 set -u
 build=${NB_BUILD:-build}
 bin="$build/bin"
-ns=planr
+ns=plr$(( $$ % 100000 ))  # unique per run: concurrent runs must not share namespaces
 [ "$(id -u)" = 0 ] || { echo "replan-wan: needs root for network namespaces"; exit 77; }
 command -v tc >/dev/null && command -v ip >/dev/null || { echo "replan-wan: no ip/tc"; exit 77; }
 work=$(mktemp -d /tmp/nb-replan-wan.XXXXXX)

@@ -22,6 +22,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 #include <uv.h>
+#include "daemon/clock.h"
 #include "daemon/config/config.h"
 #include "daemon/service/service.h"
 #include "kernels/common.h"
@@ -210,19 +211,12 @@ static void test_runtime_hooks_and_failed_start(void **st)
     assert_int_equal(nb_service_new(&tcfg, &loop, &svc), NB_EINVAL);
 }
 
-static int64_t ms_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Waits up to ms for a notify datagram containing what. */
 static bool await_notify(const char *what, int ms)
 {
-    int64_t end = ms_now() + ms;
+    int64_t end = nb_mono_ms() + ms;
     char buf[1024];
-    while (ms_now() < end) {
+    while (nb_mono_ms() < end) {
         struct pollfd pf = { .fd = notify_fd, .events = POLLIN };
         if (poll(&pf, 1, 50) != 1)
             continue;
@@ -260,7 +254,7 @@ static void *reload_client(void *arg)
         }
     }
     close(fd);
-    for (int64_t end = ms_now() + 10000; !fifo_released && ms_now() < end;) {
+    for (int64_t end = nb_mono_ms() + 10000; !fifo_released && nb_mono_ms() < end;) {
         int w = open(fifo_path, O_WRONLY | O_NONBLOCK);
         if (w >= 0) {
             close(w);

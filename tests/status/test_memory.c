@@ -11,8 +11,8 @@
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
-#include "daemon/service/memory.h"
-#include "daemon/service/state.h"
+#include "daemon/core/memory.h"
+#include "daemon/core/state.h"
 #include "daemon/status/status_cmds.h"
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)

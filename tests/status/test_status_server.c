@@ -24,8 +24,9 @@
 #include <time.h>
 #include <unistd.h>
 #include <uv.h>
+#include "daemon/clock.h"
 #include "daemon/metrics.h"
-#include "daemon/service/state.h"
+#include "daemon/core/state.h"
 #include "daemon/status/status_cmds.h"
 #include "daemon/status/status_server.h"
 #include "daemon/trace.h"
@@ -42,20 +43,13 @@ static void on_stop(void *ud, const char *why)
     snprintf(stop_why, sizeof stop_why, "%s", why);
 }
 
-static int64_t ms_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void pump(int ms)
 {
-    int64_t end = ms_now() + ms;
+    int64_t end = nb_mono_ms() + ms;
     do {
         uv_run(&loop, UV_RUN_NOWAIT);
         usleep(1000);
-    } while (ms_now() < end);
+    } while (nb_mono_ms() < end);
 }
 
 static int client(void)
@@ -93,9 +87,9 @@ static json_t *reply(int fd)
     if (fd != last_fd)
         have = 0;
     last_fd = fd;
-    int64_t end = ms_now() + 3000;
+    int64_t end = nb_mono_ms() + 3000;
     fcntl(fd, F_SETFL, O_NONBLOCK);
-    while (ms_now() < end) {
+    while (nb_mono_ms() < end) {
         char *nl = have ? memchr(buf, '\n', have) : NULL;
         if (nl) {
             json_error_t e;
@@ -397,20 +391,20 @@ static void test_idle_deadline(void **st)
     fixture_t f;
     nb_status_limits_t lim = { .idle_ms = 3000 };
     start(&f, &lim);
-    int64_t t0 = ms_now();
+    int64_t t0 = nb_mono_ms();
     int fd = client();
     fcntl(fd, F_SETFL, O_NONBLOCK);
     send_all(fd, "{\"cmd\"", 6);
     int64_t closed_at = 0, next_byte = t0 + 250;
-    while (!closed_at && ms_now() < t0 + 20000) {
+    while (!closed_at && nb_mono_ms() < t0 + 20000) {
         pump(5);
         char b;
         ssize_t n = recv(fd, &b, 1, 0);
         if (n == 0 || (n < 0 && errno != EAGAIN))
-            closed_at = ms_now();
-        else if (ms_now() >= next_byte) {
+            closed_at = nb_mono_ms();
+        else if (nb_mono_ms() >= next_byte) {
             if (send(fd, " ", 1, MSG_NOSIGNAL) != 1)
-                closed_at = ms_now();
+                closed_at = nb_mono_ms();
             next_byte += 250;
         }
     }
@@ -496,8 +490,8 @@ static void squatter_start(squatter_t *q, uid_t uid, int n)
     char line[400] = "";
     size_t have = 0;
     fcntl(res[0], F_SETFL, O_NONBLOCK);
-    int64_t end = ms_now() + 60000;
-    while (!memchr(line, '\n', have) && ms_now() < end) {
+    int64_t end = nb_mono_ms() + 60000;
+    while (!memchr(line, '\n', have) && nb_mono_ms() < end) {
         pump(2);
         ssize_t r = read(res[0], line + have, sizeof line - 1 - have);
         if (r == 0)
@@ -516,9 +510,9 @@ static void squatter_end(squatter_t *q)
 {
     close(q->hold);
     int status = 0;
-    int64_t end = ms_now() + 30000;
+    int64_t end = nb_mono_ms() + 30000;
     while (waitpid(q->pid, &status, WNOHANG) != q->pid)
-        if (ms_now() > end)
+        if (nb_mono_ms() > end)
             fail_msg("squatter %d did not exit", (int)q->pid);
         else
             pump(1);

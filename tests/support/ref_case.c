@@ -3,7 +3,10 @@
  * by scripts/gen_reference.py) against the transformer: logits, loss,
  * every gradient and 10 AdamW steps, frozen tensors where the file names
  * them (see ref_case.h); and the same model cut into 2 and 3 parts, which
- * must give the whole model's loss and gradients bit for bit. Test support
+ * must give the whole model's loss and gradients bit for bit. Files with
+ * adapters or cross-attention (decoder) blocks set those in the config; a
+ * decoder's encoder output comes from the file and the gradient the blocks
+ * send back to it is checked too. Test support
  * for tests/kernels/test_reference*.c; failures go through cmocka.
  */
 #include <stdarg.h>
@@ -29,6 +32,9 @@ typedef struct {
     nb_backend_t *be;
     int32_t *tokens, *targets; /* device */
     uint8_t *mask;             /* device or NULL */
+    int S;                     /* decoder files: encoder positions */
+    float *enc;                /* decoder files: (B,S,C) device */
+    uint8_t *enc_mask;         /* decoder files: (B,S) device */
     int ntargets;
 } ref_case_t;
 
@@ -67,6 +73,23 @@ static void load_case(ref_case_t *rc, const char *path)
         rc->cfg.ln_eps = v[0];
         rc->cfg.gelu = v[1] != 0.0f ? NB_MODEL_GELU_ERF : NB_MODEL_GELU_TANH;
     }
+    /* adapters and decoder blocks ("adapter", "cross") */
+    const nb_ref_tensor_t *at = nb_ref_get(&rc->f, "adapter");
+    if (at) {
+        int32_t v[4];
+        assert_int_equal(at->numel, 4);
+        nb_ref_ints(at, v);
+        rc->cfg.adapter_size = v[0];
+        rc->cfg.adapter_after = (unsigned)v[1];
+        rc->cfg.adapter_first = v[2];
+        rc->cfg.adapter_last = v[3];
+    }
+    const nb_ref_tensor_t *xt = nb_ref_get(&rc->f, "cross");
+    if (xt) {
+        assert_int_equal(xt->numel, 1);
+        nb_ref_ints(xt, &rc->S);
+        rc->cfg.cross_attn = true;
+    }
     /* low-rank split (job.lowrank): [block, rank] */
     const nb_ref_tensor_t *lt = nb_ref_get(&rc->f, "lowrank");
     if (lt) {
@@ -99,6 +122,20 @@ static void load_case(ref_case_t *rc, const char *path)
     nb_be_from_host(rc->be, rc->targets, host, tgt->numel * sizeof(int32_t));
     nb_be_sync(rc->be);
     free(host);
+    if (rc->cfg.cross_attn) {
+        size_t BS = (size_t)rc->B * (size_t)rc->S;
+        const nb_ref_tensor_t *et = need(rc, "enc"), *emt = need(rc, "enc_mask");
+        assert_int_equal(et->numel, BS * (size_t)rc->cfg.d_model);
+        assert_int_equal(emt->numel, BS);
+        float *h = malloc(et->numel * sizeof(float));
+        nb_ref_floats(et, h);
+        rc->enc = nb_be_alloc(rc->be, et->numel * sizeof(float));
+        rc->enc_mask = nb_be_alloc(rc->be, BS);
+        nb_be_from_host(rc->be, rc->enc, h, et->numel * sizeof(float));
+        nb_be_from_host(rc->be, rc->enc_mask, emt->data, BS);
+        nb_be_sync(rc->be);
+        free(h);
+    }
     const nb_ref_tensor_t *m = nb_ref_get(&rc->f, "key_mask");
     if (m) {
         rc->mask = nb_be_alloc(rc->be, BT);
@@ -113,6 +150,10 @@ static void free_case(ref_case_t *rc)
     nb_be_dealloc(rc->be, rc->targets);
     if (rc->mask)
         nb_be_dealloc(rc->be, rc->mask);
+    if (rc->enc) {
+        nb_be_dealloc(rc->be, rc->enc);
+        nb_be_dealloc(rc->be, rc->enc_mask);
+    }
     nb_be_free(rc->be);
     nb_ref_free(&rc->f);
 }
@@ -237,8 +278,14 @@ static void check_loss(const char *what, float c, float ref)
 
 static nb_part_input_t make_input(const ref_case_t *rc)
 {
-    nb_part_input_t in = { .tokens = rc->tokens, .key_mask = rc->mask, .targets = rc->targets, .loss_scale = 1.0f };
+    nb_part_input_t in = { .tokens = rc->tokens, .key_mask = rc->mask, .targets = rc->targets, .loss_scale = 1.0f,
+                           .enc = rc->enc, .enc_mask = rc->enc_mask };
     return in;
+}
+
+static int new_acts(const ref_case_t *rc, nb_part_t *p, nb_part_acts_t **a)
+{
+    return rc->cfg.cross_attn ? nb_part_acts_new_cross(p, rc->B, rc->T, rc->S, a) : nb_part_acts_new(p, rc->B, rc->T, a);
 }
 
 void nb_ref_run_case(const char *path)
@@ -255,7 +302,7 @@ void nb_ref_run_case(const char *path)
     load_weights(&rc, p);
     bool has_frozen = apply_frozen(&rc, p);
     nb_part_acts_t *a = NULL;
-    assert_int_equal(nb_part_acts_new(p, rc.B, rc.T, &a), 0);
+    assert_int_equal(new_acts(&rc, p, &a), 0);
     nb_part_input_t in = make_input(&rc);
     float loss = 0;
     assert_int_equal(nb_part_forward(p, a, &in, &loss), 0);
@@ -276,6 +323,8 @@ void nb_ref_run_case(const char *path)
         }
         compare(name, rc.be, nb_part_grads(p) + pi->grad_offset, need(&rc, name), 1e-4);
     }
+    if (rc.cfg.cross_attn) /* what goes back to the encoder */
+        compare("g.enc", rc.be, nb_part_acts_denc(a), need(&rc, "g.enc"), 1e-4);
 
     /* 10 AdamW steps on the same batch */
     nb_optim_t *o = NULL;
@@ -343,7 +392,7 @@ static void run_split(ref_case_t *rc, const int *cuts, int nparts, float full_lo
             fail_msg("part %d: %s", i, err);
         load_weights(rc, parts[i]);
         apply_frozen(rc, parts[i]);
-        assert_int_equal(nb_part_acts_new(parts[i], rc->B, rc->T, &acts[i]), 0);
+        assert_int_equal(new_acts(rc, parts[i], &acts[i]), 0);
     }
     nb_part_input_t in = make_input(rc);
     float loss = 0;
@@ -385,6 +434,27 @@ static void run_split(ref_case_t *rc, const int *cuts, int nparts, float full_lo
         }
     }
     assert_int_equal(total, nb_part_num_grads(full));
+    if (rc->cfg.cross_attn) {
+        /* every part's blocks send their share back to the encoder: the
+         * sum is the reference's gradient (summed in another order than
+         * the one-part run's, so to rounding, not bit for bit) */
+        const nb_ref_tensor_t *ge = need(rc, "g.enc");
+        float *sum = calloc(ge->numel, sizeof(float)), *h = malloc(ge->numel * sizeof(float));
+        for (int i = 0; i < nparts; i++) {
+            if (!nb_part_acts_denc(acts[i]))
+                continue;
+            nb_be_to_host(rc->be, h, nb_part_acts_denc(acts[i]), ge->numel * sizeof(float));
+            for (size_t k = 0; k < ge->numel; k++)
+                sum[k] += h[k];
+        }
+        float *dev = nb_be_alloc(rc->be, ge->numel * sizeof(float));
+        nb_be_from_host(rc->be, dev, sum, ge->numel * sizeof(float));
+        nb_be_sync(rc->be);
+        compare("split g.enc", rc->be, dev, ge, 1e-4);
+        nb_be_dealloc(rc->be, dev);
+        free(sum);
+        free(h);
+    }
     for (int i = nparts - 1; i >= 0; i--) {
         nb_part_acts_free(acts[i]);
         nb_part_free(parts[i]);
@@ -402,7 +472,7 @@ void nb_ref_split_case(const char *path)
     load_weights(&rc, p);
     apply_frozen(&rc, p);
     nb_part_acts_t *a = NULL;
-    assert_int_equal(nb_part_acts_new(p, rc.B, rc.T, &a), 0);
+    assert_int_equal(new_acts(&rc, p, &a), 0);
     nb_part_input_t in = make_input(&rc);
     float loss;
     assert_int_equal(nb_part_forward(p, a, &in, &loss), 0);

@@ -4,7 +4,8 @@
 # and resume in two and three legs, periodic checkpoints kept to --keep,
 # SIGTERM, a killed write's leftovers cleaned up) that resume bit for bit,
 # and clear errors with the right exit status for a bad config or a missing
-# token file; frozen tensors (job.freeze): reported, kept, resumed, refused.
+# token file; frozen tensors (job.freeze): reported, kept, resumed, refused;
+# adapters (job.adapters) trained alone, refused with the reason.
 set -euo pipefail
 . tests/support/assert.sh
 build=${NB_BUILD:-build}
@@ -191,6 +192,48 @@ sed 's/"h0.qkv.\*"/"h1.qkv.*"/' "$work/fz.yaml" > "$work/fzbad.yaml"
 expect_rc 78 "$train" --config "$work/fzbad.yaml" > /dev/null 2> "$work/err.txt"
 cat "$work/err.txt"
 expect_grep 'job.freeze\[2\] "h1.qkv.\*" matches no tensor of the model' "$work/err.txt"
+
+# adapters (job.adapters) trained alone on the frozen model: reported, the
+# pretrained tensors unchanged, the adapters trained; a bad adapter is
+# refused at job time with the reason (exit 78)
+sed 's/  output: out.weights/  output: ad.weights\n  adapters: { size: 4, after: [attn, ffn] }\n  freeze: ["*"]\n  trainable: ["*.ad_*"]/' "$work/t.yaml" > "$work/ad.yaml"
+sed 's/lr: 3e-3/lr: 1e-2/; s/output: ad.weights/output: ad2.weights/' "$work/ad.yaml" > "$work/ad2.yaml"
+"$train" --config "$work/ad.yaml" --steps 5 > "$work/ad.txt"
+cat "$work/ad.txt"
+expect_grep "^nebula-train: frozen: 16 of 24 tensors, 17312 of 17896 parameters; training 584$" "$work/ad.txt"
+"$train" --config "$work/ad2.yaml" --steps 5 > /dev/null
+"$build/bin/nebula-weights" compare --tol 0 "$work/ad2.weights" "$work/ad.weights" > "$work/adcmp.txt" || true
+for t in wte h0.qkv.w h0.fcproj.b lnf.w; do
+  grep -Eq "^  $t +max abs diff 0," "$work/adcmp.txt" || fail "frozen $t changed: $(grep " $t " "$work/adcmp.txt")"
+done
+if grep -Eq "^  h0.ad_ffn.up.w +max abs diff 0," "$work/adcmp.txt"; then fail "the adapter did not train"; fi
+grep -Eq "^  h0.ad_ffn.up.w +max abs diff" "$work/adcmp.txt" || fail "the weights files lack the adapters"
+# stop and resume give the uninterrupted run's weights; a checkpoint with
+# adapters is refused by a run with others, naming them
+mv "$work/ad.weights" "$work/ad-first.weights"
+"$train" --config "$work/ad.yaml" --steps 5 --stop-after 2 --checkpoint "$work/ad.ckpt" > /dev/null
+"$train" --config "$work/ad.yaml" --steps 5 --resume "$work/ad.ckpt" > /dev/null
+cmp "$work/ad.weights" "$work/ad-first.weights" || fail "stop and resume with adapters changed the final weights"
+sed 's/size: 4/size: 8/' "$work/ad.yaml" > "$work/ad8.yaml"
+expect_rc 78 "$train" --config "$work/ad8.yaml" --steps 5 --resume "$work/ad.ckpt" > /dev/null 2> "$work/err.txt"
+cat "$work/err.txt"
+expect_grep "model.adapters" "$work/err.txt"
+# fresh adapters on pretrained weights (a weights file of the model without
+# them): the first loss is the pretrained model's
+sed 's|  seed: 7|  seed: 7\n  init: out.weights|' "$work/ad.yaml" > "$work/adinit.yaml"
+sed 's|  seed: 7|  seed: 7\n  init: out.weights|; s/output: out.weights/output: plain.weights/' "$work/t.yaml" > "$work/plaininit.yaml"
+"$train" --config "$work/adinit.yaml" --steps 1 > "$work/adinit.txt"
+"$train" --config "$work/plaininit.yaml" --steps 1 > "$work/plaininit.txt"
+a1=$(grep -E '^step +1/1 ' "$work/adinit.txt" | awk '{print $4}')
+p1=$(grep -E '^step +1/1 ' "$work/plaininit.txt" | awk '{print $4}')
+[ -n "$a1" ] && [ "$a1" = "$p1" ] || fail "fresh adapters changed the pretrained model's loss: $a1 vs $p1"
+sed 's/size: 4/size: 0/' "$work/ad.yaml" > "$work/adbad.yaml"
+expect_rc 78 "$train" --config "$work/adbad.yaml" > /dev/null 2> "$work/err.txt"
+cat "$work/err.txt"
+expect_grep "job.adapters.size 0: an adapter's bottleneck must be 1..d_model (32) wide" "$work/err.txt"
+sed 's/after: \[attn, ffn\]/after: [attn, xattn]/' "$work/ad.yaml" > "$work/adbad.yaml"
+expect_rc 78 "$train" --config "$work/adbad.yaml" > /dev/null 2> "$work/err.txt"
+expect_grep 'job.adapters.after\[1\] "xattn": the model.s blocks have no cross-attention' "$work/err.txt"
 
 # a config that cannot work: exit 78, the field named
 sed 's/n_head: 2/n_head: 3/' "$work/t.yaml" > "$work/bad.yaml"

@@ -79,6 +79,29 @@ static void test_wrong_settings_fail(void **state)
     assert_true(r.hidden_rel > 2 * TOL);
 }
 
+/* Fresh bottleneck adapters after every sub-layer of every block leave
+ * the pretrained model as it was: the import keeps their init (up = 0) and
+ * the hidden states still match PyTorch's model without adapters. */
+static void test_fresh_adapters_keep_the_model(void **state)
+{
+    if (!dir[0])
+        skip();
+    char err[1024];
+    nb_minilm_result_t r0, r;
+    if (nb_minilm_check(dir, NB_MINILM_GOLDEN, NULL, &r0, err, sizeof err))
+        fail_msg("%s", err);
+    nb_model_config_t c = r0.cfg;
+    c.adapter_size = 16;
+    c.adapter_after = NB_ADAPTER_ATTN | NB_ADAPTER_FFN;
+    c.adapter_first = 0;
+    c.adapter_last = c.n_layer;
+    if (nb_minilm_check(dir, NB_MINILM_GOLDEN, &c, &r, err, sizeof err))
+        fail_msg("%s", err);
+    report("with fresh adapters (16)", &r);
+    if (!(r.hidden_rel <= TOL))
+        fail_msg("hidden states with fresh adapters: max relative difference %.3g > %.0e", r.hidden_rel, TOL);
+}
+
 /* The golden batch's token IDs are what Nebula's WordPiece tokenizer makes
  * of the sentences from the package's tokenizer files ([CLS] + text +
  * [SEP], then padding 0). */
@@ -128,6 +151,7 @@ int main(void)
         cmocka_unit_test(test_nebula_tokenizer_gives_the_ids),
         cmocka_unit_test(test_minilm_matches_pytorch),
         cmocka_unit_test(test_wrong_settings_fail),
+        cmocka_unit_test(test_fresh_adapters_keep_the_model),
     };
     return cmocka_run_group_tests(tests, find, NULL);
 }

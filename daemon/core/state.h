@@ -16,7 +16,7 @@
 #include <stdint.h>
 #include "daemon/config/config.h"
 #include "daemon/metrics.h"
-#include "daemon/service/memory.h"
+#include "daemon/core/memory.h"
 #include "daemon/trace.h"
 
 #define NB_STATE_PEERS_MAX 32

@@ -7,7 +7,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-#include "daemon/service/state.h"
+#include "daemon/core/state.h"
 #include "kernels/common.h"
 
 struct nb_state {

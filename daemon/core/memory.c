@@ -3,7 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "daemon/service/memory.h"
+#include "daemon/core/memory.h"
 #include "kernels/common.h"
 
 /* "Key:   123 kB" -> bytes; 0 when the line does not start with key. */
