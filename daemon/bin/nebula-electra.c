@@ -24,6 +24,7 @@
 #include "daemon/service/device.h"
 #include "daemon/config/config.h"
 #include "daemon/log.h"
+#include "daemon/pipeline/electra_msg.h"
 #include "daemon/train/electra.h"
 #include "daemon/train/weights.h"
 #include "daemon/core/version.h"
@@ -39,57 +40,16 @@ static void usage(void)
                     "       nebula-electra --help | --version\n");
 }
 
-static nb_model_config_t model_of(const nb_cfg_model_t *m)
-{
-    return (nb_model_config_t){
-        .n_layer = m->n_layer, .d_model = m->d_model, .n_head = m->n_head, .d_ff = m->d_ff,
-        .vocab = m->vocab, .max_seq = m->max_seq, .causal = m->causal,
-        .norm = m->norm == NB_NORM_POST ? NB_MODEL_NORM_POST : NB_MODEL_NORM_PRE,
-        .head = (nb_head_kind_t)m->head, .n_classes = m->n_classes, .tie_embeddings = m->tie_embeddings,
-        .ln_eps = (float)m->ln_eps, .gelu = m->gelu == NB_GELU_ERF ? NB_MODEL_GELU_ERF : NB_MODEL_GELU_TANH,
-        .mask_token = m->mask_token,
-    };
-}
-
-static nb_optim_config_t optim_of(const nb_cfg_optim_t *o, int steps)
-{
-    return (nb_optim_config_t){
-        .lr = (float)o->lr, .lr_min = (float)o->min_lr, .warmup_steps = (int)o->warmup_steps,
-        .total_steps = steps, .beta1 = (float)o->beta1, .beta2 = (float)o->beta2,
-        .eps = (float)o->eps, .weight_decay = (float)o->weight_decay, .grad_clip = (float)o->grad_clip,
-    };
-}
-
-/* Maps the loaded job onto the ELECTRA config; -1 with a message when the
- * file is not an electra job. */
+/* Maps the loaded job onto the ELECTRA config (the conversion the
+ * discriminator's daemon uses too); -1 with a message when the file is not
+ * an electra job. */
 static int to_electra_config(const nb_config_t *cfg, int steps, nb_electra_config_t *ec, char *err, size_t errlen)
 {
-    const nb_cfg_job_t *j = &cfg->job;
-    memset(ec, 0, sizeof *ec);
-    if (cfg->role != NB_ROLE_TRAIN || !j->present || j->electra.n_generators == 0) {
+    if (cfg->role != NB_ROLE_TRAIN || !cfg->job.present || cfg->job.electra.n_generators == 0) {
         snprintf(err, errlen, "%s: role must be train with a job.electra section for nebula-electra", cfg->path);
         return -1;
     }
-    ec->model = model_of(&j->model);
-    ec->optim = optim_of(&j->optimizer, steps);
-    ec->seed = j->seed;
-    ec->seq_len = (int)j->seq_len;
-    ec->steps = steps;
-    ec->mask_prob = (float)j->electra.mask_prob;
-    ec->disc_weight = (float)j->electra.disc_weight;
-    ec->tie_embeddings = j->electra.tie_embeddings;
-    ec->n_gen = j->electra.n_generators;
-    for (int i = 0; i < ec->n_gen; i++) {
-        const nb_cfg_generator_t *g = &j->electra.generators[i];
-        nb_electra_gen_config_t *o = &ec->gen[i];
-        snprintf(o->name, sizeof o->name, "%s", g->name);
-        snprintf(o->data, sizeof o->data, "%s", g->data);
-        o->model = model_of(&g->model);
-        o->optim = optim_of(&g->optimizer, steps);
-        o->seed = g->seed;
-        o->sequences = (int)g->sequences;
-    }
-    return 0;
+    return nb_electra_cfg_convert(cfg, steps, ec, err, errlen);
 }
 
 int main(int argc, char **argv)

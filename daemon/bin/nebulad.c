@@ -14,6 +14,7 @@
 #include "daemon/net/ktls.h"
 #include "daemon/net/tls.h"
 #include "daemon/pipeline/coord_rt.h"
+#include "daemon/pipeline/electra_rt.h"
 #include "daemon/pipeline/stage_rt.h"
 #include "daemon/core/memory.h"
 #include "daemon/service/service.h"
@@ -144,7 +145,14 @@ int main(int argc, char **argv)
      * part of the model. */
     nb_coord_rt_t *coord = NULL;
     nb_stage_rt_t *stage = NULL;
-    rc = cfg.role == NB_ROLE_COORDINATOR ? nb_coord_rt_attach(svc, &coord) : nb_stage_rt_attach(svc, &stage);
+    nb_electra_disc_rt_t *edisc = NULL; /* an ELECTRA job: the discriminator's daemon coordinates it */
+    nb_electra_gen_rt_t *egen = NULL;
+    if (cfg.role == NB_ROLE_COORDINATOR && cfg.job.electra.n_generators > 0)
+        rc = nb_electra_disc_rt_attach(svc, &edisc);
+    else if (cfg.role == NB_ROLE_STAGE && cfg.electra_generator)
+        rc = nb_electra_gen_rt_attach(svc, &egen);
+    else
+        rc = cfg.role == NB_ROLE_COORDINATOR ? nb_coord_rt_attach(svc, &coord) : nb_stage_rt_attach(svc, &stage);
     if (rc) {
         nb_log_error(NULL, "cannot create the %s runtime: %s", nb_cfg_role_name(cfg.role), nb_strerror(rc));
         nb_service_free(svc);
@@ -155,6 +163,8 @@ int main(int argc, char **argv)
     int status = nb_service_run(svc);
     nb_stage_rt_free(stage);
     nb_coord_rt_free(coord);
+    nb_electra_disc_rt_free(edisc);
+    nb_electra_gen_rt_free(egen);
     nb_service_free(svc);
     if (uv_loop_close(&loop) != 0)
         nb_log_warn(NULL, "event loop closed with handles still open");

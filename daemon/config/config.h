@@ -201,7 +201,8 @@ typedef struct {
     nb_cfg_checkpoint_t checkpoint;
     double recovery_timeout_s;    /* how long a fault may last before the job fails */
     int64_t max_restarts;         /* recoveries before the job fails */
-    nb_cfg_electra_t electra;     /* role train: an ELECTRA job (nebula-electra) */
+    nb_cfg_electra_t electra;     /* an ELECTRA job: nebula-electra (role train) or the
+                                     discriminator's daemon (role coordinator) */
     nb_cfg_lowrank_t lowrank;     /* job.lowrank: low-rank split (docs/lowrank.md) */
 } nb_cfg_job_t;
 
@@ -218,6 +219,7 @@ typedef struct {
     char init[NB_CFG_PATH_MAX];          /* stage: pretrained weights its parts load when the job has job.init */
     char eval_data[NB_CFG_PATH_MAX];     /* stage: held-out token file when it hosts stage 0 and the
                                             job has job.eval.data */
+    bool electra_generator;              /* stage: an ELECTRA generator daemon (docs/electra.md) */
     char checkpoint_dir[NB_CFG_PATH_MAX];
     char status_socket[NB_CFG_PATH_MAX]; /* default /run/nebula/NAME.sock */
     char log_level[16];                  /* debug|info|warn|error */

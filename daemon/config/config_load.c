@@ -621,6 +621,11 @@ static int check_electra(cfg_ctx_t *c, nb_config_t *cfg)
             if (strcmp(g->name, e->generators[k].name) == 0)
                 return fail_path(c, p, "duplicate generator name '%s' (also generators[%d])", g->name, k);
     }
+    if (c->role == NB_ROLE_COORDINATOR && (j->n_clusters > 0 || j->init[0] || j->checkpoint.every_steps > 0 ||
+                                           j->checkpoint.every_seconds > 0))
+        return fail_path(c, j->n_clusters > 0 ? "job.clusters" : j->init[0] ? "job.init" : "job.checkpoint",
+                         "not used by an electra job: the generators are the daemons named in "
+                         "job.electra.generators[].name (docs/electra.md)");
     if (j->batch != total)
         return fail_path(c, "job.batch", "must equal the sum of job.electra.generators[].sequences (%lld), got %lld",
                          (long long)total, (long long)j->batch);
@@ -642,7 +647,8 @@ static int check_job(cfg_ctx_t *c, nb_config_t *cfg)
                          nb_cfg_head_name(m->head), m->n_classes);
     /* a pipeline must equal nebula-train, which trains on a token file: no
      * class labels to draw (daemon/pipeline/job.c refuses these too) */
-    if (c->role == NB_ROLE_COORDINATOR && (m->head == NB_HEAD_SEQCLS || m->head == NB_HEAD_TOKCLS))
+    bool electra = j->electra.n_generators > 0;
+    if (c->role == NB_ROLE_COORDINATOR && !electra && (m->head == NB_HEAD_SEQCLS || m->head == NB_HEAD_TOKCLS))
         return fail_path(c, "job.model.head", "head %s is not supported in a pipeline (the token file holds no "
                          "class labels, and nebula-train trains lm and mlm only); use lm or mlm",
                          nb_cfg_head_name(m->head));
@@ -674,10 +680,12 @@ static int check_job(cfg_ctx_t *c, nb_config_t *cfg)
                          "hold out a share of the token file or another file, not both", j->eval.fraction);
     /* Nothing in a pipeline job writes job.output yet: refuse it rather
      * than leave an operator looking for a file that never comes. */
-    if (c->role == NB_ROLE_COORDINATOR && j->output[0])
+    if (c->role == NB_ROLE_COORDINATOR && !electra && j->output[0])
         return fail_path(c, "job.output", "not written by a pipeline job: each stage daemon writes its part of the "
                          "model to its own checkpoint_dir as final-stageS.weights; remove job.output (only role "
                          "train, nebula-train, writes it)");
+    if (c->role == NB_ROLE_COORDINATOR && !electra && j->n_clusters == 0)
+        return fail_path(c, "job.clusters", "missing required key (role coordinator)");
     if (j->n_clusters == 0)
         return 0;
     if (j->topology == NB_TOPO_USHAPE && j->n_clusters < 2)
@@ -768,8 +776,12 @@ static int check_all(cfg_ctx_t *c, nb_config_t *cfg)
     if (cfg->heartbeat_timeout_s <= cfg->heartbeat_interval_s)
         return fail_path(c, "heartbeat_timeout_s", "must exceed heartbeat_interval_s (%g), got %g",
                          cfg->heartbeat_interval_s, cfg->heartbeat_timeout_s);
-    if (cfg->role == NB_ROLE_STAGE)
+    if (cfg->role == NB_ROLE_STAGE) {
+        if (cfg->electra_generator && !cfg->data[0])
+            return fail_path(c, "data", "missing: an ELECTRA generator daemon (electra_generator: true) trains on "
+                             "its own token file");
         return 0;
+    }
     cfg->job.present = true;
     return check_job(c, cfg);
 }

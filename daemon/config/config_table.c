@@ -208,7 +208,7 @@ static const nb__cfg_key_t checkpoint_keys[] = {
 
 static const nb__cfg_key_t generator_keys[] = {
     { .name = "name", .type = NB__CFG_STR, .required = T, FLD(nb_cfg_generator_t, name), .validate = v_name, .doc = "the generator's name (in logs and errors)" },
-    { .name = "data", .type = NB__CFG_PATH, .required = T, FLD(nb_cfg_generator_t, data), .doc = "its token file" },
+    { .name = "data", .type = NB__CFG_PATH, .roles = T, .required = T, FLD(nb_cfg_generator_t, data), .doc = "its token file (role train; a generator daemon reads its own data)" },
     { .name = "sequences", .type = NB__CFG_INT, .required = T, .min = 1, .max = 65536, FLD(nb_cfg_generator_t, sequences), .doc = "sequences it feeds each discriminator step" },
     { .name = "seed", .type = NB__CFG_U64, .min = 0, .max = 1.8e19, .def = "0", FLD(nb_cfg_generator_t, seed), .doc = "seed of its init, data, mask and replacement streams; 0 = job.seed + 1 + index" },
     { .name = "model", .type = NB__CFG_SECTION, .required = T, .sub = model_keys, FLD(nb_cfg_generator_t, model), .doc = "its model shape (head mlm)" },
@@ -247,7 +247,7 @@ static const nb__cfg_key_t job_keys[] = {
     { .name = "optimizer", .type = NB__CFG_SECTION, .sub = optim_keys, FLD(nb_cfg_job_t, optimizer), .doc = "AdamW settings" },
     { .name = "codecs", .type = NB__CFG_SECTION, .sub = codec_keys, FLD(nb_cfg_job_t, codecs), .doc = "codec per direction" },
     { .name = "topology", .type = NB__CFG_ENUM, .def = "chain", .names = topo_names, FLD(nb_cfg_job_t, topology), .doc = "chain or ushape" },
-    { .name = "clusters", .type = NB__CFG_LIST, .required = C, .sub = &cluster_elem, .off = offsetof(nb_cfg_job_t, clusters),
+    { .name = "clusters", .type = NB__CFG_LIST, .sub = &cluster_elem, .off = offsetof(nb_cfg_job_t, clusters),
       .count_off = offsetof(nb_cfg_job_t, n_clusters), .max_items = NB_CFG_MAX_CLUSTERS, .doc = "ordered pipeline stages" },
     { .name = "planner", .type = NB__CFG_SECTION, .sub = planner_keys, FLD(nb_cfg_job_t, planner), .doc = "planner settings" },
     { .name = "log_every", .type = NB__CFG_INT, .min = 1, .max = 1e9, .def = "1", FLD(nb_cfg_job_t, log_every), .doc = "progress line every N steps" },
@@ -265,7 +265,7 @@ static const nb__cfg_key_t job_keys[] = {
     { .name = "checkpoint", .type = NB__CFG_SECTION, .roles = C, .sub = checkpoint_keys, FLD(nb_cfg_job_t, checkpoint), .doc = "coordinated checkpoints" },
     { .name = "recovery_timeout_s", .type = NB__CFG_DOUBLE, .roles = C, .min = 1, .max = 1e7, .def = "600", FLD(nb_cfg_job_t, recovery_timeout_s), .doc = "how long the daemons may take to come back after a fault before the job fails" },
     { .name = "max_restarts", .type = NB__CFG_INT, .roles = C, .min = 0, .max = 1e9, .def = "1000", FLD(nb_cfg_job_t, max_restarts), .doc = "recoveries after which the job fails" },
-    { .name = "electra", .type = NB__CFG_SECTION, .roles = T, .sub = electra_keys, FLD(nb_cfg_job_t, electra), .doc = "multi-generator ELECTRA (nebula-electra); job.model is the discriminator" },
+    { .name = "electra", .type = NB__CFG_SECTION, .roles = C | T, .sub = electra_keys, FLD(nb_cfg_job_t, electra), .doc = "multi-generator ELECTRA (nebula-electra, or a coordinator that is the discriminator's daemon); job.model is the discriminator" },
     { 0 },
 };
 
@@ -279,6 +279,7 @@ const nb__cfg_key_t nb__cfg_root[] = {
       .count_off = offsetof(nb_config_t, n_devices), .max_items = NB_CFG_MAX_DEVICES, .doc = "local compute devices; default [cpu]" },
     { .name = "data", .type = NB__CFG_PATH, .roles = S, FLD(nb_config_t, data), .doc = "token file read here when this stage hosts the embedding" },
     { .name = "init", .type = NB__CFG_PATH, .roles = S, FLD(nb_config_t, init), .doc = "pretrained weights this stage's parts load when the job sets job.init" },
+    { .name = "electra_generator", .type = NB__CFG_BOOL, .roles = S, .def = "false", FLD(nb_config_t, electra_generator), .doc = "this stage daemon is an ELECTRA generator: it trains the generator of job.electra.generators[] named like it, on its own data" },
     { .name = "eval_data", .type = NB__CFG_PATH, .roles = S, FLD(nb_config_t, eval_data), .doc = "held-out token file read here when this stage hosts the embedding and the job sets job.eval.data" },
     { .name = "checkpoint_dir", .type = NB__CFG_PATH, FLD(nb_config_t, checkpoint_dir), .doc = "directory for checkpoints" },
     { .name = "status_socket", .type = NB__CFG_PATH, FLD(nb_config_t, status_socket), .doc = "unix socket path; default /run/nebula/NAME.sock" },

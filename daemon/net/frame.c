@@ -97,6 +97,7 @@ int nb_frame_validate(const Nebula__Frame *f, const nb_frame_limits_t *lim,
     case NEBULA__FRAME__BODY_COMMIT:
     case NEBULA__FRAME__BODY_JOB_STATUS:
     case NEBULA__FRAME__BODY_ABORT:
+    case NEBULA__FRAME__BODY_ELECTRA_CREDIT:
         break;
     default:
         FAIL(NB_EFORMAT, "unknown message type");

@@ -4,6 +4,7 @@
  */
 #include "daemon/pipeline/coord_plan.h"
 #include "daemon/pipeline/coord_calib.h"
+#include "daemon/pipeline/coord_plan_internal.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -19,90 +20,6 @@
 #include "kernels/codec/codec.h"
 #include "kernels/common.h"
 
-#define MAX_SIZES 16     /* micro-batch sizes remembered per stage */
-#define MAX_HIST 64      /* distinct plans remembered with their measurements */
-#define HIST_STEPS 64    /* step times kept per plan for its median */
-#define FIT_ALPHA 0.3    /* EMA weight of a new step in a codec's measured cost */
-#define OVH_ALPHA 0.2    /* EMA weight of a new step in the per-step overhead */
-#define BASIS_STEPS 3     /* steps averaged into a plan's re-plan basis */
-#define DEFAULT_BW 1.25e8 /* bytes/s assumed for a link nobody measured (1 Gbit/s) */
-
-#define SIZE_OBS 5  /* recent steps per micro-batch size whose median is the size's time */
-
-typedef struct {
-    int n;           /* sequences per micro-batch (per replica: the shard) */
-    double f, b;     /* median of the recent steps' mean forward / backward seconds per micro-batch */
-    double fv[SIZE_OBS], bv[SIZE_OBS]; /* those steps, a ring */
-    int nv, next;
-} size_pt_t;
-
-typedef struct {
-    int m;
-    nb_sched_spec_t sched;
-    char fwd[NB_CFG_SPEC_MAX], bwd[NB_CFG_SPEC_MAX];
-    long steps;               /* steps measured (the first under each switch is skipped) */
-    double wall_sum, stage_sum;
-    double wall[HIST_STEPS], stage[HIST_STEPS]; /* the first HIST_STEPS of them, for medians */
-    /* per stage, summed over those steps: mean seconds per micro-batch */
-    double f[NB_COST_MAX_STAGES], b[NB_COST_MAX_STAGES], enc[NB_COST_MAX_STAGES], dec[NB_COST_MAX_STAGES];
-    /* The prediction made when the plan was first chosen or pinned, before
-     * any of its steps ran (out of sample: nothing this plan measured had
-     * entered the model); pre_s < 0 when the plan ran before it had one
-     * (the profiling plans). pre_ovh_s adds the per-step overhead known
-     * then. pre_step: the step it was made for. */
-    double pre_s, pre_ovh_s;
-    int64_t pre_step;
-} hist_t;
-
-struct nb_cplan {
-    const nb_cfg_job_t *job;
-    nb_job_desc_t desc;
-    nb_plan_req_t req;
-    nb_cost_t cost;
-    int p, batch, seq, dmodel;
-    /* profiling */
-    int prof_m[2], nprof;
-    int64_t profile_end;      /* steps before this one are profiling steps */
-    /* the step in flight */
-    double acc_f[NB_COST_MAX_STAGES], acc_b[NB_COST_MAX_STAGES];
-    double acc_enc[NB_COST_MAX_STAGES], acc_dec[NB_COST_MAX_STAGES];
-    int acc_n[NB_COST_MAX_STAGES];
-    double acc_err[2];        /* largest live round-trip error sampled this step, [fwd, bwd]; 0: none */
-    bool err_live[NB_COST_MAX_CODECS]; /* codec_err[i] comes from live tensors, not the calibration */
-    double rx_bps[NB_SCHED_MAX_STAGES][NB_SCHED_MAX_STAGES]; /* passive, [from][to] daemon */
-    size_pt_t pts[NB_COST_MAX_STAGES][MAX_SIZES];
-    int npts[NB_COST_MAX_STAGES];
-    bool link_measured[NB_COST_MAX_STAGES][2];
-    double probe_bw[NB_COST_MAX_STAGES][2];  /* what the probes said, bytes/s; 0: none */
-    bool compute_measured;
-    /* the plan */
-    nb_cplan_step_t cur;
-    bool have_cur, planned;
-    int64_t cur_since;        /* first step of the current plan */
-    bool pinned, pin_pending;
-    nb_cplan_step_t pin;
-    /* re-planning */
-    nb_replan_cfg_t rcfg;
-    nb_replan_t rp;
-    bool basis_set, replan_due;
-    bool settle_links;        /* a re-plan scaled the links: take the settled rate at the next basis */
-    int64_t basis_at;         /* the step whose measurements become the basis */
-    nb_replan_sample_t last_obs;
-    nb_replan_sample_t basis_sum;   /* observations averaged into the basis */
-    int basis_n;
-    char reason[160];
-    long replans;
-    double overhead;          /* EMA of wall - longest stage step: commit, optimizer, control latency */
-    bool have_overhead;
-    hist_t hist[MAX_HIST];
-    int nhist;
-    /* re-partitioning (job.planner.repartition; docs/planner.md) */
-    double head_blocks;       /* the head's work in block equivalents */
-    bool repart_on;
-    nb_repart_t repart;
-    nb_repart_choice_t repart_last; /* the last step's choice */
-    bool repart_have;
-};
 
 static int fail(char *err, size_t len, int rc, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 static int fail(char *err, size_t len, int rc, const char *fmt, ...)
@@ -662,8 +579,8 @@ static const char *step_text(const nb_cplan_step_t *c, char *buf, size_t len)
 
 /* The prediction for a fully given plan on the current model; < 0 if it
  * cannot be evaluated. */
-static double predict(const nb_cplan_t *cp, const nb_cost_t *cost, int m, const nb_sched_spec_t *sched,
-                      const char *fwd, const char *bwd, double *bubble)
+double nb__cplan_predict(const nb_cplan_t *cp, const nb_cost_t *cost, int m, const nb_sched_spec_t *sched,
+                         const char *fwd, const char *bwd, double *bubble)
 {
     nb_plan_cand_t c;
     char err[256];
@@ -764,6 +681,7 @@ static void set_plan(nb_cplan_t *cp, int64_t step, const nb_cplan_step_t *next)
     cp->have_cur = true;
 }
 
+
 static void calibrate_overhead(nb_cplan_t *cp);
 
 int nb_cplan_plan(nb_cplan_t *cp, int64_t step, nb_cplan_step_t *out)
@@ -772,8 +690,11 @@ int nb_cplan_plan(nb_cplan_t *cp, int64_t step, nb_cplan_step_t *out)
     nb_cplan_step_t next = cp->cur;
     if (cp->pinned) {
         if (cp->pin_pending) {
+            /* the pin's prediction (its out-of-sample figure) on the
+             * per-message cost fitted to every plan run so far */
+            calibrate_overhead(cp);
             next = cp->pin;
-            next.pred_step_s = predict(cp, &cp->cost, next.m, &next.sched, next.fwd, next.bwd, &next.pred_bubble);
+            next.pred_step_s = nb__cplan_predict(cp, &cp->cost, next.m, &next.sched, next.fwd, next.bwd, &next.pred_bubble);
             nb_log_info(NULL, "planner: step %lld: pinned plan %s", (long long)step + 1, step_text(&next, a, sizeof a));
             cp->pin_pending = false;
         }
@@ -792,7 +713,7 @@ int nb_cplan_plan(nb_cplan_t *cp, int64_t step, nb_cplan_step_t *out)
         double old_now = -1;
         if (replan) {
             absorb_drift(cp);
-            old_now = predict(cp, &cp->cost, old.m, &old.sched, old.fwd, old.bwd, NULL);
+            old_now = nb__cplan_predict(cp, &cp->cost, old.m, &old.sched, old.fwd, old.bwd, NULL);
         }
         calibrate_overhead(cp);
         if (run_search(cp, &best) == 0) {
@@ -863,7 +784,7 @@ static int cmp_double(const void *a, const void *b)
 /* Median of a plan's kept step times (wall or longest stage): on a shared
  * machine another process's burst lands in a few steps, and the median
  * ignores them. */
-static double hist_median(const hist_t *h, bool wall)
+double nb__cplan_hist_median(const hist_t *h, bool wall)
 {
     int n = h->steps < HIST_STEPS ? (int)h->steps : HIST_STEPS;
     double v[HIST_STEPS];
@@ -878,7 +799,7 @@ static double hist_median(const hist_t *h, bool wall)
  * (per stage, per micro-batch, codec work on the side it runs) and the
  * current link model: the simulator judged on its own, apart from the
  * compute fit. < 0 if it cannot be evaluated. */
-static double predict_own(const nb_cplan_t *cp, const nb_cost_t *cost, const hist_t *h)
+double nb__cplan_predict_own(const nb_cplan_t *cp, const nb_cost_t *cost, const hist_t *h)
 {
     nb_plan_cand_t c;
     char err[256];
@@ -912,7 +833,7 @@ static double predict_own(const nb_cplan_t *cp, const nb_cost_t *cost, const his
  * times: robust to the odd slow step), then applied to every link
  * direction. Needs measured plans of at least two micro-batch counts;
  * until then the cost stays where it was (0 at first). */
-static void calibrate_overhead(nb_cplan_t *cp)
+double nb__cplan_fit_overhead(const nb_cplan_t *cp)
 {
     /* A cost per message is told apart from a compute error only by plans
      * that send different numbers of messages: with measured steps of one
@@ -928,10 +849,10 @@ static void calibrate_overhead(nb_cplan_t *cp)
             ms[nm++] = cp->hist[i].m;
     }
     if (nm < 2)
-        return;
+        return -1;
     nb_cost_t *trial = malloc(sizeof *trial);
     if (!trial)
-        return;
+        return -1;
     *trial = cp->cost;
     double best = INFINITY, best_o = -1;
     for (int k = 0; k <= 60; k++) {
@@ -942,7 +863,7 @@ static void calibrate_overhead(nb_cplan_t *cp)
                 trial->link[s].dir[d].overhead = o;
         for (int i = 0; i < cp->nhist; i++) {
             const hist_t *h = &cp->hist[i];
-            double meas = hist_median(h, false), sim = meas > 0 ? predict_own(cp, trial, h) : -1;
+            double meas = nb__cplan_hist_median(h, false), sim = meas > 0 ? nb__cplan_predict_own(cp, trial, h) : -1;
             if (sim > 0) {
                 sse += fabs(sim / meas - 1);
                 n++;
@@ -954,11 +875,21 @@ static void calibrate_overhead(nb_cplan_t *cp)
         }
     }
     free(trial);
-    if (best_o < 0)
-        return;
-    for (int s = 0; s + 1 < cp->p; s++)
+    return best_o;
+}
+
+void nb__cplan_set_overhead(nb_cost_t *cost, double overhead)
+{
+    for (int s = 0; s + 1 < cost->p; s++)
         for (int d = 0; d < 2; d++)
-            cp->cost.link[s].dir[d].overhead = best_o;
+            cost->link[s].dir[d].overhead = overhead;
+}
+
+static void calibrate_overhead(nb_cplan_t *cp)
+{
+    double o = nb__cplan_fit_overhead(cp);
+    if (o >= 0)
+        nb__cplan_set_overhead(&cp->cost, o);
 }
 
 /* ---- re-partitioning ------------------------------------------------------------ */
@@ -1024,187 +955,4 @@ void nb_cplan_set_split(nb_cplan_t *cp, const nb_job_desc_t *desc)
 long nb_cplan_repartitions(const nb_cplan_t *cp)
 {
     return cp->repart_on ? cp->repart.moves : 0;
-}
-
-/* ---- the status socket's view -------------------------------------------------- */
-
-static json_t *step_json(const nb_cplan_step_t *c)
-{
-    char sb[24];
-    return json_pack("{s:i, s:i, s:s, s:s, s:s, s:f, s:f, s:s}", "m", c->m, "micro_batch_size", c->mb_size,
-                     "schedule", nb_sched_format(&c->sched, sb, sizeof sb), "forward", c->fwd, "backward", c->bwd,
-                     "predicted_step_s", c->pred_step_s, "predicted_bubble", c->pred_bubble, "why",
-                     c->why ? c->why : "");
-}
-
-static json_t *cand_json(const nb_cost_t *cost, const nb_plan_cand_t *c, int rank)
-{
-    char sb[24];
-    json_t *split = json_array(), *mem = json_array();
-    for (int s = 0; s < cost->p; s++) {
-        json_array_append_new(split, json_integer(c->layers[s]));
-        json_array_append_new(mem, json_real(c->mem[s] / (1024.0 * 1024.0 * 1024.0)));
-    }
-    return json_pack("{s:i, s:i, s:f, s:s, s:s, s:s, s:o, s:f, s:f, s:f, s:o, s:b, s:f, s:f, s:f, s:f}", "rank", rank, "m", c->m,
-                     "micro_batch_size", c->mb_size, "schedule", nb_sched_format(&c->sched, sb, sizeof sb),
-                     "forward", cost->codec[c->fwd_codec].spec, "backward", cost->codec[c->bwd_codec].spec, "split",
-                     split, "step_s", c->step_time, "bubble", c->bubble, "samples_per_s", c->samples_per_s,
-                     "memory_gib", mem, "feasible", c->feasible, "allreduce_s", c->allreduce_s, "allreduce_share",
-                     c->allreduce_share, "forward_error", cost->codec_err[c->fwd_codec], "backward_error",
-                     cost->codec_err[c->bwd_codec]);
-}
-
-static json_t *measurements_json(const nb_cplan_t *cp, const nb_cost_t *cost)
-{
-    json_t *st = json_array(), *ln = json_array(), *cd = json_array();
-    for (int s = 0; s < cost->p; s++) {
-        const nb_cost_stage_t *x = &cost->stage[s];
-        int L = cp->req.fixed_layers[s];
-        double fa = x->fwd_fixed.a + L * x->fwd_layer.a, fb = x->fwd_fixed.b + L * x->fwd_layer.b;
-        double ba = x->bwd_fixed.a + L * x->bwd_layer.a, bb = x->bwd_fixed.b + L * x->bwd_layer.b;
-        json_t *sizes = json_array();
-        for (int i = 0; i < cp->npts[s]; i++)
-            json_array_append_new(sizes, json_pack("{s:i, s:f, s:f}", "n", cp->pts[s][i].n, "forward_s",
-                                                   cp->pts[s][i].f, "backward_s", cp->pts[s][i].b));
-        json_t *so = json_pack("{s:i, s:s, s:i, s:{s:f, s:f}, s:{s:f, s:f}, s:o, s:f}", "stage", s, "daemon", x->name,
-                               "layers", L, "forward_s", "a", fa, "b", fb, "backward_s", "a", ba, "b", bb, "sizes",
-                               sizes, "memory_limit_bytes", x->mem_limit);
-        /* replicas: the fits and sizes are per device (n = the shard) */
-        json_object_set_new(so, "replicas", json_integer(nb_cost_replicas(cost, s)));
-        json_object_set_new(so, "reduce_bytes_per_s",
-                            json_real(x->reduce_bw > 0 ? x->reduce_bw : NB_COST_REDUCE_BW_CPU));
-        json_object_set_new(so, "allreduce_s",
-                            json_real(nb_cost_allreduce(cost, s, nb_cost_grad_bytes(&cp->req.model, cost->p, s, L))));
-        json_array_append_new(st, so);
-    }
-    for (int s = 0; s + 1 < cost->p; s++) {
-        json_t *o = json_pack("{s:i}", "boundary", s);
-        for (int d = 0; d < 2; d++) {
-            const nb_cost_dir_t *x = &cost->link[s].dir[d];
-            json_object_set_new(o, d == NB_DIR_FWD ? "forward" : "backward",
-                                json_pack("{s:f, s:f, s:f, s:b}", "latency_ms", x->latency * 1e3, "bandwidth_mbit",
-                                          x->bandwidth * 8e-6, "overhead_ms", x->overhead * 1e3, "measured",
-                                          cp->link_measured[s][d]));
-        }
-        json_array_append_new(ln, o);
-    }
-    for (int i = 0; i < cost->ncodecs; i++) {
-        const nb_cost_codec_t *c = &cost->codec[i];
-        json_array_append_new(cd, json_pack("{s:s, s:f, s:f, s:f, s:i, s:f, s:s}", "spec", c->spec, "ratio",
-                                            c->ratio, "encode_ns_per_byte", c->enc_per_byte * 1e9,
-                                            "decode_ns_per_byte", c->dec_per_byte * 1e9, "lossiness", c->lossiness,
-                                            "error", cost->codec_err[i], "error_source",
-                                            cp->err_live[i] ? "live" : "calibration"));
-    }
-    return json_pack("{s:o, s:o, s:o, s:b}", "stages", st, "links", ln, "codecs", cd, "compute_measured",
-                     cp->compute_measured);
-}
-
-json_t *nb_cplan_json(nb_cplan_t *cp, int max_rows, double bandwidth_mbit, char *err, size_t errlen)
-{
-    if (max_rows <= 0)
-        max_rows = 20;
-    if (!(bandwidth_mbit >= 0) || !isfinite(bandwidth_mbit)) {
-        fail(err, errlen, NB_EINVAL, "bandwidth_mbit: must be a positive number of Mbit/s");
-        return NULL;
-    }
-    calibrate_overhead(cp);
-    nb_cost_t *cost = malloc(sizeof *cost);
-    if (!cost) {
-        fail(err, errlen, NB_ENOMEM, "out of memory");
-        return NULL;
-    }
-    *cost = cp->cost;
-    if (bandwidth_mbit > 0)
-        nb_cost_set_bandwidth_mbit(cost, bandwidth_mbit);
-    nb_plan_result_t res;
-    char serr[512] = "";
-    int rc = nb_plan_search(cost, &cp->req, &res, serr, sizeof serr);
-    if (rc < 0 && rc != NB_ELIMIT) {
-        free(cost);
-        fail(err, errlen, rc, "search: %s", serr);
-        return NULL;
-    }
-    const char *state = cp->pinned ? "pinned" : cp->planned ? "planned" : "profiling";
-    json_t *o = json_pack("{s:s, s:o, s:i, s:f, s:o}", "state", state, "current", step_json(&cp->cur), "replans",
-                          (json_int_t)cp->replans, "overhead_s", cp->have_overhead ? cp->overhead : -1.0,
-                          "measurements", measurements_json(cp, cost));
-    if (bandwidth_mbit > 0)
-        json_object_set_new(o, "bandwidth_mbit", json_real(bandwidth_mbit));
-    json_object_set_new(o, "max_codec_error", json_real(cp->req.max_err > 0 ? cp->req.max_err : 0));
-    json_t *split = json_array();
-    for (int s = 0; s < cp->p; s++)
-        json_array_append_new(split, json_integer(cp->req.fixed_layers[s]));
-    json_object_set_new(o, "split", split);
-    if (cp->repart_on) {
-        json_t *rp = json_pack("{s:I, s:f}", "moves", (json_int_t)cp->repart.moves, "min_gain",
-                               cp->repart.cfg.min_gain);
-        if (cp->repart_have) {
-            json_t *best = json_array();
-            for (int s = 0; s < cp->p; s++)
-                json_array_append_new(best, json_integer(cp->repart_last.layers[s]));
-            json_object_set_new(rp, "best_split", best);
-            json_object_set_new(rp, "current_step_s", json_real(cp->repart_last.cur_s));
-            json_object_set_new(rp, "best_step_s", json_real(cp->repart_last.best_s));
-            json_object_set_new(rp, "gain", json_real(cp->repart_last.gain));
-        }
-        json_object_set_new(o, "repartition", rp);
-    }
-    if (cp->reason[0])
-        json_object_set_new(o, "last_replan_reason", json_string(cp->reason));
-    if (rc == NB_ELIMIT)
-        json_object_set_new(o, "error", json_string(serr));
-    json_t *cands = json_array();
-    for (int i = 0; i < res.n && i < max_rows; i++)
-        json_array_append_new(cands, cand_json(cost, &res.cand[i], res.cand[i].feasible ? i + 1 : 0));
-    json_object_set_new(o, "candidates", cands);
-    char *text = NULL;
-    size_t tlen = 0;
-    FILE *f = open_memstream(&text, &tlen);
-    if (f) {
-        if (rc == 0) {
-            char d[320];
-            fprintf(f, "chosen: %s\n", nb_plan_describe(cost, &res.cand[0], d, sizeof d));
-        } else {
-            fprintf(f, "no plan: %s\n", serr);
-        }
-        nb_plan_print(f, cost, &res, max_rows);
-        fclose(f);
-        json_object_set_new(o, "table", json_string(text ? text : ""));
-    }
-    free(text);
-    json_t *hist = json_array();
-    for (int i = 0; i < cp->nhist; i++) {
-        const hist_t *h = &cp->hist[i];
-        if (h->steps < 1)
-            continue;
-        char sb[24];
-        double bub = -1, pred = predict(cp, cost, h->m, &h->sched, h->fwd, h->bwd, &bub);
-        double wall = h->wall_sum / h->steps, stage = h->stage_sum / h->steps;
-        double with = pred >= 0 && cp->have_overhead ? pred + cp->overhead : -1;
-        double own = predict_own(cp, cost, h);
-        double own_with = own >= 0 && cp->have_overhead ? own + cp->overhead : -1;
-        json_t *row = json_pack("{s:i, s:s, s:s, s:s, s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f}",
-                                "m", h->m, "schedule", nb_sched_format(&h->sched, sb, sizeof sb),
-                                "forward", h->fwd, "backward", h->bwd, "steps", (json_int_t)h->steps,
-                                "measured_step_s", wall, "measured_stage_step_s", stage,
-                                "measured_step_median_s", hist_median(h, true),
-                                "measured_stage_step_median_s", hist_median(h, false),
-                                "predicted_step_s", pred, "predicted_with_overhead_s", with,
-                                "predicted_bubble", bub, "simulated_own_compute_s", own,
-                                "simulated_own_compute_with_overhead_s", own_with);
-        /* out of sample: the prediction the plan started with (absent for
-         * plans that ran before they had one, i.e. the profiling plans) */
-        if (row && h->pre_s >= 0) {
-            json_object_set_new(row, "predicted_before_run_s", json_real(h->pre_s));
-            json_object_set_new(row, "predicted_before_run_with_overhead_s", json_real(h->pre_ovh_s));
-            json_object_set_new(row, "predicted_at_step", json_integer((json_int_t)h->pre_step + 1));
-        }
-        json_array_append_new(hist, row);
-    }
-    json_object_set_new(o, "history", hist);
-    if (rc == 0 || rc == NB_ELIMIT)
-        nb_plan_result_free(&res);
-    free(cost);
-    return o;
 }

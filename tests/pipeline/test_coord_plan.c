@@ -352,9 +352,17 @@ static void test_profile_fit_plan(void **state)
         nb_cplan_plan(w->cp, s, &ps);
         run_step(w, s, &ps);
     }
-    json_t *j = nb_cplan_json(w->cp, 1, 0, err, sizeof err); /* calibrates on what ran */
+    /* the status view shows the cost fitted on what ran, and changes nothing */
+    json_t *j = nb_cplan_json(w->cp, 1, 0, err, sizeof err);
     assert_non_null(j);
+    json_t *lk = json_array_get(json_object_get(json_object_get(j, "measurements"), "links"), 0);
+    assert_true(json_real_value(json_object_get(json_object_get(lk, "forward"), "overhead_ms")) > 0);
     json_decref(j);
+    assert_true(c->link[0].dir[NB_DIR_FWD].overhead == 0);
+    /* the next pin's prediction is made on that fit */
+    pin = mkplan(4, "gpipe", "fp32", "fp32");
+    assert_int_equal(nb_cplan_pin(w->cp, &pin, err, sizeof err), 0);
+    nb_cplan_plan(w->cp, 7, &ps);
     assert_true(c->link[0].dir[NB_DIR_FWD].overhead > 0);
 }
 

@@ -10,7 +10,8 @@ C=$B/nebulactl
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 
 # The examples name TLS files of their target hosts: check the files alone.
-for f in config/demo/*.yaml config/2-cluster/*.yaml config/3-cluster/*.yaml; do
+for f in config/demo/*.yaml config/2-cluster/*.yaml config/3-cluster/*.yaml config/electra/discriminator.yaml \
+         config/electra/generator-*.yaml; do
   out=$("$D" --check-syntax "$f" 2>&1) || fail "$f: $out"
   [ "$out" = ok ] || fail "$f printed '$out'"
 done
@@ -47,6 +48,28 @@ listen: 127.0.0.1:0
 ' "1:1: tls: missing required key (role stage)"
 expect_err "${STAGE}job: {}
 " "6:1: job: not allowed for role stage (only for coordinator, train)"
+# ELECTRA across daemons: a generator daemon needs its own text; the
+# discriminator's daemon has no clusters and reads no generator's text
+expect_err "${STAGE}electra_generator: true
+" "1:1: data: missing: an ELECTRA generator daemon (electra_generator: true) trains on its own token file"
+ELECTRA='name: c
+role: coordinator
+listen: 127.0.0.1:0
+tls: {cert: a, key: b, ca: c}
+job:
+  model: {n_layer: 1, d_model: 16, n_head: 2, vocab: 257, head: tokcls, n_classes: 2}
+  batch: 2
+  seq_len: 8
+  steps: 1
+  electra:
+    generators:
+'
+expect_err "${ELECTRA}      - {name: g, sequences: 2, model: {n_layer: 1, d_model: 8, n_head: 2, vocab: 257, head: mlm}}
+  clusters:
+    - {name: a, address: \"127.0.0.1:1\"}
+" "14:5: job.clusters: not used by an electra job: the generators are the daemons named in job.electra.generators[].name (docs/electra.md)"
+expect_err "${ELECTRA}      - {name: g, data: g.tok, sequences: 2, model: {n_layer: 1, d_model: 8, n_head: 2, vocab: 257, head: mlm}}
+" "12:19: job.electra.generators[0].data: not allowed for role coordinator (only for train)"
 expect_err 'name: c
 role: coordinator
 listen: 127.0.0.1:0

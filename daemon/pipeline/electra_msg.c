@@ -1,0 +1,189 @@
+/*
+ * electra_msg.c - configuration, ElectraJob message and batch admission of
+ * the ELECTRA job across daemons; see electra_msg.h.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include "kernels/common.h"
+#include "daemon/pipeline/electra_msg.h"
+
+static nb_model_config_t model_of(const nb_cfg_model_t *m)
+{
+    return (nb_model_config_t){
+        .n_layer = m->n_layer, .d_model = m->d_model, .n_head = m->n_head, .d_ff = m->d_ff,
+        .vocab = m->vocab, .max_seq = m->max_seq, .causal = m->causal,
+        .norm = m->norm == NB_NORM_POST ? NB_MODEL_NORM_POST : NB_MODEL_NORM_PRE,
+        .head = (nb_head_kind_t)m->head, .n_classes = m->n_classes, .tie_embeddings = m->tie_embeddings,
+        .ln_eps = (float)m->ln_eps, .gelu = m->gelu == NB_GELU_ERF ? NB_MODEL_GELU_ERF : NB_MODEL_GELU_TANH,
+        .mask_token = m->mask_token,
+    };
+}
+
+static nb_optim_config_t optim_of(const nb_cfg_optim_t *o, int steps)
+{
+    return (nb_optim_config_t){
+        .lr = (float)o->lr, .lr_min = (float)o->min_lr, .warmup_steps = (int)o->warmup_steps,
+        .total_steps = steps, .beta1 = (float)o->beta1, .beta2 = (float)o->beta2,
+        .eps = (float)o->eps, .weight_decay = (float)o->weight_decay, .grad_clip = (float)o->grad_clip,
+    };
+}
+
+int nb_electra_cfg_convert(const nb_config_t *cfg, int steps, nb_electra_config_t *ec, char *err, size_t errlen)
+{
+    const nb_cfg_job_t *j = &cfg->job;
+    memset(ec, 0, sizeof *ec);
+    if (!j->present || j->electra.n_generators == 0) {
+        snprintf(err, errlen, "%s: no job.electra section: not an electra job", cfg->path);
+        return -1;
+    }
+    ec->model = model_of(&j->model);
+    ec->optim = optim_of(&j->optimizer, steps);
+    ec->seed = j->seed;
+    ec->seq_len = (int)j->seq_len;
+    ec->steps = steps;
+    ec->mask_prob = (float)j->electra.mask_prob;
+    ec->disc_weight = (float)j->electra.disc_weight;
+    ec->tie_embeddings = j->electra.tie_embeddings;
+    ec->n_gen = j->electra.n_generators;
+    for (int i = 0; i < ec->n_gen; i++) {
+        const nb_cfg_generator_t *g = &j->electra.generators[i];
+        nb_electra_gen_config_t *o = &ec->gen[i];
+        snprintf(o->name, sizeof o->name, "%s", g->name);
+        snprintf(o->data, sizeof o->data, "%s", g->data);
+        o->model = model_of(&g->model);
+        o->optim = optim_of(&g->optimizer, steps);
+        o->seed = g->seed;
+        o->sequences = (int)g->sequences;
+    }
+    return 0;
+}
+
+void nb_electra_job_to_msg(const nb_electra_config_t *ec, int g, uint64_t job_id, uint64_t resume_step,
+                           uint64_t credit, nb_electra_msg_store_t *st)
+{
+    const nb_electra_gen_config_t *gc = &ec->gen[g];
+    const nb_model_config_t *m = &gc->model;
+    const nb_optim_config_t *o = &gc->optim;
+    nebula__model_config__init(&st->model);
+    st->model.n_layer = (uint32_t)m->n_layer;
+    st->model.d_model = (uint32_t)m->d_model;
+    st->model.n_head = (uint32_t)m->n_head;
+    st->model.d_ff = (uint32_t)m->d_ff;
+    st->model.vocab = (uint32_t)m->vocab;
+    st->model.max_seq = (uint32_t)m->max_seq;
+    st->model.causal = m->causal;
+    st->model.norm = (uint32_t)m->norm;
+    st->model.head = (uint32_t)m->head;
+    st->model.n_classes = (uint32_t)m->n_classes;
+    st->model.tie_embeddings = m->tie_embeddings;
+    st->model.ln_eps = m->ln_eps; /* as configured, 0 included: the generator builds what the reference builds */
+    st->model.gelu = (uint32_t)m->gelu;
+    st->model.mask_token = (uint32_t)m->mask_token;
+    nebula__optim_config__init(&st->optim);
+    st->optim.lr = o->lr;
+    st->optim.lr_min = o->lr_min;
+    st->optim.warmup_steps = (uint32_t)o->warmup_steps;
+    st->optim.total_steps = (uint32_t)o->total_steps;
+    st->optim.beta1 = o->beta1;
+    st->optim.beta2 = o->beta2;
+    st->optim.eps = o->eps;
+    st->optim.weight_decay = o->weight_decay;
+    st->optim.grad_clip = o->grad_clip;
+    Nebula__ElectraJob *e = &st->job;
+    nebula__electra_job__init(e);
+    e->index = (uint32_t)g;
+    e->name = (char *)gc->name;
+    e->model = &st->model;
+    e->optim = &st->optim;
+    e->seed = gc->seed;
+    e->sequences = (uint32_t)gc->sequences;
+    e->seq_len = (uint32_t)ec->seq_len;
+    e->steps = (uint64_t)ec->steps;
+    e->mask_prob = ec->mask_prob;
+    e->disc_vocab = (uint32_t)ec->model.vocab;
+    e->resume_step = resume_step;
+    e->credit = credit;
+    e->job_id = job_id;
+}
+
+#define BAD(code, ...)                                                                             \
+    do {                                                                                           \
+        snprintf(err, errlen, __VA_ARGS__);                                                        \
+        return code;                                                                               \
+    } while (0)
+
+int nb_electra_job_from_msg(const Nebula__ElectraJob *e, const char *my_name, const char *data,
+                            nb_electra_gen_config_t *gc, nb_electra_job_info_t *info, char *err, size_t errlen)
+{
+    memset(gc, 0, sizeof *gc);
+    memset(info, 0, sizeof *info);
+    if (!e->model || !e->optim || !e->name)
+        BAD(NB_EFORMAT, "electra job: model, optimizer or name missing");
+    if (strcmp(e->name, my_name) != 0)
+        BAD(NB_EINVAL, "electra job: names generator '%s', this daemon is '%s'", e->name, my_name);
+    const Nebula__ModelConfig *m = e->model;
+    if (m->n_layer > 4096 || m->d_model > 65536 || m->n_head > 4096 || m->d_ff > 262144 || m->vocab > (1u << 24) ||
+        m->max_seq > 65536 || m->norm > 1 || m->head > 3 || m->n_classes > 65536 || m->gelu > 1 ||
+        m->mask_token > (1u << 24) || !isfinite(m->ln_eps) || m->ln_eps < 0)
+        BAD(NB_EFORMAT, "electra job: model config out of range");
+    if (e->index >= NB_ELECTRA_MAX_GEN || e->sequences < 1 || e->sequences > 65536 || e->seq_len < 1 ||
+        e->seq_len > 65536 || e->steps < 1 || e->steps > 100000000u || !(e->mask_prob > 0.0f && e->mask_prob <= 1.0f) ||
+        e->disc_vocab < 1 || e->disc_vocab > (1u << 24) || e->job_id == 0 || e->resume_step > e->steps)
+        BAD(NB_EFORMAT, "electra job: index, sequences, seq_len, steps, mask_prob, vocab or resume step out of range");
+    snprintf(gc->name, sizeof gc->name, "%s", e->name);
+    snprintf(gc->data, sizeof gc->data, "%s", data);
+    gc->model = (nb_model_config_t){ .n_layer = (int)m->n_layer, .d_model = (int)m->d_model, .n_head = (int)m->n_head,
+                                     .d_ff = (int)m->d_ff, .vocab = (int)m->vocab, .max_seq = (int)m->max_seq,
+                                     .causal = m->causal, .norm = (nb_norm_t)m->norm, .head = (nb_head_kind_t)m->head,
+                                     .n_classes = (int)m->n_classes, .tie_embeddings = m->tie_embeddings,
+                                     .ln_eps = m->ln_eps, .gelu = (nb_gelu_t)m->gelu, .mask_token = (int)m->mask_token };
+    const Nebula__OptimConfig *o = e->optim;
+    if (o->warmup_steps > 100000000u || o->total_steps > 100000000u)
+        BAD(NB_EFORMAT, "electra job: optimizer steps out of range");
+    gc->optim = (nb_optim_config_t){ .lr = o->lr, .lr_min = o->lr_min, .warmup_steps = (int)o->warmup_steps,
+                                     .total_steps = (int)o->total_steps, .beta1 = o->beta1, .beta2 = o->beta2,
+                                     .eps = o->eps, .weight_decay = o->weight_decay, .grad_clip = o->grad_clip };
+    gc->seed = e->seed;
+    gc->sequences = (int)e->sequences;
+    const char *why = nb_model_config_validate(&gc->model);
+    if (!why)
+        why = nb_optim_config_validate(&gc->optim);
+    if (why)
+        BAD(NB_EINVAL, "electra job: generator '%s': %s", gc->name, why);
+    *info = (nb_electra_job_info_t){ .job_id = e->job_id, .index = (int)e->index, .seq_len = (int)e->seq_len,
+                                     .steps = (int)e->steps, .mask_prob = e->mask_prob, .disc_vocab = e->disc_vocab,
+                                     .resume_step = e->resume_step, .credit = e->credit };
+    return 0;
+}
+
+int nb_electra_rx_accept(const nb_electra_rx_t *x, const char *sender, const Nebula__Tensor *t,
+                         const uint8_t *payload, size_t len, nb_electra_batch_t *b, size_t cap_tokens, char *err,
+                         size_t errlen)
+{
+    int g = -1;
+    for (int i = 0; i < x->n_gen; i++)
+        if (strcmp(x->names[i], sender) == 0)
+            g = i;
+    if (g < 0)
+        BAD(NB_EINVAL, "batch from '%s', which is not a generator of this job: refused", sender);
+    if (t->kind != NEBULA__TENSOR_KIND__KIND_TOKEN_IDS || t->dtype != NEBULA__DTYPE__DTYPE_U8 || !t->codec ||
+        strcmp(t->codec, NB_ELECTRA_CODEC) != 0)
+        BAD(NB_EFORMAT, "generator '%s': tensor of kind %d, dtype %d, codec '%s' is not an ELECTRA batch (token "
+            "IDs, u8, %s): refused", sender, (int)t->kind, (int)t->dtype, t->codec ? t->codec : "", NB_ELECTRA_CODEC);
+    if (t->job_id != x->job_id)
+        BAD(NB_EINVAL, "generator '%s': batch of job %llu, this job is %llu: refused", sender,
+            (unsigned long long)t->job_id, (unsigned long long)x->job_id);
+    if (t->from_stage != (uint32_t)g)
+        BAD(NB_EINVAL, "generator '%s': batch claims to come from generator %u, '%s' is generator %d: refused",
+            sender, t->from_stage, sender, g);
+    if (t->step != x->next[g])
+        BAD(NB_EINVAL, "generator '%s': batch for step %llu, step %llu expected next from it: refused", sender,
+            (unsigned long long)t->step, (unsigned long long)x->next[g]);
+    if (t->step >= x->credit)
+        BAD(NB_ELIMIT, "generator '%s': batch for step %llu beyond its credit (steps below %llu): refused", sender,
+            (unsigned long long)t->step, (unsigned long long)x->credit);
+    int rc = nb_electra_wire_decode(payload, len, sender, g, t->step, x->seqs[g], x->seq_len, x->vocab, b, cap_tokens,
+                                    err, errlen);
+    return rc ? rc : g;
+}

@@ -1,0 +1,211 @@
+/* test_electra_msg.c - the ELECTRA job across daemons, message level: the
+ * ElectraJob survives the wire and gives the generator daemon exactly the
+ * generator the reference builds; a received ElectraJob out of range or for
+ * another daemon is refused; and the discriminator's daemon refuses a batch
+ * with a token ID beyond its vocabulary, a sequence of the wrong length or
+ * count, a batch from a peer that is not a generator, one that claims
+ * another generator's index, one for the wrong step or beyond the credit,
+ * a truncated one and a tensor that is not a batch, each with the sender
+ * named, leaving the receiver's batch as it was. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "daemon/pipeline/electra_msg.h"
+#include "kernels/common.h"
+
+static nb_electra_config_t make_ec(void)
+{
+    nb_electra_config_t ec;
+    memset(&ec, 0, sizeof ec);
+    ec.model = (nb_model_config_t){ .n_layer = 2, .d_model = 32, .n_head = 4, .d_ff = 128, .vocab = 300,
+                                    .max_seq = 16, .head = NB_MODEL_HEAD_TOKCLS, .n_classes = 2, .ln_eps = 1e-5f };
+    ec.seq_len = 4;
+    ec.steps = 10;
+    ec.mask_prob = 0.15f;
+    ec.n_gen = 2;
+    for (int i = 0; i < 2; i++) {
+        nb_electra_gen_config_t *g = &ec.gen[i];
+        snprintf(g->name, sizeof g->name, "%s", i ? "apache" : "gpl");
+        g->model = (nb_model_config_t){ .n_layer = 1, .d_model = 16, .n_head = 2, .d_ff = 64, .vocab = 257,
+                                        .max_seq = 16, .head = NB_MODEL_HEAD_MLM, .ln_eps = 1e-5f,
+                                        .gelu = NB_MODEL_GELU_ERF, .mask_token = 256 };
+        g->optim = nb_optim_config_default();
+        g->optim.lr = 3e-3f;
+        g->optim.total_steps = 10;
+        g->seed = 40 + (uint64_t)i;
+        g->sequences = 2 + i;
+    }
+    return ec;
+}
+
+static void test_job_travels(void **state)
+{
+    (void)state;
+    nb_electra_config_t ec = make_ec();
+    nb_electra_msg_store_t st;
+    nb_electra_job_to_msg(&ec, 1, 77, 3, 5, &st);
+    size_t n = nebula__electra_job__get_packed_size(&st.job);
+    uint8_t *buf = malloc(n);
+    assert_non_null(buf);
+    nebula__electra_job__pack(&st.job, buf);
+    Nebula__ElectraJob *m = nebula__electra_job__unpack(NULL, n, buf);
+    assert_non_null(m);
+    nb_electra_gen_config_t gc;
+    nb_electra_job_info_t info;
+    char err[512];
+    assert_int_equal(nb_electra_job_from_msg(m, "apache", "own.tok", &gc, &info, err, sizeof err), 0);
+    assert_memory_equal(&gc.model, &ec.gen[1].model, sizeof gc.model);
+    assert_memory_equal(&gc.optim, &ec.gen[1].optim, sizeof gc.optim);
+    assert_int_equal(gc.seed, 41);
+    assert_int_equal(gc.sequences, 3);
+    assert_string_equal(gc.data, "own.tok"); /* the daemon's own text, never the coordinator's */
+    assert_int_equal(info.index, 1);
+    assert_int_equal(info.job_id, 77);
+    assert_int_equal(info.resume_step, 3);
+    assert_int_equal(info.credit, 5);
+    assert_int_equal(info.disc_vocab, 300);
+    assert_int_equal(info.seq_len, 4);
+    assert_true(info.mask_prob == 0.15f);
+    /* for another daemon, or out of range: refused */
+    assert_int_equal(nb_electra_job_from_msg(m, "gpl", "own.tok", &gc, &info, err, sizeof err), NB_EINVAL);
+    assert_non_null(strstr(err, "apache"));
+    m->resume_step = 11;
+    assert_int_equal(nb_electra_job_from_msg(m, "apache", "own.tok", &gc, &info, err, sizeof err), NB_EFORMAT);
+    m->resume_step = 3;
+    m->model->vocab = 1u << 30;
+    assert_int_equal(nb_electra_job_from_msg(m, "apache", "own.tok", &gc, &info, err, sizeof err), NB_EFORMAT);
+    nebula__electra_job__free_unpacked(m, NULL);
+    free(buf);
+}
+
+/* A batch of generator gen for step, n x T tokens, ID k*7 % id_mod at k
+ * (the last ID id_mod - 1 when id_mod > 200). */
+static size_t make_wire(int gen, uint64_t step, int n, int T, int id_mod, uint32_t vocab, uint8_t *buf, size_t cap)
+{
+    int32_t ids[64];
+    uint8_t rep[64];
+    for (int k = 0; k < n * T; k++) {
+        ids[k] = k == n * T - 1 && id_mod > 200 ? id_mod - 1 : (k * 7) % id_mod; /* the last: the largest ID */
+        rep[k] = (uint8_t)(k % 3 == 0);
+    }
+    nb_electra_batch_t b = { .gen = gen, .step = step, .n = n, .T = T, .ids = ids, .replaced = rep };
+    long len = nb_electra_wire_encode(&b, vocab, buf, cap);
+    assert_true(len > 0);
+    return (size_t)len;
+}
+
+static Nebula__Tensor tensor(uint64_t job, uint64_t step, uint32_t from, size_t len)
+{
+    Nebula__Tensor t;
+    nebula__tensor__init(&t);
+    t.job_id = job;
+    t.step = step;
+    t.kind = NEBULA__TENSOR_KIND__KIND_TOKEN_IDS;
+    t.dtype = NEBULA__DTYPE__DTYPE_U8;
+    t.codec = (char *)NB_ELECTRA_CODEC;
+    t.decoded_bytes = len;
+    t.from_stage = from;
+    return t;
+}
+
+/* Refused with the sender named, and b untouched. */
+static void expect_refused(const nb_electra_rx_t *x, const char *sender, const Nebula__Tensor *t, const uint8_t *p,
+                           size_t len, const char *what)
+{
+    int32_t ids[8];
+    uint8_t rep[8];
+    for (int k = 0; k < 8; k++) {
+        ids[k] = -5;
+        rep[k] = 9;
+    }
+    nb_electra_batch_t b = { .ids = ids, .replaced = rep };
+    char err[1024] = "";
+    int rc = nb_electra_rx_accept(x, sender, t, p, len, &b, 8, err, sizeof err);
+    assert_true(rc < 0);
+    if (!strstr(err, sender) || !strstr(err, what))
+        fail_msg("message '%s' lacks '%s' or '%s'", err, sender, what);
+    for (int k = 0; k < 8; k++)
+        assert_true(ids[k] == -5 && rep[k] == 9);
+}
+
+static void test_rx_refuses(void **state)
+{
+    (void)state;
+    nb_electra_rx_t x;
+    memset(&x, 0, sizeof x);
+    x.job_id = 5;
+    x.n_gen = 2;
+    x.names[0] = "gpl";
+    x.names[1] = "apache";
+    x.seqs[0] = 2;
+    x.seqs[1] = 1;
+    x.seq_len = 4;
+    x.vocab = 200;
+    x.next[0] = 3;
+    x.next[1] = 2;
+    x.credit = 4;
+    uint8_t buf[256];
+    /* a good batch of gpl (2 x 4 tokens) for step 3 */
+    size_t len = make_wire(0, 3, 2, 4, 200, 256, buf, sizeof buf);
+    Nebula__Tensor t = tensor(5, 3, 0, len);
+    int32_t ids[8];
+    uint8_t rep[8];
+    nb_electra_batch_t b = { .ids = ids, .replaced = rep };
+    char err[1024];
+    assert_int_equal(nb_electra_rx_accept(&x, "gpl", &t, buf, len, &b, 8, err, sizeof err), 0);
+    assert_int_equal(ids[5], 35);
+    assert_int_equal(rep[3], 1);
+    /* a token ID beyond the discriminator's vocabulary (IDs up to 299) */
+    len = make_wire(0, 3, 2, 4, 300, 300, buf, sizeof buf);
+    t = tensor(5, 3, 0, len);
+    expect_refused(&x, "gpl", &t, buf, len, "outside the discriminator's vocabulary");
+    /* sequences of the wrong length (T 3), and the wrong count */
+    len = make_wire(0, 3, 2, 3, 200, 256, buf, sizeof buf);
+    t = tensor(5, 3, 0, len);
+    expect_refused(&x, "gpl", &t, buf, len, "expected 2 sequences of 4");
+    len = make_wire(0, 3, 1, 4, 200, 256, buf, sizeof buf);
+    t = tensor(5, 3, 0, len);
+    expect_refused(&x, "gpl", &t, buf, len, "expected 2 sequences of 4");
+    /* a peer that is not a generator of the job */
+    len = make_wire(0, 3, 2, 4, 200, 256, buf, sizeof buf);
+    t = tensor(5, 3, 0, len);
+    expect_refused(&x, "mallory", &t, buf, len, "not a generator");
+    /* apache sending under gpl's index, in the frame or in the batch */
+    t = tensor(5, 2, 0, len);
+    expect_refused(&x, "apache", &t, buf, len, "generator 0");
+    len = make_wire(0, 2, 1, 4, 200, 256, buf, sizeof buf);
+    t = tensor(5, 2, 1, len);
+    expect_refused(&x, "apache", &t, buf, len, "names generator 0");
+    /* the wrong step, a step beyond the credit, another job */
+    len = make_wire(0, 4, 2, 4, 200, 256, buf, sizeof buf);
+    t = tensor(5, 4, 0, len);
+    expect_refused(&x, "gpl", &t, buf, len, "step 3 expected");
+    x.next[0] = 4;
+    expect_refused(&x, "gpl", &t, buf, len, "beyond its credit");
+    x.next[0] = 3;
+    len = make_wire(0, 3, 2, 4, 200, 256, buf, sizeof buf);
+    t = tensor(6, 3, 0, len);
+    expect_refused(&x, "gpl", &t, buf, len, "job 6");
+    /* truncated, and not a batch at all */
+    t = tensor(5, 3, 0, len - 1);
+    expect_refused(&x, "gpl", &t, buf, len - 1, "bytes");
+    t = tensor(5, 3, 0, len);
+    t.kind = NEBULA__TENSOR_KIND__KIND_ACTIVATION;
+    expect_refused(&x, "gpl", &t, buf, len, "not an ELECTRA batch");
+    t = tensor(5, 3, 0, len);
+    t.codec = (char *)"raw";
+    expect_refused(&x, "gpl", &t, buf, len, "not an ELECTRA batch");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_job_travels),
+        cmocka_unit_test(test_rx_refuses),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
