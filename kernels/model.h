@@ -88,6 +88,11 @@ typedef struct {
      * (nb_part_input_t.enc) between its self-attention and its MLP
      * (kernels/model_xattn.c). */
     bool cross_attn;
+    /* low-rank split (job.lowrank; kernels/model_lowrank.c): block
+     * lowrank_block's MLP output projection is U S V of rank lowrank_rank
+     * and the block drops its MLP residual. lowrank_rank 0 = none. */
+    int lowrank_block;
+    int lowrank_rank;
 } nb_model_config_t;
 
 /* Sub-layers an adapter can follow (nb_model_config_t.adapter_after). */
@@ -346,5 +351,47 @@ size_t nb_part_acts_bytes(const nb_part_acts_t *a);
  * add B*T*(C + 2A), cross-attention B*T*C + 2*B*S*C), shared by all its
  * acts. */
 size_t nb_part_acts_size(const nb_part_t *p, int B, int T);
+
+/* ---- low-rank split (kernels/model_lowrank.c; docs/lowrank.md) ----------
+ *
+ * With cfg->lowrank_rank r > 0, block k = cfg->lowrank_block computes its
+ * MLP output as y = U (S (V h)) + b (h = gelu(fc(.)), V (r,F), S (r,r),
+ * U (C,r): tensors hk.fcproj.v/.s/.u replace hk.fcproj.w) and drops the
+ * MLP's residual branch (post-LN: out = LN2(y); pre-LN: out = y).
+ * Parts may be cut inside block k, between V and S: a part with
+ * last == k + 1 and no head then ends at the factor z = V h (B,T,r), and
+ * the part with first == k + 1 and no embedding begins with the rest of
+ * block k (S, U, fcproj.b and, post-LN, ln2) and takes z as its input.
+ * Only r values per position cross that cut instead of C. */
+
+/* Width of a part's output activations per position: r for a part that
+ * ends at the factor, else d_model. */
+int nb_part_out_width(const nb_part_t *p);
+/* Width of the input activations per position of a part without the
+ * embedding: r for a part that begins at the factor, else d_model. */
+int nb_part_in_width(const nb_part_t *p);
+/* The same for a part of cfg holding spec, without the part. */
+int nb_part_spec_out_width(const nb_model_config_t *cfg, const nb_part_spec_t *spec);
+int nb_part_spec_in_width(const nb_model_config_t *cfg, const nb_part_spec_t *spec);
+/* Checks the low-rank fields of cfg against its model: 0, or NB_EINVAL
+ * with the reason in why (naming job.lowrank.block / job.lowrank.rank,
+ * the value and the bound: the block must exist, the rank must be at
+ * least 1 and at most min(d_model, d_ff), the rank of the layer). */
+int nb_lowrank_check(const nb_model_config_t *cfg, char *why, size_t whylen);
+/* Truncated SVD of the row-major m x n matrix w (host): u (m,r) row-major,
+ * s (r,r) diagonal with the r largest singular values in decreasing
+ * order, v (r,n) row-major, so that u s v is the best rank-r approximation
+ * of w. Signs are fixed (each column of u has its largest-magnitude entry
+ * positive) so every process computes the same factors. 0, NB_EINVAL
+ * (r outside 1..min(m,n)), NB_ENOMEM, or NB_EIO (LAPACK did not converge). */
+int nb_lowrank_svd(const float *w, int m, int n, int r, float *u, float *s, float *v);
+/* Initialises the part dst of a low-rank model from dense, a part of the
+ * same model without the split (lowrank_rank 0) that holds every block
+ * of dst: each tensor of dst takes the tensor of the same name of dense
+ * (one dense lacks, e.g. a new classifier head, keeps its seeded init),
+ * and hk.fcproj.u/.s/.v the truncated SVD of dense's hk.fcproj.w. With
+ * lowrank_rank 0 it only copies. Errors: NB_EINVAL (a tensor of another
+ * shape, or dense lacks hk.fcproj.w: named in err), NB_ENOMEM, NB_EIO. */
+int nb_part_lowrank_init(nb_part_t *dst, nb_part_t *dense, char *err, size_t errlen);
 
 #endif /* NB_MODEL_H */

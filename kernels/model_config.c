@@ -44,6 +44,17 @@ const char *nb_model_config_validate(const nb_model_config_t *c)
         if (c->adapter_first < 0 || c->adapter_first >= c->adapter_last || c->adapter_last > c->n_layer)
             return "adapter blocks must be a non-empty range of the model's blocks";
     }
+    if (c->lowrank_rank < 0)
+        return "lowrank_rank must be >= 0 (0: no low-rank split)";
+    if (c->lowrank_rank > 0 && (c->lowrank_block < 0 || c->lowrank_block >= c->n_layer))
+        return "lowrank_block must be a block of the model (0..n_layer-1)";
+    if (c->lowrank_rank > c->d_model || c->lowrank_rank > c->d_ff)
+        return "lowrank_rank must be at most min(d_model, d_ff), the rank of the split layer";
+    if (c->lowrank_rank > 0 && c->cross_attn)
+        return "a low-rank split needs an encoder (no cross_attn)";
+    if (c->lowrank_rank > 0 && c->adapter_size > 0 && c->lowrank_block >= c->adapter_first &&
+        c->lowrank_block < c->adapter_last)
+        return "the low-rank split block cannot have adapters";
     switch (c->head) {
     case NB_MODEL_HEAD_LM:
     case NB_MODEL_HEAD_MLM:

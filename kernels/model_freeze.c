@@ -48,6 +48,8 @@ static int count_bwd_stop(const nb_part_t *p)
             return 0;
         if (key == NB_INIT_KEY_HEAD)
             return nblk; /* blocks all frozen: only the head trains */
+        if (key == NB_INIT_KEY_LOWRANK) /* the split block's low-rank tensors */
+            return p->cfg.lowrank_block - p->spec.first;
         /* the first trainable tensor in buffer order is in the lowest
          * block that needs its backward */
         k = (int)key - p->spec.first;
@@ -239,7 +241,7 @@ nb_param_info_t *nb_part_layout(const nb_model_config_t *cfg, const nb_part_spec
     *n = 0;
     if (nb_model_config_validate(cfg) || spec->first < 0 || spec->first > spec->last || spec->last > cfg->n_layer)
         return NULL;
-    nb_part_t p = { .cfg = *cfg, .spec = *spec };
+    nb_part_t p = { .cfg = *cfg, .spec = *spec, .lr_mode = nb__lowrank_mode(cfg, spec) };
     int cap = nb__part_layout_cap(spec);
     p.info = calloc((size_t)cap, sizeof *p.info);
     p.init_key = calloc((size_t)cap, sizeof *p.init_key);

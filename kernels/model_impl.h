@@ -30,6 +30,18 @@ enum { NB_H_LNFW, NB_H_LNFB, NB_H_LMW, NB_H_CLSW, NB_H_CLSB, NB_H_COUNT };
 #define NB_INIT_KEY_EMBED 0xFFFFFFF0u
 #define NB_INIT_KEY_HEAD 0xFFFFFFF1u
 
+/* Low-rank split (model_lowrank.c): the tensors of the split block that
+ * differ from a plain block's, under a key of their own so that a part
+ * beginning at the factor can hold them without the block. */
+#define NB_INIT_KEY_LOWRANK 0xFFFFFFF2u
+enum { NB_LR_V, NB_LR_S, NB_LR_U, NB_LR_B, NB_LR_LN2W, NB_LR_LN2B, NB_LR_COUNT };
+typedef enum {
+    NB_LR_NONE = 0,  /* no split block in the part */
+    NB_LR_WHOLE,     /* the part holds the whole split block */
+    NB_LR_LOWER,     /* the part ends at the factor z (B,T,r) */
+    NB_LR_UPPER,     /* the part begins at the factor: S, U, b (, ln2) */
+} nb_lr_mode_t;
+
 typedef struct {
     float *w[NB_B_COUNT];
     float *g[NB_B_COUNT];
@@ -67,6 +79,10 @@ struct nb_part {
     nb_part_t *tied_head;      /* on the wte owner: the head part tied to it */
     size_t head_offset;        /* first float of the head's tensors (n_params without) */
     size_t head_goff;          /* the same in the gradient buffer (n_grads without) */
+    /* low-rank split (model_lowrank.c) */
+    nb_lr_mode_t lr_mode;
+    float *lrw[NB_LR_COUNT], *lrg[NB_LR_COUNT];
+    size_t lr_goff;            /* NB_LR_UPPER: first float of its gradients */
     nb_part_grad_ready_cb grad_ready; /* nb_part_set_grad_ready */
     void *grad_ready_ud;
     /* backward scratch, device, sized for scratch_bt rows */
@@ -104,11 +120,14 @@ struct nb_part_acts {
     float *emb_raw, *emb_mean, *emb_rstd, *emb_out;
     nb_block_acts_t *blocks;   /* host array */
     float *lnf, *lnf_mean, *lnf_rstd, *cls_in, *logits, *dlogits, *losses;
-    float *dinput;             /* (B,T,C) */
     float *enc, *denc;         /* (B,S,C) cross_attn parts: copy of the
                                   encoder output and its gradient */
     uint8_t *enc_mask;         /* (B,S) */
     bool has_enc_mask;
+    float *dinput;             /* (B,T,C); (B,T,r) beginning at the factor */
+    /* low-rank split: z (B,T,r) = V h, s = S z (B,T,r); a part beginning
+     * at the factor also keeps y (B,T,C) and LN2(y) with its statistics */
+    float *lr_z, *lr_s, *lr_y, *lr_ln, *lr_mean, *lr_rstd;
     int out_rows, out_cols;    /* logits shape */
     /* host scratch for validating inputs and summing the loss */
     int32_t *host_ids;
@@ -170,5 +189,29 @@ void nb__xattn_bwd(nb_part_t *p, nb_part_acts_t *a, int i, const float *h, float
 
 /* Output of block i (0-based within the part) of a forward pass. */
 const float *nb__block_out(const nb_part_acts_t *a, int i);
+
+/* ---- low-rank split (model_lowrank.c) ---- */
+/* Where the split block sits relative to a part of cfg holding spec. */
+nb_lr_mode_t nb__lowrank_mode(const nb_model_config_t *cfg, const nb_part_spec_t *spec);
+/* Adds the tensors of the split block (global index l) that the part
+ * holds, in buffer order (for NB_LR_UPPER: called once, before the
+ * blocks). add(p, cap, name, ndim, d0, d1, key, id) is build_layout's. */
+typedef int (*nb__add_tensor_fn)(nb_part_t *p, int cap, const char *name, int ndim, int64_t d0, int64_t d1,
+                                 uint32_t key, uint32_t id);
+int nb__lowrank_layout(nb_part_t *p, int cap, int l, nb__add_tensor_fn add);
+/* Whether plain tensor id of block l is replaced by a low-rank one or
+ * (NB_LR_LOWER) left to the part above. */
+bool nb__lowrank_skips(const nb_part_t *p, int l, int id);
+/* Forward of the split block (index i within the part, input x), and
+ * its backward (dout: gradient of its output, (N,r) for NB_LR_LOWER;
+ * dx: gradient of x). Use the part's scratch like block_bwd. */
+void nb__lowrank_block_fwd(nb_part_t *p, nb_part_acts_t *a, int i, const float *x);
+void nb__lowrank_block_bwd(nb_part_t *p, nb_part_acts_t *a, int i, const float *x, const float *dout, float *dx);
+/* NB_LR_UPPER: the rest of the split block from the factor in a->input,
+ * and its backward (dout (N,C) -> dz (N,r)). */
+void nb__lowrank_upper_fwd(nb_part_t *p, nb_part_acts_t *a);
+void nb__lowrank_upper_bwd(nb_part_t *p, nb_part_acts_t *a, const float *dout, float *dz);
+/* NB_LR_UPPER: the output of the rest of the split block. */
+const float *nb__lowrank_upper_out(const nb_part_acts_t *a);
 
 #endif /* NB_MODEL_IMPL_H */

@@ -57,7 +57,7 @@ static int add_tensor(nb_part_t *p, int cap, const char *name, int ndim, int64_t
 
 int nb__part_layout_cap(const nb_part_spec_t *spec)
 {
-    return NB_E_COUNT + NB_H_COUNT + (spec->last - spec->first) * NB_B_COUNT;
+    return NB_E_COUNT + NB_H_COUNT + (spec->last - spec->first) * NB_B_COUNT + NB_LR_COUNT;
 }
 
 /* Lists the part's tensors in buffer order (docs/model.md). */
@@ -79,17 +79,24 @@ int nb__part_build_layout(nb_part_t *p, int cap)
         "ln1.w", "ln1.b", "qkv.w", "qkv.b", "proj.w", "proj.b",
         "ln2.w", "ln2.b", "fc.w", "fc.b", "fcproj.w", "fcproj.b",
     };
+    if (p->lr_mode == NB_LR_UPPER) /* the rest of the split block below */
+        rc |= nb__lowrank_layout(p, cap, c->lowrank_block, add_tensor);
     for (int l = p->spec.first; l < p->spec.last; l++) {
         int64_t rows[NB_B_XLNW] = { C, C, 3 * C, 3 * C, C, C, C, C, F, F, C, C };
         int64_t cols[NB_B_XLNW] = { 0, 0, C, 0, C, 0, 0, 0, C, 0, F, 0 };
         for (int t = 0; t < NB_B_XLNW; t++) {
+            if (nb__lowrank_skips(p, l, t))
+                continue;
             snprintf(name, sizeof name, "h%d.%s", l, bn[t]);
             rc |= add_tensor(p, cap, name, cols[t] ? 2 : 1, rows[t], cols[t], (uint32_t)l, (uint32_t)t);
         }
         /* a decoder's cross-attention, then adapters (model_xattn.c,
-         * model_adapter.c) */
+         * model_adapter.c); the split block's low-rank tensors
+         * (model_lowrank.c: the model has neither beside a split) */
         rc |= nb__xattn_layout(p, cap, l, add_tensor);
         rc |= nb__adapter_layout(p, cap, l, add_tensor);
+        if (c->lowrank_rank > 0 && l == c->lowrank_block)
+            rc |= nb__lowrank_layout(p, cap, l, add_tensor);
     }
     p->head_offset = p->n_params;
     if (p->spec.head) {
@@ -118,6 +125,8 @@ void nb__part_resolve(nb_part_t *p)
         if (key == NB_INIT_KEY_HEAD && !head_seen) {
             p->head_goff = go;
             head_seen = true;
+        } else if (key == NB_INIT_KEY_LOWRANK && id == NB_LR_S && p->lr_mode == NB_LR_UPPER) {
+            p->lr_goff = go; /* the first tensor of a part beginning at the factor */
         } else if (key < NB_INIT_KEY_EMBED && id == 0) {
             p->blocks[key - (uint32_t)p->spec.first].goff = go;
         }
@@ -129,6 +138,9 @@ void nb__part_resolve(nb_part_t *p)
         } else if (key == NB_INIT_KEY_HEAD) {
             p->hw[id] = w;
             p->hg[id] = g;
+        } else if (key == NB_INIT_KEY_LOWRANK) {
+            p->lrw[id] = w;
+            p->lrg[id] = g;
         } else {
             nb_block_ptrs_t *b = &p->blocks[key - (uint32_t)p->spec.first];
             b->w[id] = w;
@@ -162,6 +174,7 @@ int nb_part_init_params(nb_part_t *p, uint64_t seed)
         uint32_t key = p->init_key[i], id = p->init_id[i];
         bool ln_weight = (key == NB_INIT_KEY_EMBED && id == NB_E_LNW) ||
                          (key == NB_INIT_KEY_HEAD && id == NB_H_LNFW) ||
+                         (key == NB_INIT_KEY_LOWRANK && id == NB_LR_LN2W) ||
                          (key < NB_INIT_KEY_EMBED && (id == NB_B_LN1W || id == NB_B_LN2W || id == NB_B_XLNW));
         /* an adapter's up-projection starts at zero: a fresh adapter is
          * the identity, so a pretrained model starts unchanged */
@@ -193,7 +206,8 @@ static bool config_equal(const nb_model_config_t *a, const nb_model_config_t *b)
            a->gelu == b->gelu && a->adapter_size == b->adapter_size &&
            (a->adapter_size == 0 || (a->adapter_after == b->adapter_after && a->adapter_first == b->adapter_first &&
                                      a->adapter_last == b->adapter_last)) &&
-           a->cross_attn == b->cross_attn;
+           a->cross_attn == b->cross_attn && a->lowrank_rank == b->lowrank_rank &&
+           (a->lowrank_rank == 0 || a->lowrank_block == b->lowrank_block);
 }
 
 int nb_part_new(nb_backend_t *be, const nb_model_config_t *cfg, const nb_part_spec_t *spec,
@@ -265,6 +279,7 @@ int nb_part_new(nb_backend_t *be, const nb_model_config_t *cfg, const nb_part_sp
     p->cfg = *cfg;
     p->cfg.ln_eps = nb_model_ln_eps(cfg); /* 0 means the default: store what it means */
     p->spec = *spec;
+    p->lr_mode = nb__lowrank_mode(cfg, spec);
     int nblk = spec->last - spec->first;
     int cap = nb__part_layout_cap(spec);
     p->info = calloc((size_t)cap, sizeof *p->info);
@@ -483,6 +498,17 @@ static void carve_acts(nb_part_acts_t *a, carver_t *cv)
                 b->adh[k] = carve(cv, mul_sat(mul_sat(BT, (size_t)c->adapter_size), fl));
                 b->adg[k] = carve(cv, mul_sat(mul_sat(BT, (size_t)c->adapter_size), fl));
             }
+    }
+    if (p->lr_mode != NB_LR_NONE) { /* low-rank split: model_lowrank.c */
+        size_t BTR = mul_sat(BT, (size_t)c->lowrank_rank);
+        a->lr_z = carve(cv, mul_sat(BTR, fl));
+        a->lr_s = carve(cv, mul_sat(BTR, fl));
+        if (p->lr_mode == NB_LR_UPPER) {
+            a->lr_y = carve(cv, mul_sat(BTC, fl));
+            a->lr_ln = carve(cv, mul_sat(BTC, fl));
+            a->lr_mean = carve(cv, mul_sat(BT, fl));
+            a->lr_rstd = carve(cv, mul_sat(BT, fl));
+        }
     }
     if (p->spec.head) {
         if (head_has_lnf(c)) {

@@ -75,12 +75,16 @@ void nb__gelu_bwd(nb_part_t *p, float *dx, const float *x, const float *dout, si
 
 const float *nb__block_out(const nb_part_acts_t *a, int i)
 {
+    if (a->p->lr_mode == NB_LR_LOWER && i == a->p->spec.last - a->p->spec.first - 1)
+        return a->lr_z; /* the part ends at the low-rank factor */
     return is_post(a->p) ? a->blocks[i].ln2 : a->blocks[i].res2;
 }
 
 /* Input of the first block (or of the head when the part has no blocks). */
 static const float *part_body_input(const nb_part_acts_t *a)
 {
+    if (a->p->lr_mode == NB_LR_UPPER)
+        return nb__lowrank_upper_out(a);
     return a->p->spec.embed ? a->emb_out : a->input;
 }
 
@@ -258,7 +262,7 @@ int nb_part_forward(nb_part_t *p, nb_part_acts_t *a, const nb_part_input_t *in, 
     nb_backend_t *be = p->be;
     const nb_model_config_t *c = &p->cfg;
     int B = a->B, T = a->T, C = c->d_model, N = B * T;
-    size_t nC = (size_t)N * (size_t)C * sizeof(float);
+    size_t nC = (size_t)N * (size_t)nb_part_in_width(p) * sizeof(float); /* the input: C, or r past a cut */
     a->fwd_done = a->can_bwd = false;
     if (!in)
         return NB_EINVAL;
@@ -287,10 +291,15 @@ int nb_part_forward(nb_part_t *p, nb_part_acts_t *a, const nb_part_input_t *in, 
                              p->ew[NB_E_LNW], p->ew[NB_E_LNB], p->cfg.ln_eps, N, C);
     } else {
         nb_be_copy(be, a->input, in->x, nC);
+        if (p->lr_mode == NB_LR_UPPER)
+            nb__lowrank_upper_fwd(p, a);
     }
     const float *x = part_body_input(a);
     for (int i = 0; i < p->spec.last - p->spec.first; i++) {
-        block_fwd(p, a, i, x);
+        if (c->lowrank_rank > 0 && p->spec.first + i == c->lowrank_block)
+            nb__lowrank_block_fwd(p, a, i, x);
+        else
+            block_fwd(p, a, i, x);
         x = nb__block_out(a, i);
     }
     a->fwd_done = true;
@@ -360,7 +369,7 @@ int nb_part_backward(nb_part_t *p, nb_part_acts_t *a, const float *dout)
     if (p->spec.head ? dout != NULL : dout == NULL)
         return NB_EINVAL;
     nb_backend_t *be = p->be;
-    size_t nC = (size_t)a->B * (size_t)a->T * (size_t)p->cfg.d_model * sizeof(float);
+    size_t nC = (size_t)a->B * (size_t)a->T * (size_t)nb_part_in_width(p) * sizeof(float);
     /* cur holds the gradient of the current output; blocks write the
      * gradient of their input into the other ping-pong buffer. */
     const float *cur = dout;
@@ -377,7 +386,10 @@ int nb_part_backward(nb_part_t *p, nb_part_acts_t *a, const float *dout)
     for (int i = p->spec.last - p->spec.first - 1; i >= p->bwd_stop; i--) {
         const float *x = i ? nb__block_out(a, i - 1) : part_body_input(a);
         float *next = cur == p->d_ping ? p->d_pong : p->d_ping;
-        block_bwd(p, a, i, x, cur, next);
+        if (p->cfg.lowrank_rank > 0 && p->spec.first + i == p->cfg.lowrank_block)
+            nb__lowrank_block_bwd(p, a, i, x, cur, next);
+        else
+            block_bwd(p, a, i, x, cur, next);
         cur = next;
         if (p->grad_ready) /* the block's first float in the gradient buffer */
             p->grad_ready(p->grad_ready_ud, p->blocks[i].goff);
@@ -388,6 +400,13 @@ int nb_part_backward(nb_part_t *p, nb_part_acts_t *a, const float *dout)
         if (p->grad_ready) /* frozen blocks below bwd_stop hold no gradient */
             p->grad_ready(p->grad_ready_ud, 0);
     } else {
+        if (p->lr_mode == NB_LR_UPPER) { /* the rest of the split block: dz */
+            float *next = cur == p->d_ping ? p->d_pong : p->d_ping;
+            nb__lowrank_upper_bwd(p, a, cur, next);
+            cur = next;
+            if (p->grad_ready)
+                p->grad_ready(p->grad_ready_ud, p->lr_goff);
+        }
         nb_be_copy(be, a->dinput, cur, nC);
     }
     a->can_bwd = false;

@@ -25,6 +25,10 @@ cross-attention reads, "enc_mask" (B,S) u8 and "g.enc", the gradient of the
 loss with respect to enc. ref_encdec.bin holds an encoder (a part without
 head) feeding a decoder, tensors prefixed "enc." and "dec."
 (make_encdec_case).
+Files of a low-rank split model (ref_*_lowrank.bin; job.lowrank) hold
+"lowrank": i32 [block, rank]: that block's fcproj.w is fcproj.u (C,r)
+fcproj.s (r,r) fcproj.v (r,F), y = U (S (V h)) + b, and the block has no MLP
+residual (docs/lowrank.md); its tensors are listed as model_lowrank.c does.
 Needs torch (pip install torch). The tests never run this script.
 
 Usage: python3 scripts/gen_reference.py [OUTDIR [FILE...]] writes every
@@ -81,8 +85,21 @@ def param_list(cfg):
     ps = [("wte", (V, C)), ("wpe", (cfg["max_seq"], C))]
     if cfg["norm"] == NORM_POST:
         ps += [("emb_ln.w", (C,)), ("emb_ln.b", (C,))]
+    lr_block, R = cfg.get("lowrank", (-1, 0))
     for l in range(cfg["n_layer"]):
         h = "h%d." % l
+        if l == lr_block:  # the split block: fcproj (and post-LN ln2) follow the factor
+            ps += [(h + "ln1.w", (C,)), (h + "ln1.b", (C,)),
+                   (h + "qkv.w", (3 * C, C)), (h + "qkv.b", (3 * C,)),
+                   (h + "proj.w", (C, C)), (h + "proj.b", (C,))]
+            if cfg["norm"] == NORM_PRE:
+                ps += [(h + "ln2.w", (C,)), (h + "ln2.b", (C,))]
+            ps += [(h + "fc.w", (Fd, C)), (h + "fc.b", (Fd,)),
+                   (h + "fcproj.v", (R, Fd)), (h + "fcproj.s", (R, R)), (h + "fcproj.u", (C, R)),
+                   (h + "fcproj.b", (C,))]
+            if cfg["norm"] == NORM_POST:
+                ps += [(h + "ln2.w", (C,)), (h + "ln2.b", (C,))]
+            continue
         ps += [(h + "ln1.w", (C,)), (h + "ln1.b", (C,)),
                (h + "qkv.w", (3 * C, C)), (h + "qkv.b", (3 * C,)),
                (h + "proj.w", (C, C)), (h + "proj.b", (C,)),
@@ -167,6 +184,7 @@ def forward(cfg, P, tokens, key_mask, targets, enc=None, enc_mask=None):
     x = P["wte"][tokens] + P["wpe"][:T][None, :, :]
     if cfg["norm"] == NORM_POST:
         x = ln(x, "emb_ln")
+    lr_block = cfg.get("lowrank", (-1, 0))[0]
     for l in range(cfg["n_layer"]):
         h = "h%d." % l
 
@@ -178,6 +196,17 @@ def forward(cfg, P, tokens, key_mask, targets, enc=None, enc_mask=None):
         def xatt(xin):  # cross-attention to the encoder output
             return lin(cross_attention(lin(xin, h + "xq"), lin(enc, h + "xkv"), enc_mask, nh), h + "xproj")
 
+        if l == lr_block:  # low-rank split: y = U (S (V h)) + b, no MLP residual
+            def mlp(x):
+                z = F.linear(gelu(lin(x, h + "fc")), P[h + "fcproj.v"])
+                return F.linear(F.linear(z, P[h + "fcproj.s"]), P[h + "fcproj.u"], P[h + "fcproj.b"])
+            if cfg["norm"] == NORM_PRE:
+                x = x + lin(attention(lin(ln(x, h + "ln1"), h + "qkv"), key_mask, cfg["causal"], nh), h + "proj")
+                x = mlp(ln(x, h + "ln2"))
+            else:
+                x = ln(x + lin(attention(lin(x, h + "qkv"), key_mask, cfg["causal"], nh), h + "proj"), h + "ln1")
+                x = ln(mlp(x), h + "ln2")
+            continue
         if cfg["norm"] == NORM_PRE:
             x = x + ad(lin(attention(lin(ln(x, h + "ln1"), h + "qkv"), key_mask, cfg["causal"], nh), h + "proj"),
                        "attn")
@@ -274,6 +303,8 @@ def make_case(path, cfg, B, T, seed, frozen=()):
         out.append(("variant", DT_F32, torch.tensor([cfg.get("ln_eps", 1e-5),
                                                      1.0 if cfg.get("gelu") == "erf" else 0.0],
                                                     dtype=torch.float32)))
+    if "lowrank" in cfg:
+        out.append(("lowrank", DT_I32, torch.tensor(list(cfg["lowrank"]), dtype=torch.int32)))
     out.append(("optim", DT_F32, torch.tensor([o["lr"], o["lr_min"], o["warmup"], o["total"], o["b1"],
                                                o["b2"], o["eps"], o["wd"], o["clip"]], dtype=torch.float32)))
     out.append(("tokens", DT_I32, tokens.to(torch.int32)))
@@ -423,6 +454,11 @@ def main():
     # beside trainable biases, LayerNorm halves and the embedding LayerNorm,
     # and an untied lm head; a classifier fine-tuned on a frozen encoder.
     h1 = ["h1.ln1.w", "h1.ln2.b"]
+    # Low-rank split (job.lowrank): the top block of a BERT-style classifier
+    # (post-LN: ln2 follows the factor), and block 0 of a GPT (pre-LN) with
+    # a frozen S beside trainable U and V.
+    seqcls_lr = dict(seqcls, n_layer=2, lowrank=(1, 4))
+    gpt_lr = dict(gpt, lowrank=(0, 5))
     cases = [
         ("ref_gpt.bin", gpt, 4, 16, 1, ()),
         ("ref_bert.bin", bert, 4, 16, 2, ()),
@@ -435,6 +471,8 @@ def main():
          ["wte", "wpe"] + [n for n, _ in param_list(gpt) if n.startswith("h0.")]),
         ("ref_bert_frozen.bin", bert, 4, 16, 8, ["emb_ln.w", "emb_ln.b", "h0.qkv.w", "h0.fc.w", "lm.w"] + h1),
         ("ref_seqcls_frozen.bin", seqcls, 4, 8, 9, [n for n, _ in param_list(seqcls) if not n.startswith("cls.")]),
+        ("ref_seqcls_lowrank.bin", seqcls_lr, 4, 8, 11, ()),
+        ("ref_gpt_lowrank.bin", gpt_lr, 4, 16, 12, ["h0.fcproj.s", "h1.qkv.w"]),
     ]
     # Bottleneck adapters: after every sub-layer of every block of a GPT,
     # all trainable; after the MLP of block 1 of a BERT whose other tensors

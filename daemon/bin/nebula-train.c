@@ -50,7 +50,9 @@
 #include "daemon/service/device.h"
 #include "daemon/config/config.h"
 #include "daemon/log.h"
+#include "daemon/pipeline/job.h"
 #include "daemon/train/hf_model.h"
+#include "daemon/train/lowrank_init.h"
 #include "daemon/train/trainer.h"
 #include "daemon/train/checkpoint.h"
 #include "daemon/train/weights.h"
@@ -109,6 +111,8 @@ static int to_train_config(const nb_config_t *cfg, nb_train_config_t *tc, char *
         snprintf(err, errlen, "%s: %s", cfg->path, why);
         return -1;
     }
+    if (nb_job_lowrank_from_cfg(j, &tc->model, err, errlen))
+        return -1;
     const nb_cfg_optim_t *o = &j->optimizer;
     tc->optim = (nb_optim_config_t){
         .lr = (float)o->lr, .lr_min = (float)o->min_lr, .warmup_steps = (int)o->warmup_steps,
@@ -270,7 +274,7 @@ int main(int argc, char **argv)
         return rc == NB_EINVAL ? NB_CFG_EXIT_CONFIG : 1;
     }
     if (cfg.job.init[0] && !resume) {
-        if ((rc = nb_hf_init_part(cfg.job.init, nb_trainer_part(tr), log_note, NULL, err, sizeof err)) != 0) {
+        if ((rc = nb_lowrank_init_part(cfg.job.init, nb_trainer_part(tr), log_note, NULL, err, sizeof err)) != 0) {
             nb_log_error(NULL, "%s: job.init: %s", config_path, err);
             nb_trainer_free(tr);
             nb_be_free(be);

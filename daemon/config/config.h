@@ -164,6 +164,13 @@ typedef struct {
     bool tie_embeddings; /* one token embedding for every model (one process only) */
 } nb_cfg_electra_t;
 
+/* job.lowrank: block `block`'s MLP output projection as U S V of rank
+ * `rank` (0 = no split), its MLP residual dropped (docs/lowrank.md). */
+typedef struct {
+    int block;
+    int rank;
+} nb_cfg_lowrank_t;
+
 typedef struct {
     bool present; /* the file has a job section */
     nb_cfg_model_t model;
@@ -196,6 +203,7 @@ typedef struct {
     int64_t max_restarts;         /* recoveries before the job fails */
     nb_cfg_electra_t electra;     /* an ELECTRA job: nebula-electra (role train) or the
                                      discriminator's daemon (role coordinator) */
+    nb_cfg_lowrank_t lowrank;     /* job.lowrank: low-rank split (docs/lowrank.md) */
 } nb_cfg_job_t;
 
 typedef struct {

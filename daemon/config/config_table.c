@@ -229,6 +229,12 @@ static const nb__cfg_key_t electra_keys[] = {
     { 0 },
 };
 
+static const nb__cfg_key_t lowrank_keys[] = {
+    { .name = "block", .type = NB__CFG_INT, .min = 0, .max = 4095, .def = "0", FLD(nb_cfg_lowrank_t, block), .doc = "the block whose MLP output projection is split (0 = the lowest)" },
+    { .name = "rank", .type = NB__CFG_INT, .min = 0, .max = 1048576, .def = "0", FLD(nb_cfg_lowrank_t, rank), .doc = "rank r of U S V, at most min(d_model, d_ff); 0 = no split" },
+    { 0 },
+};
+
 static const nb__cfg_key_t job_keys[] = {
     { .name = "model", .type = NB__CFG_SECTION, .required = C | T, .sub = model_keys, FLD(nb_cfg_job_t, model), .doc = "model shape" },
     { .name = "seed", .type = NB__CFG_U64, .min = 0, .max = 1.8e19, .def = "1337", FLD(nb_cfg_job_t, seed), .doc = "seed of every RNG stream" },
@@ -254,6 +260,7 @@ static const nb__cfg_key_t job_keys[] = {
     { .name = "trainable", .type = NB__CFG_LIST, .sub = &trainable_elem, .off = offsetof(nb_cfg_job_t, trainable),
       .count_off = offsetof(nb_cfg_job_t, n_trainable), .max_items = NB_CFG_MAX_FREEZE, .doc = "exceptions to job.freeze: tensors that train although a freeze pattern matches them" },
     { .name = "adapters", .type = NB__CFG_SECTION, .sub = adapter_keys, FLD(nb_cfg_job_t, adapters), .doc = "bottleneck adapters inside the blocks (fine-tuning)" },
+    { .name = "lowrank", .type = NB__CFG_SECTION, .sub = lowrank_keys, FLD(nb_cfg_job_t, lowrank), .doc = "low-rank split of one block (docs/lowrank.md)" },
     { .name = "eval", .type = NB__CFG_SECTION, .roles = C | T, .sub = eval_keys, FLD(nb_cfg_job_t, eval), .doc = "held-out evaluation" },
     { .name = "checkpoint", .type = NB__CFG_SECTION, .roles = C, .sub = checkpoint_keys, FLD(nb_cfg_job_t, checkpoint), .doc = "coordinated checkpoints" },
     { .name = "recovery_timeout_s", .type = NB__CFG_DOUBLE, .roles = C, .min = 1, .max = 1e7, .def = "600", FLD(nb_cfg_job_t, recovery_timeout_s), .doc = "how long the daemons may take to come back after a fault before the job fails" },

@@ -77,6 +77,8 @@ void nb_job_model_digest(const nb_model_config_t *m, char out[17])
     if (m->adapter_size > 0) /* adapters (job.adapters) */
         n += snprintf(text + n, sizeof text - (size_t)n, ";adapters=%d,%u,%d,%d", m->adapter_size,
                       m->adapter_after, m->adapter_first, m->adapter_last);
+    if (m->lowrank_rank > 0) /* job.lowrank: another model */
+        n += snprintf(text + n, sizeof text - (size_t)n, ";lowrank=%d,%d", m->lowrank_block, m->lowrank_rank);
     uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a 64 */
     for (int i = 0; i < n; i++) {
         h ^= (uint8_t)text[i];
@@ -114,6 +116,13 @@ const char *nb_job_head_unsupported(nb_head_kind_t head)
     return "unknown head";
 }
 
+int nb_job_lowrank_from_cfg(const nb_cfg_job_t *job, nb_model_config_t *model, char *err, size_t errlen)
+{
+    model->lowrank_block = job->lowrank.rank > 0 ? job->lowrank.block : 0;
+    model->lowrank_rank = job->lowrank.rank;
+    return nb_lowrank_check(model, err, errlen);
+}
+
 int nb_job_from_cfg(const nb_cfg_job_t *job, int m, uint64_t job_id, nb_job_desc_t *out,
                     char *err, size_t errlen)
 {
@@ -133,6 +142,8 @@ int nb_job_from_cfg(const nb_cfg_job_t *job, int m, uint64_t job_id, nb_job_desc
         after[i] = job->adapters.after[i];
     if (nb_model_set_adapters(&l->model, (int)job->adapters.size, after, job->adapters.n_after,
                               job->adapters.blocks, err, errlen))
+        return NB_EINVAL;
+    if (nb_job_lowrank_from_cfg(job, &l->model, err, errlen))
         return NB_EINVAL;
     const char *head_why = nb_job_head_unsupported(l->model.head);
     if (head_why) {
@@ -215,6 +226,8 @@ void nb_job_to_msg(const nb_job_desc_t *d, int daemon, nb_job_msg_store_t *st, N
     st->model.adapter_after = l->model.adapter_after;
     st->model.adapter_first = (uint32_t)l->model.adapter_first;
     st->model.adapter_last = (uint32_t)l->model.adapter_last;
+    st->model.lowrank_block = (uint32_t)l->model.lowrank_block;
+    st->model.lowrank_rank = (uint32_t)l->model.lowrank_rank;
     nebula__optim_config__init(&st->optim);
     st->optim.lr = l->optim.lr;
     st->optim.lr_min = l->optim.lr_min;
@@ -284,7 +297,7 @@ int nb_job_from_msg(const Nebula__Job *msg, nb_job_desc_t *out, int *your_daemon
     if (m->n_layer > 4096 || m->d_model > 65536 || m->n_head > 4096 || m->d_ff > 262144 ||
         m->vocab > (1u << 24) || m->max_seq > 65536 || m->norm > 1 || m->head > 3 || m->n_classes > 65536 ||
         m->gelu > 1 || m->mask_token > (1u << 24) || m->adapter_size > 65536 || m->adapter_after > 7 ||
-        m->adapter_first > 4096 || m->adapter_last > 4096)
+        m->adapter_first > 4096 || m->adapter_last > 4096 || m->lowrank_block > 4096 || m->lowrank_rank > 65536)
         BAD(NB_EFORMAT, "job: model config out of range");
     l->model = (nb_model_config_t){ .n_layer = (int)m->n_layer, .d_model = (int)m->d_model,
                                     .n_head = (int)m->n_head, .d_ff = (int)m->d_ff,
@@ -294,7 +307,11 @@ int nb_job_from_msg(const Nebula__Job *msg, nb_job_desc_t *out, int *your_daemon
                                     .tie_embeddings = m->tie_embeddings, .ln_eps = m->ln_eps,
                                     .gelu = (nb_gelu_t)m->gelu, .mask_token = (int)m->mask_token,
                                     .adapter_size = (int)m->adapter_size, .adapter_after = m->adapter_after,
-                                    .adapter_first = (int)m->adapter_first, .adapter_last = (int)m->adapter_last };
+                                    .adapter_first = (int)m->adapter_first, .adapter_last = (int)m->adapter_last,
+                                    .lowrank_block = (int)m->lowrank_block, .lowrank_rank = (int)m->lowrank_rank };
+    char lwhy[200]; /* the split first: its reason names job.lowrank */
+    if (nb_lowrank_check(&l->model, lwhy, sizeof lwhy))
+        BAD(NB_EINVAL, "job: %s", lwhy);
     const char *why = nb_model_config_validate(&l->model);
     if (why)
         BAD(NB_EINVAL, "job: %s", why);

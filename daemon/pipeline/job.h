@@ -43,6 +43,9 @@ static inline bool nb_job_evaluates(const nb_job_desc_t *d)
 
 /* Converts the configuration's model section. Errors: NB_EINVAL. */
 int nb_job_model_from_cfg(const nb_cfg_model_t *in, nb_model_config_t *out);
+/* Sets model's low-rank split from job.lowrank and checks it against the
+ * model (nb_lowrank_check). 0, or NB_EINVAL with the reason in err. */
+int nb_job_lowrank_from_cfg(const nb_cfg_job_t *job, nb_model_config_t *model, char *err, size_t errlen);
 /* Converts the optimizer section for a job of `steps` steps. */
 nb_optim_config_t nb_job_optim_from_cfg(const nb_cfg_optim_t *in, int64_t steps);
 

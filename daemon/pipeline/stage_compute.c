@@ -18,6 +18,7 @@
 #include "daemon/pipeline/stage_rt_internal.h"
 #include "daemon/service/device.h"
 #include "daemon/train/hf_model.h"
+#include "daemon/train/lowrank_init.h"
 #include "daemon/train/weights.h"
 
 static void free_pmsg(void *p) { nb_pmsg_free(p); }
@@ -136,7 +137,7 @@ static void log_init_note(void *ud, const char *note)
 static int init_parts(nb_stage_rt_t *rt, nb_host_t *host, char *err, size_t errlen)
 {
     for (int i = 0; i < nb_host_num_stages(host); i++) {
-        int rc = nb_hf_init_part(rt->cfg->init, nb_host_part(host, i), log_init_note, rt, err, errlen);
+        int rc = nb_lowrank_init_part(rt->cfg->init, nb_host_part(host, i), log_init_note, rt, err, errlen);
         if (rc)
             return rc;
         nb_log_info(rt->cfg->coordinator.name, "stage %d: weights from %s", nb_host_stage(host, i), rt->cfg->init);

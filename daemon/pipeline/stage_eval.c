@@ -268,16 +268,17 @@ static int take_input(ev_ctx_t *c, ev_stage_t *s, int j, nb_part_input_t *in)
     nb_pmsg_t *m = NULL;
     if ((rc = recv_eval(c, s->stage, NB_PMSG_ACT, j, s->stage - 1, &m)))
         return rc;
-    if (m->rows != (int64_t)bt || m->cols != l->model.d_model) {
+    int width = nb_part_in_width(s->part); /* d_model, or r past a low-rank cut */
+    if (m->rows != (int64_t)bt || m->cols != width) {
         snprintf(c->err, c->errlen, "stage %d: evaluation activations of batch %d have shape %lldx%lld, expected "
-                 "%zux%d", s->stage, j, (long long)m->rows, (long long)m->cols, bt, l->model.d_model);
+                 "%zux%d", s->stage, j, (long long)m->rows, (long long)m->cols, bt, width);
         nb_pmsg_free(m);
         return NB_EFORMAT;
     }
     int64_t shape[2] = { m->rows, m->cols };
     nb_tensor_t view = nb_tensor_view(ev->be, NB_F32, s->x_in, 2, shape);
     rc = nb_codec_decode_into(ev->be, m->spec, m->meta, m->meta_len, m->payload, m->payload_len,
-                              bt * (size_t)l->model.d_model * sizeof(float), s->recv, &view, c->err, c->errlen);
+                              bt * (size_t)width * sizeof(float), s->recv, &view, c->err, c->errlen);
     nb_pmsg_free(m);
     if (rc)
         return rc;
@@ -314,7 +315,7 @@ static int give_output(ev_ctx_t *c, ev_stage_t *s, int j)
     nb_eval_t *ev = c->ev;
     const nb_pipe_layout_t *l = ev->l;
     size_t bt = bt_elems(ev);
-    int64_t shape[2] = { (int64_t)bt, l->model.d_model };
+    int64_t shape[2] = { (int64_t)bt, nb_part_out_width(s->part) };
     nb_tensor_t x = nb_tensor_view(ev->be, NB_F32, (void *)nb_part_acts_output(s->acts), 2, shape);
     int rc = nb_codec_encode(ev->be, &c->fwd, &x, eval_seed(ev, c->plan->step, j, s->stage), s->send, (uint64_t)j,
                              &ev->enc, c->err, c->errlen);
@@ -332,7 +333,7 @@ static int give_output(ev_ctx_t *c, ev_stage_t *s, int j)
     ev->enc.payload_len = ev->enc.payload_cap = 0;
     m->rows = shape[0];
     m->cols = shape[1];
-    m->raw_bytes = (uint64_t)bt * (uint64_t)l->model.d_model * sizeof(float);
+    m->raw_bytes = (uint64_t)bt * (uint64_t)shape[1] * sizeof(float);
     if ((rc = send_msg(c, m, NB_PMSG_ACT, s->stage, j)) || !ev->labels_travel)
         return rc;
     size_t bytes = bt * sizeof(int32_t);

@@ -83,6 +83,14 @@ static size_t bt_elems(const nb_host_t *h)
     return (size_t)h->l.micro_batch_size * (size_t)h->l.seq_len;
 }
 
+/* Floats per position on the link from stage s to stage s + 1: d_model,
+ * or the rank where a low-rank split cuts there (kernels/model.h). The
+ * buffers stay act_elems() large; only these many cross. */
+static int link_width(const nb_host_t *h, int s)
+{
+    return nb_part_spec_out_width(&h->l.model, &h->l.parts[s]);
+}
+
 const char *nb_pipe_layout_validate(const nb_pipe_layout_t *l)
 {
     const char *e = nb_model_config_validate(&l->model);
@@ -656,6 +664,8 @@ static int op_recv(step_ctx_t *c, const nb_sched_op_t *op)
     int from = act ? s - 1 : s + 1;
     nb_mb_timing_t *tm = timing(h, s, mb, m);
     float *dst = act ? hs->x_in : hs->dout;
+    int width = link_width(h, act ? from : s);
+    size_t link_elems = bt_elems(h) * (size_t)width;
     if (h->local_of[from] >= 0) {
         local_xfer_t x = { -1, NULL };
         if (fifo_pop(&hs->local_in[act ? 0 : 1], &x) || x.mb != mb) {
@@ -664,7 +674,7 @@ static int op_recv(step_ctx_t *c, const nb_sched_op_t *op)
             snprintf(c->err, c->errlen, "stage %d: local transfer out of order at micro-batch %d", s, mb);
             return NB_ESTATE;
         }
-        nb_be_copy(h->be, dst, x.dev, act_elems(h) * sizeof(float));
+        nb_be_copy(h->be, dst, x.dev, link_elems * sizeof(float));
         nb_be_dealloc(h->be, x.dev);
         return 0;
     }
@@ -674,10 +684,10 @@ static int op_recv(step_ctx_t *c, const nb_sched_op_t *op)
                          c->err, c->errlen);
     if (rc)
         return rc;
-    if (msg->rows != (int64_t)bt_elems(h) || msg->cols != h->l.model.d_model) {
+    if (msg->rows != (int64_t)bt_elems(h) || msg->cols != width) {
         snprintf(c->err, c->errlen, "stage %d: %s of micro-batch %d has shape %lldx%lld, expected %zux%d",
                  s, nb_pmsg_kind_name(kind), mb, (long long)msg->rows, (long long)msg->cols,
-                 bt_elems(h), h->l.model.d_model);
+                 bt_elems(h), width);
         nb_pmsg_free(msg);
         return NB_EFORMAT;
     }
@@ -685,7 +695,7 @@ static int op_recv(step_ctx_t *c, const nb_sched_op_t *op)
     int64_t shape[2] = { msg->rows, msg->cols };
     nb_tensor_t view = nb_tensor_view(h->be, NB_F32, dst, 2, shape);
     rc = nb_codec_decode_into(h->be, msg->spec, msg->meta, msg->meta_len, msg->payload, msg->payload_len,
-                              act_elems(h) * sizeof(float), hs->streams[act ? 1 : 3], &view,
+                              link_elems * sizeof(float), hs->streams[act ? 1 : 3], &view,
                               c->err, c->errlen);
     tm->decode_ns += nb_mono_ns() - t0;
     nb_pmsg_free(msg);
@@ -717,11 +727,13 @@ static int op_send(step_ctx_t *c, const nb_sched_op_t *op)
     nb_reps_acts_t *a = hs->pool[slot];
     const float *src = act ? nb_reps_acts_output(a) : nb_reps_acts_dinput(a);
     nb_mb_timing_t *tm = timing(h, s, mb, m);
+    int width = link_width(h, act ? s : to);
+    size_t link_elems = bt_elems(h) * (size_t)width;
     if (h->local_of[to] >= 0) {
         float *dev = nb_be_alloc(h->be, act_elems(h) * sizeof(float));
         if (!dev)
             return NB_ENOMEM;
-        nb_be_copy(h->be, dev, src, act_elems(h) * sizeof(float));
+        nb_be_copy(h->be, dev, src, link_elems * sizeof(float));
         hosted_t *dst = &h->st[h->local_of[to]];
         int rc = fifo_push(&dst->local_in[act ? 0 : 1], mb, dev);
         if (rc)
@@ -730,7 +742,7 @@ static int op_send(step_ctx_t *c, const nb_sched_op_t *op)
     }
     uint64_t t0 = nb_mono_ns();
     nb_pmsg_t *msg = NULL;
-    int rc = encode_msg(h, act ? &c->fwd : &c->bwd, src, (int64_t)bt_elems(h), h->l.model.d_model,
+    int rc = encode_msg(h, act ? &c->fwd : &c->bwd, src, (int64_t)bt_elems(h), width,
                         codec_seed(h, c->plan->step, mb, s, act ? 0 : 1), hs->streams[act ? 0 : 2],
                         (uint64_t)mb, &msg, c->err, c->errlen);
     tm->encode_ns += nb_mono_ns() - t0;
@@ -740,7 +752,7 @@ static int op_send(step_ctx_t *c, const nb_sched_op_t *op)
      * quality"): a sample of the live tensor's round-trip error */
     const nb_codec_spec_t *sp = act ? &c->fwd : &c->bwd;
     if (mb == 0 && c->plan->step % NB_HOST_ERR_EVERY == 0 && !sp->ef && !sp->delta && !nb_codec_spec_lossless(sp)) {
-        double e = roundtrip_error(h, msg, src, act_elems(h));
+        double e = roundtrip_error(h, msg, src, link_elems);
         if (e > 0 && act)
             tm->act_err = e;
         else if (e > 0)

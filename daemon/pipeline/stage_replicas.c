@@ -22,7 +22,7 @@ struct nb_reps {
     nb_optim_t **optims;    /* R; [0] borrowed */
     nb_backend_t **bes;     /* R, borrowed */
     nb_reduce_t *engine;    /* R > 1 */
-    int C;
+    int C, Cin, Cout; /* d_model; the input and output widths (a low-rank cut: r) */
     bool embed, head;
     /* The all-reduce overlapped with the step's last backward: each
      * replica reports how far its gradients are complete (a suffix of the
@@ -174,6 +174,8 @@ int nb_reps_new(nb_part_t *part0, nb_optim_t *optim0, nb_backend_t *const *bes, 
         return NB_ENOMEM;
     s->R = R;
     s->C = nb_part_config(part0)->d_model;
+    s->Cin = nb_part_in_width(part0);
+    s->Cout = nb_part_out_width(part0);
     s->embed = nb_part_spec(part0)->embed;
     s->head = nb_part_spec(part0)->head;
     int rc = NB_ENOMEM;
@@ -341,13 +343,13 @@ static int fwd_one(nb_reps_t *s, int r, void *p)
     nb_reps_shard(a->B, s->R, r, &first, &count);
     nb_part_input_t in = *x->in;
     in.tokens = SHARD(x->in->tokens, first, T, 1);
-    in.x = SHARD(x->in->x, first, T, s->C);
+    in.x = SHARD(x->in->x, first, T, s->Cin);
     in.key_mask = SHARD(x->in->key_mask, first, T, 1);
     in.targets = SHARD(x->in->targets, first, T, 1);
     int rc = nb_part_forward(s->parts[r], a->a[r], &in, &x->loss[r]);
     if (rc == 0 && a->out) /* gather: replica r's rows of the stage's output */
-        rc = copy_between(s->bes[0], a->out + (size_t)first * T * s->C, s->bes[r],
-                          nb_part_acts_output(a->a[r]), (size_t)count * T * s->C * sizeof(float));
+        rc = copy_between(s->bes[0], a->out + (size_t)first * T * s->Cout, s->bes[r],
+                          nb_part_acts_output(a->a[r]), (size_t)count * T * s->Cout * sizeof(float));
     nb_be_sync(s->bes[r]);
     return rc;
 }
@@ -358,10 +360,10 @@ static int bwd_one(nb_reps_t *s, int r, void *p)
     nb_reps_acts_t *a = x->a;
     int first, count, T = a->T;
     nb_reps_shard(a->B, s->R, r, &first, &count);
-    int rc = nb_part_backward(s->parts[r], a->a[r], SHARD(x->dout, first, T, s->C));
+    int rc = nb_part_backward(s->parts[r], a->a[r], SHARD(x->dout, first, T, s->Cout));
     if (rc == 0 && a->dinput)
-        rc = copy_between(s->bes[0], a->dinput + (size_t)first * T * s->C, s->bes[r],
-                          nb_part_acts_dinput(a->a[r]), (size_t)count * T * s->C * sizeof(float));
+        rc = copy_between(s->bes[0], a->dinput + (size_t)first * T * s->Cin, s->bes[r],
+                          nb_part_acts_dinput(a->a[r]), (size_t)count * T * s->Cin * sizeof(float));
     nb_be_sync(s->bes[r]);
     return rc;
 }

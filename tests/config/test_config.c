@@ -274,6 +274,31 @@ static int load_coord(const char *clusters)
 
 /* A pipeline trains lm and mlm only (docs/pipeline.md): a coordinator with a
  * classifier head is refused at load time, naming the head. */
+/* job.lowrank: read, and refused with the reason when the block does not
+ * exist or the rank is larger than the layer (d_model 64, d_ff 256) */
+static void test_lowrank(void **state)
+{
+    assert_int_equal(load_train("  lowrank: {block: 3, rank: 64}\n"), 0);
+    assert_int_equal(cfg.job.lowrank.block, 3);
+    assert_int_equal(cfg.job.lowrank.rank, 64);
+    assert_int_equal(load_train(""), 0);
+    assert_int_equal(cfg.job.lowrank.rank, 0);
+    expect_err(load_train("  lowrank: {block: 3, rank: 65}\n"),
+               "dir/t.yaml:13:29: job.lowrank.rank: 65 is larger than the split layer h3.fcproj.w (64 x 256): at "
+               "most 64");
+    expect_err(load_train("  lowrank: {block: 4, rank: 8}\n"),
+               "dir/t.yaml:13:20: job.lowrank.block: the model has no block 4 (blocks 0..3 of job.model.n_layer 4)");
+    /* a coordinator's checkpoints could not be read back */
+    char buf[2048];
+    snprintf(buf, sizeof buf, "%s", COORD_HEAD);
+    strcat(buf, "    - {name: a, address: 'h:1'}\n  lowrank: {block: 5, rank: 8}\n  checkpoint: {every_steps: 5}\n");
+    expect_err(load(buf), "dir/t.yaml:12:12: job.lowrank: checkpoints of a low-rank split model cannot be read back "
+                          "yet (the weights-file header does not record the split): remove job.checkpoint or "
+                          "job.lowrank");
+    expect_err(load_train("  lowrank: {block: 1, rank: -1}\n"),
+               "dir/t.yaml:13:29: job.lowrank.rank: out of bounds: must be between 0 and 1048576, got -1");
+}
+
 static void test_pipeline_heads(void **state)
 {
     (void)state;
@@ -498,6 +523,7 @@ int main(void)
         cmocka_unit_test(test_bounds),         cmocka_unit_test(test_missing),
         cmocka_unit_test(test_roles),          cmocka_unit_test(test_layers),
         cmocka_unit_test(test_pipeline_heads),
+        cmocka_unit_test(test_lowrank),
         cmocka_unit_test(test_files),
         cmocka_unit_test(test_deep_nesting),
         cmocka_unit_test(test_examples),

@@ -160,6 +160,58 @@ static void test_eval_travels(void **state)
     assert_false(nb_job_evaluates(&got));
 }
 
+/* job.lowrank travels in the model config and enters the digest; a stage
+ * refuses a split block the model lacks or a rank larger than the layer,
+ * with the reason, and so does the coordinator's job from the config. */
+static void test_lowrank_travels(void **state)
+{
+    (void)state;
+    char err[512];
+    nb_job_desc_t d = make_desc(1e-5f, NB_MODEL_GELU_TANH), got;
+    char plain[17];
+    memcpy(plain, d.digest, sizeof plain);
+    d.layout.model.lowrank_block = 1;
+    d.layout.model.lowrank_rank = 8;
+    nb_job_model_digest(&d.layout.model, d.digest);
+    assert_string_not_equal(plain, d.digest);
+    nb_job_msg_store_t st;
+    Nebula__Job msg;
+    nb_job_to_msg(&d, 0, &st, &msg);
+    if (over_the_wire(&msg, &got, err, sizeof err))
+        fail_msg("%s", err);
+    assert_int_equal(got.layout.model.lowrank_block, 1);
+    assert_int_equal(got.layout.model.lowrank_rank, 8);
+    assert_memory_equal(&got.layout, &d.layout, sizeof d.layout);
+    /* what a peer may send wrong: a rank above min(d_model 32, d_ff 64),
+     * a block past n_layer 2 */
+    struct { uint32_t block, rank; const char *why; } bad[] = {
+        { 1, 33, "job.lowrank.rank 33: must be in 1..32" },
+        { 2, 8, "job.lowrank.block 2: the model has no such block" },
+    };
+    for (int i = 0; i < 2; i++) {
+        nb_job_desc_t b = d;
+        b.layout.model.lowrank_block = (int)bad[i].block;
+        b.layout.model.lowrank_rank = (int)bad[i].rank;
+        nb_job_model_digest(&b.layout.model, b.digest);
+        nb_job_to_msg(&b, 0, &st, &msg);
+        assert_int_equal(over_the_wire(&msg, &got, err, sizeof err), NB_EINVAL);
+        print_message("  refused: %s\n", err);
+        assert_non_null(strstr(err, bad[i].why));
+    }
+    /* the coordinator, from job.lowrank */
+    nb_cfg_job_t job;
+    memset(&job, 0, sizeof job);
+    job.lowrank.block = 0;
+    job.lowrank.rank = 40;
+    nb_model_config_t m = d.layout.model;
+    assert_int_equal(nb_job_lowrank_from_cfg(&job, &m, err, sizeof err), NB_EINVAL);
+    print_message("  refused: %s\n", err);
+    assert_non_null(strstr(err, "job.lowrank.rank 40: must be in 1..32, the rank of h0.fcproj.w (32 x 64)"));
+    job.lowrank.rank = 32;
+    assert_int_equal(nb_job_lowrank_from_cfg(&job, &m, err, sizeof err), 0);
+    assert_int_equal(m.lowrank_rank, 32);
+}
+
 static void test_freeze_travels(void **state)
 {
     (void)state;
@@ -263,6 +315,7 @@ int main(void)
         cmocka_unit_test(test_eval_travels),
         cmocka_unit_test(test_freeze_travels),
         cmocka_unit_test(test_adapters_travel),
+        cmocka_unit_test(test_lowrank_travels),
         cmocka_unit_test(test_digest),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

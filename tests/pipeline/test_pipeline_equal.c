@@ -126,6 +126,72 @@ static void test_ushape_tied_equal(void **state)
     pf_result_free(&r);
 }
 
+static void assert_evals_bit_equal(const char *what, const pf_job_t *j, const pf_result_t *r, const pf_result_t *ref);
+
+/* The low-rank split (job.lowrank): block 1 split with rank 4 puts the
+ * chain's cut between V and S (stages exchange (B*T, 4) instead of
+ * (B*T, 32): the bytes sent say so); block 2 keeps the cut outside the
+ * split block. Every topology equals the single-process trainer bit for
+ * bit, training and held-out evaluation alike, and so do two replicas
+ * per daemon. */
+static void test_lowrank_equal(void **state)
+{
+    (void)state;
+    int blocks[] = { 1, 2 };
+    for (int b = 0; b < 2; b++) {
+        pf_job_t j = pf_job_default(data_path);
+        j.model.lowrank_block = blocks[b];
+        j.model.lowrank_rank = 4;
+        j.m = 3;
+        j.eval_fraction = 0.1;
+        j.eval_batches = 2;
+        j.eval_every = 10;
+        pf_result_t ref;
+        assert_int_equal(pf_run_trainer(&j, &ref), 0);
+        for (size_t t = 0; t < sizeof topologies / sizeof topologies[0]; t++) {
+            nb_pipe_layout_t l;
+            pf_layout(&j, topologies[t].p, topologies[t].placement, topologies[t].n_daemons, &l);
+            pf_result_t r;
+            assert_int_equal(pf_run_pipeline(&j, &l, "1f1b", "fp32", "fp32", &r), 0);
+            char worst[32] = "";
+            double dl = pf_loss_rel_diff(&r, &ref), dw = pf_weight_rel_diff(&ref, &r, worst);
+            printf("lowrank block %d r 4 %-9s 1f1b m=3: loss rel diff %.3g, weights rel diff %.3g (%s), "
+                   "final loss %.5f\n", blocks[b], topologies[t].name, dl, dw, worst, r.loss[j.steps - 1]);
+            assert_bit_equal(dl, dw, worst);
+            assert_evals_bit_equal("lowrank", &j, &r, &ref);
+            assert_int_equal(r.ntensors, ref.ntensors);
+            if (blocks[b] == 1 && t == 0) { /* chain-2: the cut carries r floats per position, not C */
+                pf_job_t jd = pf_job_default(data_path);
+                jd.m = 3;
+                pf_result_t rd;
+                nb_pipe_layout_t ld;
+                pf_layout(&jd, topologies[t].p, topologies[t].placement, topologies[t].n_daemons, &ld);
+                assert_int_equal(pf_run_pipeline(&jd, &ld, "1f1b", "fp32", "fp32", &rd), 0);
+                uint64_t saved = (uint64_t)j.steps * (uint64_t)j.m * (uint64_t)j.B * (uint64_t)j.T * 2u *
+                                 (uint64_t)(j.model.d_model - j.model.lowrank_rank) * sizeof(float);
+                printf("  bytes on the wire: %llu dense, %llu split (%llu fewer)\n", (unsigned long long)rd.bytes_raw,
+                       (unsigned long long)r.bytes_raw, (unsigned long long)(rd.bytes_raw - r.bytes_raw));
+                assert_true(rd.bytes_raw - r.bytes_raw == saved);
+                pf_result_free(&rd);
+                /* two replicas per daemon, each with its shard of the
+                 * factor: the replica rule (test_stage_replicas.c: the
+                 * split batch sums in another order), not bit for bit */
+                int reps[2] = { 2, 2 };
+                pf_result_t rr;
+                assert_int_equal(pf_run_pipeline_with(&j, &l, "1f1b", "fp32", "fp32", reps, NULL, NULL, &rr), 0);
+                dl = pf_loss_rel_diff(&rr, &ref);
+                dw = pf_weight_rel_diff_skip(&ref, &rr, j.model.d_model, worst);
+                printf("  2 replicas per daemon: loss rel diff %.3g, weights rel diff %.3g (%s; key biases apart)\n",
+                       dl, dw, worst);
+                assert_true(dl <= 1e-6 && dw <= 1e-4);
+                pf_result_free(&rr);
+            }
+            pf_result_free(&r);
+        }
+        pf_result_free(&ref);
+    }
+}
+
 /* The mlm head: stage 0 draws masked batches exactly as nebula-train does
  * (mask token vocab-1, labels -1 where unmasked), for every topology and
  * schedule. */
@@ -605,6 +671,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_equal_all),
         cmocka_unit_test(test_ushape_tied_equal),
+        cmocka_unit_test(test_lowrank_equal),
         cmocka_unit_test(test_chain_tied_refused),
         cmocka_unit_test(test_mlm_equal),
         cmocka_unit_test(test_adapters_equal),

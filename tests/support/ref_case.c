@@ -90,6 +90,15 @@ static void load_case(ref_case_t *rc, const char *path)
         nb_ref_ints(xt, &rc->S);
         rc->cfg.cross_attn = true;
     }
+    /* low-rank split (job.lowrank): [block, rank] */
+    const nb_ref_tensor_t *lt = nb_ref_get(&rc->f, "lowrank");
+    if (lt) {
+        int32_t l[2];
+        assert_int_equal(lt->numel, 2);
+        nb_ref_ints(lt, l);
+        rc->cfg.lowrank_block = l[0];
+        rc->cfg.lowrank_rank = l[1];
+    }
     assert_null(nb_model_config_validate(&rc->cfg));
     float o[9];
     const nb_ref_tensor_t *ot = need(rc, "optim");
