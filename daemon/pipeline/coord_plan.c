@@ -927,10 +927,15 @@ int nb_cplan_repart_check(nb_cplan_t *cp, int64_t step, int *layers, char *why, 
     const hist_t *h = hist_find(cp, &cp->cur, false);
     double meas = h && h->steps >= cp->rcfg.k ? nb__cplan_hist_median(h, true) : -1;
     nb_repart_measure(&cp->repart, cp->req.fixed_layers, meas > 0 ? meas : -1);
+    int trial = cp->repart.on_trial;
     int d = nb_repart_observe(&cp->repart, step, &c);
+    char a[96], b[96];
+    if (trial && !cp->repart.on_trial && d != NB_REPART_BACK)
+        nb_log_info(NULL, "planner: split %s measured %.4f s per step against %.4f s on %s, the split it left: "
+                    "the move stays", split_text(cp->req.fixed_layers, cp->p, a, sizeof a), meas,
+                    nb_repart_measured(&cp->repart, cp->repart.from), split_text(cp->repart.from, cp->p, b, sizeof b));
     if (d == NB_REPART_STAY)
         return 0;
-    char a[96], b[96];
     memcpy(layers, cp->repart.layers, (size_t)cp->p * sizeof *layers);
     if (d == NB_REPART_BACK) {
         double left = nb_repart_measured(&cp->repart, layers);
