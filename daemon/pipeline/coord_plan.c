@@ -930,7 +930,10 @@ int nb_cplan_repart_check(nb_cplan_t *cp, int64_t step, int *layers, char *why, 
     int trial = cp->repart.on_trial;
     int d = nb_repart_observe(&cp->repart, step, &c);
     char a[96], b[96];
-    if (trial && !cp->repart.on_trial && d != NB_REPART_BACK)
+    /* a trial that ended on the split it left is a move that failed (the
+     * job went back to it): nothing to report */
+    if (trial && !cp->repart.on_trial && d != NB_REPART_BACK &&
+        memcmp(cp->repart.from, cp->req.fixed_layers, (size_t)cp->p * sizeof *cp->repart.from) != 0)
         nb_log_info(NULL, "planner: split %s measured %.4f s per step against %.4f s on %s, the split it left: "
                     "the move stays", split_text(cp->req.fixed_layers, cp->p, a, sizeof a), meas,
                     nb_repart_measured(&cp->repart, cp->repart.from), split_text(cp->repart.from, cp->p, b, sizeof b));
