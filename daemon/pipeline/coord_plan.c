@@ -921,10 +921,34 @@ int nb_cplan_repart_check(nb_cplan_t *cp, int64_t step, int *layers, char *why, 
     }
     cp->repart_last = c;
     cp->repart_have = true;
-    if (!nb_repart_observe(&cp->repart, step, &c))
-        return 0;
+    /* the running split's measured step: the median of the current plan's
+     * steps on it, once k of them ran (the first after a switch is not
+     * kept); the guard against a model that mispredicts (repart.h) */
+    const hist_t *h = hist_find(cp, &cp->cur, false);
+    double meas = h && h->steps >= cp->rcfg.k ? nb__cplan_hist_median(h, true) : -1;
+    nb_repart_measure(&cp->repart, cp->req.fixed_layers, meas > 0 ? meas : -1);
+    int trial = cp->repart.on_trial;
+    int d = nb_repart_observe(&cp->repart, step, &c);
     char a[96], b[96];
-    memcpy(layers, c.layers, (size_t)cp->p * sizeof *layers);
+    /* a trial that ended on the split it left is a move that failed (the
+     * job went back to it): nothing to report */
+    if (trial && !cp->repart.on_trial && d != NB_REPART_BACK &&
+        memcmp(cp->repart.from, cp->req.fixed_layers, (size_t)cp->p * sizeof *cp->repart.from) != 0)
+        nb_log_info(NULL, "planner: split %s measured %.4f s per step against %.4f s on %s, the split it left: "
+                    "the move stays", split_text(cp->req.fixed_layers, cp->p, a, sizeof a), meas,
+                    nb_repart_measured(&cp->repart, cp->repart.from), split_text(cp->repart.from, cp->p, b, sizeof b));
+    if (d == NB_REPART_STAY)
+        return 0;
+    memcpy(layers, cp->repart.layers, (size_t)cp->p * sizeof *layers);
+    if (d == NB_REPART_BACK) {
+        double left = nb_repart_measured(&cp->repart, layers);
+        snprintf(why, whylen, "split %s measured %.4f s per step against %.4f s on %s, the split it left "
+                 "(%.0f%% slower; job.planner.repartition_min_gain %.0f%%): moving back, and no more "
+                 "re-partitions in this job", split_text(cp->req.fixed_layers, cp->p, b, sizeof b), meas, left,
+                 split_text(layers, cp->p, a, sizeof a), 100 * (meas / left - 1), 100 * cp->repart.cfg.min_gain);
+        nb_log_info(NULL, "planner: %s", why);
+        return 1;
+    }
     snprintf(why, whylen, "split %s predicted %.4f s per step against %.4f s on %s (%.0f%% faster; "
              "job.planner.repartition_min_gain %.0f%%)", split_text(c.layers, cp->p, a, sizeof a), c.best_s,
              c.cur_s, split_text(cp->req.fixed_layers, cp->p, b, sizeof b), 100 * c.gain,

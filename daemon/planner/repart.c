@@ -88,11 +88,71 @@ int nb_repart_init(nb_repart_t *r, const nb_repart_cfg_t *cfg, int p)
     return 0;
 }
 
+static int same_split(const nb_repart_t *r, const int *a, const int *b)
+{
+    return memcmp(a, b, (size_t)r->p * sizeof *a) == 0;
+}
+
+static nb_repart_seen_t *seen_find(const nb_repart_t *r, const int *layers)
+{
+    for (int i = 0; i < r->nseen; i++)
+        if (same_split(r, r->seen[i].layers, layers))
+            return (nb_repart_seen_t *)&r->seen[i];
+    return NULL;
+}
+
+int nb_repart_measure(nb_repart_t *r, const int *layers, double step_s)
+{
+    if (!isfinite(step_s))
+        return NB_EINVAL;
+    memcpy(r->cur, layers, (size_t)r->p * sizeof *layers);
+    if (!(step_s > 0))
+        return 0;
+    nb_repart_seen_t *e = seen_find(r, layers);
+    if (!e) {
+        e = &r->seen[r->next_seen];
+        r->next_seen = (r->next_seen + 1) % NB_REPART_MAX_SPLITS;
+        if (r->nseen < NB_REPART_MAX_SPLITS)
+            r->nseen++;
+        memcpy(e->layers, layers, (size_t)r->p * sizeof *layers);
+    }
+    e->step_s = step_s;
+    return 0;
+}
+
+double nb_repart_measured(const nb_repart_t *r, const int *layers)
+{
+    const nb_repart_seen_t *e = seen_find(r, layers);
+    return e ? e->step_s : -1;
+}
+
 int nb_repart_observe(nb_repart_t *r, int64_t step, const nb_repart_choice_t *c)
 {
+    if (r->stopped)
+        return NB_REPART_STAY;
+    double now = nb_repart_measured(r, r->cur);
+    if (r->on_trial && now > 0) {
+        /* the split moved to has its measurement: judge the move by it,
+         * not by the model that proposed it */
+        double before = nb_repart_measured(r, r->from);
+        r->on_trial = 0;
+        if (before > 0 && now > before * (1 + r->cfg.min_gain)) {
+            memcpy(r->layers, r->from, (size_t)r->p * sizeof *r->layers);
+            r->streak = 0;
+            r->stopped = 1;
+            r->last_move = step;
+            r->moves++;
+            return NB_REPART_BACK;
+        }
+    }
     if (!c->changed || !(c->gain >= r->cfg.min_gain)) {
         r->streak = 0;
-        return 0;
+        return NB_REPART_STAY;
+    }
+    double there = nb_repart_measured(r, c->layers);
+    if (there > 0 && now > 0 && there >= now) {
+        r->streak = 0; /* run already, and slower: the prediction is wrong */
+        return NB_REPART_STAY;
     }
     /* the best split may change from step to step (measurements are
      * noisy, and near the optimum several splits are close); what must
@@ -100,10 +160,20 @@ int nb_repart_observe(nb_repart_t *r, int64_t step, const nb_repart_choice_t *c)
      * goes to the newest best. */
     memcpy(r->layers, c->layers, (size_t)r->p * sizeof *c->layers);
     r->streak++;
-    if (r->streak < r->cfg.k || (r->last_move >= 0 && step - r->last_move < r->cfg.cooldown))
-        return 0;
+    if (r->streak < r->cfg.k || (r->last_move >= 0 && step - r->last_move < r->cfg.cooldown) || !(now > 0))
+        return NB_REPART_STAY;
     r->streak = 0;
     r->last_move = step;
     r->moves++;
-    return 1;
+    /* on trial: the target is judged by its own steps from now on (an
+     * older figure for it, from before, does not count) */
+    memcpy(r->from, r->cur, (size_t)r->p * sizeof *r->cur);
+    r->on_trial = 1;
+    nb_repart_seen_t *e = seen_find(r, r->layers);
+    if (e) {
+        *e = r->seen[r->nseen - 1]; /* the last takes its place */
+        r->nseen--;
+        r->next_seen = r->nseen;
+    }
+    return NB_REPART_MOVE;
 }

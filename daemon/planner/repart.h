@@ -24,6 +24,19 @@
  * and the model of the new split is refitted from its own measurements
  * before the next decision.
  *
+ * Measured guard (nb_repart_measure): the model assumes one speed per
+ * block per stage, but a stage's speed may change with the number of
+ * blocks it holds (a daemon sharing a core runs near full speed while it
+ * mostly waits, slower once it holds many blocks), so the predicted gain
+ * can be wrong in a way refitting does not fix. The policy therefore keeps
+ * every split's measured step time (the caller's median of the steps after
+ * the move settled), keyed by the split, and: moves only once the current
+ * split has a measurement; never moves to a split measured slower than the
+ * current one; and once the split it moved to has a measurement, if that
+ * is more than min_gain slower than the split it left, moves back
+ * (NB_REPART_BACK, at once, past streak and cooldown) and moves no more in
+ * the job (stopped).
+ *
  * Thread: pure functions and caller-owned state; not thread-safe.
  */
 #ifndef NB_PLANNER_REPART_H
@@ -40,13 +53,29 @@ typedef struct {
     int cooldown;    /* steps after a move before the next may be decided; >= 0 */
 } nb_repart_cfg_t;
 
+#define NB_REPART_MAX_SPLITS 16 /* splits remembered with their measured step; the oldest goes first */
+
+/* nb_repart_observe's answers */
+enum { NB_REPART_STAY = 0, NB_REPART_MOVE = 1, NB_REPART_BACK = 2 };
+
+typedef struct {
+    int layers[NB_COST_MAX_STAGES];
+    double step_s; /* measured step time (s) on this split; > 0 */
+} nb_repart_seen_t;
+
 typedef struct {
     nb_repart_cfg_t cfg;
     int p;
     int streak;                      /* steps in a row a split won by min_gain */
-    int layers[NB_COST_MAX_STAGES];  /* the newest such split */
+    int layers[NB_COST_MAX_STAGES];  /* the newest such split; after a move, its target */
     int64_t last_move;               /* step of the last move; -1 none */
     long moves;
+    int cur[NB_COST_MAX_STAGES];     /* the running split (nb_repart_measure); all 0 until told */
+    int from[NB_COST_MAX_STAGES];    /* the split the last move left, while on_trial */
+    int on_trial;                    /* the last forward move awaits its measurement */
+    int stopped;                     /* a move measured worse was undone: no more moves */
+    nb_repart_seen_t seen[NB_REPART_MAX_SPLITS];
+    int nseen, next_seen;
 } nb_repart_t;
 
 /* The best split for one plan, against the current one. */
@@ -81,9 +110,23 @@ int nb_repart_choose(const nb_cost_t *cost, const nb_plan_req_t *req, int m, con
 /* Starts the policy for p stages. NB_EINVAL for a bad cfg or p. */
 int nb_repart_init(nb_repart_t *r, const nb_repart_cfg_t *cfg, int p);
 
-/* One closed step's choice: 1 when the split should move now to
- * c->layers (the streak restarts and the cooldown begins at step), else 0.
- * A choice below min_gain restarts the streak. */
+/* Tells the policy the running split (p entries) and, when step_s > 0,
+ * its measured step time (replacing an older figure for that split).
+ * Call it before each nb_repart_observe. NB_EINVAL for a non-finite
+ * step_s. */
+int nb_repart_measure(nb_repart_t *r, const int *layers, double step_s);
+
+/* The measured step time of a split (p entries); -1 when it has none. */
+double nb_repart_measured(const nb_repart_t *r, const int *layers);
+
+/* One closed step's choice. NB_REPART_MOVE when the split should move now
+ * to r->layers (= c->layers; the streak restarts, the cooldown begins at
+ * step, the move is on trial until the new split is measured);
+ * NB_REPART_BACK when the split on trial measured more than min_gain
+ * slower than the one it left: move back to r->layers (that one) and stop
+ * for the job; else NB_REPART_STAY. A choice below min_gain, or towards a
+ * split measured slower than the current one, restarts the streak; no
+ * forward move before the current split has a measurement. */
 int nb_repart_observe(nb_repart_t *r, int64_t step, const nb_repart_choice_t *c);
 
 #endif

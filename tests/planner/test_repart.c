@@ -141,11 +141,16 @@ static void test_no_move_below_threshold(void **state)
     nb_repart_t pol;
     nb_repart_cfg_t cfg = {0.10, 3, 5};
     assert_int_equal(nb_repart_init(&pol, &cfg, 2), 0);
+    assert_int_equal(nb_repart_measure(&pol, cur, ch.cur_s), 0);
     for (int step = 0; step < 50; step++)
         assert_int_equal(nb_repart_observe(&pol, step, &ch), 0);
     assert_int_equal(pol.moves, 0);
     cfg.min_gain = 0.01;
     assert_int_equal(nb_repart_init(&pol, &cfg, 2), 0);
+    for (int step = 0; step < 10; step++) /* the current split has no measurement yet */
+        assert_int_equal(nb_repart_observe(&pol, step, &ch), 0);
+    assert_int_equal(nb_repart_init(&pol, &cfg, 2), 0);
+    assert_int_equal(nb_repart_measure(&pol, cur, ch.cur_s), 0);
     assert_int_equal(nb_repart_observe(&pol, 0, &ch), 0);
     assert_int_equal(nb_repart_observe(&pol, 1, &ch), 0);
     assert_int_equal(nb_repart_observe(&pol, 2, &ch), 1);
@@ -190,6 +195,8 @@ static void test_hysteresis(void **state)
     nb_repart_t pol;
     nb_repart_cfg_t cfg = {0.10, 3, 10};
     assert_int_equal(nb_repart_init(&pol, &cfg, 2), 0);
+    const int even[2] = {4, 4};
+    assert_int_equal(nb_repart_measure(&pol, even, 1.0), 0);
     nb_repart_choice_t a = {.cur_s = 1.0, .best_s = 0.8, .gain = 0.2, .layers = {3, 5}, .changed = 1};
     nb_repart_choice_t b = a;
     b.layers[0] = 2;
@@ -213,10 +220,114 @@ static void test_hysteresis(void **state)
     for (int s = 9; s < 18; s++)
         assert_int_equal(nb_repart_observe(&pol, s, &b), 0);
     assert_int_equal(nb_repart_observe(&pol, 18, &b), 1);
+    assert_int_equal(nb_repart_measure(&pol, even, NAN), NB_EINVAL);
     nb_repart_cfg_t bad = {0, 3, 0};
     assert_int_equal(nb_repart_init(&pol, &bad, 2), NB_EINVAL);
     bad = (nb_repart_cfg_t){0.1, 0, 0};
     assert_int_equal(nb_repart_init(&pol, &bad, 2), NB_EINVAL);
+}
+
+/* The choices of a model that believes the other extreme is always
+ * better (the flapping the benchmark saw: 1,11 <-> 11,1), as steps. */
+static nb_repart_choice_t towards(int a, int b)
+{
+    nb_repart_choice_t c = {.cur_s = 1.0, .best_s = 0.6, .gain = 0.4, .layers = {a, b}, .changed = 1};
+    return c;
+}
+
+/* runs `steps` closed steps on split cur with measured step_s (< 0: not
+ * yet measured) and the choice c; returns the first non-STAY answer (and
+ * its step in *at), or NB_REPART_STAY */
+static int run_steps(nb_repart_t *pol, int64_t *step, int steps, const int *cur, double step_s,
+                     const nb_repart_choice_t *c)
+{
+    for (int i = 0; i < steps; i++, (*step)++) {
+        assert_int_equal(nb_repart_measure(pol, cur, step_s), 0);
+        int d = nb_repart_observe(pol, *step, c);
+        if (d != NB_REPART_STAY) {
+            (*step)++;
+            return d;
+        }
+    }
+    return NB_REPART_STAY;
+}
+
+/* A move that measures worse than the split it left by more than
+ * min_gain is undone at once (past the cooldown), and the policy moves no
+ * more for the job, whatever the model predicts. */
+static void test_worse_move_undone(void **state)
+{
+    (void)state;
+    nb_repart_t pol;
+    nb_repart_cfg_t cfg = {0.10, 3, 20};
+    assert_int_equal(nb_repart_init(&pol, &cfg, 2), 0);
+    const int even[2] = {6, 6}, lop[2] = {1, 11};
+    nb_repart_choice_t to_lop = towards(1, 11), to_even = towards(6, 6);
+    int64_t step = 0;
+    assert_int_equal(run_steps(&pol, &step, 10, even, 1.0, &to_lop), NB_REPART_MOVE);
+    assert_int_equal(pol.layers[0], 1);
+    /* on 1,11: not measured yet for a few steps, then 30% slower */
+    assert_int_equal(run_steps(&pol, &step, 4, lop, -1, &to_even), NB_REPART_STAY);
+    assert_int_equal(run_steps(&pol, &step, 1, lop, 1.3, &to_even), NB_REPART_BACK);
+    assert_int_equal(pol.layers[0], 6);
+    assert_int_equal(pol.layers[1], 6);
+    assert_true(pol.stopped);
+    assert_int_equal(pol.moves, 2);
+    /* stopped: no further move, even with a big predicted gain */
+    assert_int_equal(run_steps(&pol, &step, 200, even, 1.0, &to_lop), NB_REPART_STAY);
+    assert_int_equal(pol.moves, 2);
+    /* slower by less than min_gain: the move stays */
+    assert_int_equal(nb_repart_init(&pol, &cfg, 2), 0);
+    step = 0;
+    assert_int_equal(run_steps(&pol, &step, 10, even, 1.0, &to_lop), NB_REPART_MOVE);
+    assert_int_equal(run_steps(&pol, &step, 30, lop, 1.05, &to_lop), NB_REPART_STAY);
+    assert_false(pol.stopped);
+    assert_int_equal(pol.moves, 1);
+}
+
+/* A split measured slower than the current one is never chosen again,
+ * however long the model keeps predicting it faster; an unmeasured one
+ * still is. */
+static void test_measured_slower_never_again(void **state)
+{
+    (void)state;
+    nb_repart_t pol;
+    nb_repart_cfg_t cfg = {0.10, 3, 5};
+    assert_int_equal(nb_repart_init(&pol, &cfg, 2), 0);
+    const int even[2] = {6, 6}, lop[2] = {1, 11}, other[2] = {11, 1};
+    nb_repart_choice_t to_lop = towards(1, 11), to_even = towards(6, 6), to_other = towards(11, 1);
+    int64_t step = 0;
+    /* 1,11 was run (1.08 s: slower, but within min_gain, so no undo) */
+    assert_int_equal(run_steps(&pol, &step, 10, lop, 1.08, &to_even), NB_REPART_MOVE);
+    assert_int_equal(run_steps(&pol, &step, 10, even, 1.0, &to_lop), NB_REPART_STAY);
+    assert_true(nb_repart_measured(&pol, lop) == 1.08);
+    assert_int_equal(run_steps(&pol, &step, 300, even, 1.0, &to_lop), NB_REPART_STAY);
+    assert_int_equal(pol.moves, 1);
+    assert_false(pol.stopped);
+    /* 11,1 has no measurement: the model's word stands */
+    assert_int_equal(run_steps(&pol, &step, 10, even, 1.0, &to_other), NB_REPART_MOVE);
+    assert_int_equal(pol.layers[0], 11);
+    (void)other;
+}
+
+/* A move that measures better stays: no undo, and the split it left
+ * (now measured slower) is not gone back to. */
+static void test_better_move_stays(void **state)
+{
+    (void)state;
+    nb_repart_t pol;
+    nb_repart_cfg_t cfg = {0.10, 3, 5};
+    assert_int_equal(nb_repart_init(&pol, &cfg, 2), 0);
+    const int lop[2] = {11, 1}, even[2] = {6, 6};
+    nb_repart_choice_t to_even = towards(6, 6), to_lop = towards(11, 1);
+    int64_t step = 0;
+    assert_int_equal(run_steps(&pol, &step, 10, lop, 1.0, &to_even), NB_REPART_MOVE);
+    assert_int_equal(run_steps(&pol, &step, 3, even, -1, &to_lop), NB_REPART_STAY);
+    assert_int_equal(run_steps(&pol, &step, 300, even, 0.7, &to_lop), NB_REPART_STAY);
+    assert_int_equal(pol.moves, 1);
+    assert_false(pol.stopped);
+    assert_false(pol.on_trial);
+    assert_true(nb_repart_measured(&pol, even) == 0.7);
 }
 
 int main(void)
@@ -227,6 +338,9 @@ int main(void)
         cmocka_unit_test(test_no_move_below_threshold),
         cmocka_unit_test(test_memory_check),
         cmocka_unit_test(test_hysteresis),
+        cmocka_unit_test(test_worse_move_undone),
+        cmocka_unit_test(test_measured_slower_never_again),
+        cmocka_unit_test(test_better_move_stays),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
