@@ -95,7 +95,7 @@ run_job() {
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
   pids=()
   cp "$work/coord.log" "$work/coord-$name.log"
-  grep -o "re-partition after step [0-9]*: split .*faster" "$work/coord.log" | sed "s/^/# $name: /" >&2
+  grep -o "re-partition after step [0-9]*: split .*faster\|planner: split .* measured .* the split it left.*" "$work/coord.log" | sed "s/^/# $name: /" >&2
   if grep -q "job failed" "$work/coord.log"; then
     echo "# $name: $(grep -m 1 -o 'job failed.*' "$work/coord.log")" >&2
     echo "0 0 0 -"
