@@ -272,9 +272,10 @@ static void apply_job(nb_electra_gen_rt_t *rt, const nb_electra_gen_config_t *gc
     for (uint64_t s = in->resume_step; same && s < rt->gstep; s++)
         held = held && rt->kept[s % W].valid && rt->kept[s % W].step == s;
     bool rebuild = !same || !held;
+    uint64_t credit = rt->have_job ? nb_electra_credit_after_job(rt->info.job_id, rt->credit, in) : in->credit;
     rt->gc = *gc;
     rt->info = *in;
-    rt->credit = in->credit;
+    rt->credit = credit;
     rt->next_send = in->resume_step;
     rt->have_job = true;
     if (rebuild) {
@@ -336,6 +337,10 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_t le
             apply_job(rt, &gc, &info);
         }
     } else if (f->body_case == NEBULA__FRAME__BODY_ELECTRA_CREDIT) {
+        /* a job parked while a step runs must not take back credit granted after it */
+        if (rt->pending_job && f->electra_credit->job_id == rt->p_info.job_id &&
+            f->electra_credit->credit > rt->p_info.credit)
+            rt->p_info.credit = f->electra_credit->credit;
         if (f->electra_credit->job_id == rt->info.job_id && f->electra_credit->credit > rt->credit) {
             rt->credit = f->electra_credit->credit;
             pump(rt);

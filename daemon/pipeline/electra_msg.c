@@ -157,6 +157,13 @@ int nb_electra_job_from_msg(const Nebula__ElectraJob *e, const char *my_name, co
     return 0;
 }
 
+uint64_t nb_electra_credit_after_job(uint64_t cur_job, uint64_t cur_credit, const nb_electra_job_info_t *in)
+{
+    if (in->job_id == cur_job && cur_credit > in->credit)
+        return cur_credit;
+    return in->credit;
+}
+
 int nb_electra_rx_accept(const nb_electra_rx_t *x, const char *sender, const Nebula__Tensor *t,
                          const uint8_t *payload, size_t len, nb_electra_batch_t *b, size_t cap_tokens, char *err,
                          size_t errlen)

@@ -46,6 +46,12 @@ typedef struct {
     uint64_t credit;      /* it may send batches of steps below this */
 } nb_electra_job_info_t;
 
+/* The credit a generator holds after (re)applying job `in` while it held
+ * credit cur_credit for job cur_job: within one job credit never goes
+ * down (an ElectraJob parked while a step ran may be older than credit
+ * frames that came after it); a new job starts from its own credit. */
+uint64_t nb_electra_credit_after_job(uint64_t cur_job, uint64_t cur_credit, const nb_electra_job_info_t *in);
+
 /* Storage for the pointers of an ElectraJob message (outlives the message). */
 typedef struct {
     Nebula__ElectraJob job;

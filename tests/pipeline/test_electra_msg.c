@@ -82,6 +82,17 @@ static void test_job_travels(void **state)
     free(buf);
 }
 
+/* A job parked while a step ran, applied after newer credit frames of the
+ * same job, keeps the larger credit; a new job takes its own. */
+static void test_credit_never_lowered(void **state)
+{
+    (void)state;
+    nb_electra_job_info_t in = { .job_id = 9, .credit = 3 };
+    assert_int_equal(nb_electra_credit_after_job(9, 7, &in), 7);
+    assert_int_equal(nb_electra_credit_after_job(9, 2, &in), 3);
+    assert_int_equal(nb_electra_credit_after_job(8, 7, &in), 3);
+}
+
 /* A batch of generator gen for step, n x T tokens, ID k*7 % id_mod at k
  * (the last ID id_mod - 1 when id_mod > 200). */
 static size_t make_wire(int gen, uint64_t step, int n, int T, int id_mod, uint32_t vocab, uint8_t *buf, size_t cap)
@@ -205,6 +216,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_job_travels),
+        cmocka_unit_test(test_credit_never_lowered),
         cmocka_unit_test(test_rx_refuses),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
