@@ -50,6 +50,7 @@ struct nb_electra_gen_rt {
     uint32_t recovery_timeout_s;   /* from the Job: how long the coordinator may be away */
     bool timer_open;
     bool net_open, busy, failed, done, have_job, pending_job;
+    bool stopping;                 /* rt_stop ran: no more work is queued */
     uv_work_t work;
     work_kind_t kind;
     nb_backend_t *be;
@@ -195,7 +196,7 @@ static void work_done(uv_work_t *req, int status)
 {
     nb_electra_gen_rt_t *rt = req->data;
     rt->busy = false;
-    if (rt->failed)
+    if (rt->failed || rt->stopping)
         return;
     if (status || rt->w_rc) {
         fail(rt, "%s", status ? "the generator's work was cancelled" : rt->w_err);
@@ -236,7 +237,7 @@ static void work_done(uv_work_t *req, int status)
  * next_send are replays (not sent), the others need credit. */
 static void pump(nb_electra_gen_rt_t *rt)
 {
-    if (rt->failed || rt->busy || !rt->have_job)
+    if (rt->failed || rt->stopping || rt->busy || !rt->have_job)
         return;
     send_kept(rt);
     if (rt->failed || !rt->gen)
@@ -259,6 +260,8 @@ static void pump(nb_electra_gen_rt_t *rt)
 /* A (new or repeated) ElectraJob: keep what still serves it, else rebuild. */
 static void apply_job(nb_electra_gen_rt_t *rt, const nb_electra_gen_config_t *gc, const nb_electra_job_info_t *in)
 {
+    if (rt->stopping)
+        return;
     if (rt->busy) {
         rt->p_gc = *gc;
         rt->p_info = *in;
@@ -322,7 +325,7 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_t le
     (void)len;
     nb_electra_gen_rt_t *rt = ud;
     const char *peer = nb_conn_peer_name(c);
-    if (!is_coord(rt, c) || rt->failed || rt->done) {
+    if (!is_coord(rt, c) || rt->failed || rt->done || rt->stopping) {
         /* nothing but the coordinator's frames, and only while the job runs */
     } else if (f->body_case == NEBULA__FRAME__BODY_JOB) {
         char err[1024];
@@ -388,7 +391,7 @@ static void on_closed(nb_conn_t *c, int err, void *ud)
 static void on_timer(uv_timer_t *t)
 {
     nb_electra_gen_rt_t *rt = t->data;
-    if (rt->failed || rt->done || rt->coord)
+    if (rt->failed || rt->done || rt->stopping || rt->coord)
         return;
     double away = nb_mono_s() - rt->since, limit = rt->have_job ? rt->recovery_timeout_s : rt->cfg->connect_timeout_s;
     if (limit > 0 && away > limit)
@@ -440,6 +443,7 @@ static void rt_stop(nb_service_t *svc, void *ud)
 {
     (void)svc;
     nb_electra_gen_rt_t *rt = ud;
+    rt->stopping = true; /* a step or build in flight ends in work_done, which then queues nothing */
     if (rt->timer_open) {
         uv_close((uv_handle_t *)&rt->timer, NULL);
         rt->timer_open = false;
