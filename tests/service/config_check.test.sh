@@ -70,6 +70,13 @@ expect_err "${ELECTRA}      - {name: g, sequences: 2, model: {n_layer: 1, d_mode
 " "14:5: job.clusters: not used by an electra job: the generators are the daemons named in job.electra.generators[].name (docs/electra.md)"
 expect_err "${ELECTRA}      - {name: g, data: g.tok, sequences: 2, model: {n_layer: 1, d_model: 8, n_head: 2, vocab: 257, head: mlm}}
 " "12:19: job.electra.generators[0].data: not allowed for role coordinator (only for train)"
+# bounds a generator daemon accepts: refused by the coordinator's config, not at job time
+expect_err "${ELECTRA/steps: 1/steps: 100000001}      - {name: g, sequences: 2, model: {n_layer: 1, d_model: 8, n_head: 2, vocab: 257, head: mlm}}
+" "9:10: job.steps: an electra job across daemons runs at most 100000000 steps (what a generator daemon accepts), got 100000001"
+expect_err "${ELECTRA/seq_len: 8/seq_len: 65537}      - {name: g, sequences: 2, model: {n_layer: 1, d_model: 8, n_head: 2, vocab: 257, head: mlm, max_seq: 65537}}
+" "8:12: job.seq_len: an electra job across daemons takes at most 65536 tokens per sequence (what a generator daemon accepts), got 65537"
+expect_err "${ELECTRA}      - {name: g, sequences: 2, model: {n_layer: 1, d_model: 8, n_head: 2, vocab: 257, head: mlm, max_seq: 70000}}
+" "12:108: job.electra.generators[0].model.max_seq: a generator daemon accepts at most 65536, got 70000"
 expect_err 'name: c
 role: coordinator
 listen: 127.0.0.1:0
