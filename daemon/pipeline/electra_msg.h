@@ -64,10 +64,26 @@ typedef struct {
 void nb_electra_job_to_msg(const nb_electra_config_t *ec, int g, uint64_t job_id, uint64_t resume_step,
                            uint64_t credit, nb_electra_msg_store_t *st);
 
+/* The most a generator daemon allocates for one ElectraJob's generator
+ * (nb_electra_gen_bytes): a larger job is refused before anything is
+ * allocated (docs/electra.md, "Across daemons"). */
+#define NB_ELECTRA_GEN_MEM_MAX (8ull << 30)
+
+/* About the bytes a generator of model m with `sequences` sequences of
+ * seq_len tokens allocates: model state (weights, gradients, AdamW m and v),
+ * activations (attention scores included) and logits with their gradient,
+ * all float32; the parts go to *state, *acts, *logits (each may be NULL).
+ * Saturates at UINT64_MAX on overflow (any input). */
+uint64_t nb_electra_gen_bytes(const nb_model_config_t *m, int sequences, int seq_len, uint64_t *state,
+                              uint64_t *acts, uint64_t *logits);
+
 /* Validates a received ElectraJob (from the network: every range is
  * checked) and converts it: gc gets the generator (its data = data, the
  * daemon's own token file), info the rest. my_name is this daemon's name:
- * the job must name it. Errors: NB_EFORMAT / NB_EINVAL with a message. */
+ * the job must name it. Errors: NB_EFORMAT (a field out of range: the
+ * message names it, its value and the allowed range), NB_EINVAL (another
+ * daemon's job, an invalid model), NB_ELIMIT (more memory than
+ * NB_ELECTRA_GEN_MEM_MAX: the message names the sizes). */
 int nb_electra_job_from_msg(const Nebula__ElectraJob *m, const char *my_name, const char *data,
                             nb_electra_gen_config_t *gc, nb_electra_job_info_t *info, char *err, size_t errlen);
 

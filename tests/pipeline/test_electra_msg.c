@@ -75,9 +75,29 @@ static void test_job_travels(void **state)
     assert_non_null(strstr(err, "apache"));
     m->resume_step = 11;
     assert_int_equal(nb_electra_job_from_msg(m, "apache", "own.tok", &gc, &info, err, sizeof err), NB_EFORMAT);
+    assert_string_equal(err, "electra job: resume_step is 11, allowed 0..10");
     m->resume_step = 3;
     m->model->vocab = 1u << 30;
     assert_int_equal(nb_electra_job_from_msg(m, "apache", "own.tok", &gc, &info, err, sizeof err), NB_EFORMAT);
+    assert_string_equal(err, "electra job: model.vocab is 1073741824, allowed 0..16777216");
+    m->model->vocab = 300;
+    m->sequences = 0;
+    assert_int_equal(nb_electra_job_from_msg(m, "apache", "own.tok", &gc, &info, err, sizeof err), NB_EFORMAT);
+    assert_string_equal(err, "electra job: sequences is 0, allowed 1..65536");
+    /* every field within its range, the product not: refused before anything is allocated */
+    m->sequences = 65536;
+    m->model->vocab = 1u << 24;
+    m->disc_vocab = 1u << 24;
+    assert_int_equal(nb_electra_job_from_msg(m, "apache", "own.tok", &gc, &info, err, sizeof err), NB_ELIMIT);
+    assert_non_null(strstr(err, "65536 sequences x 4 tokens x vocab 16777216"));
+    assert_non_null(strstr(err, "GiB"));
+    m->sequences = 3;
+    m->model->vocab = 300;
+    assert_int_equal(nb_electra_job_from_msg(m, "apache", "own.tok", &gc, &info, err, sizeof err), 0);
+    /* the largest of everything saturates, never wraps below the cap */
+    nb_model_config_t big = { .n_layer = 4096, .d_model = 65536, .n_head = 4096, .d_ff = 262144,
+                              .vocab = 1 << 24, .max_seq = 65536 };
+    assert_true(nb_electra_gen_bytes(&big, 65536, 65536, NULL, NULL, NULL) > NB_ELECTRA_GEN_MEM_MAX);
     nebula__electra_job__free_unpacked(m, NULL);
     free(buf);
 }
