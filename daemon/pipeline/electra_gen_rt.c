@@ -268,12 +268,10 @@ static void apply_job(nb_electra_gen_rt_t *rt, const nb_electra_gen_config_t *gc
         rt->pending_job = true;
         return;
     }
-    bool same = rt->gen && memcmp(gc, &rt->gc, sizeof *gc) == 0 && in->index == rt->info.index &&
-                in->seq_len == rt->info.seq_len && in->steps == rt->info.steps && in->mask_prob == rt->info.mask_prob &&
-                in->disc_vocab == rt->info.disc_vocab;
+    bool same = rt->gen && nb_electra_job_same(gc, in, &rt->gc, &rt->info);
     bool held = true; /* every batch from resume_step up to gstep is kept */
-    for (uint64_t s = in->resume_step; same && s < rt->gstep; s++)
-        held = held && rt->kept[s % W].valid && rt->kept[s % W].step == s;
+    for (uint64_t s = in->resume_step; same && held && s < rt->gstep; s++)
+        held = rt->kept[s % W].valid && rt->kept[s % W].step == s;
     bool rebuild = !same || !held;
     uint64_t credit = rt->have_job ? nb_electra_credit_after_job(rt->info.job_id, rt->credit, in) : in->credit;
     rt->gc = *gc;

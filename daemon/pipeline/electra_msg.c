@@ -234,6 +234,34 @@ int nb_electra_job_from_msg(const Nebula__ElectraJob *e, const char *my_name, co
     return 0;
 }
 
+static bool model_same(const nb_model_config_t *a, const nb_model_config_t *b)
+{
+    return a->n_layer == b->n_layer && a->d_model == b->d_model && a->n_head == b->n_head && a->d_ff == b->d_ff &&
+           a->vocab == b->vocab && a->max_seq == b->max_seq && a->causal == b->causal && a->norm == b->norm &&
+           a->head == b->head && a->n_classes == b->n_classes && a->tie_embeddings == b->tie_embeddings &&
+           a->ln_eps == b->ln_eps && a->gelu == b->gelu && a->mask_token == b->mask_token &&
+           a->adapter_size == b->adapter_size && a->adapter_after == b->adapter_after &&
+           a->adapter_first == b->adapter_first && a->adapter_last == b->adapter_last &&
+           a->cross_attn == b->cross_attn && a->lowrank_block == b->lowrank_block &&
+           a->lowrank_rank == b->lowrank_rank;
+}
+
+static bool optim_same(const nb_optim_config_t *a, const nb_optim_config_t *b)
+{
+    return a->lr == b->lr && a->lr_min == b->lr_min && a->warmup_steps == b->warmup_steps &&
+           a->total_steps == b->total_steps && a->beta1 == b->beta1 && a->beta2 == b->beta2 && a->eps == b->eps &&
+           a->weight_decay == b->weight_decay && a->grad_clip == b->grad_clip;
+}
+
+bool nb_electra_job_same(const nb_electra_gen_config_t *a, const nb_electra_job_info_t *ai,
+                         const nb_electra_gen_config_t *b, const nb_electra_job_info_t *bi)
+{
+    return strcmp(a->name, b->name) == 0 && strcmp(a->data, b->data) == 0 && model_same(&a->model, &b->model) &&
+           optim_same(&a->optim, &b->optim) && a->seed == b->seed && a->sequences == b->sequences &&
+           ai->index == bi->index && ai->seq_len == bi->seq_len && ai->steps == bi->steps &&
+           ai->mask_prob == bi->mask_prob && ai->disc_vocab == bi->disc_vocab;
+}
+
 uint64_t nb_electra_credit_after_job(uint64_t cur_job, uint64_t cur_credit, const nb_electra_job_info_t *in)
 {
     if (in->job_id == cur_job && cur_credit > in->credit)

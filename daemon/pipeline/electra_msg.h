@@ -46,6 +46,13 @@ typedef struct {
     uint64_t credit;      /* it may send batches of steps below this */
 } nb_electra_job_info_t;
 
+/* Whether a generator built for (a, ai) computes exactly what (b, bi)
+ * asks for: every field of the generator's config and of the job that
+ * shapes its batches (job id, resume step and credit aside). Compared
+ * field by field (the structs have padding). */
+bool nb_electra_job_same(const nb_electra_gen_config_t *a, const nb_electra_job_info_t *ai,
+                         const nb_electra_gen_config_t *b, const nb_electra_job_info_t *bi);
+
 /* The credit a generator holds after (re)applying job `in` while it held
  * credit cur_credit for job cur_job: within one job credit never goes
  * down (an ElectraJob parked while a step ran may be older than credit

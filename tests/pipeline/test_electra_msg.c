@@ -113,6 +113,39 @@ static void test_credit_never_lowered(void **state)
     assert_int_equal(nb_electra_credit_after_job(8, 7, &in), 3);
 }
 
+/* Two configs equal field by field are the same job whatever their padding
+ * holds; any field that shapes the batches makes another. */
+static void test_job_same(void **state)
+{
+    (void)state;
+    nb_electra_config_t ec = make_ec();
+    nb_electra_gen_config_t a, b;
+    memset(&a, 0x00, sizeof a);
+    memset(&b, 0xa5, sizeof b); /* other bytes in the padding */
+    a = ec.gen[1];
+    b.model = a.model;
+    b.optim = a.optim;
+    memcpy(b.name, a.name, sizeof b.name);
+    memcpy(b.data, a.data, sizeof b.data);
+    b.seed = a.seed;
+    b.sequences = a.sequences;
+    nb_electra_job_info_t ai = { .job_id = 1, .index = 1, .seq_len = 4, .steps = 10, .mask_prob = 0.15f,
+                                 .disc_vocab = 300, .resume_step = 0, .credit = 2 };
+    nb_electra_job_info_t bi = ai;
+    bi.job_id = 2; /* a restarted discriminator: a new job id, the same batches */
+    bi.resume_step = 3;
+    bi.credit = 5;
+    assert_true(nb_electra_job_same(&a, &ai, &b, &bi));
+    b.seed++;
+    assert_false(nb_electra_job_same(&a, &ai, &b, &bi));
+    b.seed--;
+    b.optim.lr *= 2;
+    assert_false(nb_electra_job_same(&a, &ai, &b, &bi));
+    b.optim.lr = a.optim.lr;
+    bi.mask_prob = 0.2f;
+    assert_false(nb_electra_job_same(&a, &ai, &b, &bi));
+}
+
 /* A batch of generator gen for step, n x T tokens, ID k*7 % id_mod at k
  * (the last ID id_mod - 1 when id_mod > 200). */
 static size_t make_wire(int gen, uint64_t step, int n, int T, int id_mod, uint32_t vocab, uint8_t *buf, size_t cap)
@@ -237,6 +270,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_job_travels),
         cmocka_unit_test(test_credit_never_lowered),
+        cmocka_unit_test(test_job_same),
         cmocka_unit_test(test_rx_refuses),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
