@@ -262,6 +262,15 @@ bool nb_electra_job_same(const nb_electra_gen_config_t *a, const nb_electra_job_
            ai->mask_prob == bi->mask_prob && ai->disc_vocab == bi->disc_vocab;
 }
 
+const char *nb_electra_loss_text(double loss, char *buf, size_t len)
+{
+    if (isfinite(loss))
+        snprintf(buf, len, "%.4f", loss);
+    else
+        snprintf(buf, len, "n/a");
+    return buf;
+}
+
 uint64_t nb_electra_credit_after_job(uint64_t cur_job, uint64_t cur_credit, const nb_electra_job_info_t *in)
 {
     if (in->job_id == cur_job && cur_credit > in->credit)

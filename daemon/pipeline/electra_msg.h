@@ -94,6 +94,13 @@ uint64_t nb_electra_gen_bytes(const nb_model_config_t *m, int sequences, int seq
 int nb_electra_job_from_msg(const Nebula__ElectraJob *m, const char *my_name, const char *data,
                             nb_electra_gen_config_t *gc, nb_electra_job_info_t *info, char *err, size_t errlen);
 
+/* A generator's loss as the peer reported it, for a progress line: "%.4f",
+ * or "n/a" when it is not finite (a peer's NaN or inf is printed as
+ * nothing it is not). Writes into buf (NB_ELECTRA_LOSS_TEXT bytes
+ * suffice) and returns it. */
+#define NB_ELECTRA_LOSS_TEXT 32
+const char *nb_electra_loss_text(double loss, char *buf, size_t len);
+
 /* What the discriminator's daemon accepts now. */
 typedef struct {
     uint64_t job_id;

@@ -12,6 +12,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 #include <stdio.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include "daemon/pipeline/electra_msg.h"
@@ -146,6 +147,17 @@ static void test_job_same(void **state)
     assert_false(nb_electra_job_same(&a, &ai, &b, &bi));
 }
 
+/* A peer's non-finite loss reads n/a in progress lines. */
+static void test_loss_text(void **state)
+{
+    (void)state;
+    char b[NB_ELECTRA_LOSS_TEXT];
+    assert_string_equal(nb_electra_loss_text(2.5, b, sizeof b), "2.5000");
+    assert_string_equal(nb_electra_loss_text(NAN, b, sizeof b), "n/a");
+    assert_string_equal(nb_electra_loss_text(INFINITY, b, sizeof b), "n/a");
+    assert_string_equal(nb_electra_loss_text(-INFINITY, b, sizeof b), "n/a");
+}
+
 /* A batch of generator gen for step, n x T tokens, ID k*7 % id_mod at k
  * (the last ID id_mod - 1 when id_mod > 200). */
 static size_t make_wire(int gen, uint64_t step, int n, int T, int id_mod, uint32_t vocab, uint8_t *buf, size_t cap)
@@ -271,6 +283,7 @@ int main(void)
         cmocka_unit_test(test_job_travels),
         cmocka_unit_test(test_credit_never_lowered),
         cmocka_unit_test(test_job_same),
+        cmocka_unit_test(test_loss_text),
         cmocka_unit_test(test_rx_refuses),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
