@@ -569,6 +569,34 @@ static int parse_section(cfg_ctx_t *c, yaml_node_t *n, const nb__cfg_key_t *keys
 
 /* job.electra (role train): job.model is the discriminator, each generator
  * brings its own model, data and optimizer. */
+/* Whether the file gave the key at path (or anything under it). */
+static bool cfg_given(const cfg_ctx_t *c, const char *path)
+{
+    size_t l = strlen(path);
+    for (int i = 0; i < c->n_marks; i++)
+        if (strncmp(c->marks[i].path, path, l) == 0 &&
+            (c->marks[i].path[l] == 0 || c->marks[i].path[l] == '.' || c->marks[i].path[l] == '['))
+            return true;
+    return false;
+}
+
+/* Keys of a pipeline job that the daemons of an electra job do not use. */
+static const struct {
+    const char *path, *why;
+} electra_unused[] = {
+    { "job.freeze", "not used by an electra job: the discriminator and every generator train all their tensors" },
+    { "job.trainable", "not used by an electra job: the discriminator and every generator train all their tensors" },
+    { "job.adapters", "not used by an electra job: its models train from scratch, without adapters" },
+    { "job.codecs", "not used by an electra job: the generators send token IDs (codec electra-wire), no "
+                    "activations or gradients" },
+    { "job.planner", "not used by an electra job: there is no pipeline to plan (one micro-batch per generator)" },
+};
+
+/* Bounds of an electra job across daemons: a generator daemon refuses an
+ * ElectraJob beyond them (daemon/pipeline/electra_msg.c). */
+#define NB_CFG_ELECTRA_MAX_STEPS 100000000LL
+#define NB_CFG_ELECTRA_MAX_SEQ 65536
+
 static int check_electra(cfg_ctx_t *c, nb_config_t *cfg)
 {
     nb_cfg_job_t *j = &cfg->job;
@@ -588,6 +616,14 @@ static int check_electra(cfg_ctx_t *c, nb_config_t *cfg)
         return fail_path(c, "job.micro_batches", "an electra job takes one micro-batch per generator; leave it auto");
     if (j->eval.fraction > 0 || j->eval.data[0])
         return fail_path(c, "job.eval", "not supported by an electra job");
+    /* the daemons of an electra job: what a generator daemon accepts in an
+     * ElectraJob (nb_electra_job_from_msg) bounds the whole job */
+    if (c->role == NB_ROLE_COORDINATOR && j->steps > NB_CFG_ELECTRA_MAX_STEPS)
+        return fail_path(c, "job.steps", "an electra job across daemons runs at most %lld steps (what a generator "
+                         "daemon accepts), got %lld", (long long)NB_CFG_ELECTRA_MAX_STEPS, (long long)j->steps);
+    if (c->role == NB_ROLE_COORDINATOR && j->seq_len > NB_CFG_ELECTRA_MAX_SEQ)
+        return fail_path(c, "job.seq_len", "an electra job across daemons takes at most %d tokens per sequence "
+                         "(what a generator daemon accepts), got %lld", NB_CFG_ELECTRA_MAX_SEQ, (long long)j->seq_len);
     int64_t total = 0;
     char p[CFG_KEY_PATH_MAX];
     for (int i = 0; i < e->n_generators; i++) {
@@ -608,6 +644,8 @@ static int check_electra(cfg_ctx_t *c, nb_config_t *cfg)
         snprintf(p, sizeof p, "job.electra.generators[%d].model.max_seq", i);
         if (m->max_seq < j->seq_len)
             return fail_path(c, p, "must be at least job.seq_len (%lld), got %d", (long long)j->seq_len, m->max_seq);
+        if (c->role == NB_ROLE_COORDINATOR && m->max_seq > NB_CFG_ELECTRA_MAX_SEQ)
+            return fail_path(c, p, "a generator daemon accepts at most %d, got %d", NB_CFG_ELECTRA_MAX_SEQ, m->max_seq);
         snprintf(p, sizeof p, "job.electra.generators[%d].optimizer.min_lr", i);
         if (g->optimizer.min_lr > g->optimizer.lr)
             return fail_path(c, p, "must not exceed lr (%g), got %g", g->optimizer.lr, g->optimizer.min_lr);
@@ -626,6 +664,9 @@ static int check_electra(cfg_ctx_t *c, nb_config_t *cfg)
         return fail_path(c, j->n_clusters > 0 ? "job.clusters" : j->init[0] ? "job.init" : "job.checkpoint",
                          "not used by an electra job: the generators are the daemons named in "
                          "job.electra.generators[].name (docs/electra.md)");
+    for (size_t k = 0; c->role == NB_ROLE_COORDINATOR && k < sizeof electra_unused / sizeof electra_unused[0]; k++)
+        if (cfg_given(c, electra_unused[k].path))
+            return fail_path(c, electra_unused[k].path, "%s (docs/electra.md)", electra_unused[k].why);
     if (j->batch != total)
         return fail_path(c, "job.batch", "must equal the sum of job.electra.generators[].sequences (%lld), got %lld",
                          (long long)total, (long long)j->batch);

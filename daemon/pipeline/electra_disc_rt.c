@@ -206,9 +206,10 @@ static void step_done(uv_work_t *req, int status)
         /* the line nebula-electra prints, so that the two can be compared */
         char line[1024];
         int o = snprintf(line, sizeof line, "step %5llu/%d ", (unsigned long long)s + 1, ec->steps);
+        char lt[NB_ELECTRA_LOSS_TEXT];
         for (int i = 0; i < ec->n_gen && o < (int)sizeof line; i++)
-            o += snprintf(line + o, sizeof line - (size_t)o, " gen %s loss %.4f", ec->gen[i].name,
-                          rt->g[i].loss[s % W]);
+            o += snprintf(line + o, sizeof line - (size_t)o, " gen %s loss %s", ec->gen[i].name,
+                          nb_electra_loss_text(rt->g[i].loss[s % W], lt, sizeof lt));
         if (o < (int)sizeof line)
             snprintf(line + o, sizeof line - (size_t)o, "  disc loss %.4f acc %.3f  replaced %.1f%%  wire %.3f "
                      "B/token  tokens/s %.0f", rt->w_loss, rt->w_acc, 100.0 * (double)replaced / (double)tokens,

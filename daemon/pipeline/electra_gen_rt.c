@@ -50,6 +50,7 @@ struct nb_electra_gen_rt {
     uint32_t recovery_timeout_s;   /* from the Job: how long the coordinator may be away */
     bool timer_open;
     bool net_open, busy, failed, done, have_job, pending_job;
+    bool stopping;                 /* rt_stop ran: no more work is queued */
     uv_work_t work;
     work_kind_t kind;
     nb_backend_t *be;
@@ -195,7 +196,7 @@ static void work_done(uv_work_t *req, int status)
 {
     nb_electra_gen_rt_t *rt = req->data;
     rt->busy = false;
-    if (rt->failed)
+    if (rt->failed || rt->stopping)
         return;
     if (status || rt->w_rc) {
         fail(rt, "%s", status ? "the generator's work was cancelled" : rt->w_err);
@@ -236,7 +237,7 @@ static void work_done(uv_work_t *req, int status)
  * next_send are replays (not sent), the others need credit. */
 static void pump(nb_electra_gen_rt_t *rt)
 {
-    if (rt->failed || rt->busy || !rt->have_job)
+    if (rt->failed || rt->stopping || rt->busy || !rt->have_job)
         return;
     send_kept(rt);
     if (rt->failed || !rt->gen)
@@ -259,22 +260,23 @@ static void pump(nb_electra_gen_rt_t *rt)
 /* A (new or repeated) ElectraJob: keep what still serves it, else rebuild. */
 static void apply_job(nb_electra_gen_rt_t *rt, const nb_electra_gen_config_t *gc, const nb_electra_job_info_t *in)
 {
+    if (rt->stopping)
+        return;
     if (rt->busy) {
         rt->p_gc = *gc;
         rt->p_info = *in;
         rt->pending_job = true;
         return;
     }
-    bool same = rt->gen && memcmp(gc, &rt->gc, sizeof *gc) == 0 && in->index == rt->info.index &&
-                in->seq_len == rt->info.seq_len && in->steps == rt->info.steps && in->mask_prob == rt->info.mask_prob &&
-                in->disc_vocab == rt->info.disc_vocab;
+    bool same = rt->gen && nb_electra_job_same(gc, in, &rt->gc, &rt->info);
     bool held = true; /* every batch from resume_step up to gstep is kept */
-    for (uint64_t s = in->resume_step; same && s < rt->gstep; s++)
-        held = held && rt->kept[s % W].valid && rt->kept[s % W].step == s;
+    for (uint64_t s = in->resume_step; same && held && s < rt->gstep; s++)
+        held = rt->kept[s % W].valid && rt->kept[s % W].step == s;
     bool rebuild = !same || !held;
+    uint64_t credit = rt->have_job ? nb_electra_credit_after_job(rt->info.job_id, rt->credit, in) : in->credit;
     rt->gc = *gc;
     rt->info = *in;
-    rt->credit = in->credit;
+    rt->credit = credit;
     rt->next_send = in->resume_step;
     rt->have_job = true;
     if (rebuild) {
@@ -321,7 +323,7 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_t le
     (void)len;
     nb_electra_gen_rt_t *rt = ud;
     const char *peer = nb_conn_peer_name(c);
-    if (!is_coord(rt, c) || rt->failed || rt->done) {
+    if (!is_coord(rt, c) || rt->failed || rt->done || rt->stopping) {
         /* nothing but the coordinator's frames, and only while the job runs */
     } else if (f->body_case == NEBULA__FRAME__BODY_JOB) {
         char err[1024];
@@ -336,6 +338,10 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_t le
             apply_job(rt, &gc, &info);
         }
     } else if (f->body_case == NEBULA__FRAME__BODY_ELECTRA_CREDIT) {
+        /* a job parked while a step runs must not take back credit granted after it */
+        if (rt->pending_job && f->electra_credit->job_id == rt->p_info.job_id &&
+            f->electra_credit->credit > rt->p_info.credit)
+            rt->p_info.credit = f->electra_credit->credit;
         if (f->electra_credit->job_id == rt->info.job_id && f->electra_credit->credit > rt->credit) {
             rt->credit = f->electra_credit->credit;
             pump(rt);
@@ -383,7 +389,7 @@ static void on_closed(nb_conn_t *c, int err, void *ud)
 static void on_timer(uv_timer_t *t)
 {
     nb_electra_gen_rt_t *rt = t->data;
-    if (rt->failed || rt->done || rt->coord)
+    if (rt->failed || rt->done || rt->stopping || rt->coord)
         return;
     double away = nb_mono_s() - rt->since, limit = rt->have_job ? rt->recovery_timeout_s : rt->cfg->connect_timeout_s;
     if (limit > 0 && away > limit)
@@ -435,6 +441,7 @@ static void rt_stop(nb_service_t *svc, void *ud)
 {
     (void)svc;
     nb_electra_gen_rt_t *rt = ud;
+    rt->stopping = true; /* a step or build in flight ends in work_done, which then queues nothing */
     if (rt->timer_open) {
         uv_close((uv_handle_t *)&rt->timer, NULL);
         rt->timer_open = false;

@@ -113,6 +113,61 @@ void nb_electra_job_to_msg(const nb_electra_config_t *ec, int g, uint64_t job_id
         return code;                                                                               \
     } while (0)
 
+/* 1 when v is outside lo..hi; writes which field, its value and the range. */
+static int out_of_range(const char *field, uint64_t v, uint64_t lo, uint64_t hi, char *err, size_t errlen)
+{
+    if (v >= lo && v <= hi)
+        return 0;
+    snprintf(err, errlen, "electra job: %s is %llu, allowed %llu..%llu", field, (unsigned long long)v,
+             (unsigned long long)lo, (unsigned long long)hi);
+    return 1;
+}
+
+#define RANGE(field, v, lo, hi)                                                                    \
+    do {                                                                                           \
+        if (out_of_range(field, (uint64_t)(v), (uint64_t)(lo), (uint64_t)(hi), err, errlen))       \
+            return NB_EFORMAT;                                                                     \
+    } while (0)
+
+/* acc += a * b * c, saturating at UINT64_MAX (which is then above any cap). */
+static void mac3(uint64_t *acc, uint64_t a, uint64_t b, uint64_t c)
+{
+    uint64_t ab, abc;
+    if (__builtin_mul_overflow(a, b, &ab) || __builtin_mul_overflow(ab, c, &abc) ||
+        __builtin_add_overflow(*acc, abc, acc))
+        *acc = UINT64_MAX;
+}
+
+uint64_t nb_electra_gen_bytes(const nb_model_config_t *m, int sequences, int seq_len, uint64_t *state,
+                              uint64_t *acts, uint64_t *logits)
+{
+    uint64_t d = (uint64_t)m->d_model, f = (uint64_t)m->d_ff, L = (uint64_t)m->n_layer, V = (uint64_t)m->vocab;
+    uint64_t n = (uint64_t)sequences, T = (uint64_t)seq_len;
+    uint64_t p = 0; /* parameters: embeddings, an untied head, blocks */
+    mac3(&p, V, d, 2);
+    mac3(&p, (uint64_t)m->max_seq, d, 1);
+    mac3(&p, L, d, 4 * d + 2 * f + 9);
+    mac3(&p, L, f, 1);
+    uint64_t nT = 0, nTT = 0, st = 0, ac = 0, lg = 0; /* floats */
+    mac3(&nT, n, T, 1);
+    mac3(&nTT, nT, T, 1);
+    mac3(&st, p, 4, 1); /* weights, gradients, AdamW m and v */
+    mac3(&ac, nT, L, 10 * d + 2 * f);
+    mac3(&ac, nTT, L, 2 * (uint64_t)m->n_head); /* attention scores and probabilities */
+    mac3(&lg, nT, V, 2);                         /* logits and their gradient */
+    uint64_t total = 0;
+    mac3(&total, st, 4, 1);
+    mac3(&total, ac, 4, 1);
+    mac3(&total, lg, 4, 1);
+    if (state)
+        *state = st > UINT64_MAX / 4 ? UINT64_MAX : st * 4;
+    if (acts)
+        *acts = ac > UINT64_MAX / 4 ? UINT64_MAX : ac * 4;
+    if (logits)
+        *logits = lg > UINT64_MAX / 4 ? UINT64_MAX : lg * 4;
+    return total;
+}
+
 int nb_electra_job_from_msg(const Nebula__ElectraJob *e, const char *my_name, const char *data,
                             nb_electra_gen_config_t *gc, nb_electra_job_info_t *info, char *err, size_t errlen)
 {
@@ -123,14 +178,28 @@ int nb_electra_job_from_msg(const Nebula__ElectraJob *e, const char *my_name, co
     if (strcmp(e->name, my_name) != 0)
         BAD(NB_EINVAL, "electra job: names generator '%s', this daemon is '%s'", e->name, my_name);
     const Nebula__ModelConfig *m = e->model;
-    if (m->n_layer > 4096 || m->d_model > 65536 || m->n_head > 4096 || m->d_ff > 262144 || m->vocab > (1u << 24) ||
-        m->max_seq > 65536 || m->norm > 1 || m->head > 3 || m->n_classes > 65536 || m->gelu > 1 ||
-        m->mask_token > (1u << 24) || !isfinite(m->ln_eps) || m->ln_eps < 0)
-        BAD(NB_EFORMAT, "electra job: model config out of range");
-    if (e->index >= NB_ELECTRA_MAX_GEN || e->sequences < 1 || e->sequences > 65536 || e->seq_len < 1 ||
-        e->seq_len > 65536 || e->steps < 1 || e->steps > 100000000u || !(e->mask_prob > 0.0f && e->mask_prob <= 1.0f) ||
-        e->disc_vocab < 1 || e->disc_vocab > (1u << 24) || e->job_id == 0 || e->resume_step > e->steps)
-        BAD(NB_EFORMAT, "electra job: index, sequences, seq_len, steps, mask_prob, vocab or resume step out of range");
+    RANGE("model.n_layer", m->n_layer, 0, 4096);
+    RANGE("model.d_model", m->d_model, 0, 65536);
+    RANGE("model.n_head", m->n_head, 0, 4096);
+    RANGE("model.d_ff", m->d_ff, 0, 262144);
+    RANGE("model.vocab", m->vocab, 0, 1u << 24);
+    RANGE("model.max_seq", m->max_seq, 0, 65536);
+    RANGE("model.norm", m->norm, 0, 1);
+    RANGE("model.head", m->head, 0, 3);
+    RANGE("model.n_classes", m->n_classes, 0, 65536);
+    RANGE("model.gelu", m->gelu, 0, 1);
+    RANGE("model.mask_token", m->mask_token, 0, 1u << 24);
+    if (!isfinite(m->ln_eps) || m->ln_eps < 0)
+        BAD(NB_EFORMAT, "electra job: model.ln_eps is %g, allowed a finite value >= 0", (double)m->ln_eps);
+    RANGE("index", e->index, 0, NB_ELECTRA_MAX_GEN - 1);
+    RANGE("sequences", e->sequences, 1, 65536);
+    RANGE("seq_len", e->seq_len, 1, 65536);
+    RANGE("steps", e->steps, 1, 100000000u);
+    if (!(e->mask_prob > 0.0f && e->mask_prob <= 1.0f))
+        BAD(NB_EFORMAT, "electra job: mask_prob is %g, allowed (0, 1]", (double)e->mask_prob);
+    RANGE("disc_vocab", e->disc_vocab, 1, 1u << 24);
+    RANGE("job_id", e->job_id, 1, UINT64_MAX);
+    RANGE("resume_step", e->resume_step, 0, e->steps);
     snprintf(gc->name, sizeof gc->name, "%s", e->name);
     snprintf(gc->data, sizeof gc->data, "%s", data);
     gc->model = (nb_model_config_t){ .n_layer = (int)m->n_layer, .d_model = (int)m->d_model, .n_head = (int)m->n_head,
@@ -139,8 +208,8 @@ int nb_electra_job_from_msg(const Nebula__ElectraJob *e, const char *my_name, co
                                      .n_classes = (int)m->n_classes, .tie_embeddings = m->tie_embeddings,
                                      .ln_eps = m->ln_eps, .gelu = (nb_gelu_t)m->gelu, .mask_token = (int)m->mask_token };
     const Nebula__OptimConfig *o = e->optim;
-    if (o->warmup_steps > 100000000u || o->total_steps > 100000000u)
-        BAD(NB_EFORMAT, "electra job: optimizer steps out of range");
+    RANGE("optim.warmup_steps", o->warmup_steps, 0, 100000000u);
+    RANGE("optim.total_steps", o->total_steps, 0, 100000000u);
     gc->optim = (nb_optim_config_t){ .lr = o->lr, .lr_min = o->lr_min, .warmup_steps = (int)o->warmup_steps,
                                      .total_steps = (int)o->total_steps, .beta1 = o->beta1, .beta2 = o->beta2,
                                      .eps = o->eps, .weight_decay = o->weight_decay, .grad_clip = o->grad_clip };
@@ -151,10 +220,62 @@ int nb_electra_job_from_msg(const Nebula__ElectraJob *e, const char *my_name, co
         why = nb_optim_config_validate(&gc->optim);
     if (why)
         BAD(NB_EINVAL, "electra job: generator '%s': %s", gc->name, why);
+    uint64_t st, ac, lg;
+    uint64_t need = nb_electra_gen_bytes(&gc->model, gc->sequences, (int)e->seq_len, &st, &ac, &lg);
+    if (need > NB_ELECTRA_GEN_MEM_MAX)
+        BAD(NB_ELIMIT, "electra job: generator '%s' would need about %.1f GiB (model state %.1f GiB, activations "
+            "%.1f GiB, logits %.1f GiB for %d sequences x %u tokens x vocab %d), more than the %llu GiB a generator "
+            "daemon allocates: refused", gc->name, (double)need / (1 << 30), (double)st / (1 << 30),
+            (double)ac / (1 << 30), (double)lg / (1 << 30), gc->sequences, e->seq_len, gc->model.vocab,
+            (unsigned long long)(NB_ELECTRA_GEN_MEM_MAX >> 30));
     *info = (nb_electra_job_info_t){ .job_id = e->job_id, .index = (int)e->index, .seq_len = (int)e->seq_len,
                                      .steps = (int)e->steps, .mask_prob = e->mask_prob, .disc_vocab = e->disc_vocab,
                                      .resume_step = e->resume_step, .credit = e->credit };
     return 0;
+}
+
+static bool model_same(const nb_model_config_t *a, const nb_model_config_t *b)
+{
+    return a->n_layer == b->n_layer && a->d_model == b->d_model && a->n_head == b->n_head && a->d_ff == b->d_ff &&
+           a->vocab == b->vocab && a->max_seq == b->max_seq && a->causal == b->causal && a->norm == b->norm &&
+           a->head == b->head && a->n_classes == b->n_classes && a->tie_embeddings == b->tie_embeddings &&
+           a->ln_eps == b->ln_eps && a->gelu == b->gelu && a->mask_token == b->mask_token &&
+           a->adapter_size == b->adapter_size && a->adapter_after == b->adapter_after &&
+           a->adapter_first == b->adapter_first && a->adapter_last == b->adapter_last &&
+           a->cross_attn == b->cross_attn && a->lowrank_block == b->lowrank_block &&
+           a->lowrank_rank == b->lowrank_rank;
+}
+
+static bool optim_same(const nb_optim_config_t *a, const nb_optim_config_t *b)
+{
+    return a->lr == b->lr && a->lr_min == b->lr_min && a->warmup_steps == b->warmup_steps &&
+           a->total_steps == b->total_steps && a->beta1 == b->beta1 && a->beta2 == b->beta2 && a->eps == b->eps &&
+           a->weight_decay == b->weight_decay && a->grad_clip == b->grad_clip;
+}
+
+bool nb_electra_job_same(const nb_electra_gen_config_t *a, const nb_electra_job_info_t *ai,
+                         const nb_electra_gen_config_t *b, const nb_electra_job_info_t *bi)
+{
+    return strcmp(a->name, b->name) == 0 && strcmp(a->data, b->data) == 0 && model_same(&a->model, &b->model) &&
+           optim_same(&a->optim, &b->optim) && a->seed == b->seed && a->sequences == b->sequences &&
+           ai->index == bi->index && ai->seq_len == bi->seq_len && ai->steps == bi->steps &&
+           ai->mask_prob == bi->mask_prob && ai->disc_vocab == bi->disc_vocab;
+}
+
+const char *nb_electra_loss_text(double loss, char *buf, size_t len)
+{
+    if (isfinite(loss))
+        snprintf(buf, len, "%.4f", loss);
+    else
+        snprintf(buf, len, "n/a");
+    return buf;
+}
+
+uint64_t nb_electra_credit_after_job(uint64_t cur_job, uint64_t cur_credit, const nb_electra_job_info_t *in)
+{
+    if (in->job_id == cur_job && cur_credit > in->credit)
+        return cur_credit;
+    return in->credit;
 }
 
 int nb_electra_rx_accept(const nb_electra_rx_t *x, const char *sender, const Nebula__Tensor *t,

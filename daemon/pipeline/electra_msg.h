@@ -46,6 +46,19 @@ typedef struct {
     uint64_t credit;      /* it may send batches of steps below this */
 } nb_electra_job_info_t;
 
+/* Whether a generator built for (a, ai) computes exactly what (b, bi)
+ * asks for: every field of the generator's config and of the job that
+ * shapes its batches (job id, resume step and credit aside). Compared
+ * field by field (the structs have padding). */
+bool nb_electra_job_same(const nb_electra_gen_config_t *a, const nb_electra_job_info_t *ai,
+                         const nb_electra_gen_config_t *b, const nb_electra_job_info_t *bi);
+
+/* The credit a generator holds after (re)applying job `in` while it held
+ * credit cur_credit for job cur_job: within one job credit never goes
+ * down (an ElectraJob parked while a step ran may be older than credit
+ * frames that came after it); a new job starts from its own credit. */
+uint64_t nb_electra_credit_after_job(uint64_t cur_job, uint64_t cur_credit, const nb_electra_job_info_t *in);
+
 /* Storage for the pointers of an ElectraJob message (outlives the message). */
 typedef struct {
     Nebula__ElectraJob job;
@@ -58,12 +71,35 @@ typedef struct {
 void nb_electra_job_to_msg(const nb_electra_config_t *ec, int g, uint64_t job_id, uint64_t resume_step,
                            uint64_t credit, nb_electra_msg_store_t *st);
 
+/* The most a generator daemon allocates for one ElectraJob's generator
+ * (nb_electra_gen_bytes): a larger job is refused before anything is
+ * allocated (docs/electra.md, "Across daemons"). */
+#define NB_ELECTRA_GEN_MEM_MAX (8ull << 30)
+
+/* About the bytes a generator of model m with `sequences` sequences of
+ * seq_len tokens allocates: model state (weights, gradients, AdamW m and v),
+ * activations (attention scores included) and logits with their gradient,
+ * all float32; the parts go to *state, *acts, *logits (each may be NULL).
+ * Saturates at UINT64_MAX on overflow (any input). */
+uint64_t nb_electra_gen_bytes(const nb_model_config_t *m, int sequences, int seq_len, uint64_t *state,
+                              uint64_t *acts, uint64_t *logits);
+
 /* Validates a received ElectraJob (from the network: every range is
  * checked) and converts it: gc gets the generator (its data = data, the
  * daemon's own token file), info the rest. my_name is this daemon's name:
- * the job must name it. Errors: NB_EFORMAT / NB_EINVAL with a message. */
+ * the job must name it. Errors: NB_EFORMAT (a field out of range: the
+ * message names it, its value and the allowed range), NB_EINVAL (another
+ * daemon's job, an invalid model), NB_ELIMIT (more memory than
+ * NB_ELECTRA_GEN_MEM_MAX: the message names the sizes). */
 int nb_electra_job_from_msg(const Nebula__ElectraJob *m, const char *my_name, const char *data,
                             nb_electra_gen_config_t *gc, nb_electra_job_info_t *info, char *err, size_t errlen);
+
+/* A generator's loss as the peer reported it, for a progress line: "%.4f",
+ * or "n/a" when it is not finite (a peer's NaN or inf is printed as
+ * nothing it is not). Writes into buf (NB_ELECTRA_LOSS_TEXT bytes
+ * suffice) and returns it. */
+#define NB_ELECTRA_LOSS_TEXT 32
+const char *nb_electra_loss_text(double loss, char *buf, size_t len);
 
 /* What the discriminator's daemon accepts now. */
 typedef struct {

@@ -12,6 +12,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 #include <stdio.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include "daemon/pipeline/electra_msg.h"
@@ -75,11 +76,86 @@ static void test_job_travels(void **state)
     assert_non_null(strstr(err, "apache"));
     m->resume_step = 11;
     assert_int_equal(nb_electra_job_from_msg(m, "apache", "own.tok", &gc, &info, err, sizeof err), NB_EFORMAT);
+    assert_string_equal(err, "electra job: resume_step is 11, allowed 0..10");
     m->resume_step = 3;
     m->model->vocab = 1u << 30;
     assert_int_equal(nb_electra_job_from_msg(m, "apache", "own.tok", &gc, &info, err, sizeof err), NB_EFORMAT);
+    assert_string_equal(err, "electra job: model.vocab is 1073741824, allowed 0..16777216");
+    m->model->vocab = 300;
+    m->sequences = 0;
+    assert_int_equal(nb_electra_job_from_msg(m, "apache", "own.tok", &gc, &info, err, sizeof err), NB_EFORMAT);
+    assert_string_equal(err, "electra job: sequences is 0, allowed 1..65536");
+    /* every field within its range, the product not: refused before anything is allocated */
+    m->sequences = 65536;
+    m->model->vocab = 1u << 24;
+    m->disc_vocab = 1u << 24;
+    assert_int_equal(nb_electra_job_from_msg(m, "apache", "own.tok", &gc, &info, err, sizeof err), NB_ELIMIT);
+    assert_non_null(strstr(err, "65536 sequences x 4 tokens x vocab 16777216"));
+    assert_non_null(strstr(err, "GiB"));
+    m->sequences = 3;
+    m->model->vocab = 300;
+    assert_int_equal(nb_electra_job_from_msg(m, "apache", "own.tok", &gc, &info, err, sizeof err), 0);
+    /* the largest of everything saturates, never wraps below the cap */
+    nb_model_config_t big = { .n_layer = 4096, .d_model = 65536, .n_head = 4096, .d_ff = 262144,
+                              .vocab = 1 << 24, .max_seq = 65536 };
+    assert_true(nb_electra_gen_bytes(&big, 65536, 65536, NULL, NULL, NULL) > NB_ELECTRA_GEN_MEM_MAX);
     nebula__electra_job__free_unpacked(m, NULL);
     free(buf);
+}
+
+/* A job parked while a step ran, applied after newer credit frames of the
+ * same job, keeps the larger credit; a new job takes its own. */
+static void test_credit_never_lowered(void **state)
+{
+    (void)state;
+    nb_electra_job_info_t in = { .job_id = 9, .credit = 3 };
+    assert_int_equal(nb_electra_credit_after_job(9, 7, &in), 7);
+    assert_int_equal(nb_electra_credit_after_job(9, 2, &in), 3);
+    assert_int_equal(nb_electra_credit_after_job(8, 7, &in), 3);
+}
+
+/* Two configs equal field by field are the same job whatever their padding
+ * holds; any field that shapes the batches makes another. */
+static void test_job_same(void **state)
+{
+    (void)state;
+    nb_electra_config_t ec = make_ec();
+    nb_electra_gen_config_t a, b;
+    memset(&a, 0x00, sizeof a);
+    memset(&b, 0xa5, sizeof b); /* other bytes in the padding */
+    a = ec.gen[1];
+    b.model = a.model;
+    b.optim = a.optim;
+    memcpy(b.name, a.name, sizeof b.name);
+    memcpy(b.data, a.data, sizeof b.data);
+    b.seed = a.seed;
+    b.sequences = a.sequences;
+    nb_electra_job_info_t ai = { .job_id = 1, .index = 1, .seq_len = 4, .steps = 10, .mask_prob = 0.15f,
+                                 .disc_vocab = 300, .resume_step = 0, .credit = 2 };
+    nb_electra_job_info_t bi = ai;
+    bi.job_id = 2; /* a restarted discriminator: a new job id, the same batches */
+    bi.resume_step = 3;
+    bi.credit = 5;
+    assert_true(nb_electra_job_same(&a, &ai, &b, &bi));
+    b.seed++;
+    assert_false(nb_electra_job_same(&a, &ai, &b, &bi));
+    b.seed--;
+    b.optim.lr *= 2;
+    assert_false(nb_electra_job_same(&a, &ai, &b, &bi));
+    b.optim.lr = a.optim.lr;
+    bi.mask_prob = 0.2f;
+    assert_false(nb_electra_job_same(&a, &ai, &b, &bi));
+}
+
+/* A peer's non-finite loss reads n/a in progress lines. */
+static void test_loss_text(void **state)
+{
+    (void)state;
+    char b[NB_ELECTRA_LOSS_TEXT];
+    assert_string_equal(nb_electra_loss_text(2.5, b, sizeof b), "2.5000");
+    assert_string_equal(nb_electra_loss_text(NAN, b, sizeof b), "n/a");
+    assert_string_equal(nb_electra_loss_text(INFINITY, b, sizeof b), "n/a");
+    assert_string_equal(nb_electra_loss_text(-INFINITY, b, sizeof b), "n/a");
 }
 
 /* A batch of generator gen for step, n x T tokens, ID k*7 % id_mod at k
@@ -205,6 +281,9 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_job_travels),
+        cmocka_unit_test(test_credit_never_lowered),
+        cmocka_unit_test(test_job_same),
+        cmocka_unit_test(test_loss_text),
         cmocka_unit_test(test_rx_refuses),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -70,6 +70,24 @@ expect_err "${ELECTRA}      - {name: g, sequences: 2, model: {n_layer: 1, d_mode
 " "14:5: job.clusters: not used by an electra job: the generators are the daemons named in job.electra.generators[].name (docs/electra.md)"
 expect_err "${ELECTRA}      - {name: g, data: g.tok, sequences: 2, model: {n_layer: 1, d_model: 8, n_head: 2, vocab: 257, head: mlm}}
 " "12:19: job.electra.generators[0].data: not allowed for role coordinator (only for train)"
+# keys of a pipeline job that an electra job would ignore: refused
+GEN='      - {name: g, sequences: 2, model: {n_layer: 1, d_model: 8, n_head: 2, vocab: 257, head: mlm}}
+'
+expect_err "${ELECTRA}${GEN}  freeze: [wte]
+" "13:11: job.freeze: not used by an electra job: the discriminator and every generator train all their tensors (docs/electra.md)"
+expect_err "${ELECTRA}${GEN}  codecs: {forward: fp16}
+" "13:11: job.codecs: not used by an electra job: the generators send token IDs (codec electra-wire), no activations or gradients (docs/electra.md)"
+expect_err "${ELECTRA}${GEN}  planner: {enabled: false}
+" "13:12: job.planner: not used by an electra job: there is no pipeline to plan (one micro-batch per generator) (docs/electra.md)"
+expect_err "${ELECTRA}${GEN}  adapters: {size: 2}
+" "13:13: job.adapters: not used by an electra job: its models train from scratch, without adapters (docs/electra.md)"
+# bounds a generator daemon accepts: refused by the coordinator's config, not at job time
+expect_err "${ELECTRA/steps: 1/steps: 100000001}      - {name: g, sequences: 2, model: {n_layer: 1, d_model: 8, n_head: 2, vocab: 257, head: mlm}}
+" "9:10: job.steps: an electra job across daemons runs at most 100000000 steps (what a generator daemon accepts), got 100000001"
+expect_err "${ELECTRA/seq_len: 8/seq_len: 65537}      - {name: g, sequences: 2, model: {n_layer: 1, d_model: 8, n_head: 2, vocab: 257, head: mlm, max_seq: 65537}}
+" "8:12: job.seq_len: an electra job across daemons takes at most 65536 tokens per sequence (what a generator daemon accepts), got 65537"
+expect_err "${ELECTRA}      - {name: g, sequences: 2, model: {n_layer: 1, d_model: 8, n_head: 2, vocab: 257, head: mlm, max_seq: 70000}}
+" "12:108: job.electra.generators[0].model.max_seq: a generator daemon accepts at most 65536, got 70000"
 expect_err 'name: c
 role: coordinator
 listen: 127.0.0.1:0
