@@ -180,7 +180,8 @@ static void test_refusals(void **state)
  * adapters: a model without them (or with others) is refused naming the
  * field, so trained adapter tensors are never silently dropped; the same
  * adapters load every tensor; a file without adapters still loads into a
- * model with them (the adapters keep their fresh init). */
+ * model with them (the adapters keep their fresh init). A safetensors file
+ * of the adapter model in Nebula's names gives every tensor, adapters too. */
 static void test_adapter_fields(void **state)
 {
     (void)state;
@@ -218,6 +219,19 @@ static void test_adapter_fields(void **state)
     assert_int_equal(init(plain, p, err, sizeof err), 0);
     nb_part_free(pw);
     nb_part_free(p);
+    /* the same adapter model saved as safetensors in Nebula's names: every
+     * tensor, adapters included, loads into a part of the same model */
+    char st[300];
+    snprintf(st, sizeof st, "%s/adapters.safetensors", dir);
+    assert_int_equal(nb_hf_save(st, whole, NB_HF_NAMES_NEBULA, err, sizeof err), 0);
+    for (int k = 0; k < 2; k++) {
+        nb_part_spec_t sp = k ? mid : full;
+        assert_int_equal(nb_part_new(be, &a, &sp, 9, NULL, &p, err, sizeof err), 0);
+        if (init(st, p, err, sizeof err))
+            fail_msg("nebula-named safetensors with adapters: %s", err);
+        assert_part_from(p, whole);
+        nb_part_free(p);
+    }
     nb_part_free(whole);
     nb_be_free(be);
 }
