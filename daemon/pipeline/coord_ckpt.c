@@ -202,8 +202,12 @@ static void commit_round(nb_coord_rt_t *rt)
     int64_t step = rt->ckpt_inflight;
     rt->ckpt_inflight = -1;
     nb_ckpt_manifest_t *m = calloc(1, sizeof *m);
-    if (!m)
+    if (!m) {
+        nb_metrics_inc(nb_state_metrics(rt->state), rt->m_ckpt_failed, 1);
+        nb_log_error(NULL, "checkpoint at step %lld: cannot write its manifest: out of memory", (long long)step);
+        nb__coord_repart_ckpt_done(rt, step, false); /* a move waiting for it gives up, not stalls */
         return;
+    }
     const nb_pipe_layout_t *l = &rt->job.layout;
     m->meta = (nb_ckpt_meta_t){ .job_id = l->job_id, .step = step, .optim_steps = step - rt->skipped_total,
                                 .seed = l->seed, .batch = (int)rt->cfg->job.batch, .micro_batches = rt->m,

@@ -76,7 +76,7 @@ void nb__coord_fault(nb_coord_rt_t *rt, const char *fmt, ...)
     nb__coord_eval_abandon(rt); /* dropped: the job recovers without it */
     if (continuing) {
         nb_log_warn(NULL, "attempt %u did not start: %s; trying again", rt->attempt, why);
-        nb__coord_repart_revert(rt); /* a move that did not start: back to the old split */
+        nb__coord_repart_revert(rt, why); /* a move that did not start: back to the old split */
         goto abort_all;
     }
     rt->restarts++;

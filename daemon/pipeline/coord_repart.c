@@ -130,7 +130,7 @@ void nb__coord_repart_abandon(nb_coord_rt_t *rt)
     rt->repart_pending = false;
 }
 
-void nb__coord_repart_revert(nb_coord_rt_t *rt)
+void nb__coord_repart_revert(nb_coord_rt_t *rt, const char *why)
 {
     if (!rt->repart_restart)
         return;
@@ -140,9 +140,9 @@ void nb__coord_repart_revert(nb_coord_rt_t *rt)
     nb_cplan_set_split(rt->plan, &rt->job);
     rt->force_checkpoint = true; /* the same checkpoint, on the old split: every stage has its own files */
     char split[96];
-    nb_log_warn(NULL, "re-partition undone: its attempt did not start; the job goes back to %s from the same "
-                "checkpoint and re-partitions no more (every stage's checkpoint_dir must be one shared directory; "
-                "docs/pipeline.md, \"Re-partitioning\")", nb__coord_split_text(rt, split, sizeof split));
+    nb_log_warn(NULL, "re-partition undone: its attempt did not start: %s; the job goes back to %s from the same "
+                "checkpoint and re-partitions no more (docs/pipeline.md, \"Re-partitioning\")", why,
+                nb__coord_split_text(rt, split, sizeof split));
 }
 
 bool nb__coord_repart_done(nb_coord_rt_t *rt)

@@ -202,9 +202,10 @@ void nb__coord_repart_ckpt_done(nb_coord_rt_t *rt, int64_t step, bool ok);
 /* A fault ended the attempt: a move not yet under way is dropped. */
 void nb__coord_repart_abandon(nb_coord_rt_t *rt);
 /* The move's attempt did not start (a stage could not read its new
- * tensors, or any other fault while its links came up): the job goes back
- * to the old split, from the same checkpoint, and re-partitions no more. */
-void nb__coord_repart_revert(nb_coord_rt_t *rt);
+ * tensors, or any other fault while its links came up; why: the fault,
+ * logged): the job goes back to the old split, from the same checkpoint,
+ * and re-partitions no more. */
+void nb__coord_repart_revert(nb_coord_rt_t *rt, const char *why);
 /* The move's attempt has its links up: log and count it. True when the
  * attempt was a move (the caller logs nothing else). */
 bool nb__coord_repart_done(nb_coord_rt_t *rt);

@@ -207,7 +207,8 @@ static void handle_abort(nb_stage_rt_t *rt, compute_t *c)
 /* The held-out evaluation of a job that has one (job.eval): the stage
  * hosting stage 0 holds out a share of its token file (nb_host_new did
  * the split) or its own eval_data file. */
-static int open_eval(nb_stage_rt_t *rt, compute_t *c, const nb_job_desc_t *d, int me, char *err, size_t errlen)
+static int open_eval(nb_stage_rt_t *rt, nb_host_t *host, const nb_job_desc_t *d, int me, nb_eval_t **out, char *err,
+                     size_t errlen)
 {
     bool first = d->layout.placement[0] == me;
     if (first && d->eval_file && !rt->cfg->eval_data[0]) {
@@ -215,10 +216,10 @@ static int open_eval(nb_stage_rt_t *rt, compute_t *c, const nb_job_desc_t *d, in
                               "this daemon's configuration has no eval_data file");
         return NB_EINVAL;
     }
-    int rc = nb_eval_new(c->host, first && d->eval_file ? rt->cfg->eval_data : NULL, &c->eval, err, errlen);
+    int rc = nb_eval_new(host, first && d->eval_file ? rt->cfg->eval_data : NULL, out, err, errlen);
     if (rc == 0 && first)
         nb_log_info(rt->cfg->coordinator.name, "held-out evaluation on %llu tokens (%s)",
-                    (unsigned long long)nb_tokens_count(nb_eval_tokens(c->eval)),
+                    (unsigned long long)nb_tokens_count(nb_eval_tokens(*out)),
                     d->eval_file ? rt->cfg->eval_data : "the tail of data");
     return rc;
 }
@@ -303,15 +304,22 @@ static int handle_job(nb_stage_rt_t *rt, compute_t *c, const char *be_why, const
         c->prepared = false;
     } else if (rc == 0) {
         nb_host_t *moved_host = NULL;
+        nb_eval_t *moved_eval = NULL;
         if (moved) {
-            /* the new parts first, beside the old ones: when this daemon
-             * cannot read a tensor it now needs (its checkpoint_dir is not
-             * shared with the stage that wrote it), it keeps what it holds,
-             * says so (FAULT), and the coordinator goes back to the old split */
+            /* the new parts (replicas filled, evaluation open) first, beside
+             * the old ones: when this daemon cannot read a tensor it now
+             * needs (its checkpoint_dir is not shared with the stage that
+             * wrote it) or cannot finish them, it keeps what it holds, says
+             * so (FAULT), and the coordinator goes back to the old split */
             rc = nb_host_new_replicas(c->bes, c->n_bes, &d.layout, me, rt->cfg->data, &moved_host, err, sizeof err);
             if (rc == 0)
                 rc = nb__stage_ckpt_restore(rt, moved_host, msg->manifest, msg->resume_step, err, sizeof err);
+            if (rc == 0 && (rc = nb_host_sync_replicas(moved_host))) /* replica 0 was filled */
+                snprintf(err, sizeof err, "out of memory copying the weights to the replicas");
+            if (rc == 0 && nb_job_evaluates(&d))
+                rc = open_eval(rt, moved_host, &d, me, &moved_eval, err, sizeof err);
             if (rc) {
+                nb_eval_free(moved_eval); /* borrows the host */
                 nb_host_free(moved_host);
                 nb_log_warn(rt->cfg->coordinator.name, "re-partition refused: %s", err);
                 c->attempt = msg->attempt;
@@ -334,21 +342,24 @@ static int handle_job(nb_stage_rt_t *rt, compute_t *c, const char *be_why, const
         }
         c->prepared = false;
         c->has_last_commit = false;
-        if (moved)
-            c->host = moved_host; /* built and restored above */
-        else if ((rc = nb_host_new_replicas(c->bes, c->n_bes, &d.layout, me, rt->cfg->data, &c->host, err,
-                                            sizeof err)) == 0 &&
-                 msg->resume == NEBULA__JOB__RESUME__RESUME_CHECKPOINT)
-            rc = nb__stage_ckpt_restore(rt, c->host, msg->manifest, msg->resume_step, err, sizeof err);
-        else if (rc == 0 && msg->resume_step != 0) {
-            snprintf(err, sizeof err, "a fresh start at step %llu", (unsigned long long)msg->resume_step);
-            rc = NB_EFORMAT;
-        } else if (rc == 0 && msg->pretrained)
-            rc = init_parts(rt, c->host, err, sizeof err);
-        if (rc == 0 && (rc = nb_host_sync_replicas(c->host))) /* replica 0 was filled */
-            snprintf(err, sizeof err, "out of memory copying the weights to the replicas");
-        if (rc == 0 && nb_job_evaluates(&d))
-            rc = open_eval(rt, c, &d, me, err, sizeof err);
+        if (moved) {
+            c->host = moved_host; /* built, restored and synced above */
+            c->eval = moved_eval;
+        } else {
+            if ((rc = nb_host_new_replicas(c->bes, c->n_bes, &d.layout, me, rt->cfg->data, &c->host, err,
+                                           sizeof err)) == 0 &&
+                msg->resume == NEBULA__JOB__RESUME__RESUME_CHECKPOINT)
+                rc = nb__stage_ckpt_restore(rt, c->host, msg->manifest, msg->resume_step, err, sizeof err);
+            else if (rc == 0 && msg->resume_step != 0) {
+                snprintf(err, sizeof err, "a fresh start at step %llu", (unsigned long long)msg->resume_step);
+                rc = NB_EFORMAT;
+            } else if (rc == 0 && msg->pretrained)
+                rc = init_parts(rt, c->host, err, sizeof err);
+            if (rc == 0 && (rc = nb_host_sync_replicas(c->host))) /* replica 0 was filled */
+                snprintf(err, sizeof err, "out of memory copying the weights to the replicas");
+            if (rc == 0 && nb_job_evaluates(&d))
+                rc = open_eval(rt, c->host, &d, me, &c->eval, err, sizeof err);
+        }
         c->committed = msg->resume_step;
         if (rc && c->host) {
             nb_host_free(c->host);

@@ -495,12 +495,16 @@ int nb_hf_load(nb_st_file_t *f, nb_hf_names_t names, nb_part_t *p, nb_hf_note_cb
     }
     /* tensors the pretrained file has no counterpart of keep their fresh
      * init: bottleneck adapters (".ad_": up = 0, so the model starts as
-     * the pretrained one) */
+     * the pretrained one). A file in Nebula's own names that holds adapter
+     * tensors (nb_hf_save of an adapter model) gives them all. */
+    bool file_ad = false;
+    for (int j = 0; names == NB_HF_NAMES_NEBULA && j < nf && !file_ad; j++)
+        file_ad = strstr(nb_st_tensor(f, j)->name, ".ad_") != NULL;
     nb_be_to_host(nb_part_backend(p), host, nb_part_params(p), np * sizeof(float));
     for (int i = 0; i < nb_part_num_tensors(p); i++) {
         const nb_param_info_t *t = nb_part_tensor(p, i);
         src_t s;
-        if (strstr(t->name, ".ad_"))
+        if (!file_ad && strstr(t->name, ".ad_"))
             continue;
         if (!map_name(names, t->name, &s)) {
             snprintf(err, errlen, "%s: Nebula's tensor '%s' has no %s counterpart (the %s head is not importable)",

@@ -11,7 +11,8 @@
 #include "daemon/train/weights.h"
 
 /* The first model field in which the file differs from p (in the weights
- * header's order), written to err; false when none does. */
+ * header's order; the adapter fields only when the file has adapters),
+ * written to err; false when none does. */
 static bool model_differs(const char *path, const nb_model_config_t *f, const nb_model_config_t *c, char *err,
                           size_t errlen)
 {
@@ -43,6 +44,27 @@ static bool model_differs(const char *path, const nb_model_config_t *f, const nb
         snprintf(err, errlen, "%s: gelu is %s in the file, %s in this model", path, nb_gelu_name(f->gelu),
                  nb_gelu_name(c->gelu));
         return true;
+    }
+    /* a file with adapters only into a model with the same adapters (its
+     * trained adapters would otherwise be dropped or misplaced); a file
+     * without adapters may load into a model with them (docs/finetune.md) */
+    if (f->adapter_size > 0) {
+        bool cad = c->adapter_size > 0;
+        const struct {
+            const char *name;
+            int file, want;
+        } a[] = {
+            { "adapter_size", f->adapter_size, cad ? c->adapter_size : 0 },
+            { "adapter_after", (int)f->adapter_after, cad ? (int)c->adapter_after : 0 },
+            { "adapter_first", f->adapter_first, cad ? c->adapter_first : 0 },
+            { "adapter_last", f->adapter_last, cad ? c->adapter_last : 0 },
+        };
+        for (size_t i = 0; i < sizeof a / sizeof a[0]; i++)
+            if (a[i].file != a[i].want) {
+                snprintf(err, errlen, "%s: %s is %d in the file, %d in this model (job.adapters must match the "
+                         "adapters the file was trained with)", path, a[i].name, a[i].file, a[i].want);
+                return true;
+            }
     }
     return false;
 }

@@ -176,11 +176,72 @@ static void test_refusals(void **state)
     nb_be_free(be);
 }
 
+/* A file trained with adapters loads only into a model with the same
+ * adapters: a model without them (or with others) is refused naming the
+ * field, so trained adapter tensors are never silently dropped; the same
+ * adapters load every tensor; a file without adapters still loads into a
+ * model with them (the adapters keep their fresh init). A safetensors file
+ * of the adapter model in Nebula's names gives every tensor, adapters too. */
+static void test_adapter_fields(void **state)
+{
+    (void)state;
+    char path[300], plain[300], err[512];
+    nb_backend_t *be = nb_cpu_backend_new();
+    nb_model_config_t a = model(false), none = a, other = a;
+    a.adapter_size = 4;
+    a.adapter_after = NB_ADAPTER_FFN;
+    a.adapter_first = 0;
+    a.adapter_last = 4;
+    other = a;
+    other.adapter_last = 3;
+    nb_part_spec_t full = nb_part_spec_full(&a), mid = { .first = 1, .last = 3 };
+    nb_part_t *whole, *p;
+    assert_int_equal(nb_part_new(be, &a, &full, 5, NULL, &whole, err, sizeof err), 0);
+    snprintf(path, sizeof path, "%s/adapters.weights", dir);
+    assert_int_equal(nb_weights_save(path, whole, err, sizeof err), 0);
+    assert_int_equal(nb_part_new(be, &none, &mid, 9, NULL, &p, err, sizeof err), 0);
+    assert_int_equal(init(path, p, err, sizeof err), NB_EINVAL);
+    assert_non_null(strstr(err, "adapter_size is 4 in the file, 0 in this model"));
+    nb_part_free(p);
+    assert_int_equal(nb_part_new(be, &other, &mid, 9, NULL, &p, err, sizeof err), 0);
+    assert_int_equal(init(path, p, err, sizeof err), NB_EINVAL);
+    assert_non_null(strstr(err, "adapter_last is 4 in the file, 3 in this model"));
+    nb_part_free(p);
+    assert_int_equal(nb_part_new(be, &a, &mid, 9, NULL, &p, err, sizeof err), 0);
+    assert_int_equal(init(path, p, err, sizeof err), 0);
+    assert_part_from(p, whole);
+    /* a file without adapters into the adapter model: allowed */
+    nb_part_t *pw;
+    nb_part_spec_t fn = nb_part_spec_full(&none);
+    assert_int_equal(nb_part_new(be, &none, &fn, 5, NULL, &pw, err, sizeof err), 0);
+    snprintf(plain, sizeof plain, "%s/plain.weights", dir);
+    assert_int_equal(nb_weights_save(plain, pw, err, sizeof err), 0);
+    assert_int_equal(init(plain, p, err, sizeof err), 0);
+    nb_part_free(pw);
+    nb_part_free(p);
+    /* the same adapter model saved as safetensors in Nebula's names: every
+     * tensor, adapters included, loads into a part of the same model */
+    char st[300];
+    snprintf(st, sizeof st, "%s/adapters.safetensors", dir);
+    assert_int_equal(nb_hf_save(st, whole, NB_HF_NAMES_NEBULA, err, sizeof err), 0);
+    for (int k = 0; k < 2; k++) {
+        nb_part_spec_t sp = k ? mid : full;
+        assert_int_equal(nb_part_new(be, &a, &sp, 9, NULL, &p, err, sizeof err), 0);
+        if (init(st, p, err, sizeof err))
+            fail_msg("nebula-named safetensors with adapters: %s", err);
+        assert_part_from(p, whole);
+        nb_part_free(p);
+    }
+    nb_part_free(whole);
+    nb_be_free(be);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parts_from_whole_weights),
         cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_adapter_fields),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
