@@ -28,8 +28,9 @@
 SHELL := /bin/bash
 # Build with every processor unless the command line says otherwise (make -j1):
 # `make test` on a 2-core machine compiles twice as fast. Tests still run one
-# at a time (scripts/run-tests.sh is one recipe).
-ifeq ($(filter -j%,$(MAKEFLAGS)),)
+# at a time (scripts/run-tests.sh is one recipe). Not with `clean` among the
+# goals: `make clean all` must not build while it deletes.
+ifeq ($(filter -j%,$(MAKEFLAGS))$(filter clean,$(MAKECMDGOALS)),)
 MAKEFLAGS += -j$(shell nproc 2>/dev/null || echo 1)
 endif
 
