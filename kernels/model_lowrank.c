@@ -95,51 +95,13 @@ int nb__lowrank_layout(nb_part_t *p, int cap, int l, nb__add_tensor_fn add)
 
 /* ---- passes ------------------------------------------------------------ */
 
-/* y (N,OC) = x (N,IC) @ w^T + beta * y, then + b (OC) when b is not NULL. */
-static void lin_fwd(nb_backend_t *be, float *y, const float *x, const float *w, const float *b, int N, int IC, int OC,
-                    float beta)
-{
-    nb_matmul(be, false, true, N, OC, IC, 1.0f, x, IC, 0, w, IC, 0, beta, y, OC, 0, 1);
-    if (b)
-        nb_bias_add(be, y, b, N, OC);
-}
-
-/* dx (N,IC) = dy @ w + dx_beta * dx; dw (OC,IC) += dy^T x; db += colsum dy.
- * A NULL dx, dw or db (frozen) is skipped. */
-static void lin_bwd(nb_backend_t *be, float *dx, float dx_beta, float *dw, float *db, const float *dy, const float *x,
-                    const float *w, int N, int IC, int OC)
-{
-    if (dx)
-        nb_matmul(be, false, false, N, IC, OC, 1.0f, dy, OC, 0, w, IC, 0, dx_beta, dx, IC, 0, 1);
-    if (dw)
-        nb_matmul(be, true, false, OC, IC, N, 1.0f, dy, OC, 0, x, IC, 0, 1.0f, dw, IC, 0, 1);
-    if (db)
-        nb_bias_grad(be, db, dy, N, OC);
-}
-
-static void gelu_f(nb_part_t *p, float *out, const float *x, size_t n)
-{
-    if (p->cfg.gelu == NB_MODEL_GELU_ERF)
-        nb_gelu_erf_fwd(p->be, out, x, n);
-    else
-        nb_gelu_fwd(p->be, out, x, n);
-}
-
-static void gelu_b(nb_part_t *p, float *dx, const float *x, const float *dout, size_t n)
-{
-    if (p->cfg.gelu == NB_MODEL_GELU_ERF)
-        nb_gelu_erf_bwd(p->be, dx, x, dout, n);
-    else
-        nb_gelu_bwd(p->be, dx, x, dout, n);
-}
-
 /* s = z S^T, y = s U^T + b, then post-LN: ln = LN2(y). */
 static void upper_fwd(nb_part_t *p, const float *z, float *s, float *y, float *ln, float *mean, float *rstd, int N)
 {
     nb_backend_t *be = p->be;
     int C = p->cfg.d_model, R = p->cfg.lowrank_rank;
-    lin_fwd(be, s, z, p->lrw[NB_LR_S], NULL, N, R, R, 0.0f);
-    lin_fwd(be, y, s, p->lrw[NB_LR_U], p->lrw[NB_LR_B], N, R, C, 0.0f);
+    nb__linear_fwd(be, s, z, p->lrw[NB_LR_S], NULL, N, R, R, 0.0f);
+    nb__linear_fwd(be, y, s, p->lrw[NB_LR_U], p->lrw[NB_LR_B], N, R, C, 0.0f);
     if (is_post(p))
         nb_layernorm_fwd(be, ln, mean, rstd, y, p->lrw[NB_LR_LN2W], p->lrw[NB_LR_LN2B], p->cfg.ln_eps, N, C);
 }
@@ -159,8 +121,8 @@ static void upper_bwd(nb_part_t *p, const float *z, const float *s, const float 
         dy = p->d_tmp;
     }
     float *ds = p->d_qkv; /* (N,R): R <= C */
-    lin_bwd(be, ds, 0.0f, p->lrg[NB_LR_U], p->lrg[NB_LR_B], dy, s, p->lrw[NB_LR_U], N, R, C);
-    lin_bwd(be, dz, 0.0f, p->lrg[NB_LR_S], NULL, ds, z, p->lrw[NB_LR_S], N, R, R);
+    nb__linear_bwd(be, ds, 0.0f, p->lrg[NB_LR_U], p->lrg[NB_LR_B], dy, s, p->lrw[NB_LR_U], N, R, C);
+    nb__linear_bwd(be, dz, 0.0f, p->lrg[NB_LR_S], NULL, ds, z, p->lrw[NB_LR_S], N, R, R);
 }
 
 void nb__lowrank_block_fwd(nb_part_t *p, nb_part_acts_t *a, int i, const float *x)
@@ -176,10 +138,10 @@ void nb__lowrank_block_fwd(nb_part_t *p, nb_part_acts_t *a, int i, const float *
         nb_layernorm_fwd(be, s->ln1, s->ln1_mean, s->ln1_rstd, x, w->w[NB_B_LN1W], w->w[NB_B_LN1B], p->cfg.ln_eps, N, C);
         attn_in = s->ln1;
     }
-    lin_fwd(be, s->qkv, attn_in, w->w[NB_B_QKVW], w->w[NB_B_QKVB], N, C, 3 * C, 0.0f);
+    nb__linear_fwd(be, s->qkv, attn_in, w->w[NB_B_QKVW], w->w[NB_B_QKVB], N, C, 3 * C, 0.0f);
     nb_attention_fwd(be, s->atty, s->att, s->qkv, mask, p->cfg.causal, B, T, C, p->cfg.n_head);
     nb_be_copy(be, s->res1, x, nC);
-    lin_fwd(be, s->res1, s->atty, w->w[NB_B_PROJW], w->w[NB_B_PROJB], N, C, C, 1.0f);
+    nb__linear_fwd(be, s->res1, s->atty, w->w[NB_B_PROJW], w->w[NB_B_PROJB], N, C, C, 1.0f);
     const float *mlp_in;
     if (is_post(p)) {
         nb_layernorm_fwd(be, s->ln1, s->ln1_mean, s->ln1_rstd, s->res1, w->w[NB_B_LN1W], w->w[NB_B_LN1B], p->cfg.ln_eps, N, C);
@@ -188,9 +150,9 @@ void nb__lowrank_block_fwd(nb_part_t *p, nb_part_acts_t *a, int i, const float *
         nb_layernorm_fwd(be, s->ln2, s->ln2_mean, s->ln2_rstd, s->res1, w->w[NB_B_LN2W], w->w[NB_B_LN2B], p->cfg.ln_eps, N, C);
         mlp_in = s->ln2;
     }
-    lin_fwd(be, s->fch, mlp_in, w->w[NB_B_FCW], w->w[NB_B_FCB], N, C, F, 0.0f);
-    gelu_f(p, s->fchg, s->fch, (size_t)N * (size_t)F);
-    lin_fwd(be, a->lr_z, s->fchg, p->lrw[NB_LR_V], NULL, N, F, R, 0.0f);
+    nb__linear_fwd(be, s->fch, mlp_in, w->w[NB_B_FCW], w->w[NB_B_FCB], N, C, F, 0.0f);
+    nb__gelu_fwd(p, s->fchg, s->fch, (size_t)N * (size_t)F);
+    nb__linear_fwd(be, a->lr_z, s->fchg, p->lrw[NB_LR_V], NULL, N, F, R, 0.0f);
     if (p->lr_mode == NB_LR_WHOLE) /* no residual: res2 = y, post-LN out = LN2(y) */
         upper_fwd(p, a->lr_z, a->lr_s, s->res2, s->ln2, s->ln2_mean, s->ln2_rstd, N);
 }
@@ -212,31 +174,31 @@ void nb__lowrank_block_bwd(nb_part_t *p, nb_part_acts_t *a, int i, const float *
         upper_bwd(p, a->lr_z, a->lr_s, s->res2, s->ln2_mean, s->ln2_rstd, dout, dx, N);
         dz = dx;
     }
-    lin_bwd(be, p->d_fchg, 0.0f, p->lrg[NB_LR_V], NULL, dz, s->fchg, p->lrw[NB_LR_V], N, F, R);
+    nb__linear_bwd(be, p->d_fchg, 0.0f, p->lrg[NB_LR_V], NULL, dz, s->fchg, p->lrw[NB_LR_V], N, F, R);
     nb_be_memset0(be, p->d_fch, nF * sizeof(float));
-    gelu_b(p, p->d_fch, s->fch, p->d_fchg, nF);
+    nb__gelu_bwd(p, p->d_fch, s->fch, p->d_fchg, nF);
     if (!is_post(p)) {
-        lin_bwd(be, tmp, 0.0f, g[NB_B_FCW], g[NB_B_FCB], p->d_fch, s->ln2, w->w[NB_B_FCW], N, C, F);
+        nb__linear_bwd(be, tmp, 0.0f, g[NB_B_FCW], g[NB_B_FCB], p->d_fch, s->ln2, w->w[NB_B_FCW], N, C, F);
         nb_be_memset0(be, tmp2, nC); /* dres1: through LN2 only (no residual) */
         nb_layernorm_bwd(be, tmp2, g[NB_B_LN2W], g[NB_B_LN2B], tmp, s->res1, w->w[NB_B_LN2W], s->ln2_mean,
                          s->ln2_rstd, N, C);
-        lin_bwd(be, tmp, 0.0f, g[NB_B_PROJW], g[NB_B_PROJB], tmp2, s->atty, w->w[NB_B_PROJW], N, C, C);
+        nb__linear_bwd(be, tmp, 0.0f, g[NB_B_PROJW], g[NB_B_PROJB], tmp2, s->atty, w->w[NB_B_PROJW], N, C, C);
         nb_be_memset0(be, p->d_qkv, 3 * nC);
         nb_attention_bwd(be, p->d_qkv, tmp, s->qkv, s->att, mask, p->cfg.causal, B, T, C, p->cfg.n_head);
-        lin_bwd(be, tmp, 0.0f, g[NB_B_QKVW], g[NB_B_QKVB], p->d_qkv, s->ln1, w->w[NB_B_QKVW], N, C, 3 * C);
+        nb__linear_bwd(be, tmp, 0.0f, g[NB_B_QKVW], g[NB_B_QKVB], p->d_qkv, s->ln1, w->w[NB_B_QKVW], N, C, 3 * C);
         nb_be_copy(be, dx, tmp2, nC);
         nb_layernorm_bwd(be, dx, g[NB_B_LN1W], g[NB_B_LN1B], tmp, x, w->w[NB_B_LN1W], s->ln1_mean, s->ln1_rstd, N, C);
     } else {
         /* dln1: through fc only (no residual) */
-        lin_bwd(be, tmp, 0.0f, g[NB_B_FCW], g[NB_B_FCB], p->d_fch, s->ln1, w->w[NB_B_FCW], N, C, F);
+        nb__linear_bwd(be, tmp, 0.0f, g[NB_B_FCW], g[NB_B_FCB], p->d_fch, s->ln1, w->w[NB_B_FCW], N, C, F);
         nb_be_memset0(be, tmp2, nC);
         nb_layernorm_bwd(be, tmp2, g[NB_B_LN1W], g[NB_B_LN1B], tmp, s->res1, w->w[NB_B_LN1W], s->ln1_mean,
                          s->ln1_rstd, N, C);
-        lin_bwd(be, tmp, 0.0f, g[NB_B_PROJW], g[NB_B_PROJB], tmp2, s->atty, w->w[NB_B_PROJW], N, C, C);
+        nb__linear_bwd(be, tmp, 0.0f, g[NB_B_PROJW], g[NB_B_PROJB], tmp2, s->atty, w->w[NB_B_PROJW], N, C, C);
         nb_be_memset0(be, p->d_qkv, 3 * nC);
         nb_attention_bwd(be, p->d_qkv, tmp, s->qkv, s->att, mask, p->cfg.causal, B, T, C, p->cfg.n_head);
         nb_be_copy(be, dx, tmp2, nC);
-        lin_bwd(be, dx, 1.0f, g[NB_B_QKVW], g[NB_B_QKVB], p->d_qkv, x, w->w[NB_B_QKVW], N, C, 3 * C);
+        nb__linear_bwd(be, dx, 1.0f, g[NB_B_QKVW], g[NB_B_QKVB], p->d_qkv, x, w->w[NB_B_QKVW], N, C, 3 * C);
     }
 }
 

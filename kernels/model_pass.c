@@ -59,7 +59,7 @@ static void gelu_bwd(nb_part_t *p, float *dx, const float *x, const float *dout,
         nb_gelu_bwd(p->be, dx, x, dout, n);
 }
 
-/* For model_adapter.c and model_xattn.c (model_impl.h). */
+/* For model_adapter.c, model_xattn.c and model_lowrank.c (model_impl.h). */
 void nb__linear_fwd(nb_backend_t *be, float *y, const float *x, const float *w, const float *b,
                     int N, int IC, int OC, float beta)
 {
