@@ -24,11 +24,11 @@ static json_t *cmd_checkpoint(void *ud, const json_t *req, const nb_status_calle
     (void)req;
     (void)caller;
     nb_coord_rt_t *rt = ud;
-    if (!rt->cfg->checkpoint_dir[0]) {
+    if (!rt->b.cfg->checkpoint_dir[0]) {
         snprintf(err, errlen, "checkpoint: the coordinator has no checkpoint_dir for the manifests");
         return NULL;
     }
-    if (rt->finished || rt->failed) {
+    if (rt->finished || rt->b.failed) {
         snprintf(err, errlen, "checkpoint: the job has ended");
         return NULL;
     }
@@ -39,7 +39,7 @@ static json_t *cmd_checkpoint(void *ud, const json_t *req, const nb_status_calle
 
 void nb__coord_ckpt_init(nb_coord_rt_t *rt)
 {
-    nb_metrics_t *mx = nb_state_metrics(rt->state);
+    nb_metrics_t *mx = nb_state_metrics(rt->b.state);
     rt->m_ckpts = nb_metrics_add(mx, "nebula_job_checkpoints_total", NULL, NB_METRIC_COUNTER,
                                  "Complete checkpoints (manifest written)");
     rt->m_ckpt_failed = nb_metrics_add(mx, "nebula_job_checkpoints_failed_total", NULL, NB_METRIC_COUNTER,
@@ -50,7 +50,7 @@ void nb__coord_ckpt_init(nb_coord_rt_t *rt)
                                      "Steps done at the newest complete checkpoint (-1: none)");
     nb_metrics_set(mx, rt->m_ckpt_s, -1);
     nb_metrics_set(mx, rt->m_ckpt_step, (double)rt->last_ckpt);
-    nb_status_server_t *srv = nb_service_status_server(rt->svc);
+    nb_status_server_t *srv = nb_service_status_server(rt->b.svc);
     if (srv && nb_status_server_add(srv, "checkpoint", true, cmd_checkpoint, rt))
         nb_log_warn(NULL, "cannot register the checkpoint command on the status socket");
 }
@@ -68,15 +68,15 @@ static const char *other_run(const nb_coord_rt_t *rt, const nb_ckpt_meta_t *m)
         return "job.seed";
     if (m->seq_len != l->seq_len)
         return "job.seq_len";
-    if (m->batch != (int)rt->cfg->job.batch)
+    if (m->batch != (int)rt->b.cfg->job.batch)
         return "job.batch";
     return NULL;
 }
 
 int nb__coord_ckpt_start(nb_coord_rt_t *rt, uint64_t *job_id, char *err, size_t errlen)
 {
-    const nb_cfg_checkpoint_t *c = &rt->cfg->job.checkpoint;
-    const char *root = rt->cfg->checkpoint_dir;
+    const nb_cfg_checkpoint_t *c = &rt->b.cfg->job.checkpoint;
+    const char *root = rt->b.cfg->checkpoint_dir;
     rt->ckpt_enabled = c->every_steps > 0 || c->every_seconds > 0;
     rt->t_last_ckpt = nb_mono_s();
     if (rt->ckpt_enabled && !root[0]) {
@@ -138,7 +138,7 @@ static void send_ckpt(nb_coord_rt_t *rt, int action, uint64_t step, const char *
     ck.step = step;
     ck.attempt = rt->attempt;
     ck.manifest = (char *)(manifest ? manifest : "");
-    ck.keep = (uint32_t)rt->cfg->job.checkpoint.keep;
+    ck.keep = (uint32_t)rt->b.cfg->job.checkpoint.keep;
     f.body_case = NEBULA__FRAME__BODY_CHECKPOINT;
     f.checkpoint = &ck;
     for (int i = 0; i < rt->job.n_daemons; i++)
@@ -148,7 +148,7 @@ static void send_ckpt(nb_coord_rt_t *rt, int action, uint64_t step, const char *
 
 void nb__coord_ckpt_maybe(nb_coord_rt_t *rt, bool last)
 {
-    const nb_cfg_checkpoint_t *c = &rt->cfg->job.checkpoint;
+    const nb_cfg_checkpoint_t *c = &rt->b.cfg->job.checkpoint;
     int64_t n = rt->step + 1; /* steps done once this Commit is applied */
     bool due = rt->ckpt_requested || (c->every_steps > 0 && n % c->every_steps == 0) ||
                (c->every_seconds > 0 && nb_mono_s() - rt->t_last_ckpt >= c->every_seconds) ||
@@ -203,14 +203,14 @@ static void commit_round(nb_coord_rt_t *rt)
     rt->ckpt_inflight = -1;
     nb_ckpt_manifest_t *m = calloc(1, sizeof *m);
     if (!m) {
-        nb_metrics_inc(nb_state_metrics(rt->state), rt->m_ckpt_failed, 1);
+        nb_metrics_inc(nb_state_metrics(rt->b.state), rt->m_ckpt_failed, 1);
         nb_log_error(NULL, "checkpoint at step %lld: cannot write its manifest: out of memory", (long long)step);
         nb__coord_repart_ckpt_done(rt, step, false); /* a move waiting for it gives up, not stalls */
         return;
     }
     const nb_pipe_layout_t *l = &rt->job.layout;
     m->meta = (nb_ckpt_meta_t){ .job_id = l->job_id, .step = step, .optim_steps = step - rt->skipped_total,
-                                .seed = l->seed, .batch = (int)rt->cfg->job.batch, .micro_batches = rt->m,
+                                .seed = l->seed, .batch = (int)rt->b.cfg->job.batch, .micro_batches = rt->m,
                                 .seq_len = l->seq_len, .model = l->model };
     uint64_t bytes = 0;
     for (int i = 0; i < rt->job.n_daemons; i++)
@@ -219,7 +219,7 @@ static void commit_round(nb_coord_rt_t *rt)
             bytes += rt->d[i].files[k].bytes;
         }
     char dir[NB_CFG_PATH_MAX + 32], err[512];
-    const char *root = rt->cfg->checkpoint_dir;
+    const char *root = rt->b.cfg->checkpoint_dir;
     nb_ckpt_step_dir(root, step, dir, sizeof dir);
     int rc = 0;
     if ((mkdir(root, 0750) != 0 && errno != EEXIST) || (mkdir(dir, 0750) != 0 && errno != EEXIST)) {
@@ -232,7 +232,7 @@ static void commit_round(nb_coord_rt_t *rt)
     char *json = rc == 0 ? nb_ckpt_manifest_format(m, &len) : NULL;
     free(m);
     if (rc || !json) {
-        nb_metrics_inc(nb_state_metrics(rt->state), rt->m_ckpt_failed, 1);
+        nb_metrics_inc(nb_state_metrics(rt->b.state), rt->m_ckpt_failed, 1);
         nb_log_error(NULL, "checkpoint at step %lld: cannot write its manifest: %s", (long long)step,
                      rc ? err : "out of memory");
         free(json);
@@ -243,14 +243,14 @@ static void commit_round(nb_coord_rt_t *rt)
     rt->last_manifest = json;
     rt->last_ckpt = step;
     double secs = nb_mono_s() - rt->t_ckpt_start;
-    nb_metrics_t *mx = nb_state_metrics(rt->state);
+    nb_metrics_t *mx = nb_state_metrics(rt->b.state);
     nb_metrics_inc(mx, rt->m_ckpts, 1);
     nb_metrics_set(mx, rt->m_ckpt_s, secs);
     nb_metrics_set(mx, rt->m_ckpt_step, (double)step);
     nb_log_info(NULL, "checkpoint at step %lld complete: %.1f MB in the stages' checkpoint_dir, manifest %s "
                 "(%.2f s)", (long long)step, (double)bytes / 1e6, dir, secs);
     send_ckpt(rt, NEBULA__CHECKPOINT__ACTION__CHECKPOINT_COMMITTED, (uint64_t)step, json);
-    if (nb_ckpt_prune(root, (int)rt->cfg->job.checkpoint.keep, err, sizeof err) < 0)
+    if (nb_ckpt_prune(root, (int)rt->b.cfg->job.checkpoint.keep, err, sizeof err) < 0)
         nb_log_warn(NULL, "checkpoints: cannot prune %s: %s", root, err);
     if (rt->ckpt_final_pending) {
         /* the stages hold the final state until they stop: checkpoint it */
@@ -271,7 +271,7 @@ void nb__coord_ckpt_done(nb_coord_rt_t *rt, int i, const Nebula__Checkpoint *ck)
         return; /* of a round that ended */
     daemon_slot_t *d = &rt->d[i];
     if (!ck->ok) {
-        nb_metrics_inc(nb_state_metrics(rt->state), rt->m_ckpt_failed, 1);
+        nb_metrics_inc(nb_state_metrics(rt->b.state), rt->m_ckpt_failed, 1);
         nb_log_error(rt->job.names[i], "checkpoint at step %lld failed: %s; the job goes on without it",
                      (long long)rt->ckpt_inflight, ck->message ? ck->message : "");
         int64_t failed = rt->ckpt_inflight;

@@ -17,11 +17,11 @@
 
 void nb__coord_eval_init(nb_coord_rt_t *rt)
 {
-    const nb_cfg_eval_t *e = &rt->cfg->job.eval;
+    const nb_cfg_eval_t *e = &rt->b.cfg->job.eval;
     rt->eval_on = e->fraction > 0.0 || e->data[0];
     rt->eval_first = rt->eval_last_loss = NAN;
     rt->eval_first_step = rt->eval_last_step = -1;
-    nb_metrics_t *mx = nb_state_metrics(rt->state);
+    nb_metrics_t *mx = nb_state_metrics(rt->b.state);
     rt->m_eval_loss = nb_metrics_add(mx, "nebula_job_eval_loss", NULL, NB_METRIC_GAUGE,
                                      "Held-out loss of the latest evaluation "
                                      "(0 while nebula_job_eval_step is 0: none yet)");
@@ -36,13 +36,13 @@ void nb__coord_eval_init(nb_coord_rt_t *rt)
 
 bool nb__coord_eval_due(const nb_coord_rt_t *rt, int64_t done)
 {
-    int64_t every = rt->cfg->job.eval.every_steps;
+    int64_t every = rt->b.cfg->job.eval.every_steps;
     return rt->eval_on && ((every > 0 && done % every == 0) || done == rt->job.steps);
 }
 
 void nb__coord_eval_start(nb_coord_rt_t *rt, const char *line, bool last)
 {
-    const nb_cfg_job_t *j = &rt->cfg->job;
+    const nb_cfg_job_t *j = &rt->b.cfg->job;
     rt->eval_in_flight = true;
     rt->eval_at = rt->step + 1;
     rt->eval_last = last;
@@ -94,7 +94,7 @@ void nb__coord_eval_report(nb_coord_rt_t *rt, int di, const Nebula__Report *r)
     d->eval_loss = r->loss;
     rt->total_raw += r->bytes_raw;
     rt->total_wire += r->bytes_wire;
-    nb_metrics_t *mx = nb_state_metrics(rt->state);
+    nb_metrics_t *mx = nb_state_metrics(rt->b.state);
     nb_metrics_inc(mx, rt->m_raw, (double)r->bytes_raw);
     nb_metrics_inc(mx, rt->m_wire, (double)r->bytes_wire);
     for (int i = 0; i < rt->job.n_daemons; i++)
@@ -113,7 +113,7 @@ void nb__coord_eval_report(nb_coord_rt_t *rt, int di, const Nebula__Report *r)
         nb_metrics_set(mx, rt->m_eval_loss, loss);
     nb_metrics_set(mx, rt->m_eval_step, (double)rt->eval_at);
     nb_metrics_set(mx, rt->m_eval_s, nb_mono_s() - rt->t_eval_start);
-    nb_state_job_eval(rt->state, loss, rt->eval_at);
+    nb_state_job_eval(rt->b.state, loss, rt->eval_at);
     nb_log_info(NULL, "%s val_loss %.4f", rt->eval_line, loss);
     if (rt->eval_last) {
         rt->running = false;
@@ -129,7 +129,7 @@ void nb__coord_eval_abandon(nb_coord_rt_t *rt)
     if (!rt->eval_in_flight)
         return;
     rt->eval_in_flight = false;
-    nb_metrics_inc(nb_state_metrics(rt->state), rt->m_eval_dropped, 1);
+    nb_metrics_inc(nb_state_metrics(rt->b.state), rt->m_eval_dropped, 1);
     nb_log_info(NULL, "evaluation after step %lld dropped: a fault ended it (the job recovers without it)",
                 (long long)rt->eval_at);
     nb_log_info(NULL, "%s", rt->eval_line);

@@ -20,7 +20,7 @@
 static void recovery_timeout_cb(uv_timer_t *t)
 {
     nb_coord_rt_t *rt = t->data;
-    if (!rt->recovering || rt->finished || rt->failed)
+    if (!rt->recovering || rt->finished || rt->b.failed)
         return;
     char missing[512] = "";
     for (int i = 0; i < rt->job.n_daemons; i++)
@@ -28,12 +28,12 @@ static void recovery_timeout_cb(uv_timer_t *t)
             snprintf(missing + strlen(missing), sizeof missing - strlen(missing), "%s%s (%s)",
                      missing[0] ? ", " : "", rt->job.names[i], rt->d[i].connected ? "connected" : "not connected");
     nb__coord_job_fail(rt, "the job did not recover within %.0f s (job.recovery_timeout_s) of the fault (%s)%s%s",
-                       rt->cfg->job.recovery_timeout_s, rt->fault_why, missing[0] ? "; waiting for " : "", missing);
+                       rt->b.cfg->job.recovery_timeout_s, rt->fault_why, missing[0] ? "; waiting for " : "", missing);
 }
 
 void nb__coord_recover_init(nb_coord_rt_t *rt)
 {
-    nb_metrics_t *mx = nb_state_metrics(rt->state);
+    nb_metrics_t *mx = nb_state_metrics(rt->b.state);
     rt->m_restarts = nb_metrics_add(mx, "nebula_job_restarts_total", NULL, NB_METRIC_COUNTER,
                                     "Recoveries of the job after a fault (a lost daemon or link)");
     rt->m_recovery_s = nb_metrics_add(mx, "nebula_job_recovery_seconds", NULL, NB_METRIC_GAUGE,
@@ -41,22 +41,19 @@ void nb__coord_recover_init(nb_coord_rt_t *rt)
     rt->m_redone = nb_metrics_add(mx, "nebula_job_steps_redone_total", NULL, NB_METRIC_COUNTER,
                                   "Steps run again after a recovery (the step in flight and any rolled back)");
     nb_metrics_set(mx, rt->m_recovery_s, -1);
-    uv_timer_init(rt->loop, &rt->recovery_timer);
+    uv_timer_init(rt->b.loop, &rt->recovery_timer);
     rt->recovery_timer.data = rt;
     rt->recovery_timer_open = true;
 }
 
 void nb__coord_recover_close(nb_coord_rt_t *rt)
 {
-    if (rt->recovery_timer_open) {
-        uv_close((uv_handle_t *)&rt->recovery_timer, NULL);
-        rt->recovery_timer_open = false;
-    }
+    nb_rt_close_handle(&rt->recovery_timer, &rt->recovery_timer_open);
 }
 
 void nb__coord_fault(nb_coord_rt_t *rt, const char *fmt, ...)
 {
-    if (rt->finished || rt->failed || rt->stopping || !rt->job_sent)
+    if (rt->finished || rt->b.failed || rt->b.stopping || !rt->job_sent)
         return;
     char why[512];
     va_list ap;
@@ -82,8 +79,8 @@ void nb__coord_fault(nb_coord_rt_t *rt, const char *fmt, ...)
     rt->restarts++;
     rt->t_fault = nb_mono_s();
     snprintf(rt->fault_why, sizeof rt->fault_why, "%s", why);
-    nb_metrics_inc(nb_state_metrics(rt->state), rt->m_restarts, 1);
-    int64_t limit = rt->cfg->job.max_restarts;
+    nb_metrics_inc(nb_state_metrics(rt->b.state), rt->m_restarts, 1);
+    int64_t limit = rt->b.cfg->job.max_restarts;
     if (rt->restarts > limit) {
         rt->recovering = false;
         nb__coord_job_fail(rt, "%s; the job has recovered %lld times already (job.max_restarts = %lld)", why,
@@ -91,12 +88,12 @@ void nb__coord_fault(nb_coord_rt_t *rt, const char *fmt, ...)
         return;
     }
     nb_log_warn(NULL, "fault in attempt %u at step %lld: %s; recovering (recovery %lld, at most %.0f s)",
-                rt->attempt, (long long)rt->step + 1, why, (long long)rt->restarts, rt->cfg->job.recovery_timeout_s);
-    nb_service_set_state(rt->svc, NB_SVC_CONNECTING, "recovering from: %s", why);
+                rt->attempt, (long long)rt->step + 1, why, (long long)rt->restarts, rt->b.cfg->job.recovery_timeout_s);
+    nb_service_set_state(rt->b.svc, NB_SVC_CONNECTING, "recovering from: %s", why);
     nb__coord_ckpt_abandon(rt);
     nb__coord_repart_abandon(rt);
     if (rt->recovery_timer_open)
-        uv_timer_start(&rt->recovery_timer, recovery_timeout_cb, (uint64_t)(rt->cfg->job.recovery_timeout_s * 1000), 0);
+        uv_timer_start(&rt->recovery_timer, recovery_timeout_cb, (uint64_t)(rt->b.cfg->job.recovery_timeout_s * 1000), 0);
 abort_all:
     nb__coord_abort_attempt(rt, why);
 }
@@ -105,7 +102,7 @@ void nb__coord_recover_arm(nb_coord_rt_t *rt, const char *why)
 {
     snprintf(rt->fault_why, sizeof rt->fault_why, "%s", why);
     if (rt->recovery_timer_open)
-        uv_timer_start(&rt->recovery_timer, recovery_timeout_cb, (uint64_t)(rt->cfg->job.recovery_timeout_s * 1000), 0);
+        uv_timer_start(&rt->recovery_timer, recovery_timeout_cb, (uint64_t)(rt->b.cfg->job.recovery_timeout_s * 1000), 0);
 }
 
 void nb__coord_abort_attempt(nb_coord_rt_t *rt, const char *why)
@@ -189,7 +186,7 @@ void nb__coord_joined(nb_coord_rt_t *rt, int i, const Nebula__JobStatus *s)
     if (s->has_job)
         nb_log_info(rt->job.names[i], "holds job %llu: %llu steps applied%s", (unsigned long long)s->job_id,
                     (unsigned long long)s->steps_committed, s->prepared ? ", the gradients of the next ready" : "");
-    if (rt->finished || rt->failed)
+    if (rt->finished || rt->b.failed)
         return;
     if (rt->job_sent && !rt->recovering)
         return; /* an answer to an Abort of an attempt already replaced */
@@ -243,7 +240,7 @@ void nb__coord_joined(nb_coord_rt_t *rt, int i, const Nebula__JobStatus *s)
     /* steps thrown away: the one in flight, and those rolled back */
     int64_t redone = (rt->step_in_flight ? 1 : 0) + (rt->high_water > (int64_t)at ? rt->high_water - (int64_t)at : 0);
     if (was_sent || at > 0) {
-        nb_metrics_inc(nb_state_metrics(rt->state), rt->m_redone, (double)redone);
+        nb_metrics_inc(nb_state_metrics(rt->b.state), rt->m_redone, (double)redone);
         nb_log_info(NULL, "attempt %u: resuming %s at step %llu (%lld step%s to run again)", attempt, how,
                     (unsigned long long)at, (long long)redone, redone == 1 ? "" : "s");
     }
@@ -299,15 +296,15 @@ void nb__coord_recovered(nb_coord_rt_t *rt)
     if (!was_fault) {
         nb_log_info(NULL, "job %llu: attempt %u runs from step %lld of %lld", (unsigned long long)rt->job.layout.job_id,
                     rt->attempt, (long long)rt->step + 1, (long long)rt->job.steps);
-        nb_service_set_state(rt->svc, NB_SVC_RUNNING, "training: step %lld of %lld", (long long)rt->step,
+        nb_service_set_state(rt->b.svc, NB_SVC_RUNNING, "training: step %lld of %lld", (long long)rt->step,
                              (long long)rt->job.steps);
         return;
     }
     double secs = nb_mono_s() - rt->t_fault;
     rt->t_fault = 0;
-    nb_metrics_set(nb_state_metrics(rt->state), rt->m_recovery_s, secs);
+    nb_metrics_set(nb_state_metrics(rt->b.state), rt->m_recovery_s, secs);
     nb_log_info(NULL, "recovered in %.1f s (attempt %u): the job goes on at step %lld of %lld", secs, rt->attempt,
                 (long long)rt->step + 1, (long long)rt->job.steps);
-    nb_service_set_state(rt->svc, NB_SVC_RUNNING, "training: step %lld of %lld (recovered)", (long long)rt->step,
+    nb_service_set_state(rt->b.svc, NB_SVC_RUNNING, "training: step %lld of %lld (recovered)", (long long)rt->step,
                          (long long)rt->job.steps);
 }

@@ -17,8 +17,8 @@
 
 int nb__coord_repart_init(nb_coord_rt_t *rt, char *err, size_t errlen)
 {
-    const nb_cfg_job_t *j = &rt->cfg->job;
-    nb_metrics_t *mx = nb_state_metrics(rt->state);
+    const nb_cfg_job_t *j = &rt->b.cfg->job;
+    nb_metrics_t *mx = nb_state_metrics(rt->b.state);
     rt->m_repart = nb_metrics_add(mx, "nebula_job_repartitions_total", NULL, NB_METRIC_COUNTER,
                                   "Layer re-partitions: the split moved while the job ran");
     rt->m_repart_s = nb_metrics_add(mx, "nebula_job_repartition_seconds", NULL, NB_METRIC_GAUGE,
@@ -52,7 +52,7 @@ const char *nb__coord_split_text(const nb_coord_rt_t *rt, char *buf, size_t len)
 
 bool nb__coord_repart_maybe(nb_coord_rt_t *rt)
 {
-    if (!rt->repart_on || rt->repart_pending || rt->recovering || rt->ckpt_inflight >= 0 || rt->failed)
+    if (!rt->repart_on || rt->repart_pending || rt->recovering || rt->ckpt_inflight >= 0 || rt->b.failed)
         return false;
     int layers[NB_SCHED_MAX_STAGES];
     if (!nb_cplan_repart_check(rt->plan, rt->step, layers, rt->repart_why, sizeof rt->repart_why))
@@ -100,7 +100,7 @@ void nb__coord_repart_ckpt_done(nb_coord_rt_t *rt, int64_t step, bool ok)
         if (!ok)
             nb_log_warn(NULL, "re-partition after step %lld dropped: its checkpoint failed; the job goes on "
                         "with its split", (long long)step);
-        if (!rt->recovering && !rt->failed && !rt->finished)
+        if (!rt->recovering && !rt->b.failed && !rt->finished)
             nb__coord_next_step(rt, false);
         return;
     }
@@ -108,7 +108,7 @@ void nb__coord_repart_ckpt_done(nb_coord_rt_t *rt, int64_t step, bool ok)
     nb_cplan_set_split(rt->plan, &rt->job);
     nb_log_info(NULL, "re-partition after step %lld: the checkpoint is complete; restarting the attempt on %s",
                 (long long)step, nb__coord_split_text(rt, split, sizeof split));
-    nb_service_set_state(rt->svc, NB_SVC_CONNECTING, "re-partitioning: %s", split);
+    nb_service_set_state(rt->b.svc, NB_SVC_CONNECTING, "re-partitioning: %s", split);
     /* a recovery without a fault: the next attempt resumes from the
      * checkpoint just taken (not from memory: the stages' parts change) */
     rt->repart_restart = true;
@@ -152,12 +152,12 @@ bool nb__coord_repart_done(nb_coord_rt_t *rt)
     rt->repart_restart = false;
     char split[96];
     double secs = nb_mono_s() - rt->t_repart;
-    nb_metrics_inc(nb_state_metrics(rt->state), rt->m_repart, 1);
-    nb_metrics_set(nb_state_metrics(rt->state), rt->m_repart_s, secs);
+    nb_metrics_inc(nb_state_metrics(rt->b.state), rt->m_repart, 1);
+    nb_metrics_set(nb_state_metrics(rt->b.state), rt->m_repart_s, secs);
     nb_log_info(NULL, "re-partitioned in %.1f s (attempt %u): %s; the job goes on at step %lld of %lld", secs,
                 rt->attempt, nb__coord_split_text(rt, split, sizeof split), (long long)rt->step + 1,
                 (long long)rt->job.steps);
-    nb_service_set_state(rt->svc, NB_SVC_RUNNING, "training: step %lld of %lld (%s)", (long long)rt->step,
+    nb_service_set_state(rt->b.svc, NB_SVC_RUNNING, "training: step %lld of %lld (%s)", (long long)rt->step,
                          (long long)rt->job.steps, split);
     return true;
 }

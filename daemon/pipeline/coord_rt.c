@@ -35,14 +35,14 @@ static void wait_for(nb_coord_rt_t *rt, int what)
         uv_timer_stop(&rt->connect_timer); /* the heartbeat, or the recovery timer, bounds these */
         return;
     }
-    rt->wait_s = rt->cfg->connect_timeout_s;
+    rt->wait_s = rt->b.cfg->connect_timeout_s;
     if (what == WAIT_DONE) {
         /* the stages apply the last step and write their weights first:
          * allow 1 s per 50 MB of the whole model's fp32 weights on top */
         const nb_pipe_layout_t *l = &rt->job.layout;
         nb_cost_model_t mdl;
         if (nb_cost_model_gpt(l->model.n_layer, l->model.d_model, l->model.n_head, l->seq_len, l->model.vocab,
-                              l->model.tie_embeddings, (int)rt->cfg->job.batch, &mdl) == 0)
+                              l->model.tie_embeddings, (int)rt->b.cfg->job.batch, &mdl) == 0)
             rt->wait_s += 4.0 * (mdl.params_per_layer * l->model.n_layer + mdl.embed_params + mdl.head_params) / 50e6;
     }
     uv_timer_start(&rt->connect_timer, connect_timeout_cb, (uint64_t)(rt->wait_s * 1000), 0);
@@ -51,32 +51,24 @@ static void wait_for(nb_coord_rt_t *rt, int what)
 static void send_all_shutdown(nb_coord_rt_t *rt, const char *why)
 {
     for (int i = 0; i < rt->job.n_daemons; i++) {
-        if (!rt->d[i].conn)
-            continue;
-        Nebula__Frame f;
-        Nebula__Shutdown s;
-        nebula__frame__init(&f);
-        nebula__shutdown__init(&s);
-        s.reason = (char *)why;
-        f.body_case = NEBULA__FRAME__BODY_SHUTDOWN;
-        f.shutdown = &s;
-        nb_rt_send_ctl(rt->d[i].conn, &f);
+        if (rt->d[i].conn)
+            nb_rt_send_shutdown(rt->d[i].conn, why);
     }
+}
+
+static void tell_all(void *ud, const char *why)
+{
+    send_all_shutdown(ud, why);
 }
 
 void nb__coord_job_fail(nb_coord_rt_t *rt, const char *fmt, ...)
 {
-    if (rt->failed || rt->stopping || rt->finished)
+    if (rt->finished)
         return;
-    char why[768];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(why, sizeof why, fmt, ap);
+    nb_rt_job_vfail(&rt->b, tell_all, rt, fmt, ap);
     va_end(ap);
-    rt->failed = true;
-    nb_log_error(NULL, "job failed: %s", why);
-    send_all_shutdown(rt, why);
-    nb_service_fail(rt->svc, why);
 }
 
 /* A control frame could not go to stage daemon i: its connection is
@@ -115,7 +107,7 @@ void nb__coord_send_job(nb_coord_rt_t *rt, int resume, uint64_t resume_step, con
         rt->d[i].links_ready = false;
     wait_for(rt, WAIT_LINKS);
     if (rt->attempt == 0)
-        nb_service_set_state(rt->svc, NB_SVC_CONNECTING, "all %d stage daemons connected; assigning stages",
+        nb_service_set_state(rt->b.svc, NB_SVC_CONNECTING, "all %d stage daemons connected; assigning stages",
                              rt->job.n_daemons);
     for (int i = 0; i < rt->job.n_daemons; i++) {
         static nb_job_msg_store_t store; /* loop thread only; packed at once */
@@ -123,13 +115,13 @@ void nb__coord_send_job(nb_coord_rt_t *rt, int resume, uint64_t resume_step, con
         nb_job_to_msg(&rt->job, i, &store, &j);
         if (rt->plan)
             j.probe_bytes = NB_CPLAN_PROBE_BYTES;
-        j.pretrained = rt->cfg->job.init[0] != '\0';
+        j.pretrained = rt->b.cfg->job.init[0] != '\0';
         j.attempt = rt->attempt;
         j.resume = (Nebula__Job__Resume)resume;
         j.resume_step = resume_step;
         j.manifest = (char *)(manifest ? manifest : "");
         j.checkpoints = rt->ckpt_enabled;
-        j.recovery_timeout_s = (uint32_t)rt->cfg->job.recovery_timeout_s;
+        j.recovery_timeout_s = (uint32_t)rt->b.cfg->job.recovery_timeout_s;
         Nebula__Frame f;
         nebula__frame__init(&f);
         f.body_case = NEBULA__FRAME__BODY_JOB;
@@ -163,7 +155,7 @@ static int apply_cplan(nb_coord_rt_t *rt)
     nb_cplan_plan(rt->plan, rt->step, &ps);
     long n = nb_cplan_replans(rt->plan);
     if (n > rt->replans_seen)
-        nb_metrics_inc(nb_state_metrics(rt->state), rt->m_replans, (double)(n - rt->replans_seen));
+        nb_metrics_inc(nb_state_metrics(rt->b.state), rt->m_replans, (double)(n - rt->replans_seen));
     rt->replans_seen = n;
     nb_codec_spec_t spec;
     char err[256];
@@ -176,7 +168,7 @@ static int apply_cplan(nb_coord_rt_t *rt)
     rt->mb_size = ps.mb_size;
     rt->sched = ps.sched;
     rt->pred_bubble = ps.pred_bubble;
-    nb_metrics_set(nb_state_metrics(rt->state), rt->m_pred, ps.pred_step_s);
+    nb_metrics_set(nb_state_metrics(rt->b.state), rt->m_pred, ps.pred_step_s);
     return 0;
 }
 
@@ -237,7 +229,7 @@ static void start_steps(nb_coord_rt_t *rt)
                 (unsigned long long)rt->job.layout.job_id, (long long)rt->job.steps, rt->job.layout.p,
                 rt->job.n_daemons, rt->m, rt->job.layout.micro_batch_size, sched, rt->fwd_codec, rt->bwd_codec,
                 rt->plan ? "; the planner chooses m, schedule and codecs per step" : "");
-    nb_service_set_state(rt->svc, NB_SVC_RUNNING, "training: step 0 of %lld", (long long)rt->job.steps);
+    nb_service_set_state(rt->b.svc, NB_SVC_RUNNING, "training: step 0 of %lld", (long long)rt->job.steps);
     send_plan(rt);
 }
 
@@ -275,12 +267,12 @@ static void update_job_info(nb_coord_rt_t *rt, double loss, double tps, double s
     nb__coord_split_text(rt, j.layers, sizeof j.layers);
     j.eval_loss = rt->eval_last_loss;
     j.eval_step = rt->eval_last_step > 0 ? rt->eval_last_step : 0;
-    nb_state_job_update(rt->state, &j);
+    nb_state_job_update(rt->b.state, &j);
 }
 
 static void trace_report(nb_coord_rt_t *rt, const Nebula__Report *r)
 {
-    nb_trace_t *tr = nb_state_trace(rt->state);
+    nb_trace_t *tr = nb_state_trace(rt->b.state);
     for (size_t i = 0; i < r->n_timings; i++) {
         const Nebula__MicroBatchTiming *t = r->timings[i];
         nb_rt_trace_mb(tr, (int64_t)r->step, (int)t->stage, (int)t->micro_batch, t->forward_start_ns,
@@ -293,7 +285,7 @@ static const char *plan_note(nb_coord_rt_t *rt, char *buf, size_t len)
 {
     char sched[32];
     nb_sched_format(&rt->sched, sched, sizeof sched);
-    double pred = nb_metrics_get(nb_state_metrics(rt->state), rt->m_pred);
+    double pred = nb_metrics_get(nb_state_metrics(rt->b.state), rt->m_pred);
     if (pred > 0)
         snprintf(buf, len, " (m=%d %s, predicted %.3f s + step overhead)", rt->m, sched, pred);
     else
@@ -329,9 +321,9 @@ static const char *nonfinite_text(nb_coord_rt_t *rt, char *buf, size_t len)
 static bool note_skip(nb_coord_rt_t *rt, double sumsq)
 {
     char from[256];
-    int64_t limit = rt->cfg->job.max_skipped_steps > 0 ? rt->cfg->job.max_skipped_steps : 10;
+    int64_t limit = rt->b.cfg->job.max_skipped_steps > 0 ? rt->b.cfg->job.max_skipped_steps : 10;
     rt->skipped_run++;
-    nb_metrics_inc(nb_state_metrics(rt->state), rt->m_skipped, 1);
+    nb_metrics_inc(nb_state_metrics(rt->b.state), rt->m_skipped, 1);
     nonfinite_text(rt, from, sizeof from);
     nb_log_warn(NULL, "step %lld: global gradient norm is %g, from %s: every stage skips this step's update "
                 "(%lld consecutive, limit job.max_skipped_steps = %lld)", (long long)rt->step + 1, sqrt(sumsq),
@@ -401,7 +393,7 @@ static void finish_step(nb_coord_rt_t *rt)
     nb__coord_ckpt_maybe(rt, last);
     if (rt->recovering)
         return;
-    nb_metrics_t *mx = nb_state_metrics(rt->state);
+    nb_metrics_t *mx = nb_state_metrics(rt->b.state);
     nb_metrics_inc(mx, rt->m_steps, 1);
     nb_metrics_set(mx, rt->m_loss, loss);
     nb_metrics_set(mx, rt->m_tps, tps);
@@ -410,8 +402,8 @@ static void finish_step(nb_coord_rt_t *rt)
     nb_metrics_inc(mx, rt->m_wire, (double)wire);
     update_job_info(rt, loss, tps, step_s, bubble);
     for (int i = 0; i < rt->job.n_daemons; i++)
-        nb_rt_peer_row(rt->state, rt->job.names[i], "stage", rt->job.addresses[i], "up", rt->d[i].conn);
-    int64_t every = rt->cfg->job.log_every > 0 ? rt->cfg->job.log_every : 1;
+        nb_rt_peer_row(rt->b.state, rt->job.names[i], "stage", rt->job.addresses[i], "up", rt->d[i].conn);
+    int64_t every = rt->b.cfg->job.log_every > 0 ? rt->b.cfg->job.log_every : 1;
     bool log = (rt->step + 1) % every == 0 || last || rt->step == 0;
     char line[512];
     snprintf(line, sizeof line,
@@ -419,7 +411,7 @@ static void finish_step(nb_coord_rt_t *rt)
              (long long)rt->step + 1, (long long)rt->job.steps, loss, tps, bubble, (double)rt->total_wire / 1e6,
              rt->total_wire ? (double)rt->total_raw / (double)rt->total_wire : 1.0, step_s,
              rt->plan ? plan_note(rt, pnote, sizeof pnote) : "");
-    nb_service_set_state(rt->svc, NB_SVC_RUNNING, "training: step %lld of %lld, loss %.4f", (long long)rt->step + 1,
+    nb_service_set_state(rt->b.svc, NB_SVC_RUNNING, "training: step %lld of %lld, loss %.4f", (long long)rt->step + 1,
                          (long long)rt->job.steps, loss);
     if (eval) {
         nb__coord_eval_start(rt, line, last); /* the line waits for the held-out loss */
@@ -474,7 +466,7 @@ static void handle_report(nb_coord_rt_t *rt, int di, const Nebula__Report *r)
     d->step_ns = r->step_ns;
     if (rt->plan)
         nb_cplan_report(rt->plan, di, r);
-    nb_coord_links_update(rt->state, rt->job.names, rt->job.n_daemons, di, r->links, r->n_links, false);
+    nb_coord_links_update(rt->b.state, rt->job.names, rt->job.n_daemons, di, r->links, r->n_links, false);
     for (size_t i = 0; i < r->n_timings; i++) {
         const Nebula__MicroBatchTiming *t = r->timings[i];
         if (t->stage < (uint32_t)rt->job.layout.p)
@@ -514,7 +506,7 @@ static void handle_status(nb_coord_rt_t *rt, int di, const Nebula__JobStatus *s)
             return; /* of an attempt a fault ended */
         rt->d[di].links_ready = true;
         nb_log_info(rt->job.names[di], "%s", msg);
-        nb_coord_links_update(rt->state, rt->job.names, rt->job.n_daemons, di, s->links, s->n_links, true);
+        nb_coord_links_update(rt->b.state, rt->job.names, rt->job.n_daemons, di, s->links, s->n_links, true);
         for (size_t i = 0; rt->plan && i < s->n_links; i++) {
             const Nebula__LinkMeasurement *l = s->links[i];
             if (l->peer < (uint32_t)rt->job.n_daemons)
@@ -557,14 +549,14 @@ void nb__coord_maybe_finish(nb_coord_rt_t *rt)
             uv_timer_stop(&rt->connect_timer);
         {
             double secs = nb_mono_s() - rt->t_job_start;
-            double tokens = (double)rt->job.steps * rt->job.layout.seq_len * (double)rt->cfg->job.batch;
+            double tokens = (double)rt->job.steps * rt->job.layout.seq_len * (double)rt->b.cfg->job.batch;
             char val[128];
             nb_log_info(NULL, "job done: %lld steps in %.1f s, %.0f tokens/s, final loss %.4f, %.2f MB on the wire "
                         "(%.2f MB raw, ratio %.2fx)%s", (long long)rt->job.steps, secs, tokens / secs, rt->last_loss,
                         (double)rt->total_wire / 1e6, (double)rt->total_raw / 1e6,
                         rt->total_wire ? (double)rt->total_raw / (double)rt->total_wire : 1.0,
                         nb__coord_eval_summary(rt, val, sizeof val));
-            nb_service_set_state(rt->svc, NB_SVC_DONE, "job done: %lld steps, final loss %.4f",
+            nb_service_set_state(rt->b.svc, NB_SVC_DONE, "job done: %lld steps, final loss %.4f",
                                  (long long)rt->job.steps, rt->last_loss);
         }
         if (rt->recovery_timer_open)
@@ -584,7 +576,7 @@ static void on_ready(nb_conn_t *c, void *ud)
         nb_conn_close(c);
         return;
     }
-    if (rt->finished || rt->failed) {
+    if (rt->finished || rt->b.failed) {
         nb_log_info(peer, "connected after the job ended; closing");
         nb_conn_close(c);
         return;
@@ -592,7 +584,7 @@ static void on_ready(nb_conn_t *c, void *ud)
     rt->d[di].connected = true;
     rt->d[di].conn = c;
     rt->d[di].joined = false;
-    nb_rt_peer_row(rt->state, peer, "stage", rt->job.addresses[di], "up", c);
+    nb_rt_peer_row(rt->b.state, peer, "stage", rt->job.addresses[di], "up", c);
     nb_log_info(peer, "stage daemon connected from %s", nb_conn_addr(c));
     /* it says what it holds (JOINED) next; a daemon that comes back while
      * the job runs was lost without the coordinator noticing */
@@ -634,9 +626,9 @@ static void on_closed(nb_conn_t *c, int err, void *ud)
         return;
     rt->d[di].conn = NULL;
     rt->d[di].connected = false;
-    nb_rt_peer_row(rt->state, peer, "stage", rt->job.addresses[di], "down", NULL);
+    nb_rt_peer_row(rt->b.state, peer, "stage", rt->job.addresses[di], "down", NULL);
     rt->d[di].joined = false;
-    if (rt->finished || rt->failed)
+    if (rt->finished || rt->b.failed)
         return;
     if (rt->job_sent)
         nb__coord_fault(rt, "lost stage daemon %s (%s)", peer, err ? nb_strerror(err) : "closed");
@@ -656,7 +648,7 @@ static void connect_timeout_cb(uv_timer_t *t)
             snprintf(missing + strlen(missing), sizeof missing - strlen(missing), "%s%s (%s)",
                      missing[0] ? ", " : "", rt->job.names[i], rt->job.addresses[i]);
     }
-    double secs = rt->waiting == WAIT_CONNECT ? rt->cfg->connect_timeout_s : rt->wait_s;
+    double secs = rt->waiting == WAIT_CONNECT ? rt->b.cfg->connect_timeout_s : rt->wait_s;
     switch (rt->waiting) {
     case WAIT_CONNECT:
         nb__coord_job_fail(rt, "stage daemons did not connect within %.0f s: %s", secs, missing);
@@ -699,7 +691,7 @@ static int choose_m(const nb_cfg_job_t *j, int p)
  * limit (job.planner.stage_memory_bytes), with the numbers. */
 static int check_memory(nb_coord_rt_t *rt, char *err, size_t errlen)
 {
-    const nb_cfg_job_t *j = &rt->cfg->job;
+    const nb_cfg_job_t *j = &rt->b.cfg->job;
     double limit = (double)j->planner.stage_memory_bytes;
     if (limit <= 0)
         return 0;
@@ -727,7 +719,7 @@ static int check_memory(nb_coord_rt_t *rt, char *err, size_t errlen)
 
 static const char *no_planner(nb_coord_rt_t *rt)
 {
-    if (!rt->cfg->job.planner.enabled)
+    if (!rt->b.cfg->job.planner.enabled)
         return "the planner is off for this job (job.planner.enabled: false)";
     return "the planner has nothing to choose: job.micro_batches, job.schedule and job.codecs are all pinned";
 }
@@ -788,8 +780,8 @@ static json_t *cmd_plan_pin(void *ud, const json_t *req, const nb_status_caller_
         snprintf(err, errlen, "plan-pin: schedule '%.64s' is not gpipe, 1f1b or 1f1b:K", json_string_value(sc));
         return NULL;
     }
-    snprintf(pin.fwd, sizeof pin.fwd, "%s", fw ? json_string_value(fw) : rt->cfg->job.codecs.forward);
-    snprintf(pin.bwd, sizeof pin.bwd, "%s", bw ? json_string_value(bw) : rt->cfg->job.codecs.backward);
+    snprintf(pin.fwd, sizeof pin.fwd, "%s", fw ? json_string_value(fw) : rt->b.cfg->job.codecs.forward);
+    snprintf(pin.bwd, sizeof pin.bwd, "%s", bw ? json_string_value(bw) : rt->b.cfg->job.codecs.backward);
     if (nb_cplan_pin(rt->plan, &pin, err, errlen))
         return NULL;
     char sb[32];
@@ -800,14 +792,14 @@ static json_t *cmd_plan_pin(void *ud, const json_t *req, const nb_status_caller_
 static int rt_start(nb_service_t *svc, void *ud)
 {
     nb_coord_rt_t *rt = ud;
-    const nb_cfg_job_t *j = &rt->cfg->job;
+    const nb_cfg_job_t *j = &rt->b.cfg->job;
     char err[512];
     nb_codec_spec_t spec;
     if (nb_codec_spec_parse(j->codecs.forward, &spec, err, sizeof err) ||
         nb_codec_spec_format(&spec, rt->fwd_codec, sizeof rt->fwd_codec) < 0 ||
         nb_codec_spec_parse(j->codecs.backward, &spec, err, sizeof err) ||
         nb_codec_spec_format(&spec, rt->bwd_codec, sizeof rt->bwd_codec) < 0) {
-        nb_log_error(NULL, "%s: job.codecs: %s", rt->cfg->path, err);
+        nb_log_error(NULL, "%s: job.codecs: %s", rt->b.cfg->path, err);
         return NB_EINVAL;
     }
     int p = j->n_clusters + (j->topology == NB_TOPO_USHAPE ? 1 : 0);
@@ -815,27 +807,27 @@ static int rt_start(nb_service_t *svc, void *ud)
     rt->sched = (nb_sched_spec_t){ .kind = j->schedule == NB_CFG_SCHED_GPIPE ? NB_SCHED_GPIPE : NB_SCHED_1F1B };
     uint64_t job_id = ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid() ^ 1;
     if (nb_job_from_cfg(j, rt->m, job_id, &rt->job, err, sizeof err)) {
-        nb_log_error(NULL, "%s: %s", rt->cfg->path, err);
+        nb_log_error(NULL, "%s: %s", rt->b.cfg->path, err);
         return NB_EINVAL;
     }
     rt->ckpt_inflight = -1;
     rt->last_ckpt = -1;
     if (nb__coord_ckpt_start(rt, &rt->job.layout.job_id, err, sizeof err)) {
-        nb_log_error(NULL, "%s: %s", rt->cfg->path, err);
+        nb_log_error(NULL, "%s: %s", rt->b.cfg->path, err);
         return NB_EINVAL;
     }
     if (check_memory(rt, err, sizeof err)) {
-        nb_log_error(NULL, "%s: %s", rt->cfg->path, err);
+        nb_log_error(NULL, "%s: %s", rt->b.cfg->path, err);
         return NB_ELIMIT;
     }
     rt->mb_size = rt->job.layout.micro_batch_size;
     rt->pred_bubble = -1;
     if (nb_cplan_wanted(j) && nb_cplan_new(j, &rt->job, rt->m, &rt->plan, err, sizeof err)) {
-        nb_log_error(NULL, "%s: planner: %s", rt->cfg->path, err);
+        nb_log_error(NULL, "%s: planner: %s", rt->b.cfg->path, err);
         return NB_EINVAL;
     }
     if (nb__coord_repart_init(rt, err, sizeof err)) {
-        nb_log_error(NULL, "%s: %s", rt->cfg->path, err);
+        nb_log_error(NULL, "%s: %s", rt->b.cfg->path, err);
         return NB_EINVAL;
     }
     nb__coord_recover_init(rt);
@@ -846,7 +838,7 @@ static int rt_start(nb_service_t *svc, void *ud)
                 nb_status_server_add(srv, "plan-pin", true, cmd_plan_pin, rt)))
         nb_log_warn(NULL, "cannot register the plan commands on the status socket");
     nb_net_cfg_t nc;
-    nb_rt_net_cfg(rt->cfg, NEBULA__ROLE__ROLE_COORDINATOR, &nc);
+    nb_rt_net_cfg(rt->b.cfg, NEBULA__ROLE__ROLE_COORDINATOR, &nc);
     const char *names[NB_SCHED_MAX_STAGES];
     for (int i = 0; i < rt->job.n_daemons; i++)
         names[i] = rt->job.names[i];
@@ -855,22 +847,22 @@ static int rt_start(nb_service_t *svc, void *ud)
     const nb_net_cb_t cb = { on_ready, on_frame, on_writable, on_closed };
     char bound[NB_CFG_ADDR_MAX + 16];
     char why[NB_CFG_ADDR_MAX + 128];
-    int rc = nb_rt_open_net(rt->loop, rt->cfg, &nc, &cb, rt, rt->state, &rt->net, bound, sizeof bound, why,
+    int rc = nb_rt_open_net(rt->b.loop, rt->b.cfg, &nc, &cb, rt, rt->b.state, &rt->b.net, bound, sizeof bound, why,
                             sizeof why);
-    rt->net_open = rt->net != NULL;
+    rt->b.net_open = rt->b.net != NULL;
     if (rc) {
         nb_service_start_error(svc, "%s", why);
         return rc;
     }
     for (int i = 0; i < rt->job.n_daemons; i++) {
-        nb_rt_reserve_peer_addr(rt->net, rt->job.addresses[i]);
-        nb_rt_peer_row(rt->state, rt->job.names[i], "stage", rt->job.addresses[i], "waiting", NULL);
+        nb_rt_reserve_peer_addr(rt->b.net, rt->job.addresses[i]);
+        nb_rt_peer_row(rt->b.state, rt->job.names[i], "stage", rt->job.addresses[i], "waiting", NULL);
     }
-    if (rt->cfg->connect_timeout_s > 0) {
-        uv_timer_init(rt->loop, &rt->connect_timer);
+    if (rt->b.cfg->connect_timeout_s > 0) {
+        uv_timer_init(rt->b.loop, &rt->connect_timer);
         rt->connect_timer.data = rt;
         rt->timer_open = true;
-        uv_timer_start(&rt->connect_timer, connect_timeout_cb, (uint64_t)(rt->cfg->connect_timeout_s * 1000), 0);
+        uv_timer_start(&rt->connect_timer, connect_timeout_cb, (uint64_t)(rt->b.cfg->connect_timeout_s * 1000), 0);
     }
     update_job_info(rt, NAN, -1, -1, -1);
     rt->step = -1;
@@ -883,18 +875,12 @@ static void rt_stop(nb_service_t *svc, void *ud)
 {
     (void)svc;
     nb_coord_rt_t *rt = ud;
-    if (rt->running && !rt->failed)
+    if (rt->running && !rt->b.failed)
         send_all_shutdown(rt, "the coordinator is stopping");
-    rt->stopping = true;
-    if (rt->timer_open) {
-        uv_close((uv_handle_t *)&rt->connect_timer, NULL);
-        rt->timer_open = false;
-    }
+    rt->b.stopping = true;
+    nb_rt_close_handle(&rt->connect_timer, &rt->timer_open);
     nb__coord_recover_close(rt);
-    if (rt->net_open) {
-        nb_net_close(rt->net, NULL, NULL);
-        rt->net_open = false;
-    }
+    nb_rt_close_net(&rt->b);
 }
 
 static const nb_runtime_i coord_runtime = {
@@ -908,11 +894,8 @@ int nb_coord_rt_attach(nb_service_t *svc, nb_coord_rt_t **out)
     nb_coord_rt_t *rt = calloc(1, sizeof *rt);
     if (!rt)
         return NB_ENOMEM;
-    rt->svc = svc;
-    rt->cfg = nb_service_config(svc);
-    rt->state = nb_service_state(svc);
-    rt->loop = nb_service_loop(svc);
-    nb_metrics_t *mx = nb_state_metrics(rt->state);
+    nb_rt_base_init(&rt->b, svc);
+    nb_metrics_t *mx = nb_state_metrics(rt->b.state);
     rt->m_steps = nb_metrics_add(mx, "nebula_job_steps_total", NULL, NB_METRIC_COUNTER, "Steps committed");
     rt->m_loss = nb_metrics_add(mx, "nebula_job_loss", NULL, NB_METRIC_GAUGE, "Loss of the last step");
     rt->m_tps = nb_metrics_add(mx, "nebula_job_tokens_per_second", NULL, NB_METRIC_GAUGE,

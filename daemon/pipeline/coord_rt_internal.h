@@ -15,6 +15,7 @@
 #include "daemon/pipeline/coord_plan.h"
 #include "daemon/pipeline/coord_rt.h"
 #include "daemon/pipeline/job.h"
+#include "daemon/pipeline/rt_common.h"
 #include "daemon/train/checkpoint.h"
 
 /* What a stage daemon said it holds (JobStatus JOINED). */
@@ -49,12 +50,7 @@ typedef struct {
 } daemon_slot_t;
 
 struct nb_coord_rt {
-    nb_service_t *svc;
-    const nb_config_t *cfg;
-    nb_state_t *state;
-    uv_loop_t *loop;
-    nb_net_t *net;
-    bool net_open;
+    nb_rt_base_t b; /* service, configuration, state, loop, transport, failed, stopping */
     uv_timer_t connect_timer; /* the deadline of the wait in `waiting` */
     bool timer_open;
     enum { WAIT_CONNECT, WAIT_LINKS, WAIT_STEPS, WAIT_DONE, WAIT_RECOVER } waiting;
@@ -66,7 +62,7 @@ struct nb_coord_rt {
     double pred_bubble;       /* the running plan's prediction; < 0 unknown */
     char fwd_codec[NB_PMSG_SPEC_MAX], bwd_codec[NB_PMSG_SPEC_MAX];
     daemon_slot_t d[NB_SCHED_MAX_STAGES];
-    bool job_sent, running, finished, failed, stopping;
+    bool job_sent, running, finished;
     int64_t step;             /* the step in flight (or next): steps committed so far */
     double t_job_start, t_step_start;
     uint64_t total_raw, total_wire;

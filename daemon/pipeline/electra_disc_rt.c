@@ -44,12 +44,8 @@ typedef struct {
 } gen_peer_t;
 
 struct nb_electra_disc_rt {
-    nb_service_t *svc;
-    const nb_config_t *cfg;
-    nb_state_t *state;
-    uv_loop_t *loop;
-    nb_net_t *net;
-    bool net_open, timer_open, busy, finished, failed, stopping;
+    nb_rt_base_t b; /* service, configuration, state, loop, transport, failed, stopping */
+    bool timer_open, busy, finished;
     uv_timer_t timer;
     uv_work_t work;
     nb_backend_t *be;
@@ -75,38 +71,30 @@ struct nb_electra_disc_rt {
 static void send_shutdown(nb_electra_disc_rt_t *rt, const char *why)
 {
     for (int i = 0; i < rt->ec.n_gen; i++) {
-        if (!rt->g[i].conn)
-            continue;
-        Nebula__Frame f;
-        Nebula__Shutdown s;
-        nebula__frame__init(&f);
-        nebula__shutdown__init(&s);
-        s.reason = (char *)why;
-        f.body_case = NEBULA__FRAME__BODY_SHUTDOWN;
-        f.shutdown = &s;
-        nb_rt_send_ctl(rt->g[i].conn, &f);
+        if (rt->g[i].conn)
+            nb_rt_send_shutdown(rt->g[i].conn, why);
     }
 }
 
 static void job_fail(nb_electra_disc_rt_t *rt, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void tell_generators(void *ud, const char *why)
+{
+    send_shutdown(ud, why);
+}
+
 static void job_fail(nb_electra_disc_rt_t *rt, const char *fmt, ...)
 {
-    if (rt->failed || rt->finished || rt->stopping)
+    if (rt->finished)
         return;
-    char why[1200];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(why, sizeof why, fmt, ap);
+    nb_rt_job_vfail(&rt->b, tell_generators, rt, fmt, ap);
     va_end(ap);
-    rt->failed = true;
-    nb_log_error(NULL, "job failed: %s", why);
-    send_shutdown(rt, why);
-    nb_service_fail(rt->svc, why);
 }
 
 static void peer_row(nb_electra_disc_rt_t *rt, int i, const char *state)
 {
-    nb_rt_peer_row(rt->state, rt->ec.gen[i].name, "generator", "", state, rt->g[i].conn);
+    nb_rt_peer_row(rt->b.state, rt->ec.gen[i].name, "generator", "", state, rt->g[i].conn);
 }
 
 /* The generator's ElectraJob: from the first step the discriminator still
@@ -121,7 +109,7 @@ static void send_job(nb_electra_disc_rt_t *rt, int i)
     j.seq_len = (uint32_t)rt->ec.seq_len;
     j.steps = (uint64_t)rt->ec.steps;
     j.your_daemon = (uint32_t)i;
-    j.recovery_timeout_s = (uint32_t)rt->cfg->job.recovery_timeout_s;
+    j.recovery_timeout_s = (uint32_t)rt->b.cfg->job.recovery_timeout_s;
     j.electra = &st.job;
     Nebula__Frame f;
     nebula__frame__init(&f);
@@ -162,8 +150,8 @@ static void step_work(uv_work_t *req)
         nb_be_sync(rt->be);
     }
     rt->w_save_rc = 0;
-    if (rt->w_rc == 0 && s + 1 == (uint64_t)rt->ec.steps && rt->cfg->job.output[0])
-        rt->w_save_rc = nb_weights_save(rt->cfg->job.output, nb_electra_disc_part(rt->disc), rt->w_err,
+    if (rt->w_rc == 0 && s + 1 == (uint64_t)rt->ec.steps && rt->b.cfg->job.output[0])
+        rt->w_save_rc = nb_weights_save(rt->b.cfg->job.output, nb_electra_disc_part(rt->disc), rt->w_err,
                                         sizeof rt->w_err);
     rt->w_seconds = nb_mono_s() - t0;
 }
@@ -174,7 +162,7 @@ static void step_done(uv_work_t *req, int status)
 {
     nb_electra_disc_rt_t *rt = req->data;
     rt->busy = false;
-    if (rt->failed || rt->stopping)
+    if (rt->b.failed || rt->b.stopping)
         return;
     if (status || rt->w_rc) {
         job_fail(rt, "step %llu: %s", (unsigned long long)rt->done + 1, status ? "cancelled" : rt->w_err);
@@ -201,7 +189,7 @@ static void step_done(uv_work_t *req, int status)
         rt->t_first = nb_mono_s();
     }
     rt->last_loss = rt->w_loss;
-    int every = rt->cfg->job.log_every > 0 ? (int)rt->cfg->job.log_every : 1;
+    int every = rt->b.cfg->job.log_every > 0 ? (int)rt->b.cfg->job.log_every : 1;
     if ((s + 1) % (uint64_t)every == 0 || s == 0 || s + 1 == (uint64_t)ec->steps) {
         /* the line nebula-electra prints, so that the two can be compared */
         char line[1024];
@@ -233,11 +221,11 @@ static void step_done(uv_work_t *req, int status)
     ji.micro_batches = ec->n_gen;
     snprintf(ji.schedule, sizeof ji.schedule, "electra");
     snprintf(ji.layers, sizeof ji.layers, "discriminator");
-    nb_state_job_update(rt->state, &ji);
-    nb_metrics_t *mx = nb_state_metrics(rt->state);
+    nb_state_job_update(rt->b.state, &ji);
+    nb_metrics_t *mx = nb_state_metrics(rt->b.state);
     nb_metrics_inc(mx, rt->m_steps, 1);
     nb_metrics_set(mx, rt->m_loss, rt->w_loss);
-    nb_service_status_line(rt->svc, "step %llu/%d disc loss %.4f", (unsigned long long)s + 1, ec->steps,
+    nb_service_status_line(rt->b.svc, "step %llu/%d disc loss %.4f", (unsigned long long)s + 1, ec->steps,
                            rt->w_loss);
     rt->done = s + 1;
     rt->rx.credit = rt->done + W;
@@ -253,8 +241,8 @@ static void step_done(uv_work_t *req, int status)
         nb_log_info(NULL, "job done: %d steps in %.1f s: disc loss %.4f -> %.4f, %.0f discriminator tokens/s after "
                     "step 1; %.3f wire bytes per discriminator token%s%s", ec->steps, secs, rt->first_loss,
                     rt->last_loss, steady, rt->wire_total / rt->tokens_total,
-                    rt->cfg->job.output[0] ? "; discriminator weights written to " : "", rt->cfg->job.output);
-        nb_service_set_state(rt->svc, NB_SVC_DONE, "job done: %d steps, disc loss %.4f", ec->steps, rt->last_loss);
+                    rt->b.cfg->job.output[0] ? "; discriminator weights written to " : "", rt->b.cfg->job.output);
+        nb_service_set_state(rt->b.svc, NB_SVC_DONE, "job done: %d steps, disc loss %.4f", ec->steps, rt->last_loss);
         send_shutdown(rt, "job done");
         return;
     }
@@ -265,7 +253,7 @@ static void step_done(uv_work_t *req, int status)
 /* Runs the next step when every generator's batch for it is here. */
 static void try_step(nb_electra_disc_rt_t *rt)
 {
-    if (rt->busy || rt->finished || rt->failed || rt->stopping)
+    if (rt->busy || rt->finished || rt->b.failed || rt->b.stopping)
         return;
     uint64_t s = rt->done;
     for (int i = 0; i < rt->ec.n_gen; i++)
@@ -275,7 +263,7 @@ static void try_step(nb_electra_disc_rt_t *rt)
         rt->in[i] = rt->g[i].slot[s % W];
     rt->busy = true;
     rt->work.data = rt;
-    if (uv_queue_work(rt->loop, &rt->work, step_work, step_done) != 0) {
+    if (uv_queue_work(rt->b.loop, &rt->work, step_work, step_done) != 0) {
         rt->busy = false;
         job_fail(rt, "cannot queue the discriminator's step");
     }
@@ -314,8 +302,8 @@ static void on_ready(nb_conn_t *c, void *ud)
     int n = 0;
     for (int k = 0; k < rt->ec.n_gen; k++)
         n += rt->g[k].conn != NULL;
-    if (n == rt->ec.n_gen && !rt->failed)
-        nb_service_set_state(rt->svc, NB_SVC_RUNNING, "%d generators connected; step %llu/%d", n,
+    if (n == rt->ec.n_gen && !rt->b.failed)
+        nb_service_set_state(rt->b.svc, NB_SVC_RUNNING, "%d generators connected; step %llu/%d", n,
                              (unsigned long long)rt->done + 1, rt->ec.steps);
 }
 
@@ -324,7 +312,7 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_t le
     nb_electra_disc_rt_t *rt = ud;
     const char *peer = nb_conn_peer_name(c);
     int i = gen_index(rt, peer);
-    if (f->body_case == NEBULA__FRAME__BODY_TENSOR && !rt->finished && !rt->failed) {
+    if (f->body_case == NEBULA__FRAME__BODY_TENSOR && !rt->finished && !rt->b.failed) {
         char err[1024];
         uint64_t s = f->tensor->step;
         int slot = (int)(s % W);
@@ -334,13 +322,13 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_t le
         int g = nb_electra_rx_accept(&rt->rx, peer, f->tensor, payload, len, dst, cap, err, sizeof err);
         if (g < 0) {
             rt->refused++;
-            nb_metrics_inc(nb_state_metrics(rt->state), rt->m_refused, 1);
+            nb_metrics_inc(nb_state_metrics(rt->b.state), rt->m_refused, 1);
             job_fail(rt, "%s", err);
         } else {
             rt->g[g].loss[slot] = (float)f->tensor->gen_loss;
             rt->g[g].wire[slot] = len;
             rt->rx.next[g] = s + 1;
-            nb_metrics_inc(nb_state_metrics(rt->state), rt->m_received, 1);
+            nb_metrics_inc(nb_state_metrics(rt->b.state), rt->m_received, 1);
             try_step(rt);
         }
     } else if (f->body_case == NEBULA__FRAME__BODY_JOB_STATUS &&
@@ -371,17 +359,17 @@ static void on_closed(nb_conn_t *c, int err, void *ud)
     rt->g[i].conn = NULL;
     rt->g[i].gone_at = nb_mono_s();
     peer_row(rt, i, "gone");
-    if (!rt->finished && !rt->failed && !rt->stopping)
+    if (!rt->finished && !rt->b.failed && !rt->b.stopping)
         nb_log_warn(peer, "generator gone (%s) at discriminator step %llu; waiting up to %.0f s "
                     "(job.recovery_timeout_s) for it to come back", err ? nb_strerror(err) : "closed",
-                    (unsigned long long)rt->done + 1, rt->cfg->job.recovery_timeout_s);
+                    (unsigned long long)rt->done + 1, rt->b.cfg->job.recovery_timeout_s);
 }
 
 /* Once a second: a generator away for too long ends the job. */
 static void on_timer(uv_timer_t *t)
 {
     nb_electra_disc_rt_t *rt = t->data;
-    if (rt->failed || rt->stopping)
+    if (rt->b.failed || rt->b.stopping)
         return;
     double now = nb_mono_s();
     for (int i = 0; i < rt->ec.n_gen; i++) {
@@ -389,7 +377,7 @@ static void on_timer(uv_timer_t *t)
             peer_row(rt, i, "connected"); /* bytes and round trip, for the status */
             continue;
         }
-        double limit = rt->g[i].ever ? rt->cfg->job.recovery_timeout_s : rt->cfg->connect_timeout_s;
+        double limit = rt->g[i].ever ? rt->b.cfg->job.recovery_timeout_s : rt->b.cfg->connect_timeout_s;
         if (!rt->finished && limit > 0 && now - rt->g[i].gone_at > limit) {
             job_fail(rt, rt->g[i].ever ? "generator '%s' did not come back within %.0f s (job.recovery_timeout_s)"
                                        : "generator '%s' did not connect within %.0f s (connect_timeout_s)",
@@ -405,19 +393,19 @@ static int rt_start(nb_service_t *svc, void *ud)
 {
     nb_electra_disc_rt_t *rt = ud;
     char err[2048];
-    if (nb_electra_cfg_convert(rt->cfg, (int)rt->cfg->job.steps, &rt->ec, err, sizeof err)) {
+    if (nb_electra_cfg_convert(rt->b.cfg, (int)rt->b.cfg->job.steps, &rt->ec, err, sizeof err)) {
         nb_service_start_error(svc, "%s", err);
         return NB_EINVAL;
     }
     if (rt->ec.tie_embeddings) {
         nb_service_start_error(svc, "%s: job.electra.tie_embeddings: one process only; the daemons of an electra "
-                               "job keep their embeddings untied (docs/electra.md)", rt->cfg->path);
+                               "job keep their embeddings untied (docs/electra.md)", rt->b.cfg->path);
         return NB_EINVAL;
     }
     if (rt->ec.disc_weight == 0.0f)
         rt->ec.disc_weight = NB_ELECTRA_DISC_WEIGHT_DEFAULT;
     char why[256];
-    rt->be = nb_device_open(rt->cfg->n_devices > 0 ? &rt->cfg->devices[0] : NULL, why, sizeof why);
+    rt->be = nb_device_open(rt->b.cfg->n_devices > 0 ? &rt->b.cfg->devices[0] : NULL, why, sizeof why);
     if (!rt->be) {
         nb_service_start_error(svc, "%s", why);
         return NB_EINVAL;
@@ -432,7 +420,7 @@ static int rt_start(nb_service_t *svc, void *ud)
     int rc = nb_electra_disc_new(rt->be, &ec->model, &ec->optim, ec->seed, ec->seq_len, ec->disc_weight, ec->n_gen,
                                  seqs, names, &rt->disc, err, sizeof err);
     if (rc) {
-        nb_service_start_error(svc, "%s: %s", rt->cfg->path, err);
+        nb_service_start_error(svc, "%s: %s", rt->b.cfg->path, err);
         return rc;
     }
     rt->rx.job_id = ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid() ^ 1;
@@ -452,33 +440,33 @@ static int rt_start(nb_service_t *svc, void *ud)
         }
     }
     nb_net_cfg_t nc;
-    nb_rt_net_cfg(rt->cfg, NEBULA__ROLE__ROLE_COORDINATOR, &nc);
+    nb_rt_net_cfg(rt->b.cfg, NEBULA__ROLE__ROLE_COORDINATOR, &nc);
     nc.allowed_peers = names;
     nc.n_allowed_peers = (size_t)ec->n_gen;
     const nb_net_cb_t cb = { on_ready, on_frame, on_writable, on_closed };
     char bound[NB_CFG_ADDR_MAX + 16];
     char bwhy[NB_CFG_ADDR_MAX + 128];
-    rc = nb_rt_open_net(rt->loop, rt->cfg, &nc, &cb, rt, rt->state, &rt->net, bound, sizeof bound, bwhy,
+    rc = nb_rt_open_net(rt->b.loop, rt->b.cfg, &nc, &cb, rt, rt->b.state, &rt->b.net, bound, sizeof bound, bwhy,
                         sizeof bwhy);
-    rt->net_open = rt->net != NULL;
+    rt->b.net_open = rt->b.net != NULL;
     if (rc) {
         nb_service_start_error(svc, "%s", bwhy);
         return rc;
     }
-    nb_net_set_job(rt->net, rt->rx.job_id);
+    nb_net_set_job(rt->b.net, rt->rx.job_id);
     rt->t_start = nb_mono_s();
     for (int i = 0; i < ec->n_gen; i++) {
         rt->g[i].gone_at = rt->t_start;
         peer_row(rt, i, "waiting");
     }
-    uv_timer_init(rt->loop, &rt->timer);
+    uv_timer_init(rt->b.loop, &rt->timer);
     rt->timer.data = rt;
     rt->timer_open = true;
     uv_timer_start(&rt->timer, on_timer, 1000, 1000);
     nb_log_info(NULL, "electra discriminator: %d layers, d_model %d, %zu parameters; %d generators, %d x %d tokens "
                 "per step, %d steps, disc_weight %g, untied embeddings, window %d steps, backend %s",
                 ec->model.n_layer, ec->model.d_model, nb_part_num_params(nb_electra_disc_part(rt->disc)), ec->n_gen,
-                (int)rt->cfg->job.batch, ec->seq_len, ec->steps, (double)ec->disc_weight, W, rt->be->iface->name);
+                (int)rt->b.cfg->job.batch, ec->seq_len, ec->steps, (double)ec->disc_weight, W, rt->be->iface->name);
     nb_service_set_state(svc, NB_SVC_WAITING, "listening on %s; waiting for %d generator daemons", bound, ec->n_gen);
     return 0;
 }
@@ -487,17 +475,11 @@ static void rt_stop(nb_service_t *svc, void *ud)
 {
     (void)svc;
     nb_electra_disc_rt_t *rt = ud;
-    if (!rt->failed && !rt->finished)
+    if (!rt->b.failed && !rt->finished)
         send_shutdown(rt, "the discriminator's daemon is stopping");
-    rt->stopping = true;
-    if (rt->timer_open) {
-        uv_close((uv_handle_t *)&rt->timer, NULL);
-        rt->timer_open = false;
-    }
-    if (rt->net_open) {
-        nb_net_close(rt->net, NULL, NULL);
-        rt->net_open = false;
-    }
+    rt->b.stopping = true;
+    nb_rt_close_handle(&rt->timer, &rt->timer_open);
+    nb_rt_close_net(&rt->b);
 }
 
 static const nb_runtime_i disc_runtime = {
@@ -511,11 +493,8 @@ int nb_electra_disc_rt_attach(nb_service_t *svc, nb_electra_disc_rt_t **out)
     nb_electra_disc_rt_t *rt = calloc(1, sizeof *rt);
     if (!rt)
         return NB_ENOMEM;
-    rt->svc = svc;
-    rt->cfg = nb_service_config(svc);
-    rt->state = nb_service_state(svc);
-    rt->loop = nb_service_loop(svc);
-    nb_metrics_t *mx = nb_state_metrics(rt->state);
+    nb_rt_base_init(&rt->b, svc);
+    nb_metrics_t *mx = nb_state_metrics(rt->b.state);
     rt->m_steps = nb_metrics_add(mx, "nebula_job_steps_total", NULL, NB_METRIC_COUNTER, "Discriminator steps done");
     rt->m_loss = nb_metrics_add(mx, "nebula_job_loss", NULL, NB_METRIC_GAUGE, "Discriminator loss of the last step");
     rt->m_refused = nb_metrics_add(mx, "nebula_electra_batches_refused_total", NULL, NB_METRIC_COUNTER,

@@ -39,18 +39,13 @@ typedef struct {
 typedef enum { WORK_BUILD, WORK_STEP } work_kind_t;
 
 struct nb_electra_gen_rt {
-    nb_service_t *svc;
-    const nb_config_t *cfg;
-    nb_state_t *state;
-    uv_loop_t *loop;
-    nb_net_t *net;
+    nb_rt_base_t b; /* service, configuration, state, loop, transport, failed, stopping */
     nb_conn_t *coord;
     uv_timer_t timer;
     double since;                  /* monotonic seconds: start, or when the coordinator went away */
     uint32_t recovery_timeout_s;   /* from the Job: how long the coordinator may be away */
     bool timer_open;
-    bool net_open, busy, failed, done, have_job, pending_job;
-    bool stopping;                 /* rt_stop ran: no more work is queued */
+    bool busy, done, have_job, pending_job;
     uv_work_t work;
     work_kind_t kind;
     nb_backend_t *be;
@@ -73,31 +68,19 @@ struct nb_electra_gen_rt {
 };
 
 static void fail(nb_electra_gen_rt_t *rt, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void tell_discriminator(void *ud, const char *why)
+{
+    nb_electra_gen_rt_t *rt = ud;
+    if (rt->coord)
+        nb_rt_send_job_failed(rt->coord, rt->info.job_id, (uint32_t)rt->info.index, why);
+}
+
 static void fail(nb_electra_gen_rt_t *rt, const char *fmt, ...)
 {
-    if (rt->failed)
-        return;
-    char why[1200];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(why, sizeof why, fmt, ap);
+    nb_rt_job_vfail(&rt->b, tell_discriminator, rt, fmt, ap);
     va_end(ap);
-    rt->failed = true;
-    nb_log_error(NULL, "job failed: %s", why);
-    if (rt->coord) {
-        Nebula__Frame f;
-        Nebula__JobStatus js;
-        nebula__frame__init(&f);
-        nebula__job_status__init(&js);
-        js.job_id = rt->info.job_id;
-        js.daemon = (uint32_t)rt->info.index;
-        js.state = NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED;
-        js.message = why;
-        f.body_case = NEBULA__FRAME__BODY_JOB_STATUS;
-        f.job_status = &js;
-        nb_rt_send_ctl(rt->coord, &f);
-    }
-    nb_service_fail(rt->svc, why);
 }
 
 static void free_payload(void *p, void *ud)
@@ -196,7 +179,7 @@ static void work_done(uv_work_t *req, int status)
 {
     nb_electra_gen_rt_t *rt = req->data;
     rt->busy = false;
-    if (rt->failed || rt->stopping)
+    if (rt->b.failed || rt->b.stopping)
         return;
     if (status || rt->w_rc) {
         fail(rt, "%s", status ? "the generator's work was cancelled" : rt->w_err);
@@ -208,7 +191,7 @@ static void work_done(uv_work_t *req, int status)
                     rt->gc.model.d_model, nb_part_num_params(nb_electra_gen_part(rt->gen)), rt->gc.sequences,
                     rt->info.seq_len, rt->gc.data, nb_electra_gen_vocab(rt->gen),
                     rt->next_send > 0 ? "; replaying the steps the discriminator has" : "");
-        nb_service_set_state(rt->svc, NB_SVC_RUNNING, "generator '%s': step %llu/%d", rt->gc.name,
+        nb_service_set_state(rt->b.svc, NB_SVC_RUNNING, "generator '%s': step %llu/%d", rt->gc.name,
                              (unsigned long long)rt->next_send + 1, rt->info.steps);
     } else {
         kept_t *k = &rt->kept[rt->gstep % W];
@@ -217,12 +200,12 @@ static void work_done(uv_work_t *req, int status)
         k->len = (size_t)rt->w_len;
         k->loss = rt->w_loss;
         rt->gstep++;
-        nb_metrics_t *mx = nb_state_metrics(rt->state);
+        nb_metrics_t *mx = nb_state_metrics(rt->b.state);
         nb_metrics_inc(mx, rt->m_steps, 1);
         nb_metrics_set(mx, rt->m_loss, rt->w_loss);
         nb_log_debug(NULL, "step %llu/%d gen %s loss %.4f", (unsigned long long)rt->gstep, rt->info.steps,
                      rt->gc.name, rt->w_loss);
-        nb_service_status_line(rt->svc, "generator '%s': step %llu/%d loss %.4f", rt->gc.name,
+        nb_service_status_line(rt->b.svc, "generator '%s': step %llu/%d loss %.4f", rt->gc.name,
                                (unsigned long long)rt->gstep, rt->info.steps, rt->w_loss);
     }
     if (rt->pending_job) {
@@ -237,10 +220,10 @@ static void work_done(uv_work_t *req, int status)
  * next_send are replays (not sent), the others need credit. */
 static void pump(nb_electra_gen_rt_t *rt)
 {
-    if (rt->failed || rt->stopping || rt->busy || !rt->have_job)
+    if (rt->b.failed || rt->b.stopping || rt->busy || !rt->have_job)
         return;
     send_kept(rt);
-    if (rt->failed || !rt->gen)
+    if (rt->b.failed || !rt->gen)
         return;
     uint64_t s = rt->gstep;
     if (s >= (uint64_t)rt->info.steps || (s >= rt->next_send && s >= rt->credit))
@@ -251,7 +234,7 @@ static void pump(nb_electra_gen_rt_t *rt)
     rt->kind = WORK_STEP;
     rt->busy = true;
     rt->work.data = rt;
-    if (uv_queue_work(rt->loop, &rt->work, work_cb, work_done) != 0) {
+    if (uv_queue_work(rt->b.loop, &rt->work, work_cb, work_done) != 0) {
         rt->busy = false;
         fail(rt, "cannot queue the generator's step");
     }
@@ -260,7 +243,7 @@ static void pump(nb_electra_gen_rt_t *rt)
 /* A (new or repeated) ElectraJob: keep what still serves it, else rebuild. */
 static void apply_job(nb_electra_gen_rt_t *rt, const nb_electra_gen_config_t *gc, const nb_electra_job_info_t *in)
 {
-    if (rt->stopping)
+    if (rt->b.stopping)
         return;
     if (rt->busy) {
         rt->p_gc = *gc;
@@ -287,7 +270,7 @@ static void apply_job(nb_electra_gen_rt_t *rt, const nb_electra_gen_config_t *gc
         rt->kind = WORK_BUILD;
         rt->busy = true;
         rt->work.data = rt;
-        if (uv_queue_work(rt->loop, &rt->work, work_cb, work_done) != 0) {
+        if (uv_queue_work(rt->b.loop, &rt->work, work_cb, work_done) != 0) {
             rt->busy = false;
             fail(rt, "cannot queue the generator's build");
         }
@@ -300,7 +283,7 @@ static void apply_job(nb_electra_gen_rt_t *rt, const nb_electra_gen_config_t *gc
 
 static bool is_coord(const nb_electra_gen_rt_t *rt, const nb_conn_t *c)
 {
-    return strcmp(nb_conn_peer_name(c), rt->cfg->coordinator.name) == 0;
+    return strcmp(nb_conn_peer_name(c), rt->b.cfg->coordinator.name) == 0;
 }
 
 static void on_ready(nb_conn_t *c, void *ud)
@@ -311,11 +294,11 @@ static void on_ready(nb_conn_t *c, void *ud)
         return;
     }
     rt->coord = c;
-    nb_rt_peer_row(rt->state, rt->cfg->coordinator.name, "coordinator", rt->cfg->coordinator.address.text,
+    nb_rt_peer_row(rt->b.state, rt->b.cfg->coordinator.name, "coordinator", rt->b.cfg->coordinator.address.text,
                    "connected", c);
-    if (!rt->done && !rt->failed)
-        nb_service_set_state(rt->svc, NB_SVC_CONNECTING, "connected to %s; waiting for the job",
-                             rt->cfg->coordinator.name);
+    if (!rt->done && !rt->b.failed)
+        nb_service_set_state(rt->b.svc, NB_SVC_CONNECTING, "connected to %s; waiting for the job",
+                             rt->b.cfg->coordinator.name);
 }
 
 static void on_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_t len, void *ud)
@@ -323,7 +306,7 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_t le
     (void)len;
     nb_electra_gen_rt_t *rt = ud;
     const char *peer = nb_conn_peer_name(c);
-    if (!is_coord(rt, c) || rt->failed || rt->done || rt->stopping) {
+    if (!is_coord(rt, c) || rt->b.failed || rt->done || rt->b.stopping) {
         /* nothing but the coordinator's frames, and only while the job runs */
     } else if (f->body_case == NEBULA__FRAME__BODY_JOB) {
         char err[1024];
@@ -331,7 +314,7 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_t le
         nb_electra_job_info_t info;
         if (!f->job->electra)
             fail(rt, "%s sent a pipeline job; this daemon is an ELECTRA generator (electra_generator: true)", peer);
-        else if (nb_electra_job_from_msg(f->job->electra, rt->cfg->name, rt->cfg->data, &gc, &info, err, sizeof err))
+        else if (nb_electra_job_from_msg(f->job->electra, rt->b.cfg->name, rt->b.cfg->data, &gc, &info, err, sizeof err))
             fail(rt, "%s", err);
         else {
             rt->recovery_timeout_s = f->job->recovery_timeout_s;
@@ -352,7 +335,7 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_t le
             rt->done = true;
             nb_log_info(NULL, "job done: generator '%s' sent %llu batches", rt->gc.name,
                         (unsigned long long)rt->next_send);
-            nb_service_set_state(rt->svc, NB_SVC_DONE, "job done: generator '%s', %d steps", rt->gc.name,
+            nb_service_set_state(rt->b.svc, NB_SVC_DONE, "job done: generator '%s', %d steps", rt->gc.name,
                                  rt->info.steps);
         } else {
             fail(rt, "the discriminator's daemon ended the job: %s", why);
@@ -377,11 +360,11 @@ static void on_closed(nb_conn_t *c, int err, void *ud)
         return;
     rt->coord = NULL;
     rt->since = nb_mono_s();
-    nb_rt_peer_row(rt->state, rt->cfg->coordinator.name, "coordinator", rt->cfg->coordinator.address.text, "gone",
+    nb_rt_peer_row(rt->b.state, rt->b.cfg->coordinator.name, "coordinator", rt->b.cfg->coordinator.address.text, "gone",
                    NULL);
-    if (!rt->done && !rt->failed)
+    if (!rt->done && !rt->b.failed)
         nb_log_warn(NULL, "lost the discriminator's daemon %s (%s); redialling, the job goes on when it is back",
-                    rt->cfg->coordinator.name, err ? nb_strerror(err) : "closed");
+                    rt->b.cfg->coordinator.name, err ? nb_strerror(err) : "closed");
 }
 
 /* Once a second: no job within connect_timeout_s, or the coordinator away
@@ -389,13 +372,13 @@ static void on_closed(nb_conn_t *c, int err, void *ud)
 static void on_timer(uv_timer_t *t)
 {
     nb_electra_gen_rt_t *rt = t->data;
-    if (rt->failed || rt->done || rt->stopping || rt->coord)
+    if (rt->b.failed || rt->done || rt->b.stopping || rt->coord)
         return;
-    double away = nb_mono_s() - rt->since, limit = rt->have_job ? rt->recovery_timeout_s : rt->cfg->connect_timeout_s;
+    double away = nb_mono_s() - rt->since, limit = rt->have_job ? rt->recovery_timeout_s : rt->b.cfg->connect_timeout_s;
     if (limit > 0 && away > limit)
         fail(rt, rt->have_job ? "the discriminator's daemon %s did not come back within %.0f s (job.recovery_timeout_s)"
                               : "no job from the discriminator's daemon %s within %.0f s (connect_timeout_s)",
-             rt->cfg->coordinator.name, limit);
+             rt->b.cfg->coordinator.name, limit);
 }
 
 /* ---- service hooks -------------------------------------------------------- */
@@ -404,36 +387,36 @@ static int rt_start(nb_service_t *svc, void *ud)
 {
     nb_electra_gen_rt_t *rt = ud;
     char why[256];
-    rt->be = nb_device_open(rt->cfg->n_devices > 0 ? &rt->cfg->devices[0] : NULL, why, sizeof why);
+    rt->be = nb_device_open(rt->b.cfg->n_devices > 0 ? &rt->b.cfg->devices[0] : NULL, why, sizeof why);
     if (!rt->be) {
         nb_service_start_error(svc, "%s", why);
         return NB_EINVAL;
     }
     nb_net_cfg_t nc;
-    nb_rt_net_cfg(rt->cfg, NEBULA__ROLE__ROLE_STAGE, &nc);
+    nb_rt_net_cfg(rt->b.cfg, NEBULA__ROLE__ROLE_STAGE, &nc);
     const nb_net_cb_t cb = { on_ready, on_frame, on_writable, on_closed };
     char bound[NB_CFG_ADDR_MAX + 16];
     char bwhy[NB_CFG_ADDR_MAX + 128];
-    int rc = nb_rt_open_net(rt->loop, rt->cfg, &nc, &cb, rt, rt->state, &rt->net, bound, sizeof bound, bwhy,
+    int rc = nb_rt_open_net(rt->b.loop, rt->b.cfg, &nc, &cb, rt, rt->b.state, &rt->b.net, bound, sizeof bound, bwhy,
                             sizeof bwhy);
-    rt->net_open = rt->net != NULL;
+    rt->b.net_open = rt->b.net != NULL;
     if (rc) {
         nb_service_start_error(svc, "%s", bwhy);
         return rc;
     }
-    const nb_cfg_coord_t *co = &rt->cfg->coordinator;
-    if ((rc = nb_net_connect(rt->net, co->name, co->address.host, co->address.port))) {
+    const nb_cfg_coord_t *co = &rt->b.cfg->coordinator;
+    if ((rc = nb_net_connect(rt->b.net, co->name, co->address.host, co->address.port))) {
         nb_service_start_error(svc, "coordinator.address %s: %s", co->address.text, nb_strerror(rc));
         return rc;
     }
-    nb_rt_peer_row(rt->state, co->name, "coordinator", co->address.text, "dialling", NULL);
+    nb_rt_peer_row(rt->b.state, co->name, "coordinator", co->address.text, "dialling", NULL);
     rt->since = nb_mono_s();
-    uv_timer_init(rt->loop, &rt->timer);
+    uv_timer_init(rt->b.loop, &rt->timer);
     rt->timer.data = rt;
     rt->timer_open = true;
     uv_timer_start(&rt->timer, on_timer, 1000, 1000);
     nb_service_set_state(svc, NB_SVC_WAITING, "ELECTRA generator on %s; dialling the discriminator's daemon %s at %s",
-                         rt->cfg->data, co->name, co->address.text);
+                         rt->b.cfg->data, co->name, co->address.text);
     return 0;
 }
 
@@ -441,15 +424,9 @@ static void rt_stop(nb_service_t *svc, void *ud)
 {
     (void)svc;
     nb_electra_gen_rt_t *rt = ud;
-    rt->stopping = true; /* a step or build in flight ends in work_done, which then queues nothing */
-    if (rt->timer_open) {
-        uv_close((uv_handle_t *)&rt->timer, NULL);
-        rt->timer_open = false;
-    }
-    if (rt->net_open) {
-        nb_net_close(rt->net, NULL, NULL);
-        rt->net_open = false;
-    }
+    rt->b.stopping = true; /* a step or build in flight ends in work_done, which then queues nothing */
+    nb_rt_close_handle(&rt->timer, &rt->timer_open);
+    nb_rt_close_net(&rt->b);
 }
 
 static const nb_runtime_i gen_runtime = {
@@ -463,11 +440,8 @@ int nb_electra_gen_rt_attach(nb_service_t *svc, nb_electra_gen_rt_t **out)
     nb_electra_gen_rt_t *rt = calloc(1, sizeof *rt);
     if (!rt)
         return NB_ENOMEM;
-    rt->svc = svc;
-    rt->cfg = nb_service_config(svc);
-    rt->state = nb_service_state(svc);
-    rt->loop = nb_service_loop(svc);
-    nb_metrics_t *mx = nb_state_metrics(rt->state);
+    nb_rt_base_init(&rt->b, svc);
+    nb_metrics_t *mx = nb_state_metrics(rt->b.state);
     rt->m_steps = nb_metrics_add(mx, "nebula_electra_generator_steps_total", NULL, NB_METRIC_COUNTER,
                                  "Generator steps computed (replays included)");
     rt->m_loss = nb_metrics_add(mx, "nebula_electra_generator_loss", NULL, NB_METRIC_GAUGE,

@@ -1,10 +1,59 @@
 /* rt_common.c - helpers shared by the pipeline runtimes; see rt_common.h. */
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include "daemon/log.h"
 #include "daemon/net/ktls.h"
 #include "daemon/pipeline/rt_common.h"
 #include "kernels/common.h"
+
+void nb_rt_base_init(nb_rt_base_t *b, nb_service_t *svc)
+{
+    memset(b, 0, sizeof *b);
+    b->svc = svc;
+    b->cfg = nb_service_config(svc);
+    b->state = nb_service_state(svc);
+    b->loop = nb_service_loop(svc);
+}
+
+bool nb_rt_job_vfail(nb_rt_base_t *b, nb_rt_tell_fn tell, void *ud, const char *fmt, va_list ap)
+{
+    if (b->failed || b->stopping)
+        return false;
+    char why[1024];
+    vsnprintf(why, sizeof why, fmt, ap);
+    b->failed = true;
+    nb_log_error(NULL, "job failed: %s", why);
+    if (tell)
+        tell(ud, why);
+    nb_service_fail(b->svc, why);
+    return true;
+}
+
+bool nb_rt_job_fail(nb_rt_base_t *b, nb_rt_tell_fn tell, void *ud, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    bool done = nb_rt_job_vfail(b, tell, ud, fmt, ap);
+    va_end(ap);
+    return done;
+}
+
+void nb_rt_close_net(nb_rt_base_t *b)
+{
+    if (b->net_open) {
+        nb_net_close(b->net, NULL, NULL);
+        b->net_open = false;
+    }
+}
+
+void nb_rt_close_handle(void *handle, bool *open)
+{
+    if (*open) {
+        uv_close((uv_handle_t *)handle, NULL);
+        *open = false;
+    }
+}
 
 void nb_rt_net_cfg(const nb_config_t *cfg, int role, nb_net_cfg_t *out)
 {
@@ -130,6 +179,33 @@ int nb_rt_pmsg_kind(int frame_kind)
 int nb_rt_send_ctl(nb_conn_t *c, Nebula__Frame *f)
 {
     return nb_conn_send(c, f, NULL, 0, NULL, NULL);
+}
+
+int nb_rt_send_shutdown(nb_conn_t *c, const char *why)
+{
+    Nebula__Frame f;
+    Nebula__Shutdown s;
+    nebula__frame__init(&f);
+    nebula__shutdown__init(&s);
+    s.reason = (char *)why;
+    f.body_case = NEBULA__FRAME__BODY_SHUTDOWN;
+    f.shutdown = &s;
+    return nb_rt_send_ctl(c, &f);
+}
+
+int nb_rt_send_job_failed(nb_conn_t *c, uint64_t job_id, uint32_t daemon, const char *why)
+{
+    Nebula__Frame f;
+    Nebula__JobStatus js;
+    nebula__frame__init(&f);
+    nebula__job_status__init(&js);
+    js.job_id = job_id;
+    js.daemon = daemon;
+    js.state = NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED;
+    js.message = (char *)why;
+    f.body_case = NEBULA__FRAME__BODY_JOB_STATUS;
+    f.job_status = &js;
+    return nb_rt_send_ctl(c, &f);
 }
 
 void nb_rt_reserve_peer_addr(nb_net_t *n, const char *hostport)

@@ -72,7 +72,7 @@ static void *writer_main(void *arg)
     if (rc) {
         nb_log_error(NULL, "checkpoint at step %lld: %s", (long long)w->meta.step, err);
     } else {
-        nb_metrics_inc(nb_state_metrics(rt->state), rt->m_ckpts, (double)d.n_files);
+        nb_metrics_inc(nb_state_metrics(rt->b.state), rt->m_ckpts, (double)d.n_files);
         nb_log_info(NULL, "checkpoint at step %lld: wrote %.1f MB in %.2f s to %s", (long long)w->meta.step,
                     (double)bytes / 1e6, (double)(nb_mono_ns() - t0) / 1e9, w->dir);
     }
@@ -109,10 +109,10 @@ void nb__stage_ckpt_save(nb_stage_rt_t *rt, compute_t *c, const Nebula__Checkpoi
     w->rt = rt;
     w->attempt = ck->attempt;
     w->meta.step = (int64_t)ck->step;
-    if (ck->step != c->committed || c->prepared || !rt->cfg->checkpoint_dir[0]) {
-        snprintf(err, sizeof err, "%s: asked for a checkpoint at step %llu, but this daemon %s", rt->cfg->name,
+    if (ck->step != c->committed || c->prepared || !rt->b.cfg->checkpoint_dir[0]) {
+        snprintf(err, sizeof err, "%s: asked for a checkpoint at step %llu, but this daemon %s", rt->b.cfg->name,
                  (unsigned long long)ck->step,
-                 !rt->cfg->checkpoint_dir[0] ? "has no checkpoint_dir" : "is at another step");
+                 !rt->b.cfg->checkpoint_dir[0] ? "has no checkpoint_dir" : "is at another step");
         nb_log_error(NULL, "%s", err);
         post_done(rt, w, &d, err);
         free(w);
@@ -122,14 +122,14 @@ void nb__stage_ckpt_save(nb_stage_rt_t *rt, compute_t *c, const Nebula__Checkpoi
      * between them */
     nb__stage_ckpt_join(c);
     const nb_pipe_layout_t *l = &rt->job.layout;
-    nb_ckpt_step_dir(rt->cfg->checkpoint_dir, (int64_t)ck->step, w->dir, sizeof w->dir);
+    nb_ckpt_step_dir(rt->b.cfg->checkpoint_dir, (int64_t)ck->step, w->dir, sizeof w->dir);
     w->meta = (nb_ckpt_meta_t){ .job_id = l->job_id, .step = (int64_t)ck->step, .seed = l->seed,
                                 .batch = l->micro_batch_size * (c->last_m > 0 ? c->last_m : 1),
                                 .micro_batches = c->last_m > 0 ? c->last_m : 1, .seq_len = l->seq_len,
                                 .model = l->model };
     nb_cpu_describe(w->meta.kernels, sizeof w->meta.kernels);
-    if (mkdir(rt->cfg->checkpoint_dir, 0750) != 0 && errno != EEXIST) {
-        snprintf(err, sizeof err, "%.300s: cannot create: %s", rt->cfg->checkpoint_dir, strerror(errno));
+    if (mkdir(rt->b.cfg->checkpoint_dir, 0750) != 0 && errno != EEXIST) {
+        snprintf(err, sizeof err, "%.300s: cannot create: %s", rt->b.cfg->checkpoint_dir, strerror(errno));
         post_done(rt, w, &d, err);
         free(w);
         return;
@@ -170,7 +170,7 @@ void nb__stage_ckpt_save(nb_stage_rt_t *rt, compute_t *c, const Nebula__Checkpoi
 void nb__stage_ckpt_committed(nb_stage_rt_t *rt, compute_t *c, const Nebula__Checkpoint *ck)
 {
     char err[512], dir[NB_CFG_PATH_MAX + 32];
-    if (!rt->cfg->checkpoint_dir[0] || !ck->manifest)
+    if (!rt->b.cfg->checkpoint_dir[0] || !ck->manifest)
         return;
     /* the files must be on disk before their manifest is */
     nb__stage_ckpt_join(c);
@@ -181,19 +181,19 @@ void nb__stage_ckpt_committed(nb_stage_rt_t *rt, compute_t *c, const Nebula__Che
                     (unsigned long long)ck->step, err);
         return;
     }
-    nb_ckpt_step_dir(rt->cfg->checkpoint_dir, m.meta.step, dir, sizeof dir);
+    nb_ckpt_step_dir(rt->b.cfg->checkpoint_dir, m.meta.step, dir, sizeof dir);
     if (nb_ckpt_manifest_write(dir, &m, err, sizeof err) != 0)
         nb_log_warn(NULL, "checkpoint at step %lld: cannot keep the manifest: %s", (long long)m.meta.step, err);
     int keep = ck->keep > 0 ? (int)ck->keep : 3;
-    if (nb_ckpt_prune(rt->cfg->checkpoint_dir, keep, err, sizeof err) < 0)
-        nb_log_warn(NULL, "checkpoints: cannot prune %s: %s", rt->cfg->checkpoint_dir, err);
+    if (nb_ckpt_prune(rt->b.cfg->checkpoint_dir, keep, err, sizeof err) < 0)
+        nb_log_warn(NULL, "checkpoints: cannot prune %s: %s", rt->b.cfg->checkpoint_dir, err);
 }
 
 int nb__stage_ckpt_restore(nb_stage_rt_t *rt, nb_host_t *host, const char *manifest_json, uint64_t step,
                            char *err, size_t errlen)
 {
     char dir[NB_CFG_PATH_MAX + 32], why[512];
-    if (!rt->cfg->checkpoint_dir[0]) {
+    if (!rt->b.cfg->checkpoint_dir[0]) {
         snprintf(err, errlen, "the job resumes from checkpoint step %llu, but this daemon has no checkpoint_dir",
                  (unsigned long long)step);
         return NB_EINVAL;
@@ -210,7 +210,7 @@ int nb__stage_ckpt_restore(nb_stage_rt_t *rt, nb_host_t *host, const char *manif
                  (unsigned long long)step);
         return NB_EFORMAT;
     }
-    nb_ckpt_step_dir(rt->cfg->checkpoint_dir, m.meta.step, dir, sizeof dir);
+    nb_ckpt_step_dir(rt->b.cfg->checkpoint_dir, m.meta.step, dir, sizeof dir);
     for (int i = 0; i < nb_host_num_stages(host); i++) {
         rc = nb_ckpt_load_part(dir, &m, nb_host_part(host, i), nb_host_optim(host, i), why, sizeof why);
         if (rc == 0)

@@ -97,7 +97,7 @@ static void layers_text(const nb_pipe_layout_t *l, int daemon, char *buf, size_t
 
 static void trace_step(nb_stage_rt_t *rt, const nb_step_result_t *res)
 {
-    nb_trace_t *tr = nb_state_trace(rt->state);
+    nb_trace_t *tr = nb_state_trace(rt->b.state);
     for (int i = 0; i < res->n_timings; i++) {
         const nb_mb_timing_t *t = &res->timings[i];
         nb_rt_trace_mb(tr, res->step, t->stage, t->mb, t->fwd_start_ns, t->fwd_ns, t->bwd_start_ns, t->bwd_ns);
@@ -129,7 +129,7 @@ static int open_backends(const nb_config_t *cfg, nb_backend_t **bes, char *why, 
 static void log_init_note(void *ud, const char *note)
 {
     nb_stage_rt_t *rt = ud;
-    nb_log_info(rt->cfg->coordinator.name, "init: %s", note);
+    nb_log_info(rt->b.cfg->coordinator.name, "init: %s", note);
 }
 
 /* job.init: every part hosted here loads its own tensors from this
@@ -137,10 +137,10 @@ static void log_init_note(void *ud, const char *note)
 static int init_parts(nb_stage_rt_t *rt, nb_host_t *host, char *err, size_t errlen)
 {
     for (int i = 0; i < nb_host_num_stages(host); i++) {
-        int rc = nb_lowrank_init_part(rt->cfg->init, nb_host_part(host, i), log_init_note, rt, err, errlen);
+        int rc = nb_lowrank_init_part(rt->b.cfg->init, nb_host_part(host, i), log_init_note, rt, err, errlen);
         if (rc)
             return rc;
-        nb_log_info(rt->cfg->coordinator.name, "stage %d: weights from %s", nb_host_stage(host, i), rt->cfg->init);
+        nb_log_info(rt->b.cfg->coordinator.name, "stage %d: weights from %s", nb_host_stage(host, i), rt->b.cfg->init);
     }
     return 0;
 }
@@ -211,16 +211,16 @@ static int open_eval(nb_stage_rt_t *rt, nb_host_t *host, const nb_job_desc_t *d,
                      size_t errlen)
 {
     bool first = d->layout.placement[0] == me;
-    if (first && d->eval_file && !rt->cfg->eval_data[0]) {
+    if (first && d->eval_file && !rt->b.cfg->eval_data[0]) {
         snprintf(err, errlen, "the job evaluates on a held-out file (job.eval.data) and stage 0 is hosted here, but "
                               "this daemon's configuration has no eval_data file");
         return NB_EINVAL;
     }
-    int rc = nb_eval_new(host, first && d->eval_file ? rt->cfg->eval_data : NULL, out, err, errlen);
+    int rc = nb_eval_new(host, first && d->eval_file ? rt->b.cfg->eval_data : NULL, out, err, errlen);
     if (rc == 0 && first)
-        nb_log_info(rt->cfg->coordinator.name, "held-out evaluation on %llu tokens (%s)",
+        nb_log_info(rt->b.cfg->coordinator.name, "held-out evaluation on %llu tokens (%s)",
                     (unsigned long long)nb_tokens_count(nb_eval_tokens(*out)),
-                    d->eval_file ? rt->cfg->eval_data : "the tail of data");
+                    d->eval_file ? rt->b.cfg->eval_data : "the tail of data");
     return rc;
 }
 
@@ -251,9 +251,9 @@ static int handle_job(nb_stage_rt_t *rt, compute_t *c, const char *be_why, const
     if (rc == 0 && !c->be) {
         snprintf(err, sizeof err, "%s", be_why);
         rc = NB_EINVAL;
-    } else if (rc == 0 && strcmp(d.names[me], rt->cfg->name) != 0) {
+    } else if (rc == 0 && strcmp(d.names[me], rt->b.cfg->name) != 0) {
         snprintf(err, sizeof err, "the coordinator assigned daemon %d (%s) to this daemon (%s)", me, d.names[me],
-                 rt->cfg->name);
+                 rt->b.cfg->name);
         rc = NB_EINVAL;
     }
     bool had = c->host != NULL;
@@ -273,17 +273,17 @@ static int handle_job(nb_stage_rt_t *rt, compute_t *c, const char *be_why, const
         o->exit_after = true;
         snprintf(o->text, sizeof o->text, "%s: the coordinator sent job %llu with another job or layout than the "
                  "one this daemon holds (job %llu); exiting so that the service restarts clean and joins it",
-                 rt->cfg->name, (unsigned long long)msg->job_id, (unsigned long long)rt->job.layout.job_id);
-        nb_log_warn(rt->cfg->coordinator.name, "%s", o->text);
+                 rt->b.cfg->name, (unsigned long long)msg->job_id, (unsigned long long)rt->job.layout.job_id);
+        nb_log_warn(rt->b.cfg->coordinator.name, "%s", o->text);
         post(rt, o);
         return NB_ESTATE;
     }
-    if (rc == 0 && msg->pretrained && !rt->cfg->init[0]) {
+    if (rc == 0 && msg->pretrained && !rt->b.cfg->init[0]) {
         snprintf(err, sizeof err, "the job starts from pretrained weights (job.init) but this daemon's "
                                   "configuration has no init file");
         rc = NB_EINVAL;
     }
-    if (rc == 0 && msg->checkpoints && !rt->cfg->checkpoint_dir[0]) {
+    if (rc == 0 && msg->checkpoints && !rt->b.cfg->checkpoint_dir[0]) {
         snprintf(err, sizeof err, "the job takes checkpoints (job.checkpoint) but this daemon's configuration "
                                   "has no checkpoint_dir");
         rc = NB_EINVAL;
@@ -294,9 +294,9 @@ static int handle_job(nb_stage_rt_t *rt, compute_t *c, const char *be_why, const
                      (unsigned long long)msg->resume_step, had ? "step " : "no job (steps ",
                      (unsigned long long)(had ? c->committed : 0));
             rc = NB_ESTATE;
-            nb_log_warn(rt->cfg->coordinator.name, "%s", err);
+            nb_log_warn(rt->b.cfg->coordinator.name, "%s", err);
             c->attempt = msg->attempt;
-            post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_FAULT, "%s: %s", rt->cfg->name, err);
+            post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_FAULT, "%s: %s", rt->b.cfg->name, err);
             return 0; /* the coordinator falls back to a checkpoint */
         }
         if (c->prepared) /* that step runs again */
@@ -311,7 +311,7 @@ static int handle_job(nb_stage_rt_t *rt, compute_t *c, const char *be_why, const
              * needs (its checkpoint_dir is not shared with the stage that
              * wrote it) or cannot finish them, it keeps what it holds, says
              * so (FAULT), and the coordinator goes back to the old split */
-            rc = nb_host_new_replicas(c->bes, c->n_bes, &d.layout, me, rt->cfg->data, &moved_host, err, sizeof err);
+            rc = nb_host_new_replicas(c->bes, c->n_bes, &d.layout, me, rt->b.cfg->data, &moved_host, err, sizeof err);
             if (rc == 0)
                 rc = nb__stage_ckpt_restore(rt, moved_host, msg->manifest, msg->resume_step, err, sizeof err);
             if (rc == 0 && (rc = nb_host_sync_replicas(moved_host))) /* replica 0 was filled */
@@ -321,7 +321,7 @@ static int handle_job(nb_stage_rt_t *rt, compute_t *c, const char *be_why, const
             if (rc) {
                 nb_eval_free(moved_eval); /* borrows the host */
                 nb_host_free(moved_host);
-                nb_log_warn(rt->cfg->coordinator.name, "re-partition refused: %s", err);
+                nb_log_warn(rt->b.cfg->coordinator.name, "re-partition refused: %s", err);
                 c->attempt = msg->attempt;
                 out_item_t *o = calloc(1, sizeof *o);
                 if (!o)
@@ -329,7 +329,7 @@ static int handle_job(nb_stage_rt_t *rt, compute_t *c, const char *be_why, const
                 o->kind = OUT_STATUS;
                 o->status = NEBULA__JOB_STATUS__STATE__JOB_STATE_FAULT;
                 o->attempt = msg->attempt; /* the coordinator takes a FAULT of the attempt it set up */
-                snprintf(o->text, sizeof o->text, "%s: re-partition refused: %.400s", rt->cfg->name, err);
+                snprintf(o->text, sizeof o->text, "%s: re-partition refused: %.400s", rt->b.cfg->name, err);
                 return post(rt, o);
             }
         }
@@ -346,7 +346,7 @@ static int handle_job(nb_stage_rt_t *rt, compute_t *c, const char *be_why, const
             c->host = moved_host; /* built, restored and synced above */
             c->eval = moved_eval;
         } else {
-            if ((rc = nb_host_new_replicas(c->bes, c->n_bes, &d.layout, me, rt->cfg->data, &c->host, err,
+            if ((rc = nb_host_new_replicas(c->bes, c->n_bes, &d.layout, me, rt->b.cfg->data, &c->host, err,
                                            sizeof err)) == 0 &&
                 msg->resume == NEBULA__JOB__RESUME__RESUME_CHECKPOINT)
                 rc = nb__stage_ckpt_restore(rt, c->host, msg->manifest, msg->resume_step, err, sizeof err);
@@ -367,15 +367,15 @@ static int handle_job(nb_stage_rt_t *rt, compute_t *c, const char *be_why, const
         }
     }
     if (rc) {
-        nb_log_error(rt->cfg->coordinator.name, "refusing job %llu: %s", (unsigned long long)msg->job_id, err);
-        post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED, "%s: %s", rt->cfg->name, err);
+        nb_log_error(rt->b.cfg->coordinator.name, "refusing job %llu: %s", (unsigned long long)msg->job_id, err);
+        post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED, "%s: %s", rt->b.cfg->name, err);
         return had ? rc : (rc == NB_ESTATE ? rc : NB_EINVAL);
     }
     c->attempt = msg->attempt;
     c->aborted = false;
     if ((rc = had ? reopen_inboxes(rt) : open_inboxes(rt, &d.layout, me))) {
         if (rc == NB_ECLOSED)
-            nb_log_info(rt->cfg->coordinator.name, "job %llu ended while its stages were being built",
+            nb_log_info(rt->b.cfg->coordinator.name, "job %llu ended while its stages were being built",
                         (unsigned long long)msg->job_id);
         return rc;
     }
@@ -397,7 +397,7 @@ static int handle_job(nb_stage_rt_t *rt, compute_t *c, const char *be_why, const
         }
         char layers[128];
         layers_text(&d.layout, me, layers, sizeof layers);
-        nb_log_info(rt->cfg->coordinator.name, "job %llu: daemon %d of %d, stages %s, %d x %d tokens per "
+        nb_log_info(rt->b.cfg->coordinator.name, "job %llu: daemon %d of %d, stages %s, %d x %d tokens per "
                     "micro-batch%s%s at step %llu", (unsigned long long)d.layout.job_id, me, d.n_daemons, layers,
                     d.layout.micro_batch_size, d.layout.seq_len, msg->attempt ? ", resumed " : "",
                     msg->attempt ? how[msg->resume <= 2 ? msg->resume : 0] : "",
@@ -409,11 +409,11 @@ static int handle_job(nb_stage_rt_t *rt, compute_t *c, const char *be_why, const
             rt->job.layout.parts[s] = d.layout.parts[s];
         char layers[128];
         layers_text(&d.layout, me, layers, sizeof layers);
-        nb_log_info(rt->cfg->coordinator.name, "job %llu attempt %u: re-partitioned: stages %s, restored from the "
+        nb_log_info(rt->b.cfg->coordinator.name, "job %llu attempt %u: re-partitioned: stages %s, restored from the "
                     "checkpoint at step %llu", (unsigned long long)d.layout.job_id, msg->attempt, layers,
                     (unsigned long long)msg->resume_step);
     } else {
-        nb_log_info(rt->cfg->coordinator.name, "job %llu attempt %u: resuming %s at step %llu",
+        nb_log_info(rt->b.cfg->coordinator.name, "job %llu attempt %u: resuming %s at step %llu",
                     (unsigned long long)d.layout.job_id, msg->attempt, how[msg->resume <= 2 ? msg->resume : 0],
                     (unsigned long long)msg->resume_step);
     }
@@ -452,7 +452,7 @@ static int handle_plan(nb_stage_rt_t *rt, compute_t *c, const Nebula__Plan *p)
     }
     if (host && p->job_id == rt->job.layout.job_id && (p->step != c->committed || c->prepared)) {
         post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED, "%s: plan for step %llu, but this daemon "
-                    "has applied %llu steps%s", rt->cfg->name, (unsigned long long)p->step,
+                    "has applied %llu steps%s", rt->b.cfg->name, (unsigned long long)p->step,
                     (unsigned long long)c->committed, c->prepared ? " and holds the gradients of the next" : "");
         return NB_ESTATE;
     }
@@ -480,7 +480,7 @@ static int handle_plan(nb_stage_rt_t *rt, compute_t *c, const Nebula__Plan *p)
         uv_async_send(&rt->wake);
     snprintf(plan.fwd_codec, sizeof plan.fwd_codec, "%s", p->forward_codec);
     snprintf(plan.bwd_codec, sizeof plan.bwd_codec, "%s", p->backward_codec);
-    int timeout_ms = (int)(rt->cfg->heartbeat_timeout_s > 0 ? rt->cfg->heartbeat_timeout_s * 4000 : 60000);
+    int timeout_ms = (int)(rt->b.cfg->heartbeat_timeout_s > 0 ? rt->b.cfg->heartbeat_timeout_s * 4000 : 60000);
     nb_step_result_t res;
     int rc = nb_host_run_step(host, &plan, &io, timeout_ms, &res, err, sizeof err);
     if (rc && __atomic_load_n(&rt->abort_flag, __ATOMIC_ACQUIRE)) {
@@ -494,12 +494,12 @@ static int handle_plan(nb_stage_rt_t *rt, compute_t *c, const Nebula__Plan *p)
          * a fault the coordinator recovers from */
         nb_host_abort_step(host);
         c->aborted = true;
-        post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_FAULT, "%s: step %lld: %s", rt->cfg->name,
+        post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_FAULT, "%s: step %lld: %s", rt->b.cfg->name,
                     (long long)plan.step + 1, err);
         return 0;
     }
     if (rc) {
-        post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED, "%s: step %lld: %s", rt->cfg->name,
+        post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED, "%s: step %lld: %s", rt->b.cfg->name,
                     (long long)plan.step, err);
         nb_log_error(NULL, "step %lld: %s", (long long)plan.step, err);
         return rc;
@@ -513,14 +513,14 @@ static int handle_plan(nb_stage_rt_t *rt, compute_t *c, const Nebula__Plan *p)
             nb_log_warn(NULL, "step %lld: stage %d's gradient is not finite (NaN or Inf); the coordinator "
                         "will skip the step", (long long)plan.step + 1, s);
     trace_step(rt, &res);
-    nb_metrics_t *mx = nb_state_metrics(rt->state);
+    nb_metrics_t *mx = nb_state_metrics(rt->b.state);
     nb_metrics_inc(mx, rt->m_steps, 1);
     nb_metrics_inc(mx, rt->m_bytes_raw, (double)res.bytes_raw);
     nb_metrics_inc(mx, rt->m_bytes_wire, (double)res.bytes_wire);
     nb_metrics_set(mx, rt->m_model_bytes, (double)nb_host_memory_bytes(host));
     nb_mem_model_t mm;
     nb_host_memory_parts(host, &mm);
-    nb_state_set_model_memory(rt->state, &mm);
+    nb_state_set_model_memory(rt->b.state, &mm);
     nb_metrics_set(mx, rt->m_peak_rss, (double)peak_rss_bytes());
     nb_job_info_t j;
     memset(&j, 0, sizeof j);
@@ -539,7 +539,7 @@ static int handle_plan(nb_stage_rt_t *rt, compute_t *c, const Nebula__Plan *p)
     nb_sched_format(&plan.sched, j.schedule, sizeof j.schedule);
     layers_text(&rt->job.layout, rt->me, j.layers, sizeof j.layers);
     j.replicas = nb_host_replicas(host);
-    nb_state_job_update(rt->state, &j);
+    nb_state_job_update(rt->b.state, &j);
     out_item_t *o = calloc(1, sizeof *o);
     if (!o)
         return NB_ENOMEM;
@@ -570,7 +570,7 @@ static int handle_eval(nb_stage_rt_t *rt, compute_t *c, const Nebula__Plan *p)
     }
     if (!c->host || p->job_id != rt->job.layout.job_id || !c->eval || p->step != c->committed || c->prepared) {
         post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED, "%s: evaluation plan after step %llu of job "
-                    "%llu, but this daemon %s", rt->cfg->name, (unsigned long long)p->step,
+                    "%llu, but this daemon %s", rt->b.cfg->name, (unsigned long long)p->step,
                     (unsigned long long)p->job_id,
                     !c->host || p->job_id != rt->job.layout.job_id ? "does not run that job"
                     : !c->eval                                     ? "has no held-out evaluation in its job"
@@ -591,7 +591,7 @@ static int handle_eval(nb_stage_rt_t *rt, compute_t *c, const Nebula__Plan *p)
     if (__atomic_exchange_n(&rt->inbox_limit, lim, __ATOMIC_ACQ_REL) != lim)
         uv_async_send(&rt->wake);
     nb_pipe_io_i io = { io_send, io_recv, rt };
-    int timeout_ms = (int)(rt->cfg->heartbeat_timeout_s > 0 ? rt->cfg->heartbeat_timeout_s * 4000 : 60000);
+    int timeout_ms = (int)(rt->b.cfg->heartbeat_timeout_s > 0 ? rt->b.cfg->heartbeat_timeout_s * 4000 : 60000);
     nb_eval_result_t res;
     int rc = nb_eval_run(c->eval, &ep, &io, timeout_ms, &res, err, sizeof err);
     if (rc && __atomic_load_n(&rt->abort_flag, __ATOMIC_ACQUIRE)) {
@@ -601,18 +601,18 @@ static int handle_eval(nb_stage_rt_t *rt, compute_t *c, const Nebula__Plan *p)
     if (rc == NB_ETIMEDOUT || rc == NB_ECLOSED) {
         c->aborted = true;
         post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_FAULT, "%s: evaluation after step %lld: %s",
-                    rt->cfg->name, (long long)ep.step, err);
+                    rt->b.cfg->name, (long long)ep.step, err);
         return 0;
     }
     if (rc) {
         post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED, "%s: evaluation after step %lld: %s",
-                    rt->cfg->name, (long long)ep.step, err);
+                    rt->b.cfg->name, (long long)ep.step, err);
         nb_log_error(NULL, "evaluation after step %lld: %s", (long long)ep.step, err);
         return rc;
     }
     if (!isnan(res.loss))
         nb_log_info(NULL, "step %lld: held-out loss %.4f (%d batches)", (long long)ep.step, res.loss, ep.batches);
-    nb_metrics_t *mx = nb_state_metrics(rt->state);
+    nb_metrics_t *mx = nb_state_metrics(rt->b.state);
     nb_metrics_inc(mx, rt->m_bytes_raw, (double)res.bytes_raw);
     nb_metrics_inc(mx, rt->m_bytes_wire, (double)res.bytes_wire);
     out_item_t *o = calloc(1, sizeof *o);
@@ -644,17 +644,17 @@ static void test_final_delay(void)
 static int save_weights(nb_stage_rt_t *rt, nb_host_t *host)
 {
     test_final_delay();
-    if (!rt->cfg->checkpoint_dir[0]) {
+    if (!rt->b.cfg->checkpoint_dir[0]) {
         nb_log_warn(NULL, "checkpoint_dir is not set: the final weights of this daemon's stages are not written");
         return 0;
     }
-    if (mkdir(rt->cfg->checkpoint_dir, 0750) != 0 && errno != EEXIST) {
-        nb_log_error(NULL, "%s: cannot create: %s", rt->cfg->checkpoint_dir, strerror(errno));
+    if (mkdir(rt->b.cfg->checkpoint_dir, 0750) != 0 && errno != EEXIST) {
+        nb_log_error(NULL, "%s: cannot create: %s", rt->b.cfg->checkpoint_dir, strerror(errno));
         return NB_EIO;
     }
     for (int i = 0; i < nb_host_num_stages(host); i++) {
         char path[NB_CFG_PATH_MAX + 64], err[512];
-        snprintf(path, sizeof path, "%s/final-stage%d.weights", rt->cfg->checkpoint_dir, nb_host_stage(host, i));
+        snprintf(path, sizeof path, "%s/final-stage%d.weights", rt->b.cfg->checkpoint_dir, nb_host_stage(host, i));
         int rc = nb_weights_save(path, nb_host_part(host, i), err, sizeof err);
         if (rc) {
             nb_log_error(NULL, "%s", err);
@@ -686,7 +686,7 @@ static int handle_commit(nb_stage_rt_t *rt, compute_t *c, const Nebula__Commit *
         c->lc_step = s;
         c->lc_sumsq = cm->global_grad_sumsq;
         c->lc_skip = cm->skip;
-        nb_trace_t *tr = nb_state_trace(rt->state);
+        nb_trace_t *tr = nb_state_trace(rt->b.state);
         int track = nb_trace_track(tr, "optimizer", false);
         nb_trace_event_t ev = { .step = (int64_t)s, .micro = -1, .track = (int16_t)track,
                                 .kind = NB_TEV_OPTIMIZER, .ts_us = (double)t0 / 1e3,
@@ -695,7 +695,7 @@ static int handle_commit(nb_stage_rt_t *rt, compute_t *c, const Nebula__Commit *
             nb_trace_add(tr, &ev);
     } else {
         post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED, "%s: commit of step %llu, but this daemon "
-                    "has applied %llu steps and %s the gradients of the next", rt->cfg->name,
+                    "has applied %llu steps and %s the gradients of the next", rt->b.cfg->name,
                     (unsigned long long)s + 1, (unsigned long long)c->committed,
                     c->prepared ? "holds" : "does not hold");
         return NB_ESTATE;
@@ -703,11 +703,11 @@ static int handle_commit(nb_stage_rt_t *rt, compute_t *c, const Nebula__Commit *
     if (cm->last && c->committed == s + 1) {
         int rc = save_weights(rt, c->host);
         if (rc == 0)
-            post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_DONE, "%s: %lld steps done", rt->cfg->name,
+            post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_DONE, "%s: %lld steps done", rt->b.cfg->name,
                         (long long)s + 1);
         else
             post_status(rt, NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED, "%s: cannot write the weights",
-                        rt->cfg->name);
+                        rt->b.cfg->name);
     }
     return 0;
 }
@@ -718,7 +718,7 @@ void *nb__stage_compute_main(void *arg)
     char why[256] = "";
     compute_t c;
     memset(&c, 0, sizeof c);
-    c.n_bes = open_backends(rt->cfg, c.bes, why, sizeof why);
+    c.n_bes = open_backends(rt->b.cfg, c.bes, why, sizeof why);
     c.be = c.n_bes ? c.bes[0] : NULL;
     if (!c.be)
         nb_log_error(NULL, "%s; every job will be refused", why);

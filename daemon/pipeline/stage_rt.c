@@ -49,47 +49,37 @@ static void close_mailboxes(nb_stage_rt_t *rt)
 }
 
 static void job_fail(nb_stage_rt_t *rt, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Stops the compute thread's work and tells the coordinator why before the
+ * orderly close (queued frames go out first), so its log names the cause,
+ * not just this daemon leaving. */
+static void tell_coordinator(void *ud, const char *why)
+{
+    nb_stage_rt_t *rt = ud;
+    close_mailboxes(rt);
+    if (rt->coord && rt->have_job)
+        nb_rt_send_job_failed(rt->coord, rt->job.layout.job_id, (uint32_t)rt->me, why);
+}
+
 static void job_fail(nb_stage_rt_t *rt, const char *fmt, ...)
 {
-    if (rt->failed || rt->stopping)
-        return;
-    char why[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(why, sizeof why, fmt, ap);
+    nb_rt_job_vfail(&rt->b, tell_coordinator, rt, fmt, ap);
     va_end(ap);
-    rt->failed = true;
-    close_mailboxes(rt);
-    nb_log_error(NULL, "job failed: %s", why);
-    /* Tell the coordinator why before the orderly close (queued frames go
-     * out first), so its log names the cause, not just this daemon leaving. */
-    if (rt->coord && rt->have_job) {
-        Nebula__Frame f;
-        Nebula__JobStatus js;
-        nebula__frame__init(&f);
-        nebula__job_status__init(&js);
-        js.job_id = rt->job.layout.job_id;
-        js.daemon = (uint32_t)rt->me;
-        js.state = NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED;
-        js.message = why;
-        f.body_case = NEBULA__FRAME__BODY_JOB_STATUS;
-        f.job_status = &js;
-        nb_rt_send_ctl(rt->coord, &f);
-    }
-    nb_service_fail(rt->svc, why);
 }
 
 /* The compute thread refused the job or failed a step and has told the
  * coordinator why (the frame is queued): the daemon stops and exits 1, as
  * after any failed job (docs/pipeline.md, "Failure handling"). */
+static void stop_work(void *ud, const char *why)
+{
+    (void)why;
+    close_mailboxes(ud);
+}
+
 static void stop_failed(nb_stage_rt_t *rt, const char *why)
 {
-    if (rt->failed || rt->stopping)
-        return;
-    rt->failed = true;
-    close_mailboxes(rt);
-    nb_log_error(NULL, "job failed: %s", why);
-    nb_service_fail(rt->svc, why);
+    nb_rt_job_fail(&rt->b, stop_work, rt, "%s", why);
 }
 
 /* ---- faults and recovery (loop thread) -------------------------------------- */
@@ -109,7 +99,7 @@ static void recovery_timeout_cb(uv_timer_t *t)
     if (rt->coord || rt->job_done)
         return;
     job_fail(rt, "the coordinator %s did not come back within %.0f s (job.recovery_timeout_s) after it was lost",
-             rt->cfg->coordinator.name, rt->recovery_timeout_s);
+             rt->b.cfg->coordinator.name, rt->recovery_timeout_s);
 }
 
 /* The attempt in flight cannot go on: drop it here and let the coordinator
@@ -122,7 +112,7 @@ static void attempt_abort(nb_stage_rt_t *rt, bool tell, uint32_t attempt, const 
     __attribute__((format(printf, 4, 5)));
 static void attempt_abort(nb_stage_rt_t *rt, bool tell, uint32_t attempt, const char *fmt, ...)
 {
-    if (rt->failed || rt->stopping || rt->job_done)
+    if (rt->b.failed || rt->b.stopping || rt->job_done)
         return;
     char why[512];
     va_list ap;
@@ -137,10 +127,10 @@ static void attempt_abort(nb_stage_rt_t *rt, bool tell, uint32_t attempt, const 
     rt->any_aborted = true;
     __atomic_store_n(&rt->abort_flag, 1, __ATOMIC_RELEASE);
     if (first) {
-        nb_metrics_inc(nb_state_metrics(rt->state), rt->m_aborts, 1);
+        nb_metrics_inc(nb_state_metrics(rt->b.state), rt->m_aborts, 1);
         nb_log_warn(NULL, "attempt %u of job %llu ended: %s; the step in flight is dropped and the coordinator "
                     "recovers the job", attempt, (unsigned long long)loop_job_id(rt), why);
-        nb_service_set_state(rt->svc, NB_SVC_CONNECTING, "recovering: %s", why);
+        nb_service_set_state(rt->b.svc, NB_SVC_CONNECTING, "recovering: %s", why);
     }
     if (tell && rt->coord) {
         Nebula__Frame f;
@@ -219,11 +209,11 @@ int nb__stage_push_abort(nb_stage_rt_t *rt, uint32_t attempt, const char *why)
 static void wait_timeout_cb(uv_timer_t *t)
 {
     nb_stage_rt_t *rt = t->data;
-    double secs = rt->cfg->connect_timeout_s;
+    double secs = rt->b.cfg->connect_timeout_s;
     if (!rt->have_job) {
         if (!rt->coord)
             job_fail(rt, "coordinator %s at %s not connected within %.0f s (connect_timeout_s)",
-                     rt->cfg->coordinator.name, rt->cfg->coordinator.address.text, secs);
+                     rt->b.cfg->coordinator.name, rt->b.cfg->coordinator.address.text, secs);
         return;
     }
     if (rt->links_reported || rt->aborting)
@@ -248,7 +238,7 @@ static void arm_wait(nb_stage_rt_t *rt, bool on)
     if (!rt->wait_timer_open)
         return;
     if (on)
-        uv_timer_start(&rt->wait_timer, wait_timeout_cb, (uint64_t)(rt->cfg->connect_timeout_s * 1000), 0);
+        uv_timer_start(&rt->wait_timer, wait_timeout_cb, (uint64_t)(rt->b.cfg->connect_timeout_s * 1000), 0);
     else
         uv_timer_stop(&rt->wait_timer);
 }
@@ -264,7 +254,7 @@ static void sent_cb(void *payload, void *ud)
         nb_trace_event_t ev = { .step = s->msg->step, .micro = s->msg->mb, .track = (int16_t)s->track,
                                 .kind = NB_TEV_SEND, .ts_us = (double)s->t0_ns / 1e3,
                                 .dur_us = (double)(now - s->t0_ns) / 1e3, .bytes = s->msg->payload_len };
-        nb_trace_add(nb_state_trace(s->rt->state), &ev);
+        nb_trace_add(nb_state_trace(s->rt->b.state), &ev);
     }
     nb_pmsg_free(s->msg);
     free(s);
@@ -398,11 +388,11 @@ static int send_item(nb_stage_rt_t *rt, out_item_t *o)
         free(tm);
         free(tp);
         /* refresh the status rows once per step: RTT, bandwidth, bytes */
-        nb_rt_peer_row(rt->state, rt->cfg->coordinator.name, "coordinator", rt->cfg->coordinator.address.text,
+        nb_rt_peer_row(rt->b.state, rt->b.cfg->coordinator.name, "coordinator", rt->b.cfg->coordinator.address.text,
                        "up", rt->coord);
         for (int d = 0; d < rt->job.n_daemons; d++)
             if (rt->peer_conn[d])
-                nb_rt_peer_row(rt->state, rt->job.names[d], "stage", rt->job.addresses[d], "up", rt->peer_conn[d]);
+                nb_rt_peer_row(rt->b.state, rt->job.names[d], "stage", rt->job.addresses[d], "up", rt->peer_conn[d]);
         return rc;
     }
     case OUT_STATUS: {
@@ -424,7 +414,7 @@ static int send_item(nb_stage_rt_t *rt, out_item_t *o)
         int rc = nb_rt_send_ctl(rt->coord, &f);
         if (rc == 0 && o->status == NEBULA__JOB_STATUS__STATE__JOB_STATE_DONE) {
             rt->job_done = true;
-            nb_service_set_state(rt->svc, NB_SVC_DONE, "%s", o->text);
+            nb_service_set_state(rt->b.svc, NB_SVC_DONE, "%s", o->text);
         }
         if (o->status == NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED && !rt->have_job)
             rt->job_pending = false; /* the compute thread refused the job */
@@ -483,9 +473,9 @@ static void send_joined(nb_stage_rt_t *rt)
     js.state = NEBULA__JOB_STATUS__STATE__JOB_STATE_JOINED;
     js.message = "";
     /* the planner's replica model: one replica per listed device */
-    int ndev = rt->cfg->n_devices > 0 ? rt->cfg->n_devices : 1;
+    int ndev = rt->b.cfg->n_devices > 0 ? rt->b.cfg->n_devices : 1;
     js.replicas = (uint32_t)ndev;
-    js.reduce_bytes_per_s = nb_replica_local_bw(ndev, rt->cfg->n_devices > 0 && rt->cfg->devices[0].cuda);
+    js.reduce_bytes_per_s = nb_replica_local_bw(ndev, rt->b.cfg->n_devices > 0 && rt->b.cfg->devices[0].cuda);
     if (rt->have_job && rt->joined.has_job) {
         const joined_state_t *j = &rt->joined;
         js.job_id = rt->job.layout.job_id;
@@ -503,7 +493,7 @@ static void send_joined(nb_stage_rt_t *rt)
     f.job_status = &js;
     int rc = nb_rt_send_ctl(rt->coord, &f);
     if (rc)
-        nb_log_warn(rt->cfg->coordinator.name, "cannot report this daemon's state: %s", nb_strerror(rc));
+        nb_log_warn(rt->b.cfg->coordinator.name, "cannot report this daemon's state: %s", nb_strerror(rc));
 }
 
 static void check_links_ready(nb_stage_rt_t *rt);
@@ -525,28 +515,28 @@ static void open_links(nb_stage_rt_t *rt, uint32_t attempt)
     rt->links_reported = false;
     __atomic_store_n(&rt->abort_flag, 0, __ATOMIC_RELEASE);
     if (rt->links_opened) {
-        nb_service_set_state(rt->svc, NB_SVC_CONNECTING, "job %llu attempt %u: connecting to pipeline neighbours",
+        nb_service_set_state(rt->b.svc, NB_SVC_CONNECTING, "job %llu attempt %u: connecting to pipeline neighbours",
                              (unsigned long long)rt->job.layout.job_id, attempt);
         /* every daemon is back (the coordinator saw them all): a neighbour
          * still unreachable is dialled now, not after its back-off */
         for (int d = rt->me + 1; d < rt->job.n_daemons; d++)
             if (rt->need_peer[d] && !rt->peer_conn[d])
-                nb_net_redial(rt->net, rt->job.names[d]);
+                nb_net_redial(rt->b.net, rt->job.names[d]);
         arm_wait(rt, true);
         check_links_ready(rt);
         return;
     }
     rt->links_opened = true;
-    nb_net_set_job(rt->net, rt->job.layout.job_id);
-    nb_trace_t *tr = nb_state_trace(rt->state);
+    nb_net_set_job(rt->b.net, rt->job.layout.job_id);
+    nb_trace_t *tr = nb_state_trace(rt->b.state);
     for (int d = 0; d < rt->job.n_daemons; d++) {
         rt->link_track[d] = -1;
         if (!rt->need_peer[d])
             continue;
         char name[2 * NB_CFG_NAME_MAX + 8];
-        snprintf(name, sizeof name, "link %.28s->%.28s", rt->cfg->name, rt->job.names[d]);
+        snprintf(name, sizeof name, "link %.28s->%.28s", rt->b.cfg->name, rt->job.names[d]);
         rt->link_track[d] = nb_trace_track(tr, name, true);
-        nb_rt_peer_row(rt->state, rt->job.names[d], "stage", rt->job.addresses[d], "connecting", NULL);
+        nb_rt_peer_row(rt->b.state, rt->job.names[d], "stage", rt->job.addresses[d], "connecting", NULL);
         if (d > rt->me) {
             /* the lower index dials; one connection per pair carries both directions */
             const char *a = rt->job.addresses[d];
@@ -556,18 +546,18 @@ static void open_links(nb_stage_rt_t *rt, uint32_t attempt)
                 job_fail(rt, "daemon %s has no usable address: %s", rt->job.names[d], why);
                 return;
             }
-            if (nb_net_connect(rt->net, rt->job.names[d], addr.host, addr.port) != 0) {
+            if (nb_net_connect(rt->b.net, rt->job.names[d], addr.host, addr.port) != 0) {
                 job_fail(rt, "cannot dial %s at %s", rt->job.names[d], a);
                 return;
             }
-        } else if (nb_net_allow_peer(rt->net, rt->job.names[d]) != 0) {
+        } else if (nb_net_allow_peer(rt->b.net, rt->job.names[d]) != 0) {
             job_fail(rt, "cannot admit %s", rt->job.names[d]);
             return;
         } else {
-            nb_rt_reserve_peer_addr(rt->net, rt->job.addresses[d]);
+            nb_rt_reserve_peer_addr(rt->b.net, rt->job.addresses[d]);
         }
     }
-    nb_service_set_state(rt->svc, NB_SVC_CONNECTING, "job %llu: connecting to pipeline neighbours",
+    nb_service_set_state(rt->b.svc, NB_SVC_CONNECTING, "job %llu: connecting to pipeline neighbours",
                          (unsigned long long)rt->job.layout.job_id);
     arm_wait(rt, true);
     check_links_ready(rt);
@@ -575,7 +565,7 @@ static void open_links(nb_stage_rt_t *rt, uint32_t attempt)
 
 static void drain_outbox(nb_stage_rt_t *rt)
 {
-    while (!rt->stopping) {
+    while (!rt->b.stopping) {
         out_item_t *o = rt->pending;
         if (!o) {
             void *p;
@@ -667,7 +657,7 @@ static void probe_bw_cb(nb_conn_t *c, int status, double bytes_per_s, void *ud)
 {
     link_probe_t *lp = ud;
     nb_stage_rt_t *rt = lp->rt;
-    if (!lp->warm && status == 0 && !rt->stopping && !rt->failed) {
+    if (!lp->warm && status == 0 && !rt->b.stopping && !rt->b.failed) {
         lp->warm = true;
         if (nb_probe_bw_send(c, rt->probe_bytes, probe_bw_cb, lp) == 0)
             return;
@@ -689,7 +679,7 @@ static void probe_rtt_cb(nb_conn_t *c, int status, double rtt_ms, void *ud)
     nb_stage_rt_t *rt = lp->rt;
     if (status == 0)
         lp->rtt_ms = rtt_ms;
-    if (rt->stopping || rt->failed || status == NB_ECLOSED) {
+    if (rt->b.stopping || rt->b.failed || status == NB_ECLOSED) {
         lp->done = true;
         return;
     }
@@ -723,7 +713,7 @@ static bool probe_may_start(nb_stage_rt_t *rt, int d)
     if (l.bytes_rx >= rt->probe_bytes + PROBE_WARMUP_BYTES || now - rt->probe_wait_ns > 20000000000ull)
         return true;
     if (!rt->probe_timer_open) {
-        uv_timer_init(rt->loop, &rt->probe_timer);
+        uv_timer_init(rt->b.loop, &rt->probe_timer);
         rt->probe_timer.data = rt;
         rt->probe_timer_open = true;
         uv_timer_start(&rt->probe_timer, probe_timer_cb, 10, 10);
@@ -769,23 +759,20 @@ static void check_links_ready(nb_stage_rt_t *rt)
         return;
     rt->links_reported = true;
     arm_wait(rt, false);
-    if (rt->probe_timer_open) {
-        uv_close((uv_handle_t *)&rt->probe_timer, NULL);
-        rt->probe_timer_open = false;
-    }
+    nb_rt_close_handle(&rt->probe_timer, &rt->probe_timer_open);
     out_item_t *o = calloc(1, sizeof *o);
     if (!o)
         return;
     o->kind = OUT_STATUS;
     o->status = NEBULA__JOB_STATUS__STATE__JOB_STATE_LINKS_READY;
     o->attempt = rt->attempt;
-    snprintf(o->text, sizeof o->text, "%s: links ready", rt->cfg->name);
+    snprintf(o->text, sizeof o->text, "%s: links ready", rt->b.cfg->name);
     int rc = send_item(rt, o);
     nb__stage_free_out(o);
     if (rc)
         job_fail(rt, "cannot report to the coordinator: %s", nb_strerror(rc));
     else
-        nb_service_set_state(rt->svc, NB_SVC_RUNNING, "job %llu: links up, waiting for plans",
+        nb_service_set_state(rt->b.svc, NB_SVC_RUNNING, "job %llu: links up, waiting for plans",
                              (unsigned long long)rt->job.layout.job_id);
     if (rc == 0 && rt->attempt > 0)
         nb_log_info(NULL, "attempt %u: pipeline links up; the job goes on", rt->attempt);
@@ -795,9 +782,9 @@ static void on_ready(nb_conn_t *c, void *ud)
 {
     nb_stage_rt_t *rt = ud;
     const char *peer = nb_conn_peer_name(c);
-    if (strcmp(peer, rt->cfg->coordinator.name) == 0) {
+    if (strcmp(peer, rt->b.cfg->coordinator.name) == 0) {
         rt->coord = c;
-        nb_rt_peer_row(rt->state, peer, "coordinator", rt->cfg->coordinator.address.text, "up", c);
+        nb_rt_peer_row(rt->b.state, peer, "coordinator", rt->b.cfg->coordinator.address.text, "up", c);
         if (!rt->have_job)
             arm_wait(rt, false);
         if (rt->recovery_timer_open)
@@ -805,10 +792,10 @@ static void on_ready(nb_conn_t *c, void *ud)
         /* READY=1 once the coordinator is authenticated (defers_ready) */
         if (!rt->ready_sent) {
             rt->ready_sent = true;
-            nb_service_ready(rt->svc);
+            nb_service_ready(rt->b.svc);
         }
         if (!rt->have_job)
-            nb_service_set_state(rt->svc, NB_SVC_WAITING, "joined coordinator %s; waiting for a job", peer);
+            nb_service_set_state(rt->b.svc, NB_SVC_WAITING, "joined coordinator %s; waiting for a job", peer);
         else
             nb_log_info(peer, "coordinator back; reporting this daemon's state");
         send_joined(rt);
@@ -822,7 +809,7 @@ static void on_ready(nb_conn_t *c, void *ud)
     }
     rt->peer_conn[d] = c;
     rt->peer_ready[d] = true;
-    nb_rt_peer_row(rt->state, peer, "stage", rt->job.addresses[d], "up", c);
+    nb_rt_peer_row(rt->b.state, peer, "stage", rt->job.addresses[d], "up", c);
     nb_log_info(peer, "pipeline link up (%s)", nb_conn_addr(c));
     check_links_ready(rt);
 }
@@ -887,7 +874,7 @@ static const char *route_tensor(nb_stage_rt_t *rt, nb_conn_t *c, Nebula__Frame *
  * (called on each wake from the compute thread). */
 static void resume_reads(nb_stage_rt_t *rt)
 {
-    if (!__atomic_load_n(&rt->reads_paused, __ATOMIC_ACQUIRE) || rt->stopping || rt->failed)
+    if (!__atomic_load_n(&rt->reads_paused, __ATOMIC_ACQUIRE) || rt->b.stopping || rt->b.failed)
         return;
     int lim = __atomic_load_n(&rt->inbox_limit, __ATOMIC_ACQUIRE);
     for (int s = 0; s < NB_SCHED_MAX_STAGES; s++)
@@ -912,7 +899,7 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *hdr, uint8_t *payload, size_t 
     case NEBULA__FRAME__BODY_ABORT:
         if (!from_coord) {
             nb_log_warn(peer, "control frame from a peer that is not the coordinator; closing");
-            nb_metrics_inc(nb_state_metrics(rt->state), rt->m_refused, 1);
+            nb_metrics_inc(nb_state_metrics(rt->b.state), rt->m_refused, 1);
             break;
         }
         if (rt->have_job || rt->job_pending) {
@@ -941,11 +928,11 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *hdr, uint8_t *payload, size_t 
     case NEBULA__FRAME__BODY_CHECKPOINT:
         if (!from_coord) {
             nb_log_warn(peer, "control frame from a peer that is not the coordinator; closing");
-            nb_metrics_inc(nb_state_metrics(rt->state), rt->m_refused, 1);
+            nb_metrics_inc(nb_state_metrics(rt->b.state), rt->m_refused, 1);
             break;
         }
         if (hdr->body_case == NEBULA__FRAME__BODY_JOB)
-            nb_service_set_state(rt->svc, NB_SVC_CONNECTING, "job %llu received from %s",
+            nb_service_set_state(rt->b.svc, NB_SVC_CONNECTING, "job %llu received from %s",
                                  (unsigned long long)hdr->job->job_id, peer);
         bool is_job = hdr->body_case == NEBULA__FRAME__BODY_JOB; /* hdr is not ours once pushed */
         uint32_t job_attempt = is_job ? hdr->job->attempt : 0;
@@ -967,14 +954,14 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *hdr, uint8_t *payload, size_t 
     case NEBULA__FRAME__BODY_TENSOR: {
         if (rt->have_job && (rt->aborting || hdr->tensor->attempt != rt->attempt)) {
             /* of an attempt that ended (or, never, of one not begun here) */
-            nb_metrics_inc(nb_state_metrics(rt->state), rt->m_stale, 1);
+            nb_metrics_inc(nb_state_metrics(rt->b.state), rt->m_stale, 1);
             free(payload);
             nebula__frame__free_unpacked(hdr, NULL);
             return;
         }
         const char *why = rt->have_job ? route_tensor(rt, c, hdr, payload, len) : "tensor before the job";
         if (why) {
-            nb_metrics_inc(nb_state_metrics(rt->state), rt->m_refused, 1);
+            nb_metrics_inc(nb_state_metrics(rt->b.state), rt->m_refused, 1);
             free(payload);
             job_fail(rt, "peer %s: step %llu micro-batch %u: %s", peer, (unsigned long long)hdr->tensor->step,
                      hdr->tensor->micro_batch, why);
@@ -1010,14 +997,14 @@ static void on_closed(nb_conn_t *c, int err, void *ud)
     const char *peer = nb_conn_peer_name(c);
     if (c == rt->coord) {
         rt->coord = NULL;
-        nb_rt_peer_row(rt->state, peer, "coordinator", rt->cfg->coordinator.address.text, "down", NULL);
-        if ((rt->have_job || rt->job_pending) && !rt->job_done && nb_state_get(rt->state) != NB_SVC_DONE) {
+        nb_rt_peer_row(rt->b.state, peer, "coordinator", rt->b.cfg->coordinator.address.text, "down", NULL);
+        if ((rt->have_job || rt->job_pending) && !rt->job_done && nb_state_get(rt->b.state) != NB_SVC_DONE) {
             /* keep the job in memory and wait for the coordinator (the
              * transport re-dials it), at most job.recovery_timeout_s */
             attempt_abort(rt, false, rt->job_pending && rt->pending_attempt > rt->attempt ? rt->pending_attempt
                                                                                           : rt->attempt,
                           "lost the coordinator %s (%s)", peer, err ? nb_strerror(err) : "closed");
-            if (rt->recovery_timer_open && !rt->failed)
+            if (rt->recovery_timer_open && !rt->b.failed)
                 uv_timer_start(&rt->recovery_timer, recovery_timeout_cb,
                                (uint64_t)(rt->recovery_timeout_s > 0 ? rt->recovery_timeout_s * 1000 : 600000), 0);
         } else if (!rt->have_job) {
@@ -1029,8 +1016,8 @@ static void on_closed(nb_conn_t *c, int err, void *ud)
     if (d >= 0 && rt->peer_conn[d] == c) {
         rt->peer_conn[d] = NULL;
         rt->peer_ready[d] = false;
-        nb_rt_peer_row(rt->state, peer, "stage", rt->job.addresses[d], "down", NULL);
-        if (nb_state_get(rt->state) != NB_SVC_DONE && !rt->aborting)
+        nb_rt_peer_row(rt->b.state, peer, "stage", rt->job.addresses[d], "down", NULL);
+        if (nb_state_get(rt->b.state) != NB_SVC_DONE && !rt->aborting)
             attempt_abort(rt, true, rt->attempt, "lost pipeline neighbour %s (%s)", peer,
                           err ? nb_strerror(err) : "closed");
     }
@@ -1042,41 +1029,41 @@ static int rt_start(nb_service_t *svc, void *ud)
 {
     nb_stage_rt_t *rt = ud;
     nb_net_cfg_t nc;
-    nb_rt_net_cfg(rt->cfg, NEBULA__ROLE__ROLE_STAGE, &nc);
+    nb_rt_net_cfg(rt->b.cfg, NEBULA__ROLE__ROLE_STAGE, &nc);
     const nb_net_cb_t cb = { on_ready, on_frame, on_writable, on_closed };
     char bound[NB_CFG_ADDR_MAX + 16];
     char why[NB_CFG_ADDR_MAX + 128];
-    int rc = nb_rt_open_net(rt->loop, rt->cfg, &nc, &cb, rt, rt->state, &rt->net, bound, sizeof bound, why,
+    int rc = nb_rt_open_net(rt->b.loop, rt->b.cfg, &nc, &cb, rt, rt->b.state, &rt->b.net, bound, sizeof bound, why,
                             sizeof why);
-    rt->net_open = rt->net != NULL;
+    rt->b.net_open = rt->b.net != NULL;
     if (rc) {
         nb_service_start_error(svc, "%s", why);
         return rc;
     }
-    if ((rc = nb_net_connect(rt->net, rt->cfg->coordinator.name, rt->cfg->coordinator.address.host,
-                             rt->cfg->coordinator.address.port))) {
-        nb_log_error(NULL, "cannot dial coordinator %s: %s", rt->cfg->coordinator.address.text, nb_strerror(rc));
+    if ((rc = nb_net_connect(rt->b.net, rt->b.cfg->coordinator.name, rt->b.cfg->coordinator.address.host,
+                             rt->b.cfg->coordinator.address.port))) {
+        nb_log_error(NULL, "cannot dial coordinator %s: %s", rt->b.cfg->coordinator.address.text, nb_strerror(rc));
         return rc;
     }
-    if (rt->cfg->connect_timeout_s > 0) {
-        uv_timer_init(rt->loop, &rt->wait_timer);
+    if (rt->b.cfg->connect_timeout_s > 0) {
+        uv_timer_init(rt->b.loop, &rt->wait_timer);
         rt->wait_timer.data = rt;
         rt->wait_timer_open = true;
         arm_wait(rt, true);
     }
-    uv_timer_init(rt->loop, &rt->recovery_timer);
+    uv_timer_init(rt->b.loop, &rt->recovery_timer);
     rt->recovery_timer.data = rt;
     rt->recovery_timer_open = true;
-    uv_async_init(rt->loop, &rt->wake, wake_cb);
+    uv_async_init(rt->b.loop, &rt->wake, wake_cb);
     rt->wake.data = rt;
     rt->wake_open = true;
     if (pthread_create(&rt->compute, NULL, nb__stage_compute_main, rt) != 0)
         return NB_ENOMEM;
     rt->compute_started = true;
-    nb_rt_peer_row(rt->state, rt->cfg->coordinator.name, "coordinator", rt->cfg->coordinator.address.text,
+    nb_rt_peer_row(rt->b.state, rt->b.cfg->coordinator.name, "coordinator", rt->b.cfg->coordinator.address.text,
                    "connecting", NULL);
     nb_service_set_state(svc, NB_SVC_WAITING, "listening on %s; dialling coordinator %s at %s", bound,
-                         rt->cfg->coordinator.name, rt->cfg->coordinator.address.text);
+                         rt->b.cfg->coordinator.name, rt->b.cfg->coordinator.address.text);
     return 0;
 }
 
@@ -1084,28 +1071,13 @@ static void rt_stop(nb_service_t *svc, void *ud)
 {
     (void)svc;
     nb_stage_rt_t *rt = ud;
-    rt->stopping = true;
+    rt->b.stopping = true;
     close_mailboxes(rt);
-    if (rt->net_open) {
-        nb_net_close(rt->net, NULL, NULL);
-        rt->net_open = false;
-    }
-    if (rt->wake_open) {
-        uv_close((uv_handle_t *)&rt->wake, NULL);
-        rt->wake_open = false;
-    }
-    if (rt->probe_timer_open) {
-        uv_close((uv_handle_t *)&rt->probe_timer, NULL);
-        rt->probe_timer_open = false;
-    }
-    if (rt->wait_timer_open) {
-        uv_close((uv_handle_t *)&rt->wait_timer, NULL);
-        rt->wait_timer_open = false;
-    }
-    if (rt->recovery_timer_open) {
-        uv_close((uv_handle_t *)&rt->recovery_timer, NULL);
-        rt->recovery_timer_open = false;
-    }
+    nb_rt_close_net(&rt->b);
+    nb_rt_close_handle(&rt->wake, &rt->wake_open);
+    nb_rt_close_handle(&rt->probe_timer, &rt->probe_timer_open);
+    nb_rt_close_handle(&rt->wait_timer, &rt->wait_timer_open);
+    nb_rt_close_handle(&rt->recovery_timer, &rt->recovery_timer_open);
 }
 
 static const nb_runtime_i stage_runtime = {
@@ -1121,17 +1093,14 @@ int nb_stage_rt_attach(nb_service_t *svc, nb_stage_rt_t **out)
     if (!rt)
         return NB_ENOMEM;
     pthread_mutex_init(&rt->inbox_mu, NULL);
-    rt->svc = svc;
-    rt->cfg = nb_service_config(svc);
-    rt->state = nb_service_state(svc);
-    rt->loop = nb_service_loop(svc);
+    nb_rt_base_init(&rt->b, svc);
     rt->outbox = nb_mbox_new(OUTBOX_CAP, nb__stage_free_out);
     rt->ctl = nb_mbox_new(CTL_CAP, free_frame);
     if (!rt->outbox || !rt->ctl) {
         nb_stage_rt_free(rt);
         return NB_ENOMEM;
     }
-    nb_metrics_t *mx = nb_state_metrics(rt->state);
+    nb_metrics_t *mx = nb_state_metrics(rt->b.state);
     rt->m_steps = nb_metrics_add(mx, "nebula_stage_steps_total", NULL, NB_METRIC_COUNTER, "Training steps run");
     rt->m_bytes_raw = nb_metrics_add(mx, "nebula_stage_sent_raw_bytes_total", NULL, NB_METRIC_COUNTER,
                                      "Tensor bytes sent to neighbours before compression");

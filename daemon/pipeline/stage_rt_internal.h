@@ -13,6 +13,7 @@
 #include "daemon/net/net.h"
 #include "daemon/net/probe.h"
 #include "daemon/pipeline/job.h"
+#include "daemon/pipeline/rt_common.h"
 #include "daemon/pipeline/mailbox.h"
 #include "daemon/pipeline/stage_eval.h"
 #include "daemon/pipeline/stage_rt.h"
@@ -82,17 +83,11 @@ typedef struct {
 } sending_t;
 
 struct nb_stage_rt {
-    nb_service_t *svc;
-    const nb_config_t *cfg;
-    nb_state_t *state;
-    uv_loop_t *loop;
-    nb_net_t *net;
-    bool net_open;
+    nb_rt_base_t b; /* service, configuration, state, loop, transport, failed, stopping */
     uv_async_t wake;
     bool wake_open;
     nb_conn_t *coord;
     out_item_t *pending;         /* blocked by a full send queue */
-    bool stopping, failed;
     bool ready_sent;
     bool job_pending;            /* a Job went to the compute thread, which has
                                   * neither published (OUT_LINKS) nor refused it */
