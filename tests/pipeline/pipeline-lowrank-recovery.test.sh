@@ -13,7 +13,7 @@ set -euo pipefail
 . tests/support/pipeline.sh
 build=${NB_BUILD:-build}
 bin="$build/bin"
-steps=16
+steps=40
 nb_work_init pipe-lowrank-rec
 stop_all() {
   touch "$work/run/stop" 2>/dev/null || true
@@ -88,6 +88,7 @@ ckpt10() { # the coordinator refusing the job (exit 78) ends its loop
 }
 nb_wait_for 180 ckpt10 || fail "no checkpoint at step 10"
 kill -9 "$(cat "$work/run/a.pid")"
+! grep -q "job done" "$work/coord.log" || fail "the job ended before the kill (30 steps after the checkpoint)"
 done_() { failed; grep -q "job done" "$work/coord.log"; }
 nb_wait_for 300 done_ || fail "the job did not finish after the kill"
 touch "$work/run/stop"
