@@ -1135,8 +1135,9 @@ static void test_resume_after_skipped(void **state)
 }
 
 /* nb_weights_layout equals the layout of a real part, for every head,
- * norm, tying and cut, with and without a low-rank split in block 0 (whose
- * cuts then end at, and begin with, the factor); nb_weights_peek reads a
+ * norm, tying and cut, with and without a low-rank split in block 0 or in
+ * the top block (whose cuts then end at, and begin with, the factor: the
+ * head-only part of a U-shape begins with it); nb_weights_peek reads a
  * real file's table. */
 static void test_weights_layout(void **state)
 {
@@ -1146,7 +1147,7 @@ static void test_weights_layout(void **state)
     nb_head_kind_t heads[] = { NB_MODEL_HEAD_LM, NB_MODEL_HEAD_MLM, NB_MODEL_HEAD_SEQCLS, NB_MODEL_HEAD_TOKCLS };
     nb_part_spec_t specs[] = { { true, 0, 3, true }, { true, 0, 1, false }, { false, 1, 3, false },
                                { false, 3, 3, true }, { false, 2, 3, true } };
-    for (int lr = 0; lr < 2; lr++)
+    for (int lr = 0; lr < 3; lr++)
     for (int hk = 0; hk < 4; hk++)
         for (int norm = 0; norm < 2; norm++)
             for (int tie = 0; tie < 2; tie++)
@@ -1155,7 +1156,7 @@ static void test_weights_layout(void **state)
                                             .max_seq = 8, .causal = true, .norm = norm ? NB_MODEL_NORM_POST
                                                                                        : NB_MODEL_NORM_PRE,
                                             .head = heads[hk], .n_classes = 3, .tie_embeddings = tie,
-                                            .lowrank_block = 0, .lowrank_rank = lr ? 5 : 0 };
+                                            .lowrank_block = lr == 2 ? 2 : 0, .lowrank_rank = lr ? 5 : 0 };
                     if (hk < 2)
                         m.n_classes = 0;
                     nb_part_t *tie_part = NULL, *p = NULL;
