@@ -147,6 +147,10 @@ static int show(const char *path)
     printf("  model %s-LN, %s head, ln_eps %g, gelu %s\n", nb_norm_name(w.info.model.norm),
            nb_head_kind_name(w.info.model.head), (double)nb_model_ln_eps(&w.info.model),
            nb_gelu_name(w.info.model.gelu));
+    const nb_model_config_t *m = &w.info.model;
+    if (m->lowrank_rank > 0) /* job.lowrank: the cut after the factor carries r values per position */
+        printf("  low-rank split: block %d, rank %d (h%d.fcproj.w as U S V; a cut at the factor carries %d of %d)\n",
+               m->lowrank_block, m->lowrank_rank, m->lowrank_block, m->lowrank_rank, m->d_model);
     static float buf[CHUNK];
     int status = 0;
     for (int i = 0; i < w.info.n_tensors && !status; i++) {

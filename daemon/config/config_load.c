@@ -702,11 +702,6 @@ static int check_job(cfg_ctx_t *c, nb_config_t *cfg)
         return fail_path(c, "job.lowrank.rank", "%d is larger than the split layer h%d.fcproj.w (%d x %d): at most "
                          "%d", j->lowrank.rank, j->lowrank.block, m->d_model, m->d_ff,
                          m->d_model < m->d_ff ? m->d_model : m->d_ff);
-    /* a weights file does not record the split yet: a checkpoint of a
-     * split model could be written but never read back for a recovery */
-    if (j->lowrank.rank > 0 && (j->checkpoint.every_steps > 0 || j->checkpoint.every_seconds > 0))
-        return fail_path(c, "job.lowrank", "checkpoints of a low-rank split model cannot be read back yet (the "
-                         "weights-file header does not record the split): remove job.checkpoint or job.lowrank");
     if (j->seq_len > m->max_seq)
         return fail_path(c, "job.seq_len", "out of bounds: must not exceed model.max_seq (%d), got %lld", m->max_seq,
                          (long long)j->seq_len);

@@ -357,14 +357,28 @@ static void ema(double *v, double x)
 
 /* Codec work per raw byte, when the step says which codec did it: a stage
  * that only sends activations encodes with the forward codec, and so on. */
-static void observe_codecs(nb_cplan_t *cp, int s, double raw_per_mb)
+/* Raw bytes per micro-batch of mb samples that stage s encodes and
+ * decodes on one of its cuts: each cut as wide as the model family says
+ * (a low-rank split's factor is rank-wide), the mean of both when the stage
+ * has a wire on each side. */
+static double stage_raw_per_mb(const nb_cplan_t *cp, int s, int mb, bool sa, bool sg)
+{
+    const nb_pipe_layout_t *l = &cp->desc.layout;
+    double per = (double)mb * cp->seq * 4.0;
+    double out = per * nb_part_spec_out_width(&l->model, &l->parts[s]);
+    double in = per * nb_part_spec_in_width(&l->model, &l->parts[s]);
+    return sa && sg ? (in + out) / 2 : sa ? out : in;
+}
+
+static void observe_codecs(nb_cplan_t *cp, int s, int mb)
 {
     int n = cp->acc_n[s];
     nb_cost_codec_t *fc = (nb_cost_codec_t *)nb_cost_codec_find(&cp->cost, cp->cur.fwd);
     nb_cost_codec_t *bc = (nb_cost_codec_t *)nb_cost_codec_find(&cp->cost, cp->cur.bwd);
+    bool sa = sends(cp, s, NB_DIR_FWD), sg = sends(cp, s, NB_DIR_BWD);
+    double raw_per_mb = stage_raw_per_mb(cp, s, mb, sa, sg);
     if (n < 1 || !fc || !bc || raw_per_mb <= 0)
         return;
-    bool sa = sends(cp, s, NB_DIR_FWD), sg = sends(cp, s, NB_DIR_BWD);
     double enc = cp->acc_enc[s] / n / raw_per_mb, dec = cp->acc_dec[s] / n / raw_per_mb;
     /* encoding: activations if sa, gradients if sg; decoding the opposite */
     nb_cost_codec_t *e = sa && !sg ? fc : sg && !sa ? bc : (sa && fc == bc ? fc : NULL);
@@ -430,7 +444,6 @@ void nb_cplan_step_done(nb_cplan_t *cp, int64_t step, double wall_s, double stag
 {
     const int *pl = cp->desc.layout.placement;
     int n = cp->cur.mb_size;
-    double raw_per_mb = (double)n * cp->seq * cp->dmodel * 4.0;
     nb_replan_sample_t obs;
     memset(&obs, 0, sizeof obs);
     for (int s = 0; s < cp->p; s++) {
@@ -440,7 +453,7 @@ void nb_cplan_step_done(nb_cplan_t *cp, int64_t step, double wall_s, double stag
             if (step > 0) { /* step 0 warms caches and allocators up */
                 observe_size(cp, s, shard_n(cp, s, n), cp->acc_f[s] / k, cp->acc_b[s] / k);
                 refit_stage(cp, s);
-                observe_codecs(cp, s, raw_per_mb);
+                observe_codecs(cp, s, n);
                 cp->compute_measured = true;
             }
         }

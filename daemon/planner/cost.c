@@ -89,6 +89,13 @@ int nb_cost_model_gpt(int n_layers, int h, int heads, int seq, int vocab, int ti
     return 0;
 }
 
+double nb_cost_cut_bytes(const nb_cost_model_t *mdl, int blocks_below)
+{
+    if (mdl->narrow_cut > 0 && blocks_below == mdl->narrow_cut)
+        return mdl->narrow_bytes_per_sample;
+    return mdl->boundary_bytes_per_sample;
+}
+
 const nb_cost_codec_t *nb_cost_codec_find(const nb_cost_t *c, const char *spec)
 {
     for (int i = 0; i < c->ncodecs; i++)

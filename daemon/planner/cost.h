@@ -119,8 +119,20 @@ typedef struct {
     double state_bytes_per_param;   /* weights + grads + optimizer, e.g. 16 */
     double act_bytes_per_sample_layer; /* stash one block keeps per sample */
     double boundary_bytes_per_sample;  /* raw fp32 tensor crossing a cut */
+    /* One cut may be narrower than the others: with a low-rank split
+     * (job.lowrank, docs/lowrank.md) a cut after exactly narrow_cut blocks
+     * (1..n_layers) carries the rank-wide factor, narrow_bytes_per_sample,
+     * instead of boundary_bytes_per_sample. 0: every cut is as wide
+     * (nb_cost_cut_bytes). */
+    int narrow_cut;
+    double narrow_bytes_per_sample;
     int global_batch;               /* samples per step */
 } nb_cost_model_t;
+
+/* Raw fp32 bytes per sample crossing the cut that has `blocks_below`
+ * blocks under it (the blocks of every stage before it): the narrow cut's
+ * bytes there, boundary_bytes_per_sample anywhere else. */
+double nb_cost_cut_bytes(const nb_cost_model_t *mdl, int blocks_below);
 
 /* Fills *out for a GPT-style decoder of n_layers blocks (hidden size h,
  * `heads` attention heads, 4h MLP), sequence length seq, vocabulary vocab,

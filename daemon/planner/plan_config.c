@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "kernels/common.h"
+#include "kernels/model.h"
 
 static int bad(char *err, size_t len, const char *fmt, ...)
 {
@@ -53,6 +54,21 @@ int nb_plan_req_from_config(const nb_cfg_job_t *job, nb_plan_req_t *out, char *e
     m->state_bytes_per_param = 16;
     m->act_bytes_per_sample_layer = 4.0 * (S * (10 * h + 2 * dff) + 2.0 * md->n_head * S * S);
     m->boundary_bytes_per_sample = 4.0 * S * h;
+    /* each cut's width from the model family: the part below a cut ends
+     * there without the head (the head is on the last stage), so its
+     * output width is what crosses; a low-rank split (job.lowrank) makes
+     * the cut at its factor rank-wide */
+    nb_model_config_t mc = { .n_layer = md->n_layer, .d_model = md->d_model, .d_ff = (int)dff,
+                             .lowrank_block = job->lowrank.rank > 0 ? job->lowrank.block : 0,
+                             .lowrank_rank = job->lowrank.rank > 0 ? job->lowrank.rank : 0 };
+    for (int cut = 1; cut <= md->n_layer; cut++) {
+        nb_part_spec_t below = { .embed = false, .first = cut - 1, .last = cut, .head = false };
+        int w = nb_part_spec_out_width(&mc, &below);
+        if (w != md->d_model) {
+            m->narrow_cut = cut;
+            m->narrow_bytes_per_sample = 4.0 * S * w;
+        }
+    }
     m->global_batch = (int)job->batch;
     out->p = p;
     if (job->micro_batches > 0)

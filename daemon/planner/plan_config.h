@@ -23,7 +23,9 @@ int nb_plan_config_stages(const nb_cfg_job_t *job);
  *            embedding vocab h + max_seq h; head 2h + (tied ? 0 : vocab h)
  *            for lm/mlm, 2h + n_classes (h + 1) for seqcls/tokcls; fp32
  *            AdamW state (16 bytes per parameter); stash and boundary as
- *            nb_cost_model_gpt, with d_ff.
+ *            nb_cost_model_gpt, with d_ff; with job.lowrank the cut at
+ *            the split block's factor is rank-wide (narrow_cut: the
+ *            width nb_part_spec_out_width gives the part below it).
  *   m        job.micro_batches pins m when set, else every divisor.
  *   schedule auto: the search's defaults; gpipe or 1f1b: only that one.
  *   codecs   job.planner.codecs (both directions) when given, else the

@@ -5,6 +5,7 @@
 
 #include <math.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -24,20 +25,23 @@ static void seterr(char *err, size_t len, const char *fmt, ...)
     va_end(ap);
 }
 
-/* Compute per micro-batch of stage s with L layers, codec work included. */
-static double stage_time_w(const nb_cost_t *cost, const nb_cost_model_t *mdl, int s, int L,
+/* Compute per micro-batch of stage s with L layers, the first of them
+ * block `first` (so its input cut has `first` blocks below it and its
+ * output cut first + L), codec work included: each cut's own width
+ * (nb_cost_cut_bytes). */
+static double stage_time_w(const nb_cost_t *cost, const nb_cost_model_t *mdl, int s, int first, int L,
                            double n, const nb_cost_codec_t *cf, const nb_cost_codec_t *cb,
                            int wire_in, int wire_out, double *tf_out, double *tb_out)
 {
-    double raw = n * mdl->boundary_bytes_per_sample;
+    double raw_in = n * nb_cost_cut_bytes(mdl, first), raw_out = n * nb_cost_cut_bytes(mdl, first + L);
     double tf = nb_cost_fwd(cost, s, L, n), tb = nb_cost_bwd(cost, s, L, n);
     if (wire_in) {
-        tf += cf->dec_per_byte * raw; /* decode incoming activations */
-        tb += cb->enc_per_byte * raw; /* encode outgoing input gradient */
+        tf += cf->dec_per_byte * raw_in; /* decode incoming activations */
+        tb += cb->enc_per_byte * raw_in; /* encode outgoing input gradient */
     }
     if (wire_out) {
-        tf += cf->enc_per_byte * raw;
-        tb += cb->dec_per_byte * raw;
+        tf += cf->enc_per_byte * raw_out;
+        tb += cb->dec_per_byte * raw_out;
     }
     if (tf_out)
         *tf_out = tf;
@@ -48,11 +52,11 @@ static double stage_time_w(const nb_cost_t *cost, const nb_cost_model_t *mdl, in
 
 /* Compute per micro-batch of stage s with L layers, codec work included
  * (every boundary a wire). */
-static double stage_time(const nb_cost_t *cost, const nb_cost_model_t *mdl, int p, int s, int L,
+static double stage_time(const nb_cost_t *cost, const nb_cost_model_t *mdl, int p, int s, int first, int L,
                          double n, const nb_cost_codec_t *cf, const nb_cost_codec_t *cb,
                          double *tf_out, double *tb_out)
 {
-    return stage_time_w(cost, mdl, s, L, n, cf, cb, s > 0, s < p - 1, tf_out, tb_out);
+    return stage_time_w(cost, mdl, s, first, L, n, cf, cb, s > 0, s < p - 1, tf_out, tb_out);
 }
 
 int nb_plan_sim_input(const nb_cost_t *cost, const nb_cost_model_t *mdl, const nb_plan_cand_t *c,
@@ -67,17 +71,20 @@ int nb_plan_sim_input(const nb_cost_t *cost, const nb_cost_model_t *mdl, const n
     in->p = p;
     in->m = c->m;
     in->sched = c->sched;
-    double raw = c->mb_size * mdl->boundary_bytes_per_sample;
     if (c->use_placement) {
         in->use_placement = 1;
         memcpy(in->placement, c->placement, (size_t)p * sizeof(int));
     }
+    int below = 0; /* blocks of the stages before s: where its input cut is */
     for (int s = 0; s < p; s++) {
         int local_in = s > 0 && c->use_placement && c->placement[s - 1] == c->placement[s];
         int local_out =
             s < p - 1 && c->use_placement && c->placement[s] == c->placement[s + 1];
-        stage_time_w(cost, mdl, s, c->layers[s], c->mb_size, cf, cb, s > 0 && !local_in,
+        stage_time_w(cost, mdl, s, below, c->layers[s], c->mb_size, cf, cb, s > 0 && !local_in,
                      s < p - 1 && !local_out, &in->tf[s], &in->tb[s]);
+        below += c->layers[s];
+        /* this cut's own width: rank-wide at a low-rank split's factor */
+        double raw = c->mb_size * nb_cost_cut_bytes(mdl, below);
         /* once per step: the all-reduce across the stage's replicas */
         in->tail[s] = nb_cost_allreduce(cost, s, nb_cost_grad_bytes(mdl, p, s, c->layers[s]));
         if (local_out) {
@@ -139,7 +146,7 @@ static int split_layers(const nb_cost_t *cost, const nb_cost_model_t *mdl, int p
                 int own = k - j;
                 if (!fits(cost, s, nb_cost_stage_mem(mdl, p, s, own, inflight[s], dev_n(cost, s, n))))
                     continue;
-                double t = stage_time(cost, mdl, p, s, own, n, cf, cb, NULL, NULL);
+                double t = stage_time(cost, mdl, p, s, j, own, n, cf, cb, NULL, NULL);
                 double v = fmax(prev, t);
                 if (v < best[AT(s, k)]) {
                     best[AT(s, k)] = v;
@@ -265,10 +272,30 @@ static int finish(const nb_cost_t *cost, const nb_cost_model_t *mdl, const shape
     return 0;
 }
 
+/* Moves boundary b of c (between stages b and b+1) so that the cut has
+ * `cut` blocks below it; false when either stage would be left without a
+ * block. */
+static bool move_cut(nb_plan_cand_t *c, int b, int cut)
+{
+    int below = 0;
+    for (int s = 0; s < b; s++)
+        below += c->layers[s];
+    int pair = c->layers[b] + c->layers[b + 1];
+    if (cut - below < 1 || below + pair - cut < 1 || cut == below + c->layers[b])
+        return false;
+    c->layers[b] = cut - below;
+    c->layers[b + 1] = pair - c->layers[b];
+    return true;
+}
+
 /* Improves a feasible candidate's split by moving one block at a time
  * across a boundary while the simulated step gets faster. The min-max split
  * only balances the slowest stage; fill and drain also depend on the other
- * stages (a slow stage that is not the bottleneck still lengthens them). */
+ * stages (a slow stage that is not the bottleneck still lengthens them).
+ * With a narrow cut (a low-rank split's factor), each boundary may also
+ * jump onto it: its link time can fall by d_model / r, more than any one
+ * block moved costs, and the way there one block at a time may first get
+ * slower. */
 static int refine_split(const nb_cost_t *cost, const nb_cost_model_t *mdl, const shape_t *sh,
                         nb_plan_cand_t *c, char *err, size_t errlen)
 {
@@ -289,6 +316,16 @@ static int refine_split(const nb_cost_t *cost, const nb_cost_model_t *mdl, const
                 if (t.feasible && t.step_time < best.step_time * (1 - 1e-12))
                     best = t;
             }
+        for (int b = 0; mdl->narrow_cut > 0 && b + 1 < p; b++) {
+            nb_plan_cand_t t = *c;
+            if (!move_cut(&t, b, mdl->narrow_cut))
+                continue;
+            int rc = finish(cost, mdl, sh, &t, err, errlen);
+            if (rc < 0)
+                return rc;
+            if (t.feasible && t.step_time < best.step_time * (1 - 1e-12))
+                best = t;
+        }
         if (best.step_time >= c->step_time)
             break;
         *c = best;

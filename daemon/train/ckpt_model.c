@@ -24,6 +24,8 @@ nb_model_config_t nb__ckpt_model_norm(const nb_model_config_t *c)
         n.adapter_after = 0;
         n.adapter_first = n.adapter_last = 0;
     }
+    if (n.lowrank_rank <= 0) /* no split: its block means nothing */
+        n.lowrank_rank = n.lowrank_block = 0;
     if (!is_cls(n.head))
         n.n_classes = 0;
     else
@@ -64,6 +66,14 @@ json_t *nb__ckpt_model_json(const nb_model_config_t *c0)
                json_array_append_new(a, json_integer(c.adapter_first)) ||
                json_array_append_new(a, json_integer(c.adapter_last));
         bad |= json_object_set_new(o, "adapters", a);
+    }
+    /* the low-rank split (job.lowrank) only when there is one: [block,
+     * rank]; a model without it keeps the JSON (and digest) of before */
+    if (c.lowrank_rank > 0) {
+        json_t *a = json_array();
+        bad |= !a || json_array_append_new(a, json_integer(c.lowrank_block)) ||
+               json_array_append_new(a, json_integer(c.lowrank_rank));
+        bad |= json_object_set_new(o, "lowrank", a);
     }
     if (bad) {
         json_decref(o);
@@ -140,6 +150,22 @@ const char *nb__ckpt_model_parse(json_t *v, nb_model_config_t *c, char *why, siz
         c->adapter_last = av[3];
         extra++;
     }
+    json_t *lr = json_object_get(v, "lowrank");
+    if (lr) {
+        int lv[2];
+        for (size_t i = 0; i < 2; i++) {
+            json_t *x = json_array_get(lr, i);
+            if (!json_is_array(lr) || json_array_size(lr) != 2 || !json_is_integer(x) ||
+                json_integer_value(x) < 0 || json_integer_value(x) > (1 << 20))
+                return "model.lowrank is not [block, rank]";
+            lv[i] = (int)json_integer_value(x);
+        }
+        if (lv[1] < 1)
+            return "model.lowrank is not [block, rank] with a rank of at least 1 (no split: no lowrank key)";
+        c->lowrank_block = lv[0];
+        c->lowrank_rank = lv[1];
+        extra++;
+    }
     if (json_object_size(v) != NB_ARRAY_LEN(int_keys) + 4 + extra)
         return "model has keys this build does not know";
     const char *bad = nb_model_config_validate(c);
@@ -196,6 +222,11 @@ const char *nb__ckpt_model_diff(const nb_model_config_t *a0, const char *a_what,
         snprintf(buf, len, "model.adapters (job.adapters: size, after bits, blocks [first, last)) are [%d, %u, %d, "
                  "%d] in %s, [%d, %u, %d, %d] in %s", a.adapter_size, a.adapter_after, a.adapter_first,
                  a.adapter_last, a_what, b.adapter_size, b.adapter_after, b.adapter_first, b.adapter_last, b_what);
+        return buf;
+    }
+    if (a.lowrank_rank != b.lowrank_rank || a.lowrank_block != b.lowrank_block) {
+        snprintf(buf, len, "model.lowrank (job.lowrank: block, rank; rank 0 no split) is [%d, %d] in %s, [%d, %d] "
+                 "in %s", a.lowrank_block, a.lowrank_rank, a_what, b.lowrank_block, b.lowrank_rank, b_what);
         return buf;
     }
     return NULL;

@@ -18,6 +18,9 @@
  * the tensors p shares with it are read from it, hk.fcproj.u/.s/.v are the
  * truncated SVD of its hk.fcproj.w (nb_part_lowrank_init: the same factors
  * in every process, so each stage of a pipeline computes its own half).
+ * A Nebula weights file of a split model (a split run's job.output or a
+ * stage's final weights) is loaded as it is: it must have p's split, else
+ * it is refused naming lowrank_rank or lowrank_block.
  * Errors: as nb_hf_init_part; NB_EINVAL also for a tied head part without
  * the embedding (its dense twin would need the embedding part). */
 int nb_lowrank_init_part(const char *path, nb_part_t *p, nb_hf_note_cb note, void *ud, char *err, size_t errlen);

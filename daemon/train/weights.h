@@ -11,8 +11,11 @@
  *   u32 tensor count, u64 parameter count; per
  *   tensor: 32-byte NUL-padded name, u32 ndim, 2 x u64 shape; then all
  *   parameters as f32 in buffer order.
- * Version 1 has the first 15 header fields only (eps 1e-5, tanh GELU); a
- * model with those settings is still written as version 1.
+ * Version 3 adds 4 x i32 adapter fields after gelu (adapter_size, after
+ * bits, first, last), version 4 then 2 x i32 for the low-rank split
+ * (lowrank_rank, lowrank_block; docs/lowrank.md). Version 1 has the first
+ * 15 header fields only (eps 1e-5, tanh GELU); a model with those settings
+ * is still written as version 1.
  *
  * Writers use a temporary file renamed into place: no partial file is left.
  * Readers check everything and change nothing on error; messages name the
@@ -27,10 +30,12 @@
 #include "kernels/model.h"
 
 /* The newest version; a model with the default settings (eps 1e-5, tanh
- * GELU) and no adapters is written as version 1, which every earlier build
- * reads, one with other settings and no adapters as version 2, one with
- * adapters (job.adapters) as version 3. All are read. */
-#define NB_WEIGHTS_VERSION 3u
+ * GELU), no adapters and no low-rank split is written as version 1, which
+ * every earlier build reads, one with other settings as version 2, one with
+ * adapters (job.adapters) as version 3, one with a low-rank split
+ * (job.lowrank) as version 4: each file keeps the oldest version that holds
+ * its model, and all are read. */
+#define NB_WEIGHTS_VERSION 4u
 
 /* Writes the parameters of p to path. Errors: NB_EIO, NB_ENOMEM. */
 int nb_weights_save(const char *path, nb_part_t *p, char *err, size_t errlen);

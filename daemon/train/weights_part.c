@@ -11,7 +11,8 @@
 #include "daemon/train/weights.h"
 
 /* The first model field in which the file differs from p (in the weights
- * header's order; the adapter fields only when the file has adapters),
+ * header's order; the adapter fields only when the file has adapters; the
+ * low-rank split always),
  * written to err; false when none does. */
 static bool model_differs(const char *path, const nb_model_config_t *f, const nb_model_config_t *c, char *err,
                           size_t errlen)
@@ -65,6 +66,16 @@ static bool model_differs(const char *path, const nb_model_config_t *f, const nb
                          "adapters the file was trained with)", path, a[i].name, a[i].file, a[i].want);
                 return true;
             }
+    }
+    /* the low-rank split is another model (U S V where the dense one has
+     * fcproj.w): only the same split (job.lowrank) */
+    int fr = f->lowrank_rank > 0 ? f->lowrank_rank : 0, cr = c->lowrank_rank > 0 ? c->lowrank_rank : 0;
+    int fb = fr ? f->lowrank_block : 0, cb = cr ? c->lowrank_block : 0;
+    if (fr != cr || fb != cb) {
+        snprintf(err, errlen, "%s: %s is %d in the file, %d in this model (job.lowrank must match the split the "
+                 "file was written with)", path, fr != cr ? "lowrank_rank" : "lowrank_block", fr != cr ? fr : fb,
+                 fr != cr ? cr : cb);
+        return true;
     }
     return false;
 }

@@ -11,7 +11,8 @@
 #include "daemon/train/weights.h"
 
 #define NAME_BYTES 32
-#define HDR_FIELDS 21    /* version 3 (adapters); version 2 has the first 17, version 1 15 */
+#define HDR_FIELDS 23    /* version 4 (low-rank split); version 3 has the first 21, 2 17, 1 15 */
+#define HDR_FIELDS_V3 21
 #define HDR_FIELDS_V2 17
 #define HDR_FIELDS_V1 15
 #define TABLE_ENTRY_BYTES (NAME_BYTES + 4 + 16)
@@ -64,9 +65,31 @@ int nb_weights_layout(const nb_model_config_t *c, const nb_part_spec_t *s, nb_we
     const uint64_t xcols[8] = { 0, 0, C, 0, C, 0, C, 0 };
     static const char *const adn[3] = { "attn", "xattn", "ffn" };
     uint64_t A = c->adapter_size > 0 ? (uint64_t)c->adapter_size : 0;
+    /* the low-rank split (kernels/model_lowrank.c): block k's fcproj.w is
+     * V (R,F), S (R,R), U (C,R); fcproj.b and, post-LN, ln2 follow them. A
+     * part ending at the factor holds V alone of those; the part beginning
+     * at it holds the rest first, before its own blocks. */
+    static const char *const lrn[6] = { "fcproj.v", "fcproj.s", "fcproj.u", "fcproj.b", "ln2.w", "ln2.b" };
+    uint64_t R = c->lowrank_rank > 0 ? (uint64_t)c->lowrank_rank : 0;
+    const uint64_t lrrows[6] = { R, R, C, C, C, C }, lrcols[6] = { F, R, R, 0, 0, 0 };
+    int k = R ? c->lowrank_block : -1;
+    bool post = c->norm == NB_MODEL_NORM_POST;
+    bool lower = R && s->first <= k && k < s->last && s->last == k + 1 && !s->head;
+    bool upper = R && s->first == k + 1 && !s->embed;
+    int lr_end = post ? 6 : 4;
+    if (upper)
+        for (int t = 1; t < lr_end; t++) {
+            char name[NAME_BYTES];
+            snprintf(name, sizeof name, "h%d.%s", k, lrn[t]);
+            put(out, cap, &n, &params, &ok, name, lrcols[t] ? 2 : 1, lrrows[t], lrcols[t]);
+        }
     for (int l = s->first; l < s->last; l++) {
         char name[NAME_BYTES];
         for (int t = 0; t < 12; t++) {
+            /* fcproj.w/.b (t 10, 11) and post-LN ln2 (t 6, 7) of the split
+             * block are its low-rank tensors, below */
+            if (l == k && (t >= 10 || (post && (t == 6 || t == 7))))
+                continue;
             snprintf(name, sizeof name, "h%d.%s", l, bn[t]);
             put(out, cap, &n, &params, &ok, name, cols[t] ? 2 : 1, rows[t], cols[t]);
         }
@@ -85,6 +108,10 @@ int nb_weights_layout(const nb_model_config_t *c, const nb_part_spec_t *s, nb_we
             put(out, cap, &n, &params, &ok, name, 2, C, A);
             snprintf(name, sizeof name, "h%d.ad_%s.up.b", l, adn[k]);
             put(out, cap, &n, &params, &ok, name, 1, C, 0);
+        }
+        for (int t = 0; l == k && t < (lower ? 1 : lr_end); t++) {
+            snprintf(name, sizeof name, "h%d.%s", l, lrn[t]);
+            put(out, cap, &n, &params, &ok, name, lrcols[t] ? 2 : 1, lrrows[t], lrcols[t]);
         }
     }
     if (s->head) {
@@ -131,7 +158,7 @@ int nb_weights_peek(const char *path, nb_weights_info_t *info, char *err, size_t
     float eps = NB_MODEL_LN_EPS_DEFAULT;
     h[HDR_FIELDS_V2 - 1] = NB_MODEL_GELU_TANH;
     for (int i = HDR_FIELDS_V2; i < HDR_FIELDS; i++)
-        h[i] = 0; /* before version 3: no adapters */
+        h[i] = 0; /* before version 3: no adapters; before 4: no low-rank split */
     if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
         snprintf(err, errlen, "%s: not a regular file", path);
         rc = NB_EIO;
@@ -153,7 +180,9 @@ int nb_weights_peek(const char *path, nb_weights_info_t *info, char *err, size_t
         goto out;
     }
     if (version >= 2)
-        nf = version >= 3 ? HDR_FIELDS : HDR_FIELDS_V2; /* the model settings (and adapters) follow the 15 fields */
+        /* the model settings (then adapters, then the low-rank split)
+         * follow the 15 fields */
+        nf = version >= 4 ? HDR_FIELDS : version == 3 ? HDR_FIELDS_V3 : HDR_FIELDS_V2;
     if (fread(h, 4, (size_t)nf, f) != (size_t)nf || fread(&nt, 4, 1, f) != 1 || fread(&np, 8, 1, f) != 1) {
         snprintf(err, errlen, "%s: truncated header (%llu bytes, the header alone is %d)", path,
                  (unsigned long long)info->file_bytes, HEADER_BYTES(nf));
@@ -167,7 +196,7 @@ int nb_weights_peek(const char *path, nb_weights_info_t *info, char *err, size_t
                               .head = (nb_head_kind_t)h[8], .n_classes = h[9], .tie_embeddings = h[10] != 0,
                               .ln_eps = eps, .gelu = (nb_gelu_t)h[HDR_FIELDS_V2 - 1],
                               .adapter_size = h[17], .adapter_after = (unsigned)h[18], .adapter_first = h[19],
-                              .adapter_last = h[20] };
+                              .adapter_last = h[20], .lowrank_rank = h[21], .lowrank_block = h[22] };
     info->spec = (nb_part_spec_t){ .embed = h[11] != 0, .first = h[12], .last = h[13], .head = h[14] != 0 };
     const char *why = nb_model_config_validate(c);
     if (why) {

@@ -288,13 +288,13 @@ static void test_lowrank(void **state)
                "most 64");
     expect_err(load_train("  lowrank: {block: 4, rank: 8}\n"),
                "dir/t.yaml:13:20: job.lowrank.block: the model has no block 4 (blocks 0..3 of job.model.n_layer 4)");
-    /* a coordinator's checkpoints could not be read back */
+    /* a coordinator checkpoints a split model (the checkpoints record it) */
     char buf[2048];
     snprintf(buf, sizeof buf, "%s", COORD_HEAD);
     strcat(buf, "    - {name: a, address: 'h:1'}\n  lowrank: {block: 5, rank: 8}\n  checkpoint: {every_steps: 5}\n");
-    expect_err(load(buf), "dir/t.yaml:12:12: job.lowrank: checkpoints of a low-rank split model cannot be read back "
-                          "yet (the weights-file header does not record the split): remove job.checkpoint or "
-                          "job.lowrank");
+    assert_int_equal(load(buf), 0);
+    assert_int_equal(cfg.job.lowrank.rank, 8);
+    assert_int_equal(cfg.job.checkpoint.every_steps, 5);
     expect_err(load_train("  lowrank: {block: 1, rank: -1}\n"),
                "dir/t.yaml:13:29: job.lowrank.rank: out of bounds: must be between 0 and 1048576, got -1");
 }

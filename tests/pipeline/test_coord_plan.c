@@ -884,6 +884,97 @@ static void test_live_error_replans(void **state)
     assert_int_equal(nb_cplan_replans(w->cp), 1);
 }
 
+/* A low-rank split cut at the factor (job.lowrank block 1, rank 8, of
+ * d_model 64; clusters 0-1 and 2-3): stage 0 encodes and stage 1 decodes
+ * r-wide activations. The codec's cost per raw byte learnt from their
+ * reports divides by the bytes of that cut (32 positions x 8 floats per
+ * sequence), not by a d_model-wide tensor, which would make fp16 look 8x
+ * cheaper than it is. */
+static void test_lowrank_codec_bytes(void **state)
+{
+    (void)state;
+    static const char *text =
+        "name: coord\n"
+        "role: coordinator\n"
+        "listen: 127.0.0.1:0\n"
+        "tls: {cert: c.pem, key: c.key, ca: ca.pem}\n"
+        "job:\n"
+        "  model: {n_layer: 4, d_model: 64, n_head: 4, d_ff: 256, vocab: 256, max_seq: 32, tie_embeddings: false}\n"
+        "  lowrank: {block: 1, rank: 8}\n"
+        "  data: data.tok\n"
+        "  batch: 16\n"
+        "  seq_len: 32\n"
+        "  steps: 1000\n"
+        "  micro_batches: auto\n"
+        "  schedule: auto\n"
+        "  codecs: {forward: fp32, backward: fp32}\n"
+        "  clusters:\n"
+        "    - {name: a, address: 127.0.0.1:1, layers: 0-1}\n"
+        "    - {name: b, address: 127.0.0.1:2, layers: 2-3}\n"
+        "  planner: {enabled: true, codecs: [fp32, fp16], replan_steps: 3, replan_threshold: 0.2}\n";
+    const double enc = 3e-9, dec = 2e-9; /* s per raw byte of the cut */
+    nb_config_t *cfg = calloc(1, sizeof *cfg);
+    nb_job_desc_t *desc = calloc(1, sizeof *desc);
+    nb_cplan_t *cp;
+    char err[512] = "";
+    if (nb_cfg_load_string("coord.yaml", text, strlen(text), cfg, err, sizeof err))
+        fail_msg("config: %s", err);
+    if (nb_job_from_cfg(&cfg->job, 4, 77, desc, err, sizeof err))
+        fail_msg("job: %s", err);
+    assert_int_equal(nb_part_spec_out_width(&desc->layout.model, &desc->layout.parts[0]), 8);
+    if (nb_cplan_new(&cfg->job, desc, 4, &cp, err, sizeof err))
+        fail_msg("planner: %s", err);
+    nb_cplan_link_probe(cp, 0, 1, 2.0, 2.5e6);
+    nb_cplan_link_probe(cp, 1, 0, 2.0, 2.5e6);
+    nb_cplan_step_t ps, pin = { .m = 4, .sched = { NB_SCHED_GPIPE, 0 } };
+    snprintf(pin.fwd, sizeof pin.fwd, "fp16");
+    snprintf(pin.bwd, sizeof pin.bwd, "fp32");
+    for (int64_t s = 0; s < 40; s++) {
+        if (s == 6)
+            assert_int_equal(nb_cplan_pin(cp, &pin, err, sizeof err), 0);
+        assert_int_equal(nb_cplan_plan(cp, s, &ps), 0);
+        double raw = (double)ps.mb_size * 32 * 8 * 4; /* the factor: 8 floats per position */
+        for (int d = 0; d < 2; d++) {
+            Nebula__MicroBatchTiming tm[64], *tp[64];
+            for (int i = 0; i < ps.m; i++) {
+                nebula__micro_batch_timing__init(&tm[i]);
+                tm[i].stage = (uint32_t)d;
+                tm[i].micro_batch = (uint32_t)i;
+                tm[i].forward_ns = 1000000;
+                tm[i].backward_ns = 2000000;
+                if (strcmp(ps.fwd, "fp32") != 0) {
+                    tm[i].encode_ns = d == 0 ? (uint64_t)(enc * raw * 1e9) : 0;
+                    tm[i].decode_ns = d == 1 ? (uint64_t)(dec * raw * 1e9) : 0;
+                }
+                tp[i] = &tm[i];
+            }
+            Nebula__LinkMeasurement lm = NEBULA__LINK_MEASUREMENT__INIT, *lp = &lm;
+            lm.peer = (uint32_t)(1 - d);
+            lm.rx_bytes_per_s = 2.5e6;
+            Nebula__Report r = NEBULA__REPORT__INIT;
+            r.step = (uint64_t)s;
+            r.daemon = (uint32_t)d;
+            r.n_timings = (size_t)ps.m;
+            r.timings = tp;
+            r.n_links = 1;
+            r.links = &lp;
+            r.step_ns = 20000000;
+            nb_cplan_report(cp, d, &r);
+        }
+        nb_cplan_step_done(cp, s, 0.021, 0.020);
+    }
+    assert_string_equal(ps.fwd, "fp16");
+    const nb_cost_codec_t *c = nb_cost_codec_find(nb_cplan_cost(cp), "fp16");
+    assert_non_null(c);
+    print_message("fp16 learnt at the factor cut: encode %.3g s/byte (reported %.3g), decode %.3g (%.3g)\n",
+                  c->enc_per_byte, enc, c->dec_per_byte, dec);
+    assert_true(fabs(c->enc_per_byte - enc) < 0.02 * enc);
+    assert_true(fabs(c->dec_per_byte - dec) < 0.02 * dec);
+    nb_cplan_free(cp);
+    free(desc);
+    free(cfg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -899,6 +990,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_codec_error, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget_in_coordinator, setup, teardown),
         cmocka_unit_test_setup_teardown(test_live_error_replans, setup, teardown),
+        cmocka_unit_test(test_lowrank_codec_bytes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

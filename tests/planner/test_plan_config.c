@@ -101,6 +101,41 @@ static void test_u_shape(void **state)
     free(cfg);
 }
 
+/* job.lowrank: the request's cut widths come from the model family
+ * (nb_part_spec_out_width): a split in block 8 at rank 8 makes the cut
+ * after 9 blocks carry 8 of 768 floats per position, every other cut
+ * d_model; a split in the top block makes the cut after all 12 narrow (the
+ * U-shape's last link); rank 0, or a rank as wide as d_model, narrows
+ * nothing. */
+static void test_lowrank_widths(void **state)
+{
+    (void)state;
+    nb_config_t *cfg = load("config/2-cluster/coordinator.yaml");
+    nb_plan_req_t req;
+    char err[512] = "";
+    assert_int_equal(nb_plan_req_from_config(&cfg->job, &req, err, sizeof err), 0);
+    assert_int_equal(req.model.narrow_cut, 0);
+    static const struct { int block, rank, cut; } cases[] = { { 8, 8, 9 }, { 11, 32, 12 }, { 0, 16, 1 },
+                                                               { 4, 768, 0 } };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        cfg->job.lowrank.block = cases[k].block;
+        cfg->job.lowrank.rank = cases[k].rank;
+        assert_int_equal(nb_plan_req_from_config(&cfg->job, &req, err, sizeof err), 0);
+        print_message("lowrank block %d rank %d: narrow cut after %d blocks, %.0f of %.0f bytes per sample\n",
+                      cases[k].block, cases[k].rank, req.model.narrow_cut, req.model.narrow_bytes_per_sample,
+                      req.model.boundary_bytes_per_sample);
+        assert_int_equal(req.model.narrow_cut, cases[k].cut);
+        if (cases[k].cut)
+            assert_true(fabs(req.model.narrow_bytes_per_sample -
+                             req.model.boundary_bytes_per_sample * cases[k].rank / 768.0) < 1e-6);
+        for (int cut = 1; cut <= 12; cut++)
+            assert_true(nb_cost_cut_bytes(&req.model, cut) ==
+                        (cut == cases[k].cut ? req.model.narrow_bytes_per_sample
+                                             : req.model.boundary_bytes_per_sample));
+    }
+    free(cfg);
+}
+
 static void test_pins_and_errors(void **state)
 {
     (void)state;
@@ -144,6 +179,7 @@ int main(void)
         cmocka_unit_test(test_chain_pinned_split),
         cmocka_unit_test(test_u_shape),
         cmocka_unit_test(test_pins_and_errors),
+        cmocka_unit_test(test_lowrank_widths),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

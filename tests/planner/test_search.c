@@ -462,6 +462,68 @@ static void test_evaluate(void **state)
     assert_non_null(strstr(err, "layer split"));
 }
 
+/* A low-rank split (job.lowrank) in block 8 of 12 at rank 8: the cut after
+ * 9 blocks carries 8 of 768 floats per position. The planner's predicted
+ * wire bytes on that cut are r/d of the dense cut's (the link time less
+ * its per-message cost, forward and backward), every other cut is as
+ * dense. Across a 20 Mbit/s link the choice moves from the even split 6/6
+ * of the dense model to 9/3, the cut at the factor, and predicts a faster
+ * step; across a 100 Gbit/s link (compute-bound) it stays the dense
+ * model's. */
+static void test_lowrank_cut(void **state)
+{
+    (void)state;
+    const double r = 8, d = 768;
+    nb_cost_t c;
+    world(&c, 2, 20, 20);
+    nb_plan_req_t dense = request(2), split = request(2);
+    split.model.narrow_cut = 9;
+    split.model.narrow_bytes_per_sample = dense.model.boundary_bytes_per_sample * r / d;
+    assert_true(nb_cost_cut_bytes(&split.model, 9) == split.model.narrow_bytes_per_sample);
+    assert_true(nb_cost_cut_bytes(&split.model, 8) == dense.model.boundary_bytes_per_sample);
+    assert_true(nb_cost_cut_bytes(&dense.model, 9) == dense.model.boundary_bytes_per_sample);
+    dense.nfwd = dense.nbwd = split.nfwd = split.nbwd = 1;
+    dense.fwd_codecs[0] = dense.bwd_codecs[0] = split.fwd_codecs[0] = split.bwd_codecs[0] = "fp32";
+    /* the predicted transfer of one micro-batch on each cut */
+    for (int cut = 8; cut <= 10; cut++) {
+        nb_plan_cand_t k = { .m = 4, .mb_size = 8, .sched = {NB_SCHED_1F1B, 0}, .layers = {cut, 12 - cut} };
+        nb_sim_input_t di, si;
+        assert_int_equal(nb_plan_sim_input(&c, &dense.model, &k, &di), 0);
+        assert_int_equal(nb_plan_sim_input(&c, &split.model, &k, &si), 0);
+        double ovh = c.link[0].dir[NB_DIR_FWD].overhead, bw = c.link[0].dir[NB_DIR_FWD].bandwidth;
+        double want = (cut == 9 ? r / d : 1.0) * 8 * dense.model.boundary_bytes_per_sample;
+        print_message("cut after %d blocks: predicted %.0f bytes forward (dense %.0f), %.4f s on the link\n", cut,
+                      (si.xf[0] - ovh) * bw, (di.xf[0] - ovh) * bw, si.xf[0]);
+        assert_true(fabs((si.xf[0] - ovh) * bw - want) < 1e-6 * want);
+        assert_true(fabs((si.xb[0] - ovh) * bw - want) < 1e-6 * want);
+        assert_true(fabs((di.xf[0] - ovh) * bw - 8 * dense.model.boundary_bytes_per_sample) < 1);
+    }
+    nb_plan_result_t rd, rs;
+    char err[512];
+    assert_int_equal(nb_plan_search(&c, &dense, &rd, err, sizeof err), 0);
+    assert_int_equal(nb_plan_search(&c, &split, &rs, err, sizeof err), 0);
+    print_message("20 Mbit/s: dense %d/%d %.3f s, low-rank %d/%d %.3f s\n", rd.cand[0].layers[0],
+                  rd.cand[0].layers[1], rd.cand[0].step_time, rs.cand[0].layers[0], rs.cand[0].layers[1],
+                  rs.cand[0].step_time);
+    assert_int_equal(rd.cand[0].layers[0], 6);
+    assert_int_equal(rs.cand[0].layers[0], 9);
+    assert_int_equal(rs.cand[0].layers[1], 3);
+    assert_true(rs.cand[0].step_time < rd.cand[0].step_time / 4);
+    nb_plan_result_free(&rd);
+    nb_plan_result_free(&rs);
+    world(&c, 2, 100000, 0.1);
+    assert_int_equal(nb_plan_search(&c, &dense, &rd, err, sizeof err), 0);
+    assert_int_equal(nb_plan_search(&c, &split, &rs, err, sizeof err), 0);
+    print_message("100 Gbit/s: dense %d/%d %.4f s, low-rank %d/%d %.4f s\n", rd.cand[0].layers[0],
+                  rd.cand[0].layers[1], rd.cand[0].step_time, rs.cand[0].layers[0], rs.cand[0].layers[1],
+                  rs.cand[0].step_time);
+    assert_int_equal(rs.cand[0].layers[0], rd.cand[0].layers[0]);
+    assert_true(rs.cand[0].layers[0] != 9);
+    assert_true(fabs(rs.cand[0].step_time - rd.cand[0].step_time) < 1e-3 * rd.cand[0].step_time);
+    nb_plan_result_free(&rd);
+    nb_plan_result_free(&rs);
+}
+
 static void test_table(void **state)
 {
     (void)state;
@@ -508,6 +570,7 @@ int main(void)
         cmocka_unit_test(test_bad_requests),
         cmocka_unit_test(test_evaluate),
         cmocka_unit_test(test_table),
+        cmocka_unit_test(test_lowrank_cut),
         cmocka_unit_test(test_error_budget),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -5,7 +5,8 @@
 # SIGTERM, a killed write's leftovers cleaned up) that resume bit for bit,
 # and clear errors with the right exit status for a bad config or a missing
 # token file; frozen tensors (job.freeze): reported, kept, resumed, refused;
-# adapters (job.adapters) trained alone, refused with the reason.
+# adapters (job.adapters) trained alone, refused with the reason; a
+# low-rank split (job.lowrank) in the weights file and through a resume.
 set -euo pipefail
 . tests/support/assert.sh
 build=${NB_BUILD:-build}
@@ -234,6 +235,30 @@ expect_grep "job.adapters.size 0: an adapter's bottleneck must be 1..d_model (32
 sed 's/after: \[attn, ffn\]/after: [attn, xattn]/' "$work/ad.yaml" > "$work/adbad.yaml"
 expect_rc 78 "$train" --config "$work/adbad.yaml" > /dev/null 2> "$work/err.txt"
 expect_grep 'job.adapters.after\[1\] "xattn": the model.s blocks have no cross-attention' "$work/err.txt"
+
+# a low-rank split (job.lowrank): the weights file records it (nebula-weights
+# shows it), stop and resume give the uninterrupted run's weights, a run
+# with another rank refuses the checkpoint naming model.lowrank, and job.init
+# from the split weights needs the same split
+sed 's/  output: out.weights/  output: lr.weights\n  lowrank: { block: 0, rank: 4 }/' "$work/t.yaml" > "$work/lr.yaml"
+"$train" --config "$work/lr.yaml" --steps 5 > /dev/null
+"$build/bin/nebula-weights" show "$work/lr.weights" > "$work/lrshow.txt"
+expect_grep "low-rank split: block 0, rank 4" "$work/lrshow.txt"
+expect_grep "^  h0.fcproj.v *4 x 64 " "$work/lrshow.txt"
+mv "$work/lr.weights" "$work/lr-first.weights"
+"$train" --config "$work/lr.yaml" --steps 5 --stop-after 2 --checkpoint "$work/lr.ckpt" > /dev/null
+"$train" --config "$work/lr.yaml" --steps 5 --resume "$work/lr.ckpt" > /dev/null
+cmp "$work/lr.weights" "$work/lr-first.weights" || fail "stop and resume with a low-rank split changed the final weights"
+sed 's/rank: 4/rank: 8/' "$work/lr.yaml" > "$work/lr8.yaml"
+expect_rc 78 "$train" --config "$work/lr8.yaml" --steps 5 --resume "$work/lr.ckpt" > /dev/null 2> "$work/err.txt"
+cat "$work/err.txt"
+expect_grep "model.lowrank (job.lowrank: block, rank; rank 0 no split) is \[0, 4\] in the checkpoint, \[0, 8\]" "$work/err.txt"
+sed 's|  seed: 7|  seed: 7\n  init: lr-first.weights|' "$work/lr8.yaml" > "$work/lr8init.yaml"
+expect_rc 78 "$train" --config "$work/lr8init.yaml" --steps 1 > /dev/null 2> "$work/err.txt"
+cat "$work/err.txt"
+expect_grep "lowrank_rank is 4 in the file, 8 in this model" "$work/err.txt"
+sed 's|  seed: 7|  seed: 7\n  init: lr-first.weights|; s/output: lr.weights/output: lr2.weights/' "$work/lr.yaml" > "$work/lrinit.yaml"
+"$train" --config "$work/lrinit.yaml" --steps 1 > /dev/null
 
 # a config that cannot work: exit 78, the field named
 sed 's/n_head: 2/n_head: 3/' "$work/t.yaml" > "$work/bad.yaml"

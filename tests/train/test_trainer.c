@@ -400,6 +400,99 @@ static void test_weights_model_settings(void **state)
     nb_be_free(be);
 }
 
+/* The low-rank split (job.lowrank) travels in the weights file: a split
+ * model is written as version 4 and reads back bit for bit; a model with
+ * another rank or block, or without the split, refuses it naming the
+ * field, and a split model refuses a dense file (version 1: no split by its
+ * version); peek and job.init (nb_weights_load_part, a stage's half at the
+ * factor) read the split back. */
+static void test_weights_lowrank(void **state)
+{
+    nb_backend_t *be = nb_cpu_backend_new();
+    nb_train_config_t c = small_config();
+    nb_model_config_t lr = c.model, r8 = c.model, b1 = c.model;
+    lr.lowrank_block = 0;
+    lr.lowrank_rank = 4;
+    r8 = lr;
+    r8.lowrank_rank = 8;
+    b1 = lr;
+    b1.lowrank_block = 1;
+    nb_part_spec_t spec = nb_part_spec_full(&c.model);
+    nb_part_t *p, *q, *other, *dense;
+    char err[512];
+    assert_int_equal(nb_part_new(be, &lr, &spec, 1, NULL, &p, err, sizeof err), 0);
+    assert_int_equal(nb_part_new(be, &lr, &spec, 2, NULL, &q, err, sizeof err), 0);
+    assert_int_equal(nb_part_new(be, &c.model, &spec, 1, NULL, &dense, err, sizeof err), 0);
+    assert_int_equal(nb_weights_save(w_path, p, err, sizeof err), 0);
+    assert_int_equal(file_version(w_path), 4);
+    if (nb_weights_load(w_path, q, err, sizeof err))
+        fail_msg("%s", err);
+    size_t n = nb_part_num_params(p);
+    float *a = malloc(n * 4), *b = malloc(n * 4);
+    nb_be_to_host(be, a, nb_part_params(p), n * 4);
+    nb_be_to_host(be, b, nb_part_params(q), n * 4);
+    assert_memory_equal(a, b, n * 4);
+    struct { const nb_model_config_t *m; const char *needle; } refuse[] = {
+        { &r8, "lowrank_rank is 4 in the file, 8 in this model (job.lowrank)" },
+        { &b1, "lowrank_block is 0 in the file, 1 in this model (job.lowrank)" },
+        { &c.model, "lowrank_rank is 4 in the file, 0 in this model (job.lowrank)" },
+    };
+    for (size_t k = 0; k < NB_ARRAY_LEN(refuse); k++) {
+        assert_int_equal(nb_part_new(be, refuse[k].m, &spec, 3, NULL, &other, err, sizeof err), 0);
+        assert_int_equal(nb_weights_load(w_path, other, err, sizeof err), NB_EINVAL);
+        printf("  refused: %s\n", err);
+        if (!strstr(err, refuse[k].needle))
+            fail_msg("'%s' does not say '%s'", err, refuse[k].needle);
+        assert_int_equal(nb_weights_load_part(w_path, other, err, sizeof err), NB_EINVAL);
+        printf("  refused (job.init): %s\n", err);
+        assert_non_null(strstr(err, refuse[k].m->lowrank_rank != 4 ? "lowrank_rank is 4 in the file"
+                                                                  : "lowrank_block is 0 in the file"));
+        nb_part_free(other);
+    }
+    nb_weights_info_t info;
+    assert_int_equal(nb_weights_peek(w_path, &info, err, sizeof err), 0);
+    assert_int_equal(info.model.lowrank_rank, 4);
+    assert_int_equal(info.model.lowrank_block, 0);
+    assert_int_equal(info.n_params, n);
+    nb_weights_info_free(&info);
+    /* job.init of each half at the factor from the whole split file */
+    nb_part_spec_t halves[2] = { { .embed = true, .first = 0, .last = 1 }, { .first = 1, .last = 2, .head = true } };
+    nb_part_t *lo;
+    assert_int_equal(nb_part_new(be, &lr, &halves[0], 7, NULL, &lo, err, sizeof err), 0);
+    assert_int_equal(nb_part_out_width(lo), 4);
+    for (int h = 0; h < 2; h++) {
+        nb_part_t *x;
+        assert_int_equal(nb_part_new(be, &lr, &halves[h], 7, h ? lo : NULL, &x, err, sizeof err), 0);
+        if (nb_weights_load_part(w_path, x, err, sizeof err))
+            fail_msg("%s", err);
+        for (int i = 0; i < nb_part_num_tensors(x); i++) {
+            const nb_param_info_t *t = nb_part_tensor(x, i);
+            const nb_param_info_t *w = nb_part_tensor(p, nb_part_find_tensor(p, t->name));
+            float *v = malloc(t->numel * 4);
+            nb_be_to_host(be, v, nb_part_params(x) + t->offset, t->numel * 4);
+            if (memcmp(v, a + w->offset, t->numel * 4))
+                fail_msg("job.init of half %d: %s differs", h, t->name);
+            free(v);
+        }
+        nb_part_free(x);
+    }
+    nb_part_free(lo);
+    /* a dense file (version 1) into the split model: no split by its version */
+    assert_int_equal(nb_weights_save(w_path, dense, err, sizeof err), 0);
+    assert_int_equal(file_version(w_path), 1);
+    assert_int_equal(nb_weights_load(w_path, q, err, sizeof err), NB_EINVAL);
+    printf("  refused: %s\n", err);
+    assert_non_null(strstr(err, "lowrank_rank is 0 in the file (by its version), 4 in this model (job.lowrank)"));
+    nb_be_to_host(be, b, nb_part_params(q), n * 4);
+    assert_memory_equal(a, b, n * 4); /* unchanged by the refusal */
+    free(a);
+    free(b);
+    nb_part_free(p);
+    nb_part_free(q);
+    nb_part_free(dense);
+    nb_be_free(be);
+}
+
 /* Held-out evaluation: with eval_fraction 0.1 the file's last 10% is held
  * out. Its tokens (IDs 200..255, which the first 90% lacks) never reach a
  * training batch: their rows of the untied input embedding keep their
@@ -876,6 +969,126 @@ static void test_resume_from_stages(void **state)
     nb_be_free(be);
 }
 
+/* A low-rank split (job.lowrank) through checkpoints: 3 steps, save,
+ * resume in a new trainer, 3 more: the losses and weights of 6 steps
+ * without a break, bit for bit. The same checkpoint rewritten by the two
+ * stages of a pipeline cut at the factor (the lower part ends with
+ * h0.fcproj.v, the upper begins with h0.fcproj.s, .u, .b) resumes the
+ * trainer exactly too. A run with another rank, another block or no split
+ * refuses it naming model.lowrank, and stays as it was. */
+static void test_lowrank_resume(void **state)
+{
+    nb_train_config_t c = small_config();
+    c.steps = c.optim.total_steps = 6;
+    c.model.lowrank_block = 0;
+    c.model.lowrank_rank = 4;
+    float ref[6];
+    float *wref;
+    size_t n;
+    run(&c, ref, &wref, &n);
+    char one[160], two[160], err[1024], cmd[400];
+    snprintf(one, sizeof one, "%s.lr1", w_path);
+    snprintf(two, sizeof two, "%s.lr2", w_path);
+    nb_backend_t *be = nb_cpu_backend_new();
+    nb_trainer_t *a, *b;
+    nb_train_step_t st;
+    assert_int_equal(nb_trainer_new(be, &c, &a, err, sizeof err), 0);
+    for (int s = 0; s < 3; s++)
+        assert_int_equal(nb_trainer_step(a, &st, err, sizeof err), 0);
+    assert_int_equal(nb_trainer_save(a, one, err, sizeof err), 0);
+    nb_ckpt_manifest_t *m = calloc(1, sizeof *m), *m1 = calloc(1, sizeof *m1);
+    assert_int_equal(nb_ckpt_manifest_read(one, m1, err, sizeof err), 0);
+    assert_int_equal(m1->meta.model.lowrank_rank, 4);
+    assert_int_equal(m1->meta.model.lowrank_block, 0);
+    /* the trainer's own checkpoint */
+    assert_int_equal(nb_trainer_new(be, &c, &b, err, sizeof err), 0);
+    if (nb_trainer_resume(b, one, err, sizeof err))
+        fail_msg("%s", err);
+    for (int s = 3; s < 6; s++) {
+        assert_int_equal(nb_trainer_step(b, &st, err, sizeof err), 0);
+        assert_true(st.loss == ref[s]);
+    }
+    float *w = params_copy(b, &n);
+    assert_memory_equal(w, wref, n * 4);
+    free(w);
+    nb_trainer_free(b);
+    printf("  low-rank split (block 0, r 4): 3 + 3 steps bit-identical to 6\n");
+    /* two stages cut at the factor: embedding + block 0 up to V, the rest */
+    nb_trainer_ckpt_meta(a, &m->meta);
+    nb_part_t *parts[2];
+    nb_optim_t *opts[2];
+    for (int i = 0; i < 2; i++) {
+        nb_part_spec_t sp = { .embed = i == 0, .first = i, .last = i ? 2 : 1, .head = i == 1 };
+        assert_int_equal(nb_part_new(be, &c.model, &sp, 5, i ? parts[0] : NULL, &parts[i], err, sizeof err), 0);
+        assert_int_equal(nb_part_optim_new(parts[i], &c.optim, &opts[i]), 0);
+        if (nb_ckpt_load_part(one, m1, parts[i], opts[i], err, sizeof err))
+            fail_msg("%s", err);
+    }
+    assert_int_equal(nb_part_out_width(parts[0]), 4);
+    assert_int_equal(nb_part_in_width(parts[1]), 4);
+    assert_true(nb_part_find_tensor(parts[0], "h0.fcproj.v") >= 0);
+    assert_true(nb_part_find_tensor(parts[1], "h0.fcproj.s") >= 0);
+    assert_int_equal(nb_ckpt_begin(two, err, sizeof err), 0);
+    for (int i = 0; i < 2; i++) {
+        nb_ckpt_snap_t *snap;
+        char name[32];
+        snprintf(name, sizeof name, "stage%d.safetensors", i);
+        assert_int_equal(nb_ckpt_snapshot(parts[i], opts[i], &snap, err, sizeof err), 0);
+        assert_int_equal(nb_ckpt_write_file(two, name, &snap, 1, &m->meta, &m->files[i], err, sizeof err), 0);
+        m->files[i].stages = 1ull << i;
+        nb_ckpt_snap_free(snap);
+    }
+    m->n_files = 2;
+    assert_int_equal(nb_ckpt_manifest_write(two, m, err, sizeof err), 0);
+    for (int i = 1; i >= 0; i--) {
+        nb_optim_free(opts[i]);
+        nb_part_free(parts[i]);
+    }
+    nb_trainer_free(a);
+    assert_int_equal(nb_trainer_new(be, &c, &b, err, sizeof err), 0);
+    if (nb_trainer_resume(b, two, err, sizeof err))
+        fail_msg("%s", err);
+    for (int s = 3; s < 6; s++) {
+        assert_int_equal(nb_trainer_step(b, &st, err, sizeof err), 0);
+        assert_true(st.loss == ref[s]);
+    }
+    w = params_copy(b, &n);
+    assert_memory_equal(w, wref, n * 4);
+    free(w);
+    nb_trainer_free(b);
+    printf("  2-stage checkpoint cut at the factor after 3 steps -> trainer: 6 steps bit-identical\n");
+    /* another split, or none: refused naming model.lowrank, unchanged */
+    static const int other[][2] = { { 0, 8 }, { 1, 4 }, { 0, 0 } };
+    for (size_t k = 0; k < NB_ARRAY_LEN(other); k++) {
+        nb_train_config_t o = c;
+        o.model.lowrank_block = other[k][0];
+        o.model.lowrank_rank = other[k][1];
+        assert_int_equal(nb_trainer_new(be, &o, &b, err, sizeof err), 0);
+        size_t n0;
+        float *before = params_copy(b, &n0);
+        assert_int_equal(nb_trainer_resume(b, one, err, sizeof err), NB_EINVAL);
+        printf("  refused: %s\n", err);
+        assert_non_null(strstr(err, "model.lowrank"));
+        char want[96];
+        snprintf(want, sizeof want, "is [0, 4] in the checkpoint, [%d, %d] in this model", other[k][1] ? other[k][0] : 0,
+                 other[k][1]);
+        if (!strstr(err, want))
+            fail_msg("'%s' does not say '%s'", err, want);
+        assert_int_equal(nb_trainer_steps_done(b), 0);
+        float *after = params_copy(b, &n0);
+        assert_memory_equal(before, after, n0 * 4);
+        free(before);
+        free(after);
+        nb_trainer_free(b);
+    }
+    snprintf(cmd, sizeof cmd, "rm -rf %s %s", one, two);
+    assert_int_equal(system(cmd), 0);
+    free(wref);
+    free(m);
+    free(m1);
+    nb_be_free(be);
+}
+
 /* Steps skipped for a non-finite gradient before the checkpoint: the
  * optimizer's step count (bias correction) is what the checkpoint records,
  * so the resumed run still equals the uninterrupted one. */
@@ -922,7 +1135,10 @@ static void test_resume_after_skipped(void **state)
 }
 
 /* nb_weights_layout equals the layout of a real part, for every head,
- * norm, tying and cut; nb_weights_peek reads a real file's table. */
+ * norm, tying and cut, with and without a low-rank split in block 0 or in
+ * the top block (whose cuts then end at, and begin with, the factor: the
+ * head-only part of a U-shape begins with it); nb_weights_peek reads a
+ * real file's table. */
 static void test_weights_layout(void **state)
 {
     (void)state;
@@ -931,6 +1147,7 @@ static void test_weights_layout(void **state)
     nb_head_kind_t heads[] = { NB_MODEL_HEAD_LM, NB_MODEL_HEAD_MLM, NB_MODEL_HEAD_SEQCLS, NB_MODEL_HEAD_TOKCLS };
     nb_part_spec_t specs[] = { { true, 0, 3, true }, { true, 0, 1, false }, { false, 1, 3, false },
                                { false, 3, 3, true }, { false, 2, 3, true } };
+    for (int lr = 0; lr < 3; lr++)
     for (int hk = 0; hk < 4; hk++)
         for (int norm = 0; norm < 2; norm++)
             for (int tie = 0; tie < 2; tie++)
@@ -938,7 +1155,8 @@ static void test_weights_layout(void **state)
                     nb_model_config_t m = { .n_layer = 3, .d_model = 16, .n_head = 2, .d_ff = 24, .vocab = 40,
                                             .max_seq = 8, .causal = true, .norm = norm ? NB_MODEL_NORM_POST
                                                                                        : NB_MODEL_NORM_PRE,
-                                            .head = heads[hk], .n_classes = 3, .tie_embeddings = tie };
+                                            .head = heads[hk], .n_classes = 3, .tie_embeddings = tie,
+                                            .lowrank_block = lr == 2 ? 2 : 0, .lowrank_rank = lr ? 5 : 0 };
                     if (hk < 2)
                         m.n_classes = 0;
                     nb_part_t *tie_part = NULL, *p = NULL;
@@ -963,6 +1181,8 @@ static void test_weights_layout(void **state)
                     assert_int_equal(nb_weights_peek(w_path, &info, err, sizeof err), 0);
                     assert_int_equal(info.n_tensors, n);
                     assert_int_equal(info.n_params, np);
+                    assert_int_equal(info.model.lowrank_rank, m.lowrank_rank);
+                    assert_int_equal(info.model.lowrank_block, m.lowrank_block);
                     if (n > 0) /* a post-LN tied head alone holds no tensor */
                         assert_int_equal(info.tensors[n - 1].file_offset + info.tensors[n - 1].numel * 4,
                                          info.file_bytes);
@@ -1082,11 +1302,13 @@ int main(void)
         cmocka_unit_test(test_bad_config),
         cmocka_unit_test(test_weights_file),
         cmocka_unit_test(test_weights_model_settings),
+        cmocka_unit_test(test_weights_lowrank),
         cmocka_unit_test(test_eval_split),
         cmocka_unit_test(test_checkpoint_resume),
         cmocka_unit_test(test_resume_legs),
         cmocka_unit_test(test_frozen_resume),
         cmocka_unit_test(test_resume_from_stages),
+        cmocka_unit_test(test_lowrank_resume),
         cmocka_unit_test(test_resume_after_skipped),
         cmocka_unit_test(test_nonfinite_gradient_skips),
         cmocka_unit_test(test_weights_layout),
