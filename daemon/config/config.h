@@ -85,6 +85,7 @@ typedef struct {
     double ln_eps;      /* LayerNorm eps */
     nb_cfg_gelu_t gelu; /* GELU form */
     int mask_token;     /* mlm input ID of masked positions; 0 = vocab - 1 */
+    bool cross_attn;    /* decoder blocks: cross-attention to job.encoder's output */
 } nb_cfg_model_t;
 
 typedef struct {
@@ -171,6 +172,36 @@ typedef struct {
     int rank;
 } nb_cfg_lowrank_t;
 
+/* job.encoder: the encoder of an encoder-decoder job (role train;
+ * docs/finetune.md); job.model is then the decoder. Its freeze, trainable
+ * and adapters are the encoder's own, as job.freeze, job.trainable and
+ * job.adapters are the decoder's. */
+typedef struct {
+    bool present;                 /* the file has a job.encoder section */
+    nb_cfg_model_t model;         /* no head; causal defaults to false */
+    char init[NB_CFG_PATH_MAX];   /* pretrained encoder; "" = seeded */
+    char output[NB_CFG_PATH_MAX]; /* final encoder weights; "" = none */
+    int n_freeze;
+    char freeze[NB_CFG_MAX_FREEZE][NB_CFG_PATTERN_MAX];
+    int n_trainable;
+    char trainable[NB_CFG_MAX_FREEZE][NB_CFG_PATTERN_MAX];
+    nb_cfg_adapters_t adapters;
+} nb_cfg_encoder_t;
+
+/* job.spans: the span-restoration task of an encoder-decoder job
+ * (daemon/train/spans.h): windows of job.seq_len - 2 tokens of real text,
+ * one span of min_tokens..max_tokens replaced by [MASK]; the decoder
+ * restores the span. */
+#define NB_CFG_MAX_TEXTS 8
+typedef struct {
+    int n_text;
+    char text[NB_CFG_MAX_TEXTS][NB_CFG_PATH_MAX]; /* UTF-8 text files */
+    char tokenizer[NB_CFG_PATH_MAX];              /* a WordPiece (BERT) vocabulary */
+    int min_tokens, max_tokens;                   /* span length */
+    int hold;                                     /* every hold-th window of a file is held out */
+    int64_t eval_windows;                         /* held-out windows scored */
+} nb_cfg_spans_t;
+
 typedef struct {
     bool present; /* the file has a job section */
     nb_cfg_model_t model;
@@ -204,6 +235,8 @@ typedef struct {
     nb_cfg_electra_t electra;     /* an ELECTRA job: nebula-electra (role train) or the
                                      discriminator's daemon (role coordinator) */
     nb_cfg_lowrank_t lowrank;     /* job.lowrank: low-rank split (docs/lowrank.md) */
+    nb_cfg_encoder_t encoder;     /* job.encoder: an encoder-decoder job (role train) */
+    nb_cfg_spans_t spans;         /* job.spans: its task */
 } nb_cfg_job_t;
 
 typedef struct {

@@ -602,7 +602,7 @@ static int check_electra(cfg_ctx_t *c, nb_config_t *cfg)
     nb_cfg_job_t *j = &cfg->job;
     nb_cfg_electra_t *e = &j->electra;
     if (e->n_generators == 0) {
-        if (c->role == NB_ROLE_TRAIN && !j->data[0])
+        if (c->role == NB_ROLE_TRAIN && !j->data[0] && !j->encoder.present)
             return fail_path(c, "job.data", "missing required key (role train)");
         return 0;
     }
@@ -673,11 +673,100 @@ static int check_electra(cfg_ctx_t *c, nb_config_t *cfg)
     return 0;
 }
 
+/* Keys of an encoder-decoder job's model that only a head uses: an
+ * encoder has none (its last block's output is what the decoder reads). */
+static const char *const encoder_head_keys[] = { "head", "n_classes", "tie_embeddings", "mask_token" };
+
+/* Keys of a one-model job that an encoder-decoder job does not use. */
+static const struct {
+    const char *path, *why;
+} encdec_unused[] = {
+    { "job.data", "not used by an encoder-decoder job: its (source, target) pairs come from job.spans.text" },
+    { "job.eval", "not used by an encoder-decoder job: its held-out windows are every job.spans.hold-th window of "
+                  "each text, scored at the end" },
+    { "job.electra", "an encoder-decoder job is not an electra job: remove one of job.encoder and job.electra" },
+    { "job.lowrank", "not supported in an encoder-decoder job yet" },
+    { "job.clusters", "an encoder-decoder job runs in one process (nebula-train) so far" },
+};
+
+/* job.encoder and job.spans (role train): job.model is the decoder, with
+ * cross-attention to the encoder's output. Also refuses cross_attn in a
+ * model that has no encoder to read. */
+static int check_encdec(cfg_ctx_t *c, nb_config_t *cfg)
+{
+    nb_cfg_job_t *j = &cfg->job;
+    nb_cfg_model_t *m = &j->model, *e = &j->encoder.model;
+    char p[CFG_KEY_PATH_MAX];
+    j->encoder.present = cfg_given(c, "job.encoder");
+    for (int i = 0; i < j->electra.n_generators; i++)
+        if (j->electra.generators[i].model.cross_attn) {
+            snprintf(p, sizeof p, "job.electra.generators[%d].model.cross_attn", i);
+            return fail_path(c, p, "a generator reads no encoder output: remove cross_attn");
+        }
+    if (!j->encoder.present) {
+        if (m->cross_attn)
+            return fail_path(c, "job.model.cross_attn", "a decoder reads an encoder's output, and this job has none: "
+                             "add job.encoder (an encoder-decoder job, role train; docs/finetune.md) or remove "
+                             "cross_attn");
+        if (cfg_given(c, "job.spans"))
+            return fail_path(c, "job.spans", "the span task trains an encoder-decoder pair: add job.encoder "
+                             "(job.model is then the decoder)");
+        return 0;
+    }
+    for (size_t i = 0; i < NB_ARRAY_LEN(encdec_unused); i++)
+        if (cfg_given(c, encdec_unused[i].path))
+            return fail_path(c, encdec_unused[i].path, "%s", encdec_unused[i].why);
+    if (!m->cross_attn)
+        return fail_path(c, "job.model.cross_attn", "job.model is the decoder of this encoder-decoder job: it needs "
+                         "cross_attn: true (its blocks read the encoder's output)");
+    if (m->head != NB_HEAD_LM)
+        return fail_path(c, "job.model.head", "the decoder of an encoder-decoder job generates the target tokens: "
+                         "head must be lm, got %s", nb_cfg_head_name(m->head));
+    if (!cfg_given(c, "job.spans"))
+        return fail_path(c, "job.spans", "missing: an encoder-decoder job needs its task (job.spans: the text, the "
+                         "tokenizer and the span lengths)");
+    for (size_t i = 0; i < NB_ARRAY_LEN(encoder_head_keys); i++) {
+        snprintf(p, sizeof p, "job.encoder.model.%s", encoder_head_keys[i]);
+        if (cfg_given(c, p))
+            return fail_path(c, p, "an encoder has no head: the decoder's cross-attention reads the output of its "
+                             "last block; remove %s", encoder_head_keys[i]);
+    }
+    if (e->cross_attn)
+        return fail_path(c, "job.encoder.model.cross_attn", "the encoder reads only the source tokens: its blocks "
+                         "have no cross-attention; remove cross_attn");
+    if (!cfg_given(c, "job.encoder.model.causal"))
+        e->causal = false; /* an encoder sees the whole source */
+    if (e->d_model % e->n_head)
+        return fail_path(c, "job.encoder.model.n_head", "must divide d_model (%d), got %d", e->d_model, e->n_head);
+    if (e->d_ff == 0)
+        e->d_ff = 4 * e->d_model;
+    if (e->d_model != m->d_model)
+        return fail_path(c, "job.encoder.model.d_model", "%d, but the decoder's cross-attention (job.model.d_model) "
+                         "reads encoder states of width %d: they must be equal (there is no projection between "
+                         "them)", e->d_model, m->d_model);
+    if (j->seq_len > e->max_seq)
+        return fail_path(c, "job.seq_len", "the encoder reads job.seq_len positions (a window of job.seq_len - 2 "
+                         "tokens between [CLS] and [SEP]): must not exceed job.encoder.model.max_seq (%d), got %lld",
+                         e->max_seq, (long long)j->seq_len);
+    nb_cfg_spans_t *sp = &j->spans;
+    if (sp->min_tokens > sp->max_tokens)
+        return fail_path(c, "job.spans.min_tokens", "must not exceed max_tokens (%d), got %d", sp->max_tokens,
+                         sp->min_tokens);
+    if (sp->max_tokens + 1 > m->max_seq)
+        return fail_path(c, "job.spans.max_tokens", "the decoder reads max_tokens + 1 positions ([CLS] and the "
+                         "span): must be below job.model.max_seq (%d), got %d", m->max_seq, sp->max_tokens);
+    if (j->seq_len - 2 <= sp->max_tokens)
+        return fail_path(c, "job.seq_len", "a window of job.seq_len - 2 = %lld tokens leaves no context around a span "
+                         "of job.spans.max_tokens = %d: make seq_len at least %d", (long long)j->seq_len - 2,
+                         sp->max_tokens, sp->max_tokens + 3);
+    return 0;
+}
+
 static int check_job(cfg_ctx_t *c, nb_config_t *cfg)
 {
     nb_cfg_job_t *j = &cfg->job;
     nb_cfg_model_t *m = &j->model;
-    if (check_electra(c, cfg))
+    if (check_encdec(c, cfg) || check_electra(c, cfg))
         return -1;
     if (m->d_model % m->n_head)
         return fail_path(c, "job.model.n_head", "must divide d_model (%d), got %d", m->d_model, m->n_head);
@@ -702,7 +791,7 @@ static int check_job(cfg_ctx_t *c, nb_config_t *cfg)
         return fail_path(c, "job.lowrank.rank", "%d is larger than the split layer h%d.fcproj.w (%d x %d): at most "
                          "%d", j->lowrank.rank, j->lowrank.block, m->d_model, m->d_ff,
                          m->d_model < m->d_ff ? m->d_model : m->d_ff);
-    if (j->seq_len > m->max_seq)
+    if (j->seq_len > m->max_seq && !j->encoder.present)
         return fail_path(c, "job.seq_len", "out of bounds: must not exceed model.max_seq (%d), got %lld", m->max_seq,
                          (long long)j->seq_len);
     if (j->micro_batches > 0 && (j->micro_batches > j->batch || j->batch % j->micro_batches))

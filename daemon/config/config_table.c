@@ -119,6 +119,7 @@ static const nb__cfg_key_t model_keys[] = {
     { .name = "ln_eps", .type = NB__CFG_DOUBLE, .min = 1e-30, .max = 1, .def = "1e-5", FLD(nb_cfg_model_t, ln_eps), .doc = "LayerNorm eps (BERT: 1e-12)" },
     { .name = "gelu", .type = NB__CFG_ENUM, .def = "tanh", .names = gelu_names, FLD(nb_cfg_model_t, gelu), .doc = "GELU form: tanh (GPT-2) or erf (BERT)" },
     { .name = "mask_token", .type = NB__CFG_INT, .min = 0, .max = 16777215, .def = "0", FLD(nb_cfg_model_t, mask_token), .doc = "mlm: input ID of masked positions; 0 = vocab - 1 (BERT: 103, [MASK])" },
+    { .name = "cross_attn", .type = NB__CFG_BOOL, .def = "false", FLD(nb_cfg_model_t, cross_attn), .doc = "decoder blocks: cross-attention to the output of job.encoder" },
     { 0 },
 };
 
@@ -235,6 +236,35 @@ static const nb__cfg_key_t lowrank_keys[] = {
     { 0 },
 };
 
+/* job.encoder: the encoder of an encoder-decoder job; the cross-key rules
+ * (no head, d_model equal to the decoder's) are in config_load.c */
+static const nb__cfg_key_t encoder_keys[] = {
+    { .name = "model", .type = NB__CFG_SECTION, .required = T, .sub = model_keys, FLD(nb_cfg_encoder_t, model), .doc = "the encoder's shape (no head; causal defaults to false)" },
+    { .name = "init", .type = NB__CFG_PATH, FLD(nb_cfg_encoder_t, init), .doc = "pretrained encoder weights (weights file or safetensors)" },
+    { .name = "output", .type = NB__CFG_PATH, FLD(nb_cfg_encoder_t, output), .doc = "final encoder weights file" },
+    { .name = "freeze", .type = NB__CFG_LIST, .sub = &freeze_elem, .off = offsetof(nb_cfg_encoder_t, freeze),
+      .count_off = offsetof(nb_cfg_encoder_t, n_freeze), .max_items = NB_CFG_MAX_FREEZE, .doc = "encoder tensors that do not train" },
+    { .name = "trainable", .type = NB__CFG_LIST, .sub = &trainable_elem, .off = offsetof(nb_cfg_encoder_t, trainable),
+      .count_off = offsetof(nb_cfg_encoder_t, n_trainable), .max_items = NB_CFG_MAX_FREEZE, .doc = "exceptions to job.encoder.freeze" },
+    { .name = "adapters", .type = NB__CFG_SECTION, .sub = adapter_keys, FLD(nb_cfg_encoder_t, adapters), .doc = "bottleneck adapters inside the encoder's blocks" },
+    { 0 },
+};
+
+static const nb__cfg_key_t spans_text_elem = {
+    .name = "text[]", .type = NB__CFG_PATH, .size = NB_CFG_PATH_MAX,
+};
+
+static const nb__cfg_key_t spans_keys[] = {
+    { .name = "text", .type = NB__CFG_LIST, .required = T, .sub = &spans_text_elem, .off = offsetof(nb_cfg_spans_t, text),
+      .count_off = offsetof(nb_cfg_spans_t, n_text), .max_items = NB_CFG_MAX_TEXTS, .doc = "UTF-8 text files the windows come from" },
+    { .name = "tokenizer", .type = NB__CFG_PATH, .required = T, FLD(nb_cfg_spans_t, tokenizer), .doc = "WordPiece vocabulary (vocab.txt or its directory) of both models" },
+    { .name = "min_tokens", .type = NB__CFG_INT, .min = 1, .max = 1024, .def = "1", FLD(nb_cfg_spans_t, min_tokens), .doc = "shortest span removed" },
+    { .name = "max_tokens", .type = NB__CFG_INT, .min = 1, .max = 1024, .def = "4", FLD(nb_cfg_spans_t, max_tokens), .doc = "longest span removed; the decoder reads max_tokens + 1 positions" },
+    { .name = "hold", .type = NB__CFG_INT, .min = 2, .max = 1000, .def = "10", FLD(nb_cfg_spans_t, hold), .doc = "every hold-th window of each file is held out" },
+    { .name = "eval_windows", .type = NB__CFG_INT, .min = 1, .max = 1e6, .def = "256", FLD(nb_cfg_spans_t, eval_windows), .doc = "held-out windows scored at the end" },
+    { 0 },
+};
+
 static const nb__cfg_key_t job_keys[] = {
     { .name = "model", .type = NB__CFG_SECTION, .required = C | T, .sub = model_keys, FLD(nb_cfg_job_t, model), .doc = "model shape" },
     { .name = "seed", .type = NB__CFG_U64, .min = 0, .max = 1.8e19, .def = "1337", FLD(nb_cfg_job_t, seed), .doc = "seed of every RNG stream" },
@@ -265,6 +295,8 @@ static const nb__cfg_key_t job_keys[] = {
     { .name = "checkpoint", .type = NB__CFG_SECTION, .roles = C, .sub = checkpoint_keys, FLD(nb_cfg_job_t, checkpoint), .doc = "coordinated checkpoints" },
     { .name = "recovery_timeout_s", .type = NB__CFG_DOUBLE, .roles = C, .min = 1, .max = 1e7, .def = "600", FLD(nb_cfg_job_t, recovery_timeout_s), .doc = "how long the daemons may take to come back after a fault before the job fails" },
     { .name = "max_restarts", .type = NB__CFG_INT, .roles = C, .min = 0, .max = 1e9, .def = "1000", FLD(nb_cfg_job_t, max_restarts), .doc = "recoveries after which the job fails" },
+    { .name = "encoder", .type = NB__CFG_SECTION, .roles = T, .sub = encoder_keys, FLD(nb_cfg_job_t, encoder), .doc = "the encoder of an encoder-decoder job; job.model is the decoder (docs/finetune.md)" },
+    { .name = "spans", .type = NB__CFG_SECTION, .roles = T, .sub = spans_keys, FLD(nb_cfg_job_t, spans), .doc = "span restoration: the task of an encoder-decoder job" },
     { .name = "electra", .type = NB__CFG_SECTION, .roles = C | T, .sub = electra_keys, FLD(nb_cfg_job_t, electra), .doc = "multi-generator ELECTRA (nebula-electra, or a coordinator that is the discriminator's daemon); job.model is the discriminator" },
     { 0 },
 };
