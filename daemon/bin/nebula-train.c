@@ -14,6 +14,11 @@
  * matching tensors stay as they are, with no gradient or optimizer state
  * (docs/config.md); the run prints what is frozen and the memory of the
  * weights, gradients and optimizer state.
+ * With job.encoder the job is an encoder-decoder pair (job.model the
+ * decoder) trained on the span task of job.spans (docs/finetune.md): the
+ * loop of daemon/train/encdec_run.c, which ends with the held-out score
+ * (loss, exact match, token F1) and writes job.encoder.output and
+ * job.output; --checkpoint and --resume are refused there.
  *   --steps N         train N steps instead of job.steps (the LR schedule
  *                     follows N)
  *   --stop-after N    stop once N steps are done (schedule unchanged)
@@ -51,6 +56,7 @@
 #include "daemon/config/config.h"
 #include "daemon/log.h"
 #include "daemon/pipeline/job.h"
+#include "daemon/train/encdec_run.h"
 #include "daemon/train/hf_model.h"
 #include "daemon/train/lowrank_init.h"
 #include "daemon/train/trainer.h"
@@ -83,6 +89,93 @@ static long parse_steps(const char *s)
     return (*end || end == s || v <= 0 || v > 100000000) ? -1 : v;
 }
 
+/* The model family's config of a job's model section. */
+static nb_model_config_t to_model(const nb_cfg_model_t *m)
+{
+    return (nb_model_config_t){
+        .n_layer = m->n_layer, .d_model = m->d_model, .n_head = m->n_head, .d_ff = m->d_ff,
+        .vocab = m->vocab, .max_seq = m->max_seq, .causal = m->causal,
+        .norm = m->norm == NB_NORM_POST ? NB_MODEL_NORM_POST : NB_MODEL_NORM_PRE,
+        .head = (nb_head_kind_t)m->head, .n_classes = m->n_classes, .tie_embeddings = m->tie_embeddings,
+        .ln_eps = (float)m->ln_eps, .gelu = m->gelu == NB_GELU_ERF ? NB_MODEL_GELU_ERF : NB_MODEL_GELU_TANH,
+        .mask_token = m->mask_token, .cross_attn = m->cross_attn,
+    };
+}
+
+/* job.adapters (key "job") or job.encoder.adapters (key "job.encoder"):
+ * refused here with the reason when they do not fit the model. */
+static int set_adapters(const nb_config_t *cfg, const nb_cfg_adapters_t *ad, const char *key, nb_model_config_t *m,
+                        char *err, size_t errlen)
+{
+    const char *after[3];
+    for (int i = 0; i < ad->n_after && i < 3; i++)
+        after[i] = ad->after[i];
+    char why[256];
+    if (nb_model_set_adapters(m, (int)ad->size, after, ad->n_after, ad->blocks, why, sizeof why)) {
+        /* the model family names job.adapters: say whose */
+        bool enc = strcmp(key, "job") != 0 && strncmp(why, "job.", 4) == 0;
+        snprintf(err, errlen, "%s: %s%s", cfg->path, enc ? "job.encoder." : "", enc ? why + 4 : why);
+        return -1;
+    }
+    return 0;
+}
+
+/* Copies a job's freeze and trainable lists. */
+static void to_freeze(nb_freeze_spec_t *f, int n_freeze, const char (*freeze)[NB_CFG_PATTERN_MAX], int n_trainable,
+                      const char (*trainable)[NB_CFG_PATTERN_MAX])
+{
+    _Static_assert(NB_CFG_MAX_FREEZE == NB_FREEZE_MAX && NB_CFG_PATTERN_MAX == NB_FREEZE_PATTERN_MAX,
+                   "job.freeze in the config and in the model agree");
+    memset(f, 0, sizeof *f);
+    f->n_freeze = n_freeze;
+    f->n_trainable = n_trainable;
+    for (int i = 0; i < n_freeze; i++)
+        snprintf(f->freeze[i], sizeof f->freeze[i], "%s", freeze[i]);
+    for (int i = 0; i < n_trainable; i++)
+        snprintf(f->trainable[i], sizeof f->trainable[i], "%s", trainable[i]);
+}
+
+/* An AdamW config of a job's optimizer section over `steps` steps. */
+static nb_optim_config_t to_optim(const nb_cfg_optim_t *o, int steps)
+{
+    return (nb_optim_config_t){
+        .lr = (float)o->lr, .lr_min = (float)o->min_lr, .warmup_steps = (int)o->warmup_steps,
+        .total_steps = steps, .beta1 = (float)o->beta1, .beta2 = (float)o->beta2,
+        .eps = (float)o->eps, .weight_decay = (float)o->weight_decay, .grad_clip = (float)o->grad_clip,
+    };
+}
+
+/* Maps an encoder-decoder job (job.encoder) onto encdec.h's structs;
+ * texts receives the pointers to the text paths (cfg must outlive ec). */
+static int to_encdec_config(const nb_config_t *cfg, nb_encdec_config_t *ec, const char **texts, char *err,
+                            size_t errlen)
+{
+    const nb_cfg_job_t *j = &cfg->job;
+    memset(ec, 0, sizeof *ec);
+    ec->enc = (nb_encdec_side_t){ .model = to_model(&j->encoder.model), .key = "job.encoder" };
+    ec->dec = (nb_encdec_side_t){ .model = to_model(&j->model), .key = "job" };
+    if (set_adapters(cfg, &j->encoder.adapters, "job.encoder", &ec->enc.model, err, errlen) ||
+        set_adapters(cfg, &j->adapters, "job", &ec->dec.model, err, errlen))
+        return -1;
+    to_freeze(&ec->enc.freeze, j->encoder.n_freeze, j->encoder.freeze, j->encoder.n_trainable, j->encoder.trainable);
+    to_freeze(&ec->dec.freeze, j->n_freeze, j->freeze, j->n_trainable, j->trainable);
+    snprintf(ec->enc.init, sizeof ec->enc.init, "%s", j->encoder.init);
+    snprintf(ec->dec.init, sizeof ec->dec.init, "%s", j->init);
+    ec->optim = to_optim(&j->optimizer, (int)j->steps);
+    ec->seed = j->seed;
+    ec->batch = (int)j->batch;
+    ec->micro_batches = j->micro_batches > 0 ? (int)j->micro_batches : 1;
+    ec->steps = (int)j->steps;
+    ec->max_skipped_steps = (int)j->max_skipped_steps;
+    for (int i = 0; i < j->spans.n_text; i++)
+        texts[i] = j->spans.text[i];
+    ec->task = (nb_spans_config_t){ .texts = texts, .n_texts = j->spans.n_text, .tokenizer = j->spans.tokenizer,
+                                    .src_len = (int)j->seq_len, .min_tokens = j->spans.min_tokens,
+                                    .max_tokens = j->spans.max_tokens, .hold = j->spans.hold };
+    ec->eval_pairs = (int)j->spans.eval_windows;
+    return 0;
+}
+
 /* Maps the loaded job onto the trainer's plain structs. */
 static int to_train_config(const nb_config_t *cfg, nb_train_config_t *tc, char *err, size_t errlen)
 {
@@ -92,33 +185,12 @@ static int to_train_config(const nb_config_t *cfg, nb_train_config_t *tc, char *
         snprintf(err, errlen, "%s: role must be train (with a job section) for nebula-train", cfg->path);
         return -1;
     }
-    const nb_cfg_model_t *m = &j->model;
-    tc->model = (nb_model_config_t){
-        .n_layer = m->n_layer, .d_model = m->d_model, .n_head = m->n_head, .d_ff = m->d_ff,
-        .vocab = m->vocab, .max_seq = m->max_seq, .causal = m->causal,
-        .norm = m->norm == NB_NORM_POST ? NB_MODEL_NORM_POST : NB_MODEL_NORM_PRE,
-        .head = (nb_head_kind_t)m->head, .n_classes = m->n_classes, .tie_embeddings = m->tie_embeddings,
-        .ln_eps = (float)m->ln_eps, .gelu = m->gelu == NB_GELU_ERF ? NB_MODEL_GELU_ERF : NB_MODEL_GELU_TANH,
-        .mask_token = m->mask_token,
-    };
-    /* job.adapters: refused here with the reason when they do not fit the model */
-    const nb_cfg_adapters_t *ad = &j->adapters;
-    const char *after[3];
-    for (int i = 0; i < ad->n_after && i < 3; i++)
-        after[i] = ad->after[i];
-    char why[256];
-    if (nb_model_set_adapters(&tc->model, (int)ad->size, after, ad->n_after, ad->blocks, why, sizeof why)) {
-        snprintf(err, errlen, "%s: %s", cfg->path, why);
+    tc->model = to_model(&j->model);
+    if (set_adapters(cfg, &j->adapters, "job", &tc->model, err, errlen))
         return -1;
-    }
     if (nb_job_lowrank_from_cfg(j, &tc->model, err, errlen))
         return -1;
-    const nb_cfg_optim_t *o = &j->optimizer;
-    tc->optim = (nb_optim_config_t){
-        .lr = (float)o->lr, .lr_min = (float)o->min_lr, .warmup_steps = (int)o->warmup_steps,
-        .total_steps = (int)j->steps, .beta1 = (float)o->beta1, .beta2 = (float)o->beta2,
-        .eps = (float)o->eps, .weight_decay = (float)o->weight_decay, .grad_clip = (float)o->grad_clip,
-    };
+    tc->optim = to_optim(&j->optimizer, (int)j->steps);
     tc->seed = j->seed;
     tc->batch = (int)j->batch;
     tc->micro_batches = j->micro_batches > 0 ? (int)j->micro_batches : 1;
@@ -129,14 +201,7 @@ static int to_train_config(const nb_config_t *cfg, nb_train_config_t *tc, char *
     tc->eval_fraction = j->eval.fraction;
     snprintf(tc->eval_data, sizeof tc->eval_data, "%s", j->eval.data);
     tc->eval_batches = (int)j->eval.batches;
-    _Static_assert(NB_CFG_MAX_FREEZE == NB_FREEZE_MAX && NB_CFG_PATTERN_MAX == NB_FREEZE_PATTERN_MAX,
-                   "job.freeze in the config and in the model agree");
-    tc->freeze.n_freeze = j->n_freeze;
-    tc->freeze.n_trainable = j->n_trainable;
-    for (int i = 0; i < j->n_freeze; i++)
-        snprintf(tc->freeze.freeze[i], sizeof tc->freeze.freeze[i], "%s", j->freeze[i]);
-    for (int i = 0; i < j->n_trainable; i++)
-        snprintf(tc->freeze.trainable[i], sizeof tc->freeze.trainable[i], "%s", j->trainable[i]);
+    to_freeze(&tc->freeze, j->n_freeze, j->freeze, j->n_trainable, j->trainable);
     return 0;
 }
 
@@ -180,6 +245,44 @@ static int checkpoint(nb_trainer_t *tr, const char *root, int keep)
 static void log_note(void *ud, const char *note)
 {
     nb_log_info(NULL, "job.init: %s", note);
+}
+
+/* An encoder-decoder job (job.encoder): its own loop (encdec_run.c). */
+static int run_encdec(const nb_config_t *cfg, const char *config_path, long steps_override, long stop_after,
+                      bool checkpoints)
+{
+    if (checkpoints) {
+        fprintf(stderr, "nebula-train: --checkpoint and --resume are not supported for an encoder-decoder job "
+                        "(job.encoder) yet\n");
+        return 2;
+    }
+    nb_encdec_config_t ec;
+    const char *texts[NB_CFG_MAX_TEXTS];
+    char err[2048];
+    if (to_encdec_config(cfg, &ec, texts, err, sizeof err) != 0) {
+        nb_log_error(NULL, "%s", err);
+        return NB_CFG_EXIT_CONFIG;
+    }
+    if (steps_override) {
+        ec.steps = (int)steps_override;
+        ec.optim.total_steps = ec.steps;
+    }
+    char why[256];
+    nb_backend_t *be = nb_device_open(cfg->n_devices > 0 ? &cfg->devices[0] : NULL, why, sizeof why);
+    if (!be) {
+        nb_log_error(NULL, "%s", why);
+        return 1;
+    }
+    struct sigaction sa = { .sa_handler = on_signal };
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    nb_encdec_run_t r = { .config_path = config_path, .stop_after = (int)stop_after,
+                          .log_every = (int)cfg->job.log_every, .enc_output = cfg->job.encoder.output,
+                          .dec_output = cfg->job.output, .stop = &stop_signal };
+    int rc = nb_encdec_run(be, &ec, &r);
+    nb_be_free(be);
+    return rc ? rc : stop_signal ? 128 + stop_signal : 0;
 }
 
 int main(int argc, char **argv)
@@ -251,6 +354,8 @@ int main(int argc, char **argv)
     nb_log_level_t lvl;
     if (nb_log_level_parse(cfg.log_level, &lvl) == 0)
         nb_log_set_level(lvl);
+    if (cfg.role == NB_ROLE_TRAIN && cfg.job.encoder.present)
+        return run_encdec(&cfg, config_path, steps_override, stop_after, ckpt_out || resume);
     nb_train_config_t tc;
     if (to_train_config(&cfg, &tc, err, sizeof err) != 0) {
         nb_log_error(NULL, "%s", err);

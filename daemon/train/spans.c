@@ -244,6 +244,7 @@ const nb_tokenizer_t *nb_spans_tokenizer(const nb_spans_t *s) { return s->tok; }
 int nb_spans_vocab(const nb_spans_t *s) { return (int)nb_tokenizer_vocab(s->tok); }
 int nb_spans_dec_len(const nb_spans_t *s) { return s->T; }
 int32_t nb_spans_eos(const nb_spans_t *s) { return s->sep; }
+int32_t nb_spans_pad(const nb_spans_t *s) { return s->pad; }
 uint64_t nb_spans_train_tokens(const nb_spans_t *s) { return s->n_train_tokens; }
 int nb_spans_heldout_windows(const nb_spans_t *s) { return s->n_held; }
 uint64_t nb_spans_train_starts(const nb_spans_t *s) { return s->n_starts; }

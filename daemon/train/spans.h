@@ -66,8 +66,10 @@ const nb_tokenizer_t *nb_spans_tokenizer(const nb_spans_t *s);
 int nb_spans_vocab(const nb_spans_t *s);
 /* T: decoder positions, max_tokens + 1. */
 int nb_spans_dec_len(const nb_spans_t *s);
-/* The end-of-span token ([SEP]) the decoder emits after the span. */
+/* The end-of-span token ([SEP]) the decoder emits after the span, and
+ * the padding token ([PAD]). */
 int32_t nb_spans_eos(const nb_spans_t *s);
+int32_t nb_spans_pad(const nb_spans_t *s);
 /* Training tokens (in runs of training windows), held-out windows, and
  * training window starts (the positions a training window may take). */
 uint64_t nb_spans_train_tokens(const nb_spans_t *s);

@@ -1,0 +1,363 @@
+/*
+ * encdec.c - the single-process encoder-decoder trainer (encdec.h): two
+ * parts, the span task, one optimizer step over both trainable sets, and
+ * the held-out score by greedy decoding.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "daemon/clock.h"
+#include "daemon/train/encdec.h"
+#include "daemon/train/hf_model.h"
+#include "kernels/common.h"
+
+struct nb_encdec {
+    nb_backend_t *be;
+    nb_encdec_config_t cfg;
+    nb_spans_t *task;
+    nb_part_t *enc, *dec;
+    nb_part_acts_t *ea, *da;
+    nb_optim_t *eo, *dopt;
+    int B, S, T, V;
+    int step, skipped_run, skipped_total;
+    nb_spans_batch_t hb;          /* host pairs of one micro-batch */
+    int32_t *d_src, *d_din, *d_tgt;
+    uint8_t *d_mask;
+    float *h_row;                 /* one row of logits (eval) */
+};
+
+/* why names a key of job (job.freeze, job.adapters, ...): for the encoder
+ * it is job.encoder's. */
+static void keyed(char *err, size_t errlen, const char *key, const char *why)
+{
+    if (strcmp(key, "job") != 0 && strncmp(why, "job.", 4) == 0)
+        snprintf(err, errlen, "%s.%s", key, why + 4);
+    else
+        snprintf(err, errlen, "%s", why);
+}
+
+/* A side's model against the task; its freeze patterns (a side may be
+ * wholly frozen: the other one trains). */
+static int check_side(const nb_encdec_side_t *s, bool decoder, const nb_spans_t *task, int len, char *err,
+                      size_t errlen)
+{
+    const char *why = nb_model_config_validate(&s->model);
+    if (why) {
+        snprintf(err, errlen, "%s.model: %s", s->key, why);
+        return NB_EINVAL;
+    }
+    if (s->model.cross_attn != decoder) {
+        snprintf(err, errlen, "%s.model.cross_attn: %s", s->key,
+                 decoder ? "the decoder needs cross-attention blocks" : "the encoder has no cross-attention");
+        return NB_EINVAL;
+    }
+    if (decoder && s->model.head != NB_MODEL_HEAD_LM) {
+        snprintf(err, errlen, "%s.model.head: the decoder needs head lm", s->key);
+        return NB_EINVAL;
+    }
+    if (s->model.vocab < nb_spans_vocab(task)) {
+        snprintf(err, errlen, "%s.model.vocab %d is smaller than the vocabulary of job.spans.tokenizer (%d tokens)",
+                 s->key, s->model.vocab, nb_spans_vocab(task));
+        return NB_EINVAL;
+    }
+    if (len > s->model.max_seq) {
+        snprintf(err, errlen, "%s.model.max_seq %d: the %s reads %d positions", s->key, s->model.max_seq,
+                 decoder ? "decoder" : "encoder", len);
+        return NB_EINVAL;
+    }
+    /* nb_freeze_check refuses a model with nothing to train; here one
+     * side may be wholly frozen: check the patterns with "wte" kept
+     * trainable, and count what trains once the part is made */
+    nb_freeze_spec_t f = s->freeze;
+    if (f.n_freeze > 0 && f.n_trainable < NB_FREEZE_MAX)
+        snprintf(f.trainable[f.n_trainable++], sizeof f.trainable[0], "wte");
+    char w[512];
+    if (nb_freeze_check(&s->model, &f, w, sizeof w)) {
+        keyed(err, errlen, s->key, w);
+        return NB_EINVAL;
+    }
+    return 0;
+}
+
+/* Creates one side's part, its init, its frozen tensors and optimizer. */
+static int make_side(nb_encdec_t *t, const nb_encdec_side_t *s, bool decoder, nb_encdec_note_cb note, void *ud,
+                     char *err, size_t errlen)
+{
+    nb_part_spec_t spec = nb_part_spec_full(&s->model);
+    spec.head = decoder;
+    nb_part_t **p = decoder ? &t->dec : &t->enc;
+    char e[1024];
+    int rc = nb_part_new(t->be, &s->model, &spec, t->cfg.seed + (decoder ? 0 : 1), NULL, p, e, sizeof e);
+    if (rc) {
+        snprintf(err, errlen, "%s.model: %s", s->key, e);
+        return rc;
+    }
+    if (s->init[0] && (rc = nb_hf_init_part(s->init, *p, note, ud, e, sizeof e))) {
+        snprintf(err, errlen, "%s.init: %s", s->key, e);
+        return rc;
+    }
+    if ((rc = nb_part_freeze(*p, &s->freeze))) {
+        snprintf(err, errlen, "%s: out of memory for the gradients", s->key);
+        return rc;
+    }
+    rc = decoder ? nb_part_acts_new_cross(*p, t->B, t->T, t->S, &t->da) : nb_part_acts_new(*p, t->B, t->S, &t->ea);
+    if (rc) {
+        snprintf(err, errlen, "%s: cannot allocate activations for %d x %d positions", s->key, t->B,
+                 decoder ? t->T : t->S);
+        return rc;
+    }
+    if (nb_part_num_trainable(*p) > 0 &&
+        (rc = nb_part_optim_new(*p, &t->cfg.optim, decoder ? &t->dopt : &t->eo))) {
+        snprintf(err, errlen, "%s: cannot create the optimizer (%s)", s->key, nb_strerror(rc));
+        return rc;
+    }
+    return 0;
+}
+
+int nb_encdec_new(nb_backend_t *be, const nb_encdec_config_t *c, nb_encdec_note_cb note, void *ud,
+                  nb_encdec_t **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    const char *why = nb_optim_config_validate(&c->optim);
+    if (why || c->micro_batches < 1 || c->batch % c->micro_batches || c->steps < 1 || c->eval_pairs < 1) {
+        snprintf(err, errlen, "%s", why ? why : "job: batch, micro_batches, steps or job.spans.eval_windows out of range");
+        return NB_EINVAL;
+    }
+    nb_encdec_t *t = calloc(1, sizeof *t);
+    if (!t)
+        return NB_ENOMEM;
+    t->be = be;
+    t->cfg = *c;
+    if (t->cfg.max_skipped_steps == 0)
+        t->cfg.max_skipped_steps = NB_TRAIN_MAX_SKIPPED_DEFAULT;
+    t->B = c->batch / c->micro_batches;
+    t->S = c->task.src_len;
+    int rc = nb_spans_open(&c->task, &t->task, err, errlen);
+    if (rc)
+        goto fail;
+    t->T = nb_spans_dec_len(t->task);
+    t->V = c->dec.model.vocab;
+    if ((rc = check_side(&c->enc, false, t->task, t->S, err, errlen)) ||
+        (rc = check_side(&c->dec, true, t->task, t->T, err, errlen)))
+        goto fail;
+    if (c->enc.model.d_model != c->dec.model.d_model) {
+        snprintf(err, errlen, "job.encoder.model.d_model %d differs from the decoder's job.model.d_model %d",
+                 c->enc.model.d_model, c->dec.model.d_model);
+        rc = NB_EINVAL;
+        goto fail;
+    }
+    if ((rc = make_side(t, &c->enc, false, note, ud, err, errlen)) ||
+        (rc = make_side(t, &c->dec, true, note, ud, err, errlen)))
+        goto fail;
+    if (!t->eo && !t->dopt) {
+        snprintf(err, errlen, "job.freeze and job.encoder.freeze freeze every tensor of both models: nothing would "
+                 "train (list the tensors to train in job.trainable or job.encoder.trainable)");
+        rc = NB_EINVAL;
+        goto fail;
+    }
+    size_t bs = (size_t)t->B * t->S, bt = (size_t)t->B * t->T;
+    if ((rc = nb_spans_batch_alloc(t->task, t->B, &t->hb)))
+        goto oom;
+    t->d_src = nb_be_alloc(be, bs * sizeof(int32_t));
+    t->d_mask = nb_be_alloc(be, bs);
+    t->d_din = nb_be_alloc(be, bt * sizeof(int32_t));
+    t->d_tgt = nb_be_alloc(be, bt * sizeof(int32_t));
+    t->h_row = malloc((size_t)t->V * sizeof(float));
+    if (!t->d_src || !t->d_mask || !t->d_din || !t->d_tgt || !t->h_row)
+        goto oom;
+    *out = t;
+    return 0;
+oom:
+    snprintf(err, errlen, "out of memory for batches");
+    rc = NB_ENOMEM;
+fail:
+    nb_encdec_free(t);
+    return rc;
+}
+
+void nb_encdec_free(nb_encdec_t *t)
+{
+    if (!t)
+        return;
+    if (t->d_src)
+        nb_be_dealloc(t->be, t->d_src);
+    if (t->d_mask)
+        nb_be_dealloc(t->be, t->d_mask);
+    if (t->d_din)
+        nb_be_dealloc(t->be, t->d_din);
+    if (t->d_tgt)
+        nb_be_dealloc(t->be, t->d_tgt);
+    free(t->h_row);
+    nb_spans_batch_free(&t->hb);
+    nb_optim_free(t->eo);
+    nb_optim_free(t->dopt);
+    nb_part_acts_free(t->ea);
+    nb_part_acts_free(t->da);
+    nb_part_free(t->enc);
+    nb_part_free(t->dec);
+    nb_spans_free(t->task);
+    free(t);
+}
+
+/* Copies the host pairs of t->hb to the device. */
+static void upload(nb_encdec_t *t)
+{
+    size_t bs = (size_t)t->B * t->S, bt = (size_t)t->B * t->T;
+    nb_be_from_host(t->be, t->d_src, t->hb.src, bs * sizeof(int32_t));
+    nb_be_from_host(t->be, t->d_mask, t->hb.src_mask, bs);
+    nb_be_from_host(t->be, t->d_din, t->hb.dec_in, bt * sizeof(int32_t));
+    nb_be_from_host(t->be, t->d_tgt, t->hb.dec_tgt, bt * sizeof(int32_t));
+}
+
+/* The encoder's forward on the source in d_src. */
+static int enc_forward(nb_encdec_t *t)
+{
+    nb_part_input_t ein = { .tokens = t->d_src, .key_mask = t->d_mask };
+    return nb_part_forward(t->enc, t->ea, &ein, NULL);
+}
+
+/* The decoder's forward on d_din and the encoder's last output (with the
+ * loss of d_tgt when targets is true). */
+static int dec_forward(nb_encdec_t *t, bool targets, float loss_scale, float *loss)
+{
+    nb_part_input_t din = { .tokens = t->d_din, .targets = targets ? t->d_tgt : NULL, .loss_scale = loss_scale,
+                            .enc = nb_part_acts_output(t->ea), .enc_mask = t->d_mask };
+    return nb_part_forward(t->dec, t->da, &din, loss);
+}
+
+int nb_encdec_step(nb_encdec_t *t, nb_train_step_t *out, char *err, size_t errlen)
+{
+    const nb_encdec_config_t *c = &t->cfg;
+    if (t->step >= c->steps) {
+        snprintf(err, errlen, "all %d steps are done", c->steps);
+        return NB_ESTATE;
+    }
+    double t0 = nb_mono_s();
+    int m = c->micro_batches;
+    nb_part_zero_grad(t->enc);
+    nb_part_zero_grad(t->dec);
+    float loss = 0.0f;
+    for (int i = 0; i < m; i++) {
+        nb_spans_train(t->task, c->seed, (uint64_t)t->step, (uint32_t)i, &t->hb);
+        upload(t);
+        float li = 0.0f;
+        int rc;
+        if ((rc = enc_forward(t)) || (rc = dec_forward(t, true, 1.0f / (float)m, &li)) || (rc = nb_part_backward(t->dec, t->da, NULL)) ||
+            (t->eo && (rc = nb_part_backward(t->enc, t->ea, nb_part_acts_denc(t->da))))) {
+            snprintf(err, errlen, "step %d micro-batch %d: model error (%s)", t->step, i, nb_strerror(rc));
+            return rc;
+        }
+        loss += li / (float)m;
+    }
+    /* one global norm over both trainable sets, the encoder's first */
+    double ss = 0.0;
+    if (t->eo)
+        ss += nb_optim_sumsq(t->be, nb_part_grads(t->enc), nb_part_num_grads(t->enc));
+    if (t->dopt)
+        ss += nb_optim_sumsq(t->be, nb_part_grads(t->dec), nb_part_num_grads(t->dec));
+    float lr = (float)nb_optim_lr(&c->optim, t->step);
+    bool skip = !isfinite(ss);
+    if (skip) {
+        t->skipped_run++;
+        t->skipped_total++;
+    } else {
+        t->skipped_run = 0;
+        float scale = nb_optim_clip_scale(&c->optim, ss);
+        if (t->eo)
+            nb_optim_step(t->eo, nb_part_params(t->enc), nb_part_grads(t->enc), lr, scale);
+        if (t->dopt)
+            nb_optim_step(t->dopt, nb_part_params(t->dec), nb_part_grads(t->dec), lr, scale);
+    }
+    nb_be_sync(t->be);
+    if (out)
+        *out = (nb_train_step_t){ .step = t->step, .loss = loss, .lr = lr, .grad_norm = sqrt(ss),
+                                  .seconds = nb_mono_s() - t0, .skipped = skip, .skipped_run = t->skipped_run,
+                                  .skipped_total = t->skipped_total };
+    t->step++;
+    if (skip && t->skipped_run >= c->max_skipped_steps) {
+        snprintf(err, errlen, "step %d: %d consecutive steps skipped for a non-finite gradient norm "
+                 "(job.max_skipped_steps = %d): stopping", t->step, t->skipped_run, c->max_skipped_steps);
+        return NB_ELIMIT;
+    }
+    return 0;
+}
+
+/* Greedy decoding of the pairs in t->hb, after the encoder's forward on
+ * them: scores added to *exact, *f1 for the first `rows` rows. Position
+ * pos of the causal decoder sees inputs 0..pos only, so the inputs after
+ * it may hold anything ([PAD] here). */
+static int greedy(nb_encdec_t *t, int rows, double *exact, double *f1)
+{
+    int B = t->B, T = t->T;
+    int32_t eos = nb_spans_eos(t->task), pad = nb_spans_pad(t->task);
+    int32_t pred[B][T];
+    int len[B];
+    bool done[B];
+    for (int b = 0; b < B; b++) {
+        len[b] = 0;
+        done[b] = b >= rows;
+        for (int i = 1; i < T; i++)
+            t->hb.dec_in[(size_t)b * T + i] = pad;
+    }
+    for (int pos = 0; pos < T; pos++) {
+        nb_be_from_host(t->be, t->d_din, t->hb.dec_in, (size_t)B * T * sizeof(int32_t));
+        int rc = dec_forward(t, false, 1.0f, NULL);
+        if (rc)
+            return rc;
+        int nrows = 0, cols = 0;
+        const float *logits = nb_part_acts_logits(t->da, &nrows, &cols);
+        for (int b = 0; b < rows; b++) {
+            if (done[b])
+                continue;
+            nb_be_to_host(t->be, t->h_row, logits + ((size_t)b * T + pos) * cols, (size_t)cols * sizeof(float));
+            int best = 0;
+            for (int v = 1; v < cols; v++)
+                if (t->h_row[v] > t->h_row[best])
+                    best = v;
+            if (best == eos) {
+                done[b] = true;
+                continue;
+            }
+            pred[b][len[b]++] = best;
+            if (pos + 1 < T)
+                t->hb.dec_in[(size_t)b * T + pos + 1] = best;
+        }
+    }
+    for (int b = 0; b < rows; b++) {
+        double em, f;
+        nb_spans_score(pred[b], len[b], t->hb.dec_tgt + (size_t)b * T, t->hb.span_len[b], &em, &f);
+        *exact += em;
+        *f1 += f;
+    }
+    return 0;
+}
+
+int nb_encdec_eval(nb_encdec_t *t, nb_encdec_score_t *out, char *err, size_t errlen)
+{
+    int n = t->cfg.eval_pairs, batches = 0;
+    double loss = 0, exact = 0, f1 = 0;
+    for (int first = 0; first < n; first += t->B, batches++) {
+        nb_spans_heldout(t->task, t->cfg.seed, first, n, &t->hb);
+        upload(t);
+        float l = 0.0f;
+        int rc = enc_forward(t);
+        if (!rc)
+            rc = dec_forward(t, true, 1.0f, &l);
+        if (!rc)
+            rc = greedy(t, n - first < t->B ? n - first : t->B, &exact, &f1);
+        if (rc) {
+            snprintf(err, errlen, "held-out pairs %d..: model error (%s)", first, nb_strerror(rc));
+            return rc;
+        }
+        loss += l;
+    }
+    *out = (nb_encdec_score_t){ .loss = loss / batches, .exact = exact / n, .f1 = f1 / n, .pairs = n };
+    return 0;
+}
+
+int nb_encdec_steps_done(const nb_encdec_t *t) { return t->step; }
+nb_part_t *nb_encdec_encoder(nb_encdec_t *t) { return t->enc; }
+nb_part_t *nb_encdec_decoder(nb_encdec_t *t) { return t->dec; }
+nb_optim_t *nb_encdec_optim(nb_encdec_t *t, bool encoder) { return encoder ? t->eo : t->dopt; }
+const nb_spans_t *nb_encdec_task(const nb_encdec_t *t) { return t->task; }

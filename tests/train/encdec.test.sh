@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# nebula-train on an encoder-decoder job (job.encoder, job.spans;
+# docs/finetune.md): a tiny encoder with adapters only and a decoder with
+# cross-attention learn span restoration on real text; the progress lines
+# and the held-out score; two runs write bit-identical weights; the
+# encoder's frozen tensors stay bit-identical while its adapters train;
+# and the refusals, each with its reason and exit status.
+set -euo pipefail
+. tests/support/assert.sh
+build=${NB_BUILD:-build}
+train="$build/bin/nebula-train" weights="$build/bin/nebula-weights"
+[ -x "$train" ] && [ -x "$weights" ] || fail "missing $train or $weights"
+lic=/usr/share/common-licenses
+[ -r "$lic/Apache-2.0" ] && [ -r "$lic/MPL-2.0" ] || nb_skip "$lic/Apache-2.0 or MPL-2.0 missing; no text"
+nb_work_init encdec
+vocab="$PWD/tests/data/tokenizers/minilm"
+# job.yaml with the lines of $1 (sed expressions) applied
+write() {
+  cat > "$work/t.yaml" <<YAML
+name: t
+role: train
+job:
+  encoder:
+    model: { n_layer: 1, d_model: 32, n_head: 2, vocab: 30522, max_seq: 32, norm: post, gelu: erf }
+    freeze: ["*"]
+    trainable: ["*.ad_*"]
+    adapters: { size: 8, after: [attn, ffn] }
+    output: enc.weights
+  model: { n_layer: 1, d_model: 32, n_head: 2, vocab: 30522, max_seq: 8, cross_attn: true }
+  adapters: { size: 4, after: [xattn] }
+  output: dec.weights
+  spans:
+    text: [$lic/Apache-2.0, $lic/MPL-2.0]
+    tokenizer: $vocab
+    max_tokens: 3
+    eval_windows: 24
+  seed: 5
+  batch: 8
+  micro_batches: 2
+  seq_len: 18
+  steps: 6
+  log_every: 3
+  optimizer: { lr: 3e-3, warmup_steps: 1 }
+YAML
+  if [ $# -gt 0 ]; then sed -i "$1" "$work/t.yaml"; fi
+}
+
+write
+"$train" --config "$work/t.yaml" > "$work/run1.txt"
+cat "$work/run1.txt"
+expect_grep '^nebula-train: encoder-decoder job: span restoration on 2 texts (WordPiece, 30522 tokens' "$work/run1.txt"
+expect_grep '^nebula-train: encoder: post-LN, 1 layers, d_model 32, .* training 8 of 24 tensors, 1104 parameters' \
+  "$work/run1.txt"
+expect_grep '^nebula-train: decoder: pre-LN with cross-attention, 1 layers, .* training 28 of 28 tensors' "$work/run1.txt"
+[ "$(grep -c '^step ' "$work/run1.txt")" -eq 3 ] || fail "want 3 progress lines (steps 1, 3, 6)"
+expect_grep '^step     6/6  loss [0-9.]*  lr [0-9.e+-]*  grad_norm [0-9.]*  pairs/s [0-9]*$' "$work/run1.txt"
+expect_grep '^nebula-train: held-out: 24 pairs, loss [0-9.]*, exact match [0-9.]*, token F1 [0-9.]*$' "$work/run1.txt"
+[ "$(head -c 4 "$work/enc.weights")" = NBWT ] && [ "$(head -c 4 "$work/dec.weights")" = NBWT ] ||
+  fail "no encoder and decoder weights files"
+cp "$work/enc.weights" "$work/enc1.weights"
+cp "$work/dec.weights" "$work/dec1.weights"
+
+# the same run again: the same bits
+"$train" --config "$work/t.yaml" > "$work/run2.txt"
+cmp "$work/enc.weights" "$work/enc1.weights" || fail "two identical runs wrote different encoder weights"
+cmp "$work/dec.weights" "$work/dec1.weights" || fail "two identical runs wrote different decoder weights"
+diff <(grep '^step\|held-out' "$work/run1.txt" | sed 's/pairs\/s.*//') \
+  <(grep '^step\|held-out' "$work/run2.txt" | sed 's/pairs\/s.*//') || fail "two identical runs logged differently"
+
+# frozen means frozen: after 2 and after 6 steps every frozen encoder
+# tensor is the same (the seeded init), every adapter tensor has moved
+"$train" --config "$work/t.yaml" --steps 2 > "$work/run3.txt"
+"$weights" compare --tol 0 "$work/enc.weights" "$work/enc1.weights" > "$work/cmp.txt" || true
+cat "$work/cmp.txt"
+[ "$(grep -c 'max abs diff' "$work/cmp.txt")" -eq 24 ] || fail "want 24 encoder tensors compared"
+if grep -v '\.ad_' "$work/cmp.txt" | grep 'max abs diff' | grep -v 'max abs diff 0,'; then
+  fail "a frozen encoder tensor changed"
+fi
+[ "$(grep '\.ad_' "$work/cmp.txt" | grep -vc 'max abs diff 0,')" -eq 8 ] || fail "want all 8 adapter tensors trained"
+
+# refusals: the key, the reason, exit status 78 (2 for a bad option)
+refused() { # WANT-STATUS PATTERN SED-EXPRESSION [ARGS...]
+  local want=$1 pat=$2 ed=$3
+  shift 3
+  write "$ed"
+  expect_rc "$want" "$train" --config "$work/t.yaml" "$@" > "$work/out.txt" 2> "$work/err.txt"
+  expect_grep "$pat" "$work/err.txt"
+}
+refused 78 'job.model.cross_attn: job.model is the decoder of this encoder-decoder job: it needs cross_attn: true' \
+  's/, cross_attn: true//'
+refused 78 'job.encoder.model.head: an encoder has no head' 's/norm: post, gelu: erf/norm: post, head: mlm/'
+refused 78 'job.encoder.model.d_model: 64, but the decoder.s cross-attention (job.model.d_model) reads encoder states of width 32' \
+  's/d_model: 32, n_head: 2, vocab: 30522, max_seq: 32/d_model: 64, n_head: 2, vocab: 30522, max_seq: 32/'
+refused 78 'job.encoder.adapters.after\[0\] "xattn": the model.s blocks have no cross-attention' \
+  's/after: \[attn, ffn\]/after: [xattn]/'
+refused 78 'job.encoder.freeze\[0\] "nope\*" matches no tensor of the model' 's/freeze: \["\*"\]/freeze: ["nope*"]/'
+refused 78 'freeze every tensor of both models: nothing would train' \
+  's/trainable: \["\*.ad_\*"\]/trainable: ["wpe"]/; s/  adapters: { size: 4, after: \[xattn\] }/  freeze: ["*"]/; s/freeze: \["\*"\]$/freeze: ["*"]/; s/trainable: \["wpe"\]//'
+refused 78 'job.model.vocab 1000 is smaller than the vocabulary of job.spans.tokenizer (30522 tokens)' \
+  's/max_seq: 8, cross_attn/max_seq: 8, vocab: 1000, cross_attn/; s/n_head: 2, vocab: 30522, max_seq: 8/n_head: 2, max_seq: 8/'
+refused 2 'not supported for an encoder-decoder job' '' --checkpoint "$work/ck"
+echo "encdec: ok"
