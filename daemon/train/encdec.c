@@ -80,6 +80,52 @@ static int check_side(const nb_encdec_side_t *s, bool decoder, const nb_spans_t 
     return 0;
 }
 
+/* A note of one side's init, named by its key ("job.encoder.init: ..."). */
+typedef struct {
+    nb_encdec_note_cb note;
+    void *ud;
+    const char *key;
+} side_note_t;
+
+static void side_note(void *ud, const char *note)
+{
+    side_note_t *n = ud;
+    char msg[1600];
+    snprintf(msg, sizeof msg, "%s.init: %.1500s", n->key, note);
+    n->note(n->ud, msg);
+}
+
+/* Fills the decoder part p from s->init written for the same model
+ * without cross-attention and adapters: every tensor of that model by name
+ * (nb_part_lowrank_init with no split only copies), the cross-attention
+ * blocks' and adapters' tensors keeping their seeded init. 0 or a
+ * negative code (the caller reports its own first error). */
+static int init_without_xattn(nb_encdec_t *t, const nb_encdec_side_t *s, nb_part_t *p, nb_encdec_note_cb note,
+                              void *ud)
+{
+    nb_model_config_t plain = s->model;
+    plain.cross_attn = false;
+    plain.adapter_size = 0;
+    plain.adapter_after = 0;
+    plain.adapter_first = plain.adapter_last = 0;
+    nb_part_spec_t spec = nb_part_spec_full(&plain);
+    nb_part_t *src = NULL;
+    char e[1024];
+    int rc = nb_part_new(t->be, &plain, &spec, t->cfg.seed, NULL, &src, e, sizeof e);
+    if (!rc)
+        rc = nb_hf_init_part(s->init, src, note, ud, e, sizeof e);
+    if (!rc)
+        rc = nb_part_lowrank_init(p, src, e, sizeof e);
+    nb_part_free(src);
+    if (!rc && note) {
+        char msg[1400];
+        snprintf(msg, sizeof msg, "%.1100s holds a model without cross-attention: its tensors loaded, the decoder's "
+                 "cross-attention%s tensors keep their seeded init", s->init, s->model.adapter_size ? " and adapter" : "");
+        note(ud, msg);
+    }
+    return rc;
+}
+
 /* Creates one side's part, its init, its frozen tensors and optimizer. */
 static int make_side(nb_encdec_t *t, const nb_encdec_side_t *s, bool decoder, nb_encdec_note_cb note, void *ud,
                      char *err, size_t errlen)
@@ -88,14 +134,24 @@ static int make_side(nb_encdec_t *t, const nb_encdec_side_t *s, bool decoder, nb
     spec.head = decoder;
     nb_part_t **p = decoder ? &t->dec : &t->enc;
     char e[1024];
+    side_note_t sn = { .note = note, .ud = ud, .key = s->key };
+    if (note) {
+        note = side_note;
+        ud = &sn;
+    }
     int rc = nb_part_new(t->be, &s->model, &spec, t->cfg.seed + (decoder ? 0 : 1), NULL, p, e, sizeof e);
     if (rc) {
         snprintf(err, errlen, "%s.model: %s", s->key, e);
         return rc;
     }
     if (s->init[0] && (rc = nb_hf_init_part(s->init, *p, note, ud, e, sizeof e))) {
-        snprintf(err, errlen, "%s.init: %s", s->key, e);
-        return rc;
+        /* a decoder pre-trained without cross-attention (an ordinary GPT
+         * run of nebula-train): its tensors, the new ones seeded */
+        if (!decoder || rc != NB_EINVAL || init_without_xattn(t, s, *p, note, ud) != 0) {
+            snprintf(err, errlen, "%s.init: %s", s->key, e);
+            return rc;
+        }
+        rc = 0;
     }
     if ((rc = nb_part_freeze(*p, &s->freeze))) {
         snprintf(err, errlen, "%s: out of memory for the gradients", s->key);

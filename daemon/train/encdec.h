@@ -71,7 +71,8 @@ typedef struct {
 
 typedef struct nb_encdec nb_encdec_t;
 
-/* Called with each note of a weights import. */
+/* Called with each note of a weights import, prefixed with the side's
+ * key ("job.encoder.init: ..."). */
 typedef void (*nb_encdec_note_cb)(void *ud, const char *note);
 
 /* Opens the task, checks each model against it (vocab at least the

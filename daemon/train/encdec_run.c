@@ -11,7 +11,8 @@
 
 static void log_note(void *ud, const char *note)
 {
-    nb_log_info(NULL, "%s: %s", (const char *)ud, note);
+    (void)ud;
+    nb_log_info(NULL, "%s", note);
 }
 
 /* One model's line: its shape, and what it trains. */
@@ -43,7 +44,7 @@ int nb_encdec_run(nb_backend_t *be, const nb_encdec_config_t *c, const nb_encdec
 {
     char err[2048];
     nb_encdec_t *t = NULL;
-    int rc = nb_encdec_new(be, c, log_note, (void *)"job.init", &t, err, sizeof err);
+    int rc = nb_encdec_new(be, c, log_note, NULL, &t, err, sizeof err);
     if (rc) {
         nb_log_error(NULL, "%s: %s", r->config_path, err);
         return rc == NB_ENOMEM || rc == NB_EIO ? 1 : NB_CFG_EXIT_CONFIG;

@@ -144,6 +144,10 @@ static void test_encdec_refusals(void **state)
     expect_err(load_job(-1, NULL, "  eval: { fraction: 0.1 }\n"),
                "dir/t.yaml:19:9: job.eval: not used by an encoder-decoder job: its held-out windows are every "
                "job.spans.hold-th window of each text, scored at the end");
+    expect_err(load_job(-1, NULL, "  output: dec.weights\n"),
+               "dir/t.yaml:19:11: job.output: the decoder's weights cannot be written yet: a weights file does not "
+               "record cross-attention blocks, so it could not be read back; remove job.output (job.encoder.output "
+               "writes the encoder's)");
     expect_err(load_job(-1, NULL, "  lowrank: { block: 0, rank: 4 }\n"),
                "dir/t.yaml:19:12: job.lowrank: not supported in an encoder-decoder job yet");
     expect_err(load_job(14, "    max_tokens: 8\n", NULL),
