@@ -190,12 +190,27 @@ static void test_no_encoder(void **state)
                "dir/t.yaml:4:3: job.encoder: not allowed for role coordinator (only for train)");
 }
 
+/* The examples under config/finetune load (run from the repository root). */
+static void test_examples(void **state)
+{
+    (void)state;
+    if (nb_cfg_load("config/finetune/encdec-minilm.yaml", &cfg, err, sizeof err))
+        fail_msg("%s", err);
+    assert_true(cfg.job.encoder.present && cfg.job.model.cross_attn);
+    assert_int_equal(cfg.job.encoder.model.d_model, cfg.job.model.d_model);
+    assert_int_equal(cfg.job.spans.n_text, 6);
+    if (nb_cfg_load("config/finetune/decoder-pretrain.yaml", &cfg, err, sizeof err))
+        fail_msg("%s", err);
+    assert_false(cfg.job.encoder.present);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_encdec_parsed),
         cmocka_unit_test(test_encdec_refusals),
         cmocka_unit_test(test_no_encoder),
+        cmocka_unit_test(test_examples),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
