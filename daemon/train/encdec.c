@@ -25,6 +25,9 @@ struct nb_encdec {
     int32_t *d_src, *d_din, *d_tgt;
     uint8_t *d_mask;
     float *h_row;                 /* one row of logits (eval) */
+    int32_t *pred;                /* (B,T) greedy predictions (eval) */
+    int *pred_len;                /* (B) */
+    bool *pred_done;              /* (B) */
 };
 
 /* why names a key of job (job.freeze, job.adapters, ...): for the encoder
@@ -220,7 +223,10 @@ int nb_encdec_new(nb_backend_t *be, const nb_encdec_config_t *c, nb_encdec_note_
     t->d_din = nb_be_alloc(be, bt * sizeof(int32_t));
     t->d_tgt = nb_be_alloc(be, bt * sizeof(int32_t));
     t->h_row = malloc((size_t)t->V * sizeof(float));
-    if (!t->d_src || !t->d_mask || !t->d_din || !t->d_tgt || !t->h_row)
+    t->pred = malloc(bt * sizeof *t->pred);
+    t->pred_len = malloc((size_t)t->B * sizeof *t->pred_len);
+    t->pred_done = malloc((size_t)t->B * sizeof *t->pred_done);
+    if (!t->d_src || !t->d_mask || !t->d_din || !t->d_tgt || !t->h_row || !t->pred || !t->pred_len || !t->pred_done)
         goto oom;
     *out = t;
     return 0;
@@ -245,6 +251,9 @@ void nb_encdec_free(nb_encdec_t *t)
     if (t->d_tgt)
         nb_be_dealloc(t->be, t->d_tgt);
     free(t->h_row);
+    free(t->pred);
+    free(t->pred_len);
+    free(t->pred_done);
     nb_spans_batch_free(&t->hb);
     nb_optim_free(t->eo);
     nb_optim_free(t->dopt);
@@ -347,9 +356,9 @@ static int greedy(nb_encdec_t *t, int rows, double *exact, double *f1)
 {
     int B = t->B, T = t->T;
     int32_t eos = nb_spans_eos(t->task), pad = nb_spans_pad(t->task);
-    int32_t pred[B][T];
-    int len[B];
-    bool done[B];
+    int32_t *pred = t->pred;
+    int *len = t->pred_len;
+    bool *done = t->pred_done;
     for (int b = 0; b < B; b++) {
         len[b] = 0;
         done[b] = b >= rows;
@@ -375,14 +384,14 @@ static int greedy(nb_encdec_t *t, int rows, double *exact, double *f1)
                 done[b] = true;
                 continue;
             }
-            pred[b][len[b]++] = best;
+            pred[(size_t)b * T + len[b]++] = best;
             if (pos + 1 < T)
                 t->hb.dec_in[(size_t)b * T + pos + 1] = best;
         }
     }
     for (int b = 0; b < rows; b++) {
         double em, f;
-        nb_spans_score(pred[b], len[b], t->hb.dec_tgt + (size_t)b * T, t->hb.span_len[b], &em, &f);
+        nb_spans_score(pred + (size_t)b * T, len[b], t->hb.dec_tgt + (size_t)b * T, t->hb.span_len[b], &em, &f);
         *exact += em;
         *f1 += f;
     }

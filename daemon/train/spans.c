@@ -13,6 +13,9 @@
 #include "kernels/rng.h"
 
 #define SPANS_FILE_MAX (64u << 20) /* a text larger than 64 MiB is not what this task is for */
+/* Mixed into the seed of the pair streams, so they never share a key with
+ * the init or another sampler keyed by the same (seed, a, b). */
+#define SPANS_STREAM 0x5350414e53ull /* "SPANS" */
 
 typedef struct {
     int file;
@@ -316,7 +319,7 @@ void nb_spans_train(const nb_spans_t *s, uint64_t seed, uint64_t step, uint32_t 
 {
     for (int r = 0; r < b->B; r++) {
         nb_rng_t rng;
-        nb_rng_init(&rng, seed, step, ((uint64_t)micro << 32) | (uint32_t)r);
+        nb_rng_init(&rng, seed ^ SPANS_STREAM, step, ((uint64_t)micro << 32) | (uint32_t)r);
         uint64_t u = nb_rng_below(&rng, s->n_starts);
         int lo = 0, hi = s->n_runs - 1; /* the last run whose first start is <= u */
         while (lo < hi) {
@@ -338,7 +341,7 @@ void nb_spans_heldout(const nb_spans_t *s, uint64_t seed, int first, int n, nb_s
         int j = first + r < n ? first + r : n - 1;
         int k = (int)((int64_t)j * s->n_held / n);
         nb_rng_t rng;
-        nb_rng_init(&rng, seed, NB_SPANS_EVAL_KEY, (uint64_t)j);
+        nb_rng_init(&rng, seed ^ SPANS_STREAM, NB_SPANS_EVAL_KEY, (uint64_t)j);
         const span_run_t *win = &s->held[k];
         fill_row(s, s->ids[win->file].ids + win->start, &rng, b, r);
     }

@@ -8,6 +8,7 @@
  * hold - 1) is held out; the others are the training text. A training
  * window starts anywhere inside a run of training windows (never reaching
  * into a held-out one); a held-out window is exactly one of those cut.
+ * (The streams' seed is the job's mixed with a constant of the task's own.)
  * In a window, one span of L tokens (min_tokens <= L <= max_tokens) at
  * position P is removed:
  *   source  [CLS] w[0..P) [MASK] w[P+L..W) [SEP]  padded with [PAD] to S

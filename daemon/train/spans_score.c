@@ -22,9 +22,10 @@ void nb_spans_score(const int32_t *pred, int npred, const int32_t *ref, int nref
         *f1 = npred == nref ? 1.0 : 0.0;
         return;
     }
-    /* spans are short (max_tokens <= 1024): sorted copies on the stack */
-    int32_t a[1024], b[1024];
-    int na = npred < 1024 ? npred : 1024, nb = nref < 1024 ? nref : 1024;
+    /* spans are short (job.spans.max_tokens <= 1024; a prediction has at
+     * most max_tokens + 1 tokens): sorted copies on the stack */
+    int32_t a[1025], b[1025];
+    int na = npred < 1025 ? npred : 1025, nb = nref < 1025 ? nref : 1025;
     for (int i = 0; i < na; i++)
         a[i] = pred[i];
     for (int i = 0; i < nb; i++)
