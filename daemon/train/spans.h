@@ -86,7 +86,8 @@ void nb_spans_batch_free(nb_spans_batch_t *b);
 void nb_spans_train(const nb_spans_t *s, uint64_t seed, uint64_t step, uint32_t micro, nb_spans_batch_t *b);
 /* Fills b with held-out pairs first .. first + b->B - 1 of n (n spread
  * evenly over the held-out windows: pair j is window floor(j * H / n) of
- * the H held out); rows past n get pair n - 1 again. */
+ * the H held out, its span drawn by j, so with n > H a window comes back
+ * with other spans); rows past n get pair n - 1 again. */
 void nb_spans_heldout(const nb_spans_t *s, uint64_t seed, int first, int n, nb_spans_batch_t *b);
 
 /* Scores a predicted span against the reference: exact match (1 or 0) and
