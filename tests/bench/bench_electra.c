@@ -47,7 +47,16 @@
  * NB_ELECTRA_PRE_LR, NB_ELECTRA_GEN_LR (pre-training), NB_ELECTRA_FT,
  * NB_ELECTRA_FT_BATCH, NB_ELECTRA_FT_POOL, NB_ELECTRA_FT_LR (fine-tuning)
  * and NB_ELECTRA_SEEDS override the defaults; NB_ELECTRA_CACHE=FILE keeps
- * the pre-trained weights between runs.
+ * the pre-trained weights between runs. NB_ELECTRA_PRE_SHORT=N adds N
+ * steps on sequences of NB_ELECTRA_SHORT_T (64) tokens before the
+ * full-length ones (BERT's schedule).
+ *
+ * NB_ELECTRA_PROBE=1 runs, instead of all that, the probe of why the
+ * discriminator stays at the prior (docs/benchmarks.md): the bound a
+ * bigram-aware detector reaches on the text (electra_probe_bigram_bound)
+ * and the discriminator's model trained alone on three tasks
+ * (electra_probe_unigram_replaced_T256/_T64, electra_probe_prev_byte_bit_
+ * T256/_T64, electra_probe_case_neighbours_T16).
  */
 #include <math.h>
 #include <stdbool.h>
@@ -480,8 +489,8 @@ static double bigram_bound(double *prior)
 }
 
 /* Trains the discriminator's model alone (tokcls, 2 classes) for `steps`
- * steps of 2,048 tokens in sequences of len on one of two tasks and returns
- * its mean loss over the last 50 steps (*prior: the entropy of the flag
+ * steps of 2,048 tokens in sequences of len on one of three tasks and
+ * returns its mean loss over the last 50 steps (*prior: the entropy of the flag
  * share over them). task 0: the training text, 15% of the positions redrawn
  * from its unigram distribution, flagged where the draw differs (replaced-
  * token detection against a generator at the unigram level, without the
@@ -514,6 +523,7 @@ static double disc_alone(nb_backend_t *be, int task, int len, int steps, double 
     int32_t *ids = malloc((size_t)B * len * 4), *tg = malloc((size_t)B * len * 4);
     int32_t *d_ids = nb_be_alloc(be, (size_t)B * len * 4), *d_tg = nb_be_alloc(be, (size_t)B * len * 4);
     double sum = 0, flags = 0;
+    int win = steps < 50 ? steps : 50; /* the last 50 steps, or all */
     for (int s = 0; s < steps; s++) {
         nb_rng_t r;
         nb_rng_init(&r, 4243, (uint64_t)s, 0);
@@ -550,10 +560,10 @@ static double disc_alone(nb_backend_t *be, int task, int len, int steps, double 
         NB_CHECK(nb_part_forward(p, a, &in, &l) == 0 && nb_part_backward(p, a, NULL) == 0);
         double ss = nb_optim_sumsq(be, nb_part_grads(p), nb_part_num_grads(p));
         nb_optim_step(o, nb_part_params(p), nb_part_grads(p), (float)nb_optim_lr(&oc, s), nb_optim_clip_scale(&oc, ss));
-        if (s >= steps - 50)
+        if (s >= steps - win)
             sum += l, flags += (double)nf / ((double)B * len);
     }
-    *prior = coin_entropy(flags / 50);
+    *prior = coin_entropy(flags / win);
     free(ids);
     free(tg);
     nb_be_dealloc(be, d_ids);
@@ -561,7 +571,7 @@ static double disc_alone(nb_backend_t *be, int task, int len, int steps, double 
     nb_optim_free(o);
     nb_part_acts_free(a);
     nb_part_free(p);
-    return sum / 50;
+    return sum / win;
 }
 
 static void probe(nb_backend_t *be)
