@@ -47,7 +47,9 @@
  * NB_ELECTRA_PRE_LR, NB_ELECTRA_GEN_LR (pre-training), NB_ELECTRA_FT,
  * NB_ELECTRA_FT_BATCH, NB_ELECTRA_FT_POOL, NB_ELECTRA_FT_LR (fine-tuning)
  * and NB_ELECTRA_SEEDS override the defaults; NB_ELECTRA_CACHE=FILE keeps
- * the pre-trained weights between runs. NB_ELECTRA_PRE_SHORT=N adds N
+ * the pre-trained weights between runs; NB_ELECTRA_D_MODEL (64) sets the
+ * discriminator's width (the generators' is a quarter of it, the tied
+ * comparison's all of it). NB_ELECTRA_PRE_SHORT=N adds N
  * steps on sequences of NB_ELECTRA_SHORT_T (64) tokens before the
  * full-length ones (BERT's schedule).
  *
@@ -76,6 +78,7 @@ static const char *const texts[K] = { "GPL-2", "GPL-3", "LGPL-2.1", "Apache-2.0"
 static int PRE = 300, FT = 120;
 static float FT_LR = 1e-3f, PRE_LR = 1e-3f, GEN_LR = 2e-3f;
 static int POOL = 8, FREEZE = 0, PRE_SEQS = 2, FT_BATCH = 16, SEEDS = 3;
+static int D_MODEL = 64; /* the discriminator's width; generators a quarter of it */
 static int PRE_SHORT = 0, SHORT_T = 64; /* the short-sequence phase of pre-training (0: none) */
 static const char *HEADS = "seqcls"; /* labelled snippets per class */
 enum { EVAL_PER_CLASS = 48 };
@@ -139,8 +142,8 @@ static int prepare(void)
 
 static nb_model_config_t disc_model(nb_head_kind_t head, int n_classes)
 {
-    return (nb_model_config_t){ .n_layer = 2, .d_model = 64, .n_head = 4, .d_ff = 256, .vocab = 257, .max_seq = T,
-                                .causal = false, .norm = NB_MODEL_NORM_PRE, .head = head, .n_classes = n_classes };
+    return (nb_model_config_t){ .n_layer = 2, .d_model = D_MODEL, .n_head = 4, .d_ff = 4 * D_MODEL, .vocab = 257,
+                                .max_seq = T, .causal = false, .norm = NB_MODEL_NORM_PRE, .head = head, .n_classes = n_classes };
 }
 
 static nb_optim_config_t optim(float lr, int steps)
@@ -612,6 +615,12 @@ int main(void)
         printf("NB_ELECTRA_SEEDS >= 1 and NB_ELECTRA_HEADS seqcls, vote or both needed\n");
         return 2;
     }
+    if (getenv("NB_ELECTRA_D_MODEL"))
+        D_MODEL = atoi(getenv("NB_ELECTRA_D_MODEL"));
+    if (D_MODEL < 16 || D_MODEL % 16) {
+        printf("NB_ELECTRA_D_MODEL: a multiple of 16 needed (4 heads; generators a quarter as wide, 2 heads)\n");
+        return 2;
+    }
     if (getenv("NB_ELECTRA_PRE_SHORT"))
         PRE_SHORT = atoi(getenv("NB_ELECTRA_PRE_SHORT"));
     if (getenv("NB_ELECTRA_SHORT_T"))
@@ -665,7 +674,7 @@ int main(void)
         }
         fclose(cf);
     } else {
-        if ((rc = pretrain(be, 16, false, &w, &loss, &prior, &wire)))
+        if ((rc = pretrain(be, D_MODEL / 4, false, &w, &loss, &prior, &wire)))
             return rc;
         if (cache && (cf = fopen(cache, "wb"))) {
             nb_model_config_t dc = disc_model(NB_MODEL_HEAD_TOKCLS, 2);
@@ -723,7 +732,8 @@ int main(void)
     const char *tied = getenv("NB_ELECTRA_TIED");
     if (!tied || strcmp(tied, "1"))
         goto out;
-    if ((rc = pretrain(be, 64, true, &wt, &lt, &pt, &wire2)) || (rc = pretrain(be, 64, false, &wu, &lu, &pu, &wire2)))
+    if ((rc = pretrain(be, D_MODEL, true, &wt, &lt, &pt, &wire2)) ||
+        (rc = pretrain(be, D_MODEL, false, &wu, &lu, &pu, &wire2)))
         return rc;
     printf("bench electra_disc_loss_tied %.4f nats\n", lt);
     printf("bench electra_disc_loss_untied %.4f nats\n", lu);
