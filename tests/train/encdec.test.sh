@@ -2,9 +2,11 @@
 # nebula-train on an encoder-decoder job (job.encoder, job.spans;
 # docs/finetune.md): a tiny encoder with adapters only and a decoder with
 # cross-attention learn span restoration on real text; the progress lines
-# and the held-out score; two runs write bit-identical weights; the
-# encoder's frozen tensors stay bit-identical while its adapters train;
-# and the refusals, each with its reason and exit status.
+# and the held-out score; two runs write bit-identical weights (both
+# models'); the decoder's weights file (with its cross-attention) loads
+# back bit for bit; the encoder's frozen tensors stay bit-identical while
+# its adapters train; and the refusals, each with its reason and exit
+# status.
 set -euo pipefail
 . tests/support/assert.sh
 build=${NB_BUILD:-build}
@@ -28,6 +30,7 @@ job:
     output: enc.weights
   model: { n_layer: 1, d_model: 32, n_head: 2, vocab: 30522, max_seq: 8, cross_attn: true }
   adapters: { size: 4, after: [xattn] }
+  output: dec.weights
   spans:
     text: [$lic/Apache-2.0, $lic/MPL-2.0]
     tokenizer: $vocab
@@ -55,12 +58,18 @@ expect_grep '^nebula-train: decoder: pre-LN with cross-attention, 1 layers, .* t
 expect_grep '^step     6/6  loss [0-9.]*  lr [0-9.e+-]*  grad_norm [0-9.]*  pairs/s [0-9]*$' "$work/run1.txt"
 expect_grep '^nebula-train: held-out: 24 pairs, loss [0-9.]*, exact match [0-9.]*, token F1 [0-9.]*$' "$work/run1.txt"
 [ "$(head -c 4 "$work/enc.weights")" = NBWT ] || fail "no encoder weights file"
+expect_grep '^nebula-train: decoder weights written to .*dec.weights$' "$work/run1.txt"
 cp "$work/enc.weights" "$work/enc1.weights"
+cp "$work/dec.weights" "$work/dec1.weights"
+# the decoder's file records its cross-attention (weights version 5)
+"$weights" show "$work/dec1.weights" > "$work/show.txt"
+expect_grep '^  cross-attention: every block reads an encoder.s output' "$work/show.txt"
+[ "$(od -An -tu4 -j4 -N4 "$work/dec1.weights" | tr -d ' ')" = 5 ] || fail "the decoder's file is not version 5"
 
-# the same run again: the same bits (the logged losses and held-out score
-# cover the decoder, whose weights a weights file cannot hold yet)
+# the same run again: the same bits
 "$train" --config "$work/t.yaml" > "$work/run2.txt"
 cmp "$work/enc.weights" "$work/enc1.weights" || fail "two identical runs wrote different encoder weights"
+cmp "$work/dec.weights" "$work/dec1.weights" || fail "two identical runs wrote different decoder weights"
 diff <(grep '^step\|held-out' "$work/run1.txt" | sed 's/pairs\/s.*//') \
   <(grep '^step\|held-out' "$work/run2.txt" | sed 's/pairs\/s.*//') || fail "two identical runs logged differently"
 
@@ -74,6 +83,17 @@ if grep -v '\.ad_' "$work/cmp.txt" | grep 'max abs diff' | grep -v 'max abs diff
   fail "a frozen encoder tensor changed"
 fi
 [ "$(grep '\.ad_' "$work/cmp.txt" | grep -vc 'max abs diff 0,')" -eq 8 ] || fail "want all 8 adapter tensors trained"
+
+# the written decoder loads back as it was trained: a run starting from
+# both files with the decoder frozen writes the decoder's file again, every
+# one of its 28 tensors bit for bit
+write 's/^  seed: 5/  seed: 5\n  init: dec1.weights\n  freeze: ["*"]/; s/    output: enc.weights/    output: enc2.weights\n    init: enc1.weights/; s/  output: dec.weights/  output: dec2.weights/'
+"$train" --config "$work/t.yaml" --steps 2 > "$work/back.txt" 2> "$work/back.err"
+expect_grep '^nebula-train: decoder: pre-LN with cross-attention, .* from .*dec1.weights; training 0 of 28 tensors' \
+  "$work/back.txt"
+! grep -q 'without cross-attention' "$work/back.err" || fail "the decoder's file was read as a model without cross-attention"
+"$weights" compare --tol 0 "$work/dec2.weights" "$work/dec1.weights" > "$work/cmp.txt" || fail "decoder differs"
+[ "$(grep -c 'max abs diff 0,' "$work/cmp.txt")" -eq 28 ] || { cat "$work/cmp.txt"; fail "want 28 equal decoder tensors"; }
 
 # refusals: the key, the reason, exit status 78 (2 for a bad option)
 refused() { # WANT-STATUS PATTERN SED-EXPRESSION [ARGS...]
@@ -96,7 +116,6 @@ refused 78 'freeze every tensor of both models: nothing would train' \
 refused 78 'job.model.vocab 1000 is smaller than the vocabulary of job.spans.tokenizer (30522 tokens)' \
   's/max_seq: 8, cross_attn/max_seq: 8, vocab: 1000, cross_attn/; s/n_head: 2, vocab: 30522, max_seq: 8/n_head: 2, max_seq: 8/'
 refused 2 'not supported for an encoder-decoder job' '' --checkpoint "$work/ck"
-refused 78 'job.output: the decoder.s weights cannot be written yet' 's/^  seed: 5/  seed: 5\n  output: dec.weights/'
 
 # a decoder pre-trained by an ordinary GPT run (no cross-attention): its
 # tensors load, the cross-attention blocks start seeded and train
