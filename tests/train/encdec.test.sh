@@ -95,6 +95,23 @@ expect_grep '^nebula-train: decoder: pre-LN with cross-attention, .* from .*dec1
 "$weights" compare --tol 0 "$work/dec2.weights" "$work/dec1.weights" > "$work/cmp.txt" || fail "decoder differs"
 [ "$(grep -c 'max abs diff 0,' "$work/cmp.txt")" -eq 28 ] || { cat "$work/cmp.txt"; fail "want 28 equal decoder tensors"; }
 
+# through safetensors (Nebula names): the metadata records cross_attn, the
+# import gives the decoder's file back byte for byte, and a job.init from
+# the export loads the decoder as it was trained; a cross_attn other than
+# 0 or 1 in the metadata is refused
+"$weights" export --names nebula "$work/dec1.weights" "$work/dec.safetensors" > /dev/null
+"$weights" show "$work/dec.safetensors" > "$work/show.txt"
+expect_grep '^  metadata nebula.model: .* tie_embeddings=1 adapters=4,2,0,1 cross_attn=1$' "$work/show.txt"
+"$weights" import "$work/dec.safetensors" "$work/dec3.weights" > /dev/null
+cmp "$work/dec3.weights" "$work/dec1.weights" || fail "the decoder's safetensors import differs"
+sed -i 's/  init: dec1.weights/  init: dec.safetensors/' "$work/t.yaml"
+"$train" --config "$work/t.yaml" --steps 2 > "$work/back.txt" 2> "$work/back.err"
+! grep -q 'without cross-attention' "$work/back.err" || fail "the decoder's export was read as a model without cross-attention"
+cmp "$work/dec2.weights" "$work/dec1.weights" || fail "the decoder from its safetensors export differs"
+perl -0777 -pi -e 's/cross_attn=1/cross_attn=2/' "$work/dec.safetensors"
+expect_rc 2 "$weights" import "$work/dec.safetensors" "$work/dec3.weights" 2> "$work/err.txt"
+expect_grep 'broken nebula.model' "$work/err.txt"
+
 # refusals: the key, the reason, exit status 78 (2 for a bad option)
 refused() { # WANT-STATUS PATTERN SED-EXPRESSION [ARGS...]
   local want=$1 pat=$2 ed=$3
@@ -132,6 +149,19 @@ job:
   output: gpt.weights
 YAML
 "$train" --config "$work/gpt.yaml" > /dev/null
+# a model without cross-attention exports as before (no cross_attn in its
+# metadata), and its export starts a decoder as its weights file does
+"$weights" export --names nebula "$work/gpt.weights" "$work/gpt.safetensors" > /dev/null
+"$weights" show "$work/gpt.safetensors" > "$work/show.txt"
+expect_grep '^  metadata nebula.model: .* tie_embeddings=1$' "$work/show.txt"
+# and a decoder's export does not start a model without cross-attention
+"$weights" export --names nebula "$work/dec1.weights" "$work/dec4.safetensors" > /dev/null
+sed 's/^  output: gpt.weights/  output: gpt2.weights\n  init: dec4.safetensors/' "$work/gpt.yaml" > "$work/gpt2.yaml"
+"$train" --config "$work/gpt2.yaml" > /dev/null 2> "$work/err.txt" && fail "a decoder's export started a GPT"
+expect_grep "cross_attn is 1 in the pretrained model, 0 in this job.s model" "$work/err.txt"
+write 's/^  seed: 5/  seed: 5\n  init: gpt.safetensors/'
+"$train" --config "$work/t.yaml" --steps 1 > /dev/null 2> "$work/init.err"
+expect_grep 'job.init: .*gpt.safetensors holds a model without cross-attention' "$work/init.err"
 write 's/^  seed: 5/  seed: 5\n  init: gpt.weights\n  freeze: ["*"]\n  trainable: ["*.x*", "*.ad_*"]/'
 "$train" --config "$work/t.yaml" > "$work/init.txt" 2> "$work/init.err"
 cat "$work/init.err"
