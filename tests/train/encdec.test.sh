@@ -65,6 +65,10 @@ cp "$work/dec.weights" "$work/dec1.weights"
 "$weights" show "$work/dec1.weights" > "$work/show.txt"
 expect_grep '^  cross-attention: every block reads an encoder.s output' "$work/show.txt"
 [ "$(od -An -tu4 -j4 -N4 "$work/dec1.weights" | tr -d ' ')" = 5 ] || fail "the decoder's file is not version 5"
+# generation reads no encoder: a decoder's file is refused with the reason
+"$build/bin/nebula-generate" --prompt-ids "101 102" "$work/dec1.weights" > /dev/null 2> "$work/err.txt" &&
+  fail "nebula-generate ran a decoder without its encoder"
+expect_grep 'generation needs a model without cross-attention' "$work/err.txt"
 
 # the same run again: the same bits
 "$train" --config "$work/t.yaml" > "$work/run2.txt"
