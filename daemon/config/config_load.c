@@ -687,6 +687,10 @@ static const struct {
     { "job.electra", "an encoder-decoder job is not an electra job: remove one of job.encoder and job.electra" },
     { "job.lowrank", "not supported in an encoder-decoder job yet" },
     { "job.clusters", "an encoder-decoder job runs in one process (nebula-train) so far" },
+    { "job.codecs", "an encoder-decoder job runs in one process (nebula-train) so far: nothing is encoded" },
+    { "job.schedule", "an encoder-decoder job runs in one process (nebula-train) so far: there is no schedule" },
+    { "job.planner", "an encoder-decoder job runs in one process (nebula-train) so far: there is nothing to plan" },
+    { "job.topology", "an encoder-decoder job runs in one process (nebula-train) so far" },
 };
 
 /* job.encoder and job.spans (role train): job.model is the decoder, with
@@ -722,6 +726,13 @@ static int check_encdec(cfg_ctx_t *c, nb_config_t *cfg)
     if (m->head != NB_HEAD_LM)
         return fail_path(c, "job.model.head", "the decoder of an encoder-decoder job generates the target tokens: "
                          "head must be lm, got %s", nb_cfg_head_name(m->head));
+    if (!m->causal)
+        return fail_path(c, "job.model.causal", "the decoder of an encoder-decoder job must be causal: trained with "
+                         "teacher forcing, a position that sees the next input learns to copy it, and greedy "
+                         "decoding would read the positions not generated yet");
+    if (j->output[0] && j->encoder.output[0] && strcmp(j->output, j->encoder.output) == 0)
+        return fail_path(c, "job.encoder.output", "the same file as job.output (%s): the decoder's weights would "
+                         "overwrite the encoder's; give each its own file", j->output);
     if (!cfg_given(c, "job.spans"))
         return fail_path(c, "job.spans", "missing: an encoder-decoder job needs its task (job.spans: the text, the "
                          "tokenizer and the span lengths)");

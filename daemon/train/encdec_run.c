@@ -105,6 +105,8 @@ int nb_encdec_run(nb_backend_t *be, const nb_encdec_config_t *c, const nb_encdec
             (save(r->enc_output, nb_encdec_encoder(t), "encoder") || save(r->dec_output, nb_encdec_decoder(t),
                                                                           "decoder")))
             rc = NB_EIO;
+        else if (rc == 0 && done < c->steps && ((r->enc_output && *r->enc_output) || (r->dec_output && *r->dec_output)))
+            printf("nebula-train: weights not written (%d of %d steps done)\n", done, c->steps);
     }
     fflush(stdout);
     nb_encdec_free(t);

@@ -56,8 +56,11 @@ static int read_all(const char *path, char **out, size_t *len, char *err, size_t
                 break;
             }
             char *nb = realloc(buf, cap * 2);
-            if (!nb)
+            if (!nb) { /* reported below as out of memory, never as a shorter text */
+                free(buf);
+                buf = NULL;
                 break;
+            }
             buf = nb;
             cap *= 2;
         }

@@ -164,6 +164,17 @@ static void test_encdec_refusals(void **state)
                "tokens between [CLS] and [SEP]): must not exceed job.encoder.model.max_seq (64), got 65");
     expect_err(load_job(13, "", NULL),
                "dir/t.yaml:13:5: job.spans.tokenizer: missing required key (role train)");
+    expect_err(load_job(9, "  model: { n_layer: 2, d_model: 32, n_head: 2, vocab: 30522, max_seq: 8, cross_attn: true, "
+                           "causal: false }\n", NULL),
+               "dir/t.yaml:10:100: job.model.causal: the decoder of an encoder-decoder job must be causal: trained "
+               "with teacher forcing, a position that sees the next input learns to copy it, and greedy decoding "
+               "would read the positions not generated yet");
+    expect_err(load_job(5, "    init: minilm/model.safetensors\n    output: same.weights\n", "  output: same.weights\n"),
+               "dir/t.yaml:7:13: job.encoder.output: the same file as job.output (dir/same.weights): the decoder's "
+               "weights would overwrite the encoder's; give each its own file");
+    expect_err(load_job(-1, NULL, "  codecs: { forward: fp16 }\n"),
+               "dir/t.yaml:19:11: job.codecs: an encoder-decoder job runs in one process (nebula-train) so far: "
+               "nothing is encoded");
     expect_err(load_job(6, "    freeze: ['h0.$']\n", NULL),
                "dir/t.yaml:7:14: job.encoder.freeze[0]: a tensor-name pattern may contain only letters, digits, "
                "'.', '_', '-', '*' and '?'");
