@@ -213,7 +213,8 @@ out:
 /* The optional settings after nebula.model's 11 fields, in the order the
  * writer appends them: " ln_eps=E gelu=G" (settings other than the
  * defaults), " adapters=SIZE,AFTER,FIRST,LAST" (job.adapters: size, the
- * after bits, the blocks first..last-1), then " cross_attn=1" (a decoder).
+ * after bits, the blocks first..last-1), " cross_attn=1" (a decoder), then
+ * " lowrank=BLOCK,RANK" (job.lowrank: a split block).
  * False on anything else (nb_model_config_validate checks the values). */
 static bool parse_model_tail(const char *t, nb_model_config_t *c)
 {
@@ -237,6 +238,13 @@ static bool parse_model_tail(const char *t, nb_model_config_t *c)
         if (sscanf(t, " cross_attn=%d%n", &x, &n) != 1 || (x != 0 && x != 1))
             return false;
         c->cross_attn = x != 0;
+        t += n;
+    }
+    if (!strncmp(t, " lowrank=", 9)) {
+        n = 0;
+        if (sscanf(t, " lowrank=%d,%d%n", &c->lowrank_block, &c->lowrank_rank, &n) != 2 || c->lowrank_rank < 1 ||
+            c->lowrank_block < 0)
+            return false;
         t += n;
     }
     return *t == '\0';
@@ -659,6 +667,14 @@ int nb_hf_save(const char *path, nb_part_t *p, nb_hf_names_t names, char *err, s
         snprintf(err, errlen, "%s: out of memory for %zu parameters", path, np);
         goto done;
     }
+    if (names != NB_HF_NAMES_NEBULA && (c->cross_attn || c->lowrank_rank > 0 || c->adapter_size > 0)) {
+        snprintf(err, errlen, "%s: a model with %s has no %s names (those names cover the original "
+                 "architecture only): export it with Nebula's names (--names nebula)", path,
+                 c->cross_attn ? "cross-attention blocks" : c->lowrank_rank > 0 ? "a low-rank split" : "adapters",
+                 nb_hf_names_name(names));
+        rc = NB_EINVAL;
+        goto done;
+    }
     nb_be_to_host(nb_part_backend(p), host, nb_part_params(p), np * sizeof(float));
     for (int i = 0; i < nt; i++) {
         const nb_param_info_t *t = nb_part_tensor(p, i);
@@ -707,6 +723,9 @@ int nb_hf_save(const char *path, nb_part_t *p, nb_hf_names_t names, char *err, s
                  c->adapter_after, c->adapter_first, c->adapter_last);
     if (c->cross_attn) /* a decoder: its blocks' xln, xq, xkv, xproj (else as earlier builds wrote) */
         snprintf(model + strlen(model), sizeof model - strlen(model), " cross_attn=1");
+    if (c->lowrank_rank > 0) /* job.lowrank: the split block's fcproj.u/s/v (else as earlier builds wrote) */
+        snprintf(model + strlen(model), sizeof model - strlen(model), " lowrank=%d,%d", c->lowrank_block,
+                 c->lowrank_rank);
     snprintf(part, sizeof part, "embed=%d first=%d last=%d head=%d", sp->embed, sp->first, sp->last, sp->head);
     const char *meta[] = { "format", "pt", "nebula.model", model, "nebula.part", part,
                            "nebula.names", nb_hf_names_name(names) };
