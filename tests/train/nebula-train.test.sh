@@ -257,6 +257,15 @@ sed 's|  seed: 7|  seed: 7\n  init: lr-first.weights|' "$work/lr8.yaml" > "$work
 expect_rc 78 "$train" --config "$work/lr8init.yaml" --steps 1 > /dev/null 2> "$work/err.txt"
 cat "$work/err.txt"
 expect_grep "lowrank_rank is 4 in the file, 8 in this model" "$work/err.txt"
+# exported with Nebula's names the split survives the round trip (its
+# metadata says lowrank=0,4); GPT-2's names have none for it
+"$build/bin/nebula-weights" export --names nebula "$work/lr-first.weights" "$work/lr.safetensors" > /dev/null
+"$build/bin/nebula-weights" import "$work/lr.safetensors" "$work/lr-rt.weights" > /dev/null
+"$build/bin/nebula-weights" compare --tol 0 "$work/lr-first.weights" "$work/lr-rt.weights" > /dev/null ||
+  fail "a low-rank split changed through export and import"
+expect_rc 2 "$build/bin/nebula-weights" export --names gpt2 "$work/lr-first.weights" "$work/lr-g.safetensors" \
+  > /dev/null 2> "$work/err.txt"
+expect_grep "a model with a low-rank split has no gpt2 names" "$work/err.txt"
 sed 's|  seed: 7|  seed: 7\n  init: lr-first.weights|; s/output: lr.weights/output: lr2.weights/' "$work/lr.yaml" > "$work/lrinit.yaml"
 "$train" --config "$work/lrinit.yaml" --steps 1 > /dev/null
 
