@@ -400,24 +400,34 @@ static int greedy(nb_encdec_t *t, int rows, double *exact, double *f1)
 
 int nb_encdec_eval(nb_encdec_t *t, nb_encdec_score_t *out, char *err, size_t errlen)
 {
-    int n = t->cfg.eval_pairs, batches = 0;
-    double loss = 0, exact = 0, f1 = 0;
-    for (int first = 0; first < n; first += t->B, batches++) {
+    int n = t->cfg.eval_pairs;
+    double loss = 0, tokens = 0, exact = 0, f1 = 0;
+    for (int first = 0; first < n; first += t->B) {
         nb_spans_heldout(t->task, t->cfg.seed, first, n, &t->hb);
+        /* the last batch's rows past n repeat pair n - 1: out of the loss,
+         * and each batch weighs by its target tokens (a mean per token) */
+        int rows = n - first < t->B ? n - first : t->B, ntok = 0;
+        for (size_t i = 0; i < (size_t)t->B * t->T; i++) {
+            if ((int)(i / (size_t)t->T) >= rows)
+                t->hb.dec_tgt[i] = -1;
+            ntok += t->hb.dec_tgt[i] >= 0;
+        }
         upload(t);
         float l = 0.0f;
         int rc = enc_forward(t);
         if (!rc)
             rc = dec_forward(t, true, 1.0f, &l);
         if (!rc)
-            rc = greedy(t, n - first < t->B ? n - first : t->B, &exact, &f1);
+            rc = greedy(t, rows, &exact, &f1);
         if (rc) {
             snprintf(err, errlen, "held-out pairs %d..: model error (%s)", first, nb_strerror(rc));
             return rc;
         }
-        loss += l;
+        loss += (double)l * ntok;
+        tokens += ntok;
     }
-    *out = (nb_encdec_score_t){ .loss = loss / batches, .exact = exact / n, .f1 = f1 / n, .pairs = n };
+    *out = (nb_encdec_score_t){ .loss = tokens > 0 ? loss / tokens : 0, .exact = exact / n, .f1 = f1 / n,
+                                .pairs = n };
     return 0;
 }
 

@@ -177,4 +177,14 @@ expect_grep '^nebula-train: held-out: 24 pairs' "$work/init.txt"
 sed -i 's/^  model: { n_layer: 1,/  model: { n_layer: 2,/' "$work/t.yaml"
 expect_rc 78 "$train" --config "$work/t.yaml" > "$work/out.txt" 2> "$work/err.txt"
 expect_grep 'job.init: .*gpt.weights' "$work/err.txt"
+# the held-out loss is a mean per target token, whatever the batch: 20
+# pairs in micro-batches of 8 (a last one of 4 pairs and 4 filler rows) and
+# of 4 score the same (lr 1e-30 leaves the weights as seeded)
+for mb in 1 2; do
+  write "s/eval_windows: 24/eval_windows: 20/; s/micro_batches: 2/micro_batches: $mb/; s/lr: 3e-3/lr: 1e-30/; s/^  steps: 6/  steps: 1/"
+  "$train" --config "$work/t.yaml" | grep '^nebula-train: held-out:' > "$work/heldout$mb.txt"
+done
+cat "$work/heldout1.txt"
+cmp -s "$work/heldout1.txt" "$work/heldout2.txt" ||
+  fail "the held-out loss depends on the micro-batch: $(cat "$work/heldout1.txt") / $(cat "$work/heldout2.txt")"
 echo "encdec: ok"
