@@ -59,6 +59,11 @@ static int check_side(const nb_encdec_side_t *s, bool decoder, const nb_spans_t 
         snprintf(err, errlen, "%s.model.head: the decoder needs head lm", s->key);
         return NB_EINVAL;
     }
+    if (decoder && !s->model.causal) {
+        snprintf(err, errlen, "%s.model.causal: the decoder must be causal (teacher forcing, greedy decoding)",
+                 s->key);
+        return NB_EINVAL;
+    }
     if (s->model.vocab < nb_spans_vocab(task)) {
         snprintf(err, errlen, "%s.model.vocab %d is smaller than the vocabulary of job.spans.tokenizer (%d tokens)",
                  s->key, s->model.vocab, nb_spans_vocab(task));
@@ -102,9 +107,9 @@ static void side_note(void *ud, const char *note)
  * without cross-attention and adapters: every tensor of that model by name
  * (nb_part_lowrank_init with no split only copies), the cross-attention
  * blocks' and adapters' tensors keeping their seeded init. 0 or a
- * negative code (the caller reports its own first error). */
+ * negative code with the reason in e. */
 static int init_without_xattn(nb_encdec_t *t, const nb_encdec_side_t *s, nb_part_t *p, nb_encdec_note_cb note,
-                              void *ud)
+                              void *ud, char *e, size_t elen)
 {
     nb_model_config_t plain = s->model;
     plain.cross_attn = false;
@@ -113,12 +118,11 @@ static int init_without_xattn(nb_encdec_t *t, const nb_encdec_side_t *s, nb_part
     plain.adapter_first = plain.adapter_last = 0;
     nb_part_spec_t spec = nb_part_spec_full(&plain);
     nb_part_t *src = NULL;
-    char e[1024];
-    int rc = nb_part_new(t->be, &plain, &spec, t->cfg.seed, NULL, &src, e, sizeof e);
+    int rc = nb_part_new(t->be, &plain, &spec, t->cfg.seed, NULL, &src, e, elen);
     if (!rc)
-        rc = nb_hf_init_part(s->init, src, note, ud, e, sizeof e);
+        rc = nb_hf_init_part(s->init, src, note, ud, e, elen);
     if (!rc)
-        rc = nb_part_lowrank_init(p, src, e, sizeof e);
+        rc = nb_part_lowrank_init(p, src, e, elen);
     nb_part_free(src);
     if (!rc && note) {
         char msg[1400];
@@ -149,12 +153,15 @@ static int make_side(nb_encdec_t *t, const nb_encdec_side_t *s, bool decoder, nb
     }
     if (s->init[0] && (rc = nb_hf_init_part(s->init, *p, note, ud, e, sizeof e))) {
         /* a decoder pre-trained without cross-attention (an ordinary GPT
-         * run of nebula-train): its tensors, the new ones seeded */
-        if (!decoder || rc != NB_EINVAL || init_without_xattn(t, s, *p, note, ud) != 0) {
+         * run of nebula-train): its tensors, the new ones seeded. Tried
+         * only when the file's model lacks cross-attention; its own error
+         * (an ln_eps of another value, a failed allocation) is then the
+         * reason */
+        if (!decoder || rc != NB_EINVAL || !strstr(e, "cross_attn is 0") ||
+            (rc = init_without_xattn(t, s, *p, note, ud, e, sizeof e)) != 0) {
             snprintf(err, errlen, "%s.init: %s", s->key, e);
             return rc;
         }
-        rc = 0;
     }
     if ((rc = nb_part_freeze(*p, &s->freeze))) {
         snprintf(err, errlen, "%s: out of memory for the gradients", s->key);
@@ -179,7 +186,8 @@ int nb_encdec_new(nb_backend_t *be, const nb_encdec_config_t *c, nb_encdec_note_
 {
     *out = NULL;
     const char *why = nb_optim_config_validate(&c->optim);
-    if (why || c->micro_batches < 1 || c->batch % c->micro_batches || c->steps < 1 || c->eval_pairs < 1) {
+    if (why || c->batch < 1 || c->micro_batches < 1 || c->batch % c->micro_batches || c->steps < 1 ||
+        c->eval_pairs < 1) {
         snprintf(err, errlen, "%s", why ? why : "job: batch, micro_batches, steps or job.spans.eval_windows out of range");
         return NB_EINVAL;
     }

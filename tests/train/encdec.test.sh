@@ -177,6 +177,12 @@ expect_grep '^nebula-train: held-out: 24 pairs' "$work/init.txt"
 sed -i 's/^  model: { n_layer: 1,/  model: { n_layer: 2,/' "$work/t.yaml"
 expect_rc 78 "$train" --config "$work/t.yaml" > "$work/out.txt" 2> "$work/err.txt"
 expect_grep 'job.init: .*gpt.weights' "$work/err.txt"
+# a GPT file that differs in more than cross-attention: the reason named is
+# that difference, not the cross-attention the fallback exists for
+write 's/^  seed: 5/  seed: 5\n  init: gpt.safetensors/; s/max_seq: 8, cross_attn: true }/max_seq: 8, cross_attn: true, ln_eps: 1e-6 }/'
+expect_rc 78 "$train" --config "$work/t.yaml" > "$work/out.txt" 2> "$work/err.txt"
+cat "$work/err.txt"
+expect_grep 'job.init: .*gpt.safetensors.*ln_eps' "$work/err.txt"
 # the held-out loss is a mean per target token, whatever the batch: 20
 # pairs in micro-batches of 8 (a last one of 4 pairs and 4 filler rows) and
 # of 4 score the same (lr 1e-30 leaves the weights as seeded)
