@@ -185,9 +185,14 @@ static void test_no_encoder(void **state)
     expect_err(nb_cfg_load_string("dir/t.yaml", spans, strlen(spans), &cfg, err, sizeof err),
                "dir/t.yaml:6:10: job.spans: the span task trains an encoder-decoder pair: add job.encoder "
                "(job.model is then the decoder)");
-    /* a coordinator has no job.encoder yet */
-    expect_err(load_job(1, "role: coordinator\n", NULL),
-               "dir/t.yaml:4:3: job.encoder: not allowed for role coordinator (only for train)");
+    /* a coordinator (the decoder's daemon across two daemons) must name the encoder's daemon */
+    expect_err(load_job(1, "role: coordinator\nlisten: 127.0.0.1:1\ntls: {cert: c, key: k, ca: a}\n", NULL),
+               "dir/t.yaml:7:5: job.encoder.daemon: missing required key (role coordinator)");
+    /* a stage reads a job section only as the encoder's daemon */
+    expect_err(load_job(1, "role: stage\nlisten: 127.0.0.1:1\ntls: {cert: c, key: k, ca: a}\n"
+                           "coordinator: {address: \"127.0.0.1:2\", name: d}\n", NULL),
+               "dir/t.yaml:7:3: job: a stage daemon gets its job from the coordinator; only the encoder's daemon of "
+               "an encoder-decoder job (encdec_encoder: true) reads its own job section");
 }
 
 /* The examples under config/finetune load (run from the repository root). */
