@@ -31,6 +31,9 @@ struct nb_encdec_enc_rt {
     nb_conn_t *coord;
     bool busy, done, have_job, waiting_grad, waiting_commit;
     bool done_seen;                /* "job done" came while the last commit ran */
+    uv_timer_t timer;
+    bool timer_open;
+    double t_start;
     uv_work_t work;
     nb_backend_t *be;
     const char *texts[NB_CFG_MAX_TEXTS];
@@ -360,6 +363,16 @@ static void on_closed(nb_conn_t *c, int err, void *ud)
              "recovery yet", rt->b.cfg->coordinator.name, err ? nb_strerror(err) : "closed", rt->step + 1);
 }
 
+/* Once a second: no job within connect_timeout_s ends this daemon's part. */
+static void on_timer(uv_timer_t *t)
+{
+    nb_encdec_enc_rt_t *rt = t->data;
+    double limit = rt->b.cfg->connect_timeout_s;
+    if (!rt->b.failed && !rt->b.stopping && !rt->have_job && limit > 0 && nb_mono_s() - rt->t_start > limit)
+        fail(rt, "no job from the decoder's daemon %s within %.0f s (connect_timeout_s)", rt->b.cfg->coordinator.name,
+             limit);
+}
+
 /* ---- service hooks -------------------------------------------------------- */
 
 static int rt_start(nb_service_t *svc, void *ud)
@@ -401,6 +414,11 @@ static int rt_start(nb_service_t *svc, void *ud)
         return rc;
     }
     nb_rt_peer_row(rt->b.state, co->name, "coordinator", co->address.text, "dialling", NULL);
+    rt->t_start = nb_mono_s();
+    uv_timer_init(rt->b.loop, &rt->timer);
+    rt->timer.data = rt;
+    rt->timer_open = true;
+    uv_timer_start(&rt->timer, on_timer, 1000, 1000);
     nb_service_set_state(svc, NB_SVC_WAITING, "encoder of an encoder-decoder job (digest %s); dialling the decoder's "
                          "daemon %s at %s", rt->digest, co->name, co->address.text);
     return 0;
@@ -411,6 +429,7 @@ static void rt_stop(nb_service_t *svc, void *ud)
     (void)svc;
     nb_encdec_enc_rt_t *rt = ud;
     rt->b.stopping = true; /* work in flight ends in work_done, which then queues nothing */
+    nb_rt_close_handle(&rt->timer, &rt->timer_open);
     nb_rt_close_net(&rt->b);
 }
 

@@ -154,4 +154,14 @@ wait_log dec-rogue "job failed"
 expect_grep "refused the encoder output from enc: shape 72 x 31, expected 72 x 32 (B\*S, C)" "$work/dec-rogue.log"
 expect_grep "refused TLS from .*wrong_name" "$work/dec-rogue.log"
 stop dec-rogue "$d" 1; pids=()
+
+# run 5: an encoder's daemon whose decoder's daemon never answers gives up
+# after connect_timeout_s, in order
+sed 's/^connect_timeout_s: .*//' "$work/enc-rogue.yaml" > "$work/enc-alone.yaml"
+sed -i 's#run/enc-rogue.sock#run/enc-alone.sock#' "$work/enc-alone.yaml"
+echo "connect_timeout_s: 2" >> "$work/enc-alone.yaml"
+start enc-alone enc-alone; e=$started
+wait_log enc-alone "job failed"
+expect_grep "no job from the decoder's daemon dec within 2 s (connect_timeout_s)" "$work/enc-alone.log"
+stop enc-alone "$e" 1; pids=()
 echo "encdec-dist: ok"
