@@ -151,6 +151,8 @@ static int show(const char *path)
     if (m->lowrank_rank > 0) /* job.lowrank: the cut after the factor carries r values per position */
         printf("  low-rank split: block %d, rank %d (h%d.fcproj.w as U S V; a cut at the factor carries %d of %d)\n",
                m->lowrank_block, m->lowrank_rank, m->lowrank_block, m->lowrank_rank, m->d_model);
+    if (m->cross_attn) /* job.model.cross_attn: a decoder of an encoder-decoder job */
+        printf("  cross-attention: every block reads an encoder's output (h*.xln, h*.xq, h*.xkv, h*.xproj)\n");
     static float buf[CHUNK];
     int status = 0;
     for (int i = 0; i < w.info.n_tensors && !status; i++) {

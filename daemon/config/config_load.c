@@ -717,12 +717,6 @@ static int check_encdec(cfg_ctx_t *c, nb_config_t *cfg)
     for (size_t i = 0; i < NB_ARRAY_LEN(encdec_unused); i++)
         if (cfg_given(c, encdec_unused[i].path))
             return fail_path(c, encdec_unused[i].path, "%s", encdec_unused[i].why);
-    /* the weights file's header (daemon/train/weights.c) has no cross_attn
-     * field: a decoder written there could not be read back */
-    if (j->output[0])
-        return fail_path(c, "job.output", "the decoder's weights cannot be written yet: a weights file does not "
-                         "record cross-attention blocks, so it could not be read back; remove job.output "
-                         "(job.encoder.output writes the encoder's)");
     if (!m->cross_attn)
         return fail_path(c, "job.model.cross_attn", "job.model is the decoder of this encoder-decoder job: it needs "
                          "cross_attn: true (its blocks read the encoder's output)");

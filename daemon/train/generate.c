@@ -77,6 +77,11 @@ int nb_gen_run(nb_part_t *p, int32_t *ids, size_t *n, size_t cap, const nb_gen_c
                  s->embed && s->head && s->first == 0 && s->last == m->n_layer ? "" : ", or only a part of one");
         return NB_EINVAL;
     }
+    if (m->cross_attn) { /* its blocks read an encoder's output, which generation has not */
+        snprintf(err, errlen, "generation needs a model without cross-attention (this is the decoder of an "
+                 "encoder-decoder job, cross_attn: its blocks read an encoder's output; docs/finetune.md)");
+        return NB_EINVAL;
+    }
     if (*n == 0) {
         snprintf(err, errlen, "the prompt is empty: give at least one token");
         return NB_EINVAL;

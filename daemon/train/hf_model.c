@@ -210,6 +210,38 @@ out:
     return rc;
 }
 
+/* The optional settings after nebula.model's 11 fields, in the order the
+ * writer appends them: " ln_eps=E gelu=G" (settings other than the
+ * defaults), " adapters=SIZE,AFTER,FIRST,LAST" (job.adapters: size, the
+ * after bits, the blocks first..last-1), then " cross_attn=1" (a decoder).
+ * False on anything else (nb_model_config_validate checks the values). */
+static bool parse_model_tail(const char *t, nb_model_config_t *c)
+{
+    char gelu[16];
+    int n = 0, x, after;
+    if (!strncmp(t, " ln_eps=", 8)) {
+        if (sscanf(t, " ln_eps=%f gelu=%15s%n", &c->ln_eps, gelu, &n) != 2 || nb_gelu_parse(gelu, &c->gelu))
+            return false;
+        t += n;
+    }
+    if (!strncmp(t, " adapters=", 10)) {
+        n = 0;
+        if (sscanf(t, " adapters=%d,%d,%d,%d%n", &c->adapter_size, &after, &c->adapter_first, &c->adapter_last,
+                   &n) != 4 || c->adapter_size < 1 || after < 1)
+            return false;
+        c->adapter_after = (unsigned)after;
+        t += n;
+    }
+    if (!strncmp(t, " cross_attn=", 12)) {
+        n = 0;
+        if (sscanf(t, " cross_attn=%d%n", &x, &n) != 1 || (x != 0 && x != 1))
+            return false;
+        c->cross_attn = x != 0;
+        t += n;
+    }
+    return *t == '\0';
+}
+
 int nb_hf_config_from_metadata(const nb_st_file_t *f, nb_model_config_t *cfg, nb_part_spec_t *spec,
                                nb_hf_names_t *names, char *err, size_t errlen)
 {
@@ -219,15 +251,14 @@ int nb_hf_config_from_metadata(const nb_st_file_t *f, nb_model_config_t *cfg, nb
         return 0;
     nb_model_config_t c = { 0 };
     nb_part_spec_t s = { 0 };
-    char norm[16], head[16], gelu[16];
-    int causal, tie, embed, hd, used = 0, used2 = 0;
+    char norm[16], head[16];
+    int causal, tie, embed, hd, used = 0;
     if (!m || !p || !n ||
         sscanf(m, "n_layer=%d d_model=%d n_head=%d d_ff=%d vocab=%d max_seq=%d causal=%d norm=%15s head=%15s "
                   "n_classes=%d tie_embeddings=%d%n",
                &c.n_layer, &c.d_model, &c.n_head, &c.d_ff, &c.vocab, &c.max_seq, &causal, norm, head, &c.n_classes,
                &tie, &used) != 11 ||
-        (m[used] && (sscanf(m + used, " ln_eps=%f gelu=%15s%n", &c.ln_eps, gelu, &used2) != 2 ||
-                     m[used + used2] || nb_gelu_parse(gelu, &c.gelu))) ||
+        !parse_model_tail(m + used, &c) ||
         nb_norm_parse(norm, &c.norm) || nb_head_kind_parse(head, &c.head) ||
         sscanf(p, "embed=%d first=%d last=%d head=%d%n", &embed, &s.first, &s.last, &hd, &used) != 4 || p[used] ||
         nb_hf_names_parse(n, names)) {
@@ -661,7 +692,7 @@ int nb_hf_save(const char *path, nb_part_t *p, nb_hf_names_t names, char *err, s
         out[no] = (nb_st_out_t){ .name = nm[no], .ndim = 2, .shape = { 2, c->d_model }, .data = zeros };
         no++;
     }
-    char model[256], part[96];
+    char model[320], part[96];
     snprintf(model, sizeof model,
              "n_layer=%d d_model=%d n_head=%d d_ff=%d vocab=%d max_seq=%d causal=%d norm=%s head=%s n_classes=%d "
              "tie_embeddings=%d",
@@ -671,6 +702,11 @@ int nb_hf_save(const char *path, nb_part_t *p, nb_hf_names_t names, char *err, s
     if (eps != NB_MODEL_LN_EPS_DEFAULT || c->gelu != NB_MODEL_GELU_TANH) /* else as earlier builds wrote */
         snprintf(model + strlen(model), sizeof model - strlen(model), " ln_eps=%.9g gelu=%s", (double)eps,
                  nb_gelu_name(c->gelu));
+    if (c->adapter_size > 0) /* job.adapters: the .ad_ tensors (else as earlier builds wrote) */
+        snprintf(model + strlen(model), sizeof model - strlen(model), " adapters=%d,%u,%d,%d", c->adapter_size,
+                 c->adapter_after, c->adapter_first, c->adapter_last);
+    if (c->cross_attn) /* a decoder: its blocks' xln, xq, xkv, xproj (else as earlier builds wrote) */
+        snprintf(model + strlen(model), sizeof model - strlen(model), " cross_attn=1");
     snprintf(part, sizeof part, "embed=%d first=%d last=%d head=%d", sp->embed, sp->first, sp->last, sp->head);
     const char *meta[] = { "format", "pt", "nebula.model", model, "nebula.part", part,
                            "nebula.names", nb_hf_names_name(names) };
@@ -730,6 +766,13 @@ int nb_hf_init_part(const char *path, nb_part_t *p, nb_hf_note_cb note, void *ud
             rc = NB_EINVAL;
             goto out;
         }
+    if (fc.cross_attn != c->cross_attn) { /* a decoder's cross-attention tensors are in one of them only */
+        snprintf(err, errlen, "%s: cross_attn is %d in the pretrained model, %d in this job's model "
+                 "(job.model.cross_attn: a decoder's blocks read an encoder's output)", path, fc.cross_attn,
+                 c->cross_attn);
+        rc = NB_EINVAL;
+        goto out;
+    }
     if (nb_model_ln_eps(&fc) != nb_model_ln_eps(c) || fc.gelu != c->gelu) {
         snprintf(err, errlen, "%s: the pretrained model has ln_eps %g and gelu %s, this job's model ln_eps %g and "
                  "gelu %s (set job.model.ln_eps and job.model.gelu)", path, (double)nb_model_ln_eps(&fc),

@@ -12,24 +12,27 @@
 #include "daemon/train/weights.h"
 
 #define NAME_BYTES 32
-#define HDR_FIELDS 23    /* 11 config + 4 spec + ln_eps (f32 bits) + gelu + 4 adapter + 2 low-rank */
+#define HDR_FIELDS 24    /* 11 config + 4 spec + ln_eps (f32 bits) + gelu + 4 adapter + 2 low-rank + cross_attn */
+#define HDR_FIELDS_V4 23 /* weights version 4 */
 #define HDR_FIELDS_V3 21 /* weights version 3 */
 #define HDR_FIELDS_V2 17 /* weights version 2 */
 #define HDR_FIELDS_V1 15 /* weights version 1 */
 #define FIELD_LN_EPS 15
 #define FIELD_GELU 16
 #define FIELD_LOWRANK 21 /* lowrank_rank, lowrank_block: the rank first, so a dense file is named by it */
+#define FIELD_XATTN 23   /* cross_attn: 1 for a decoder whose blocks read an encoder's output */
 
 static const char *const field_names[HDR_FIELDS] = {
     "n_layer", "d_model", "n_head", "d_ff", "vocab", "max_seq", "causal", "norm", "head",
     "n_classes", "tie_embeddings", "part.embed", "part.first", "part.last", "part.head", "ln_eps", "gelu",
     "adapter_size", "adapter_after", "adapter_first", "adapter_last", "lowrank_rank", "lowrank_block",
+    "cross_attn",
 };
 
 /* Header fields of a file of a version. */
 static int fields_of(uint32_t version)
 {
-    return version >= 4 ? HDR_FIELDS : version == 3 ? HDR_FIELDS_V3 : version == 2 ? HDR_FIELDS_V2 : HDR_FIELDS_V1;
+    return version >= 5 ? HDR_FIELDS : version == 4 ? HDR_FIELDS_V4 : version == 3 ? HDR_FIELDS_V3 : version == 2 ? HDR_FIELDS_V2 : HDR_FIELDS_V1;
 }
 
 static int32_t f32_bits(float x)
@@ -47,10 +50,12 @@ static float bits_f32(int32_t b)
 }
 
 /* The header fields of p; returns how many the file carries: 15 when the
- * model has the default settings (eps 1e-5, tanh GELU), no adapters and no
- * low-rank split, so such files keep the version every earlier build reads,
- * 17 with other settings, 21 with adapters, 23 with a low-rank split. Every
- * field is set either way (no adapters: four zeros; no split: two). */
+ * model has the default settings (eps 1e-5, tanh GELU), no adapters, no
+ * low-rank split and no cross-attention, so such files keep the version
+ * every earlier build reads, 17 with other settings, 21 with adapters, 23
+ * with a low-rank split, 24 with cross-attention (a decoder). Every field is
+ * set either way (no adapters: four zeros; no split: two; no
+ * cross-attention: one). */
 static int header_fields(const nb_part_t *p, int32_t f[HDR_FIELDS])
 {
     const nb_model_config_t *c = nb_part_config(p);
@@ -70,8 +75,11 @@ static int header_fields(const nb_part_t *p, int32_t f[HDR_FIELDS])
     bool lr = c->lowrank_rank > 0;
     f[FIELD_LOWRANK] = lr ? c->lowrank_rank : 0;
     f[FIELD_LOWRANK + 1] = lr ? c->lowrank_block : 0;
-    if (lr)
+    f[FIELD_XATTN] = c->cross_attn ? 1 : 0;
+    if (c->cross_attn)
         return HDR_FIELDS;
+    if (lr)
+        return HDR_FIELDS_V4;
     if (ad)
         return HDR_FIELDS_V3;
     return eps == NB_MODEL_LN_EPS_DEFAULT && c->gelu == NB_MODEL_GELU_TANH ? HDR_FIELDS_V1 : HDR_FIELDS_V2;
@@ -121,7 +129,7 @@ int nb_weights_save(const char *path, nb_part_t *p, char *err, size_t errlen)
     }
     int32_t hf[HDR_FIELDS];
     int nf = header_fields(p, hf);
-    uint32_t version = nf == HDR_FIELDS ? 4 : nf == HDR_FIELDS_V3 ? 3 : nf == HDR_FIELDS_V2 ? 2 : 1;
+    uint32_t version = nf == HDR_FIELDS ? 5 : nf == HDR_FIELDS_V4 ? 4 : nf == HDR_FIELDS_V3 ? 3 : nf == HDR_FIELDS_V2 ? 2 : 1;
     put(&w, "NBWT", 4);
     put(&w, &version, 4);
     uint32_t nt = (uint32_t)nb_part_num_tensors(p);
@@ -218,7 +226,7 @@ int nb_weights_load(const char *path, nb_part_t *p, char *err, size_t errlen)
     hf[FIELD_LN_EPS] = f32_bits(NB_MODEL_LN_EPS_DEFAULT);
     hf[FIELD_GELU] = NB_MODEL_GELU_TANH;
     for (int i = HDR_FIELDS_V2; i < HDR_FIELDS; i++)
-        hf[i] = 0; /* before version 3: no adapters; before 4: no low-rank split */
+        hf[i] = 0; /* before version 3: no adapters; before 4: no low-rank split; before 5: no cross-attention */
     if (!get(&r, hf, (size_t)nf * 4)) {
         snprintf(err, errlen, "%s: offset %ld: truncated header", path, r.off);
         goto out;
@@ -237,7 +245,8 @@ int nb_weights_load(const char *path, nb_part_t *p, char *err, size_t errlen)
             else if (i > FIELD_GELU)
                 snprintf(err, errlen, "%s: offset %ld: %s is %d in the file%s, %d in this model (%s)", path,
                          hdr_at + 4 * i, field_names[i], hf[i], nf > i ? "" : " (by its version)", hw[i],
-                         i >= FIELD_LOWRANK ? "job.lowrank" : "job.adapters");
+                         i == FIELD_XATTN ? "job.model.cross_attn: a decoder's blocks read an encoder's output"
+                         : i >= FIELD_LOWRANK ? "job.lowrank" : "job.adapters");
             else
                 snprintf(err, errlen, "%s: offset %ld: %s is %d in the file, %d in this model", path,
                          hdr_at + 4 * i, field_names[i], hf[i], hw[i]);

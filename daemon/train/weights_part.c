@@ -12,8 +12,8 @@
 
 /* The first model field in which the file differs from p (in the weights
  * header's order; the adapter fields only when the file has adapters; the
- * low-rank split always),
- * written to err; false when none does. */
+ * low-rank split and cross-attention always), written to err; false when
+ * none does. */
 static bool model_differs(const char *path, const nb_model_config_t *f, const nb_model_config_t *c, char *err,
                           size_t errlen)
 {
@@ -75,6 +75,14 @@ static bool model_differs(const char *path, const nb_model_config_t *f, const nb
         snprintf(err, errlen, "%s: %s is %d in the file, %d in this model (job.lowrank must match the split the "
                  "file was written with)", path, fr != cr ? "lowrank_rank" : "lowrank_block", fr != cr ? fr : fb,
                  fr != cr ? cr : cb);
+        return true;
+    }
+    /* a decoder's blocks hold cross-attention tensors that a model without
+     * it has not, and the other way round (encdec.c seeds them when it
+     * starts a decoder from a model without cross-attention) */
+    if (f->cross_attn != c->cross_attn) {
+        snprintf(err, errlen, "%s: cross_attn is %d in the file, %d in this model (job.model.cross_attn: a decoder's "
+                 "blocks read an encoder's output)", path, f->cross_attn, c->cross_attn);
         return true;
     }
     return false;

@@ -11,7 +11,8 @@
 #include "daemon/train/weights.h"
 
 #define NAME_BYTES 32
-#define HDR_FIELDS 23    /* version 4 (low-rank split); version 3 has the first 21, 2 17, 1 15 */
+#define HDR_FIELDS 24    /* version 5 (cross-attention); version 4 has the first 23, 3 21, 2 17, 1 15 */
+#define HDR_FIELDS_V4 23
 #define HDR_FIELDS_V3 21
 #define HDR_FIELDS_V2 17
 #define HDR_FIELDS_V1 15
@@ -158,7 +159,7 @@ int nb_weights_peek(const char *path, nb_weights_info_t *info, char *err, size_t
     float eps = NB_MODEL_LN_EPS_DEFAULT;
     h[HDR_FIELDS_V2 - 1] = NB_MODEL_GELU_TANH;
     for (int i = HDR_FIELDS_V2; i < HDR_FIELDS; i++)
-        h[i] = 0; /* before version 3: no adapters; before 4: no low-rank split */
+        h[i] = 0; /* before version 3: no adapters; before 4: no low-rank split; before 5: no cross-attention */
     if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
         snprintf(err, errlen, "%s: not a regular file", path);
         rc = NB_EIO;
@@ -180,9 +181,12 @@ int nb_weights_peek(const char *path, nb_weights_info_t *info, char *err, size_t
         goto out;
     }
     if (version >= 2)
-        /* the model settings (then adapters, then the low-rank split)
-         * follow the 15 fields */
-        nf = version >= 4 ? HDR_FIELDS : version == 3 ? HDR_FIELDS_V3 : HDR_FIELDS_V2;
+        /* the model settings (then adapters, the low-rank split and
+         * cross-attention) follow the 15 fields */
+        nf = version >= 5   ? HDR_FIELDS
+             : version == 4 ? HDR_FIELDS_V4
+             : version == 3 ? HDR_FIELDS_V3
+                            : HDR_FIELDS_V2;
     if (fread(h, 4, (size_t)nf, f) != (size_t)nf || fread(&nt, 4, 1, f) != 1 || fread(&np, 8, 1, f) != 1) {
         snprintf(err, errlen, "%s: truncated header (%llu bytes, the header alone is %d)", path,
                  (unsigned long long)info->file_bytes, HEADER_BYTES(nf));
@@ -196,7 +200,12 @@ int nb_weights_peek(const char *path, nb_weights_info_t *info, char *err, size_t
                               .head = (nb_head_kind_t)h[8], .n_classes = h[9], .tie_embeddings = h[10] != 0,
                               .ln_eps = eps, .gelu = (nb_gelu_t)h[HDR_FIELDS_V2 - 1],
                               .adapter_size = h[17], .adapter_after = (unsigned)h[18], .adapter_first = h[19],
-                              .adapter_last = h[20], .lowrank_rank = h[21], .lowrank_block = h[22] };
+                              .adapter_last = h[20], .lowrank_rank = h[21], .lowrank_block = h[22],
+                              .cross_attn = h[23] != 0 };
+    if (h[23] != 0 && h[23] != 1) {
+        snprintf(err, errlen, "%s: offset %d: cross_attn is %d, must be 0 or 1", path, 8 + 4 * 23, h[23]);
+        goto out;
+    }
     info->spec = (nb_part_spec_t){ .embed = h[11] != 0, .first = h[12], .last = h[13], .head = h[14] != 0 };
     const char *why = nb_model_config_validate(c);
     if (why) {

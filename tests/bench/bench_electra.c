@@ -47,7 +47,18 @@
  * NB_ELECTRA_PRE_LR, NB_ELECTRA_GEN_LR (pre-training), NB_ELECTRA_FT,
  * NB_ELECTRA_FT_BATCH, NB_ELECTRA_FT_POOL, NB_ELECTRA_FT_LR (fine-tuning)
  * and NB_ELECTRA_SEEDS override the defaults; NB_ELECTRA_CACHE=FILE keeps
- * the pre-trained weights between runs.
+ * the pre-trained weights between runs; NB_ELECTRA_D_MODEL (64) sets the
+ * discriminator's width (the generators' is a quarter of it, the tied
+ * comparison's all of it). NB_ELECTRA_PRE_SHORT=N adds N
+ * steps on sequences of NB_ELECTRA_SHORT_T (64) tokens before the
+ * full-length ones (BERT's schedule).
+ *
+ * NB_ELECTRA_PROBE=1 runs, instead of all that, the probe of why the
+ * discriminator stays at the prior (docs/benchmarks.md): the bound a
+ * bigram-aware detector reaches on the text (electra_probe_bigram_bound)
+ * and the discriminator's model trained alone on three tasks
+ * (electra_probe_unigram_replaced_T256/_T64, electra_probe_prev_byte_bit_
+ * T256/_T64, electra_probe_case_neighbours_T16).
  */
 #include <math.h>
 #include <stdbool.h>
@@ -67,6 +78,8 @@ static const char *const texts[K] = { "GPL-2", "GPL-3", "LGPL-2.1", "Apache-2.0"
 static int PRE = 300, FT = 120;
 static float FT_LR = 1e-3f, PRE_LR = 1e-3f, GEN_LR = 2e-3f;
 static int POOL = 8, FREEZE = 0, PRE_SEQS = 2, FT_BATCH = 16, SEEDS = 3;
+static int D_MODEL = 64; /* the discriminator's width; generators a quarter of it */
+static int PRE_SHORT = 0, SHORT_T = 64; /* the short-sequence phase of pre-training (0: none) */
 static const char *HEADS = "seqcls"; /* labelled snippets per class */
 enum { EVAL_PER_CLASS = 48 };
 
@@ -129,8 +142,8 @@ static int prepare(void)
 
 static nb_model_config_t disc_model(nb_head_kind_t head, int n_classes)
 {
-    return (nb_model_config_t){ .n_layer = 2, .d_model = 64, .n_head = 4, .d_ff = 256, .vocab = 257, .max_seq = T,
-                                .causal = false, .norm = NB_MODEL_NORM_PRE, .head = head, .n_classes = n_classes };
+    return (nb_model_config_t){ .n_layer = 2, .d_model = D_MODEL, .n_head = 4, .d_ff = 4 * D_MODEL, .vocab = 257,
+                                .max_seq = T, .causal = false, .norm = NB_MODEL_NORM_PRE, .head = head, .n_classes = n_classes };
 }
 
 static nb_optim_config_t optim(float lr, int steps)
@@ -145,66 +158,112 @@ static nb_optim_config_t optim(float lr, int steps)
     return o;
 }
 
-/* Pre-trains; the discriminator's parameters (host copy) into *w, its mean
- * loss over the last 20 steps into *loss, the loss of a discriminator that
- * knows only the replaced share of those steps (its binary entropy: the
- * prior) into *prior, wire bytes per token into *wire. */
-static int pretrain(nb_backend_t *be, int gen_width, bool tied, float **w, double *loss, double *prior, double *wire)
+static void job_config(nb_electra_config_t *c, int gen_width, bool tied, int len, int seqs, int steps)
 {
-    static nb_electra_config_t c;
-    memset(&c, 0, sizeof c);
-    c.model = disc_model(NB_MODEL_HEAD_TOKCLS, 2);
-    c.optim = optim(PRE_LR, PRE);
-    c.seed = 11;
-    c.seq_len = T;
-    c.steps = PRE;
-    c.mask_prob = 0.15f;
-    c.disc_weight = 50.0f;
-    c.tie_embeddings = tied;
-    c.n_gen = K;
+    memset(c, 0, sizeof *c);
+    c->model = disc_model(NB_MODEL_HEAD_TOKCLS, 2);
+    c->optim = optim(PRE_LR, steps);
+    c->seed = 11;
+    c->seq_len = len;
+    c->steps = steps;
+    c->mask_prob = 0.15f;
+    c->disc_weight = 50.0f;
+    c->tie_embeddings = tied;
+    c->n_gen = K;
     for (int i = 0; i < K; i++) {
-        nb_electra_gen_config_t *g = &c.gen[i];
+        nb_electra_gen_config_t *g = &c->gen[i];
         snprintf(g->name, sizeof g->name, "%s", texts[i]);
         snprintf(g->data, sizeof g->data, "%s", pre_path[i]);
         g->model = (nb_model_config_t){ .n_layer = 1, .d_model = gen_width, .n_head = 2, .d_ff = 4 * gen_width,
                                         .vocab = 257, .max_seq = T, .causal = false, .norm = NB_MODEL_NORM_PRE,
                                         .head = NB_MODEL_HEAD_MLM, .tie_embeddings = true };
-        g->optim = optim(GEN_LR, PRE);
+        g->optim = optim(GEN_LR, steps);
         g->seed = 100 + (uint64_t)i;
-        g->sequences = PRE_SEQS;
+        g->sequences = seqs;
     }
-    nb_electra_t *e = NULL;
+}
+
+/* dst's parameters = src's (the same model config, so the same layout). */
+static void copy_params(nb_backend_t *be, nb_part_t *dst, nb_part_t *src)
+{
+    NB_CHECK(nb_part_num_params(dst) == nb_part_num_params(src));
+    nb_be_copy(be, nb_part_params(dst), nb_part_params(src), nb_part_num_params(src) * sizeof(float));
+}
+
+/* Runs job e to its end; from step `from` on, the last 20 steps' loss,
+ * replaced and token counts are summed into *sum, *rep, *rtok (*n of them);
+ * wire bytes and tokens of every step into *bytes, *toks. */
+static int run_job(nb_electra_t *e, const char *phase, int steps, int gen_width, bool tied, double *sum, double *rep,
+                   double *rtok, int *n, double *bytes, double *toks)
+{
+    double win = 0, wacc = 0;
+    int nwin = 0;
     char err[512];
-    if (nb_electra_new(be, &c, &e, err, sizeof err)) {
-        printf("%s\n", err);
-        return 1;
-    }
-    double sum = 0, bytes = 0, toks = 0, win = 0, wacc = 0, rep = 0, rtok = 0;
-    int n = 0, nwin = 0;
-    for (int s = 0; s < PRE; s++) {
+    for (int s = 0; s < steps; s++) {
         nb_electra_step_t st;
         if (nb_electra_step(e, &st, err, sizeof err)) {
             printf("%s\n", err);
-            nb_electra_free(e);
             return 1;
         }
         win += st.disc_loss, wacc += st.disc_acc, nwin++;
-        if ((s + 1) % 50 == 0 || s == PRE - 1) {
-            printf("[%.0f s] pretrain width %d %s step %d: gen loss %.3f, disc loss %.4f acc %.3f (mean of %d)\n",
-                   nb_now_s_bench(), gen_width, tied ? "tied" : "untied", s + 1, st.gen_loss[0], win / nwin,
+        if ((s + 1) % 50 == 0 || s == steps - 1) {
+            printf("[%.0f s] pretrain width %d %s %s step %d: gen loss %.3f, disc loss %.4f acc %.3f (mean of %d)\n",
+                   nb_now_s_bench(), gen_width, tied ? "tied" : "untied", phase, s + 1, st.gen_loss[0], win / nwin,
                    wacc / nwin, nwin);
             fflush(stdout);
             win = wacc = 0, nwin = 0;
         }
-        if (s >= PRE - 20) {
-            sum += st.disc_loss;
-            rep += (double)st.replaced;
-            rtok += (double)st.tokens;
-            n++;
+        if (sum && s >= steps - 20) {
+            *sum += st.disc_loss;
+            *rep += (double)st.replaced;
+            *rtok += (double)st.tokens;
+            (*n)++;
         }
-        bytes += (double)st.wire_bytes;
-        toks += (double)st.tokens;
+        *bytes += (double)st.wire_bytes;
+        *toks += (double)st.tokens;
     }
+    return 0;
+}
+
+/* Pre-trains: PRE_SHORT steps on sequences of SHORT_T tokens (as many
+ * tokens per step: T / SHORT_T times the sequences), then PRE steps of T
+ * tokens starting from those weights (every model; the optimizers and the
+ * learning-rate schedule start over), as BERT does (mostly short
+ * sequences, then full ones). The discriminator's parameters (host copy)
+ * into *w, its mean loss over the last 20 steps into *loss, the loss of a
+ * discriminator that knows only the replaced share of those steps (its
+ * binary entropy: the prior) into *prior, wire bytes per token of the
+ * full-length phase into *wire. */
+static int pretrain(nb_backend_t *be, int gen_width, bool tied, float **w, double *loss, double *prior, double *wire)
+{
+    static nb_electra_config_t c;
+    nb_electra_t *e = NULL, *e0 = NULL;
+    char err[512];
+    double sum = 0, bytes = 0, toks = 0, rep = 0, rtok = 0, b0 = 0, t0 = 0;
+    int n = 0, rc = 1;
+    if (PRE_SHORT > 0) {
+        job_config(&c, gen_width, tied, SHORT_T, PRE_SEQS * (T / SHORT_T), PRE_SHORT);
+        if (nb_electra_new(be, &c, &e0, err, sizeof err)) {
+            printf("%s\n", err);
+            return 1;
+        }
+        if (run_job(e0, "short", PRE_SHORT, gen_width, tied, NULL, NULL, NULL, NULL, &b0, &t0))
+            goto out;
+    }
+    job_config(&c, gen_width, tied, T, PRE_SEQS, PRE);
+    if (nb_electra_new(be, &c, &e, err, sizeof err)) {
+        printf("%s\n", err);
+        goto out;
+    }
+    if (e0) {
+        for (int i = 0; i < K; i++)
+            copy_params(be, nb_electra_gen_part(nb_electra_gen(e, i)), nb_electra_gen_part(nb_electra_gen(e0, i)));
+        copy_params(be, nb_electra_disc_part(nb_electra_disc(e)), nb_electra_disc_part(nb_electra_disc(e0)));
+        nb_electra_free(e0);
+        e0 = NULL;
+    }
+    if (run_job(e, "full", PRE, gen_width, tied, &sum, &rep, &rtok, &n, &bytes, &toks))
+        goto out;
     *loss = sum / n;
     double q = rep / rtok;
     *prior = -(q * log(q) + (1 - q) * log(1 - q));
@@ -213,8 +272,11 @@ static int pretrain(nb_backend_t *be, int gen_width, bool tied, float **w, doubl
     size_t np = nb_part_num_params(p);
     *w = malloc(np * sizeof(float));
     nb_be_to_host(be, *w, nb_part_params(p), np * sizeof(float));
+    rc = 0;
+out:
+    nb_electra_free(e0);
     nb_electra_free(e);
-    return 0;
+    return rc;
 }
 
 /* Fills B snippets and their classes. Training (eval = false): batch b of
@@ -360,6 +422,177 @@ static double finetune(nb_backend_t *be, const float *w, bool vote, uint64_t see
     return (double)right / rows;
 }
 
+/* ---- NB_ELECTRA_PROBE=1: why the discriminator stays at the prior ------ */
+
+static double coin_entropy(double q) { return -(q * log(q) + (1 - q) * log(1 - q)); }
+
+/* The loss of a detector that knows the training text's bigram statistics
+ * exactly (add-one counts over the pre-training text, so a little
+ * optimistic) and reads both neighbours, against replacements drawn from
+ * the text's unigram distribution at 15% of the positions: how far below
+ * the prior a discriminator that learns "which bytes follow which" can get.
+ * *prior gets the entropy of the replaced share. */
+static double bigram_bound(double *prior)
+{
+    static double big[256][256];
+    double uni[256] = { 0 }, cum[257] = { 0 }, tot = 0;
+    for (int a = 0; a < 256; a++)
+        for (int b = 0; b < 256; b++)
+            big[a][b] = 1;
+    for (int i = 0; i < K; i++)
+        for (uint64_t k = 0; k < n_train[i]; k++) {
+            uni[train_ids[i][k]]++, tot++;
+            if (k + 1 < n_train[i])
+                big[train_ids[i][k]][train_ids[i][k + 1]]++;
+        }
+    for (int a = 0; a < 256; a++) {
+        double r = 0;
+        for (int b = 0; b < 256; b++)
+            r += big[a][b];
+        for (int b = 0; b < 256; b++)
+            big[a][b] /= r;
+        uni[a] /= tot;
+        cum[a + 1] = cum[a] + uni[a];
+    }
+    double mix[256] = { 0 }, same = 0; /* mix: the next byte after a unigram draw */
+    for (int a = 0; a < 256; a++) {
+        same += uni[a] * uni[a];
+        for (int b = 0; b < 256; b++)
+            mix[b] += uni[a] * big[a][b];
+    }
+    double q = 0.15 * (1 - same), lo = log(q / (1 - q)), loss = 0, flags = 0, n = 0;
+    nb_rng_t r;
+    nb_rng_init(&r, 4242, 0, 0);
+    for (int i = 0; i < K; i++) {
+        uint64_t m = n_train[i];
+        int32_t *y = malloc(m * sizeof *y);
+        uint8_t *f = malloc(m);
+        for (uint64_t k = 0; k < m; k++) {
+            y[k] = (int32_t)train_ids[i][k], f[k] = 0;
+            if (nb_rng_uniform(&r) < 0.15) {
+                double u = nb_rng_uniform(&r);
+                int c = 0;
+                while (c < 255 && cum[c + 1] <= u)
+                    c++;
+                f[k] = c != y[k], y[k] = c;
+            }
+        }
+        for (uint64_t k = 1; k + 1 < m; k++) { /* log-odds that y[k] was replaced */
+            double l = lo + log(uni[y[k]]) - log(big[y[k - 1]][y[k]]) + log(mix[y[k + 1]]) -
+                       log(big[y[k]][y[k + 1]]);
+            double pr = 1 / (1 + exp(-l));
+            loss -= f[k] ? log(pr) : log(1 - pr);
+            flags += f[k], n++;
+        }
+        free(y);
+        free(f);
+    }
+    *prior = coin_entropy(flags / n);
+    return loss / n;
+}
+
+/* Trains the discriminator's model alone (tokcls, 2 classes) for `steps`
+ * steps of 2,048 tokens in sequences of len on one of three tasks and
+ * returns its mean loss over the last 50 steps (*prior: the entropy of the flag
+ * share over them). task 0: the training text, 15% of the positions redrawn
+ * from its unigram distribution, flagged where the draw differs (replaced-
+ * token detection against a generator at the unigram level, without the
+ * generator). task 1: random bytes, flag = the lowest bit of the byte
+ * before (the neighbour alone gives the answer). task 2: letters of
+ * alternating case ('a'..'h', 'A'..'H', each at random) from a random first
+ * case, 15% redrawn uniformly from the 16 (a generator at the unigram
+ * level): a replacement of the wrong case shows by its neighbours only, and
+ * neither the token alone nor a neighbour alone tells anything about the
+ * flag (the task of the first, as pure as it gets). */
+static double disc_alone(nb_backend_t *be, int task, int len, int steps, double *prior)
+{
+    nb_model_config_t mc = disc_model(NB_MODEL_HEAD_TOKCLS, 2);
+    nb_part_spec_t spec = nb_part_spec_full(&mc);
+    nb_part_t *p = NULL;
+    char err[256];
+    int B = 2048 / len;
+    NB_CHECK(nb_part_new(be, &mc, &spec, 11, NULL, &p, err, sizeof err) == 0);
+    nb_part_acts_t *a = NULL;
+    NB_CHECK(nb_part_acts_new(p, B, len, &a) == 0);
+    nb_optim_config_t oc = optim(PRE_LR, steps);
+    nb_optim_t *o = NULL;
+    NB_CHECK(nb_part_optim_new(p, &oc, &o) == 0);
+    double cum[257] = { 0 }, tot = 0;
+    for (int i = 0; i < K; i++)
+        for (uint64_t k = 0; k < n_train[i]; k++)
+            cum[train_ids[i][k] + 1]++, tot++;
+    for (int c = 0; c < 256; c++)
+        cum[c + 1] = cum[c] + cum[c + 1] / tot;
+    int32_t *ids = malloc((size_t)B * len * 4), *tg = malloc((size_t)B * len * 4);
+    int32_t *d_ids = nb_be_alloc(be, (size_t)B * len * 4), *d_tg = nb_be_alloc(be, (size_t)B * len * 4);
+    double sum = 0, flags = 0;
+    int win = steps < 50 ? steps : 50; /* the last 50 steps, or all */
+    for (int s = 0; s < steps; s++) {
+        nb_rng_t r;
+        nb_rng_init(&r, 4243, (uint64_t)s, 0);
+        long nf = 0;
+        for (int b = 0; b < B; b++) {
+            int cls = (int)nb_rng_below(&r, K), c0 = task == 2 ? (int)nb_rng_below(&r, 2) : 0;
+            uint64_t st = nb_rng_below(&r, n_train[cls] - (uint64_t)len + 1);
+            for (int t = 0; t < len; t++) {
+                int k = b * len + t, id = (int)train_ids[cls][st + (uint64_t)t], f = 0;
+                if (task == 2) {
+                    id = ((c0 + t) % 2 ? 'A' : 'a') + (int)nb_rng_below(&r, 8);
+                    if (nb_rng_uniform(&r) < 0.15) {
+                        int c = (nb_rng_below(&r, 2) ? 'A' : 'a') + (int)nb_rng_below(&r, 8);
+                        f = c != id, id = c;
+                    }
+                } else if (task == 1) {
+                    id = (int)nb_rng_below(&r, 256);
+                    f = t > 0 ? ids[k - 1] & 1 : 0;
+                } else if (nb_rng_uniform(&r) < 0.15) {
+                    double u = nb_rng_uniform(&r);
+                    int c = 0;
+                    while (c < 255 && cum[c + 1] <= u)
+                        c++;
+                    f = c != id, id = c;
+                }
+                ids[k] = id, tg[k] = f, nf += f;
+            }
+        }
+        nb_be_from_host(be, d_ids, ids, (size_t)B * len * 4);
+        nb_be_from_host(be, d_tg, tg, (size_t)B * len * 4);
+        nb_part_zero_grad(p);
+        nb_part_input_t in = { .tokens = d_ids, .targets = d_tg, .loss_scale = 50.0f };
+        float l;
+        NB_CHECK(nb_part_forward(p, a, &in, &l) == 0 && nb_part_backward(p, a, NULL) == 0);
+        double ss = nb_optim_sumsq(be, nb_part_grads(p), nb_part_num_grads(p));
+        nb_optim_step(o, nb_part_params(p), nb_part_grads(p), (float)nb_optim_lr(&oc, s), nb_optim_clip_scale(&oc, ss));
+        if (s >= steps - win)
+            sum += l, flags += (double)nf / ((double)B * len);
+    }
+    *prior = coin_entropy(flags / win);
+    free(ids);
+    free(tg);
+    nb_be_dealloc(be, d_ids);
+    nb_be_dealloc(be, d_tg);
+    nb_optim_free(o);
+    nb_part_acts_free(a);
+    nb_part_free(p);
+    return sum / win;
+}
+
+static void probe(nb_backend_t *be)
+{
+    double prior, b = bigram_bound(&prior);
+    printf("bench electra_probe_bigram_bound %.4f nats (prior %.4f)\n", b, prior);
+    static const char *const task[3] = { "unigram_replaced", "prev_byte_bit", "case_neighbours" };
+    static const int lens[3] = { T, 64, 16 };
+    for (int k = 0; k < 3; k++)
+        for (int j = 0; j < 3; j++) {
+            if ((k == 2) != (j == 2)) /* the case task on short sequences only */
+                continue;
+            double l = disc_alone(be, k, lens[j], PRE, &prior);
+            printf("bench electra_probe_%s_T%d %.4f nats (prior %.4f, %d steps)\n", task[k], lens[j], l, prior, PRE);
+            fflush(stdout);
+        }
+}
+
 int main(void)
 {
     if (getenv("NB_ELECTRA_PRE"))
@@ -382,6 +615,20 @@ int main(void)
         printf("NB_ELECTRA_SEEDS >= 1 and NB_ELECTRA_HEADS seqcls, vote or both needed\n");
         return 2;
     }
+    if (getenv("NB_ELECTRA_D_MODEL"))
+        D_MODEL = atoi(getenv("NB_ELECTRA_D_MODEL"));
+    if (D_MODEL < 16 || D_MODEL % 16) {
+        printf("NB_ELECTRA_D_MODEL: a multiple of 16 needed (4 heads; generators a quarter as wide, 2 heads)\n");
+        return 2;
+    }
+    if (getenv("NB_ELECTRA_PRE_SHORT"))
+        PRE_SHORT = atoi(getenv("NB_ELECTRA_PRE_SHORT"));
+    if (getenv("NB_ELECTRA_SHORT_T"))
+        SHORT_T = atoi(getenv("NB_ELECTRA_SHORT_T"));
+    if (PRE_SHORT < 0 || SHORT_T < 1 || SHORT_T > T || T % SHORT_T) {
+        printf("NB_ELECTRA_PRE_SHORT >= 0 and NB_ELECTRA_SHORT_T a divisor of %d needed\n", T);
+        return 2;
+    }
     if (getenv("NB_ELECTRA_PRE_SEQS"))
         PRE_SEQS = atoi(getenv("NB_ELECTRA_PRE_SEQS"));
     if (getenv("NB_ELECTRA_FT_BATCH"))
@@ -400,6 +647,7 @@ int main(void)
     }
     if (getenv("NB_ELECTRA_BENCH_QUICK")) {
         PRE /= 10;
+        PRE_SHORT /= 10;
         FT /= 10;
     }
     int rc = prepare();
@@ -408,6 +656,10 @@ int main(void)
     nb_backend_t *be = nb_cpu_backend_new();
     float *w = NULL, *wt = NULL, *wu = NULL;
     double loss = NAN, prior = NAN, wire, lt, lu, pt, pu, wire2;
+    if (getenv("NB_ELECTRA_PROBE") && !strcmp(getenv("NB_ELECTRA_PROBE"), "1")) {
+        probe(be);
+        goto out;
+    }
     /* NB_ELECTRA_CACHE=FILE: the pre-trained weights from FILE when it
      * exists (a raw float dump of an earlier run with the same settings),
      * else written there: fine-tuning variants without pre-training again */
@@ -422,7 +674,7 @@ int main(void)
         }
         fclose(cf);
     } else {
-        if ((rc = pretrain(be, 16, false, &w, &loss, &prior, &wire)))
+        if ((rc = pretrain(be, D_MODEL / 4, false, &w, &loss, &prior, &wire)))
             return rc;
         if (cache && (cf = fopen(cache, "wb"))) {
             nb_model_config_t dc = disc_model(NB_MODEL_HEAD_TOKCLS, 2);
@@ -480,7 +732,8 @@ int main(void)
     const char *tied = getenv("NB_ELECTRA_TIED");
     if (!tied || strcmp(tied, "1"))
         goto out;
-    if ((rc = pretrain(be, 64, true, &wt, &lt, &pt, &wire2)) || (rc = pretrain(be, 64, false, &wu, &lu, &pu, &wire2)))
+    if ((rc = pretrain(be, D_MODEL, true, &wt, &lt, &pt, &wire2)) ||
+        (rc = pretrain(be, D_MODEL, false, &wu, &lu, &pu, &wire2)))
         return rc;
     printf("bench electra_disc_loss_tied %.4f nats\n", lt);
     printf("bench electra_disc_loss_untied %.4f nats\n", lu);

@@ -98,6 +98,11 @@ static void test_encdec_parsed(void **state)
     assert_int_equal(j->spans.max_tokens, 5);
     assert_int_equal(j->spans.hold, 10);
     assert_int_equal(j->spans.eval_windows, 256);
+    /* job.output: the decoder's weights (a weights file records its
+     * cross-attention, version 5), beside job.encoder.output */
+    if (load_job(-1, NULL, "  output: dec.weights\n"))
+        fail_msg("%s", err);
+    assert_string_equal(cfg.job.output, "dir/dec.weights");
     /* an explicit causal encoder stays causal */
     assert_int_equal(load_job(4, "    model: { n_layer: 2, d_model: 32, n_head: 2, vocab: 30522, causal: true }\n",
                               NULL), 0);
@@ -144,10 +149,6 @@ static void test_encdec_refusals(void **state)
     expect_err(load_job(-1, NULL, "  eval: { fraction: 0.1 }\n"),
                "dir/t.yaml:19:9: job.eval: not used by an encoder-decoder job: its held-out windows are every "
                "job.spans.hold-th window of each text, scored at the end");
-    expect_err(load_job(-1, NULL, "  output: dec.weights\n"),
-               "dir/t.yaml:19:11: job.output: the decoder's weights cannot be written yet: a weights file does not "
-               "record cross-attention blocks, so it could not be read back; remove job.output (job.encoder.output "
-               "writes the encoder's)");
     expect_err(load_job(-1, NULL, "  lowrank: { block: 0, rank: 4 }\n"),
                "dir/t.yaml:19:12: job.lowrank: not supported in an encoder-decoder job yet");
     expect_err(load_job(14, "    max_tokens: 8\n", NULL),

@@ -3,9 +3,8 @@
 # on loopback (docs/finetune.md, "Across two daemons"): the decoder's daemon
 # (role coordinator with job.encoder) and the encoder's daemon (role stage,
 # encdec_encoder: true) read the same job section. With fp32 on the wire
-# the progress lines and the encoder's final weights equal nebula-train's
-# single-process run bit for bit (the decoder's weights cannot be written
-# yet: its equality is test_encdec_cut's). With fp16(svd(0.6)) forward and
+# the progress lines and both models' final weights equal nebula-train's
+# single-process run bit for bit. With fp16(svd(0.6)) forward and
 # int8 backward (job.codecs) the job reports under a third of the wire bytes
 # at nearly the same loss. An encoder's daemon whose job section differs is
 # refused (both digests named); a peer with a valid certificate that is not
@@ -39,6 +38,7 @@ job:
 $1
   model: { n_layer: 1, d_model: 32, n_head: 2, vocab: 30522, max_seq: 8, cross_attn: true }
   adapters: { size: 4, after: [xattn] }
+  output: run/dec-$4.weights
   spans:
     text: [$lic/Apache-2.0, $lic/MPL-2.0]
     tokenizer: $vocab
@@ -115,6 +115,7 @@ sed -n 's/.*\] \(step  *[0-9]*\/[0-9]*  loss .*grad_norm [0-9.]*\)  pairs.*/\1/p
 cmp -s "$work/ref-lines.txt" "$work/dec-lines.txt" ||
   fail "fp32: logged losses differ: $(diff "$work/ref-lines.txt" "$work/dec-lines.txt" | head -4 | tr '\n' ';')"
 cmp -s "$work/run/enc-ref.weights" "$work/run/enc-fp32.weights" || fail "fp32: the encoder's weights differ"
+cmp -s "$work/run/dec-ref.weights" "$work/run/dec-fp32.weights" || fail "fp32: the decoder's weights differ"
 expect_grep "job done: 4 steps .* (1.0[0-9]* of fp32)" "$work/dec-fp32.log"
 
 # run 2: the source's codecs, fp16(svd(0.6)) forward and int8 backward:

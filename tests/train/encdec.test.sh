@@ -2,9 +2,11 @@
 # nebula-train on an encoder-decoder job (job.encoder, job.spans;
 # docs/finetune.md): a tiny encoder with adapters only and a decoder with
 # cross-attention learn span restoration on real text; the progress lines
-# and the held-out score; two runs write bit-identical weights; the
-# encoder's frozen tensors stay bit-identical while its adapters train;
-# and the refusals, each with its reason and exit status.
+# and the held-out score; two runs write bit-identical weights (both
+# models'); the decoder's weights file (with its cross-attention) loads
+# back bit for bit; the encoder's frozen tensors stay bit-identical while
+# its adapters train; and the refusals, each with its reason and exit
+# status.
 set -euo pipefail
 . tests/support/assert.sh
 build=${NB_BUILD:-build}
@@ -28,6 +30,7 @@ job:
     output: enc.weights
   model: { n_layer: 1, d_model: 32, n_head: 2, vocab: 30522, max_seq: 8, cross_attn: true }
   adapters: { size: 4, after: [xattn] }
+  output: dec.weights
   spans:
     text: [$lic/Apache-2.0, $lic/MPL-2.0]
     tokenizer: $vocab
@@ -55,12 +58,22 @@ expect_grep '^nebula-train: decoder: pre-LN with cross-attention, 1 layers, .* t
 expect_grep '^step     6/6  loss [0-9.]*  lr [0-9.e+-]*  grad_norm [0-9.]*  pairs/s [0-9]*$' "$work/run1.txt"
 expect_grep '^nebula-train: held-out: 24 pairs, loss [0-9.]*, exact match [0-9.]*, token F1 [0-9.]*$' "$work/run1.txt"
 [ "$(head -c 4 "$work/enc.weights")" = NBWT ] || fail "no encoder weights file"
+expect_grep '^nebula-train: decoder weights written to .*dec.weights$' "$work/run1.txt"
 cp "$work/enc.weights" "$work/enc1.weights"
+cp "$work/dec.weights" "$work/dec1.weights"
+# the decoder's file records its cross-attention (weights version 5)
+"$weights" show "$work/dec1.weights" > "$work/show.txt"
+expect_grep '^  cross-attention: every block reads an encoder.s output' "$work/show.txt"
+[ "$(od -An -tu4 -j4 -N4 "$work/dec1.weights" | tr -d ' ')" = 5 ] || fail "the decoder's file is not version 5"
+# generation reads no encoder: a decoder's file is refused with the reason
+"$build/bin/nebula-generate" --prompt-ids "101 102" "$work/dec1.weights" > /dev/null 2> "$work/err.txt" &&
+  fail "nebula-generate ran a decoder without its encoder"
+expect_grep 'generation needs a model without cross-attention' "$work/err.txt"
 
-# the same run again: the same bits (the logged losses and held-out score
-# cover the decoder, whose weights a weights file cannot hold yet)
+# the same run again: the same bits
 "$train" --config "$work/t.yaml" > "$work/run2.txt"
 cmp "$work/enc.weights" "$work/enc1.weights" || fail "two identical runs wrote different encoder weights"
+cmp "$work/dec.weights" "$work/dec1.weights" || fail "two identical runs wrote different decoder weights"
 diff <(grep '^step\|held-out' "$work/run1.txt" | sed 's/pairs\/s.*//') \
   <(grep '^step\|held-out' "$work/run2.txt" | sed 's/pairs\/s.*//') || fail "two identical runs logged differently"
 
@@ -74,6 +87,34 @@ if grep -v '\.ad_' "$work/cmp.txt" | grep 'max abs diff' | grep -v 'max abs diff
   fail "a frozen encoder tensor changed"
 fi
 [ "$(grep '\.ad_' "$work/cmp.txt" | grep -vc 'max abs diff 0,')" -eq 8 ] || fail "want all 8 adapter tensors trained"
+
+# the written decoder loads back as it was trained: a run starting from
+# both files with the decoder frozen writes the decoder's file again, every
+# one of its 28 tensors bit for bit
+write 's/^  seed: 5/  seed: 5\n  init: dec1.weights\n  freeze: ["*"]/; s/    output: enc.weights/    output: enc2.weights\n    init: enc1.weights/; s/  output: dec.weights/  output: dec2.weights/'
+"$train" --config "$work/t.yaml" --steps 2 > "$work/back.txt" 2> "$work/back.err"
+expect_grep '^nebula-train: decoder: pre-LN with cross-attention, .* from .*dec1.weights; training 0 of 28 tensors' \
+  "$work/back.txt"
+! grep -q 'without cross-attention' "$work/back.err" || fail "the decoder's file was read as a model without cross-attention"
+"$weights" compare --tol 0 "$work/dec2.weights" "$work/dec1.weights" > "$work/cmp.txt" || fail "decoder differs"
+[ "$(grep -c 'max abs diff 0,' "$work/cmp.txt")" -eq 28 ] || { cat "$work/cmp.txt"; fail "want 28 equal decoder tensors"; }
+
+# through safetensors (Nebula names): the metadata records cross_attn, the
+# import gives the decoder's file back byte for byte, and a job.init from
+# the export loads the decoder as it was trained; a cross_attn other than
+# 0 or 1 in the metadata is refused
+"$weights" export --names nebula "$work/dec1.weights" "$work/dec.safetensors" > /dev/null
+"$weights" show "$work/dec.safetensors" > "$work/show.txt"
+expect_grep '^  metadata nebula.model: .* tie_embeddings=1 adapters=4,2,0,1 cross_attn=1$' "$work/show.txt"
+"$weights" import "$work/dec.safetensors" "$work/dec3.weights" > /dev/null
+cmp "$work/dec3.weights" "$work/dec1.weights" || fail "the decoder's safetensors import differs"
+sed -i 's/  init: dec1.weights/  init: dec.safetensors/' "$work/t.yaml"
+"$train" --config "$work/t.yaml" --steps 2 > "$work/back.txt" 2> "$work/back.err"
+! grep -q 'without cross-attention' "$work/back.err" || fail "the decoder's export was read as a model without cross-attention"
+cmp "$work/dec2.weights" "$work/dec1.weights" || fail "the decoder from its safetensors export differs"
+perl -0777 -pi -e 's/cross_attn=1/cross_attn=2/' "$work/dec.safetensors"
+expect_rc 2 "$weights" import "$work/dec.safetensors" "$work/dec3.weights" 2> "$work/err.txt"
+expect_grep 'broken nebula.model' "$work/err.txt"
 
 # refusals: the key, the reason, exit status 78 (2 for a bad option)
 refused() { # WANT-STATUS PATTERN SED-EXPRESSION [ARGS...]
@@ -96,7 +137,6 @@ refused 78 'freeze every tensor of both models: nothing would train' \
 refused 78 'job.model.vocab 1000 is smaller than the vocabulary of job.spans.tokenizer (30522 tokens)' \
   's/max_seq: 8, cross_attn/max_seq: 8, vocab: 1000, cross_attn/; s/n_head: 2, vocab: 30522, max_seq: 8/n_head: 2, max_seq: 8/'
 refused 2 'not supported for an encoder-decoder job' '' --checkpoint "$work/ck"
-refused 78 'job.output: the decoder.s weights cannot be written yet' 's/^  seed: 5/  seed: 5\n  output: dec.weights/'
 
 # a decoder pre-trained by an ordinary GPT run (no cross-attention): its
 # tensors load, the cross-attention blocks start seeded and train
@@ -113,6 +153,19 @@ job:
   output: gpt.weights
 YAML
 "$train" --config "$work/gpt.yaml" > /dev/null
+# a model without cross-attention exports as before (no cross_attn in its
+# metadata), and its export starts a decoder as its weights file does
+"$weights" export --names nebula "$work/gpt.weights" "$work/gpt.safetensors" > /dev/null
+"$weights" show "$work/gpt.safetensors" > "$work/show.txt"
+expect_grep '^  metadata nebula.model: .* tie_embeddings=1$' "$work/show.txt"
+# and a decoder's export does not start a model without cross-attention
+"$weights" export --names nebula "$work/dec1.weights" "$work/dec4.safetensors" > /dev/null
+sed 's/^  output: gpt.weights/  output: gpt2.weights\n  init: dec4.safetensors/' "$work/gpt.yaml" > "$work/gpt2.yaml"
+"$train" --config "$work/gpt2.yaml" > /dev/null 2> "$work/err.txt" && fail "a decoder's export started a GPT"
+expect_grep "cross_attn is 1 in the pretrained model, 0 in this job.s model" "$work/err.txt"
+write 's/^  seed: 5/  seed: 5\n  init: gpt.safetensors/'
+"$train" --config "$work/t.yaml" --steps 1 > /dev/null 2> "$work/init.err"
+expect_grep 'job.init: .*gpt.safetensors holds a model without cross-attention' "$work/init.err"
 write 's/^  seed: 5/  seed: 5\n  init: gpt.weights\n  freeze: ["*"]\n  trainable: ["*.x*", "*.ad_*"]/'
 "$train" --config "$work/t.yaml" > "$work/init.txt" 2> "$work/init.err"
 cat "$work/init.err"

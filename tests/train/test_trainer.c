@@ -493,6 +493,94 @@ static void test_weights_lowrank(void **state)
     nb_be_free(be);
 }
 
+/* Cross-attention (job.model.cross_attn: the decoder of an encoder-decoder
+ * job) travels in the weights file: such a model is written as version 5
+ * and reads back bit for bit (with adapters after xattn too); a model
+ * without cross-attention refuses the file naming the field, in
+ * nb_weights_load and job.init, and a decoder refuses a file without it
+ * (version 1: none by its version), unchanged; peek reads it back, and a
+ * cross_attn field other than 0 or 1 is refused. */
+static void test_weights_cross_attn(void **state)
+{
+    (void)state;
+    nb_backend_t *be = nb_cpu_backend_new();
+    nb_train_config_t c = small_config();
+    nb_model_config_t xa = c.model, xad = c.model;
+    xa.cross_attn = true;
+    xad = xa;
+    xad.adapter_size = 4;
+    xad.adapter_after = NB_ADAPTER_XATTN | NB_ADAPTER_FFN;
+    xad.adapter_first = 0;
+    xad.adapter_last = 2;
+    nb_part_spec_t spec = nb_part_spec_full(&c.model);
+    char err[512];
+    const nb_model_config_t *models[2] = { &xa, &xad };
+    for (int v = 0; v < 2; v++) {
+        nb_part_t *p, *q, *plain;
+        assert_int_equal(nb_part_new(be, models[v], &spec, 1, NULL, &p, err, sizeof err), 0);
+        assert_int_equal(nb_part_new(be, models[v], &spec, 2, NULL, &q, err, sizeof err), 0);
+        assert_int_equal(nb_part_new(be, &c.model, &spec, 3, NULL, &plain, err, sizeof err), 0);
+        assert_int_equal(nb_weights_save(w_path, p, err, sizeof err), 0);
+        assert_int_equal(file_version(w_path), 5);
+        if (nb_weights_load(w_path, q, err, sizeof err))
+            fail_msg("%s", err);
+        size_t n = nb_part_num_params(p);
+        float *a = malloc(n * 4), *b = malloc(n * 4);
+        nb_be_to_host(be, a, nb_part_params(p), n * 4);
+        nb_be_to_host(be, b, nb_part_params(q), n * 4);
+        assert_memory_equal(a, b, n * 4);
+        nb_weights_info_t info;
+        if (nb_weights_peek(w_path, &info, err, sizeof err))
+            fail_msg("%s", err);
+        assert_true(info.model.cross_attn);
+        assert_int_equal(info.model.adapter_size, models[v]->adapter_size);
+        assert_int_equal(info.n_tensors, nb_part_num_tensors(p));
+        assert_int_equal(info.n_params, n);
+        nb_weights_info_free(&info);
+        /* into a model without cross-attention: refused, naming the field */
+        if (v == 0) {
+            assert_int_equal(nb_weights_load(w_path, plain, err, sizeof err), NB_EINVAL);
+            printf("  refused: %s\n", err);
+            if (!strstr(err, "cross_attn is 1 in the file, 0 in this model (job.model.cross_attn"))
+                fail_msg("'%s' does not name cross_attn", err);
+            assert_int_equal(nb_weights_load_part(w_path, plain, err, sizeof err), NB_EINVAL);
+            printf("  refused (job.init): %s\n", err);
+            if (!strstr(err, "cross_attn is 1 in the file, 0 in this model"))
+                fail_msg("'%s' does not name cross_attn", err);
+        }
+        /* a cross_attn field of 2: refused by peek (and so job.init) and load */
+        FILE *f = fopen(w_path, "r+b");
+        int32_t two = 2;
+        assert_int_equal(fseek(f, 8 + 4 * 23, SEEK_SET), 0);
+        assert_int_equal(fwrite(&two, 4, 1, f), 1);
+        fclose(f);
+        assert_int_equal(nb_weights_peek(w_path, &info, err, sizeof err), NB_EFORMAT);
+        printf("  refused: %s\n", err);
+        assert_non_null(strstr(err, "cross_attn is 2, must be 0 or 1"));
+        assert_int_equal(nb_weights_load(w_path, q, err, sizeof err), NB_EINVAL);
+        assert_non_null(strstr(err, "cross_attn is 2 in the file"));
+        /* a file without cross-attention (version 1) into the decoder */
+        assert_int_equal(nb_weights_save(w_path, plain, err, sizeof err), 0);
+        assert_int_equal(file_version(w_path), 1);
+        if (v == 0) {
+            assert_int_equal(nb_weights_load(w_path, q, err, sizeof err), NB_EINVAL);
+            printf("  refused: %s\n", err);
+            assert_non_null(strstr(err, "cross_attn is 0 in the file (by its version), 1 in this model"));
+            assert_int_equal(nb_weights_load_part(w_path, q, err, sizeof err), NB_EINVAL);
+            printf("  refused (job.init): %s\n", err);
+            assert_non_null(strstr(err, "cross_attn is 0 in the file, 1 in this model"));
+        }
+        nb_be_to_host(be, b, nb_part_params(q), n * 4);
+        assert_memory_equal(a, b, n * 4); /* unchanged by the refusals */
+        free(a);
+        free(b);
+        nb_part_free(p);
+        nb_part_free(q);
+        nb_part_free(plain);
+    }
+    nb_be_free(be);
+}
+
 /* Held-out evaluation: with eval_fraction 0.1 the file's last 10% is held
  * out. Its tokens (IDs 200..255, which the first 90% lacks) never reach a
  * training batch: their rows of the untied input embedding keep their
@@ -1137,7 +1225,8 @@ static void test_resume_after_skipped(void **state)
 /* nb_weights_layout equals the layout of a real part, for every head,
  * norm, tying and cut, with and without a low-rank split in block 0 or in
  * the top block (whose cuts then end at, and begin with, the factor: the
- * head-only part of a U-shape begins with it); nb_weights_peek reads a
+ * head-only part of a U-shape begins with it), and with cross-attention in
+ * every block; nb_weights_peek reads a
  * real file's table. */
 static void test_weights_layout(void **state)
 {
@@ -1147,7 +1236,7 @@ static void test_weights_layout(void **state)
     nb_head_kind_t heads[] = { NB_MODEL_HEAD_LM, NB_MODEL_HEAD_MLM, NB_MODEL_HEAD_SEQCLS, NB_MODEL_HEAD_TOKCLS };
     nb_part_spec_t specs[] = { { true, 0, 3, true }, { true, 0, 1, false }, { false, 1, 3, false },
                                { false, 3, 3, true }, { false, 2, 3, true } };
-    for (int lr = 0; lr < 3; lr++)
+    for (int lr = 0; lr < 4; lr++) /* lr 3: cross-attention, no split */
     for (int hk = 0; hk < 4; hk++)
         for (int norm = 0; norm < 2; norm++)
             for (int tie = 0; tie < 2; tie++)
@@ -1156,7 +1245,8 @@ static void test_weights_layout(void **state)
                                             .max_seq = 8, .causal = true, .norm = norm ? NB_MODEL_NORM_POST
                                                                                        : NB_MODEL_NORM_PRE,
                                             .head = heads[hk], .n_classes = 3, .tie_embeddings = tie,
-                                            .lowrank_block = lr == 2 ? 2 : 0, .lowrank_rank = lr ? 5 : 0 };
+                                            .lowrank_block = lr == 2 ? 2 : 0,
+                                            .lowrank_rank = lr == 1 || lr == 2 ? 5 : 0, .cross_attn = lr == 3 };
                     if (hk < 2)
                         m.n_classes = 0;
                     nb_part_t *tie_part = NULL, *p = NULL;
@@ -1164,9 +1254,9 @@ static void test_weights_layout(void **state)
                     if (specs[sp].head && !specs[sp].embed && tie && hk < 2)
                         assert_int_equal(nb_part_new(be, &m, &es, 1, NULL, &tie_part, err, sizeof err), 0);
                     assert_int_equal(nb_part_new(be, &m, &specs[sp], 1, tie_part, &p, err, sizeof err), 0);
-                    nb_weights_tensor_t t[64];
+                    nb_weights_tensor_t t[128];
                     uint64_t np;
-                    int n = nb_weights_layout(&m, &specs[sp], t, 64, &np);
+                    int n = nb_weights_layout(&m, &specs[sp], t, 128, &np);
                     assert_int_equal(n, nb_part_num_tensors(p));
                     assert_int_equal(np, nb_part_num_params(p));
                     for (int i = 0; i < n; i++) {
@@ -1183,6 +1273,7 @@ static void test_weights_layout(void **state)
                     assert_int_equal(info.n_params, np);
                     assert_int_equal(info.model.lowrank_rank, m.lowrank_rank);
                     assert_int_equal(info.model.lowrank_block, m.lowrank_block);
+                    assert_int_equal(info.model.cross_attn, m.cross_attn);
                     if (n > 0) /* a post-LN tied head alone holds no tensor */
                         assert_int_equal(info.tensors[n - 1].file_offset + info.tensors[n - 1].numel * 4,
                                          info.file_bytes);
@@ -1303,6 +1394,7 @@ int main(void)
         cmocka_unit_test(test_weights_file),
         cmocka_unit_test(test_weights_model_settings),
         cmocka_unit_test(test_weights_lowrank),
+        cmocka_unit_test(test_weights_cross_attn),
         cmocka_unit_test(test_eval_split),
         cmocka_unit_test(test_checkpoint_resume),
         cmocka_unit_test(test_resume_legs),
