@@ -57,6 +57,7 @@
 #include "daemon/log.h"
 #include "daemon/pipeline/job.h"
 #include "daemon/train/encdec_run.h"
+#include "daemon/pipeline/encdec_msg.h"
 #include "daemon/train/hf_model.h"
 #include "daemon/train/lowrank_init.h"
 #include "daemon/train/trainer.h"
@@ -145,37 +146,6 @@ static nb_optim_config_t to_optim(const nb_cfg_optim_t *o, int steps)
     };
 }
 
-/* Maps an encoder-decoder job (job.encoder) onto encdec.h's structs;
- * texts receives the pointers to the text paths (cfg must outlive ec). */
-static int to_encdec_config(const nb_config_t *cfg, nb_encdec_config_t *ec, const char **texts, char *err,
-                            size_t errlen)
-{
-    const nb_cfg_job_t *j = &cfg->job;
-    memset(ec, 0, sizeof *ec);
-    ec->enc = (nb_encdec_side_t){ .model = to_model(&j->encoder.model), .key = "job.encoder" };
-    ec->dec = (nb_encdec_side_t){ .model = to_model(&j->model), .key = "job" };
-    if (set_adapters(cfg, &j->encoder.adapters, "job.encoder", &ec->enc.model, err, errlen) ||
-        set_adapters(cfg, &j->adapters, "job", &ec->dec.model, err, errlen))
-        return -1;
-    to_freeze(&ec->enc.freeze, j->encoder.n_freeze, j->encoder.freeze, j->encoder.n_trainable, j->encoder.trainable);
-    to_freeze(&ec->dec.freeze, j->n_freeze, j->freeze, j->n_trainable, j->trainable);
-    snprintf(ec->enc.init, sizeof ec->enc.init, "%s", j->encoder.init);
-    snprintf(ec->dec.init, sizeof ec->dec.init, "%s", j->init);
-    ec->optim = to_optim(&j->optimizer, (int)j->steps);
-    ec->seed = j->seed;
-    ec->batch = (int)j->batch;
-    ec->micro_batches = j->micro_batches > 0 ? (int)j->micro_batches : 1;
-    ec->steps = (int)j->steps;
-    ec->max_skipped_steps = (int)j->max_skipped_steps;
-    for (int i = 0; i < j->spans.n_text; i++)
-        texts[i] = j->spans.text[i];
-    ec->task = (nb_spans_config_t){ .texts = texts, .n_texts = j->spans.n_text, .tokenizer = j->spans.tokenizer,
-                                    .src_len = (int)j->seq_len, .min_tokens = j->spans.min_tokens,
-                                    .max_tokens = j->spans.max_tokens, .hold = j->spans.hold };
-    ec->eval_pairs = (int)j->spans.eval_windows;
-    return 0;
-}
-
 /* Maps the loaded job onto the trainer's plain structs. */
 static int to_train_config(const nb_config_t *cfg, nb_train_config_t *tc, char *err, size_t errlen)
 {
@@ -259,7 +229,7 @@ static int run_encdec(const nb_config_t *cfg, const char *config_path, long step
     nb_encdec_config_t ec;
     const char *texts[NB_CFG_MAX_TEXTS];
     char err[2048];
-    if (to_encdec_config(cfg, &ec, texts, err, sizeof err) != 0) {
+    if (nb_encdec_cfg_convert(cfg, &ec, texts, err, sizeof err) != 0) { /* the daemons' conversion too */
         nb_log_error(NULL, "%s", err);
         return NB_CFG_EXIT_CONFIG;
     }

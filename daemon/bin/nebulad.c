@@ -15,6 +15,7 @@
 #include "daemon/net/tls.h"
 #include "daemon/pipeline/coord_rt.h"
 #include "daemon/pipeline/electra_rt.h"
+#include "daemon/pipeline/encdec_rt.h"
 #include "daemon/pipeline/stage_rt.h"
 #include "daemon/core/memory.h"
 #include "daemon/service/service.h"
@@ -147,10 +148,16 @@ int main(int argc, char **argv)
     nb_stage_rt_t *stage = NULL;
     nb_electra_disc_rt_t *edisc = NULL; /* an ELECTRA job: the discriminator's daemon coordinates it */
     nb_electra_gen_rt_t *egen = NULL;
+    nb_encdec_dec_rt_t *edec = NULL; /* an encoder-decoder job: the decoder's daemon coordinates it */
+    nb_encdec_enc_rt_t *eenc = NULL;
     if (cfg.role == NB_ROLE_COORDINATOR && cfg.job.electra.n_generators > 0)
         rc = nb_electra_disc_rt_attach(svc, &edisc);
     else if (cfg.role == NB_ROLE_STAGE && cfg.electra_generator)
         rc = nb_electra_gen_rt_attach(svc, &egen);
+    else if (cfg.role == NB_ROLE_COORDINATOR && cfg.job.encoder.present)
+        rc = nb_encdec_dec_rt_attach(svc, &edec);
+    else if (cfg.role == NB_ROLE_STAGE && cfg.encdec_encoder)
+        rc = nb_encdec_enc_rt_attach(svc, &eenc);
     else
         rc = cfg.role == NB_ROLE_COORDINATOR ? nb_coord_rt_attach(svc, &coord) : nb_stage_rt_attach(svc, &stage);
     if (rc) {
@@ -165,6 +172,8 @@ int main(int argc, char **argv)
     nb_coord_rt_free(coord);
     nb_electra_disc_rt_free(edisc);
     nb_electra_gen_rt_free(egen);
+    nb_encdec_dec_rt_free(edec);
+    nb_encdec_enc_rt_free(eenc);
     nb_service_free(svc);
     if (uv_loop_close(&loop) != 0)
         nb_log_warn(NULL, "event loop closed with handles still open");

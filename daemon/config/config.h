@@ -186,6 +186,7 @@ typedef struct {
     int n_trainable;
     char trainable[NB_CFG_MAX_FREEZE][NB_CFG_PATTERN_MAX];
     nb_cfg_adapters_t adapters;
+    char daemon[NB_CFG_NAME_MAX]; /* role coordinator: the encoder's daemon */
 } nb_cfg_encoder_t;
 
 /* job.spans: the span-restoration task of an encoder-decoder job
@@ -253,6 +254,7 @@ typedef struct {
     char eval_data[NB_CFG_PATH_MAX];     /* stage: held-out token file when it hosts stage 0 and the
                                             job has job.eval.data */
     bool electra_generator;              /* stage: an ELECTRA generator daemon (docs/electra.md) */
+    bool encdec_encoder;                 /* stage: the encoder's daemon of an encoder-decoder job */
     char checkpoint_dir[NB_CFG_PATH_MAX];
     char status_socket[NB_CFG_PATH_MAX]; /* default /run/nebula/NAME.sock */
     char log_level[16];                  /* debug|info|warn|error */

@@ -686,11 +686,11 @@ static const struct {
                   "each text, scored at the end" },
     { "job.electra", "an encoder-decoder job is not an electra job: remove one of job.encoder and job.electra" },
     { "job.lowrank", "not supported in an encoder-decoder job yet" },
-    { "job.clusters", "an encoder-decoder job runs in one process (nebula-train) so far" },
-    { "job.codecs", "an encoder-decoder job runs in one process (nebula-train) so far: nothing is encoded" },
-    { "job.schedule", "an encoder-decoder job runs in one process (nebula-train) so far: there is no schedule" },
-    { "job.planner", "an encoder-decoder job runs in one process (nebula-train) so far: there is nothing to plan" },
-    { "job.topology", "an encoder-decoder job runs in one process (nebula-train) so far" },
+    { "job.clusters", "not used by an encoder-decoder job: its two daemons are job.encoder.daemon (the encoder) "
+                      "and this one (the decoder; docs/finetune.md)" },
+    { "job.schedule", "not used by an encoder-decoder job: its micro-batches run in lock-step (docs/finetune.md)" },
+    { "job.planner", "not used by an encoder-decoder job: there is no plan to choose (docs/finetune.md)" },
+    { "job.topology", "not used by an encoder-decoder job: its two halves are the encoder and the decoder" },
 };
 
 /* job.encoder and job.spans (role train): job.model is the decoder, with
@@ -816,11 +816,12 @@ static int check_job(cfg_ctx_t *c, nb_config_t *cfg)
                          "hold out a share of the token file or another file, not both", j->eval.fraction);
     /* Nothing in a pipeline job writes job.output yet: refuse it rather
      * than leave an operator looking for a file that never comes. */
-    if (c->role == NB_ROLE_COORDINATOR && !electra && j->output[0])
+    bool encdec = j->encoder.present;
+    if (c->role == NB_ROLE_COORDINATOR && !electra && !encdec && j->output[0])
         return fail_path(c, "job.output", "not written by a pipeline job: each stage daemon writes its part of the "
                          "model to its own checkpoint_dir as final-stageS.weights; remove job.output (only role "
                          "train, nebula-train, writes it)");
-    if (c->role == NB_ROLE_COORDINATOR && !electra && j->n_clusters == 0)
+    if (c->role == NB_ROLE_COORDINATOR && !electra && !encdec && j->n_clusters == 0)
         return fail_path(c, "job.clusters", "missing required key (role coordinator)");
     if (j->n_clusters == 0)
         return 0;
@@ -916,6 +917,20 @@ static int check_all(cfg_ctx_t *c, nb_config_t *cfg)
         if (cfg->electra_generator && !cfg->data[0])
             return fail_path(c, "data", "missing: an ELECTRA generator daemon (electra_generator: true) trains on "
                              "its own token file");
+        bool job = cfg_given(c, "job");
+        if (job && !cfg->encdec_encoder)
+            return fail_path(c, "job", "a stage daemon gets its job from the coordinator; only the encoder's daemon "
+                             "of an encoder-decoder job (encdec_encoder: true) reads its own job section");
+        if (!cfg->encdec_encoder)
+            return 0;
+        if (!job)
+            return fail_path(c, "encdec_encoder", "the encoder's daemon needs the job's section (job, with job.encoder "
+                             "and job.spans, as the decoder's daemon has it; docs/finetune.md)");
+        if (check_job(c, cfg))
+            return -1;
+        if (!cfg->job.encoder.present)
+            return fail_path(c, "job.encoder", "missing: the encoder's daemon (encdec_encoder: true) runs job.encoder");
+        cfg->job.present = true;
         return 0;
     }
     cfg->job.present = true;

@@ -247,6 +247,7 @@ static const nb__cfg_key_t encoder_keys[] = {
     { .name = "trainable", .type = NB__CFG_LIST, .sub = &trainable_elem, .off = offsetof(nb_cfg_encoder_t, trainable),
       .count_off = offsetof(nb_cfg_encoder_t, n_trainable), .max_items = NB_CFG_MAX_FREEZE, .doc = "exceptions to job.encoder.freeze" },
     { .name = "adapters", .type = NB__CFG_SECTION, .sub = adapter_keys, FLD(nb_cfg_encoder_t, adapters), .doc = "bottleneck adapters inside the encoder's blocks" },
+    { .name = "daemon", .type = NB__CFG_STR, .roles = C | S, .required = C, FLD(nb_cfg_encoder_t, daemon), .validate = v_name, .doc = "across two daemons: the certificate name of the encoder's daemon" },
     { 0 },
 };
 
@@ -255,9 +256,9 @@ static const nb__cfg_key_t spans_text_elem = {
 };
 
 static const nb__cfg_key_t spans_keys[] = {
-    { .name = "text", .type = NB__CFG_LIST, .required = T, .sub = &spans_text_elem, .off = offsetof(nb_cfg_spans_t, text),
+    { .name = "text", .type = NB__CFG_LIST, .required = C | S | T, .sub = &spans_text_elem, .off = offsetof(nb_cfg_spans_t, text),
       .count_off = offsetof(nb_cfg_spans_t, n_text), .max_items = NB_CFG_MAX_TEXTS, .doc = "UTF-8 text files the windows come from" },
-    { .name = "tokenizer", .type = NB__CFG_PATH, .required = T, FLD(nb_cfg_spans_t, tokenizer), .doc = "WordPiece vocabulary (vocab.txt or its directory) of both models" },
+    { .name = "tokenizer", .type = NB__CFG_PATH, .required = C | S | T, FLD(nb_cfg_spans_t, tokenizer), .doc = "WordPiece vocabulary (vocab.txt or its directory) of both models" },
     { .name = "min_tokens", .type = NB__CFG_INT, .min = 1, .max = 1024, .def = "1", FLD(nb_cfg_spans_t, min_tokens), .doc = "shortest span removed" },
     { .name = "max_tokens", .type = NB__CFG_INT, .min = 1, .max = 1024, .def = "4", FLD(nb_cfg_spans_t, max_tokens), .doc = "longest span removed; the decoder reads max_tokens + 1 positions" },
     { .name = "hold", .type = NB__CFG_INT, .min = 2, .max = 1000, .def = "10", FLD(nb_cfg_spans_t, hold), .doc = "every hold-th window of each file is held out" },
@@ -295,8 +296,8 @@ static const nb__cfg_key_t job_keys[] = {
     { .name = "checkpoint", .type = NB__CFG_SECTION, .roles = C, .sub = checkpoint_keys, FLD(nb_cfg_job_t, checkpoint), .doc = "coordinated checkpoints" },
     { .name = "recovery_timeout_s", .type = NB__CFG_DOUBLE, .roles = C, .min = 1, .max = 1e7, .def = "600", FLD(nb_cfg_job_t, recovery_timeout_s), .doc = "how long the daemons may take to come back after a fault before the job fails" },
     { .name = "max_restarts", .type = NB__CFG_INT, .roles = C, .min = 0, .max = 1e9, .def = "1000", FLD(nb_cfg_job_t, max_restarts), .doc = "recoveries after which the job fails" },
-    { .name = "encoder", .type = NB__CFG_SECTION, .roles = T, .sub = encoder_keys, FLD(nb_cfg_job_t, encoder), .doc = "the encoder of an encoder-decoder job; job.model is the decoder (docs/finetune.md)" },
-    { .name = "spans", .type = NB__CFG_SECTION, .roles = T, .sub = spans_keys, FLD(nb_cfg_job_t, spans), .doc = "span restoration: the task of an encoder-decoder job" },
+    { .name = "encoder", .type = NB__CFG_SECTION, .roles = C | S | T, .sub = encoder_keys, FLD(nb_cfg_job_t, encoder), .doc = "the encoder of an encoder-decoder job; job.model is the decoder (docs/finetune.md)" },
+    { .name = "spans", .type = NB__CFG_SECTION, .roles = C | S | T, .sub = spans_keys, FLD(nb_cfg_job_t, spans), .doc = "span restoration: the task of an encoder-decoder job" },
     { .name = "electra", .type = NB__CFG_SECTION, .roles = C | T, .sub = electra_keys, FLD(nb_cfg_job_t, electra), .doc = "multi-generator ELECTRA (nebula-electra, or a coordinator that is the discriminator's daemon); job.model is the discriminator" },
     { 0 },
 };
@@ -312,6 +313,7 @@ const nb__cfg_key_t nb__cfg_root[] = {
     { .name = "data", .type = NB__CFG_PATH, .roles = S, FLD(nb_config_t, data), .doc = "token file read here when this stage hosts the embedding" },
     { .name = "init", .type = NB__CFG_PATH, .roles = S, FLD(nb_config_t, init), .doc = "pretrained weights this stage's parts load when the job sets job.init" },
     { .name = "electra_generator", .type = NB__CFG_BOOL, .roles = S, .def = "false", FLD(nb_config_t, electra_generator), .doc = "this stage daemon is an ELECTRA generator: it trains the generator of job.electra.generators[] named like it, on its own data" },
+    { .name = "encdec_encoder", .type = NB__CFG_BOOL, .roles = S, .def = "false", FLD(nb_config_t, encdec_encoder), .doc = "this stage daemon runs the encoder of the encoder-decoder job in its own job section (docs/finetune.md)" },
     { .name = "eval_data", .type = NB__CFG_PATH, .roles = S, FLD(nb_config_t, eval_data), .doc = "held-out token file read here when this stage hosts the embedding and the job sets job.eval.data" },
     { .name = "checkpoint_dir", .type = NB__CFG_PATH, FLD(nb_config_t, checkpoint_dir), .doc = "directory for checkpoints" },
     { .name = "status_socket", .type = NB__CFG_PATH, FLD(nb_config_t, status_socket), .doc = "unix socket path; default /run/nebula/NAME.sock" },
@@ -320,7 +322,7 @@ const nb__cfg_key_t nb__cfg_root[] = {
     { .name = "heartbeat_timeout_s", .type = NB__CFG_DOUBLE, .min = 0.1, .max = 86400, .def = "10", FLD(nb_config_t, heartbeat_timeout_s), .doc = "silence after which a peer is dead" },
     { .name = "connect_timeout_s", .type = NB__CFG_DOUBLE, .min = 0, .max = 86400, .def = "60", FLD(nb_config_t, connect_timeout_s), .doc = "give up connecting after this; 0 = wait forever" },
     { .name = "transport", .type = NB__CFG_SECTION, .roles = C | S, .sub = transport_keys, FLD(nb_config_t, transport), .doc = "limits of the peer transport" },
-    { .name = "job", .type = NB__CFG_SECTION, .roles = C | T, .required = C | T, .sub = job_keys, FLD(nb_config_t, job), .doc = "the training job" },
+    { .name = "job", .type = NB__CFG_SECTION, .roles = C | S | T, .required = C | T, .sub = job_keys, FLD(nb_config_t, job), .doc = "the training job" },
     { 0 },
 };
 

@@ -24,6 +24,8 @@ struct nb_encdec {
     nb_spans_batch_t hb;          /* host pairs of one micro-batch */
     int32_t *d_src, *d_din, *d_tgt;
     uint8_t *d_mask;
+    float *d_cut;                 /* (B,S,C) a tensor received across the cut */
+    double t0;                    /* when the step began */
     float *h_row;                 /* one row of logits (eval) */
     int32_t *pred;                /* (B,T) greedy predictions (eval) */
     int *pred_len;                /* (B) */
@@ -214,10 +216,10 @@ int nb_encdec_new(nb_backend_t *be, const nb_encdec_config_t *c, nb_encdec_note_
         rc = NB_EINVAL;
         goto fail;
     }
-    if ((rc = make_side(t, &c->enc, false, note, ud, err, errlen)) ||
-        (rc = make_side(t, &c->dec, true, note, ud, err, errlen)))
+    if ((c->half != NB_ENCDEC_DECODER && (rc = make_side(t, &c->enc, false, note, ud, err, errlen))) ||
+        (c->half != NB_ENCDEC_ENCODER && (rc = make_side(t, &c->dec, true, note, ud, err, errlen))))
         goto fail;
-    if (!t->eo && !t->dopt) {
+    if (c->half == NB_ENCDEC_BOTH && !t->eo && !t->dopt) {
         snprintf(err, errlen, "job.freeze and job.encoder.freeze freeze every tensor of both models: nothing would "
                  "train (list the tensors to train in job.trainable or job.encoder.trainable)");
         rc = NB_EINVAL;
@@ -234,7 +236,8 @@ int nb_encdec_new(nb_backend_t *be, const nb_encdec_config_t *c, nb_encdec_note_
     t->pred = malloc(bt * sizeof *t->pred);
     t->pred_len = malloc((size_t)t->B * sizeof *t->pred_len);
     t->pred_done = malloc((size_t)t->B * sizeof *t->pred_done);
-    if (!t->d_src || !t->d_mask || !t->d_din || !t->d_tgt || !t->h_row || !t->pred || !t->pred_len || !t->pred_done)
+    t->d_cut = nb_be_alloc(be, bs * (size_t)c->enc.model.d_model * sizeof(float));
+    if (!t->d_cut || !t->d_src || !t->d_mask || !t->d_din || !t->d_tgt || !t->h_row || !t->pred || !t->pred_len || !t->pred_done)
         goto oom;
     *out = t;
     return 0;
@@ -258,6 +261,8 @@ void nb_encdec_free(nb_encdec_t *t)
         nb_be_dealloc(t->be, t->d_din);
     if (t->d_tgt)
         nb_be_dealloc(t->be, t->d_tgt);
+    if (t->d_cut)
+        nb_be_dealloc(t->be, t->d_cut);
     free(t->h_row);
     free(t->pred);
     free(t->pred_len);
@@ -290,32 +295,37 @@ static int enc_forward(nb_encdec_t *t)
     return nb_part_forward(t->enc, t->ea, &ein, NULL);
 }
 
-/* The decoder's forward on d_din and the encoder's last output (with the
+/* The decoder's forward on d_din and the encoder's output enc (with the
  * loss of d_tgt when targets is true). */
-static int dec_forward(nb_encdec_t *t, bool targets, float loss_scale, float *loss)
+static int dec_forward_on(nb_encdec_t *t, const float *enc, bool targets, float loss_scale, float *loss)
 {
     nb_part_input_t din = { .tokens = t->d_din, .targets = targets ? t->d_tgt : NULL, .loss_scale = loss_scale,
-                            .enc = nb_part_acts_output(t->ea), .enc_mask = t->d_mask };
+                            .enc = enc, .enc_mask = t->d_mask };
     return nb_part_forward(t->dec, t->da, &din, loss);
+}
+
+/* The same on the encoder's last output. */
+static int dec_forward(nb_encdec_t *t, bool targets, float loss_scale, float *loss)
+{
+    return dec_forward_on(t, nb_part_acts_output(t->ea), targets, loss_scale, loss);
 }
 
 int nb_encdec_step(nb_encdec_t *t, nb_train_step_t *out, char *err, size_t errlen)
 {
     const nb_encdec_config_t *c = &t->cfg;
-    if (t->step >= c->steps) {
-        snprintf(err, errlen, "all %d steps are done", c->steps);
+    if (c->half != NB_ENCDEC_BOTH) {
+        snprintf(err, errlen, "this trainer holds one half of the job: run the step in halves");
         return NB_ESTATE;
     }
-    double t0 = nb_mono_s();
+    int rc = nb_encdec_begin(t, err, errlen);
+    if (rc)
+        return rc;
     int m = c->micro_batches;
-    nb_part_zero_grad(t->enc);
-    nb_part_zero_grad(t->dec);
     float loss = 0.0f;
     for (int i = 0; i < m; i++) {
         nb_spans_train(t->task, c->seed, (uint64_t)t->step, (uint32_t)i, &t->hb);
         upload(t);
         float li = 0.0f;
-        int rc;
         if ((rc = enc_forward(t)) || (rc = dec_forward(t, true, 1.0f / (float)m, &li)) || (rc = nb_part_backward(t->dec, t->da, NULL)) ||
             (t->eo && (rc = nb_part_backward(t->enc, t->ea, nb_part_acts_denc(t->da))))) {
             snprintf(err, errlen, "step %d micro-batch %d: model error (%s)", t->step, i, nb_strerror(rc));
@@ -324,11 +334,26 @@ int nb_encdec_step(nb_encdec_t *t, nb_train_step_t *out, char *err, size_t errle
         loss += li / (float)m;
     }
     /* one global norm over both trainable sets, the encoder's first */
-    double ss = 0.0;
+    return nb_encdec_commit(t, nb_encdec_sumsq(t, 0.0), loss, out, err, errlen);
+}
+
+double nb_encdec_sumsq(nb_encdec_t *t, double before)
+{
+    double ss = before;
     if (t->eo)
         ss += nb_optim_sumsq(t->be, nb_part_grads(t->enc), nb_part_num_grads(t->enc));
     if (t->dopt)
         ss += nb_optim_sumsq(t->be, nb_part_grads(t->dec), nb_part_num_grads(t->dec));
+    return ss;
+}
+
+int nb_encdec_commit(nb_encdec_t *t, double ss, float loss, nb_train_step_t *out, char *err, size_t errlen)
+{
+    const nb_encdec_config_t *c = &t->cfg;
+    if (t->step >= c->steps) {
+        snprintf(err, errlen, "all %d steps are done", c->steps);
+        return NB_ESTATE;
+    }
     float lr = (float)nb_optim_lr(&c->optim, t->step);
     bool skip = !isfinite(ss);
     if (skip) {
@@ -345,7 +370,7 @@ int nb_encdec_step(nb_encdec_t *t, nb_train_step_t *out, char *err, size_t errle
     nb_be_sync(t->be);
     if (out)
         *out = (nb_train_step_t){ .step = t->step, .loss = loss, .lr = lr, .grad_norm = sqrt(ss),
-                                  .seconds = nb_mono_s() - t0, .skipped = skip, .skipped_run = t->skipped_run,
+                                  .seconds = nb_mono_s() - t->t0, .skipped = skip, .skipped_run = t->skipped_run,
                                   .skipped_total = t->skipped_total };
     t->step++;
     if (skip && t->skipped_run >= c->max_skipped_steps) {
@@ -354,6 +379,90 @@ int nb_encdec_step(nb_encdec_t *t, nb_train_step_t *out, char *err, size_t errle
         return NB_ELIMIT;
     }
     return 0;
+}
+
+/* ---- the cut (encdec.h) ---------------------------------------------------- */
+
+void nb_encdec_cut_shape(const nb_encdec_t *t, int *B, int *S, int *C)
+{
+    *B = t->B;
+    *S = t->S;
+    *C = t->cfg.enc.model.d_model;
+}
+
+float *nb_encdec_cut_buf(nb_encdec_t *t) { return t->d_cut; }
+
+int nb_encdec_begin(nb_encdec_t *t, char *err, size_t errlen)
+{
+    if (t->step >= t->cfg.steps) {
+        snprintf(err, errlen, "all %d steps are done", t->cfg.steps);
+        return NB_ESTATE;
+    }
+    t->t0 = nb_mono_s();
+    if (t->enc)
+        nb_part_zero_grad(t->enc);
+    if (t->dec)
+        nb_part_zero_grad(t->dec);
+    return 0;
+}
+
+/* Draws pair (step, micro) and uploads it; NB_ESTATE without the model
+ * the call needs, NB_EINVAL for micro out of range. */
+static int draw(nb_encdec_t *t, int micro, bool encoder, char *err, size_t errlen)
+{
+    if (!(encoder ? t->enc : t->dec)) {
+        snprintf(err, errlen, "the %s runs on the other half of the job", encoder ? "encoder" : "decoder");
+        return NB_ESTATE;
+    }
+    if (micro < 0 || micro >= t->cfg.micro_batches || t->step >= t->cfg.steps) {
+        snprintf(err, errlen, "step %d micro-batch %d: out of range (%d steps, %d micro-batches)", t->step, micro,
+                 t->cfg.steps, t->cfg.micro_batches);
+        return NB_EINVAL;
+    }
+    nb_spans_train(t->task, t->cfg.seed, (uint64_t)t->step, (uint32_t)micro, &t->hb);
+    upload(t);
+    return 0;
+}
+
+int nb_encdec_enc_forward(nb_encdec_t *t, int micro, const float **enc, char *err, size_t errlen)
+{
+    int rc = draw(t, micro, true, err, errlen);
+    if (rc)
+        return rc;
+    if ((rc = enc_forward(t))) {
+        snprintf(err, errlen, "step %d micro-batch %d: encoder error (%s)", t->step, micro, nb_strerror(rc));
+        return rc;
+    }
+    *enc = nb_part_acts_output(t->ea);
+    return 0;
+}
+
+int nb_encdec_dec_micro(nb_encdec_t *t, int micro, const float *enc, const float **denc, float *loss, char *err,
+                        size_t errlen)
+{
+    int rc = draw(t, micro, false, err, errlen);
+    if (rc)
+        return rc;
+    *loss = 0.0f;
+    if ((rc = dec_forward_on(t, enc, true, 1.0f / (float)t->cfg.micro_batches, loss)) ||
+        (rc = nb_part_backward(t->dec, t->da, NULL))) {
+        snprintf(err, errlen, "step %d micro-batch %d: decoder error (%s)", t->step, micro, nb_strerror(rc));
+        return rc;
+    }
+    *denc = nb_part_acts_denc(t->da);
+    return 0;
+}
+
+int nb_encdec_enc_backward(nb_encdec_t *t, const float *denc, char *err, size_t errlen)
+{
+    if (!t->enc) {
+        snprintf(err, errlen, "the encoder runs on the other half of the job");
+        return NB_ESTATE;
+    }
+    int rc = t->eo ? nb_part_backward(t->enc, t->ea, denc) : 0;
+    if (rc)
+        snprintf(err, errlen, "step %d: encoder backward error (%s)", t->step, nb_strerror(rc));
+    return rc;
 }
 
 /* Greedy decoding of the pairs in t->hb, after the encoder's forward on
@@ -410,6 +519,10 @@ int nb_encdec_eval(nb_encdec_t *t, nb_encdec_score_t *out, char *err, size_t err
 {
     int n = t->cfg.eval_pairs;
     double loss = 0, tokens = 0, exact = 0, f1 = 0;
+    if (t->cfg.half != NB_ENCDEC_BOTH) {
+        snprintf(err, errlen, "the held-out score needs both models in one process");
+        return NB_ESTATE;
+    }
     for (int first = 0; first < n; first += t->B) {
         nb_spans_heldout(t->task, t->cfg.seed, first, n, &t->hb);
         /* the last batch's rows past n repeat pair n - 1: out of the loss,

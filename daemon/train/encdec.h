@@ -50,8 +50,13 @@ typedef struct {
     const char *key;           /* "job.encoder" or "job": names its keys in messages */
 } nb_encdec_side_t;
 
+/* Which models a trainer holds: both (nebula-train), or one half of the
+ * pipeline (a daemon of the job across two clusters, docs/finetune.md). */
+typedef enum { NB_ENCDEC_BOTH = 0, NB_ENCDEC_ENCODER, NB_ENCDEC_DECODER } nb_encdec_half_t;
+
 typedef struct {
     nb_encdec_side_t enc, dec;
+    nb_encdec_half_t half;     /* BOTH (0) unless one half runs here */
     nb_optim_config_t optim;
     uint64_t seed;
     int batch, micro_batches;  /* m divides batch */
@@ -91,7 +96,38 @@ int nb_encdec_step(nb_encdec_t *t, nb_train_step_t *out, char *err, size_t errle
 int nb_encdec_eval(nb_encdec_t *t, nb_encdec_score_t *out, char *err, size_t errlen);
 int nb_encdec_steps_done(const nb_encdec_t *t);
 
-/* The encoder (no head) and the decoder; borrowed. */
+/* ---- the cut: one step in halves ----------------------------------------
+ * What the two daemons of the job across clusters run (docs/finetune.md,
+ * "Across two daemons"); with fp32 on the wire they compute exactly what
+ * nb_encdec_step computes. Per step s: nb_encdec_begin on both halves; per
+ * micro-batch i in order: enc = nb_encdec_enc_forward (encoder half),
+ * nb_encdec_dec_micro(enc) -> d enc (decoder half), nb_encdec_enc_backward
+ * (d enc) (encoder half); then ss_e = nb_encdec_sumsq(encoder half, 0),
+ * ss = nb_encdec_sumsq(decoder half, ss_e) (the encoder's first, as in
+ * nb_encdec_step) and nb_encdec_commit(ss) on both. The pointers are device
+ * memory of the trainer's backend, (B, S, C) floats (nb_encdec_cut_shape);
+ * an output stays valid until the next call on the same trainer.
+ * Errors: NB_ESTATE (a call its half cannot make, or all steps done),
+ * NB_EINVAL (micro out of range), a model error; err says which. */
+void nb_encdec_cut_shape(const nb_encdec_t *t, int *B, int *S, int *C);
+/* A (B,S,C) device buffer owned by t, for a received tensor. */
+float *nb_encdec_cut_buf(nb_encdec_t *t);
+int nb_encdec_begin(nb_encdec_t *t, char *err, size_t errlen);
+int nb_encdec_enc_forward(nb_encdec_t *t, int micro, const float **enc, char *err, size_t errlen);
+/* Decoder forward and backward on the pair (step, micro) reading enc;
+ * *loss the micro-batch's mean loss (not yet divided by m). */
+int nb_encdec_dec_micro(nb_encdec_t *t, int micro, const float *enc, const float **denc, float *loss, char *err,
+                        size_t errlen);
+int nb_encdec_enc_backward(nb_encdec_t *t, const float *denc, char *err, size_t errlen);
+/* before + the sum of squares of the held trainable gradients (encoder's
+ * first). */
+double nb_encdec_sumsq(nb_encdec_t *t, double before);
+/* Ends the step with the global sum of squares ss: skip or clip and step
+ * the held optimizers, as nb_encdec_step; loss is what out reports. */
+int nb_encdec_commit(nb_encdec_t *t, double ss, float loss, nb_train_step_t *out, char *err, size_t errlen);
+
+/* The encoder (no head) and the decoder; borrowed (NULL when the other
+ * half holds it). */
 nb_part_t *nb_encdec_encoder(nb_encdec_t *t);
 nb_part_t *nb_encdec_decoder(nb_encdec_t *t);
 /* The optimizers (NULL for a wholly frozen side); borrowed. */

@@ -207,7 +207,8 @@ static void test_roles(void **state)
     /* A stage may not hold a job; a trainer needs no cluster keys. */
     expect_err(load("name: s\nrole: stage\nlisten: 127.0.0.1:7001\ntls: {cert: a, key: b, ca: c}\n"
                     "coordinator: {address: 'h:1', name: c}\njob: {}\n"),
-               "dir/t.yaml:6:1: job: not allowed for role stage (only for coordinator, train)");
+               "dir/t.yaml:6:6: job: a stage daemon gets its job from the coordinator; only the encoder's daemon of an "
+               "encoder-decoder job (encdec_encoder: true) reads its own job section");
     expect_err(load_train("coordinator: {address: 'h:1', name: c}\n"),
                "dir/t.yaml:13:1: coordinator: not allowed for role train (only for stage)");
     /* job.init (trainer, coordinator) and a stage's own init file */

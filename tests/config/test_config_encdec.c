@@ -172,9 +172,9 @@ static void test_encdec_refusals(void **state)
     expect_err(load_job(5, "    init: minilm/model.safetensors\n    output: same.weights\n", "  output: same.weights\n"),
                "dir/t.yaml:7:13: job.encoder.output: the same file as job.output (dir/same.weights): the decoder's "
                "weights would overwrite the encoder's; give each its own file");
-    expect_err(load_job(-1, NULL, "  codecs: { forward: fp16 }\n"),
-               "dir/t.yaml:19:11: job.codecs: an encoder-decoder job runs in one process (nebula-train) so far: "
-               "nothing is encoded");
+    expect_err(load_job(-1, NULL, "  schedule: gpipe\n"),
+               "dir/t.yaml:19:13: job.schedule: not used by an encoder-decoder job: its micro-batches run in "
+               "lock-step (docs/finetune.md)");
     expect_err(load_job(6, "    freeze: ['h0.$']\n", NULL),
                "dir/t.yaml:7:14: job.encoder.freeze[0]: a tensor-name pattern may contain only letters, digits, "
                "'.', '_', '-', '*' and '?'");
@@ -197,9 +197,14 @@ static void test_no_encoder(void **state)
     expect_err(nb_cfg_load_string("dir/t.yaml", spans, strlen(spans), &cfg, err, sizeof err),
                "dir/t.yaml:6:10: job.spans: the span task trains an encoder-decoder pair: add job.encoder "
                "(job.model is then the decoder)");
-    /* a coordinator has no job.encoder yet */
-    expect_err(load_job(1, "role: coordinator\n", NULL),
-               "dir/t.yaml:4:3: job.encoder: not allowed for role coordinator (only for train)");
+    /* a coordinator (the decoder's daemon across two daemons) must name the encoder's daemon */
+    expect_err(load_job(1, "role: coordinator\nlisten: 127.0.0.1:1\ntls: {cert: c, key: k, ca: a}\n", NULL),
+               "dir/t.yaml:7:5: job.encoder.daemon: missing required key (role coordinator)");
+    /* a stage reads a job section only as the encoder's daemon */
+    expect_err(load_job(1, "role: stage\nlisten: 127.0.0.1:1\ntls: {cert: c, key: k, ca: a}\n"
+                           "coordinator: {address: \"127.0.0.1:2\", name: d}\n", NULL),
+               "dir/t.yaml:7:3: job: a stage daemon gets its job from the coordinator; only the encoder's daemon of "
+               "an encoder-decoder job (encdec_encoder: true) reads its own job section");
 }
 
 /* The examples under config/finetune load (run from the repository root). */

@@ -47,7 +47,7 @@ role: stage
 listen: 127.0.0.1:0
 ' "1:1: tls: missing required key (role stage)"
 expect_err "${STAGE}job: {}
-" "6:1: job: not allowed for role stage (only for coordinator, train)"
+" "6:6: job: a stage daemon gets its job from the coordinator; only the encoder's daemon of an encoder-decoder job (encdec_encoder: true) reads its own job section"
 # ELECTRA across daemons: a generator daemon needs its own text; the
 # discriminator's daemon has no clusters and reads no generator's text
 expect_err "${STAGE}electra_generator: true

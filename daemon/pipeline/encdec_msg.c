@@ -1,0 +1,206 @@
+/*
+ * encdec_msg.c - the encoder-decoder job's config conversion, digest and
+ * the checks on a tensor across the cut (encdec_msg.h).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "daemon/pipeline/encdec_msg.h"
+#include "kernels/codec/codec.h"
+#include "kernels/common.h"
+
+/* The model family's config of a job's model section. */
+static nb_model_config_t to_model(const nb_cfg_model_t *m)
+{
+    return (nb_model_config_t){
+        .n_layer = m->n_layer, .d_model = m->d_model, .n_head = m->n_head, .d_ff = m->d_ff,
+        .vocab = m->vocab, .max_seq = m->max_seq, .causal = m->causal,
+        .norm = m->norm == NB_NORM_POST ? NB_MODEL_NORM_POST : NB_MODEL_NORM_PRE,
+        .head = (nb_head_kind_t)m->head, .n_classes = m->n_classes, .tie_embeddings = m->tie_embeddings,
+        .ln_eps = (float)m->ln_eps, .gelu = m->gelu == NB_GELU_ERF ? NB_MODEL_GELU_ERF : NB_MODEL_GELU_TANH,
+        .mask_token = m->mask_token, .cross_attn = m->cross_attn,
+    };
+}
+
+/* job.adapters (key "job") or job.encoder.adapters: refused with the
+ * reason when they do not fit the model. */
+static int set_adapters(const nb_config_t *cfg, const nb_cfg_adapters_t *ad, const char *key, nb_model_config_t *m,
+                        char *err, size_t errlen)
+{
+    const char *after[3];
+    for (int i = 0; i < ad->n_after && i < 3; i++)
+        after[i] = ad->after[i];
+    char why[256];
+    if (nb_model_set_adapters(m, (int)ad->size, after, ad->n_after, ad->blocks, why, sizeof why)) {
+        bool enc = strcmp(key, "job") != 0 && strncmp(why, "job.", 4) == 0;
+        snprintf(err, errlen, "%s: %s%s", cfg->path, enc ? "job.encoder." : "", enc ? why + 4 : why);
+        return -1;
+    }
+    return 0;
+}
+
+static void to_freeze(nb_freeze_spec_t *f, int n_freeze, const char (*freeze)[NB_CFG_PATTERN_MAX], int n_trainable,
+                      const char (*trainable)[NB_CFG_PATTERN_MAX])
+{
+    _Static_assert(NB_CFG_MAX_FREEZE == NB_FREEZE_MAX && NB_CFG_PATTERN_MAX == NB_FREEZE_PATTERN_MAX,
+                   "job.freeze in the config and in the model agree");
+    memset(f, 0, sizeof *f);
+    f->n_freeze = n_freeze;
+    f->n_trainable = n_trainable;
+    for (int i = 0; i < n_freeze; i++)
+        snprintf(f->freeze[i], sizeof f->freeze[i], "%s", freeze[i]);
+    for (int i = 0; i < n_trainable; i++)
+        snprintf(f->trainable[i], sizeof f->trainable[i], "%s", trainable[i]);
+}
+
+int nb_encdec_cfg_convert(const nb_config_t *cfg, nb_encdec_config_t *ec, const char **texts, char *err,
+                          size_t errlen)
+{
+    const nb_cfg_job_t *j = &cfg->job;
+    memset(ec, 0, sizeof *ec);
+    ec->enc = (nb_encdec_side_t){ .model = to_model(&j->encoder.model), .key = "job.encoder" };
+    ec->dec = (nb_encdec_side_t){ .model = to_model(&j->model), .key = "job" };
+    if (set_adapters(cfg, &j->encoder.adapters, "job.encoder", &ec->enc.model, err, errlen) ||
+        set_adapters(cfg, &j->adapters, "job", &ec->dec.model, err, errlen))
+        return -1;
+    to_freeze(&ec->enc.freeze, j->encoder.n_freeze, j->encoder.freeze, j->encoder.n_trainable, j->encoder.trainable);
+    to_freeze(&ec->dec.freeze, j->n_freeze, j->freeze, j->n_trainable, j->trainable);
+    snprintf(ec->enc.init, sizeof ec->enc.init, "%s", j->encoder.init);
+    snprintf(ec->dec.init, sizeof ec->dec.init, "%s", j->init);
+    const nb_cfg_optim_t *o = &j->optimizer;
+    ec->optim = (nb_optim_config_t){
+        .lr = (float)o->lr, .lr_min = (float)o->min_lr, .warmup_steps = (int)o->warmup_steps,
+        .total_steps = (int)j->steps, .beta1 = (float)o->beta1, .beta2 = (float)o->beta2,
+        .eps = (float)o->eps, .weight_decay = (float)o->weight_decay, .grad_clip = (float)o->grad_clip,
+    };
+    ec->seed = j->seed;
+    ec->batch = (int)j->batch;
+    ec->micro_batches = j->micro_batches > 0 ? (int)j->micro_batches : 1;
+    ec->steps = (int)j->steps;
+    ec->max_skipped_steps = (int)j->max_skipped_steps;
+    for (int i = 0; i < j->spans.n_text; i++)
+        texts[i] = j->spans.text[i];
+    ec->task = (nb_spans_config_t){ .texts = texts, .n_texts = j->spans.n_text, .tokenizer = j->spans.tokenizer,
+                                    .src_len = (int)j->seq_len, .min_tokens = j->spans.min_tokens,
+                                    .max_tokens = j->spans.max_tokens, .hold = j->spans.hold };
+    ec->eval_pairs = (int)j->spans.eval_windows;
+    return 0;
+}
+
+/* FNV-1a 64 over the bytes of a canonical text. */
+static uint64_t fnv(uint64_t h, const char *s)
+{
+    for (; *s; s++)
+        h = (h ^ (uint8_t)*s) * 1099511628211ull;
+    return h;
+}
+
+static uint64_t model_text(uint64_t h, const nb_model_config_t *m, const nb_freeze_spec_t *f)
+{
+    char b[512];
+    snprintf(b, sizeof b, "m %d %d %d %d %d %d %d %d %d %d %d %a %d %d %d %d %d %d %d|", m->n_layer, m->d_model,
+             m->n_head, m->d_ff, m->vocab, m->max_seq, m->causal, (int)m->norm, (int)m->head, m->n_classes,
+             m->tie_embeddings, (double)m->ln_eps, (int)m->gelu, m->mask_token, m->cross_attn, m->adapter_size,
+             m->adapter_after, m->adapter_first, m->adapter_last);
+    h = fnv(h, b);
+    for (int i = 0; i < f->n_freeze; i++)
+        h = fnv(fnv(h, "f "), f->freeze[i]);
+    for (int i = 0; i < f->n_trainable; i++)
+        h = fnv(fnv(h, "t "), f->trainable[i]);
+    return h;
+}
+
+void nb_encdec_cfg_digest(const nb_encdec_config_t *ec, const char *fwd_codec, const char *bwd_codec, char out[17])
+{
+    uint64_t h = 14695981039346656037ull;
+    h = model_text(h, &ec->enc.model, &ec->enc.freeze);
+    h = model_text(h, &ec->dec.model, &ec->dec.freeze);
+    const nb_optim_config_t *o = &ec->optim;
+    const nb_spans_config_t *t = &ec->task;
+    char b[512];
+    snprintf(b, sizeof b, "o %a %a %d %d %a %a %a %a %a|j %llu %d %d %d %d|t %d %d %d %d %d|c %s %s",
+             (double)o->lr, (double)o->lr_min, o->warmup_steps, o->total_steps, (double)o->beta1, (double)o->beta2,
+             (double)o->eps, (double)o->weight_decay, (double)o->grad_clip, (unsigned long long)ec->seed, ec->batch,
+             ec->micro_batches, ec->steps, ec->max_skipped_steps, t->n_texts, t->src_len, t->min_tokens,
+             t->max_tokens, t->hold, fwd_codec, bwd_codec);
+    h = fnv(h, b);
+    snprintf(out, 17, "%016llx", (unsigned long long)h);
+}
+
+int nb_encdec_rx_check(const nb_encdec_rx_t *x, const char *sender, const Nebula__Tensor *t, size_t len, char *err,
+                       size_t errlen)
+{
+    const char *what = x->kind == NEBULA__TENSOR_KIND__KIND_ACTIVATION ? "encoder output" : "encoder gradient";
+    if (strcmp(sender, x->peer) != 0) {
+        snprintf(err, errlen, "refused a tensor from %s: only %s sends the %s", sender, x->peer, what);
+        return NB_EINVAL;
+    }
+    if ((int)t->kind != x->kind || t->job_id != x->job_id || t->step != x->step || t->micro_batch != x->micro) {
+        snprintf(err, errlen, "refused a tensor from %s: kind %d, job %llu, step %llu, micro-batch %u; expected the %s "
+                 "(kind %d) of job %llu, step %llu, micro-batch %u", sender, (int)t->kind,
+                 (unsigned long long)t->job_id, (unsigned long long)t->step + 1, t->micro_batch, what, x->kind,
+                 (unsigned long long)x->job_id, (unsigned long long)x->step + 1, x->micro);
+        return NB_EFORMAT;
+    }
+    if (!t->codec || strcmp(t->codec, x->codec) != 0) {
+        snprintf(err, errlen, "refused the %s from %s: codec '%.64s', the job's is '%s'", what, sender,
+                 t->codec ? t->codec : "", x->codec);
+        return NB_EFORMAT;
+    }
+    if (t->n_shape != 2 || t->shape[0] != x->rows || t->shape[1] != x->cols) {
+        snprintf(err, errlen, "refused the %s from %s: shape %s%llu x %llu, expected %llu x %llu (B*S, C)", what,
+                 sender, t->n_shape != 2 ? "of rank != 2, " : "", t->n_shape > 0 ? (unsigned long long)t->shape[0] : 0,
+                 t->n_shape > 1 ? (unsigned long long)t->shape[1] : 0, (unsigned long long)x->rows,
+                 (unsigned long long)x->cols);
+        return NB_EFORMAT;
+    }
+    nb_codec_info_t info;
+    char why[256];
+    size_t ml = t->codec_meta.len;
+    int rc = nb_codec_peek(t->codec, t->codec_meta.data, ml, &info, why, sizeof why);
+    if (rc == 0 && (info.rows * (uint64_t)info.cols != x->rows * x->cols || info.payload_bytes != len)) {
+        snprintf(why, sizeof why, "its metadata says %u x %u values and %llu payload bytes, the frame has %zu",
+                 info.rows, info.cols, (unsigned long long)info.payload_bytes, len);
+        rc = NB_EFORMAT;
+    }
+    if (rc) {
+        snprintf(err, errlen, "refused the %s from %s: %s", what, sender, why);
+        return NB_EFORMAT;
+    }
+    return 0;
+}
+
+static void free_payload(void *p, void *ud)
+{
+    (void)ud;
+    free(p);
+}
+
+int nb_encdec_send(nb_conn_t *c, uint64_t job_id, uint64_t step, uint32_t micro, int kind, uint64_t rows,
+                   uint64_t cols, nb_codec_msg_t *m)
+{
+    Nebula__Tensor t;
+    nebula__tensor__init(&t);
+    uint64_t shape[2] = { rows, cols };
+    t.job_id = job_id;
+    t.step = step;
+    t.micro_batch = micro;
+    t.kind = (Nebula__TensorKind)kind;
+    t.dtype = NEBULA__DTYPE__DTYPE_F32;
+    t.n_shape = 2;
+    t.shape = shape;
+    t.codec = m->spec;
+    t.codec_meta.data = m->meta;
+    t.codec_meta.len = m->meta_len;
+    t.decoded_bytes = rows * cols * sizeof(float);
+    Nebula__Frame f;
+    nebula__frame__init(&f);
+    f.body_case = NEBULA__FRAME__BODY_TENSOR;
+    f.tensor = &t;
+    int rc = nb_conn_send(c, &f, m->payload, m->payload_len, free_payload, NULL);
+    if (rc == 0) { /* the transport owns the payload now; the codec allocates anew */
+        m->payload = NULL;
+        m->payload_len = m->payload_cap = 0;
+    }
+    return rc;
+}

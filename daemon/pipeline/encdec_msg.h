@@ -1,0 +1,58 @@
+/*
+ * encdec_msg.h - the encoder-decoder job across two daemons
+ * (docs/finetune.md, "Across two daemons"): the one conversion from the
+ * YAML structs that nebula-train and both daemons use, so that the halves
+ * run exactly the reference's models, and the digest by which the two
+ * daemons check that they read the same job.
+ *
+ * Thread: pure functions, no shared state.
+ */
+#ifndef NB_ENCDEC_MSG_H
+#define NB_ENCDEC_MSG_H
+
+#include <stdint.h>
+#include "daemon/config/config.h"
+#include "daemon/net/net.h"
+#include "daemon/train/encdec.h"
+#include "kernels/codec/codec.h"
+#include "proto/nebula.pb-c.h"
+
+/* Fills ec from an encoder-decoder job (cfg->job.encoder present);
+ * texts (NB_CFG_MAX_TEXTS entries) receives the text paths (cfg must
+ * outlive ec). Errors: -1 with a message naming the file and key
+ * (adapters that do not fit a model). */
+int nb_encdec_cfg_convert(const nb_config_t *cfg, nb_encdec_config_t *ec, const char **texts, char *err,
+                          size_t errlen);
+
+/* A digest (16 hex digits and NUL) of what both halves must agree on:
+ * both models' shapes, adapters and freeze lists, the optimizer, seed,
+ * batch, micro-batches, steps, the task's numbers (not its file paths, which
+ * are each machine's own) and the two codec specs. */
+void nb_encdec_cfg_digest(const nb_encdec_config_t *ec, const char *fwd_codec, const char *bwd_codec,
+                          char out[17]);
+
+/* What one daemon accepts of a tensor across the cut, and the checks: the
+ * frame must come from the peer named `peer` (its certificate name), carry
+ * kind, job_id, step and micro-batch as expected, the codec spec expected,
+ * and the shape (B*S, C); the payload's length must be what the codec's
+ * metadata says (nb_codec_peek). 0, or NB_EINVAL / NB_EFORMAT with a
+ * message naming the sender and what is wrong. */
+typedef struct {
+    const char *peer;
+    uint64_t job_id, step;
+    uint32_t micro;
+    int kind;              /* NEBULA__TENSOR_KIND__KIND_ACTIVATION or _GRADIENT */
+    const char *codec;
+    uint64_t rows, cols;   /* B*S, C */
+} nb_encdec_rx_t;
+
+int nb_encdec_rx_check(const nb_encdec_rx_t *x, const char *sender, const Nebula__Tensor *t, size_t len,
+                       char *err, size_t errlen);
+
+/* Sends m (nb_codec_encode's result) as the Tensor (kind, job, step,
+ * micro-batch, shape rows x cols) on c; on success the transport owns the
+ * payload and m's payload is empty. Errors as nb_conn_send. */
+int nb_encdec_send(nb_conn_t *c, uint64_t job_id, uint64_t step, uint32_t micro, int kind, uint64_t rows,
+                   uint64_t cols, nb_codec_msg_t *m);
+
+#endif

@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# An encoder-decoder job across two daemons over mutually authenticated TLS
+# on loopback (docs/finetune.md, "Across two daemons"): the decoder's daemon
+# (role coordinator with job.encoder) and the encoder's daemon (role stage,
+# encdec_encoder: true) read the same job section. With fp32 on the wire
+# the progress lines and both models' final weights equal nebula-train's
+# single-process run bit for bit. With fp16(svd(0.6)) forward and
+# int8 backward (job.codecs) the job reports under a third of the wire bytes
+# at nearly the same loss. An encoder's daemon whose job section differs is
+# refused (both digests named); a peer with a valid certificate that is not
+# the job's encoder is not admitted, and one under the encoder's name
+# sending a wrong-shaped tensor (tests/pipeline/encdec_rogue.py) ends the
+# job with the sender named; no daemon crashes.
+set -euo pipefail
+. tests/support/assert.sh
+. tests/support/pipeline.sh
+build=${NB_BUILD:-build}
+bin="$build/bin"
+lic=/usr/share/common-licenses
+[ -r "$lic/Apache-2.0" ] && [ -r "$lic/MPL-2.0" ] || nb_skip "$lic/Apache-2.0 or MPL-2.0 missing; no text"
+nb_work_init encdec-dist
+nb_on_fail() { nb_tail_logs 15; }
+bash scripts/gen-certs.sh "$work/certs" dec enc mallory >/dev/null || fail "certificates"
+vocab="$PWD/tests/data/tokenizers/minilm"
+base=$(nb_port_base 12)
+mkdir -p "$work/run"
+
+# job_section DAEMON_LINE CODECS_LINE SEED
+job_section() {
+  cat <<YAML
+job:
+  encoder:
+    model: { n_layer: 1, d_model: 32, n_head: 2, vocab: 30522, max_seq: 32, norm: post, gelu: erf }
+    freeze: ["*"]
+    trainable: ["*.ad_*"]
+    adapters: { size: 8, after: [attn, ffn] }
+    output: run/enc-$4.weights
+$1
+  model: { n_layer: 1, d_model: 32, n_head: 2, vocab: 30522, max_seq: 8, cross_attn: true }
+  adapters: { size: 4, after: [xattn] }
+  output: run/dec-$4.weights
+  spans:
+    text: [$lic/Apache-2.0, $lic/MPL-2.0]
+    tokenizer: $vocab
+    max_tokens: 3
+    eval_windows: 8
+  seed: $3
+  batch: 8
+  micro_batches: 2
+  seq_len: 18
+  steps: 4
+  log_every: 1
+  optimizer: { lr: 3e-3, warmup_steps: 1, grad_clip: 0.5 }
+$2
+YAML
+}
+
+# write_pair RUN CODECS_LINE ENC_SEED: dec-RUN.yaml and enc-RUN.yaml
+write_pair() {
+  local dp=$base
+  base=$((base + 2))
+  {
+    echo "name: dec"; echo "role: coordinator"; echo "listen: 127.0.0.1:$dp"
+    echo "tls: {cert: certs/dec.pem, key: certs/dec.key, ca: certs/ca.pem}"
+    echo "status_socket: run/dec-$1.sock"; echo "connect_timeout_s: 120"
+    job_section "    daemon: enc" "$2" 5 "$1"
+  } > "$work/dec-$1.yaml"
+  {
+    echo "name: enc"; echo "role: stage"; echo "encdec_encoder: true"; echo "listen: 127.0.0.1:$((dp + 1))"
+    echo "tls: {cert: certs/enc.pem, key: certs/enc.key, ca: certs/ca.pem}"
+    echo "coordinator: {address: \"127.0.0.1:$dp\", name: dec}"
+    echo "status_socket: run/enc-$1.sock"
+    job_section "    daemon: enc" "$2" "$3" "$1"
+  } > "$work/enc-$1.yaml"
+  echo "$dp" > "$work/port-$1"
+}
+
+start() { # $1 config, $2 log; the pid in $started
+  "$bin/nebulad" --config "$work/$1.yaml" > "$work/$2.log" 2>&1 &
+  started=$!
+  pids+=($!)
+}
+
+wait_log() { # $1 log, $2 pattern
+  local i
+  for i in $(seq 1 600); do
+    grep -q "$2" "$work/$1.log" && return 0
+    sleep 0.1
+  done
+  fail "$1: no '$2' within 60 s"
+}
+
+stop() { # $1 socket name, $2 pid, $3 the exit status wanted (0: the job was done, 1: it failed)
+  "$bin/nebulactl" --socket "$work/run/$1.sock" stop >/dev/null 2>&1 || true
+  local rc=0
+  wait "$2" || rc=$?
+  [ "$rc" -eq "${3:-0}" ] || fail "$1: exited with status $rc, want ${3:-0}"
+}
+
+# the reference: nebula-train on the same job
+{ echo "name: ref"; echo "role: train"; job_section "" "" 5 ref; } > "$work/ref.yaml"
+"$bin/nebula-train" --config "$work/ref.yaml" > "$work/ref.log" 2>&1 || fail "nebula-train: $(tail -3 "$work/ref.log")"
+
+# run 1: fp32 both ways
+write_pair fp32 "" 5
+start dec-fp32 dec-fp32; d=$started; start enc-fp32 enc-fp32; e=$started
+wait_log dec-fp32 "job done\|job failed"
+wait_log enc-fp32 "job done\|job failed"
+! grep -q "job failed" "$work/dec-fp32.log" "$work/enc-fp32.log" || fail "fp32: the job failed"
+stop dec-fp32 "$d"; stop enc-fp32 "$e"; pids=()
+sed -n 's/^\(step  *[0-9]*\/[0-9]*  loss .*grad_norm [0-9.]*\)  pairs.*/\1/p' "$work/ref.log" > "$work/ref-lines.txt"
+sed -n 's/.*\] \(step  *[0-9]*\/[0-9]*  loss .*grad_norm [0-9.]*\)  pairs.*/\1/p; s/.*: \(step  *[0-9]*\/[0-9]*  loss .*grad_norm [0-9.]*\)  pairs.*/\1/p' \
+  "$work/dec-fp32.log" > "$work/dec-lines.txt"
+[ "$(wc -l < "$work/ref-lines.txt")" -eq 4 ] || fail "nebula-train logged $(wc -l < "$work/ref-lines.txt") step lines"
+cmp -s "$work/ref-lines.txt" "$work/dec-lines.txt" ||
+  fail "fp32: logged losses differ: $(diff "$work/ref-lines.txt" "$work/dec-lines.txt" | head -4 | tr '\n' ';')"
+cmp -s "$work/run/enc-ref.weights" "$work/run/enc-fp32.weights" || fail "fp32: the encoder's weights differ"
+cmp -s "$work/run/dec-ref.weights" "$work/run/dec-fp32.weights" || fail "fp32: the decoder's weights differ"
+expect_grep "job done: 4 steps .* (1.0[0-9]* of fp32)" "$work/dec-fp32.log"
+
+# run 2: the source's codecs, fp16(svd(0.6)) forward and int8 backward:
+# under a third of the bytes, the last loss within 1% of fp32's
+write_pair lossy "  codecs: { forward: \"fp16(svd(0.6))\", backward: int8 }" 5
+start dec-lossy dec-lossy; d=$started; start enc-lossy enc-lossy; e=$started
+wait_log dec-lossy "job done\|job failed"
+wait_log enc-lossy "job done\|job failed"
+! grep -q "job failed" "$work/dec-lossy.log" "$work/enc-lossy.log" || fail "lossy: the job failed"
+stop dec-lossy "$d"; stop enc-lossy "$e"; pids=()
+ratio=$(sed -n 's/.*job done: 4 steps .* (\([0-9.]*\) of fp32).*/\1/p' "$work/dec-lossy.log")
+awk -v r="$ratio" 'BEGIN { exit !(r > 0.2 && r < 0.33) }' || fail "lossy: wire bytes at $ratio of fp32, want 0.2..0.33"
+l32=$(sed -n 's/.*job done: 4 steps .* -> \([0-9.]*\);.*/\1/p' "$work/dec-fp32.log")
+llo=$(sed -n 's/.*job done: 4 steps .* -> \([0-9.]*\);.*/\1/p' "$work/dec-lossy.log")
+awk -v a="$l32" -v b="$llo" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(a > 0 && d < 0.01 * a) }' ||
+  fail "lossy: last loss $llo, fp32's $l32: more than 1% apart"
+[ -s "$work/run/enc-lossy.weights" ] || fail "lossy: no encoder weights"
+
+# run 3: the encoder's daemon reads another seed: refused, both digests named
+write_pair seed "" 6
+start dec-seed dec-seed; d=$started; start enc-seed enc-seed; e=$started
+wait_log enc-seed "job failed"
+expect_grep "dec sent a job with digest '[0-9a-f]*'; the job section of .* gives '[0-9a-f]*'" "$work/enc-seed.log"
+wait_log dec-seed "job failed"
+stop dec-seed "$d" 1; stop enc-seed "$e" 1; pids=()
+
+# run 4: hostile peers against a waiting decoder's daemon
+write_pair rogue "" 5
+start dec-rogue dec-rogue; d=$started
+wait_log dec-rogue "waiting for the encoder's daemon"
+port=$(cat "$work/port-rogue")
+rc=0; python3 tests/pipeline/encdec_rogue.py "$work/certs" mallory "$port" > "$work/rogue-mallory.log" 2>&1 || rc=$?
+[ "$rc" -eq 3 ] || fail "mallory got a job (status $rc): $(cat "$work/rogue-mallory.log")"
+rc=0; python3 tests/pipeline/encdec_rogue.py "$work/certs" enc "$port" > "$work/rogue-enc.log" 2>&1 || rc=$?
+[ "$rc" -eq 0 ] || fail "the rogue encoder did not get its job (status $rc): $(cat "$work/rogue-enc.log")"
+wait_log dec-rogue "job failed"
+expect_grep "refused the encoder output from enc: shape 72 x 31, expected 72 x 32 (B\*S, C)" "$work/dec-rogue.log"
+expect_grep "refused TLS from .*wrong_name" "$work/dec-rogue.log"
+stop dec-rogue "$d" 1; pids=()
+
+# run 5: an encoder's daemon whose decoder's daemon never answers gives up
+# after connect_timeout_s, in order
+sed 's/^connect_timeout_s: .*//' "$work/enc-rogue.yaml" > "$work/enc-alone.yaml"
+sed -i 's#run/enc-rogue.sock#run/enc-alone.sock#' "$work/enc-alone.yaml"
+echo "connect_timeout_s: 2" >> "$work/enc-alone.yaml"
+start enc-alone enc-alone; e=$started
+wait_log enc-alone "job failed"
+expect_grep "no job from the decoder's daemon dec within 2 s (connect_timeout_s)" "$work/enc-alone.log"
+stop enc-alone "$e" 1; pids=()
+echo "encdec-dist: ok"
