@@ -42,7 +42,8 @@ struct nb_encdec_dec_rt {
     nb_conn_t *enc;                /* the encoder's daemon */
     const char *enc_name;
     char digest[17];
-    nb_codec_spec_t bwd;
+    nb_codec_spec_t fwd, bwd;      /* job.codecs, parsed */
+    char fwd_text[NB_ENCDEC_CODEC_TEXT], bwd_text[NB_ENCDEC_CODEC_TEXT]; /* and canonical */
     uint64_t job_id;
     int rows, cols;                /* B*S, C */
     int step, micro;               /* the step in flight and the micro-batch expected next */
@@ -326,7 +327,7 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_t le
         char err[1024];
         nb_encdec_rx_t x = { .peer = rt->enc_name, .job_id = rt->job_id, .step = (uint64_t)rt->step,
                              .micro = (uint32_t)rt->micro, .kind = NEBULA__TENSOR_KIND__KIND_ACTIVATION,
-                             .codec = rt->b.cfg->job.codecs.forward, .rows = (uint64_t)rt->rows,
+                             .codec = rt->fwd_text, .rows = (uint64_t)rt->rows,
                              .cols = (uint64_t)rt->cols };
         if (rt->busy || rt->micro >= rt->ec.micro_batches)
             refuse(rt, "refused a tensor from %s: step %d has no micro-batch %d (sent out of turn)", peer,
@@ -410,11 +411,11 @@ static int rt_start(nb_service_t *svc, void *ud)
         return NB_EINVAL;
     }
     rt->ec.half = NB_ENCDEC_DECODER;
-    nb_encdec_cfg_digest(&rt->ec, cfg->job.codecs.forward, cfg->job.codecs.backward, rt->digest);
-    if (nb_codec_spec_parse(cfg->job.codecs.backward, &rt->bwd, err, sizeof err)) {
-        nb_service_start_error(svc, "%s: job.codecs.backward: %s", cfg->path, err);
+    if (nb_encdec_codecs(cfg, &rt->fwd, &rt->bwd, rt->fwd_text, rt->bwd_text, err, sizeof err)) {
+        nb_service_start_error(svc, "%s", err);
         return NB_EINVAL;
     }
+    nb_encdec_cfg_digest(&rt->ec, rt->fwd_text, rt->bwd_text, rt->digest);
     char why[256];
     rt->be = nb_device_open(cfg->n_devices > 0 ? &cfg->devices[0] : NULL, why, sizeof why);
     if (!rt->be) {

@@ -12,6 +12,7 @@
  * sender named; so does losing the decoder's daemon (no recovery yet).
  */
 #include <stdarg.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,7 +41,8 @@ struct nb_encdec_enc_rt {
     nb_encdec_config_t ec;
     nb_encdec_t *t;
     char digest[17];
-    nb_codec_spec_t fwd;
+    nb_codec_spec_t fwd, bwd;      /* job.codecs, parsed */
+    char fwd_text[NB_ENCDEC_CODEC_TEXT], bwd_text[NB_ENCDEC_CODEC_TEXT]; /* and canonical */
     uint64_t job_id;
     int rows, cols;
     int step, micro;
@@ -285,6 +287,8 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_t le
         const Nebula__Job *j = f->job;
         if (rt->have_job)
             fail(rt, "%s sent a second job; this daemon runs one encoder-decoder job", peer);
+        else if (j->job_id == 0)
+            fail(rt, "%s sent a job with id 0; a job's id is never 0", peer);
         else if (j->electra || !j->model_digest || strcmp(j->model_digest, rt->digest) != 0)
             fail(rt, "%s sent a job with digest '%.32s'; the job section of %s gives '%s': both daemons must read "
                  "the same job (models, optimizer, seed, batch, steps, task and job.codecs)", peer,
@@ -298,7 +302,7 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_t le
     } else if (f->body_case == NEBULA__FRAME__BODY_TENSOR) {
         nb_encdec_rx_t x = { .peer = rt->b.cfg->coordinator.name, .job_id = rt->job_id, .step = (uint64_t)rt->step,
                              .micro = (uint32_t)rt->micro, .kind = NEBULA__TENSOR_KIND__KIND_GRADIENT,
-                             .codec = rt->b.cfg->job.codecs.backward, .rows = (uint64_t)rt->rows,
+                             .codec = rt->bwd_text, .rows = (uint64_t)rt->rows,
                              .cols = (uint64_t)rt->cols };
         if (rt->busy || !rt->waiting_grad)
             fail(rt, "refused a tensor from %s: no gradient is awaited now (sent out of turn)", peer);
@@ -316,10 +320,20 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_t le
         }
     } else if (f->body_case == NEBULA__FRAME__BODY_COMMIT) {
         const Nebula__Commit *cm = f->commit;
+        double g = cm->global_grad_sumsq;
+        bool last = rt->step + 1 == rt->ec.steps;
         if (rt->busy || !rt->waiting_commit || cm->job_id != rt->job_id || cm->step != (uint64_t)rt->step)
             fail(rt, "refused a commit from %s: job %llu step %llu, expected job %llu step %d after its report",
                  peer, (unsigned long long)cm->job_id, (unsigned long long)cm->step + 1,
                  (unsigned long long)rt->job_id, rt->step + 1);
+        /* the global sum adds this daemon's to the decoder's: never below
+         * it, never finite when this one is not, skipped exactly when not
+         * finite, and the last step is the job's last */
+        else if (isnan(g) || g < 0 || (isfinite(g) && !isfinite(rt->w_ss)) ||
+                 (isfinite(g) && g < rt->w_ss * (1 - 1e-9)) || cm->skip != !isfinite(g) || cm->last != last)
+            fail(rt, "refused a commit from %s for step %d: global sum of squares %g (this daemon's %g), skip %d, "
+                 "last %d: not what the two reports add up to", peer, rt->step + 1, g, rt->w_ss, (int)cm->skip,
+                 (int)cm->last);
         else {
             rt->waiting_commit = false;
             rt->global_ss = cm->global_grad_sumsq;
@@ -358,7 +372,9 @@ static void on_closed(nb_conn_t *c, int err, void *ud)
     rt->coord = NULL;
     nb_rt_peer_row(rt->b.state, rt->b.cfg->coordinator.name, "coordinator", rt->b.cfg->coordinator.address.text, "gone",
                    NULL);
-    if (rt->have_job && !rt->done && !rt->b.stopping)
+    /* after "job done" (the last commit may still be running here) the
+     * decoder's daemon may close at once: that is the end, not a loss */
+    if (rt->have_job && !rt->done && !rt->done_seen && !rt->b.stopping)
         fail(rt, "lost the decoder's daemon %s (%s) at step %d: an encoder-decoder job across daemons has no "
              "recovery yet", rt->b.cfg->coordinator.name, err ? nb_strerror(err) : "closed", rt->step + 1);
 }
@@ -385,11 +401,11 @@ static int rt_start(nb_service_t *svc, void *ud)
         return NB_EINVAL;
     }
     rt->ec.half = NB_ENCDEC_ENCODER;
-    nb_encdec_cfg_digest(&rt->ec, cfg->job.codecs.forward, cfg->job.codecs.backward, rt->digest);
-    if (nb_codec_spec_parse(cfg->job.codecs.forward, &rt->fwd, err, sizeof err)) {
-        nb_service_start_error(svc, "%s: job.codecs.forward: %s", cfg->path, err);
+    if (nb_encdec_codecs(cfg, &rt->fwd, &rt->bwd, rt->fwd_text, rt->bwd_text, err, sizeof err)) {
+        nb_service_start_error(svc, "%s", err);
         return NB_EINVAL;
     }
+    nb_encdec_cfg_digest(&rt->ec, rt->fwd_text, rt->bwd_text, rt->digest);
     char why[256];
     rt->be = nb_device_open(cfg->n_devices > 0 ? &cfg->devices[0] : NULL, why, sizeof why);
     if (!rt->be) {

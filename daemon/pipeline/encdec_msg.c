@@ -110,6 +110,34 @@ static uint64_t model_text(uint64_t h, const nb_model_config_t *m, const nb_free
     return h;
 }
 
+int nb_encdec_codecs(const nb_config_t *cfg, nb_codec_spec_t *fwd, nb_codec_spec_t *bwd,
+                     char fwd_text[NB_ENCDEC_CODEC_TEXT], char bwd_text[NB_ENCDEC_CODEC_TEXT], char *err,
+                     size_t errlen)
+{
+    const char *key[2] = { "job.codecs.forward", "job.codecs.backward" };
+    const char *text[2] = { cfg->job.codecs.forward, cfg->job.codecs.backward };
+    nb_codec_spec_t *spec[2] = { fwd, bwd };
+    char *canon[2] = { fwd_text, bwd_text };
+    for (int d = 0; d < 2; d++) {
+        char why[512];
+        if (nb_codec_spec_parse(text[d], spec[d], why, sizeof why)) {
+            snprintf(err, errlen, "%s: %s: %s", cfg->path, key[d], why);
+            return NB_EINVAL;
+        }
+        if (spec[d]->ef || spec[d]->delta) {
+            snprintf(err, errlen, "%s: %s: '%s' keeps state between steps (error feedback or delta), which the "
+                     "encoder-decoder job across daemons does not carry; choose a stateless codec",
+                     cfg->path, key[d], text[d]);
+            return NB_EINVAL;
+        }
+        if (nb_codec_spec_format(spec[d], canon[d], NB_ENCDEC_CODEC_TEXT) < 0) {
+            snprintf(err, errlen, "%s: %s: '%s' is too long", cfg->path, key[d], text[d]);
+            return NB_EINVAL;
+        }
+    }
+    return 0;
+}
+
 void nb_encdec_cfg_digest(const nb_encdec_config_t *ec, const char *fwd_codec, const char *bwd_codec, char out[17])
 {
     uint64_t h = 14695981039346656037ull;

@@ -28,6 +28,17 @@ int nb_encdec_cfg_convert(const nb_config_t *cfg, nb_encdec_config_t *ec, const 
  * both models' shapes, adapters and freeze lists, the optimizer, seed,
  * batch, micro-batches, steps, the task's numbers (not its file paths, which
  * are each machine's own) and the two codec specs. */
+/* The job's codecs (job.codecs.forward, .backward of cfg) parsed, and in
+ * the canonical text a sender writes in its frames (nb_codec_spec_format;
+ * "int8(block=256)" and "int8" are one codec), which the digest and the
+ * checks on every tensor compare. Refuses, naming the key, a spec that does
+ * not parse and one that keeps state between steps (ef, delta: not across
+ * these two daemons). 0 or NB_EINVAL with the reason in err. */
+#define NB_ENCDEC_CODEC_TEXT 128
+int nb_encdec_codecs(const nb_config_t *cfg, nb_codec_spec_t *fwd, nb_codec_spec_t *bwd,
+                     char fwd_text[NB_ENCDEC_CODEC_TEXT], char bwd_text[NB_ENCDEC_CODEC_TEXT], char *err,
+                     size_t errlen);
+
 void nb_encdec_cfg_digest(const nb_encdec_config_t *ec, const char *fwd_codec, const char *bwd_codec,
                           char out[17]);
 
