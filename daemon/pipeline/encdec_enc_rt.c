@@ -328,8 +328,9 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_t le
                  (unsigned long long)rt->job_id, rt->step + 1);
         /* the global sum adds this daemon's to the decoder's: never below
          * it, never finite when this one is not, skipped exactly when not
-         * finite, and the last step is the job's last */
-        else if (isnan(g) || g < 0 || (isfinite(g) && !isfinite(rt->w_ss)) ||
+         * finite (NaN or inf: a sum overflowed, the step is skipped), and
+         * the last step is the job's last */
+        else if (g < 0 || (isfinite(g) && !isfinite(rt->w_ss)) ||
                  (isfinite(g) && g < rt->w_ss * (1 - 1e-9)) || cm->skip != !isfinite(g) || cm->last != last)
             fail(rt, "refused a commit from %s for step %d: global sum of squares %g (this daemon's %g), skip %d, "
                  "last %d: not what the two reports add up to", peer, rt->step + 1, g, rt->w_ss, (int)cm->skip,
