@@ -798,6 +798,15 @@ static void on_ready(nb_conn_t *c, void *ud)
             nb_service_set_state(rt->b.svc, NB_SVC_WAITING, "joined coordinator %s; waiting for a job", peer);
         else
             nb_log_info(peer, "coordinator back; reporting this daemon's state");
+        if (rt->have_job && rt->job_done && !rt->joined_valid && !rt->aborting) {
+            /* lost after this daemon's last step (no abort then: DONE was
+             * sent) while the coordinator still recovers the job: as for
+             * its Abort, the job is not done until every stage is, and the
+             * compute thread's answer (OUT_JOINED) is the report */
+            rt->job_done = false;
+            attempt_abort(rt, false, rt->attempt, "the coordinator came back after this daemon's last step");
+            return;
+        }
         send_joined(rt);
         return;
     }
