@@ -151,7 +151,12 @@ typedef struct nb_backend_i {
     void (*xattn_fwd)(nb_backend_t *be, float *out, float *att, const float *q, const float *kv,
                       const uint8_t *key_mask, int B, int T, int S, int C, int NH);
     void (*xattn_bwd)(nb_backend_t *be, float *dq, float *dkv, const float *dout, const float *q,
-                      const float *kv, const float *att, int B, int T, int S, int C, int NH);
+                      const float *kv, const float *att, const uint8_t *key_mask,
+                      int B, int T, int S, int C, int NH);
+    /* Floats of the attention state a forward saves for its backward (the
+     * att argument), for B batches, NH heads, T queries, S keys; NULL means
+     * B * NH * T * S (the softmax probabilities). */
+    size_t (*attention_state_floats)(int B, int NH, int T, int S);
     void (*xent_fwd_bwd)(nb_backend_t *be, float *losses, float *dlogits,
                          const float *logits, const int32_t *targets,
                          float dloss_scale, int N, int V);
@@ -263,8 +268,26 @@ static inline void nb_gelu_erf_fwd(nb_backend_t *be, float *out, const float *x,
 /* dx += GELU_erf'(x) * dout, GELU_erf'(x) = Phi(x) + x phi(x). Accumulates. */
 static inline void nb_gelu_erf_bwd(nb_backend_t *be, float *dx, const float *x, const float *dout, size_t n)
 { NB_CHECK(be->iface->gelu_erf_bwd); be->iface->gelu_erf_bwd(be, dx, x, dout, n); }
-/* qkv (B,T,3C) packed [q|k|v] -> out (B,T,C); att (B,NH,T,T) holds the softmax
- * probabilities for backward. key_mask (B,T), may be NULL: 0 = padding key,
+/* Floats of the attention state (the att argument of the attention ops) for B
+ * batches, NH heads, T queries and S keys (S = T for self-attention). The
+ * state is the backend's own: the CPU backend keeps the softmax probabilities
+ * (B,NH,T,S); the CUDA backend's fused kernels keep a log-sum-exp per query
+ * row and a copy of the output, so no T x S matrix is ever stored. Saturates
+ * at SIZE_MAX instead of overflowing (the allocation then fails). */
+static inline size_t nb_attention_state_floats(const nb_backend_t *be, int B, int NH, int T, int S)
+{
+    if (be->iface->attention_state_floats)
+        return be->iface->attention_state_floats(B, NH, T, S);
+    size_t n = 1;
+    const size_t f[4] = { (size_t)B, (size_t)NH, (size_t)T, (size_t)S };
+    for (int i = 0; i < 4; i++)
+        if (__builtin_mul_overflow(n, f[i], &n))
+            return SIZE_MAX;
+    return n;
+}
+/* qkv (B,T,3C) packed [q|k|v] -> out (B,T,C); att (nb_attention_state_floats
+ * (be, B, NH, T, T) floats) holds what backward needs (on the CPU backend the
+ * softmax probabilities (B,NH,T,T)). key_mask (B,T), may be NULL: 0 = padding key,
  * never attended to. causal: position t attends to keys <= t. */
 static inline void nb_attention_fwd(nb_backend_t *be, float *out, float *att, const float *qkv,
                                     const uint8_t *key_mask, bool causal, int B, int T, int C, int NH)
@@ -275,18 +298,20 @@ static inline void nb_attention_bwd(nb_backend_t *be, float *dqkv, const float *
                                     int B, int T, int C, int NH)
 { NB_CHECK(be->iface->attention_bwd); be->iface->attention_bwd(be, dqkv, dout, qkv, att, key_mask, causal, B, T, C, NH); }
 /* Cross-attention (decoder to encoder): q (B,T,C) of the decoder, kv (B,S,2C)
- * packed [k|v] from the encoder's states -> out (B,T,C); att (B,NH,T,S) holds
- * the softmax probabilities for backward. key_mask (B,S), may be NULL: 0 =
+ * packed [k|v] from the encoder's states -> out (B,T,C); att
+ * (nb_attention_state_floats(be, B, NH, T, S) floats) holds what backward
+ * needs. key_mask (B,S), may be NULL: 0 =
  * padding position of the encoder, never attended to. No causal mask: every
  * decoder position sees the whole encoder output. */
 static inline void nb_xattn_fwd(nb_backend_t *be, float *out, float *att, const float *q, const float *kv,
                                 const uint8_t *key_mask, int B, int T, int S, int C, int NH)
 { NB_CHECK(be->iface->xattn_fwd); be->iface->xattn_fwd(be, out, att, q, kv, key_mask, B, T, S, C, NH); }
 /* dq (B,T,C) and dkv (B,S,2C) += gradients of cross-attention given dout
- * (B,T,C). Accumulates. */
+ * (B,T,C); key_mask is the forward's. Accumulates. */
 static inline void nb_xattn_bwd(nb_backend_t *be, float *dq, float *dkv, const float *dout, const float *q,
-                                const float *kv, const float *att, int B, int T, int S, int C, int NH)
-{ NB_CHECK(be->iface->xattn_bwd); be->iface->xattn_bwd(be, dq, dkv, dout, q, kv, att, B, T, S, C, NH); }
+                                const float *kv, const float *att, const uint8_t *key_mask,
+                                int B, int T, int S, int C, int NH)
+{ NB_CHECK(be->iface->xattn_bwd); be->iface->xattn_bwd(be, dq, dkv, dout, q, kv, att, key_mask, B, T, S, C, NH); }
 /* Softmax cross-entropy over logits (N,V). losses (N) gets -log p[target];
  * targets < 0 are ignored (loss 0, zero gradient). dlogits (N,V), if not NULL,
  * is *overwritten* with dloss_scale * (softmax - onehot) for each counted row;

@@ -473,7 +473,7 @@ static void carve_acts(nb_part_acts_t *a, carver_t *cv)
         b->ln1_mean = carve(cv, mul_sat(BT, fl));
         b->ln1_rstd = carve(cv, mul_sat(BT, fl));
         b->qkv = carve(cv, mul_sat(mul_sat(BTC, 3), fl));
-        b->att = carve(cv, mul_sat(mul_sat(mul_sat(BT, (size_t)a->T), (size_t)c->n_head), fl));
+        b->att = carve(cv, mul_sat(nb_attention_state_floats(p->be, a->B, c->n_head, a->T, a->T), fl));
         b->atty = carve(cv, mul_sat(BTC, fl));
         b->res1 = carve(cv, mul_sat(BTC, fl));
         b->ln2 = carve(cv, mul_sat(BTC, fl));
@@ -488,7 +488,7 @@ static void carve_acts(nb_part_acts_t *a, carver_t *cv)
             b->xln_rstd = carve(cv, mul_sat(BT, fl));
             b->xq = carve(cv, mul_sat(BTC, fl));
             b->xkv = carve(cv, mul_sat(mul_sat(BSC, 2), fl));
-            b->xatt = carve(cv, mul_sat(mul_sat(mul_sat(BT, (size_t)a->S), (size_t)c->n_head), fl));
+            b->xatt = carve(cv, mul_sat(nb_attention_state_floats(p->be, a->B, c->n_head, a->T, a->S), fl));
             b->xatty = carve(cv, mul_sat(BTC, fl));
             b->resx = carve(cv, mul_sat(BTC, fl));
         }

@@ -79,7 +79,8 @@ void nb__xattn_bwd(nb_part_t *p, nb_part_acts_t *a, int i, const float *h, float
     nb__linear_bwd(be, dy, 0.0f, g[NB_B_XPROJW], g[NB_B_XPROJB], dz, s->xatty, w[NB_B_XPROJW], N, C, C);
     nb_be_memset0(be, p->d_xq, nC);
     nb_be_memset0(be, p->d_xkv, (size_t)B * (size_t)S * 2 * (size_t)C * sizeof(float));
-    nb_xattn_bwd(be, p->d_xq, p->d_xkv, dy, s->xq, s->xkv, s->xatt, B, T, S, C, p->cfg.n_head);
+    nb_xattn_bwd(be, p->d_xq, p->d_xkv, dy, s->xq, s->xkv, s->xatt, a->has_enc_mask ? a->enc_mask : NULL,
+                 B, T, S, C, p->cfg.n_head);
     nb__linear_bwd(be, a->denc, 1.0f, g[NB_B_XKVW], g[NB_B_XKVB], p->d_xkv, a->enc, w[NB_B_XKVW], B * S, C, 2 * C);
     if (pre(p)) {
         /* d(h) = dres (residual) + LNx backward of d(xln) */

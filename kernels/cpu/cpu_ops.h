@@ -51,7 +51,8 @@ void nb_cpu_attention_bwd(nb_backend_t *be, float *dqkv, const float *dout,
 void nb_cpu_xattn_fwd(nb_backend_t *be, float *out, float *att, const float *q, const float *kv,
                       const uint8_t *key_mask, int B, int T, int S, int C, int NH);
 void nb_cpu_xattn_bwd(nb_backend_t *be, float *dq, float *dkv, const float *dout, const float *q,
-                      const float *kv, const float *att, int B, int T, int S, int C, int NH);
+                      const float *kv, const float *att, const uint8_t *key_mask,
+                      int B, int T, int S, int C, int NH);
 
 /* cpu_ops_xent.c */
 void nb_cpu_xent_fwd_bwd(nb_backend_t *be, float *losses, float *dlogits,

@@ -67,8 +67,10 @@ void nb_cpu_xattn_fwd(nb_backend_t *be, float *out, float *att, const float *q, 
 }
 
 void nb_cpu_xattn_bwd(nb_backend_t *be, float *dq, float *dkv, const float *dout, const float *q,
-                      const float *kv, const float *att, int B, int T, int S, int C, int NH)
+                      const float *kv, const float *att, const uint8_t *key_mask,
+                      int B, int T, int S, int C, int NH)
 {
+    (void)key_mask; /* masked keys have probability 0 in att */
     NB_CHECK(B >= 0 && T > 0 && S > 0 && C > 0 && NH > 0 && C % NH == 0);
     int HS = C / NH, C2 = 2 * C;
     float scale = 1.0f / sqrtf((float)HS);

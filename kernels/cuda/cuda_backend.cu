@@ -2,46 +2,32 @@
  * cuda_backend.cu - the CUDA backend: device memory, stream-ordered copies and
  * dense linear algebra through cuBLAS on one stream per backend.
  *
- * This is the first slice of the CUDA backend: memory, matmul, add and scale.
- * Every other op reports unsupported through nb_be_supports() until its kernel
- * lands with a test against the CPU backend (the reference) at a stated
- * tolerance. Built only when nvcc is found; nb_cuda_backend_new() returns NULL
- * with a reason on a machine without a usable device.
+ * The table's other ops come from the op files (cuda_ops_*.cu, cuda_codec.cu)
+ * through their registration functions (cuda_common.cuh); an op no file
+ * registers reports unsupported through nb_be_supports(). Built by nvcc when it
+ * is found, and always as the host emulation (cuda_common.cuh);
+ * nb_cuda_backend_new() returns NULL with a reason on a machine without a
+ * usable device.
  */
-#include <cuda_runtime.h>
-#include <cublas_v2.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include "kernels/backend.h"
+#include "kernels/cuda/cuda_common.cuh"
 
-/* Record file, line and the library's own error string, then abort: a failed
- * CUDA call after the backend opened is a broken invariant (device lost). */
-#define NB_CUDA_CHECK(call)                                                        \
-    do {                                                                           \
-        cudaError_t e_ = (call);                                                   \
-        if (e_ != cudaSuccess) {                                                   \
-            fprintf(stderr, "nebula: CUDA error at %s:%d: %s: %s\n", __FILE__,     \
-                    __LINE__, #call, cudaGetErrorString(e_));                      \
-            abort();                                                               \
-        }                                                                          \
-    } while (0)
-#define NB_CUBLAS_CHECK(call)                                                      \
-    do {                                                                           \
-        cublasStatus_t s_ = (call);                                                \
-        if (s_ != CUBLAS_STATUS_SUCCESS) {                                         \
-            fprintf(stderr, "nebula: cuBLAS error at %s:%d: %s: %s\n", __FILE__,   \
-                    __LINE__, #call, cublasGetStatusString(s_));                   \
-            abort();                                                               \
-        }                                                                          \
-    } while (0)
+typedef nb_cuda_ctx cuda_ctx;
+static cuda_ctx *ctx_of(nb_backend_t *be) { return nb_cuda_ctx_of(be); }
 
-struct cuda_ctx {
-    int device;
-    cudaStream_t stream;
-    cublasHandle_t blas;
-};
-
-static cuda_ctx *ctx_of(nb_backend_t *be) { return (cuda_ctx *)be->ctx; }
+void *nb_cuda_scratch(nb_backend_t *be, size_t bytes)
+{
+    cuda_ctx *c = ctx_of(be);
+    if (bytes <= c->scratch_bytes)
+        return c->scratch;
+    if (c->scratch)
+        NB_CUDA_CHECK(cudaFreeAsync(c->scratch, c->stream));
+    size_t want = bytes < ((size_t)1 << 20) ? ((size_t)1 << 20) : bytes;
+    c->scratch = NULL;
+    c->scratch_bytes = 0;
+    NB_CUDA_CHECK(cudaMallocAsync(&c->scratch, want, c->stream));
+    c->scratch_bytes = want;
+    return c->scratch;
+}
 
 static void *cu_alloc(nb_backend_t *be, size_t bytes)
 {
@@ -107,28 +93,32 @@ __global__ static void scale_kernel(float *y, float alpha, size_t n)
         y[i] *= alpha;
 }
 
-static unsigned blocks_for(size_t n) { return (unsigned)((n + 255) / 256); }
+static unsigned blocks_for(size_t n) { return nb_cuda_blocks(n, 256); }
 
 static void cu_add(nb_backend_t *be, float *y, const float *x, float alpha, size_t n)
 {
     if (n == 0)
         return;
-    axpy_kernel<<<blocks_for(n), 256, 0, ctx_of(be)->stream>>>(y, x, alpha, n);
-    NB_CUDA_CHECK(cudaGetLastError());
+    NB_LAUNCH(axpy_kernel, blocks_for(n), 256, 0, ctx_of(be)->stream)(y, x, alpha, n);
+    NB_CUDA_LAUNCHED();
 }
 
 static void cu_scale(nb_backend_t *be, float *y, float alpha, size_t n)
 {
     if (n == 0)
         return;
-    scale_kernel<<<blocks_for(n), 256, 0, ctx_of(be)->stream>>>(y, alpha, n);
-    NB_CUDA_CHECK(cudaGetLastError());
+    NB_LAUNCH(scale_kernel, blocks_for(n), 256, 0, ctx_of(be)->stream)(y, alpha, n);
+    NB_CUDA_LAUNCHED();
 }
 
 static void cu_free(nb_backend_t *be)
 {
     cuda_ctx *c = ctx_of(be);
     cudaStreamSynchronize(c->stream);
+    if (c->scratch)
+        cudaFree(c->scratch);
+    if (c->host_result)
+        cudaFreeHost(c->host_result);
     cublasDestroy(c->blas);
     cudaStreamDestroy(c->stream);
     free(c);
@@ -151,6 +141,12 @@ static nb_backend_i make_iface(void)
     i.matmul = cu_matmul;
     i.add = cu_add;
     i.scale = cu_scale;
+    nb_cuda_register_elementwise(&i);
+    nb_cuda_register_embed(&i);
+    nb_cuda_register_norm(&i);
+    nb_cuda_register_xent(&i);
+    nb_cuda_register_attention(&i);
+    nb_cuda_register_codec(&i);
     return i;
 }
 
@@ -187,6 +183,18 @@ extern "C" nb_backend_t *nb_cuda_backend_new(int device, const char **why)
         return NULL;
     }
     NB_CUBLAS_CHECK(cublasSetStream(c->blas, c->stream));
+    /* Bit-reproducible matmuls: no split-K with atomics (cuBLAS's
+     * CUBLAS_ATOMICS_NOT_ALLOWED is the default; state it). */
+    NB_CUBLAS_CHECK(cublasSetAtomicsMode(c->blas, CUBLAS_ATOMICS_NOT_ALLOWED));
+    if (cudaMallocHost((void **)&c->host_result, sizeof(double)) != cudaSuccess) {
+        cublasDestroy(c->blas);
+        cudaStreamDestroy(c->stream);
+        free(c);
+        free(be);
+        if (why)
+            *why = "cannot allocate pinned host memory";
+        return NULL;
+    }
     c->device = device;
     be->iface = &cuda_iface;
     be->ctx = c;
