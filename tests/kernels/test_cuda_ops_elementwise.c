@@ -185,7 +185,9 @@ static void test_gelu_erf(void **state)
 static void test_bias_add(void **state)
 {
     fixture_t *f = fx(state);
-    const int shapes[][2] = { { 1, 1 }, { 37, 48 }, { 5, 301 }, { 111, 7 }, { 0, 9 }, { 9, 0 } };
+    /* narrow and wide (two column groups), and more rows than the grid's
+     * 4096 (each block strides over several) */
+    const int shapes[][2] = { { 1, 1 }, { 37, 48 }, { 5, 301 }, { 111, 7 }, { 4099, 3 }, { 0, 9 }, { 9, 0 } };
     for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
         int rows = shapes[k][0], cols = shapes[k][1];
         size_t n = (size_t)rows * cols;

@@ -152,6 +152,7 @@ static void test_embed_matches_cpu(void **state)
         { 3, 101, 65, 7, 101 },  /* two channel blocks (the second nearly empty), two tiles, tiny V */
         { 2, 5, 1, 3, 8 },       /* C = 1: many partitions, N small */
         { 1, 1, 3, 1, 1 },
+        { 2, 3, 300, 5, 4 },     /* two channel groups forward, five backward */
     };
     for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++)
         check_shape(f, shapes[k]);
