@@ -9,10 +9,10 @@
  * AdamW is therefore spelt with the round-to-nearest intrinsics (__fmul_rn,
  * __fadd_rn, ..., never fused), in the CPU's order, and the tanh GELU uses
  * the CPU's own exp polynomial (cpu_vec.h nb_v_exp) instead of the device's
- * expf. Those ops, bias_add and (with the CPU's row order) nothing else give
- * the CPU's bits. The erf GELU calls the device's erff/expf (a few ulp from
- * glibc's) and bias_grad sums in another association (two-pass), so both are
- * within a stated tolerance of the CPU (docs/cuda.md).
+ * expf. Those two and bias_add give the CPU's bits. The erf GELU calls the
+ * device's erff/expf (a few ulp from glibc's) and bias_grad sums in another
+ * association (two passes), so both are within a stated tolerance of the CPU
+ * (docs/cuda.md). Every op gives the same bits on every run.
  *
  * Launch shapes: one thread per element, 256 threads a block, for gelu and
  * adamw. bias_add: grid.x covers the columns (up to 256 threads a block),
