@@ -121,9 +121,9 @@ static int bench_gpt2(nb_backend_t *be, const opts_t *o)
     static const int batches[] = { 16, 8, 4 };
     int nb = 3;
     if (o->tiny) {
-        cfg.n_layer = 2; cfg.d_model = 48; cfg.n_head = 4; cfg.d_ff = 4 * 48;
-        cfg.vocab = 101; cfg.max_seq = 37;
-        T = 37; real_vocab = 97;
+        cfg.n_layer = 1; cfg.d_model = 32; cfg.n_head = 2; cfg.d_ff = 4 * 32;
+        cfg.vocab = 67; cfg.max_seq = 17;
+        T = 17; real_vocab = 61;
     }
     const char *envb = getenv("NB_BENCH_GPU_B");
     int forced_b = envb ? atoi(envb) : 0;
@@ -142,7 +142,7 @@ static int bench_gpt2(nb_backend_t *be, const opts_t *o)
     /* The largest batch that fits (activations of B x 1024 with the logits
      * of 50304 columns). */
     for (int i = 0; i < nb && !a; i++) {
-        B = o->tiny ? 3 : forced_b > 0 ? forced_b : batches[i];
+        B = o->tiny ? 2 : forced_b > 0 ? forced_b : batches[i];
         if (nb_part_acts_new(p, B, T, &a))
             a = NULL;
         if (o->tiny || forced_b > 0)
@@ -177,7 +177,7 @@ static int bench_gpt2(nb_backend_t *be, const opts_t *o)
     nb_be_sync(be);
     nb_part_input_t in = { .tokens = dtok, .targets = dtgt, .loss_scale = 1.0f };
 
-    int warm = o->tiny ? 1 : 2, steps = 0, min_steps = o->tiny ? 2 : 8;
+    int warm = o->tiny ? 1 : 2, steps = 0, min_steps = o->tiny ? 1 : 8;
     double max_s = o->tiny ? 0.0 : 25.0, t0 = 0.0, elapsed = 0.0;
     float first_loss = NAN, loss = NAN;
     for (int step = 0;; step++) {
@@ -205,7 +205,7 @@ static int bench_gpt2(nb_backend_t *be, const opts_t *o)
             steps++;
             nb_be_sync(be);
             elapsed = nb_mono_s() - t0;
-            /* at least 3 timed steps; then stop at min_steps or after max_s */
+            /* min_steps timed steps, or at least 3 and max_s seconds */
             if (steps >= min_steps || (steps >= 3 && elapsed >= max_s))
                 break;
         }
@@ -215,7 +215,7 @@ static int bench_gpt2(nb_backend_t *be, const opts_t *o)
     double tps = (double)nt * steps / elapsed;
     printf("# gpt2: B=%d T=%d params=%.0f, %d timed steps in %.3f s (%.1f ms/step), loss %.4f -> %.4f\n",
            B, T, params, steps, elapsed, 1e3 * elapsed / steps, first_loss, loss);
-    printf("bench gpu_gpt2_124m_fp32_tokens_per_s %.1f tok/s\n", tps);
+    printf("bench gpu_gpt2_124m_fp32_tokens_per_s %.6g tok/s\n", tps);
     char name[128];
     double peak = 0.0;
     const char *env = getenv("NB_GPU_PEAK_TFLOPS");
@@ -228,7 +228,7 @@ static int bench_gpt2(nb_backend_t *be, const opts_t *o)
                "keeps cuBLAS in pure fp32 math)\n", name, peak);
     }
     if (peak > 0.0)
-        printf("bench gpu_gpt2_124m_fp32_mfu %.2f %%\n", 100.0 * tps * flops_tok / (peak * 1e12));
+        printf("bench gpu_gpt2_124m_fp32_mfu %.4g %%\n", 100.0 * tps * flops_tok / (peak * 1e12));
     else
         printf("# no MFU: unknown peak of GPU '%s' (set NB_GPU_PEAK_TFLOPS)\n", name);
     rc = PART_OK;
@@ -247,12 +247,14 @@ out:
 /* ---- 2. attention against the block's matmuls ----------------------------- */
 
 /* Seconds per repetition of fn, at least o->min_reps reps and o->min_s s,
- * after one untimed warm-up call. */
+ * after one untimed warm-up call (none in --tiny). */
 typedef void (*work_fn)(void *ud);
 static double time_it(nb_backend_t *be, const opts_t *o, work_fn fn, void *ud)
 {
-    fn(ud);
-    nb_be_sync(be);
+    if (!o->tiny) {
+        fn(ud);
+        nb_be_sync(be);
+    }
     double t0 = nb_mono_s(), t = 0.0;
     int reps = 0;
     do {
@@ -306,7 +308,7 @@ static int bench_attention(nb_backend_t *be, const opts_t *o, int B)
     }
     attn_ctx c = { .be = be, .B = B, .T = 1024, .C = 768, .NH = 12 };
     if (o->tiny) {
-        c.B = 2; c.T = 37; c.C = 48; c.NH = 4;
+        c.B = 1; c.T = 17; c.C = 32; c.NH = 2;
     }
     size_t N = (size_t)c.B * c.T, C = (size_t)c.C, F = 4 * C;
     size_t state = nb_attention_state_floats(be, c.B, c.NH, c.T, c.T);
@@ -334,7 +336,7 @@ static int bench_attention(nb_backend_t *be, const opts_t *o, int B)
     double mm_flops = 3.0 * 2.0 * (double)N * (C * 3 * C + C * C + 2 * C * F);
     printf("# attention: B=%d T=%d C=%d NH=%d causal fwd+bwd %.3f ms; the block's 12 matmuls %.3f ms (%.1f TFLOPS)\n",
            c.B, c.T, c.C, c.NH, 1e3 * ta, 1e3 * tm, mm_flops / tm * 1e-12);
-    printf("bench gpu_attention_vs_matmul_ratio %.3f x\n", ta / tm);
+    printf("bench gpu_attention_vs_matmul_ratio %.4g x\n", ta / tm);
     rc = PART_OK;
 out:;
     float *bufs[] = { c.qkv, c.dout, c.x, c.w, c.dy, c.out, c.att, c.dqkv, c.y, c.dx, c.dw };
@@ -388,7 +390,7 @@ static int bench_codecs(nb_backend_t *be, const opts_t *o)
     }
     /* 2^25 floats (128 MiB): four GPT-2 activations of (8,1024,768), past
      * every cache, so launch costs do not dominate. */
-    codec_ctx c = { .be = be, .n = o->tiny ? 100003 : (size_t)1 << 25, .block = 64 };
+    codec_ctx c = { .be = be, .n = o->tiny ? 4099 : (size_t)1 << 25, .block = 64 };
     c.k = c.n / 100;
     int rc = PART_FAILED;
     c.x = dev_random(be, c.n, 11, 2.0f);
@@ -409,8 +411,8 @@ static int bench_codecs(nb_backend_t *be, const opts_t *o)
         c.codec = names[i];
         double t = time_it(be, o, codec_work, &c);
         double gbps = bytes / t * 1e-9;
-        printf("# codec %s: encode+decode %.1f GB/s of fp32 input\n", names[i], gbps);
-        printf("bench gpu_codec_%s_vs_memcpy %.4f x\n", names[i], gbps / copy_gbps);
+        printf("# codec %s: encode+decode %.4g GB/s of fp32 input\n", names[i], gbps);
+        printf("bench gpu_codec_%s_vs_memcpy %.4g x\n", names[i], gbps / copy_gbps);
     }
     rc = PART_OK;
 out:;
