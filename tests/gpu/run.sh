@@ -191,6 +191,11 @@ if [ $skip_build -eq 0 ]; then
       [ $rc -eq 124 ] && why="timed out after ${secs} s" || why="make exit $rc"
       step build FAIL "($why, ${dt} s; gpu-logs/build.log)"
       grep -E 'error|Error' "$logs/build.log" | head -n 20 | sed 's/^/  | /' | tee -a "$summary"
+      # Another compiler may refuse what the prepared one took (-Werror):
+      # the bundle's programs still give the tests and figures.
+      if [ -f "$bundle" ] && run_limited 120 tar -C "$build" -xJf "$bundle" >> "$logs/build.log" 2>&1; then
+        say "# the steps below use the prepared bundle instead ($(cat "$build/BUNDLE-INFO" 2>/dev/null))"
+      fi
     fi
   fi
 fi
