@@ -454,8 +454,16 @@ static void check_layer(const char *text, int64_t rows, int64_t cols, uint64_t s
     if (nb_codec_spec_parse(text, &spec, err, sizeof err))
         fail_msg("spec '%s': %s", text, err);
     bool svd = spec.kind == NB_CODEC_S_SVD, stateful = spec.ef || spec.delta;
-    if (svd && !nb_be_supports(gpu, NB_OP_SUMSQ)) { /* svd measures ||A||^2 with sumsq */
-        printf("# %-22s not checked: the cuda backend has no sumsq\n", text);
+    if (svd && !nb_be_supports(gpu, NB_OP_SUMSQ)) {
+        /* svd measures ||A||^2 with sumsq: without it, a clear error */
+        nb_codec_msg_t m;
+        nb_codec_msg_init(&m);
+        float one = 1.0f;
+        nb_tensor_t *t = tensor_of(gpu, &one, 1, 1);
+        assert_int_equal(nb_codec_encode(gpu, &spec, t, 1, NULL, 0, &m, err, sizeof err), NB_EINVAL);
+        printf("# %-22s not checked: %s\n", text, err);
+        nb_tensor_free(t);
+        nb_codec_msg_free(&m);
         return;
     }
     float *x = xalloc(n * 4);
