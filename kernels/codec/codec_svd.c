@@ -59,6 +59,8 @@ int nb__codec_svd_encode(nb_backend_t *be, const nb_codec_spec_t *s, const float
     const int mn = M < N ? M : N;
     if (rows > INT32_MAX || cols > INT32_MAX)
         return nb__codec_err(err, errlen, NB_ERANGE, "svd: matrix %ux%u too large", rows, cols);
+    if (!nb_be_supports(be, NB_OP_SUMSQ) || !nb_be_supports(be, NB_OP_MATMUL))
+        return nb__codec_err(err, errlen, NB_EINVAL, "svd: backend %s lacks sumsq or matmul", be->iface->name);
     int r = (int)nb__codec_svd_rank(s, rows, cols);
     int l = r + (int)s->svd_oversample;
     if (l > mn)
