@@ -27,7 +27,7 @@ static float *up(nb_backend_t *gpu, const void *host, size_t bytes)
 {
     float *d = nb_be_alloc(gpu, bytes ? bytes : 1);
     assert_non_null(d);
-    if (bytes)
+    if (host && bytes)
         nb_be_from_host(gpu, d, host, bytes);
     return d;
 }
