@@ -379,10 +379,35 @@ static void test_fence_faults(void **state)
     nb_be_free(fb);
 }
 
+/* A backend without an op the passes use is refused when the part is
+ * made, naming the op, not with an abort in the middle of a step (add:
+ * a tied head's wte share and the adapters' residual). */
+static void test_missing_op_refused(void **state)
+{
+    (void)state;
+    nb_backend_t *fb = nb_fenced_backend_new(1 << 20);
+    assert_non_null(fb);
+    const nb_backend_i *full = fb->iface;
+    nb_backend_i lame = *full;
+    lame.add = NULL;
+    fb->iface = &lame;
+    nb_model_config_t c = gpt();
+    nb_part_spec_t s = nb_part_spec_full(&c);
+    nb_part_t *p = NULL;
+    char err[200] = "";
+    assert_int_equal(nb_part_new(fb, &c, &s, 1, NULL, &p, err, sizeof err), NB_EINVAL);
+    assert_null(p);
+    printf("  refused: %s\n", err);
+    assert_non_null(strstr(err, "does not support add"));
+    fb->iface = full;
+    nb_be_free(fb);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fence_faults),
+        cmocka_unit_test(test_missing_op_refused),
         cmocka_unit_test(test_gpt),
         cmocka_unit_test(test_bert_heads),
         cmocka_unit_test(test_adapters_decoder),
