@@ -10,7 +10,8 @@
  * Cases: GPT (pre-LN, causal, tied lm head), BERT (post-LN, mlm, key mask),
  * seqcls, tokcls, erf GELU pre and post, adapters, a decoder with
  * cross-attention and adapters, the low-rank split, frozen tensors
- * (backward stopping early; adapters only).
+ * (backward stopping early; adapters only); and GPT with bf16 matmuls
+ * (job.precision: bf16) on both backends, 3 steps.
  *
  * Tolerances; every tensor's error is printed with the CPU backend's beside:
  *  - logits, gradients: max |gpu - ref| <= 1e-4 * max |ref| per tensor,
@@ -35,6 +36,12 @@
  *    leaves them out too).
  *  - frozen weights after the steps: bit-identical to the file's.
  *  - the repeated run: every recorded value bit-identical (no atomics).
+ *  - bf16 matmuls: logits and gradients within 5e-2 (normalised max) of
+ *    PyTorch's fp32 values, step losses within 5e-3 relative (measured:
+ *    8.6e-3 and 4.3e-4, the CPU backend's bf16 run the same); against the
+ *    CPU backend's bf16 run, which rounds the same matmul inputs, 1e-3 and
+ *    1e-4 (measured 3e-7 and 0 on the emulated device; fp32 matmuls on
+ *    the device would be 4.8e-3 off, so the check sees that bf16 is on).
  * About 7 s on the emulated device. Without a CUDA device or module the
  * test is reported as skipped. Run from the repository root.
  * By hand: NB_CUDA_MODEL_CASES (comma-separated file stems, e.g.
@@ -58,12 +65,21 @@
 #define TOL_W_MAX 1e-2 /* ... and max |gpu - cpu| / max |cpu| */
 #define MAX_STEPS 64
 #define TWICE_STEPS 3  /* steps the second run on the device repeats */
+/* bf16 matmuls (test_gpt_bf16): normalised max errors of logits and
+ * gradients against PyTorch's fp32 and against the CPU backend's bf16 run;
+ * relative loss errors likewise */
+#define BF16_STEPS 3
+#define BF16_TOL_REF 5e-2
+#define BF16_TOL_CPU 1e-3
+#define BF16_TOL_LOSS_REF 5e-3
+#define BF16_TOL_LOSS_CPU 1e-4
 
 typedef struct {
     nb_ref_file_t f;
     nb_model_config_t cfg;
     int B, T, S;
     nb_optim_config_t oc;
+    nb_precision_t prec; /* of the runs' matmuls */
 } ref_t;
 
 /* What one backend computed, on the host. */
@@ -209,6 +225,7 @@ static void load_weights(const ref_t *r, nb_backend_t *be, nb_part_t *p)
 static void run_on(const ref_t *r, nb_backend_t *be, int steps, int snap, result_t *out)
 {
     memset(out, 0, sizeof *out);
+    assert_int_equal(nb_be_set_precision(be, r->prec), 0);
     size_t BT = (size_t)r->B * (size_t)r->T;
     const nb_ref_tensor_t *tok = need(r, "tokens"), *tgt = need(r, "targets");
     assert_int_equal(tok->numel, BT);
@@ -362,6 +379,21 @@ static void same_bits(const char *what, const void *a, const void *b, size_t byt
         fail_msg("%s: two runs on the device differ", what);
 }
 
+/* A bf16 tensor: against PyTorch's fp32 values and against the CPU
+ * backend's bf16 run (normalised max errors). */
+static void bf16_check(const char *what, const float *gpu, const float *cpu, const nb_ref_tensor_t *ref)
+{
+    float *r = malloc(ref->numel * sizeof *r);
+    nb_ref_floats(ref, r);
+    double eg = nerr(gpu, r, ref->numel, 0, 0), ec = nerr(cpu, r, ref->numel, 0, 0);
+    double egc = nerr(gpu, cpu, ref->numel, 0, 0);
+    free(r);
+    printf("  %-18s gpu rel %.2e  cpu rel %.2e  gpu-cpu rel %.2e\n", what, eg, ec, egc);
+    if (!(eg <= BF16_TOL_REF) || !(egc <= BF16_TOL_CPU))
+        fail_msg("%s in bf16: %.3e from PyTorch (max %.0e), %.3e from the CPU backend (max %.0e)", what, eg,
+                 BF16_TOL_REF, egc, BF16_TOL_CPU);
+}
+
 static bool selected(const char *stem)
 {
     const char *sel = getenv("NB_CUDA_MODEL_CASES");
@@ -499,6 +531,56 @@ out:
     nb_ref_free(&r.f);
 }
 
+/* bf16 matmuls (job.precision: bf16; docs/cuda.md, "Precision") on both
+ * backends: the file's gpt model, its fp32 PyTorch values at bf16
+ * tolerances, and the CPU backend's bf16 run (the same rounding of every
+ * matmul input, other summation orders) closer. */
+static void test_gpt_bf16(void **state)
+{
+    (void)state;
+    if (!selected("gpt_bf16"))
+        skip();
+    const char *why = NULL;
+    nb_backend_t *gpu = nb_cuda_backend_new(0, &why);
+    if (!gpu) {
+        printf("cuda backend unavailable: %s\n", why ? why : "?");
+        skip();
+    }
+    ref_t r;
+    load_ref(&r, "tests/data/ref_gpt.bin");
+    r.prec = NB_PREC_BF16;
+    nb_backend_t *cpu = nb_cpu_backend_new();
+    assert_non_null(cpu);
+    result_t c, g;
+    int steps = BF16_STEPS;
+    run_on(&r, cpu, steps, 0, &c);
+    run_on(&r, gpu, steps, 0, &g);
+    printf("tests/data/ref_gpt.bin in bf16: rel errors against PyTorch fp32 (gpu, cpu) and gpu against cpu\n");
+    bf16_check("logits", g.logits, c.logits, need(&r, "logits"));
+    char name[80];
+    for (int i = 0; i < g.n_info; i++) {
+        const nb_param_info_t *pi = &g.info[i];
+        snprintf(name, sizeof name, "g.%s", pi->name);
+        bf16_check(name, g.grads + pi->grad_offset, c.grads + pi->grad_offset, need(&r, name));
+    }
+    float ref_losses[MAX_STEPS];
+    nb_ref_floats(need(&r, "losses"), ref_losses);
+    for (int s = 0; s < steps; s++) {
+        double er = fabs((double)g.losses[s] - ref_losses[s]) / fabs((double)ref_losses[s]);
+        double ec = fabs((double)g.losses[s] - c.losses[s]) / fabs((double)c.losses[s]);
+        printf("  adamw loss %d       gpu %.7f cpu %.7f ref %.7f  gpu rel %.2e  gpu-cpu rel %.2e\n", s,
+               g.losses[s], c.losses[s], ref_losses[s], er, ec);
+        if (!(er <= BF16_TOL_LOSS_REF) || !(ec <= BF16_TOL_LOSS_CPU))
+            fail_msg("bf16 loss of step %d: %.3e from PyTorch (max %.0e), %.3e from the CPU backend (max %.0e)", s,
+                     er, BF16_TOL_LOSS_REF, ec, BF16_TOL_LOSS_CPU);
+    }
+    free_result(&c);
+    free_result(&g);
+    nb_be_free(cpu);
+    nb_be_free(gpu);
+    nb_ref_free(&r.f);
+}
+
 static void test_gpt(void **state) { (void)state; run_case("gpt", 10, true); }
 static void test_bert(void **state) { (void)state; run_case("bert", 0, false); }
 static void test_seqcls(void **state) { (void)state; run_case("seqcls", 10, true); }
@@ -525,6 +607,7 @@ int main(void)
         cmocka_unit_test(test_gpt_lowrank),
         cmocka_unit_test(test_gpt_bottom_frozen),
         cmocka_unit_test(test_bert_adapter_frozen),
+        cmocka_unit_test(test_gpt_bf16),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

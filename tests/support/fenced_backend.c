@@ -89,6 +89,7 @@ static void fb_matmul(nb_backend_t *be, bool ta, bool tb, int m, int n, int k, f
 {
     OPS->matmul(CPU, ta, tb, m, n, k, alpha, T(a), lda, sa, T(b), ldb, sb, beta, T(c), ldc, sc, batch);
 }
+static int fb_set_precision(nb_backend_t *be, nb_precision_t p) { return nb_be_set_precision(CPU, p); }
 static void fb_add(nb_backend_t *be, float *y, const float *x, float alpha, size_t n)
 { OPS->add(CPU, T(y), T(x), alpha, n); }
 static void fb_scale(nb_backend_t *be, float *y, float alpha, size_t n) { OPS->scale(CPU, T(y), alpha, n); }
@@ -148,6 +149,7 @@ static const nb_backend_i fenced_iface = {
     .copy_d2d = fb_d2d,
     .sync = fb_sync,
     .matmul = fb_matmul,
+    .set_precision = fb_set_precision,
     .add = fb_add,
     .scale = fb_scale,
     .bias_add = fb_bias_add,
