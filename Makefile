@@ -142,8 +142,10 @@ NVCCFLAGS ?= -O2 -g -std=c++17 -Xcompiler -Wall,-Werror,-Wno-unused-parameter $(
 # process that uses a GPU maps cuBLAS.
 NVCCFLAGS += -Xcompiler -fPIC
 CUDA_LDLIBS := -L$(CUDA_ROOT)/lib64 -Xlinker -rpath,$(CUDA_ROOT)/lib64 -lcublas -lcudart
-LDLIBS += -ldl
 endif
+# kernels/cuda_loader.c opens the CUDA module (the real one, or the emulated
+# device for the tests) with dlopen in every build.
+LDLIBS += -ldl
 
 # ---- sources ---------------------------------------------------------------------
 # rfind DIR,NAME-GLOB: files below DIR whose name matches the glob, sorted.
@@ -158,6 +160,8 @@ PROTO_GEN_H := $(PROTO_FILES:%.proto=$(BUILD)/gen/%.pb-c.h)
 DAEMON_SRCS := $(filter-out daemon/bin/%,$(call rfind,daemon,*.c))
 BIN_SRCS := $(wildcard daemon/bin/*.c)
 TEST_SRCS := $(call rfind,tests,test_*.c)
+# The emulated device's own test (C++, linked with the emulator alone).
+EMU_TEST_SRCS := $(call rfind,tests/cuda_emu,test_*.cc)
 TEST_SUPPORT_SRCS := $(wildcard tests/support/*.c)
 BENCH_SRCS := $(wildcard tests/bench/bench_*.c)
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
@@ -165,6 +169,13 @@ FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 CPU_ISA_OBJS := $(foreach l,$(CPU_LEVELS),$(CPU_ISA_SRCS:%.c=$(BUILD)/obj/cpu-$(l)/%.o))
 KERNEL_OBJS := $(KERNEL_SRCS:%.c=$(BUILD)/obj/%.o) $(CPU_ISA_OBJS)
 CUDA_MODULE := $(if $(KERNEL_CU),$(BUILD)/lib/libnebula-cuda.so)
+# The emulated CUDA device (tests/cuda_emu/): the same .cu sources compiled by
+# the host C++ compiler in every build, CUDA or not, so that `make test`
+# checks the kernels' logic on any machine (docs/cuda.md, "Emulated device").
+EMU_CU := $(call rfind,kernels/cuda,*.cu)
+EMU_OBJS := $(EMU_CU:%.cu=$(BUILD)/obj/emu/%.o) $(BUILD)/obj/emu/tests/cuda_emu/cuda_emu.o
+CUDA_EMU_MODULE := $(BUILD)/lib/libnebula-cuda-emu.so
+EMU_CXXFLAGS := -std=c++17 -O2 -g -fPIC -pthread -Wall -Wextra -Wno-unused-parameter -Werror -MMD -MP -DNB_CUDA_EMU=1 $(SANFLAGS)
 PROTO_OBJS := $(PROTO_GEN_C:$(BUILD)/gen/%.c=$(BUILD)/obj/gen/%.o)
 DAEMON_OBJS := $(DAEMON_SRCS:%.c=$(BUILD)/obj/%.o)
 SUPPORT_OBJS := $(TEST_SUPPORT_SRCS:%.c=$(BUILD)/obj/%.o)
@@ -175,7 +186,7 @@ LIB_DAEMON := $(BUILD)/lib/libnbdaemon.a
 LIBS := $(LIB_DAEMON) $(LIB_PROTO) $(LIB_KERNELS)
 
 BINS := $(BIN_SRCS:daemon/bin/%.c=$(BUILD)/bin/%)
-TESTS := $(TEST_SRCS:%.c=$(BUILD)/%)
+TESTS := $(TEST_SRCS:%.c=$(BUILD)/%) $(EMU_TEST_SRCS:%.cc=$(BUILD)/%)
 BENCHES := $(BENCH_SRCS:tests/bench/%.c=$(BUILD)/bench/%)
 FUZZERS := $(FUZZ_SRCS:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 
@@ -198,7 +209,7 @@ $(BUILD)/config.txt:
 .PHONY: all bins test asan tsan bench demo demo-electra fuzz install clean help
 # Keep objects that make would treat as intermediate.
 .SECONDARY:
-all: $(BINS) $(TESTS) $(BENCHES) $(CUDA_MODULE)
+all: $(BINS) $(TESTS) $(BENCHES) $(CUDA_MODULE) $(CUDA_EMU_MODULE)
 bins: $(BINS)
 
 $(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: %.proto
@@ -238,6 +249,26 @@ $(CUDA_MODULE): $(KERNEL_CU:%.cu=$(BUILD)/obj/%.cu.pic.o)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(NVCC) -shared -o $@ $^ $(CUDA_LDLIBS)
+
+$(BUILD)/obj/emu/%.o: %.cu $(BUILD)/config.txt
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CXX     $< [emulated device]")
+	$(Q)$(CXX) $(CPPFLAGS) $(EMU_CXXFLAGS) -x c++ -c -o $@ $<
+
+$(BUILD)/obj/emu/%.o: %.cc $(BUILD)/config.txt
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CXX     $<")
+	$(Q)$(CXX) $(CPPFLAGS) $(EMU_CXXFLAGS) -c -o $@ $<
+
+$(CUDA_EMU_MODULE): $(EMU_OBJS)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CXX) -shared $(SANFLAGS) -o $@ $^ $(shell pkg-config --libs openblas)
+
+$(EMU_TEST_SRCS:%.cc=$(BUILD)/%): $(BUILD)/%: $(BUILD)/obj/emu/%.o $(BUILD)/obj/emu/tests/cuda_emu/cuda_emu.o
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CXX) $(SANFLAGS) -pthread -o $@ $^ $(shell pkg-config --libs openblas cmocka)
 
 $(LIB_KERNELS): $(KERNEL_OBJS)
 $(LIB_PROTO): $(PROTO_OBJS)

@@ -63,16 +63,6 @@ void nb_be_free(nb_backend_t *be)
         be->iface->free(be);
 }
 
-#ifndef NB_HAVE_CUDA
-nb_backend_t *nb_cuda_backend_new(int device, const char **why)
-{
-    (void)device;
-    if (why)
-        *why = "built without CUDA (nvcc not found at build time)";
-    return NULL;
-}
-#endif
-
 static int shape_bytes(nb_dtype_t dt, int ndim, const int64_t *shape, size_t *out)
 {
     if (ndim < 0 || ndim > NB_MAX_DIMS)

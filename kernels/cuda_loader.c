@@ -1,7 +1,7 @@
 /*
- * cuda_loader.c - nb_cuda_backend_new of a CUDA build: the CUDA backend
- * (the .cu files of kernels/cuda, linked with cuBLAS and the CUDA runtime) is a module of
- * its own, libnebula-cuda.so, loaded on the first request for a CUDA device.
+ * cuda_loader.c - nb_cuda_backend_new: the CUDA backend (the .cu files of
+ * kernels/cuda, linked with cuBLAS and the CUDA runtime) is a module of its
+ * own, libnebula-cuda.so, loaded on the first request for a CUDA device.
  *
  * Why a module: cuBLAS (libcublasLt) zero-initialises about 80 MiB of static
  * state when it is loaded and maps about 60 MiB of code, so every process
@@ -9,14 +9,14 @@
  * 140 MiB resident for nothing (docs/operations.md, "Memory"). Loaded on
  * demand, only a daemon that runs on a GPU pays it.
  *
- * Where the module is looked for, in order: $NEBULA_CUDA_MODULE; then
- * relative to the executable: ../lib/nebula/ (installed: PREFIX/bin and
+ * Where the module is looked for, in order: $NEBULA_CUDA_MODULE (also how
+ * the tests load the emulated device, libnebula-cuda-emu.so, in any build);
+ * then, in a build with CUDA, relative to the executable: ../lib/nebula/ (installed: PREFIX/bin and
  * PREFIX/lib/nebula), ../lib/ (build/bin, build/bench), ../../lib/
  * (build/tests/DIR).
  *
  * Thread: any (loaded once, under a pthread_once).
  */
-#ifdef NB_HAVE_CUDA
 #include <dlfcn.h>
 #include <limits.h>
 #include <pthread.h>
@@ -52,7 +52,15 @@ static void load(void)
     if (env && env[0])
         h = try_open(env, tried, sizeof tried);
     char exe[PATH_MAX];
+#ifdef NB_HAVE_CUDA
     ssize_t n = h ? -1 : readlink("/proc/self/exe", exe, sizeof exe - 1);
+#else
+    ssize_t n = -1; /* no module was built next to the executable */
+    if (!h && !tried[0]) {
+        snprintf(load_err, sizeof load_err, "built without CUDA (nvcc not found at build time)");
+        return;
+    }
+#endif
     if (n > 0) {
         exe[n] = 0;
         char *slash = strrchr(exe, '/');
@@ -85,4 +93,3 @@ nb_backend_t *nb_cuda_backend_new(int device, const char **why)
     }
     return module_new(device, why);
 }
-#endif

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The CUDA backend's tests on the emulated device (tests/cuda_emu/): every
+# test_cuda_* binary of tests/kernels with NEBULA_CUDA_MODULE pointing at
+# libnebula-cuda-emu.so (the same kernel sources compiled for the host), once
+# with each block's threads in thread order and once in reverse order, which
+# exposes a shared-memory read that lacks its __syncthreads. On the emulated
+# device no test may skip: a skip here is a failure. The same binaries run
+# on a real GPU in tests/gpu/run.sh (and skip in `make test` without one).
+set -euo pipefail
+build=${NB_BUILD:-build}
+fail() { echo "FAIL: $*" >&2; exit 1; }
+module="$build/lib/libnebula-cuda-emu.so"
+[ -f "$module" ] || fail "missing $module (make builds it)"
+module=$(realpath "$module")
+shopt -s nullglob
+tests=("$build"/tests/kernels/test_cuda_*)
+[ ${#tests[@]} -gt 0 ] || fail "no test_cuda_* binaries in $build/tests/kernels"
+for t in "${tests[@]}"; do
+  for order in forward reverse; do
+    log=$(mktemp)
+    if ! NEBULA_CUDA_MODULE="$module" NB_CUDA_EMU_ORDER=$order "$t" > "$log" 2>&1; then
+      tail -n 40 "$log"; rm -f "$log"; fail "$(basename "$t") on the emulated device ($order order)"
+    fi
+    if grep -q '^\[  SKIPPED \]' "$log"; then
+      tail -n 20 "$log"; rm -f "$log"; fail "$(basename "$t") skipped on the emulated device ($order order)"
+    fi
+    passed=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$log")
+    echo "$(basename "$t") [$order]: ${passed:-0} passed"
+    rm -f "$log"
+  done
+done
