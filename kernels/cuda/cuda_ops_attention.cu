@@ -413,11 +413,13 @@ __global__ static void att_dkv_kernel(att_args a)
 /* ---- host side ------------------------------------------------------------ */
 
 /* Rows per warp by kernel and head-size chunk count (NCH = ceil(HS / 32)),
- * chosen so that shared memory stays within 48 KiB at HS = 32 NCH. */
+ * chosen so that shared memory stays within 48 KiB at HS = 32 NCH. Shared
+ * memory at HS = 32, 64, 96, 128: forward 16.3, 28.3, 40.3, 42.3 KiB; dQ 20.4,
+ * 36.4, 38.4, 41.4 KiB; dK/dV 24.5, 40.5, 40.5, 42.5 KiB. */
 enum { K_FWD, K_DQ, K_DKV };
 static const int att_rpw[3][4] = {
     /* NCH: 1  2  3  4 */
-    { 8, 8, 8, 4 }, /* forward: 30.3, 38.4 (HS 64), 41.2, 43.3 KiB */
+    { 8, 8, 8, 4 }, /* forward */
     { 8, 8, 4, 2 }, /* dQ */
     { 8, 8, 4, 2 }, /* dK/dV */
 };

@@ -9,13 +9,14 @@
  * AdamW is therefore spelt with the round-to-nearest intrinsics (__fmul_rn,
  * __fadd_rn, ..., never fused), in the CPU's order, and the tanh GELU uses
  * the CPU's own exp polynomial (cpu_vec.h nb_v_exp) instead of the device's
- * expf. Those ops, bias_add and (with the CPU's row order) nothing else give
- * the CPU's bits. The erf GELU calls the device's erff/expf (a few ulp from
- * glibc's) and bias_grad sums in another association (two-pass), so both are
- * within a stated tolerance of the CPU (docs/cuda.md).
+ * expf. Those two and bias_add give the CPU's bits. The erf GELU calls the
+ * device's erff/expf (a few ulp from glibc's) and bias_grad sums in another
+ * association (two passes), so both are within a stated tolerance of the CPU
+ * (docs/cuda.md). Every op gives the same bits on every run.
  *
- * Launch shapes: one thread per element, 256 threads a block, for gelu,
- * bias_add and adamw. bias_grad: pass 1, blocks of 32 columns x 8 row lanes
+ * Launch shapes: one thread per element, 256 threads a block, for gelu and
+ * adamw. bias_add: grid.x covers the columns (up to 256 threads a block),
+ * grid.y = min(rows, 4096) blocks stride over the rows. bias_grad: pass 1, blocks of 32 columns x 8 row lanes
  * over chunks of BG_CHUNK rows (grid.x chunks, grid.y column groups), each
  * chunk's column sums into scratch; pass 2, one thread per column adds the
  * chunk partials in chunk order to dbias. One chunk: pass 1 adds into dbias
@@ -173,21 +174,32 @@ static void cu_gelu_erf_bwd(nb_backend_t *be, float *dx, const float *x, const f
 
 /* ---- bias -------------------------------------------------------------------- */
 
-__global__ static void bias_add_kernel(float *y, const float *bias, size_t n, unsigned cols)
+/* Block (column group blockIdx.x, rows blockIdx.y, blockIdx.y + gridDim.y,
+ * ...): the bias value is loaded once, no division per element. */
+__global__ static void bias_add_kernel(float *y, const float *bias, int rows, int cols)
 {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n)
-        y[i] = EW_ADD(y[i], bias[i % cols]);
+    int col = blockIdx.x * blockDim.x + threadIdx.x;
+    if (col >= cols)
+        return;
+    float b = bias[col];
+    for (int r = blockIdx.y; r < rows; r += gridDim.y) {
+        float *p = y + (size_t)r * cols + col;
+        *p = EW_ADD(*p, b);
+    }
 }
 
 static void cu_bias_add(nb_backend_t *be, float *y, const float *bias, int rows, int cols)
 {
     NB_CHECK(rows >= 0 && cols >= 0);
-    size_t n = (size_t)rows * (size_t)cols;
-    if (n == 0)
+    if (rows == 0 || cols == 0)
         return;
-    NB_LAUNCH(bias_add_kernel, nb_cuda_blocks(n, EW_THREADS), EW_THREADS, 0, nb_cuda_stream(be))(
-        y, bias, n, (unsigned)cols);
+    unsigned threads = cols >= EW_THREADS ? EW_THREADS : (unsigned)(cols + 31) / 32 * 32;
+    unsigned groups = nb_cuda_blocks((size_t)cols, threads);
+    NB_CHECK(groups <= 65535);
+    /* enough blocks to fill the device, each row visited once */
+    unsigned per_col = (unsigned)(rows < 4096 ? rows : 4096);
+    dim3 grid(groups, per_col);
+    NB_LAUNCH(bias_add_kernel, grid, threads, 0, nb_cuda_stream(be))(y, bias, rows, cols);
     NB_CUDA_LAUNCHED();
 }
 

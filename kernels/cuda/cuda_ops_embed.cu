@@ -11,8 +11,9 @@
  * loss shows it) and the backward ignores it. An id >= V is the caller's bug
  * as on the CPU.
  *
- * Forward: one thread per output element, 256 a block; out = wte row + wpe
- * row, or a copy of the wte row without wpe. Bit-identical to the CPU.
+ * Forward: one block per position (grid.x = B*T) and channel group
+ * (grid.y, up to 256 channels a block); out = wte row + wpe row, or a copy
+ * of the wte row without wpe. Bit-identical to the CPU.
  *
  * Backward, without atomics and bit-identical to the CPU, whose order is a
  * scatter-add in (b, t) order:
@@ -36,36 +37,38 @@
 
 /* ---- forward ----------------------------------------------------------------- */
 
+/* Block (position bt = blockIdx.x, channel group blockIdx.y). */
 __global__ static void embed_fwd_kernel(float *out, const int32_t *tokens, const float *wte,
-                                        const float *wpe, size_t n, int T, int C)
+                                        const float *wpe, int T, int C)
 {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n)
+    int c = blockIdx.y * blockDim.x + threadIdx.x;
+    if (c >= C)
         return;
-    size_t bt = i / (size_t)C;
-    int c = (int)(i - bt * (size_t)C);
+    unsigned bt = blockIdx.x;
+    float *o = out + (size_t)bt * C + c;
     int32_t id = tokens[bt];
     if (id < 0) {
-        out[i] = NAN;
+        *o = NAN;
         return;
     }
     float e = wte[(size_t)id * C + c];
-    if (wpe) {
-        int t = (int)(bt % (size_t)T);
-        e = e + wpe[(size_t)t * C + c];
-    }
-    out[i] = e;
+    if (wpe)
+        e = e + wpe[(size_t)(bt % (unsigned)T) * C + c];
+    *o = e;
 }
 
 static void cu_embed_fwd(nb_backend_t *be, float *out, const int32_t *tokens, const float *wte,
                          const float *wpe, int B, int T, int C)
 {
     NB_CHECK(B >= 0 && T >= 0 && C >= 0);
-    size_t n = (size_t)B * (size_t)T * (size_t)C;
-    if (n == 0)
+    NB_CHECK((int64_t)B * T <= INT32_MAX);
+    if (B == 0 || T == 0 || C == 0)
         return;
-    NB_LAUNCH(embed_fwd_kernel, nb_cuda_blocks(n, EF_THREADS), EF_THREADS, 0, nb_cuda_stream(be))(
-        out, tokens, wte, wpe, n, T, C);
+    unsigned threads = C >= EF_THREADS ? EF_THREADS : (unsigned)(C + 31) / 32 * 32;
+    unsigned groups = nb_cuda_blocks((size_t)C, threads);
+    NB_CHECK(groups <= 65535);
+    dim3 grid((unsigned)(B * T), groups);
+    NB_LAUNCH(embed_fwd_kernel, grid, threads, 0, nb_cuda_stream(be))(out, tokens, wte, wpe, T, C);
     NB_CUDA_LAUNCHED();
 }
 

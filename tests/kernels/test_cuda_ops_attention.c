@@ -9,8 +9,8 @@
  * random values. A second run gives bit-identical out, state and gradients.
  * The state is one log-sum-exp per (b, h, query), never B*NH*T*S floats.
  *
- * Tolerance, per element: |cuda - cpu| <= ATOL + RTOL |cpu| with ATOL 2e-5,
- * RTOL 2e-4 on out and on the gradients (the inputs are in [-1, 1); the
+ * Tolerance, per element: |cuda - cpu| <= ATOL + RTOL |cpu| with ATOL 1e-5,
+ * RTOL 1e-4 on out and on the gradients (the inputs are in [-1, 1); the
  * kernels sum in another order than the CPU's sgemm and recompute the
  * probabilities from the log-sum-exp; the printed maximum errors are ~1e-6).
  * The accumulated outputs are compared as gradient = result - pre-fill, so the
@@ -18,8 +18,8 @@
  * when no CUDA backend opens (no device, no module). */
 #include "tests/kernels/test_ops_util.h"
 
-#define ATOL 2e-5
-#define RTOL 2e-4
+#define ATOL 1e-5
+#define RTOL 1e-4
 
 static nb_backend_t *gpu, *cpu;
 

@@ -8,7 +8,9 @@
  * only, the same losses); dlogits == logits (in place, the same bits as a
  * separate buffer); N == 0; bit equality of two runs.
  * Tolerances (normalised max error, max |gpu - cpu| / max |cpu|): losses
- * 1e-5, dlogits 1e-5 (another summation order and expf).
+ * 1e-5, dlogits 1e-5 (another summation order and expf); and each dlogit
+ * within 1e-4 relative (plus 1e-6 * dloss_scale absolute), so that the
+ * small probabilities of a large vocabulary are checked too.
  * Without a CUDA device or module the test is reported as skipped. */
 #include "tests/kernels/test_ops_util.h"
 
@@ -92,6 +94,8 @@ static void check_xent(nb_backend_t *gpu, nb_backend_t *cpu, int N, int V, uint6
     float *l1 = down(gpu, gl, N), *d1 = down(gpu, gd, nv);
     assert_nmax("xent losses", l1, loss, N, 1e-5);
     assert_nmax("xent dlogits", d1, dl, nv, 1e-5);
+    /* each probability, however small, not only the largest entries */
+    tu_assert_close_f("xent dlogits elementwise", d1, dl, nv, 1e-6 * scale, 1e-4);
     for (int i = 0; i < N; i++) {
         if (tg[i] >= 0)
             continue;
