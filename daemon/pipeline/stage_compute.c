@@ -441,6 +441,12 @@ static int handle_job(nb_stage_rt_t *rt, compute_t *c, const char *be_why, const
     nb_host_memory_parts(c->host, &mm);
     nb_state_set_model_memory(rt->b.state, &mm);
     sample_device(rt, nb_host_backend(c->host), nb_host_replicas(c->host));
+    nb_backend_t *hbe = nb_host_backend(c->host);
+    if (hbe->iface->kind != NB_DEV_CPU && !had)
+        nb_log_info(NULL, "codecs run %s", nb_stage_codec_on_device(nb_host_codec(c->host))
+                                               ? "on the device: only the encoded bytes cross to the host"
+                                               : "on the host: the device has no codec primitives, each tensor "
+                                                 "crosses through a pinned staging buffer");
     out_item_t *o = calloc(1, sizeof *o);
     if (!o)
         return NB_ENOMEM;

@@ -5,7 +5,10 @@
 # sources run on the host), so this runs on any machine; tests/gpu/run.sh
 # runs the same job on a real GPU. A small GPT trains 4 steps three times:
 # all on the CPU (the reference), stage 0 on cuda:0, then stage 1 (with the
-# head and the loss) on cuda:0. Every step's loss, as the head's daemon logs
+# head and the loss) on cuda:0. Activations cross as fp16 and gradients as
+# bf16: the GPU stage encodes on its device (or, on a module without the
+# codec primitives, through its pinned staging buffer) and the CPU stage
+# decodes what it sent, and the other way round. Every step's loss, as the head's daemon logs
 # it at full precision, matches the all-CPU run within 1e-4 relative, and the
 # final weights within 1e-3 relative (the CUDA kernels sum in another order
 # than the CPU's; the tolerances of each op are in docs/kernels.md). The GPU
@@ -50,7 +53,7 @@ job:
   micro_batches: 2
   schedule: 1f1b
   optimizer: {lr: 3e-3, min_lr: 3e-4, warmup_steps: 2, grad_clip: 1.0}
-  codecs: {forward: fp32, backward: fp32}
+  codecs: {forward: fp16, backward: bf16}
   log_every: 1
   topology: chain
   clusters:
@@ -135,6 +138,8 @@ check_device "$work/status-gpu-first-a.json" cuda:0 || fail "gpu-first: stage a'
 check_device "$work/status-gpu-first-b.json" cpu || fail "gpu-first: stage b's status lacks its device"
 expect_grep " a: device cuda:0: [0-9.]* MiB free of [0-9.]* MiB, the stage holds [0-9.]* MiB" \
   "$work/coord-gpu-first.log" "gpu-first: the coordinator did not log the GPU stage's device memory"
+expect_grep "codecs run on the" "$work/a-gpu-first.log" "gpu-first: the GPU stage does not say where its codecs run"
+echo "gpu-first: stage a's $(grep -o 'codecs run on the [a-z]*' "$work/a-gpu-first.log" | head -n 1)"
 compare gpu-first
 run gpu-head "[cpu]" "[cuda:0]"
 check_device "$work/status-gpu-head-b.json" cuda:0 || fail "gpu-head: stage b's status lacks its CUDA device"
