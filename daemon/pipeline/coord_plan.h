@@ -90,7 +90,7 @@ void nb_cplan_replicas(nb_cplan_t *cp, int daemon, int replicas, double reduce_b
 
 /* Stage daemon `daemon` runs on a device with `bytes` of memory for its
  * stages (the free memory it reported plus what its model state holds
- * already; docs/planner.md, "Memory"). Sets the memory limit of every stage
+ * already; docs/pipeline.md, "GPU stages"). Sets the memory limit of every stage
  * it hosts to the smaller of that and job.planner.stage_memory (when set);
  * bytes <= 0 or not finite (a peer's number) restores the configured
  * limit. Returns the limit set, 0 for none. */

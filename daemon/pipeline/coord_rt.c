@@ -508,7 +508,7 @@ static void handle_status(nb_coord_rt_t *rt, int di, const Nebula__JobStatus *s)
         nb_log_info(rt->job.names[di], "%s", msg);
         if (s->device && strncmp(s->device, "cuda", 4) == 0 && s->device_total_bytes > 0) {
             /* a GPU's memory is the stage's own: the planner's limit is
-             * what it has free plus what it holds (docs/planner.md, "Memory") */
+             * what it has free plus what it holds (docs/pipeline.md, "GPU stages") */
             double have = (double)s->device_free_bytes + (double)s->device_held_bytes;
             double lim = rt->plan ? nb_cplan_device_memory(rt->plan, di, have) : 0;
             char lim_text[64] = "";
