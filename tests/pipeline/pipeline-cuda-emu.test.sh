@@ -2,8 +2,9 @@
 # A heterogeneous pipeline: one stage daemon on a CUDA device, the other on
 # the CPU, over mutually authenticated TLS. The CUDA device is the emulated
 # one (libnebula-cuda-emu.so through NEBULA_CUDA_MODULE: the backend's .cu
-# sources run on the host), so this runs on any machine; tests/gpu/run.sh
-# runs the same job on a real GPU. A small GPT trains 4 steps three times:
+# sources run on the host), so this runs on any machine; with
+# NB_TEST_CUDA_MODULE set to the real module (libnebula-cuda.so) the same job
+# runs on a GPU. A small GPT trains 4 steps three times:
 # all on the CPU (the reference), stage 0 on cuda:0, then stage 1 (with the
 # head and the loss) on cuda:0. Activations cross as fp16 and gradients as
 # bf16: the GPU stage encodes on its device (or, on a module without the
@@ -21,8 +22,8 @@ set -euo pipefail
 . tests/support/pipeline.sh
 build=${NB_BUILD:-build}
 bin="$build/bin"
-emu="$PWD/$build/lib/libnebula-cuda-emu.so"
-[ -f "$emu" ] || nb_skip "no emulated CUDA module ($build/lib/libnebula-cuda-emu.so; not built in this build)"
+emu=${NB_TEST_CUDA_MODULE:-$PWD/$build/lib/libnebula-cuda-emu.so}
+[ -f "$emu" ] || nb_skip "no CUDA module $emu (the emulated one is not built in this build, e.g. TSan)"
 nb_work_init pipe-cuda-emu
 nb_on_fail() { nb_tail_logs 20; }
 nb_pipe_prepare "$work" "$bin" || exit 1
@@ -104,8 +105,8 @@ d = s["memory"]["device"]
 assert d["name"] == sys.argv[2], d
 assert d["total"] > 0 and 0 < d["free"] <= d["total"], d
 if sys.argv[2].startswith("cuda"):
-    # the emulated device counts its allocations: the stage's model state is
-    # on it, so free is below total by at least that much
+    # the device counts its allocations: the stage's model state is on it,
+    # so free is below total by at least that much
     held = s["memory"]["model"]["total"]
     assert d["total"] - d["free"] >= held > 0, (d, held)
 print("%s: %s free of %d MiB" % (sys.argv[1].rsplit("/", 1)[-1], d["name"], d["total"] >> 20))
