@@ -175,7 +175,7 @@ CUDA_MODULE := $(if $(KERNEL_CU),$(BUILD)/lib/libnebula-cuda.so)
 EMU_CU := $(call rfind,kernels/cuda,*.cu)
 EMU_OBJS := $(EMU_CU:%.cu=$(BUILD)/obj/emu/%.o) $(BUILD)/obj/emu/tests/cuda_emu/cuda_emu.o
 CUDA_EMU_MODULE := $(BUILD)/lib/libnebula-cuda-emu.so
-EMU_CXXFLAGS := -std=c++17 -O2 -g -fPIC -pthread -Wall -Wextra -Wno-unused-parameter -Werror -MMD -MP -DNB_CUDA_EMU=1 $(SANFLAGS)
+EMU_CXXFLAGS := -std=c++17 -O2 -g -ffp-contract=off -fPIC -pthread -Wall -Wextra -Wno-unused-parameter -Werror -MMD -MP -DNB_CUDA_EMU=1 $(SANFLAGS)
 PROTO_OBJS := $(PROTO_GEN_C:$(BUILD)/gen/%.c=$(BUILD)/obj/gen/%.o)
 DAEMON_OBJS := $(DAEMON_SRCS:%.c=$(BUILD)/obj/%.o)
 SUPPORT_OBJS := $(TEST_SUPPORT_SRCS:%.c=$(BUILD)/obj/%.o)
