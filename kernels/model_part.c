@@ -247,7 +247,7 @@ int nb_part_new(nb_backend_t *be, const nb_model_config_t *cfg, const nb_part_sp
 
     /* Refuse a backend that lacks an op here, not with an abort mid-step. */
     static const nb_op_t needed[] = {
-        NB_OP_MATMUL, NB_OP_BIAS_ADD, NB_OP_BIAS_GRAD, NB_OP_EMBED_FWD, NB_OP_EMBED_BWD,
+        NB_OP_MATMUL, NB_OP_ADD, NB_OP_BIAS_ADD, NB_OP_BIAS_GRAD, NB_OP_EMBED_FWD, NB_OP_EMBED_BWD,
         NB_OP_LAYERNORM_FWD, NB_OP_LAYERNORM_BWD, NB_OP_GELU_FWD, NB_OP_GELU_BWD,
         NB_OP_ATTENTION_FWD, NB_OP_ATTENTION_BWD, NB_OP_XENT_FWD_BWD,
     };
