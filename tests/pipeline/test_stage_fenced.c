@@ -11,7 +11,9 @@
  * stage is exercised: every host access goes through nb_be_to_host /
  * nb_be_from_host, and a backend without codec primitives (the fenced one
  * has none) encodes and decodes through the stage's staging buffer on the
- * host (daemon/pipeline/stage_codec.h). Run once with the fenced stage
+ * host (daemon/pipeline/stage_codec.h). After the run the fenced daemon's
+ * parts are snapshotted (checkpoints), saved as final weights and loaded
+ * back (job.init). Run once with the fenced stage
  * first (embedding, labels leave it) and once with it last (the head and
  * the loss).
  */
@@ -20,6 +22,8 @@
 #include <setjmp.h>
 #include <cmocka.h>
 #include "tests/pipeline/pipe_fixture.h"
+#include "daemon/train/checkpoint.h"
+#include "daemon/train/weights.h"
 #include "tests/support/fenced_backend.h"
 
 #define FENCE_BYTES ((size_t)512 << 20)
@@ -47,6 +51,28 @@ static int teardown(void **state)
     return 0;
 }
 
+/* After the run, on the fenced daemon: what a stage does with its part at a
+ * checkpoint, at the end and at job.init: a snapshot of weights and
+ * optimizer moments, the final weights file, and loading it back. */
+static void save_and_load(void *ud, pf_worker_t *w, int n_daemons)
+{
+    (void)ud;
+    assert_true(fenced_daemon < n_daemons);
+    nb_host_t *h = w[fenced_daemon].host;
+    char path[300], err[256];
+    snprintf(path, sizeof path, "%s.weights", data_path);
+    for (int i = 0; i < nb_host_num_stages(h); i++) {
+        nb_ckpt_snap_t *snap = NULL;
+        assert_int_equal(nb_ckpt_snapshot(nb_host_part(h, i), nb_host_optim(h, i), &snap, err, sizeof err), 0);
+        assert_int_equal(nb_ckpt_snapshot_refresh(snap, nb_host_part(h, i), nb_host_optim(h, i), err, sizeof err), 0);
+        nb_ckpt_snap_free(snap);
+        assert_int_equal(nb_weights_save(path, nb_host_part(h, i), err, sizeof err), 0);
+        assert_int_equal(nb_weights_load(path, nb_host_part(h, i), err, sizeof err), 0);
+        assert_int_equal(nb_weights_load_part(path, nb_host_part(h, i), err, sizeof err), 0);
+    }
+    unlink(path);
+}
+
 static pf_job_t job(void)
 {
     pf_job_t j = pf_job_default(data_path);
@@ -71,7 +97,8 @@ static void check(int fenced)
     fenced_daemon = fenced;
     j.new_backend = new_backend;
     nb_fenced_trap(); /* after cmocka's handler of this test, which it calls */
-    assert_int_equal(pf_run_pipeline(&j, &l, "1f1b", "int8(delta)", "fp16(topk(0.25),ef)", &got), 0);
+    assert_int_equal(pf_run_pipeline_with(&j, &l, "1f1b", "int8(delta)", "fp16(topk(0.25),ef)", NULL, save_and_load,
+                                          NULL, &got), 0);
     for (int s = 0; s < j.steps; s++) {
         printf("  fenced daemon %d step %d loss %.9g (cpu %.9g) held-out %.9g (cpu %.9g)\n", fenced, s + 1,
                got.loss[s], ref.loss[s], got.eval_loss[s], ref.eval_loss[s]);
