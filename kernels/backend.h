@@ -31,6 +31,7 @@
 #define NB_BACKEND_H
 
 #include <stddef.h>
+#include <stdlib.h>
 #include <stdint.h>
 #include <stdbool.h>
 
@@ -178,6 +179,12 @@ typedef struct nb_backend_i {
                   size_t n, float lr, float beta1, float beta2, float eps,
                   float weight_decay, float grad_scale, int step);
 
+    /* Host memory and device figures; each may be NULL (see the wrappers
+     * nb_be_host_alloc, nb_be_host_free and nb_be_mem_info). */
+    void *(*host_alloc)(nb_backend_t *be, size_t bytes);
+    void (*host_free)(nb_backend_t *be, void *ptr);
+    int (*mem_info)(nb_backend_t *be, size_t *free_bytes, size_t *total_bytes);
+
     /* Compression codecs (kernels/codec/): the backend's implementation of
      * the codec primitives, or NULL when the backend has none. The table's
      * type and contracts are in kernels/codec/codec_ops.h. */
@@ -224,6 +231,24 @@ static inline void nb_be_from_host(nb_backend_t *be, void *dst, const void *src,
 static inline void nb_be_to_host(nb_backend_t *be, void *dst, const void *src, size_t n) { be->iface->copy_d2h(be, dst, src, n); }
 static inline void nb_be_copy(nb_backend_t *be, void *dst, const void *src, size_t n) { be->iface->copy_d2d(be, dst, src, n); }
 static inline void nb_be_sync(nb_backend_t *be) { be->iface->sync(be); }
+/* Host memory for staging copies to and from be: page-locked (pinned) on
+ * the CUDA backend, so that a copy runs at the link's full speed and can
+ * overlap with compute; plain malloc where the backend has no such memory.
+ * The host dereferences it freely. NULL when out of memory. Free with
+ * nb_be_host_free on the same backend (never with free()). */
+static inline void *nb_be_host_alloc(nb_backend_t *be, size_t bytes)
+{ return be->iface->host_alloc ? be->iface->host_alloc(be, bytes) : malloc(bytes ? bytes : 1); }
+static inline void nb_be_host_free(nb_backend_t *be, void *p)
+{ if (be->iface->host_free) be->iface->host_free(be, p); else free(p); }
+/* The device's free and total memory in bytes, as the device sees it now
+ * (cudaMemGetInfo on CUDA: every process's allocations count; the CPU:
+ * available and physical memory of the machine). 0, or NB_EINVAL when
+ * the backend cannot tell (both then 0). Any thread the backend's is. */
+static inline int nb_be_mem_info(nb_backend_t *be, size_t *free_bytes, size_t *total_bytes)
+{
+    *free_bytes = *total_bytes = 0;
+    return be->iface->mem_info ? be->iface->mem_info(be, free_bytes, total_bytes) : NB_EINVAL;
+}
 
 /* Sets the precision of the matmuls that follow (nb_precision_t). Returns 0,
  * or NB_EINVAL when the backend does not have it (every backend has fp32). */

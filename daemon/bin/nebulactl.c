@@ -263,6 +263,10 @@ static int print_status(const ctl_opts_t *o, json_t *r)
                bytes(d, sizeof d, mm, "optimizer"), bytes(e, sizeof e, mm, "activations"));
         printf("heap      in use %s (mapped %s)  free %s  other than model %s\n", bytes(a, sizeof a, hp, "in_use"),
                bytes(b, sizeof b, hp, "mmapped"), bytes(c, sizeof c, hp, "free"), bytes(f, sizeof f, mem, "other"));
+        json_t *dv = json_object_get(mem, "device");
+        if (json_is_object(dv)) /* a stage daemon: its compute device */
+            printf("device    %s  free %s of %s\n", str(dv, "name"), bytes(a, sizeof a, dv, "free"),
+                   bytes(b, sizeof b, dv, "total"));
     }
     json_t *j = json_object_get(r, "job");
     if (!json_is_object(j)) {

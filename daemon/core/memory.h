@@ -19,6 +19,15 @@ typedef struct {
     uint64_t weights, gradients, optimizer, activations;
 } nb_mem_model_t;
 
+/* The compute device of a stage daemon as its backend reports it
+ * (nb_be_mem_info): the CUDA device's free and total memory
+ * (cudaMemGetInfo: every process's allocations count), or the machine's
+ * available and physical memory for the CPU. */
+typedef struct {
+    char name[24];           /* "cpu", "cuda:0"; "" = no device (not a stage) */
+    uint64_t free, total;    /* bytes; 0 = not known */
+} nb_mem_device_t;
+
 /* One sample of the process. Fields read from /proc are 0 where the file
  * or line is missing; heap fields are 0 under sanitizers (no glibc heap). */
 typedef struct {
@@ -31,6 +40,7 @@ typedef struct {
     uint64_t heap_free;      /* mallinfo2 fordblks: free blocks kept by malloc */
     uint64_t heap_mmapped;   /* mallinfo2 hblkhd: the part of in_use in own mappings */
     uint32_t threads;        /* Threads: of /proc/self/status */
+    nb_mem_device_t device;  /* as last set (nb_state_set_device_memory) */
 } nb_mem_report_t;
 
 /* Fills r from /proc/self/status and mallinfo2 (model part from *model,

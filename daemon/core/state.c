@@ -17,6 +17,7 @@ struct nb_state {
     nb_metrics_t *metrics;
     nb_trace_t *trace;
     nb_mem_model_t model_mem;
+    nb_mem_device_t device_mem;
 };
 
 static double now_s(clockid_t c)
@@ -151,8 +152,10 @@ void nb_state_snapshot(nb_state_t *s, nb_state_snapshot_t *out)
     *out = s->s;
     out->uptime_s = now_s(CLOCK_MONOTONIC) - s->started_mono;
     nb_mem_model_t mm = s->model_mem;
+    nb_mem_device_t dm = s->device_mem;
     pthread_mutex_unlock(&s->lock);
     nb_mem_sample(&mm, &out->memory);
+    out->memory.device = dm;
 }
 
 static int link_index(nb_state_t *s, const char *from, const char *to)
@@ -201,6 +204,29 @@ void nb_state_set_model_memory(nb_state_t *s, const nb_mem_model_t *m)
 {
     pthread_mutex_lock(&s->lock);
     s->model_mem = *m;
+    pthread_mutex_unlock(&s->lock);
+}
+
+void nb_state_set_device_memory(nb_state_t *s, const nb_mem_device_t *d)
+{
+    pthread_mutex_lock(&s->lock);
+    s->device_mem = *d;
+    pthread_mutex_unlock(&s->lock);
+}
+
+uint64_t nb_state_model_total(nb_state_t *s)
+{
+    pthread_mutex_lock(&s->lock);
+    const nb_mem_model_t *m = &s->model_mem;
+    uint64_t t = m->weights + m->gradients + m->optimizer + m->activations;
+    pthread_mutex_unlock(&s->lock);
+    return t;
+}
+
+void nb_state_device_memory(nb_state_t *s, nb_mem_device_t *out)
+{
+    pthread_mutex_lock(&s->lock);
+    *out = s->device_mem;
     pthread_mutex_unlock(&s->lock);
 }
 

@@ -125,6 +125,15 @@ void nb_state_set_kernel_tls(nb_state_t *s, const char *line);
 /* The model state the runtime holds now (replaces the previous figures). */
 void nb_state_set_model_memory(nb_state_t *s, const nb_mem_model_t *m);
 
+/* The stage's compute device and its memory as last sampled (replaces
+ * the previous figures); nb_state_device_memory reads them back. Any
+ * thread. */
+void nb_state_set_device_memory(nb_state_t *s, const nb_mem_device_t *d);
+void nb_state_device_memory(nb_state_t *s, nb_mem_device_t *out);
+
+/* The sum of the model state figures last set. Any thread. */
+uint64_t nb_state_model_total(nb_state_t *s);
+
 /* Copies everything into *out (uptime computed and memory sampled now). */
 void nb_state_snapshot(nb_state_t *s, nb_state_snapshot_t *out);
 

@@ -237,6 +237,20 @@ void nb_cplan_replicas(nb_cplan_t *cp, int daemon, int replicas, double reduce_b
     }
 }
 
+double nb_cplan_device_memory(nb_cplan_t *cp, int daemon, double bytes)
+{
+    if (daemon < 0 || daemon >= cp->desc.layout.n_daemons)
+        return 0;
+    double cfg = (double)cp->job->planner.stage_memory_bytes;
+    double lim = cfg > 0 ? cfg : 0;
+    if (isfinite(bytes) && bytes > 0 && bytes < 1e18 && (lim <= 0 || bytes < lim))
+        lim = bytes;
+    for (int s = 0; s < cp->p; s++)
+        if (cp->desc.layout.placement[s] == daemon)
+            cp->cost.stage[s].mem_limit = lim;
+    return lim;
+}
+
 /* Samples the slowest replica of stage s runs of a micro-batch of n: the
  * per-device size the compute fits are kept at. */
 static int shard_n(const nb_cplan_t *cp, int s, int n)

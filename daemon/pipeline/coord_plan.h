@@ -88,6 +88,14 @@ void nb_cplan_link_probe(nb_cplan_t *cp, int from, int to, double rtt_ms, double
  * count changes (a daemon restarted with other devices). */
 void nb_cplan_replicas(nb_cplan_t *cp, int daemon, int replicas, double reduce_bw);
 
+/* Stage daemon `daemon` runs on a device with `bytes` of memory for its
+ * stages (the free memory it reported plus what its model state holds
+ * already; docs/pipeline.md, "GPU stages"). Sets the memory limit of every stage
+ * it hosts to the smaller of that and job.planner.stage_memory (when set);
+ * bytes <= 0 or not finite (a peer's number) restores the configured
+ * limit. Returns the limit set, 0 for none. */
+double nb_cplan_device_memory(nb_cplan_t *cp, int daemon, double bytes);
+
 /* Takes one daemon's report for the step in flight (the step the last
  * nb_cplan_plan call returned): micro-batch timings per stage and the
  * passive link estimates (Report.links). The report is only read. Entries

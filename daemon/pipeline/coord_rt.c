@@ -506,6 +506,19 @@ static void handle_status(nb_coord_rt_t *rt, int di, const Nebula__JobStatus *s)
             return; /* of an attempt a fault ended */
         rt->d[di].links_ready = true;
         nb_log_info(rt->job.names[di], "%s", msg);
+        if (s->device && strncmp(s->device, "cuda", 4) == 0 && s->device_total_bytes > 0) {
+            /* a GPU's memory is the stage's own: the planner's limit is
+             * what it has free plus what it holds (docs/pipeline.md, "GPU stages") */
+            double have = (double)s->device_free_bytes + (double)s->device_held_bytes;
+            double lim = rt->plan ? nb_cplan_device_memory(rt->plan, di, have) : 0;
+            char lim_text[64] = "";
+            if (lim > 0)
+                snprintf(lim_text, sizeof lim_text, "; the planner's memory limit is %.1f MiB", lim / 1048576.0);
+            nb_log_info(rt->job.names[di], "device %.24s: %.1f MiB free of %.1f MiB, the stage holds %.1f MiB%s",
+                        s->device, (double)s->device_free_bytes / 1048576.0,
+                        (double)s->device_total_bytes / 1048576.0, (double)s->device_held_bytes / 1048576.0,
+                        lim_text);
+        }
         nb_coord_links_update(rt->b.state, rt->job.names, rt->job.n_daemons, di, s->links, s->n_links, true);
         for (size_t i = 0; rt->plan && i < s->n_links; i++) {
             const Nebula__LinkMeasurement *l = s->links[i];

@@ -147,7 +147,7 @@ void nb__stage_ckpt_save(nb_stage_rt_t *rt, compute_t *c, const Nebula__Checkpoi
         }
         if (!c->snap[i])
             rc = nb_ckpt_snapshot(part, opt, &c->snap[i], err, sizeof err);
-        if (rc == 0 && (rc = nb__stage_streams_snapshot(c->host, i, nb_part_backend(part), c->snap[i])))
+        if (rc == 0 && (rc = nb__stage_streams_snapshot(c->host, i, nb_stage_codec_backend(nb_host_codec(c->host)), c->snap[i])))
             snprintf(err, sizeof err, "stage %d: codec stream state: %s", w->stage[i], nb_strerror(rc));
         if (rc == 0) {
             w->snap[i] = c->snap[i];
@@ -214,7 +214,8 @@ int nb__stage_ckpt_restore(nb_stage_rt_t *rt, nb_host_t *host, const char *manif
     for (int i = 0; i < nb_host_num_stages(host); i++) {
         rc = nb_ckpt_load_part(dir, &m, nb_host_part(host, i), nb_host_optim(host, i), why, sizeof why);
         if (rc == 0)
-            rc = nb__stage_streams_restore(host, i, nb_part_backend(nb_host_part(host, i)), dir, &m, why, sizeof why);
+            rc = nb__stage_streams_restore(host, i, nb_stage_codec_backend(nb_host_codec(host)), dir, &m,
+                                           why, sizeof why);
         if (rc) {
             snprintf(err, errlen, "stage %d from checkpoint %s: %s", nb_host_stage(host, i), dir, why);
             return rc;

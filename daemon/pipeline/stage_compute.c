@@ -126,6 +126,24 @@ static int open_backends(const nb_config_t *cfg, nb_backend_t **bes, char *why, 
     return n;
 }
 
+/* The stage's compute device and its free and total memory now
+ * (nb_be_mem_info), for `nebulactl status` and the coordinator's planner
+ * (LINKS_READY). With replicas, the first device's figures. */
+static void sample_device(nb_stage_rt_t *rt, nb_backend_t *be, int n_bes)
+{
+    const nb_config_t *cfg = rt->b.cfg;
+    nb_mem_device_t d;
+    memset(&d, 0, sizeof d);
+    snprintf(d.name, sizeof d.name, "%.16s%s", cfg->n_devices > 0 ? cfg->devices[0].text : "cpu",
+             n_bes > 1 ? " (+more)" : "");
+    size_t f, t;
+    if (nb_be_mem_info(be, &f, &t) == 0) {
+        d.free = f;
+        d.total = t;
+    }
+    nb_state_set_device_memory(rt->b.state, &d);
+}
+
 static void log_init_note(void *ud, const char *note)
 {
     nb_stage_rt_t *rt = ud;
@@ -417,6 +435,18 @@ static int handle_job(nb_stage_rt_t *rt, compute_t *c, const char *be_why, const
                     (unsigned long long)d.layout.job_id, msg->attempt, how[msg->resume <= 2 ? msg->resume : 0],
                     (unsigned long long)msg->resume_step);
     }
+    /* the figures LINKS_READY gives the coordinator's planner: the device
+     * once the parts are built, and what they hold on it */
+    nb_mem_model_t mm;
+    nb_host_memory_parts(c->host, &mm);
+    nb_state_set_model_memory(rt->b.state, &mm);
+    sample_device(rt, nb_host_backend(c->host), nb_host_replicas(c->host));
+    nb_backend_t *hbe = nb_host_backend(c->host);
+    if (hbe->iface->kind != NB_DEV_CPU && !had)
+        nb_log_info(NULL, "codecs run %s", nb_stage_codec_on_device(nb_host_codec(c->host))
+                                               ? "on the device: only the encoded bytes cross to the host"
+                                               : "on the host: the device has no codec primitives, each tensor "
+                                                 "crosses through a pinned staging buffer");
     out_item_t *o = calloc(1, sizeof *o);
     if (!o)
         return NB_ENOMEM;
@@ -521,6 +551,7 @@ static int handle_plan(nb_stage_rt_t *rt, compute_t *c, const Nebula__Plan *p)
     nb_mem_model_t mm;
     nb_host_memory_parts(host, &mm);
     nb_state_set_model_memory(rt->b.state, &mm);
+    sample_device(rt, nb_host_backend(host), nb_host_replicas(host));
     nb_metrics_set(mx, rt->m_peak_rss, (double)peak_rss_bytes());
     nb_job_info_t j;
     memset(&j, 0, sizeof j);
@@ -724,6 +755,8 @@ void *nb__stage_compute_main(void *arg)
         nb_log_error(NULL, "%s; every job will be refused", why);
     else if (c.n_bes > 1)
         nb_log_info(NULL, "%d replicas of each stage, one per device (docs/pipeline.md, \"Replicas\")", c.n_bes);
+    if (c.be) /* the device in `nebulactl status` before any job */
+        sample_device(rt, c.be, c.n_bes);
     for (;;) {
         void *item;
         if (nb_mbox_pop(rt->ctl, &item, -1) != 0)

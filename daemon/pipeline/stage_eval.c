@@ -100,9 +100,9 @@ int nb_eval_new(nb_host_t *host, const char *eval_data, nb_eval_t **out, char *e
         s->stage = nb_host_stage(host, i);
         s->part = nb_host_part(host, i);
         if ((s->stage + 1 < l->p && l->placement[s->stage + 1] != ev->daemon &&
-             !(s->send = nb_codec_stream_new(ev->be, EVAL_STREAM_STATE_BYTES))) ||
+             !(s->send = nb_codec_stream_new(nb_stage_codec_backend(nb_host_codec(host)), EVAL_STREAM_STATE_BYTES))) ||
             (s->stage > 0 && l->placement[s->stage - 1] != ev->daemon &&
-             !(s->recv = nb_codec_stream_new(ev->be, EVAL_STREAM_STATE_BYTES)))) {
+             !(s->recv = nb_codec_stream_new(nb_stage_codec_backend(nb_host_codec(host)), EVAL_STREAM_STATE_BYTES)))) {
             snprintf(err, errlen, "out of memory for the evaluation's codec streams");
             rc = NB_ENOMEM;
             goto fail;
@@ -275,10 +275,9 @@ static int take_input(ev_ctx_t *c, ev_stage_t *s, int j, nb_part_input_t *in)
         nb_pmsg_free(m);
         return NB_EFORMAT;
     }
-    int64_t shape[2] = { m->rows, m->cols };
-    nb_tensor_t view = nb_tensor_view(ev->be, NB_F32, s->x_in, 2, shape);
-    rc = nb_codec_decode_into(ev->be, m->spec, m->meta, m->meta_len, m->payload, m->payload_len,
-                              bt * (size_t)width * sizeof(float), s->recv, &view, c->err, c->errlen);
+    rc = nb_stage_codec_decode(nb_host_codec(ev->host), m->spec, m->meta, m->meta_len, m->payload, m->payload_len,
+                               bt * (size_t)width * sizeof(float), s->recv, s->x_in, m->rows, m->cols, c->err,
+                               c->errlen);
     nb_pmsg_free(m);
     if (rc)
         return rc;
@@ -316,9 +315,9 @@ static int give_output(ev_ctx_t *c, ev_stage_t *s, int j)
     const nb_pipe_layout_t *l = ev->l;
     size_t bt = bt_elems(ev);
     int64_t shape[2] = { (int64_t)bt, nb_part_out_width(s->part) };
-    nb_tensor_t x = nb_tensor_view(ev->be, NB_F32, (void *)nb_part_acts_output(s->acts), 2, shape);
-    int rc = nb_codec_encode(ev->be, &c->fwd, &x, eval_seed(ev, c->plan->step, j, s->stage), s->send, (uint64_t)j,
-                             &ev->enc, c->err, c->errlen);
+    int rc = nb_stage_codec_encode(nb_host_codec(ev->host), &c->fwd, nb_part_acts_output(s->acts), shape[0], shape[1],
+                                   eval_seed(ev, c->plan->step, j, s->stage), s->send, (uint64_t)j, &ev->enc, c->err,
+                                   c->errlen);
     if (rc)
         return rc;
     nb_pmsg_t *m = nb_pmsg_new();

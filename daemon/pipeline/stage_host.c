@@ -45,6 +45,7 @@ void nb_host_free(nb_host_t *h)
     free(h->ops);
     free(h->timings);
     nb_codec_msg_free(&h->enc);
+    nb_stage_codec_free(&h->codec); /* after the streams made on its backend */
     nb_tokens_close(h->heldout); /* slices: before the file they borrow */
     nb_tokens_close(h->tokens);
     nb_tokens_close(h->file);
@@ -87,6 +88,8 @@ int nb_host_new_replicas(nb_backend_t *const *bes, int n_replicas, const nb_pipe
     int rc = nb_grad_fault_from_env(&h->fault, err, errlen);
     if (rc)
         goto fail;
+    if ((rc = nb_stage_codec_init(&h->codec, be)))
+        goto oom;
     for (int s = 0; s < l->p; s++)
         h->local_of[s] = -1;
     for (int s = 0; s < l->p; s++) {
@@ -121,8 +124,8 @@ int nb_host_new_replicas(nb_backend_t *const *bes, int n_replicas, const nb_pipe
         if (l->parts[s].head && !(hs->d_targets = nb_be_alloc(be, tb)))
             goto oom;
         for (int k = 0; k < 4; k++)
-            if (!(hs->streams[k] = nb_codec_stream_new(be, HOST_STREAM_STATE_BYTES)) ||
-                !(hs->saved[k] = nb_codec_stream_new(be, HOST_STREAM_STATE_BYTES)))
+            if (!(hs->streams[k] = nb_codec_stream_new(nb_stage_codec_backend(&h->codec), HOST_STREAM_STATE_BYTES)) ||
+                !(hs->saved[k] = nb_codec_stream_new(nb_stage_codec_backend(&h->codec), HOST_STREAM_STATE_BYTES)))
                 goto oom;
     }
     if (h->local_of[0] >= 0) {
@@ -163,6 +166,7 @@ int nb_host_num_stages(const nb_host_t *h) { return h->n; }
 const nb_pipe_layout_t *nb_host_layout(const nb_host_t *h) { return &h->l; }
 int nb_host_daemon(const nb_host_t *h) { return h->daemon; }
 nb_backend_t *nb_host_backend(const nb_host_t *h) { return h->be; }
+nb_stage_codec_t *nb_host_codec(nb_host_t *h) { return &h->codec; }
 const nb_tokens_t *nb_host_heldout(const nb_host_t *h) { return h->heldout; }
 int nb_host_stage(const nb_host_t *h, int i) { return h->st[i].stage; }
 nb_part_t *nb_host_part(nb_host_t *h, int i) { return h->st[i].part; }

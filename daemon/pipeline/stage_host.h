@@ -41,6 +41,7 @@
 #include "daemon/data/tokens.h"
 #include "daemon/pipeline/pipe_layout.h"
 #include "daemon/pipeline/pipe_msg.h"
+#include "daemon/pipeline/stage_codec.h"
 #include "daemon/core/memory.h"
 #include "daemon/planner/schedule.h"
 #include "kernels/backend.h"
@@ -183,6 +184,9 @@ void nb_host_memory_parts(const nb_host_t *h, nb_mem_model_t *out);
 const nb_pipe_layout_t *nb_host_layout(const nb_host_t *h);
 int nb_host_daemon(const nb_host_t *h);
 nb_backend_t *nb_host_backend(const nb_host_t *h);
+/* Where the host's codecs run and its staging buffer (stage_codec.h), for
+ * the evaluation's transfers on the same thread; borrowed. */
+nb_stage_codec_t *nb_host_codec(nb_host_t *h);
 /* Stage 0's held-out tokens when the layout holds out a share of the token
  * file (eval_fraction > 0): the file's tail, which training never samples
  * from. NULL otherwise (or when stage 0 is not hosted here). Borrowed. */

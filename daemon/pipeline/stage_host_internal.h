@@ -8,6 +8,7 @@
 #ifndef NB_STAGE_HOST_INTERNAL_H
 #define NB_STAGE_HOST_INTERNAL_H
 
+#include "daemon/pipeline/stage_codec.h"
 #include "daemon/pipeline/stage_host.h"
 #include "daemon/pipeline/stage_replicas.h"
 #include "daemon/train/grad_fault.h"
@@ -66,6 +67,7 @@ struct nb_host {
     int timings_cap;
     size_t peak_acts_bytes;
     nb_codec_msg_t enc;
+    nb_stage_codec_t codec;    /* where the codecs run (stage_codec.h) */
     nb_grad_fault_t fault;     /* test-only NaN injection (grad_fault.h) */
 };
 

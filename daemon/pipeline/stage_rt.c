@@ -406,8 +406,17 @@ static int send_item(nb_stage_rt_t *rt, out_item_t *o)
         js.message = o->text;
         js.attempt = o->attempt;
         Nebula__LinkMeasurement lm[NB_SCHED_MAX_STAGES], *lp[NB_SCHED_MAX_STAGES];
-        if (o->status == NEBULA__JOB_STATUS__STATE__JOB_STATE_LINKS_READY)
+        nb_mem_device_t dev;
+        if (o->status == NEBULA__JOB_STATUS__STATE__JOB_STATE_LINKS_READY) {
             js.n_links = link_measurements(rt, true, lm, lp);
+            /* the device as the compute thread sampled it before
+             * publishing the job (OUT_LINKS) */
+            nb_state_device_memory(rt->b.state, &dev);
+            js.device = dev.name;
+            js.device_free_bytes = dev.free;
+            js.device_total_bytes = dev.total;
+            js.device_held_bytes = nb_state_model_total(rt->b.state);
+        }
         js.links = lp;
         f.body_case = NEBULA__FRAME__BODY_JOB_STATUS;
         f.job_status = &js;

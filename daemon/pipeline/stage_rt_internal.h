@@ -183,7 +183,8 @@ void nb__stage_ckpt_committed(nb_stage_rt_t *rt, compute_t *c, const Nebula__Che
  * Errors: negative NB_E* code, message in err. Compute thread. */
 int nb__stage_ckpt_restore(nb_stage_rt_t *rt, nb_host_t *host, const char *manifest_json, uint64_t step,
                            char *err, size_t errlen);
-/* Adds hosted stage i's codec stream state (stage_streams.c) to snap as
+/* Adds hosted stage i's codec stream state (stage_streams.c; be: the
+ * streams' backend, nb_stage_codec_backend) to snap as
  * extra tensors named by cut. Errors: NB_ENOMEM, NB_ERANGE. */
 int nb__stage_streams_snapshot(nb_host_t *h, int i, nb_backend_t *be, nb_ckpt_snap_t *snap);
 /* Sets hosted stage i's codec streams from the checkpoint's extras (empty

@@ -64,9 +64,7 @@ static int encode_msg(nb_host_t *h, const nb_codec_spec_t *spec, const float *de
                       int64_t cols, uint64_t seed, nb_codec_stream_t *st, uint64_t key,
                       nb_pmsg_t **out, char *err, size_t errlen)
 {
-    int64_t shape[2] = { rows, cols };
-    nb_tensor_t x = nb_tensor_view(h->be, NB_F32, (void *)dev, 2, shape);
-    int rc = nb_codec_encode(h->be, spec, &x, seed, st, key, &h->enc, err, errlen);
+    int rc = nb_stage_codec_encode(&h->codec, spec, dev, rows, cols, seed, st, key, &h->enc, err, errlen);
     if (rc)
         return rc;
     nb_pmsg_t *m = nb_pmsg_new();
@@ -96,13 +94,10 @@ static double roundtrip_error(nb_host_t *h, const nb_pmsg_t *m, const float *dev
     float *hx = malloc(2 * n * sizeof *hx);
     double e = -1;
     if (y && hx) {
-        int64_t shape[1] = { (int64_t)n };
-        nb_tensor_t dst = nb_tensor_view(h->be, NB_F32, y, 1, shape);
-        if (nb_codec_decode_into(h->be, m->spec, m->meta, m->meta_len, m->payload, m->payload_len, 0, NULL,
-                                 &dst, NULL, 0) == 0) {
+        if (nb_stage_codec_decode(&h->codec, m->spec, m->meta, m->meta_len, m->payload, m->payload_len, 0, NULL,
+                                  y, (int64_t)n, 1, NULL, 0) == 0) {
             nb_be_to_host(h->be, hx, dev, n * sizeof *hx);
             nb_be_to_host(h->be, hx + n, y, n * sizeof *hx);
-            nb_be_sync(h->be);
             double num = 0, den = 0;
             for (size_t i = 0; i < n; i++) {
                 double d = (double)hx[i] - (double)hx[n + i];
@@ -245,11 +240,9 @@ int nb__host_op_recv(step_ctx_t *c, const nb_sched_op_t *op)
         return NB_EFORMAT;
     }
     uint64_t t0 = nb_mono_ns();
-    int64_t shape[2] = { msg->rows, msg->cols };
-    nb_tensor_t view = nb_tensor_view(h->be, NB_F32, dst, 2, shape);
-    rc = nb_codec_decode_into(h->be, msg->spec, msg->meta, msg->meta_len, msg->payload, msg->payload_len,
-                              link_elems * sizeof(float), hs->streams[act ? 1 : 3], &view,
-                              c->err, c->errlen);
+    rc = nb_stage_codec_decode(&h->codec, msg->spec, msg->meta, msg->meta_len, msg->payload, msg->payload_len,
+                               link_elems * sizeof(float), hs->streams[act ? 1 : 3], dst, msg->rows, msg->cols,
+                               c->err, c->errlen);
     tm->decode_ns += nb_mono_ns() - t0;
     nb_pmsg_free(msg);
     if (rc)

@@ -16,11 +16,21 @@ static json_t *num_or_null(double v, bool negative_unknown)
     return json_real(v);
 }
 
-/* The "memory" object: model state, heap and resident set, in bytes. */
+/* The "memory" object: model state, heap and resident set, in bytes, and
+ * a stage's compute device ("device": null elsewhere; free and total null
+ * when the backend cannot tell). */
 static json_t *memory_json(const nb_mem_report_t *m)
 {
     uint64_t other = m->rss > m->model_total ? m->rss - m->model_total : 0;
-    return json_pack("{s:{s:I, s:I, s:I, s:I, s:I}, s:{s:I, s:I, s:I}, s:I, s:I, s:I, s:I, s:I, s:i}", "model",
+    const nb_mem_device_t *d = &m->device;
+    json_t *dev = d->name[0] ? json_pack("{s:s, s:o, s:o}", "name", d->name, "free",
+                                         d->total ? json_integer((json_int_t)d->free) : json_null(), "total",
+                                         d->total ? json_integer((json_int_t)d->total) : json_null())
+                             : json_null();
+    if (!dev)
+        return NULL;
+    return json_pack("{s:o, s:{s:I, s:I, s:I, s:I, s:I}, s:{s:I, s:I, s:I}, s:I, s:I, s:I, s:I, s:I, s:i}", "device", dev,
+                     "model",
                      "weights", (json_int_t)m->model.weights, "gradients", (json_int_t)m->model.gradients,
                      "optimizer", (json_int_t)m->model.optimizer, "activations", (json_int_t)m->model.activations,
                      "total", (json_int_t)m->model_total, "heap", "in_use", (json_int_t)m->heap_in_use, "free",
@@ -99,7 +109,7 @@ json_t *nb_status_to_json(const nb_state_snapshot_t *s)
 /* The nebula_memory_* gauges: name, labels, help; set from one sample. */
 static const struct {
     const char *name, *labels, *help;
-} mem_series[10] = {
+} mem_series[NB_STATUS_MEM_SERIES] = {
     { "nebula_memory_rss_bytes", NULL, "Resident memory of the daemon (VmRSS)" },
     { "nebula_memory_peak_rss_bytes", NULL, "Peak resident memory of the daemon (VmHWM)" },
     { "nebula_memory_rss_file_bytes", NULL, "Resident memory backed by files (shared libraries)" },
@@ -110,15 +120,18 @@ static const struct {
     { "nebula_memory_model_bytes", "part=\"optimizer\"", "Model state held by this daemon, by part" },
     { "nebula_memory_model_bytes", "part=\"activations\"", "Model state held by this daemon, by part" },
     { "nebula_memory_threads", NULL, "Threads of the daemon process" },
+    { "nebula_memory_device_free_bytes", NULL, "Free memory of the stage's compute device (cudaMemGetInfo; CPU: "
+      "MemAvailable)" },
+    { "nebula_memory_device_total_bytes", NULL, "Total memory of the stage's compute device" },
 };
 
 static void set_memory_metrics(nb_status_ctx_t *ctx, nb_metrics_t *m, const nb_mem_report_t *r)
 {
-    const double v[10] = { (double)r->rss,          (double)r->peak_rss,          (double)r->rss_file,
+    const double v[NB_STATUS_MEM_SERIES] = { (double)r->rss,          (double)r->peak_rss,          (double)r->rss_file,
                            (double)r->heap_in_use,  (double)r->heap_free,         (double)r->model.weights,
                            (double)r->model.gradients, (double)r->model.optimizer, (double)r->model.activations,
-                           (double)r->threads };
-    for (int i = 0; i < 10; i++)
+                           (double)r->threads, (double)r->device.free, (double)r->device.total };
+    for (int i = 0; i < NB_STATUS_MEM_SERIES; i++) /* device gauges: 0 without a device */
         if (ctx->m_mem[i] >= 0)
             nb_metrics_set(m, ctx->m_mem[i], v[i]);
 }
@@ -218,7 +231,7 @@ int nb_status_cmds_register(nb_status_server_t *srv, nb_status_ctx_t *ctx)
                                      "Commands served on the status socket");
     if (ctx->m_info < 0 || ctx->m_uptime < 0 || ctx->m_requests < 0)
         return NB_EINVAL;
-    for (int i = 0; i < 10; i++)
+    for (int i = 0; i < NB_STATUS_MEM_SERIES; i++)
         if ((ctx->m_mem[i] = nb_metrics_add(m, mem_series[i].name, mem_series[i].labels, NB_METRIC_GAUGE,
                                             mem_series[i].help)) < 0)
             return NB_EINVAL;

@@ -20,6 +20,9 @@
 #include "daemon/core/state.h"
 #include "daemon/status/status_server.h"
 
+/* The nebula_memory_* gauges (status_cmds.c, mem_series). */
+#define NB_STATUS_MEM_SERIES 12
+
 typedef struct {
     nb_state_t *state;           /* not owned */
     int64_t trace_steps;         /* default for "trace" without "steps"; 0 = all */
@@ -28,7 +31,7 @@ typedef struct {
     void *stop_ud;
     /* filled by nb_status_cmds_register */
     int m_uptime, m_requests, m_info;
-    int m_mem[10]; /* nebula_memory_* gauges, in the order of mem_series */
+    int m_mem[NB_STATUS_MEM_SERIES]; /* nebula_memory_* gauges, in the order of mem_series */
 } nb_status_ctx_t;
 
 /* Registers status, metrics, trace and stop on srv, and the daemon's own

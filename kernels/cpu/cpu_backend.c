@@ -8,7 +8,10 @@
  * nb_cpu_iface_<level>, and kernels/cpu_level.c opens the backend with the
  * level chosen at start-up.
  */
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <cblas.h>
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_ops.h"
@@ -30,6 +33,34 @@ static void cpu_dealloc(nb_backend_t *be, void *p) { (void)be; free(p); }
 static void cpu_memset0(nb_backend_t *be, void *d, size_t n) { (void)be; memset(d, 0, n); }
 static void cpu_copy(nb_backend_t *be, void *d, const void *s, size_t n) { (void)be; if (n) memmove(d, s, n); }
 static void cpu_sync(nb_backend_t *be) { (void)be; }
+
+/* Host memory is the device's: staging buffers are plain malloc. */
+static void *cpu_host_alloc(nb_backend_t *be, size_t bytes) { (void)be; return malloc(bytes ? bytes : 1); }
+static void cpu_host_free(nb_backend_t *be, void *p) { (void)be; free(p); }
+
+/* The machine's available (MemAvailable) and physical memory; available
+ * falls back to free pages where /proc/meminfo cannot be read. */
+static int cpu_mem_info(nb_backend_t *be, size_t *free_bytes, size_t *total_bytes)
+{
+    (void)be;
+    long pages = sysconf(_SC_PHYS_PAGES), avail = sysconf(_SC_AVPHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+    if (pages <= 0 || psz <= 0)
+        return NB_EINVAL;
+    *total_bytes = (size_t)pages * (size_t)psz;
+    *free_bytes = avail > 0 ? (size_t)avail * (size_t)psz : 0;
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (f) {
+        char line[128];
+        unsigned long long kb;
+        while (fgets(line, sizeof line, f))
+            if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) {
+                *free_bytes = (size_t)kb * 1024;
+                break;
+            }
+        fclose(f);
+    }
+    return 0;
+}
 
 void nb_cpu_matmul_f32(nb_backend_t *be, bool ta, bool tb, int m, int n, int k, float alpha,
                        const float *a, int lda, int64_t sa, const float *b, int ldb, int64_t sb,
@@ -132,6 +163,9 @@ const nb_backend_i nb_cpu_iface = {
     .set_precision = nb_cpu_set_precision,
     .add = cpu_add,
     .scale = cpu_scale,
+    .host_alloc = cpu_host_alloc,
+    .host_free = cpu_host_free,
+    .mem_info = cpu_mem_info,
     NB_CPU_OPS_INIT
     .codec = &nb_cpu_codec_ops,
 };

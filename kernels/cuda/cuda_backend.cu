@@ -66,6 +66,34 @@ static void cu_d2d(nb_backend_t *be, void *d, const void *s, size_t n)
 
 static void cu_sync(nb_backend_t *be) { NB_CUDA_CHECK(cudaStreamSynchronize(ctx_of(be)->stream)); }
 
+/* Pinned host memory for the stage's staging buffers: a device-to-host
+ * copy into it is a true DMA that can overlap with kernels. */
+static void *cu_host_alloc(nb_backend_t *be, size_t bytes)
+{
+    void *p = NULL;
+    if (cudaSetDevice(ctx_of(be)->device) != cudaSuccess || cudaMallocHost(&p, bytes ? bytes : 1) != cudaSuccess)
+        return NULL;
+    return p;
+}
+
+static void cu_host_free(nb_backend_t *be, void *p)
+{
+    (void)be;
+    if (p)
+        NB_CUDA_CHECK(cudaFreeHost(p));
+}
+
+/* The device's free and total memory (every process's allocations and the
+ * stream-ordered pool's cached blocks count as used). */
+static int cu_mem_info(nb_backend_t *be, size_t *free_bytes, size_t *total_bytes)
+{
+    if (cudaSetDevice(ctx_of(be)->device) != cudaSuccess || cudaMemGetInfo(free_bytes, total_bytes) != cudaSuccess) {
+        *free_bytes = *total_bytes = 0;
+        return NB_EINVAL;
+    }
+    return 0;
+}
+
 /* Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T, so the
  * operands swap and cuBLAS sees n x m. bf16: fp32 in and out, the inputs
  * rounded to bf16 for the tensor cores, fp32 accumulation. */
@@ -153,6 +181,9 @@ static nb_backend_i make_iface(void)
     i.copy_d2h = cu_d2h;
     i.copy_d2d = cu_d2d;
     i.sync = cu_sync;
+    i.host_alloc = cu_host_alloc;
+    i.host_free = cu_host_free;
+    i.mem_info = cu_mem_info;
     i.matmul = cu_matmul;
     i.set_precision = cu_set_precision;
     i.add = cu_add;

@@ -60,6 +60,8 @@ typedef struct {
     int eval_batches, eval_every;
     nb_freeze_spec_t freeze; /* frozen tensors (job.freeze); zero: none */
     nb_precision_t precision; /* job.precision; zero: fp32 */
+    /* the backend of daemon d's replica q; NULL: the CPU backend */
+    nb_backend_t *(*new_backend)(int d, int q);
 } pf_job_t;
 
 /* Does the run evaluate after step s (0-based)? nebula-train's rule. */
@@ -336,7 +338,7 @@ static inline int pf_run_pipeline_with(const pf_job_t *j, const nb_pipe_layout_t
                               .sumsq = sumsq, .daemon = d };
         nrep[d] = reps ? reps[d] : 1;
         for (int q = 0; q < nrep[d]; q++)
-            bes[d][q] = nb_cpu_backend_new();
+            bes[d][q] = j->new_backend ? j->new_backend(d, q) : nb_cpu_backend_new();
         w[d].be = bes[d][0];
         int hrc = nb_host_new_replicas(bes[d], nrep[d], l, d, j->data, &w[d].host, w[d].err, sizeof w[d].err);
         if (hrc == 0 && j->eval_batches > 0)

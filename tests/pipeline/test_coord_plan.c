@@ -668,6 +668,31 @@ static void test_replicas(void **state)
     json_decref(j);
 }
 
+/* A CUDA stage's device memory (free + held, from LINKS_READY) is the
+ * memory limit of the stages its daemon hosts, under job.planner.
+ * stage_memory when that is smaller; an absurd number from a peer, or an
+ * unknown daemon, changes nothing beyond the configured limit. */
+static void test_device_memory(void **state)
+{
+    world_t *w = *state;
+    const nb_cost_t *c = nb_cplan_cost(w->cp);
+    double before0 = c->stage[0].mem_limit;
+    assert_true(nb_cplan_device_memory(w->cp, 1, 3e9) == 3e9);
+    assert_true(c->stage[1].mem_limit == 3e9);
+    assert_true(c->stage[0].mem_limit == before0); /* daemon 0's stage: untouched */
+    assert_true(nb_cplan_device_memory(w->cp, 9, 1e9) == 0); /* no such daemon */
+    assert_true(c->stage[1].mem_limit == 3e9);
+    w->cfg.job.planner.stage_memory_bytes = 1000000000ull; /* the smaller one wins */
+    assert_true(nb_cplan_device_memory(w->cp, 1, 3e9) == 1e9);
+    assert_true(c->stage[1].mem_limit == 1e9);
+    assert_true(nb_cplan_device_memory(w->cp, 1, 5e8) == 5e8);
+    assert_true(nb_cplan_device_memory(w->cp, 1, NAN) == 1e9); /* a peer's number: the configured limit */
+    assert_true(nb_cplan_device_memory(w->cp, 1, -1) == 1e9);
+    w->cfg.job.planner.stage_memory_bytes = 0;
+    assert_true(nb_cplan_device_memory(w->cp, 1, 1e30) == 0); /* absurd: no limit */
+    assert_true(c->stage[1].mem_limit == 0);
+}
+
 static void test_wanted(void **state)
 {
     world_t *w = *state;
@@ -986,6 +1011,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_pin_and_json, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replicas, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wanted, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_device_memory, setup, teardown),
         cmocka_unit_test_setup_teardown(test_calibrate_delta, setup, teardown),
         cmocka_unit_test_setup_teardown(test_codec_error, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget_in_coordinator, setup, teardown),
