@@ -167,6 +167,8 @@ typedef struct nb_backend_i {
     void (*xattn_bwd)(nb_backend_t *be, float *dq, float *dkv, const float *dout, const float *q,
                       const float *kv, const float *att, const uint8_t *key_mask,
                       int B, int T, int S, int C, int NH);
+    /* Largest head size (C / NH) the attention ops take; 0 = any. */
+    int max_head_size;
     /* Floats of the attention state a forward saves for its backward (the
      * att argument), for B batches, NH heads, T queries, S keys; NULL means
      * B * NH * T * S (the softmax probabilities). */

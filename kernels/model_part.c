@@ -264,6 +264,12 @@ int nb_part_new(nb_backend_t *be, const nb_model_config_t *cfg, const nb_part_sp
                         be->iface->name, nb_op_name(op));
                 return NB_EINVAL;
             }
+    int hs = cfg->d_model / cfg->n_head;
+    if (be->iface->max_head_size > 0 && hs > be->iface->max_head_size) {
+        set_err(err, errlen, "backend %s: head size %d (d_model %d / n_head %d) is above the %d its attention "
+                "kernels take", be->iface->name, hs, cfg->d_model, cfg->n_head, be->iface->max_head_size);
+        return NB_EINVAL;
+    }
     if (cfg->gelu == NB_MODEL_GELU_ERF)
         for (nb_op_t op = NB_OP_GELU_ERF_FWD; op <= NB_OP_GELU_ERF_BWD; op++)
             if (!nb_be_supports(be, op)) {

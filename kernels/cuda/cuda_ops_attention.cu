@@ -678,4 +678,5 @@ void nb_cuda_register_attention(nb_backend_i *i)
     i->xattn_fwd = cu_xattn_fwd;
     i->xattn_bwd = cu_xattn_bwd;
     i->attention_state_floats = cu_attention_state_floats;
+    i->max_head_size = ATT_MAX_HS;
 }

@@ -581,6 +581,33 @@ static void test_gpt_bf16(void **state)
     nb_ref_free(&r.f);
 }
 
+/* A head size above the fused attention's limit is refused when the part is
+ * created, with the reason, not aborted in the first step. */
+static void test_head_size_refused(void **state)
+{
+    (void)state;
+    const char *why = NULL;
+    nb_backend_t *gpu = nb_cuda_backend_new(0, &why);
+    if (!gpu) {
+        printf("cuda backend unavailable: %s\n", why ? why : "?");
+        skip();
+    }
+    nb_model_config_t c = { .n_layer = 1, .d_model = 258, .n_head = 2, .d_ff = 64, .vocab = 16, .max_seq = 4,
+                            .causal = true, .norm = NB_MODEL_NORM_PRE, .head = NB_MODEL_HEAD_LM };
+    nb_part_spec_t spec = nb_part_spec_full(&c);
+    nb_part_t *p = NULL;
+    char err[256] = "";
+    assert_int_equal(nb_part_new(gpu, &c, &spec, 1, NULL, &p, err, sizeof err), NB_EINVAL);
+    assert_null(p);
+    printf("refused: %s\n", err);
+    assert_non_null(strstr(err, "head size 129"));
+    c.d_model = 256; /* head size 128: taken */
+    spec = nb_part_spec_full(&c);
+    assert_int_equal(nb_part_new(gpu, &c, &spec, 1, NULL, &p, err, sizeof err), 0);
+    nb_part_free(p);
+    nb_be_free(gpu);
+}
+
 static void test_gpt(void **state) { (void)state; run_case("gpt", 10, true); }
 static void test_bert(void **state) { (void)state; run_case("bert", 0, false); }
 static void test_seqcls(void **state) { (void)state; run_case("seqcls", 10, true); }
@@ -608,6 +635,7 @@ int main(void)
         cmocka_unit_test(test_gpt_bottom_frozen),
         cmocka_unit_test(test_bert_adapter_frozen),
         cmocka_unit_test(test_gpt_bf16),
+        cmocka_unit_test(test_head_size_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
