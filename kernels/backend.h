@@ -320,8 +320,8 @@ static inline void nb_gelu_erf_bwd(nb_backend_t *be, float *dx, const float *x, 
 /* Floats of the attention state (the att argument of the attention ops) for B
  * batches, NH heads, T queries and S keys (S = T for self-attention). The
  * state is the backend's own: the CPU backend keeps the softmax probabilities
- * (B,NH,T,S); the CUDA backend's fused kernels keep a log-sum-exp per query
- * row and a copy of the output, so no T x S matrix is ever stored. Saturates
+ * (B,NH,T,S); the CUDA backend's fused kernels keep one log-sum-exp per
+ * query row (B,NH,T), so no T x S matrix is ever stored. Saturates
  * at SIZE_MAX instead of overflowing (the allocation then fails). */
 static inline size_t nb_attention_state_floats(const nb_backend_t *be, int B, int NH, int T, int S)
 {

@@ -22,7 +22,7 @@
  *    threshold and the same ties-to-the-lower-index rule as the CPU.
  * No atomics anywhere; all results are bit-identical run to run. All work is
  * stream ordered on the backend's stream, without host synchronisation.
- * Kernel design and figures: docs/cuda-codec.md.
+ * Kernel design and figures: docs/cuda.md, "Codecs on the device".
  */
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/codec/codec_ops.h"

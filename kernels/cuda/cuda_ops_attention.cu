@@ -33,7 +33,7 @@
  * V, K, Q or dO accumulate in registers. Tiles whose rows are read by one
  * lane each are padded to an odd stride (no bank conflicts); RPW shrinks as
  * HS grows so that shared memory stays within the default 48 KiB.
- * docs/cuda-ops-attention.md has the details and the tolerances.
+ * docs/cuda.md, "Fused attention", has the details and the tolerances.
  */
 #include "kernels/cuda/cuda_common.cuh"
 
@@ -558,7 +558,7 @@ static att_args att_make(int B, int T, int S, int C, int NH, bool causal, const 
 {
     NB_CHECK(B >= 0 && T > 0 && S > 0 && C > 0 && NH > 0 && C % NH == 0);
     /* Larger heads would need more than the default 48 KiB of shared memory
-     * per block (docs/cuda-ops-attention.md). */
+     * per block (docs/cuda.md, "Fused attention"). */
     NB_CHECK(C / NH <= ATT_MAX_HS);
     att_args a = {};
     a.B = B;
