@@ -49,6 +49,13 @@ struct nb_allreduce {
  * nb_allreduce_free. Thread: any. */
 nb_allreduce_t *nb_cuda_allreduce_new(nb_backend_t *const *bes, int n, const char **why);
 
+/* Makes be's device the calling thread's current CUDA device (the CUDA
+ * runtime keeps one per thread; a kernel launched on a stream of another
+ * device fails). A thread that runs ops of several CUDA backends, or of one
+ * it did not open, calls it before them. 0; NB_EINVAL for a backend that is
+ * not CUDA or without a module; NB_EIO when the runtime refuses. */
+int nb_cuda_make_current(nb_backend_t *be);
+
 /* See nb_allreduce_i.sum. */
 static inline int nb_allreduce_sum(nb_allreduce_t *a, float *const *bufs, size_t n, char *err, size_t errlen)
 {

@@ -16,7 +16,8 @@
  * (build/tests/DIR).
  *
  * The module also exports the NCCL all-reduce of CUDA replicas
- * (nb_cuda_allreduce_new, kernels/allreduce.h), found here beside the
+ * (nb_cuda_allreduce_new, kernels/allreduce.h) and nb_cuda_make_current
+ * (a replica's thread makes its device current), found here beside the
  * backend, so that only the module links NCCL.
  *
  * Thread: any (loaded once, under a pthread_once).
@@ -39,6 +40,7 @@ typedef nb_allreduce_t *(*allreduce_new_fn)(nb_backend_t *const *bes, int n, con
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static new_fn module_new;
 static allreduce_new_fn module_allreduce_new; /* NULL: a module without it */
+static int (*module_make_current)(nb_backend_t *be);
 static char load_err[512];
 
 static void *try_open(const char *path, char *tried, size_t cap)
@@ -87,6 +89,7 @@ static void load(void)
     }
     *(void **)&module_new = dlsym(h, "nb_cuda_backend_new");
     *(void **)&module_allreduce_new = dlsym(h, "nb_cuda_allreduce_new");
+    *(void **)&module_make_current = dlsym(h, "nb_cuda_make_current");
     if (!module_new)
         snprintf(load_err, sizeof load_err, "%s has no nb_cuda_backend_new", MODULE);
 }
@@ -111,4 +114,12 @@ nb_allreduce_t *nb_cuda_allreduce_new(nb_backend_t *const *bes, int n, const cha
         return NULL;
     }
     return module_allreduce_new(bes, n, why);
+}
+
+int nb_cuda_make_current(nb_backend_t *be)
+{
+    pthread_once(&once, load);
+    if (!module_make_current || !be || be->iface->kind != NB_DEV_CUDA)
+        return NB_EINVAL;
+    return module_make_current(be);
 }

@@ -29,6 +29,16 @@
 #include "kernels/allreduce.h"
 #include <pthread.h>
 
+/* The CUDA runtime's current device is per thread, and a kernel launch on a
+ * stream of another device fails: a thread that runs a replica's ops makes
+ * its device current first (kernels/allreduce.h). */
+extern "C" int nb_cuda_make_current(nb_backend_t *be)
+{
+    if (!be || be->iface->kind != NB_DEV_CUDA)
+        return NB_EINVAL;
+    return cudaSetDevice(nb_cuda_ctx_of(be)->device) == cudaSuccess ? 0 : NB_EIO;
+}
+
 #if defined(NB_CUDA_EMU) || defined(NB_HAVE_NCCL)
 
 namespace {
