@@ -21,12 +21,63 @@
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <time.h>
+#if !defined(__x86_64__)
 #include <ucontext.h>
+#endif
+
+/* AddressSanitizer must be told when the stack changes under it (else it
+ * reports false errors on the fibers' stacks). */
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#define ASAN_START_SWITCH(save, bottom, size) __sanitizer_start_switch_fiber((save), (bottom), (size))
+#define ASAN_FINISH_SWITCH(save, bottom, size) __sanitizer_finish_switch_fiber((save), (bottom), (size))
+#else
+#define ASAN_START_SWITCH(save, bottom, size) ((void)(save), (void)(bottom), (void)(size))
+#define ASAN_FINISH_SWITCH(save, bottom, size) ((void)(save), (void)(bottom), (void)(size))
+#endif
 
 thread_local uint3 threadIdx;
 thread_local uint3 blockIdx;
 thread_local dim3 blockDim;
 thread_local dim3 gridDim;
+
+/* ---- context switch ------------------------------------------------------------
+ * On x86-64 a fiber switch saves the callee-saved registers on the old stack
+ * and loads the new stack pointer: a few nanoseconds, where swapcontext makes
+ * a system call per switch (a million-thread kernel with a few barriers took
+ * seconds with it). Other architectures use ucontext. */
+#if defined(__x86_64__)
+extern "C" void nb_emu_switch(void **save_sp, void *new_sp);
+__asm__(".pushsection .text\n"
+        ".globl nb_emu_switch\n"
+        ".hidden nb_emu_switch\n"
+        ".type nb_emu_switch,@function\n"
+        "nb_emu_switch:\n"
+        "    pushq %rbp\n"
+        "    pushq %rbx\n"
+        "    pushq %r12\n"
+        "    pushq %r13\n"
+        "    pushq %r14\n"
+        "    pushq %r15\n"
+        "    movq %rsp, (%rdi)\n"
+        "    movq %rsi, %rsp\n"
+        "    popq %r15\n"
+        "    popq %r14\n"
+        "    popq %r13\n"
+        "    popq %r12\n"
+        "    popq %rbx\n"
+        "    popq %rbp\n"
+        "    ret\n"
+        ".size nb_emu_switch, .-nb_emu_switch\n"
+        ".popsection\n");
+struct emu_context {
+    void *sp;
+};
+#else
+struct emu_context {
+    ucontext_t uc;
+};
+#endif
 
 namespace {
 
@@ -36,18 +87,19 @@ enum fiber_state { RUNNABLE, AT_BLOCK_BARRIER, AT_WARP_BARRIER, DONE };
 enum { MAX_THREADS = 1024, WARPS = MAX_THREADS / 32, STACK_BYTES = 256 << 10, GUARD = 4096 };
 
 struct fiber {
-    ucontext_t ctx;
+    emu_context ctx;
     char *stack; /* mmap'd, STACK_BYTES + GUARD, guard page at the bottom */
     fiber_state state;
     unsigned wait_gen;
     uint3 tid;
     int warp, lane;
+    void *asan_save; /* the fiber's fake stack while it is switched out */
 };
 
 struct block_state {
     fiber f[MAX_THREADS];
     int n, cur;
-    ucontext_t sched;
+    emu_context sched;
     int live, arrived;
     unsigned gen;
     int warp_live[WARPS], warp_arrived[WARPS];
@@ -57,11 +109,18 @@ struct block_state {
     void *body_ctx;
     std::vector<unsigned char> dyn;
     bool reverse;
+    void *sched_asan_save;         /* the scheduler's fake stack while a fiber runs */
+    const void *sched_stack_bottom; /* the scheduler's stack, for switching back */
+    size_t sched_stack_size;
 
-    block_state() : n(0), cur(-1), live(0), arrived(0), gen(0), body(nullptr), body_ctx(nullptr)
+    block_state()
+        : n(0), cur(-1), live(0), arrived(0), gen(0), body(nullptr), body_ctx(nullptr),
+          sched_asan_save(nullptr), sched_stack_bottom(nullptr), sched_stack_size(0)
     {
-        for (auto &x : f)
+        for (auto &x : f) {
             x.stack = nullptr;
+            x.asan_save = nullptr;
+        }
         const char *o = getenv("NB_CUDA_EMU_ORDER");
         reverse = o && !strcmp(o, "reverse");
     }
@@ -96,12 +155,24 @@ fiber &current()
     return b.f[b.cur];
 }
 
+/* Saves the running context into from and resumes to. */
+inline void switch_context(emu_context *from, emu_context *to)
+{
+#if defined(__x86_64__)
+    nb_emu_switch(&from->sp, to->sp);
+#else
+    if (swapcontext(&from->uc, &to->uc) != 0)
+        die("swapcontext failed");
+#endif
+}
+
 void yield_to_scheduler()
 {
     block_state &b = B();
     fiber &f = b.f[b.cur];
-    if (swapcontext(&f.ctx, &b.sched) != 0)
-        die("swapcontext failed");
+    ASAN_START_SWITCH(&f.asan_save, b.sched_stack_bottom, b.sched_stack_size);
+    switch_context(&f.ctx, &b.sched);
+    ASAN_FINISH_SWITCH(f.asan_save, &b.sched_stack_bottom, &b.sched_stack_size);
 }
 
 void release_block_if_complete(block_state &b)
@@ -123,6 +194,7 @@ void release_warp_if_complete(block_state &b, int w)
 void fiber_entry(int idx)
 {
     block_state &b = B();
+    ASAN_FINISH_SWITCH(nullptr, &b.sched_stack_bottom, &b.sched_stack_size);
     b.body(b.body_ctx);
     fiber &f = b.f[idx];
     f.state = DONE;
@@ -130,7 +202,10 @@ void fiber_entry(int idx)
     b.warp_live[f.warp]--;
     release_block_if_complete(b);
     release_warp_if_complete(b, f.warp);
-    setcontext(&b.sched); /* never returns */
+    ASAN_START_SWITCH(nullptr, b.sched_stack_bottom, b.sched_stack_size); /* this stack is done */
+    emu_context dead;
+    switch_context(&dead, &b.sched); /* never comes back */
+    die("a finished fiber was resumed");
 }
 
 bool runnable(const block_state &b, const fiber &f)
@@ -143,8 +218,11 @@ bool runnable(const block_state &b, const fiber &f)
     }
 }
 
-/* Gives fiber i a fresh context at fiber_entry (apart from run_block: getcontext
- * returns twice, which the compiler must not see in a loop). */
+/* The first code a fiber runs: the thread body of the block's current fiber. */
+void fiber_trampoline() { fiber_entry(B().cur); }
+
+/* Gives fiber i a fresh context at fiber_trampoline (apart from run_block:
+ * getcontext returns twice, which the compiler must not see in a loop). */
 __attribute__((noinline)) void init_fiber(block_state &b, int i)
 {
     fiber &f = b.f[i];
@@ -163,11 +241,23 @@ __attribute__((noinline)) void init_fiber(block_state &b, int i)
     f.lane = i % 32;
     f.state = RUNNABLE;
     b.warp_live[f.warp]++;
-    getcontext(&f.ctx);
-    f.ctx.uc_stack.ss_sp = f.stack + GUARD;
-    f.ctx.uc_stack.ss_size = STACK_BYTES;
-    f.ctx.uc_link = nullptr;
-    makecontext(&f.ctx, (void (*)())fiber_entry, 1, i);
+#if defined(__x86_64__)
+    /* The frame nb_emu_switch pops: six registers, then the return address
+     * fiber_trampoline, 16-byte aligned so that the trampoline starts with
+     * the stack as after a call; above it a null return address. */
+    void **sp = (void **)((uintptr_t)(f.stack + GUARD + STACK_BYTES) & ~(uintptr_t)15);
+    *--sp = nullptr;
+    *--sp = (void *)fiber_trampoline;
+    for (int r = 0; r < 6; r++)
+        *--sp = nullptr;
+    f.ctx.sp = sp;
+#else
+    getcontext(&f.ctx.uc);
+    f.ctx.uc.uc_stack.ss_sp = f.stack + GUARD;
+    f.ctx.uc.uc_stack.ss_size = STACK_BYTES;
+    f.ctx.uc.uc_link = nullptr;
+    makecontext(&f.ctx.uc, (void (*)())fiber_trampoline, 0);
+#endif
 }
 
 void run_block(block_state &b)
@@ -191,8 +281,9 @@ void run_block(block_state &b)
             f.state = RUNNABLE;
             threadIdx = f.tid;
             b.cur = i;
-            if (swapcontext(&b.sched, &f.ctx) != 0)
-                die("swapcontext failed");
+            ASAN_START_SWITCH(&b.sched_asan_save, f.stack + GUARD, STACK_BYTES);
+            switch_context(&b.sched, &f.ctx);
+            ASAN_FINISH_SWITCH(b.sched_asan_save, nullptr, nullptr);
             b.cur = -1;
             progressed = true;
         }

@@ -1,0 +1,239 @@
+/* test_cuda_ops_embed.c - the CUDA backend's embedding forward and backward
+ * against the CPU backend (the reference): odd B, T, C, heavily repeated
+ * tokens, a position table longer than T, wpe NULL, dwte or dwpe NULL,
+ * pre-filled gradients (the backward accumulates), sizes that give one and
+ * several channel blocks, token tiles and vocabulary partitions, and two
+ * runs compared bit for bit. Both ops give the CPU's bits (the same additions
+ * in the same order: docs/cuda.md), so the comparison is exact. A negative
+ * token id, which the CPU backend refuses, gives a NaN row forward and no
+ * dwte contribution backward. Without a CUDA device (or module) the test is
+ * reported as skipped. */
+#include "test_ops_util.h"
+
+typedef struct {
+    nb_backend_t *gpu, *cpu;
+} fixture_t;
+
+static int setup(void **state)
+{
+    static fixture_t f;
+    const char *why = NULL;
+    f.gpu = nb_cuda_backend_new(0, &why);
+    if (!f.gpu) {
+        printf("cuda backend unavailable: %s\n", why ? why : "?");
+        *state = NULL;
+        return 0;
+    }
+    f.cpu = nb_cpu_backend_new();
+    assert_non_null(f.cpu);
+    *state = &f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture_t *f = *state;
+    if (f) {
+        nb_be_free(f->gpu);
+        nb_be_free(f->cpu);
+    }
+    return 0;
+}
+
+static fixture_t *fx(void **state)
+{
+    if (!*state)
+        skip();
+    return *state;
+}
+
+static void *up(nb_backend_t *gpu, const void *host, size_t bytes)
+{
+    void *d = nb_be_alloc(gpu, bytes ? bytes : 1);
+    assert_non_null(d);
+    if (bytes)
+        nb_be_from_host(gpu, d, host, bytes);
+    return d;
+}
+
+static void down(nb_backend_t *gpu, void *host, const void *d, size_t bytes)
+{
+    if (bytes)
+        nb_be_to_host(gpu, host, d, bytes);
+}
+
+typedef struct {
+    int B, T, C, V, maxT;
+} shape_t;
+
+/* One shape: forward with and without wpe, backward with every combination
+ * of NULL gradients, each compared exactly with the CPU and run twice. */
+static void check_shape(fixture_t *f, shape_t s)
+{
+    size_t N = (size_t)s.B * s.T, nout = N * s.C, nwte = (size_t)s.V * s.C, nwpe = (size_t)s.maxT * s.C;
+    tu_rng_t r = { 0x7777ull + (uint64_t)s.B * 1000003u + (uint64_t)s.T * 1009u + (uint64_t)s.C };
+    int32_t *tok = malloc((N ? N : 1) * sizeof *tok);
+    assert_non_null(tok);
+    for (size_t i = 0; i < N; i++) {
+        /* a third of the positions reuse a few ids: repeated tokens
+         * accumulate in order */
+        uint32_t u = (uint32_t)((tu_uniform(&r) + 1.0f) * 0.5f * 1e6f);
+        tok[i] = (int32_t)(u % (uint32_t)(i % 3 == 0 && s.V > 3 ? 3 : s.V));
+    }
+    tok[N - 1] = s.V - 1; /* the last row is used */
+    float *wte = tu_alloc(nwte), *wpe = tu_alloc(nwpe), *dout = tu_alloc(nout);
+    float *dwte0 = tu_alloc(nwte), *dwpe0 = tu_alloc(nwpe);
+    float *ref = tu_alloc(nout), *got = tu_alloc(nout), *got2 = tu_alloc(nout);
+    float *rte = tu_alloc(nwte), *rpe = tu_alloc(nwpe), *gte = tu_alloc(nwte), *gpe = tu_alloc(nwpe);
+    tu_fill(&r, wte, nwte, 1.0f);
+    tu_fill(&r, wpe, nwpe, 1.0f);
+    tu_fill(&r, dout, nout, 1.0f);
+    tu_fill(&r, dwte0, nwte, 0.5f);
+    tu_fill(&r, dwpe0, nwpe, 0.5f);
+    int32_t *dtok = up(f->gpu, tok, N * sizeof *tok);
+    float *dwte_v = up(f->gpu, wte, nwte * 4), *dwpe_v = up(f->gpu, wpe, nwpe * 4);
+    float *ddout = up(f->gpu, dout, nout * 4), *dout_v = up(f->gpu, ref, nout * 4);
+    char what[96];
+
+    for (int with_pe = 0; with_pe < 2; with_pe++) {
+        nb_embed_fwd(f->cpu, ref, tok, wte, with_pe ? wpe : NULL, s.B, s.T, s.C);
+        nb_embed_fwd(f->gpu, dout_v, dtok, dwte_v, with_pe ? dwpe_v : NULL, s.B, s.T, s.C);
+        down(f->gpu, got, dout_v, nout * 4);
+        nb_be_memset0(f->gpu, dout_v, nout * 4);
+        nb_embed_fwd(f->gpu, dout_v, dtok, dwte_v, with_pe ? dwpe_v : NULL, s.B, s.T, s.C);
+        down(f->gpu, got2, dout_v, nout * 4);
+        snprintf(what, sizeof what, "embed_fwd B%d T%d C%d%s", s.B, s.T, s.C, with_pe ? "" : " no wpe");
+        assert_memory_equal(got, ref, nout * 4);
+        assert_memory_equal(got2, got, nout * 4);
+        printf("# %-40s bit-identical\n", what);
+    }
+
+    for (int mode = 0; mode < 4; mode++) {
+        bool te = !(mode & 1), pe = !(mode & 2);
+        memcpy(rte, dwte0, nwte * 4);
+        memcpy(rpe, dwpe0, nwpe * 4);
+        nb_embed_bwd(f->cpu, te ? rte : NULL, pe ? rpe : NULL, dout, tok, s.B, s.T, s.C);
+        for (int run = 0; run < 2; run++) {
+            float *gte_d = up(f->gpu, dwte0, nwte * 4), *gpe_d = up(f->gpu, dwpe0, nwpe * 4);
+            nb_embed_bwd(f->gpu, te ? gte_d : NULL, pe ? gpe_d : NULL, ddout, dtok, s.B, s.T, s.C);
+            float *hte = run ? tu_alloc(nwte) : gte, *hpe = run ? tu_alloc(nwpe) : gpe;
+            down(f->gpu, hte, gte_d, nwte * 4);
+            down(f->gpu, hpe, gpe_d, nwpe * 4);
+            if (run) {
+                assert_memory_equal(hte, gte, nwte * 4);
+                assert_memory_equal(hpe, gpe, nwpe * 4);
+                free(hte);
+                free(hpe);
+            }
+            nb_be_dealloc(f->gpu, gte_d);
+            nb_be_dealloc(f->gpu, gpe_d);
+        }
+        /* a NULL gradient's buffer is untouched: rte/rpe still equal the
+         * pre-fill there, and so must the device's */
+        assert_memory_equal(gte, rte, nwte * 4);
+        assert_memory_equal(gpe, rpe, nwpe * 4);
+        snprintf(what, sizeof what, "embed_bwd B%d T%d C%d%s%s", s.B, s.T, s.C, te ? "" : " dwte NULL",
+                 pe ? "" : " dwpe NULL");
+        printf("# %-40s bit-identical\n", what);
+    }
+
+    nb_be_dealloc(f->gpu, dtok);
+    nb_be_dealloc(f->gpu, dwte_v); nb_be_dealloc(f->gpu, dwpe_v);
+    nb_be_dealloc(f->gpu, ddout); nb_be_dealloc(f->gpu, dout_v);
+    free(tok); free(wte); free(wpe); free(dout); free(dwte0); free(dwpe0);
+    free(ref); free(got); free(got2); free(rte); free(rpe); free(gte); free(gpe);
+}
+
+static void test_embed_matches_cpu(void **state)
+{
+    fixture_t *f = fx(state);
+    const shape_t shapes[] = {
+        { 3, 37, 48, 101, 40 },  /* the usual odd sizes; one token tile */
+        { 3, 101, 65, 7, 101 },  /* two channel blocks (the second nearly empty), two tiles, tiny V */
+        { 2, 5, 1, 3, 8 },       /* C = 1: many partitions, N small */
+        { 1, 1, 3, 1, 1 },
+        { 2, 3, 300, 5, 4 },     /* two channel groups forward, five backward */
+    };
+    for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++)
+        check_shape(f, shapes[k]);
+}
+
+static void test_embed_empty(void **state)
+{
+    fixture_t *f = fx(state);
+    float h[4] = { 1, 2, 3, 4 }, got[4];
+    int32_t t = 0;
+    float *d = up(f->gpu, h, sizeof h);
+    int32_t *dt = up(f->gpu, &t, sizeof t);
+    nb_embed_fwd(f->gpu, d, dt, d, d, 0, 1, 4);
+    nb_embed_fwd(f->gpu, d, dt, d, d, 1, 0, 4);
+    nb_embed_bwd(f->gpu, d, d, d, dt, 0, 1, 4);
+    nb_embed_bwd(f->gpu, d, d, d, dt, 1, 1, 0);
+    down(f->gpu, got, d, sizeof got);
+    assert_memory_equal(got, h, sizeof h);
+    nb_be_dealloc(f->gpu, d);
+    nb_be_dealloc(f->gpu, dt);
+}
+
+/* A negative id: the forward row is NaN, the backward adds nothing to dwte
+ * for it (dwpe still gets its dout row: positions do not depend on ids). */
+static void test_embed_negative_id(void **state)
+{
+    fixture_t *f = fx(state);
+    enum { B = 2, T = 3, C = 5, V = 4 };
+    int32_t tok[B * T] = { 1, 2, -1, 3, 1, 0 };
+    tu_rng_t r = { 42 };
+    float wte[V * C], wpe[T * C], dout[B * T * C], dwte[V * C], dwpe[T * C], out[B * T * C] = { 0 };
+    tu_fill(&r, wte, V * C, 1.0f);
+    tu_fill(&r, wpe, T * C, 1.0f);
+    tu_fill(&r, dout, B * T * C, 1.0f);
+    tu_fill(&r, dwte, V * C, 1.0f);
+    tu_fill(&r, dwpe, T * C, 1.0f);
+    int32_t *dt = up(f->gpu, tok, sizeof tok);
+    float *dwte_v = up(f->gpu, wte, sizeof wte), *dwpe_v = up(f->gpu, wpe, sizeof wpe);
+    float *dout_d = up(f->gpu, dout, sizeof dout), *o = up(f->gpu, out, sizeof out);
+    float *gte = up(f->gpu, dwte, sizeof dwte), *gpe = up(f->gpu, dwpe, sizeof dwpe);
+    nb_embed_fwd(f->gpu, o, dt, dwte_v, dwpe_v, B, T, C);
+    down(f->gpu, out, o, sizeof out);
+    for (int i = 0; i < B * T * C; i++)
+        assert_true((i / C == 2) == (bool)isnan(out[i]));
+    nb_embed_bwd(f->gpu, gte, gpe, dout_d, dt, B, T, C);
+    float got_te[V * C], got_pe[T * C];
+    down(f->gpu, got_te, gte, sizeof got_te);
+    down(f->gpu, got_pe, gpe, sizeof got_pe);
+    /* reference: the CPU with that position's id made valid and its dout
+     * row zero for dwte (x + 0 == x for the non-zero pre-fill), and the
+     * real dout for dwpe */
+    int32_t tok_ok[B * T];
+    memcpy(tok_ok, tok, sizeof tok);
+    tok_ok[2] = 0;
+    float dout0[B * T * C];
+    memcpy(dout0, dout, sizeof dout);
+    for (int c = 0; c < C; c++)
+        dout0[2 * C + c] = 0.0f;
+    nb_embed_bwd(f->cpu, dwte, NULL, dout0, tok_ok, B, T, C);
+    nb_embed_bwd(f->cpu, NULL, dwpe, dout, tok_ok, B, T, C);
+    assert_memory_equal(got_te, dwte, sizeof dwte);
+    assert_memory_equal(got_pe, dwpe, sizeof dwpe);
+    nb_be_dealloc(f->gpu, dt); nb_be_dealloc(f->gpu, dwte_v); nb_be_dealloc(f->gpu, dwpe_v);
+    nb_be_dealloc(f->gpu, dout_d); nb_be_dealloc(f->gpu, o);
+    nb_be_dealloc(f->gpu, gte); nb_be_dealloc(f->gpu, gpe);
+}
+
+static void test_supports(void **state)
+{
+    fixture_t *f = fx(state);
+    assert_true(nb_be_supports(f->gpu, NB_OP_EMBED_FWD));
+    assert_true(nb_be_supports(f->gpu, NB_OP_EMBED_BWD));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_supports),
+        cmocka_unit_test(test_embed_matches_cpu),
+        cmocka_unit_test(test_embed_empty),
+        cmocka_unit_test(test_embed_negative_id),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
