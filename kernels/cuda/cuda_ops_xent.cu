@@ -26,7 +26,7 @@ static unsigned xent_threads(int V)
     t = (t + 31) / 32 * 32;
     if (t < 32)
         t = 32;
-    return t > XENT_MAX_THREADS ? XENT_MAX_THREADS : t;
+    return t > (unsigned)XENT_MAX_THREADS ? (unsigned)XENT_MAX_THREADS : t;
 }
 
 __global__ static void xent_kernel(float *losses, float *dlogits, const float *logits,

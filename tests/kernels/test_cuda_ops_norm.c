@@ -5,7 +5,8 @@
  * of the parameter-gradient reduction.
  * Checked: accumulation into dx, dw, db (pre-filled with non-zero values),
  * NULL dw/db (either or both), NULL mean/rstd in forward, N == 0 and n == 0,
- * and bit equality of two runs of each op.
+ * nothing written past the end of an output, and bit equality of two runs of
+ * each op.
  * Tolerances (normalised max error, max |gpu - cpu| / max |cpu|): LayerNorm
  * outputs, mean, rstd, dx 1e-5; dw, db 2e-5 (a sum over rows in another
  * order); sumsq relative 1e-12 (double sums in another order).
@@ -37,6 +38,34 @@ static float *down(nb_backend_t *gpu, const float *dev, size_t n)
     float *h = tu_alloc(n);
     nb_be_to_host(gpu, h, dev, n * sizeof *h);
     return h;
+}
+
+/* A device buffer of n floats (from host unless NULL) followed by a guard of
+ * g floats holding a pattern, to see writes past the end (rows or columns a
+ * partial block must leave alone). */
+#define GUARD_VALUE 12345.0f
+static float *up_guarded(nb_backend_t *gpu, const float *host, size_t n, size_t g)
+{
+    float *d = nb_be_alloc(gpu, (n + g) * sizeof *d);
+    assert_non_null(d);
+    float *pat = tu_alloc(g);
+    for (size_t i = 0; i < g; i++)
+        pat[i] = GUARD_VALUE;
+    if (host && n)
+        nb_be_from_host(gpu, d, host, n * sizeof *d);
+    nb_be_from_host(gpu, d + n, pat, g * sizeof *d);
+    nb_be_sync(gpu);
+    free(pat);
+    return d;
+}
+
+static void assert_guard(const char *what, nb_backend_t *gpu, const float *d, size_t n, size_t g)
+{
+    float *h = down(gpu, d + n, g);
+    for (size_t i = 0; i < g; i++)
+        if (h[i] != GUARD_VALUE)
+            fail_msg("%s: written past the end (element %zu)", what, n + i);
+    free(h);
 }
 
 /* max |got - ref| / max |ref| (ref all zero: the absolute error) */
@@ -90,7 +119,11 @@ static void check_layernorm(nb_backend_t *gpu, nb_backend_t *cpu, int N, int C, 
 
     float *gx = up(gpu, x, nc * 4), *gw = up(gpu, w, C * 4), *gb = up(gpu, b, C * 4);
     float *gdout = up(gpu, dout, nc * 4);
-    float *gout = up(gpu, NULL, nc * 4), *gmean = up(gpu, NULL, N * 4), *grstd = up(gpu, NULL, N * 4);
+    /* guards: three rows past the last (a block holds four), and a column
+     * tile of 128 past the parameter gradients */
+    size_t grow = 3 * (size_t)C + 1, gcol = 129;
+    float *gout = up_guarded(gpu, NULL, nc, grow), *gmean = up_guarded(gpu, NULL, N, 4);
+    float *grstd = up_guarded(gpu, NULL, N, 4);
 
     /* forward, twice: bit-identical */
     nb_layernorm_fwd(gpu, gout, gmean, grstd, gx, gw, gb, 1e-5f, N, C);
@@ -104,6 +137,9 @@ static void check_layernorm(nb_backend_t *gpu, nb_backend_t *cpu, int N, int C, 
     assert_same("layernorm_fwd out", o1, o2, nc);
     assert_same("layernorm_fwd mean", m1, m2, N);
     assert_same("layernorm_fwd rstd", s1, s2, N);
+    assert_guard("layernorm_fwd out", gpu, gout, nc, grow);
+    assert_guard("layernorm_fwd mean", gpu, gmean, N, 4);
+    assert_guard("layernorm_fwd rstd", gpu, grstd, N, 4);
     /* mean and rstd are optional: the output is the same without them */
     nb_be_memset0(gpu, gout, nc * 4);
     nb_layernorm_fwd(gpu, gout, NULL, NULL, gx, gw, gb, 1e-5f, N, C);
@@ -114,7 +150,8 @@ static void check_layernorm(nb_backend_t *gpu, nb_backend_t *cpu, int N, int C, 
     /* backward from the CPU's saved mean and rstd, accumulating */
     nb_be_from_host(gpu, gmean, mean, N * 4);
     nb_be_from_host(gpu, grstd, rstd, N * 4);
-    float *gdx = up(gpu, dx, nc * 4), *gdw = up(gpu, dw, C * 4), *gdb = up(gpu, db, C * 4);
+    float *gdx = up_guarded(gpu, dx, nc, grow), *gdw = up_guarded(gpu, dw, C, gcol);
+    float *gdb = up_guarded(gpu, db, C, gcol);
     nb_layernorm_bwd(gpu, gdx, gdw, gdb, gdout, gx, gw, gmean, grstd, N, C);
     float *dx1 = down(gpu, gdx, nc), *dw1 = down(gpu, gdw, C), *db1 = down(gpu, gdb, C);
     assert_nmax("layernorm_bwd dx", dx1, rdx, nc, 1e-5);
@@ -129,6 +166,9 @@ static void check_layernorm(nb_backend_t *gpu, nb_backend_t *cpu, int N, int C, 
     assert_same("layernorm_bwd dx", dx1, dx2, nc);
     assert_same("layernorm_bwd dw", dw1, dw2, C);
     assert_same("layernorm_bwd db", db1, db2, C);
+    assert_guard("layernorm_bwd dx", gpu, gdx, nc, grow);
+    assert_guard("layernorm_bwd dw", gpu, gdw, C, gcol);
+    assert_guard("layernorm_bwd db", gpu, gdb, C, gcol);
     /* frozen parameters: both NULL, then one of them; dx is the same, the
      * other parameter gradient too, the NULL one is not written */
     nb_be_from_host(gpu, gdx, dx, nc * 4);
