@@ -576,10 +576,12 @@ int nb_reps_reduce(nb_reps_t *s, char *err, size_t errlen)
     s->reduced_from = s->n;
     float *bufs[NB_REPS_MAX];
     for (int r = 0; r < s->R; r++) {
+        (void)bind_to(s->bes[r]);
         bufs[r] = nb_part_grads(s->parts[r]); /* finishes a tied head's share first */
         NB_CHECK(bufs[r] == s->gbuf[r]);
         nb_be_sync(s->bes[r]);
     }
+    (void)bind_to(s->bes[0]);
     int rc = hi ? nb_reduce_allreduce(s->engine, bufs, hi, err, errlen) : 0;
     for (int r = 0; r < s->R; r++)
         nb_be_sync(s->bes[r]);

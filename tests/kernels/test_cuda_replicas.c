@@ -1,7 +1,9 @@
 /* test_cuda_replicas.c - a stage run as two replicas on two CUDA devices
  * (the NCCL engine, docs/pipeline.md "Replicas") trains like one replica on
  * one device: two stages hosted on one daemon, micro-batches of 3 sequences
- * (split 2 + 1), 1F1B, three steps; the step losses within 1e-5 relative,
+ * (split 2 + 1), 1F1B, three steps, lm untied and mlm with tied embeddings
+ * (the head's share of wte reduced after the last backward); the step
+ * losses within 1e-5 relative,
  * the final weights within 1e-3 of each tensor's largest value (the split
  * changes the order of the gradient sums: not bit-exact, as on the CPU),
  * and the two replicas bit-identical after every step.
@@ -48,10 +50,16 @@ static float *params_of(nb_host_t *h, int i, int r, size_t *n)
 
 /* Runs STEPS steps of the two-stage job on a host over bes[0..R-1]; losses
  * in loss[]. Checks the replicas bit-identical after each step. */
-static nb_host_t *train(nb_backend_t **bes, int R, double *loss)
+static nb_host_t *train(nb_backend_t **bes, int R, bool mlm_tied, double *loss)
 {
     pf_job_t j = pf_job_default(data_path);
     j.B = 3;
+    if (mlm_tied) {
+        j.model.head = NB_MODEL_HEAD_MLM;
+        j.model.vocab = 257; /* byte tokens + the mask token */
+        j.model.causal = false;
+        j.model.tie_embeddings = true;
+    }
     int place[2] = { 0, 0 };
     nb_pipe_layout_t l;
     pf_layout(&j, 2, place, 1, &l);
@@ -91,9 +99,8 @@ static nb_host_t *train(nb_backend_t **bes, int R, double *loss)
     return h;
 }
 
-static void test_two_devices_match_one(void **state)
+static void two_devices_match_one(bool mlm_tied)
 {
-    (void)state;
     const char *why = NULL;
     nb_backend_t *bes[2] = { nb_cuda_backend_new(0, &why), NULL };
     if (bes[0])
@@ -110,8 +117,8 @@ static void test_two_devices_match_one(void **state)
         fail();
     }
     double one[STEPS], two[STEPS];
-    nb_host_t *h1 = train(bes, 1, one);
-    nb_host_t *h2 = train(bes, 2, two);
+    nb_host_t *h1 = train(bes, 1, mlm_tied, one);
+    nb_host_t *h2 = train(bes, 2, mlm_tied, two);
     double worst_loss = 0, worst_w = 0;
     for (int s = 0; s < STEPS; s++) {
         double d = fabs(one[s] - two[s]) / fabs(one[s]);
@@ -133,19 +140,32 @@ static void test_two_devices_match_one(void **state)
         free(w1);
         free(w2);
     }
-    printf("2 CUDA replicas (NCCL) against 1: loss rel diff %.2g, weight diff %.2g of the largest, replicas "
-           "bit-identical\n", worst_loss, worst_w);
+    printf("%s: 2 CUDA replicas (NCCL) against 1: loss rel diff %.2g, weight diff %.2g of the largest, "
+           "replicas bit-identical\n", mlm_tied ? "mlm tied" : "lm", worst_loss, worst_w);
     nb_host_free(h2);
     nb_host_free(h1);
     nb_be_free(bes[1]);
     nb_be_free(bes[0]);
 }
 
+static void test_lm(void **state)
+{
+    (void)state;
+    two_devices_match_one(false);
+}
+
+static void test_mlm_tied(void **state)
+{
+    (void)state;
+    two_devices_match_one(true);
+}
+
 int main(void)
 {
     setenv("NB_CUDA_EMU_DEVICES", "2", 0);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_two_devices_match_one),
+        cmocka_unit_test(test_lm),
+        cmocka_unit_test(test_mlm_tied),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
