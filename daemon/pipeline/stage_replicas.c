@@ -46,6 +46,7 @@ struct nb_reps {
     size_t reduced_from;       /* [reduced_from, n) reduced this step; under mu */
     size_t overlapped;         /* floats reduced during the last backward of the last step */
     int reduce_rc;             /* the first error of an early reduction; under mu */
+    char reduce_err[192];      /* and the engine's message for it */
     rep_hook_t hooks[NB_REPS_MAX];
 };
 
@@ -510,12 +511,14 @@ static void on_grad_ready(void *ud, size_t offset)
     float *bufs[NB_REPS_MAX];
     for (int r = 0; r < s->R; r++)
         bufs[r] = s->gbuf[r] + lo;
-    char err[16];
+    char err[sizeof s->reduce_err] = "";
     int rc = nb_reduce_allreduce(s->engine, bufs, hi - lo, err, sizeof err);
     pthread_mutex_lock(&s->mu);
     s->overlapped += hi - lo;
-    if (rc && !s->reduce_rc)
+    if (rc && !s->reduce_rc) {
         s->reduce_rc = rc;
+        memcpy(s->reduce_err, err, sizeof err);
+    }
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -556,7 +559,8 @@ int nb_reps_backward(nb_reps_t *s, nb_reps_acts_t *a, const float *dout, bool la
     if (rc)
         name_failure(s, rcs, "backward", err, errlen);
     else if (s->reduce_rc) {
-        snprintf(err, errlen, "the all-reduce of the gradients failed (%s)", nb_strerror(s->reduce_rc));
+        snprintf(err, errlen, "the all-reduce of the gradients failed (%s%s%s)", nb_strerror(s->reduce_rc),
+                 s->reduce_err[0] ? ": " : "", s->reduce_err);
         rc = s->reduce_rc;
     }
     return rc;

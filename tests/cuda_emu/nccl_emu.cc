@@ -4,8 +4,13 @@
  * that issue the calls of several ranks from one thread, and the
  * all-reduce's rank-order sum over host memory (the emulated device's).
  *
- * Environment: NB_NCCL_EMU_TIMEOUT=S  seconds a rank waits for the others
- * before the call fails with ncclSystemError (default 120).
+ * Environment:
+ *   NB_NCCL_EMU_TIMEOUT=S  seconds a rank waits for the others before the
+ *                          call fails with ncclSystemError (default 120);
+ *   NB_NCCL_EMU_FAIL=1     while set, every collective fails with
+ *                          ncclSystemError, as when a peer or a device is
+ *                          lost (read at each call: a test sets it for a
+ *                          while).
  */
 #include "tests/cuda_emu/nccl_emu.h"
 
@@ -285,6 +290,9 @@ static unsigned long long post(ncclComm_t comm, const void *send, void *recv, si
     }
     k.send[(size_t)comm->rank] = send;
     k.recv[(size_t)comm->rank] = recv;
+    const char *fail = getenv("NB_NCCL_EMU_FAIL");
+    if (fail && fail[0] == '1')
+        k.rc = ncclSystemError;
     if (++k.posted == c->nranks) {
         if (k.rc == ncclSuccess)
             run_sum(k, c->nranks);

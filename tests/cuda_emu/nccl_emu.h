@@ -25,7 +25,9 @@
  *    must belong to the communicator's device (ncclInvalidArgument). Other
  *    types and operations are ncclInvalidArgument (not emulated).
  *  - A rank that never comes is reported as ncclSystemError after
- *    NB_NCCL_EMU_TIMEOUT seconds (default 120) instead of a hang.
+ *    NB_NCCL_EMU_TIMEOUT seconds (default 120) instead of a hang; with
+ *    NB_NCCL_EMU_FAIL=1 every collective fails with ncclSystemError (a lost
+ *    peer or device, for the tests of what follows).
  * Thread: any; calls on one communicator from one thread at a time, as in
  * NCCL.
  */

@@ -239,6 +239,38 @@ static void test_concurrent_buckets(void **state)
     close_devices();
 }
 
+/* A failed NCCL call (a lost device or peer; the emulated NCCL fails every
+ * call while NB_NCCL_EMU_FAIL=1) fails the sum with NCCL's message, and the
+ * engine stays failed: NCCL's state is unknown after it. */
+static void test_failure(void **state)
+{
+    (void)state;
+    if (!emulated())
+        skip(); /* a failure cannot be injected into the real NCCL */
+    assert_true(open_devices());
+    const char *why = NULL;
+    nb_reduce_t *e = nb_reduce_new(bes, n_dev, &why);
+    assert_non_null(e);
+    float *dbuf[NMAX];
+    for (int r = 0; r < n_dev; r++) {
+        assert_non_null(dbuf[r] = nb_be_alloc(bes[r], 64 * sizeof(float)));
+        nb_be_memset0(bes[r], dbuf[r], 64 * sizeof(float));
+    }
+    char err[256] = "";
+    assert_int_equal(nb_reduce_allreduce(e, dbuf, 64, err, sizeof err), 0);
+    setenv("NB_NCCL_EMU_FAIL", "1", 1);
+    assert_int_equal(nb_reduce_allreduce(e, dbuf, 64, err, sizeof err), NB_EIO);
+    unsetenv("NB_NCCL_EMU_FAIL");
+    printf("failed: %s\n", err);
+    assert_non_null(strstr(err, "of 64 floats across 2 CUDA devices: unhandled system error"));
+    assert_int_equal(nb_reduce_allreduce(e, dbuf, 64, err, sizeof err), NB_EIO);
+    assert_non_null(strstr(err, "an earlier call failed"));
+    for (int r = 0; r < n_dev; r++)
+        nb_be_dealloc(bes[r], dbuf[r]);
+    nb_reduce_free(e);
+    close_devices();
+}
+
 /* What the engine refuses: a device twice, CPU and CUDA mixed. */
 static void test_refusals(void **state)
 {
@@ -278,6 +310,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sum_in_buckets),
         cmocka_unit_test(test_concurrent_buckets),
+        cmocka_unit_test(test_failure),
         cmocka_unit_test(test_refusals),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

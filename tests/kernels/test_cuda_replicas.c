@@ -6,7 +6,8 @@
  * losses within 1e-5 relative,
  * the final weights within 1e-3 of each tensor's largest value (the split
  * changes the order of the gradient sums: not bit-exact, as on the CPU),
- * and the two replicas bit-identical after every step.
+ * and the two replicas bit-identical after every step; a device lost
+ * mid-step (the emulated NCCL fails) fails the step with NCCL's reason.
  *
  * On the emulated device (NB_CUDA_EMU_DEVICES=2, which this test sets) and
  * on a machine with two GPUs; skipped with the reason with fewer devices or
@@ -95,6 +96,19 @@ static nb_host_t *train(nb_backend_t **bes, int R, bool mlm_tied, double *loss)
                 free(w0);
                 free(w1);
             }
+    }
+    const char *m = getenv("NEBULA_CUDA_MODULE");
+    if (R > 1 && !mlm_tied && m && strstr(m, "cuda-emu")) {
+        /* a device lost mid-step (the emulated NCCL fails its calls): the
+         * step fails with NCCL's reason */
+        plan.step = STEPS;
+        nb_step_result_t res;
+        setenv("NB_NCCL_EMU_FAIL", "1", 1);
+        rc = nb_host_run_step(h, &plan, &io, 60000, &res, err, sizeof err);
+        unsetenv("NB_NCCL_EMU_FAIL");
+        printf("lost device: %s\n", err);
+        assert_int_not_equal(rc, 0);
+        assert_non_null(strstr(err, "across 2 CUDA devices: unhandled system error"));
     }
     return h;
 }
