@@ -186,7 +186,7 @@ EMU_CU := $(call rfind,kernels/cuda,*.cu)
 EMU_SUPPORT_OBJS := $(patsubst %.cc,$(BUILD)/obj/emu/%.o,$(filter-out $(EMU_TEST_SRCS),$(call rfind,tests/cuda_emu,*.cc)))
 EMU_OBJS := $(EMU_CU:%.cu=$(BUILD)/obj/emu/%.o) $(EMU_SUPPORT_OBJS)
 CUDA_EMU_MODULE := $(BUILD)/lib/libnebula-cuda-emu.so
-EMU_CXXFLAGS := -std=c++17 -O2 -g -fPIC -pthread -Wall -Wextra -Wno-unused-parameter -Werror -MMD -MP -DNB_CUDA_EMU=1 $(SANFLAGS)
+EMU_CXXFLAGS := -std=c++17 -O2 -g -ffp-contract=off -fPIC -pthread -Wall -Wextra -Wno-unused-parameter -Wno-unknown-pragmas -Werror -MMD -MP -DNB_CUDA_EMU=1 $(SANFLAGS)
 PROTO_OBJS := $(PROTO_GEN_C:$(BUILD)/gen/%.c=$(BUILD)/obj/gen/%.o)
 DAEMON_OBJS := $(DAEMON_SRCS:%.c=$(BUILD)/obj/%.o)
 SUPPORT_OBJS := $(TEST_SUPPORT_SRCS:%.c=$(BUILD)/obj/%.o)

@@ -76,6 +76,16 @@ typedef struct nb_tensor {
     bool owns_data;
 } nb_tensor_t;
 
+/* Precision of the backend's matmuls (job.precision; docs/cuda.md,
+ * "Precision"). NB_PREC_BF16: each matmul rounds its two inputs to bf16
+ * (round to nearest even) and accumulates and writes in fp32, the tensor-core
+ * bf16 mode of cuBLAS (CUBLAS_COMPUTE_32F_FAST_16BF); weights, optimizer state
+ * and stored activations stay fp32. The other ops are fp32 either way. */
+typedef enum {
+    NB_PREC_FP32 = 0,
+    NB_PREC_BF16 = 1,
+} nb_precision_t;
+
 /* Operations a backend may implement; used by nb_be_supports(). */
 typedef enum {
     NB_OP_MATMUL,
@@ -124,6 +134,9 @@ typedef struct nb_backend_i {
                    const float *b, int ldb, int64_t stride_b,
                    float beta, float *c, int ldc, int64_t stride_c,
                    int batch);
+    /* Sets the precision of later matmuls; NULL: fp32 only. Returns 0, or
+     * NB_EINVAL for a precision the backend does not have. */
+    int (*set_precision)(nb_backend_t *be, nb_precision_t p);
     void (*add)(nb_backend_t *be, float *y, const float *x, float alpha, size_t n);
     void (*scale)(nb_backend_t *be, float *y, float alpha, size_t n);
     void (*bias_add)(nb_backend_t *be, float *y, const float *bias, int rows, int cols);
@@ -211,6 +224,15 @@ static inline void nb_be_from_host(nb_backend_t *be, void *dst, const void *src,
 static inline void nb_be_to_host(nb_backend_t *be, void *dst, const void *src, size_t n) { be->iface->copy_d2h(be, dst, src, n); }
 static inline void nb_be_copy(nb_backend_t *be, void *dst, const void *src, size_t n) { be->iface->copy_d2d(be, dst, src, n); }
 static inline void nb_be_sync(nb_backend_t *be) { be->iface->sync(be); }
+
+/* Sets the precision of the matmuls that follow (nb_precision_t). Returns 0,
+ * or NB_EINVAL when the backend does not have it (every backend has fp32). */
+static inline int nb_be_set_precision(nb_backend_t *be, nb_precision_t p)
+{
+    if (be->iface->set_precision)
+        return be->iface->set_precision(be, p);
+    return p == NB_PREC_FP32 ? 0 : NB_EINVAL;
+}
 
 /* C[i] = alpha * op(A[i]) @ op(B[i]) + beta * C[i] for i < batch, row major.
  * op(A) is m x k, op(B) is k x n, C is m x n. stride_* are element offsets

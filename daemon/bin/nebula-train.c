@@ -124,6 +124,7 @@ static int to_train_config(const nb_config_t *cfg, nb_train_config_t *tc, char *
     tc->max_skipped_steps = (int)j->max_skipped_steps;
     snprintf(tc->data, sizeof tc->data, "%s", j->data);
     tc->eval_fraction = j->eval.fraction;
+    tc->precision = j->precision == NB_CFG_PREC_BF16 ? NB_PREC_BF16 : NB_PREC_FP32;
     snprintf(tc->eval_data, sizeof tc->eval_data, "%s", j->eval.data);
     tc->eval_batches = (int)j->eval.batches;
     nb_cfg_to_freeze(&tc->freeze, j->n_freeze, j->freeze, j->n_trainable, j->trainable);

@@ -39,6 +39,8 @@ typedef enum { NB_GELU_TANH = 0, NB_GELU_ERF = 1 } nb_cfg_gelu_t;
 typedef enum { NB_HEAD_LM = 0, NB_HEAD_MLM = 1, NB_HEAD_SEQCLS = 2, NB_HEAD_TOKCLS = 3 } nb_cfg_head_t;
 typedef enum { NB_CFG_SCHED_AUTO = 0, NB_CFG_SCHED_GPIPE = 1, NB_CFG_SCHED_1F1B = 2 } nb_cfg_schedule_t;
 typedef enum { NB_TOPO_CHAIN = 0, NB_TOPO_USHAPE = 1 } nb_cfg_topology_t;
+/* job.precision: the values of nb_precision_t (kernels/backend.h) */
+typedef enum { NB_CFG_PREC_FP32 = 0, NB_CFG_PREC_BF16 = 1 } nb_cfg_precision_t;
 
 /* "HOST:PORT" split; host has no brackets (IPv6 is written "[::1]:7000"). */
 typedef struct {
@@ -213,6 +215,7 @@ typedef struct {
     int64_t steps;
     int64_t micro_batches;  /* 0: auto (planner) */
     nb_cfg_schedule_t schedule;
+    nb_cfg_precision_t precision; /* matmul precision (docs/cuda.md, "Precision") */
     nb_cfg_optim_t optimizer;
     nb_cfg_codecs_t codecs;
     nb_cfg_topology_t topology;

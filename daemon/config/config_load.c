@@ -601,6 +601,9 @@ static int check_electra(cfg_ctx_t *c, nb_config_t *cfg)
 {
     nb_cfg_job_t *j = &cfg->job;
     nb_cfg_electra_t *e = &j->electra;
+    if (j->precision != NB_CFG_PREC_FP32 && (e->n_generators > 0 || j->encoder.present))
+        return fail_path(c, "job.precision", "bf16 is for decoder and encoder pipelines and nebula-train's "
+                         "single model; an electra or encoder-decoder job runs in fp32");
     if (e->n_generators == 0) {
         if (c->role == NB_ROLE_TRAIN && !j->data[0] && !j->encoder.present)
             return fail_path(c, "job.data", "missing required key (role train)");

@@ -67,6 +67,7 @@ static const char *const gelu_names[] = { "tanh", "erf", NULL };
 static const char *const head_names[] = { "lm", "mlm", "seqcls", "tokcls", NULL };
 static const char *const sched_names[] = { "auto", "gpipe", "1f1b", NULL };
 static const char *const topo_names[] = { "chain", "ushape", NULL };
+static const char *const precision_names[] = { "fp32", "bf16", NULL };
 static const char *const ktls_names[] = { "off", "auto", "on", NULL };
 
 const char *nb_cfg_role_name(nb_cfg_role_t r) { return (unsigned)r < 3 ? role_names[r] : "?"; }
@@ -275,6 +276,7 @@ static const nb__cfg_key_t job_keys[] = {
     { .name = "steps", .type = NB__CFG_INT, .required = C | T, .min = 1, .max = 1e12, FLD(nb_cfg_job_t, steps), .doc = "optimizer steps" },
     { .name = "micro_batches", .type = NB__CFG_INT_AUTO, .min = 1, .max = 65536, .def = "auto", FLD(nb_cfg_job_t, micro_batches), .doc = "micro-batches per step, or auto" },
     { .name = "schedule", .type = NB__CFG_ENUM, .def = "auto", .names = sched_names, FLD(nb_cfg_job_t, schedule), .doc = "pipeline schedule" },
+    { .name = "precision", .type = NB__CFG_ENUM, .def = "fp32", .names = precision_names, FLD(nb_cfg_job_t, precision), .doc = "matmul precision: fp32, or bf16 (inputs rounded to bf16, fp32 accumulation; weights and optimizer state stay fp32)" },
     { .name = "optimizer", .type = NB__CFG_SECTION, .sub = optim_keys, FLD(nb_cfg_job_t, optimizer), .doc = "AdamW settings" },
     { .name = "codecs", .type = NB__CFG_SECTION, .sub = codec_keys, FLD(nb_cfg_job_t, codecs), .doc = "codec per direction" },
     { .name = "topology", .type = NB__CFG_ENUM, .def = "chain", .names = topo_names, FLD(nb_cfg_job_t, topology), .doc = "chain or ushape" },

@@ -176,6 +176,7 @@ int nb_job_from_cfg(const nb_cfg_job_t *job, int m, uint64_t job_id, nb_job_desc
     l->seq_len = (int)job->seq_len;
     l->optim = nb_job_optim_from_cfg(&job->optimizer, job->steps);
     l->eval_fraction = job->eval.fraction;
+    l->precision = job->precision == NB_CFG_PREC_BF16 ? NB_PREC_BF16 : NB_PREC_FP32;
     out->eval_file = job->eval.data[0] != '\0';
     freeze_from_cfg(job, &l->freeze);
     if (nb_freeze_check(&l->model, &l->freeze, err, errlen))
@@ -268,6 +269,8 @@ void nb_job_to_msg(const nb_job_desc_t *d, int daemon, nb_job_msg_store_t *st, N
     msg->your_daemon = (uint32_t)daemon;
     msg->model_digest = (char *)d->digest;
     msg->eval_fraction = l->eval_fraction;
+    msg->precision = l->precision == NB_PREC_BF16 ? NEBULA__JOB__PRECISION__PRECISION_BF16
+                                                  : NEBULA__JOB__PRECISION__PRECISION_FP32;
     msg->eval_file = d->eval_file;
     for (int i = 0; i < l->freeze.n_freeze; i++)
         st->freeze_ptrs[i] = (char *)l->freeze.freeze[i];
@@ -353,6 +356,10 @@ int nb_job_from_msg(const Nebula__Job *msg, nb_job_desc_t *out, int *your_daemon
             msg->eval_file ? " together with a held-out file" : " out of range 0..0.5");
     l->eval_fraction = msg->eval_fraction;
     out->eval_file = msg->eval_file;
+    if (msg->precision != NEBULA__JOB__PRECISION__PRECISION_FP32 &&
+        msg->precision != NEBULA__JOB__PRECISION__PRECISION_BF16)
+        BAD(NB_EFORMAT, "job: unknown precision %d", (int)msg->precision);
+    l->precision = msg->precision == NEBULA__JOB__PRECISION__PRECISION_BF16 ? NB_PREC_BF16 : NB_PREC_FP32;
     for (size_t s = 0; s < msg->n_stages; s++) {
         const Nebula__StagePart *sp = msg->stages[s];
         if (sp->stage != s || sp->end_layer < sp->first_layer || sp->end_layer > m->n_layer ||

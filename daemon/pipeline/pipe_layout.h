@@ -24,6 +24,7 @@ typedef struct {
     int micro_batch_size;                     /* B: sequences per micro-batch */
     int seq_len;                              /* T */
     nb_optim_config_t optim;
+    nb_precision_t precision;                 /* job.precision of every stage's matmuls */
     double eval_fraction;                     /* job.eval.fraction: stage 0 trains on the head of
                                                  its token file only (holdout.h); 0 = all of it */
     nb_freeze_spec_t freeze;                  /* frozen tensors (job.freeze): each

@@ -71,6 +71,11 @@ int nb_host_new_replicas(nb_backend_t *const *bes, int n_replicas, const nb_pipe
         snprintf(err, errlen, "layout: daemon index %d out of range", daemon);
         return NB_EINVAL;
     }
+    for (int r = 0; r < n_replicas; r++)
+        if (nb_be_set_precision(bes[r], l->precision)) {
+            snprintf(err, errlen, "job.precision bf16: the %s backend has no bf16 matmuls", bes[r]->iface->name);
+            return NB_EINVAL;
+        }
     nb_host_t *h = calloc(1, sizeof *h);
     if (!h)
         return NB_ENOMEM;

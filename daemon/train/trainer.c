@@ -125,6 +125,11 @@ int nb_trainer_new(nb_backend_t *be, const nb_train_config_t *c, nb_trainer_t **
         rc = NB_EINVAL;
         goto fail;
     }
+    if (nb_be_set_precision(be, c->precision)) {
+        snprintf(err, errlen, "job.precision bf16: the %s backend has no bf16 matmuls", be->iface->name);
+        rc = NB_EINVAL;
+        goto fail;
+    }
     nb_part_spec_t spec = nb_part_spec_full(&c->model);
     if ((rc = nb_part_new(be, &c->model, &spec, c->seed, NULL, &t->part, err, errlen)))
         goto fail;

@@ -60,6 +60,7 @@ typedef struct {
     double eval_fraction;      /* held-out share of data's tail; 0 = none */
     char eval_data[1024];      /* held-out token file; "" = none (not with eval_fraction) */
     int eval_batches;          /* micro-batches per evaluation; 0 = 8 */
+    nb_precision_t precision;  /* matmul precision (job.precision); fp32 = 0 */
     nb_freeze_spec_t freeze;   /* frozen tensors (job.freeze, job.trainable);
                                   zero = every tensor trains */
 } nb_train_config_t;

@@ -48,5 +48,9 @@
 /* cpu_scratch.c */
 #define nb_cpu_scratch NB_CPU_ISA_SYM(nb_cpu_scratch)
 #define nb_cpu_scratch_free NB_CPU_ISA_SYM(nb_cpu_scratch_free)
+#define nb_cpu_scratch_slot NB_CPU_ISA_SYM(nb_cpu_scratch_slot)
+#define nb_cpu_precision NB_CPU_ISA_SYM(nb_cpu_precision)
+#define nb_cpu_set_precision NB_CPU_ISA_SYM(nb_cpu_set_precision)
+#define nb_cpu_matmul_f32 NB_CPU_ISA_SYM(nb_cpu_matmul_f32)
 
 #endif /* NB_CPU_ISA_NAMES_H */

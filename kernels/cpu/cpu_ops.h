@@ -71,7 +71,21 @@ void nb_cpu_adamw(nb_backend_t *be, float *param, const float *grad, float *m, f
  * Aborts via NB_CHECK when the allocation fails (ops cannot fail by
  * contract). Thread: the backend's thread. */
 float *nb_cpu_scratch(nb_backend_t *be, size_t bytes);
+/* The same for one of several independent buffers (slot < NB_CPU_SCRATCH_SLOTS):
+ * the matmul's bf16 rounding uses its own, so an op may pass its scratch to
+ * nb_matmul. */
+enum { NB_CPU_SCRATCH_OPS, NB_CPU_SCRATCH_MM_A, NB_CPU_SCRATCH_MM_B, NB_CPU_SCRATCH_SLOTS };
+float *nb_cpu_scratch_slot(nb_backend_t *be, int slot, size_t bytes);
 void nb_cpu_scratch_free(nb_backend_t *be);
+/* The matmul precision (nb_be_set_precision); fp32 until set. */
+nb_precision_t nb_cpu_precision(nb_backend_t *be);
+int nb_cpu_set_precision(nb_backend_t *be, nb_precision_t p);
+/* An fp32 matmul whatever the precision: the attention ops' internal
+ * products (the CUDA backend's fused attention is fp32 too). Arguments as
+ * nb_matmul. */
+void nb_cpu_matmul_f32(nb_backend_t *be, bool ta, bool tb, int m, int n, int k, float alpha,
+                       const float *a, int lda, int64_t sa, const float *b, int ldb, int64_t sb,
+                       float beta, float *c, int ldc, int64_t sc, int batch);
 
 #define NB_CPU_OPS_INIT                          \
     .bias_add = nb_cpu_bias_add,                 \

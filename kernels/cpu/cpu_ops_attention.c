@@ -9,7 +9,8 @@
  * 1/sqrt(HS).
  *
  * The four products per head (Q K^T, att V and the three of the backward) go
- * through nb_matmul batched over the NH heads of one sequence, with strides
+ * through nb_cpu_matmul_f32 (fp32 at every job.precision, as the CUDA
+ * backend's fused attention) batched over the NH heads of one sequence, with strides
  * straight into the packed layout: no transposes, no copies. Masked keys get
  * probability exactly 0, so the backward needs no mask: every gradient path
  * through a masked entry is multiplied by its zero probability. A query whose
@@ -77,13 +78,13 @@ void nb_cpu_attention_fwd(nb_backend_t *be, float *out, float *att, const float 
         for (int j = 0; j < T; j++)
             madd[j] = (!key_mask || key_mask[(size_t)b * T + j]) ? 0.0f : -INFINITY;
         /* att[h] = scale * Q_h K_h^T  (T,T) */
-        nb_matmul(be, false, true, T, T, HS, scale, q, C3, HS, k, C3, HS,
+        nb_cpu_matmul_f32(be, false, true, T, T, HS, scale, q, C3, HS, k, C3, HS,
                   0.0f, ab, T, (int64_t)TT, NH);
         for (int h = 0; h < NH; h++)
             for (int t = 0; t < T; t++)
                 softmax_row(ab + h * TT + (size_t)t * T, madd, causal ? t + 1 : T, T);
         /* out_h = att[h] V_h  (T,HS), written into its head's columns */
-        nb_matmul(be, false, false, T, HS, T, 1.0f, ab, T, (int64_t)TT, v, C3, HS,
+        nb_cpu_matmul_f32(be, false, false, T, HS, T, 1.0f, ab, T, (int64_t)TT, v, C3, HS,
                   0.0f, out + (size_t)b * T * C, C, HS, NH);
     }
 }
@@ -105,10 +106,10 @@ void nb_cpu_attention_bwd(nb_backend_t *be, float *dqkv, const float *dout,
         const float *ab = att + (size_t)b * NH * TT;
         const float *db = dout + (size_t)b * T * C;
         /* datt[h] = dout_h V_h^T */
-        nb_matmul(be, false, true, T, T, HS, 1.0f, db, C, HS, v, C3, HS,
+        nb_cpu_matmul_f32(be, false, true, T, T, HS, 1.0f, db, C, HS, v, C3, HS,
                   0.0f, datt, T, (int64_t)TT, NH);
         /* dV_h += att[h]^T dout_h */
-        nb_matmul(be, true, false, T, HS, T, 1.0f, ab, T, (int64_t)TT, db, C, HS,
+        nb_cpu_matmul_f32(be, true, false, T, HS, T, 1.0f, ab, T, (int64_t)TT, db, C, HS,
                   1.0f, dv, C3, HS, NH);
         /* softmax backward, scale folded in:
          * dpre = scale * att * (datt - sum_j att*datt) */
@@ -134,9 +135,9 @@ void nb_cpu_attention_bwd(nb_backend_t *be, float *dqkv, const float *dout,
                     d[j] = 0.0f;
             }
         /* dQ_h += dpre K_h ; dK_h += dpre^T Q_h */
-        nb_matmul(be, false, false, T, HS, T, 1.0f, datt, T, (int64_t)TT, k, C3, HS,
+        nb_cpu_matmul_f32(be, false, false, T, HS, T, 1.0f, datt, T, (int64_t)TT, k, C3, HS,
                   1.0f, dq, C3, HS, NH);
-        nb_matmul(be, true, false, T, HS, T, 1.0f, datt, T, (int64_t)TT, q, C3, HS,
+        nb_cpu_matmul_f32(be, true, false, T, HS, T, 1.0f, datt, T, (int64_t)TT, q, C3, HS,
                   1.0f, dk, C3, HS, NH);
     }
 }

@@ -10,7 +10,7 @@
  * and out. HS = C/NH, scale 1/sqrt(HS). No causal mask: a decoder position
  * sees the whole encoder output.
  *
- * As in cpu_ops_attention.c the products go through nb_matmul batched over
+ * As in cpu_ops_attention.c the products go through nb_cpu_matmul_f32 batched over
  * the heads of one sequence with strides into the packed layout. Masked keys
  * get probability exactly 0, so the backward needs no mask; a query whose
  * keys are all masked gets an all-zero row and a zero output.
@@ -56,12 +56,12 @@ void nb_cpu_xattn_fwd(nb_backend_t *be, float *out, float *att, const float *q, 
         for (int j = 0; j < S; j++)
             madd[j] = (!key_mask || key_mask[(size_t)b * S + j]) ? 0.0f : -INFINITY;
         /* att[h] = scale * Q_h K_h^T  (T,S) */
-        nb_matmul(be, false, true, T, S, HS, scale, qb, C, HS, k, C2, HS, 0.0f, ab, S, (int64_t)TS, NH);
+        nb_cpu_matmul_f32(be, false, true, T, S, HS, scale, qb, C, HS, k, C2, HS, 0.0f, ab, S, (int64_t)TS, NH);
         for (int h = 0; h < NH; h++)
             for (int t = 0; t < T; t++)
                 softmax_row(ab + h * TS + (size_t)t * S, madd, S);
         /* out_h = att[h] V_h  (T,HS), written into its head's columns */
-        nb_matmul(be, false, false, T, HS, S, 1.0f, ab, S, (int64_t)TS, v, C2, HS,
+        nb_cpu_matmul_f32(be, false, false, T, HS, S, 1.0f, ab, S, (int64_t)TS, v, C2, HS,
                   0.0f, out + (size_t)b * T * C, C, HS, NH);
     }
 }
@@ -86,9 +86,9 @@ void nb_cpu_xattn_bwd(nb_backend_t *be, float *dq, float *dkv, const float *dout
         const float *ab = att + (size_t)b * NH * TS;
         const float *db = dout + (size_t)b * T * C;
         /* datt[h] = dout_h V_h^T  (T,S) */
-        nb_matmul(be, false, true, T, S, HS, 1.0f, db, C, HS, v, C2, HS, 0.0f, datt, S, (int64_t)TS, NH);
+        nb_cpu_matmul_f32(be, false, true, T, S, HS, 1.0f, db, C, HS, v, C2, HS, 0.0f, datt, S, (int64_t)TS, NH);
         /* dV_h += att[h]^T dout_h  (S,HS) */
-        nb_matmul(be, true, false, S, HS, T, 1.0f, ab, S, (int64_t)TS, db, C, HS, 1.0f, dv, C2, HS, NH);
+        nb_cpu_matmul_f32(be, true, false, S, HS, T, 1.0f, ab, S, (int64_t)TS, db, C, HS, 1.0f, dv, C2, HS, NH);
         /* softmax backward, scale folded in */
         for (int h = 0; h < NH; h++)
             for (int t = 0; t < T; t++) {
@@ -101,7 +101,7 @@ void nb_cpu_xattn_bwd(nb_backend_t *be, float *dq, float *dkv, const float *dout
                     d[j] = scale * a[j] * (d[j] - s);
             }
         /* dQ_h += dpre K_h  (T,HS); dK_h += dpre^T Q_h  (S,HS) */
-        nb_matmul(be, false, false, T, HS, S, 1.0f, datt, S, (int64_t)TS, k, C2, HS, 1.0f, dqb, C, HS, NH);
-        nb_matmul(be, true, false, S, HS, T, 1.0f, datt, S, (int64_t)TS, qb, C, HS, 1.0f, dk, C2, HS, NH);
+        nb_cpu_matmul_f32(be, false, false, T, HS, S, 1.0f, datt, S, (int64_t)TS, k, C2, HS, 1.0f, dqb, C, HS, NH);
+        nb_cpu_matmul_f32(be, true, false, S, HS, T, 1.0f, datt, S, (int64_t)TS, qb, C, HS, 1.0f, dk, C2, HS, NH);
     }
 }

@@ -67,16 +67,31 @@ static void cu_d2d(nb_backend_t *be, void *d, const void *s, size_t n)
 static void cu_sync(nb_backend_t *be) { NB_CUDA_CHECK(cudaStreamSynchronize(ctx_of(be)->stream)); }
 
 /* Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T, so the
- * operands swap and cuBLAS sees n x m. */
+ * operands swap and cuBLAS sees n x m. bf16: fp32 in and out, the inputs
+ * rounded to bf16 for the tensor cores, fp32 accumulation. */
 static void cu_matmul(nb_backend_t *be, bool ta, bool tb, int m, int n, int k, float alpha,
                       const float *a, int lda, int64_t sa, const float *b, int ldb, int64_t sb,
                       float beta, float *c, int ldc, int64_t sc, int batch)
 {
-    NB_CUBLAS_CHECK(cublasSgemmStridedBatched(ctx_of(be)->blas,
-                                              tb ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                              ta ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                              n, m, k, &alpha, b, ldb, sb, a, lda, sa,
+    cuda_ctx *cx = ctx_of(be);
+    cublasOperation_t opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N, opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+    if (cx->precision == NB_PREC_BF16) {
+        NB_CUBLAS_CHECK(cublasGemmStridedBatchedEx(cx->blas, opb, opa, n, m, k, &alpha,
+                                                   b, CUDA_R_32F, ldb, sb, a, CUDA_R_32F, lda, sa,
+                                                   &beta, c, CUDA_R_32F, ldc, sc, batch,
+                                                   CUBLAS_COMPUTE_32F_FAST_16BF, CUBLAS_GEMM_DEFAULT));
+        return;
+    }
+    NB_CUBLAS_CHECK(cublasSgemmStridedBatched(cx->blas, opb, opa, n, m, k, &alpha, b, ldb, sb, a, lda, sa,
                                               &beta, c, ldc, sc, batch));
+}
+
+static int cu_set_precision(nb_backend_t *be, nb_precision_t p)
+{
+    if (p != NB_PREC_FP32 && p != NB_PREC_BF16)
+        return NB_EINVAL;
+    ctx_of(be)->precision = p;
+    return 0;
 }
 
 __global__ static void axpy_kernel(float *y, const float *x, float alpha, size_t n)
@@ -139,6 +154,7 @@ static nb_backend_i make_iface(void)
     i.copy_d2d = cu_d2d;
     i.sync = cu_sync;
     i.matmul = cu_matmul;
+    i.set_precision = cu_set_precision;
     i.add = cu_add;
     i.scale = cu_scale;
     nb_cuda_register_elementwise(&i);

@@ -81,6 +81,8 @@ struct nb_cuda_ctx {
     size_t scratch_bytes;
     /* Pinned host buffer for small synchronous results (sumsq). */
     double *host_result;
+    /* The matmul precision (nb_be_set_precision). */
+    nb_precision_t precision;
 };
 
 static inline nb_cuda_ctx *nb_cuda_ctx_of(nb_backend_t *be) { return (nb_cuda_ctx *)be->ctx; }

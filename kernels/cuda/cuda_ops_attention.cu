@@ -65,6 +65,14 @@ struct att_args {
 /* Padded row stride: odd, so 32 lanes reading one row each hit 32 banks. */
 __host__ __device__ static inline int att_pad(int hs) { return hs | 1; }
 
+/* Four floats read at once from shared memory (one 16-byte load): rows that
+ * every lane reads alike (broadcast) when HS % 4 == 0, and the per-warp
+ * probability buffers. Every such row starts at a multiple of 4 floats. */
+struct alignas(16) att_f4 {
+    float x, y, z, w;
+};
+__device__ __forceinline__ att_f4 att_ld4(const float *p) { return *(const att_f4 *)p; }
+
 /* ---- forward (and D mode) ------------------------------------------------ */
 
 /* Floats of shared memory of the forward kernel. */
@@ -83,6 +91,7 @@ __global__ static void att_fwd_kernel(att_args a)
 {
     NB_DYN_SMEM(float, smem);
     const int HS = a.HS, HSP = att_pad(HS), BQ = ATT_WARPS * RPW;
+    const int HS4 = (HS & 3) ? 0 : HS; /* vector reads of broadcast rows up to here */
     float *Qs = smem;                    /* BQ x HS */
     float *Ks = Qs + BQ * HS;            /* TILE x HSP */
     float *Vs = Ks + ATT_TILE * HSP;     /* TILE x HS */
@@ -128,7 +137,18 @@ __global__ static void att_fwd_kernel(att_args a)
             acc[i] = 0.0f;
         const float *kr = Ks + lane * HSP;
         const float *qw = Qs + warp * RPW * HS;
-        for (int d = 0; d < HS; d++) {
+        int d = 0;
+        for (; d < HS4; d += 4) {
+            float k0_ = kr[d], k1 = kr[d + 1], k2 = kr[d + 2], k3 = kr[d + 3];
+            for (int i = 0; i < RPW; i++) {
+                att_f4 qv = att_ld4(qw + i * HS + d);
+                acc[i] += qv.x * k0_;
+                acc[i] += qv.y * k1;
+                acc[i] += qv.z * k2;
+                acc[i] += qv.w * k3;
+            }
+        }
+        for (; d < HS; d++) {
             float kd = kr[d];
             for (int i = 0; i < RPW; i++)
                 acc[i] += qw[i * HS + d] * kd;
@@ -149,15 +169,24 @@ __global__ static void att_fwd_kernel(att_args a)
             Ps[(warp * RPW + i) * ATT_TILE + lane] = p;
         }
         __syncwarp();
-        int jn = kend - k0 < ATT_TILE ? kend - k0 : ATT_TILE;
+        /* all 32 keys: a key past the end or masked has p = 0 (and a
+         * finite, zero-filled or real, V row), so it adds nothing */
         const float *pw = Ps + warp * RPW * ATT_TILE;
-        for (int j = 0; j < jn; j++) {
-            const float *vr = Vs + j * HS;
-            for (int c = 0; c < NCH; c++) {
-                int d = lane + 32 * c;
-                float vd = d < HS ? vr[d] : 0.0f;
-                for (int i = 0; i < RPW; i++)
-                    o[i][c] += pw[i * ATT_TILE + j] * vd;
+        for (int j = 0; j < ATT_TILE; j += 4) {
+            float vv[4][NCH];
+            for (int jj = 0; jj < 4; jj++)
+                for (int c = 0; c < NCH; c++) {
+                    int dd = lane + 32 * c;
+                    vv[jj][c] = dd < HS ? Vs[(j + jj) * HS + dd] : 0.0f;
+                }
+            for (int i = 0; i < RPW; i++) {
+                att_f4 p4 = att_ld4(pw + i * ATT_TILE + j);
+                for (int c = 0; c < NCH; c++) {
+                    o[i][c] += p4.x * vv[0][c];
+                    o[i][c] += p4.y * vv[1][c];
+                    o[i][c] += p4.z * vv[2][c];
+                    o[i][c] += p4.w * vv[3][c];
+                }
             }
         }
         __syncwarp(); /* Ps is rewritten by the next tile (also after the barrier) */
@@ -206,6 +235,7 @@ __global__ static void att_dq_kernel(att_args a)
 {
     NB_DYN_SMEM(float, smem);
     const int HS = a.HS, HSP = att_pad(HS), BQ = ATT_WARPS * RPW;
+    const int HS4 = (HS & 3) ? 0 : HS; /* vector reads of broadcast rows up to here */
     float *Qs = smem;                    /* BQ x HS */
     float *dOs = Qs + BQ * HS;           /* BQ x HS */
     float *Ks = dOs + BQ * HS;           /* TILE x HSP */
@@ -255,7 +285,23 @@ __global__ static void att_dq_kernel(att_args a)
             accs[i] = accp[i] = 0.0f;
         const float *kr = Ks + lane * HSP, *vr = Vs + lane * HSP;
         const float *qw = Qs + warp * RPW * HS, *ow = dOs + warp * RPW * HS;
-        for (int d = 0; d < HS; d++) {
+        int d = 0;
+        for (; d < HS4; d += 4) {
+            float k0_ = kr[d], k1 = kr[d + 1], k2 = kr[d + 2], k3 = kr[d + 3];
+            float v0 = vr[d], v1 = vr[d + 1], v2 = vr[d + 2], v3 = vr[d + 3];
+            for (int i = 0; i < RPW; i++) {
+                att_f4 qv = att_ld4(qw + i * HS + d), ov = att_ld4(ow + i * HS + d);
+                accs[i] += qv.x * k0_;
+                accs[i] += qv.y * k1;
+                accs[i] += qv.z * k2;
+                accs[i] += qv.w * k3;
+                accp[i] += ov.x * v0;
+                accp[i] += ov.y * v1;
+                accp[i] += ov.z * v2;
+                accp[i] += ov.w * v3;
+            }
+        }
+        for (; d < HS; d++) {
             float kd = kr[d], vd = vr[d];
             for (int i = 0; i < RPW; i++) {
                 accs[i] += qw[i * HS + d] * kd;
@@ -271,15 +317,22 @@ __global__ static void att_dq_kernel(att_args a)
             Ps[(warp * RPW + i) * ATT_TILE + lane] = p * (accp[i] - dsum[i]) * a.scale;
         }
         __syncwarp();
-        int jn = kend - k0 < ATT_TILE ? kend - k0 : ATT_TILE;
-        const float *pw = Ps + warp * RPW * ATT_TILE;
-        for (int j = 0; j < jn; j++) {
-            const float *kj = Ks + j * HSP;
-            for (int c = 0; c < NCH; c++) {
-                int d = lane + 32 * c;
-                float kd = d < HS ? kj[d] : 0.0f;
-                for (int i = 0; i < RPW; i++)
-                    g[i][c] += pw[i * ATT_TILE + j] * kd;
+        const float *pw = Ps + warp * RPW * ATT_TILE; /* dS; 0 where p is */
+        for (int j = 0; j < ATT_TILE; j += 4) {
+            float kk[4][NCH];
+            for (int jj = 0; jj < 4; jj++)
+                for (int c = 0; c < NCH; c++) {
+                    int dd = lane + 32 * c;
+                    kk[jj][c] = dd < HS ? Ks[(j + jj) * HSP + dd] : 0.0f;
+                }
+            for (int i = 0; i < RPW; i++) {
+                att_f4 s4 = att_ld4(pw + i * ATT_TILE + j);
+                for (int c = 0; c < NCH; c++) {
+                    g[i][c] += s4.x * kk[0][c];
+                    g[i][c] += s4.y * kk[1][c];
+                    g[i][c] += s4.z * kk[2][c];
+                    g[i][c] += s4.w * kk[3][c];
+                }
             }
         }
         __syncwarp();
@@ -312,6 +365,7 @@ __global__ static void att_dkv_kernel(att_args a)
 {
     NB_DYN_SMEM(float, smem);
     const int HS = a.HS, HSP = att_pad(HS), BK = ATT_WARPS * RPW;
+    const int HS4 = (HS & 3) ? 0 : HS;
     float *Ks = smem;                    /* BK x HS */
     float *Vs = Ks + BK * HS;            /* BK x HS */
     float *Qs = Vs + BK * HS;            /* TILE x HSP */
@@ -362,7 +416,23 @@ __global__ static void att_dkv_kernel(att_args a)
             accs[i] = accp[i] = 0.0f;
         const float *qr = Qs + lane * HSP, *orow = dOs + lane * HSP;
         const float *kw = Ks + warp * RPW * HS, *vw = Vs + warp * RPW * HS;
-        for (int d = 0; d < HS; d++) {
+        int d = 0;
+        for (; d < HS4; d += 4) {
+            float q0_ = qr[d], q1 = qr[d + 1], q2 = qr[d + 2], q3 = qr[d + 3];
+            float o0 = orow[d], o1 = orow[d + 1], o2 = orow[d + 2], o3 = orow[d + 3];
+            for (int i = 0; i < RPW; i++) {
+                att_f4 kv4 = att_ld4(kw + i * HS + d), vv4 = att_ld4(vw + i * HS + d);
+                accs[i] += q0_ * kv4.x;
+                accs[i] += q1 * kv4.y;
+                accs[i] += q2 * kv4.z;
+                accs[i] += q3 * kv4.w;
+                accp[i] += o0 * vv4.x;
+                accp[i] += o1 * vv4.y;
+                accp[i] += o2 * vv4.z;
+                accp[i] += o3 * vv4.w;
+            }
+        }
+        for (; d < HS; d++) {
             float qd = qr[d], od = orow[d];
             for (int i = 0; i < RPW; i++) {
                 accs[i] += qd * kw[i * HS + d];
@@ -379,16 +449,27 @@ __global__ static void att_dkv_kernel(att_args a)
             dSs[(warp * RPW + i) * ATT_TILE + lane] = p * (accp[i] - dsum) * a.scale;
         }
         __syncwarp();
-        int rn = T - q0 < ATT_TILE ? T - q0 : ATT_TILE;
+        /* all 32 queries: one past the end has p = dS = 0 and zero rows */
         const float *pw = Ps + warp * RPW * ATT_TILE, *sw = dSs + warp * RPW * ATT_TILE;
-        for (int r = 0; r < rn; r++) {
-            const float *qrow = Qs + r * HSP, *drow = dOs + r * HSP;
-            for (int c = 0; c < NCH; c++) {
-                int d = lane + 32 * c;
-                float qd = d < HS ? qrow[d] : 0.0f, od = d < HS ? drow[d] : 0.0f;
-                for (int i = 0; i < RPW; i++) {
-                    gv[i][c] += pw[i * ATT_TILE + r] * od;
-                    gk[i][c] += sw[i * ATT_TILE + r] * qd;
+        for (int r = 0; r < ATT_TILE; r += 4) {
+            float qq[4][NCH], oo[4][NCH];
+            for (int rr = 0; rr < 4; rr++)
+                for (int c = 0; c < NCH; c++) {
+                    int dd = lane + 32 * c;
+                    qq[rr][c] = dd < HS ? Qs[(r + rr) * HSP + dd] : 0.0f;
+                    oo[rr][c] = dd < HS ? dOs[(r + rr) * HSP + dd] : 0.0f;
+                }
+            for (int i = 0; i < RPW; i++) {
+                att_f4 p4 = att_ld4(pw + i * ATT_TILE + r), s4 = att_ld4(sw + i * ATT_TILE + r);
+                for (int c = 0; c < NCH; c++) {
+                    gv[i][c] += p4.x * oo[0][c];
+                    gv[i][c] += p4.y * oo[1][c];
+                    gv[i][c] += p4.z * oo[2][c];
+                    gv[i][c] += p4.w * oo[3][c];
+                    gk[i][c] += s4.x * qq[0][c];
+                    gk[i][c] += s4.y * qq[1][c];
+                    gk[i][c] += s4.z * qq[2][c];
+                    gk[i][c] += s4.w * qq[3][c];
                 }
             }
         }

@@ -118,6 +118,10 @@ static void test_encdec_parsed(void **state)
 static void test_encdec_refusals(void **state)
 {
     (void)state;
+    /* job.precision bf16 is for decoder/encoder pipelines and nebula-train */
+    assert_int_not_equal(load_job(-1, NULL, "  precision: bf16\n"), 0);
+    assert_non_null(strstr(err, "job.precision: bf16 is for decoder and encoder pipelines"));
+    assert_int_equal(load_job(-1, NULL, "  precision: fp32\n"), 0);
     expect_err(load_job(9, "  model: { n_layer: 2, d_model: 32, n_head: 2, vocab: 30522, max_seq: 8 }\n", NULL),
                "dir/t.yaml:10:10: job.model.cross_attn: job.model is the decoder of this encoder-decoder job: it "
                "needs cross_attn: true (its blocks read the encoder's output)");

@@ -723,3 +723,58 @@ cublasStatus_t cublasSgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperati
 {
     return cublasSgemmStridedBatched(h, ta, tb, m, n, k, alpha, A, lda, 0, Bm, ldb, 0, beta, C, ldc, 0, 1);
 }
+
+/* x rounded to keep `bits` mantissa bits (nearest, ties to even); NaN kept. */
+static float round_mantissa(float x, int bits)
+{
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    int drop = 23 - bits;
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+        u |= 0x00400000u;
+    } else {
+        uint32_t half = (1u << (drop - 1)) - 1u, lsb = (u >> drop) & 1u;
+        u = (u + half + lsb) & ~((1u << drop) - 1u);
+    }
+    memcpy(&x, &u, 4);
+    return x;
+}
+
+/* The rows x cols column-major matrices of src (ld, stride s), rounded. */
+static std::vector<float> rounded_copy(const float *src, int rows, int cols, int ld, long long s, int batch, int bits)
+{
+    std::vector<float> out((size_t)rows * cols * batch);
+    for (int i = 0; i < batch; i++)
+        for (int c = 0; c < cols; c++)
+            for (int r = 0; r < rows; r++)
+                out[((size_t)i * cols + c) * rows + r] = round_mantissa(src[i * s + (long long)c * ld + r], bits);
+    return out;
+}
+
+cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb,
+                                          int m, int n, int k, const void *alpha,
+                                          const void *A, cudaDataType_t at, int lda, long long sa,
+                                          const void *Bv, cudaDataType_t bt, int ldb, long long sb,
+                                          const void *beta, void *C, cudaDataType_t ct, int ldc, long long sc,
+                                          int batch, cublasComputeType_t compute, cublasGemmAlgo_t)
+{
+    if (at != CUDA_R_32F || bt != CUDA_R_32F || ct != CUDA_R_32F)
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    int bits = compute == CUBLAS_COMPUTE_32F ? 23 : compute == CUBLAS_COMPUTE_32F_FAST_16BF ? 7
+             : compute == CUBLAS_COMPUTE_32F_FAST_TF32 ? 10 : compute == CUBLAS_COMPUTE_32F_FAST_16F ? 10 : -1;
+    if (bits < 0)
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    const float *a = (const float *)A, *b = (const float *)Bv;
+    if (bits == 23 || m <= 0 || n <= 0 || k <= 0 || batch <= 0)
+        return cublasSgemmStridedBatched(h, ta, tb, m, n, k, (const float *)alpha, a, lda, sa, b, ldb, sb,
+                                         (const float *)beta, (float *)C, ldc, sc, batch);
+    int arows = ta == CUBLAS_OP_N ? m : k, acols = ta == CUBLAS_OP_N ? k : m;
+    int brows = tb == CUBLAS_OP_N ? k : n, bcols = tb == CUBLAS_OP_N ? n : k;
+    if (lda < arows || ldb < brows)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    std::vector<float> ra = rounded_copy(a, arows, acols, lda, sa, batch, bits);
+    std::vector<float> rb = rounded_copy(b, brows, bcols, ldb, sb, batch, bits);
+    return cublasSgemmStridedBatched(h, ta, tb, m, n, k, (const float *)alpha, ra.data(), arows,
+                                     (long long)arows * acols, rb.data(), brows, (long long)brows * bcols,
+                                     (const float *)beta, (float *)C, ldc, sc, batch);
+}

@@ -292,6 +292,14 @@ typedef enum {
     CUBLAS_PEDANTIC_MATH = 2,
 } cublasMath_t;
 typedef struct nb_emu_blas *cublasHandle_t;
+typedef enum { CUDA_R_32F = 0, CUDA_R_16F = 2, CUDA_R_16BF = 14 } cudaDataType_t;
+typedef enum {
+    CUBLAS_COMPUTE_32F = 68,
+    CUBLAS_COMPUTE_32F_FAST_16F = 74,
+    CUBLAS_COMPUTE_32F_FAST_16BF = 75,
+    CUBLAS_COMPUTE_32F_FAST_TF32 = 77,
+} cublasComputeType_t;
+typedef enum { CUBLAS_GEMM_DEFAULT = -1 } cublasGemmAlgo_t;
 
 cublasStatus_t cublasCreate(cublasHandle_t *h);
 cublasStatus_t cublasDestroy(cublasHandle_t h);
@@ -308,5 +316,15 @@ cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t h, cublasOperation_t ta,
                                          const float *A, int lda, long long sa,
                                          const float *B, int ldb, long long sb,
                                          const float *beta, float *C, int ldc, long long sc, int batch);
+
+/* fp32 matrices only; CUBLAS_COMPUTE_32F_FAST_16BF rounds both inputs to
+ * bf16 (nearest even) and accumulates in fp32, FAST_TF32 rounds them to tf32
+ * (10-bit mantissa), as the tensor cores see them. */
+cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb,
+                                          int m, int n, int k, const void *alpha,
+                                          const void *A, cudaDataType_t at, int lda, long long sa,
+                                          const void *B, cudaDataType_t bt, int ldb, long long sb,
+                                          const void *beta, void *C, cudaDataType_t ct, int ldc, long long sc,
+                                          int batch, cublasComputeType_t compute, cublasGemmAlgo_t algo);
 
 #endif /* NB_CUDA_EMU_H */

@@ -1,5 +1,6 @@
 /* test_cuda_backend.c - the CUDA backend against the CPU backend (the
- * reference): batched matmul with transposes, add, scale, copies.
+ * reference): batched matmul with transposes (fp32 and bf16), add, scale,
+ * copies.
  * Tolerance: |gpu - cpu| <= 1e-4 + 1e-4 * |cpu| per element (cuBLAS may use
  * another summation order). On a machine without a CUDA device, or a build
  * without nvcc, the test is reported as skipped with the reason. */
@@ -49,6 +50,20 @@ static void test_cuda_matches_cpu(void **state)
         assert_true(e <= 1e-4 + 1e-4 * fabs(c_cpu[i]));
     }
     printf("cuda matmul, add, scale: max abs error %.3g\n", maxerr);
+    /* job.precision bf16: both backends round the inputs to bf16 and
+     * accumulate in fp32, so they agree to fp32 summation order */
+    assert_int_equal(nb_be_set_precision(cpu, NB_PREC_BF16), 0);
+    assert_int_equal(nb_be_set_precision(gpu, NB_PREC_BF16), 0);
+    nb_matmul(cpu, true, true, M, N, K, 0.5f, a, M, K * M, b, K, N * K, 0.0f, c_cpu, N, M * N, NB);
+    nb_matmul(gpu, true, true, M, N, K, 0.5f, da, M, K * M, db, K, N * K, 0.0f, dc, N, M * N, NB);
+    nb_be_to_host(gpu, c_gpu, dc, sizeof c_gpu);
+    maxerr = 0;
+    for (int i = 0; i < NB * M * N; i++) {
+        double e = fabs((double)c_gpu[i] - c_cpu[i]);
+        if (e > maxerr) maxerr = e;
+        assert_true(e <= 1e-4 + 1e-4 * fabs(c_cpu[i]));
+    }
+    printf("cuda bf16 matmul against the CPU's bf16 matmul: max abs error %.3g\n", maxerr);
     nb_be_dealloc(gpu, de);
     nb_be_dealloc(gpu, da); nb_be_dealloc(gpu, db); nb_be_dealloc(gpu, dc);
     assert_false(nb_be_supports(gpu, NB_OP_ATTENTION_FWD) && !nb_be_supports(gpu, NB_OP_ATTENTION_BWD));

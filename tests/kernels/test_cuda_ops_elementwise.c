@@ -99,7 +99,7 @@ static void gelu_inputs(tu_rng_t *r, float *x, size_t n)
 {
     tu_fill(r, x, n, 6.0f);
     const float special[] = { 0.0f, -0.0f, 1e-30f, -1e-30f, 10.0f, -10.0f, 20.0f, -20.0f,
-                              50.0f, -50.0f, 100.0f, -100.0f, 1e30f, -1e30f, INFINITY, -INFINITY };
+                              50.0f, -50.0f, 100.0f, -100.0f, 1e30f, -1e30f, INFINITY, -INFINITY, NAN };
     for (size_t i = 0; i < sizeof special / sizeof *special && i * 7 < n; i++)
         x[i * 7] = special[i];
 }

@@ -59,6 +59,7 @@ typedef struct {
     char eval_data[256];
     int eval_batches, eval_every;
     nb_freeze_spec_t freeze; /* frozen tensors (job.freeze); zero: none */
+    nb_precision_t precision; /* job.precision; zero: fp32 */
 } pf_job_t;
 
 /* Does the run evaluate after step s (0-based)? nebula-train's rule. */
@@ -137,6 +138,7 @@ static inline int pf_run_trainer(const pf_job_t *j, pf_result_t *r)
     c.seq_len = j->T;
     c.steps = j->steps;
     c.freeze = j->freeze;
+    c.precision = j->precision;
     snprintf(c.data, sizeof c.data, "%s", j->data);
     c.eval_fraction = j->eval_fraction;
     snprintf(c.eval_data, sizeof c.eval_data, "%s", j->eval_data);
@@ -289,6 +291,7 @@ static inline void pf_layout(const pf_job_t *j, int p, const int *placement, int
     l->optim = j->optim;
     l->eval_fraction = j->eval_fraction;
     l->freeze = j->freeze;
+    l->precision = j->precision;
     int first = 0;
     for (int s = 0; s < p; s++) {
         int n = j->model.n_layer / p + (s < j->model.n_layer % p ? 1 : 0);

@@ -160,6 +160,28 @@ static void test_eval_travels(void **state)
     assert_false(nb_job_evaluates(&got));
 }
 
+/* job.precision travels in the Job; an unknown value is refused. */
+static void test_precision_travels(void **state)
+{
+    (void)state;
+    char err[512];
+    nb_job_desc_t d = make_desc(0.0f, NB_MODEL_GELU_TANH), got;
+    nb_job_msg_store_t st;
+    Nebula__Job msg;
+    nb_job_to_msg(&d, 0, &st, &msg);
+    if (over_the_wire(&msg, &got, err, sizeof err))
+        fail_msg("%s", err);
+    assert_int_equal(got.layout.precision, NB_PREC_FP32);
+    d.layout.precision = NB_PREC_BF16;
+    nb_job_to_msg(&d, 0, &st, &msg);
+    if (over_the_wire(&msg, &got, err, sizeof err))
+        fail_msg("%s", err);
+    assert_int_equal(got.layout.precision, NB_PREC_BF16);
+    msg.precision = (Nebula__Job__Precision)9;
+    assert_int_equal(over_the_wire(&msg, &got, err, sizeof err), NB_EFORMAT);
+    assert_non_null(strstr(err, "precision"));
+}
+
 /* job.lowrank travels in the model config and enters the digest; a stage
  * refuses a split block the model lacks or a rank larger than the layer,
  * with the reason, and so does the coordinator's job from the config. */
@@ -313,6 +335,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_settings_travel),
         cmocka_unit_test(test_eval_travels),
+        cmocka_unit_test(test_precision_travels),
         cmocka_unit_test(test_freeze_travels),
         cmocka_unit_test(test_adapters_travel),
         cmocka_unit_test(test_lowrank_travels),

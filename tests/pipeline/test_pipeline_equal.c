@@ -353,6 +353,33 @@ static void test_plan_changes_micro_batch_size(void **state)
     pf_result_free(&r);
 }
 
+/* job.precision bf16: every stage rounds its matmul inputs to bf16, so the
+ * pipeline still equals the bf16 trainer bit for bit (a stage that ignored
+ * the job's precision would not), while bf16 differs from fp32 and ends
+ * within 2% of its loss. */
+static void test_bf16_equal(void **state)
+{
+    (void)state;
+    pf_job_t j = pf_job_default(data_path);
+    j.precision = NB_PREC_BF16;
+    pf_result_t ref, r;
+    assert_int_equal(pf_run_trainer(&j, &ref), 0);
+    nb_pipe_layout_t l;
+    pf_layout(&j, 2, topologies[0].placement, 2, &l);
+    assert_int_equal(pf_run_pipeline(&j, &l, "1f1b", "fp32", "fp32", &r), 0);
+    char worst[32] = "";
+    double dl = pf_loss_rel_diff(&r, &ref), dw = pf_weight_rel_diff(&ref, &r, worst);
+    double d32 = pf_loss_rel_diff(&ref, &ref_by_m[3]);
+    double last = ref.loss[j.steps - 1], last32 = ref_by_m[3].loss[j.steps - 1];
+    printf("bf16 chain-2 1f1b m=3: loss rel diff %.3g, weights rel diff %.3g (%s); bf16 vs fp32 loss rel diff "
+           "%.3g, final %.5f vs %.5f\n", dl, dw, worst, d32, last, last32);
+    assert_bit_equal(dl, dw, worst);
+    assert_true(d32 > 0.0);
+    assert_true(fabs(last - last32) < 0.02 * last32);
+    pf_result_free(&ref);
+    pf_result_free(&r);
+}
+
 static void test_lossy_codecs_close(void **state)
 {
     (void)state;
@@ -680,6 +707,7 @@ int main(void)
         cmocka_unit_test(test_nonfinite_gradient_skipped_everywhere),
         cmocka_unit_test(test_plan_changes_micro_batch_size),
         cmocka_unit_test(test_lossy_codecs_close),
+        cmocka_unit_test(test_bf16_equal),
         cmocka_unit_test(test_eval_equal),
         cmocka_unit_test(test_eval_leaves_training_alone),
         cmocka_unit_test(test_frozen_equal),
