@@ -47,6 +47,7 @@ struct coll {
 };
 
 struct clique {
+    std::string key; /* its unique id while in the registry */
     int nranks = 0;
     int joined = 0; /* ranks that have joined */
     int alive = 0;  /* communicators not yet destroyed */
@@ -106,6 +107,7 @@ static ncclResult_t join(ncclComm_t comm, const ncclUniqueId &id, int nranks)
     auto it = registry.find(key);
     if (it == registry.end()) {
         c = new clique;
+        c->key = key;
         c->nranks = nranks;
         c->devices.assign((size_t)nranks, -1);
         registry[key] = c;
@@ -208,13 +210,18 @@ ncclResult_t ncclCommDestroy(ncclComm_t comm)
     delete comm;
     if (!c)
         return ncclSuccess; /* never joined (its group failed) */
+    std::lock_guard<std::mutex> r(registry_mu);
     bool last;
     {
         std::lock_guard<std::mutex> g(c->mu);
-        last = --c->alive == 0 && c->joined == c->nranks;
+        last = --c->alive == 0;
     }
-    if (last)
+    if (last) { /* a clique never completed leaves the registry with its last rank */
+        auto it = registry.find(c->key);
+        if (it != registry.end() && it->second == c)
+            registry.erase(it);
         delete c;
+    }
     return ncclSuccess;
 }
 
