@@ -142,6 +142,15 @@ NVCCFLAGS ?= -O2 -g -std=c++17 -Xcompiler -Wall,-Werror,-Wno-unused-parameter $(
 # process that uses a GPU maps cuBLAS.
 NVCCFLAGS += -Xcompiler -fPIC
 CUDA_LDLIBS := -L$(CUDA_ROOT)/lib64 -Xlinker -rpath,$(CUDA_ROOT)/lib64 -lcublas -lcudart
+# NCCL (the all-reduce of CUDA replicas, kernels/cuda/cuda_nccl.cu) when its
+# header and library are found beside CUDA or in the system's directories;
+# without it the module still builds and refuses several CUDA replicas.
+NCCL_H := $(firstword $(wildcard $(CUDA_ROOT)/include/nccl.h /usr/include/nccl.h))
+NCCL_SO := $(firstword $(wildcard $(CUDA_ROOT)/lib64/libnccl.so /usr/lib/$(shell $(CC) -dumpmachine 2>/dev/null)/libnccl.so))
+ifneq ($(and $(NCCL_H),$(NCCL_SO)),)
+NVCCFLAGS += -DNB_HAVE_NCCL=1 -I$(dir $(NCCL_H))
+CUDA_LDLIBS += -L$(dir $(NCCL_SO)) -Xlinker -rpath,$(dir $(NCCL_SO)) -lnccl
+endif
 endif
 # kernels/cuda_loader.c opens the CUDA module (the real one, or the emulated
 # device for the tests) with dlopen in every build.
@@ -173,7 +182,9 @@ CUDA_MODULE := $(if $(KERNEL_CU),$(BUILD)/lib/libnebula-cuda.so)
 # the host C++ compiler in every build, CUDA or not, so that `make test`
 # checks the kernels' logic on any machine (docs/cuda.md, "Emulated device").
 EMU_CU := $(call rfind,kernels/cuda,*.cu)
-EMU_OBJS := $(EMU_CU:%.cu=$(BUILD)/obj/emu/%.o) $(BUILD)/obj/emu/tests/cuda_emu/cuda_emu.o
+# The emulation itself: every tests/cuda_emu/*.cc but its tests (CUDA, cuBLAS, NCCL).
+EMU_SUPPORT_OBJS := $(patsubst %.cc,$(BUILD)/obj/emu/%.o,$(filter-out $(EMU_TEST_SRCS),$(call rfind,tests/cuda_emu,*.cc)))
+EMU_OBJS := $(EMU_CU:%.cu=$(BUILD)/obj/emu/%.o) $(EMU_SUPPORT_OBJS)
 CUDA_EMU_MODULE := $(BUILD)/lib/libnebula-cuda-emu.so
 EMU_CXXFLAGS := -std=c++17 -O2 -g -ffp-contract=off -fPIC -pthread -Wall -Wextra -Wno-unused-parameter -Wno-unknown-pragmas -Werror -MMD -MP -DNB_CUDA_EMU=1 $(SANFLAGS)
 PROTO_OBJS := $(PROTO_GEN_C:$(BUILD)/gen/%.c=$(BUILD)/obj/gen/%.o)
@@ -265,7 +276,7 @@ $(CUDA_EMU_MODULE): $(EMU_OBJS)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CXX) -shared $(SANFLAGS) -o $@ $^ $(shell pkg-config --libs openblas)
 
-$(EMU_TEST_SRCS:%.cc=$(BUILD)/%): $(BUILD)/%: $(BUILD)/obj/emu/%.o $(BUILD)/obj/emu/tests/cuda_emu/cuda_emu.o
+$(EMU_TEST_SRCS:%.cc=$(BUILD)/%): $(BUILD)/%: $(BUILD)/obj/emu/%.o $(EMU_SUPPORT_OBJS)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CXX) $(SANFLAGS) -pthread -o $@ $^ $(shell pkg-config --libs openblas cmocka)

@@ -15,6 +15,11 @@
  * PREFIX/lib/nebula), ../lib/ (build/bin, build/bench), ../../lib/
  * (build/tests/DIR).
  *
+ * The module also exports the NCCL all-reduce of CUDA replicas
+ * (nb_cuda_allreduce_new, kernels/allreduce.h) and nb_cuda_make_current
+ * (a replica's thread makes its device current), found here beside the
+ * backend, so that only the module links NCCL.
+ *
  * Thread: any (loaded once, under a pthread_once).
  */
 #include <dlfcn.h>
@@ -24,14 +29,18 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include "kernels/allreduce.h"
 #include "kernels/backend.h"
 
 #define MODULE "libnebula-cuda.so"
 
 typedef nb_backend_t *(*new_fn)(int device, const char **why);
+typedef nb_allreduce_t *(*allreduce_new_fn)(nb_backend_t *const *bes, int n, const char **why);
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static new_fn module_new;
+static allreduce_new_fn module_allreduce_new; /* NULL: a module without it */
+static int (*module_make_current)(nb_backend_t *be);
 static char load_err[512];
 
 static void *try_open(const char *path, char *tried, size_t cap)
@@ -79,6 +88,8 @@ static void load(void)
         return;
     }
     *(void **)&module_new = dlsym(h, "nb_cuda_backend_new");
+    *(void **)&module_allreduce_new = dlsym(h, "nb_cuda_allreduce_new");
+    *(void **)&module_make_current = dlsym(h, "nb_cuda_make_current");
     if (!module_new)
         snprintf(load_err, sizeof load_err, "%s has no nb_cuda_backend_new", MODULE);
 }
@@ -92,4 +103,23 @@ nb_backend_t *nb_cuda_backend_new(int device, const char **why)
         return NULL;
     }
     return module_new(device, why);
+}
+
+nb_allreduce_t *nb_cuda_allreduce_new(nb_backend_t *const *bes, int n, const char **why)
+{
+    pthread_once(&once, load);
+    if (!module_new || !module_allreduce_new) {
+        if (why)
+            *why = !module_new ? load_err : "the CUDA module has no NCCL all-reduce (nb_cuda_allreduce_new)";
+        return NULL;
+    }
+    return module_allreduce_new(bes, n, why);
+}
+
+int nb_cuda_make_current(nb_backend_t *be)
+{
+    pthread_once(&once, load);
+    if (!module_make_current || !be || be->iface->kind != NB_DEV_CUDA)
+        return NB_EINVAL;
+    return module_make_current(be);
 }

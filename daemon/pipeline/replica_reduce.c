@@ -1,9 +1,11 @@
 /*
- * replica_reduce.c - the CPU all-reduce engine of a stage's replicas: a
- * fixed-order element-wise sum (see replica_reduce.h).
+ * replica_reduce.c - the all-reduce engines of a stage's replicas: the CPU
+ * engine's fixed-order element-wise sum, and the NCCL engine for CUDA
+ * replicas, a wrapper of the CUDA module's (see replica_reduce.h).
  */
 #include <stdlib.h>
 #include "daemon/pipeline/replica_reduce.h"
+#include "kernels/allreduce.h"
 
 void nb_reduce_sum_range(float *const *bufs, int n, size_t lo, size_t hi)
 {
@@ -33,14 +35,24 @@ static void cpu_free(nb_reduce_t *e) { (void)e; }
 
 static const nb_reduce_i cpu_iface = { "cpu", cpu_allreduce, cpu_free };
 
+static int nccl_allreduce(nb_reduce_t *e, float *const *bufs, size_t n, char *err, size_t errlen)
+{
+    return nb_allreduce_sum(e->ctx, bufs, n, err, errlen);
+}
+
+static void nccl_free(nb_reduce_t *e) { nb_allreduce_free(e->ctx); }
+
+static const nb_reduce_i nccl_iface = { "nccl", nccl_allreduce, nccl_free };
+
 nb_reduce_t *nb_reduce_new(nb_backend_t *const *bes, int n, const char **why)
 {
+    int cuda = 0;
     for (int r = 0; r < n; r++)
-        if (bes[r]->iface->kind != NB_DEV_CPU) {
-            *why = "replicas on CUDA devices need the NCCL all-reduce engine, which this version does not "
-                   "have (docs/pipeline.md, \"Replicas\"); list one CUDA device per stage daemon";
-            return NULL;
-        }
+        cuda += bes[r]->iface->kind == NB_DEV_CUDA;
+    if (cuda && cuda != n) {
+        *why = "replicas on CPU and CUDA devices in one stage: one stage runs on one kind of device";
+        return NULL;
+    }
     nb_reduce_t *e = calloc(1, sizeof *e);
     if (!e || !(e->bes = calloc((size_t)n, sizeof *e->bes))) {
         free(e);
@@ -51,6 +63,14 @@ nb_reduce_t *nb_reduce_new(nb_backend_t *const *bes, int n, const char **why)
         e->bes[r] = bes[r];
     e->iface = &cpu_iface;
     e->n_ranks = n;
+    if (cuda) {
+        if (!(e->ctx = nb_cuda_allreduce_new(bes, n, why))) {
+            free(e->bes);
+            free(e);
+            return NULL;
+        }
+        e->iface = &nccl_iface;
+    }
     return e;
 }
 

@@ -3,19 +3,22 @@
  * replicas (data parallel inside one daemon; docs/pipeline.md, "Replicas").
  *
  * An engine is an opaque context behind a table of function pointers
- * (nb_reduce_i), so that a device library's collective (NCCL for CUDA
- * replicas) plugs in beside the CPU engine without changes to its callers.
- * This build has one engine, "cpu": a deterministic in-process sum in a
- * fixed order (replica 0 + replica 1 + ... for every element), so the
- * result does not depend on thread timing and every replica ends with the
- * same bits. The NCCL engine is designed in docs/pipeline.md, not built.
+ * (nb_reduce_i), so that a device library's collective plugs in beside the
+ * CPU engine without changes to its callers. Two engines:
+ *  - "cpu" for CPU replicas: a deterministic in-process sum in a fixed order
+ *    (replica 0 + replica 1 + ... for every element), so the result does not
+ *    depend on thread timing and every replica ends with the same bits;
+ *  - "nccl" for CUDA replicas: NCCL's all-reduce across the devices, from
+ *    the CUDA module (kernels/allreduce.h, kernels/cuda/cuda_nccl.cu), which
+ *    states its determinism: the same bits on every run for the same bucket
+ *    sizes, and the CPU engine's bits with two replicas.
  *
- * Thread: the CPU engine holds no state between calls: calls on disjoint
- * ranges may run at once from the replicas' threads (the buckets of the
- * overlapped reduction, stage_replicas.c); the range of a call must not be
- * touched by anyone else during it. An engine built on a device library's
- * collectives (NCCL) must issue its calls in one order on every rank: it
- * would take the buckets in a queue of its own (docs/pipeline.md).
+ * Thread: calls on disjoint ranges may come at once from the replicas'
+ * threads (the buckets of the overlapped reduction, stage_replicas.c); the
+ * range of a call must not be touched by anyone else during it, and the
+ * backends that wrote it must be synchronised. The CPU engine holds no
+ * state between calls; the NCCL engine serialises its calls, each of which
+ * issues every rank's part, so the ranks see the collectives in one order.
  * Errors: negative NB_E* codes with a message in err.
  */
 #ifndef NB_REPLICA_REDUCE_H
@@ -42,9 +45,11 @@ struct nb_reduce {
 };
 
 /* The engine for replicas on the backends bes[0..n-1] (borrowed; they must
- * outlive the engine). All CPU: the deterministic CPU engine. Any CUDA
- * backend: NULL with the reason in *why (the NCCL engine is not built).
- * NULL with "out of memory" when allocation fails. */
+ * outlive the engine). All CPU: the deterministic CPU engine. All CUDA: the
+ * NCCL engine, or NULL with its reason in *why (built without CUDA or NCCL,
+ * a device listed twice, NCCL failed). CPU and CUDA mixed: NULL (one stage
+ * runs on one kind of device). NULL with "out of memory" when allocation
+ * fails. */
 nb_reduce_t *nb_reduce_new(nb_backend_t *const *bes, int n, const char **why);
 void nb_reduce_free(nb_reduce_t *e);
 

@@ -20,6 +20,7 @@
 #include "daemon/train/hf_model.h"
 #include "daemon/train/lowrank_init.h"
 #include "daemon/train/weights.h"
+#include "kernels/allreduce.h"
 
 static void free_pmsg(void *p) { nb_pmsg_free(p); }
 
@@ -110,11 +111,6 @@ static void trace_step(nb_stage_rt_t *rt, const nb_step_result_t *res)
 static int open_backends(const nb_config_t *cfg, nb_backend_t **bes, char *why, size_t whylen)
 {
     int n = cfg->n_devices > 0 ? cfg->n_devices : 1;
-    if (n > 1 && cfg->devices[0].cuda) {
-        snprintf(why, whylen, "devices: %d CUDA devices: replicas on CUDA devices need the NCCL all-reduce engine, "
-                 "which this version does not have (docs/pipeline.md, \"Replicas\"); list one CUDA device", n);
-        return 0;
-    }
     for (int r = 0; r < n; r++) {
         const nb_cfg_device_t *dev = cfg->n_devices > 0 ? &cfg->devices[r] : NULL;
         if (!(bes[r] = nb_device_open(dev, why, whylen))) {
@@ -122,6 +118,14 @@ static int open_backends(const nb_config_t *cfg, nb_backend_t **bes, char *why, 
                 nb_be_free(bes[r]);
             return 0;
         }
+    }
+    /* opening a CUDA device makes it current on this thread: this thread
+     * runs replica 0 (the replicas' own threads make theirs current) */
+    if (n > 1 && bes[0]->iface->kind == NB_DEV_CUDA && nb_cuda_make_current(bes[0]) != 0) {
+        snprintf(why, whylen, "devices: cannot make CUDA device %d current", cfg->devices[0].index);
+        for (int r = 0; r < n; r++)
+            nb_be_free(bes[r]);
+        return 0;
     }
     return n;
 }

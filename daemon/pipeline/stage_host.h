@@ -120,7 +120,7 @@ int nb_host_new(nb_backend_t *be, const nb_pipe_layout_t *l, int daemon, const c
  * the step's last backward, and every replica takes the same optimizer
  * step. bes[0] plays the role of nb_host_new's be. n_replicas 1 is
  * nb_host_new. Errors: those of nb_host_new; NB_EINVAL for replicas the
- * reduction engine cannot join (CUDA: no NCCL engine yet). */
+ * reduction engine cannot join (CUDA without NCCL, CPU and CUDA mixed). */
 int nb_host_new_replicas(nb_backend_t *const *bes, int n_replicas, const nb_pipe_layout_t *l, int daemon,
                          const char *data, nb_host_t **out, char *err, size_t errlen);
 /* Replicas of each hosted stage (1 without data parallelism). */

@@ -9,6 +9,7 @@
 #include <string.h>
 #include "daemon/pipeline/replica_reduce.h"
 #include "daemon/pipeline/stage_replicas.h"
+#include "kernels/allreduce.h"
 #include "kernels/cpu_level.h"
 
 typedef struct {
@@ -35,10 +36,17 @@ struct nb_reps {
     pthread_mutex_t mu;
     bool mu_init;
     bool blas_shared;          /* nb_cpu_blas_share(R) ran: undo it when freed */
+    /* CUDA replicas: replica r > 0 cannot read replica 0's memory, so its
+     * shard of an input or of dout is copied to a buffer on its device
+     * first (grown on demand, on replica r's backend). */
+    bool staged;
+    void *stage[NB_REPS_MAX];
+    size_t stage_bytes[NB_REPS_MAX];
     size_t reported[NB_REPS_MAX]; /* per replica: [reported, n) complete; under mu */
     size_t reduced_from;       /* [reduced_from, n) reduced this step; under mu */
     size_t overlapped;         /* floats reduced during the last backward of the last step */
     int reduce_rc;             /* the first error of an early reduction; under mu */
+    char reduce_err[192];      /* and the engine's message for it */
     rep_hook_t hooks[NB_REPS_MAX];
 };
 
@@ -70,10 +78,20 @@ typedef struct {
     int rc;
 } rep_job_t;
 
+/* Makes be's device current on the calling thread before it runs be's
+ * ops: the CUDA runtime keeps the current device per thread, and a kernel
+ * launched on a stream of another device fails. The CPU backend needs
+ * nothing. */
+static int bind_to(nb_backend_t *be)
+{
+    return be->iface->kind == NB_DEV_CUDA ? nb_cuda_make_current(be) : 0;
+}
+
 static void *rep_thread(void *p)
 {
     rep_job_t *j = p;
-    j->rc = j->fn(j->s, j->r, j->arg);
+    int rc = bind_to(j->s->bes[j->r]);
+    j->rc = rc ? rc : j->fn(j->s, j->r, j->arg);
     return NULL;
 }
 
@@ -94,9 +112,11 @@ static int run_all(nb_reps_t *s, rep_fn fn, void *arg, int *rcs)
     for (int r = 1; r < s->R; r++) {
         if (started[r])
             pthread_join(th[r], NULL);
-        else
+        else if (!(jobs[r].rc = bind_to(s->bes[r])))
             jobs[r].rc = fn(s, r, arg);
     }
+    if (s->R > 1)
+        (void)bind_to(s->bes[0]); /* the caller's thread works on replica 0 */
     int rc = 0;
     for (int r = 0; r < s->R; r++) {
         rcs[r] = jobs[r].rc;
@@ -154,8 +174,10 @@ int nb_reps_sync(nb_reps_t *s)
             (rc = copy_between(s->bes[r], nb_optim_v(s->optims[r]), s->bes[0], nb_optim_v(s->optims[0]), sbytes)))
             return rc;
         nb_optim_set_steps(s->optims[r], nb_optim_steps(s->optims[0]));
+        (void)bind_to(s->bes[r]);
         nb_part_zero_grad(s->parts[r]);
         nb_be_sync(s->bes[r]);
+        (void)bind_to(s->bes[0]);
     }
     return 0;
 }
@@ -198,14 +220,19 @@ int nb_reps_new(nb_part_t *part0, nb_optim_t *optim0, nb_backend_t *const *bes, 
         }
     }
     for (int r = 1; r < R; r++) {
-        if ((rc = nb_part_new(bes[r], nb_part_config(part0), nb_part_spec(part0), seed, tie ? tie->parts[r] : NULL,
-                              &s->parts[r], err, errlen)))
-            goto fail;
-        if ((rc = make_optim(part0, s->parts[r], oc, &s->optims[r]))) {
-            snprintf(err, errlen, "replica %d: cannot create the optimizer (%s)", r, nb_strerror(rc));
+        if ((rc = bind_to(bes[r]))) {
+            snprintf(err, errlen, "replica %d: cannot make its CUDA device current", r);
             goto fail;
         }
+        rc = nb_part_new(bes[r], nb_part_config(part0), nb_part_spec(part0), seed, tie ? tie->parts[r] : NULL,
+                         &s->parts[r], err, errlen);
+        if (rc == 0 && (rc = make_optim(part0, s->parts[r], oc, &s->optims[r])))
+            snprintf(err, errlen, "replica %d: cannot create the optimizer (%s)", r, nb_strerror(rc));
+        (void)bind_to(bes[0]);
+        if (rc)
+            goto fail;
     }
+    s->staged = R > 1 && bes[0]->iface->kind != NB_DEV_CPU;
     if ((rc = nb_reps_sync(s)))
         goto oom;
     s->n = nb_part_num_grads(part0); /* the gradient buffer: trainable tensors only */
@@ -215,7 +242,7 @@ int nb_reps_new(nb_part_t *part0, nb_optim_t *optim0, nb_backend_t *const *bes, 
         s->hooks[r] = (rep_hook_t){ s, r };
     }
 
-    if (R > 1) {
+    if (R > 1 && bes[0]->iface->kind == NB_DEV_CPU) {
         nb_cpu_blas_share(R);
         s->blas_shared = true;
     }
@@ -236,11 +263,17 @@ void nb_reps_free(nb_reps_t *s)
     if (s->blas_shared)
         nb_cpu_blas_share(1);
     for (int r = s->R - 1; r >= 1; r--) {
+        if (s->bes && s->bes[r])
+            (void)bind_to(s->bes[r]);
+        if (s->stage[r])
+            nb_be_dealloc(s->bes[r], s->stage[r]);
         if (s->optims)
             nb_optim_free(s->optims[r]);
         if (s->parts)
             nb_part_free(s->parts[r]);
     }
+    if (s->R > 1 && s->bes && s->bes[0])
+        (void)bind_to(s->bes[0]);
     nb_reduce_free(s->engine);
     if (s->mu_init)
         pthread_mutex_destroy(&s->mu);
@@ -273,9 +306,12 @@ int nb_reps_acts_new(nb_reps_t *s, int B, int T, nb_reps_acts_t **out)
     for (int r = 0; r < s->R && rc == 0; r++) {
         int first, count;
         nb_reps_shard(B, s->R, r, &first, &count);
+        (void)bind_to(s->bes[r]);
         if ((rc = nb_part_acts_new(s->parts[r], count, T, &a->a[r])) == 0)
             a->bytes += nb_part_acts_bytes(a->a[r]);
     }
+    if (s->R > 1)
+        (void)bind_to(s->bes[0]);
     size_t full = (size_t)B * (size_t)T * (size_t)s->C * sizeof(float);
     if (rc == 0 && s->R > 1 && !s->head) {
         if ((a->out = nb_be_alloc(s->bes[0], full)))
@@ -301,8 +337,12 @@ void nb_reps_acts_free(nb_reps_acts_t *a)
 {
     if (!a)
         return;
-    for (int r = 0; r < a->s->R; r++)
+    for (int r = 0; r < a->s->R; r++) {
+        (void)bind_to(a->s->bes[r]);
         nb_part_acts_free(a->a[r]);
+    }
+    if (a->s->R > 1)
+        (void)bind_to(a->s->bes[0]);
     if (a->out)
         nb_be_dealloc(a->s->bes[0], a->out);
     if (a->dinput)
@@ -335,6 +375,38 @@ typedef struct {
 /* Replica r's rows of a (B, T, width) tensor that starts at base. */
 #define SHARD(base, first, T, width) ((base) ? (base) + (size_t)(first) * (size_t)(T) * (size_t)(width) : NULL)
 
+/* Bytes of a staged piece, rounded so the next one stays aligned. */
+static size_t stage_round(size_t bytes) { return (bytes + 255) & ~(size_t)255; }
+
+/* Makes replica r's staging buffer hold at least bytes (staged sets, r > 0;
+ * else nothing). A buffer grown replaces the old one in stream order. */
+static int stage_reserve(nb_reps_t *s, int r, size_t bytes)
+{
+    if (!s->staged || r == 0 || bytes <= s->stage_bytes[r])
+        return 0;
+    if (s->stage[r])
+        nb_be_dealloc(s->bes[r], s->stage[r]);
+    s->stage_bytes[r] = 0;
+    if (!(s->stage[r] = nb_be_alloc(s->bes[r], bytes)))
+        return NB_ENOMEM;
+    s->stage_bytes[r] = bytes;
+    return 0;
+}
+
+/* What replica r reads for the bytes at src in replica 0's memory: src
+ * itself for CPU replicas and replica 0, else a copy at *off in its staging
+ * buffer (enqueued on its stream, after the caller synchronised replica 0).
+ * NULL stays NULL. */
+static const void *stage_in(nb_reps_t *s, int r, const void *src, size_t bytes, size_t *off)
+{
+    if (!src || !s->staged || r == 0)
+        return src;
+    char *dst = (char *)s->stage[r] + *off;
+    nb_be_copy(s->bes[r], dst, src, bytes);
+    *off += stage_round(bytes);
+    return dst;
+}
+
 static int fwd_one(nb_reps_t *s, int r, void *p)
 {
     pass_arg_t *x = p;
@@ -342,11 +414,15 @@ static int fwd_one(nb_reps_t *s, int r, void *p)
     int first, count, T = a->T;
     nb_reps_shard(a->B, s->R, r, &first, &count);
     nb_part_input_t in = *x->in;
-    in.tokens = SHARD(x->in->tokens, first, T, 1);
-    in.x = SHARD(x->in->x, first, T, s->Cin);
-    in.key_mask = SHARD(x->in->key_mask, first, T, 1);
-    in.targets = SHARD(x->in->targets, first, T, 1);
-    int rc = nb_part_forward(s->parts[r], a->a[r], &in, &x->loss[r]);
+    size_t rows = (size_t)count * (size_t)T, off = 0;
+    int rc = stage_reserve(s, r, stage_round(rows * 4) * 3 + stage_round(rows * s->Cin * sizeof(float)));
+    if (rc)
+        return rc;
+    in.tokens = stage_in(s, r, SHARD(x->in->tokens, first, T, 1), rows * sizeof(int32_t), &off);
+    in.x = stage_in(s, r, SHARD(x->in->x, first, T, s->Cin), rows * s->Cin * sizeof(float), &off);
+    in.key_mask = stage_in(s, r, SHARD(x->in->key_mask, first, T, 1), rows, &off);
+    in.targets = stage_in(s, r, SHARD(x->in->targets, first, T, 1), rows * sizeof(int32_t), &off);
+    rc = nb_part_forward(s->parts[r], a->a[r], &in, &x->loss[r]);
     if (rc == 0 && a->out) /* gather: replica r's rows of the stage's output */
         rc = copy_between(s->bes[0], a->out + (size_t)first * T * s->Cout, s->bes[r],
                           nb_part_acts_output(a->a[r]), (size_t)count * T * s->Cout * sizeof(float));
@@ -360,7 +436,11 @@ static int bwd_one(nb_reps_t *s, int r, void *p)
     nb_reps_acts_t *a = x->a;
     int first, count, T = a->T;
     nb_reps_shard(a->B, s->R, r, &first, &count);
-    int rc = nb_part_backward(s->parts[r], a->a[r], SHARD(x->dout, first, T, s->Cout));
+    size_t bytes = (size_t)count * T * s->Cout * sizeof(float), off = 0;
+    int rc = x->dout ? stage_reserve(s, r, bytes) : 0;
+    if (rc)
+        return rc;
+    rc = nb_part_backward(s->parts[r], a->a[r], stage_in(s, r, SHARD(x->dout, first, T, s->Cout), bytes, &off));
     if (rc == 0 && a->dinput)
         rc = copy_between(s->bes[0], a->dinput + (size_t)first * T * s->Cin, s->bes[r],
                           nb_part_acts_dinput(a->a[r]), (size_t)count * T * s->Cin * sizeof(float));
@@ -393,6 +473,8 @@ int nb_reps_forward(nb_reps_t *s, nb_reps_acts_t *a, const nb_part_input_t *in, 
     }
     pass_arg_t x = { .a = a, .in = in };
     int rcs[NB_REPS_MAX];
+    if (s->staged) /* the other devices copy their shards from replica 0's memory */
+        nb_be_sync(s->bes[0]);
     int rc = run_all(s, fwd_one, &x, rcs);
     if (rc) {
         name_failure(s, rcs, "forward", err, errlen);
@@ -429,12 +511,14 @@ static void on_grad_ready(void *ud, size_t offset)
     float *bufs[NB_REPS_MAX];
     for (int r = 0; r < s->R; r++)
         bufs[r] = s->gbuf[r] + lo;
-    char err[16];
+    char err[sizeof s->reduce_err] = "";
     int rc = nb_reduce_allreduce(s->engine, bufs, hi - lo, err, sizeof err);
     pthread_mutex_lock(&s->mu);
     s->overlapped += hi - lo;
-    if (rc && !s->reduce_rc)
+    if (rc && !s->reduce_rc) {
         s->reduce_rc = rc;
+        memcpy(s->reduce_err, err, sizeof err);
+    }
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -453,6 +537,8 @@ int nb_reps_backward(nb_reps_t *s, nb_reps_acts_t *a, const float *dout, bool la
     }
     pass_arg_t x = { .a = a, .dout = dout };
     int rcs[NB_REPS_MAX];
+    if (s->staged && dout)
+        nb_be_sync(s->bes[0]);
     if (last) { /* the gradients become final as this backward runs: reduce them on the way */
         s->overlapped = 0;
         s->reduce_rc = 0;
@@ -473,7 +559,8 @@ int nb_reps_backward(nb_reps_t *s, nb_reps_acts_t *a, const float *dout, bool la
     if (rc)
         name_failure(s, rcs, "backward", err, errlen);
     else if (s->reduce_rc) {
-        snprintf(err, errlen, "the all-reduce of the gradients failed (%s)", nb_strerror(s->reduce_rc));
+        snprintf(err, errlen, "the all-reduce of the gradients failed (%s%s%s)", nb_strerror(s->reduce_rc),
+                 s->reduce_err[0] ? ": " : "", s->reduce_err);
         rc = s->reduce_rc;
     }
     return rc;
@@ -493,10 +580,12 @@ int nb_reps_reduce(nb_reps_t *s, char *err, size_t errlen)
     s->reduced_from = s->n;
     float *bufs[NB_REPS_MAX];
     for (int r = 0; r < s->R; r++) {
+        (void)bind_to(s->bes[r]);
         bufs[r] = nb_part_grads(s->parts[r]); /* finishes a tied head's share first */
         NB_CHECK(bufs[r] == s->gbuf[r]);
         nb_be_sync(s->bes[r]);
     }
+    (void)bind_to(s->bes[0]);
     int rc = hi ? nb_reduce_allreduce(s->engine, bufs, hi, err, errlen) : 0;
     for (int r = 0; r < s->R; r++)
         nb_be_sync(s->bes[r]);
@@ -529,7 +618,10 @@ void nb_reps_zero_grad(nb_reps_t *s)
 {
     s->reduced_from = s->n; /* an aborted step's early reductions are void */
     for (int r = 0; r < s->R; r++) {
+        (void)bind_to(s->bes[r]);
         nb_part_zero_grad(s->parts[r]);
         nb_be_sync(s->bes[r]);
     }
+    if (s->R > 1)
+        (void)bind_to(s->bes[0]);
 }

@@ -26,9 +26,13 @@
 
 #ifdef NB_CUDA_EMU
 #include "tests/cuda_emu/cuda_emu.h"
+#include "tests/cuda_emu/nccl_emu.h"
 #else
 #include <cuda_runtime.h>
 #include <cublas_v2.h>
+#ifdef NB_HAVE_NCCL
+#include <nccl.h>
+#endif
 #endif
 #include <stdio.h>
 #include <stdlib.h>

@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <vector>
 
@@ -132,12 +133,14 @@ struct block_state {
     }
 };
 
-thread_local block_state *tls_block;
+/* One per host thread, freed (fiber stacks unmapped) when the thread ends:
+ * replicas launch from threads that come and go with every pass. */
+thread_local std::unique_ptr<block_state> tls_block;
 
 block_state &B()
 {
     if (!tls_block)
-        tls_block = new block_state(); /* one per host thread, kept for its life */
+        tls_block.reset(new block_state());
     return *tls_block;
 }
 

@@ -8,8 +8,8 @@
 # both daemons say they run 2 replicas; the status socket shows them; and
 # the replicated run still writes one set of final weights per stage, close
 # to the single-replica one; the held-out losses (job.eval, on each stage's
-# first replica) match within 1e-3. A stage with two CUDA devices says at start why
-# it will refuse every job.
+# first replica) match within 1e-3. A stage with two CUDA devices (the
+# emulated device, two of them) opens both and runs two replicas.
 set -euo pipefail
 . tests/support/assert.sh
 . tests/support/pipeline.sh
@@ -124,12 +124,15 @@ for s in 0 1; do
     { cat "$work/compare.log"; fail "stage $s: the replicated run's weights are far from the single-replica run's"; }
   tail -n 1 "$work/compare.log"
 done
-# several CUDA devices: the stage says at start why it will refuse every job
-# (no NCCL engine), whether or not this host has a GPU
+# several CUDA devices: two replicas, one per device (the NCCL engine; on
+# the emulated device, whether or not this host has a GPU)
+module=$(realpath "$build/lib/libnebula-cuda-emu.so")
 nb_stage_yaml "$work/g.yaml" a "127.0.0.1:$base" "127.0.0.1:$((base + 1))" 1 5 "devices: [cuda:0, cuda:1]"
-"$bin/nebulad" --config "$work/g.yaml" > "$work/g.log" 2>&1 & pids=($!)
-refused() { grep -q "replicas on CUDA devices need the NCCL all-reduce engine.*every job will be refused" "$work/g.log"; }
-nb_wait_for 60 refused || fail "a stage with two CUDA devices does not say why it refuses jobs"
+NEBULA_CUDA_MODULE="$module" NB_CUDA_EMU_DEVICES=2 "$bin/nebulad" --config "$work/g.yaml" > "$work/g.log" 2>&1 &
+pids=($!)
+two_gpus() { grep -q "2 replicas of each stage, one per device" "$work/g.log"; }
+nb_wait_for 60 two_gpus || fail "a stage with two CUDA devices does not run two replicas"
+! grep -q "every job will be refused" "$work/g.log" || fail "a stage with two CUDA devices refuses jobs"
 "$bin/nebulactl" --socket "$work/run/a.sock" stop >/dev/null || fail "stop the two-GPU stage"
 wait "${pids[0]}" || fail "the two-GPU stage exited with status $?"
 pids=()
