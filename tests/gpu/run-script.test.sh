@@ -27,7 +27,7 @@ fake_bench() { # $1: the last line (the MFU line, or something else)
 run() { # runs the script; its exit status in $rc, the summary in $tmp/out
   rm -rf "$tmp/out"; mkdir -p "$tmp/out"
   rc=0
-  NB_BUILD="$b" OUT="$tmp/out" NB_GPU_BUDGET_S=${budget:-200} timeout 60 \
+  NB_BUILD="$b" OUT="$tmp/out" NB_GPU_BUDGET_S=${budget:-200} NB_GPU_PIPE_GLOB="" timeout 60 \
     bash "$root/tests/gpu/run.sh" --skip-build "$@" > "$tmp/stdout" 2>&1 || rc=$?
   [ -f "$tmp/out/gpu-summary.txt" ] || fail "no summary ($*)"
   grep -q '^result: ' "$tmp/out/gpu-summary.txt" || fail "summary without a result line ($*)"
