@@ -9,9 +9,10 @@
  * 140 MiB resident for nothing (docs/operations.md, "Memory"). Loaded on
  * demand, only a daemon that runs on a GPU pays it.
  *
- * Where the module is looked for, in order: $NEBULA_CUDA_MODULE (also how
- * the tests load the emulated device, libnebula-cuda-emu.so, in any build);
- * then, in a build with CUDA, relative to the executable: ../lib/nebula/ (installed: PREFIX/bin and
+ * Where the module is looked for: $NEBULA_CUDA_MODULE when it is set (also
+ * how the tests load the emulated device, libnebula-cuda-emu.so, in any
+ * build), and nowhere else then; else, in a build with CUDA, relative to the
+ * executable: ../lib/nebula/ (installed: PREFIX/bin and
  * PREFIX/lib/nebula), ../lib/ (build/bin, build/bench), ../../lib/
  * (build/tests/DIR).
  *
@@ -58,11 +59,14 @@ static void load(void)
     char tried[384] = "";
     void *h = NULL;
     const char *env = getenv("NEBULA_CUDA_MODULE");
-    if (env && env[0])
+    bool named = env && env[0];
+    if (named)
         h = try_open(env, tried, sizeof tried);
     char exe[PATH_MAX];
 #ifdef NB_HAVE_CUDA
-    ssize_t n = h ? -1 : readlink("/proc/self/exe", exe, sizeof exe - 1);
+    /* a module named in the environment that fails is the answer: no
+     * other module is tried in its place */
+    ssize_t n = h || named ? -1 : readlink("/proc/self/exe", exe, sizeof exe - 1);
 #else
     ssize_t n = -1; /* no module was built next to the executable */
     if (!h && !tried[0]) {
