@@ -61,7 +61,7 @@ rm -rf "$logs" && mkdir -p "$logs" || exit 1
 # With $OUT, the logs go there as one archive (few files travel back well),
 # also when the run is cut short.
 pack_logs() {
-  [ -n "${OUT:-}" ] && tar -C "$build" -czf "$OUT/gpu-logs.tar.gz" gpu-logs 2>/dev/null
+  if [ -n "${OUT:-}" ]; then tar -C "$build" -czf "$OUT/gpu-logs.tar.gz" gpu-logs 2>/dev/null; fi
   return 0
 }
 trap pack_logs EXIT
@@ -76,8 +76,8 @@ elapsed() { echo $(( $(date +%s) - start )); }
 limit_for() {
   local want=$1 keep=${2:-0} left
   left=$(( budget - $(elapsed) - keep ))
-  [ "$left" -lt "$want" ] && want=$left
-  [ "$want" -lt 5 ] && want=5
+  if [ "$left" -lt "$want" ]; then want=$left; fi
+  if [ "$want" -lt 5 ]; then want=5; fi
   echo "$want"
 }
 # step NAME STATUS DETAIL: one summary line; STATUS PASS or FAIL.
@@ -133,8 +133,8 @@ missing_deps() {
   echo "${m# }"
 }
 targets=("$module" "$bench" "${test_bins[@]}")
-[ ${#pipe_tests[@]} -gt 0 ] && targets+=(bins)
-[ "$only" = bench ] && [ $prepare -eq 0 ] && targets=("$module" "$bench")
+if [ ${#pipe_tests[@]} -gt 0 ]; then targets+=(bins); fi
+if [ "$only" = bench ] && [ $prepare -eq 0 ]; then targets=("$module" "$bench"); fi
 do_build() {
   local secs=$1
   # -k: a target that fails to build does not stop the others.
@@ -159,7 +159,7 @@ if [ $prepare -eq 1 ]; then
   rm -rf "$stage" && mkdir -p "$stage/runtime-libs" || exit 1
   files=("$module" "$bench")
   for t in "${test_bins[@]}"; do [ -x "$t" ] && files+=("$t"); done
-  [ ${#pipe_tests[@]} -gt 0 ] && for f in "$build"/bin/*; do files+=("$f"); done
+  if [ ${#pipe_tests[@]} -gt 0 ]; then for f in "$build"/bin/*; do files+=("$f"); done; fi
   for f in "${files[@]}"; do
     rel=${f#"$build"/}
     mkdir -p "$stage/$(dirname "$rel")" && cp -p "$f" "$stage/$rel" && strip --strip-debug "$stage/$rel" || exit 1
@@ -177,7 +177,7 @@ fi
 if [ $skip_build -eq 0 ]; then
   t0=$(date +%s)
   m=$(missing_deps)
-  [ "${NB_GPU_USE_BUNDLE:-0}" = 1 ] && m="${m:-nothing (NB_GPU_USE_BUNDLE=1)}"
+  if [ "${NB_GPU_USE_BUNDLE:-0}" = 1 ]; then m="${m:-nothing (NB_GPU_USE_BUNDLE=1)}"; fi
   if [ -n "$m" ] && [ -f "$bundle" ]; then
     # No build here: the bundle's programs, with its libraries.
     if run_limited 120 tar -C "$build" -xJf "$bundle" > "$logs/build.log" 2>&1; then
@@ -195,7 +195,7 @@ if [ $skip_build -eq 0 ]; then
     if [ $rc -eq 0 ]; then
       step build PASS "(${dt} s, sm_${archs// /+sm_})"
     else
-      [ $rc -eq 124 ] && why="timed out after ${secs} s" || why="make exit $rc"
+      if [ $rc -eq 124 ]; then why="timed out after ${secs} s"; else why="make exit $rc"; fi
       step build FAIL "($why, ${dt} s; gpu-logs/build.log)"
       grep -E 'error|Error' "$logs/build.log" | head -n 20 | sed 's/^/  | /' | tee -a "$summary"
       # Another compiler may refuse what the prepared one took (-Werror):
@@ -208,11 +208,11 @@ if [ $skip_build -eq 0 ]; then
 fi
 # The bundle's libraries, and CUDA's libraries where the module does not find
 # them by its run path (a toolkit elsewhere, or only pip's nvidia-* wheels).
-[ -d "$build/runtime-libs" ] && export LD_LIBRARY_PATH="$build_abs/runtime-libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+if [ -d "$build/runtime-libs" ]; then export LD_LIBRARY_PATH="$build_abs/runtime-libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; fi
 if [ -f "$module" ] && ldd "$module" 2>/dev/null | grep -q 'not found'; then
   for lib in $(ldd "$module" | awk '/not found/ { print $1 }'); do
     d=$(run_limited 30 find /usr/local /opt /usr/lib /usr/lib64 -maxdepth 8 -name "$lib" 2>/dev/null | head -n1)
-    [ -n "$d" ] && export LD_LIBRARY_PATH="$(dirname "$d")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    if [ -n "$d" ]; then export LD_LIBRARY_PATH="$(dirname "$d")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; fi
   done
   say "cuda libraries: the module's run path lacked some; LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
   ldd "$module" | grep 'not found' | sed 's/^/  still /' | tee -a "$summary"
@@ -295,10 +295,10 @@ if [ "$only" != tests ]; then
       fi
     done
     detail="exit $rc, ${dt} s"
-    [ $rc -eq 124 ] || [ $rc -eq 137 ] && detail="timed out after ${secs} s"
+    if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then detail="timed out after ${secs} s"; fi
     grep -q '^# bench_gpu skipped' "$log" && detail="$detail; SKIPPED: $(grep -m1 '^# bench_gpu skipped' "$log")"
-    [ -n "$missing" ] && detail="$detail; missing:$missing"
-    [ -n "$bad" ] && detail="$detail; not finite positive:$bad"
+    if [ -n "$missing" ]; then detail="$detail; missing:$missing"; fi
+    if [ -n "$bad" ]; then detail="$detail; not finite positive:$bad"; fi
     if [ $rc -eq 0 ] && [ -z "$missing" ] && [ -z "$bad" ]; then
       step bench_gpu PASS "($detail)"
     else
