@@ -10,59 +10,7 @@
  * passes): |gpu - cpu| <= 1e-6 (|dbias| + sum |dy|) per column.
  * Without a CUDA device (or module) the test is reported as skipped. */
 #include "test_ops_util.h"
-
-typedef struct {
-    nb_backend_t *gpu, *cpu;
-} fixture_t;
-
-static int setup(void **state)
-{
-    static fixture_t f;
-    const char *why = NULL;
-    f.gpu = nb_cuda_backend_new(0, &why);
-    if (!f.gpu) {
-        printf("cuda backend unavailable: %s\n", why ? why : "?");
-        *state = NULL;
-        return 0;
-    }
-    f.cpu = nb_cpu_backend_new();
-    assert_non_null(f.cpu);
-    *state = &f;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    fixture_t *f = *state;
-    if (f) {
-        nb_be_free(f->gpu);
-        nb_be_free(f->cpu);
-    }
-    return 0;
-}
-
-static fixture_t *fx(void **state)
-{
-    if (!*state)
-        skip();
-    return *state;
-}
-
-/* A device copy of n floats of host. */
-static float *up(nb_backend_t *gpu, const float *host, size_t n)
-{
-    float *d = nb_be_alloc(gpu, (n ? n : 1) * sizeof *d);
-    assert_non_null(d);
-    if (n)
-        nb_be_from_host(gpu, d, host, n * sizeof *d);
-    return d;
-}
-
-static void down(nb_backend_t *gpu, float *host, const float *d, size_t n)
-{
-    if (n)
-        nb_be_to_host(gpu, host, d, n * sizeof *host);
-}
+#include "test_cuda_util.h"
 
 /* Bit equality, except that any NaN matches any NaN (a device's default NaN
  * has other bits than the host's). */
@@ -107,7 +55,7 @@ static void gelu_inputs(tu_rng_t *r, float *x, size_t n)
 typedef void (*unary_fn)(nb_backend_t *, float *, const float *, size_t);
 typedef void (*binary_acc_fn)(nb_backend_t *, float *, const float *, const float *, size_t);
 
-static void check_gelu(fixture_t *f, const char *name, unary_fn fwd, binary_acc_fn bwd, bool exact, size_t n)
+static void check_gelu(cuda_fixture_t *f, const char *name, unary_fn fwd, binary_acc_fn bwd, bool exact, size_t n)
 {
     tu_rng_t r = { 0x9e3779b97f4a7c15ull ^ n };
     float *x = tu_alloc(n), *dout = tu_alloc(n), *dx0 = tu_alloc(n);
@@ -115,15 +63,15 @@ static void check_gelu(fixture_t *f, const char *name, unary_fn fwd, binary_acc_
     gelu_inputs(&r, x, n);
     tu_fill(&r, dout, n, 1.0f);
     tu_fill(&r, dx0, n, 2.0f); /* accumulate: dx starts non-zero */
-    float *dxv = up(f->gpu, x, n), *dout_d = up(f->gpu, dout, n), *dy = up(f->gpu, ref, n);
+    float *dxv = cuda_up_f(f->gpu, x, n), *dout_d = cuda_up_f(f->gpu, dout, n), *dy = cuda_up_f(f->gpu, ref, n);
     char what[96];
 
     /* forward */
     fwd(f->cpu, ref, x, n);
     fwd(f->gpu, dy, dxv, n);
-    down(f->gpu, got, dy, n);
+    cuda_down_f(f->gpu, got, dy, n);
     fwd(f->gpu, dy, dxv, n);
-    down(f->gpu, got2, dy, n);
+    cuda_down_f(f->gpu, got2, dy, n);
     snprintf(what, sizeof what, "%s fwd", name);
     if (exact)
         assert_bits(what, got, ref, n);
@@ -135,9 +83,9 @@ static void check_gelu(fixture_t *f, const char *name, unary_fn fwd, binary_acc_
     memcpy(ref, dx0, n * sizeof *ref);
     bwd(f->cpu, ref, x, dout, n);
     for (int run = 0; run < 2; run++) {
-        float *dd = up(f->gpu, dx0, n);
+        float *dd = cuda_up_f(f->gpu, dx0, n);
         bwd(f->gpu, dd, dxv, dout_d, n);
-        down(f->gpu, run ? got2 : got, dd, n);
+        cuda_down_f(f->gpu, run ? got2 : got, dd, n);
         nb_be_dealloc(f->gpu, dd);
     }
     snprintf(what, sizeof what, "%s bwd (accumulating)", name);
@@ -155,36 +103,36 @@ static void check_gelu(fixture_t *f, const char *name, unary_fn fwd, binary_acc_
 
 static void test_gelu_tanh(void **state)
 {
-    fixture_t *f = fx(state);
+    cuda_fixture_t *f = cuda_fx(state);
     const size_t sizes[] = { 1, 17, 255, 4099 };
     for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++)
         check_gelu(f, "gelu tanh", nb_gelu_fwd, nb_gelu_bwd, true, sizes[k]);
     /* n == 0 touches nothing */
-    float one = 3.0f, *d = up(f->gpu, &one, 1);
+    float one = 3.0f, *d = cuda_up_f(f->gpu, &one, 1);
     nb_gelu_fwd(f->gpu, d, d, 0);
     nb_gelu_bwd(f->gpu, d, d, d, 0);
-    down(f->gpu, &one, d, 1);
+    cuda_down_f(f->gpu, &one, d, 1);
     assert_true(one == 3.0f);
     nb_be_dealloc(f->gpu, d);
 }
 
 static void test_gelu_erf(void **state)
 {
-    fixture_t *f = fx(state);
+    cuda_fixture_t *f = cuda_fx(state);
     const size_t sizes[] = { 1, 17, 4099 };
     for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++)
         check_gelu(f, "gelu erf", nb_gelu_erf_fwd, nb_gelu_erf_bwd, false, sizes[k]);
-    float one = 3.0f, *d = up(f->gpu, &one, 1);
+    float one = 3.0f, *d = cuda_up_f(f->gpu, &one, 1);
     nb_gelu_erf_fwd(f->gpu, d, d, 0);
     nb_gelu_erf_bwd(f->gpu, d, d, d, 0);
-    down(f->gpu, &one, d, 1);
+    cuda_down_f(f->gpu, &one, d, 1);
     assert_true(one == 3.0f);
     nb_be_dealloc(f->gpu, d);
 }
 
 static void test_bias_add(void **state)
 {
-    fixture_t *f = fx(state);
+    cuda_fixture_t *f = cuda_fx(state);
     /* narrow and wide (two column groups), and more rows than the grid's
      * 4096 (each block strides over several) */
     const int shapes[][2] = { { 1, 1 }, { 37, 48 }, { 5, 301 }, { 111, 7 }, { 4099, 3 }, { 0, 9 }, { 9, 0 } };
@@ -195,10 +143,10 @@ static void test_bias_add(void **state)
         float *y = tu_alloc(n), *b = tu_alloc(cols), *got = tu_alloc(n);
         tu_fill(&r, y, n, 1.0f);
         tu_fill(&r, b, cols, 1.0f);
-        float *dyv = up(f->gpu, y, n), *db = up(f->gpu, b, cols);
+        float *dyv = cuda_up_f(f->gpu, y, n), *db = cuda_up_f(f->gpu, b, cols);
         nb_bias_add(f->cpu, y, b, rows, cols);
         nb_bias_add(f->gpu, dyv, db, rows, cols);
-        down(f->gpu, got, dyv, n);
+        cuda_down_f(f->gpu, got, dyv, n);
         char what[64];
         snprintf(what, sizeof what, "bias_add %dx%d", rows, cols);
         assert_bits(what, got, y, n);
@@ -210,7 +158,7 @@ static void test_bias_add(void **state)
 
 static void test_bias_grad(void **state)
 {
-    fixture_t *f = fx(state);
+    cuda_fixture_t *f = cuda_fx(state);
     /* one chunk (direct), several chunks with a partial last one, narrow and
      * wide, and the empty shapes */
     const int shapes[][2] = { { 1, 1 }, { 37, 48 }, { 256, 33 }, { 257, 33 }, { 1000, 77 },
@@ -232,11 +180,11 @@ static void test_bias_grad(void **state)
         }
         memcpy(ref, db0, cols * sizeof *ref);
         nb_bias_grad(f->cpu, ref, dy, rows, cols);
-        float *dyv = up(f->gpu, dy, n);
+        float *dyv = cuda_up_f(f->gpu, dy, n);
         for (int run = 0; run < 2; run++) {
-            float *dd = up(f->gpu, db0, cols);
+            float *dd = cuda_up_f(f->gpu, db0, cols);
             nb_bias_grad(f->gpu, dd, dyv, rows, cols);
-            down(f->gpu, run ? got2 : got, dd, cols);
+            cuda_down_f(f->gpu, run ? got2 : got, dd, cols);
             nb_be_dealloc(f->gpu, dd);
         }
         double worst = 0;
@@ -259,7 +207,7 @@ static void test_bias_grad(void **state)
 
 static void test_adamw(void **state)
 {
-    fixture_t *f = fx(state);
+    cuda_fixture_t *f = cuda_fx(state);
     const size_t sizes[] = { 1, 33, 4099 };
     for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
         size_t n = sizes[k];
@@ -267,7 +215,7 @@ static void test_adamw(void **state)
         float *p = tu_alloc(n), *m = tu_alloc(n), *v = tu_alloc(n), *g = tu_alloc(n);
         float *gp = tu_alloc(n), *gm = tu_alloc(n), *gv = tu_alloc(n);
         tu_fill(&r, p, n, 1.0f);
-        float *dp = up(f->gpu, p, n), *dm = up(f->gpu, m, n), *dv = up(f->gpu, v, n), *dg = up(f->gpu, g, n);
+        float *dp = cuda_up_f(f->gpu, p, n), *dm = cuda_up_f(f->gpu, m, n), *dv = cuda_up_f(f->gpu, v, n), *dg = cuda_up_f(f->gpu, g, n);
         /* steps 1..4, then a late step (bias correction near 1), with
          * clipping scales, weight decay and tiny gradients (eps matters) */
         const int steps[] = { 1, 2, 3, 4, 1000 };
@@ -277,9 +225,9 @@ static void test_adamw(void **state)
             float gscale = s == 2 ? 0.25f : 1.0f, wd = s == 1 ? 0.0f : 0.1f;
             nb_adamw(f->cpu, p, g, m, v, n, 3e-4f, 0.9f, 0.95f, 1e-8f, wd, gscale, steps[s]);
             nb_adamw(f->gpu, dp, dg, dm, dv, n, 3e-4f, 0.9f, 0.95f, 1e-8f, wd, gscale, steps[s]);
-            down(f->gpu, gp, dp, n);
-            down(f->gpu, gm, dm, n);
-            down(f->gpu, gv, dv, n);
+            cuda_down_f(f->gpu, gp, dp, n);
+            cuda_down_f(f->gpu, gm, dm, n);
+            cuda_down_f(f->gpu, gv, dv, n);
             char what[64];
             snprintf(what, sizeof what, "adamw step %d param", steps[s]);
             assert_bits(what, gp, p, n);
@@ -289,7 +237,7 @@ static void test_adamw(void **state)
             assert_bits(what, gv, v, n);
         }
         nb_adamw(f->gpu, dp, dg, dm, dv, 0, 3e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, 6);
-        down(f->gpu, gp, dp, n);
+        cuda_down_f(f->gpu, gp, dp, n);
         assert_memory_equal(gp, p, n * sizeof *p);
         nb_be_dealloc(f->gpu, dp); nb_be_dealloc(f->gpu, dm);
         nb_be_dealloc(f->gpu, dv); nb_be_dealloc(f->gpu, dg);
@@ -299,7 +247,7 @@ static void test_adamw(void **state)
 
 static void test_supports(void **state)
 {
-    fixture_t *f = fx(state);
+    cuda_fixture_t *f = cuda_fx(state);
     const nb_op_t ops[] = { NB_OP_GELU_FWD, NB_OP_GELU_BWD, NB_OP_GELU_ERF_FWD, NB_OP_GELU_ERF_BWD,
                             NB_OP_BIAS_ADD, NB_OP_BIAS_GRAD, NB_OP_ADAMW };
     for (size_t k = 0; k < sizeof ops / sizeof *ops; k++)
@@ -316,5 +264,5 @@ int main(void)
         cmocka_unit_test(test_bias_grad),
         cmocka_unit_test(test_adamw),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, cuda_setup, cuda_teardown);
 }

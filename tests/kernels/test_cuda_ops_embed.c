@@ -9,58 +9,7 @@
  * dwte contribution backward. Without a CUDA device (or module) the test is
  * reported as skipped. */
 #include "test_ops_util.h"
-
-typedef struct {
-    nb_backend_t *gpu, *cpu;
-} fixture_t;
-
-static int setup(void **state)
-{
-    static fixture_t f;
-    const char *why = NULL;
-    f.gpu = nb_cuda_backend_new(0, &why);
-    if (!f.gpu) {
-        printf("cuda backend unavailable: %s\n", why ? why : "?");
-        *state = NULL;
-        return 0;
-    }
-    f.cpu = nb_cpu_backend_new();
-    assert_non_null(f.cpu);
-    *state = &f;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    fixture_t *f = *state;
-    if (f) {
-        nb_be_free(f->gpu);
-        nb_be_free(f->cpu);
-    }
-    return 0;
-}
-
-static fixture_t *fx(void **state)
-{
-    if (!*state)
-        skip();
-    return *state;
-}
-
-static void *up(nb_backend_t *gpu, const void *host, size_t bytes)
-{
-    void *d = nb_be_alloc(gpu, bytes ? bytes : 1);
-    assert_non_null(d);
-    if (bytes)
-        nb_be_from_host(gpu, d, host, bytes);
-    return d;
-}
-
-static void down(nb_backend_t *gpu, void *host, const void *d, size_t bytes)
-{
-    if (bytes)
-        nb_be_to_host(gpu, host, d, bytes);
-}
+#include "test_cuda_util.h"
 
 typedef struct {
     int B, T, C, V, maxT;
@@ -68,7 +17,7 @@ typedef struct {
 
 /* One shape: forward with and without wpe, backward with every combination
  * of NULL gradients, each compared exactly with the CPU and run twice. */
-static void check_shape(fixture_t *f, shape_t s)
+static void check_shape(cuda_fixture_t *f, shape_t s)
 {
     size_t N = (size_t)s.B * s.T, nout = N * s.C, nwte = (size_t)s.V * s.C, nwpe = (size_t)s.maxT * s.C;
     tu_rng_t r = { 0x7777ull + (uint64_t)s.B * 1000003u + (uint64_t)s.T * 1009u + (uint64_t)s.C };
@@ -90,18 +39,18 @@ static void check_shape(fixture_t *f, shape_t s)
     tu_fill(&r, dout, nout, 1.0f);
     tu_fill(&r, dwte0, nwte, 0.5f);
     tu_fill(&r, dwpe0, nwpe, 0.5f);
-    int32_t *dtok = up(f->gpu, tok, N * sizeof *tok);
-    float *dwte_v = up(f->gpu, wte, nwte * 4), *dwpe_v = up(f->gpu, wpe, nwpe * 4);
-    float *ddout = up(f->gpu, dout, nout * 4), *dout_v = up(f->gpu, ref, nout * 4);
+    int32_t *dtok = cuda_up(f->gpu, tok, N * sizeof *tok);
+    float *dwte_v = cuda_up(f->gpu, wte, nwte * 4), *dwpe_v = cuda_up(f->gpu, wpe, nwpe * 4);
+    float *ddout = cuda_up(f->gpu, dout, nout * 4), *dout_v = cuda_up(f->gpu, ref, nout * 4);
     char what[96];
 
     for (int with_pe = 0; with_pe < 2; with_pe++) {
         nb_embed_fwd(f->cpu, ref, tok, wte, with_pe ? wpe : NULL, s.B, s.T, s.C);
         nb_embed_fwd(f->gpu, dout_v, dtok, dwte_v, with_pe ? dwpe_v : NULL, s.B, s.T, s.C);
-        down(f->gpu, got, dout_v, nout * 4);
+        cuda_down(f->gpu, got, dout_v, nout * 4);
         nb_be_memset0(f->gpu, dout_v, nout * 4);
         nb_embed_fwd(f->gpu, dout_v, dtok, dwte_v, with_pe ? dwpe_v : NULL, s.B, s.T, s.C);
-        down(f->gpu, got2, dout_v, nout * 4);
+        cuda_down(f->gpu, got2, dout_v, nout * 4);
         snprintf(what, sizeof what, "embed_fwd B%d T%d C%d%s", s.B, s.T, s.C, with_pe ? "" : " no wpe");
         assert_memory_equal(got, ref, nout * 4);
         assert_memory_equal(got2, got, nout * 4);
@@ -114,11 +63,11 @@ static void check_shape(fixture_t *f, shape_t s)
         memcpy(rpe, dwpe0, nwpe * 4);
         nb_embed_bwd(f->cpu, te ? rte : NULL, pe ? rpe : NULL, dout, tok, s.B, s.T, s.C);
         for (int run = 0; run < 2; run++) {
-            float *gte_d = up(f->gpu, dwte0, nwte * 4), *gpe_d = up(f->gpu, dwpe0, nwpe * 4);
+            float *gte_d = cuda_up(f->gpu, dwte0, nwte * 4), *gpe_d = cuda_up(f->gpu, dwpe0, nwpe * 4);
             nb_embed_bwd(f->gpu, te ? gte_d : NULL, pe ? gpe_d : NULL, ddout, dtok, s.B, s.T, s.C);
             float *hte = run ? tu_alloc(nwte) : gte, *hpe = run ? tu_alloc(nwpe) : gpe;
-            down(f->gpu, hte, gte_d, nwte * 4);
-            down(f->gpu, hpe, gpe_d, nwpe * 4);
+            cuda_down(f->gpu, hte, gte_d, nwte * 4);
+            cuda_down(f->gpu, hpe, gpe_d, nwpe * 4);
             if (run) {
                 assert_memory_equal(hte, gte, nwte * 4);
                 assert_memory_equal(hpe, gpe, nwpe * 4);
@@ -146,7 +95,7 @@ static void check_shape(fixture_t *f, shape_t s)
 
 static void test_embed_matches_cpu(void **state)
 {
-    fixture_t *f = fx(state);
+    cuda_fixture_t *f = cuda_fx(state);
     const shape_t shapes[] = {
         { 3, 37, 48, 101, 40 },  /* the usual odd sizes; one token tile */
         { 3, 101, 65, 7, 101 },  /* two channel blocks (the second nearly empty), two tiles, tiny V */
@@ -160,16 +109,16 @@ static void test_embed_matches_cpu(void **state)
 
 static void test_embed_empty(void **state)
 {
-    fixture_t *f = fx(state);
+    cuda_fixture_t *f = cuda_fx(state);
     float h[4] = { 1, 2, 3, 4 }, got[4];
     int32_t t = 0;
-    float *d = up(f->gpu, h, sizeof h);
-    int32_t *dt = up(f->gpu, &t, sizeof t);
+    float *d = cuda_up(f->gpu, h, sizeof h);
+    int32_t *dt = cuda_up(f->gpu, &t, sizeof t);
     nb_embed_fwd(f->gpu, d, dt, d, d, 0, 1, 4);
     nb_embed_fwd(f->gpu, d, dt, d, d, 1, 0, 4);
     nb_embed_bwd(f->gpu, d, d, d, dt, 0, 1, 4);
     nb_embed_bwd(f->gpu, d, d, d, dt, 1, 1, 0);
-    down(f->gpu, got, d, sizeof got);
+    cuda_down(f->gpu, got, d, sizeof got);
     assert_memory_equal(got, h, sizeof h);
     nb_be_dealloc(f->gpu, d);
     nb_be_dealloc(f->gpu, dt);
@@ -179,7 +128,7 @@ static void test_embed_empty(void **state)
  * for it (dwpe still gets its dout row: positions do not depend on ids). */
 static void test_embed_negative_id(void **state)
 {
-    fixture_t *f = fx(state);
+    cuda_fixture_t *f = cuda_fx(state);
     enum { B = 2, T = 3, C = 5, V = 4 };
     int32_t tok[B * T] = { 1, 2, -1, 3, 1, 0 };
     tu_rng_t r = { 42 };
@@ -189,18 +138,18 @@ static void test_embed_negative_id(void **state)
     tu_fill(&r, dout, B * T * C, 1.0f);
     tu_fill(&r, dwte, V * C, 1.0f);
     tu_fill(&r, dwpe, T * C, 1.0f);
-    int32_t *dt = up(f->gpu, tok, sizeof tok);
-    float *dwte_v = up(f->gpu, wte, sizeof wte), *dwpe_v = up(f->gpu, wpe, sizeof wpe);
-    float *dout_d = up(f->gpu, dout, sizeof dout), *o = up(f->gpu, out, sizeof out);
-    float *gte = up(f->gpu, dwte, sizeof dwte), *gpe = up(f->gpu, dwpe, sizeof dwpe);
+    int32_t *dt = cuda_up(f->gpu, tok, sizeof tok);
+    float *dwte_v = cuda_up(f->gpu, wte, sizeof wte), *dwpe_v = cuda_up(f->gpu, wpe, sizeof wpe);
+    float *dout_d = cuda_up(f->gpu, dout, sizeof dout), *o = cuda_up(f->gpu, out, sizeof out);
+    float *gte = cuda_up(f->gpu, dwte, sizeof dwte), *gpe = cuda_up(f->gpu, dwpe, sizeof dwpe);
     nb_embed_fwd(f->gpu, o, dt, dwte_v, dwpe_v, B, T, C);
-    down(f->gpu, out, o, sizeof out);
+    cuda_down(f->gpu, out, o, sizeof out);
     for (int i = 0; i < B * T * C; i++)
         assert_true((i / C == 2) == (bool)isnan(out[i]));
     nb_embed_bwd(f->gpu, gte, gpe, dout_d, dt, B, T, C);
     float got_te[V * C], got_pe[T * C];
-    down(f->gpu, got_te, gte, sizeof got_te);
-    down(f->gpu, got_pe, gpe, sizeof got_pe);
+    cuda_down(f->gpu, got_te, gte, sizeof got_te);
+    cuda_down(f->gpu, got_pe, gpe, sizeof got_pe);
     /* reference: the CPU with that position's id made valid and its dout
      * row zero for dwte (x + 0 == x for the non-zero pre-fill), and the
      * real dout for dwpe */
@@ -222,7 +171,7 @@ static void test_embed_negative_id(void **state)
 
 static void test_supports(void **state)
 {
-    fixture_t *f = fx(state);
+    cuda_fixture_t *f = cuda_fx(state);
     assert_true(nb_be_supports(f->gpu, NB_OP_EMBED_FWD));
     assert_true(nb_be_supports(f->gpu, NB_OP_EMBED_BWD));
 }
@@ -235,5 +184,5 @@ int main(void)
         cmocka_unit_test(test_embed_empty),
         cmocka_unit_test(test_embed_negative_id),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, cuda_setup, cuda_teardown);
 }

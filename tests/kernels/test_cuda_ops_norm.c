@@ -12,33 +12,7 @@
  * order); sumsq relative 1e-12 (double sums in another order).
  * Without a CUDA device or module the test is reported as skipped. */
 #include "tests/kernels/test_ops_util.h"
-
-static nb_backend_t *open_gpu(void)
-{
-    const char *why = NULL;
-    nb_backend_t *gpu = nb_cuda_backend_new(0, &why);
-    if (!gpu) {
-        printf("cuda backend unavailable: %s\n", why ? why : "?");
-        return NULL;
-    }
-    return gpu;
-}
-
-static float *up(nb_backend_t *gpu, const void *host, size_t bytes)
-{
-    float *d = nb_be_alloc(gpu, bytes ? bytes : 1);
-    assert_non_null(d);
-    if (host && bytes)
-        nb_be_from_host(gpu, d, host, bytes);
-    return d;
-}
-
-static float *down(nb_backend_t *gpu, const float *dev, size_t n)
-{
-    float *h = tu_alloc(n);
-    nb_be_to_host(gpu, h, dev, n * sizeof *h);
-    return h;
-}
+#include "tests/kernels/test_cuda_util.h"
 
 /* A device buffer of n floats (from host unless NULL) followed by a guard of
  * g floats holding a pattern, to see writes past the end (rows or columns a
@@ -61,7 +35,7 @@ static float *up_guarded(nb_backend_t *gpu, const float *host, size_t n, size_t 
 
 static void assert_guard(const char *what, nb_backend_t *gpu, const float *d, size_t n, size_t g)
 {
-    float *h = down(gpu, d + n, g);
+    float *h = cuda_fetch(gpu, d + n, g);
     for (size_t i = 0; i < g; i++)
         if (h[i] != GUARD_VALUE)
             fail_msg("%s: written past the end (element %zu)", what, n + i);
@@ -117,8 +91,8 @@ static void check_layernorm(nb_backend_t *gpu, nb_backend_t *cpu, int N, int C, 
     nb_layernorm_fwd(cpu, out, mean, rstd, x, w, b, 1e-5f, N, C);
     nb_layernorm_bwd(cpu, rdx, rdw, rdb, dout, x, w, mean, rstd, N, C);
 
-    float *gx = up(gpu, x, nc * 4), *gw = up(gpu, w, C * 4), *gb = up(gpu, b, C * 4);
-    float *gdout = up(gpu, dout, nc * 4);
+    float *gx = cuda_up(gpu, x, nc * 4), *gw = cuda_up(gpu, w, C * 4), *gb = cuda_up(gpu, b, C * 4);
+    float *gdout = cuda_up(gpu, dout, nc * 4);
     /* guards: three rows past the last (a block holds four), and a column
      * tile of 128 past the parameter gradients */
     size_t grow = 3 * (size_t)C + 1, gcol = 129;
@@ -127,13 +101,13 @@ static void check_layernorm(nb_backend_t *gpu, nb_backend_t *cpu, int N, int C, 
 
     /* forward, twice: bit-identical */
     nb_layernorm_fwd(gpu, gout, gmean, grstd, gx, gw, gb, 1e-5f, N, C);
-    float *o1 = down(gpu, gout, nc), *m1 = down(gpu, gmean, N), *s1 = down(gpu, grstd, N);
+    float *o1 = cuda_fetch(gpu, gout, nc), *m1 = cuda_fetch(gpu, gmean, N), *s1 = cuda_fetch(gpu, grstd, N);
     assert_nmax("layernorm_fwd out", o1, out, nc, 1e-5);
     assert_nmax("layernorm_fwd mean", m1, mean, N, 1e-5);
     assert_nmax("layernorm_fwd rstd", s1, rstd, N, 1e-5);
     nb_be_memset0(gpu, gout, nc * 4);
     nb_layernorm_fwd(gpu, gout, gmean, grstd, gx, gw, gb, 1e-5f, N, C);
-    float *o2 = down(gpu, gout, nc), *m2 = down(gpu, gmean, N), *s2 = down(gpu, grstd, N);
+    float *o2 = cuda_fetch(gpu, gout, nc), *m2 = cuda_fetch(gpu, gmean, N), *s2 = cuda_fetch(gpu, grstd, N);
     assert_same("layernorm_fwd out", o1, o2, nc);
     assert_same("layernorm_fwd mean", m1, m2, N);
     assert_same("layernorm_fwd rstd", s1, s2, N);
@@ -144,7 +118,7 @@ static void check_layernorm(nb_backend_t *gpu, nb_backend_t *cpu, int N, int C, 
     nb_be_memset0(gpu, gout, nc * 4);
     nb_layernorm_fwd(gpu, gout, NULL, NULL, gx, gw, gb, 1e-5f, N, C);
     free(o2);
-    o2 = down(gpu, gout, nc);
+    o2 = cuda_fetch(gpu, gout, nc);
     assert_same("layernorm_fwd without mean/rstd", o1, o2, nc);
 
     /* backward from the CPU's saved mean and rstd, accumulating */
@@ -153,7 +127,7 @@ static void check_layernorm(nb_backend_t *gpu, nb_backend_t *cpu, int N, int C, 
     float *gdx = up_guarded(gpu, dx, nc, grow), *gdw = up_guarded(gpu, dw, C, gcol);
     float *gdb = up_guarded(gpu, db, C, gcol);
     nb_layernorm_bwd(gpu, gdx, gdw, gdb, gdout, gx, gw, gmean, grstd, N, C);
-    float *dx1 = down(gpu, gdx, nc), *dw1 = down(gpu, gdw, C), *db1 = down(gpu, gdb, C);
+    float *dx1 = cuda_fetch(gpu, gdx, nc), *dw1 = cuda_fetch(gpu, gdw, C), *db1 = cuda_fetch(gpu, gdb, C);
     assert_nmax("layernorm_bwd dx", dx1, rdx, nc, 1e-5);
     assert_nmax("layernorm_bwd dw", dw1, rdw, C, 2e-5);
     assert_nmax("layernorm_bwd db", db1, rdb, C, 2e-5);
@@ -162,7 +136,7 @@ static void check_layernorm(nb_backend_t *gpu, nb_backend_t *cpu, int N, int C, 
     nb_be_from_host(gpu, gdw, dw, C * 4);
     nb_be_from_host(gpu, gdb, db, C * 4);
     nb_layernorm_bwd(gpu, gdx, gdw, gdb, gdout, gx, gw, gmean, grstd, N, C);
-    float *dx2 = down(gpu, gdx, nc), *dw2 = down(gpu, gdw, C), *db2 = down(gpu, gdb, C);
+    float *dx2 = cuda_fetch(gpu, gdx, nc), *dw2 = cuda_fetch(gpu, gdw, C), *db2 = cuda_fetch(gpu, gdb, C);
     assert_same("layernorm_bwd dx", dx1, dx2, nc);
     assert_same("layernorm_bwd dw", dw1, dw2, C);
     assert_same("layernorm_bwd db", db1, db2, C);
@@ -174,7 +148,7 @@ static void check_layernorm(nb_backend_t *gpu, nb_backend_t *cpu, int N, int C, 
     nb_be_from_host(gpu, gdx, dx, nc * 4);
     nb_layernorm_bwd(gpu, gdx, NULL, NULL, gdout, gx, gw, gmean, grstd, N, C);
     free(dx2);
-    dx2 = down(gpu, gdx, nc);
+    dx2 = cuda_fetch(gpu, gdx, nc);
     assert_same("layernorm_bwd dx, dw db NULL", dx1, dx2, nc);
     nb_be_from_host(gpu, gdx, dx, nc * 4);
     nb_be_from_host(gpu, gdw, dw, C * 4);
@@ -182,16 +156,16 @@ static void check_layernorm(nb_backend_t *gpu, nb_backend_t *cpu, int N, int C, 
     nb_layernorm_bwd(gpu, gdx, gdw, NULL, gdout, gx, gw, gmean, grstd, N, C);
     free(dw2);
     free(db2);
-    dw2 = down(gpu, gdw, C);
-    db2 = down(gpu, gdb, C);
+    dw2 = cuda_fetch(gpu, gdw, C);
+    db2 = cuda_fetch(gpu, gdb, C);
     assert_same("layernorm_bwd dw, db NULL", dw1, dw2, C);
     assert_same("layernorm_bwd db untouched", db, db2, C);
     nb_be_from_host(gpu, gdw, dw, C * 4);
     nb_layernorm_bwd(gpu, gdx, NULL, gdb, gdout, gx, gw, gmean, grstd, N, C);
     free(dw2);
     free(db2);
-    dw2 = down(gpu, gdw, C);
-    db2 = down(gpu, gdb, C);
+    dw2 = cuda_fetch(gpu, gdw, C);
+    db2 = cuda_fetch(gpu, gdb, C);
     assert_same("layernorm_bwd db, dw NULL", db1, db2, C);
     assert_same("layernorm_bwd dw untouched", dw, dw2, C);
 
@@ -207,7 +181,7 @@ static void check_layernorm(nb_backend_t *gpu, nb_backend_t *cpu, int N, int C, 
 static void test_layernorm(void **state)
 {
     (void)state;
-    nb_backend_t *gpu = open_gpu();
+    nb_backend_t *gpu = cuda_open();
     if (!gpu)
         skip();
     nb_backend_t *cpu = nb_cpu_backend_new();
@@ -223,11 +197,11 @@ static void test_layernorm(void **state)
 static void test_layernorm_empty(void **state)
 {
     (void)state;
-    nb_backend_t *gpu = open_gpu();
+    nb_backend_t *gpu = cuda_open();
     if (!gpu)
         skip();
     float h[8] = { 1, 2, 3, 4, 5, 6, 7, 8 }, back[8];
-    float *g = up(gpu, h, sizeof h);
+    float *g = cuda_up(gpu, h, sizeof h);
     nb_layernorm_fwd(gpu, g, g, g, g, g, g, 1e-5f, 0, 8);
     nb_layernorm_bwd(gpu, g, g, g, g, g, g, g, g, 0, 8);
     nb_be_to_host(gpu, back, g, sizeof back);
@@ -243,7 +217,7 @@ static void check_sumsq(nb_backend_t *gpu, nb_backend_t *cpu, size_t n, uint64_t
     tu_fill(&r, x, n, 3.0f);
     double ref = -1, got = -1, again = -2;
     nb_sumsq(cpu, &ref, x, n);
-    float *g = up(gpu, x, n * sizeof *x);
+    float *g = cuda_up(gpu, x, n * sizeof *x);
     nb_sumsq(gpu, &got, g, n);
     nb_sumsq(gpu, &again, g, n);
     double rel = ref > 0 ? fabs(got - ref) / ref : fabs(got - ref);
@@ -257,7 +231,7 @@ static void check_sumsq(nb_backend_t *gpu, nb_backend_t *cpu, size_t n, uint64_t
 static void test_sumsq(void **state)
 {
     (void)state;
-    nb_backend_t *gpu = open_gpu();
+    nb_backend_t *gpu = cuda_open();
     if (!gpu)
         skip();
     nb_backend_t *cpu = nb_cpu_backend_new();
@@ -268,7 +242,7 @@ static void test_sumsq(void **state)
     /* the result is on the host at return, without a sync by the caller,
      * after a queued op that changes the input */
     float v[3] = { 1.0f, 2.0f, 2.0f };
-    float *g = up(gpu, v, sizeof v);
+    float *g = cuda_up(gpu, v, sizeof v);
     nb_scale(gpu, g, 2.0f, 3);
     double s = 0;
     nb_sumsq(gpu, &s, g, 3);

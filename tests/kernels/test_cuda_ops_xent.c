@@ -13,33 +13,7 @@
  * small probabilities of a large vocabulary are checked too.
  * Without a CUDA device or module the test is reported as skipped. */
 #include "tests/kernels/test_ops_util.h"
-
-static nb_backend_t *open_gpu(void)
-{
-    const char *why = NULL;
-    nb_backend_t *gpu = nb_cuda_backend_new(0, &why);
-    if (!gpu) {
-        printf("cuda backend unavailable: %s\n", why ? why : "?");
-        return NULL;
-    }
-    return gpu;
-}
-
-static void *up(nb_backend_t *gpu, const void *host, size_t bytes)
-{
-    void *d = nb_be_alloc(gpu, bytes ? bytes : 1);
-    assert_non_null(d);
-    if (host && bytes)
-        nb_be_from_host(gpu, d, host, bytes);
-    return d;
-}
-
-static float *down(nb_backend_t *gpu, const float *dev, size_t n)
-{
-    float *h = tu_alloc(n);
-    nb_be_to_host(gpu, h, dev, n * sizeof *h);
-    return h;
-}
+#include "tests/kernels/test_cuda_util.h"
 
 /* max |got - ref| / max |ref| (ref all zero: the absolute error) */
 static void assert_nmax(const char *what, const float *got, const float *ref, size_t n, double tol)
@@ -88,10 +62,10 @@ static void check_xent(nb_backend_t *gpu, nb_backend_t *cpu, int N, int V, uint6
     float *loss = tu_alloc(N), *dl = tu_alloc(nv);
     nb_xent_fwd_bwd(cpu, loss, dl, x, tg, scale, N, V);
 
-    float *gx = up(gpu, x, nv * 4), *gd = up(gpu, garbage, nv * 4), *gl = up(gpu, NULL, N * 4);
-    int32_t *gt = up(gpu, tg, (size_t)N * sizeof *tg);
+    float *gx = cuda_up(gpu, x, nv * 4), *gd = cuda_up(gpu, garbage, nv * 4), *gl = cuda_up(gpu, NULL, N * 4);
+    int32_t *gt = cuda_up(gpu, tg, (size_t)N * sizeof *tg);
     nb_xent_fwd_bwd(gpu, gl, gd, gx, gt, scale, N, V);
-    float *l1 = down(gpu, gl, N), *d1 = down(gpu, gd, nv);
+    float *l1 = cuda_fetch(gpu, gl, N), *d1 = cuda_fetch(gpu, gd, nv);
     assert_nmax("xent losses", l1, loss, N, 1e-5);
     assert_nmax("xent dlogits", d1, dl, nv, 1e-5);
     /* each probability, however small, not only the largest entries */
@@ -107,22 +81,22 @@ static void check_xent(nb_backend_t *gpu, nb_backend_t *cpu, int N, int V, uint6
     nb_be_from_host(gpu, gd, garbage, nv * 4);
     nb_be_memset0(gpu, gl, N * 4);
     nb_xent_fwd_bwd(gpu, gl, gd, gx, gt, scale, N, V);
-    float *l2 = down(gpu, gl, N), *d2 = down(gpu, gd, nv);
+    float *l2 = cuda_fetch(gpu, gl, N), *d2 = cuda_fetch(gpu, gd, nv);
     assert_same("xent losses, second run", l1, l2, N);
     assert_same("xent dlogits, second run", d1, d2, nv);
     /* losses only */
     nb_be_memset0(gpu, gl, N * 4);
     nb_xent_fwd_bwd(gpu, gl, NULL, gx, gt, scale, N, V);
     free(l2);
-    l2 = down(gpu, gl, N);
+    l2 = cuda_fetch(gpu, gl, N);
     assert_same("xent losses, dlogits NULL", l1, l2, N);
     /* in place: the gradient replaces the logits */
     nb_be_memset0(gpu, gl, N * 4);
     nb_xent_fwd_bwd(gpu, gl, gx, gx, gt, scale, N, V);
     free(l2);
     free(d2);
-    l2 = down(gpu, gl, N);
-    d2 = down(gpu, gx, nv);
+    l2 = cuda_fetch(gpu, gl, N);
+    d2 = cuda_fetch(gpu, gx, nv);
     assert_same("xent losses, in place", l1, l2, N);
     assert_same("xent dlogits, in place", d1, d2, nv);
 
@@ -139,7 +113,7 @@ static void check_xent(nb_backend_t *gpu, nb_backend_t *cpu, int N, int V, uint6
 static void test_xent(void **state)
 {
     (void)state;
-    nb_backend_t *gpu = open_gpu();
+    nb_backend_t *gpu = cuda_open();
     if (!gpu)
         skip();
     nb_backend_t *cpu = nb_cpu_backend_new();
@@ -155,11 +129,11 @@ static void test_xent(void **state)
 static void test_xent_empty(void **state)
 {
     (void)state;
-    nb_backend_t *gpu = open_gpu();
+    nb_backend_t *gpu = cuda_open();
     if (!gpu)
         skip();
     float h[4] = { 1, 2, 3, 4 }, back[4];
-    float *g = up(gpu, h, sizeof h);
+    float *g = cuda_up(gpu, h, sizeof h);
     nb_xent_fwd_bwd(gpu, g, g, g, (const int32_t *)g, 1.0f, 0, 4);
     nb_be_to_host(gpu, back, g, sizeof back);
     assert_memory_equal(h, back, sizeof h);
