@@ -3,7 +3,7 @@
  *
  * usage: nebula-train --config FILE [--steps N] [--stop-after N]
  *                     [--checkpoint ROOT [--checkpoint-every N] [--keep K]]
- *                     [--resume PATH]
+ *                     [--resume PATH] [--eval-only]
  * Reads a YAML file with role: train (docs/config.md), trains the model of
  * job.model on the token file job.data, prints a progress line every
  * job.log_every steps (step, loss, learning rate, gradient norm, tokens/s)
@@ -33,6 +33,10 @@
  *                     checkpoint), written by nebula-train or by the
  *                     stages of a pipeline; the result equals an
  *                     uninterrupted run bit for bit
+ *   --eval-only       an encoder-decoder job only: train nothing, score the
+ *                     held-out windows with the weights of job.encoder.init
+ *                     and job.init (for example the two files the daemons
+ *                     of a job across two clusters wrote), write no weights
  *   --version         the version and the kernels in use
  * NEBULA_CPU_LEVEL=generic|avx2|avx512 forces a lower CPU kernel level.
  * A step whose gradient norm is not finite is skipped (no update, a warning);
@@ -78,6 +82,7 @@ static void usage(void)
 {
     fprintf(stderr, "usage: nebula-train --config FILE [--steps N] [--stop-after N]\n"
                     "                    [--checkpoint ROOT [--checkpoint-every N] [--keep K]] [--resume PATH]\n"
+                    "                    [--eval-only]   (an encoder-decoder job: score job.encoder.init + job.init)\n"
                     "       nebula-train --help | --version\n"
                     "Environment: " NB_CPU_LEVEL_ENV "=generic|avx2|avx512 runs the CPU kernels at a lower level\n"
                     "(the same bits, slower; docs/kernels.md).\n");
@@ -175,7 +180,7 @@ static void log_note(void *ud, const char *note)
 
 /* An encoder-decoder job (job.encoder): its own loop (encdec_run.c). */
 static int run_encdec(const nb_config_t *cfg, const char *config_path, long steps_override, long stop_after,
-                      bool checkpoints)
+                      bool checkpoints, bool eval_only)
 {
     if (checkpoints) {
         fprintf(stderr, "nebula-train: --checkpoint and --resume are not supported for an encoder-decoder job "
@@ -205,7 +210,7 @@ static int run_encdec(const nb_config_t *cfg, const char *config_path, long step
     sigaction(SIGTERM, &sa, NULL);
     nb_encdec_run_t r = { .config_path = config_path, .stop_after = (int)stop_after,
                           .log_every = (int)cfg->job.log_every, .enc_output = cfg->job.encoder.output,
-                          .dec_output = cfg->job.output, .stop = &stop_signal };
+                          .dec_output = cfg->job.output, .stop = &stop_signal, .eval_only = eval_only };
     int rc = nb_encdec_run(be, &ec, &r);
     nb_be_free(be);
     return rc ? rc : stop_signal ? 128 + stop_signal : 0;
@@ -215,6 +220,7 @@ int main(int argc, char **argv)
 {
     const char *config_path = NULL, *ckpt_out = NULL, *resume = NULL;
     long steps_override = 0, stop_after = 0, ckpt_every = 0, keep = 3;
+    bool eval_only = false;
     static const struct option opts[] = {
         { "config", required_argument, NULL, 'c' },
         { "steps", required_argument, NULL, 's' },
@@ -225,6 +231,7 @@ int main(int argc, char **argv)
         { "keep", required_argument, NULL, 'K' },
         { "help", no_argument, NULL, 'h' },
         { "version", no_argument, NULL, 'V' },
+        { "eval-only", no_argument, NULL, 'E' },
         { NULL, 0, NULL, 0 },
     };
     int ch;
@@ -246,6 +253,7 @@ int main(int argc, char **argv)
         }
         case 'k': ckpt_out = optarg; break;
         case 'r': resume = optarg; break;
+        case 'E': eval_only = true; break;
         case 'h': usage(); return 0;
         case 'V': {
             char k[96];
@@ -281,7 +289,12 @@ int main(int argc, char **argv)
     if (nb_log_level_parse(cfg.log_level, &lvl) == 0)
         nb_log_set_level(lvl);
     if (cfg.role == NB_ROLE_TRAIN && cfg.job.encoder.present)
-        return run_encdec(&cfg, config_path, steps_override, stop_after, ckpt_out || resume);
+        return run_encdec(&cfg, config_path, steps_override, stop_after, ckpt_out || resume, eval_only);
+    if (eval_only) {
+        fprintf(stderr, "nebula-train: %s: --eval-only scores an encoder-decoder job (role train with job.encoder); "
+                        "for a model of one part, job.eval reports the held-out loss as it trains\n", config_path);
+        return 2;
+    }
     nb_train_config_t tc;
     if (to_train_config(&cfg, &tc, err, sizeof err) != 0) {
         nb_log_error(NULL, "%s", err);

@@ -2,6 +2,7 @@
  * encdec_run.c - nebula-train's loop for an encoder-decoder job
  * (encdec_run.h): what it prints is what docs/finetune.md shows.
  */
+#include <stdbool.h>
 #include <stdio.h>
 #include "daemon/config/config.h"
 #include "daemon/log.h"
@@ -58,7 +59,7 @@ int nb_encdec_run(nb_backend_t *be, const nb_encdec_config_t *c, const nb_encdec
     describe("encoder", &c->enc.model, nb_encdec_encoder(t), c->enc.init);
     describe("decoder", &c->dec.model, nb_encdec_decoder(t), c->dec.init);
     fflush(stdout);
-    int end = r->stop_after && r->stop_after < c->steps ? r->stop_after : c->steps;
+    int end = r->eval_only ? 0 : r->stop_after && r->stop_after < c->steps ? r->stop_after : c->steps;
     int every = r->log_every > 0 ? r->log_every : 1;
     float first_loss = 0, last_loss = 0;
     double total_s = 0;
@@ -88,26 +89,30 @@ int nb_encdec_run(nb_backend_t *be, const nb_encdec_config_t *c, const nb_encdec
         }
     }
     int done = nb_encdec_steps_done(t);
-    if (rc == 0) {
+    if (rc == 0 && r->eval_only)
+        printf("nebula-train: eval only: no step trained; scoring the encoder of %s and the decoder of %s\n",
+               c->enc.init[0] ? c->enc.init : "its seed", c->dec.init[0] ? c->dec.init : "its seed");
+    else if (rc == 0) {
         printf("nebula-train: %s after %d steps: loss %.4f -> %.4f in %.1f s\n",
                *r->stop ? "interrupted" : done == c->steps ? "done" : "stopped", done, first_loss, last_loss,
                total_s);
         if (skipped)
             printf("nebula-train: %d steps skipped for a non-finite gradient norm\n", skipped);
+    }
+    if (rc == 0) {
         nb_encdec_score_t sc;
-        if ((rc = nb_encdec_eval(t, &sc, err, sizeof err)) != 0) {
+        if ((rc = nb_encdec_eval(t, &sc, err, sizeof err)) != 0)
             nb_log_error(NULL, "%s", err);
-        } else {
+        else
             printf("nebula-train: held-out: %d pairs, loss %.4f, exact match %.4f, token F1 %.4f\n", sc.pairs,
                    sc.loss, sc.exact, sc.f1);
-        }
-        if (rc == 0 && done == c->steps &&
-            (save(r->enc_output, nb_encdec_encoder(t), "encoder") || save(r->dec_output, nb_encdec_decoder(t),
-                                                                          "decoder")))
-            rc = NB_EIO;
-        else if (rc == 0 && done < c->steps && ((r->enc_output && *r->enc_output) || (r->dec_output && *r->dec_output)))
-            printf("nebula-train: weights not written (%d of %d steps done)\n", done, c->steps);
     }
+    bool outputs = (r->enc_output && *r->enc_output) || (r->dec_output && *r->dec_output);
+    if (rc == 0 && !r->eval_only && done == c->steps &&
+        (save(r->enc_output, nb_encdec_encoder(t), "encoder") || save(r->dec_output, nb_encdec_decoder(t), "decoder")))
+        rc = NB_EIO;
+    else if (rc == 0 && outputs && (r->eval_only || done < c->steps))
+        printf("nebula-train: weights not written (%d of %d steps done)\n", done, c->steps);
     fflush(stdout);
     nb_encdec_free(t);
     return rc ? 1 : 0;

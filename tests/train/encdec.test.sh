@@ -77,6 +77,34 @@ cmp "$work/dec.weights" "$work/dec1.weights" || fail "two identical runs wrote d
 diff <(grep '^step\|held-out' "$work/run1.txt" | sed 's/pairs\/s.*//') \
   <(grep '^step\|held-out' "$work/run2.txt" | sed 's/pairs\/s.*//') || fail "two identical runs logged differently"
 
+# --eval-only scores trained weights without training: the two files of
+# run 1 as the inits give run 1's held-out line, and nothing is written
+write 's/^    output: enc.weights/    output: enc.weights\n    init: enc1.weights/; s/^  seed: 5/  seed: 5\n  init: dec1.weights/'
+rm -f "$work/enc.weights" "$work/dec.weights"
+"$train" --config "$work/t.yaml" --eval-only > "$work/eval.txt"
+cat "$work/eval.txt"
+expect_grep '^nebula-train: eval only: no step trained; scoring the encoder of .*/enc1.weights and the decoder of .*/dec1.weights$' \
+  "$work/eval.txt"
+! grep -q '^step ' "$work/eval.txt" || fail "--eval-only trained"
+diff <(grep '^nebula-train: held-out:' "$work/run1.txt") <(grep '^nebula-train: held-out:' "$work/eval.txt") ||
+  fail "--eval-only on run 1's weights does not score as run 1 did"
+[ ! -e "$work/enc.weights" ] && [ ! -e "$work/dec.weights" ] || fail "--eval-only wrote weights"
+expect_grep '^nebula-train: weights not written (0 of 6 steps done)$' "$work/eval.txt"
+# a model of one part has no --eval-only
+"$build/bin/nebula-tokenize" "$lic/Apache-2.0" "$work/g.tok" > /dev/null
+cat > "$work/gpt-eval.yaml" <<YAML
+name: g
+role: train
+job:
+  model: { n_layer: 1, d_model: 32, n_head: 2, vocab: 257, max_seq: 8 }
+  data: g.tok
+  batch: 2
+  seq_len: 8
+  steps: 1
+YAML
+expect_rc 2 "$train" --config "$work/gpt-eval.yaml" --eval-only 2> "$work/err.txt"
+expect_grep 'eval-only scores an encoder-decoder job' "$work/err.txt"
+
 # frozen means frozen: after 2 and after 6 steps every frozen encoder
 # tensor is the same (the seeded init), every adapter tensor has moved
 "$train" --config "$work/t.yaml" --steps 2 > "$work/run3.txt"
