@@ -50,6 +50,7 @@ struct nb_encdec_dec_rt {
     float loss;                    /* of the step in flight */
     double t_start, t_step;
     uint64_t wire_fwd, wire_bwd, raw;
+    nb_encdec_wait_t wait;         /* what the encoder's daemon owes, until when (the step deadline) */
     float first_loss, last_loss;
     /* the work item (its inputs set on the loop thread before it is queued) */
     work_kind_t kind;
@@ -82,6 +83,18 @@ static void job_fail(nb_encdec_dec_rt_t *rt, const char *fmt, ...)
     va_start(ap, fmt);
     nb_rt_job_vfail(&rt->b, tell_encoder, rt, fmt, ap);
     va_end(ap);
+}
+
+/* The encoder's daemon owes the next frame: fmt says which. */
+static void await_encoder(nb_encdec_dec_rt_t *rt, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void await_encoder(nb_encdec_dec_rt_t *rt, const char *fmt, ...)
+{
+    char what[160];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    nb_encdec_wait_set(&rt->wait, nb_encdec_step_deadline_s(rt->b.cfg), NB_ENCDEC_STEP_KEY, "%s", what);
 }
 
 static void drop_input(nb_encdec_dec_rt_t *rt)
@@ -191,6 +204,10 @@ static void work_done(uv_work_t *req, int status)
         rt->wire_bwd += n;
         rt->raw += 2 * (uint64_t)rt->rows * (uint64_t)rt->cols * sizeof(float);
         rt->micro++;
+        if (rt->micro < rt->ec.micro_batches)
+            await_encoder(rt, "encoder output of step %d micro-batch %d", rt->step + 1, rt->micro);
+        else
+            await_encoder(rt, "report of step %d", rt->step + 1);
         return;
     }
     /* WORK_COMMIT */
@@ -242,6 +259,8 @@ static void work_done(uv_work_t *req, int status)
     rt->loss = 0.0f;
     if (rt->step == rt->ec.steps)
         finish(rt);
+    else
+        await_encoder(rt, "encoder output of step %d micro-batch 0", rt->step + 1);
 }
 
 static void queue(nb_encdec_dec_rt_t *rt, work_kind_t kind)
@@ -299,6 +318,12 @@ static void on_ready(nb_conn_t *c, void *ud)
         return;
     }
     send_job(rt);
+    /* the first output follows the encoder's build (its texts, tokenizer
+     * and weights read): connect_timeout_s more for that */
+    double build = rt->b.cfg->connect_timeout_s;
+    nb_encdec_wait_set(&rt->wait, build + nb_encdec_step_deadline_s(rt->b.cfg),
+                       build > 0 ? "connect_timeout_s + " NB_ENCDEC_STEP_KEY : NB_ENCDEC_STEP_KEY,
+                       "encoder output of step %d micro-batch %d", rt->step + 1, rt->micro);
     rt->t_step = nb_mono_s();
     nb_service_set_state(rt->b.svc, NB_SVC_RUNNING, "encoder %s connected; step %d/%d", peer, rt->step + 1,
                          rt->ec.steps);
@@ -342,6 +367,7 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_t le
             rt->in_payload = payload;
             rt->in_len = len;
             payload = NULL;
+            nb_encdec_wait_clear(&rt->wait);
             queue(rt, WORK_MICRO);
         }
     } else if (f->body_case == NEBULA__FRAME__BODY_REPORT) {
@@ -354,6 +380,7 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_t le
             refuse(rt, "refused a report from %s: a negative sum of squares (%g)", peer, r->grad_sumsq);
         else {
             rt->enc_ss = r->grad_sumsq; /* NaN or inf: the step is skipped on both sides */
+            nb_encdec_wait_clear(&rt->wait);
             queue(rt, WORK_COMMIT);
         }
     } else if (f->body_case == NEBULA__FRAME__BODY_JOB_STATUS &&
@@ -384,13 +411,20 @@ static void on_closed(nb_conn_t *c, int err, void *ud)
                  "no recovery yet", rt->enc_name, err ? nb_strerror(err) : "closed", rt->step + 1);
 }
 
-/* Once a second: an encoder's daemon that never connects ends the job. */
+/* Once a second: an encoder's daemon that never connects, or that owes
+ * its next frame past the step deadline, ends the job. */
 static void on_timer(uv_timer_t *t)
 {
     nb_encdec_dec_rt_t *rt = t->data;
-    double limit = rt->b.cfg->connect_timeout_s;
-    if (!rt->b.failed && !rt->b.stopping && !rt->ever && limit > 0 && nb_mono_s() - rt->t_start > limit)
+    double limit = rt->b.cfg->connect_timeout_s, now = nb_mono_s();
+    char why[512];
+    if (rt->b.failed || rt->b.stopping || rt->finished)
+        return;
+    if (!rt->ever && limit > 0 && now - rt->t_start > limit)
         job_fail(rt, "the encoder's daemon %s did not connect within %.0f s (connect_timeout_s)", rt->enc_name, limit);
+    else if (rt->enc && !rt->busy &&
+             nb_encdec_wait_expired(&rt->wait, now, "the encoder's daemon", rt->enc_name, why, sizeof why))
+        job_fail(rt, "%s", why);
 }
 
 /* ---- service hooks -------------------------------------------------------- */

@@ -57,6 +57,7 @@ struct nb_encdec_enc_rt {
     int w_rc;
     char w_err[1024];
     uint64_t wire;
+    nb_encdec_wait_t wait;         /* what the decoder's daemon owes, until when (the step deadline) */
     int m_steps;
 };
 
@@ -212,6 +213,8 @@ static void work_done(uv_work_t *req, int status)
         }
         rt->wire += n;
         rt->waiting_grad = true;
+        nb_encdec_wait_set(&rt->wait, nb_encdec_step_deadline_s(rt->b.cfg), NB_ENCDEC_STEP_KEY,
+                           "gradient of step %d micro-batch %d", rt->step + 1, rt->micro);
         return;
     }
     case WORK_BWD:
@@ -222,6 +225,8 @@ static void work_done(uv_work_t *req, int status)
         }
         send_report(rt);
         rt->waiting_commit = true;
+        nb_encdec_wait_set(&rt->wait, nb_encdec_step_deadline_s(rt->b.cfg), NB_ENCDEC_STEP_KEY,
+                           "commit of step %d", rt->step + 1);
         return;
     case WORK_COMMIT:
         if (rt->w_rc == NB_ELIMIT) {
@@ -310,6 +315,7 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_t le
             fail(rt, "%s", err);
         else {
             rt->waiting_grad = false;
+            nb_encdec_wait_clear(&rt->wait);
             rt->in = f->tensor;
             f->tensor = NULL;
             f->body_case = NEBULA__FRAME__BODY__NOT_SET;
@@ -337,6 +343,7 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_t le
                  (int)cm->last);
         else {
             rt->waiting_commit = false;
+            nb_encdec_wait_clear(&rt->wait);
             rt->global_ss = cm->global_grad_sumsq;
             queue(rt, WORK_COMMIT);
         }
@@ -380,14 +387,23 @@ static void on_closed(nb_conn_t *c, int err, void *ud)
              "recovery yet", rt->b.cfg->coordinator.name, err ? nb_strerror(err) : "closed", rt->step + 1);
 }
 
-/* Once a second: no job within connect_timeout_s ends this daemon's part. */
+/* Once a second: no job within connect_timeout_s, or the decoder's
+ * daemon owing its next frame past the step deadline, ends this daemon's
+ * part. */
 static void on_timer(uv_timer_t *t)
 {
     nb_encdec_enc_rt_t *rt = t->data;
-    double limit = rt->b.cfg->connect_timeout_s;
-    if (!rt->b.failed && !rt->b.stopping && !rt->have_job && limit > 0 && nb_mono_s() - rt->t_start > limit)
+    double limit = rt->b.cfg->connect_timeout_s, now = nb_mono_s();
+    char why[512];
+    if (rt->b.failed || rt->b.stopping || rt->done)
+        return;
+    if (!rt->have_job && limit > 0 && now - rt->t_start > limit)
         fail(rt, "no job from the decoder's daemon %s within %.0f s (connect_timeout_s)", rt->b.cfg->coordinator.name,
              limit);
+    else if (rt->coord && !rt->busy &&
+             nb_encdec_wait_expired(&rt->wait, now, "the decoder's daemon", rt->b.cfg->coordinator.name, why,
+                                    sizeof why))
+        fail(rt, "%s", why);
 }
 
 /* ---- service hooks -------------------------------------------------------- */

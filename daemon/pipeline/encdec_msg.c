@@ -2,9 +2,11 @@
  * encdec_msg.c - the encoder-decoder job's config conversion, digest and
  * the checks on a tensor across the cut (encdec_msg.h).
  */
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "daemon/clock.h"
 #include "daemon/pipeline/encdec_msg.h"
 #include "kernels/codec/codec.h"
 #include "kernels/common.h"
@@ -188,4 +190,37 @@ int nb_encdec_send(nb_conn_t *c, uint64_t job_id, uint64_t step, uint32_t micro,
         m->payload_len = m->payload_cap = 0;
     }
     return rc;
+}
+
+double nb_encdec_step_deadline_s(const nb_config_t *cfg)
+{
+    /* as stage_compute.c's wait for a neighbour's tensor */
+    return 4.0 * (cfg->heartbeat_timeout_s > 0 ? cfg->heartbeat_timeout_s : 10.0);
+}
+
+void nb_encdec_wait_set(nb_encdec_wait_t *w, double limit, const char *key, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(w->what, sizeof w->what, fmt, ap);
+    va_end(ap);
+    w->since = nb_mono_s();
+    w->limit = limit;
+    w->key = key;
+}
+
+void nb_encdec_wait_clear(nb_encdec_wait_t *w)
+{
+    w->what[0] = '\0';
+}
+
+bool nb_encdec_wait_expired(const nb_encdec_wait_t *w, double now, const char *peer_what, const char *peer,
+                            char *why, size_t whylen)
+{
+    if (!w->what[0] || now - w->since <= w->limit)
+        return false;
+    snprintf(why, whylen, "%s %s sent no %s within %g s (%s): its connection lives but its part of the job does "
+             "not go on; an encoder-decoder job across daemons has no recovery yet", peer_what, peer, w->what,
+             w->limit, w->key);
+    return true;
 }

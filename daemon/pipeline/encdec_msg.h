@@ -10,6 +10,7 @@
 #ifndef NB_ENCDEC_MSG_H
 #define NB_ENCDEC_MSG_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include "daemon/config/config.h"
 #include "daemon/net/net.h"
@@ -65,5 +66,37 @@ int nb_encdec_rx_check(const nb_encdec_rx_t *x, const char *sender, const Nebula
  * payload and m's payload is empty. Errors as nb_conn_send. */
 int nb_encdec_send(nb_conn_t *c, uint64_t job_id, uint64_t step, uint32_t micro, int kind, uint64_t rows,
                    uint64_t cols, nb_codec_msg_t *m);
+
+/* The step deadline: how long one daemon waits for the next frame of the
+ * running job from the other (a tensor, a Report, a Commit) before it
+ * ends the job: 4 x heartbeat_timeout_s,
+ * the bound a pipeline stage puts on its wait for a neighbour's tensor. A
+ * peer that is gone (or stopped whole) falls silent and the heartbeat
+ * finds it sooner; this finds one whose connection lives while its work
+ * does not go on (a hung device, a work thread stuck). */
+double nb_encdec_step_deadline_s(const nb_config_t *cfg);
+#define NB_ENCDEC_STEP_KEY "4 x heartbeat_timeout_s" /* for messages */
+
+/* What one daemon awaits from the other, since when and for how long;
+ * owned by the runtime's loop thread. */
+typedef struct {
+    char what[160];   /* "" = nothing awaited */
+    double since;     /* nb_mono_s() when the wait began */
+    double limit;     /* seconds allowed */
+    const char *key;  /* the settings the limit comes from, for the message */
+} nb_encdec_wait_t;
+
+/* Starts a wait for what fmt says (it replaces any other), of limit
+ * seconds from now, limit coming from the settings named key (a static
+ * string). */
+void nb_encdec_wait_set(nb_encdec_wait_t *w, double limit, const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Nothing is awaited any more (the frame came, or this daemon's own work
+ * runs). */
+void nb_encdec_wait_clear(nb_encdec_wait_t *w);
+/* Whether the wait ran past its limit at time now (nb_mono_s); if so writes
+ * "PEER_WHAT PEER sent no WHAT within N s (KEY): ..." into why. */
+bool nb_encdec_wait_expired(const nb_encdec_wait_t *w, double now, const char *peer_what, const char *peer,
+                            char *why, size_t whylen);
 
 #endif

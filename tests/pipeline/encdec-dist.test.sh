@@ -166,4 +166,42 @@ start enc-alone enc-alone; e=$started
 wait_log enc-alone "job failed"
 expect_grep "no job from the decoder's daemon dec within 2 s (connect_timeout_s)" "$work/enc-alone.log"
 stop enc-alone "$e" 1; pids=()
+
+# runs 6 and 7, side by side: a peer whose connection lives (it sends
+# heartbeats) while its work is stuck ends the job at the step deadline,
+# 4 x heartbeat_timeout_s, with the peer, what was awaited and the deadline
+# named. Run 6: an encoder's daemon (tests/pipeline/encdec_rogue.py stall)
+# that sends its first output and then nothing. Run 7: a decoder's daemon
+# (tests/pipeline/encdec_rogue_dec.py, with the digest of run 1's job) that
+# sends the job and then nothing.
+write_pair stall "" 5
+printf 'heartbeat_interval_s: 0.5\nheartbeat_timeout_s: 2\n' >> "$work/dec-stall.yaml"
+write_pair stalldec "" 5
+printf 'heartbeat_interval_s: 0.5\nheartbeat_timeout_s: 2\n' >> "$work/enc-stalldec.yaml"
+digest=$(sed -n 's/.*job digest \([^;]*\);.*/\1/p' "$work/dec-fp32.log")
+[ -n "$digest" ] || fail "no job digest in the decoder's log of run 1"
+: > "$work/rogue-dec.log"
+python3 tests/pipeline/encdec_rogue_dec.py "$work/certs" dec "$(cat "$work/port-stalldec")" "$digest" \
+  > "$work/rogue-dec.log" 2>&1 &
+r7=$!; pids+=($r7)
+start dec-stall dec-stall; d=$started
+wait_log rogue-dec "listening"
+start enc-stalldec enc-stalldec; e=$started
+wait_log dec-stall "waiting for the encoder's daemon"
+python3 tests/pipeline/encdec_rogue.py "$work/certs" enc "$(cat "$work/port-stall")" stall \
+  > "$work/rogue-stall.log" 2>&1 &
+r6=$!; pids+=($r6)
+wait_log dec-stall "job failed"
+expect_grep "job failed: the encoder's daemon enc sent no encoder output of step 1 micro-batch 1 within 8 s (4 x heartbeat_timeout_s)" \
+  "$work/dec-stall.log"
+wait_log enc-stalldec "job failed"
+expect_grep "job failed: the decoder's daemon dec sent no gradient of step 1 micro-batch 0 within 8 s (4 x heartbeat_timeout_s)" \
+  "$work/enc-stalldec.log"
+stop dec-stall "$d" 1; stop enc-stalldec "$e" 1
+rc=0; wait "$r6" || rc=$?
+[ "$rc" -eq 0 ] || fail "the stalling encoder: status $rc: $(cat "$work/rogue-stall.log")"
+expect_grep "closed by the daemon" "$work/rogue-stall.log"
+rc=0; wait "$r7" || rc=$?; pids=()
+[ "$rc" -eq 0 ] || fail "the stalling decoder: status $rc: $(cat "$work/rogue-dec.log")"
+expect_grep "got 1 tensors; closed by the peer" "$work/rogue-dec.log"
 echo "encdec-dist: ok"
