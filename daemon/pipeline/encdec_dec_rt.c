@@ -41,7 +41,7 @@ struct nb_encdec_dec_rt {
     nb_encdec_t *t;
     nb_conn_t *enc;                /* the encoder's daemon */
     const char *enc_name;
-    char digest[17];
+    char digest[NB_ENCDEC_DIGEST_LEN]; /* of the settings, texts and tokenizer */
     nb_codec_spec_t fwd, bwd;      /* job.codecs, parsed */
     char fwd_text[NB_ENCDEC_CODEC_TEXT], bwd_text[NB_ENCDEC_CODEC_TEXT]; /* and canonical */
     uint64_t job_id;
@@ -449,7 +449,16 @@ static int rt_start(nb_service_t *svc, void *ud)
         nb_service_start_error(svc, "%s", err);
         return NB_EINVAL;
     }
-    nb_encdec_cfg_digest(&rt->ec, rt->fwd_text, rt->bwd_text, rt->digest);
+    char settings[17];
+    nb_encdec_cfg_digest(&rt->ec, rt->fwd_text, rt->bwd_text, settings);
+    nb_encdec_inputs_t in;
+    if (nb_encdec_inputs_hash(&rt->ec, &in, err, sizeof err)) {
+        nb_service_start_error(svc, "%s: %s", cfg->path, err);
+        return NB_EINVAL;
+    }
+    nb_encdec_job_digest(settings, &in, rt->digest);
+    nb_encdec_inputs_describe(&rt->ec, &in, err, sizeof err);
+    nb_log_info(NULL, "%s", err);
     char why[256];
     rt->be = nb_device_open(cfg->n_devices > 0 ? &cfg->devices[0] : NULL, why, sizeof why);
     if (!rt->be) {

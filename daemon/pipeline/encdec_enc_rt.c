@@ -40,7 +40,7 @@ struct nb_encdec_enc_rt {
     const char *texts[NB_CFG_MAX_TEXTS];
     nb_encdec_config_t ec;
     nb_encdec_t *t;
-    char digest[17];
+    char digest[NB_ENCDEC_DIGEST_LEN]; /* of the settings, texts and tokenizer */
     nb_codec_spec_t fwd, bwd;      /* job.codecs, parsed */
     char fwd_text[NB_ENCDEC_CODEC_TEXT], bwd_text[NB_ENCDEC_CODEC_TEXT]; /* and canonical */
     uint64_t job_id;
@@ -294,11 +294,14 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_t le
             fail(rt, "%s sent a second job; this daemon runs one encoder-decoder job", peer);
         else if (j->job_id == 0)
             fail(rt, "%s sent a job with id 0; a job's id is never 0", peer);
-        else if (j->electra || !j->model_digest || strcmp(j->model_digest, rt->digest) != 0)
-            fail(rt, "%s sent a job with digest '%.32s'; the job section of %s gives '%s': both daemons must read "
-                 "the same job (models, optimizer, seed, batch, steps, task and job.codecs)", peer,
-                 j->model_digest ? j->model_digest : "", rt->b.cfg->path, rt->digest);
-        else {
+        else if (j->electra || !j->model_digest || strcmp(j->model_digest, rt->digest) != 0) {
+            const char *theirs = j->model_digest ? j->model_digest : "";
+            nb_encdec_digest_diff(rt->digest, theirs, err, sizeof err);
+            fail(rt, "%s sent a job with digest '%.64s'; the job section of %s gives '%s': %s differ: both daemons "
+                 "must read the same job (models, optimizer, seed, batch, steps, task and job.codecs) and the same "
+                 "texts and tokenizer, byte for byte (each daemon logs its files' SHA-256 at start)", peer, theirs,
+                 rt->b.cfg->path, rt->digest, err);
+        } else {
             rt->have_job = true;
             rt->job_id = j->job_id;
             nb_net_set_job(rt->b.net, rt->job_id); /* the transport drops tensors of other jobs */
@@ -422,7 +425,16 @@ static int rt_start(nb_service_t *svc, void *ud)
         nb_service_start_error(svc, "%s", err);
         return NB_EINVAL;
     }
-    nb_encdec_cfg_digest(&rt->ec, rt->fwd_text, rt->bwd_text, rt->digest);
+    char settings[17];
+    nb_encdec_cfg_digest(&rt->ec, rt->fwd_text, rt->bwd_text, settings);
+    nb_encdec_inputs_t in;
+    if (nb_encdec_inputs_hash(&rt->ec, &in, err, sizeof err)) {
+        nb_service_start_error(svc, "%s: %s", cfg->path, err);
+        return NB_EINVAL;
+    }
+    nb_encdec_job_digest(settings, &in, rt->digest);
+    nb_encdec_inputs_describe(&rt->ec, &in, err, sizeof err);
+    nb_log_info(NULL, "%s", err);
     char why[256];
     rt->be = nb_device_open(cfg->n_devices > 0 ? &cfg->devices[0] : NULL, why, sizeof why);
     if (!rt->be) {

@@ -43,6 +43,44 @@ int nb_encdec_codecs(const nb_config_t *cfg, nb_codec_spec_t *fwd, nb_codec_spec
 void nb_encdec_cfg_digest(const nb_encdec_config_t *ec, const char *fwd_codec, const char *bwd_codec,
                           char out[17]);
 
+/* The job's inputs that both daemons must hold byte for byte, not only by
+ * name (each reads them at its own paths): the SHA-256 of each
+ * job.spans.text file, and of the tokenizer's files (those
+ * nb_tokenizer_load reads for job.spans.tokenizer: tokenizer.json; or
+ * vocab.txt with tokenizer_config.json beside it when present; or
+ * vocab.json with merges.txt). */
+typedef struct {
+    int n_texts;
+    char text[NB_CFG_MAX_TEXTS][65];   /* lowercase hex */
+    int n_tok;
+    char tok_file[3][NB_CFG_PATH_MAX + 32];
+    char tok[3][65];
+    char texts16[17], tok16[17];       /* what the job digest carries of them */
+} nb_encdec_inputs_t;
+
+/* Hashes the files of ec's task into in. 0, or NB_EIO / NB_ENOMEM with err
+ * naming the key and file ("job.spans.text: PATH: cannot read: ..."). A
+ * tokenizer path holding none of its files hashes as no files (opening it
+ * fails later with the reason). Reads every file whole: call at start. */
+int nb_encdec_inputs_hash(const nb_encdec_config_t *ec, nb_encdec_inputs_t *in, char *err, size_t errlen);
+
+/* The job digest the Job frame carries (model_digest): "S-T-K", the
+ * settings' digest (nb_encdec_cfg_digest), the texts' and the tokenizer's,
+ * 16 hex digits each. */
+#define NB_ENCDEC_DIGEST_LEN 51
+void nb_encdec_job_digest(const char settings[17], const nb_encdec_inputs_t *in, char out[NB_ENCDEC_DIGEST_LEN]);
+
+/* What differs between two job digests, as words for a refusal ("the
+ * texts' contents (job.spans.text)", "the settings and the tokenizer's
+ * files (job.spans.tokenizer)"); a digest not of the form S-T-K counts as
+ * other settings. Writes "" when they are equal. */
+void nb_encdec_digest_diff(const char *mine, const char *theirs, char *out, size_t outlen);
+
+/* One line for the log: each file's path and the first 16 hex digits of
+ * its SHA-256, so that two daemons' logs show which file differs. */
+void nb_encdec_inputs_describe(const nb_encdec_config_t *ec, const nb_encdec_inputs_t *in, char *out,
+                               size_t outlen);
+
 /* What one daemon accepts of a tensor across the cut, and the checks: the
  * frame must come from the peer named `peer` (its certificate name), carry
  * kind, job_id, step and micro-batch as expected, the codec spec expected,

@@ -6,8 +6,9 @@
 # the progress lines and both models' final weights equal nebula-train's
 # single-process run bit for bit. With fp16(svd(0.6)) forward and
 # int8 backward (job.codecs) the job reports under a third of the wire bytes
-# at nearly the same loss. An encoder's daemon whose job section differs is
-# refused (both digests named); a peer with a valid certificate that is not
+# at nearly the same loss. An encoder's daemon whose job section differs, or
+# whose texts or tokenizer differ in content (not in path), is refused (both
+# digests named, and what differs); a peer with a valid certificate that is not
 # the job's encoder is not admitted, and one under the encoder's name
 # sending a wrong-shaped tensor (tests/pipeline/encdec_rogue.py) ends the
 # job with the sender named; no daemon crashes.
@@ -139,9 +140,44 @@ awk -v a="$l32" -v b="$llo" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(a > 0 
 write_pair seed "" 6
 start dec-seed dec-seed; d=$started; start enc-seed enc-seed; e=$started
 wait_log enc-seed "job failed"
-expect_grep "dec sent a job with digest '[0-9a-f]*'; the job section of .* gives '[0-9a-f]*'" "$work/enc-seed.log"
+expect_grep "dec sent a job with digest '[0-9a-f-]*'; the job section of .* gives '[0-9a-f-]*': the settings differ" \
+  "$work/enc-seed.log"
 wait_log dec-seed "job failed"
 stop dec-seed "$d" 1; stop enc-seed "$e" 1; pids=()
+
+# runs 3b-3d: the digest covers the texts' and the tokenizer's bytes, not
+# their paths. The encoder's daemon reads its first text from another
+# directory: an equal copy runs; the same file name with one word changed
+# is refused, and so is a tokenizer whose vocab.txt differs in one token
+mkdir -p "$work/same" "$work/other" "$work/tok"
+cp "$lic/Apache-2.0" "$work/same/Apache-2.0"
+sed '0,/License/s//Licence/' "$lic/Apache-2.0" > "$work/other/Apache-2.0"
+cp "$vocab"/* "$work/tok/"
+sed -i '2000s/.*/nebulatoken/' "$work/tok/vocab.txt"
+# inputs RUN SED_EXPR: a pair whose encoder's job section is edited by SED_EXPR
+inputs() {
+  write_pair "$1" "" 5
+  sed -i "$2" "$work/enc-$1.yaml"
+  start "dec-$1" "dec-$1"; d=$started; start "enc-$1" "enc-$1"; e=$started
+}
+inputs same "s#$lic/Apache-2.0#$work/same/Apache-2.0#"
+wait_log dec-same "job done\|job failed"
+wait_log enc-same "job done\|job failed"
+! grep -q "job failed" "$work/dec-same.log" "$work/enc-same.log" || fail "same texts elsewhere: the job failed"
+stop dec-same "$d"; stop enc-same "$e"; pids=()
+cmp -s "$work/run/enc-fp32.weights" "$work/run/enc-same.weights" || fail "same texts elsewhere: other weights"
+inputs text "s#$lic/Apache-2.0#$work/other/Apache-2.0#"
+wait_log enc-text "job failed"
+expect_grep "dec sent a job with digest '[0-9a-f-]*'; .* gives '[0-9a-f-]*': the texts' contents (job.spans.text) differ" \
+  "$work/enc-text.log"
+expect_grep "text $work/other/Apache-2.0 [0-9a-f]\{16\};" "$work/enc-text.log"
+wait_log dec-text "job failed"
+stop dec-text "$d" 1; stop enc-text "$e" 1; pids=()
+inputs tok "s#tokenizer: $vocab#tokenizer: $work/tok#"
+wait_log enc-tok "job failed"
+expect_grep "the tokenizer's files (job.spans.tokenizer) differ" "$work/enc-tok.log"
+wait_log dec-tok "job failed"
+stop dec-tok "$d" 1; stop enc-tok "$e" 1; pids=()
 
 # run 4: hostile peers against a waiting decoder's daemon
 write_pair rogue "" 5
