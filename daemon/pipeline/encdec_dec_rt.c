@@ -6,7 +6,9 @@
  *
  * The steps run in lock-step: per micro-batch one encoder output comes in
  * and one gradient goes out; after the last one the encoder's Report brings
- * its sum of squares, and the Commit goes back. Anything else (a tensor out
+ * its sum of squares, and the Commit goes back. After the last Commit the
+ * encoder's daemon confirms (JobStatus DONE) that it applied it and wrote
+ * its weights; only then is the job done here. Anything else (a tensor out
  * of turn, of the wrong shape or codec, a second connection of the encoder)
  * ends the job with the sender named: the stream is deterministic, so
  * asking again would bring the same tensor. There is no recovery yet: the
@@ -145,15 +147,18 @@ static void work_cb(uv_work_t *req)
     nb_be_sync(rt->be);
 }
 
-static void finish(nb_encdec_dec_rt_t *rt)
+/* The encoder's daemon confirmed the last commit (enc_said: its DONE's
+ * message): the job is done on both. */
+static void finish(nb_encdec_dec_rt_t *rt, const char *enc_said)
 {
     rt->finished = true;
     double secs = nb_mono_s() - rt->t_start;
     nb_log_info(NULL, "job done: %d steps in %.1f s: loss %.4f -> %.4f; wire bytes: forward %llu, backward %llu "
-                "(%.3f of fp32)%s%s", rt->ec.steps, secs, rt->first_loss, rt->last_loss,
-                (unsigned long long)rt->wire_fwd, (unsigned long long)rt->wire_bwd,
+                "(%.3f of fp32)%s%s; the encoder's daemon %s: %.300s", rt->ec.steps, secs, rt->first_loss,
+                rt->last_loss, (unsigned long long)rt->wire_fwd, (unsigned long long)rt->wire_bwd,
                 rt->raw ? (double)(rt->wire_fwd + rt->wire_bwd) / (double)rt->raw : 0.0,
-                rt->b.cfg->job.output[0] ? "; decoder weights written to " : "", rt->b.cfg->job.output);
+                rt->b.cfg->job.output[0] ? "; decoder weights written to " : "", rt->b.cfg->job.output, rt->enc_name,
+                enc_said);
     nb_service_set_state(rt->b.svc, NB_SVC_DONE, "job done: %d steps, loss %.4f", rt->ec.steps, rt->last_loss);
     if (rt->enc)
         nb_rt_send_shutdown(rt->enc, "job done");
@@ -258,7 +263,7 @@ static void work_done(uv_work_t *req, int status)
     rt->micro = 0;
     rt->loss = 0.0f;
     if (rt->step == rt->ec.steps)
-        finish(rt);
+        await_encoder(rt, "confirmation (JobStatus DONE) that it applied the last commit and wrote its weights");
     else
         await_encoder(rt, "encoder output of step %d micro-batch 0", rt->step + 1);
 }
@@ -382,6 +387,17 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_t le
             rt->enc_ss = r->grad_sumsq; /* NaN or inf: the step is skipped on both sides */
             nb_encdec_wait_clear(&rt->wait);
             queue(rt, WORK_COMMIT);
+        }
+    } else if (f->body_case == NEBULA__FRAME__BODY_JOB_STATUS &&
+               f->job_status->state == NEBULA__JOB_STATUS__STATE__JOB_STATE_DONE) {
+        const Nebula__JobStatus *js = f->job_status;
+        if (rt->busy || rt->step != rt->ec.steps || js->job_id != rt->job_id)
+            refuse(rt, "refused a DONE from %s: job %llu, at step %d of job %llu; DONE comes after the last "
+                   "commit (step %d)", peer, (unsigned long long)js->job_id, rt->step + 1,
+                   (unsigned long long)rt->job_id, rt->ec.steps);
+        else {
+            nb_encdec_wait_clear(&rt->wait);
+            finish(rt, js->message && js->message[0] ? js->message : "last commit applied");
         }
     } else if (f->body_case == NEBULA__FRAME__BODY_JOB_STATUS &&
                f->job_status->state == NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED) {

@@ -8,8 +8,11 @@
  * Per step: for each micro-batch the encoder forward, its output sent
  * (job.codecs.forward), the gradient awaited and the backward run; then a
  * Report with the encoder's sum of squares, and the step taken on the
- * Commit. A frame out of turn or of the wrong shape ends the job with the
- * sender named; so does losing the decoder's daemon (no recovery yet).
+ * Commit; after the last one (and the encoder's weights written) a
+ * JobStatus DONE tells the decoder's daemon, which reports the job done
+ * only then. A frame out of turn or of the wrong shape ends the job with
+ * the sender named; so does losing the decoder's daemon (no recovery
+ * yet).
  */
 #include <stdarg.h>
 #include <math.h>
@@ -31,7 +34,6 @@ struct nb_encdec_enc_rt {
     nb_rt_base_t b; /* service, configuration, state, loop, transport, failed, stopping */
     nb_conn_t *coord;
     bool busy, done, have_job, waiting_grad, waiting_commit;
-    bool done_seen;                /* "job done" came while the last commit ran */
     uv_timer_t timer;
     bool timer_open;
     double t_start;
@@ -156,6 +158,30 @@ static void finish(nb_encdec_enc_rt_t *rt)
     nb_service_set_state(rt->b.svc, NB_SVC_DONE, "job done: encoder, %d steps", rt->step);
 }
 
+/* The last commit is applied and the weights written: tell the decoder's
+ * daemon (JobStatus DONE), which waits for this before it reports the job
+ * done, and end this daemon's part. */
+static void confirm(nb_encdec_enc_rt_t *rt)
+{
+    char msg[NB_CFG_PATH_MAX + 64];
+    const char *out = rt->b.cfg->job.encoder.output;
+    snprintf(msg, sizeof msg, "last commit applied%s%s", out[0] ? "; encoder weights written to " : "", out);
+    Nebula__JobStatus js;
+    nebula__job_status__init(&js);
+    js.job_id = rt->job_id;
+    js.state = NEBULA__JOB_STATUS__STATE__JOB_STATE_DONE;
+    js.message = msg;
+    Nebula__Frame f;
+    nebula__frame__init(&f);
+    f.body_case = NEBULA__FRAME__BODY_JOB_STATUS;
+    f.job_status = &js;
+    int rc = rt->coord ? nb_rt_send_ctl(rt->coord, &f) : NB_ESTATE;
+    if (rc)
+        fail(rt, "cannot confirm the last commit to %s: %s", rt->b.cfg->coordinator.name, nb_strerror(rc));
+    else
+        finish(rt);
+}
+
 static void send_report(nb_encdec_enc_rt_t *rt)
 {
     Nebula__Report r;
@@ -239,8 +265,8 @@ static void work_done(uv_work_t *req, int status)
         nb_service_status_line(rt->b.svc, "encoder: step %d/%d", rt->step, rt->ec.steps);
         if (rt->step < rt->ec.steps)
             queue(rt, WORK_FWD);
-        else if (rt->done_seen)
-            finish(rt);
+        else
+            confirm(rt);
         return;
     }
 }
@@ -351,17 +377,9 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_t le
             queue(rt, WORK_COMMIT);
         }
     } else if (f->body_case == NEBULA__FRAME__BODY_SHUTDOWN) {
-        const char *why = f->shutdown->reason ? f->shutdown->reason : "";
-        bool last = rt->step == rt->ec.steps ||
-                    (rt->busy && rt->kind == WORK_COMMIT && rt->step + 1 == rt->ec.steps);
-        if (strcmp(why, "job done") == 0 && last) {
-            if (rt->busy)
-                rt->done_seen = true; /* the last commit is running: done when it is */
-            else
-                finish(rt);
-        } else {
-            fail(rt, "the decoder's daemon ended the job: %s", why);
-        }
+        /* "job done" comes only after this daemon's DONE, when it is done
+         * and reads no more: here it ends the job early */
+        fail(rt, "the decoder's daemon ended the job: %s", f->shutdown->reason ? f->shutdown->reason : "");
     } else {
         nb_log_debug(peer, "ignoring a frame of type %d", (int)f->body_case);
     }
@@ -383,9 +401,9 @@ static void on_closed(nb_conn_t *c, int err, void *ud)
     rt->coord = NULL;
     nb_rt_peer_row(rt->b.state, rt->b.cfg->coordinator.name, "coordinator", rt->b.cfg->coordinator.address.text, "gone",
                    NULL);
-    /* after "job done" (the last commit may still be running here) the
-     * decoder's daemon may close at once: that is the end, not a loss */
-    if (rt->have_job && !rt->done && !rt->done_seen && !rt->b.stopping)
+    /* after this daemon's DONE the decoder's daemon closes: the end, not
+     * a loss */
+    if (rt->have_job && !rt->done && !rt->b.stopping)
         fail(rt, "lost the decoder's daemon %s (%s) at step %d: an encoder-decoder job across daemons has no "
              "recovery yet", rt->b.cfg->coordinator.name, err ? nb_strerror(err) : "closed", rt->step + 1);
 }

@@ -106,8 +106,8 @@ int nb_encdec_send(nb_conn_t *c, uint64_t job_id, uint64_t step, uint32_t micro,
                    uint64_t cols, nb_codec_msg_t *m);
 
 /* The step deadline: how long one daemon waits for the next frame of the
- * running job from the other (a tensor, a Report, a Commit) before it
- * ends the job: 4 x heartbeat_timeout_s,
+ * running job from the other (a tensor, a Report, a Commit, the last
+ * commit's JobStatus DONE) before it ends the job: 4 x heartbeat_timeout_s,
  * the bound a pipeline stage puts on its wait for a neighbour's tensor. A
  * peer that is gone (or stopped whole) falls silent and the heartbeat
  * finds it sooner; this finds one whose connection lives while its work

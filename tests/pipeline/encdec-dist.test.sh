@@ -4,14 +4,19 @@
 # (role coordinator with job.encoder) and the encoder's daemon (role stage,
 # encdec_encoder: true) read the same job section. With fp32 on the wire
 # the progress lines and both models' final weights equal nebula-train's
-# single-process run bit for bit. With fp16(svd(0.6)) forward and
+# single-process run bit for bit, and the encoder's weights are complete
+# when the decoder's daemon reports the job done (it waits for the
+# encoder's JobStatus DONE; an encoder's daemon that cannot write them fails
+# the job on both). With fp16(svd(0.6)) forward and
 # int8 backward (job.codecs) the job reports under a third of the wire bytes
 # at nearly the same loss. An encoder's daemon whose job section differs, or
 # whose texts or tokenizer differ in content (not in path), is refused (both
 # digests named, and what differs); a peer with a valid certificate that is not
 # the job's encoder is not admitted, and one under the encoder's name
 # sending a wrong-shaped tensor (tests/pipeline/encdec_rogue.py) ends the
-# job with the sender named; no daemon crashes.
+# job with the sender named; a peer that keeps its connection alive but
+# stops sending (encdec_rogue.py stall, encdec_rogue_dec.py) ends the job
+# at the step deadline, either way; no daemon crashes.
 set -euo pipefail
 . tests/support/assert.sh
 . tests/support/pipeline.sh
@@ -106,6 +111,14 @@ stop() { # $1 socket name, $2 pid, $3 the exit status wanted (0: the job was don
 write_pair fp32 "" 5
 start dec-fp32 dec-fp32; d=$started; start enc-fp32 enc-fp32; e=$started
 wait_log dec-fp32 "job done\|job failed"
+# the decoder's daemon reports the job done only once the encoder's daemon
+# confirmed that it applied the last commit and wrote its weights: they are
+# complete at this moment, before the encoder's daemon is waited for
+! grep -q "job failed" "$work/dec-fp32.log" || fail "fp32: the job failed"
+cmp -s "$work/run/enc-ref.weights" "$work/run/enc-fp32.weights" ||
+  fail "fp32: the encoder's weights differ, or are not complete when the decoder's daemon reports the job done"
+expect_grep "job done: .*; the encoder's daemon enc: last commit applied; encoder weights written to .*enc-fp32.weights" \
+  "$work/dec-fp32.log"
 wait_log enc-fp32 "job done\|job failed"
 ! grep -q "job failed" "$work/dec-fp32.log" "$work/enc-fp32.log" || fail "fp32: the job failed"
 stop dec-fp32 "$d"; stop enc-fp32 "$e"; pids=()
@@ -202,6 +215,18 @@ start enc-alone enc-alone; e=$started
 wait_log enc-alone "job failed"
 expect_grep "no job from the decoder's daemon dec within 2 s (connect_timeout_s)" "$work/enc-alone.log"
 stop enc-alone "$e" 1; pids=()
+
+# run 5b: the encoder's daemon cannot write its weights after the last
+# commit (its output's folder is a file): the decoder's daemon, waiting for
+# its confirmation, does not report the job done; the job fails on both
+write_pair nowrite "" 5
+: > "$work/run/file"
+sed -i 's#output: run/enc-nowrite.weights#output: run/file/enc.weights#' "$work/enc-nowrite.yaml"
+start dec-nowrite dec-nowrite; d=$started; start enc-nowrite enc-nowrite; e=$started
+wait_log dec-nowrite "job done\|job failed"
+expect_grep "job failed: the encoder's daemon enc failed: .*run/file/enc.weights" "$work/dec-nowrite.log"
+! grep -q "job done" "$work/dec-nowrite.log" || fail "nowrite: the decoder's daemon reported the job done"
+stop dec-nowrite "$d" 1; stop enc-nowrite "$e" 1; pids=()
 
 # runs 6 and 7, side by side: a peer whose connection lives (it sends
 # heartbeats) while its work is stuck ends the job at the step deadline,
