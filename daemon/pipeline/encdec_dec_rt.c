@@ -6,7 +6,9 @@
  *
  * The steps run in lock-step: per micro-batch one encoder output comes in
  * and one gradient goes out; after the last one the encoder's Report brings
- * its sum of squares, and the Commit goes back. Anything else (a tensor out
+ * its sum of squares, and the Commit goes back. After the last Commit the
+ * encoder's daemon confirms (JobStatus DONE) that it applied it and wrote
+ * its weights; only then is the job done here. Anything else (a tensor out
  * of turn, of the wrong shape or codec, a second connection of the encoder)
  * ends the job with the sender named: the stream is deterministic, so
  * asking again would bring the same tensor. There is no recovery yet: the
@@ -41,7 +43,7 @@ struct nb_encdec_dec_rt {
     nb_encdec_t *t;
     nb_conn_t *enc;                /* the encoder's daemon */
     const char *enc_name;
-    char digest[17];
+    char digest[NB_ENCDEC_DIGEST_LEN]; /* of the settings, texts and tokenizer */
     nb_codec_spec_t fwd, bwd;      /* job.codecs, parsed */
     char fwd_text[NB_ENCDEC_CODEC_TEXT], bwd_text[NB_ENCDEC_CODEC_TEXT]; /* and canonical */
     uint64_t job_id;
@@ -50,6 +52,7 @@ struct nb_encdec_dec_rt {
     float loss;                    /* of the step in flight */
     double t_start, t_step;
     uint64_t wire_fwd, wire_bwd, raw;
+    nb_encdec_wait_t wait;         /* what the encoder's daemon owes, until when (the step deadline) */
     float first_loss, last_loss;
     /* the work item (its inputs set on the loop thread before it is queued) */
     work_kind_t kind;
@@ -82,6 +85,18 @@ static void job_fail(nb_encdec_dec_rt_t *rt, const char *fmt, ...)
     va_start(ap, fmt);
     nb_rt_job_vfail(&rt->b, tell_encoder, rt, fmt, ap);
     va_end(ap);
+}
+
+/* The encoder's daemon owes the next frame: fmt says which. */
+static void await_encoder(nb_encdec_dec_rt_t *rt, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void await_encoder(nb_encdec_dec_rt_t *rt, const char *fmt, ...)
+{
+    char what[160];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    nb_encdec_wait_set(&rt->wait, nb_encdec_step_deadline_s(rt->b.cfg), NB_ENCDEC_STEP_KEY, "%s", what);
 }
 
 static void drop_input(nb_encdec_dec_rt_t *rt)
@@ -132,15 +147,18 @@ static void work_cb(uv_work_t *req)
     nb_be_sync(rt->be);
 }
 
-static void finish(nb_encdec_dec_rt_t *rt)
+/* The encoder's daemon confirmed the last commit (enc_said: its DONE's
+ * message): the job is done on both. */
+static void finish(nb_encdec_dec_rt_t *rt, const char *enc_said)
 {
     rt->finished = true;
     double secs = nb_mono_s() - rt->t_start;
     nb_log_info(NULL, "job done: %d steps in %.1f s: loss %.4f -> %.4f; wire bytes: forward %llu, backward %llu "
-                "(%.3f of fp32)%s%s", rt->ec.steps, secs, rt->first_loss, rt->last_loss,
-                (unsigned long long)rt->wire_fwd, (unsigned long long)rt->wire_bwd,
+                "(%.3f of fp32)%s%s; the encoder's daemon %s: %.300s", rt->ec.steps, secs, rt->first_loss,
+                rt->last_loss, (unsigned long long)rt->wire_fwd, (unsigned long long)rt->wire_bwd,
                 rt->raw ? (double)(rt->wire_fwd + rt->wire_bwd) / (double)rt->raw : 0.0,
-                rt->b.cfg->job.output[0] ? "; decoder weights written to " : "", rt->b.cfg->job.output);
+                rt->b.cfg->job.output[0] ? "; decoder weights written to " : "", rt->b.cfg->job.output, rt->enc_name,
+                enc_said);
     nb_service_set_state(rt->b.svc, NB_SVC_DONE, "job done: %d steps, loss %.4f", rt->ec.steps, rt->last_loss);
     if (rt->enc)
         nb_rt_send_shutdown(rt->enc, "job done");
@@ -191,6 +209,10 @@ static void work_done(uv_work_t *req, int status)
         rt->wire_bwd += n;
         rt->raw += 2 * (uint64_t)rt->rows * (uint64_t)rt->cols * sizeof(float);
         rt->micro++;
+        if (rt->micro < rt->ec.micro_batches)
+            await_encoder(rt, "encoder output of step %d micro-batch %d", rt->step + 1, rt->micro);
+        else
+            await_encoder(rt, "report of step %d", rt->step + 1);
         return;
     }
     /* WORK_COMMIT */
@@ -241,7 +263,9 @@ static void work_done(uv_work_t *req, int status)
     rt->micro = 0;
     rt->loss = 0.0f;
     if (rt->step == rt->ec.steps)
-        finish(rt);
+        await_encoder(rt, "confirmation (JobStatus DONE) that it applied the last commit and wrote its weights");
+    else
+        await_encoder(rt, "encoder output of step %d micro-batch 0", rt->step + 1);
 }
 
 static void queue(nb_encdec_dec_rt_t *rt, work_kind_t kind)
@@ -299,6 +323,12 @@ static void on_ready(nb_conn_t *c, void *ud)
         return;
     }
     send_job(rt);
+    /* the first output follows the encoder's build (its texts, tokenizer
+     * and weights read): connect_timeout_s more for that */
+    double build = rt->b.cfg->connect_timeout_s;
+    nb_encdec_wait_set(&rt->wait, build + nb_encdec_step_deadline_s(rt->b.cfg),
+                       build > 0 ? "connect_timeout_s + " NB_ENCDEC_STEP_KEY : NB_ENCDEC_STEP_KEY,
+                       "encoder output of step %d micro-batch %d", rt->step + 1, rt->micro);
     rt->t_step = nb_mono_s();
     nb_service_set_state(rt->b.svc, NB_SVC_RUNNING, "encoder %s connected; step %d/%d", peer, rt->step + 1,
                          rt->ec.steps);
@@ -342,6 +372,7 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_t le
             rt->in_payload = payload;
             rt->in_len = len;
             payload = NULL;
+            nb_encdec_wait_clear(&rt->wait);
             queue(rt, WORK_MICRO);
         }
     } else if (f->body_case == NEBULA__FRAME__BODY_REPORT) {
@@ -354,7 +385,19 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_t le
             refuse(rt, "refused a report from %s: a negative sum of squares (%g)", peer, r->grad_sumsq);
         else {
             rt->enc_ss = r->grad_sumsq; /* NaN or inf: the step is skipped on both sides */
+            nb_encdec_wait_clear(&rt->wait);
             queue(rt, WORK_COMMIT);
+        }
+    } else if (f->body_case == NEBULA__FRAME__BODY_JOB_STATUS &&
+               f->job_status->state == NEBULA__JOB_STATUS__STATE__JOB_STATE_DONE) {
+        const Nebula__JobStatus *js = f->job_status;
+        if (rt->busy || rt->step != rt->ec.steps || js->job_id != rt->job_id)
+            refuse(rt, "refused a DONE from %s: job %llu, at step %d of job %llu; DONE comes after the last "
+                   "commit (step %d)", peer, (unsigned long long)js->job_id, rt->step + 1,
+                   (unsigned long long)rt->job_id, rt->ec.steps);
+        else {
+            nb_encdec_wait_clear(&rt->wait);
+            finish(rt, js->message && js->message[0] ? js->message : "last commit applied");
         }
     } else if (f->body_case == NEBULA__FRAME__BODY_JOB_STATUS &&
                f->job_status->state == NEBULA__JOB_STATUS__STATE__JOB_STATE_FAILED) {
@@ -384,13 +427,20 @@ static void on_closed(nb_conn_t *c, int err, void *ud)
                  "no recovery yet", rt->enc_name, err ? nb_strerror(err) : "closed", rt->step + 1);
 }
 
-/* Once a second: an encoder's daemon that never connects ends the job. */
+/* Once a second: an encoder's daemon that never connects, or that owes
+ * its next frame past the step deadline, ends the job. */
 static void on_timer(uv_timer_t *t)
 {
     nb_encdec_dec_rt_t *rt = t->data;
-    double limit = rt->b.cfg->connect_timeout_s;
-    if (!rt->b.failed && !rt->b.stopping && !rt->ever && limit > 0 && nb_mono_s() - rt->t_start > limit)
+    double limit = rt->b.cfg->connect_timeout_s, now = nb_mono_s();
+    char why[512];
+    if (rt->b.failed || rt->b.stopping || rt->finished)
+        return;
+    if (!rt->ever && limit > 0 && now - rt->t_start > limit)
         job_fail(rt, "the encoder's daemon %s did not connect within %.0f s (connect_timeout_s)", rt->enc_name, limit);
+    else if (rt->enc && !rt->busy &&
+             nb_encdec_wait_expired(&rt->wait, now, "the encoder's daemon", rt->enc_name, why, sizeof why))
+        job_fail(rt, "%s", why);
 }
 
 /* ---- service hooks -------------------------------------------------------- */
@@ -415,7 +465,16 @@ static int rt_start(nb_service_t *svc, void *ud)
         nb_service_start_error(svc, "%s", err);
         return NB_EINVAL;
     }
-    nb_encdec_cfg_digest(&rt->ec, rt->fwd_text, rt->bwd_text, rt->digest);
+    char settings[17];
+    nb_encdec_cfg_digest(&rt->ec, rt->fwd_text, rt->bwd_text, settings);
+    nb_encdec_inputs_t in;
+    if (nb_encdec_inputs_hash(&rt->ec, &in, err, sizeof err)) {
+        nb_service_start_error(svc, "%s: %s", cfg->path, err);
+        return NB_EINVAL;
+    }
+    nb_encdec_job_digest(settings, &in, rt->digest);
+    nb_encdec_inputs_describe(&rt->ec, &in, err, sizeof err);
+    nb_log_info(NULL, "%s", err);
     char why[256];
     rt->be = nb_device_open(cfg->n_devices > 0 ? &cfg->devices[0] : NULL, why, sizeof why);
     if (!rt->be) {

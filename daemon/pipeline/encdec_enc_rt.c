@@ -8,8 +8,11 @@
  * Per step: for each micro-batch the encoder forward, its output sent
  * (job.codecs.forward), the gradient awaited and the backward run; then a
  * Report with the encoder's sum of squares, and the step taken on the
- * Commit. A frame out of turn or of the wrong shape ends the job with the
- * sender named; so does losing the decoder's daemon (no recovery yet).
+ * Commit; after the last one (and the encoder's weights written) a
+ * JobStatus DONE tells the decoder's daemon, which reports the job done
+ * only then. A frame out of turn or of the wrong shape ends the job with
+ * the sender named; so does losing the decoder's daemon (no recovery
+ * yet).
  */
 #include <stdarg.h>
 #include <math.h>
@@ -31,7 +34,6 @@ struct nb_encdec_enc_rt {
     nb_rt_base_t b; /* service, configuration, state, loop, transport, failed, stopping */
     nb_conn_t *coord;
     bool busy, done, have_job, waiting_grad, waiting_commit;
-    bool done_seen;                /* "job done" came while the last commit ran */
     uv_timer_t timer;
     bool timer_open;
     double t_start;
@@ -40,7 +42,7 @@ struct nb_encdec_enc_rt {
     const char *texts[NB_CFG_MAX_TEXTS];
     nb_encdec_config_t ec;
     nb_encdec_t *t;
-    char digest[17];
+    char digest[NB_ENCDEC_DIGEST_LEN]; /* of the settings, texts and tokenizer */
     nb_codec_spec_t fwd, bwd;      /* job.codecs, parsed */
     char fwd_text[NB_ENCDEC_CODEC_TEXT], bwd_text[NB_ENCDEC_CODEC_TEXT]; /* and canonical */
     uint64_t job_id;
@@ -57,6 +59,7 @@ struct nb_encdec_enc_rt {
     int w_rc;
     char w_err[1024];
     uint64_t wire;
+    nb_encdec_wait_t wait;         /* what the decoder's daemon owes, until when (the step deadline) */
     int m_steps;
 };
 
@@ -155,6 +158,30 @@ static void finish(nb_encdec_enc_rt_t *rt)
     nb_service_set_state(rt->b.svc, NB_SVC_DONE, "job done: encoder, %d steps", rt->step);
 }
 
+/* The last commit is applied and the weights written: tell the decoder's
+ * daemon (JobStatus DONE), which waits for this before it reports the job
+ * done, and end this daemon's part. */
+static void confirm(nb_encdec_enc_rt_t *rt)
+{
+    char msg[NB_CFG_PATH_MAX + 64];
+    const char *out = rt->b.cfg->job.encoder.output;
+    snprintf(msg, sizeof msg, "last commit applied%s%s", out[0] ? "; encoder weights written to " : "", out);
+    Nebula__JobStatus js;
+    nebula__job_status__init(&js);
+    js.job_id = rt->job_id;
+    js.state = NEBULA__JOB_STATUS__STATE__JOB_STATE_DONE;
+    js.message = msg;
+    Nebula__Frame f;
+    nebula__frame__init(&f);
+    f.body_case = NEBULA__FRAME__BODY_JOB_STATUS;
+    f.job_status = &js;
+    int rc = rt->coord ? nb_rt_send_ctl(rt->coord, &f) : NB_ESTATE;
+    if (rc)
+        fail(rt, "cannot confirm the last commit to %s: %s", rt->b.cfg->coordinator.name, nb_strerror(rc));
+    else
+        finish(rt);
+}
+
 static void send_report(nb_encdec_enc_rt_t *rt)
 {
     Nebula__Report r;
@@ -212,6 +239,8 @@ static void work_done(uv_work_t *req, int status)
         }
         rt->wire += n;
         rt->waiting_grad = true;
+        nb_encdec_wait_set(&rt->wait, nb_encdec_step_deadline_s(rt->b.cfg), NB_ENCDEC_STEP_KEY,
+                           "gradient of step %d micro-batch %d", rt->step + 1, rt->micro);
         return;
     }
     case WORK_BWD:
@@ -222,6 +251,8 @@ static void work_done(uv_work_t *req, int status)
         }
         send_report(rt);
         rt->waiting_commit = true;
+        nb_encdec_wait_set(&rt->wait, nb_encdec_step_deadline_s(rt->b.cfg), NB_ENCDEC_STEP_KEY,
+                           "commit of step %d", rt->step + 1);
         return;
     case WORK_COMMIT:
         if (rt->w_rc == NB_ELIMIT) {
@@ -234,8 +265,8 @@ static void work_done(uv_work_t *req, int status)
         nb_service_status_line(rt->b.svc, "encoder: step %d/%d", rt->step, rt->ec.steps);
         if (rt->step < rt->ec.steps)
             queue(rt, WORK_FWD);
-        else if (rt->done_seen)
-            finish(rt);
+        else
+            confirm(rt);
         return;
     }
 }
@@ -289,11 +320,14 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_t le
             fail(rt, "%s sent a second job; this daemon runs one encoder-decoder job", peer);
         else if (j->job_id == 0)
             fail(rt, "%s sent a job with id 0; a job's id is never 0", peer);
-        else if (j->electra || !j->model_digest || strcmp(j->model_digest, rt->digest) != 0)
-            fail(rt, "%s sent a job with digest '%.32s'; the job section of %s gives '%s': both daemons must read "
-                 "the same job (models, optimizer, seed, batch, steps, task and job.codecs)", peer,
-                 j->model_digest ? j->model_digest : "", rt->b.cfg->path, rt->digest);
-        else {
+        else if (j->electra || !j->model_digest || strcmp(j->model_digest, rt->digest) != 0) {
+            const char *theirs = j->model_digest ? j->model_digest : "";
+            nb_encdec_digest_diff(rt->digest, theirs, err, sizeof err);
+            fail(rt, "%s sent a job with digest '%.64s'; the job section of %s gives '%s': %s differ: both daemons "
+                 "must read the same job (models, optimizer, seed, batch, steps, task and job.codecs) and the same "
+                 "texts and tokenizer, byte for byte (each daemon logs its files' SHA-256 at start)", peer, theirs,
+                 rt->b.cfg->path, rt->digest, err);
+        } else {
             rt->have_job = true;
             rt->job_id = j->job_id;
             nb_net_set_job(rt->b.net, rt->job_id); /* the transport drops tensors of other jobs */
@@ -310,6 +344,7 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_t le
             fail(rt, "%s", err);
         else {
             rt->waiting_grad = false;
+            nb_encdec_wait_clear(&rt->wait);
             rt->in = f->tensor;
             f->tensor = NULL;
             f->body_case = NEBULA__FRAME__BODY__NOT_SET;
@@ -337,21 +372,14 @@ static void on_frame(nb_conn_t *c, Nebula__Frame *f, uint8_t *payload, size_t le
                  (int)cm->last);
         else {
             rt->waiting_commit = false;
+            nb_encdec_wait_clear(&rt->wait);
             rt->global_ss = cm->global_grad_sumsq;
             queue(rt, WORK_COMMIT);
         }
     } else if (f->body_case == NEBULA__FRAME__BODY_SHUTDOWN) {
-        const char *why = f->shutdown->reason ? f->shutdown->reason : "";
-        bool last = rt->step == rt->ec.steps ||
-                    (rt->busy && rt->kind == WORK_COMMIT && rt->step + 1 == rt->ec.steps);
-        if (strcmp(why, "job done") == 0 && last) {
-            if (rt->busy)
-                rt->done_seen = true; /* the last commit is running: done when it is */
-            else
-                finish(rt);
-        } else {
-            fail(rt, "the decoder's daemon ended the job: %s", why);
-        }
+        /* "job done" comes only after this daemon's DONE, when it is done
+         * and reads no more: here it ends the job early */
+        fail(rt, "the decoder's daemon ended the job: %s", f->shutdown->reason ? f->shutdown->reason : "");
     } else {
         nb_log_debug(peer, "ignoring a frame of type %d", (int)f->body_case);
     }
@@ -373,21 +401,30 @@ static void on_closed(nb_conn_t *c, int err, void *ud)
     rt->coord = NULL;
     nb_rt_peer_row(rt->b.state, rt->b.cfg->coordinator.name, "coordinator", rt->b.cfg->coordinator.address.text, "gone",
                    NULL);
-    /* after "job done" (the last commit may still be running here) the
-     * decoder's daemon may close at once: that is the end, not a loss */
-    if (rt->have_job && !rt->done && !rt->done_seen && !rt->b.stopping)
+    /* after this daemon's DONE the decoder's daemon closes: the end, not
+     * a loss */
+    if (rt->have_job && !rt->done && !rt->b.stopping)
         fail(rt, "lost the decoder's daemon %s (%s) at step %d: an encoder-decoder job across daemons has no "
              "recovery yet", rt->b.cfg->coordinator.name, err ? nb_strerror(err) : "closed", rt->step + 1);
 }
 
-/* Once a second: no job within connect_timeout_s ends this daemon's part. */
+/* Once a second: no job within connect_timeout_s, or the decoder's
+ * daemon owing its next frame past the step deadline, ends this daemon's
+ * part. */
 static void on_timer(uv_timer_t *t)
 {
     nb_encdec_enc_rt_t *rt = t->data;
-    double limit = rt->b.cfg->connect_timeout_s;
-    if (!rt->b.failed && !rt->b.stopping && !rt->have_job && limit > 0 && nb_mono_s() - rt->t_start > limit)
+    double limit = rt->b.cfg->connect_timeout_s, now = nb_mono_s();
+    char why[512];
+    if (rt->b.failed || rt->b.stopping || rt->done)
+        return;
+    if (!rt->have_job && limit > 0 && now - rt->t_start > limit)
         fail(rt, "no job from the decoder's daemon %s within %.0f s (connect_timeout_s)", rt->b.cfg->coordinator.name,
              limit);
+    else if (rt->coord && !rt->busy &&
+             nb_encdec_wait_expired(&rt->wait, now, "the decoder's daemon", rt->b.cfg->coordinator.name, why,
+                                    sizeof why))
+        fail(rt, "%s", why);
 }
 
 /* ---- service hooks -------------------------------------------------------- */
@@ -406,7 +443,16 @@ static int rt_start(nb_service_t *svc, void *ud)
         nb_service_start_error(svc, "%s", err);
         return NB_EINVAL;
     }
-    nb_encdec_cfg_digest(&rt->ec, rt->fwd_text, rt->bwd_text, rt->digest);
+    char settings[17];
+    nb_encdec_cfg_digest(&rt->ec, rt->fwd_text, rt->bwd_text, settings);
+    nb_encdec_inputs_t in;
+    if (nb_encdec_inputs_hash(&rt->ec, &in, err, sizeof err)) {
+        nb_service_start_error(svc, "%s: %s", cfg->path, err);
+        return NB_EINVAL;
+    }
+    nb_encdec_job_digest(settings, &in, rt->digest);
+    nb_encdec_inputs_describe(&rt->ec, &in, err, sizeof err);
+    nb_log_info(NULL, "%s", err);
     char why[256];
     rt->be = nb_device_open(cfg->n_devices > 0 ? &cfg->devices[0] : NULL, why, sizeof why);
     if (!rt->be) {

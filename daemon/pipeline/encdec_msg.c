@@ -2,13 +2,17 @@
  * encdec_msg.c - the encoder-decoder job's config conversion, digest and
  * the checks on a tensor across the cut (encdec_msg.h).
  */
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include "daemon/clock.h"
 #include "daemon/pipeline/encdec_msg.h"
 #include "kernels/codec/codec.h"
 #include "kernels/common.h"
 #include "daemon/train/cfg_model.h"
+#include "daemon/train/file_sha.h"
 
 int nb_encdec_cfg_convert(const nb_config_t *cfg, nb_encdec_config_t *ec, const char **texts, char *err,
                           size_t errlen)
@@ -112,6 +116,112 @@ void nb_encdec_cfg_digest(const nb_encdec_config_t *ec, const char *fwd_codec, c
     snprintf(out, 17, "%016llx", (unsigned long long)h);
 }
 
+/* ---- the inputs' digest ------------------------------------------------------ */
+
+/* The files nb_tokenizer_load reads for path, in its order of choice
+ * (daemon/data/tok_load.c): keep the two in step. */
+static int tokenizer_files(const char *path, char files[3][NB_CFG_PATH_MAX + 32])
+{
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return 0;
+    if (S_ISREG(st.st_mode)) {
+        snprintf(files[0], sizeof files[0], "%s", path);
+        return 1;
+    }
+    const char *one[1] = { "tokenizer.json" };
+    const char *wp[2] = { "vocab.txt", "tokenizer_config.json" };
+    const char *bpe[2] = { "vocab.json", "merges.txt" };
+    struct { const char **names; int n, need; } choice[3] = { { one, 1, 1 }, { wp, 2, 1 }, { bpe, 2, 2 } };
+    for (int c = 0; c < 3; c++) {
+        int n = 0;
+        for (int i = 0; i < choice[c].n; i++) {
+            snprintf(files[n], sizeof files[n], "%s/%s", path, choice[c].names[i]);
+            if (stat(files[n], &st) == 0 && S_ISREG(st.st_mode))
+                n++;
+            else if (i < choice[c].need)
+                break;
+        }
+        if (n >= choice[c].need)
+            return n;
+    }
+    return 0;
+}
+
+int nb_encdec_inputs_hash(const nb_encdec_config_t *ec, nb_encdec_inputs_t *in, char *err, size_t errlen)
+{
+    const nb_spans_config_t *t = &ec->task;
+    char why[NB_CFG_PATH_MAX + 256];
+    int rc;
+    memset(in, 0, sizeof *in);
+    in->n_texts = t->n_texts < NB_CFG_MAX_TEXTS ? t->n_texts : NB_CFG_MAX_TEXTS;
+    uint64_t h = 14695981039346656037ull;
+    for (int i = 0; i < in->n_texts; i++) {
+        if ((rc = nb_file_sha256(t->texts[i], in->text[i], why, sizeof why))) {
+            snprintf(err, errlen, "job.spans.text: %s", why);
+            return rc;
+        }
+        h = fnv(fnv(h, "t "), in->text[i]);
+    }
+    snprintf(in->texts16, sizeof in->texts16, "%016llx", (unsigned long long)h);
+    h = 14695981039346656037ull;
+    in->n_tok = t->tokenizer ? tokenizer_files(t->tokenizer, in->tok_file) : 0;
+    for (int i = 0; i < in->n_tok; i++) {
+        if ((rc = nb_file_sha256(in->tok_file[i], in->tok[i], why, sizeof why))) {
+            snprintf(err, errlen, "job.spans.tokenizer: %s", why);
+            return rc;
+        }
+        /* the file's name, not its directory: which file, not where */
+        const char *base = strrchr(in->tok_file[i], '/');
+        h = fnv(fnv(fnv(h, base ? base + 1 : in->tok_file[i]), " "), in->tok[i]);
+    }
+    snprintf(in->tok16, sizeof in->tok16, "%016llx", (unsigned long long)h);
+    return 0;
+}
+
+void nb_encdec_job_digest(const char settings[17], const nb_encdec_inputs_t *in, char out[NB_ENCDEC_DIGEST_LEN])
+{
+    snprintf(out, NB_ENCDEC_DIGEST_LEN, "%.16s-%.16s-%.16s", settings, in->texts16, in->tok16);
+}
+
+void nb_encdec_digest_diff(const char *mine, const char *theirs, char *out, size_t outlen)
+{
+    static const char *what[3] = { "the settings", "the texts' contents (job.spans.text)",
+                                   "the tokenizer's files (job.spans.tokenizer)" };
+    bool differ[3] = { false, false, false };
+    bool form = strlen(theirs) == NB_ENCDEC_DIGEST_LEN - 1 && theirs[16] == '-' && theirs[33] == '-';
+    for (int i = 0; i < 3; i++)
+        differ[i] = form ? strncmp(mine + 17 * i, theirs + 17 * i, 16) != 0 : i == 0;
+    out[0] = '\0';
+    size_t k = 0;
+    int n = 0, total = differ[0] + differ[1] + differ[2];
+    for (int i = 0; i < 3; i++) {
+        if (!differ[i])
+            continue;
+        n++;
+        const char *sep = n == 1 ? "" : n == total ? " and " : ", ";
+        int w = snprintf(out + k, outlen - k, "%s%s", sep, what[i]);
+        if (w < 0 || (size_t)w >= outlen - k)
+            return;
+        k += (size_t)w;
+    }
+}
+
+void nb_encdec_inputs_describe(const nb_encdec_config_t *ec, const nb_encdec_inputs_t *in, char *out,
+                               size_t outlen)
+{
+    size_t k = 0;
+    int w = snprintf(out, outlen, "job inputs, SHA-256 (first 16 hex digits):");
+    for (int i = 0; i < in->n_texts && w >= 0 && (size_t)w < outlen - k; i++) {
+        k += (size_t)w;
+        w = snprintf(out + k, outlen - k, " text %s %.16s;", ec->task.texts[i], in->text[i]);
+    }
+    for (int i = 0; i < in->n_tok && w >= 0 && (size_t)w < outlen - k; i++) {
+        k += (size_t)w;
+        w = snprintf(out + k, outlen - k, " tokenizer %s %.16s;", in->tok_file[i], in->tok[i]);
+    }
+}
+
 int nb_encdec_rx_check(const nb_encdec_rx_t *x, const char *sender, const Nebula__Tensor *t, size_t len, char *err,
                        size_t errlen)
 {
@@ -188,4 +298,37 @@ int nb_encdec_send(nb_conn_t *c, uint64_t job_id, uint64_t step, uint32_t micro,
         m->payload_len = m->payload_cap = 0;
     }
     return rc;
+}
+
+double nb_encdec_step_deadline_s(const nb_config_t *cfg)
+{
+    /* as stage_compute.c's wait for a neighbour's tensor */
+    return 4.0 * (cfg->heartbeat_timeout_s > 0 ? cfg->heartbeat_timeout_s : 10.0);
+}
+
+void nb_encdec_wait_set(nb_encdec_wait_t *w, double limit, const char *key, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(w->what, sizeof w->what, fmt, ap);
+    va_end(ap);
+    w->since = nb_mono_s();
+    w->limit = limit;
+    w->key = key;
+}
+
+void nb_encdec_wait_clear(nb_encdec_wait_t *w)
+{
+    w->what[0] = '\0';
+}
+
+bool nb_encdec_wait_expired(const nb_encdec_wait_t *w, double now, const char *peer_what, const char *peer,
+                            char *why, size_t whylen)
+{
+    if (!w->what[0] || now - w->since <= w->limit)
+        return false;
+    snprintf(why, whylen, "%s %s sent no %s within %g s (%s): its connection lives but its part of the job does "
+             "not go on; an encoder-decoder job across daemons has no recovery yet", peer_what, peer, w->what,
+             w->limit, w->key);
+    return true;
 }

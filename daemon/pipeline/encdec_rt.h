@@ -8,14 +8,16 @@
  *   job it read, runs the decoder's forward and backward on each encoder
  *   output it receives and sends back its gradient, and ends each step: the
  *   global sum of squares (the encoder's, from its Report, first), the
- *   clip, its optimizer step, and a Commit;
+ *   clip, its optimizer step, and a Commit; the job is done when the
+ *   encoder's daemon confirms the last one (JobStatus DONE);
  *
  *   the encoder's daemon (role stage, encdec_encoder: true) reads the same
  *   job section, refuses a Job whose digest differs from its own, runs the
  *   encoder forward on each micro-batch (the pairs drawn by seed, step and
  *   micro-batch on both sides), sends its output with job.codecs.forward,
  *   runs the backward from the gradient (job.codecs.backward), reports its
- *   sum of squares after the last micro-batch and steps on the Commit.
+ *   sum of squares after the last micro-batch and steps on the Commit;
+ *   after the last, with its weights written, it sends JobStatus DONE.
  *
  * Models run on a libuv work thread, one work item at a time.
  *

@@ -1,8 +1,8 @@
 /*
  * ckpt_internal.h - what the checkpoint files (ckpt_*.c) share and nothing
- * else includes: SHA-256 over a stream, the model config as canonical JSON,
- * file-name rules, and crash-safe file creation. checkpoint.h is the
- * public contract.
+ * else includes (but file_sha.c, which lends others the SHA-256): SHA-256
+ * over a stream, the model config as canonical JSON, file-name rules, and
+ * crash-safe file creation. checkpoint.h is the public contract.
  */
 #ifndef NB_CKPT_INTERNAL_H
 #define NB_CKPT_INTERNAL_H

@@ -4,13 +4,19 @@
 # (role coordinator with job.encoder) and the encoder's daemon (role stage,
 # encdec_encoder: true) read the same job section. With fp32 on the wire
 # the progress lines and both models' final weights equal nebula-train's
-# single-process run bit for bit. With fp16(svd(0.6)) forward and
+# single-process run bit for bit, and the encoder's weights are complete
+# when the decoder's daemon reports the job done (it waits for the
+# encoder's JobStatus DONE; an encoder's daemon that cannot write them fails
+# the job on both). With fp16(svd(0.6)) forward and
 # int8 backward (job.codecs) the job reports under a third of the wire bytes
-# at nearly the same loss. An encoder's daemon whose job section differs is
-# refused (both digests named); a peer with a valid certificate that is not
+# at nearly the same loss. An encoder's daemon whose job section differs, or
+# whose texts or tokenizer differ in content (not in path), is refused (both
+# digests named, and what differs); a peer with a valid certificate that is not
 # the job's encoder is not admitted, and one under the encoder's name
 # sending a wrong-shaped tensor (tests/pipeline/encdec_rogue.py) ends the
-# job with the sender named; no daemon crashes.
+# job with the sender named; a peer that keeps its connection alive but
+# stops sending (encdec_rogue.py stall, encdec_rogue_dec.py) ends the job
+# at the step deadline, either way; no daemon crashes.
 set -euo pipefail
 . tests/support/assert.sh
 . tests/support/pipeline.sh
@@ -105,6 +111,14 @@ stop() { # $1 socket name, $2 pid, $3 the exit status wanted (0: the job was don
 write_pair fp32 "" 5
 start dec-fp32 dec-fp32; d=$started; start enc-fp32 enc-fp32; e=$started
 wait_log dec-fp32 "job done\|job failed"
+# the decoder's daemon reports the job done only once the encoder's daemon
+# confirmed that it applied the last commit and wrote its weights: they are
+# complete at this moment, before the encoder's daemon is waited for
+! grep -q "job failed" "$work/dec-fp32.log" || fail "fp32: the job failed"
+cmp -s "$work/run/enc-ref.weights" "$work/run/enc-fp32.weights" ||
+  fail "fp32: the encoder's weights differ, or are not complete when the decoder's daemon reports the job done"
+expect_grep "job done: .*; the encoder's daemon enc: last commit applied; encoder weights written to .*enc-fp32.weights" \
+  "$work/dec-fp32.log"
 wait_log enc-fp32 "job done\|job failed"
 ! grep -q "job failed" "$work/dec-fp32.log" "$work/enc-fp32.log" || fail "fp32: the job failed"
 stop dec-fp32 "$d"; stop enc-fp32 "$e"; pids=()
@@ -139,9 +153,44 @@ awk -v a="$l32" -v b="$llo" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(a > 0 
 write_pair seed "" 6
 start dec-seed dec-seed; d=$started; start enc-seed enc-seed; e=$started
 wait_log enc-seed "job failed"
-expect_grep "dec sent a job with digest '[0-9a-f]*'; the job section of .* gives '[0-9a-f]*'" "$work/enc-seed.log"
+expect_grep "dec sent a job with digest '[0-9a-f-]*'; the job section of .* gives '[0-9a-f-]*': the settings differ" \
+  "$work/enc-seed.log"
 wait_log dec-seed "job failed"
 stop dec-seed "$d" 1; stop enc-seed "$e" 1; pids=()
+
+# runs 3b-3d: the digest covers the texts' and the tokenizer's bytes, not
+# their paths. The encoder's daemon reads its first text from another
+# directory: an equal copy runs; the same file name with one word changed
+# is refused, and so is a tokenizer whose vocab.txt differs in one token
+mkdir -p "$work/same" "$work/other" "$work/tok"
+cp "$lic/Apache-2.0" "$work/same/Apache-2.0"
+sed '0,/License/s//Licence/' "$lic/Apache-2.0" > "$work/other/Apache-2.0"
+cp "$vocab"/* "$work/tok/"
+sed -i '2000s/.*/nebulatoken/' "$work/tok/vocab.txt"
+# inputs RUN SED_EXPR: a pair whose encoder's job section is edited by SED_EXPR
+inputs() {
+  write_pair "$1" "" 5
+  sed -i "$2" "$work/enc-$1.yaml"
+  start "dec-$1" "dec-$1"; d=$started; start "enc-$1" "enc-$1"; e=$started
+}
+inputs same "s#$lic/Apache-2.0#$work/same/Apache-2.0#"
+wait_log dec-same "job done\|job failed"
+wait_log enc-same "job done\|job failed"
+! grep -q "job failed" "$work/dec-same.log" "$work/enc-same.log" || fail "same texts elsewhere: the job failed"
+stop dec-same "$d"; stop enc-same "$e"; pids=()
+cmp -s "$work/run/enc-fp32.weights" "$work/run/enc-same.weights" || fail "same texts elsewhere: other weights"
+inputs text "s#$lic/Apache-2.0#$work/other/Apache-2.0#"
+wait_log enc-text "job failed"
+expect_grep "dec sent a job with digest '[0-9a-f-]*'; .* gives '[0-9a-f-]*': the texts' contents (job.spans.text) differ" \
+  "$work/enc-text.log"
+expect_grep "text $work/other/Apache-2.0 [0-9a-f]\{16\};" "$work/enc-text.log"
+wait_log dec-text "job failed"
+stop dec-text "$d" 1; stop enc-text "$e" 1; pids=()
+inputs tok "s#tokenizer: $vocab#tokenizer: $work/tok#"
+wait_log enc-tok "job failed"
+expect_grep "the tokenizer's files (job.spans.tokenizer) differ" "$work/enc-tok.log"
+wait_log dec-tok "job failed"
+stop dec-tok "$d" 1; stop enc-tok "$e" 1; pids=()
 
 # run 4: hostile peers against a waiting decoder's daemon
 write_pair rogue "" 5
@@ -166,4 +215,54 @@ start enc-alone enc-alone; e=$started
 wait_log enc-alone "job failed"
 expect_grep "no job from the decoder's daemon dec within 2 s (connect_timeout_s)" "$work/enc-alone.log"
 stop enc-alone "$e" 1; pids=()
+
+# run 5b: the encoder's daemon cannot write its weights after the last
+# commit (its output's folder is a file): the decoder's daemon, waiting for
+# its confirmation, does not report the job done; the job fails on both
+write_pair nowrite "" 5
+: > "$work/run/file"
+sed -i 's#output: run/enc-nowrite.weights#output: run/file/enc.weights#' "$work/enc-nowrite.yaml"
+start dec-nowrite dec-nowrite; d=$started; start enc-nowrite enc-nowrite; e=$started
+wait_log dec-nowrite "job done\|job failed"
+expect_grep "job failed: the encoder's daemon enc failed: .*run/file/enc.weights" "$work/dec-nowrite.log"
+! grep -q "job done" "$work/dec-nowrite.log" || fail "nowrite: the decoder's daemon reported the job done"
+stop dec-nowrite "$d" 1; stop enc-nowrite "$e" 1; pids=()
+
+# runs 6 and 7, side by side: a peer whose connection lives (it sends
+# heartbeats) while its work is stuck ends the job at the step deadline,
+# 4 x heartbeat_timeout_s, with the peer, what was awaited and the deadline
+# named. Run 6: an encoder's daemon (tests/pipeline/encdec_rogue.py stall)
+# that sends its first output and then nothing. Run 7: a decoder's daemon
+# (tests/pipeline/encdec_rogue_dec.py, with the digest of run 1's job) that
+# sends the job and then nothing.
+write_pair stall "" 5
+printf 'heartbeat_interval_s: 0.5\nheartbeat_timeout_s: 2\n' >> "$work/dec-stall.yaml"
+write_pair stalldec "" 5
+printf 'heartbeat_interval_s: 0.5\nheartbeat_timeout_s: 2\n' >> "$work/enc-stalldec.yaml"
+digest=$(sed -n 's/.*job digest \([^;]*\);.*/\1/p' "$work/dec-fp32.log")
+[ -n "$digest" ] || fail "no job digest in the decoder's log of run 1"
+: > "$work/rogue-dec.log"
+python3 tests/pipeline/encdec_rogue_dec.py "$work/certs" dec "$(cat "$work/port-stalldec")" "$digest" \
+  > "$work/rogue-dec.log" 2>&1 &
+r7=$!; pids+=($r7)
+start dec-stall dec-stall; d=$started
+wait_log rogue-dec "listening"
+start enc-stalldec enc-stalldec; e=$started
+wait_log dec-stall "waiting for the encoder's daemon"
+python3 tests/pipeline/encdec_rogue.py "$work/certs" enc "$(cat "$work/port-stall")" stall \
+  > "$work/rogue-stall.log" 2>&1 &
+r6=$!; pids+=($r6)
+wait_log dec-stall "job failed"
+expect_grep "job failed: the encoder's daemon enc sent no encoder output of step 1 micro-batch 1 within 8 s (4 x heartbeat_timeout_s)" \
+  "$work/dec-stall.log"
+wait_log enc-stalldec "job failed"
+expect_grep "job failed: the decoder's daemon dec sent no gradient of step 1 micro-batch 0 within 8 s (4 x heartbeat_timeout_s)" \
+  "$work/enc-stalldec.log"
+stop dec-stall "$d" 1; stop enc-stalldec "$e" 1
+rc=0; wait "$r6" || rc=$?
+[ "$rc" -eq 0 ] || fail "the stalling encoder: status $rc: $(cat "$work/rogue-stall.log")"
+expect_grep "closed by the daemon" "$work/rogue-stall.log"
+rc=0; wait "$r7" || rc=$?; pids=()
+[ "$rc" -eq 0 ] || fail "the stalling decoder: status $rc: $(cat "$work/rogue-dec.log")"
+expect_grep "got 1 tensors; closed by the peer" "$work/rogue-dec.log"
 echo "encdec-dist: ok"
