@@ -465,16 +465,10 @@ static int rt_start(nb_service_t *svc, void *ud)
         nb_service_start_error(svc, "%s", err);
         return NB_EINVAL;
     }
-    char settings[17];
-    nb_encdec_cfg_digest(&rt->ec, rt->fwd_text, rt->bwd_text, settings);
-    nb_encdec_inputs_t in;
-    if (nb_encdec_inputs_hash(&rt->ec, &in, err, sizeof err)) {
+    if (nb_encdec_job_digest_at_start(&rt->ec, rt->fwd_text, rt->bwd_text, rt->digest, err, sizeof err)) {
         nb_service_start_error(svc, "%s: %s", cfg->path, err);
         return NB_EINVAL;
     }
-    nb_encdec_job_digest(settings, &in, rt->digest);
-    nb_encdec_inputs_describe(&rt->ec, &in, err, sizeof err);
-    nb_log_info(NULL, "%s", err);
     char why[256];
     rt->be = nb_device_open(cfg->n_devices > 0 ? &cfg->devices[0] : NULL, why, sizeof why);
     if (!rt->be) {

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include "daemon/clock.h"
+#include "daemon/log.h"
 #include "daemon/pipeline/encdec_msg.h"
 #include "kernels/codec/codec.h"
 #include "kernels/common.h"
@@ -220,6 +221,21 @@ void nb_encdec_inputs_describe(const nb_encdec_config_t *ec, const nb_encdec_inp
         k += (size_t)w;
         w = snprintf(out + k, outlen - k, " tokenizer %s %.16s;", in->tok_file[i], in->tok[i]);
     }
+}
+
+int nb_encdec_job_digest_at_start(const nb_encdec_config_t *ec, const char *fwd_codec, const char *bwd_codec,
+                                  char out[NB_ENCDEC_DIGEST_LEN], char *err, size_t errlen)
+{
+    char settings[17], line[2048];
+    nb_encdec_cfg_digest(ec, fwd_codec, bwd_codec, settings);
+    nb_encdec_inputs_t in;
+    int rc = nb_encdec_inputs_hash(ec, &in, err, errlen);
+    if (rc)
+        return rc;
+    nb_encdec_job_digest(settings, &in, out);
+    nb_encdec_inputs_describe(ec, &in, line, sizeof line);
+    nb_log_info(NULL, "%s", line);
+    return 0;
 }
 
 int nb_encdec_rx_check(const nb_encdec_rx_t *x, const char *sender, const Nebula__Tensor *t, size_t len, char *err,

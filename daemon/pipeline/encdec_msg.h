@@ -81,6 +81,13 @@ void nb_encdec_digest_diff(const char *mine, const char *theirs, char *out, size
 void nb_encdec_inputs_describe(const nb_encdec_config_t *ec, const nb_encdec_inputs_t *in, char *out,
                                size_t outlen);
 
+/* What each daemon does at start: the job digest of ec with its canonical
+ * codecs (nb_encdec_cfg_digest, the inputs hashed, nb_encdec_job_digest)
+ * into out, and nb_encdec_inputs_describe's line logged. 0, or
+ * nb_encdec_inputs_hash's error. */
+int nb_encdec_job_digest_at_start(const nb_encdec_config_t *ec, const char *fwd_codec, const char *bwd_codec,
+                                  char out[NB_ENCDEC_DIGEST_LEN], char *err, size_t errlen);
+
 /* What one daemon accepts of a tensor across the cut, and the checks: the
  * frame must come from the peer named `peer` (its certificate name), carry
  * kind, job_id, step and micro-batch as expected, the codec spec expected,
