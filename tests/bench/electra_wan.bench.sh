@@ -29,15 +29,8 @@ export OPENBLAS_NUM_THREADS=1
 [ "$(id -u)" = 0 ] || { echo "electra_wan: needs root for network namespaces"; exit 77; }
 command -v tc >/dev/null || { echo "electra_wan: no tc"; exit 77; }
 ns=elec
-work=$(mktemp -d /tmp/nb-electra-bench.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]+"${pids[@]}"}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null
-  scripts/wan-emu.sh down "$ns" >/dev/null 2>&1
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. tests/support/wan.sh
+nb_wan_work_init nb-electra-bench "$ns"
 bash scripts/gen-certs.sh "$work/certs" disc g0 g1 g2 >/dev/null || exit 1
 i=0
 for text in GPL-3 Apache-2.0 MPL-2.0; do

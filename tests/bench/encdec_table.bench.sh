@@ -62,15 +62,8 @@ time_steps=${NB_ENCDEC_TIME_STEPS:-6} rounds=${NB_ENCDEC_ROUNDS:-2} rates=${NB_W
 export OPENBLAS_NUM_THREADS=1 NB_WAN_STRICT=1
 scores=${NB_ENCDEC_SCORES:-1}
 ns=encd
-work=$(mktemp -d /tmp/nb-encdec-bench.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]+"${pids[@]}"}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null
-  scripts/wan-emu.sh down "$ns" >/dev/null 2>&1
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. tests/support/wan.sh
+nb_wan_work_init nb-encdec-bench "$ns"
 cp config/finetune/decoder-pretrain.yaml config/finetune/encdec-minilm.yaml "$work/"
 sed -i "s|tokenizer: ../../tests/data/tokenizers/minilm|tokenizer: $PWD/tests/data/tokenizers/minilm|" \
   "$work/encdec-minilm.yaml"

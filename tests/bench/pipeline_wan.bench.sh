@@ -28,15 +28,8 @@ export OPENBLAS_NUM_THREADS=1
 [ "$(id -u)" = 0 ] || { echo "pipeline_wan: needs root for network namespaces"; exit 77; }
 command -v tc >/dev/null || { echo "pipeline_wan: no tc"; exit 77; }
 ns=pipe$(( $$ % 10000 ))  # unique per run: concurrent runs must not share namespaces
-work=$(mktemp -d /tmp/nb-pipe-bench.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]+"${pids[@]}"}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null
-  scripts/wan-emu.sh down "$ns" >/dev/null 2>&1
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. tests/support/wan.sh
+nb_wan_work_init nb-pipe-bench "$ns"
 . tests/support/pipeline.sh
 nb_pipe_prepare "$work" "$bin" || exit 1
 

@@ -44,15 +44,8 @@ ns=plan$(( $$ % 10000 ))  # unique per run: concurrent runs must not share names
 [ "$(id -u)" = 0 ] || { echo "planner_wan: needs root for network namespaces"; exit 77; }
 command -v tc >/dev/null && command -v ip >/dev/null || { echo "planner_wan: no ip/tc"; exit 77; }
 command -v python3 >/dev/null || { echo "planner_wan: no python3"; exit 77; }
-work=$(mktemp -d /tmp/nb-planner-wan.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]+"${pids[@]}"}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null
-  scripts/wan-emu.sh down "$ns" >/dev/null 2>&1
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. tests/support/wan.sh
+nb_wan_work_init nb-planner-wan "$ns"
 . tests/support/pipeline.sh
 nb_pipe_prepare "$work" "$bin" || exit 1
 

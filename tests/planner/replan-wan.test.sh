@@ -14,15 +14,8 @@ bin="$build/bin"
 ns=plr$(( $$ % 100000 ))  # unique per run: concurrent runs must not share namespaces
 [ "$(id -u)" = 0 ] || { echo "replan-wan: needs root for network namespaces"; exit 77; }
 command -v tc >/dev/null && command -v ip >/dev/null || { echo "replan-wan: no ip/tc"; exit 77; }
-work=$(mktemp -d /tmp/nb-replan-wan.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]+"${pids[@]}"}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null
-  scripts/wan-emu.sh down "$ns" >/dev/null 2>&1
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. tests/support/wan.sh
+nb_wan_work_init nb-replan-wan "$ns"
 fail() { echo "FAIL: $*"; for f in "$work"/*.log; do echo "--- $f"; grep -v " step [0-9]*/" "$f" | tail -n 25; done; exit 1; }
 shape() { # $1 rate in Mbit/s: 8 KiB segments, a bucket of 32 KiB
   for s in a b; do
