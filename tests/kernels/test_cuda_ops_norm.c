@@ -42,29 +42,6 @@ static void assert_guard(const char *what, nb_backend_t *gpu, const float *d, si
     free(h);
 }
 
-/* max |got - ref| / max |ref| (ref all zero: the absolute error) */
-static void assert_nmax(const char *what, const float *got, const float *ref, size_t n, double tol)
-{
-    double err = 0, mag = 0;
-    for (size_t i = 0; i < n; i++) {
-        double e = fabs((double)got[i] - (double)ref[i]);
-        if (!(e <= err))
-            err = isnan(e) ? INFINITY : e;
-        if (fabs((double)ref[i]) > mag)
-            mag = fabs((double)ref[i]);
-    }
-    double nerr = mag > 0 ? err / mag : err;
-    printf("# %-30s n=%-7zu normalised max err %.3g (tol %g)\n", what, n, nerr, tol);
-    if (!(nerr <= tol))
-        fail_msg("%s: normalised max error %g > %g", what, nerr, tol);
-}
-
-static void assert_same(const char *what, const float *a, const float *b, size_t n)
-{
-    if (memcmp(a, b, n * sizeof *a) != 0)
-        fail_msg("%s: two runs differ", what);
-}
-
 static void check_layernorm(nb_backend_t *gpu, nb_backend_t *cpu, int N, int C, uint64_t seed)
 {
     printf("# layernorm N=%d C=%d\n", N, C);
@@ -102,15 +79,15 @@ static void check_layernorm(nb_backend_t *gpu, nb_backend_t *cpu, int N, int C, 
     /* forward, twice: bit-identical */
     nb_layernorm_fwd(gpu, gout, gmean, grstd, gx, gw, gb, 1e-5f, N, C);
     float *o1 = cuda_fetch(gpu, gout, nc), *m1 = cuda_fetch(gpu, gmean, N), *s1 = cuda_fetch(gpu, grstd, N);
-    assert_nmax("layernorm_fwd out", o1, out, nc, 1e-5);
-    assert_nmax("layernorm_fwd mean", m1, mean, N, 1e-5);
-    assert_nmax("layernorm_fwd rstd", s1, rstd, N, 1e-5);
+    cuda_assert_nmax("layernorm_fwd out", o1, out, nc, 1e-5);
+    cuda_assert_nmax("layernorm_fwd mean", m1, mean, N, 1e-5);
+    cuda_assert_nmax("layernorm_fwd rstd", s1, rstd, N, 1e-5);
     nb_be_memset0(gpu, gout, nc * 4);
     nb_layernorm_fwd(gpu, gout, gmean, grstd, gx, gw, gb, 1e-5f, N, C);
     float *o2 = cuda_fetch(gpu, gout, nc), *m2 = cuda_fetch(gpu, gmean, N), *s2 = cuda_fetch(gpu, grstd, N);
-    assert_same("layernorm_fwd out", o1, o2, nc);
-    assert_same("layernorm_fwd mean", m1, m2, N);
-    assert_same("layernorm_fwd rstd", s1, s2, N);
+    cuda_assert_same("layernorm_fwd out", o1, o2, nc);
+    cuda_assert_same("layernorm_fwd mean", m1, m2, N);
+    cuda_assert_same("layernorm_fwd rstd", s1, s2, N);
     assert_guard("layernorm_fwd out", gpu, gout, nc, grow);
     assert_guard("layernorm_fwd mean", gpu, gmean, N, 4);
     assert_guard("layernorm_fwd rstd", gpu, grstd, N, 4);
@@ -119,7 +96,7 @@ static void check_layernorm(nb_backend_t *gpu, nb_backend_t *cpu, int N, int C, 
     nb_layernorm_fwd(gpu, gout, NULL, NULL, gx, gw, gb, 1e-5f, N, C);
     free(o2);
     o2 = cuda_fetch(gpu, gout, nc);
-    assert_same("layernorm_fwd without mean/rstd", o1, o2, nc);
+    cuda_assert_same("layernorm_fwd without mean/rstd", o1, o2, nc);
 
     /* backward from the CPU's saved mean and rstd, accumulating */
     nb_be_from_host(gpu, gmean, mean, N * 4);
@@ -128,18 +105,18 @@ static void check_layernorm(nb_backend_t *gpu, nb_backend_t *cpu, int N, int C, 
     float *gdb = up_guarded(gpu, db, C, gcol);
     nb_layernorm_bwd(gpu, gdx, gdw, gdb, gdout, gx, gw, gmean, grstd, N, C);
     float *dx1 = cuda_fetch(gpu, gdx, nc), *dw1 = cuda_fetch(gpu, gdw, C), *db1 = cuda_fetch(gpu, gdb, C);
-    assert_nmax("layernorm_bwd dx", dx1, rdx, nc, 1e-5);
-    assert_nmax("layernorm_bwd dw", dw1, rdw, C, 2e-5);
-    assert_nmax("layernorm_bwd db", db1, rdb, C, 2e-5);
+    cuda_assert_nmax("layernorm_bwd dx", dx1, rdx, nc, 1e-5);
+    cuda_assert_nmax("layernorm_bwd dw", dw1, rdw, C, 2e-5);
+    cuda_assert_nmax("layernorm_bwd db", db1, rdb, C, 2e-5);
     /* twice from the same start: bit-identical */
     nb_be_from_host(gpu, gdx, dx, nc * 4);
     nb_be_from_host(gpu, gdw, dw, C * 4);
     nb_be_from_host(gpu, gdb, db, C * 4);
     nb_layernorm_bwd(gpu, gdx, gdw, gdb, gdout, gx, gw, gmean, grstd, N, C);
     float *dx2 = cuda_fetch(gpu, gdx, nc), *dw2 = cuda_fetch(gpu, gdw, C), *db2 = cuda_fetch(gpu, gdb, C);
-    assert_same("layernorm_bwd dx", dx1, dx2, nc);
-    assert_same("layernorm_bwd dw", dw1, dw2, C);
-    assert_same("layernorm_bwd db", db1, db2, C);
+    cuda_assert_same("layernorm_bwd dx", dx1, dx2, nc);
+    cuda_assert_same("layernorm_bwd dw", dw1, dw2, C);
+    cuda_assert_same("layernorm_bwd db", db1, db2, C);
     assert_guard("layernorm_bwd dx", gpu, gdx, nc, grow);
     assert_guard("layernorm_bwd dw", gpu, gdw, C, gcol);
     assert_guard("layernorm_bwd db", gpu, gdb, C, gcol);
@@ -149,7 +126,7 @@ static void check_layernorm(nb_backend_t *gpu, nb_backend_t *cpu, int N, int C, 
     nb_layernorm_bwd(gpu, gdx, NULL, NULL, gdout, gx, gw, gmean, grstd, N, C);
     free(dx2);
     dx2 = cuda_fetch(gpu, gdx, nc);
-    assert_same("layernorm_bwd dx, dw db NULL", dx1, dx2, nc);
+    cuda_assert_same("layernorm_bwd dx, dw db NULL", dx1, dx2, nc);
     nb_be_from_host(gpu, gdx, dx, nc * 4);
     nb_be_from_host(gpu, gdw, dw, C * 4);
     nb_be_from_host(gpu, gdb, db, C * 4);
@@ -158,16 +135,16 @@ static void check_layernorm(nb_backend_t *gpu, nb_backend_t *cpu, int N, int C, 
     free(db2);
     dw2 = cuda_fetch(gpu, gdw, C);
     db2 = cuda_fetch(gpu, gdb, C);
-    assert_same("layernorm_bwd dw, db NULL", dw1, dw2, C);
-    assert_same("layernorm_bwd db untouched", db, db2, C);
+    cuda_assert_same("layernorm_bwd dw, db NULL", dw1, dw2, C);
+    cuda_assert_same("layernorm_bwd db untouched", db, db2, C);
     nb_be_from_host(gpu, gdw, dw, C * 4);
     nb_layernorm_bwd(gpu, gdx, NULL, gdb, gdout, gx, gw, gmean, grstd, N, C);
     free(dw2);
     free(db2);
     dw2 = cuda_fetch(gpu, gdw, C);
     db2 = cuda_fetch(gpu, gdb, C);
-    assert_same("layernorm_bwd db, dw NULL", db1, db2, C);
-    assert_same("layernorm_bwd dw untouched", dw, dw2, C);
+    cuda_assert_same("layernorm_bwd db, dw NULL", db1, db2, C);
+    cuda_assert_same("layernorm_bwd dw untouched", dw, dw2, C);
 
     float *ptrs[] = { gx, gw, gb, gdout, gout, gmean, grstd, gdx, gdw, gdb };
     for (size_t i = 0; i < sizeof ptrs / sizeof *ptrs; i++)

@@ -15,29 +15,6 @@
 #include "tests/kernels/test_ops_util.h"
 #include "tests/kernels/test_cuda_util.h"
 
-/* max |got - ref| / max |ref| (ref all zero: the absolute error) */
-static void assert_nmax(const char *what, const float *got, const float *ref, size_t n, double tol)
-{
-    double err = 0, mag = 0;
-    for (size_t i = 0; i < n; i++) {
-        double e = fabs((double)got[i] - (double)ref[i]);
-        if (!(e <= err))
-            err = isnan(e) ? INFINITY : e;
-        if (fabs((double)ref[i]) > mag)
-            mag = fabs((double)ref[i]);
-    }
-    double nerr = mag > 0 ? err / mag : err;
-    printf("# %-30s n=%-8zu normalised max err %.3g (tol %g)\n", what, n, nerr, tol);
-    if (!(nerr <= tol))
-        fail_msg("%s: normalised max error %g > %g", what, nerr, tol);
-}
-
-static void assert_same(const char *what, const float *a, const float *b, size_t n)
-{
-    if (memcmp(a, b, n * sizeof *a) != 0)
-        fail_msg("%s: not bit-identical", what);
-}
-
 static void check_xent(nb_backend_t *gpu, nb_backend_t *cpu, int N, int V, uint64_t seed)
 {
     printf("# xent N=%d V=%d\n", N, V);
@@ -66,8 +43,8 @@ static void check_xent(nb_backend_t *gpu, nb_backend_t *cpu, int N, int V, uint6
     int32_t *gt = cuda_up(gpu, tg, (size_t)N * sizeof *tg);
     nb_xent_fwd_bwd(gpu, gl, gd, gx, gt, scale, N, V);
     float *l1 = cuda_fetch(gpu, gl, N), *d1 = cuda_fetch(gpu, gd, nv);
-    assert_nmax("xent losses", l1, loss, N, 1e-5);
-    assert_nmax("xent dlogits", d1, dl, nv, 1e-5);
+    cuda_assert_nmax("xent losses", l1, loss, N, 1e-5);
+    cuda_assert_nmax("xent dlogits", d1, dl, nv, 1e-5);
     /* each probability, however small, not only the largest entries */
     tu_assert_close_f("xent dlogits elementwise", d1, dl, nv, 1e-6 * scale, 1e-4);
     for (int i = 0; i < N; i++) {
@@ -82,14 +59,14 @@ static void check_xent(nb_backend_t *gpu, nb_backend_t *cpu, int N, int V, uint6
     nb_be_memset0(gpu, gl, N * 4);
     nb_xent_fwd_bwd(gpu, gl, gd, gx, gt, scale, N, V);
     float *l2 = cuda_fetch(gpu, gl, N), *d2 = cuda_fetch(gpu, gd, nv);
-    assert_same("xent losses, second run", l1, l2, N);
-    assert_same("xent dlogits, second run", d1, d2, nv);
+    cuda_assert_same("xent losses, second run", l1, l2, N);
+    cuda_assert_same("xent dlogits, second run", d1, d2, nv);
     /* losses only */
     nb_be_memset0(gpu, gl, N * 4);
     nb_xent_fwd_bwd(gpu, gl, NULL, gx, gt, scale, N, V);
     free(l2);
     l2 = cuda_fetch(gpu, gl, N);
-    assert_same("xent losses, dlogits NULL", l1, l2, N);
+    cuda_assert_same("xent losses, dlogits NULL", l1, l2, N);
     /* in place: the gradient replaces the logits */
     nb_be_memset0(gpu, gl, N * 4);
     nb_xent_fwd_bwd(gpu, gl, gx, gx, gt, scale, N, V);
@@ -97,8 +74,8 @@ static void check_xent(nb_backend_t *gpu, nb_backend_t *cpu, int N, int V, uint6
     free(d2);
     l2 = cuda_fetch(gpu, gl, N);
     d2 = cuda_fetch(gpu, gx, nv);
-    assert_same("xent losses, in place", l1, l2, N);
-    assert_same("xent dlogits, in place", d1, d2, nv);
+    cuda_assert_same("xent losses, in place", l1, l2, N);
+    cuda_assert_same("xent dlogits, in place", d1, d2, nv);
 
     nb_be_dealloc(gpu, gx);
     nb_be_dealloc(gpu, gd);

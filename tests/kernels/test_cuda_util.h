@@ -1,10 +1,14 @@
 /* test_cuda_util.h - what the CUDA op tests share: opening the CUDA backend
  * (a test without one is reported skipped, with the reason printed), a
- * cmocka fixture holding the CUDA and the CPU backend, and copies between
- * host and device. Include after test_ops_util.h (cmocka, tu_alloc). */
+ * cmocka fixture holding the CUDA and the CPU backend, copies between
+ * host and device, and the comparisons against the CPU backend. Include
+ * after test_ops_util.h (cmocka, tu_alloc). */
 #ifndef NB_TEST_CUDA_UTIL_H
 #define NB_TEST_CUDA_UTIL_H
 
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
 #include "kernels/backend.h"
 
 /* The CUDA backend of device 0, or NULL with the reason printed. */
@@ -84,6 +88,31 @@ static inline float *cuda_fetch(nb_backend_t *gpu, const float *dev, size_t n)
     float *h = tu_alloc(n);
     cuda_down_f(gpu, h, dev, n);
     return h;
+}
+
+/* Fails unless max |got - ref| / max |ref| (ref all zero: the absolute
+ * error; a NaN counts as infinite) is at most tol; prints the figure. */
+static inline void cuda_assert_nmax(const char *what, const float *got, const float *ref, size_t n, double tol)
+{
+    double err = 0, mag = 0;
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)got[i] - (double)ref[i]);
+        if (!(e <= err))
+            err = isnan(e) ? INFINITY : e;
+        if (fabs((double)ref[i]) > mag)
+            mag = fabs((double)ref[i]);
+    }
+    double nerr = mag > 0 ? err / mag : err;
+    printf("# %-30s n=%-8zu normalised max err %.3g (tol %g)\n", what, n, nerr, tol);
+    if (!(nerr <= tol))
+        fail_msg("%s: normalised max error %g > %g", what, nerr, tol);
+}
+
+/* Fails unless a and b are bit-identical (two runs, or device vs CPU). */
+static inline void cuda_assert_same(const char *what, const float *a, const float *b, size_t n)
+{
+    if (memcmp(a, b, n * sizeof *a) != 0)
+        fail_msg("%s: not bit-identical", what);
 }
 
 #endif /* NB_TEST_CUDA_UTIL_H */
