@@ -121,13 +121,14 @@ run_pair() {
   $ed "$bin/nebulad" --config "$work/$n-dec.yaml" > "$work/$n-dec.log" 2>&1 & pids+=($!)
   $ee "$bin/nebulad" --config "$work/$n-enc.yaml" > "$work/$n-enc.log" 2>&1 & pids+=($!)
   for _ in $(seq 1 36000); do # 2 hours at most
-    if grep -q "job done" "$work/$n-dec.log" && [ -s "$work/enc-$n.weights" ]; then ok=0; break; fi
+    # "job done" comes once the encoder's daemon confirmed its last commit
+    # and wrote its weights
+    if grep -q "job done" "$work/$n-dec.log"; then ok=0; break; fi
     grep -q "job failed" "$work/$n-dec.log" "$work/$n-enc.log" && break
     kill -0 "${pids[0]}" 2> /dev/null && kill -0 "${pids[1]}" 2> /dev/null || break
     sleep 0.2
   done
   [ $ok -eq 0 ] || { echo "# $n: the job did not finish"; tail -n 5 "$work/$n-dec.log" "$work/$n-enc.log"; }
-  sleep 1 # the encoder's daemon applies the last commit, then writes
   for s in "$work/run/$n-dec.sock" "$work/run/$n-enc.sock"; do "$bin/nebulactl" --socket "$s" stop > /dev/null 2>&1; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
   pids=()
