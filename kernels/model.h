@@ -93,6 +93,14 @@ typedef struct {
      * and the block drops its MLP residual. lowrank_rank 0 = none. */
     int lowrank_block;
     int lowrank_rank;
+    /* Token shift (kernels/model_shift.c; job.model.token_shift): before
+     * block 0 (and before the embedding LayerNorm of a post-LN model) the
+     * embedding sum e (B,T,C) has channels [0, C/4) taken from position
+     * t-1 and, in a bidirectional model, channels [C/4, C/2) from position
+     * t+1; a neighbour past either end of the sequence, or a padding
+     * position (key mask 0), gives zeros. No parameters: every token sees
+     * its neighbours from the first step (docs/model.md). */
+    bool token_shift;
 } nb_model_config_t;
 
 /* Sub-layers an adapter can follow (nb_model_config_t.adapter_after). */

@@ -55,6 +55,8 @@ const char *nb_model_config_validate(const nb_model_config_t *c)
     if (c->lowrank_rank > 0 && c->adapter_size > 0 && c->lowrank_block >= c->adapter_first &&
         c->lowrank_block < c->adapter_last)
         return "the low-rank split block cannot have adapters";
+    if (c->token_shift && c->d_model < 4)
+        return "token_shift needs d_model >= 4 (it moves a quarter of the channels)";
     switch (c->head) {
     case NB_MODEL_HEAD_LM:
     case NB_MODEL_HEAD_MLM:
