@@ -21,7 +21,7 @@ static const char *const op_names[NB_OP_COUNT] = {
     "matmul", "add", "scale", "bias_add", "bias_grad", "embed_fwd", "embed_bwd",
     "layernorm_fwd", "layernorm_bwd", "gelu_fwd", "gelu_bwd", "attention_fwd",
     "attention_bwd", "xent_fwd_bwd", "sumsq", "adamw", "gelu_erf_fwd", "gelu_erf_bwd",
-    "xattn_fwd", "xattn_bwd",
+    "xattn_fwd", "xattn_bwd", "token_shift",
 };
 
 const char *nb_op_name(nb_op_t op)
@@ -53,6 +53,7 @@ bool nb_be_supports(const nb_backend_t *be, nb_op_t op)
     case NB_OP_GELU_ERF_BWD: return i->gelu_erf_bwd != NULL;
     case NB_OP_XATTN_FWD: return i->xattn_fwd != NULL;
     case NB_OP_XATTN_BWD: return i->xattn_bwd != NULL;
+    case NB_OP_TOKEN_SHIFT: return i->token_shift != NULL;
     default: return false;
     }
 }

@@ -109,6 +109,7 @@ typedef enum {
     NB_OP_GELU_ERF_BWD,
     NB_OP_XATTN_FWD,
     NB_OP_XATTN_BWD,
+    NB_OP_TOKEN_SHIFT,
     NB_OP_COUNT
 } nb_op_t;
 
@@ -148,6 +149,8 @@ typedef struct nb_backend_i {
                       const float *wte, const float *wpe, int B, int T, int C);
     void (*embed_bwd)(nb_backend_t *be, float *dwte, float *dwpe, const float *dout,
                       const int32_t *tokens, int B, int T, int C);
+    void (*token_shift)(nb_backend_t *be, float *out, const float *x, const uint8_t *key_mask,
+                        bool causal, bool backward, int B, int T, int C);
     void (*layernorm_fwd)(nb_backend_t *be, float *out, float *mean, float *rstd,
                           const float *x, const float *w, const float *b, float eps, int N, int C);
     void (*layernorm_bwd)(nb_backend_t *be, float *dx, float *dw, float *db,
@@ -292,6 +295,20 @@ static inline void nb_embed_fwd(nb_backend_t *be, float *out, const int32_t *tok
 static inline void nb_embed_bwd(nb_backend_t *be, float *dwte, float *dwpe, const float *dout,
                                 const int32_t *tokens, int B, int T, int C)
 { NB_CHECK(be->iface->embed_bwd); be->iface->embed_bwd(be, dwte, dwpe, dout, tokens, B, T, C); }
+/* Token shift (model.h, token_shift), q = C / 4: out (B,T,C) is x with
+ * channels [0,q) taken from position t-1 and, unless causal, channels
+ * [q,2q) from position t+1; the other channels are copied. A neighbour
+ * outside [0,T), or one whose key_mask is 0 (padding; key_mask (B,T) may be
+ * NULL: no padding), gives 0. out and x do not overlap. */
+static inline void nb_token_shift_fwd(nb_backend_t *be, float *out, const float *x, const uint8_t *key_mask,
+                                      bool causal, int B, int T, int C)
+{ NB_CHECK(be->iface->token_shift); be->iface->token_shift(be, out, x, key_mask, causal, false, B, T, C); }
+/* Its backward: dx (B,T,C) = the gradient of x given dout (the transpose
+ * of the forward's move: channels [0,q) from t+1, [q,2q) from t-1, zero at
+ * a padding position and past either end). Overwrites dx; no overlap. */
+static inline void nb_token_shift_bwd(nb_backend_t *be, float *dx, const float *dout, const uint8_t *key_mask,
+                                      bool causal, int B, int T, int C)
+{ NB_CHECK(be->iface->token_shift); be->iface->token_shift(be, dx, dout, key_mask, causal, true, B, T, C); }
 /* out (N,C) = (x - mean) / sqrt(var + eps) * w + b per row (biased
  * variance; GPT-2 uses eps 1e-5, BERT 1e-12); saves mean, rstd (N) for
  * backward, which therefore needs no eps. */

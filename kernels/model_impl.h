@@ -118,6 +118,7 @@ struct nb_part_acts {
     int32_t *targets;          /* (B,T) or (B) */
     float *input;              /* (B,T,C) copy of x (no embedding) */
     float *emb_raw, *emb_mean, *emb_rstd, *emb_out;
+    float *emb_sum;            /* (B,T,C) wte + wpe before the token shift (token_shift only) */
     nb_block_acts_t *blocks;   /* host array */
     float *lnf, *lnf_mean, *lnf_rstd, *cls_in, *logits, *dlogits, *losses;
     float *enc, *denc;         /* (B,S,C) cross_attn parts: copy of the

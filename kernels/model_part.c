@@ -270,6 +270,11 @@ int nb_part_new(nb_backend_t *be, const nb_model_config_t *cfg, const nb_part_sp
                 "kernels take", be->iface->name, hs, cfg->d_model, cfg->n_head, be->iface->max_head_size);
         return NB_EINVAL;
     }
+    if (cfg->token_shift && spec->embed && !nb_be_supports(be, NB_OP_TOKEN_SHIFT)) {
+        set_err(err, errlen, "backend %s does not support %s, which the model needs (token_shift)",
+                be->iface->name, nb_op_name(NB_OP_TOKEN_SHIFT));
+        return NB_EINVAL;
+    }
     if (cfg->gelu == NB_MODEL_GELU_ERF)
         for (nb_op_t op = NB_OP_GELU_ERF_FWD; op <= NB_OP_GELU_ERF_BWD; op++)
             if (!nb_be_supports(be, op)) {
@@ -467,6 +472,8 @@ static void carve_acts(nb_part_acts_t *a, carver_t *cv)
         a->dinput = carve(cv, mul_sat(BTC, fl));
     } else {
         a->emb_out = carve(cv, mul_sat(BTC, fl));
+        if (c->token_shift)
+            a->emb_sum = carve(cv, mul_sat(BTC, fl));
         if (c->norm == NB_MODEL_NORM_POST) {
             a->emb_raw = carve(cv, mul_sat(BTC, fl));
             a->emb_mean = carve(cv, mul_sat(BT, fl));

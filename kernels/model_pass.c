@@ -11,6 +11,8 @@
  * Post-LN block (BERT):  res1 = x + proj(attn(qkv(x))); ln1 = LN1(res1);
  *                        res2 = ln1 + fcproj(gelu(fc(ln1))); ln2 = LN2(res2)
  *                        out = ln2
+ * Embedding:             e = wte[tokens] + wpe; e = shift(e) with token_shift
+ *                        (backend.h, nb_token_shift_fwd); post-LN: LN(e)
  * Only backend wrappers are called, so the passes run on any backend.
  */
 #include <string.h>
@@ -285,7 +287,10 @@ int nb_part_forward(nb_part_t *p, nb_part_acts_t *a, const nb_part_input_t *in, 
         if (check_ids(a, a->tokens, (size_t)N, c->vocab, false) < 0)
             return NB_EINVAL;
         float *dst = c->norm == NB_MODEL_NORM_POST ? a->emb_raw : a->emb_out;
-        nb_embed_fwd(be, dst, a->tokens, p->ew[NB_E_WTE], p->ew[NB_E_WPE], B, T, C);
+        float *sum = c->token_shift ? a->emb_sum : dst;
+        nb_embed_fwd(be, sum, a->tokens, p->ew[NB_E_WTE], p->ew[NB_E_WPE], B, T, C);
+        if (c->token_shift)
+            nb_token_shift_fwd(be, dst, sum, a->has_mask ? a->mask : NULL, c->causal, B, T, C);
         if (c->norm == NB_MODEL_NORM_POST)
             nb_layernorm_fwd(be, a->emb_out, a->emb_mean, a->emb_rstd, a->emb_raw,
                              p->ew[NB_E_LNW], p->ew[NB_E_LNB], p->cfg.ln_eps, N, C);
@@ -356,6 +361,11 @@ static void embed_bwd(nb_part_t *p, nb_part_acts_t *a, const float *demb)
         nb_layernorm_bwd(be, draw, p->eg[NB_E_LNW], p->eg[NB_E_LNB], demb, a->emb_raw, p->ew[NB_E_LNW],
                          a->emb_mean, a->emb_rstd, N, C);
         demb = draw;
+    }
+    if (c->token_shift && (p->eg[NB_E_WTE] || p->eg[NB_E_WPE])) {
+        float *dsum = p->d_tmp2; /* d_tmp holds draw (post-LN) */
+        nb_token_shift_bwd(be, dsum, demb, a->has_mask ? a->mask : NULL, c->causal, B, T, C);
+        demb = dsum;
     }
     if (p->eg[NB_E_WTE] || p->eg[NB_E_WPE])
         nb_embed_bwd(be, p->eg[NB_E_WTE], p->eg[NB_E_WPE], demb, a->tokens, B, T, C);

@@ -29,6 +29,10 @@ Files of a low-rank split model (ref_*_lowrank.bin; job.lowrank) hold
 "lowrank": i32 [block, rank]: that block's fcproj.w is fcproj.u (C,r)
 fcproj.s (r,r) fcproj.v (r,F), y = U (S (V h)) + b, and the block has no MLP
 residual (docs/lowrank.md); its tensors are listed as model_lowrank.c does.
+Files of a token-shift model (ref_*_tokshift.bin; job.model.token_shift)
+hold "tokshift": i32 [1]: after the embedding sum (before the embedding
+LayerNorm), channels [0, C/4) come from position t-1 and, unless causal,
+[C/4, C/2) from t+1; zero past either end and from a padding neighbour.
 Needs torch (pip install torch). The tests never run this script.
 
 Usage: python3 scripts/gen_reference.py [OUTDIR [FILE...]] writes every
@@ -174,6 +178,21 @@ def cross_attention(q, kv, enc_mask, nh):
     return (att @ v).transpose(1, 2).contiguous().view(B, T, C)
 
 
+def token_shift(x, key_mask, causal):
+    """Channels [0,q) from t-1, [q,2q) from t+1 (not causal), q = C // 4;
+    a neighbour past either end or with key_mask 0 gives zeros."""
+    B, T, C = x.shape
+    q = C // 4
+    keep = torch.ones(B, T, 1, dtype=x.dtype) if key_mask is None else key_mask.to(x.dtype)[:, :, None]
+    src = x * keep  # what each position offers its neighbours
+    zero = torch.zeros(B, 1, q, dtype=x.dtype)
+    parts = [torch.cat([zero, src[:, :-1, :q]], 1)]
+    if not causal:
+        parts.append(torch.cat([src[:, 1:, q:2 * q], zero], 1))
+    parts.append(x[:, :, len(parts) * q:])
+    return torch.cat(parts, 2)
+
+
 def forward(cfg, P, tokens, key_mask, targets, enc=None, enc_mask=None):
     C, nh = cfg["d_model"], cfg["n_head"]
     B, T = tokens.shape
@@ -182,6 +201,8 @@ def forward(cfg, P, tokens, key_mask, targets, enc=None, enc_mask=None):
     lin = lambda x, n, bias=True: F.linear(x, P[n + ".w"], P[n + ".b"] if bias else None)
     gelu = lambda x: F.gelu(x, approximate="none" if cfg.get("gelu") == "erf" else "tanh")
     x = P["wte"][tokens] + P["wpe"][:T][None, :, :]
+    if cfg.get("tokshift"):
+        x = token_shift(x, key_mask, cfg["causal"])
     if cfg["norm"] == NORM_POST:
         x = ln(x, "emb_ln")
     lr_block = cfg.get("lowrank", (-1, 0))[0]
@@ -303,6 +324,8 @@ def make_case(path, cfg, B, T, seed, frozen=()):
         out.append(("variant", DT_F32, torch.tensor([cfg.get("ln_eps", 1e-5),
                                                      1.0 if cfg.get("gelu") == "erf" else 0.0],
                                                     dtype=torch.float32)))
+    if cfg.get("tokshift"):
+        out.append(("tokshift", DT_I32, torch.tensor([1], dtype=torch.int32)))
     if "lowrank" in cfg:
         out.append(("lowrank", DT_I32, torch.tensor(list(cfg["lowrank"]), dtype=torch.int32)))
     out.append(("optim", DT_F32, torch.tensor([o["lr"], o["lr_min"], o["warmup"], o["total"], o["b1"],
@@ -486,6 +509,15 @@ def main():
     bert_ad = dict(bert, adapter=dict(size=4, after=("ffn",), first=1, last=2))
     dec = dict(gpt, cross=6, adapter=dict(size=8, after=("attn", "xattn", "ffn"), first=0, last=2))
     dec_post = dict(bert, causal=True, head=HEAD_LM, cross=5, adapter=dict(size=4, after=("xattn",), first=1, last=2))
+    # Token shift (job.model.token_shift): a causal GPT (only t-1 moves);
+    # a post-LN BERT with padding (the shift comes before the embedding
+    # LayerNorm; padding neighbours give zeros); a pre-LN replaced-token
+    # detector like ELECTRA's discriminator, d_model 18 so C/4 rounds down.
+    cases += [
+        ("ref_gpt_tokshift.bin", dict(gpt, tokshift=True), 4, 16, 16, ()),
+        ("ref_bert_tokshift.bin", dict(bert, tokshift=True), 4, 16, 17, ()),
+        ("ref_tokcls_tokshift.bin", dict(tokcls, tokshift=True, d_model=18, n_head=3), 4, 8, 18, ()),
+    ]
     cases += [
         ("ref_gpt_adapter.bin", gpt_ad, 4, 16, 11, ()),
         ("ref_bert_adapter_frozen.bin", bert_ad, 4, 16, 12,

@@ -34,6 +34,7 @@
 #define nb_cpu_bias_grad NB_CPU_ISA_SYM(nb_cpu_bias_grad)
 #define nb_cpu_embed_fwd NB_CPU_ISA_SYM(nb_cpu_embed_fwd)
 #define nb_cpu_embed_bwd NB_CPU_ISA_SYM(nb_cpu_embed_bwd)
+#define nb_cpu_token_shift NB_CPU_ISA_SYM(nb_cpu_token_shift)
 #define nb_cpu_layernorm_fwd NB_CPU_ISA_SYM(nb_cpu_layernorm_fwd)
 #define nb_cpu_layernorm_bwd NB_CPU_ISA_SYM(nb_cpu_layernorm_bwd)
 #define nb_cpu_gelu_fwd NB_CPU_ISA_SYM(nb_cpu_gelu_fwd)

@@ -27,6 +27,10 @@ void nb_cpu_embed_fwd(nb_backend_t *be, float *out, const int32_t *tokens,
 void nb_cpu_embed_bwd(nb_backend_t *be, float *dwte, float *dwpe, const float *dout,
                       const int32_t *tokens, int B, int T, int C);
 
+/* cpu_ops_shift.c */
+void nb_cpu_token_shift(nb_backend_t *be, float *out, const float *x, const uint8_t *key_mask,
+                        bool causal, bool backward, int B, int T, int C);
+
 /* cpu_ops_layernorm.c */
 void nb_cpu_layernorm_fwd(nb_backend_t *be, float *out, float *mean, float *rstd,
                           const float *x, const float *w, const float *b, float eps, int N, int C);
@@ -92,6 +96,7 @@ void nb_cpu_matmul_f32(nb_backend_t *be, bool ta, bool tb, int m, int n, int k, 
     .bias_grad = nb_cpu_bias_grad,               \
     .embed_fwd = nb_cpu_embed_fwd,               \
     .embed_bwd = nb_cpu_embed_bwd,               \
+    .token_shift = nb_cpu_token_shift,           \
     .layernorm_fwd = nb_cpu_layernorm_fwd,       \
     .layernorm_bwd = nb_cpu_layernorm_bwd,       \
     .gelu_fwd = nb_cpu_gelu_fwd,                 \

@@ -25,6 +25,10 @@
  *    its contributions in (b, t) order, which is the CPU's order whatever P
  *    is; P only sets the parallelism (about EB_TARGET threads).
  *  - dwpe: one thread per (t, c) adds dout[b][t][c] for b = 0..B-1 in order.
+ *
+ * Token shift (specification: kernels/cpu/cpu_ops_shift.c): one thread per
+ * output element, forward and backward in one kernel; pure data movement,
+ * bit-identical to the CPU.
  */
 #include "kernels/cuda/cuda_common.cuh"
 #include <math.h>
@@ -145,8 +149,43 @@ static void cu_embed_bwd(nb_backend_t *be, float *dwte, float *dwpe, const float
     }
 }
 
+/* ---- token shift --------------------------------------------------------------- */
+
+__global__ static void token_shift_kernel(float *out, const float *x, const uint8_t *key_mask, int groups,
+                                          bool backward, int T, int C, size_t n)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n)
+        return;
+    int c = (int)(i % (size_t)C);
+    size_t bt = i / (size_t)C;
+    int t = (int)(bt % (size_t)T), q = C / 4, g = q ? c / q : groups;
+    if (g >= groups) { /* a channel that stays */
+        out[i] = x[i];
+        return;
+    }
+    int d = g == 0 ? -1 : 1;
+    int s = backward ? t - d : t + d;
+    size_t sbt = bt - (size_t)t + (size_t)s; /* the same sequence, position s */
+    bool live = s >= 0 && s < T && (!key_mask || key_mask[backward ? bt : sbt]);
+    out[i] = live ? x[sbt * (size_t)C + (size_t)c] : 0.0f;
+}
+
+static void cu_token_shift(nb_backend_t *be, float *out, const float *x, const uint8_t *key_mask, bool causal,
+                           bool backward, int B, int T, int C)
+{
+    NB_CHECK(B >= 0 && T >= 0 && C >= 0);
+    size_t n = (size_t)B * (size_t)T * (size_t)C;
+    if (n == 0)
+        return;
+    NB_LAUNCH(token_shift_kernel, nb_cuda_blocks(n, EF_THREADS), EF_THREADS, 0, nb_cuda_stream(be))(
+        out, x, key_mask, causal ? 1 : 2, backward, T, C, n);
+    NB_CUDA_LAUNCHED();
+}
+
 void nb_cuda_register_embed(nb_backend_i *i)
 {
+    i->token_shift = cu_token_shift;
     i->embed_fwd = cu_embed_fwd;
     i->embed_bwd = cu_embed_bwd;
 }

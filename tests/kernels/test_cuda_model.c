@@ -57,6 +57,7 @@
 #include <string.h>
 #include "kernels/model.h"
 #include "kernels/optim.h"
+#include "tests/support/ref_case.h"
 #include "tests/support/ref_file.h"
 
 #define TOL_OUT 1e-4   /* logits, gradients: relative to the tensor's max |ref| */
@@ -118,55 +119,9 @@ static void load_ref(ref_t *r, const char *path)
     memset(r, 0, sizeof *r);
     if (nb_ref_load(path, &r->f, err, sizeof err))
         fail_msg("%s", err);
-    int32_t c[13];
-    const nb_ref_tensor_t *ct = need(r, "config");
-    assert_int_equal(ct->numel, 13);
-    nb_ref_ints(ct, c);
-    r->cfg = (nb_model_config_t){
-        .n_layer = c[0], .d_model = c[1], .n_head = c[2], .d_ff = c[3], .vocab = c[4], .max_seq = c[5],
-        .causal = c[6] != 0, .norm = (nb_norm_t)c[7], .head = (nb_head_kind_t)c[8], .n_classes = c[9],
-        .tie_embeddings = c[10] != 0,
-    };
-    r->B = c[11];
-    r->T = c[12];
-    r->S = r->T;
-    const nb_ref_tensor_t *t;
-    if ((t = nb_ref_get(&r->f, "variant"))) {
-        float v[2];
-        assert_int_equal(t->numel, 2);
-        nb_ref_floats(t, v);
-        r->cfg.ln_eps = v[0];
-        r->cfg.gelu = v[1] != 0.0f ? NB_MODEL_GELU_ERF : NB_MODEL_GELU_TANH;
-    }
-    if ((t = nb_ref_get(&r->f, "adapter"))) {
-        int32_t v[4];
-        assert_int_equal(t->numel, 4);
-        nb_ref_ints(t, v);
-        r->cfg.adapter_size = v[0];
-        r->cfg.adapter_after = (unsigned)v[1];
-        r->cfg.adapter_first = v[2];
-        r->cfg.adapter_last = v[3];
-    }
-    if ((t = nb_ref_get(&r->f, "cross"))) {
-        assert_int_equal(t->numel, 1);
-        nb_ref_ints(t, &r->S);
-        r->cfg.cross_attn = true;
-    }
-    if ((t = nb_ref_get(&r->f, "lowrank"))) {
-        int32_t l[2];
-        assert_int_equal(t->numel, 2);
-        nb_ref_ints(t, l);
-        r->cfg.lowrank_block = l[0];
-        r->cfg.lowrank_rank = l[1];
-    }
-    assert_null(nb_model_config_validate(&r->cfg));
-    float o[9];
-    const nb_ref_tensor_t *ot = need(r, "optim");
-    assert_int_equal(ot->numel, 9);
-    nb_ref_floats(ot, o);
-    r->oc = (nb_optim_config_t){ .lr = o[0], .lr_min = o[1], .warmup_steps = (int)o[2], .total_steps = (int)o[3],
-                                 .beta1 = o[4], .beta2 = o[5], .eps = o[6], .weight_decay = o[7],
-                                 .grad_clip = o[8] };
+    nb_ref_read_model(&r->f, &r->cfg, &r->B, &r->T, &r->S, &r->oc);
+    if (!r->cfg.cross_attn)
+        r->S = r->T;
 }
 
 static void *upload(nb_backend_t *be, const void *host, size_t bytes)
@@ -614,6 +569,8 @@ static void test_seqcls(void **state) { (void)state; run_case("seqcls", 10, true
 static void test_tokcls(void **state) { (void)state; run_case("tokcls", 0, false); }
 static void test_gpt_erf(void **state) { (void)state; run_case("gpt_erf", 0, false); }
 static void test_bert_erf(void **state) { (void)state; run_case("bert_erf", 0, false); }
+static void test_bert_tokshift(void **state) { (void)state; run_case("bert_tokshift", 0, false); }
+static void test_gpt_tokshift(void **state) { (void)state; run_case("gpt_tokshift", 0, false); }
 static void test_gpt_adapter(void **state) { (void)state; run_case("gpt_adapter", 0, false); }
 static void test_dec(void **state) { (void)state; run_case("dec", 0, false); }
 static void test_gpt_lowrank(void **state) { (void)state; run_case("gpt_lowrank", 0, false); }
@@ -629,6 +586,8 @@ int main(void)
         cmocka_unit_test(test_tokcls),
         cmocka_unit_test(test_gpt_erf),
         cmocka_unit_test(test_bert_erf),
+        cmocka_unit_test(test_bert_tokshift),
+        cmocka_unit_test(test_gpt_tokshift),
         cmocka_unit_test(test_gpt_adapter),
         cmocka_unit_test(test_dec),
         cmocka_unit_test(test_gpt_lowrank),

@@ -6,8 +6,9 @@
  * runs compared bit for bit. Both ops give the CPU's bits (the same additions
  * in the same order: docs/cuda.md), so the comparison is exact. A negative
  * token id, which the CPU backend refuses, gives a NaN row forward and no
- * dwte contribution backward. Without a CUDA device (or module) the test is
- * reported as skipped. */
+ * dwte contribution backward. The token shift (forward and backward,
+ * causal or not, with padding, C not a multiple of 4) equals the CPU's bits.
+ * Without a CUDA device (or module) the test is reported as skipped. */
 #include "test_ops_util.h"
 #include "test_cuda_util.h"
 
@@ -169,11 +170,51 @@ static void test_embed_negative_id(void **state)
     nb_be_dealloc(f->gpu, gte); nb_be_dealloc(f->gpu, gpe);
 }
 
+/* The token shift, both directions, causal or not, with and without a key
+ * mask (a third of the positions padding), against the CPU bit for bit. */
+static void test_token_shift_matches_cpu(void **state)
+{
+    cuda_fixture_t *f = cuda_fx(state);
+    const int shapes[][3] = { { 3, 37, 48 }, { 2, 5, 18 }, { 1, 1, 8 }, { 2, 4, 3 }, { 1, 600, 301 } };
+    for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
+        int B = shapes[k][0], T = shapes[k][1], C = shapes[k][2];
+        size_t N = (size_t)B * T, n = N * C;
+        tu_rng_t r = { 0x5151ull + k };
+        float *x = tu_alloc(n), *ref = tu_alloc(n), *got = tu_alloc(n);
+        uint8_t *mask = malloc(N);
+        assert_non_null(mask);
+        tu_fill(&r, x, n, 1.0f);
+        for (size_t i = 0; i < N; i++)
+            mask[i] = tu_uniform(&r) > -0.33f;
+        float *dx = cuda_up_f(f->gpu, x, n), *dout = cuda_up_f(f->gpu, got, n);
+        uint8_t *dmask = cuda_up(f->gpu, mask, N);
+        for (int v = 0; v < 8; v++) {
+            bool causal = v & 1, backward = v & 2, masked = v & 4;
+            const uint8_t *m = masked ? mask : NULL;
+            if (backward)
+                nb_token_shift_bwd(f->cpu, ref, x, m, causal, B, T, C);
+            else
+                nb_token_shift_fwd(f->cpu, ref, x, m, causal, B, T, C);
+            if (backward)
+                nb_token_shift_bwd(f->gpu, dout, dx, masked ? dmask : NULL, causal, B, T, C);
+            else
+                nb_token_shift_fwd(f->gpu, dout, dx, masked ? dmask : NULL, causal, B, T, C);
+            cuda_down_f(f->gpu, got, dout, n);
+            cuda_assert_same("token shift", got, ref, n);
+        }
+        nb_be_dealloc(f->gpu, dx);
+        nb_be_dealloc(f->gpu, dout);
+        nb_be_dealloc(f->gpu, dmask);
+        free(x); free(ref); free(got); free(mask);
+    }
+}
+
 static void test_supports(void **state)
 {
     cuda_fixture_t *f = cuda_fx(state);
     assert_true(nb_be_supports(f->gpu, NB_OP_EMBED_FWD));
     assert_true(nb_be_supports(f->gpu, NB_OP_EMBED_BWD));
+    assert_true(nb_be_supports(f->gpu, NB_OP_TOKEN_SHIFT));
 }
 
 int main(void)
@@ -183,6 +224,7 @@ int main(void)
         cmocka_unit_test(test_embed_matches_cpu),
         cmocka_unit_test(test_embed_empty),
         cmocka_unit_test(test_embed_negative_id),
+        cmocka_unit_test(test_token_shift_matches_cpu),
     };
     return cmocka_run_group_tests(tests, cuda_setup, cuda_teardown);
 }

@@ -32,11 +32,17 @@ static void test_tokcls(void **state) { nb_ref_run_case("tests/data/ref_tokcls.b
 static void test_bert_erf(void **state) { nb_ref_run_case("tests/data/ref_bert_erf.bin"); }
 static void test_gpt_erf(void **state) { nb_ref_run_case("tests/data/ref_gpt_erf.bin"); }
 
+/* token shift: causal pre-LN lm; post-LN mlm with padding; pre-LN tokcls, C/4 rounded */
+static void test_gpt_tokshift(void **state) { nb_ref_run_case("tests/data/ref_gpt_tokshift.bin"); }
+static void test_bert_tokshift(void **state) { nb_ref_run_case("tests/data/ref_bert_tokshift.bin"); }
+static void test_tokcls_tokshift(void **state) { nb_ref_run_case("tests/data/ref_tokcls_tokshift.bin"); }
+
 static void test_split_gpt(void **state) { nb_ref_split_case("tests/data/ref_gpt.bin"); }
 static void test_split_bert(void **state) { nb_ref_split_case("tests/data/ref_bert.bin"); }
 static void test_split_seqcls(void **state) { nb_ref_split_case("tests/data/ref_seqcls.bin"); }
 static void test_split_tokcls(void **state) { nb_ref_split_case("tests/data/ref_tokcls.bin"); }
 static void test_split_bert_erf(void **state) { nb_ref_split_case("tests/data/ref_bert_erf.bin"); }
+static void test_split_bert_tokshift(void **state) { nb_ref_split_case("tests/data/ref_bert_tokshift.bin"); }
 
 /* Writes len bytes of buf to a temporary file and returns its path. */
 static const char *write_tmp(const void *buf, size_t len)
@@ -95,11 +101,15 @@ int main(void)
         cmocka_unit_test(test_tokcls),
         cmocka_unit_test(test_bert_erf),
         cmocka_unit_test(test_gpt_erf),
+        cmocka_unit_test(test_gpt_tokshift),
+        cmocka_unit_test(test_bert_tokshift),
+        cmocka_unit_test(test_tokcls_tokshift),
         cmocka_unit_test(test_split_gpt),
         cmocka_unit_test(test_split_bert),
         cmocka_unit_test(test_split_seqcls),
         cmocka_unit_test(test_split_tokcls),
         cmocka_unit_test(test_split_bert_erf),
+        cmocka_unit_test(test_split_bert_tokshift),
         cmocka_unit_test(test_reader_rejects),
     };
     const char *skip = getenv("NB_REF_SKIP");

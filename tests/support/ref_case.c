@@ -46,6 +46,78 @@ static const nb_ref_tensor_t *need(const ref_case_t *rc, const char *name)
     return t;
 }
 
+static const nb_ref_tensor_t *need_in(const nb_ref_file_t *f, const char *name)
+{
+    const nb_ref_tensor_t *t = nb_ref_get(f, name);
+    if (!t)
+        fail_msg("reference file lacks tensor '%s'", name);
+    return t;
+}
+
+void nb_ref_read_model(const nb_ref_file_t *f, nb_model_config_t *cfg, int *B, int *T, int *S,
+                       nb_optim_config_t *oc)
+{
+    int32_t c[13];
+    const nb_ref_tensor_t *ct = need_in(f, "config");
+    assert_int_equal(ct->numel, 13);
+    nb_ref_ints(ct, c);
+    *cfg = (nb_model_config_t){
+        .n_layer = c[0], .d_model = c[1], .n_head = c[2], .d_ff = c[3], .vocab = c[4], .max_seq = c[5],
+        .causal = c[6] != 0, .norm = (nb_norm_t)c[7], .head = (nb_head_kind_t)c[8], .n_classes = c[9],
+        .tie_embeddings = c[10] != 0,
+    };
+    *B = c[11];
+    *T = c[12];
+    *S = 0;
+    /* per-model settings: files without "variant" use the defaults */
+    const nb_ref_tensor_t *t = nb_ref_get(f, "variant");
+    if (t) {
+        float v[2];
+        assert_int_equal(t->numel, 2);
+        nb_ref_floats(t, v);
+        cfg->ln_eps = v[0];
+        cfg->gelu = v[1] != 0.0f ? NB_MODEL_GELU_ERF : NB_MODEL_GELU_TANH;
+    }
+    /* adapters and decoder blocks ("adapter", "cross") */
+    if ((t = nb_ref_get(f, "adapter"))) {
+        int32_t v[4];
+        assert_int_equal(t->numel, 4);
+        nb_ref_ints(t, v);
+        cfg->adapter_size = v[0];
+        cfg->adapter_after = (unsigned)v[1];
+        cfg->adapter_first = v[2];
+        cfg->adapter_last = v[3];
+    }
+    if ((t = nb_ref_get(f, "cross"))) {
+        assert_int_equal(t->numel, 1);
+        nb_ref_ints(t, S);
+        cfg->cross_attn = true;
+    }
+    /* low-rank split (job.lowrank): [block, rank] */
+    if ((t = nb_ref_get(f, "lowrank"))) {
+        int32_t l[2];
+        assert_int_equal(t->numel, 2);
+        nb_ref_ints(t, l);
+        cfg->lowrank_block = l[0];
+        cfg->lowrank_rank = l[1];
+    }
+    /* token shift (job.model.token_shift): [1] */
+    if ((t = nb_ref_get(f, "tokshift"))) {
+        int32_t v;
+        assert_int_equal(t->numel, 1);
+        nb_ref_ints(t, &v);
+        cfg->token_shift = v != 0;
+    }
+    assert_null(nb_model_config_validate(cfg));
+    float o[9]; /* torch's float64 optimizer sees these as doubles of the float values */
+    const nb_ref_tensor_t *ot = need_in(f, "optim");
+    assert_int_equal(ot->numel, 9);
+    nb_ref_floats(ot, o);
+    *oc = (nb_optim_config_t){ .lr = o[0], .lr_min = o[1], .warmup_steps = (int)o[2], .total_steps = (int)o[3],
+                               .beta1 = o[4], .beta2 = o[5], .eps = o[6], .weight_decay = o[7],
+                               .grad_clip = o[8] };
+}
+
 static void load_case(ref_case_t *rc, const char *path)
 {
     char err[256];
@@ -53,60 +125,7 @@ static void load_case(ref_case_t *rc, const char *path)
     int r = nb_ref_load(path, &rc->f, err, sizeof err);
     if (r)
         fail_msg("%s", err);
-    int32_t c[13];
-    const nb_ref_tensor_t *ct = need(rc, "config");
-    assert_int_equal(ct->numel, 13);
-    nb_ref_ints(ct, c);
-    rc->cfg = (nb_model_config_t){
-        .n_layer = c[0], .d_model = c[1], .n_head = c[2], .d_ff = c[3], .vocab = c[4], .max_seq = c[5],
-        .causal = c[6] != 0, .norm = (nb_norm_t)c[7], .head = (nb_head_kind_t)c[8], .n_classes = c[9],
-        .tie_embeddings = c[10] != 0,
-    };
-    rc->B = c[11];
-    rc->T = c[12];
-    /* per-model settings: files without "variant" use the defaults */
-    const nb_ref_tensor_t *vt = nb_ref_get(&rc->f, "variant");
-    if (vt) {
-        float v[2];
-        assert_int_equal(vt->numel, 2);
-        nb_ref_floats(vt, v);
-        rc->cfg.ln_eps = v[0];
-        rc->cfg.gelu = v[1] != 0.0f ? NB_MODEL_GELU_ERF : NB_MODEL_GELU_TANH;
-    }
-    /* adapters and decoder blocks ("adapter", "cross") */
-    const nb_ref_tensor_t *at = nb_ref_get(&rc->f, "adapter");
-    if (at) {
-        int32_t v[4];
-        assert_int_equal(at->numel, 4);
-        nb_ref_ints(at, v);
-        rc->cfg.adapter_size = v[0];
-        rc->cfg.adapter_after = (unsigned)v[1];
-        rc->cfg.adapter_first = v[2];
-        rc->cfg.adapter_last = v[3];
-    }
-    const nb_ref_tensor_t *xt = nb_ref_get(&rc->f, "cross");
-    if (xt) {
-        assert_int_equal(xt->numel, 1);
-        nb_ref_ints(xt, &rc->S);
-        rc->cfg.cross_attn = true;
-    }
-    /* low-rank split (job.lowrank): [block, rank] */
-    const nb_ref_tensor_t *lt = nb_ref_get(&rc->f, "lowrank");
-    if (lt) {
-        int32_t l[2];
-        assert_int_equal(lt->numel, 2);
-        nb_ref_ints(lt, l);
-        rc->cfg.lowrank_block = l[0];
-        rc->cfg.lowrank_rank = l[1];
-    }
-    assert_null(nb_model_config_validate(&rc->cfg));
-    float o[9];
-    const nb_ref_tensor_t *ot = need(rc, "optim");
-    assert_int_equal(ot->numel, 9);
-    nb_ref_floats(ot, o);
-    rc->oc = (nb_optim_config_t){ .lr = o[0], .lr_min = o[1], .warmup_steps = (int)o[2], .total_steps = (int)o[3],
-                                  .beta1 = o[4], .beta2 = o[5], .eps = o[6], .weight_decay = o[7], .grad_clip = o[8] };
-    /* torch's float64 optimizer sees these as doubles of the float values */
+    nb_ref_read_model(&rc->f, &rc->cfg, &rc->B, &rc->T, &rc->S, &rc->oc);
     rc->be = nb_cpu_backend_new();
     assert_non_null(rc->be);
     size_t BT = (size_t)rc->B * rc->T;

@@ -16,6 +16,19 @@
 #ifndef NB_TEST_REF_CASE_H
 #define NB_TEST_REF_CASE_H
 
+#include "kernels/model.h"
+#include "kernels/optim.h"
+#include "tests/support/ref_file.h"
+
+/* The model config, batch shape and optimizer settings of a loaded
+ * reference file: "config" and "optim", and the optional "variant",
+ * "adapter", "cross", "lowrank" and "tokshift" tensors (the layout of
+ * scripts/gen_reference.py). S is the encoder length of a decoder file, 0
+ * otherwise. A missing or malformed tensor, or a config the model refuses,
+ * fails the test (cmocka). */
+void nb_ref_read_model(const nb_ref_file_t *f, nb_model_config_t *cfg, int *B, int *T, int *S,
+                       nb_optim_config_t *oc);
+
 /* Logits, loss, every trainable gradient, 10 AdamW steps' losses (and,
  * with frozen tensors, the final weights) of the file at path. */
 void nb_ref_run_case(const char *path);
