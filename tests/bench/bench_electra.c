@@ -51,7 +51,10 @@
  * discriminator's width (the generators' is a quarter of it, the tied
  * comparison's all of it). NB_ELECTRA_PRE_SHORT=N adds N
  * steps on sequences of NB_ELECTRA_SHORT_T (64) tokens before the
- * full-length ones (BERT's schedule).
+ * full-length ones (BERT's schedule). NB_ELECTRA_TOKEN_SHIFT=1 gives the
+ * discriminator, and so both arms of the downstream check, the token shift
+ * (job.model.token_shift: each token sees its neighbours from step one;
+ * the generators stay as they are).
  *
  * NB_ELECTRA_PROBE=1 runs, instead of all that, the probe of why the
  * discriminator stays at the prior (docs/benchmarks.md): the bound a
@@ -81,6 +84,7 @@ static int POOL = 8, FREEZE = 0, PRE_SEQS = 2, FT_BATCH = 16, SEEDS = 3;
 static int D_MODEL = 64; /* the discriminator's width; generators a quarter of it */
 static int PRE_SHORT = 0, SHORT_T = 64; /* the short-sequence phase of pre-training (0: none) */
 static const char *HEADS = "seqcls"; /* labelled snippets per class */
+static bool TOKEN_SHIFT = false; /* the discriminator's family: job.model.token_shift */
 enum { EVAL_PER_CLASS = 48 };
 
 /* Each text is cut in chunks of CHUNK bytes; every HOLD-th chunk (index
@@ -143,7 +147,8 @@ static int prepare(void)
 static nb_model_config_t disc_model(nb_head_kind_t head, int n_classes)
 {
     return (nb_model_config_t){ .n_layer = 2, .d_model = D_MODEL, .n_head = 4, .d_ff = 4 * D_MODEL, .vocab = 257,
-                                .max_seq = T, .causal = false, .norm = NB_MODEL_NORM_PRE, .head = head, .n_classes = n_classes };
+                                .max_seq = T, .causal = false, .norm = NB_MODEL_NORM_PRE, .head = head, .n_classes = n_classes,
+                                .token_shift = TOKEN_SHIFT };
 }
 
 static nb_optim_config_t optim(float lr, int steps)
@@ -629,6 +634,7 @@ int main(void)
         printf("NB_ELECTRA_PRE_SHORT >= 0 and NB_ELECTRA_SHORT_T a divisor of %d needed\n", T);
         return 2;
     }
+    TOKEN_SHIFT = getenv("NB_ELECTRA_TOKEN_SHIFT") && !strcmp(getenv("NB_ELECTRA_TOKEN_SHIFT"), "1");
     if (getenv("NB_ELECTRA_PRE_SEQS"))
         PRE_SEQS = atoi(getenv("NB_ELECTRA_PRE_SEQS"));
     if (getenv("NB_ELECTRA_FT_BATCH"))
