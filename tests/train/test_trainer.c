@@ -888,6 +888,40 @@ static void test_checkpoint_resume(void **state)
     assert_int_equal(nb_trainer_resume(b, ck2, err, sizeof err), 0);
     snprintf(cmd, sizeof cmd, "rm -rf '%.170s'", ck2);
     assert_int_equal(system(cmd), 0);
+    /* token shift (job.model.token_shift): recorded only when set; a
+     * checkpoint of a model without it refuses a run with it and the other
+     * way round, naming it; a run with it resumes its own bit for bit */
+    other = c;
+    other.model.token_shift = true;
+    nb_trainer_free(b);
+    assert_int_equal(nb_trainer_new(be, &other, &b, err, sizeof err), 0);
+    assert_int_equal(nb_trainer_resume(b, ck, err, sizeof err), NB_EINVAL);
+    printf("  refused: %s\n", err);
+    assert_non_null(strstr(err, "model.token_shift is"));
+    size_t n_ts;
+    float *ts_saved = params_copy(b, &n_ts);
+    for (size_t i = 0; i < n_ts; i++) /* weights no fresh run of this seed has */
+        ts_saved[i] += 0.25f;
+    nb_part_t *tp = nb_trainer_part(b);
+    nb_be_from_host(nb_part_backend(tp), nb_part_params(tp), ts_saved, n_ts * 4);
+    nb_be_sync(nb_part_backend(tp));
+    assert_int_equal(nb_trainer_save(b, ck2, err, sizeof err), 0);
+    nb_trainer_free(b);
+    assert_int_equal(nb_trainer_new(be, &c, &b, err, sizeof err), 0);
+    assert_int_equal(nb_trainer_resume(b, ck2, err, sizeof err), NB_EINVAL);
+    printf("  refused: %s\n", err);
+    assert_non_null(strstr(err, "model.token_shift is true"));
+    nb_trainer_free(b);
+    assert_int_equal(nb_trainer_new(be, &other, &b, err, sizeof err), 0);
+    if (nb_trainer_resume(b, ck2, err, sizeof err))
+        fail_msg("%s", err);
+    size_t n_back;
+    float *ts_back = params_copy(b, &n_back);
+    assert_int_equal(n_back, n_ts);
+    assert_memory_equal(ts_back, ts_saved, n_ts * 4);
+    free(ts_saved);
+    free(ts_back);
+    assert_int_equal(system(cmd), 0);
     other = c;
     other.steps = other.optim.total_steps = 2;
     nb_trainer_free(b);
