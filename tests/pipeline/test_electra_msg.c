@@ -153,6 +153,25 @@ static void test_job_same(void **state)
     assert_false(nb_electra_job_same(&a, &ai, &b, &bi));
 }
 
+/* job.model.token_shift of the discriminator and of each generator reach
+ * their model configs (nb_electra_cfg_convert). */
+static void test_cfg_token_shift(void **state)
+{
+    (void)state;
+    static nb_config_t cfg;
+    char err[512];
+    if (nb_cfg_load("config/electra/single-process.yaml", &cfg, err, sizeof err))
+        fail_msg("%s", err);
+    cfg.job.model.token_shift = true;
+    cfg.job.electra.generators[1].model.token_shift = true;
+    static nb_electra_config_t ec;
+    if (nb_electra_cfg_convert(&cfg, 10, &ec, err, sizeof err))
+        fail_msg("%s", err);
+    assert_true(ec.model.token_shift);
+    assert_false(ec.gen[0].model.token_shift);
+    assert_true(ec.gen[1].model.token_shift);
+}
+
 /* A peer's non-finite loss reads n/a in progress lines. */
 static void test_loss_text(void **state)
 {
@@ -289,6 +308,7 @@ int main(void)
         cmocka_unit_test(test_job_travels),
         cmocka_unit_test(test_credit_never_lowered),
         cmocka_unit_test(test_job_same),
+        cmocka_unit_test(test_cfg_token_shift),
         cmocka_unit_test(test_loss_text),
         cmocka_unit_test(test_rx_refuses),
     };

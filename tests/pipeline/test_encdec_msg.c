@@ -157,6 +157,23 @@ static void test_token_shift_digest(void **state)
     assert_string_not_equal(plain, enc);
     assert_string_not_equal(plain, dec);
     assert_string_not_equal(enc, dec);
+    /* and the configuration's settings reach both models */
+    static nb_config_t cfg;
+    char err[512];
+    const char *texts[8];
+    if (nb_cfg_load("config/finetune/encdec-minilm.yaml", &cfg, err, sizeof err))
+        fail_msg("%s", err);
+    cfg.job.encoder.model.token_shift = true;
+    if (nb_encdec_cfg_convert(&cfg, &ec, texts, err, sizeof err))
+        fail_msg("%s", err);
+    assert_true(ec.enc.model.token_shift);
+    assert_false(ec.dec.model.token_shift);
+    cfg.job.encoder.model.token_shift = false;
+    cfg.job.model.token_shift = true;
+    if (nb_encdec_cfg_convert(&cfg, &ec, texts, err, sizeof err))
+        fail_msg("%s", err);
+    assert_false(ec.enc.model.token_shift);
+    assert_true(ec.dec.model.token_shift);
 }
 
 static void test_wait_deadline(void **state)
