@@ -153,6 +153,9 @@ static int show(const char *path)
                m->lowrank_block, m->lowrank_rank, m->lowrank_block, m->lowrank_rank, m->d_model);
     if (m->cross_attn) /* job.model.cross_attn: a decoder of an encoder-decoder job */
         printf("  cross-attention: every block reads an encoder's output (h*.xln, h*.xq, h*.xkv, h*.xproj)\n");
+    if (m->token_shift) /* job.model.token_shift: no tensors of its own */
+        printf("  token shift: a quarter of the embedding channels from the previous token%s (no parameters)\n",
+               m->causal ? "" : ", a quarter from the next");
     static float buf[CHUNK];
     int status = 0;
     for (int i = 0; i < w.info.n_tensors && !status; i++) {

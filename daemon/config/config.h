@@ -88,6 +88,7 @@ typedef struct {
     nb_cfg_gelu_t gelu; /* GELU form */
     int mask_token;     /* mlm input ID of masked positions; 0 = vocab - 1 */
     bool cross_attn;    /* decoder blocks: cross-attention to job.encoder's output */
+    bool token_shift;   /* neighbours' channels mixed into the embedding (nb_model_config_t.token_shift) */
 } nb_cfg_model_t;
 
 typedef struct {

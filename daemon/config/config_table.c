@@ -121,6 +121,7 @@ static const nb__cfg_key_t model_keys[] = {
     { .name = "gelu", .type = NB__CFG_ENUM, .def = "tanh", .names = gelu_names, FLD(nb_cfg_model_t, gelu), .doc = "GELU form: tanh (GPT-2) or erf (BERT)" },
     { .name = "mask_token", .type = NB__CFG_INT, .min = 0, .max = 16777215, .def = "0", FLD(nb_cfg_model_t, mask_token), .doc = "mlm: input ID of masked positions; 0 = vocab - 1 (BERT: 103, [MASK])" },
     { .name = "cross_attn", .type = NB__CFG_BOOL, .def = "false", FLD(nb_cfg_model_t, cross_attn), .doc = "decoder blocks: cross-attention to the output of job.encoder" },
+    { .name = "token_shift", .type = NB__CFG_BOOL, .def = "false", FLD(nb_cfg_model_t, token_shift), .doc = "before block 0 a quarter of the embedding channels come from the previous token (and, bidirectional, a quarter from the next); no parameters" },
     { 0 },
 };
 

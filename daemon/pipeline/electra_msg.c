@@ -16,7 +16,7 @@ static nb_model_config_t model_of(const nb_cfg_model_t *m)
         .norm = m->norm == NB_NORM_POST ? NB_MODEL_NORM_POST : NB_MODEL_NORM_PRE,
         .head = (nb_head_kind_t)m->head, .n_classes = m->n_classes, .tie_embeddings = m->tie_embeddings,
         .ln_eps = (float)m->ln_eps, .gelu = m->gelu == NB_GELU_ERF ? NB_MODEL_GELU_ERF : NB_MODEL_GELU_TANH,
-        .mask_token = m->mask_token,
+        .mask_token = m->mask_token, .token_shift = m->token_shift,
     };
 }
 
@@ -80,6 +80,7 @@ void nb_electra_job_to_msg(const nb_electra_config_t *ec, int g, uint64_t job_id
     st->model.ln_eps = m->ln_eps; /* as configured, 0 included: the generator builds what the reference builds */
     st->model.gelu = (uint32_t)m->gelu;
     st->model.mask_token = (uint32_t)m->mask_token;
+    st->model.token_shift = m->token_shift;
     nebula__optim_config__init(&st->optim);
     st->optim.lr = o->lr;
     st->optim.lr_min = o->lr_min;
@@ -206,7 +207,8 @@ int nb_electra_job_from_msg(const Nebula__ElectraJob *e, const char *my_name, co
                                      .d_ff = (int)m->d_ff, .vocab = (int)m->vocab, .max_seq = (int)m->max_seq,
                                      .causal = m->causal, .norm = (nb_norm_t)m->norm, .head = (nb_head_kind_t)m->head,
                                      .n_classes = (int)m->n_classes, .tie_embeddings = m->tie_embeddings,
-                                     .ln_eps = m->ln_eps, .gelu = (nb_gelu_t)m->gelu, .mask_token = (int)m->mask_token };
+                                     .ln_eps = m->ln_eps, .gelu = (nb_gelu_t)m->gelu, .mask_token = (int)m->mask_token,
+                                     .token_shift = m->token_shift };
     const Nebula__OptimConfig *o = e->optim;
     RANGE("optim.warmup_steps", o->warmup_steps, 0, 100000000u);
     RANGE("optim.total_steps", o->total_steps, 0, 100000000u);
@@ -243,7 +245,7 @@ static bool model_same(const nb_model_config_t *a, const nb_model_config_t *b)
            a->adapter_size == b->adapter_size && a->adapter_after == b->adapter_after &&
            a->adapter_first == b->adapter_first && a->adapter_last == b->adapter_last &&
            a->cross_attn == b->cross_attn && a->lowrank_block == b->lowrank_block &&
-           a->lowrank_rank == b->lowrank_rank;
+           a->lowrank_rank == b->lowrank_rank && a->token_shift == b->token_shift;
 }
 
 static bool optim_same(const nb_optim_config_t *a, const nb_optim_config_t *b)

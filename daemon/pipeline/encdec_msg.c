@@ -65,6 +65,8 @@ static uint64_t model_text(uint64_t h, const nb_model_config_t *m, const nb_free
              m->tie_embeddings, (double)m->ln_eps, (int)m->gelu, m->mask_token, m->cross_attn, m->adapter_size,
              m->adapter_after, m->adapter_first, m->adapter_last);
     h = fnv(h, b);
+    if (m->token_shift) /* only when set: the digest of a model without it stays as before */
+        h = fnv(h, "s|");
     for (int i = 0; i < f->n_freeze; i++)
         h = fnv(fnv(h, "f "), f->freeze[i]);
     for (int i = 0; i < f->n_trainable; i++)

@@ -42,6 +42,7 @@ int nb_job_model_from_cfg(const nb_cfg_model_t *in, nb_model_config_t *out)
     out->ln_eps = (float)in->ln_eps;
     out->gelu = in->gelu == NB_GELU_ERF ? NB_MODEL_GELU_ERF : NB_MODEL_GELU_TANH;
     out->mask_token = in->mask_token;
+    out->token_shift = in->token_shift;
     return nb_model_config_validate(out) ? NB_EINVAL : 0;
 }
 
@@ -79,6 +80,8 @@ void nb_job_model_digest(const nb_model_config_t *m, char out[17])
                       m->adapter_after, m->adapter_first, m->adapter_last);
     if (m->lowrank_rank > 0) /* job.lowrank: another model */
         n += snprintf(text + n, sizeof text - (size_t)n, ";lowrank=%d,%d", m->lowrank_block, m->lowrank_rank);
+    if (m->token_shift) /* job.model.token_shift: another function of the same tensors */
+        n += snprintf(text + n, sizeof text - (size_t)n, ";token_shift=1");
     uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a 64 */
     for (int i = 0; i < n; i++) {
         h ^= (uint8_t)text[i];
@@ -229,6 +232,7 @@ void nb_job_to_msg(const nb_job_desc_t *d, int daemon, nb_job_msg_store_t *st, N
     st->model.adapter_last = (uint32_t)l->model.adapter_last;
     st->model.lowrank_block = (uint32_t)l->model.lowrank_block;
     st->model.lowrank_rank = (uint32_t)l->model.lowrank_rank;
+    st->model.token_shift = l->model.token_shift;
     nebula__optim_config__init(&st->optim);
     st->optim.lr = l->optim.lr;
     st->optim.lr_min = l->optim.lr_min;
@@ -311,7 +315,8 @@ int nb_job_from_msg(const Nebula__Job *msg, nb_job_desc_t *out, int *your_daemon
                                     .gelu = (nb_gelu_t)m->gelu, .mask_token = (int)m->mask_token,
                                     .adapter_size = (int)m->adapter_size, .adapter_after = m->adapter_after,
                                     .adapter_first = (int)m->adapter_first, .adapter_last = (int)m->adapter_last,
-                                    .lowrank_block = (int)m->lowrank_block, .lowrank_rank = (int)m->lowrank_rank };
+                                    .lowrank_block = (int)m->lowrank_block, .lowrank_rank = (int)m->lowrank_rank,
+                                    .token_shift = m->token_shift };
     char lwhy[200]; /* the split first: its reason names job.lowrank */
     if (nb_lowrank_check(&l->model, lwhy, sizeof lwhy))
         BAD(NB_EINVAL, "job: %s", lwhy);

@@ -14,7 +14,7 @@ nb_model_config_t nb_cfg_to_model(const nb_cfg_model_t *m)
         .norm = m->norm == NB_NORM_POST ? NB_MODEL_NORM_POST : NB_MODEL_NORM_PRE,
         .head = (nb_head_kind_t)m->head, .n_classes = m->n_classes, .tie_embeddings = m->tie_embeddings,
         .ln_eps = (float)m->ln_eps, .gelu = m->gelu == NB_GELU_ERF ? NB_MODEL_GELU_ERF : NB_MODEL_GELU_TANH,
-        .mask_token = m->mask_token, .cross_attn = m->cross_attn,
+        .mask_token = m->mask_token, .cross_attn = m->cross_attn, .token_shift = m->token_shift,
     };
 }
 

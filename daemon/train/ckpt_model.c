@@ -75,6 +75,10 @@ json_t *nb__ckpt_model_json(const nb_model_config_t *c0)
                json_array_append_new(a, json_integer(c.lowrank_rank));
         bad |= json_object_set_new(o, "lowrank", a);
     }
+    /* token shift (job.model.token_shift) only when set: a model without it
+     * keeps the JSON (and digest) of before */
+    if (c.token_shift)
+        bad |= json_object_set_new(o, "token_shift", json_true());
     if (bad) {
         json_decref(o);
         return NULL;
@@ -166,6 +170,13 @@ const char *nb__ckpt_model_parse(json_t *v, nb_model_config_t *c, char *why, siz
         c->lowrank_rank = lv[1];
         extra++;
     }
+    json_t *ts = json_object_get(v, "token_shift");
+    if (ts) {
+        if (!json_is_true(ts))
+            return "model.token_shift is not true (a model without token shift has no token_shift key)";
+        c->token_shift = true;
+        extra++;
+    }
     if (json_object_size(v) != NB_ARRAY_LEN(int_keys) + 4 + extra)
         return "model has keys this build does not know";
     const char *bad = nb_model_config_validate(c);
@@ -210,6 +221,11 @@ const char *nb__ckpt_model_diff(const nb_model_config_t *a0, const char *a_what,
     if (a.gelu != b.gelu) {
         snprintf(buf, len, "model.gelu is %s in %s, %s in %s", nb_gelu_name(a.gelu), a_what, nb_gelu_name(b.gelu),
                  b_what);
+        return buf;
+    }
+    if (a.token_shift != b.token_shift) {
+        snprintf(buf, len, "model.token_shift is %s in %s, %s in %s", a.token_shift ? "true" : "false", a_what,
+                 b.token_shift ? "true" : "false", b_what);
         return buf;
     }
     if (a.tie_embeddings != b.tie_embeddings) {

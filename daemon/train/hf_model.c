@@ -213,8 +213,9 @@ out:
 /* The optional settings after nebula.model's 11 fields, in the order the
  * writer appends them: " ln_eps=E gelu=G" (settings other than the
  * defaults), " adapters=SIZE,AFTER,FIRST,LAST" (job.adapters: size, the
- * after bits, the blocks first..last-1), " cross_attn=1" (a decoder), then
- * " lowrank=BLOCK,RANK" (job.lowrank: a split block).
+ * after bits, the blocks first..last-1), " cross_attn=1" (a decoder),
+ * " lowrank=BLOCK,RANK" (job.lowrank: a split block), then " token_shift=1"
+ * (job.model.token_shift).
  * False on anything else (nb_model_config_validate checks the values). */
 static bool parse_model_tail(const char *t, nb_model_config_t *c)
 {
@@ -245,6 +246,13 @@ static bool parse_model_tail(const char *t, nb_model_config_t *c)
         if (sscanf(t, " lowrank=%d,%d%n", &c->lowrank_block, &c->lowrank_rank, &n) != 2 || c->lowrank_rank < 1 ||
             c->lowrank_block < 0)
             return false;
+        t += n;
+    }
+    if (!strncmp(t, " token_shift=", 13)) {
+        n = 0;
+        if (sscanf(t, " token_shift=%d%n", &x, &n) != 1 || x != 1)
+            return false;
+        c->token_shift = true;
         t += n;
     }
     return *t == '\0';
@@ -667,6 +675,16 @@ int nb_hf_save(const char *path, nb_part_t *p, nb_hf_names_t names, char *err, s
         snprintf(err, errlen, "%s: out of memory for %zu parameters", path, np);
         goto done;
     }
+    if (names != NB_HF_NAMES_NEBULA && c->token_shift) {
+        /* no parameters of its own, so the tensors would export, but no
+         * Hugging Face model shifts its embedding: loaded there, they would
+         * compute another function without a word of warning */
+        snprintf(err, errlen, "%s: a model with token_shift (job.model.token_shift) has no Hugging Face "
+                 "equivalent: %s names would load into a model that does not shift its embedding and computes "
+                 "another function; export it with Nebula's names (--names nebula)", path, nb_hf_names_name(names));
+        rc = NB_EINVAL;
+        goto done;
+    }
     if (names != NB_HF_NAMES_NEBULA && (c->cross_attn || c->lowrank_rank > 0 || c->adapter_size > 0)) {
         snprintf(err, errlen, "%s: a model with %s has no %s names (those names cover the original "
                  "architecture only): export it with Nebula's names (--names nebula)", path,
@@ -726,6 +744,8 @@ int nb_hf_save(const char *path, nb_part_t *p, nb_hf_names_t names, char *err, s
     if (c->lowrank_rank > 0) /* job.lowrank: the split block's fcproj.u/s/v (else as earlier builds wrote) */
         snprintf(model + strlen(model), sizeof model - strlen(model), " lowrank=%d,%d", c->lowrank_block,
                  c->lowrank_rank);
+    if (c->token_shift) /* job.model.token_shift (else as earlier builds wrote) */
+        snprintf(model + strlen(model), sizeof model - strlen(model), " token_shift=1");
     snprintf(part, sizeof part, "embed=%d first=%d last=%d head=%d", sp->embed, sp->first, sp->last, sp->head);
     const char *meta[] = { "format", "pt", "nebula.model", model, "nebula.part", part,
                            "nebula.names", nb_hf_names_name(names) };
@@ -759,6 +779,7 @@ int nb_hf_init_part(const char *path, nb_part_t *p, nb_hf_note_cb note, void *ud
     nb_part_spec_t fs;
     nb_hf_names_t names;
     rc = nb_hf_config_from_metadata(f, &fc, &fs, &names, err, errlen);
+    bool from_meta = rc == 1;
     if (rc == 0) {
         char cfg_path[4096];
         const char *slash = strrchr(path, '/');
@@ -789,6 +810,17 @@ int nb_hf_init_part(const char *path, nb_part_t *p, nb_hf_note_cb note, void *ud
         snprintf(err, errlen, "%s: cross_attn is %d in the pretrained model, %d in this job's model "
                  "(job.model.cross_attn: a decoder's blocks read an encoder's output)", path, fc.cross_attn,
                  c->cross_attn);
+        rc = NB_EINVAL;
+        goto out;
+    }
+    /* token shift has no tensors: a Hugging Face model (config.json, which
+     * never sets it) initialises a job with or without it alike; a file
+     * written by Nebula records it in its __metadata__ (nebula.model) and
+     * must agree, as a weights file must */
+    if (from_meta && fc.token_shift != c->token_shift) {
+        snprintf(err, errlen, "%s: token_shift is %s in the pretrained model (its nebula.model), %s in this job's "
+                 "model (job.model.token_shift must match the model the file was written by)", path,
+                 fc.token_shift ? "true" : "false", c->token_shift ? "true" : "false");
         rc = NB_EINVAL;
         goto out;
     }

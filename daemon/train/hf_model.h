@@ -65,8 +65,9 @@ int nb_hf_load(nb_st_file_t *f, nb_hf_names_t names, nb_part_t *p, nb_hf_note_cb
  * the model, part and names in __metadata__ ("format": "pt" too). GPT-2
  * names need a pre-LN causal lm model, BERT names a post-LN bidirectional
  * one (written with a zero token-type table of 2 rows, so that token type 0
- * reproduces the model). Errors: NB_EINVAL (a model the names cannot
- * express), NB_EIO, NB_ENOMEM. */
+ * reproduces the model); a model with token_shift needs Nebula's names
+ * (no Hugging Face model shifts its embedding). Errors: NB_EINVAL (a model
+ * the names cannot express), NB_EIO, NB_ENOMEM. */
 int nb_hf_save(const char *path, nb_part_t *p, nb_hf_names_t names, char *err, size_t errlen);
 
 /* Fills p's parameters from a pretrained model file (job.init): a Nebula
@@ -77,7 +78,9 @@ int nb_hf_save(const char *path, nb_part_t *p, nb_hf_names_t names, char *err, s
  * each pipeline part can load its own tensors from one whole-model file.
  * The file's model must equal p's in n_layer, d_model, n_head, d_ff,
  * vocab, max_seq, causal and norm (the first differing field is named),
- * and in ln_eps and gelu;
+ * and in ln_eps and gelu; in token_shift only when the file's Nebula
+ * __metadata__ names the model (a config.json never sets it, and the
+ * tensors are the same with or without it);
  * the head's tensors follow the name map. Errors as nb_hf_load, plus
  * NB_EINVAL for another model. */
 int nb_hf_init_part(const char *path, nb_part_t *p, nb_hf_note_cb note, void *ud, char *err, size_t errlen);

@@ -12,7 +12,8 @@
 #include "daemon/train/weights.h"
 
 #define NAME_BYTES 32
-#define HDR_FIELDS 24    /* 11 config + 4 spec + ln_eps (f32 bits) + gelu + 4 adapter + 2 low-rank + cross_attn */
+#define HDR_FIELDS 25    /* 11 config + 4 spec + ln_eps (f32 bits) + gelu + 4 adapter + 2 low-rank + cross_attn + token_shift */
+#define HDR_FIELDS_V5 24 /* weights version 5 */
 #define HDR_FIELDS_V4 23 /* weights version 4 */
 #define HDR_FIELDS_V3 21 /* weights version 3 */
 #define HDR_FIELDS_V2 17 /* weights version 2 */
@@ -21,18 +22,19 @@
 #define FIELD_GELU 16
 #define FIELD_LOWRANK 21 /* lowrank_rank, lowrank_block: the rank first, so a dense file is named by it */
 #define FIELD_XATTN 23   /* cross_attn: 1 for a decoder whose blocks read an encoder's output */
+#define FIELD_SHIFT 24   /* token_shift: 1 for a model that mixes its neighbours' channels into the embedding */
 
 static const char *const field_names[HDR_FIELDS] = {
     "n_layer", "d_model", "n_head", "d_ff", "vocab", "max_seq", "causal", "norm", "head",
     "n_classes", "tie_embeddings", "part.embed", "part.first", "part.last", "part.head", "ln_eps", "gelu",
     "adapter_size", "adapter_after", "adapter_first", "adapter_last", "lowrank_rank", "lowrank_block",
-    "cross_attn",
+    "cross_attn", "token_shift",
 };
 
 /* Header fields of a file of a version. */
 static int fields_of(uint32_t version)
 {
-    return version >= 5 ? HDR_FIELDS : version == 4 ? HDR_FIELDS_V4 : version == 3 ? HDR_FIELDS_V3 : version == 2 ? HDR_FIELDS_V2 : HDR_FIELDS_V1;
+    return version >= 6 ? HDR_FIELDS : version == 5 ? HDR_FIELDS_V5 : version == 4 ? HDR_FIELDS_V4 : version == 3 ? HDR_FIELDS_V3 : version == 2 ? HDR_FIELDS_V2 : HDR_FIELDS_V1;
 }
 
 static int32_t f32_bits(float x)
@@ -53,9 +55,9 @@ static float bits_f32(int32_t b)
  * model has the default settings (eps 1e-5, tanh GELU), no adapters, no
  * low-rank split and no cross-attention, so such files keep the version
  * every earlier build reads, 17 with other settings, 21 with adapters, 23
- * with a low-rank split, 24 with cross-attention (a decoder). Every field is
- * set either way (no adapters: four zeros; no split: two; no
- * cross-attention: one). */
+ * with a low-rank split, 24 with cross-attention (a decoder), 25 with token
+ * shift. Every field is set either way (no adapters: four zeros; no split:
+ * two; no cross-attention: one; no token shift: one). */
 static int header_fields(const nb_part_t *p, int32_t f[HDR_FIELDS])
 {
     const nb_model_config_t *c = nb_part_config(p);
@@ -76,8 +78,11 @@ static int header_fields(const nb_part_t *p, int32_t f[HDR_FIELDS])
     f[FIELD_LOWRANK] = lr ? c->lowrank_rank : 0;
     f[FIELD_LOWRANK + 1] = lr ? c->lowrank_block : 0;
     f[FIELD_XATTN] = c->cross_attn ? 1 : 0;
-    if (c->cross_attn)
+    f[FIELD_SHIFT] = c->token_shift ? 1 : 0;
+    if (c->token_shift)
         return HDR_FIELDS;
+    if (c->cross_attn)
+        return HDR_FIELDS_V5;
     if (lr)
         return HDR_FIELDS_V4;
     if (ad)
@@ -129,7 +134,7 @@ int nb_weights_save(const char *path, nb_part_t *p, char *err, size_t errlen)
     }
     int32_t hf[HDR_FIELDS];
     int nf = header_fields(p, hf);
-    uint32_t version = nf == HDR_FIELDS ? 5 : nf == HDR_FIELDS_V4 ? 4 : nf == HDR_FIELDS_V3 ? 3 : nf == HDR_FIELDS_V2 ? 2 : 1;
+    uint32_t version = nf == HDR_FIELDS ? 6 : nf == HDR_FIELDS_V5 ? 5 : nf == HDR_FIELDS_V4 ? 4 : nf == HDR_FIELDS_V3 ? 3 : nf == HDR_FIELDS_V2 ? 2 : 1;
     put(&w, "NBWT", 4);
     put(&w, &version, 4);
     uint32_t nt = (uint32_t)nb_part_num_tensors(p);
@@ -226,7 +231,8 @@ int nb_weights_load(const char *path, nb_part_t *p, char *err, size_t errlen)
     hf[FIELD_LN_EPS] = f32_bits(NB_MODEL_LN_EPS_DEFAULT);
     hf[FIELD_GELU] = NB_MODEL_GELU_TANH;
     for (int i = HDR_FIELDS_V2; i < HDR_FIELDS; i++)
-        hf[i] = 0; /* before version 3: no adapters; before 4: no low-rank split; before 5: no cross-attention */
+        hf[i] = 0; /* before version 3: no adapters; before 4: no low-rank split; before 5: no cross-attention;
+                    * before 6: no token shift */
     if (!get(&r, hf, (size_t)nf * 4)) {
         snprintf(err, errlen, "%s: offset %ld: truncated header", path, r.off);
         goto out;
@@ -242,6 +248,11 @@ int nb_weights_load(const char *path, nb_part_t *p, char *err, size_t errlen)
                 snprintf(err, errlen, "%s: offset %ld: gelu is %s in the file%s, %s in this model", path,
                          hdr_at + 4 * i, nb_gelu_name((nb_gelu_t)hf[i]), nf > i ? "" : " (by its version)",
                          nb_gelu_name((nb_gelu_t)hw[i]));
+            else if (i == FIELD_SHIFT)
+                snprintf(err, errlen, "%s: offset %ld: token_shift is %s in the file%s, %s in this model "
+                         "(job.model.token_shift: the same tensors compute another function)", path,
+                         hdr_at + 4 * i, hf[i] ? "true" : "false", nf > i ? "" : " (by its version)",
+                         hw[i] ? "true" : "false");
             else if (i > FIELD_GELU)
                 snprintf(err, errlen, "%s: offset %ld: %s is %d in the file%s, %d in this model (%s)", path,
                          hdr_at + 4 * i, field_names[i], hf[i], nf > i ? "" : " (by its version)", hw[i],

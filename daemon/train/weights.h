@@ -15,7 +15,8 @@
  * bits, first, last), version 4 then 2 x i32 for the low-rank split
  * (lowrank_rank, lowrank_block; docs/lowrank.md), version 5 then 1 x i32
  * cross_attn (1: a decoder whose blocks read an encoder's output;
- * docs/finetune.md). Version 1 has the first
+ * docs/finetune.md), version 6 then 1 x i32 token_shift (1: the embedding
+ * mixes in its neighbours' channels; job.model.token_shift). Version 1 has the first
  * 15 header fields only (eps 1e-5, tanh GELU); a model with those settings
  * is still written as version 1.
  *
@@ -32,13 +33,15 @@
 #include "kernels/model.h"
 
 /* The newest version; a model with the default settings (eps 1e-5, tanh
- * GELU), no adapters, no low-rank split and no cross-attention is written
+ * GELU), no adapters, no low-rank split, no cross-attention and no token
+ * shift is written
  * as version 1, which every earlier build reads, one with other settings as
  * version 2, one with adapters (job.adapters) as version 3, one with a
  * low-rank split (job.lowrank) as version 4, a decoder with cross-attention
- * (job.model.cross_attn) as version 5: each file keeps the oldest version
+ * (job.model.cross_attn) as version 5, a model with token shift
+ * (job.model.token_shift) as version 6: each file keeps the oldest version
  * that holds its model, and all are read. */
-#define NB_WEIGHTS_VERSION 5u
+#define NB_WEIGHTS_VERSION 6u
 
 /* Writes the parameters of p to path. Errors: NB_EIO, NB_ENOMEM. */
 int nb_weights_save(const char *path, nb_part_t *p, char *err, size_t errlen);

@@ -12,7 +12,7 @@
 
 /* The first model field in which the file differs from p (in the weights
  * header's order; the adapter fields only when the file has adapters; the
- * low-rank split and cross-attention always), written to err; false when
+ * low-rank split, cross-attention and token shift always), written to err; false when
  * none does. */
 static bool model_differs(const char *path, const nb_model_config_t *f, const nb_model_config_t *c, char *err,
                           size_t errlen)
@@ -83,6 +83,14 @@ static bool model_differs(const char *path, const nb_model_config_t *f, const nb
     if (f->cross_attn != c->cross_attn) {
         snprintf(err, errlen, "%s: cross_attn is %d in the file, %d in this model (job.model.cross_attn: a decoder's "
                  "blocks read an encoder's output)", path, f->cross_attn, c->cross_attn);
+        return true;
+    }
+    /* token shift has no tensors of its own, but the file's tensors were
+     * trained to compute another function: only the same setting */
+    if (f->token_shift != c->token_shift) {
+        snprintf(err, errlen, "%s: token_shift is %s in the file, %s in this model (job.model.token_shift must "
+                 "match the model the file was written by)", path, f->token_shift ? "true" : "false",
+                 c->token_shift ? "true" : "false");
         return true;
     }
     return false;

@@ -11,7 +11,8 @@
 #include "daemon/train/weights.h"
 
 #define NAME_BYTES 32
-#define HDR_FIELDS 24    /* version 5 (cross-attention); version 4 has the first 23, 3 21, 2 17, 1 15 */
+#define HDR_FIELDS 25    /* version 6 (token shift); version 5 has the first 24, 4 23, 3 21, 2 17, 1 15 */
+#define HDR_FIELDS_V5 24
 #define HDR_FIELDS_V4 23
 #define HDR_FIELDS_V3 21
 #define HDR_FIELDS_V2 17
@@ -159,7 +160,8 @@ int nb_weights_peek(const char *path, nb_weights_info_t *info, char *err, size_t
     float eps = NB_MODEL_LN_EPS_DEFAULT;
     h[HDR_FIELDS_V2 - 1] = NB_MODEL_GELU_TANH;
     for (int i = HDR_FIELDS_V2; i < HDR_FIELDS; i++)
-        h[i] = 0; /* before version 3: no adapters; before 4: no low-rank split; before 5: no cross-attention */
+        h[i] = 0; /* before version 3: no adapters; before 4: no low-rank split; before 5: no cross-attention;
+                   * before 6: no token shift */
     if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
         snprintf(err, errlen, "%s: not a regular file", path);
         rc = NB_EIO;
@@ -181,9 +183,10 @@ int nb_weights_peek(const char *path, nb_weights_info_t *info, char *err, size_t
         goto out;
     }
     if (version >= 2)
-        /* the model settings (then adapters, the low-rank split and
-         * cross-attention) follow the 15 fields */
-        nf = version >= 5   ? HDR_FIELDS
+        /* the model settings (then adapters, the low-rank split,
+         * cross-attention and token shift) follow the 15 fields */
+        nf = version >= 6   ? HDR_FIELDS
+             : version == 5 ? HDR_FIELDS_V5
              : version == 4 ? HDR_FIELDS_V4
              : version == 3 ? HDR_FIELDS_V3
                             : HDR_FIELDS_V2;
@@ -201,9 +204,13 @@ int nb_weights_peek(const char *path, nb_weights_info_t *info, char *err, size_t
                               .ln_eps = eps, .gelu = (nb_gelu_t)h[HDR_FIELDS_V2 - 1],
                               .adapter_size = h[17], .adapter_after = (unsigned)h[18], .adapter_first = h[19],
                               .adapter_last = h[20], .lowrank_rank = h[21], .lowrank_block = h[22],
-                              .cross_attn = h[23] != 0 };
+                              .cross_attn = h[23] != 0, .token_shift = h[24] != 0 };
     if (h[23] != 0 && h[23] != 1) {
         snprintf(err, errlen, "%s: offset %d: cross_attn is %d, must be 0 or 1", path, 8 + 4 * 23, h[23]);
+        goto out;
+    }
+    if (h[24] != 0 && h[24] != 1) {
+        snprintf(err, errlen, "%s: offset %d: token_shift is %d, must be 0 or 1", path, 8 + 4 * 24, h[24]);
         goto out;
     }
     info->spec = (nb_part_spec_t){ .embed = h[11] != 0, .first = h[12], .last = h[13], .head = h[14] != 0 };

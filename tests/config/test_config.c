@@ -116,6 +116,26 @@ static void test_values_parsed(void **state)
                "'=', ' ' and parentheses");
 }
 
+/* job.model.token_shift: a boolean, false by default; anything else is refused */
+static void test_token_shift(void **state)
+{
+    (void)state;
+    assert_int_equal(load_train(""), 0);
+    assert_false(cfg.job.model.token_shift);
+    const char *head = "name: t\nrole: train\njob:\n  data: tok.bin\n  batch: 8\n  seq_len: 32\n  steps: 10\n"
+                       "  model: {n_layer: 4, d_model: 64, n_head: 4, vocab: 256, token_shift: ";
+    char buf[512];
+    snprintf(buf, sizeof buf, "%strue}\n", head);
+    assert_int_equal(load(buf), 0);
+    assert_true(cfg.job.model.token_shift);
+    assert_false(cfg.job.model.cross_attn);
+    snprintf(buf, sizeof buf, "%s1}\n", head);
+    expect_err(load(buf), "dir/t.yaml:8:72: job.model.token_shift: wrong type: expected true or false, got '1'");
+    snprintf(buf, sizeof buf, "%s[true]}\n", head);
+    assert_int_not_equal(load(buf), 0);
+    assert_non_null(strstr(err, "job.model.token_shift: wrong type"));
+}
+
 static void test_unknown_key(void **state)
 {
     (void)state;
@@ -520,6 +540,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_train_defaults), cmocka_unit_test(test_values_parsed),
+        cmocka_unit_test(test_token_shift),
         cmocka_unit_test(test_unknown_key),    cmocka_unit_test(test_wrong_type),
         cmocka_unit_test(test_bounds),         cmocka_unit_test(test_missing),
         cmocka_unit_test(test_roles),          cmocka_unit_test(test_layers),

@@ -33,7 +33,8 @@ static nb_electra_config_t make_ec(void)
         snprintf(g->name, sizeof g->name, "%s", i ? "apache" : "gpl");
         g->model = (nb_model_config_t){ .n_layer = 1, .d_model = 16, .n_head = 2, .d_ff = 64, .vocab = 257,
                                         .max_seq = 16, .head = NB_MODEL_HEAD_MLM, .ln_eps = 1e-5f,
-                                        .gelu = NB_MODEL_GELU_ERF, .mask_token = 256 };
+                                        .gelu = NB_MODEL_GELU_ERF, .mask_token = 256,
+                                        .token_shift = i == 1 }; /* travels (test_job_travels) */
         g->optim = nb_optim_config_default();
         g->optim.lr = 3e-3f;
         g->optim.total_steps = 10;
@@ -60,6 +61,7 @@ static void test_job_travels(void **state)
     char err[512];
     assert_int_equal(nb_electra_job_from_msg(m, "apache", "own.tok", &gc, &info, err, sizeof err), 0);
     assert_memory_equal(&gc.model, &ec.gen[1].model, sizeof gc.model);
+    assert_true(gc.model.token_shift);
     assert_memory_equal(&gc.optim, &ec.gen[1].optim, sizeof gc.optim);
     assert_int_equal(gc.seed, 41);
     assert_int_equal(gc.sequences, 3);
@@ -143,8 +145,31 @@ static void test_job_same(void **state)
     b.optim.lr *= 2;
     assert_false(nb_electra_job_same(&a, &ai, &b, &bi));
     b.optim.lr = a.optim.lr;
+    b.model.token_shift = !a.model.token_shift; /* another model: another job */
+    assert_false(nb_electra_job_same(&a, &ai, &b, &bi));
+    b.model.token_shift = a.model.token_shift;
+    assert_true(nb_electra_job_same(&a, &ai, &b, &bi));
     bi.mask_prob = 0.2f;
     assert_false(nb_electra_job_same(&a, &ai, &b, &bi));
+}
+
+/* job.model.token_shift of the discriminator and of each generator reach
+ * their model configs (nb_electra_cfg_convert). */
+static void test_cfg_token_shift(void **state)
+{
+    (void)state;
+    static nb_config_t cfg;
+    char err[512];
+    if (nb_cfg_load("config/electra/single-process.yaml", &cfg, err, sizeof err))
+        fail_msg("%s", err);
+    cfg.job.model.token_shift = true;
+    cfg.job.electra.generators[1].model.token_shift = true;
+    static nb_electra_config_t ec;
+    if (nb_electra_cfg_convert(&cfg, 10, &ec, err, sizeof err))
+        fail_msg("%s", err);
+    assert_true(ec.model.token_shift);
+    assert_false(ec.gen[0].model.token_shift);
+    assert_true(ec.gen[1].model.token_shift);
 }
 
 /* A peer's non-finite loss reads n/a in progress lines. */
@@ -283,6 +308,7 @@ int main(void)
         cmocka_unit_test(test_job_travels),
         cmocka_unit_test(test_credit_never_lowered),
         cmocka_unit_test(test_job_same),
+        cmocka_unit_test(test_cfg_token_shift),
         cmocka_unit_test(test_loss_text),
         cmocka_unit_test(test_rx_refuses),
     };

@@ -134,6 +134,48 @@ static void test_digest_diff_names_parts(void **state)
     assert_string_equal(why, "the settings");
 }
 
+/* job.model.token_shift and job.encoder.model.token_shift enter the
+ * settings' digest: two daemons that differ in either are refused. */
+static void test_token_shift_digest(void **state)
+{
+    (void)state;
+    nb_encdec_config_t ec;
+    memset(&ec, 0, sizeof ec);
+    nb_model_config_t m = { .n_layer = 1, .d_model = 32, .n_head = 2, .d_ff = 128, .vocab = 300, .max_seq = 32 };
+    ec.enc.model = m;
+    ec.dec.model = m;
+    ec.dec.model.cross_attn = true;
+    char plain[17], again[17], enc[17], dec[17];
+    nb_encdec_cfg_digest(&ec, "fp32", "fp32", plain);
+    nb_encdec_cfg_digest(&ec, "fp32", "fp32", again);
+    assert_string_equal(plain, again);
+    ec.enc.model.token_shift = true;
+    nb_encdec_cfg_digest(&ec, "fp32", "fp32", enc);
+    ec.enc.model.token_shift = false;
+    ec.dec.model.token_shift = true;
+    nb_encdec_cfg_digest(&ec, "fp32", "fp32", dec);
+    assert_string_not_equal(plain, enc);
+    assert_string_not_equal(plain, dec);
+    assert_string_not_equal(enc, dec);
+    /* and the configuration's settings reach both models */
+    static nb_config_t cfg;
+    char err[512];
+    const char *texts[8];
+    if (nb_cfg_load("config/finetune/encdec-minilm.yaml", &cfg, err, sizeof err))
+        fail_msg("%s", err);
+    cfg.job.encoder.model.token_shift = true;
+    if (nb_encdec_cfg_convert(&cfg, &ec, texts, err, sizeof err))
+        fail_msg("%s", err);
+    assert_true(ec.enc.model.token_shift);
+    assert_false(ec.dec.model.token_shift);
+    cfg.job.encoder.model.token_shift = false;
+    cfg.job.model.token_shift = true;
+    if (nb_encdec_cfg_convert(&cfg, &ec, texts, err, sizeof err))
+        fail_msg("%s", err);
+    assert_false(ec.enc.model.token_shift);
+    assert_true(ec.dec.model.token_shift);
+}
+
 static void test_wait_deadline(void **state)
 {
     (void)state;
@@ -159,6 +201,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_inputs_by_content),
         cmocka_unit_test(test_digest_diff_names_parts),
+        cmocka_unit_test(test_token_shift_digest),
         cmocka_unit_test(test_wait_deadline),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

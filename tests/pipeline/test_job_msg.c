@@ -126,6 +126,39 @@ static void test_digest(void **state)
     assert_string_equal(a.digest, want);
 }
 
+/* job.model.token_shift travels in the Job and enters the digest only when
+ * set; a stage that reads it otherwise disagrees with the digest. */
+static void test_token_shift_travels(void **state)
+{
+    (void)state;
+    char err[512];
+    nb_job_desc_t plain = make_desc(0.0f, NB_MODEL_GELU_TANH), d = plain, got;
+    d.layout.model.token_shift = true;
+    nb_job_model_digest(&d.layout.model, d.digest);
+    assert_string_not_equal(plain.digest, d.digest);
+    nb_job_msg_store_t st;
+    Nebula__Job msg;
+    nb_job_to_msg(&d, 1, &st, &msg);
+    if (over_the_wire(&msg, &got, err, sizeof err))
+        fail_msg("%s", err);
+    assert_true(got.layout.model.token_shift);
+    assert_string_equal(got.digest, d.digest);
+    st.model.token_shift = false; /* the coordinator's digest names a token-shift model */
+    assert_int_equal(over_the_wire(&msg, &got, err, sizeof err), NB_EINVAL);
+    print_message("  refused: %s\n", err);
+    assert_non_null(strstr(err, "model digest"));
+    nb_job_to_msg(&plain, 1, &st, &msg); /* and the other way round */
+    st.model.token_shift = true;
+    assert_int_equal(over_the_wire(&msg, &got, err, sizeof err), NB_EINVAL);
+    assert_non_null(strstr(err, "model digest"));
+    /* nb_job_model_from_cfg carries the configuration's setting */
+    nb_cfg_model_t cm = { .n_layer = 2, .d_model = 32, .n_head = 4, .d_ff = 64, .vocab = 257, .max_seq = 16,
+                          .head = NB_HEAD_LM, .ln_eps = 1e-5, .token_shift = true };
+    nb_model_config_t mc;
+    assert_int_equal(nb_job_model_from_cfg(&cm, &mc), 0);
+    assert_true(mc.token_shift);
+}
+
 /* Held-out evaluation travels in the Job (docs/pipeline.md, "Held-out
  * evaluation"): the fraction into the layout (stage 0 trains on the head
  * only), the eval.data flag; a fraction out of range, or both, is refused. */
@@ -340,6 +373,7 @@ int main(void)
         cmocka_unit_test(test_adapters_travel),
         cmocka_unit_test(test_lowrank_travels),
         cmocka_unit_test(test_digest),
+        cmocka_unit_test(test_token_shift_travels),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -125,6 +125,27 @@ cat "$work/err.txt"
 [ $rc -eq 78 ] || fail "job.init of another model: exit $rc, expected 78"
 grep -q "d_ff is 64 in the pretrained model, 128 in this job's model" "$work/err.txt" || fail "d_ff not named"
 
+# token shift (job.model.token_shift) has no Hugging Face equivalent: a job
+# with it starts from the Hugging Face directory all the same (the same
+# tensors), its weights file records it, export with GPT-2 names is refused
+# naming it, Nebula's names keep it, and a job without it refuses the file
+sed 's/output: init-hf-model.safetensors.weights/output: ts.weights/; s/tie_embeddings: true }/tie_embeddings: true, token_shift: true }/' \
+  "$work/init.yaml" > "$work/ts.yaml"
+grep -q "token_shift: true" "$work/ts.yaml" && grep -q "init: hf/model.safetensors" "$work/ts.yaml" || fail "ts.yaml: $(cat "$work/ts.yaml")"
+"$train" --config "$work/ts.yaml" > /dev/null || fail "job.init from a Hugging Face directory into a token-shift model"
+"$nw" show "$work/ts.weights" | grep -q "token shift: a quarter of the embedding channels" || fail "show does not name token shift"
+set +e; "$nw" export "$work/ts.weights" "$work/x.safetensors" 2> "$work/err.txt"; rc=$?; set -e
+expect_refused $rc "$work/err.txt" "with token_shift (job.model.token_shift) has no Hugging Face equivalent"
+"$nw" export --names nebula "$work/ts.weights" "$work/ts-nb.safetensors" > /dev/null || fail "export with Nebula's names"
+"$nw" import "$work/ts-nb.safetensors" "$work/ts-back.weights" > /dev/null 2>&1 || fail "import with Nebula's names"
+cmp "$work/ts-back.weights" "$work/ts.weights" || fail "token shift or a value lost through Nebula's names"
+for src in ts.weights ts-nb.safetensors; do
+  sed "s|init: .*|init: $work/$src|" "$work/init.yaml" > "$work/init-ts.yaml"
+  set +e; "$train" --config "$work/init-ts.yaml" > /dev/null 2> "$work/err.txt"; rc=$?; set -e
+  [ $rc -eq 78 ] || fail "job.init of a token-shift $src into a model without it: exit $rc, expected 78"
+  grep -q "token_shift is true in the .*, false in this" "$work/err.txt" || fail "token_shift not named: $(cat "$work/err.txt")"
+done
+
 # the erf GELU and another eps are model settings: imported, recorded in
 # the weights file, and a job of the default model refuses that file
 sed -i 's/"gelu_new"/"gelu"/; s/1e-05/1e-12/' "$work/hf/config.json"

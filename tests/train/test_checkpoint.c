@@ -798,6 +798,45 @@ static void test_manifest_lowrank(void **state)
     free(text);
 }
 
+/* Token shift in the manifest's model: "token_shift": true round-trips; a
+ * model without it has no such key (its JSON and digest are those of
+ * before); any other value is refused naming it. */
+static void test_manifest_token_shift(void **state)
+{
+    (void)state;
+    nb_model_config_t ts = model;
+    ts.token_shift = true;
+    nb_ckpt_manifest_t m = { .meta = meta_of(&ts, 12), .n_files = 1 };
+    snprintf(m.files[0].name, sizeof m.files[0].name, "model.safetensors");
+    m.files[0].bytes = 1000;
+    memset(m.files[0].sha256, 'a', 64);
+    m.files[0].stages = 1;
+    size_t len;
+    char *text = nb_ckpt_manifest_format(&m, &len), err[512];
+    assert_non_null(text);
+    assert_non_null(strstr(text, "\"token_shift\": true"));
+    nb_ckpt_manifest_t back;
+    assert_int_equal(nb_ckpt_manifest_parse(text, len, "t", &back, err, sizeof err), 0);
+    assert_true(back.meta.model.token_shift);
+    static const char *const bad[] = { "false", "1", "\"true\"", "null" };
+    char *at = strstr(text, "\"token_shift\": true");
+    char *end = at + strlen("\"token_shift\": true");
+    for (size_t k = 0; k < NB_ARRAY_LEN(bad); k++) {
+        char mod[4096];
+        snprintf(mod, sizeof mod, "%.*s\"token_shift\": %s%s", (int)(at - text), text, bad[k], end);
+        assert_int_equal(nb_ckpt_manifest_parse(mod, strlen(mod), "t", &back, err, sizeof err), NB_EFORMAT);
+        printf("  refused: %s\n", err);
+        assert_non_null(strstr(err, "model.token_shift"));
+    }
+    free(text);
+    nb_ckpt_manifest_t d = { .meta = meta_of(&model, 12), .n_files = 1 };
+    d.files[0] = m.files[0];
+    text = nb_ckpt_manifest_format(&d, &len);
+    assert_non_null(text);
+    assert_null(strstr(text, "token_shift"));
+    free(text);
+}
+
 /* ---- the root ----------------------------------------------------------------- */
 
 static void make_step(const char *root, int64_t step, bool complete)
@@ -1020,6 +1059,7 @@ int main(void)
         cmocka_unit_test(test_refuse_other_model),
         cmocka_unit_test(test_manifest_parse),
         cmocka_unit_test(test_manifest_lowrank),
+        cmocka_unit_test(test_manifest_token_shift),
         cmocka_unit_test(test_list_prune),
         cmocka_unit_test(test_write_replaces),
         cmocka_unit_test(test_frozen),

@@ -500,6 +500,80 @@ static void test_weights_lowrank(void **state)
  * nb_weights_load and job.init, and a decoder refuses a file without it
  * (version 1: none by its version), unchanged; peek reads it back, and a
  * cross_attn field other than 0 or 1 is refused. */
+/* Token shift (job.model.token_shift) travels in the weights file: a model
+ * with it is written as version 6 and reads back bit for bit; a model
+ * without it stays version 1 (the bytes earlier builds wrote); a file of
+ * either refuses the other model, by load and by job.init, naming the
+ * field; peek reads it back and refuses a field other than 0 or 1. */
+static void test_weights_token_shift(void **state)
+{
+    (void)state;
+    nb_backend_t *be = nb_cpu_backend_new();
+    nb_train_config_t c = small_config();
+    nb_model_config_t ts = c.model;
+    ts.token_shift = true;
+    nb_part_spec_t spec = nb_part_spec_full(&c.model);
+    char err[512];
+    nb_part_t *p, *q, *plain;
+    assert_int_equal(nb_part_new(be, &ts, &spec, 1, NULL, &p, err, sizeof err), 0);
+    assert_int_equal(nb_part_new(be, &ts, &spec, 2, NULL, &q, err, sizeof err), 0);
+    assert_int_equal(nb_part_new(be, &c.model, &spec, 3, NULL, &plain, err, sizeof err), 0);
+    assert_int_equal(nb_weights_save(w_path, p, err, sizeof err), 0);
+    assert_int_equal(file_version(w_path), 6);
+    if (nb_weights_load(w_path, q, err, sizeof err))
+        fail_msg("%s", err);
+    size_t n = nb_part_num_params(p);
+    float *a = malloc(n * 4), *b = malloc(n * 4);
+    nb_be_to_host(be, a, nb_part_params(p), n * 4);
+    nb_be_to_host(be, b, nb_part_params(q), n * 4);
+    assert_memory_equal(a, b, n * 4);
+    if (nb_weights_load_part(w_path, q, err, sizeof err))
+        fail_msg("%s", err);
+    nb_weights_info_t info;
+    if (nb_weights_peek(w_path, &info, err, sizeof err))
+        fail_msg("%s", err);
+    assert_true(info.model.token_shift);
+    assert_false(info.model.cross_attn);
+    assert_int_equal(info.n_params, n);
+    nb_weights_info_free(&info);
+    /* into a model without it: refused, naming the field */
+    assert_int_equal(nb_weights_load(w_path, plain, err, sizeof err), NB_EINVAL);
+    printf("  refused: %s\n", err);
+    if (!strstr(err, "token_shift is true in the file, false in this model (job.model.token_shift"))
+        fail_msg("'%s' does not name token_shift", err);
+    assert_int_equal(nb_weights_load_part(w_path, plain, err, sizeof err), NB_EINVAL);
+    printf("  refused (job.init): %s\n", err);
+    if (!strstr(err, "token_shift is true in the file, false in this model"))
+        fail_msg("'%s' does not name token_shift", err);
+    /* a token_shift field of 2: refused by peek and load */
+    FILE *f = fopen(w_path, "r+b");
+    int32_t two = 2;
+    assert_int_equal(fseek(f, 8 + 4 * 24, SEEK_SET), 0);
+    assert_int_equal(fwrite(&two, 4, 1, f), 1);
+    fclose(f);
+    assert_int_equal(nb_weights_peek(w_path, &info, err, sizeof err), NB_EFORMAT);
+    printf("  refused: %s\n", err);
+    assert_non_null(strstr(err, "token_shift is 2, must be 0 or 1"));
+    assert_int_equal(nb_weights_load(w_path, q, err, sizeof err), NB_EINVAL);
+    assert_non_null(strstr(err, "token_shift is"));
+    /* a file without it stays version 1 and refuses the token-shift model */
+    assert_int_equal(nb_weights_save(w_path, plain, err, sizeof err), 0);
+    assert_int_equal(file_version(w_path), 1);
+    assert_int_equal(nb_weights_load(w_path, q, err, sizeof err), NB_EINVAL);
+    printf("  refused: %s\n", err);
+    if (!strstr(err, "token_shift is false in the file (by its version), true in this model"))
+        fail_msg("'%s' does not name token_shift", err);
+    assert_int_equal(nb_weights_load_part(w_path, q, err, sizeof err), NB_EINVAL);
+    if (!strstr(err, "token_shift is false in the file, true in this model"))
+        fail_msg("'%s' does not name token_shift", err);
+    free(a);
+    free(b);
+    nb_part_free(p);
+    nb_part_free(q);
+    nb_part_free(plain);
+    nb_be_free(be);
+}
+
 static void test_weights_cross_attn(void **state)
 {
     (void)state;
@@ -813,6 +887,40 @@ static void test_checkpoint_resume(void **state)
     assert_int_equal(nb_trainer_new(be, &other, &b, err, sizeof err), 0);
     assert_int_equal(nb_trainer_resume(b, ck2, err, sizeof err), 0);
     snprintf(cmd, sizeof cmd, "rm -rf '%.170s'", ck2);
+    assert_int_equal(system(cmd), 0);
+    /* token shift (job.model.token_shift): recorded only when set; a
+     * checkpoint of a model without it refuses a run with it and the other
+     * way round, naming it; a run with it resumes its own bit for bit */
+    other = c;
+    other.model.token_shift = true;
+    nb_trainer_free(b);
+    assert_int_equal(nb_trainer_new(be, &other, &b, err, sizeof err), 0);
+    assert_int_equal(nb_trainer_resume(b, ck, err, sizeof err), NB_EINVAL);
+    printf("  refused: %s\n", err);
+    assert_non_null(strstr(err, "model.token_shift is"));
+    size_t n_ts;
+    float *ts_saved = params_copy(b, &n_ts);
+    for (size_t i = 0; i < n_ts; i++) /* weights no fresh run of this seed has */
+        ts_saved[i] += 0.25f;
+    nb_part_t *tp = nb_trainer_part(b);
+    nb_be_from_host(nb_part_backend(tp), nb_part_params(tp), ts_saved, n_ts * 4);
+    nb_be_sync(nb_part_backend(tp));
+    assert_int_equal(nb_trainer_save(b, ck2, err, sizeof err), 0);
+    nb_trainer_free(b);
+    assert_int_equal(nb_trainer_new(be, &c, &b, err, sizeof err), 0);
+    assert_int_equal(nb_trainer_resume(b, ck2, err, sizeof err), NB_EINVAL);
+    printf("  refused: %s\n", err);
+    assert_non_null(strstr(err, "model.token_shift is true"));
+    nb_trainer_free(b);
+    assert_int_equal(nb_trainer_new(be, &other, &b, err, sizeof err), 0);
+    if (nb_trainer_resume(b, ck2, err, sizeof err))
+        fail_msg("%s", err);
+    size_t n_back;
+    float *ts_back = params_copy(b, &n_back);
+    assert_int_equal(n_back, n_ts);
+    assert_memory_equal(ts_back, ts_saved, n_ts * 4);
+    free(ts_saved);
+    free(ts_back);
     assert_int_equal(system(cmd), 0);
     other = c;
     other.steps = other.optim.total_steps = 2;
@@ -1395,6 +1503,7 @@ int main(void)
         cmocka_unit_test(test_weights_model_settings),
         cmocka_unit_test(test_weights_lowrank),
         cmocka_unit_test(test_weights_cross_attn),
+        cmocka_unit_test(test_weights_token_shift),
         cmocka_unit_test(test_eval_split),
         cmocka_unit_test(test_checkpoint_resume),
         cmocka_unit_test(test_resume_legs),
