@@ -42,6 +42,7 @@ cleanup() {
   wait 2>/dev/null || true
 }
 trap cleanup EXIT
+: > "$work/run/disc.log" # exists before the follower below opens it
 "$bin/nebulad" --config config/electra/discriminator.yaml > "$work/run/disc.log" 2>&1 & pids+=($!)
 "$bin/nebulad" --config config/electra/generator-gpl.yaml > "$work/run/gpl.log" 2>&1 & pids+=($!)
 "$bin/nebulad" --config config/electra/generator-apache.yaml > "$work/run/apache.log" 2>&1 & pids+=($!)

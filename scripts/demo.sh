@@ -37,6 +37,7 @@ cleanup() {
   wait 2>/dev/null || true
 }
 trap cleanup EXIT
+: > "$work/run/coordinator.log" # exists before the follower below opens it
 "$bin/nebulad" --config config/demo/coordinator.yaml > "$work/run/coordinator.log" 2>&1 & pids+=($!)
 "$bin/nebulad" --config config/demo/stage-a.yaml > "$work/run/demo-a.log" 2>&1 & pids+=($!)
 "$bin/nebulad" --config config/demo/stage-b.yaml > "$work/run/demo-b.log" 2>&1 & pids+=($!)
