@@ -93,7 +93,7 @@ typedef struct {
      * and the block drops its MLP residual. lowrank_rank 0 = none. */
     int lowrank_block;
     int lowrank_rank;
-    /* Token shift (kernels/model_shift.c; job.model.token_shift): before
+    /* Token shift (model_pass.c, backend.h nb_token_shift_fwd; job.model.token_shift): before
      * block 0 (and before the embedding LayerNorm of a post-LN model) the
      * embedding sum e (B,T,C) has channels [0, C/4) taken from position
      * t-1 and, in a bidirectional model, channels [C/4, C/2) from position

@@ -178,6 +178,7 @@ static void cu_token_shift(nb_backend_t *be, float *out, const float *x, const u
     size_t n = (size_t)B * (size_t)T * (size_t)C;
     if (n == 0)
         return;
+    NB_CHECK(n / EF_THREADS < INT32_MAX); /* the grid's x limit */
     NB_LAUNCH(token_shift_kernel, nb_cuda_blocks(n, EF_THREADS), EF_THREADS, 0, nb_cuda_stream(be))(
         out, x, key_mask, causal ? 1 : 2, backward, T, C, n);
     NB_CUDA_LAUNCHED();

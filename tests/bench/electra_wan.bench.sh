@@ -57,7 +57,8 @@ heartbeat_interval_s: 1
 heartbeat_timeout_s: 30
 connect_timeout_s: 60
 job:
-  model: {n_layer: 2, d_model: 64, n_head: 4, vocab: 257, max_seq: 64, causal: false, head: tokcls, n_classes: 2}
+  model: {n_layer: 2, d_model: 64, n_head: 4, vocab: 257, max_seq: 64, causal: false, head: tokcls, n_classes: 2,
+          token_shift: true}
   seed: 1337
   batch: $((8 * g))
   seq_len: 64
