@@ -1,6 +1,6 @@
 /* test_model_fenced.c - the model code never dereferences device memory on
  * the host: every model feature (pre- and post-LN, the four heads, tied and
- * untied embeddings, erf GELU, key masks, adapters after each sub-layer,
+ * untied embeddings, erf GELU, key masks, the token shift, adapters after each sub-layer,
  * decoder blocks with cross-attention, the low-rank split and a pipeline
  * cut at its factor, frozen tensors with backward stopping early, a tied
  * head in another part, seeded init, low-rank init from a dense part)
@@ -262,6 +262,10 @@ static void test_gpt(void **state)
     check(&split);
     scenario_t head_alone = { "gpt head alone", gpt(), 2, 9, 0, false, { 0, 3, 3 }, 2, NULL, false };
     check(&head_alone);
+    nb_model_config_t ts = gpt();
+    ts.token_shift = true;
+    scenario_t shift = { "gpt token shift, embedding alone", ts, 3, 7, 0, true, { 0, 0, 3 }, 2, NULL, false };
+    check(&shift);
 }
 
 static void test_bert_heads(void **state)
@@ -273,6 +277,10 @@ static void test_bert_heads(void **state)
         scenario_t sc = { names[h], bert(heads[h]), 3, 7, 0, true, { 0, 2, 3 }, 2, NULL, false };
         check(&sc);
     }
+    nb_model_config_t ts = bert(NB_MODEL_HEAD_TOKCLS);
+    ts.token_shift = true;
+    scenario_t shift = { "bert tokcls token shift", ts, 3, 7, 0, true, { 0, 2, 3 }, 2, NULL, false };
+    check(&shift);
 }
 
 static void test_adapters_decoder(void **state)

@@ -103,6 +103,9 @@ static void fb_embed_fwd(nb_backend_t *be, float *out, const int32_t *tok, const
 static void fb_embed_bwd(nb_backend_t *be, float *dwte, float *dwpe, const float *dout, const int32_t *tok,
                          int B, int Tn, int C)
 { OPS->embed_bwd(CPU, T(dwte), T(dwpe), T(dout), T(tok), B, Tn, C); }
+static void fb_token_shift(nb_backend_t *be, float *out, const float *x, const uint8_t *mask, bool causal,
+                           bool backward, int B, int Tn, int C)
+{ OPS->token_shift(CPU, T(out), T(x), T(mask), causal, backward, B, Tn, C); }
 static void fb_ln_fwd(nb_backend_t *be, float *out, float *mean, float *rstd, const float *x, const float *w,
                       const float *b, float eps, int N, int C)
 { OPS->layernorm_fwd(CPU, T(out), T(mean), T(rstd), T(x), T(w), T(b), eps, N, C); }
@@ -156,6 +159,7 @@ static const nb_backend_i fenced_iface = {
     .bias_grad = fb_bias_grad,
     .embed_fwd = fb_embed_fwd,
     .embed_bwd = fb_embed_bwd,
+    .token_shift = fb_token_shift,
     .layernorm_fwd = fb_ln_fwd,
     .layernorm_bwd = fb_ln_bwd,
     .gelu_fwd = fb_gelu_fwd,
