@@ -14,8 +14,9 @@
  * ((B,T,C); none for a part with the embedding).
  *
  * Memory: a part's parameters are carved out of ONE device allocation and its
- * gradients out of another, in the order listed in docs/model.md, so the
- * optimizer and the codecs see flat buffers. Gradients accumulate across
+ * gradients out of another, in the order nb_model_layout() lists (the one
+ * list of a part's tensors; docs/model.md), so the optimizer and the codecs
+ * see flat buffers. Gradients accumulate across
  * backward calls until nb_part_zero_grad(). What one micro-batch needs for
  * its backward lives in an nb_part_acts_t (one per in-flight micro-batch),
  * also one allocation. Everything is allocated through the backend: the
@@ -267,6 +268,29 @@ int nb_freeze_check(const nb_model_config_t *cfg, const nb_freeze_spec_t *f, cha
 /* Freezes the tensors of p that f matches (nb_part_set_frozen). 0 or
  * NB_ENOMEM. */
 int nb_part_freeze(nb_part_t *p, const nb_freeze_spec_t *f);
+
+/* One tensor of a part's layout, as nb_model_layout reports it. */
+typedef struct {
+    const char *name;           /* "wte", "h3.qkv.w": valid during the call only */
+    int ndim;                   /* 1 or 2 */
+    int64_t shape[2];           /* shape[1] = 1 for a vector */
+    size_t numel;
+    size_t offset;              /* in floats, into the part's parameter buffer */
+    uint32_t init_key, init_id; /* the stream that seeds its init (model_part.c) */
+} nb_layout_tensor_t;
+/* Called once per tensor; 0 goes on, a negative NB_E* code stops. */
+typedef int (*nb_layout_fn)(void *ud, const nb_layout_tensor_t *t);
+
+/* The single source of a part's tensor list (kernels/model_layout.c): calls
+ * fn (may be NULL: only counts) once per tensor of the part of cfg holding
+ * spec, in buffer order, with the names, shapes, offsets and init streams
+ * nb_part_new uses. Needs no backend and allocates nothing; an empty spec
+ * (no embedding, blocks or head) lists nothing. Returns the tensor count;
+ * NB_EINVAL, fn never called, when cfg fails nb_model_config_validate or
+ * spec is NULL or not a block range of 0..n_layer; NB_ERANGE when a
+ * tensor's size or the running parameter count overflows size_t (fn has
+ * seen the tensors before it); or the negative code fn returned. */
+int nb_model_layout(const nb_model_config_t *cfg, const nb_part_spec_t *spec, nb_layout_fn fn, void *ud);
 
 /* The tensors a part of cfg holding spec would have, in buffer order,
  * without allocating the part: a malloc'd array of *n entries (free it),

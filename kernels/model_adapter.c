@@ -21,26 +21,23 @@
 static const char *const ad_names[NB_AD_COUNT] = { "attn", "xattn", "ffn" };
 static const unsigned ad_bits[NB_AD_COUNT] = { NB_ADAPTER_ATTN, NB_ADAPTER_XATTN, NB_ADAPTER_FFN };
 
-int nb__adapter_layout(nb_part_t *p, int cap, int l, nb__add_tensor_fn add)
+void nb__adapter_layout(const nb_model_config_t *c, int l, nb__layout_t *L)
 {
-    const nb_model_config_t *c = &p->cfg;
     int64_t C = c->d_model, A = c->adapter_size;
-    int rc = 0;
     char name[32];
     for (int k = 0; k < NB_AD_COUNT; k++) {
         if (!nb_model_has_adapter(c, l, ad_bits[k]))
             continue;
         uint32_t id = (uint32_t)(NB_B_AD + 4 * k);
         snprintf(name, sizeof name, "h%d.ad_%s.down.w", l, ad_names[k]);
-        rc |= add(p, cap, name, 2, A, C, (uint32_t)l, id + NB_AD_DW);
+        nb__layout_add(L, name, 2, A, C, (uint32_t)l, id + NB_AD_DW);
         snprintf(name, sizeof name, "h%d.ad_%s.down.b", l, ad_names[k]);
-        rc |= add(p, cap, name, 1, A, 0, (uint32_t)l, id + NB_AD_DB);
+        nb__layout_add(L, name, 1, A, 0, (uint32_t)l, id + NB_AD_DB);
         snprintf(name, sizeof name, "h%d.ad_%s.up.w", l, ad_names[k]);
-        rc |= add(p, cap, name, 2, C, A, (uint32_t)l, id + NB_AD_UW);
+        nb__layout_add(L, name, 2, C, A, (uint32_t)l, id + NB_AD_UW);
         snprintf(name, sizeof name, "h%d.ad_%s.up.b", l, ad_names[k]);
-        rc |= add(p, cap, name, 1, C, 0, (uint32_t)l, id + NB_AD_UB);
+        nb__layout_add(L, name, 1, C, 0, (uint32_t)l, id + NB_AD_UB);
     }
-    return rc ? NB_ENOMEM : 0;
 }
 
 static bool has(const nb_part_t *p, int i, int k)

@@ -136,10 +136,22 @@ struct nb_part_acts {
     bool fwd_done, can_bwd;
 };
 
-/* Lists the part's tensors (p->cfg, p->spec set; p->info, init_key and
- * init_id hold cap entries) in buffer order, all trainable, gradient
- * offsets equal to parameter offsets. 0 or NB_ENOMEM (count overflow). */
+/* Fills the part's tensor table from nb_model_layout (p->cfg, p->spec
+ * set; p->info, init_key and init_id hold cap entries), all trainable,
+ * gradient offsets equal to parameter offsets; sets n_info, n_params and
+ * head_offset. 0 or NB_ENOMEM (bad config, count overflow). */
 int nb__part_build_layout(nb_part_t *p, int cap);
+/* An enumeration of a part's tensors under way (model_layout.c). */
+typedef struct {
+    nb_layout_fn fn;
+    void *ud;
+    size_t n_params; /* floats of the tensors listed so far */
+    int n;           /* tensors listed so far */
+    int rc;          /* the first error (NB_ERANGE or fn's): the rest is skipped */
+} nb__layout_t;
+/* Lists one tensor (d1 unused for a vector) at the end of L's buffer. */
+void nb__layout_add(nb__layout_t *L, const char *name, int ndim, int64_t d0, int64_t d1, uint32_t key,
+                    uint32_t id);
 /* Tensors a part of spec has at most (the cap build_layout needs). */
 int nb__part_layout_cap(const nb_part_spec_t *spec);
 /* Points the named weight and gradient slots at their place in the flat
@@ -161,11 +173,9 @@ void nb__linear_bwd(nb_backend_t *be, float *dx, float dx_beta, float *dw, float
 void nb__gelu_fwd(nb_part_t *p, float *out, const float *x, size_t n);
 void nb__gelu_bwd(nb_part_t *p, float *dx, const float *x, const float *dout, size_t n);
 
-/* model_adapter.c. Adapter tensors of a block in the layout (model_part.c
- * calls it after the block's own). 0 or NB_ENOMEM. */
-typedef int (*nb__add_tensor_fn)(nb_part_t *p, int cap, const char *name, int ndim, int64_t d0, int64_t d1,
-                                 uint32_t key, uint32_t id);
-int nb__adapter_layout(nb_part_t *p, int cap, int l, nb__add_tensor_fn add);
+/* model_adapter.c. Adapter tensors of block l in the layout (model_layout.c
+ * lists them after the block's own and its cross-attention's). */
+void nb__adapter_layout(const nb_model_config_t *c, int l, nb__layout_t *L);
 /* dst (N,C) = resid + S(x @ w^T + b), S the adapter of block i's sub-layer
  * k (NB_AD_*) or the identity where it has none. resid may be dst. */
 void nb__sublayer_fwd(nb_part_t *p, nb_part_acts_t *a, int i, int k, float *dst, const float *resid,
@@ -176,8 +186,8 @@ void nb__sublayer_fwd(nb_part_t *p, nb_part_acts_t *a, int i, int k, float *dst,
  * adapter's weight gradients. */
 const float *nb__adapter_bwd(nb_part_t *p, nb_part_acts_t *a, int i, int k, const float *dr);
 
-/* model_xattn.c. Cross-attention tensors of a block in the layout. */
-int nb__xattn_layout(nb_part_t *p, int cap, int l, nb__add_tensor_fn add);
+/* model_xattn.c. Cross-attention tensors of block l in the layout. */
+void nb__xattn_layout(const nb_model_config_t *c, int l, nb__layout_t *L);
 /* Forward of block i's cross-attention sub-layer on the residual stream
  * `h` (pre-LN: res1; post-LN: ln1); returns the stream the MLP reads
  * (pre-LN: resx; post-LN: xln). */
@@ -194,15 +204,13 @@ const float *nb__block_out(const nb_part_acts_t *a, int i);
 /* ---- low-rank split (model_lowrank.c) ---- */
 /* Where the split block sits relative to a part of cfg holding spec. */
 nb_lr_mode_t nb__lowrank_mode(const nb_model_config_t *cfg, const nb_part_spec_t *spec);
-/* Adds the tensors of the split block (global index l) that the part
- * holds, in buffer order (for NB_LR_UPPER: called once, before the
- * blocks). add(p, cap, name, ndim, d0, d1, key, id) is build_layout's. */
-typedef int (*nb__add_tensor_fn)(nb_part_t *p, int cap, const char *name, int ndim, int64_t d0, int64_t d1,
-                                 uint32_t key, uint32_t id);
-int nb__lowrank_layout(nb_part_t *p, int cap, int l, nb__add_tensor_fn add);
-/* Whether plain tensor id of block l is replaced by a low-rank one or
+/* Adds the tensors of the split block (global index l) that a part of c
+ * holding s has, in buffer order (for NB_LR_UPPER: called once, before
+ * the blocks). */
+void nb__lowrank_layout(const nb_model_config_t *c, const nb_part_spec_t *s, int l, nb__layout_t *L);
+/* Whether plain tensor id of block l of c is replaced by a low-rank one or
  * (NB_LR_LOWER) left to the part above. */
-bool nb__lowrank_skips(const nb_part_t *p, int l, int id);
+bool nb__lowrank_skips(const nb_model_config_t *c, int l, int id);
 /* Forward of the split block (index i within the part, input x), and
  * its backward (dout: gradient of its output, (N,r) for NB_LR_LOWER;
  * dx: gradient of x). Use the part's scratch like block_bwd. */

@@ -69,28 +69,28 @@ int nb_lowrank_check(const nb_model_config_t *cfg, char *why, size_t whylen)
 
 /* ---- layout ------------------------------------------------------------ */
 
-bool nb__lowrank_skips(const nb_part_t *p, int l, int id)
+bool nb__lowrank_skips(const nb_model_config_t *c, int l, int id)
 {
-    if (p->cfg.lowrank_rank <= 0 || l != p->cfg.lowrank_block)
+    if (c->lowrank_rank <= 0 || l != c->lowrank_block)
         return false;
     /* fcproj and, post-LN, ln2 follow the factor: they are low-rank tensors */
-    return id == NB_B_FCPW || id == NB_B_FCPB || (is_post(p) && (id == NB_B_LN2W || id == NB_B_LN2B));
+    return id == NB_B_FCPW || id == NB_B_FCPB ||
+           (c->norm == NB_MODEL_NORM_POST && (id == NB_B_LN2W || id == NB_B_LN2B));
 }
 
-int nb__lowrank_layout(nb_part_t *p, int cap, int l, nb__add_tensor_fn add)
+void nb__lowrank_layout(const nb_model_config_t *c, const nb_part_spec_t *s, int l, nb__layout_t *L)
 {
-    int64_t C = p->cfg.d_model, F = p->cfg.d_ff, R = p->cfg.lowrank_rank;
+    int64_t C = c->d_model, F = c->d_ff, R = c->lowrank_rank;
     static const char *const nm[NB_LR_COUNT] = { "fcproj.v", "fcproj.s", "fcproj.u", "fcproj.b", "ln2.w", "ln2.b" };
     const int64_t rows[NB_LR_COUNT] = { R, R, C, C, C, C }, cols[NB_LR_COUNT] = { F, R, R, 0, 0, 0 };
-    int from = p->lr_mode == NB_LR_UPPER ? NB_LR_S : NB_LR_V;
-    int to = p->lr_mode == NB_LR_LOWER ? NB_LR_S : is_post(p) ? NB_LR_COUNT : NB_LR_LN2W;
-    int rc = 0;
+    nb_lr_mode_t mode = nb__lowrank_mode(c, s);
+    int from = mode == NB_LR_UPPER ? NB_LR_S : NB_LR_V;
+    int to = mode == NB_LR_LOWER ? NB_LR_S : c->norm == NB_MODEL_NORM_POST ? NB_LR_COUNT : NB_LR_LN2W;
     char name[32];
     for (int id = from; id < to; id++) {
         snprintf(name, sizeof name, "h%d.%s", l, nm[id]);
-        rc |= add(p, cap, name, cols[id] ? 2 : 1, rows[id], cols[id], NB_INIT_KEY_LOWRANK, (uint32_t)id);
+        nb__layout_add(L, name, cols[id] ? 2 : 1, rows[id], cols[id], NB_INIT_KEY_LOWRANK, (uint32_t)id);
     }
-    return rc;
 }
 
 /* ---- passes ------------------------------------------------------------ */

@@ -1,7 +1,9 @@
 /*
- * model_part.c - a part of the transformer: its parameter layout (one flat
+ * model_part.c - a part of the transformer: its parameter table (one flat
  * buffer for parameters, one for gradients), seeded init, and the per
- * micro-batch activation objects. The passes are in model_pass.c.
+ * micro-batch activation objects. The tensor list itself (names, shapes,
+ * order, init streams) is nb_model_layout's, in model_layout.c; the
+ * passes are in model_pass.c.
  */
 #include <math.h>
 #include <stdarg.h>
@@ -32,86 +34,53 @@ static bool head_tied(const nb_model_config_t *c) { return head_is_vocab(c) && c
 
 /* ---- parameter layout -------------------------------------------------- */
 
-static int add_tensor(nb_part_t *p, int cap, const char *name, int ndim, int64_t d0, int64_t d1,
-                      uint32_t key, uint32_t id)
-{
-    NB_CHECK(p->n_info < cap);
-    nb_param_info_t *t = &p->info[p->n_info];
-    memset(t, 0, sizeof *t);
-    snprintf(t->name, sizeof t->name, "%s", name);
-    t->ndim = ndim;
-    t->shape[0] = d0;
-    t->shape[1] = ndim == 2 ? d1 : 1;
-    t->numel = mul_sat((size_t)d0, (size_t)t->shape[1]);
-    t->offset = p->n_params;
-    t->grad_offset = p->n_params;
-    t->decay = ndim == 2;
-    t->trainable = true;
-    p->init_key[p->n_info] = key;
-    p->init_id[p->n_info] = id;
-    if (t->numel == SIZE_MAX || nb_add_size(p->n_params, t->numel, &p->n_params))
-        return NB_ENOMEM;
-    p->n_info++;
-    return 0;
-}
-
 int nb__part_layout_cap(const nb_part_spec_t *spec)
 {
     return NB_E_COUNT + NB_H_COUNT + (spec->last - spec->first) * NB_B_COUNT + NB_LR_COUNT;
 }
 
-/* Lists the part's tensors in buffer order (docs/model.md). */
+/* nb_model_layout's callback: appends one tensor to the part's table. */
+struct part_table {
+    nb_part_t *p;
+    int cap;
+};
+
+static int add_tensor(void *ud, const nb_layout_tensor_t *l)
+{
+    struct part_table *pt = ud;
+    nb_part_t *p = pt->p;
+    if (p->n_info >= pt->cap)
+        return NB_ENOMEM;
+    nb_param_info_t *t = &p->info[p->n_info];
+    memset(t, 0, sizeof *t);
+    snprintf(t->name, sizeof t->name, "%s", l->name);
+    t->ndim = l->ndim;
+    t->shape[0] = l->shape[0];
+    t->shape[1] = l->shape[1];
+    t->numel = l->numel;
+    t->offset = l->offset;
+    t->grad_offset = l->offset;
+    t->decay = l->ndim == 2;
+    t->trainable = true;
+    p->init_key[p->n_info] = l->init_key;
+    p->init_id[p->n_info] = l->init_id;
+    p->n_info++;
+    p->n_params = l->offset + l->numel;
+    if (l->init_key == NB_INIT_KEY_HEAD && p->head_offset == SIZE_MAX)
+        p->head_offset = l->offset;
+    return 0;
+}
+
 int nb__part_build_layout(nb_part_t *p, int cap)
 {
-    const nb_model_config_t *c = &p->cfg;
-    int64_t C = c->d_model, F = c->d_ff, V = c->vocab;
-    int rc = 0;
-    char name[32];
-    if (p->spec.embed) {
-        rc |= add_tensor(p, cap, "wte", 2, V, C, NB_INIT_KEY_EMBED, NB_E_WTE);
-        rc |= add_tensor(p, cap, "wpe", 2, c->max_seq, C, NB_INIT_KEY_EMBED, NB_E_WPE);
-        if (c->norm == NB_MODEL_NORM_POST) {
-            rc |= add_tensor(p, cap, "emb_ln.w", 1, C, 0, NB_INIT_KEY_EMBED, NB_E_LNW);
-            rc |= add_tensor(p, cap, "emb_ln.b", 1, C, 0, NB_INIT_KEY_EMBED, NB_E_LNB);
-        }
-    }
-    static const char *const bn[NB_B_XLNW] = {
-        "ln1.w", "ln1.b", "qkv.w", "qkv.b", "proj.w", "proj.b",
-        "ln2.w", "ln2.b", "fc.w", "fc.b", "fcproj.w", "fcproj.b",
-    };
-    if (p->lr_mode == NB_LR_UPPER) /* the rest of the split block below */
-        rc |= nb__lowrank_layout(p, cap, c->lowrank_block, add_tensor);
-    for (int l = p->spec.first; l < p->spec.last; l++) {
-        int64_t rows[NB_B_XLNW] = { C, C, 3 * C, 3 * C, C, C, C, C, F, F, C, C };
-        int64_t cols[NB_B_XLNW] = { 0, 0, C, 0, C, 0, 0, 0, C, 0, F, 0 };
-        for (int t = 0; t < NB_B_XLNW; t++) {
-            if (nb__lowrank_skips(p, l, t))
-                continue;
-            snprintf(name, sizeof name, "h%d.%s", l, bn[t]);
-            rc |= add_tensor(p, cap, name, cols[t] ? 2 : 1, rows[t], cols[t], (uint32_t)l, (uint32_t)t);
-        }
-        /* a decoder's cross-attention, then adapters (model_xattn.c,
-         * model_adapter.c); the split block's low-rank tensors
-         * (model_lowrank.c: the model has neither beside a split) */
-        rc |= nb__xattn_layout(p, cap, l, add_tensor);
-        rc |= nb__adapter_layout(p, cap, l, add_tensor);
-        if (c->lowrank_rank > 0 && l == c->lowrank_block)
-            rc |= nb__lowrank_layout(p, cap, l, add_tensor);
-    }
-    p->head_offset = p->n_params;
-    if (p->spec.head) {
-        if (head_has_lnf(c)) {
-            rc |= add_tensor(p, cap, "lnf.w", 1, C, 0, NB_INIT_KEY_HEAD, NB_H_LNFW);
-            rc |= add_tensor(p, cap, "lnf.b", 1, C, 0, NB_INIT_KEY_HEAD, NB_H_LNFB);
-        }
-        if (head_is_vocab(c) && !c->tie_embeddings)
-            rc |= add_tensor(p, cap, "lm.w", 2, V, C, NB_INIT_KEY_HEAD, NB_H_LMW);
-        if (!head_is_vocab(c)) {
-            rc |= add_tensor(p, cap, "cls.w", 2, c->n_classes, C, NB_INIT_KEY_HEAD, NB_H_CLSW);
-            rc |= add_tensor(p, cap, "cls.b", 1, c->n_classes, 0, NB_INIT_KEY_HEAD, NB_H_CLSB);
-        }
-    }
-    return rc ? NB_ENOMEM : 0;
+    struct part_table pt = { p, cap };
+    p->n_info = 0;
+    p->n_params = 0;
+    p->head_offset = SIZE_MAX;
+    int rc = nb_model_layout(&p->cfg, &p->spec, add_tensor, &pt);
+    if (p->head_offset == SIZE_MAX) /* no head tensor: where one would begin */
+        p->head_offset = p->n_params;
+    return rc < 0 ? NB_ENOMEM : 0;
 }
 
 void nb__part_resolve(nb_part_t *p)

@@ -17,21 +17,19 @@
 #include <stdio.h>
 #include "kernels/model_impl.h"
 
-int nb__xattn_layout(nb_part_t *p, int cap, int l, nb__add_tensor_fn add)
+void nb__xattn_layout(const nb_model_config_t *c, int l, nb__layout_t *L)
 {
-    if (!p->cfg.cross_attn)
-        return 0;
-    int64_t C = p->cfg.d_model;
+    if (!c->cross_attn)
+        return;
+    int64_t C = c->d_model;
     static const char *const names[8] = { "xln.w", "xln.b", "xq.w", "xq.b", "xkv.w", "xkv.b", "xproj.w", "xproj.b" };
-    int64_t rows[8] = { C, C, C, C, 2 * C, 2 * C, C, C };
-    int64_t cols[8] = { 0, 0, C, 0, C, 0, C, 0 };
-    int rc = 0;
+    const int64_t rows[8] = { C, C, C, C, 2 * C, 2 * C, C, C };
+    const int64_t cols[8] = { 0, 0, C, 0, C, 0, C, 0 };
     char name[32];
     for (int t = 0; t < 8; t++) {
         snprintf(name, sizeof name, "h%d.%s", l, names[t]);
-        rc |= add(p, cap, name, cols[t] ? 2 : 1, rows[t], cols[t], (uint32_t)l, (uint32_t)(NB_B_XLNW + t));
+        nb__layout_add(L, name, cols[t] ? 2 : 1, rows[t], cols[t], (uint32_t)l, (uint32_t)(NB_B_XLNW + t));
     }
-    return rc ? NB_ENOMEM : 0;
 }
 
 static bool pre(const nb_part_t *p) { return p->cfg.norm == NB_MODEL_NORM_PRE; }

@@ -73,11 +73,12 @@ typedef struct {
     uint64_t file_offset;      /* of its first float (nb_weights_peek) */
 } nb_weights_tensor_t;
 
-/* The tensors, in buffer order, of a part `s` of model c (kernels/
- * model_part.c's layout, computed without building the part): writes up to
- * cap of them to out (may be NULL) and the parameter count to *n_params
- * (may be NULL). Returns the tensor count, or NB_ERANGE when a size
- * overflows 64 bits. c and s must be valid. */
+/* The tensors, in buffer order, of a part `s` of model c (nb_model_layout
+ * of kernels/model.h, the list nb_part_new builds, without building the
+ * part): writes up to cap of them to out (may be NULL) and the parameter
+ * count to *n_params (may be NULL). Returns the tensor count; NB_EINVAL
+ * when c or s is not valid (nb_model_config_validate, a block range of
+ * 0..n_layer); NB_ERANGE when a size overflows size_t. */
 int nb_weights_layout(const nb_model_config_t *c, const nb_part_spec_t *s, nb_weights_tensor_t *out, int cap,
                       uint64_t *n_params);
 

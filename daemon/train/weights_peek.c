@@ -1,7 +1,9 @@
 /*
  * weights_peek.c - what a weights file claims, checked before anything is
  * allocated in proportion to it: the model header against the tensor layout
- * it implies, and both against the file's length. See weights.h.
+ * it implies, and both against the file's length. See weights.h. The
+ * layout is kernels' nb_model_layout (the list nb_part_new builds), never
+ * a copy of it here.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -23,116 +25,39 @@
 static bool add_u64(uint64_t a, uint64_t b, uint64_t *out) { return !__builtin_add_overflow(a, b, out); }
 static bool mul_u64(uint64_t a, uint64_t b, uint64_t *out) { return !__builtin_mul_overflow(a, b, out); }
 
-/* Appends one tensor (when out has room) and counts it. */
-static void put(nb_weights_tensor_t *out, int cap, int *n, uint64_t *params, bool *ok, const char *name,
-                uint32_t ndim, uint64_t d0, uint64_t d1)
+/* What nb_model_layout's callback fills: up to cap entries of out. */
+struct table {
+    nb_weights_tensor_t *out;
+    int cap, n;
+    uint64_t params;
+};
+
+static int put(void *ud, const nb_layout_tensor_t *l)
 {
-    uint64_t numel;
-    if (!mul_u64(d0, ndim == 2 ? d1 : 1, &numel) || !add_u64(*params, numel, params))
-        *ok = false;
-    if (out && *n < cap) {
-        nb_weights_tensor_t *t = &out[*n];
+    struct table *tb = ud;
+    if (tb->out && tb->n < tb->cap) {
+        nb_weights_tensor_t *t = &tb->out[tb->n];
         memset(t, 0, sizeof *t);
-        snprintf(t->name, sizeof t->name, "%s", name);
-        t->ndim = ndim;
-        t->shape[0] = d0;
-        t->shape[1] = ndim == 2 ? d1 : 1;
-        t->numel = numel;
+        snprintf(t->name, sizeof t->name, "%s", l->name);
+        t->ndim = (uint32_t)l->ndim;
+        t->shape[0] = (uint64_t)l->shape[0];
+        t->shape[1] = (uint64_t)l->shape[1];
+        t->numel = l->numel;
     }
-    (*n)++;
+    tb->n++;
+    tb->params = l->offset + l->numel;
+    return 0;
 }
 
 int nb_weights_layout(const nb_model_config_t *c, const nb_part_spec_t *s, nb_weights_tensor_t *out, int cap,
                       uint64_t *n_params)
 {
-    int n = 0;
-    uint64_t params = 0, C = (uint64_t)c->d_model, F = (uint64_t)c->d_ff, V = (uint64_t)c->vocab;
-    bool ok = true;
-    if (s->embed) {
-        put(out, cap, &n, &params, &ok, "wte", 2, V, C);
-        put(out, cap, &n, &params, &ok, "wpe", 2, (uint64_t)c->max_seq, C);
-        if (c->norm == NB_MODEL_NORM_POST) {
-            put(out, cap, &n, &params, &ok, "emb_ln.w", 1, C, 0);
-            put(out, cap, &n, &params, &ok, "emb_ln.b", 1, C, 0);
-        }
-    }
-    static const char *const bn[12] = { "ln1.w", "ln1.b", "qkv.w", "qkv.b", "proj.w", "proj.b",
-                                        "ln2.w", "ln2.b", "fc.w", "fc.b", "fcproj.w", "fcproj.b" };
-    const uint64_t rows[12] = { C, C, 3 * C, 3 * C, C, C, C, C, F, F, C, C };
-    const uint64_t cols[12] = { 0, 0, C, 0, C, 0, 0, 0, C, 0, F, 0 };
-    /* a decoder's cross-attention, then adapters: docs/model.md, in the
-     * order of kernels/model_xattn.c and model_adapter.c */
-    static const char *const xn[8] = { "xln.w", "xln.b", "xq.w", "xq.b", "xkv.w", "xkv.b", "xproj.w", "xproj.b" };
-    const uint64_t xrows[8] = { C, C, C, C, 2 * C, 2 * C, C, C };
-    const uint64_t xcols[8] = { 0, 0, C, 0, C, 0, C, 0 };
-    static const char *const adn[3] = { "attn", "xattn", "ffn" };
-    uint64_t A = c->adapter_size > 0 ? (uint64_t)c->adapter_size : 0;
-    /* the low-rank split (kernels/model_lowrank.c): block k's fcproj.w is
-     * V (R,F), S (R,R), U (C,R); fcproj.b and, post-LN, ln2 follow them. A
-     * part ending at the factor holds V alone of those; the part beginning
-     * at it holds the rest first, before its own blocks. */
-    static const char *const lrn[6] = { "fcproj.v", "fcproj.s", "fcproj.u", "fcproj.b", "ln2.w", "ln2.b" };
-    uint64_t R = c->lowrank_rank > 0 ? (uint64_t)c->lowrank_rank : 0;
-    const uint64_t lrrows[6] = { R, R, C, C, C, C }, lrcols[6] = { F, R, R, 0, 0, 0 };
-    int k = R ? c->lowrank_block : -1;
-    bool post = c->norm == NB_MODEL_NORM_POST;
-    bool lower = R && s->first <= k && k < s->last && s->last == k + 1 && !s->head;
-    bool upper = R && s->first == k + 1 && !s->embed;
-    int lr_end = post ? 6 : 4;
-    if (upper)
-        for (int t = 1; t < lr_end; t++) {
-            char name[NAME_BYTES];
-            snprintf(name, sizeof name, "h%d.%s", k, lrn[t]);
-            put(out, cap, &n, &params, &ok, name, lrcols[t] ? 2 : 1, lrrows[t], lrcols[t]);
-        }
-    for (int l = s->first; l < s->last; l++) {
-        char name[NAME_BYTES];
-        for (int t = 0; t < 12; t++) {
-            /* fcproj.w/.b (t 10, 11) and post-LN ln2 (t 6, 7) of the split
-             * block are its low-rank tensors, below */
-            if (l == k && (t >= 10 || (post && (t == 6 || t == 7))))
-                continue;
-            snprintf(name, sizeof name, "h%d.%s", l, bn[t]);
-            put(out, cap, &n, &params, &ok, name, cols[t] ? 2 : 1, rows[t], cols[t]);
-        }
-        for (int t = 0; c->cross_attn && t < 8; t++) {
-            snprintf(name, sizeof name, "h%d.%s", l, xn[t]);
-            put(out, cap, &n, &params, &ok, name, xcols[t] ? 2 : 1, xrows[t], xcols[t]);
-        }
-        for (int k = 0; k < 3; k++) {
-            if (!nb_model_has_adapter(c, l, 1u << k))
-                continue;
-            snprintf(name, sizeof name, "h%d.ad_%s.down.w", l, adn[k]);
-            put(out, cap, &n, &params, &ok, name, 2, A, C);
-            snprintf(name, sizeof name, "h%d.ad_%s.down.b", l, adn[k]);
-            put(out, cap, &n, &params, &ok, name, 1, A, 0);
-            snprintf(name, sizeof name, "h%d.ad_%s.up.w", l, adn[k]);
-            put(out, cap, &n, &params, &ok, name, 2, C, A);
-            snprintf(name, sizeof name, "h%d.ad_%s.up.b", l, adn[k]);
-            put(out, cap, &n, &params, &ok, name, 1, C, 0);
-        }
-        for (int t = 0; l == k && t < (lower ? 1 : lr_end); t++) {
-            snprintf(name, sizeof name, "h%d.%s", l, lrn[t]);
-            put(out, cap, &n, &params, &ok, name, lrcols[t] ? 2 : 1, lrrows[t], lrcols[t]);
-        }
-    }
-    if (s->head) {
-        bool vocab_head = c->head == NB_MODEL_HEAD_LM || c->head == NB_MODEL_HEAD_MLM;
-        if (c->norm == NB_MODEL_NORM_PRE) {
-            put(out, cap, &n, &params, &ok, "lnf.w", 1, C, 0);
-            put(out, cap, &n, &params, &ok, "lnf.b", 1, C, 0);
-        }
-        if (vocab_head && !c->tie_embeddings)
-            put(out, cap, &n, &params, &ok, "lm.w", 2, V, C);
-        if (!vocab_head) {
-            put(out, cap, &n, &params, &ok, "cls.w", 2, (uint64_t)c->n_classes, C);
-            put(out, cap, &n, &params, &ok, "cls.b", 1, (uint64_t)c->n_classes, 0);
-        }
-    }
-    if (!ok)
-        return NB_ERANGE;
+    struct table tb = { .out = out, .cap = cap };
+    int n = nb_model_layout(c, s, put, &tb);
+    if (n < 0)
+        return n;
     if (n_params)
-        *n_params = params;
+        *n_params = tb.params;
     return n;
 }
 

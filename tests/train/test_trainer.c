@@ -1330,12 +1330,18 @@ static void test_resume_after_skipped(void **state)
     nb_be_free(be);
 }
 
-/* nb_weights_layout equals the layout of a real part, for every head,
- * norm, tying and cut, with and without a low-rank split in block 0 or in
- * the top block (whose cuts then end at, and begin with, the factor: the
- * head-only part of a U-shape begins with it), and with cross-attention in
- * every block; nb_weights_peek reads a
- * real file's table. */
+/* Stops nb_model_layout at the tensor named ud. */
+static int stop_at(void *ud, const nb_layout_tensor_t *t) { return strcmp(t->name, ud) == 0 ? NB_EIO : 0; }
+
+/* nb_weights_layout (over kernels' nb_model_layout) equals the layout of a
+ * real part (names, shapes, offsets, sizes), for every head, norm, tying
+ * and cut, with and without a low-rank split in block 0 (beside adapters
+ * and token shift) or in the top block (whose cuts then end at, and begin
+ * with, the factor: the head-only part of a U-shape begins with it), with
+ * cross-attention and adapters after all three sub-layers, and with token
+ * shift alone (no tensors of its own); nb_weights_peek reads a real file's
+ * table. nb_model_layout refuses a bad config or spec and stops where its
+ * callback says. */
 static void test_weights_layout(void **state)
 {
     (void)state;
@@ -1344,7 +1350,11 @@ static void test_weights_layout(void **state)
     nb_head_kind_t heads[] = { NB_MODEL_HEAD_LM, NB_MODEL_HEAD_MLM, NB_MODEL_HEAD_SEQCLS, NB_MODEL_HEAD_TOKCLS };
     nb_part_spec_t specs[] = { { true, 0, 3, true }, { true, 0, 1, false }, { false, 1, 3, false },
                                { false, 3, 3, true }, { false, 2, 3, true } };
-    for (int lr = 0; lr < 4; lr++) /* lr 3: cross-attention, no split */
+    int n_adapters = 0, n_xattn = 0, n_lowrank = 0;
+    /* feature 0: none; 1: split in block 0, adapters after attn and ffn in
+     * blocks 1..2, token shift; 2: split in block 2; 3: cross-attention,
+     * adapters after all three sub-layers in blocks 0..1; 4: token shift */
+    for (int ft = 0; ft < 5; ft++)
     for (int hk = 0; hk < 4; hk++)
         for (int norm = 0; norm < 2; norm++)
             for (int tie = 0; tie < 2; tie++)
@@ -1353,27 +1363,46 @@ static void test_weights_layout(void **state)
                                             .max_seq = 8, .causal = true, .norm = norm ? NB_MODEL_NORM_POST
                                                                                        : NB_MODEL_NORM_PRE,
                                             .head = heads[hk], .n_classes = 3, .tie_embeddings = tie,
-                                            .lowrank_block = lr == 2 ? 2 : 0,
-                                            .lowrank_rank = lr == 1 || lr == 2 ? 5 : 0, .cross_attn = lr == 3 };
+                                            .lowrank_block = ft == 2 ? 2 : 0,
+                                            .lowrank_rank = ft == 1 || ft == 2 ? 5 : 0, .cross_attn = ft == 3,
+                                            .token_shift = ft == 1 || ft == 4 };
+                    if (ft == 1)
+                        m.adapter_size = 4, m.adapter_after = NB_ADAPTER_ATTN | NB_ADAPTER_FFN, m.adapter_first = 1,
+                        m.adapter_last = 3;
+                    if (ft == 3)
+                        m.adapter_size = 3, m.adapter_after = NB_ADAPTER_ATTN | NB_ADAPTER_XATTN | NB_ADAPTER_FFN,
+                        m.adapter_first = 0, m.adapter_last = 2;
                     if (hk < 2)
                         m.n_classes = 0;
                     nb_part_t *tie_part = NULL, *p = NULL;
                     nb_part_spec_t es = { true, 0, 0, false };
                     if (specs[sp].head && !specs[sp].embed && tie && hk < 2)
                         assert_int_equal(nb_part_new(be, &m, &es, 1, NULL, &tie_part, err, sizeof err), 0);
-                    assert_int_equal(nb_part_new(be, &m, &specs[sp], 1, tie_part, &p, err, sizeof err), 0);
+                    if (nb_part_new(be, &m, &specs[sp], 1, tie_part, &p, err, sizeof err))
+                        fail_msg("%s", err);
                     nb_weights_tensor_t t[128];
                     uint64_t np;
                     int n = nb_weights_layout(&m, &specs[sp], t, 128, &np);
                     assert_int_equal(n, nb_part_num_tensors(p));
                     assert_int_equal(np, nb_part_num_params(p));
+                    assert_int_equal(nb_model_layout(&m, &specs[sp], NULL, NULL), n);
+                    uint64_t off = 0;
                     for (int i = 0; i < n; i++) {
                         const nb_param_info_t *pi = nb_part_tensor(p, i);
                         assert_string_equal(t[i].name, pi->name);
                         assert_int_equal(t[i].ndim, pi->ndim);
                         assert_int_equal(t[i].shape[0], pi->shape[0]);
                         assert_int_equal(t[i].shape[1], pi->shape[1]);
+                        assert_int_equal(t[i].numel, pi->numel);
+                        assert_int_equal(pi->offset, off); /* packed, in this order */
+                        off += t[i].numel;
+                        n_adapters += strstr(t[i].name, ".ad_") != NULL;
+                        n_xattn += strstr(t[i].name, ".xq.") != NULL;
+                        n_lowrank += strstr(t[i].name, ".fcproj.") && strstr(t[i].name, ".fcproj.w") == NULL;
                     }
+                    assert_int_equal(off, np);
+                    if (n > 1) /* the callback's error stops the list there */
+                        assert_int_equal(nb_model_layout(&m, &specs[sp], stop_at, t[1].name), NB_EIO);
                     assert_int_equal(nb_weights_save(w_path, p, err, sizeof err), 0);
                     nb_weights_info_t info;
                     assert_int_equal(nb_weights_peek(w_path, &info, err, sizeof err), 0);
@@ -1382,6 +1411,8 @@ static void test_weights_layout(void **state)
                     assert_int_equal(info.model.lowrank_rank, m.lowrank_rank);
                     assert_int_equal(info.model.lowrank_block, m.lowrank_block);
                     assert_int_equal(info.model.cross_attn, m.cross_attn);
+                    assert_int_equal(info.model.token_shift, m.token_shift);
+                    assert_int_equal(info.model.adapter_size, m.adapter_size);
                     if (n > 0) /* a post-LN tied head alone holds no tensor */
                         assert_int_equal(info.tensors[n - 1].file_offset + info.tensors[n - 1].numel * 4,
                                          info.file_bytes);
@@ -1389,6 +1420,15 @@ static void test_weights_layout(void **state)
                     nb_part_free(p);
                     nb_part_free(tie_part);
                 }
+    /* every feature listed its tensors somewhere */
+    assert_true(n_adapters > 0 && n_xattn > 0 && n_lowrank > 0);
+    nb_model_config_t bad = { .n_layer = 3, .d_model = 16, .n_head = 3, .d_ff = 24, .vocab = 40, .max_seq = 8 };
+    nb_part_spec_t all = { true, 0, 3, true }, past = { true, 0, 4, true };
+    assert_int_equal(nb_model_layout(&bad, &all, NULL, NULL), NB_EINVAL); /* 16 % 3 heads */
+    assert_int_equal(nb_weights_layout(&bad, &all, NULL, 0, NULL), NB_EINVAL);
+    bad.n_head = 2;
+    assert_int_equal(nb_model_layout(&bad, &past, NULL, NULL), NB_EINVAL);
+    assert_int_equal(nb_model_layout(&bad, NULL, NULL, NULL), NB_EINVAL);
     nb_be_free(be);
 }
 
