@@ -69,8 +69,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
+#include "daemon/clock.h"
 #include "kernels/common.h"
 #include "kernels/rng.h"
 #include "daemon/data/tokens.h"
@@ -99,13 +99,6 @@ static uint64_t n_train[K];
 static uint64_t held_first[K][64];
 static int n_held[K];
 static char pre_path[K][128];
-
-static double nb_now_s_bench(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static int prepare(void)
 {
@@ -214,7 +207,7 @@ static int run_job(nb_electra_t *e, const char *phase, int steps, int gen_width,
         win += st.disc_loss, wacc += st.disc_acc, nwin++;
         if ((s + 1) % 50 == 0 || s == steps - 1) {
             printf("[%.0f s] pretrain width %d %s %s step %d: gen loss %.3f, disc loss %.4f acc %.3f (mean of %d)\n",
-                   nb_now_s_bench(), gen_width, tied ? "tied" : "untied", phase, s + 1, st.gen_loss[0], win / nwin,
+                   nb_mono_s(), gen_width, tied ? "tied" : "untied", phase, s + 1, st.gen_loss[0], win / nwin,
                    wacc / nwin, nwin);
             fflush(stdout);
             win = wacc = 0, nwin = 0;
@@ -707,10 +700,10 @@ int main(void)
         double sp = 0, ss = 0, sp2 = 0, ss2 = 0, dd = 0, dd2 = 0;
         int wins = 0;
         for (int sd = 0; sd < SEEDS; sd++) {
-            double t0 = nb_now_s_bench();
+            double t0 = nb_mono_s();
             double a1 = finetune(be, w, vote, (uint64_t)sd), a2 = finetune(be, NULL, vote, (uint64_t)sd);
             printf("seed %d %s%s: pretrained %.3f scratch %.3f (%.0f s)\n", sd, vote ? "vote" : "seqcls",
-                   FREEZE ? " (body frozen)" : "", a1, a2, nb_now_s_bench() - t0);
+                   FREEZE ? " (body frozen)" : "", a1, a2, nb_mono_s() - t0);
             fflush(stdout);
             sp += a1, sp2 += a1 * a1, ss += a2, ss2 += a2 * a2, dd += a1 - a2, dd2 += (a1 - a2) * (a1 - a2);
             wins += a1 > a2;

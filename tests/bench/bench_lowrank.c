@@ -40,7 +40,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
+#include "daemon/clock.h"
 #include "daemon/data/tokenizer.h"
 #include "daemon/train/hf_model.h"
 #include "daemon/train/safetensors.h"
@@ -63,13 +63,6 @@ static nb_model_config_t base;
 static nb_part_t *dense; /* the pretrained encoder, no head */
 static int STEPS = 120, SEEDS = 1, SEED0 = 1, FREEZE_EMB = 1;
 static int n_eval, eval_cls[MAX_EVAL], eval_j[MAX_EVAL], eval_n[K]; /* the held-out windows */
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* [CLS] snippet [SEP], truncated to T, padded (mask 0). */
 static int encode(const char *snip, int32_t *ids, uint8_t *mask)
@@ -222,7 +215,7 @@ static int train(run_t *r, int seed)
     int32_t ids[B * T], lab[B];
     uint8_t mask[B * T];
     char snip[SNIP];
-    double t0 = now();
+    double t0 = nb_mono_s();
     float loss = 0, first = 0;
     for (int s = 0; s < STEPS; s++) {
         for (int b = 0; b < B; b++) { /* balanced classes, snippets keyed by (seed, step, row) */
@@ -250,7 +243,7 @@ static int train(run_t *r, int seed)
         if (s == 0)
             first = loss;
     }
-    r->secs += now() - t0;
+    r->secs += nb_mono_s() - t0;
     /* the trained weights into a model with evaluation-sized activations */
     if (model_new(r, &oc, EB, &em))
         return -1;
@@ -262,7 +255,7 @@ static int train(run_t *r, int seed)
     int w = tm.n == 2 ? nb_part_out_width(tm.p[0]) : base.d_model;
     r->traffic = 2.0 * B * T * w * sizeof(float);
     printf("# %-8s seed %d: loss %.3f -> %.3f, held-out accuracy %.2f%%, %.0f bytes across the cut per step, "
-           "%.1f s\n", r->name, order, first, loss, acc, r->traffic, now() - t0);
+           "%.1f s\n", r->name, order, first, loss, acc, r->traffic, nb_mono_s() - t0);
     fflush(stdout);
     model_free(&tm);
     model_free(&em);
