@@ -757,84 +757,86 @@ static void test_manifest_parse(void **state)
     free(text);
 }
 
+/* The manifest of a one-file checkpoint of model c at step 12. */
+static nb_ckpt_manifest_t one_file_manifest(const nb_model_config_t *c)
+{
+    nb_ckpt_manifest_t m = { .meta = meta_of(c, 12), .n_files = 1 };
+    snprintf(m.files[0].name, sizeof m.files[0].name, "model.safetensors");
+    m.files[0].bytes = 1000;
+    memset(m.files[0].sha256, 'a', 64);
+    m.files[0].stages = 1;
+    return m;
+}
+
+/* A model setting written only when set: the manifest of c holds "key"
+ * and parses back into *back (the caller checks the values); each of the
+ * n_bad values put in the place of key's value (a scalar, or an array to
+ * its ']') is refused naming model.<key>; the manifest of
+ * the test's default model has no such key (its JSON and digest are those
+ * of before). */
+static void check_model_key(const nb_model_config_t *c, const char *key, const char *const *bad, size_t n_bad,
+                            nb_ckpt_manifest_t *back)
+{
+    nb_ckpt_manifest_t m = one_file_manifest(c);
+    size_t len;
+    char *text = nb_ckpt_manifest_format(&m, &len), err[512], pair[64], needle[64];
+    assert_non_null(text);
+    snprintf(pair, sizeof pair, "\"%s\": ", key);
+    char *at = strstr(text, pair);
+    if (!at)
+        fail_msg("the manifest lacks '%s':\n%s", pair, text);
+    assert_int_equal(nb_ckpt_manifest_parse(text, len, "t", back, err, sizeof err), 0);
+    const char *value = at + strlen(pair);
+    const char *end = value + strcspn(value, *value == '[' ? "]" : ",\n}");
+    if (*value == '[') {
+        assert_int_equal(*end, ']');
+        end++;
+    }
+    snprintf(needle, sizeof needle, "model.%s", key);
+    for (size_t k = 0; k < n_bad; k++) {
+        nb_ckpt_manifest_t refused;
+        char mod[4096];
+        snprintf(mod, sizeof mod, "%.*s\"%s\": %s%s", (int)(at - text), text, key, bad[k], end);
+        assert_int_equal(nb_ckpt_manifest_parse(mod, strlen(mod), "t", &refused, err, sizeof err), NB_EFORMAT);
+        printf("  refused: %s\n", err);
+        assert_non_null(strstr(err, needle));
+    }
+    free(text);
+    nb_ckpt_manifest_t d = one_file_manifest(&model);
+    text = nb_ckpt_manifest_format(&d, &len);
+    assert_non_null(text);
+    snprintf(pair, sizeof pair, "\"%s\"", key);
+    assert_null(strstr(text, pair));
+    free(text);
+}
+
 /* The low-rank split in the manifest's model: "lowrank": [block, rank]
- * round-trips; a model without a split has no such key (its JSON and
- * digest are those of before); a malformed value is refused naming it. */
+ * round-trips; a model without a split has no such key; a malformed value
+ * is refused naming it. */
 static void test_manifest_lowrank(void **state)
 {
     (void)state;
     nb_model_config_t lr = model;
     lr.lowrank_block = 2;
     lr.lowrank_rank = 5;
-    nb_ckpt_manifest_t m = { .meta = meta_of(&lr, 12), .n_files = 1 };
-    snprintf(m.files[0].name, sizeof m.files[0].name, "model.safetensors");
-    m.files[0].bytes = 1000;
-    memset(m.files[0].sha256, 'a', 64);
-    m.files[0].stages = 1;
-    size_t len;
-    char *text = nb_ckpt_manifest_format(&m, &len), err[512];
-    assert_non_null(text);
-    assert_non_null(strstr(text, "\"lowrank\": ["));
+    static const char *const bad[] = { "[2, 0]", "[2]", "[-1, 5]", "\"x\"" };
     nb_ckpt_manifest_t back;
-    assert_int_equal(nb_ckpt_manifest_parse(text, len, "t", &back, err, sizeof err), 0);
+    check_model_key(&lr, "lowrank", bad, NB_ARRAY_LEN(bad), &back);
     assert_int_equal(back.meta.model.lowrank_block, 2);
     assert_int_equal(back.meta.model.lowrank_rank, 5);
-    static const char *const bad[] = { "[2, 0]", "[2]", "[-1, 5]", "\"x\"" };
-    char *at = strstr(text, "\"lowrank\": [");
-    char *end = strchr(at, ']') + 1;
-    for (size_t k = 0; k < NB_ARRAY_LEN(bad); k++) {
-        char mod[4096];
-        snprintf(mod, sizeof mod, "%.*s\"lowrank\": %s%s", (int)(at - text), text, bad[k], end);
-        assert_int_equal(nb_ckpt_manifest_parse(mod, strlen(mod), "t", &back, err, sizeof err), NB_EFORMAT);
-        printf("  refused: %s\n", err);
-        assert_non_null(strstr(err, "model.lowrank"));
-    }
-    free(text);
-    nb_ckpt_manifest_t d = { .meta = meta_of(&model, 12), .n_files = 1 };
-    d.files[0] = m.files[0];
-    text = nb_ckpt_manifest_format(&d, &len);
-    assert_non_null(text);
-    assert_null(strstr(text, "lowrank"));
-    free(text);
 }
 
 /* Token shift in the manifest's model: "token_shift": true round-trips; a
- * model without it has no such key (its JSON and digest are those of
- * before); any other value is refused naming it. */
+ * model without it has no such key; any other value is refused naming it. */
 static void test_manifest_token_shift(void **state)
 {
     (void)state;
     nb_model_config_t ts = model;
     ts.token_shift = true;
-    nb_ckpt_manifest_t m = { .meta = meta_of(&ts, 12), .n_files = 1 };
-    snprintf(m.files[0].name, sizeof m.files[0].name, "model.safetensors");
-    m.files[0].bytes = 1000;
-    memset(m.files[0].sha256, 'a', 64);
-    m.files[0].stages = 1;
-    size_t len;
-    char *text = nb_ckpt_manifest_format(&m, &len), err[512];
-    assert_non_null(text);
-    assert_non_null(strstr(text, "\"token_shift\": true"));
-    nb_ckpt_manifest_t back;
-    assert_int_equal(nb_ckpt_manifest_parse(text, len, "t", &back, err, sizeof err), 0);
-    assert_true(back.meta.model.token_shift);
     static const char *const bad[] = { "false", "1", "\"true\"", "null" };
-    char *at = strstr(text, "\"token_shift\": true");
-    char *end = at + strlen("\"token_shift\": true");
-    for (size_t k = 0; k < NB_ARRAY_LEN(bad); k++) {
-        char mod[4096];
-        snprintf(mod, sizeof mod, "%.*s\"token_shift\": %s%s", (int)(at - text), text, bad[k], end);
-        assert_int_equal(nb_ckpt_manifest_parse(mod, strlen(mod), "t", &back, err, sizeof err), NB_EFORMAT);
-        printf("  refused: %s\n", err);
-        assert_non_null(strstr(err, "model.token_shift"));
-    }
-    free(text);
-    nb_ckpt_manifest_t d = { .meta = meta_of(&model, 12), .n_files = 1 };
-    d.files[0] = m.files[0];
-    text = nb_ckpt_manifest_format(&d, &len);
-    assert_non_null(text);
-    assert_null(strstr(text, "token_shift"));
-    free(text);
+    nb_ckpt_manifest_t back;
+    check_model_key(&ts, "token_shift", bad, NB_ARRAY_LEN(bad), &back);
+    assert_true(back.meta.model.token_shift);
 }
 
 /* ---- the root ----------------------------------------------------------------- */

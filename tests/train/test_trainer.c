@@ -339,6 +339,46 @@ static uint32_t file_version(const char *path)
     return v;
 }
 
+/* q's parameters equal want (n floats) bit for bit. */
+static void expect_params(nb_backend_t *be, nb_part_t *q, const float *want, size_t n)
+{
+    float *got = malloc(n * 4);
+    assert_non_null(got);
+    nb_be_to_host(be, got, nb_part_params(q), n * 4);
+    assert_memory_equal(got, want, n * 4);
+    free(got);
+}
+
+/* Saves p to w_path, which must come out as the given file version, loads
+ * it into q (a part of the same model) and checks q now holds p's
+ * parameters bit for bit. Returns p's parameters on the host (the caller
+ * frees them); *n gets their count. */
+static float *save_load_same(nb_backend_t *be, nb_part_t *p, nb_part_t *q, uint32_t version, size_t *n)
+{
+    char err[512];
+    assert_int_equal(nb_weights_save(w_path, p, err, sizeof err), 0);
+    assert_int_equal(file_version(w_path), version);
+    if (nb_weights_load(w_path, q, err, sizeof err))
+        fail_msg("%s", err);
+    *n = nb_part_num_params(p);
+    float *a = malloc(*n * 4);
+    assert_non_null(a);
+    nb_be_to_host(be, a, nb_part_params(p), *n * 4);
+    expect_params(be, q, a, *n);
+    return a;
+}
+
+/* Overwrites header field i (the i-th i32 after the magic and the version)
+ * of the weights file at path with value. */
+static void poke_header_field(const char *path, int i, int32_t value)
+{
+    FILE *f = fopen(path, "r+b");
+    assert_non_null(f);
+    assert_int_equal(fseek(f, 8 + 4 * (long)i, SEEK_SET), 0);
+    assert_int_equal(fwrite(&value, 4, 1, f), 1);
+    fclose(f);
+}
+
 /* The model settings (LayerNorm eps, GELU form) travel in the weights file:
  * a default model is written as version 1 (what earlier builds read), any
  * other as version 2 with the settings; a file is refused by a model whose
@@ -367,14 +407,8 @@ static void test_weights_model_settings(void **state)
     printf("  refused: %s\n", err);
     assert_non_null(strstr(err, "ln_eps is 1e-05 in the file (by its version), 1e-12 in this model"));
 
-    assert_int_equal(nb_weights_save(w_path, p, err, sizeof err), 0);
-    assert_int_equal(file_version(w_path), 2);
-    assert_int_equal(nb_weights_load(w_path, q, err, sizeof err), 0);
-    size_t n = nb_part_num_params(p);
-    float *a = malloc(n * 4), *b = malloc(n * 4);
-    nb_be_to_host(be, a, nb_part_params(p), n * 4);
-    nb_be_to_host(be, b, nb_part_params(q), n * 4);
-    assert_memory_equal(a, b, n * 4);
+    size_t n;
+    float *a = save_load_same(be, p, q, 2, &n);
     assert_int_equal(nb_weights_load(w_path, def, err, sizeof err), NB_EINVAL);
     printf("  refused: %s\n", err);
     assert_non_null(strstr(err, "ln_eps is 1e-12 in the file, 1e-05 in this model"));
@@ -391,7 +425,6 @@ static void test_weights_model_settings(void **state)
     assert_int_equal(info.n_params, n);
     nb_weights_info_free(&info);
     free(a);
-    free(b);
     nb_part_free(def);
     nb_part_free(p);
     nb_part_free(q);
@@ -423,15 +456,8 @@ static void test_weights_lowrank(void **state)
     assert_int_equal(nb_part_new(be, &lr, &spec, 1, NULL, &p, err, sizeof err), 0);
     assert_int_equal(nb_part_new(be, &lr, &spec, 2, NULL, &q, err, sizeof err), 0);
     assert_int_equal(nb_part_new(be, &c.model, &spec, 1, NULL, &dense, err, sizeof err), 0);
-    assert_int_equal(nb_weights_save(w_path, p, err, sizeof err), 0);
-    assert_int_equal(file_version(w_path), 4);
-    if (nb_weights_load(w_path, q, err, sizeof err))
-        fail_msg("%s", err);
-    size_t n = nb_part_num_params(p);
-    float *a = malloc(n * 4), *b = malloc(n * 4);
-    nb_be_to_host(be, a, nb_part_params(p), n * 4);
-    nb_be_to_host(be, b, nb_part_params(q), n * 4);
-    assert_memory_equal(a, b, n * 4);
+    size_t n;
+    float *a = save_load_same(be, p, q, 4, &n);
     struct { const nb_model_config_t *m; const char *needle; } refuse[] = {
         { &r8, "lowrank_rank is 4 in the file, 8 in this model (job.lowrank)" },
         { &b1, "lowrank_block is 0 in the file, 1 in this model (job.lowrank)" },
@@ -483,10 +509,8 @@ static void test_weights_lowrank(void **state)
     assert_int_equal(nb_weights_load(w_path, q, err, sizeof err), NB_EINVAL);
     printf("  refused: %s\n", err);
     assert_non_null(strstr(err, "lowrank_rank is 0 in the file (by its version), 4 in this model (job.lowrank)"));
-    nb_be_to_host(be, b, nb_part_params(q), n * 4);
-    assert_memory_equal(a, b, n * 4); /* unchanged by the refusal */
+    expect_params(be, q, a, n); /* unchanged by the refusal */
     free(a);
-    free(b);
     nb_part_free(p);
     nb_part_free(q);
     nb_part_free(dense);
@@ -518,15 +542,8 @@ static void test_weights_token_shift(void **state)
     assert_int_equal(nb_part_new(be, &ts, &spec, 1, NULL, &p, err, sizeof err), 0);
     assert_int_equal(nb_part_new(be, &ts, &spec, 2, NULL, &q, err, sizeof err), 0);
     assert_int_equal(nb_part_new(be, &c.model, &spec, 3, NULL, &plain, err, sizeof err), 0);
-    assert_int_equal(nb_weights_save(w_path, p, err, sizeof err), 0);
-    assert_int_equal(file_version(w_path), 6);
-    if (nb_weights_load(w_path, q, err, sizeof err))
-        fail_msg("%s", err);
-    size_t n = nb_part_num_params(p);
-    float *a = malloc(n * 4), *b = malloc(n * 4);
-    nb_be_to_host(be, a, nb_part_params(p), n * 4);
-    nb_be_to_host(be, b, nb_part_params(q), n * 4);
-    assert_memory_equal(a, b, n * 4);
+    size_t n;
+    float *a = save_load_same(be, p, q, 6, &n);
     if (nb_weights_load_part(w_path, q, err, sizeof err))
         fail_msg("%s", err);
     nb_weights_info_t info;
@@ -546,11 +563,7 @@ static void test_weights_token_shift(void **state)
     if (!strstr(err, "token_shift is true in the file, false in this model"))
         fail_msg("'%s' does not name token_shift", err);
     /* a token_shift field of 2: refused by peek and load */
-    FILE *f = fopen(w_path, "r+b");
-    int32_t two = 2;
-    assert_int_equal(fseek(f, 8 + 4 * 24, SEEK_SET), 0);
-    assert_int_equal(fwrite(&two, 4, 1, f), 1);
-    fclose(f);
+    poke_header_field(w_path, 24, 2);
     assert_int_equal(nb_weights_peek(w_path, &info, err, sizeof err), NB_EFORMAT);
     printf("  refused: %s\n", err);
     assert_non_null(strstr(err, "token_shift is 2, must be 0 or 1"));
@@ -567,7 +580,6 @@ static void test_weights_token_shift(void **state)
     if (!strstr(err, "token_shift is false in the file, true in this model"))
         fail_msg("'%s' does not name token_shift", err);
     free(a);
-    free(b);
     nb_part_free(p);
     nb_part_free(q);
     nb_part_free(plain);
@@ -594,15 +606,8 @@ static void test_weights_cross_attn(void **state)
         assert_int_equal(nb_part_new(be, models[v], &spec, 1, NULL, &p, err, sizeof err), 0);
         assert_int_equal(nb_part_new(be, models[v], &spec, 2, NULL, &q, err, sizeof err), 0);
         assert_int_equal(nb_part_new(be, &c.model, &spec, 3, NULL, &plain, err, sizeof err), 0);
-        assert_int_equal(nb_weights_save(w_path, p, err, sizeof err), 0);
-        assert_int_equal(file_version(w_path), 5);
-        if (nb_weights_load(w_path, q, err, sizeof err))
-            fail_msg("%s", err);
-        size_t n = nb_part_num_params(p);
-        float *a = malloc(n * 4), *b = malloc(n * 4);
-        nb_be_to_host(be, a, nb_part_params(p), n * 4);
-        nb_be_to_host(be, b, nb_part_params(q), n * 4);
-        assert_memory_equal(a, b, n * 4);
+        size_t n;
+        float *a = save_load_same(be, p, q, 5, &n);
         nb_weights_info_t info;
         if (nb_weights_peek(w_path, &info, err, sizeof err))
             fail_msg("%s", err);
@@ -623,11 +628,7 @@ static void test_weights_cross_attn(void **state)
                 fail_msg("'%s' does not name cross_attn", err);
         }
         /* a cross_attn field of 2: refused by peek (and so job.init) and load */
-        FILE *f = fopen(w_path, "r+b");
-        int32_t two = 2;
-        assert_int_equal(fseek(f, 8 + 4 * 23, SEEK_SET), 0);
-        assert_int_equal(fwrite(&two, 4, 1, f), 1);
-        fclose(f);
+        poke_header_field(w_path, 23, 2);
         assert_int_equal(nb_weights_peek(w_path, &info, err, sizeof err), NB_EFORMAT);
         printf("  refused: %s\n", err);
         assert_non_null(strstr(err, "cross_attn is 2, must be 0 or 1"));
@@ -644,10 +645,8 @@ static void test_weights_cross_attn(void **state)
             printf("  refused (job.init): %s\n", err);
             assert_non_null(strstr(err, "cross_attn is 0 in the file, 1 in this model"));
         }
-        nb_be_to_host(be, b, nb_part_params(q), n * 4);
-        assert_memory_equal(a, b, n * 4); /* unchanged by the refusals */
+        expect_params(be, q, a, n); /* unchanged by the refusals */
         free(a);
-        free(b);
         nb_part_free(p);
         nb_part_free(q);
         nb_part_free(plain);
